@@ -1,0 +1,145 @@
+// Package pgtest gives test binaries a real PostgreSQL server: one cluster per
+// test binary (started in TestMain) and a fresh database per test.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
+)
+
+// Server is a running cluster owned by one test binary.
+type Server struct {
+	Cluster *localpg.Cluster
+	dir     string
+	seq     atomic.Int64
+}
+
+// Start initialises and starts a cluster in a fresh temporary directory. name
+// tells apart several servers in one binary. It never skips: a test binary
+// that cannot start Postgres fails.
+func Start(name string) (*Server, error) {
+	dir, err := os.MkdirTemp("", "pgtenant-test-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	c := localpg.New(dir, 0)
+	c.Settings = map[string]string{"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err := c.Init(ctx); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		if lastErr = c.Start(ctx); lastErr == nil {
+			return &Server{Cluster: c, dir: dir}, nil
+		}
+		// The port may have been taken in between; pick another.
+		p, err := localpg.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		c.Port = p
+		f, err := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+		if err == nil {
+			fmt.Fprintf(f, "port = %d\n", p)
+			f.Close()
+		}
+	}
+	os.RemoveAll(dir)
+	return nil, lastErr
+}
+
+// Stop stops the server and removes its directory.
+func (s *Server) Stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.Cluster.Stop(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.RemoveAll(s.dir)
+}
+
+// NewDatabase creates a fresh database for t, dropped when t ends, and returns
+// its connection string.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	name := fmt.Sprintf("t_%s_%d", sanitize(t.Name()), s.seq.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.Cluster.DSN("postgres"))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, s.Cluster.DSN("postgres"))
+		if err != nil {
+			return
+		}
+		defer conn.Close(ctx)
+		conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	})
+	return s.Cluster.DSN(name)
+}
+
+func sanitize(s string) string {
+	s = strings.ToLower(s)
+	var b strings.Builder
+	for _, r := range s {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	out := b.String()
+	if len(out) > 40 {
+		out = out[len(out)-40:]
+	}
+	return out
+}
+
+// Main runs a test binary's tests with the given servers started first and
+// stopped after, and exits with the tests' code. names lists the servers to
+// start; they are passed to setup in the same order.
+func Main(m *testing.M, names []string, setup func([]*Server)) {
+	var servers []*Server
+	code := func() int {
+		for _, n := range names {
+			s, err := Start(n)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "pgtest: start postgres %q: %v\n", n, err)
+				return 1
+			}
+			servers = append(servers, s)
+		}
+		defer func() {
+			for _, s := range servers {
+				s.Stop()
+			}
+		}()
+		setup(servers)
+		return m.Run()
+	}()
+	os.Exit(code)
+}

@@ -1,0 +1,111 @@
+// Package placement is the tenant → shard → node map: the hash that places a
+// tenant in a shard, and an immutable snapshot of the catalog's map that
+// routers read without locks. It does no I/O; the catalog package loads
+// snapshots and keeps them fresh.
+package placement
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrUnknownTenant is returned by Map.Locate for a tenant the catalog does not know.
+var ErrUnknownTenant = errors.New("unknown tenant")
+
+// Shard states.
+const (
+	// StateActive shards serve traffic on their node.
+	StateActive = "active"
+	// StateFenced shards are being moved: routers hold new transactions for them
+	// until the state changes back or the shard's node flips.
+	StateFenced = "fenced"
+)
+
+// Node is one physical Postgres server.
+type Node struct {
+	Name string
+	// DSN is the connection string pgtenant uses to reach the node's database.
+	DSN string
+}
+
+// Shard is one logical shard: a schema on a node.
+type Shard struct {
+	ID     int
+	Schema string
+	Node   string
+	// State is StateActive or StateFenced.
+	State string
+	// Epoch increases every time the shard changes node.
+	Epoch int64
+}
+
+// Map is an immutable snapshot of the placement. Do not modify it after it is
+// published; build a new one instead.
+type Map struct {
+	// Version is the catalog's map version this snapshot was read at.
+	Version int64
+	// Shards is indexed by shard id; len(Shards) is the shard count.
+	Shards []Shard
+	// Nodes by name.
+	Nodes map[string]Node
+	// Tenants maps a tenant id to its shard id.
+	Tenants map[string]int
+}
+
+// Location is where one tenant lives.
+type Location struct {
+	Tenant string
+	Shard  Shard
+	Node   Node
+}
+
+// Locate returns where tenant lives, or an error wrapping ErrUnknownTenant.
+func (m *Map) Locate(tenant string) (Location, error) {
+	id, ok := m.Tenants[tenant]
+	if !ok {
+		return Location{}, fmt.Errorf("tenant %q: %w", tenant, ErrUnknownTenant)
+	}
+	if id < 0 || id >= len(m.Shards) {
+		return Location{}, fmt.Errorf("tenant %q: shard %d out of range", tenant, id)
+	}
+	s := m.Shards[id]
+	n, ok := m.Nodes[s.Node]
+	if !ok {
+		return Location{}, fmt.Errorf("tenant %q: shard %d: node %q missing from map", tenant, id, s.Node)
+	}
+	return Location{Tenant: tenant, Shard: s, Node: n}, nil
+}
+
+// SchemaName is the schema that holds shard id: shard_0000, shard_0001, …
+// (five digits past 9999).
+func SchemaName(id int) string {
+	return fmt.Sprintf("shard_%04d", id)
+}
+
+// ValidShardCount reports whether n is a usable shard count: a power of two
+// from 1 to 65536.
+func ValidShardCount(n int) bool {
+	return n >= 1 && n <= 65536 && n&(n-1) == 0
+}
+
+// MaxTenantIDBytes is the longest tenant id accepted, in bytes.
+const MaxTenantIDBytes = 255
+
+// ValidateTenantID checks a tenant id: 1 to 255 bytes of valid UTF-8 with no NUL.
+func ValidateTenantID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("tenant id is empty")
+	case len(id) > MaxTenantIDBytes:
+		return fmt.Errorf("tenant id is %d bytes; the limit is %d", len(id), MaxTenantIDBytes)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] == 0 {
+			return errors.New("tenant id contains a NUL byte")
+		}
+	}
+	if !validUTF8(id) {
+		return errors.New("tenant id is not valid UTF-8")
+	}
+	return nil
+}
