@@ -28,6 +28,11 @@ type Server struct {
 // tells apart several servers in one binary. It never skips: a test binary
 // that cannot start Postgres fails.
 func Start(name string) (*Server, error) {
+	return StartWith(name, nil)
+}
+
+// StartWith is Start with extra postgresql.conf settings.
+func StartWith(name string, settings map[string]string) (*Server, error) {
 	dir, err := os.MkdirTemp("", "pgtenant-test-"+name+"-")
 	if err != nil {
 		return nil, err
@@ -37,6 +42,9 @@ func Start(name string) (*Server, error) {
 	}
 	c := localpg.New(dir, 0)
 	c.Settings = map[string]string{"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+	for k, v := range settings {
+		c.Settings[k] = v
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var lastErr error
@@ -123,12 +131,28 @@ func sanitize(s string) string {
 // stopped after, and exits with the tests' code. names lists the servers to
 // start; they are passed to setup in the same order.
 func Main(m *testing.M, names []string, setup func([]*Server)) {
+	specs := make([]Spec, len(names))
+	for i, n := range names {
+		specs[i] = Spec{Name: n}
+	}
+	MainWith(m, specs, setup)
+}
+
+// Spec describes one server for MainWith.
+type Spec struct {
+	Name string
+	// Settings are extra postgresql.conf lines; nil means none.
+	Settings map[string]string
+}
+
+// MainWith is Main with per-server settings.
+func MainWith(m *testing.M, specs []Spec, setup func([]*Server)) {
 	var servers []*Server
 	code := func() int {
-		for _, n := range names {
-			s, err := Start(n)
+		for _, spec := range specs {
+			s, err := StartWith(spec.Name, spec.Settings)
 			if err != nil {
-				fmt.Fprintf(os.Stderr, "pgtest: start postgres %q: %v\n", n, err)
+				fmt.Fprintf(os.Stderr, "pgtest: start postgres %q: %v\n", spec.Name, err)
 				return 1
 			}
 			servers = append(servers, s)

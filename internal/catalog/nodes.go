@@ -1,0 +1,244 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// MinServerVersion is the oldest PostgreSQL major version a node may run.
+const MinServerVersion = 14
+
+// Node is a registered node.
+type Node struct {
+	Name   string
+	DSN    string
+	Shards int
+}
+
+// Check results.
+const (
+	CheckOK   = "ok"
+	CheckWarn = "warn"
+	CheckFail = "fail"
+)
+
+// CheckResult is one line of a node check.
+type CheckResult struct {
+	Name   string // what was checked
+	Status string // CheckOK, CheckWarn or CheckFail
+	Detail string
+}
+
+// NodeReport is the outcome of checking one node.
+type NodeReport struct {
+	Node    string
+	Checks  []CheckResult
+	Version int // server major version, 0 when unreachable
+}
+
+// Failed reports whether any check failed.
+func (r NodeReport) Failed() bool {
+	for _, c := range r.Checks {
+		if c.Status == CheckFail {
+			return true
+		}
+	}
+	return false
+}
+
+// Err summarises the failed checks as one error, nil when none failed.
+func (r NodeReport) Err() error {
+	var msgs []string
+	for _, c := range r.Checks {
+		if c.Status == CheckFail {
+			msgs = append(msgs, c.Name+": "+c.Detail)
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("node %s: %s", r.Node, strings.Join(msgs, "; "))
+}
+
+// CheckNode connects to dsn and checks what pgtenant needs of a node: it is
+// reachable, runs PostgreSQL >= 14, lets the user create schemas, and (for
+// online moves) has wal_level=logical and replication rights.
+func CheckNode(ctx context.Context, name, dsn string) NodeReport {
+	r := NodeReport{Node: name}
+	add := func(check, status, detail string) {
+		r.Checks = append(r.Checks, CheckResult{Name: check, Status: status, Detail: detail})
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		add("connection string", CheckFail, fmt.Sprintf("cannot parse %q: %v", RedactDSN(dsn), unwrapParse(err)))
+		return r
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		add("reachable", CheckFail, fmt.Sprintf("cannot connect to %s:%d: %v", cfg.Host, cfg.Port, err))
+		return r
+	}
+	defer conn.Close(context.Background())
+	add("reachable", CheckOK, fmt.Sprintf("%s:%d database %s as %s", cfg.Host, cfg.Port, cfg.Database, cfg.User))
+
+	var num int
+	var version string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version')`).Scan(&num, &version); err != nil {
+		add("version", CheckFail, err.Error())
+		return r
+	}
+	r.Version = num / 10000
+	r.Checks = append(r.Checks, versionCheck(num, version))
+
+	var canCreate, superuser, replication bool
+	if err := conn.QueryRow(ctx, `SELECT has_database_privilege(current_user, current_database(), 'CREATE'),
+		rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).Scan(&canCreate, &superuser, &replication); err != nil {
+		add("privileges", CheckFail, err.Error())
+	} else if !canCreate && !superuser {
+		add("privileges", CheckFail, "the user cannot CREATE schemas in this database; GRANT CREATE ON DATABASE to it")
+	} else {
+		add("privileges", CheckOK, "can create shard schemas")
+	}
+
+	var walLevel string
+	if err := conn.QueryRow(ctx, `SHOW wal_level`).Scan(&walLevel); err != nil {
+		add("wal_level", CheckWarn, err.Error())
+	} else if walLevel != "logical" {
+		add("wal_level", CheckWarn, fmt.Sprintf("wal_level is %q; online shard moves need wal_level=logical (set it and restart the server); `shard move --method copy` works without", walLevel))
+	} else {
+		add("wal_level", CheckOK, "logical")
+	}
+	if !superuser && !replication {
+		add("replication", CheckWarn, "the user has neither SUPERUSER nor REPLICATION; online moves need one of them")
+	}
+	return r
+}
+
+// versionCheck judges server_version_num.
+func versionCheck(num int, version string) CheckResult {
+	if num/10000 < MinServerVersion {
+		return CheckResult{"version", CheckFail, fmt.Sprintf("PostgreSQL %s is too old; pgtenant needs %d or newer", version, MinServerVersion)}
+	}
+	return CheckResult{"version", CheckOK, "PostgreSQL " + version}
+}
+
+func unwrapParse(err error) error {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) && pe.Unwrap() != nil {
+		return pe.Unwrap()
+	}
+	return err
+}
+
+// AddNode checks and registers a node. A node that fails its check is refused;
+// warnings are returned in the report.
+func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, error) {
+	report := CheckNode(ctx, name, dsn)
+	if err := report.Err(); err != nil {
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return report, fmt.Errorf("add node: %w", err)
+	}
+	_, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.nodes (name, dsn) VALUES ($1, $2)`, name, dsn)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			err = fmt.Errorf("node %q is already registered", name)
+		} else if errors.As(err, &pgErr) && pgErr.Code == "23514" {
+			err = fmt.Errorf("node name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
+		} else if isUndefinedTable(err) {
+			err = ErrNotInitialized
+		}
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return report, fmt.Errorf("add node: %w", err)
+	}
+	c.logOp(ctx, "node add", map[string]any{"node": name, "dsn": RedactDSN(dsn)}, nil)
+	c.logger.Info("node added", "node", name)
+	return report, nil
+}
+
+// Nodes lists the registered nodes with their shard counts.
+func (c *Catalog) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := c.pool.Query(ctx, `SELECT n.name, n.dsn, count(s.id)::int FROM pgtenant.nodes n
+		LEFT JOIN pgtenant.shards s ON s.node = n.name GROUP BY n.name, n.dsn ORDER BY n.name`)
+	if err != nil {
+		if isUndefinedTable(err) {
+			return nil, ErrNotInitialized
+		}
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Node, error) {
+		var n Node
+		err := r.Scan(&n.Name, &n.DSN, &n.Shards)
+		return n, err
+	})
+}
+
+// Node returns one registered node.
+func (c *Catalog) Node(ctx context.Context, name string) (Node, error) {
+	var n Node
+	err := c.pool.QueryRow(ctx, `SELECT n.name, n.dsn, (SELECT count(*)::int FROM pgtenant.shards s WHERE s.node = n.name)
+		FROM pgtenant.nodes n WHERE n.name = $1`, name).Scan(&n.Name, &n.DSN, &n.Shards)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return n, fmt.Errorf("node %q: %w", name, ErrUnknownNode)
+	}
+	if err != nil {
+		return n, fmt.Errorf("read node %q: %w", name, err)
+	}
+	return n, nil
+}
+
+// RemoveNode unregisters a node that holds no shard.
+func (c *Catalog) RemoveNode(ctx context.Context, name string) error {
+	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		var shards int
+		err := tx.QueryRow(ctx, `SELECT (SELECT count(*)::int FROM pgtenant.shards WHERE node = n.name)
+			FROM pgtenant.nodes n WHERE n.name = $1 FOR UPDATE`, name).Scan(&shards)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("node %q: %w", name, ErrUnknownNode)
+		}
+		if err != nil {
+			return err
+		}
+		if shards > 0 {
+			return fmt.Errorf("node %q holds %d shards; move them first (`pgtenant shard move`): %w", name, shards, ErrNodeInUse)
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM pgtenant.nodes WHERE name = $1`, name)
+		return err
+	})
+	c.logOp(ctx, "node remove", map[string]any{"node": name}, err)
+	if err != nil {
+		return fmt.Errorf("remove node: %w", err)
+	}
+	return nil
+}
+
+// RedactDSN hides the password in a connection string (URL or key=value form).
+func RedactDSN(dsn string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "(unparseable connection string)"
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+		return u.String()
+	}
+	fields := strings.Fields(dsn)
+	for i, f := range fields {
+		if strings.HasPrefix(f, "password=") {
+			fields[i] = "password=xxxxx"
+		}
+	}
+	return strings.Join(fields, " ")
+}

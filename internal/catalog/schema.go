@@ -1,0 +1,77 @@
+package catalog
+
+// upgrades are the catalog's schema versions, applied in order, each in one
+// transaction. Never edit a released entry: append a new one.
+var upgrades = []string{
+	// 1: nodes, shards, tenants, map version, operation log.
+	`
+CREATE SCHEMA IF NOT EXISTS pgtenant;
+CREATE TABLE pgtenant.meta (
+	key   text PRIMARY KEY,
+	value text NOT NULL
+);
+CREATE TABLE pgtenant.map_version (
+	one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+	version bigint  NOT NULL
+);
+INSERT INTO pgtenant.map_version VALUES (true, 1);
+CREATE TABLE pgtenant.nodes (
+	name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+	dsn        text NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE pgtenant.shards (
+	id          int PRIMARY KEY CHECK (id >= 0),
+	schema_name text NOT NULL UNIQUE,
+	node        text NOT NULL REFERENCES pgtenant.nodes (name),
+	state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'fenced')),
+	epoch       bigint NOT NULL DEFAULT 0,
+	created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE pgtenant.tenants (
+	id         text PRIMARY KEY CHECK (octet_length(id) BETWEEN 1 AND 255),
+	shard      int NOT NULL REFERENCES pgtenant.shards (id),
+	explicit   boolean NOT NULL DEFAULT false,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX tenants_shard ON pgtenant.tenants (shard);
+CREATE TABLE pgtenant.operations (
+	id       bigserial PRIMARY KEY,
+	at       timestamptz NOT NULL DEFAULT now(),
+	actor    text NOT NULL DEFAULT current_user,
+	op       text NOT NULL,
+	detail   jsonb NOT NULL DEFAULT '{}',
+	ok       boolean NOT NULL,
+	error    text
+);
+`,
+	// 2: shard moves and the routers that acknowledge fences.
+	`
+CREATE TABLE pgtenant.moves (
+	id          bigserial PRIMARY KEY,
+	shard       int NOT NULL REFERENCES pgtenant.shards (id),
+	source_node text NOT NULL,
+	target_node text NOT NULL,
+	method      text NOT NULL DEFAULT 'logical' CHECK (method IN ('logical', 'copy')),
+	step        text NOT NULL,
+	status      text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'aborted', 'failed')),
+	error       text,
+	progress    jsonb NOT NULL DEFAULT '{}',
+	pause_ms    double precision,
+	started_at  timestamptz NOT NULL DEFAULT now(),
+	updated_at  timestamptz NOT NULL DEFAULT now(),
+	finished_at timestamptz
+);
+CREATE UNIQUE INDEX moves_one_running ON pgtenant.moves (shard) WHERE status = 'running';
+CREATE TABLE pgtenant.routers (
+	id            text PRIMARY KEY,
+	addr          text NOT NULL,
+	started_at    timestamptz NOT NULL DEFAULT now(),
+	last_seen     timestamptz NOT NULL DEFAULT now(),
+	acked_version bigint NOT NULL DEFAULT 0
+);
+`,
+}
+
+// LatestVersion is the catalog schema version this build writes.
+func LatestVersion() int { return len(upgrades) }

@@ -1,0 +1,112 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/placement"
+)
+
+// WatchOptions tunes Watch. Zero values mean the defaults.
+type WatchOptions struct {
+	// Poll is how often the map version is checked even without a NOTIFY, as a
+	// safety net for notifications lost while disconnected. Zero means 2s.
+	Poll time.Duration
+	// Retry is the wait before reconnecting after the catalog connection
+	// fails. Zero means 1s.
+	Retry time.Duration
+}
+
+// Watch follows the map: it LISTENs on Channel, loads the map, and calls apply
+// with every new version (and once at start). When the catalog becomes
+// unreachable it keeps retrying; the caller keeps serving from the last map it
+// was given. Watch returns when ctx ends, or when apply returns an error.
+func (c *Catalog) Watch(ctx context.Context, opts WatchOptions, apply func(context.Context, *placement.Map) error) error {
+	if opts.Poll == 0 {
+		opts.Poll = 2 * time.Second
+	}
+	if opts.Retry == 0 {
+		opts.Retry = time.Second
+	}
+	var applied int64 = -1
+	for {
+		err := c.watchOnce(ctx, opts, &applied, apply)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ae applyError
+		if errors.As(err, &ae) {
+			return ae.err
+		}
+		c.logger.Warn("catalog watch interrupted; serving the last map", "err", err, "map_version", applied)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(opts.Retry):
+		}
+	}
+}
+
+type applyError struct{ err error }
+
+func (e applyError) Error() string { return e.err.Error() }
+
+func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int64, apply func(context.Context, *placement.Map) error) error {
+	conn, err := pgx.Connect(ctx, c.dsn)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	reload := func() error {
+		var m *placement.Map
+		err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			var err error
+			m, err = loadMap(ctx, tx)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("load map: %w", err)
+		}
+		if m.Version == *applied {
+			return nil
+		}
+		if err := apply(ctx, m); err != nil {
+			return applyError{err}
+		}
+		*applied = m.Version
+		return nil
+	}
+	if err := reload(); err != nil {
+		return err
+	}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, opts.Poll)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+		if err != nil { // poll: is the version still ours?
+			var v int64
+			if err := conn.QueryRow(ctx, `SELECT version FROM pgtenant.map_version`).Scan(&v); err != nil {
+				return fmt.Errorf("poll map version: %w", err)
+			}
+			if v == *applied {
+				continue
+			}
+		}
+		if err := reload(); err != nil {
+			return err
+		}
+	}
+}
