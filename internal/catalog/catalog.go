@@ -278,3 +278,9 @@ func (c *Catalog) Operations(ctx context.Context, limit int) ([]Operation, error
 		return o, err
 	})
 }
+
+// RecordOperation adds an entry to the control-plane log for work done
+// outside the catalog package (migrations, moves).
+func (c *Catalog) RecordOperation(ctx context.Context, op string, detail map[string]any, opErr error) {
+	c.logOp(ctx, op, detail, opErr)
+}

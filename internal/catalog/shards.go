@@ -51,7 +51,12 @@ func (c *Catalog) CreateShards(ctx context.Context) ([]placement.Shard, error) {
 		if existing[id] {
 			continue
 		}
-		sort.SliceStable(nodes, func(i, j int) bool { return nodes[i].Shards < nodes[j].Shards })
+		sort.Slice(nodes, func(i, j int) bool {
+			if nodes[i].Shards != nodes[j].Shards {
+				return nodes[i].Shards < nodes[j].Shards
+			}
+			return nodes[i].Name < nodes[j].Name
+		})
 		n := &nodes[0]
 		n.Shards++
 		created = append(created, placement.Shard{ID: id, Schema: placement.SchemaName(id), Node: n.Name, State: placement.StateActive})

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is pgtenant's config file. Every setting can also come from an
+// environment variable and a flag; flags win over the environment, which
+// wins over the file.
+type Config struct {
+	// Catalog is the catalog database's connection string (PGTENANT_CATALOG, --catalog).
+	Catalog string `yaml:"catalog"`
+	// Router configures `pgtenant router`.
+	Router RouterConfig `yaml:"router"`
+}
+
+// RouterConfig is the router section of the config file.
+type RouterConfig struct {
+	// Listen is the client address; empty means 127.0.0.1:6432.
+	Listen string `yaml:"listen"`
+	// MetricsListen serves /metrics and /admin/; empty means off.
+	MetricsListen string `yaml:"metrics_listen"`
+	// Auth is scram-sha-256 (empty), md5 or trust.
+	Auth string `yaml:"auth"`
+	// Users maps user names to passwords for client authentication.
+	Users map[string]string `yaml:"users"`
+	// PoolMode is transaction (empty) or session.
+	PoolMode string `yaml:"pool_mode"`
+	// PoolSize is the most backend connections per node; zero means 20.
+	PoolSize int `yaml:"pool_size"`
+	// TLSCert and TLSKey enable TLS for clients when both are set.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+}
+
+// configSearch are the files read when no --config or PGTENANT_CONFIG is given.
+var configSearch = []string{"pgtenant.yaml", filepath.Join(".pgtenant", "pgtenant.yaml")}
+
+// loadConfig reads the config file named by --config, PGTENANT_CONFIG, or
+// the first of configSearch that exists. No file is not an error.
+func loadConfig(path string) (*Config, string, error) {
+	cfg := &Config{}
+	explicit := path != ""
+	if !explicit {
+		path = os.Getenv("PGTENANT_CONFIG")
+		explicit = path != ""
+	}
+	if !explicit {
+		for _, p := range configSearch {
+			if _, err := os.Stat(p); err == nil {
+				path = p
+				break
+			}
+		}
+	}
+	if path == "" {
+		return cfg, "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("read config: %w", err)
+	}
+	if err := yaml.Unmarshal(b, cfg); err != nil {
+		return nil, "", fmt.Errorf("parse config %s: %w", path, err)
+	}
+	return cfg, path, nil
+}
+
+// setting resolves one setting: the flag when given, else the environment
+// variable, else the config file's value, else the flag's default.
+func setting(cmd *cobra.Command, flag, env, fromFile string) string {
+	f := cmd.Flags().Lookup(flag)
+	if f != nil && f.Changed {
+		return f.Value.String()
+	}
+	if v := os.Getenv(env); v != "" {
+		return v
+	}
+	if fromFile != "" {
+		return fromFile
+	}
+	if f != nil {
+		return f.Value.String()
+	}
+	return ""
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+)
+
+func newNodeCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Register, check and remove the Postgres servers that hold shards",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "add NAME DSN",
+		Short: "Check a Postgres server and register it as a node",
+		Long: `Check a Postgres server and register it as a node. The check requires that it is
+reachable, runs PostgreSQL 14 or newer, and lets the user create schemas; it
+warns when wal_level is not 'logical' or the user lacks REPLICATION, since
+online shard moves need both.
+
+Nodes added before 'shard create' receive shards; nodes added later receive
+shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
+		Example: `  pgtenant node add node1 'postgres://pgtenant:secret@db1.internal:5432/app'
+  pgtenant node add node2 'host=db2.internal user=pgtenant dbname=app'`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				report, err := c.AddNode(ctx, args[0], args[1])
+				a.printReport(report)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "node %s added\n", args[0])
+				return nil
+			})(cmd, args)
+		},
+	}, &cobra.Command{
+		Use:     "list",
+		Short:   "List nodes and how many shards each holds",
+		Example: `  pgtenant node list`,
+		Args:    cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			nodes, err := c.Nodes(ctx)
+			if err != nil {
+				return err
+			}
+			w := a.table("NODE", "SHARDS", "DSN")
+			for _, n := range nodes {
+				row(w, n.Name, n.Shards, catalog.RedactDSN(n.DSN))
+			}
+			return w.Flush()
+		}),
+	}, &cobra.Command{
+		Use:   "check [NAME...]",
+		Short: "Check that nodes are reachable and fit for pgtenant",
+		Long: `Check registered nodes (all of them, or those named): reachable, PostgreSQL 14
+or newer, privileges to create schemas, and wal_level=logical plus replication
+rights for online moves. Exits non-zero when a check fails.`,
+		Example: `  pgtenant node check
+  pgtenant node check node2`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				nodes, err := c.Nodes(ctx)
+				if err != nil {
+					return err
+				}
+				want := map[string]bool{}
+				for _, n := range args {
+					want[n] = true
+				}
+				failed := 0
+				for _, n := range nodes {
+					if len(want) > 0 && !want[n.Name] {
+						continue
+					}
+					delete(want, n.Name)
+					r := catalog.CheckNode(ctx, n.Name, n.DSN)
+					a.printReport(r)
+					if r.Failed() {
+						failed++
+					}
+				}
+				for n := range want {
+					return fmt.Errorf("node %q: %w", n, catalog.ErrUnknownNode)
+				}
+				if failed > 0 {
+					return fmt.Errorf("%d node(s) failed their check", failed)
+				}
+				return nil
+			})(cmd, args)
+		},
+	}, &cobra.Command{
+		Use:     "remove NAME",
+		Short:   "Unregister a node that holds no shard",
+		Example: `  pgtenant node remove node3`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if err := c.RemoveNode(ctx, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "node %s removed\n", args[0])
+				return nil
+			})(cmd, args)
+		},
+	})
+	return cmd
+}
+
+func (a *app) printReport(r catalog.NodeReport) {
+	for _, c := range r.Checks {
+		fmt.Fprintf(a.stdout, "%-5s %s %s: %s\n", c.Status, r.Node, c.Name, c.Detail)
+	}
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+)
+
+// app carries what every subcommand shares: output streams and the resolved
+// config. It is built per run; there is no global state.
+type app struct {
+	stdout, stderr io.Writer
+	configPath     string
+	logLevel       string
+	cfg            *Config
+	logger         *slog.Logger
+}
+
+func newRootCmd(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pgtenant",
+		Short: "Tenant sharding for PostgreSQL",
+		Long: `pgtenant splits a multi-tenant Postgres database by customer.
+
+Tenants are hashed (or placed by hand) into a fixed number of logical shards,
+each a Postgres schema (shard_0000, shard_0001, ...), spread over a few
+physical nodes. A catalog database keeps the map. The router speaks the
+Postgres protocol, so apps connect to it as to one database and name the
+tenant; it runs each transaction on that tenant's shard.
+
+Configuration comes from flags, then environment variables (PGTENANT_*), then
+a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
+./.pgtenant/pgtenant.yaml, which 'pgtenant dev up' writes).`,
+		Example: `  # Try it: a local 2-node cluster with sample data
+  pgtenant demo
+
+  # A local cluster to develop against
+  pgtenant dev up --nodes 2 --shards 256
+  pgtenant tenant add acme
+  pgtenant migrate up --dir ./migrations
+
+  # Against your own servers
+  export PGTENANT_CATALOG=postgres://admin@catalog-host/pgtenant
+  pgtenant init --shards 256
+  pgtenant node add node1 postgres://admin@db1/app
+  pgtenant shard create`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			cfg, path, err := loadConfig(a.configPath)
+			if err != nil {
+				return err
+			}
+			a.cfg, a.configPath = cfg, path
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(a.logLevel)); err != nil {
+				return usagef("--log-level %q: use debug, info, warn or error", a.logLevel)
+			}
+			a.logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&a.configPath, "config", "", "config file (default: $PGTENANT_CONFIG, ./pgtenant.yaml, ./.pgtenant/pgtenant.yaml)")
+	root.PersistentFlags().String("catalog", "", "catalog database connection string (env PGTENANT_CATALOG)")
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
+
+	root.AddCommand(
+		newInitCmd(a),
+		group(newNodeCmd(a)),
+		group(newShardCmd(a)),
+		group(newTenantCmd(a)),
+		group(newMigrateCmd(a)),
+		group(newDevCmd(a)),
+		newDemoCmd(a),
+		newOpsCmd(a),
+	)
+	return root
+}
+
+// group makes a command that only holds subcommands refuse unknown ones
+// with a usage error instead of printing help and exiting 0.
+func group(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+		}
+		return cmd.Help()
+	}
+	for _, sub := range cmd.Commands() {
+		if sub.HasSubCommands() {
+			group(sub)
+		}
+	}
+	return cmd
+}
+
+// isCobraUsage recognises cobra's own argument errors.
+func isCobraUsage(err error) bool {
+	s := err.Error()
+	return strings.HasPrefix(s, "unknown command") || strings.HasPrefix(s, "accepts ") ||
+		strings.HasPrefix(s, "requires ") || strings.HasPrefix(s, "unknown flag") ||
+		strings.HasPrefix(s, "unknown shorthand flag")
+}
+
+// catalogDSN resolves the catalog connection string or explains how to give one.
+func (a *app) catalogDSN(cmd *cobra.Command) (string, error) {
+	dsn := setting(cmd, "catalog", "PGTENANT_CATALOG", a.cfg.Catalog)
+	if dsn == "" {
+		return "", usagef("no catalog database given: pass --catalog, set PGTENANT_CATALOG, or start a local cluster with `pgtenant dev up`")
+	}
+	return dsn, nil
+}
+
+// openCatalog connects to the catalog.
+func (a *app) openCatalog(cmd *cobra.Command) (*catalog.Catalog, error) {
+	dsn, err := a.catalogDSN(cmd)
+	if err != nil {
+		return nil, err
+	}
+	c := catalog.New(dsn, a.logger)
+	if err := c.Open(cmd.Context()); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// withCatalog runs fn with an open catalog and closes it after.
+func (a *app) withCatalog(fn func(ctx context.Context, c *catalog.Catalog) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := a.openCatalog(cmd)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		err = fn(cmd.Context(), c)
+		if errors.Is(err, catalog.ErrNotInitialized) {
+			return fmt.Errorf("%w", err)
+		}
+		return err
+	}
+}
+
+// table writes aligned columns to stdout.
+func (a *app) table(header ...string) *tabwriter.Writer {
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(header, "\t"))
+	return w
+}
+
+func row(w io.Writer, cols ...any) {
+	for i, c := range cols {
+		if i > 0 {
+			fmt.Fprint(w, "\t")
+		}
+		fmt.Fprint(w, c)
+	}
+	fmt.Fprintln(w)
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+)
+
+func newTenantCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "tenant",
+		Short: "Register, locate and remove tenants",
+		Long: `A tenant is one customer. Its data lives in exactly one shard. By default the
+shard is hashtextextended(id, 0) & (shards - 1), which Postgres computes
+without extensions, so imports and audits can place rows in plain SQL:
+
+  SELECT hashtextextended('acme', 0) & 255;   -- acme's shard of 256
+
+Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
+	}
+	var shard int
+	add := &cobra.Command{
+		Use:   "add ID",
+		Short: "Register a tenant in its hash shard, or in --shard N",
+		Example: `  pgtenant tenant add acme
+  pgtenant tenant add "O'Reilly Media"
+  pgtenant tenant add bigcorp --shard 17   # explicit placement overrides the hash`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				var want *int
+				if cmd.Flags().Changed("shard") {
+					want = &shard
+				}
+				loc, err := c.AddTenant(ctx, args[0], want)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "tenant %s added: shard %d (schema %s) on node %s\n",
+					strconv.Quote(loc.Tenant), loc.Shard.ID, loc.Shard.Schema, loc.Node.Name)
+				return nil
+			})(cmd, args)
+		},
+	}
+	add.Flags().IntVar(&shard, "shard", 0, "place the tenant in this shard instead of its hash shard")
+
+	locate := &cobra.Command{
+		Use:     "locate ID",
+		Short:   "Show a tenant's shard, schema, node and a connection string",
+		Example: `  pgtenant tenant locate acme`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				loc, err := c.Locate(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "tenant:  %s\nshard:   %d\nschema:  %s\nnode:    %s\nstate:   %s\nconnect: %s\n",
+					strconv.Quote(loc.Tenant), loc.Shard.ID, loc.Shard.Schema, loc.Node.Name, loc.Shard.State,
+					withSearchPath(catalog.RedactDSN(loc.Node.DSN), loc.Shard.Schema))
+				return nil
+			})(cmd, args)
+		},
+	}
+
+	var listShard, limit int
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List tenants and their shards",
+		Example: `  pgtenant tenant list
+  pgtenant tenant list --shard 17`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			ts, err := c.Tenants(ctx, listShard, limit)
+			if err != nil {
+				return err
+			}
+			w := a.table("TENANT", "SHARD", "PLACED")
+			for _, t := range ts {
+				how := "hash"
+				if t.Explicit {
+					how = "explicit"
+				}
+				row(w, strconv.Quote(t.ID), t.Shard, how)
+			}
+			return w.Flush()
+		}),
+	}
+	list.Flags().IntVar(&listShard, "shard", -1, "only tenants of this shard")
+	list.Flags().IntVar(&limit, "limit", 0, "at most this many (0 = all)")
+
+	remove := &cobra.Command{
+		Use:   "remove ID",
+		Short: "Unregister a tenant (its rows in the shard are left alone)",
+		Long: `Unregister a tenant: the router stops routing it. pgtenant does not know the
+application's tables, so the tenant's rows stay in its shard; delete them with
+your own SQL if you mean to.`,
+		Example: `  pgtenant tenant remove acme`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if err := c.RemoveTenant(ctx, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "tenant %s removed\n", strconv.Quote(args[0]))
+				return nil
+			})(cmd, args)
+		},
+	}
+	cmd.AddCommand(add, locate, list, remove)
+	return cmd
+}
+
+// withSearchPath adds search_path=schema to a connection string, so that
+// psql with it lands in the tenant's shard.
+func withSearchPath(dsn, schema string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		sep := "?"
+		if strings.Contains(dsn, "?") {
+			sep = "&"
+		}
+		return dsn + sep + "options=-csearch_path%3D" + schema
+	}
+	return dsn + " options='-csearch_path=" + schema + "'"
+}

@@ -1,0 +1,324 @@
+// Package devcluster runs a local pgtenant cluster for development and demos:
+// N Postgres servers started from the machine's own binaries (via localpg) in
+// one directory, a catalog database on the first, every node registered and
+// every shard created. Running Up again reuses what is there.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/localpg"
+)
+
+// CatalogDB is the catalog's database name on the first node's server.
+const CatalogDB = "pgtenant_catalog"
+
+// NodeDB is the database that holds the shard schemas on every node.
+const NodeDB = "app"
+
+// ConfigFile is the config file Up writes into the cluster directory.
+const ConfigFile = "pgtenant.yaml"
+
+// Options tune Up. Zero values mean the defaults.
+type Options struct {
+	// Dir holds the cluster. Empty means ".pgtenant".
+	Dir string
+	// Nodes is the number of Postgres servers. Zero means 2.
+	Nodes int
+	// Shards is the shard count. Zero means 256.
+	Shards int
+	// Logger, nil means discard.
+	Logger *slog.Logger
+}
+
+// Node is one server of the local cluster.
+type Node struct {
+	Name    string
+	Dir     string
+	Port    int
+	DSN     string
+	Running bool
+}
+
+// Cluster describes a local cluster.
+type Cluster struct {
+	Dir        string
+	CatalogDSN string
+	Nodes      []Node
+	Shards     int
+	Tenants    int
+}
+
+func (o *Options) defaults() {
+	if o.Dir == "" {
+		o.Dir = ".pgtenant"
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.Shards == 0 {
+		o.Shards = 256
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func nodeName(i int) string { return "node" + strconv.Itoa(i) }
+
+// existingNodes lists node directories already in dir, in order.
+func existingNodes(dir string) []int {
+	entries, _ := os.ReadDir(dir)
+	var out []int
+	for _, e := range entries {
+		if n, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "node")); err == nil && e.IsDir() && strings.HasPrefix(e.Name(), "node") {
+			out = append(out, n)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+// Up starts (or reuses) the local cluster and returns its description.
+// Asking for fewer nodes than exist keeps them all; asking for more adds
+// empty nodes (shards move to them only with `shard move`).
+func Up(ctx context.Context, opts Options) (*Cluster, error) {
+	opts.defaults()
+	if _, err := localpg.FindBinDir(); err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", abs, err)
+	}
+	count := opts.Nodes
+	if ex := existingNodes(abs); len(ex) > count {
+		count = len(ex)
+		opts.Logger.Info("keeping existing nodes", "nodes", count)
+	}
+	cl := &Cluster{Dir: abs, Shards: opts.Shards}
+	for i := 1; i <= count; i++ {
+		c := localpg.New(filepath.Join(abs, nodeName(i)), 0)
+		if err := c.Init(ctx); err != nil {
+			return nil, fmt.Errorf("init %s: %w", nodeName(i), err)
+		}
+		if err := startWithFreshPort(ctx, c); err != nil {
+			return nil, fmt.Errorf("start %s: %w", nodeName(i), err)
+		}
+		if err := ensureDatabase(ctx, c.DSN("postgres"), NodeDB); err != nil {
+			return nil, fmt.Errorf("%s: %w", nodeName(i), err)
+		}
+		cl.Nodes = append(cl.Nodes, Node{Name: nodeName(i), Dir: c.Dir, Port: c.Port, DSN: c.DSN(NodeDB), Running: true})
+	}
+	first := localpg.New(filepath.Join(abs, nodeName(1)), 0)
+	if err := first.Init(ctx); err != nil {
+		return nil, err
+	}
+	if err := ensureDatabase(ctx, first.DSN("postgres"), CatalogDB); err != nil {
+		return nil, err
+	}
+	cl.CatalogDSN = first.DSN(CatalogDB)
+
+	cat := catalog.New(cl.CatalogDSN, opts.Logger)
+	if err := cat.Open(ctx); err != nil {
+		return nil, err
+	}
+	defer cat.Close()
+	if err := cat.Init(ctx, opts.Shards); err != nil {
+		if n, err2 := cat.ShardCount(ctx); err2 == nil && n != opts.Shards {
+			return nil, fmt.Errorf("the cluster in %s has %d shards, not %d: run `pgtenant dev down --destroy --dir %s` first, or use another --dir", abs, n, opts.Shards, opts.Dir)
+		}
+		return nil, err
+	}
+	registered, err := cat.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]string{}
+	for _, n := range registered {
+		known[n.Name] = n.DSN
+	}
+	for _, n := range cl.Nodes {
+		if _, ok := known[n.Name]; ok {
+			continue
+		}
+		if _, err := cat.AddNode(ctx, n.Name, n.DSN); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := cat.CreateShards(ctx); err != nil {
+		return nil, err
+	}
+	if err := writeConfig(abs, cl.CatalogDSN); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// startWithFreshPort starts c; when its port was taken meanwhile by another
+// program, it moves the cluster to a free port and tries again.
+func startWithFreshPort(ctx context.Context, c *localpg.Cluster) error {
+	err := c.Start(ctx)
+	if err == nil || !strings.Contains(err.Error(), "Address already in use") {
+		return err
+	}
+	p, perr := localpg.FreePort()
+	if perr != nil {
+		return err
+	}
+	f, ferr := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if ferr != nil {
+		return err
+	}
+	fmt.Fprintf(f, "port = %d\n", p)
+	f.Close()
+	c.Port = p
+	return c.Start(ctx)
+}
+
+func ensureDatabase(ctx context.Context, adminDSN, name string) error {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // duplicate_database
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+func writeConfig(dir, catalogDSN string) error {
+	text := fmt.Sprintf(`# Written by 'pgtenant dev up'. Commands run in %s (or given --config %s) use it.
+catalog: %q
+router:
+  listen: "127.0.0.1:%d"
+  metrics_listen: "127.0.0.1:%d"
+  auth: trust
+`, filepath.Dir(dir), filepath.Join(dir, ConfigFile), catalogDSN, routerPort(dir), routerPort(dir)+1)
+	return os.WriteFile(filepath.Join(dir, ConfigFile), []byte(text), 0o644)
+}
+
+// routerPort picks the dev router's port once and keeps it in the directory.
+func routerPort(dir string) int {
+	p := filepath.Join(dir, "router.port")
+	if b, err := os.ReadFile(p); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			return n
+		}
+	}
+	n := 6432
+	if port, err := localpg.FreePort(); err == nil {
+		n = port
+	}
+	os.WriteFile(p, []byte(strconv.Itoa(n)), 0o644)
+	return n
+}
+
+// Status describes the cluster in dir without starting anything.
+func Status(ctx context.Context, dir string) (*Cluster, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	nodes := existingNodes(abs)
+	if len(nodes) == 0 {
+		return nil, fmt.Errorf("no local cluster in %s; start one with `pgtenant dev up`", abs)
+	}
+	cl := &Cluster{Dir: abs}
+	for _, i := range nodes {
+		c := localpg.New(filepath.Join(abs, nodeName(i)), 0)
+		if err := c.Init(ctx); err != nil {
+			return nil, err
+		}
+		cl.Nodes = append(cl.Nodes, Node{Name: nodeName(i), Dir: c.Dir, Port: c.Port, DSN: c.DSN(NodeDB), Running: c.Running(ctx)})
+		if i == nodes[0] {
+			cl.CatalogDSN = c.DSN(CatalogDB)
+		}
+	}
+	if cl.Nodes[0].Running {
+		cat := catalog.New(cl.CatalogDSN, nil)
+		if err := cat.Open(ctx); err == nil {
+			cl.Shards, _ = cat.ShardCount(ctx)
+			if ts, err := cat.Tenants(ctx, -1, 0); err == nil {
+				cl.Tenants = len(ts)
+			}
+			cat.Close()
+		}
+	}
+	return cl, nil
+}
+
+// Down stops the router (if Up's caller started one, see PIDFile) and every
+// server of the cluster in dir. With destroy it also removes the directory.
+func Down(ctx context.Context, dir string, destroy bool) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	StopRouter(abs)
+	var errs []error
+	for _, i := range existingNodes(abs) {
+		c := localpg.New(filepath.Join(abs, nodeName(i)), 0)
+		if !c.Initialized() {
+			continue
+		}
+		if err := c.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if destroy {
+		if err := os.RemoveAll(abs); err != nil {
+			return fmt.Errorf("remove %s: %w", abs, err)
+		}
+	}
+	return nil
+}
+
+// PIDFile is where the dev router's process id is kept.
+func PIDFile(dir string) string { return filepath.Join(dir, "router.pid") }
+
+// StopRouter stops the dev router whose pid is in dir, if it runs.
+func StopRouter(dir string) {
+	b, err := os.ReadFile(PIDFile(dir))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	if p, err := os.FindProcess(pid); err == nil {
+		if p.Signal(syscall.SIGTERM) == nil {
+			for i := 0; i < 50 && p.Signal(syscall.Signal(0)) == nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}
+	os.Remove(PIDFile(dir))
+}
