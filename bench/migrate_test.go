@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -19,7 +20,8 @@ import (
 // 18-table energy-monitoring set in testdata/migrations18 applied to every
 // shard with migrate.Up at its default concurrency. Each iteration starts
 // from empty schemas; only Up is timed. It checks that 4,608 tables exist
-// and reports the time of one run as s/run.
+// and reports the time of one run as s/run. PGTENANT_BENCH_CONCURRENCY
+// overrides the workers per node.
 //
 //	go test ./bench/ -run '^$' -bench Migrate18Tables4Nodes -benchtime 1x
 func BenchmarkMigrate18Tables4Nodes(b *testing.B) {
@@ -72,6 +74,14 @@ func BenchmarkMigrate18Tables4Nodes(b *testing.B) {
 		conns[i] = c
 	}
 	fsys := os.DirFS("testdata/migrations18")
+	var opts migrate.Options
+	if v := os.Getenv("PGTENANT_BENCH_CONCURRENCY"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatalf("PGTENANT_BENCH_CONCURRENCY: %v", err)
+		}
+		opts.Concurrency = n
+	}
 
 	b.ResetTimer()
 	var total time.Duration
@@ -85,7 +95,7 @@ func BenchmarkMigrate18Tables4Nodes(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
-		sum, err := migrate.Up(ctx, fsys, targets, migrate.Options{})
+		sum, err := migrate.Up(ctx, fsys, targets, opts)
 		total += time.Since(start)
 		b.StopTimer()
 		if err != nil {

@@ -6,7 +6,9 @@
 // taken whole as its Up section, sent as one statement batch. Underneath,
 // github.com/pressly/goose/v3 runs the files: each file in its own
 // transaction together with its version row, so a shard is always at a whole
-// version.
+// version. A file marked "-- +goose NO TRANSACTION" (say, for CREATE INDEX
+// CONCURRENTLY) gives that guarantee up: a failure or kill inside it can
+// leave part of it applied without its version row.
 //
 // State lives in each shard: a goose_db_version table inside the shard's
 // schema. It moves with the shard, and a shard created later simply starts at
