@@ -1,0 +1,108 @@
+package devcluster_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/devcluster"
+	"github.com/pgtenant/pgtenant/internal/placement"
+)
+
+// TestUpTwiceDownTwice starts a 2-node cluster, runs up again (it reuses
+// everything), stops it, starts it again with the data kept, and destroys it.
+func TestUpTwiceDownTwice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	base, err := os.MkdirTemp("", "pgtenant-dev-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(base, 0o755)
+	defer os.RemoveAll(base)
+	dir := filepath.Join(base, "cluster")
+	defer devcluster.Down(context.Background(), dir, false)
+
+	opts := devcluster.Options{Dir: dir, Nodes: 2, Shards: 16}
+	first, err := devcluster.Up(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(first.Nodes), 2; got != want {
+		t.Fatalf("%d nodes, want %d", got, want)
+	}
+	cat := catalog.New(first.CatalogDSN, nil)
+	if err := cat.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.AddTenant(ctx, "acme", nil); err != nil {
+		t.Fatal(err)
+	}
+	cat.Close()
+
+	second, err := devcluster.Up(ctx, opts)
+	if err != nil {
+		t.Fatalf("second up: %v", err)
+	}
+	for i := range first.Nodes {
+		if first.Nodes[i].Port != second.Nodes[i].Port {
+			t.Errorf("node %d port changed from %d to %d", i, first.Nodes[i].Port, second.Nodes[i].Port)
+		}
+	}
+	if second.CatalogDSN != first.CatalogDSN {
+		t.Errorf("catalog moved: %s then %s", first.CatalogDSN, second.CatalogDSN)
+	}
+	if _, err := os.Stat(filepath.Join(dir, devcluster.ConfigFile)); err != nil {
+		t.Errorf("config file: %v", err)
+	}
+	if _, err := devcluster.Up(ctx, devcluster.Options{Dir: dir, Nodes: 2, Shards: 32}); err == nil {
+		t.Error("up with another shard count accepted")
+	}
+
+	if err := devcluster.Down(ctx, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	st, err := devcluster.Status(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st.Nodes {
+		if n.Running {
+			t.Errorf("node %s still running after down", n.Name)
+		}
+	}
+	if err := devcluster.Down(ctx, dir, false); err != nil {
+		t.Fatalf("second down: %v", err)
+	}
+
+	// Up after down brings the same data back.
+	third, err := devcluster.Up(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat = catalog.New(third.CatalogDSN, nil)
+	if err := cat.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	loc, err := cat.Locate(ctx, "acme")
+	cat.Close()
+	if err != nil {
+		t.Fatalf("tenant after restart: %v", err)
+	}
+	st, err = devcluster.Status(ctx, dir)
+	if err != nil || st.Shards != 16 || st.Tenants != 1 {
+		t.Fatalf("status = %+v, %v; want 16 shards, 1 tenant", st, err)
+	}
+	if got, want := loc.Shard.ID, placement.ShardOf("acme", 16); got != want {
+		t.Errorf("acme on shard %d after restart, want %d", got, want)
+	}
+	if err := devcluster.Down(ctx, dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("dir after destroy: %v", err)
+	}
+}
