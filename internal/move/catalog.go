@@ -1,0 +1,293 @@
+package move
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Progress is what a move reports in pgtenant.moves.progress.
+type Progress struct {
+	// Options are the options the move was started with (kept for Resume).
+	Options Options `json:"options"`
+	// Tables and TablesReady count the tables in the subscription and those copied.
+	Tables      int `json:"tables,omitempty"`
+	TablesReady int `json:"tables_ready,omitempty"`
+	// Rows and Bytes are copied so far (rows inserted into, and size of, the target's tables).
+	Rows  int64 `json:"rows,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
+	// LagMS is the last measured replication lag: time for a marker row to reach the target.
+	LagMS float64 `json:"lag_ms,omitempty"`
+	// LagBytes is the source's WAL position minus the slot's confirmed flush position.
+	LagBytes int64 `json:"lag_bytes,omitempty"`
+	// SubOID is the subscription's oid on the target (names its table-sync slots).
+	SubOID uint32 `json:"sub_oid,omitempty"`
+	// FenceLSN is the source WAL position after the fence marker committed.
+	FenceLSN string `json:"fence_lsn,omitempty"`
+	// OrphanSlot is set when the subscription was dropped while the source was
+	// unreachable: the slot on the source still has to be dropped (Cleanup does it).
+	OrphanSlot bool `json:"orphan_slot,omitempty"`
+}
+
+// Info is one row of pgtenant.moves.
+type Info struct {
+	ID         int64
+	Shard      int
+	Source     string
+	Target     string
+	Method     Method
+	Step       Step
+	Status     string
+	Error      string
+	Progress   Progress
+	Pause      time.Duration
+	StartedAt  time.Time
+	UpdatedAt  time.Time
+	FinishedAt *time.Time
+}
+
+// moveRun is a move being driven by this process.
+type moveRun struct {
+	Info
+	Schema    string
+	SourceDSN string
+	TargetDSN string
+	resuming  bool
+	src, dst  *pgx.Conn
+}
+
+const moveColumns = `id, shard, source_node, target_node, method, step, status, coalesce(error, ''), progress, pause_ms, started_at, updated_at, finished_at`
+
+func scanInfo(row pgx.Row) (Info, error) {
+	var in Info
+	var method, step string
+	var prog []byte
+	var pause *float64
+	if err := row.Scan(&in.ID, &in.Shard, &in.Source, &in.Target, &method, &step, &in.Status, &in.Error, &prog, &pause,
+		&in.StartedAt, &in.UpdatedAt, &in.FinishedAt); err != nil {
+		return in, err
+	}
+	in.Method, in.Step = Method(method), Step(step)
+	if len(prog) > 0 {
+		if err := json.Unmarshal(prog, &in.Progress); err != nil {
+			return in, fmt.Errorf("decode progress: %w", err)
+		}
+	}
+	if pause != nil {
+		in.Pause = time.Duration(*pause * float64(time.Millisecond))
+	}
+	return in, nil
+}
+
+// List returns every move in the catalog, newest first.
+func (m *Mover) List(ctx context.Context) ([]Info, error) {
+	rows, err := m.cfg.Catalog.Query(ctx, `SELECT `+moveColumns+` FROM pgtenant.moves ORDER BY id DESC`)
+	if err != nil {
+		return nil, fmt.Errorf("list moves: %w", err)
+	}
+	defer rows.Close()
+	var out []Info
+	for rows.Next() {
+		in, err := scanInfo(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list moves: %w", err)
+		}
+		out = append(out, in)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list moves: %w", err)
+	}
+	return out, nil
+}
+
+// Get returns one move.
+func (m *Mover) Get(ctx context.Context, moveID int64) (Info, error) {
+	in, err := scanInfo(m.cfg.Catalog.QueryRow(ctx, `SELECT `+moveColumns+` FROM pgtenant.moves WHERE id = $1`, moveID))
+	if err != nil {
+		return in, fmt.Errorf("get move %d: %w", moveID, err)
+	}
+	return in, nil
+}
+
+// loadMove reads a move and the DSNs of its nodes.
+func (m *Mover) loadMove(ctx context.Context, moveID int64) (*moveRun, error) {
+	in, err := m.Get(ctx, moveID)
+	if err != nil {
+		return nil, err
+	}
+	mv := &moveRun{Info: in}
+	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT schema_name FROM pgtenant.shards WHERE id = $1`, in.Shard).Scan(&mv.Schema); err != nil {
+		return nil, fmt.Errorf("read shard %d: %w", in.Shard, err)
+	}
+	if mv.SourceDSN, err = m.nodeDSN(ctx, in.Source); err != nil {
+		return nil, err
+	}
+	if mv.TargetDSN, err = m.nodeDSN(ctx, in.Target); err != nil {
+		return nil, err
+	}
+	return mv, nil
+}
+
+func (m *Mover) nodeDSN(ctx context.Context, node string) (string, error) {
+	var dsn string
+	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT dsn FROM pgtenant.nodes WHERE name = $1`, node).Scan(&dsn); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", fmt.Errorf("node %q is unknown", node)
+		}
+		return "", fmt.Errorf("read node %q: %w", node, err)
+	}
+	return dsn, nil
+}
+
+// insertMove records a new running move; the unique index makes a second running move of a shard fail.
+func (m *Mover) insertMove(ctx context.Context, mv *moveRun) error {
+	prog, err := json.Marshal(mv.Progress)
+	if err != nil {
+		return err
+	}
+	err = m.cfg.Catalog.QueryRow(ctx, `INSERT INTO pgtenant.moves (shard, source_node, target_node, method, step, progress)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, started_at`,
+		mv.Shard, mv.Source, mv.Target, string(mv.Method), string(StepStart), prog).Scan(&mv.ID, &mv.StartedAt)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			return ErrMoveRunning
+		}
+		return fmt.Errorf("record move: %w", err)
+	}
+	mv.Step, mv.Status = StepStart, "running"
+	return nil
+}
+
+// setStep records the step a running move is about to take, then calls the BeforeStep hook.
+func (m *Mover) setStep(ctx context.Context, mv *moveRun, step Step) error {
+	tag, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.moves SET step = $2, updated_at = now() WHERE id = $1 AND status = 'running'`, mv.ID, string(step))
+	if err != nil {
+		return fmt.Errorf("record step %s: %w", step, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("record step %s: %w", step, ErrNotRunning)
+	}
+	mv.Step = step
+	m.log.Info("move step", "move", mv.ID, "shard", mv.Shard, "step", step)
+	return m.checkStop(ctx, mv)
+}
+
+// saveProgress writes mv.Progress to the catalog.
+func (m *Mover) saveProgress(ctx context.Context, mv *moveRun) error {
+	prog, err := json.Marshal(mv.Progress)
+	if err != nil {
+		return err
+	}
+	if _, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.moves SET progress = $2, updated_at = now() WHERE id = $1`, mv.ID, prog); err != nil {
+		return fmt.Errorf("record progress: %w", err)
+	}
+	return nil
+}
+
+// finish sets a move's final status.
+func (m *Mover) finish(ctx context.Context, mv *moveRun, status string, cause error) error {
+	var msg *string
+	if cause != nil {
+		s := cause.Error()
+		msg = &s
+	}
+	step := mv.Step
+	if status == "done" {
+		step = StepDone
+	}
+	prog, err := json.Marshal(mv.Progress)
+	if err != nil {
+		return err
+	}
+	if _, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.moves SET status = $2, error = $3, step = $4, progress = $5,
+		updated_at = now(), finished_at = now() WHERE id = $1`, mv.ID, status, msg, string(step), prog); err != nil {
+		return fmt.Errorf("record move %s: %w", status, err)
+	}
+	mv.Status, mv.Step = status, step
+	return nil
+}
+
+// recordError stores an error on a move that stays running.
+func (m *Mover) recordError(ctx context.Context, moveID int64, cause error) {
+	if _, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.moves SET error = $2, updated_at = now() WHERE id = $1`, moveID, cause.Error()); err != nil {
+		m.log.Warn("record move error", "move", moveID, "err", err)
+	}
+}
+
+// isFlipped reports whether the catalog already places the shard on the move's target.
+func (m *Mover) isFlipped(ctx context.Context, mv *moveRun) (bool, error) {
+	var node string
+	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT node FROM pgtenant.shards WHERE id = $1`, mv.Shard).Scan(&node); err != nil {
+		return false, fmt.Errorf("read shard %d: %w", mv.Shard, err)
+	}
+	return node == mv.Target, nil
+}
+
+// markFenced sets the shard's state to 'fenced' while it is still on the source.
+func (m *Mover) markFenced(ctx context.Context, mv *moveRun) error {
+	tag, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 RETURNING id)
+		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard))
+	if err != nil {
+		return fmt.Errorf("mark shard fenced: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("mark shard fenced: %w", ErrFlipConflict)
+	}
+	return nil
+}
+
+// markActive sets the shard back to 'active' on the source (abort of a fence).
+func (m *Mover) markActive(ctx context.Context, mv *moveRun) error {
+	_, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced' RETURNING id)
+		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard))
+	if err != nil {
+		return fmt.Errorf("mark shard active: %w", err)
+	}
+	return nil
+}
+
+// flip is the point of no return: one catalog transaction moves the shard to
+// the target (compare-and-swap on node and state), bumps its epoch, records
+// the step "flipped" and notifies the routers. When the commit's outcome is
+// unknown (catalog connection lost), the shard's row decides.
+func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
+	err := pgx.BeginFunc(ctx, m.cfg.Catalog, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
+			WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source, mv.Target)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return ErrFlipConflict
+		}
+		if _, err := tx.Exec(ctx, `UPDATE pgtenant.moves SET step = $2, updated_at = now() WHERE id = $1`, mv.ID, string(StepFlipped)); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify('pgtenant_map', $1)`, strconv.Itoa(mv.Shard))
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrFlipConflict) {
+		// The commit may or may not have happened: ask the catalog, retrying briefly.
+		for i := 0; i < 20 && ctx.Err() == nil; i++ {
+			if flipped, ferr := m.isFlipped(ctx, mv); ferr == nil {
+				if flipped {
+					err = nil
+				}
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("flip shard %d to %s: %w", mv.Shard, mv.Target, err)
+	}
+	mv.Step = StepFlipped
+	return nil
+}

@@ -1,0 +1,272 @@
+package move
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// cleanupMove runs after the flip: drop the subscription (target), the
+// publication, slots and marker rows (source), then rename the source schema
+// (or drop it with DropSource). Every part is idempotent. If the source is
+// unreachable the subscription is still dropped on the target (its slot is
+// recorded as orphaned) and the error keeps the move running for Resume.
+func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	src, srcErr := m.source(ctx, mv)
+	if srcErr == nil && mv.Progress.FenceLSN != "" {
+		// Drop the slot only once the target has flushed past the fence, so a
+		// target crash right after the move cannot lose what it applied.
+		m.waitFlushed(ctx, src, mv)
+	}
+	if err := m.dropSubscription(ctx, dst, mv); err != nil {
+		return err
+	}
+	if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
+		return fmt.Errorf("delete target markers: %w", err)
+	}
+	if srcErr != nil {
+		return srcErr
+	}
+	if err := dropSourceObjects(ctx, src, mv); err != nil {
+		return err
+	}
+	if mv.Progress.OrphanSlot {
+		mv.Progress.OrphanSlot = false
+		if err := m.saveProgress(ctx, mv); err != nil {
+			return err
+		}
+	}
+	return m.retireSourceSchema(ctx, src, mv)
+}
+
+// waitFlushed waits (at most 10s) until the slot's confirmed_flush_lsn passes the fence position.
+func (m *Mover) waitFlushed(ctx context.Context, src *pgx.Conn, mv *moveRun) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		var ok *bool
+		err := src.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
+			repName(mv), mv.Progress.FenceLSN).Scan(&ok)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && ok != nil && *ok) {
+			return
+		}
+		if err != nil || sleep(ctx, 20*time.Millisecond) != nil {
+			m.log.Warn("target did not confirm the fence position; dropping the slot anyway", "move", mv.ID, "err", err)
+			return
+		}
+	}
+}
+
+// dropSubscription drops the move's subscription on the target. When the
+// source cannot be reached to drop the slot, the subscription is detached from
+// its slot first (disable, slot_name = NONE) and the slot is recorded as orphaned.
+func (m *Mover) dropSubscription(ctx context.Context, dst *pgx.Conn, mv *moveRun) error {
+	oid, err := subOID(ctx, dst, repName(mv))
+	if err != nil {
+		return fmt.Errorf("check subscription: %w", err)
+	}
+	if oid == 0 {
+		return nil
+	}
+	name := ident(repName(mv))
+	if _, err := dst.Exec(ctx, `DROP SUBSCRIPTION IF EXISTS `+name); err == nil {
+		return nil
+	} else {
+		m.log.Warn("drop subscription failed; detaching it from its slot", "move", mv.ID, "err", err)
+	}
+	for _, q := range []string{`ALTER SUBSCRIPTION ` + name + ` DISABLE`, `ALTER SUBSCRIPTION ` + name + ` SET (slot_name = NONE)`, `DROP SUBSCRIPTION ` + name} {
+		if _, err := dst.Exec(ctx, q); err != nil {
+			return fmt.Errorf("drop subscription: %w", err)
+		}
+	}
+	mv.Progress.OrphanSlot = true
+	return m.saveProgress(ctx, mv)
+}
+
+// dropSourceObjects drops the move's publication, slots and marker rows on the source.
+func dropSourceObjects(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
+	if _, err := src.Exec(ctx, `DROP PUBLICATION IF EXISTS `+ident(repName(mv))); err != nil {
+		return fmt.Errorf("drop publication: %w", err)
+	}
+	if err := dropSlots(ctx, src, mv); err != nil {
+		return err
+	}
+	if _, err := src.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
+		return fmt.Errorf("delete source markers: %w", err)
+	}
+	return nil
+}
+
+// dropSlots drops the move's slot and its table-sync slots on the source,
+// ending the WAL senders still attached to them.
+func dropSlots(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
+	pattern := ""
+	if mv.Progress.SubOID != 0 {
+		pattern = fmt.Sprintf(`pg\_%d\_sync\_%%`, mv.Progress.SubOID)
+	}
+	for attempt := 0; ; attempt++ {
+		rows, err := src.Query(ctx, `SELECT slot_name::text, active_pid FROM pg_replication_slots
+			WHERE slot_name = $1 OR ($2 <> '' AND slot_name LIKE $2)`, repName(mv), pattern)
+		if err != nil {
+			return fmt.Errorf("list slots: %w", err)
+		}
+		type slot struct {
+			name string
+			pid  *int32
+		}
+		slots, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slot, error) {
+			var s slot
+			err := r.Scan(&s.name, &s.pid)
+			return s, err
+		})
+		if err != nil {
+			return fmt.Errorf("list slots: %w", err)
+		}
+		if len(slots) == 0 {
+			return nil
+		}
+		var lastErr error
+		for _, s := range slots {
+			if s.pid != nil {
+				_, _ = src.Exec(ctx, `SELECT pg_terminate_backend($1)`, *s.pid)
+				continue
+			}
+			if _, err := src.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.name); err != nil {
+				lastErr = err
+			}
+		}
+		if attempt >= 50 {
+			return fmt.Errorf("drop replication slots: still present: %v (last error: %w)", slots[0].name, lastErr)
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return fmt.Errorf("drop replication slots: %w", err)
+		}
+	}
+}
+
+// retireSourceSchema renames the source schema to <schema>_moved_<id>, or drops it.
+func (m *Mover) retireSourceSchema(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
+	ok, err := schemaExists(ctx, src, mv.Schema)
+	if err != nil {
+		return fmt.Errorf("check source schema: %w", err)
+	}
+	if !ok {
+		return nil
+	}
+	return pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, max(m.cfg.LockTimeout.Milliseconds(), 5000))); err != nil {
+			return err
+		}
+		q := `ALTER SCHEMA ` + ident(mv.Schema) + ` RENAME TO ` + ident(movedName(mv))
+		if mv.Progress.Options.DropSource {
+			q = `DROP SCHEMA ` + ident(mv.Schema) + ` CASCADE`
+		}
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("retire source schema: %w", err)
+		}
+		return nil
+	})
+}
+
+// abort rolls a move back before its flip and records it as aborted (or
+// failed, when something could not be undone; Abort can then be run again).
+func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
+	defer closeConns(mv)
+	m.log.Warn("aborting move", "move", mv.ID, "shard", mv.Shard, "step", mv.Step, "cause", cause)
+	var errs []error
+	if err := m.unfence(ctx, mv); err != nil {
+		errs = append(errs, err)
+	}
+	if dst, err := m.target(ctx, mv); err != nil {
+		errs = append(errs, err)
+	} else {
+		if err := m.dropSubscription(ctx, dst, mv); err != nil {
+			errs = append(errs, err)
+		}
+		if mv.Step != StepStart {
+			// The pre-checks made sure the schema did not exist on the target before the move.
+			if _, err := dst.Exec(ctx, `DROP SCHEMA IF EXISTS `+ident(mv.Schema)+` CASCADE`); err != nil {
+				errs = append(errs, fmt.Errorf("drop target schema: %w", err))
+			}
+		}
+		if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
+			errs = append(errs, fmt.Errorf("delete target markers: %w", err))
+		}
+	}
+	if src, err := m.source(ctx, mv); err != nil {
+		errs = append(errs, err)
+	} else if err := dropSourceObjects(ctx, src, mv); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		err := errors.Join(errs...)
+		if ferr := m.finish(ctx, mv, "failed", fmt.Errorf("%v; abort incomplete, run abort again: %w", cause, err)); ferr != nil {
+			return errors.Join(err, ferr)
+		}
+		return err
+	}
+	if mv.Progress.OrphanSlot {
+		mv.Progress.OrphanSlot = false
+	}
+	return m.finish(ctx, mv, "aborted", cause)
+}
+
+// Cleanup drops what finished moves left on their source nodes: the renamed
+// old schemas of done moves and slots orphaned while a source was down. It
+// returns the schemas it dropped, as node.schema.
+func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
+	moves, err := m.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	var errs []error
+	for _, in := range moves {
+		if in.Status == "running" || (in.Status != "done" && !in.Progress.OrphanSlot) {
+			continue
+		}
+		mv, err := m.loadMove(ctx, in.ID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		src, err := m.source(ctx, mv)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if in.Progress.OrphanSlot {
+			if err := dropSlots(ctx, src, mv); err != nil {
+				errs = append(errs, err)
+			} else {
+				mv.Progress.OrphanSlot = false
+				if err := m.saveProgress(ctx, mv); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if in.Status == "done" {
+			if ok, err := schemaExists(ctx, src, movedName(mv)); err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				if _, err := src.Exec(ctx, `DROP SCHEMA `+ident(movedName(mv))+` CASCADE`); err != nil {
+					errs = append(errs, fmt.Errorf("drop %s on %s: %w", movedName(mv), mv.Source, err))
+				} else {
+					dropped = append(dropped, mv.Source+"."+movedName(mv))
+				}
+			}
+		}
+		closeConns(mv)
+	}
+	if len(errs) > 0 {
+		return dropped, fmt.Errorf("cleanup: %w", errors.Join(errs...))
+	}
+	return dropped, nil
+}

@@ -1,0 +1,184 @@
+package move
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// stepFence is the cutover; its duration is the shard's write pause:
+//
+//  1. mark the shard 'fenced' in the catalog and have the Fencer hold the
+//     shard's new transactions in the routers and drain in-flight ones;
+//  2. on the source, one transaction with a short lock_timeout: LOCK TABLE …
+//     IN EXCLUSIVE MODE on every table of the shard (reads go on, writers that
+//     bypassed the routers wait), insert a marker row, commit;
+//  3. poll the target every PollInterval until the marker is applied;
+//  4. unless SkipVerify, compare row counts and checksums;
+//  5. set the target's sequences to the source's values;
+//  6. flip the catalog (compare-and-swap) and release the Fencer.
+//
+// Everything before the flip is bounded by FenceTimeout; any failure releases
+// the fence with the shard still on the source.
+func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	names, err := tables(ctx, src, mv.Schema)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
+	defer cancel()
+	if err := m.fenceAndFlip(fctx, mv, src, dst, names, res); err != nil {
+		if mv.Step != StepFlipped {
+			bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if uerr := m.unfence(bg, mv); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+		}
+		return err
+	}
+	// Released: the pause is over. Release with a fresh context: the flip is done and must not stay held.
+	bg, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel2()
+	uerr := m.cfg.Fencer.Unfence(bg, mv.Shard)
+	mv.Pause = time.Since(t0)
+	res.Pause = mv.Pause
+	if _, err := m.cfg.Catalog.Exec(bg, `UPDATE pgtenant.moves SET pause_ms = $2, progress = progress || $3::jsonb, updated_at = now() WHERE id = $1`,
+		mv.ID, float64(mv.Pause.Microseconds())/1000, fmt.Sprintf(`{"fence_lsn": %q}`, mv.Progress.FenceLSN)); err != nil {
+		m.log.Warn("record pause", "move", mv.ID, "err", err)
+	}
+	m.log.Info("shard flipped", "move", mv.ID, "shard", mv.Shard, "node", mv.Target, "pause", mv.Pause)
+	if uerr != nil {
+		return fmt.Errorf("release fence after flip: %w", uerr)
+	}
+	return nil
+}
+
+func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) error {
+	t0 := time.Now()
+	if err := m.markFenced(ctx, mv); err != nil {
+		return err
+	}
+	if err := m.cfg.Fencer.Fence(ctx, mv.Shard); err != nil {
+		return fmt.Errorf("fence shard in routers: %w", err)
+	}
+	tFenced := time.Now()
+	seq, err := m.lockAndMark(ctx, mv, src, names)
+	if err != nil {
+		return err
+	}
+	tLocked := time.Now()
+	if err := waitMarker(ctx, dst, mv.ID, seq, m.cfg.PollInterval); err != nil {
+		return err
+	}
+	tApplied := time.Now()
+	if !mv.Progress.Options.SkipVerify {
+		rep, err := VerifySchemas(ctx, src, dst, mv.Schema)
+		if err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		if !rep.OK() {
+			return fmt.Errorf("verify: %w", rep.Err())
+		}
+		res.Verified = true
+	}
+	if err := syncSequences(ctx, src, dst, mv.Schema); err != nil {
+		return err
+	}
+	tSeq := time.Now()
+	if err := m.flip(ctx, mv); err != nil {
+		return err
+	}
+	m.log.Debug("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
+		"apply", tApplied.Sub(tLocked), "sequences", tSeq.Sub(tApplied), "flip", time.Since(tSeq))
+	return nil
+}
+
+// lockAndMark takes the shard's table locks on the source and commits a marker row.
+func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, names []string) (int64, error) {
+	var seq int64
+	err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		if len(names) > 0 {
+			q := make([]string, len(names))
+			for i, n := range names {
+				q[i] = ident(mv.Schema, n)
+			}
+			if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(q, ", ")+` IN EXCLUSIVE MODE`); err != nil {
+				return fmt.Errorf("lock the shard's tables: %w", err)
+			}
+		}
+		var err error
+		seq, err = insertMarker(ctx, tx, mv.ID)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("fence on source: %w", err)
+	}
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&mv.Progress.FenceLSN); err != nil {
+		return 0, fmt.Errorf("read fence position: %w", err)
+	}
+	return seq, nil
+}
+
+// syncSequences sets every sequence of the schema on the target (identity
+// columns included) to the source's value, so the next value is past it.
+func syncSequences(ctx context.Context, src, dst *pgx.Conn, schema string) error {
+	rows, err := src.Query(ctx, `SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value
+		FROM pg_sequences WHERE schemaname = $1 AND last_value IS NOT NULL`, schema)
+	if err != nil {
+		return fmt.Errorf("read source sequences: %w", err)
+	}
+	var names []string
+	var values []int64
+	for rows.Next() {
+		var n string
+		var v int64
+		if err := rows.Scan(&n, &v); err != nil {
+			rows.Close()
+			return fmt.Errorf("read source sequences: %w", err)
+		}
+		names, values = append(names, n), append(values, v)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read source sequences: %w", err)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	if _, err := dst.Exec(ctx, `SELECT setval(u.name::regclass, greatest(u.v, s.last_value), true)
+		FROM unnest($1::text[], $2::bigint[]) AS u(name, v)
+		CROSS JOIN LATERAL (SELECT coalesce((SELECT last_value FROM pg_sequences q WHERE (quote_ident(q.schemaname) || '.' || quote_ident(q.sequencename)) = u.name), 0) AS last_value) s`,
+		names, values); err != nil {
+		return fmt.Errorf("set target sequences: %w", err)
+	}
+	return nil
+}
+
+// unfence releases a fence taken before the flip: the shard goes back to
+// 'active' on the source and the routers release its transactions there.
+func (m *Mover) unfence(ctx context.Context, mv *moveRun) error {
+	var errs []error
+	if err := m.markActive(ctx, mv); err != nil {
+		errs = append(errs, err)
+	}
+	if err := m.cfg.Fencer.Unfence(ctx, mv.Shard); err != nil {
+		errs = append(errs, fmt.Errorf("release fence in routers: %w", err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,280 @@
+package move
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Step is one recorded step of a move (pgtenant.moves.step).
+type Step string
+
+// The steps of a move, in order. See the package documentation.
+const (
+	StepStart        Step = "start"
+	StepSchema       Step = "schema"
+	StepPublication  Step = "publication"
+	StepSubscription Step = "subscription"
+	StepCopy         Step = "copy"
+	StepIndexes      Step = "indexes"
+	StepCatchUp      Step = "catchup"
+	StepFence        Step = "fence"
+	StepFlipped      Step = "flipped"
+	StepCleanup      Step = "cleanup"
+	StepDone         Step = "done"
+	// StepCopyData is the step of a copy-method move that copies the rows under the fence.
+	StepCopyData Step = "copydata"
+)
+
+var stepOrder = map[Step]int{
+	StepStart: 0, StepSchema: 1, StepPublication: 2, StepSubscription: 3, StepCopy: 4, StepIndexes: 5,
+	StepCatchUp: 6, StepFence: 7, StepCopyData: 7, StepFlipped: 8, StepCleanup: 9, StepDone: 10,
+}
+
+// before reports whether step a comes before step b.
+func (a Step) before(b Step) bool { return stepOrder[a] < stepOrder[b] }
+
+// Method is how the data is moved.
+type Method string
+
+const (
+	// MethodLogical copies and catches up with logical replication; the pause is the cutover only.
+	MethodLogical Method = "logical"
+	// MethodCopy fences the shard for the whole copy (COPY per table): the pause equals the copy time.
+	MethodCopy Method = "copy"
+)
+
+// Fencer holds and releases one shard's transactions in the routers.
+// Fence returns once every router holds new transactions of the shard and the
+// shard's in-flight transactions have finished (or were ended); it must honour
+// ctx's deadline. Unfence releases the held transactions; they then go to
+// whatever node the catalog names (after a flip, the target). Both must be
+// idempotent: Unfence may be called for a shard that is not fenced.
+//
+// Before calling Fence the Mover sets pgtenant.shards.state to 'fenced' (and
+// NOTIFY pgtenant_map); before Unfence on abort it sets it back to 'active'.
+type Fencer interface {
+	Fence(ctx context.Context, shard int) error
+	Unfence(ctx context.Context, shard int) error
+}
+
+// NopFencer fences nothing: writers are only stopped by the table locks on the source.
+type NopFencer struct{}
+
+// Fence does nothing.
+func (NopFencer) Fence(context.Context, int) error { return nil }
+
+// Unfence does nothing.
+func (NopFencer) Unfence(context.Context, int) error { return nil }
+
+// Config configures a Mover. Zero durations mean the defaults given.
+type Config struct {
+	// Catalog is the catalog database (schema pgtenant). Required.
+	Catalog *pgxpool.Pool
+	// Fencer holds the shard in the routers. Nil means NopFencer.
+	Fencer Fencer
+	// Logger receives one line per step and state change. Nil discards.
+	Logger *slog.Logger
+	// FenceTimeout bounds the whole pause: fence start to flip. Zero means 5s.
+	FenceTimeout time.Duration
+	// CatchUpTimeout bounds the initial copy plus catch-up. Zero means 1h.
+	CatchUpTimeout time.Duration
+	// LockTimeout is lock_timeout for the LOCK TABLE on the source under the fence. Zero means 1s.
+	LockTimeout time.Duration
+	// PollInterval is how often the target is polled while fenced. Zero means 2ms.
+	PollInterval time.Duration
+	// MaxLag is the replication lag (time for a marker row to appear on the
+	// target) below which the shard is fenced. Zero means 200ms.
+	MaxLag time.Duration
+	// BinDir holds pg_dump and pg_restore. Empty means localpg.FindBinDir.
+	BinDir string
+	// BeforeStep, when set, is called after a step is recorded and before it
+	// runs. Returning an error stops the move as if the process had died: no
+	// abort, the move stays 'running' for Resume or Abort. For fault tests.
+	BeforeStep func(ctx context.Context, moveID int64, step Step) error
+}
+
+// Options are per-move choices. They are stored with the move so Resume keeps them.
+type Options struct {
+	// Method is MethodLogical (the zero value) or MethodCopy.
+	Method Method `json:"method,omitempty"`
+	// DropSource drops the source schema after the flip instead of renaming it.
+	DropSource bool `json:"drop_source,omitempty"`
+	// SkipVerify skips comparing row counts and checksums under the fence
+	// (it lengthens the pause by a scan of the shard; set it for huge shards).
+	SkipVerify bool `json:"skip_verify,omitempty"`
+}
+
+// Result describes a finished move.
+type Result struct {
+	MoveID   int64
+	Shard    int
+	From, To string
+	// Pause is fence start to release of the held transactions.
+	Pause time.Duration
+	// Rows and Bytes are the target's row count and size after the move.
+	Rows, Bytes int64
+	// Duration is the whole move, including cleanup.
+	Duration time.Duration
+	// Verified is true when row counts and checksums were compared under the fence.
+	Verified bool
+}
+
+// Mover runs shard moves. It is safe for concurrent use by moves of different shards.
+type Mover struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Mover. It does no I/O.
+func New(cfg Config) *Mover {
+	if cfg.Fencer == nil {
+		cfg.Fencer = NopFencer{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.FenceTimeout, 5*time.Second)
+	def(&cfg.CatchUpTimeout, time.Hour)
+	def(&cfg.LockTimeout, time.Second)
+	def(&cfg.PollInterval, 2*time.Millisecond)
+	def(&cfg.MaxLag, 200*time.Millisecond)
+	return &Mover{cfg: cfg, log: cfg.Logger}
+}
+
+// Errors callers branch on.
+var (
+	// ErrMoveRunning: the shard already has a running move.
+	ErrMoveRunning = errors.New("the shard already has a running move; resume it with --resume or roll it back with --abort")
+	// ErrFlipped: the move is past its point of no return and cannot be aborted; move the shard back instead.
+	ErrFlipped = errors.New("the move already flipped the shard to the target; move it back instead")
+	// ErrNotRunning: the move is not running (done or aborted).
+	ErrNotRunning = errors.New("the move is not running")
+	// ErrFlipConflict: the shard's catalog row changed under the move (not on the source, or not fenced).
+	ErrFlipConflict = errors.New("the shard's placement changed during the move")
+	// errStopped marks a move stopped by Config.BeforeStep or context cancellation (left for Resume).
+	errStopped = errors.New("move stopped")
+)
+
+// BadTable is a table that logical replication cannot move.
+type BadTable struct {
+	Name   string
+	Reason string
+}
+
+// UnreplicableError lists every table of the shard that logical replication
+// cannot move (no primary key or replica identity, or unlogged). Reported
+// before the move starts.
+type UnreplicableError struct {
+	Schema string
+	Tables []BadTable
+}
+
+func (e *UnreplicableError) Error() string {
+	s := fmt.Sprintf("%d table(s) in schema %s cannot be moved with logical replication:", len(e.Tables), e.Schema)
+	for _, t := range e.Tables {
+		s += fmt.Sprintf(" %s (%s);", t.Name, t.Reason)
+	}
+	return s + " add a primary key or REPLICA IDENTITY USING INDEX, or use --method copy"
+}
+
+// Move moves shard to node toNode and returns once the move is done or aborted.
+// A failure before the flip aborts the move (routing stays on the source) and
+// is returned; a failure after the flip leaves the move running for Resume.
+func (m *Mover) Move(ctx context.Context, shard int, toNode string, opts Options) (Result, error) {
+	if opts.Method == "" {
+		opts.Method = MethodLogical
+	}
+	mv, err := m.prepare(ctx, shard, toNode, opts)
+	if err != nil {
+		return Result{}, fmt.Errorf("move shard %d: %w", shard, err)
+	}
+	return m.drive(ctx, mv)
+}
+
+// Resume continues a running move from its recorded step.
+func (m *Mover) Resume(ctx context.Context, moveID int64) (Result, error) {
+	mv, err := m.loadMove(ctx, moveID)
+	if err != nil {
+		return Result{}, fmt.Errorf("resume move %d: %w", moveID, err)
+	}
+	if mv.Status != "running" {
+		return Result{}, fmt.Errorf("resume move %d: status %s: %w", moveID, mv.Status, ErrNotRunning)
+	}
+	mv.resuming = true
+	return m.drive(ctx, mv)
+}
+
+// drive runs a move and handles its failure: abort before the flip, leave it
+// running after the flip or when stopped.
+func (m *Mover) drive(ctx context.Context, mv *moveRun) (Result, error) {
+	start := time.Now()
+	res, err := m.run(ctx, mv)
+	if err == nil {
+		res.Duration = time.Since(start)
+		return res, nil
+	}
+	err = fmt.Errorf("move shard %d: step %s: %w", mv.Shard, mv.Step, err)
+	if errors.Is(err, errStopped) || ctx.Err() != nil {
+		m.log.Warn("move stopped; resume or abort it", "move", mv.ID, "shard", mv.Shard, "step", mv.Step, "err", err)
+		return res, err
+	}
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if flipped, ferr := m.isFlipped(bg, mv); ferr == nil && flipped {
+		m.recordError(bg, mv.ID, err)
+		m.log.Error("move failed after the flip; resume it to finish cleanup", "move", mv.ID, "shard", mv.Shard, "err", err)
+		return res, err
+	}
+	if aerr := m.abort(bg, mv, err); aerr != nil {
+		return res, errors.Join(err, fmt.Errorf("abort: %w", aerr))
+	}
+	return res, err
+}
+
+// Abort rolls back a move that has not flipped: routing stays on the source
+// and everything the move created is dropped. A move whose earlier abort was
+// incomplete (status 'failed') can be aborted again.
+func (m *Mover) Abort(ctx context.Context, moveID int64) error {
+	mv, err := m.loadMove(ctx, moveID)
+	if err != nil {
+		return fmt.Errorf("abort move %d: %w", moveID, err)
+	}
+	if mv.Status != "running" && mv.Status != "failed" {
+		return fmt.Errorf("abort move %d: status %s: %w", moveID, mv.Status, ErrNotRunning)
+	}
+	flipped, err := m.isFlipped(ctx, mv)
+	if err != nil {
+		return fmt.Errorf("abort move %d: %w", moveID, err)
+	}
+	if flipped {
+		return fmt.Errorf("abort move %d: %w", moveID, ErrFlipped)
+	}
+	if err := m.abort(ctx, mv, errors.New("aborted by request")); err != nil {
+		return fmt.Errorf("abort move %d: %w", moveID, err)
+	}
+	return nil
+}
+
+// checkStop calls the BeforeStep hook and maps context cancellation to errStopped.
+func (m *Mover) checkStop(ctx context.Context, mv *moveRun) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", errStopped, ctx.Err())
+	}
+	if m.cfg.BeforeStep != nil {
+		if err := m.cfg.BeforeStep(ctx, mv.ID, mv.Step); err != nil {
+			return fmt.Errorf("%w: %w", errStopped, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,520 @@
+package move
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The marker table lives in its own schema on every node that takes part in
+// a move. Each move's publication carries it with a row filter on the move's
+// id, so concurrent moves never see each other's markers. A marker row is
+// committed on the source and polled for on the target: because the apply
+// worker applies transactions in commit order, a visible marker proves that
+// everything committed before it on the source has been applied. (Comparing
+// pg_current_wal_lsn() with pg_stat_subscription or the slot's
+// confirmed_flush_lsn would not do: PG15 skips empty transactions, and the
+// feedback positions lag what is applied by up to hundreds of ms.)
+const (
+	markerSchema = "pgtenant_move"
+	markerDDL    = `CREATE SCHEMA IF NOT EXISTS pgtenant_move;
+CREATE TABLE IF NOT EXISTS pgtenant_move.marker (move_id bigint NOT NULL, seq bigint NOT NULL,
+  at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (move_id, seq))`
+)
+
+// repName names a move's publication, subscription and slot.
+func repName(mv *moveRun) string { return fmt.Sprintf("pgtenant_move_%d_%d", mv.Shard, mv.ID) }
+
+// movedName is the source schema's name after the move.
+func movedName(mv *moveRun) string { return fmt.Sprintf("%s_moved_%d", mv.Schema, mv.ID) }
+
+func closeConns(mv *moveRun) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if mv.src != nil {
+		mv.src.Close(ctx)
+		mv.src = nil
+	}
+	if mv.dst != nil {
+		mv.dst.Close(ctx)
+		mv.dst = nil
+	}
+}
+
+func connect(ctx context.Context, dsn, what string) (*pgx.Conn, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(cctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", what, err)
+	}
+	return c, nil
+}
+
+func (m *Mover) source(ctx context.Context, mv *moveRun) (*pgx.Conn, error) {
+	if mv.src != nil && !mv.src.IsClosed() {
+		return mv.src, nil
+	}
+	c, err := connect(ctx, mv.SourceDSN, "source node "+mv.Source)
+	mv.src = c
+	return c, err
+}
+
+func (m *Mover) target(ctx context.Context, mv *moveRun) (*pgx.Conn, error) {
+	if mv.dst != nil && !mv.dst.IsClosed() {
+		return mv.dst, nil
+	}
+	c, err := connect(ctx, mv.TargetDSN, "target node "+mv.Target)
+	mv.dst = c
+	return c, err
+}
+
+// prepare runs the pre-checks and records the move.
+func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Options) (*moveRun, error) {
+	mv := &moveRun{Info: Info{Shard: shard, Target: toNode, Method: opts.Method, Progress: Progress{Options: opts}}}
+	var state string
+	err := m.cfg.Catalog.QueryRow(ctx, `SELECT schema_name, node, state FROM pgtenant.shards WHERE id = $1`, shard).Scan(&mv.Schema, &mv.Source, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("shard %d is unknown", shard)
+	} else if err != nil {
+		return nil, fmt.Errorf("read shard: %w", err)
+	}
+	if mv.Source == toNode {
+		return nil, fmt.Errorf("shard %d is already on node %q", shard, toNode)
+	}
+	if state != "active" {
+		return nil, fmt.Errorf("shard %d is %s, not active: %w", shard, state, ErrMoveRunning)
+	}
+	if mv.SourceDSN, err = m.nodeDSN(ctx, mv.Source); err != nil {
+		return nil, err
+	}
+	if mv.TargetDSN, err = m.nodeDSN(ctx, toNode); err != nil {
+		return nil, err
+	}
+	if err := m.precheck(ctx, mv); err != nil {
+		closeConns(mv)
+		return nil, fmt.Errorf("pre-check: %w", err)
+	}
+	if err := m.insertMove(ctx, mv); err != nil {
+		closeConns(mv)
+		return nil, err
+	}
+	m.log.Info("move started", "move", mv.ID, "shard", shard, "from", mv.Source, "to", toNode, "method", mv.Method)
+	return mv, nil
+}
+
+// precheck verifies that the move can start: the source has logical WAL (for
+// the logical method) and every table can be replicated, the target is
+// reachable and does not have the schema yet.
+func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	if ok, err := schemaExists(ctx, src, mv.Schema); err != nil {
+		return fmt.Errorf("check source schema: %w", err)
+	} else if !ok {
+		return fmt.Errorf("schema %s does not exist on source node %q", mv.Schema, mv.Source)
+	}
+	if ok, err := schemaExists(ctx, dst, mv.Schema); err != nil {
+		return fmt.Errorf("check target schema: %w", err)
+	} else if ok {
+		return fmt.Errorf("schema %s already exists on target node %q; drop it there first", mv.Schema, mv.Target)
+	}
+	if mv.Method == MethodCopy {
+		return nil
+	}
+	var walLevel string
+	if err := src.QueryRow(ctx, `SHOW wal_level`).Scan(&walLevel); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		return fmt.Errorf("source node %q has wal_level=%s; set wal_level=logical and restart it, or use --method copy", mv.Source, walLevel)
+	}
+	bad, err := badTables(ctx, src, mv.Schema)
+	if err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		return &UnreplicableError{Schema: mv.Schema, Tables: bad}
+	}
+	return nil
+}
+
+// run drives a move from its recorded step to the end.
+func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
+	defer closeConns(mv)
+	res := Result{MoveID: mv.ID, Shard: mv.Shard, From: mv.Source, To: mv.Target}
+	flipped := false
+	if mv.resuming {
+		var err error
+		if flipped, err = m.isFlipped(ctx, mv); err != nil {
+			return res, err
+		}
+		if flipped {
+			// Killed between the flip and the release: release now (idempotent).
+			if err := m.cfg.Fencer.Unfence(ctx, mv.Shard); err != nil {
+				return res, fmt.Errorf("release fence after flip: %w", err)
+			}
+		}
+		if !flipped && (mv.Step == StepFence || mv.Step == StepCopyData || mv.Step == StepFlipped) {
+			// Killed under the fence: release it, then fence again from the catch-up.
+			if err := m.unfence(ctx, mv); err != nil {
+				return res, err
+			}
+			if mv.Method == MethodLogical {
+				mv.Step = StepCatchUp
+			} else {
+				mv.Step = StepSchema
+			}
+		}
+	}
+	if !flipped {
+		var err error
+		if mv.Method == MethodCopy {
+			err = m.runCopy(ctx, mv, &res)
+		} else {
+			err = m.runLogical(ctx, mv, &res)
+		}
+		if err != nil {
+			return res, err
+		}
+	}
+	if err := m.setStep(ctx, mv, StepCleanup); err != nil {
+		return res, err
+	}
+	if err := m.cleanupMove(ctx, mv); err != nil {
+		return res, fmt.Errorf("cleanup: %w", err)
+	}
+	m.measure(ctx, mv, &res)
+	if err := m.finish(ctx, mv, "done", nil); err != nil {
+		return res, err
+	}
+	res.Pause = mv.Pause
+	m.log.Info("move done", "move", mv.ID, "shard", mv.Shard, "to", mv.Target, "pause", res.Pause)
+	return res, nil
+}
+
+type stepFunc struct {
+	step Step
+	fn   func(context.Context, *moveRun) error
+}
+
+// runSteps runs the steps from the recorded one on (all of them for a new move).
+func (m *Mover) runSteps(ctx context.Context, mv *moveRun, steps []stepFunc) error {
+	from := mv.Step
+	for _, s := range steps {
+		if s.step.before(from) {
+			continue
+		}
+		if err := m.setStep(ctx, mv, s.step); err != nil {
+			return err
+		}
+		if err := s.fn(ctx, mv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Mover) runLogical(ctx context.Context, mv *moveRun, res *Result) error {
+	return m.runSteps(ctx, mv, []stepFunc{
+		{StepSchema, m.stepSchema},
+		{StepPublication, m.stepPublication},
+		{StepSubscription, m.stepSubscription},
+		{StepCopy, m.stepCopy},
+		{StepIndexes, m.stepIndexes},
+		{StepCatchUp, m.stepCatchUp},
+		{StepFence, func(ctx context.Context, mv *moveRun) error { return m.stepFence(ctx, mv, res) }},
+	})
+}
+
+// measure fills the result's size from the target (best effort).
+func (m *Mover) measure(ctx context.Context, mv *moveRun, res *Result) {
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return
+	}
+	_ = dst.QueryRow(ctx, `SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint, coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`, mv.Schema).Scan(&res.Rows, &res.Bytes)
+}
+
+func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	// The pre-copy restore is one transaction: the schema is there entirely or not at all.
+	if ok, err := schemaExists(ctx, dst, mv.Schema); err != nil {
+		return fmt.Errorf("check target schema: %w", err)
+	} else if ok {
+		return nil
+	}
+	if err := m.copySchema(ctx, mv, false); err != nil {
+		return fmt.Errorf("copy schema: %w", err)
+	}
+	return nil
+}
+
+// ensureMarker creates the marker table; concurrent creators may race on the catalog's unique indexes.
+func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
+	var err error
+	for i := 0; i < 3; i++ {
+		if _, err = conn.Exec(ctx, markerDDL); err == nil {
+			return nil
+		}
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || (pgErr.Code != "23505" && pgErr.Code != "42P07" && pgErr.Code != "42P06") {
+			break
+		}
+	}
+	return fmt.Errorf("create marker table: %w", err)
+}
+
+func (m *Mover) stepPublication(ctx context.Context, mv *moveRun) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	if err := ensureMarker(ctx, src); err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	if err := ensureMarker(ctx, dst); err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	var exists bool
+	if err := src.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, repName(mv)).Scan(&exists); err != nil {
+		return fmt.Errorf("check publication: %w", err)
+	}
+	if exists {
+		return nil
+	}
+	sql := fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLES IN SCHEMA %s, TABLE %s WHERE (move_id = %d)`,
+		ident(repName(mv)), ident(mv.Schema), ident(markerSchema, "marker"), mv.ID)
+	if _, err := src.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("create publication: %w", err)
+	}
+	return nil
+}
+
+// subOID returns the oid of the move's subscription on the target, 0 if there is none.
+func subOID(ctx context.Context, dst *pgx.Conn, name string) (uint32, error) {
+	var oid uint32
+	err := dst.QueryRow(ctx, `SELECT oid FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`, name).Scan(&oid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return oid, err
+}
+
+func (m *Mover) stepSubscription(ctx context.Context, mv *moveRun) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	oid, err := subOID(ctx, dst, repName(mv))
+	if err != nil {
+		return fmt.Errorf("check subscription: %w", err)
+	}
+	if oid == 0 {
+		// A slot left by an interrupted CREATE SUBSCRIPTION would make it fail.
+		if err := dropSlots(ctx, src, mv); err != nil {
+			return err
+		}
+		// CREATE SUBSCRIPTION cannot run in a transaction block: a simple-protocol Exec is an implicit transaction of its own.
+		sql := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (copy_data = true, binary = true)`,
+			ident(repName(mv)), quoteLiteral(mv.SourceDSN), ident(repName(mv)))
+		if _, err := dst.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create subscription: %w", err)
+		}
+		if oid, err = subOID(ctx, dst, repName(mv)); err != nil {
+			return fmt.Errorf("read subscription: %w", err)
+		}
+	}
+	mv.Progress.SubOID = oid
+	return m.saveProgress(ctx, mv)
+}
+
+// checkApplyErrors fails when the subscription's workers have hit errors (DDL drift, conflicts).
+func checkApplyErrors(ctx context.Context, dst *pgx.Conn, oid uint32) error {
+	var applyErr, syncErr int64
+	err := dst.QueryRow(ctx, `SELECT apply_error_count, sync_error_count FROM pg_stat_subscription_stats WHERE subid = $1`, oid).Scan(&applyErr, &syncErr)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read subscription stats: %w", err)
+	}
+	if applyErr+syncErr > 0 {
+		return fmt.Errorf("replication to the target failed (%d apply, %d table-sync errors); see the target's server log", applyErr, syncErr)
+	}
+	return nil
+}
+
+func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
+	defer cancel()
+	lastSave := time.Time{}
+	for {
+		var total, ready int
+		if err := dst.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel WHERE srsubid = $1`,
+			mv.Progress.SubOID).Scan(&total, &ready); err != nil {
+			return fmt.Errorf("read copy state: %w", err)
+		}
+		if err := checkApplyErrors(ctx, dst, mv.Progress.SubOID); err != nil {
+			return err
+		}
+		done := total > 0 && ready == total
+		if done || time.Since(lastSave) > time.Second {
+			mv.Progress.Tables, mv.Progress.TablesReady = total, ready
+			if err := dst.QueryRow(ctx, `SELECT coalesce(sum(s.n_tup_ins), 0)::bigint, coalesce(sum(pg_total_relation_size(s.relid)), 0)::bigint
+				FROM pg_stat_user_tables s WHERE s.schemaname = $1`, mv.Schema).Scan(&mv.Progress.Rows, &mv.Progress.Bytes); err != nil {
+				return fmt.Errorf("read copy progress: %w", err)
+			}
+			if err := m.saveProgress(ctx, mv); err != nil {
+				return err
+			}
+			lastSave = time.Now()
+		}
+		if done {
+			return nil
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return fmt.Errorf("initial copy not finished (%d of %d tables): %w", ready, total, err)
+		}
+	}
+}
+
+func (m *Mover) stepIndexes(ctx context.Context, mv *moveRun) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	want, err := postObjects(ctx, src, mv.Schema)
+	if err != nil {
+		return fmt.Errorf("count source indexes: %w", err)
+	}
+	have, err := postObjects(ctx, dst, mv.Schema)
+	if err != nil {
+		return fmt.Errorf("count target indexes: %w", err)
+	}
+	if have != want {
+		// One transaction: none of the post-copy objects exist yet, or all do.
+		if err := m.copySchema(ctx, mv, true); err != nil {
+			return fmt.Errorf("build indexes: %w", err)
+		}
+	}
+	names, err := tables(ctx, dst, mv.Schema)
+	if err != nil {
+		return err
+	}
+	for _, t := range names {
+		if _, err := dst.Exec(ctx, `ANALYZE `+ident(mv.Schema, t)); err != nil {
+			return fmt.Errorf("analyze %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// insertMarker commits a marker row for the move on the source and returns its seq.
+func insertMarker(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, moveID int64) (int64, error) {
+	var seq int64
+	err := q.QueryRow(ctx, `INSERT INTO pgtenant_move.marker (move_id, seq)
+		SELECT $1, coalesce(max(seq), 0) + 1 FROM pgtenant_move.marker WHERE move_id = $1 RETURNING seq`, moveID).Scan(&seq)
+	if err != nil {
+		return 0, fmt.Errorf("insert marker: %w", err)
+	}
+	return seq, nil
+}
+
+// waitMarker polls the target until the marker row is visible.
+func waitMarker(ctx context.Context, dst *pgx.Conn, moveID, seq int64, every time.Duration) error {
+	for {
+		var ok bool
+		if err := dst.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant_move.marker WHERE move_id = $1 AND seq = $2)`, moveID, seq).Scan(&ok); err != nil {
+			return fmt.Errorf("poll marker: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		if err := sleep(ctx, every); err != nil {
+			return fmt.Errorf("wait for the target to apply the source's changes: %w", err)
+		}
+	}
+}
+
+// stepCatchUp waits until a marker row committed on the source shows up on
+// the target within MaxLag: the lag is then small enough to fence.
+func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
+	defer cancel()
+	for {
+		if err := checkApplyErrors(ctx, dst, mv.Progress.SubOID); err != nil {
+			return err
+		}
+		seq, err := insertMarker(ctx, src, mv.ID)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if err := waitMarker(ctx, dst, mv.ID, seq, 5*time.Millisecond); err != nil {
+			return err
+		}
+		lag := time.Since(t0)
+		mv.Progress.LagMS = float64(lag.Microseconds()) / 1000
+		_ = src.QueryRow(ctx, `SELECT coalesce((SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1), 0)`,
+			repName(mv)).Scan(&mv.Progress.LagBytes)
+		if err := m.saveProgress(ctx, mv); err != nil {
+			return err
+		}
+		if lag <= m.cfg.MaxLag {
+			return nil
+		}
+		m.log.Info("catching up", "move", mv.ID, "shard", mv.Shard, "lag", lag)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
