@@ -86,6 +86,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 	}
 	tApplied := time.Now()
 	if !mv.Progress.Options.SkipVerify {
+		defer func(t time.Time) { m.log.Info("verified under the fence", "move", mv.ID, "took", time.Since(t)) }(time.Now())
 		rep, err := VerifySchemas(ctx, src, dst, mv.Schema)
 		if err != nil {
 			return fmt.Errorf("verify: %w", err)
@@ -102,7 +103,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 	if err := m.flip(ctx, mv); err != nil {
 		return err
 	}
-	m.log.Debug("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
+	m.log.Info("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
 		"apply", tApplied.Sub(tLocked), "sequences", tSeq.Sub(tApplied), "flip", time.Since(tSeq))
 	return nil
 }

@@ -3,6 +3,8 @@ package move
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,6 +109,9 @@ func fillShard(t *testing.T, e *env, rows int) {
 
 func testMover(t *testing.T, e *env, cfg Config) *Mover {
 	cfg.Catalog = e.cat
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	}
 	if cfg.CatchUpTimeout == 0 {
 		cfg.CatchUpTimeout = 2 * time.Minute
 	}
@@ -157,6 +162,10 @@ func moveInfo(t *testing.T, m *Mover, id int64) Info {
 	}
 	return in
 }
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
 
 var _ = pgx.Identifier{}
 var _ = fmt.Sprint

@@ -89,7 +89,7 @@ type Config struct {
 	// PollInterval is how often the target is polled while fenced. Zero means 2ms.
 	PollInterval time.Duration
 	// MaxLag is the replication lag (time for a marker row to appear on the
-	// target) below which the shard is fenced. Zero means 200ms.
+	// target) below which the shard is fenced. Zero means 100ms.
 	MaxLag time.Duration
 	// BinDir holds pg_dump and pg_restore. Empty means localpg.FindBinDir.
 	BinDir string
@@ -148,7 +148,7 @@ func New(cfg Config) *Mover {
 	def(&cfg.CatchUpTimeout, time.Hour)
 	def(&cfg.LockTimeout, time.Second)
 	def(&cfg.PollInterval, 2*time.Millisecond)
-	def(&cfg.MaxLag, 200*time.Millisecond)
+	def(&cfg.MaxLag, 100*time.Millisecond)
 	return &Mover{cfg: cfg, log: cfg.Logger}
 }
 

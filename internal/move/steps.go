@@ -440,12 +440,16 @@ func (m *Mover) stepIndexes(ctx context.Context, mv *moveRun) error {
 	return nil
 }
 
-// insertMarker commits a marker row for the move on the source and returns its seq.
-func insertMarker(ctx context.Context, q interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}, moveID int64) (int64, error) {
+// insertMarker inserts a marker row for the move in tx and returns its seq.
+// The transaction commits with synchronous_commit on: a logical WAL sender
+// only sends flushed WAL, and with synchronous_commit off the commit would
+// wait for the WAL writer (up to wal_writer_delay, 200ms by default).
+func insertMarker(ctx context.Context, tx pgx.Tx, moveID int64) (int64, error) {
+	if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+		return 0, fmt.Errorf("insert marker: %w", err)
+	}
 	var seq int64
-	err := q.QueryRow(ctx, `INSERT INTO pgtenant_move.marker (move_id, seq)
+	err := tx.QueryRow(ctx, `INSERT INTO pgtenant_move.marker (move_id, seq)
 		SELECT $1, coalesce(max(seq), 0) + 1 FROM pgtenant_move.marker WHERE move_id = $1 RETURNING seq`, moveID).Scan(&seq)
 	if err != nil {
 		return 0, fmt.Errorf("insert marker: %w", err)
@@ -486,11 +490,14 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 		if err := checkApplyErrors(ctx, dst, mv.Progress.SubOID); err != nil {
 			return err
 		}
-		seq, err := insertMarker(ctx, src, mv.ID)
-		if err != nil {
+		t0 := time.Now()
+		var seq int64
+		if err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) (err error) {
+			seq, err = insertMarker(ctx, tx, mv.ID)
+			return err
+		}); err != nil {
 			return err
 		}
-		t0 := time.Now()
 		if err := waitMarker(ctx, dst, mv.ID, seq, 5*time.Millisecond); err != nil {
 			return err
 		}
@@ -502,6 +509,7 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 			return err
 		}
 		if lag <= m.cfg.MaxLag {
+			m.log.Info("caught up", "move", mv.ID, "shard", mv.Shard, "lag", lag)
 			return nil
 		}
 		m.log.Info("catching up", "move", mv.ID, "shard", mv.Shard, "lag", lag)
