@@ -165,7 +165,10 @@ func moveInfo(t *testing.T, m *Mover, id int64) Info {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 var _ = pgx.Identifier{}
 var _ = fmt.Sprint
