@@ -74,7 +74,7 @@ func loadConfig(path string) (*Config, string, error) {
 // setting resolves one setting: the flag when given, else the environment
 // variable, else the config file's value, else the flag's default.
 func setting(cmd *cobra.Command, flag, env, fromFile string) string {
-	f := cmd.Flags().Lookup(flag)
+	f := cmd.Flag(flag)
 	if f != nil && f.Changed {
 		return f.Value.String()
 	}

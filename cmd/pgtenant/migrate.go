@@ -177,8 +177,10 @@ func (a *app) migrateUp(ctx context.Context, c *catalog.Catalog, dir string, sha
 	detail := map[string]any{"dir": dir, "shards": sum.Shards, "applied": sum.Applied, "failed": sum.Failed}
 	c.RecordOperation(ctx, "migrate up", detail, err)
 	if err != nil {
-		for _, f := range sum.Failures[1:] {
-			fmt.Fprintln(a.stderr, "also failed:", f)
+		if len(sum.Failures) > 1 {
+			for _, f := range sum.Failures[1:] {
+				fmt.Fprintln(a.stderr, "also failed:", f)
+			}
 		}
 		return fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again; each shard continues where it stopped", err)
 	}
