@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -97,5 +98,95 @@ func (c *Catalog) WaitAcked(ctx context.Context, v int64, within, every time.Dur
 	}
 }
 
-// Compile-time check that the states used here exist.
-var _ = placement.StateFenced
+// Follow keeps a router in step with the catalog: it calls apply with every
+// new map (see Watch) and, once apply has returned, acknowledges the map's
+// version under the router's id (a map apply refuses is logged and not
+// acknowledged), so that a mover fencing a shard knows every
+// router holds its transactions. It also sends a heartbeat every `every`
+// (zero means 1s). It returns when ctx ends, after removing the router's row.
+func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Duration, apply func(context.Context, *placement.Map) error) error {
+	if every <= 0 {
+		every = time.Second
+	}
+	var acked atomic.Int64
+	beat := func() {
+		hctx, cancel := context.WithTimeout(ctx, every)
+		defer cancel()
+		if err := c.Heartbeat(hctx, id, addr, acked.Load()); err != nil && ctx.Err() == nil {
+			c.logger.Warn("router heartbeat failed", "err", err)
+		}
+	}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				beat()
+			}
+		}
+	}()
+	err := c.Watch(ctx, WatchOptions{}, func(ctx context.Context, m *placement.Map) error {
+		if err := apply(ctx, m); err != nil {
+			// Not acknowledged: a mover waiting on this version times out
+			// and aborts rather than trusting this router.
+			c.logger.Error("apply map", "map_version", m.Version, "err", err)
+			return nil
+		}
+		acked.Store(m.Version)
+		beat()
+		return nil
+	})
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	c.RemoveRouter(rctx, id)
+	return err
+}
+
+// RouterFencer fences shards through the routers that follow this catalog:
+// the shard's state is already 'fenced' in the map (the mover sets it, bumping
+// the map version), and Fence waits until every live router has acknowledged
+// that version, which a router does only after it holds the shard's new
+// transactions and its in-flight ones have ended. It satisfies move.Fencer.
+type RouterFencer struct {
+	Catalog *Catalog
+	// Within is how recent a heartbeat must be for a router to count as live.
+	// Zero means 3s.
+	Within time.Duration
+	// Poll is how often acknowledgements are checked. Zero means 2ms.
+	Poll time.Duration
+}
+
+func (f RouterFencer) wait(ctx context.Context) error {
+	within, poll := f.Within, f.Poll
+	if within <= 0 {
+		within = 3 * time.Second
+	}
+	if poll <= 0 {
+		poll = 2 * time.Millisecond
+	}
+	v, err := f.Catalog.MapVersion(ctx)
+	if err != nil {
+		return err
+	}
+	return f.Catalog.WaitAcked(ctx, v, within, poll)
+}
+
+// Fence waits until every live router holds shard's transactions.
+func (f RouterFencer) Fence(ctx context.Context, shard int) error {
+	if err := f.wait(ctx); err != nil {
+		return fmt.Errorf("fence shard %d: %w", shard, err)
+	}
+	return nil
+}
+
+// Unfence waits until every live router has seen the shard released (active
+// again, on the source after an abort or on the target after a flip).
+func (f RouterFencer) Unfence(ctx context.Context, shard int) error {
+	if err := f.wait(ctx); err != nil {
+		return fmt.Errorf("unfence shard %d: %w", shard, err)
+	}
+	return nil
+}
