@@ -83,6 +83,13 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 	} else if err != nil {
 		return nil, fmt.Errorf("read shard: %w", err)
 	}
+	var running bool
+	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant.moves WHERE shard = $1 AND status = 'running')`, shard).Scan(&running); err != nil {
+		return nil, fmt.Errorf("read moves: %w", err)
+	}
+	if running {
+		return nil, ErrMoveRunning
+	}
 	if mv.Source == toNode {
 		return nil, fmt.Errorf("shard %d is already on node %q", shard, toNode)
 	}
