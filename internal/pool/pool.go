@@ -1,0 +1,462 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// ErrWaitTimeout is returned by Acquire when no connection became free within
+// Config.WaitTimeout.
+var ErrWaitTimeout = errors.New("timed out waiting for a free backend connection")
+
+// ErrClosed is returned by Acquire on a closed pool.
+var ErrClosed = errors.New("pool is closed")
+
+// ConnectError wraps a failure to open a connection to a node.
+type ConnectError struct {
+	Node string
+	Err  error
+}
+
+func (e *ConnectError) Error() string { return fmt.Sprintf("connect to node %q: %v", e.Node, e.Err) }
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// Config limits one node's pool. Zero values mean the defaults given.
+type Config struct {
+	// MaxSize is the most connections open at once. Zero means 20.
+	MaxSize int
+	// MinIdle connections are kept open even when unused. Zero means none.
+	MinIdle int
+	// IdleTimeout closes connections unused this long (above MinIdle). Zero
+	// means 5 minutes; negative means never.
+	IdleTimeout time.Duration
+	// MaxLifetime closes connections this old when they are next returned.
+	// Zero means 1 hour; negative means never.
+	MaxLifetime time.Duration
+	// WaitTimeout bounds how long Acquire waits for a free connection when
+	// the pool is full. Zero means 5 seconds.
+	WaitTimeout time.Duration
+	// ConnectTimeout bounds opening one connection. Zero means 5 seconds.
+	ConnectTimeout time.Duration
+	// MaxMessage bounds a message read from the server. Zero means
+	// wire.DefaultMaxMessage.
+	MaxMessage int
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxSize <= 0 {
+		c.MaxSize = 20
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.MaxLifetime == 0 {
+		c.MaxLifetime = time.Hour
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = 5 * time.Second
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.MinIdle > c.MaxSize {
+		c.MinIdle = c.MaxSize
+	}
+	return c
+}
+
+// Conn is one backend connection. Its exported state fields belong to
+// whoever holds it (checked out); the pool never touches them.
+type Conn struct {
+	// R reads server messages; W buffers messages to the server.
+	R *wire.Reader
+	W *bufio.Writer
+	// PID and Secret are the server's cancel key.
+	PID    uint32
+	Secret []byte
+	// Params are the ParameterStatus values reported at connect.
+	Params map[string]string
+
+	// Schema and Tenant are the search_path and pgtenant.tenant_id last set
+	// on this connection; SessionSig identifies the client session settings
+	// last applied ("" = server defaults).
+	Schema, Tenant, SessionSig string
+	// Prepared holds the names of statements prepared on this connection.
+	Prepared map[string]struct{}
+	// Unnamed identifies what the unnamed statement holds (owner-defined).
+	Unnamed any
+
+	node     string
+	nc       net.Conn
+	created  time.Time
+	lastUsed time.Time
+	broken   atomic.Bool
+	reason   atomic.Pointer[error]
+	pool     *Pool
+}
+
+// Release returns the connection to the pool it came from.
+func (c *Conn) Release() { c.pool.Release(c) }
+
+// Node is the name of the node the connection is to.
+func (c *Conn) Node() string { return c.node }
+
+// MarkBroken makes Release discard the connection.
+func (c *Conn) MarkBroken() { c.broken.Store(true) }
+
+// Broken reports whether the connection has failed or been killed.
+func (c *Conn) Broken() bool { return c.broken.Load() }
+
+// Kill closes the connection from any goroutine, remembering why; whoever
+// holds it sees read/write errors and KillReason returns reason.
+func (c *Conn) Kill(reason error) {
+	c.reason.CompareAndSwap(nil, &reason)
+	c.broken.Store(true)
+	c.nc.Close()
+}
+
+// KillReason is the reason given to Kill, or nil.
+func (c *Conn) KillReason() error {
+	if p := c.reason.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// SetDeadline sets the network deadline of the connection.
+func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
+
+// Cancel asks the server to cancel the query running on this connection.
+func (c *Conn) Cancel(ctx context.Context) error {
+	addr := c.nc.RemoteAddr()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, addr.Network(), addr.String())
+	if err != nil {
+		return fmt.Errorf("cancel on node %q: %w", c.node, err)
+	}
+	defer nc.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	if _, err := nc.Write(wire.AppendCancelRequest(nil, c.PID, c.Secret)); err != nil {
+		return fmt.Errorf("cancel on node %q: %w", c.node, err)
+	}
+	var b [1]byte
+	nc.Read(b[:]) // the server closes the connection when done
+	return nil
+}
+
+// Stats is a snapshot of a pool.
+type Stats struct {
+	Node         string `json:"node"`
+	Total        int    `json:"total"`
+	Idle         int    `json:"idle"`
+	InUse        int    `json:"in_use"`
+	Waiting      int    `json:"waiting"`
+	MaxSize      int    `json:"max_size"`
+	Acquires     int64  `json:"acquires"`
+	Waits        int64  `json:"waits"`
+	WaitTimeouts int64  `json:"wait_timeouts"`
+	ConnectErrs  int64  `json:"connect_errors"`
+	Opened       int64  `json:"opened"`
+	Closed       int64  `json:"closed"`
+}
+
+// Pool holds connections to one node.
+type Pool struct {
+	node, dsn string
+	cfg       Config
+	log       *slog.Logger
+
+	mu      sync.Mutex
+	idle    []*Conn
+	total   int
+	waiters []chan *Conn
+	closed  bool
+
+	acquires, waits, waitTimeouts, connectErrs, opened, closedN atomic.Int64
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New returns a pool for node reachable at dsn. It opens no connection; a
+// background goroutine keeps MinIdle connections and enforces IdleTimeout
+// until Close.
+func New(node, dsn string, cfg Config, log *slog.Logger) *Pool {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Pool{node: node, dsn: dsn, cfg: cfg.withDefaults(), log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	go p.maintain()
+	return p
+}
+
+// Node is the pool's node name; DSN its connection string.
+func (p *Pool) Node() string { return p.node }
+
+// DSN is the connection string the pool dials.
+func (p *Pool) DSN() string { return p.dsn }
+
+// Acquire checks out a connection, opening one if the pool is below MaxSize,
+// or waiting up to WaitTimeout for one to be released.
+func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	p.acquires.Add(1)
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if n := len(p.idle); n > 0 {
+			c := p.idle[n-1]
+			p.idle = p.idle[:n-1]
+			p.mu.Unlock()
+			if c.Broken() || p.expired(c, time.Now()) {
+				p.discard(c)
+				continue
+			}
+			return c, nil
+		}
+		if p.total < p.cfg.MaxSize {
+			p.total++
+			p.mu.Unlock()
+			return p.open(ctx)
+		}
+		w := make(chan *Conn, 1)
+		p.waiters = append(p.waiters, w)
+		p.mu.Unlock()
+		p.waits.Add(1)
+		c, err := p.wait(ctx, w)
+		if err != nil {
+			return nil, err
+		}
+		if c == nil { // a slot was freed: open a connection in it
+			return p.open(ctx)
+		}
+		return c, nil
+	}
+}
+
+func (p *Pool) wait(ctx context.Context, w chan *Conn) (*Conn, error) {
+	t := time.NewTimer(p.cfg.WaitTimeout)
+	defer t.Stop()
+	var err error
+	select {
+	case c := <-w:
+		return c, nil
+	case <-t.C:
+		p.waitTimeouts.Add(1)
+		err = fmt.Errorf("node %q: %w", p.node, ErrWaitTimeout)
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-p.stop:
+		err = ErrClosed
+	}
+	p.mu.Lock()
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.mu.Unlock()
+			return nil, err
+		}
+	}
+	p.mu.Unlock()
+	// Someone handed us a connection (or a slot) just as we gave up: pass it on.
+	if c := <-w; c != nil {
+		p.Release(c)
+	} else {
+		p.freeSlot()
+	}
+	return nil, err
+}
+
+func (p *Pool) open(ctx context.Context) (*Conn, error) {
+	c, err := p.connect(ctx)
+	if err != nil {
+		p.connectErrs.Add(1)
+		p.freeSlot()
+		return nil, &ConnectError{Node: p.node, Err: err}
+	}
+	p.opened.Add(1)
+	return c, nil
+}
+
+func (p *Pool) connect(ctx context.Context) (*Conn, error) {
+	cfg, err := pgconn.ParseConfig(p.dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse dsn: %w", err)
+	}
+	cfg.ConnectTimeout = p.cfg.ConnectTimeout
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, fmt.Errorf("sync conn: %w", err)
+	}
+	h, err := pc.Hijack()
+	if err != nil {
+		pc.Close(ctx)
+		return nil, fmt.Errorf("hijack: %w", err)
+	}
+	now := time.Now()
+	return &Conn{
+		R:        wire.NewReader(h.Conn, 32<<10, p.cfg.MaxMessage),
+		W:        bufio.NewWriterSize(h.Conn, 32<<10),
+		PID:      h.PID,
+		Secret:   h.SecretKey,
+		Params:   h.ParameterStatuses,
+		Prepared: make(map[string]struct{}),
+		node:     p.node,
+		nc:       h.Conn,
+		created:  now,
+		lastUsed: now,
+		pool:     p,
+	}, nil
+}
+
+func (p *Pool) expired(c *Conn, now time.Time) bool {
+	return p.cfg.MaxLifetime > 0 && now.Sub(c.created) > p.cfg.MaxLifetime
+}
+
+// Release returns a connection checked out with Acquire. Broken or expired
+// connections are closed.
+func (p *Pool) Release(c *Conn) {
+	now := time.Now()
+	if c.Broken() || p.expired(c, now) || c.W.Buffered() > 0 || c.R.Buffered() > 0 {
+		p.discard(c)
+		return
+	}
+	c.lastUsed = now
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.discard(c)
+		return
+	}
+	if len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		w <- c
+		return
+	}
+	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+}
+
+// discard closes c and frees its slot.
+func (p *Pool) discard(c *Conn) {
+	c.broken.Store(true)
+	c.nc.Close()
+	p.closedN.Add(1)
+	p.freeSlot()
+}
+
+// freeSlot gives a freed slot to a waiter or decrements the total.
+func (p *Pool) freeSlot() {
+	p.mu.Lock()
+	if len(p.waiters) > 0 && !p.closed {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		w <- nil
+		return
+	}
+	p.total--
+	p.mu.Unlock()
+}
+
+func (p *Pool) maintain() {
+	defer close(p.done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var drop []*Conn
+		p.mu.Lock()
+		keep := p.idle[:0]
+		for i, c := range p.idle {
+			old := p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) > p.cfg.IdleTimeout && len(p.idle)-i > p.cfg.MinIdle
+			if old || p.expired(c, now) || c.Broken() {
+				drop = append(drop, c)
+			} else {
+				keep = append(keep, c)
+			}
+		}
+		p.idle = keep
+		need := 0
+		if p.cfg.MinIdle > len(p.idle) && p.total < p.cfg.MaxSize {
+			need = min(p.cfg.MinIdle-len(p.idle), p.cfg.MaxSize-p.total)
+			p.total += need
+		}
+		p.mu.Unlock()
+		for _, c := range drop {
+			p.discard(c)
+		}
+		for i := 0; i < need; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
+			c, err := p.open(ctx)
+			cancel()
+			if err != nil {
+				p.log.Warn("open idle backend connection", "node", p.node, "err", err)
+				for j := i + 1; j < need; j++ {
+					p.freeSlot()
+				}
+				break
+			}
+			p.Release(c)
+		}
+	}
+}
+
+// Stats returns counters and sizes.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	s := Stats{Node: p.node, Total: p.total, Idle: len(p.idle), Waiting: len(p.waiters), MaxSize: p.cfg.MaxSize}
+	p.mu.Unlock()
+	s.InUse = s.Total - s.Idle
+	s.Acquires, s.Waits, s.WaitTimeouts = p.acquires.Load(), p.waits.Load(), p.waitTimeouts.Load()
+	s.ConnectErrs, s.Opened, s.Closed = p.connectErrs.Load(), p.opened.Load(), p.closedN.Load()
+	return s
+}
+
+// Close closes idle connections and refuses new checkouts; connections still
+// checked out are closed when released.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	close(p.stop)
+	<-p.done
+	for _, c := range idle {
+		p.discard(c)
+	}
+}

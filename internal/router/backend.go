@@ -1,0 +1,558 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// anyTenant binds a backend used for statements that need no shard.
+const anyTenant = "\x00any"
+
+// anySchema is the search_path of backends serving statements without a tenant.
+const anySchema = "pg_catalog"
+
+// inTxn reports whether the client is inside a transaction block.
+func (ss *session) inTxn() bool {
+	if ss.be != nil {
+		return ss.status != 'I'
+	}
+	return ss.pendingBegin != "" || ss.failed
+}
+
+// localStatus is the ReadyForQuery status when no backend is attached.
+func (ss *session) localStatus() byte {
+	switch {
+	case ss.be != nil:
+		return ss.status
+	case ss.failed:
+		return 'E'
+	case ss.pendingBegin != "":
+		return 'T'
+	}
+	return 'I'
+}
+
+// pickTenant returns the tenant a statement runs for: its hint, else SET
+// LOCAL, else the session's.
+func (ss *session) pickTenant(info *stmtInfo) string {
+	switch {
+	case info.hasHint:
+		return info.hint
+	case ss.localTenant != "":
+		return ss.localTenant
+	case ss.be != nil && ss.status != 'I' && ss.beTenant != anyTenant:
+		return ss.beTenant
+	}
+	return ss.tenant
+}
+
+func noTenantError() *wire.Error {
+	return &wire.Error{Code: "3D000", Message: "no tenant selected for this statement",
+		Hint: "Set one with SET pgtenant.tenant = 'id', a /* tenant: id */ comment, or the connection option -c pgtenant.tenant=id."}
+}
+
+func unknownTenantError(t string) *wire.Error {
+	return &wire.Error{Code: "42704", Message: fmt.Sprintf("tenant %q is unknown", t),
+		Hint: fmt.Sprintf("Register it with `pgtenant tenant add %s`.", t)}
+}
+
+func checkTenantID(t string) *wire.Error {
+	if err := placement.ValidateTenantID(t); err != nil {
+		return &wire.Error{Code: "22023", Message: fmt.Sprintf("invalid tenant id: %v", err)}
+	}
+	return nil
+}
+
+// ensureBackend attaches a backend for tenant (anyTenant for statements
+// that need no shard) and queues what must run on it first.
+func (ss *session) ensureBackend(tenant string) *wire.Error {
+	if ss.be != nil {
+		if ss.beTenant == tenant && !ss.be.Broken() {
+			return nil
+		}
+		if err := ss.drainSyncs(); err != nil {
+			return connError(err)
+		}
+	}
+	if ss.be != nil {
+		if ss.beTenant == tenant && !ss.be.Broken() {
+			return nil
+		}
+		if ss.backendPending() {
+			return &wire.Error{Code: "25001", Message: fmt.Sprintf("this pipeline is bound to tenant %q; it cannot also run statements for tenant %q", ss.beTenant, tenant),
+				Hint: "Send Sync before switching tenants: one implicit transaction runs on one shard."}
+		}
+		if ss.status != 'I' && !ss.be.Broken() {
+			if tenant == anyTenant {
+				return nil // harmless statement inside the transaction
+			}
+			return &wire.Error{Code: "25001", Message: fmt.Sprintf("this transaction is bound to tenant %q; it cannot also run statements for tenant %q", ss.beTenant, tenant),
+				Hint: "COMMIT or ROLLBACK before switching tenants: one transaction runs on one shard."}
+		}
+		if ss.listening {
+			return &wire.Error{Code: "0A000", Message: "cannot switch tenant while listening for notifications", Hint: "UNLISTEN * first."}
+		}
+		ss.releaseBackend()
+	}
+	if tenant != anyTenant {
+		if e := checkTenantID(tenant); e != nil {
+			return e
+		}
+	}
+	m := ss.srv.mp.Load()
+	if m == nil || len(m.Shards) == 0 {
+		return &wire.Error{Code: "08006", Message: "the router has no placement map yet"}
+	}
+	var node placement.Node
+	var schema string
+	var g *gate
+	var entry *inflight
+	if tenant == anyTenant {
+		n, ok := m.Nodes[m.Shards[0].Node]
+		if !ok {
+			return &wire.Error{Code: "08006", Message: "the placement map has no node for shard 0"}
+		}
+		node, schema = n, anySchema
+	} else {
+		var holdStart time.Time
+		for {
+			loc, err := m.Locate(tenant)
+			if err != nil {
+				if errors.Is(err, placement.ErrUnknownTenant) {
+					return unknownTenantError(tenant)
+				}
+				return &wire.Error{Code: "XX000", Message: err.Error()}
+			}
+			gs := ss.srv.gatesFor(len(m.Shards))
+			g = gs[loc.Shard.ID]
+			g.mu.Lock()
+			if g.fenced {
+				ch := g.release
+				g.mu.Unlock()
+				if holdStart.IsZero() {
+					holdStart = time.Now()
+				}
+				if e := ss.hold(ch, loc.Shard.ID, holdStart); e != nil {
+					return e
+				}
+				m = ss.srv.mp.Load()
+				continue
+			}
+			entry = &inflight{}
+			g.inflight[ss] = entry
+			g.mu.Unlock()
+			if cur := ss.srv.mp.Load(); cur != m {
+				ss.leaveGate(g)
+				m = cur
+				continue
+			}
+			node, schema = loc.Node, loc.Shard.Schema
+			if schema == "" {
+				schema = placement.SchemaName(loc.Shard.ID)
+			}
+			break
+		}
+	}
+	p := ss.srv.pool(node)
+	t0 := time.Now()
+	be, err := p.Acquire(ss.ctx)
+	if err != nil {
+		if g != nil {
+			ss.leaveGate(g)
+		}
+		var ce *pool.ConnectError
+		switch {
+		case errors.As(err, &ce):
+			return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q is unreachable: %v", node.Name, ce.Err)}
+		case errors.Is(err, pool.ErrWaitTimeout):
+			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free within %s", node.Name, ss.srv.cfg.Pool.WaitTimeout)}
+		}
+		return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q: %v", node.Name, err)}
+	}
+	ss.srv.m.AcquireWait.WithLabelValues(node.Name).Observe(time.Since(t0).Seconds())
+	if g != nil {
+		g.mu.Lock()
+		cut := entry.cut
+		entry.be = be
+		g.mu.Unlock()
+		if cut {
+			ss.leaveGate(g)
+			be.Release()
+			return &wire.Error{Code: "40001", Message: "the tenant's shard is being moved; retry the transaction"}
+		}
+	}
+	ss.srv.learnParams(be)
+	ss.be, ss.beTenant, ss.beGate, ss.beStart, ss.status = be, tenant, g, time.Now(), 'I'
+	ss.beCur.Store(be)
+	tid := tenant
+	if tenant == anyTenant {
+		tid = ""
+	}
+	ss.setup(be, schema, tid)
+	if ss.pendingBegin != "" && tenant != anyTenant {
+		ss.out = wire.AppendQuery(ss.out[:0], ss.pendingBegin)
+		be.W.Write(ss.out)
+		ss.push(expect{kind: eQuery, swallow: true})
+		ss.pendingBegin = ""
+	}
+	return nil
+}
+
+// hold waits for a fenced shard to be released.
+func (ss *session) hold(ch chan struct{}, shard int, since time.Time) *wire.Error {
+	m := ss.srv.m
+	m.Held.Inc()
+	defer m.Held.Dec()
+	left := ss.srv.cfg.HoldTimeout - time.Since(since)
+	if left <= 0 {
+		left = time.Millisecond
+	}
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-t.C:
+		m.HoldTimeouts.Inc()
+		return &wire.Error{Code: "40001", Message: fmt.Sprintf("shard %d is being moved and was not released within %s", shard, ss.srv.cfg.HoldTimeout),
+			Hint: "Retry the transaction."}
+	case <-ss.ctx.Done():
+		return &wire.Error{Severity: "FATAL", Code: "57P01", Message: "the router is shutting down"}
+	}
+}
+
+func (ss *session) leaveGate(g *gate) {
+	g.mu.Lock()
+	delete(g.inflight, ss)
+	g.mu.Unlock()
+}
+
+// setup queues the statements that give be the session's settings, the
+// shard's search_path and the tenant id, pipelined before the client's
+// message. Nothing is sent when the backend already has them.
+func (ss *session) setup(be *pool.Conn, schema, tenant string) {
+	if be.SessionSig == ss.sig && be.Schema == schema && be.Tenant == tenant {
+		return
+	}
+	var b strings.Builder
+	if be.SessionSig != ss.sig {
+		if be.SessionSig != "" {
+			b.WriteString("RESET ALL;")
+		}
+		b.WriteString(ss.sig)
+		be.SessionSig = ss.sig
+		be.Schema, be.Tenant = "\x00", "\x00"
+	}
+	if be.Schema != schema {
+		b.WriteString("SET search_path TO ")
+		b.WriteString(pgx.Identifier{schema}.Sanitize())
+		b.WriteString(";")
+		be.Schema = schema
+	}
+	if be.Tenant != tenant {
+		b.WriteString("SET pgtenant.tenant_id TO ")
+		b.WriteString(quoteLiteral(tenant))
+		b.WriteString(";")
+		be.Tenant = tenant
+	}
+	ss.out = wire.AppendQuery(ss.out[:0], b.String())
+	be.W.Write(ss.out)
+	be.Unnamed = nil
+	ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
+}
+
+// releaseBackend returns the attached backend to its pool.
+func (ss *session) releaseBackend() {
+	be := ss.be
+	if be == nil {
+		return
+	}
+	ss.be = nil
+	ss.beCur.Store(nil)
+	if ss.beGate != nil {
+		ss.leaveGate(ss.beGate)
+		ss.beGate = nil
+	}
+	node := be.Node()
+	ss.srv.m.Transactions.WithLabelValues(node).Inc()
+	ss.srv.m.TxnSeconds.WithLabelValues(node).Observe(time.Since(ss.beStart).Seconds())
+	be.Release()
+}
+
+// push queues an expected response.
+func (ss *session) push(e expect) {
+	ss.queue = append(ss.queue, e)
+	if e.kind == eSync || e.kind == eQuery || e.kind == eSynthRFQ {
+		ss.syncs++
+	}
+}
+
+func (ss *session) pop() {
+	e := ss.queue[0]
+	if e.kind == eSync || e.kind == eQuery || e.kind == eSynthRFQ {
+		ss.syncs--
+	}
+	ss.queue[0] = expect{}
+	ss.queue = ss.queue[1:]
+	if len(ss.queue) == 0 {
+		ss.queue = ss.queue[:0:cap(ss.queue)]
+	}
+}
+
+// drainSyncs relays responses up to the last queued ReadyForQuery.
+func (ss *session) drainSyncs() error {
+	if ss.syncs == 0 {
+		return nil
+	}
+	return ss.drain(false)
+}
+
+// drain relays backend responses for queued messages: up to the last
+// ReadyForQuery, or (all) every queued response (after a Flush).
+func (ss *session) drain(all bool) error {
+	for len(ss.queue) > 0 && (all || ss.syncs > 0) {
+		e := &ss.queue[0]
+		switch e.kind {
+		case eSynth:
+			ss.cw.Write(e.synth)
+			ss.pop()
+			continue
+		case eSynthRFQ:
+			ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+			ss.pop()
+			continue
+		}
+		be := ss.be
+		if be == nil {
+			// The backend was lost: answer what is left.
+			ss.lostBackend(nil)
+			continue
+		}
+		if be.W.Buffered() > 0 {
+			if err := be.W.Flush(); err != nil {
+				ss.backendFailed(err)
+				continue
+			}
+		}
+		if be.R.Buffered() == 0 && ss.cw.Buffered() > 0 {
+			if err := ss.cw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, body, err := be.R.ReadMessage()
+		if err != nil {
+			ss.backendFailed(err)
+			continue
+		}
+		switch typ {
+		case wire.MsgReadyForQuery:
+			if len(body) == 1 {
+				ss.status = body[0]
+			}
+			if e.kind != eSync && e.kind != eQuery {
+				// Unexpected; relay and carry on.
+				ss.relay(typ, body)
+				continue
+			}
+			swallow := e.swallow
+			ss.pop()
+			if !swallow {
+				if ss.pendingBegin != "" && ss.status == 'I' {
+					// A statement run outside the deferred transaction.
+					ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], 'T'))
+				} else {
+					ss.relay(typ, body)
+					if ss.status == 'I' {
+						ss.localTenant = ""
+					}
+				}
+			}
+			if ss.status == 'I' && ss.srv.cfg.PoolMode == PoolTransaction && !ss.backendPending() {
+				ss.releaseBackend()
+			}
+			continue
+		case wire.MsgErrorResponse:
+			ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
+			ss.relay(typ, body)
+			if e.name == "setup" {
+				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
+			}
+			switch e.kind {
+			case eQuery, eSync:
+				// Query: ReadyForQuery follows.
+			default:
+				if e.kind == eParse && e.name != "" {
+					delete(be.Prepared, e.name)
+				}
+				if e.kind == eParse && be.Unnamed != nil && e.name == "" {
+					be.Unnamed = nil
+				}
+				// The server skips to Sync: so do we.
+				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+					ss.pop()
+				}
+			}
+			continue
+		case wire.MsgCopyInResponse:
+			ss.relay(typ, body)
+			if err := ss.copyIn(be); err != nil {
+				return err
+			}
+			continue
+		case wire.MsgCopyBothResp:
+			be.Kill(errors.New("copy both is not supported"))
+			continue
+		case wire.MsgNotice, wire.MsgNotification, wire.MsgParamStatus:
+			ss.relay(typ, body)
+			continue
+		}
+		if !e.swallow {
+			ss.relay(typ, body)
+		}
+		done := false
+		switch e.kind {
+		case eParse:
+			done = typ == wire.MsgParseComplete
+		case eBind:
+			done = typ == wire.MsgBindComplete
+		case eClose:
+			done = typ == wire.MsgCloseComplete
+		case eDescS, eDescP:
+			done = typ == wire.MsgRowDescription || typ == wire.MsgNoData
+		case eExec:
+			done = typ == wire.MsgCommandComplete || typ == wire.MsgEmptyQuery || typ == wire.MsgPortalSuspended
+		}
+		if done {
+			ss.pop()
+		}
+	}
+	return nil
+}
+
+// backendPending reports whether any queued response must come from the backend.
+func (ss *session) backendPending() bool {
+	for i := range ss.queue {
+		if k := ss.queue[i].kind; k != eSynth && k != eSynthRFQ {
+			return true
+		}
+	}
+	return false
+}
+
+func (ss *session) relay(typ byte, body []byte) {
+	wire.WriteFrame(ss.cw, typ, body)
+}
+
+// copyIn relays CopyData from the client until CopyDone or CopyFail.
+func (ss *session) copyIn(be *pool.Conn) error {
+	if err := ss.cw.Flush(); err != nil {
+		return err
+	}
+	for {
+		if ss.cr.Buffered() == 0 {
+			if err := be.W.Flush(); err != nil {
+				ss.backendFailed(err)
+				return nil
+			}
+		}
+		typ, body, err := ss.cr.ReadMessage()
+		if err != nil {
+			be.MarkBroken()
+			return err
+		}
+		switch typ {
+		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
+			wire.WriteFrame(be.W, typ, body)
+			if typ != wire.MsgCopyData {
+				return nil
+			}
+		case wire.MsgFlush, wire.MsgSync:
+			// Ignored by the server during COPY; do not forward.
+		default:
+			wire.WriteFrame(be.W, wire.MsgCopyFail, []byte("unexpected message during COPY\x00"))
+			return nil
+		}
+	}
+}
+
+// backendFailed handles a read/write error on the attached backend.
+func (ss *session) backendFailed(err error) {
+	be := ss.be
+	var werr *wire.Error
+	var fe *fencedError
+	reason := be.KillReason()
+	switch {
+	case errors.As(reason, &fe):
+		werr = &wire.Error{Code: "40001", Message: fmt.Sprintf("the transaction was cut: %v", fe), Hint: "Retry the transaction."}
+	case reason != nil && errors.Is(reason, errShutdown):
+		werr = &wire.Error{Severity: "FATAL", Code: "57P01", Message: "the router is shutting down"}
+	default:
+		werr = &wire.Error{Code: "08006", Message: fmt.Sprintf("lost the connection to node %q: %v", be.Node(), err)}
+	}
+	ss.srv.log.Warn("backend connection failed", "session", ss.id, "node", be.Node(), "err", err, "reason", reason)
+	ss.lostBackend(werr)
+}
+
+// lostBackend drops the backend and answers every queued response with one
+// error (and the ReadyForQuery messages the client waits for).
+func (ss *session) lostBackend(werr *wire.Error) {
+	if werr == nil {
+		werr = &wire.Error{Code: "08006", Message: "lost the backend connection"}
+	}
+	wasTxn := ss.be != nil && ss.status != 'I'
+	if ss.be != nil {
+		ss.be.MarkBroken()
+		ss.releaseBackend()
+	}
+	if wasTxn {
+		ss.failed = true
+	}
+	ss.status = 'I'
+	ss.srv.m.Errors.WithLabelValues("router", sqlstateClass(werr.Code)).Inc()
+	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
+	n := ss.syncs
+	ss.queue = ss.queue[:0]
+	ss.syncs = 0
+	if n == 0 {
+		ss.skipToSync = true
+	}
+	for i := 0; i < n; i++ {
+		ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+	}
+}
+
+// connError turns a drain error (client gone) into an error to report.
+func connError(err error) *wire.Error {
+	return &wire.Error{Code: "08006", Message: err.Error()}
+}
+
+// ensurePrepared queues a Parse of def on the attached backend unless it is
+// there already.
+func (ss *session) ensurePrepared(def *stmtDef) {
+	be := ss.be
+	if def.server != "" {
+		if _, ok := be.Prepared[def.server]; ok {
+			return
+		}
+		be.Prepared[def.server] = struct{}{}
+	} else {
+		if be.Unnamed == def {
+			return
+		}
+		be.Unnamed = def
+	}
+	ss.out = wire.AppendParse(ss.out[:0], def.server, def.query, def.types)
+	wire.WriteFrame(be.W, wire.MsgParse, ss.out)
+	ss.push(expect{kind: eParse, swallow: true, name: def.server})
+}
+
+var _ = context.Background

@@ -1,0 +1,124 @@
+package router
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"time"
+)
+
+// AuthMethod is how clients prove who they are.
+type AuthMethod string
+
+// Client authentication methods.
+const (
+	AuthSCRAM AuthMethod = "scram-sha-256"
+	AuthMD5   AuthMethod = "md5"
+	AuthTrust AuthMethod = "trust"
+)
+
+// PoolMode says how long a client keeps a backend connection.
+type PoolMode string
+
+// Pool modes.
+const (
+	// PoolTransaction returns the backend when each transaction ends.
+	PoolTransaction PoolMode = "transaction"
+	// PoolSession keeps the backend for the client's whole session.
+	PoolSession PoolMode = "session"
+)
+
+// PoolConfig limits each node's pool of backend connections.
+type PoolConfig struct {
+	// MaxSize is the most backend connections per node. Zero means 20.
+	MaxSize int
+	// MinIdle connections per node are kept open. Zero means none.
+	MinIdle int
+	// IdleTimeout closes backend connections unused this long. Zero means
+	// 5 minutes; negative means never.
+	IdleTimeout time.Duration
+	// MaxLifetime retires backend connections this old. Zero means 1 hour;
+	// negative means never.
+	MaxLifetime time.Duration
+	// WaitTimeout bounds how long a transaction waits for a free backend
+	// connection when the node's pool is full; then it fails with 53300.
+	// Zero means 5 seconds.
+	WaitTimeout time.Duration
+	// ConnectTimeout bounds opening one backend connection. Zero means 5 seconds.
+	ConnectTimeout time.Duration
+}
+
+// Config configures a Server. The zero value is usable: it listens on
+// 127.0.0.1:6432 with SCRAM authentication and no users (so nobody can log
+// in until Users is filled), in transaction mode.
+type Config struct {
+	// Listen is the TCP address to listen on. Empty means 127.0.0.1:6432.
+	Listen string
+	// TLS, when set, answers SSLRequest with 'S' and serves TLS. Nil means
+	// SSLRequest is answered 'N' (clients with sslmode=require fail,
+	// sslmode=prefer continues in plain text).
+	TLS *tls.Config
+	// Auth is the client authentication method. Empty means scram-sha-256.
+	Auth AuthMethod
+	// Users maps user names to passwords. With AuthTrust it is ignored
+	// (every user is let in); otherwise only these users can log in.
+	Users map[string]string
+	// PoolMode is transaction (empty) or session.
+	PoolMode PoolMode
+	// Pool limits each node's backend pool.
+	Pool PoolConfig
+	// MaxMessage bounds one protocol message from a client or server, in
+	// bytes. Zero means 64 MiB.
+	MaxMessage int
+	// MaxClients bounds concurrent client connections; more are refused
+	// with 53300. Zero means 1000.
+	MaxClients int
+	// StartupTimeout bounds the time from accepting a connection to the end
+	// of authentication (clients that connect and say nothing are closed).
+	// Zero means 10 seconds.
+	StartupTimeout time.Duration
+	// ClientIdleTimeout closes clients idle (outside a transaction, waiting
+	// for their next message) this long. Zero means never.
+	ClientIdleTimeout time.Duration
+	// FenceGrace is how long SetMap waits for in-flight transactions on a
+	// newly fenced shard before it cuts their backend connections. Zero
+	// means 2 seconds.
+	FenceGrace time.Duration
+	// HoldTimeout is how long a transaction for a fenced shard is held
+	// before it fails with 40001. Zero means 10 seconds.
+	HoldTimeout time.Duration
+	// Logger receives session start/end and state changes. Nil discards.
+	Logger *slog.Logger
+	// Metrics receives counters; nil means NewMetrics() (see Server.Metrics).
+	Metrics *Metrics
+}
+
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:6432"
+	}
+	if c.Auth == "" {
+		c.Auth = AuthSCRAM
+	}
+	if c.PoolMode == "" {
+		c.PoolMode = PoolTransaction
+	}
+	if c.MaxClients <= 0 {
+		c.MaxClients = 1000
+	}
+	if c.StartupTimeout <= 0 {
+		c.StartupTimeout = 10 * time.Second
+	}
+	if c.FenceGrace <= 0 {
+		c.FenceGrace = 2 * time.Second
+	}
+	if c.HoldTimeout <= 0 {
+		c.HoldTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics()
+	}
+	return c
+}

@@ -1,0 +1,58 @@
+// Package router is pgtenant's PostgreSQL wire-protocol router: it accepts
+// client connections (package wire does the protocol plumbing), works out
+// which tenant each transaction is for, and relays the transaction to a
+// backend connection (package pool) on the node that holds the tenant's
+// shard, with search_path set to the shard's schema and pgtenant.tenant_id
+// set to the tenant for row-level security.
+//
+// The router does not read the catalog. It is handed immutable
+// placement.Map snapshots with SetMap, which also implements the fence hook
+// used by online shard moves: new transactions for a fenced shard are held
+// until a later map releases it.
+//
+// # Tenant selection
+//
+// Most specific first: a /* tenant: acme */ comment in the statement; SET
+// LOCAL pgtenant.tenant (this transaction); SELECT set_config(
+// 'pgtenant.tenant', $1, is_local) (with a literal or bind parameter); SET
+// pgtenant.tenant (the session); the startup parameter (options=-c
+// pgtenant.tenant=acme, or a plain pgtenant.tenant parameter). SHOW and RESET
+// pgtenant.tenant are answered by the router.
+//
+// # Transactions and pooling
+//
+// In transaction mode (the default) a backend connection is checked out for
+// one transaction and returned when the server reports ReadyForQuery idle.
+// BEGIN is deferred until the first statement that needs a shard, so
+// "BEGIN; SET LOCAL pgtenant.tenant = 'x'; ..." works. A transaction is bound
+// to one tenant: naming another tenant inside it is refused with SQLSTATE
+// 25001.
+//
+// Session settings (SET outside a transaction, startup parameters such as
+// application_name) are recorded per client and replayed on whichever backend
+// the client lands on (RESET ALL first when the backend carries another
+// client's settings). search_path, role and pgtenant.* other than
+// pgtenant.tenant are owned by the router and refused. SQL-level PREPARE,
+// LISTEN and temporary objects do not survive a transaction in transaction
+// mode: LISTEN is refused there; use session mode.
+//
+// Named prepared statements (protocol-level Parse) work in transaction mode:
+// the router records each client's statements, answers Parse itself, and
+// prepares them lazily, under router-unique names, on whichever backend a
+// Bind or Describe lands on. A consequence: an invalid statement's error is
+// reported at its first Bind or Describe rather than at Parse.
+//
+// # SQLSTATEs sent by the router itself
+//
+//	3D000  no tenant selected (the message says how to select one)
+//	42704  unknown tenant (register it with `pgtenant tenant add ID`)
+//	22023  invalid tenant id
+//	25001  the transaction is bound to another tenant
+//	0A000  feature not supported in this pool mode (LISTEN, reserved settings)
+//	08006  the tenant's node is unreachable or the backend connection failed
+//	53300  too many clients, or no backend connection free within the wait timeout
+//	40001  the shard is being moved (held too long, or its transaction was cut)
+//	28P01  authentication failed
+//	08P01  protocol violation (malformed or oversized message)
+//	57P01  the router is shutting down
+package router

@@ -1,0 +1,470 @@
+package router
+
+import (
+	"strings"
+)
+
+// stmtKind is a statement's leading keyword, as far as routing cares.
+type stmtKind uint8
+
+const (
+	kOther stmtKind = iota
+	kSelect
+	kValues
+	kBegin
+	kCommit
+	kRollback
+	kSet
+	kReset
+	kShow
+	kListen
+	kUnlisten
+	kDiscard
+	kPrepare
+	kDeallocate
+	kSavepoint
+	kCopy
+)
+
+// tenantOp is what a statement does to the pgtenant.tenant setting.
+type tenantOp uint8
+
+const (
+	opNone tenantOp = iota
+	opSet
+	opSetLocal
+	opReset
+	opShow
+	opSetConfig // SELECT set_config('pgtenant.tenant', v, is_local)
+)
+
+// stmtInfo is what the lexer learns about one statement text.
+type stmtInfo struct {
+	kind stmtKind
+	// hint is the tenant named by a /* tenant: x */ comment.
+	hint    string
+	hasHint bool
+	// multi is set when the text holds more than one statement.
+	multi bool
+	// noShard statements can run on any node without a tenant (SELECT
+	// without FROM, SHOW).
+	noShard bool
+
+	op tenantOp
+	// val is the literal value of SET/set_config; param is set_config's
+	// 1-based $N when the value is a bind parameter.
+	val     string
+	param   int
+	isLocal bool
+	// setName is the lowercase name a SET/RESET/SHOW statement is about.
+	setName string
+	// reservedSet is set for SET/RESET of a setting the router owns
+	// (search_path, pgtenant.* other than pgtenant.tenant, role).
+	reservedSet bool
+}
+
+type tokKind uint8
+
+const (
+	tWord tokKind = iota + 1
+	tString
+	tParam
+	tPunct
+	tNumber
+	tQuotedIdent
+)
+
+type token struct {
+	kind       tokKind
+	start, end int
+}
+
+const maxToks = 12
+
+// lexer state over one statement text.
+type lexer struct {
+	s    string
+	toks [maxToks]token
+	n    int
+	// multiSeen is set once a token follows the first statement.
+	multiSeen bool
+}
+
+// classify scans sql once, without allocating except for a hint or value
+// string, and returns what routing needs to know.
+func classify(sql string) stmtInfo {
+	var lx lexer
+	lx.s = sql
+	var info stmtInfo
+	stmtDone := false // first statement ended by ';'
+	sawFrom := false
+	i := 0
+	n := len(sql)
+	for i < n {
+		c := sql[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+			i++
+		case c == '-' && i+1 < n && sql[i+1] == '-':
+			for i < n && sql[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < n && sql[i+1] == '*':
+			start := i + 2
+			depth := 1
+			i += 2
+			for i < n && depth > 0 {
+				if sql[i] == '*' && i+1 < n && sql[i+1] == '/' {
+					depth--
+					i += 2
+					continue
+				}
+				if sql[i] == '/' && i+1 < n && sql[i+1] == '*' {
+					depth++
+					i += 2
+					continue
+				}
+				i++
+			}
+			end := i - 2
+			if end < start {
+				end = start
+			}
+			if !info.hasHint {
+				if h, ok := tenantHint(sql[start:end]); ok {
+					info.hint, info.hasHint = h, true
+				}
+			}
+		case c == '\'' || ((c == 'E' || c == 'e') && i+1 < n && sql[i+1] == '\''):
+			start := i
+			esc := c != '\''
+			if esc {
+				i++
+			}
+			i++
+			for i < n {
+				if esc && sql[i] == '\\' {
+					i += 2
+					continue
+				}
+				if sql[i] == '\'' {
+					if i+1 < n && sql[i+1] == '\'' {
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				i++
+			}
+			if i > n {
+				i = n
+			}
+			lx.add(stmtDone, tString, start, i)
+		case c == '"':
+			start := i
+			i++
+			for i < n {
+				if sql[i] == '"' {
+					if i+1 < n && sql[i+1] == '"' {
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				i++
+			}
+			lx.add(stmtDone, tQuotedIdent, start, i)
+		case c == '$':
+			start := i
+			j := i + 1
+			if j < n && sql[j] >= '0' && sql[j] <= '9' {
+				for j < n && sql[j] >= '0' && sql[j] <= '9' {
+					j++
+				}
+				lx.add(stmtDone, tParam, start, j)
+				i = j
+				continue
+			}
+			for j < n && isIdent(sql[j]) {
+				j++
+			}
+			if j < n && sql[j] == '$' {
+				tag := sql[i : j+1]
+				k := strings.Index(sql[j+1:], tag)
+				if k < 0 {
+					i = n
+				} else {
+					i = j + 1 + k + len(tag)
+				}
+				lx.add(stmtDone, tString, start, i)
+				continue
+			}
+			i++
+		case isIdentStart(c):
+			start := i
+			for i < n && (isIdent(sql[i]) || sql[i] == '.') {
+				i++
+			}
+			if !stmtDone && !sawFrom {
+				w := sql[start:i]
+				if strings.EqualFold(w, "from") || strings.EqualFold(w, "into") {
+					sawFrom = true
+				}
+			}
+			lx.add(stmtDone, tWord, start, i)
+		case c >= '0' && c <= '9':
+			start := i
+			for i < n && (isIdent(sql[i]) || sql[i] == '.') {
+				i++
+			}
+			lx.add(stmtDone, tNumber, start, i)
+		case c == ';':
+			i++
+			if lx.n > 0 {
+				stmtDone = true
+			}
+		default:
+			if stmtDone {
+				info.multi = true
+			}
+			lx.add(stmtDone, tPunct, i, i+1)
+			i++
+		}
+		if stmtDone && lx.multiSeen {
+			info.multi = true
+		}
+	}
+	lx.analyze(&info, sawFrom)
+	return info
+}
+
+func (lx *lexer) add(after bool, k tokKind, start, end int) {
+	if after {
+		lx.multiSeen = true
+		return
+	}
+	if lx.n < maxToks {
+		lx.toks[lx.n] = token{k, start, end}
+		lx.n++
+	}
+}
+
+func isIdentStart(c byte) bool {
+	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80
+}
+
+func isIdent(c byte) bool {
+	return isIdentStart(c) || (c >= '0' && c <= '9') || c == '$'
+}
+
+// tenantHint reads "tenant: x" or "tenant=x" from a comment body.
+func tenantHint(body string) (string, bool) {
+	b := strings.TrimSpace(body)
+	if len(b) < 7 || !strings.EqualFold(b[:6], "tenant") {
+		return "", false
+	}
+	b = strings.TrimLeft(b[6:], " \t")
+	if b == "" || (b[0] != ':' && b[0] != '=') {
+		return "", false
+	}
+	v := strings.TrimSpace(b[1:])
+	if len(v) >= 2 && (v[0] == '\'' || v[0] == '"') && v[len(v)-1] == v[0] {
+		q := v[:1]
+		v = strings.ReplaceAll(v[1:len(v)-1], q+q, q)
+	}
+	if v == "" {
+		return "", false
+	}
+	return v, true
+}
+
+func (lx *lexer) text(i int) string {
+	if i >= lx.n {
+		return ""
+	}
+	return lx.s[lx.toks[i].start:lx.toks[i].end]
+}
+
+func (lx *lexer) word(i int, w string) bool {
+	return i < lx.n && lx.toks[i].kind == tWord && strings.EqualFold(lx.text(i), w)
+}
+
+func (lx *lexer) punct(i int, p byte) bool {
+	return i < lx.n && lx.toks[i].kind == tPunct && lx.s[lx.toks[i].start] == p
+}
+
+// value returns token i as a setting value: strings unquoted, words and
+// numbers as written.
+func (lx *lexer) value(i int) (string, bool) {
+	if i >= lx.n {
+		return "", false
+	}
+	t := lx.toks[i]
+	s := lx.s[t.start:t.end]
+	switch t.kind {
+	case tString:
+		return unquoteString(s), true
+	case tWord, tNumber:
+		return s, true
+	case tQuotedIdent:
+		return strings.ReplaceAll(s[1:len(s)-1], `""`, `"`), true
+	}
+	return "", false
+}
+
+// unquoteString decodes a '...' or E'...' literal ($$ strings are returned
+// without their tags).
+func unquoteString(s string) string {
+	if s[0] == '$' {
+		j := strings.IndexByte(s[1:], '$')
+		tag := s[:j+2]
+		return strings.TrimSuffix(s[len(tag):], tag)
+	}
+	if s[0] == 'E' || s[0] == 'e' {
+		s = s[1:]
+		if len(s) >= 2 {
+			s = s[1 : len(s)-1]
+		}
+		var b strings.Builder
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if c == '\\' && i+1 < len(s) {
+				i++
+				switch s[i] {
+				case 'n':
+					b.WriteByte('\n')
+				case 't':
+					b.WriteByte('\t')
+				case 'r':
+					b.WriteByte('\r')
+				default:
+					b.WriteByte(s[i])
+				}
+				continue
+			}
+			if c == '\'' && i+1 < len(s) && s[i+1] == '\'' {
+				i++
+			}
+			b.WriteByte(c)
+		}
+		return b.String()
+	}
+	if len(s) >= 2 {
+		s = s[1 : len(s)-1]
+	}
+	return strings.ReplaceAll(s, "''", "'")
+}
+
+const tenantSetting = "pgtenant.tenant"
+
+func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
+	if lx.n == 0 {
+		return
+	}
+	w := lx.text(0)
+	switch {
+	case strings.EqualFold(w, "select"):
+		info.kind = kSelect
+		info.noShard = !sawFrom && !info.multi
+		// SELECT [pg_catalog.]set_config('pgtenant.tenant', v, local)
+		if (lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) && lx.punct(2, '(') &&
+			lx.n > 3 && lx.toks[3].kind == tString && strings.EqualFold(unquoteString(lx.text(3)), tenantSetting) && lx.punct(4, ',') {
+			switch {
+			case lx.n > 5 && lx.toks[5].kind == tParam:
+				info.op = opSetConfig
+				p := 0
+				for _, d := range lx.text(5)[1:] {
+					p = p*10 + int(d-'0')
+				}
+				info.param = p
+			case lx.n > 5 && lx.toks[5].kind == tString:
+				info.op = opSetConfig
+				info.val = unquoteString(lx.text(5))
+			}
+			if info.op == opSetConfig && lx.punct(6, ',') {
+				v, _ := lx.value(7)
+				info.isLocal = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
+			}
+		}
+	case strings.EqualFold(w, "values"):
+		info.kind = kValues
+		info.noShard = !info.multi
+	case strings.EqualFold(w, "begin"), strings.EqualFold(w, "start"):
+		info.kind = kBegin
+	case strings.EqualFold(w, "commit"), strings.EqualFold(w, "end"):
+		info.kind = kCommit
+	case strings.EqualFold(w, "rollback"), strings.EqualFold(w, "abort"):
+		info.kind = kRollback
+		if lx.word(1, "to") || lx.word(1, "prepared") {
+			info.kind = kOther
+		}
+	case strings.EqualFold(w, "savepoint"), strings.EqualFold(w, "release"):
+		info.kind = kSavepoint
+	case strings.EqualFold(w, "set"):
+		info.kind = kSet
+		i := 1
+		if lx.word(i, "session") && !lx.word(i+1, "characteristics") && !lx.word(i+1, "authorization") {
+			i++
+		} else if lx.word(i, "local") {
+			info.isLocal = true
+			i++
+		}
+		info.setName = strings.ToLower(lx.text(i))
+		if lx.n > i && lx.toks[i].kind == tQuotedIdent {
+			info.setName, _ = lx.value(i)
+		}
+		if info.setName == tenantSetting {
+			info.op = opSet
+			if info.isLocal {
+				info.op = opSetLocal
+			}
+			if lx.punct(i+1, '=') || lx.word(i+1, "to") {
+				info.val, _ = lx.value(i + 2)
+				if lx.word(i+2, "default") {
+					info.op = opReset
+				}
+			}
+		}
+		info.reservedSet = isReserved(info.setName)
+	case strings.EqualFold(w, "reset"):
+		info.kind = kReset
+		info.setName = strings.ToLower(lx.text(1))
+		if info.setName == tenantSetting {
+			info.op = opReset
+		}
+		info.reservedSet = isReserved(info.setName)
+	case strings.EqualFold(w, "show"):
+		info.kind = kShow
+		info.noShard = !info.multi
+		info.setName = strings.ToLower(lx.text(1))
+		if info.setName == tenantSetting {
+			info.op = opShow
+		}
+	case strings.EqualFold(w, "listen"):
+		info.kind = kListen
+	case strings.EqualFold(w, "unlisten"):
+		info.kind = kUnlisten
+	case strings.EqualFold(w, "discard"):
+		info.kind = kDiscard
+	case strings.EqualFold(w, "prepare"):
+		info.kind = kPrepare
+		if lx.word(1, "transaction") {
+			info.kind = kOther
+		}
+	case strings.EqualFold(w, "deallocate"):
+		info.kind = kDeallocate
+	case strings.EqualFold(w, "copy"):
+		info.kind = kCopy
+	}
+}
+
+// isReserved reports settings the router manages itself.
+func isReserved(name string) bool {
+	switch name {
+	case "search_path", "role", "session", "pgtenant.tenant_id":
+		return true
+	}
+	return strings.HasPrefix(name, "pgtenant.") && name != tenantSetting
+}

@@ -1,0 +1,572 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// loop serves the client's messages until it terminates or fails.
+func (ss *session) loop() error {
+	idle := ss.srv.cfg.ClientIdleTimeout
+	for {
+		if ss.cr.Buffered() == 0 {
+			if ss.cw.Buffered() > 0 {
+				if err := ss.cw.Flush(); err != nil {
+					return fmt.Errorf("write to client: %w", err)
+				}
+			}
+			if idle > 0 {
+				if ss.inTxn() {
+					ss.nc.SetReadDeadline(time.Time{})
+				} else {
+					ss.nc.SetReadDeadline(time.Now().Add(idle))
+				}
+			}
+		}
+		typ, body, err := ss.cr.ReadMessage()
+		if err != nil {
+			var tl *wire.TooLargeError
+			var ne net.Error
+			switch {
+			case errors.As(err, &tl):
+				ss.drainSyncs()
+				ss.sendFatal("08P01", fmt.Sprintf("message too large: %v", tl))
+			case errors.Is(err, wire.ErrMalformed):
+				ss.drainSyncs()
+				ss.sendFatal("08P01", fmt.Sprintf("invalid message: %v", err))
+			case errors.As(err, &ne) && ne.Timeout():
+				ss.sendFatal("57P05", "terminating connection due to idle timeout")
+			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+				return nil
+			}
+			return err
+		}
+		if ss.skipToSync && typ != wire.MsgSync {
+			continue
+		}
+		var werr *wire.Error
+		switch typ {
+		case wire.MsgQuery:
+			werr = ss.onQuery(body)
+		case wire.MsgParse:
+			werr = ss.onParse(body)
+		case wire.MsgBind:
+			werr = ss.onBind(body)
+		case wire.MsgDescribe:
+			werr = ss.onDescribe(body)
+		case wire.MsgExecute:
+			werr = ss.onExecute(body)
+		case wire.MsgClose:
+			werr = ss.onClose(body)
+		case wire.MsgSync:
+			werr = ss.onSync(body)
+		case wire.MsgFlush:
+			if ss.be != nil {
+				ss.be.W.Write(wire.FlushMsg)
+			}
+			if err := ss.drain(true); err != nil {
+				return err
+			}
+		case wire.MsgTerminate:
+			return nil
+		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
+			// Stray copy messages outside COPY are ignored, as the server does.
+		default:
+			ss.sendFatal("08P01", fmt.Sprintf("invalid frontend message type %q", typ))
+			return fmt.Errorf("invalid message type %q", typ)
+		}
+		if werr != nil {
+			if werr.Severity == "FATAL" {
+				ss.drainSyncs()
+				ss.sendFatal(werr.Code, werr.Message)
+				return werr
+			}
+			if err := ss.localError(werr, typ != wire.MsgQuery); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (ss *session) sendFatal(code, msg string) {
+	ss.cw.Write(wire.AppendError(ss.out[:0], &wire.Error{Severity: "FATAL", Code: code, Message: msg}))
+	ss.cw.Flush()
+}
+
+// localError reports an error the router found itself, after the
+// responses to earlier messages. Inside a transaction the transaction is
+// rolled back and the client sees it as aborted.
+func (ss *session) localError(werr *wire.Error, extended bool) error {
+	if ss.be != nil && ss.backendPending() && ss.syncs == 0 && extended {
+		// Earlier messages of this batch went to the server: end them.
+		ss.be.W.Write(wire.SyncMsg)
+		ss.push(expect{kind: eSync, swallow: true})
+	}
+	if err := ss.drain(false); err != nil {
+		return err
+	}
+	ss.srv.m.Errors.WithLabelValues("router", sqlstateClass(werr.Code)).Inc()
+	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
+	if ss.inTxn() {
+		if ss.be != nil {
+			ss.be.Unnamed = nil
+			ss.be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
+			ss.push(expect{kind: eQuery, swallow: true})
+			if err := ss.drain(false); err != nil {
+				return err
+			}
+			ss.releaseBackend()
+		}
+		ss.pendingBegin = ""
+		ss.localTenant = ""
+		ss.failed = true
+	}
+	if extended {
+		ss.skipToSync = true
+		return nil
+	}
+	ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+	return nil
+}
+
+// reply sends a locally produced command result and ReadyForQuery.
+func (ss *session) reply(tag string, notice *wire.Error) *wire.Error {
+	if err := ss.drainSyncs(); err != nil {
+		return connError(err)
+	}
+	if notice != nil {
+		ss.cw.Write(wire.AppendError(ss.out[:0], notice))
+	}
+	ss.cw.Write(wire.AppendCommandComplete(ss.out[:0], tag))
+	ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+	return nil
+}
+
+func noTxnWarning() *wire.Error {
+	return &wire.Error{Severity: "WARNING", Code: "25P01", Message: "there is no transaction in progress"}
+}
+
+func abortedError() *wire.Error {
+	return &wire.Error{Code: "25P02", Message: "current transaction is aborted, commands ignored until end of transaction block"}
+}
+
+// setTenant applies SET [LOCAL] pgtenant.tenant = t.
+func (ss *session) setTenant(t string, local bool) *wire.Error {
+	if e := checkTenantID(t); e != nil {
+		return e
+	}
+	if m := ss.srv.mp.Load(); m != nil {
+		if _, ok := m.Tenants[t]; !ok {
+			return unknownTenantError(t)
+		}
+	}
+	if local {
+		if ss.be != nil && ss.status != 'I' && ss.beTenant != t && ss.beTenant != anyTenant {
+			return &wire.Error{Code: "25001", Message: fmt.Sprintf("this transaction is bound to tenant %q; it cannot switch to tenant %q", ss.beTenant, t),
+				Hint: "COMMIT or ROLLBACK before switching tenants: one transaction runs on one shard."}
+		}
+		ss.localTenant = t
+		return nil
+	}
+	ss.tenant = t
+	ss.setView()
+	return nil
+}
+
+// onQuery handles a simple-protocol Query.
+func (ss *session) onQuery(body []byte) *wire.Error {
+	sql, err := wire.ParseQuery(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	info := classify(sql)
+	if ss.failed && ss.be == nil {
+		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
+			ss.failed = false
+			return ss.reply("ROLLBACK", nil)
+		}
+		return abortedError()
+	}
+	if info.reservedSet && (info.kind == kSet || info.kind == kReset) {
+		return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", info.setName),
+			Hint: "Select the tenant with SET pgtenant.tenant; the router sets search_path and pgtenant.tenant_id itself."}
+	}
+	if info.op != opNone && info.op != opSetConfig {
+		if info.multi {
+			return &wire.Error{Code: "0A000", Message: "send SET/RESET/SHOW pgtenant.tenant as a statement of its own"}
+		}
+		switch info.op {
+		case opShow:
+			if err := ss.drainSyncs(); err != nil {
+				return connError(err)
+			}
+			t := ss.localTenant
+			if t == "" {
+				t = ss.tenant
+			}
+			ss.cw.Write(wire.AppendTextRowDescription(ss.out[:0], tenantSetting))
+			ss.cw.Write(wire.AppendTextDataRow(ss.out[:0], t))
+			return ss.reply("SHOW", nil)
+		case opSet, opSetLocal:
+			local := info.op == opSetLocal
+			if local && !ss.inTxn() {
+				return ss.reply("SET", &wire.Error{Severity: "WARNING", Code: "25P01", Message: "SET LOCAL can only be used in transaction blocks"})
+			}
+			if e := ss.setTenant(info.val, local); e != nil {
+				return e
+			}
+			return ss.reply("SET", nil)
+		case opReset:
+			ss.tenant = ss.startTenant
+			ss.setView()
+			tag := "RESET"
+			if info.kind == kSet {
+				tag = "SET"
+			}
+			return ss.reply(tag, nil)
+		}
+	}
+	if info.op == opSetConfig && info.param == 0 {
+		if e := ss.setTenant(info.val, info.isLocal); e != nil {
+			return e
+		}
+	}
+	if !info.multi {
+		switch info.kind {
+		case kBegin:
+			if ss.be == nil {
+				if ss.pendingBegin != "" {
+					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
+				}
+				ss.pendingBegin = sql
+				return ss.reply("BEGIN", nil)
+			}
+		case kCommit, kRollback:
+			if ss.be == nil {
+				tag := "COMMIT"
+				if info.kind == kRollback {
+					tag = "ROLLBACK"
+				}
+				if ss.pendingBegin == "" {
+					return ss.reply(tag, noTxnWarning())
+				}
+				ss.pendingBegin, ss.localTenant = "", ""
+				return ss.reply(tag, nil)
+			}
+		case kSet:
+			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
+				if ss.be == nil && ss.pendingBegin != "" {
+					ss.pendingBegin += ";" + sql
+					return ss.reply("SET", nil)
+				}
+				break
+			}
+			if info.isLocal {
+				if ss.be == nil {
+					return ss.reply("SET", &wire.Error{Severity: "WARNING", Code: "25P01", Message: "SET LOCAL can only be used in transaction blocks"})
+				}
+				break
+			}
+			ss.recordSet(info.setName, sql)
+			if ss.be == nil {
+				return ss.reply("SET", nil)
+			}
+			if ss.status == 'I' {
+				ss.be.SessionSig = ss.sig
+			}
+		case kReset:
+			if info.setName == "all" {
+				ss.sets = nil
+				ss.tenant = ss.startTenant
+				ss.setView()
+			} else {
+				ss.recordSet(info.setName, "")
+			}
+			ss.resig()
+			if ss.be == nil {
+				return ss.reply("RESET", nil)
+			}
+			if ss.status == 'I' {
+				ss.be.SessionSig = ss.sig
+			}
+		case kListen:
+			if ss.srv.cfg.PoolMode == PoolTransaction {
+				return &wire.Error{Code: "0A000", Message: "LISTEN is not supported in transaction pool mode",
+					Hint: "Connect to a router in session pool mode to use LISTEN/NOTIFY."}
+			}
+			ss.listening = true
+		case kUnlisten:
+			if ss.be == nil {
+				return ss.reply("UNLISTEN", nil)
+			}
+		case kDiscard:
+			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
+				ss.sets = nil
+				ss.resig()
+				ss.stmts = make(map[string]*stmtDef)
+				ss.unnamed = nil
+				if ss.be == nil {
+					return ss.reply("DISCARD ALL", nil)
+				}
+			}
+		case kDeallocate:
+			if ss.be == nil {
+				return ss.reply("DEALLOCATE", nil)
+			}
+		}
+	}
+	tenant := ss.pickTenant(&info)
+	if tenant == "" {
+		if !info.noShard && !(ss.be != nil && ss.beTenant == anyTenant && ss.status != 'I') {
+			return noTenantError()
+		}
+		tenant = anyTenant
+		if ss.be != nil && ss.status != 'I' {
+			tenant = ss.beTenant
+		}
+	}
+	if e := ss.ensureBackend(tenant); e != nil {
+		return e
+	}
+	be := ss.be
+	be.Unnamed = nil // a simple Query drops the unnamed statement
+	if info.kind == kDiscard || info.kind == kDeallocate {
+		be.Prepared = make(map[string]struct{})
+		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
+	}
+	wire.WriteFrame(be.W, wire.MsgQuery, body)
+	ss.push(expect{kind: eQuery})
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 {
+		if err := ss.drain(false); err != nil {
+			return connError(err)
+		}
+	}
+	return nil
+}
+
+// recordSet records (stmt != "") or forgets (stmt == "") a session setting.
+func (ss *session) recordSet(name, stmt string) {
+	out := ss.sets[:0:0]
+	for _, s := range ss.sets {
+		if s.name != name {
+			out = append(out, s)
+		}
+	}
+	if stmt != "" {
+		stmt = strings.TrimRight(strings.TrimSpace(stmt), ";")
+		out = append(out, setting{name: name, stmt: stmt})
+	}
+	ss.sets = out
+	ss.resig()
+}
+
+// onParse records a client statement and answers ParseComplete itself; the
+// statement is prepared on a backend when first bound or described.
+func (ss *session) onParse(body []byte) *wire.Error {
+	pm, err := wire.DecodeParse(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	var def *stmtDef
+	if pm.Name == "" {
+		if u := ss.unnamed; u != nil && u.query == pm.Query && string(u.types) == string(pm.Rest) {
+			def = u
+		}
+	}
+	if def == nil {
+		def = &stmtDef{query: pm.Query, types: append([]byte(nil), pm.Rest...), info: classify(pm.Query)}
+		if def.info.op == opShow && !def.info.multi {
+			// Answered by the backend the tenant routes to.
+			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
+		}
+	}
+	if pm.Name != "" {
+		def.server = ss.srv.serverName(pm.Query, pm.Rest)
+		ss.stmts[pm.Name] = def
+	} else {
+		ss.unnamed = def
+	}
+	ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
+	return nil
+}
+
+func (ss *session) lookup(name string) (*stmtDef, *wire.Error) {
+	if name == "" {
+		if ss.unnamed == nil {
+			return nil, &wire.Error{Code: "26000", Message: "unnamed prepared statement does not exist"}
+		}
+		return ss.unnamed, nil
+	}
+	def, ok := ss.stmts[name]
+	if !ok {
+		return nil, &wire.Error{Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
+	}
+	return def, nil
+}
+
+// onBind routes the statement being bound and forwards the Bind.
+func (ss *session) onBind(body []byte) *wire.Error {
+	bm, err := wire.DecodeBind(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	def, werr := ss.lookup(bm.Stmt)
+	if werr != nil {
+		return werr
+	}
+	if ss.failed && ss.be == nil {
+		if def.info.kind == kCommit || def.info.kind == kRollback {
+			ss.failEnding = true
+			ss.push(expect{kind: eSynth, synth: bindComplete})
+			return nil
+		}
+		return abortedError()
+	}
+	switch def.info.op {
+	case opSet, opSetLocal:
+		if def.info.op == opSet || ss.inTxn() {
+			if e := ss.setTenant(def.info.val, def.info.op == opSetLocal); e != nil {
+				return e
+			}
+		}
+	case opReset:
+		ss.tenant = ss.startTenant
+		ss.setView()
+	}
+	if def.info.op == opSetConfig {
+		v := def.info.val
+		if def.info.param > 0 {
+			p, _, ok := wire.BindParam(bm.Rest, def.info.param-1)
+			if !ok || p == nil {
+				return &wire.Error{Code: "22023", Message: "set_config of pgtenant.tenant needs a non-null tenant id"}
+			}
+			v = string(p)
+		}
+		if e := ss.setTenant(v, def.info.isLocal); e != nil {
+			return e
+		}
+	}
+	if e := ss.route(def, false); e != nil {
+		return e
+	}
+	ss.ensurePrepared(def)
+	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, def.server, bm.Rest)
+	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
+	ss.push(expect{kind: eBind})
+	return nil
+}
+
+var bindComplete = []byte{wire.MsgBindComplete, 0, 0, 0, 4}
+
+// route attaches the backend a prepared statement runs on.
+func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
+	tenant := ss.pickTenant(&def.info)
+	if tenant == "" {
+		if ss.be != nil && (describe || ss.status != 'I') {
+			return nil
+		}
+		if !def.info.noShard && !(describe && def.info.op == opSetConfig) {
+			return noTenantError()
+		}
+		tenant = anyTenant
+	}
+	return ss.ensureBackend(tenant)
+}
+
+func (ss *session) onDescribe(body []byte) *wire.Error {
+	kind, name, err := wire.DecodeTarget(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	if kind == 'P' {
+		if ss.be == nil {
+			if ss.failEnding {
+				ss.push(expect{kind: eSynth, synth: wire.NoData})
+				return nil
+			}
+			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
+		}
+		wire.WriteFrame(ss.be.W, wire.MsgDescribe, body)
+		ss.push(expect{kind: eDescP})
+		return nil
+	}
+	def, werr := ss.lookup(name)
+	if werr != nil {
+		return werr
+	}
+	if ss.failed && ss.be == nil {
+		return abortedError()
+	}
+	if e := ss.route(def, true); e != nil {
+		return e
+	}
+	ss.ensurePrepared(def)
+	ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
+	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)
+	ss.push(expect{kind: eDescS})
+	return nil
+}
+
+func (ss *session) onExecute(body []byte) *wire.Error {
+	if ss.be == nil {
+		if ss.failEnding {
+			ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, "ROLLBACK")})
+			return nil
+		}
+		if ss.failed {
+			return abortedError()
+		}
+		return &wire.Error{Code: "34000", Message: "portal does not exist"}
+	}
+	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
+	ss.push(expect{kind: eExec})
+	return nil
+}
+
+func (ss *session) onClose(body []byte) *wire.Error {
+	kind, name, err := wire.DecodeTarget(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	if kind == 'S' {
+		if name == "" {
+			ss.unnamed = nil
+		} else {
+			delete(ss.stmts, name)
+		}
+		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		return nil
+	}
+	if ss.be == nil {
+		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		return nil
+	}
+	wire.WriteFrame(ss.be.W, wire.MsgClose, body)
+	ss.push(expect{kind: eClose})
+	return nil
+}
+
+func (ss *session) onSync([]byte) *wire.Error {
+	ss.skipToSync = false
+	if ss.failEnding {
+		ss.failEnding, ss.failed = false, false
+	}
+	if ss.be != nil {
+		ss.be.W.Write(wire.SyncMsg)
+		ss.push(expect{kind: eSync})
+	} else {
+		ss.push(expect{kind: eSynthRFQ})
+	}
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 {
+		if err := ss.drain(false); err != nil {
+			return connError(err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,450 @@
+package router
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// Server is the router. Create it with New, install a map with SetMap, and
+// run it with Run (or Open then Serve).
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+
+	mp atomic.Pointer[placement.Map]
+
+	poolsMu sync.RWMutex
+	pools   map[string]*pool.Pool
+
+	gatesMu sync.Mutex
+	gates   atomic.Pointer[[]*gate]
+
+	sessMu   sync.Mutex
+	sessions map[uint32]*session
+	nextID   atomic.Uint64
+
+	stmtMu  sync.RWMutex
+	stmtIDs map[string]string
+	stmtSeq atomic.Uint64
+
+	keyMu sync.Mutex
+	keys  map[string]wire.SCRAMKeys
+
+	params atomic.Pointer[map[string]string]
+
+	lnMu   sync.Mutex
+	ln     net.Listener
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// New returns a Server for cfg. It does no I/O.
+func New(cfg Config) *Server {
+	cfg = cfg.withDefaults()
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        cfg.Metrics,
+		pools:    make(map[string]*pool.Pool),
+		sessions: make(map[uint32]*session),
+		stmtIDs:  make(map[string]string),
+		keys:     make(map[string]wire.SCRAMKeys),
+	}
+	empty := []*gate{}
+	s.gates.Store(&empty)
+	s.m.setPools(s.poolStats)
+	return s
+}
+
+// Metrics returns the server's metrics (Config.Metrics or its own).
+func (s *Server) Metrics() *Metrics { return s.m }
+
+// Map returns the placement map in use, or nil before the first SetMap.
+func (s *Server) Map() *placement.Map { return s.mp.Load() }
+
+// Run listens on Config.Listen and serves until ctx ends, then closes every
+// client and backend connection.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Open(ctx); err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+// Open starts listening; Addr is valid after it returns.
+func (s *Server) Open(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+	}
+	s.lnMu.Lock()
+	s.ln = ln
+	s.lnMu.Unlock()
+	s.log.Info("router listening", "addr", ln.Addr().String(), "pool_mode", string(s.cfg.PoolMode), "auth", string(s.cfg.Auth))
+	return nil
+}
+
+// Addr is the address the server listens on (nil before Open).
+func (s *Server) Addr() net.Addr {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Serve accepts clients on the listener made by Open until ctx ends; then it
+// closes the listener, every client and every backend connection.
+func (s *Server) Serve(ctx context.Context) error {
+	s.lnMu.Lock()
+	ln := s.ln
+	s.lnMu.Unlock()
+	if ln == nil {
+		return errors.New("serve: Open was not called")
+	}
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var err error
+	for {
+		nc, aerr := ln.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil {
+				var ne net.Error
+				if errors.As(aerr, &ne) && ne.Timeout() {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				err = fmt.Errorf("accept: %w", aerr)
+			}
+			break
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(ctx, nc)
+		}()
+	}
+	ln.Close()
+	s.closed.Store(true)
+	s.sessMu.Lock()
+	for _, ss := range s.sessions {
+		ss.kill()
+	}
+	s.sessMu.Unlock()
+	s.wg.Wait()
+	s.poolsMu.Lock()
+	for _, p := range s.pools {
+		p.Close()
+	}
+	s.pools = map[string]*pool.Pool{}
+	s.poolsMu.Unlock()
+	s.log.Info("router stopped")
+	return err
+}
+
+// SetMap installs m as the placement map and applies its fences: for every
+// shard whose State is placement.StateFenced, new transactions are held
+// (queued, not failed) from now on; SetMap waits up to Config.FenceGrace for
+// the shard's transactions in flight to finish, then cuts the backend
+// connections of those still running (their clients get SQLSTATE 40001) and
+// returns. Shards active again in m (possibly on another node) release their
+// held transactions, which are routed with m.
+func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
+	if m == nil {
+		return errors.New("set map: nil map")
+	}
+	s.mp.Store(m)
+	s.m.MapVersion.Set(float64(m.Version))
+	gs := s.gatesFor(len(m.Shards))
+	var fenced []*gate
+	for _, sh := range m.Shards {
+		if sh.ID < 0 || sh.ID >= len(gs) {
+			continue
+		}
+		g := gs[sh.ID]
+		g.mu.Lock()
+		if sh.State == placement.StateFenced {
+			if !g.fenced {
+				g.fenced = true
+				g.release = make(chan struct{})
+				s.log.Info("shard fenced", "shard", sh.ID, "node", sh.Node)
+			}
+			fenced = append(fenced, g)
+		} else if g.fenced {
+			g.fenced = false
+			close(g.release)
+			s.log.Info("shard released", "shard", sh.ID, "node", sh.Node, "epoch", sh.Epoch)
+		}
+		g.mu.Unlock()
+	}
+	// Nodes whose DSN changed get a fresh pool; pools of nodes gone are closed.
+	s.poolsMu.Lock()
+	for name, p := range s.pools {
+		if n, ok := m.Nodes[name]; !ok || n.DSN != p.DSN() {
+			delete(s.pools, name)
+			go p.Close()
+		}
+	}
+	s.poolsMu.Unlock()
+	if len(fenced) == 0 {
+		return nil
+	}
+	deadline := time.NewTimer(s.cfg.FenceGrace)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		busy := false
+		for _, g := range fenced {
+			g.mu.Lock()
+			busy = busy || len(g.inflight) > 0
+			g.mu.Unlock()
+		}
+		if !busy {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	for _, g := range fenced {
+		g.mu.Lock()
+		for _, e := range g.inflight {
+			e.cut = true
+			if e.be != nil {
+				e.be.Kill(&fencedError{shard: g.id})
+			}
+		}
+		n := len(g.inflight)
+		g.mu.Unlock()
+		if n > 0 {
+			s.log.Warn("cut transactions on fenced shard", "shard", g.id, "count", n)
+		}
+	}
+	return ctx.Err()
+}
+
+// fencedError is the kill reason of a backend cut by a fence.
+type fencedError struct{ shard int }
+
+func (e *fencedError) Error() string {
+	return fmt.Sprintf("shard %d is being moved", e.shard)
+}
+
+// gate holds one shard's fence state and the transactions in flight on it.
+type gate struct {
+	id       int
+	mu       sync.Mutex
+	fenced   bool
+	release  chan struct{}
+	inflight map[*session]*inflight
+}
+
+type inflight struct {
+	be  *pool.Conn
+	cut bool
+}
+
+// gatesFor returns the gate slice, grown to at least n shards.
+func (s *Server) gatesFor(n int) []*gate {
+	gs := *s.gates.Load()
+	if len(gs) >= n {
+		return gs
+	}
+	s.gatesMu.Lock()
+	defer s.gatesMu.Unlock()
+	gs = *s.gates.Load()
+	if len(gs) >= n {
+		return gs
+	}
+	ng := make([]*gate, n)
+	copy(ng, gs)
+	for i := len(gs); i < n; i++ {
+		ng[i] = &gate{id: i, inflight: make(map[*session]*inflight)}
+	}
+	s.gates.Store(&ng)
+	return ng
+}
+
+// pool returns the pool for node n, creating it on first use.
+func (s *Server) pool(n placement.Node) *pool.Pool {
+	s.poolsMu.RLock()
+	p := s.pools[n.Name]
+	s.poolsMu.RUnlock()
+	if p != nil && p.DSN() == n.DSN {
+		return p
+	}
+	s.poolsMu.Lock()
+	defer s.poolsMu.Unlock()
+	if p = s.pools[n.Name]; p != nil && p.DSN() == n.DSN {
+		return p
+	}
+	if p != nil {
+		go p.Close()
+	}
+	pc := s.cfg.Pool
+	p = pool.New(n.Name, n.DSN, pool.Config{
+		MaxSize: pc.MaxSize, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout, MaxLifetime: pc.MaxLifetime,
+		WaitTimeout: pc.WaitTimeout, ConnectTimeout: pc.ConnectTimeout, MaxMessage: s.cfg.MaxMessage,
+	}, s.log)
+	s.pools[n.Name] = p
+	return p
+}
+
+func (s *Server) poolStats() []pool.Stats {
+	s.poolsMu.RLock()
+	out := make([]pool.Stats, 0, len(s.pools))
+	for _, p := range s.pools {
+		out = append(out, p.Stats())
+	}
+	s.poolsMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
+// serverName returns the router-unique backend name of a statement text with
+// its parameter types.
+func (s *Server) serverName(query string, types []byte) string {
+	key := query + "\x00" + string(types)
+	s.stmtMu.RLock()
+	n, ok := s.stmtIDs[key]
+	s.stmtMu.RUnlock()
+	if ok {
+		return n
+	}
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if n, ok = s.stmtIDs[key]; ok {
+		return n
+	}
+	n = "pgtenant_" + strconv.FormatUint(s.stmtSeq.Add(1), 10)
+	s.stmtIDs[key] = n
+	return n
+}
+
+// scramKeys returns cached SCRAM keys for a user's password.
+func (s *Server) scramKeys(user, password string) (wire.SCRAMKeys, error) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	k, ok := s.keys[user+"\x00"+password]
+	if ok {
+		return k, nil
+	}
+	k, err := wire.DeriveSCRAMKeys(password, 4096)
+	if err != nil {
+		return k, err
+	}
+	s.keys[user+"\x00"+password] = k
+	return k, nil
+}
+
+func randUint32() uint32 {
+	var b [4]byte
+	rand.Read(b[:])
+	return binary.BigEndian.Uint32(b[:])
+}
+
+// register gives a session a unique cancel key.
+func (s *Server) register(ss *session) bool {
+	s.sessMu.Lock()
+	defer s.sessMu.Unlock()
+	if len(s.sessions) >= s.cfg.MaxClients || s.closed.Load() {
+		return false
+	}
+	for {
+		pid := randUint32()&0x7fffffff | 1
+		if _, dup := s.sessions[pid]; !dup {
+			ss.pid = pid
+			break
+		}
+	}
+	ss.secret = randUint32()
+	s.sessions[ss.pid] = ss
+	return true
+}
+
+func (s *Server) unregister(ss *session) {
+	s.sessMu.Lock()
+	if s.sessions[ss.pid] == ss {
+		delete(s.sessions, ss.pid)
+	}
+	s.sessMu.Unlock()
+}
+
+// cancel handles a CancelRequest: it cancels the backend query of the
+// session with that key, if it is running one.
+func (s *Server) cancel(pid uint32, secret []byte) {
+	s.sessMu.Lock()
+	ss := s.sessions[pid]
+	s.sessMu.Unlock()
+	if ss == nil || len(secret) != 4 || binary.BigEndian.Uint32(secret) != ss.secret {
+		return
+	}
+	ss.cancelQuery()
+}
+
+// serverParams returns the ParameterStatus values to send clients,
+// learning them from a backend once.
+func (s *Server) serverParams(ctx context.Context) map[string]string {
+	if p := s.params.Load(); p != nil {
+		return *p
+	}
+	if m := s.mp.Load(); m != nil {
+		names := make([]string, 0, len(m.Nodes))
+		for n := range m.Nodes {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			p := s.pool(m.Nodes[n])
+			be, err := p.Acquire(ctx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			s.learnParams(be)
+			p.Release(be)
+			break
+		}
+	}
+	if p := s.params.Load(); p != nil {
+		return *p
+	}
+	return map[string]string{"server_version": "15.0"}
+}
+
+func (s *Server) learnParams(be *pool.Conn) {
+	if s.params.Load() != nil {
+		return
+	}
+	out := map[string]string{}
+	for _, k := range []string{"server_version", "server_encoding", "DateStyle", "IntervalStyle", "TimeZone", "integer_datetimes", "standard_conforming_strings"} {
+		if v, ok := be.Params[k]; ok {
+			out[k] = v
+		}
+	}
+	s.params.CompareAndSwap(nil, &out)
+}

@@ -1,0 +1,418 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// stmtDef is a statement a client prepared with Parse.
+type stmtDef struct {
+	query  string
+	types  []byte // parameter type count and OIDs as sent
+	server string // backend name ("" for the unnamed statement)
+	info   stmtInfo
+}
+
+// setting is one session setting the client made.
+type setting struct {
+	name, stmt string
+}
+
+// expect is one response the session waits for from the backend (or
+// produces itself), in order.
+type expect struct {
+	kind    uint8
+	swallow bool   // do not relay the response (router-injected message)
+	name    string // backend statement name of an injected Parse
+	synth   []byte // for eSynth: the message to send
+}
+
+const (
+	eParse uint8 = iota + 1
+	eBind
+	eDescS
+	eDescP
+	eExec
+	eClose
+	eSync  // ends with ReadyForQuery
+	eQuery // ends with ReadyForQuery
+	eSynth
+	eSynthRFQ
+)
+
+// session is one client connection.
+type session struct {
+	srv    *Server
+	nc     net.Conn
+	cr     *wire.Reader
+	cw     *bufio.Writer
+	ctx    context.Context
+	out    []byte
+	pid    uint32
+	secret uint32
+	id     uint64
+
+	user    string
+	remote  string
+	started time.Time
+
+	startTenant string
+	tenant      string // session tenant (SET pgtenant.tenant)
+	localTenant string // SET LOCAL pgtenant.tenant, this transaction
+	view        atomic.Pointer[string]
+	sets        []setting
+	sig         string
+
+	stmts   map[string]*stmtDef
+	unnamed *stmtDef
+
+	be       *pool.Conn
+	beCur    atomic.Pointer[pool.Conn]
+	beTenant string
+	beGate   *gate
+	beStart  time.Time
+	status   byte // transaction status from the last ReadyForQuery
+
+	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
+	failed       bool   // emulated aborted transaction (its backend was lost)
+	failEnding   bool
+	skipToSync   bool
+	listening    bool
+
+	queue []expect
+	syncs int // eSync/eQuery/eSynthRFQ items in queue
+}
+
+var errShutdown = errors.New("router shutting down")
+
+// serveConn runs one client connection from its first byte to its end.
+func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+	defer nc.Close()
+	s.m.ClientTotal.Inc()
+	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	cr := wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
+	var st wire.Startup
+	for {
+		b, err := cr.ReadStartup()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				s.m.ClientRefused.WithLabelValues("startup").Inc()
+				writeFatal(nc, "08P01", fmt.Sprintf("invalid startup packet: %v", err))
+			}
+			return
+		}
+		st, err = wire.ParseStartup(b)
+		if err != nil {
+			s.m.ClientRefused.WithLabelValues("startup").Inc()
+			writeFatal(nc, "08P01", fmt.Sprintf("invalid startup packet: %v", err))
+			return
+		}
+		switch st.Kind {
+		case wire.KindSSLRequest:
+			if s.cfg.TLS == nil {
+				nc.Write([]byte{'N'})
+				continue
+			}
+			nc.Write([]byte{'S'})
+			tc := tls.Server(nc, s.cfg.TLS)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				s.log.Debug("tls handshake", "err", err)
+				return
+			}
+			nc = tc
+			defer tc.Close()
+			cr = wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
+			continue
+		case wire.KindGSSENCRequest:
+			nc.Write([]byte{'N'})
+			continue
+		case wire.KindCancel:
+			s.cancel(st.PID, st.Secret)
+			return
+		}
+		break
+	}
+	ss := &session{
+		srv:     s,
+		nc:      nc,
+		cr:      cr,
+		cw:      bufio.NewWriterSize(nc, 32<<10),
+		ctx:     ctx,
+		user:    st.Params["user"],
+		remote:  nc.RemoteAddr().String(),
+		started: time.Now(),
+		stmts:   make(map[string]*stmtDef),
+		status:  'I',
+		id:      s.nextID.Add(1),
+	}
+	if !s.register(ss) {
+		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
+		writeFatal(nc, "53300", "sorry, too many clients already")
+		return
+	}
+	defer s.unregister(ss)
+	if s.closed.Load() {
+		return
+	}
+	s.m.ClientConns.Inc()
+	defer s.m.ClientConns.Dec()
+	if err := ss.startup(st.Params); err != nil {
+		s.m.ClientRefused.WithLabelValues("auth").Inc()
+		s.log.Info("client refused", "session", ss.id, "user", ss.user, "remote", ss.remote, "err", err)
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant)
+	err := ss.loop()
+	ss.end()
+	s.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
+}
+
+// writeFatal sends a FATAL ErrorResponse on a connection that is about to close.
+func writeFatal(w io.Writer, code, msg string) {
+	w.Write(wire.AppendError(nil, &wire.Error{Severity: "FATAL", Code: code, Message: msg}))
+}
+
+// startup authenticates the client and sends the startup responses.
+func (ss *session) startup(params map[string]string) error {
+	s := ss.srv
+	ss.srv.log.Debug("startup params", "params", params)
+	if err := ss.authenticate(); err != nil {
+		return err
+	}
+	// Tenant and session settings from the startup packet.
+	opts := wire.OptionSettings(params["options"])
+	for k, v := range params {
+		switch k {
+		case "user", "database", "options", "replication", "client_encoding":
+			continue
+		}
+		if _, dup := opts[strings.ToLower(k)]; !dup {
+			opts[strings.ToLower(k)] = v
+		}
+	}
+	var ps []setting
+	for k, v := range opts {
+		if k == tenantSetting {
+			if err := placement.ValidateTenantID(v); err != nil {
+				ss.fatal("22023", fmt.Sprintf("invalid tenant id in startup parameter %s: %v", tenantSetting, err))
+				return err
+			}
+			ss.startTenant, ss.tenant = v, v
+			continue
+		}
+		if isReserved(k) || k == "search_path" {
+			continue
+		}
+		ps = append(ps, setting{name: k, stmt: "SET " + pgx.Identifier{k}.Sanitize() + " TO " + quoteLiteral(v)})
+	}
+	if ce := params["client_encoding"]; ce != "" && !isUTF8(ce) {
+		ps = append(ps, setting{name: "client_encoding", stmt: "SET client_encoding TO " + quoteLiteral(ce)})
+	}
+	sortSettings(ps)
+	ss.sets = ps
+	ss.resig()
+	ss.setView()
+
+	out := wire.AppendAuth(nil, wire.AuthOK, nil)
+	sp := s.serverParams(ss.ctx)
+	enc := params["client_encoding"]
+	if enc == "" || isUTF8(enc) {
+		enc = "UTF8"
+	}
+	for k, v := range sp {
+		out = wire.AppendParameterStatus(out, k, v)
+	}
+	out = wire.AppendParameterStatus(out, "client_encoding", enc)
+	out = wire.AppendParameterStatus(out, "application_name", opts["application_name"])
+	out = wire.AppendParameterStatus(out, "is_superuser", "off")
+	out = wire.AppendParameterStatus(out, "session_authorization", ss.user)
+	if _, ok := sp["standard_conforming_strings"]; !ok {
+		out = wire.AppendParameterStatus(out, "standard_conforming_strings", "on")
+	}
+	out = wire.AppendBackendKeyData(out, ss.pid, ss.secret)
+	out = wire.AppendReadyForQuery(out, 'I')
+	if _, err := ss.nc.Write(out); err != nil {
+		return fmt.Errorf("write startup response: %w", err)
+	}
+	return nil
+}
+
+func isUTF8(enc string) bool {
+	e := strings.ToLower(strings.ReplaceAll(enc, "-", ""))
+	return e == "utf8" || e == "unicode"
+}
+
+func (ss *session) fatal(code, msg string) {
+	writeFatal(ss.nc, code, msg)
+}
+
+func (ss *session) authenticate() error {
+	s := ss.srv
+	if s.cfg.Auth == AuthTrust {
+		return nil
+	}
+	password, ok := s.cfg.Users[ss.user]
+	fail := func(err error) error {
+		ss.fatal("28P01", fmt.Sprintf("password authentication failed for user %q", ss.user))
+		return fmt.Errorf("authenticate %q: %w", ss.user, err)
+	}
+	if !ok {
+		return fail(errors.New("no such user"))
+	}
+	readPassword := func() ([]byte, error) {
+		typ, body, err := ss.cr.ReadMessage()
+		if err != nil {
+			return nil, err
+		}
+		if typ != wire.MsgPassword {
+			return nil, fmt.Errorf("expected password message, got %q", typ)
+		}
+		return body, nil
+	}
+	switch s.cfg.Auth {
+	case AuthMD5:
+		var salt [4]byte
+		rand.Read(salt[:])
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthMD5, salt[:])); err != nil {
+			return err
+		}
+		body, err := readPassword()
+		if err != nil {
+			return fail(err)
+		}
+		if err := wire.CheckMD5(body, ss.user, password, salt); err != nil {
+			return fail(err)
+		}
+		return nil
+	case AuthSCRAM:
+		keys, err := s.scramKeys(ss.user, password)
+		if err != nil {
+			return fail(err)
+		}
+		sc := wire.NewSCRAMServer(keys)
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, wire.SCRAMMechanisms)); err != nil {
+			return err
+		}
+		body, err := readPassword()
+		if err != nil {
+			return fail(err)
+		}
+		first, err := sc.First(body)
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLContinue, first)); err != nil {
+			return err
+		}
+		body, err = readPassword()
+		if err != nil {
+			return fail(err)
+		}
+		final, err := sc.Final(body)
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLFinal, final)); err != nil {
+			return err
+		}
+		return nil
+	}
+	return fail(fmt.Errorf("unknown auth method %q", s.cfg.Auth))
+}
+
+// kill closes the client and its backend from another goroutine.
+func (ss *session) kill() {
+	ss.nc.Close()
+	if be := ss.beCur.Load(); be != nil {
+		be.Kill(errShutdown)
+	}
+}
+
+// cancelQuery cancels the backend query this session is running, if any.
+func (ss *session) cancelQuery() {
+	be := ss.beCur.Load()
+	if be == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := be.Cancel(ctx); err != nil {
+		ss.srv.log.Warn("cancel request", "session", ss.id, "err", err)
+	}
+}
+
+// end returns or discards the session's backend.
+func (ss *session) end() {
+	if ss.be == nil {
+		return
+	}
+	be := ss.be
+	if ss.srv.cfg.PoolMode == PoolSession && ss.status == 'I' && len(ss.queue) == 0 && !be.Broken() {
+		// Reset what the client may have changed.
+		be.W.Write(wire.AppendQuery(nil, "DISCARD ALL"))
+		ss.queue = append(ss.queue, expect{kind: eQuery, swallow: true})
+		ss.syncs++
+		be.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := ss.drain(false); err != nil || ss.be == nil {
+			return
+		}
+		be.SetDeadline(time.Time{})
+		be.Prepared = make(map[string]struct{})
+		be.Unnamed = nil
+		be.Schema, be.Tenant, be.SessionSig = "", "", ""
+	} else if ss.status != 'I' || len(ss.queue) > 0 {
+		be.MarkBroken()
+	}
+	ss.releaseBackend()
+}
+
+func (ss *session) setView() {
+	t := ss.tenant
+	ss.view.Store(&t)
+}
+
+func (ss *session) resig() {
+	if len(ss.sets) == 0 {
+		ss.sig = ""
+		return
+	}
+	var b strings.Builder
+	for _, st := range ss.sets {
+		b.WriteString(st.stmt)
+		b.WriteString(";")
+	}
+	ss.sig = b.String()
+}
+
+func sortSettings(ps []setting) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && ps[j].name < ps[j-1].name; j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}
+
+// quoteLiteral quotes s as an SQL string literal, whatever
+// standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	if strings.IndexByte(s, '\\') >= 0 {
+		return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
+	}
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
