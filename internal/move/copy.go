@@ -2,10 +2,169 @@ package move
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
-// runCopy moves a shard without logical replication. Not implemented yet.
+// runCopy moves a shard without logical replication (--method copy), for
+// hosts without wal_level=logical. The shard is fenced for the whole copy, so
+// the pause equals the copy time:
+//
+//	schema    the pre-copy part of the schema restored on the target (not fenced yet)
+//	copydata  fence in the routers; one source transaction holds EXCLUSIVE
+//	          locks on the shard's tables (reads go on) while every table is
+//	          streamed with COPY … (FORMAT binary) into the target; then the
+//	          post-copy part (indexes, FKs, triggers), sequences, verification,
+//	          the flip, and the release. The source transaction ends after the flip.
+//
+// The copy step is bounded by CatchUpTimeout (not FenceTimeout). Resuming
+// after a crash under the fence empties the target's tables and copies again.
 func (m *Mover) runCopy(ctx context.Context, mv *moveRun, res *Result) error {
-	return fmt.Errorf("method %q is not implemented yet", MethodCopy)
+	return m.runSteps(ctx, mv, []stepFunc{
+		{StepSchema, m.stepSchema},
+		{StepCopyData, func(ctx context.Context, mv *moveRun) error { return m.stepCopyData(ctx, mv, res) }},
+	})
+}
+
+func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) error {
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	names, err := tables(ctx, src, mv.Schema)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
+	defer cancel()
+	err = m.copyUnderFence(cctx, mv, src, dst, names, res)
+	bg, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel2()
+	if err != nil {
+		if mv.Step != StepFlipped {
+			if uerr := m.unfence(bg, mv); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+		}
+		return err
+	}
+	uerr := m.cfg.Fencer.Unfence(bg, mv.Shard)
+	mv.Pause = time.Since(t0)
+	res.Pause = mv.Pause
+	if _, err := m.cfg.Catalog.Exec(bg, `UPDATE pgtenant.moves SET pause_ms = $2, updated_at = now() WHERE id = $1`,
+		mv.ID, float64(mv.Pause.Microseconds())/1000); err != nil {
+		m.log.Warn("record pause", "move", mv.ID, "err", err)
+	}
+	m.log.Info("shard flipped", "move", mv.ID, "shard", mv.Shard, "node", mv.Target, "pause", mv.Pause)
+	if uerr != nil {
+		return fmt.Errorf("release fence after flip: %w", uerr)
+	}
+	return nil
+}
+
+func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) error {
+	if err := m.markFenced(ctx, mv); err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
+	err := m.cfg.Fencer.Fence(fctx, mv.Shard)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("fence shard in routers: %w", err)
+	}
+	tx, err := src.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("fence on source: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) // nothing is written on the source; ending the transaction releases the locks
+	if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
+		return err
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = ident(mv.Schema, n)
+	}
+	if len(names) > 0 {
+		if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(quoted, ", ")+` IN EXCLUSIVE MODE`); err != nil {
+			return fmt.Errorf("fence on source: lock the shard's tables: %w", err)
+		}
+		// Triggers and FK checks stay quiet on the target while copying (they
+		// may exist already when a crashed copy is resumed).
+		if _, err := dst.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+			return err
+		}
+		if _, err := dst.Exec(ctx, `TRUNCATE `+strings.Join(quoted, ", ")); err != nil {
+			return fmt.Errorf("empty target tables: %w", err)
+		}
+	}
+	for i, n := range names {
+		rows, err := copyTable(ctx, tx.Conn(), dst, quoted[i])
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", n, err)
+		}
+		mv.Progress.Rows += rows
+		mv.Progress.TablesReady = i + 1
+		mv.Progress.Tables = len(names)
+		if err := m.saveProgress(ctx, mv); err != nil {
+			return err
+		}
+	}
+	if _, err := dst.Exec(ctx, `RESET session_replication_role`); err != nil {
+		return err
+	}
+	want, err := postObjects(ctx, src, mv.Schema)
+	if err != nil {
+		return fmt.Errorf("count source indexes: %w", err)
+	}
+	if have, err := postObjects(ctx, dst, mv.Schema); err != nil {
+		return fmt.Errorf("count target indexes: %w", err)
+	} else if have != want {
+		if err := m.copySchema(ctx, mv, true); err != nil {
+			return fmt.Errorf("build indexes: %w", err)
+		}
+	}
+	if !mv.Progress.Options.SkipVerify {
+		rep, err := VerifySchemas(ctx, tx.Conn(), dst, mv.Schema)
+		if err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		if !rep.OK() {
+			return fmt.Errorf("verify: %w", rep.Err())
+		}
+		res.Verified = true
+	}
+	if err := syncSequences(ctx, tx.Conn(), dst, mv.Schema); err != nil {
+		return err
+	}
+	return m.flip(ctx, mv)
+}
+
+// copyTable streams one table from src to dst with binary COPY and returns the rows copied.
+func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) (int64, error) {
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := src.PgConn().CopyTo(ctx, pw, `COPY `+table+` TO STDOUT (FORMAT binary)`)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	tag, err := dst.PgConn().CopyFrom(ctx, pr, `COPY `+table+` FROM STDIN (FORMAT binary)`)
+	pr.CloseWithError(err) // unblocks the sender if the receiver failed
+	if serr := <-errc; serr != nil {
+		return 0, fmt.Errorf("read source: %w", serr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write target: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }

@@ -86,7 +86,6 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 	}
 	tApplied := time.Now()
 	if !mv.Progress.Options.SkipVerify {
-		defer func(t time.Time) { m.log.Info("verified under the fence", "move", mv.ID, "took", time.Since(t)) }(time.Now())
 		rep, err := VerifySchemas(ctx, src, dst, mv.Schema)
 		if err != nil {
 			return fmt.Errorf("verify: %w", err)
@@ -96,6 +95,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 		}
 		res.Verified = true
 	}
+	tVerified := time.Now()
 	if err := syncSequences(ctx, src, dst, mv.Schema); err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 		return err
 	}
 	m.log.Info("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
-		"apply", tApplied.Sub(tLocked), "sequences", tSeq.Sub(tApplied), "flip", time.Since(tSeq))
+		"apply", tApplied.Sub(tLocked), "verify", tVerified.Sub(tApplied), "sequences", tSeq.Sub(tVerified), "flip", time.Since(tSeq))
 	return nil
 }
 

@@ -129,8 +129,23 @@ func runWriter(ctx context.Context, f *gateFencer, w int, l *ledger) {
 }
 
 func TestMoveUnderWrites(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		rows int
+	}{
+		{"logical", Options{}, 50000},
+		{"logical skip verify", Options{SkipVerify: true}, 50000},
+		{"copy", Options{Method: MethodCopy}, 20000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { testMoveUnderWrites(t, tt.opts, tt.rows) })
+	}
+}
+
+func testMoveUnderWrites(t *testing.T, opts Options, seedRows int) {
 	e := newEnv(t)
-	fillShard(t, e, 50000)
+	fillShard(t, e, seedRows)
 	f := newGateFencer(e)
 	m := testMover(t, e, Config{Fencer: f})
 	ctx := context.Background()
@@ -145,7 +160,7 @@ func TestMoveUnderWrites(t *testing.T) {
 		go func() { defer wg.Done(); runWriter(wctx, f, w+1, ledgers[w]) }()
 	}
 	time.Sleep(200 * time.Millisecond)
-	res, err := m.Move(ctx, testShard, "n2", Options{})
+	res, err := m.Move(ctx, testShard, "n2", opts)
 	if err != nil {
 		stop()
 		wg.Wait()
@@ -154,6 +169,9 @@ func TestMoveUnderWrites(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // writers go on, now on the target
 	stop()
 	wg.Wait()
+	if res.Verified == opts.SkipVerify {
+		t.Errorf("verified %v with SkipVerify %v", res.Verified, opts.SkipVerify)
+	}
 	t.Logf("moved: pause %v, rows %d, bytes %d, duration %v, verified %v", res.Pause, res.Rows, res.Bytes, res.Duration, res.Verified)
 
 	// Every acknowledged write is on the target exactly once, nothing that was not sent.
@@ -198,8 +216,8 @@ func TestMoveUnderWrites(t *testing.T) {
 			t.Errorf("writer %d: %d events on target, want %d", w+1, n, l.events)
 		}
 	}
-	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != 50000 {
-		t.Errorf("seed rows on target: %d, want 50000", n)
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != int64(seedRows) {
+		t.Errorf("seed rows on target: %d, want %d", n, seedRows)
 	}
 
 	// Sequences on the target are past the source's.
