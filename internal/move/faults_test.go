@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 var errCrash = errors.New("simulated crash")
@@ -134,5 +137,110 @@ func TestAbortAfterCrashAtEveryStep(t *testing.T) {
 				t.Errorf("second abort: %v", err)
 			}
 		})
+	}
+}
+
+func TestRouterFenceTimeoutAborts(t *testing.T) {
+	e := newEnv(t)
+	fillShard(t, e, 1000)
+	ctx := context.Background()
+	f := newGateFencer(e)
+	held := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	m := testMover(t, e, Config{Fencer: f, FenceTimeout: 300 * time.Millisecond,
+		BeforeStep: func(ctx context.Context, _ int64, s Step) error {
+			if s == StepFence {
+				// A client transaction that outlives the fence's budget.
+				go func() {
+					p := f.begin()
+					close(held)
+					<-release
+					_, err := p.Exec(context.Background(), `UPDATE shard_0005.items SET val = 7 WHERE n = 2`)
+					f.end()
+					done <- err
+				}()
+				<-held
+			}
+			return nil
+		}})
+	_, err := m.Move(ctx, testShard, "n2", Options{})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("move: got %v, want the fence deadline", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("the long transaction failed: %v", err)
+	}
+	if got, want := shardState(t, e), (shardRow{"n1", "active", 0}); got != want {
+		t.Errorf("catalog shard: %+v, want %+v", got, want)
+	}
+	if n := queryInt(t, e.src, `SELECT val FROM shard_0005.items WHERE n = 2`); n != 7 {
+		t.Errorf("write lost: val %d", n)
+	}
+	// New transactions flow again, to the source.
+	p := f.begin()
+	_, err = p.Exec(ctx, `UPDATE shard_0005.items SET val = 8 WHERE n = 3`)
+	f.end()
+	if err != nil || p != e.src {
+		t.Errorf("after abort: err %v, routed to source %v", err, p == e.src)
+	}
+	assertNoLeftovers(t, e)
+	if schemaOn(t, e.dst, testSchema) {
+		t.Error("schema left on target")
+	}
+}
+
+func TestTargetDownDuringCatchUp(t *testing.T) {
+	c, err := pgtest.Start("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	e := newEnvTarget(t, c)
+	fillShard(t, e, 2000)
+	ctx := context.Background()
+	m := testMover(t, e, Config{BeforeStep: func(ctx context.Context, _ int64, s Step) error {
+		if s == StepCatchUp {
+			return c.Cluster.Stop(ctx)
+		}
+		return nil
+	}})
+	_, err = m.Move(ctx, testShard, "n2", Options{})
+	if err == nil {
+		t.Fatal("move succeeded with the target down")
+	}
+	t.Logf("move failed as expected: %v", err)
+	list, err := m.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].Status != "failed" {
+		t.Fatalf("moves: %+v", list)
+	}
+	if got, want := shardState(t, e), (shardRow{"n1", "active", 0}); got != want {
+		t.Errorf("catalog shard: %+v, want %+v", got, want)
+	}
+	// The source is clean already: no slot retains WAL, writes work.
+	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_replication_slots`) + queryInt(t, e.src, `SELECT count(*) FROM pg_publication`); n != 0 {
+		t.Errorf("%d slots or publications left on the source", n)
+	}
+	mustExec(t, e.src, `UPDATE shard_0005.items SET val = 5 WHERE n = 5`)
+
+	// The target comes back: abort again finishes the job there.
+	if err := c.Cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dst := pool(t, e.dstDSN)
+	e.dst = dst
+	if err := m.Abort(ctx, list[0].ID); err != nil {
+		t.Fatalf("abort: %v", err)
+	}
+	assertNoLeftovers(t, e)
+	if schemaOn(t, e.dst, testSchema) {
+		t.Error("schema left on target")
+	}
+	if in := moveInfo(t, m, list[0].ID); in.Status != "aborted" {
+		t.Errorf("move status %s", in.Status)
 	}
 }
