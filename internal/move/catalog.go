@@ -30,9 +30,19 @@ type Progress struct {
 	SubOID uint32 `json:"sub_oid,omitempty"`
 	// FenceLSN is the source WAL position after the fence marker committed.
 	FenceLSN string `json:"fence_lsn,omitempty"`
+	// Revoked are the write privileges taken from non-superuser roles on the
+	// source's tables under the fence; an abort grants them back.
+	Revoked []Grant `json:"revoked,omitempty"`
 	// OrphanSlot is set when the subscription was dropped while the source was
 	// unreachable: the slot on the source still has to be dropped (Cleanup does it).
 	OrphanSlot bool `json:"orphan_slot,omitempty"`
+}
+
+// Grant is a set of privileges of one role (or PUBLIC) on one table.
+type Grant struct {
+	Table string `json:"table"` // qualified and quoted
+	Role  string `json:"role"`  // quoted role name, or PUBLIC
+	Privs string `json:"privs"` // e.g. "INSERT, UPDATE"
 }
 
 // Info is one row of pgtenant.moves.

@@ -244,3 +244,36 @@ func TestTargetDownDuringCatchUp(t *testing.T) {
 		t.Errorf("move status %s", in.Status)
 	}
 }
+
+func TestMismatchUnderFenceAborts(t *testing.T) {
+	e := newEnv(t)
+	fillShard(t, e, 1000)
+	ctx := context.Background()
+	f := newGateFencer(e)
+	m := testMover(t, e, Config{Fencer: f, BeforeStep: func(ctx context.Context, _ int64, s Step) error {
+		if s == StepFence {
+			// Something (a person, a bug) changed the target behind the move's back.
+			_, err := e.dst.Exec(ctx, `SET session_replication_role = replica; DELETE FROM shard_0005.items WHERE n = 10`)
+			return err
+		}
+		return nil
+	}})
+	_, err := m.Move(ctx, testShard, "n2", Options{})
+	if !errors.Is(err, ErrMismatch) {
+		t.Fatalf("move: got %v, want ErrMismatch", err)
+	}
+	if got, want := shardState(t, e), (shardRow{"n1", "active", 0}); got != want {
+		t.Errorf("catalog shard: %+v, want %+v", got, want)
+	}
+	// The write privileges revoked under the fence are back.
+	if err := appInsert(ctx, e.srcDSN, testSchema, 1); err != nil {
+		t.Errorf("write as %s after the abort: %v", appRole, err)
+	}
+	if n := queryInt(t, e.src, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != 1000 {
+		t.Errorf("source has %d seed rows", n)
+	}
+	assertNoLeftovers(t, e)
+	if schemaOn(t, e.dst, testSchema) {
+		t.Error("schema left on target")
+	}
+}

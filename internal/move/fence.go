@@ -124,6 +124,9 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 				return fmt.Errorf("lock the shard's tables: %w", err)
 			}
 		}
+		if err := m.revokeWrites(ctx, tx, mv); err != nil {
+			return err
+		}
 		var err error
 		seq, err = insertMarker(ctx, tx, mv.ID)
 		return err
@@ -135,6 +138,66 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 		return 0, fmt.Errorf("read fence position: %w", err)
 	}
 	return seq, nil
+}
+
+// revokeWrites takes INSERT, UPDATE, DELETE and TRUNCATE on the shard's
+// tables from every non-superuser role (and PUBLIC) inside the fence
+// transaction, so a writer that bypassed the routers fails with 42501 instead
+// of writing to the old copy after the marker. The grants are recorded in the
+// catalog first, so an abort (even after a crash) can give them back. After
+// the flip they stay revoked on the retired source schema.
+func (m *Mover) revokeWrites(ctx context.Context, tx pgx.Tx, mv *moveRun) error {
+	rows, err := tx.Query(ctx, `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+		CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+		string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+		LEFT JOIN pg_roles r ON r.oid = a.grantee
+		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+		  AND (a.grantee = 0 OR NOT r.rolsuper)
+		GROUP BY 1, 2 ORDER BY 1, 2`, mv.Schema)
+	if err != nil {
+		return fmt.Errorf("read grants: %w", err)
+	}
+	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Grant, error) {
+		var g Grant
+		err := r.Scan(&g.Table, &g.Role, &g.Privs)
+		return g, err
+	})
+	if err != nil {
+		return fmt.Errorf("read grants: %w", err)
+	}
+	if len(grants) == 0 {
+		return nil
+	}
+	mv.Progress.Revoked = append(mv.Progress.Revoked, grants...)
+	if err := m.saveProgress(ctx, mv); err != nil {
+		return err
+	}
+	for _, g := range grants {
+		if _, err := tx.Exec(ctx, `REVOKE `+g.Privs+` ON `+g.Table+` FROM `+g.Role); err != nil {
+			return fmt.Errorf("revoke writes on %s from %s: %w", g.Table, g.Role, err)
+		}
+	}
+	return nil
+}
+
+// restoreGrants gives back the privileges revokeWrites took (abort before the flip).
+func (m *Mover) restoreGrants(ctx context.Context, mv *moveRun) error {
+	if len(mv.Progress.Revoked) == 0 {
+		return nil
+	}
+	src, err := m.source(ctx, mv)
+	if err != nil {
+		return err
+	}
+	for _, g := range mv.Progress.Revoked {
+		if _, err := src.Exec(ctx, `GRANT `+g.Privs+` ON `+g.Table+` TO `+g.Role); err != nil && !isUndefined(err) {
+			return fmt.Errorf("grant back %s on %s to %s: %w", g.Privs, g.Table, g.Role, err)
+		}
+	}
+	mv.Progress.Revoked = nil
+	return m.saveProgress(ctx, mv)
 }
 
 // syncSequences sets every sequence of the schema on the target (identity
@@ -175,6 +238,9 @@ func syncSequences(ctx context.Context, src, dst *pgx.Conn, schema string) error
 // 'active' on the source and the routers release its transactions there.
 func (m *Mover) unfence(ctx context.Context, mv *moveRun) error {
 	var errs []error
+	if err := m.restoreGrants(ctx, mv); err != nil {
+		errs = append(errs, err)
+	}
 	if err := m.markActive(ctx, mv); err != nil {
 		errs = append(errs, err)
 	}

@@ -18,8 +18,32 @@ import (
 var srvA, srvB *pgtest.Server
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, []string{"a", "b"}, func(s []*pgtest.Server) { srvA, srvB = s[0], s[1] })
+	pgtest.Main(m, []string{"a", "b"}, func(s []*pgtest.Server) {
+		srvA, srvB = s[0], s[1]
+		for _, srv := range s {
+			createAppRole(srv)
+		}
+	})
 }
+
+// appRole is a non-superuser role the shard's tables are granted to (roles are
+// per server, so it exists on every node, as the pre-checks require).
+const appRole = "pgtenant_app"
+
+func createAppRole(srv *pgtest.Server) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, srv.Cluster.DSN("postgres"))
+	if err != nil {
+		panic(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+appRole+` LOGIN`); err != nil {
+		panic(err)
+	}
+}
+
+// asApp returns dsn with the application role instead of the superuser.
+func asApp(dsn string) string { return strings.Replace(dsn, "postgres://postgres@", "postgres://"+appRole+"@", 1) }
 
 // catalogDDL is the part of the catalog this package relies on.
 const catalogDDL = `
@@ -96,6 +120,9 @@ CREATE VIEW shard_0005.account_items AS SELECT account_id, count(*) AS n FROM sh
 CREATE FUNCTION shard_0005.fill_payload() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN NEW.payload := coalesce(NEW.payload, 'p' || NEW.n); RETURN NEW; END $$;
 CREATE TRIGGER items_fill BEFORE INSERT ON shard_0005.items FOR EACH ROW EXECUTE FUNCTION shard_0005.fill_payload();
+GRANT USAGE ON SCHEMA shard_0005 TO pgtenant_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA shard_0005 TO pgtenant_app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA shard_0005 TO pgtenant_app;
 CREATE SCHEMA shard_0006;
 CREATE TABLE shard_0006.t (id int PRIMARY KEY);
 `
@@ -173,5 +200,13 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-var _ = pgx.Identifier{}
-var _ = fmt.Sprint
+// appInsert inserts a row into the shard's items table as the application role.
+func appInsert(ctx context.Context, dsn, schema string, n int) error {
+	conn, err := pgx.Connect(ctx, asApp(dsn))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (account_id, writer, n) VALUES (1, 77, $1)`, pgx.Identifier{schema, "items"}.Sanitize()), n)
+	return err
+}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -254,6 +255,14 @@ func testMoveUnderWrites(t *testing.T, opts Options, seedRows int) {
 	if schemaOn(t, e.src, testSchema) || !schemaOn(t, e.src, movedSchema) {
 		t.Errorf("source schema not renamed to %s", movedSchema)
 	}
+	// A writer that bypassed the routers cannot write to the old copy; grants came along to the target.
+	var pgErr *pgconn.PgError
+	if err := appInsert(ctx, e.srcDSN, movedSchema, 1); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Errorf("stale write to the source as %s: got %v, want SQLSTATE 42501", appRole, err)
+	}
+	if err := appInsert(ctx, e.dstDSN, testSchema, 1); err != nil {
+		t.Errorf("write to the target as %s: %v", appRole, err)
+	}
 	if !schemaOn(t, e.src, "shard_0006") || schemaOn(t, e.dst, "shard_0006") {
 		t.Error("the other shard was touched")
 	}
@@ -330,6 +339,9 @@ func TestFenceLockTimeoutAborts(t *testing.T) {
 	}
 	if n := queryInt(t, e.src, `SELECT val FROM shard_0005.items WHERE n = 1`); n != 99 {
 		t.Errorf("the long transaction's write is lost: val %d", n)
+	}
+	if err := appInsert(ctx, e.srcDSN, testSchema, 1); err != nil {
+		t.Errorf("write as %s after the abort: %v", appRole, err)
 	}
 	if n := queryInt(t, e.cat, `SELECT count(*) FROM pgtenant.moves WHERE status = 'aborted'`); n != 1 {
 		t.Errorf("move not recorded as aborted")
