@@ -17,6 +17,10 @@ import (
 // anyTenant binds a backend used for statements that need no shard.
 const anyTenant = "\x00any"
 
+// descTenant binds a backend that describes statements for a client with
+// no tenant yet: shard 0's schema, since every shard has the same tables.
+const descTenant = "\x00describe"
+
 // anySchema is the search_path of backends serving statements without a tenant.
 const anySchema = "pg_catalog"
 
@@ -49,7 +53,7 @@ func (ss *session) pickTenant(info *stmtInfo) string {
 		return info.hint
 	case ss.localTenant != "":
 		return ss.localTenant
-	case ss.be != nil && ss.status != 'I' && ss.beTenant != anyTenant:
+	case ss.be != nil && ss.status != 'I' && ss.beTenant != anyTenant && ss.beTenant != descTenant:
 		return ss.beTenant
 	}
 	return ss.tenant
@@ -92,7 +96,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 				Hint: "Send Sync before switching tenants: one implicit transaction runs on one shard."}
 		}
 		if ss.status != 'I' && !ss.be.Broken() {
-			if tenant == anyTenant {
+			if tenant == anyTenant || tenant == descTenant {
 				return nil // harmless statement inside the transaction
 			}
 			return &wire.Error{Code: "25001", Message: fmt.Sprintf("this transaction is bound to tenant %q; it cannot also run statements for tenant %q", ss.beTenant, tenant),
@@ -103,7 +107,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 		ss.releaseBackend()
 	}
-	if tenant != anyTenant {
+	if tenant != anyTenant && tenant != descTenant {
 		if e := checkTenantID(tenant); e != nil {
 			return e
 		}
@@ -116,12 +120,18 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	var schema string
 	var g *gate
 	var entry *inflight
-	if tenant == anyTenant {
+	if tenant == anyTenant || tenant == descTenant {
 		n, ok := m.Nodes[m.Shards[0].Node]
 		if !ok {
 			return &wire.Error{Code: "08006", Message: "the placement map has no node for shard 0"}
 		}
 		node, schema = n, anySchema
+		if tenant == descTenant {
+			schema = m.Shards[0].Schema
+			if schema == "" {
+				schema = placement.SchemaName(0)
+			}
+		}
 	} else {
 		var holdStart time.Time
 		for {
@@ -194,11 +204,11 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	ss.be, ss.beTenant, ss.beGate, ss.beStart, ss.status = be, tenant, g, time.Now(), 'I'
 	ss.beCur.Store(be)
 	tid := tenant
-	if tenant == anyTenant {
+	if tenant == anyTenant || tenant == descTenant {
 		tid = ""
 	}
 	ss.setup(be, schema, tid)
-	if ss.pendingBegin != "" && tenant != anyTenant {
+	if ss.pendingBegin != "" && tenant != anyTenant && tenant != descTenant {
 		ss.out = wire.AppendQuery(ss.out[:0], ss.pendingBegin)
 		be.W.Write(ss.out)
 		ss.push(expect{kind: eQuery, swallow: true})
@@ -365,6 +375,9 @@ func (ss *session) drain(all bool) error {
 			}
 			swallow := e.swallow
 			ss.pop()
+			if ss.syncs == 0 {
+				ss.copyEnds = 0
+			}
 			if !swallow {
 				if ss.pendingBegin != "" && ss.status == 'I' {
 					// A statement run outside the deferred transaction.
@@ -404,6 +417,10 @@ func (ss *session) drain(all bool) error {
 			continue
 		case wire.MsgCopyInResponse:
 			ss.relay(typ, body)
+			if ss.copyEnds > 0 {
+				ss.copyEnds-- // the client already sent the whole COPY
+				continue
+			}
 			if err := ss.copyIn(be); err != nil {
 				return err
 			}

@@ -76,7 +76,20 @@ func (ss *session) loop() error {
 		case wire.MsgTerminate:
 			return nil
 		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
-			// Stray copy messages outside COPY are ignored, as the server does.
+			// COPY data sent ahead of the server's CopyInResponse (pgconn
+			// streams right after the Query) goes to the backend; without a
+			// backend it is ignored, as the server does.
+			if ss.be != nil {
+				wire.WriteFrame(ss.be.W, typ, body)
+				if typ != wire.MsgCopyData {
+					ss.copyEnds++
+					if ss.cr.Buffered() == 0 {
+						if err := ss.drain(false); err != nil {
+							return err
+						}
+					}
+				}
+			}
 		default:
 			ss.sendFatal("08P01", fmt.Sprintf("invalid frontend message type %q", typ))
 			return fmt.Errorf("invalid message type %q", typ)
@@ -167,7 +180,7 @@ func (ss *session) setTenant(t string, local bool) *wire.Error {
 		}
 	}
 	if local {
-		if ss.be != nil && ss.status != 'I' && ss.beTenant != t && ss.beTenant != anyTenant {
+		if ss.be != nil && ss.status != 'I' && ss.beTenant != t && ss.beTenant != anyTenant && ss.beTenant != descTenant {
 			return &wire.Error{Code: "25001", Message: fmt.Sprintf("this transaction is bound to tenant %q; it cannot switch to tenant %q", ss.beTenant, t),
 				Hint: "COMMIT or ROLLBACK before switching tenants: one transaction runs on one shard."}
 		}
@@ -471,10 +484,14 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 		if ss.be != nil && (describe || ss.status != 'I') {
 			return nil
 		}
-		if !def.info.noShard && !(describe && def.info.op == opSetConfig) {
+		switch {
+		case def.info.noShard:
+			tenant = anyTenant
+		case describe:
+			tenant = descTenant
+		default:
 			return noTenantError()
 		}
-		tenant = anyTenant
 	}
 	return ss.ensureBackend(tenant)
 }

@@ -96,6 +96,9 @@ type session struct {
 
 	queue []expect
 	syncs int // eSync/eQuery/eSynthRFQ items in queue
+	// copyEnds counts CopyDone/CopyFail forwarded before the server's
+	// CopyInResponse was read.
+	copyEnds int
 }
 
 var errShutdown = errors.New("router shutting down")
