@@ -1,11 +1,17 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/devcluster"
+	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
 func newDemoCmd(a *app) *cobra.Command {
@@ -28,14 +34,23 @@ Running it again reuses the cluster and its data. Stop it with
 			opts.Out = a.stdout
 			opts.Logger = a.logger
 			opts.Cluster.Logger = a.logger
+			var routerAddr string
+			opts.Started = func(ctx context.Context, cl *devcluster.Cluster) error {
+				addr, err := a.startDevRouter(ctx, cl.Dir)
+				routerAddr = addr
+				return err
+			}
+			opts.Query = func(ctx context.Context, tenant string, _ placement.Location, sql string) (pgx.Rows, func(), error) {
+				return queryThroughRouter(ctx, routerAddr, tenant, sql)
+			}
 			res, err := demo.Run(cmd.Context(), opts)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "\nThe cluster keeps running in %s. Try:\n", res.Cluster.Dir)
+			fmt.Fprintf(a.stdout, "\nThe cluster and its router keep running in %s. Try:\n", res.Cluster.Dir)
 			loc := res.Shown[0]
+			fmt.Fprintf(a.stdout, "  %s\n", psqlLine(routerAddr, loc.Tenant))
 			fmt.Fprintf(a.stdout, "  pgtenant tenant locate %q\n", loc.Tenant)
-			fmt.Fprintf(a.stdout, "  psql %q\n", withSearchPath(loc.Node.DSN, loc.Shard.Schema))
 			fmt.Fprintf(a.stdout, "  pgtenant shard list\n  pgtenant dev down\n")
 			return nil
 		},
@@ -45,4 +60,40 @@ Running it again reuses the cluster and its data. Stop it with
 	cmd.Flags().IntVar(&opts.Cluster.Shards, "shards", 256, "number of logical shards (power of two)")
 	cmd.Flags().IntVar(&opts.Tenants, "tenants", 1000, "number of tenants")
 	return cmd
+}
+
+// queryThroughRouter runs sql for tenant through the router at addr, naming
+// the tenant in the connection's options as an app would.
+func queryThroughRouter(ctx context.Context, addr, tenant, sql string) (pgx.Rows, func(), error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=postgres dbname=app sslmode=disable", host, port))
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.RuntimeParams["options"] = "-c pgtenant.tenant=" + escapeOption(tenant)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to the router: %w", err)
+	}
+	rows, err := conn.Query(ctx, sql, tenant)
+	if err != nil {
+		conn.Close(ctx)
+		return nil, nil, err
+	}
+	return rows, func() { rows.Close(); conn.Close(ctx) }, nil
+}
+
+// escapeOption escapes spaces and backslashes as libpq's options parser expects.
+func escapeOption(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		if s[i] == ' ' || s[i] == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
 }

@@ -23,6 +23,7 @@ When run as root, the servers run as the 'postgres' OS user.
 directory pick up, so 'pgtenant tenant add acme' just works.`,
 	}
 	var opts devcluster.Options
+	var noRouter bool
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start (or reuse) the local cluster",
@@ -36,12 +37,21 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 				return err
 			}
 			a.printCluster(cl)
+			if noRouter {
+				return nil
+			}
+			addr, err := a.startDevRouter(cmd.Context(), cl.Dir)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "router:  %s (log in %s/router.log)\n  %s\n", addr, cl.Dir, psqlLine(addr, "acme"))
 			return nil
 		},
 	}
 	up.Flags().StringVar(&opts.Dir, "dir", ".pgtenant", "directory for the servers' data")
 	up.Flags().IntVar(&opts.Nodes, "nodes", 2, "number of Postgres servers")
 	up.Flags().IntVar(&opts.Shards, "shards", 256, "number of logical shards (power of two)")
+	up.Flags().BoolVar(&noRouter, "no-router", false, "do not start the router in the background")
 
 	var dir string
 	var destroy bool

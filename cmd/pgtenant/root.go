@@ -77,12 +77,22 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 		newInitCmd(a),
 		group(newNodeCmd(a)),
 		group(newShardCmd(a)),
+		newRouterCmd(a),
 		group(newTenantCmd(a)),
 		group(newMigrateCmd(a)),
 		group(newDevCmd(a)),
 		newDemoCmd(a),
 		newOpsCmd(a),
 	)
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "shard":
+			c.AddCommand(newMoveCmds(a)...)
+		case "node":
+			c.AddCommand(newSplitCmds(a)[0])
+		}
+	}
+	root.AddCommand(newSplitCmds(a)[1])
 	return root
 }
 

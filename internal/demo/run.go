@@ -30,6 +30,9 @@ type Options struct {
 	Out io.Writer
 	// Logger, nil means discard.
 	Logger *slog.Logger
+	// Started, when set, is called once the cluster is up (the CLI starts
+	// the router there).
+	Started func(ctx context.Context, cl *devcluster.Cluster) error
 	// Query, when set, runs a demo query for a tenant. Nil runs it directly on
 	// the tenant's node with search_path set to its shard. The router wires
 	// itself in here.
@@ -70,6 +73,14 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	done()
 	fmt.Fprintf(out, "    %d nodes, %d shards, catalog %s\n", len(cl.Nodes), cl.Shards, catalog.RedactDSN(cl.CatalogDSN))
+	if opts.Started != nil {
+		done = step("starting the router")
+		if err := opts.Started(ctx, cl); err != nil {
+			fmt.Fprintln(out)
+			return nil, err
+		}
+		done()
+	}
 
 	cat := catalog.New(cl.CatalogDSN, opts.Logger)
 	if err := cat.Open(ctx); err != nil {
@@ -141,7 +152,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			return nil, err
 		}
 		res.Shown = append(res.Shown, loc)
-		fmt.Fprintf(out, "\n--- tenant %q lives in shard %d (schema %s) on %s\n", tenant, loc.Shard.ID, loc.Shard.Schema, loc.Node.Name)
+		via := "directly on the node"
+		if opts.Query != nil {
+			via = "through the router"
+		}
+		fmt.Fprintf(out, "\n--- tenant %q lives in shard %d (schema %s) on %s; queries run %s\n", tenant, loc.Shard.ID, loc.Shard.Schema, loc.Node.Name, via)
 		for _, q := range Queries {
 			fmt.Fprintf(out, "\n%s:\n", q.Title)
 			if err := runQuery(ctx, opts, tenant, loc, q.SQL, out); err != nil {

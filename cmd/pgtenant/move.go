@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/move"
+	"github.com/pgtenant/pgtenant/internal/placement"
+)
+
+// moveFlags are the options shared by shard move, node split and rebalance.
+type moveFlags struct {
+	method       string
+	dropSource   bool
+	skipVerify   bool
+	fenceTimeout time.Duration
+	parallel     int
+}
+
+func (f *moveFlags) register(cmd *cobra.Command, parallel bool) {
+	cmd.Flags().StringVar(&f.method, "method", "logical", "logical (online, needs wal_level=logical) or copy (the shard's writes pause for the whole copy)")
+	cmd.Flags().BoolVar(&f.dropSource, "drop-source", false, "drop the source schema after the flip instead of keeping it renamed until 'shard cleanup'")
+	cmd.Flags().BoolVar(&f.skipVerify, "skip-verify", false, "skip the row count and checksum comparison under the fence (for huge shards)")
+	cmd.Flags().DurationVar(&f.fenceTimeout, "fence-timeout", 5*time.Second, "abort the move if the fence (writes held) would last longer")
+	if parallel {
+		cmd.Flags().IntVar(&f.parallel, "parallel", 2, "moves running at once")
+	}
+}
+
+func (f *moveFlags) options() (move.Options, error) {
+	switch move.Method(f.method) {
+	case move.MethodLogical, move.MethodCopy:
+	default:
+		return move.Options{}, usagef("--method %q: use logical or copy", f.method)
+	}
+	return move.Options{Method: move.Method(f.method), DropSource: f.dropSource, SkipVerify: f.skipVerify}, nil
+}
+
+func (a *app) mover(c *catalog.Catalog, f *moveFlags) *move.Mover {
+	return move.New(move.Config{
+		Catalog:      c.Pool(),
+		Fencer:       catalog.RouterFencer{Catalog: c},
+		Logger:       a.logger,
+		FenceTimeout: f.fenceTimeout,
+	})
+}
+
+func newMoveCmds(a *app) []*cobra.Command {
+	var f moveFlags
+	var to string
+	var resume, abort int64
+	mv := &cobra.Command{
+		Use:   "move SHARD --to NODE",
+		Short: "Move a shard to another node online",
+		Long: `Move one shard (schema) to another node while the application keeps running.
+
+With --method logical (the default) the schema is recreated on the target,
+its tables are copied and kept in sync with PostgreSQL's logical replication,
+and when the target has caught up the shard is fenced: routers hold that
+shard's new transactions (other shards run on) while the last writes arrive,
+sequences are set past the source's values, the catalog flips the shard to
+the target, and the held transactions are released to it. The pause is
+typically tens of milliseconds. Anything failing before the flip aborts the
+move with routing left on the source and nothing lost.
+
+Every step is recorded in the catalog: a move whose process died continues
+with --resume ID, or is rolled back with --abort ID. The source schema is kept
+renamed until 'pgtenant shard cleanup' (or dropped with --drop-source).
+
+With --method copy (for hosts without logical replication) the shard is
+fenced for the whole copy: its writes pause for as long as copying takes.`,
+		Example: `  pgtenant shard move 17 --to node3
+  pgtenant shard move 17 --to node3 --method copy
+  pgtenant shard moves
+  pgtenant shard move --resume 42
+  pgtenant shard move --abort 42`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := f.options()
+			if err != nil {
+				return err
+			}
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				m := a.mover(c, &f)
+				switch {
+				case abort > 0:
+					if err := m.Abort(ctx, abort); err != nil {
+						return err
+					}
+					fmt.Fprintf(a.stdout, "move %d aborted; the shard stays where it was\n", abort)
+					return nil
+				case resume > 0:
+					res, err := m.Resume(ctx, resume)
+					if err != nil {
+						return err
+					}
+					a.printMove(res)
+					return nil
+				}
+				if len(args) != 1 || to == "" {
+					return usagef("give a shard and --to NODE (or --resume ID / --abort ID)")
+				}
+				shard, err := strconv.Atoi(args[0])
+				if err != nil {
+					return usagef("shard %q is not a number", args[0])
+				}
+				if opts.Method == move.MethodCopy {
+					fmt.Fprintf(a.stderr, "note: --method copy pauses shard %d's writes for the whole copy\n", shard)
+				}
+				res, err := m.Move(ctx, shard, to, opts)
+				if err != nil {
+					return err
+				}
+				a.printMove(res)
+				return nil
+			})(cmd, args)
+		},
+	}
+	mv.Flags().StringVar(&to, "to", "", "target node")
+	mv.Flags().Int64Var(&resume, "resume", 0, "continue the move with this id")
+	mv.Flags().Int64Var(&abort, "abort", 0, "roll back the move with this id")
+	f.register(mv, false)
+
+	moves := &cobra.Command{
+		Use:     "moves",
+		Short:   "List shard moves with their step and progress",
+		Example: `  pgtenant shard moves`,
+		Args:    cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			list, err := a.mover(c, &f).List(ctx)
+			if err != nil {
+				return err
+			}
+			w := a.table("ID", "SHARD", "FROM", "TO", "METHOD", "STEP", "STATUS", "TABLES", "ROWS", "PAUSE", "ERROR")
+			for _, i := range list {
+				pause := "-"
+				if i.Pause > 0 {
+					pause = i.Pause.Round(time.Millisecond / 10).String()
+				}
+				row(w, i.ID, i.Shard, i.Source, i.Target, i.Method, i.Step, i.Status,
+					fmt.Sprintf("%d/%d", i.Progress.TablesReady, i.Progress.Tables), i.Progress.Rows, pause, i.Error)
+			}
+			return w.Flush()
+		}),
+	}
+
+	verify := &cobra.Command{
+		Use:   "verify SHARD",
+		Short: "Compare row counts and checksums of a moving shard on source and target",
+		Long: `Compare each table's row count and checksum (sum of hashtextextended(row::text, 0))
+between the source and the target of the shard's running move. While the move
+is still catching up, recent writes may not have arrived yet; 'shard move'
+checks again under the fence unless --skip-verify is given.`,
+		Example: `  pgtenant shard verify 17`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			shard, err := strconv.Atoi(args[0])
+			if err != nil {
+				return usagef("shard %q is not a number", args[0])
+			}
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				rep, err := a.mover(c, &f).Verify(ctx, shard)
+				if err != nil {
+					return err
+				}
+				w := a.table("TABLE", "SOURCE ROWS", "TARGET ROWS", "MATCH")
+				for _, t := range rep.Tables {
+					row(w, t.Table, t.SourceRows, t.TargetRows, t.OK())
+				}
+				w.Flush()
+				return rep.Err()
+			})(cmd, args)
+		},
+	}
+
+	cleanup := &cobra.Command{
+		Use:     "cleanup",
+		Short:   "Drop the source schemas that finished moves kept renamed, and orphaned slots",
+		Example: `  pgtenant shard cleanup`,
+		Args:    cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			dropped, err := a.mover(c, &f).Cleanup(ctx)
+			for _, d := range dropped {
+				fmt.Fprintln(a.stdout, "dropped", d)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%d objects dropped\n", len(dropped))
+			return nil
+		}),
+	}
+	return []*cobra.Command{mv, moves, verify, cleanup}
+}
+
+func (a *app) printMove(r move.Result) {
+	fmt.Fprintf(a.stdout, "shard %d moved from %s to %s (move %d): pause %s, %d rows, %d bytes, took %s, verified %v\n",
+		r.Shard, r.From, r.To, r.MoveID, r.Pause.Round(time.Millisecond/10), r.Rows, r.Bytes, r.Duration.Round(time.Millisecond), r.Verified)
+}
+
+func newSplitCmds(a *app) []*cobra.Command {
+	var f moveFlags
+	var to string
+	var byCount bool
+	split := &cobra.Command{
+		Use:   "split NODE --to NEWNODE",
+		Short: "Move half of a node's shards to another node, online",
+		Example: `  pgtenant node add node3 postgres://admin@db3/app
+  pgtenant node split node1 --to node3 --parallel 2`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return usagef("give --to NEWNODE")
+			}
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if _, err := c.Node(ctx, to); err != nil {
+					return err
+				}
+				shards, err := c.Shards(ctx)
+				if err != nil {
+					return err
+				}
+				return a.runPlan(ctx, c, &f, placement.PlanSplit(shards, args[0], to))
+			})(cmd, args)
+		},
+	}
+	split.Flags().StringVar(&to, "to", "", "the node that receives the shards")
+	f.register(split, true)
+
+	var rf moveFlags
+	rebalance := &cobra.Command{
+		Use:   "rebalance",
+		Short: "Even out bytes (or shard counts) across nodes by moving shards online",
+		Example: `  pgtenant rebalance
+  pgtenant rebalance --by-count --parallel 4`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				stats, err := c.ShardStats(ctx)
+				if err != nil {
+					return err
+				}
+				nodes, err := c.Nodes(ctx)
+				if err != nil {
+					return err
+				}
+				var names []string
+				for _, n := range nodes {
+					names = append(names, n.Name)
+				}
+				shards := make([]placement.Shard, len(stats))
+				weight := map[int]int64{}
+				for i, s := range stats {
+					shards[i] = s.Shard
+					weight[s.ID] = s.Bytes
+					if byCount {
+						weight[s.ID] = 1
+					}
+				}
+				return a.runPlan(ctx, c, &rf, placement.PlanRebalance(shards, weight, names))
+			})(cmd, args)
+		},
+	}
+	rebalance.Flags().BoolVar(&byCount, "by-count", false, "even out shard counts instead of bytes")
+	rf.register(rebalance, true)
+	return []*cobra.Command{split, rebalance}
+}
+
+// runPlan runs planned moves, f.parallel at a time, printing a line per move
+// as it finishes and a summary.
+func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, plan []placement.Planned) error {
+	opts, err := f.options()
+	if err != nil {
+		return err
+	}
+	if len(plan) == 0 {
+		fmt.Fprintln(a.stdout, "nothing to move")
+		return nil
+	}
+	if f.parallel < 1 {
+		f.parallel = 1
+	}
+	fmt.Fprintf(a.stdout, "moving %d shards, %d at a time\n", len(plan), f.parallel)
+	m := a.mover(c, f)
+	start := time.Now()
+	var (
+		mu       sync.Mutex
+		done     int
+		bytes    int64
+		maxPause time.Duration
+		errs     []error
+	)
+	sem := make(chan struct{}, f.parallel)
+	var wg sync.WaitGroup
+	for _, p := range plan {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			res, err := m.Move(ctx, p.Shard, p.To, opts)
+			mu.Lock()
+			defer mu.Unlock()
+			done++
+			if err != nil {
+				errs = append(errs, err)
+				fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s failed: %v\n", done, len(plan), p.Shard, p.From, p.To, err)
+				return
+			}
+			bytes += res.Bytes
+			maxPause = max(maxPause, res.Pause)
+			fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s: pause %s, %d bytes, %s\n", done, len(plan), p.Shard, p.From, p.To,
+				res.Pause.Round(time.Millisecond/10), res.Bytes, res.Duration.Round(time.Millisecond))
+		}()
+	}
+	wg.Wait()
+	fmt.Fprintf(a.stdout, "moved %d of %d shards, %d bytes, longest pause %s, in %s\n", len(plan)-len(errs), len(plan), bytes,
+		maxPause.Round(time.Millisecond/10), time.Since(start).Round(time.Millisecond))
+	return errors.Join(errs...)
+}
