@@ -188,7 +188,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 		return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q: %v", node.Name, err)}
 	}
-	ss.srv.m.AcquireWait.WithLabelValues(node.Name).Observe(time.Since(t0).Seconds())
+	ss.srv.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
 	if g != nil {
 		g.mu.Lock()
 		cut := entry.cut
@@ -292,9 +292,9 @@ func (ss *session) releaseBackend() {
 		ss.leaveGate(ss.beGate)
 		ss.beGate = nil
 	}
-	node := be.Node()
-	ss.srv.m.Transactions.WithLabelValues(node).Inc()
-	ss.srv.m.TxnSeconds.WithLabelValues(node).Observe(time.Since(ss.beStart).Seconds())
+	nm := ss.srv.nodeMetrics(be.Node())
+	nm.txns.Inc()
+	nm.txnSeconds.Observe(time.Since(ss.beStart).Seconds())
 	be.Release()
 }
 
@@ -353,7 +353,10 @@ func (ss *session) drain(all bool) error {
 				continue
 			}
 		}
-		if be.R.Buffered() == 0 && ss.cw.Buffered() > 0 {
+		if be.R.Buffered() == 0 && ss.relayed && ss.cw.Buffered() > 0 {
+			// Stream what the server sent so far before blocking on it;
+			// messages the router made itself wait for company.
+			ss.relayed = false
 			if err := ss.cw.Flush(); err != nil {
 				return err
 			}
@@ -466,6 +469,7 @@ func (ss *session) backendPending() bool {
 }
 
 func (ss *session) relay(typ byte, body []byte) {
+	ss.relayed = true
 	wire.WriteFrame(ss.cw, typ, body)
 }
 

@@ -29,7 +29,14 @@ func (ss *session) loop() error {
 				}
 			}
 		}
+		var stopWatch func()
+		if ss.cr.Buffered() == 0 && ss.listening && ss.be != nil && len(ss.queue) == 0 {
+			stopWatch = ss.watchNotifications()
+		}
 		typ, body, err := ss.cr.ReadMessage()
+		if stopWatch != nil {
+			stopWatch()
+		}
 		if err != nil {
 			var tl *wire.TooLargeError
 			var ne net.Error
@@ -586,4 +593,41 @@ func (ss *session) onSync([]byte) *wire.Error {
 		}
 	}
 	return nil
+}
+
+// watchNotifications relays what a session-mode backend sends while the
+// client is idle (notifications from LISTEN, notices, parameter changes)
+// until the returned function is called. Only the watcher touches the client
+// writer until then.
+func (ss *session) watchNotifications() func() {
+	be := ss.be
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			typ, body, err := be.R.ReadMessage()
+			if err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					be.MarkBroken()
+				}
+				return
+			}
+			switch typ {
+			case wire.MsgNotification, wire.MsgNotice, wire.MsgParamStatus:
+				wire.WriteFrame(ss.cw, typ, body)
+				if ss.cw.Flush() != nil {
+					return
+				}
+			default:
+				be.MarkBroken()
+				return
+			}
+		}
+	}()
+	return func() {
+		be.SetDeadline(time.Now())
+		<-done
+		be.SetDeadline(time.Time{})
+	}
 }

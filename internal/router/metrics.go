@@ -29,6 +29,28 @@ type Metrics struct {
 
 	mu    sync.Mutex
 	pools func() []pool.Stats
+	nodes sync.Map // node name → *nodeMetrics
+}
+
+// nodeMetrics caches one node's children of the per-node vectors, so the
+// per-transaction path does no label lookups.
+type nodeMetrics struct {
+	txns       prometheus.Counter
+	txnSeconds prometheus.Observer
+	acquire    prometheus.Observer
+}
+
+func (m *Metrics) node(name string) *nodeMetrics {
+	if v, ok := m.nodes.Load(name); ok {
+		return v.(*nodeMetrics)
+	}
+	nm := &nodeMetrics{
+		txns:       m.Transactions.WithLabelValues(name),
+		txnSeconds: m.TxnSeconds.WithLabelValues(name),
+		acquire:    m.AcquireWait.WithLabelValues(name),
+	}
+	v, _ := m.nodes.LoadOrStore(name, nm)
+	return v.(*nodeMetrics)
 }
 
 // NewMetrics creates the collectors and registers them in a new registry.

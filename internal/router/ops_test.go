@@ -341,6 +341,15 @@ func TestSessionMode(t *testing.T) {
 		if err != nil || n.Payload != "hello" {
 			t.Fatalf("notification: %+v %v", n, err)
 		}
+		// Delivered while idle, without another query.
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			other.Exec(ctx, "NOTIFY chan1, 'idle'")
+		}()
+		n, err = c.WaitForNotification(wctx)
+		if err != nil || n.Payload != "idle" {
+			t.Fatalf("idle notification: %+v %v", n, err)
+		}
 		var app string
 		if err := c.QueryRow(ctx, "SHOW application_name").Scan(&app); err != nil || app != "sess" {
 			t.Fatalf("application_name = %q, %v", app, err)

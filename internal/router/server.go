@@ -71,6 +71,8 @@ func New(cfg Config) *Server {
 	return s
 }
 
+func (s *Server) nodeMetrics(node string) *nodeMetrics { return s.m.node(node) }
+
 // Metrics returns the server's metrics (Config.Metrics or its own).
 func (s *Server) Metrics() *Metrics { return s.m }
 

@@ -99,6 +99,9 @@ type session struct {
 	// copyEnds counts CopyDone/CopyFail forwarded before the server's
 	// CopyInResponse was read.
 	copyEnds int
+	// relayed is set when server messages were buffered for the client
+	// since the last flush.
+	relayed bool
 }
 
 var errShutdown = errors.New("router shutting down")
