@@ -86,7 +86,8 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 	if err != nil {
 		return fmt.Errorf("fence on source: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) // nothing is written on the source; ending the transaction releases the locks
+	// On failure the rollback releases the locks and undoes the REVOKE; after the flip the commit keeps the REVOKE.
+	defer tx.Rollback(context.WithoutCancel(ctx))
 	if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
 		return err
 	}
@@ -97,6 +98,9 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 	if len(names) > 0 {
 		if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(quoted, ", ")+` IN EXCLUSIVE MODE`); err != nil {
 			return fmt.Errorf("fence on source: lock the shard's tables: %w", err)
+		}
+		if err := m.revokeWrites(ctx, tx, mv); err != nil {
+			return err
 		}
 		// Triggers and FK checks stay quiet on the target while copying (they
 		// may exist already when a crashed copy is resumed).
@@ -146,7 +150,13 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 	if err := syncSequences(ctx, tx.Conn(), dst, mv.Schema); err != nil {
 		return err
 	}
-	return m.flip(ctx, mv)
+	if err := m.flip(ctx, mv); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		m.log.Warn("keep write privileges revoked on the source", "move", mv.ID, "err", err)
+	}
+	return nil
 }
 
 // copyTable streams one table from src to dst with binary COPY and returns the rows copied.

@@ -114,6 +114,10 @@ func TestAbortAfterCrashAtEveryStep(t *testing.T) {
 				if !errors.Is(err, ErrFlipped) {
 					t.Fatalf("abort after flip: got %v, want ErrFlipped", err)
 				}
+				if _, err := m.Resume(ctx, id); err != nil {
+					t.Fatalf("resume: %v", err)
+				}
+				assertNoLeftovers(t, e)
 				return
 			}
 			if err != nil {
@@ -197,6 +201,7 @@ func TestTargetDownDuringCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Stop()
+	createAppRole(c)
 	e := newEnvTarget(t, c)
 	fillShard(t, e, 2000)
 	ctx := context.Background()

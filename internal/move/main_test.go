@@ -43,7 +43,9 @@ func createAppRole(srv *pgtest.Server) {
 }
 
 // asApp returns dsn with the application role instead of the superuser.
-func asApp(dsn string) string { return strings.Replace(dsn, "postgres://postgres@", "postgres://"+appRole+"@", 1) }
+func asApp(dsn string) string {
+	return strings.Replace(dsn, "postgres://postgres@", "postgres://"+appRole+"@", 1)
+}
 
 // catalogDDL is the part of the catalog this package relies on.
 const catalogDDL = `
@@ -151,16 +153,18 @@ func testMover(t *testing.T, e *env, cfg Config) *Mover {
 	return New(cfg)
 }
 
-// assertNoLeftovers checks that no publication, slot or subscription of any move is left.
+// assertNoLeftovers checks that no publication, slot or subscription of any
+// move is left in the test's databases (slots and subscriptions are listed
+// cluster-wide).
 func assertNoLeftovers(t *testing.T, e *env) {
 	t.Helper()
 	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_publication`); n != 0 {
 		t.Errorf("%d publications left on source", n)
 	}
-	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_replication_slots`); n != 0 {
+	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); n != 0 {
 		t.Errorf("%d replication slots left on source", n)
 	}
-	if n := queryInt(t, e.dst, `SELECT count(*) FROM pg_subscription`); n != 0 {
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`); n != 0 {
 		t.Errorf("%d subscriptions left on target", n)
 	}
 }
