@@ -184,7 +184,8 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		case errors.As(err, &ce):
 			return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q is unreachable: %v", node.Name, ce.Err)}
 		case errors.Is(err, pool.ErrWaitTimeout):
-			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free within %s", node.Name, ss.srv.cfg.Pool.WaitTimeout)}
+			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free in time", node.Name),
+				Hint: "The node's pool is full (router pool size and wait timeout); retry, or raise the pool size."}
 		}
 		return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q: %v", node.Name, err)}
 	}

@@ -36,6 +36,9 @@
 // LISTEN and temporary objects do not survive a transaction in transaction
 // mode: LISTEN is refused there; use session mode.
 //
+// BEGIN sent with the extended protocol (Parse/Bind/Execute) is not
+// deferred: it needs a tenant already (drivers send BEGIN as a simple query).
+//
 // Named prepared statements (protocol-level Parse) work in transaction mode:
 // the router records each client's statements, answers Parse itself, and
 // prepares them lazily, under router-unique names, on whichever backend a

@@ -187,7 +187,7 @@ func classify(sql string) stmtInfo {
 				i = j
 				continue
 			}
-			for j < n && isIdent(sql[j]) {
+			for j < n && sql[j] != '$' && isIdent(sql[j]) {
 				j++
 			}
 			if j < n && sql[j] == '$' {
@@ -423,7 +423,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 			if lx.punct(i+1, '=') || lx.word(i+1, "to") {
 				info.val, _ = lx.value(i + 2)
 				if lx.word(i+2, "default") {
-					info.op = opReset
+					info.op, info.val = opReset, ""
 				}
 			}
 		}

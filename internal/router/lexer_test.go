@@ -1,0 +1,68 @@
+package router
+
+import "testing"
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		sql  string
+		want stmtInfo
+	}{
+		{"SELECT 1", stmtInfo{kind: kSelect, noShard: true}},
+		{"select * from t", stmtInfo{kind: kSelect}},
+		{"SELECT 'from' AS x", stmtInfo{kind: kSelect, noShard: true}},
+		{"SELECT now() -- from comment", stmtInfo{kind: kSelect, noShard: true}},
+		{"/* tenant: acme */ SELECT * FROM t", stmtInfo{kind: kSelect, hint: "acme", hasHint: true}},
+		{"SELECT * FROM t /* tenant=\"o'x\" */", stmtInfo{kind: kSelect, hint: "o'x", hasHint: true}},
+		{"/* not a hint */ /* tenant:  b c  */ UPDATE t SET x = 1", stmtInfo{kind: kOther, hint: "b c", hasHint: true}},
+		{"  begin", stmtInfo{kind: kBegin}},
+		{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE", stmtInfo{kind: kBegin}},
+		{"COMMIT", stmtInfo{kind: kCommit}},
+		{"end", stmtInfo{kind: kCommit}},
+		{"ROLLBACK", stmtInfo{kind: kRollback}},
+		{"ROLLBACK TO SAVEPOINT a", stmtInfo{kind: kOther}},
+		{"SET pgtenant.tenant = 'acme'", stmtInfo{kind: kSet, op: opSet, val: "acme", setName: "pgtenant.tenant"}},
+		{"set pgtenant.tenant to 'it''s'", stmtInfo{kind: kSet, op: opSet, val: "it's", setName: "pgtenant.tenant"}},
+		{"SET SESSION pgtenant.tenant = acme", stmtInfo{kind: kSet, op: opSet, val: "acme", setName: "pgtenant.tenant"}},
+		{"SET LOCAL pgtenant.tenant = E'a\\\\b'", stmtInfo{kind: kSet, op: opSetLocal, val: `a\b`, isLocal: true, setName: "pgtenant.tenant"}},
+		{"SET pgtenant.tenant = DEFAULT", stmtInfo{kind: kSet, op: opReset, setName: "pgtenant.tenant"}},
+		{"RESET pgtenant.tenant", stmtInfo{kind: kReset, op: opReset, setName: "pgtenant.tenant"}},
+		{"SHOW pgtenant.tenant", stmtInfo{kind: kShow, op: opShow, setName: "pgtenant.tenant", noShard: true}},
+		{"SHOW TimeZone", stmtInfo{kind: kShow, setName: "timezone", noShard: true}},
+		{"SET search_path = x", stmtInfo{kind: kSet, setName: "search_path", reservedSet: true}},
+		{"SET pgtenant.tenant_id = 'x'", stmtInfo{kind: kSet, setName: "pgtenant.tenant_id", reservedSet: true}},
+		{"SET statement_timeout = 5", stmtInfo{kind: kSet, setName: "statement_timeout"}},
+		{"SELECT set_config('pgtenant.tenant', $1, false)", stmtInfo{kind: kSelect, noShard: true, op: opSetConfig, param: 1}},
+		{"select pg_catalog.set_config('pgtenant.tenant', 'acme', true)", stmtInfo{kind: kSelect, noShard: true, op: opSetConfig, val: "acme", isLocal: true}},
+		{"SELECT set_config('search_path', $1, false)", stmtInfo{kind: kSelect, noShard: true}},
+		{"BEGIN; SELECT 1", stmtInfo{kind: kBegin, multi: true}},
+		{"SELECT 1;", stmtInfo{kind: kSelect, noShard: true}},
+		{"SELECT $$ ; from $$", stmtInfo{kind: kSelect, noShard: true}},
+		{"SELECT $tag$ it's $tag$, \"from\"", stmtInfo{kind: kSelect, noShard: true}},
+		{"LISTEN x", stmtInfo{kind: kListen}},
+		{"COPY t FROM STDIN", stmtInfo{kind: kCopy}},
+		{"", stmtInfo{}},
+		{"/* unterminated", stmtInfo{}},
+		{"SELECT 'unterminated", stmtInfo{kind: kSelect, noShard: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sql, func(t *testing.T) {
+			if got := classify(tt.sql); got != tt.want {
+				t.Errorf("classify(%q)\n got %+v\nwant %+v", tt.sql, got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzClassify(f *testing.F) {
+	for _, s := range []string{"SELECT 1", "/* tenant: a */ SET pgtenant.tenant = 'x'", "SELECT $a$ $a", "E'\\", "SET LOCAL"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) { classify(sql) })
+}
+
+func BenchmarkClassify(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		classify("SELECT val FROM items WHERE id = $1")
+	}
+}
