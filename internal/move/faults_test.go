@@ -3,6 +3,7 @@ package move
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -201,10 +202,14 @@ func TestTargetDownDuringCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Stop()
-	createAppRole(c)
 	e := newEnvTarget(t, c)
 	fillShard(t, e, 2000)
 	ctx := context.Background()
+	// Pre-check: the target lacks a role the schema is granted to.
+	if _, err := testMover(t, e, Config{}).Move(ctx, testShard, "n2", Options{}); err == nil || !strings.Contains(err.Error(), appRole) {
+		t.Fatalf("move to a node without role %s: %v", appRole, err)
+	}
+	createAppRole(c)
 	m := testMover(t, e, Config{BeforeStep: func(ctx context.Context, _ int64, s Step) error {
 		if s == StepCatchUp {
 			return c.Cluster.Stop(ctx)

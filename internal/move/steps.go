@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -142,8 +143,31 @@ func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	} else if ok {
 		return fmt.Errorf("schema %s already exists on target node %q; drop it there first", mv.Schema, mv.Target)
 	}
+	if err := missingRoles(ctx, src, dst, mv.Schema); err != nil {
+		return err
+	}
 	if mv.Method == MethodCopy {
 		return nil
+	}
+	var prepared int
+	if err := src.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()`).Scan(&prepared); err != nil {
+		return fmt.Errorf("check prepared transactions: %w", err)
+	}
+	if prepared > 0 {
+		return fmt.Errorf("source node %q has %d prepared transaction(s) in its database; creating a replication slot would wait for them: commit or roll them back first", mv.Source, prepared)
+	}
+	var freeSlots int
+	if err := src.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)`).Scan(&freeSlots); err != nil {
+		return fmt.Errorf("check replication slots: %w", err)
+	}
+	if freeSlots < 2 { // the move's slot and one table-sync slot at a time at least
+		return fmt.Errorf("source node %q has %d free replication slot(s); raise max_replication_slots", mv.Source, freeSlots)
+	}
+	var oldest *float64
+	if err := src.QueryRow(ctx, `SELECT extract(epoch FROM now() - min(xact_start)) FROM pg_stat_activity
+		WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()`).Scan(&oldest); err == nil && oldest != nil && *oldest > 60 {
+		m.log.Warn("a write transaction has been open on the source for a long time; creating the slot waits for it",
+			"shard", mv.Shard, "node", mv.Source, "seconds", int(*oldest))
 	}
 	var walLevel string
 	if err := src.QueryRow(ctx, `SHOW wal_level`).Scan(&walLevel); err != nil {
@@ -538,4 +562,35 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// missingRoles fails when roles that own or are granted objects of the schema
+// on the source do not exist on the target (the schema restore would fail).
+func missingRoles(ctx context.Context, src, dst *pgx.Conn, schema string) error {
+	rows, err := src.Query(ctx, `WITH o AS (
+		SELECT n.nspowner AS owner, n.nspacl AS acl FROM pg_namespace n WHERE n.nspname = $1
+		UNION ALL SELECT c.relowner, c.relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
+		UNION ALL SELECT p.proowner, p.proacl FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1
+		UNION ALL SELECT t.typowner, t.typacl FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = $1)
+		SELECT DISTINCT r.rolname::text FROM o
+		LEFT JOIN LATERAL aclexplode(o.acl) a ON true
+		JOIN pg_roles r ON r.oid = o.owner OR r.oid = a.grantee OR r.oid = a.grantor
+		ORDER BY 1`, schema)
+	if err != nil {
+		return fmt.Errorf("list roles of the schema: %w", err)
+	}
+	roles, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list roles of the schema: %w", err)
+	}
+	var missing []string
+	if err := dst.QueryRow(ctx, `SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest($1::text[]) r
+		WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)`, roles).Scan(&missing); err != nil {
+		return fmt.Errorf("check roles on target: %w", err)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("role(s) %s own or are granted objects of schema %s but do not exist on the target: create them there first",
+			strings.Join(missing, ", "), schema)
+	}
+	return nil
 }
