@@ -1,0 +1,395 @@
+// Command routerbench compares pgtenant's router with direct connections and
+// pgbouncer on a point-select workload driven by pgbench. It starts two local
+// Postgres clusters, creates shards, tenants and rows, starts the router (in
+// process, transaction mode) and pgbouncer (transaction mode), runs pgbench
+// for each target and protocol mode, and prints a table. See bench/README.md.
+//
+//	go run ./bench/cmd/routerbench [-clients 16] [-duration 10s]
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/router"
+)
+
+type options struct {
+	tenants, rows, shards, clients, threads, poolSize int
+	duration                                          time.Duration
+	modes                                             []string
+	scripts                                           string
+}
+
+func main() {
+	var o options
+	var modes string
+	flag.IntVar(&o.tenants, "tenants", 1000, "tenants (ids 0 … n-1; tenant i lives in shard i % shards)")
+	flag.IntVar(&o.rows, "rows", 100000, "rows in all, spread evenly over the tenants")
+	flag.IntVar(&o.shards, "shards", 16, "shards, even ones on node a and odd ones on node b")
+	flag.IntVar(&o.clients, "clients", 16, "pgbench clients (-c)")
+	flag.IntVar(&o.threads, "threads", 2, "pgbench threads (-j)")
+	flag.IntVar(&o.poolSize, "pool", 20, "backend connections per node for pgtenant and pgbouncer")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "pgbench run time per case (-T)")
+	flag.StringVar(&modes, "modes", "simple,extended,prepared", "pgbench protocol modes (-M)")
+	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
+	flag.Parse()
+	o.modes = strings.Split(modes, ",")
+	if o.scripts == "" {
+		_, file, _, _ := runtime.Caller(0)
+		o.scripts = filepath.Join(filepath.Dir(file), "..", "..", "pgbench")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "routerbench:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one pgbench run.
+type result struct {
+	mode, target string
+	tps, latency float64 // latency in ms
+	skipped      string
+}
+
+func run(ctx context.Context, o options, w io.Writer) error {
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		return fmt.Errorf("pgbench not found on PATH (apt-get install postgresql-client): %w", err)
+	}
+	bouncer, err := findPgbouncer()
+	if err != nil {
+		return err
+	}
+	root, err := os.MkdirTemp("", "routerbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	if err := os.Chmod(root, 0o755); err != nil {
+		return err
+	}
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	rowsPer := o.rows / o.tenants
+	if rowsPer < 1 {
+		return errors.New("need at least one row per tenant")
+	}
+	// Node a holds every shard, so that direct connections and pgbouncer
+	// (one node each) can serve every tenant; node b holds the odd shards.
+	nodes := map[string]*localpg.Cluster{}
+	for _, name := range []string{"a", "b"} {
+		c := localpg.New(filepath.Join(root, name), 0)
+		c.Settings = map[string]string{"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+		if err := c.Init(ctx); err != nil {
+			return fmt.Errorf("init node %s: %w", name, err)
+		}
+		if err := c.Start(ctx); err != nil {
+			return fmt.Errorf("start node %s: %w", name, err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c.Stop(sctx)
+		}()
+		nodes[name] = c
+		log.Info("node started", "node", name, "port", c.Port)
+		var shards []int
+		for s := 0; s < o.shards; s++ {
+			if name == "a" || s%2 == 1 {
+				shards = append(shards, s)
+			}
+		}
+		if err := load(ctx, c, shards, o, rowsPer); err != nil {
+			return fmt.Errorf("load node %s: %w", name, err)
+		}
+	}
+
+	// Two routers: one with every shard on node a (the same backend as the
+	// direct and pgbouncer runs), one spreading shards over both nodes.
+	routerAddr := map[string]string{}
+	for _, spread := range []bool{false, true} {
+		m := &placement.Map{Version: 1, Nodes: map[string]placement.Node{}, Tenants: map[string]int{}}
+		for name, c := range nodes {
+			m.Nodes[name] = placement.Node{Name: name, DSN: c.DSN("bench")}
+		}
+		for s := 0; s < o.shards; s++ {
+			node := "a"
+			if spread && s%2 == 1 {
+				node = "b"
+			}
+			m.Shards = append(m.Shards, placement.Shard{ID: s, Schema: placement.SchemaName(s), Node: node, State: placement.StateActive, Epoch: 1})
+		}
+		for t := 0; t < o.tenants; t++ {
+			m.Tenants[strconv.Itoa(t)] = t % o.shards
+		}
+		srv := router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize}, MaxClients: 1000})
+		if err := srv.SetMap(ctx, m); err != nil {
+			return err
+		}
+		if err := srv.Open(ctx); err != nil {
+			return err
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(rctx) }()
+		defer func() { cancel(); <-done }()
+		key := "pgtenant (1 node)"
+		if spread {
+			key = "pgtenant (2 nodes)"
+		}
+		routerAddr[key] = srv.Addr().String()
+	}
+
+	bouncerPort, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize)
+	if err != nil {
+		return err
+	}
+	defer stopBouncer()
+
+	type target struct {
+		name, addr, script string
+	}
+	var results []result
+	for _, mode := range o.modes {
+		kind := "extended"
+		if mode == "simple" {
+			kind = "simple"
+		}
+		targets := []target{
+			{"direct", fmt.Sprintf("127.0.0.1:%d", nodes["a"].Port), "direct_" + kind + ".sql"},
+			{"pgbouncer", fmt.Sprintf("127.0.0.1:%d", bouncerPort), "direct_" + kind + ".sql"},
+			{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_" + kind + ".sql"},
+			{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_" + kind + ".sql"},
+		}
+		for _, tg := range targets {
+			if tg.name == "pgbouncer" && mode == "prepared" {
+				results = append(results, result{mode: mode, target: tg.name, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
+				continue
+			}
+			log.Info("pgbench", "mode", mode, "target", tg.name, "script", tg.script)
+			r, err := runPgbench(ctx, pgbench, tg.addr, filepath.Join(o.scripts, tg.script), mode, o, rowsPer)
+			if err != nil {
+				return fmt.Errorf("pgbench %s %s: %w", mode, tg.name, err)
+			}
+			r.mode, r.target = mode, tg.name
+			results = append(results, r)
+		}
+	}
+	printTable(w, results, o)
+	return nil
+}
+
+// load creates the bench database with one accounts table per shard schema
+// and every tenant's rows in its shard.
+func load(ctx context.Context, c *localpg.Cluster, shards []int, o options, rowsPer int) error {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE bench"); err != nil {
+		conn.Close(ctx)
+		return err
+	}
+	conn.Close(ctx)
+	conn, err = pgx.Connect(ctx, c.DSN("bench"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for _, s := range shards {
+		schema := pgx.Identifier{placement.SchemaName(s)}.Sanitize()
+		sql := fmt.Sprintf(`CREATE SCHEMA %[1]s;
+CREATE TABLE %[1]s.accounts (id int PRIMARY KEY, tenant text NOT NULL, balance int NOT NULL, filler text NOT NULL);
+INSERT INTO %[1]s.accounts
+  SELECT t * %[2]d + k, t::text, (t * 7 + k) %% 1000, repeat('x', 80)
+  FROM generate_series(0, %[3]d) t, generate_series(1, %[2]d) k WHERE t %% %[4]d = %[5]d;
+ANALYZE %[1]s.accounts;`, schema, rowsPer, o.tenants-1, o.shards, s)
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("shard %d: %w", s, err)
+		}
+	}
+	return nil
+}
+
+var (
+	tpsRe = regexp.MustCompile(`tps = ([0-9.]+)`)
+	latRe = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+)
+
+func runPgbench(ctx context.Context, bin, addr, script, mode string, o options, rowsPer int) (result, error) {
+	host, port, _ := strings.Cut(addr, ":")
+	args := []string{"-n", "-h", host, "-p", port, "-U", "postgres",
+		"-c", strconv.Itoa(o.clients), "-j", strconv.Itoa(o.threads), "-T", strconv.Itoa(int(o.duration.Seconds())),
+		"-M", mode, "-f", script,
+		"-D", "ntenants=" + strconv.Itoa(o.tenants), "-D", "rows_per_tenant=" + strconv.Itoa(rowsPer), "-D", "nshards=" + strconv.Itoa(o.shards),
+		"bench"}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return result{}, fmt.Errorf("%w\n%s", err, out.String())
+	}
+	s := out.String()
+	if strings.Contains(s, "failed") && !strings.Contains(s, "number of failed transactions: 0") {
+		return result{}, fmt.Errorf("pgbench reported failures:\n%s", s)
+	}
+	tm, lm := tpsRe.FindStringSubmatch(s), latRe.FindStringSubmatch(s)
+	if tm == nil || lm == nil {
+		return result{}, fmt.Errorf("cannot read pgbench output:\n%s", s)
+	}
+	tps, _ := strconv.ParseFloat(tm[1], 64)
+	lat, _ := strconv.ParseFloat(lm[1], 64)
+	return result{tps: tps, latency: lat}, nil
+}
+
+func printTable(w io.Writer, rs []result, o options) {
+	fmt.Fprintf(w, "point select, %d clients, %d threads, %s per case, %d tenants, %d rows, %d shards, pool %d per node\n\n",
+		o.clients, o.threads, o.duration, o.tenants, o.rows, o.shards, o.poolSize)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\ttarget\tTPS\tlatency ms\t× direct\t× pgbouncer\t")
+	base := map[string]float64{}
+	for _, r := range rs {
+		if r.skipped == "" {
+			base[r.mode+"/"+r.target] = r.tps
+		}
+	}
+	ratio := func(x, y float64) string {
+		if y == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", x/y)
+	}
+	for _, r := range rs {
+		if r.skipped != "" {
+			fmt.Fprintf(tw, "%s\t%s\t–\t–\t–\t–\t\n", r.mode, r.target)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.3f\t%s\t%s\t\n", r.mode, r.target, r.tps, r.latency,
+			ratio(r.tps, base[r.mode+"/direct"]), ratio(r.tps, base[r.mode+"/pgbouncer"]))
+	}
+	tw.Flush()
+	for _, r := range rs {
+		if r.skipped != "" {
+			fmt.Fprintf(w, "\n%s %s: %s\n", r.mode, r.target, r.skipped)
+		}
+	}
+}
+
+func findPgbouncer() (string, error) {
+	if p, err := exec.LookPath("pgbouncer"); err == nil {
+		return p, nil
+	}
+	if _, err := os.Stat("/usr/sbin/pgbouncer"); err == nil {
+		return "/usr/sbin/pgbouncer", nil
+	}
+	return "", errors.New("pgbouncer not found on PATH or at /usr/sbin/pgbouncer; install it with: apt-get install -y pgbouncer")
+}
+
+// startPgbouncer runs pgbouncer in transaction mode in front of the node on
+// pgPort, as the postgres OS user when we are root (pgbouncer refuses root).
+func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize int) (int, func(), error) {
+	port, err := localpg.FreePort()
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, nil, err
+	}
+	ini := fmt.Sprintf(`[databases]
+bench = host=127.0.0.1 port=%d dbname=bench user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = trust
+auth_file = %s
+pool_mode = transaction
+default_pool_size = %d
+max_client_conn = 1000
+ignore_startup_parameters = extra_float_digits,options
+logfile = %s
+`, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
+	if err := os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
+		return 0, nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(`"postgres" ""`+"\n"), 0o644); err != nil {
+		return 0, nil, err
+	}
+	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return 0, nil, fmt.Errorf("pgbouncer refuses to run as root and there is no postgres user: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return 0, nil, err
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return 0, nil, fmt.Errorf("start pgbouncer: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	// Wait until it accepts connections.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		conn, err := pgx.Connect(cctx, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/bench?sslmode=disable", port))
+		cancel()
+		if err == nil {
+			conn.Close(ctx)
+			return port, stop, nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			return 0, nil, fmt.Errorf("pgbouncer exited: %s%s", out.String(), log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return 0, nil, fmt.Errorf("pgbouncer did not accept connections: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
