@@ -284,9 +284,12 @@ func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
 		return err
 	})
 	if err != nil && !errors.Is(err, ErrFlipConflict) {
-		// The commit may or may not have happened: ask the catalog, retrying briefly.
-		for i := 0; i < 20 && ctx.Err() == nil; i++ {
-			if flipped, ferr := m.isFlipped(ctx, mv); ferr == nil {
+		// The commit may or may not have happened (also when ctx expired
+		// during it): ask the catalog, retrying briefly, with a fresh context.
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		for i := 0; i < 20 && qctx.Err() == nil; i++ {
+			if flipped, ferr := m.isFlipped(qctx, mv); ferr == nil {
 				if flipped {
 					err = nil
 				}

@@ -20,7 +20,7 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 		return err
 	}
 	src, srcErr := m.source(ctx, mv)
-	if srcErr == nil && mv.Progress.FenceLSN != "" {
+	if oid, err := subOID(ctx, dst, repName(mv)); err == nil && oid != 0 && srcErr == nil && mv.Progress.FenceLSN != "" {
 		// Drop the slot only once the target has flushed past the fence, so a
 		// target crash right after the move cannot lose what it applied.
 		m.waitFlushed(ctx, src, mv)
@@ -47,9 +47,10 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 }
 
 // waitFlushed waits (at most 10s) until the slot's confirmed_flush_lsn passes the fence position.
+// The deadline is checked between polls rather than put on ctx: pgx closes a
+// connection whose query is cancelled.
 func (m *Mover) waitFlushed(ctx context.Context, src *pgx.Conn, mv *moveRun) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var ok *bool
 		err := src.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
@@ -57,7 +58,7 @@ func (m *Mover) waitFlushed(ctx context.Context, src *pgx.Conn, mv *moveRun) {
 		if errors.Is(err, pgx.ErrNoRows) || (err == nil && ok != nil && *ok) {
 			return
 		}
-		if err != nil || sleep(ctx, 20*time.Millisecond) != nil {
+		if err != nil || time.Now().After(deadline) || sleep(ctx, 20*time.Millisecond) != nil {
 			m.log.Warn("target did not confirm the fence position; dropping the slot anyway", "move", mv.ID, "err", err)
 			return
 		}
@@ -180,6 +181,12 @@ func (m *Mover) retireSourceSchema(ctx context.Context, src *pgx.Conn, mv *moveR
 func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 	defer closeConns(mv)
 	m.log.Warn("aborting move", "move", mv.ID, "shard", mv.Shard, "step", mv.Step, "cause", cause)
+	// Never undo a move whose flip may have happened: the target is then the shard's home.
+	if flipped, err := m.isFlipped(ctx, mv); err != nil {
+		return fmt.Errorf("cannot read the shard's placement, nothing undone (abort again later): %w", err)
+	} else if flipped {
+		return ErrFlipped
+	}
 	var errs []error
 	if err := m.unfence(ctx, mv); err != nil {
 		errs = append(errs, err)

@@ -287,3 +287,50 @@ func TestMismatchUnderFenceAborts(t *testing.T) {
 		t.Error("schema left on target")
 	}
 }
+
+func TestSourceDownDuringCleanup(t *testing.T) {
+	c, err := pgtest.Start("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	createAppRole(c)
+	e := newEnvNodes(t, c, srvB)
+	fillShard(t, e, 2000)
+	ctx := context.Background()
+	id := crashedMove(t, e, StepCleanup) // flipped, not cleaned up
+	if err := c.Cluster.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m := testMover(t, e, Config{})
+	if _, err := m.Resume(ctx, id); err == nil {
+		t.Fatal("resume finished with the source down")
+	}
+	in := moveInfo(t, m, id)
+	if in.Status != "running" || !in.Progress.OrphanSlot || in.Error == "" {
+		t.Errorf("move with the source down: %+v", in)
+	}
+	// The target no longer replicates from the dead source; the shard is served there.
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`); n != 0 {
+		t.Errorf("%d subscriptions left on the target", n)
+	}
+	if got, want := shardState(t, e), (shardRow{"n2", "active", 1}); got != want {
+		t.Errorf("catalog shard: %+v, want %+v", got, want)
+	}
+
+	// The source is back: resume drops the orphaned slot and retires the old schema.
+	if err := c.Cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.src = pool(t, e.srcDSN)
+	if _, err := m.Resume(ctx, id); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	assertNoLeftovers(t, e)
+	if in := moveInfo(t, m, id); in.Status != "done" || in.Progress.OrphanSlot {
+		t.Errorf("move after resume: %+v", in)
+	}
+	if schemaOn(t, e.src, testSchema) {
+		t.Error("source schema not retired")
+	}
+}

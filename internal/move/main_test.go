@@ -69,12 +69,15 @@ type env struct {
 	catDSN, srcDSN, dstDSN string
 }
 
-func newEnv(t *testing.T) *env { return newEnvTarget(t, srvB) }
+func newEnv(t *testing.T) *env { return newEnvNodes(t, srvA, srvB) }
 
 // newEnvTarget is newEnv with the target node's database on server target.
-func newEnvTarget(t *testing.T, target *pgtest.Server) *env {
+func newEnvTarget(t *testing.T, target *pgtest.Server) *env { return newEnvNodes(t, srvA, target) }
+
+// newEnvNodes is newEnv with the node databases on the given servers (the catalog stays on srvA).
+func newEnvNodes(t *testing.T, source, target *pgtest.Server) *env {
 	t.Helper()
-	e := &env{catDSN: srvA.NewDatabase(t), srcDSN: srvA.NewDatabase(t), dstDSN: target.NewDatabase(t)}
+	e := &env{catDSN: srvA.NewDatabase(t), srcDSN: source.NewDatabase(t), dstDSN: target.NewDatabase(t)}
 	e.cat, e.src, e.dst = pool(t, e.catDSN), pool(t, e.srcDSN), pool(t, e.dstDSN)
 	mustExec(t, e.cat, catalogDDL)
 	mustExec(t, e.cat, `INSERT INTO pgtenant.nodes VALUES ('n1', $1), ('n2', $2)`, e.srcDSN, e.dstDSN)
