@@ -19,6 +19,29 @@
 //	cleanup      subscription, publication and slot dropped; source schema renamed
 //	done
 //
+// For --method copy the steps are start, schema, copydata (fence, COPY every
+// table, indexes, sequences, flip), flipped, cleanup, done.
+//
+// Choices worth knowing:
+//   - Catch-up is proven with a marker row, not by comparing WAL positions: a
+//     row committed on the source into pgtenant_move.marker (published with a
+//     row filter on the move id) is polled for on the target; the apply worker
+//     applies in commit order, so once it is visible everything committed
+//     before it is too. Markers commit with synchronous_commit on.
+//   - Under the fence one source transaction takes LOCK TABLE … IN EXCLUSIVE
+//     MODE (lock_timeout bounded), REVOKEs INSERT/UPDATE/DELETE/TRUNCATE from
+//     non-superuser roles (recorded first; granted back on abort) and inserts
+//     the marker. A writer that slipped past the routers then fails with 42501.
+//   - The flip is done here, not behind an interface: UPDATE pgtenant.shards
+//     SET node = target, epoch = epoch + 1, state = 'active' WHERE id = shard
+//     AND node = source AND state = 'fenced', the move's step set to
+//     'flipped', and pg_notify('pgtenant_map', '<shard id>'), in one catalog
+//     transaction. Fencing sets state = 'fenced' (and notifies) before calling
+//     Fencer.Fence; an abort sets it back to 'active'.
+//   - The old schema is renamed <schema>_moved_<move id> on the source;
+//     Mover.Cleanup drops those of finished moves (Options.DropSource drops it
+//     at once).
+//
 // Anything that fails before the flip aborts the move: routing stays on the
 // source and everything the move created is dropped. Router-side holding of
 // the shard's transactions is behind the Fencer interface; the map flip is a

@@ -59,6 +59,9 @@ func (m *Mover) dumpSchema(ctx context.Context, dir, dsn, schema string) (dump, 
 		if line == "" || strings.HasPrefix(line, ";") {
 			continue
 		}
+		if isSkipped(line) {
+			continue
+		}
 		if isPostData(line) {
 			post.WriteString(line + "\n")
 		} else {
@@ -75,8 +78,18 @@ func (m *Mover) dumpSchema(ctx context.Context, dir, dsn, schema string) (dump, 
 	return dump, preList, postList, nil
 }
 
+// skippedTypes are TOC entries not restored on the target: publications and
+// subscriptions belong to a node, not to the shard (a move's own publication
+// may be in the dump when a move is resumed).
+var skippedTypes = []string{"PUBLICATION", "SUBSCRIPTION"}
+
+func isSkipped(line string) bool { return tocTypeIn(line, skippedTypes) }
+
 // isPostData reports whether a pg_restore -l line ("123; 1259 16390 INDEX s name owner") is built after the copy.
-func isPostData(line string) bool {
+func isPostData(line string) bool { return tocTypeIn(line, postDataTypes) }
+
+// tocTypeIn reports whether the entry's type (after "id; catalog-oid oid") starts with one of types.
+func tocTypeIn(line string, types []string) bool {
 	_, rest, ok := strings.Cut(line, ";")
 	if !ok {
 		return false
@@ -86,7 +99,7 @@ func isPostData(line string) bool {
 		return false
 	}
 	typ := strings.Join(f[2:], " ")
-	for _, t := range postDataTypes {
+	for _, t := range types {
 		if strings.HasPrefix(typ, t+" ") {
 			return true
 		}
