@@ -342,10 +342,13 @@ func TestSessionMode(t *testing.T) {
 			t.Fatalf("notification: %+v %v", n, err)
 		}
 		// Delivered while idle, without another query.
+		notified := make(chan error, 1)
 		go func() {
 			time.Sleep(100 * time.Millisecond)
-			other.Exec(ctx, "NOTIFY chan1, 'idle'")
+			_, err := other.Exec(ctx, "NOTIFY chan1, 'idle'")
+			notified <- err
 		}()
+		defer func() { <-notified }()
 		n, err = c.WaitForNotification(wctx)
 		if err != nil || n.Payload != "idle" {
 			t.Fatalf("idle notification: %+v %v", n, err)
@@ -354,6 +357,10 @@ func TestSessionMode(t *testing.T) {
 		if err := c.QueryRow(ctx, "SHOW application_name").Scan(&app); err != nil || app != "sess" {
 			t.Fatalf("application_name = %q, %v", app, err)
 		}
+		if err := <-notified; err != nil {
+			t.Fatal(err)
+		}
+		notified <- nil
 		c.Close(ctx)
 		other.Close(ctx)
 	})
