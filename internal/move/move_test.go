@@ -408,3 +408,30 @@ func TestVerifyDetectsMismatch(t *testing.T) {
 		})
 	}
 }
+
+func TestMoveAllConcurrently(t *testing.T) {
+	e := newEnv(t)
+	fillShard(t, e, 5000)
+	mustExec(t, e.src, `INSERT INTO shard_0006.t SELECT generate_series(1, 3000)`)
+	m := testMover(t, e, Config{})
+	var calls atomic.Int32
+	sum := m.MoveAll(context.Background(), []Plan{{testShard, "n2"}, {6, "n2"}, {testShard, "n2"}}, 2, Options{},
+		func(Outcome) { calls.Add(1) })
+	for _, o := range sum.Outcomes {
+		t.Logf("shard %d: pause %v, err %v", o.Plan.Shard, o.Result.Pause, o.Err)
+	}
+	// The third plan repeats shard 5: it either finds a running move or the shard already moved.
+	if sum.Moved != 2 || sum.Failed != 1 || calls.Load() != 3 || sum.LongestPause <= 0 {
+		t.Fatalf("summary: %+v", sum)
+	}
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0006.t`); n != 3000 {
+		t.Errorf("shard 6 on target: %d rows", n)
+	}
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.items`); n != 5000 {
+		t.Errorf("shard 5 on target: %d rows", n)
+	}
+	if n := queryInt(t, e.cat, `SELECT count(*) FROM pgtenant.shards WHERE node = 'n2' AND epoch = 1`); n != 2 {
+		t.Errorf("%d shards flipped", n)
+	}
+	assertNoLeftovers(t, e)
+}
