@@ -71,6 +71,8 @@ func main() {
 // result is one pgbench run.
 type result struct {
 	mode, target string
+	// workload says what one transaction sends (see the scripts).
+	workload     string
 	tps, latency float64 // latency in ms
 	skipped      string
 }
@@ -171,31 +173,43 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	defer stopBouncer()
 
 	type target struct {
-		name, addr, script string
+		name, addr, script, workload string
 	}
+	direct := fmt.Sprintf("127.0.0.1:%d", nodes["a"].Port)
+	pgb := fmt.Sprintf("127.0.0.1:%d", bouncerPort)
 	var results []result
 	for _, mode := range o.modes {
-		kind := "extended"
+		var targets []target
 		if mode == "simple" {
-			kind = "simple"
-		}
-		targets := []target{
-			{"direct", fmt.Sprintf("127.0.0.1:%d", nodes["a"].Port), "direct_" + kind + ".sql"},
-			{"pgbouncer", fmt.Sprintf("127.0.0.1:%d", bouncerPort), "direct_" + kind + ".sql"},
-			{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_" + kind + ".sql"},
-			{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_" + kind + ".sql"},
+			// One round trip per transaction everywhere.
+			targets = []target{
+				{"direct", direct, "direct_simple.sql", "1 query"},
+				{"pgbouncer", pgb, "direct_simple.sql", "1 query"},
+				{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query"},
+				{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query"},
+			}
+		} else {
+			// pgtenant and direct connections keep a session setting;
+			// pgbouncer in transaction mode needs it set per transaction.
+			targets = []target{
+				{"direct", direct, "direct_extended.sql", "2 stmts"},
+				{"direct", direct, "direct_txn.sql", "4 stmts"},
+				{"pgbouncer", pgb, "direct_txn.sql", "4 stmts"},
+				{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts"},
+				{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts"},
+			}
 		}
 		for _, tg := range targets {
 			if tg.name == "pgbouncer" && mode == "prepared" {
-				results = append(results, result{mode: mode, target: tg.name, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
+				results = append(results, result{mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 				continue
 			}
 			log.Info("pgbench", "mode", mode, "target", tg.name, "script", tg.script)
 			r, err := runPgbench(ctx, pgbench, tg.addr, filepath.Join(o.scripts, tg.script), mode, o, rowsPer)
 			if err != nil {
-				return fmt.Errorf("pgbench %s %s: %w", mode, tg.name, err)
+				return fmt.Errorf("pgbench %s %s %s: %w", mode, tg.name, tg.script, err)
 			}
-			r.mode, r.target = mode, tg.name
+			r.mode, r.target, r.workload = mode, tg.name, tg.workload
 			results = append(results, r)
 		}
 	}
@@ -271,11 +285,16 @@ func printTable(w io.Writer, rs []result, o options) {
 	fmt.Fprintf(w, "point select, %d clients, %d threads, %s per case, %d tenants, %d rows, %d shards, pool %d per node\n\n",
 		o.clients, o.threads, o.duration, o.tenants, o.rows, o.shards, o.poolSize)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\ttarget\tTPS\tlatency ms\t× direct\t× pgbouncer\t")
-	base := map[string]float64{}
+	fmt.Fprintln(tw, "mode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\t")
+	direct := map[string]float64{}  // mode/workload → TPS
+	bouncer := map[string]float64{} // mode → TPS
 	for _, r := range rs {
-		if r.skipped == "" {
-			base[r.mode+"/"+r.target] = r.tps
+		switch {
+		case r.skipped != "":
+		case r.target == "direct":
+			direct[r.mode+"/"+r.workload] = r.tps
+		case r.target == "pgbouncer":
+			bouncer[r.mode] = r.tps
 		}
 	}
 	ratio := func(x, y float64) string {
@@ -286,11 +305,11 @@ func printTable(w io.Writer, rs []result, o options) {
 	}
 	for _, r := range rs {
 		if r.skipped != "" {
-			fmt.Fprintf(tw, "%s\t%s\t–\t–\t–\t–\t\n", r.mode, r.target)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t–\t–\t–\t–\t\n", r.mode, r.target, r.workload)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.3f\t%s\t%s\t\n", r.mode, r.target, r.tps, r.latency,
-			ratio(r.tps, base[r.mode+"/direct"]), ratio(r.tps, base[r.mode+"/pgbouncer"]))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t\n", r.mode, r.target, r.workload, r.tps, r.latency,
+			ratio(r.tps, direct[r.mode+"/"+r.workload]), ratio(r.tps, bouncer[r.mode]))
 	}
 	tw.Flush()
 	for _, r := range rs {
