@@ -157,7 +157,8 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 				m = ss.srv.mp.Load()
 				continue
 			}
-			entry = &inflight{}
+			entry = &ss.entry
+			*entry = inflight{}
 			g.inflight[ss] = entry
 			g.mu.Unlock()
 			if cur := ss.srv.mp.Load(); cur != m {
@@ -302,6 +303,9 @@ func (ss *session) releaseBackend() {
 // push queues an expected response.
 func (ss *session) push(e expect) {
 	ss.queue = append(ss.queue, e)
+	if cap(ss.queue) > cap(ss.qbuf) {
+		ss.qbuf = ss.queue[:0:cap(ss.queue)]
+	}
 	if e.kind == eSync || e.kind == eQuery || e.kind == eSynthRFQ {
 		ss.syncs++
 	}
@@ -315,7 +319,7 @@ func (ss *session) pop() {
 	ss.queue[0] = expect{}
 	ss.queue = ss.queue[1:]
 	if len(ss.queue) == 0 {
-		ss.queue = ss.queue[:0:cap(ss.queue)]
+		ss.queue = ss.qbuf[:0]
 	}
 }
 
@@ -542,7 +546,8 @@ func (ss *session) lostBackend(werr *wire.Error) {
 	ss.srv.m.Errors.WithLabelValues("router", sqlstateClass(werr.Code)).Inc()
 	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
 	n := ss.syncs
-	ss.queue = ss.queue[:0]
+	clear(ss.queue)
+	ss.queue = ss.qbuf[:0]
 	ss.syncs = 0
 	if n == 0 {
 		ss.skipToSync = true

@@ -394,21 +394,22 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
 	var def *stmtDef
-	if pm.Name == "" {
-		if u := ss.unnamed; u != nil && u.query == pm.Query && string(u.types) == string(pm.Rest) {
+	if len(pm.Name) == 0 {
+		if u := ss.unnamed; u != nil && u.orig == string(pm.Query) && string(u.types) == string(pm.Rest) {
 			def = u
 		}
 	}
 	if def == nil {
-		def = &stmtDef{query: pm.Query, types: append([]byte(nil), pm.Rest...), info: classify(pm.Query)}
+		q := string(pm.Query)
+		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
 		}
 	}
-	if pm.Name != "" {
-		def.server = ss.srv.serverName(pm.Query, pm.Rest)
-		ss.stmts[pm.Name] = def
+	if len(pm.Name) != 0 {
+		def.server = ss.srv.serverName(def.query, pm.Rest)
+		ss.stmts[string(pm.Name)] = def
 	} else {
 		ss.unnamed = def
 	}
@@ -416,14 +417,14 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	return nil
 }
 
-func (ss *session) lookup(name string) (*stmtDef, *wire.Error) {
-	if name == "" {
+func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {
+	if len(name) == 0 {
 		if ss.unnamed == nil {
 			return nil, &wire.Error{Code: "26000", Message: "unnamed prepared statement does not exist"}
 		}
 		return ss.unnamed, nil
 	}
-	def, ok := ss.stmts[name]
+	def, ok := ss.stmts[string(name)]
 	if !ok {
 		return nil, &wire.Error{Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
 	}
@@ -520,7 +521,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		ss.push(expect{kind: eDescP})
 		return nil
 	}
-	def, werr := ss.lookup(name)
+	def, werr := ss.lookup([]byte(name))
 	if werr != nil {
 		return werr
 	}

@@ -227,7 +227,9 @@ SELECT id, val, rn, shard, sum(id) OVER () FROM ranked WHERE rn <= 3 ORDER BY rn
 }
 
 func TestConcurrentClients(t *testing.T) {
-	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 10, WaitTimeout: 30 * time.Second}}, nil)
+	// 200 clients doing SCRAM at once on 2 cores (slower under -race) need
+	// more than the default startup timeout.
+	s := startRouter(t, Config{StartupTimeout: 2 * time.Minute, Pool: PoolConfig{MaxSize: 10, WaitTimeout: 60 * time.Second}}, nil)
 	ctx := ctx(t)
 	const clients, txns = 200, 15
 	var wg sync.WaitGroup

@@ -22,7 +22,8 @@ import (
 
 // stmtDef is a statement a client prepared with Parse.
 type stmtDef struct {
-	query  string
+	query  string // the text prepared on backends
+	orig   string // the text the client sent
 	types  []byte // parameter type count and OIDs as sent
 	server string // backend name ("" for the unnamed statement)
 	info   stmtInfo
@@ -86,7 +87,8 @@ type session struct {
 	beTenant string
 	beGate   *gate
 	beStart  time.Time
-	status   byte // transaction status from the last ReadyForQuery
+	entry    inflight // this session's entry in its gate (one at a time)
+	status   byte     // transaction status from the last ReadyForQuery
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
@@ -94,8 +96,9 @@ type session struct {
 	skipToSync   bool
 	listening    bool
 
-	queue []expect
-	syncs int // eSync/eQuery/eSynthRFQ items in queue
+	queue []expect // pending responses, in order
+	qbuf  []expect // queue's backing array, reused once the queue empties
+	syncs int      // eSync/eQuery/eSynthRFQ items in queue
 	// copyEnds counts CopyDone/CopyFail forwarded before the server's
 	// CopyInResponse was read.
 	copyEnds int

@@ -56,20 +56,20 @@ func ParseQuery(body []byte) (string, error) {
 	return s, nil
 }
 
-// ParseMsg is a decoded Parse message. Rest holds the parameter type count and
-// OIDs exactly as sent.
+// ParseMsg is a decoded Parse message. Its slices alias the message body.
+// Rest holds the parameter type count and OIDs exactly as sent.
 type ParseMsg struct {
-	Name, Query string
+	Name, Query []byte
 	Rest        []byte
 }
 
-// DecodeParse decodes a Parse message body.
+// DecodeParse decodes a Parse message body without copying.
 func DecodeParse(body []byte) (ParseMsg, error) {
-	name, r, ok := cstring(body)
+	name, r, ok := cbytes(body)
 	if !ok {
 		return ParseMsg{}, fmt.Errorf("parse: %w", ErrMalformed)
 	}
-	q, r, ok := cstring(r)
+	q, r, ok := cbytes(r)
 	if !ok || len(r) < 2 {
 		return ParseMsg{}, fmt.Errorf("parse: %w", ErrMalformed)
 	}
@@ -91,20 +91,21 @@ func AppendParse(dst []byte, name, query string, rest []byte) []byte {
 	return append(dst, rest...)
 }
 
-// BindMsg is a decoded Bind message's header. Rest is everything after the
-// statement name (formats, parameters, result formats), exactly as sent.
+// BindMsg is a decoded Bind message's header; its slices alias the body.
+// Rest is everything after the statement name (formats, parameters, result
+// formats), exactly as sent.
 type BindMsg struct {
-	Portal, Stmt string
+	Portal, Stmt []byte
 	Rest         []byte
 }
 
-// DecodeBind decodes a Bind body's portal and statement names.
+// DecodeBind decodes a Bind body's portal and statement names without copying.
 func DecodeBind(body []byte) (BindMsg, error) {
-	p, r, ok := cstring(body)
+	p, r, ok := cbytes(body)
 	if !ok {
 		return BindMsg{}, fmt.Errorf("bind: %w", ErrMalformed)
 	}
-	s, r, ok := cstring(r)
+	s, r, ok := cbytes(r)
 	if !ok {
 		return BindMsg{}, fmt.Errorf("bind: %w", ErrMalformed)
 	}
@@ -160,7 +161,7 @@ func BindParam(rest []byte, i int) (val []byte, text bool, ok bool) {
 }
 
 // AppendBind encodes a Bind body.
-func AppendBind(dst []byte, portal, stmt string, rest []byte) []byte {
+func AppendBind(dst []byte, portal []byte, stmt string, rest []byte) []byte {
 	dst = append(dst, portal...)
 	dst = append(dst, 0)
 	dst = append(dst, stmt...)

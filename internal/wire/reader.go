@@ -121,10 +121,12 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 
 // WriteFrame writes one typed message to w.
 func WriteFrame(w *bufio.Writer, typ byte, body []byte) error {
-	var hdr [5]byte
-	hdr[0] = typ
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
-	w.Write(hdr[:])
+	n := uint32(len(body) + 4)
+	w.WriteByte(typ)
+	w.WriteByte(byte(n >> 24))
+	w.WriteByte(byte(n >> 16))
+	w.WriteByte(byte(n >> 8))
+	w.WriteByte(byte(n))
 	_, err := w.Write(body)
 	return err
 }

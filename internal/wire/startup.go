@@ -138,3 +138,13 @@ func cstring(b []byte) (string, []byte, bool) {
 	}
 	return "", nil, false
 }
+
+// cbytes splits a NUL-terminated string off b without copying.
+func cbytes(b []byte) ([]byte, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return b[:i], b[i+1:], true
+		}
+	}
+	return nil, nil, false
+}

@@ -122,7 +122,7 @@ func TestBindParam(t *testing.T) {
 func FuzzReadMessage(f *testing.F) {
 	f.Add(AppendQuery(nil, "SELECT 1"))
 	f.Add(Frame(nil, MsgParse, AppendParse(nil, "s", "SELECT $1", []byte{0, 1, 0, 0, 0, 25})))
-	f.Add(Frame(nil, MsgBind, AppendBind(nil, "", "s", []byte{0, 0, 0, 1, 0, 0, 0, 1, 'x', 0, 0})))
+	f.Add(Frame(nil, MsgBind, AppendBind(nil, nil, "s", []byte{0, 0, 0, 1, 0, 0, 0, 1, 'x', 0, 0})))
 	f.Add(Frame(nil, MsgDescribe, AppendTarget(nil, 'S', "s")))
 	f.Add([]byte{'Q', 0, 0, 0, 4})
 	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff})
