@@ -105,7 +105,11 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		if ss.listening {
 			return &wire.Error{Code: "0A000", Message: "cannot switch tenant while listening for notifications", Hint: "UNLISTEN * first."}
 		}
-		ss.releaseBackend()
+		if ss.srv.cfg.PoolMode == PoolSession {
+			ss.end() // another node: reset this backend and give it back
+		} else {
+			ss.releaseBackend()
+		}
 	}
 	if tenant != anyTenant && tenant != descTenant {
 		if e := checkTenantID(tenant); e != nil {
@@ -231,8 +235,14 @@ func (ss *session) hold(ch chan struct{}, shard int, since time.Time) *wire.Erro
 	t := time.NewTimer(left)
 	defer t.Stop()
 	select {
+	case <-ss.cancelCh: // a cancel that arrived before the hold
+	default:
+	}
+	select {
 	case <-ch:
 		return nil
+	case <-ss.cancelCh:
+		return &wire.Error{Code: "57014", Message: "canceling statement due to user request"}
 	case <-t.C:
 		m.HoldTimeouts.Inc()
 		return &wire.Error{Code: "40001", Message: fmt.Sprintf("shard %d is being moved and was not released within %s", shard, ss.srv.cfg.HoldTimeout),

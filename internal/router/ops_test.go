@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/wire"
@@ -117,11 +118,74 @@ func TestHoldTimeout(t *testing.T) {
 	if got := pgCode(err); got != "40001" {
 		t.Fatalf("held past the timeout: %v, want 40001", err)
 	}
+	// A cancel ends a hold too.
+	s2 := startRouter(t, Config{HoldTimeout: time.Minute}, fenced)
+	c2 := connect(t, s2, "t2", pgx.QueryExecModeSimpleProtocol)
+	qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = c2.Exec(qctx, "SELECT * FROM whoami")
+	if err == nil {
+		t.Fatal("held query was not cancelled")
+	}
 	if err := s.SetMap(ctx, testMap()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Exec(ctx, "SELECT * FROM whoami"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestNotices(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	cfg, err := pgx.ParseConfig(routerURL(s, "t1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var notices []string
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		notices = append(notices, n.Message)
+		mu.Unlock()
+	}
+	c, err := pgx.ConnectConfig(ctx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx(t))
+	if _, err := c.Exec(ctx(t), "DO $$ BEGIN RAISE NOTICE 'hello from %', (SELECT shard FROM whoami); END $$"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(notices) != 1 || notices[0] != "hello from 1" {
+		t.Fatalf("notices = %q", notices)
+	}
+}
+
+func TestSessionModeSwitchNode(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 1}}, nil)
+	ctx := ctx(t)
+	c := connect(t, s, "t1", pgx.QueryExecModeCacheStatement)
+	var sh int
+	for _, tn := range []string{"t1", "t2", "t3", "t9"} {
+		if _, err := c.Exec(ctx, "SET pgtenant.tenant = '"+tn+"'"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRow(ctx, "SELECT shard FROM whoami WHERE shard = $1", shardOf(tn)).Scan(&sh); err != nil || sh != shardOf(tn) {
+			t.Fatalf("tenant %s: %d %v", tn, sh, err)
+		}
+	}
+	// The backend given back to the pool was reset: another client on the
+	// same (only) backend does not see the first client's settings.
+	if _, err := c.Exec(ctx, "SELECT set_config('application_name', 'first', false) FROM whoami"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	c2 := connect(t, s, "t9", pgx.QueryExecModeCacheStatement)
+	var app string
+	if err := c2.QueryRow(ctx, "SELECT current_setting('application_name') FROM whoami").Scan(&app); err != nil || app == "first" {
+		t.Fatalf("application_name leaked to the next client: %q %v", app, err)
 	}
 }
 

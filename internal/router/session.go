@@ -88,7 +88,8 @@ type session struct {
 	beGate   *gate
 	beStart  time.Time
 	entry    inflight // this session's entry in its gate (one at a time)
-	status   byte     // transaction status from the last ReadyForQuery
+	cancelCh chan struct{}
+	status   byte // transaction status from the last ReadyForQuery
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
@@ -157,17 +158,18 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		break
 	}
 	ss := &session{
-		srv:     s,
-		nc:      nc,
-		cr:      cr,
-		cw:      bufio.NewWriterSize(nc, 32<<10),
-		ctx:     ctx,
-		user:    st.Params["user"],
-		remote:  nc.RemoteAddr().String(),
-		started: time.Now(),
-		stmts:   make(map[string]*stmtDef),
-		status:  'I',
-		id:      s.nextID.Add(1),
+		srv:      s,
+		nc:       nc,
+		cr:       cr,
+		cw:       bufio.NewWriterSize(nc, 32<<10),
+		ctx:      ctx,
+		user:     st.Params["user"],
+		remote:   nc.RemoteAddr().String(),
+		started:  time.Now(),
+		stmts:    make(map[string]*stmtDef),
+		status:   'I',
+		id:       s.nextID.Add(1),
+		cancelCh: make(chan struct{}, 1),
 	}
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
@@ -355,6 +357,10 @@ func (ss *session) kill() {
 
 // cancelQuery cancels the backend query this session is running, if any.
 func (ss *session) cancelQuery() {
+	select {
+	case ss.cancelCh <- struct{}{}: // ends a hold on a fenced shard
+	default:
+	}
 	be := ss.beCur.Load()
 	if be == nil {
 		return
