@@ -226,19 +226,6 @@ func isUndefinedTable(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
 }
 
-// bumpMapVersion increments the map version inside tx and queues a NOTIFY
-// that is delivered when tx commits.
-func bumpMapVersion(ctx context.Context, tx pgx.Tx) (int64, error) {
-	var v int64
-	if err := tx.QueryRow(ctx, `UPDATE pgtenant.map_version SET version = version + 1 RETURNING version`).Scan(&v); err != nil {
-		return 0, fmt.Errorf("bump map version: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, Channel, strconv.FormatInt(v, 10)); err != nil {
-		return 0, fmt.Errorf("notify map change: %w", err)
-	}
-	return v, nil
-}
-
 // logOp records a control-plane operation. Failing to log does not fail the
 // operation; it is logged instead.
 func (c *Catalog) logOp(ctx context.Context, op string, detail map[string]any, opErr error) {

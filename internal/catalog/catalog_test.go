@@ -372,6 +372,26 @@ func TestWatchFollowsChanges(t *testing.T) {
 	if m.Version != v || m.Shards[1].State != placement.StateFenced {
 		t.Fatalf("fenced map: version %d want %d, state %q", m.Version, v, m.Shards[1].State)
 	}
+	// Changes made with plain SQL (as the mover or an operator makes them)
+	// bump the version and notify too; an update of no row does not.
+	before, _ := c.MapVersion(ctx)
+	if _, err := c.pool.Exec(ctx, `UPDATE pgtenant.shards SET state = 'active' WHERE id = 999`); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := c.MapVersion(ctx); after != before {
+		t.Fatalf("an update of no row bumped the map version from %d to %d", before, after)
+	}
+	if _, err := c.pool.Exec(ctx, `UPDATE pgtenant.shards SET state = 'active' WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-maps:
+		if m.Version <= v || m.Shards[1].State != placement.StateActive {
+			t.Fatalf("map after a plain UPDATE: version %d (fenced at %d), state %q", m.Version, v, m.Shards[1].State)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no map after a plain UPDATE of pgtenant.shards")
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Watch returned %v", err)

@@ -71,6 +71,33 @@ CREATE TABLE pgtenant.routers (
 	acked_version bigint NOT NULL DEFAULT 0
 );
 `,
+	// 3: the map version is bumped by triggers, so every change to nodes,
+	// shards or tenants notifies routers, whoever makes it (the CLI, the
+	// mover, or an operator's own SQL).
+	`
+CREATE FUNCTION pgtenant.bump_map_version() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	v bigint;
+BEGIN
+	IF EXISTS (SELECT FROM changed) THEN
+		UPDATE pgtenant.map_version SET version = version + 1 RETURNING version INTO v;
+		PERFORM pg_notify('pgtenant_map', v::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['nodes', 'shards', 'tenants'] LOOP
+		EXECUTE format('CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.%I REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version()', t);
+		EXECUTE format('CREATE TRIGGER map_version_upd AFTER UPDATE ON pgtenant.%I REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version()', t);
+		EXECUTE format('CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.%I REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version()', t);
+	END LOOP;
+END
+$$;
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

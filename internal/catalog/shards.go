@@ -81,8 +81,7 @@ func (c *Catalog) CreateShards(ctx context.Context) ([]placement.Shard, error) {
 				return fmt.Errorf("record shard %d: %w", s.ID, err)
 			}
 		}
-		_, err := bumpMapVersion(ctx, tx)
-		return err
+		return nil
 	})
 	c.logOp(ctx, "shard create", map[string]any{"created": len(created)}, err)
 	if err != nil {

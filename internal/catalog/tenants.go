@@ -56,8 +56,7 @@ func (c *Catalog) AddTenant(ctx context.Context, id string, shard *int) (placeme
 		}
 		n.Name = s.Node
 		loc = placement.Location{Tenant: id, Shard: s, Node: n}
-		_, err = bumpMapVersion(ctx, tx)
-		return err
+		return nil
 	})
 	c.logOp(ctx, "tenant add", map[string]any{"tenant": id, "shard": loc.Shard.ID, "explicit": shard != nil}, err)
 	if err != nil {
@@ -88,8 +87,7 @@ func (c *Catalog) AddTenants(ctx context.Context, ids []string) (int, error) {
 			return err
 		}
 		added = tag.RowsAffected()
-		_, err = bumpMapVersion(ctx, tx)
-		return err
+		return nil
 	})
 	c.logOp(ctx, "tenant add", map[string]any{"tenants": len(ids), "added": added}, err)
 	if err != nil {
@@ -151,8 +149,7 @@ func (c *Catalog) RemoveTenant(ctx context.Context, id string) error {
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("tenant %q: %w", id, placement.ErrUnknownTenant)
 		}
-		_, err = bumpMapVersion(ctx, tx)
-		return err
+		return nil
 	})
 	c.logOp(ctx, "tenant remove", map[string]any{"tenant": id}, err)
 	if err != nil {
