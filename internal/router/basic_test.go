@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -192,6 +193,12 @@ func TestTenantErrors(t *testing.T) {
 			if got := pgCode(err); got != "22023" {
 				t.Fatalf("1 KB tenant: %v, want 22023", err)
 			}
+			for _, odd := range []string{`x'; DROP TABLE items; --`, "ünknown", `a"b`} {
+				_, err := c.Exec(ctx, "/* tenant: "+odd+" */ SELECT * FROM items WHERE id = $1", 1)
+				if got := pgCode(err); got != "42704" {
+					t.Fatalf("unknown odd tenant %q: %v, want 42704", odd, err)
+				}
+			}
 			for _, odd := range oddTenants {
 				if _, err := c.Exec(ctx, "SELECT set_config('pgtenant.tenant', $1, false)", odd); err != nil {
 					t.Fatalf("set_config %q: %v", odd, err)
@@ -206,5 +213,26 @@ func TestTenantErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestStartupTenant(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	long := strings.Repeat("x", 1024)
+	_, err := pgx.Connect(ctx(t), routerURL(s, long))
+	if got := pgCode(err); got != "22023" {
+		t.Fatalf("1 KB startup tenant: %v, want 22023", err)
+	}
+	for _, odd := range oddTenants {
+		c := connect(t, s, odd, pgx.QueryExecModeCacheStatement)
+		var tid string
+		if err := c.QueryRow(ctx(t), "SELECT current_setting('pgtenant.tenant_id') FROM whoami").Scan(&tid); err != nil || tid != odd {
+			t.Fatalf("startup tenant %q: %q %v", odd, tid, err)
+		}
+	}
+	// Unknown startup tenant: the connection works, statements get 42704.
+	c := connect(t, s, "nobody", pgx.QueryExecModeSimpleProtocol)
+	if _, err := c.Exec(ctx(t), "SELECT * FROM whoami"); pgCode(err) != "42704" {
+		t.Fatalf("unknown startup tenant: %v, want 42704", err)
 	}
 }

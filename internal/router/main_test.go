@@ -144,7 +144,7 @@ func routerURL(s *Server, tenant string) string {
 	u := url.URL{Scheme: "postgres", User: url.UserPassword(testUser, testPassword), Host: s.Addr().String(), Path: "/pgt"}
 	q := url.Values{"sslmode": {"disable"}}
 	if tenant != "" {
-		q.Set("options", "-c pgtenant.tenant="+strings.ReplaceAll(tenant, " ", `\ `))
+		q.Set("options", "-c pgtenant.tenant="+strings.ReplaceAll(strings.ReplaceAll(tenant, `\`, `\\`), " ", `\ `))
 	}
 	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
 	return u.String()

@@ -26,7 +26,8 @@ type Server struct {
 	log *slog.Logger
 	m   *Metrics
 
-	mp atomic.Pointer[placement.Map]
+	mp    atomic.Pointer[placement.Map]
+	setMu sync.Mutex // serialises SetMap
 
 	poolsMu sync.RWMutex
 	pools   map[string]*pool.Pool
@@ -167,11 +168,14 @@ func (s *Server) Serve(ctx context.Context) error {
 // the shard's transactions in flight to finish, then cuts the backend
 // connections of those still running (their clients get SQLSTATE 40001) and
 // returns. Shards active again in m (possibly on another node) release their
-// held transactions, which are routed with m.
+// held transactions, which are routed with m. Calls are serialised; SetMap
+// returns ctx's error if ctx ends during the grace (the cut happens then).
 func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 	if m == nil {
 		return errors.New("set map: nil map")
 	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
 	s.mp.Store(m)
 	s.m.MapVersion.Set(float64(m.Version))
 	gs := s.gatesFor(len(m.Shards))
