@@ -59,8 +59,17 @@ func pgCode(err error) string {
 	return ""
 }
 
+// TestPgx runs pgx in every query exec mode through the router, in
+// transaction and in session pool mode.
 func TestPgx(t *testing.T) {
-	c := newCluster(t, router.Config{})
+	for _, pm := range []router.PoolMode{router.PoolTransaction, router.PoolSession} {
+		t.Run(string(pm), func(t *testing.T) {
+			testPgx(t, newCluster(t, router.Config{PoolMode: pm}))
+		})
+	}
+}
+
+func testPgx(t *testing.T, c *cluster) {
 	for _, em := range execModes {
 		t.Run(em.name, func(t *testing.T) {
 			mode := em.mode
@@ -183,6 +192,33 @@ func TestPgx(t *testing.T) {
 					}
 				}
 				if err := conn.Deallocate(ctx, "by_id"); err != nil {
+					t.Fatal(err)
+				}
+			})
+
+			run("pipelined batch", func(t *testing.T, ctx context.Context) {
+				conn := connectPgx(t, ctx, c, "t14", mode)
+				b := &pgx.Batch{}
+				for k := 1; k <= itemsPerTenant; k++ {
+					b.Queue("SELECT name, shard FROM items WHERE id = $1", 1400+k)
+				}
+				b.Queue("SELECT count(*) FROM orders")
+				br := conn.SendBatch(ctx, b)
+				for k := 1; k <= itemsPerTenant; k++ {
+					var name string
+					var shard int
+					if err := br.QueryRow().Scan(&name, &shard); err != nil {
+						t.Fatalf("batch item %d: %v", k, err)
+					}
+					if name != fmt.Sprintf("item-%d", 1400+k) || shard != 6 {
+						t.Fatalf("batch item %d: %s in shard %d", k, name, shard)
+					}
+				}
+				var n int
+				if err := br.QueryRow().Scan(&n); err != nil || n != 2*itemsPerTenant*2 {
+					t.Fatalf("orders in shard 6 = %d, %v; want %d", n, err, 2*itemsPerTenant*2)
+				}
+				if err := br.Close(); err != nil {
 					t.Fatal(err)
 				}
 			})
