@@ -16,6 +16,9 @@ import (
 type Progress struct {
 	// Options are the options the move was started with (kept for Resume).
 	Options Options `json:"options"`
+	// SourceRows (estimated) and SourceBytes are the shard's size on the source when the move started.
+	SourceRows  int64 `json:"source_rows,omitempty"`
+	SourceBytes int64 `json:"source_bytes,omitempty"`
 	// Tables and TablesReady count the tables in the subscription and those copied.
 	Tables      int `json:"tables,omitempty"`
 	TablesReady int `json:"tables_ready,omitempty"`

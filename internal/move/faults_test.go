@@ -34,7 +34,7 @@ func crashedMove(t *testing.T, e *env, step Step) int64 {
 	t.Helper()
 	m := testMover(t, e, Config{BeforeStep: crashAt(e, step)})
 	_, err := m.Move(context.Background(), testShard, "n2", Options{})
-	if !errors.Is(err, errCrash) {
+	if !errors.Is(err, errCrash) || !errors.Is(err, ErrInterrupted) {
 		t.Fatalf("move: got %v, want the simulated crash", err)
 	}
 	list, err := m.List(context.Background())
@@ -333,4 +333,59 @@ func TestSourceDownDuringCleanup(t *testing.T) {
 	if schemaOn(t, e.src, testSchema) {
 		t.Error("source schema not retired")
 	}
+}
+
+// cancelFencer cancels the mover's context once the shard is fenced, as if the
+// process were killed under the fence (but with time to release it).
+type cancelFencer struct {
+	*gateFencer
+	cancel context.CancelFunc
+}
+
+func (f cancelFencer) Fence(ctx context.Context, shard int) error {
+	if err := f.gateFencer.Fence(ctx, shard); err != nil {
+		return err
+	}
+	f.cancel()
+	return nil
+}
+
+func TestCancelUnderFenceThenResume(t *testing.T) {
+	e := newEnv(t)
+	fillShard(t, e, 2000)
+	g := newGateFencer(e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := testMover(t, e, Config{Fencer: cancelFencer{g, cancel}})
+	_, err := m.Move(ctx, testShard, "n2", Options{})
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("move: got %v, want an interruption by cancellation", err)
+	}
+	// The fence was released, the shard is still served by the source, the move waits for resume.
+	if got, want := shardState(t, e), (shardRow{"n1", "active", 0}); got != want {
+		t.Errorf("catalog shard: %+v, want %+v", got, want)
+	}
+	p := g.begin()
+	_, err = p.Exec(context.Background(), `INSERT INTO shard_0005.items (account_id, writer, n) VALUES (1, 5, 1)`)
+	g.end()
+	if err != nil || p != e.src {
+		t.Fatalf("write after the cancelled fence: %v (to source: %v)", err, p == e.src)
+	}
+	if err := appInsert(context.Background(), e.srcDSN, testSchema, 2); err != nil {
+		t.Errorf("grants not restored: %v", err)
+	}
+	list, err := m.List(context.Background())
+	if err != nil || len(list) != 1 || list[0].Status != "running" || list[0].Progress.SourceBytes == 0 {
+		t.Fatalf("moves: %+v, %v", list, err)
+	}
+	if _, err := testMover(t, e, Config{Fencer: g}).Resume(context.Background(), list[0].ID); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.items`); n != 2002 {
+		t.Errorf("target has %d items, want 2002", n)
+	}
+	if g.cur.Load() != e.dst {
+		t.Error("writers not routed to the target after the resumed move")
+	}
+	assertNoLeftovers(t, e)
 }

@@ -162,8 +162,9 @@ var (
 	ErrNotRunning = errors.New("the move is not running")
 	// ErrFlipConflict: the shard's catalog row changed under the move (not on the source, or not fenced).
 	ErrFlipConflict = errors.New("the shard's placement changed during the move")
-	// errStopped marks a move stopped by Config.BeforeStep or context cancellation (left for Resume).
-	errStopped = errors.New("move stopped")
+	// ErrInterrupted: the move was stopped by context cancellation or
+	// Config.BeforeStep; it stays running (any fence released) for Resume or Abort.
+	ErrInterrupted = errors.New("move interrupted; resume or abort it")
 )
 
 // BadTable is a table that logical replication cannot move.
@@ -225,7 +226,10 @@ func (m *Mover) drive(ctx context.Context, mv *moveRun) (Result, error) {
 		return res, nil
 	}
 	err = fmt.Errorf("move shard %d: step %s: %w", mv.Shard, mv.Step, err)
-	if errors.Is(err, errStopped) || ctx.Err() != nil {
+	if errors.Is(err, ErrInterrupted) || ctx.Err() != nil {
+		if !errors.Is(err, ErrInterrupted) {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
 		m.log.Warn("move stopped; resume or abort it", "move", mv.ID, "shard", mv.Shard, "step", mv.Step, "err", err)
 		return res, err
 	}
@@ -266,14 +270,14 @@ func (m *Mover) Abort(ctx context.Context, moveID int64) error {
 	return nil
 }
 
-// checkStop calls the BeforeStep hook and maps context cancellation to errStopped.
+// checkStop calls the BeforeStep hook and maps context cancellation to ErrInterrupted.
 func (m *Mover) checkStop(ctx context.Context, mv *moveRun) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w: %w", errStopped, ctx.Err())
+		return fmt.Errorf("%w: %w", ErrInterrupted, ctx.Err())
 	}
 	if m.cfg.BeforeStep != nil {
 		if err := m.cfg.BeforeStep(ctx, mv.ID, mv.Step); err != nil {
-			return fmt.Errorf("%w: %w", errStopped, err)
+			return fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}
 	}
 	return nil

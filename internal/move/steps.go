@@ -107,15 +107,18 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 		closeConns(mv)
 		return nil, fmt.Errorf("pre-check: %w", err)
 	}
+	if err := mv.src.QueryRow(ctx, `SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint, coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`, mv.Schema).Scan(
+		&mv.Progress.SourceRows, &mv.Progress.SourceBytes); err != nil {
+		closeConns(mv)
+		return nil, fmt.Errorf("measure shard: %w", err)
+	}
 	if err := m.insertMove(ctx, mv); err != nil {
 		closeConns(mv)
 		return nil, err
 	}
 	if mv.Method == MethodCopy {
-		var size int64
-		_ = mv.src.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
-			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`, mv.Schema).Scan(&size)
-		m.log.Warn("method copy: the shard's writes pause for the whole copy", "move", mv.ID, "shard", shard, "bytes", size)
+		m.log.Warn("method copy: the shard's writes pause for the whole copy", "move", mv.ID, "shard", shard, "bytes", mv.Progress.SourceBytes)
 	}
 	m.log.Info("move started", "move", mv.ID, "shard", shard, "from", mv.Source, "to", toNode, "method", mv.Method)
 	return mv, nil
