@@ -287,6 +287,12 @@ func TestUnreplicableTablesReportedFirst(t *testing.T) {
 		CREATE UNLOGGED TABLE shard_0005.scratch (id int PRIMARY KEY);
 		CREATE TABLE shard_0005.fullid (a int); ALTER TABLE shard_0005.fullid REPLICA IDENTITY FULL`)
 	m := testMover(t, e, Config{})
+	// Missing extension on the target: reported before anything starts.
+	mustExec(t, e.src, `CREATE EXTENSION IF NOT EXISTS citext; CREATE TABLE shard_0005.emails (id int PRIMARY KEY, e citext)`)
+	if _, err := m.Move(context.Background(), testShard, "n2", Options{}); err == nil || !strings.Contains(err.Error(), "citext") {
+		t.Fatalf("move with an extension missing on the target: %v", err)
+	}
+	mustExec(t, e.dst, `CREATE EXTENSION citext`)
 	_, err := m.Move(context.Background(), testShard, "n2", Options{})
 	var ue *UnreplicableError
 	if !errors.As(err, &ue) {

@@ -149,6 +149,9 @@ func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	if err := missingRoles(ctx, src, dst, mv.Schema); err != nil {
 		return err
 	}
+	if err := missingExtensions(ctx, src, dst, mv.Schema); err != nil {
+		return err
+	}
 	if mv.Method == MethodCopy {
 		return nil
 	}
@@ -593,6 +596,34 @@ func missingRoles(ctx context.Context, src, dst *pgx.Conn, schema string) error 
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("role(s) %s own or are granted objects of schema %s but do not exist on the target: create them there first",
+			strings.Join(missing, ", "), schema)
+	}
+	return nil
+}
+
+// missingExtensions fails when the schema's columns use types of extensions
+// that are not installed on the target.
+func missingExtensions(ctx context.Context, src, dst *pgx.Conn, schema string) error {
+	rows, err := src.Query(ctx, `SELECT DISTINCT e.extname::text FROM pg_attribute a
+		JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_type t ON t.oid = a.atttypid
+		JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid IN (t.oid, t.typelem) AND d.deptype = 'e'
+		JOIN pg_extension e ON e.oid = d.refobjid
+		WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1`, schema)
+	if err != nil {
+		return fmt.Errorf("list extensions of the schema: %w", err)
+	}
+	exts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list extensions of the schema: %w", err)
+	}
+	var missing []string
+	if err := dst.QueryRow(ctx, `SELECT coalesce(array_agg(x ORDER BY x), '{}') FROM unnest($1::text[]) x
+		WHERE NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = x)`, exts).Scan(&missing); err != nil {
+		return fmt.Errorf("check extensions on target: %w", err)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("extension(s) %s are used by schema %s but not installed on the target: CREATE EXTENSION there first",
 			strings.Join(missing, ", "), schema)
 	}
 	return nil
