@@ -63,7 +63,10 @@ type Fencer interface {
 	Unfence(ctx context.Context, shard int) error
 }
 
-// NopFencer fences nothing: writers are only stopped by the table locks on the source.
+// NopFencer fences nothing in the routers. Writers are then stopped only in
+// the database: they wait on the table locks, then non-superuser roles fail
+// with 42501 (write privileges revoked) while superusers could still write to
+// the old copy. Use it only when nothing writes through superuser roles.
 type NopFencer struct{}
 
 // Fence does nothing.
@@ -181,6 +184,7 @@ type UnreplicableError struct {
 	Tables []BadTable
 }
 
+// Error lists the tables and what to do about them.
 func (e *UnreplicableError) Error() string {
 	s := fmt.Sprintf("%d table(s) in schema %s cannot be moved with logical replication:", len(e.Tables), e.Schema)
 	for _, t := range e.Tables {
