@@ -26,21 +26,41 @@ const anySchema = "pg_catalog"
 
 // inTxn reports whether the client is inside a transaction block.
 func (ss *session) inTxn() bool {
-	if ss.be != nil {
-		return ss.status != 'I'
+	if ss.pendingBegin != "" || ss.failed {
+		return true
 	}
-	return ss.pendingBegin != "" || ss.failed
+	return ss.be != nil && ss.status != 'I'
+}
+
+// canDefer reports whether a BEGIN can be answered by the router and sent
+// later with the first statement that names a tenant: no transaction is
+// open on a backend.
+func (ss *session) canDefer() bool {
+	return ss.be == nil || (ss.status == 'I' && !ss.backendPending())
+}
+
+// sendPendingBegin queues the deferred BEGIN on the attached backend.
+func (ss *session) sendPendingBegin(tenant string) {
+	if ss.pendingBegin == "" || tenant == anyTenant || tenant == descTenant {
+		return
+	}
+	ss.out = wire.AppendQuery(ss.out[:0], ss.pendingBegin)
+	ss.be.W.Write(ss.out)
+	ss.be.Unnamed = nil
+	ss.push(expect{kind: eQuery, swallow: true})
+	ss.pendingBegin = ""
+	ss.status = 'T'
 }
 
 // localStatus is the ReadyForQuery status when no backend is attached.
 func (ss *session) localStatus() byte {
 	switch {
-	case ss.be != nil:
-		return ss.status
 	case ss.failed:
 		return 'E'
 	case ss.pendingBegin != "":
 		return 'T'
+	case ss.be != nil:
+		return ss.status
 	}
 	return 'I'
 }
@@ -81,14 +101,17 @@ func checkTenantID(t string) *wire.Error {
 func (ss *session) ensureBackend(tenant string) *wire.Error {
 	if ss.be != nil {
 		if ss.beTenant == tenant && !ss.be.Broken() {
+			ss.sendPendingBegin(tenant)
 			return nil
 		}
 		if err := ss.drainSyncs(); err != nil {
 			return connError(err)
 		}
 	}
+	var keep *pool.Conn // session mode: the attached backend, if it can serve tenant too
 	if ss.be != nil {
 		if ss.beTenant == tenant && !ss.be.Broken() {
+			ss.sendPendingBegin(tenant)
 			return nil
 		}
 		if ss.backendPending() {
@@ -105,10 +128,26 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		if ss.listening {
 			return &wire.Error{Code: "0A000", Message: "cannot switch tenant while listening for notifications", Hint: "UNLISTEN * first."}
 		}
-		if ss.srv.cfg.PoolMode == PoolSession {
-			ss.end() // another node: reset this backend and give it back
-		} else {
+		switch {
+		case ss.srv.cfg.PoolMode != PoolSession:
 			ss.releaseBackend()
+		case !ss.be.Broken() && ss.sameNode(tenant):
+			// Keep the session's backend; only the gate and setup change.
+			keep = ss.be
+			defer func() {
+				if keep != nil && ss.be == nil {
+					// Routing failed: the session keeps its backend.
+					ss.be = keep
+					ss.beCur.Store(keep)
+				}
+			}()
+			if ss.beGate != nil {
+				ss.leaveGate(ss.beGate)
+			}
+			ss.be, ss.beGate = nil, nil
+			ss.beCur.Store(nil)
+		default:
+			ss.end() // another node: reset this backend and give it back
 		}
 	}
 	if tenant != anyTenant && tenant != descTenant {
@@ -177,9 +216,18 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 			break
 		}
 	}
+	if keep != nil && keep.Node() != node.Name {
+		// The map changed while we waited: give the old backend up.
+		ss.be = keep
+		ss.end()
+		keep = nil
+	}
 	p := ss.srv.pool(node)
 	t0 := time.Now()
-	be, err := p.Acquire(ss.ctx)
+	be, err := keep, error(nil)
+	if be == nil {
+		be, err = p.Acquire(ss.ctx)
+	}
 	if err != nil {
 		if g != nil {
 			ss.leaveGate(g)
@@ -202,25 +250,40 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		g.mu.Unlock()
 		if cut {
 			ss.leaveGate(g)
+			if keep != nil {
+				be.MarkBroken()
+				keep = nil
+			}
 			be.Release()
 			return &wire.Error{Code: "40001", Message: "the tenant's shard is being moved; retry the transaction"}
 		}
 	}
 	ss.srv.learnParams(be)
-	ss.be, ss.beTenant, ss.beGate, ss.beStart, ss.status = be, tenant, g, time.Now(), 'I'
+	ss.be, ss.beTenant, ss.beGate, ss.status = be, tenant, g, 'I'
+	if keep == nil {
+		ss.beStart = time.Now()
+	}
 	ss.beCur.Store(be)
 	tid := tenant
 	if tenant == anyTenant || tenant == descTenant {
 		tid = ""
 	}
 	ss.setup(be, schema, tid)
-	if ss.pendingBegin != "" && tenant != anyTenant && tenant != descTenant {
-		ss.out = wire.AppendQuery(ss.out[:0], ss.pendingBegin)
-		be.W.Write(ss.out)
-		ss.push(expect{kind: eQuery, swallow: true})
-		ss.pendingBegin = ""
-	}
+	ss.sendPendingBegin(tenant)
 	return nil
+}
+
+// sameNode reports whether tenant lives on the attached backend's node.
+func (ss *session) sameNode(tenant string) bool {
+	m := ss.srv.mp.Load()
+	if m == nil || len(m.Shards) == 0 {
+		return false
+	}
+	if tenant == anyTenant || tenant == descTenant {
+		return m.Shards[0].Node == ss.be.Node()
+	}
+	loc, err := m.Locate(tenant)
+	return err == nil && loc.Node.Name == ss.be.Node()
 }
 
 // hold waits for a fenced shard to be released.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func TestQueryModes(t *testing.T) {
@@ -91,12 +92,18 @@ func TestQueryModes(t *testing.T) {
 }
 
 func TestTransactions(t *testing.T) {
-	s := startRouter(t, Config{}, nil)
+	for _, pm := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(pm), func(t *testing.T) { testTransactions(t, pm) })
+	}
+}
+
+func testTransactions(t *testing.T, pm PoolMode) {
+	s := startRouter(t, Config{PoolMode: pm}, nil)
 	for _, mode := range execModes {
 		t.Run(mode.String(), func(t *testing.T) {
 			c := connect(t, s, "", mode)
 			ctx := ctx(t)
-			body := "txn-" + mode.String()
+			body := "txn-" + string(pm) + mode.String()
 			// Deferred BEGIN, tenant chosen inside the transaction.
 			tx, err := c.Begin(ctx)
 			if err != nil {
@@ -234,5 +241,49 @@ func TestStartupTenant(t *testing.T) {
 	c := connect(t, s, "nobody", pgx.QueryExecModeSimpleProtocol)
 	if _, err := c.Exec(ctx(t), "SELECT * FROM whoami"); pgCode(err) != "42704" {
 		t.Fatalf("unknown startup tenant: %v, want 42704", err)
+	}
+}
+
+// TestExtendedBegin sends BEGIN/COMMIT/ROLLBACK with Parse/Bind/Execute, as
+// pgbench -M extended and JDBC do, with the tenant chosen inside.
+func TestExtendedBegin(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	c := connect(t, s, "", pgx.QueryExecModeExec)
+	ctx := ctx(t)
+	pc := c.PgConn()
+	exec := func(sql string, args ...string) *pgconn.ResultReader {
+		params := make([][]byte, len(args))
+		for i, a := range args {
+			params[i] = []byte(a)
+		}
+		return pc.ExecParams(ctx, sql, params, nil, nil, nil)
+	}
+	for _, end := range []string{"COMMIT", "ROLLBACK", "END"} {
+		if _, err := exec("BEGIN").Close(); err != nil {
+			t.Fatalf("BEGIN: %v", err)
+		}
+		if pc.TxStatus() != 'T' {
+			t.Fatalf("status after BEGIN = %c", pc.TxStatus())
+		}
+		if _, err := exec("SELECT set_config('pgtenant.tenant', $1, true)", "t6").Close(); err != nil {
+			t.Fatal(err)
+		}
+		res := exec("SELECT shard FROM whoami").Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "6" {
+			t.Fatalf("select in txn: %v %q", res.Err, res.Rows)
+		}
+		if _, err := exec(end).Close(); err != nil {
+			t.Fatalf("%s: %v", end, err)
+		}
+		if pc.TxStatus() != 'I' {
+			t.Fatalf("status after %s = %c", end, pc.TxStatus())
+		}
+	}
+	// BEGIN then COMMIT with nothing in between never touches a backend.
+	if _, err := exec("BEGIN").Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec("COMMIT").Close(); err != nil {
+		t.Fatal(err)
 	}
 }

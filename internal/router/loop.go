@@ -260,7 +260,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if !info.multi {
 		switch info.kind {
 		case kBegin:
-			if ss.be == nil {
+			if ss.canDefer() {
 				if ss.pendingBegin != "" {
 					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
@@ -268,7 +268,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				return ss.reply("BEGIN", nil)
 			}
 		case kCommit, kRollback:
-			if ss.be == nil {
+			if ss.be == nil || ss.pendingBegin != "" {
 				tag := "COMMIT"
 				if info.kind == kRollback {
 					tag = "ROLLBACK"
@@ -281,7 +281,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			}
 		case kSet:
 			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
-				if ss.be == nil && ss.pendingBegin != "" {
+				if ss.pendingBegin != "" {
 					ss.pendingBegin += ";" + sql
 					return ss.reply("SET", nil)
 				}
@@ -443,11 +443,32 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	if ss.failed && ss.be == nil {
 		if def.info.kind == kCommit || def.info.kind == kRollback {
-			ss.failEnding = true
-			ss.push(expect{kind: eSynth, synth: bindComplete})
+			ss.synthPortal(bm.Portal, "ROLLBACK")
 			return nil
 		}
 		return abortedError()
+	}
+	if !def.info.multi {
+		switch def.info.kind {
+		case kBegin:
+			if ss.canDefer() {
+				if ss.pendingBegin == "" {
+					ss.pendingBegin = def.query
+				}
+				ss.synthPortal(bm.Portal, "BEGIN")
+				return nil
+			}
+		case kCommit, kRollback:
+			if ss.be == nil || ss.pendingBegin != "" {
+				tag := "COMMIT"
+				if def.info.kind == kRollback {
+					tag = "ROLLBACK"
+				}
+				ss.pendingBegin, ss.localTenant = "", ""
+				ss.synthPortal(bm.Portal, tag)
+				return nil
+			}
+		}
 	}
 	switch def.info.op {
 	case opSet, opSetLocal:
@@ -483,13 +504,33 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	return nil
 }
 
-var bindComplete = []byte{wire.MsgBindComplete, 0, 0, 0, 4}
+var (
+	bindComplete = []byte{wire.MsgBindComplete, 0, 0, 0, 4}
+	noParams     = []byte{wire.MsgParamDesc, 0, 0, 0, 6, 0, 0}
+)
 
-// route attaches the backend a prepared statement runs on.
+// synthPortal answers a Bind of a transaction-control statement the router
+// handles itself; the portal's Execute gets CommandComplete with tag.
+func (ss *session) synthPortal(portal []byte, tag string) {
+	ss.synthName, ss.synthTag = string(portal), tag
+	ss.push(expect{kind: eSynth, synth: bindComplete})
+}
+
+// route attaches the backend a prepared statement runs on (or, for a
+// Describe, one that can describe it).
 func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
+	if describe {
+		if ss.be != nil {
+			return nil
+		}
+		if ss.pendingBegin != "" || def.info.op == opSetConfig {
+			// Describing must not open the deferred transaction.
+			return ss.ensureBackend(descTenant)
+		}
+	}
 	tenant := ss.pickTenant(&def.info)
 	if tenant == "" {
-		if ss.be != nil && (describe || ss.status != 'I') {
+		if ss.be != nil && ss.status != 'I' {
 			return nil
 		}
 		switch {
@@ -510,11 +551,11 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
 	if kind == 'P' {
+		if ss.synthTag != "" && name == ss.synthName {
+			ss.push(expect{kind: eSynth, synth: wire.NoData})
+			return nil
+		}
 		if ss.be == nil {
-			if ss.failEnding {
-				ss.push(expect{kind: eSynth, synth: wire.NoData})
-				return nil
-			}
 			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
 		}
 		wire.WriteFrame(ss.be.W, wire.MsgDescribe, body)
@@ -528,6 +569,11 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if ss.failed && ss.be == nil {
 		return abortedError()
 	}
+	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "") {
+		ss.push(expect{kind: eSynth, synth: noParams})
+		ss.push(expect{kind: eSynth, synth: wire.NoData})
+		return nil
+	}
 	if e := ss.route(def, true); e != nil {
 		return e
 	}
@@ -539,11 +585,15 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 }
 
 func (ss *session) onExecute(body []byte) *wire.Error {
-	if ss.be == nil {
-		if ss.failEnding {
-			ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, "ROLLBACK")})
-			return nil
+	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
+		ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, ss.synthTag)})
+		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
+			ss.failed = false
 		}
+		ss.synthTag = ""
+		return nil
+	}
+	if ss.be == nil {
 		if ss.failed {
 			return abortedError()
 		}
@@ -568,7 +618,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
 	}
-	if ss.be == nil {
+	if ss.be == nil || (ss.synthTag != "" && name == ss.synthName) {
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
 	}
@@ -579,9 +629,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
-	if ss.failEnding {
-		ss.failEnding, ss.failed = false, false
-	}
+	ss.synthTag = ""
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync})

@@ -93,7 +93,8 @@ type session struct {
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
-	failEnding   bool
+	synthTag     string // CommandComplete tag for the portal synthName
+	synthName    string
 	skipToSync   bool
 	listening    bool
 
