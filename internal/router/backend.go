@@ -415,7 +415,11 @@ func (ss *session) drain(all bool) error {
 			ss.pop()
 			continue
 		case eSynthRFQ:
-			ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+			st := ss.localStatus()
+			if st == 'I' {
+				ss.localTenant = "" // the implicit transaction ended
+			}
+			ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], st))
 			ss.pop()
 			continue
 		}

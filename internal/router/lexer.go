@@ -56,6 +56,10 @@ type stmtInfo struct {
 	val     string
 	param   int
 	isLocal bool
+	// plainSetConfig is set when the statement is exactly SELECT
+	// set_config('pgtenant.tenant', v, <literal bool>): the router answers
+	// it itself.
+	plainSetConfig bool
 	// setName is the lowercase name a SET/RESET/SHOW statement is about.
 	setName string
 	// reservedSet is set for SET/RESET of a setting the router owns
@@ -386,6 +390,8 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 			if info.op == opSetConfig && lx.punct(6, ',') {
 				v, _ := lx.value(7)
 				info.isLocal = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
+				lit := lx.n > 7 && lx.toks[7].kind != tParam
+				info.plainSetConfig = lit && lx.punct(8, ')') && lx.n == 9 && !info.multi
 			}
 		}
 	case strings.EqualFold(w, "values"):

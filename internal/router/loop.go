@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -164,7 +165,11 @@ func (ss *session) reply(tag string, notice *wire.Error) *wire.Error {
 		ss.cw.Write(wire.AppendError(ss.out[:0], notice))
 	}
 	ss.cw.Write(wire.AppendCommandComplete(ss.out[:0], tag))
-	ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+	st := ss.localStatus()
+	if st == 'I' {
+		ss.localTenant = "" // the implicit transaction ended
+	}
+	ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], st))
 	return nil
 }
 
@@ -255,6 +260,15 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if info.op == opSetConfig && info.param == 0 {
 		if e := ss.setTenant(info.val, info.isLocal); e != nil {
 			return e
+		}
+		if info.plainSetConfig {
+			// Answered here: no backend round trip to select a tenant.
+			if err := ss.drainSyncs(); err != nil {
+				return connError(err)
+			}
+			ss.cw.Write(wire.AppendTextRowDescription(ss.out[:0], "set_config"))
+			ss.cw.Write(wire.AppendTextDataRow(ss.out[:0], info.val))
+			return ss.reply("SELECT 1", nil)
 		}
 	}
 	if !info.multi {
@@ -493,6 +507,11 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		if e := ss.setTenant(v, def.info.isLocal); e != nil {
 			return e
 		}
+		if def.info.plainSetConfig {
+			ss.synthPortal(bm.Portal, "SELECT 1")
+			ss.synthRow, ss.synthValue, ss.synthFormat = true, v, wire.BindResultFormat(bm.Rest)
+			return nil
+		}
 	}
 	if e := ss.route(def, false); e != nil {
 		return e
@@ -512,7 +531,7 @@ var (
 // synthPortal answers a Bind of a transaction-control statement the router
 // handles itself; the portal's Execute gets CommandComplete with tag.
 func (ss *session) synthPortal(portal []byte, tag string) {
-	ss.synthName, ss.synthTag = string(portal), tag
+	ss.synthName, ss.synthTag, ss.synthRow = string(portal), tag, false
 	ss.push(expect{kind: eSynth, synth: bindComplete})
 }
 
@@ -552,7 +571,11 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	}
 	if kind == 'P' {
 		if ss.synthTag != "" && name == ss.synthName {
-			ss.push(expect{kind: eSynth, synth: wire.NoData})
+			if ss.synthRow {
+				ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescriptionFormat(nil, "set_config", ss.synthFormat)})
+			} else {
+				ss.push(expect{kind: eSynth, synth: wire.NoData})
+			}
 			return nil
 		}
 		if ss.be == nil {
@@ -568,6 +591,11 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	}
 	if ss.failed && ss.be == nil {
 		return abortedError()
+	}
+	if def.info.plainSetConfig {
+		ss.push(expect{kind: eSynth, synth: setConfigParams(def)})
+		ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescription(nil, "set_config")})
+		return nil
 	}
 	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "") {
 		ss.push(expect{kind: eSynth, synth: noParams})
@@ -586,11 +614,14 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 
 func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
+		if ss.synthRow {
+			ss.push(expect{kind: eSynth, synth: wire.AppendTextDataRow(nil, ss.synthValue)})
+		}
 		ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, ss.synthTag)})
 		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
 			ss.failed = false
 		}
-		ss.synthTag = ""
+		ss.synthTag, ss.synthRow = "", false
 		return nil
 	}
 	if ss.be == nil {
@@ -629,7 +660,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
-	ss.synthTag = ""
+	ss.synthTag, ss.synthRow = "", false
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync})
@@ -679,4 +710,28 @@ func (ss *session) watchNotifications() func() {
 		<-done
 		be.SetDeadline(time.Time{})
 	}
+}
+
+// setConfigParams is the ParameterDescription of a set_config statement
+// the router answers: its $1 (if any) with the type the client gave, else text.
+func setConfigParams(def *stmtDef) []byte {
+	if def.info.param == 0 {
+		return noParams
+	}
+	oid := uint32(25)
+	if t := def.types; len(t) >= 6 && binary.BigEndian.Uint16(t) >= 1 {
+		if o := binary.BigEndian.Uint32(t[2:]); o != 0 {
+			oid = o
+		}
+	}
+	n := max(def.info.param, 1)
+	body := binary.BigEndian.AppendUint16(nil, uint16(n))
+	for i := 1; i <= n; i++ {
+		o := uint32(25)
+		if i == 1 {
+			o = oid
+		}
+		body = binary.BigEndian.AppendUint32(body, o)
+	}
+	return wire.Frame(nil, wire.MsgParamDesc, body)
 }

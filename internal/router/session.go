@@ -95,6 +95,9 @@ type session struct {
 	failed       bool   // emulated aborted transaction (its backend was lost)
 	synthTag     string // CommandComplete tag for the portal synthName
 	synthName    string
+	synthRow     bool // the synthesized portal returns one text row
+	synthValue   string
+	synthFormat  int16
 	skipToSync   bool
 	listening    bool
 

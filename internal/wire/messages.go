@@ -160,6 +160,39 @@ func BindParam(rest []byte, i int) (val []byte, text bool, ok bool) {
 	return nil, false, false
 }
 
+// BindResultFormat returns the format code a Bind asks for its first result
+// column (0 text, 1 binary).
+func BindResultFormat(rest []byte) int16 {
+	if len(rest) < 2 {
+		return 0
+	}
+	nf := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	if len(rest) < 2*nf+2 {
+		return 0
+	}
+	rest = rest[2*nf:]
+	np := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	for j := 0; j < np; j++ {
+		if len(rest) < 4 {
+			return 0
+		}
+		n := int32(binary.BigEndian.Uint32(rest))
+		rest = rest[4:]
+		if n > 0 {
+			if len(rest) < int(n) {
+				return 0
+			}
+			rest = rest[n:]
+		}
+	}
+	if len(rest) < 4 || binary.BigEndian.Uint16(rest) == 0 {
+		return 0
+	}
+	return int16(binary.BigEndian.Uint16(rest[2:]))
+}
+
 // AppendBind encodes a Bind body.
 func AppendBind(dst []byte, portal []byte, stmt string, rest []byte) []byte {
 	dst = append(dst, portal...)
@@ -317,6 +350,12 @@ func AppendAuth(dst []byte, code int32, data []byte) []byte {
 
 // AppendTextRowDescription appends a RowDescription of one text column.
 func AppendTextRowDescription(dst []byte, column string) []byte {
+	return AppendTextRowDescriptionFormat(dst, column, 0)
+}
+
+// AppendTextRowDescriptionFormat appends a RowDescription of one text
+// column sent in format (0 text, 1 binary; the bytes are the same for text).
+func AppendTextRowDescriptionFormat(dst []byte, column string, format int16) []byte {
 	dst, at := begin(dst, MsgRowDescription)
 	dst = append(dst, 0, 1)
 	dst = append(dst, column...)
