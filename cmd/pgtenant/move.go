@@ -284,44 +284,33 @@ func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, pla
 		fmt.Fprintln(a.stdout, "nothing to move")
 		return nil
 	}
-	if f.parallel < 1 {
-		f.parallel = 1
+	fmt.Fprintf(a.stdout, "moving %d shards, %d at a time\n", len(plan), max(f.parallel, 1))
+	plans := make([]move.Plan, len(plan))
+	from := map[int]string{}
+	for i, p := range plan {
+		plans[i] = move.Plan{Shard: p.Shard, To: p.To}
+		from[p.Shard] = p.From
 	}
-	fmt.Fprintf(a.stdout, "moving %d shards, %d at a time\n", len(plan), f.parallel)
-	m := a.mover(c, f)
-	start := time.Now()
-	var (
-		mu       sync.Mutex
-		done     int
-		bytes    int64
-		maxPause time.Duration
-		errs     []error
-	)
-	sem := make(chan struct{}, f.parallel)
-	var wg sync.WaitGroup
-	for _, p := range plan {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			res, err := m.Move(ctx, p.Shard, p.To, opts)
-			mu.Lock()
-			defer mu.Unlock()
-			done++
-			if err != nil {
-				errs = append(errs, err)
-				fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s failed: %v\n", done, len(plan), p.Shard, p.From, p.To, err)
-				return
-			}
-			bytes += res.Bytes
-			maxPause = max(maxPause, res.Pause)
-			fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s: pause %s, %d bytes, %s\n", done, len(plan), p.Shard, p.From, p.To,
-				res.Pause.Round(time.Millisecond/10), res.Bytes, res.Duration.Round(time.Millisecond))
-		}()
+	var mu sync.Mutex
+	done := 0
+	sum := a.mover(c, f).MoveAll(ctx, plans, f.parallel, opts, func(o move.Outcome) {
+		mu.Lock()
+		defer mu.Unlock()
+		done++
+		if o.Err != nil {
+			fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s failed: %v\n", done, len(plans), o.Plan.Shard, from[o.Plan.Shard], o.Plan.To, o.Err)
+			return
+		}
+		fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s: pause %s, %d bytes, %s\n", done, len(plans), o.Plan.Shard, from[o.Plan.Shard], o.Plan.To,
+			o.Result.Pause.Round(time.Millisecond/10), o.Result.Bytes, o.Result.Duration.Round(time.Millisecond))
+	})
+	fmt.Fprintf(a.stdout, "moved %d of %d shards, %d bytes, longest pause %s, in %s\n", sum.Moved, len(plans), sum.Bytes,
+		sum.LongestPause.Round(time.Millisecond/10), sum.Duration.Round(time.Millisecond))
+	var errs []error
+	for _, o := range sum.Outcomes {
+		if o.Err != nil {
+			errs = append(errs, o.Err)
+		}
 	}
-	wg.Wait()
-	fmt.Fprintf(a.stdout, "moved %d of %d shards, %d bytes, longest pause %s, in %s\n", len(plan)-len(errs), len(plan), bytes,
-		maxPause.Round(time.Millisecond/10), time.Since(start).Round(time.Millisecond))
 	return errors.Join(errs...)
 }
