@@ -213,6 +213,13 @@ func (p *Pool) DSN() string { return p.dsn }
 // Acquire checks out a connection, opening one if the pool is below MaxSize,
 // or waiting up to WaitTimeout for one to be released.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	return p.AcquireFor(ctx, "", "")
+}
+
+// AcquireFor is Acquire preferring an idle connection whose Schema and
+// Tenant already match (then schema alone), so the caller can skip setting
+// them; otherwise the most recently used one.
+func (p *Pool) AcquireFor(ctx context.Context, schema, tenant string) (*Conn, error) {
 	p.acquires.Add(1)
 	for {
 		p.mu.Lock()
@@ -221,7 +228,25 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			return nil, ErrClosed
 		}
 		if n := len(p.idle); n > 0 {
-			c := p.idle[n-1]
+			best := n - 1
+			if schema != "" {
+				score := 0
+				for i := n - 1; i >= 0 && i >= n-32; i-- {
+					c := p.idle[i]
+					if c.Schema == schema {
+						if c.Tenant == tenant {
+							best = i
+							break
+						}
+						if score == 0 {
+							best, score = i, 1
+						}
+					}
+				}
+			}
+			c := p.idle[best]
+			copy(p.idle[best:], p.idle[best+1:])
+			p.idle[n-1] = nil
 			p.idle = p.idle[:n-1]
 			p.mu.Unlock()
 			if c.Broken() || p.expired(c, time.Now()) {

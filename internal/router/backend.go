@@ -226,7 +226,11 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	t0 := time.Now()
 	be, err := keep, error(nil)
 	if be == nil {
-		be, err = p.Acquire(ss.ctx)
+		tid := tenant
+		if tenant == anyTenant || tenant == descTenant {
+			tid = ""
+		}
+		be, err = p.AcquireFor(ss.ctx, schema, tid)
 	}
 	if err != nil {
 		if g != nil {
@@ -337,16 +341,21 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 		be.SessionSig = ss.sig
 		be.Schema, be.Tenant = "\x00", "\x00"
 	}
+	// One statement for both settings: cheaper for the server than two SETs.
+	sep := "SELECT "
 	if be.Schema != schema {
-		b.WriteString("SET search_path TO ")
-		b.WriteString(pgx.Identifier{schema}.Sanitize())
-		b.WriteString(";")
+		b.WriteString(sep)
+		b.WriteString("pg_catalog.set_config('search_path', ")
+		b.WriteString(quoteLiteral(pgx.Identifier{schema}.Sanitize()))
+		b.WriteString(", false)")
 		be.Schema = schema
+		sep = ", "
 	}
 	if be.Tenant != tenant {
-		b.WriteString("SET pgtenant.tenant_id TO ")
+		b.WriteString(sep)
+		b.WriteString("pg_catalog.set_config('pgtenant.tenant_id', ")
 		b.WriteString(quoteLiteral(tenant))
-		b.WriteString(";")
+		b.WriteString(", false)")
 		be.Tenant = tenant
 	}
 	ss.out = wire.AppendQuery(ss.out[:0], b.String())
