@@ -119,7 +119,7 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 		if err := c.Init(ctx); err != nil {
 			return nil, fmt.Errorf("init %s: %w", nodeName(i), err)
 		}
-		if err := startWithFreshPort(ctx, c); err != nil {
+		if err := c.StartOnFreePort(ctx); err != nil {
 			return nil, fmt.Errorf("start %s: %w", nodeName(i), err)
 		}
 		if err := ensureDatabase(ctx, c.DSN("postgres"), NodeDB); err != nil {
@@ -170,27 +170,6 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	return cl, nil
-}
-
-// startWithFreshPort starts c; when its port was taken meanwhile by another
-// program, it moves the cluster to a free port and tries again.
-func startWithFreshPort(ctx context.Context, c *localpg.Cluster) error {
-	err := c.Start(ctx)
-	if err == nil || !strings.Contains(err.Error(), "Address already in use") {
-		return err
-	}
-	p, perr := localpg.FreePort()
-	if perr != nil {
-		return err
-	}
-	f, ferr := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if ferr != nil {
-		return err
-	}
-	fmt.Fprintf(f, "port = %d\n", p)
-	f.Close()
-	c.Port = p
-	return c.Start(ctx)
 }
 
 func ensureDatabase(ctx context.Context, adminDSN, name string) error {

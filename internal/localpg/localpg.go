@@ -234,6 +234,30 @@ func (c *Cluster) Start(ctx context.Context) error {
 	return nil
 }
 
+// StartOnFreePort starts the server like Start; when its port was taken
+// meanwhile by another program, it moves the cluster to a free port (kept in
+// postgresql.conf) and tries again, up to three times.
+func (c *Cluster) StartOnFreePort(ctx context.Context) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err = c.Start(ctx); err == nil || !strings.Contains(err.Error(), "Address already in use") {
+			return err
+		}
+		p, perr := FreePort()
+		if perr != nil {
+			return err
+		}
+		f, ferr := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+		if ferr != nil {
+			return err
+		}
+		fmt.Fprintf(f, "port = %d\n", p)
+		f.Close()
+		c.Port = p
+	}
+	return err
+}
+
 // Stop stops the server (fast shutdown). Stopping a stopped cluster is a no-op.
 func (c *Cluster) Stop(ctx context.Context) error {
 	if !c.Running(ctx) {

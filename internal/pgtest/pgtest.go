@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -47,29 +46,15 @@ func StartWith(name string, settings map[string]string) (*Server, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		if err := c.Init(ctx); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
-		if lastErr = c.Start(ctx); lastErr == nil {
-			return &Server{Cluster: c, dir: dir}, nil
-		}
-		// The port may have been taken in between; pick another.
-		p, err := localpg.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		c.Port = p
-		f, err := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-		if err == nil {
-			fmt.Fprintf(f, "port = %d\n", p)
-			f.Close()
-		}
+	if err := c.Init(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
-	os.RemoveAll(dir)
-	return nil, lastErr
+	if err := c.StartOnFreePort(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &Server{Cluster: c, dir: dir}, nil
 }
 
 // Stop stops the server and removes its directory.
