@@ -203,14 +203,20 @@ func TestMoveFenceTimeoutLongTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer long.Close(ctx)
-	tx, err := long.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO kv (client, k, val, tenant, account_id) VALUES (9999, 1, 42, 'long', 1)`); err != nil {
-		t.Fatal(err)
-	}
-	m := c.mover(move.Config{FenceTimeout: 500 * time.Millisecond})
+	// The long transaction starts once the subscription exists: creating the
+	// slot waits for every write transaction open on the source database.
+	var tx pgx.Tx
+	m := c.mover(move.Config{FenceTimeout: 500 * time.Millisecond, BeforeStep: func(ctx context.Context, _ int64, s move.Step) error {
+		if s != move.StepCatchUp || tx != nil {
+			return nil
+		}
+		var err error
+		if tx, err = long.Begin(ctx); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO kv (client, k, val, tenant, account_id) VALUES (9999, 1, 42, 'long', 1)`)
+		return err
+	}})
 	t0 := time.Now()
 	_, err = m.Move(ctx, movingShard, "b", move.Options{})
 	moved := time.Since(t0)
@@ -218,6 +224,9 @@ func TestMoveFenceTimeoutLongTransaction(t *testing.T) {
 		t.Fatalf("move succeeded with a transaction open past the fence timeout")
 	}
 	t.Logf("move failed as expected after %s: %v", moved.Round(time.Millisecond), err)
+	if tx == nil {
+		t.Fatal("the long transaction never started")
+	}
 	if errors.Is(err, move.ErrInterrupted) {
 		t.Errorf("move left running (interrupted), want aborted: %v", err)
 	}
@@ -386,7 +395,9 @@ func TestMoveCatalogUnreachable(t *testing.T) {
 					return nil
 				}
 			case "underfence":
-				cfg.Fencer = &timingFencer{inner: catalog.RouterFencer{Catalog: c.cat}, before: func(int) {
+				// Down once every router holds the shard: they keep holding it
+				// from their cached map; the mover cannot flip and must release.
+				cfg.Fencer = fencerFunc{catalog.RouterFencer{Catalog: c.cat}, func() {
 					if !fired {
 						fired = true
 						blip()

@@ -67,7 +67,7 @@ type followRouter struct {
 	srv      *router.Server
 	stop     context.CancelFunc
 	done     chan struct{}
-	// applied is when the router last applied a map from the catalog (after SetMap returned).
+	// applied is when the router first applied a map from the catalog (after SetMap returned).
 	applied atomic.Pointer[time.Time]
 }
 
@@ -204,7 +204,7 @@ func (c *moveCluster) startRouter(wrap func(func(context.Context, *placement.Map
 			return err
 		}
 		now := time.Now()
-		r.applied.Store(&now)
+		r.applied.CompareAndSwap(nil, &now)
 		return nil
 	}
 	if wrap != nil {

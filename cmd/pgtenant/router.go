@@ -92,19 +92,27 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	defer cat.Close()
-	m, err := cat.LoadMap(ctx)
-	if err != nil {
-		return err
-	}
 	srv := router.New(cfg)
-	if err := srv.SetMap(ctx, m); err != nil {
-		return err
-	}
 	if err := srv.Open(ctx); err != nil {
 		return err
 	}
 	addr := srv.Addr().String()
 	id := routerID(addr)
+	// Register (acked version 0) before loading the map and serving: a mover
+	// that fences a shard from now on waits for this router's ack, and one
+	// that fenced before saw its fence in the map loaded below. Loading first
+	// would leave a window where this router serves a map older than a fence
+	// that no mover waits for.
+	if err := cat.Heartbeat(ctx, id, addr, 0); err != nil {
+		return err
+	}
+	m, err := cat.LoadMap(ctx)
+	if err != nil {
+		return err
+	}
+	if err := srv.SetMap(ctx, m); err != nil {
+		return err
+	}
 	a.logger.Info("router listening", "addr", addr, "router", id, "map_version", m.Version)
 	fmt.Fprintf(a.stdout, "router listening on %s (map version %d, %d tenants)\n", addr, m.Version, len(m.Tenants))
 

@@ -42,9 +42,13 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	defer cancel()
 	if err := m.fenceAndFlip(fctx, mv, src, dst, names, res); err != nil {
 		if mv.Step != StepFlipped {
+			// Release with retries: while the catalog (or the source) is
+			// briefly unreachable the routers keep the shard fenced from
+			// their cached map, so giving up at once would leave it held
+			// until an operator resumes or aborts the move.
 			bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			if uerr := m.unfence(bg, mv); uerr != nil {
+			if uerr := m.retryUnfence(bg, mv); uerr != nil {
 				err = errors.Join(err, uerr)
 			}
 		}
@@ -248,4 +252,20 @@ func (m *Mover) unfence(ctx context.Context, mv *moveRun) error {
 		errs = append(errs, fmt.Errorf("release fence in routers: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// retryUnfence calls unfence until it succeeds or ctx ends, every 250ms.
+func (m *Mover) retryUnfence(ctx context.Context, mv *moveRun) error {
+	for {
+		err := m.unfence(ctx, mv)
+		if err == nil {
+			return nil
+		}
+		m.log.Warn("release fence failed; retrying", "move", mv.ID, "shard", mv.Shard, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
