@@ -1,0 +1,605 @@
+// Command movebench measures online shard moves wired as in production: local
+// Postgres clusters (internal/localpg, default settings, fsync on), a catalog,
+// an in-process router following it (catalog.Follow → Server.SetMap) and the
+// mover fenced through catalog.RouterFencer, while clients write through the
+// router in short transactions. It prints one table; see bench/README.md.
+//
+//	go run ./bench/cmd/movebench [-clients 8] [-think 10ms] [-sat-clients 32] [-big-mb 1024] [-split-shards 256]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/move"
+	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/router"
+)
+
+type options struct {
+	dir                    string
+	clients, satClients    int
+	think, control         time.Duration
+	moves                  int
+	shardRows              int
+	bigMB                  int
+	splitShards, splitRows int
+	parallel               int
+	skip                   string
+	verbose                bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.dir, "dir", "", "directory for the clusters; empty means a temporary one, removed at the end")
+	flag.IntVar(&o.clients, "clients", 8, "clients of the steady load (half on the moving shard's tenants)")
+	flag.DurationVar(&o.think, "think", 10*time.Millisecond, "pause between a steady client's transactions")
+	flag.IntVar(&o.satClients, "sat-clients", 32, "clients of the saturating load (no pause between transactions)")
+	flag.DurationVar(&o.control, "control", 5*time.Second, "length of each control run (load, no move)")
+	flag.IntVar(&o.moves, "moves", 3, "moves per steady-load case (the shard goes back and forth)")
+	flag.IntVar(&o.shardRows, "shard-rows", 100000, "rows in the shard moved under load")
+	flag.IntVar(&o.bigMB, "big-mb", 1024, "size of the large shard in MB (rows of ~1 KB)")
+	flag.IntVar(&o.splitShards, "split-shards", 256, "shards of the 2→4 node split")
+	flag.IntVar(&o.splitRows, "split-rows", 200, "rows per shard in the split")
+	flag.IntVar(&o.parallel, "parallel", 4, "moves at once in the split")
+	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split")
+	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "movebench:", err)
+		os.Exit(1)
+	}
+}
+
+// row is one line of the result table.
+type row struct {
+	name, load, verify           string
+	pause                        time.Duration
+	maxMoving, maxOther, control time.Duration
+	p99Moving, p99Other, p99Ctl  time.Duration
+	total                        time.Duration
+	note                         string
+}
+
+func run(ctx context.Context, o options, w io.Writer) error {
+	log := slog.New(slog.DiscardHandler)
+	if o.verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	root := o.dir
+	if root == "" {
+		d, err := os.MkdirTemp("", "movebench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		root = d
+	}
+	if err := os.Chmod(root, 0o755); err != nil {
+		return err
+	}
+	skip := map[string]bool{}
+	for _, s := range strings.Split(o.skip, ",") {
+		skip[strings.TrimSpace(s)] = true
+	}
+
+	nodes := map[string]*localpg.Cluster{}
+	names := []string{"n1", "n2"}
+	if !skip["split"] {
+		names = append(names, "n3", "n4")
+	}
+	for _, name := range names {
+		c := localpg.New(filepath.Join(root, name), 0) // default settings: fsync on
+		if err := c.Init(ctx); err != nil {
+			return fmt.Errorf("init %s: %w", name, err)
+		}
+		if err := c.Start(ctx); err != nil {
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c.Stop(sctx)
+		}()
+		nodes[name] = c
+		for _, db := range []string{"bench", "split", "catalog"} {
+			if err := exec(ctx, c.DSN("postgres"), "CREATE DATABASE "+db); err != nil {
+				return err
+			}
+		}
+	}
+	var rows []row
+	var splitLine string
+	if !skip["steady"] || !skip["saturating"] || !skip["big"] {
+		r, err := runMoves(ctx, o, log, nodes, skip)
+		rows = append(rows, r...)
+		if err != nil {
+			printTable(w, rows, "")
+			return err
+		}
+	}
+	if !skip["split"] {
+		s, err := runSplit(ctx, o, log, nodes)
+		if err != nil {
+			printTable(w, rows, "")
+			return err
+		}
+		splitLine = s
+	}
+	printTable(w, rows, splitLine)
+	return nil
+}
+
+func printTable(w io.Writer, rows []row, split string) {
+	ms := func(d time.Duration) string {
+		if d == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "case\tload\tverify under fence\tmover pause ms\tmax txn moving shard ms\tmax txn other shards ms\tcontrol max txn ms\tp99 moving/other/control ms\tmove time s\tnote\t")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s/%s\t%.1f\t%s\t\n", r.name, r.load, r.verify, ms(r.pause), ms(r.maxMoving), ms(r.maxOther), ms(r.control),
+			ms(r.p99Moving), ms(r.p99Other), ms(r.p99Ctl), r.total.Seconds(), r.note)
+	}
+	tw.Flush()
+	if split != "" {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, split)
+	}
+}
+
+func exec(ctx context.Context, dsn, sql string, args ...any) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("%.60s: %w", sql, err)
+	}
+	return nil
+}
+
+// shardTables is every shard's schema (as in e2e/movefixture_test.go).
+const shardTables = `
+CREATE TABLE %[1]s.accounts (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, tenant text NOT NULL, name text NOT NULL);
+CREATE TABLE %[1]s.items (id bigserial PRIMARY KEY, account_id bigint NOT NULL REFERENCES %[1]s.accounts (id), n int NOT NULL, payload text);
+CREATE INDEX ON %[1]s.items (account_id);
+CREATE TABLE %[1]s.kv (client int NOT NULL, k int NOT NULL, val bigint NOT NULL, PRIMARY KEY (client, k));
+INSERT INTO %[1]s.accounts (tenant, name) SELECT 'seed', 'account ' || i FROM generate_series(1, 10) i;
+`
+
+// env is a catalog, its nodes and one router following it.
+type env struct {
+	cat    *catalog.Catalog
+	srv    *router.Server
+	addr   string
+	stop   func()
+	shards []placement.Shard
+	tenant map[int]string // one tenant per shard
+}
+
+// newEnv creates the catalog in database catDB on n1 with shards over the
+// given nodes (database db), the shard tables, one tenant per shard, and
+// starts a router wired as `pgtenant router` is.
+func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Cluster, db string, names []string, shards int) (*env, error) {
+	catDSN := nodes["n1"].DSN("catalog")
+	if db == "split" {
+		// A second catalog: its own schema in another database.
+		if err := exec(ctx, nodes["n1"].DSN("postgres"), "CREATE DATABASE catalog_split"); err != nil {
+			return nil, err
+		}
+		catDSN = nodes["n1"].DSN("catalog_split")
+	}
+	e := &env{cat: catalog.New(catDSN, log), tenant: map[int]string{}}
+	if err := e.cat.Open(ctx); err != nil {
+		return nil, err
+	}
+	if err := e.cat.Init(ctx, shards); err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if _, err := e.cat.AddNode(ctx, n, nodes[n].DSN(db)); err != nil {
+			return nil, err
+		}
+	}
+	created, err := e.cat.CreateShards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.shards = created
+	byNode := map[string]*strings.Builder{}
+	for _, s := range created {
+		b := byNode[s.Node]
+		if b == nil {
+			b = &strings.Builder{}
+			byNode[s.Node] = b
+		}
+		fmt.Fprintf(b, shardTables, pgx.Identifier{s.Schema}.Sanitize())
+		id := s.ID
+		name := fmt.Sprintf("t%d", s.ID)
+		if _, err := e.cat.AddTenant(ctx, name, &id); err != nil {
+			return nil, err
+		}
+		e.tenant[s.ID] = name
+	}
+	for n, b := range byNode {
+		if err := exec(ctx, nodes[n].DSN(db), b.String()); err != nil {
+			return nil, err
+		}
+	}
+	// The router: listen, register, load the map, serve, follow.
+	e.srv = router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40}})
+	if err := e.srv.Open(ctx); err != nil {
+		return nil, err
+	}
+	e.addr = e.srv.Addr().String()
+	id := "movebench/" + e.addr
+	if err := e.cat.Heartbeat(ctx, id, e.addr, 0); err != nil {
+		return nil, err
+	}
+	m, err := e.cat.LoadMap(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.srv.SetMap(ctx, m); err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); e.srv.Serve(sctx) }()
+	go func() { defer wg.Done(); e.cat.Follow(sctx, id, e.addr, time.Second, e.srv.SetMap) }()
+	e.stop = func() { cancel(); wg.Wait(); e.cat.Close() }
+	return e, nil
+}
+
+func (e *env) mover(log *slog.Logger, f move.Fencer) *move.Mover {
+	if f == nil {
+		f = catalog.RouterFencer{Catalog: e.cat}
+	}
+	return move.New(move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second})
+}
+
+// --- load ---
+
+type sample struct {
+	start time.Time
+	dur   time.Duration
+}
+
+type client struct {
+	id      int
+	shard   int
+	tenant  string
+	samples []sample
+	errs    []error
+}
+
+type load struct {
+	clients []*client
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// startLoad runs n clients: half on the moving shard's tenant, the rest
+// spread over the other shards; each runs BEGIN; upsert; COMMIT in a loop.
+func (e *env) startLoad(n int, moving int, think time.Duration) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel}
+	var others []int
+	for _, s := range e.shards {
+		if s.ID != moving {
+			others = append(others, s.ID)
+		}
+	}
+	for i := 0; i < n; i++ {
+		sh := moving
+		if i%2 == 1 || moving < 0 {
+			sh = others[(i*7/2)%len(others)]
+		}
+		cl := &client{id: i, shard: sh, tenant: e.tenant[sh]}
+		l.clients = append(l.clients, cl)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			cl.run(ctx, e.addr, think)
+		}()
+	}
+	return l
+}
+
+func (l *load) stop() {
+	l.cancel()
+	l.wg.Wait()
+}
+
+func (cl *client) run(ctx context.Context, addr string, think time.Duration) {
+	u := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: addr, Path: "/app",
+		RawQuery: "sslmode=disable&options=" + url.QueryEscape("-c pgtenant.tenant="+cl.tenant)}
+	conn, err := pgx.Connect(ctx, strings.ReplaceAll(u.String(), "+", "%20"))
+	if err != nil {
+		cl.errs = append(cl.errs, err)
+		return
+	}
+	defer conn.Close(context.Background())
+	rng := rand.New(rand.NewPCG(uint64(cl.id), 1))
+	for ctx.Err() == nil {
+		t0 := time.Now()
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO kv (client, k, val) VALUES ($1, $2, $3) ON CONFLICT (client, k) DO UPDATE SET val = excluded.val`,
+				cl.id, rng.IntN(1000), rng.Int64())
+			return err
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				cl.errs = append(cl.errs, err)
+			}
+			continue
+		}
+		cl.samples = append(cl.samples, sample{t0, time.Since(t0)})
+		if think > 0 {
+			time.Sleep(think)
+		}
+	}
+}
+
+// stats is the longest and the 99th percentile transaction of the chosen clients overlapping [from, to).
+func (l *load) stats(moving int, onMoving bool, from, to time.Time) (maxD, p99 time.Duration, errs int) {
+	var ds []time.Duration
+	for _, cl := range l.clients {
+		if (cl.shard == moving) != onMoving {
+			continue
+		}
+		errs += len(cl.errs)
+		for _, s := range cl.samples {
+			if s.start.Add(s.dur).Before(from) || !s.start.Before(to) {
+				continue
+			}
+			ds = append(ds, s.dur)
+		}
+	}
+	if len(ds) == 0 {
+		return 0, 0, errs
+	}
+	slices.Sort(ds)
+	return ds[len(ds)-1], ds[len(ds)*99/100], errs
+}
+
+// --- cases ---
+
+func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster, skip map[string]bool) ([]row, error) {
+	e, err := newEnv(ctx, log, nodes, "bench", []string{"n1", "n2"}, 8)
+	if err != nil {
+		return nil, fmt.Errorf("set up: %w", err)
+	}
+	defer e.stop()
+	const moving = 2 // on n1
+	fill := func(shard, rows int, wide bool) error {
+		s := pgx.Identifier{placement.SchemaName(shard)}.Sanitize()
+		payload := "md5(i::text)"
+		if wide {
+			payload = "repeat(md5(i::text), 30)" // 960 bytes, stored inline, not compressed
+		}
+		return exec(ctx, nodes["n1"].DSN("bench"), fmt.Sprintf(`
+			INSERT INTO %[1]s.accounts (tenant, name) SELECT 'bulk', 'account ' || i FROM generate_series(1, 1000) i;
+			INSERT INTO %[1]s.items (account_id, n, payload) SELECT 1 + i %% 1000, i, %[3]s FROM generate_series(1, %[2]d) i;
+			ANALYZE %[1]s.accounts, %[1]s.items;`, s, rows, payload))
+	}
+	if err := fill(moving, o.shardRows, false); err != nil {
+		return nil, err
+	}
+	var rows []row
+	where := "n1"
+	other := map[string]string{"n1": "n2", "n2": "n1"}
+	// oneCase runs a control and moves under a load and adds a row per verify setting.
+	oneCase := func(name string, clients int, think time.Duration, verifies []bool, moves int) error {
+		l := e.startLoad(clients, moving, think)
+		defer l.stop()
+		time.Sleep(500 * time.Millisecond) // warm up
+		c0 := time.Now()
+		time.Sleep(o.control)
+		c1 := time.Now()
+		ctlMax, ctlP99, _ := l.stats(moving, true, c0, c1)
+		if m, p, _ := l.stats(moving, false, c0, c1); m > ctlMax {
+			ctlMax, ctlP99 = m, max(ctlP99, p)
+		}
+		loadDesc := fmt.Sprintf("%d clients, %s think", clients, think)
+		if think == 0 {
+			loadDesc = fmt.Sprintf("%d clients, saturating", clients)
+		}
+		for _, verify := range verifies {
+			r := row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
+			var pauses []time.Duration
+			for i := 0; i < moves; i++ {
+				t0 := time.Now()
+				res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
+				t1 := time.Now()
+				if err != nil {
+					return fmt.Errorf("%s: move: %w", name, err)
+				}
+				where = other[where]
+				pauses = append(pauses, res.Pause)
+				r.pause = max(r.pause, res.Pause)
+				r.total = max(r.total, res.Duration)
+				mm, mp, _ := l.stats(moving, true, t0, t1)
+				om, op, _ := l.stats(moving, false, t0, t1)
+				r.maxMoving, r.p99Moving = max(r.maxMoving, mm), max(r.p99Moving, mp)
+				r.maxOther, r.p99Other = max(r.maxOther, om), max(r.p99Other, op)
+				time.Sleep(time.Second)
+			}
+			slices.Sort(pauses)
+			r.note = fmt.Sprintf("%d moves, pauses %s", moves, fmtDurs(pauses))
+			rows = append(rows, r)
+		}
+		l.stop()
+		_, _, errs := l.stats(moving, true, time.Time{}, time.Now())
+		_, _, errs2 := l.stats(moving, false, time.Time{}, time.Now())
+		if errs+errs2 > 0 {
+			rows[len(rows)-1].note += fmt.Sprintf("; %d client errors", errs+errs2)
+		}
+		return nil
+	}
+	if !skip["steady"] {
+		if err := oneCase(fmt.Sprintf("steady, %d rows", o.shardRows), o.clients, o.think, []bool{true, false}, o.moves); err != nil {
+			return rows, err
+		}
+	}
+	if !skip["saturating"] {
+		if err := oneCase(fmt.Sprintf("saturating, %d rows", o.shardRows), o.satClients, 0, []bool{true, false}, 1); err != nil {
+			return rows, err
+		}
+	}
+	if !skip["big"] {
+		const big = 5             // on n2
+		bigRows := o.bigMB * 1000 // ~1 KB per row (row ~1,030 bytes with its index entries)
+		t0 := time.Now()
+		s := pgx.Identifier{placement.SchemaName(big)}.Sanitize()
+		if err := exec(ctx, nodes["n2"].DSN("bench"), fmt.Sprintf(`
+			INSERT INTO %[1]s.accounts (tenant, name) SELECT 'bulk', 'account ' || i FROM generate_series(1, 1000) i;
+			INSERT INTO %[1]s.items (account_id, n, payload) SELECT 1 + i %% 1000, i, repeat(md5(i::text), 30) FROM generate_series(1, %[2]d) i;
+			ANALYZE %[1]s.accounts, %[1]s.items;`, s, bigRows)); err != nil {
+			return rows, err
+		}
+		var size int64
+		conn, err := pgx.Connect(ctx, nodes["n2"].DSN("bench"))
+		if err != nil {
+			return rows, err
+		}
+		conn.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
+			placement.SchemaName(big)).Scan(&size)
+		conn.Close(ctx)
+		loaded := time.Since(t0)
+		l := e.startLoad(o.clients, big, o.think)
+		time.Sleep(time.Second)
+		m0 := time.Now()
+		res, err := e.mover(log, nil).Move(ctx, big, "n1", move.Options{SkipVerify: true, DropSource: true})
+		m1 := time.Now()
+		time.Sleep(500 * time.Millisecond)
+		l.stop()
+		if err != nil {
+			return rows, fmt.Errorf("big move: %w", err)
+		}
+		mm, mp, _ := l.stats(big, true, m0, m1)
+		om, op, _ := l.stats(big, false, m0, m1)
+		rows = append(rows, row{name: fmt.Sprintf("large shard, %d MB, %d rows", size>>20, bigRows+1010), load: fmt.Sprintf("%d clients, %s think", o.clients, o.think),
+			verify: "off", pause: res.Pause, maxMoving: mm, maxOther: om, p99Moving: mp, p99Other: op, total: res.Duration,
+			note: fmt.Sprintf("%.1f MB/s, %.0f rows/s over the whole move (loaded in %s)", float64(size)/1e6/res.Duration.Seconds(), float64(bigRows)/res.Duration.Seconds(), loaded.Round(time.Second))})
+	}
+	return rows, nil
+}
+
+func fmtDurs(ds []time.Duration) string {
+	var s []string
+	for _, d := range ds {
+		s = append(s, fmt.Sprintf("%.1f", float64(d.Microseconds())/1000))
+	}
+	return strings.Join(s, ", ") + " ms"
+}
+
+// runSplit creates splitShards small shards over n1 and n2, then splits both
+// nodes onto n3 and n4 (half of each node's shards) with MoveAll, under a
+// steady load through the router.
+func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster) (string, error) {
+	t0 := time.Now()
+	e, err := newEnv(ctx, log, nodes, "split", []string{"n1", "n2"}, o.splitShards)
+	if err != nil {
+		return "", fmt.Errorf("split set up: %w", err)
+	}
+	defer e.stop()
+	for _, n := range []string{"n1", "n2"} {
+		var b strings.Builder
+		for _, s := range e.shards {
+			if s.Node == n {
+				fmt.Fprintf(&b, "INSERT INTO %[1]s.items (account_id, n, payload) SELECT 1 + i %% 10, i, md5(i::text) FROM generate_series(1, %[2]d) i;\n",
+					pgx.Identifier{s.Schema}.Sanitize(), o.splitRows)
+			}
+		}
+		if err := exec(ctx, nodes[n].DSN("split"), b.String()); err != nil {
+			return "", err
+		}
+	}
+	for _, n := range []string{"n3", "n4"} {
+		if _, err := e.cat.AddNode(ctx, n, nodes[n].DSN("split")); err != nil {
+			return "", err
+		}
+	}
+	setup := time.Since(t0)
+	shards, err := e.cat.Shards(ctx)
+	if err != nil {
+		return "", err
+	}
+	// Interleave the two splits so that parallel moves spread over both new
+	// nodes (each subscription takes logical replication workers on its target).
+	var plans []move.Plan
+	a, b := placement.PlanSplit(shards, "n1", "n3"), placement.PlanSplit(shards, "n2", "n4")
+	for i := 0; i < max(len(a), len(b)); i++ {
+		if i < len(a) {
+			plans = append(plans, move.Plan{Shard: a[i].Shard, To: a[i].To})
+		}
+		if i < len(b) {
+			plans = append(plans, move.Plan{Shard: b[i].Shard, To: b[i].To})
+		}
+	}
+	l := e.startLoad(o.clients, -1, o.think)
+	time.Sleep(500 * time.Millisecond)
+	var mu sync.Mutex
+	var pauses []time.Duration
+	sum := e.mover(log, nil).MoveAll(ctx, plans, o.parallel, move.Options{SkipVerify: false, DropSource: true}, func(out move.Outcome) {
+		mu.Lock()
+		defer mu.Unlock()
+		if out.Err == nil {
+			pauses = append(pauses, out.Result.Pause)
+		} else {
+			fmt.Fprintf(os.Stderr, "split: shard %d: %v\n", out.Plan.Shard, out.Err)
+		}
+	})
+	l.stop()
+	slices.Sort(pauses)
+	med := time.Duration(0)
+	if len(pauses) > 0 {
+		med = pauses[len(pauses)/2]
+	}
+	maxTxn, p99, errs := l.stats(-1, false, t0, time.Now())
+	after, err := e.cat.Nodes(ctx)
+	if err != nil {
+		return "", err
+	}
+	var counts []string
+	for _, n := range after {
+		counts = append(counts, fmt.Sprintf("%s=%d", n.Name, n.Shards))
+	}
+	if sum.Failed > 0 {
+		err = errors.New("some split moves failed")
+	}
+	return fmt.Sprintf("split 2→4 nodes, %d shards of %d rows (setup %s), %d at a time, verify on, under %d clients (%s think): "+
+		"%d shards moved, %d failed, %.1f MB, total %s (%.2f s per shard), pause median %.1f ms / longest %.1f ms; "+
+		"clients' longest txn %.1f ms, p99 %.1f ms, %d errors; shards per node after: %s",
+		o.splitShards, o.splitRows, setup.Round(time.Second), o.parallel, o.clients, o.think,
+		sum.Moved, sum.Failed, float64(sum.Bytes)/1e6, sum.Duration.Round(100*time.Millisecond), sum.Duration.Seconds()/float64(max(sum.Moved, 1)),
+		float64(med.Microseconds())/1000, float64(sum.LongestPause.Microseconds())/1000,
+		float64(maxTxn.Microseconds())/1000, float64(p99.Microseconds())/1000, errs, strings.Join(counts, " ")), err
+}
