@@ -109,6 +109,19 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 	}
 	var keep *pool.Conn // session mode: the attached backend, if it can serve tenant too
+	if ss.be != nil && ss.be.Broken() && (ss.status != 'I' || ss.srv.cfg.PoolMode == PoolSession) && !ss.backendPending() {
+		// Cut (fence, node failure) while the client was idle in a
+		// transaction or session: the transaction is lost; say so rather
+		// than run the statement elsewhere.
+		werr := killError(ss.be, nil)
+		wasTxn := ss.status != 'I'
+		ss.releaseBackend()
+		ss.status = 'I'
+		if wasTxn {
+			ss.failed = true
+		}
+		return werr
+	}
 	if ss.be != nil {
 		if ss.beTenant == tenant && !ss.be.Broken() {
 			ss.sendPendingBegin(tenant)
@@ -599,19 +612,23 @@ func (ss *session) copyIn(be *pool.Conn) error {
 // backendFailed handles a read/write error on the attached backend.
 func (ss *session) backendFailed(err error) {
 	be := ss.be
-	var werr *wire.Error
+	ss.srv.log.Warn("backend connection failed", "session", ss.id, "node", be.Node(), "err", err, "reason", be.KillReason())
+	ss.lostBackend(killError(be, err))
+}
+
+// killError is the error a client gets when its backend failed or was cut.
+func killError(be *pool.Conn, err error) *wire.Error {
 	var fe *fencedError
 	reason := be.KillReason()
 	switch {
 	case errors.As(reason, &fe):
-		werr = &wire.Error{Code: "40001", Message: fmt.Sprintf("the transaction was cut: %v", fe), Hint: "Retry the transaction."}
+		return &wire.Error{Code: "40001", Message: fmt.Sprintf("the transaction was cut: %v", fe), Hint: "Retry the transaction."}
 	case reason != nil && errors.Is(reason, errShutdown):
-		werr = &wire.Error{Severity: "FATAL", Code: "57P01", Message: "the router is shutting down"}
-	default:
-		werr = &wire.Error{Code: "08006", Message: fmt.Sprintf("lost the connection to node %q: %v", be.Node(), err)}
+		return &wire.Error{Severity: "FATAL", Code: "57P01", Message: "the router is shutting down"}
+	case err == nil:
+		err = reason
 	}
-	ss.srv.log.Warn("backend connection failed", "session", ss.id, "node", be.Node(), "err", err, "reason", reason)
-	ss.lostBackend(werr)
+	return &wire.Error{Code: "08006", Message: fmt.Sprintf("lost the connection to node %q: %v", be.Node(), err)}
 }
 
 // lostBackend drops the backend and answers every queued response with one

@@ -52,19 +52,34 @@ func TestFenceHoldAndRelease(t *testing.T) {
 	if _, err := tx.Exec(ctx, "INSERT INTO sink (body) VALUES ('in flight')"); err != nil {
 		t.Fatal(err)
 	}
+	simple := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
+	tx2, err := simple.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx2.Exec(ctx, "INSERT INTO sink (body) VALUES ('in flight 2')"); err != nil {
+		t.Fatal(err)
+	}
 	fenced := cloneMap(testMap())
 	fenced.Version = 2
 	fenced.Shards[3].State = placement.StateFenced
 	if err := s.SetMap(ctx, fenced); err != nil {
 		t.Fatal(err)
 	}
-	// The in-flight transaction was cut after the grace: retryable error.
+	// The in-flight transaction was cut after the grace: retryable error,
+	// in the extended protocol and the simple one.
 	_, err = tx.Exec(ctx, "SELECT 1 FROM whoami")
 	if got := pgCode(err); got != "40001" && got != "57P01" {
 		t.Fatalf("in-flight transaction after the fence: %v, want 40001", err)
 	}
 	tx.Rollback(ctx)
-
+	_, err = tx2.Exec(ctx, "SELECT 1 FROM whoami")
+	if got := pgCode(err); got != "40001" {
+		t.Fatalf("in-flight simple-protocol transaction after the fence: %v, want 40001", err)
+	}
+	if err := tx2.Commit(ctx); err == nil {
+		t.Fatal("commit of a cut transaction succeeded")
+	}
 	// New transactions for shard 3 are held; other shards run.
 	res := make(chan string, 1)
 	go func() {
