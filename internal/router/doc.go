@@ -36,8 +36,17 @@
 // LISTEN and temporary objects do not survive a transaction in transaction
 // mode: LISTEN is refused there; use session mode.
 //
-// BEGIN sent with the extended protocol (Parse/Bind/Execute) is not
-// deferred: it needs a tenant already (drivers send BEGIN as a simple query).
+// BEGIN/COMMIT/ROLLBACK are deferred or answered the same way whether they
+// come as a simple Query or as Parse/Bind/Execute. SELECT set_config(
+// 'pgtenant.tenant', v, is_local) in exactly that form is answered by the
+// router without a backend round trip. In session mode the backend is kept
+// while the client switches between tenants on one node; switching to
+// another node resets it (DISCARD ALL) and returns it to the pool.
+//
+// A transaction whose backend is cut (by a fence after Config.FenceGrace, or
+// because the node failed) fails with 40001 or 08006; the client sees an
+// aborted transaction until it ends it, as with PostgreSQL itself. The
+// client's database name is not checked: the node DSNs decide the database.
 //
 // Named prepared statements (protocol-level Parse) work in transaction mode:
 // the router records each client's statements, answers Parse itself, and
