@@ -16,16 +16,27 @@ type Metrics struct {
 	// Registry holds every collector below.
 	Registry *prometheus.Registry
 
-	ClientConns   prometheus.Gauge
-	ClientTotal   prometheus.Counter
-	ClientRefused *prometheus.CounterVec // by reason
-	Transactions  *prometheus.CounterVec // by node
-	Errors        *prometheus.CounterVec // by node and SQLSTATE class
-	TxnSeconds    *prometheus.HistogramVec
-	AcquireWait   *prometheus.HistogramVec
-	Held          prometheus.Gauge
-	HoldTimeouts  prometheus.Counter
-	MapVersion    prometheus.Gauge
+	// ClientConns is the number of client connections open now.
+	ClientConns prometheus.Gauge
+	// ClientTotal counts accepted client connections.
+	ClientTotal prometheus.Counter
+	// ClientRefused counts refused clients by reason (startup, auth, max_clients).
+	ClientRefused *prometheus.CounterVec
+	// Transactions counts backend checkouts completed, by node.
+	Transactions *prometheus.CounterVec
+	// Errors counts ErrorResponses by node ("router" for the router's own)
+	// and SQLSTATE class.
+	Errors *prometheus.CounterVec
+	// TxnSeconds is how long a backend was held per checkout, by node.
+	TxnSeconds *prometheus.HistogramVec
+	// AcquireWait is how long a checkout took, by node.
+	AcquireWait *prometheus.HistogramVec
+	// Held is the number of transactions held now by a fence.
+	Held prometheus.Gauge
+	// HoldTimeouts counts held transactions that gave up (40001).
+	HoldTimeouts prometheus.Counter
+	// MapVersion is the version of the placement map in use.
+	MapVersion prometheus.Gauge
 
 	mu    sync.Mutex
 	pools func() []pool.Stats
