@@ -508,3 +508,23 @@ func TestMetricsAndAdmin(t *testing.T) {
 		t.Errorf("admin pools: %s", rec.Body.String())
 	}
 }
+
+func TestMinIdlePerNode(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MinIdle: 2}}, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok := 0
+		for _, st := range s.poolStats() {
+			if st.Idle >= 2 {
+				ok++
+			}
+		}
+		if ok == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pools did not reach min idle: %+v", s.poolStats())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

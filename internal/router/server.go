@@ -209,6 +209,11 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 		}
 	}
 	s.poolsMu.Unlock()
+	if !s.closed.Load() {
+		for _, n := range m.Nodes {
+			s.pool(n) // so each node's MinIdle connections are opened
+		}
+	}
 	if len(fenced) == 0 {
 		return nil
 	}
