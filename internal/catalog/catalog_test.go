@@ -419,3 +419,33 @@ func TestRouterAcks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestUsers(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 2)
+	v0, _ := c.MapVersion(ctx)
+	u := User{Name: "app", SCRAM: "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy", MD5: "md5" + strings.Repeat("a", 32)}
+	if err := c.SetUser(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	if v1, _ := c.MapVersion(ctx); v1 <= v0 {
+		t.Fatalf("adding a user did not bump the map version (%d then %d)", v0, v1)
+	}
+	u.MD5 = "md5" + strings.Repeat("b", 32)
+	if err := c.SetUser(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	users, err := c.Users(ctx)
+	if err != nil || len(users) != 1 || users[0] != u {
+		t.Fatalf("Users = %+v, %v; want [%+v]", users, err, u)
+	}
+	if err := c.SetUser(ctx, User{Name: "bad", SCRAM: "plaintext", MD5: u.MD5}); err == nil {
+		t.Fatal("a plaintext password was stored as a SCRAM verifier")
+	}
+	if err := c.RemoveUser(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveUser(ctx, "app"); !errors.Is(err, ErrUnknownUser) {
+		t.Fatalf("RemoveUser twice = %v", err)
+	}
+}

@@ -98,6 +98,18 @@ BEGIN
 END
 $$;
 `,
+	// 4: router users (client authentication), stored as verifiers only.
+	`
+CREATE TABLE pgtenant.users (
+	name       text PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 63),
+	scram      text NOT NULL CHECK (scram LIKE 'SCRAM-SHA-256$%'),
+	md5        text NOT NULL CHECK (md5 ~ '^md5[0-9a-f]{32}$'),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.users REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+CREATE TRIGGER map_version_upd AFTER UPDATE ON pgtenant.users REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.users REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.
