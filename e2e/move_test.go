@@ -82,6 +82,14 @@ func TestMoveUnderLoad(t *testing.T) {
 		ctlMoving.Round(time.Microsecond), mvMoving.Round(time.Microsecond), fMoving.Round(time.Microsecond), nMoving)
 	t.Logf("longest transaction, other shards' clients:  control %s, during the move %s, overlapping the fence %s (%d txns)",
 		ctlOther.Round(time.Microsecond), mvOther.Round(time.Microsecond), fOther.Round(time.Microsecond), nOther)
+	for _, cl := range w.clients {
+		for _, s := range cl.samples {
+			if s.dur >= 100*time.Millisecond && s.start.Add(s.dur).After(ctlEnd) && s.start.Before(moveEnd) {
+				t.Logf("slow transaction: client %d (shard %d) started %s after the fence began, took %s",
+					cl.id, cl.shard, s.start.Sub(fa).Round(time.Millisecond), s.dur.Round(time.Millisecond))
+			}
+		}
+	}
 	var writes, reads int
 	for _, cl := range w.clients {
 		writes, reads = writes+cl.writes, reads+cl.reads

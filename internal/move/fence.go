@@ -115,6 +115,19 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 // lockAndMark takes the shard's table locks on the source and commits a marker row.
 func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, names []string) (int64, error) {
 	var seq int64
+	// An autovacuum worker on one of the tables holds SHARE UPDATE EXCLUSIVE,
+	// and Postgres cancels it for a lock waiter only after deadlock_timeout
+	// (1s by default), no shorter than lock_timeout: without this the fence
+	// fails whenever autovacuum is busy with the shard (seen on a freshly
+	// loaded 1 GB shard). Autovacuum skips a table it cannot lock, so it does
+	// not come back while LOCK TABLE waits. Best effort: a role that may not
+	// signal autovacuum only logs it.
+	if _, err := src.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
+		WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database() AND EXISTS (SELECT 1 FROM pg_locks l
+			JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = $1)`, mv.Schema); err != nil {
+		m.log.Warn("cancel autovacuum on the shard's tables", "move", mv.ID, "shard", mv.Shard, "err", err)
+	}
 	err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
 			return err
