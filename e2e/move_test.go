@@ -464,3 +464,79 @@ func TestMoveCatalogUnreachable(t *testing.T) {
 		})
 	}
 }
+
+// TestMoveTargetDownDuringCatchUp stops the target node (its own server) for a
+// moment at the catch-up while clients write through the router: the move
+// fails and is aborted (at once or, if the target was still down, by a second
+// abort), routing never leaves the source, nothing is lost, and no slot,
+// publication or subscription is left.
+func TestMoveTargetDownDuringCatchUp(t *testing.T) {
+	ctx := context.Background()
+	target, err := pgtest.Start("movetarget")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(target.Stop)
+	c := newMoveCluster(t, moveOpts{nodeB: target, router: router.Config{HoldTimeout: 10 * time.Second}})
+	c.fill(ctx, movingShard, 20_000)
+	w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	var restarted sync.WaitGroup
+	fired := false
+	m := c.mover(move.Config{BeforeStep: func(ctx context.Context, _ int64, s move.Step) error {
+		if s != move.StepCatchUp || fired {
+			return nil
+		}
+		fired = true
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := target.Cluster.Stop(sctx); err != nil {
+			return err
+		}
+		restarted.Add(1)
+		go func() {
+			defer restarted.Done()
+			time.Sleep(1500 * time.Millisecond)
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := target.Cluster.Start(sctx); err != nil {
+				t.Errorf("start target: %v", err)
+			}
+		}()
+		return nil
+	}})
+	_, err = m.Move(ctx, movingShard, "b", move.Options{})
+	restarted.Wait()
+	t.Logf("move with the target down: %v", err)
+	list, lerr := m.List(ctx)
+	if lerr != nil || len(list) != 1 {
+		w.stop()
+		t.Fatalf("moves: %+v, %v", list, lerr)
+	}
+	t.Logf("move after the outage: status %s, step %s", list[0].Status, list[0].Step)
+	if list[0].Status == "running" || list[0].Status == "failed" {
+		// The abort could not reach the target: the operator aborts again.
+		var aerr error
+		for i := 0; i < 50; i++ {
+			if aerr = m.Abort(ctx, list[0].ID); aerr == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if aerr != nil {
+			w.stop()
+			t.Fatalf("abort after the target came back: %v", aerr)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	w.stop()
+	if node, state := c.shardNode(ctx, movingShard); err == nil && node != "b" || err != nil && node != "a" || state != placement.StateActive {
+		t.Errorf("shard after the outage: %s %s (move error %v)", node, state, err)
+	}
+	// Node b also holds the odd shards: their clients fail while it is down
+	// (08006 from the router, or the connection it had to b broken).
+	c.verify(ctx, w, func(cl *moveClient, err error) bool {
+		return cl.shard%2 == 1 && (pgCode(err) == "08006" || pgCode(err) == "57P01" || pgCode(err) == "57P03" || isConnError(err))
+	})
+	c.assertNoReplicationLeft(ctx)
+}

@@ -42,6 +42,8 @@ type moveOpts struct {
 	router router.Config
 	// tenantsPerShard tenants are registered explicitly on every shard.
 	tenantsPerShard int
+	// nodeB holds node b's database; nil means servers[1].
+	nodeB *pgtest.Server
 }
 
 // moveCluster is one test's catalog, nodes and routers.
@@ -107,7 +109,11 @@ func newMoveCluster(t testing.TB, opts moveOpts) *moveCluster {
 		t.Fatalf("init catalog: %v", err)
 	}
 	for i, name := range []string{"a", "b"} {
-		dsn := servers[i].NewDatabase(t)
+		srv := servers[i]
+		if name == "b" && opts.nodeB != nil {
+			srv = opts.nodeB
+		}
+		dsn := srv.NewDatabase(t)
 		c.nodeDSN[name] = dsn
 		if _, err := c.cat.AddNode(ctx, name, dsn); err != nil {
 			t.Fatalf("add node %s: %v", name, err)
