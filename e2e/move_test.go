@@ -540,3 +540,83 @@ func TestMoveTargetDownDuringCatchUp(t *testing.T) {
 	})
 	c.assertNoReplicationLeft(ctx)
 }
+
+// TestMoveAbortReleasesHeldTransactions: when a move's fence times out
+// because a transaction stays open past FenceTimeout, the mover aborts and
+// publishes the shard as active again; the routers must then release the
+// shard's held transactions at once. Today the router applies maps one at a
+// time and is still inside SetMap's FenceGrace wait for the fenced map (the
+// long transaction is in flight), so the unfenced map waits behind it: held
+// transactions stay held (here until the client gives up after 3 s; with the
+// default 10 s HoldTimeout they fail 40001) and the long transaction is cut
+// at the end of the grace although the move was aborted long before.
+// Router bug (internal/router SetMap, or catalog.Follow applying maps in
+// sequence); this test fails until it is fixed.
+func TestMoveAbortReleasesHeldTransactions(t *testing.T) {
+	ctx := context.Background()
+	c := newMoveCluster(t, moveOpts{router: router.Config{FenceGrace: 20 * time.Second, HoldTimeout: 30 * time.Second}})
+	c.fill(ctx, movingShard, 2_000)
+	tenant := c.tenants[movingShard][0]
+	long, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), tenant))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close(ctx)
+	var tx pgx.Tx
+	m := c.mover(move.Config{FenceTimeout: 300 * time.Millisecond, BeforeStep: func(ctx context.Context, _ int64, s move.Step) error {
+		if s != move.StepCatchUp || tx != nil {
+			return nil
+		}
+		var err error
+		if tx, err = long.Begin(ctx); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO kv (client, k, val, tenant, account_id) VALUES (9999, 1, 42, 'long', 1)`)
+		return err
+	}})
+	moveErr := make(chan error, 1)
+	go func() {
+		_, err := m.Move(ctx, movingShard, "b", move.Options{})
+		moveErr <- err
+	}()
+	// Wait until the mover has given up and marked the shard active again.
+	deadline := time.Now().Add(60 * time.Second)
+	sawFence := false
+	for {
+		_, state := c.shardNode(ctx, movingShard)
+		if state == placement.StateFenced {
+			sawFence = true
+		}
+		var status string
+		c.cat.Pool().QueryRow(ctx, `SELECT coalesce((SELECT status || ':' || step FROM pgtenant.moves ORDER BY id DESC LIMIT 1), '')`).Scan(&status)
+		if sawFence && state == placement.StateActive {
+			t.Logf("shard active again after the fence timed out (move %s)", status)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fence never timed out (shard %s, move %s)", state, status)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A new short transaction on the shard must run now, while the long one is still open.
+	short, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), tenant))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close(ctx)
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	t0 := time.Now()
+	_, serr := short.Exec(sctx, `INSERT INTO kv (client, k, val, tenant, account_id) VALUES (9998, 1, 1, 'short', 1)`)
+	cancel()
+	if serr != nil {
+		t.Errorf("a transaction on the shard after its move was aborted was still held after %s: %v", time.Since(t0).Round(time.Millisecond), serr)
+	}
+	cerr := tx.Commit(ctx)
+	if cerr != nil {
+		t.Errorf("the long transaction of an aborted move was cut: %v", cerr)
+	}
+	if err := <-moveErr; err == nil {
+		t.Errorf("move succeeded, want a fence timeout")
+	}
+	c.assertNoReplicationLeft(ctx)
+}
