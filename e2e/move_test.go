@@ -563,6 +563,7 @@ func TestMoveAbortReleasesHeldTransactions(t *testing.T) {
 	}
 	defer long.Close(ctx)
 	var tx pgx.Tx
+	txOpen := make(chan struct{}) // closed by the mover's goroutine once tx is open
 	m := c.mover(move.Config{FenceTimeout: 300 * time.Millisecond, BeforeStep: func(ctx context.Context, _ int64, s move.Step) error {
 		if s != move.StepCatchUp || tx != nil {
 			return nil
@@ -572,6 +573,7 @@ func TestMoveAbortReleasesHeldTransactions(t *testing.T) {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO kv (client, k, val, tenant, account_id) VALUES (9999, 1, 42, 'long', 1)`)
+		close(txOpen)
 		return err
 	}})
 	moveErr := make(chan error, 1)
@@ -598,6 +600,7 @@ func TestMoveAbortReleasesHeldTransactions(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	<-txOpen
 	// A new short transaction on the shard must run now, while the long one is still open.
 	short, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), tenant))
 	if err != nil {
