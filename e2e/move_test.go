@@ -623,3 +623,47 @@ func TestMoveAbortReleasesHeldTransactions(t *testing.T) {
 	}
 	c.assertNoReplicationLeft(ctx)
 }
+
+// TestMoveSlotWaitsForOpenTransaction: a write transaction left open through
+// the router on another shard of the source node blocks the creation of the
+// move's replication slot (Postgres waits for every open transaction). The
+// move must not hang: it aborts after SlotTimeout naming the transaction,
+// routing stays on the source, nothing is left, and the open transaction
+// commits normally afterwards.
+func TestMoveSlotWaitsForOpenTransaction(t *testing.T) {
+	ctx := context.Background()
+	c := newMoveCluster(t, moveOpts{router: router.Config{HoldTimeout: 10 * time.Second}})
+	c.fill(ctx, movingShard, 2_000)
+	w := c.startClients(movingShard, 2, 2, 5*time.Millisecond)
+	long, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), c.tenants[0][0])) // shard 0, also on node a
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close(ctx)
+	tx, err := long.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO kv (client, k, val, tenant, account_id) VALUES (9999, 1, 42, 'long', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	m := c.mover(move.Config{SlotTimeout: 2 * time.Second})
+	_, err = m.Move(ctx, movingShard, "b", move.Options{})
+	t.Logf("move: %v", err)
+	if err == nil || errors.Is(err, move.ErrInterrupted) || !strings.Contains(err.Error(), "transactions open on the source") {
+		t.Errorf("move: %v; want an abort naming the open transactions", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Errorf("commit the open transaction: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	w.stop()
+	if node, state := c.shardNode(ctx, movingShard); node != "a" || state != placement.StateActive {
+		t.Errorf("shard after the aborted move: %s %s, want a active", node, state)
+	}
+	if list, err := m.List(ctx); err != nil || len(list) != 1 || list[0].Status != "aborted" {
+		t.Errorf("moves: %+v, %v; want one aborted", list, err)
+	}
+	c.verify(ctx, w, nil)
+	c.assertNoReplicationLeft(ctx)
+}

@@ -94,6 +94,11 @@ type Config struct {
 	// MaxLag is the replication lag (time for a marker row to appear on the
 	// target) below which the shard is fenced. Zero means 100ms.
 	MaxLag time.Duration
+	// SlotTimeout bounds CREATE SUBSCRIPTION, whose replication slot waits
+	// for every transaction open on the source server (any database) when
+	// it starts. Zero means 5 minutes; then the move aborts and names the
+	// oldest open transactions.
+	SlotTimeout time.Duration
 	// BinDir holds pg_dump and pg_restore. Empty means localpg.FindBinDir.
 	BinDir string
 	// BeforeStep, when set, is called after a step is recorded and before it
@@ -152,6 +157,7 @@ func New(cfg Config) *Mover {
 	def(&cfg.LockTimeout, time.Second)
 	def(&cfg.PollInterval, 2*time.Millisecond)
 	def(&cfg.MaxLag, 100*time.Millisecond)
+	def(&cfg.SlotTimeout, 5*time.Minute)
 	return &Mover{cfg: cfg, log: cfg.Logger}
 }
 

@@ -383,7 +383,14 @@ func (m *Mover) stepSubscription(ctx context.Context, mv *moveRun) error {
 		// CREATE SUBSCRIPTION cannot run in a transaction block: a simple-protocol Exec is an implicit transaction of its own.
 		sql := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (copy_data = true, binary = true)`,
 			ident(repName(mv)), quoteLiteral(mv.SourceDSN), ident(repName(mv)))
-		if _, err := dst.Exec(ctx, sql); err != nil {
+		sctx, cancel := context.WithTimeout(ctx, m.cfg.SlotTimeout)
+		_, err := dst.Exec(sctx, sql)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && sctx.Err() != nil {
+				return fmt.Errorf("create subscription: the replication slot waited %s for transactions open on the source server (%s): %w",
+					m.cfg.SlotTimeout, openTransactions(ctx, src), err)
+			}
 			return fmt.Errorf("create subscription: %w", err)
 		}
 		if oid, err = subOID(ctx, dst, repName(mv)); err != nil {
@@ -627,4 +634,18 @@ func missingExtensions(ctx context.Context, src, dst *pgx.Conn, schema string) e
 			strings.Join(missing, ", "), schema)
 	}
 	return nil
+}
+
+// openTransactions describes the oldest transactions holding a transaction id
+// on the server of conn (what creating a logical slot waits for).
+func openTransactions(ctx context.Context, conn *pgx.Conn) string {
+	var desc string
+	if err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(format('pid %s in %s open %s, %s', pid, datname,
+			date_trunc('second', now() - xact_start), state), '; '), 'none seen now')
+		FROM (SELECT pid, datname, xact_start, state FROM pg_stat_activity
+			WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+			ORDER BY xact_start LIMIT 5) a`).Scan(&desc); err != nil {
+		return "could not list them: " + err.Error()
+	}
+	return desc
 }
