@@ -16,6 +16,17 @@ const (
 	AuthTrust AuthMethod = "trust"
 )
 
+// Credential is a user's password in stored (hashed) form, as PostgreSQL
+// keeps it in pg_authid.rolpassword; either field may be empty.
+type Credential struct {
+	// SCRAM is a SCRAM-SHA-256 verifier:
+	// "SCRAM-SHA-256$<iterations>:<salt base64>$<StoredKey base64>:<ServerKey base64>"
+	// (wire.SCRAMVerifier makes one from a password).
+	SCRAM string
+	// MD5 is "md5" followed by hex(md5(password + user)) (wire.MD5Hash).
+	MD5 string
+}
+
 // PoolMode says how long a client keeps a backend connection.
 type PoolMode string
 
@@ -60,8 +71,18 @@ type Config struct {
 	// Auth is the client authentication method. Empty means scram-sha-256.
 	Auth AuthMethod
 	// Users maps user names to passwords. With AuthTrust it is ignored
-	// (every user is let in); otherwise only these users can log in.
+	// (every user is let in); otherwise only these users, and those
+	// Credentials knows, can log in.
 	Users map[string]string
+	// Credentials, when set, is consulted for a user not in Users (for
+	// example users kept in the catalog as password hashes). It returns the
+	// user's stored credential and whether the user exists; it is called
+	// once per login, from the connection's goroutine, and must be safe for
+	// concurrent use. With scram-sha-256 auth the SCRAM verifier is used;
+	// with md5 auth the MD5 hash is used, or, when the credential has only
+	// a SCRAM verifier, the client is asked for SCRAM instead (as PostgreSQL
+	// does). A user without a usable form is refused with 28P01.
+	Credentials func(user string) (Credential, bool)
 	// PoolMode is transaction (empty) or session.
 	PoolMode PoolMode
 	// Pool limits each node's backend pool.

@@ -41,6 +41,7 @@ type expect struct {
 	swallow bool   // do not relay the response (router-injected message)
 	name    string // backend statement name of an injected Parse
 	synth   []byte // for eSynth: the message to send
+	setup   bool   // part of a setup sent with writeSetup
 }
 
 const (
@@ -100,6 +101,17 @@ type session struct {
 	synthFormat  int16
 	skipToSync   bool
 	listening    bool
+
+	// setupDue: the attached backend still needs setupPath (a quoted
+	// identifier) and setupTenant, sent by writeSetup or flushSetup.
+	setupDue    bool
+	setupPath   string
+	setupTenant string
+	// setupOpen: a setup sent by writeSetup awaits its ReadyForQuery; no
+	// further client message is handled until it arrives.
+	setupOpen bool
+	// wantSchema and wantTenant are what the attached backend is set up for.
+	wantSchema, wantTenant string
 
 	queue []expect // pending responses, in order
 	qbuf  []expect // queue's backing array, reused once the queue empties
@@ -282,14 +294,22 @@ func (ss *session) authenticate() error {
 	if s.cfg.Auth == AuthTrust {
 		return nil
 	}
-	password, ok := s.cfg.Users[ss.user]
 	fail := func(err error) error {
 		ss.fatal("28P01", fmt.Sprintf("password authentication failed for user %q", ss.user))
 		return fmt.Errorf("authenticate %q: %w", ss.user, err)
 	}
+	password, ok := s.cfg.Users[ss.user]
+	var cred Credential
+	if !ok && s.cfg.Credentials != nil {
+		cred, ok = s.cfg.Credentials(ss.user)
+		if ok && cred.SCRAM == "" && cred.MD5 == "" {
+			return fail(errors.New("the user has no stored password"))
+		}
+	}
 	if !ok {
 		return fail(errors.New("no such user"))
 	}
+	plain := cred.SCRAM == "" && cred.MD5 == ""
 	readPassword := func() ([]byte, error) {
 		typ, body, err := ss.cr.ReadMessage()
 		if err != nil {
@@ -300,7 +320,11 @@ func (ss *session) authenticate() error {
 		}
 		return body, nil
 	}
-	switch s.cfg.Auth {
+	method := s.cfg.Auth
+	if method == AuthMD5 && !plain && cred.MD5 == "" {
+		method = AuthSCRAM // only a SCRAM verifier is stored: PostgreSQL does the same
+	}
+	switch method {
 	case AuthMD5:
 		var salt [4]byte
 		rand.Read(salt[:])
@@ -311,12 +335,26 @@ func (ss *session) authenticate() error {
 		if err != nil {
 			return fail(err)
 		}
-		if err := wire.CheckMD5(body, ss.user, password, salt); err != nil {
+		if plain {
+			err = wire.CheckMD5(body, ss.user, password, salt)
+		} else {
+			err = wire.CheckMD5Hash(body, cred.MD5, salt)
+		}
+		if err != nil {
 			return fail(err)
 		}
 		return nil
 	case AuthSCRAM:
-		keys, err := s.scramKeys(ss.user, password)
+		var keys wire.SCRAMKeys
+		var err error
+		switch {
+		case plain:
+			keys, err = s.scramKeys(ss.user, password)
+		case cred.SCRAM != "":
+			keys, err = wire.ParseSCRAMVerifier(cred.SCRAM)
+		default:
+			err = errors.New("only an md5 hash is stored: SCRAM authentication is impossible")
+		}
 		if err != nil {
 			return fail(err)
 		}

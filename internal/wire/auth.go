@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -55,6 +56,73 @@ func DeriveSCRAMKeys(password string, iterations int) (SCRAMKeys, error) {
 	ck := hmacSHA256(salted, []byte("Client Key"))
 	sk := sha256.Sum256(ck)
 	return SCRAMKeys{Salt: salt, Iterations: iterations, StoredKey: sk[:], ServerKey: hmacSHA256(salted, []byte("Server Key"))}, nil
+}
+
+// scramPrefix starts a PostgreSQL SCRAM-SHA-256 verifier.
+const scramPrefix = "SCRAM-SHA-256$"
+
+// SCRAMVerifier derives keys for password with a fresh random salt and
+// returns them in PostgreSQL's stored form (what pg_authid.rolpassword holds):
+// "SCRAM-SHA-256$<iterations>:<salt base64>$<StoredKey base64>:<ServerKey base64>".
+// ParseSCRAMVerifier reads it back. Iterations below 1 mean 4096, PostgreSQL's default.
+func SCRAMVerifier(password string, iterations int) (string, error) {
+	if iterations < 1 {
+		iterations = 4096
+	}
+	k, err := DeriveSCRAMKeys(password, iterations)
+	if err != nil {
+		return "", err
+	}
+	return k.Verifier(), nil
+}
+
+// Verifier returns k in PostgreSQL's stored verifier form (see SCRAMVerifier).
+func (k SCRAMKeys) Verifier() string {
+	enc := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("%s%d:%s$%s:%s", scramPrefix, k.Iterations, enc(k.Salt), enc(k.StoredKey), enc(k.ServerKey))
+}
+
+// ParseSCRAMVerifier parses a SCRAM-SHA-256 verifier in PostgreSQL's stored
+// form (see SCRAMVerifier), so a SCRAM exchange can be checked without the
+// plaintext password.
+func ParseSCRAMVerifier(s string) (SCRAMKeys, error) {
+	bad := func(what string) (SCRAMKeys, error) {
+		return SCRAMKeys{}, fmt.Errorf("parse scram verifier: %s", what)
+	}
+	rest, ok := strings.CutPrefix(s, scramPrefix)
+	if !ok {
+		return bad("missing SCRAM-SHA-256$ prefix")
+	}
+	params, keys, ok := strings.Cut(rest, "$")
+	if !ok {
+		return bad("missing $ before the keys")
+	}
+	iterS, saltS, ok := strings.Cut(params, ":")
+	if !ok {
+		return bad("missing : between iterations and salt")
+	}
+	iter, err := strconv.Atoi(iterS)
+	if err != nil || iter < 1 {
+		return bad(fmt.Sprintf("invalid iteration count %q", iterS))
+	}
+	storedS, serverS, ok := strings.Cut(keys, ":")
+	if !ok {
+		return bad("missing : between StoredKey and ServerKey")
+	}
+	dec := base64.StdEncoding.DecodeString
+	salt, err := dec(saltS)
+	if err != nil || len(salt) == 0 {
+		return bad("invalid salt")
+	}
+	stored, err := dec(storedS)
+	if err != nil || len(stored) != sha256.Size {
+		return bad("invalid StoredKey")
+	}
+	server, err := dec(serverS)
+	if err != nil || len(server) != sha256.Size {
+		return bad("invalid ServerKey")
+	}
+	return SCRAMKeys{Salt: salt, Iterations: iter, StoredKey: stored, ServerKey: server}, nil
 }
 
 func hmacSHA256(key, msg []byte) []byte {
@@ -171,9 +239,32 @@ func CheckMD5(body []byte, user, password string, salt [4]byte) error {
 	if !ok {
 		return fmt.Errorf("password message: %w", ErrMalformed)
 	}
-	inner := md5.Sum([]byte(password + user))
-	h := hex.EncodeToString(inner[:])
-	outer := md5.Sum(append([]byte(h), salt[:]...))
+	return checkMD5(got, MD5Hash(user, password), salt)
+}
+
+// MD5Hash is PostgreSQL's stored md5 password form: "md5" followed by
+// hex(md5(password + user)).
+func MD5Hash(user, password string) string {
+	h := md5.Sum([]byte(password + user))
+	return "md5" + hex.EncodeToString(h[:])
+}
+
+// CheckMD5Hash verifies an md5 PasswordMessage body against a stored hash
+// in MD5Hash's form (no plaintext needed) and the 4-byte salt that was sent.
+func CheckMD5Hash(body []byte, hash string, salt [4]byte) error {
+	got, _, ok := cstring(body)
+	if !ok {
+		return fmt.Errorf("password message: %w", ErrMalformed)
+	}
+	return checkMD5(got, hash, salt)
+}
+
+func checkMD5(got, hash string, salt [4]byte) error {
+	inner, ok := strings.CutPrefix(hash, "md5")
+	if !ok || len(inner) != 32 {
+		return fmt.Errorf("stored md5 hash is not in md5<32 hex digits> form: %w", ErrAuthFailed)
+	}
+	outer := md5.Sum(append([]byte(inner), salt[:]...))
 	want := "md5" + hex.EncodeToString(outer[:])
 	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
 		return ErrAuthFailed
