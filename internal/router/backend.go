@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -101,6 +102,7 @@ func checkTenantID(t string) *wire.Error {
 func (ss *session) ensureBackend(tenant string) *wire.Error {
 	if ss.be != nil {
 		if ss.beTenant == tenant && !ss.be.Broken() {
+			ss.resetup()
 			ss.sendPendingBegin(tenant)
 			return nil
 		}
@@ -124,6 +126,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	}
 	if ss.be != nil {
 		if ss.beTenant == tenant && !ss.be.Broken() {
+			ss.resetup()
 			ss.sendPendingBegin(tenant)
 			return nil
 		}
@@ -285,9 +288,123 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	if tenant == anyTenant || tenant == descTenant {
 		tid = ""
 	}
-	ss.setup(be, schema, tid)
+	ss.wantSchema, ss.wantTenant = schema, tid
+	if ss.pendingBegin == "" && be.SessionSig == ss.sig {
+		// Only search_path and the tenant id may differ: the caller sends
+		// them with the client's statement (writeSetup) or on their own
+		// (flushSetup).
+		ss.deferSetup(be, schema, tid)
+	} else {
+		ss.setup(be, schema, tid)
+	}
 	ss.sendPendingBegin(tenant)
 	return nil
+}
+
+// resetup queues the setup again on the attached backend when a rolled
+// back transaction took it away (the session keeps its backend in session
+// mode, or inside a transaction).
+func (ss *session) resetup() {
+	be := ss.be
+	if ss.status != 'I' || ss.setupDue || (be.Schema == ss.wantSchema && be.Tenant == ss.wantTenant) || ss.backendPending() {
+		return
+	}
+	if ss.pendingBegin == "" && be.SessionSig == ss.sig {
+		ss.deferSetup(be, ss.wantSchema, ss.wantTenant)
+	} else {
+		ss.setup(be, ss.wantSchema, ss.wantTenant)
+	}
+}
+
+// setupStmt is the statement prepared on every backend connection that
+// sets the shard's search_path and the tenant id in one Bind/Execute.
+const (
+	setupStmt = "pgtenant_setup"
+	setupSQL  = "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('pgtenant.tenant_id', $2, false)"
+)
+
+// setupTypes declares setupSQL's two parameters as text.
+var setupTypes = []byte{0, 2, 0, 0, 0, 25, 0, 0, 0, 25}
+
+// deferSetup records that be needs search_path = schema and tenant id
+// tenant before the client's first statement on it, unless it has them.
+func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
+	if be.Schema == schema && be.Tenant == tenant {
+		return
+	}
+	ss.setupDue = true
+	ss.setupPath = pgx.Identifier{schema}.Sanitize()
+	ss.setupTenant = tenant
+	be.Schema, be.Tenant = schema, tenant
+}
+
+// writeSetup sends the deferred setup as Bind/Execute of the prepared
+// setupStmt, without a Sync: it runs in the same implicit transaction as
+// the client's statement that follows (one round trip, one ReadyForQuery,
+// no statement text to parse). Callers use it only before a single DML
+// statement (stmtInfo.dml), which can run inside such a transaction. The
+// settings take effect for good only when that transaction commits, so
+// setupOpen makes an error or an open transaction at the next
+// ReadyForQuery forget them (doubtSetup).
+func (ss *session) writeSetup() {
+	if !ss.setupDue {
+		return
+	}
+	ss.setupDue = false
+	be := ss.be
+	if _, ok := be.Prepared[setupStmt]; !ok {
+		be.Prepared[setupStmt] = struct{}{}
+		ss.out = wire.AppendParse(ss.out[:0], setupStmt, setupSQL, setupTypes)
+		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
+		ss.push(expect{kind: eParse, swallow: true, name: setupStmt, setup: true})
+	}
+	// Bind: unnamed portal, no parameter formats (text), two values, no
+	// result formats (text).
+	b := ss.out[:0]
+	b = append(b, 0)
+	b = append(b, setupStmt...)
+	b = append(b, 0, 0, 0, 0, 2)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupPath)))
+	b = append(b, ss.setupPath...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupTenant)))
+	b = append(b, ss.setupTenant...)
+	b = append(b, 0, 0)
+	ss.out = b
+	wire.WriteFrame(be.W, wire.MsgBind, b)
+	be.W.Write(executeUnnamed)
+	ss.push(expect{kind: eBind, swallow: true, setup: true})
+	ss.push(expect{kind: eExec, swallow: true, setup: true})
+	ss.setupOpen = true
+}
+
+// executeUnnamed is Execute of the unnamed portal, all rows.
+var executeUnnamed = []byte{wire.MsgExecute, 0, 0, 0, 9, 0, 0, 0, 0, 0}
+
+// flushSetup sends the deferred setup as a simple Query of its own, for
+// statements that must not share a transaction with it.
+func (ss *session) flushSetup() {
+	if !ss.setupDue {
+		return
+	}
+	ss.setupDue = false
+	q := "SELECT pg_catalog.set_config('search_path', " + quoteLiteral(ss.setupPath) +
+		", false), pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.setupTenant) + ", false)"
+	ss.out = wire.AppendQuery(ss.out[:0], q)
+	ss.be.W.Write(ss.out)
+	ss.be.Unnamed = nil
+	ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
+}
+
+// doubtSetup forgets what the attached backend's search_path and tenant id
+// are when a setup sent with writeSetup may not have been committed.
+func (ss *session) doubtSetup() {
+	if !ss.setupOpen {
+		return
+	}
+	ss.setupOpen = false
+	if be := ss.be; be != nil {
+		be.Schema, be.Tenant = "\x00", "\x00"
+	}
 }
 
 // sameNode reports whether tenant lives on the attached backend's node.
@@ -382,6 +499,11 @@ func (ss *session) releaseBackend() {
 	be := ss.be
 	if be == nil {
 		return
+	}
+	if ss.setupDue || ss.setupOpen {
+		// Not sent, or not known to be committed.
+		be.Schema, be.Tenant = "\x00", "\x00"
+		ss.setupDue, ss.setupOpen = false, false
 	}
 	ss.be = nil
 	ss.beCur.Store(nil)
@@ -482,6 +604,13 @@ func (ss *session) drain(all bool) error {
 			}
 			swallow := e.swallow
 			ss.pop()
+			if ss.setupOpen {
+				if ss.status == 'I' {
+					ss.setupOpen = false // committed
+				} else {
+					ss.doubtSetup() // inside a transaction that may roll back
+				}
+			}
 			if ss.syncs == 0 {
 				ss.copyEnds = 0
 			}
@@ -506,6 +635,8 @@ func (ss *session) drain(all bool) error {
 			if e.name == "setup" {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 			}
+			ss.doubtSetup() // the transaction with the setup is rolled back
+			setupFailed := e.setup
 			switch e.kind {
 			case eQuery, eSync:
 				// Query: ReadyForQuery follows.
@@ -519,6 +650,11 @@ func (ss *session) drain(all bool) error {
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
 					ss.pop()
+				}
+				if setupFailed && len(ss.queue) > 0 && ss.queue[0].kind == eQuery {
+					// The server ignores everything up to a Sync, the
+					// client's Query too: the Sync's ReadyForQuery ends it.
+					be.W.Write(wire.SyncMsg)
 				}
 			}
 			continue

@@ -65,6 +65,10 @@ type stmtInfo struct {
 	// reservedSet is set for SET/RESET of a setting the router owns
 	// (search_path, pgtenant.* other than pgtenant.tenant, role).
 	reservedSet bool
+	// dml is set for one statement starting with SELECT, INSERT, UPDATE,
+	// DELETE, WITH, VALUES, TABLE or MERGE: it can run in a transaction
+	// the router opened with its own setup statement (see writeSetup).
+	dml bool
 }
 
 type tokKind uint8
@@ -368,6 +372,14 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		return
 	}
 	w := lx.text(0)
+	if !info.multi {
+		for _, k := range [...]string{"select", "insert", "update", "delete", "with", "values", "table", "merge"} {
+			if strings.EqualFold(w, k) {
+				info.dml = true
+				break
+			}
+		}
+	}
 	switch {
 	case strings.EqualFold(w, "select"):
 		info.kind = kSelect

@@ -368,6 +368,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return e
 	}
+	if info.dml {
+		ss.writeSetup()
+	} else {
+		ss.flushSetup()
+	}
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
 	if info.kind == kDiscard || info.kind == kDeallocate {
@@ -376,7 +381,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery})
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 {
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}
@@ -516,6 +521,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if e := ss.route(def, false); e != nil {
 		return e
 	}
+	ss.sendSetup(def)
 	ss.ensurePrepared(def)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, def.server, bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
@@ -564,6 +570,15 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 	return ss.ensureBackend(tenant)
 }
 
+// sendSetup sends a setup deferred by ensureBackend before def runs.
+func (ss *session) sendSetup(def *stmtDef) {
+	if def.info.dml {
+		ss.writeSetup()
+	} else {
+		ss.flushSetup()
+	}
+}
+
 func (ss *session) onDescribe(body []byte) *wire.Error {
 	kind, name, err := wire.DecodeTarget(body)
 	if err != nil {
@@ -605,6 +620,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if e := ss.route(def, true); e != nil {
 		return e
 	}
+	ss.sendSetup(def)
 	ss.ensurePrepared(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
 	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)
@@ -667,7 +683,9 @@ func (ss *session) onSync([]byte) *wire.Error {
 	} else {
 		ss.push(expect{kind: eSynthRFQ})
 	}
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 {
+	// A setup sent with the transaction just ended is rolled back with it:
+	// learn its fate before anything else is sent on the backend.
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,8 @@ type options struct {
 	duration                                          time.Duration
 	modes                                             []string
 	scripts                                           string
+	rounds                                            int
+	cpuprofile                                        string
 }
 
 func main() {
@@ -53,6 +56,8 @@ func main() {
 	flag.IntVar(&o.poolSize, "pool", 20, "backend connections per node for pgtenant and pgbouncer")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "pgbench run time per case (-T)")
 	flag.StringVar(&modes, "modes", "simple,extended,prepared", "pgbench protocol modes (-M)")
+	flag.IntVar(&o.rounds, "rounds", 1, "run every case this many times, interleaved (round 1 of every target, then round 2, …), to expose noise")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process routers) taken during the pgtenant cases to this file")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
@@ -75,6 +80,11 @@ type result struct {
 	workload     string
 	tps, latency float64 // latency in ms
 	skipped      string
+	round        int
+	txns         float64
+	// CPU time per transaction in µs: the proxy (router or pgbouncer
+	// process; 0 for direct), the Postgres node(s) and pgbench itself.
+	proxyUS, pgUS, benchUS float64
 }
 
 func run(ctx context.Context, o options, w io.Writer) error {
@@ -166,7 +176,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		routerAddr[key] = srv.Addr().String()
 	}
 
-	bouncerPort, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize)
+	bouncerPort, bouncerPID, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize)
 	if err != nil {
 		return err
 	}
@@ -177,40 +187,73 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	}
 	direct := fmt.Sprintf("127.0.0.1:%d", nodes["a"].Port)
 	pgb := fmt.Sprintf("127.0.0.1:%d", bouncerPort)
-	var results []result
-	for _, mode := range o.modes {
-		var targets []target
-		if mode == "simple" {
-			// One round trip per transaction everywhere.
-			targets = []target{
-				{"direct", direct, "direct_simple.sql", "1 query"},
-				{"pgbouncer", pgb, "direct_simple.sql", "1 query"},
-				{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query"},
-				{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query"},
-			}
-		} else {
-			// pgtenant and direct connections keep a session setting;
-			// pgbouncer in transaction mode needs it set per transaction.
-			targets = []target{
-				{"direct", direct, "direct_extended.sql", "2 stmts"},
-				{"direct", direct, "direct_txn.sql", "4 stmts"},
-				{"pgbouncer", pgb, "direct_txn.sql", "4 stmts"},
-				{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts"},
-				{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts"},
-			}
+	var prof *os.File
+	if o.cpuprofile != "" {
+		if prof, err = os.Create(o.cpuprofile); err != nil {
+			return err
 		}
-		for _, tg := range targets {
-			if tg.name == "pgbouncer" && mode == "prepared" {
-				results = append(results, result{mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
-				continue
+		defer prof.Close()
+	}
+	var results []result
+	for round := 1; round <= max(o.rounds, 1); round++ {
+		for _, mode := range o.modes {
+			var targets []target
+			if mode == "simple" {
+				// One round trip per transaction everywhere.
+				targets = []target{
+					{"direct", direct, "direct_simple.sql", "1 query"},
+					{"pgbouncer", pgb, "direct_simple.sql", "1 query"},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query"},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query"},
+				}
+			} else {
+				// pgtenant and direct connections keep a session setting;
+				// pgbouncer in transaction mode needs it set per transaction.
+				targets = []target{
+					{"direct", direct, "direct_extended.sql", "2 stmts"},
+					{"direct", direct, "direct_txn.sql", "4 stmts"},
+					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts"},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts"},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts"},
+				}
 			}
-			log.Info("pgbench", "mode", mode, "target", tg.name, "script", tg.script)
-			r, err := runPgbench(ctx, pgbench, tg.addr, filepath.Join(o.scripts, tg.script), mode, o, rowsPer)
-			if err != nil {
-				return fmt.Errorf("pgbench %s %s %s: %w", mode, tg.name, tg.script, err)
+			for _, tg := range targets {
+				if tg.name == "pgbouncer" && mode == "prepared" {
+					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
+					continue
+				}
+				log.Info("pgbench", "round", round, "mode", mode, "target", tg.name, "script", tg.script)
+				profiling := prof != nil && strings.HasPrefix(tg.name, "pgtenant")
+				if profiling {
+					if err := pprof.StartCPUProfile(prof); err != nil {
+						// Only one profile per file: profile the first pgtenant case.
+						profiling = false
+					}
+				}
+				pgCPU := func() time.Duration { return postgresCPU(nodes["a"].DataDir()) + postgresCPU(nodes["b"].DataDir()) }
+				pg0, self0, bouncer0 := pgCPU(), selfCPU(), procCPU([]int{bouncerPID})
+				r, err := runPgbench(ctx, pgbench, tg.addr, filepath.Join(o.scripts, tg.script), mode, o, rowsPer)
+				if err == nil && r.txns > 0 {
+					us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / r.txns }
+					r.pgUS = us(pgCPU() - pg0)
+					switch {
+					case strings.HasPrefix(tg.name, "pgtenant"):
+						r.proxyUS = us(selfCPU() - self0)
+					case tg.name == "pgbouncer":
+						r.proxyUS = us(procCPU([]int{bouncerPID}) - bouncer0)
+					}
+				}
+				if profiling {
+					pprof.StopCPUProfile()
+					prof.Close()
+					prof = nil
+				}
+				if err != nil {
+					return fmt.Errorf("pgbench %s %s %s: %w", mode, tg.name, tg.script, err)
+				}
+				r.mode, r.target, r.workload, r.round = mode, tg.name, tg.workload, round
+				results = append(results, r)
 			}
-			r.mode, r.target, r.workload = mode, tg.name, tg.workload
-			results = append(results, r)
 		}
 	}
 	printTable(w, results, o)
@@ -278,23 +321,124 @@ func runPgbench(ctx context.Context, bin, addr, script, mode string, o options, 
 	}
 	tps, _ := strconv.ParseFloat(tm[1], 64)
 	lat, _ := strconv.ParseFloat(lm[1], 64)
-	return result{tps: tps, latency: lat}, nil
+	r := result{tps: tps, latency: lat}
+	if n := txRe.FindStringSubmatch(s); n != nil {
+		txns, _ := strconv.ParseFloat(n[1], 64)
+		if txns > 0 {
+			r.benchUS = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds() * 1e6 / txns
+			r.txns = txns
+		}
+	}
+	return r, nil
+}
+
+var txRe = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat CPU times.
+const clockTick = 100
+
+// procCPU is the user+system CPU time of the processes in pids.
+func procCPU(pids []int) time.Duration {
+	var total time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command name: state is field 3,
+		// utime 14, stime 15.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(u+st) * time.Second / clockTick
+	}
+	return total
+}
+
+// postgresCPU is the CPU time used so far by the cluster in dataDir: its
+// postmaster, every live child, and the children already reaped (whose time
+// the kernel adds to the postmaster's cutime/cstime), so per-connection
+// backends that come and go between two samples are counted.
+func postgresCPU(dataDir string) time.Duration {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pm, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return 0
+	}
+	var total time.Duration
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f := procStat(pid)
+		if len(f) < 15 {
+			continue
+		}
+		n := func(i int) time.Duration {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			return time.Duration(v) * time.Second / clockTick
+		}
+		switch {
+		case pid == pm:
+			total += n(11) + n(12) + n(13) + n(14) // utime stime cutime cstime
+		case f[1] == strconv.Itoa(pm):
+			total += n(11) + n(12)
+		}
+	}
+	return total
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name
+// (field 3, the state, first).
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// selfCPU is this process's user+system CPU time (the in-process routers).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func printTable(w io.Writer, rs []result, o options) {
-	fmt.Fprintf(w, "point select, %d clients, %d threads, %s per case, %d tenants, %d rows, %d shards, pool %d per node\n\n",
-		o.clients, o.threads, o.duration, o.tenants, o.rows, o.shards, o.poolSize)
+	fmt.Fprintf(w, "point select, %d clients, %d threads, %s per case, %d tenants, %d rows, %d shards, pool %d per node, %d round(s)\n\n",
+		o.clients, o.threads, o.duration, o.tenants, o.rows, o.shards, o.poolSize, max(o.rounds, 1))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\t")
-	direct := map[string]float64{}  // mode/workload → TPS
-	bouncer := map[string]float64{} // mode → TPS
+	fmt.Fprintln(tw, "round\tmode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\tproxy CPU µs/txn\tpostgres µs/txn\tpgbench µs/txn\t")
+	// Ratios compare cases of the same round.
+	direct := map[string]float64{}  // round/mode/workload → TPS
+	bouncer := map[string]float64{} // round/mode → TPS
 	for _, r := range rs {
 		switch {
 		case r.skipped != "":
 		case r.target == "direct":
-			direct[r.mode+"/"+r.workload] = r.tps
+			direct[fmt.Sprint(r.round, "/", r.mode, "/", r.workload)] = r.tps
 		case r.target == "pgbouncer":
-			bouncer[r.mode] = r.tps
+			bouncer[fmt.Sprint(r.round, "/", r.mode)] = r.tps
 		}
 	}
 	ratio := func(x, y float64) string {
@@ -305,15 +449,22 @@ func printTable(w io.Writer, rs []result, o options) {
 	}
 	for _, r := range rs {
 		if r.skipped != "" {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t–\t–\t–\t–\t\n", r.mode, r.target, r.workload)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t–\t–\t–\t–\t–\t–\t–\t\n", r.round, r.mode, r.target, r.workload)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t\n", r.mode, r.target, r.workload, r.tps, r.latency,
-			ratio(r.tps, direct[r.mode+"/"+r.workload]), ratio(r.tps, bouncer[r.mode]))
+		proxy := "–"
+		if r.target != "direct" {
+			proxy = fmt.Sprintf("%.1f", r.proxyUS)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t%s\t%.1f\t%.1f\t\n", r.round, r.mode, r.target, r.workload, r.tps, r.latency,
+			ratio(r.tps, direct[fmt.Sprint(r.round, "/", r.mode, "/", r.workload)]), ratio(r.tps, bouncer[fmt.Sprint(r.round, "/", r.mode)]),
+			proxy, r.pgUS, r.benchUS)
 	}
 	tw.Flush()
+	seen := map[string]bool{}
 	for _, r := range rs {
-		if r.skipped != "" {
+		if k := r.mode + r.target; r.skipped != "" && !seen[k] {
+			seen[k] = true
 			fmt.Fprintf(w, "\n%s %s: %s\n", r.mode, r.target, r.skipped)
 		}
 	}
@@ -331,13 +482,13 @@ func findPgbouncer() (string, error) {
 
 // startPgbouncer runs pgbouncer in transaction mode in front of the node on
 // pgPort, as the postgres OS user when we are root (pgbouncer refuses root).
-func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize int) (int, func(), error) {
+func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize int) (int, int, func(), error) {
 	port, err := localpg.FreePort()
 	if err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	ini := fmt.Sprintf(`[databases]
 bench = host=127.0.0.1 port=%d dbname=bench user=postgres
@@ -355,28 +506,28 @@ ignore_startup_parameters = extra_float_digits,options
 logfile = %s
 `, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
 	if err := os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(`"postgres" ""`+"\n"), 0o644); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			return 0, nil, fmt.Errorf("pgbouncer refuses to run as root and there is no postgres user: %w", err)
+			return 0, 0, nil, fmt.Errorf("pgbouncer refuses to run as root and there is no postgres user: %w", err)
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		if err := os.Chown(dir, uid, gid); err != nil {
-			return 0, nil, err
+			return 0, 0, nil, err
 		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		return 0, nil, fmt.Errorf("start pgbouncer: %w", err)
+		return 0, 0, nil, fmt.Errorf("start pgbouncer: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
@@ -397,17 +548,17 @@ logfile = %s
 		cancel()
 		if err == nil {
 			conn.Close(ctx)
-			return port, stop, nil
+			return port, cmd.Process.Pid, stop, nil
 		}
 		select {
 		case <-exited:
 			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-			return 0, nil, fmt.Errorf("pgbouncer exited: %s%s", out.String(), log)
+			return 0, 0, nil, fmt.Errorf("pgbouncer exited: %s%s", out.String(), log)
 		default:
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return 0, nil, fmt.Errorf("pgbouncer did not accept connections: %w", err)
+			return 0, 0, nil, fmt.Errorf("pgbouncer did not accept connections: %w", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
