@@ -195,10 +195,15 @@ func (c *moveCluster) startRouter(wrap func(func(context.Context, *placement.Map
 	r := &followRouter{srv: srv, addr: srv.Addr().String(), done: make(chan struct{})}
 	r.id = fmt.Sprintf("e2e/%s/%d", r.addr, c.nRouter)
 	c.mu.Unlock()
-	if err := c.cat.Heartbeat(ctx, r.id, r.addr, 0); err != nil {
+	// Like a router process, it has its own catalog connections.
+	rcat := catalog.New(c.catDSN, c.logger.With("component", "catalog", "router", r.id))
+	if err := rcat.Open(ctx); err != nil {
+		c.t.Fatalf("router: open catalog: %v", err)
+	}
+	if err := rcat.Heartbeat(ctx, r.id, r.addr, 0); err != nil {
 		c.t.Fatalf("register router: %v", err)
 	}
-	m, err := c.cat.LoadMap(ctx)
+	m, err := rcat.LoadMap(ctx)
 	if err != nil {
 		c.t.Fatalf("load map: %v", err)
 	}
@@ -228,9 +233,9 @@ func (c *moveCluster) startRouter(wrap func(func(context.Context, *placement.Map
 	}()
 	go func() {
 		defer wg.Done()
-		c.cat.Follow(sctx, r.id, r.addr, 200*time.Millisecond, apply)
+		rcat.Follow(sctx, r.id, r.addr, 200*time.Millisecond, apply)
 	}()
-	go func() { wg.Wait(); close(r.done) }()
+	go func() { wg.Wait(); rcat.Close(); close(r.done) }()
 	c.mu.Lock()
 	c.routers = append(c.routers, r)
 	c.mu.Unlock()
