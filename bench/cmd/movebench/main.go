@@ -258,10 +258,15 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 	}
 	e.addr = e.srv.Addr().String()
 	id := "movebench/" + e.addr
-	if err := e.cat.Heartbeat(ctx, id, e.addr, 0); err != nil {
+	// The router has its own catalog connections, as a router process does.
+	rcat := catalog.New(catDSN, log)
+	if err := rcat.Open(ctx); err != nil {
 		return nil, err
 	}
-	m, err := e.cat.LoadMap(ctx)
+	if err := rcat.Heartbeat(ctx, id, e.addr, 0); err != nil {
+		return nil, err
+	}
+	m, err := rcat.LoadMap(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -272,8 +277,8 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); e.srv.Serve(sctx) }()
-	go func() { defer wg.Done(); e.cat.Follow(sctx, id, e.addr, time.Second, e.srv.SetMap) }()
-	e.stop = func() { cancel(); wg.Wait(); e.cat.Close() }
+	go func() { defer wg.Done(); rcat.Follow(sctx, id, e.addr, time.Second, e.srv.SetMap) }()
+	e.stop = func() { cancel(); wg.Wait(); rcat.Close(); e.cat.Close() }
 	return e, nil
 }
 
