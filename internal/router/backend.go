@@ -45,7 +45,21 @@ func (ss *session) sendPendingBegin(tenant string) {
 	if ss.pendingBegin == "" || tenant == anyTenant || tenant == descTenant {
 		return
 	}
-	ss.out = wire.AppendQuery(ss.out[:0], ss.pendingBegin)
+	q := ss.pendingBegin
+	if ss.localSetup {
+		// The shard's search_path and the tenant id for this transaction
+		// only, in the BEGIN's round trip: the backend's session values
+		// (be.Schema, be.Tenant) come back when it ends.
+		ss.localSetup, ss.localOpen = false, false
+		ss.localOpen = true
+		be := ss.be
+		q += "\n;SELECT "
+		if be.Schema != ss.wantSchema {
+			q += "pg_catalog.set_config('search_path', " + quoteLiteral(pgx.Identifier{ss.wantSchema}.Sanitize()) + ", true), "
+		}
+		q += "pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.wantTenant) + ", true)"
+	}
+	ss.out = wire.AppendQuery(ss.out[:0], q)
 	ss.be.W.Write(ss.out)
 	ss.be.Unnamed = nil
 	ss.push(expect{kind: eQuery, swallow: true})
@@ -289,14 +303,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		tid = ""
 	}
 	ss.wantSchema, ss.wantTenant = schema, tid
-	if ss.pendingBegin == "" && be.SessionSig == ss.sig {
-		// Only search_path and the tenant id may differ: the caller sends
-		// them with the client's statement (writeSetup) or on their own
-		// (flushSetup).
-		ss.deferSetup(be, schema, tid)
-	} else {
-		ss.setup(be, schema, tid)
-	}
+	ss.chooseSetup(tenant)
 	ss.sendPendingBegin(tenant)
 	return nil
 }
@@ -309,22 +316,48 @@ func (ss *session) resetup() {
 	if ss.status != 'I' || ss.setupDue || (be.Schema == ss.wantSchema && be.Tenant == ss.wantTenant) || ss.backendPending() {
 		return
 	}
-	if ss.pendingBegin == "" && be.SessionSig == ss.sig {
+	ss.chooseSetup(ss.beTenant)
+}
+
+// chooseSetup arranges for the attached backend to get wantSchema and
+// wantTenant before the client's next statement runs on it: with a deferred
+// BEGIN, as transaction-local settings in the same Query (sendPendingBegin);
+// otherwise, when only they differ, with the client's statement
+// (deferSetup); else (session settings differ) as a Query of its own.
+func (ss *session) chooseSetup(tenant string) {
+	be := ss.be
+	switch {
+	case be.SessionSig != ss.sig:
+		ss.setup(be, ss.wantSchema, ss.wantTenant)
+	case ss.pendingBegin != "" && tenant != anyTenant && tenant != descTenant && ss.srv.cfg.PoolMode == PoolTransaction:
+		// Transaction mode only: the backend goes back to the pool when
+		// the transaction ends (localOpen makes sure nothing else is sent
+		// on it before), so its reverted session values are never used.
+		ss.localSetup = be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant
+	case ss.pendingBegin == "":
 		ss.deferSetup(be, ss.wantSchema, ss.wantTenant)
-	} else {
+	default:
 		ss.setup(be, ss.wantSchema, ss.wantTenant)
 	}
 }
 
 // setupStmt is the statement prepared on every backend connection that
-// sets the shard's search_path and the tenant id in one Bind/Execute.
+// sets the shard's search_path and the tenant id in one Bind/Execute;
+// setupTenantStmt sets the tenant id alone, for a backend already on the
+// shard's schema (the pool prefers those).
 const (
-	setupStmt = "pgtenant_setup"
-	setupSQL  = "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('pgtenant.tenant_id', $2, false)"
+	setupStmt       = "pgtenant_setup"
+	setupSQL        = "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('pgtenant.tenant_id', $2, false)"
+	setupTenantStmt = "pgtenant_setup_tenant"
+	setupTenantSQL  = "SELECT pg_catalog.set_config('pgtenant.tenant_id', $1, false)"
 )
 
-// setupTypes declares setupSQL's two parameters as text.
-var setupTypes = []byte{0, 2, 0, 0, 0, 25, 0, 0, 0, 25}
+// setupTypes declares setupSQL's two parameters as text; setupTenantTypes
+// setupTenantSQL's one.
+var (
+	setupTypes       = []byte{0, 2, 0, 0, 0, 25, 0, 0, 0, 25}
+	setupTenantTypes = []byte{0, 1, 0, 0, 0, 25}
+)
 
 // deferSetup records that be needs search_path = schema and tenant id
 // tenant before the client's first statement on it, unless it has them.
@@ -333,13 +366,16 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 		return
 	}
 	ss.setupDue = true
-	ss.setupPath = pgx.Identifier{schema}.Sanitize()
+	ss.setupPath = ""
+	if be.Schema != schema {
+		ss.setupPath = pgx.Identifier{schema}.Sanitize()
+	}
 	ss.setupTenant = tenant
 	be.Schema, be.Tenant = schema, tenant
 }
 
-// writeSetup sends the deferred setup as Bind/Execute of the prepared
-// setupStmt, without a Sync: it runs in the same implicit transaction as
+// writeSetup sends the deferred setup as Bind/Execute of a prepared
+// setup statement, without a Sync: it runs in the same implicit transaction as
 // the client's statement that follows (one round trip, one ReadyForQuery,
 // no statement text to parse). Callers use it only before a single DML
 // statement (stmtInfo.dml), which can run inside such a transaction. The
@@ -352,20 +388,29 @@ func (ss *session) writeSetup() {
 	}
 	ss.setupDue = false
 	be := ss.be
-	if _, ok := be.Prepared[setupStmt]; !ok {
-		be.Prepared[setupStmt] = struct{}{}
-		ss.out = wire.AppendParse(ss.out[:0], setupStmt, setupSQL, setupTypes)
-		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
-		ss.push(expect{kind: eParse, swallow: true, name: setupStmt, setup: true})
+	name, sql, types := setupStmt, setupSQL, setupTypes
+	if ss.setupPath == "" {
+		name, sql, types = setupTenantStmt, setupTenantSQL, setupTenantTypes
 	}
-	// Bind: unnamed portal, no parameter formats (text), two values, no
+	if _, ok := be.Prepared[name]; !ok {
+		be.Prepared[name] = struct{}{}
+		ss.out = wire.AppendParse(ss.out[:0], name, sql, types)
+		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
+		ss.push(expect{kind: eParse, swallow: true, name: name, setup: true})
+	}
+	// Bind: unnamed portal, no parameter formats (text), the values, no
 	// result formats (text).
 	b := ss.out[:0]
 	b = append(b, 0)
-	b = append(b, setupStmt...)
-	b = append(b, 0, 0, 0, 0, 2)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupPath)))
-	b = append(b, ss.setupPath...)
+	b = append(b, name...)
+	b = append(b, 0, 0, 0)
+	if ss.setupPath != "" {
+		b = append(b, 0, 2)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupPath)))
+		b = append(b, ss.setupPath...)
+	} else {
+		b = append(b, 0, 1)
+	}
 	b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupTenant)))
 	b = append(b, ss.setupTenant...)
 	b = append(b, 0, 0)
@@ -387,8 +432,11 @@ func (ss *session) flushSetup() {
 		return
 	}
 	ss.setupDue = false
-	q := "SELECT pg_catalog.set_config('search_path', " + quoteLiteral(ss.setupPath) +
-		", false), pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.setupTenant) + ", false)"
+	q := "SELECT "
+	if ss.setupPath != "" {
+		q += "pg_catalog.set_config('search_path', " + quoteLiteral(ss.setupPath) + ", false), "
+	}
+	q += "pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.setupTenant) + ", false)"
 	ss.out = wire.AppendQuery(ss.out[:0], q)
 	ss.be.W.Write(ss.out)
 	ss.be.Unnamed = nil
@@ -505,6 +553,7 @@ func (ss *session) releaseBackend() {
 		be.Schema, be.Tenant = "\x00", "\x00"
 		ss.setupDue, ss.setupOpen = false, false
 	}
+	ss.localSetup, ss.localOpen = false, false
 	ss.be = nil
 	ss.beCur.Store(nil)
 	if ss.beGate != nil {
@@ -604,6 +653,9 @@ func (ss *session) drain(all bool) error {
 			}
 			swallow := e.swallow
 			ss.pop()
+			if ss.localOpen && ss.status == 'I' {
+				ss.localOpen = false
+			}
 			if ss.setupOpen {
 				if ss.status == 'I' {
 					ss.setupOpen = false // committed

@@ -381,7 +381,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery})
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen {
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}
@@ -685,7 +685,7 @@ func (ss *session) onSync([]byte) *wire.Error {
 	}
 	// A setup sent with the transaction just ended is rolled back with it:
 	// learn its fate before anything else is sent on the backend.
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen {
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}

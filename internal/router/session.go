@@ -103,13 +103,22 @@ type session struct {
 	listening    bool
 
 	// setupDue: the attached backend still needs setupPath (a quoted
-	// identifier) and setupTenant, sent by writeSetup or flushSetup.
+	// identifier; "" when its search_path is right already) and
+	// setupTenant, sent by writeSetup or flushSetup.
 	setupDue    bool
 	setupPath   string
 	setupTenant string
 	// setupOpen: a setup sent by writeSetup awaits its ReadyForQuery; no
 	// further client message is handled until it arrives.
 	setupOpen bool
+	// localSetup: sendPendingBegin sets wantSchema and wantTenant for the
+	// transaction it opens.
+	localSetup bool
+	// localOpen: a transaction opened with transaction-local settings
+	// awaits its end; each Query and Sync is answered before the next
+	// client message is handled, so nothing runs on the backend after the
+	// settings revert.
+	localOpen bool
 	// wantSchema and wantTenant are what the attached backend is set up for.
 	wantSchema, wantTenant string
 

@@ -12,7 +12,8 @@ import (
 // that carries the router's search_path/tenant setup (sent with the
 // client's first statement on a backend) does not leave the next
 // statements on the previous tenant's schema, also when they were
-// pipelined behind the failing one.
+// pipelined behind the failing one; and the same for statements pipelined
+// behind the end of an explicit transaction.
 func TestSetupRolledBack(t *testing.T) {
 	const query = "/* tenant: %s */ SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"
 	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
@@ -90,6 +91,21 @@ func TestSetupRolledBack(t *testing.T) {
 					}
 					if got[0] != "22012" || got[1] != "0/t0" {
 						t.Fatalf("round %d: got %v, want [22012 0/t0]", round, got)
+					}
+				}
+				// An explicit transaction (settings local to it in
+				// transaction mode), ended and followed by a statement in
+				// the same write: the backend's session values come back at
+				// COMMIT and must not serve that statement.
+				for _, end := range []string{"COMMIT", "ROLLBACK"} {
+					send(fmt.Sprintf(query, "t2"))
+					if got := receive(1); got[0] != "2/t2" {
+						t.Fatalf("t2 got %v", got)
+					}
+					send("BEGIN", fmt.Sprintf(query, "t0"), end, fmt.Sprintf(query, "t0"), fmt.Sprintf(query, "t2"))
+					got := receive(5)
+					if got[1] != "0/t0" || got[3] != "0/t0" || got[4] != "2/t2" {
+						t.Fatalf("BEGIN; t0; %s; t0; t2: got %v", end, got)
 					}
 				}
 			})

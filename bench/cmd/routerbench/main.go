@@ -23,6 +23,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,6 +44,7 @@ type options struct {
 	scripts                                           string
 	rounds                                            int
 	cpuprofile                                        string
+	only                                              []string
 }
 
 func main() {
@@ -58,9 +60,14 @@ func main() {
 	flag.StringVar(&modes, "modes", "simple,extended,prepared", "pgbench protocol modes (-M)")
 	flag.IntVar(&o.rounds, "rounds", 1, "run every case this many times, interleaved (round 1 of every target, then round 2, …), to expose noise")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process routers) taken during the pgtenant cases to this file")
+	var only string
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (2 nodes)\"); empty means all")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
+	if only != "" {
+		o.only = strings.Split(only, ",")
+	}
 	if o.scripts == "" {
 		_, file, _, _ := runtime.Caller(0)
 		o.scripts = filepath.Join(filepath.Dir(file), "..", "..", "pgbench")
@@ -72,6 +79,23 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// routerTxnSQL is the pgtenant counterpart of pgbench/direct_txn.sql: the
+// same four statements, the tenant chosen for the transaction with a bind
+// parameter. (Written to the temp directory at run time.)
+const (
+	routerTxnScript = "router_txn.sql"
+	routerTxnSQL    = `-- Point select through pgtenant, -M extended and -M prepared, as four
+-- statements in one transaction, like direct_txn.sql: the router answers
+-- BEGIN and the set_config itself and sends them with the SELECT.
+\set tid random(0, :ntenants - 1)
+\set k random(1, :rows_per_tenant)
+BEGIN;
+SELECT set_config('pgtenant.tenant', :tid, true);
+SELECT balance FROM accounts WHERE id = :tid::int * :rows_per_tenant + :k;
+END;
+`
+)
 
 // result is one pgbench run.
 type result struct {
@@ -105,6 +129,9 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		return err
 	}
 
+	if err := os.WriteFile(filepath.Join(root, routerTxnScript), []byte(routerTxnSQL), 0o644); err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	rowsPer := o.rows / o.tenants
 	if rowsPer < 1 {
@@ -214,10 +241,15 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_txn.sql", "4 stmts"},
 					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts"},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts"},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts"},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts"},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts"},
 				}
 			}
 			for _, tg := range targets {
+				if len(o.only) > 0 && !slices.Contains(o.only, tg.name) {
+					continue
+				}
 				if tg.name == "pgbouncer" && mode == "prepared" {
 					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 					continue
@@ -232,7 +264,11 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 				pgCPU := func() time.Duration { return postgresCPU(nodes["a"].DataDir()) + postgresCPU(nodes["b"].DataDir()) }
 				pg0, self0, bouncer0 := pgCPU(), selfCPU(), procCPU([]int{bouncerPID})
-				r, err := runPgbench(ctx, pgbench, tg.addr, filepath.Join(o.scripts, tg.script), mode, o, rowsPer)
+				script := filepath.Join(o.scripts, tg.script)
+				if tg.script == routerTxnScript {
+					script = filepath.Join(root, routerTxnScript)
+				}
+				r, err := runPgbench(ctx, pgbench, tg.addr, script, mode, o, rowsPer)
 				if err == nil && r.txns > 0 {
 					us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / r.txns }
 					r.pgUS = us(pgCPU() - pg0)
