@@ -24,10 +24,16 @@ func TestMain(m *testing.M) {
 // pgtenant runs the CLI in-process and returns its exit code and output.
 func pgtenant(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	return pgtenantIn(t, "", args...)
+}
+
+// pgtenantIn is pgtenant with stdin.
+func pgtenantIn(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	code := run(ctx, args, &out, &errOut)
+	code := run(ctx, args, strings.NewReader(stdin), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 

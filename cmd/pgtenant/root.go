@@ -79,6 +79,7 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 		group(newShardCmd(a)),
 		newRouterCmd(a),
 		group(newTenantCmd(a)),
+		group(newUserCmd(a)),
 		group(newMigrateCmd(a)),
 		group(newDevCmd(a)),
 		newDemoCmd(a),

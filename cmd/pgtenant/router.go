@@ -10,10 +10,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/router"
 )
 
@@ -72,9 +74,6 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 	default:
 		return usagef("pool mode %q: use transaction or session", cfg.PoolMode)
 	}
-	if cfg.Auth != router.AuthTrust && len(cfg.Users) == 0 {
-		return usagef("auth %s needs users: add 'router: users: {name: password}' to the config file, or use --auth trust on a trusted network", cfg.Auth)
-	}
 	cfg.Pool.MaxSize = rc.PoolSize
 	if f := cmd.Flag("pool-size"); f.Changed || rc.PoolSize == 0 {
 		fmt.Sscan(f.Value.String(), &cfg.Pool.MaxSize)
@@ -92,6 +91,30 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	defer cat.Close()
+	// Catalog users, reloaded with every map change (their table notifies too).
+	var users atomic.Pointer[map[string]router.Credential]
+	loadUsers := func(ctx context.Context) error {
+		list, err := cat.Users(ctx)
+		if err != nil {
+			return err
+		}
+		byName := make(map[string]router.Credential, len(list))
+		for _, u := range list {
+			byName[u.Name] = router.Credential{SCRAM: u.SCRAM, MD5: u.MD5}
+		}
+		users.Store(&byName)
+		return nil
+	}
+	if err := loadUsers(ctx); err != nil {
+		return err
+	}
+	if cfg.Auth != router.AuthTrust && len(cfg.Users) == 0 && len(*users.Load()) == 0 {
+		fmt.Fprintf(a.stderr, "warning: auth %s and no users yet: add one with `pgtenant user add NAME` (or 'router: users:' in the config file)\n", cfg.Auth)
+	}
+	cfg.Credentials = func(user string) (router.Credential, bool) {
+		c, ok := (*users.Load())[user]
+		return c, ok
+	}
 	srv := router.New(cfg)
 	if err := srv.Open(ctx); err != nil {
 		return err
@@ -120,7 +143,12 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 	defer cancel()
 	errc := make(chan error, 3)
 	go func() {
-		errc <- cat.Follow(ctx, id, addr, time.Second, srv.SetMap)
+		errc <- cat.Follow(ctx, id, addr, time.Second, func(ctx context.Context, m *placement.Map) error {
+			if err := loadUsers(ctx); err != nil {
+				a.logger.Warn("reload router users; keeping the previous ones", "err", err)
+			}
+			return srv.SetMap(ctx, m)
+		})
 	}()
 	if ml := setting(cmd, "metrics-listen", "PGTENANT_METRICS_LISTEN", rc.MetricsListen); ml != "" {
 		mux := http.NewServeMux()

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+func newUserCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "user",
+		Short: "Manage the users that log in to the router",
+		Long: `Manage router users kept in the catalog. Every router following the catalog
+picks up changes within a second. Only verifiers are stored (SCRAM-SHA-256 and
+md5, as Postgres stores them), never the password.
+
+Users in the config file's 'router: users:' section are checked first; catalog
+users are consulted for any other name. The router logs in to the nodes with
+the nodes' own connection strings, not as these users.`,
+	}
+	var stdin bool
+	set := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Create a router user, or change its password",
+		Example: `  pgtenant user add app                        # asks for the password
+  printf '%s' "$APP_PASSWORD" | pgtenant user add app --password-stdin`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			password, err := a.readPassword(cmd.InOrStdin(), stdin)
+			if err != nil {
+				return err
+			}
+			scram, err := wire.SCRAMVerifier(password, 4096)
+			if err != nil {
+				return err
+			}
+			u := catalog.User{Name: args[0], SCRAM: scram, MD5: wire.MD5Hash(args[0], password)}
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if err := c.SetUser(ctx, u); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "user %s saved\n", u.Name)
+				return nil
+			})(cmd, args)
+		},
+	}
+	set.Flags().BoolVar(&stdin, "password-stdin", false, "read the password from standard input instead of asking")
+	cmd.AddCommand(set, &cobra.Command{
+		Use:     "list",
+		Short:   "List router users",
+		Example: `  pgtenant user list`,
+		Args:    cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			users, err := c.Users(ctx)
+			if err != nil {
+				return err
+			}
+			w := a.table("USER")
+			for _, u := range users {
+				row(w, u.Name)
+			}
+			return w.Flush()
+		}),
+	}, &cobra.Command{
+		Use:     "remove NAME",
+		Short:   "Remove a router user",
+		Example: `  pgtenant user remove app`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if err := c.RemoveUser(ctx, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "user %s removed\n", args[0])
+				return nil
+			})(cmd, args)
+		},
+	})
+	return cmd
+}
+
+// readPassword reads a password from stdin (one line, or all of it when not a
+// terminal with --password-stdin), asking without echo on a terminal.
+func (a *app) readPassword(in io.Reader, fromStdin bool) (string, error) {
+	if f, ok := in.(*os.File); ok && !fromStdin && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(a.stderr, "password: ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(a.stderr)
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		return string(b), nil
+	}
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", fmt.Errorf("read password: %w", err)
+	}
+	password := strings.TrimRight(line, "\r\n")
+	if password == "" {
+		return "", usagef("empty password: give it on standard input (--password-stdin) or at the prompt")
+	}
+	return password, nil
+}
