@@ -28,6 +28,19 @@
 // to one tenant: naming another tenant inside it is refused with SQLSTATE
 // 25001.
 //
+// A pooled backend's search_path and pgtenant.tenant_id are set, when it
+// does not have them already (the pool prefers connections on the right
+// schema), within the client's own round trip, without a statement text
+// for the server to parse: before a single DML statement (SELECT, INSERT,
+// UPDATE, DELETE, WITH, VALUES, TABLE, MERGE) as Bind/Execute of a
+// statement prepared once per connection, in that statement's implicit
+// transaction; with a deferred BEGIN in transaction mode, as
+// transaction-local settings in the BEGIN's Query; otherwise as a Query of
+// its own, pipelined before the client's. A setup whose transaction fails
+// is forgotten and sent again. While such a transaction is open the router
+// answers each Query and Sync before it reads the client's next message,
+// so nothing pipelined behind it runs with the settings it may revert.
+//
 // Session settings (SET outside a transaction, startup parameters such as
 // application_name) are recorded per client and replayed on whichever backend
 // the client lands on (RESET ALL first when the backend carries another
@@ -53,6 +66,12 @@
 // prepares them lazily, under router-unique names, on whichever backend a
 // Bind or Describe lands on. A consequence: an invalid statement's error is
 // reported at its first Bind or Describe rather than at Parse.
+//
+// # Authentication
+//
+// scram-sha-256 (the default), md5 or trust, for users in Config.Users
+// (plaintext passwords) or known to Config.Credentials (stored SCRAM
+// verifiers or md5 hashes, as PostgreSQL keeps them).
 //
 // # SQLSTATEs sent by the router itself
 //
