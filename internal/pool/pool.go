@@ -341,9 +341,10 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("hijack: %w", err)
 	}
 	now := time.Now()
+	rw := wire.RawIO(h.Conn)
 	return &Conn{
-		R:        wire.NewReader(h.Conn, 32<<10, p.cfg.MaxMessage),
-		W:        bufio.NewWriterSize(h.Conn, 32<<10),
+		R:        wire.NewReader(rw, 32<<10, p.cfg.MaxMessage),
+		W:        bufio.NewWriterSize(rw, 32<<10),
 		PID:      h.PID,
 		Secret:   h.SecretKey,
 		Params:   h.ParameterStatuses,

@@ -140,7 +140,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	defer nc.Close()
 	s.m.ClientTotal.Inc()
 	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
-	cr := wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
+	cr := wire.NewReader(wire.RawIO(nc), 16<<10, s.cfg.MaxMessage)
 	var st wire.Startup
 	for {
 		b, err := cr.ReadStartup()
@@ -186,7 +186,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		srv:      s,
 		nc:       nc,
 		cr:       cr,
-		cw:       bufio.NewWriterSize(nc, 32<<10),
+		cw:       bufio.NewWriterSize(wire.RawIO(nc), 32<<10),
 		ctx:      ctx,
 		user:     st.Params["user"],
 		remote:   nc.RemoteAddr().String(),
