@@ -130,6 +130,9 @@ func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Durati
 	}()
 	err := c.Watch(ctx, WatchOptions{}, func(ctx context.Context, m *placement.Map) error {
 		if err := apply(ctx, m); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // superseded by a newer map
+			}
 			// Not acknowledged: a mover waiting on this version times out
 			// and aborts rather than trusting this router.
 			c.logger.Error("apply map", "map_version", m.Version, "err", err)

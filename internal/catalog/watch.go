@@ -22,7 +22,10 @@ type WatchOptions struct {
 }
 
 // Watch follows the map: it LISTENs on Channel, loads the map, and calls apply
-// with every new version (and once at start). When the catalog becomes
+// with every new version (and once at start). Calls of apply never overlap;
+// while one runs Watch keeps listening, and a newer map cancels the running
+// apply's context (its version then counts as not applied) and is applied
+// next. When the catalog becomes
 // unreachable it keeps retrying; the caller keeps serving from the last map it
 // was given. Watch returns when ctx ends, or when apply returns an error.
 func (c *Catalog) Watch(ctx context.Context, opts WatchOptions, apply func(context.Context, *placement.Map) error) error {
@@ -55,6 +58,15 @@ type applyError struct{ err error }
 
 func (e applyError) Error() string { return e.err.Error() }
 
+// running is an apply in flight. Watch keeps listening while it runs: a
+// newer map cancels it (so a router waiting for a fenced shard's transactions
+// to drain moves on at once when the fence is lifted) and is applied after it.
+type running struct {
+	version int64
+	cancel  context.CancelFunc
+	done    chan error
+}
+
 func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int64, apply func(context.Context, *placement.Map) error) error {
 	conn, err := pgx.Connect(ctx, c.dsn)
 	if err != nil {
@@ -64,6 +76,25 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	var cur *running
+	// settle records the outcome of the apply in flight once it has returned.
+	settle := func(r *running, err error) error {
+		switch {
+		case err == nil:
+			*applied = r.version
+		case errors.Is(err, context.Canceled) && ctx.Err() == nil:
+			// superseded by a newer map
+		default:
+			return applyError{err}
+		}
+		return nil
+	}
+	defer func() {
+		if cur != nil {
+			cur.cancel()
+			<-cur.done
+		}
+	}()
 	reload := func() error {
 		var m *placement.Map
 		err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
@@ -74,20 +105,40 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 		if err != nil {
 			return fmt.Errorf("load map: %w", err)
 		}
+		if cur != nil {
+			if cur.version == m.Version {
+				return nil
+			}
+			cur.cancel()
+			err := <-cur.done
+			r := cur
+			cur = nil
+			if err := settle(r, err); err != nil {
+				return err
+			}
+		}
 		if m.Version == *applied {
 			return nil
 		}
-		if err := apply(ctx, m); err != nil {
-			return applyError{err}
-		}
-		*applied = m.Version
+		actx, cancel := context.WithCancel(ctx)
+		r := &running{version: m.Version, cancel: cancel, done: make(chan error, 1)}
+		go func() {
+			err := apply(actx, m)
+			cancel()
+			r.done <- err
+		}()
+		cur = r
 		return nil
 	}
 	if err := reload(); err != nil {
 		return err
 	}
 	for {
-		wctx, cancel := context.WithTimeout(ctx, opts.Poll)
+		wait := opts.Poll
+		if cur != nil {
+			wait = 20 * time.Millisecond // notice the apply finishing
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		_, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -96,7 +147,21 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("wait for notification: %w", err)
 		}
-		if err != nil { // poll: is the version still ours?
+		if cur != nil {
+			select {
+			case err := <-cur.done:
+				r := cur
+				cur = nil
+				if err := settle(r, err); err != nil {
+					return err
+				}
+			default:
+			}
+		}
+		if err != nil { // timed out: poll whether the version is still ours
+			if cur != nil {
+				continue
+			}
 			var v int64
 			if err := conn.QueryRow(ctx, `SELECT version FROM pgtenant.map_version`).Scan(&v); err != nil {
 				return fmt.Errorf("poll map version: %w", err)

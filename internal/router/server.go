@@ -189,6 +189,7 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 		if sh.State == placement.StateFenced {
 			if !g.fenced {
 				g.fenced = true
+				g.fencedAt = time.Now()
 				g.release = make(chan struct{})
 				s.log.Info("shard fenced", "shard", sh.ID, "node", sh.Node)
 			}
@@ -217,16 +218,38 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 	if len(fenced) == 0 {
 		return nil
 	}
-	deadline := time.NewTimer(s.cfg.FenceGrace)
-	defer deadline.Stop()
+	// Wait for the fenced shards' in-flight transactions to end; cut those
+	// still open when their shard's grace (counted from when it was first
+	// fenced, so re-applying a fenced map does not extend it) runs out. A
+	// cancelled ctx means a newer map supersedes this one (or the router is
+	// stopping): return without cutting anything.
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
-wait:
 	for {
 		busy := false
+		now := time.Now()
 		for _, g := range fenced {
 			g.mu.Lock()
-			busy = busy || len(g.inflight) > 0
+			if len(g.inflight) > 0 && g.fenced && now.Sub(g.fencedAt) >= s.cfg.FenceGrace {
+				n := 0
+				for _, e := range g.inflight {
+					if !e.cut {
+						e.cut = true
+						n++
+						if e.be != nil {
+							e.be.Kill(&fencedError{shard: g.id})
+						}
+					}
+				}
+				if n > 0 {
+					s.log.Warn("cut transactions on fenced shard", "shard", g.id, "count", n)
+				}
+			}
+			if g.fenced {
+				for _, e := range g.inflight {
+					busy = busy || !e.cut // a cut transaction ends when its session notices
+				}
+			}
 			g.mu.Unlock()
 		}
 		if !busy {
@@ -234,27 +257,10 @@ wait:
 		}
 		select {
 		case <-tick.C:
-		case <-deadline.C:
-			break wait
 		case <-ctx.Done():
-			break wait
+			return ctx.Err()
 		}
 	}
-	for _, g := range fenced {
-		g.mu.Lock()
-		for _, e := range g.inflight {
-			e.cut = true
-			if e.be != nil {
-				e.be.Kill(&fencedError{shard: g.id})
-			}
-		}
-		n := len(g.inflight)
-		g.mu.Unlock()
-		if n > 0 {
-			s.log.Warn("cut transactions on fenced shard", "shard", g.id, "count", n)
-		}
-	}
-	return ctx.Err()
 }
 
 // fencedError is the kill reason of a backend cut by a fence.
@@ -269,6 +275,7 @@ type gate struct {
 	id       int
 	mu       sync.Mutex
 	fenced   bool
+	fencedAt time.Time // when fenced became true; the grace runs from here
 	release  chan struct{}
 	inflight map[*session]*inflight
 }
