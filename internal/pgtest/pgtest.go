@@ -6,8 +6,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,8 +35,12 @@ func Start(name string) (*Server, error) {
 
 // StartWith is Start with extra postgresql.conf settings.
 func StartWith(name string, settings map[string]string) (*Server, error) {
+	reapOrphans()
 	dir, err := os.MkdirTemp("", "pgtenant-test-"+name+"-")
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -55,6 +62,34 @@ func StartWith(name string, settings map[string]string) (*Server, error) {
 		return nil, err
 	}
 	return &Server{Cluster: c, dir: dir}, nil
+}
+
+// ownerFile holds the pid of the test binary that started a server.
+const ownerFile = "owner.pid"
+
+// reapOrphans stops and removes servers left by test binaries that died
+// without cleaning up (killed, or a `go test -timeout` panic).
+func reapOrphans() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtenant-test-*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || processAlive(pid) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		localpg.New(dir, 0).Stop(ctx)
+		cancel()
+		os.RemoveAll(dir)
+	}
+}
+
+func processAlive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	return err == nil && p.Signal(syscall.Signal(0)) == nil
 }
 
 // Stop stops the server and removes its directory.
