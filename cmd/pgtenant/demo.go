@@ -34,6 +34,9 @@ Running it again reuses the cluster and its data. Stop it with
 			opts.Out = a.stdout
 			opts.Logger = a.logger
 			opts.Cluster.Logger = a.logger
+			if !cmd.Flags().Changed("shards") {
+				opts.Cluster.Shards = 0 // the existing cluster's count, or 256
+			}
 			var routerAddr string
 			opts.Started = func(ctx context.Context, cl *devcluster.Cluster) error {
 				addr, err := a.startDevRouter(ctx, cl.Dir)

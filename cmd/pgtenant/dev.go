@@ -32,6 +32,9 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Logger = a.logger
+			if !cmd.Flags().Changed("shards") {
+				opts.Shards = 0 // the existing cluster's count, or 256
+			}
 			cl, err := devcluster.Up(cmd.Context(), opts)
 			if err != nil {
 				return err
@@ -50,7 +53,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 	}
 	up.Flags().StringVar(&opts.Dir, "dir", ".pgtenant", "directory for the servers' data")
 	up.Flags().IntVar(&opts.Nodes, "nodes", 2, "number of Postgres servers")
-	up.Flags().IntVar(&opts.Shards, "shards", 256, "number of logical shards (power of two)")
+	up.Flags().IntVar(&opts.Shards, "shards", 256, "number of logical shards (power of two); an existing cluster keeps its own")
 	up.Flags().BoolVar(&noRouter, "no-router", false, "do not start the router in the background")
 
 	var dir string

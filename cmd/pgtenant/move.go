@@ -114,6 +114,9 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 				if opts.Method == move.MethodCopy {
 					fmt.Fprintf(a.stderr, "note: --method copy pauses shard %d's writes for the whole copy\n", shard)
 				}
+				pctx, stop := context.WithCancel(ctx)
+				defer stop()
+				go a.showMoveProgress(pctx, m, time.Second)
 				res, err := m.Move(ctx, shard, to, opts)
 				if err != nil {
 					return err
@@ -293,7 +296,11 @@ func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, pla
 	}
 	var mu sync.Mutex
 	done := 0
-	sum := a.mover(c, f).MoveAll(ctx, plans, f.parallel, opts, func(o move.Outcome) {
+	m := a.mover(c, f)
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go a.showMoveProgress(pctx, m, time.Second)
+	sum := m.MoveAll(ctx, plans, f.parallel, opts, func(o move.Outcome) {
 		mu.Lock()
 		defer mu.Unlock()
 		done++

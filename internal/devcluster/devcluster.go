@@ -39,7 +39,8 @@ type Options struct {
 	Dir string
 	// Nodes is the number of Postgres servers. Zero means 2.
 	Nodes int
-	// Shards is the shard count. Zero means 256.
+	// Shards is the shard count. Zero means the existing cluster's, or 256
+	// for a new one.
 	Shards int
 	// Logger, nil means discard.
 	Logger *slog.Logger
@@ -69,9 +70,6 @@ func (o *Options) defaults() {
 	}
 	if o.Nodes == 0 {
 		o.Nodes = 2
-	}
-	if o.Shards == 0 {
-		o.Shards = 256
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -113,7 +111,7 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 		count = len(ex)
 		opts.Logger.Info("keeping existing nodes", "nodes", count)
 	}
-	cl := &Cluster{Dir: abs, Shards: opts.Shards}
+	cl := &Cluster{Dir: abs}
 	for i := 1; i <= count; i++ {
 		c := localpg.New(filepath.Join(abs, nodeName(i)), 0)
 		if err := c.Init(ctx); err != nil {
@@ -141,6 +139,13 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	defer cat.Close()
+	if opts.Shards == 0 {
+		opts.Shards = 256
+		if n, err := cat.ShardCount(ctx); err == nil {
+			opts.Shards = n
+		}
+	}
+	cl.Shards = opts.Shards
 	if err := cat.Init(ctx, opts.Shards); err != nil {
 		if n, err2 := cat.ShardCount(ctx); err2 == nil && n != opts.Shards {
 			return nil, fmt.Errorf("the cluster in %s has %d shards, not %d: run `pgtenant dev down --destroy --dir %s` first, or use another --dir", abs, n, opts.Shards, opts.Dir)

@@ -61,6 +61,9 @@ func TestUpTwiceDownTwice(t *testing.T) {
 	if _, err := devcluster.Up(ctx, devcluster.Options{Dir: dir, Nodes: 2, Shards: 32}); err == nil {
 		t.Error("up with another shard count accepted")
 	}
+	if again, err := devcluster.Up(ctx, devcluster.Options{Dir: dir, Nodes: 2}); err != nil || again.Shards != 16 {
+		t.Errorf("up without a shard count: %v shards, %v; want the existing 16", again, err)
+	}
 
 	if err := devcluster.Down(ctx, dir, false); err != nil {
 		t.Fatal(err)
