@@ -32,15 +32,7 @@ func (m *Mover) runCopy(ctx context.Context, mv *moveRun, res *Result) error {
 }
 
 func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
-	if err != nil {
-		return err
-	}
-	names, err := tables(ctx, src, mv.Schema)
+	src, dst, names, err := m.endpoints(ctx, mv)
 	if err != nil {
 		return err
 	}

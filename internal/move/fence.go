@@ -25,15 +25,7 @@ import (
 // Everything before the flip is bounded by FenceTimeout; any failure releases
 // the fence with the shard still on the source.
 func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
-	if err != nil {
-		return err
-	}
-	names, err := tables(ctx, src, mv.Schema)
+	src, dst, names, err := m.endpoints(ctx, mv)
 	if err != nil {
 		return err
 	}
@@ -69,6 +61,21 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 		return fmt.Errorf("release fence after flip: %w", uerr)
 	}
 	return nil
+}
+
+// endpoints connects to the move's source and target and lists the shard's
+// tables on the source.
+func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn, names []string, err error) {
+	if src, err = m.source(ctx, mv); err != nil {
+		return nil, nil, nil, err
+	}
+	if dst, err = m.target(ctx, mv); err != nil {
+		return nil, nil, nil, err
+	}
+	if names, err = tables(ctx, src, mv.Schema); err != nil {
+		return nil, nil, nil, err
+	}
+	return src, dst, names, nil
 }
 
 func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) error {

@@ -589,23 +589,39 @@ func missingRoles(ctx context.Context, src, dst *pgx.Conn, schema string) error 
 		LEFT JOIN LATERAL aclexplode(o.acl) a ON true
 		JOIN pg_roles r ON r.oid = o.owner OR r.oid = a.grantee OR r.oid = a.grantor
 		ORDER BY 1`, schema)
+	missing, err := missingOnTarget(ctx, rows, err, dst, `SELECT rolname FROM pg_roles WHERE rolname = $1`)
 	if err != nil {
-		return fmt.Errorf("list roles of the schema: %w", err)
-	}
-	roles, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("list roles of the schema: %w", err)
-	}
-	var missing []string
-	if err := dst.QueryRow(ctx, `SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest($1::text[]) r
-		WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)`, roles).Scan(&missing); err != nil {
-		return fmt.Errorf("check roles on target: %w", err)
+		return fmt.Errorf("check the schema's roles on the target: %w", err)
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("role(s) %s own or are granted objects of schema %s but do not exist on the target: create them there first",
 			strings.Join(missing, ", "), schema)
 	}
 	return nil
+}
+
+// missingOnTarget collects the names rows (a query on the source, with its
+// error) returns and keeps those for which exists (a query on the target
+// taking the name as $1) finds no row.
+func missingOnTarget(ctx context.Context, rows pgx.Rows, err error, dst *pgx.Conn, exists string) ([]string, error) {
+	if err != nil {
+		return nil, err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, n := range names {
+		var found string
+		switch err := dst.QueryRow(ctx, exists, n).Scan(&found); {
+		case errors.Is(err, pgx.ErrNoRows):
+			missing = append(missing, n)
+		case err != nil:
+			return nil, err
+		}
+	}
+	return missing, nil
 }
 
 // missingExtensions fails when the schema's columns use types of extensions
@@ -617,17 +633,9 @@ func missingExtensions(ctx context.Context, src, dst *pgx.Conn, schema string) e
 		JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid IN (t.oid, t.typelem) AND d.deptype = 'e'
 		JOIN pg_extension e ON e.oid = d.refobjid
 		WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1`, schema)
+	missing, err := missingOnTarget(ctx, rows, err, dst, `SELECT extname::text FROM pg_extension WHERE extname = $1`)
 	if err != nil {
-		return fmt.Errorf("list extensions of the schema: %w", err)
-	}
-	exts, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("list extensions of the schema: %w", err)
-	}
-	var missing []string
-	if err := dst.QueryRow(ctx, `SELECT coalesce(array_agg(x ORDER BY x), '{}') FROM unnest($1::text[]) x
-		WHERE NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = x)`, exts).Scan(&missing); err != nil {
-		return fmt.Errorf("check extensions on target: %w", err)
+		return fmt.Errorf("check the schema's extensions on the target: %w", err)
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("extension(s) %s are used by schema %s but not installed on the target: CREATE EXTENSION there first",
