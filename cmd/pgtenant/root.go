@@ -51,7 +51,13 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
   export PGTENANT_CATALOG=postgres://admin@catalog-host/pgtenant
   pgtenant init --shards 256
   pgtenant node add node1 postgres://admin@db1/app
-  pgtenant shard create`,
+  pgtenant shard create
+  pgtenant user add app
+  pgtenant router --listen 0.0.0.0:6432
+
+  # A node fills up: add one and move half its shards there, online
+  pgtenant node add node3 postgres://admin@db3/app
+  pgtenant node split node1 --to node3`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
