@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -159,11 +158,7 @@ func (a *app) withCatalog(fn func(ctx context.Context, c *catalog.Catalog) error
 			return err
 		}
 		defer c.Close()
-		err = fn(cmd.Context(), c)
-		if errors.Is(err, catalog.ErrNotInitialized) {
-			return fmt.Errorf("%w", err)
-		}
-		return err
+		return fn(cmd.Context(), c)
 	}
 }
 
