@@ -25,9 +25,9 @@ type WatchOptions struct {
 // with every new version (and once at start). Calls of apply never overlap;
 // while one runs Watch keeps listening, and a newer map cancels the running
 // apply's context (its version then counts as not applied) and is applied
-// next. When the catalog becomes
-// unreachable it keeps retrying; the caller keeps serving from the last map it
-// was given. Watch returns when ctx ends, or when apply returns an error.
+// next. When the catalog becomes unreachable it keeps retrying, and the caller
+// keeps serving from the last map it was given. Watch returns when ctx ends,
+// or when apply returns an error.
 func (c *Catalog) Watch(ctx context.Context, opts WatchOptions, apply func(context.Context, *placement.Map) error) error {
 	if opts.Poll == 0 {
 		opts.Poll = 2 * time.Second
