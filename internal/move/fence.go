@@ -63,13 +63,21 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	return nil
 }
 
+// conns connects to the move's source and target.
+func (m *Mover) conns(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn, err error) {
+	if src, err = m.source(ctx, mv); err != nil {
+		return nil, nil, err
+	}
+	if dst, err = m.target(ctx, mv); err != nil {
+		return nil, nil, err
+	}
+	return src, dst, nil
+}
+
 // endpoints connects to the move's source and target and lists the shard's
 // tables on the source.
 func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn, names []string, err error) {
-	if src, err = m.source(ctx, mv); err != nil {
-		return nil, nil, nil, err
-	}
-	if dst, err = m.target(ctx, mv); err != nil {
+	if src, dst, err = m.conns(ctx, mv); err != nil {
 		return nil, nil, nil, err
 	}
 	if names, err = tables(ctx, src, mv.Schema); err != nil {

@@ -128,11 +128,7 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 // the logical method) and every table can be replicated, the target is
 // reachable and does not have the schema yet.
 func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
+	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err
 	}
@@ -323,11 +319,7 @@ func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 }
 
 func (m *Mover) stepPublication(ctx context.Context, mv *moveRun) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
+	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err
 	}
@@ -363,11 +355,7 @@ func subOID(ctx context.Context, dst *pgx.Conn, name string) (uint32, error) {
 }
 
 func (m *Mover) stepSubscription(ctx context.Context, mv *moveRun) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
+	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err
 	}
@@ -456,11 +444,7 @@ func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
 }
 
 func (m *Mover) stepIndexes(ctx context.Context, mv *moveRun) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
+	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err
 	}
@@ -526,11 +510,7 @@ func waitMarker(ctx context.Context, dst *pgx.Conn, moveID, seq int64, every tim
 // stepCatchUp waits until a marker row committed on the source shows up on
 // the target within MaxLag: the lag is then small enough to fence.
 func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return err
-	}
-	dst, err := m.target(ctx, mv)
+	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err
 	}

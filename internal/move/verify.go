@@ -137,11 +137,7 @@ func (m *Mover) Verify(ctx context.Context, shard int) (VerifyReport, error) {
 		return VerifyReport{}, fmt.Errorf("verify shard %d: %w", shard, err)
 	}
 	defer closeConns(mv)
-	src, err := m.source(ctx, mv)
-	if err != nil {
-		return VerifyReport{}, fmt.Errorf("verify shard %d: %w", shard, err)
-	}
-	dst, err := m.target(ctx, mv)
+	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return VerifyReport{}, fmt.Errorf("verify shard %d: %w", shard, err)
 	}
