@@ -46,6 +46,10 @@ func (ss *session) sendPendingBegin(tenant string) {
 		return
 	}
 	q := ss.pendingBegin
+	if isPlainBegin(q) {
+		ss.writeBegin()
+		return
+	}
 	if ss.localSetup {
 		// The shard's search_path and the tenant id for this transaction
 		// only, in the BEGIN's round trip: the backend's session values
@@ -65,6 +69,84 @@ func (ss *session) sendPendingBegin(tenant string) {
 	ss.push(expect{kind: eQuery, swallow: true})
 	ss.pendingBegin = ""
 	ss.status = 'T'
+}
+
+// isPlainBegin reports whether q is BEGIN or START TRANSACTION without
+// options, which writeBegin can send as a prepared statement.
+func isPlainBegin(q string) bool {
+	q = strings.TrimSpace(q)
+	q = strings.TrimSpace(strings.TrimSuffix(q, ";"))
+	switch {
+	case strings.EqualFold(q, "BEGIN"), strings.EqualFold(q, "START TRANSACTION"):
+		return true
+	}
+	return false
+}
+
+// Prepared on a backend on first use by writeBegin: the transaction start and
+// the transaction-local setup (compare setupStmt).
+const (
+	beginStmt            = "pgtenant_begin"
+	setupLocalStmt       = "pgtenant_setup_local"
+	setupLocalSQL        = "SELECT pg_catalog.set_config('search_path', $1, true), pg_catalog.set_config('pgtenant.tenant_id', $2, true)"
+	setupLocalTenantStmt = "pgtenant_setup_local_tenant"
+	setupLocalTenantSQL  = "SELECT pg_catalog.set_config('pgtenant.tenant_id', $1, true)"
+)
+
+// writeBegin sends the deferred plain BEGIN, and the shard's search_path and
+// tenant id for this transaction when the backend lacks them, as
+// Bind/Execute of statements prepared once per backend, without a Sync:
+// the server parses and plans nothing per transaction, and the client's
+// statement that follows shares the round trip. An error in them makes the
+// server skip to the next Sync; drain handles that as for writeSetup.
+func (ss *session) writeBegin() {
+	be := ss.be
+	ss.bindPrepared(beginStmt, "BEGIN", nil, nil)
+	if ss.localSetup {
+		ss.localSetup = false
+		ss.localOpen = true
+		var path string
+		if be.Schema != ss.wantSchema {
+			path = pgx.Identifier{ss.wantSchema}.Sanitize()
+		}
+		if path != "" {
+			ss.bindPrepared(setupLocalStmt, setupLocalSQL, setupTypes, []string{path, ss.wantTenant})
+		} else {
+			ss.bindPrepared(setupLocalTenantStmt, setupLocalTenantSQL, setupTenantTypes, []string{ss.wantTenant})
+		}
+	}
+	ss.pendingBegin = ""
+	ss.status = 'T'
+}
+
+// bindPrepared queues Parse (first use on this backend), Bind of the unnamed
+// portal with text parameters, and Execute of the router's own statement
+// name, their responses swallowed.
+func (ss *session) bindPrepared(name, sql string, types []byte, params []string) {
+	be := ss.be
+	if _, ok := be.Prepared[name]; !ok {
+		be.Prepared[name] = struct{}{}
+		if types == nil {
+			types = []byte{0, 0}
+		}
+		ss.out = wire.AppendParse(ss.out[:0], name, sql, types)
+		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
+		ss.push(expect{kind: eParse, swallow: true, name: name, setup: true})
+	}
+	b := append(ss.out[:0], 0)
+	b = append(b, name...)
+	b = append(b, 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(params)))
+	for _, v := range params {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+		b = append(b, v...)
+	}
+	b = append(b, 0, 0)
+	ss.out = b
+	wire.WriteFrame(be.W, wire.MsgBind, b)
+	be.W.Write(executeUnnamed)
+	ss.push(expect{kind: eBind, swallow: true, setup: true, name: name})
+	ss.push(expect{kind: eExec, swallow: true, setup: true})
 }
 
 // localStatus is the ReadyForQuery status when no backend is attached.
@@ -693,7 +775,8 @@ func (ss *session) drain(all bool) error {
 			case eQuery, eSync:
 				// Query: ReadyForQuery follows.
 			default:
-				if e.kind == eParse && e.name != "" {
+				if (e.kind == eParse || (e.kind == eBind && e.setup)) && e.name != "" {
+					// Not prepared after all, or gone: prepare it again next time.
 					delete(be.Prepared, e.name)
 				}
 				if e.kind == eParse && be.Unnamed != nil && e.name == "" {

@@ -107,6 +107,13 @@ func TestSetupRolledBack(t *testing.T) {
 					if got[1] != "0/t0" || got[3] != "0/t0" || got[4] != "2/t2" {
 						t.Fatalf("BEGIN; t0; %s; t0; t2: got %v", end, got)
 					}
+					// A failing first statement in the transaction (the one
+					// that carries the BEGIN and the setup to the backend).
+					send("BEGIN", "/* tenant: t0 */ SELECT 1/0 FROM whoami", end, fmt.Sprintf(query, "t2"), "BEGIN", fmt.Sprintf(query, "t0"), end)
+					got = receive(7)
+					if got[1] != "22012" || got[3] != "2/t2" || got[5] != "0/t0" {
+						t.Fatalf("BEGIN; 1/0; %s; t2; BEGIN; t0; %s: got %v", end, end, got)
+					}
 				}
 			})
 		}
