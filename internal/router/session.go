@@ -90,6 +90,9 @@ type session struct {
 	beStart  time.Time
 	entry    inflight // this session's entry in its gate (one at a time)
 	cancelCh chan struct{}
+	// holder lets loop send the client's answers with its next read (nil
+	// for TLS).
+	holder wire.WriteHolder
 	status   byte // transaction status from the last ReadyForQuery
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
@@ -140,7 +143,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	defer nc.Close()
 	s.m.ClientTotal.Inc()
 	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
-	cr := wire.NewReader(wire.RawIO(nc), 16<<10, s.cfg.MaxMessage)
+	rio := wire.RawIO(nc)
+	cr := wire.NewReader(rio, 16<<10, s.cfg.MaxMessage)
 	var st wire.Startup
 	for {
 		b, err := cr.ReadStartup()
@@ -170,6 +174,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 				return
 			}
 			nc = tc
+			rio = tc
 			defer tc.Close()
 			cr = wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
 			continue
@@ -186,7 +191,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		srv:      s,
 		nc:       nc,
 		cr:       cr,
-		cw:       bufio.NewWriterSize(wire.RawIO(nc), 32<<10),
+		cw:       bufio.NewWriterSize(rio, 32<<10),
 		ctx:      ctx,
 		user:     st.Params["user"],
 		remote:   nc.RemoteAddr().String(),
@@ -196,6 +201,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		id:       s.nextID.Add(1),
 		cancelCh: make(chan struct{}, 1),
 	}
+	ss.holder, _ = rio.(wire.WriteHolder)
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
 		writeFatal(nc, "53300", "sorry, too many clients already")

@@ -31,15 +31,57 @@ func RawIO(c net.Conn) io.ReadWriter {
 
 type rawIO struct {
 	rc syscall.RawConn
+	// hold makes the next Write keep its bytes in pending; the next Read
+	// sends them (see HoldWrite).
+	hold    bool
+	pending []byte
+	pbuf    []byte
 }
+
+// WriteHolder is implemented by the reader/writers RawIO returns for plain
+// sockets.
+type WriteHolder interface {
+	// HoldWrite makes the next Write return at once and keep its bytes;
+	// the next Read sends them and then waits for the answer without first
+	// trying a read that would fail with EAGAIN. A proxy that writes a
+	// request and reads its answer saves a system call per round trip.
+	// Only the goroutine that reads may call it, just before a Write
+	// (bufio.Writer.Flush) that is followed by a Read, and nothing else may
+	// write to the connection in between.
+	HoldWrite()
+}
+
+func (r *rawIO) HoldWrite() { r.hold = true }
 
 func (r *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	var n int
-	var errno syscall.Errno
+	var errno, werrno syscall.Errno
+	send := len(r.pending) > 0
 	err := r.rc.Read(func(fd uintptr) bool {
+		if send {
+			// Send the held bytes after the poller's read readiness was
+			// reset (RawConn.Read does that before calling us): the
+			// answer arriving afterwards marks the socket ready, so
+			// waiting first cannot miss it.
+			send = false
+			for len(r.pending) > 0 {
+				m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.pending[0])), uintptr(len(r.pending)))
+				switch e {
+				case 0:
+					r.pending = r.pending[m:]
+				case syscall.EINTR:
+				case syscall.EAGAIN:
+					return true // finish with a blocking write below
+				default:
+					werrno = e
+					return true
+				}
+			}
+			return false
+		}
 		for {
 			m, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 			if e == syscall.EINTR {
@@ -50,7 +92,26 @@ func (r *rawIO) Read(p []byte) (int, error) {
 		}
 	})
 	if err != nil {
+		if rest := r.pending; len(rest) > 0 {
+			// Not sent (a deadline already passed, say): send it anyway.
+			r.pending = nil
+			r.Write(rest)
+		}
 		return 0, err
+	}
+	if werrno != 0 {
+		r.pending = nil
+		return 0, os.NewSyscallError("write", werrno)
+	}
+	if len(r.pending) > 0 {
+		// The socket's send buffer filled: write the rest the usual way,
+		// then read.
+		rest := r.pending
+		r.pending = nil
+		if _, err := r.Write(rest); err != nil {
+			return 0, err
+		}
+		return r.Read(p)
 	}
 	if errno != 0 {
 		return 0, os.NewSyscallError("read", errno)
@@ -62,6 +123,12 @@ func (r *rawIO) Read(p []byte) (int, error) {
 }
 
 func (r *rawIO) Write(p []byte) (int, error) {
+	if r.hold {
+		r.hold = false
+		r.pbuf = append(r.pbuf[:0], p...)
+		r.pending = r.pbuf
+		return len(p), nil
+	}
 	done := 0
 	var errno syscall.Errno
 	err := r.rc.Write(func(fd uintptr) bool {

@@ -104,3 +104,60 @@ func TestRawIONotASocket(t *testing.T) {
 		t.Fatalf("RawIO(pipe) = %T, want the conn itself", rw)
 	}
 }
+
+// TestRawIOHoldWrite checks that a held write goes out with the next read,
+// in order, for echo round trips that the peer answers at once (the answer
+// may arrive before the reader waits) and for a held write larger than the
+// socket buffers (finished with a blocking write).
+func TestRawIOHoldWrite(t *testing.T) {
+	a, b := tcpPair(t)
+	ra := RawIO(a)
+	h, ok := ra.(WriteHolder)
+	if !ok {
+		t.Fatalf("%T is not a WriteHolder", ra)
+	}
+	go io.Copy(b, b) // echo
+	buf := make([]byte, 64)
+	for i := 0; i < 2000; i++ {
+		msg := []byte{byte(i), byte(i >> 8), 'x'}
+		h.HoldWrite()
+		if n, err := ra.Write(msg); n != len(msg) || err != nil {
+			t.Fatalf("held write: %d, %v", n, err)
+		}
+		got := 0
+		for got < len(msg) {
+			n, err := ra.Read(buf[got:])
+			if err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+			got += n
+		}
+		if !bytes.Equal(buf[:got], msg) {
+			t.Fatalf("round %d: echo %x, want %x", i, buf[:got], msg)
+		}
+	}
+	// Larger than the socket buffers: the peer reads it all, then answers.
+	c, d := tcpPair(t)
+	big := make([]byte, 32<<20)
+	for i := range big {
+		big[i] = byte(i * 13)
+	}
+	peer := make(chan []byte, 1)
+	go func() {
+		got := make([]byte, len(big))
+		time.Sleep(50 * time.Millisecond) // let the writer fill the buffers
+		io.ReadFull(d, got)
+		d.Write([]byte("ok"))
+		peer <- got
+	}()
+	rc := RawIO(c)
+	rc.(WriteHolder).HoldWrite()
+	rc.Write(big)
+	ans := make([]byte, 2)
+	if _, err := io.ReadFull(rc, ans); err != nil || string(ans) != "ok" {
+		t.Fatalf("answer %q, %v", ans, err)
+	}
+	if !bytes.Equal(<-peer, big) {
+		t.Fatal("big write corrupted")
+	}
+}
