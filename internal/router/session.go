@@ -93,7 +93,7 @@ type session struct {
 	// holder lets loop send the client's answers with its next read (nil
 	// for TLS).
 	holder wire.WriteHolder
-	status   byte // transaction status from the last ReadyForQuery
+	status byte // transaction status from the last ReadyForQuery
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
