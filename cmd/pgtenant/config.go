@@ -25,6 +25,9 @@ type RouterConfig struct {
 	Listen string `yaml:"listen"`
 	// MetricsListen serves /metrics and /admin/; empty means off.
 	MetricsListen string `yaml:"metrics_listen"`
+	// Database is the database name clients must connect with; empty
+	// means any name.
+	Database string `yaml:"database"`
 	// Auth is scram-sha-256 (empty), md5 or trust.
 	Auth string `yaml:"auth"`
 	// Users maps user names to passwords for client authentication.

@@ -39,8 +39,9 @@ last map if the catalog goes away, and holds a shard's new transactions while
 'shard move' fences it.
 
 Settings (config file section 'router:', env, flags): listen, metrics_listen,
-auth (scram-sha-256, md5, trust), users (name: password), pool_mode
-(transaction, session), pool_size, tls_cert/tls_key.`,
+database (the name clients connect with; empty accepts any), auth
+(scram-sha-256, md5, trust), users (name: password), pool_mode (transaction,
+session), pool_size, tls_cert/tls_key.`,
 		Example: `  pgtenant router --listen 127.0.0.1:6432 --metrics-listen 127.0.0.1:9187
   psql "host=127.0.0.1 port=6432 user=app options='-c pgtenant.tenant=acme'"`,
 		Args: cobra.NoArgs,
@@ -48,6 +49,7 @@ auth (scram-sha-256, md5, trust), users (name: password), pool_mode
 	}
 	cmd.Flags().String("listen", "127.0.0.1:6432", "client address (env PGTENANT_LISTEN)")
 	cmd.Flags().String("metrics-listen", "", "address for /metrics and /admin/ (env PGTENANT_METRICS_LISTEN); empty = off")
+	cmd.Flags().String("database", "", "database name clients must connect with (env PGTENANT_DATABASE); empty = any")
 	cmd.Flags().String("auth", "scram-sha-256", "client authentication: scram-sha-256, md5 or trust (env PGTENANT_AUTH)")
 	cmd.Flags().String("pool-mode", "transaction", "transaction or session (env PGTENANT_POOL_MODE)")
 	cmd.Flags().Int("pool-size", 20, "most backend connections per node")
@@ -62,6 +64,7 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		Auth:     router.AuthMethod(setting(cmd, "auth", "PGTENANT_AUTH", rc.Auth)),
 		PoolMode: router.PoolMode(setting(cmd, "pool-mode", "PGTENANT_POOL_MODE", rc.PoolMode)),
 		Users:    rc.Users,
+		Database: setting(cmd, "database", "PGTENANT_DATABASE", rc.Database),
 		Logger:   a.logger,
 	}
 	switch cfg.Auth {

@@ -814,6 +814,10 @@ func (ss *session) drain(all bool) error {
 		if !e.swallow {
 			ss.relay(typ, body)
 		}
+		if typ == wire.MsgCommandComplete && e.set != nil {
+			ss.applySet(e.set)
+			e.set = nil
+		}
 		done := false
 		switch e.kind {
 		case eParse:

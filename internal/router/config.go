@@ -83,6 +83,10 @@ type Config struct {
 	// a SCRAM verifier, the client is asked for SCRAM instead (as PostgreSQL
 	// does). A user without a usable form is refused with 28P01.
 	Credentials func(user string) (Credential, bool)
+	// Database, when set, is the only database name clients may connect
+	// with (others get 3D000, as from a server); empty accepts any name.
+	// The shards' own database is in each node's DSN either way.
+	Database string
 	// PoolMode is transaction (empty) or session.
 	PoolMode PoolMode
 	// Pool limits each node's backend pool.

@@ -422,6 +422,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		info.kind = kSavepoint
 	case strings.EqualFold(w, "set"):
 		info.kind = kSet
+		info.noShard = !info.multi
 		i := 1
 		if lx.word(i, "session") && !lx.word(i+1, "characteristics") && !lx.word(i+1, "authorization") {
 			i++

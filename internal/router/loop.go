@@ -276,6 +276,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			return ss.reply("SELECT 1", nil)
 		}
 	}
+	var newSet *setting
 	if !info.multi {
 		switch info.kind {
 		case kBegin:
@@ -312,13 +313,8 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				}
 				break
 			}
-			ss.recordSet(info.setName, sql)
-			if ss.be == nil {
-				return ss.reply("SET", nil)
-			}
-			if ss.status == 'I' {
-				ss.be.SessionSig = ss.sig
-			}
+			// Run on a backend, which checks it; kept when it succeeds.
+			newSet = &setting{name: info.setName, stmt: sql}
 		case kReset:
 			if info.setName == "all" {
 				ss.sets = nil
@@ -385,13 +381,22 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 	}
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
-	ss.push(expect{kind: eQuery})
+	ss.push(expect{kind: eQuery, set: newSet})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}
 	}
 	return nil
+}
+
+// applySet records a client's session SET that the backend ran without
+// error: the backend now has the session's new settings.
+func (ss *session) applySet(st *setting) {
+	ss.recordSet(st.name, st.stmt)
+	if ss.be != nil {
+		ss.be.SessionSig = ss.sig
+	}
 }
 
 // recordSet records (stmt != "") or forgets (stmt == "") a session setting.
@@ -493,6 +498,10 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				return nil
 			}
 		}
+	}
+	if k := def.info; k.kind == kSet && k.op == opNone && !k.multi && !k.isLocal && k.setName != "transaction" {
+		ss.portalSet = &setting{name: k.setName, stmt: def.orig}
+		ss.portalSetName = string(bm.Portal)
 	}
 	switch def.info.op {
 	case opSet, opSetLocal:
@@ -651,8 +660,14 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		}
 		return &wire.Error{Code: "34000", Message: "portal does not exist"}
 	}
+	var set *setting
+	if st := ss.portalSet; st != nil {
+		if n := len(ss.portalSetName); len(body) > n && string(body[:n]) == ss.portalSetName && body[n] == 0 {
+			set = st
+		}
+	}
 	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
-	ss.push(expect{kind: eExec})
+	ss.push(expect{kind: eExec, set: set})
 	return nil
 }
 
@@ -681,6 +696,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
+	ss.portalSet = nil
 	ss.synthTag, ss.synthRow = "", false
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)

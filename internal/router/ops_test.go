@@ -331,6 +331,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown type", append(append([]byte{}, trustStartup...), wire.Frame(nil, 'z', nil)...), "08P01"},
 		{"malformed parse", append(append([]byte{}, trustStartup...), wire.Frame(nil, 'P', []byte("s\x00SELECT"))...), "08P01"},
 		{"truncated query", append(append([]byte{}, trustStartup...), 'Q', 0, 0, 0, 100, 'S'), ""},
+		{"replication", rawStartup("app", "replication", "database"), "0A000"},
+		{"physical replication", rawStartup("app", "replication", "true"), "0A000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -354,6 +356,21 @@ func TestBadInput(t *testing.T) {
 	var sh int
 	if err := c.QueryRow(ctx(t), "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 1 {
 		t.Fatalf("after bad input: %d %v", sh, err)
+	}
+}
+
+// TestDatabaseName checks that with Config.Database set, other database
+// names are refused with 3D000 as by a server, and the configured one works.
+func TestDatabaseName(t *testing.T) {
+	s := startRouter(t, Config{Database: "pgt"}, nil)
+	c := connect(t, s, "t1", pgx.QueryExecModeCacheStatement) // routerURL names pgt
+	if err := c.Ping(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	u := strings.Replace(routerURL(s, "t1"), "/pgt?", "/nosuchdb?", 1)
+	_, err := pgx.Connect(ctx(t), u)
+	if got := pgCode(err); got != "3D000" || !strings.Contains(err.Error(), `database "nosuchdb" does not exist`) {
+		t.Fatalf("connect to nosuchdb: %v (code %q), want 3D000", err, got)
 	}
 }
 
@@ -454,26 +471,81 @@ func TestListenRefusedInTransactionMode(t *testing.T) {
 	}
 }
 
+// TestSessionSettingsReplayed checks that a session SET follows the client
+// to whichever backend serves it, in every pgx exec mode (the extended
+// protocol ones send SET as Parse/Bind/Execute), never leaks to another
+// client, and that RESET and a bad value behave as on a server.
 func TestSessionSettingsReplayed(t *testing.T) {
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	ctx := ctx(t)
-	a := connect(t, s, "t2", pgx.QueryExecModeSimpleProtocol)
-	b := connect(t, s, "t2", pgx.QueryExecModeSimpleProtocol)
-	if _, err := a.Exec(ctx, "SET statement_timeout = '1234ms'"); err != nil {
-		t.Fatal(err)
+	for _, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			a := connect(t, s, "t2", mode)
+			b := connect(t, s, "t2", mode)
+			if _, err := a.Exec(ctx, "SET statement_timeout = '1234ms'"); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				var va, vb string
+				if err := a.QueryRow(ctx, "SHOW statement_timeout").Scan(&va); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.QueryRow(ctx, "SELECT current_setting('statement_timeout') FROM whoami").Scan(&vb); err != nil {
+					t.Fatal(err)
+				}
+				if va != "1234ms" || vb != "0" {
+					t.Fatalf("statement_timeout: a %q (want 1234ms), b %q (want 0)", va, vb)
+				}
+			}
+			// A bad value fails like on a server and is not kept.
+			_, err := a.Exec(ctx, "SET statement_timeout = 'soon'")
+			if got := pgCode(err); got != "22023" {
+				t.Fatalf("SET statement_timeout = 'soon': %v (code %q), want 22023", err, got)
+			}
+			var va string
+			if err := a.QueryRow(ctx, "SELECT current_setting('statement_timeout') FROM whoami").Scan(&va); err != nil || va != "1234ms" {
+				t.Fatalf("after a bad SET: %q, %v; want 1234ms", va, err)
+			}
+			if _, err := a.Exec(ctx, "RESET statement_timeout"); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.QueryRow(ctx, "SELECT current_setting('statement_timeout') FROM whoami").Scan(&va); err != nil || va != "0" {
+				t.Fatalf("after RESET: %q, %v; want 0", va, err)
+			}
+		})
 	}
-	for i := 0; i < 3; i++ {
-		var va, vb string
-		if err := a.QueryRow(ctx, "SHOW statement_timeout").Scan(&va); err != nil {
+	// pgx sends Exec without arguments as a simple Query: send SET over the
+	// extended protocol by hand, as drivers that prepare everything do.
+	t.Run("extended", func(t *testing.T) {
+		a := connect(t, s, "t2", pgx.QueryExecModeExec).PgConn()
+		b := connect(t, s, "t2", pgx.QueryExecModeExec).PgConn()
+		exec := func(c *pgconn.PgConn, sql string) (string, error) {
+			res := c.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+			if res.Err != nil || len(res.Rows) == 0 {
+				return "", res.Err
+			}
+			return string(res.Rows[0][0]), nil
+		}
+		if _, err := exec(a, "SET statement_timeout = '777ms'"); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.QueryRow(ctx, "SELECT current_setting('statement_timeout') FROM whoami").Scan(&vb); err != nil {
-			t.Fatal(err)
+		if _, err := exec(a, "SET statement_timeout = 'soon'"); pgCode(err) != "22023" {
+			t.Fatalf("bad SET: %v, want 22023", err)
 		}
-		if va != "1234ms" || vb != "0" {
-			t.Fatalf("statement_timeout: a %q (want 1234ms), b %q (want 0)", va, vb)
+		for i := 0; i < 3; i++ {
+			va, err := exec(a, "SELECT current_setting('statement_timeout') FROM whoami")
+			if err != nil {
+				t.Fatal(err)
+			}
+			vb, err := exec(b, "SELECT current_setting('statement_timeout') FROM whoami")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if va != "777ms" || vb != "0" {
+				t.Fatalf("statement_timeout: a %q (want 777ms), b %q (want 0)", va, vb)
+			}
 		}
-	}
+	})
 }
 
 func TestMetricsAndAdmin(t *testing.T) {

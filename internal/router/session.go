@@ -42,6 +42,9 @@ type expect struct {
 	name    string // backend statement name of an injected Parse
 	synth   []byte // for eSynth: the message to send
 	setup   bool   // part of a setup sent with writeSetup
+	// set is the client's session SET this response is for: recorded, to
+	// be replayed on other backends, when it completes without error.
+	set *setting
 }
 
 const (
@@ -90,6 +93,10 @@ type session struct {
 	beStart  time.Time
 	entry    inflight // this session's entry in its gate (one at a time)
 	cancelCh chan struct{}
+	// portalSet is the session SET bound to portal portalSetName, until
+	// its Execute or the next Sync.
+	portalSet     *setting
+	portalSetName string
 	// holder lets loop send the client's answers with its next read (nil
 	// for TLS).
 	holder wire.WriteHolder
@@ -234,8 +241,20 @@ func writeFatal(w io.Writer, code, msg string) {
 func (ss *session) startup(params map[string]string) error {
 	s := ss.srv
 	ss.srv.log.Debug("startup params", "params", params)
+	if r := params["replication"]; r != "" && !strings.EqualFold(r, "false") && !strings.EqualFold(r, "off") && !strings.EqualFold(r, "no") && r != "0" {
+		ss.fatal("0A000", "replication connections are not supported by the router; connect to a node directly")
+		return errors.New("replication connection refused")
+	}
 	if err := ss.authenticate(); err != nil {
 		return err
+	}
+	db := params["database"]
+	if db == "" {
+		db = ss.user
+	}
+	if want := s.cfg.Database; want != "" && db != want {
+		ss.fatal("3D000", fmt.Sprintf("database %q does not exist", db))
+		return fmt.Errorf("database %q refused", db)
 	}
 	// Tenant and session settings from the startup packet.
 	opts := wire.OptionSettings(params["options"])
