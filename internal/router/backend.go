@@ -944,21 +944,29 @@ func connError(err error) *wire.Error {
 // ensurePrepared queues a Parse of def on the attached backend unless it is
 // there already.
 func (ss *session) ensurePrepared(def *stmtDef) {
+	ss.prepareOn(def, true)
+}
+
+// prepareOn queues a Parse of def on the attached backend unless it is there
+// already, and reports whether it did; swallow hides its answer from the
+// client.
+func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
 	be := ss.be
 	if def.server != "" {
 		if _, ok := be.Prepared[def.server]; ok {
-			return
+			return false
 		}
 		be.Prepared[def.server] = struct{}{}
 	} else {
 		if be.Unnamed == def {
-			return
+			return false
 		}
 		be.Unnamed = def
 	}
 	ss.out = wire.AppendParse(ss.out[:0], def.server, def.query, def.types)
 	wire.WriteFrame(be.W, wire.MsgParse, ss.out)
-	ss.push(expect{kind: eParse, swallow: true, name: def.server})
+	ss.push(expect{kind: eParse, swallow: swallow, name: def.server})
+	return true
 }
 
 var _ = context.Background

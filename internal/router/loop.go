@@ -442,8 +442,43 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	} else {
 		ss.unnamed = def
 	}
+	if ss.parseNow(def) {
+		return nil
+	}
 	ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
 	return nil
+}
+
+// parseNow sends def's Parse to a backend at once, its answer (ParseComplete
+// or the server's error) being the client's, when the tenant it would run
+// for is known and nothing else is bound to the session in the meantime: a
+// client that prepares a statement (libpq's PQprepare: Parse, Sync) then
+// hears of a syntax error or a missing table at once, as from a server.
+// Otherwise (no tenant yet, a statement the router answers itself) the
+// router answers ParseComplete and the statement is prepared where it is
+// first bound or described.
+func (ss *session) parseNow(def *stmtDef) bool {
+	info := &def.info
+	if info.op != opNone || ss.failed || ss.skipToSync || ss.pendingBegin != "" {
+		return false
+	}
+	if !info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback) {
+		return false
+	}
+	tenant := ss.pickTenant(info)
+	if tenant == "" || (ss.be != nil && tenant != ss.beTenant) {
+		return false
+	}
+	if m := ss.srv.mp.Load(); m == nil {
+		return false
+	} else if _, ok := m.Tenants[tenant]; !ok {
+		return false // reported when the statement is bound
+	}
+	if ss.ensureBackend(tenant) != nil {
+		return false
+	}
+	ss.sendSetup(def)
+	return ss.prepareOn(def, false)
 }
 
 func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 func TestPreparedStatementsAcrossBackends(t *testing.T) {
@@ -282,5 +284,59 @@ func TestConcurrentClients(t *testing.T) {
 		if st.Total > 10 {
 			t.Errorf("node %s: %d backend connections, limit 10", st.Node, st.Total)
 		}
+	}
+}
+
+// TestParseErrorsAtParse checks that a statement prepared alone (Parse,
+// Sync, as libpq's PQprepare sends it) by a client with a tenant gets the
+// server's error at once, and a good one ParseComplete and then runs.
+func TestParseErrorsAtParse(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	pc, err := pgconn.Connect(ctx(t), routerURL(s, "t3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx(t))
+	fe := pc.Frontend()
+	// prepare sends Parse and Sync and returns the first answer's type and
+	// the error code, if any.
+	prepare := func(name, sql string) (string, string) {
+		fe.Send(&pgproto3.Parse{Name: name, Query: sql})
+		fe.Send(&pgproto3.Sync{})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var first, code string
+		for {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *pgproto3.ParseComplete:
+				if first == "" {
+					first = "ParseComplete"
+				}
+			case *pgproto3.ErrorResponse:
+				if first == "" {
+					first, code = "ErrorResponse", m.Code
+				}
+			case *pgproto3.ReadyForQuery:
+				return first, code
+			}
+		}
+	}
+	for _, tt := range []struct{ name, sql, first, code string }{
+		{"bad", "SELEC shard FROM whoami", "ErrorResponse", "42601"},
+		{"missing", "SELECT * FROM no_such_table", "ErrorResponse", "42P01"},
+		{"good", "SELECT shard FROM whoami WHERE shard = $1", "ParseComplete", ""},
+	} {
+		if first, code := prepare(tt.name, tt.sql); first != tt.first || code != tt.code {
+			t.Fatalf("prepare %q: %s %s, want %s %s", tt.sql, first, code, tt.first, tt.code)
+		}
+	}
+	res := pc.ExecPrepared(ctx(t), "good", [][]byte{[]byte("3")}, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "3" {
+		t.Fatalf("execute the good statement: %v %q", res.Err, res.Rows)
 	}
 }
