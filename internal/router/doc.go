@@ -34,16 +34,20 @@
 // for the server to parse: before a single DML statement (SELECT, INSERT,
 // UPDATE, DELETE, WITH, VALUES, TABLE, MERGE) as Bind/Execute of a
 // statement prepared once per connection, in that statement's implicit
-// transaction; with a deferred BEGIN in transaction mode, as
-// transaction-local settings in the BEGIN's Query; otherwise as a Query of
-// its own, pipelined before the client's. A setup whose transaction fails
+// transaction; with a deferred plain BEGIN in transaction mode, as
+// Bind/Execute of prepared BEGIN and transaction-local set_config
+// statements (a BEGIN with options goes as a Query with the settings);
+// otherwise as a Query of its own, pipelined before the client's. A setup whose transaction fails
 // is forgotten and sent again. While such a transaction is open the router
 // answers each Query and Sync before it reads the client's next message,
 // so nothing pipelined behind it runs with the settings it may revert.
 //
-// Session settings (SET outside a transaction, startup parameters such as
-// application_name) are recorded per client and replayed on whichever backend
-// the client lands on (RESET ALL first when the backend carries another
+// Session settings (SET outside a transaction, as a simple Query or with
+// Parse/Bind/Execute, and startup parameters such as application_name) are
+// recorded per client and replayed on whichever backend the client lands on.
+// A SET runs on a backend first (the tenant's, or any node's) and is
+// recorded only when the server accepts it, so a bad value fails at once
+// (RESET ALL first when the backend carries another client's settings). (RESET ALL first when the backend carries another
 // client's settings). search_path, role and pgtenant.* other than
 // pgtenant.tenant are owned by the router and refused. SQL-level PREPARE,
 // LISTEN and temporary objects do not survive a transaction in transaction
@@ -59,13 +63,25 @@
 // A transaction whose backend is cut (by a fence after Config.FenceGrace, or
 // because the node failed) fails with 40001 or 08006; the client sees an
 // aborted transaction until it ends it, as with PostgreSQL itself. The
-// client's database name is not checked: the node DSNs decide the database.
+// client's database name is checked only when Config.Database is set (the
+// node DSNs decide the shards' database either way); replication
+// connections are refused.
 //
 // Named prepared statements (protocol-level Parse) work in transaction mode:
-// the router records each client's statements, answers Parse itself, and
-// prepares them lazily, under router-unique names, on whichever backend a
-// Bind or Describe lands on. A consequence: an invalid statement's error is
-// reported at its first Bind or Describe rather than at Parse.
+// the router records each client's statements and prepares them, under
+// router-unique names, on whichever backend a Bind or Describe lands on.
+// When the client's tenant is known at Parse, the Parse also goes to that
+// tenant's backend at once and the server's answer (ParseComplete or an
+// error) is the client's; without a tenant the router answers ParseComplete
+// itself and an invalid statement's error comes at its first Bind or
+// Describe.
+//
+// # I/O
+//
+// One goroutine per client does all of that session's work; sockets are
+// read and written with raw system calls that still park in Go's poller
+// (wire.RawIO). A request is written by the read that waits for its answer
+// (wire.WriteHolder), which saves the read that would find nothing.
 //
 // # Authentication
 //
@@ -79,7 +95,8 @@
 //	42704  unknown tenant (register it with `pgtenant tenant add ID`)
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant
-//	0A000  feature not supported in this pool mode (LISTEN, reserved settings)
+//	0A000  feature not supported (LISTEN in transaction mode, reserved settings, replication connections)
+//	3D000  also: a database name other than Config.Database
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
 //	40001  the shard is being moved (held too long, or its transaction was cut)
