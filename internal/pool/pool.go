@@ -222,16 +222,14 @@ func (p *Pool) Node() string { return p.node }
 // DSN is the connection string the pool dials.
 func (p *Pool) DSN() string { return p.dsn }
 
-// Acquire checks out a connection, opening one if the pool is below MaxSize,
-// or waiting up to WaitTimeout for one to be released.
+// Acquire returns a connection: the most recently used idle one, else a new
+// one while the pool is below MaxSize, else the first one released within
+// WaitTimeout (ErrWaitTimeout after). Always taking the most recently used
+// keeps the work on as few server processes as the load needs, whose caches
+// stay warm: routerbench measured preferring an idle connection already on
+// the statement's schema (to skip setting search_path) 3-20% slower in
+// transactions per second than this, with 16 schemas and 20 connections.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
-	return p.AcquireFor(ctx, "", "")
-}
-
-// AcquireFor is Acquire preferring an idle connection whose Schema and
-// Tenant already match (then schema alone), so the caller can skip setting
-// them; otherwise the most recently used one.
-func (p *Pool) AcquireFor(ctx context.Context, schema, tenant string) (*Conn, error) {
 	p.acquires.Add(1)
 	for {
 		p.mu.Lock()
@@ -240,24 +238,7 @@ func (p *Pool) AcquireFor(ctx context.Context, schema, tenant string) (*Conn, er
 			return nil, ErrClosed
 		}
 		if n := len(p.idle); n > 0 {
-			best := n - 1
-			if schema != "" {
-				score := 0
-				for i := n - 1; i >= 0 && i >= n-32; i-- {
-					c := p.idle[i]
-					if c.Schema == schema {
-						if c.Tenant == tenant {
-							best = i
-							break
-						}
-						if score == 0 {
-							best, score = i, 1
-						}
-					}
-				}
-			}
-			c := p.idle[best]
-			copy(p.idle[best:], p.idle[best+1:])
+			c := p.idle[n-1]
 			p.idle[n-1] = nil
 			p.idle = p.idle[:n-1]
 			p.mu.Unlock()

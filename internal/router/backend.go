@@ -338,11 +338,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	t0 := time.Now()
 	be, err := keep, error(nil)
 	if be == nil {
-		tid := tenant
-		if tenant == anyTenant || tenant == descTenant {
-			tid = ""
-		}
-		be, err = p.AcquireFor(ss.ctx, schema, tid)
+		be, err = p.Acquire(ss.ctx)
 	}
 	if err != nil {
 		if g != nil {
@@ -426,7 +422,7 @@ func (ss *session) chooseSetup(tenant string) {
 // setupStmt is the statement prepared on every backend connection that
 // sets the shard's search_path and the tenant id in one Bind/Execute;
 // setupTenantStmt sets the tenant id alone, for a backend already on the
-// shard's schema (the pool prefers those).
+// shard's schema.
 const (
 	setupStmt       = "pgtenant_setup"
 	setupSQL        = "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('pgtenant.tenant_id', $2, false)"

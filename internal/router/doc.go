@@ -29,8 +29,9 @@
 // 25001.
 //
 // A pooled backend's search_path and pgtenant.tenant_id are set, when it
-// does not have them already (the pool prefers connections on the right
-// schema), within the client's own round trip, without a statement text
+// does not have them already (the pool hands out the most recently used
+// connection, not one on the right schema: warm server caches are worth
+// more), within the client's own round trip, without a statement text
 // for the server to parse: before a single DML statement (SELECT, INSERT,
 // UPDATE, DELETE, WITH, VALUES, TABLE, MERGE) as Bind/Execute of a
 // statement prepared once per connection, in that statement's implicit
