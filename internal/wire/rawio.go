@@ -26,7 +26,11 @@ func RawIO(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	return &rawIO{rc: rc}
+	r := &rawIO{rc: rc}
+	// The callbacks are made once: a closure per call would be a heap
+	// allocation per read and write.
+	r.readFn, r.writeFn = r.readSys, r.writeSys
+	return r
 }
 
 type rawIO struct {
@@ -36,6 +40,16 @@ type rawIO struct {
 	hold    bool
 	pending []byte
 	pbuf    []byte
+
+	readFn, writeFn func(fd uintptr) bool
+	// State of the call in progress, for readSys and writeSys.
+	rp     []byte // read into
+	rn     int
+	rerr   syscall.Errno
+	send   bool // readSys sends pending first
+	werrno syscall.Errno
+	wp     []byte // left to write
+	werr   syscall.Errno
 }
 
 // WriteHolder is implemented by the reader/writers RawIO returns for plain
@@ -53,44 +67,67 @@ type WriteHolder interface {
 
 func (r *rawIO) HoldWrite() { r.hold = true }
 
+// readSys is the RawConn.Read callback: it sends held bytes first (once),
+// then reads; false means "wait for readiness and call again".
+func (r *rawIO) readSys(fd uintptr) bool {
+	if r.send {
+		// Send the held bytes after the poller's read readiness was reset
+		// (RawConn.Read does that before calling us): the answer arriving
+		// afterwards marks the socket ready, so waiting first cannot miss
+		// it.
+		r.send = false
+		for len(r.pending) > 0 {
+			m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.pending[0])), uintptr(len(r.pending)))
+			switch e {
+			case 0:
+				r.pending = r.pending[m:]
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return true // finished with a blocking write by Read
+			default:
+				r.werrno = e
+				return true
+			}
+		}
+		return false
+	}
+	for {
+		m, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.rp[0])), uintptr(len(r.rp)))
+		if e == syscall.EINTR {
+			continue
+		}
+		r.rn, r.rerr = int(m), e
+		return e != syscall.EAGAIN
+	}
+}
+
+// writeSys is the RawConn.Write callback.
+func (r *rawIO) writeSys(fd uintptr) bool {
+	for len(r.wp) > 0 {
+		m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.wp[0])), uintptr(len(r.wp)))
+		switch e {
+		case 0:
+			r.wp = r.wp[m:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.werr = e
+			return true
+		}
+	}
+	return true
+}
+
 func (r *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno, werrno syscall.Errno
-	send := len(r.pending) > 0
-	err := r.rc.Read(func(fd uintptr) bool {
-		if send {
-			// Send the held bytes after the poller's read readiness was
-			// reset (RawConn.Read does that before calling us): the
-			// answer arriving afterwards marks the socket ready, so
-			// waiting first cannot miss it.
-			send = false
-			for len(r.pending) > 0 {
-				m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.pending[0])), uintptr(len(r.pending)))
-				switch e {
-				case 0:
-					r.pending = r.pending[m:]
-				case syscall.EINTR:
-				case syscall.EAGAIN:
-					return true // finish with a blocking write below
-				default:
-					werrno = e
-					return true
-				}
-			}
-			return false
-		}
-		for {
-			m, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			if e == syscall.EINTR {
-				continue
-			}
-			n, errno = int(m), e
-			return e != syscall.EAGAIN
-		}
-	})
+	r.rp, r.rn, r.rerr, r.werrno = p, 0, 0, 0
+	r.send = len(r.pending) > 0
+	err := r.rc.Read(r.readFn)
+	r.rp = nil
+	n, errno, werrno := r.rn, r.rerr, r.werrno
 	if err != nil {
 		if rest := r.pending; len(rest) > 0 {
 			// Not sent (a deadline already passed, say): send it anyway.
@@ -129,24 +166,11 @@ func (r *rawIO) Write(p []byte) (int, error) {
 		r.pending = r.pbuf
 		return len(p), nil
 	}
-	done := 0
-	var errno syscall.Errno
-	err := r.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
-			switch e {
-			case 0:
-				done += int(m)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	r.wp, r.werr = p, 0
+	err := r.rc.Write(r.writeFn)
+	done := len(p) - len(r.wp)
+	errno := r.werr
+	r.wp = nil
 	if err != nil {
 		return done, err
 	}
