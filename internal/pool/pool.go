@@ -100,7 +100,6 @@ type Conn struct {
 
 	node     string
 	nc       net.Conn
-	holder   wire.WriteHolder
 	created  time.Time
 	lastUsed time.Time
 	broken   atomic.Bool
@@ -110,17 +109,6 @@ type Conn struct {
 
 // Release returns the connection to the pool it came from.
 func (c *Conn) Release() { c.pool.Release(c) }
-
-// FlushForAnswer flushes W when the caller reads R right after and R has
-// nothing buffered: the bytes then go out with that read, which waits for
-// the answer without a system call that would find nothing
-// (wire.WriteHolder). Otherwise it is W.Flush.
-func (c *Conn) FlushForAnswer() error {
-	if c.holder != nil && c.R.Buffered() == 0 {
-		c.holder.HoldWrite()
-	}
-	return c.W.Flush()
-}
 
 // Node is the name of the node the connection is to.
 func (c *Conn) Node() string { return c.node }
@@ -335,9 +323,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	}
 	now := time.Now()
 	rw := wire.RawIO(h.Conn)
-	holder, _ := rw.(wire.WriteHolder)
 	return &Conn{
-		holder:   holder,
 		R:        wire.NewReader(rw, 32<<10, p.cfg.MaxMessage),
 		W:        bufio.NewWriterSize(rw, 32<<10),
 		PID:      h.PID,

@@ -709,8 +709,7 @@ func (ss *session) drain(all bool) error {
 			}
 		}
 		if be.W.Buffered() > 0 {
-			// Sent by the read below when it must wait for the server.
-			if err := be.FlushForAnswer(); err != nil {
+			if err := be.W.Flush(); err != nil {
 				ss.backendFailed(err)
 				continue
 			}

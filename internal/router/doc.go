@@ -81,8 +81,7 @@
 //
 // One goroutine per client does all of that session's work; sockets are
 // read and written with raw system calls that still park in Go's poller
-// (wire.RawIO). A request is written by the read that waits for its answer
-// (wire.WriteHolder), which saves the read that would find nothing.
+// (wire.RawIO).
 //
 // # Authentication
 //

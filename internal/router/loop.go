@@ -18,11 +18,6 @@ func (ss *session) loop() error {
 	for {
 		if ss.cr.Buffered() == 0 {
 			if ss.cw.Buffered() > 0 {
-				if ss.holder != nil && !ss.listening {
-					// Sent by the next read (the watcher of a listening
-					// session may write to the client before it).
-					ss.holder.HoldWrite()
-				}
 				if err := ss.cw.Flush(); err != nil {
 					return fmt.Errorf("write to client: %w", err)
 				}

@@ -97,10 +97,7 @@ type session struct {
 	// its Execute or the next Sync.
 	portalSet     *setting
 	portalSetName string
-	// holder lets loop send the client's answers with its next read (nil
-	// for TLS).
-	holder wire.WriteHolder
-	status byte // transaction status from the last ReadyForQuery
+	status        byte // transaction status from the last ReadyForQuery
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
@@ -208,7 +205,6 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		id:       s.nextID.Add(1),
 		cancelCh: make(chan struct{}, 1),
 	}
-	ss.holder, _ = rio.(wire.WriteHolder)
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
 		writeFatal(nc, "53300", "sorry, too many clients already")

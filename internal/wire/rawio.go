@@ -34,63 +34,19 @@ func RawIO(c net.Conn) io.ReadWriter {
 }
 
 type rawIO struct {
-	rc syscall.RawConn
-	// hold makes the next Write keep its bytes in pending; the next Read
-	// sends them (see HoldWrite).
-	hold    bool
-	pending []byte
-	pbuf    []byte
-
+	rc              syscall.RawConn
 	readFn, writeFn func(fd uintptr) bool
 	// State of the call in progress, for readSys and writeSys.
-	rp     []byte // read into
-	rn     int
-	rerr   syscall.Errno
-	send   bool // readSys sends pending first
-	werrno syscall.Errno
-	wp     []byte // left to write
-	werr   syscall.Errno
+	rp   []byte // read into
+	rn   int
+	rerr syscall.Errno
+	wp   []byte // left to write
+	werr syscall.Errno
 }
 
-// WriteHolder is implemented by the reader/writers RawIO returns for plain
-// sockets.
-type WriteHolder interface {
-	// HoldWrite makes the next Write return at once and keep its bytes;
-	// the next Read sends them and then waits for the answer without first
-	// trying a read that would fail with EAGAIN. A proxy that writes a
-	// request and reads its answer saves a system call per round trip.
-	// Only the goroutine that reads may call it, just before a Write
-	// (bufio.Writer.Flush) that is followed by a Read, and nothing else may
-	// write to the connection in between.
-	HoldWrite()
-}
-
-func (r *rawIO) HoldWrite() { r.hold = true }
-
-// readSys is the RawConn.Read callback: it sends held bytes first (once),
-// then reads; false means "wait for readiness and call again".
+// readSys is the RawConn.Read callback; false means "wait for readiness and
+// call again".
 func (r *rawIO) readSys(fd uintptr) bool {
-	if r.send {
-		// Send the held bytes after the poller's read readiness was reset
-		// (RawConn.Read does that before calling us): the answer arriving
-		// afterwards marks the socket ready, so waiting first cannot miss
-		// it.
-		r.send = false
-		for len(r.pending) > 0 {
-			m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.pending[0])), uintptr(len(r.pending)))
-			switch e {
-			case 0:
-				r.pending = r.pending[m:]
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return true // finished with a blocking write by Read
-			default:
-				r.werrno = e
-				return true
-			}
-		}
-		return false
-	}
 	for {
 		m, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.rp[0])), uintptr(len(r.rp)))
 		if e == syscall.EINTR {
@@ -123,49 +79,22 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	r.rp, r.rn, r.rerr, r.werrno = p, 0, 0, 0
-	r.send = len(r.pending) > 0
+	r.rp, r.rn, r.rerr = p, 0, 0
 	err := r.rc.Read(r.readFn)
 	r.rp = nil
-	n, errno, werrno := r.rn, r.rerr, r.werrno
 	if err != nil {
-		if rest := r.pending; len(rest) > 0 {
-			// Not sent (a deadline already passed, say): send it anyway.
-			r.pending = nil
-			r.Write(rest)
-		}
 		return 0, err
 	}
-	if werrno != 0 {
-		r.pending = nil
-		return 0, os.NewSyscallError("write", werrno)
+	if r.rerr != 0 {
+		return 0, os.NewSyscallError("read", r.rerr)
 	}
-	if len(r.pending) > 0 {
-		// The socket's send buffer filled: write the rest the usual way,
-		// then read.
-		rest := r.pending
-		r.pending = nil
-		if _, err := r.Write(rest); err != nil {
-			return 0, err
-		}
-		return r.Read(p)
-	}
-	if errno != 0 {
-		return 0, os.NewSyscallError("read", errno)
-	}
-	if n == 0 {
+	if r.rn == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return r.rn, nil
 }
 
 func (r *rawIO) Write(p []byte) (int, error) {
-	if r.hold {
-		r.hold = false
-		r.pbuf = append(r.pbuf[:0], p...)
-		r.pending = r.pbuf
-		return len(p), nil
-	}
 	r.wp, r.werr = p, 0
 	err := r.rc.Write(r.writeFn)
 	done := len(p) - len(r.wp)
