@@ -95,10 +95,9 @@ const (
 
 // writeBegin sends the deferred plain BEGIN, and the shard's search_path and
 // tenant id for this transaction when the backend lacks them, as
-// Bind/Execute of statements prepared once per backend, without a Sync:
-// the server parses and plans nothing per transaction, and the client's
-// statement that follows shares the round trip. An error in them makes the
-// server skip to the next Sync; drain handles that as for writeSetup.
+// Bind/Execute of statements prepared once per backend, and a Sync: the
+// server parses and plans nothing per transaction, and the client's
+// statement that follows shares the round trip.
 func (ss *session) writeBegin() {
 	be := ss.be
 	ss.bindPrepared(beginStmt, "BEGIN", nil, nil)
@@ -115,6 +114,11 @@ func (ss *session) writeBegin() {
 			ss.bindPrepared(setupLocalTenantStmt, setupLocalTenantSQL, setupTenantTypes, []string{ss.wantTenant})
 		}
 	}
+	// A Sync of their own: the transaction block stays open across it, and
+	// should one of them fail, the server skips only up to here, not the
+	// client's messages that follow.
+	be.W.Write(wire.SyncMsg)
+	ss.push(expect{kind: eSync, swallow: true})
 	ss.pendingBegin = ""
 	ss.status = 'T'
 }
@@ -632,6 +636,7 @@ func (ss *session) releaseBackend() {
 		ss.setupDue, ss.setupOpen = false, false
 	}
 	ss.localSetup, ss.localOpen = false, false
+	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
 	ss.beCur.Store(nil)
 	if ss.beGate != nil {
@@ -744,6 +749,9 @@ func (ss *session) drain(all bool) error {
 			if ss.syncs == 0 {
 				ss.copyEnds = 0
 			}
+			if len(ss.txnSets) > 0 && ss.status == 'I' {
+				ss.endTxnSets(true)
+			}
 			if !swallow {
 				if ss.pendingBegin != "" && ss.status == 'I' {
 					// A statement run outside the deferred transaction.
@@ -760,12 +768,17 @@ func (ss *session) drain(all bool) error {
 			}
 			continue
 		case wire.MsgErrorResponse:
-			ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
-			ss.relay(typ, body)
+			if !e.abort {
+				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
+				ss.relay(typ, body)
+			}
 			if e.name == "setup" {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 			}
 			ss.doubtSetup() // the transaction with the setup is rolled back
+			if len(ss.txnSets) > 0 {
+				ss.endTxnSets(false) // and so are its SETs
+			}
 			setupFailed := e.setup
 			switch e.kind {
 			case eQuery, eSync:
@@ -780,6 +793,14 @@ func (ss *session) drain(all bool) error {
 				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+					if q := &ss.queue[0]; q.kind == eParse {
+						// Skipped by the server: not prepared there.
+						if q.name != "" {
+							delete(be.Prepared, q.name)
+						} else {
+							be.Unnamed = nil
+						}
+					}
 					ss.pop()
 				}
 				if setupFailed && len(ss.queue) > 0 && ss.queue[0].kind == eQuery {
@@ -809,9 +830,13 @@ func (ss *session) drain(all bool) error {
 		if !e.swallow {
 			ss.relay(typ, body)
 		}
-		if typ == wire.MsgCommandComplete && e.set != nil {
-			ss.applySet(e.set)
-			e.set = nil
+		if typ == wire.MsgCommandComplete {
+			if e.set != nil {
+				ss.setDone(e.set)
+				e.set = nil
+			} else if len(ss.txnSets) > 0 && string(body) == "ROLLBACK\x00" {
+				ss.endTxnSets(false)
+			}
 		}
 		done := false
 		switch e.kind {

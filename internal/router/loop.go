@@ -120,17 +120,32 @@ func (ss *session) sendFatal(code, msg string) {
 	ss.cw.Flush()
 }
 
+// abortStmt names the statement whose failing Parse aborts a pipeline's
+// implicit transaction (localError); it is never created.
+const abortStmt = "pgtenant_abort"
+
 // localError reports an error the router found itself, after the
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
 	if ss.be != nil && ss.backendPending() && ss.syncs == 0 && extended {
-		// Earlier messages of this batch went to the server: end them.
+		// Earlier messages of this batch went to the server: end them as
+		// an error there would, rolling their implicit transaction back
+		// (a Parse that fails, its error kept from the client), then Sync.
+		ss.out = wire.AppendParse(ss.out[:0], abortStmt, "pgtenant: abort", []byte{0, 0})
+		wire.WriteFrame(ss.be.W, wire.MsgParse, ss.out)
+		ss.push(expect{kind: eParse, swallow: true, abort: true, name: abortStmt})
 		ss.be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync, swallow: true})
 	}
 	if err := ss.drain(false); err != nil {
 		return err
+	}
+	if !ss.backendPending() {
+		// Answers the router made for earlier messages come first.
+		if err := ss.drain(true); err != nil {
+			return err
+		}
 	}
 	ss.srv.m.Errors.WithLabelValues("router", sqlstateClass(werr.Code)).Inc()
 	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
@@ -311,19 +326,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			// Run on a backend, which checks it; kept when it succeeds.
 			newSet = &setting{name: info.setName, stmt: sql}
 		case kReset:
-			if info.setName == "all" {
-				ss.sets = nil
-				ss.tenant = ss.startTenant
-				ss.setView()
-			} else {
-				ss.recordSet(info.setName, "")
-			}
-			ss.resig()
+			ss.reset(info.setName)
 			if ss.be == nil {
 				return ss.reply("RESET", nil)
-			}
-			if ss.status == 'I' {
-				ss.be.SessionSig = ss.sig
 			}
 		case kListen:
 			if ss.srv.cfg.PoolMode == PoolTransaction {
@@ -371,10 +376,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
-	if info.kind == kDiscard || info.kind == kDeallocate {
-		be.Prepared = make(map[string]struct{})
-		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
-	}
+	ss.noteServerState(sql, &info)
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery, set: newSet})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
@@ -385,13 +387,81 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	return nil
 }
 
-// applySet records a client's session SET that the backend ran without
-// error: the backend now has the session's new settings.
-func (ss *session) applySet(st *setting) {
-	ss.recordSet(st.name, st.stmt)
-	if ss.be != nil {
-		ss.be.SessionSig = ss.sig
+// reset forgets a session setting (all of them for "all", the tenant
+// included) as RESET does; a backend attached outside a transaction runs the
+// RESET too and then has the session's settings.
+func (ss *session) reset(name string) {
+	if name == "all" {
+		ss.sets = nil
+		ss.tenant = ss.startTenant
+		ss.setView()
+	} else {
+		ss.recordSet(name, "")
 	}
+	ss.resig()
+	if ss.be != nil {
+		if ss.status == 'I' {
+			ss.be.SessionSig = ss.sig
+		} else {
+			ss.be.SessionSig = "\x00" // unknown until the transaction ends
+		}
+	}
+}
+
+// noteServerState updates what the router knows of the attached backend
+// for a statement about to run on it: DISCARD and DEALLOCATE drop prepared
+// statements (the router's own too) and settings; session settings changed
+// in ways the router does not track (a SET among several statements,
+// set_config of another setting) mark the backend's settings as unknown,
+// so that the next client on it gets RESET ALL and its own settings
+// instead of inheriting them.
+func (ss *session) noteServerState(sql string, info *stmtInfo) {
+	be := ss.be
+	if info.kind == kDiscard || info.kind == kDeallocate || (info.multi && (containsFold(sql, "deallocate") || containsFold(sql, "discard"))) {
+		be.Prepared = make(map[string]struct{})
+		be.Unnamed = nil
+		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
+		return
+	}
+	if (info.multi && containsFold(sql, "set")) || (info.op == opNone && containsFold(sql, "set_config")) {
+		be.SessionSig = "\x00"
+	}
+}
+
+// containsFold reports whether s contains the ASCII lower-case word w in
+// any case.
+func containsFold(s, w string) bool {
+	for i := 0; i+len(w) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(w)], w) {
+			return true
+		}
+	}
+	return false
+}
+
+// setDone notes a client's session SET that the backend ran without error.
+// It takes effect for good only when its transaction commits (an implicit
+// one at the next idle ReadyForQuery): until then the backend's settings
+// are unknown, and an error or a ROLLBACK undoes it (endTxnSets).
+func (ss *session) setDone(st *setting) {
+	ss.txnSets = append(ss.txnSets, *st)
+	if ss.be != nil {
+		ss.be.SessionSig = "\x00"
+	}
+}
+
+// endTxnSets records the SETs of a transaction that ended: committed
+// (recorded, and the backend has the session's settings) or not (dropped).
+func (ss *session) endTxnSets(committed bool) {
+	if committed {
+		for _, st := range ss.txnSets {
+			ss.recordSet(st.name, st.stmt)
+		}
+		if ss.be != nil {
+			ss.be.SessionSig = ss.sig
+		}
+	}
+	ss.txnSets = ss.txnSets[:0]
 }
 
 // recordSet records (stmt != "") or forgets (stmt == "") a session setting.
@@ -437,10 +507,19 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	} else {
 		ss.unnamed = def
 	}
-	if ss.parseNow(def) {
-		return nil
+	sent, werr := ss.parseNow(def)
+	if werr != nil {
+		// Not prepared, as a server would leave it.
+		if len(pm.Name) != 0 {
+			delete(ss.stmts, string(pm.Name))
+		} else {
+			ss.unnamed = nil
+		}
+		return werr
 	}
-	ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
+	if !sent {
+		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
+	}
 	return nil
 }
 
@@ -452,28 +531,31 @@ func (ss *session) onParse(body []byte) *wire.Error {
 // Otherwise (no tenant yet, a statement the router answers itself) the
 // router answers ParseComplete and the statement is prepared where it is
 // first bound or described.
-func (ss *session) parseNow(def *stmtDef) bool {
+//
+// An error attaching the backend (the shard is being moved, the node is
+// down, a transaction was cut) is the Parse's.
+func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	info := &def.info
 	if info.op != opNone || ss.failed || ss.skipToSync || ss.pendingBegin != "" {
-		return false
+		return false, nil
 	}
 	if !info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback) {
-		return false
+		return false, nil
 	}
 	tenant := ss.pickTenant(info)
 	if tenant == "" || (ss.be != nil && tenant != ss.beTenant) {
-		return false
+		return false, nil
 	}
 	if m := ss.srv.mp.Load(); m == nil {
-		return false
+		return false, nil
 	} else if _, ok := m.Tenants[tenant]; !ok {
-		return false // reported when the statement is bound
+		return false, nil // reported when the statement is bound
 	}
-	if ss.ensureBackend(tenant) != nil {
-		return false
+	if e := ss.ensureBackend(tenant); e != nil {
+		return false, e
 	}
 	ss.sendSetup(def)
-	return ss.prepareOn(def, false)
+	return ss.prepareOn(def, false), nil
 }
 
 func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {
@@ -529,9 +611,19 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			}
 		}
 	}
-	if k := def.info; k.kind == kSet && k.op == opNone && !k.multi && !k.isLocal && k.setName != "transaction" {
+	if ss.portalSet != nil && ss.portalSetName == string(bm.Portal) {
+		ss.portalSet = nil // the portal is replaced before it ran
+	}
+	if k := def.info; k.kind == kSet && k.op == opNone && !k.multi && !k.isLocal && k.setName != "transaction" && !k.reservedSet {
 		ss.portalSet = &setting{name: k.setName, stmt: def.orig}
 		ss.portalSetName = string(bm.Portal)
+	}
+	if k := def.info; k.kind == kReset && k.op == opNone && !k.reservedSet {
+		ss.reset(k.setName)
+		if ss.be == nil {
+			ss.synthPortal(bm.Portal, "RESET")
+			return nil
+		}
 	}
 	switch def.info.op {
 	case opSet, opSetLocal:
@@ -567,6 +659,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	ss.sendSetup(def)
 	ss.ensurePrepared(def)
+	ss.noteServerState(def.query, &def.info)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, def.server, bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	ss.push(expect{kind: eBind})
@@ -694,6 +787,7 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if st := ss.portalSet; st != nil {
 		if n := len(ss.portalSetName); len(body) > n && string(body[:n]) == ss.portalSetName && body[n] == 0 {
 			set = st
+			ss.portalSet = nil
 		}
 	}
 	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
@@ -714,6 +808,9 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
+	}
+	if ss.portalSet != nil && name == ss.portalSetName {
+		ss.portalSet = nil
 	}
 	if ss.be == nil || (ss.synthTag != "" && name == ss.synthName) {
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})

@@ -42,6 +42,7 @@ type expect struct {
 	name    string // backend statement name of an injected Parse
 	synth   []byte // for eSynth: the message to send
 	setup   bool   // part of a setup sent with writeSetup
+	abort   bool   // a Parse meant to fail: its error is not the client's
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
@@ -97,7 +98,10 @@ type session struct {
 	// its Execute or the next Sync.
 	portalSet     *setting
 	portalSetName string
-	status        byte // transaction status from the last ReadyForQuery
+	// txnSets are session SETs run in the transaction in progress on the
+	// backend (setDone), recorded when it commits.
+	txnSets []setting
+	status  byte // transaction status from the last ReadyForQuery
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
