@@ -72,3 +72,22 @@ func BenchmarkClassify(b *testing.B) {
 		classify("SELECT val FROM items WHERE id = $1")
 	}
 }
+
+func TestContainsFold(t *testing.T) {
+	for _, tt := range []struct {
+		s, w string
+		want bool
+	}{
+		{"SELECT SET_CONFIG('a', 'b', false)", "set_config", true},
+		{"select Set_Config($1, $2, false)", "set_config", true},
+		{"SELECT 1; set x = 1", "set", true},
+		{"SELECT 1; DISCARD ALL", "discard", true},
+		{"SELECT config FROM settings", "set_config", false},
+		{"se", "set", false},
+		{"", "set", false},
+	} {
+		if got := containsFold(tt.s, tt.w); got != tt.want {
+			t.Errorf("containsFold(%q, %q) = %v, want %v", tt.s, tt.w, got, tt.want)
+		}
+	}
+}

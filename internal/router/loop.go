@@ -431,8 +431,9 @@ func (ss *session) noteServerState(sql string, info *stmtInfo) {
 // containsFold reports whether s contains the ASCII lower-case word w in
 // any case.
 func containsFold(s, w string) bool {
+	c := w[0]
 	for i := 0; i+len(w) <= len(s); i++ {
-		if strings.EqualFold(s[i:i+len(w)], w) {
+		if s[i]|0x20 == c && strings.EqualFold(s[i:i+len(w)], w) {
 			return true
 		}
 	}
