@@ -705,18 +705,18 @@ func (ss *session) drain(all bool) error {
 			ss.lostBackend(nil)
 			continue
 		}
+		if be.W.Buffered() > 0 {
+			if err := be.W.Flush(); err != nil {
+				ss.backendFailed(err)
+				continue
+			}
+		}
 		if be.R.Buffered() == 0 && ss.relayed && ss.cw.Buffered() > 0 {
 			// Stream what the server sent so far before blocking on it;
 			// messages the router made itself wait for company.
 			ss.relayed = false
 			if err := ss.cw.Flush(); err != nil {
 				return err
-			}
-		}
-		if be.W.Buffered() > 0 {
-			if err := be.W.Flush(); err != nil {
-				ss.backendFailed(err)
-				continue
 			}
 		}
 		typ, body, err := be.R.ReadMessage()

@@ -18,6 +18,7 @@ func (ss *session) loop() error {
 	for {
 		if ss.cr.Buffered() == 0 {
 			if ss.cw.Buffered() > 0 {
+				ss.relayed = false
 				if err := ss.cw.Flush(); err != nil {
 					return fmt.Errorf("write to client: %w", err)
 				}
