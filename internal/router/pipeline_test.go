@@ -208,42 +208,34 @@ func TestDeallocateExtended(t *testing.T) {
 	d.q("COMMIT")
 }
 
-// A Parse in a transaction whose backend was cut by a fence must report
-// the retryable 40001 like the other messages do.
-func TestParseAfterCut(t *testing.T) {
-	s := startRouter(t, Config{FenceGrace: 100 * time.Millisecond, HoldTimeout: 2 * time.Second}, nil)
-	c := tcConnect(t, s, "t3")
-	t.Log(c.q("BEGIN"), c.q("SELECT 1 FROM whoami"))
-	fenced := cloneMap(testMap())
-	fenced.Version = 2
-	fenced.Shards[3].State = placement.StateFenced
-	if err := s.SetMap(ctx(t), fenced); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	c.send(&pgproto3.Parse{Name: "s", Query: "SELECT 2 FROM whoami"}, &pgproto3.Bind{PreparedStatement: "s"},
-		&pgproto3.Execute{}, &pgproto3.Sync{})
-	got := c.recv(1)
-	if !strings.Contains(got, "E(40001") {
-		t.Fatalf("extended statement in a cut transaction: %s, want 40001", got)
-	}
-}
-
-// Control: same with a simple Query.
-func TestQueryAfterCut(t *testing.T) {
-	s := startRouter(t, Config{FenceGrace: 100 * time.Millisecond, HoldTimeout: 2 * time.Second}, nil)
-	c := tcConnect(t, s, "t3")
-	t.Log(c.q("BEGIN"), c.q("SELECT 1 FROM whoami"))
-	fenced := cloneMap(testMap())
-	fenced.Version = 2
-	fenced.Shards[3].State = placement.StateFenced
-	if err := s.SetMap(ctx(t), fenced); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	got := c.q("SELECT 2 FROM whoami")
-	if !strings.Contains(got, "E(40001") {
-		t.Fatalf("simple statement in a cut transaction: %s, want 40001", got)
+// A statement in a transaction whose backend was cut by a fence gets the
+// retryable 40001, whether it comes as a simple Query or as Parse/Bind/
+// Execute (the Parse is what meets the cut there).
+func TestStatementAfterCut(t *testing.T) {
+	for _, extended := range []bool{false, true} {
+		t.Run(fmt.Sprintf("extended=%v", extended), func(t *testing.T) {
+			s := startRouter(t, Config{FenceGrace: 100 * time.Millisecond, HoldTimeout: 2 * time.Second}, nil)
+			c := tcConnect(t, s, "t3")
+			t.Log(c.q("BEGIN"), c.q("SELECT 1 FROM whoami"))
+			fenced := cloneMap(testMap())
+			fenced.Version = 2
+			fenced.Shards[3].State = placement.StateFenced
+			if err := s.SetMap(ctx(t), fenced); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond) // past FenceGrace: the transaction is cut
+			var got string
+			if extended {
+				c.send(&pgproto3.Parse{Name: "s", Query: "SELECT 2 FROM whoami"}, &pgproto3.Bind{PreparedStatement: "s"},
+					&pgproto3.Execute{}, &pgproto3.Sync{})
+				got = c.recv(1)
+			} else {
+				got = c.q("SELECT 2 FROM whoami")
+			}
+			if !strings.Contains(got, "E(40001") {
+				t.Fatalf("statement in a cut transaction: %s, want 40001", got)
+			}
+		})
 	}
 }
 
