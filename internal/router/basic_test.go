@@ -192,6 +192,18 @@ func TestTenantErrors(t *testing.T) {
 			if got := pgCode(err); got != "0A000" {
 				t.Fatalf("SET search_path: %v, want 0A000", err)
 			}
+			// The same over the extended protocol (pgx sends Exec without
+			// arguments as a simple Query).
+			for _, q := range []string{"SET search_path = public", "RESET search_path", "SET pgtenant.tenant_id = 'x'"} {
+				err := c.PgConn().ExecParams(ctx, "/* tenant: t4 */ "+q, nil, nil, nil, nil).Read().Err
+				if got := pgCode(err); got != "0A000" {
+					t.Fatalf("%s over the extended protocol: %v, want 0A000", q, err)
+				}
+			}
+			var schema string
+			if err := c.QueryRow(ctx, "/* tenant: t4 */ SELECT current_schema()").Scan(&schema); err != nil || schema != "shard_0004" {
+				t.Fatalf("current_schema after refused SETs: %q, %v", schema, err)
+			}
 			long := make([]byte, 1024)
 			for i := range long {
 				long[i] = 'x'

@@ -121,6 +121,12 @@ func (ss *session) sendFatal(code, msg string) {
 	ss.cw.Flush()
 }
 
+// reservedSetError refuses SET or RESET of a setting the router owns.
+func reservedSetError(name string) *wire.Error {
+	return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", name),
+		Hint: "Select the tenant with SET pgtenant.tenant; the router sets search_path and pgtenant.tenant_id itself."}
+}
+
 // abortStmt names the statement whose failing Parse aborts a pipeline's
 // implicit transaction (localError); it is never created.
 const abortStmt = "pgtenant_abort"
@@ -235,8 +241,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return abortedError()
 	}
 	if info.reservedSet && (info.kind == kSet || info.kind == kReset) {
-		return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", info.setName),
-			Hint: "Select the tenant with SET pgtenant.tenant; the router sets search_path and pgtenant.tenant_id itself."}
+		return reservedSetError(info.setName)
 	}
 	if info.op != opNone && info.op != opSetConfig {
 		if info.multi {
@@ -612,6 +617,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				return nil
 			}
 		}
+	}
+	if k := def.info; k.reservedSet && (k.kind == kSet || k.kind == kReset) {
+		return reservedSetError(k.setName)
 	}
 	if ss.portalSet != nil && ss.portalSetName == string(bm.Portal) {
 		ss.portalSet = nil // the portal is replaced before it ran
