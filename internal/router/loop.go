@@ -416,7 +416,8 @@ func (ss *session) reset(name string) {
 
 // noteServerState updates what the router knows of the attached backend
 // for a statement about to run on it: DISCARD and DEALLOCATE drop prepared
-// statements (the router's own too) and settings; session settings changed
+// statements (the router's own too) and settings; RESET ALL resets
+// search_path and the tenant id; session settings changed
 // in ways the router does not track (a SET among several statements,
 // set_config of another setting) mark the backend's settings as unknown,
 // so that the next client on it gets RESET ALL and its own settings
@@ -428,6 +429,10 @@ func (ss *session) noteServerState(sql string, info *stmtInfo) {
 		be.Unnamed = nil
 		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 		return
+	}
+	if info.kind == kReset && info.setName == "all" {
+		// The server's RESET ALL resets search_path and the tenant id too.
+		be.Schema, be.Tenant = "\x00", "\x00"
 	}
 	if (info.multi && containsFold(sql, "set")) || (info.op == opNone && containsFold(sql, "set_config")) {
 		be.SessionSig = "\x00"

@@ -514,6 +514,24 @@ func TestSessionSettingsReplayed(t *testing.T) {
 			}
 		})
 	}
+	// RESET ALL on an attached backend (session mode keeps it) resets its
+	// search_path too: the next statement must still run in the shard.
+	t.Run("reset all", func(t *testing.T) {
+		ss := startRouter(t, Config{PoolMode: PoolSession}, nil)
+		c := connect(t, ss, "t2", pgx.QueryExecModeSimpleProtocol)
+		var schema string
+		for _, q := range []string{"SELECT current_schema() FROM whoami", "RESET ALL", "SELECT current_schema() FROM whoami"} {
+			if strings.HasPrefix(q, "RESET") {
+				if _, err := c.Exec(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if err := c.QueryRow(ctx, q).Scan(&schema); err != nil || schema != "shard_0002" {
+				t.Fatalf("%s: %q, %v; want shard_0002", q, schema, err)
+			}
+		}
+	})
 	// pgx sends Exec without arguments as a simple Query: send SET over the
 	// extended protocol by hand, as drivers that prepare everything do.
 	t.Run("extended", func(t *testing.T) {
