@@ -65,6 +65,11 @@ type stmtInfo struct {
 	// reservedSet is set for SET/RESET of a setting the router owns
 	// (search_path, pgtenant.* other than pgtenant.tenant, role).
 	reservedSet bool
+	// callsSetConfig is set when the text calls set_config anywhere.
+	callsSetConfig bool
+	// laterSet and laterDiscard are set when a statement after the first
+	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
+	laterSet, laterDiscard bool
 	// dml is set for one statement starting with SELECT, INSERT, UPDATE,
 	// DELETE, WITH, VALUES, TABLE or MERGE: it can run in a transaction
 	// the router opened with its own setup statement (see writeSetup).
@@ -96,6 +101,8 @@ type lexer struct {
 	n    int
 	// multiSeen is set once a token follows the first statement.
 	multiSeen bool
+	// sinceSemi counts the tokens since the last ';'.
+	sinceSemi int
 }
 
 // classify scans sql once, without allocating except for a hint or value
@@ -215,11 +222,22 @@ func classify(sql string) stmtInfo {
 			for i < n && (isIdent(sql[i]) || sql[i] == '.') {
 				i++
 			}
+			w := sql[start:i]
 			if !stmtDone && !sawFrom {
-				w := sql[start:i]
 				if strings.EqualFold(w, "from") || strings.EqualFold(w, "into") {
 					sawFrom = true
 				}
+			}
+			if stmtDone && lx.sinceSemi == 0 {
+				switch {
+				case strings.EqualFold(w, "set"), strings.EqualFold(w, "reset"):
+					info.laterSet = true
+				case strings.EqualFold(w, "discard"), strings.EqualFold(w, "deallocate"):
+					info.laterDiscard = true
+				}
+			}
+			if k := len(w) - 10; k >= 0 && strings.EqualFold(w[k:], "set_config") && (k == 0 || w[k-1] == '.') {
+				info.callsSetConfig = true
 			}
 			lx.add(stmtDone, tWord, start, i)
 		case c >= '0' && c <= '9':
@@ -230,6 +248,7 @@ func classify(sql string) stmtInfo {
 			lx.add(stmtDone, tNumber, start, i)
 		case c == ';':
 			i++
+			lx.sinceSemi = 0
 			if lx.n > 0 {
 				stmtDone = true
 			}
@@ -249,6 +268,7 @@ func classify(sql string) stmtInfo {
 }
 
 func (lx *lexer) add(after bool, k tokKind, start, end int) {
+	lx.sinceSemi++
 	if after {
 		lx.multiSeen = true
 		return

@@ -31,11 +31,17 @@ func TestClassify(t *testing.T) {
 		{"SET search_path = x", stmtInfo{kind: kSet, noShard: true, setName: "search_path", reservedSet: true}},
 		{"SET pgtenant.tenant_id = 'x'", stmtInfo{kind: kSet, noShard: true, setName: "pgtenant.tenant_id", reservedSet: true}},
 		{"SET statement_timeout = 5", stmtInfo{kind: kSet, noShard: true, setName: "statement_timeout"}},
-		{"SELECT set_config('pgtenant.tenant', $1, false)", stmtInfo{kind: kSelect, noShard: true, op: opSetConfig, param: 1, plainSetConfig: true, dml: true}},
-		{"select pg_catalog.set_config('pgtenant.tenant', 'acme', true)", stmtInfo{kind: kSelect, noShard: true, op: opSetConfig, val: "acme", isLocal: true, plainSetConfig: true, dml: true}},
-		{"SELECT set_config('pgtenant.tenant', $1, $2)", stmtInfo{kind: kSelect, noShard: true, op: opSetConfig, param: 1, dml: true}},
-		{"SELECT set_config('pgtenant.tenant', $1, false), 1", stmtInfo{kind: kSelect, noShard: true, op: opSetConfig, param: 1, dml: true}},
-		{"SELECT set_config('search_path', $1, false)", stmtInfo{kind: kSelect, noShard: true, dml: true}},
+		{"SELECT set_config('pgtenant.tenant', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, plainSetConfig: true, dml: true}},
+		{"select pg_catalog.set_config('pgtenant.tenant', 'acme', true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, val: "acme", isLocal: true, plainSetConfig: true, dml: true}},
+		{"SELECT set_config('pgtenant.tenant', $1, $2)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, dml: true}},
+		{"SELECT set_config('pgtenant.tenant', $1, false), 1", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, dml: true}},
+		{"SELECT 1; SET statement_timeout = 5", stmtInfo{kind: kSelect, multi: true, laterSet: true}},
+		{"SELECT 1;\n  reset ALL", stmtInfo{kind: kSelect, multi: true, laterSet: true}},
+		{"UPDATE t SET x = 1; SELECT 1", stmtInfo{kind: kOther, multi: true}},
+		{"SELECT 1; /* c */ DEALLOCATE ALL", stmtInfo{kind: kSelect, multi: true, laterDiscard: true}},
+		{"SELECT 1; SELECT my.set_config_x()", stmtInfo{kind: kSelect, multi: true}},
+		{"SELECT 1; SELECT my.set_config('a', 'b', false)", stmtInfo{kind: kSelect, multi: true, callsSetConfig: true}},
+		{"SELECT set_config('search_path', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true}},
 		{"BEGIN; SELECT 1", stmtInfo{kind: kBegin, multi: true}},
 		{"SELECT 1;", stmtInfo{kind: kSelect, noShard: true, dml: true}},
 		{"SELECT $$ ; from $$", stmtInfo{kind: kSelect, noShard: true, dml: true}},
@@ -70,24 +76,5 @@ func BenchmarkClassify(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		classify("SELECT val FROM items WHERE id = $1")
-	}
-}
-
-func TestContainsFold(t *testing.T) {
-	for _, tt := range []struct {
-		s, w string
-		want bool
-	}{
-		{"SELECT SET_CONFIG('a', 'b', false)", "set_config", true},
-		{"select Set_Config($1, $2, false)", "set_config", true},
-		{"SELECT 1; set x = 1", "set", true},
-		{"SELECT 1; DISCARD ALL", "discard", true},
-		{"SELECT config FROM settings", "set_config", false},
-		{"se", "set", false},
-		{"", "set", false},
-	} {
-		if got := containsFold(tt.s, tt.w); got != tt.want {
-			t.Errorf("containsFold(%q, %q) = %v, want %v", tt.s, tt.w, got, tt.want)
-		}
 	}
 }

@@ -382,7 +382,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
-	ss.noteServerState(sql, &info)
+	ss.noteServerState(&info)
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery, set: newSet})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
@@ -422,9 +422,9 @@ func (ss *session) reset(name string) {
 // set_config of another setting) mark the backend's settings as unknown,
 // so that the next client on it gets RESET ALL and its own settings
 // instead of inheriting them.
-func (ss *session) noteServerState(sql string, info *stmtInfo) {
+func (ss *session) noteServerState(info *stmtInfo) {
 	be := ss.be
-	if info.kind == kDiscard || info.kind == kDeallocate || (info.multi && (containsFold(sql, "deallocate") || containsFold(sql, "discard"))) {
+	if info.kind == kDiscard || info.kind == kDeallocate || info.laterDiscard {
 		be.Prepared = make(map[string]struct{})
 		be.Unnamed = nil
 		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
@@ -434,21 +434,9 @@ func (ss *session) noteServerState(sql string, info *stmtInfo) {
 		// The server's RESET ALL resets search_path and the tenant id too.
 		be.Schema, be.Tenant = "\x00", "\x00"
 	}
-	if (info.multi && containsFold(sql, "set")) || (info.op == opNone && containsFold(sql, "set_config")) {
+	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig) {
 		be.SessionSig = "\x00"
 	}
-}
-
-// containsFold reports whether s contains the ASCII lower-case word w in
-// any case.
-func containsFold(s, w string) bool {
-	c := w[0]
-	for i := 0; i+len(w) <= len(s); i++ {
-		if s[i]|0x20 == c && strings.EqualFold(s[i:i+len(w)], w) {
-			return true
-		}
-	}
-	return false
 }
 
 // setDone notes a client's session SET that the backend ran without error.
@@ -674,7 +662,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	ss.sendSetup(def)
 	ss.ensurePrepared(def)
-	ss.noteServerState(def.query, &def.info)
+	ss.noteServerState(&def.info)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, def.server, bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	ss.push(expect{kind: eBind})
