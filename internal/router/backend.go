@@ -123,9 +123,9 @@ func (ss *session) writeBegin() {
 	ss.status = 'T'
 }
 
-// bindPrepared queues Parse (first use on this backend), Bind of the unnamed
-// portal with text parameters, and Execute of the router's own statement
-// name, their responses swallowed.
+// bindPrepared queues, for one of the router's own statements, Parse (on
+// first use on this backend), Bind of the unnamed portal with text
+// parameters and text results, and Execute, their answers swallowed.
 func (ss *session) bindPrepared(name, sql string, types []byte, params []string) {
 	be := ss.be
 	if _, ok := be.Prepared[name]; !ok {
@@ -469,38 +469,11 @@ func (ss *session) writeSetup() {
 		return
 	}
 	ss.setupDue = false
-	be := ss.be
-	name, sql, types := setupStmt, setupSQL, setupTypes
-	if ss.setupPath == "" {
-		name, sql, types = setupTenantStmt, setupTenantSQL, setupTenantTypes
-	}
-	if _, ok := be.Prepared[name]; !ok {
-		be.Prepared[name] = struct{}{}
-		ss.out = wire.AppendParse(ss.out[:0], name, sql, types)
-		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
-		ss.push(expect{kind: eParse, swallow: true, name: name, setup: true})
-	}
-	// Bind: unnamed portal, no parameter formats (text), the values, no
-	// result formats (text).
-	b := ss.out[:0]
-	b = append(b, 0)
-	b = append(b, name...)
-	b = append(b, 0, 0, 0)
 	if ss.setupPath != "" {
-		b = append(b, 0, 2)
-		b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupPath)))
-		b = append(b, ss.setupPath...)
+		ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{ss.setupPath, ss.setupTenant})
 	} else {
-		b = append(b, 0, 1)
+		ss.bindPrepared(setupTenantStmt, setupTenantSQL, setupTenantTypes, []string{ss.setupTenant})
 	}
-	b = binary.BigEndian.AppendUint32(b, uint32(len(ss.setupTenant)))
-	b = append(b, ss.setupTenant...)
-	b = append(b, 0, 0)
-	ss.out = b
-	wire.WriteFrame(be.W, wire.MsgBind, b)
-	be.W.Write(executeUnnamed)
-	ss.push(expect{kind: eBind, swallow: true, setup: true})
-	ss.push(expect{kind: eExec, swallow: true, setup: true})
 	ss.setupOpen = true
 }
 
