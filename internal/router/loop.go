@@ -450,15 +450,14 @@ func (ss *session) setDone(st *setting) {
 	}
 }
 
-// endTxnSets records the SETs of a transaction that ended: committed
-// (recorded, and the backend has the session's settings) or not (dropped).
+// endTxnSets records the SETs of a transaction that ended if it committed,
+// and drops them if not. The backend's settings stay unknown either way (the
+// transaction may also have changed what the router does not track): the
+// next statement on it gets RESET ALL and the session's settings first.
 func (ss *session) endTxnSets(committed bool) {
 	if committed {
 		for _, st := range ss.txnSets {
 			ss.recordSet(st.name, st.stmt)
-		}
-		if ss.be != nil {
-			ss.be.SessionSig = ss.sig
 		}
 	}
 	ss.txnSets = ss.txnSets[:0]
