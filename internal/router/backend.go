@@ -133,6 +133,7 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 		if types == nil {
 			types = []byte{0, 0}
 		}
+		ss.closeFirst(name)
 		ss.out = wire.AppendParse(ss.out[:0], name, sql, types)
 		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
 		ss.push(expect{kind: eParse, swallow: true, name: name, setup: true})
@@ -956,10 +957,25 @@ func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
 		}
 		be.Unnamed = def
 	}
+	if def.server != "" {
+		ss.closeFirst(def.server)
+	}
 	ss.out = wire.AppendParse(ss.out[:0], def.server, def.query, def.types)
 	wire.WriteFrame(be.W, wire.MsgParse, ss.out)
 	ss.push(expect{kind: eParse, swallow: swallow, name: def.server})
 	return true
+}
+
+// closeFirst queues a Close of the named statement before the router
+// prepares it on the attached backend: what the router knows of a
+// backend's statements can only err towards "missing" (it forgets them on
+// DISCARD or DEALLOCATE even when the server skipped those), and closing a
+// statement that does not exist is not an error, so the Parse cannot fail
+// with 42P05.
+func (ss *session) closeFirst(name string) {
+	ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
+	wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+	ss.push(expect{kind: eClose, swallow: true})
 }
 
 var _ = context.Background

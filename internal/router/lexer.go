@@ -469,6 +469,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		info.reservedSet = isReserved(info.setName)
 	case strings.EqualFold(w, "reset"):
 		info.kind = kReset
+		info.noShard = !info.multi
 		info.setName = strings.ToLower(lx.text(1))
 		if info.setName == tenantSetting {
 			info.op = opReset

@@ -25,7 +25,7 @@ func TestClassify(t *testing.T) {
 		{"SET SESSION pgtenant.tenant = acme", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "acme", setName: "pgtenant.tenant"}},
 		{"SET LOCAL pgtenant.tenant = E'a\\\\b'", stmtInfo{kind: kSet, noShard: true, op: opSetLocal, val: `a\b`, isLocal: true, setName: "pgtenant.tenant"}},
 		{"SET pgtenant.tenant = DEFAULT", stmtInfo{kind: kSet, noShard: true, op: opReset, setName: "pgtenant.tenant"}},
-		{"RESET pgtenant.tenant", stmtInfo{kind: kReset, op: opReset, setName: "pgtenant.tenant"}},
+		{"RESET pgtenant.tenant", stmtInfo{kind: kReset, noShard: true, op: opReset, setName: "pgtenant.tenant"}},
 		{"SHOW pgtenant.tenant", stmtInfo{kind: kShow, op: opShow, setName: "pgtenant.tenant", noShard: true}},
 		{"SHOW TimeZone", stmtInfo{kind: kShow, setName: "timezone", noShard: true}},
 		{"SET search_path = x", stmtInfo{kind: kSet, noShard: true, setName: "search_path", reservedSet: true}},

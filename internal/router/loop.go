@@ -121,6 +121,22 @@ func (ss *session) sendFatal(code, msg string) {
 	ss.cw.Flush()
 }
 
+// unsyncedPending reports whether messages sent to the backend after the
+// last queued Sync (or Query) still await answers: the server runs them in
+// an implicit transaction that only a Sync ends.
+func (ss *session) unsyncedPending() bool {
+	for i := len(ss.queue) - 1; i >= 0; i-- {
+		switch ss.queue[i].kind {
+		case eSync, eQuery, eSynthRFQ:
+			return false
+		case eSynth:
+		default:
+			return true
+		}
+	}
+	return false
+}
+
 // reservedSetError refuses SET or RESET of a setting the router owns.
 func reservedSetError(name string) *wire.Error {
 	return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", name),
@@ -135,7 +151,7 @@ const abortStmt = "pgtenant_abort"
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
-	if ss.be != nil && ss.backendPending() && ss.syncs == 0 && extended {
+	if ss.be != nil && extended && ss.unsyncedPending() {
 		// Earlier messages of this batch went to the server: end them as
 		// an error there would, rolling their implicit transaction back
 		// (a Parse that fails, its error kept from the client), then Sync.
@@ -332,10 +348,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			// Run on a backend, which checks it; kept when it succeeds.
 			newSet = &setting{name: info.setName, stmt: sql}
 		case kReset:
-			ss.reset(info.setName)
 			if ss.be == nil {
+				ss.reset(info.setName)
 				return ss.reply("RESET", nil)
 			}
+			// Kept when the backend has run it (see setDone).
+			newSet = &setting{name: info.setName, reset: true}
 		case kListen:
 			if ss.srv.cfg.PoolMode == PoolTransaction {
 				return &wire.Error{Code: "0A000", Message: "LISTEN is not supported in transaction pool mode",
@@ -394,8 +412,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 }
 
 // reset forgets a session setting (all of them for "all", the tenant
-// included) as RESET does; a backend attached outside a transaction runs the
-// RESET too and then has the session's settings.
+// included) as RESET does.
 func (ss *session) reset(name string) {
 	if name == "all" {
 		ss.sets = nil
@@ -405,13 +422,6 @@ func (ss *session) reset(name string) {
 		ss.recordSet(name, "")
 	}
 	ss.resig()
-	if ss.be != nil {
-		if ss.status == 'I' {
-			ss.be.SessionSig = ss.sig
-		} else {
-			ss.be.SessionSig = "\x00" // unknown until the transaction ends
-		}
-	}
 }
 
 // noteServerState updates what the router knows of the attached backend
@@ -435,7 +445,8 @@ func (ss *session) noteServerState(info *stmtInfo) {
 		be.Schema, be.Tenant = "\x00", "\x00"
 	}
 	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig) {
-		be.SessionSig = "\x00"
+		// set_config may have changed search_path or the tenant id too.
+		be.SessionSig, be.Schema, be.Tenant = "\x00", "\x00", "\x00"
 	}
 }
 
@@ -457,7 +468,11 @@ func (ss *session) setDone(st *setting) {
 func (ss *session) endTxnSets(committed bool) {
 	if committed {
 		for _, st := range ss.txnSets {
-			ss.recordSet(st.name, st.stmt)
+			if st.reset {
+				ss.reset(st.name)
+			} else {
+				ss.recordSet(st.name, st.stmt)
+			}
 		}
 	}
 	ss.txnSets = ss.txnSets[:0]
@@ -621,11 +636,13 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		ss.portalSetName = string(bm.Portal)
 	}
 	if k := def.info; k.kind == kReset && k.op == opNone && !k.reservedSet {
-		ss.reset(k.setName)
 		if ss.be == nil {
+			ss.reset(k.setName)
 			ss.synthPortal(bm.Portal, "RESET")
 			return nil
 		}
+		ss.portalSet = &setting{name: k.setName, reset: true}
+		ss.portalSetName = string(bm.Portal)
 	}
 	switch def.info.op {
 	case opSet, opSetLocal:

@@ -32,6 +32,8 @@ type stmtDef struct {
 // setting is one session setting the client made.
 type setting struct {
 	name, stmt string
+	// reset marks a RESET of name ("all": RESET ALL) waiting in txnSets.
+	reset bool
 }
 
 // expect is one response the session waits for from the backend (or
