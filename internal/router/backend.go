@@ -918,7 +918,17 @@ func (ss *session) lostBackend(werr *wire.Error) {
 	ss.status = 'I'
 	ss.srv.m.Errors.WithLabelValues("router", sqlstateClass(werr.Code)).Inc()
 	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
-	n := ss.syncs
+	n := 0 // the ReadyForQuery messages the client waits for
+	for i := range ss.queue {
+		switch q := &ss.queue[i]; q.kind {
+		case eSync, eQuery:
+			if !q.swallow {
+				n++
+			}
+		case eSynthRFQ:
+			n++
+		}
+	}
 	clear(ss.queue)
 	ss.queue = ss.qbuf[:0]
 	ss.syncs = 0

@@ -4,9 +4,12 @@ package router
 // the server skips, rolls back or never finishes what it was sent.
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -202,3 +205,28 @@ func TestStateTenantSetConfigPlusOther(t *testing.T) {
 }
 
 // R16: set_config of a reserved setting is not refused.
+
+// A backend killed before a deferred BEGIN: the client gets one error and
+// the ReadyForQuery messages it waits for, no stale extra one.
+func TestStateDeadBackendDeferredBegin(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	c := tcConnect(t, s, "t2")
+	got := c.q("SELECT pg_backend_pid() FROM whoami")
+	pid := strings.TrimSuffix(strings.TrimPrefix(strings.Fields(got)[0], "D("), ")")
+	dc, err := pgx.Connect(context.Background(), nodeDSN(nodeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close(context.Background())
+	if _, err := dc.Exec(context.Background(), "SELECT pg_terminate_backend("+pid+")"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	t.Log(c.q("BEGIN"))
+	t.Log("stmt:", c.q("SELECT 1 FROM whoami"))
+	if got := c.q("SELECT 'next'"); !strings.Contains(got, "next") && !strings.Contains(got, "25P02") {
+		t.Fatalf("next query answered %s (stale ReadyForQuery?)", got)
+	} else {
+		t.Log("next:", got)
+	}
+}
