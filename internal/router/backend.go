@@ -231,7 +231,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 			ss.sendPendingBegin(tenant)
 			return nil
 		}
-		if ss.backendPending() {
+		if ss.backendPending() || ss.unsynced {
 			return &wire.Error{Code: "25001", Message: fmt.Sprintf("this pipeline is bound to tenant %q; it cannot also run statements for tenant %q", ss.beTenant, tenant),
 				Hint: "Send Sync before switching tenants: one implicit transaction runs on one shard."}
 		}
@@ -609,6 +609,11 @@ func (ss *session) releaseBackend() {
 		be.Schema, be.Tenant = "\x00", "\x00"
 		ss.setupDue, ss.setupOpen = false, false
 	}
+	if ss.unsynced {
+		// An implicit transaction is open on it: closing rolls it back.
+		be.MarkBroken()
+		ss.unsynced = false
+	}
 	ss.localSetup, ss.localOpen = false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
@@ -625,6 +630,12 @@ func (ss *session) releaseBackend() {
 
 // push queues an expected response.
 func (ss *session) push(e expect) {
+	switch e.kind {
+	case eParse, eBind, eDescS, eDescP, eExec, eClose:
+		ss.unsynced = true
+	case eSync, eQuery:
+		ss.unsynced = false
+	}
 	ss.queue = append(ss.queue, e)
 	if cap(ss.queue) > cap(ss.qbuf) {
 		ss.qbuf = ss.queue[:0:cap(ss.queue)]

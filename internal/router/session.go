@@ -100,6 +100,10 @@ type session struct {
 	// its Execute or the next Sync.
 	portalSet     *setting
 	portalSetName string
+	// unsynced: extended-protocol messages went to the backend since the
+	// last Sync (or Query), so the server holds an implicit transaction
+	// open for them.
+	unsynced bool
 	// txnSets are session SETs run in the transaction in progress on the
 	// backend (setDone), recorded when it commits.
 	txnSets []setting
@@ -456,6 +460,11 @@ func (ss *session) end() {
 		return
 	}
 	be := ss.be
+	if ss.unsynced {
+		// Extended-protocol work the client never ended with Sync: a
+		// DISCARD ALL would commit it. Closing the connection rolls it back.
+		be.MarkBroken()
+	}
 	if ss.srv.cfg.PoolMode == PoolSession && ss.status == 'I' && len(ss.queue) == 0 && !be.Broken() {
 		// Reset what the client may have changed.
 		be.W.Write(wire.AppendQuery(nil, "DISCARD ALL"))
@@ -463,6 +472,10 @@ func (ss *session) end() {
 		ss.syncs++
 		be.SetDeadline(time.Now().Add(5 * time.Second))
 		if err := ss.drain(false); err != nil || ss.be == nil {
+			if ss.be != nil {
+				be.MarkBroken()
+				ss.releaseBackend()
+			}
 			return
 		}
 		be.SetDeadline(time.Time{})

@@ -230,3 +230,52 @@ func TestStateDeadBackendDeferredBegin(t *testing.T) {
 		t.Log("next:", got)
 	}
 }
+
+// Extended-protocol work a client never ended with Sync is rolled back, not
+// committed by whoever uses the backend next: when the client disconnects
+// (transaction and session mode) and when it switches tenants (refused with
+// 25001 until it sends Sync).
+func TestStateNoSyncDisconnect(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	c := tcConnect(t, s, "t2")
+	t.Log(c.q("DELETE FROM sink WHERE body = 'r6'"))
+	c.send(&pgproto3.Parse{Query: "INSERT INTO sink (body) VALUES ('r6')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
+	time.Sleep(300 * time.Millisecond)
+	c.pc.Conn().Close()
+	time.Sleep(200 * time.Millisecond)
+	d := tcConnect(t, s, "t2")
+	if got := d.q("SELECT count(*) FROM sink WHERE body = 'r6'"); !strings.HasPrefix(got, "D(0)") {
+		t.Fatalf("rows of a client that never synced: %s, want 0", got)
+	}
+}
+
+func TestStateNoSyncSwitchTenant(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 2}}, nil)
+	c := tcConnect(t, s, "t2")
+	t.Log(c.q("DELETE FROM sink WHERE body = 'r9'"))
+	c.send(&pgproto3.Parse{Query: "INSERT INTO sink (body) VALUES ('r9')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
+	time.Sleep(300 * time.Millisecond)
+	if got := c.q("/* tenant: t3 */ SELECT 1 FROM whoami"); !strings.Contains(got, "E(25001") {
+		t.Fatalf("switching tenants before Sync: %s, want 25001", got)
+	}
+	d := tcConnect(t, s, "t2")
+	if got := d.q("SELECT count(*) FROM sink WHERE body = 'r9'"); !strings.HasPrefix(got, "D(0)") {
+		t.Fatalf("another client sees c's unsynced insert: %s", got)
+	}
+	c.send(&pgproto3.Sync{})
+	t.Log("c sync:", c.recv(1))
+}
+
+func TestStateNoSyncDisconnectSession(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 1}}, nil)
+	c := tcConnect(t, s, "t2")
+	t.Log(c.q("DELETE FROM sink WHERE body = 'r6s'"))
+	c.send(&pgproto3.Parse{Query: "INSERT INTO sink (body) VALUES ('r6s')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
+	time.Sleep(300 * time.Millisecond)
+	c.pc.Conn().Close()
+	time.Sleep(500 * time.Millisecond)
+	d := tcConnect(t, s, "t2")
+	if got := d.q("SELECT count(*) FROM sink WHERE body = 'r6s'"); !strings.HasPrefix(got, "D(0)") {
+		t.Fatalf("rows of a client that never synced: %s, want 0", got)
+	}
+}
