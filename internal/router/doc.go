@@ -38,10 +38,17 @@
 // transaction; with a deferred plain BEGIN in transaction mode, as
 // Bind/Execute of prepared BEGIN and transaction-local set_config
 // statements (a BEGIN with options goes as a Query with the settings);
-// otherwise as a Query of its own, pipelined before the client's. A setup whose transaction fails
-// is forgotten and sent again. While such a transaction is open the router
-// answers each Query and Sync before it reads the client's next message,
-// so nothing pipelined behind it runs with the settings it may revert.
+// otherwise as a Query of its own, pipelined before the client's. In
+// transaction mode the settings are transaction-local: the backend's
+// session search_path never changes, so the server does not re-plan the
+// setup statement (Postgres re-analyses a prepared statement whenever the
+// search_path differs from the one it was planned with). A COMMIT or
+// ROLLBACK inside an extended pipeline ends that transaction, so the
+// statements after it get the settings again. In session mode they are
+// session settings; a setup whose transaction fails is forgotten and sent
+// again. While such a transaction is open the router answers each Query
+// and Sync before it reads the client's next message, so nothing pipelined
+// behind it runs with the settings it may revert.
 //
 // Session settings (SET outside a transaction, as a simple Query or with
 // Parse/Bind/Execute, and startup parameters such as application_name) are

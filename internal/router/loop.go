@@ -393,11 +393,8 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return e
 	}
-	if info.dml {
-		ss.writeSetup()
-	} else {
-		ss.flushSetup()
-	}
+	ss.sendSetup(info.dml)
+	ss.noteLocalEnd(&info)
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
 	ss.noteServerState(&info)
@@ -568,7 +565,7 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return false, e
 	}
-	ss.sendSetup(def)
+	ss.sendSetup(def.info.dml)
 	return ss.prepareOn(def, false), nil
 }
 
@@ -676,9 +673,10 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if e := ss.route(def, false); e != nil {
 		return e
 	}
-	ss.sendSetup(def)
+	ss.sendSetup(def.info.dml)
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
+	ss.noteLocalEnd(&def.info)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, def.server, bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	ss.push(expect{kind: eBind})
@@ -726,15 +724,6 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 	return ss.ensureBackend(tenant)
 }
 
-// sendSetup sends a setup deferred by ensureBackend before def runs.
-func (ss *session) sendSetup(def *stmtDef) {
-	if def.info.dml {
-		ss.writeSetup()
-	} else {
-		ss.flushSetup()
-	}
-}
-
 func (ss *session) onDescribe(body []byte) *wire.Error {
 	kind, name, err := wire.DecodeTarget(body)
 	if err != nil {
@@ -776,7 +765,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if e := ss.route(def, true); e != nil {
 		return e
 	}
-	ss.sendSetup(def)
+	ss.sendSetup(def.info.dml)
 	ss.ensurePrepared(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
 	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)

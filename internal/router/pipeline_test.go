@@ -350,3 +350,44 @@ func TestMultiStatementSetLeaks(t *testing.T) {
 		t.Fatalf("another client's statement_timeout: %s, want 0", got)
 	}
 }
+
+// In transaction mode the shard's search_path and tenant id are set for
+// the transaction only. A COMMIT or ROLLBACK inside an extended pipeline
+// ends that transaction half way through the pipeline: the statements
+// after it must still run on the tenant's shard.
+func TestLocalSettingsAfterTxnEnd(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	shard := &pgproto3.Parse{Name: "shard", Query: "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"}
+	run := func(name string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: name}, &pgproto3.Execute{}}
+	}
+	for _, end := range []string{"COMMIT", "ROLLBACK"} {
+		for _, begin := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s begin=%v", end, begin), func(t *testing.T) {
+				// The pool's one backend was last used for another tenant.
+				if got := tcConnect(t, s, "t2").q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
+					t.Fatalf("t2: %s", got)
+				}
+				c := tcConnect(t, s, "t3")
+				if begin {
+					if got := c.q("BEGIN"); got != "C(BEGIN) ZT" {
+						t.Fatalf("BEGIN: %s", got)
+					}
+				}
+				msgs := []pgproto3.FrontendMessage{shard, &pgproto3.Parse{Name: "end", Query: end}}
+				msgs = append(msgs, run("shard")...)
+				msgs = append(msgs, run("end")...)
+				msgs = append(msgs, run("shard")...)
+				msgs = append(msgs, run("shard")...)
+				c.send(append(msgs, &pgproto3.Sync{})...)
+				got := c.recv(1)
+				row := "D(3,t3) C(SELECT 1)"
+				tag := strings.Fields(end)[0]
+				want := "P P B " + row + " B C(" + tag + ") B " + row + " B " + row + " ZI"
+				if got != want {
+					t.Fatalf("pipeline: %s\nwant %s", got, want)
+				}
+			})
+		}
+	}
+}

@@ -124,7 +124,14 @@ type session struct {
 	// setupTenant, sent by writeSetup or flushSetup.
 	setupDue    bool
 	setupPath   string
+	setupSchema string
 	setupTenant string
+	// setupLocal: the due setup is for this transaction only (transaction
+	// mode; see deferSetup).
+	setupLocal bool
+	// localAgain: a statement that may have ended the transaction holding
+	// local settings was sent (see noteLocalEnd).
+	localAgain bool
 	// setupOpen: a setup sent by writeSetup awaits its ReadyForQuery; no
 	// further client message is handled until it arrives.
 	setupOpen bool
