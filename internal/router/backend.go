@@ -386,6 +386,8 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		tid = ""
 	}
 	ss.wantSchema, ss.wantTenant = schema, tid
+	ss.wantTag = ss.srv.schemaTag(schema)
+	ss.trimPrepared()
 	ss.chooseSetup(tenant)
 	ss.sendPendingBegin(tenant)
 	return nil
@@ -1031,24 +1033,71 @@ func (ss *session) ensurePrepared(def *stmtDef) {
 // client.
 func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
 	be := ss.be
-	if def.server != "" {
-		if _, ok := be.Prepared[def.server]; ok {
+	name := ss.serverStmt(def)
+	if name != "" {
+		if _, ok := be.Prepared[name]; ok {
 			return false
 		}
-		be.Prepared[def.server] = struct{}{}
+		be.Prepared[name] = struct{}{}
+		ss.closeFirst(name)
 	} else {
 		if be.Unnamed == def {
 			return false
 		}
 		be.Unnamed = def
 	}
-	if def.server != "" {
-		ss.closeFirst(def.server)
-	}
-	ss.out = wire.AppendParse(ss.out[:0], def.server, def.query, def.types)
+	ss.out = wire.AppendParse(ss.out[:0], name, def.query, def.types)
 	wire.WriteFrame(be.W, wire.MsgParse, ss.out)
-	ss.push(expect{kind: eParse, swallow: swallow, name: def.server})
+	ss.push(expect{kind: eParse, swallow: swallow, name: name})
 	return true
+}
+
+// serverStmt is the name def is prepared under on the attached backend:
+// one per client statement text and shard schema ("" for the unnamed
+// statement). Postgres re-analyses and re-plans a prepared statement each
+// time it runs with another search_path than it was planned with; shards
+// are schemas, so one server statement shared by all shards would be
+// re-planned in nearly every transaction. One per schema keeps its plan.
+func (ss *session) serverStmt(def *stmtDef) string {
+	if def.server == "" {
+		return ""
+	}
+	if def.tag != ss.wantTag {
+		def.tag, def.tagged = ss.wantTag, def.server+"_"+ss.wantTag
+	}
+	return def.tagged
+}
+
+// trimPrepared closes client statements on the just attached backend when
+// it holds more than Config.MaxPrepared, down to seven eighths of that,
+// chosen at random (the router's own statements stay). No portal is open on
+// it at this point, so none is closed with its statement.
+func (ss *session) trimPrepared() {
+	be, max := ss.be, ss.srv.cfg.MaxPrepared
+	if len(be.Prepared) <= max {
+		return
+	}
+	n := len(be.Prepared) - max*7/8
+	for name := range be.Prepared {
+		if n == 0 {
+			break
+		}
+		if !isClientStmt(name) {
+			continue
+		}
+		delete(be.Prepared, name)
+		ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
+		wire.WriteFrame(be.W, wire.MsgClose, ss.out)
+		ss.push(expect{kind: eClose, swallow: true})
+		n--
+	}
+}
+
+// isClientStmt reports whether a backend statement name is one made by
+// Server.serverName (pgtenant_<number>...), not one of the router's own.
+func isClientStmt(name string) bool {
+	const p = "pgtenant_"
+	return len(name) > len(p) && name[:len(p)] == p && name[len(p)] >= '0' && name[len(p)] <= '9'
 }
 
 // closeFirst queues a Close of the named statement before the router

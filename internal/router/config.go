@@ -91,6 +91,12 @@ type Config struct {
 	PoolMode PoolMode
 	// Pool limits each node's backend pool.
 	Pool PoolConfig
+	// MaxPrepared bounds the statements the router keeps prepared on one
+	// backend connection (one per client statement text and shard schema,
+	// and a few of its own); past it, client statements are closed, down
+	// to seven eighths of it, when a client next gets that connection.
+	// Zero means 1000.
+	MaxPrepared int
 	// MaxMessage bounds one protocol message from a client or server, in
 	// bytes. Zero means 64 MiB.
 	MaxMessage int
@@ -126,6 +132,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PoolMode == "" {
 		c.PoolMode = PoolTransaction
+	}
+	if c.MaxPrepared <= 0 {
+		c.MaxPrepared = 1000
 	}
 	if c.MaxClients <= 0 {
 		c.MaxClients = 1000

@@ -77,7 +77,12 @@
 //
 // Named prepared statements (protocol-level Parse) work in transaction mode:
 // the router records each client's statements and prepares them, under
-// router-unique names, on whichever backend a Bind or Describe lands on.
+// router-unique names, on whichever backend a Bind or Describe lands on:
+// one server statement per statement text and shard schema, so Postgres
+// keeps each one's plan (it re-plans a statement run under another
+// search_path than it was planned with, and shards are schemas). At most
+// Config.MaxPrepared stay prepared on a backend; past that some are
+// closed when a client next gets it.
 // When the client's tenant is known at Parse, the Parse also goes to that
 // tenant's backend at once and the server's answer (ParseComplete or an
 // error) is the client's; without a tenant the router answers ParseComplete

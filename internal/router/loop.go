@@ -677,7 +677,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
 	ss.noteLocalEnd(&def.info)
-	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, def.server, bm.Rest)
+	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, ss.serverStmt(def), bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	ss.push(expect{kind: eBind})
 	return nil
@@ -767,7 +767,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	}
 	ss.sendSetup(def.info.dml)
 	ss.ensurePrepared(def)
-	ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
+	ss.out = wire.AppendTarget(ss.out[:0], 'S', ss.serverStmt(def))
 	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)
 	ss.push(expect{kind: eDescS})
 	return nil

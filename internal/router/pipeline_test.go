@@ -391,3 +391,57 @@ func TestLocalSettingsAfterTxnEnd(t *testing.T) {
 		}
 	}
 }
+
+// A named statement is prepared once per shard schema on a backend, so
+// that Postgres keeps its plan (it re-plans a statement run with another
+// search_path than it was planned with). Running it for tenants on
+// different shards, over and over on the same backend, gives each
+// tenant's rows.
+func TestStatementPerSchema(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	c := tcConnect(t, s, "")
+	c.send(&pgproto3.Parse{Name: "q", Query: "SELECT shard, $1::text FROM whoami"}, &pgproto3.Sync{})
+	if got := c.recv(1); got != "P ZI" {
+		t.Fatalf("Parse: %s", got)
+	}
+	for i := 0; i < 8; i++ {
+		for _, tenant := range []string{"t2", "t4"} { // two shards on node a
+			c.send(&pgproto3.Parse{Name: "set", Query: "SELECT set_config('pgtenant.tenant', $1, false)"},
+				&pgproto3.Bind{PreparedStatement: "set", Parameters: [][]byte{[]byte(tenant)}}, &pgproto3.Execute{},
+				&pgproto3.Bind{PreparedStatement: "q", Parameters: [][]byte{[]byte("x")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			want := fmt.Sprintf("P B D(%s) C(SELECT 1) B D(%s,x) C(SELECT 1) ZI", tenant, tenant[1:])
+			if got := c.recv(1); got != want {
+				t.Fatalf("run %d for %s: %s, want %s", i, tenant, got, want)
+			}
+		}
+	}
+	// The backend holds the statement twice, once per schema, each with
+	// its own plan: both were planned for their schema only.
+	got := c.q("/* tenant: t2 */ SELECT count(*), sum(custom_plans + generic_plans) FROM pg_prepared_statements WHERE statement = 'SELECT shard, $1::text FROM whoami'")
+	if got != "D(2,16) C(SELECT 1) ZI" {
+		t.Fatalf("prepared on the backend: %s, want 2 statements run 16 times", got)
+	}
+}
+
+// Statements prepared on a backend for clients are bounded by
+// Config.MaxPrepared: some are closed when the next client gets it.
+func TestMaxPrepared(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}, MaxPrepared: 4}, nil)
+	c := tcConnect(t, s, "t2")
+	for round := 0; round < 2; round++ {
+		for i := 0; i < 10; i++ {
+			name := fmt.Sprintf("q%d", i)
+			c.send(&pgproto3.Parse{Name: name, Query: fmt.Sprintf("SELECT shard + %d FROM whoami", i)},
+				&pgproto3.Bind{PreparedStatement: name}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			if got, want := c.recv(1), fmt.Sprintf("P B D(%d) C(SELECT 1) ZI", 2+i); got != want {
+				t.Fatalf("round %d, %s: %s, want %s", round, name, got, want)
+			}
+			c.send(&pgproto3.Close{ObjectType: 'S', Name: name}, &pgproto3.Sync{})
+			c.recv(1)
+		}
+	}
+	got := c.q("SELECT count(*) <= 4, count(*) FILTER (WHERE name ~ '^pgtenant_[0-9]') > 0 FROM pg_prepared_statements")
+	if got != "D(t,t) C(SELECT 1) ZI" {
+		t.Fatalf("statements on the backend: %s, want at most 4, some of them the client's", got)
+	}
+}

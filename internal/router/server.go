@@ -41,7 +41,11 @@ type Server struct {
 
 	stmtMu  sync.RWMutex
 	stmtIDs map[string]string
-	stmtSeq atomic.Uint64
+	// schemaTags maps a schema to the short tag in the names of statements
+	// prepared on backends for it (see session.serverStmt).
+	tagMu      sync.RWMutex
+	schemaTags map[string]string
+	stmtSeq    atomic.Uint64
 
 	keyMu sync.Mutex
 	keys  map[string]wire.SCRAMKeys
@@ -58,13 +62,14 @@ type Server struct {
 func New(cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		m:        cfg.Metrics,
-		pools:    make(map[string]*pool.Pool),
-		sessions: make(map[uint32]*session),
-		stmtIDs:  make(map[string]string),
-		keys:     make(map[string]wire.SCRAMKeys),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		m:          cfg.Metrics,
+		pools:      make(map[string]*pool.Pool),
+		sessions:   make(map[uint32]*session),
+		stmtIDs:    make(map[string]string),
+		schemaTags: make(map[string]string),
+		keys:       make(map[string]wire.SCRAMKeys),
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
@@ -360,6 +365,25 @@ func (s *Server) serverName(query string, types []byte) string {
 	n = "pgtenant_" + strconv.FormatUint(s.stmtSeq.Add(1), 10)
 	s.stmtIDs[key] = n
 	return n
+}
+
+// schemaTag returns the short tag for schema used in backend statement
+// names: Postgres compares prepared statement names by their first 63
+// bytes only, so the schema name itself cannot go in.
+func (s *Server) schemaTag(schema string) string {
+	s.tagMu.RLock()
+	t, ok := s.schemaTags[schema]
+	s.tagMu.RUnlock()
+	if ok {
+		return t
+	}
+	s.tagMu.Lock()
+	defer s.tagMu.Unlock()
+	if t, ok = s.schemaTags[schema]; !ok {
+		t = "s" + strconv.Itoa(len(s.schemaTags))
+		s.schemaTags[schema] = t
+	}
+	return t
 }
 
 // scramKeys returns cached SCRAM keys for a user's password.

@@ -25,8 +25,11 @@ type stmtDef struct {
 	query  string // the text prepared on backends
 	orig   string // the text the client sent
 	types  []byte // parameter type count and OIDs as sent
-	server string // backend name ("" for the unnamed statement)
-	info   stmtInfo
+	server string // backend name ("" for the unnamed statement), without the schema tag
+	// tag and tagged cache the last server name with a schema tag (see
+	// session.serverStmt).
+	tag, tagged string
+	info        stmtInfo
 }
 
 // setting is one session setting the client made.
@@ -145,6 +148,8 @@ type session struct {
 	localOpen bool
 	// wantSchema and wantTenant are what the attached backend is set up for.
 	wantSchema, wantTenant string
+	// wantTag is wantSchema's tag in backend statement names.
+	wantTag string
 
 	queue []expect // pending responses, in order
 	qbuf  []expect // queue's backing array, reused once the queue empties
