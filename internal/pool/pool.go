@@ -9,7 +9,9 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -53,6 +55,13 @@ type Config struct {
 	// MaxMessage bounds a message read from the server. Zero means
 	// wire.DefaultMaxMessage.
 	MaxMessage int
+	// CheckIdle: a connection idle longer than this is checked before
+	// Acquire hands it out, with a non-blocking peek at its socket. An idle
+	// backend sends nothing unless it is going away (a server restart or
+	// pg_terminate_backend sends FATAL 57P01 and closes), so anything
+	// there, or end of file, discards the connection instead of failing
+	// the next transaction. Zero means 100 milliseconds; negative means never.
+	CheckIdle time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -70,6 +79,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.CheckIdle == 0 {
+		c.CheckIdle = 100 * time.Millisecond
 	}
 	if c.MinIdle > c.MaxSize {
 		c.MinIdle = c.MaxSize
@@ -105,6 +117,32 @@ type Conn struct {
 	broken   atomic.Bool
 	reason   atomic.Pointer[error]
 	pool     *Pool
+}
+
+// quiet reports whether nothing is waiting to be read on an idle
+// connection's socket and it is still open (see Config.CheckIdle).
+func (c *Conn) quiet() bool {
+	nc := c.nc
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn() // TLS: any record that arrived counts
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var b [1]byte
+	quiet := false
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		quiet = errno == syscall.EAGAIN
+		return true
+	})
+	return err == nil && quiet
 }
 
 // Release returns the connection to the pool it came from.
@@ -230,7 +268,8 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.idle[n-1] = nil
 			p.idle = p.idle[:n-1]
 			p.mu.Unlock()
-			if c.Broken() || p.expired(c, time.Now()) {
+			now := time.Now()
+			if c.Broken() || p.expired(c, now) || (p.cfg.CheckIdle > 0 && now.Sub(c.lastUsed) > p.cfg.CheckIdle && !c.quiet()) {
 				p.discard(c)
 				continue
 			}

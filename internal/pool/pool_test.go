@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
@@ -83,5 +85,58 @@ func TestMinIdleAndIdleTimeout(t *testing.T) {
 			t.Fatalf("min idle not reached: %+v", p.Stats())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An idle connection whose server process went away (restart,
+// pg_terminate_backend) is discarded by Acquire, not handed out to fail
+// the next transaction; a live idle one is kept.
+func TestCheckIdle(t *testing.T) {
+	ctx := context.Background()
+	dsn := srv.NewDatabase(t)
+	p := New("n1", dsn, Config{MaxSize: 2, CheckIdle: time.Millisecond}, nil)
+	defer p.Close()
+	a, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Release()
+	time.Sleep(5 * time.Millisecond)
+	if b, err := p.Acquire(ctx); err != nil || b != a {
+		t.Fatalf("live idle connection: %v, reused %v", err, b == a)
+	}
+	a.Release()
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", int(a.PID)); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the server process to be gone (its FATAL sent).
+	for i := 0; ; i++ {
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int(a.PID)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if i == 100 {
+			t.Fatal("backend not terminated")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if c == a || c.PID == a.PID {
+		t.Fatalf("Acquire handed out the terminated connection (pid %d)", a.PID)
+	}
+	if st := p.Stats(); st.Closed != 1 {
+		t.Fatalf("stats %+v, want one closed", st)
 	}
 }
