@@ -123,9 +123,15 @@ func (ss *session) writeBegin() {
 	ss.status = 'T'
 }
 
+// ownPortal is the portal the router's own statements run in while the
+// client may have bound the unnamed one (clientPortal).
+const ownPortal = "pgtenant_setup"
+
 // bindPrepared queues, for one of the router's own statements, Parse (on
 // first use on this backend), Bind of the unnamed portal with text
-// parameters and text results, and Execute, their answers swallowed.
+// parameters and text results, and Execute, their answers swallowed. When
+// the client may have bound the unnamed portal and not yet executed it,
+// the statement runs in ownPortal, closed right after.
 func (ss *session) bindPrepared(name, sql string, types []byte, params []string) {
 	be := ss.be
 	if _, ok := be.Prepared[name]; !ok {
@@ -138,7 +144,12 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
 		ss.push(expect{kind: eParse, swallow: true, name: name, setup: true})
 	}
-	b := append(ss.out[:0], 0)
+	portal := ""
+	if ss.clientPortal {
+		portal = ownPortal
+	}
+	b := append(ss.out[:0], portal...)
+	b = append(b, 0)
 	b = append(b, name...)
 	b = append(b, 0, 0, 0)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(params)))
@@ -149,9 +160,20 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 	b = append(b, 0, 0)
 	ss.out = b
 	wire.WriteFrame(be.W, wire.MsgBind, b)
-	be.W.Write(executeUnnamed)
 	ss.push(expect{kind: eBind, swallow: true, setup: true, name: name})
+	if portal == "" {
+		be.W.Write(executeUnnamed)
+		ss.push(expect{kind: eExec, swallow: true, setup: true})
+		return
+	}
+	b = append(ss.out[:0], portal...)
+	b = append(b, 0, 0, 0, 0, 0)
+	ss.out = b
+	wire.WriteFrame(be.W, wire.MsgExecute, b)
 	ss.push(expect{kind: eExec, swallow: true, setup: true})
+	ss.out = wire.AppendTarget(ss.out[:0], 'P', portal)
+	wire.WriteFrame(be.W, wire.MsgClose, ss.out)
+	ss.push(expect{kind: eClose, swallow: true, setup: true})
 }
 
 // localStatus is the ReadyForQuery status when no backend is attached.
@@ -495,14 +517,48 @@ func (ss *session) sendSetup(dml bool) {
 	}
 }
 
-// noteLocalEnd records, for a statement about to run while transaction-local
-// settings are in effect, whether it may end that transaction (COMMIT,
-// ROLLBACK, or in an implicit transaction any statement that is not plain
-// DML, such as VACUUM): the statements after it then get the settings
-// again.
-func (ss *session) noteLocalEnd(info *stmtInfo) {
-	if ss.localOpen && (info.kind == kCommit || info.kind == kRollback || (!info.dml && ss.status == 'I')) {
+// noteLocalEnd records, for a statement about to be bound to portal (or,
+// query, run as a simple Query), whether it may end a transaction holding
+// transaction-local settings: COMMIT, ROLLBACK, or in an implicit
+// transaction any statement that is not plain DML (a procedure that
+// commits). The statements bound after it has run get the settings again
+// (localAgain, set by noteExecute).
+//
+// A statement that is not DML, in an implicit transaction, may also end
+// the transaction part way through (CALL of a procedure that commits): the
+// backend first gets the settings for the session, so that what runs after
+// its COMMIT runs on the right shard too.
+func (ss *session) noteLocalEnd(info *stmtInfo, portal []byte, query bool) {
+	ends := false
+	switch {
+	case info.kind == kCommit || info.kind == kRollback:
+		ss.txnEnded, ends = true, true
+	case info.kind == kBegin:
+		ss.txnEnded = false
+	case !info.dml && (ss.status == 'I' || ss.txnEnded):
+		ends = true
+		if ss.localOpen && ss.be != nil && (ss.be.Schema != ss.wantSchema || ss.be.Tenant != ss.wantTenant) {
+			ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{pgx.Identifier{ss.wantSchema}.Sanitize(), ss.wantTenant})
+			ss.be.Schema, ss.be.Tenant = ss.wantSchema, ss.wantTenant
+			ss.setupOpen = true // kept once committed (see doubtSetup)
+		}
+	}
+	if !ends || !ss.localOpen {
+		return
+	}
+	if query {
 		ss.localAgain = true
+		return
+	}
+	ss.endBound, ss.endPortal = true, string(portal)
+}
+
+// noteExecute records that the portal in an Execute message body runs: if it
+// holds a statement that may end the transaction with local settings, the
+// next statement bound gets them again.
+func (ss *session) noteExecute(body []byte) {
+	if n := len(ss.endPortal); ss.endBound && len(body) > n && string(body[:n]) == ss.endPortal && body[n] == 0 {
+		ss.endBound, ss.localAgain = false, true
 	}
 }
 
@@ -681,6 +737,7 @@ func (ss *session) releaseBackend() {
 		ss.unsynced = false
 	}
 	ss.localSetup, ss.localOpen, ss.localAgain = false, false, false
+	ss.endBound, ss.txnEnded, ss.clientPortal = false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
 	ss.beCur.Store(nil)
@@ -789,6 +846,12 @@ func (ss *session) drain(all bool) error {
 			ss.pop()
 			if ss.localOpen && ss.status == 'I' {
 				ss.localOpen = false
+			}
+			if ss.syncs == 0 {
+				ss.txnEnded, ss.endBound = false, false
+				if ss.status == 'I' {
+					ss.clientPortal = false
+				}
 			}
 			if ss.setupOpen {
 				if ss.status == 'I' {

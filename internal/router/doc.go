@@ -44,7 +44,12 @@
 // setup statement (Postgres re-analyses a prepared statement whenever the
 // search_path differs from the one it was planned with). A COMMIT or
 // ROLLBACK inside an extended pipeline ends that transaction, so the
-// statements after it get the settings again. In session mode they are
+// statements bound after it has run get the settings again (in a portal of
+// the router's own, the client's unnamed portal untouched); before a
+// statement that is not DML in an implicit transaction (a procedure that
+// commits) the backend gets them as session settings. A simple Query that
+// ends such a transaction and goes on with more statements ("COMMIT;
+// BEGIN; ...") is refused with 0A000. In session mode they are
 // session settings; a setup whose transaction fails is forgotten and sent
 // again. While such a transaction is open the router answers each Query
 // and Sync before it reads the client's next message, so nothing pipelined
@@ -55,8 +60,8 @@
 // recorded per client and replayed on whichever backend the client lands on.
 // A SET runs on a backend first (the tenant's, or any node's) and is
 // recorded only when the server accepts it, so a bad value fails at once
-// (RESET ALL first when the backend carries another client's settings). (RESET ALL first when the backend carries another
-// client's settings). search_path, role and pgtenant.* other than
+// (RESET ALL first when the backend carries another client's settings).
+// search_path, role and pgtenant.* other than
 // pgtenant.tenant are owned by the router and refused. SQL-level PREPARE,
 // LISTEN and temporary objects do not survive a transaction in transaction
 // mode: LISTEN is refused there; use session mode.
@@ -107,7 +112,8 @@
 //	42704  unknown tenant (register it with `pgtenant tenant add ID`)
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant
-//	0A000  feature not supported (LISTEN in transaction mode, reserved settings, replication connections)
+//	0A000  feature not supported (LISTEN in transaction mode, reserved settings, replication connections,
+//	       a Query with statements after its COMMIT in a transaction with local settings)
 //	3D000  also: a database name other than Config.Database
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout

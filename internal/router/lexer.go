@@ -70,6 +70,9 @@ type stmtInfo struct {
 	// laterSet and laterDiscard are set when a statement after the first
 	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
 	laterSet, laterDiscard bool
+	// txnThenMore is set when a statement starting with COMMIT, ROLLBACK,
+	// END or ABORT is followed by another statement.
+	txnThenMore bool
 	// dml is set for one statement starting with SELECT, INSERT, UPDATE,
 	// DELETE, WITH, VALUES, TABLE or MERGE: it can run in a transaction
 	// the router opened with its own setup statement (see writeSetup).
@@ -103,6 +106,9 @@ type lexer struct {
 	multiSeen bool
 	// sinceSemi counts the tokens since the last ';'.
 	sinceSemi int
+	// ends is set while in a statement that starts with a word that ends
+	// a transaction; more when another statement follows it.
+	ends, more bool
 }
 
 // classify scans sql once, without allocating except for a hint or value
@@ -240,6 +246,9 @@ func classify(sql string) stmtInfo {
 				info.callsSetConfig = true
 			}
 			lx.add(stmtDone, tWord, start, i)
+			if lx.sinceSemi == 1 && endsTxn(w) {
+				lx.ends = true
+			}
 		case c >= '0' && c <= '9':
 			start := i
 			for i < n && (isIdent(sql[i]) || sql[i] == '.') {
@@ -264,10 +273,23 @@ func classify(sql string) stmtInfo {
 		}
 	}
 	lx.analyze(&info, sawFrom)
+	info.txnThenMore = lx.more
 	return info
 }
 
+// endsTxn reports whether a statement starting with w ends a transaction.
+func endsTxn(w string) bool {
+	return strings.EqualFold(w, "commit") || strings.EqualFold(w, "rollback") || strings.EqualFold(w, "end") || strings.EqualFold(w, "abort")
+}
+
 func (lx *lexer) add(after bool, k tokKind, start, end int) {
+	if lx.sinceSemi == 0 {
+		// A statement starts.
+		if lx.ends && after {
+			lx.more = true
+		}
+		lx.ends = false
+	}
 	lx.sinceSemi++
 	if after {
 		lx.multiSeen = true

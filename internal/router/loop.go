@@ -394,7 +394,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return e
 	}
 	ss.sendSetup(info.dml)
-	ss.noteLocalEnd(&info)
+	if ss.localOpen && info.txnThenMore {
+		return &wire.Error{Code: "0A000", Message: "a query cannot end this transaction and go on with more statements",
+			Hint: "Send COMMIT or ROLLBACK as the last statement of a query, or as a query of its own: the router set this transaction's shard for the transaction only."}
+	}
+	ss.noteLocalEnd(&info, nil, true)
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
 	ss.noteServerState(&info)
@@ -676,9 +680,12 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	ss.sendSetup(def.info.dml)
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
-	ss.noteLocalEnd(&def.info)
+	ss.noteLocalEnd(&def.info, bm.Portal, false)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, ss.serverStmt(def), bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
+	if len(bm.Portal) == 0 {
+		ss.clientPortal = true
+	}
 	ss.push(expect{kind: eBind})
 	return nil
 }
@@ -798,6 +805,7 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 			ss.portalSet = nil
 		}
 	}
+	ss.noteExecute(body)
 	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
 	ss.push(expect{kind: eExec, set: set})
 	return nil

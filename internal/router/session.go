@@ -133,8 +133,20 @@ type session struct {
 	// mode; see deferSetup).
 	setupLocal bool
 	// localAgain: a statement that may have ended the transaction holding
-	// local settings was sent (see noteLocalEnd).
+	// local settings was executed (see noteLocalEnd): the next statement
+	// gets them again.
 	localAgain bool
+	// endBound: such a statement was bound to portal endPortal and runs
+	// when that portal is executed.
+	endBound  bool
+	endPortal string
+	// txnEnded: a COMMIT or ROLLBACK was bound since the last
+	// ReadyForQuery, whose status ('T') may no longer hold.
+	txnEnded bool
+	// clientPortal: the client bound the unnamed portal on the attached
+	// backend since its transaction began; the router's own statements
+	// then use a portal of their own (see bindPrepared).
+	clientPortal bool
 	// setupOpen: a setup sent by writeSetup awaits its ReadyForQuery; no
 	// further client message is handled until it arrives.
 	setupOpen bool
