@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -39,6 +40,41 @@ type RouterConfig struct {
 	// TLSCert and TLSKey enable TLS for clients when both are set.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+
+	// The rest mirror router.Config and router.PoolConfig; zero means the
+	// flag's default. Durations are written as Go durations ("5m", "250ms").
+
+	// PoolMinIdle backend connections per node are kept open.
+	PoolMinIdle int `yaml:"pool_min_idle"`
+	// PoolIdleTimeout closes backend connections unused this long; negative
+	// means never.
+	PoolIdleTimeout time.Duration `yaml:"pool_idle_timeout"`
+	// PoolMaxLifetime retires backend connections this old; negative means
+	// never.
+	PoolMaxLifetime time.Duration `yaml:"pool_max_lifetime"`
+	// PoolWaitTimeout bounds the wait for a free backend connection (then
+	// 53300).
+	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
+	// PoolConnectTimeout bounds opening one backend connection.
+	PoolConnectTimeout time.Duration `yaml:"pool_connect_timeout"`
+	// PoolCheckIdle: a backend connection idle longer than this is checked
+	// before use; negative means never.
+	PoolCheckIdle time.Duration `yaml:"pool_check_idle"`
+	// MaxClients bounds concurrent client connections.
+	MaxClients int `yaml:"max_clients"`
+	// MaxMessage bounds one protocol message, in bytes.
+	MaxMessage int `yaml:"max_message"`
+	// MaxPrepared bounds the statements kept prepared on one backend
+	// connection.
+	MaxPrepared int `yaml:"max_prepared"`
+	// StartupTimeout bounds connecting and authenticating a client.
+	StartupTimeout time.Duration `yaml:"startup_timeout"`
+	// ClientIdleTimeout closes clients idle outside a transaction this
+	// long; zero means never.
+	ClientIdleTimeout time.Duration `yaml:"client_idle_timeout"`
+	// HoldTimeout bounds how long a transaction for a shard being moved is
+	// held (then 40001).
+	HoldTimeout time.Duration `yaml:"hold_timeout"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.
@@ -76,6 +112,25 @@ func loadConfig(path string) (*Config, string, error) {
 
 // setting resolves one setting: the flag when given, else the environment
 // variable, else the config file's value, else the flag's default.
+// intSetting returns an int flag's value when it was given, else fromFile
+// when set, else the flag's default.
+func intSetting(cmd *cobra.Command, flag string, fromFile int) int {
+	v, _ := cmd.Flags().GetInt(flag)
+	if fromFile != 0 && !cmd.Flag(flag).Changed {
+		return fromFile
+	}
+	return v
+}
+
+// durationSetting is intSetting for a duration flag.
+func durationSetting(cmd *cobra.Command, flag string, fromFile time.Duration) time.Duration {
+	v, _ := cmd.Flags().GetDuration(flag)
+	if fromFile != 0 && !cmd.Flag(flag).Changed {
+		return fromFile
+	}
+	return v
+}
+
 func setting(cmd *cobra.Command, flag, env, fromFile string) string {
 	f := cmd.Flag(flag)
 	if f != nil && f.Changed {

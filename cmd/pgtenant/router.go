@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -38,10 +39,11 @@ The router follows the catalog (LISTEN pgtenant_map), keeps serving from its
 last map if the catalog goes away, and holds a shard's new transactions while
 'shard move' fences it.
 
-Settings (config file section 'router:', env, flags): listen, metrics_listen,
-database (the name clients connect with; empty accepts any), auth
-(scram-sha-256, md5, trust), users (name: password), pool_mode (transaction,
-session), pool_size, tls_cert/tls_key.`,
+Settings come from flags, then the environment (for the five flags that name
+a variable), then the config file's section 'router:', whose keys are the flag
+names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode,
+pool_size, pool_idle_timeout, max_clients, ...) plus users (name: password)
+and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 		Example: `  pgtenant router --listen 127.0.0.1:6432 --metrics-listen 127.0.0.1:9187
   psql "host=127.0.0.1 port=6432 user=app options='-c pgtenant.tenant=acme'"`,
 		Args: cobra.NoArgs,
@@ -53,42 +55,96 @@ session), pool_size, tls_cert/tls_key.`,
 	cmd.Flags().String("auth", "scram-sha-256", "client authentication: scram-sha-256, md5 or trust (env PGTENANT_AUTH)")
 	cmd.Flags().String("pool-mode", "transaction", "transaction or session (env PGTENANT_POOL_MODE)")
 	cmd.Flags().Int("pool-size", 20, "most backend connections per node")
+	cmd.Flags().Int("pool-min-idle", 0, "backend connections per node kept open while unused")
+	cmd.Flags().Duration("pool-idle-timeout", 5*time.Minute, "close backend connections unused this long (negative: never)")
+	cmd.Flags().Duration("pool-max-lifetime", time.Hour, "retire backend connections this old (negative: never)")
+	cmd.Flags().Duration("pool-wait-timeout", 5*time.Second, "longest wait for a free backend connection when a node's pool is full (then SQLSTATE 53300)")
+	cmd.Flags().Duration("pool-connect-timeout", 5*time.Second, "longest time to open one backend connection")
+	cmd.Flags().Duration("pool-check-idle", 100*time.Millisecond, "check a backend connection idle longer than this before use (negative: never)")
+	cmd.Flags().Int("max-clients", 1000, "most concurrent client connections (more get SQLSTATE 53300)")
+	cmd.Flags().Int("max-message", 64<<20, "largest protocol message from a client or server, in bytes")
+	cmd.Flags().Int("max-prepared", 1000, "most statements kept prepared on one backend connection")
+	cmd.Flags().Duration("startup-timeout", 10*time.Second, "longest time for a client to connect and authenticate")
+	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
+	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
 	return cmd
 }
 
-func (a *app) runRouter(cmd *cobra.Command) error {
-	ctx := cmd.Context()
-	rc := a.cfg.Router
+// routerConfig builds the router's configuration from cmd's flags, the
+// environment and the config file's router section rc, and checks it.
+func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (router.Config, error) {
 	cfg := router.Config{
 		Listen:   setting(cmd, "listen", "PGTENANT_LISTEN", rc.Listen),
 		Auth:     router.AuthMethod(setting(cmd, "auth", "PGTENANT_AUTH", rc.Auth)),
 		PoolMode: router.PoolMode(setting(cmd, "pool-mode", "PGTENANT_POOL_MODE", rc.PoolMode)),
 		Users:    rc.Users,
 		Database: setting(cmd, "database", "PGTENANT_DATABASE", rc.Database),
-		Logger:   a.logger,
+		Logger:   logger,
 	}
 	switch cfg.Auth {
 	case router.AuthSCRAM, router.AuthMD5, router.AuthTrust:
 	default:
-		return usagef("auth %q: use scram-sha-256, md5 or trust", cfg.Auth)
+		return router.Config{}, usagef("auth %q: use scram-sha-256, md5 or trust", cfg.Auth)
 	}
 	switch cfg.PoolMode {
 	case router.PoolTransaction, router.PoolSession:
 	default:
-		return usagef("pool mode %q: use transaction or session", cfg.PoolMode)
+		return router.Config{}, usagef("pool mode %q: use transaction or session", cfg.PoolMode)
 	}
-	cfg.Pool.MaxSize = rc.PoolSize
-	if f := cmd.Flag("pool-size"); f.Changed || rc.PoolSize == 0 {
-		fmt.Sscan(f.Value.String(), &cfg.Pool.MaxSize)
+	cfg.Pool = router.PoolConfig{
+		MaxSize:        intSetting(cmd, "pool-size", rc.PoolSize),
+		MinIdle:        intSetting(cmd, "pool-min-idle", rc.PoolMinIdle),
+		IdleTimeout:    durationSetting(cmd, "pool-idle-timeout", rc.PoolIdleTimeout),
+		MaxLifetime:    durationSetting(cmd, "pool-max-lifetime", rc.PoolMaxLifetime),
+		WaitTimeout:    durationSetting(cmd, "pool-wait-timeout", rc.PoolWaitTimeout),
+		ConnectTimeout: durationSetting(cmd, "pool-connect-timeout", rc.PoolConnectTimeout),
+		CheckIdle:      durationSetting(cmd, "pool-check-idle", rc.PoolCheckIdle),
+	}
+	cfg.MaxClients = intSetting(cmd, "max-clients", rc.MaxClients)
+	cfg.MaxMessage = intSetting(cmd, "max-message", rc.MaxMessage)
+	cfg.MaxPrepared = intSetting(cmd, "max-prepared", rc.MaxPrepared)
+	cfg.StartupTimeout = durationSetting(cmd, "startup-timeout", rc.StartupTimeout)
+	cfg.ClientIdleTimeout = durationSetting(cmd, "client-idle-timeout", rc.ClientIdleTimeout)
+	cfg.HoldTimeout = durationSetting(cmd, "hold-timeout", rc.HoldTimeout)
+	p := cfg.Pool
+	switch {
+	case p.MaxSize <= 0:
+		return router.Config{}, usagef("pool-size %d: need at least 1", p.MaxSize)
+	case p.MinIdle < 0 || p.MinIdle > p.MaxSize:
+		return router.Config{}, usagef("pool-min-idle %d: need 0 to pool-size (%d)", p.MinIdle, p.MaxSize)
+	case p.WaitTimeout <= 0:
+		return router.Config{}, usagef("pool-wait-timeout %s: need a positive duration", p.WaitTimeout)
+	case p.ConnectTimeout <= 0:
+		return router.Config{}, usagef("pool-connect-timeout %s: need a positive duration", p.ConnectTimeout)
+	case cfg.MaxClients <= 0:
+		return router.Config{}, usagef("max-clients %d: need at least 1", cfg.MaxClients)
+	case cfg.MaxMessage < 1<<10:
+		return router.Config{}, usagef("max-message %d: need at least 1024 bytes", cfg.MaxMessage)
+	case cfg.MaxPrepared < 16:
+		return router.Config{}, usagef("max-prepared %d: need at least 16", cfg.MaxPrepared)
+	case cfg.StartupTimeout <= 0:
+		return router.Config{}, usagef("startup-timeout %s: need a positive duration", cfg.StartupTimeout)
+	case cfg.ClientIdleTimeout < 0:
+		return router.Config{}, usagef("client-idle-timeout %s: need 0 (never) or a positive duration", cfg.ClientIdleTimeout)
+	case cfg.HoldTimeout <= 0:
+		return router.Config{}, usagef("hold-timeout %s: need a positive duration", cfg.HoldTimeout)
 	}
 	if rc.TLSCert != "" && rc.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(rc.TLSCert, rc.TLSKey)
 		if err != nil {
-			return fmt.Errorf("load TLS certificate: %w", err)
+			return router.Config{}, fmt.Errorf("load TLS certificate: %w", err)
 		}
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	return cfg, nil
+}
 
+func (a *app) runRouter(cmd *cobra.Command) error {
+	ctx := cmd.Context()
+	cfg, err := routerConfig(cmd, a.cfg.Router, a.logger)
+	if err != nil {
+		return err
+	}
 	cat, err := a.openCatalog(cmd)
 	if err != nil {
 		return err
@@ -153,7 +209,7 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 			return srv.SetMap(ctx, m)
 		})
 	}()
-	if ml := setting(cmd, "metrics-listen", "PGTENANT_METRICS_LISTEN", rc.MetricsListen); ml != "" {
+	if ml := setting(cmd, "metrics-listen", "PGTENANT_METRICS_LISTEN", a.cfg.Router.MetricsListen); ml != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", srv.Metrics().Handler())
 		mux.Handle("/admin/", srv.AdminHandler())

@@ -330,7 +330,7 @@ func (s *Server) pool(n placement.Node) *pool.Pool {
 	pc := s.cfg.Pool
 	p = pool.New(n.Name, n.DSN, pool.Config{
 		MaxSize: pc.MaxSize, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout, MaxLifetime: pc.MaxLifetime,
-		WaitTimeout: pc.WaitTimeout, ConnectTimeout: pc.ConnectTimeout, MaxMessage: s.cfg.MaxMessage,
+		WaitTimeout: pc.WaitTimeout, ConnectTimeout: pc.ConnectTimeout, CheckIdle: pc.CheckIdle, MaxMessage: s.cfg.MaxMessage,
 	}, s.log)
 	s.pools[n.Name] = p
 	return p
@@ -347,6 +347,11 @@ func (s *Server) poolStats() []pool.Stats {
 	return out
 }
 
+// maxStmtIDs bounds Server.stmtIDs: past it the map starts over, and a
+// statement text seen again gets a new name (prepared again where it is
+// next used; names are never reused, so no backend confuses two texts).
+const maxStmtIDs = 1 << 16
+
 // serverName returns the router-unique backend name of a statement text with
 // its parameter types.
 func (s *Server) serverName(query string, types []byte) string {
@@ -361,6 +366,9 @@ func (s *Server) serverName(query string, types []byte) string {
 	defer s.stmtMu.Unlock()
 	if n, ok = s.stmtIDs[key]; ok {
 		return n
+	}
+	if len(s.stmtIDs) >= maxStmtIDs {
+		clear(s.stmtIDs)
 	}
 	n = "pgtenant_" + strconv.FormatUint(s.stmtSeq.Add(1), 10)
 	s.stmtIDs[key] = n

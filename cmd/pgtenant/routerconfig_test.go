@@ -1,0 +1,68 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/router"
+)
+
+// Router settings come from flags first, then the config file, then the
+// flags' defaults; bad combinations are usage errors that say what is
+// wrong.
+func TestRouterConfigSources(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pgtenant.yaml")
+	if err := os.WriteFile(path, []byte(`router:
+  pool_mode: session
+  pool_size: 7
+  pool_idle_timeout: 90s
+  pool_check_idle: -1s
+  max_clients: 50
+  hold_timeout: 2m
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file, _, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := newRouterCmd(&app{})
+	if err := cmd.ParseFlags([]string{"--pool-size", "9", "--max-prepared", "200", "--client-idle-timeout", "10m"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := routerConfig(cmd, file.Router, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := router.PoolConfig{MaxSize: 9, IdleTimeout: 90 * time.Second, MaxLifetime: time.Hour,
+		WaitTimeout: 5 * time.Second, ConnectTimeout: 5 * time.Second, CheckIdle: -time.Second}
+	if cfg.Pool != want {
+		t.Errorf("pool = %+v\nwant %+v", cfg.Pool, want)
+	}
+	if cfg.PoolMode != router.PoolSession || cfg.MaxClients != 50 || cfg.MaxPrepared != 200 || cfg.MaxMessage != 64<<20 ||
+		cfg.HoldTimeout != 2*time.Minute || cfg.ClientIdleTimeout != 10*time.Minute || cfg.StartupTimeout != 10*time.Second {
+		t.Errorf("config = %+v", cfg)
+	}
+
+	for _, args := range [][]string{
+		{"--pool-min-idle", "30"},
+		{"--pool-wait-timeout", "0s"},
+		{"--max-prepared", "3"},
+		{"--client-idle-timeout", "-1s"},
+		{"--pool-mode", "statement"},
+	} {
+		cmd := newRouterCmd(&app{})
+		if err := cmd.ParseFlags(args); err != nil {
+			t.Fatal(err)
+		}
+		_, err := routerConfig(cmd, RouterConfig{}, nil)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(strings.ReplaceAll(err.Error(), " ", "-"), strings.TrimPrefix(args[0], "--")) {
+			t.Errorf("%v: got %v, want a usage error", args, err)
+		}
+	}
+}
