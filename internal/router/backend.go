@@ -377,7 +377,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 			return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q is unreachable: %v", node.Name, ce.Err)}
 		case errors.Is(err, pool.ErrWaitTimeout):
 			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free in time", node.Name),
-				Hint: "The node's pool is full (router pool size and wait timeout); retry, or raise the pool size."}
+				Hint: "The node's pool is full: retry, or raise the router's pool size or wait timeout (pgtenant router --pool-size, --pool-wait-timeout)."}
 		}
 		return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q: %v", node.Name, err)}
 	}
