@@ -197,7 +197,7 @@ func (ss *session) pickTenant(info *stmtInfo) string {
 		return info.hint
 	case ss.localTenant != "":
 		return ss.localTenant
-	case ss.be != nil && ss.status != 'I' && ss.beTenant != anyTenant && ss.beTenant != descTenant:
+	case ss.be != nil && ss.status != 'I' && !ss.txnEndBound && ss.beTenant != anyTenant && ss.beTenant != descTenant:
 		return ss.beTenant
 	}
 	return ss.tenant
@@ -494,71 +494,69 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 
 // sendSetup sends a setup deferred by ensureBackend before a statement
 // runs: with the statement when it can share a transaction with it (dml),
-// or when a transaction with local settings is already open; else as a
-// Query of its own. After a statement that may have ended the
-// transaction holding local settings (localAgain), the settings are sent
-// again.
+// when a transaction with local settings is already open, or part way
+// through a pipeline (setupEach); else as a Query of its own. With
+// setupEach, the settings are sent again when the backend's session values
+// are not the session's.
 func (ss *session) sendSetup(dml bool) {
-	if ss.localAgain {
-		ss.localAgain = false
-		if be := ss.be; be != nil && !ss.setupDue && (be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant) {
-			ss.setupDue, ss.setupLocal = true, true
-			ss.setupPath = ""
-			if be.Schema != ss.wantSchema {
-				ss.setupPath = pgx.Identifier{ss.wantSchema}.Sanitize()
-			}
-			ss.setupSchema, ss.setupTenant = ss.wantSchema, ss.wantTenant
+	if be := ss.be; ss.setupEach && be != nil && !ss.setupDue && (be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant) {
+		ss.setupDue = true
+		ss.setupPath = ""
+		if be.Schema != ss.wantSchema {
+			ss.setupPath = pgx.Identifier{ss.wantSchema}.Sanitize()
+		}
+		ss.setupSchema, ss.setupTenant = ss.wantSchema, ss.wantTenant
+		ss.setupLocal = ss.srv.cfg.PoolMode == PoolTransaction
+		if !ss.setupLocal {
+			be.Schema, be.Tenant = ss.wantSchema, ss.wantTenant
 		}
 	}
-	if dml || (ss.setupLocal && ss.localOpen) {
+	if dml || (ss.setupLocal && ss.localOpen) || ss.setupEach {
 		ss.writeSetup()
 	} else {
 		ss.flushSetup()
 	}
 }
 
-// noteLocalEnd records, for a statement about to be bound to portal (or,
-// query, run as a simple Query), whether it may end a transaction holding
-// transaction-local settings: COMMIT, ROLLBACK, or in an implicit
-// transaction any statement that is not plain DML (a procedure that
-// commits). The statements bound after it has run get the settings again
-// (localAgain, set by noteExecute).
+// noteEnding looks at a statement about to be bound (or run as a simple
+// Query) for what may take the backend's settings away part way through
+// the pipeline, and makes every statement after it get them again
+// (setupEach):
+//   - one that ends the transaction (COMMIT, ROLLBACK, PREPARE TRANSACTION,
+//     also with AND CHAIN): transaction-local settings revert;
+//   - ROLLBACK TO, or any statement that is not DML in an implicit
+//     transaction (a procedure that commits or rolls back): a session setup
+//     sent in this transaction may be undone, so the backend's values
+//     become unknown;
+//   - RESET ALL, set_config of another setting and the like (see
+//     noteServerState).
 //
-// A statement that is not DML, in an implicit transaction, may also end
-// the transaction part way through (CALL of a procedure that commits): the
-// backend first gets the settings for the session, so that what runs after
-// its COMMIT runs on the right shard too.
-func (ss *session) noteLocalEnd(info *stmtInfo, portal []byte, query bool) {
-	ends := false
-	switch {
-	case info.kind == kCommit || info.kind == kRollback:
-		ss.txnEnded, ends = true, true
-	case info.kind == kBegin:
-		ss.txnEnded = false
-	case !info.dml && (ss.status == 'I' || ss.txnEnded):
-		ends = true
-		if ss.localOpen && ss.be != nil && (ss.be.Schema != ss.wantSchema || ss.be.Tenant != ss.wantTenant) {
-			ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{pgx.Identifier{ss.wantSchema}.Sanitize(), ss.wantTenant})
-			ss.be.Schema, ss.be.Tenant = ss.wantSchema, ss.wantTenant
-			ss.setupOpen = true // kept once committed (see doubtSetup)
-		}
-	}
-	if !ends || !ss.localOpen {
+// Before CALL or DO in an implicit transaction holding local settings, the
+// backend also gets the settings for the session, so that what a
+// procedure runs after its own COMMIT is on the tenant's shard. (After its
+// own ROLLBACK the backend's committed session values apply: a procedure
+// that rolls back and then reads tables, called in a pipeline after other
+// statements, is the one case not covered.)
+func (ss *session) noteEnding(info *stmtInfo) {
+	implicit := ss.status == 'I' || ss.txnEndBound
+	if !info.endsTxn && !info.rollbackTo && (info.dml || !implicit) {
 		return
 	}
-	if query {
-		ss.localAgain = true
+	if info.endsTxn {
+		ss.txnEndBound = true
+		ss.localTenant = ""
+	}
+	ss.setupEach = true
+	if ss.setupOpen {
+		ss.doubtSetup() // may be undone
+	}
+	be := ss.be
+	if be == nil || !info.callsProc || !implicit {
 		return
 	}
-	ss.endBound, ss.endPortal = true, string(portal)
-}
-
-// noteExecute records that the portal in an Execute message body runs: if it
-// holds a statement that may end the transaction with local settings, the
-// next statement bound gets them again.
-func (ss *session) noteExecute(body []byte) {
-	if n := len(ss.endPortal); ss.endBound && len(body) > n && string(body[:n]) == ss.endPortal && body[n] == 0 {
-		ss.endBound, ss.localAgain = false, true
+	if ss.localOpen && (be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant) {
+		ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{pgx.Identifier{ss.wantSchema}.Sanitize(), ss.wantTenant})
+		be.Schema, be.Tenant = "\x00", "\x00" // committed or not, as the procedure decides
 	}
 }
 
@@ -736,8 +734,8 @@ func (ss *session) releaseBackend() {
 		be.MarkBroken()
 		ss.unsynced = false
 	}
-	ss.localSetup, ss.localOpen, ss.localAgain = false, false, false
-	ss.endBound, ss.txnEnded, ss.clientPortal = false, false, false
+	ss.localSetup, ss.localOpen = false, false
+	ss.setupEach, ss.txnEndBound, ss.clientPortal = false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
 	ss.beCur.Store(nil)
@@ -847,11 +845,9 @@ func (ss *session) drain(all bool) error {
 			if ss.localOpen && ss.status == 'I' {
 				ss.localOpen = false
 			}
-			if ss.syncs == 0 {
-				ss.txnEnded, ss.endBound = false, false
-				if ss.status == 'I' {
-					ss.clientPortal = false
-				}
+			if ss.syncs == 0 && ss.status == 'I' {
+				// Nothing of the pipeline is left to run.
+				ss.clientPortal, ss.setupEach, ss.txnEndBound = false, false, false
 			}
 			if ss.setupOpen {
 				if ss.status == 'I' {

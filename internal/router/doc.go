@@ -42,12 +42,14 @@
 // transaction mode the settings are transaction-local: the backend's
 // session search_path never changes, so the server does not re-plan the
 // setup statement (Postgres re-analyses a prepared statement whenever the
-// search_path differs from the one it was planned with). A COMMIT or
-// ROLLBACK inside an extended pipeline ends that transaction, so the
-// statements bound after it has run get the settings again (in a portal of
-// the router's own, the client's unnamed portal untouched); before a
-// statement that is not DML in an implicit transaction (a procedure that
-// commits) the backend gets them as session settings. A simple Query that
+// search_path differs from the one it was planned with). Once a pipeline
+// holds a statement that may end the transaction or undo settings (COMMIT,
+// ROLLBACK, PREPARE TRANSACTION, ROLLBACK TO, RESET ALL, a statement that
+// is not DML in an implicit transaction), every statement after it gets
+// the settings again (in a portal of the router's own when the client has
+// bound the unnamed one); before CALL or DO there the backend gets them as
+// session settings, so a procedure's work after its own COMMIT stays on
+// the shard (after its own ROLLBACK it is not covered). A simple Query that
 // ends such a transaction and goes on with more statements ("COMMIT;
 // BEGIN; ...") is refused with 0A000. In session mode they are
 // session settings; a setup whose transaction fails is forgotten and sent

@@ -70,9 +70,16 @@ type stmtInfo struct {
 	// laterSet and laterDiscard are set when a statement after the first
 	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
 	laterSet, laterDiscard bool
-	// txnThenMore is set when a statement starting with COMMIT, ROLLBACK,
-	// END or ABORT is followed by another statement.
-	txnThenMore bool
+	// endsTxn is set when a statement ends the transaction: COMMIT, END,
+	// ROLLBACK or ABORT (not ROLLBACK TO, COMMIT/ROLLBACK PREPARED), with
+	// or without AND CHAIN, or PREPARE TRANSACTION. txnThenMore is set when
+	// another statement follows such a one.
+	endsTxn, txnThenMore bool
+	// rollbackTo is set for a statement starting with ROLLBACK ... TO.
+	rollbackTo bool
+	// callsProc is set when a statement starts with CALL or DO, which may
+	// commit or roll back part way through.
+	callsProc bool
 	// dml is set for one statement starting with SELECT, INSERT, UPDATE,
 	// DELETE, WITH, VALUES, TABLE or MERGE: it can run in a transaction
 	// the router opened with its own setup statement (see writeSetup).
@@ -106,9 +113,15 @@ type lexer struct {
 	multiSeen bool
 	// sinceSemi counts the tokens since the last ';'.
 	sinceSemi int
-	// ends is set while in a statement that starts with a word that ends
-	// a transaction; more when another statement follows it.
-	ends, more bool
+	// ends is set while in a statement that ends a transaction (see
+	// stmtInfo.endsTxn); anyEnds once one was seen, more when another
+	// statement follows one.
+	ends, anyEnds, more bool
+	// first is the current statement's first word when the words after it
+	// decide whether it ends a transaction; prev is the last word seen.
+	first, prev string
+	// atomic counts open BEGIN ATOMIC bodies, whose END is no COMMIT.
+	atomic int
 }
 
 // classify scans sql once, without allocating except for a hint or value
@@ -246,9 +259,7 @@ func classify(sql string) stmtInfo {
 				info.callsSetConfig = true
 			}
 			lx.add(stmtDone, tWord, start, i)
-			if lx.sinceSemi == 1 && endsTxn(w) {
-				lx.ends = true
-			}
+			lx.noteWord(w, &info)
 		case c >= '0' && c <= '9':
 			start := i
 			for i < n && (isIdent(sql[i]) || sql[i] == '.') {
@@ -273,20 +284,62 @@ func classify(sql string) stmtInfo {
 		}
 	}
 	lx.analyze(&info, sawFrom)
+	info.endsTxn = lx.anyEnds || lx.ends
 	info.txnThenMore = lx.more
 	return info
 }
 
-// endsTxn reports whether a statement starting with w ends a transaction.
-func endsTxn(w string) bool {
-	return strings.EqualFold(w, "commit") || strings.EqualFold(w, "rollback") || strings.EqualFold(w, "end") || strings.EqualFold(w, "abort")
+// noteWord notes a word token just added: whether the statement it is in ends
+// a transaction, and BEGIN ATOMIC bodies.
+func (lx *lexer) noteWord(w string, info *stmtInfo) {
+	eq := strings.EqualFold
+	switch n := lx.sinceSemi; {
+	case n == 1:
+		lx.first = ""
+		switch {
+		case eq(w, "commit"), eq(w, "rollback"), eq(w, "abort"):
+			lx.ends, lx.first = true, "commit"
+			if eq(w, "rollback") {
+				lx.first = "rollback"
+			}
+		case eq(w, "end"):
+			if lx.atomic > 0 {
+				lx.atomic--
+			} else {
+				lx.ends = true
+			}
+		case eq(w, "prepare"):
+			lx.first = "prepare"
+		case eq(w, "call"), eq(w, "do"):
+			info.callsProc = true
+		}
+	case n <= 3 && lx.first != "":
+		switch {
+		case lx.first == "prepare":
+			lx.ends = n == 2 && eq(w, "transaction")
+			lx.first = ""
+		case eq(w, "work"), eq(w, "transaction"):
+		case eq(w, "to") && lx.first == "rollback":
+			lx.ends, lx.first = false, ""
+			info.rollbackTo = true
+		case eq(w, "prepared"):
+			lx.ends, lx.first = false, ""
+		default:
+			lx.first = ""
+		}
+	}
+	if eq(w, "atomic") && eq(lx.prev, "begin") {
+		lx.atomic++
+	}
+	lx.prev = w
 }
 
 func (lx *lexer) add(after bool, k tokKind, start, end int) {
 	if lx.sinceSemi == 0 {
-		// A statement starts.
-		if lx.ends && after {
-			lx.more = true
+		// A statement starts; the one before is complete.
+		if lx.ends {
+			lx.anyEnds = true
+			lx.more = lx.more || after
 		}
 		lx.ends = false
 	}
@@ -455,9 +508,12 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		info.kind = kBegin
 	case strings.EqualFold(w, "commit"), strings.EqualFold(w, "end"):
 		info.kind = kCommit
+		if lx.word(1, "prepared") {
+			info.kind = kOther // COMMIT PREPARED runs outside a transaction
+		}
 	case strings.EqualFold(w, "rollback"), strings.EqualFold(w, "abort"):
 		info.kind = kRollback
-		if lx.word(1, "to") || lx.word(1, "prepared") {
+		if lx.word(1, "prepared") || info.rollbackTo {
 			info.kind = kOther
 		}
 	case strings.EqualFold(w, "savepoint"), strings.EqualFold(w, "release"):

@@ -151,7 +151,7 @@ const abortStmt = "pgtenant_abort"
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
-	if ss.be != nil && extended && ss.unsyncedPending() {
+	if ss.be != nil && ss.unsyncedPending() {
 		// Earlier messages of this batch went to the server: end them as
 		// an error there would, rolling their implicit transaction back
 		// (a Parse that fails, its error kept from the client), then Sync.
@@ -398,7 +398,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return &wire.Error{Code: "0A000", Message: "a query cannot end this transaction and go on with more statements",
 			Hint: "Send COMMIT or ROLLBACK as the last statement of a query, or as a query of its own: the router set this transaction's shard for the transaction only."}
 	}
-	ss.noteLocalEnd(&info, nil, true)
+	ss.noteEnding(&info)
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
 	ss.noteServerState(&info)
@@ -442,12 +442,16 @@ func (ss *session) noteServerState(info *stmtInfo) {
 		return
 	}
 	if info.kind == kReset && info.setName == "all" {
-		// The server's RESET ALL resets search_path and the tenant id too.
+		// The server's RESET ALL resets search_path and the tenant id too,
+		// local settings included: what follows in the pipeline (or the
+		// transaction) gets them again.
 		be.Schema, be.Tenant = "\x00", "\x00"
+		ss.setupEach = true
 	}
 	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig) {
 		// set_config may have changed search_path or the tenant id too.
 		be.SessionSig, be.Schema, be.Tenant = "\x00", "\x00", "\x00"
+		ss.setupEach = true
 	}
 }
 
@@ -680,7 +684,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	ss.sendSetup(def.info.dml)
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
-	ss.noteLocalEnd(&def.info, bm.Portal, false)
+	ss.noteEnding(&def.info)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, ss.serverStmt(def), bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	if len(bm.Portal) == 0 {
@@ -805,7 +809,6 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 			ss.portalSet = nil
 		}
 	}
-	ss.noteExecute(body)
 	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
 	ss.push(expect{kind: eExec, set: set})
 	return nil

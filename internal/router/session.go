@@ -132,17 +132,16 @@ type session struct {
 	// setupLocal: the due setup is for this transaction only (transaction
 	// mode; see deferSetup).
 	setupLocal bool
-	// localAgain: a statement that may have ended the transaction holding
-	// local settings was executed (see noteLocalEnd): the next statement
-	// gets them again.
-	localAgain bool
-	// endBound: such a statement was bound to portal endPortal and runs
-	// when that portal is executed.
-	endBound  bool
-	endPortal string
-	// txnEnded: a COMMIT or ROLLBACK was bound since the last
-	// ReadyForQuery, whose status ('T') may no longer hold.
-	txnEnded bool
+	// setupEach: a statement was bound (or queried) that may end the
+	// transaction, or undo or reset the settings, part way through a
+	// pipeline; every statement after it, until the backend is idle, gets
+	// the settings first unless the backend's session values are right
+	// (see noteEnding).
+	setupEach bool
+	// txnEndBound: a statement that ends the transaction was bound or
+	// queried; the statements after it are not in that transaction, so
+	// its tenant no longer applies (see pickTenant).
+	txnEndBound bool
 	// clientPortal: the client bound the unnamed portal on the attached
 	// backend since its transaction began; the router's own statements
 	// then use a portal of their own (see bindPrepared).
