@@ -49,9 +49,10 @@
 // the settings again (in a portal of the router's own when the client has
 // bound the unnamed one); before CALL or DO there the backend gets them as
 // session settings, so a procedure's work after its own COMMIT stays on
-// the shard (after its own ROLLBACK it is not covered). A simple Query that
-// ends such a transaction and goes on with more statements ("COMMIT;
-// BEGIN; ...") is refused with 0A000. In session mode they are
+// the shard (after its own ROLLBACK it is not covered). In transaction mode
+// a simple Query that ends the transaction it runs in and goes on with more
+// statements ("COMMIT; BEGIN; ...") is refused with 0A000. In session mode
+// they are
 // session settings; a setup whose transaction fails is forgotten and sent
 // again. While such a transaction is open the router answers each Query
 // and Sync before it reads the client's next message, so nothing pipelined
@@ -115,7 +116,7 @@
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant
 //	0A000  feature not supported (LISTEN in transaction mode, reserved settings, replication connections,
-//	       a Query with statements after its COMMIT in a transaction with local settings)
+//	       in transaction mode a Query with statements after the COMMIT or ROLLBACK of its transaction)
 //	3D000  also: a database name other than Config.Database
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout

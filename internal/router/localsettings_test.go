@@ -170,3 +170,18 @@ func TestLocalSettingsMultiQueryEnd(t *testing.T) {
 		})
 	}
 }
+
+// The refusal does not depend on the backend: a transaction whose backend
+// already had the tenant's settings (none sent for it) gets it too.
+func TestMultiQueryEndRefusedAlways(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	onShard2(t, s)
+	c := tcConnect(t, s, "t2")
+	for _, q := range []string{"BEGIN", "SELECT shard FROM whoami", "COMMIT; SELECT shard FROM whoami", "ROLLBACK", "SELECT shard FROM whoami"} {
+		c.send(&pgproto3.Query{String: q})
+	}
+	want := "C(BEGIN) ZT D(2) C(SELECT 1) ZT E(0A000:a query cannot end this transaction and go on with more statements) ZE C(ROLLBACK) ZI D(2) C(SELECT 1) ZI"
+	if got := c.recv(5); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}

@@ -137,6 +137,15 @@ func (ss *session) unsyncedPending() bool {
 	return false
 }
 
+// txnThenMoreError refuses, in transaction pool mode, a Query that ends the
+// transaction it runs in and goes on with more statements: the router sets
+// the shard for the transaction only, and the backend may return to the
+// pool when it ends.
+func txnThenMoreError() *wire.Error {
+	return &wire.Error{Code: "0A000", Message: "a query cannot end this transaction and go on with more statements",
+		Hint: "In transaction pool mode send COMMIT or ROLLBACK as the last statement of a query, or as a query of its own."}
+}
+
 // reservedSetError refuses SET or RESET of a setting the router owns.
 func reservedSetError(name string) *wire.Error {
 	return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", name),
@@ -255,6 +264,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			return ss.reply("ROLLBACK", nil)
 		}
 		return abortedError()
+	}
+	if info.txnThenMore && ss.srv.cfg.PoolMode == PoolTransaction && ss.inTxn() {
+		// Refused whether or not this transaction's settings are local, so
+		// that the same query does not fail on one backend and run on
+		// another.
+		return txnThenMoreError()
 	}
 	if info.reservedSet && (info.kind == kSet || info.kind == kReset) {
 		return reservedSetError(info.setName)
@@ -395,8 +410,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	ss.sendSetup(info.dml)
 	if ss.localOpen && info.txnThenMore {
-		return &wire.Error{Code: "0A000", Message: "a query cannot end this transaction and go on with more statements",
-			Hint: "Send COMMIT or ROLLBACK as the last statement of a query, or as a query of its own: the router set this transaction's shard for the transaction only."}
+		return txnThenMoreError()
 	}
 	ss.noteEnding(&info)
 	be := ss.be
