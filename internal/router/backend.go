@@ -492,13 +492,22 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 	}
 }
 
-// sendSetup sends a setup deferred by ensureBackend before a statement
-// runs: with the statement when it can share a transaction with it (dml),
+// sendSetup sends a setup deferred by ensureBackend before statement info
+// runs: with the statement when it can share a transaction with it (DML),
 // when a transaction with local settings is already open, or part way
 // through a pipeline (setupEach); else as a Query of its own. With
 // setupEach, the settings are sent again when the backend's session values
-// are not the session's.
-func (ss *session) sendSetup(dml bool) {
+// are not the session's. Nothing is sent before a transaction control
+// statement, which reads no table, or in an aborted transaction, where the
+// server would refuse the setup and skip the client's ROLLBACK with it: the
+// setup waits for the next statement. A Parse or Describe (bind false)
+// sends none in an aborted transaction; a Bind or Query only once a
+// statement that ends it was bound (txnEndBound).
+func (ss *session) sendSetup(info *stmtInfo, bind bool) {
+	if (ss.status == 'E' && (!bind || !ss.txnEndBound)) || (!info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback ||
+		info.kind == kSavepoint || info.rollbackTo || info.endsTxn)) {
+		return
+	}
 	if be := ss.be; ss.setupEach && be != nil && !ss.setupDue && (be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant) {
 		ss.setupDue = true
 		ss.setupPath = ""
@@ -508,10 +517,13 @@ func (ss *session) sendSetup(dml bool) {
 		ss.setupSchema, ss.setupTenant = ss.wantSchema, ss.wantTenant
 		ss.setupLocal = ss.srv.cfg.PoolMode == PoolTransaction
 		if !ss.setupLocal {
-			be.Schema, be.Tenant = ss.wantSchema, ss.wantTenant
+			// A statement bound before may still undo it when it runs:
+			// the backend's values stay unknown until the next setup
+			// outside such a pipeline.
+			be.Schema, be.Tenant = "\x00", "\x00"
 		}
 	}
-	if dml || (ss.setupLocal && ss.localOpen) || ss.setupEach {
+	if info.dml || (ss.setupLocal && ss.localOpen) || ss.setupEach {
 		ss.writeSetup()
 	} else {
 		ss.flushSetup()
@@ -524,10 +536,10 @@ func (ss *session) sendSetup(dml bool) {
 // (setupEach):
 //   - one that ends the transaction (COMMIT, ROLLBACK, PREPARE TRANSACTION,
 //     also with AND CHAIN): transaction-local settings revert;
-//   - ROLLBACK TO, or any statement that is not DML in an implicit
-//     transaction (a procedure that commits or rolls back): a session setup
-//     sent in this transaction may be undone, so the backend's values
-//     become unknown;
+//   - any statement that is not DML in an implicit transaction (a
+//     procedure that commits or rolls back), or ROLLBACK TO after a session
+//     setup in this transaction: a session setup may be undone, so the
+//     backend's values become unknown;
 //   - RESET ALL, set_config of another setting and the like (see
 //     noteServerState).
 //
@@ -538,8 +550,20 @@ func (ss *session) sendSetup(dml bool) {
 // that rolls back and then reads tables, called in a pipeline after other
 // statements, is the one case not covered.)
 func (ss *session) noteEnding(info *stmtInfo) {
+	if info.kind == kBegin && !info.multi {
+		ss.txnEndBound = false // a new transaction, bound to its first statement's tenant
+	}
 	implicit := ss.status == 'I' || ss.txnEndBound
-	if !info.endsTxn && !info.rollbackTo && (info.dml || !implicit) {
+	if info.rollbackTo && !implicit {
+		// Local settings sent at the transaction's start outlive it; only
+		// a session setup sent after the savepoint may be undone.
+		if ss.setupOpen {
+			ss.doubtSetup()
+			ss.setupEach = true
+		}
+		return
+	}
+	if !info.endsTxn && (info.dml || !implicit) {
 		return
 	}
 	if info.endsTxn {

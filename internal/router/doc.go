@@ -49,7 +49,10 @@
 // the settings again (in a portal of the router's own when the client has
 // bound the unnamed one); before CALL or DO there the backend gets them as
 // session settings, so a procedure's work after its own COMMIT stays on
-// the shard (after its own ROLLBACK it is not covered). In transaction mode
+// the shard (after its own ROLLBACK it is not covered). No setup goes
+// before a transaction control statement or into an aborted transaction
+// (the server would refuse it, and skip the client's ROLLBACK with it); it
+// waits for the next statement. In transaction mode
 // a simple Query that ends the transaction it runs in and goes on with more
 // statements ("COMMIT; BEGIN; ...") is refused with 0A000. In session mode
 // they are

@@ -65,8 +65,11 @@ type stmtInfo struct {
 	// reservedSet is set for SET/RESET of a setting the router owns
 	// (search_path, pgtenant.* other than pgtenant.tenant, role).
 	reservedSet bool
-	// callsSetConfig is set when the text calls set_config anywhere.
-	callsSetConfig bool
+	// callsSetConfig is set when the text calls set_config anywhere;
+	// localSetConfig when the statement is exactly SELECT set_config('x',
+	// v, true) of a setting x other than search_path and pgtenant.* (the
+	// row-level-security idiom), which leaves the router's settings alone.
+	callsSetConfig, localSetConfig bool
 	// laterSet and laterDiscard are set when a statement after the first
 	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
 	laterSet, laterDiscard bool
@@ -328,8 +331,11 @@ func (lx *lexer) noteWord(w string, info *stmtInfo) {
 			lx.first = ""
 		}
 	}
-	if eq(w, "atomic") && eq(lx.prev, "begin") {
+	switch {
+	case eq(w, "atomic") && eq(lx.prev, "begin"):
 		lx.atomic++
+	case eq(w, "end") && eq(lx.prev, "atomic") && lx.sinceSemi > 1 && lx.atomic > 0:
+		lx.atomic-- // an empty body
 	}
 	lx.prev = w
 }
@@ -381,6 +387,23 @@ func tenantHint(body string) (string, bool) {
 		return "", false
 	}
 	return v, true
+}
+
+// localSetConfig sets info.localSetConfig for SELECT [pg_catalog.]set_config(
+// 'x', v, true) with x neither search_path nor pgtenant.*, v a literal or a
+// parameter, and nothing else in the text.
+func (lx *lexer) localSetConfig(info *stmtInfo) {
+	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
+		lx.toks[3].kind != tString || !lx.punct(4, ',') || (lx.toks[5].kind != tString && lx.toks[5].kind != tParam) ||
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') {
+		return
+	}
+	name := strings.ToLower(strings.TrimSpace(unquoteString(lx.text(3))))
+	if name == "search_path" || strings.HasPrefix(name, "pgtenant.") || name == "role" || name == "session_authorization" {
+		return
+	}
+	v, _ := lx.value(7)
+	info.localSetConfig = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
 }
 
 func (lx *lexer) text(i int) string {
@@ -479,6 +502,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 	case strings.EqualFold(w, "select"):
 		info.kind = kSelect
 		info.noShard = !sawFrom && !info.multi
+		lx.localSetConfig(info)
 		// SELECT [pg_catalog.]set_config('pgtenant.tenant', v, local)
 		if (lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) && lx.punct(2, '(') &&
 			lx.n > 3 && lx.toks[3].kind == tString && strings.EqualFold(unquoteString(lx.text(3)), tenantSetting) && lx.punct(4, ',') {

@@ -408,7 +408,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return e
 	}
-	ss.sendSetup(info.dml)
+	if ss.status == 'E' && info.multi && (ss.setupDue || ss.setupEach) {
+		// The setup would fail in the aborted transaction, and the
+		// statements after its end would run without it.
+		return txnThenMoreError()
+	}
+	ss.sendSetup(&info, true)
 	if ss.localOpen && info.txnThenMore {
 		return txnThenMoreError()
 	}
@@ -462,7 +467,7 @@ func (ss *session) noteServerState(info *stmtInfo) {
 		be.Schema, be.Tenant = "\x00", "\x00"
 		ss.setupEach = true
 	}
-	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig) {
+	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig && !info.localSetConfig) {
 		// set_config may have changed search_path or the tenant id too.
 		be.SessionSig, be.Schema, be.Tenant = "\x00", "\x00", "\x00"
 		ss.setupEach = true
@@ -587,7 +592,7 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return false, e
 	}
-	ss.sendSetup(def.info.dml)
+	ss.sendSetup(&def.info, false)
 	return ss.prepareOn(def, false), nil
 }
 
@@ -695,7 +700,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if e := ss.route(def, false); e != nil {
 		return e
 	}
-	ss.sendSetup(def.info.dml)
+	ss.sendSetup(&def.info, true)
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
 	ss.noteEnding(&def.info)
@@ -790,7 +795,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if e := ss.route(def, true); e != nil {
 		return e
 	}
-	ss.sendSetup(def.info.dml)
+	ss.sendSetup(&def.info, false)
 	ss.ensurePrepared(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', ss.serverStmt(def))
 	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)
