@@ -336,3 +336,51 @@ func TestAbortedEmptyAtomicBodyEndAndChain(t *testing.T) {
 		t.Errorf("after END AND CHAIN: %s\nwant %s", got, want)
 	}
 }
+
+// A pipelined ROLLBACK TO leaves the aborted state: the statement after it
+// in the same pipeline (status still 'E' to the router) gets the settings a
+// RESET ALL earlier in the transaction took away.
+func TestAbortedRollbackToThenStatement(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+			var c *tc
+			if mode == PoolSession {
+				c = tcConnect(t, s, "t2")
+				if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
+					t.Fatalf("t2: %s", got)
+				}
+				if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
+					t.Fatalf("set: %s", got)
+				}
+			} else {
+				onShard2(t, s)
+				c = tcConnect(t, s, "t4")
+			}
+			c.send(&pgproto3.Parse{Name: "rb", Query: "ROLLBACK TO SAVEPOINT a"},
+				&pgproto3.Parse{Name: "sel", Query: "SELECT shard FROM whoami"}, &pgproto3.Sync{})
+			if got := c.recv(1); got != "P P ZI" {
+				t.Fatalf("parse: %s", got)
+			}
+			beginLocal(t, c)
+			for _, step := range []struct{ q, want string }{
+				{"RESET ALL", "C(RESET) ZT"},
+				{"SAVEPOINT a", "C(SAVEPOINT) ZT"},
+				{"SELECT 1/0 FROM whoami", "E(22012:division by zero) ZE"},
+			} {
+				if got := c.q(step.q); got != step.want {
+					t.Fatalf("%s: got %s\nwant %s", step.q, got, step.want)
+				}
+			}
+			c.send(&pgproto3.Bind{PreparedStatement: "rb"}, &pgproto3.Execute{},
+				&pgproto3.Bind{PreparedStatement: "sel"}, &pgproto3.Execute{},
+				&pgproto3.Sync{})
+			if got, want := c.recv(1), "B C(ROLLBACK) B D(4) C(SELECT 1) ZT"; got != want {
+				t.Fatalf("pipeline: %s\nwant %s", got, want)
+			}
+			if got := c.q("ROLLBACK"); got != "C(ROLLBACK) ZI" {
+				t.Fatalf("ROLLBACK: %s", got)
+			}
+		})
+	}
+}

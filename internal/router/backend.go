@@ -502,9 +502,10 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 // server would refuse the setup and skip the client's ROLLBACK with it: the
 // setup waits for the next statement. A Parse or Describe (bind false)
 // sends none in an aborted transaction; a Bind or Query only once a
-// statement that ends it was bound (txnEndBound).
+// statement that ends it, or a ROLLBACK TO, was bound (txnEndBound,
+// abortLeft).
 func (ss *session) sendSetup(info *stmtInfo, bind bool) {
-	if (ss.status == 'E' && (!bind || !ss.txnEndBound)) || (!info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback ||
+	if (ss.status == 'E' && (!bind || !(ss.txnEndBound || ss.abortLeft))) || (!info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback ||
 		info.kind == kSavepoint || info.rollbackTo || info.endsTxn)) {
 		return
 	}
@@ -530,6 +531,12 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 	}
 }
 
+// markSetupEach sets setupEach, to be cleared only by the ReadyForQuery of
+// a Sync sent after this point.
+func (ss *session) markSetupEach() {
+	ss.setupEach, ss.pipeMarkAt = true, ss.syncsPushed
+}
+
 // noteEnding looks at a statement about to be bound (or run as a simple
 // Query) for what may take the backend's settings away part way through
 // the pipeline, and makes every statement after it get them again
@@ -553,13 +560,16 @@ func (ss *session) noteEnding(info *stmtInfo) {
 	if info.kind == kBegin && !info.multi {
 		ss.txnEndBound = false // a new transaction, bound to its first statement's tenant
 	}
+	if info.rollbackTo {
+		ss.abortLeft, ss.abortLeftAt = true, ss.syncsPushed
+	}
 	implicit := ss.status == 'I' || ss.txnEndBound
 	if info.rollbackTo && !implicit {
 		// Local settings sent at the transaction's start outlive it; only
 		// a session setup sent after the savepoint may be undone.
 		if ss.setupOpen {
 			ss.doubtSetup()
-			ss.setupEach = true
+			ss.markSetupEach()
 		}
 		return
 	}
@@ -567,10 +577,10 @@ func (ss *session) noteEnding(info *stmtInfo) {
 		return
 	}
 	if info.endsTxn {
-		ss.txnEndBound = true
+		ss.txnEndBound, ss.pipeMarkAt = true, ss.syncsPushed
 		ss.localTenant = ""
 	}
-	ss.setupEach = true
+	ss.markSetupEach()
 	if ss.setupOpen {
 		ss.doubtSetup() // may be undone
 	}
@@ -759,7 +769,7 @@ func (ss *session) releaseBackend() {
 		ss.unsynced = false
 	}
 	ss.localSetup, ss.localOpen = false, false
-	ss.setupEach, ss.txnEndBound, ss.clientPortal = false, false, false
+	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
 	ss.beCur.Store(nil)
@@ -787,6 +797,7 @@ func (ss *session) push(e expect) {
 	}
 	if e.kind == eSync || e.kind == eQuery || e.kind == eSynthRFQ {
 		ss.syncs++
+		ss.syncsPushed++
 	}
 }
 
@@ -794,6 +805,7 @@ func (ss *session) pop() {
 	e := ss.queue[0]
 	if e.kind == eSync || e.kind == eQuery || e.kind == eSynthRFQ {
 		ss.syncs--
+		ss.syncsPopped++
 	}
 	ss.queue[0] = expect{}
 	ss.queue = ss.queue[1:]
@@ -869,8 +881,12 @@ func (ss *session) drain(all bool) error {
 			if ss.localOpen && ss.status == 'I' {
 				ss.localOpen = false
 			}
-			if ss.syncs == 0 && ss.status == 'I' {
-				// Nothing of the pipeline is left to run.
+			if ss.abortLeft && ss.syncsPopped > ss.abortLeftAt {
+				ss.abortLeft = false // the status tells again
+			}
+			if ss.syncs == 0 && ss.status == 'I' && ss.syncsPopped > ss.pipeMarkAt {
+				// Nothing of the pipeline is left to run (the Sync answered
+				// came after whatever set the flags).
 				ss.clientPortal, ss.setupEach, ss.txnEndBound = false, false, false
 			}
 			if ss.setupOpen {

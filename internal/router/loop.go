@@ -465,12 +465,12 @@ func (ss *session) noteServerState(info *stmtInfo) {
 		// local settings included: what follows in the pipeline (or the
 		// transaction) gets them again.
 		be.Schema, be.Tenant = "\x00", "\x00"
-		ss.setupEach = true
+		ss.markSetupEach()
 	}
 	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig && !info.localSetConfig) {
 		// set_config may have changed search_path or the tenant id too.
 		be.SessionSig, be.Schema, be.Tenant = "\x00", "\x00", "\x00"
-		ss.setupEach = true
+		ss.markSetupEach()
 	}
 }
 

@@ -142,6 +142,17 @@ type session struct {
 	// queried; the statements after it are not in that transaction, so
 	// its tenant no longer applies (see pickTenant).
 	txnEndBound bool
+	// abortLeft: a ROLLBACK TO was bound since the last ReadyForQuery; the
+	// statements after it do not run in an aborted transaction.
+	abortLeft bool
+	// abortLeftAt is syncsPushed when abortLeft was set: the ReadyForQuery
+	// of a later Sync tells the transaction's real status.
+	abortLeftAt uint64
+	// pipeMarkAt is syncsPushed when setupEach or txnEndBound was last set.
+	pipeMarkAt uint64
+	// syncsPushed and syncsPopped count the Sync/Query items queued and
+	// answered so far.
+	syncsPushed, syncsPopped uint64
 	// clientPortal: the client bound the unnamed portal on the attached
 	// backend since its transaction began; the router's own statements
 	// then use a portal of their own (see bindPrepared).
