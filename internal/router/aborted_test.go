@@ -52,13 +52,7 @@ func TestAbortedSavepointRetryAfterError(t *testing.T) {
 // session's tenant's shard.
 func TestAbortedSessionSetupBeforeEndingPortalRuns(t *testing.T) {
 	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 1}}, nil)
-	c := tcConnect(t, s, "t2")
-	if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
-		t.Fatalf("t2: %s", got)
-	}
-	if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
-		t.Fatalf("set: %s", got)
-	}
+	c := sessionSwitchedToT4(t, s)
 	c.send(&pgproto3.Parse{Name: "sel", Query: "SELECT shard FROM whoami"},
 		&pgproto3.Parse{Name: "rb", Query: "ROLLBACK"},
 		&pgproto3.Bind{PreparedStatement: "sel"}, &pgproto3.Execute{}, // setup 1, in the implicit transaction
@@ -79,13 +73,7 @@ func TestAbortedSessionSetupBeforeEndingPortalRuns(t *testing.T) {
 // and the Execute of an unnamed ROLLBACK portal.
 func TestAbortedSessionParseSetupBeforeRollbackRuns(t *testing.T) {
 	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 1}}, nil)
-	c := tcConnect(t, s, "t2")
-	if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
-		t.Fatalf("t2: %s", got)
-	}
-	if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
-		t.Fatalf("set: %s", got)
-	}
+	c := sessionSwitchedToT4(t, s)
 	c.send(&pgproto3.Parse{Name: "sel", Query: "SELECT shard FROM whoami"},
 		&pgproto3.Bind{PreparedStatement: "sel"}, &pgproto3.Execute{}, // setup 1
 		&pgproto3.Parse{Query: "ROLLBACK"}, &pgproto3.Bind{}, // forgets setup 1
@@ -177,13 +165,7 @@ func TestAbortedExtendedRollbackToInAbortedTxn(t *testing.T) {
 // on with BEGIN, then ROLLBACK TO and an error: ROLLBACK runs.
 func TestAbortedSessionSetupEachAbortedTxn(t *testing.T) {
 	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 1}}, nil)
-	c := tcConnect(t, s, "t2")
-	if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
-		t.Fatalf("t2: %s", got)
-	}
-	if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
-		t.Fatalf("set: %s", got)
-	}
+	c := sessionSwitchedToT4(t, s)
 	c.send(&pgproto3.Parse{Name: "sel", Query: "SELECT shard FROM whoami"},
 		&pgproto3.Parse{Name: "begin", Query: "BEGIN"},
 		&pgproto3.Bind{PreparedStatement: "sel"}, &pgproto3.Execute{},
@@ -346,13 +328,7 @@ func TestAbortedRollbackToThenStatement(t *testing.T) {
 			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
 			var c *tc
 			if mode == PoolSession {
-				c = tcConnect(t, s, "t2")
-				if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
-					t.Fatalf("t2: %s", got)
-				}
-				if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
-					t.Fatalf("set: %s", got)
-				}
+				c = sessionSwitchedToT4(t, s)
 			} else {
 				onShard2(t, s)
 				c = tcConnect(t, s, "t4")

@@ -22,6 +22,22 @@ func onShard2(t *testing.T, s *Server) {
 	}
 }
 
+// sessionSwitchedToT4 returns a client (session pool mode) whose backend
+// ran tenant t2's statement with session settings and whose session then
+// switched to tenant t4: its next statement gets t4's setup on a backend
+// on shard 2.
+func sessionSwitchedToT4(t *testing.T, s *Server) *tc {
+	t.Helper()
+	c := tcConnect(t, s, "t2")
+	if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
+		t.Fatalf("t2: %s", got)
+	}
+	if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
+		t.Fatalf("set: %s", got)
+	}
+	return c
+}
+
 // committingProc creates, on node a, a procedure that commits and then
 // reads whoami through the search_path.
 func committingProc(t *testing.T) {

@@ -151,13 +151,7 @@ func TestSettingsMultiQueryFalsePositives(t *testing.T) {
 // later one of the session, read the new tenant's shard.
 func TestSettingsSessionModeRollbackUndoesSetup(t *testing.T) {
 	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 1}}, nil)
-	c := tcConnect(t, s, "t2")
-	if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
-		t.Fatalf("t2: %s", got)
-	}
-	if got := c.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
-		t.Fatalf("set: %s", got)
-	}
+	c := sessionSwitchedToT4(t, s)
 	c.send(&pgproto3.Parse{Name: "sel", Query: "SELECT shard FROM whoami"},
 		&pgproto3.Parse{Name: "rb", Query: "ROLLBACK"},
 		&pgproto3.Bind{PreparedStatement: "sel"}, &pgproto3.Execute{},
