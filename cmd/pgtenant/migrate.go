@@ -264,7 +264,8 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 		if verb == "down" {
 			return sum, fmt.Errorf("%w\nfix the file's Down section and run `pgtenant migrate down --to %d` again; each shard continues where it stopped", err, sum.To)
 		}
-		return sum, fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again; each shard continues where it stopped", err)
+		return sum, fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again (with --allow-changed if the file "+
+			"was applied on some shards: those keep what they ran); each shard continues where it stopped", err)
 	}
 	return sum, nil
 }

@@ -532,14 +532,21 @@ func (w *worker) prepare(ctx context.Context, t Target, files []File, allowChang
 			tx.Rollback()
 		}
 	}()
+	// Another run holding this shard: wait up to five minutes, as goose does.
+	if _, err = tx.ExecContext(ctx, "SET LOCAL lock_timeout = '300s'"); err != nil {
+		return 0, fmt.Errorf("prepare version table: %w", err)
+	}
+	if _, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", lockID(t.Schema)); err != nil {
+		return 0, fmt.Errorf("lock shard for migrating: %w", err)
+	}
 	var tableExists, recorded bool
 	err = tx.QueryRowContext(ctx, `SELECT
 		EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'goose_db_version'),
 		EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = 'goose_db_version' AND a.attname = 'checksum' AND NOT a.attisdropped)
-		FROM set_config('lock_timeout', '300s', true), pg_advisory_xact_lock($2)`, t.Schema, lockID(t.Schema)).Scan(&tableExists, &recorded)
+			WHERE n.nspname = $1 AND c.relname = 'goose_db_version' AND a.attname = 'checksum' AND NOT a.attisdropped)`,
+		t.Schema).Scan(&tableExists, &recorded)
 	if err != nil {
-		return 0, fmt.Errorf("lock shard for migrating: %w", err)
+		return 0, fmt.Errorf("read version table: %w", err)
 	}
 	if !tableExists {
 		return 0, tx.Commit()
