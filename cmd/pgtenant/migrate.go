@@ -205,10 +205,14 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	if err != nil {
 		return migrate.Summary{}, err
 	}
+	doing := "migrating"
+	if verb == "down" {
+		doing = "rolling back"
+	}
 	var bar *progressbar.ProgressBar
 	if f, ok := a.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		bar = progressbar.NewOptions(len(targets), progressbar.OptionSetWriter(a.stderr),
-			progressbar.OptionSetDescription("migrating shards"), progressbar.OptionShowCount(),
+			progressbar.OptionSetDescription(doing+" shards"), progressbar.OptionShowCount(),
 			progressbar.OptionClearOnFinish())
 	}
 	lastPrint := time.Now()
@@ -217,7 +221,7 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 		if bar != nil {
 			bar.Add(1)
 		} else if time.Since(lastPrint) > 2*time.Second {
-			fmt.Fprintf(a.stderr, "migrating: %d/%d shards\n", e.Done, e.Total)
+			fmt.Fprintf(a.stderr, "%s: %d/%d shards\n", doing, e.Done, e.Total)
 			lastPrint = time.Now()
 		}
 	}

@@ -98,11 +98,10 @@ func (d Drift) String() string {
 	case Renamed:
 		return fmt.Sprintf("version %d was applied from %s %s, but the directory has %s for it", d.Version, d.AppliedFile, on, d.File)
 	default:
-		from := d.AppliedFile
-		if from == "" {
-			from = "a file"
+		if d.AppliedFile == "" {
+			return fmt.Sprintf("version %d (applied %s before file names were recorded) has no file in the directory", d.Version, on)
 		}
-		return fmt.Sprintf("version %d (applied from %s %s) has no file in the directory", d.Version, from, on)
+		return fmt.Sprintf("version %d (applied from %s %s) has no file in the directory", d.Version, d.AppliedFile, on)
 	}
 }
 
