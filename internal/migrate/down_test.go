@@ -204,3 +204,19 @@ func TestCreate(t *testing.T) {
 		}
 	}
 }
+
+func TestHasDown(t *testing.T) {
+	for body, want := range map[string]bool{
+		"-- +goose Up\nSELECT 1;\n-- +goose Down\nSELECT 2;\n": true,
+		"-- +goose up\nSELECT 1;\n--  +goose  down\n":          true,
+		"--+goose Down\n":                         true,
+		"-- +goose Up\nSELECT 1;\n":               false,
+		"SELECT 1; -- +goose Down\n":              false,
+		"-- +goose Up\n-- +goose Down and more\n": false,
+		"CREATE TABLE t (id int);\n":              false,
+	} {
+		if got := hasDown([]byte(body)); got != want {
+			t.Errorf("hasDown(%q) = %v, want %v", body, got, want)
+		}
+	}
+}

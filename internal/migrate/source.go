@@ -87,8 +87,14 @@ func hasDown(b []byte) bool {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(nil, len(b)+1)
 	for sc.Scan() {
-		f := strings.Fields(strings.ToLower(sc.Text()))
-		if len(f) >= 3 && f[0] == "--" && f[1] == "+goose" && f[2] == "down" {
+		// As goose reads annotations: "--", then "+goose", then the word,
+		// in any case.
+		line := strings.TrimSpace(sc.Text())
+		if !strings.HasPrefix(line, "--") || !strings.Contains(line, "+goose") {
+			continue
+		}
+		cmd := strings.TrimSpace(strings.Replace(strings.TrimPrefix(line, "--"), "+goose", "", 1))
+		if strings.EqualFold(cmd, "down") {
 			return true
 		}
 	}
