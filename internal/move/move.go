@@ -85,6 +85,11 @@ type Config struct {
 	Logger *slog.Logger
 	// FenceTimeout bounds the whole pause: fence start to flip. Zero means 5s.
 	FenceTimeout time.Duration
+	// FenceLease is how long the fence outlives its mover: the mover renews
+	// its leases (catalog and source) every FenceLease/5, and when it stops,
+	// routers release the shard to its source and the source takes writes
+	// again FenceLease after the last renewal. Zero means DefaultFenceLease (5s).
+	FenceLease time.Duration
 	// CatchUpTimeout bounds the initial copy plus catch-up. Zero means 1h.
 	CatchUpTimeout time.Duration
 	// LockTimeout is lock_timeout for the LOCK TABLE on the source under the fence. Zero means 1s.
@@ -153,6 +158,7 @@ func New(cfg Config) *Mover {
 		}
 	}
 	def(&cfg.FenceTimeout, 5*time.Second)
+	def(&cfg.FenceLease, DefaultFenceLease)
 	def(&cfg.CatchUpTimeout, time.Hour)
 	def(&cfg.LockTimeout, time.Second)
 	def(&cfg.PollInterval, 2*time.Millisecond)

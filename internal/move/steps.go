@@ -291,6 +291,11 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 	if err != nil {
 		return err
 	}
+	// A fence trigger left on the source by an aborted move comes along in
+	// the dump; its function must exist on the target.
+	if err := ensureMarker(ctx, dst); err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
 	// The pre-copy restore is one transaction: the schema is there entirely or not at all.
 	if ok, err := schemaExists(ctx, dst, mv.Schema); err != nil {
 		return fmt.Errorf("check target schema: %w", err)
@@ -307,7 +312,7 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if _, err = conn.Exec(ctx, markerDDL); err == nil {
+		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL); err == nil {
 			return nil
 		}
 		var pgErr *pgconn.PgError
