@@ -49,6 +49,7 @@ func (a *app) mover(c *catalog.Catalog, f *moveFlags) *move.Mover {
 		Fencer:       catalog.RouterFencer{Catalog: c},
 		Logger:       a.logger,
 		FenceTimeout: f.fenceTimeout,
+		ResolveDSN:   c.ResolveDSN,
 	})
 }
 

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 func newNodeCmd(a *app) *cobra.Command {
@@ -29,6 +31,11 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if nodedsn.LiteralPassword(args[1]) {
+					fmt.Fprintf(a.stderr, "warning: the connection string of node %s carries a password in clear text, readable by anyone who can read the catalog; "+
+						"prefer a reference resolved where pgtenant connects (password=$%s_PASSWORD, set in the environment or the router's --secrets-file), "+
+						"or no password and a passfile (PGPASSFILE or passfile=...)\n", args[0], envName(args[0]))
+				}
 				report, err := c.AddNode(ctx, args[0], args[1])
 				a.printReport(report)
 				if err != nil {
@@ -78,7 +85,7 @@ rights for online moves. Exits non-zero when a check fails.`,
 						continue
 					}
 					delete(want, n.Name)
-					r := catalog.CheckNode(ctx, n.Name, n.DSN)
+					r := c.CheckRegisteredNode(ctx, n)
 					a.printReport(r)
 					if r.Failed() {
 						failed++
@@ -115,4 +122,17 @@ func (a *app) printReport(r catalog.NodeReport) {
 	for _, c := range r.Checks {
 		fmt.Fprintf(a.stdout, "%-5s %s %s: %s\n", c.Status, r.Node, c.Name, c.Detail)
 	}
+}
+
+// envName suggests an environment variable name for a node's secret: NODE1 for node1.
+func envName(node string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return '_'
+	}, node)
 }

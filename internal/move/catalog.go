@@ -156,7 +156,11 @@ func (m *Mover) nodeDSN(ctx context.Context, node string) (string, error) {
 		}
 		return "", fmt.Errorf("read node %q: %w", node, err)
 	}
-	return dsn, nil
+	resolved, err := m.cfg.ResolveDSN(dsn)
+	if err != nil {
+		return "", fmt.Errorf("node %q: %w", node, err)
+	}
+	return resolved, nil
 }
 
 // insertMove records a new running move; the unique index makes a second running move of a shard fail.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 // Step is one recorded step of a move (pgtenant.moves.step).
@@ -104,6 +106,10 @@ type Config struct {
 	// it starts. Zero means 5 minutes; then the move aborts and names the
 	// oldest open transactions.
 	SlotTimeout time.Duration
+	// ResolveDSN resolves the secret references ($NAME, ${NAME}) of a node
+	// DSN stored in the catalog. Nil means from the environment
+	// (nodedsn.Expand with nodedsn.Env).
+	ResolveDSN func(dsn string) (string, error)
 	// BinDir holds pg_dump and pg_restore. Empty means localpg.FindBinDir.
 	BinDir string
 	// BeforeStep, when set, is called after a step is recorded and before it
@@ -156,6 +162,9 @@ func New(cfg Config) *Mover {
 		if *d <= 0 {
 			*d = v
 		}
+	}
+	if cfg.ResolveDSN == nil {
+		cfg.ResolveDSN = func(dsn string) (string, error) { return nodedsn.Expand(dsn, nodedsn.Env()) }
 	}
 	def(&cfg.FenceTimeout, 5*time.Second)
 	def(&cfg.FenceLease, DefaultFenceLease)
