@@ -24,10 +24,17 @@ reachable, runs PostgreSQL 14 or newer, and lets the user create schemas; it
 warns when wal_level is not 'logical' or the user lacks REPLICATION, since
 online shard moves need both.
 
+A node is a database: one that is already registered (under another name or
+DSN), or the catalog database, is refused. The DSN is stored as given: keep
+the password out of it with a reference such as password=$NODE1_PASSWORD
+(resolved from the environment, or the router's --secrets-file, by the process
+that connects) or with a passfile (PGPASSFILE); a literal password draws a
+warning.
+
 Nodes added before 'shard create' receive shards; nodes added later receive
 shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
-		Example: `  pgtenant node add node1 'postgres://pgtenant:secret@db1.internal:5432/app'
-  pgtenant node add node2 'host=db2.internal user=pgtenant dbname=app'`,
+		Example: `  pgtenant node add node1 'postgres://pgtenant:$NODE1_PASSWORD@db1.internal:5432/app'
+  pgtenant node add node2 'host=db2.internal user=pgtenant dbname=app'   # password from PGPASSFILE`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
@@ -66,7 +73,8 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 		Short: "Check that nodes are reachable and fit for pgtenant",
 		Long: `Check registered nodes (all of them, or those named): reachable, PostgreSQL 14
 or newer, privileges to create schemas, and wal_level=logical plus replication
-rights for online moves. Exits non-zero when a check fails.`,
+rights for online moves, and that no other node is the same database (the
+node's identity is recorded). Exits non-zero when a check fails.`,
 		Example: `  pgtenant node check
   pgtenant node check node2`,
 		RunE: func(cmd *cobra.Command, args []string) error {
