@@ -396,7 +396,7 @@ func (m *Mover) stepSubscription(ctx context.Context, mv *moveRun) error {
 		_, err := dst.Exec(sctx, sql)
 		cancel()
 		if err != nil {
-			if ctx.Err() == nil && sctx.Err() != nil {
+			if ctx.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded) { // cancel() above set Canceled otherwise
 				return fmt.Errorf("create subscription: the replication slot waited %s for transactions open on the source server (%s): %w",
 					m.cfg.SlotTimeout, openTransactions(ctx, src), err)
 			}
