@@ -135,9 +135,15 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 	moves := &cobra.Command{
 		Use:     "moves",
 		Short:   "List shard moves with their step and progress",
+		Long: `List shard moves with their step and progress. A fence whose mover stopped
+renewing its lease is released first (as routers do), so a move that needs
+--resume says so.`,
 		Example: `  pgtenant shard moves`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if _, err := c.ReleaseExpiredFences(ctx); err != nil {
+				fmt.Fprintf(a.stderr, "warning: %v\n", err)
+			}
 			list, err := a.mover(c, &f).List(ctx)
 			if err != nil {
 				return err
