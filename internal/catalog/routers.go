@@ -123,12 +123,16 @@ func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Durati
 			c.logger.Warn("release expired fences failed", "err", err)
 		}
 	}
-	beat := func() {
+	beat := func() bool {
 		hctx, cancel := context.WithTimeout(ctx, every)
 		defer cancel()
-		if err := c.Heartbeat(hctx, id, addr, acked.Load()); err != nil && ctx.Err() == nil {
-			c.logger.Warn("router heartbeat failed", "err", err)
+		if err := c.Heartbeat(hctx, id, addr, acked.Load()); err != nil {
+			if ctx.Err() == nil {
+				c.logger.Warn("router heartbeat failed", "err", err)
+			}
+			return false
 		}
+		return true
 	}
 	go func() {
 		t := time.NewTicker(every)
@@ -138,8 +142,9 @@ func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Durati
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				beat()
-				release()
+				if beat() { // a catalog that missed the heartbeat would fail the release too
+					release()
+				}
 			}
 		}
 	}()
