@@ -133,8 +133,8 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 	f.register(mv, false)
 
 	moves := &cobra.Command{
-		Use:     "moves",
-		Short:   "List shard moves with their step and progress",
+		Use:   "moves",
+		Short: "List shard moves with their step and progress",
 		Long: `List shard moves with their step and progress. A fence whose mover stopped
 renewing its lease is released first (as routers do), so a move that needs
 --resume says so.`,

@@ -138,6 +138,11 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 		return err
 	}
 	tSeq := time.Now()
+	// The source lease must be live at the flip (its renewals run on another
+	// connection and may have failed): renewed here, it outlasts the flip.
+	if err := m.renewSourceLease(ctx, src, mv); err != nil {
+		return err
+	}
 	if err := m.flip(ctx, mv); err != nil {
 		return err
 	}

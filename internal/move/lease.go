@@ -180,25 +180,33 @@ func (m *Mover) renewLeases(ctx context.Context, mv *moveRun, cancel context.Can
 	return r
 }
 
+// renewSourceLease renews the move's lease on the source through src; a
+// lapsed lease is errLeaseLost.
+func (m *Mover) renewSourceLease(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
+	tag, err := src.Exec(ctx, `UPDATE pgtenant_move.fence SET expires_at = now() + $3::bigint * interval '1 millisecond'
+		WHERE schema_name = $1 AND move_id = $2 AND expires_at > now()`, mv.Schema, mv.ID, m.cfg.FenceLease.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("renew the source lease: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("source: %w", errLeaseLost)
+	}
+	return nil
+}
+
 func (m *Mover) renewOnce(ctx context.Context, mv *moveRun, r *leaseRenewer, every time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, max(every, time.Second))
 	defer cancel()
-	lease := m.cfg.FenceLease.Milliseconds()
 	r.mu.Lock()
 	src := r.src
 	r.mu.Unlock()
 	if src != nil {
-		tag, err := src.Exec(ctx, `UPDATE pgtenant_move.fence SET expires_at = now() + $3::bigint * interval '1 millisecond'
-			WHERE schema_name = $1 AND move_id = $2 AND expires_at > now()`, mv.Schema, mv.ID, lease)
-		if err != nil {
-			return fmt.Errorf("renew the source lease: %w", err)
-		}
-		if tag.RowsAffected() != 1 {
-			return fmt.Errorf("source: %w", errLeaseLost)
+		if err := m.renewSourceLease(ctx, src, mv); err != nil {
+			return err
 		}
 	}
 	tag, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.fence_leases SET expires_at = now() + $3::bigint * interval '1 millisecond'
-		WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID, lease)
+		WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID, m.cfg.FenceLease.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("renew the catalog lease: %w", err)
 	}
