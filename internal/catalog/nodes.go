@@ -292,11 +292,8 @@ func RedactDSN(dsn string) string {
 		}
 		return u.String()
 	}
-	fields := strings.Fields(dsn)
-	for i, f := range fields {
-		if strings.HasPrefix(f, "password=") && !nodedsn.IsReference(strings.Trim(strings.TrimPrefix(f, "password="), "'")) {
-			fields[i] = "password=xxxxx"
-		}
+	if r, ok := nodedsn.RedactKeywords(dsn); ok {
+		return r
 	}
-	return strings.Join(fields, " ")
+	return "(unparseable connection string)"
 }

@@ -333,3 +333,29 @@ func WithPassword(dsn, password string) string {
 	}
 	return dsn + " password=" + quote(password)
 }
+
+// RedactKeywords returns a key=value connection string with every literal
+// password value replaced by xxxxx (references are kept), reassembled from
+// its parsed pairs so that quoted or escaped passwords cannot leak; ok is
+// false when it cannot be parsed.
+func RedactKeywords(dsn string) (redacted string, ok bool) {
+	pairs, err := parseKeywords(dsn)
+	if err != nil {
+		return "", false
+	}
+	var b strings.Builder
+	for i, p := range pairs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		v := p.value
+		if p.key == "password" && !IsReference(v) {
+			v = "xxxxx"
+		}
+		if v == "" || strings.ContainsAny(v, ` '\`) {
+			v = quote(v)
+		}
+		b.WriteString(p.key + "=" + v)
+	}
+	return b.String(), true
+}

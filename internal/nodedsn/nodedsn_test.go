@@ -133,3 +133,19 @@ func TestWithPassword(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactKeywords(t *testing.T) {
+	for dsn, want := range map[string]string{
+		`host=db1 user=app password=secret`:            `host=db1 user=app password=xxxxx`,
+		`host=db1 password='se cr\'et' dbname=app`:     `host=db1 password=xxxxx dbname=app`,
+		`host=db1 password=$NODE1_PASSWORD dbname=app`: `host=db1 password=$NODE1_PASSWORD dbname=app`,
+		`host=db1 application_name='my app'`:           `host=db1 application_name='my app'`,
+	} {
+		if got, ok := RedactKeywords(dsn); !ok || got != want {
+			t.Errorf("RedactKeywords(%q) = %q %v, want %q", dsn, got, ok, want)
+		}
+	}
+	if _, ok := RedactKeywords(`host=db1 password='unterminated`); ok {
+		t.Error("unterminated quote parsed")
+	}
+}
