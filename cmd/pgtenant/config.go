@@ -40,6 +40,9 @@ type RouterConfig struct {
 	// TLSCert and TLSKey enable TLS for clients when both are set.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// SecretsFile holds NAME=value lines that resolve $NAME references in
+	// node DSNs before the environment does; empty means the environment only.
+	SecretsFile string `yaml:"secrets_file"`
 
 	// The rest mirror router.Config and router.PoolConfig; zero means the
 	// flag's default. Durations are written as Go durations ("5m", "250ms").

@@ -181,7 +181,9 @@ func (a *app) targets(ctx context.Context, c *catalog.Catalog, shards []placemen
 	}
 	dsn := map[string]string{}
 	for _, n := range nodes {
-		dsn[n.Name] = n.DSN
+		if dsn[n.Name], err = c.ResolveDSN(n.DSN); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
 	}
 	out := make([]migrate.Target, len(shards))
 	for i, s := range shards {

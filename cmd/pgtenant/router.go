@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/router"
 )
@@ -66,6 +67,7 @@ and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 	cmd.Flags().Int("max-prepared", 1000, "most statements kept prepared on one backend connection")
 	cmd.Flags().Duration("startup-timeout", 10*time.Second, "longest time for a client to connect and authenticate")
 	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
+	cmd.Flags().String("secrets-file", "", "file of NAME=value lines resolving $NAME in node DSNs, before the environment (env PGTENANT_SECRETS_FILE; mode 0600)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
 	return cmd
 }
@@ -150,6 +152,13 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	defer cat.Close()
+	if path := setting(cmd, "secrets-file", "PGTENANT_SECRETS_FILE", a.cfg.Router.SecretsFile); path != "" {
+		secrets, err := nodedsn.LoadFile(path)
+		if err != nil {
+			return err
+		}
+		cat.SetSecrets(nodedsn.Chain(secrets, nodedsn.Env()))
+	}
 	// Catalog users, reloaded with every map change (their table notifies too).
 	var users atomic.Pointer[map[string]router.Credential]
 	loadUsers := func(ctx context.Context) error {

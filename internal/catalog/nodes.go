@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 // MinServerVersion is the oldest PostgreSQL major version a node may run.
@@ -41,6 +43,8 @@ type NodeReport struct {
 	Node    string
 	Checks  []CheckResult
 	Version int // server major version, 0 when unreachable
+	// Identity identifies the node's database (see NodeIdentity); empty when unknown.
+	Identity string
 }
 
 // Failed reports whether any check failed.
@@ -67,9 +71,26 @@ func (r NodeReport) Err() error {
 	return fmt.Errorf("node %s: %s", r.Node, strings.Join(msgs, "; "))
 }
 
-// CheckNode connects to dsn and checks what pgtenant needs of a node: it is
-// reachable, runs PostgreSQL >= 14, lets the user create schemas, and (for
-// online moves) has wal_level=logical and replication rights.
+// connectNode connects to a node (dsn resolved) with a connect timeout of at most 5s.
+func connectNode(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string %q: %w", RedactDSN(dsn), unwrapParse(err))
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d: %w", cfg.Host, cfg.Port, err)
+	}
+	return conn, nil
+}
+
+// CheckNode connects to dsn (secret references already resolved) and checks
+// what pgtenant needs of a node: it is reachable, runs PostgreSQL >= 14, lets
+// the user create schemas, and (for online moves) has wal_level=logical and
+// replication rights. It reads the node's identity (NodeIdentity).
 func CheckNode(ctx context.Context, name, dsn string) NodeReport {
 	r := NodeReport{Node: name}
 	add := func(check, status, detail string) {
@@ -121,6 +142,12 @@ func CheckNode(ctx context.Context, name, dsn string) NodeReport {
 	if !superuser && !replication {
 		add("replication", CheckWarn, "the user has neither SUPERUSER nor REPLICATION; online moves need one of them")
 	}
+	if id, err := NodeIdentity(ctx, conn); err != nil {
+		add("identity", CheckFail, err.Error())
+	} else {
+		r.Identity = id
+		add("identity", CheckOK, id)
+	}
 	return r
 }
 
@@ -142,16 +169,39 @@ func unwrapParse(err error) error {
 
 // AddNode checks and registers a node. A node that fails its check is refused;
 // warnings are returned in the report.
+//
+// dsn is stored as given; its $NAME references are resolved (SetSecrets) to
+// connect. A database already registered under another name, or the catalog
+// database itself, is refused with ErrDuplicateNode (see NodeIdentity).
 func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, error) {
-	report := CheckNode(ctx, name, dsn)
+	resolved, err := c.resolve(dsn)
+	if err != nil {
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return NodeReport{Node: name}, fmt.Errorf("add node %s: %w", name, err)
+	}
+	report := CheckNode(ctx, name, resolved)
 	if err := report.Err(); err != nil {
 		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
 		return report, fmt.Errorf("add node: %w", err)
 	}
-	_, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.nodes (name, dsn) VALUES ($1, $2)`, name, dsn)
+	if err := c.checkDuplicate(ctx, name, report.Identity); err != nil {
+		if isUndefinedTable(err) {
+			err = ErrNotInitialized
+		} else if isUndefinedColumn(err) {
+			err = ErrOutdated
+		}
+		err = fmt.Errorf("node %s: %w", name, err)
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return report, fmt.Errorf("add node: %w", err)
+	}
+	_, err = c.pool.Exec(ctx, `INSERT INTO pgtenant.nodes (name, dsn, identity) VALUES ($1, $2, $3)`, name, dsn, report.Identity)
 	if err != nil {
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "nodes_identity" {
+			var other string
+			_ = c.pool.QueryRow(ctx, `SELECT name FROM pgtenant.nodes WHERE identity = $1`, report.Identity).Scan(&other)
+			err = fmt.Errorf("node %s: %w", name, duplicateError(other, report.Identity))
+		} else if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 			err = fmt.Errorf("node %q is already registered", name)
 		} else if errors.As(err, &pgErr) && pgErr.Code == "23514" {
 			err = fmt.Errorf("node name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
@@ -222,9 +272,13 @@ func (c *Catalog) RemoveNode(ctx context.Context, name string) error {
 	return nil
 }
 
-// RedactDSN hides the password in a connection string (URL or key=value form).
+// RedactDSN hides the password in a connection string (URL or key=value
+// form); a secret reference ($NAME, ${NAME}) is shown as it is.
 func RedactDSN(dsn string) string {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if !nodedsn.LiteralPassword(dsn) {
+			return dsn
+		}
 		u, err := url.Parse(dsn)
 		if err != nil {
 			return "(unparseable connection string)"
@@ -232,13 +286,14 @@ func RedactDSN(dsn string) string {
 		if _, has := u.User.Password(); has {
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
 		}
+		if q := u.Query(); q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
 		return u.String()
 	}
-	fields := strings.Fields(dsn)
-	for i, f := range fields {
-		if strings.HasPrefix(f, "password=") {
-			fields[i] = "password=xxxxx"
-		}
+	if r, ok := nodedsn.RedactKeywords(dsn); ok {
+		return r
 	}
-	return strings.Join(fields, " ")
+	return "(unparseable connection string)"
 }
