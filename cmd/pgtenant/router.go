@@ -67,6 +67,7 @@ and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 	cmd.Flags().Duration("startup-timeout", 10*time.Second, "longest time for a client to connect and authenticate")
 	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
+	addLifecycleFlags(cmd)
 	return cmd
 }
 
@@ -170,7 +171,18 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 	if cfg.Auth != router.AuthTrust && len(cfg.Users) == 0 && len(*users.Load()) == 0 {
 		fmt.Fprintf(a.stderr, "warning: auth %s and no users yet: add one with `pgtenant user add NAME` (or 'router: users:' in the config file)\n", cfg.Auth)
 	}
+	// Config file users come first; SIGHUP replaces them (see reloadRouter).
+	var fileUsers atomic.Pointer[configUsers]
+	fu, err := newConfigUsers(cfg.Users)
+	if err != nil {
+		return err
+	}
+	fileUsers.Store(fu)
+	cfg.Users = nil
 	cfg.Credentials = func(user string) (router.Credential, bool) {
+		if c, ok := fileUsers.Load().creds[user]; ok {
+			return c, true
+		}
 		c, ok := (*users.Load())[user]
 		return c, ok
 	}
@@ -210,9 +222,8 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		})
 	}()
 	if ml := setting(cmd, "metrics-listen", "PGTENANT_METRICS_LISTEN", a.cfg.Router.MetricsListen); ml != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", srv.Metrics().Handler())
-		mux.Handle("/admin/", srv.AdminHandler())
+		// /readyz tells whether the catalog answers or the last map is served.
+		mux := srv.HTTPHandler(func(ctx context.Context) error { return cat.Pool().Ping(ctx) })
 		hs := &http.Server{Addr: ml, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", ml)
 		if err != nil {
@@ -224,15 +235,11 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 			}
 		}()
 		defer hs.Close()
-		fmt.Fprintf(a.stdout, "metrics on http://%s/metrics, admin on http://%s/admin/\n", ln.Addr(), ln.Addr())
+		fmt.Fprintf(a.stdout, "metrics on http://%s/metrics, health on /healthz and /readyz, admin on http://%s/admin/\n", ln.Addr(), ln.Addr())
 	}
-	go func() { errc <- srv.Serve(ctx) }()
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	cancel()
-	return err
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	return a.supervise(ctx, cancel, &routerRun{cmd: cmd, srv: srv, users: &fileUsers}, served, errc)
 }
 
 // routerID names this router process in the catalog.
