@@ -96,22 +96,7 @@ each shard continues where it stopped.`,
 			if err != nil {
 				return err
 			}
-			behind := 0
-			w := a.table("SHARD", "SCHEMA", "NODE", "CURRENT", "LATEST", "PENDING")
-			for _, s := range st {
-				if s.Behind() {
-					behind++
-				}
-				if s.Behind() || all {
-					row(w, s.Target.Shard, s.Target.Schema, s.Target.Node, s.Current, s.Latest, len(s.Pending))
-				}
-			}
-			w.Flush()
-			if behind == 0 {
-				fmt.Fprintf(a.stdout, "all %d shards are current (migrations from %s)\n", len(st), d)
-				return nil
-			}
-			return fmt.Errorf("%d of %d shards are behind; run `pgtenant migrate up --dir %s`", behind, len(st), d)
+			return a.printMigrateStatus(d, st, all)
 		}),
 	}
 	status.Flags().StringVar(&dir, "dir", "migrations", "directory of migration files (default: the one last applied)")
