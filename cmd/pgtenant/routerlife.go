@@ -20,7 +20,17 @@ import (
 // terminationGracePeriodSeconds (30 s) with time to spare.
 const defaultShutdownGrace = 25 * time.Second
 
+// addLifecycleFlags adds the shutdown flag and the signals' help to the
+// router command.
 func addLifecycleFlags(cmd *cobra.Command) {
+	cmd.Long += `
+
+Signals: SIGHUP rereads the config file and applies pool sizes and limits,
+max_clients, users and log_level without dropping clients, printing what
+changed. SIGTERM drains: running transactions have --shutdown-grace to
+finish; new clients and new transactions get SQLSTATE 57P01; then the router
+exits (a second SIGTERM exits at once). With --metrics-listen: /healthz,
+/readyz, /metrics and /admin/.`
 	cmd.Flags().Duration("shutdown-grace", defaultShutdownGrace, "on SIGTERM, how long running transactions may go on before the router exits (config: shutdown_grace)")
 }
 
