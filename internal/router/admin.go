@@ -51,6 +51,7 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("/admin/clients", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.Clients())
 	})
+	mux.HandleFunc("/admin/tenants", s.serveUsage)
 	return mux
 }
 
@@ -61,6 +62,7 @@ var adminEndpoints = []struct{ Path, Description string }{
 	{"/readyz", "200 when a placement map is loaded and the router is not draining; says whether the catalog is reachable or the last map is served"},
 	{"/admin/pools", "backend pools per node: sizes, waits, timeouts, connect errors"},
 	{"/admin/clients", "connected clients: session, user, address, tenant, backend node"},
+	{"/admin/tenants", "per-tenant usage (?by=time|statements|errors|bytes|transactions&limit=N): the busiest tenants this router counted"},
 }
 
 // HTTPHandler serves everything the router offers over HTTP: /metrics,

@@ -269,7 +269,7 @@ func TestHTTPEndpoints(t *testing.T) {
 			t.Errorf("%s listed in /admin/ answers %d: %s", e.Path, code, body)
 		}
 	}
-	if len(index.Endpoints) != 5 {
+	if len(index.Endpoints) != 6 {
 		t.Errorf("/admin/ lists %d endpoints", len(index.Endpoints))
 	}
 	if code, body := get("/admin/", "text/html"); code != 200 || !strings.Contains(body, `<a href="/admin/pools">`) {

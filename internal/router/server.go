@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/usage"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
@@ -67,6 +68,8 @@ type Server struct {
 	// drainBegun is closed once Drain has fenced every shard.
 	drainBegun chan struct{}
 	drainOnce  sync.Once
+	// usage counts per-tenant work; nil when Config.UsageCapacity < 0.
+	usage *usage.Sketch
 }
 
 // New returns a Server for cfg. It does no I/O.
@@ -89,6 +92,7 @@ func New(cfg Config) *Server {
 	s.poolCfg.Store(&pc)
 	s.maxClients.Store(int64(cfg.MaxClients))
 	s.m.setPools(s.poolStats)
+	s.startUsage()
 	return s
 }
 
