@@ -83,6 +83,12 @@ type RouterConfig struct {
 	// ShutdownGrace bounds how long SIGTERM waits for running
 	// transactions before the router exits; zero means 25s.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// UsageCapacity is the most tenants whose usage is counted; zero
+	// means 1000, -1 turns counting off.
+	UsageCapacity int `yaml:"usage_capacity"`
+	// UsageTopK is how many of the busiest tenants are exported as
+	// pgtenant_tenant_* metrics; zero means 20.
+	UsageTopK int `yaml:"usage_top_k"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.

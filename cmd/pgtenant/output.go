@@ -18,6 +18,7 @@ import (
 var jsonCommands = map[string]bool{
 	"pgtenant tenant locate":  true,
 	"pgtenant tenant list":    true,
+	"pgtenant tenant top":     true,
 	"pgtenant shard list":     true,
 	"pgtenant shard moves":    true,
 	"pgtenant node list":      true,

@@ -102,6 +102,8 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 			c.AddCommand(newMoveCmds(a)...)
 		case "node":
 			c.AddCommand(newSplitCmds(a)[0])
+		case "tenant":
+			c.AddCommand(newTenantTopCmd(a))
 		}
 	}
 	root.AddCommand(newSplitCmds(a)[1])

@@ -130,6 +130,9 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	case cfg.HoldTimeout <= 0:
 		return router.Config{}, usagef("hold-timeout %s: need a positive duration", cfg.HoldTimeout)
 	}
+	if err := opsSettings(cmd, rc, &cfg); err != nil {
+		return router.Config{}, err
+	}
 	if rc.TLSCert != "" && rc.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(rc.TLSCert, rc.TLSKey)
 		if err != nil {
@@ -235,6 +238,9 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 			}
 		}()
 		defer hs.Close()
+		if err := cat.SetRouterAdminURL(ctx, id, adminURL(ln.Addr())); err != nil {
+			a.logger.Warn("record this router's admin URL; `tenant top` will not find it", "err", err)
+		}
 		fmt.Fprintf(a.stdout, "metrics on http://%s/metrics, health on /healthz and /readyz, admin on http://%s/admin/\n", ln.Addr(), ln.Addr())
 	}
 	served := make(chan error, 1)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -32,6 +33,36 @@ finish; new clients and new transactions get SQLSTATE 57P01; then the router
 exits (a second SIGTERM exits at once). With --metrics-listen: /healthz,
 /readyz, /metrics and /admin/.`
 	cmd.Flags().Duration("shutdown-grace", defaultShutdownGrace, "on SIGTERM, how long running transactions may go on before the router exits (config: shutdown_grace)")
+	cmd.Flags().Int("usage-capacity", 1000, "most tenants whose usage the router counts (space-saving sketch; -1: off; config: usage_capacity)")
+	cmd.Flags().Int("usage-top-k", 20, "busiest tenants exported as pgtenant_tenant_* metrics (config: usage_top_k)")
+}
+
+// opsSettings sets the router settings of this file's flags.
+func opsSettings(cmd *cobra.Command, rc RouterConfig, cfg *router.Config) error {
+	cfg.UsageCapacity = intSetting(cmd, "usage-capacity", rc.UsageCapacity)
+	cfg.UsageTopK = intSetting(cmd, "usage-top-k", rc.UsageTopK)
+	if cfg.UsageCapacity == 0 || cfg.UsageCapacity < -1 {
+		return usagef("usage-capacity %d: need -1 (off) or at least 1", cfg.UsageCapacity)
+	}
+	if cfg.UsageTopK <= 0 {
+		return usagef("usage-top-k %d: need at least 1", cfg.UsageTopK)
+	}
+	return nil
+}
+
+// adminURL is the base URL at which a listener on addr is reached: an
+// unspecified host (0.0.0.0, ::) is replaced by this machine's name.
+func adminURL(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 // configUsers holds the config file's router users as stored credentials,

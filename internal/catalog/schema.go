@@ -110,6 +110,10 @@ CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.users REFERENCING NEW TA
 CREATE TRIGGER map_version_upd AFTER UPDATE ON pgtenant.users REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.users REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 `,
+	// 5: where each router serves its HTTP endpoints (for `tenant top`).
+	`
+ALTER TABLE pgtenant.routers ADD COLUMN admin_url text;
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.
