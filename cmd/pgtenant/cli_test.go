@@ -95,7 +95,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		t.Fatalf("tenant locate:\n%s\nwant %q", out, want)
 	}
 	mustRun(t, "tenant", "add", "pinned", "--shard", "3")
-	if out := mustRun(t, "tenant", "list", "--shard", "3"); !strings.Contains(out, `"pinned"  3      explicit`) {
+	if out := mustRun(t, "tenant", "list", "--shard", "3"); !strings.Contains(out, "pinned  3      explicit") {
 		t.Fatalf("tenant list --shard 3:\n%s", out)
 	}
 	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, "unknown tenant") {
@@ -120,7 +120,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		t.Fatalf("failing migration: exit %d\n%s%s", code, out, errOut)
 	}
 	code, out, _ = pgtenant(t, "migrate", "status")
-	if code != 1 || strings.Count(out, "shard_00") != 16 {
+	if code != 1 || !strings.Contains(out, "all 16 shards are at version 2; pending: 3") {
 		t.Fatalf("migrate status with a pending file: exit %d\n%s", code, out)
 	}
 	os.WriteFile(filepath.Join(dir, "00003_bad.sql"), []byte("-- +goose Up\nCREATE TABLE fixed (id int REFERENCES accounts);\n"), 0o644)

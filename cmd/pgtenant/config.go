@@ -18,6 +18,11 @@ type Config struct {
 	Catalog string `yaml:"catalog"`
 	// Router configures `pgtenant router`.
 	Router RouterConfig `yaml:"router"`
+	// LogLevel is debug, info, warn or error (--log-level); empty means
+	// warn. The router rereads it on SIGHUP.
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json (--log-format); empty means text.
+	LogFormat string `yaml:"log_format"`
 }
 
 // RouterConfig is the router section of the config file.
@@ -78,6 +83,15 @@ type RouterConfig struct {
 	// HoldTimeout bounds how long a transaction for a shard being moved is
 	// held (then 40001).
 	HoldTimeout time.Duration `yaml:"hold_timeout"`
+	// ShutdownGrace bounds how long SIGTERM waits for running
+	// transactions before the router exits; zero means 25s.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// UsageCapacity is the most tenants whose usage is counted; zero
+	// means 1000, -1 turns counting off.
+	UsageCapacity int `yaml:"usage_capacity"`
+	// UsageTopK is how many of the busiest tenants are exported as
+	// pgtenant_tenant_* metrics; zero means 20.
+	UsageTopK int `yaml:"usage_top_k"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.

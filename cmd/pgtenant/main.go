@@ -22,9 +22,9 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	stop()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	code := runSignals(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr, sigs)
 	os.Exit(code)
 }
 
@@ -37,7 +37,19 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return runSignals(ctx, args, stdin, stdout, stderr, nil)
+}
+
+// runSignals runs the command with the signals received on sigs: SIGINT,
+// SIGTERM and SIGHUP end a command, except the router, which drains on
+// SIGINT/SIGTERM and reloads its config on SIGHUP (see routerSignals).
+func runSignals(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	a := &app{stdout: stdout, stderr: stderr}
+	if sigs != nil {
+		go a.dispatchSignals(ctx, sigs, cancel)
+	}
 	root := newRootCmd(a)
 	root.SetArgs(args)
 	root.SetIn(stdin)

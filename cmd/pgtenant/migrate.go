@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -126,38 +125,7 @@ Without --dir, the directory of the last 'migrate up' is used.`,
 			if err != nil {
 				return err
 			}
-			behind := 0
-			var unrecorded []int
-			w := a.table("SHARD", "SCHEMA", "NODE", "CURRENT", "LATEST", "PENDING", "DRIFT")
-			for _, s := range st {
-				if s.Behind() {
-					behind++
-				}
-				if len(s.Unrecorded) > 0 {
-					unrecorded = append(unrecorded, s.Target.Shard)
-				}
-				if s.Behind() || len(s.Drift) > 0 || all {
-					row(w, s.Target.Shard, s.Target.Schema, s.Target.Node, s.Current, s.Latest, len(s.Pending), len(s.Drift))
-				}
-			}
-			w.Flush()
-			if len(unrecorded) > 0 {
-				slices.Sort(unrecorded)
-				fmt.Fprintf(a.stdout, "%s: applied versions without a checksum (applied before pgtenant recorded them); "+
-					"the next `pgtenant migrate up` records the current files'\n", migrate.ShardRanges(unrecorded))
-			}
-			drifts := migrate.Drifts(st)
-			if refused := migrate.Refused(drifts, allowChanged); len(refused) > 0 {
-				return &migrate.DriftError{Drifts: refused}
-			}
-			for _, d := range drifts {
-				fmt.Fprintf(a.stderr, "warning: %s (--allow-changed)\n", d)
-			}
-			if behind == 0 {
-				fmt.Fprintf(a.stdout, "all %d shards are current (migrations from %s)\n", len(st), d)
-				return nil
-			}
-			return fmt.Errorf("%d of %d shards are behind; run `pgtenant migrate up --dir %s`", behind, len(st), d)
+			return a.printMigrateStatus(d, st, all, allowChanged)
 		}),
 	}
 	status.Flags().StringVar(&dir, "dir", "migrations", "directory of migration files (default: the one last applied)")

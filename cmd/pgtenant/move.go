@@ -92,13 +92,18 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 				m := a.mover(c, &f)
 				switch {
 				case abort > 0:
-					if err := m.Abort(ctx, abort); err != nil {
+					err := m.Abort(ctx, abort)
+					rctx, cancel := recordCtx(ctx)
+					c.RecordOperation(rctx, "shard move abort", map[string]any{"move_id": abort}, err)
+					cancel()
+					if err != nil {
 						return err
 					}
 					fmt.Fprintf(a.stdout, "move %d aborted; the shard stays where it was\n", abort)
 					return nil
 				case resume > 0:
 					res, err := m.Resume(ctx, resume)
+					a.recordMove(ctx, c, "shard move resume", resume, -1, "", "", "", res, err)
 					if err != nil {
 						return err
 					}
@@ -119,6 +124,7 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 				defer stop()
 				go a.showMoveProgress(pctx, m, time.Second)
 				res, err := m.Move(ctx, shard, to, opts)
+				a.recordMove(ctx, c, "shard move", 0, shard, "", to, "", res, err)
 				if err != nil {
 					return err
 				}
@@ -147,6 +153,9 @@ renewing its lease is released first (as routers do), so a move that needs
 			list, err := a.mover(c, &f).List(ctx)
 			if err != nil {
 				return err
+			}
+			if a.json {
+				return a.printJSON(movesJSON(list))
 			}
 			w := a.table("ID", "SHARD", "FROM", "TO", "METHOD", "STEP", "STATUS", "TABLES", "ROWS", "PAUSE", "ERROR")
 			for _, i := range list {
@@ -237,7 +246,7 @@ func newSplitCmds(a *app) []*cobra.Command {
 				if err != nil {
 					return err
 				}
-				return a.runPlan(ctx, c, &f, placement.PlanSplit(shards, args[0], to))
+				return a.runPlan(ctx, c, &f, "node split", map[string]any{"node": args[0], "to": to}, placement.PlanSplit(shards, args[0], to))
 			})(cmd, args)
 		},
 	}
@@ -274,7 +283,11 @@ func newSplitCmds(a *app) []*cobra.Command {
 						weight[s.ID] = 1
 					}
 				}
-				return a.runPlan(ctx, c, &rf, placement.PlanRebalance(shards, weight, names))
+				by := "bytes"
+				if byCount {
+					by = "count"
+				}
+				return a.runPlan(ctx, c, &rf, "rebalance", map[string]any{"by": by}, placement.PlanRebalance(shards, weight, names))
 			})(cmd, args)
 		},
 	}
@@ -284,14 +297,16 @@ func newSplitCmds(a *app) []*cobra.Command {
 }
 
 // runPlan runs planned moves, f.parallel at a time, printing a line per move
-// as it finishes and a summary.
-func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, plan []placement.Planned) error {
+// as it finishes and a summary, and records each move and the whole (op,
+// with detail) in the operation log.
+func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, op string, detail map[string]any, plan []placement.Planned) error {
 	opts, err := f.options()
 	if err != nil {
 		return err
 	}
 	if len(plan) == 0 {
 		fmt.Fprintln(a.stdout, "nothing to move")
+		a.recordPlan(ctx, c, op, detail, 0, move.Summary{}, nil)
 		return nil
 	}
 	fmt.Fprintf(a.stdout, "moving %d shards, %d at a time\n", len(plan), max(f.parallel, 1))
@@ -308,6 +323,7 @@ func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, pla
 	defer stop()
 	go a.showMoveProgress(pctx, m, time.Second)
 	sum := m.MoveAll(ctx, plans, f.parallel, opts, func(o move.Outcome) {
+		a.recordMove(ctx, c, "shard move", 0, o.Plan.Shard, from[o.Plan.Shard], o.Plan.To, op, o.Result, o.Err)
 		mu.Lock()
 		defer mu.Unlock()
 		done++
@@ -326,5 +342,6 @@ func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, pla
 			errs = append(errs, o.Err)
 		}
 	}
+	a.recordPlan(ctx, c, op, detail, len(plans), sum, errors.Join(errs...))
 	return errors.Join(errs...)
 }

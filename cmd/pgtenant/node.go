@@ -62,6 +62,9 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 			if err != nil {
 				return err
 			}
+			if a.json {
+				return a.printJSON(nodesJSON(nodes))
+			}
 			w := a.table("NODE", "SHARDS", "DSN")
 			for _, n := range nodes {
 				row(w, n.Name, n.Shards, catalog.RedactDSN(n.DSN))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,9 +21,12 @@ func newOpsCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if a.json {
+				return a.printJSON(opsJSON(ops))
+			}
 			w := a.table("ID", "AT", "ACTOR", "OP", "OK", "DETAIL", "ERROR")
 			for _, o := range ops {
-				row(w, o.ID, o.At, o.Actor, o.Op, o.OK, o.Detail, o.Error)
+				row(w, o.ID, o.At.Local().Format(time.DateTime), o.Actor, o.Op, o.OK, detailText(o.Detail), o.Error)
 			}
 			return w.Flush()
 		}),

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -19,8 +21,16 @@ type app struct {
 	stdout, stderr io.Writer
 	configPath     string
 	logLevel       string
+	logFormat      string
 	cfg            *Config
 	logger         *slog.Logger
+	// level is the logger's level; the router changes it on SIGHUP.
+	level slog.LevelVar
+	// onSignal, when set, receives SIGINT/SIGTERM/SIGHUP instead of the
+	// command being cancelled (see dispatchSignals).
+	onSignal atomic.Pointer[func(os.Signal)]
+	// json is set by --json on list and show commands.
+	json bool
 }
 
 func newRootCmd(a *app) *cobra.Command {
@@ -65,17 +75,13 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 				return err
 			}
 			a.cfg, a.configPath = cfg, path
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(a.logLevel)); err != nil {
-				return usagef("--log-level %q: use debug, info, warn or error", a.logLevel)
-			}
-			a.logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
-			return nil
+			return a.setupLogger(cmd)
 		},
 	}
 	root.PersistentFlags().StringVar(&a.configPath, "config", "", "config file (default: $PGTENANT_CONFIG, ./pgtenant.yaml, ./.pgtenant/pgtenant.yaml)")
 	root.PersistentFlags().String("catalog", "", "catalog database connection string (env PGTENANT_CATALOG)")
-	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error (config file: log_level)")
+	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text, or json (one object per line, for log drains; config file: log_format)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
 
 	root.AddCommand(
@@ -96,9 +102,13 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 			c.AddCommand(newMoveCmds(a)...)
 		case "node":
 			c.AddCommand(newSplitCmds(a)[0])
+		case "tenant":
+			c.AddCommand(newTenantTopCmd(a))
 		}
 	}
 	root.AddCommand(newSplitCmds(a)[1])
+	root.AddCommand(newVersionCmd(a))
+	a.addJSONFlags(root)
 	return root
 }
 

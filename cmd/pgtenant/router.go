@@ -69,6 +69,7 @@ and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
 	cmd.Flags().String("secrets-file", "", "file of NAME=value lines resolving $NAME in node DSNs, before the environment (env PGTENANT_SECRETS_FILE; mode 0600)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
+	addLifecycleFlags(cmd)
 	return cmd
 }
 
@@ -131,6 +132,9 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	case cfg.HoldTimeout <= 0:
 		return router.Config{}, usagef("hold-timeout %s: need a positive duration", cfg.HoldTimeout)
 	}
+	if err := opsSettings(cmd, rc, &cfg); err != nil {
+		return router.Config{}, err
+	}
 	if rc.TLSCert != "" && rc.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(rc.TLSCert, rc.TLSKey)
 		if err != nil {
@@ -179,7 +183,18 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 	if cfg.Auth != router.AuthTrust && len(cfg.Users) == 0 && len(*users.Load()) == 0 {
 		fmt.Fprintf(a.stderr, "warning: auth %s and no users yet: add one with `pgtenant user add NAME` (or 'router: users:' in the config file)\n", cfg.Auth)
 	}
+	// Config file users come first; SIGHUP replaces them (see reloadRouter).
+	var fileUsers atomic.Pointer[configUsers]
+	fu, err := newConfigUsers(cfg.Users)
+	if err != nil {
+		return err
+	}
+	fileUsers.Store(fu)
+	cfg.Users = nil
 	cfg.Credentials = func(user string) (router.Credential, bool) {
+		if c, ok := fileUsers.Load().creds[user]; ok {
+			return c, true
+		}
 		c, ok := (*users.Load())[user]
 		return c, ok
 	}
@@ -219,9 +234,8 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		})
 	}()
 	if ml := setting(cmd, "metrics-listen", "PGTENANT_METRICS_LISTEN", a.cfg.Router.MetricsListen); ml != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", srv.Metrics().Handler())
-		mux.Handle("/admin/", srv.AdminHandler())
+		// /readyz tells whether the catalog answers or the last map is served.
+		mux := srv.HTTPHandler(func(ctx context.Context) error { return cat.Pool().Ping(ctx) })
 		hs := &http.Server{Addr: ml, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", ml)
 		if err != nil {
@@ -233,15 +247,14 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 			}
 		}()
 		defer hs.Close()
-		fmt.Fprintf(a.stdout, "metrics on http://%s/metrics, admin on http://%s/admin/\n", ln.Addr(), ln.Addr())
+		if err := cat.SetRouterAdminURL(ctx, id, adminURL(ln.Addr())); err != nil {
+			a.logger.Warn("record this router's admin URL; `tenant top` will not find it", "err", err)
+		}
+		fmt.Fprintf(a.stdout, "metrics on http://%s/metrics, health on /healthz and /readyz, admin on http://%s/admin/\n", ln.Addr(), ln.Addr())
 	}
-	go func() { errc <- srv.Serve(ctx) }()
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	cancel()
-	return err
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	return a.supervise(ctx, cancel, &routerRun{cmd: cmd, srv: srv, users: &fileUsers}, served, errc)
 }
 
 // routerID names this router process in the catalog.

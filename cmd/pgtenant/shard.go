@@ -43,22 +43,24 @@ records its directory), new shards get every migration.`,
 		Use:   "list",
 		Short: "List shards with their node, size and tenant count",
 		Example: `  pgtenant shard list
-  pgtenant shard list | sort -k4 -n -r | head   # biggest shards`,
+  pgtenant shard list --json | jq -r 'sort_by(-.bytes) | .[:10][] | "\(.shard) \(.node) \(.bytes)"'   # biggest shards`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			stats, err := c.ShardStats(ctx)
 			if stats == nil && err != nil {
 				return err
 			}
-			w := a.table("SHARD", "SCHEMA", "NODE", "BYTES", "TENANTS", "STATE")
-			for _, s := range stats {
-				bytes := fmt.Sprint(s.Bytes)
-				if s.Bytes < 0 {
-					bytes = "?"
+			if a.json {
+				if jerr := a.printJSON(shardsJSON(stats)); jerr != nil {
+					return jerr
 				}
-				row(w, s.ID, s.Schema, s.Node, bytes, s.Tenants, s.State)
+			} else {
+				w := a.table("SHARD", "SCHEMA", "NODE", "SIZE", "TENANTS", "STATE")
+				for _, s := range stats {
+					row(w, s.ID, s.Schema, s.Node, humanBytes(s.Bytes), s.Tenants, s.State)
+				}
+				w.Flush()
 			}
-			w.Flush()
 			if err != nil {
 				return fmt.Errorf("some sizes are unknown: %w", err)
 			}

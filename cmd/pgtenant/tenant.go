@@ -60,9 +60,13 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 				if err != nil {
 					return err
 				}
+				connect := withSearchPath(catalog.RedactDSN(loc.Node.DSN), loc.Shard.Schema)
+				if a.json {
+					return a.printJSON(tenantLocation{Tenant: loc.Tenant, Shard: loc.Shard.ID, Schema: loc.Shard.Schema,
+						Node: loc.Node.Name, State: loc.Shard.State, Connect: connect})
+				}
 				fmt.Fprintf(a.stdout, "tenant:  %s\nshard:   %d\nschema:  %s\nnode:    %s\nstate:   %s\nconnect: %s\n",
-					strconv.Quote(loc.Tenant), loc.Shard.ID, loc.Shard.Schema, loc.Node.Name, loc.Shard.State,
-					withSearchPath(catalog.RedactDSN(loc.Node.DSN), loc.Shard.Schema))
+					plainID(loc.Tenant), loc.Shard.ID, loc.Shard.Schema, loc.Node.Name, loc.Shard.State, connect)
 				return nil
 			})(cmd, args)
 		},
@@ -80,13 +84,12 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 			if err != nil {
 				return err
 			}
+			if a.json {
+				return a.printJSON(tenantsJSON(ts))
+			}
 			w := a.table("TENANT", "SHARD", "PLACED")
 			for _, t := range ts {
-				how := "hash"
-				if t.Explicit {
-					how = "explicit"
-				}
-				row(w, strconv.Quote(t.ID), t.Shard, how)
+				row(w, plainID(t.ID), t.Shard, placedHow(t))
 			}
 			return w.Flush()
 		}),

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -279,17 +280,17 @@ func (c *Catalog) logOp(ctx context.Context, op string, detail map[string]any, o
 // Operation is one entry of the control-plane log.
 type Operation struct {
 	ID     int64
-	At     string
+	At     time.Time
 	Actor  string
 	Op     string
-	Detail string
+	Detail string // a JSON object
 	OK     bool
 	Error  string
 }
 
 // Operations returns the newest limit entries of the operation log.
 func (c *Catalog) Operations(ctx context.Context, limit int) ([]Operation, error) {
-	rows, err := c.pool.Query(ctx, `SELECT id, to_char(at, 'YYYY-MM-DD HH24:MI:SS'), actor, op, detail::text, ok, coalesce(error, '')
+	rows, err := c.pool.Query(ctx, `SELECT id, at, actor, op, detail::text, ok, coalesce(error, '')
 		FROM pgtenant.operations ORDER BY id DESC LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list operations: %w", err)

@@ -124,6 +124,10 @@ CREATE TABLE pgtenant.fence_leases (
 ALTER TABLE pgtenant.nodes ADD COLUMN identity text;
 CREATE UNIQUE INDEX nodes_identity ON pgtenant.nodes (identity);
 `,
+	// 6: where each router serves its HTTP endpoints (for `tenant top`).
+	`
+ALTER TABLE pgtenant.routers ADD COLUMN admin_url text;
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -215,7 +215,7 @@ type Stats struct {
 // Pool holds connections to one node.
 type Pool struct {
 	node, dsn string
-	cfg       Config
+	cfg       atomic.Pointer[Config] // replaced whole by SetConfig
 	log       *slog.Logger
 
 	mu      sync.Mutex
@@ -237,9 +237,43 @@ func New(node, dsn string, cfg Config, log *slog.Logger) *Pool {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Pool{node: node, dsn: dsn, cfg: cfg.withDefaults(), log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Pool{node: node, dsn: dsn, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	c := cfg.withDefaults()
+	p.cfg.Store(&c)
 	go p.maintain()
 	return p
+}
+
+// conf returns the limits in force.
+func (p *Pool) conf() *Config { return p.cfg.Load() }
+
+// SetConfig changes the pool's limits while it serves (a router's config
+// reload). A larger MaxSize lets waiting checkouts open connections at once;
+// a smaller one closes connections as they are returned until the pool fits.
+// Connections in use are never interrupted. MaxMessage applies to
+// connections opened from now on.
+func (p *Pool) SetConfig(cfg Config) {
+	c := cfg.withDefaults()
+	p.mu.Lock()
+	p.cfg.Store(&c)
+	var grant []chan *Conn
+	for len(p.waiters) > 0 && p.total < c.MaxSize && !p.closed {
+		grant = append(grant, p.waiters[0])
+		p.waiters = p.waiters[1:]
+		p.total++
+	}
+	var drop []*Conn
+	for len(p.idle) > 0 && p.total-len(drop) > c.MaxSize {
+		drop = append(drop, p.idle[0])
+		p.idle = p.idle[1:]
+	}
+	p.mu.Unlock()
+	for _, w := range grant {
+		w <- nil // a slot: the waiter opens a connection in it
+	}
+	for _, c := range drop {
+		p.discard(c)
+	}
 }
 
 // Node is the pool's node name; DSN its connection string.
@@ -269,13 +303,13 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.idle = p.idle[:n-1]
 			p.mu.Unlock()
 			now := time.Now()
-			if c.Broken() || p.expired(c, now) || (p.cfg.CheckIdle > 0 && now.Sub(c.lastUsed) > p.cfg.CheckIdle && !c.quiet()) {
+			if c.Broken() || p.expired(c, now) || (p.conf().CheckIdle > 0 && now.Sub(c.lastUsed) > p.conf().CheckIdle && !c.quiet()) {
 				p.discard(c)
 				continue
 			}
 			return c, nil
 		}
-		if p.total < p.cfg.MaxSize {
+		if p.total < p.conf().MaxSize {
 			p.total++
 			p.mu.Unlock()
 			return p.open(ctx)
@@ -296,7 +330,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 }
 
 func (p *Pool) wait(ctx context.Context, w chan *Conn) (*Conn, error) {
-	t := time.NewTimer(p.cfg.WaitTimeout)
+	t := time.NewTimer(p.conf().WaitTimeout)
 	defer t.Stop()
 	var err error
 	select {
@@ -344,8 +378,8 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse dsn: %w", err)
 	}
-	cfg.ConnectTimeout = p.cfg.ConnectTimeout
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	cfg.ConnectTimeout = p.conf().ConnectTimeout
+	ctx, cancel := context.WithTimeout(ctx, p.conf().ConnectTimeout)
 	defer cancel()
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -363,7 +397,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	now := time.Now()
 	rw := wire.RawIO(h.Conn)
 	return &Conn{
-		R:        wire.NewReader(rw, 32<<10, p.cfg.MaxMessage),
+		R:        wire.NewReader(rw, 32<<10, p.conf().MaxMessage),
 		W:        bufio.NewWriterSize(rw, 32<<10),
 		PID:      h.PID,
 		Secret:   h.SecretKey,
@@ -378,7 +412,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 }
 
 func (p *Pool) expired(c *Conn, now time.Time) bool {
-	return p.cfg.MaxLifetime > 0 && now.Sub(c.created) > p.cfg.MaxLifetime
+	return p.conf().MaxLifetime > 0 && now.Sub(c.created) > p.conf().MaxLifetime
 }
 
 // Release returns a connection checked out with Acquire. Broken or expired
@@ -391,7 +425,8 @@ func (p *Pool) Release(c *Conn) {
 	}
 	c.lastUsed = now
 	p.mu.Lock()
-	if p.closed {
+	if p.closed || p.total > p.conf().MaxSize {
+		// Closed, or shrunk by SetConfig: this connection is one too many.
 		p.mu.Unlock()
 		p.discard(c)
 		return
@@ -415,10 +450,11 @@ func (p *Pool) discard(c *Conn) {
 	p.freeSlot()
 }
 
-// freeSlot gives a freed slot to a waiter or decrements the total.
+// freeSlot gives a freed slot to a waiter or decrements the total (always
+// when SetConfig shrank the pool below its total).
 func (p *Pool) freeSlot() {
 	p.mu.Lock()
-	if len(p.waiters) > 0 && !p.closed {
+	if len(p.waiters) > 0 && !p.closed && p.total <= p.conf().MaxSize {
 		w := p.waiters[0]
 		p.waiters = p.waiters[1:]
 		p.mu.Unlock()
@@ -444,7 +480,7 @@ func (p *Pool) maintain() {
 		p.mu.Lock()
 		keep := p.idle[:0]
 		for i, c := range p.idle {
-			old := p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) > p.cfg.IdleTimeout && len(p.idle)-i > p.cfg.MinIdle
+			old := p.conf().IdleTimeout > 0 && now.Sub(c.lastUsed) > p.conf().IdleTimeout && len(p.idle)-i > p.conf().MinIdle
 			if old || p.expired(c, now) || c.Broken() {
 				drop = append(drop, c)
 			} else {
@@ -453,8 +489,8 @@ func (p *Pool) maintain() {
 		}
 		p.idle = keep
 		need := 0
-		if p.cfg.MinIdle > len(p.idle) && p.total < p.cfg.MaxSize {
-			need = min(p.cfg.MinIdle-len(p.idle), p.cfg.MaxSize-p.total)
+		if p.conf().MinIdle > len(p.idle) && p.total < p.conf().MaxSize {
+			need = min(p.conf().MinIdle-len(p.idle), p.conf().MaxSize-p.total)
 			p.total += need
 		}
 		p.mu.Unlock()
@@ -462,7 +498,7 @@ func (p *Pool) maintain() {
 			p.discard(c)
 		}
 		for i := 0; i < need; i++ {
-			ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), p.conf().ConnectTimeout)
 			c, err := p.open(ctx)
 			cancel()
 			if err != nil {
@@ -480,7 +516,7 @@ func (p *Pool) maintain() {
 // Stats returns counters and sizes.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
-	s := Stats{Node: p.node, Total: p.total, Idle: len(p.idle), Waiting: len(p.waiters), MaxSize: p.cfg.MaxSize}
+	s := Stats{Node: p.node, Total: p.total, Idle: len(p.idle), Waiting: len(p.waiters), MaxSize: p.conf().MaxSize}
 	p.mu.Unlock()
 	s.InUse = s.Total - s.Idle
 	s.Acquires, s.Waits, s.WaitTimeouts = p.acquires.Load(), p.waits.Load(), p.waitTimeouts.Load()

@@ -140,3 +140,38 @@ func TestCheckIdle(t *testing.T) {
 		t.Fatalf("stats %+v, want one closed", st)
 	}
 }
+
+// SetConfig resizes a pool in use: a larger size serves a waiting checkout
+// at once, a smaller one closes connections as they come back.
+func TestSetConfigResizes(t *testing.T) {
+	ctx := context.Background()
+	p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1, WaitTimeout: time.Minute}, nil)
+	defer p.Close()
+	a, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	var b *Conn
+	go func() {
+		var err error
+		b, err = p.Acquire(ctx)
+		got <- err
+	}()
+	for p.Stats().Waiting == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	p.SetConfig(Config{MaxSize: 2, WaitTimeout: time.Minute})
+	if err := <-got; err != nil {
+		t.Fatalf("waiting acquire after growing the pool: %v", err)
+	}
+	if st := p.Stats(); st.Total != 2 || st.InUse != 2 || st.MaxSize != 2 || st.WaitTimeouts != 0 {
+		t.Fatalf("grown: %+v", st)
+	}
+	p.SetConfig(Config{MaxSize: 1, WaitTimeout: time.Minute})
+	a.Release()
+	b.Release()
+	if st := p.Stats(); st.Total != 1 || st.Idle != 1 || st.Closed != 1 || st.MaxSize != 1 {
+		t.Fatalf("shrunk: %+v", st)
+	}
+}

@@ -778,8 +778,10 @@ func (ss *session) releaseBackend() {
 		ss.beGate = nil
 	}
 	nm := ss.srv.nodeMetrics(be.Node())
+	held := time.Since(ss.beStart)
 	nm.txns.Inc()
-	nm.txnSeconds.Observe(time.Since(ss.beStart).Seconds())
+	nm.txnSeconds.Observe(held.Seconds())
+	ss.srv.observeUsage(ss, held)
 	be.Release()
 }
 
@@ -921,6 +923,7 @@ func (ss *session) drain(all bool) error {
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
 				ss.relay(typ, body)
+				ss.use.errors++
 			}
 			if e.name == "setup" {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
@@ -979,6 +982,7 @@ func (ss *session) drain(all bool) error {
 		}
 		if !e.swallow {
 			ss.relay(typ, body)
+			ss.use.note(typ, len(body))
 		}
 		if typ == wire.MsgCommandComplete {
 			if e.set != nil {

@@ -125,6 +125,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics receives counters; nil means NewMetrics() (see Server.Metrics).
 	Metrics *Metrics
+	// UsageCapacity is the most tenants whose usage (transactions,
+	// statements, errors, backend time, bytes) the router keeps, in a
+	// space-saving sketch (package usage). Zero means 1000; negative turns
+	// counting off.
+	UsageCapacity int
+	// UsageTopK is how many tenants, the busiest by backend time, are
+	// exported as pgtenant_tenant_* Prometheus series. Zero means 20.
+	UsageTopK int
 }
 
 func (c Config) withDefaults() Config {
@@ -157,6 +165,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics()
+	}
+	if c.UsageCapacity == 0 {
+		c.UsageCapacity = 1000
+	}
+	if c.UsageTopK <= 0 {
+		c.UsageTopK = 20
 	}
 	return c
 }

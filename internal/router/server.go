@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/usage"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
@@ -56,6 +57,19 @@ type Server struct {
 	ln     net.Listener
 	wg     sync.WaitGroup
 	closed atomic.Bool
+
+	// Settings Reload may change while the server runs (see lifecycle.go).
+	poolCfg    atomic.Pointer[PoolConfig]
+	maxClients atomic.Int64
+	// draining: Drain was called; new clients are refused with 57P01.
+	draining atomic.Bool
+	// stopSessions cancels the sessions' context (set by Serve; see Drain).
+	stopSessions context.CancelFunc
+	// drainBegun is closed once Drain has fenced every shard.
+	drainBegun chan struct{}
+	drainOnce  sync.Once
+	// usage counts per-tenant work; nil when Config.UsageCapacity < 0.
+	usage *usage.Sketch
 }
 
 // New returns a Server for cfg. It does no I/O.
@@ -70,10 +84,15 @@ func New(cfg Config) *Server {
 		stmtIDs:    make(map[string]string),
 		schemaTags: make(map[string]string),
 		keys:       make(map[string]wire.SCRAMKeys),
+		drainBegun: make(chan struct{}),
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
+	pc := cfg.Pool
+	s.poolCfg.Store(&pc)
+	s.maxClients.Store(int64(cfg.MaxClients))
 	s.m.setPools(s.poolStats)
+	s.startUsage()
 	return s
 }
 
@@ -129,6 +148,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	sctx, stopSessions := context.WithCancel(ctx)
+	defer stopSessions()
+	s.lnMu.Lock()
+	s.stopSessions = stopSessions
+	s.lnMu.Unlock()
 	var err error
 	for {
 		nc, aerr := ln.Accept()
@@ -144,9 +168,16 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		s.wg.Add(1)
+		if s.draining.Load() {
+			go func() {
+				defer s.wg.Done()
+				s.refuseDraining(nc)
+			}()
+			continue
+		}
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(ctx, nc)
+			s.serveConn(sctx, nc)
 		}()
 	}
 	ln.Close()
@@ -199,7 +230,7 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 				s.log.Info("shard fenced", "shard", sh.ID, "node", sh.Node)
 			}
 			fenced = append(fenced, g)
-		} else if g.fenced {
+		} else if g.fenced && !s.draining.Load() { // Drain keeps every shard fenced
 			g.fenced = false
 			close(g.release)
 			s.log.Info("shard released", "shard", sh.ID, "node", sh.Node, "epoch", sh.Epoch)
@@ -327,11 +358,8 @@ func (s *Server) pool(n placement.Node) *pool.Pool {
 	if p != nil {
 		go p.Close()
 	}
-	pc := s.cfg.Pool
-	p = pool.New(n.Name, n.DSN, pool.Config{
-		MaxSize: pc.MaxSize, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout, MaxLifetime: pc.MaxLifetime,
-		WaitTimeout: pc.WaitTimeout, ConnectTimeout: pc.ConnectTimeout, CheckIdle: pc.CheckIdle, MaxMessage: s.cfg.MaxMessage,
-	}, s.log)
+	pc := *s.poolCfg.Load()
+	p = pool.New(n.Name, n.DSN, s.poolConfig(pc), s.log)
 	s.pools[n.Name] = p
 	return p
 }
@@ -420,7 +448,7 @@ func randUint32() uint32 {
 func (s *Server) register(ss *session) bool {
 	s.sessMu.Lock()
 	defer s.sessMu.Unlock()
-	if len(s.sessions) >= s.cfg.MaxClients || s.closed.Load() {
+	if len(s.sessions) >= int(s.maxClients.Load()) || s.closed.Load() {
 		return false
 	}
 	for {

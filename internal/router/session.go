@@ -182,6 +182,8 @@ type session struct {
 	// relayed is set when server messages were buffered for the client
 	// since the last flush.
 	relayed bool
+	// use counts the work on the attached backend for the usage sketch.
+	use usageAcc
 }
 
 var errShutdown = errors.New("router shutting down")

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/move"
+)
+
+// The shapes --json prints, one type per command; docs/cli-json.md
+// documents them. Lists are JSON arrays, never null.
+
+// tenantLocation is `tenant locate --json`.
+type tenantLocation struct {
+	Tenant  string `json:"tenant"`
+	Shard   int    `json:"shard"`
+	Schema  string `json:"schema"`
+	Node    string `json:"node"`
+	State   string `json:"state"`
+	Connect string `json:"connect"` // the node's DSN (password removed) with search_path set to the schema
+}
+
+// tenantJSON is one element of `tenant list --json`.
+type tenantJSON struct {
+	Tenant string `json:"tenant"`
+	Shard  int    `json:"shard"`
+	Placed string `json:"placed"` // "hash" or "explicit"
+}
+
+func placedHow(t catalog.Tenant) string {
+	if t.Explicit {
+		return "explicit"
+	}
+	return "hash"
+}
+
+func tenantsJSON(ts []catalog.Tenant) []tenantJSON {
+	out := make([]tenantJSON, len(ts))
+	for i, t := range ts {
+		out[i] = tenantJSON{Tenant: t.ID, Shard: t.Shard, Placed: placedHow(t)}
+	}
+	return out
+}
+
+// nodeJSON is one element of `node list --json`.
+type nodeJSON struct {
+	Node   string `json:"node"`
+	Shards int    `json:"shards"`
+	DSN    string `json:"dsn"` // password removed
+}
+
+func nodesJSON(nodes []catalog.Node) []nodeJSON {
+	out := make([]nodeJSON, len(nodes))
+	for i, n := range nodes {
+		out[i] = nodeJSON{Node: n.Name, Shards: n.Shards, DSN: catalog.RedactDSN(n.DSN)}
+	}
+	return out
+}
+
+// shardJSON is one element of `shard list --json`.
+type shardJSON struct {
+	Shard   int    `json:"shard"`
+	Schema  string `json:"schema"`
+	Node    string `json:"node"`
+	Bytes   *int64 `json:"bytes"` // null when the node did not answer
+	Tenants int    `json:"tenants"`
+	State   string `json:"state"`
+	Epoch   int64  `json:"epoch"`
+}
+
+func shardsJSON(stats []catalog.ShardInfo) []shardJSON {
+	out := make([]shardJSON, len(stats))
+	for i, s := range stats {
+		out[i] = shardJSON{Shard: s.ID, Schema: s.Schema, Node: s.Node, Tenants: s.Tenants, State: s.State, Epoch: s.Epoch}
+		if s.Bytes >= 0 {
+			b := s.Bytes
+			out[i].Bytes = &b
+		}
+	}
+	return out
+}
+
+// opJSON is one element of `ops --json`.
+type opJSON struct {
+	ID     int64           `json:"id"`
+	At     time.Time       `json:"at"`
+	Actor  string          `json:"actor"`
+	Op     string          `json:"op"`
+	OK     bool            `json:"ok"`
+	Detail json.RawMessage `json:"detail"`
+	Error  string          `json:"error,omitempty"`
+}
+
+func opsJSON(ops []catalog.Operation) []opJSON {
+	out := make([]opJSON, len(ops))
+	for i, o := range ops {
+		d := json.RawMessage(o.Detail)
+		if !json.Valid(d) {
+			d, _ = json.Marshal(o.Detail)
+		}
+		out[i] = opJSON{ID: o.ID, At: o.At, Actor: o.Actor, Op: o.Op, OK: o.OK, Detail: d, Error: o.Error}
+	}
+	return out
+}
+
+// moveJSON is one element of `shard moves --json`.
+type moveJSON struct {
+	ID          int64      `json:"id"`
+	Shard       int        `json:"shard"`
+	From        string     `json:"from"`
+	To          string     `json:"to"`
+	Method      string     `json:"method"`
+	Step        string     `json:"step"`
+	Status      string     `json:"status"`
+	Tables      int        `json:"tables"`
+	TablesReady int        `json:"tables_ready"`
+	Rows        int64      `json:"rows"`
+	Bytes       int64      `json:"bytes"`
+	PauseMS     *float64   `json:"pause_ms"` // null until the shard was fenced and released
+	Error       string     `json:"error,omitempty"`
+	StartedAt   time.Time  `json:"started_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	FinishedAt  *time.Time `json:"finished_at"`
+}
+
+func movesJSON(list []move.Info) []moveJSON {
+	out := make([]moveJSON, len(list))
+	for i, m := range list {
+		out[i] = moveJSON{ID: m.ID, Shard: m.Shard, From: m.Source, To: m.Target, Method: string(m.Method), Step: string(m.Step),
+			Status: m.Status, Tables: m.Progress.Tables, TablesReady: m.Progress.TablesReady, Rows: m.Progress.Rows,
+			Bytes: m.Progress.Bytes, Error: m.Error, StartedAt: m.StartedAt, UpdatedAt: m.UpdatedAt, FinishedAt: m.FinishedAt}
+		if m.Pause > 0 {
+			p := durationMS(m.Pause)
+			out[i].PauseMS = &p
+		}
+	}
+	return out
+}

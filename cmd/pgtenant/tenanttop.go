@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/usage"
+)
+
+// tenantTopJSON is `tenant top --json`: the routers' sketches merged.
+type tenantTopJSON struct {
+	usage.Snapshot
+	// Routers are the routers asked, with the error of those that did not answer.
+	Routers []routerAnswer `json:"routers"`
+}
+
+type routerAnswer struct {
+	URL   string `json:"url"`
+	Error string `json:"error,omitempty"`
+}
+
+func newTenantTopCmd(a *app) *cobra.Command {
+	var by string
+	var limit int
+	var routers []string
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "Show the busiest tenants, counted by every router",
+		Long: `Show the busiest tenants: transactions, statements, errors, time on the
+backend and bytes of rows returned, as counted by the routers since they
+started, summed over every router.
+
+Each router keeps counters for at most its usage capacity of tenants (1000 by
+default) with the space-saving algorithm, weighted by backend time: a tenant
+with more than 1/capacity of a router's backend time is always kept; when a
+new tenant takes the place of the least busy one it inherits that one's time
+(shown as overcount), and its other counters start from zero.
+
+Routers are found in the catalog (those that run with --metrics-listen), or
+named with --router.`,
+		Example: `  pgtenant tenant top
+  pgtenant tenant top --by errors --limit 5
+  pgtenant tenant top --router http://10.0.0.5:9187 --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			order, err := usage.ParseBy(by)
+			if err != nil {
+				return usageError{err}
+			}
+			ctx := cmd.Context()
+			if len(routers) == 0 {
+				c, err := a.openCatalog(cmd)
+				if err != nil {
+					return err
+				}
+				list, err := c.RouterAdminURLs(ctx, 10*time.Second)
+				c.Close()
+				if err != nil {
+					return err
+				}
+				for _, r := range list {
+					routers = append(routers, r.URL)
+				}
+				if len(routers) == 0 {
+					return errors.New("no live router serves its admin endpoints: start routers with --metrics-listen, or name one with --router URL")
+				}
+			}
+			var snaps []usage.Snapshot
+			out := tenantTopJSON{Routers: make([]routerAnswer, len(routers))}
+			var errs []error
+			for i, r := range routers {
+				out.Routers[i].URL = r
+				snap, err := fetchUsage(ctx, r, order)
+				if err != nil {
+					out.Routers[i].Error = err.Error()
+					errs = append(errs, fmt.Errorf("router %s: %w", r, err))
+					continue
+				}
+				snaps = append(snaps, snap)
+			}
+			out.Snapshot = usage.Merge(order, snaps...)
+			if limit > 0 && len(out.Tenants) > limit {
+				out.Tenants = out.Tenants[:limit]
+			}
+			if a.json {
+				if err := a.printJSON(out); err != nil {
+					return err
+				}
+			} else {
+				a.printTenantTop(out, len(snaps))
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().StringVar(&by, "by", "time", "order by time (on the backend), statements, errors, bytes or transactions")
+	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many tenants (0 = all the routers kept)")
+	cmd.Flags().StringSliceVar(&routers, "router", nil, "a router's metrics address (http://host:port); repeat for several; default: every live router in the catalog")
+	return cmd
+}
+
+// fetchUsage asks one router for every tenant it keeps.
+func fetchUsage(ctx context.Context, base string, by usage.By) (usage.Snapshot, error) {
+	var snap usage.Snapshot
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	u := strings.TrimRight(base, "/") + "/admin/tenants?by=" + url.QueryEscape(string(by))
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return snap, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return snap, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return snap, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return snap, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, &snap); err != nil {
+		return snap, fmt.Errorf("decode %s: %w", u, err)
+	}
+	return snap, nil
+}
+
+func (a *app) printTenantTop(t tenantTopJSON, answered int) {
+	w := a.table("TENANT", "BACKEND TIME", "TRANSACTIONS", "STATEMENTS", "ERRORS", "BYTES", "OVERCOUNT")
+	for _, e := range t.Tenants {
+		over := "-"
+		if e.Overcount > 0 {
+			over = fmt.Sprintf("%.3fs", e.Overcount)
+		}
+		row(w, plainID(e.Tenant), fmt.Sprintf("%.3fs", e.BackendSeconds), e.Transactions, e.Statements, e.Errors, humanBytes(e.Bytes), over)
+	}
+	w.Flush()
+	fmt.Fprintf(a.stdout, "%d of %d routers answered; counted since %s; all tenants: %.3fs on backends, %d transactions, %d tenants evicted from the routers' sketches\n",
+		answered, len(t.Routers), t.Since.Local().Format(time.DateTime), t.Total.BackendSeconds, t.Total.Transactions, t.Evicted)
+}

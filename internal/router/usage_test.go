@@ -1,0 +1,81 @@
+package router
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/usage"
+)
+
+// The router counts each tenant's transactions, statements, errors,
+// backend time and row bytes, in both protocols, and exports the top K.
+func TestUsageCounting(t *testing.T) {
+	s := startRouter(t, Config{UsageTopK: 1}, nil)
+	ctx := ctx(t)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		c := connect(t, s, "t0", mode)
+		for i := 0; i < 3; i++ {
+			// 100 rows of ('shardN-i'): bytes are counted per DataRow body.
+			rows, err := c.Query(ctx, "SELECT val FROM items ORDER BY id")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows.Close()
+		}
+		if _, err := c.Exec(ctx, "SELECT 1/0 FROM whoami"); pgCode(err) != "22012" {
+			t.Fatalf("division by zero: %v", err)
+		}
+		c1 := connect(t, s, "t1", mode)
+		if _, err := c1.Exec(ctx, "SELECT 1 FROM whoami"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, ok := s.Usage(usage.ByStatements, 0)
+	if !ok || len(snap.Tenants) != 2 {
+		t.Fatalf("usage: %+v", snap)
+	}
+	t0, t1 := snap.Tenants[0], snap.Tenants[1]
+	// Each val is 'shard0-N' (8 or 9 bytes plus 2 for the column count and
+	// 4 for its length): 100 rows.
+	wantBytes := int64(0)
+	for i := 1; i <= 100; i++ {
+		wantBytes += 2 + 4 + int64(len(fmt.Sprintf("shard0-%d", i)))
+	}
+	// Transactions: 4 per protocol, and with prepared statements a
+	// checkout for each Parse/Describe.
+	if t0.Tenant != "t0" || t0.Transactions < 8 || t0.Statements != 6 || t0.Errors != 2 || t0.Bytes != 2*3*wantBytes || t0.BackendSeconds <= 0 {
+		t.Errorf("t0: %+v (want 8+ transactions, 6 statements, 2 errors, %d bytes)", t0, 2*3*wantBytes)
+	}
+	if t1.Tenant != "t1" || t1.Transactions < 2 || t1.Statements != 2 || t1.Errors != 0 || t1.Bytes != 2*(2+4+1) {
+		t.Errorf("t1: %+v", t1)
+	}
+	if snap.Total.Transactions != t0.Transactions+t1.Transactions || snap.Total.Bytes != t0.Bytes+t1.Bytes {
+		t.Errorf("total: %+v", snap.Total)
+	}
+	// Only the top 1 by backend time is exported, with the tenant as label.
+	mfs, err := s.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "pgtenant_tenant_") {
+			series += len(mf.GetMetric())
+			if mf.GetName() == "pgtenant_tenant_statements_total" {
+				if m := mf.GetMetric()[0]; m.GetLabel()[0].GetValue() != "t0" || m.GetCounter().GetValue() != 6 {
+					t.Errorf("pgtenant_tenant_statements_total: %v", m)
+				}
+			}
+		}
+	}
+	if series != 5 {
+		t.Errorf("%d pgtenant_tenant_* series, want 5 (one tenant)", series)
+	}
+	off := New(Config{UsageCapacity: -1})
+	if _, ok := off.Usage(usage.ByTime, 0); ok {
+		t.Error("usage counted with UsageCapacity -1")
+	}
+}
