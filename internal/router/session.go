@@ -192,7 +192,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	s.m.ClientTotal.Inc()
 	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	rio := wire.RawIO(nc)
-	cr := wire.NewReader(rio, 16<<10, s.cfg.MaxMessage)
+	cr := s.clientReader(ctx, rio)
 	var st wire.Startup
 	for {
 		b, err := cr.ReadStartup()
@@ -224,7 +224,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 			nc = tc
 			rio = tc
 			defer tc.Close()
-			cr = wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
+			cr = s.clientReader(ctx, nc)
 			continue
 		case wire.KindGSSENCRequest:
 			nc.Write([]byte{'N'})
@@ -266,10 +266,26 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		return
 	}
 	nc.SetDeadline(time.Time{})
+	cr.SetMax(s.cfg.MaxMessage)
 	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant)
 	err := ss.loop()
 	ss.end()
 	s.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
+}
+
+// maxAuthMessage bounds client messages before authentication ends
+// (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH).
+const maxAuthMessage = 65535
+
+// clientReader returns a reader for a client connection: messages up to
+// maxAuthMessage until the client has authenticated (then Config.MaxMessage),
+// large ones counted in the server's budget.
+func (s *Server) clientReader(ctx context.Context, r io.Reader) *wire.Reader {
+	cr := wire.NewReader(r, 16<<10, maxAuthMessage)
+	if s.budget != nil {
+		cr.UseBudget(ctx, s.budget)
+	}
+	return cr
 }
 
 // writeFatal sends a FATAL ErrorResponse on a connection that is about to close.
