@@ -55,6 +55,12 @@ type Server struct {
 
 	// budget bounds the memory held for large client messages (nil: none).
 	budget *wire.Budget
+	// tlsUsers are the users refused without TLS (Config.RequireTLSUsers).
+	tlsUsers map[string]bool
+	// cbind is the tls-server-end-point data of the router's only
+	// certificate (cbindFixed); otherwise it is found per connection.
+	cbind      []byte
+	cbindFixed bool
 
 	lnMu   sync.Mutex
 	ln     net.Listener
@@ -77,6 +83,17 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxMessageMemory > 0 {
 		s.budget = wire.NewBudget(cfg.MaxMessageMemory, cfg.MessageMemoryWait)
+	}
+	s.tlsUsers = make(map[string]bool, len(cfg.RequireTLSUsers))
+	for _, u := range cfg.RequireTLSUsers {
+		s.tlsUsers[u] = true
+	}
+	if t := cfg.TLS; t != nil && t.GetCertificate == nil && t.GetConfigForClient == nil && len(t.Certificates) == 1 && len(t.Certificates[0].Certificate) > 0 {
+		// One certificate: its channel binding data is known now (nil
+		// when tls-server-end-point is undefined for it, as for Ed25519:
+		// SCRAM-SHA-256-PLUS is then not offered).
+		s.cbind, _ = wire.TLSServerEndPoint(t.Certificates[0].Certificate[0])
+		s.cbindFixed = true
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)

@@ -81,6 +81,11 @@ type session struct {
 	user    string
 	remote  string
 	started time.Time
+	// tls: the client connection is encrypted; cbind is its
+	// tls-server-end-point channel binding data (nil: SCRAM-SHA-256-PLUS
+	// is not offered).
+	tls   bool
+	cbind []byte
 
 	startTenant string
 	tenant      string // session tenant (SET pgtenant.tenant)
@@ -194,6 +199,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	rio := wire.RawIO(nc)
 	cr := s.clientReader(ctx, rio)
 	var st wire.Startup
+	var tlsOn bool
+	var cbind func() []byte
 	for {
 		b, err := cr.ReadStartup()
 		if err != nil {
@@ -216,13 +223,15 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 				continue
 			}
 			nc.Write([]byte{'S'})
-			tc := tls.Server(nc, s.cfg.TLS)
+			tcfg, cb := s.tlsConfig()
+			tc := tls.Server(nc, tcfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				s.log.Debug("tls handshake", "err", err)
 				return
 			}
 			nc = tc
 			rio = tc
+			tlsOn, cbind = true, cb
 			defer tc.Close()
 			cr = s.clientReader(ctx, nc)
 			continue
@@ -248,6 +257,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		status:   'I',
 		id:       s.nextID.Add(1),
 		cancelCh: make(chan struct{}, 1),
+		tls:      tlsOn,
+	}
+	if cbind != nil {
+		ss.cbind = cbind()
 	}
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
@@ -261,13 +274,17 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	s.m.ClientConns.Inc()
 	defer s.m.ClientConns.Dec()
 	if err := ss.startup(st.Params); err != nil {
-		s.m.ClientRefused.WithLabelValues("auth").Inc()
+		reason := "auth"
+		if errors.Is(err, errTLSRequired) {
+			reason = "tls"
+		}
+		s.m.ClientRefused.WithLabelValues(reason).Inc()
 		s.log.Info("client refused", "session", ss.id, "user", ss.user, "remote", ss.remote, "err", err)
 		return
 	}
 	nc.SetDeadline(time.Time{})
 	cr.SetMax(s.cfg.MaxMessage)
-	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant)
+	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant, "tls", ss.tls)
 	err := ss.loop()
 	ss.end()
 	s.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
@@ -300,6 +317,11 @@ func (ss *session) startup(params map[string]string) error {
 	if r := params["replication"]; r != "" && !strings.EqualFold(r, "false") && !strings.EqualFold(r, "off") && !strings.EqualFold(r, "no") && r != "0" {
 		ss.fatal("0A000", "replication connections are not supported by the router; connect to a node directly")
 		return errors.New("replication connection refused")
+	}
+	if !ss.tls && s.requiresTLS(ss.user) {
+		werr := tlsRequiredError(ss.user)
+		ss.nc.Write(wire.AppendError(nil, werr))
+		return errTLSRequired
 	}
 	if err := ss.authenticate(); err != nil {
 		return err
@@ -388,6 +410,13 @@ func (ss *session) authenticate() error {
 		ss.fatal("28P01", fmt.Sprintf("password authentication failed for user %q", ss.user))
 		return fmt.Errorf("authenticate %q: %w", ss.user, err)
 	}
+	failBinding := func(err error) error {
+		if !errors.Is(err, wire.ErrChannelBinding) {
+			return fail(err)
+		}
+		ss.fatal("28000", err.Error())
+		return fmt.Errorf("authenticate %q: %w", ss.user, err)
+	}
 	password, ok := s.cfg.Users[ss.user]
 	var cred Credential
 	if !ok && s.cfg.Credentials != nil {
@@ -449,7 +478,10 @@ func (ss *session) authenticate() error {
 			return fail(err)
 		}
 		sc := wire.NewSCRAMServer(keys)
-		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, wire.SCRAMMechanisms)); err != nil {
+		if ss.cbind != nil {
+			sc = wire.NewSCRAMServerTLS(keys, ss.cbind)
+		}
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, sc.Mechanisms())); err != nil {
 			return err
 		}
 		body, err := readPassword()
@@ -458,7 +490,7 @@ func (ss *session) authenticate() error {
 		}
 		first, err := sc.First(body)
 		if err != nil {
-			return fail(err)
+			return failBinding(err)
 		}
 		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLContinue, first)); err != nil {
 			return err
@@ -469,8 +501,9 @@ func (ss *session) authenticate() error {
 		}
 		final, err := sc.Final(body)
 		if err != nil {
-			return fail(err)
+			return failBinding(err)
 		}
+		ss.srv.log.Debug("scram", "session", ss.id, "user", ss.user, "channel_binding", sc.ChannelBound())
 		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLFinal, final)); err != nil {
 			return err
 		}
