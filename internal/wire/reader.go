@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"unsafe"
 )
 
@@ -172,9 +173,16 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		if err := r.budget.acquire(r.bctx, int64(n)); err != nil {
 			var me *MemoryError
 			if errors.As(err, &me) {
-				// Skip the body so that the connection stays in step.
-				if _, derr := r.br.Discard(n); derr != nil {
-					return nil, unexpected(derr)
+				// Skip the body so that the connection stays in step,
+				// yielding between steps: hundreds of clients refused at
+				// once must not starve the others of CPU.
+				for left := n; left > 0; {
+					k, derr := r.br.Discard(min(left, 256<<10))
+					if derr != nil {
+						return nil, unexpected(derr)
+					}
+					left -= k
+					runtime.Gosched()
 				}
 			}
 			return nil, err
