@@ -575,6 +575,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
 		}
+		// A large text stays counted in the budget for client messages
+		// for as long as the statement is kept.
+		wire.KeepWith(ss.cr, def)
 	}
 	if len(pm.Name) != 0 {
 		def.server = ss.srv.serverName(def.query, pm.Rest)

@@ -188,3 +188,38 @@ func TestMessageMemoryInTurn(t *testing.T) {
 	}
 	waitInUse(t, s, 0)
 }
+
+// TestMessageMemoryKeptStatements: the text of a large prepared statement
+// stays counted in the budget while the client keeps the statement, and
+// returns to it once the statement is closed.
+func TestMessageMemoryKeptStatements(t *testing.T) {
+	s := startRouter(t, Config{MaxMessageMemory: 4 << 20, MessageMemoryWait: 300 * time.Millisecond}, nil)
+	c := connect(t, s, "t1", pgx.QueryExecModeCacheStatement)
+	text := func(i int) string {
+		return fmt.Sprintf("SELECT %d AS i, length('%s') AS n", i, strings.Repeat("x", 3<<19))
+	}
+	for i := 1; i <= 2; i++ {
+		if _, err := c.Prepare(ctx(t), fmt.Sprint("big", i), text(i)); err != nil {
+			t.Fatalf("prepare big%d: %v", i, err)
+		}
+	}
+	// 2 × 1.5 MiB are kept: a third does not fit in 4 MiB.
+	_, err := c.Prepare(ctx(t), "big3", text(3))
+	if pgCode(err) != "53200" {
+		t.Fatalf("prepare big3 with two kept: %v, want 53200", err)
+	}
+	var i, n int
+	if err := c.QueryRow(ctx(t), "big2").Scan(&i, &n); err != nil || i != 2 || n != 3<<19 {
+		t.Fatalf("execute big2: %d %d %v", i, n, err)
+	}
+	if err := c.Deallocate(ctx(t), "big1"); err != nil {
+		t.Fatal(err)
+	}
+	// With big1 closed (and collected), big3 fits.
+	if _, err := c.Prepare(ctx(t), "big3", text(3)); err != nil {
+		t.Fatalf("prepare big3 after closing big1: %v", err)
+	}
+	if err := c.QueryRow(ctx(t), "big3").Scan(&i, &n); err != nil || i != 3 || n != 3<<19 {
+		t.Fatalf("execute big3: %d %d %v", i, n, err)
+	}
+}

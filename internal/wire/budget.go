@@ -3,6 +3,7 @@ package wire
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,14 @@ type Budget struct {
 	total int64
 	wait  time.Duration
 	inUse atomic.Int64
+	// kept counts shares handed to owners with KeepWith; lastGC is when
+	// acquire last ran the GC to free those of owners gone (UnixNano).
+	kept   atomic.Int64
+	lastGC atomic.Int64
+	// garbage counts bytes of bodies dropped since the last collection
+	// started; gcRunning is set while one runs.
+	garbage   atomic.Int64
+	gcRunning atomic.Bool
 }
 
 // NewBudget returns a budget of total bytes whose Readers wait up to wait
@@ -50,6 +59,18 @@ func (b *Budget) acquire(ctx context.Context, n int64) error {
 		return nil
 	}
 	start := time.Now()
+	if b.kept.Load() > 0 {
+		// Shares kept by owners that are garbage return only when the
+		// GC finds them: run it, at most every 100 ms.
+		last := b.lastGC.Load()
+		if start.UnixNano()-last > int64(100*time.Millisecond) && b.lastGC.CompareAndSwap(last, start.UnixNano()) {
+			runtime.GC()
+			if b.sem.TryAcquire(n) {
+				b.inUse.Add(n)
+				return nil
+			}
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, b.wait)
 	defer cancel()
 	if err := b.sem.Acquire(wctx, n); err != nil {
@@ -65,6 +86,42 @@ func (b *Budget) acquire(ctx context.Context, n int64) error {
 func (b *Budget) release(n int64) {
 	b.inUse.Add(-n)
 	b.sem.Release(n)
+}
+
+// dropped returns n bytes whose buffer the Reader let go of (garbage, as
+// far as the Reader knows). The Go runtime collects when the heap has grown
+// by as much as was live after the last collection, so bodies that come and
+// go could take twice the budget; collecting each time a quarter of the
+// budget has been dropped keeps the heap within 1.25 times it.
+func (b *Budget) dropped(n int64) {
+	b.release(n)
+	if b.garbage.Add(n) < b.total/4 {
+		return
+	}
+	if b.gcRunning.CompareAndSwap(false, true) {
+		b.garbage.Store(0)
+		go func() {
+			runtime.GC()
+			b.gcRunning.Store(false)
+		}()
+	}
+}
+
+// KeepWith hands the memory r holds for the last body over to owner, an
+// object that keeps (part of) that body beyond the next read, such as a
+// prepared statement's text: the bytes stay counted in the Budget until
+// owner is garbage. It does nothing when r holds no memory.
+func KeepWith[T any](r *Reader, owner *T) {
+	if r.held == 0 {
+		return
+	}
+	b, n := r.budget, r.held
+	r.held = 0
+	b.kept.Add(1)
+	runtime.AddCleanup(owner, func(n int64) {
+		b.kept.Add(-1)
+		b.release(n)
+	}, n)
 }
 
 // MemoryError reports a message body that could not get its share of the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -77,5 +78,41 @@ func TestReaderStringOwned(t *testing.T) {
 	}
 	if s != text {
 		t.Fatal("a large body's string changed after the next read")
+	}
+}
+
+func TestKeepWith(t *testing.T) {
+	b := NewBudget(4<<20, 50*time.Millisecond)
+	body := strings.Repeat("k", 3<<20)
+	r := NewReader(bytes.NewReader(AppendQuery(AppendQuery(nil, body), body)), 1024, 8<<20)
+	r.UseBudget(context.Background(), b)
+	_, msg, err := r.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type stmt struct{ text string }
+	q, _ := QueryText(msg)
+	kept := &stmt{text: r.String(q)}
+	KeepWith(r, kept)
+	// The kept text still counts after the next read: the second body
+	// does not fit.
+	var me *MemoryError
+	if _, _, err := r.ReadMessage(); !errors.As(err, &me) {
+		t.Fatalf("second body: %v, want a MemoryError while the first is kept", err)
+	}
+	if got, want := b.InUse(), int64(3<<20+1); got != want {
+		t.Fatalf("in use %d, want %d", got, want)
+	}
+	if len(kept.text) != 3<<20 {
+		t.Fatal("kept text changed")
+	}
+	kept = nil
+	// Once the owner is garbage, its share returns.
+	for i := 0; b.InUse() != 0; i++ {
+		if i > 200 {
+			t.Fatalf("in use %d after the owner is gone", b.InUse())
+		}
+		runtime.GC()
+		time.Sleep(5 * time.Millisecond)
 	}
 }

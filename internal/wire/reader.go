@@ -79,7 +79,7 @@ func (r *Reader) SetMax(max int) {
 // must not be used afterwards (ReadMessage releases it too).
 func (r *Reader) Release() {
 	if r.held > 0 {
-		r.budget.release(r.held)
+		r.budget.dropped(r.held)
 		r.held = 0
 	}
 	r.owned = false
