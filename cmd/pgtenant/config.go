@@ -72,6 +72,16 @@ type RouterConfig struct {
 	MaxClients int `yaml:"max_clients"`
 	// MaxMessage bounds one protocol message, in bytes.
 	MaxMessage int `yaml:"max_message"`
+	// MaxMessageMemory bounds the memory held at once for large client
+	// messages, across all clients, in bytes; -1 means no bound.
+	MaxMessageMemory int64 `yaml:"max_message_memory"`
+	// MessageMemoryWait is how long a large message waits for that memory
+	// (then 53200).
+	MessageMemoryWait time.Duration `yaml:"message_memory_wait"`
+	// TLSRequired refuses clients that do not use TLS (28000).
+	TLSRequired bool `yaml:"tls_required"`
+	// TLSRequiredUsers refuses these users when they do not use TLS.
+	TLSRequiredUsers []string `yaml:"tls_required_users"`
 	// MaxPrepared bounds the statements kept prepared on one backend
 	// connection.
 	MaxPrepared int `yaml:"max_prepared"`
@@ -135,6 +145,24 @@ func intSetting(cmd *cobra.Command, flag string, fromFile int) int {
 	v, _ := cmd.Flags().GetInt(flag)
 	if fromFile != 0 && !cmd.Flag(flag).Changed {
 		return fromFile
+	}
+	return v
+}
+
+// int64Setting is intSetting for an int64 flag.
+func int64Setting(cmd *cobra.Command, flag string, fromFile int64) int64 {
+	v, _ := cmd.Flags().GetInt64(flag)
+	if fromFile != 0 && !cmd.Flag(flag).Changed {
+		return fromFile
+	}
+	return v
+}
+
+// boolSetting is intSetting for a bool flag (the file can only turn it on).
+func boolSetting(cmd *cobra.Command, flag string, fromFile bool) bool {
+	v, _ := cmd.Flags().GetBool(flag)
+	if fromFile && !cmd.Flag(flag).Changed {
+		return true
 	}
 	return v
 }

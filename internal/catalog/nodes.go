@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -148,7 +149,53 @@ func CheckNode(ctx context.Context, name, dsn string) NodeReport {
 		r.Identity = id
 		add("identity", CheckOK, id)
 	}
+	r.Checks = append(r.Checks, tlsCheck(ctx, conn, cfg))
 	return r
+}
+
+// tlsCheck reports whether the connection to the node is encrypted (the
+// router's pool connects with the same DSN, so with the same sslmode).
+func tlsCheck(ctx context.Context, conn *pgx.Conn, cfg *pgx.ConnConfig) CheckResult {
+	var ssl bool
+	var version, cipher *string
+	if err := conn.QueryRow(ctx, `SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()`).Scan(&ssl, &version, &cipher); err != nil {
+		return CheckResult{"tls", CheckWarn, fmt.Sprintf("cannot tell whether the connection is encrypted: %v", err)}
+	}
+	verified := false
+	if tc := cfg.TLSConfig; tc != nil {
+		verified = !tc.InsecureSkipVerify || tc.VerifyPeerCertificate != nil || tc.VerifyConnection != nil
+	}
+	return judgeTLS(ssl, deref(version)+" "+deref(cipher), cfg.Host, verified)
+}
+
+// judgeTLS is tlsCheck's verdict: encrypted is fine (with a note when the
+// server's certificate is not verified); clear text is fine only to this
+// machine.
+func judgeTLS(ssl bool, suite, host string, verified bool) CheckResult {
+	switch {
+	case ssl && verified:
+		return CheckResult{"tls", CheckOK, fmt.Sprintf("encrypted (%s), server certificate verified", strings.TrimSpace(suite))}
+	case ssl:
+		return CheckResult{"tls", CheckOK, fmt.Sprintf("encrypted (%s); the server certificate is not verified: sslmode=verify-full in the DSN checks it", strings.TrimSpace(suite))}
+	case isLocalHost(host):
+		return CheckResult{"tls", CheckOK, "not encrypted (a connection on this machine)"}
+	}
+	return CheckResult{"tls", CheckWarn, "not encrypted: set ssl=on on the server and sslmode=verify-full (or require) in the node's DSN"}
+}
+
+func isLocalHost(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // versionCheck judges server_version_num.

@@ -72,6 +72,12 @@ type Config struct {
 	// SSLRequest is answered 'N' (clients with sslmode=require fail,
 	// sslmode=prefer continues in plain text).
 	TLS *tls.Config
+	// RequireTLS refuses clients that did not negotiate TLS, with FATAL
+	// 28000 (as pg_hba's hostssl lines do). It needs TLS.
+	RequireTLS bool
+	// RequireTLSUsers refuses these users without TLS, as RequireTLS does
+	// for all. Nil means none.
+	RequireTLSUsers []string
 	// Auth is the client authentication method. Empty means scram-sha-256.
 	Auth AuthMethod
 	// Users maps user names to passwords. With AuthTrust it is ignored
@@ -104,6 +110,17 @@ type Config struct {
 	// MaxMessage bounds one protocol message from a client or server, in
 	// bytes. Zero means 64 MiB.
 	MaxMessage int
+	// MaxMessageMemory bounds the memory held at once, across all clients,
+	// for client message bodies larger than wire.PinnedMax (128 KiB): such a
+	// body is read only once its size fits in what is left, and counts until
+	// the router reads that client's next message. Zero means 256 MiB (four
+	// messages at the 64 MiB MaxMessage, eight of 32 MiB); negative means no
+	// bound (a client message then costs its size, each at once).
+	MaxMessageMemory int64
+	// MessageMemoryWait is how long a large client message waits for
+	// MaxMessageMemory; then it is discarded and the client gets 53200
+	// (out_of_memory). Zero means 10 seconds.
+	MessageMemoryWait time.Duration
 	// MaxClients bounds concurrent client connections; more are refused
 	// with 53300. Zero means 1000.
 	MaxClients int
@@ -135,6 +152,9 @@ type Config struct {
 	UsageTopK int
 }
 
+// DefaultMaxMessageMemory is Config.MaxMessageMemory's default: 256 MiB.
+const DefaultMaxMessageMemory = 256 << 20
+
 func (c Config) withDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:6432"
@@ -147,6 +167,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxPrepared <= 0 {
 		c.MaxPrepared = 1000
+	}
+	if c.MaxMessageMemory == 0 {
+		c.MaxMessageMemory = DefaultMaxMessageMemory
+	}
+	if c.MessageMemoryWait <= 0 {
+		c.MessageMemoryWait = 10 * time.Second
 	}
 	if c.MaxClients <= 0 {
 		c.MaxClients = 1000

@@ -42,7 +42,22 @@ func (ss *session) loop() error {
 		if err != nil {
 			var tl *wire.TooLargeError
 			var ne net.Error
+			var me *wire.MemoryError
+			if errors.As(err, &me) && !isCopyMessage(typ) {
+				// The message was skipped: fail it as a server would.
+				if ss.skipToSync {
+					continue
+				}
+				if err := ss.localError(memoryError(me), typ != wire.MsgQuery); err != nil {
+					return err
+				}
+				continue
+			}
 			switch {
+			case errors.As(err, &me):
+				// Part of a COPY already on its way to the server.
+				ss.drainSyncs()
+				ss.sendError(memoryError(me), "FATAL")
 			case errors.As(err, &tl):
 				ss.drainSyncs()
 				ss.sendFatal("08P01", fmt.Sprintf("message too large: %v", tl))
@@ -114,6 +129,26 @@ func (ss *session) loop() error {
 			}
 		}
 	}
+}
+
+// isCopyMessage reports whether typ is CopyData, CopyDone or CopyFail.
+func isCopyMessage(typ byte) bool {
+	return typ == wire.MsgCopyData || typ == wire.MsgCopyDone || typ == wire.MsgCopyFail
+}
+
+// memoryError is the error for a client message that found no room in the
+// router's budget for large messages.
+func memoryError(e *wire.MemoryError) *wire.Error {
+	return &wire.Error{Code: "53200", Message: "out of memory for a large message in the router", Detail: e.Error(),
+		Hint: "Large messages of other clients hold the router's memory for messages: retry later, send less per message, or raise router.max_message_memory (--max-message-memory)."}
+}
+
+// sendError sends werr with severity sev and flushes.
+func (ss *session) sendError(werr *wire.Error, sev string) {
+	e := *werr
+	e.Severity = sev
+	ss.cw.Write(wire.AppendError(ss.out[:0], &e))
+	ss.cw.Flush()
 }
 
 func (ss *session) sendFatal(code, msg string) {
@@ -253,10 +288,12 @@ func (ss *session) setTenant(t string, local bool) *wire.Error {
 
 // onQuery handles a simple-protocol Query.
 func (ss *session) onQuery(body []byte) *wire.Error {
-	sql, err := wire.ParseQuery(body)
+	text, err := wire.QueryText(body)
 	if err != nil {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
+	sql := ss.cr.String(text) // no copy of a large query
+
 	info := classify(sql)
 	if ss.failed && ss.be == nil {
 		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
@@ -532,12 +569,15 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		}
 	}
 	if def == nil {
-		q := string(pm.Query)
+		q := ss.cr.String(pm.Query) // no copy of a large statement
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
 		}
+		// A large text stays counted in the budget for client messages
+		// for as long as the statement is kept.
+		wire.KeepWith(ss.cr, def)
 	}
 	if len(pm.Name) != 0 {
 		def.server = ss.srv.serverName(def.query, pm.Rest)

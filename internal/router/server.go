@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -53,6 +54,15 @@ type Server struct {
 
 	params atomic.Pointer[map[string]string]
 
+	// budget bounds the memory held for large client messages (nil: none).
+	budget *wire.Budget
+	// tlsUsers are the users refused without TLS (Config.RequireTLSUsers).
+	tlsUsers map[string]bool
+	// cbind is the tls-server-end-point data of the router's only
+	// certificate (cbindFixed); otherwise it is found per connection.
+	cbind      []byte
+	cbindFixed bool
+
 	lnMu   sync.Mutex
 	ln     net.Listener
 	wg     sync.WaitGroup
@@ -85,6 +95,20 @@ func New(cfg Config) *Server {
 		schemaTags: make(map[string]string),
 		keys:       make(map[string]wire.SCRAMKeys),
 		drainBegun: make(chan struct{}),
+	}
+	if cfg.MaxMessageMemory > 0 {
+		s.budget = wire.NewBudget(cfg.MaxMessageMemory, cfg.MessageMemoryWait)
+	}
+	s.tlsUsers = make(map[string]bool, len(cfg.RequireTLSUsers))
+	for _, u := range cfg.RequireTLSUsers {
+		s.tlsUsers[u] = true
+	}
+	if t := cfg.TLS; t != nil && t.GetCertificate == nil && t.GetConfigForClient == nil && len(t.Certificates) == 1 && len(t.Certificates[0].Certificate) > 0 {
+		// One certificate: its channel binding data is known now (nil
+		// when tls-server-end-point is undefined for it, as for Ed25519:
+		// SCRAM-SHA-256-PLUS is then not offered).
+		s.cbind, _ = wire.TLSServerEndPoint(t.Certificates[0].Certificate[0])
+		s.cbindFixed = true
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
@@ -380,10 +404,30 @@ func (s *Server) poolStats() []pool.Stats {
 // next used; names are never reused, so no backend confuses two texts).
 const maxStmtIDs = 1 << 16
 
+// maxStmtKey is the longest statement text Server.stmtIDs keeps as is;
+// longer ones are keyed by their SHA-256.
+const maxStmtKey = 1 << 10
+
 // serverName returns the router-unique backend name of a statement text with
 // its parameter types.
 func (s *Server) serverName(query string, types []byte) string {
-	key := query + "\x00" + string(types)
+	var key string
+	if len(query) > maxStmtKey {
+		// Keep a digest, not a copy, of a long text: the map outlives
+		// the session that sent it.
+		h := sha256.New()
+		var buf [4096]byte
+		for q := query; len(q) > 0; {
+			n := copy(buf[:], q)
+			h.Write(buf[:n])
+			q = q[n:]
+		}
+		h.Write([]byte{0})
+		h.Write(types)
+		key = "h" + string(h.Sum(nil))
+	} else {
+		key = "t" + query + "\x00" + string(types)
+	}
 	s.stmtMu.RLock()
 	n, ok := s.stmtIDs[key]
 	s.stmtMu.RUnlock()

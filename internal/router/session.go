@@ -81,6 +81,11 @@ type session struct {
 	user    string
 	remote  string
 	started time.Time
+	// tls: the client connection is encrypted; cbind is its
+	// tls-server-end-point channel binding data (nil: SCRAM-SHA-256-PLUS
+	// is not offered).
+	tls   bool
+	cbind []byte
 
 	startTenant string
 	tenant      string // session tenant (SET pgtenant.tenant)
@@ -194,8 +199,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	s.m.ClientTotal.Inc()
 	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	rio := wire.RawIO(nc)
-	cr := wire.NewReader(rio, 16<<10, s.cfg.MaxMessage)
+	cr := s.clientReader(ctx, rio)
 	var st wire.Startup
+	var tlsOn bool
+	var cbind func() []byte
 	for {
 		b, err := cr.ReadStartup()
 		if err != nil {
@@ -218,15 +225,17 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 				continue
 			}
 			nc.Write([]byte{'S'})
-			tc := tls.Server(nc, s.cfg.TLS)
+			tcfg, cb := s.tlsConfig()
+			tc := tls.Server(nc, tcfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				s.log.Debug("tls handshake", "err", err)
 				return
 			}
 			nc = tc
 			rio = tc
+			tlsOn, cbind = true, cb
 			defer tc.Close()
-			cr = wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
+			cr = s.clientReader(ctx, nc)
 			continue
 		case wire.KindGSSENCRequest:
 			nc.Write([]byte{'N'})
@@ -250,6 +259,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		status:   'I',
 		id:       s.nextID.Add(1),
 		cancelCh: make(chan struct{}, 1),
+		tls:      tlsOn,
+	}
+	if cbind != nil {
+		ss.cbind = cbind()
 	}
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
@@ -263,15 +276,35 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	s.m.ClientConns.Inc()
 	defer s.m.ClientConns.Dec()
 	if err := ss.startup(st.Params); err != nil {
-		s.m.ClientRefused.WithLabelValues("auth").Inc()
+		reason := "auth"
+		if errors.Is(err, errTLSRequired) {
+			reason = "tls"
+		}
+		s.m.ClientRefused.WithLabelValues(reason).Inc()
 		s.log.Info("client refused", "session", ss.id, "user", ss.user, "remote", ss.remote, "err", err)
 		return
 	}
 	nc.SetDeadline(time.Time{})
-	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant)
+	cr.SetMax(s.cfg.MaxMessage)
+	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant, "tls", ss.tls)
 	err := ss.loop()
 	ss.end()
 	s.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
+}
+
+// maxAuthMessage bounds client messages before authentication ends
+// (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH).
+const maxAuthMessage = 65535
+
+// clientReader returns a reader for a client connection: messages up to
+// maxAuthMessage until the client has authenticated (then Config.MaxMessage),
+// large ones counted in the server's budget.
+func (s *Server) clientReader(ctx context.Context, r io.Reader) *wire.Reader {
+	cr := wire.NewReader(r, 16<<10, maxAuthMessage)
+	if s.budget != nil {
+		cr.UseBudget(ctx, s.budget)
+	}
+	return cr
 }
 
 // writeFatal sends a FATAL ErrorResponse on a connection that is about to close.
@@ -286,6 +319,11 @@ func (ss *session) startup(params map[string]string) error {
 	if r := params["replication"]; r != "" && !strings.EqualFold(r, "false") && !strings.EqualFold(r, "off") && !strings.EqualFold(r, "no") && r != "0" {
 		ss.fatal("0A000", "replication connections are not supported by the router; connect to a node directly")
 		return errors.New("replication connection refused")
+	}
+	if !ss.tls && s.requiresTLS(ss.user) {
+		werr := tlsRequiredError(ss.user)
+		ss.nc.Write(wire.AppendError(nil, werr))
+		return errTLSRequired
 	}
 	if err := ss.authenticate(); err != nil {
 		return err
@@ -374,6 +412,13 @@ func (ss *session) authenticate() error {
 		ss.fatal("28P01", fmt.Sprintf("password authentication failed for user %q", ss.user))
 		return fmt.Errorf("authenticate %q: %w", ss.user, err)
 	}
+	failBinding := func(err error) error {
+		if !errors.Is(err, wire.ErrChannelBinding) {
+			return fail(err)
+		}
+		ss.fatal("28000", err.Error())
+		return fmt.Errorf("authenticate %q: %w", ss.user, err)
+	}
 	password, ok := s.cfg.Users[ss.user]
 	var cred Credential
 	if !ok && s.cfg.Credentials != nil {
@@ -435,7 +480,10 @@ func (ss *session) authenticate() error {
 			return fail(err)
 		}
 		sc := wire.NewSCRAMServer(keys)
-		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, wire.SCRAMMechanisms)); err != nil {
+		if ss.cbind != nil {
+			sc = wire.NewSCRAMServerTLS(keys, ss.cbind)
+		}
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, sc.Mechanisms())); err != nil {
 			return err
 		}
 		body, err := readPassword()
@@ -444,7 +492,7 @@ func (ss *session) authenticate() error {
 		}
 		first, err := sc.First(body)
 		if err != nil {
-			return fail(err)
+			return failBinding(err)
 		}
 		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLContinue, first)); err != nil {
 			return err
@@ -455,8 +503,9 @@ func (ss *session) authenticate() error {
 		}
 		final, err := sc.Final(body)
 		if err != nil {
-			return fail(err)
+			return failBinding(err)
 		}
+		ss.srv.log.Debug("scram", "session", ss.id, "user", ss.user, "channel_binding", sc.ChannelBound())
 		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLFinal, final)); err != nil {
 			return err
 		}

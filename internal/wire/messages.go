@@ -56,6 +56,16 @@ func ParseQuery(body []byte) (string, error) {
 	return s, nil
 }
 
+// QueryText returns a Query message's SQL text without copying it (the
+// slice aliases body; Reader.String makes a string of it).
+func QueryText(body []byte) ([]byte, error) {
+	s, _, ok := cbytes(body)
+	if !ok {
+		return nil, fmt.Errorf("query: %w", ErrMalformed)
+	}
+	return s, nil
+}
+
 // ParseMsg is a decoded Parse message. Its slices alias the message body.
 // Rest holds the parameter type count and OIDs exactly as sent.
 type ParseMsg struct {
