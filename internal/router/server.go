@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
 	"github.com/pgtenant/pgtenant/internal/wire"
@@ -52,6 +54,9 @@ type Server struct {
 
 	params atomic.Pointer[map[string]string]
 
+	// pathTail follows the shard's schema in search_path (see searchPath).
+	pathTail string
+
 	lnMu   sync.Mutex
 	ln     net.Listener
 	wg     sync.WaitGroup
@@ -71,10 +76,22 @@ func New(cfg Config) *Server {
 		schemaTags: make(map[string]string),
 		keys:       make(map[string]wire.SCRAMKeys),
 	}
+	s.pathTail = ", pg_temp"
+	if !cfg.NoSharedSchema {
+		s.pathTail = ", " + pgx.Identifier{cfg.SharedSchema}.Sanitize() + s.pathTail
+	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
 	s.m.setPools(s.poolStats)
 	return s
+}
+
+// searchPath is the search_path for a shard's schema: the shard, the shared
+// schema, then pg_temp (explicitly last: left out, Postgres would search it
+// first, and a temporary table would shadow the shard's table of the same
+// name).
+func (s *Server) searchPath(schema string) string {
+	return pgx.Identifier{schema}.Sanitize() + s.pathTail
 }
 
 func (s *Server) nodeMetrics(node string) *nodeMetrics { return s.m.node(node) }
