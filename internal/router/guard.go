@@ -29,8 +29,8 @@ const guardDepth = 4
 // role, session authorization or pgtenant.* (but pgtenant.tenant) in any
 // statement and spelling (quoted, qualified, any case, comments between
 // the words); set_config or pg_catalog.set_config (quoted or not) of such
-// a setting, or with a setting name that is neither a string literal (”,
-// E”, $$ $$) nor a bind parameter; UPDATE of pg_settings; and EXECUTE of
+// a setting, or with a setting name that is neither a string literal ('...',
+// E'...', $$...$$) nor a bind parameter; UPDATE of pg_settings; and EXECUTE of
 // the router's own prepared statements. It returns nil when it finds
 // nothing. What a function or procedure runs is not seen (see doc.go).
 func guard(sql string) *guardFinding {
@@ -379,7 +379,7 @@ func literalValues(lit string) []string {
 }
 
 // unescapeString decodes a '...' literal with Postgres' backslash escapes
-// (E” strings): \b \f \n \r \t, octal \ooo, hex \xhh, \uXXXX, \UXXXXXXXX,
+// (E'...' strings): \b \f \n \r \t, octal \ooo, hex \xhh, \uXXXX, \UXXXXXXXX,
 // and \c for any other c.
 func unescapeString(q string) string {
 	if len(q) >= 2 && q[len(q)-1] == '\'' {
