@@ -46,8 +46,73 @@ BEGIN
 	RETURN (SELECT count(*) FROM iso_scratch);
 END $$`
 
-// Defect 1: temporary objects never reach another client.
-func TestIsolationTempObjects(t *testing.T) {
+// Defect 1: in transaction mode, what creates a temporary object that
+// would outlive its transaction is refused; ON COMMIT DROP tables work.
+func TestIsolationTempRefused(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	for _, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			ctx := ctx(t)
+			d := connect(t, s, "t1", mode)
+			for _, q := range []string{
+				"CREATE TEMP TABLE iso_t AS SELECT 'secret of t1'::text AS v",
+				"CREATE TEMPORARY VIEW iso_v AS SELECT 1 AS x",
+				"create or replace temp view iso_v AS SELECT 1 AS x",
+				"CREATE GLOBAL TEMP SEQUENCE iso_s",
+				"CREATE TABLE pg_temp.iso_t2 (v text)",
+				`CREATE TABLE "pg_temp".iso_t2 (v text)`,
+				"CREATE FUNCTION pg_temp.iso_f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+				"SELECT 'x' AS v INTO TEMP iso_t3",
+				"CREATE TEMP TABLE iso_t4 (v text) ON COMMIT PRESERVE ROWS",
+				"DECLARE iso_c CURSOR WITH HOLD FOR SELECT * FROM whoami",
+			} {
+				_, err := d.Exec(ctx, q)
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != "0A000" || pe.Hint == "" {
+					t.Errorf("%s in transaction mode: %v, want 0A000 with a hint", q, err)
+				}
+			}
+			// ON COMMIT DROP in a transaction cannot outlive it.
+			tx, err := d.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "CREATE TEMP TABLE iso_drop (v text) ON COMMIT DROP"); err != nil {
+				t.Fatalf("ON COMMIT DROP temp table: %v", err)
+			}
+			var n int
+			if err := tx.QueryRow(ctx, "INSERT INTO iso_drop VALUES ('x') RETURNING 1").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Defect 1: pg_temp is searched last: a session's temporary table does not
+// shadow the shard's table of the same name.
+func TestIsolationTempLastInPath(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
+	for _, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			ctx := ctx(t)
+			d := connect(t, s, "t1", mode)
+			if _, err := d.Exec(ctx, "CREATE TEMP TABLE whoami AS SELECT 999 AS shard"); err != nil {
+				t.Fatal(err)
+			}
+			var sh int
+			if err := d.QueryRow(ctx, "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 1 {
+				t.Fatalf("whoami with a temp whoami in the session: %d %v, want shard 1", sh, err)
+			}
+		})
+	}
+}
+
+// Defect 1: temporary objects never reach another client, in either pool
+// mode, even when the router cannot see them being made (a function).
+func TestIsolationTempAcrossClients(t *testing.T) {
 	onNodeB(t, mkTempFn)
 	for _, pm := range poolModes {
 		for _, mode := range execModes {
@@ -55,56 +120,11 @@ func TestIsolationTempObjects(t *testing.T) {
 				s := startRouter(t, Config{PoolMode: pm, Pool: PoolConfig{MaxSize: 1}}, nil)
 				ctx := ctx(t)
 				d := connect(t, s, "t1", mode)
-				if pm == PoolTransaction {
-					// Refused, with a hint: it would outlive the transaction.
-					_, err := d.Exec(ctx, "CREATE TEMP TABLE iso_t AS SELECT 'secret of t1'::text AS v")
-					if got := pgCode(err); got != "0A000" {
-						t.Fatalf("CREATE TEMP TABLE in transaction mode: %v, want 0A000", err)
-					}
-					for _, q := range []string{
-						"CREATE TEMPORARY VIEW iso_v AS SELECT 1 AS x",
-						"create or replace temp view iso_v AS SELECT 1 AS x",
-						"CREATE GLOBAL TEMP SEQUENCE iso_s",
-						"CREATE TABLE pg_temp.iso_t2 (v text)",
-						`CREATE TABLE "pg_temp".iso_t2 (v text)`,
-						"CREATE FUNCTION pg_temp.iso_f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
-						"SELECT 'x' AS v INTO TEMP iso_t3",
-						"CREATE TEMP TABLE iso_t4 (v text) ON COMMIT PRESERVE ROWS",
-					} {
-						if _, err := d.Exec(ctx, q); pgCode(err) != "0A000" {
-							t.Errorf("%s: %v, want 0A000", q, err)
-						}
-					}
-					// ON COMMIT DROP in a transaction cannot outlive it.
-					tx, err := d.Begin(ctx)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if _, err := tx.Exec(ctx, "CREATE TEMP TABLE iso_drop (v text) ON COMMIT DROP"); err != nil {
-						t.Fatalf("ON COMMIT DROP temp table: %v", err)
-					}
-					var n int
-					if err := tx.QueryRow(ctx, "INSERT INTO iso_drop VALUES ('x') RETURNING 1").Scan(&n); err != nil {
-						t.Fatal(err)
-					}
-					if err := tx.Commit(ctx); err != nil {
-						t.Fatal(err)
-					}
-				} else {
-					// Session mode: the client's own; pg_temp is searched
-					// last, so it does not shadow the shard's whoami.
-					if _, err := d.Exec(ctx, "CREATE TEMP TABLE whoami AS SELECT 999 AS shard"); err != nil {
-						t.Fatal(err)
-					}
-					var sh int
-					if err := d.QueryRow(ctx, "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 1 {
-						t.Fatalf("whoami with a temp whoami in the session: %d %v, want shard 1", sh, err)
-					}
+				if pm == PoolSession {
 					if _, err := d.Exec(ctx, "CREATE TEMP TABLE iso_t AS SELECT 'secret of t1'::text AS v"); err != nil {
 						t.Fatal(err)
 					}
 				}
-				// A function makes a temp table the router cannot see.
 				var n int64
 				if err := d.QueryRow(ctx, "SELECT public.iso_scratch() FROM whoami").Scan(&n); err != nil || n != 1 {
 					t.Fatalf("t1's first iso_scratch(): %d %v", n, err)
@@ -124,24 +144,17 @@ func TestIsolationTempObjects(t *testing.T) {
 				if pidA != pidD {
 					t.Fatalf("tenant t3 got backend %d, not t1's %d: the case needs the same backend", pidA, pidD)
 				}
+				var v string
+				err := a.QueryRow(ctx, "SELECT v FROM pg_temp.iso_scratch").Scan(&v)
+				if got := pgCode(err); got != "42P01" {
+					t.Fatalf("t3 reads t1's temp table iso_scratch: %q %v, want 42P01", v, err)
+				}
 				if err := a.QueryRow(ctx, "SELECT public.iso_scratch() FROM whoami").Scan(&n); err != nil || n != 1 {
 					t.Fatalf("t3's iso_scratch() on t1's backend counts %d rows (%v): it sees t1's temp table", n, err)
 				}
-				var v string
-				err := a.QueryRow(ctx, "SELECT v FROM pg_temp.iso_t").Scan(&v)
-				if got := pgCode(err); got != "42P01" {
-					t.Fatalf("t3 reads t1's temp table iso_t: %q %v, want 42P01", v, err)
-				}
 				err = a.QueryRow(ctx, "SELECT v FROM iso_t").Scan(&v)
 				if got := pgCode(err); got != "42P01" {
-					t.Fatalf("t3 reads t1's temp table iso_t unqualified: %q %v, want 42P01", v, err)
-				}
-				var path string
-				if err := a.QueryRow(ctx, "SELECT current_setting('search_path') FROM whoami").Scan(&path); err != nil {
-					t.Fatal(err)
-				}
-				if want := `"shard_0003", "public", pg_temp`; path != want {
-					t.Fatalf("search_path = %s, want %s", path, want)
+					t.Fatalf("t3 reads t1's temp table iso_t: %q %v, want 42P01", v, err)
 				}
 			})
 		}
@@ -329,31 +342,37 @@ func TestIsolationReservedSettings(t *testing.T) {
 	for _, pm := range poolModes {
 		for _, mode := range execModes {
 			t.Run(string(pm)+"/"+mode.String(), func(t *testing.T) {
-				s := startRouter(t, Config{PoolMode: pm}, nil)
+				s := startRouter(t, Config{PoolMode: pm, Pool: PoolConfig{MaxSize: 1}}, nil)
 				ctx := ctx(t)
-				c := connect(t, s, "t3", mode)
-				for _, tc := range refused {
+				for i, tc := range refused {
 					if tc.simpleOnly && mode != pgx.QueryExecModeSimpleProtocol {
 						continue
 					}
 					if tc.args != nil && mode == pgx.QueryExecModeSimpleProtocol {
 						continue
 					}
-					_, err := c.Exec(ctx, tc.sql, tc.args...)
-					if got := pgCode(err); got != "0A000" && got != "42501" {
-						t.Errorf("%s: %v, want 0A000 or 42501", tc.sql, err)
-					}
-					var pe *pgconn.PgError
-					if errors.As(err, &pe) && pe.Hint == "" {
-						t.Errorf("%s: %v has no hint", tc.sql, err)
-					}
-					// Still on the tenant's shard, with its tenant id.
-					var sh int
-					var tid string
-					if err := c.QueryRow(ctx, "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami").Scan(&sh, &tid); err != nil || sh != 3 || tid != "t3" {
-						t.Fatalf("after %s: shard %d tenant id %q (%v), want 3 t3", tc.sql, sh, tid, err)
-					}
+					t.Run(fmt.Sprint(i), func(t *testing.T) {
+						c := connect(t, s, "t3", mode)
+						_, err := c.Exec(ctx, tc.sql, tc.args...)
+						var pe *pgconn.PgError
+						if !errors.As(err, &pe) || (pe.Code != "0A000" && pe.Code != "42501") || pe.Hint == "" {
+							t.Errorf("%s: %v, want 0A000 or 42501 with a hint", tc.sql, err)
+						}
+						// Still on the tenant's shard, with its tenant id, and
+						// so is the next client on this backend.
+						for _, c := range []*pgx.Conn{c, connect(t, s, "t3", mode)} {
+							var sh int
+							var tid string
+							if err := c.QueryRow(ctx, "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami").Scan(&sh, &tid); err != nil || sh != 3 || tid != "t3" {
+								t.Fatalf("after %s: shard %d tenant id %q (%v), want 3 t3", tc.sql, sh, tid, err)
+							}
+							if pm == PoolSession {
+								break // the second client would wait for the first's backend
+							}
+						}
+					})
 				}
+				c := connect(t, s, "t3", mode)
 				for _, tc := range allowed {
 					if tc.args != nil && mode == pgx.QueryExecModeSimpleProtocol {
 						continue
