@@ -75,6 +75,12 @@ type RouterConfig struct {
 	// HoldTimeout bounds how long a transaction for a shard being moved is
 	// held (then 40001).
 	HoldTimeout time.Duration `yaml:"hold_timeout"`
+	// SharedSchema is searched after the shard's schema (extensions,
+	// reference tables); nil means public, "" means none.
+	SharedSchema *string `yaml:"shared_schema"`
+	// IdleInTransactionTimeout ends clients idle inside a transaction this
+	// long (25P03); nil means 60s, 0 means never.
+	IdleInTransactionTimeout *time.Duration `yaml:"idle_in_transaction_timeout"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.

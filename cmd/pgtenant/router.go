@@ -42,7 +42,8 @@ last map if the catalog goes away, and holds a shard's new transactions while
 Settings come from flags, then the environment (for the five flags that name
 a variable), then the config file's section 'router:', whose keys are the flag
 names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode,
-pool_size, pool_idle_timeout, max_clients, ...) plus users (name: password)
+pool_size, pool_idle_timeout, max_clients, shared_schema,
+idle_in_transaction_timeout, ...) plus users (name: password)
 and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 		Example: `  pgtenant router --listen 127.0.0.1:6432 --metrics-listen 127.0.0.1:9187
   psql "host=127.0.0.1 port=6432 user=app options='-c pgtenant.tenant=acme'"`,
@@ -67,6 +68,8 @@ and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 	cmd.Flags().Duration("startup-timeout", 10*time.Second, "longest time for a client to connect and authenticate")
 	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
+	cmd.Flags().String("shared-schema", "public", "schema searched after the shard's (search_path: shard, this, pg_temp); empty = none")
+	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction this long (SQLSTATE 25P03, rolled back; 0: never)")
 	return cmd
 }
 
@@ -106,6 +109,23 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	cfg.StartupTimeout = durationSetting(cmd, "startup-timeout", rc.StartupTimeout)
 	cfg.ClientIdleTimeout = durationSetting(cmd, "client-idle-timeout", rc.ClientIdleTimeout)
 	cfg.HoldTimeout = durationSetting(cmd, "hold-timeout", rc.HoldTimeout)
+	shared, _ := cmd.Flags().GetString("shared-schema")
+	if rc.SharedSchema != nil && !cmd.Flag("shared-schema").Changed {
+		shared = *rc.SharedSchema
+	}
+	cfg.SharedSchema, cfg.NoSharedSchema = shared, shared == ""
+	idleTxn, _ := cmd.Flags().GetDuration("idle-in-transaction-timeout")
+	if rc.IdleInTransactionTimeout != nil && !cmd.Flag("idle-in-transaction-timeout").Changed {
+		idleTxn = *rc.IdleInTransactionTimeout
+	}
+	switch {
+	case idleTxn < 0:
+		return router.Config{}, usagef("idle-in-transaction-timeout %s: need 0 (never) or a positive duration", idleTxn)
+	case idleTxn == 0:
+		cfg.IdleInTransactionTimeout = -1 // never
+	default:
+		cfg.IdleInTransactionTimeout = idleTxn
+	}
 	p := cfg.Pool
 	switch {
 	case p.MaxSize <= 0:
