@@ -165,7 +165,7 @@ func guardText(sql string, body bool, depth int, g *guardFinding) {
 // guardToks checks the tokens of one text (see guard).
 func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 	isWord := func(i int, w string) bool {
-		return i < len(toks) && toks[i].kind == tWord && strings.EqualFold(toks[i].text, w)
+		return i >= 0 && i < len(toks) && toks[i].kind == tWord && strings.EqualFold(toks[i].text, w)
 	}
 	isPunct := func(i int, p string) bool {
 		return i < len(toks) && toks[i].kind == tPunct && toks[i].text == p
@@ -210,7 +210,7 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			switch {
 			case lastPart(name) == "set_config" && isPunct(i+1, "("):
 				g.setConfigArg(toks, i+2, body || depth > 0)
-			case lastPart(name) == "pg_settings" && i > 0 && (isWord(i-1, "update") || (isWord(i-1, "only") && isWord(i-2, "update"))):
+			case lastPart(name) == "pg_settings" && (isWord(nameStart(toks, i)-1, "update") || (isWord(nameStart(toks, i)-1, "only") && isWord(nameStart(toks, i)-2, "update"))):
 				g.err = &wire.Error{Code: "0A000", Message: "UPDATE of pg_settings is not supported through pgtenant",
 					Hint: "Use SET, or set_config('name', value, is_local) with the name as a literal."}
 			case name == "execute" && t.kind == tWord && !body && i+1 < len(toks) &&
@@ -220,6 +220,23 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			}
 		}
 	}
+}
+
+// nameStart is the index of the first token of the qualified name that
+// ends at toks[i] (pg_catalog."x", "a"."b", a . b).
+func nameStart(toks []gtok, i int) int {
+	for i > 0 {
+		p := toks[i-1]
+		switch {
+		case p.kind == tWord && strings.HasSuffix(p.text, "."):
+			i--
+		case p.kind == tPunct && p.text == "." && i > 1 && (toks[i-2].kind == tWord || toks[i-2].kind == tQuotedIdent):
+			i -= 2
+		default:
+			return i
+		}
+	}
+	return i
 }
 
 // setConfigArg checks set_config's first argument, at toks[i].

@@ -87,10 +87,14 @@ func TestClassify(t *testing.T) {
 }
 
 func FuzzClassify(f *testing.F) {
-	for _, s := range []string{"SELECT 1", "/* tenant: a */ SET pgtenant.tenant = 'x'", "SELECT $a$ $a", "E'\\", "SET LOCAL"} {
+	for _, s := range []string{"SELECT 1", "/* tenant: a */ SET pgtenant.tenant = 'x'", "SELECT $a$ $a", "E'\\", "SET LOCAL",
+		"DO $$ BEGIN EXECUTE 'SET search_path TO x'; END $$", "SELECT set_config(E'\\u00", `SET U&"a`, "SET \"pgtenant\".", "DO '"} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, sql string) { classify(sql) })
+	f.Fuzz(func(t *testing.T, sql string) {
+		classify(sql)
+		guard(sql)
+	})
 }
 
 func BenchmarkClassify(b *testing.B) {
