@@ -17,6 +17,9 @@ type guardFinding struct {
 	// params are the 1-based bind parameters given as set_config's
 	// setting name: their values are checked at Bind (checkParams).
 	params []int
+	// prepare: a DO body (or a string EXECUTE runs there) starts a
+	// statement with PREPARE, which outlives the transaction.
+	prepare bool
 }
 
 // guardDepth bounds how deep guard looks into string literals inside DO
@@ -36,7 +39,7 @@ const guardDepth = 4
 func guard(sql string) *guardFinding {
 	var g guardFinding
 	guardText(sql, false, 0, &g)
-	if g.err == nil && len(g.params) == 0 {
+	if g.err == nil && len(g.params) == 0 && !g.prepare {
 		return nil
 	}
 	return &g
@@ -191,6 +194,8 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 				if name := resetTarget(toks, i+1); name != "" && isOwnedSetting(name) {
 					g.err = reservedSetError(name)
 				}
+			case depth > 0 && isWord(i, "prepare") && !isWord(i+1, "transaction"):
+				g.prepare = true
 			}
 		}
 		if body && t.kind == tWord && (isWord(i, "begin") || isWord(i, "then") || isWord(i, "else") || isWord(i, "loop")) {

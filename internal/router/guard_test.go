@@ -48,6 +48,11 @@ func TestGuard(t *testing.T) {
 		{"EXPLAIN EXECUTE \"PGTENANT_setup\"('a', 'b')", true, nil},
 		{"EXECUTE my_stmt(1)", false, nil},
 	}
+	for _, sql := range []string{"DO $$ BEGIN EXECUTE 'PREPARE q AS SELECT 1'; END $$", "DO $$ BEGIN PREPARE q AS SELECT 1; END $$"} {
+		if g := guard(sql); g == nil || !g.prepare || g.err != nil {
+			t.Errorf("guard(%q) = %+v, want PREPARE noted", sql, g)
+		}
+	}
 	for _, tt := range tests {
 		g := guard(tt.sql)
 		refused := g != nil && g.err != nil

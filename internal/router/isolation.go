@@ -41,7 +41,7 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 	case info.createTemp && info.tempKept:
 		return &wire.Error{Code: "0A000", Message: "temporary objects are not supported in transaction pool mode: they would outlive the transaction on a shared backend connection",
 			Hint: "Create temporary tables with ON COMMIT DROP inside a transaction, or use session pool mode."}
-	case info.sqlPrepare:
+	case info.sqlPrepare || (g != nil && g.prepare):
 		return &wire.Error{Code: "0A000", Message: "SQL PREPARE and EXECUTE are not supported in transaction pool mode: prepared statements would outlive the transaction on a shared backend connection",
 			Hint: "Use your driver's protocol-level prepared statements (they work in transaction mode), or session pool mode."}
 	case info.holdCursor:

@@ -199,7 +199,8 @@ func TestIsolationSQLPrepare(t *testing.T) {
 			s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 			ctx := ctx(t)
 			d := connect(t, s, "t1", mode)
-			for _, q := range []string{"PREPARE iso_q AS SELECT shard FROM whoami", "EXECUTE iso_q", "prepare \"iso_q\" (int) AS SELECT $1"} {
+			for _, q := range []string{"PREPARE iso_q AS SELECT shard FROM whoami", "EXECUTE iso_q", "prepare \"iso_q\" (int) AS SELECT $1",
+				"DO $$ BEGIN EXECUTE 'PREPARE iso_q AS SELECT shard FROM whoami'; END $$"} {
 				if _, err := d.Exec(ctx, q); pgCode(err) != "0A000" {
 					t.Fatalf("%s in transaction mode: %v, want 0A000", q, err)
 				}
