@@ -353,14 +353,14 @@ func (lx *lexer) endStmt(info *stmtInfo) {
 // noteQuoted notes a quoted identifier: set_config, pg_settings or a
 // pg_temp schema written in quotes.
 func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
-	name := strings.ToLower(strings.ReplaceAll(q[1:max(1, len(q)-1)], `""`, `"`))
+	name := q[1:max(1, len(q)-1)] // no allocation: ORMs quote every name
 	switch {
-	case name == "set_config":
+	case strings.EqualFold(name, "set_config"):
 		info.callsSetConfig = true
 		info.guardScan = true
-	case name == "pg_settings":
+	case strings.EqualFold(name, "pg_settings"):
 		info.guardScan = true
-	case strings.HasPrefix(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
+	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
 		lx.curTemp = true
 	}
 }

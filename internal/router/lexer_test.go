@@ -97,6 +97,13 @@ func FuzzClassify(f *testing.F) {
 	})
 }
 
+func BenchmarkClassifyQuoted(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		classify(`SELECT "public"."User"."id", "public"."User"."email" FROM "public"."User" WHERE "public"."User"."id" = $1 LIMIT $2`)
+	}
+}
+
 func BenchmarkClassify(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
