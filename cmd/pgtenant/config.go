@@ -102,6 +102,12 @@ type RouterConfig struct {
 	// UsageTopK is how many of the busiest tenants are exported as
 	// pgtenant_tenant_* metrics; zero means 20.
 	UsageTopK int `yaml:"usage_top_k"`
+	// SharedSchema is searched after the shard's schema (extensions,
+	// reference tables); nil means public, "" means none.
+	SharedSchema *string `yaml:"shared_schema"`
+	// IdleInTransactionTimeout ends clients idle inside a transaction this
+	// long (25P03); nil means 60s, 0 means never.
+	IdleInTransactionTimeout *time.Duration `yaml:"idle_in_transaction_timeout"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.

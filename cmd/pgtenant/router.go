@@ -44,9 +44,9 @@ Settings come from flags, then the environment (for the five flags that name
 a variable), then the config file's section 'router:', whose keys are the flag
 names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode,
 pool_size, pool_idle_timeout, max_clients, max_message_memory, tls_required,
-...) plus users (name: password), tls_cert/tls_key and tls_required_users
-(a list of user names that must use TLS). Durations are Go durations: 250ms,
-30s, 5m, 1h.
+shared_schema, idle_in_transaction_timeout, ...) plus users (name: password),
+tls_cert/tls_key and tls_required_users (a list of user names that must use
+TLS). Durations are Go durations: 250ms, 30s, 5m, 1h.
 
 Memory: client messages larger than 128 KiB share --max-message-memory
 (default 256 MiB) across all clients; one that finds no room within
@@ -84,6 +84,8 @@ hostssl does.`,
 	cmd.Flags().String("secrets-file", "", "file of NAME=value lines resolving $NAME in node DSNs, before the environment (env PGTENANT_SECRETS_FILE; mode 0600)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
 	addLifecycleFlags(cmd)
+	cmd.Flags().String("shared-schema", "public", "schema searched after the shard's (search_path: shard, this, pg_temp); empty = none")
+	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction this long (SQLSTATE 25P03, rolled back; 0: never)")
 	return cmd
 }
 
@@ -127,6 +129,23 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	cfg.StartupTimeout = durationSetting(cmd, "startup-timeout", rc.StartupTimeout)
 	cfg.ClientIdleTimeout = durationSetting(cmd, "client-idle-timeout", rc.ClientIdleTimeout)
 	cfg.HoldTimeout = durationSetting(cmd, "hold-timeout", rc.HoldTimeout)
+	shared, _ := cmd.Flags().GetString("shared-schema")
+	if rc.SharedSchema != nil && !cmd.Flag("shared-schema").Changed {
+		shared = *rc.SharedSchema
+	}
+	cfg.SharedSchema, cfg.NoSharedSchema = shared, shared == ""
+	idleTxn, _ := cmd.Flags().GetDuration("idle-in-transaction-timeout")
+	if rc.IdleInTransactionTimeout != nil && !cmd.Flag("idle-in-transaction-timeout").Changed {
+		idleTxn = *rc.IdleInTransactionTimeout
+	}
+	switch {
+	case idleTxn < 0:
+		return router.Config{}, usagef("idle-in-transaction-timeout %s: need 0 (never) or a positive duration", idleTxn)
+	case idleTxn == 0:
+		cfg.IdleInTransactionTimeout = -1 // never
+	default:
+		cfg.IdleInTransactionTimeout = idleTxn
+	}
 	p := cfg.Pool
 	switch {
 	case p.MaxSize <= 0:

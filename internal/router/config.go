@@ -138,6 +138,20 @@ type Config struct {
 	// HoldTimeout is how long a transaction for a fenced shard is held
 	// before it fails with 40001. Zero means 10 seconds.
 	HoldTimeout time.Duration
+	// SharedSchema is the schema searched after the shard's: every
+	// transaction runs with search_path "shard_NNNN", SharedSchema,
+	// pg_temp. Extensions and reference tables live there; pg_temp comes
+	// last, explicitly, so that no temporary object shadows a shard's
+	// table. Empty means "public"; NoSharedSchema leaves it out.
+	SharedSchema string
+	// NoSharedSchema makes the search_path "shard_NNNN", pg_temp.
+	NoSharedSchema bool
+	// IdleInTransactionTimeout ends a client that stays idle inside a
+	// transaction this long, as Postgres' idle_in_transaction_session_timeout
+	// does: it gets FATAL 25P03, its transaction is rolled back and its
+	// backend connection goes back to the pool. Zero means 60 seconds;
+	// negative means never.
+	IdleInTransactionTimeout time.Duration
 	// Logger receives session start/end and state changes. Nil discards.
 	Logger *slog.Logger
 	// Metrics receives counters; nil means NewMetrics() (see Server.Metrics).
@@ -154,6 +168,12 @@ type Config struct {
 
 // DefaultMaxMessageMemory is Config.MaxMessageMemory's default: 256 MiB.
 const DefaultMaxMessageMemory = 256 << 20
+// DefaultIdleInTransactionTimeout is Config.IdleInTransactionTimeout's
+// default: a minute is far longer than an app's transaction waits on its own
+// work, and short enough that a client gone silent in a transaction frees
+// its backend connection, its locks and vacuum's horizon soon (GitLab.com
+// runs its Postgres with idle_in_transaction_session_timeout = 60s).
+const DefaultIdleInTransactionTimeout = 60 * time.Second
 
 func (c Config) withDefaults() Config {
 	if c.Listen == "" {
@@ -185,6 +205,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HoldTimeout <= 0 {
 		c.HoldTimeout = 10 * time.Second
+	}
+	if c.SharedSchema == "" {
+		c.SharedSchema = "public"
+	}
+	if c.IdleInTransactionTimeout == 0 {
+		c.IdleInTransactionTimeout = DefaultIdleInTransactionTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -14,7 +14,9 @@ import (
 
 // loop serves the client's messages until it terminates or fails.
 func (ss *session) loop() error {
-	idle := ss.srv.cfg.ClientIdleTimeout
+	idle, idleTxn := ss.srv.cfg.ClientIdleTimeout, ss.srv.cfg.IdleInTransactionTimeout
+	armed := false // a read deadline is set on the client connection
+	inTxn := false // the client is waited for inside a transaction
 	for {
 		if ss.cr.Buffered() == 0 {
 			if ss.cw.Buffered() > 0 {
@@ -23,12 +25,18 @@ func (ss *session) loop() error {
 					return fmt.Errorf("write to client: %w", err)
 				}
 			}
-			if idle > 0 {
-				if ss.inTxn() {
-					ss.nc.SetReadDeadline(time.Time{})
-				} else {
-					ss.nc.SetReadDeadline(time.Now().Add(idle))
-				}
+			inTxn = ss.inTxn()
+			d := idle
+			if inTxn {
+				d = idleTxn
+			}
+			switch {
+			case d > 0:
+				ss.nc.SetReadDeadline(time.Now().Add(d))
+				armed = true
+			case armed:
+				ss.nc.SetReadDeadline(time.Time{})
+				armed = false
 			}
 		}
 		var stopWatch func()
@@ -64,6 +72,14 @@ func (ss *session) loop() error {
 			case errors.Is(err, wire.ErrMalformed):
 				ss.drainSyncs()
 				ss.sendFatal("08P01", fmt.Sprintf("invalid message: %v", err))
+			case errors.As(err, &ne) && ne.Timeout() && inTxn:
+				ss.srv.log.Info("client idle in transaction too long", "session", ss.id, "user", ss.user, "timeout", idleTxn)
+				ss.endIdleTxn()
+				ss.cw.Write(wire.AppendError(ss.out[:0], &wire.Error{Severity: "FATAL", Code: "25P03",
+					Message: "terminating connection due to idle-in-transaction timeout",
+					Hint:    fmt.Sprintf("The transaction was rolled back: the router ends clients idle inside a transaction for %s (idle_in_transaction_timeout).", idleTxn)}))
+				ss.cw.Flush()
+				return errors.New("idle in transaction timeout")
 			case errors.As(err, &ne) && ne.Timeout():
 				ss.sendFatal("57P05", "terminating connection due to idle timeout")
 			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
@@ -151,6 +167,46 @@ func (ss *session) sendError(werr *wire.Error, sev string) {
 	ss.cw.Flush()
 }
 
+// endIdleTxn rolls back the transaction of a client that stayed idle in
+// it too long, so that session.end returns its backend to the pool; a
+// backend in any other state (an unsynced pipeline, answers not read) is
+// closed instead, which rolls it back too.
+func (ss *session) endIdleTxn() {
+	be := ss.be
+	if be == nil || ss.status == 'I' {
+		return
+	}
+	if ss.unsynced || len(ss.queue) > 0 || be.Broken() {
+		be.MarkBroken()
+		return
+	}
+	be.SetDeadline(time.Now().Add(5 * time.Second))
+	be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
+	ok := be.W.Flush() == nil
+	for ok {
+		typ, body, err := be.R.ReadMessage()
+		if err != nil || typ == wire.MsgErrorResponse {
+			ok = false
+			break
+		}
+		if typ == wire.MsgReadyForQuery {
+			ok = len(body) == 1 && body[0] == 'I'
+			break
+		}
+	}
+	be.SetDeadline(time.Time{})
+	if !ok {
+		be.MarkBroken()
+		return
+	}
+	be.Unnamed = nil
+	ss.status = 'I'
+	ss.doubtSetup()
+	if len(ss.txnSets) > 0 {
+		ss.endTxnSets(false)
+	}
+}
+
 func (ss *session) sendFatal(code, msg string) {
 	ss.cw.Write(wire.AppendError(ss.out[:0], &wire.Error{Severity: "FATAL", Code: code, Message: msg}))
 	ss.cw.Flush()
@@ -223,6 +279,11 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 			ss.push(expect{kind: eQuery, swallow: true})
 			if err := ss.drain(false); err != nil {
 				return err
+			}
+			if ss.be != nil && ss.srv.cfg.PoolMode == PoolSession {
+				// Not reset with DISCARD ALL (see session.end): the next
+				// client must not get what this one left on it.
+				ss.be.MarkBroken()
 			}
 			ss.releaseBackend()
 		}
@@ -301,6 +362,13 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			return ss.reply("ROLLBACK", nil)
 		}
 		return abortedError()
+	}
+	var g *guardFinding
+	if info.guardScan {
+		g = guard(sql)
+	}
+	if e := ss.refuse(&info, g); e != nil {
+		return e
 	}
 	if info.txnThenMore && ss.srv.cfg.PoolMode == PoolTransaction && ss.inTxn() {
 		// Refused whether or not this transaction's settings are local, so
@@ -427,8 +495,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				}
 			}
 		case kDeallocate:
-			if ss.be == nil {
-				return ss.reply("DEALLOCATE", nil)
+			if tag, e, ok := ss.deallocate(&info); ok {
+				if e != nil {
+					return e
+				}
+				return ss.reply(tag, nil)
 			}
 		}
 	}
@@ -571,6 +642,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
+		if def.info.guardScan {
+			def.guard = guard(q)
+		}
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
@@ -578,6 +652,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		// A large text stays counted in the budget for client messages
 		// for as long as the statement is kept.
 		wire.KeepWith(ss.cr, def)
+	}
+	if e := ss.refuse(&def.info, def.guard); e != nil {
+		return e
 	}
 	if len(pm.Name) != 0 {
 		def.server = ss.srv.serverName(def.query, pm.Rest)
@@ -667,8 +744,21 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		}
 		return abortedError()
 	}
+	if def.guard != nil {
+		if e := def.guard.checkParams(bm.Rest); e != nil {
+			return e
+		}
+	}
 	if !def.info.multi {
 		switch def.info.kind {
+		case kDeallocate:
+			if tag, e, ok := ss.deallocate(&def.info); ok {
+				if e != nil {
+					return e
+				}
+				ss.synthPortal(bm.Portal, tag)
+				return nil
+			}
 		case kBegin:
 			if ss.canDefer() {
 				if ss.pendingBegin == "" {

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
 	"github.com/pgtenant/pgtenant/internal/usage"
@@ -62,6 +64,8 @@ type Server struct {
 	// certificate (cbindFixed); otherwise it is found per connection.
 	cbind      []byte
 	cbindFixed bool
+	// pathTail follows the shard's schema in search_path (see searchPath).
+	pathTail string
 
 	lnMu   sync.Mutex
 	ln     net.Listener
@@ -110,6 +114,10 @@ func New(cfg Config) *Server {
 		s.cbind, _ = wire.TLSServerEndPoint(t.Certificates[0].Certificate[0])
 		s.cbindFixed = true
 	}
+	s.pathTail = ", pg_temp"
+	if !cfg.NoSharedSchema {
+		s.pathTail = ", " + pgx.Identifier{cfg.SharedSchema}.Sanitize() + s.pathTail
+	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
 	pc := cfg.Pool
@@ -118,6 +126,14 @@ func New(cfg Config) *Server {
 	s.m.setPools(s.poolStats)
 	s.startUsage()
 	return s
+}
+
+// searchPath is the search_path for a shard's schema: the shard, the shared
+// schema, then pg_temp (explicitly last: left out, Postgres would search it
+// first, and a temporary table would shadow the shard's table of the same
+// name).
+func (s *Server) searchPath(schema string) string {
+	return pgx.Identifier{schema}.Sanitize() + s.pathTail
 }
 
 func (s *Server) nodeMetrics(node string) *nodeMetrics { return s.m.node(node) }

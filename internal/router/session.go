@@ -30,6 +30,8 @@ type stmtDef struct {
 	// session.serverStmt).
 	tag, tagged string
 	info        stmtInfo
+	// guard is what guard found in query (nil: nothing).
+	guard *guardFinding
 }
 
 // setting is one session setting the client made.
@@ -127,6 +129,10 @@ type session struct {
 	skipToSync   bool
 	listening    bool
 
+	// cleanDue: the attached backend came from the pool in transaction
+	// mode and may hold another client's temporary objects; DISCARD TEMP
+	// goes before this client's first statement on it (see isolation.go).
+	cleanDue bool
 	// setupDue: the attached backend still needs setupPath (a quoted
 	// identifier; "" when its search_path is right already) and
 	// setupTenant, sent by writeSetup or flushSetup.
