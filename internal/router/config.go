@@ -168,6 +168,7 @@ type Config struct {
 
 // DefaultMaxMessageMemory is Config.MaxMessageMemory's default: 256 MiB.
 const DefaultMaxMessageMemory = 256 << 20
+
 // DefaultIdleInTransactionTimeout is Config.IdleInTransactionTimeout's
 // default: a minute is far longer than an app's transaction waits on its own
 // work, and short enough that a client gone silent in a transaction frees
