@@ -328,6 +328,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		switch info.kind {
 		case kBegin:
 			if ss.canDefer() {
+				if e := checkTxnStart(sql); e != nil {
+					return e // as the server would refuse it, before anything runs
+				}
 				if ss.pendingBegin != "" {
 					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
@@ -349,6 +352,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		case kSet:
 			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
 				if ss.pendingBegin != "" {
+					if e := checkTxnStart(sql); e != nil {
+						return e
+					}
 					ss.pendingBegin += ";" + sql
 					return ss.reply("SET", nil)
 				}
@@ -537,6 +543,13 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
+		}
+	}
+	if def.info.kind == kBegin && !def.info.multi {
+		// The router may answer its Bind itself (a deferred BEGIN): refuse a
+		// malformed one now, as the server's Parse would.
+		if e := checkTxnStart(def.orig); e != nil {
+			return e
 		}
 	}
 	if len(pm.Name) != 0 {

@@ -275,6 +275,7 @@ type Error struct {
 	Message  string
 	Detail   string
 	Hint     string
+	Position string // cursor position in the query text, characters from 1
 }
 
 func (e *Error) Error() string { return e.Message + " (SQLSTATE " + e.Code + ")" }
@@ -305,6 +306,7 @@ func AppendError(dst []byte, e *Error) []byte {
 	field('M', e.Message)
 	field('D', e.Detail)
 	field('H', e.Hint)
+	field('P', e.Position)
 	dst = append(dst, 0)
 	return finish(dst, at)
 }
