@@ -101,3 +101,76 @@ func TestFidelityInvalidBegin(t *testing.T) {
 		return strings.Join(out, " | ")
 	})
 }
+
+// Parse of a statement name that exists fails with 42P05, whatever its text;
+// the statement stays as it was.
+func TestFidelityReparseNamed(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		c.send(&pgproto3.Parse{Name: "ps", Query: "SELECT 1"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		for _, q := range []string{"SELECT 2", "SELECT 1"} {
+			c.send(&pgproto3.Parse{Name: "ps", Query: q}, &pgproto3.Bind{PreparedStatement: "ps"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			out = append(out, c.recv(1))
+		}
+		c.send(&pgproto3.Bind{PreparedStatement: "ps"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		// The unnamed statement may be replaced.
+		c.send(&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Parse{Query: "SELECT 2"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		return strings.Join(out, " | ")
+	})
+}
+
+// SQL DEALLOCATE of a statement prepared with Parse works, in the simple and
+// the extended protocol; DEALLOCATE of a name that does not exist is 26000.
+func TestFidelityDeallocateSQL(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		c.send(&pgproto3.Parse{Name: "ps", Query: "SELECT shard FROM whoami"}, &pgproto3.Bind{PreparedStatement: "ps"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("DEALLOCATE ps"), c.q("DEALLOCATE ps"))
+		c.send(&pgproto3.Bind{PreparedStatement: "ps"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Parse{Name: "Ps 2", Query: "SELECT 2"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Parse{Query: `deallocate prepare "Ps 2"`}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Parse{Name: "Ps 2", Query: "SELECT 3"}, &pgproto3.Bind{PreparedStatement: "Ps 2"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("DEALLOCATE ALL"))
+		c.send(&pgproto3.Bind{PreparedStatement: "Ps 2"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		return strings.Join(out, " | ")
+	})
+}
+
+// After DDL, a statement deallocated (protocol Close or SQL DEALLOCATE) and
+// prepared again with the same text reaches a fresh server statement.
+func TestFidelityReprepareAfterDDL(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		out = append(out, c.q("DROP TABLE IF EXISTS fid_ddl; DROP TYPE IF EXISTS fid_mood; CREATE TABLE fid_ddl (a int, b int); INSERT INTO fid_ddl VALUES (1, 2); CREATE TYPE fid_mood AS ENUM ('x', 'y')"))
+		run := func(name, sql string, params ...[]byte) {
+			c.send(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Describe{ObjectType: 'S', Name: name},
+				&pgproto3.Bind{PreparedStatement: name, Parameters: params}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			out = append(out, c.recv(1))
+		}
+		run("ps", "SELECT * FROM fid_ddl")
+		out = append(out, c.q("ALTER TABLE fid_ddl DROP COLUMN b"))
+		c.send(&pgproto3.Close{ObjectType: 'S', Name: "ps"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		run("ps", "SELECT * FROM fid_ddl")
+		out = append(out, c.q("ALTER TABLE fid_ddl ADD COLUMN c text DEFAULT 'c'"))
+		out = append(out, c.q("DEALLOCATE ps"))
+		run("ps", "SELECT * FROM fid_ddl")
+
+		run("pt", "SELECT $1::fid_mood::text", []byte("x"))
+		out = append(out, c.q("DROP TYPE fid_mood; CREATE TYPE fid_mood AS ENUM ('y', 'x')"))
+		c.send(&pgproto3.Close{ObjectType: 'S', Name: "pt"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		run("pt", "SELECT $1::fid_mood::text", []byte("x"))
+		out = append(out, c.q("DEALLOCATE pt"), c.q("DROP TABLE fid_ddl; DROP TYPE fid_mood"))
+		return strings.Join(out, " | ")
+	})
+}

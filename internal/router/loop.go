@@ -389,14 +389,26 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
 				ss.sets = nil
 				ss.resig()
-				ss.stmts = make(map[string]*stmtDef)
+				ss.deallocateAll()
 				ss.unnamed = nil
 				if ss.be == nil {
 					return ss.reply("DISCARD ALL", nil)
 				}
 			}
 		case kDeallocate:
+			name, all, ok := deallocateTarget(sql)
+			switch {
+			case ok && !all && ss.deallocate(name):
+				return ss.reply("DEALLOCATE", nil)
+			case ok && all:
+				ss.deallocateAll()
+			case ok && ss.be == nil:
+				return &wire.Error{Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
+			}
 			if ss.be == nil {
+				if all {
+					return ss.reply("DEALLOCATE ALL", nil)
+				}
 				return ss.reply("DEALLOCATE", nil)
 			}
 		}
@@ -553,6 +565,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		}
 	}
 	if len(pm.Name) != 0 {
+		if _, ok := ss.stmts[string(pm.Name)]; ok {
+			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
+		}
 		def.server = ss.srv.serverName(def.query, pm.Rest)
 		ss.stmts[string(pm.Name)] = def
 	} else {
@@ -609,6 +624,25 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	return ss.prepareOn(def, false), nil
 }
 
+// deallocate forgets the client's statement name, if it has one, and
+// reports whether it had.
+func (ss *session) deallocate(name string) bool {
+	def, ok := ss.stmts[name]
+	if !ok {
+		return false
+	}
+	delete(ss.stmts, name)
+	ss.srv.forgetStmt(def.server, def.query, def.types)
+	return true
+}
+
+// deallocateAll forgets all the client's statements.
+func (ss *session) deallocateAll() {
+	for name := range ss.stmts {
+		ss.deallocate(name)
+	}
+}
+
 func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {
 	if len(name) == 0 {
 		if ss.unnamed == nil {
@@ -642,6 +676,15 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	if !def.info.multi {
 		switch def.info.kind {
+		case kDeallocate:
+			// A statement the client prepared with Parse is the router's
+			// to forget; the server knows it under another name.
+			if name, all, ok := deallocateTarget(def.orig); ok && !all && ss.deallocate(name) {
+				ss.synthPortal(bm.Portal, "DEALLOCATE")
+				return nil
+			} else if ok && all {
+				ss.deallocateAll()
+			}
 		case kBegin:
 			if ss.canDefer() {
 				if ss.pendingBegin == "" {
@@ -855,7 +898,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		if name == "" {
 			ss.unnamed = nil
 		} else {
-			delete(ss.stmts, name)
+			ss.deallocate(name)
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil

@@ -246,3 +246,33 @@ func (p *txnParser) next() {
 		p.i++
 	}
 }
+
+// deallocateTarget reads DEALLOCATE [PREPARE] {name | ALL}: the statement
+// name as the server would fold it, or all; ok is false for anything else.
+func deallocateTarget(sql string) (name string, all, ok bool) {
+	p := txnParser{s: sql}
+	p.next()
+	if !p.kw("deallocate") {
+		return "", false, false
+	}
+	p.next()
+	if p.kw("prepare") {
+		p.next()
+	}
+	switch {
+	case p.tok == "\x00ident":
+		name = strings.ReplaceAll(p.text[1:len(p.text)-1], `""`, `"`)
+	case p.kw("all"):
+		all = true
+	case p.tok != "" && (p.tok[0] == '_' || p.tok[0] >= 'a' && p.tok[0] <= 'z' || p.tok[0] >= 0x80):
+		name = p.tok
+	default:
+		return "", false, false
+	}
+	p.next()
+	if p.tok != "" && p.tok != ";" {
+		return "", false, false
+	}
+	p.next()
+	return name, all, p.tok == ""
+}
