@@ -896,9 +896,6 @@ func (ss *session) drain(all bool) error {
 					ss.doubtSetup() // inside a transaction that may roll back
 				}
 			}
-			if ss.syncs == 0 {
-				ss.copyEnds = 0
-			}
 			if len(ss.txnSets) > 0 && ss.status == 'I' {
 				ss.endTxnSets(true)
 			}
@@ -918,6 +915,9 @@ func (ss *session) drain(all bool) error {
 			}
 			continue
 		case wire.MsgErrorResponse:
+			if sev := wire.ErrorSeverity(body); sev == "FATAL" || sev == "PANIC" {
+				return ss.backendFatal(body)
+			}
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
 				ss.relay(typ, body)
@@ -943,6 +943,7 @@ func (ss *session) drain(all bool) error {
 				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+					ss.dropParsed(&ss.queue[0])
 					if q := &ss.queue[0]; q.kind == eParse {
 						// Skipped by the server: not prepared there.
 						if q.name != "" {
@@ -958,13 +959,18 @@ func (ss *session) drain(all bool) error {
 					// client's Query too: the Sync's ReadyForQuery ends it.
 					be.W.Write(wire.SyncMsg)
 				}
+				if len(ss.queue) == 0 {
+					// No Sync sent yet (a pipeline with Flush): the server
+					// ignores what the client sends until its Sync, and
+					// answers nothing; the router must not wait for answers.
+					ss.skipToSync = true
+				}
 			}
 			continue
 		case wire.MsgCopyInResponse:
 			ss.relay(typ, body)
-			if ss.copyEnds > 0 {
-				ss.copyEnds-- // the client already sent the whole COPY
-				continue
+			if e.copyDone {
+				continue // the client already sent the whole COPY
 			}
 			if err := ss.copyIn(be); err != nil {
 				return err
@@ -1006,6 +1012,29 @@ func (ss *session) drain(all bool) error {
 		}
 	}
 	return nil
+}
+
+// errBackendFatal ends a session whose backend reported a FATAL error.
+var errBackendFatal = errors.New("the backend connection ended with a FATAL error")
+
+// backendFatal relays a FATAL ErrorResponse (pg_terminate_backend, a server
+// shutting down, an idle session timeout) and ends the session: the server
+// closes the connection after it, and clients wait for that close (as
+// node-postgres does) rather than for a ReadyForQuery that never comes.
+func (ss *session) backendFatal(body []byte) error {
+	be := ss.be
+	ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
+	ss.srv.log.Info("backend connection ended", "session", ss.id, "node", be.Node(), "code", wire.ErrorCode(body), "err", wire.ErrorMessage(body))
+	ss.relay(wire.MsgErrorResponse, body)
+	be.MarkBroken()
+	ss.releaseBackend()
+	ss.status = 'I'
+	clear(ss.queue)
+	ss.queue = ss.qbuf[:0]
+	ss.syncs = 0
+	ss.closing = true
+	ss.cw.Flush()
+	return errBackendFatal
 }
 
 // backendPending reports whether any queued response must come from the backend.

@@ -121,6 +121,9 @@
 //	0A000  feature not supported (LISTEN in transaction mode, reserved settings, replication connections,
 //	       in transaction mode a Query with statements after the COMMIT or ROLLBACK of its transaction)
 //	3D000  also: a database name other than Config.Database
+//	42601  a malformed BEGIN or SET TRANSACTION the router would defer (as the server words it)
+//	42P05  Parse of a statement name in use; 26000 DEALLOCATE of a name that does not exist
+//	01000  (WARNING at connect) a startup search_path or other router-owned setting, ignored
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
 //	40001  the shard is being moved (held too long, or its transaction was cut)

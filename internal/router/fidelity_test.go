@@ -2,9 +2,13 @@ package router
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -27,6 +31,7 @@ func tcDirect(t *testing.T, shard int) *tc {
 		t.Fatal(err)
 	}
 	cfg.RuntimeParams["search_path"] = placement.SchemaName(shard)
+	cfg.RuntimeParams["pgtenant.tenant_id"] = fmt.Sprintf("t%d", shard)
 	pc, err := pgconn.ConnectConfig(ctx(t), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -173,4 +178,202 @@ func TestFidelityReprepareAfterDDL(t *testing.T) {
 		out = append(out, c.q("DEALLOCATE pt"), c.q("DROP TABLE fid_ddl; DROP TYPE fid_mood"))
 		return strings.Join(out, " | ")
 	})
+}
+
+// recvUntil reads until a message of type T (or an error), and returns the
+// transcript as recv does.
+func recvUntil[T pgproto3.BackendMessage](r *tc) string {
+	var out []string
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			r.pc.Conn().Close() // a hang fails the test instead of blocking it
+		}
+	}()
+	defer close(done)
+	for {
+		msg, err := r.fe.Receive()
+		if err != nil {
+			return strings.Join(append(out, "CLOSED"), " ") // EOF or reset, as it comes
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			out = append(out, "E("+m.Code+":"+m.Message+")")
+		case *pgproto3.DataRow:
+			out = append(out, "D("+string(m.Values[0])+")")
+		case *pgproto3.ParseComplete:
+			out = append(out, "P")
+		case *pgproto3.BindComplete:
+			out = append(out, "B")
+		case *pgproto3.CommandComplete:
+			out = append(out, "C("+string(m.CommandTag)+")")
+		case *pgproto3.ReadyForQuery:
+			out = append(out, "Z"+string(m.TxStatus))
+		default:
+			out = append(out, fmt.Sprintf("%T", m))
+		}
+		if _, ok := msg.(T); ok {
+			return strings.Join(out, " ")
+		}
+	}
+}
+
+// After an error in a pipeline ended by Flush, the server ignores
+// everything up to the client's Sync and then answers ReadyForQuery; the
+// router must not wait for answers in between. The backend does not stay
+// active and the client is no longer counted once it leaves.
+func TestFidelityPipelineErrorFlush(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		pbe := func(sql string) {
+			c.fe.Send(&pgproto3.Parse{Query: sql})
+			c.fe.Send(&pgproto3.Bind{})
+			c.fe.Send(&pgproto3.Execute{})
+		}
+		pbe("select 1/(3-n) from generate_series(1,10) n")
+		c.send(&pgproto3.Flush{})
+		out = append(out, recvUntil[*pgproto3.ErrorResponse](c))
+		pbe("select 3")
+		c.send(&pgproto3.Flush{})
+		pbe("select 4")
+		c.send(&pgproto3.Sync{})
+		out = append(out, recvUntil[*pgproto3.ReadyForQuery](c))
+		out = append(out, c.q("select 5"))
+		return strings.Join(out, " | ")
+	})
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+		c := tcConnect(t, s, "t2")
+		c.fe.Send(&pgproto3.Parse{Query: "select 1/(3-n) from generate_series(1,10) n /* fid_flush */"})
+		c.fe.Send(&pgproto3.Bind{})
+		c.fe.Send(&pgproto3.Execute{})
+		c.send(&pgproto3.Flush{})
+		recvUntil[*pgproto3.ErrorResponse](c)
+		c.fe.Send(&pgproto3.Parse{Query: "select 3"})
+		c.fe.Send(&pgproto3.Bind{})
+		c.fe.Send(&pgproto3.Execute{})
+		c.send(&pgproto3.Flush{})
+		c.pc.Close(ctx(t))
+		waitFor(t, mode, "the router counts no client", func() bool { return len(s.Clients()) == 0 })
+		waitFor(t, mode, "no backend active in the failed pipeline", func() bool {
+			var n int
+			err := pgxQueryRow(t, nodeDSN(nodeA), "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%fid_flush%' AND state <> 'idle' AND pid <> pg_backend_pid()", &n)
+			return err == nil && n == 0
+		})
+	}
+}
+
+// waitFor polls cond for up to ten seconds (the router acts on a
+// disconnect asynchronously) and fails t if it never holds.
+func waitFor(t *testing.T, mode PoolMode, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("%s mode: %s: not so after 10s", mode, what)
+}
+
+func pgxQueryRow(t *testing.T, dsn, sql string, dst ...any) error {
+	c, err := pgx.Connect(ctx(t), dsn)
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx(t))
+	return c.QueryRow(ctx(t), sql).Scan(dst...)
+}
+
+// A COPY after a failed COPY (the client streamed its data regardless, as
+// pgconn does) finishes.
+func TestFidelityCopyAfterFailedCopy(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		c.send(&pgproto3.Query{String: "COPY nosuchtable FROM STDIN"})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.CopyData{Data: []byte("x\n")}, &pgproto3.CopyDone{})
+		for i := 0; i < 2; i++ {
+			c.send(&pgproto3.Query{String: "COPY sink (body) FROM STDIN"})
+			out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+			c.send(&pgproto3.CopyData{Data: []byte("fid_copy\n")}, &pgproto3.CopyDone{})
+			out = append(out, c.recv(1))
+		}
+		out = append(out, c.q("DELETE FROM sink WHERE body = 'fid_copy'"))
+		return strings.Join(out, " | ")
+	})
+}
+
+// After a backend's FATAL error the client gets it and then the connection
+// closes, as from PostgreSQL.
+func TestFidelityBackendFatalCloses(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		out = append(out, c.q("BEGIN"))
+		got := c.q("SELECT pg_backend_pid() FROM whoami")
+		pid := strings.TrimSuffix(strings.TrimPrefix(strings.Fields(got)[0], "D("), ")")
+		var ok bool
+		if err := pgxQueryRow(t, nodeDSN(nodeA), "SELECT pg_terminate_backend("+pid+")", &ok); err != nil || !ok {
+			t.Fatalf("terminate %s: %v %v", pid, ok, err)
+		}
+		c.send(&pgproto3.Query{String: "SELECT 1 FROM whoami"})
+		out = append(out, recvUntil[*pgproto3.ReadyForQuery](c))
+		return strings.Join(out, " | ")
+	})
+}
+
+// A client that goes away before its startup packet is complete gets no
+// reply, as from PostgreSQL.
+func TestFidelityEarlyClose(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", nodeA.Cluster.Port), s.Addr().String()} {
+		for _, sent := range [][]byte{nil, {0, 0}, {0, 0, 0, 40, 0, 3, 0, 0}} {
+			nc, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc.Write(sent)
+			nc.(*net.TCPConn).CloseWrite()
+			nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(nc)
+			nc.Close()
+			if len(got) != 0 || err != nil {
+				t.Errorf("%s after %v then close: got %q, %v; want nothing", addr, sent, got, err)
+			}
+		}
+	}
+}
+
+// A startup search_path is ignored with a warning at connect; SHOW
+// search_path shows the tenant's shard schema (pg_catalog without a tenant).
+func TestStartupSearchPath(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	for _, tc := range []struct{ tenant, want string }{{"t2", `"shard_0002"`}, {"", `"pg_catalog"`}} {
+		cfg, err := pgconn.ParseConfig(routerURL(s, tc.tenant))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams["search_path"] = "public"
+		var notices []string
+		cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+			notices = append(notices, n.Severity+" "+n.Code+" "+n.Message)
+		}
+		pc, err := pgconn.ConnectConfig(ctx(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := pc.Exec(ctx(t), "SHOW search_path").ReadAll()
+		pc.Close(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(res[0].Rows[0][0]); got != tc.want {
+			t.Errorf("tenant %q: SHOW search_path = %q, want %q", tc.tenant, got, tc.want)
+		}
+		if len(notices) != 1 || !strings.Contains(notices[0], `WARNING 01000 startup parameter "search_path" is ignored`) {
+			t.Errorf("tenant %q: notices %q, want one warning about search_path", tc.tenant, notices)
+		}
+	}
 }

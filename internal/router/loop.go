@@ -91,7 +91,7 @@ func (ss *session) loop() error {
 			if ss.be != nil {
 				wire.WriteFrame(ss.be.W, typ, body)
 				if typ != wire.MsgCopyData {
-					ss.copyEnds++
+					ss.markCopyDone()
 					if ss.cr.Buffered() == 0 {
 						if err := ss.drain(false); err != nil {
 							return err
@@ -103,6 +103,9 @@ func (ss *session) loop() error {
 			ss.sendFatal("08P01", fmt.Sprintf("invalid frontend message type %q", typ))
 			return fmt.Errorf("invalid message type %q", typ)
 		}
+		if ss.closing {
+			return errBackendFatal
+		}
 		if werr != nil {
 			if werr.Severity == "FATAL" {
 				ss.drainSyncs()
@@ -112,6 +115,21 @@ func (ss *session) loop() error {
 			if err := ss.localError(werr, typ != wire.MsgQuery); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// markCopyDone attributes a CopyDone or CopyFail the client sent ahead of
+// the server's CopyInResponse to the oldest client Query or Execute still
+// waiting for its answer that has none yet. One whose statement already
+// failed (COPY into a missing table while the client streams) was ignored
+// by the server, as outside COPY it ignores such messages; it must not
+// count for a later COPY, which would then never read its data.
+func (ss *session) markCopyDone() {
+	for i := range ss.queue {
+		if e := &ss.queue[i]; (e.kind == eQuery || e.kind == eExec) && !e.swallow && !e.copyDone {
+			e.copyDone = true
+			return
 		}
 	}
 }
@@ -586,7 +604,22 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if !sent {
 		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
 	}
+	if len(pm.Name) != 0 {
+		q := &ss.queue[len(ss.queue)-1]
+		q.stmt, q.stmtName = def, string(pm.Name)
+	}
 	return nil
+}
+
+// dropParsed forgets the client statement whose Parse e answers, when the
+// server refused the Parse or skipped it after an earlier error of the
+// pipeline: as on a server, it does not exist.
+func (ss *session) dropParsed(e *expect) {
+	// (The unnamed statement is left alone: a skipped Parse leaves the
+	// previous one on a server, a refused one is refused again at Bind.)
+	if e.stmt != nil && e.stmtName != "" && ss.stmts[e.stmtName] == e.stmt {
+		delete(ss.stmts, e.stmtName)
+	}
 }
 
 // parseNow sends def's Parse to a backend at once, its answer (ParseComplete

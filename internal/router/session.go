@@ -51,6 +51,14 @@ type expect struct {
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
+	// stmt is the client's statement (named stmtName, "" for the unnamed
+	// one) whose Parse this answers: forgotten should the server skip or
+	// refuse the Parse (see dropParsed).
+	stmt     *stmtDef
+	stmtName string
+	// copyDone: the client sent CopyDone or CopyFail for this Query or
+	// Execute ahead of the server's CopyInResponse (see markCopyDone).
+	copyDone bool
 }
 
 const (
@@ -120,7 +128,9 @@ type session struct {
 	synthValue   string
 	synthFormat  int16
 	skipToSync   bool
-	listening    bool
+	// closing: the backend sent a FATAL error, relayed; the session ends.
+	closing   bool
+	listening bool
 
 	// setupDue: the attached backend still needs setupPath (a quoted
 	// identifier; "" when its search_path is right already) and
@@ -176,9 +186,6 @@ type session struct {
 	queue []expect // pending responses, in order
 	qbuf  []expect // queue's backing array, reused once the queue empties
 	syncs int      // eSync/eQuery/eSynthRFQ items in queue
-	// copyEnds counts CopyDone/CopyFail forwarded before the server's
-	// CopyInResponse was read.
-	copyEnds int
 	// relayed is set when server messages were buffered for the client
 	// since the last flush.
 	relayed bool
@@ -197,7 +204,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	for {
 		b, err := cr.ReadStartup()
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			// A client that goes away before its startup packet is complete
+			// gets no reply, as from PostgreSQL and pgbouncer; only a
+			// malformed packet is answered.
+			if errors.Is(err, wire.ErrMalformed) {
 				s.m.ClientRefused.WithLabelValues("startup").Inc()
 				writeFatal(nc, "08P01", fmt.Sprintf("invalid startup packet: %v", err))
 			}
@@ -308,6 +318,7 @@ func (ss *session) startup(params map[string]string) error {
 		}
 	}
 	var ps []setting
+	var ignored []string // startup settings the router owns
 	for k, v := range opts {
 		if k == tenantSetting {
 			if err := placement.ValidateTenantID(v); err != nil {
@@ -318,6 +329,7 @@ func (ss *session) startup(params map[string]string) error {
 			continue
 		}
 		if isReserved(k) || k == "search_path" {
+			ignored = append(ignored, k)
 			continue
 		}
 		ps = append(ps, setting{name: k, stmt: "SET " + pgx.Identifier{k}.Sanitize() + " TO " + quoteLiteral(v)})
@@ -331,6 +343,14 @@ func (ss *session) startup(params map[string]string) error {
 	ss.setView()
 
 	out := wire.AppendAuth(nil, wire.AuthOK, nil)
+	sortStrings(ignored)
+	for _, k := range ignored {
+		// Said, not silently dropped: SHOW search_path would otherwise
+		// surprise (the tenant's shard schema, or pg_catalog without one).
+		out = wire.AppendError(out, &wire.Error{Severity: "WARNING", Code: "01000",
+			Message: fmt.Sprintf("startup parameter %q is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard", k),
+			Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema."})
+	}
 	sp := s.serverParams(ss.ctx)
 	enc := params["client_encoding"]
 	if enc == "" || isUTF8(enc) {
@@ -538,6 +558,14 @@ func (ss *session) resig() {
 		b.WriteString(";")
 	}
 	ss.sig = b.String()
+}
+
+func sortStrings(ss []string) {
+	for i := 1; i < len(ss); i++ {
+		for j := i; j > 0 && ss[j] < ss[j-1]; j-- {
+			ss[j], ss[j-1] = ss[j-1], ss[j]
+		}
+	}
 }
 
 func sortSettings(ps []setting) {

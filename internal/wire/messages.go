@@ -231,6 +231,15 @@ func ErrorMessage(body []byte) string {
 	return errorField(body, 'M')
 }
 
+// ErrorSeverity returns the severity of an ErrorResponse body (the
+// untranslated V field, else S): ERROR, FATAL or PANIC.
+func ErrorSeverity(body []byte) string {
+	if v := errorField(body, 'V'); v != "" {
+		return v
+	}
+	return errorField(body, 'S')
+}
+
 func errorField(body []byte, f byte) string {
 	for len(body) > 0 && body[0] != 0 {
 		t := body[0]
