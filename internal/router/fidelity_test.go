@@ -377,3 +377,23 @@ func TestStartupSearchPath(t *testing.T) {
 		}
 	}
 }
+
+// A backend terminated while its session-mode client listens idle: the
+// client gets the FATAL error at once and the connection closes.
+func TestFidelityFatalWhileListening(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
+	f := func(c *tc) string {
+		got := c.q("LISTEN fid_chan")
+		got2 := c.q("SELECT pg_backend_pid() FROM whoami")
+		pid := strings.TrimSuffix(strings.TrimPrefix(strings.Fields(got2)[0], "D("), ")")
+		var ok bool
+		if err := pgxQueryRow(t, nodeDSN(nodeA), "SELECT pg_terminate_backend("+pid+")", &ok); err != nil || !ok {
+			t.Fatalf("terminate %s: %v %v", pid, ok, err)
+		}
+		return got + " | " + recvUntil[*pgproto3.ReadyForQuery](c)
+	}
+	want := f(tcDirect(t, 2))
+	if got := f(tcConnect(t, s, "t2")); got != want {
+		t.Errorf("session mode:\n got: %s\nwant: %s (PostgreSQL)", got, want)
+	}
+}

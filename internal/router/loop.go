@@ -992,6 +992,14 @@ func (ss *session) watchNotifications() func() {
 				if ss.cw.Flush() != nil {
 					return
 				}
+			case wire.MsgErrorResponse:
+				// A FATAL error (pg_terminate_backend, shutdown): relayed,
+				// then the client's connection closes, as with a server.
+				be.MarkBroken()
+				wire.WriteFrame(ss.cw, typ, body)
+				ss.cw.Flush()
+				ss.nc.Close()
+				return
 			default:
 				be.MarkBroken()
 				return
