@@ -861,7 +861,14 @@ func (ss *session) drain(all bool) error {
 				return err
 			}
 		}
-		typ, body, err := be.R.ReadMessage()
+		var typ byte
+		var body []byte
+		var err error
+		if ss.held != nil {
+			typ, body, ss.held = ss.held[0], ss.held[1:], nil
+		} else {
+			typ, body, err = be.R.ReadMessage()
+		}
 		if err != nil {
 			ss.backendFailed(err)
 			continue
@@ -1064,6 +1071,27 @@ func (ss *session) copyIn(be *pool.Conn) error {
 				return nil
 			}
 		}
+		if ss.cr.Buffered() == 0 && (be.R.Buffered() > 0 || be.Readable()) {
+			// The server spoke during COPY FROM STDIN: a notice, or an
+			// error that ended the COPY (a bad row). An error goes to the
+			// client now (drain relays it), not after the rest of its data,
+			// which the router then drops (copyDiscard).
+			typ, body, err := be.R.ReadMessage()
+			if err != nil {
+				ss.backendFailed(err)
+				return nil
+			}
+			if typ == wire.MsgNotice || typ == wire.MsgParamStatus || typ == wire.MsgNotification {
+				ss.relay(typ, body)
+				if err := ss.cw.Flush(); err != nil {
+					return err
+				}
+				continue
+			}
+			ss.held = append(append(ss.held[:0], typ), body...)
+			ss.copyDiscard, ss.copyStreaming = true, false
+			return nil
+		}
 		typ, body, err := ss.cr.ReadMessage()
 		if err != nil {
 			be.MarkBroken()
@@ -1073,6 +1101,7 @@ func (ss *session) copyIn(be *pool.Conn) error {
 		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
 			wire.WriteFrame(be.W, typ, body)
 			if typ != wire.MsgCopyData {
+				ss.copyStreaming = false
 				return nil
 			}
 		case wire.MsgFlush, wire.MsgSync:

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -395,5 +396,35 @@ func TestFidelityFatalWhileListening(t *testing.T) {
 	want := f(tcDirect(t, 2))
 	if got := f(tcConnect(t, s, "t2")); got != want {
 		t.Errorf("session mode:\n got: %s\nwant: %s (PostgreSQL)", got, want)
+	}
+}
+
+// A COPY FROM STDIN that the server ends part way (a bad row) fails at
+// once for a client that keeps streaming (pgconn watches for the error and
+// stops), and the connection goes on.
+func TestFidelityCopyFailsMidway(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode}, nil)
+		c := tcConnect(t, s, "t2")
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write([]byte("not a number\n"))
+			buf := []byte(strings.Repeat("1\n", 1000))
+			for {
+				if _, err := pw.Write(buf); err != nil {
+					return // CopyFrom is done with it
+				}
+			}
+		}()
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := c.pc.CopyFrom(cctx, pr, "COPY whoami (shard) FROM STDIN")
+		cancel()
+		pr.Close()
+		if got := pgCode(err); got != "22P02" {
+			t.Fatalf("%s mode: COPY with a bad first row: %v, want 22P02 while the client still streams", mode, err)
+		}
+		if got := c.q("SELECT count(*) FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
+			t.Errorf("%s mode: after the failed COPY: %s", mode, got)
+		}
 	}
 }

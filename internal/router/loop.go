@@ -88,9 +88,29 @@ func (ss *session) loop() error {
 			// COPY data sent ahead of the server's CopyInResponse (pgconn
 			// streams right after the Query) goes to the backend; without a
 			// backend it is ignored, as the server does.
+			if ss.copyDiscard {
+				ss.copyDiscard = typ == wire.MsgCopyData // the rest of a COPY the server ended
+				continue
+			}
 			if ss.be != nil {
 				wire.WriteFrame(ss.be.W, typ, body)
+				if typ == wire.MsgCopyData && ss.cr.Buffered() == 0 && ss.syncs > 0 {
+					// Before waiting for more of the client's data: has the
+					// server answered the COPY (CopyInResponse, or an error)?
+					ss.copyStreaming = true
+					if ss.be.W.Flush() == nil && (ss.be.R.Buffered() > 0 || ss.be.Readable()) {
+						if err := ss.drain(false); err != nil {
+							return err
+						}
+						if ss.copyStreaming {
+							// The COPY failed before it began: drop the
+							// rest of its data, as the server ignores it.
+							ss.copyStreaming, ss.copyDiscard = false, true
+						}
+					}
+				}
 				if typ != wire.MsgCopyData {
+					ss.copyStreaming = false
 					ss.markCopyDone()
 					if ss.cr.Buffered() == 0 {
 						if err := ss.drain(false); err != nil {

@@ -129,8 +129,16 @@ type session struct {
 	synthFormat  int16
 	skipToSync   bool
 	// closing: the backend sent a FATAL error, relayed; the session ends.
-	closing   bool
-	listening bool
+	closing bool
+	// held is a backend message (type byte, then body) that copyIn read
+	// and drain handles next; copyDiscard drops the client's COPY data up
+	// to its CopyDone or CopyFail, the server having ended the COPY.
+	held        []byte
+	copyDiscard bool
+	// copyStreaming: the client is sending COPY data ahead of the server's
+	// CopyInResponse.
+	copyStreaming bool
+	listening     bool
 
 	// setupDue: the attached backend still needs setupPath (a quoted
 	// identifier; "" when its search_path is right already) and
