@@ -83,16 +83,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.pkgTimeout, "package-timeout", 10*time.Minute, "go test -timeout for each package")
 	fs.StringVar(&o.run, "run", "", "go test -run pattern (default all)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	fs.StringVar(&o.workDir, "work", "", "work in this directory and keep it; pgx and its test binaries found there are reused")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	o.modes = strings.Split(modes, ",")
 
-	dir, err := os.MkdirTemp("", "pgxsuite-")
+	dir := o.workDir
+	var err error
+	if dir == "" {
+		dir, err = os.MkdirTemp("", "pgxsuite-")
+	} else {
+		o.keep = true
+		err = os.MkdirAll(dir, 0o755)
+	}
 	if err != nil {
 		return err
 	}
-	o.workDir = dir
 	if !o.keep {
 		defer os.RemoveAll(dir)
 	} else {
@@ -103,16 +110,24 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	os.Chmod(dir, 0o755)
 
 	t0 := time.Now()
-	src, err := fetchPGX(ctx, o.version, filepath.Join(dir, "pgx"))
-	if err != nil {
-		return err
+	src := filepath.Join(dir, "pgx")
+	if _, err := os.Stat(src); err != nil {
+		if _, err := fetchPGX(ctx, o.version, src); err != nil {
+			return err
+		}
 	}
 	bin := filepath.Join(dir, "pgtenant")
 	if err := command(ctx, "", nil, "go", "build", "-o", bin, "./cmd/pgtenant").Run(); err != nil {
 		return fmt.Errorf("build pgtenant: %w", err)
 	}
-	cl, err := startCluster(ctx, filepath.Join(dir, "cluster"))
+	cdir, err := os.MkdirTemp(dir, "cluster-")
 	if err != nil {
+		return err
+	}
+	os.Chmod(cdir, 0o755)
+	cl, err := startCluster(ctx, cdir)
+	if err != nil {
+		devcluster.Down(context.Background(), cdir, true)
 		return err
 	}
 	defer devcluster.Down(context.Background(), cl.Dir, true)
@@ -240,6 +255,9 @@ func buildTests(ctx context.Context, src, binDir string) ([]testPkg, error) {
 		pkgs = append(pkgs, testPkg{path: path, dir: dir, bin: filepath.Join(binDir, name+".test")})
 	}
 	for _, p := range pkgs {
+		if _, err := os.Stat(p.bin); err == nil {
+			continue // built by an earlier run (-work)
+		}
 		if err := command(ctx, src, nil, "go", "test", "-c", "-o", p.bin, p.path).Run(); err != nil {
 			return nil, fmt.Errorf("build the tests of %s: %w", p.path, err)
 		}
@@ -485,6 +503,7 @@ func runPackage(ctx context.Context, o *options, pkg testPkg, env []string) ([]*
 	byName := map[string]*result{}
 	var results []*result
 	var hang string
+	var pkgOut []string // the package's own output: a panic, a timeout
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 loop:
@@ -495,6 +514,9 @@ loop:
 				break loop
 			}
 			if e.Test == "" {
+				if e.Action == "output" {
+					pkgOut = append(pkgOut, e.Output)
+				}
 				continue
 			}
 			res := byName[e.Test]
@@ -531,10 +553,16 @@ loop:
 		}
 	}
 	c.Wait()
+	unfinished := 0
 	for _, res := range results {
 		if res.action == "" {
-			res.action = "fail" // stopped by a hang or a package timeout
+			res.action = "fail" // stopped by a hang, a panic or a package timeout
+			res.output = append(res.output, "(did not finish: the test binary ended first)\n")
+			unfinished++
 		}
+	}
+	if unfinished > 0 && hang == "" {
+		hang = fmt.Sprintf("%s: %d tests did not finish; the test binary ended with:\n%s", pkg.path, unfinished, strings.Join(lastLines(pkgOut, 30), ""))
 	}
 	return results, hang, ctx.Err()
 }
