@@ -898,7 +898,14 @@ func (ss *session) drain(all bool) error {
 				return err
 			}
 		}
-		typ, body, err := be.R.ReadMessage()
+		var typ byte
+		var body []byte
+		var err error
+		if ss.held != nil {
+			typ, body, ss.held = ss.held[0], ss.held[1:], nil
+		} else {
+			typ, body, err = be.R.ReadMessage()
+		}
 		if err != nil {
 			ss.backendFailed(err)
 			continue
@@ -933,9 +940,6 @@ func (ss *session) drain(all bool) error {
 					ss.doubtSetup() // inside a transaction that may roll back
 				}
 			}
-			if ss.syncs == 0 {
-				ss.copyEnds = 0
-			}
 			if len(ss.txnSets) > 0 && ss.status == 'I' {
 				ss.endTxnSets(true)
 			}
@@ -955,6 +959,9 @@ func (ss *session) drain(all bool) error {
 			}
 			continue
 		case wire.MsgErrorResponse:
+			if sev := wire.ErrorSeverity(body); sev == "FATAL" || sev == "PANIC" {
+				return ss.backendFatal(body)
+			}
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
 				ss.relay(typ, body)
@@ -981,6 +988,7 @@ func (ss *session) drain(all bool) error {
 				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+					ss.dropParsed(&ss.queue[0])
 					if q := &ss.queue[0]; q.kind == eParse {
 						// Skipped by the server: not prepared there.
 						if q.name != "" {
@@ -996,13 +1004,18 @@ func (ss *session) drain(all bool) error {
 					// client's Query too: the Sync's ReadyForQuery ends it.
 					be.W.Write(wire.SyncMsg)
 				}
+				if len(ss.queue) == 0 {
+					// No Sync sent yet (a pipeline with Flush): the server
+					// ignores what the client sends until its Sync, and
+					// answers nothing; the router must not wait for answers.
+					ss.skipToSync = true
+				}
 			}
 			continue
 		case wire.MsgCopyInResponse:
 			ss.relay(typ, body)
-			if ss.copyEnds > 0 {
-				ss.copyEnds-- // the client already sent the whole COPY
-				continue
+			if e.copyDone {
+				continue // the client already sent the whole COPY
 			}
 			if err := ss.copyIn(be); err != nil {
 				return err
@@ -1047,6 +1060,29 @@ func (ss *session) drain(all bool) error {
 	return nil
 }
 
+// errBackendFatal ends a session whose backend reported a FATAL error.
+var errBackendFatal = errors.New("the backend connection ended with a FATAL error")
+
+// backendFatal relays a FATAL ErrorResponse (pg_terminate_backend, a server
+// shutting down, an idle session timeout) and ends the session: the server
+// closes the connection after it, and clients wait for that close (as
+// node-postgres does) rather than for a ReadyForQuery that never comes.
+func (ss *session) backendFatal(body []byte) error {
+	be := ss.be
+	ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
+	ss.srv.log.Info("backend connection ended", "session", ss.id, "node", be.Node(), "code", wire.ErrorCode(body), "err", wire.ErrorMessage(body))
+	ss.relay(wire.MsgErrorResponse, body)
+	be.MarkBroken()
+	ss.releaseBackend()
+	ss.status = 'I'
+	clear(ss.queue)
+	ss.queue = ss.qbuf[:0]
+	ss.syncs = 0
+	ss.closing = true
+	ss.cw.Flush()
+	return errBackendFatal
+}
+
 // backendPending reports whether any queued response must come from the backend.
 func (ss *session) backendPending() bool {
 	for i := range ss.queue {
@@ -1077,6 +1113,27 @@ func (ss *session) copyIn(be *pool.Conn) error {
 				return nil
 			}
 		}
+		if ss.cr.Buffered() == 0 && (be.R.Buffered() > 0 || be.Readable()) {
+			// The server spoke during COPY FROM STDIN: a notice, or an
+			// error that ended the COPY (a bad row). An error goes to the
+			// client now (drain relays it), not after the rest of its data,
+			// which the router then drops (copyDiscard).
+			typ, body, err := be.R.ReadMessage()
+			if err != nil {
+				ss.backendFailed(err)
+				return nil
+			}
+			if typ == wire.MsgNotice || typ == wire.MsgParamStatus || typ == wire.MsgNotification {
+				ss.relay(typ, body)
+				if err := ss.cw.Flush(); err != nil {
+					return err
+				}
+				continue
+			}
+			ss.held = append(append(ss.held[:0], typ), body...)
+			ss.copyDiscard, ss.copyStreaming = true, false
+			return nil
+		}
 		typ, body, err := ss.cr.ReadMessage()
 		if err != nil {
 			be.MarkBroken()
@@ -1086,6 +1143,7 @@ func (ss *session) copyIn(be *pool.Conn) error {
 		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
 			wire.WriteFrame(be.W, typ, body)
 			if typ != wire.MsgCopyData {
+				ss.copyStreaming = false
 				return nil
 			}
 		case wire.MsgFlush, wire.MsgSync:

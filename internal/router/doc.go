@@ -178,6 +178,9 @@
 //	25P03  idle in a transaction longer than Config.IdleInTransactionTimeout (FATAL)
 //	26000  DEALLOCATE of a prepared statement the client does not have
 //	3D000  also: a database name other than Config.Database
+//	42601  a malformed BEGIN or SET TRANSACTION the router would defer (as the server words it)
+//	42P05  Parse of a statement name in use; 26000 DEALLOCATE of a name that does not exist
+//	01000  (WARNING at connect) a startup search_path or other router-owned setting, ignored
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
 //	40001  the shard is being moved (held too long, or its transaction was cut)

@@ -54,27 +54,29 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 	return nil
 }
 
-// deallocate answers DEALLOCATE name or DEALLOCATE ALL of the client's
-// protocol-level prepared statements, which the router keeps (drivers such
-// as ActiveRecord's send DEALLOCATE for statements they prepared with
-// Parse): it forgets them and reports the tag, or a 26000 error for an
-// unknown name. It reports handled false when the statement must go to the
-// backend instead: in session mode, a statement the client made with SQL
-// PREPARE (or DEALLOCATE ALL with a backend attached, which drops those
+// answerDeallocate answers DEALLOCATE name or DEALLOCATE ALL (sql) of the
+// client's protocol-level prepared statements, which the router keeps
+// (drivers such as ActiveRecord's send DEALLOCATE for statements they
+// prepared with Parse): it forgets them (so a later Parse of the same text
+// reaches a fresh server statement) and reports the tag, or a 26000 error
+// for an unknown name. It reports handled false when the statement must go
+// to the backend instead: in session mode, a statement the client made with
+// SQL PREPARE (or DEALLOCATE ALL with a backend attached, which drops those
 // too).
-func (ss *session) deallocate(info *stmtInfo) (tag string, werr *wire.Error, handled bool) {
+func (ss *session) answerDeallocate(sql string, info *stmtInfo) (tag string, werr *wire.Error, handled bool) {
 	session := ss.srv.cfg.PoolMode == PoolSession
-	name := info.setName
-	if name == "all" {
+	name, all, ok := deallocateTarget(sql)
+	if !ok {
+		name, all = info.setName, info.setName == "all"
+	}
+	if all {
+		ss.deallocateAll()
 		if session && ss.be != nil {
-			ss.stmts = make(map[string]*stmtDef)
 			return "", nil, false
 		}
-		ss.stmts = make(map[string]*stmtDef)
 		return "DEALLOCATE ALL", nil, true
 	}
-	if _, ok := ss.stmts[name]; ok && name != "" {
-		delete(ss.stmts, name)
+	if name != "" && ss.deallocate(name) {
 		return "DEALLOCATE", nil, true
 	}
 	if session && ss.be != nil {

@@ -119,10 +119,30 @@ func (ss *session) loop() error {
 			// COPY data sent ahead of the server's CopyInResponse (pgconn
 			// streams right after the Query) goes to the backend; without a
 			// backend it is ignored, as the server does.
+			if ss.copyDiscard {
+				ss.copyDiscard = typ == wire.MsgCopyData // the rest of a COPY the server ended
+				continue
+			}
 			if ss.be != nil {
 				wire.WriteFrame(ss.be.W, typ, body)
+				if typ == wire.MsgCopyData && ss.cr.Buffered() == 0 && ss.syncs > 0 {
+					// Before waiting for more of the client's data: has the
+					// server answered the COPY (CopyInResponse, or an error)?
+					ss.copyStreaming = true
+					if ss.be.W.Flush() == nil && (ss.be.R.Buffered() > 0 || ss.be.Readable()) {
+						if err := ss.drain(false); err != nil {
+							return err
+						}
+						if ss.copyStreaming {
+							// The COPY failed before it began: drop the
+							// rest of its data, as the server ignores it.
+							ss.copyStreaming, ss.copyDiscard = false, true
+						}
+					}
+				}
 				if typ != wire.MsgCopyData {
-					ss.copyEnds++
+					ss.copyStreaming = false
+					ss.markCopyDone()
 					if ss.cr.Buffered() == 0 {
 						if err := ss.drain(false); err != nil {
 							return err
@@ -133,6 +153,9 @@ func (ss *session) loop() error {
 		default:
 			ss.sendFatal("08P01", fmt.Sprintf("invalid frontend message type %q", typ))
 			return fmt.Errorf("invalid message type %q", typ)
+		}
+		if ss.closing {
+			return errBackendFatal
 		}
 		if werr != nil {
 			if werr.Severity == "FATAL" {
@@ -204,6 +227,21 @@ func (ss *session) endIdleTxn() {
 	ss.doubtSetup()
 	if len(ss.txnSets) > 0 {
 		ss.endTxnSets(false)
+	}
+}
+
+// markCopyDone attributes a CopyDone or CopyFail the client sent ahead of
+// the server's CopyInResponse to the oldest client Query or Execute still
+// waiting for its answer that has none yet. One whose statement already
+// failed (COPY into a missing table while the client streams) was ignored
+// by the server, as outside COPY it ignores such messages; it must not
+// count for a later COPY, which would then never read its data.
+func (ss *session) markCopyDone() {
+	for i := range ss.queue {
+		if e := &ss.queue[i]; (e.kind == eQuery || e.kind == eExec) && !e.swallow && !e.copyDone {
+			e.copyDone = true
+			return
+		}
 	}
 }
 
@@ -433,6 +471,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		switch info.kind {
 		case kBegin:
 			if ss.canDefer() {
+				if e := checkTxnStart(sql); e != nil {
+					return e // as the server would refuse it, before anything runs
+				}
 				if ss.pendingBegin != "" {
 					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
@@ -454,6 +495,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		case kSet:
 			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
 				if ss.pendingBegin != "" {
+					if e := checkTxnStart(sql); e != nil {
+						return e
+					}
 					ss.pendingBegin += ";" + sql
 					return ss.reply("SET", nil)
 				}
@@ -488,14 +532,14 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
 				ss.sets = nil
 				ss.resig()
-				ss.stmts = make(map[string]*stmtDef)
+				ss.deallocateAll()
 				ss.unnamed = nil
 				if ss.be == nil {
 					return ss.reply("DISCARD ALL", nil)
 				}
 			}
 		case kDeallocate:
-			if tag, e, ok := ss.deallocate(&info); ok {
+			if tag, e, ok := ss.answerDeallocate(sql, &info); ok {
 				if e != nil {
 					return e
 				}
@@ -656,7 +700,17 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if e := ss.refuse(&def.info, def.guard); e != nil {
 		return e
 	}
+	if def.info.kind == kBegin && !def.info.multi {
+		// The router may answer its Bind itself (a deferred BEGIN): refuse a
+		// malformed one now, as the server's Parse would.
+		if e := checkTxnStart(def.orig); e != nil {
+			return e
+		}
+	}
 	if len(pm.Name) != 0 {
+		if _, ok := ss.stmts[string(pm.Name)]; ok {
+			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
+		}
 		def.server = ss.srv.serverName(def.query, pm.Rest)
 		ss.stmts[string(pm.Name)] = def
 	} else {
@@ -675,7 +729,22 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if !sent {
 		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
 	}
+	if len(pm.Name) != 0 {
+		q := &ss.queue[len(ss.queue)-1]
+		q.stmt, q.stmtName = def, string(pm.Name)
+	}
 	return nil
+}
+
+// dropParsed forgets the client statement whose Parse e answers, when the
+// server refused the Parse or skipped it after an earlier error of the
+// pipeline: as on a server, it does not exist.
+func (ss *session) dropParsed(e *expect) {
+	// (The unnamed statement is left alone: a skipped Parse leaves the
+	// previous one on a server, a refused one is refused again at Bind.)
+	if e.stmt != nil && e.stmtName != "" && ss.stmts[e.stmtName] == e.stmt {
+		delete(ss.stmts, e.stmtName)
+	}
 }
 
 // parseNow sends def's Parse to a backend at once, its answer (ParseComplete
@@ -711,6 +780,25 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	}
 	ss.sendSetup(&def.info, false)
 	return ss.prepareOn(def, false), nil
+}
+
+// deallocate forgets the client's statement name, if it has one, and
+// reports whether it had.
+func (ss *session) deallocate(name string) bool {
+	def, ok := ss.stmts[name]
+	if !ok {
+		return false
+	}
+	delete(ss.stmts, name)
+	ss.srv.forgetStmt(def.server, def.query, def.types)
+	return true
+}
+
+// deallocateAll forgets all the client's statements.
+func (ss *session) deallocateAll() {
+	for name := range ss.stmts {
+		ss.deallocate(name)
+	}
 }
 
 func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {
@@ -752,7 +840,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if !def.info.multi {
 		switch def.info.kind {
 		case kDeallocate:
-			if tag, e, ok := ss.deallocate(&def.info); ok {
+			if tag, e, ok := ss.answerDeallocate(def.orig, &def.info); ok {
 				if e != nil {
 					return e
 				}
@@ -972,7 +1060,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		if name == "" {
 			ss.unnamed = nil
 		} else {
-			delete(ss.stmts, name)
+			ss.deallocate(name)
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
@@ -1033,6 +1121,14 @@ func (ss *session) watchNotifications() func() {
 				if ss.cw.Flush() != nil {
 					return
 				}
+			case wire.MsgErrorResponse:
+				// A FATAL error (pg_terminate_backend, shutdown): relayed,
+				// then the client's connection closes, as with a server.
+				be.MarkBroken()
+				wire.WriteFrame(ss.cw, typ, body)
+				ss.cw.Flush()
+				ss.nc.Close()
+				return
 			default:
 				be.MarkBroken()
 				return

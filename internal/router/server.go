@@ -463,6 +463,22 @@ func (s *Server) serverName(query string, types []byte) string {
 	return n
 }
 
+// forgetStmt makes the next serverName of a statement text with its
+// parameter types a new name, when a client deallocated its statement of
+// that name: the client's next Parse of the same text must reach a fresh
+// server statement (a table or type changed by DDL in between would make
+// the old one fail with "cached plan must not change result type" or
+// "cache lookup failed for type"), as on a server. Backends keep the old
+// one until trimmed (Config.MaxPrepared); clients still holding it use it.
+func (s *Server) forgetStmt(name, query string, types []byte) {
+	key := query + "\x00" + string(types)
+	s.stmtMu.Lock()
+	if s.stmtIDs[key] == name {
+		delete(s.stmtIDs, key)
+	}
+	s.stmtMu.Unlock()
+}
+
 // schemaTag returns the short tag for schema used in backend statement
 // names: Postgres compares prepared statement names by their first 63
 // bytes only, so the schema name itself cannot go in.

@@ -53,6 +53,14 @@ type expect struct {
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
+	// stmt is the client's statement (named stmtName, "" for the unnamed
+	// one) whose Parse this answers: forgotten should the server skip or
+	// refuse the Parse (see dropParsed).
+	stmt     *stmtDef
+	stmtName string
+	// copyDone: the client sent CopyDone or CopyFail for this Query or
+	// Execute ahead of the server's CopyInResponse (see markCopyDone).
+	copyDone bool
 }
 
 const (
@@ -127,7 +135,17 @@ type session struct {
 	synthValue   string
 	synthFormat  int16
 	skipToSync   bool
-	listening    bool
+	// closing: the backend sent a FATAL error, relayed; the session ends.
+	closing bool
+	// held is a backend message (type byte, then body) that copyIn read
+	// and drain handles next; copyDiscard drops the client's COPY data up
+	// to its CopyDone or CopyFail, the server having ended the COPY.
+	held        []byte
+	copyDiscard bool
+	// copyStreaming: the client is sending COPY data ahead of the server's
+	// CopyInResponse.
+	copyStreaming bool
+	listening     bool
 
 	// cleanDue: the attached backend came from the pool in transaction
 	// mode and may hold another client's temporary objects; DISCARD TEMP
@@ -187,9 +205,6 @@ type session struct {
 	queue []expect // pending responses, in order
 	qbuf  []expect // queue's backing array, reused once the queue empties
 	syncs int      // eSync/eQuery/eSynthRFQ items in queue
-	// copyEnds counts CopyDone/CopyFail forwarded before the server's
-	// CopyInResponse was read.
-	copyEnds int
 	// relayed is set when server messages were buffered for the client
 	// since the last flush.
 	relayed bool
@@ -212,7 +227,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	for {
 		b, err := cr.ReadStartup()
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			// A client that goes away before its startup packet is complete
+			// gets no reply, as from PostgreSQL and pgbouncer; only a
+			// malformed packet is answered.
+			if errors.Is(err, wire.ErrMalformed) {
 				s.m.ClientRefused.WithLabelValues("startup").Inc()
 				writeFatal(nc, "08P01", fmt.Sprintf("invalid startup packet: %v", err))
 			}
@@ -354,6 +372,7 @@ func (ss *session) startup(params map[string]string) error {
 		}
 	}
 	var ps []setting
+	var ignored []string // startup settings the router owns
 	for k, v := range opts {
 		if k == tenantSetting {
 			if err := placement.ValidateTenantID(v); err != nil {
@@ -364,6 +383,7 @@ func (ss *session) startup(params map[string]string) error {
 			continue
 		}
 		if isReserved(k) || k == "search_path" {
+			ignored = append(ignored, k)
 			continue
 		}
 		ps = append(ps, setting{name: k, stmt: "SET " + pgx.Identifier{k}.Sanitize() + " TO " + quoteLiteral(v)})
@@ -377,6 +397,14 @@ func (ss *session) startup(params map[string]string) error {
 	ss.setView()
 
 	out := wire.AppendAuth(nil, wire.AuthOK, nil)
+	sortStrings(ignored)
+	for _, k := range ignored {
+		// Said, not silently dropped: SHOW search_path would otherwise
+		// surprise (the tenant's shard schema, or pg_catalog without one).
+		out = wire.AppendError(out, &wire.Error{Severity: "WARNING", Code: "01000",
+			Message: fmt.Sprintf("startup parameter %q is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard", k),
+			Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema."})
+	}
 	sp := s.serverParams(ss.ctx)
 	enc := params["client_encoding"]
 	if enc == "" || isUTF8(enc) {
@@ -595,6 +623,14 @@ func (ss *session) resig() {
 		b.WriteString(";")
 	}
 	ss.sig = b.String()
+}
+
+func sortStrings(ss []string) {
+	for i := 1; i < len(ss); i++ {
+		for j := i; j > 0 && ss[j] < ss[j-1]; j-- {
+			ss[j], ss[j-1] = ss[j-1], ss[j]
+		}
+	}
 }
 
 func sortSettings(ps []setting) {
