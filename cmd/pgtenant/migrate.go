@@ -209,7 +209,8 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	}
 	var refused *migrate.DriftError
 	var noDown *migrate.NoDownError
-	if errors.As(err, &refused) || errors.As(err, &noDown) {
+	var order *migrate.OutOfOrderError
+	if errors.As(err, &refused) || errors.As(err, &noDown) || errors.As(err, &order) {
 		return sum, err // refused before anything ran
 	}
 	if sum.Adopted > 0 {

@@ -236,3 +236,35 @@ func TestShardRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestOutOfOrderRefused: a file older than versions the shards already have
+// (a branch merged late) is refused before anything runs, naming it.
+func TestOutOfOrderRefused(t *testing.T) {
+	ctx := context.Background()
+	targets := newShards(t, 4)
+	early := maps.Clone(baseMigrations)
+	delete(early, "00002_buildings.sql")
+	early["00003_meters.sql"] = &fstest.MapFile{Data: []byte("CREATE TABLE meters (id int);")}
+	if _, err := Up(ctx, early, targets[:3], Options{}); err != nil {
+		t.Fatalf("Up: %v", err)
+	}
+	late := maps.Clone(early)
+	late["00002_buildings.sql"] = baseMigrations["00002_buildings.sql"]
+	late["00004_tariffs.sql"] = &fstest.MapFile{Data: []byte("CREATE TABLE tariffs (id int);")}
+	_, err := Up(ctx, late, targets, Options{})
+	var ooo *OutOfOrderError
+	if !errors.As(err, &ooo) {
+		t.Fatalf("Up with a late older file: %v, want *OutOfOrderError", err)
+	}
+	if len(ooo.Files) != 1 || ooo.Files[0].File.Name != "00002_buildings.sql" || ooo.Files[0].Newer != 3 || !slices.Equal(ooo.Files[0].Shards, []int{0, 1, 2}) {
+		t.Errorf("out of order = %+v, want 00002_buildings.sql below 3 on shards 0-2", ooo.Files)
+	}
+	if want := "00002_buildings.sql (version 2) is not applied on shards 0-2, which already have version 3"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not say %q", err, want)
+	}
+	for _, tg := range targets {
+		if st := readState(t, tg); st.rows[2] != 0 || st.rows[4] != 0 {
+			t.Errorf("%s was migrated by a refused run: %v", tg.Schema, st.rows)
+		}
+	}
+}

@@ -153,7 +153,8 @@ func (e *ShardError) Unwrap() error { return e.Err }
 //
 // Before anything runs, Up reads every target and refuses with a
 // *DriftError when an applied file changed, is missing, or another file has
-// its version (Options.AllowChanged lets changed and missing files through:
+// its version, and with an *OutOfOrderError when a pending file is older
+// than a version a shard already has (Options.AllowChanged lets changed and missing files through:
 // they are then in Summary.Accepted, and changed files' new checksums are
 // recorded). Applied versions recorded before checksums were kept get the
 // current files' names and checksums (counted in Summary.Adopted).
@@ -179,6 +180,9 @@ func Up(ctx context.Context, fsys fs.FS, targets []Target, opts Options) (Summar
 		return sum, err
 	}
 	if err := checkDrift(&sum, statuses, opts.AllowChanged); err != nil {
+		return sum, err
+	}
+	if err := checkOrder(files, statuses); err != nil {
 		return sum, err
 	}
 	return run(ctx, "up", files, plainSQL{fsys}, targets, opts, sum, start, func(ctx context.Context, p *goose.Provider) ([]*goose.MigrationResult, error) {
@@ -293,6 +297,70 @@ func (e *NoDownError) Error() string {
 	b.WriteString("\nadd a '-- +goose Down' section with the SQL that undoes the file's Up section " +
 		"(an empty one if nothing needs undoing), or roll back less with --to VERSION")
 	return b.String()
+}
+
+// OutOfOrderError refuses an Up run, before anything ran, because files
+// have versions below versions already applied on some shards (say, a
+// migration from a branch merged after a newer one was applied). Files
+// apply in version order only.
+type OutOfOrderError struct {
+	Files []OutOfOrder
+}
+
+// OutOfOrder is one pending file older than what some shards have.
+type OutOfOrder struct {
+	File File
+	// Newer is the highest version applied on those shards.
+	Newer int64
+	// Shards are the shards where File is pending below Newer, ascending.
+	Shards []int
+}
+
+func (e *OutOfOrderError) Error() string {
+	var b strings.Builder
+	b.WriteString("files older than versions already applied; nothing was run:")
+	for _, o := range e.Files {
+		fmt.Fprintf(&b, "\n  %s (version %d) is not applied on %s, which already have version %d",
+			o.File.Name, o.File.Version, ShardRanges(o.Shards), o.Newer)
+	}
+	b.WriteString("\nmigrations apply in version order: give each such file a version after the applied ones " +
+		"(rename it with a new timestamp, as `pgtenant migrate create NAME` makes)")
+	return b.String()
+}
+
+// checkOrder refuses pending files with versions below a shard's current
+// one (goose would refuse them shard by shard, halfway through the run).
+func checkOrder(files []File, statuses []ShardStatus) error {
+	var e OutOfOrderError
+	idx := map[[2]int64]int{}
+	for _, s := range statuses {
+		for _, v := range s.Pending {
+			if v >= s.Current {
+				continue
+			}
+			i, ok := idx[[2]int64{v, s.Current}]
+			if !ok {
+				f, _ := slices.BinarySearchFunc(files, v, func(f File, v int64) int { return cmpInt64(f.Version, v) })
+				i = len(e.Files)
+				idx[[2]int64{v, s.Current}] = i
+				e.Files = append(e.Files, OutOfOrder{File: files[f], Newer: s.Current})
+			}
+			e.Files[i].Shards = append(e.Files[i].Shards, s.Target.Shard)
+		}
+	}
+	if len(e.Files) == 0 {
+		return nil
+	}
+	for i := range e.Files {
+		slices.Sort(e.Files[i].Shards)
+	}
+	slices.SortFunc(e.Files, func(a, b OutOfOrder) int {
+		if c := cmpInt64(a.File.Version, b.File.Version); c != 0 {
+			return c
+		}
+		return cmpInt64(a.Newer, b.Newer)
+	})
+	return &e
 }
 
 // checkDrift refuses the drifts statuses show, or accepts them into sum.
