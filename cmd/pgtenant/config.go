@@ -75,6 +75,10 @@ type RouterConfig struct {
 	// HoldTimeout bounds how long a transaction for a shard being moved is
 	// held (then 40001).
 	HoldTimeout time.Duration `yaml:"hold_timeout"`
+	// ResetTenantAfterTransaction resets a client's session tenant after
+	// each transaction on a shard (for apps whose pool reuses clients);
+	// false keeps it for the session.
+	ResetTenantAfterTransaction bool `yaml:"reset_tenant_after_transaction"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.
@@ -127,6 +131,16 @@ func durationSetting(cmd *cobra.Command, flag string, fromFile time.Duration) ti
 	v, _ := cmd.Flags().GetDuration(flag)
 	if fromFile != 0 && !cmd.Flag(flag).Changed {
 		return fromFile
+	}
+	return v
+}
+
+// boolSetting is intSetting for a bool flag: true in the file turns it on
+// unless the flag was given.
+func boolSetting(cmd *cobra.Command, flag string, fromFile bool) bool {
+	v, _ := cmd.Flags().GetBool(flag)
+	if fromFile && !cmd.Flag(flag).Changed {
+		return true
 	}
 	return v
 }

@@ -67,6 +67,7 @@ and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 	cmd.Flags().Duration("startup-timeout", 10*time.Second, "longest time for a client to connect and authenticate")
 	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
+	cmd.Flags().Bool("reset-tenant-after-transaction", false, "reset a client's session tenant (SET pgtenant.tenant) after each transaction on a shard, for apps whose pool reuses clients")
 	return cmd
 }
 
@@ -106,6 +107,7 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	cfg.StartupTimeout = durationSetting(cmd, "startup-timeout", rc.StartupTimeout)
 	cfg.ClientIdleTimeout = durationSetting(cmd, "client-idle-timeout", rc.ClientIdleTimeout)
 	cfg.HoldTimeout = durationSetting(cmd, "hold-timeout", rc.HoldTimeout)
+	cfg.ResetTenantAfterTransaction = boolSetting(cmd, "reset-tenant-after-transaction", rc.ResetTenantAfterTransaction)
 	p := cfg.Pool
 	switch {
 	case p.MaxSize <= 0:

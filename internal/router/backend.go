@@ -910,6 +910,7 @@ func (ss *session) drain(all bool) error {
 					ss.relay(typ, body)
 					if ss.status == 'I' {
 						ss.localTenant = ""
+						ss.resetTenantAfterTxn()
 					}
 				}
 			}
@@ -1006,6 +1007,23 @@ func (ss *session) drain(all bool) error {
 		}
 	}
 	return nil
+}
+
+// resetTenantAfterTxn resets the session tenant when a transaction that
+// ran on a tenant's shard has ended, if Config.ResetTenantAfterTransaction
+// asks for it.
+func (ss *session) resetTenantAfterTxn() {
+	// shardUsed is set when a statement is executed on a tenant's shard
+	// (Query or Bind), not for a Parse or Describe alone.
+	if !ss.shardUsed {
+		return
+	}
+	ss.shardUsed = false
+	if !ss.srv.cfg.ResetTenantAfterTransaction || ss.tenant == ss.startTenant {
+		return
+	}
+	ss.tenant = ss.startTenant
+	ss.setView()
 }
 
 // backendPending reports whether any queued response must come from the backend.

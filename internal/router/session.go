@@ -121,6 +121,12 @@ type session struct {
 	synthFormat  int16
 	skipToSync   bool
 	listening    bool
+	// midString: the statement being answered is followed by more of the
+	// same query string (see onQueryParts): no ReadyForQuery yet.
+	midString bool
+	// shardUsed: a statement was routed to a tenant's shard since the last
+	// ReadyForQuery outside a transaction (see resetTenantAfterTxn).
+	shardUsed bool
 
 	// setupDue: the attached backend still needs setupPath (a quoted
 	// identifier; "" when its search_path is right already) and
