@@ -404,8 +404,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	tenant := ss.pickTenant(&info)
 	if tenant == "" {
-		if !info.noShard && !(ss.be != nil && ss.beTenant == anyTenant && ss.status != 'I') {
-			return noTenantError()
+		if !(ss.be != nil && ss.beTenant == anyTenant && ss.status != 'I') {
+			if ok, e := ss.noShard(&info, sql); !ok {
+				return e
+			}
 		}
 		tenant = anyTenant
 		if ss.be != nil && ss.status != 'I' {
@@ -811,13 +813,21 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 		if ss.be != nil && ss.status != 'I' {
 			return nil
 		}
+		if def.noShard == 0 {
+			def.noShard, def.noShardErr = 2, nil
+			if ok, e := ss.noShard(&def.info, def.query); ok {
+				def.noShard = 1
+			} else {
+				def.noShardErr = e
+			}
+		}
 		switch {
-		case def.info.noShard:
+		case def.noShard == 1:
 			tenant = anyTenant
 		case describe:
 			tenant = descTenant
 		default:
-			return noTenantError()
+			return def.noShardErr
 		}
 	}
 	return ss.ensureBackend(tenant)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/sqlscan"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
@@ -52,6 +53,10 @@ type Server struct {
 
 	params atomic.Pointer[map[string]string]
 
+	// scan decides, by statement text, whether a statement without a
+	// tenant reads only the system catalogs (see session.noShard).
+	scan *sqlscan.Cache
+
 	lnMu   sync.Mutex
 	ln     net.Listener
 	wg     sync.WaitGroup
@@ -70,6 +75,7 @@ func New(cfg Config) *Server {
 		stmtIDs:    make(map[string]string),
 		schemaTags: make(map[string]string),
 		keys:       make(map[string]wire.SCRAMKeys),
+		scan:       sqlscan.NewCache(0),
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)

@@ -30,6 +30,10 @@ type stmtDef struct {
 	// session.serverStmt).
 	tag, tagged string
 	info        stmtInfo
+	// noShard caches session.noShard for the statement: 0 not asked yet,
+	// 1 it runs without a tenant, 2 it needs one (noShardErr says why).
+	noShard    uint8
+	noShardErr *wire.Error
 }
 
 // setting is one session setting the client made.
