@@ -15,6 +15,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/migrate"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/shared"
 )
 
 // metaMigrationsDir is the catalog setting that remembers the last migrations
@@ -158,8 +159,9 @@ func (a *app) migrateUp(ctx context.Context, c *catalog.Catalog, dir string, sha
 	}
 	lastPrint := time.Now()
 	sum, err := migrate.Up(ctx, os.DirFS(dir), targets, migrate.Options{
-		Concurrency: concurrency,
-		Logger:      a.logger,
+		Concurrency:  concurrency,
+		Logger:       a.logger,
+		SharedSchema: shared.DefaultSchema,
 		Progress: func(e migrate.Event) {
 			if bar != nil {
 				bar.Add(1)

@@ -110,6 +110,15 @@ CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.users REFERENCING NEW TA
 CREATE TRIGGER map_version_upd AFTER UPDATE ON pgtenant.users REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.users REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 `,
+	// 5: extensions installed in the shared schema of every node (pgtenant
+	// extension add), so that nodes added later get them too.
+	`
+CREATE TABLE pgtenant.extensions (
+	name       text PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 63),
+	schema     text NOT NULL CHECK (octet_length(schema) BETWEEN 1 AND 63),
+	added_at   timestamptz NOT NULL DEFAULT now()
+);
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -55,6 +55,11 @@ type Options struct {
 	// Logger receives one line per failed shard and one per run. Nil means no
 	// logging.
 	Logger *slog.Logger
+	// SharedSchema, when set, follows the shard's schema in the search_path
+	// migrations run with (see searchPath), so that they can use the types
+	// of extensions installed there and refer to reference tables. Empty
+	// means the shard's schema alone.
+	SharedSchema string
 }
 
 // Event reports one finished target to Options.Progress.
@@ -195,7 +200,7 @@ func Up(ctx context.Context, fsys fs.FS, targets []Target, opts Options) (Summar
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				w := newWorker(n.cfg)
+				w := newWorker(n.cfg, opts.SharedSchema)
 				defer w.db.Close()
 				for t := range queue {
 					if stop.Load() || ctx.Err() != nil {
@@ -281,20 +286,22 @@ type worker struct {
 	// the right search_path before goose touches it. Atomic because
 	// database/sql may open connections from its own goroutine.
 	schema atomic.Value // string
+	// shared is Options.SharedSchema.
+	shared string
 }
 
-func newWorker(node *pgx.ConnConfig) *worker {
+func newWorker(node *pgx.ConnConfig, shared string) *worker {
 	cfg := node.Copy()
 	// No named statements: the same SQL text means a different table after
 	// search_path changes, so nothing is cached per connection.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
-	w := &worker{}
+	w := &worker{shared: shared}
 	w.db = stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(func(ctx context.Context, c *pgx.Conn) error {
 		schema, _ := w.schema.Load().(string)
 		if schema == "" {
 			return nil
 		}
-		_, err := c.Exec(ctx, "SELECT set_config('search_path', $1, false)", pgx.Identifier{schema}.Sanitize())
+		_, err := c.Exec(ctx, "SELECT set_config('search_path', $1, false)", searchPath(schema, w.shared))
 		return err
 	}))
 	// One connection: goose runs SQL files on the connection it locks.
@@ -309,7 +316,7 @@ func (w *worker) migrate(ctx context.Context, fsys fs.FS, t Target) ([]int64, er
 	var exists bool
 	err := w.db.QueryRowContext(ctx,
 		"SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $2) FROM set_config('search_path', $1, false)",
-		pgx.Identifier{t.Schema}.Sanitize(), t.Schema).Scan(&exists)
+		searchPath(t.Schema, w.shared), t.Schema).Scan(&exists)
 	if err != nil {
 		return nil, &ShardError{Target: t, Err: fmt.Errorf("set search_path: %w", err)}
 	}
@@ -344,7 +351,8 @@ func (w *worker) migrate(ctx context.Context, fsys fs.FS, t Target) ([]int64, er
 
 // newProvider returns a goose provider for one schema. The version table is
 // left unqualified ("goose_db_version") and found through search_path, which
-// migrate sets to the shard schema alone after checking it exists; goose's
+// migrate sets to the shard schema (then the shared one, see searchPath)
+// after checking it exists; goose's
 // own schema-qualified form glues the name into SQL unquoted.
 func newProvider(db *sql.DB, fsys fs.FS, schema string) (*goose.Provider, error) {
 	locker, err := lock.NewPostgresSessionLocker(
