@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spf13/cobra"
 
@@ -125,4 +129,15 @@ func (a *app) installExtensions(ctx context.Context, c *catalog.Catalog, name, d
 		fmt.Fprintf(a.stdout, "extension %s installed in schema %s\n", e.Name, e.Schema)
 	}
 	return nil
+}
+
+// missingObjectHint explains a migration error about a type or function
+// that does not exist (42704, 42883): it may come from an extension that is
+// not installed in the shared schema. It returns "" for other errors.
+func missingObjectHint(err error) string {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || (pe.Code != "42704" && pe.Code != "42883") || !strings.Contains(pe.Message, "does not exist") {
+		return ""
+	}
+	return "\nif it comes from an extension (citext, pgcrypto, uuid-ossp, PostGIS, ...), install it on every node with `pgtenant extension add NAME`: shard migrations find it in the shared schema (" + shared.DefaultSchema + ")"
 }

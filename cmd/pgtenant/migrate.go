@@ -184,7 +184,7 @@ func (a *app) migrateUp(ctx context.Context, c *catalog.Catalog, dir string, sha
 				fmt.Fprintln(a.stderr, "also failed:", f)
 			}
 		}
-		return fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again; each shard continues where it stopped", err)
+		return fmt.Errorf("%w%s\nfix the migration and run `pgtenant migrate up` again; each shard continues where it stopped", err, missingObjectHint(err))
 	}
 	return nil
 }

@@ -93,7 +93,7 @@ DROP TABLE users;
 CREATE TABLE plans (id int PRIMARY KEY, name text NOT NULL, price numeric NOT NULL);
 INSERT INTO plans VALUES (1, 'free', 0), (2, 'pro', 10);
 `)
-	if code, out, errOut := pgtenant(t, "migrate", "up", "--dir", "migrations"); code != 1 || !strings.Contains(errOut, "citext") {
+	if code, out, errOut := pgtenant(t, "migrate", "up", "--dir", "migrations"); code != 1 || !strings.Contains(errOut, "citext") || !strings.Contains(errOut, "pgtenant extension add") {
 		t.Fatalf("migrate up without the extension: exit %d\n%s%s", code, out, errOut)
 	}
 
