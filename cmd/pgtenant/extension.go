@@ -141,3 +141,33 @@ func missingObjectHint(err error) string {
 	}
 	return "\nif it comes from an extension (citext, pgcrypto, uuid-ossp, PostGIS, ...), install it on every node with `pgtenant extension add NAME`: shard migrations find it in the shared schema (" + shared.DefaultSchema + ")"
 }
+
+// checkExtensions prints whether a node has every recorded extension in its
+// schema, as node check's other lines, and reports whether it has.
+func (a *app) checkExtensions(ctx context.Context, c *catalog.Catalog, name, dsn string) bool {
+	recorded, err := c.Extensions(ctx)
+	if err != nil || len(recorded) == 0 {
+		return true // nothing recorded (or an older catalog): nothing to check
+	}
+	exts, err := shared.Extensions(ctx, shared.Node{Name: name, DSN: dsn})
+	if err != nil {
+		fmt.Fprintf(a.stdout, "%-5s %s extensions: %v\n", catalog.CheckFail, name, err)
+		return false
+	}
+	have := map[string]string{}
+	for _, e := range exts {
+		have[e.Name] = e.Schema
+	}
+	var missing []string
+	for _, r := range recorded {
+		if have[r.Name] != r.Schema {
+			missing = append(missing, r.Name+" (in "+r.Schema+")")
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(a.stdout, "%-5s %s extensions: missing %s; run `pgtenant extension add NAME`\n", catalog.CheckFail, name, strings.Join(missing, ", "))
+		return false
+	}
+	fmt.Fprintf(a.stdout, "%-5s %s extensions: all %d recorded\n", catalog.CheckOK, name, len(recorded))
+	return true
+}

@@ -83,7 +83,7 @@ rights for online moves. Exits non-zero when a check fails.`,
 					delete(want, n.Name)
 					r := catalog.CheckNode(ctx, n.Name, n.DSN)
 					a.printReport(r)
-					if r.Failed() {
+					if r.Failed() || !a.checkExtensions(ctx, c, n.Name, n.DSN) {
 						failed++
 					}
 				}

@@ -115,13 +115,16 @@ INSERT INTO plans VALUES (1, 'free', 0), (2, 'pro', 10);
 
 	// A node added later gets the recorded extensions, and the reference
 	// migrations on the next run.
-	mustRun(t, "node", "add", "c", nodeB.NewDatabase(t))
+	dsnC := nodeB.NewDatabase(t)
+	mustRun(t, "node", "add", "c", dsnC)
 	if out := mustRun(t, "extension", "list"); strings.Count(out, "citext") != 3 || strings.Contains(out, "MISSING") {
 		t.Fatalf("extension list:\n%s", out)
 	}
 	if out := mustRun(t, "reference", "migrate", "--dir", "reference"); !strings.Contains(out, "node c: applied 00001_plans.sql") || strings.Contains(out, "node a:") {
 		t.Fatalf("reference migrate after node add: %s", out)
 	}
+
+	checkMissingExtension(t, dsnC)
 
 	mustRun(t, "tenant", "add", "acme", "--shard", "0")
 	mustRun(t, "tenant", "add", "globex", "--shard", "1")
@@ -194,6 +197,29 @@ INSERT INTO plans VALUES (1, 'free', 0), (2, 'pro', 10);
 		if err := c.QueryRow(ctx, "SELECT p.price::float8 FROM users u JOIN public.plans p ON p.id = u.plan_id").Scan(&price); err != nil || price != 12 {
 			t.Fatalf("%s: pro after exec and load: %v, %v", tenant, price, err)
 		}
+	}
+}
+
+// checkMissingExtension drops citext on the node at dsn (node c of
+// TestSharedSchema): node check fails for it until extension add again.
+func checkMissingExtension(t *testing.T, dsn string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "DROP EXTENSION citext"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := pgtenant(t, "node", "check", "c")
+	if code != 1 || !strings.Contains(out, "missing citext") {
+		t.Fatalf("node check without citext: exit %d\n%s%s", code, out, errOut)
+	}
+	mustRun(t, "extension", "add", "citext")
+	if out := mustRun(t, "node", "check", "c"); !strings.Contains(out, "extensions: all 1 recorded") {
+		t.Fatalf("node check after extension add:\n%s", out)
 	}
 }
 
