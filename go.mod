@@ -4,6 +4,8 @@ go 1.26.8
 
 require github.com/jackc/pgx/v5 v5.12.0
 
+require github.com/pganalyze/pg_query_go/v6 v6.2.5
+
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -30,5 +32,5 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/term v0.47.0
 	golang.org/x/text v0.43.0 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
+	google.golang.org/protobuf v1.36.12
 )

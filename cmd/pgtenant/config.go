@@ -108,6 +108,10 @@ type RouterConfig struct {
 	// IdleInTransactionTimeout ends clients idle inside a transaction this
 	// long (25P03); nil means 60s, 0 means never.
 	IdleInTransactionTimeout *time.Duration `yaml:"idle_in_transaction_timeout"`
+	// ResetTenantAfterTransaction resets a client's session tenant after
+	// each transaction on a shard (for apps whose pool reuses clients);
+	// false keeps it for the session.
+	ResetTenantAfterTransaction bool `yaml:"reset_tenant_after_transaction"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.

@@ -15,6 +15,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/migrate"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/shared"
 )
 
 // metaMigrationsDir is the catalog setting that remembers the last migrations
@@ -187,6 +188,9 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	}
 	lastPrint := time.Now()
 	opts.Logger = a.logger
+	if opts.SharedSchema == "" {
+		opts.SharedSchema = a.sharedSchema()
+	}
 	opts.Progress = func(e migrate.Event) {
 		if bar != nil {
 			bar.Add(1)
@@ -237,10 +241,19 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 			}
 		}
 		if verb == "down" {
-			return sum, fmt.Errorf("%w\nfix the file's Down section and run `pgtenant migrate down --to %d` again; each shard continues where it stopped", err, sum.To)
+			return sum, fmt.Errorf("%w%s\nfix the file's Down section and run `pgtenant migrate down --to %d` again; each shard continues where it stopped", err, missingObjectHint(err), sum.To)
 		}
-		return sum, fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again (with --allow-changed if the file "+
-			"was applied on some shards: those keep what they ran); each shard continues where it stopped", err)
+		return sum, fmt.Errorf("%w%s\nfix the migration and run `pgtenant migrate up` again (with --allow-changed if the file "+
+			"was applied on some shards: those keep what they ran); each shard continues where it stopped", err, missingObjectHint(err))
 	}
 	return sum, nil
+}
+
+// sharedSchema is the schema migrations find after the shard's: the
+// router's shared_schema from the config file, or public.
+func (a *app) sharedSchema() string {
+	if a.cfg != nil && a.cfg.Router.SharedSchema != nil {
+		return *a.cfg.Router.SharedSchema
+	}
+	return shared.DefaultSchema
 }

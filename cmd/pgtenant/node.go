@@ -48,6 +48,9 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 				if err != nil {
 					return err
 				}
+				if err := a.installExtensions(ctx, c, args[0], args[1]); err != nil {
+					return fmt.Errorf("node %s added, but: %w (run `pgtenant extension add NAME` once it is fixed)", args[0], err)
+				}
 				fmt.Fprintf(a.stdout, "node %s added\n", args[0])
 				return nil
 			})(cmd, args)
@@ -98,7 +101,7 @@ node's identity is recorded). Exits non-zero when a check fails.`,
 					delete(want, n.Name)
 					r := c.CheckRegisteredNode(ctx, n)
 					a.printReport(r)
-					if r.Failed() {
+					if r.Failed() || !a.checkExtensions(ctx, c, n.Name, n.DSN) {
 						failed++
 					}
 				}

@@ -92,6 +92,8 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 		group(newTenantCmd(a)),
 		group(newUserCmd(a)),
 		group(newMigrateCmd(a)),
+		group(newExtensionCmd(a)),
+		group(newReferenceCmd(a)),
 		group(newDevCmd(a)),
 		newDemoCmd(a),
 		newOpsCmd(a),

@@ -86,6 +86,7 @@ hostssl does.`,
 	addLifecycleFlags(cmd)
 	cmd.Flags().String("shared-schema", "public", "schema searched after the shard's (search_path: shard, this, pg_temp); empty = none")
 	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction this long (SQLSTATE 25P03, rolled back; 0: never)")
+	cmd.Flags().Bool("reset-tenant-after-transaction", false, "reset a client's session tenant (SET pgtenant.tenant) after each transaction on a shard, for apps whose pool reuses clients")
 	return cmd
 }
 
@@ -146,6 +147,7 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	default:
 		cfg.IdleInTransactionTimeout = idleTxn
 	}
+	cfg.ResetTenantAfterTransaction = boolSetting(cmd, "reset-tenant-after-transaction", rc.ResetTenantAfterTransaction)
 	p := cfg.Pool
 	switch {
 	case p.MaxSize <= 0:

@@ -23,6 +23,7 @@ func TestRouterConfigSources(t *testing.T) {
   pool_check_idle: -1s
   max_clients: 50
   hold_timeout: 2m
+  reset_tenant_after_transaction: true
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,8 @@ func TestRouterConfigSources(t *testing.T) {
 		t.Errorf("shared schema %q (none %v), idle in transaction timeout %s: want public and the default", cfg.SharedSchema, cfg.NoSharedSchema, cfg.IdleInTransactionTimeout)
 	}
 	if cfg.PoolMode != router.PoolSession || cfg.MaxClients != 50 || cfg.MaxPrepared != 200 || cfg.MaxMessage != 64<<20 ||
-		cfg.HoldTimeout != 2*time.Minute || cfg.ClientIdleTimeout != 10*time.Minute || cfg.StartupTimeout != 10*time.Second {
+		cfg.HoldTimeout != 2*time.Minute || cfg.ClientIdleTimeout != 10*time.Minute || cfg.StartupTimeout != 10*time.Second ||
+		!cfg.ResetTenantAfterTransaction {
 		t.Errorf("config = %+v", cfg)
 	}
 

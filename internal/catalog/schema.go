@@ -128,6 +128,15 @@ CREATE UNIQUE INDEX nodes_identity ON pgtenant.nodes (identity);
 	`
 ALTER TABLE pgtenant.routers ADD COLUMN admin_url text;
 `,
+	// 7: extensions installed in the shared schema of every node (pgtenant
+	// extension add), so that nodes added later get them too.
+	`
+CREATE TABLE pgtenant.extensions (
+	name       text PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 63),
+	schema     text NOT NULL CHECK (octet_length(schema) BETWEEN 1 AND 63),
+	added_at   timestamptz NOT NULL DEFAULT now()
+);
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -64,6 +64,11 @@ type Options struct {
 	// files' new checksums are recorded). False refuses with a *DriftError.
 	// A file with another name for an applied version is refused either way.
 	AllowChanged bool
+	// SharedSchema, when set, follows the shard's schema in the search_path
+	// migrations run with (see searchPath), so that they can use the types
+	// of extensions installed there and refer to reference tables. Empty
+	// means the shard's schema alone.
+	SharedSchema string
 }
 
 // Event reports one finished target to Options.Progress.
@@ -431,7 +436,7 @@ func run(ctx context.Context, verb string, files []File, fsys fs.FS, targets []T
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				w := newWorker(n.cfg)
+				w := newWorker(n.cfg, opts.SharedSchema)
 				defer w.db.Close()
 				for t := range queue {
 					if stop.Load() || ctx.Err() != nil {
@@ -517,20 +522,22 @@ type worker struct {
 	// the right search_path before goose touches it. Atomic because
 	// database/sql may open connections from its own goroutine.
 	schema atomic.Value // string
+	// shared is Options.SharedSchema.
+	shared string
 }
 
-func newWorker(node *pgx.ConnConfig) *worker {
+func newWorker(node *pgx.ConnConfig, shared string) *worker {
 	cfg := node.Copy()
 	// No named statements: the same SQL text means a different table after
 	// search_path changes, so nothing is cached per connection.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
-	w := &worker{}
+	w := &worker{shared: shared}
 	w.db = stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(func(ctx context.Context, c *pgx.Conn) error {
 		schema, _ := w.schema.Load().(string)
 		if schema == "" {
 			return nil
 		}
-		_, err := c.Exec(ctx, "SELECT set_config('search_path', $1, false)", pgx.Identifier{schema}.Sanitize())
+		_, err := c.Exec(ctx, "SELECT set_config('search_path', $1, false)", searchPath(schema, w.shared))
 		return err
 	}))
 	// One connection: goose runs SQL files on the connection it locks.
@@ -548,7 +555,7 @@ func (w *worker) migrate(ctx context.Context, files []File, fsys fs.FS, t Target
 	var exists bool
 	err := w.db.QueryRowContext(ctx,
 		"SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $2) FROM set_config('search_path', $1, false)",
-		pgx.Identifier{t.Schema}.Sanitize(), t.Schema).Scan(&exists)
+		searchPath(t.Schema, w.shared), t.Schema).Scan(&exists)
 	if err != nil {
 		return nil, 0, &ShardError{Target: t, Err: fmt.Errorf("set search_path: %w", err)}
 	}
@@ -650,7 +657,8 @@ func (w *worker) prepare(ctx context.Context, t Target, files []File, allowChang
 
 // newProvider returns a goose provider for one schema. The version table is
 // left unqualified ("goose_db_version") and found through search_path, which
-// migrate sets to the shard schema alone after checking it exists; goose's
+// migrate sets to the shard schema (then the shared one, see searchPath)
+// after checking it exists; goose's
 // own schema-qualified form glues the name into SQL unquoted.
 func newProvider(db *sql.DB, fsys fs.FS, schema string, files []File) (*goose.Provider, error) {
 	locker, err := lock.NewPostgresSessionLocker(

@@ -211,6 +211,28 @@ func noTenantError() *wire.Error {
 		Hint: "Set one with SET pgtenant.tenant = 'id', a /* tenant: id */ comment, or the connection option -c pgtenant.tenant=id."}
 }
 
+// noShardError is noTenantError for a statement that the parser found
+// needs a shard, saying why.
+func noShardError(reason string) *wire.Error {
+	e := noTenantError()
+	e.Detail = "Without a tenant only statements that read just pg_catalog and information_schema run (this one needs a shard: " + reason + ")."
+	return e
+}
+
+// noShard reports whether a statement without a tenant can run on any
+// node. SET, RESET, SHOW and the like are decided by the lexer; anything
+// else is parsed (sqlscan, cached by text): it may if it reads only the
+// system catalogs. Statements that have a tenant never get here.
+func (ss *session) noShard(info *stmtInfo, sql string) (bool, *wire.Error) {
+	if info.noShard && ((info.kind != kSelect && info.kind != kValues) || info.op != opNone || info.callsSetConfig) {
+		return true, nil
+	}
+	if d := ss.srv.scan.Decide(sql); !d.AnyNode {
+		return false, noShardError(d.Reason)
+	}
+	return true, nil
+}
+
 func unknownTenantError(t string) *wire.Error {
 	return &wire.Error{Code: "42704", Message: fmt.Sprintf("tenant %q is unknown", t),
 		Hint: fmt.Sprintf("Register it with `pgtenant tenant add %s`.", t)}
@@ -951,6 +973,7 @@ func (ss *session) drain(all bool) error {
 					ss.relay(typ, body)
 					if ss.status == 'I' {
 						ss.localTenant = ""
+						ss.resetTenantAfterTxn()
 					}
 				}
 			}
@@ -1081,6 +1104,23 @@ func (ss *session) backendFatal(body []byte) error {
 	ss.closing = true
 	ss.cw.Flush()
 	return errBackendFatal
+}
+
+// resetTenantAfterTxn resets the session tenant when a transaction that
+// ran on a tenant's shard has ended, if Config.ResetTenantAfterTransaction
+// asks for it.
+func (ss *session) resetTenantAfterTxn() {
+	// shardUsed is set when a statement is executed on a tenant's shard
+	// (Query or Bind), not for a Parse or Describe alone.
+	if !ss.shardUsed {
+		return
+	}
+	ss.shardUsed = false
+	if !ss.srv.cfg.ResetTenantAfterTransaction || ss.tenant == ss.startTenant {
+		return
+	}
+	ss.tenant = ss.startTenant
+	ss.setView()
 }
 
 // backendPending reports whether any queued response must come from the backend.

@@ -101,6 +101,14 @@ type Config struct {
 	PoolMode PoolMode
 	// Pool limits each node's backend pool.
 	Pool PoolConfig
+	// ResetTenantAfterTransaction, when set, resets a client's session
+	// tenant (SET pgtenant.tenant) to its startup value, or to none, after
+	// each transaction that ran on a tenant's shard (a statement outside a
+	// transaction block is a transaction of its own), so a client reused
+	// by an application's connection pool does not carry one request's
+	// tenant into the next. False (the default) keeps the tenant for the
+	// session, as a server keeps a SET.
+	ResetTenantAfterTransaction bool
 	// MaxPrepared bounds the statements the router keeps prepared on one
 	// backend connection (one per client statement text and shard schema,
 	// and a few of its own); past it, client statements are closed, down

@@ -73,6 +73,12 @@ type stmtInfo struct {
 	// laterSet and laterDiscard are set when a statement after the first
 	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
 	laterSet, laterDiscard bool
+	// laterTenant is set when a statement after the first is SET [LOCAL],
+	// RESET or SHOW of pgtenant.tenant.
+	laterTenant bool
+	// firstEnd is the offset just past the ';' that ends the first
+	// statement (0 when the text holds one statement).
+	firstEnd int
 	// endsTxn is set when a statement ends the transaction: COMMIT, END,
 	// ROLLBACK or ABORT (not ROLLBACK TO, COMMIT/ROLLBACK PREPARED), with
 	// or without AND CHAIN, or PREPARE TRANSACTION. txnThenMore is set when
@@ -286,6 +292,9 @@ func classify(sql string) stmtInfo {
 					sawFrom = true
 				}
 			}
+			if stmtDone && lx.sinceSemi > 0 && lx.sinceSemi <= 2 && strings.EqualFold(w, tenantSetting) && lx.laterTenantPos() {
+				info.laterTenant = true // SET/RESET/SHOW [LOCAL|SESSION] pgtenant.tenant
+			}
 			if stmtDone && lx.sinceSemi == 0 {
 				switch {
 				case strings.EqualFold(w, "set"), strings.EqualFold(w, "reset"):
@@ -315,8 +324,9 @@ func classify(sql string) stmtInfo {
 		case c == ';':
 			i++
 			lx.sinceSemi = 0
-			if lx.n > 0 {
+			if lx.n > 0 && !stmtDone {
 				stmtDone = true
+				info.firstEnd = i
 			}
 		default:
 			if stmtDone {
@@ -470,6 +480,17 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 
 func hasPrefixFold(s, prefix string) bool {
 	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// laterTenantPos reports whether a word in a later statement, at position
+// lx.sinceSemi (1 or 2), is where SET/RESET/SHOW [LOCAL|SESSION] name the
+// setting.
+func (lx *lexer) laterTenantPos() bool {
+	eq := strings.EqualFold
+	if lx.sinceSemi == 1 {
+		return eq(lx.prev, "set") || eq(lx.prev, "reset") || eq(lx.prev, "show")
+	}
+	return eq(lx.prev, "local") || eq(lx.prev, "session")
 }
 
 func (lx *lexer) add(after bool, k tokKind, start, end int) {

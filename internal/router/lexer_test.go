@@ -79,10 +79,40 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.sql, func(t *testing.T) {
-			if got := classify(tt.sql); got != tt.want {
+			got := classify(tt.sql)
+			got.firstEnd = 0 // TestClassifySplit
+			if got != tt.want {
 				t.Errorf("classify(%q)\n got %+v\nwant %+v", tt.sql, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestClassifySplit: where the first statement ends, and whether a later
+// one names the tenant (see session.onQueryParts).
+func TestClassifySplit(t *testing.T) {
+	tests := []struct {
+		sql         string
+		firstEnd    int
+		laterTenant bool
+	}{
+		{"SET pgtenant.tenant = 'a'; SELECT 1", 26, false},
+		{"SELECT ';'; SELECT 2", 11, false},
+		{"SELECT 1", 0, false},
+		{"SELECT 1;", 9, false},
+		{"BEGIN; SET LOCAL pgtenant.tenant = 'a'; SELECT 1", 6, true},
+		{"SELECT 1; set pgtenant.tenant to a", 9, true},
+		{"SELECT 1; RESET pgtenant.tenant", 9, true},
+		{"SELECT 1; SHOW pgtenant.tenant", 9, true},
+		{"SELECT 1; SET SESSION pgtenant.tenant = a", 9, true},
+		{"SELECT 1; SELECT pgtenant.tenant FROM pgtenant", 9, false},
+		{"SELECT 1; SET statement_timeout = 1", 9, false},
+	}
+	for _, tt := range tests {
+		got := classify(tt.sql)
+		if got.firstEnd != tt.firstEnd || got.laterTenant != tt.laterTenant {
+			t.Errorf("classify(%q): firstEnd %d, laterTenant %v; want %d, %v", tt.sql, got.firstEnd, got.laterTenant, tt.firstEnd, tt.laterTenant)
+		}
 	}
 }
 

@@ -346,6 +346,9 @@ func (ss *session) reply(tag string, notice *wire.Error) *wire.Error {
 		ss.cw.Write(wire.AppendError(ss.out[:0], notice))
 	}
 	ss.cw.Write(wire.AppendCommandComplete(ss.out[:0], tag))
+	if ss.midString {
+		return nil // the rest of the query string follows
+	}
 	st := ss.localStatus()
 	if st == 'I' {
 		ss.localTenant = "" // the implicit transaction ended
@@ -414,13 +417,17 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		// another.
 		return txnThenMoreError()
 	}
+	if info.multi && ss.splitsFirst(&info) {
+		return ss.onQueryParts(sql, &info)
+	}
+	if info.laterTenant {
+		return &wire.Error{Code: "0A000", Message: "SET, RESET or SHOW of pgtenant.tenant after another statement of the same query",
+			Hint: "Name the tenant at the start of the query string (SET pgtenant.tenant = 'id'; ...), or in a query of its own."}
+	}
 	if info.reservedSet && (info.kind == kSet || info.kind == kReset) {
 		return reservedSetError(info.setName)
 	}
 	if info.op != opNone && info.op != opSetConfig {
-		if info.multi {
-			return &wire.Error{Code: "0A000", Message: "send SET/RESET/SHOW pgtenant.tenant as a statement of its own"}
-		}
 		switch info.op {
 		case opShow:
 			if err := ss.drainSyncs(); err != nil {
@@ -435,7 +442,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			return ss.reply("SHOW", nil)
 		case opSet, opSetLocal:
 			local := info.op == opSetLocal
-			if local && !ss.inTxn() {
+			if local && !ss.inTxn() && !ss.midString {
 				return ss.reply("SET", &wire.Error{Severity: "WARNING", Code: "25P01", Message: "SET LOCAL can only be used in transaction blocks"})
 			}
 			if e := ss.setTenant(info.val, local); e != nil {
@@ -549,8 +556,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	tenant := ss.pickTenant(&info)
 	if tenant == "" {
-		if !info.noShard && !(ss.be != nil && ss.beTenant == anyTenant && ss.status != 'I') {
-			return noTenantError()
+		if !(ss.be != nil && ss.beTenant == anyTenant && ss.status != 'I') {
+			if ok, e := ss.noShard(&info, sql); !ok {
+				return e
+			}
 		}
 		tenant = anyTenant
 		if ss.be != nil && ss.status != 'I' {
@@ -560,6 +569,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return e
 	}
+	ss.noteShardUse(&info)
 	if ss.status == 'E' && info.multi && (ss.setupDue || ss.setupEach) {
 		// The setup would fail in the aborted transaction, and the
 		// statements after its end would run without it.
@@ -575,12 +585,72 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	ss.noteServerState(&info)
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery, set: newSet})
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}
 	}
 	return nil
+}
+
+// resetDue reports whether the session tenant may be reset when the
+// transaction in progress ends (Config.ResetTenantAfterTransaction): its
+// answer is then read before the client's next message is routed, so
+// pipelined statements never race the reset.
+func (ss *session) resetDue() bool {
+	return ss.srv.cfg.ResetTenantAfterTransaction && ss.tenant != ss.startTenant
+}
+
+// noteShardUse notes a statement executed on the attached backend: one on
+// a tenant's shard, other than naming the tenant, sets shardUsed.
+func (ss *session) noteShardUse(info *stmtInfo) {
+	if info.op == opNone && ss.beTenant != anyTenant && ss.beTenant != descTenant {
+		ss.shardUsed = true
+	}
+}
+
+// splitsFirst reports whether the first statement of a query string of
+// several is one the router answers itself and the rest depends on: SET
+// [LOCAL], RESET or SHOW of pgtenant.tenant, or a BEGIN it can defer that
+// such a statement follows.
+func (ss *session) splitsFirst(info *stmtInfo) bool {
+	switch info.op {
+	case opSet, opSetLocal, opReset, opShow:
+		return true
+	}
+	return info.kind == kBegin && info.laterTenant && ss.canDefer() && !ss.failed
+}
+
+// onQueryParts runs a query string whose first statement the router
+// answers itself (see splitsFirst): that statement, without a
+// ReadyForQuery, then the rest of the string as a Query of its own, so a
+// tenant it names applies to the rest (psql -c "SET pgtenant.tenant = 'x';
+// SELECT ..."). SET LOCAL outside a transaction block lasts to the end of
+// the string, as in the implicit transaction a server runs it in.
+//
+// Unlike on a server, a session SET of the tenant stays when a later
+// statement of the string fails.
+func (ss *session) onQueryParts(sql string, info *stmtInfo) *wire.Error {
+	first, rest := strings.TrimRight(sql[:info.firstEnd-1], " \t\r\n\f"), sql[info.firstEnd:]
+	inTxn := ss.inTxn()
+	ss.midString = true
+	werr := ss.onQuery(append([]byte(first), 0))
+	ss.midString = false
+	if werr != nil {
+		return werr
+	}
+	werr = ss.onQuery(append([]byte(rest), 0))
+	if !inTxn && !ss.inTxn() {
+		// A SET LOCAL ends with the string: learn its end before the
+		// client's next message is routed.
+		if err := ss.drain(false); err != nil && werr == nil {
+			werr = connError(err)
+		}
+		if werr != nil && !ss.inTxn() {
+			ss.localTenant = ""
+		}
+	}
+	return werr
 }
 
 // reset forgets a session setting (all of them for "all", the tenant
@@ -918,6 +988,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if e := ss.route(def, false); e != nil {
 		return e
 	}
+	ss.noteShardUse(&def.info)
 	ss.sendSetup(&def.info, true)
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
@@ -960,13 +1031,21 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 		if ss.be != nil && ss.status != 'I' {
 			return nil
 		}
+		if def.noShard == 0 {
+			def.noShard, def.noShardErr = 2, nil
+			if ok, e := ss.noShard(&def.info, def.query); ok {
+				def.noShard = 1
+			} else {
+				def.noShardErr = e
+			}
+		}
 		switch {
-		case def.info.noShard:
+		case def.noShard == 1:
 			tenant = anyTenant
 		case describe:
 			tenant = descTenant
 		default:
-			return noTenantError()
+			return def.noShardErr
 		}
 	}
 	return ss.ensureBackend(tenant)
@@ -1089,7 +1168,7 @@ func (ss *session) onSync([]byte) *wire.Error {
 	}
 	// A setup sent with the transaction just ended is rolled back with it:
 	// learn its fate before anything else is sent on the backend.
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen {
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
 			return connError(err)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
+	"github.com/pgtenant/pgtenant/internal/sqlscan"
 	"github.com/pgtenant/pgtenant/internal/usage"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
@@ -66,6 +67,9 @@ type Server struct {
 	cbindFixed bool
 	// pathTail follows the shard's schema in search_path (see searchPath).
 	pathTail string
+	// scan decides, by statement text, whether a statement without a
+	// tenant reads only the system catalogs (see session.noShard).
+	scan *sqlscan.Cache
 
 	lnMu   sync.Mutex
 	ln     net.Listener
@@ -98,6 +102,7 @@ func New(cfg Config) *Server {
 		stmtIDs:    make(map[string]string),
 		schemaTags: make(map[string]string),
 		keys:       make(map[string]wire.SCRAMKeys),
+		scan:       sqlscan.NewCache(0),
 		drainBegun: make(chan struct{}),
 	}
 	if cfg.MaxMessageMemory > 0 {

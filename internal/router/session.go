@@ -32,6 +32,10 @@ type stmtDef struct {
 	info        stmtInfo
 	// guard is what guard found in query (nil: nothing).
 	guard *guardFinding
+	// noShard caches session.noShard for the statement: 0 not asked yet,
+	// 1 it runs without a tenant, 2 it needs one (noShardErr says why).
+	noShard    uint8
+	noShardErr *wire.Error
 }
 
 // setting is one session setting the client made.
@@ -146,6 +150,12 @@ type session struct {
 	// CopyInResponse.
 	copyStreaming bool
 	listening     bool
+	// midString: the statement being answered is followed by more of the
+	// same query string (see onQueryParts): no ReadyForQuery yet.
+	midString bool
+	// shardUsed: a statement was routed to a tenant's shard since the last
+	// ReadyForQuery outside a transaction (see resetTenantAfterTxn).
+	shardUsed bool
 
 	// cleanDue: the attached backend came from the pool in transaction
 	// mode and may hold another client's temporary objects; DISCARD TEMP

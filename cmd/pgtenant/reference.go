@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/shared"
+)
+
+func newReferenceCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "reference",
+		Short: "Reference tables: the same rows for every tenant, on every node",
+		Long: `Reference tables (plans, countries, tariffs: the same rows for every tenant)
+live in the shared schema of every node (public by default). Every tenant's
+transactions read them and join them with their own tables; only these
+commands write them, on every node: a Postgres trigger refuses writes from
+anywhere else (42501), the router's clients included.
+
+Declare them in reference migrations: a directory of VERSION_name.sql files
+(goose's format or plain SQL) kept apart from the shard migrations and applied
+to every node's shared schema, before 'migrate up' so that shard migrations
+can refer to them. Every table a reference migration creates is a reference
+table.`,
+	}
+	var schema, dir string
+	migrateCmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply reference migrations to the shared schema of every node",
+		Example: `  pgtenant reference migrate --dir ./reference
+  pgtenant migrate up --dir ./migrations`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			abs, err := filepath.Abs(dir)
+			if err != nil {
+				return err
+			}
+			ms, err := shared.ReadMigrations(os.DirFS(abs))
+			if err != nil {
+				return err
+			}
+			nodes, err := sharedNodes(ctx, c)
+			if err != nil {
+				return err
+			}
+			res, err := shared.Migrate(ctx, nodes, schema, ms)
+			c.RecordOperation(ctx, "reference migrate", map[string]any{"dir": abs, "schema": schema}, err)
+			for _, r := range res {
+				if len(r.Applied) > 0 {
+					fmt.Fprintf(a.stdout, "node %s: applied %s\n", r.Node, strings.Join(r.Applied, ", "))
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("reference migrate: %w", err)
+			}
+			fmt.Fprintf(a.stdout, "%d nodes current with %d reference migrations from %s\n", len(nodes), len(ms), abs)
+			return nil
+		}),
+	}
+	migrateCmd.Flags().StringVar(&dir, "dir", "reference", "directory of reference migration files")
+
+	var file string
+	var replace, header bool
+	load := &cobra.Command{
+		Use:   "load TABLE --file ROWS.csv",
+		Short: "Copy CSV rows into a reference table on every node",
+		Example: `  pgtenant reference load plans --file plans.csv --header --replace
+  pgtenant reference load countries --file countries.csv`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				b, err := os.ReadFile(file)
+				if err != nil {
+					return fmt.Errorf("read rows: %w", err)
+				}
+				nodes, err := sharedNodes(ctx, c)
+				if err != nil {
+					return err
+				}
+				err = shared.Load(ctx, nodes, schema, args[0], b, shared.LoadOptions{Replace: replace, Header: header})
+				c.RecordOperation(ctx, "reference load", map[string]any{"table": args[0], "file": file, "replace": replace}, err)
+				if err != nil {
+					return fmt.Errorf("reference load %s: %w", args[0], err)
+				}
+				fmt.Fprintf(a.stdout, "%s loaded on %d nodes\n", args[0], len(nodes))
+				return nil
+			})(cmd, args)
+		},
+	}
+	load.Flags().StringVar(&file, "file", "", "CSV file of rows (required)")
+	load.Flags().BoolVar(&replace, "replace", false, "delete the table's rows first")
+	load.Flags().BoolVar(&header, "header", false, "the file's first line names the columns")
+	load.MarkFlagRequired("file")
+
+	exec := &cobra.Command{
+		Use:     "exec SQL",
+		Short:   "Run SQL that writes reference tables on every node",
+		Example: `  pgtenant reference exec "UPDATE plans SET price = 12 WHERE name = 'pro'"`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				nodes, err := sharedNodes(ctx, c)
+				if err != nil {
+					return err
+				}
+				err = shared.Exec(ctx, nodes, schema, args[0])
+				c.RecordOperation(ctx, "reference exec", map[string]any{"sql": args[0]}, err)
+				if err != nil {
+					return fmt.Errorf("reference exec: %w", err)
+				}
+				fmt.Fprintf(a.stdout, "done on %d nodes\n", len(nodes))
+				return nil
+			})(cmd, args)
+		},
+	}
+	for _, c := range []*cobra.Command{migrateCmd, load, exec} {
+		c.Flags().StringVar(&schema, "schema", shared.DefaultSchema, "the shared schema")
+	}
+	cmd.AddCommand(migrateCmd, load, exec)
+	return cmd
+}
