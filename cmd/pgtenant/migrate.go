@@ -184,5 +184,5 @@ func (a *app) migrateUp(ctx context.Context, c *catalog.Catalog, dir string, sha
 		}
 		return fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again; each shard continues where it stopped", err)
 	}
-	return nil
+	return a.afterMigrate(ctx, c, dir, shards)
 }

@@ -62,6 +62,11 @@ type Config struct {
 	// there, or end of file, discards the connection instead of failing
 	// the next transaction. Zero means 100 milliseconds; negative means never.
 	CheckIdle time.Duration
+	// Role, when set, is sent as the startup parameter role: the server
+	// runs the connection's statements as that role, and RESET ROLE,
+	// RESET ALL and DISCARD ALL come back to it rather than to the
+	// connection's user. Empty means the connection's user.
+	Role string
 }
 
 func (c Config) withDefaults() Config {
@@ -345,6 +350,9 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("parse dsn: %w", err)
 	}
 	cfg.ConnectTimeout = p.cfg.ConnectTimeout
+	if p.cfg.Role != "" {
+		cfg.RuntimeParams["role"] = p.cfg.Role
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
 	pc, err := pgconn.ConnectConfig(ctx, cfg)

@@ -257,6 +257,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if err != nil {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
+	if e := ss.checkAccess(sql); e != nil {
+		return e
+	}
 	info := classify(sql)
 	if ss.failed && ss.be == nil {
 		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
@@ -533,6 +536,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	if def == nil {
 		q := string(pm.Query)
+		if e := ss.checkAccess(q); e != nil {
+			return e
+		}
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
