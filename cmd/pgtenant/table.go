@@ -74,10 +74,10 @@ or with 'pgtenant table set'.`,
 	set.Flags().StringVar(&refs, "references", "id", "a child table: the parent's column that --via references")
 
 	list := &cobra.Command{
-		Use:   "list",
-		Short: "List the registry, and the tables of the shards that have no rule",
+		Use:     "list",
+		Short:   "List the registry, and the tables of the shards that have no rule",
 		Example: `  pgtenant table list`,
-		Args:  cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			rules, err := tables.New(c.Pool()).List(ctx)
 			if err != nil {
