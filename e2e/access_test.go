@@ -283,3 +283,103 @@ func TestRoles(t *testing.T) {
 		}
 	})
 }
+
+// TestRestrictedUser: a user restricted to t3 runs as shard 3's restricted
+// role. Postgres stops schema-qualified access to other shards (42501 from
+// the server) and tables without a rule; RLS keeps t11's rows (same shard)
+// out; the router refuses the statements that could leave the role or the
+// tenant.
+func TestRestrictedUser(t *testing.T) {
+	accessModes(t, func(t *testing.T, c *cluster, mode pgx.QueryExecMode) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn := connectAs(t, ctx, c, userRestricted, "", mode)
+		got := tenantsSeen(t, ctx, conn, "SELECT DISTINCT tenant FROM items")
+		if len(got) != 1 || got[0] != tenantName(3) {
+			t.Fatalf("restricted SELECT saw tenants %v, want t3", got)
+		}
+		got = tenantsSeen(t, ctx, conn, "SELECT DISTINCT tenant FROM shard_0003.items")
+		if len(got) != 1 || got[0] != tenantName(3) {
+			t.Fatalf("restricted SELECT from its own schema saw tenants %v, want t3", got)
+		}
+		// Postgres, not the router, stops these.
+		for _, q := range []string{
+			"SELECT * FROM shard_0007.orders",                   // another shard, same node
+			"SELECT * FROM shard_0005.items",                    // another shard, same node
+			"SELECT * FROM shard_info",                          // a table without a rule
+			"INSERT INTO items VALUES (9906, 't11', 3, 'x', 1)", // another tenant's id
+			"SELECT pg_catalog.pg_read_binary_file('/etc/passwd')",
+		} {
+			_, err := conn.Exec(ctx, q)
+			var pe *pgconn.PgError
+			if strings.Contains(q, "pg_read") {
+				wantRouterRefused(t, q, err)
+				continue
+			}
+			if err == nil || !errorsAs(err, &pe) || pe.Code != "42501" || strings.Contains(pe.Message, "router user") {
+				t.Fatalf("%s: got %v, want 42501 from the server", q, err)
+			}
+		}
+		// Shard 6 is on the other node: not there at all.
+		if _, err := conn.Exec(ctx, "SELECT * FROM shard_0006.items"); pgCode(err) != "42P01" {
+			t.Fatalf("SELECT from a shard of the other node: %v, want 42P01", err)
+		}
+		// The router refuses these.
+		for _, q := range []string{
+			"SET ROLE postgres",
+			"RESET ROLE",
+			"SET LOCAL ROLE postgres",
+			"SET SESSION AUTHORIZATION postgres",
+			"SET search_path = shard_0006",
+			"SET pgtenant.tenant_id = 't11'",
+			"SELECT set_config('pgtenant.tenant_id', 't11', false)",
+			"SELECT set_config('search_path', 'shard_0006', false)",
+			"SELECT set_config(x, 'postgres', false) FROM (VALUES ('ro' || 'le')) v(x)",
+			`SELECT "set_config"('role', 'postgres', false)`,
+			`SELECT U&"set\005fconfig"('role', 'postgres', false)`,
+			"DO $$ BEGIN PERFORM set_config('pgtenant.tenant_id', 't11', false); END $$",
+			"CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+			"CREATE OR REPLACE PROCEDURE pg_temp.p() LANGUAGE sql AS 'SELECT 1'",
+			"COPY items TO '/tmp/pgtenant-items'",
+			"COPY items FROM PROGRAM 'cat /etc/passwd'",
+			"LOAD 'plpgsql'",
+			"CREATE TABLE shard_0003.evil (x int)",
+			"ALTER SYSTEM SET work_mem = '1GB'",
+			"ALTER ROLE CURRENT_USER SET pgtenant.tenant_id = 't11'",
+			"CREATE EXTENSION dblink",
+			"LOCK TABLE items",
+			"SELECT query_to_xml('SELECT * FROM items', false, false, '')",
+			"SELECT pg_notify('x', 'y')",
+			"NOTIFY x",
+			"SELECT lo_import('/etc/passwd')",
+			"/* tenant: t11 */ SELECT 1",
+			"SELECT 1; SET ROLE postgres",
+		} {
+			_, err := conn.Exec(ctx, q)
+			wantRouterRefused(t, q, err)
+		}
+		if _, err := conn.Exec(ctx, "SET pgtenant.tenant = 't11'"); err == nil {
+			_, err = conn.Exec(ctx, "SELECT count(*) FROM items")
+			wantRouterRefused(t, "switching tenant", err)
+			conn.Exec(ctx, "SET pgtenant.tenant = 't3'")
+		}
+		// Still working, and still t3 only, after the refusals.
+		got = tenantsSeen(t, ctx, conn, "SELECT DISTINCT tenant FROM items")
+		if len(got) != 1 || got[0] != tenantName(3) {
+			t.Fatalf("restricted SELECT after refusals saw tenants %v, want t3", got)
+		}
+		var buf strings.Builder
+		if _, err := conn.PgConn().CopyTo(ctx, &buf, "COPY (SELECT tenant FROM items) TO STDOUT"); err != nil {
+			t.Fatalf("COPY TO STDOUT: %v", err)
+		}
+		if n := strings.Count(buf.String(), "t3\n"); n != itemsPerTenant || strings.Contains(buf.String(), "t11") {
+			t.Fatalf("COPY TO STDOUT gave %q", buf.String())
+		}
+		// A login naming another tenant is refused at startup.
+		cfg, _ := pgx.ParseConfig(c.dsnAs(userRestricted, tenantName(11)))
+		if other, err := pgx.ConnectConfig(ctx, cfg); err == nil {
+			other.Close(ctx)
+			t.Fatal("restricted user logged in with another tenant")
+		}
+	})
+}

@@ -136,7 +136,7 @@ func accessCheck(sql string, restricted bool) *wire.Error {
 				}
 				if j < len(toks) {
 					name := toks[j].text
-					if name == "session" && j+1 < len(toks) && toks[j+1].text == "authorization" {
+					if name == "authorization" || (name == "session" && j+1 < len(toks) && toks[j+1].text == "authorization") {
 						return refused("SET SESSION AUTHORIZATION")
 					}
 					if name == "role" || name == "session_authorization" || name == "is_superuser" {
