@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/access"
@@ -75,4 +76,28 @@ func (a *app) afterMigrate(ctx context.Context, c *catalog.Catalog, dir string, 
 		fmt.Fprintf(a.stdout, "tables registry: %d rules from migration annotations\n", len(rules))
 	}
 	return a.applyAccess(ctx, c, shards)
+}
+
+// accessChecks are node check's lines about row-level security on node n.
+func (a *app) accessChecks(ctx context.Context, plan access.Plan, n catalog.Node, shards []placement.Shard) []catalog.CheckResult {
+	var mine []placement.Shard
+	for _, s := range shards {
+		if s.Node == n.Name {
+			mine = append(mine, s)
+		}
+	}
+	conn, err := pgx.Connect(ctx, n.DSN)
+	if err != nil {
+		return []catalog.CheckResult{{Name: "row-level security", Status: catalog.CheckWarn, Detail: err.Error()}}
+	}
+	defer conn.Close(context.Background())
+	fs, err := plan.Check(ctx, conn, mine)
+	if err != nil {
+		return []catalog.CheckResult{{Name: "row-level security", Status: catalog.CheckWarn, Detail: err.Error()}}
+	}
+	out := make([]catalog.CheckResult, len(fs))
+	for i, f := range fs {
+		out[i] = catalog.CheckResult{Name: f.Name, Status: f.Status, Detail: f.Detail}
+	}
+	return out
 }

@@ -6,7 +6,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
 func newNodeCmd(a *app) *cobra.Command {
@@ -33,6 +35,9 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 				a.printReport(report)
 				if err != nil {
 					return err
+				}
+				if err := access.PrepareNode(ctx, c.Pool(), placement.Node{Name: args[0], DSN: args[1]}); err != nil {
+					return fmt.Errorf("node %s added, but creating pgtenant's roles there failed (run `pgtenant access apply`): %w", args[0], err)
 				}
 				fmt.Fprintf(a.stdout, "node %s added\n", args[0])
 				return nil
@@ -72,6 +77,14 @@ rights for online moves. Exits non-zero when a check fails.`,
 				for _, n := range args {
 					want[n] = true
 				}
+				plan, err := access.Load(ctx, c.Pool())
+				if err != nil {
+					return err
+				}
+				shards, err := c.Shards(ctx)
+				if err != nil {
+					return err
+				}
 				failed := 0
 				for _, n := range nodes {
 					if len(want) > 0 && !want[n.Name] {
@@ -79,6 +92,9 @@ rights for online moves. Exits non-zero when a check fails.`,
 					}
 					delete(want, n.Name)
 					r := catalog.CheckNode(ctx, n.Name, n.DSN)
+					if r.Version > 0 {
+						r.Checks = append(r.Checks, a.accessChecks(ctx, plan, n, shards)...)
+					}
 					a.printReport(r)
 					if r.Failed() {
 						failed++

@@ -26,8 +26,10 @@ type NodeReport struct {
 	Missing  []string // registered tables not (yet) in some shard, "schema.table"
 }
 
-// Roles returns every role the plan makes on a node for these shards.
-func (p Plan) roles(shards []placement.Shard) []string {
+// roles returns every role the plan makes on a node: restricted roles of
+// every shard with restricted users, wherever the shard is (a move's
+// pre-check wants them on the target before the schema comes).
+func (p Plan) roles() []string {
 	var out []string
 	if p.RuntimeRole != "" {
 		out = append(out, p.RuntimeRole)
@@ -35,16 +37,21 @@ func (p Plan) roles(shards []placement.Shard) []string {
 	for _, r := range p.Roles {
 		out = append(out, r.Name)
 	}
-	for _, s := range shards {
-		if p.Restricted[s.ID] {
-			out = append(out, RestrictedRole(s.ID))
+	ids := make([]int, 0, len(p.Restricted))
+	for id, on := range p.Restricted {
+		if on {
+			ids = append(ids, id)
 		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		out = append(out, RestrictedRole(id))
 	}
 	return out
 }
 
 // EnsureRoles creates the plan's roles on the node conn is connected to
-// (for the given shards' restricted roles), NOLOGIN, and makes the
+// NOLOGIN, and makes the
 // connection's user a member of each, so the router, logging in as that
 // user, may run as them. A role that exists and is a superuser, bypasses
 // row-level security or is the user itself is refused.
@@ -54,7 +61,7 @@ func (p Plan) EnsureRoles(ctx context.Context, conn *pgx.Conn, shards []placemen
 	if err := conn.QueryRow(ctx, `SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&owner, &super); err != nil {
 		return fmt.Errorf("read the node's user: %w", err)
 	}
-	for _, r := range p.roles(shards) {
+	for _, r := range p.roles() {
 		if r == owner {
 			return fmt.Errorf("role %s is the node connection's own user; the runtime and granular roles must be other roles", r)
 		}

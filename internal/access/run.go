@@ -91,3 +91,16 @@ func layout(ctx context.Context, db *pgxpool.Pool) ([]placement.Node, map[string
 	}
 	return nodes, byNode, nil
 }
+
+// PrepareNode creates the plan's roles (not the restricted ones) on a node
+// just added, so that shards moved there restore their grants.
+func PrepareNode(ctx context.Context, db *pgxpool.Pool, node placement.Node) error {
+	p, err := Load(ctx, db)
+	if err != nil {
+		return err
+	}
+	if p.RuntimeRole == "" && len(p.Roles) == 0 {
+		return nil
+	}
+	return onNode(ctx, node, func(conn *pgx.Conn) error { return p.EnsureRoles(ctx, conn, nil) })
+}
