@@ -2,12 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
 // accessMigrations declare the registry with annotations.
@@ -188,5 +195,119 @@ func TestCLIAccess(t *testing.T) {
 	}
 	if n := nodeInt(t, dsnA, `SELECT count(*) FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid WHERE c.relname = 'invoices'`); n != 0 {
 		t.Fatalf("invoices still have %d policies after rls disable", n)
+	}
+}
+
+// TestRouterCommandAccess runs `pgtenant router` over a catalog with row-level
+// security, a read-only role and a restricted user: the router maps each
+// catalog user to its role.
+func TestRouterCommandAccess(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
+	mustRun(t, "init", "--shards", "2")
+	dsnA := nodeA.NewDatabase(t)
+	mustRun(t, "node", "add", "a", dsnA)
+	mustRun(t, "shard", "create")
+	dir := t.TempDir()
+	for f, b := range accessMigrations {
+		os.WriteFile(filepath.Join(dir, f), []byte(b), 0o644)
+	}
+	mustRun(t, "migrate", "up", "--dir", dir)
+	mustRun(t, "tenant", "add", "acme", "--shard", "1")
+	mustRun(t, "tenant", "add", "other", "--shard", "1")
+	nodeExec(t, dsnA, `INSERT INTO shard_0001.accounts (tenant_id, id, name) VALUES ('acme', 1, 'a'), ('other', 2, 'o'), ('other', 3, 'o')`)
+	mustRun(t, "rls", "enable")
+	mustRun(t, "role", "create", "reader", "--grant", "SELECT")
+	for _, u := range [][]string{{"app"}, {"ro", "--role", "reader"}, {"r", "--tenant", "other"}} {
+		if code, out, errOut := pgtenantIn(t, "pw\n", append([]string{"user", "add", "--password-stdin"}, u...)...); code != 0 {
+			t.Fatalf("user add %v: exit %d %s%s", u, code, out, errOut)
+		}
+	}
+	addr, stop := startRouter(t)
+	defer stop()
+	ctx := context.Background()
+	connect := func(user, tenant string) *pgx.Conn {
+		cfg, err := pgx.ParseConfig("postgres://" + user + ":pw@" + addr + "/app?sslmode=disable")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tenant != "" {
+			cfg.RuntimeParams["options"] = "-c pgtenant.tenant=" + tenant
+		}
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("connect as %s: %v", user, err)
+		}
+		t.Cleanup(func() { conn.Close(ctx) })
+		return conn
+	}
+	count := func(conn *pgx.Conn) int {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(connect("app", "acme")); n != 1 {
+		t.Fatalf("app as acme sees %d accounts, want 1", n)
+	}
+	ro := connect("ro", "other")
+	if n := count(ro); n != 2 {
+		t.Fatalf("ro as other sees %d accounts, want 2", n)
+	}
+	if _, err := ro.Exec(ctx, "DELETE FROM accounts"); pgCodeOf(err) != "42501" {
+		t.Fatalf("read-only DELETE: %v, want 42501", err)
+	}
+	r := connect("r", "")
+	if n := count(r); n != 2 {
+		t.Fatalf("restricted r sees %d accounts, want 2", n)
+	}
+	if _, err := r.Exec(ctx, "SELECT * FROM shard_0000.accounts"); pgCodeOf(err) != "42501" {
+		t.Fatalf("restricted r reading shard 0: %v, want 42501", err)
+	}
+}
+
+func pgCodeOf(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// startRouter runs `pgtenant router` on a free port until stop is called.
+func startRouter(t *testing.T) (addr string, stop func()) {
+	t.Helper()
+	port, err := localpg.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"router", "--listen", addr}, strings.NewReader(""), &out, &errOut) }()
+	stop = func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("router exited %d: %s", code, errOut.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("router did not stop")
+		}
+	}
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return addr, stop
+		}
+		if i > 100 {
+			stop()
+			t.Fatalf("router not listening: %s%s", out.String(), errOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
