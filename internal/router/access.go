@@ -217,7 +217,8 @@ const (
 	tkWord         = iota + 1 // keyword or unquoted identifier, lower-cased
 	tkQuotedIdent             // "identifier", unquoted
 	tkUnicodeIdent            // U&"..." (its escapes are not decoded)
-	tkString                  // '...', E'...', $tag$...$tag$: the value (E escapes not decoded)
+	tkString                  // '...', E'...' without backslashes, $tag$...$tag$: the value
+	tkEscapedString           // E'...' with backslash escapes, U&'...': not decoded
 	tkSemi                    // ;
 	tkOther                   // punctuation, numbers, parameters
 )
@@ -264,13 +265,17 @@ func sqlTokens(s string) []sqlToken {
 			i += n
 		case (c == 'e' || c == 'E') && i+1 < len(s) && s[i+1] == '\'':
 			v, n := quoted(s[i+1:], '\'', true)
-			out = append(out, sqlToken{tkString, v})
+			k := tkString
+			if strings.IndexByte(s[i+1:i+1+n], '\\') >= 0 {
+				k = tkEscapedString
+			}
+			out = append(out, sqlToken{k, v})
 			i += 1 + n
 		case (c == 'u' || c == 'U') && i+2 < len(s) && s[i+1] == '&' && (s[i+2] == '"' || s[i+2] == '\''):
 			v, n := quoted(s[i+2:], s[i+2], false)
 			k := tkUnicodeIdent
 			if s[i+2] == '\'' {
-				k = tkString
+				k = tkEscapedString
 			}
 			out = append(out, sqlToken{k, v})
 			i += 2 + n
