@@ -28,7 +28,10 @@ md5, as Postgres stores them), never the password.
 
 Users in the config file's 'router: users:' section are checked first; catalog
 users are consulted for any other name. The router logs in to the nodes with
-the nodes' own connection strings, not as these users.`,
+the nodes' own connection strings, not as these users; each user's
+transactions run as a role there: the runtime role of 'pgtenant rls enable'
+(none before), the role given with --role, or, for a user restricted to a
+tenant with --tenant, a role that reaches only that tenant's shard.`,
 	}
 	var stdin bool
 	var role, tenant string
@@ -87,9 +90,19 @@ the nodes' own connection strings, not as these users.`,
 			if err != nil {
 				return err
 			}
-			w := a.table("USER")
+			w := a.table("USER", "ROLE", "TENANT")
 			for _, u := range users {
-				row(w, u.Name)
+				role, tenant := u.Role, "-"
+				if u.Tenant != "" {
+					role, tenant = access.RestrictedRole(u.Shard), strconv.Quote(u.Tenant)
+					if u.Shard < 0 {
+						role = "(tenant not registered)"
+					}
+				}
+				if role == "" {
+					role = "(runtime role)"
+				}
+				row(w, u.Name, role, tenant)
 			}
 			return w.Flush()
 		}),
