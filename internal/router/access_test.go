@@ -27,6 +27,9 @@ func TestAccessCheck(t *testing.T) {
 		if got := e != nil; got != c.Refused {
 			t.Errorf("%s: %q (restricted %v): refused = %v (%v), want %v", c.Comment, c.Query, c.Restricted, got, e, c.Refused)
 		}
+		if e != nil && !c.Restricted && !mayEscape(c.Query) {
+			t.Errorf("%s: %q is refused but mayEscape skips it", c.Comment, c.Query)
+		}
 		if e != nil && e.Code != "42501" {
 			t.Errorf("%s: code %s, want 42501", c.Comment, e.Code)
 		}
