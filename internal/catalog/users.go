@@ -55,6 +55,10 @@ func (c *Catalog) Users(ctx context.Context) ([]User, error) {
 		if isUndefinedTable(err) {
 			return nil, ErrNotInitialized
 		}
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42703" {
+			return nil, fmt.Errorf("list users: the catalog schema is older than this pgtenant; upgrade it with `pgtenant init --shards N` (the same N): %w", err)
+		}
 		return nil, fmt.Errorf("list users: %w", err)
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (User, error) {
