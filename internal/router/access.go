@@ -265,13 +265,13 @@ func accessCheck(sql string, restricted bool) *wire.Error {
 
 // Token kinds of sqlTokens.
 const (
-	tkWord         = iota + 1 // keyword or unquoted identifier, lower-cased
-	tkQuotedIdent             // "identifier", unquoted
-	tkUnicodeIdent            // U&"..." (its escapes are not decoded)
-	tkString                  // '...', E'...' without backslashes, $tag$...$tag$: the value
-	tkEscapedString           // E'...' with backslash escapes, U&'...': not decoded
-	tkSemi                    // ;
-	tkOther                   // punctuation, numbers, parameters
+	tkWord          = iota + 1 // keyword or unquoted identifier, lower-cased
+	tkQuotedIdent              // "identifier", unquoted
+	tkUnicodeIdent             // U&"..." (its escapes are not decoded)
+	tkString                   // '...', E'...' without backslashes, $tag$...$tag$: the value
+	tkEscapedString            // E'...' with backslash escapes, U&'...': not decoded
+	tkSemi                     // ;
+	tkOther                    // punctuation, numbers, parameters
 )
 
 type sqlToken struct {
