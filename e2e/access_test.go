@@ -217,6 +217,8 @@ func TestRLSIsolation(t *testing.T) {
 		wantRouterRefused(t, "SET ROLE", err)
 		_, err = conn.Exec(ctx, "SELECT set_config('role', 'postgres', false)")
 		wantRouterRefused(t, "set_config('role')", err)
+		_, err = conn.Exec(ctx, "SELECT set_config('pgtenant.tenant_id', 't11', true), count(*) FROM items")
+		wantRouterRefused(t, "set_config('pgtenant.tenant_id')", err)
 		// Another tenant of the same shard sees its own rows.
 		other := connectAs(t, ctx, c, userApp, tenantName(11), mode)
 		got := tenantsSeen(t, ctx, other, "SELECT DISTINCT tenant FROM items")

@@ -253,7 +253,8 @@ func accessCheck(sql string, restricted bool) *wire.Error {
 			}
 			setting := strings.ToLower(strings.TrimSpace(toks[i+2].text))
 			switch {
-			case setting == "role" || setting == "session_authorization" || setting == "is_superuser":
+			case setting == "role" || setting == "session_authorization" || setting == "is_superuser" || setting == "pgtenant.tenant_id":
+				// pgtenant.tenant_id is what row-level security compares with.
 				return refused("set_config of " + setting)
 			case restricted && (setting == "search_path" || strings.HasPrefix(setting, "pgtenant.")):
 				return refused("set_config of " + setting)
