@@ -246,7 +246,7 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 		return sum, fmt.Errorf("%w%s\nfix the migration and run `pgtenant migrate up` again (with --allow-changed if the file "+
 			"was applied on some shards: those keep what they ran); each shard continues where it stopped", err, missingObjectHint(err))
 	}
-	return sum, nil
+	return sum, a.afterMigrate(ctx, c, dir, shards)
 }
 
 // sharedSchema is the schema migrations find after the shard's: the

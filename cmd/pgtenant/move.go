@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/move"
 	"github.com/pgtenant/pgtenant/internal/placement"
@@ -50,6 +51,14 @@ func (a *app) mover(c *catalog.Catalog, f *moveFlags) *move.Mover {
 		Logger:       a.logger,
 		FenceTimeout: f.fenceTimeout,
 		ResolveDSN:   c.ResolveDSN,
+		// Grants and policies travel with pg_dump; the roles they name
+		// must exist on the target first, and are applied again after.
+		PrepareTarget: func(ctx context.Context, shard int, node, dsn string) error {
+			return access.ApplyShard(ctx, c.Pool(), placement.Node{Name: node, DSN: dsn}, placement.Shard{ID: shard, Schema: placement.SchemaName(shard)}, true)
+		},
+		AfterFlip: func(ctx context.Context, shard int, node, dsn string) error {
+			return access.ApplyShard(ctx, c.Pool(), placement.Node{Name: node, DSN: dsn}, placement.Shard{ID: shard, Schema: placement.SchemaName(shard)}, false)
+		},
 	})
 }
 

@@ -7,8 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/nodedsn"
+	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
 func newNodeCmd(a *app) *cobra.Command {
@@ -47,6 +49,9 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 				a.printReport(report)
 				if err != nil {
 					return err
+				}
+				if err := access.PrepareNode(ctx, c.Pool(), placement.Node{Name: args[0], DSN: args[1]}); err != nil {
+					return fmt.Errorf("node %s added, but creating pgtenant's roles there failed (run `pgtenant access apply`): %w", args[0], err)
 				}
 				if err := a.installExtensions(ctx, c, args[0], args[1]); err != nil {
 					return fmt.Errorf("node %s added, but: %w (run `pgtenant extension add NAME` once it is fixed)", args[0], err)
@@ -93,6 +98,14 @@ node's identity is recorded). Exits non-zero when a check fails.`,
 				for _, n := range args {
 					want[n] = true
 				}
+				plan, err := access.Load(ctx, c.Pool())
+				if err != nil {
+					return err
+				}
+				shards, err := c.Shards(ctx)
+				if err != nil {
+					return err
+				}
 				failed := 0
 				for _, n := range nodes {
 					if len(want) > 0 && !want[n.Name] {
@@ -100,6 +113,9 @@ node's identity is recorded). Exits non-zero when a check fails.`,
 					}
 					delete(want, n.Name)
 					r := c.CheckRegisteredNode(ctx, n)
+					if r.Version > 0 {
+						r.Checks = append(r.Checks, a.accessChecks(ctx, plan, n, shards)...)
+					}
 					a.printReport(r)
 					if r.Failed() || !a.checkExtensions(ctx, c, n.Name, n.DSN) {
 						failed++

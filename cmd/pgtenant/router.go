@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/nodedsn"
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/router"
 )
@@ -211,24 +212,46 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		}
 		cat.SetSecrets(nodedsn.Chain(secrets, nodedsn.Env()))
 	}
-	// Catalog users, reloaded with every map change (their table notifies too).
-	var users atomic.Pointer[map[string]router.Credential]
+	// Catalog users and how their transactions run, reloaded with every map
+	// change (their table notifies too).
+	type userEntry struct {
+		cred   router.Credential
+		access router.UserAccess
+	}
+	type userSet struct {
+		byName  map[string]userEntry
+		runtime string // the runtime role, for users without one of their own
+	}
+	var users atomic.Pointer[userSet]
 	loadUsers := func(ctx context.Context) error {
 		list, err := cat.Users(ctx)
 		if err != nil {
 			return err
 		}
-		byName := make(map[string]router.Credential, len(list))
-		for _, u := range list {
-			byName[u.Name] = router.Credential{SCRAM: u.SCRAM, MD5: u.MD5}
+		runtime, err := cat.Meta(ctx, access.MetaRuntimeRole)
+		if err != nil {
+			return err
 		}
-		users.Store(&byName)
+		us := &userSet{byName: make(map[string]userEntry, len(list)), runtime: runtime}
+		for _, u := range list {
+			e := userEntry{cred: router.Credential{SCRAM: u.SCRAM, MD5: u.MD5}, access: router.UserAccess{Role: u.Role, Tenant: u.Tenant}}
+			switch {
+			case u.Tenant != "" && u.Shard >= 0:
+				e.access.Role = access.RestrictedRole(u.Shard)
+			case u.Tenant != "":
+				e.access.Role = "" // tenant not registered: the router refuses the login
+			case u.Role == "":
+				e.access.Role = runtime
+			}
+			us.byName[u.Name] = e
+		}
+		users.Store(us)
 		return nil
 	}
 	if err := loadUsers(ctx); err != nil {
 		return err
 	}
-	if cfg.Auth != router.AuthTrust && len(cfg.Users) == 0 && len(*users.Load()) == 0 {
+	if cfg.Auth != router.AuthTrust && len(cfg.Users) == 0 && len(users.Load().byName) == 0 {
 		fmt.Fprintf(a.stderr, "warning: auth %s and no users yet: add one with `pgtenant user add NAME` (or 'router: users:' in the config file)\n", cfg.Auth)
 	}
 	// Config file users come first; SIGHUP replaces them (see reloadRouter).
@@ -243,8 +266,17 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		if c, ok := fileUsers.Load().creds[user]; ok {
 			return c, true
 		}
-		c, ok := (*users.Load())[user]
-		return c, ok
+		e, ok := users.Load().byName[user]
+		return e.cred, ok
+	}
+	cfg.Access = func(user string) router.UserAccess {
+		us := users.Load()
+		if _, inFile := fileUsers.Load().creds[user]; !inFile {
+			if e, ok := us.byName[user]; ok {
+				return e.access
+			}
+		}
+		return router.UserAccess{Role: us.runtime}
 	}
 	srv := router.New(cfg)
 	if err := srv.Open(ctx); err != nil {

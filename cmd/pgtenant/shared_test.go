@@ -223,10 +223,3 @@ func checkMissingExtension(t *testing.T, dsn string) {
 	}
 }
 
-func pgCodeOf(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
-}

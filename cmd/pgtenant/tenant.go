@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/tables"
 )
 
 func newTenantCmd(a *app) *cobra.Command {
@@ -97,24 +98,45 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 	list.Flags().IntVar(&listShard, "shard", -1, "only tenants of this shard")
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (0 = all)")
 
+	var purge, force bool
+	var batch int
 	remove := &cobra.Command{
-		Use:   "remove ID",
-		Short: "Unregister a tenant (its rows in the shard are left alone)",
-		Long: `Unregister a tenant: the router stops routing it. pgtenant does not know the
-application's tables, so the tenant's rows stay in its shard; delete them with
-your own SQL if you mean to.`,
-		Example: `  pgtenant tenant remove acme`,
-		Args:    cobra.ExactArgs(1),
+		Use:   "remove ID [--purge | --force]",
+		Short: "Unregister a tenant (refused while it has rows; --purge deletes them)",
+		Long: `Unregister a tenant: the router stops routing it. While the tenant has rows in
+any table of the tables registry ('pgtenant table list') it is refused, naming
+the tables and row counts: a tenant added again later with the same id could
+land on another shard and orphan them. --purge deletes the rows first (child
+tables first, in batches, a line per table); --force unregisters anyway and
+leaves the rows. Tables without a rule are not looked at.`,
+		Example: `  pgtenant tenant remove acme
+  pgtenant tenant remove acme --purge`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if purge && force {
+				return usagef("--purge and --force exclude each other")
+			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-				if err := c.RemoveTenant(ctx, args[0]); err != nil {
+				opts := tables.RemoveOptions{Purge: purge, Force: force, Batch: batch, Progress: func(rc tables.RowCount) {
+					fmt.Fprintf(a.stdout, "purged %d rows from %s\n", rc.Rows, rc.Table)
+				}}
+				counts, err := tables.RemoveTenant(ctx, c, args[0], opts)
+				if err != nil {
 					return err
+				}
+				if force && len(counts) > 0 {
+					for _, rc := range counts {
+						fmt.Fprintf(a.stderr, "warning: %d rows left in %s\n", rc.Rows, rc.Table)
+					}
 				}
 				fmt.Fprintf(a.stdout, "tenant %s removed\n", strconv.Quote(args[0]))
 				return nil
 			})(cmd, args)
 		},
 	}
+	remove.Flags().BoolVar(&purge, "purge", false, "delete the tenant's rows from every registered table first")
+	remove.Flags().BoolVar(&force, "force", false, "unregister even though rows remain")
+	remove.Flags().IntVar(&batch, "batch", 5000, "rows deleted per transaction with --purge")
 	cmd.AddCommand(add, locate, list, remove)
 	return cmd
 }

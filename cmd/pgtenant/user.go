@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
@@ -25,9 +28,13 @@ md5, as Postgres stores them), never the password.
 
 Users in the config file's 'router: users:' section are checked first; catalog
 users are consulted for any other name. The router logs in to the nodes with
-the nodes' own connection strings, not as these users.`,
+the nodes' own connection strings, not as these users; each user's
+transactions run as a role there: the runtime role of 'pgtenant rls enable'
+(none before), the role given with --role, or, for a user restricted to a
+tenant with --tenant, a role that reaches only that tenant's shard.`,
 	}
 	var stdin bool
+	var role, tenant string
 	set := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Create a router user, or change its password",
@@ -43,17 +50,36 @@ the nodes' own connection strings, not as these users.`,
 			if err != nil {
 				return err
 			}
-			u := catalog.User{Name: args[0], SCRAM: scram, MD5: wire.MD5Hash(args[0], password)}
+			if role != "" && tenant != "" {
+				return usagef("--role and --tenant exclude each other: a restricted user runs as its shard's role")
+			}
+			u := catalog.User{Name: args[0], SCRAM: scram, MD5: wire.MD5Hash(args[0], password), Role: role, Tenant: tenant}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				var loc placement.Location
+				if tenant != "" {
+					if loc, err = c.Locate(ctx, tenant); err != nil {
+						return err
+					}
+				}
 				if err := c.SetUser(ctx, u); err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "user %s saved\n", u.Name)
+				switch {
+				case tenant != "":
+					fmt.Fprintf(a.stdout, "user %s saved, restricted to tenant %s (shard %d, role %s)\n", u.Name, strconv.Quote(tenant), loc.Shard.ID, access.RestrictedRole(loc.Shard.ID))
+					return a.applyAccess(ctx, c, []placement.Shard{loc.Shard})
+				case role != "":
+					fmt.Fprintf(a.stdout, "user %s saved, runs as role %s\n", u.Name, role)
+				default:
+					fmt.Fprintf(a.stdout, "user %s saved\n", u.Name)
+				}
 				return nil
 			})(cmd, args)
 		},
 	}
 	set.Flags().BoolVar(&stdin, "password-stdin", false, "read the password from standard input instead of asking")
+	set.Flags().StringVar(&role, "role", "", "run the user's transactions as this role (see `pgtenant role create`)")
+	set.Flags().StringVar(&tenant, "tenant", "", "restrict the user to this tenant: its transactions run as a role that reaches only the tenant's shard, under row-level security, and escape statements are refused")
 	cmd.AddCommand(set, &cobra.Command{
 		Use:     "list",
 		Short:   "List router users",
@@ -64,9 +90,19 @@ the nodes' own connection strings, not as these users.`,
 			if err != nil {
 				return err
 			}
-			w := a.table("USER")
+			w := a.table("USER", "ROLE", "TENANT")
 			for _, u := range users {
-				row(w, u.Name)
+				role, tenant := u.Role, "-"
+				if u.Tenant != "" {
+					role, tenant = access.RestrictedRole(u.Shard), strconv.Quote(u.Tenant)
+					if u.Shard < 0 {
+						role = "(tenant not registered)"
+					}
+				}
+				if role == "" {
+					role = "(runtime role)"
+				}
+				row(w, u.Name, role, tenant)
 			}
 			return w.Flush()
 		}),

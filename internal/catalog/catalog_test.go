@@ -433,7 +433,7 @@ func TestUsers(t *testing.T) {
 	ctx := ctxT(t)
 	c := newCatalog(t, 2)
 	v0, _ := c.MapVersion(ctx)
-	u := User{Name: "app", SCRAM: "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy", MD5: "md5" + strings.Repeat("a", 32)}
+	u := User{Name: "app", SCRAM: "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy", MD5: "md5" + strings.Repeat("a", 32), Shard: -1} // -1: no tenant
 	if err := c.SetUser(ctx, u); err != nil {
 		t.Fatal(err)
 	}

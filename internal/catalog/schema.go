@@ -137,6 +137,35 @@ CREATE TABLE pgtenant.extensions (
 	added_at   timestamptz NOT NULL DEFAULT now()
 );
 `,
+	// 8: access control: the tables registry (which column holds the tenant
+	// id of each app table, for row-level security and tenant purges),
+	// roles for granular access, and router users mapped to a role or
+	// restricted to one tenant.
+	`
+CREATE TABLE pgtenant.tables (
+	name          text PRIMARY KEY CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_$]{0,62}$'),
+	kind          text NOT NULL CHECK (kind IN ('tenant', 'shared', 'child')),
+	tenant_column text CHECK (tenant_column ~ '^[A-Za-z_][A-Za-z0-9_$]{0,62}$'),
+	parent        text REFERENCES pgtenant.tables (name),
+	parent_key    text CHECK (parent_key ~ '^[A-Za-z_][A-Za-z0-9_$]{0,62}$'),
+	parent_column text CHECK (parent_column ~ '^[A-Za-z_][A-Za-z0-9_$]{0,62}$'),
+	rls           boolean NOT NULL DEFAULT false,
+	source        text NOT NULL DEFAULT 'cli',
+	updated_at    timestamptz NOT NULL DEFAULT now(),
+	CHECK ((kind = 'tenant') = (tenant_column IS NOT NULL)),
+	CHECK ((kind = 'child') = (parent IS NOT NULL AND parent_key IS NOT NULL AND parent_column IS NOT NULL)),
+	CHECK (NOT rls OR kind <> 'shared')
+);
+CREATE TABLE pgtenant.roles (
+	name       text PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,62}$' AND name NOT LIKE 'pg\_%' AND name NOT LIKE 'pgtenant\_%'),
+	privileges text[] NOT NULL CHECK (cardinality(privileges) > 0 AND privileges <@ ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE pgtenant.users
+	ADD COLUMN role text REFERENCES pgtenant.roles (name),
+	ADD COLUMN tenant text CHECK (octet_length(tenant) BETWEEN 1 AND 255),
+	ADD CHECK (role IS NULL OR tenant IS NULL);
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

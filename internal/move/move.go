@@ -116,6 +116,14 @@ type Config struct {
 	// runs. Returning an error stops the move as if the process had died: no
 	// abort, the move stays 'running' for Resume or Abort. For fault tests.
 	BeforeStep func(ctx context.Context, moveID int64, step Step) error
+	// PrepareTarget, when set, runs before the shard's schema is restored
+	// on the target node (given by name and DSN): the roles its grants
+	// name must exist there. An error aborts the move.
+	PrepareTarget func(ctx context.Context, shard int, node, dsn string) error
+	// AfterFlip, when set, runs once the shard is on the target, before
+	// cleanup (again on resume): grants and row-level security policies
+	// are re-applied there. An error leaves the move for --resume.
+	AfterFlip func(ctx context.Context, shard int, node, dsn string) error
 }
 
 // Options are per-move choices. They are stored with the move so Resume keeps them.

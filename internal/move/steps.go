@@ -229,6 +229,11 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 			return res, err
 		}
 	}
+	if m.cfg.AfterFlip != nil {
+		if err := m.cfg.AfterFlip(ctx, mv.Shard, mv.Target, mv.TargetDSN); err != nil {
+			return res, fmt.Errorf("after the flip: %w", err)
+		}
+	}
 	if err := m.setStep(ctx, mv, StepCleanup); err != nil {
 		return res, err
 	}
@@ -303,6 +308,11 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 		return fmt.Errorf("check target schema: %w", err)
 	} else if ok {
 		return nil
+	}
+	if m.cfg.PrepareTarget != nil {
+		if err := m.cfg.PrepareTarget(ctx, mv.Shard, mv.Target, mv.TargetDSN); err != nil {
+			return fmt.Errorf("prepare the target: %w", err)
+		}
 	}
 	if err := m.copySchema(ctx, mv, false); err != nil {
 		return fmt.Errorf("copy schema: %w", err)

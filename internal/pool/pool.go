@@ -62,6 +62,11 @@ type Config struct {
 	// there, or end of file, discards the connection instead of failing
 	// the next transaction. Zero means 100 milliseconds; negative means never.
 	CheckIdle time.Duration
+	// Role, when set, is sent as the startup parameter role: the server
+	// runs the connection's statements as that role, and RESET ROLE,
+	// RESET ALL and DISCARD ALL come back to it rather than to the
+	// connection's user. Empty means the connection's user.
+	Role string
 }
 
 func (c Config) withDefaults() Config {
@@ -258,6 +263,7 @@ func (p *Pool) conf() *Config { return p.cfg.Load() }
 // connections opened from now on.
 func (p *Pool) SetConfig(cfg Config) {
 	c := cfg.withDefaults()
+	c.Role = p.conf().Role // a pool's role is its identity, not a setting
 	p.mu.Lock()
 	p.cfg.Store(&c)
 	var grant []chan *Conn
@@ -383,6 +389,9 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("parse dsn: %w", err)
 	}
 	cfg.ConnectTimeout = p.conf().ConnectTimeout
+	if role := p.conf().Role; role != "" {
+		cfg.RuntimeParams["role"] = role
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.conf().ConnectTimeout)
 	defer cancel()
 	pc, err := pgconn.ConnectConfig(ctx, cfg)

@@ -248,6 +248,9 @@ func checkTenantID(t string) *wire.Error {
 // ensureBackend attaches a backend for tenant (anyTenant for statements
 // that need no shard) and queues what must run on it first.
 func (ss *session) ensureBackend(tenant string) *wire.Error {
+	if e := ss.restrictTenant(&tenant); e != nil {
+		return e
+	}
 	if ss.be != nil {
 		if ss.beTenant == tenant && !ss.be.Broken() {
 			ss.resetup()
@@ -387,7 +390,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		ss.end()
 		keep = nil
 	}
-	p := ss.srv.pool(node)
+	p := ss.srv.poolFor(node, ss.access.Role)
 	t0 := time.Now()
 	be, err := keep, error(nil)
 	if be == nil {

@@ -93,6 +93,11 @@ type Config struct {
 	// a SCRAM verifier, the client is asked for SCRAM instead (as PostgreSQL
 	// does). A user without a usable form is refused with 28P01.
 	Credentials func(user string) (Credential, bool)
+	// Access, when set, says how a user's transactions run (the role on
+	// the nodes, a tenant the user is restricted to); it is called once
+	// per login and must be safe for concurrent use. Nil runs every user
+	// as the node connection's own user, unrestricted.
+	Access func(user string) UserAccess
 	// Database, when set, is the only database name clients may connect
 	// with (others get 3D000, as from a server); empty accepts any name.
 	// The shards' own database is in each node's DSN either way.

@@ -395,6 +395,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
 	sql := ss.cr.String(text) // no copy of a large query
+	if e := ss.checkAccess(sql); e != nil {
+		return e
+	}
 
 	info := classify(sql)
 	if ss.failed && ss.be == nil {
@@ -755,6 +758,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
+		if e := ss.checkAccess(q); e != nil {
+			return e
+		}
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
 		if def.info.guardScan {
 			def.guard = guard(q)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -284,9 +285,10 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 	}
 	// Nodes whose DSN changed get a fresh pool; pools of nodes gone are closed.
 	s.poolsMu.Lock()
-	for name, p := range s.pools {
+	for key, p := range s.pools {
+		name, _, _ := strings.Cut(key, "\x00") // see poolFor
 		if n, ok := m.Nodes[name]; !ok || n.DSN != p.DSN() {
-			delete(s.pools, name)
+			delete(s.pools, key)
 			go p.Close()
 		}
 	}
@@ -388,24 +390,34 @@ func (s *Server) gatesFor(n int) []*gate {
 }
 
 // pool returns the pool for node n, creating it on first use.
-func (s *Server) pool(n placement.Node) *pool.Pool {
+func (s *Server) pool(n placement.Node) *pool.Pool { return s.poolFor(n, "") }
+
+// poolFor returns the pool of node n whose connections run as role ("" =
+// the node DSN's user), creating it on first use: one pool per node and
+// role, keyed "node\x00role".
+func (s *Server) poolFor(n placement.Node, role string) *pool.Pool {
+	key := n.Name
+	if role != "" {
+		key += "\x00" + role
+	}
 	s.poolsMu.RLock()
-	p := s.pools[n.Name]
+	p := s.pools[key]
 	s.poolsMu.RUnlock()
 	if p != nil && p.DSN() == n.DSN {
 		return p
 	}
 	s.poolsMu.Lock()
 	defer s.poolsMu.Unlock()
-	if p = s.pools[n.Name]; p != nil && p.DSN() == n.DSN {
+	if p = s.pools[key]; p != nil && p.DSN() == n.DSN {
 		return p
 	}
 	if p != nil {
 		go p.Close()
 	}
-	pc := *s.poolCfg.Load()
-	p = pool.New(n.Name, n.DSN, s.poolConfig(pc), s.log)
-	s.pools[n.Name] = p
+	pcfg := s.poolConfig(*s.poolCfg.Load())
+	pcfg.Role = role
+	p = pool.New(n.Name, n.DSN, pcfg, s.log)
+	s.pools[key] = p
 	return p
 }
 

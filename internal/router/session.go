@@ -93,6 +93,7 @@ type session struct {
 	id     uint64
 
 	user    string
+	access  UserAccess // see Config.Access
 	remote  string
 	started time.Time
 	// tls: the client connection is encrypted; cbind is its
@@ -400,6 +401,10 @@ func (ss *session) startup(params map[string]string) error {
 	}
 	if ce := params["client_encoding"]; ce != "" && !isUTF8(ce) {
 		ps = append(ps, setting{name: "client_encoding", stmt: "SET client_encoding TO " + quoteLiteral(ce)})
+	}
+	if e := ss.startAccess(); e != nil {
+		ss.fatal(e.Code, e.Message)
+		return errors.New(e.Message)
 	}
 	sortSettings(ps)
 	ss.sets = ps

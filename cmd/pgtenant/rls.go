@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/access"
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/tables"
+)
+
+func newRLSCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rls",
+		Short: "Row-level security: each transaction sees only its tenant's rows",
+		Long: `A shard holds several tenants. With row-level security enabled on a table,
+every shard's copy gets ENABLE and FORCE ROW LEVEL SECURITY and a policy
+  USING/WITH CHECK (tenant_column = current_setting('pgtenant.tenant_id'))
+(through the parent for a child table), so a statement without a WHERE on the
+tenant sees only its tenant's rows and an INSERT of another tenant's id fails
+with 42501. The tables' owner (the node DSN's user, which runs migrations and
+moves) keeps seeing every row through a policy of its own.
+
+Policies bind only roles that are neither the owner nor superusers: enabling
+also sets the runtime role (pgtenant_app by default), which pgtenant creates
+on every node with the privileges the app needs; routers then run ordinary
+users' transactions as it. DDL through the router then fails: use migrate up.`,
+	}
+	var runtime string
+	enable := &cobra.Command{
+		Use:   "enable [TABLE...]",
+		Short: "Enable row-level security on the tables (all registered tables with a tenant by default)",
+		Example: `  pgtenant rls enable
+  pgtenant rls enable invoices payments`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				return a.setRLS(ctx, c, args, true, runtime)
+			})(cmd, args)
+		},
+	}
+	enable.Flags().StringVar(&runtime, "runtime-role", access.DefaultRuntimeRole, "the role routers run ordinary users' transactions as")
+	disable := &cobra.Command{
+		Use:     "disable [TABLE...]",
+		Short:   "Remove pgtenant's row-level security from the tables (all by default)",
+		Example: `  pgtenant rls disable invoices`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				return a.setRLS(ctx, c, args, false, "")
+			})(cmd, args)
+		},
+	}
+	cmd.AddCommand(enable, disable)
+	return cmd
+}
+
+func (a *app) setRLS(ctx context.Context, c *catalog.Catalog, names []string, on bool, runtime string) error {
+	if on {
+		if !tables.ValidIdent(runtime) {
+			return usagef("--runtime-role %q: use a plain identifier", runtime)
+		}
+		cur, err := c.Meta(ctx, access.MetaRuntimeRole)
+		if err != nil {
+			return err
+		}
+		if cur != runtime {
+			if err := c.SetMeta(ctx, access.MetaRuntimeRole, runtime); err != nil {
+				return err
+			}
+			// Routers read the runtime role with the users: make them reload.
+			if err := c.BumpMapVersion(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "routers now run ordinary users' transactions as role %s\n", pgx.Identifier{runtime}.Sanitize())
+		}
+	}
+	changed, err := tables.New(c.Pool()).SetRLS(ctx, names, on)
+	if err != nil {
+		return err
+	}
+	state := "disabled"
+	if on {
+		state = "enabled"
+	}
+	for _, t := range changed {
+		fmt.Fprintf(a.stdout, "row-level security %s on %s (%s)\n", state, t.Name, t.Describe())
+	}
+	if len(changed) == 0 {
+		fmt.Fprintln(a.stdout, "no tables with a tenant in the registry; declare them with `pgtenant table set NAME --tenant-column COL`")
+	}
+	return a.applyAccess(ctx, c, nil)
+}
