@@ -16,8 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgtenant/pgtenant/internal/nodedsn"
 	"github.com/pgtenant/pgtenant/internal/access"
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/router"
 )

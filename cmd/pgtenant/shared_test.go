@@ -222,4 +222,3 @@ func checkMissingExtension(t *testing.T, dsn string) {
 		t.Fatalf("node check after extension add:\n%s", out)
 	}
 }
-
