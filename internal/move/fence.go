@@ -117,6 +117,13 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	if err != nil {
 		return err
 	}
+	// The catalog lease must outlast the source lease just taken (a catalog
+	// briefly unreachable is left to the renewer and the flip).
+	if err := m.renewCatalogLease(ctx, mv); errors.Is(err, errLeaseLost) {
+		return err
+	} else if err != nil {
+		m.log.Warn("renew the catalog lease", "move", mv.ID, "shard", mv.Shard, "err", err)
+	}
 	lease.arm(leaseConn)
 	tLocked := time.Now()
 	if err := waitMarker(ctx, dst, mv.ID, seq, m.cfg.PollInterval); err != nil {

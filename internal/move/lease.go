@@ -30,9 +30,12 @@ import (
 //     is set to 'infinity' until the source schema is retired (renamed, with
 //     write privileges revoked, or dropped).
 //
-// The source lease is renewed just before the catalog lease, so with the two
-// clocks in step (NTP) the source is writable again before routers release
-// the shard to it.
+// The source lease is a fifth shorter (4s of 5s) and renewed just after the
+// catalog lease, only when that succeeded (the catalog lease is also renewed
+// right after the source lease is first taken), so with the two clocks in
+// step (NTP, within a second) the source is writable again before routers
+// release the shard to it. A source lease that lapsed while the mover was
+// alive stops the flip (renewSourceLease right before it fails).
 
 // DefaultFenceLease is the fence lease when Config.FenceLease is zero. A
 // router holds a fenced shard's transactions for up to its hold timeout (10s
@@ -82,7 +85,7 @@ func (m *Mover) armGuard(ctx context.Context, tx pgx.Tx, mv *moveRun, names []st
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
 		ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at`,
-		mv.Schema, mv.ID, m.cfg.FenceLease.Milliseconds()); err != nil {
+		mv.Schema, mv.ID, m.sourceLease().Milliseconds()); err != nil {
 		return fmt.Errorf("take the source lease: %w", err)
 	}
 	return nil
@@ -184,7 +187,7 @@ func (m *Mover) renewLeases(ctx context.Context, mv *moveRun, cancel context.Can
 // lapsed lease is errLeaseLost.
 func (m *Mover) renewSourceLease(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
 	tag, err := src.Exec(ctx, `UPDATE pgtenant_move.fence SET expires_at = now() + $3::bigint * interval '1 millisecond'
-		WHERE schema_name = $1 AND move_id = $2 AND expires_at > now()`, mv.Schema, mv.ID, m.cfg.FenceLease.Milliseconds())
+		WHERE schema_name = $1 AND move_id = $2 AND expires_at > now()`, mv.Schema, mv.ID, m.sourceLease().Milliseconds())
 	if err != nil {
 		return fmt.Errorf("renew the source lease: %w", err)
 	}
@@ -194,17 +197,31 @@ func (m *Mover) renewSourceLease(ctx context.Context, src *pgx.Conn, mv *moveRun
 	return nil
 }
 
+// sourceLease is the source side's lease: FenceLease less one renewal
+// interval, so that with the two clocks in step the source takes writes
+// again before routers release the shard to it.
+func (m *Mover) sourceLease() time.Duration { return m.cfg.FenceLease - m.cfg.FenceLease/5 }
+
 func (m *Mover) renewOnce(ctx context.Context, mv *moveRun, r *leaseRenewer, every time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, max(every, time.Second))
 	defer cancel()
+	// The catalog first: the source lease is only extended while the
+	// catalog's is, so it never outlives it.
+	if err := m.renewCatalogLease(ctx, mv); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	src := r.src
 	r.mu.Unlock()
 	if src != nil {
-		if err := m.renewSourceLease(ctx, src, mv); err != nil {
-			return err
-		}
+		return m.renewSourceLease(ctx, src, mv)
 	}
+	return nil
+}
+
+// renewCatalogLease renews the move's lease in the catalog; a lapsed (or
+// released) lease is errLeaseLost.
+func (m *Mover) renewCatalogLease(ctx context.Context, mv *moveRun) error {
 	tag, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.fence_leases SET expires_at = now() + $3::bigint * interval '1 millisecond'
 		WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID, m.cfg.FenceLease.Milliseconds())
 	if err != nil {
