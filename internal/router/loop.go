@@ -769,9 +769,6 @@ func (ss *session) onParse(body []byte) *wire.Error {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
 		}
-		// A large text stays counted in the budget for client messages
-		// for as long as the statement is kept.
-		wire.KeepWith(ss.cr, def)
 	}
 	if e := ss.refuse(&def.info, def.guard); e != nil {
 		return e
@@ -789,6 +786,11 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		}
 		def.server = ss.srv.serverName(def.query, pm.Rest)
 		ss.stmts[string(pm.Name)] = def
+		// A large text stays counted in the budget for client messages
+		// for as long as the statement is kept. (Not an unnamed one: a
+		// backend keeps it until its next unnamed statement, long after
+		// the client is gone.)
+		wire.KeepWith(ss.cr, def)
 	} else {
 		ss.unnamed = def
 	}

@@ -32,6 +32,9 @@ type Budget struct {
 	// started; gcRunning is set while one runs.
 	garbage   atomic.Int64
 	gcRunning atomic.Bool
+	// skipNext is when the next step of skipping refused bodies may
+	// start (UnixNano): see pace.
+	skipNext atomic.Int64
 }
 
 // NewBudget returns a budget of total bytes whose Readers wait up to wait
@@ -104,6 +107,37 @@ func (b *Budget) dropped(n int64) {
 			runtime.GC()
 			b.gcRunning.Store(false)
 		}()
+	}
+}
+
+// SkipRate bounds how fast Readers sharing a Budget read and throw away
+// refused bodies, in bytes per second, all together: about one core's worth,
+// so that hundreds of clients refused at once do not take every core from
+// the clients being served. A slow client delays only itself.
+const SkipRate = 512 << 20
+
+// pace waits for the turn of a step of n bytes of skipping (see SkipRate),
+// or returns ctx's error.
+func (b *Budget) pace(ctx context.Context, n int) error {
+	d := int64(n) * int64(time.Second) / SkipRate
+	for {
+		now := time.Now().UnixNano()
+		next := b.skipNext.Load()
+		start := max(now, next)
+		if !b.skipNext.CompareAndSwap(next, start+d) {
+			continue
+		}
+		if start == now {
+			return nil
+		}
+		t := time.NewTimer(time.Duration(start - now))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("skip a refused message: %w", ctx.Err())
+		}
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"unsafe"
 )
 
@@ -173,16 +172,19 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		if err := r.budget.acquire(r.bctx, int64(n)); err != nil {
 			var me *MemoryError
 			if errors.As(err, &me) {
-				// Skip the body so that the connection stays in step,
-				// yielding between steps: hundreds of clients refused at
-				// once must not starve the others of CPU.
+				// Skip the body so that the connection stays in step
+				// and the client reads the error, at a pace shared by
+				// all the readers (see SkipRate).
 				for left := n; left > 0; {
-					k, derr := r.br.Discard(min(left, 256<<10))
+					step := min(left, 256<<10)
+					if perr := r.budget.pace(r.bctx, step); perr != nil {
+						return nil, perr
+					}
+					k, derr := r.br.Discard(step)
 					if derr != nil {
 						return nil, unexpected(derr)
 					}
 					left -= k
-					runtime.Gosched()
 				}
 			}
 			return nil, err
