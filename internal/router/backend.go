@@ -660,19 +660,6 @@ func (ss *session) writeSetup() {
 	ss.setupOpen = true
 }
 
-// writeClean sends a due DISCARD TEMP (see cleanDue) as Bind/Execute of a
-// statement prepared once per backend, in the transaction that the
-// client's statement runs in: should that transaction roll back, the next
-// one on this backend is cleaned again, and within it nothing the
-// previous client made is visible.
-func (ss *session) writeClean() {
-	if !ss.cleanDue {
-		return
-	}
-	ss.cleanDue = false
-	ss.bindPrepared(discardTempStmt, discardTempSQL, nil, nil)
-}
-
 // executeUnnamed is Execute of the unnamed portal, all rows.
 var executeUnnamed = []byte{wire.MsgExecute, 0, 0, 0, 9, 0, 0, 0, 0, 0}
 

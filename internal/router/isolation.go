@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
@@ -83,4 +84,57 @@ func (ss *session) answerDeallocate(sql string, info *stmtInfo) (tag string, wer
 		return "", nil, false
 	}
 	return "", &wire.Error{Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}, true
+}
+
+// writeClean sends a due DISCARD TEMP (see cleanDue) as Bind/Execute of a
+// statement prepared once per backend, in the transaction that the
+// client's statement runs in: should that transaction roll back, the next
+// one on this backend is cleaned again, and within it nothing the
+// previous client made is visible.
+func (ss *session) writeClean() {
+	if !ss.cleanDue {
+		return
+	}
+	ss.cleanDue = false
+	ss.bindPrepared(discardTempStmt, discardTempSQL, nil, nil)
+}
+
+// endIdleTxn rolls back the transaction of a client that stayed idle in
+// it too long, so that session.end returns its backend to the pool; a
+// backend in any other state (an unsynced pipeline, answers not read) is
+// closed instead, which rolls it back too.
+func (ss *session) endIdleTxn() {
+	be := ss.be
+	if be == nil || ss.status == 'I' {
+		return
+	}
+	if ss.unsynced || len(ss.queue) > 0 || be.Broken() {
+		be.MarkBroken()
+		return
+	}
+	be.SetDeadline(time.Now().Add(5 * time.Second))
+	be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
+	ok := be.W.Flush() == nil
+	for ok {
+		typ, body, err := be.R.ReadMessage()
+		if err != nil || typ == wire.MsgErrorResponse {
+			ok = false
+			break
+		}
+		if typ == wire.MsgReadyForQuery {
+			ok = len(body) == 1 && body[0] == 'I'
+			break
+		}
+	}
+	be.SetDeadline(time.Time{})
+	if !ok {
+		be.MarkBroken()
+		return
+	}
+	be.Unnamed = nil
+	ss.status = 'I'
+	ss.doubtSetup()
+	if len(ss.txnSets) > 0 {
+		ss.endTxnSets(false)
+	}
 }

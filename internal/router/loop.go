@@ -190,46 +190,6 @@ func (ss *session) sendError(werr *wire.Error, sev string) {
 	ss.cw.Flush()
 }
 
-// endIdleTxn rolls back the transaction of a client that stayed idle in
-// it too long, so that session.end returns its backend to the pool; a
-// backend in any other state (an unsynced pipeline, answers not read) is
-// closed instead, which rolls it back too.
-func (ss *session) endIdleTxn() {
-	be := ss.be
-	if be == nil || ss.status == 'I' {
-		return
-	}
-	if ss.unsynced || len(ss.queue) > 0 || be.Broken() {
-		be.MarkBroken()
-		return
-	}
-	be.SetDeadline(time.Now().Add(5 * time.Second))
-	be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
-	ok := be.W.Flush() == nil
-	for ok {
-		typ, body, err := be.R.ReadMessage()
-		if err != nil || typ == wire.MsgErrorResponse {
-			ok = false
-			break
-		}
-		if typ == wire.MsgReadyForQuery {
-			ok = len(body) == 1 && body[0] == 'I'
-			break
-		}
-	}
-	be.SetDeadline(time.Time{})
-	if !ok {
-		be.MarkBroken()
-		return
-	}
-	be.Unnamed = nil
-	ss.status = 'I'
-	ss.doubtSetup()
-	if len(ss.txnSets) > 0 {
-		ss.endTxnSets(false)
-	}
-}
-
 // markCopyDone attributes a CopyDone or CopyFail the client sent ahead of
 // the server's CopyInResponse to the oldest client Query or Execute still
 // waiting for its answer that has none yet. One whose statement already
