@@ -61,7 +61,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 1, "run every case this many times, interleaved (round 1 of every target, then round 2, …), to expose noise")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process routers) taken during the pgtenant cases to this file")
 	var only string
-	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node, no usage)\", \"pgtenant (2 nodes)\"); empty means all")
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\"); empty means all")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
@@ -610,4 +610,4 @@ logfile = %s
 }
 
 // noUsage names the router target with per-tenant usage counting off.
-const noUsage = "pgtenant (1 node, no usage)"
+const noUsage = "pgtenant (1 node) no usage"
