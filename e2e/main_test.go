@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,9 @@ import (
 var servers []*pgtest.Server
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(moverChildEnv); spec != "" {
+		os.Exit(runMoverChild(spec))
+	}
 	pgtest.Main(m, []string{"a", "b"}, func(s []*pgtest.Server) { servers = s })
 }
 

@@ -17,7 +17,14 @@ import (
 
 var nodeA, nodeB *pgtest.Server
 
+// asPgtenantEnv makes the test binary run as pgtenant, so commands that
+// start `pgtenant` itself as a child (the dev router) can be tested.
+const asPgtenantEnv = "PGTENANT_TEST_AS_PGTENANT"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(asPgtenantEnv) == "1" {
+		os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	pgtest.Main(m, []string{"a", "b"}, func(s []*pgtest.Server) { nodeA, nodeB = s[0], s[1] })
 }
 

@@ -45,6 +45,9 @@ type RouterConfig struct {
 	// TLSCert and TLSKey enable TLS for clients when both are set.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// SecretsFile holds NAME=value lines that resolve $NAME references in
+	// node DSNs before the environment does; empty means the environment only.
+	SecretsFile string `yaml:"secrets_file"`
 
 	// The rest mirror router.Config and router.PoolConfig; zero means the
 	// flag's default. Durations are written as Go durations ("5m", "250ms").
@@ -69,6 +72,16 @@ type RouterConfig struct {
 	MaxClients int `yaml:"max_clients"`
 	// MaxMessage bounds one protocol message, in bytes.
 	MaxMessage int `yaml:"max_message"`
+	// MaxMessageMemory bounds the memory held at once for large client
+	// messages, across all clients, in bytes; -1 means no bound.
+	MaxMessageMemory int64 `yaml:"max_message_memory"`
+	// MessageMemoryWait is how long a large message waits for that memory
+	// (then 53200).
+	MessageMemoryWait time.Duration `yaml:"message_memory_wait"`
+	// TLSRequired refuses clients that do not use TLS (28000).
+	TLSRequired bool `yaml:"tls_required"`
+	// TLSRequiredUsers refuses these users when they do not use TLS.
+	TLSRequiredUsers []string `yaml:"tls_required_users"`
 	// MaxPrepared bounds the statements kept prepared on one backend
 	// connection.
 	MaxPrepared int `yaml:"max_prepared"`
@@ -89,6 +102,12 @@ type RouterConfig struct {
 	// UsageTopK is how many of the busiest tenants are exported as
 	// pgtenant_tenant_* metrics; zero means 20.
 	UsageTopK int `yaml:"usage_top_k"`
+	// SharedSchema is searched after the shard's schema (extensions,
+	// reference tables); nil means public, "" means none.
+	SharedSchema *string `yaml:"shared_schema"`
+	// IdleInTransactionTimeout ends clients idle inside a transaction this
+	// long (25P03); nil means 60s, 0 means never.
+	IdleInTransactionTimeout *time.Duration `yaml:"idle_in_transaction_timeout"`
 }
 
 // configSearch are the files read when no --config or PGTENANT_CONFIG is given.
@@ -132,6 +151,24 @@ func intSetting(cmd *cobra.Command, flag string, fromFile int) int {
 	v, _ := cmd.Flags().GetInt(flag)
 	if fromFile != 0 && !cmd.Flag(flag).Changed {
 		return fromFile
+	}
+	return v
+}
+
+// int64Setting is intSetting for an int64 flag.
+func int64Setting(cmd *cobra.Command, flag string, fromFile int64) int64 {
+	v, _ := cmd.Flags().GetInt64(flag)
+	if fromFile != 0 && !cmd.Flag(flag).Changed {
+		return fromFile
+	}
+	return v
+}
+
+// boolSetting is intSetting for a bool flag (the file can only turn it on).
+func boolSetting(cmd *cobra.Command, flag string, fromFile bool) bool {
+	v, _ := cmd.Flags().GetBool(flag)
+	if fromFile && !cmd.Flag(flag).Changed {
+		return true
 	}
 	return v
 }

@@ -53,8 +53,10 @@ Running it again reuses the cluster and its data. Stop it with
 			fmt.Fprintf(a.stdout, "\nThe cluster and its router keep running in %s. Try:\n", res.Cluster.Dir)
 			loc := res.Shown[0]
 			fmt.Fprintf(a.stdout, "  %s\n", psqlLine(routerAddr, loc.Tenant))
-			fmt.Fprintf(a.stdout, "  pgtenant tenant locate %q\n", loc.Tenant)
-			fmt.Fprintf(a.stdout, "  pgtenant shard list\n  pgtenant dev down\n")
+			for _, c := range nextSteps(res.Cluster.Dir, fmt.Sprintf("pgtenant tenant locate %q", loc.Tenant), "pgtenant shard list") {
+				fmt.Fprintf(a.stdout, "  %s\n", c)
+			}
+			fmt.Fprintf(a.stdout, "The router's URL, for DATABASE_URL: %s\n", routerURL(routerAddr))
 			return nil
 		},
 	}

@@ -47,7 +47,9 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "router:  %s (log in %s/router.log)\n  %s\n", addr, cl.Dir, psqlLine(addr, "acme"))
+			fmt.Fprintf(a.stdout, "router:  %s (log in %s/router.log)\n", addr, cl.Dir)
+			fmt.Fprintf(a.stdout, "url:     %s (DATABASE_URL; name the tenant per transaction or add &options=-c%%20pgtenant.tenant%%3Dacme)\n", routerURL(addr))
+			fmt.Fprintf(a.stdout, "  %s\n", psqlLine(addr, "acme"))
 			return nil
 		},
 	}
@@ -109,5 +111,8 @@ func (a *app) printCluster(cl *devcluster.Cluster) {
 		fmt.Fprintf(a.stdout, "shards:  %d\n", cl.Shards)
 	}
 	fmt.Fprintf(a.stdout, "config:  %s/%s\n", cl.Dir, devcluster.ConfigFile)
-	fmt.Fprintf(a.stdout, "\nnext:\n  pgtenant tenant add acme\n  pgtenant tenant locate acme\n  pgtenant migrate up --dir ./migrations\n")
+	fmt.Fprintf(a.stdout, "\nnext:\n")
+	for _, c := range nextSteps(cl.Dir, "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant migrate up --dir ./migrations") {
+		fmt.Fprintf(a.stdout, "  %s\n", c)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -36,11 +37,17 @@ func (a *app) startDevRouter(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("find own executable: %w", err)
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "router.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	logPath := filepath.Join(dir, "router.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return "", err
 	}
 	defer logf.Close()
+	fi, err := logf.Stat()
+	if err != nil {
+		return "", err
+	}
+	logStart := fi.Size()
 	cmd := exec.Command(self, "router", "--config", filepath.Join(dir, devcluster.ConfigFile), "--log-level", "info")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command
@@ -52,21 +59,86 @@ func (a *app) startDevRouter(ctx context.Context, dir string) (string, error) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// An address that answers may belong to another program, and the router
+	// listens for clients before the steps that can still make it exit
+	// (catalog, map, metrics listener). So wait for the lines it prints once
+	// it listens on both (newRouterCmd), in this run's part of its log.
+	want := []string{"router listening on "}
+	if cfg.Router.MetricsListen != "" {
+		want = append(want, "metrics on http://")
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
+		if logHas(logPath, logStart, want) {
 			return addr, nil
 		}
 		select {
 		case err := <-exited:
-			return "", fmt.Errorf("router exited (%v); see %s", err, filepath.Join(dir, "router.log"))
+			return "", routerExited(err, logPath)
 		case <-ctx.Done():
 			return "", ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return "", fmt.Errorf("router did not listen on %s within 15s; see %s", addr, filepath.Join(dir, "router.log"))
+	return "", fmt.Errorf("router did not listen on %s within 15s; see %s", addr, logPath)
+}
+
+// logHas reports whether the file at path, from byte offset on, holds every
+// string in want.
+func logHas(path string, offset int64, want []string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil || int64(len(b)) < offset {
+		return false
+	}
+	for _, w := range want {
+		if !strings.Contains(string(b[offset:]), w) {
+			return false
+		}
+	}
+	return true
+}
+
+// routerExited explains a dev router that exited at start, with the last
+// line of its log.
+func routerExited(err error, logPath string) error {
+	last := ""
+	if b, rerr := os.ReadFile(logPath); rerr == nil {
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		last = strings.TrimSpace(lines[len(lines)-1])
+	}
+	msg := fmt.Sprintf("the router exited at start (%v): %s\nsee %s", err, last, logPath)
+	if strings.Contains(last, "address already in use") {
+		msg += "\nanother program took its port: run `pgtenant dev up` again, which picks free ports"
+	}
+	return errors.New(msg)
+}
+
+// nextSteps are the commands to try after a local cluster in dir started,
+// naming dir when it is not the default .pgtenant (whose config file later
+// commands find by themselves).
+func nextSteps(dir string, cmds ...string) []string {
+	var out []string
+	def, _ := filepath.Abs(".pgtenant")
+	downDir := ""
+	if abs, _ := filepath.Abs(dir); abs != def {
+		out = append(out, "export PGTENANT_CONFIG="+shellQuote(filepath.Join(abs, devcluster.ConfigFile)))
+		downDir = " --dir " + shellQuote(dir)
+	}
+	out = append(out, cmds...)
+	return append(out, "pgtenant dev down"+downDir)
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// routerURL is a postgres:// URL (for DATABASE_URL) of the router at addr.
+func routerURL(addr string) string {
+	return "postgres://postgres@" + addr + "/app?sslmode=disable"
 }
 
 // psqlLine is a psql command that connects through the router as tenant.

@@ -24,27 +24,46 @@ const metaMigrationsDir = "migrations_dir"
 func newMigrateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate",
-		Short: "Apply versioned SQL migrations to every shard",
+		Short: "Apply, check, roll back and create versioned SQL migrations on every shard",
 		Long: `Apply versioned SQL files to every shard schema, with search_path set to the
 shard, each file in a transaction together with its version row (kept per
-shard in shard_NNNN.goose_db_version).
+shard in shard_NNNN.goose_db_version, with the file's name and SHA-256).
 
-Files are named VERSION_name.sql (e.g. 00001_create_meters.sql) in goose's
-format: '-- +goose Up' then the SQL ('-- +goose Down' optional). A file with
-no annotations is applied whole as its Up step.
+Files are named VERSION_name.sql in goose's format: '-- +goose Up' then the
+SQL, and '-- +goose Down' then the SQL that undoes it (needed by 'migrate
+down'). A file with no annotations is applied whole as its Up step.
+'pgtenant migrate create NAME' writes a new file with a timestamp version
+(YYYYMMDDHHMMSS, UTC, as Rails does).
 
 Shards run in parallel, --concurrency at a time per node. On the first failure
 no new shard is started; the error names the shard, the file and the Postgres
 error, and every shard stays at a whole version. Fix the file and run again:
-each shard continues where it stopped.`,
+each shard continues where it stopped.
+
+An applied file is never run again, so changing it changes nothing on the
+shards: 'up', 'down' and 'status' refuse (exit 1) when an applied file changed
+or is missing, naming the files, versions and shards; --allow-changed goes on
+with a warning and records the new checksums. A file with another name for an
+applied version (say, your 00001_users.sql after the demo's
+00001_energy_schema.sql) is always refused: give it a new version.
+Versions applied before pgtenant recorded checksums get the current files'
+on the next 'up' or 'down'.`,
 	}
 	var dir string
 	var concurrency int
+	var allowChanged bool
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Apply pending migrations to every shard",
+		Long: `Apply every pending migration in --dir to every shard. Before anything runs,
+every shard's applied versions are checked against the files: a changed,
+missing or renamed applied file stops the run (see 'pgtenant migrate --help').`,
 		Example: `  pgtenant migrate up --dir ./migrations
-  pgtenant migrate up --dir ./migrations --concurrency 8`,
+  pgtenant migrate up --dir ./migrations --concurrency 8
+
+  # an applied file was edited on purpose (a comment, a fix that is already
+  # on every shard): go on and record its new checksum
+  pgtenant migrate up --dir ./migrations --allow-changed`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			abs, err := filepath.Abs(dir)
@@ -61,20 +80,30 @@ each shard continues where it stopped.`,
 			if len(shards) == 0 {
 				return errors.New("no shards yet: run `pgtenant shard create` first")
 			}
+			_, err = a.runMigrations(ctx, c, "up", abs, shards, migrate.Options{Concurrency: concurrency, AllowChanged: allowChanged}, 0)
+			var drift *migrate.DriftError
+			if errors.As(err, &drift) {
+				return err // not the directory to remember
+			}
 			if err := c.SetMeta(ctx, metaMigrationsDir, abs); err != nil {
 				return err
 			}
-			return a.migrateUp(ctx, c, abs, shards, concurrency)
+			return err
 		}),
 	}
 	up.Flags().StringVar(&dir, "dir", "migrations", "directory of migration files")
 	up.Flags().IntVar(&concurrency, "concurrency", 0, "shards migrated at once per node (0 = 4)")
+	up.Flags().BoolVar(&allowChanged, "allow-changed", false, "go on (with a warning) when applied files changed or are missing, and record the new checksums")
 
 	var all, dirChanged bool
 	status := &cobra.Command{
 		PreRun: func(cmd *cobra.Command, args []string) { dirChanged = cmd.Flags().Changed("dir") },
 		Use:    "status",
-		Short:  "List shards that are behind",
+		Short:  "List shards that are behind, and applied files that changed",
+		Long: `List the shards that have pending migrations (exit 1 if any). Exit 1 too,
+naming the files, versions and shards, when an applied file changed, is
+missing or has another name in the directory (--allow-changed: a warning).
+Without --dir, the directory of the last 'migrate up' is used.`,
 		Example: `  pgtenant migrate status --dir ./migrations
   pgtenant migrate status --all`,
 		Args: cobra.NoArgs,
@@ -96,12 +125,13 @@ each shard continues where it stopped.`,
 			if err != nil {
 				return err
 			}
-			return a.printMigrateStatus(d, st, all)
+			return a.printMigrateStatus(d, st, all, allowChanged)
 		}),
 	}
 	status.Flags().StringVar(&dir, "dir", "migrations", "directory of migration files (default: the one last applied)")
 	status.Flags().BoolVar(&all, "all", false, "list every shard, not only those behind")
-	cmd.AddCommand(up, status)
+	status.Flags().BoolVar(&allowChanged, "allow-changed", false, "warn instead of failing when applied files changed or are missing")
+	cmd.AddCommand(up, status, newMigrateDownCmd(a), newMigrateCreateCmd(a))
 	return cmd
 }
 
@@ -119,7 +149,9 @@ func (a *app) targets(ctx context.Context, c *catalog.Catalog, shards []placemen
 	}
 	dsn := map[string]string{}
 	for _, n := range nodes {
-		dsn[n.Name] = n.DSN
+		if dsn[n.Name], err = c.ResolveDSN(n.DSN); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
 	}
 	out := make([]migrate.Target, len(shards))
 	for i, s := range shards {
@@ -131,43 +163,84 @@ func (a *app) targets(ctx context.Context, c *catalog.Catalog, shards []placemen
 // migrateUp applies the migrations in dir to shards with a progress bar on a
 // terminal, and prints a summary.
 func (a *app) migrateUp(ctx context.Context, c *catalog.Catalog, dir string, shards []placement.Shard, concurrency int) error {
+	_, err := a.runMigrations(ctx, c, "up", dir, shards, migrate.Options{Concurrency: concurrency}, 0)
+	return err
+}
+
+// runMigrations runs migrate up, or down to version to, on shards with a
+// progress bar on a terminal, prints a summary and the warnings, and records
+// the operation.
+func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir string, shards []placement.Shard, opts migrate.Options, to int64) (migrate.Summary, error) {
 	targets, err := a.targets(ctx, c, shards)
 	if err != nil {
-		return err
+		return migrate.Summary{}, err
+	}
+	doing := "migrating"
+	if verb == "down" {
+		doing = "rolling back"
 	}
 	var bar *progressbar.ProgressBar
 	if f, ok := a.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		bar = progressbar.NewOptions(len(targets), progressbar.OptionSetWriter(a.stderr),
-			progressbar.OptionSetDescription("migrating shards"), progressbar.OptionShowCount(),
+			progressbar.OptionSetDescription(doing+" shards"), progressbar.OptionShowCount(),
 			progressbar.OptionClearOnFinish())
 	}
 	lastPrint := time.Now()
-	sum, err := migrate.Up(ctx, os.DirFS(dir), targets, migrate.Options{
-		Concurrency: concurrency,
-		Logger:      a.logger,
-		Progress: func(e migrate.Event) {
-			if bar != nil {
-				bar.Add(1)
-			} else if time.Since(lastPrint) > 2*time.Second {
-				fmt.Fprintf(a.stderr, "migrating: %d/%d shards\n", e.Done, e.Total)
-				lastPrint = time.Now()
-			}
-		},
-	})
+	opts.Logger = a.logger
+	opts.Progress = func(e migrate.Event) {
+		if bar != nil {
+			bar.Add(1)
+		} else if time.Since(lastPrint) > 2*time.Second {
+			fmt.Fprintf(a.stderr, "%s: %d/%d shards\n", doing, e.Done, e.Total)
+			lastPrint = time.Now()
+		}
+	}
+	var sum migrate.Summary
+	if verb == "down" {
+		sum, err = migrate.Down(ctx, os.DirFS(dir), targets, to, opts)
+	} else {
+		sum, err = migrate.Up(ctx, os.DirFS(dir), targets, opts)
+	}
 	if bar != nil {
 		bar.Finish()
 	}
-	fmt.Fprintf(a.stdout, "migrate: %d shards, %d migrated, %d already current, %d failed, %d not started; %d files applied in %s\n",
-		sum.Shards, sum.Migrated, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+	for _, d := range sum.Accepted {
+		fmt.Fprintf(a.stderr, "warning: %s; going on (--allow-changed)\n", d)
+	}
+	var refused *migrate.DriftError
+	var noDown *migrate.NoDownError
+	var order *migrate.OutOfOrderError
+	if errors.As(err, &refused) || errors.As(err, &noDown) || errors.As(err, &order) {
+		return sum, err // refused before anything ran
+	}
+	if sum.Adopted > 0 {
+		fmt.Fprintf(a.stdout, "recorded the current files' checksums for %d applied migrations (summed over shards) "+
+			"that had none, applied before pgtenant kept checksums; later changes to those files are refused\n", sum.Adopted)
+	}
 	detail := map[string]any{"dir": dir, "shards": sum.Shards, "applied": sum.Applied, "failed": sum.Failed}
-	c.RecordOperation(ctx, "migrate up", detail, err)
+	switch {
+	case verb == "down" && sum.Applied == 0 && err == nil:
+		fmt.Fprintf(a.stdout, "migrate down: nothing to roll back above version %d on %d shards\n", sum.To, sum.Shards)
+	case verb == "down":
+		detail["to"] = sum.To
+		fmt.Fprintf(a.stdout, "migrate down: %d shards, %d rolled back to version %d, %d already there, %d failed, %d not started; %d files rolled back in %s\n",
+			sum.Shards, sum.Migrated, sum.To, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+	default:
+		fmt.Fprintf(a.stdout, "migrate: %d shards, %d migrated, %d already current, %d failed, %d not started; %d files applied in %s\n",
+			sum.Shards, sum.Migrated, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+	}
+	c.RecordOperation(ctx, "migrate "+verb, detail, err)
 	if err != nil {
 		if len(sum.Failures) > 1 {
 			for _, f := range sum.Failures[1:] {
 				fmt.Fprintln(a.stderr, "also failed:", f)
 			}
 		}
-		return fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again; each shard continues where it stopped", err)
+		if verb == "down" {
+			return sum, fmt.Errorf("%w\nfix the file's Down section and run `pgtenant migrate down --to %d` again; each shard continues where it stopped", err, sum.To)
+		}
+		return sum, fmt.Errorf("%w\nfix the migration and run `pgtenant migrate up` again (with --allow-changed if the file "+
+			"was applied on some shards: those keep what they ran); each shard continues where it stopped", err)
 	}
-	return nil
+	return sum, nil
 }

@@ -17,8 +17,14 @@ type migrateStatusJSON struct {
 	Behind int    `json:"behind"` // shards with pending versions
 	// Versions counts shards per current version, ascending.
 	Versions []versionCount `json:"versions"`
-	// ShardStatus lists the shards that are behind (every shard with --all).
+	// ShardStatus lists the shards that are behind or whose applied files
+	// changed (every shard with --all).
 	ShardStatus []shardMigrationJSON `json:"shard_status"`
+	// Drift lists applied files that changed, were renamed or are missing.
+	Drift []string `json:"drift"`
+	// Unrecorded lists shards with applied versions that have no recorded
+	// file name and checksum (applied before pgtenant kept them).
+	Unrecorded []int `json:"unrecorded_shards"`
 }
 
 type versionCount struct {
@@ -32,13 +38,16 @@ type shardMigrationJSON struct {
 	Node    string  `json:"node"`
 	Current int64   `json:"current"`
 	Pending []int64 `json:"pending"`
+	Drift   int     `json:"drift"` // applied files that changed on this shard
 }
 
 // printMigrateStatus prints where the shards stand: one line when they are
 // all at the same version, else a table of the shards behind (of every
-// shard with all). It returns an error (exit 1) when any shard is behind.
-func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all bool) error {
-	sum := migrateStatusJSON{Dir: dir, Shards: len(st), Versions: []versionCount{}, ShardStatus: []shardMigrationJSON{}}
+// shard with all). It returns an error (exit 1) when any shard is behind,
+// or when an applied file changed and allowChanged is false.
+func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all, allowChanged bool) error {
+	sum := migrateStatusJSON{Dir: dir, Shards: len(st), Versions: []versionCount{}, ShardStatus: []shardMigrationJSON{},
+		Drift: []string{}, Unrecorded: []int{}}
 	byVersion := map[int64]int{}
 	var pending []int64 // of the first shard behind
 	samePending := true
@@ -53,13 +62,16 @@ func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all bool)
 				samePending = false
 			}
 		}
-		if s.Behind() || all {
+		if len(s.Unrecorded) > 0 {
+			sum.Unrecorded = append(sum.Unrecorded, s.Target.Shard)
+		}
+		if s.Behind() || len(s.Drift) > 0 || all {
 			p := s.Pending
 			if p == nil {
 				p = []int64{}
 			}
 			sum.ShardStatus = append(sum.ShardStatus, shardMigrationJSON{Shard: s.Target.Shard, Schema: s.Target.Schema,
-				Node: s.Target.Node, Current: s.Current, Pending: p})
+				Node: s.Target.Node, Current: s.Current, Pending: p, Drift: len(s.Drift)})
 		}
 	}
 	for v, n := range byVersion {
@@ -67,8 +79,15 @@ func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all bool)
 	}
 	sort.Slice(sum.Versions, func(i, j int) bool { return sum.Versions[i].Version < sum.Versions[j].Version })
 
+	slices.Sort(sum.Unrecorded)
+	drifts := migrate.Drifts(st)
+	for _, d := range drifts {
+		sum.Drift = append(sum.Drift, d.String())
+	}
 	var err error
-	if sum.Behind > 0 {
+	if refused := migrate.Refused(drifts, allowChanged); len(refused) > 0 {
+		err = &migrate.DriftError{Drifts: refused}
+	} else if sum.Behind > 0 {
 		err = fmt.Errorf("%d of %d shards are behind; run `pgtenant migrate up --dir %s`", sum.Behind, sum.Shards, dir)
 	}
 	if a.json {
@@ -77,15 +96,25 @@ func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all bool)
 		}
 		return err
 	}
-	uniform := len(sum.Versions) == 1 && samePending
+	uniform := len(sum.Versions) == 1 && samePending && len(drifts) == 0
 	if all || !uniform {
-		w := a.table("SHARD", "SCHEMA", "NODE", "CURRENT", "LATEST", "PENDING")
+		w := a.table("SHARD", "SCHEMA", "NODE", "CURRENT", "LATEST", "PENDING", "DRIFT")
 		for _, s := range sum.ShardStatus {
-			row(w, s.Shard, s.Schema, s.Node, s.Current, sum.Latest, len(s.Pending))
+			row(w, s.Shard, s.Schema, s.Node, s.Current, sum.Latest, len(s.Pending), s.Drift)
 		}
 		w.Flush()
 	}
+	if len(sum.Unrecorded) > 0 {
+		fmt.Fprintf(a.stdout, "%s: applied versions without a checksum (applied before pgtenant recorded them); "+
+			"the next `pgtenant migrate up` records the current files'\n", migrate.ShardRanges(sum.Unrecorded))
+	}
+	if err == nil {
+		for _, d := range drifts {
+			fmt.Fprintf(a.stderr, "warning: %s (--allow-changed)\n", d)
+		}
+	}
 	switch {
+	case len(drifts) > 0 && err != nil:
 	case sum.Behind == 0 && uniform:
 		fmt.Fprintf(a.stdout, "all %d shards are current at version %d (migrations from %s)\n", sum.Shards, sum.Versions[0].Version, dir)
 	case sum.Behind == 0:

@@ -49,6 +49,7 @@ func (a *app) mover(c *catalog.Catalog, f *moveFlags) *move.Mover {
 		Fencer:       catalog.RouterFencer{Catalog: c},
 		Logger:       a.logger,
 		FenceTimeout: f.fenceTimeout,
+		ResolveDSN:   c.ResolveDSN,
 	})
 }
 
@@ -138,11 +139,17 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 	f.register(mv, false)
 
 	moves := &cobra.Command{
-		Use:     "moves",
-		Short:   "List shard moves with their step and progress",
+		Use:   "moves",
+		Short: "List shard moves with their step and progress",
+		Long: `List shard moves with their step and progress. A fence whose mover stopped
+renewing its lease is released first (as routers do), so a move that needs
+--resume says so.`,
 		Example: `  pgtenant shard moves`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if _, err := c.ReleaseExpiredFences(ctx); err != nil {
+				fmt.Fprintf(a.stderr, "warning: %v\n", err)
+			}
 			list, err := a.mover(c, &f).List(ctx)
 			if err != nil {
 				return err

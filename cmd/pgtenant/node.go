@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 func newNodeCmd(a *app) *cobra.Command {
@@ -22,13 +24,25 @@ reachable, runs PostgreSQL 14 or newer, and lets the user create schemas; it
 warns when wal_level is not 'logical' or the user lacks REPLICATION, since
 online shard moves need both.
 
+A node is a database: one that is already registered (under another name or
+DSN), or the catalog database, is refused. The DSN is stored as given: keep
+the password out of it with a reference such as password=$NODE1_PASSWORD
+(resolved from the environment, or the router's --secrets-file, by the process
+that connects) or with a passfile (PGPASSFILE); a literal password draws a
+warning.
+
 Nodes added before 'shard create' receive shards; nodes added later receive
 shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
-		Example: `  pgtenant node add node1 'postgres://pgtenant:secret@db1.internal:5432/app'
-  pgtenant node add node2 'host=db2.internal user=pgtenant dbname=app'`,
+		Example: `  pgtenant node add node1 'postgres://pgtenant:$NODE1_PASSWORD@db1.internal:5432/app'
+  pgtenant node add node2 'host=db2.internal user=pgtenant dbname=app'   # password from PGPASSFILE`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+				if nodedsn.LiteralPassword(args[1]) {
+					fmt.Fprintf(a.stderr, "warning: the connection string of node %s carries a password in clear text, readable by anyone who can read the catalog; "+
+						"prefer a reference resolved where pgtenant connects (password=$%s_PASSWORD, set in the environment or the router's --secrets-file), "+
+						"or no password and a passfile (PGPASSFILE or passfile=...)\n", args[0], envName(args[0]))
+				}
 				report, err := c.AddNode(ctx, args[0], args[1])
 				a.printReport(report)
 				if err != nil {
@@ -62,7 +76,8 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 		Short: "Check that nodes are reachable and fit for pgtenant",
 		Long: `Check registered nodes (all of them, or those named): reachable, PostgreSQL 14
 or newer, privileges to create schemas, and wal_level=logical plus replication
-rights for online moves. Exits non-zero when a check fails.`,
+rights for online moves, and that no other node is the same database (the
+node's identity is recorded). Exits non-zero when a check fails.`,
 		Example: `  pgtenant node check
   pgtenant node check node2`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -81,7 +96,7 @@ rights for online moves. Exits non-zero when a check fails.`,
 						continue
 					}
 					delete(want, n.Name)
-					r := catalog.CheckNode(ctx, n.Name, n.DSN)
+					r := c.CheckRegisteredNode(ctx, n)
 					a.printReport(r)
 					if r.Failed() {
 						failed++
@@ -118,4 +133,17 @@ func (a *app) printReport(r catalog.NodeReport) {
 	for _, c := range r.Checks {
 		fmt.Fprintf(a.stdout, "%-5s %s %s: %s\n", c.Status, r.Node, c.Name, c.Detail)
 	}
+}
+
+// envName suggests an environment variable name for a node's secret: NODE1 for node1.
+func envName(node string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return '_'
+	}, node)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/router"
 )
@@ -42,8 +43,19 @@ last map if the catalog goes away, and holds a shard's new transactions while
 Settings come from flags, then the environment (for the five flags that name
 a variable), then the config file's section 'router:', whose keys are the flag
 names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode,
-pool_size, pool_idle_timeout, max_clients, ...) plus users (name: password)
-and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
+pool_size, pool_idle_timeout, max_clients, max_message_memory, tls_required,
+shared_schema, idle_in_transaction_timeout, ...) plus users (name: password),
+tls_cert/tls_key and tls_required_users (a list of user names that must use
+TLS). Durations are Go durations: 250ms, 30s, 5m, 1h.
+
+Memory: client messages larger than 128 KiB share --max-message-memory
+(default 256 MiB) across all clients; one that finds no room within
+--message-memory-wait is refused with SQLSTATE 53200 and the session goes on.
+
+TLS: with tls_cert and tls_key, clients may use TLS, and SCRAM offers
+SCRAM-SHA-256-PLUS (channel binding, tls-server-end-point) over it;
+--require-tls refuses clients without TLS (SQLSTATE 28000), as pg_hba's
+hostssl does.`,
 		Example: `  pgtenant router --listen 127.0.0.1:6432 --metrics-listen 127.0.0.1:9187
   psql "host=127.0.0.1 port=6432 user=app options='-c pgtenant.tenant=acme'"`,
 		Args: cobra.NoArgs,
@@ -63,11 +75,17 @@ and tls_cert/tls_key. Durations are Go durations: 250ms, 30s, 5m, 1h.`,
 	cmd.Flags().Duration("pool-check-idle", 100*time.Millisecond, "check a backend connection idle longer than this before use (negative: never)")
 	cmd.Flags().Int("max-clients", 1000, "most concurrent client connections (more get SQLSTATE 53300)")
 	cmd.Flags().Int("max-message", 64<<20, "largest protocol message from a client or server, in bytes")
+	cmd.Flags().Int64("max-message-memory", router.DefaultMaxMessageMemory, "most bytes held at once for client messages over 128 KiB, across all clients (-1: no bound)")
+	cmd.Flags().Duration("message-memory-wait", 10*time.Second, "longest wait of a large client message for --max-message-memory (then SQLSTATE 53200)")
+	cmd.Flags().Bool("require-tls", false, "refuse clients that do not use TLS (SQLSTATE 28000); needs tls_cert and tls_key in the config file")
 	cmd.Flags().Int("max-prepared", 1000, "most statements kept prepared on one backend connection")
 	cmd.Flags().Duration("startup-timeout", 10*time.Second, "longest time for a client to connect and authenticate")
 	cmd.Flags().Duration("client-idle-timeout", 0, "close clients idle outside a transaction this long (0: never)")
+	cmd.Flags().String("secrets-file", "", "file of NAME=value lines resolving $NAME in node DSNs, before the environment (env PGTENANT_SECRETS_FILE; mode 0600)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
 	addLifecycleFlags(cmd)
+	cmd.Flags().String("shared-schema", "public", "schema searched after the shard's (search_path: shard, this, pg_temp); empty = none")
+	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction this long (SQLSTATE 25P03, rolled back; 0: never)")
 	return cmd
 }
 
@@ -104,9 +122,30 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	cfg.MaxClients = intSetting(cmd, "max-clients", rc.MaxClients)
 	cfg.MaxMessage = intSetting(cmd, "max-message", rc.MaxMessage)
 	cfg.MaxPrepared = intSetting(cmd, "max-prepared", rc.MaxPrepared)
+	cfg.MaxMessageMemory = int64Setting(cmd, "max-message-memory", rc.MaxMessageMemory)
+	cfg.MessageMemoryWait = durationSetting(cmd, "message-memory-wait", rc.MessageMemoryWait)
+	cfg.RequireTLS = boolSetting(cmd, "require-tls", rc.TLSRequired)
+	cfg.RequireTLSUsers = rc.TLSRequiredUsers
 	cfg.StartupTimeout = durationSetting(cmd, "startup-timeout", rc.StartupTimeout)
 	cfg.ClientIdleTimeout = durationSetting(cmd, "client-idle-timeout", rc.ClientIdleTimeout)
 	cfg.HoldTimeout = durationSetting(cmd, "hold-timeout", rc.HoldTimeout)
+	shared, _ := cmd.Flags().GetString("shared-schema")
+	if rc.SharedSchema != nil && !cmd.Flag("shared-schema").Changed {
+		shared = *rc.SharedSchema
+	}
+	cfg.SharedSchema, cfg.NoSharedSchema = shared, shared == ""
+	idleTxn, _ := cmd.Flags().GetDuration("idle-in-transaction-timeout")
+	if rc.IdleInTransactionTimeout != nil && !cmd.Flag("idle-in-transaction-timeout").Changed {
+		idleTxn = *rc.IdleInTransactionTimeout
+	}
+	switch {
+	case idleTxn < 0:
+		return router.Config{}, usagef("idle-in-transaction-timeout %s: need 0 (never) or a positive duration", idleTxn)
+	case idleTxn == 0:
+		cfg.IdleInTransactionTimeout = -1 // never
+	default:
+		cfg.IdleInTransactionTimeout = idleTxn
+	}
 	p := cfg.Pool
 	switch {
 	case p.MaxSize <= 0:
@@ -121,6 +160,12 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 		return router.Config{}, usagef("max-clients %d: need at least 1", cfg.MaxClients)
 	case cfg.MaxMessage < 1<<10:
 		return router.Config{}, usagef("max-message %d: need at least 1024 bytes", cfg.MaxMessage)
+	case cfg.MaxMessageMemory == 0 || cfg.MaxMessageMemory < -1:
+		return router.Config{}, usagef("max-message-memory %d: need a number of bytes, or -1 for no bound", cfg.MaxMessageMemory)
+	case cfg.MaxMessageMemory > 0 && cfg.MaxMessageMemory < int64(cfg.MaxMessage):
+		return router.Config{}, usagef("max-message-memory %d: need at least max-message (%d), or -1 for no bound", cfg.MaxMessageMemory, cfg.MaxMessage)
+	case cfg.MessageMemoryWait <= 0:
+		return router.Config{}, usagef("message-memory-wait %s: need a positive duration", cfg.MessageMemoryWait)
 	case cfg.MaxPrepared < 16:
 		return router.Config{}, usagef("max-prepared %d: need at least 16", cfg.MaxPrepared)
 	case cfg.StartupTimeout <= 0:
@@ -140,6 +185,9 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 		}
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	if (cfg.RequireTLS || len(cfg.RequireTLSUsers) > 0) && cfg.TLS == nil {
+		return router.Config{}, usagef("require-tls (or tls_required_users) needs TLS: set tls_cert and tls_key in the config file's router section")
+	}
 	return cfg, nil
 }
 
@@ -154,6 +202,13 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	defer cat.Close()
+	if path := setting(cmd, "secrets-file", "PGTENANT_SECRETS_FILE", a.cfg.Router.SecretsFile); path != "" {
+		secrets, err := nodedsn.LoadFile(path)
+		if err != nil {
+			return err
+		}
+		cat.SetSecrets(nodedsn.Chain(secrets, nodedsn.Env()))
+	}
 	// Catalog users, reloaded with every map change (their table notifies too).
 	var users atomic.Pointer[map[string]router.Credential]
 	loadUsers := func(ctx context.Context) error {

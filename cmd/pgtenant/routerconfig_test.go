@@ -43,6 +43,9 @@ func TestRouterConfigSources(t *testing.T) {
 	if cfg.Pool != want {
 		t.Errorf("pool = %+v\nwant %+v", cfg.Pool, want)
 	}
+	if cfg.SharedSchema != "public" || cfg.NoSharedSchema || cfg.IdleInTransactionTimeout != router.DefaultIdleInTransactionTimeout {
+		t.Errorf("shared schema %q (none %v), idle in transaction timeout %s: want public and the default", cfg.SharedSchema, cfg.NoSharedSchema, cfg.IdleInTransactionTimeout)
+	}
 	if cfg.PoolMode != router.PoolSession || cfg.MaxClients != 50 || cfg.MaxPrepared != 200 || cfg.MaxMessage != 64<<20 ||
 		cfg.HoldTimeout != 2*time.Minute || cfg.ClientIdleTimeout != 10*time.Minute || cfg.StartupTimeout != 10*time.Second {
 		t.Errorf("config = %+v", cfg)
@@ -54,6 +57,7 @@ func TestRouterConfigSources(t *testing.T) {
 		{"--max-prepared", "3"},
 		{"--client-idle-timeout", "-1s"},
 		{"--pool-mode", "statement"},
+		{"--idle-in-transaction-timeout", "-1s"},
 	} {
 		cmd := newRouterCmd(&app{})
 		if err := cmd.ParseFlags(args); err != nil {
@@ -63,6 +67,40 @@ func TestRouterConfigSources(t *testing.T) {
 		var ue usageError
 		if !errors.As(err, &ue) || !strings.Contains(strings.ReplaceAll(err.Error(), " ", "-"), strings.TrimPrefix(args[0], "--")) {
 			t.Errorf("%v: got %v, want a usage error", args, err)
+		}
+	}
+}
+
+// shared_schema: "" in the file means no shared schema, idle_in_transaction_timeout: 0
+// means never; flags win over the file.
+func TestRouterConfigIsolation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pgtenant.yaml")
+	if err := os.WriteFile(path, []byte("router:\n  shared_schema: \"\"\n  idle_in_transaction_timeout: 0s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file, _, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args   []string
+		shared string
+		none   bool
+		idle   time.Duration
+	}{
+		{nil, "", true, -1},
+		{[]string{"--shared-schema", "ext", "--idle-in-transaction-timeout", "5m"}, "ext", false, 5 * time.Minute},
+	} {
+		cmd := newRouterCmd(&app{})
+		if err := cmd.ParseFlags(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := routerConfig(cmd, file.Router, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.SharedSchema != tc.shared || cfg.NoSharedSchema != tc.none || cfg.IdleInTransactionTimeout != tc.idle {
+			t.Errorf("%v: shared %q none %v idle %s, want %q %v %s", tc.args, cfg.SharedSchema, cfg.NoSharedSchema, cfg.IdleInTransactionTimeout, tc.shared, tc.none, tc.idle)
 		}
 	}
 }

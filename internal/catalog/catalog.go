@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -35,6 +36,8 @@ var (
 	ErrTenantExists = errors.New("tenant already exists")
 	// ErrNoNodes means shards cannot be created because no node is registered.
 	ErrNoNodes = errors.New("no nodes registered; add one with `pgtenant node add NAME DSN`")
+	// ErrOutdated means the catalog schema is older than this pgtenant.
+	ErrOutdated = errors.New("the catalog schema is older than this pgtenant; upgrade it with `pgtenant init --shards N` (its current shard count)")
 	// ErrTooNew means the catalog was written by a newer pgtenant.
 	ErrTooNew = errors.New("catalog schema is newer than this pgtenant; upgrade the binary")
 )
@@ -42,9 +45,41 @@ var (
 // Catalog is a handle on the catalog database. Create it with New and Open it
 // before use.
 type Catalog struct {
-	dsn    string
-	logger *slog.Logger
-	pool   *pgxpool.Pool
+	dsn     string
+	logger  *slog.Logger
+	pool    *pgxpool.Pool
+	secrets nodedsn.Lookup
+}
+
+// SetSecrets sets where $NAME references in node DSNs are resolved (see
+// package nodedsn). Call it before Open. The default is the environment.
+func (c *Catalog) SetSecrets(l nodedsn.Lookup) { c.secrets = l }
+
+// ResolveDSN resolves the secret references of a stored node DSN for
+// connecting to the node. Errors name the missing secret, never a value.
+func (c *Catalog) ResolveDSN(dsn string) (string, error) { return c.resolve(dsn) }
+
+func (c *Catalog) resolve(dsn string) (string, error) {
+	l := c.secrets
+	if l == nil {
+		l = nodedsn.Env()
+	}
+	return nodedsn.Expand(dsn, l)
+}
+
+// resolveMap resolves the node DSNs of a freshly loaded map in place. A node
+// whose DSN names a missing secret keeps the stored DSN (connections to it
+// then fail) and is logged.
+func (c *Catalog) resolveMap(m *placement.Map) {
+	for name, n := range m.Nodes {
+		dsn, err := c.resolve(n.DSN)
+		if err != nil {
+			c.logger.Error("node connection string", "node", name, "err", err)
+			continue
+		}
+		n.DSN = dsn
+		m.Nodes[name] = n
+	}
 }
 
 // New returns a Catalog for the database at dsn. It does no I/O. A nil logger
@@ -271,4 +306,9 @@ func (c *Catalog) Operations(ctx context.Context, limit int) ([]Operation, error
 // outside the catalog package (migrations, moves).
 func (c *Catalog) RecordOperation(ctx context.Context, op string, detail map[string]any, opErr error) {
 	c.logOp(ctx, op, detail, opErr)
+}
+
+func isUndefinedColumn(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42703"
 }

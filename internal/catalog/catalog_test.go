@@ -79,7 +79,8 @@ func TestInitAndUpgrade(t *testing.T) {
 	if _, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.meta VALUES ('shard_count', '16')`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.AddNode(ctx, "a", nodeA.NewDatabase(t)); err != nil {
+	// (as that version registered it: no identity column yet)
+	if _, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.nodes (name, dsn) VALUES ('a', $1)`, nodeA.NewDatabase(t)); err != nil {
 		t.Fatal(err)
 	}
 	// Init upgrades in place and keeps what was there.
@@ -95,6 +96,14 @@ func TestInitAndUpgrade(t *testing.T) {
 	}
 	if _, err := c.pool.Exec(ctx, `SELECT count(*) FROM pgtenant.moves`); err != nil {
 		t.Fatalf("moves table after upgrade: %v", err)
+	}
+	// The node's identity is recorded at its first check.
+	if r := c.CheckRegisteredNode(ctx, nodes[0]); r.Failed() {
+		t.Fatalf("check node a after upgrade: %v", r.Err())
+	}
+	var identity *string
+	if err := c.pool.QueryRow(ctx, `SELECT identity FROM pgtenant.nodes WHERE name = 'a'`).Scan(&identity); err != nil || identity == nil {
+		t.Fatalf("identity of node a after its check: %v %v", identity, err)
 	}
 	// Running it again is a no-op; another count is refused.
 	if err := c.Init(ctx, 16); err != nil {

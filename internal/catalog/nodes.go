@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 // MinServerVersion is the oldest PostgreSQL major version a node may run.
@@ -41,6 +44,8 @@ type NodeReport struct {
 	Node    string
 	Checks  []CheckResult
 	Version int // server major version, 0 when unreachable
+	// Identity identifies the node's database (see NodeIdentity); empty when unknown.
+	Identity string
 }
 
 // Failed reports whether any check failed.
@@ -67,9 +72,26 @@ func (r NodeReport) Err() error {
 	return fmt.Errorf("node %s: %s", r.Node, strings.Join(msgs, "; "))
 }
 
-// CheckNode connects to dsn and checks what pgtenant needs of a node: it is
-// reachable, runs PostgreSQL >= 14, lets the user create schemas, and (for
-// online moves) has wal_level=logical and replication rights.
+// connectNode connects to a node (dsn resolved) with a connect timeout of at most 5s.
+func connectNode(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string %q: %w", RedactDSN(dsn), unwrapParse(err))
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d: %w", cfg.Host, cfg.Port, err)
+	}
+	return conn, nil
+}
+
+// CheckNode connects to dsn (secret references already resolved) and checks
+// what pgtenant needs of a node: it is reachable, runs PostgreSQL >= 14, lets
+// the user create schemas, and (for online moves) has wal_level=logical and
+// replication rights. It reads the node's identity (NodeIdentity).
 func CheckNode(ctx context.Context, name, dsn string) NodeReport {
 	r := NodeReport{Node: name}
 	add := func(check, status, detail string) {
@@ -121,7 +143,59 @@ func CheckNode(ctx context.Context, name, dsn string) NodeReport {
 	if !superuser && !replication {
 		add("replication", CheckWarn, "the user has neither SUPERUSER nor REPLICATION; online moves need one of them")
 	}
+	if id, err := NodeIdentity(ctx, conn); err != nil {
+		add("identity", CheckFail, err.Error())
+	} else {
+		r.Identity = id
+		add("identity", CheckOK, id)
+	}
+	r.Checks = append(r.Checks, tlsCheck(ctx, conn, cfg))
 	return r
+}
+
+// tlsCheck reports whether the connection to the node is encrypted (the
+// router's pool connects with the same DSN, so with the same sslmode).
+func tlsCheck(ctx context.Context, conn *pgx.Conn, cfg *pgx.ConnConfig) CheckResult {
+	var ssl bool
+	var version, cipher *string
+	if err := conn.QueryRow(ctx, `SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()`).Scan(&ssl, &version, &cipher); err != nil {
+		return CheckResult{"tls", CheckWarn, fmt.Sprintf("cannot tell whether the connection is encrypted: %v", err)}
+	}
+	verified := false
+	if tc := cfg.TLSConfig; tc != nil {
+		verified = !tc.InsecureSkipVerify || tc.VerifyPeerCertificate != nil || tc.VerifyConnection != nil
+	}
+	return judgeTLS(ssl, deref(version)+" "+deref(cipher), cfg.Host, verified)
+}
+
+// judgeTLS is tlsCheck's verdict: encrypted is fine (with a note when the
+// server's certificate is not verified); clear text is fine only to this
+// machine.
+func judgeTLS(ssl bool, suite, host string, verified bool) CheckResult {
+	switch {
+	case ssl && verified:
+		return CheckResult{"tls", CheckOK, fmt.Sprintf("encrypted (%s), server certificate verified", strings.TrimSpace(suite))}
+	case ssl:
+		return CheckResult{"tls", CheckOK, fmt.Sprintf("encrypted (%s); the server certificate is not verified: sslmode=verify-full in the DSN checks it", strings.TrimSpace(suite))}
+	case isLocalHost(host):
+		return CheckResult{"tls", CheckOK, "not encrypted (a connection on this machine)"}
+	}
+	return CheckResult{"tls", CheckWarn, "not encrypted: set ssl=on on the server and sslmode=verify-full (or require) in the node's DSN"}
+}
+
+func isLocalHost(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // versionCheck judges server_version_num.
@@ -142,16 +216,39 @@ func unwrapParse(err error) error {
 
 // AddNode checks and registers a node. A node that fails its check is refused;
 // warnings are returned in the report.
+//
+// dsn is stored as given; its $NAME references are resolved (SetSecrets) to
+// connect. A database already registered under another name, or the catalog
+// database itself, is refused with ErrDuplicateNode (see NodeIdentity).
 func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, error) {
-	report := CheckNode(ctx, name, dsn)
+	resolved, err := c.resolve(dsn)
+	if err != nil {
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return NodeReport{Node: name}, fmt.Errorf("add node %s: %w", name, err)
+	}
+	report := CheckNode(ctx, name, resolved)
 	if err := report.Err(); err != nil {
 		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
 		return report, fmt.Errorf("add node: %w", err)
 	}
-	_, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.nodes (name, dsn) VALUES ($1, $2)`, name, dsn)
+	if err := c.checkDuplicate(ctx, name, report.Identity); err != nil {
+		if isUndefinedTable(err) {
+			err = ErrNotInitialized
+		} else if isUndefinedColumn(err) {
+			err = ErrOutdated
+		}
+		err = fmt.Errorf("node %s: %w", name, err)
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return report, fmt.Errorf("add node: %w", err)
+	}
+	_, err = c.pool.Exec(ctx, `INSERT INTO pgtenant.nodes (name, dsn, identity) VALUES ($1, $2, $3)`, name, dsn, report.Identity)
 	if err != nil {
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "nodes_identity" {
+			var other string
+			_ = c.pool.QueryRow(ctx, `SELECT name FROM pgtenant.nodes WHERE identity = $1`, report.Identity).Scan(&other)
+			err = fmt.Errorf("node %s: %w", name, duplicateError(other, report.Identity))
+		} else if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 			err = fmt.Errorf("node %q is already registered", name)
 		} else if errors.As(err, &pgErr) && pgErr.Code == "23514" {
 			err = fmt.Errorf("node name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
@@ -222,9 +319,13 @@ func (c *Catalog) RemoveNode(ctx context.Context, name string) error {
 	return nil
 }
 
-// RedactDSN hides the password in a connection string (URL or key=value form).
+// RedactDSN hides the password in a connection string (URL or key=value
+// form); a secret reference ($NAME, ${NAME}) is shown as it is.
 func RedactDSN(dsn string) string {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if !nodedsn.LiteralPassword(dsn) {
+			return dsn
+		}
 		u, err := url.Parse(dsn)
 		if err != nil {
 			return "(unparseable connection string)"
@@ -232,13 +333,14 @@ func RedactDSN(dsn string) string {
 		if _, has := u.User.Password(); has {
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
 		}
+		if q := u.Query(); q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
 		return u.String()
 	}
-	fields := strings.Fields(dsn)
-	for i, f := range fields {
-		if strings.HasPrefix(f, "password=") {
-			fields[i] = "password=xxxxx"
-		}
+	if r, ok := nodedsn.RedactKeywords(dsn); ok {
+		return r
 	}
-	return strings.Join(fields, " ")
+	return "(unparseable connection string)"
 }

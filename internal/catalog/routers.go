@@ -103,18 +103,36 @@ func (c *Catalog) WaitAcked(ctx context.Context, v int64, within, every time.Dur
 // version under the router's id (a map apply refuses is logged and not
 // acknowledged), so that a mover fencing a shard knows every
 // router holds its transactions. It also sends a heartbeat every `every`
-// (zero means 1s). It returns when ctx ends, after removing the router's row.
+// (zero means 1s). While the last map it was given has a fenced shard, it
+// also releases fences whose lease lapsed (ReleaseExpiredFences) at every
+// heartbeat, so a shard whose mover died serves again from its source with
+// only routers running. It returns when ctx ends, after removing the router's row.
 func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Duration, apply func(context.Context, *placement.Map) error) error {
 	if every <= 0 {
 		every = time.Second
 	}
 	var acked atomic.Int64
-	beat := func() {
+	var fenced atomic.Bool
+	release := func() {
+		if !fenced.Load() {
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, every)
+		defer cancel()
+		if _, err := c.ReleaseExpiredFences(rctx); err != nil && ctx.Err() == nil {
+			c.logger.Warn("release expired fences failed", "err", err)
+		}
+	}
+	beat := func() bool {
 		hctx, cancel := context.WithTimeout(ctx, every)
 		defer cancel()
-		if err := c.Heartbeat(hctx, id, addr, acked.Load()); err != nil && ctx.Err() == nil {
-			c.logger.Warn("router heartbeat failed", "err", err)
+		if err := c.Heartbeat(hctx, id, addr, acked.Load()); err != nil {
+			if ctx.Err() == nil {
+				c.logger.Warn("router heartbeat failed", "err", err)
+			}
+			return false
 		}
+		return true
 	}
 	go func() {
 		t := time.NewTicker(every)
@@ -124,11 +142,14 @@ func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Durati
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				beat()
+				if beat() { // a catalog that missed the heartbeat would fail the release too
+					release()
+				}
 			}
 		}
 	}()
 	err := c.Watch(ctx, WatchOptions{}, func(ctx context.Context, m *placement.Map) error {
+		fenced.Store(hasFenced(m))
 		if err := apply(ctx, m); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err() // superseded by a newer map
@@ -192,4 +213,14 @@ func (f RouterFencer) Unfence(ctx context.Context, shard int) error {
 		return fmt.Errorf("unfence shard %d: %w", shard, err)
 	}
 	return nil
+}
+
+// hasFenced reports whether any shard of m is fenced.
+func hasFenced(m *placement.Map) bool {
+	for _, s := range m.Shards {
+		if s.State == placement.StateFenced {
+			return true
+		}
+	}
+	return false
 }

@@ -110,7 +110,21 @@ CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.users REFERENCING NEW TA
 CREATE TRIGGER map_version_upd AFTER UPDATE ON pgtenant.users REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.users REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 `,
-	// 5: where each router serves its HTTP endpoints (for `tenant top`).
+	// 5: fence leases (the mover holding a shard's fence renews its row every
+	// second; routers release a fence whose lease lapsed) and node identities
+	// (the server's system identifier and the database's oid, so one database
+	// cannot be registered twice). Leases live in their own table, without
+	// the map-version triggers: a renewal is not a placement change.
+	`
+CREATE TABLE pgtenant.fence_leases (
+	shard      int PRIMARY KEY REFERENCES pgtenant.shards (id),
+	move_id    bigint,
+	expires_at timestamptz NOT NULL
+);
+ALTER TABLE pgtenant.nodes ADD COLUMN identity text;
+CREATE UNIQUE INDEX nodes_identity ON pgtenant.nodes (identity);
+`,
+	// 6: where each router serves its HTTP endpoints (for `tenant top`).
 	`
 ALTER TABLE pgtenant.routers ADD COLUMN admin_url text;
 `,

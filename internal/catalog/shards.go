@@ -69,7 +69,11 @@ func (c *Catalog) CreateShards(ctx context.Context) ([]placement.Shard, error) {
 		byNode[s.Node] = append(byNode[s.Node], s)
 	}
 	for _, n := range nodes {
-		if err := createSchemas(ctx, n.DSN, byNode[n.Name]); err != nil {
+		dsn, err := c.resolve(n.DSN)
+		if err == nil {
+			err = createSchemas(ctx, dsn, byNode[n.Name])
+		}
+		if err != nil {
 			err = fmt.Errorf("create shards on node %s: %w", n.Name, err)
 			c.logOp(ctx, "shard create", map[string]any{"node": n.Name}, err)
 			return nil, err
@@ -151,7 +155,11 @@ func (c *Catalog) ShardStats(ctx context.Context) ([]ShardInfo, error) {
 	sizes := map[string]int64{}
 	var errs []error
 	for _, node := range nodes {
-		s, err := schemaSizes(ctx, node.DSN)
+		dsn, err := c.resolve(node.DSN)
+		var s map[string]int64
+		if err == nil {
+			s, err = schemaSizes(ctx, dsn)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("node %s: %w", node.Name, err))
 			continue
@@ -201,6 +209,7 @@ func (c *Catalog) LoadMap(ctx context.Context) (*placement.Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load map: %w", err)
 	}
+	c.resolveMap(m)
 	return m, nil
 }
 

@@ -105,6 +105,7 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 		if err != nil {
 			return fmt.Errorf("load map: %w", err)
 		}
+		c.resolveMap(m)
 		if cur != nil {
 			if cur.version == m.Version {
 				return nil

@@ -105,7 +105,10 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for i, s := range shards {
 		targets[i] = migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: dsn[s.Node]}
 	}
-	sum, err := migrate.Up(ctx, Migrations(), targets, migrate.Options{Logger: opts.Logger})
+	// AllowChanged: a newer pgtenant may ship an edited sample schema; the
+	// demo takes its own files as they are. A user's file that took the
+	// sample's version is still refused.
+	sum, err := migrate.Up(ctx, Migrations(), targets, migrate.Options{Logger: opts.Logger, AllowChanged: true})
 	if err != nil {
 		fmt.Fprintln(out)
 		return nil, err

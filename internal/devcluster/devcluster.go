@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -174,6 +176,10 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := writeConfig(abs, cl.CatalogDSN); err != nil {
 		return nil, err
 	}
+	// Keep the cluster out of the enclosing project's git repository.
+	if err := os.WriteFile(filepath.Join(abs, ".gitignore"), []byte("# Written by 'pgtenant dev up': a local cluster's data, not for git.\n*\n"), 0o644); err != nil {
+		return nil, err
+	}
 	return cl, nil
 }
 
@@ -205,20 +211,82 @@ router:
 	return os.WriteFile(filepath.Join(dir, ConfigFile), []byte(text), 0o644)
 }
 
-// routerPort picks the dev router's port once and keeps it in the directory.
+// routerPort is the dev router's port (the metrics listener takes the next
+// one), kept in the directory. A kept port is reused while the router runs
+// or while both ports are free and below the ephemeral range; otherwise a
+// new pair is picked.
 func routerPort(dir string) int {
 	p := filepath.Join(dir, "router.port")
+	low, _ := EphemeralRange()
 	if b, err := os.ReadFile(p); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			return n
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			if RouterRunning(dir) || (n+1 < low && portsFree(n, n+1)) {
+				return n
+			}
 		}
 	}
-	n := 6432
-	if port, err := localpg.FreePort(); err == nil {
-		n = port
+	n, err := PickRouterPort(rand.IntN)
+	if err != nil {
+		n = 6432
 	}
 	os.WriteFile(p, []byte(strconv.Itoa(n)), 0o644)
 	return n
+}
+
+// EphemeralRange is the kernel's range of ports for outgoing connections
+// (Linux: /proc/sys/net/ipv4/ip_local_port_range), or Linux's default
+// 32768-60999 when it cannot be read.
+func EphemeralRange() (low, high int) {
+	low, high = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return low, high
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 2 {
+		l, err1 := strconv.Atoi(f[0])
+		h, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil && l > 1024 && l <= h {
+			return l, h
+		}
+	}
+	return low, high
+}
+
+// PickRouterPort returns a port p such that p and p+1 are free on 127.0.0.1
+// and both lie between 10000 and the ephemeral range, so no outgoing
+// connection can take them between now and the router's bind (a port the
+// kernel hands out, like FreePort's, can). intn picks the first candidate.
+func PickRouterPort(intn func(int) int) (int, error) {
+	low, _ := EphemeralRange()
+	first, last := 10000, low-2
+	if last < first {
+		first = 1025
+	}
+	if last < first {
+		return 0, fmt.Errorf("no ports below the ephemeral range (starts at %d)", low)
+	}
+	n := last - first + 1
+	start := intn(n)
+	for i := 0; i < n && i < 500; i++ {
+		p := first + (start+i)%n
+		if portsFree(p, p+1) {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no two free adjacent ports between %d and %d", first, last+1)
+}
+
+// portsFree reports whether every port can be bound on 127.0.0.1 now.
+func portsFree(ports ...int) bool {
+	for _, p := range ports {
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			return false
+		}
+		l.Close()
+	}
+	return true
 }
 
 // Status describes the cluster in dir without starting anything.
@@ -255,12 +323,21 @@ func Status(ctx context.Context, dir string) (*Cluster, error) {
 	return cl, nil
 }
 
+// ErrNoCluster is returned by Down for a directory that holds no local
+// cluster.
+var ErrNoCluster = errors.New("no local cluster")
+
 // Down stops the router (if Up's caller started one, see PIDFile) and every
 // server of the cluster in dir. With destroy it also removes the directory.
+// A directory without a cluster is an error wrapping ErrNoCluster, and is
+// left alone.
 func Down(ctx context.Context, dir string, destroy bool) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
+	}
+	if len(existingNodes(abs)) == 0 {
+		return fmt.Errorf("%w in %s: nothing to stop (`pgtenant dev status --dir DIR` shows a cluster; `pgtenant dev up` starts one)", ErrNoCluster, abs)
 	}
 	StopRouter(abs)
 	var errs []error
@@ -286,6 +363,20 @@ func Down(ctx context.Context, dir string, destroy bool) error {
 
 // PIDFile is where the dev router's process id is kept.
 func PIDFile(dir string) string { return filepath.Join(dir, "router.pid") }
+
+// RouterRunning reports whether the process in dir's PIDFile is alive.
+func RouterRunning(dir string) bool {
+	b, err := os.ReadFile(PIDFile(dir))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return false
+	}
+	p, err := os.FindProcess(pid)
+	return err == nil && p.Signal(syscall.Signal(0)) == nil
+}
 
 // StopRouter stops the dev router whose pid is in dir, if it runs.
 func StopRouter(dir string) {

@@ -2,8 +2,12 @@ package devcluster_test
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +62,14 @@ func TestUpTwiceDownTwice(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, devcluster.ConfigFile)); err != nil {
 		t.Errorf("config file: %v", err)
 	}
+	if b, err := os.ReadFile(filepath.Join(dir, ".gitignore")); err != nil || !strings.Contains(string(b), "*\n") {
+		t.Errorf(".gitignore in the cluster dir: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "router.port")); err != nil {
+		t.Error(err)
+	} else if p, _ := strconv.Atoi(strings.TrimSpace(string(b))); p < 10000 || p+1 >= ephemeralLow() {
+		t.Errorf("router port %d is not below the ephemeral range", p)
+	}
 	if _, err := devcluster.Up(ctx, devcluster.Options{Dir: dir, Nodes: 2, Shards: 32}); err == nil {
 		t.Error("up with another shard count accepted")
 	}
@@ -107,5 +119,44 @@ func TestUpTwiceDownTwice(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("dir after destroy: %v", err)
+	}
+}
+
+func TestDownWithoutCluster(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "none")
+	if err := devcluster.Down(context.Background(), dir, true); !errors.Is(err, devcluster.ErrNoCluster) {
+		t.Errorf("Down of %s = %v, want ErrNoCluster", dir, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("Down created %s: %v", dir, err)
+	}
+}
+
+func ephemeralLow() int {
+	low, _ := devcluster.EphemeralRange()
+	return low
+}
+
+func TestPickRouterPort(t *testing.T) {
+	low := ephemeralLow()
+	p, err := devcluster.PickRouterPort(func(int) int { return 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p < 10000 || p+1 >= low {
+		t.Fatalf("picked %d, want 10000 <= p and p+1 < %d (the ephemeral range)", p, low)
+	}
+	// Taken ports are passed over.
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	q, err := devcluster.PickRouterPort(func(int) int { return p - 10000 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q == p || q == p+1 {
+		t.Errorf("picked %d although %d is taken", q, p+1)
 	}
 }

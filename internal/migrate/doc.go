@@ -12,7 +12,16 @@
 //
 // State lives in each shard: a goose_db_version table inside the shard's
 // schema. It moves with the shard, and a shard created later simply starts at
-// version zero and gets every migration on the next Up.
+// version zero and gets every migration on the next Up. Beside goose's
+// columns it records, per applied version, the file's name and the SHA-256
+// of its bytes, in the same INSERT (so the same transaction) as the version
+// row. Up, Down and Status compare them with the directory before anything
+// runs (see DriftError); tables from before these columns get them, and the
+// current files' checksums, on the next Up or Down.
+//
+// Down runs the files' "-- +goose Down" sections, newest first: one step
+// (the highest version applied on any shard) or down to a version. Create
+// writes a new file with a UTC timestamp version.
 //
 // Up fans out per node: Options.Concurrency workers per node, each holding
 // one connection that it points at one shard after another by setting

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -331,10 +332,29 @@ DROP TABLE buildings;
 		t.Errorf("%d shards behind, want %d (failed + skipped)", behind, sum.Failed+sum.Skipped)
 	}
 
+	// The fixed file differs from the one applied on the shards that got
+	// version 2: refused, naming them, until the change is accepted.
+	var drift *DriftError
+	if _, err := Up(ctx, baseMigrations, targets, Options{Concurrency: 1}); !errors.As(err, &drift) {
+		t.Fatalf("rerun with a fixed file applied on some shards: %v, want *DriftError", err)
+	}
+	var got2 []int
+	for _, tg := range targets {
+		if readState(t, tg).rows[2] == 1 {
+			got2 = append(got2, tg.Shard)
+		}
+	}
+	if want := []Drift{{Mismatch{Kind: Changed, Version: 2, AppliedFile: "00002_buildings.sql", File: "00002_buildings.sql"}, got2}}; !reflect.DeepEqual(drift.Drifts, want) {
+		t.Errorf("drifts = %+v, want %+v", drift.Drifts, want)
+	}
+
 	// Fixed file, rerun: everything finishes, nothing twice.
-	sum, err = Up(ctx, baseMigrations, targets, Options{Concurrency: 1})
+	sum, err = Up(ctx, baseMigrations, targets, Options{Concurrency: 1, AllowChanged: true})
 	if err != nil {
 		t.Fatalf("rerun: %v", err)
+	}
+	if len(sum.Accepted) != 1 || !slices.Equal(sum.Accepted[0].Shards, got2) {
+		t.Errorf("accepted = %+v, want version 2 on %v", sum.Accepted, got2)
 	}
 	if sum.Migrated == 0 || sum.Migrated+sum.Current != 16 {
 		t.Errorf("rerun summary = %+v", sum)

@@ -33,8 +33,9 @@ type Progress struct {
 	SubOID uint32 `json:"sub_oid,omitempty"`
 	// FenceLSN is the source WAL position after the fence marker committed.
 	FenceLSN string `json:"fence_lsn,omitempty"`
-	// Revoked are the write privileges taken from non-superuser roles on the
-	// source's tables under the fence; an abort grants them back.
+	// Revoked are write privileges that older pgtenant versions took from
+	// non-superuser roles under the fence; an abort grants them back. (The
+	// fence now write-protects the source with a leased trigger instead.)
 	Revoked []Grant `json:"revoked,omitempty"`
 	// OrphanSlot is set when the subscription was dropped while the source was
 	// unreachable: the slot on the source still has to be dropped (Cleanup does it).
@@ -155,7 +156,11 @@ func (m *Mover) nodeDSN(ctx context.Context, node string) (string, error) {
 		}
 		return "", fmt.Errorf("read node %q: %w", node, err)
 	}
-	return dsn, nil
+	resolved, err := m.cfg.ResolveDSN(dsn)
+	if err != nil {
+		return "", fmt.Errorf("node %q: %w", node, err)
+	}
+	return resolved, nil
 }
 
 // insertMove records a new running move; the unique index makes a second running move of a shard fail.
@@ -243,10 +248,14 @@ func (m *Mover) isFlipped(ctx context.Context, mv *moveRun) (bool, error) {
 	return node == mv.Target, nil
 }
 
-// markFenced sets the shard's state to 'fenced' while it is still on the source.
+// markFenced sets the shard's state to 'fenced' while it is still on the
+// source and takes the fence lease in the catalog (a resumed move takes over
+// the lease of the process that died).
 func (m *Mover) markFenced(ctx context.Context, mv *moveRun) error {
-	tag, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 RETURNING id)
-		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard))
+	tag, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 RETURNING id),
+		l AS (INSERT INTO pgtenant.fence_leases (shard, move_id, expires_at) SELECT id, $4, now() + $5::bigint * interval '1 millisecond' FROM u
+			ON CONFLICT (shard) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at)
+		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard), mv.ID, m.cfg.FenceLease.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("mark shard fenced: %w", err)
 	}
@@ -256,9 +265,11 @@ func (m *Mover) markFenced(ctx context.Context, mv *moveRun) error {
 	return nil
 }
 
-// markActive sets the shard back to 'active' on the source (abort of a fence).
+// markActive sets the shard back to 'active' on the source and drops its
+// fence lease (abort of a fence).
 func (m *Mover) markActive(ctx context.Context, mv *moveRun) error {
-	_, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced' RETURNING id)
+	_, err := m.cfg.Catalog.Exec(ctx, `WITH l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1),
+		u AS (UPDATE pgtenant.shards SET state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced' RETURNING id)
 		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard))
 	if err != nil {
 		return fmt.Errorf("mark shard active: %w", err)
@@ -272,7 +283,17 @@ func (m *Mover) markActive(ctx context.Context, mv *moveRun) error {
 // unknown (catalog connection lost), the shard's row decides.
 func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
 	err := pgx.BeginFunc(ctx, m.cfg.Catalog, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
+		// The lease is consumed first (it locks the row a router releasing
+		// the fence would delete): a lapsed lease means the shard may already
+		// serve from the source again, and the move must not flip.
+		tag, err := tx.Exec(ctx, `DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("%w: %w", ErrFlipConflict, errLeaseLost)
+		}
+		tag, err = tx.Exec(ctx, `UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
 			WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source, mv.Target)
 		if err != nil {
 			return err

@@ -20,6 +20,12 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 		return err
 	}
 	src, srcErr := m.source(ctx, mv)
+	if srcErr == nil {
+		// A mover that died right after the flip left the source lease to lapse.
+		if err := holdGuard(ctx, src, mv); err != nil {
+			return err
+		}
+	}
 	if oid, err := subOID(ctx, dst, repName(mv)); err == nil && oid != 0 && srcErr == nil && mv.Progress.FenceLSN != "" {
 		// Drop the slot only once the target has flushed past the fence, so a
 		// target crash right after the move cannot lose what it applied.
@@ -168,9 +174,16 @@ func (m *Mover) retireSourceSchema(ctx context.Context, src *pgx.Conn, mv *moveR
 		q := `ALTER SCHEMA ` + ident(mv.Schema) + ` RENAME TO ` + ident(movedName(mv))
 		if mv.Progress.Options.DropSource {
 			q = `DROP SCHEMA ` + ident(mv.Schema) + ` CASCADE`
+		} else if err := revokeRetired(ctx, tx, mv.Schema); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, q); err != nil {
 			return fmt.Errorf("retire source schema: %w", err)
+		}
+		// The lease row names the schema: a later move of the shard back here must not find it.
+		if _, err := tx.Exec(ctx, `DO $$ BEGIN IF to_regclass('pgtenant_move.fence') IS NOT NULL THEN
+			DELETE FROM pgtenant_move.fence WHERE schema_name = `+quoteLiteral(mv.Schema)+`; END IF; END $$`); err != nil {
+			return fmt.Errorf("release the source lease: %w", err)
 		}
 		return nil
 	})

@@ -64,12 +64,27 @@ func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) erro
 	return nil
 }
 
-func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) error {
+// copyUnderFence holds the fence lease in the catalog for the whole copy. The
+// source needs no lease of its own: its write protection is the copy's
+// transaction (EXCLUSIVE locks and REVOKEs), which ends with the mover's
+// connection.
+func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) (err error) {
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
 	}
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	defer cancelCause(nil)
+	lease := m.renewLeases(ctx, mv, cancelCause)
+	defer lease.close()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ctx), errLeaseLost) {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, errors.Join(err, context.Cause(ctx)))
+		} else if errors.Is(err, errLeaseLost) {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
+	}()
 	fctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
-	err := m.cfg.Fencer.Fence(fctx, mv.Shard)
+	err = m.cfg.Fencer.Fence(fctx, mv.Shard)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("fence shard in routers: %w", err)
@@ -91,7 +106,7 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(quoted, ", ")+` IN EXCLUSIVE MODE`); err != nil {
 			return fmt.Errorf("fence on source: lock the shard's tables: %w", err)
 		}
-		if err := m.revokeWrites(ctx, tx, mv); err != nil {
+		if err := revokeRetired(ctx, tx, mv.Schema); err != nil {
 			return err
 		}
 		// Triggers and FK checks stay quiet on the target while copying (they
@@ -145,6 +160,7 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 	if err := m.flip(ctx, mv); err != nil {
 		return err
 	}
+	lease.close() // the flip consumed it
 	if err := tx.Commit(ctx); err != nil {
 		m.log.Warn("keep write privileges revoked on the source", "move", mv.ID, "err", err)
 	}

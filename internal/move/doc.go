@@ -28,10 +28,16 @@
 //     row filter on the move id) is polled for on the target; the apply worker
 //     applies in commit order, so once it is visible everything committed
 //     before it is too. Markers commit with synchronous_commit on.
+//   - The fence is a lease (Config.FenceLease, 5s by default) renewed every
+//     second in the catalog (pgtenant.fence_leases) and on the source node
+//     (pgtenant_move.fence); when the mover dies, routers release the shard
+//     to its source and the move waits for Resume (see lease.go).
 //   - Under the fence one source transaction takes LOCK TABLE … IN EXCLUSIVE
-//     MODE (lock_timeout bounded), REVOKEs INSERT/UPDATE/DELETE/TRUNCATE from
-//     non-superuser roles (recorded first; granted back on abort) and inserts
-//     the marker. A writer that slipped past the routers then fails with 42501.
+//     MODE (lock_timeout bounded), puts the pgtenant_fence statement trigger
+//     on every table, takes the source lease and inserts the marker. A writer
+//     that slipped past the routers then fails with 25006 (superusers too)
+//     until the lease lapses; after the flip the lease is permanent and the
+//     retired schema has its write privileges revoked (42501).
 //   - The flip is done here, not behind an interface: UPDATE pgtenant.shards
 //     SET node = target, epoch = epoch + 1, state = 'active' WHERE id = shard
 //     AND node = source AND state = 'fenced', the move's step set to

@@ -20,19 +20,35 @@ import (
 //  3. poll the target every PollInterval until the marker is applied;
 //  4. unless SkipVerify, compare row counts and checksums;
 //  5. set the target's sequences to the source's values;
-//  6. flip the catalog (compare-and-swap) and release the Fencer.
+//  6. flip the catalog (compare-and-swap, consuming the lease) and release the Fencer.
 //
-// Everything before the flip is bounded by FenceTimeout; any failure releases
-// the fence with the shard still on the source.
+// From step 1 to the flip the mover renews the fence lease (see lease.go);
+// from step 2 the source refuses writes to the shard's tables. Everything
+// before the flip is bounded by FenceTimeout; any failure releases the fence
+// with the shard still on the source. A lost lease leaves the move running
+// for Resume (the routers already gave the shard back to its source).
 func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	src, dst, names, err := m.endpoints(ctx, mv)
 	if err != nil {
 		return err
 	}
+	if err := ensureMarker(ctx, src); err != nil { // a move resumed from an older pgtenant lacks the fence table
+		return fmt.Errorf("source: %w", err)
+	}
+	leaseConn, err := connect(ctx, mv.SourceDSN, "source node "+mv.Source)
+	if err != nil {
+		return err
+	}
+	defer leaseConn.Close(context.WithoutCancel(ctx))
 	t0 := time.Now()
-	fctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
+	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
 	defer cancel()
-	if err := m.fenceAndFlip(fctx, mv, src, dst, names, res); err != nil {
+	fctx, cancelCause := context.WithCancelCause(tctx)
+	defer cancelCause(nil)
+	if err := m.fenceAndFlip(fctx, cancelCause, mv, src, dst, leaseConn, names, res); err != nil {
+		if cause := context.Cause(fctx); errors.Is(cause, errLeaseLost) || errors.Is(err, errLeaseLost) {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, errors.Join(err, cause))
+		}
 		if mv.Step != StepFlipped {
 			// Release with retries: while the catalog (or the source) is
 			// briefly unreachable the routers keep the shard fenced from
@@ -86,11 +102,13 @@ func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn,
 	return src, dst, names, nil
 }
 
-func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) error {
+func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc, mv *moveRun, src, dst, leaseConn *pgx.Conn, names []string, res *Result) error {
 	t0 := time.Now()
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
 	}
+	lease := m.renewLeases(ctx, mv, cancel)
+	defer lease.close()
 	if err := m.cfg.Fencer.Fence(ctx, mv.Shard); err != nil {
 		return fmt.Errorf("fence shard in routers: %w", err)
 	}
@@ -99,6 +117,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 	if err != nil {
 		return err
 	}
+	lease.arm(leaseConn)
 	tLocked := time.Now()
 	if err := waitMarker(ctx, dst, mv.ID, seq, m.cfg.PollInterval); err != nil {
 		return err
@@ -119,8 +138,21 @@ func (m *Mover) fenceAndFlip(ctx context.Context, mv *moveRun, src, dst *pgx.Con
 		return err
 	}
 	tSeq := time.Now()
+	// The source lease must be live at the flip (its renewals run on another
+	// connection and may have failed): renewed here, it outlasts the flip.
+	if err := m.renewSourceLease(ctx, src, mv); err != nil {
+		return err
+	}
 	if err := m.flip(ctx, mv); err != nil {
 		return err
+	}
+	// The flip consumed the catalog lease: stop renewing, and keep the
+	// source copy write-protected for good (until cleanup retires it).
+	lease.close()
+	bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelBg()
+	if err := holdGuard(bg, src, mv); err != nil {
+		m.log.Warn("source lease not made permanent; cleanup retries", "move", mv.ID, "err", err)
 	}
 	m.log.Info("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
 		"apply", tApplied.Sub(tLocked), "verify", tVerified.Sub(tApplied), "sequences", tSeq.Sub(tVerified), "flip", time.Since(tSeq))
@@ -156,7 +188,7 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 				return fmt.Errorf("lock the shard's tables: %w", err)
 			}
 		}
-		if err := m.revokeWrites(ctx, tx, mv); err != nil {
+		if err := m.armGuard(ctx, tx, mv, names); err != nil {
 			return err
 		}
 		var err error
@@ -172,49 +204,8 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 	return seq, nil
 }
 
-// revokeWrites takes INSERT, UPDATE, DELETE and TRUNCATE on the shard's
-// tables from every non-superuser role (and PUBLIC) inside the fence
-// transaction, so a writer that bypassed the routers fails with 42501 instead
-// of writing to the old copy after the marker. The grants are recorded in the
-// catalog first, so an abort (even after a crash) can give them back. After
-// the flip they stay revoked on the retired source schema.
-func (m *Mover) revokeWrites(ctx context.Context, tx pgx.Tx, mv *moveRun) error {
-	rows, err := tx.Query(ctx, `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-		CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
-		string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-		LEFT JOIN pg_roles r ON r.oid = a.grantee
-		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-		  AND (a.grantee = 0 OR NOT r.rolsuper)
-		GROUP BY 1, 2 ORDER BY 1, 2`, mv.Schema)
-	if err != nil {
-		return fmt.Errorf("read grants: %w", err)
-	}
-	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Grant, error) {
-		var g Grant
-		err := r.Scan(&g.Table, &g.Role, &g.Privs)
-		return g, err
-	})
-	if err != nil {
-		return fmt.Errorf("read grants: %w", err)
-	}
-	if len(grants) == 0 {
-		return nil
-	}
-	mv.Progress.Revoked = append(mv.Progress.Revoked, grants...)
-	if err := m.saveProgress(ctx, mv); err != nil {
-		return err
-	}
-	for _, g := range grants {
-		if _, err := tx.Exec(ctx, `REVOKE `+g.Privs+` ON `+g.Table+` FROM `+g.Role); err != nil {
-			return fmt.Errorf("revoke writes on %s from %s: %w", g.Table, g.Role, err)
-		}
-	}
-	return nil
-}
-
-// restoreGrants gives back the privileges revokeWrites took (abort before the flip).
+// restoreGrants gives back the write privileges that fences of older
+// pgtenant versions revoked on the source (recorded in Progress.Revoked).
 func (m *Mover) restoreGrants(ctx context.Context, mv *moveRun) error {
 	if len(mv.Progress.Revoked) == 0 {
 		return nil
@@ -271,6 +262,12 @@ func syncSequences(ctx context.Context, src, dst *pgx.Conn, schema string) error
 func (m *Mover) unfence(ctx context.Context, mv *moveRun) error {
 	var errs []error
 	if err := m.restoreGrants(ctx, mv); err != nil {
+		errs = append(errs, err)
+	}
+	// The source takes writes again before the routers release the shard to it.
+	if src, err := m.source(ctx, mv); err != nil {
+		errs = append(errs, err)
+	} else if err := m.disarmGuard(ctx, src, mv); err != nil {
 		errs = append(errs, err)
 	}
 	if err := m.markActive(ctx, mv); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,9 @@ import (
 var srvA, srvB *pgtest.Server
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(childEnv); spec != "" {
+		os.Exit(runChild(spec))
+	}
 	pgtest.Main(m, []string{"a", "b"}, func(s []*pgtest.Server) {
 		srvA, srvB = s[0], s[1]
 		for _, srv := range s {
@@ -58,6 +62,7 @@ CREATE TABLE pgtenant.moves (id bigserial PRIMARY KEY, shard int NOT NULL, sourc
   error text, progress jsonb NOT NULL DEFAULT '{}', pause_ms double precision, started_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz);
 CREATE UNIQUE INDEX moves_one_running ON pgtenant.moves (shard) WHERE status = 'running';
+CREATE TABLE pgtenant.fence_leases (shard int PRIMARY KEY REFERENCES pgtenant.shards (id), move_id bigint, expires_at timestamptz NOT NULL);
 `
 
 const testShard = 5

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 // Step is one recorded step of a move (pgtenant.moves.step).
@@ -85,6 +87,11 @@ type Config struct {
 	Logger *slog.Logger
 	// FenceTimeout bounds the whole pause: fence start to flip. Zero means 5s.
 	FenceTimeout time.Duration
+	// FenceLease is how long the fence outlives its mover: the mover renews
+	// its leases (catalog and source) every FenceLease/5, and when it stops,
+	// routers release the shard to its source and the source takes writes
+	// again FenceLease after the last renewal. Zero means DefaultFenceLease (5s).
+	FenceLease time.Duration
 	// CatchUpTimeout bounds the initial copy plus catch-up. Zero means 1h.
 	CatchUpTimeout time.Duration
 	// LockTimeout is lock_timeout for the LOCK TABLE on the source under the fence. Zero means 1s.
@@ -99,6 +106,10 @@ type Config struct {
 	// it starts. Zero means 5 minutes; then the move aborts and names the
 	// oldest open transactions.
 	SlotTimeout time.Duration
+	// ResolveDSN resolves the secret references ($NAME, ${NAME}) of a node
+	// DSN stored in the catalog. Nil means from the environment
+	// (nodedsn.Expand with nodedsn.Env).
+	ResolveDSN func(dsn string) (string, error)
 	// BinDir holds pg_dump and pg_restore. Empty means localpg.FindBinDir.
 	BinDir string
 	// BeforeStep, when set, is called after a step is recorded and before it
@@ -152,7 +163,11 @@ func New(cfg Config) *Mover {
 			*d = v
 		}
 	}
+	if cfg.ResolveDSN == nil {
+		cfg.ResolveDSN = func(dsn string) (string, error) { return nodedsn.Expand(dsn, nodedsn.Env()) }
+	}
 	def(&cfg.FenceTimeout, 5*time.Second)
+	def(&cfg.FenceLease, DefaultFenceLease)
 	def(&cfg.CatchUpTimeout, time.Hour)
 	def(&cfg.LockTimeout, time.Second)
 	def(&cfg.PollInterval, 2*time.Millisecond)

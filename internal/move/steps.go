@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 // The marker table lives in its own schema on every node that takes part in
@@ -291,6 +293,11 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 	if err != nil {
 		return err
 	}
+	// A fence trigger left on the source by an aborted move comes along in
+	// the dump; its function must exist on the target.
+	if err := ensureMarker(ctx, dst); err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
 	// The pre-copy restore is one transaction: the schema is there entirely or not at all.
 	if ok, err := schemaExists(ctx, dst, mv.Schema); err != nil {
 		return fmt.Errorf("check target schema: %w", err)
@@ -307,7 +314,7 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if _, err = conn.Exec(ctx, markerDDL); err == nil {
+		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL); err == nil {
 			return nil
 		}
 		var pgErr *pgconn.PgError
@@ -344,6 +351,20 @@ func (m *Mover) stepPublication(ctx context.Context, mv *moveRun) error {
 	return nil
 }
 
+// subscriptionConnInfo is the source DSN for the target server's
+// subscription, which connects from the target's host: a password that pgx
+// found in this process's passfile or PGPASSWORD is written into it.
+func subscriptionConnInfo(dsn string) string {
+	if nodedsn.LiteralPassword(dsn) {
+		return dsn
+	}
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil || cfg.Password == "" {
+		return dsn
+	}
+	return nodedsn.WithPassword(dsn, cfg.Password)
+}
+
 // subOID returns the oid of the move's subscription on the target, 0 if there is none.
 func subOID(ctx context.Context, dst *pgx.Conn, name string) (uint32, error) {
 	var oid uint32
@@ -370,12 +391,12 @@ func (m *Mover) stepSubscription(ctx context.Context, mv *moveRun) error {
 		}
 		// CREATE SUBSCRIPTION cannot run in a transaction block: a simple-protocol Exec is an implicit transaction of its own.
 		sql := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (copy_data = true, binary = true)`,
-			ident(repName(mv)), quoteLiteral(mv.SourceDSN), ident(repName(mv)))
+			ident(repName(mv)), quoteLiteral(subscriptionConnInfo(mv.SourceDSN)), ident(repName(mv)))
 		sctx, cancel := context.WithTimeout(ctx, m.cfg.SlotTimeout)
 		_, err := dst.Exec(sctx, sql)
 		cancel()
 		if err != nil {
-			if ctx.Err() == nil && sctx.Err() != nil {
+			if ctx.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded) { // cancel() above set Canceled otherwise
 				return fmt.Errorf("create subscription: the replication slot waited %s for transactions open on the source server (%s): %w",
 					m.cfg.SlotTimeout, openTransactions(ctx, src), err)
 			}

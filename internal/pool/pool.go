@@ -145,6 +145,10 @@ func (c *Conn) quiet() bool {
 	return err == nil && quiet
 }
 
+// Readable reports whether the server has sent something not yet read
+// from the socket (or closed it), without blocking.
+func (c *Conn) Readable() bool { return !c.quiet() }
+
 // Release returns the connection to the pool it came from.
 func (c *Conn) Release() { c.pool.Release(c) }
 

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
 	"github.com/pgtenant/pgtenant/internal/wire"
@@ -50,6 +48,10 @@ func (ss *session) sendPendingBegin(tenant string) {
 		ss.writeBegin()
 		return
 	}
+	if ss.cleanDue {
+		ss.cleanDue = false
+		q += "\n;" + discardTempSQL
+	}
 	if ss.localSetup {
 		// The shard's search_path and the tenant id for this transaction
 		// only, in the BEGIN's round trip: the backend's session values
@@ -59,7 +61,7 @@ func (ss *session) sendPendingBegin(tenant string) {
 		be := ss.be
 		q += "\n;SELECT "
 		if be.Schema != ss.wantSchema {
-			q += "pg_catalog.set_config('search_path', " + quoteLiteral(pgx.Identifier{ss.wantSchema}.Sanitize()) + ", true), "
+			q += "pg_catalog.set_config('search_path', " + quoteLiteral(ss.srv.searchPath(ss.wantSchema)) + ", true), "
 		}
 		q += "pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.wantTenant) + ", true)"
 	}
@@ -101,12 +103,13 @@ const (
 func (ss *session) writeBegin() {
 	be := ss.be
 	ss.bindPrepared(beginStmt, "BEGIN", nil, nil)
+	ss.writeClean()
 	if ss.localSetup {
 		ss.localSetup = false
 		ss.localOpen = true
 		var path string
 		if be.Schema != ss.wantSchema {
-			path = pgx.Identifier{ss.wantSchema}.Sanitize()
+			path = ss.srv.searchPath(ss.wantSchema)
 		}
 		if path != "" {
 			ss.bindPrepared(setupLocalStmt, setupLocalSQL, setupTypes, []string{path, ss.wantTenant})
@@ -238,6 +241,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		// Cut (fence, node failure) while the client was idle in a
 		// transaction or session: the transaction is lost; say so rather
 		// than run the statement elsewhere.
+		ss.srv.log.Warn("backend connection lost while the client was idle", "session", ss.id, "node", ss.be.Node(), "reason", ss.be.KillReason())
 		werr := killError(ss.be, nil)
 		wasTxn := ss.status != 'I'
 		ss.releaseBackend()
@@ -371,15 +375,14 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		if g != nil {
 			ss.leaveGate(g)
 		}
-		var ce *pool.ConnectError
-		switch {
-		case errors.As(err, &ce):
-			return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q is unreachable: %v", node.Name, ce.Err)}
-		case errors.Is(err, pool.ErrWaitTimeout):
+		if errors.Is(err, pool.ErrWaitTimeout) {
 			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free in time", node.Name),
 				Hint: "The node's pool is full: retry, or raise the router's pool size or wait timeout (pgtenant router --pool-size, --pool-wait-timeout)."}
 		}
-		return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q: %v", node.Name, err)}
+		// The error names the node's host, port and user: it goes to the
+		// router's log, never to the client.
+		ss.srv.log.Warn("backend connection unavailable", "session", ss.id, "node", node.Name, "tenant", tenant, "err", err)
+		return nodeUnreachableError(node.Name)
 	}
 	ss.srv.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
 	if g != nil {
@@ -409,6 +412,9 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	}
 	ss.wantSchema, ss.wantTenant = schema, tid
 	ss.wantTag = ss.srv.schemaTag(schema)
+	if keep == nil && ss.srv.cfg.PoolMode == PoolTransaction {
+		ss.cleanDue = true
+	}
 	ss.trimPrepared()
 	ss.chooseSetup(tenant)
 	ss.sendPendingBegin(tenant)
@@ -483,7 +489,7 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 	ss.setupDue = true
 	ss.setupPath = ""
 	if be.Schema != schema {
-		ss.setupPath = pgx.Identifier{schema}.Sanitize()
+		ss.setupPath = ss.srv.searchPath(schema)
 	}
 	ss.setupSchema, ss.setupTenant = schema, tenant
 	ss.setupLocal = ss.srv.cfg.PoolMode == PoolTransaction
@@ -513,7 +519,7 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 		ss.setupDue = true
 		ss.setupPath = ""
 		if be.Schema != ss.wantSchema {
-			ss.setupPath = pgx.Identifier{ss.wantSchema}.Sanitize()
+			ss.setupPath = ss.srv.searchPath(ss.wantSchema)
 		}
 		ss.setupSchema, ss.setupTenant = ss.wantSchema, ss.wantTenant
 		ss.setupLocal = ss.srv.cfg.PoolMode == PoolTransaction
@@ -589,7 +595,7 @@ func (ss *session) noteEnding(info *stmtInfo) {
 		return
 	}
 	if ss.localOpen && (be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant) {
-		ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{pgx.Identifier{ss.wantSchema}.Sanitize(), ss.wantTenant})
+		ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{ss.srv.searchPath(ss.wantSchema), ss.wantTenant})
 		be.Schema, be.Tenant = "\x00", "\x00" // committed or not, as the procedure decides
 	}
 }
@@ -607,6 +613,7 @@ func (ss *session) noteEnding(info *stmtInfo) {
 // that transaction commits, so setupOpen makes an error or an open
 // transaction at the next ReadyForQuery forget them (doubtSetup).
 func (ss *session) writeSetup() {
+	ss.writeClean()
 	if !ss.setupDue {
 		return
 	}
@@ -628,6 +635,19 @@ func (ss *session) writeSetup() {
 	ss.setupOpen = true
 }
 
+// writeClean sends a due DISCARD TEMP (see cleanDue) as Bind/Execute of a
+// statement prepared once per backend, in the transaction that the
+// client's statement runs in: should that transaction roll back, the next
+// one on this backend is cleaned again, and within it nothing the
+// previous client made is visible.
+func (ss *session) writeClean() {
+	if !ss.cleanDue {
+		return
+	}
+	ss.cleanDue = false
+	ss.bindPrepared(discardTempStmt, discardTempSQL, nil, nil)
+}
+
 // executeUnnamed is Execute of the unnamed portal, all rows.
 var executeUnnamed = []byte{wire.MsgExecute, 0, 0, 0, 9, 0, 0, 0, 0, 0}
 
@@ -635,6 +655,13 @@ var executeUnnamed = []byte{wire.MsgExecute, 0, 0, 0, 9, 0, 0, 0, 0, 0}
 // statements that must not share a transaction with it.
 func (ss *session) flushSetup() {
 	if !ss.setupDue {
+		if ss.cleanDue {
+			ss.cleanDue = false
+			ss.out = wire.AppendQuery(ss.out[:0], discardTempSQL)
+			ss.be.W.Write(ss.out)
+			ss.be.Unnamed = nil
+			ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
+		}
 		return
 	}
 	ss.setupDue = false
@@ -643,6 +670,10 @@ func (ss *session) flushSetup() {
 		ss.be.Schema, ss.be.Tenant = ss.setupSchema, ss.setupTenant
 	}
 	q := "SELECT "
+	if ss.cleanDue {
+		ss.cleanDue = false
+		q = discardTempSQL + ";" + q
+	}
 	if ss.setupPath != "" {
 		q += "pg_catalog.set_config('search_path', " + quoteLiteral(ss.setupPath) + ", false), "
 	}
@@ -721,6 +752,10 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 		return
 	}
 	var b strings.Builder
+	if ss.cleanDue {
+		ss.cleanDue = false
+		b.WriteString(discardTempSQL + ";")
+	}
 	if be.SessionSig != ss.sig {
 		if be.SessionSig != "" {
 			b.WriteString("RESET ALL;")
@@ -734,7 +769,7 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 	if be.Schema != schema {
 		b.WriteString(sep)
 		b.WriteString("pg_catalog.set_config('search_path', ")
-		b.WriteString(quoteLiteral(pgx.Identifier{schema}.Sanitize()))
+		b.WriteString(quoteLiteral(ss.srv.searchPath(schema)))
 		b.WriteString(", false)")
 		be.Schema = schema
 		sep = ", "
@@ -768,7 +803,7 @@ func (ss *session) releaseBackend() {
 		be.MarkBroken()
 		ss.unsynced = false
 	}
-	ss.localSetup, ss.localOpen = false, false
+	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
@@ -863,7 +898,14 @@ func (ss *session) drain(all bool) error {
 				return err
 			}
 		}
-		typ, body, err := be.R.ReadMessage()
+		var typ byte
+		var body []byte
+		var err error
+		if ss.held != nil {
+			typ, body, ss.held = ss.held[0], ss.held[1:], nil
+		} else {
+			typ, body, err = be.R.ReadMessage()
+		}
 		if err != nil {
 			ss.backendFailed(err)
 			continue
@@ -898,9 +940,6 @@ func (ss *session) drain(all bool) error {
 					ss.doubtSetup() // inside a transaction that may roll back
 				}
 			}
-			if ss.syncs == 0 {
-				ss.copyEnds = 0
-			}
 			if len(ss.txnSets) > 0 && ss.status == 'I' {
 				ss.endTxnSets(true)
 			}
@@ -920,6 +959,9 @@ func (ss *session) drain(all bool) error {
 			}
 			continue
 		case wire.MsgErrorResponse:
+			if sev := wire.ErrorSeverity(body); sev == "FATAL" || sev == "PANIC" {
+				return ss.backendFatal(body)
+			}
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
 				ss.relay(typ, body)
@@ -946,6 +988,7 @@ func (ss *session) drain(all bool) error {
 				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+					ss.dropParsed(&ss.queue[0])
 					if q := &ss.queue[0]; q.kind == eParse {
 						// Skipped by the server: not prepared there.
 						if q.name != "" {
@@ -961,13 +1004,18 @@ func (ss *session) drain(all bool) error {
 					// client's Query too: the Sync's ReadyForQuery ends it.
 					be.W.Write(wire.SyncMsg)
 				}
+				if len(ss.queue) == 0 {
+					// No Sync sent yet (a pipeline with Flush): the server
+					// ignores what the client sends until its Sync, and
+					// answers nothing; the router must not wait for answers.
+					ss.skipToSync = true
+				}
 			}
 			continue
 		case wire.MsgCopyInResponse:
 			ss.relay(typ, body)
-			if ss.copyEnds > 0 {
-				ss.copyEnds-- // the client already sent the whole COPY
-				continue
+			if e.copyDone {
+				continue // the client already sent the whole COPY
 			}
 			if err := ss.copyIn(be); err != nil {
 				return err
@@ -1012,6 +1060,29 @@ func (ss *session) drain(all bool) error {
 	return nil
 }
 
+// errBackendFatal ends a session whose backend reported a FATAL error.
+var errBackendFatal = errors.New("the backend connection ended with a FATAL error")
+
+// backendFatal relays a FATAL ErrorResponse (pg_terminate_backend, a server
+// shutting down, an idle session timeout) and ends the session: the server
+// closes the connection after it, and clients wait for that close (as
+// node-postgres does) rather than for a ReadyForQuery that never comes.
+func (ss *session) backendFatal(body []byte) error {
+	be := ss.be
+	ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
+	ss.srv.log.Info("backend connection ended", "session", ss.id, "node", be.Node(), "code", wire.ErrorCode(body), "err", wire.ErrorMessage(body))
+	ss.relay(wire.MsgErrorResponse, body)
+	be.MarkBroken()
+	ss.releaseBackend()
+	ss.status = 'I'
+	clear(ss.queue)
+	ss.queue = ss.qbuf[:0]
+	ss.syncs = 0
+	ss.closing = true
+	ss.cw.Flush()
+	return errBackendFatal
+}
+
 // backendPending reports whether any queued response must come from the backend.
 func (ss *session) backendPending() bool {
 	for i := range ss.queue {
@@ -1032,12 +1103,36 @@ func (ss *session) copyIn(be *pool.Conn) error {
 	if err := ss.cw.Flush(); err != nil {
 		return err
 	}
+	// A COPY is not idle, however long it streams: no idle timeout
+	// (loop sets it again for the next message).
+	ss.nc.SetReadDeadline(time.Time{})
 	for {
 		if ss.cr.Buffered() == 0 {
 			if err := be.W.Flush(); err != nil {
 				ss.backendFailed(err)
 				return nil
 			}
+		}
+		if ss.cr.Buffered() == 0 && (be.R.Buffered() > 0 || be.Readable()) {
+			// The server spoke during COPY FROM STDIN: a notice, or an
+			// error that ended the COPY (a bad row). An error goes to the
+			// client now (drain relays it), not after the rest of its data,
+			// which the router then drops (copyDiscard).
+			typ, body, err := be.R.ReadMessage()
+			if err != nil {
+				ss.backendFailed(err)
+				return nil
+			}
+			if typ == wire.MsgNotice || typ == wire.MsgParamStatus || typ == wire.MsgNotification {
+				ss.relay(typ, body)
+				if err := ss.cw.Flush(); err != nil {
+					return err
+				}
+				continue
+			}
+			ss.held = append(append(ss.held[:0], typ), body...)
+			ss.copyDiscard, ss.copyStreaming = true, false
+			return nil
 		}
 		typ, body, err := ss.cr.ReadMessage()
 		if err != nil {
@@ -1048,6 +1143,7 @@ func (ss *session) copyIn(be *pool.Conn) error {
 		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
 			wire.WriteFrame(be.W, typ, body)
 			if typ != wire.MsgCopyData {
+				ss.copyStreaming = false
 				return nil
 			}
 		case wire.MsgFlush, wire.MsgSync:
@@ -1075,10 +1171,19 @@ func killError(be *pool.Conn, err error) *wire.Error {
 		return &wire.Error{Code: "40001", Message: fmt.Sprintf("the transaction was cut: %v", fe), Hint: "Retry the transaction."}
 	case reason != nil && errors.Is(reason, errShutdown):
 		return &wire.Error{Severity: "FATAL", Code: "57P01", Message: "the router is shutting down"}
-	case err == nil:
-		err = reason
 	}
-	return &wire.Error{Code: "08006", Message: fmt.Sprintf("lost the connection to node %q: %v", be.Node(), err)}
+	// err (addresses, the server's words) is in the router's log (see
+	// backendFailed); the client gets the node's name.
+	return &wire.Error{Code: "08006", Message: fmt.Sprintf("lost the connection to node %q", be.Node()),
+		Hint: "The transaction, if any, was rolled back; retry it. The router's log has the details."}
+}
+
+// nodeUnreachableError is the error a client gets when no backend
+// connection to node could be opened; the reason, which names the node's
+// host and user, goes to the router's log only.
+func nodeUnreachableError(node string) *wire.Error {
+	return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q is unreachable", node),
+		Hint: fmt.Sprintf("Retry later. The router's log has the details; `pgtenant node check %s` tests the node.", node)}
 }
 
 // lostBackend drops the backend and answers every queued response with one
@@ -1120,9 +1225,10 @@ func (ss *session) lostBackend(werr *wire.Error) {
 	}
 }
 
-// connError turns a drain error (client gone) into an error to report.
-func connError(err error) *wire.Error {
-	return &wire.Error{Code: "08006", Message: err.Error()}
+// connError turns a drain error (the client's connection failed) into an
+// error to report; the Go error stays out of the message.
+func connError(error) *wire.Error {
+	return &wire.Error{Code: "08006", Message: "connection failure"}
 }
 
 // ensurePrepared queues a Parse of def on the attached backend unless it is

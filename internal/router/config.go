@@ -72,6 +72,12 @@ type Config struct {
 	// SSLRequest is answered 'N' (clients with sslmode=require fail,
 	// sslmode=prefer continues in plain text).
 	TLS *tls.Config
+	// RequireTLS refuses clients that did not negotiate TLS, with FATAL
+	// 28000 (as pg_hba's hostssl lines do). It needs TLS.
+	RequireTLS bool
+	// RequireTLSUsers refuses these users without TLS, as RequireTLS does
+	// for all. Nil means none.
+	RequireTLSUsers []string
 	// Auth is the client authentication method. Empty means scram-sha-256.
 	Auth AuthMethod
 	// Users maps user names to passwords. With AuthTrust it is ignored
@@ -104,6 +110,17 @@ type Config struct {
 	// MaxMessage bounds one protocol message from a client or server, in
 	// bytes. Zero means 64 MiB.
 	MaxMessage int
+	// MaxMessageMemory bounds the memory held at once, across all clients,
+	// for client message bodies larger than wire.PinnedMax (128 KiB): such a
+	// body is read only once its size fits in what is left, and counts until
+	// the router reads that client's next message. Zero means 256 MiB (four
+	// messages at the 64 MiB MaxMessage, eight of 32 MiB); negative means no
+	// bound (a client message then costs its size, each at once).
+	MaxMessageMemory int64
+	// MessageMemoryWait is how long a large client message waits for
+	// MaxMessageMemory; then it is discarded and the client gets 53200
+	// (out_of_memory). Zero means 10 seconds.
+	MessageMemoryWait time.Duration
 	// MaxClients bounds concurrent client connections; more are refused
 	// with 53300. Zero means 1000.
 	MaxClients int
@@ -121,6 +138,20 @@ type Config struct {
 	// HoldTimeout is how long a transaction for a fenced shard is held
 	// before it fails with 40001. Zero means 10 seconds.
 	HoldTimeout time.Duration
+	// SharedSchema is the schema searched after the shard's: every
+	// transaction runs with search_path "shard_NNNN", SharedSchema,
+	// pg_temp. Extensions and reference tables live there; pg_temp comes
+	// last, explicitly, so that no temporary object shadows a shard's
+	// table. Empty means "public"; NoSharedSchema leaves it out.
+	SharedSchema string
+	// NoSharedSchema makes the search_path "shard_NNNN", pg_temp.
+	NoSharedSchema bool
+	// IdleInTransactionTimeout ends a client that stays idle inside a
+	// transaction this long, as Postgres' idle_in_transaction_session_timeout
+	// does: it gets FATAL 25P03, its transaction is rolled back and its
+	// backend connection goes back to the pool. Zero means 60 seconds;
+	// negative means never.
+	IdleInTransactionTimeout time.Duration
 	// Logger receives session start/end and state changes. Nil discards.
 	Logger *slog.Logger
 	// Metrics receives counters; nil means NewMetrics() (see Server.Metrics).
@@ -135,6 +166,16 @@ type Config struct {
 	UsageTopK int
 }
 
+// DefaultMaxMessageMemory is Config.MaxMessageMemory's default: 256 MiB.
+const DefaultMaxMessageMemory = 256 << 20
+
+// DefaultIdleInTransactionTimeout is Config.IdleInTransactionTimeout's
+// default: a minute is far longer than an app's transaction waits on its own
+// work, and short enough that a client gone silent in a transaction frees
+// its backend connection, its locks and vacuum's horizon soon (GitLab.com
+// runs its Postgres with idle_in_transaction_session_timeout = 60s).
+const DefaultIdleInTransactionTimeout = 60 * time.Second
+
 func (c Config) withDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:6432"
@@ -148,6 +189,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxPrepared <= 0 {
 		c.MaxPrepared = 1000
 	}
+	if c.MaxMessageMemory == 0 {
+		c.MaxMessageMemory = DefaultMaxMessageMemory
+	}
+	if c.MessageMemoryWait <= 0 {
+		c.MessageMemoryWait = 10 * time.Second
+	}
 	if c.MaxClients <= 0 {
 		c.MaxClients = 1000
 	}
@@ -159,6 +206,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HoldTimeout <= 0 {
 		c.HoldTimeout = 10 * time.Second
+	}
+	if c.SharedSchema == "" {
+		c.SharedSchema = "public"
+	}
+	if c.IdleInTransactionTimeout == 0 {
+		c.IdleInTransactionTimeout = DefaultIdleInTransactionTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -68,9 +68,8 @@
 // recorded only when the server accepts it, so a bad value fails at once
 // (RESET ALL first when the backend carries another client's settings).
 // search_path, role and pgtenant.* other than
-// pgtenant.tenant are owned by the router and refused. SQL-level PREPARE,
-// LISTEN and temporary objects do not survive a transaction in transaction
-// mode: LISTEN is refused there; use session mode.
+// pgtenant.tenant are owned by the router and refused (see Isolation).
+// LISTEN is refused in transaction mode; use session mode.
 //
 // BEGIN/COMMIT/ROLLBACK are deferred or answered the same way whether they
 // come as a simple Query or as Parse/Bind/Execute. SELECT set_config(
@@ -100,6 +99,60 @@
 // itself and an invalid statement's error comes at its first Bind or
 // Describe.
 //
+// # Isolation
+//
+// A shard's search_path is "shard_NNNN", Config.SharedSchema (default
+// public; extensions and reference tables), pg_temp: pg_temp last and
+// explicit, since Postgres searches it first when it is left out and a
+// temporary table would shadow the shard's.
+//
+// Nothing a client leaves on a backend may reach another client. In
+// transaction mode a backend serves other clients as soon as a transaction
+// ends, so the router refuses, with 0A000 and a hint, what would outlive
+// the transaction: CREATE TEMP objects other than tables ON COMMIT DROP
+// (also a name in pg_temp, SELECT INTO TEMP), SQL PREPARE and EXECUTE
+// (drivers' protocol-level prepared statements work), DECLARE ... WITH
+// HOLD. DEALLOCATE of a client's protocol-level statement is answered by
+// the router (ActiveRecord sends it). What the lexer cannot see, a
+// temporary table made by a function or DO block, is dropped: every
+// backend taken from the pool in transaction mode gets DISCARD TEMP (a
+// statement prepared once per backend, bound in the client's first round
+// trip, inside the transaction of the client's first statement, so it costs
+// no round trip; within that transaction nothing of the previous client is
+// visible, and should it roll back, the next transaction cleans again).
+// Cleaning on checkout rather than refusing more keeps functions that use
+// temporary tables working; cleaning rather than closing keeps the
+// connection. In session mode a client owns its backend until it leaves;
+// then DISCARD ALL resets it (temporary objects, prepared statements,
+// cursors, settings, listens, advisory locks, sequences' cached values); a
+// backend given up any other way is closed. A session that switches tenants
+// on one node keeps its backend and its temporary objects: they are the
+// client's own, as on a direct connection (pg_temp last keeps them from
+// shadowing the new shard's tables).
+//
+// Two different /* tenant: */ hints in one query string are refused with
+// 25001. The settings the router owns cannot be changed by a client in any
+// statement of a text: SET/RESET of search_path, role, session
+// authorization or pgtenant.* (not pgtenant.tenant) in any spelling,
+// set_config of them (quoted, qualified, E'...' or dollar-quoted names; a name
+// that is not a literal or a bind parameter is refused too; parameters are
+// checked at Bind), the same inside DO bodies and the strings EXECUTE runs
+// there, UPDATE of pg_settings, and EXECUTE of the router's own prepared
+// statements: 0A000 with a hint. set_config('app.x', v, true) of other
+// settings, the row-level-security idiom, works. The limit: what a
+// function or procedure body runs (set_config, SET, dynamic SQL) is not
+// visible to the router; against hostile SQL the defence is a restricted
+// Postgres role, not the lexer.
+//
+// A client idle inside a transaction longer than
+// Config.IdleInTransactionTimeout (60 s by default) gets FATAL 25P03 as from
+// Postgres; its transaction is rolled back and its backend goes back to the
+// pool.
+//
+// Errors the router makes from Go errors (a node that cannot be reached, a
+// backend connection lost) name the node and carry a SQLSTATE and a hint;
+// addresses, users and the server's words go to the router's log only.
+//
 // # I/O
 //
 // One goroutine per client does all of that session's work; sockets are
@@ -118,9 +171,16 @@
 //	42704  unknown tenant (register it with `pgtenant tenant add ID`)
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant
-//	0A000  feature not supported (LISTEN in transaction mode, reserved settings, replication connections,
-//	       in transaction mode a Query with statements after the COMMIT or ROLLBACK of its transaction)
+//	0A000  feature not supported (LISTEN in transaction mode, reserved settings in any form, replication
+//	       connections, in transaction mode a Query with statements after the COMMIT or ROLLBACK of its
+//	       transaction, temporary objects that outlive a transaction, SQL PREPARE/EXECUTE, WITH HOLD)
+//	25001  also: two different tenant hints in one query string
+//	25P03  idle in a transaction longer than Config.IdleInTransactionTimeout (FATAL)
+//	26000  DEALLOCATE of a prepared statement the client does not have
 //	3D000  also: a database name other than Config.Database
+//	42601  a malformed BEGIN or SET TRANSACTION the router would defer (as the server words it)
+//	42P05  Parse of a statement name in use; 26000 DEALLOCATE of a name that does not exist
+//	01000  (WARNING at connect) a startup search_path or other router-owned setting, ignored
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
 //	40001  the shard is being moved (held too long, or its transaction was cut)

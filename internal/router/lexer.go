@@ -83,6 +83,25 @@ type stmtInfo struct {
 	// callsProc is set when a statement starts with CALL or DO, which may
 	// commit or roll back part way through.
 	callsProc bool
+	// hint2 is another tenant named by a second hint comment in the same
+	// text: the text is refused (25001), as one query runs on one shard.
+	hint2 string
+	// createTemp is set when a statement creates a temporary object
+	// (CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ..., CREATE of a name in
+	// pg_temp, SELECT ... INTO TEMP); tempKept when one of them is not
+	// CREATE ... ON COMMIT DROP, so that it outlives its transaction.
+	createTemp, tempKept bool
+	// sqlPrepare is set when a statement starts with PREPARE (not PREPARE
+	// TRANSACTION) or EXECUTE: SQL-level prepared statements.
+	sqlPrepare bool
+	// holdCursor is set for DECLARE ... WITH HOLD, a cursor that
+	// outlives its transaction.
+	holdCursor bool
+	// guardScan is set when the text may change a setting the router owns
+	// in a way the first statement's SET/RESET check does not see
+	// (set_config, a later SET or RESET, DO, pg_settings, EXECUTE): see
+	// guard.
+	guardScan bool
 	// dml is set for one statement starting with SELECT, INSERT, UPDATE,
 	// DELETE, WITH, VALUES, TABLE or MERGE: it can run in a transaction
 	// the router opened with its own setup statement (see writeSetup).
@@ -125,6 +144,19 @@ type lexer struct {
 	first, prev string
 	// atomic counts open BEGIN ATOMIC bodies, whose END is no COMMIT.
 	atomic int
+	// prev2 is the word before prev.
+	prev2 string
+	// stmt is the current statement's first word (lowercase) when it is
+	// one the temp/cursor checks care about; createPrefix while only
+	// CREATE [OR REPLACE] [GLOBAL|LOCAL] was seen.
+	stmt         string
+	createPrefix bool
+	// curTemp and curDrop: the current statement creates a temporary
+	// object, with ON COMMIT DROP.
+	curTemp, curDrop bool
+	// prepares counts statements starting with PREPARE, less those that
+	// are PREPARE TRANSACTION.
+	prepares int
 }
 
 // classify scans sql once, without allocating except for a hint or value
@@ -167,9 +199,12 @@ func classify(sql string) stmtInfo {
 			if end < start {
 				end = start
 			}
-			if !info.hasHint {
-				if h, ok := tenantHint(sql[start:end]); ok {
+			if h, ok := tenantHint(sql[start:end]); ok {
+				switch {
+				case !info.hasHint:
 					info.hint, info.hasHint = h, true
+				case h != info.hint && info.hint2 == "":
+					info.hint2 = h
 				}
 			}
 		case c == '\'' || ((c == 'E' || c == 'e') && i+1 < n && sql[i+1] == '\''):
@@ -213,6 +248,7 @@ func classify(sql string) stmtInfo {
 				i++
 			}
 			lx.add(stmtDone, tQuotedIdent, start, i)
+			lx.noteQuoted(sql[start:i], &info)
 		case c == '$':
 			start := i
 			j := i + 1
@@ -260,6 +296,13 @@ func classify(sql string) stmtInfo {
 			}
 			if k := len(w) - 10; k >= 0 && strings.EqualFold(w[k:], "set_config") && (k == 0 || w[k-1] == '.') {
 				info.callsSetConfig = true
+				info.guardScan = true
+			}
+			if k := len(w) - 11; k >= 0 && strings.EqualFold(w[k:], "pg_settings") && (k == 0 || w[k-1] == '.') {
+				info.guardScan = true
+			}
+			if strings.EqualFold(w, "execute") || (stmtDone && lx.sinceSemi == 0 && (strings.EqualFold(w, "set") || strings.EqualFold(w, "reset"))) {
+				info.guardScan = true
 			}
 			lx.add(stmtDone, tWord, start, i)
 			lx.noteWord(w, &info)
@@ -286,20 +329,53 @@ func classify(sql string) stmtInfo {
 			info.multi = true
 		}
 	}
+	lx.endStmt(&info)
 	lx.analyze(&info, sawFrom)
 	info.endsTxn = lx.anyEnds || lx.ends
 	info.txnThenMore = lx.more
+	info.sqlPrepare = info.sqlPrepare || lx.prepares > 0
+	switch info.kind {
+	case kSet, kReset:
+		info.guardScan = true // odd spellings of reserved names (see guard)
+	}
 	return info
+}
+
+// endStmt notes what the statement just ended leaves behind.
+func (lx *lexer) endStmt(info *stmtInfo) {
+	if lx.curTemp {
+		info.createTemp = true
+		info.tempKept = info.tempKept || !lx.curDrop
+	}
+	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop = "", false, false, false
+}
+
+// noteQuoted notes a quoted identifier: set_config, pg_settings or a
+// pg_temp schema written in quotes.
+func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
+	name := q[1:max(1, len(q)-1)] // no allocation: ORMs quote every name
+	switch {
+	case strings.EqualFold(name, "set_config"):
+		info.callsSetConfig = true
+		info.guardScan = true
+	case strings.EqualFold(name, "pg_settings"):
+		info.guardScan = true
+	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
+		lx.curTemp = true
+	}
 }
 
 // noteWord notes a word token just added: whether the statement it is in ends
 // a transaction, and BEGIN ATOMIC bodies.
 func (lx *lexer) noteWord(w string, info *stmtInfo) {
 	eq := strings.EqualFold
+	lx.noteObjects(w, info)
 	switch n := lx.sinceSemi; {
 	case n == 1:
 		lx.first = ""
 		switch {
+		case eq(w, "execute"):
+			info.sqlPrepare = true
 		case eq(w, "commit"), eq(w, "rollback"), eq(w, "abort"):
 			lx.ends, lx.first = true, "commit"
 			if eq(w, "rollback") {
@@ -313,13 +389,20 @@ func (lx *lexer) noteWord(w string, info *stmtInfo) {
 			}
 		case eq(w, "prepare"):
 			lx.first = "prepare"
-		case eq(w, "call"), eq(w, "do"):
+			lx.prepares++
+		case eq(w, "call"):
 			info.callsProc = true
+		case eq(w, "do"):
+			info.callsProc = true
+			info.guardScan = true
 		}
 	case n <= 3 && lx.first != "":
 		switch {
 		case lx.first == "prepare":
 			lx.ends = n == 2 && eq(w, "transaction")
+			if lx.ends {
+				lx.prepares--
+			}
 			lx.first = ""
 		case eq(w, "work"), eq(w, "transaction"):
 		case eq(w, "to") && lx.first == "rollback":
@@ -337,7 +420,56 @@ func (lx *lexer) noteWord(w string, info *stmtInfo) {
 	case eq(w, "end") && eq(lx.prev, "atomic") && lx.sinceSemi > 1 && lx.atomic > 0:
 		lx.atomic-- // an empty body
 	}
-	lx.prev = w
+	lx.prev2, lx.prev = lx.prev, w
+}
+
+// noteObjects follows, word by word, what a statement creates that may
+// outlive its transaction: temporary objects (and whether they are ON
+// COMMIT DROP) and cursors WITH HOLD.
+func (lx *lexer) noteObjects(w string, info *stmtInfo) {
+	eq := strings.EqualFold
+	if lx.sinceSemi == 1 {
+		lx.endStmt(info)
+		switch {
+		case eq(w, "create"):
+			lx.stmt, lx.createPrefix = "create", true
+		case eq(w, "select"):
+			lx.stmt = "select"
+		case eq(w, "declare"):
+			lx.stmt = "declare"
+		}
+		return
+	}
+	switch lx.stmt {
+	case "create":
+		if lx.createPrefix {
+			switch {
+			case eq(w, "or"), eq(w, "replace"), eq(w, "global"), eq(w, "local"):
+				return
+			case eq(w, "temp"), eq(w, "temporary"):
+				lx.curTemp = true
+			}
+			lx.createPrefix = false
+		}
+		if hasPrefixFold(w, "pg_temp") {
+			lx.curTemp = true
+		}
+		if eq(w, "drop") && eq(lx.prev, "commit") && eq(lx.prev2, "on") {
+			lx.curDrop = true
+		}
+	case "select":
+		if eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")) {
+			lx.curTemp = true
+		}
+	case "declare":
+		if eq(w, "hold") && eq(lx.prev, "with") {
+			info.holdCursor = true
+		}
+	}
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 func (lx *lexer) add(after bool, k tokKind, start, end int) {
@@ -597,6 +729,17 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		}
 	case strings.EqualFold(w, "deallocate"):
 		info.kind = kDeallocate
+		i := 1
+		if lx.word(i, "prepare") {
+			i++
+		}
+		switch {
+		case lx.n <= i:
+		case lx.toks[i].kind == tQuotedIdent:
+			info.setName, _ = lx.value(i)
+		case lx.toks[i].kind == tWord:
+			info.setName = strings.ToLower(lx.text(i)) // "all" for ALL
+		}
 	case strings.EqualFold(w, "copy"):
 		info.kind = kCopy
 	}

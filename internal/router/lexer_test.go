@@ -24,39 +24,39 @@ func TestClassify(t *testing.T) {
 		{"COMMIT AND CHAIN", stmtInfo{kind: kCommit, endsTxn: true}},
 		{"COMMIT PREPARED 'x'", stmtInfo{kind: kOther}},
 		{"PREPARE TRANSACTION 'x'", stmtInfo{kind: kOther, endsTxn: true}},
-		{"PREPARE q AS SELECT 1", stmtInfo{kind: kPrepare}},
+		{"PREPARE q AS SELECT 1", stmtInfo{kind: kPrepare, sqlPrepare: true}},
 		{"CALL p(1)", stmtInfo{kind: kOther, callsProc: true}},
-		{"SELECT 1; DO $$ BEGIN COMMIT; END $$", stmtInfo{kind: kSelect, multi: true, callsProc: true}},
+		{"SELECT 1; DO $$ BEGIN COMMIT; END $$", stmtInfo{kind: kSelect, multi: true, callsProc: true, guardScan: true}},
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT 2", stmtInfo{kind: kOther, multi: true}},
 		{"ROLLBACK TO a; SELECT 2", stmtInfo{kind: kOther, multi: true, rollbackTo: true}},
 		{"SELECT 1; COMMIT AND CHAIN", stmtInfo{kind: kSelect, multi: true, endsTxn: true}},
-		{"SET pgtenant.tenant = 'acme'", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "acme", setName: "pgtenant.tenant"}},
-		{"set pgtenant.tenant to 'it''s'", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "it's", setName: "pgtenant.tenant"}},
-		{"SET SESSION pgtenant.tenant = acme", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "acme", setName: "pgtenant.tenant"}},
-		{"SET LOCAL pgtenant.tenant = E'a\\\\b'", stmtInfo{kind: kSet, noShard: true, op: opSetLocal, val: `a\b`, isLocal: true, setName: "pgtenant.tenant"}},
-		{"SET pgtenant.tenant = DEFAULT", stmtInfo{kind: kSet, noShard: true, op: opReset, setName: "pgtenant.tenant"}},
-		{"RESET pgtenant.tenant", stmtInfo{kind: kReset, noShard: true, op: opReset, setName: "pgtenant.tenant"}},
+		{"SET pgtenant.tenant = 'acme'", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "acme", setName: "pgtenant.tenant", guardScan: true}},
+		{"set pgtenant.tenant to 'it''s'", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "it's", setName: "pgtenant.tenant", guardScan: true}},
+		{"SET SESSION pgtenant.tenant = acme", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "acme", setName: "pgtenant.tenant", guardScan: true}},
+		{"SET LOCAL pgtenant.tenant = E'a\\\\b'", stmtInfo{kind: kSet, noShard: true, op: opSetLocal, val: `a\b`, isLocal: true, setName: "pgtenant.tenant", guardScan: true}},
+		{"SET pgtenant.tenant = DEFAULT", stmtInfo{kind: kSet, noShard: true, op: opReset, setName: "pgtenant.tenant", guardScan: true}},
+		{"RESET pgtenant.tenant", stmtInfo{kind: kReset, noShard: true, op: opReset, setName: "pgtenant.tenant", guardScan: true}},
 		{"SHOW pgtenant.tenant", stmtInfo{kind: kShow, op: opShow, setName: "pgtenant.tenant", noShard: true}},
 		{"SHOW TimeZone", stmtInfo{kind: kShow, setName: "timezone", noShard: true}},
-		{"SET search_path = x", stmtInfo{kind: kSet, noShard: true, setName: "search_path", reservedSet: true}},
-		{"SET pgtenant.tenant_id = 'x'", stmtInfo{kind: kSet, noShard: true, setName: "pgtenant.tenant_id", reservedSet: true}},
-		{"SET statement_timeout = 5", stmtInfo{kind: kSet, noShard: true, setName: "statement_timeout"}},
-		{"SELECT set_config('pgtenant.tenant', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, plainSetConfig: true, dml: true}},
-		{"select pg_catalog.set_config('pgtenant.tenant', 'acme', true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, val: "acme", isLocal: true, plainSetConfig: true, dml: true}},
-		{"SELECT set_config('pgtenant.tenant', $1, $2)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, dml: true}},
-		{"SELECT set_config('pgtenant.tenant', $1, false), 1", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, dml: true}},
-		{"SELECT 1; SET statement_timeout = 5", stmtInfo{kind: kSelect, multi: true, laterSet: true}},
-		{"SELECT 1;\n  reset ALL", stmtInfo{kind: kSelect, multi: true, laterSet: true}},
+		{"SET search_path = x", stmtInfo{kind: kSet, noShard: true, setName: "search_path", reservedSet: true, guardScan: true}},
+		{"SET pgtenant.tenant_id = 'x'", stmtInfo{kind: kSet, noShard: true, setName: "pgtenant.tenant_id", reservedSet: true, guardScan: true}},
+		{"SET statement_timeout = 5", stmtInfo{kind: kSet, noShard: true, setName: "statement_timeout", guardScan: true}},
+		{"SELECT set_config('pgtenant.tenant', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, plainSetConfig: true, dml: true, guardScan: true}},
+		{"select pg_catalog.set_config('pgtenant.tenant', 'acme', true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, val: "acme", isLocal: true, plainSetConfig: true, dml: true, guardScan: true}},
+		{"SELECT set_config('pgtenant.tenant', $1, $2)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, dml: true, guardScan: true}},
+		{"SELECT set_config('pgtenant.tenant', $1, false), 1", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, op: opSetConfig, param: 1, dml: true, guardScan: true}},
+		{"SELECT 1; SET statement_timeout = 5", stmtInfo{kind: kSelect, multi: true, laterSet: true, guardScan: true}},
+		{"SELECT 1;\n  reset ALL", stmtInfo{kind: kSelect, multi: true, laterSet: true, guardScan: true}},
 		{"UPDATE t SET x = 1; SELECT 1", stmtInfo{kind: kOther, multi: true}},
 		{"SELECT 1; /* c */ DEALLOCATE ALL", stmtInfo{kind: kSelect, multi: true, laterDiscard: true}},
 		{"SELECT 1; SELECT my.set_config_x()", stmtInfo{kind: kSelect, multi: true}},
-		{"SELECT 1; SELECT my.set_config('a', 'b', false)", stmtInfo{kind: kSelect, multi: true, callsSetConfig: true}},
-		{"SELECT set_config('search_path', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true}},
-		{"SELECT set_config('app.user', $1, true)", stmtInfo{kind: kSelect, callsSetConfig: true, localSetConfig: true, noShard: true, dml: true}},
-		{"select pg_catalog.set_config('app.user', 'u1', 'on')", stmtInfo{kind: kSelect, callsSetConfig: true, localSetConfig: true, noShard: true, dml: true}},
-		{"SELECT set_config('app.user', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true}},
-		{"SELECT set_config('Search_Path', $1, true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true}},
-		{"SELECT set_config($1, $2, true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true}},
+		{"SELECT 1; SELECT my.set_config('a', 'b', false)", stmtInfo{kind: kSelect, multi: true, callsSetConfig: true, guardScan: true}},
+		{"SELECT set_config('search_path', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true}},
+		{"SELECT set_config('app.user', $1, true)", stmtInfo{kind: kSelect, callsSetConfig: true, localSetConfig: true, noShard: true, dml: true, guardScan: true}},
+		{"select pg_catalog.set_config('app.user', 'u1', 'on')", stmtInfo{kind: kSelect, callsSetConfig: true, localSetConfig: true, noShard: true, dml: true, guardScan: true}},
+		{"SELECT set_config('app.user', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true}},
+		{"SELECT set_config('Search_Path', $1, true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true}},
+		{"SELECT set_config($1, $2, true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true}},
 		{"BEGIN; SELECT 1", stmtInfo{kind: kBegin, multi: true}},
 		{"COMMIT; BEGIN", stmtInfo{kind: kCommit, multi: true, endsTxn: true, txnThenMore: true}},
 		{"INSERT INTO t VALUES (1); commit;", stmtInfo{kind: kOther, multi: true, endsTxn: true}},
@@ -87,10 +87,21 @@ func TestClassify(t *testing.T) {
 }
 
 func FuzzClassify(f *testing.F) {
-	for _, s := range []string{"SELECT 1", "/* tenant: a */ SET pgtenant.tenant = 'x'", "SELECT $a$ $a", "E'\\", "SET LOCAL"} {
+	for _, s := range []string{"SELECT 1", "/* tenant: a */ SET pgtenant.tenant = 'x'", "SELECT $a$ $a", "E'\\", "SET LOCAL",
+		"DO $$ BEGIN EXECUTE 'SET search_path TO x'; END $$", "SELECT set_config(E'\\u00", `SET U&"a`, "SET \"pgtenant\".", "DO '"} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, sql string) { classify(sql) })
+	f.Fuzz(func(t *testing.T, sql string) {
+		classify(sql)
+		guard(sql)
+	})
+}
+
+func BenchmarkClassifyQuoted(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		classify(`SELECT "public"."User"."id", "public"."User"."email" FROM "public"."User" WHERE "public"."User"."id" = $1 LIMIT $2`)
+	}
 }
 
 func BenchmarkClassify(b *testing.B) {

@@ -14,7 +14,9 @@ import (
 
 // loop serves the client's messages until it terminates or fails.
 func (ss *session) loop() error {
-	idle := ss.srv.cfg.ClientIdleTimeout
+	idle, idleTxn := ss.srv.cfg.ClientIdleTimeout, ss.srv.cfg.IdleInTransactionTimeout
+	armed := false // a read deadline is set on the client connection
+	inTxn := false // the client is waited for inside a transaction
 	for {
 		if ss.cr.Buffered() == 0 {
 			if ss.cw.Buffered() > 0 {
@@ -23,12 +25,18 @@ func (ss *session) loop() error {
 					return fmt.Errorf("write to client: %w", err)
 				}
 			}
-			if idle > 0 {
-				if ss.inTxn() {
-					ss.nc.SetReadDeadline(time.Time{})
-				} else {
-					ss.nc.SetReadDeadline(time.Now().Add(idle))
-				}
+			inTxn = ss.inTxn()
+			d := idle
+			if inTxn {
+				d = idleTxn
+			}
+			switch {
+			case d > 0:
+				ss.nc.SetReadDeadline(time.Now().Add(d))
+				armed = true
+			case armed:
+				ss.nc.SetReadDeadline(time.Time{})
+				armed = false
 			}
 		}
 		var stopWatch func()
@@ -42,13 +50,36 @@ func (ss *session) loop() error {
 		if err != nil {
 			var tl *wire.TooLargeError
 			var ne net.Error
+			var me *wire.MemoryError
+			if errors.As(err, &me) && !isCopyMessage(typ) {
+				// The message was skipped: fail it as a server would.
+				if ss.skipToSync {
+					continue
+				}
+				if err := ss.localError(memoryError(me), typ != wire.MsgQuery); err != nil {
+					return err
+				}
+				continue
+			}
 			switch {
+			case errors.As(err, &me):
+				// Part of a COPY already on its way to the server.
+				ss.drainSyncs()
+				ss.sendError(memoryError(me), "FATAL")
 			case errors.As(err, &tl):
 				ss.drainSyncs()
 				ss.sendFatal("08P01", fmt.Sprintf("message too large: %v", tl))
 			case errors.Is(err, wire.ErrMalformed):
 				ss.drainSyncs()
 				ss.sendFatal("08P01", fmt.Sprintf("invalid message: %v", err))
+			case errors.As(err, &ne) && ne.Timeout() && inTxn:
+				ss.srv.log.Info("client idle in transaction too long", "session", ss.id, "user", ss.user, "timeout", idleTxn)
+				ss.endIdleTxn()
+				ss.cw.Write(wire.AppendError(ss.out[:0], &wire.Error{Severity: "FATAL", Code: "25P03",
+					Message: "terminating connection due to idle-in-transaction timeout",
+					Hint:    fmt.Sprintf("The transaction was rolled back: the router ends clients idle inside a transaction for %s (idle_in_transaction_timeout).", idleTxn)}))
+				ss.cw.Flush()
+				return errors.New("idle in transaction timeout")
 			case errors.As(err, &ne) && ne.Timeout():
 				ss.sendFatal("57P05", "terminating connection due to idle timeout")
 			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
@@ -88,10 +119,30 @@ func (ss *session) loop() error {
 			// COPY data sent ahead of the server's CopyInResponse (pgconn
 			// streams right after the Query) goes to the backend; without a
 			// backend it is ignored, as the server does.
+			if ss.copyDiscard {
+				ss.copyDiscard = typ == wire.MsgCopyData // the rest of a COPY the server ended
+				continue
+			}
 			if ss.be != nil {
 				wire.WriteFrame(ss.be.W, typ, body)
+				if typ == wire.MsgCopyData && ss.cr.Buffered() == 0 && ss.syncs > 0 {
+					// Before waiting for more of the client's data: has the
+					// server answered the COPY (CopyInResponse, or an error)?
+					ss.copyStreaming = true
+					if ss.be.W.Flush() == nil && (ss.be.R.Buffered() > 0 || ss.be.Readable()) {
+						if err := ss.drain(false); err != nil {
+							return err
+						}
+						if ss.copyStreaming {
+							// The COPY failed before it began: drop the
+							// rest of its data, as the server ignores it.
+							ss.copyStreaming, ss.copyDiscard = false, true
+						}
+					}
+				}
 				if typ != wire.MsgCopyData {
-					ss.copyEnds++
+					ss.copyStreaming = false
+					ss.markCopyDone()
 					if ss.cr.Buffered() == 0 {
 						if err := ss.drain(false); err != nil {
 							return err
@@ -103,6 +154,9 @@ func (ss *session) loop() error {
 			ss.sendFatal("08P01", fmt.Sprintf("invalid frontend message type %q", typ))
 			return fmt.Errorf("invalid message type %q", typ)
 		}
+		if ss.closing {
+			return errBackendFatal
+		}
 		if werr != nil {
 			if werr.Severity == "FATAL" {
 				ss.drainSyncs()
@@ -112,6 +166,81 @@ func (ss *session) loop() error {
 			if err := ss.localError(werr, typ != wire.MsgQuery); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// isCopyMessage reports whether typ is CopyData, CopyDone or CopyFail.
+func isCopyMessage(typ byte) bool {
+	return typ == wire.MsgCopyData || typ == wire.MsgCopyDone || typ == wire.MsgCopyFail
+}
+
+// memoryError is the error for a client message that found no room in the
+// router's budget for large messages.
+func memoryError(e *wire.MemoryError) *wire.Error {
+	return &wire.Error{Code: "53200", Message: "out of memory for a large message in the router", Detail: e.Error(),
+		Hint: "Large messages of other clients hold the router's memory for messages: retry later, send less per message, or raise router.max_message_memory (--max-message-memory)."}
+}
+
+// sendError sends werr with severity sev and flushes.
+func (ss *session) sendError(werr *wire.Error, sev string) {
+	e := *werr
+	e.Severity = sev
+	ss.cw.Write(wire.AppendError(ss.out[:0], &e))
+	ss.cw.Flush()
+}
+
+// endIdleTxn rolls back the transaction of a client that stayed idle in
+// it too long, so that session.end returns its backend to the pool; a
+// backend in any other state (an unsynced pipeline, answers not read) is
+// closed instead, which rolls it back too.
+func (ss *session) endIdleTxn() {
+	be := ss.be
+	if be == nil || ss.status == 'I' {
+		return
+	}
+	if ss.unsynced || len(ss.queue) > 0 || be.Broken() {
+		be.MarkBroken()
+		return
+	}
+	be.SetDeadline(time.Now().Add(5 * time.Second))
+	be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
+	ok := be.W.Flush() == nil
+	for ok {
+		typ, body, err := be.R.ReadMessage()
+		if err != nil || typ == wire.MsgErrorResponse {
+			ok = false
+			break
+		}
+		if typ == wire.MsgReadyForQuery {
+			ok = len(body) == 1 && body[0] == 'I'
+			break
+		}
+	}
+	be.SetDeadline(time.Time{})
+	if !ok {
+		be.MarkBroken()
+		return
+	}
+	be.Unnamed = nil
+	ss.status = 'I'
+	ss.doubtSetup()
+	if len(ss.txnSets) > 0 {
+		ss.endTxnSets(false)
+	}
+}
+
+// markCopyDone attributes a CopyDone or CopyFail the client sent ahead of
+// the server's CopyInResponse to the oldest client Query or Execute still
+// waiting for its answer that has none yet. One whose statement already
+// failed (COPY into a missing table while the client streams) was ignored
+// by the server, as outside COPY it ignores such messages; it must not
+// count for a later COPY, which would then never read its data.
+func (ss *session) markCopyDone() {
+	for i := range ss.queue {
+		if e := &ss.queue[i]; (e.kind == eQuery || e.kind == eExec) && !e.swallow && !e.copyDone {
+			e.copyDone = true
+			return
 		}
 	}
 }
@@ -189,6 +318,11 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 			if err := ss.drain(false); err != nil {
 				return err
 			}
+			if ss.be != nil && ss.srv.cfg.PoolMode == PoolSession {
+				// Not reset with DISCARD ALL (see session.end): the next
+				// client must not get what this one left on it.
+				ss.be.MarkBroken()
+			}
 			ss.releaseBackend()
 		}
 		ss.pendingBegin = ""
@@ -253,10 +387,12 @@ func (ss *session) setTenant(t string, local bool) *wire.Error {
 
 // onQuery handles a simple-protocol Query.
 func (ss *session) onQuery(body []byte) *wire.Error {
-	sql, err := wire.ParseQuery(body)
+	text, err := wire.QueryText(body)
 	if err != nil {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
+	sql := ss.cr.String(text) // no copy of a large query
+
 	info := classify(sql)
 	if ss.failed && ss.be == nil {
 		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
@@ -264,6 +400,13 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			return ss.reply("ROLLBACK", nil)
 		}
 		return abortedError()
+	}
+	var g *guardFinding
+	if info.guardScan {
+		g = guard(sql)
+	}
+	if e := ss.refuse(&info, g); e != nil {
+		return e
 	}
 	if info.txnThenMore && ss.srv.cfg.PoolMode == PoolTransaction && ss.inTxn() {
 		// Refused whether or not this transaction's settings are local, so
@@ -328,6 +471,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		switch info.kind {
 		case kBegin:
 			if ss.canDefer() {
+				if e := checkTxnStart(sql); e != nil {
+					return e // as the server would refuse it, before anything runs
+				}
 				if ss.pendingBegin != "" {
 					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
@@ -349,6 +495,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		case kSet:
 			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
 				if ss.pendingBegin != "" {
+					if e := checkTxnStart(sql); e != nil {
+						return e
+					}
 					ss.pendingBegin += ";" + sql
 					return ss.reply("SET", nil)
 				}
@@ -383,15 +532,18 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
 				ss.sets = nil
 				ss.resig()
-				ss.stmts = make(map[string]*stmtDef)
+				ss.deallocateAll()
 				ss.unnamed = nil
 				if ss.be == nil {
 					return ss.reply("DISCARD ALL", nil)
 				}
 			}
 		case kDeallocate:
-			if ss.be == nil {
-				return ss.reply("DEALLOCATE", nil)
+			if tag, e, ok := ss.answerDeallocate(sql, &info); ok {
+				if e != nil {
+					return e
+				}
+				return ss.reply(tag, nil)
 			}
 		}
 	}
@@ -532,14 +684,33 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		}
 	}
 	if def == nil {
-		q := string(pm.Query)
+		q := ss.cr.String(pm.Query) // no copy of a large statement
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
+		if def.info.guardScan {
+			def.guard = guard(q)
+		}
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
 		}
+		// A large text stays counted in the budget for client messages
+		// for as long as the statement is kept.
+		wire.KeepWith(ss.cr, def)
+	}
+	if e := ss.refuse(&def.info, def.guard); e != nil {
+		return e
+	}
+	if def.info.kind == kBegin && !def.info.multi {
+		// The router may answer its Bind itself (a deferred BEGIN): refuse a
+		// malformed one now, as the server's Parse would.
+		if e := checkTxnStart(def.orig); e != nil {
+			return e
+		}
 	}
 	if len(pm.Name) != 0 {
+		if _, ok := ss.stmts[string(pm.Name)]; ok {
+			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
+		}
 		def.server = ss.srv.serverName(def.query, pm.Rest)
 		ss.stmts[string(pm.Name)] = def
 	} else {
@@ -558,7 +729,22 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if !sent {
 		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
 	}
+	if len(pm.Name) != 0 {
+		q := &ss.queue[len(ss.queue)-1]
+		q.stmt, q.stmtName = def, string(pm.Name)
+	}
 	return nil
+}
+
+// dropParsed forgets the client statement whose Parse e answers, when the
+// server refused the Parse or skipped it after an earlier error of the
+// pipeline: as on a server, it does not exist.
+func (ss *session) dropParsed(e *expect) {
+	// (The unnamed statement is left alone: a skipped Parse leaves the
+	// previous one on a server, a refused one is refused again at Bind.)
+	if e.stmt != nil && e.stmtName != "" && ss.stmts[e.stmtName] == e.stmt {
+		delete(ss.stmts, e.stmtName)
+	}
 }
 
 // parseNow sends def's Parse to a backend at once, its answer (ParseComplete
@@ -596,6 +782,25 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	return ss.prepareOn(def, false), nil
 }
 
+// deallocate forgets the client's statement name, if it has one, and
+// reports whether it had.
+func (ss *session) deallocate(name string) bool {
+	def, ok := ss.stmts[name]
+	if !ok {
+		return false
+	}
+	delete(ss.stmts, name)
+	ss.srv.forgetStmt(def.server, def.query, def.types)
+	return true
+}
+
+// deallocateAll forgets all the client's statements.
+func (ss *session) deallocateAll() {
+	for name := range ss.stmts {
+		ss.deallocate(name)
+	}
+}
+
 func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {
 	if len(name) == 0 {
 		if ss.unnamed == nil {
@@ -627,8 +832,21 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		}
 		return abortedError()
 	}
+	if def.guard != nil {
+		if e := def.guard.checkParams(bm.Rest); e != nil {
+			return e
+		}
+	}
 	if !def.info.multi {
 		switch def.info.kind {
+		case kDeallocate:
+			if tag, e, ok := ss.answerDeallocate(def.orig, &def.info); ok {
+				if e != nil {
+					return e
+				}
+				ss.synthPortal(bm.Portal, tag)
+				return nil
+			}
 		case kBegin:
 			if ss.canDefer() {
 				if ss.pendingBegin == "" {
@@ -842,7 +1060,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		if name == "" {
 			ss.unnamed = nil
 		} else {
-			delete(ss.stmts, name)
+			ss.deallocate(name)
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
@@ -903,6 +1121,14 @@ func (ss *session) watchNotifications() func() {
 				if ss.cw.Flush() != nil {
 					return
 				}
+			case wire.MsgErrorResponse:
+				// A FATAL error (pg_terminate_backend, shutdown): relayed,
+				// then the client's connection closes, as with a server.
+				be.MarkBroken()
+				wire.WriteFrame(ss.cw, typ, body)
+				ss.cw.Flush()
+				ss.nc.Close()
+				return
 			default:
 				be.MarkBroken()
 				return

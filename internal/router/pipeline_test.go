@@ -406,8 +406,8 @@ func TestStatementPerSchema(t *testing.T) {
 	}
 	for i := 0; i < 8; i++ {
 		for _, tenant := range []string{"t2", "t4"} { // two shards on node a
-			c.send(&pgproto3.Parse{Name: "set", Query: "SELECT set_config('pgtenant.tenant', $1, false)"},
-				&pgproto3.Bind{PreparedStatement: "set", Parameters: [][]byte{[]byte(tenant)}}, &pgproto3.Execute{},
+			c.send(&pgproto3.Parse{Query: "SELECT set_config('pgtenant.tenant', $1, false)"},
+				&pgproto3.Bind{Parameters: [][]byte{[]byte(tenant)}}, &pgproto3.Execute{},
 				&pgproto3.Bind{PreparedStatement: "q", Parameters: [][]byte{[]byte("x")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
 			want := fmt.Sprintf("P B D(%s) C(SELECT 1) B D(%s,x) C(SELECT 1) ZI", tenant, tenant[1:])
 			if got := c.recv(1); got != want {

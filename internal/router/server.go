@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
@@ -53,6 +56,17 @@ type Server struct {
 
 	params atomic.Pointer[map[string]string]
 
+	// budget bounds the memory held for large client messages (nil: none).
+	budget *wire.Budget
+	// tlsUsers are the users refused without TLS (Config.RequireTLSUsers).
+	tlsUsers map[string]bool
+	// cbind is the tls-server-end-point data of the router's only
+	// certificate (cbindFixed); otherwise it is found per connection.
+	cbind      []byte
+	cbindFixed bool
+	// pathTail follows the shard's schema in search_path (see searchPath).
+	pathTail string
+
 	lnMu   sync.Mutex
 	ln     net.Listener
 	wg     sync.WaitGroup
@@ -86,6 +100,24 @@ func New(cfg Config) *Server {
 		keys:       make(map[string]wire.SCRAMKeys),
 		drainBegun: make(chan struct{}),
 	}
+	if cfg.MaxMessageMemory > 0 {
+		s.budget = wire.NewBudget(cfg.MaxMessageMemory, cfg.MessageMemoryWait)
+	}
+	s.tlsUsers = make(map[string]bool, len(cfg.RequireTLSUsers))
+	for _, u := range cfg.RequireTLSUsers {
+		s.tlsUsers[u] = true
+	}
+	if t := cfg.TLS; t != nil && t.GetCertificate == nil && t.GetConfigForClient == nil && len(t.Certificates) == 1 && len(t.Certificates[0].Certificate) > 0 {
+		// One certificate: its channel binding data is known now (nil
+		// when tls-server-end-point is undefined for it, as for Ed25519:
+		// SCRAM-SHA-256-PLUS is then not offered).
+		s.cbind, _ = wire.TLSServerEndPoint(t.Certificates[0].Certificate[0])
+		s.cbindFixed = true
+	}
+	s.pathTail = ", pg_temp"
+	if !cfg.NoSharedSchema {
+		s.pathTail = ", " + pgx.Identifier{cfg.SharedSchema}.Sanitize() + s.pathTail
+	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
 	pc := cfg.Pool
@@ -94,6 +126,14 @@ func New(cfg Config) *Server {
 	s.m.setPools(s.poolStats)
 	s.startUsage()
 	return s
+}
+
+// searchPath is the search_path for a shard's schema: the shard, the shared
+// schema, then pg_temp (explicitly last: left out, Postgres would search it
+// first, and a temporary table would shadow the shard's table of the same
+// name).
+func (s *Server) searchPath(schema string) string {
+	return pgx.Identifier{schema}.Sanitize() + s.pathTail
 }
 
 func (s *Server) nodeMetrics(node string) *nodeMetrics { return s.m.node(node) }
@@ -380,10 +420,30 @@ func (s *Server) poolStats() []pool.Stats {
 // next used; names are never reused, so no backend confuses two texts).
 const maxStmtIDs = 1 << 16
 
+// maxStmtKey is the longest statement text Server.stmtIDs keeps as is;
+// longer ones are keyed by their SHA-256.
+const maxStmtKey = 1 << 10
+
 // serverName returns the router-unique backend name of a statement text with
 // its parameter types.
 func (s *Server) serverName(query string, types []byte) string {
-	key := query + "\x00" + string(types)
+	var key string
+	if len(query) > maxStmtKey {
+		// Keep a digest, not a copy, of a long text: the map outlives
+		// the session that sent it.
+		h := sha256.New()
+		var buf [4096]byte
+		for q := query; len(q) > 0; {
+			n := copy(buf[:], q)
+			h.Write(buf[:n])
+			q = q[n:]
+		}
+		h.Write([]byte{0})
+		h.Write(types)
+		key = "h" + string(h.Sum(nil))
+	} else {
+		key = "t" + query + "\x00" + string(types)
+	}
 	s.stmtMu.RLock()
 	n, ok := s.stmtIDs[key]
 	s.stmtMu.RUnlock()
@@ -401,6 +461,22 @@ func (s *Server) serverName(query string, types []byte) string {
 	n = "pgtenant_" + strconv.FormatUint(s.stmtSeq.Add(1), 10)
 	s.stmtIDs[key] = n
 	return n
+}
+
+// forgetStmt makes the next serverName of a statement text with its
+// parameter types a new name, when a client deallocated its statement of
+// that name: the client's next Parse of the same text must reach a fresh
+// server statement (a table or type changed by DDL in between would make
+// the old one fail with "cached plan must not change result type" or
+// "cache lookup failed for type"), as on a server. Backends keep the old
+// one until trimmed (Config.MaxPrepared); clients still holding it use it.
+func (s *Server) forgetStmt(name, query string, types []byte) {
+	key := query + "\x00" + string(types)
+	s.stmtMu.Lock()
+	if s.stmtIDs[key] == name {
+		delete(s.stmtIDs, key)
+	}
+	s.stmtMu.Unlock()
 }
 
 // schemaTag returns the short tag for schema used in backend statement

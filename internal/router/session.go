@@ -30,6 +30,8 @@ type stmtDef struct {
 	// session.serverStmt).
 	tag, tagged string
 	info        stmtInfo
+	// guard is what guard found in query (nil: nothing).
+	guard *guardFinding
 }
 
 // setting is one session setting the client made.
@@ -51,6 +53,14 @@ type expect struct {
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
+	// stmt is the client's statement (named stmtName, "" for the unnamed
+	// one) whose Parse this answers: forgotten should the server skip or
+	// refuse the Parse (see dropParsed).
+	stmt     *stmtDef
+	stmtName string
+	// copyDone: the client sent CopyDone or CopyFail for this Query or
+	// Execute ahead of the server's CopyInResponse (see markCopyDone).
+	copyDone bool
 }
 
 const (
@@ -81,6 +91,11 @@ type session struct {
 	user    string
 	remote  string
 	started time.Time
+	// tls: the client connection is encrypted; cbind is its
+	// tls-server-end-point channel binding data (nil: SCRAM-SHA-256-PLUS
+	// is not offered).
+	tls   bool
+	cbind []byte
 
 	startTenant string
 	tenant      string // session tenant (SET pgtenant.tenant)
@@ -120,8 +135,22 @@ type session struct {
 	synthValue   string
 	synthFormat  int16
 	skipToSync   bool
-	listening    bool
+	// closing: the backend sent a FATAL error, relayed; the session ends.
+	closing bool
+	// held is a backend message (type byte, then body) that copyIn read
+	// and drain handles next; copyDiscard drops the client's COPY data up
+	// to its CopyDone or CopyFail, the server having ended the COPY.
+	held        []byte
+	copyDiscard bool
+	// copyStreaming: the client is sending COPY data ahead of the server's
+	// CopyInResponse.
+	copyStreaming bool
+	listening     bool
 
+	// cleanDue: the attached backend came from the pool in transaction
+	// mode and may hold another client's temporary objects; DISCARD TEMP
+	// goes before this client's first statement on it (see isolation.go).
+	cleanDue bool
 	// setupDue: the attached backend still needs setupPath (a quoted
 	// identifier; "" when its search_path is right already) and
 	// setupTenant, sent by writeSetup or flushSetup.
@@ -176,9 +205,6 @@ type session struct {
 	queue []expect // pending responses, in order
 	qbuf  []expect // queue's backing array, reused once the queue empties
 	syncs int      // eSync/eQuery/eSynthRFQ items in queue
-	// copyEnds counts CopyDone/CopyFail forwarded before the server's
-	// CopyInResponse was read.
-	copyEnds int
 	// relayed is set when server messages were buffered for the client
 	// since the last flush.
 	relayed bool
@@ -194,12 +220,17 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	s.m.ClientTotal.Inc()
 	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	rio := wire.RawIO(nc)
-	cr := wire.NewReader(rio, 16<<10, s.cfg.MaxMessage)
+	cr := s.clientReader(ctx, rio)
 	var st wire.Startup
+	var tlsOn bool
+	var cbind func() []byte
 	for {
 		b, err := cr.ReadStartup()
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			// A client that goes away before its startup packet is complete
+			// gets no reply, as from PostgreSQL and pgbouncer; only a
+			// malformed packet is answered.
+			if errors.Is(err, wire.ErrMalformed) {
 				s.m.ClientRefused.WithLabelValues("startup").Inc()
 				writeFatal(nc, "08P01", fmt.Sprintf("invalid startup packet: %v", err))
 			}
@@ -218,15 +249,17 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 				continue
 			}
 			nc.Write([]byte{'S'})
-			tc := tls.Server(nc, s.cfg.TLS)
+			tcfg, cb := s.tlsConfig()
+			tc := tls.Server(nc, tcfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				s.log.Debug("tls handshake", "err", err)
 				return
 			}
 			nc = tc
 			rio = tc
+			tlsOn, cbind = true, cb
 			defer tc.Close()
-			cr = wire.NewReader(nc, 16<<10, s.cfg.MaxMessage)
+			cr = s.clientReader(ctx, nc)
 			continue
 		case wire.KindGSSENCRequest:
 			nc.Write([]byte{'N'})
@@ -250,6 +283,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		status:   'I',
 		id:       s.nextID.Add(1),
 		cancelCh: make(chan struct{}, 1),
+		tls:      tlsOn,
+	}
+	if cbind != nil {
+		ss.cbind = cbind()
 	}
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
@@ -263,15 +300,35 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	s.m.ClientConns.Inc()
 	defer s.m.ClientConns.Dec()
 	if err := ss.startup(st.Params); err != nil {
-		s.m.ClientRefused.WithLabelValues("auth").Inc()
+		reason := "auth"
+		if errors.Is(err, errTLSRequired) {
+			reason = "tls"
+		}
+		s.m.ClientRefused.WithLabelValues(reason).Inc()
 		s.log.Info("client refused", "session", ss.id, "user", ss.user, "remote", ss.remote, "err", err)
 		return
 	}
 	nc.SetDeadline(time.Time{})
-	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant)
+	cr.SetMax(s.cfg.MaxMessage)
+	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant, "tls", ss.tls)
 	err := ss.loop()
 	ss.end()
 	s.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
+}
+
+// maxAuthMessage bounds client messages before authentication ends
+// (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH).
+const maxAuthMessage = 65535
+
+// clientReader returns a reader for a client connection: messages up to
+// maxAuthMessage until the client has authenticated (then Config.MaxMessage),
+// large ones counted in the server's budget.
+func (s *Server) clientReader(ctx context.Context, r io.Reader) *wire.Reader {
+	cr := wire.NewReader(r, 16<<10, maxAuthMessage)
+	if s.budget != nil {
+		cr.UseBudget(ctx, s.budget)
+	}
+	return cr
 }
 
 // writeFatal sends a FATAL ErrorResponse on a connection that is about to close.
@@ -286,6 +343,11 @@ func (ss *session) startup(params map[string]string) error {
 	if r := params["replication"]; r != "" && !strings.EqualFold(r, "false") && !strings.EqualFold(r, "off") && !strings.EqualFold(r, "no") && r != "0" {
 		ss.fatal("0A000", "replication connections are not supported by the router; connect to a node directly")
 		return errors.New("replication connection refused")
+	}
+	if !ss.tls && s.requiresTLS(ss.user) {
+		werr := tlsRequiredError(ss.user)
+		ss.nc.Write(wire.AppendError(nil, werr))
+		return errTLSRequired
 	}
 	if err := ss.authenticate(); err != nil {
 		return err
@@ -310,6 +372,7 @@ func (ss *session) startup(params map[string]string) error {
 		}
 	}
 	var ps []setting
+	var ignored []string // startup settings the router owns
 	for k, v := range opts {
 		if k == tenantSetting {
 			if err := placement.ValidateTenantID(v); err != nil {
@@ -320,6 +383,7 @@ func (ss *session) startup(params map[string]string) error {
 			continue
 		}
 		if isReserved(k) || k == "search_path" {
+			ignored = append(ignored, k)
 			continue
 		}
 		ps = append(ps, setting{name: k, stmt: "SET " + pgx.Identifier{k}.Sanitize() + " TO " + quoteLiteral(v)})
@@ -333,6 +397,14 @@ func (ss *session) startup(params map[string]string) error {
 	ss.setView()
 
 	out := wire.AppendAuth(nil, wire.AuthOK, nil)
+	sortStrings(ignored)
+	for _, k := range ignored {
+		// Said, not silently dropped: SHOW search_path would otherwise
+		// surprise (the tenant's shard schema, or pg_catalog without one).
+		out = wire.AppendError(out, &wire.Error{Severity: "WARNING", Code: "01000",
+			Message: fmt.Sprintf("startup parameter %q is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard", k),
+			Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema."})
+	}
 	sp := s.serverParams(ss.ctx)
 	enc := params["client_encoding"]
 	if enc == "" || isUTF8(enc) {
@@ -372,6 +444,13 @@ func (ss *session) authenticate() error {
 	}
 	fail := func(err error) error {
 		ss.fatal("28P01", fmt.Sprintf("password authentication failed for user %q", ss.user))
+		return fmt.Errorf("authenticate %q: %w", ss.user, err)
+	}
+	failBinding := func(err error) error {
+		if !errors.Is(err, wire.ErrChannelBinding) {
+			return fail(err)
+		}
+		ss.fatal("28000", err.Error())
 		return fmt.Errorf("authenticate %q: %w", ss.user, err)
 	}
 	password, ok := s.cfg.Users[ss.user]
@@ -435,7 +514,10 @@ func (ss *session) authenticate() error {
 			return fail(err)
 		}
 		sc := wire.NewSCRAMServer(keys)
-		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, wire.SCRAMMechanisms)); err != nil {
+		if ss.cbind != nil {
+			sc = wire.NewSCRAMServerTLS(keys, ss.cbind)
+		}
+		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASL, sc.Mechanisms())); err != nil {
 			return err
 		}
 		body, err := readPassword()
@@ -444,7 +526,7 @@ func (ss *session) authenticate() error {
 		}
 		first, err := sc.First(body)
 		if err != nil {
-			return fail(err)
+			return failBinding(err)
 		}
 		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLContinue, first)); err != nil {
 			return err
@@ -455,8 +537,9 @@ func (ss *session) authenticate() error {
 		}
 		final, err := sc.Final(body)
 		if err != nil {
-			return fail(err)
+			return failBinding(err)
 		}
+		ss.srv.log.Debug("scram", "session", ss.id, "user", ss.user, "channel_binding", sc.ChannelBound())
 		if _, err := ss.nc.Write(wire.AppendAuth(nil, wire.AuthSASLFinal, final)); err != nil {
 			return err
 		}
@@ -540,6 +623,14 @@ func (ss *session) resig() {
 		b.WriteString(";")
 	}
 	ss.sig = b.String()
+}
+
+func sortStrings(ss []string) {
+	for i := 1; i < len(ss); i++ {
+		for j := i; j > 0 && ss[j] < ss[j-1]; j-- {
+			ss[j], ss[j-1] = ss[j-1], ss[j]
+		}
+	}
 }
 
 func sortSettings(ps []setting) {

@@ -7,12 +7,15 @@ import (
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"strconv"
 	"strings"
 )
@@ -30,8 +33,41 @@ const (
 // ErrAuthFailed reports a wrong password or a failed SCRAM proof.
 var ErrAuthFailed = errors.New("password authentication failed")
 
+// ErrChannelBinding reports a SCRAM exchange whose channel binding is
+// missing, of an unsupported type, or does not match the TLS connection.
+var ErrChannelBinding = errors.New("scram channel binding check failed")
+
 // SCRAMMechanisms is the AuthenticationSASL payload offering SCRAM-SHA-256.
 var SCRAMMechanisms = []byte("SCRAM-SHA-256\x00\x00")
+
+// SCRAMPlusMechanisms is the AuthenticationSASL payload offering
+// SCRAM-SHA-256-PLUS (channel binding) and SCRAM-SHA-256, as PostgreSQL
+// offers them over TLS.
+var SCRAMPlusMechanisms = []byte("SCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00")
+
+// TLSServerEndPoint returns the tls-server-end-point channel binding data
+// (RFC 5929) of a server certificate in DER form: its hash with the hash
+// function of its signature algorithm, SHA-256 for MD5 and SHA-1.
+func TLSServerEndPoint(der []byte) ([]byte, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse server certificate: %w", err)
+	}
+	var h hash.Hash
+	switch cert.SignatureAlgorithm {
+	case x509.MD5WithRSA, x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.DSAWithSHA1,
+		x509.SHA256WithRSA, x509.SHA256WithRSAPSS, x509.ECDSAWithSHA256, x509.DSAWithSHA256:
+		h = sha256.New()
+	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
+		h = sha512.New384()
+	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
+		h = sha512.New()
+	default:
+		return nil, fmt.Errorf("tls-server-end-point is undefined for certificate signature algorithm %v", cert.SignatureAlgorithm)
+	}
+	h.Write(der)
+	return h.Sum(nil), nil
+}
 
 // SCRAMKeys are the per-user secrets a SCRAM server keeps (what PostgreSQL
 // stores in pg_authid).
@@ -131,9 +167,13 @@ func hmacSHA256(key, msg []byte) []byte {
 	return h.Sum(nil)
 }
 
-// SCRAMServer runs the server side of one SCRAM-SHA-256 exchange.
+// SCRAMServer runs the server side of one SCRAM-SHA-256 or
+// SCRAM-SHA-256-PLUS exchange.
 type SCRAMServer struct {
 	keys            SCRAMKeys
+	cbind           []byte // tls-server-end-point data; nil: no channel binding offered
+	gs2             string // the client's gs2 header, "n,," etc.
+	plus            bool   // the client chose SCRAM-SHA-256-PLUS
 	clientFirstBare string
 	serverFirst     string
 	nonce           string
@@ -142,13 +182,38 @@ type SCRAMServer struct {
 // NewSCRAMServer starts an exchange that checks proofs against keys.
 func NewSCRAMServer(keys SCRAMKeys) *SCRAMServer { return &SCRAMServer{keys: keys} }
 
+// NewSCRAMServerTLS starts an exchange on a TLS connection whose
+// tls-server-end-point data (TLSServerEndPoint of the certificate the server
+// presented) is cbind: it offers SCRAM-SHA-256-PLUS too, checks the binding
+// of a client that chooses it, and refuses a client that says it could bind
+// but believes the server cannot (a downgrade).
+func NewSCRAMServerTLS(keys SCRAMKeys, cbind []byte) *SCRAMServer {
+	return &SCRAMServer{keys: keys, cbind: cbind}
+}
+
+// Mechanisms returns the AuthenticationSASL payload to send.
+func (s *SCRAMServer) Mechanisms() []byte {
+	if s.cbind != nil {
+		return SCRAMPlusMechanisms
+	}
+	return SCRAMMechanisms
+}
+
+// ChannelBound reports whether the client chose SCRAM-SHA-256-PLUS (after a
+// successful Final, its binding matched).
+func (s *SCRAMServer) ChannelBound() bool { return s.plus }
+
 // First handles the SASLInitialResponse body and returns the server-first message.
 func (s *SCRAMServer) First(body []byte) ([]byte, error) {
 	mech, r, ok := cstring(body)
 	if !ok || len(r) < 4 {
 		return nil, fmt.Errorf("sasl initial response: %w", ErrMalformed)
 	}
-	if mech != "SCRAM-SHA-256" {
+	switch {
+	case mech == "SCRAM-SHA-256":
+	case mech == "SCRAM-SHA-256-PLUS" && s.cbind != nil:
+		s.plus = true
+	default:
 		return nil, fmt.Errorf("sasl mechanism %q is not supported", mech)
 	}
 	n := int32(binary.BigEndian.Uint32(r))
@@ -157,19 +222,40 @@ func (s *SCRAMServer) First(body []byte) ([]byte, error) {
 		return nil, fmt.Errorf("sasl initial response length: %w", ErrMalformed)
 	}
 	msg := string(r)
-	// gs2 header: "n,," or "y,,"; channel binding ("p=") is not offered.
-	var rest string
+	// gs2 header: a channel binding flag ("n", "y" or "p=<type>"), an
+	// optional authzid ("a=..."), each followed by a comma.
+	flag, after, ok := strings.Cut(msg, ",")
+	if !ok {
+		return nil, fmt.Errorf("scram client-first: %w", ErrMalformed)
+	}
+	authz, rest, ok := strings.Cut(after, ",")
+	if !ok || (authz != "" && !strings.HasPrefix(authz, "a=")) {
+		return nil, fmt.Errorf("scram client-first: %w", ErrMalformed)
+	}
+	s.gs2 = msg[:len(flag)+1+len(authz)+1]
 	switch {
-	case strings.HasPrefix(msg, "n,,"), strings.HasPrefix(msg, "y,,"):
-		rest = msg[3:]
-	case strings.HasPrefix(msg, "n,a="), strings.HasPrefix(msg, "y,a="):
-		i := strings.Index(msg[2:], ",")
-		if i < 0 {
-			return nil, fmt.Errorf("scram client-first: %w", ErrMalformed)
+	case flag == "n":
+		if s.plus {
+			return nil, fmt.Errorf("client chose SCRAM-SHA-256-PLUS without channel binding data: %w", ErrChannelBinding)
 		}
-		rest = msg[2+i+1:]
+	case flag == "y":
+		if s.plus {
+			return nil, fmt.Errorf("client chose SCRAM-SHA-256-PLUS without channel binding data: %w", ErrChannelBinding)
+		}
+		if s.cbind != nil {
+			// The client can bind and believes the server cannot: someone
+			// in between removed SCRAM-SHA-256-PLUS from the offer.
+			return nil, fmt.Errorf("the client supports channel binding but thinks the server does not, while it does: %w", ErrChannelBinding)
+		}
+	case strings.HasPrefix(flag, "p="):
+		if !s.plus {
+			return nil, fmt.Errorf("channel binding requested without SCRAM-SHA-256-PLUS: %w", ErrChannelBinding)
+		}
+		if flag != "p=tls-server-end-point" {
+			return nil, fmt.Errorf("channel binding type %q is not supported (only tls-server-end-point): %w", flag[2:], ErrChannelBinding)
+		}
 	default:
-		return nil, fmt.Errorf("scram client-first: unsupported channel binding or %w", ErrMalformed)
+		return nil, fmt.Errorf("scram client-first: %w", ErrMalformed)
 	}
 	s.clientFirstBare = rest
 	var cnonce string
@@ -215,8 +301,12 @@ func (s *SCRAMServer) Final(body []byte) ([]byte, error) {
 	if nonce != s.nonce {
 		return nil, fmt.Errorf("scram client-final: nonce mismatch: %w", ErrAuthFailed)
 	}
-	if cb != "biws" && cb != "eSws" {
-		return nil, fmt.Errorf("scram client-final: channel binding not supported")
+	want := s.gs2
+	if s.plus {
+		want += string(s.cbind)
+	}
+	if cb != base64.StdEncoding.EncodeToString([]byte(want)) {
+		return nil, fmt.Errorf("scram client-final: channel binding data does not match: %w", ErrChannelBinding)
 	}
 	authMsg := []byte(s.clientFirstBare + "," + s.serverFirst + "," + withoutProof)
 	sig := hmacSHA256(s.keys.StoredKey, authMsg)

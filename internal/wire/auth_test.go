@@ -20,10 +20,16 @@ const pgVerifier = "SCRAM-SHA-256$4096:OYhWlMhFSJUcfRQWBw8jPQ==$NIlYi7j2L+KKdt5N
 // server holding keys and reports the server's verdict.
 func scramLogin(t *testing.T, keys SCRAMKeys, password string) error {
 	t.Helper()
-	srv := NewSCRAMServer(keys)
+	return scramLoginCB(t, NewSCRAMServer(keys), "SCRAM-SHA-256", "n,,", nil, password)
+}
+
+// scramLoginCB runs a client exchange with srv choosing mech, sending gs2
+// as its gs2 header and cbind as its channel binding data.
+func scramLoginCB(t *testing.T, srv *SCRAMServer, mech, gs2 string, cbind []byte, password string) error {
+	t.Helper()
 	clientFirstBare := "n=,r=clientnonce123"
-	msg := "n,," + clientFirstBare
-	body := append([]byte("SCRAM-SHA-256\x00"), binary.BigEndian.AppendUint32(nil, uint32(len(msg)))...)
+	msg := gs2 + clientFirstBare
+	body := append([]byte(mech+"\x00"), binary.BigEndian.AppendUint32(nil, uint32(len(msg)))...)
 	body = append(body, msg...)
 	first, err := srv.First(body)
 	if err != nil {
@@ -53,7 +59,7 @@ func scramLogin(t *testing.T, keys SCRAMKeys, password string) error {
 	}
 	ck := hmacSHA256(salted, []byte("Client Key"))
 	sk := sha256.Sum256(ck)
-	withoutProof := "c=biws,r=" + nonce
+	withoutProof := "c=" + base64.StdEncoding.EncodeToString(append([]byte(gs2), cbind...)) + ",r=" + nonce
 	authMsg := clientFirstBare + "," + string(first) + "," + withoutProof
 	sig := hmacSHA256(sk[:], []byte(authMsg))
 	proof := make([]byte, len(ck))
@@ -172,5 +178,60 @@ func TestCheckMD5Hash(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestSCRAMChannelBinding(t *testing.T) {
+	keys, err := ParseSCRAMVerifier(pgVerifier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := sha256.Sum256([]byte("the server certificate"))
+	other := sha256.Sum256([]byte("another certificate"))
+	tests := []struct {
+		name      string
+		cbind     []byte // the server's; nil: no TLS
+		mech, gs2 string
+		client    []byte
+		err       error // nil: accepted
+		bound     bool
+	}{
+		{"plus over TLS", cb[:], "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", cb[:], nil, true},
+		{"plus with an authzid", cb[:], "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,a=app,", cb[:], nil, true},
+		{"plus, another certificate (a man in the middle)", cb[:], "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", other[:], ErrChannelBinding, false},
+		{"plus, unsupported type", cb[:], "SCRAM-SHA-256-PLUS", "p=tls-unique,,", cb[:], ErrChannelBinding, false},
+		{"plus without binding", cb[:], "SCRAM-SHA-256-PLUS", "n,,", nil, ErrChannelBinding, false},
+		{"binding without plus", cb[:], "SCRAM-SHA-256", "p=tls-server-end-point,,", cb[:], ErrChannelBinding, false},
+		{"downgrade: y over TLS with plus offered", cb[:], "SCRAM-SHA-256", "y,,", nil, ErrChannelBinding, false},
+		{"client without binding over TLS", cb[:], "SCRAM-SHA-256", "n,,", nil, nil, false},
+		{"y without TLS", nil, "SCRAM-SHA-256", "y,,", nil, nil, false},
+		{"plus without TLS", nil, "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", cb[:], errors.New("not supported"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := NewSCRAMServer(keys)
+			if tt.cbind != nil {
+				srv = NewSCRAMServerTLS(keys, tt.cbind)
+				if string(srv.Mechanisms()) != string(SCRAMPlusMechanisms) {
+					t.Fatalf("mechanisms %q", srv.Mechanisms())
+				}
+			}
+			err := scramLoginCB(t, srv, tt.mech, tt.gs2, tt.client, "secret pw")
+			switch {
+			case tt.err == nil && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.err == ErrChannelBinding && !errors.Is(err, ErrChannelBinding):
+				t.Fatalf("err = %v, want ErrChannelBinding", err)
+			case tt.err != nil && err == nil:
+				t.Fatal("accepted")
+			}
+			if err == nil && srv.ChannelBound() != tt.bound {
+				t.Fatalf("ChannelBound = %v, want %v", srv.ChannelBound(), tt.bound)
+			}
+		})
+	}
+	// A wrong password over a bound channel is still a wrong password.
+	if err := scramLoginCB(t, NewSCRAMServerTLS(keys, cb[:]), "SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", cb[:], "wrong"); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("wrong password: %v", err)
 	}
 }

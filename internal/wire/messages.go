@@ -56,6 +56,16 @@ func ParseQuery(body []byte) (string, error) {
 	return s, nil
 }
 
+// QueryText returns a Query message's SQL text without copying it (the
+// slice aliases body; Reader.String makes a string of it).
+func QueryText(body []byte) ([]byte, error) {
+	s, _, ok := cbytes(body)
+	if !ok {
+		return nil, fmt.Errorf("query: %w", ErrMalformed)
+	}
+	return s, nil
+}
+
 // ParseMsg is a decoded Parse message. Its slices alias the message body.
 // Rest holds the parameter type count and OIDs exactly as sent.
 type ParseMsg struct {
@@ -231,6 +241,15 @@ func ErrorMessage(body []byte) string {
 	return errorField(body, 'M')
 }
 
+// ErrorSeverity returns the severity of an ErrorResponse body (the
+// untranslated V field, else S): ERROR, FATAL or PANIC.
+func ErrorSeverity(body []byte) string {
+	if v := errorField(body, 'V'); v != "" {
+		return v
+	}
+	return errorField(body, 'S')
+}
+
 func errorField(body []byte, f byte) string {
 	for len(body) > 0 && body[0] != 0 {
 		t := body[0]
@@ -275,6 +294,7 @@ type Error struct {
 	Message  string
 	Detail   string
 	Hint     string
+	Position string // cursor position in the query text, characters from 1
 }
 
 func (e *Error) Error() string { return e.Message + " (SQLSTATE " + e.Code + ")" }
@@ -305,6 +325,7 @@ func AppendError(dst []byte, e *Error) []byte {
 	field('M', e.Message)
 	field('D', e.Detail)
 	field('H', e.Hint)
+	field('P', e.Position)
 	dst = append(dst, 0)
 	return finish(dst, at)
 }

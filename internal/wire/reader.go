@@ -2,10 +2,13 @@ package wire
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"unsafe"
 )
 
 // ErrMalformed reports a frame whose header cannot be a valid message.
@@ -26,12 +29,22 @@ const DefaultMaxMessage = 64 << 20
 // MaxStartupLen bounds startup packets (PostgreSQL uses 10000).
 const MaxStartupLen = 10000
 
+// PinnedMax is the largest body a Reader with a Budget reads into a buffer
+// it keeps for the next messages; larger bodies get a buffer of their own,
+// counted in the Budget. Without a Budget the limit is 1 MiB.
+const PinnedMax = 128 << 10
+
 // Reader reads framed protocol messages from one connection. The body a read
 // returns stays valid only until the next read.
 type Reader struct {
 	br  *bufio.Reader
 	max int
 	big []byte
+
+	budget *Budget
+	bctx   context.Context
+	held   int64 // bytes of budget held for the last body
+	owned  bool  // the last body is in a buffer the Reader will not reuse
 }
 
 // NewReader returns a Reader over r with a buffer of size bytes that refuses
@@ -44,6 +57,44 @@ func NewReader(r io.Reader, size, max int) *Reader {
 		size = 16 << 10
 	}
 	return &Reader{br: bufio.NewReaderSize(r, size), max: max}
+}
+
+// UseBudget makes r take bodies larger than PinnedMax from b (see Budget);
+// ctx ends its waits for memory (the router's shutdown).
+func (r *Reader) UseBudget(ctx context.Context, b *Budget) {
+	r.budget, r.bctx = b, ctx
+}
+
+// SetMax changes the largest message body r accepts (0 means
+// DefaultMaxMessage): the router keeps it small until the client has
+// authenticated.
+func (r *Reader) SetMax(max int) {
+	if max <= 0 {
+		max = DefaultMaxMessage
+	}
+	r.max = max
+}
+
+// Release returns the memory held for the last body to the budget. The body
+// must not be used afterwards (ReadMessage releases it too).
+func (r *Reader) Release() {
+	if r.held > 0 {
+		r.budget.dropped(r.held)
+		r.held = 0
+	}
+	r.owned = false
+}
+
+// String returns b, which must lie in the body of the last message read, as
+// a string: without a copy when that body is in a buffer of its own that
+// the Reader will not reuse (a large body: copying it would double the memory
+// it takes), copied otherwise. The string stays valid after the next read;
+// the caller must not modify the body afterwards.
+func (r *Reader) String(b []byte) string {
+	if r.owned && len(b) > 0 {
+		return unsafe.String(&b[0], len(b))
+	}
+	return string(b)
 }
 
 // Buffered is how many bytes have been read from the connection but not yet
@@ -67,6 +118,7 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 
 // ReadMessage reads one typed message: its type byte and body.
 func (r *Reader) ReadMessage() (byte, []byte, error) {
+	r.Release()
 	hdr, err := r.br.Peek(5)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
@@ -103,20 +155,54 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		return nil, err
 	}
 	n := total - skip
-	if cap(r.big) < n {
-		r.big = make([]byte, n)
+	pin := 1 << 20
+	if r.budget != nil {
+		pin = PinnedMax
 	}
-	b := r.big[:n]
-	if _, err := io.ReadFull(r.br, b); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	if n <= pin {
+		if cap(r.big) < n {
+			r.big = make([]byte, n)
 		}
-		return nil, err
+		b := r.big[:n]
+		if _, err := io.ReadFull(r.br, b); err != nil {
+			return nil, unexpected(err)
+		}
+		return b, nil
 	}
-	if n > 1<<20 {
-		r.big = nil // do not pin huge buffers
+	if r.budget != nil {
+		if err := r.budget.acquire(r.bctx, int64(n)); err != nil {
+			var me *MemoryError
+			if errors.As(err, &me) {
+				// Skip the body so that the connection stays in step,
+				// yielding between steps: hundreds of clients refused at
+				// once must not starve the others of CPU.
+				for left := n; left > 0; {
+					k, derr := r.br.Discard(min(left, 256<<10))
+					if derr != nil {
+						return nil, unexpected(derr)
+					}
+					left -= k
+					runtime.Gosched()
+				}
+			}
+			return nil, err
+		}
+		r.held = int64(n)
 	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r.br, b); err != nil {
+		r.Release()
+		return nil, unexpected(err)
+	}
+	r.owned = true
 	return b, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // WriteFrame writes one typed message to w.
