@@ -61,7 +61,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 1, "run every case this many times, interleaved (round 1 of every target, then round 2, …), to expose noise")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process routers) taken during the pgtenant cases to this file")
 	var only string
-	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (2 nodes)\"); empty means all")
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\"); empty means all")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
@@ -167,10 +167,16 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		}
 	}
 
-	// Two routers: one with every shard on node a (the same backend as the
-	// direct and pgbouncer runs), one spreading shards over both nodes.
+	// Three routers: one with every shard on node a (the same backend as the
+	// direct and pgbouncer runs), the same with per-tenant usage counting
+	// off (to measure what counting costs), one spreading shards over both
+	// nodes.
 	routerAddr := map[string]string{}
-	for _, spread := range []bool{false, true} {
+	for _, rt := range []struct {
+		key           string
+		spread, usage bool
+	}{{"pgtenant (1 node)", false, true}, {noUsage, false, false}, {"pgtenant (2 nodes)", true, true}} {
+		spread := rt.spread
 		m := &placement.Map{Version: 1, Nodes: map[string]placement.Node{}, Tenants: map[string]int{}}
 		for name, c := range nodes {
 			m.Nodes[name] = placement.Node{Name: name, DSN: c.DSN("bench")}
@@ -185,7 +191,11 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		for t := 0; t < o.tenants; t++ {
 			m.Tenants[strconv.Itoa(t)] = t % o.shards
 		}
-		srv := router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize}, MaxClients: 1000})
+		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize}, MaxClients: 1000}
+		if !rt.usage {
+			cfg.UsageCapacity = -1
+		}
+		srv := router.New(cfg)
 		if err := srv.SetMap(ctx, m); err != nil {
 			return err
 		}
@@ -196,11 +206,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(rctx) }()
 		defer func() { cancel(); <-done }()
-		key := "pgtenant (1 node)"
-		if spread {
-			key = "pgtenant (2 nodes)"
-		}
-		routerAddr[key] = srv.Addr().String()
+		routerAddr[rt.key] = srv.Addr().String()
 	}
 
 	bouncerPort, bouncerPID, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize)
@@ -231,6 +237,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_simple.sql", "1 query"},
 					{"pgbouncer", pgb, "direct_simple.sql", "1 query"},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query"},
+					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query"},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query"},
 				}
 			} else {
@@ -242,6 +249,8 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts"},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts"},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts"},
+					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts"},
+					{noUsage, routerAddr[noUsage], routerTxnScript, "4 stmts"},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts"},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts"},
 				}
@@ -599,3 +608,6 @@ logfile = %s
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// noUsage names the router target with per-tenant usage counting off.
+const noUsage = "pgtenant (1 node) no usage"
