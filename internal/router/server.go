@@ -444,23 +444,7 @@ const maxStmtKey = 1 << 10
 // serverName returns the router-unique backend name of a statement text with
 // its parameter types.
 func (s *Server) serverName(query string, types []byte) string {
-	var key string
-	if len(query) > maxStmtKey {
-		// Keep a digest, not a copy, of a long text: the map outlives
-		// the session that sent it.
-		h := sha256.New()
-		var buf [4096]byte
-		for q := query; len(q) > 0; {
-			n := copy(buf[:], q)
-			h.Write(buf[:n])
-			q = q[n:]
-		}
-		h.Write([]byte{0})
-		h.Write(types)
-		key = "h" + string(h.Sum(nil))
-	} else {
-		key = "t" + query + "\x00" + string(types)
-	}
+	key := stmtKey(query, types)
 	s.stmtMu.RLock()
 	n, ok := s.stmtIDs[key]
 	s.stmtMu.RUnlock()
@@ -488,7 +472,7 @@ func (s *Server) serverName(query string, types []byte) string {
 // "cache lookup failed for type"), as on a server. Backends keep the old
 // one until trimmed (Config.MaxPrepared); clients still holding it use it.
 func (s *Server) forgetStmt(name, query string, types []byte) {
-	key := query + "\x00" + string(types)
+	key := stmtKey(query, types)
 	s.stmtMu.Lock()
 	if s.stmtIDs[key] == name {
 		delete(s.stmtIDs, key)
@@ -618,4 +602,23 @@ func (s *Server) learnParams(be *pool.Conn) {
 		}
 	}
 	s.params.CompareAndSwap(nil, &out)
+}
+
+// stmtKey is the key of a statement text and its parameter types in
+// Server.stmtIDs: the text itself when short, else a digest of it (the map
+// outlives the session that sent the text, so it keeps no copy of a long one).
+func stmtKey(query string, types []byte) string {
+	if len(query) <= maxStmtKey {
+		return "t" + query + "\x00" + string(types)
+	}
+	h := sha256.New()
+	var buf [4096]byte
+	for q := query; len(q) > 0; {
+		n := copy(buf[:], q)
+		h.Write(buf[:n])
+		q = q[n:]
+	}
+	h.Write([]byte{0})
+	h.Write(types)
+	return "h" + string(h.Sum(nil))
 }
