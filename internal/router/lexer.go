@@ -310,7 +310,7 @@ func classify(sql string) stmtInfo {
 			if k := len(w) - 11; k >= 0 && strings.EqualFold(w[k:], "pg_settings") && (k == 0 || w[k-1] == '.') {
 				info.guardScan = true
 			}
-			if strings.EqualFold(w, "execute") || (stmtDone && lx.sinceSemi == 0 && (strings.EqualFold(w, "set") || strings.EqualFold(w, "reset"))) {
+			if eqFold(w, "execute") || (stmtDone && lx.sinceSemi == 0 && (eqFold(w, "set") || eqFold(w, "reset"))) {
 				info.guardScan = true
 			}
 			lx.add(stmtDone, tWord, start, i)
@@ -378,7 +378,7 @@ func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
 // noteWord notes a word token just added: whether the statement it is in ends
 // a transaction, and BEGIN ATOMIC bodies.
 func (lx *lexer) noteWord(w string, info *stmtInfo) {
-	eq := strings.EqualFold
+	eq := eqFold
 	lx.noteObjects(w, info)
 	switch n := lx.sinceSemi; {
 	case n == 1:
@@ -437,7 +437,7 @@ func (lx *lexer) noteWord(w string, info *stmtInfo) {
 // outlive its transaction: temporary objects (and whether they are ON
 // COMMIT DROP) and cursors WITH HOLD.
 func (lx *lexer) noteObjects(w string, info *stmtInfo) {
-	eq := strings.EqualFold
+	eq := eqFold
 	if lx.sinceSemi == 1 {
 		lx.endStmt(info)
 		switch {
@@ -476,6 +476,12 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			info.holdCursor = true
 		}
 	}
+}
+
+// eqFold is strings.EqualFold for ASCII keywords: different lengths
+// differ at once (the lexer's hot path compares every word to several).
+func eqFold(s, t string) bool {
+	return len(s) == len(t) && strings.EqualFold(s, t)
 }
 
 func hasPrefixFold(s, prefix string) bool {
