@@ -351,7 +351,7 @@ func TestFidelityEarlyClose(t *testing.T) {
 // search_path shows the tenant's shard schema (pg_catalog without a tenant).
 func TestStartupSearchPath(t *testing.T) {
 	s := startRouter(t, Config{}, nil)
-	for _, tc := range []struct{ tenant, want string }{{"t2", `"shard_0002", "public", pg_temp`}, {"", `"pg_catalog", "public", pg_temp`}} {
+	for _, tc := range []struct{ tenant, want string }{{"t2", `"shard_0002", "public", pg_temp`}, {"", `"pg_catalog", pg_temp`}} {
 		cfg, err := pgconn.ParseConfig(routerURL(s, tc.tenant))
 		if err != nil {
 			t.Fatal(err)

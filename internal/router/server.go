@@ -137,8 +137,13 @@ func New(cfg Config) *Server {
 // searchPath is the search_path for a shard's schema: the shard, the shared
 // schema, then pg_temp (explicitly last: left out, Postgres would search it
 // first, and a temporary table would shadow the shard's table of the same
-// name).
+// name). Statements without a tenant (anySchema) get pg_catalog and pg_temp
+// only: they read the system catalogs, and an unqualified name must not
+// reach a table of the shared schema.
 func (s *Server) searchPath(schema string) string {
+	if schema == anySchema {
+		return pgx.Identifier{schema}.Sanitize() + ", pg_temp"
+	}
 	return pgx.Identifier{schema}.Sanitize() + s.pathTail
 }
 
