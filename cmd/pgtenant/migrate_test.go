@@ -179,7 +179,7 @@ func TestMigrateDownCLI(t *testing.T) {
 	if got := strings.Join(shardTables(t, dsns), " "); strings.Contains(got, "notes") || strings.Count(got, "invoices") != 4 {
 		t.Errorf("after down one step: %s", got)
 	}
-	if code, out, _ := pgtenant(t, "migrate", "status"); code != 1 || strings.Count(out, "shard_000") != 4 {
+	if code, out, _ := pgtenant(t, "migrate", "status"); code != 1 || !strings.Contains(out, "all 4 shards are at version 2; pending: 3") {
 		t.Errorf("status after down: exit %d\n%s", code, out)
 	}
 	out = mustRun(t, "migrate", "down", "--dir", dir, "--to", "0")

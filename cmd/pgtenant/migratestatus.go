@@ -85,7 +85,8 @@ func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all, allo
 		sum.Drift = append(sum.Drift, d.String())
 	}
 	var err error
-	if refused := migrate.Refused(drifts, allowChanged); len(refused) > 0 {
+	refused := migrate.Refused(drifts, allowChanged)
+	if len(refused) > 0 {
 		err = &migrate.DriftError{Drifts: refused}
 	} else if sum.Behind > 0 {
 		err = fmt.Errorf("%d of %d shards are behind; run `pgtenant migrate up --dir %s`", sum.Behind, sum.Shards, dir)
@@ -108,13 +109,13 @@ func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all, allo
 		fmt.Fprintf(a.stdout, "%s: applied versions without a checksum (applied before pgtenant recorded them); "+
 			"the next `pgtenant migrate up` records the current files'\n", migrate.ShardRanges(sum.Unrecorded))
 	}
-	if err == nil {
+	if len(refused) == 0 { // allowed: warn, whether or not shards are behind
 		for _, d := range drifts {
 			fmt.Fprintf(a.stderr, "warning: %s (--allow-changed)\n", d)
 		}
 	}
 	switch {
-	case len(drifts) > 0 && err != nil:
+	case len(refused) > 0:
 	case sum.Behind == 0 && uniform:
 		fmt.Fprintf(a.stdout, "all %d shards are current at version %d (migrations from %s)\n", sum.Shards, sum.Versions[0].Version, dir)
 	case sum.Behind == 0:
