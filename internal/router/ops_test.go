@@ -625,3 +625,46 @@ func TestMinIdlePerNode(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestStartupTimeoutCoversClientOnly checks that StartupTimeout bounds what
+// the client sends (startup packet, authentication), not the router's own
+// work after it: the first client of a router learns the server parameters
+// from a backend, and a slow node (here one that accepts and never answers,
+// so the router waits out its 2 s acquire timeout) must not cost the client
+// its startup response.
+func TestStartupTimeoutCoversClientOnly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	m := testMap()
+	// Sorted first among the nodes, so the router asks it first.
+	m.Nodes["0silent"] = placement.Node{Name: "0silent", DSN: "postgres://u:p@" + ln.Addr().String() + "/db?sslmode=disable"}
+	s := startRouter(t, Config{Auth: AuthTrust, StartupTimeout: 300 * time.Millisecond}, m)
+	c := connect(t, s, "t1", pgx.QueryExecModeCacheStatement)
+	var sh int
+	if err := c.QueryRow(ctx(t), "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 1 {
+		t.Fatalf("after a slow first startup: %d %v", sh, err)
+	}
+}

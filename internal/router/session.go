@@ -363,6 +363,10 @@ func (ss *session) startup(params map[string]string) error {
 	if err := ss.authenticate(); err != nil {
 		return err
 	}
+	// StartupTimeout bounds what the client sends; the router's own work
+	// from here (the first client learns the server parameters from a
+	// backend) must not run out the client's time and lose its reply.
+	ss.nc.SetDeadline(time.Time{})
 	db := params["database"]
 	if db == "" {
 		db = ss.user
