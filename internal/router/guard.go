@@ -66,85 +66,23 @@ func guardText(sql string, body bool, depth int, g *guardFinding) {
 				i++
 			}
 		case c == '/' && i+1 < n && sql[i+1] == '*':
-			depth := 1
-			i += 2
-			for i < n && depth > 0 {
-				switch {
-				case sql[i] == '*' && i+1 < n && sql[i+1] == '/':
-					depth--
-					i += 2
-				case sql[i] == '/' && i+1 < n && sql[i+1] == '*':
-					depth++
-					i += 2
-				default:
-					i++
-				}
-			}
+			i = skipBlockComment(sql, i)
 		case c == '\'' || ((c == 'E' || c == 'e') && i+1 < n && sql[i+1] == '\''):
 			start := i
-			esc := c != '\''
-			if esc {
-				i++
-			}
-			i++
-			for i < n {
-				if esc && sql[i] == '\\' {
-					i += 2
-					continue
-				}
-				if sql[i] == '\'' {
-					if i+1 < n && sql[i+1] == '\'' {
-						i += 2
-						continue
-					}
-					i++
-					break
-				}
-				i++
-			}
-			i = min(i, n)
+			i = skipString(sql, i)
 			toks = append(toks, gtok{tString, sql[start:i]})
 		case c == '"':
 			start := i
-			i++
-			for i < n {
-				if sql[i] == '"' {
-					if i+1 < n && sql[i+1] == '"' {
-						i += 2
-						continue
-					}
-					i++
-					break
-				}
-				i++
-			}
+			i = skipQuotedIdent(sql, i)
 			toks = append(toks, gtok{tQuotedIdent, sql[start:i]})
 		case c == '$':
 			start := i
-			j := i + 1
-			if j < n && sql[j] >= '0' && sql[j] <= '9' {
-				for j < n && sql[j] >= '0' && sql[j] <= '9' {
-					j++
-				}
-				toks = append(toks, gtok{tParam, sql[start:j]})
-				i = j
-				continue
+			var k tokKind
+			i, k = scanDollar(sql, i)
+			if k == 0 {
+				k = tPunct
 			}
-			for j < n && sql[j] != '$' && isIdent(sql[j]) {
-				j++
-			}
-			if j < n && sql[j] == '$' {
-				tag := sql[i : j+1]
-				if k := strings.Index(sql[j+1:], tag); k < 0 {
-					i = n
-				} else {
-					i = j + 1 + k + len(tag)
-				}
-				toks = append(toks, gtok{tString, sql[start:i]})
-				continue
-			}
-			toks = append(toks, gtok{tPunct, "$"})
-			i++
+			toks = append(toks, gtok{k, sql[start:i]})
 		case isIdentStart(c):
 			start := i
 			for i < n && (isIdent(sql[i]) || sql[i] == '.') {

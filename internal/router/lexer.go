@@ -186,21 +186,7 @@ func classify(sql string) stmtInfo {
 			}
 		case c == '/' && i+1 < n && sql[i+1] == '*':
 			start := i + 2
-			depth := 1
-			i += 2
-			for i < n && depth > 0 {
-				if sql[i] == '*' && i+1 < n && sql[i+1] == '/' {
-					depth--
-					i += 2
-					continue
-				}
-				if sql[i] == '/' && i+1 < n && sql[i+1] == '*' {
-					depth++
-					i += 2
-					continue
-				}
-				i++
-			}
+			i = skipBlockComment(sql, i)
 			end := i - 2
 			if end < start {
 				end = start
@@ -215,72 +201,20 @@ func classify(sql string) stmtInfo {
 			}
 		case c == '\'' || ((c == 'E' || c == 'e') && i+1 < n && sql[i+1] == '\''):
 			start := i
-			esc := c != '\''
-			if esc {
-				i++
-			}
-			i++
-			for i < n {
-				if esc && sql[i] == '\\' {
-					i += 2
-					continue
-				}
-				if sql[i] == '\'' {
-					if i+1 < n && sql[i+1] == '\'' {
-						i += 2
-						continue
-					}
-					i++
-					break
-				}
-				i++
-			}
-			if i > n {
-				i = n
-			}
+			i = skipString(sql, i)
 			lx.add(stmtDone, tString, start, i)
 		case c == '"':
 			start := i
-			i++
-			for i < n {
-				if sql[i] == '"' {
-					if i+1 < n && sql[i+1] == '"' {
-						i += 2
-						continue
-					}
-					i++
-					break
-				}
-				i++
-			}
+			i = skipQuotedIdent(sql, i)
 			lx.add(stmtDone, tQuotedIdent, start, i)
 			lx.noteQuoted(sql[start:i], &info)
 		case c == '$':
 			start := i
-			j := i + 1
-			if j < n && sql[j] >= '0' && sql[j] <= '9' {
-				for j < n && sql[j] >= '0' && sql[j] <= '9' {
-					j++
-				}
-				lx.add(stmtDone, tParam, start, j)
-				i = j
+			var k tokKind
+			if i, k = scanDollar(sql, i); k != 0 {
+				lx.add(stmtDone, k, start, i)
 				continue
 			}
-			for j < n && sql[j] != '$' && isIdent(sql[j]) {
-				j++
-			}
-			if j < n && sql[j] == '$' {
-				tag := sql[i : j+1]
-				k := strings.Index(sql[j+1:], tag)
-				if k < 0 {
-					i = n
-				} else {
-					i = j + 1 + k + len(tag)
-				}
-				lx.add(stmtDone, tString, start, i)
-				continue
-			}
-			i++
 		case isIdentStart(c):
 			start := i
 			for i < n && (isIdent(sql[i]) || sql[i] == '.') {
