@@ -112,7 +112,7 @@ func (a *app) printCluster(cl *devcluster.Cluster) {
 	}
 	fmt.Fprintf(a.stdout, "config:  %s/%s\n", cl.Dir, devcluster.ConfigFile)
 	fmt.Fprintf(a.stdout, "\nnext:\n")
-	for _, c := range nextSteps(cl.Dir, "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant migrate up --dir ./migrations") {
+	for _, c := range nextSteps(cl.Dir, "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant migrate up --dir ./migrations", "pgtenant console   # the web console on http://"+defaultConsoleListen+"/") {
 		fmt.Fprintf(a.stdout, "  %s\n", c)
 	}
 }

@@ -1,18 +1,13 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgtenant/pgtenant/internal/routeradmin"
 	"github.com/pgtenant/pgtenant/internal/usage"
 )
 
@@ -20,12 +15,7 @@ import (
 type tenantTopJSON struct {
 	usage.Snapshot
 	// Routers are the routers asked, with the error of those that did not answer.
-	Routers []routerAnswer `json:"routers"`
-}
-
-type routerAnswer struct {
-	URL   string `json:"url"`
-	Error string `json:"error,omitempty"`
+	Routers []routeradmin.Answer `json:"routers"`
 }
 
 func newTenantTopCmd(a *app) *cobra.Command {
@@ -74,20 +64,14 @@ named with --router.`,
 					return errors.New("no live router serves its admin endpoints: start routers with --metrics-listen, or name one with --router URL")
 				}
 			}
-			var snaps []usage.Snapshot
-			out := tenantTopJSON{Routers: make([]routerAnswer, len(routers))}
-			var errs []error
-			for i, r := range routers {
-				out.Routers[i].URL = r
-				snap, err := fetchUsage(ctx, r, order)
-				if err != nil {
-					out.Routers[i].Error = err.Error()
-					errs = append(errs, fmt.Errorf("router %s: %w", r, err))
-					continue
+			snap, answers, err := routeradmin.Top(ctx, nil, routers, order)
+			out := tenantTopJSON{Snapshot: snap, Routers: answers}
+			answered := 0
+			for _, r := range answers {
+				if r.Error == "" {
+					answered++
 				}
-				snaps = append(snaps, snap)
 			}
-			out.Snapshot = usage.Merge(order, snaps...)
 			if limit > 0 && len(out.Tenants) > limit {
 				out.Tenants = out.Tenants[:limit]
 			}
@@ -96,46 +80,15 @@ named with --router.`,
 					return err
 				}
 			} else {
-				a.printTenantTop(out, len(snaps))
+				a.printTenantTop(out, answered)
 			}
-			return errors.Join(errs...)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&by, "by", "time", "order by time (on the backend), statements, errors, bytes or transactions")
 	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many tenants (0 = all the routers kept)")
 	cmd.Flags().StringSliceVar(&routers, "router", nil, "a router's metrics address (http://host:port); repeat for several; default: every live router in the catalog")
 	return cmd
-}
-
-// fetchUsage asks one router for every tenant it keeps.
-func fetchUsage(ctx context.Context, base string, by usage.By) (usage.Snapshot, error) {
-	var snap usage.Snapshot
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	u := strings.TrimRight(base, "/") + "/admin/tenants?by=" + url.QueryEscape(string(by))
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return snap, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return snap, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return snap, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return snap, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	if err := json.Unmarshal(body, &snap); err != nil {
-		return snap, fmt.Errorf("decode %s: %w", u, err)
-	}
-	return snap, nil
 }
 
 func (a *app) printTenantTop(t tenantTopJSON, answered int) {

@@ -139,14 +139,9 @@ func (c *Catalog) ShardStats(ctx context.Context) ([]ShardInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	counts := map[int]int{}
-	rows, err := c.pool.Query(ctx, `SELECT shard, count(*)::int FROM pgtenant.tenants GROUP BY shard`)
+	counts, err := c.TenantCounts(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("count tenants: %w", err)
-	}
-	var id, n int
-	if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error { counts[id] = n; return nil }); err != nil {
-		return nil, fmt.Errorf("count tenants: %w", err)
+		return nil, err
 	}
 	nodes, err := c.Nodes(ctx)
 	if err != nil {
@@ -185,17 +180,7 @@ func schemaSizes(ctx context.Context, dsn string) (map[string]int64, error) {
 		return nil, err
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, `SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relkind IN ('r', 'm')), 0)::bigint
-		FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid
-		WHERE n.nspname LIKE 'shard\_%' GROUP BY n.nspname`)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]int64{}
-	var name string
-	var size int64
-	_, err = pgx.ForEachRow(rows, []any{&name, &size}, func() error { out[name] = size; return nil })
-	return out, err
+	return SchemaSizes(ctx, conn)
 }
 
 // LoadMap reads a consistent snapshot of the whole placement map.
