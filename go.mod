@@ -4,7 +4,15 @@ go 1.26.8
 
 require github.com/jackc/pgx/v5 v5.12.0
 
-require github.com/pganalyze/pg_query_go/v6 v6.2.5
+require (
+	github.com/chromedp/chromedp v0.24.0
+	github.com/pganalyze/pg_query_go/v6 v6.2.5
+)
+
+require (
+	github.com/chromedp/cdproto v0.160.1 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
