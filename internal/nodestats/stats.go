@@ -135,9 +135,9 @@ type Connections struct {
 
 // Transaction is one session's open transaction, from pg_stat_activity.
 type Transaction struct {
-	PID             int       `json:"pid"`
-	User            string    `json:"user"`
-	ApplicationName string    `json:"application_name"`
+	PID             int    `json:"pid"`
+	User            string `json:"user"`
+	ApplicationName string `json:"application_name"`
 	// State is the session's state: "active" while a statement runs, "idle
 	// in transaction" between statements.
 	State string `json:"state"`
