@@ -108,11 +108,18 @@ func readHitRates(ctx context.Context, conn *pgx.Conn, s *Stats, _ Options) erro
 	return nil
 }
 
+// clientSession selects client sessions in pg_stat_activity. Without
+// pg_read_all_stats, another role's session shows only its database, pid and
+// role (backend_type is null too); those are counted, as are other roles'
+// parallel workers and walsenders connected to a database, which cannot be
+// told apart from them. Background processes have no role or no database.
+const clientSession = `(backend_type = 'client backend' OR (backend_type IS NULL AND datname IS NOT NULL AND usesysid IS NOT NULL))`
+
 func readConnections(ctx context.Context, conn *pgx.Conn, s *Stats, _ Options) error {
 	rows, err := conn.Query(ctx, `SELECT coalesce(state, $1), count(*)::int,
 			count(*) FILTER (WHERE wait_event_type = 'Lock')::int
 		FROM pg_stat_activity
-		WHERE backend_type = 'client backend' AND datname = current_database()
+		WHERE `+clientSession+` AND datname = current_database()
 		GROUP BY 1`, StateNotVisible)
 	if err != nil {
 		return err
@@ -129,7 +136,7 @@ func readConnections(ctx context.Context, conn *pgx.Conn, s *Stats, _ Options) e
 		return err
 	}
 	if err := conn.QueryRow(ctx, `SELECT count(*)::int, current_setting('max_connections')::int
-		FROM pg_stat_activity WHERE backend_type = 'client backend'`).
+		FROM pg_stat_activity WHERE `+clientSession).
 		Scan(&s.Connections.Server, &s.Connections.MaxConnections); err != nil {
 		return err
 	}
@@ -229,7 +236,7 @@ func readVacuum(ctx context.Context, conn *pgx.Conn, s *Stats, o Options) error 
 				+ coalesce((SELECT option_value FROM pg_options_to_table(c.reloptions) WHERE option_name = 'autovacuum_vacuum_scale_factor')::float8,
 					current_setting('autovacuum_vacuum_scale_factor')::float8) * greatest(c.reltuples, 0))::int8 AS threshold
 		FROM pg_stat_user_tables st JOIN pg_class c ON c.oid = st.relid)
-	SELECT schemaname::text, relname::text, n_dead_tup, n_live_tup, threshold, last_autovacuum, last_vacuum, autovacuum_count,
+	SELECT quote_ident(schemaname) || '.' || quote_ident(relname), n_dead_tup, n_live_tup, threshold, last_autovacuum, last_vacuum, autovacuum_count,
 		sum(n_dead_tup) OVER ()::int8, sum(n_live_tup) OVER ()::int8, (count(*) FILTER (WHERE n_dead_tup > threshold) OVER ())::int
 	FROM t ORDER BY n_dead_tup DESC, schemaname, relname`
 	rows, err := conn.Query(ctx, q)
@@ -239,13 +246,11 @@ func readVacuum(ctx context.Context, conn *pgx.Conn, s *Stats, o Options) error 
 	defer rows.Close()
 	for rows.Next() {
 		var t TableVacuum
-		var schema, name string
-		if err := rows.Scan(&schema, &name, &t.DeadTuples, &t.LiveTuples, &t.Threshold, &t.LastAutovacuum, &t.LastVacuum,
+		if err := rows.Scan(&t.Table, &t.DeadTuples, &t.LiveTuples, &t.Threshold, &t.LastAutovacuum, &t.LastVacuum,
 			&t.AutovacuumCount, &s.Vacuum.DeadTuples, &s.Vacuum.LiveTuples, &s.Vacuum.TablesDue); err != nil {
 			return err
 		}
 		if len(s.Vacuum.Tables) < o.Tables {
-			t.Table = pgx.Identifier{schema, name}.Sanitize()
 			t.Due = t.DeadTuples > t.Threshold
 			s.Vacuum.Tables = append(s.Vacuum.Tables, t)
 		}

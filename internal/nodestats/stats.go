@@ -112,7 +112,8 @@ const StateNotVisible = "not visible"
 
 // Connections counts client sessions, from pg_stat_activity (backend_type
 // 'client backend'). Every role sees every session; the state of other
-// roles' sessions only with Monitor.
+// roles' sessions only with Monitor (without it, their parallel workers and
+// walsenders, hidden as well, count as sessions too).
 type Connections struct {
 	// Database is the number of client sessions connected to the database,
 	// Collect's own included.
@@ -233,8 +234,8 @@ type Vacuum struct {
 
 // TableVacuum is one table's row of pg_stat_user_tables.
 type TableVacuum struct {
-	// Table is the schema-qualified name, quoted where needed
-	// ("shard_0003.invoices").
+	// Table is the schema-qualified name, each part quoted only where
+	// needed (quote_ident): shard_0003.invoices, public."Order".
 	Table      string `json:"table"`
 	DeadTuples int64  `json:"dead_tuples"`
 	LiveTuples int64  `json:"live_tuples"`
