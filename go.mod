@@ -6,12 +6,14 @@ require github.com/jackc/pgx/v5 v5.12.0
 
 require (
 	github.com/chromedp/chromedp v0.24.0
+	github.com/jackc/pglogrepl v0.0.0-20251213150135-2e8d0df862c1
 	github.com/pganalyze/pg_query_go/v6 v6.2.5
 )
 
 require (
 	github.com/chromedp/cdproto v0.160.1 // indirect
 	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+	github.com/jackc/pgio v1.0.0 // indirect
 )
 
 require (
