@@ -26,10 +26,13 @@ func newConsoleCmd(a *app) *cobra.Command {
 		Use:   "console",
 		Short: "Serve the read-only web console",
 		Long: `Serve the web console: the shard map (a grid of shards coloured by node and
-shaded by size, fenced and moving shards marked), the nodes, the moves with
-their progress (the overview reloads every second), the busiest tenants over
-every router, where the shards stand against the migrations, the operation
-log, and the routers with the map version each applied. It reads the catalog
+shaded by size, fenced and moving shards marked), the nodes with their health
+(cache and index hit rates, connections, longest transaction, replication
+slots, database size, disk, dead tuples, from Postgres' statistics views),
+the moves with their progress (the overview reloads every second), the
+busiest tenants over every router, where the shards stand against the
+migrations, the operation log, and the routers with the map version each
+applied. It reads the catalog
 (from --catalog, PGTENANT_CATALOG or the config file), the nodes (sizes, at
 most every --size-ttl) and the routers' admin endpoints; it changes nothing.
 
@@ -78,7 +81,7 @@ auth may also be used on loopback, with or without TLS.`,
 				return err
 			}
 			defer c.Close()
-			con, err := console.New(console.Config{Catalog: c, Logger: a.logger, SizeTTL: sizeTTL, MigrationsDir: migrations})
+			con, err := console.New(console.Config{Catalog: c, Logger: a.logger, SizeTTL: sizeTTL, MigrationsDir: migrations, Health: console.NodeHealth})
 			if err != nil {
 				return err
 			}

@@ -265,6 +265,9 @@ func TestConsoleBrowser(t *testing.T) {
 	if cl := evalJS[string](t, bctx, fmt.Sprintf(`document.querySelector('#shard-map .cell[data-shard="%d"]').className`, moved)); !strings.Contains(cl, " s5") {
 		t.Errorf("shard %d holds the 100,000 rows, its cell is %q: want the darkest shade (s5)", moved, cl)
 	}
+	if n := evalJS[int](t, bctx, `Array.from(document.querySelectorAll('#nodes tr[data-node]')).filter(r => r.innerText.includes('cache hit') && r.innerText.includes('dead tuples')).length`); n != 2 {
+		t.Errorf("%d nodes show their health numbers, want 2", n)
+	}
 	waitPage(t, bctx, "the live marker", `document.getElementById('conn').innerText === 'live'`, 10*time.Second)
 	screenshot(t, bctx, "overview")
 
@@ -301,6 +304,8 @@ func TestConsoleBrowser(t *testing.T) {
 	moveRow := fmt.Sprintf(`document.querySelector('#moves tr.move[data-shard="%d"]')`, moved)
 	waitPage(t, bctx, "the move in progress", fmt.Sprintf(`%s && %s.classList.contains('moving') && %s.dataset.target === %q && %s && %s.dataset.status === 'running'`,
 		cell, cell, cell, target, moveRow, moveRow), time.Minute)
+	// The transaction holding the move shows in the source's health.
+	waitPage(t, bctx, "the held transaction in the source's health", fmt.Sprintf(`document.querySelector('#nodes tr[data-node=%q]').innerText.includes('longest transaction')`, source), 30*time.Second)
 	heldStep := evalJS[string](t, bctx, moveRow+`.dataset.step`)
 	heldBar := evalJS[int](t, bctx, moveRow+`.querySelector('progress') ? `+moveRow+`.querySelector('progress').value : 0`)
 	if heldBar < 2 {

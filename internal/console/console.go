@@ -39,8 +39,8 @@ type Config struct {
 	// (each router's answer is bounded by routeradmin.Timeout).
 	HTTPClient *http.Client
 	// Health, when set, collects health numbers of a node over the
-	// connection the console opened to read its sizes (see HealthFunc).
-	// Nil draws no health numbers.
+	// connection the console opened to read its sizes (see HealthFunc;
+	// NodeHealth reads them with internal/nodestats). Nil draws none.
 	Health HealthFunc
 	// MigrationsDir is the directory of shard migrations the migrations
 	// page compares the shards with. Empty means the one `migrate up`

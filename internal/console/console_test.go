@@ -22,6 +22,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/localpg"
 	"github.com/pgtenant/pgtenant/internal/migrate"
+	"github.com/pgtenant/pgtenant/internal/nodestats"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -103,13 +104,16 @@ func TestOverviewMapMatchesCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, err := New(Config{Catalog: cat})
+	c, err := New(Config{Catalog: cat, Health: NodeHealth})
 	if err != nil {
 		t.Fatal(err)
 	}
 	code, body := get(t, c, "/")
 	if code != http.StatusOK {
 		t.Fatalf("GET / = %d\n%s", code, body)
+	}
+	if n := strings.Count(body, `<span class="metric">cache hit <b>`); n != 2 {
+		t.Errorf("%d nodes show a cache hit rate, want 2", n)
 	}
 	shards, err := cat.Shards(ctx)
 	if err != nil {
@@ -364,5 +368,41 @@ func TestCheckListen(t *testing.T) {
 		if err != nil && strings.Contains(tc.addr, ":") && tc.addr != "nonsense" && !errors.Is(err, ErrExposed) {
 			t.Errorf("CheckListen(%q) = %v, want ErrExposed", tc.addr, err)
 		}
+	}
+}
+
+func TestHealthMetrics(t *testing.T) {
+	rate := func(f float64) *float64 { return &f }
+	n := func(v int64) *int64 { return &v }
+	s := nodestats.Stats{
+		Cache:              nodestats.HitRate{Hit: 90, Read: 10, Rate: rate(0.9)},
+		IndexCache:         nodestats.HitRate{Hit: 999, Read: 1, Rate: rate(0.999)},
+		Connections:        nodestats.Connections{Database: 7, ByState: map[string]int{"active": 2, "idle in transaction": 1}, Server: 90, MaxConnections: 100},
+		LongestTransaction: &nodestats.Transaction{PID: 42, State: "idle in transaction", AgeSeconds: 125},
+		Slots:              []nodestats.Slot{{Name: "s", Active: false, LagBytes: n(2048)}},
+		DatabaseBytes:      5 << 20,
+		Disk:               nodestats.Disk{FreeBytes: n(50 << 30), TotalBytes: n(100 << 30)},
+		Vacuum:             nodestats.Vacuum{DeadTuples: 1234, TablesDue: 2},
+	}
+	got := map[string]Metric{}
+	for _, m := range healthMetrics(s) {
+		got[m.Name] = m
+	}
+	for _, want := range []Metric{
+		{Name: "cache hit", Value: "90.0%", Warn: true},
+		{Name: "index hit", Value: "99.9%"},
+		{Name: "connections", Value: "7 (2 active, 1 idle in transaction), server 90/100", Warn: true},
+		{Name: "longest transaction", Value: "125 s (pid 42, idle in transaction)", Warn: true},
+		{Name: "replication slots", Value: "1, most behind 2.0 kB, 1 inactive", Warn: true},
+		{Name: "database", Value: "5.0 MB"},
+		{Name: "disk", Value: "50.0 GB free (50%)"},
+		{Name: "dead tuples", Value: "1234, 2 tables due for vacuum", Warn: true},
+	} {
+		if g := got[want.Name]; g != want {
+			t.Errorf("%s = %+v, want %+v", want.Name, g, want)
+		}
+	}
+	if _, ok := got["slowest statement"]; ok {
+		t.Errorf("a slowest statement without pg_stat_statements")
 	}
 }

@@ -24,14 +24,7 @@ type Metric struct {
 
 // HealthFunc collects a node's health numbers over conn, a connection to
 // the node's database that the console opened to read its shard sizes.
-//
-// ---- node health: the place for internal/nodestats ----
-// When internal/nodestats lands, `pgtenant console` sets Config.Health to
-// a function that calls nodestats.Collect(ctx, conn) and turns its Stats
-// into Metrics (cache and index hit rates, connections by state, longest
-// transaction, replication lag, database size, dead tuples). Until then the
-// overview draws each node's name, DSN without secrets, shard count, bytes
-// and whether it is reachable.
+// NodeHealth (internal/nodestats) is the one `pgtenant console` uses.
 type HealthFunc func(ctx context.Context, node string, conn *pgx.Conn) ([]Metric, error)
 
 // nodeSample is what was read from one node.
