@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -93,5 +94,23 @@ func TestConsoleCommand(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET %s with credentials = %d, want 200", u, resp.StatusCode)
+	}
+
+	// Over TLS, with the same credentials.
+	cert, key := writeTestCert(t, t.TempDir())
+	u = startConsole(t, "--listen", "127.0.0.1:0", "--auth-user", "ops", "--auth-password-file", "pw", "--tls-cert", cert, "--tls-key", key)
+	if !strings.HasPrefix(u, "https://") {
+		t.Fatalf("console with a certificate serves %s", u)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	req, _ = http.NewRequest(http.MethodGet, u+"api/state", nil)
+	req.SetBasicAuth("ops", "s3cret")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.TLS == nil {
+		t.Errorf("GET %sapi/state over TLS = %d (tls %v), want 200 over TLS", u, resp.StatusCode, resp.TLS != nil)
 	}
 }
