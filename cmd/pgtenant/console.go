@@ -108,7 +108,7 @@ func (a *app) serveConsole(ctx context.Context, listen string, h http.Handler, t
 	if err != nil {
 		return fmt.Errorf("console: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	scheme := "http"
 	if tlsConfig != nil {
 		scheme = "https"

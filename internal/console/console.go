@@ -134,7 +134,7 @@ type page struct {
 
 // render executes a page's layout into a buffer first, so a failure is an
 // error page rather than half a page.
-func (c *Console) render(w http.ResponseWriter, r *http.Request, name, tmpl string, p page) {
+func (c *Console) render(w http.ResponseWriter, name, tmpl string, p page) {
 	var buf bytes.Buffer
 	if err := c.pages[name].ExecuteTemplate(&buf, tmpl, p); err != nil {
 		c.log.Error("console page", "page", name, "err", err)
@@ -155,44 +155,42 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.Err = err.Error()
 	}
-	c.render(w, r, "overview", "layout.html", p)
+	c.render(w, "overview", "layout.html", p)
 }
 
 func (c *Console) live(w http.ResponseWriter, r *http.Request) {
 	o, err := c.Overview(r.Context())
-	if err != nil && o == nil {
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	p := page{Data: o}
-	if err != nil {
-		p.Err = err.Error()
-	}
-	c.render(w, r, "overview", "live", p)
+	c.render(w, "overview", "live", page{Data: o})
 }
 
 func (c *Console) tenants(w http.ResponseWriter, r *http.Request) {
-	by, err := usage.ParseBy(r.URL.Query().Get("by"))
-	if r.URL.Query().Get("by") == "" {
-		by, err = usage.ByTime, nil
-	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+	by := usage.ByTime
+	if s := r.URL.Query().Get("by"); s != "" {
+		var err error
+		if by, err = usage.ParseBy(s); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 	}
 	limit := 50
 	if s := r.URL.Query().Get("limit"); s != "" {
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
 			http.Error(w, "limit: a positive number", http.StatusBadRequest)
 			return
 		}
+		limit = n
 	}
 	t, err := c.TopTenants(r.Context(), by, limit)
 	p := page{Title: "Tenants", Nav: "tenants", Data: t}
 	if err != nil {
 		p.Err = err.Error()
 	}
-	c.render(w, r, "tenants", "layout.html", p)
+	c.render(w, "tenants", "layout.html", p)
 }
 
 func (c *Console) migrations(w http.ResponseWriter, r *http.Request) {
@@ -201,7 +199,7 @@ func (c *Console) migrations(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.Err = err.Error()
 	}
-	c.render(w, r, "migrations", "layout.html", p)
+	c.render(w, "migrations", "layout.html", p)
 }
 
 func (c *Console) ops(w http.ResponseWriter, r *http.Request) {
@@ -219,7 +217,7 @@ func (c *Console) ops(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.Err = err.Error()
 	}
-	c.render(w, r, "ops", "layout.html", p)
+	c.render(w, "ops", "layout.html", p)
 }
 
 func (c *Console) routers(w http.ResponseWriter, r *http.Request) {
@@ -228,18 +226,15 @@ func (c *Console) routers(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.Err = err.Error()
 	}
-	c.render(w, r, "routers", "layout.html", p)
+	c.render(w, "routers", "layout.html", p)
 }
 
 // apiState serves the overview as JSON, for scripts.
 func (c *Console) apiState(w http.ResponseWriter, r *http.Request) {
 	o, err := c.Overview(r.Context())
-	if o == nil {
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
-	}
-	if err != nil {
-		o.Errors = append(o.Errors, err.Error())
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

@@ -146,9 +146,9 @@ func moveView(in move.Info) MoveView {
 	return v
 }
 
-// Overview reads the catalog (and, at most once per SizeTTL, the nodes). A
-// nil Overview comes with the error that the catalog gave; otherwise err,
-// when set, names the parts left out.
+// Overview reads the catalog (and, at most once per SizeTTL, the nodes). An
+// error is the catalog's; parts that could not be read (a node, the
+// routers) are named in Overview.Errors.
 func (c *Console) Overview(ctx context.Context) (*Overview, error) {
 	cat := c.cfg.Catalog
 	o := &Overview{At: time.Now()}
