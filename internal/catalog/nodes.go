@@ -141,8 +141,9 @@ func CheckNode(ctx context.Context, name, dsn string) NodeReport {
 		add("wal_level", CheckOK, "logical")
 	}
 	if !superuser && !replication {
-		add("replication", CheckWarn, "the user has neither SUPERUSER nor REPLICATION; online moves need one of them")
+		add("replication", CheckWarn, fmt.Sprintf("the user has neither SUPERUSER nor REPLICATION; online moves need one of them: ALTER ROLE %s REPLICATION", pgx.Identifier{cfg.User}.Sanitize()))
 	}
+	r.Checks = append(r.Checks, moveChecks(ctx, conn, cfg, walLevel, superuser)...)
 	if id, err := NodeIdentity(ctx, conn); err != nil {
 		add("identity", CheckFail, err.Error())
 	} else {

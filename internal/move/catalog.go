@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
 )
 
 // Progress is what a move reports in pgtenant.moves.progress.
@@ -40,6 +42,15 @@ type Progress struct {
 	// OrphanSlot is set when the subscription was dropped while the source was
 	// unreachable: the slot on the source still has to be dropped (Cleanup does it).
 	OrphanSlot bool `json:"orphan_slot,omitempty"`
+	// Triggers are the target's triggers disabled while the mover applies
+	// the change stream; the fence enables them again before the flip.
+	Triggers []Trigger `json:"triggers,omitempty"`
+}
+
+// Trigger is one trigger of a shard table.
+type Trigger struct {
+	Table string `json:"table"`
+	Name  string `json:"name"`
 }
 
 // Grant is a set of privileges of one role (or PUBLIC) on one table.
@@ -74,6 +85,8 @@ type moveRun struct {
 	TargetDSN string
 	resuming  bool
 	src, dst  *pgx.Conn
+	slot      *stream.Slot // the slot just created, holding its snapshot for the copy
+	stream    *liveStream  // the change stream this process applies to the target
 }
 
 const moveColumns = `id, shard, source_node, target_node, method, step, status, coalesce(error, ''), progress, pause_ms, started_at, updated_at, finished_at`

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
 )
 
 // cleanupMove runs after the flip: drop the subscription (target), the
@@ -15,6 +17,7 @@ import (
 // unreachable the subscription is still dropped on the target (its slot is
 // recorded as orphaned) and the error keeps the move running for Resume.
 func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
+	stopStream(mv)
 	dst, err := m.target(ctx, mv)
 	if err != nil {
 		return err
@@ -37,7 +40,16 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 	if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
 		return fmt.Errorf("delete target markers: %w", err)
 	}
+	if err := stream.DeletePosition(ctx, dst, repName(mv)); err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
 	if srcErr != nil {
+		if mv.Method == MethodLogical && !mv.Progress.OrphanSlot {
+			mv.Progress.OrphanSlot = true // the slot on the unreachable source is dropped later
+			if err := m.saveProgress(ctx, mv); err != nil {
+				return errors.Join(srcErr, err)
+			}
+		}
 		return srcErr
 	}
 	if err := dropSourceObjects(ctx, src, mv); err != nil {
@@ -218,6 +230,9 @@ func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 		}
 		if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
 			errs = append(errs, fmt.Errorf("delete target markers: %w", err))
+		}
+		if err := stream.DeletePosition(ctx, dst, repName(mv)); err != nil {
+			errs = append(errs, fmt.Errorf("target: %w", err))
 		}
 	}
 	if src, err := m.source(ctx, mv); err != nil {

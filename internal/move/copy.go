@@ -109,10 +109,19 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		if err := revokeRetired(ctx, tx, mv.Schema); err != nil {
 			return err
 		}
-		// Triggers and FK checks stay quiet on the target while copying (they
-		// may exist already when a crashed copy is resumed).
-		if _, err := dst.Exec(ctx, `SET session_replication_role = replica`); err != nil {
-			return err
+		// COPY goes into bare tables: no triggers, FKs or secondary indexes
+		// (built after the copy). A resumed copy that got as far as building
+		// them starts from a fresh pre-copy schema, since only a superuser
+		// could silence them (session_replication_role).
+		if have, err := postObjects(ctx, dst, mv.Schema); err != nil {
+			return fmt.Errorf("count target indexes: %w", err)
+		} else if have > 0 {
+			if _, err := dst.Exec(ctx, `DROP SCHEMA `+ident(mv.Schema)+` CASCADE`); err != nil {
+				return fmt.Errorf("drop the target's partial schema: %w", err)
+			}
+			if err := m.copySchema(ctx, mv, false); err != nil {
+				return fmt.Errorf("copy schema: %w", err)
+			}
 		}
 		if _, err := dst.Exec(ctx, `TRUNCATE `+strings.Join(quoted, ", ")); err != nil {
 			return fmt.Errorf("empty target tables: %w", err)
@@ -129,9 +138,6 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		if err := m.saveProgress(ctx, mv); err != nil {
 			return err
 		}
-	}
-	if _, err := dst.Exec(ctx, `RESET session_replication_role`); err != nil {
-		return err
 	}
 	want, err := postObjects(ctx, src, mv.Schema)
 	if err != nil {

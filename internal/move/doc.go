@@ -1,6 +1,8 @@
 // Package move moves one shard (a schema) from one Postgres node to another
-// while the application keeps writing, with PostgreSQL's native logical
-// replication, and pauses only that shard's writes for the cutover.
+// while the application keeps writing, with PostgreSQL's logical decoding
+// (the mover streams and applies the changes itself, see logical.go and
+// package stream, so a node role needs REPLICATION and table ownership, not
+// SUPERUSER), and pauses only that shard's writes for the cutover.
 //
 // A move is a state machine whose current step is recorded in the catalog
 // table pgtenant.moves before the step creates anything, so an interrupted
@@ -9,14 +11,14 @@
 //
 //	start        pre-checks passed, row inserted (at most one running move per shard)
 //	schema       schema-only dump restored on the target, without secondary indexes, FKs, triggers
-//	publication  marker table and publication on the source
-//	subscription subscription (and its slot) created from the target
-//	copy         waiting for the initial copy of every table
+//	publication  marker table and publication on the source (FOR TABLE each table)
+//	subscription logical slot created with an exported snapshot (step name kept from CREATE SUBSCRIPTION days)
+//	copy         every table copied at the slot's snapshot; the slot's start recorded on the target
 //	indexes      secondary indexes, FKs and triggers built on the target, ANALYZE
-//	catchup      waiting until the replication lag is small
+//	catchup      the mover streams changes to the target until the lag is small
 //	fence        routers hold the shard, source tables locked briefly, marker applied, sequences, flip
 //	flipped      the catalog points at the target (point of no return; set atomically with the flip)
-//	cleanup      subscription, publication and slot dropped; source schema renamed
+//	cleanup      stream stopped; publication, slot and stream position dropped; source schema renamed
 //	done
 //
 // For --method copy the steps are start, schema, copydata (fence, COPY every
@@ -25,7 +27,7 @@
 // Choices worth knowing:
 //   - Catch-up is proven with a marker row, not by comparing WAL positions: a
 //     row committed on the source into pgtenant_move.marker (published with a
-//     row filter on the move id) is polled for on the target; the apply worker
+//     row filter on the move id) is polled for on the target; the mover
 //     applies in commit order, so once it is visible everything committed
 //     before it is too. Markers commit with synchronous_commit on.
 //   - The fence is a lease (Config.FenceLease, 5s by default) renewed every

@@ -35,6 +35,9 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	if err := ensureMarker(ctx, src); err != nil { // a move resumed from an older pgtenant lacks the fence table
 		return fmt.Errorf("source: %w", err)
 	}
+	if err := m.ensureStream(ctx, mv); err != nil { // before the pause: a resumed move streams again
+		return err
+	}
 	leaseConn, err := connect(ctx, mv.SourceDSN, "source node "+mv.Source)
 	if err != nil {
 		return err
@@ -126,7 +129,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	}
 	lease.arm(leaseConn)
 	tLocked := time.Now()
-	if err := waitMarker(ctx, dst, mv.ID, seq, m.cfg.PollInterval); err != nil {
+	if err := waitMarker(ctx, dst, mv, seq, m.cfg.PollInterval); err != nil {
 		return err
 	}
 	tApplied := time.Now()
@@ -142,6 +145,9 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	}
 	tVerified := time.Now()
 	if err := syncSequences(ctx, src, dst, mv.Schema); err != nil {
+		return err
+	}
+	if err := enableTriggers(ctx, dst, mv); err != nil {
 		return err
 	}
 	tSeq := time.Now()

@@ -34,9 +34,10 @@ type childSpec struct {
 	Lease      time.Duration
 }
 
-// runChild runs a move whose target stops applying changes at the fence (its
-// subscription is disabled), so the mover waits under the fence for the
-// marker until it is killed. It prints "fencing" when it reaches the fence.
+// runChild runs a move whose target stops applying changes at the fence (a
+// transaction of the child holds the target's marker table locked against
+// writes), so the mover waits under the fence for the marker until it is
+// killed. It prints "fencing" when it reaches the fence.
 func runChild(spec string) int {
 	var cs childSpec
 	if err := json.Unmarshal([]byte(spec), &cs); err != nil {
@@ -55,12 +56,11 @@ func runChild(spec string) int {
 			if s != StepFence {
 				return nil
 			}
-			conn, err := pgx.Connect(ctx, cs.TargetDSN)
+			conn, err := pgx.Connect(ctx, cs.TargetDSN) // held until the process dies
 			if err != nil {
 				return err
 			}
-			defer conn.Close(ctx)
-			if _, err := conn.Exec(ctx, `ALTER SUBSCRIPTION `+ident(fmt.Sprintf("pgtenant_move_%d_%d", cs.Shard, id))+` DISABLE`); err != nil {
+			if _, err := conn.Exec(ctx, `BEGIN; LOCK TABLE pgtenant_move.marker IN EXCLUSIVE MODE`); err != nil {
 				return err
 			}
 			fmt.Println("fencing")
@@ -184,7 +184,6 @@ func TestFenceLeaseAfterKill(t *testing.T) {
 	}
 
 	// Resume completes the move with every row, those written after the release included.
-	mustExec(t, e.dst, `ALTER SUBSCRIPTION `+ident(fmt.Sprintf("pgtenant_move_%d_%d", testShard, list[0].ID))+` ENABLE`)
 	if _, err := testMover(t, e, Config{}).Resume(ctx, list[0].ID); err != nil {
 		t.Fatalf("resume: %v", err)
 	}

@@ -41,9 +41,40 @@ func createAppRole(srv *pgtest.Server) {
 		panic(err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE ROLE `+appRole+` LOGIN`); err != nil {
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+appRole+` LOGIN; CREATE ROLE `+nodeRole+` LOGIN REPLICATION`); err != nil {
 		panic(err)
 	}
+}
+
+// nodeRole is the least-privileged role a node can be registered with: no
+// SUPERUSER, owner of the node's database (and so of the shard schemas it
+// creates), with REPLICATION.
+const nodeRole = "pgtenant_node"
+
+// newEnvNodeRole is newEnv with the nodes registered as nodeRole, which owns
+// both node databases and creates the shard (fillShard). The test's own
+// pools (e.src, e.dst) stay superuser, for assertions.
+func newEnvNodeRole(t *testing.T) *env {
+	t.Helper()
+	e := &env{catDSN: srvA.NewDatabase(t), srcDSN: srvA.NewDatabase(t), dstDSN: srvB.NewDatabase(t)}
+	e.cat, e.src, e.dst = pool(t, e.catDSN), pool(t, e.srcDSN), pool(t, e.dstDSN)
+	for _, p := range []*pgxpool.Pool{e.src, e.dst} {
+		var db string
+		if err := p.QueryRow(context.Background(), `SELECT current_database()`).Scan(&db); err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, p, `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` OWNER TO `+nodeRole)
+	}
+	e.owner = pool(t, asNode(e.srcDSN))
+	mustExec(t, e.cat, catalogDDL)
+	mustExec(t, e.cat, `INSERT INTO pgtenant.nodes VALUES ('n1', $1), ('n2', $2)`, asNode(e.srcDSN), asNode(e.dstDSN))
+	mustExec(t, e.cat, `INSERT INTO pgtenant.shards (id, schema_name, node) VALUES ($1, $2, 'n1'), (6, 'shard_0006', 'n1')`, testShard, testSchema)
+	return e
+}
+
+// asNode returns dsn with the node role instead of the superuser.
+func asNode(dsn string) string {
+	return strings.Replace(dsn, "postgres://postgres@", "postgres://"+nodeRole+"@", 1)
 }
 
 // asApp returns dsn with the application role instead of the superuser.
@@ -72,6 +103,8 @@ const testSchema = "shard_0005"
 type env struct {
 	cat, src, dst          *pgxpool.Pool
 	catDSN, srcDSN, dstDSN string
+	// owner, when set, is the source as the node role (see newEnvNodeRole): the shard is created through it.
+	owner *pgxpool.Pool
 }
 
 func newEnv(t *testing.T) *env { return newEnvNodes(t, srvA, srvB) }
@@ -140,11 +173,15 @@ CREATE TABLE shard_0006.t (id int PRIMARY KEY);
 // fillShard creates the shard schema on the source with rows items.
 func fillShard(t *testing.T, e *env, rows int) {
 	t.Helper()
-	mustExec(t, e.src, shardDDL)
-	mustExec(t, e.src, `INSERT INTO shard_0005.accounts (tenant, name) SELECT 't' || i, 'acct ' || i FROM generate_series(1, 100) i`)
-	mustExec(t, e.src, `INSERT INTO shard_0005.items (account_id, writer, n) SELECT 1 + i % 100, 0, i FROM generate_series(1, $1::int) i`, rows)
-	mustExec(t, e.src, `INSERT INTO shard_0005.events (kind) SELECT 'seed' FROM generate_series(1, 100)`)
-	mustExec(t, e.src, `SELECT setval('shard_0005.invoice_no', 42)`)
+	p := e.src
+	if e.owner != nil {
+		p = e.owner
+	}
+	mustExec(t, p, shardDDL)
+	mustExec(t, p, `INSERT INTO shard_0005.accounts (tenant, name) SELECT 't' || i, 'acct ' || i FROM generate_series(1, 100) i`)
+	mustExec(t, p, `INSERT INTO shard_0005.items (account_id, writer, n) SELECT 1 + i % 100, 0, i FROM generate_series(1, $1::int) i`, rows)
+	mustExec(t, p, `INSERT INTO shard_0005.events (kind) SELECT 'seed' FROM generate_series(1, 100)`)
+	mustExec(t, p, `SELECT setval('shard_0005.invoice_no', 42)`)
 }
 
 func testMover(t *testing.T, e *env, cfg Config) *Mover {
@@ -161,7 +198,7 @@ func testMover(t *testing.T, e *env, cfg Config) *Mover {
 	return New(cfg)
 }
 
-// assertNoLeftovers checks that no publication, slot or subscription of any
+// assertNoLeftovers checks that no publication, slot, subscription or stream position of any
 // move is left in the test's databases (slots and subscriptions are listed
 // cluster-wide).
 func assertNoLeftovers(t *testing.T, e *env) {
@@ -174,6 +211,11 @@ func assertNoLeftovers(t *testing.T, e *env) {
 	}
 	if n := queryInt(t, e.dst, `SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`); n != 0 {
 		t.Errorf("%d subscriptions left on target", n)
+	}
+	if n := queryInt(t, e.dst, `SELECT count(*) FROM pg_class WHERE oid = to_regclass('pgtenant_stream.position')`); n != 0 {
+		if n := queryInt(t, e.dst, `SELECT count(*) FROM pgtenant_stream.position`); n != 0 {
+			t.Errorf("%d stream positions left on target", n)
+		}
 	}
 }
 

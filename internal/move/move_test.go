@@ -140,12 +140,29 @@ func TestMoveUnderWrites(t *testing.T) {
 		{"copy", Options{Method: MethodCopy}, 20000},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) { testMoveUnderWrites(t, tt.opts, tt.rows) })
+		t.Run(tt.name, func(t *testing.T) { testMoveUnderWrites(t, newEnv(t), tt.opts, tt.rows) })
 	}
 }
 
-func testMoveUnderWrites(t *testing.T, opts Options, seedRows int) {
-	e := newEnv(t)
+// TestMoveUnderWritesNodeRole is the ledger test with nodes registered as a
+// role that is not a superuser (owner of the node databases, REPLICATION):
+// on PostgreSQL 15 it cannot CREATE SUBSCRIPTION, publish FOR TABLES IN
+// SCHEMA or set session_replication_role.
+func TestMoveUnderWritesNodeRole(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		rows int
+	}{
+		{"logical", Options{}, 20000},
+		{"copy", Options{Method: MethodCopy}, 10000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { testMoveUnderWrites(t, newEnvNodeRole(t), tt.opts, tt.rows) })
+	}
+}
+
+func testMoveUnderWrites(t *testing.T, e *env, opts Options, seedRows int) {
 	fillShard(t, e, seedRows)
 	f := newGateFencer(e)
 	m := testMover(t, e, Config{Fencer: f})

@@ -9,8 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/pgtenant/pgtenant/internal/nodedsn"
 )
 
 // The marker table lives in its own schema on every node that takes part in
@@ -38,6 +36,11 @@ func movedName(mv *moveRun) string { return fmt.Sprintf("%s_moved_%d", mv.Schema
 func closeConns(mv *moveRun) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	stopStream(mv)
+	if mv.slot != nil {
+		mv.slot.Close(ctx)
+		mv.slot = nil
+	}
 	if mv.src != nil {
 		mv.src.Close(ctx)
 		mv.src = nil
@@ -164,7 +167,7 @@ func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	if err := src.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)`).Scan(&freeSlots); err != nil {
 		return fmt.Errorf("check replication slots: %w", err)
 	}
-	if freeSlots < 2 { // the move's slot and one table-sync slot at a time at least
+	if freeSlots < 1 {
 		return fmt.Errorf("source node %q has %d free replication slot(s); raise max_replication_slots", mv.Source, freeSlots)
 	}
 	var oldest *float64
@@ -179,6 +182,9 @@ func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	}
 	if walLevel != "logical" {
 		return fmt.Errorf("source node %q has wal_level=%s; set wal_level=logical and restart it, or use --method copy", mv.Source, walLevel)
+	}
+	if err := checkMovePrivileges(ctx, src, mv.Source, mv.Schema); err != nil {
+		return err
 	}
 	bad, err := badTables(ctx, src, mv.Schema)
 	if err != nil {
@@ -275,7 +281,7 @@ func (m *Mover) runLogical(ctx context.Context, mv *moveRun, res *Result) error 
 	return m.runSteps(ctx, mv, []stepFunc{
 		{StepSchema, m.stepSchema},
 		{StepPublication, m.stepPublication},
-		{StepSubscription, m.stepSubscription},
+		{StepSubscription, m.stepSlot},
 		{StepCopy, m.stepCopy},
 		{StepIndexes, m.stepIndexes},
 		{StepCatchUp, m.stepCatchUp},
@@ -335,145 +341,6 @@ func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 	return fmt.Errorf("create marker table: %w", err)
 }
 
-func (m *Mover) stepPublication(ctx context.Context, mv *moveRun) error {
-	src, dst, err := m.conns(ctx, mv)
-	if err != nil {
-		return err
-	}
-	if err := ensureMarker(ctx, src); err != nil {
-		return fmt.Errorf("source: %w", err)
-	}
-	if err := ensureMarker(ctx, dst); err != nil {
-		return fmt.Errorf("target: %w", err)
-	}
-	var exists bool
-	if err := src.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, repName(mv)).Scan(&exists); err != nil {
-		return fmt.Errorf("check publication: %w", err)
-	}
-	if exists {
-		return nil
-	}
-	sql := fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLES IN SCHEMA %s, TABLE %s WHERE (move_id = %d)`,
-		ident(repName(mv)), ident(mv.Schema), ident(markerSchema, "marker"), mv.ID)
-	if _, err := src.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("create publication: %w", err)
-	}
-	return nil
-}
-
-// subscriptionConnInfo is the source DSN for the target server's
-// subscription, which connects from the target's host: a password that pgx
-// found in this process's passfile or PGPASSWORD is written into it.
-func subscriptionConnInfo(dsn string) string {
-	if nodedsn.LiteralPassword(dsn) {
-		return dsn
-	}
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil || cfg.Password == "" {
-		return dsn
-	}
-	return nodedsn.WithPassword(dsn, cfg.Password)
-}
-
-// subOID returns the oid of the move's subscription on the target, 0 if there is none.
-func subOID(ctx context.Context, dst *pgx.Conn, name string) (uint32, error) {
-	var oid uint32
-	err := dst.QueryRow(ctx, `SELECT oid FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`, name).Scan(&oid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	return oid, err
-}
-
-func (m *Mover) stepSubscription(ctx context.Context, mv *moveRun) error {
-	src, dst, err := m.conns(ctx, mv)
-	if err != nil {
-		return err
-	}
-	oid, err := subOID(ctx, dst, repName(mv))
-	if err != nil {
-		return fmt.Errorf("check subscription: %w", err)
-	}
-	if oid == 0 {
-		// A slot left by an interrupted CREATE SUBSCRIPTION would make it fail.
-		if err := dropSlots(ctx, src, mv); err != nil {
-			return err
-		}
-		// CREATE SUBSCRIPTION cannot run in a transaction block: a simple-protocol Exec is an implicit transaction of its own.
-		sql := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (copy_data = true, binary = true)`,
-			ident(repName(mv)), quoteLiteral(subscriptionConnInfo(mv.SourceDSN)), ident(repName(mv)))
-		sctx, cancel := context.WithTimeout(ctx, m.cfg.SlotTimeout)
-		_, err := dst.Exec(sctx, sql)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded) { // cancel() above set Canceled otherwise
-				return fmt.Errorf("create subscription: the replication slot waited %s for transactions open on the source server (%s): %w",
-					m.cfg.SlotTimeout, openTransactions(ctx, src), err)
-			}
-			return fmt.Errorf("create subscription: %w", err)
-		}
-		if oid, err = subOID(ctx, dst, repName(mv)); err != nil {
-			return fmt.Errorf("read subscription: %w", err)
-		}
-	}
-	mv.Progress.SubOID = oid
-	return m.saveProgress(ctx, mv)
-}
-
-// checkApplyErrors fails when the subscription's workers have hit errors (DDL drift, conflicts).
-func checkApplyErrors(ctx context.Context, dst *pgx.Conn, oid uint32) error {
-	var applyErr, syncErr int64
-	err := dst.QueryRow(ctx, `SELECT apply_error_count, sync_error_count FROM pg_stat_subscription_stats WHERE subid = $1`, oid).Scan(&applyErr, &syncErr)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read subscription stats: %w", err)
-	}
-	if applyErr+syncErr > 0 {
-		return fmt.Errorf("replication to the target failed (%d apply, %d table-sync errors); see the target's server log", applyErr, syncErr)
-	}
-	return nil
-}
-
-func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
-	dst, err := m.target(ctx, mv)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
-	defer cancel()
-	lastSave := time.Time{}
-	for {
-		var total, ready int
-		if err := dst.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel WHERE srsubid = $1`,
-			mv.Progress.SubOID).Scan(&total, &ready); err != nil {
-			return fmt.Errorf("read copy state: %w", err)
-		}
-		if err := checkApplyErrors(ctx, dst, mv.Progress.SubOID); err != nil {
-			return err
-		}
-		done := total > 0 && ready == total
-		if done || time.Since(lastSave) > time.Second {
-			mv.Progress.Tables, mv.Progress.TablesReady = total, ready
-			if err := dst.QueryRow(ctx, `SELECT coalesce(sum(s.n_tup_ins), 0)::bigint, coalesce(sum(pg_total_relation_size(s.relid)), 0)::bigint
-				FROM pg_stat_user_tables s WHERE s.schemaname = $1`, mv.Schema).Scan(&mv.Progress.Rows, &mv.Progress.Bytes); err != nil {
-				return fmt.Errorf("read copy progress: %w", err)
-			}
-			if err := m.saveProgress(ctx, mv); err != nil {
-				return err
-			}
-			lastSave = time.Now()
-		}
-		if done {
-			return nil
-		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return fmt.Errorf("initial copy not finished (%d of %d tables): %w", ready, total, err)
-		}
-	}
-}
-
 func (m *Mover) stepIndexes(ctx context.Context, mv *moveRun) error {
 	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
@@ -523,8 +390,12 @@ func insertMarker(ctx context.Context, tx pgx.Tx, moveID int64) (int64, error) {
 }
 
 // waitMarker polls the target until the marker row is visible.
-func waitMarker(ctx context.Context, dst *pgx.Conn, moveID, seq int64, every time.Duration) error {
+func waitMarker(ctx context.Context, dst *pgx.Conn, mv *moveRun, seq int64, every time.Duration) error {
+	moveID := mv.ID
 	for {
+		if err := mv.streamErr(); err != nil {
+			return err
+		}
 		var ok bool
 		if err := dst.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant_move.marker WHERE move_id = $1 AND seq = $2)`, moveID, seq).Scan(&ok); err != nil {
 			return fmt.Errorf("poll marker: %w", err)
@@ -547,10 +418,10 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
 	defer cancel()
+	if err := m.ensureStream(ctx, mv); err != nil {
+		return err
+	}
 	for {
-		if err := checkApplyErrors(ctx, dst, mv.Progress.SubOID); err != nil {
-			return err
-		}
 		t0 := time.Now()
 		var seq int64
 		if err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) (err error) {
@@ -559,7 +430,7 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 		}); err != nil {
 			return err
 		}
-		if err := waitMarker(ctx, dst, mv.ID, seq, 5*time.Millisecond); err != nil {
+		if err := waitMarker(ctx, dst, mv, seq, 5*time.Millisecond); err != nil {
 			return err
 		}
 		lag := time.Since(t0)

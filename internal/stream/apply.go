@@ -167,13 +167,16 @@ func (a *TableApplier) statement(c *Change) (string, [][]byte, bool, error) {
 			sb.WriteString(pgx.Identifier{col.Name}.Sanitize())
 			vals = append(vals, param(c.New[i]))
 		}
-		sb.WriteString(") VALUES (" + strings.Join(vals, ", ") + ")")
+		// OVERRIDING SYSTEM VALUE: GENERATED ALWAYS identity columns take the source's values.
+		sb.WriteString(") OVERRIDING SYSTEM VALUE VALUES (" + strings.Join(vals, ", ") + ")")
 		return sb.String(), params, true, nil
 	case Update:
 		sb.WriteString("UPDATE " + table + " SET ")
 		n := 0
 		for i, col := range cols {
-			if c.New[i].Unchanged {
+			// Unchanged TOAST values are not sent; an unchanged key is left
+			// alone (a GENERATED ALWAYS identity column may not be set).
+			if c.New[i].Unchanged || (col.Key && c.Old == nil) {
 				continue
 			}
 			if n > 0 {

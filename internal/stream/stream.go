@@ -110,7 +110,7 @@ func (s *Stream) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	txc := make(chan *Txn, 64)
+	txc := make(chan *Txn, 4096) // room for large batches while the applier works
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -177,15 +177,23 @@ func (s *Stream) receive(ctx context.Context, conn *pgconn.PgConn, txc chan<- *T
 		next = time.Now().Add(s.cfg.StatusInterval)
 		return nil
 	}
+	// Reads are bounded by a deadline on the socket rather than a context per
+	// message (pgconn watches a cancellable context with a goroutine per call).
+	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
 	for {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
 		if !time.Now().Before(next) {
 			if err := report(); err != nil {
 				return err
 			}
 		}
-		rctx, rcancel := context.WithDeadline(ctx, next)
-		raw, err := conn.ReceiveMessage(rctx)
-		rcancel()
+		if err := conn.Conn().SetReadDeadline(next); err != nil {
+			return fmt.Errorf("receive from slot %s: %w", s.cfg.Slot, err)
+		}
+		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
