@@ -15,7 +15,9 @@
 //	indexes      secondary indexes, FKs and triggers built on the target, ANALYZE
 //	catchup      waiting until the replication lag is small
 //	fence        routers hold the shard, source tables locked briefly, marker applied, sequences, flip
-//	flipped      the catalog points at the target (point of no return; set atomically with the flip)
+//	flipped      the catalog points at the target (set atomically with the flip)
+//	verify       the target's snapshot at the flip compared with the frozen source;
+//	             a difference undoes the flip (verifyafter.go, undo.go)
 //	cleanup      subscription, publication and slot dropped; source schema renamed
 //	done
 //

@@ -46,6 +46,10 @@ func closeConns(mv *moveRun) {
 		mv.dst.Close(ctx)
 		mv.dst = nil
 	}
+	mv.snap.close(ctx)
+	mv.snap = nil
+	mv.dump.remove()
+	mv.dump = nil
 }
 
 func connect(ctx context.Context, dsn, what string) (*pgx.Conn, error) {
@@ -195,6 +199,13 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 	defer closeConns(mv)
 	res := Result{MoveID: mv.ID, Shard: mv.Shard, From: mv.Source, To: mv.Target}
 	flipped := false
+	if mv.resuming && mv.Progress.Undo != "" {
+		// Stopped while undoing a flip that failed verification: finish the undo.
+		if err := m.undoFlip(ctx, mv); err != nil {
+			return res, fmt.Errorf("undo the flip: %w", err)
+		}
+		return res, errUndone{fmt.Errorf("verify: %w: %s", ErrMismatch, mv.Progress.Undo)}
+	}
 	if mv.resuming {
 		var err error
 		if flipped, err = m.isFlipped(ctx, mv); err != nil {
@@ -226,6 +237,15 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 			err = m.runLogical(ctx, mv, &res)
 		}
 		if err != nil {
+			return res, err
+		}
+	}
+	if postFlipVerify(mv) && mv.Step.before(StepCleanup) {
+		if err := m.setStep(ctx, mv, StepVerify); err != nil {
+			mv.snap.close(context.WithoutCancel(ctx))
+			return res, err
+		}
+		if err := m.verifyAfterFlip(ctx, mv, &res); err != nil {
 			return res, err
 		}
 	}
@@ -324,7 +344,7 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL); err == nil {
+		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL+";\n"+captureDDL); err == nil {
 			return nil
 		}
 		var pgErr *pgconn.PgError
@@ -444,6 +464,7 @@ func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
 	defer cancel()
 	lastSave := time.Time{}
+	poll := 5 * time.Millisecond
 	for {
 		var total, ready int
 		if err := dst.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel WHERE srsubid = $1`,
@@ -468,9 +489,11 @@ func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
 		if done {
 			return nil
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		// Small shards are copied in tens of milliseconds: poll fast at first.
+		if err := sleep(ctx, poll); err != nil {
 			return fmt.Errorf("initial copy not finished (%d of %d tables): %w", ready, total, err)
 		}
+		poll = min(2*poll, 100*time.Millisecond)
 	}
 }
 
