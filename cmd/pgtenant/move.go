@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,10 +26,10 @@ type moveFlags struct {
 func (f *moveFlags) register(cmd *cobra.Command, parallel bool) {
 	cmd.Flags().StringVar(&f.method, "method", "logical", "logical (online, needs wal_level=logical) or copy (the shard's writes pause for the whole copy)")
 	cmd.Flags().BoolVar(&f.dropSource, "drop-source", false, "drop the source schema after the flip instead of keeping it renamed until 'shard cleanup'")
-	cmd.Flags().BoolVar(&f.skipVerify, "skip-verify", false, "skip the row count and checksum comparison under the fence (for huge shards)")
+	cmd.Flags().BoolVar(&f.skipVerify, "skip-verify", false, "skip comparing row counts and checksums (logical: after the flip, undone on a difference; copy: under the fence)")
 	cmd.Flags().DurationVar(&f.fenceTimeout, "fence-timeout", 5*time.Second, "abort the move if the fence (writes held) would last longer")
 	if parallel {
-		cmd.Flags().IntVar(&f.parallel, "parallel", 2, "moves running at once")
+		cmd.Flags().IntVar(&f.parallel, "parallel", 4, "moves running at once between two nodes (and at most twice that on one node)")
 	}
 }
 
@@ -130,9 +128,11 @@ fenced for the whole copy: its writes pause for as long as copying takes.`,
 					fmt.Fprintf(a.stderr, "note: --method copy pauses shard %d's writes for the whole copy\n", shard)
 				}
 				pctx, stop := context.WithCancel(ctx)
-				defer stop()
-				go a.showMoveProgress(pctx, m, time.Second)
+				prog := a.newMoveProgress(m, 1)
+				go prog.run(pctx, time.Second)
 				res, err := m.Move(ctx, shard, to, opts)
+				stop()
+				prog.wait()
 				a.recordMove(ctx, c, "shard move", 0, shard, "", to, "", res, err)
 				if err != nil {
 					return err
@@ -231,126 +231,4 @@ checks again under the fence unless --skip-verify is given.`,
 func (a *app) printMove(r move.Result) {
 	fmt.Fprintf(a.stdout, "shard %d moved from %s to %s (move %d): pause %s, %d rows, %d bytes, took %s, verified %v\n",
 		r.Shard, r.From, r.To, r.MoveID, r.Pause.Round(time.Millisecond/10), r.Rows, r.Bytes, r.Duration.Round(time.Millisecond), r.Verified)
-}
-
-func newSplitCmds(a *app) []*cobra.Command {
-	var f moveFlags
-	var to string
-	var byCount bool
-	split := &cobra.Command{
-		Use:   "split NODE --to NEWNODE",
-		Short: "Move half of a node's shards to another node, online",
-		Example: `  pgtenant node add node3 postgres://admin@db3/app
-  pgtenant node split node1 --to node3 --parallel 2`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if to == "" {
-				return usagef("give --to NEWNODE")
-			}
-			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-				if _, err := c.Node(ctx, to); err != nil {
-					return err
-				}
-				shards, err := c.Shards(ctx)
-				if err != nil {
-					return err
-				}
-				return a.runPlan(ctx, c, &f, "node split", map[string]any{"node": args[0], "to": to}, placement.PlanSplit(shards, args[0], to))
-			})(cmd, args)
-		},
-	}
-	split.Flags().StringVar(&to, "to", "", "the node that receives the shards")
-	f.register(split, true)
-
-	var rf moveFlags
-	rebalance := &cobra.Command{
-		Use:   "rebalance",
-		Short: "Even out bytes (or shard counts) across nodes by moving shards online",
-		Example: `  pgtenant rebalance
-  pgtenant rebalance --by-count --parallel 4`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-				stats, err := c.ShardStats(ctx)
-				if err != nil {
-					return err
-				}
-				nodes, err := c.Nodes(ctx)
-				if err != nil {
-					return err
-				}
-				var names []string
-				for _, n := range nodes {
-					names = append(names, n.Name)
-				}
-				shards := make([]placement.Shard, len(stats))
-				weight := map[int]int64{}
-				for i, s := range stats {
-					shards[i] = s.Shard
-					weight[s.ID] = s.Bytes
-					if byCount {
-						weight[s.ID] = 1
-					}
-				}
-				by := "bytes"
-				if byCount {
-					by = "count"
-				}
-				return a.runPlan(ctx, c, &rf, "rebalance", map[string]any{"by": by}, placement.PlanRebalance(shards, weight, names))
-			})(cmd, args)
-		},
-	}
-	rebalance.Flags().BoolVar(&byCount, "by-count", false, "even out shard counts instead of bytes")
-	rf.register(rebalance, true)
-	return []*cobra.Command{split, rebalance}
-}
-
-// runPlan runs planned moves, f.parallel at a time, printing a line per move
-// as it finishes and a summary, and records each move and the whole (op,
-// with detail) in the operation log.
-func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *moveFlags, op string, detail map[string]any, plan []placement.Planned) error {
-	opts, err := f.options()
-	if err != nil {
-		return err
-	}
-	if len(plan) == 0 {
-		fmt.Fprintln(a.stdout, "nothing to move")
-		a.recordPlan(ctx, c, op, detail, 0, move.Summary{}, nil)
-		return nil
-	}
-	fmt.Fprintf(a.stdout, "moving %d shards, %d at a time\n", len(plan), max(f.parallel, 1))
-	plans := make([]move.Plan, len(plan))
-	from := map[int]string{}
-	for i, p := range plan {
-		plans[i] = move.Plan{Shard: p.Shard, To: p.To}
-		from[p.Shard] = p.From
-	}
-	var mu sync.Mutex
-	done := 0
-	m := a.mover(c, f)
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go a.showMoveProgress(pctx, m, time.Second)
-	sum := m.MoveAll(ctx, plans, f.parallel, opts, func(o move.Outcome) {
-		a.recordMove(ctx, c, "shard move", 0, o.Plan.Shard, from[o.Plan.Shard], o.Plan.To, op, o.Result, o.Err)
-		mu.Lock()
-		defer mu.Unlock()
-		done++
-		if o.Err != nil {
-			fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s failed: %v\n", done, len(plans), o.Plan.Shard, from[o.Plan.Shard], o.Plan.To, o.Err)
-			return
-		}
-		fmt.Fprintf(a.stdout, "[%d/%d] shard %d %s -> %s: pause %s, %d bytes, %s\n", done, len(plans), o.Plan.Shard, from[o.Plan.Shard], o.Plan.To,
-			o.Result.Pause.Round(time.Millisecond/10), o.Result.Bytes, o.Result.Duration.Round(time.Millisecond))
-	})
-	fmt.Fprintf(a.stdout, "moved %d of %d shards, %d bytes, longest pause %s, in %s\n", sum.Moved, len(plans), sum.Bytes,
-		sum.LongestPause.Round(time.Millisecond/10), sum.Duration.Round(time.Millisecond))
-	var errs []error
-	for _, o := range sum.Outcomes {
-		if o.Err != nil {
-			errs = append(errs, o.Err)
-		}
-	}
-	a.recordPlan(ctx, c, op, detail, len(plans), sum, errors.Join(errs...))
-	return errors.Join(errs...)
 }

@@ -103,17 +103,18 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 		newOpsCmd(a),
 		newConsoleCmd(a),
 	)
+	splits := newSplitCmds(a) // node split, rebalance, node drain
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "shard":
 			c.AddCommand(newMoveCmds(a)...)
 		case "node":
-			c.AddCommand(newSplitCmds(a)[0])
+			c.AddCommand(splits[0], splits[2])
 		case "tenant":
 			c.AddCommand(newTenantTopCmd(a))
 		}
 	}
-	root.AddCommand(newSplitCmds(a)[1])
+	root.AddCommand(splits[1])
 	root.AddCommand(newVersionCmd(a))
 	a.addJSONFlags(root)
 	return root

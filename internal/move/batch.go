@@ -2,14 +2,16 @@ package move
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
 // Plan is one shard move of a batch.
 type Plan struct {
 	Shard int
-	To    string
+	// From is the shard's node when planned; it groups moves by node pair
+	// (empty: the pair is known by To only).
+	From string
+	To   string
 }
 
 // Outcome is the result of one planned move.
@@ -28,34 +30,77 @@ type Summary struct {
 	Outcomes      []Outcome // in plan order
 }
 
-// MoveAll runs the planned moves with at most parallelism at once (zero or
-// less means 1), for node splits and rebalancing. A failed move does not stop
-// the others; onDone, when set, is called after each move (from its goroutine).
-func (m *Mover) MoveAll(ctx context.Context, plans []Plan, parallelism int, opts Options, onDone func(Outcome)) Summary {
-	if parallelism <= 0 {
-		parallelism = 1
-	}
+// MoveAll runs the planned moves, at most perPair at once between the same
+// two nodes (zero or less means 1) and at most 2*perPair at once on any one
+// node (each move holds a replication slot, a WAL sender and a few
+// connections on its source and target), in plan order as capacity frees.
+// It is for node splits, drains and rebalancing. A failed move does not stop
+// the others; onStart and onDone, when set, are called as each move starts
+// and ends (onDone from the move's goroutine).
+func (m *Mover) MoveAll(ctx context.Context, plans []Plan, perPair int, opts Options, onStart, onDone func(Outcome)) Summary {
+	perPair = max(perPair, 1)
+	perNode := 2 * perPair
 	start := time.Now()
 	out := make([]Outcome, len(plans))
-	sem := make(chan struct{}, parallelism)
-	var wg sync.WaitGroup
-	for i, p := range plans {
-		if ctx.Err() != nil {
-			out[i] = Outcome{Plan: p, Err: ctx.Err()}
+	type pair struct{ from, to string }
+	running := map[pair]int{}
+	onNode := map[string]int{}
+	fits := func(p Plan) bool {
+		if running[pair{p.From, p.To}] >= perPair || onNode[p.To] >= perNode {
+			return false
+		}
+		return p.From == "" || onNode[p.From] < perNode
+	}
+	take := func(p Plan, d int) {
+		running[pair{p.From, p.To}] += d
+		onNode[p.To] += d
+		if p.From != "" {
+			onNode[p.From] += d
+		}
+	}
+	done := make(chan int)
+	pending := make([]int, len(plans))
+	for i := range plans {
+		pending[i] = i
+	}
+	inFlight := 0
+	for len(pending) > 0 || inFlight > 0 {
+		if ctx.Err() == nil {
+			rest := pending[:0]
+			for _, i := range pending {
+				if !fits(plans[i]) {
+					rest = append(rest, i)
+					continue
+				}
+				take(plans[i], 1)
+				inFlight++
+				if onStart != nil {
+					onStart(Outcome{Plan: plans[i]})
+				}
+				go func(i int) {
+					p := plans[i]
+					res, err := m.Move(ctx, p.Shard, p.To, opts)
+					out[i] = Outcome{Plan: p, Result: res, Err: err}
+					if onDone != nil {
+						onDone(out[i])
+					}
+					done <- i
+				}(i)
+			}
+			pending = rest
+		} else {
+			for _, i := range pending {
+				out[i] = Outcome{Plan: plans[i], Err: ctx.Err()}
+			}
+			pending = nil
+		}
+		if inFlight == 0 {
 			continue
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			res, err := m.Move(ctx, p.Shard, p.To, opts)
-			out[i] = Outcome{Plan: p, Result: res, Err: err}
-			if onDone != nil {
-				onDone(out[i])
-			}
-		}()
+		i := <-done
+		inFlight--
+		take(plans[i], -1)
 	}
-	wg.Wait()
 	s := Summary{Outcomes: out, Duration: time.Since(start)}
 	for _, o := range out {
 		if o.Err != nil {

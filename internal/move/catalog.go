@@ -39,6 +39,15 @@ type Progress struct {
 	// non-superuser roles under the fence; an abort grants them back. (The
 	// fence now write-protects the source with a leased trigger instead.)
 	Revoked []Grant `json:"revoked,omitempty"`
+	// VerifyMS is how long the comparison after the flip took.
+	VerifyMS float64 `json:"verify_ms,omitempty"`
+	// VerifySkipped says why a move that should have been verified was not.
+	VerifySkipped string `json:"verify_skipped,omitempty"`
+	// Undo is set when verification after the flip found a difference: the
+	// flip is being (or was) undone, and says what differed.
+	Undo string `json:"undo,omitempty"`
+	// UndoPauseMS is the pause of undoing the flip.
+	UndoPauseMS float64 `json:"undo_pause_ms,omitempty"`
 	// OrphanSlot is set when the subscription was dropped while the source was
 	// unreachable: the slot on the source still has to be dropped (Cleanup does it).
 	OrphanSlot bool `json:"orphan_slot,omitempty"`
@@ -87,6 +96,10 @@ type moveRun struct {
 	src, dst  *pgx.Conn
 	slot      *stream.Slot // the slot just created, holding its snapshot for the copy
 	stream    *liveStream  // the change stream this process applies to the target
+	// snap is the target's snapshot at the flip, for verification after it.
+	snap *verifyAfter
+	// dump is the source's schema dump, once made.
+	dump *schemaDump
 }
 
 const moveColumns = `id, shard, source_node, target_node, method, step, status, coalesce(error, ''), progress, pause_ms, started_at, updated_at, finished_at`
@@ -129,6 +142,19 @@ func (m *Mover) List(ctx context.Context) ([]Info, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list moves: %w", err)
+	}
+	return out, nil
+}
+
+// Running returns the running moves, oldest first.
+func (m *Mover) Running(ctx context.Context) ([]Info, error) {
+	rows, err := m.cfg.Catalog.Query(ctx, `SELECT `+moveColumns+` FROM pgtenant.moves WHERE status = 'running' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list running moves: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Info, error) { return scanInfo(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list running moves: %w", err)
 	}
 	return out, nil
 }

@@ -228,8 +228,10 @@ func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 				errs = append(errs, fmt.Errorf("drop target schema: %w", err))
 			}
 		}
-		if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
-			errs = append(errs, fmt.Errorf("delete target markers: %w", err))
+		for _, q := range []string{`DELETE FROM pgtenant_move.marker WHERE move_id = $1`, `DELETE FROM pgtenant_move.capture WHERE move_id = $1`} {
+			if _, err := dst.Exec(ctx, q, mv.ID); err != nil && !isUndefined(err) {
+				errs = append(errs, fmt.Errorf("delete target markers: %w", err))
+			}
 		}
 		if err := stream.DeletePosition(ctx, dst, repName(mv)); err != nil {
 			errs = append(errs, fmt.Errorf("target: %w", err))

@@ -18,6 +18,8 @@
 //	catchup      the mover streams changes to the target until the lag is small
 //	fence        routers hold the shard, source tables locked briefly, marker applied, sequences, flip
 //	flipped      the catalog points at the target (point of no return; set atomically with the flip)
+//	verify       the target's snapshot at the flip compared with the frozen source;
+//	             a difference undoes the flip (verifyafter.go, undo.go)
 //	cleanup      stream stopped; publication, slot and stream position dropped; source schema renamed
 //	done
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func crashedMove(t *testing.T, e *env, step Step) int64 {
 	return list[0].ID
 }
 
-var crashSteps = []Step{StepSchema, StepPublication, StepSubscription, StepCopy, StepIndexes, StepCatchUp, StepFence, StepCleanup}
+var crashSteps = []Step{StepSchema, StepPublication, StepSubscription, StepCopy, StepIndexes, StepCatchUp, StepFence, StepVerify, StepCleanup}
 
 func TestResumeAfterCrashAtEveryStep(t *testing.T) {
 	for _, step := range crashSteps {
@@ -76,6 +77,11 @@ func TestResumeAfterCrashAtEveryStep(t *testing.T) {
 			}
 			if in := moveInfo(t, m, res.MoveID); in.Status != "done" {
 				t.Errorf("move status %s", in.Status)
+			} else if step == StepVerify && (res.Verified || in.Progress.VerifySkipped == "") {
+				t.Errorf("resumed after the flip: verified %v, skipped %q; want not verified, and why", res.Verified, in.Progress.VerifySkipped)
+			}
+			if n := queryInt(t, e.dst, `SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgtenant_capture%'`); n != 0 {
+				t.Errorf("%d capture triggers left on the target", n)
 			}
 			assertNoLeftovers(t, e)
 			if schemaOn(t, e.src, testSchema) {
@@ -111,7 +117,7 @@ func TestAbortAfterCrashAtEveryStep(t *testing.T) {
 				}
 			}
 			err := m.Abort(ctx, id)
-			if step == StepCleanup {
+			if step == StepCleanup || step == StepVerify {
 				if !errors.Is(err, ErrFlipped) {
 					t.Fatalf("abort after flip: got %v, want ErrFlipped", err)
 				}
@@ -255,36 +261,83 @@ func TestTargetDownDuringCatchUp(t *testing.T) {
 	}
 }
 
-func TestMismatchUnderFenceAborts(t *testing.T) {
+// TestMismatchAfterFlipUndoes injects a difference on the target before the
+// fence: the move flips, verification after the flip finds it while writers
+// go on on the target, and the flip is undone with every acknowledged write
+// (those made on the target in between included) on the source exactly once.
+func TestMismatchAfterFlipUndoes(t *testing.T) {
 	e := newEnv(t)
-	fillShard(t, e, 1000)
+	const seedRows = 5000
+	fillShard(t, e, seedRows)
 	ctx := context.Background()
 	f := newGateFencer(e)
-	m := testMover(t, e, Config{Fencer: f, BeforeStep: func(ctx context.Context, _ int64, s Step) error {
-		if s == StepFence {
+	var captured int64
+	m := testMover(t, e, Config{Fencer: f, BeforeStep: func(ctx context.Context, id int64, s Step) error {
+		switch s {
+		case StepFence:
 			// Something (a person, a bug) changed the target behind the move's back.
-			_, err := e.dst.Exec(ctx, `SET session_replication_role = replica; DELETE FROM shard_0005.items WHERE n = 10`)
+			// (SET LOCAL: the pool's connection goes on to serve the writers.)
+			_, err := e.dst.Exec(ctx, `BEGIN; SET LOCAL session_replication_role = replica; DELETE FROM shard_0005.items WHERE n = 10; COMMIT`)
 			return err
+		case StepVerify:
+			// The writers go on on the target while the comparison runs.
+			time.Sleep(400 * time.Millisecond)
+			return e.dst.QueryRow(ctx, `SELECT count(*) FROM pgtenant_move.undo_log WHERE move_id = $1`, id).Scan(&captured)
 		}
 		return nil
 	}})
-	_, err := m.Move(ctx, testShard, "n2", Options{})
+	const writers = 3
+	wctx, stop := context.WithCancel(ctx)
+	ledgers := make([]*ledger, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		ledgers[w] = &ledger{sent: map[int]bool{}, live: map[int]int{}, deleted: map[int]bool{}}
+		wg.Add(1)
+		go func() { defer wg.Done(); runWriter(wctx, f, w+1, ledgers[w]) }()
+	}
+	time.Sleep(200 * time.Millisecond)
+	res, err := m.Move(ctx, testShard, "n2", Options{})
+	time.Sleep(200 * time.Millisecond) // writers go on, back on the source
+	stop()
+	wg.Wait()
 	if !errors.Is(err, ErrMismatch) {
 		t.Fatalf("move: got %v, want ErrMismatch", err)
 	}
-	if got, want := shardState(t, e), (shardRow{"n1", "active", 0}); got != want {
+	t.Logf("move failed as expected: %v", err)
+	if captured == 0 {
+		t.Error("no write reached the target between the flip and the verdict")
+	}
+	if got, want := shardState(t, e), (shardRow{"n1", "active", 2}); got != want {
 		t.Errorf("catalog shard: %+v, want %+v", got, want)
 	}
-	// The write privileges revoked under the fence are back.
+	checkLedgers(t, e.src, ledgers)
+	if n := queryInt(t, e.src, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != seedRows {
+		t.Errorf("source has %d seed rows, want %d", n, seedRows)
+	}
+	if f.fences.Load() != 2 {
+		t.Errorf("fenced %d times, want 2 (move, undo)", f.fences.Load())
+	}
+	list, lerr := m.List(ctx)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	if len(list) != 1 || list[0].Status != "aborted" || list[0].Progress.Undo == "" || list[0].Progress.UndoPauseMS <= 0 {
+		t.Errorf("move record: %+v", list)
+	} else {
+		t.Logf("%d writes made on the target replayed on the source; undo pause %.1f ms", captured, list[0].Progress.UndoPauseMS)
+	}
+	_ = res
+	// The source takes writes again, with its sequences past the target's.
 	if err := appInsert(ctx, e.srcDSN, testSchema, 1); err != nil {
-		t.Errorf("write as %s after the abort: %v", appRole, err)
+		t.Errorf("write as %s after the undo: %v", appRole, err)
 	}
-	if n := queryInt(t, e.src, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != 1000 {
-		t.Errorf("source has %d seed rows", n)
-	}
+	mustExec(t, e.src, `INSERT INTO shard_0005.events (kind) VALUES ('after')`)
 	assertNoLeftovers(t, e)
 	if schemaOn(t, e.dst, testSchema) {
 		t.Error("schema left on target")
+	}
+	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_trigger WHERE tgname = 'pgtenant_fence'`); n != 0 {
+		t.Errorf("%d fence triggers left on the source", n)
 	}
 }
 

@@ -18,7 +18,8 @@ import (
 //     IN EXCLUSIVE MODE on every table of the shard (reads go on, writers that
 //     bypassed the routers wait), insert a marker row, commit;
 //  3. poll the target every PollInterval until the marker is applied;
-//  4. unless SkipVerify, compare row counts and checksums;
+//  4. unless SkipVerify, start capturing the target's writes and take its
+//     snapshot (compared with the frozen source after the flip: verifyafter.go);
 //  5. set the target's sequences to the source's values;
 //  6. flip the catalog (compare-and-swap, consuming the lease) and release the Fencer.
 //
@@ -43,12 +44,27 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 		return err
 	}
 	defer leaseConn.Close(context.WithoutCancel(ctx))
+	var snapConn *pgx.Conn
+	if postFlipVerify(mv) {
+		// Capture and the snapshot connection are ready before the pause starts.
+		if err := m.armCapture(ctx, dst, mv, names); err != nil {
+			return err
+		}
+		if snapConn, err = connect(ctx, mv.TargetDSN, "target node "+mv.Target); err != nil {
+			return err
+		}
+		defer func() {
+			if mv.snap == nil || mv.snap.conn != snapConn {
+				snapConn.Close(context.WithoutCancel(ctx))
+			}
+		}()
+	}
 	t0 := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
 	defer cancel()
 	fctx, cancelCause := context.WithCancelCause(tctx)
 	defer cancelCause(nil)
-	if err := m.fenceAndFlip(fctx, cancelCause, mv, src, dst, leaseConn, names, res); err != nil {
+	if err := m.fenceAndFlip(fctx, cancelCause, mv, src, dst, leaseConn, snapConn, names, res); err != nil {
 		if cause := context.Cause(fctx); errors.Is(cause, errLeaseLost) || errors.Is(err, errLeaseLost) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, errors.Join(err, cause))
 		}
@@ -105,7 +121,7 @@ func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn,
 	return src, dst, names, nil
 }
 
-func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc, mv *moveRun, src, dst, leaseConn *pgx.Conn, names []string, res *Result) error {
+func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc, mv *moveRun, src, dst, leaseConn, snapConn *pgx.Conn, names []string, res *Result) error {
 	t0 := time.Now()
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
@@ -133,15 +149,14 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 		return err
 	}
 	tApplied := time.Now()
-	if !mv.Progress.Options.SkipVerify {
-		rep, err := VerifySchemas(ctx, src, dst, mv.Schema)
+	if snapConn != nil {
+		// The target as of the marker, for the comparison after the flip;
+		// capture of the target's writes starts before the flip.
+		snap, err := takeSnapshot(ctx, dst, snapConn, mv)
 		if err != nil {
-			return fmt.Errorf("verify: %w", err)
+			return err
 		}
-		if !rep.OK() {
-			return fmt.Errorf("verify: %w", rep.Err())
-		}
-		res.Verified = true
+		mv.snap = snap
 	}
 	tVerified := time.Now()
 	if err := syncSequences(ctx, src, dst, mv.Schema); err != nil {
@@ -168,7 +183,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 		m.log.Warn("source lease not made permanent; cleanup retries", "move", mv.ID, "err", err)
 	}
 	m.log.Info("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
-		"apply", tApplied.Sub(tLocked), "verify", tVerified.Sub(tApplied), "sequences", tSeq.Sub(tVerified), "flip", time.Since(tSeq))
+		"apply", tApplied.Sub(tLocked), "snapshot", tVerified.Sub(tApplied), "sequences", tSeq.Sub(tVerified), "flip", time.Since(tSeq))
 	return nil
 }
 

@@ -27,6 +27,7 @@ const (
 	StepCatchUp      Step = "catchup"
 	StepFence        Step = "fence"
 	StepFlipped      Step = "flipped"
+	StepVerify       Step = "verify"
 	StepCleanup      Step = "cleanup"
 	StepDone         Step = "done"
 	// StepCopyData is the step of a copy-method move that copies the rows under the fence.
@@ -35,7 +36,7 @@ const (
 
 var stepOrder = map[Step]int{
 	StepStart: 0, StepSchema: 1, StepPublication: 2, StepSubscription: 3, StepCopy: 4, StepIndexes: 5,
-	StepCatchUp: 6, StepFence: 7, StepCopyData: 7, StepFlipped: 8, StepCleanup: 9, StepDone: 10,
+	StepCatchUp: 6, StepFence: 7, StepCopyData: 7, StepFlipped: 8, StepVerify: 9, StepCleanup: 10, StepDone: 11,
 }
 
 // before reports whether step a comes before step b.
@@ -120,6 +121,10 @@ type Config struct {
 	// on the target node (given by name and DSN): the roles its grants
 	// name must exist there. An error aborts the move.
 	PrepareTarget func(ctx context.Context, shard int, node, dsn string) error
+	// VerifyParallel is how many tables are compared at once after the
+	// flip, each on a connection to the source and one to the target.
+	// Zero means 2.
+	VerifyParallel int
 	// AfterFlip, when set, runs once the shard is on the target, before
 	// cleanup (again on resume): grants and row-level security policies
 	// are re-applied there. An error leaves the move for --resume.
@@ -132,8 +137,10 @@ type Options struct {
 	Method Method `json:"method,omitempty"`
 	// DropSource drops the source schema after the flip instead of renaming it.
 	DropSource bool `json:"drop_source,omitempty"`
-	// SkipVerify skips comparing row counts and checksums under the fence
-	// (it lengthens the pause by a scan of the shard; set it for huge shards).
+	// SkipVerify skips comparing row counts and checksums. The logical
+	// method compares after the flip (the target's snapshot at the flip
+	// against the frozen source; the flip is undone on a difference), the
+	// copy method under the fence.
 	SkipVerify bool `json:"skip_verify,omitempty"`
 }
 
@@ -148,7 +155,8 @@ type Result struct {
 	Rows, Bytes int64
 	// Duration is the whole move, including cleanup.
 	Duration time.Duration
-	// Verified is true when row counts and checksums were compared under the fence.
+	// Verified is true when row counts and checksums matched (after the
+	// flip for the logical method, under the fence for copy).
 	Verified bool
 }
 
@@ -181,6 +189,9 @@ func New(cfg Config) *Mover {
 	def(&cfg.PollInterval, 2*time.Millisecond)
 	def(&cfg.MaxLag, 100*time.Millisecond)
 	def(&cfg.SlotTimeout, 5*time.Minute)
+	if cfg.VerifyParallel <= 0 {
+		cfg.VerifyParallel = 2
+	}
 	return &Mover{cfg: cfg, log: cfg.Logger}
 }
 
@@ -259,6 +270,10 @@ func (m *Mover) drive(ctx context.Context, mv *moveRun) (Result, error) {
 		return res, nil
 	}
 	err = fmt.Errorf("move shard %d: step %s: %w", mv.Shard, mv.Step, err)
+	if u := (errUndone{}); errors.As(err, &u) {
+		// Verification failed and the flip was undone: the move is finished (aborted).
+		return res, err
+	}
 	if errors.Is(err, ErrInterrupted) || ctx.Err() != nil {
 		if !errors.Is(err, ErrInterrupted) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)

@@ -192,48 +192,7 @@ func testMoveUnderWrites(t *testing.T, e *env, opts Options, seedRows int) {
 	}
 	t.Logf("moved: pause %v, rows %d, bytes %d, duration %v, verified %v", res.Pause, res.Rows, res.Bytes, res.Duration, res.Verified)
 
-	// Every acknowledged write is on the target exactly once, nothing that was not sent.
-	for w, l := range ledgers {
-		t.Logf("writer %d: %d live rows, %d deleted, %d events, %d errors, longest transaction %v", w+1, len(l.live), len(l.deleted), l.events, len(l.errs), l.maxTx)
-		for _, err := range l.errs {
-			t.Errorf("writer %d: %v", w+1, err)
-		}
-		rows, err := e.dst.Query(ctx, `SELECT n, val FROM shard_0005.items WHERE writer = $1`, w+1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[int]int{}
-		for rows.Next() {
-			var n, val int
-			if err := rows.Scan(&n, &val); err != nil {
-				t.Fatal(err)
-			}
-			if _, dup := got[n]; dup {
-				t.Errorf("writer %d row %d twice", w+1, n)
-			}
-			got[n] = val
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		for n, val := range l.live {
-			if g, ok := got[n]; !ok {
-				t.Errorf("writer %d: acknowledged row %d missing on target", w+1, n)
-			} else if g != val {
-				t.Errorf("writer %d: row %d has val %d on target, want %d", w+1, n, g, val)
-			}
-		}
-		for n := range got {
-			if l.deleted[n] {
-				t.Errorf("writer %d: deleted row %d is on target", w+1, n)
-			} else if !l.sent[n] {
-				t.Errorf("writer %d: row %d on target was never sent", w+1, n)
-			}
-		}
-		if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.events WHERE kind = $1`, fmt.Sprintf("w%d", w+1)); n != int64(l.events) {
-			t.Errorf("writer %d: %d events on target, want %d", w+1, n, l.events)
-		}
-	}
+	checkLedgers(t, e.dst, ledgers)
 	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != int64(seedRows) {
 		t.Errorf("seed rows on target: %d, want %d", n, seedRows)
 	}
@@ -294,6 +253,54 @@ func testMoveUnderWrites(t *testing.T, e *env, opts Options, seedRows int) {
 	}
 	if len(dropped) != 1 || schemaOn(t, e.src, movedSchema) {
 		t.Errorf("cleanup dropped %v", dropped)
+	}
+}
+
+// checkLedgers checks that every acknowledged write is on the node of p
+// exactly once, and nothing that was not sent.
+func checkLedgers(t *testing.T, p *pgxpool.Pool, ledgers []*ledger) {
+	t.Helper()
+	ctx := context.Background()
+	for w, l := range ledgers {
+		t.Logf("writer %d: %d live rows, %d deleted, %d events, %d errors, longest transaction %v", w+1, len(l.live), len(l.deleted), l.events, len(l.errs), l.maxTx)
+		for _, err := range l.errs {
+			t.Errorf("writer %d: %v", w+1, err)
+		}
+		rows, err := p.Query(ctx, `SELECT n, val FROM shard_0005.items WHERE writer = $1`, w+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[int]int{}
+		for rows.Next() {
+			var n, val int
+			if err := rows.Scan(&n, &val); err != nil {
+				t.Fatal(err)
+			}
+			if _, dup := got[n]; dup {
+				t.Errorf("writer %d row %d twice", w+1, n)
+			}
+			got[n] = val
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		for n, val := range l.live {
+			if g, ok := got[n]; !ok {
+				t.Errorf("writer %d: acknowledged row %d missing on the node", w+1, n)
+			} else if g != val {
+				t.Errorf("writer %d: row %d has val %d on the node, want %d", w+1, n, g, val)
+			}
+		}
+		for n := range got {
+			if l.deleted[n] {
+				t.Errorf("writer %d: deleted row %d is on the node", w+1, n)
+			} else if !l.sent[n] {
+				t.Errorf("writer %d: row %d on the node was never sent", w+1, n)
+			}
+		}
+		if n := queryInt(t, p, `SELECT count(*) FROM shard_0005.events WHERE kind = $1`, fmt.Sprintf("w%d", w+1)); n != int64(l.events) {
+			t.Errorf("writer %d: %d events on the node, want %d", w+1, n, l.events)
+		}
 	}
 }
 
@@ -438,8 +445,8 @@ func TestMoveAllConcurrently(t *testing.T) {
 	mustExec(t, e.src, `INSERT INTO shard_0006.t SELECT generate_series(1, 3000)`)
 	m := testMover(t, e, Config{})
 	var calls atomic.Int32
-	sum := m.MoveAll(context.Background(), []Plan{{testShard, "n2"}, {6, "n2"}, {testShard, "n2"}}, 2, Options{},
-		func(Outcome) { calls.Add(1) })
+	sum := m.MoveAll(context.Background(), []Plan{{testShard, "n1", "n2"}, {6, "n1", "n2"}, {testShard, "n1", "n2"}}, 2, Options{},
+		nil, func(Outcome) { calls.Add(1) })
 	for _, o := range sum.Outcomes {
 		t.Logf("shard %d: pause %v, err %v", o.Plan.Shard, o.Result.Pause, o.Err)
 	}

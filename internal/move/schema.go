@@ -120,22 +120,38 @@ func (m *Mover) restore(ctx context.Context, dump, list, dsn string) error {
 	return nil
 }
 
+// schemaDump is a move's schema-only dump of the source and its TOC split
+// in two restore lists, made once per process and move (the post-copy part
+// is restored from the same dump as the pre-copy part).
+type schemaDump struct {
+	dir, dump, pre, post string
+}
+
+func (d *schemaDump) remove() {
+	if d != nil {
+		os.RemoveAll(d.dir)
+	}
+}
+
 // copySchema restores the pre- or post-copy part of the source schema on the target.
 func (m *Mover) copySchema(ctx context.Context, mv *moveRun, post bool) error {
-	dir, err := os.MkdirTemp("", "pgtenant-move-")
-	if err != nil {
-		return fmt.Errorf("temp dir: %w", err)
+	if mv.dump == nil {
+		dir, err := os.MkdirTemp("", "pgtenant-move-")
+		if err != nil {
+			return fmt.Errorf("temp dir: %w", err)
+		}
+		dump, pre, postList, err := m.dumpSchema(ctx, dir, mv.SourceDSN, mv.Schema)
+		if err != nil {
+			os.RemoveAll(dir)
+			return err
+		}
+		mv.dump = &schemaDump{dir: dir, dump: dump, pre: pre, post: postList}
 	}
-	defer os.RemoveAll(dir)
-	dump, pre, postList, err := m.dumpSchema(ctx, dir, mv.SourceDSN, mv.Schema)
-	if err != nil {
-		return err
-	}
-	list := pre
+	list := mv.dump.pre
 	if post {
-		list = postList
+		list = mv.dump.post
 	}
-	return m.restore(ctx, dump, list, mv.TargetDSN)
+	return m.restore(ctx, mv.dump.dump, list, mv.TargetDSN)
 }
 
 // postObjects counts the schema's secondary indexes, FK constraints and user

@@ -49,6 +49,10 @@ func closeConns(mv *moveRun) {
 		mv.dst.Close(ctx)
 		mv.dst = nil
 	}
+	mv.snap.close(ctx)
+	mv.snap = nil
+	mv.dump.remove()
+	mv.dump = nil
 }
 
 func connect(ctx context.Context, dsn, what string) (*pgx.Conn, error) {
@@ -201,6 +205,13 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 	defer closeConns(mv)
 	res := Result{MoveID: mv.ID, Shard: mv.Shard, From: mv.Source, To: mv.Target}
 	flipped := false
+	if mv.resuming && mv.Progress.Undo != "" {
+		// Stopped while undoing a flip that failed verification: finish the undo.
+		if err := m.undoFlip(ctx, mv); err != nil {
+			return res, fmt.Errorf("undo the flip: %w", err)
+		}
+		return res, errUndone{fmt.Errorf("verify: %w: %s", ErrMismatch, mv.Progress.Undo)}
+	}
 	if mv.resuming {
 		var err error
 		if flipped, err = m.isFlipped(ctx, mv); err != nil {
@@ -232,6 +243,15 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 			err = m.runLogical(ctx, mv, &res)
 		}
 		if err != nil {
+			return res, err
+		}
+	}
+	if postFlipVerify(mv) && mv.Step.before(StepCleanup) {
+		if err := m.setStep(ctx, mv, StepVerify); err != nil {
+			mv.snap.close(context.WithoutCancel(ctx))
+			return res, err
+		}
+		if err := m.verifyAfterFlip(ctx, mv, &res); err != nil {
 			return res, err
 		}
 	}
@@ -330,7 +350,7 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL); err == nil {
+		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL+";\n"+captureDDL); err == nil {
 			return nil
 		}
 		var pgErr *pgconn.PgError

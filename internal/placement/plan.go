@@ -1,5 +1,7 @@
 package placement
 
+import "sort"
+
 // Planned is one shard to move.
 type Planned struct {
 	Shard int
@@ -25,10 +27,20 @@ func PlanSplit(shards []Shard, from, to string) []Planned {
 }
 
 // PlanRebalance evens out weight (bytes, or 1 per shard for counts) over the
-// nodes by moving shards from the heaviest node to the lightest, biggest
-// each time the shard that evens the two best, while a move narrows the gap. Nodes with no shard are
-// given in nodes so they can receive some.
-func PlanRebalance(shards []Shard, weight map[int]int64, nodes []string) []Planned {
+// nodes by moving shards from the heaviest node to the lightest, each time
+// the shard that evens the two best. Nodes with no shard are given in nodes
+// so they can receive some.
+//
+// slack makes it converge (hysteresis): nothing is planned unless the
+// heaviest and the lightest node differ by more than twice slack; then
+// planning goes on until they differ by at most slack, and a move is planned
+// only if it narrows their gap by at least slack (and by at least 1). Sizes
+// that drift by less than slack after a run (a freshly copied shard is more
+// compact than its source, writes go on) then plan nothing the next time.
+// Give 0 for counts.
+func PlanRebalance(shards []Shard, weight map[int]int64, nodes []string, slack int64) []Planned {
+	slack = max(slack, 0)
+	tolerance := max(slack, 1)
 	load := map[string]int64{}
 	for _, n := range nodes {
 		load[n] = 0
@@ -51,13 +63,16 @@ func PlanRebalance(shards []Shard, weight map[int]int64, nodes []string) []Plann
 			}
 		}
 		gap := load[heavy] - load[light]
+		if gap <= slack || (iter == 0 && gap <= 2*slack) {
+			break
+		}
 		// The shard whose weight is closest to half the gap evens the two
-		// nodes best; moving w narrows the gap only when 0 < w < gap.
+		// nodes best; moving w leaves a gap of |gap - 2w|.
 		cands := byNode[heavy]
 		best := -1
 		for k, s := range cands {
 			w := weight[s.ID]
-			if moved[s.ID] || w <= 0 || w >= gap {
+			if moved[s.ID] || w <= 0 || gap-abs64(gap-2*w) < tolerance {
 				continue
 			}
 			if best < 0 || abs64(gap-2*w) < abs64(gap-2*weight[cands[best].ID]) ||
@@ -65,20 +80,59 @@ func PlanRebalance(shards []Shard, weight map[int]int64, nodes []string) []Plann
 				best = k
 			}
 		}
-		found := best >= 0
-		if found {
-			s := cands[best]
-			w := weight[s.ID]
-			out = append(out, Planned{Shard: s.ID, From: heavy, To: light})
-			moved[s.ID] = true
-			load[heavy] -= w
-			load[light] += w
-			byNode[heavy] = append(cands[:best:best], cands[best+1:]...)
-			byNode[light] = append(byNode[light], s)
-		}
-		if !found {
+		if best < 0 {
 			break
 		}
+		s := cands[best]
+		w := weight[s.ID]
+		out = append(out, Planned{Shard: s.ID, From: heavy, To: light})
+		moved[s.ID] = true
+		load[heavy] -= w
+		load[light] += w
+		byNode[heavy] = append(cands[:best:best], cands[best+1:]...)
+		byNode[light] = append(byNode[light], s)
+	}
+	return out
+}
+
+// PlanDrain moves every shard of node from to the other nodes (to), biggest
+// first, each to the node with the least weight at that point (ties by
+// name). Weights below zero (unknown sizes) count as zero.
+func PlanDrain(shards []Shard, weight map[int]int64, from string, to []string) []Planned {
+	if len(to) == 0 {
+		return nil
+	}
+	load := map[string]int64{}
+	for _, n := range to {
+		load[n] = 0
+	}
+	var moving []Shard
+	for _, s := range shards {
+		if s.Node == from {
+			moving = append(moving, s)
+			continue
+		}
+		if _, ok := load[s.Node]; ok {
+			load[s.Node] += max(weight[s.ID], 0)
+		}
+	}
+	sort.SliceStable(moving, func(i, j int) bool {
+		wi, wj := max(weight[moving[i].ID], 0), max(weight[moving[j].ID], 0)
+		if wi != wj {
+			return wi > wj
+		}
+		return moving[i].ID < moving[j].ID
+	})
+	out := make([]Planned, 0, len(moving))
+	for _, s := range moving {
+		best := ""
+		for _, n := range to {
+			if best == "" || load[n] < load[best] || (load[n] == load[best] && n < best) {
+				best = n
+			}
+		}
+		out = append(out, Planned{Shard: s.ID, From: from, To: best})
+		load[best] += max(weight[s.ID], 0)
 	}
 	return out
 }

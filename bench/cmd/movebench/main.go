@@ -573,7 +573,7 @@ func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	time.Sleep(500 * time.Millisecond)
 	var mu sync.Mutex
 	var pauses []time.Duration
-	sum := e.mover(log, nil).MoveAll(ctx, plans, o.parallel, move.Options{SkipVerify: false, DropSource: true}, func(out move.Outcome) {
+	sum := e.mover(log, nil).MoveAll(ctx, plans, o.parallel, move.Options{SkipVerify: false, DropSource: true}, nil, func(out move.Outcome) {
 		mu.Lock()
 		defer mu.Unlock()
 		if out.Err == nil {

@@ -1,0 +1,354 @@
+package move
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Verification after the flip (logical method, the default).
+//
+// Comparing the shard's tables under the fence made the pause as long as a
+// scan of the shard. Instead the fence only proves the catch-up (marker),
+// and the comparison runs after the flip against two fixed points:
+//
+//   - the source is frozen from the fence on (its lease is made permanent at
+//     the flip, every write fails with 25006), so any snapshot of it shows
+//     the shard as of the marker;
+//   - on the target a REPEATABLE READ transaction opened after the marker
+//     was applied and before the flip (so before any held transaction ran
+//     there) exports its snapshot: the target as of the marker. Parallel
+//     workers import it (SET TRANSACTION SNAPSHOT) and checksum one table
+//     each, on both sides.
+//
+// Writes on the target between the flip and the verdict are captured: the
+// fence step puts an AFTER row (and TRUNCATE) trigger, pgtenant_capture, on
+// every table of the target, inert until the move's row in
+// pgtenant_move.capture exists; that row is committed right before the
+// flip. Each captured change goes to pgtenant_move.undo_log (old and new row
+// as jsonb, in the order the changes were made). The subscription's apply
+// worker does not fire ordinary triggers, so only writes made through the
+// new placement are logged.
+//
+// Verdict equal: capture stops (row deleted, triggers dropped, log
+// emptied) and cleanup goes on. Verdict different: the flip is undone
+// (undoFlip): the shard is fenced on the target, the target's tables are
+// locked and write-guarded like a source under a fence, the logged changes
+// are replayed on the source in log order in one transaction (which also
+// lifts the source's guard and records how far it replayed), sequences are
+// set past the target's, and the catalog flips the shard back
+// (compare-and-swap) and releases it. Nothing acknowledged is lost: every
+// write made on the target is in the log, committed with it. The move ends
+// aborted with the mismatch; the target schema is dropped.
+//
+// A mover that stops during verification loses the snapshot: the resumed
+// move records that verification was not completed (the source copy is
+// kept renamed, 'shard verify' style checks can still be done by hand) and
+// finishes. A mover that stops during an undo resumes the undo.
+
+const (
+	captureTrigger = "pgtenant_capture"
+	captureDDL     = `
+CREATE TABLE IF NOT EXISTS pgtenant_move.capture (schema_name text PRIMARY KEY, move_id bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS pgtenant_move.undo_log (move_id bigint NOT NULL, seq bigserial NOT NULL, tbl text NOT NULL,
+  op "char" NOT NULL, old jsonb, new jsonb, PRIMARY KEY (move_id, seq));
+CREATE TABLE IF NOT EXISTS pgtenant_move.undo_done (move_id bigint PRIMARY KEY, upto bigint NOT NULL);
+DO $do$ BEGIN
+IF to_regprocedure('pgtenant_move.capture_change()') IS NULL THEN
+CREATE FUNCTION pgtenant_move.capture_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE mid bigint;
+BEGIN
+  SELECT move_id INTO mid FROM pgtenant_move.capture WHERE schema_name = TG_TABLE_SCHEMA;
+  IF mid IS NOT NULL THEN
+    IF TG_OP = 'TRUNCATE' THEN
+      INSERT INTO pgtenant_move.undo_log (move_id, tbl, op) VALUES (mid, TG_TABLE_NAME, 'T');
+    ELSIF TG_OP = 'INSERT' THEN
+      INSERT INTO pgtenant_move.undo_log (move_id, tbl, op, new) VALUES (mid, TG_TABLE_NAME, 'I', to_jsonb(NEW));
+    ELSIF TG_OP = 'UPDATE' THEN
+      INSERT INTO pgtenant_move.undo_log (move_id, tbl, op, old, new) VALUES (mid, TG_TABLE_NAME, 'U', to_jsonb(OLD), to_jsonb(NEW));
+    ELSE
+      INSERT INTO pgtenant_move.undo_log (move_id, tbl, op, old) VALUES (mid, TG_TABLE_NAME, 'D', to_jsonb(OLD));
+    END IF;
+  END IF;
+  RETURN NULL;
+END $f$;
+END IF;
+END $do$`
+)
+
+// verifyAfter is the open snapshot of the target taken before the flip.
+type verifyAfter struct {
+	conn     *pgx.Conn // holds the exporting transaction open
+	snapshot string
+}
+
+func (v *verifyAfter) close(ctx context.Context) {
+	if v != nil && v.conn != nil {
+		v.conn.Close(ctx)
+		v.conn = nil
+	}
+}
+
+// postFlipVerify reports whether the move verifies after the flip (logical
+// method without SkipVerify).
+func postFlipVerify(mv *moveRun) bool {
+	return mv.Method == MethodLogical && !mv.Progress.Options.SkipVerify
+}
+
+// armCapture puts the capture triggers on every table of the shard on the
+// target (inert until enableCapture). Runs before the fence.
+func (m *Mover) armCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun, names []string) error {
+	// One table per transaction: a lock on two tables at once could
+	// deadlock with the apply worker applying a transaction over both.
+	for _, n := range names {
+		t := ident(mv.Schema, n)
+		q := fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pgtenant_move.capture_change();\n", ident(captureTrigger), t) +
+			fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.capture_change()", ident(captureTrigger+"_truncate"), t)
+		if _, err := dst.Exec(ctx, q); err != nil {
+			return fmt.Errorf("put the capture trigger on the target's table %s: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// takeSnapshot, under the fence once the marker is applied, turns capture on
+// (committed before the flip) and opens the target's snapshot on snapConn.
+func takeSnapshot(ctx context.Context, dst, snapConn *pgx.Conn, mv *moveRun) (*verifyAfter, error) {
+	// Both at once, on two connections: they are part of the pause.
+	capErr := make(chan error, 1)
+	go func() {
+		_, err := dst.Exec(ctx, `INSERT INTO pgtenant_move.capture (schema_name, move_id) VALUES ($1, $2)
+			ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id`, mv.Schema, mv.ID)
+		capErr <- err
+	}()
+	var id string
+	_, err := snapConn.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	if err == nil {
+		err = snapConn.QueryRow(ctx, `SELECT pg_export_snapshot()`, pgx.QueryExecModeSimpleProtocol).Scan(&id)
+	}
+	if cerr := <-capErr; cerr != nil {
+		return nil, fmt.Errorf("start capturing the target's writes: %w", cerr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("take the target's snapshot: %w", err)
+	}
+	return &verifyAfter{conn: snapConn, snapshot: id}, nil
+}
+
+// stopCapture turns capture off on the target, drops its triggers (best
+// effort: with a busy table the trigger stays, inert) and empties the log.
+func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) error {
+	if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.capture WHERE schema_name = $1 AND move_id = $2`, mv.Schema, mv.ID); err != nil && !isUndefined(err) {
+		return fmt.Errorf("stop capturing the target's writes: %w", err)
+	}
+	rows, err := dst.Query(ctx, `SELECT quote_ident(c.relname::text), t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname::text IN ($2::text, $2::text || '_truncate') ORDER BY 1, 2`, mv.Schema, captureTrigger)
+	if err != nil {
+		return fmt.Errorf("list capture triggers: %w", err)
+	}
+	type trig struct{ table, name string }
+	trigs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (trig, error) {
+		var t trig
+		err := r.Scan(&t.table, &t.name)
+		return t, err
+	})
+	if err != nil {
+		return fmt.Errorf("list capture triggers: %w", err)
+	}
+	// One table at a time, each in its own transaction with a short
+	// lock_timeout, retried: DROP TRIGGER takes an ACCESS EXCLUSIVE lock, and
+	// holding two tables' locks at once deadlocks with a writer that holds
+	// one and checks a foreign key on the other. A trigger that stays
+	// (a busy table) is inert without the capture row.
+	for _, t := range trigs {
+		var err error
+		for attempt := 0; attempt < 20; attempt++ {
+			err = pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '50ms'`); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `DROP TRIGGER IF EXISTS `+ident(t.name)+` ON `+ident(mv.Schema)+`.`+t.table)
+				return err
+			})
+			if err == nil || !isPgCode(err, "55P03") || sleep(ctx, 50*time.Millisecond) != nil {
+				break
+			}
+		}
+		if err != nil {
+			m.log.Warn("drop capture trigger; it stays, inert", "move", mv.ID, "shard", mv.Shard, "table", t.table, "err", err)
+		}
+	}
+	if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.undo_log WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
+		return fmt.Errorf("empty the capture log: %w", err)
+	}
+	return nil
+}
+
+// VerifyAt compares every table of schema between src (any snapshot: the
+// source is frozen) and dst as of the exported snapshot, with up to
+// parallel tables at once, each on its own pair of connections.
+func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tableNames []string, parallel int) (VerifyReport, error) {
+	rep := VerifyReport{Schema: schema}
+	if parallel <= 0 {
+		parallel = 1
+	}
+	parallel = min(parallel, max(len(tableNames), 1))
+	jobs := make(chan int)
+	checks := make([]TableCheck, len(tableNames))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for w := 0; w < parallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			src, err := connect(wctx, srcDSN, "source node")
+			if err != nil {
+				fail(err)
+				cancel()
+				return
+			}
+			defer src.Close(context.WithoutCancel(ctx))
+			dst, err := connect(wctx, dstDSN, "target node")
+			if err != nil {
+				fail(err)
+				cancel()
+				return
+			}
+			defer dst.Close(context.WithoutCancel(ctx))
+			if _, err := dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)); err != nil {
+				fail(fmt.Errorf("import the target's snapshot: %w", err))
+				cancel()
+				return
+			}
+			for i := range jobs {
+				c, err := checkTable(wctx, src, dst, schema, tableNames[i])
+				if err != nil {
+					fail(err)
+					cancel()
+					continue
+				}
+				checks[i] = c
+			}
+		}()
+	}
+	for i := range tableNames {
+		select {
+		case jobs <- i:
+		case <-wctx.Done():
+		}
+		if wctx.Err() != nil {
+			break
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr != nil {
+		return rep, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
+	rep.Tables = checks
+	return rep, nil
+}
+
+// checkTable checksums one table on both sides at once.
+func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string) (TableCheck, error) {
+	q := `SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM ONLY ` + ident(schema, table) + ` AS t`
+	c := TableCheck{Table: table}
+	var derr error
+	var dmissing bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		derr = dst.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&c.TargetRows, &c.TargetSum)
+		dmissing = isUndefined(derr)
+	}()
+	serr := src.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&c.SourceRows, &c.SourceSum)
+	<-done
+	switch {
+	case dmissing:
+		c.Missing = "target"
+	case derr != nil:
+		return c, fmt.Errorf("checksum %s on the target: %w", table, derr)
+	case serr != nil:
+		return c, fmt.Errorf("checksum %s on the source: %w", table, serr)
+	}
+	return c, nil
+}
+
+// verifyAfterFlip compares the frozen source with the target's snapshot and
+// undoes the flip when they differ. It returns ErrMismatch (wrapped) after a
+// successful undo.
+func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) error {
+	defer mv.snap.close(context.WithoutCancel(ctx))
+	src, dst, err := m.conns(ctx, mv)
+	if err != nil {
+		return err
+	}
+	if mv.snap == nil {
+		// Resumed: the snapshot died with the process that took it.
+		mv.Progress.VerifySkipped = "the mover stopped after the flip; the target's snapshot at the flip is gone, so the move was not verified"
+		m.log.Warn("move not verified", "move", mv.ID, "shard", mv.Shard, "reason", mv.Progress.VerifySkipped)
+		if err := m.stopCapture(ctx, dst, mv); err != nil {
+			return err
+		}
+		return m.saveProgress(ctx, mv)
+	}
+	names, err := tables(ctx, src, mv.Schema)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	rep, err := VerifyAt(ctx, mv.SourceDSN, mv.TargetDSN, mv.Schema, mv.snap.snapshot, names, m.cfg.VerifyParallel)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	mv.snap.close(context.WithoutCancel(ctx))
+	mv.Progress.VerifyMS = float64(time.Since(t0).Microseconds()) / 1000
+	if rep.OK() {
+		m.log.Info("verified after the flip", "move", mv.ID, "shard", mv.Shard, "tables", len(rep.Tables), "took", time.Since(t0))
+		if err := m.stopCapture(ctx, dst, mv); err != nil {
+			return err
+		}
+		res.Verified = true
+		return m.saveProgress(ctx, mv)
+	}
+	cause := fmt.Errorf("verify: %w", rep.Err())
+	m.log.Error("target differs from the source at the flip; undoing the flip", "move", mv.ID, "shard", mv.Shard, "err", cause)
+	mv.Progress.Undo = cause.Error()
+	if err := m.saveProgress(ctx, mv); err != nil {
+		return errors.Join(cause, err)
+	}
+	if err := m.undoFlip(ctx, mv); err != nil {
+		return errors.Join(cause, fmt.Errorf("undo the flip (resume the move to retry): %w", err))
+	}
+	return errUndone{cause}
+}
+
+// isPgCode reports whether err is a server error with code.
+func isPgCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// errUndone is a mismatch whose flip was undone: the move is finished (aborted).
+type errUndone struct{ error }
+
+func (e errUndone) Unwrap() error { return e.error }
