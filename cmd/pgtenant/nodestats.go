@@ -6,28 +6,19 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/nodestats"
 )
 
-// nodeStatsJSON is one element of `node stats --json`: a node's health, or
-// why it could not be read.
-type nodeStatsJSON struct {
-	Node  string           `json:"node"`
-	Error string           `json:"error,omitempty"`
-	Stats *nodestats.Stats `json:"stats"` // null when the node did not answer
-}
+// `node stats --json` prints []nodestats.Result: {node, error, stats}.
 
 func newNodeStatsCmd(a *app) *cobra.Command {
 	var opts nodestats.Options
-	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "stats [NAME]",
 		Short: "Show nodes' health: cache hit rates, connections, lag, vacuum, slow statements",
@@ -44,7 +35,8 @@ statistics views as the node DSN's role, every node at once:
   vacuum             dead tuples, the tables with the most
   statements         the most time-consuming, from pg_stat_statements if installed
 
-Counters run since the reset time shown (pg_stat_reset) or the server's start.
+Counters run since the reset time shown (pg_stat_reset) or, when never reset,
+since the database was created (a clean restart keeps them).
 The node's role needs no superuser: without pg_monitor, other roles' sessions
 are counted but their state, transaction and query show as "not visible", and
 so do their statements' texts. Disk free is visible only for a role that may
@@ -70,7 +62,15 @@ exits 1.`,
 					return err
 				}
 			}
-			out := collectNodeStats(ctx, c, nodes, opts, timeout)
+			targets := make([]nodestats.Node, len(nodes))
+			for i, n := range nodes {
+				dsn, err := c.ResolveDSN(n.DSN)
+				if err != nil {
+					return fmt.Errorf("node %s: %w", n.Name, err)
+				}
+				targets[i] = nodestats.Node{Name: n.Name, DSN: dsn}
+			}
+			out := nodestats.CollectNodes(ctx, targets, opts)
 			failed := 0
 			for _, r := range out {
 				if r.Stats == nil {
@@ -98,7 +98,7 @@ exits 1.`,
 	cmd.Flags().IntVar(&opts.Tables, "tables", 5, "list this many tables with the most dead tuples")
 	cmd.Flags().IntVar(&opts.Statements, "statements", 5, "list this many statements from pg_stat_statements")
 	cmd.Flags().IntVar(&opts.QueryChars, "query-chars", 80, "cut query texts to this many characters")
-	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Second, "give up on a node after this long")
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", nodestats.DefaultTimeout, "give up on a node after this long")
 	return cmd
 }
 
@@ -107,50 +107,6 @@ func (a *app) withCatalogArgs(fn func(ctx context.Context, c *catalog.Catalog, a
 	return func(cmd *cobra.Command, args []string) error {
 		return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error { return fn(ctx, c, args) })(cmd, args)
 	}
-}
-
-// collectNodeStats reads every node at once, in the order given.
-func collectNodeStats(ctx context.Context, c *catalog.Catalog, nodes []catalog.Node, opts nodestats.Options, timeout time.Duration) []nodeStatsJSON {
-	out := make([]nodeStatsJSON, len(nodes))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		out[i].Node = n.Name
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s, err := nodeStats(ctx, c, n, opts, timeout)
-			if err != nil {
-				out[i].Error = err.Error()
-				return
-			}
-			out[i].Stats = &s
-		}()
-	}
-	wg.Wait()
-	return out
-}
-
-func nodeStats(ctx context.Context, c *catalog.Catalog, n catalog.Node, opts nodestats.Options, timeout time.Duration) (nodestats.Stats, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	dsn, err := c.ResolveDSN(n.DSN)
-	if err != nil {
-		return nodestats.Stats{}, err
-	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nodestats.Stats{}, fmt.Errorf("parse connection string %s: %w", catalog.RedactDSN(n.DSN), err)
-	}
-	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 5*time.Second {
-		cfg.ConnectTimeout = 5 * time.Second
-	}
-	cfg.RuntimeParams["application_name"] = "pgtenant node stats"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nodestats.Stats{}, fmt.Errorf("unreachable: %w", err)
-	}
-	defer conn.Close(context.Background())
-	return nodestats.CollectWith(ctx, conn, opts)
 }
 
 func percent(r *float64) string {
@@ -169,17 +125,17 @@ func lagBytes(p *int64) string {
 
 // printNodeStats writes one node's health as a two-column table and, below
 // it, tables of slots, followers, tables to vacuum and statements.
-func printNodeStats(w io.Writer, r nodeStatsJSON) {
+func printNodeStats(w io.Writer, r nodestats.Result) {
 	if r.Stats == nil {
 		fmt.Fprintf(w, "node %s: %s\n", r.Node, r.Error)
 		return
 	}
 	s := r.Stats
-	since := "server start " + s.StartedAt.Local().Format(time.DateTime)
+	since := "counters never reset"
 	if s.StatsReset != nil {
-		since = "reset " + s.StatsReset.Local().Format(time.DateTime)
+		since = "counters since " + s.StatsReset.Local().Format(time.DateTime)
 	}
-	fmt.Fprintf(w, "node %s: database %s as %s, PostgreSQL %s%s; counters since %s\n", r.Node, s.Database, s.User,
+	fmt.Fprintf(w, "node %s: database %s as %s, PostgreSQL %s%s; %s\n", r.Node, s.Database, s.User,
 		strings.Fields(s.ServerVersion + " ?")[0], map[bool]string{true: " (standby)"}[s.InRecovery], since)
 	t := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	hr := func(h nodestats.HitRate) string {

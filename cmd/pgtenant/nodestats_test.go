@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/nodestats"
 )
 
 // node stats reads every node at once: the table names what Postgres' views
@@ -90,7 +91,7 @@ func TestNodeStats(t *testing.T) {
 		t.Errorf("node stats nosuch: exit %d %s", code, errOut)
 	}
 
-	var got []nodeStatsJSON
+	var got []nodestats.Result
 	jsonOut(t, 1, &got, "node", "stats")
 	if len(got) != 3 || got[0].Node != "a" || got[1].Node != "b" || got[2].Node != "c" {
 		t.Fatalf("node stats --json: %+v", got)
