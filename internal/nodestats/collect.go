@@ -88,7 +88,7 @@ func readServer(ctx context.Context, conn *pgx.Conn, s *Stats, _ Options) error 
 		pg_has_role('pg_read_all_stats', 'USAGE'),
 		(SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),
 		pg_database_size(current_database()),
-		(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text`).
+		coalesce(`+walPos+`::text, '')`).
 		Scan(&s.CollectedAt, &s.Database, &s.User, &s.ServerVersion, &s.StartedAt, &s.InRecovery,
 			&s.Monitor, &s.StatsReset, &s.DatabaseBytes, &s.WALPosition)
 }
