@@ -144,7 +144,7 @@ node's identity is recorded). Exits non-zero when a check fails.`,
 				return nil
 			})(cmd, args)
 		},
-	})
+	}, newNodeStatsCmd(a))
 	return cmd
 }
 

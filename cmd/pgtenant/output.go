@@ -22,6 +22,7 @@ var jsonCommands = map[string]bool{
 	"pgtenant shard list":     true,
 	"pgtenant shard moves":    true,
 	"pgtenant node list":      true,
+	"pgtenant node stats":     true,
 	"pgtenant migrate status": true,
 	"pgtenant ops":            true,
 	"pgtenant user list":      true,

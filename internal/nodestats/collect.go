@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -18,6 +19,9 @@ type Options struct {
 	Statements int
 	// QueryChars cuts query texts to that many characters; 0 means 200.
 	QueryChars int
+	// Timeout bounds each node's connection and collection in
+	// CollectNodes; 0 means DefaultTimeout. Collect does not use it.
+	Timeout time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -84,7 +88,7 @@ func readServer(ctx context.Context, conn *pgx.Conn, s *Stats, _ Options) error 
 		pg_has_role('pg_read_all_stats', 'USAGE'),
 		(SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()),
 		pg_database_size(current_database()),
-		(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text`).
+		coalesce(`+walPos+`::text, '')`).
 		Scan(&s.CollectedAt, &s.Database, &s.User, &s.ServerVersion, &s.StartedAt, &s.InRecovery,
 			&s.Monitor, &s.StatsReset, &s.DatabaseBytes, &s.WALPosition)
 }
@@ -152,6 +156,7 @@ func readLongestTransaction(ctx context.Context, conn *pgx.Conn, s *Stats, o Opt
 			xact_start, extract(epoch FROM clock_timestamp() - xact_start)::float8, left(coalesce(query, ''), $1)
 		FROM pg_stat_activity
 		WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid()
+			AND backend_type IS DISTINCT FROM 'autovacuum worker'
 		ORDER BY xact_start LIMIT 1`, o.QueryChars).
 		Scan(&t.PID, &t.User, &t.ApplicationName, &t.State, &t.StartedAt, &t.AgeSeconds, &t.Query)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -3,11 +3,14 @@ package nodestats
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
 // flush makes conn's backend write its pending statistics now (PostgreSQL
@@ -81,7 +84,6 @@ func TestCacheHitRatesKnownMissPattern(t *testing.T) {
 		t.Fatal(err)
 	}
 	flush(t, admin)
-	time.Sleep(100 * time.Millisecond) // let the collector's backend exit and flush (it is closed at cleanup; reads below only bound)
 	dbHit1, dbRead1 := db()
 
 	if got, want := s.Cache, newHitRate(heapHit, heapRead); got.Hit != want.Hit || got.Read != want.Read {
@@ -138,7 +140,6 @@ func TestConnectionsAndLongestTransaction(t *testing.T) {
 
 	early := connect(t, dsn) // a superuser's transaction, older than held's
 	exec(t, early, `BEGIN`, `SELECT 'early-marker'`)
-	time.Sleep(20 * time.Millisecond)
 	held := connect(t, asRole(t, dsn, healthRole))
 	heldPID := int(held.PgConn().PID())
 	exec(t, held, `BEGIN`, `SELECT 'held-marker', txid_current()`)
@@ -418,6 +419,41 @@ func TestDiskAndJSON(t *testing.T) {
 	for _, k := range []string{`"replication_slots":[]`, `"followers":[]`, `"notes":[`, `"tables":[]`, `"top":[]`, `"free_bytes":null`} {
 		if !strings.Contains(string(b), k) {
 			t.Errorf("JSON lacks %s: %s", k, b)
+		}
+	}
+}
+
+// CollectNodes reads nodes at once; a dead one and a malformed DSN get an
+// error (without the password), in the nodes' order.
+func TestCollectNodes(t *testing.T) {
+	dsn := srv.NewDatabase(t)
+	port, err := localpg.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []Node{
+		{Name: "dead", DSN: fmt.Sprintf("postgres://u:hunter2@127.0.0.1:%d/x?sslmode=disable", port)},
+		{Name: "ok", DSN: asRole(t, dsn, healthRole)},
+		{Name: "bad", DSN: "postgres://u:hunter2@127.0.0.1:notaport/x"},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got := CollectNodes(ctx, nodes, Options{Timeout: 10 * time.Second})
+	if len(got) != 3 || got[0].Node != "dead" || got[1].Node != "ok" || got[2].Node != "bad" {
+		t.Fatalf("results %+v", got)
+	}
+	if got[0].Stats != nil || !strings.HasPrefix(got[0].Error, "unreachable: ") || !strings.Contains(got[0].Error, "connection refused") {
+		t.Errorf("dead node: %+v", got[0])
+	}
+	if got[1].Stats == nil || got[1].Error != "" || got[1].Stats.User != healthRole {
+		t.Errorf("live node: %+v", got[1])
+	}
+	if got[2].Stats != nil || got[2].Error == "" {
+		t.Errorf("bad DSN: %+v", got[2])
+	}
+	for _, r := range got {
+		if strings.Contains(r.Error, "hunter2") {
+			t.Errorf("%s: error shows the password: %s", r.Node, r.Error)
 		}
 	}
 }

@@ -5,8 +5,9 @@ import "time"
 // Stats is one node's health as its database's role sees it. It is a plain
 // struct with JSON tags: `pgtenant node stats --json` prints it and the
 // console draws it. Counters are cumulative since the reset times given
-// (StatsReset, Statements.StatsReset) or, when never reset, since the server
-// started (StartedAt).
+// (StatsReset, Statements.StatsReset) or, when never reset, since the
+// database was created or the server last recovered from a crash (a clean
+// restart keeps them).
 type Stats struct {
 	// CollectedAt is the server's clock when Collect started (clock_timestamp()).
 	CollectedAt time.Time `json:"collected_at"`
@@ -47,10 +48,10 @@ type Stats struct {
 	// Connections counts the sessions connected to the database by state.
 	Connections Connections `json:"connections"`
 	// LongestTransaction is the session of the database, other than
-	// Collect's own, whose transaction started first (pg_stat_activity
-	// xact_start); nil when none is in a transaction. Only sessions whose
-	// transaction the role may see count (its own roles', or all with
-	// Monitor).
+	// Collect's own and autovacuum workers, whose transaction started first
+	// (pg_stat_activity xact_start); nil when none is in a transaction.
+	// Only sessions whose transaction the role may see count (its own
+	// roles', or all with Monitor).
 	LongestTransaction *Transaction `json:"longest_transaction"`
 
 	// WALPosition is the server's current WAL position (pg_current_wal_lsn(),
