@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pgtenant/pgtenant/internal/stream"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,9 @@ import (
 // idempotent: a resumed undo fences again and replays what the source has
 // not recorded as replayed.
 func (m *Mover) undoFlip(ctx context.Context, mv *moveRun) error {
+	// The source is frozen since the fence: the stream has nothing left to
+	// bring, and it must not write into a target schema about to be dropped.
+	stopStream(mv)
 	flipped, err := m.isFlipped(ctx, mv)
 	if err != nil {
 		return err
@@ -331,6 +335,9 @@ func (m *Mover) finishUndo(ctx context.Context, mv *moveRun) error {
 		}
 		if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.fence WHERE schema_name = $1 AND move_id = $2`, mv.Schema, mv.ID); err != nil && !isUndefined(err) {
 			errs = append(errs, fmt.Errorf("release the target's guard: %w", err))
+		}
+		if err := stream.DeletePosition(ctx, dst, repName(mv)); err != nil {
+			errs = append(errs, fmt.Errorf("target: %w", err))
 		}
 	}
 	if src, err := m.source(ctx, mv); err != nil {
