@@ -46,6 +46,10 @@ type Options struct {
 	Shards int
 	// Logger, nil means discard.
 	Logger *slog.Logger
+	// Settings are extra postgresql.conf settings of servers created by
+	// this Up (written at initdb; existing servers keep theirs). Tests set
+	// fsync=off; nil means the defaults.
+	Settings map[string]string
 }
 
 // Node is one server of the local cluster.
@@ -116,6 +120,7 @@ func Up(ctx context.Context, opts Options) (*Cluster, error) {
 	cl := &Cluster{Dir: abs}
 	for i := 1; i <= count; i++ {
 		c := localpg.New(filepath.Join(abs, nodeName(i)), 0)
+		c.Settings = opts.Settings
 		if err := c.Init(ctx); err != nil {
 			return nil, fmt.Errorf("init %s: %w", nodeName(i), err)
 		}
