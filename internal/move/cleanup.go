@@ -43,6 +43,12 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 	if err := dropSourceObjects(ctx, src, mv); err != nil {
 		return err
 	}
+	if err := m.dropCapture(ctx, src, mv); err != nil {
+		return err
+	}
+	if err := forgetApplied(ctx, dst, mv); err != nil {
+		return err
+	}
 	if mv.Progress.OrphanSlot {
 		mv.Progress.OrphanSlot = false
 		if err := m.saveProgress(ctx, mv); err != nil {
@@ -219,11 +225,19 @@ func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 		if _, err := dst.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, mv.ID); err != nil && !isUndefined(err) {
 			errs = append(errs, fmt.Errorf("delete target markers: %w", err))
 		}
+		if err := forgetApplied(ctx, dst, mv); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if src, err := m.source(ctx, mv); err != nil {
 		errs = append(errs, err)
-	} else if err := dropSourceObjects(ctx, src, mv); err != nil {
-		errs = append(errs, err)
+	} else {
+		if err := dropSourceObjects(ctx, src, mv); err != nil {
+			errs = append(errs, err)
+		}
+		if err := m.dropCapture(ctx, src, mv); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
@@ -239,7 +253,8 @@ func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 }
 
 // Cleanup drops what finished moves left on their source nodes: the renamed
-// old schemas of done moves and slots orphaned while a source was down. It
+// old schemas of done moves, slots orphaned while a source was down, and
+// change queues (with their triggers) of trigger-method moves. It
 // returns the schemas it dropped, as node.schema.
 func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 	moves, err := m.List(ctx)
@@ -249,7 +264,8 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 	var dropped []string
 	var errs []error
 	for _, in := range moves {
-		if in.Status == "running" || (in.Status != "done" && !in.Progress.OrphanSlot) {
+		leftQueue := in.Method == MethodTrigger && in.Status != "running" // an abort that could not drop it
+		if in.Status == "running" || (in.Status != "done" && !in.Progress.OrphanSlot && !leftQueue) {
 			continue
 		}
 		mv, err := m.loadMove(ctx, in.ID)
@@ -269,6 +285,17 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 				mv.Progress.OrphanSlot = false
 				if err := m.saveProgress(ctx, mv); err != nil {
 					errs = append(errs, err)
+				}
+			}
+		}
+		if leftQueue {
+			if ok, err := schemaExists(ctx, src, captureSchema(mv)); err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				if err := m.dropCapture(ctx, src, mv); err != nil {
+					errs = append(errs, err)
+				} else {
+					dropped = append(dropped, mv.Source+"."+captureSchema(mv))
 				}
 			}
 		}
