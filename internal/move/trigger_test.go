@@ -367,3 +367,37 @@ func testTriggerCrash(t *testing.T, step Step, finish string, midRound bool) {
 	}
 	assertNoTriggerLeftovers(t, e.env)
 }
+
+// TestTriggerCleanupDropsLeftQueue: an abort that could not finish (status
+// failed) leaves the queue and its triggers on the source; shard cleanup
+// drops them.
+func TestTriggerCleanupDropsLeftQueue(t *testing.T) {
+	e := newTriggerEnv(t)
+	fillShard(t, e.env, 100)
+	ctx := context.Background()
+	m := testMover(t, e.env, Config{BeforeStep: crashAt(e.env, StepCatchUp)})
+	if _, err := m.Move(ctx, testShard, "n2", Options{Method: MethodTrigger}); !errors.Is(err, errCrash) {
+		t.Fatalf("move: got %v, want the simulated crash", err)
+	}
+	list, err := m.List(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("moves: %+v %v", list, err)
+	}
+	id := list[0].ID
+	mustExec(t, e.cat, `UPDATE pgtenant.moves SET status = 'failed' WHERE id = $1`, id)
+	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'PGTENANT\_capture%'`); n == 0 {
+		t.Fatal("no capture triggers after the crash")
+	}
+	dropped, err := testMover(t, e.env, Config{}).Cleanup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(dropped), fmt.Sprintf("[n1.pgtenant_capture_%d]", id); got != want {
+		t.Errorf("cleanup dropped %s, want %s", got, want)
+	}
+	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'PGTENANT\_capture%'`) +
+		queryInt(t, e.src, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtenant\_capture\_%'`); n != 0 {
+		t.Errorf("%d capture objects left on the source", n)
+	}
+	mustExec(t, e.src, `TRUNCATE shard_0005.events`)
+}

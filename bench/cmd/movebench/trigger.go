@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/move"
+	"github.com/pgtenant/pgtenant/internal/placement"
+)
+
+// runTrigger measures --method trigger on a shard of -trigger-mb MB of ~1 KB
+// rows under -trigger-clients clients without think time (half on the moving
+// shard): the clients' throughput and latency in a control window, then with
+// the capture triggers on and nothing else running (the move held before its
+// copy for as long as the control), then over the rest of the move (copy,
+// catch-up, fence); the pause; and the copy's rate. It returns the lines to print.
+func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster) ([]string, error) {
+	e, err := newEnv(ctx, log, nodes, "trigger", []string{"n1", "n2"}, 8)
+	if err != nil {
+		return nil, fmt.Errorf("trigger set up: %w", err)
+	}
+	defer e.stop()
+	const moving = 2 // on n1
+	rows := o.triggerMB * 1000
+	t0 := time.Now()
+	s := pgx.Identifier{placement.SchemaName(moving)}.Sanitize()
+	if err := exec(ctx, nodes["n1"].DSN("trigger"), fmt.Sprintf(`
+		INSERT INTO %[1]s.accounts (tenant, name) SELECT 'bulk', 'account ' || i FROM generate_series(1, 1000) i;
+		INSERT INTO %[1]s.items (account_id, n, payload) SELECT 1 + i %% 1000, i, repeat(md5(i::text), 30) FROM generate_series(1, %[2]d) i;
+		ANALYZE %[1]s.accounts, %[1]s.items;`, s, rows)); err != nil {
+		return nil, err
+	}
+	var size int64
+	conn, err := pgx.Connect(ctx, nodes["n1"].DSN("trigger"))
+	if err != nil {
+		return nil, err
+	}
+	conn.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
+		placement.SchemaName(moving)).Scan(&size)
+	conn.Close(ctx)
+	loaded := time.Since(t0)
+
+	l := e.startLoad(o.triggerClients, moving, 0)
+	time.Sleep(time.Second) // warm up
+	c0 := time.Now()
+	time.Sleep(o.control)
+	c1 := time.Now()
+	// The move, held before its copy (triggers on, nothing else running) for as long as the control ran.
+	var h0, h1, copyStart, copyEnd time.Time
+	m := move.New(move.Config{Catalog: e.cat.Pool(), Fencer: catalog.RouterFencer{Catalog: e.cat}, Logger: log, FenceTimeout: 10 * time.Second,
+		BeforeStep: func(ctx context.Context, _ int64, step move.Step) error {
+			switch step {
+			case move.StepCopy:
+				h0 = time.Now()
+				time.Sleep(o.control)
+				h1 = time.Now()
+				copyStart = h1
+			case move.StepIndexes:
+				copyEnd = time.Now()
+			}
+			return nil
+		}})
+	m0 := time.Now()
+	res, err := m.Move(ctx, moving, "n2", move.Options{Method: move.MethodTrigger, SkipVerify: true, DropSource: true})
+	m1 := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	l.stop()
+	if err != nil {
+		return nil, fmt.Errorf("trigger move: %w", err)
+	}
+	info, err := m.Get(ctx, res.MoveID)
+	if err != nil {
+		return nil, err
+	}
+	type window struct {
+		name     string
+		from, to time.Time
+	}
+	lines := []string{fmt.Sprintf("trigger method: shard of %d MB (%d rows of ~1 KB, loaded in %s), %d clients without think time (half on the moving shard), verify off",
+		size>>20, rows+1010, loaded.Round(time.Second), o.triggerClients)}
+	lines = append(lines, "window                          txn/s moving  txn/s other  p99 moving ms  p99 other ms  max moving ms")
+	var base float64
+	for _, w := range []window{{"control (no move)", c0, c1}, {"capture triggers on, idle", h0, h1}, {"copy, catch-up, fence, flip", h1, m1}} {
+		mr, mp, mm := l.rate(moving, true, w.from, w.to)
+		or, op, _ := l.rate(moving, false, w.from, w.to)
+		if base == 0 {
+			base = mr
+		}
+		lines = append(lines, fmt.Sprintf("%-30s  %12.0f  %11.0f  %13.1f  %12.1f  %13.1f   (%+.0f%% moving vs control)", w.name, mr, or,
+			ms(mp), ms(op), ms(mm), 100*(mr/base-1)))
+	}
+	copyDur := copyEnd.Sub(copyStart)
+	lines = append(lines, fmt.Sprintf("pause %.1f ms; copy %.1f MB/s (%s); move %s without the hold (%s total); %d changes applied from the queue; %d client errors",
+		ms(res.Pause), float64(size)/1e6/copyDur.Seconds(), copyDur.Round(100*time.Millisecond), (m1.Sub(m0) - h1.Sub(h0)).Round(100*time.Millisecond),
+		res.Duration.Round(100*time.Millisecond), info.Progress.Applied, l.errors()))
+	return lines, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// rate is the throughput, 99th percentile and longest transaction of the
+// chosen clients' transactions that started in [from, to). Call it after stop.
+func (l *load) rate(moving int, onMoving bool, from, to time.Time) (tps float64, p99, longest time.Duration) {
+	var ds []time.Duration
+	for _, cl := range l.clients {
+		if (cl.shard == moving) != onMoving {
+			continue
+		}
+		for _, s := range cl.samples {
+			if !s.start.Before(from) && s.start.Before(to) {
+				ds = append(ds, s.dur)
+			}
+		}
+	}
+	if len(ds) == 0 || !to.After(from) {
+		return 0, 0, 0
+	}
+	slices.Sort(ds)
+	return float64(len(ds)) / to.Sub(from).Seconds(), ds[len(ds)*99/100], ds[len(ds)-1]
+}
+
+// errors counts the clients' errors. Call it after stop.
+func (l *load) errors() int {
+	n := 0
+	for _, cl := range l.clients {
+		n += len(cl.errs)
+	}
+	return n
+}
