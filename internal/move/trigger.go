@@ -267,12 +267,20 @@ func (m *Mover) stepCapture(ctx context.Context, mv *moveRun) error {
 const ddlLockTimeout = 100 * time.Millisecond
 
 // lockedDDL runs ddl in one source transaction, retrying (up to a minute)
-// when it waits too long for a lock held by the shard's writers.
+// when it waits too long for a lock held by the shard's writers. Every tenth
+// attempt waits longer than deadlock_timeout: an autovacuum worker on one of
+// the tables (a freshly loaded or busy one) is cancelled by Postgres only for
+// a waiter that has waited that long, and the DDL, waiting first, is the one
+// whose deadlock check runs first should a writer queue up behind it.
 func (m *Mover) lockedDDL(ctx context.Context, src *pgx.Conn, mv *moveRun, ddl string) error {
 	deadline := time.Now().Add(time.Minute)
 	for attempt := 1; ; attempt++ {
+		wait := ddlLockTimeout
+		if attempt%10 == 0 {
+			wait = 1500 * time.Millisecond
+		}
 		err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, ddlLockTimeout.Milliseconds())); err != nil {
+			if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, wait.Milliseconds())); err != nil {
 				return err
 			}
 			_, err := tx.Exec(ctx, ddl)

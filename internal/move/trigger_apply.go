@@ -203,9 +203,11 @@ func (a *applier) apply(ctx context.Context, tx pgx.Tx, entries []queueEntry) er
 // rowOf is the row image $1 (the row's text form) read as the table's row type.
 func rowOf(schema, table string) string { return `($1::text::` + ident(schema, table) + `)` }
 
-// upsertSQL inserts the row image $1, or updates the row with its key.
+// upsertSQL inserts the row image $1, or updates the row with its key. The
+// image is parsed once (OFFSET 0 keeps the subquery from being flattened into
+// one parse per column).
 func upsertSQL(schema string, t keyedTable) string {
-	r := rowOf(schema, t.name)
+	r := "(x.r)"
 	cols, vals, sets := make([]string, len(t.cols)), make([]string, len(t.cols)), []string{}
 	isKey := map[string]bool{}
 	for _, k := range t.key {
@@ -225,8 +227,8 @@ func upsertSQL(schema string, t keyedTable) string {
 	if len(sets) > 0 {
 		action = "DO UPDATE SET " + strings.Join(sets, ", ")
 	}
-	return fmt.Sprintf(`INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s ON CONFLICT (%s) %s`,
-		ident(schema, t.name), strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keys, ", "), action)
+	return fmt.Sprintf(`INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM (SELECT %s AS r OFFSET 0) x ON CONFLICT (%s) %s`,
+		ident(schema, t.name), strings.Join(cols, ", "), strings.Join(vals, ", "), rowOf(schema, t.name), strings.Join(keys, ", "), action)
 }
 
 // deleteSQL deletes the row with the key of the row image $1.
@@ -256,6 +258,17 @@ func (m *Mover) stepTriggerCatchUp(ctx context.Context, mv *moveRun) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
 	defer cancel()
+	// Statistics for the queue, so its reads are index scans from where the
+	// round starts, never a scan of the whole queue (again before the fence).
+	analyze := func() error {
+		if _, err := src.Exec(ctx, `ANALYZE `+ident(captureSchema(mv), "changes")); err != nil {
+			return fmt.Errorf("source: analyze the change queue: %w", err)
+		}
+		return nil
+	}
+	if err := analyze(); err != nil {
+		return err
+	}
 	// A round left half done by a mover that died is finished first; it is not timed.
 	if s, err := a.state(ctx); err != nil {
 		return err
@@ -282,7 +295,7 @@ func (m *Mover) stepTriggerCatchUp(ctx context.Context, mv *moveRun) error {
 		}
 		if caught {
 			m.log.Info("caught up", "move", mv.ID, "shard", mv.Shard, "round", lag, "applied", mv.Progress.Applied)
-			return nil
+			return analyze()
 		}
 		m.log.Info("catching up", "move", mv.ID, "shard", mv.Shard, "round", lag, "changes", n, "applied", mv.Progress.Applied)
 	}
@@ -301,13 +314,16 @@ func (m *Mover) drainQueue(ctx context.Context, mv *moveRun, src, dst *pgx.Conn)
 	if err != nil {
 		return err
 	}
+	n := 0
 	if s.cur != "" { // the round under way started before the fence
-		if _, err := a.round(ctx); err != nil {
+		if n, err = a.round(ctx); err != nil {
 			return fmt.Errorf("drain the change queue: %w", err)
 		}
 	}
-	if _, err := a.round(ctx); err != nil {
+	k, err := a.round(ctx)
+	if err != nil {
 		return fmt.Errorf("drain the change queue: %w", err)
 	}
+	m.log.Info("drained the change queue", "move", mv.ID, "shard", mv.Shard, "changes", n+k)
 	return setTargetTriggers(ctx, src, dst, mv.Schema, true)
 }

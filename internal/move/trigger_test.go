@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -400,4 +401,92 @@ func TestTriggerCleanupDropsLeftQueue(t *testing.T) {
 		t.Errorf("%d capture objects left on the source", n)
 	}
 	mustExec(t, e.src, `TRUNCATE shard_0005.events`)
+}
+
+// TestTriggerApplyCommitOrder applies the queue by hand while transactions
+// overlap so that neither queue id order nor "xid below the oldest running
+// xid" is commit order: C (still open) holds an entry with an id below
+// entries already committed by A and B, and A (xid below C's) rewrote B's row
+// after B committed. Rounds between snapshots apply B before A and C's entry
+// once C commits; the target ends equal to the source.
+
+func TestTriggerApplyCommitOrder(t *testing.T) {
+	e := newTriggerEnv(t)
+	fillShard(t, e.env, 10)
+	ctx := context.Background()
+	crash := testMover(t, e.env, Config{BeforeStep: crashAt(e.env, StepCatchUp)})
+	if _, err := crash.Move(ctx, testShard, "n2", Options{Method: MethodTrigger}); !errors.Is(err, errCrash) {
+		t.Fatalf("move: got %v, want the simulated crash", err)
+	}
+	list, err := crash.List(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("moves: %+v %v", list, err)
+	}
+	id := list[0].ID
+	mv, err := crash.loadMove(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConns(mv)
+	src, dst, err := crash.conns(ctx, mv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := crash.newApplier(ctx, mv, src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	begin := func() pgx.Tx {
+		tx, err := e.appSrc.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	exec := func(tx pgx.Tx, sql string) {
+		t.Helper()
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	txA := begin()
+	exec(txA, `UPDATE shard_0005.items SET val = 1 WHERE n = 1`) // A takes its xid first
+	txC := begin()
+	exec(txC, `UPDATE shard_0005.items SET val = 3 WHERE n = 2`)                                             // C: a lower queue id than B's and A's later entries
+	mustExec(t, e.appSrc, `INSERT INTO shard_0005.items (account_id, writer, n, val) VALUES (1, 5, 100, 7)`) // B commits
+	exec(txA, `UPDATE shard_0005.items SET val = 42 WHERE writer = 5 AND n = 100`)                           // A rewrites B's row
+	if err := txA.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	val := func(where string) int64 {
+		return queryInt(t, e.dst, `SELECT coalesce((SELECT val FROM shard_0005.items WHERE `+where+`), -1)`)
+	}
+	if _, err := a.round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := val(`writer = 5 AND n = 100`); got != 42 {
+		t.Errorf("after the first round: B's row has val %d on the target, want A's 42", got)
+	}
+	if got := val(`n = 2 AND writer = 0`); got != 0 {
+		t.Errorf("C's uncommitted change applied: val %d", got)
+	}
+	if err := txC.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := val(`writer = 5 AND n = 100`); got != 42 {
+		t.Errorf("after C committed: B's row has val %d on the target, want A's 42", got)
+	}
+	if got := val(`n = 2 AND writer = 0`); got != 3 {
+		t.Errorf("C's change (a queue id below ones applied before) has val %d on the target, want 3", got)
+	}
+	if got := val(`n = 1 AND writer = 0`); got != 1 {
+		t.Errorf("A's first change: val %d on the target, want 1", got)
+	}
+	if _, err := testMover(t, e.env, Config{}).Resume(ctx, id); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	assertNoTriggerLeftovers(t, e.env)
 }

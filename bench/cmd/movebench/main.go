@@ -46,6 +46,7 @@ type options struct {
 	parallel               int
 	triggerMB              int
 	triggerClients         int
+	triggerNoLogical       bool
 	skip                   string
 	verbose                bool
 }
@@ -65,6 +66,7 @@ func main() {
 	flag.IntVar(&o.parallel, "parallel", 4, "moves at once in the split")
 	flag.IntVar(&o.triggerMB, "trigger-mb", 200, "size of the shard moved with --method trigger in MB (rows of ~1 KB)")
 	flag.IntVar(&o.triggerClients, "trigger-clients", 8, "clients without think time during the trigger-method move")
+	flag.BoolVar(&o.triggerNoLogical, "trigger-no-logical", false, "skip moving the trigger case's shard back with the logical method (for comparison)")
 	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split, trigger")
 	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
 	flag.Parse()

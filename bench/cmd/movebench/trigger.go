@@ -70,11 +70,25 @@ func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[stri
 	m0 := time.Now()
 	res, err := m.Move(ctx, moving, "n2", move.Options{Method: move.MethodTrigger, SkipVerify: true, DropSource: true})
 	m1 := time.Now()
-	time.Sleep(500 * time.Millisecond)
-	l.stop()
 	if err != nil {
+		l.stop()
 		return nil, fmt.Errorf("trigger move: %w", err)
 	}
+	// For comparison, in the same conditions: the shard back with the logical method.
+	time.Sleep(time.Second)
+	var lres move.Result
+	var l0, l1 time.Time
+	if !o.triggerNoLogical {
+		l0 = time.Now()
+		lres, err = e.mover(log, nil).Move(ctx, moving, "n1", move.Options{SkipVerify: true, DropSource: true})
+		l1 = time.Now()
+		if err != nil {
+			l.stop()
+			return nil, fmt.Errorf("logical move back: %w", err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	l.stop()
 	info, err := m.Get(ctx, res.MoveID)
 	if err != nil {
 		return nil, err
@@ -87,7 +101,11 @@ func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[stri
 		size>>20, rows+1010, loaded.Round(time.Second), o.triggerClients)}
 	lines = append(lines, "window                          txn/s moving  txn/s other  p99 moving ms  p99 other ms  max moving ms")
 	var base float64
-	for _, w := range []window{{"control (no move)", c0, c1}, {"capture triggers on, idle", h0, h1}, {"copy, catch-up, fence, flip", h1, m1}} {
+	windows := []window{{"control (no move)", c0, c1}, {"capture triggers on, idle", h0, h1}, {"copy, catch-up, fence, flip", h1, m1}}
+	if !l0.IsZero() {
+		windows = append(windows, window{"logical method, whole move", l0, l1})
+	}
+	for _, w := range windows {
 		mr, mp, mm := l.rate(moving, true, w.from, w.to)
 		or, op, _ := l.rate(moving, false, w.from, w.to)
 		if base == 0 {
@@ -98,8 +116,11 @@ func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[stri
 	}
 	copyDur := copyEnd.Sub(copyStart)
 	lines = append(lines, fmt.Sprintf("pause %.1f ms; copy %.1f MB/s (%s); move %s without the hold (%s total); %d changes applied from the queue; %d client errors",
-		ms(res.Pause), float64(size)/1e6/copyDur.Seconds(), copyDur.Round(100*time.Millisecond), (m1.Sub(m0) - h1.Sub(h0)).Round(100*time.Millisecond),
+		ms(res.Pause), float64(size)/1e6/copyDur.Seconds(), copyDur.Round(100*time.Millisecond), (m1.Sub(m0)-h1.Sub(h0)).Round(100*time.Millisecond),
 		res.Duration.Round(100*time.Millisecond), info.Progress.Applied, l.errors()))
+	if !l0.IsZero() {
+		lines = append(lines, fmt.Sprintf("the shard back with the logical method, same load: pause %.1f ms, move %s", ms(lres.Pause), lres.Duration.Round(100*time.Millisecond)))
+	}
 	return lines, nil
 }
 
