@@ -48,6 +48,20 @@ func (m *Mover) newApplier(ctx context.Context, mv *moveRun, src, dst *pgx.Conn)
 	if len(bad) > 0 {
 		return nil, &TriggerTablesError{Schema: mv.Schema, Tables: bad}
 	}
+	// A table created in the shard after the capture step has no trigger: its
+	// changes would be lost. (Verification under the fence would see it too,
+	// but not with SkipVerify.)
+	var uncaptured []string
+	if err := src.QueryRow(ctx, `SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $2)`,
+		mv.Schema, captureTrigger).Scan(&uncaptured); err != nil {
+		return nil, fmt.Errorf("check the capture triggers: %w", err)
+	}
+	if len(uncaptured) > 0 {
+		return nil, fmt.Errorf("table(s) %s of schema %s were created during the move, so their changes were not captured: move the shard again (schema changes go before or after a move)",
+			strings.Join(uncaptured, ", "), mv.Schema)
+	}
 	a := &applier{mv: mv, src: src, dst: dst, tables: map[string]keyedTable{}, batch: applyBatch}
 	for _, t := range list {
 		a.tables[t.name] = t

@@ -490,3 +490,29 @@ func TestTriggerApplyCommitOrder(t *testing.T) {
 	}
 	assertNoTriggerLeftovers(t, e.env)
 }
+
+// TestTriggerTableAddedDuringMove: a table created in the shard after the
+// capture triggers has none, so the move is aborted before the fence, naming it.
+func TestTriggerTableAddedDuringMove(t *testing.T) {
+	e := newTriggerEnv(t)
+	fillShard(t, e.env, 100)
+	ctx := context.Background()
+	hook := func(ctx context.Context, _ int64, s Step) error {
+		if s == StepCatchUp {
+			_, err := e.src.Exec(ctx, `CREATE TABLE shard_0005.late (id int PRIMARY KEY); INSERT INTO shard_0005.late VALUES (1)`)
+			return err
+		}
+		return nil
+	}
+	_, err := testMover(t, e.env, Config{BeforeStep: hook}).Move(ctx, testShard, "n2", Options{Method: MethodTrigger, SkipVerify: true})
+	if err == nil || !strings.Contains(err.Error(), "late of schema shard_0005 were created during the move") {
+		t.Fatalf("move: got %v, want the uncaptured table named", err)
+	}
+	if got, want := shardState(t, e.env), (shardRow{"n1", "active", 0}); got != want {
+		t.Errorf("catalog shard: %+v, want %+v", got, want)
+	}
+	if n := queryInt(t, e.cat, `SELECT count(*) FROM pgtenant.moves WHERE status = 'aborted'`); n != 1 {
+		t.Error("move not aborted")
+	}
+	assertNoTriggerLeftovers(t, e.env)
+}
