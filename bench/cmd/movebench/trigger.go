@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -46,6 +47,10 @@ func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[stri
 		placement.SchemaName(moving)).Scan(&size)
 	conn.Close(ctx)
 	loaded := time.Since(t0)
+	over, err := triggerOverhead(ctx, e, log, nodes["n1"].DSN("trigger"))
+	if err != nil {
+		return nil, fmt.Errorf("trigger overhead: %w", err)
+	}
 
 	l := e.startLoad(o.triggerClients, moving, 0)
 	time.Sleep(time.Second) // warm up
@@ -97,7 +102,7 @@ func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[stri
 		name     string
 		from, to time.Time
 	}
-	lines := []string{fmt.Sprintf("trigger method: shard of %d MB (%d rows of ~1 KB, loaded in %s), %d clients without think time (half on the moving shard), verify off",
+	lines := []string{over, fmt.Sprintf("trigger method: shard of %d MB (%d rows of ~1 KB, loaded in %s), %d clients without think time (half on the moving shard), verify off",
 		size>>20, rows+1010, loaded.Round(time.Second), o.triggerClients)}
 	lines = append(lines, "window                          txn/s moving  txn/s other  p99 moving ms  p99 other ms  max moving ms")
 	var base float64
@@ -154,4 +159,78 @@ func (l *load) errors() int {
 		n += len(cl.errs)
 	}
 	return n
+}
+
+// errHold stops the move that triggerOverhead holds at its copy step.
+var errHold = errors.New("held for measurement")
+
+// triggerOverhead measures the capture triggers' cost per write with one
+// client straight to the node and no other load: single-row upsert
+// transactions and a bulk insert into a shard on n1 (shard 4), without
+// triggers, with them (a trigger-method move held at its copy step, then
+// aborted), and without again.
+func triggerOverhead(ctx context.Context, e *env, log *slog.Logger, dsn string) (string, error) {
+	const shard, single, bulk = 4, 3000, 20000
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	s := pgx.Identifier{placement.SchemaName(shard)}.Sanitize()
+	round := 0
+	measure := func() (perTxn, perRow time.Duration, err error) {
+		round++
+		t0 := time.Now()
+		for i := 0; i < single; i++ {
+			if _, err := conn.Exec(ctx, `INSERT INTO `+s+`.kv (client, k, val) VALUES (-1, $1, $2) ON CONFLICT (client, k) DO UPDATE SET val = excluded.val`, i%500, i); err != nil {
+				return 0, 0, err
+			}
+		}
+		perTxn = time.Since(t0) / single
+		t1 := time.Now()
+		if _, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.items (account_id, n, payload) SELECT 1, %d * 1000000 + i, md5(i::text) FROM generate_series(1, %d) i`, s, round, bulk)); err != nil {
+			return 0, 0, err
+		}
+		return perTxn, time.Since(t1) / bulk, nil
+	}
+	if _, _, err := measure(); err != nil { // warm up
+		return "", err
+	}
+	b1, r1, err := measure()
+	if err != nil {
+		return "", err
+	}
+	var w1, wr1 time.Duration
+	var merr error
+	m := move.New(move.Config{Catalog: e.cat.Pool(), Fencer: catalog.RouterFencer{Catalog: e.cat}, Logger: log,
+		BeforeStep: func(ctx context.Context, _ int64, step move.Step) error {
+			if step != move.StepCopy {
+				return nil
+			}
+			w1, wr1, merr = measure()
+			return errHold
+		}})
+	_, err = m.Move(ctx, shard, "n2", move.Options{Method: move.MethodTrigger})
+	if !errors.Is(err, errHold) {
+		return "", fmt.Errorf("hold a move at its copy: %v", err)
+	}
+	if merr != nil {
+		return "", merr
+	}
+	list, err := m.List(ctx)
+	if err != nil {
+		return "", err
+	}
+	if err := m.Abort(ctx, list[0].ID); err != nil {
+		return "", err
+	}
+	b2, r2, err := measure()
+	if err != nil {
+		return "", err
+	}
+	base, baseRow := (b1+b2)/2, (r1+r2)/2
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+	return fmt.Sprintf("capture triggers, one client straight to the node, no other load: single-row upsert transaction %.0f µs without (%.0f before, %.0f after), %.0f µs with (%+.0f%%); "+
+		"bulk insert %.1f µs per row without, %.1f with (%+.0f%%)",
+		us(base), us(b1), us(b2), us(w1), 100*(float64(w1)/float64(base)-1), us(baseRow), us(wr1), 100*(float64(wr1)/float64(baseRow)-1)), nil
 }
