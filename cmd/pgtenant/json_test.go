@@ -126,7 +126,12 @@ func TestJSONOutputs(t *testing.T) {
 	}
 	mustRun(t, "node", "add", "c", nodeA.NewDatabase(t))
 	// The target now holds 3 shards: the split moves 1 of them.
-	mustRun(t, "node", "split", to, "--to", "c", "--method", "copy", "--parallel", "1")
+	// The split passes its method on: trigger (no logical replication either).
+	mustRun(t, "node", "split", to, "--to", "c", "--method", "trigger", "--parallel", "1")
+	jsonOut(t, 0, &moves, "shard", "moves")
+	if len(moves) != 2 || moves[0].Method != "trigger" || moves[0].Status != "done" || moves[0].To != "c" {
+		t.Errorf("shard moves --json after the split: %+v", moves)
+	}
 
 	var ops []opJSON
 	jsonOut(t, 0, &ops, "ops", "--limit", "5")

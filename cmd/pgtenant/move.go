@@ -24,7 +24,7 @@ type moveFlags struct {
 }
 
 func (f *moveFlags) register(cmd *cobra.Command, parallel bool) {
-	cmd.Flags().StringVar(&f.method, "method", "logical", "logical (online, needs wal_level=logical) or copy (the shard's writes pause for the whole copy)")
+	cmd.Flags().StringVar(&f.method, "method", "logical", "logical (online, needs wal_level=logical and REPLICATION), trigger (online, triggers and a change queue: no logical replication needed) or copy (the shard's writes pause for the whole copy)")
 	cmd.Flags().BoolVar(&f.dropSource, "drop-source", false, "drop the source schema after the flip instead of keeping it renamed until 'shard cleanup'")
 	cmd.Flags().BoolVar(&f.skipVerify, "skip-verify", false, "skip comparing row counts and checksums (logical: after the flip, undone on a difference; copy: under the fence)")
 	cmd.Flags().DurationVar(&f.fenceTimeout, "fence-timeout", 5*time.Second, "abort the move if the fence (writes held) would last longer")
@@ -35,9 +35,9 @@ func (f *moveFlags) register(cmd *cobra.Command, parallel bool) {
 
 func (f *moveFlags) options() (move.Options, error) {
 	switch move.Method(f.method) {
-	case move.MethodLogical, move.MethodCopy:
+	case move.MethodLogical, move.MethodCopy, move.MethodTrigger:
 	default:
-		return move.Options{}, usagef("--method %q: use logical or copy", f.method)
+		return move.Options{}, usagef("--method %q: use logical, trigger or copy", f.method)
 	}
 	return move.Options{Method: move.Method(f.method), DropSource: f.dropSource, SkipVerify: f.skipVerify}, nil
 }
@@ -82,9 +82,18 @@ Every step is recorded in the catalog: a move whose process died continues
 with --resume ID, or is rolled back with --abort ID. The source schema is kept
 renamed until 'pgtenant shard cleanup' (or dropped with --drop-source).
 
-With --method copy (for hosts without logical replication) the shard is
-fenced for the whole copy: its writes pause for as long as copying takes.`,
+With --method trigger (for hosts without logical replication, such as
+Heroku Postgres) row triggers on the source queue every change of the shard
+in a table of the mover's (schema pgtenant_capture_<move id>), the rows are
+copied at one snapshot, the queue is applied to the target until it has
+caught up, then the same fence, drain and flip; every table needs a primary
+key, and the node role needs only to own the shard and create schemas. The
+writes pay for the queue while the move runs (see bench/README.md).
+
+With --method copy the shard is fenced for the whole copy: its writes pause
+for as long as copying takes.`,
 		Example: `  pgtenant shard move 17 --to node3
+  pgtenant shard move 17 --to node3 --method trigger
   pgtenant shard move 17 --to node3 --method copy
   pgtenant shard moves
   pgtenant shard move --resume 42

@@ -166,6 +166,12 @@ ALTER TABLE pgtenant.users
 	ADD COLUMN tenant text CHECK (octet_length(tenant) BETWEEN 1 AND 255),
 	ADD CHECK (role IS NULL OR tenant IS NULL);
 `,
+	// 9: shard moves by triggers and a change queue (--method trigger), for
+	// hosts without logical replication.
+	`
+ALTER TABLE pgtenant.moves DROP CONSTRAINT moves_method_check,
+	ADD CONSTRAINT moves_method_check CHECK (method IN ('logical', 'copy', 'trigger'));
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

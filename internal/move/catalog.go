@@ -29,6 +29,8 @@ type Progress struct {
 	Bytes int64 `json:"bytes,omitempty"`
 	// LagMS is the last measured replication lag: time for a marker row to reach the target.
 	LagMS float64 `json:"lag_ms,omitempty"`
+	// Applied counts the changes applied from the change queue (method trigger).
+	Applied int64 `json:"applied,omitempty"`
 	// LagBytes is the source's WAL position minus the slot's confirmed flush position.
 	LagBytes int64 `json:"lag_bytes,omitempty"`
 	// SubOID is the subscription's oid on the target (names its table-sync slots).

@@ -55,6 +55,12 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 	if err := dropSourceObjects(ctx, src, mv); err != nil {
 		return err
 	}
+	if err := m.dropCapture(ctx, src, mv); err != nil {
+		return err
+	}
+	if err := forgetApplied(ctx, dst, mv); err != nil {
+		return err
+	}
 	if mv.Progress.OrphanSlot {
 		mv.Progress.OrphanSlot = false
 		if err := m.saveProgress(ctx, mv); err != nil {
@@ -236,11 +242,19 @@ func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 		if err := stream.DeletePosition(ctx, dst, repName(mv)); err != nil {
 			errs = append(errs, fmt.Errorf("target: %w", err))
 		}
+		if err := forgetApplied(ctx, dst, mv); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if src, err := m.source(ctx, mv); err != nil {
 		errs = append(errs, err)
-	} else if err := dropSourceObjects(ctx, src, mv); err != nil {
-		errs = append(errs, err)
+	} else {
+		if err := dropSourceObjects(ctx, src, mv); err != nil {
+			errs = append(errs, err)
+		}
+		if err := m.dropCapture(ctx, src, mv); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
@@ -256,7 +270,8 @@ func (m *Mover) abort(ctx context.Context, mv *moveRun, cause error) error {
 }
 
 // Cleanup drops what finished moves left on their source nodes: the renamed
-// old schemas of done moves and slots orphaned while a source was down. It
+// old schemas of done moves, slots orphaned while a source was down, and
+// change queues (with their triggers) of trigger-method moves. It
 // returns the schemas it dropped, as node.schema.
 func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 	moves, err := m.List(ctx)
@@ -266,7 +281,8 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 	var dropped []string
 	var errs []error
 	for _, in := range moves {
-		if in.Status == "running" || (in.Status != "done" && !in.Progress.OrphanSlot) {
+		leftQueue := in.Method == MethodTrigger && in.Status != "running" // an abort that could not drop it
+		if in.Status == "running" || (in.Status != "done" && !in.Progress.OrphanSlot && !leftQueue) {
 			continue
 		}
 		mv, err := m.loadMove(ctx, in.ID)
@@ -286,6 +302,17 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 				mv.Progress.OrphanSlot = false
 				if err := m.saveProgress(ctx, mv); err != nil {
 					errs = append(errs, err)
+				}
+			}
+		}
+		if leftQueue {
+			if ok, err := schemaExists(ctx, src, captureSchema(mv)); err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				if err := m.dropCapture(ctx, src, mv); err != nil {
+					errs = append(errs, err)
+				} else {
+					dropped = append(dropped, mv.Source+"."+captureSchema(mv))
 				}
 			}
 		}

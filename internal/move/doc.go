@@ -26,6 +26,11 @@
 // For --method copy the steps are start, schema, copydata (fence, COPY every
 // table, indexes, sequences, flip), flipped, cleanup, done.
 //
+// For --method trigger (no logical replication) they are start, schema,
+// capture (change queue and triggers on the source), copy (at one snapshot),
+// indexes, catchup (the queue applied in rounds), fence (drained by a last
+// round instead of a marker), flipped, cleanup, done: see trigger.go.
+//
 // Choices worth knowing:
 //   - Catch-up is proven with a marker row, not by comparing WAL positions: a
 //     row committed on the source into pgtenant_move.marker (published with a

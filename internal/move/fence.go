@@ -145,7 +145,11 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	}
 	lease.arm(leaseConn)
 	tLocked := time.Now()
-	if err := waitMarker(ctx, dst, mv, seq, m.cfg.PollInterval); err != nil {
+	if mv.Method == MethodTrigger {
+		if err := m.drainQueue(ctx, mv, src, dst); err != nil {
+			return err
+		}
+	} else if err := waitMarker(ctx, dst, mv, seq, m.cfg.PollInterval); err != nil {
 		return err
 	}
 	tApplied := time.Now()

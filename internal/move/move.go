@@ -37,6 +37,7 @@ const (
 var stepOrder = map[Step]int{
 	StepStart: 0, StepSchema: 1, StepPublication: 2, StepSubscription: 3, StepCopy: 4, StepIndexes: 5,
 	StepCatchUp: 6, StepFence: 7, StepCopyData: 7, StepFlipped: 8, StepVerify: 9, StepCleanup: 10, StepDone: 11,
+	StepCapture: 2,
 }
 
 // before reports whether step a comes before step b.
@@ -133,7 +134,7 @@ type Config struct {
 
 // Options are per-move choices. They are stored with the move so Resume keeps them.
 type Options struct {
-	// Method is MethodLogical (the zero value) or MethodCopy.
+	// Method is MethodLogical (the zero value), MethodCopy or MethodTrigger.
 	Method Method `json:"method,omitempty"`
 	// DropSource drops the source schema after the flip instead of renaming it.
 	DropSource bool `json:"drop_source,omitempty"`

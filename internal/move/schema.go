@@ -83,7 +83,10 @@ func (m *Mover) dumpSchema(ctx context.Context, dir, dsn, schema string) (dump, 
 // may be in the dump when a move is resumed).
 var skippedTypes = []string{"PUBLICATION", "SUBSCRIPTION"}
 
-func isSkipped(line string) bool { return tocTypeIn(line, skippedTypes) }
+func isSkipped(line string) bool {
+	// A trigger-method move's capture triggers belong to the move, not to the shard.
+	return tocTypeIn(line, skippedTypes) || (tocTypeIn(line, []string{"TRIGGER"}) && strings.Contains(line, " "+captureTrigger))
+}
 
 // isPostData reports whether a pg_restore -l line ("123; 1259 16390 INDEX s name owner") is built after the copy.
 func isPostData(line string) bool { return tocTypeIn(line, postDataTypes) }
@@ -163,7 +166,7 @@ func postObjects(ctx context.Context, conn *pgx.Conn, schema string) (int, error
 		  WHERE n.nspname = $1 AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p','u','x')))
 		+ (SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace WHERE n.nspname = $1 AND k.contype = 'f')
 		+ (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		  WHERE n.nspname = $1 AND NOT t.tgisinternal)`, schema).Scan(&n)
+		  WHERE n.nspname = $1 AND NOT t.tgisinternal AND t.tgname NOT IN ($2, $3))`, schema, captureTrigger, truncateTrigger).Scan(&n)
 	return n, err
 }
 

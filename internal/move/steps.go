@@ -134,8 +134,9 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 }
 
 // precheck verifies that the move can start: the source has logical WAL (for
-// the logical method) and every table can be replicated, the target is
-// reachable and does not have the schema yet.
+// the logical method) and every table can be replicated (by the trigger
+// method: has a primary key), the target is reachable and does not have the
+// schema yet.
 func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
@@ -159,6 +160,9 @@ func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	}
 	if mv.Method == MethodCopy {
 		return nil
+	}
+	if mv.Method == MethodTrigger {
+		return precheckTrigger(ctx, src, mv)
 	}
 	var prepared int
 	if err := src.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()`).Scan(&prepared); err != nil {
@@ -228,7 +232,7 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 			if err := m.unfence(ctx, mv); err != nil {
 				return res, err
 			}
-			if mv.Method == MethodLogical {
+			if mv.Method != MethodCopy {
 				mv.Step = StepCatchUp
 			} else {
 				mv.Step = StepSchema
@@ -237,9 +241,12 @@ func (m *Mover) run(ctx context.Context, mv *moveRun) (Result, error) {
 	}
 	if !flipped {
 		var err error
-		if mv.Method == MethodCopy {
+		switch mv.Method {
+		case MethodCopy:
 			err = m.runCopy(ctx, mv, &res)
-		} else {
+		case MethodTrigger:
+			err = m.runTrigger(ctx, mv, &res)
+		default:
 			err = m.runLogical(ctx, mv, &res)
 		}
 		if err != nil {
@@ -350,7 +357,7 @@ func (m *Mover) stepSchema(ctx context.Context, mv *moveRun) error {
 func ensureMarker(ctx context.Context, conn *pgx.Conn) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL+";\n"+captureDDL); err == nil {
+		if _, err = conn.Exec(ctx, markerDDL+";\n"+guardDDL+";\n"+undoCaptureDDL); err == nil {
 			return nil
 		}
 		var pgErr *pgconn.PgError

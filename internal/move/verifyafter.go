@@ -52,8 +52,8 @@ import (
 // finishes. A mover that stops during an undo resumes the undo.
 
 const (
-	captureTrigger = "pgtenant_capture"
-	captureDDL     = `
+	undoTrigger    = "pgtenant_capture"
+	undoCaptureDDL = `
 CREATE TABLE IF NOT EXISTS pgtenant_move.capture (schema_name text PRIMARY KEY, move_id bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS pgtenant_move.undo_log (move_id bigint NOT NULL, seq bigserial NOT NULL, tbl text NOT NULL,
   op "char" NOT NULL, old jsonb, new jsonb, PRIMARY KEY (move_id, seq));
@@ -108,8 +108,8 @@ func (m *Mover) armCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun, name
 	// deadlock with the apply worker applying a transaction over both.
 	for _, n := range names {
 		t := ident(mv.Schema, n)
-		q := fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pgtenant_move.capture_change();\n", ident(captureTrigger), t) +
-			fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.capture_change()", ident(captureTrigger+"_truncate"), t)
+		q := fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pgtenant_move.capture_change();\n", ident(undoTrigger), t) +
+			fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.capture_change()", ident(undoTrigger+"_truncate"), t)
 		if _, err := dst.Exec(ctx, q); err != nil {
 			return fmt.Errorf("put the capture trigger on the target's table %s: %w", n, err)
 		}
@@ -148,7 +148,7 @@ func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) err
 		return fmt.Errorf("stop capturing the target's writes: %w", err)
 	}
 	rows, err := dst.Query(ctx, `SELECT quote_ident(c.relname::text), t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname::text IN ($2::text, $2::text || '_truncate') ORDER BY 1, 2`, mv.Schema, captureTrigger)
+		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname::text IN ($2::text, $2::text || '_truncate') ORDER BY 1, 2`, mv.Schema, undoTrigger)
 	if err != nil {
 		return fmt.Errorf("list capture triggers: %w", err)
 	}

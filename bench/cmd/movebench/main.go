@@ -4,7 +4,7 @@
 // mover fenced through catalog.RouterFencer, while clients write through the
 // router in short transactions. It prints one table; see bench/README.md.
 //
-//	go run ./bench/cmd/movebench [-clients 8] [-think 10ms] [-sat-clients 32] [-big-mb 1024] [-split-shards 256]
+//	go run ./bench/cmd/movebench [-clients 8] [-think 10ms] [-sat-clients 32] [-big-mb 1024] [-split-shards 256] [-trigger-mb 200]
 package main
 
 import (
@@ -44,6 +44,9 @@ type options struct {
 	bigMB                  int
 	splitShards, splitRows int
 	parallel               int
+	triggerMB              int
+	triggerClients         int
+	triggerNoLogical       bool
 	skip                   string
 	verbose                bool
 }
@@ -61,7 +64,10 @@ func main() {
 	flag.IntVar(&o.splitShards, "split-shards", 256, "shards of the 2→4 node split")
 	flag.IntVar(&o.splitRows, "split-rows", 200, "rows per shard in the split")
 	flag.IntVar(&o.parallel, "parallel", 4, "moves at once in the split")
-	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split")
+	flag.IntVar(&o.triggerMB, "trigger-mb", 200, "size of the shard moved with --method trigger in MB (rows of ~1 KB)")
+	flag.IntVar(&o.triggerClients, "trigger-clients", 8, "clients without think time during the trigger-method move")
+	flag.BoolVar(&o.triggerNoLogical, "trigger-no-logical", false, "skip moving the trigger case's shard back with the logical method (for comparison)")
+	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split, trigger")
 	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -123,7 +129,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 			c.Stop(sctx)
 		}()
 		nodes[name] = c
-		for _, db := range []string{"bench", "split", "catalog"} {
+		for _, db := range []string{"bench", "split", "trigger", "catalog"} {
 			if err := exec(ctx, c.DSN("postgres"), "CREATE DATABASE "+db); err != nil {
 				return err
 			}
@@ -147,7 +153,20 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		}
 		splitLine = s
 	}
+	var trigger []string
+	if !skip["trigger"] {
+		t, err := runTrigger(ctx, o, log, nodes)
+		if err != nil {
+			printTable(w, rows, splitLine)
+			return err
+		}
+		trigger = t
+	}
 	printTable(w, rows, splitLine)
+	if len(trigger) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, strings.Join(trigger, "\n"))
+	}
 	return nil
 }
 
@@ -207,12 +226,12 @@ type env struct {
 // starts a router wired as `pgtenant router` is.
 func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Cluster, db string, names []string, shards int) (*env, error) {
 	catDSN := nodes["n1"].DSN("catalog")
-	if db == "split" {
-		// A second catalog: its own schema in another database.
-		if err := exec(ctx, nodes["n1"].DSN("postgres"), "CREATE DATABASE catalog_split"); err != nil {
+	if db != "bench" {
+		// Another catalog: its own schema in another database.
+		if err := exec(ctx, nodes["n1"].DSN("postgres"), "CREATE DATABASE catalog_"+db); err != nil {
 			return nil, err
 		}
-		catDSN = nodes["n1"].DSN("catalog_split")
+		catDSN = nodes["n1"].DSN("catalog_" + db)
 	}
 	e := &env{cat: catalog.New(catDSN, log), tenant: map[int]string{}}
 	if err := e.cat.Open(ctx); err != nil {
