@@ -73,8 +73,11 @@ func newEnvNodeRole(t *testing.T) *env {
 }
 
 // asNode returns dsn with the node role instead of the superuser.
-func asNode(dsn string) string {
-	return strings.Replace(dsn, "postgres://postgres@", "postgres://"+nodeRole+"@", 1)
+func asNode(dsn string) string { return asRole(dsn, nodeRole) }
+
+// asRole returns dsn with role instead of the superuser.
+func asRole(dsn, role string) string {
+	return strings.Replace(dsn, "postgres://postgres@", "postgres://"+role+"@", 1)
 }
 
 // asApp returns dsn with the application role instead of the superuser.

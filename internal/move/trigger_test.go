@@ -27,10 +27,8 @@ func createNodeRole(t *testing.T, srv *pgtest.Server) {
 		EXCEPTION WHEN duplicate_object THEN NULL; END $$`)
 }
 
-// asNode returns dsn with the node role instead of the superuser.
-func asNode(dsn string) string {
-	return strings.Replace(dsn, "postgres://postgres@", "postgres://"+triggerNodeRole+"@", 1)
-}
+// asTriggerNode returns dsn with the trigger tests' node role instead of the superuser.
+func asTriggerNode(dsn string) string { return asRole(dsn, triggerNodeRole) }
 
 // triggerEnv is an env whose node databases are owned by, and registered in
 // the catalog with, the non-superuser node role; src and dst connect as it.
@@ -51,7 +49,7 @@ func newTriggerEnv(t *testing.T) *triggerEnv {
 		mustExec(t, su, `ALTER DATABASE `+ident(name)+` OWNER TO `+triggerNodeRole)
 		su.Close()
 	}
-	e.srcDSN, e.dstDSN = asNode(e.srcDSN), asNode(e.dstDSN)
+	e.srcDSN, e.dstDSN = asTriggerNode(e.srcDSN), asTriggerNode(e.dstDSN)
 	e.cat, e.src, e.dst = pool(t, e.catDSN), pool(t, e.srcDSN), pool(t, e.dstDSN)
 	if n := queryInt(t, e.src, `SELECT count(*) FROM pg_roles WHERE rolname = current_user AND (rolsuper OR rolreplication)`); n != 0 {
 		t.Fatalf("node role is superuser or has REPLICATION")
@@ -106,52 +104,10 @@ func startWriters(f *gateFencer, n int) (ledgers []*ledger, stop func()) {
 	return ledgers, func() { cancel(); wg.Wait() }
 }
 
-// checkLedgers asserts that every acknowledged write is in p exactly once,
-// and nothing that was not sent or was deleted.
-func checkLedgers(t *testing.T, p *pgxpool.Pool, ledgers []*ledger, seedRows int) {
+// checkTriggerLedgers is checkLedgers plus the seed rows written before the writers started.
+func checkTriggerLedgers(t *testing.T, p *pgxpool.Pool, ledgers []*ledger, seedRows int) {
 	t.Helper()
-	ctx := context.Background()
-	for w, l := range ledgers {
-		t.Logf("writer %d: %d live rows, %d deleted, %d events, %d errors, longest transaction %v", w+1, len(l.live), len(l.deleted), l.events, len(l.errs), l.maxTx)
-		for _, err := range l.errs {
-			t.Errorf("writer %d: %v", w+1, err)
-		}
-		rows, err := p.Query(ctx, `SELECT n, val FROM shard_0005.items WHERE writer = $1`, w+1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[int]int{}
-		for rows.Next() {
-			var n, val int
-			if err := rows.Scan(&n, &val); err != nil {
-				t.Fatal(err)
-			}
-			if _, dup := got[n]; dup {
-				t.Errorf("writer %d row %d twice", w+1, n)
-			}
-			got[n] = val
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		for n, val := range l.live {
-			if g, ok := got[n]; !ok {
-				t.Errorf("writer %d: acknowledged row %d missing", w+1, n)
-			} else if g != val {
-				t.Errorf("writer %d: row %d has val %d, want %d", w+1, n, g, val)
-			}
-		}
-		for n := range got {
-			if l.deleted[n] {
-				t.Errorf("writer %d: deleted row %d is there", w+1, n)
-			} else if !l.sent[n] {
-				t.Errorf("writer %d: row %d was never sent", w+1, n)
-			}
-		}
-		if n := queryInt(t, p, `SELECT count(*) FROM shard_0005.events WHERE kind = $1`, fmt.Sprintf("w%d", w+1)); n != int64(l.events) {
-			t.Errorf("writer %d: %d events, want %d", w+1, n, l.events)
-		}
-	}
+	checkLedgers(t, p, ledgers)
 	if n := queryInt(t, p, `SELECT count(*) FROM shard_0005.items WHERE writer = 0`); n != int64(seedRows) {
 		t.Errorf("seed rows: %d, want %d", n, seedRows)
 	}
@@ -191,7 +147,7 @@ func TestTriggerMoveUnderWrites(t *testing.T) {
 	if !res.Verified {
 		t.Error("not verified under the fence")
 	}
-	checkLedgers(t, e.dst, ledgers, seed)
+	checkTriggerLedgers(t, e.dst, ledgers, seed)
 	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.pairs WHERE a > 1000 AND note = 'moved key'`); n != 50 {
 		t.Errorf("%d rows with a changed key on the target, want 50", n)
 	}
@@ -362,7 +318,7 @@ func testTriggerCrash(t *testing.T, step Step, finish string, midRound bool) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	stop()
-	checkLedgers(t, home, ledgers, seed)
+	checkTriggerLedgers(t, home, ledgers, seed)
 	if in := moveInfo(t, m, id); in.Status != map[string]string{"resume": "done", "abort": "aborted"}[finish] && !(step == StepCleanup && in.Status == "done") {
 		t.Errorf("move status %s", in.Status)
 	}
