@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,6 +50,11 @@ type Catalog struct {
 	logger  *slog.Logger
 	pool    *pgxpool.Pool
 	secrets nodedsn.Lookup
+
+	// tenantCache is the capacity of dir's cache (SetTenantCache).
+	tenantCache int
+	dirOnce     sync.Once
+	dir         *tenantDir
 }
 
 // SetSecrets sets where $NAME references in node DSNs are resolved (see
@@ -67,18 +73,18 @@ func (c *Catalog) resolve(dsn string) (string, error) {
 	return nodedsn.Expand(dsn, l)
 }
 
-// resolveMap resolves the node DSNs of a freshly loaded map in place. A node
+// resolveNodes resolves the DSNs of freshly loaded nodes in place. A node
 // whose DSN names a missing secret keeps the stored DSN (connections to it
 // then fail) and is logged.
-func (c *Catalog) resolveMap(m *placement.Map) {
-	for name, n := range m.Nodes {
+func (c *Catalog) resolveNodes(nodes map[string]placement.Node) {
+	for name, n := range nodes {
 		dsn, err := c.resolve(n.DSN)
 		if err != nil {
 			c.logger.Error("node connection string", "node", name, "err", err)
 			continue
 		}
 		n.DSN = dsn
-		m.Nodes[name] = n
+		nodes[name] = n
 	}
 }
 
