@@ -24,13 +24,20 @@ func (a *app) addTenantFile(ctx context.Context, c *catalog.Catalog, stdin io.Re
 	}
 	start := time.Now()
 	opts.Progress = func(stage string, n int64) {
+		at := time.Since(start).Round(time.Millisecond)
 		switch stage {
 		case "read":
-			fmt.Fprintf(a.stderr, "read %d ids (%s)\n", n, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(a.stderr, "%s: read %d ids\n", at, n)
+		case "copied":
+			fmt.Fprintf(a.stderr, "%s: copied %d ids\n", at, n)
 		case "check":
-			fmt.Fprintf(a.stderr, "read %d ids; checking for repeated and registered ids (%s)\n", n, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(a.stderr, "%s: looking for repeated ids\n", at)
+		case "registered":
+			fmt.Fprintf(a.stderr, "%s: looking for ids already registered\n", at)
 		case "insert":
-			fmt.Fprintf(a.stderr, "registering %d tenants (%s)\n", n, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(a.stderr, "%s: registering %d tenants\n", at, n)
+		case "commit":
+			fmt.Fprintf(a.stderr, "%s: committing\n", at)
 		}
 	}
 	res, err := c.AddTenantFile(ctx, r, opts)

@@ -168,11 +168,17 @@ ALTER TABLE pgtenant.users
 `,
 	// 9: a map that scales with changes, not with tenants. Tenants no longer
 	// bump the map version (routers do not reload anything when one signs
-	// up): a statement trigger announces the ids changed on TenantChannel
-	// (routers invalidate their lookup caches). Every map version records
+	// up). Updates and deletes of tenants announce the ids changed on
+	// TenantChannel (routers invalidate their lookup caches); inserts
+	// announce nothing: a NOTIFY serialises committing transactions through
+	// their WAL flush, which would cap signups at one per fsync, and routers
+	// keep "unregistered" answers only briefly. Every map version records
 	// what it changed in map_changes (the table, and for shards the ids), so
 	// a router applies a fence or a flip by reading that shard's row only;
-	// the last 10,000 versions are kept.
+	// the last 10,000 versions are kept. The tenants' foreign key to shards
+	// becomes one statement-level check (an anti-join over the rows a
+	// statement wrote) instead of a lookup per row, so registering a
+	// million tenants at once does not pay a million lookups.
 	`
 CREATE TABLE pgtenant.map_changes (
 	version bigint PRIMARY KEY,
@@ -234,7 +240,29 @@ BEGIN
 	RETURN NULL;
 END
 $$;
-CREATE TRIGGER notify_tenants_ins AFTER INSERT ON pgtenant.tenants REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
+ALTER TABLE pgtenant.tenants DROP CONSTRAINT tenants_shard_fkey;
+CREATE FUNCTION pgtenant.check_tenant_shards() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	bad int;
+BEGIN
+	IF TG_TABLE_NAME = 'tenants' THEN
+		SELECT c.shard INTO bad FROM changed c WHERE NOT EXISTS (SELECT FROM pgtenant.shards s WHERE s.id = c.shard) LIMIT 1;
+		IF FOUND THEN
+			RAISE foreign_key_violation USING MESSAGE = format('shard %s does not exist', bad),
+				HINT = 'Create the shards with pgtenant shard create.';
+		END IF;
+	ELSE
+		SELECT c.id INTO bad FROM changed c WHERE EXISTS (SELECT FROM pgtenant.tenants t WHERE t.shard = c.id) LIMIT 1;
+		IF FOUND THEN
+			RAISE foreign_key_violation USING MESSAGE = format('shard %s still has tenants', bad);
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER check_shard_ins AFTER INSERT ON pgtenant.tenants REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.check_tenant_shards();
+CREATE TRIGGER check_shard_upd AFTER UPDATE ON pgtenant.tenants REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.check_tenant_shards();
+CREATE TRIGGER check_tenants_del AFTER DELETE ON pgtenant.shards REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.check_tenant_shards();
 CREATE TRIGGER notify_tenants_upd AFTER UPDATE ON pgtenant.tenants REFERENCING OLD TABLE AS changed_old NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
 CREATE TRIGGER notify_tenants_del AFTER DELETE ON pgtenant.tenants REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
 CREATE TRIGGER notify_tenants_trunc AFTER TRUNCATE ON pgtenant.tenants FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();

@@ -17,19 +17,26 @@ import (
 // (by a statement trigger on pgtenant.tenants, in the changing transaction).
 // The payload is the kind of change, 'i' (insert), 'u' (update) or 'd'
 // (delete), followed by a JSON array of the ids changed, or by nothing when
-// the statement changed too many to name; '*' is a TRUNCATE.
+// the statement changed too many to name; '*' is a TRUNCATE. Inserts are
+// not announced (see UnknownTenantTTL).
 const TenantChannel = "pgtenant_tenants"
 
 // DefaultTenantCache is how many tenant lookups a router keeps by default.
 const DefaultTenantCache = 200_000
 
+// UnknownTenantTTL is how long a router keeps the answer that a tenant is
+// not registered. Registering a tenant announces nothing (see upgrade 9 in
+// schema.go), so a tenant a router was asked for just before it was
+// registered is routed at most this long after.
+const UnknownTenantTTL = 50 * time.Millisecond
+
 // lookupTimeout bounds one lookup of a tenant in the catalog.
 const lookupTimeout = 3 * time.Second
 
 // tenantDir is the catalog's placement.Directory: tenants are looked up in
-// the catalog on demand, and the answers (including "unregistered") kept in a
-// bounded cache while a Watch on this catalog listens on TenantChannel, which
-// invalidates them. While nothing listens (before the router's Watch has
+// the catalog on demand, and the answers kept in a bounded cache while a
+// Watch on this catalog listens on TenantChannel, which invalidates them
+// ("unregistered" answers only for UnknownTenantTTL). While nothing listens (before the router's Watch has
 // connected, or while the catalog is unreachable), every lookup asks the
 // catalog, and a cached answer is used only when the catalog does not answer.
 type tenantDir struct {
@@ -50,7 +57,7 @@ func (c *Catalog) tenants() *tenantDir {
 		if n <= 0 {
 			n = DefaultTenantCache
 		}
-		c.dir = &tenantDir{c: c, cache: placement.NewTenantCache(n)}
+		c.dir = &tenantDir{c: c, cache: placement.NewTenantCache(n, UnknownTenantTTL)}
 	})
 	return c.dir
 }

@@ -21,8 +21,10 @@ type TenantFileOptions struct {
 	// SkipExisting leaves ids already registered as they are; without it
 	// they fail the whole file.
 	SkipExisting bool
-	// Progress, when set, is called with what is being done ("read",
-	// "check", "insert") and the number of ids read so far.
+	// Progress, when set, is called as the work goes on: "read" (every
+	// 100,000 ids read), "copied" (all sent), "check" (looking for repeated
+	// ids), "registered" (looking for registered ones), "insert", "commit",
+	// with the number of ids concerned.
 	Progress func(stage string, ids int64)
 }
 
@@ -98,6 +100,7 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 			return fmt.Errorf("copy ids: %w", err)
 		}
 		res.Read = src.ids
+		progress("copied", res.Read)
 		if src.bad.Total > 0 {
 			src.bad.Hint = "Fix those lines (an id is 1 to 255 bytes of UTF-8 without NUL) and run the command again."
 			return &src.bad
@@ -125,6 +128,7 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 		if dup.Total > 0 {
 			return dup
 		}
+		progress("registered", res.Read)
 		ex := &TenantFileError{Hint: "Leave them out of the file, or pass --skip-existing to keep them as they are."}
 		rows, err = tx.Query(ctx, `SELECT i.line, i.id, t.shard, count(*) OVER () FROM pgtenant_import i
 			JOIN pgtenant.tenants t ON t.id = i.id ORDER BY i.line LIMIT $1`, maxLineErrors)
@@ -143,7 +147,7 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 			return ex
 		}
 		res.Existing = ex.Total
-		progress("insert", res.Read)
+		progress("insert", res.Read-res.Existing)
 		sql := `INSERT INTO pgtenant.tenants (id, shard, explicit)
 			SELECT id, coalesce($1, (hashtextextended(id, 0) & ($2::bigint - 1))::int), $1 IS NOT NULL
 			FROM pgtenant_import ORDER BY id`
@@ -155,6 +159,7 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 			return fmt.Errorf("insert tenants: %w", err)
 		}
 		res.Added = tag.RowsAffected()
+		progress("commit", res.Added)
 		return nil
 	})
 	detail := map[string]any{"file": true, "read": res.Read, "added": res.Added, "existing": res.Existing}

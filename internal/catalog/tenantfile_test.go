@@ -30,7 +30,7 @@ func TestAddTenantFile(t *testing.T) {
 	if err != nil || res.Read != 1002 || res.Added != 1002 {
 		t.Fatalf("AddTenantFile = %+v, %v", res, err)
 	}
-	if got := strings.Join(stages, ","); got != "check,insert" {
+	if got := strings.Join(stages, ","); got != "copied,check,registered,insert,commit" {
 		t.Errorf("progress stages %s", got)
 	}
 	for _, id := range []string{"file7", "O'Reilly Media", "last without newline"} {
@@ -81,5 +81,30 @@ func TestAddTenantFile(t *testing.T) {
 	bad := 16
 	if _, err := c.AddTenantFile(ctx, strings.NewReader("x\n"), TenantFileOptions{Shard: &bad}); err == nil || !strings.Contains(err.Error(), "shard 16 does not exist") {
 		t.Fatalf("shard 16 of 16: %v", err)
+	}
+}
+
+// TestTenantShardChecked: a tenant cannot name a shard that does not exist,
+// and a shard with tenants cannot be deleted (the statement-level check
+// that replaced the foreign key).
+func TestTenantShardChecked(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 4)
+	if _, err := c.pool.Exec(ctx, `DELETE FROM pgtenant.shards WHERE id = 3`); err != nil {
+		t.Fatal(err)
+	}
+	three := 3
+	if _, err := c.AddTenant(ctx, "x", &three); err == nil || !strings.Contains(err.Error(), "shard 3 has not been created yet") {
+		t.Fatalf("tenant on a missing shard: %v", err)
+	}
+	if _, err := c.AddTenantFile(ctx, strings.NewReader("y\n"), TenantFileOptions{Shard: &three}); err == nil || !strings.Contains(err.Error(), "shard 3 does not exist") {
+		t.Fatalf("tenant file on a missing shard: %v", err)
+	}
+	two := 2
+	if _, err := c.AddTenant(ctx, "z", &two); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.pool.Exec(ctx, `DELETE FROM pgtenant.shards WHERE id = 2`); err == nil || !strings.Contains(err.Error(), "shard 2 still has tenants") {
+		t.Fatalf("delete a shard with tenants: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // NoShard is the shard a TenantCache records for a tenant it knows is not
@@ -16,7 +17,9 @@ const NoShard = -1
 const cacheParts = 16
 
 // TenantCache is a bounded cache of tenant lookups: for each tenant id its
-// shard, or NoShard for an id known to be unregistered. It evicts with the
+// shard, or NoShard for an id known to be unregistered (kept only for the
+// cache's negative TTL, so that a tenant registered meanwhile is soon found
+// without anyone telling the cache). It evicts with the
 // CLOCK algorithm (an entry read since the hand last passed gets a second
 // chance), so a hit takes a read lock and sets one flag. A lookup that
 // misses is a Flight: concurrent lookups of the same tenant wait for the
@@ -25,8 +28,9 @@ const cacheParts = 16
 // may predate the change. It does no I/O. The zero value is not usable: use
 // NewTenantCache.
 type TenantCache struct {
-	seed  maphash.Seed
-	parts [cacheParts]cachePart
+	seed        maphash.Seed
+	negativeTTL time.Duration
+	parts       [cacheParts]cachePart
 }
 
 type cachePart struct {
@@ -39,10 +43,11 @@ type cachePart struct {
 }
 
 type cacheEntry struct {
-	key   string
-	shard int
-	ref   atomic.Bool
-	slot  int
+	key     string
+	shard   int
+	ref     atomic.Bool
+	slot    int
+	expires time.Time // NoShard entries only
 }
 
 // Flight is a lookup of one tenant in progress. The leader (Begin returned
@@ -53,18 +58,20 @@ type Flight struct {
 	key   string
 	done  chan struct{}
 	stale bool // guarded by part.mu: invalidated during the flight
+	ttl   time.Duration
 	shard int
 	err   error
 }
 
 // NewTenantCache returns a cache of at most capacity entries (at least
-// cacheParts).
-func NewTenantCache(capacity int) *TenantCache {
+// cacheParts) that keeps "unregistered" answers for negativeTTL (zero: not
+// at all).
+func NewTenantCache(capacity int, negativeTTL time.Duration) *TenantCache {
 	per := capacity / cacheParts
 	if per < 1 {
 		per = 1
 	}
-	c := &TenantCache{seed: maphash.MakeSeed()}
+	c := &TenantCache{seed: maphash.MakeSeed(), negativeTTL: negativeTTL}
 	for i := range c.parts {
 		c.parts[i] = cachePart{entries: map[string]*cacheEntry{}, flights: map[string]*Flight{}, limit: per}
 	}
@@ -85,6 +92,9 @@ func (c *TenantCache) Get(tenant string) (int, bool) {
 	if e == nil {
 		return 0, false
 	}
+	if e.shard == NoShard && time.Now().After(e.expires) {
+		return 0, false
+	}
 	if !e.ref.Load() {
 		e.ref.Store(true)
 	}
@@ -100,7 +110,7 @@ func (c *TenantCache) Begin(tenant string) (f *Flight, leader bool) {
 	if f := p.flights[tenant]; f != nil {
 		return f, false
 	}
-	f = &Flight{part: p, key: tenant, done: make(chan struct{})}
+	f = &Flight{part: p, key: tenant, done: make(chan struct{}), ttl: c.negativeTTL}
 	p.flights[tenant] = f
 	return f, true
 }
@@ -115,8 +125,8 @@ func (f *Flight) Finish(shard int, err error) {
 	if p.flights[f.key] == f {
 		delete(p.flights, f.key)
 	}
-	if !f.stale && err == nil {
-		p.put(f.key, shard)
+	if !f.stale && err == nil && (shard != NoShard || f.ttl > 0) {
+		p.put(f.key, shard, f.ttl)
 	}
 	p.mu.Unlock()
 	close(f.done)
@@ -134,12 +144,16 @@ func (f *Flight) Wait(ctx context.Context) (int, error) {
 
 // put adds or replaces an entry, evicting one if the part is full. p.mu is
 // held.
-func (p *cachePart) put(key string, shard int) {
-	if e := p.entries[key]; e != nil {
-		e.shard = shard
-		return
+func (p *cachePart) put(key string, shard int, ttl time.Duration) {
+	var expires time.Time
+	if shard == NoShard {
+		expires = time.Now().Add(ttl)
 	}
-	e := &cacheEntry{key: key, shard: shard}
+	if e := p.entries[key]; e != nil {
+		p.ring[e.slot] = nil // replaced below: entries are read without the lock
+		delete(p.entries, key)
+	}
+	e := &cacheEntry{key: key, shard: shard, expires: expires}
 	if len(p.ring) < p.limit {
 		e.slot = len(p.ring)
 		p.ring = append(p.ring, e)

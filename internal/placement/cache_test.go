@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestTenantCache(t *testing.T) {
-	c := NewTenantCache(1600) // 100 per part
+	c := NewTenantCache(1600, time.Hour) // 100 per part
 	if _, ok := c.Get("a"); ok {
 		t.Fatal("empty cache hit")
 	}
@@ -69,7 +70,7 @@ func TestTenantCache(t *testing.T) {
 }
 
 func TestTenantCacheBound(t *testing.T) {
-	c := NewTenantCache(160)
+	c := NewTenantCache(160, time.Hour)
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)
@@ -104,5 +105,36 @@ func TestTenantCacheBound(t *testing.T) {
 	}
 	if _, ok := c.Get("hot"); !ok {
 		t.Fatal("a tenant read between every insert was evicted")
+	}
+}
+
+func TestTenantCacheNegativeTTL(t *testing.T) {
+	c := NewTenantCache(1600, 30*time.Millisecond)
+	f, _ := c.Begin("new")
+	f.Finish(NoShard, nil)
+	if s, ok := c.Get("new"); !ok || s != NoShard {
+		t.Fatalf("fresh negative entry: %d, %v", s, ok)
+	}
+	f, _ = c.Begin("old")
+	f.Finish(4, nil)
+	time.Sleep(40 * time.Millisecond)
+	if _, ok := c.Get("new"); ok {
+		t.Fatal("a negative entry outlived its TTL")
+	}
+	if s, ok := c.Get("old"); !ok || s != 4 {
+		t.Fatal("a registered tenant expired")
+	}
+	// Registered after all: the entry is replaced.
+	f, _ = c.Begin("new")
+	f.Finish(2, nil)
+	if s, ok := c.Get("new"); !ok || s != 2 {
+		t.Fatalf("replaced entry: %d, %v", s, ok)
+	}
+	// No TTL: negative answers are not kept.
+	c = NewTenantCache(1600, 0)
+	f, _ = c.Begin("x")
+	f.Finish(NoShard, nil)
+	if _, ok := c.Get("x"); ok {
+		t.Fatal("negative answer kept without a TTL")
 	}
 }
