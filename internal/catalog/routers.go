@@ -25,16 +25,16 @@ func (c *Catalog) Heartbeat(ctx context.Context, id, addr string, acked int64) e
 	// Not waiting for the WAL flush: a heartbeat or an acknowledgement lost
 	// in a crash of the catalog is sent again a second later, and what it
 	// says (this router applied that map) is true whether or not it is on
-	// disk. A mover waiting for it sees it a flush sooner.
-	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO pgtenant.routers (id, addr, acked_version) VALUES ($1, $2, $3)
-			ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, last_seen = now(),
-				acked_version = greatest(pgtenant.routers.acked_version, excluded.acked_version)`, id, addr, acked)
-		return err
-	})
+	// disk. A mover waiting for it sees it a flush sooner. One round trip:
+	// the statements go as one pipeline.
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(`INSERT INTO pgtenant.routers (id, addr, acked_version) VALUES ($1, $2, $3)
+		ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, last_seen = now(),
+			acked_version = greatest(pgtenant.routers.acked_version, excluded.acked_version)`, id, addr, acked)
+	b.Queue(`COMMIT`)
+	err := c.pool.SendBatch(ctx, b).Close()
 	if err != nil {
 		return fmt.Errorf("router heartbeat: %w", err)
 	}

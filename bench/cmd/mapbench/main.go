@@ -132,7 +132,8 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		return fmt.Errorf("set up: %w", err)
 	}
 	defer b.cat.Close()
-	fmt.Fprintf(w, "mapbench: 256 shards on 2 nodes, %d CPUs\n\n", numCPU())
+	fmt.Fprintf(w, "mapbench: 256 shards on 2 nodes, %d CPUs, load average %s\n\n", numCPU(), loadAvg())
+	defer func() { fmt.Fprintf(w, "\nload average at the end: %s\n", loadAvg()) }()
 
 	if !skip["small"] {
 		fmt.Fprintf(w, "== %d tenants in the catalog\n", b.tenantCount(ctx))
@@ -162,6 +163,20 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// loadAvg is the machine's 1, 5 and 15 minute load averages (the machine
+// may be shared: the figures mean little when it is far above the CPUs).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func numCPU() int {
@@ -545,6 +560,17 @@ func (b *bench) addCase(ctx context.Context, r *routerProc) error {
 		return err
 	}
 	defer signups.Close()
+	// Baseline: the probe for a tenant the router has cached.
+	var base []time.Duration
+	if probe, err := r.connect(ctx, ""); err == nil {
+		for i := range 200 {
+			t0 := time.Now()
+			if err := probeTenant(ctx, probe, loadTenant(i%10)); err == nil {
+				base = append(base, time.Since(t0))
+			}
+		}
+		probe.Close(ctx)
+	}
 	total := b.o.addRate * b.o.addSeconds
 	jobs := make(chan int, total)
 	var mu sync.Mutex
@@ -665,6 +691,7 @@ func (b *bench) addCase(ctx context.Context, r *routerProc) error {
 	}
 	fmt.Fprintf(b.w, "signups: %d tenants added in %.1f s (%.0f/s; %d errors); tenant add itself: %s\n",
 		added, elapsed.Seconds(), float64(added)/elapsed.Seconds(), addErrs, pct(addDur))
+	fmt.Fprintf(b.w, "  the probe (SET pgtenant.tenant; SELECT count(*) FROM kv) for a cached tenant, before the signups: %s\n", pct(base))
 	fmt.Fprintf(b.w, "  routable after tenant add returned, not asked for before: %s\n", pct(cold))
 	fmt.Fprintf(b.w, "  routable after tenant add returned, refused (42704) just before: %s\n", pct(warm))
 	fmt.Fprintf(b.w, "  %d probe errors; clients during the signups: max %s (p99 %s) vs control max %s (p99 %s); %d client errors\n",
