@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
@@ -10,17 +11,18 @@ import (
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
+// batcher runs a batch of statements on one connection (*pgx.Conn,
+// *pgxpool.Pool).
+type batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // LoadMap reads a consistent snapshot of the placement map: the map version,
 // every shard and every node. Tenants are not read: the map's Directory looks
 // them up in the catalog on demand (see SetTenantCache), so the map's size
 // and load time do not grow with the number of tenants.
 func (c *Catalog) LoadMap(ctx context.Context) (*placement.Map, error) {
-	var m *placement.Map
-	err := pgx.BeginTxFunc(ctx, c.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var err error
-		m, err = c.loadMapSince(ctx, tx, nil)
-		return err
-	})
+	m, err := c.loadMapSince(ctx, c.pool, nil)
 	if err != nil {
 		return nil, fmt.Errorf("load map: %w", err)
 	}
@@ -32,68 +34,73 @@ func (c *Catalog) LoadMap(ctx context.Context) (*placement.Map, error) {
 // (the shard rows a fence or flip touched, the nodes if any changed), and
 // shares the rest with prev; when the log does not cover every version since
 // prev (pruned, or written by an older pgtenant) or says 'all', it reads the
-// whole map. Run it in a repeatable-read transaction: map versions commit in
-// order (each bump locks the map_version row), so the log holds every
-// version up to the one read.
-func (c *Catalog) loadMapSince(ctx context.Context, q querier, prev *placement.Map) (*placement.Map, error) {
-	var v int64
-	if err := q.QueryRow(ctx, `SELECT version FROM pgtenant.map_version`).Scan(&v); err != nil {
-		if isUndefinedTable(err) {
-			return nil, ErrNotInitialized
-		}
-		return nil, err
-	}
-	if prev != nil && v == prev.Version {
-		return prev, nil
-	}
-	if prev != nil && v > prev.Version {
-		m, ok, err := c.applyChanges(ctx, q, prev, v)
+// whole map. Map versions commit in order (each bump locks the map_version
+// row), so in one repeatable-read snapshot the log holds every version up to
+// the one read. The statements go as one pipeline: one round trip, which is
+// most of the time a router takes to acknowledge a fence.
+func (c *Catalog) loadMapSince(ctx context.Context, b batcher, prev *placement.Map) (*placement.Map, error) {
+	if prev != nil {
+		m, ok, err := c.readMap(ctx, b, prev)
 		if err != nil || ok {
 			return m, err
 		}
 	}
-	m := &placement.Map{Version: v, Directory: c.tenants()}
-	shards, err := listShards(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	m.Shards = shards
-	if m.Nodes, err = c.loadNodes(ctx, q); err != nil {
-		return nil, err
-	}
-	return m, nil
+	m, _, err := c.readMap(ctx, b, nil)
+	return m, err
 }
 
-// applyChanges builds the map at version v from prev and the change log; ok
-// is false when the log cannot (the caller then reads the whole map).
-func (c *Catalog) applyChanges(ctx context.Context, q querier, prev *placement.Map, v int64) (*placement.Map, bool, error) {
-	rows, err := q.Query(ctx, `SELECT version, kind, coalesce(shards, '{}') FROM pgtenant.map_changes
-		WHERE version > $1 AND version <= $2 ORDER BY version`, prev.Version, v)
-	if err != nil {
-		if isUndefinedTable(err) {
-			return nil, false, nil
+// readMap reads the map: in full without prev, else as changes to prev (ok
+// false when the change log cannot say).
+func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (m *placement.Map, ok bool, err error) {
+	full := prev == nil
+	since := int64(math.MaxInt64)
+	if prev != nil {
+		since = prev.Version
+	}
+	const upTo = `version > $1 AND version <= (SELECT version FROM pgtenant.map_version)`
+	batch := &pgx.Batch{}
+	batch.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	batch.Queue(`SELECT version FROM pgtenant.map_version`)
+	batch.Queue(`SELECT version, kind, coalesce(shards, '{}') FROM pgtenant.map_changes WHERE `+upTo+` ORDER BY version`, since)
+	batch.Queue(`SELECT id, schema_name, node, state, epoch FROM pgtenant.shards
+		WHERE $2 OR id IN (SELECT unnest(shards) FROM pgtenant.map_changes WHERE `+upTo+`) ORDER BY id`, since, full)
+	batch.Queue(`SELECT name, dsn FROM pgtenant.nodes
+		WHERE $2 OR EXISTS (SELECT FROM pgtenant.map_changes WHERE `+upTo+` AND kind = 'nodes')`, since, full)
+	batch.Queue(`COMMIT`)
+	br := b.SendBatch(ctx, batch)
+	defer func() {
+		if cerr := br.Close(); err == nil && cerr != nil {
+			m, ok, err = nil, false, cerr
 		}
+		if isUndefinedTable(err) {
+			err = ErrNotInitialized
+		}
+	}()
+	if _, err := br.Exec(); err != nil {
+		return nil, false, err
+	}
+	var v int64
+	if err := br.QueryRow().Scan(&v); err != nil {
+		return nil, false, err
+	}
+	rows, err := br.Query()
+	if err != nil {
 		return nil, false, err
 	}
 	var (
-		n       int64
-		ver     int64
-		kind    string
-		ids     []int32
-		changed = map[int32]bool{}
-		nodes   bool
-		all     bool
+		n     int64
+		ver   int64
+		kind  string
+		ids   []int32
+		nodes bool
+		all   bool
 	)
 	if _, err := pgx.ForEachRow(rows, []any{&ver, &kind, &ids}, func() error {
 		n++
 		switch kind {
-		case "shards":
-			for _, id := range ids {
-				changed[id] = true
-			}
+		case "shards", "users":
 		case "nodes":
 			nodes = true
-		case "users":
 		default:
 			all = true
 		}
@@ -101,32 +108,47 @@ func (c *Catalog) applyChanges(ctx context.Context, q querier, prev *placement.M
 	}); err != nil {
 		return nil, false, err
 	}
-	if all || n != v-prev.Version {
+	rows, err = br.Query()
+	if err != nil {
+		return nil, false, err
+	}
+	shards, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (placement.Shard, error) {
+		var s placement.Shard
+		err := r.Scan(&s.ID, &s.Schema, &s.Node, &s.State, &s.Epoch)
+		return s, err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	rows, err = br.Query()
+	if err != nil {
+		return nil, false, err
+	}
+	nodeMap := map[string]placement.Node{}
+	var name, dsn string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &dsn}, func() error {
+		nodeMap[name] = placement.Node{Name: name, DSN: dsn}
+		return nil
+	}); err != nil {
+		return nil, false, err
+	}
+	if _, err := br.Exec(); err != nil {
+		return nil, false, err
+	}
+	if full {
+		c.resolveNodes(nodeMap)
+		return &placement.Map{Version: v, Shards: shards, Nodes: nodeMap, Directory: c.tenants()}, true, nil
+	}
+	if v == prev.Version {
+		return prev, true, nil
+	}
+	if v < prev.Version || all || n != v-prev.Version {
 		return nil, false, nil
 	}
-	m := &placement.Map{Version: v, Shards: prev.Shards, Nodes: prev.Nodes, Directory: prev.Directory, Tenants: prev.Tenants}
-	if len(changed) > 0 {
-		want := make([]int32, 0, len(changed))
-		for id := range changed {
-			want = append(want, id)
-		}
-		rows, err := q.Query(ctx, `SELECT id, schema_name, node, state, epoch FROM pgtenant.shards WHERE id = ANY($1)`, want)
-		if err != nil {
-			return nil, false, err
-		}
-		got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (placement.Shard, error) {
-			var s placement.Shard
-			err := r.Scan(&s.ID, &s.Schema, &s.Node, &s.State, &s.Epoch)
-			return s, err
-		})
-		if err != nil {
-			return nil, false, err
-		}
-		if len(got) != len(want) {
-			return nil, false, nil // a shard was deleted: read them all
-		}
+	m = &placement.Map{Version: v, Shards: prev.Shards, Nodes: prev.Nodes, Directory: prev.Directory, Tenants: prev.Tenants}
+	if len(shards) > 0 {
 		m.Shards = slices.Clone(prev.Shards)
-		for _, s := range got {
+		for _, s := range shards {
 			if s.ID < 0 || s.ID >= len(m.Shards) || m.Shards[s.ID].ID != s.ID {
 				return nil, false, nil // a shard was added: read them all
 			}
@@ -134,27 +156,9 @@ func (c *Catalog) applyChanges(ctx context.Context, q querier, prev *placement.M
 		}
 	}
 	if nodes {
-		if m.Nodes, err = c.loadNodes(ctx, q); err != nil {
-			return nil, false, err
-		}
+		c.resolveNodes(nodeMap)
+		m.Nodes = nodeMap
 	}
 	return m, true, nil
 }
 
-// loadNodes reads every node, with its DSN's secrets resolved.
-func (c *Catalog) loadNodes(ctx context.Context, q querier) (map[string]placement.Node, error) {
-	rows, err := q.Query(ctx, `SELECT name, dsn FROM pgtenant.nodes`)
-	if err != nil {
-		return nil, err
-	}
-	nodes := map[string]placement.Node{}
-	var name, dsn string
-	if _, err := pgx.ForEachRow(rows, []any{&name, &dsn}, func() error {
-		nodes[name] = placement.Node{Name: name, DSN: dsn}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	c.resolveNodes(nodes)
-	return nodes, nil
-}

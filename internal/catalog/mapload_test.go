@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -222,12 +220,7 @@ func TestLoadMapSince(t *testing.T) {
 	c := newCatalog(t, 4)
 	load := func(prev *placement.Map) *placement.Map {
 		t.Helper()
-		var m *placement.Map
-		err := pgx.BeginTxFunc(ctx, c.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-			var err error
-			m, err = c.loadMapSince(ctx, tx, prev)
-			return err
-		})
+		m, err := c.loadMapSince(ctx, c.pool, prev)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -118,12 +118,7 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 		}
 	}()
 	reload := func() error {
-		var m *placement.Map
-		err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-			var err error
-			m, err = c.loadMapSince(ctx, tx, *last)
-			return err
-		})
+		m, err := c.loadMapSince(ctx, conn, *last)
 		if err != nil {
 			return fmt.Errorf("load map: %w", err)
 		}
