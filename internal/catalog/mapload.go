@@ -161,4 +161,3 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 	}
 	return m, true, nil
 }
-

@@ -22,9 +22,10 @@ type TenantFileOptions struct {
 	// they fail the whole file.
 	SkipExisting bool
 	// Progress, when set, is called as the work goes on: "read" (every
-	// 100,000 ids read), "copied" (all sent), "check" (looking for repeated
-	// ids), "registered" (looking for registered ones), "insert", "commit",
-	// with the number of ids concerned.
+	// 100,000 ids read), "copied" (all sent), "insert", then "commit", or,
+	// when some ids were not inserted, "check" (looking for repeated ids)
+	// and "registered" (naming the registered ones), with the number of ids
+	// concerned.
 	Progress func(stage string, ids int64)
 }
 
@@ -70,10 +71,11 @@ func (e *TenantFileError) Error() string {
 
 // AddTenantFile registers the tenants of r, one id a line (a final newline
 // is optional, "\r\n" endings are accepted), in one transaction: the ids are
-// checked as they are read and sent with COPY into a temporary table, ids
-// that appear twice (and, unless SkipExisting, ids already registered) are
-// looked for, and one INSERT ... SELECT places them all, by hash computed
-// by the server or in opts.Shard. Any bad line fails the whole file with a
+// checked as they are read and sent with COPY into a temporary table, and
+// one INSERT ... SELECT ... ON CONFLICT DO NOTHING places them all, by hash
+// computed by the server or in opts.Shard. When it inserted fewer rows than
+// ids, the ids that appear twice (and, unless SkipExisting, the ids already
+// registered) are looked for and reported. Any bad line fails the whole file with a
 // *TenantFileError naming the lines; nothing is added then.
 func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFileOptions) (TenantFileResult, error) {
 	var res TenantFileResult
@@ -105,10 +107,23 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 			src.bad.Hint = "Fix those lines (an id is 1 to 255 bytes of UTF-8 without NUL) and run the command again."
 			return &src.bad
 		}
-		progress("check", res.Read)
-		if _, err := tx.Exec(ctx, `ANALYZE pgtenant_import`); err != nil {
-			return fmt.Errorf("analyze: %w", err)
+		progress("insert", res.Read)
+		// ON CONFLICT: an id registered already (or twice in the file) is
+		// found by the insert's own index check, so the checks below run
+		// only when the counts say something was left out.
+		tag, err := tx.Exec(ctx, `INSERT INTO pgtenant.tenants (id, shard, explicit)
+			SELECT id, coalesce($1, (hashtextextended(id, 0) & ($2::bigint - 1))::int), $1 IS NOT NULL
+			FROM pgtenant_import ORDER BY id
+			ON CONFLICT (id) DO NOTHING`, opts.Shard, count)
+		if err != nil {
+			return fmt.Errorf("insert tenants: %w", err)
 		}
+		res.Added = tag.RowsAffected()
+		if res.Added == res.Read {
+			progress("commit", res.Added)
+			return nil
+		}
+		progress("check", res.Read)
 		dup := &TenantFileError{Hint: "Remove the repeated lines and run the command again."}
 		rows, err := tx.Query(ctx, `SELECT l.line, l.id, l.first, count(*) OVER () FROM (
 				SELECT line, id, min(line) OVER (PARTITION BY id) AS first FROM pgtenant_import) l
@@ -128,10 +143,16 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 		if dup.Total > 0 {
 			return dup
 		}
-		progress("registered", res.Read)
+		res.Existing = res.Read - res.Added
+		if opts.SkipExisting {
+			progress("commit", res.Added)
+			return nil
+		}
+		progress("registered", res.Existing)
+		// The rows this transaction did not write.
 		ex := &TenantFileError{Hint: "Leave them out of the file, or pass --skip-existing to keep them as they are."}
 		rows, err = tx.Query(ctx, `SELECT i.line, i.id, t.shard, count(*) OVER () FROM pgtenant_import i
-			JOIN pgtenant.tenants t ON t.id = i.id ORDER BY i.line LIMIT $1`, maxLineErrors)
+			JOIN pgtenant.tenants t ON t.id = i.id WHERE t.xmin <> pg_current_xact_id()::xid ORDER BY i.line LIMIT $1`, maxLineErrors)
 		if err != nil {
 			return fmt.Errorf("look for registered ids: %w", err)
 		}
@@ -143,24 +164,7 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 		}); err != nil {
 			return fmt.Errorf("look for registered ids: %w", err)
 		}
-		if ex.Total > 0 && !opts.SkipExisting {
-			return ex
-		}
-		res.Existing = ex.Total
-		progress("insert", res.Read-res.Existing)
-		sql := `INSERT INTO pgtenant.tenants (id, shard, explicit)
-			SELECT id, coalesce($1, (hashtextextended(id, 0) & ($2::bigint - 1))::int), $1 IS NOT NULL
-			FROM pgtenant_import ORDER BY id`
-		if opts.SkipExisting {
-			sql += ` ON CONFLICT (id) DO NOTHING`
-		} // else an id registered meanwhile fails the file (23505)
-		tag, err := tx.Exec(ctx, sql, opts.Shard, count)
-		if err != nil {
-			return fmt.Errorf("insert tenants: %w", err)
-		}
-		res.Added = tag.RowsAffected()
-		progress("commit", res.Added)
-		return nil
+		return ex
 	})
 	detail := map[string]any{"file": true, "read": res.Read, "added": res.Added, "existing": res.Existing}
 	if opts.Shard != nil {
