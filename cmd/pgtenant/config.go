@@ -99,6 +99,9 @@ type RouterConfig struct {
 	// UsageCapacity is the most tenants whose usage is counted; zero
 	// means 1000, -1 turns counting off.
 	UsageCapacity int `yaml:"usage_capacity"`
+	// TenantCache is how many tenant lookups the router keeps in memory;
+	// zero means catalog.DefaultTenantCache (200,000).
+	TenantCache int `yaml:"tenant_cache"`
 	// UsageTopK is how many of the busiest tenants are exported as
 	// pgtenant_tenant_* metrics; zero means 20.
 	UsageTopK int `yaml:"usage_top_k"`

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/access"
+	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/nodedsn"
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/router"
@@ -85,6 +86,7 @@ hostssl does.`,
 	cmd.Flags().String("secrets-file", "", "file of NAME=value lines resolving $NAME in node DSNs, before the environment (env PGTENANT_SECRETS_FILE; mode 0600)")
 	cmd.Flags().Duration("hold-timeout", 10*time.Second, "longest hold of a transaction for a shard being moved (then SQLSTATE 40001)")
 	addLifecycleFlags(cmd)
+	cmd.Flags().Int("tenant-cache", catalog.DefaultTenantCache, "tenant lookups kept in memory (registered or not; invalidated by the catalog's notifications; config: tenant_cache)")
 	cmd.Flags().String("shared-schema", "public", "schema searched after the shard's (search_path: shard, this, pg_temp); empty = none")
 	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction this long (SQLSTATE 25P03, rolled back; 0: never)")
 	cmd.Flags().Bool("reset-tenant-after-transaction", false, "reset a client's session tenant (SET pgtenant.tenant) after each transaction on a shard, for apps whose pool reuses clients")
@@ -205,6 +207,7 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	defer cat.Close()
+	cat.SetTenantCache(intSetting(cmd, "tenant-cache", a.cfg.Router.TenantCache))
 	if path := setting(cmd, "secrets-file", "PGTENANT_SECRETS_FILE", a.cfg.Router.SecretsFile); path != "" {
 		secrets, err := nodedsn.LoadFile(path)
 		if err != nil {
@@ -300,7 +303,7 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	a.logger.Info("router listening", "addr", addr, "router", id, "map_version", m.Version)
-	fmt.Fprintf(a.stdout, "router listening on %s (map version %d, %d tenants)\n", addr, m.Version, len(m.Tenants))
+	fmt.Fprintf(a.stdout, "router listening on %s (map version %d, %d shards)\n", addr, m.Version, len(m.Shards))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

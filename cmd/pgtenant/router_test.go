@@ -113,21 +113,57 @@ func TestRouterCommand(t *testing.T) {
 		t.Fatalf("wrong password: %v, want SQLSTATE 28P01", err)
 	}
 
-	// A tenant added while the router runs is routed within moments.
-	mustRun(t, "tenant", "add", "late")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		conn, err := connect("s3cret", "late")
+	// schemaOf runs a statement for tenant and returns its schema, or the
+	// error's SQLSTATE.
+	schemaOf := func(tenant string) (string, string) {
+		conn, err := connect("s3cret", tenant)
 		if err == nil {
 			err = conn.QueryRow(ctx, "SELECT current_schema()").Scan(&schema)
 			conn.Close(ctx)
 		}
-		if err == nil {
-			break
+		if err != nil {
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) {
+				t.Fatalf("tenant %s: %v", tenant, err)
+			}
+			return "", pgErr.Code
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tenant added after start still refused: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return schema, ""
 	}
+	// waitSchema waits until tenant's statements run in want (or fail with
+	// SQLSTATE code when want is ""): the router hears of tenant changes by
+	// NOTIFY.
+	waitSchema := func(tenant, want, code string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			got, gotCode := schemaOf(tenant)
+			if got == want && gotCode == code {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("tenant %s: schema %q SQLSTATE %q; want %q %q", tenant, got, gotCode, want, code)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// Unknown: refused with 42704 (and the router caches that answer).
+	if got, code := schemaOf("late"); code != "42704" {
+		t.Fatalf("unregistered tenant: schema %q SQLSTATE %q, want 42704", got, code)
+	}
+	// A tenant added while the router runs is routed within moments.
+	mustRun(t, "tenant", "add", "late")
+	waitSchema("late", placement.SchemaName(placement.ShardOf("late", 4)), "")
+	// An explicit placement is honoured.
+	pin := (placement.ShardOf("pinned", 4) + 1) % 4
+	mustRun(t, "tenant", "add", "pinned", "--shard", fmt.Sprint(pin))
+	waitSchema("pinned", placement.SchemaName(pin), "")
+	// A removed tenant is refused.
+	mustRun(t, "tenant", "remove", "late")
+	waitSchema("late", "", "42704")
+	// Tenants registered in bulk too.
+	if code, out, errOut := pgtenantIn(t, "bulk1\nbulk2\n", "tenant", "add", "--file", "-"); code != 0 || !strings.Contains(out, "2 tenants added") {
+		t.Fatalf("tenant add --file: exit %d %s%s", code, out, errOut)
+	}
+	waitSchema("bulk2", placement.SchemaName(placement.ShardOf("bulk2", 4)), "")
 }

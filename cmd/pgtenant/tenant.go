@@ -25,18 +25,32 @@ without extensions, so imports and audits can place rows in plain SQL:
 Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 	}
 	var shard int
+	var file string
+	var skipExisting bool
 	add := &cobra.Command{
-		Use:   "add ID",
-		Short: "Register a tenant in its hash shard, or in --shard N",
+		Use:   "add ID | --file FILE",
+		Short: "Register a tenant in its hash shard, or in --shard N; or every id of a file",
 		Example: `  pgtenant tenant add acme
   pgtenant tenant add "O'Reilly Media"
-  pgtenant tenant add bigcorp --shard 17   # explicit placement overrides the hash`,
-		Args: cobra.ExactArgs(1),
+  pgtenant tenant add bigcorp --shard 17   # explicit placement overrides the hash
+  pgtenant tenant add --file ids.txt       # one id a line, all or nothing ("-": stdin)`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 1) == (file != "") {
+				return usagef("give one tenant id or --file FILE")
+			}
+			return cobra.MaximumNArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 				var want *int
 				if cmd.Flags().Changed("shard") {
 					want = &shard
+				}
+				if file != "" {
+					return a.addTenantFile(ctx, c, cmd.InOrStdin(), file, catalog.TenantFileOptions{Shard: want, SkipExisting: skipExisting})
+				}
+				if skipExisting {
+					return usagef("--skip-existing goes with --file")
 				}
 				loc, err := c.AddTenant(ctx, args[0], want)
 				if err != nil {
@@ -48,6 +62,8 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 			})(cmd, args)
 		},
 	}
+	add.Flags().StringVar(&file, "file", "", "register every id of this file, one a line, in one transaction (\"-\": stdin)")
+	add.Flags().BoolVar(&skipExisting, "skip-existing", false, "with --file: leave ids already registered as they are instead of failing")
 	add.Flags().IntVar(&shard, "shard", 0, "place the tenant in this shard instead of its hash shard")
 
 	locate := &cobra.Command{

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,6 +52,13 @@ type Catalog struct {
 	logger  *slog.Logger
 	pool    *pgxpool.Pool
 	secrets nodedsn.Lookup
+
+	// tenantCache is the capacity of dir's cache (SetTenantCache).
+	tenantCache int
+	dirOnce     sync.Once
+	dir         *tenantDir
+	// shardCount caches ShardCount once read.
+	shardCount atomic.Int64
 }
 
 // SetSecrets sets where $NAME references in node DSNs are resolved (see
@@ -67,18 +77,18 @@ func (c *Catalog) resolve(dsn string) (string, error) {
 	return nodedsn.Expand(dsn, l)
 }
 
-// resolveMap resolves the node DSNs of a freshly loaded map in place. A node
+// resolveNodes resolves the DSNs of freshly loaded nodes in place. A node
 // whose DSN names a missing secret keeps the stored DSN (connections to it
 // then fail) and is logged.
-func (c *Catalog) resolveMap(m *placement.Map) {
-	for name, n := range m.Nodes {
+func (c *Catalog) resolveNodes(nodes map[string]placement.Node) {
+	for name, n := range nodes {
 		dsn, err := c.resolve(n.DSN)
 		if err != nil {
 			c.logger.Error("node connection string", "node", name, "err", err)
 			continue
 		}
 		n.DSN = dsn
-		m.Nodes[name] = n
+		nodes[name] = n
 	}
 }
 
@@ -97,7 +107,9 @@ func (c *Catalog) Open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("parse catalog connection string: %w", err)
 	}
-	cfg.MaxConns = 4
+	if _, set := cfg.ConnConfig.RuntimeParams["pool_max_conns"]; !set && !strings.Contains(c.dsn, "pool_max_conns") {
+		cfg.MaxConns = 4
+	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "pgtenant"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -221,8 +233,12 @@ func (c *Catalog) Init(ctx context.Context, shards int) error {
 // ErrBadShardCount explains which shard counts are accepted.
 var ErrBadShardCount = errors.New("the shard count must be a power of two from 1 to 65536 (e.g. 256), so that shards split evenly when nodes are added")
 
-// ShardCount returns the configured number of shards.
+// ShardCount returns the configured number of shards (read once: it never
+// changes after init).
 func (c *Catalog) ShardCount(ctx context.Context) (int, error) {
+	if n := c.shardCount.Load(); n > 0 {
+		return int(n), nil
+	}
 	var v string
 	err := c.pool.QueryRow(ctx, `SELECT value FROM pgtenant.meta WHERE key = 'shard_count'`).Scan(&v)
 	if err != nil {
@@ -231,7 +247,12 @@ func (c *Catalog) ShardCount(ctx context.Context) (int, error) {
 		}
 		return 0, fmt.Errorf("read shard count: %w", err)
 	}
-	return strconv.Atoi(v)
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("read shard count: %w", err)
+	}
+	c.shardCount.Store(int64(n))
+	return n, nil
 }
 
 // SetMeta stores a catalog-wide setting (for example the migrations directory).
@@ -265,16 +286,23 @@ func isUndefinedTable(err error) bool {
 // logOp records a control-plane operation. Failing to log does not fail the
 // operation; it is logged instead.
 func (c *Catalog) logOp(ctx context.Context, op string, detail map[string]any, opErr error) {
+	if err := logOpIn(ctx, c.pool, op, detail, opErr); err != nil {
+		c.logger.Warn("record operation", "op", op, "err", err)
+	}
+}
+
+// logOpIn records a control-plane operation with q (a transaction, so that
+// a change and its record commit together).
+func logOpIn(ctx context.Context, q querier, op string, detail map[string]any, opErr error) error {
 	b, _ := json.Marshal(detail)
 	var errText *string
 	if opErr != nil {
 		s := opErr.Error()
 		errText = &s
 	}
-	if _, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.operations (op, detail, ok, error) VALUES ($1, $2, $3, $4)`,
-		op, b, opErr == nil, errText); err != nil {
-		c.logger.Warn("record operation", "op", op, "err", err)
-	}
+	_, err := q.Exec(ctx, `INSERT INTO pgtenant.operations (op, detail, ok, error) VALUES ($1, $2, $3, $4)`,
+		op, b, opErr == nil, errText)
+	return err
 }
 
 // Operation is one entry of the control-plane log.

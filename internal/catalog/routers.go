@@ -22,9 +22,19 @@ type RouterInfo struct {
 // Heartbeat records that router id (listening on addr) is alive and has
 // applied map version acked.
 func (c *Catalog) Heartbeat(ctx context.Context, id, addr string, acked int64) error {
-	_, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.routers (id, addr, acked_version) VALUES ($1, $2, $3)
+	// Not waiting for the WAL flush: a heartbeat or an acknowledgement lost
+	// in a crash of the catalog is sent again a second later, and what it
+	// says (this router applied that map) is true whether or not it is on
+	// disk. A mover waiting for it sees it a flush sooner. One round trip:
+	// the statements go as one pipeline.
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(`INSERT INTO pgtenant.routers (id, addr, acked_version) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, last_seen = now(),
 			acked_version = greatest(pgtenant.routers.acked_version, excluded.acked_version)`, id, addr, acked)
+	b.Queue(`COMMIT`)
+	err := c.pool.SendBatch(ctx, b).Close()
 	if err != nil {
 		return fmt.Errorf("router heartbeat: %w", err)
 	}

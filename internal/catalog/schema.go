@@ -172,6 +172,107 @@ ALTER TABLE pgtenant.users
 ALTER TABLE pgtenant.moves DROP CONSTRAINT moves_method_check,
 	ADD CONSTRAINT moves_method_check CHECK (method IN ('logical', 'copy', 'trigger'));
 `,
+	// 10: a map that scales with changes, not with tenants. Tenants no longer
+	// bump the map version (routers do not reload anything when one signs
+	// up). Updates and deletes of tenants announce the ids changed on
+	// TenantChannel (routers invalidate their lookup caches); inserts
+	// announce nothing: a NOTIFY serialises committing transactions through
+	// their WAL flush, which would cap signups at one per fsync, and routers
+	// keep "unregistered" answers only briefly. Every map version records
+	// what it changed in map_changes (the table, and for shards the ids), so
+	// a router applies a fence or a flip by reading that shard's row only;
+	// the last 10,000 versions are kept. The tenants' foreign key to shards
+	// becomes one statement-level check (an anti-join over the rows a
+	// statement wrote) instead of a lookup per row, so registering a
+	// million tenants at once does not pay a million lookups.
+	`
+CREATE TABLE pgtenant.map_changes (
+	version bigint PRIMARY KEY,
+	kind    text NOT NULL,
+	shards  int[],
+	at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION pgtenant.bump_map_version() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	v bigint;
+	ids int[];
+BEGIN
+	IF NOT EXISTS (SELECT FROM changed) THEN
+		RETURN NULL;
+	END IF;
+	UPDATE pgtenant.map_version SET version = version + 1 RETURNING version INTO v;
+	IF TG_TABLE_NAME = 'shards' THEN
+		IF TG_OP = 'UPDATE' THEN
+			SELECT array_agg(DISTINCT id ORDER BY id) INTO ids FROM (SELECT id FROM changed UNION ALL SELECT id FROM changed_old) x;
+		ELSE
+			SELECT array_agg(DISTINCT id ORDER BY id) INTO ids FROM changed;
+		END IF;
+	END IF;
+	INSERT INTO pgtenant.map_changes (version, kind, shards) VALUES (v, TG_TABLE_NAME, ids);
+	DELETE FROM pgtenant.map_changes WHERE version <= v - 10000;
+	PERFORM pg_notify('pgtenant_map', v::text);
+	RETURN NULL;
+END
+$$;
+DROP TRIGGER map_version_upd ON pgtenant.shards;
+CREATE TRIGGER map_version_upd AFTER UPDATE ON pgtenant.shards REFERENCING OLD TABLE AS changed_old NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+DROP TRIGGER map_version_ins ON pgtenant.tenants;
+DROP TRIGGER map_version_upd ON pgtenant.tenants;
+DROP TRIGGER map_version_del ON pgtenant.tenants;
+CREATE FUNCTION pgtenant.notify_tenants() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	ids text[];
+	n int;
+	op text := lower(left(TG_OP, 1));
+	payload text;
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		PERFORM pg_notify('pgtenant_tenants', '*');
+		RETURN NULL;
+	END IF;
+	IF TG_OP = 'UPDATE' THEN
+		SELECT array_agg(id), count(*) INTO ids, n FROM (SELECT id FROM changed UNION SELECT id FROM changed_old LIMIT 65) x;
+	ELSE
+		SELECT array_agg(id), count(*) INTO ids, n FROM (SELECT id FROM changed LIMIT 65) x;
+	END IF;
+	IF n = 0 THEN
+		RETURN NULL;
+	END IF;
+	payload := op || array_to_json(ids)::text;
+	IF n > 64 OR octet_length(payload) > 7000 THEN
+		payload := op; -- too many to name: routers drop what a change of this kind may have made wrong
+	END IF;
+	PERFORM pg_notify('pgtenant_tenants', payload);
+	RETURN NULL;
+END
+$$;
+ALTER TABLE pgtenant.tenants DROP CONSTRAINT tenants_shard_fkey;
+CREATE FUNCTION pgtenant.check_tenant_shards() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	bad int;
+BEGIN
+	IF TG_TABLE_NAME = 'tenants' THEN
+		SELECT c.shard INTO bad FROM changed c WHERE NOT EXISTS (SELECT FROM pgtenant.shards s WHERE s.id = c.shard) LIMIT 1;
+		IF FOUND THEN
+			RAISE foreign_key_violation USING MESSAGE = format('shard %s does not exist', bad),
+				HINT = 'Create the shards with pgtenant shard create.';
+		END IF;
+	ELSE
+		SELECT c.id INTO bad FROM changed c WHERE EXISTS (SELECT FROM pgtenant.tenants t WHERE t.shard = c.id) LIMIT 1;
+		IF FOUND THEN
+			RAISE foreign_key_violation USING MESSAGE = format('shard %s still has tenants', bad);
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER check_shard_ins AFTER INSERT ON pgtenant.tenants REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.check_tenant_shards();
+CREATE TRIGGER check_shard_upd AFTER UPDATE ON pgtenant.tenants REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.check_tenant_shards();
+CREATE TRIGGER check_tenants_del AFTER DELETE ON pgtenant.shards REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.check_tenant_shards();
+CREATE TRIGGER notify_tenants_upd AFTER UPDATE ON pgtenant.tenants REFERENCING OLD TABLE AS changed_old NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
+CREATE TRIGGER notify_tenants_del AFTER DELETE ON pgtenant.tenants REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
+CREATE TRIGGER notify_tenants_trunc AFTER TRUNCATE ON pgtenant.tenants FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -183,60 +183,6 @@ func schemaSizes(ctx context.Context, dsn string) (map[string]int64, error) {
 	return SchemaSizes(ctx, conn)
 }
 
-// LoadMap reads a consistent snapshot of the whole placement map.
-func (c *Catalog) LoadMap(ctx context.Context) (*placement.Map, error) {
-	var m *placement.Map
-	err := pgx.BeginTxFunc(ctx, c.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var err error
-		m, err = loadMap(ctx, tx)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load map: %w", err)
-	}
-	c.resolveMap(m)
-	return m, nil
-}
-
-func loadMap(ctx context.Context, q querier) (*placement.Map, error) {
-	m := &placement.Map{Nodes: map[string]placement.Node{}, Tenants: map[string]int{}}
-	if err := q.QueryRow(ctx, `SELECT version FROM pgtenant.map_version`).Scan(&m.Version); err != nil {
-		if isUndefinedTable(err) {
-			return nil, ErrNotInitialized
-		}
-		return nil, err
-	}
-	shards, err := listShards(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	m.Shards = shards
-	rows, err := q.Query(ctx, `SELECT name, dsn FROM pgtenant.nodes`)
-	if err != nil {
-		return nil, err
-	}
-	var name, dsn string
-	if _, err := pgx.ForEachRow(rows, []any{&name, &dsn}, func() error {
-		m.Nodes[name] = placement.Node{Name: name, DSN: dsn}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	rows, err = q.Query(ctx, `SELECT id, shard FROM pgtenant.tenants`)
-	if err != nil {
-		return nil, err
-	}
-	var tenant string
-	var shard int
-	if _, err := pgx.ForEachRow(rows, []any{&tenant, &shard}, func() error {
-		m.Tenants[tenant] = shard
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
 // MapVersion returns the current map version.
 func (c *Catalog) MapVersion(ctx context.Context) (int64, error) {
 	var v int64

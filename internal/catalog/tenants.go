@@ -46,7 +46,11 @@ func (c *Catalog) AddTenant(ctx context.Context, id string, shard *int) (placeme
 			case errors.As(err, &pgErr) && pgErr.Code == "23505":
 				return fmt.Errorf("tenant %q: %w", id, ErrTenantExists)
 			case errors.As(err, &pgErr) && pgErr.Code == "23503":
-				return fmt.Errorf("shard %d has not been created yet; run `pgtenant shard create`", s.ID)
+				want := placement.ShardOf(id, count)
+				if shard != nil {
+					want = *shard
+				}
+				return fmt.Errorf("shard %d has not been created yet; run `pgtenant shard create`", want)
 			}
 			return err
 		}
@@ -56,10 +60,11 @@ func (c *Catalog) AddTenant(ctx context.Context, id string, shard *int) (placeme
 		}
 		n.Name = s.Node
 		loc = placement.Location{Tenant: id, Shard: s, Node: n}
-		return nil
+		// Recorded in the same transaction: one commit per signup.
+		return logOpIn(ctx, tx, "tenant add", map[string]any{"tenant": id, "shard": loc.Shard.ID, "explicit": shard != nil}, nil)
 	})
-	c.logOp(ctx, "tenant add", map[string]any{"tenant": id, "shard": loc.Shard.ID, "explicit": shard != nil}, err)
 	if err != nil {
+		c.logOp(ctx, "tenant add", map[string]any{"tenant": id, "explicit": shard != nil}, err)
 		return placement.Location{}, fmt.Errorf("add tenant: %w", err)
 	}
 	return loc, nil

@@ -91,7 +91,8 @@ func nullIfEmpty(s string) *string {
 // BumpMapVersion makes every router reload the map and the users (for
 // changes to what they read with the users, such as the runtime role).
 func (c *Catalog) BumpMapVersion(ctx context.Context) error {
-	_, err := c.pool.Exec(ctx, `WITH v AS (UPDATE pgtenant.map_version SET version = version + 1 RETURNING version)
+	_, err := c.pool.Exec(ctx, `WITH v AS (UPDATE pgtenant.map_version SET version = version + 1 RETURNING version),
+		x AS (INSERT INTO pgtenant.map_changes (version, kind) SELECT version, 'all' FROM v)
 		SELECT pg_notify($1, version::text) FROM v`, Channel)
 	if err != nil {
 		return fmt.Errorf("bump map version: %w", err)

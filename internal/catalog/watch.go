@@ -11,6 +11,10 @@ import (
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
+// WatchApplicationName is the application_name of Watch's listening
+// connection (unless the catalog DSN sets one), as pg_stat_activity shows it.
+const WatchApplicationName = "pgtenant watch"
+
 // WatchOptions tunes Watch. Zero values mean the defaults.
 type WatchOptions struct {
 	// Poll is how often the map version is checked even without a NOTIFY, as a
@@ -22,7 +26,10 @@ type WatchOptions struct {
 }
 
 // Watch follows the map: it LISTENs on Channel, loads the map, and calls apply
-// with every new version (and once at start). Calls of apply never overlap;
+// with every new version (and once at start). After the first load it reads
+// only what each version changed (see loadMapSince). It also LISTENs on
+// TenantChannel and keeps the maps' tenant cache true: entries a change
+// names are dropped, and the cache starts empty on every (re)connection. Calls of apply never overlap;
 // while one runs Watch keeps listening, and a newer map cancels the running
 // apply's context (its version then counts as not applied) and is applied
 // next. When the catalog becomes unreachable it keeps retrying, and the caller
@@ -36,8 +43,9 @@ func (c *Catalog) Watch(ctx context.Context, opts WatchOptions, apply func(conte
 		opts.Retry = time.Second
 	}
 	var applied int64 = -1
+	var last *placement.Map // the last map read: the next is read as changes to it
 	for {
-		err := c.watchOnce(ctx, opts, &applied, apply)
+		err := c.watchOnce(ctx, opts, &applied, &last, apply)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -67,15 +75,29 @@ type running struct {
 	done    chan error
 }
 
-func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int64, apply func(context.Context, *placement.Map) error) error {
-	conn, err := pgx.Connect(ctx, c.dsn)
+func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int64, last **placement.Map, apply func(context.Context, *placement.Map) error) error {
+	cfg, err := pgx.ParseConfig(c.dsn)
+	if err != nil {
+		return fmt.Errorf("parse catalog connection string: %w", err)
+	}
+	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
+		cfg.RuntimeParams["application_name"] = WatchApplicationName
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
-		return fmt.Errorf("listen: %w", err)
+	for _, ch := range []string{Channel, TenantChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
 	}
+	// Tenant changes made before the LISTEN were not seen: start with an
+	// empty cache; from now on the notifications invalidate it.
+	dir := c.tenants()
+	dir.listening()
+	defer dir.deaf()
 	var cur *running
 	// settle records the outcome of the apply in flight once it has returned.
 	settle := func(r *running, err error) error {
@@ -96,16 +118,11 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 		}
 	}()
 	reload := func() error {
-		var m *placement.Map
-		err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-			var err error
-			m, err = loadMap(ctx, tx)
-			return err
-		})
+		m, err := c.loadMapSince(ctx, conn, *last)
 		if err != nil {
 			return fmt.Errorf("load map: %w", err)
 		}
-		c.resolveMap(m)
+		*last = m
 		if cur != nil {
 			if cur.version == m.Version {
 				return nil
@@ -140,7 +157,7 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 			wait = 20 * time.Millisecond // notice the apply finishing
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
-		_, err := conn.WaitForNotification(wctx)
+		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -158,6 +175,10 @@ func (c *Catalog) watchOnce(ctx context.Context, opts WatchOptions, applied *int
 				}
 			default:
 			}
+		}
+		if err == nil && n.Channel == TenantChannel {
+			dir.notified(n.Payload)
+			continue
 		}
 		if err != nil { // timed out: poll whether the version is still ours
 			if cur != nil {

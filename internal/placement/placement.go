@@ -5,12 +5,17 @@
 package placement
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
 
 // ErrUnknownTenant is returned by Map.Locate for a tenant the catalog does not know.
 var ErrUnknownTenant = errors.New("unknown tenant")
+
+// ErrDirectoryUnavailable is wrapped by a Directory's errors when it cannot
+// tell whether a tenant is registered (the catalog did not answer).
+var ErrDirectoryUnavailable = errors.New("the catalog did not answer")
 
 // Shard states.
 const (
@@ -48,8 +53,22 @@ type Map struct {
 	Shards []Shard
 	// Nodes by name.
 	Nodes map[string]Node
-	// Tenants maps a tenant id to its shard id.
+	// Tenants maps a tenant id to its shard id, for maps built in memory
+	// (tests, benchmarks). Maps loaded from the catalog leave it empty and
+	// set Directory: they hold shards and nodes only, so their size does
+	// not grow with the number of tenants.
 	Tenants map[string]int
+	// Directory, when set, answers for tenants not in Tenants (see Lookup).
+	Directory Directory
+}
+
+// Directory tells whether a tenant is registered and in which shard. The
+// catalog's implementation asks the catalog on demand and keeps a bounded
+// cache that NOTIFY payloads invalidate.
+type Directory interface {
+	// TenantShard returns tenant's shard, or an error wrapping
+	// ErrUnknownTenant, or another error when it cannot tell.
+	TenantShard(ctx context.Context, tenant string) (int, error)
 }
 
 // Location is where one tenant lives.
@@ -60,10 +79,25 @@ type Location struct {
 }
 
 // Locate returns where tenant lives, or an error wrapping ErrUnknownTenant.
+// It may ask the map's Directory (see Lookup) with a background context.
 func (m *Map) Locate(tenant string) (Location, error) {
+	return m.Lookup(context.Background(), tenant)
+}
+
+// Lookup returns where tenant lives: its shard from Tenants, else from the
+// Directory (which may do I/O bounded by ctx), then the shard's node from
+// this snapshot. An unregistered tenant gets an error wrapping
+// ErrUnknownTenant.
+func (m *Map) Lookup(ctx context.Context, tenant string) (Location, error) {
 	id, ok := m.Tenants[tenant]
 	if !ok {
-		return Location{}, fmt.Errorf("tenant %q: %w", tenant, ErrUnknownTenant)
+		if m.Directory == nil {
+			return Location{}, fmt.Errorf("tenant %q: %w", tenant, ErrUnknownTenant)
+		}
+		var err error
+		if id, err = m.Directory.TenantShard(ctx, tenant); err != nil {
+			return Location{}, err
+		}
 	}
 	if id < 0 || id >= len(m.Shards) {
 		return Location{}, fmt.Errorf("tenant %q: shard %d out of range", tenant, id)

@@ -346,12 +346,9 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	} else {
 		var holdStart time.Time
 		for {
-			loc, err := m.Locate(tenant)
-			if err != nil {
-				if errors.Is(err, placement.ErrUnknownTenant) {
-					return unknownTenantError(tenant)
-				}
-				return &wire.Error{Code: "XX000", Message: err.Error()}
+			loc, e := ss.locate(m, tenant)
+			if e != nil {
+				return e
 			}
 			gs := ss.srv.gatesFor(len(m.Shards))
 			g = gs[loc.Shard.ID]
@@ -717,8 +714,8 @@ func (ss *session) sameNode(tenant string) bool {
 	if tenant == anyTenant || tenant == descTenant {
 		return m.Shards[0].Node == ss.be.Node()
 	}
-	loc, err := m.Locate(tenant)
-	return err == nil && loc.Node.Name == ss.be.Node()
+	loc, e := ss.locate(m, tenant)
+	return e == nil && loc.Node.Name == ss.be.Node()
 }
 
 // hold waits for a fenced shard to be released.

@@ -330,10 +330,8 @@ func (ss *session) setTenant(t string, local bool) *wire.Error {
 	if e := checkTenantID(t); e != nil {
 		return e
 	}
-	if m := ss.srv.mp.Load(); m != nil {
-		if _, ok := m.Tenants[t]; !ok {
-			return unknownTenantError(t)
-		}
+	if e := ss.knownTenant(t); e != nil {
+		return e
 	}
 	if local {
 		if ss.be != nil && ss.status != 'I' && ss.beTenant != t && ss.beTenant != anyTenant && ss.beTenant != descTenant {
@@ -810,7 +808,7 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	}
 	if m := ss.srv.mp.Load(); m == nil {
 		return false, nil
-	} else if _, ok := m.Tenants[tenant]; !ok {
+	} else if _, e := ss.locate(m, tenant); e != nil {
 		return false, nil // reported when the statement is bound
 	}
 	if e := ss.ensureBackend(tenant); e != nil {
