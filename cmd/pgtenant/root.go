@@ -101,6 +101,7 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 		group(newDevCmd(a)),
 		newDemoCmd(a),
 		newOpsCmd(a),
+		group(newImportCmd(a)),
 	)
 	for _, c := range root.Commands() {
 		switch c.Name() {

@@ -226,6 +226,9 @@ func loadMap(ctx context.Context, q querier) (*placement.Map, error) {
 		return nil, err
 	}
 	m.Shards = shards
+	if err := applyImports(ctx, q, m); err != nil {
+		return nil, err
+	}
 	rows, err := q.Query(ctx, `SELECT name, dsn FROM pgtenant.nodes`)
 	if err != nil {
 		return nil, err
