@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -76,6 +78,49 @@ Nothing is written to the legacy database.`,
 	initCmd.Flags().StringVar(&opts.Schema, "schema", "public", "schema of the legacy database that holds the app's tables")
 	initCmd.Flags().BoolVar(&opts.RegisterTenants, "register-tenants", false, "register, by hash, the tenant ids found in the rows that the catalog does not know")
 	initCmd.Flags().BoolVar(&opts.CheckOnly, "check", false, "run the checks only; change nothing")
-	cmd.AddCommand(initCmd)
+	cmd.AddCommand(initCmd, newImportSchemaCmd(a))
+	return cmd
+}
+
+func newImportSchemaCmd(a *app) *cobra.Command {
+	var opts importer.BaselineOptions
+	cmd := &cobra.Command{
+		Use:   "schema --dir DIR [--reference-dir DIR] [--force]",
+		Short: "Write the legacy tables' definitions as the shards' first migration",
+		Long: `Write the legacy tables' definitions (pg_dump --schema-only, without owners,
+grants, comments or the schema's name) as migration files:
+
+  DIR/` + importer.BaselineFile + `             the tenant and child tables: every shard's first migration
+  REFERENCE-DIR/` + importer.ReferenceFile + `  the reference (shared) tables, for the shared schema of every node
+
+Nothing is applied: read the files (they are the app's migrations from now on),
+then apply them with 'pgtenant reference migrate --dir REFERENCE-DIR' and
+'pgtenant migrate up --dir DIR'. The shard schemas are on the nodes the
+shards will be cut over to; the legacy database is not changed.`,
+		Example: `  pgtenant import schema --dir db/migrations --reference-dir db/reference
+  pgtenant reference migrate --dir db/reference && pgtenant migrate up --dir db/migrations`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if opts.Dir == "" {
+				return usagef("import schema needs --dir DIR (the shards' migrations directory)")
+			}
+			res, err := importer.New(c, a.logger).Baseline(ctx, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "wrote %s (%d tables: %s)\n", res.File, len(res.Tables), strings.Join(res.Tables, ", "))
+			if res.ReferenceFile != "" {
+				fmt.Fprintf(a.stdout, "wrote %s (%d reference tables: %s)\n", res.ReferenceFile, len(res.Reference), strings.Join(res.Reference, ", "))
+				fmt.Fprintf(a.stdout, "next: pgtenant reference migrate --dir %s && ", filepath.Dir(res.ReferenceFile))
+			} else {
+				fmt.Fprint(a.stdout, "next: ")
+			}
+			fmt.Fprintf(a.stdout, "pgtenant migrate up --dir %s, then pgtenant import start\n", opts.Dir)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&opts.Dir, "dir", "", "directory of the shards' migrations")
+	cmd.Flags().StringVar(&opts.ReferenceDir, "reference-dir", "", "directory of the reference migrations (default: DIR/../reference)")
+	cmd.Flags().BoolVar(&opts.Force, "force", false, "overwrite existing files")
 	return cmd
 }

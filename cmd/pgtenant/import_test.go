@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -67,8 +68,9 @@ func TestImportInit(t *testing.T) {
 	t.Chdir(t.TempDir())
 	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
 	mustRun(t, "init", "--shards", "8")
-	mustRun(t, "node", "add", "n1", nodeB.NewDatabase(t))
-	mustRun(t, "node", "add", "n2", nodeB.NewDatabase(t))
+	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
+	mustRun(t, "node", "add", "n1", n1)
+	mustRun(t, "node", "add", "n2", n2)
 	mustRun(t, "shard", "create")
 	legacy, ids := legacyDB(t, 30)
 	before := legacyState(t, legacy)
@@ -161,5 +163,37 @@ func TestImportInit(t *testing.T) {
 	// Shards served from the legacy database move only by cutover.
 	if code, out, errOut := pgtenant(t, "shard", "move", "3", "--to", "n2"); code != 1 || !strings.Contains(errOut, "import cutover") {
 		t.Fatalf("shard move of a legacy shard: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// The schema baseline: tenant tables as the shards' first migration,
+	// the reference table for the shared schema of every node.
+	out = mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
+	if !strings.Contains(out, "6 tables: buildings, customers, meter_notes, meters, readings, tariffs") || !strings.Contains(out, "1 reference tables: energy_units") {
+		t.Fatalf("import schema: %s", out)
+	}
+	base, err := os.ReadFile("db/migrations/00001_legacy_baseline.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := string(base); !strings.HasPrefix(b, "-- +goose Up\n") || !strings.Contains(b, "CREATE TABLE meter_notes (") || strings.Contains(b, "public.") || strings.Contains(b, "energy_units") || strings.Contains(b, "OWNER") {
+		t.Fatalf("baseline migration:\n%s", b)
+	}
+	if code, _, errOut := pgtenant(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference"); code != 1 || !strings.Contains(errOut, "--force") {
+		t.Fatalf("import schema over existing files: exit %d %s", code, errOut)
+	}
+	mustRun(t, "reference", "migrate", "--dir", "db/reference")
+	if out := mustRun(t, "migrate", "up", "--dir", "db/migrations"); !strings.Contains(out, "8 shards, 8 migrated") {
+		t.Fatalf("migrate up of the baseline: %s", out)
+	}
+	for _, dsn := range []string{n1, n2} {
+		if n := nodeInt(t, dsn, `SELECT count(*) FROM pg_tables WHERE tablename = 'meter_notes' AND schemaname LIKE 'shard\_%'`); n != 4 {
+			t.Fatalf("meter_notes in %d shard schemas of a node, want 4", n)
+		}
+		if n := nodeInt(t, dsn, `SELECT count(*) FROM public.energy_units`); n != 0 {
+			t.Fatalf("energy_units on a node has %d rows before the copy", n)
+		}
+	}
+	if got := legacyState(t, legacy); got != before {
+		t.Fatalf("import schema changed the legacy database: %s, was %s", got, before)
 	}
 }

@@ -41,3 +41,34 @@ func applyImports(ctx context.Context, q querier, m *placement.Map) error {
 	}
 	return nil
 }
+
+// Querier is what LegacyNodes needs of a connection: *pgx.Conn, pgx.Tx and
+// *pgxpool.Pool have it.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// LegacyNodes names the legacy node of a running import, if any: a node
+// that serves shards from the legacy database, left out of every fan-out
+// (shard create, reference tables, extensions, roles, rebalancing) so that
+// nothing but the import changes it.
+func LegacyNodes(ctx context.Context, q Querier) (map[string]bool, error) {
+	var present bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('pgtenant.imports') IS NOT NULL`).Scan(&present); err != nil {
+		return nil, fmt.Errorf("look for imports: %w", err)
+	}
+	out := map[string]bool{}
+	if !present {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `SELECT legacy_node FROM pgtenant.imports WHERE state <> 'finished'`)
+	if err != nil {
+		return nil, fmt.Errorf("read imports: %w", err)
+	}
+	var name string
+	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error { out[name] = true; return nil }); err != nil {
+		return nil, fmt.Errorf("read imports: %w", err)
+	}
+	return out, nil
+}

@@ -14,8 +14,8 @@ func TestInitRefusesBadInput(t *testing.T) {
 
 	// wal_level=replica and a role without REPLICATION, on srvR.
 	legacyR, _ := newLegacy(t, srvR, c, 3, 2)
-	exec(t, legacyR, `CREATE ROLE importer LOGIN`)
-	exec(t, legacyR, `GRANT SELECT ON ALL TABLES IN SCHEMA public TO importer`)
+	execSQL(t, legacyR, `CREATE ROLE importer LOGIN`)
+	execSQL(t, legacyR, `GRANT SELECT ON ALL TABLES IN SCHEMA public TO importer`)
 	asImporter := strings.Replace(legacyR, "postgres://postgres@", "postgres://importer@", 1)
 	_, err := New(c, nil).Init(ctx, InitOptions{DSN: asImporter, RegisterTenants: true})
 	var ce *CheckError
@@ -25,29 +25,29 @@ func TestInitRefusesBadInput(t *testing.T) {
 
 	// A NULL tenant id, found with the row's primary key.
 	legacy, _ := newLegacy(t, srvA, c, 5, 2)
-	exec(t, legacy, `ALTER TABLE tariffs DROP CONSTRAINT tariffs_pkey, ALTER COLUMN tenant_id DROP NOT NULL, ADD COLUMN id serial PRIMARY KEY`)
-	exec(t, legacy, `INSERT INTO tariffs (tenant_id, energy, price, valid_from) VALUES (NULL, 'gas', 1, '2026-01-01')`)
+	execSQL(t, legacy, `ALTER TABLE tariffs DROP CONSTRAINT tariffs_pkey, ALTER COLUMN tenant_id DROP NOT NULL, ADD COLUMN id serial PRIMARY KEY`)
+	execSQL(t, legacy, `INSERT INTO tariffs (tenant_id, energy, price, valid_from) VALUES (NULL, 'gas', 1, '2026-01-01')`)
 	_, err = New(c, nil).Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true})
 	if !errors.As(err, &ce) || ce.SQLState() != "23502" || !strings.Contains(err.Error(), "table tariffs: 1 row(s) with a NULL tenant id in tenant_id, e.g. 21") {
 		t.Fatalf("NULL tenant id: %v", err)
 	}
-	exec(t, legacy, `DELETE FROM tariffs WHERE tenant_id IS NULL`)
+	execSQL(t, legacy, `DELETE FROM tariffs WHERE tenant_id IS NULL`)
 
 	// A registry rule naming a column the table lacks.
-	exec(t, legacy, `ALTER TABLE tariffs RENAME COLUMN tenant_id TO customer`)
+	execSQL(t, legacy, `ALTER TABLE tariffs RENAME COLUMN tenant_id TO customer`)
 	_, err = New(c, nil).Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true})
 	if !errors.As(err, &ce) || ce.SQLState() != "42703" || !strings.Contains(err.Error(), "table tariffs has no column tenant_id") {
 		t.Fatalf("missing tenant column: %v", err)
 	}
-	exec(t, legacy, `ALTER TABLE tariffs RENAME COLUMN customer TO tenant_id`)
+	execSQL(t, legacy, `ALTER TABLE tariffs RENAME COLUMN customer TO tenant_id`)
 
 	// An empty tenant id cannot be registered.
-	exec(t, legacy, `INSERT INTO customers VALUES ('', 'nobody', 'pro')`)
+	execSQL(t, legacy, `INSERT INTO customers VALUES ('', 'nobody', 'pro')`)
 	_, err = New(c, nil).Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true})
 	if !errors.As(err, &ce) || ce.SQLState() != "22023" || !strings.Contains(err.Error(), `"" (tenant id is empty)`) {
 		t.Fatalf("empty tenant id: %v", err)
 	}
-	exec(t, legacy, `DELETE FROM customers WHERE tenant_id = ''`)
+	execSQL(t, legacy, `DELETE FROM customers WHERE tenant_id = ''`)
 
 	var nodes, tenants, imports int
 	if err := c.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM pgtenant.nodes), (SELECT count(*) FROM pgtenant.tenants), (SELECT count(*) FROM pgtenant.imports)`).Scan(&nodes, &tenants, &imports); err != nil {

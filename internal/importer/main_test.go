@@ -91,7 +91,7 @@ func newLegacy(t *testing.T, srv *pgtest.Server, c *catalog.Catalog, n, hours in
 	return dsn, ids
 }
 
-func exec(t *testing.T, dsn, sql string, args ...any) {
+func execSQL(t *testing.T, dsn, sql string, args ...any) {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
 	if err != nil {
