@@ -4,7 +4,12 @@ go 1.26.8
 
 require github.com/jackc/pgx/v5 v5.12.0
 
-require github.com/pganalyze/pg_query_go/v6 v6.2.5
+require (
+	github.com/jackc/pglogrepl v0.0.0-20251213150135-2e8d0df862c1
+	github.com/pganalyze/pg_query_go/v6 v6.2.5
+)
+
+require github.com/jackc/pgio v1.0.0 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

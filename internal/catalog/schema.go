@@ -176,10 +176,10 @@ CREATE TABLE pgtenant.imports (
 	one           boolean PRIMARY KEY DEFAULT true CHECK (one),
 	legacy_node   text NOT NULL REFERENCES pgtenant.nodes (name),
 	legacy_schema text NOT NULL CHECK (octet_length(legacy_schema) BETWEEN 1 AND 63),
-	state         text NOT NULL DEFAULT 'serving' CHECK (state IN ('serving', 'copying', 'streaming', 'finished')),
+	state         text NOT NULL DEFAULT 'serving' CHECK (state IN ('serving', 'copying', 'copied', 'streaming', 'finished')),
+	publication   text,
 	slot_name     text,
-	snapshot      text,
-	start_lsn     text,
+	start_lsn     pg_lsn,
 	started_at    timestamptz NOT NULL DEFAULT now(),
 	updated_at    timestamptz NOT NULL DEFAULT now(),
 	finished_at   timestamptz
@@ -187,6 +187,7 @@ CREATE TABLE pgtenant.imports (
 CREATE TABLE pgtenant.import_shards (
 	shard       int PRIMARY KEY REFERENCES pgtenant.shards (id),
 	state       text NOT NULL DEFAULT 'legacy' CHECK (state IN ('legacy', 'copying', 'copied', 'cutover')),
+	copy_lsn    pg_lsn,
 	tables_done text[] NOT NULL DEFAULT '{}',
 	rows        bigint NOT NULL DEFAULT 0,
 	bytes       bigint NOT NULL DEFAULT 0,

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/shared"
 )
 
 // ErrNoImport means the catalog has no import running.
@@ -17,8 +18,9 @@ var ErrNoImport = errors.New("no import is registered; start one with `pgtenant 
 
 // Importer runs the import commands against one catalog.
 type Importer struct {
-	cat    *catalog.Catalog
-	logger *slog.Logger
+	cat          *catalog.Catalog
+	logger       *slog.Logger
+	sharedSchema string
 }
 
 // New returns an Importer over an open catalog. It does no I/O. A nil
@@ -27,7 +29,16 @@ func New(c *catalog.Catalog, logger *slog.Logger) *Importer {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Importer{cat: c, logger: logger}
+	return &Importer{cat: c, logger: logger, sharedSchema: shared.DefaultSchema}
+}
+
+// SetSharedSchema names the nodes' shared schema (the router's
+// shared_schema) that reference tables are loaded into; "" means public.
+func (im *Importer) SetSharedSchema(s string) {
+	if s == "" {
+		s = shared.DefaultSchema
+	}
+	im.sharedSchema = s
 }
 
 // InitOptions say which database to import and how.

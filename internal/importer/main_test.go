@@ -102,3 +102,9 @@ func execSQL(t *testing.T, dsn, sql string, args ...any) {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
+
+// dropSlots drops the replication slots of the database of dsn, so that
+// the database can be dropped when the test ends.
+func dropSlots(t *testing.T, dsn string) {
+	execSQL(t, dsn, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()`)
+}

@@ -15,6 +15,7 @@ import (
 const (
 	StateServing   = "serving"   // registered; every shard served from the legacy database
 	StateCopying   = "copying"   // import start is copying rows
+	StateCopied    = "copied"    // every shard's rows copied
 	StateStreaming = "streaming" // rows copied; changes follow
 	StateFinished  = "finished"
 )
@@ -31,10 +32,11 @@ const (
 type Import struct {
 	LegacyNode, LegacySchema string
 	// LegacyDSN is the legacy node's DSN with secrets resolved.
-	LegacyDSN string
-	State     string
-	Slot      string
-	Snapshot  string
+	LegacyDSN   string
+	State       string
+	Publication string
+	Slot        string
+	// StartLSN is the slot's consistent point: where its change stream starts.
 	StartLSN  string
 	StartedAt time.Time
 }
@@ -46,6 +48,7 @@ type ShardProgress struct {
 	Node       string // where the shard's schema is (its target)
 	NodeDSN    string
 	State      string
+	CopyLSN    string // the consistent point of the snapshot its rows were copied at
 	TablesDone []string
 	Rows       int64
 	Bytes      int64
@@ -55,18 +58,18 @@ type ShardProgress struct {
 // load reads the running import.
 func (im *Importer) load(ctx context.Context) (*Import, error) {
 	imp := &Import{}
-	var slot, snap, lsn *string
+	var pub, slot, lsn *string
 	var dsn string
-	err := im.cat.Pool().QueryRow(ctx, `SELECT i.legacy_node, i.legacy_schema, n.dsn, i.state, i.slot_name, i.snapshot, i.start_lsn, i.started_at
+	err := im.cat.Pool().QueryRow(ctx, `SELECT i.legacy_node, i.legacy_schema, n.dsn, i.state, i.publication, i.slot_name, i.start_lsn::text, i.started_at
 		FROM pgtenant.imports i JOIN pgtenant.nodes n ON n.name = i.legacy_node WHERE i.state <> 'finished'`).
-		Scan(&imp.LegacyNode, &imp.LegacySchema, &dsn, &imp.State, &slot, &snap, &lsn, &imp.StartedAt)
+		Scan(&imp.LegacyNode, &imp.LegacySchema, &dsn, &imp.State, &pub, &slot, &lsn, &imp.StartedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNoImport
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the import: %w", err)
 	}
-	imp.Slot, imp.Snapshot, imp.StartLSN = deref(slot), deref(snap), deref(lsn)
+	imp.Publication, imp.Slot, imp.StartLSN = deref(pub), deref(slot), deref(lsn)
 	if imp.LegacyDSN, err = im.cat.ResolveDSN(dsn); err != nil {
 		return nil, fmt.Errorf("legacy node %s: %w", imp.LegacyNode, err)
 	}
@@ -82,14 +85,14 @@ func deref(s *string) string {
 
 // shards reads every shard's import progress with its node.
 func (im *Importer) shards(ctx context.Context) ([]ShardProgress, error) {
-	rows, err := im.cat.Pool().Query(ctx, `SELECT s.id, s.schema_name, s.node, n.dsn, i.state, i.tables_done, i.rows, i.bytes, i.pause_ms
+	rows, err := im.cat.Pool().Query(ctx, `SELECT s.id, s.schema_name, s.node, n.dsn, i.state, coalesce(i.copy_lsn::text, ''), i.tables_done, i.rows, i.bytes, i.pause_ms
 		FROM pgtenant.import_shards i JOIN pgtenant.shards s ON s.id = i.shard JOIN pgtenant.nodes n ON n.name = s.node ORDER BY s.id`)
 	if err != nil {
 		return nil, fmt.Errorf("read import shards: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ShardProgress, error) {
 		var p ShardProgress
-		err := r.Scan(&p.Shard, &p.Schema, &p.Node, &p.NodeDSN, &p.State, &p.TablesDone, &p.Rows, &p.Bytes, &p.PauseMS)
+		err := r.Scan(&p.Shard, &p.Schema, &p.Node, &p.NodeDSN, &p.State, &p.CopyLSN, &p.TablesDone, &p.Rows, &p.Bytes, &p.PauseMS)
 		return p, err
 	})
 	if err != nil {

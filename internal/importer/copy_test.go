@@ -1,0 +1,168 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/migrate"
+	"github.com/pgtenant/pgtenant/internal/shared"
+)
+
+// applyBaseline writes the baseline migrations and applies them: the
+// reference tables to every node, the tenant tables to every shard.
+func applyBaseline(t *testing.T, c *catalog.Catalog, im *Importer) {
+	t.Helper()
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	if _, err := im.Baseline(ctx, BaselineOptions{Dir: dir + "/migrations", ReferenceDir: dir + "/reference"}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := map[string]string{}
+	var sn []shared.Node
+	for _, n := range nodes {
+		dsn[n.Name] = n.DSN
+		sn = append(sn, shared.Node{Name: n.Name, DSN: n.DSN})
+	}
+	ms, err := shared.ReadMigrations(os.DirFS(dir + "/reference"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.Migrate(ctx, sn, "public", ms); err != nil {
+		t.Fatal(err)
+	}
+	shards, err := c.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var targets []migrate.Target
+	for _, s := range shards {
+		targets = append(targets, migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: dsn[s.Node]})
+	}
+	if _, err := migrate.Up(ctx, os.DirFS(dir+"/migrations"), targets, migrate.Options{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStartCopiesAndResumes: import start copies every tenant's rows to its
+// shard at the slot's snapshot; killed part way (a context cancelled while
+// shards are copying), it resumes with the shards not recorded as copied,
+// at a later snapshot: rows written on the legacy database in between are
+// in the shards copied after the kill and not in those copied before (the
+// change stream brings them, from each shard's copy_lsn on).
+func TestStartCopiesAndResumes(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 16, 2)
+	legacy, ids := newLegacy(t, srvA, c, 60, 3)
+	im := New(c, nil)
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+
+	runCtx, kill := context.WithCancel(ctx)
+	var started atomic.Int32
+	res, err := im.Start(runCtx, StartOptions{Parallel: 2, BeforeShard: func(ctx context.Context, shard int) error {
+		if started.Add(1) == 7 {
+			kill()
+		}
+		return nil
+	}})
+	if err == nil || !errors.Is(err, context.Canceled) {
+		t.Fatalf("killed start: %v", err)
+	}
+	if res.Copied == 0 || res.Copied >= 16 {
+		t.Fatalf("killed start copied %d shards", res.Copied)
+	}
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.LoadMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copiedTenant, pendingTenant := "", ""
+	for _, id := range ids {
+		st := shards[m.Tenants[id]].State
+		if st == ShardCopied && copiedTenant == "" {
+			copiedTenant = id
+		}
+		if st == ShardLegacy && pendingTenant == "" {
+			pendingTenant = id
+		}
+	}
+	if copiedTenant == "" || pendingTenant == "" {
+		t.Fatalf("after the kill no tenant is in a copied shard (%q) or one in a shard left (%q)", copiedTenant, pendingTenant)
+	}
+	// Routing is unchanged: every shard is still served from the legacy database.
+	if loc, _ := m.Locate(copiedTenant); loc.Node.Name != "legacy" || loc.Shard.Schema != "public" {
+		t.Fatalf("tenant of a copied shard is served from %s.%s", loc.Node.Name, loc.Shard.Schema)
+	}
+	for _, id := range []string{copiedTenant, pendingTenant} {
+		execSQL(t, legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, 'between runs', 'Lyon', 1)`, id)
+	}
+
+	res2, err := im.Start(ctx, StartOptions{Parallel: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res2.ResumedFromShard || res.Copied+res2.Copied != 16 || res2.AlreadyCopied != res.Copied || res2.StartLSN != res.StartLSN || res2.CopyLSN <= res2.StartLSN {
+		t.Fatalf("resume: %+v after %+v", res2, res)
+	}
+	if _, err := im.Start(ctx, StartOptions{}); err == nil {
+		t.Fatal("a third start after every shard was copied succeeded")
+	}
+
+	rep, err := im.Verify(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Shards != 16 || rep.Tenants != 60 || rep.Rows == 0 || len(rep.Mismatches) != 1 {
+		t.Fatalf("verify: %d shards, %d tenants, %d rows, mismatches %v", rep.Shards, rep.Tenants, rep.Rows, rep.Mismatches)
+	}
+	if mm := rep.Mismatches[0]; mm.Tenant != copiedTenant || mm.Table != "buildings" || mm.LegacyRows != mm.ShardRows+1 {
+		t.Fatalf("verify mismatch: %v, want the building written between the runs for %q", mm, copiedTenant)
+	}
+
+	// The reference table is on every node; the slot and publication on the legacy database.
+	for _, n := range []string{"n1", "n2"} {
+		node, err := c.Node(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgx.Connect(ctx, node.DSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var units int
+		err = conn.QueryRow(ctx, `SELECT count(*) FROM public.energy_units`).Scan(&units)
+		conn.Close(ctx)
+		if err != nil || units != 3 {
+			t.Fatalf("energy_units on %s: %d rows, %v", n, units, err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var slots, pubTables int
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()),
+		(SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pgtenant_import')`).Scan(&slots, &pubTables); err != nil {
+		t.Fatal(err)
+	}
+	if slots != 1 || pubTables != 6 {
+		t.Fatalf("legacy database: %d slots (want the import's only), %d published tables (want 6)", slots, pubTables)
+	}
+}
