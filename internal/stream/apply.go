@@ -1,0 +1,230 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// TableApplier applies transactions to one target database: each batch in
+// one target transaction (mirroring the source's commits, several per
+// batch) that also records the batch's position under Name (SavePosition).
+// Values are sent as text and converted by the target's column types, so
+// the target tables need the source's column names, not its oids.
+//
+// An update or delete whose row is missing on the target is skipped (as
+// PostgreSQL's own apply worker does; an ON DELETE CASCADE that already ran
+// on the target is the usual cause) and counted in Missing. Deferrable
+// constraints are checked at the end of each target transaction (SET
+// CONSTRAINTS ALL DEFERRED).
+type TableApplier struct {
+	// Conn is the target connection; the applier owns it while streaming.
+	Conn *pgx.Conn
+	// Name is the position's key in pgtenant_stream.position (EnsurePositionTable).
+	Name string
+	// Target maps a source relation to the target table. Nil keeps the
+	// source's schema and table names; ok = false skips the relation's changes.
+	Target func(rel *Relation) (schema, table string, ok bool)
+	// Missing counts updates and deletes that found no row.
+	Missing int64
+
+	stmts map[string]string // SQL → prepared statement name
+}
+
+// Apply implements Applier.
+func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
+	if a.stmts == nil {
+		a.stmts = make(map[string]string)
+	}
+	tx, err := a.Conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin target transaction: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	pc := a.Conn.PgConn()
+	b := &pgconn.Batch{}
+	b.ExecParams(`SET LOCAL synchronous_commit = on`, nil, nil, nil, nil)
+	b.ExecParams(`SET CONSTRAINTS ALL DEFERRED`, nil, nil, nil, nil)
+	var kinds []Kind // per batch entry after the two SETs: what to count as missing
+	for _, t := range txns {
+		for i := range t.Changes {
+			c := &t.Changes[i]
+			if c.Kind == Truncate {
+				sql, ok := a.truncateSQL(c)
+				if ok {
+					b.ExecParams(sql, nil, nil, nil, nil)
+					kinds = append(kinds, Truncate)
+				}
+				continue
+			}
+			sql, params, ok, err := a.statement(c)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			name, err := a.prepare(ctx, pc, sql)
+			if err != nil {
+				return err
+			}
+			b.ExecPrepared(name, params, nil, nil)
+			kinds = append(kinds, c.Kind)
+		}
+	}
+	last := txns[len(txns)-1].EndLSN
+	b.ExecParams(`INSERT INTO pgtenant_stream.position (name, lsn) VALUES ($1, $2::text::pg_lsn)
+		ON CONFLICT (name) DO UPDATE SET lsn = excluded.lsn, updated_at = now()`,
+		[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
+	results, err := pc.ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return fmt.Errorf("apply changes: %w", err)
+	}
+	for i, k := range kinds {
+		if (k == Update || k == Delete) && results[i+2].CommandTag.RowsAffected() == 0 {
+			a.Missing++
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit target transaction: %w", err)
+	}
+	return nil
+}
+
+func (a *TableApplier) target(rel *Relation) (string, bool) {
+	schema, table, ok := rel.Schema, rel.Table, true
+	if a.Target != nil {
+		schema, table, ok = a.Target(rel)
+	}
+	return pgx.Identifier{schema, table}.Sanitize(), ok
+}
+
+func (a *TableApplier) prepare(ctx context.Context, pc *pgconn.PgConn, sql string) (string, error) {
+	if name, ok := a.stmts[sql]; ok {
+		return name, nil
+	}
+	name := fmt.Sprintf("pgtenant_stream_%d", len(a.stmts)+1)
+	if _, err := pc.Prepare(ctx, name, sql, nil); err != nil {
+		return "", fmt.Errorf("prepare %q: %w", sql, err)
+	}
+	a.stmts[sql] = name
+	return name, nil
+}
+
+func (a *TableApplier) truncateSQL(c *Change) (string, bool) {
+	var names []string
+	for _, rel := range c.Truncated {
+		if n, ok := a.target(rel); ok {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "", false
+	}
+	sql := "TRUNCATE " + strings.Join(names, ", ")
+	if c.RestartIdentity {
+		sql += " RESTART IDENTITY"
+	}
+	if c.Cascade {
+		sql += " CASCADE"
+	}
+	return sql, true
+}
+
+// ErrNoIdentity is returned for an update or delete of a table without a
+// replica identity (no primary key, REPLICA IDENTITY NOTHING): its rows cannot be found on the target.
+var ErrNoIdentity = errors.New("table has no replica identity")
+
+// statement builds the SQL and text parameters of one row change.
+func (a *TableApplier) statement(c *Change) (string, [][]byte, bool, error) {
+	table, ok := a.target(c.Rel)
+	if !ok {
+		return "", nil, false, nil
+	}
+	cols := c.Rel.Columns
+	var sb strings.Builder
+	var params [][]byte
+	param := func(v Value) string {
+		if v.Null {
+			params = append(params, nil)
+		} else {
+			params = append(params, v.Data)
+		}
+		return fmt.Sprintf("$%d", len(params))
+	}
+	switch c.Kind {
+	case Insert:
+		sb.WriteString("INSERT INTO " + table + " (")
+		var vals []string
+		for i, col := range cols {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString(pgx.Identifier{col.Name}.Sanitize())
+			vals = append(vals, param(c.New[i]))
+		}
+		sb.WriteString(") VALUES (" + strings.Join(vals, ", ") + ")")
+		return sb.String(), params, true, nil
+	case Update:
+		sb.WriteString("UPDATE " + table + " SET ")
+		n := 0
+		for i, col := range cols {
+			if c.New[i].Unchanged {
+				continue
+			}
+			if n > 0 {
+				sb.WriteString(", ")
+			}
+			n++
+			sb.WriteString(pgx.Identifier{col.Name}.Sanitize() + " = " + param(c.New[i]))
+		}
+		if n == 0 {
+			return "", nil, false, nil
+		}
+	case Delete:
+		sb.WriteString("DELETE FROM " + table)
+	default:
+		return "", nil, false, fmt.Errorf("apply: unexpected change kind %s", c.Kind)
+	}
+	where, err := a.where(c, param)
+	if err != nil {
+		return "", nil, false, err
+	}
+	if c.Rel.Identity == 'f' {
+		// Without a key, change one row of those that match, like the apply worker.
+		sb.WriteString(" WHERE ctid = (SELECT ctid FROM " + table + " WHERE " + where + " LIMIT 1)")
+	} else {
+		sb.WriteString(" WHERE " + where)
+	}
+	return sb.String(), params, true, nil
+}
+
+func (a *TableApplier) where(c *Change, param func(Value) string) (string, error) {
+	key := c.Key()
+	var conds []string
+	for i, col := range c.Rel.Columns {
+		if !col.Key || key[i].Unchanged {
+			continue
+		}
+		name := pgx.Identifier{col.Name}.Sanitize()
+		if c.Rel.Identity == 'f' {
+			conds = append(conds, name+" IS NOT DISTINCT FROM "+param(key[i]))
+		} else {
+			conds = append(conds, name+" = "+param(key[i]))
+		}
+	}
+	if len(conds) == 0 {
+		return "", fmt.Errorf("apply %s to %s.%s: %w; add a primary key or set REPLICA IDENTITY FULL on the source",
+			c.Kind, c.Rel.Schema, c.Rel.Table, ErrNoIdentity)
+	}
+	return strings.Join(conds, " AND "), nil
+}
+
+func isUndefinedTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000")
+}
