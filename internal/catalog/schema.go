@@ -178,6 +178,7 @@ CREATE TABLE pgtenant.imports (
 	legacy_schema text NOT NULL CHECK (octet_length(legacy_schema) BETWEEN 1 AND 63),
 	state         text NOT NULL DEFAULT 'serving' CHECK (state IN ('serving', 'copying', 'copied', 'streaming', 'finished')),
 	publication   text,
+	full_identity text[] NOT NULL DEFAULT '{}',
 	slot_name     text,
 	start_lsn     pg_lsn,
 	started_at    timestamptz NOT NULL DEFAULT now(),

@@ -111,7 +111,7 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 	if err != nil {
 		return nil, fmt.Errorf("import start: %w", err)
 	}
-	if err := im.ensurePublication(ctx, legacy, imp, rules); err != nil {
+	if err := im.prepareLegacy(ctx, legacy, imp, rules); err != nil {
 		return nil, fmt.Errorf("import start: %w", err)
 	}
 
@@ -361,32 +361,6 @@ func (im *Importer) tenantsByShard(ctx context.Context) (map[int][]string, error
 		return nil, fmt.Errorf("read tenants: %w", err)
 	}
 	return out, nil
-}
-
-// ensurePublication creates the publication of the tenant tables the change
-// stream reads, once.
-func (im *Importer) ensurePublication(ctx context.Context, legacy *pgx.Conn, imp *Import, rules []tables.Table) error {
-	if imp.Publication != "" {
-		return nil
-	}
-	var exists bool
-	if err := legacy.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)`, PublicationName).Scan(&exists); err != nil {
-		return fmt.Errorf("look for publication %s: %w", PublicationName, err)
-	}
-	if !exists {
-		names := make([]string, len(rules))
-		for i, t := range rules {
-			names[i] = pgx.Identifier{imp.LegacySchema, t.Name}.Sanitize()
-		}
-		if _, err := legacy.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{PublicationName}.Sanitize()+" FOR TABLE "+strings.Join(names, ", ")); err != nil {
-			return fmt.Errorf("create publication %s on the legacy database: %w", PublicationName, err)
-		}
-	}
-	if _, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET publication = $1, updated_at = now()`, PublicationName); err != nil {
-		return fmt.Errorf("record the publication: %w", err)
-	}
-	imp.Publication = PublicationName
-	return nil
 }
 
 // copyOrder lists the tenant tables parents first (by the foreign keys

@@ -3,9 +3,11 @@ package importer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -162,7 +164,60 @@ func TestStartCopiesAndResumes(t *testing.T) {
 		(SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pgtenant_import')`).Scan(&slots, &pubTables); err != nil {
 		t.Fatal(err)
 	}
-	if slots != 1 || pubTables != 6 {
-		t.Fatalf("legacy database: %d slots (want the import's only), %d published tables (want 6)", slots, pubTables)
+	if slots != 1 || pubTables != 7 {
+		t.Fatalf("legacy database: %d slots (want the import's only), %d published tables (want 7: the tenant tables and the marker table)", slots, pubTables)
 	}
+
+	// The change stream: the building written between the runs reaches its
+	// shard, and so do inserts, updates and deletes (a child row through its
+	// parent; a delete of a row whose key lacks the tenant), once each, also
+	// across a killed and restarted stream.
+	follow := func() func() {
+		fctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- im.Follow(fctx) }()
+		return func() {
+			stop()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("follow: %v", err)
+			}
+		}
+	}
+	converge := func(what string) {
+		t.Helper()
+		for i := 0; ; i++ {
+			rep, err := im.Verify(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.OK() {
+				return
+			}
+			if i == 600 {
+				t.Fatalf("%s: the shards never matched the legacy database: %v", what, rep.Mismatches)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	stop := follow()
+	converge("after the start")
+	write := func(round int) {
+		for i, id := range ids[:20] {
+			execSQL(t, legacy, `WITH b AS (INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'Porto', 5) RETURNING id),
+				m AS (INSERT INTO meters (tenant_id, building_id, energy, unit) SELECT $1, id, 'gas', 'm3' FROM b RETURNING id)
+				INSERT INTO meter_notes (meter_id, note) SELECT id, 'new' FROM m`, id, fmt.Sprintf("round %d", round))
+			execSQL(t, legacy, `UPDATE customers SET plan = 'enterprise' WHERE tenant_id = $1`, id)
+			if i%3 == 0 {
+				execSQL(t, legacy, `DELETE FROM readings WHERE tenant_id = $1 AND meter_id = (SELECT min(meter_id) FROM readings WHERE tenant_id = $1)`, id)
+				execSQL(t, legacy, `DELETE FROM meter_notes WHERE id = (SELECT min(n.id) FROM meter_notes n JOIN meters m ON m.id = n.meter_id WHERE m.tenant_id = $1)`, id)
+			}
+		}
+	}
+	write(1)
+	converge("after round 1")
+	stop()
+	write(2)
+	stop = follow()
+	converge("after round 2 with a restarted stream")
+	stop()
 }
