@@ -128,7 +128,8 @@ func TestImportEndToEnd(t *testing.T) {
 			if !strings.Contains(line, "cut over to node") {
 				t.Fatalf("cutover %v: %s", wave, out)
 			}
-			pauses = append(pauses, line[strings.Index(line, "pause ")+6:])
+			pauses = append(pauses, line[strings.Index(line, "pause ")+6:strings.Index(line, " (")])
+			t.Log(line)
 		}
 		time.Sleep(300 * time.Millisecond) // writes land on the cut-over shards between waves
 	}

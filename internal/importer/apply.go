@@ -53,6 +53,7 @@ type applier struct {
 	rels    map[[2]any]*stream.Relation // (shard schema, relation id) → renamed relation
 	parents map[[2]string]string        // (parent table, key text) → tenant
 	log     *slog.Logger
+	version int64 // the map version shards was read at
 
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
@@ -60,7 +61,16 @@ type applier struct {
 	Skipped atomic.Int64
 }
 
+// reload reads the shards' routes again when the map version changed (a
+// cutover's flip bumps it).
 func (a *applier) reload(ctx context.Context) error {
+	v, err := a.im.cat.MapVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if a.shards != nil && v == a.version {
+		return nil
+	}
 	all, err := a.im.shards(ctx)
 	if err != nil {
 		return err
@@ -75,6 +85,7 @@ func (a *applier) reload(ctx context.Context) error {
 		}
 		a.shards[s.Shard] = r
 	}
+	a.version = v
 	return nil
 }
 

@@ -41,7 +41,11 @@ type CutoverResult struct {
 	// Pause is how long the shard's new transactions were held: from the
 	// fence to the flip.
 	Pause time.Duration
-	Err   error
+	// Fenced, Marked and Flipped are the parts of the pause: until every
+	// router held the shard, until the marker was applied on the node,
+	// until the flip committed.
+	Fenced, Marked, Flipped time.Duration
+	Err                     error
 }
 
 // ErrMarkerTimeout: the stream did not apply the marker in time.
@@ -114,9 +118,10 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			pause, err := im.cutoverShard(ctx, imp, s, opts)
-			results[i] = CutoverResult{Shard: s.Shard, Node: s.Node, Pause: pause, Err: err}
-			im.cat.RecordOperation(context.WithoutCancel(ctx), "import cutover", map[string]any{"shard": s.Shard, "node": s.Node, "pause_ms": float64(pause.Microseconds()) / 1000}, err)
+			r := CutoverResult{Shard: s.Shard, Node: s.Node}
+			r.Err = im.cutoverShard(ctx, imp, s, opts, &r)
+			results[i] = r
+			im.cat.RecordOperation(context.WithoutCancel(ctx), "import cutover", map[string]any{"shard": s.Shard, "node": s.Node, "pause_ms": float64(r.Pause.Microseconds()) / 1000}, r.Err)
 		}()
 	}
 	wg.Wait()
@@ -130,29 +135,33 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 	return results, errors.Join(errs...)
 }
 
-func (im *Importer) cutoverShard(ctx context.Context, imp *Import, s ShardProgress, opts CutoverOptions) (time.Duration, error) {
+func (im *Importer) cutoverShard(ctx context.Context, imp *Import, s ShardProgress, opts CutoverOptions, r *CutoverResult) error {
 	pool := im.cat.Pool()
 	fencer := catalog.RouterFencer{Catalog: im.cat}
 	legacy, err := connect(ctx, imp.LegacyDSN)
 	if err != nil {
-		return 0, fmt.Errorf("connect to the legacy database: %w", err)
+		return fmt.Errorf("connect to the legacy database: %w", err)
 	}
 	defer legacy.Close(context.Background())
 	node, err := connect(ctx, s.NodeDSN)
 	if err != nil {
-		return 0, fmt.Errorf("connect to node %s: %w", s.Node, err)
+		return fmt.Errorf("connect to node %s: %w", s.Node, err)
 	}
 	defer node.Close(context.Background())
 
+	pairs, err := sequencePairs(ctx, legacy, node, imp.LegacySchema, s.Schema)
+	if err != nil {
+		return err
+	}
 	t0 := time.Now()
 	tag, err := pool.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND state = 'active' RETURNING id)
 		INSERT INTO pgtenant.fence_leases (shard, expires_at) SELECT id, now() + $2::bigint * interval '1 millisecond' FROM u
 		ON CONFLICT (shard) DO UPDATE SET move_id = NULL, expires_at = excluded.expires_at`, s.Shard, opts.FenceLease.Milliseconds())
 	if err != nil {
-		return 0, fmt.Errorf("fence the shard: %w", err)
+		return fmt.Errorf("fence the shard: %w", err)
 	}
 	if tag.RowsAffected() != 1 {
-		return 0, fmt.Errorf("fence the shard: it is not active (a move or another cutover holds it)")
+		return fmt.Errorf("fence the shard: it is not active (a move or another cutover holds it)")
 	}
 	lctx, stopLease := context.WithCancelCause(ctx)
 	renewed := make(chan struct{})
@@ -186,30 +195,41 @@ func (im *Importer) cutoverShard(ctx context.Context, imp *Import, s ShardProgre
 		return cause
 	}
 	if err := fencer.Fence(lctx, s.Shard); err != nil {
-		return 0, unfence(err)
+		return unfence(err)
 	}
+	r.Fenced = time.Since(t0)
+	// synchronous_commit on: the WAL sender sends only flushed WAL, and a
+	// server running with it off would flush the marker up to
+	// wal_writer_delay later.
 	seq := rand.Int64N(1 << 62)
-	if _, err := legacy.Exec(lctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, s.Shard, seq); err != nil {
-		return 0, unfence(fmt.Errorf("write the marker on the legacy database: %w", err))
+	err = pgx.BeginFunc(lctx, legacy, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(lctx, `SET LOCAL synchronous_commit = on`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(lctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, s.Shard, seq)
+		return err
+	})
+	if err != nil {
+		return unfence(fmt.Errorf("write the marker on the legacy database: %w", err))
 	}
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	for {
 		var ok bool
 		if err := node.QueryRow(lctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2)`, s.Shard, seq).Scan(&ok); err != nil {
-			return 0, unfence(fmt.Errorf("wait for the marker on node %s: %w", s.Node, err))
+			return unfence(fmt.Errorf("wait for the marker on node %s: %w", s.Node, err))
 		}
 		if ok {
+			r.Marked = time.Since(t0)
 			break
 		}
 		if time.Now().After(deadline) {
-			return 0, unfence(ErrMarkerTimeout)
+			return unfence(ErrMarkerTimeout)
 		}
 		time.Sleep(opts.PollInterval)
 	}
-	if err := syncSequences(lctx, legacy, node, imp.LegacySchema, s.Schema); err != nil {
-		return 0, unfence(err)
+	if err := syncSequences(lctx, legacy, node, pairs); err != nil {
+		return unfence(err)
 	}
-	var pause time.Duration
 	err = pgx.BeginFunc(lctx, pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(lctx, `DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND expires_at > now()`, s.Shard)
 		if err != nil {
@@ -218,9 +238,9 @@ func (im *Importer) cutoverShard(ctx context.Context, imp *Import, s ShardProgre
 		if tag.RowsAffected() != 1 {
 			return errors.New("the fence lease lapsed before the flip")
 		}
-		pause = time.Since(t0)
+		r.Pause = time.Since(t0)
 		if _, err := tx.Exec(lctx, `UPDATE pgtenant.import_shards SET state = 'cutover', pause_ms = $2, updated_at = now() WHERE shard = $1 AND state = 'copied'`,
-			s.Shard, float64(pause.Microseconds())/1000); err != nil {
+			s.Shard, float64(r.Pause.Microseconds())/1000); err != nil {
 			return err
 		}
 		tag, err = tx.Exec(lctx, `UPDATE pgtenant.shards SET state = 'active', epoch = epoch + 1 WHERE id = $1 AND state = 'fenced'`, s.Shard)
@@ -237,55 +257,80 @@ func (im *Importer) cutoverShard(ctx context.Context, imp *Import, s ShardProgre
 		if c := context.Cause(lctx); c != nil && !errors.Is(c, context.Canceled) {
 			err = c
 		}
-		return 0, unfence(fmt.Errorf("flip: %w", err))
+		return unfence(fmt.Errorf("flip: %w", err))
 	}
+	r.Pause = time.Since(t0) // the flip's commit included
+	r.Flipped = r.Pause
 	stopLease(nil)
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := fencer.Unfence(bg, s.Shard); err != nil {
 		im.logger.Warn("cutover: routers have not all acknowledged the flip yet", "shard", s.Shard, "err", err)
 	}
-	im.logger.Info("shard cut over", "shard", s.Shard, "node", s.Node, "pause", pause)
-	return pause, nil
+	im.logger.Info("shard cut over", "shard", s.Shard, "node", s.Node, "pause", r.Pause, "fenced", r.Fenced, "marked", r.Marked)
+	return nil
 }
 
-// syncSequences sets each sequence of the shard's schema on its node to
-// the value of the legacy sequence of the same table column when that is
-// higher, so ids the shard hands out next are past every id copied.
-func syncSequences(ctx context.Context, legacy, node *pgx.Conn, legacySchema, schema string) error {
+// seqPair is a sequence of the shard's schema and the legacy sequence of
+// the same table column.
+type seqPair struct{ shard, legacy string }
+
+// sequencePairs lists the shard's sequences that have a legacy counterpart.
+func sequencePairs(ctx context.Context, legacy, node *pgx.Conn, legacySchema, schema string) ([]seqPair, error) {
 	rows, err := node.Query(ctx, `SELECT c.relname, a.attname, pg_get_serial_sequence(quote_ident($1) || '.' || quote_ident(c.relname), a.attname)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
 		AND pg_get_serial_sequence(quote_ident($1) || '.' || quote_ident(c.relname), a.attname) IS NOT NULL`, schema)
 	if err != nil {
-		return fmt.Errorf("list the shard's sequences: %w", err)
+		return nil, fmt.Errorf("list the shard's sequences: %w", err)
 	}
 	type seqCol struct{ table, col, seq string }
 	var seqs []seqCol
 	var sc seqCol
 	if _, err := pgx.ForEachRow(rows, []any{&sc.table, &sc.col, &sc.seq}, func() error { seqs = append(seqs, sc); return nil }); err != nil {
-		return fmt.Errorf("list the shard's sequences: %w", err)
+		return nil, fmt.Errorf("list the shard's sequences: %w", err)
 	}
+	var out []seqPair
 	for _, sc := range seqs {
-		var exists bool
-		if err := legacy.QueryRow(ctx, `SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2)) IS NOT NULL`, legacySchema, sc.table).Scan(&exists); err != nil {
-			return fmt.Errorf("look up %s on the legacy database: %w", sc.table, err)
-		}
-		if !exists {
-			continue // the shard's own tables (goose's versions)
-		}
-		var last *int64
-		err := legacy.QueryRow(ctx, `SELECT pg_sequence_last_value(pg_get_serial_sequence(quote_ident($1) || '.' || quote_ident($2), $3))`,
-			legacySchema, sc.table, sc.col).Scan(&last)
+		var seq *string
+		err := legacy.QueryRow(ctx, `SELECT CASE WHEN to_regclass(quote_ident($1) || '.' || quote_ident($2)) IS NOT NULL
+			THEN pg_get_serial_sequence(quote_ident($1) || '.' || quote_ident($2), $3) END`, legacySchema, sc.table, sc.col).Scan(&seq)
 		if err != nil {
-			return fmt.Errorf("read the legacy sequence of %s.%s: %w", sc.table, sc.col, err)
+			return nil, fmt.Errorf("find the legacy sequence of %s.%s: %w", sc.table, sc.col, err)
 		}
-		if last == nil {
-			continue
+		if seq != nil { // else one of the shard's own tables (goose's versions)
+			out = append(out, seqPair{shard: sc.seq, legacy: *seq})
 		}
-		if _, err := node.Exec(ctx, `SELECT setval($1::regclass, $2) WHERE $2 > coalesce(pg_sequence_last_value($1::regclass), 0)`, sc.seq, *last); err != nil {
-			return fmt.Errorf("set sequence %s: %w", sc.seq, err)
-		}
+	}
+	return out, nil
+}
+
+// syncSequences sets each shard sequence to its legacy sequence's value
+// when that is higher, so ids the shard hands out next are past every id
+// copied: one round trip to each side.
+func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair) error {
+	if len(pairs) == 0 {
+		return nil
+	}
+	names := make([]string, len(pairs))
+	for i, p := range pairs {
+		names[i] = p.legacy
+	}
+	rows, err := legacy.Query(ctx, `SELECT coalesce(pg_sequence_last_value(s::regclass), 0) FROM unnest($1::text[]) WITH ORDINALITY AS u(s, i) ORDER BY i`, names)
+	if err != nil {
+		return fmt.Errorf("read the legacy sequences: %w", err)
+	}
+	last, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return fmt.Errorf("read the legacy sequences: %w", err)
+	}
+	shardNames := make([]string, len(pairs))
+	for i, p := range pairs {
+		shardNames[i] = p.shard
+	}
+	if _, err := node.Exec(ctx, `SELECT setval(s::regclass, v) FROM unnest($1::text[], $2::bigint[]) AS u(s, v)
+		WHERE v > coalesce(pg_sequence_last_value(s::regclass), 0)`, shardNames, last); err != nil {
+		return fmt.Errorf("set the shard's sequences: %w", err)
 	}
 	return nil
 }
