@@ -220,4 +220,37 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	stop = follow()
 	converge("after round 2 with a restarted stream")
 	stop()
+
+	// A cutover without a stream running: the marker never arrives, the
+	// shard is given back to the legacy database, nothing changed.
+	shard := m.Tenants[ids[0]]
+	_, err = im.Cutover(ctx, CutoverOptions{Shards: []int{shard}, MarkerTimeout: time.Second})
+	if !errors.Is(err, ErrMarkerTimeout) {
+		t.Fatalf("cutover without a stream: %v", err)
+	}
+	m, err = c.LoadMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loc, _ := m.Locate(ids[0]); loc.Node.Name != "legacy" || loc.Shard.State != "active" {
+		t.Fatalf("after a failed cutover the shard is on %s, %s", loc.Node.Name, loc.Shard.State)
+	}
+	var leases int
+	if err := c.Pool().QueryRow(ctx, `SELECT count(*) FROM pgtenant.fence_leases`).Scan(&leases); err != nil || leases != 0 {
+		t.Fatalf("fence leases left: %d, %v", leases, err)
+	}
+	// With the stream running it cuts over; finish is refused until every shard is.
+	stop = follow()
+	res3, err := im.Cutover(ctx, CutoverOptions{Shards: []int{shard}})
+	if err != nil || len(res3) != 1 || res3[0].Pause <= 0 {
+		t.Fatalf("cutover: %+v, %v", res3, err)
+	}
+	m, _ = c.LoadMap(ctx)
+	if loc, _ := m.Locate(ids[0]); loc.Node.Name == "legacy" || loc.Shard.Schema == "public" {
+		t.Fatalf("after the cutover the shard is served from %s.%s", loc.Node.Name, loc.Shard.Schema)
+	}
+	if err := im.Finish(ctx); !errors.Is(err, ErrNotCutOver) {
+		t.Fatalf("finish with shards left: %v", err)
+	}
+	stop()
 }
