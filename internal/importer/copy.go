@@ -536,8 +536,21 @@ func (cp *copier) copyShard(ctx context.Context, s ShardProgress, tenants []stri
 		for i, t := range cp.order {
 			names[i] = pgx.Identifier{s.Schema, t.rule.Name}.Sanitize()
 		}
-		if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(names, ", ")); err != nil {
-			return fmt.Errorf("empty the shard's tables (has `pgtenant migrate up` applied the baseline?): %w", err)
+		// A copy killed after its commit and before the catalog recorded it
+		// left rows: empty the tables (TRUNCATE only when needed: it costs
+		// a new file per table).
+		probe := make([]string, len(names))
+		for i, n := range names {
+			probe[i] = "EXISTS (SELECT FROM " + n + ")"
+		}
+		var dirty bool
+		if err := tx.QueryRow(ctx, "SELECT "+strings.Join(probe, " OR ")).Scan(&dirty); err != nil {
+			return fmt.Errorf("read the shard's tables (has `pgtenant migrate up` applied the baseline?): %w", err)
+		}
+		if dirty {
+			if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(names, ", ")); err != nil {
+				return fmt.Errorf("empty the shard's tables: %w", err)
+			}
 		}
 		if len(tenants) == 0 {
 			return nil

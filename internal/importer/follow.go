@@ -20,7 +20,7 @@ func (im *Importer) prepareLegacy(ctx context.Context, legacy *pgx.Conn, imp *Im
 	if imp.Publication != "" {
 		return nil
 	}
-	var full []string
+	full := []string{}
 	for _, t := range rules {
 		col := t.TenantColumn
 		if t.Kind == tables.KindChild {
