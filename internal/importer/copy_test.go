@@ -254,3 +254,30 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	}
 	stop()
 }
+
+// TestStartKeepsReplicaIdentities: a legacy database whose tables already
+// carry their tenant in their replica identity gets no REPLICA IDENTITY
+// change, and the import records that (an empty list, not NULL: a second
+// import of such a database failed with 23502).
+func TestStartKeepsReplicaIdentities(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 2, 1)
+	legacy, _ := newLegacy(t, srvA, c, 3, 1)
+	for _, tbl := range []string{"customers", "buildings", "meters", "readings", "tariffs", "meter_notes"} {
+		execSQL(t, legacy, `ALTER TABLE `+tbl+` REPLICA IDENTITY FULL`)
+	}
+	im := New(c, nil)
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+	res, err := im.Start(ctx, StartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full []string
+	if err := c.Pool().QueryRow(ctx, `SELECT full_identity FROM pgtenant.imports`).Scan(&full); err != nil || len(full) != 0 || res.Copied != 2 {
+		t.Fatalf("full_identity %v, %v; %d shards copied", full, err, res.Copied)
+	}
+}
