@@ -102,6 +102,7 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 		newDemoCmd(a),
 		newOpsCmd(a),
 		newConsoleCmd(a),
+		group(newImportCmd(a)),
 	)
 	splits := newSplitCmds(a) // node split, rebalance, node drain
 	for _, c := range root.Commands() {

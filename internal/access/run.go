@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -76,6 +77,17 @@ func layout(ctx context.Context, db *pgxpool.Pool) ([]placement.Node, map[string
 	if err != nil {
 		return nil, nil, fmt.Errorf("list nodes: %w", err)
 	}
+	legacy, err := catalog.LegacyNodes(ctx, db)
+	if err != nil {
+		return nil, nil, err
+	}
+	kept := nodes[:0]
+	for _, n := range nodes {
+		if !legacy[n.Name] {
+			kept = append(kept, n)
+		}
+	}
+	nodes = kept
 	rows, err = db.Query(ctx, `SELECT id, schema_name, node FROM pgtenant.shards ORDER BY id`)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list shards: %w", err)

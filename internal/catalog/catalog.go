@@ -59,6 +59,10 @@ type Catalog struct {
 	dir         *tenantDir
 	// shardCount caches ShardCount once read.
 	shardCount atomic.Int64
+	// importing is set while the last full map read found shards served
+	// from an import's legacy database (loadMapSince reads every change in
+	// full then).
+	importing atomic.Bool
 }
 
 // SetSecrets sets where $NAME references in node DSNs are resolved (see

@@ -15,6 +15,7 @@ import (
 // *pgxpool.Pool).
 type batcher interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	querier
 }
 
 // LoadMap reads a consistent snapshot of the placement map: the map version,
@@ -39,14 +40,28 @@ func (c *Catalog) LoadMap(ctx context.Context) (*placement.Map, error) {
 // the one read. The statements go as one pipeline: one round trip, which is
 // most of the time a router takes to acknowledge a fence.
 func (c *Catalog) loadMapSince(ctx context.Context, b batcher, prev *placement.Map) (*placement.Map, error) {
-	if prev != nil {
+	// While an import serves shards from its legacy database, every change is
+	// read in full: the legacy overlay (applyImports) must be laid over each
+	// shard row read, and imports are short-lived.
+	if prev != nil && !c.importing.Load() {
 		m, ok, err := c.readMap(ctx, b, prev)
 		if err != nil || ok {
 			return m, err
 		}
 	}
 	m, _, err := c.readMap(ctx, b, nil)
-	return m, err
+	if err != nil {
+		return nil, err
+	}
+	// A second round trip, on full reads only: the import's overlay is read
+	// after the map's snapshot, so it is at least as new as the map version
+	// acknowledged (a cutover flips import_shards after its fence).
+	n, err := applyImports(ctx, b, m)
+	if err != nil {
+		return nil, err
+	}
+	c.importing.Store(n > 0)
+	return m, nil
 }
 
 // readMap reads the map: in full without prev, else as changes to prev (ok

@@ -264,7 +264,8 @@ func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, er
 	return report, nil
 }
 
-// Nodes lists the registered nodes with their shard counts.
+// Nodes lists the registered nodes with their shard counts, without the
+// legacy node of a running import (LegacyNodes).
 func (c *Catalog) Nodes(ctx context.Context) ([]Node, error) {
 	rows, err := c.pool.Query(ctx, `SELECT n.name, n.dsn, count(s.id)::int FROM pgtenant.nodes n
 		LEFT JOIN pgtenant.shards s ON s.node = n.name GROUP BY n.name, n.dsn ORDER BY n.name`)
@@ -274,11 +275,25 @@ func (c *Catalog) Nodes(ctx context.Context) ([]Node, error) {
 		}
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Node, error) {
+	nodes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Node, error) {
 		var n Node
 		err := r.Scan(&n.Name, &n.DSN, &n.Shards)
 		return n, err
 	})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	legacy, err := LegacyNodes(ctx, c.pool)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	out := nodes[:0]
+	for _, n := range nodes {
+		if !legacy[n.Name] {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 // Node returns one registered node.

@@ -273,6 +273,38 @@ CREATE TRIGGER notify_tenants_upd AFTER UPDATE ON pgtenant.tenants REFERENCING O
 CREATE TRIGGER notify_tenants_del AFTER DELETE ON pgtenant.tenants REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
 CREATE TRIGGER notify_tenants_trunc AFTER TRUNCATE ON pgtenant.tenants FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_tenants();
 `,
+	// 11: imports of an existing database (internal/importer): the legacy
+	// node and schema every shard is served from until its cutover, the
+	// replication slot and snapshot of the copy, and each shard's copy and
+	// cutover progress. import_shards rows change routing, so they bump the
+	// map version like shards do.
+	`
+CREATE TABLE pgtenant.imports (
+	one           boolean PRIMARY KEY DEFAULT true CHECK (one),
+	legacy_node   text NOT NULL REFERENCES pgtenant.nodes (name),
+	legacy_schema text NOT NULL CHECK (octet_length(legacy_schema) BETWEEN 1 AND 63),
+	state         text NOT NULL DEFAULT 'serving' CHECK (state IN ('serving', 'copying', 'copied', 'streaming', 'finished')),
+	publication   text,
+	full_identity text[] NOT NULL DEFAULT '{}',
+	slot_name     text,
+	start_lsn     pg_lsn,
+	started_at    timestamptz NOT NULL DEFAULT now(),
+	updated_at    timestamptz NOT NULL DEFAULT now(),
+	finished_at   timestamptz
+);
+CREATE TABLE pgtenant.import_shards (
+	shard       int PRIMARY KEY REFERENCES pgtenant.shards (id),
+	state       text NOT NULL DEFAULT 'legacy' CHECK (state IN ('legacy', 'copying', 'copied', 'cutover')),
+	copy_lsn    pg_lsn,
+	tables_done text[] NOT NULL DEFAULT '{}',
+	rows        bigint NOT NULL DEFAULT 0,
+	bytes       bigint NOT NULL DEFAULT 0,
+	pause_ms    double precision,
+	updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.import_shards REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.import_shards REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

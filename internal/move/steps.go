@@ -100,6 +100,9 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 	if running {
 		return nil, ErrMoveRunning
 	}
+	if err := m.refuseImporting(ctx, shard, toNode); err != nil {
+		return nil, err
+	}
 	if mv.Source == toNode {
 		return nil, fmt.Errorf("shard %d is already on node %q", shard, toNode)
 	}

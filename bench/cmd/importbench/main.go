@@ -1,0 +1,243 @@
+// Command importbench measures `pgtenant import start`'s copy: a legacy
+// database shaped like the demo's energy app (internal/demo: five tenant
+// tables, a child table, a reference table) on one local Postgres cluster,
+// copied into the shards of two nodes on two other clusters (default
+// settings, fsync on), with -parallel shards at once. It prints the bytes
+// copied (the binary COPY stream), the legacy tables' size on disk, rows and
+// MB/s. See bench/README.md.
+//
+//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 168] [-shards 64] [-parallel 1,2,4]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/importer"
+	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/migrate"
+	"github.com/pgtenant/pgtenant/internal/shared"
+	"github.com/pgtenant/pgtenant/internal/tables"
+)
+
+type options struct {
+	dir            string
+	tenants, hours int
+	shards         int
+	parallel       []int
+	maxRate        int64
+}
+
+func main() {
+	var o options
+	var par string
+	flag.StringVar(&o.dir, "dir", "", "directory for the clusters; empty means a temporary one, removed at the end")
+	flag.IntVar(&o.tenants, "tenants", 1000, "tenants in the legacy database")
+	flag.IntVar(&o.hours, "hours", 168, "hourly readings per meter (the bulk of the data)")
+	flag.IntVar(&o.shards, "shards", 64, "shards")
+	flag.StringVar(&par, "parallel", "1,4", "shards copied at once; one import per value")
+	flag.Int64Var(&o.maxRate, "max-rate", 0, "bytes per second cap (0: none)")
+	flag.Parse()
+	for _, p := range strings.Split(par, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 {
+			fmt.Fprintln(os.Stderr, "importbench: -parallel: give numbers such as 1,4")
+			os.Exit(2)
+		}
+		o.parallel = append(o.parallel, n)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "importbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, out io.Writer) error {
+	dir := o.dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "importbench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	os.Chmod(dir, 0o755)
+	var clusters []*localpg.Cluster
+	defer func() {
+		for _, c := range clusters {
+			c.Stop(context.Background())
+		}
+	}()
+	for _, name := range []string{"legacy", "n1", "n2"} {
+		c := localpg.New(filepath.Join(dir, name), 0)
+		if err := c.Init(ctx); err != nil {
+			return fmt.Errorf("init %s: %w", name, err)
+		}
+		if err := c.StartOnFreePort(ctx); err != nil {
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		clusters = append(clusters, c)
+	}
+	t0 := time.Now()
+	legacyDSN := clusters[0].DSN("legacy")
+	if err := exec(ctx, clusters[0].DSN("postgres"), `CREATE DATABASE legacy`); err != nil {
+		return err
+	}
+	ddl, err := demo.LegacySchema()
+	if err != nil {
+		return err
+	}
+	if err := exec(ctx, legacyDSN, ddl); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, legacyDSN)
+	if err != nil {
+		return err
+	}
+	ids := demo.TenantIDs(o.tenants)
+	for i := 0; i < len(ids); i += 100 {
+		if err := demo.SeedLegacy(ctx, conn, "public", ids[i:min(i+100, len(ids))], o.hours); err != nil {
+			conn.Close(ctx)
+			return err
+		}
+	}
+	var size int64
+	var rows int64
+	err = conn.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid))::bigint, sum(c.reltuples)::bigint FROM pg_class c
+		WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname <> 'energy_units'`).Scan(&size, &rows)
+	conn.Exec(ctx, `ANALYZE`)
+	conn.QueryRow(ctx, `SELECT sum(c.reltuples)::bigint FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'`).Scan(&rows)
+	conn.Close(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
+	fmt.Fprintf(out, "%-9s %-8s %-12s %-10s %-14s %-14s\n", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)")
+	for i, p := range o.parallel {
+		res, err := importOnce(ctx, o, clusters, legacyDSN, i, p)
+		if err != nil {
+			return err
+		}
+		s := res.Duration.Seconds()
+		fmt.Fprintf(out, "%-9d %-8d %-12d %-10.1f %-14s %.1f / %.1f\n", p, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
+			float64(res.Bytes)/1e6/s, float64(size)/1e6/s)
+	}
+	return nil
+}
+
+// importOnce runs one import of the legacy database into a fresh catalog
+// and fresh node databases (run i).
+func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int) (*importer.StartResult, error) {
+	catDSN := clusters[1].DSN(fmt.Sprintf("catalog%d", i))
+	if err := exec(ctx, clusters[1].DSN("postgres"), fmt.Sprintf(`CREATE DATABASE catalog%d`, i)); err != nil {
+		return nil, err
+	}
+	c := catalog.New(catDSN, slog.New(slog.DiscardHandler))
+	if err := c.Open(ctx); err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := c.Init(ctx, o.shards); err != nil {
+		return nil, err
+	}
+	var sn []shared.Node
+	dsn := map[string]string{}
+	for k, cl := range clusters[1:] {
+		name := fmt.Sprintf("n%d", k+1)
+		db := fmt.Sprintf("app%d", i)
+		if err := exec(ctx, cl.DSN("postgres"), `CREATE DATABASE `+db); err != nil {
+			return nil, err
+		}
+		if _, err := c.AddNode(ctx, name, cl.DSN(db)); err != nil {
+			return nil, err
+		}
+		sn = append(sn, shared.Node{Name: name, DSN: cl.DSN(db)})
+		dsn[name] = cl.DSN(db)
+	}
+	if _, err := c.CreateShards(ctx); err != nil {
+		return nil, err
+	}
+	reg := tables.New(c.Pool())
+	for _, r := range []tables.Table{
+		{Name: "customers", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
+		{Name: "buildings", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
+		{Name: "meters", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
+		{Name: "readings", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
+		{Name: "tariffs", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
+		{Name: "meter_notes", Kind: tables.KindChild, Parent: "meters", ParentKey: "meter_id", ParentColumn: "id"},
+		{Name: "energy_units", Kind: tables.KindShared},
+	} {
+		if err := reg.Set(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+	im := importer.New(c, slog.New(slog.DiscardHandler))
+	if _, err := im.Init(ctx, importer.InitOptions{DSN: legacyDSN, Node: "legacy", RegisterTenants: true}); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "importbench-files-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	if _, err := im.Baseline(ctx, importer.BaselineOptions{Dir: tmp + "/m", ReferenceDir: tmp + "/r"}); err != nil {
+		return nil, err
+	}
+	ms, err := shared.ReadMigrations(os.DirFS(tmp + "/r"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := shared.Migrate(ctx, sn, "public", ms); err != nil {
+		return nil, err
+	}
+	shards, err := c.Shards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var targets []migrate.Target
+	for _, s := range shards {
+		targets = append(targets, migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: dsn[s.Node]})
+	}
+	if _, err := migrate.Up(ctx, os.DirFS(tmp+"/m"), targets, migrate.Options{}); err != nil {
+		return nil, err
+	}
+	res, err := im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate})
+	if err != nil {
+		return nil, err
+	}
+	// The slot and publication go, so the next run starts afresh.
+	if err := exec(ctx, legacyDSN, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database();
+		DROP PUBLICATION IF EXISTS pgtenant_import; DROP SCHEMA IF EXISTS pgtenant_import CASCADE`); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func exec(ctx context.Context, dsn, sql string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("%.60s: %w", sql, err)
+	}
+	return nil
+}

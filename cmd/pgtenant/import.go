@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/importer"
+)
+
+func newImportCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "import",
+		Short: "Bring an existing database onto pgtenant while the app keeps running",
+		Long: `Bring an existing single database (the legacy database) onto pgtenant, with
+no app change beyond DATABASE_URL:
+
+  1. pgtenant import init --from DSN    check it, then serve every shard from it:
+                                        point the app at the router (undo: point it back)
+  2. pgtenant import schema --dir DIR   its tables become the shards' first migration
+  3. pgtenant import start              copy each tenant's rows to its shard
+
+See "Moving an existing database" in the README.`,
+	}
+	var opts importer.InitOptions
+	initCmd := &cobra.Command{
+		Use:   "init --from DSN [--name legacy] [--schema public] [--register-tenants] [--check]",
+		Short: "Check the legacy database and serve every shard from it through the router",
+		Long: `Check the legacy database and the catalog, then register the legacy database as
+a node that serves every shard from its existing schema: through the router,
+every tenant reads and writes its rows there, unchanged.
+
+Checked first, each a clear error before anything changes: wal_level=logical
+and a role with REPLICATION (the copy and the change stream read a logical
+replication slot); every table of the schema has a rule in the tables
+registry (pgtenant table set); every row has a tenant (no NULL tenant id, no
+child row without its parent); every tenant id found in the rows is
+registered. Unregistered tenants stop the import with their ids, unless
+--register-tenants registers them all by hash: the rows are the authority on
+which tenants exist, but a stray id (a test row, a typo) would otherwise
+become a tenant without anyone saying so.
+
+Nothing is written to the legacy database.`,
+		Example: `  pgtenant import init --from 'postgres://app@old-db:5432/app' --register-tenants
+  pgtenant import init --from "$OLD_DATABASE_URL" --check`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if opts.DSN == "" {
+				return usagef("import init needs --from DSN (the legacy database)")
+			}
+			res, err := importer.New(c, a.logger).Init(ctx, opts)
+			if err != nil {
+				return err
+			}
+			sv := res.Survey
+			fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %d tables with a rule, %d tenants in its rows\n",
+				sv.WalLevel, len(sv.Tables), len(sv.Tenants))
+			if opts.CheckOnly {
+				if n := len(sv.Unregistered); n > 0 {
+					fmt.Fprintf(a.stdout, "%d tenants would be registered by --register-tenants\n", n)
+				}
+				return nil
+			}
+			if res.Registered > 0 {
+				fmt.Fprintf(a.stdout, "%d tenants registered\n", res.Registered)
+			}
+			fmt.Fprintf(a.stdout, "node %s added as the legacy node: its schema %s serves all %d shards\n", res.Node, res.Schema, res.Shards)
+			fmt.Fprintln(a.stdout, "point the app's DATABASE_URL at the router; next: pgtenant import schema --dir DIR")
+			return nil
+		}),
+	}
+	initCmd.Flags().StringVar(&opts.DSN, "from", "", "connection string of the legacy database (may name secrets as $NAME)")
+	initCmd.Flags().StringVar(&opts.Node, "name", "legacy", "node name the legacy database is registered as")
+	initCmd.Flags().StringVar(&opts.Schema, "schema", "public", "schema of the legacy database that holds the app's tables")
+	initCmd.Flags().BoolVar(&opts.RegisterTenants, "register-tenants", false, "register, by hash, the tenant ids found in the rows that the catalog does not know")
+	initCmd.Flags().BoolVar(&opts.CheckOnly, "check", false, "run the checks only; change nothing")
+	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportStatusCmd(a), newImportFinishCmd(a))
+	return cmd
+}
+
+func newImportSchemaCmd(a *app) *cobra.Command {
+	var opts importer.BaselineOptions
+	cmd := &cobra.Command{
+		Use:   "schema --dir DIR [--reference-dir DIR] [--force]",
+		Short: "Write the legacy tables' definitions as the shards' first migration",
+		Long: `Write the legacy tables' definitions (pg_dump --schema-only, without owners,
+grants, comments or the schema's name) as migration files:
+
+  DIR/` + importer.BaselineFile + `             the tenant and child tables: every shard's first migration
+  REFERENCE-DIR/` + importer.ReferenceFile + `  the reference (shared) tables, for the shared schema of every node
+
+Nothing is applied: read the files (they are the app's migrations from now on),
+then apply them with 'pgtenant reference migrate --dir REFERENCE-DIR' and
+'pgtenant migrate up --dir DIR'. The shard schemas are on the nodes the
+shards will be cut over to; the legacy database is not changed.`,
+		Example: `  pgtenant import schema --dir db/migrations --reference-dir db/reference
+  pgtenant reference migrate --dir db/reference && pgtenant migrate up --dir db/migrations`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if opts.Dir == "" {
+				return usagef("import schema needs --dir DIR (the shards' migrations directory)")
+			}
+			res, err := importer.New(c, a.logger).Baseline(ctx, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "wrote %s (%d tables: %s)\n", res.File, len(res.Tables), strings.Join(res.Tables, ", "))
+			if res.ReferenceFile != "" {
+				fmt.Fprintf(a.stdout, "wrote %s (%d reference tables: %s)\n", res.ReferenceFile, len(res.Reference), strings.Join(res.Reference, ", "))
+				fmt.Fprintf(a.stdout, "next: pgtenant reference migrate --dir %s && ", filepath.Dir(res.ReferenceFile))
+			} else {
+				fmt.Fprint(a.stdout, "next: ")
+			}
+			fmt.Fprintf(a.stdout, "pgtenant migrate up --dir %s, then pgtenant import start\n", opts.Dir)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&opts.Dir, "dir", "", "directory of the shards' migrations")
+	cmd.Flags().StringVar(&opts.ReferenceDir, "reference-dir", "", "directory of the reference migrations (default: DIR/../reference)")
+	cmd.Flags().BoolVar(&opts.Force, "force", false, "overwrite existing files")
+	return cmd
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/importer"
+)
+
+// parseRate reads a byte rate such as 50MB, 800kB or 1048576 (per second).
+func parseRate(s string) (int64, error) {
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	mult := int64(1)
+	u := strings.ToUpper(strings.TrimSuffix(strings.TrimSuffix(s, "/s"), "B"))
+	switch {
+	case strings.HasSuffix(u, "K"):
+		mult, u = 1<<10, strings.TrimSuffix(u, "K")
+	case strings.HasSuffix(u, "M"):
+		mult, u = 1<<20, strings.TrimSuffix(u, "M")
+	case strings.HasSuffix(u, "G"):
+		mult, u = 1<<30, strings.TrimSuffix(u, "G")
+	}
+	n, err := strconv.ParseFloat(u, 64)
+	if err != nil || n < 0 {
+		return 0, usagef("--max-rate %q: give bytes per second, e.g. 50MB or 800kB", s)
+	}
+	return int64(n * float64(mult)), nil
+}
+
+func newImportStartCmd(a *app) *cobra.Command {
+	var parallel int
+	var rate string
+	var noFollow bool
+	cmd := &cobra.Command{
+		Use:   "start [--parallel 4] [--max-rate 50MB] [--no-follow]",
+		Short: "Copy every tenant's rows to its shard, then follow the legacy database's changes",
+		Long: `Copy every tenant's rows to its shard on the shard's node, then follow the
+legacy database's changes until interrupted. The router keeps serving every
+tenant from the legacy database meanwhile.
+
+The first run creates, on the legacy database, the publication
+pgtenant_import, a marker table (schema pgtenant_import) and a logical
+replication slot; tables whose replica identity lacks the tenant column get
+REPLICA IDENTITY FULL (import finish gives it back). Rows are copied at the
+slot's snapshot, shard by shard (--parallel at once, all copies together at
+most --max-rate bytes per second), each shard in one transaction on its node;
+reference tables are loaded on every node's shared schema. Progress per node
+goes to stderr.
+
+Killed, run it again: the shards already copied are kept, the others are
+copied at a new snapshot, and the stream resumes where each node left off.
+Then 'pgtenant import verify' and 'pgtenant import cutover'.`,
+		Example: `  pgtenant import start --parallel 4 --max-rate 80MB`,
+		Args:    cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			maxRate, err := parseRate(rate)
+			if err != nil {
+				return err
+			}
+			im := importer.New(c, a.logger)
+			im.SetSharedSchema(a.sharedSchema())
+			st, err := im.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if st.State == importer.StateServing || st.State == importer.StateCopying {
+				var mu sync.Mutex
+				var last time.Time
+				res, err := im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: maxRate, Progress: func(ps []importer.NodeProgress) {
+					mu.Lock()
+					defer mu.Unlock()
+					if time.Since(last) < 2*time.Second {
+						return
+					}
+					last = time.Now()
+					for _, p := range ps {
+						eta := "-"
+						if p.ETA > 0 {
+							eta = p.ETA.Round(time.Second).String()
+						}
+						fmt.Fprintf(a.stderr, "copy: node %s %d/%d shards, %s, %s/s, ETA %s\n", p.Node, p.Done, p.Shards,
+							humanBytes(p.Bytes), humanBytes(int64(float64(p.Bytes)/max(p.Elapsed.Seconds(), 0.001))), eta)
+					}
+				}})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "copied %d shards (%d before), %d rows, %s in %s (%s/s); slot %s from %s\n", res.Copied, res.AlreadyCopied,
+					res.Rows, humanBytes(res.Bytes), res.Duration.Round(time.Millisecond), humanBytes(int64(float64(res.Bytes)/max(res.Duration.Seconds(), 0.001))), res.Slot, res.StartLSN)
+				if len(res.Reference) > 0 {
+					fmt.Fprintf(a.stdout, "reference tables loaded on every node: %s\n", strings.Join(res.Reference, ", "))
+				}
+			}
+			if noFollow {
+				return nil
+			}
+			fmt.Fprintln(a.stdout, "following the legacy database's changes; interrupt to stop (run import start again to resume)")
+			err = im.Follow(ctx)
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		}),
+	}
+	cmd.Flags().IntVar(&parallel, "parallel", 4, "shards copied at once")
+	cmd.Flags().StringVar(&rate, "max-rate", "", "at most this many bytes per second read from the legacy database, e.g. 50MB (default: no limit)")
+	cmd.Flags().BoolVar(&noFollow, "no-follow", false, "copy, then exit without following changes")
+	return cmd
+}
+
+func newImportVerifyCmd(a *app) *cobra.Command {
+	var shards []int
+	cmd := &cobra.Command{
+		Use:   "verify [--shard N]...",
+		Short: "Compare row counts and checksums per tenant per table between the legacy database and the shards",
+		Long: `Compare, for every tenant of the copied shards (or of --shard N), each table's
+row count and a checksum of its rows between the legacy database and the
+shard. While the app writes, a tenant written in the last moments may differ
+until the stream has applied it: run it again. Exit status 1 on a difference.`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			var which []int
+			if len(shards) > 0 {
+				which = shards
+			}
+			rep, err := importer.New(c, a.logger).Verify(ctx, which)
+			if err != nil {
+				return err
+			}
+			for _, m := range rep.Mismatches {
+				fmt.Fprintln(a.stdout, m.String())
+			}
+			fmt.Fprintf(a.stdout, "%d shards, %d tenants, %d tables, %d rows compared; %d differences\n", rep.Shards, rep.Tenants, rep.Tables, rep.Rows, len(rep.Mismatches))
+			if !rep.OK() {
+				return fmt.Errorf("import verify: %d tenant tables differ", len(rep.Mismatches))
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().IntSliceVar(&shards, "shard", nil, "verify only this shard (repeatable)")
+	return cmd
+}
+
+func newImportCutoverCmd(a *app) *cobra.Command {
+	var opts importer.CutoverOptions
+	cmd := &cobra.Command{
+		Use:   "cutover (--shard N... | --all) [--parallel K]",
+		Short: "Serve shards from their nodes instead of the legacy database, pausing only their tenants",
+		Long: `Cut shards over from the legacy database to their nodes while import start
+follows the changes. Each shard is fenced like a shard move: routers hold its
+tenants' new transactions and let running ones end, a marker written on the
+legacy database travels through the stream to the node, the shard's sequences
+are set past the legacy ones, and the catalog flips the shard to its node; the
+held transactions then run there. A canary first, then waves:
+
+  pgtenant import cutover --shard 7
+  pgtenant import cutover --all --parallel 4`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if opts.All == (len(opts.Shards) > 0) {
+				return usagef("give --shard N (repeatable) or --all")
+			}
+			res, err := importer.New(c, a.logger).Cutover(ctx, opts)
+			for _, r := range res {
+				if r.Err != nil {
+					fmt.Fprintf(a.stdout, "shard %d: failed, still on the legacy database: %v\n", r.Shard, r.Err)
+					continue
+				}
+				fmt.Fprintf(a.stdout, "shard %d: cut over to node %s, pause %s (routers held it at %s, marker applied at %s)\n", r.Shard, r.Node,
+					r.Pause.Round(time.Microsecond*100), r.Fenced.Round(time.Microsecond*100), r.Marked.Round(time.Microsecond*100))
+			}
+			return err
+		}),
+	}
+	cmd.Flags().IntSliceVar(&opts.Shards, "shard", nil, "shard to cut over (repeatable)")
+	cmd.Flags().BoolVar(&opts.All, "all", false, "every copied shard not cut over yet")
+	cmd.Flags().IntVar(&opts.Parallel, "parallel", 1, "shards cut over at once")
+	return cmd
+}
+
+func newImportStatusCmd(a *app) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "status [--all]",
+		Short: "The import's state, the stream's lag and every shard's state",
+		Args:  cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			st, err := importer.New(c, a.logger).Status(ctx)
+			if err != nil {
+				return err
+			}
+			lag := "-"
+			if st.Lag >= 0 {
+				lag = humanBytes(st.Lag)
+			}
+			fmt.Fprintf(a.stdout, "import from node %s schema %s: %s; slot %s (streaming: %v), lag %s\n", st.LegacyNode, st.LegacySchema, st.State, st.Slot, st.SlotActive, lag)
+			fmt.Fprintf(a.stdout, "shards: %d legacy, %d copied, %d cut over\n", st.Counts[importer.ShardLegacy]+st.Counts[importer.ShardCopying],
+				st.Counts[importer.ShardCopied], st.Counts[importer.ShardCutover])
+			if !all {
+				return nil
+			}
+			w := a.table("SHARD", "NODE", "STATE", "ROWS", "BYTES", "COPY LSN", "PAUSE")
+			for _, s := range st.Shards {
+				pause := "-"
+				if s.PauseMS != nil {
+					pause = fmt.Sprintf("%.1f ms", *s.PauseMS)
+				}
+				row(w, s.Shard, s.Node, s.State, s.Rows, humanBytes(s.Bytes), s.CopyLSN, pause)
+			}
+			return w.Flush()
+		}),
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "list every shard")
+	return cmd
+}
+
+func newImportFinishCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "finish",
+		Short: "End an import whose shards are all cut over",
+		Long: `End an import whose shards are all cut over: drop the slot (stopping the
+stream), the publication and the marker schema on the legacy database, give
+back the replica identities import start changed, and remove the legacy node
+from the catalog. The legacy database keeps its tables and rows, untouched,
+for you to archive.`,
+		Args: cobra.NoArgs,
+		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if err := importer.New(c, a.logger).Finish(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "import finished; the legacy database is no longer used")
+			return nil
+		}),
+	}
+}

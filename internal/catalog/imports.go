@@ -1,0 +1,76 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/placement"
+)
+
+// applyImports places the shards of a running import that have not been cut
+// over on the legacy node, in the legacy schema (pgtenant.import_shards,
+// written by internal/importer): routers then serve their tenants from the
+// existing database unchanged. A catalog without the import tables (an
+// older schema read by a test's own DDL) has no import.
+func applyImports(ctx context.Context, q querier, m *placement.Map) (int, error) {
+	var present bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('pgtenant.import_shards') IS NOT NULL`).Scan(&present); err != nil {
+		return 0, fmt.Errorf("look for imports: %w", err)
+	}
+	if !present {
+		return 0, nil
+	}
+	rows, err := q.Query(ctx, `SELECT s.shard, i.legacy_node, i.legacy_schema
+		FROM pgtenant.import_shards s CROSS JOIN pgtenant.imports i
+		WHERE s.state <> 'cutover' AND i.state <> 'finished'`)
+	if err != nil {
+		return 0, fmt.Errorf("read imports: %w", err)
+	}
+	n := 0
+	var shard int
+	var node, schema string
+	_, err = pgx.ForEachRow(rows, []any{&shard, &node, &schema}, func() error {
+		if shard >= 0 && shard < len(m.Shards) {
+			m.Shards[shard].Node, m.Shards[shard].Schema = node, schema
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read imports: %w", err)
+	}
+	return n, nil
+}
+
+// Querier is what LegacyNodes needs of a connection: *pgx.Conn, pgx.Tx and
+// *pgxpool.Pool have it.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// LegacyNodes names the legacy node of a running import, if any: a node
+// that serves shards from the legacy database, left out of every fan-out
+// (shard create, reference tables, extensions, roles, rebalancing) so that
+// nothing but the import changes it.
+func LegacyNodes(ctx context.Context, q Querier) (map[string]bool, error) {
+	var present bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('pgtenant.imports') IS NOT NULL`).Scan(&present); err != nil {
+		return nil, fmt.Errorf("look for imports: %w", err)
+	}
+	out := map[string]bool{}
+	if !present {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `SELECT legacy_node FROM pgtenant.imports WHERE state <> 'finished'`)
+	if err != nil {
+		return nil, fmt.Errorf("read imports: %w", err)
+	}
+	var name string
+	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error { out[name] = true; return nil }); err != nil {
+		return nil, fmt.Errorf("read imports: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,328 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
+	"github.com/pgtenant/pgtenant/internal/tables"
+)
+
+// Objects the import keeps on the legacy database and on the nodes.
+const (
+	// markerSchema.markerTable on the legacy database takes cutover
+	// markers; it is in the publication, so a marker reaches the shard's
+	// node through the stream, behind every change committed before it.
+	markerSchema = "pgtenant_import"
+	markerTable  = "marker"
+	// nodeMarkers on each node records the markers applied there.
+	nodeMarkers = "pgtenant_stream.import_marker"
+	// positionName is the import's key in pgtenant_stream.position on
+	// each node.
+	positionName = "pgtenant_import"
+)
+
+// ErrTenantChange is reported for an update that moves a row to another
+// tenant.
+var ErrTenantChange = errors.New("an update changed a row's tenant")
+
+// shardRoute is what the applier needs of one shard.
+type shardRoute struct {
+	schema, node, state string
+	copyLSN             stream.LSN
+}
+
+// applier routes each row change of the legacy database to the shard of
+// the tenant it belongs to, and applies each batch with one transaction
+// per node (a stream.TableApplier per node, relations renamed to the
+// shard's schema), which also records the node's position.
+type applier struct {
+	im      *Importer
+	legacy  string // legacy schema
+	rules   map[string]tables.Table
+	nodes   map[string]*stream.TableApplier
+	pos     map[string]stream.LSN // applied position per node at start
+	tenants map[string]int
+	shards  map[int]shardRoute
+	rels    map[[2]any]*stream.Relation // (shard schema, relation id) → renamed relation
+	parents map[[2]string]string        // (parent table, key text) → tenant
+	log     *slog.Logger
+	version int64 // the map version shards was read at
+
+	// TenantChanges counts updates that moved a row to another tenant.
+	TenantChanges atomic.Int64
+	// Skipped counts changes for shards not copied yet or already holding them.
+	Skipped atomic.Int64
+}
+
+// reload reads the shards' routes again when the map version changed (a
+// cutover's flip bumps it).
+func (a *applier) reload(ctx context.Context) error {
+	v, err := a.im.cat.MapVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if a.shards != nil && v == a.version {
+		return nil
+	}
+	all, err := a.im.shards(ctx)
+	if err != nil {
+		return err
+	}
+	a.shards = map[int]shardRoute{}
+	for _, s := range all {
+		r := shardRoute{schema: s.Schema, node: s.Node, state: s.State}
+		if s.CopyLSN != "" {
+			if r.copyLSN, err = stream.ParseLSN(s.CopyLSN); err != nil {
+				return fmt.Errorf("shard %d copy_lsn: %w", s.Shard, err)
+			}
+		}
+		a.shards[s.Shard] = r
+	}
+	a.version = v
+	return nil
+}
+
+func (a *applier) reloadTenants(ctx context.Context) error {
+	rows, err := a.im.cat.Pool().Query(ctx, `SELECT id, shard FROM pgtenant.tenants`)
+	if err != nil {
+		return fmt.Errorf("read tenants: %w", err)
+	}
+	m := map[string]int{}
+	var id string
+	var shard int
+	if _, err := pgx.ForEachRow(rows, []any{&id, &shard}, func() error { m[id] = shard; return nil }); err != nil {
+		return fmt.Errorf("read tenants: %w", err)
+	}
+	a.tenants = m
+	return nil
+}
+
+// column returns the index of name in rel's columns, -1 when missing.
+func column(rel *stream.Relation, name string) int {
+	for i, c := range rel.Columns {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func value(t stream.Tuple, i int) (string, bool) {
+	if t == nil || i < 0 || i >= len(t) || t[i].Null || t[i].Unchanged {
+		return "", false
+	}
+	return string(t[i].Data), true
+}
+
+// tenantOf finds the tenant of one tuple of rel.
+func (a *applier) tenantOf(ctx context.Context, rel *stream.Relation, t stream.Tuple) (string, error) {
+	rule, ok := a.rules[rel.Table]
+	if !ok {
+		return "", fmt.Errorf("table %s has no rule in the tables registry", rel.Table)
+	}
+	switch rule.Kind {
+	case tables.KindTenant:
+		v, ok := value(t, column(rel, rule.TenantColumn))
+		if !ok {
+			return "", fmt.Errorf("table %s: the change carries no tenant (column %s); the import sets REPLICA IDENTITY FULL on such tables", rel.Table, rule.TenantColumn)
+		}
+		return v, nil
+	case tables.KindChild:
+		key, ok := value(t, column(rel, rule.ParentKey))
+		if !ok {
+			return "", fmt.Errorf("table %s: the change carries no %s", rel.Table, rule.ParentKey)
+		}
+		if tenant, ok := a.parents[[2]string{rule.Parent, key}]; ok {
+			return tenant, nil
+		}
+		return a.lookupParent(ctx, rule, key)
+	}
+	return "", fmt.Errorf("table %s is shared; its changes are not streamed", rel.Table)
+}
+
+// lookupParent finds the tenant of a parent row on the nodes (where the
+// stream has brought it), "" when no copied shard has it.
+func (a *applier) lookupParent(ctx context.Context, child tables.Table, key string) (string, error) {
+	parent := a.rules[child.Parent]
+	byNode := map[string][]string{}
+	for _, s := range a.shards {
+		if s.state == ShardCopied {
+			byNode[s.node] = append(byNode[s.node], s.schema)
+		}
+	}
+	for node, schemas := range byNode {
+		parts := make([]string, len(schemas))
+		for i, sc := range schemas {
+			parts[i] = fmt.Sprintf("SELECT %s::text FROM %s WHERE %s::text = $1", pgx.Identifier{parent.TenantColumn}.Sanitize(),
+				pgx.Identifier{sc, parent.Name}.Sanitize(), pgx.Identifier{child.ParentColumn}.Sanitize())
+		}
+		var tenant string
+		err := a.nodes[node].Conn.QueryRow(ctx, strings.Join(parts, " UNION ALL ")+" LIMIT 1", key).Scan(&tenant)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("find the tenant of %s %s on node %s: %w", parent.Name, key, node, err)
+		}
+		a.parents[[2]string{parent.Name, key}] = tenant
+		return tenant, nil
+	}
+	return "", nil
+}
+
+// remember caches the tenant of a parent row the stream wrote.
+func (a *applier) remember(rel *stream.Relation, t stream.Tuple, tenant string) {
+	for _, r := range a.rules {
+		if r.Kind == tables.KindChild && r.Parent == rel.Table {
+			if k, ok := value(t, column(rel, r.ParentColumn)); ok {
+				a.parents[[2]string{rel.Table, k}] = tenant
+			}
+		}
+	}
+}
+
+// renamed is rel as the table of the shard's schema.
+func (a *applier) renamed(rel *stream.Relation, schema string) *stream.Relation {
+	k := [2]any{schema, rel.ID}
+	if r, ok := a.rels[k]; ok && r.Table == rel.Table && len(r.Columns) == len(rel.Columns) {
+		return r
+	}
+	r := *rel
+	r.Schema = schema
+	a.rels[k] = &r
+	return &r
+}
+
+// Apply implements stream.Applier.
+func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
+	if err := a.reload(ctx); err != nil {
+		return err
+	}
+	perNode := map[string][]*stream.Txn{}
+	for _, t := range txns {
+		out := map[string]*stream.Txn{}
+		add := func(node string, c stream.Change) {
+			nt := out[node]
+			if nt == nil {
+				nt = &stream.Txn{XID: t.XID, CommitLSN: t.CommitLSN, EndLSN: t.EndLSN, CommitTime: t.CommitTime}
+				out[node] = nt
+			}
+			nt.Changes = append(nt.Changes, c)
+		}
+		for _, c := range t.Changes {
+			if c.Kind == stream.Truncate {
+				a.log.Warn("import: a TRUNCATE on the legacy database is not applied to the shards", "tables", len(c.Truncated))
+				continue
+			}
+			if c.Rel.Schema == markerSchema && c.Rel.Table == markerTable {
+				if c.Kind != stream.Insert {
+					continue
+				}
+				v, _ := value(c.New, column(c.Rel, "shard"))
+				var shard int
+				if _, err := fmt.Sscan(v, &shard); err != nil {
+					return fmt.Errorf("marker without a shard: %w", err)
+				}
+				if s, ok := a.shards[shard]; ok && t.EndLSN > a.pos[s.node] {
+					r := *c.Rel
+					r.Schema, r.Table = "pgtenant_stream", "import_marker"
+					c.Rel = a.renamed(&r, "pgtenant_stream")
+					add(s.node, c)
+				}
+				continue
+			}
+			if c.Rel.Schema != a.legacy {
+				continue
+			}
+			tuple := c.New
+			if c.Kind == stream.Delete {
+				tuple = c.Old
+			}
+			tenant, err := a.tenantOf(ctx, c.Rel, tuple)
+			if err != nil {
+				return fmt.Errorf("route a %s of %s: %w", c.Kind, c.Rel.Table, err)
+			}
+			if c.Kind != stream.Delete {
+				a.remember(c.Rel, c.New, tenant)
+			}
+			if c.Kind == stream.Update && c.Old != nil {
+				if old, err := a.tenantOf(ctx, c.Rel, c.Old); err == nil && old != "" && old != tenant {
+					a.TenantChanges.Add(1)
+					a.log.Warn("import: an update moved a row to another tenant", "table", c.Rel.Table, "from", old, "to", tenant, "lsn", t.EndLSN)
+					if err := a.routeMove(ctx, t, c, old, tenant, add); err != nil {
+						return err
+					}
+					continue
+				}
+			}
+			if tenant == "" {
+				a.Skipped.Add(1) // a child whose parent no copied shard holds
+				continue
+			}
+			if err := a.route(ctx, t, c, tenant, add); err != nil {
+				return err
+			}
+		}
+		for node, nt := range out {
+			perNode[node] = append(perNode[node], nt)
+		}
+	}
+	for node, ts := range perNode {
+		if err := a.nodes[node].Apply(ctx, ts); err != nil {
+			return fmt.Errorf("apply to node %s: %w", node, err)
+		}
+	}
+	return nil
+}
+
+// route adds change c of tenant to the transaction of its shard's node,
+// unless that shard does not take it (not copied, or copied after it).
+func (a *applier) route(ctx context.Context, t *stream.Txn, c stream.Change, tenant string, add func(string, stream.Change)) error {
+	shard, ok := a.tenants[tenant]
+	if !ok {
+		if err := a.reloadTenants(ctx); err != nil {
+			return err
+		}
+		if shard, ok = a.tenants[tenant]; !ok {
+			return fmt.Errorf("a change of %s belongs to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", c.Rel.Table, tenant)
+		}
+	}
+	s := a.shards[shard]
+	if s.state != ShardCopied || t.EndLSN <= s.copyLSN || t.EndLSN <= a.pos[s.node] {
+		if s.state == ShardCutover {
+			a.log.Warn("import: a write on the legacy database for a shard already cut over is not applied", "shard", shard, "table", c.Rel.Table, "lsn", t.EndLSN)
+		}
+		a.Skipped.Add(1)
+		return nil
+	}
+	c.Rel = a.renamed(c.Rel, s.schema)
+	add(s.node, c)
+	return nil
+}
+
+// routeMove applies an update that moved a row from tenant old to tenant
+// new: a delete in old's shard and an insert in new's (the same update when
+// both share a shard).
+func (a *applier) routeMove(ctx context.Context, t *stream.Txn, c stream.Change, old, new string, add func(string, stream.Change)) error {
+	if a.tenants[old] == a.tenants[new] {
+		return a.route(ctx, t, c, new, add)
+	}
+	for _, v := range c.New {
+		if v.Unchanged {
+			return fmt.Errorf("table %s: %w (%q to %q) and the new row has unchanged TOAST values; move it by hand", c.Rel.Table, ErrTenantChange, old, new)
+		}
+	}
+	del := stream.Change{Kind: stream.Delete, Rel: c.Rel, Old: c.Old}
+	if err := a.route(ctx, t, del, old, add); err != nil {
+		return err
+	}
+	ins := stream.Change{Kind: stream.Insert, Rel: c.Rel, New: c.New}
+	return a.route(ctx, t, ins, new, add)
+}

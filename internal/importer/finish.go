@@ -1,0 +1,137 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
+)
+
+// Status is the import's state for `import status`.
+type Status struct {
+	Import
+	// Lag is how many bytes of the legacy database's WAL the stream has not
+	// confirmed yet (-1 when unknown); SlotActive says whether a stream is
+	// reading the slot now.
+	Lag        int64
+	SlotActive bool
+	Shards     []ShardProgress
+	// Counts of shards per state.
+	Counts map[string]int
+}
+
+// Status reads the import's state, its shards and the stream's lag.
+func (im *Importer) Status(ctx context.Context) (*Status, error) {
+	imp, err := im.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Import: *imp, Lag: -1, Counts: map[string]int{}}
+	if st.Shards, err = im.shards(ctx); err != nil {
+		return nil, err
+	}
+	for _, s := range st.Shards {
+		st.Counts[s.State]++
+	}
+	if imp.Slot != "" {
+		if legacy, err := connect(ctx, imp.LegacyDSN); err == nil {
+			var lag *int64
+			err := legacy.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active FROM pg_replication_slots WHERE slot_name = $1`,
+				imp.Slot).Scan(&lag, &st.SlotActive)
+			if err == nil && lag != nil {
+				st.Lag = *lag
+			}
+			legacy.Close(context.Background())
+		}
+	}
+	return st, nil
+}
+
+// ErrNotCutOver: import finish with shards still on the legacy database.
+var ErrNotCutOver = errors.New("shards are still served from the legacy database; cut them over first (pgtenant import cutover --all)")
+
+// Finish ends an import whose shards are all cut over: it drops the slot
+// (ending a stream still reading it), the publication and the marker
+// schema on the legacy database and gives back the replica identities it
+// changed, forgets the stream's positions on the nodes, and removes the
+// import and the legacy node from the catalog. The legacy database keeps
+// its tables and rows, for the operator to archive.
+func (im *Importer) Finish(ctx context.Context) error {
+	imp, err := im.load(ctx)
+	if err != nil {
+		return err
+	}
+	shards, err := im.shards(ctx)
+	if err != nil {
+		return err
+	}
+	var left []int
+	for _, s := range shards {
+		if s.State != ShardCutover {
+			left = append(left, s.Shard)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("import finish: %d shard(s), e.g. %v: %w", len(left), left[:min(len(left), 10)], ErrNotCutOver)
+	}
+	var full []string
+	if err := im.cat.Pool().QueryRow(ctx, `SELECT full_identity FROM pgtenant.imports WHERE state <> 'finished'`).Scan(&full); err != nil {
+		return fmt.Errorf("import finish: %w", err)
+	}
+	legacy, err := connect(ctx, imp.LegacyDSN)
+	if err != nil {
+		return fmt.Errorf("import finish: connect to the legacy database: %w", err)
+	}
+	defer legacy.Close(context.Background())
+	if imp.Slot != "" {
+		if err := stream.DropSlot(ctx, legacy, imp.Slot); err != nil {
+			return fmt.Errorf("import finish: %w", err)
+		}
+	}
+	if _, err := legacy.Exec(ctx, `DROP PUBLICATION IF EXISTS `+pgx.Identifier{PublicationName}.Sanitize()+`; DROP SCHEMA IF EXISTS `+markerSchema+` CASCADE`); err != nil {
+		return fmt.Errorf("import finish: drop the publication and marker table: %w", err)
+	}
+	for _, t := range full {
+		if _, err := legacy.Exec(ctx, "ALTER TABLE "+pgx.Identifier{imp.LegacySchema, t}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
+			return fmt.Errorf("import finish: give %s its replica identity back: %w", t, err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, s := range shards {
+		if seen[s.Node] {
+			continue
+		}
+		seen[s.Node] = true
+		conn, err := connect(ctx, s.NodeDSN)
+		if err != nil {
+			return fmt.Errorf("import finish: connect to node %s: %w", s.Node, err)
+		}
+		err = stream.DeletePosition(ctx, conn, positionName)
+		if err == nil {
+			_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers)
+		}
+		conn.Close(context.Background())
+		if err != nil {
+			return fmt.Errorf("import finish: node %s: %w", s.Node, err)
+		}
+	}
+	err = pgx.BeginFunc(ctx, im.cat.Pool(), func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM pgtenant.import_shards`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM pgtenant.imports`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM pgtenant.nodes WHERE name = $1`, imp.LegacyNode)
+		return err
+	})
+	im.cat.RecordOperation(ctx, "import finish", map[string]any{"node": imp.LegacyNode, "shards": len(shards)}, err)
+	if err != nil {
+		return fmt.Errorf("import finish: %w", err)
+	}
+	im.logger.Info("import finished", "node", imp.LegacyNode)
+	return nil
+}

@@ -1,0 +1,149 @@
+package importer
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
+	"github.com/pgtenant/pgtenant/internal/tables"
+)
+
+// prepareLegacy makes what the change stream needs on the legacy database,
+// once, before the slot: REPLICA IDENTITY FULL on the tables whose identity
+// does not carry the column that finds their tenant (a delete must say whose
+// row it was; restored by Finish), the marker table, and the publication of
+// the tenant tables and the marker table.
+func (im *Importer) prepareLegacy(ctx context.Context, legacy *pgx.Conn, imp *Import, rules []tables.Table) error {
+	if imp.Publication != "" {
+		return nil
+	}
+	full := []string{}
+	for _, t := range rules {
+		col := t.TenantColumn
+		if t.Kind == tables.KindChild {
+			col = t.ParentKey
+		}
+		var covered bool
+		err := legacy.QueryRow(ctx, `SELECT c.relreplident = 'f' OR EXISTS (
+				SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+				WHERE i.indrelid = c.oid AND a.attname = $2
+				AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
+			FROM pg_class c WHERE c.oid = (quote_ident($3) || '.' || quote_ident($1))::regclass`, t.Name, col, imp.LegacySchema).Scan(&covered)
+		if err != nil {
+			return fmt.Errorf("read the replica identity of %s: %w", t.Name, err)
+		}
+		if !covered {
+			if _, err := legacy.Exec(ctx, "ALTER TABLE "+pgx.Identifier{imp.LegacySchema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
+				return fmt.Errorf("set REPLICA IDENTITY FULL on %s (its deletes must carry %s): %w", t.Name, col, err)
+			}
+			full = append(full, t.Name)
+		}
+	}
+	if _, err := legacy.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+markerSchema+`;
+		CREATE TABLE IF NOT EXISTS `+markerSchema+`.`+markerTable+` (shard int NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (shard, seq))`); err != nil {
+		return fmt.Errorf("create the marker table on the legacy database: %w", err)
+	}
+	var exists bool
+	if err := legacy.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)`, PublicationName).Scan(&exists); err != nil {
+		return fmt.Errorf("look for publication %s: %w", PublicationName, err)
+	}
+	if !exists {
+		names := []string{markerSchema + "." + markerTable}
+		for _, t := range rules {
+			names = append(names, pgx.Identifier{imp.LegacySchema, t.Name}.Sanitize())
+		}
+		if _, err := legacy.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{PublicationName}.Sanitize()+" FOR TABLE "+strings.Join(names, ", ")); err != nil {
+			return fmt.Errorf("create publication %s on the legacy database: %w", PublicationName, err)
+		}
+	}
+	if _, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET publication = $1, full_identity = $2, updated_at = now()`, PublicationName, full); err != nil {
+		return fmt.Errorf("record the publication: %w", err)
+	}
+	imp.Publication = PublicationName
+	return nil
+}
+
+// Follow streams the legacy database's changes from the import's slot and
+// applies each row change to the shard of its tenant until ctx ends (it
+// then returns ctx's error). Each node records the position it applied up
+// to in the transaction that applies it, so a killed Follow resumes with
+// nothing lost or applied twice.
+func (im *Importer) Follow(ctx context.Context) error {
+	imp, err := im.load(ctx)
+	if err != nil {
+		return err
+	}
+	if imp.State != StateCopied && imp.State != StateStreaming {
+		return fmt.Errorf("import follow: the import is %s; run import start to copy every shard first", imp.State)
+	}
+	legacy, err := connect(ctx, imp.LegacyDSN)
+	if err != nil {
+		return fmt.Errorf("import follow: connect to the legacy database: %w", err)
+	}
+	rules, _, err := im.rules(ctx, legacy, imp.LegacySchema)
+	legacy.Close(context.Background())
+	if err != nil {
+		return fmt.Errorf("import follow: %w", err)
+	}
+	startLSN, err := stream.ParseLSN(imp.StartLSN)
+	if err != nil {
+		return fmt.Errorf("import follow: slot start: %w", err)
+	}
+	a := &applier{im: im, legacy: imp.LegacySchema, rules: map[string]tables.Table{}, nodes: map[string]*stream.TableApplier{},
+		pos: map[string]stream.LSN{}, rels: map[[2]any]*stream.Relation{}, parents: map[[2]string]string{}, log: im.logger}
+	for _, t := range rules {
+		a.rules[t.Name] = t
+	}
+	if err := a.reload(ctx); err != nil {
+		return err
+	}
+	if err := a.reloadTenants(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		for _, ta := range a.nodes {
+			ta.Conn.Close(context.Background())
+		}
+	}()
+	from := stream.LSN(0)
+	shards, err := im.shards(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range shards {
+		if a.nodes[s.Node] != nil {
+			continue
+		}
+		conn, err := connect(ctx, s.NodeDSN)
+		if err != nil {
+			return fmt.Errorf("import follow: connect to node %s: %w", s.Node, err)
+		}
+		a.nodes[s.Node] = &stream.TableApplier{Conn: conn, Name: positionName}
+		if err := stream.EnsurePositionTable(ctx, conn); err != nil {
+			return fmt.Errorf("node %s: %w", s.Node, err)
+		}
+		if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+nodeMarkers+` (shard int NOT NULL, seq bigint NOT NULL, at timestamptz, PRIMARY KEY (shard, seq))`); err != nil {
+			return fmt.Errorf("node %s: create the marker table: %w", s.Node, err)
+		}
+		pos, ok, err := stream.LoadPosition(ctx, conn, positionName)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", s.Node, err)
+		}
+		if !ok {
+			pos = startLSN
+		}
+		a.pos[s.Node] = pos
+		if from == 0 || pos < from {
+			from = pos
+		}
+	}
+	if _, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET state = 'streaming', updated_at = now() WHERE state = 'copied'`); err != nil {
+		return fmt.Errorf("import follow: %w", err)
+	}
+	im.logger.Info("import streaming", "slot", imp.Slot, "from", from)
+	s := stream.New(stream.Config{DSN: imp.LegacyDSN, Slot: imp.Slot, Publications: []string{imp.Publication}, Start: from, Applier: a, Logger: im.logger})
+	return s.Run(ctx)
+}
