@@ -120,7 +120,7 @@ func TestStreamCopyApplyResume(t *testing.T) {
 		`UPDATE app.log SET msg = 'was null' WHERE at = 3`,
 		`INSERT INTO app."Odd Name" VALUES ('k''1', '{"a": [1, "x"]}', '\x00ff', '2026-01-02 03:04:05+00'), ('k2', NULL, NULL, NULL)`,
 		`UPDATE app."Odd Name" SET v = '{"b": 2}' WHERE "Key" = 'k2'`,
-		`INSERT INTO app.ev (kind) VALUES ('a'), ('b')`, // GENERATED ALWAYS: applied with the source's ids
+		`INSERT INTO app.ev (kind) VALUES ('a'), ('b')`,  // GENERATED ALWAYS: applied with the source's ids
 		`UPDATE app.ev SET kind = 'bb' WHERE kind = 'b'`, // the identity key is not SET
 	}
 	run := func(start LSN, status time.Duration) (*Stream, func()) {
