@@ -37,8 +37,18 @@ func bigShardRows() int {
 // and read from it and from other shards through a router that follows the
 // catalog, then checks every client's ledger against the target.
 func TestMoveUnderLoad(t *testing.T) {
+	testMoveUnderLoad(t, false)
+}
+
+// TestMoveUnderLoadNodeRole is TestMoveUnderLoad with the nodes registered as
+// a role that is not a superuser (owner of the node databases, REPLICATION).
+func TestMoveUnderLoadNodeRole(t *testing.T) {
+	testMoveUnderLoad(t, true)
+}
+
+func testMoveUnderLoad(t *testing.T, nodeRole bool) {
 	ctx := context.Background()
-	c := newMoveCluster(t, moveOpts{tenantsPerShard: 4, router: router.Config{FenceGrace: 2 * time.Second, HoldTimeout: 10 * time.Second}})
+	c := newMoveCluster(t, moveOpts{tenantsPerShard: 4, nodeRole: nodeRole, router: router.Config{FenceGrace: 2 * time.Second, HoldTimeout: 10 * time.Second}})
 	if node, _ := c.shardNode(ctx, movingShard); node != "a" {
 		t.Fatalf("shard %d is on %s, want a", movingShard, node)
 	}

@@ -44,7 +44,14 @@ type moveOpts struct {
 	tenantsPerShard int
 	// nodeB holds node b's database; nil means servers[1].
 	nodeB *pgtest.Server
+	// nodeRole registers the nodes as nodeRole (no SUPERUSER: owner of the
+	// node databases, REPLICATION), which also creates the shards' tables.
+	// The test's own pools (moveCluster.nodes) stay superuser.
+	nodeRole bool
 }
+
+// nodeRole is the least-privileged role a node can be registered with.
+const nodeRole = "pgtenant_node"
 
 // moveCluster is one test's catalog, nodes and routers.
 type moveCluster struct {
@@ -115,7 +122,11 @@ func newMoveCluster(t testing.TB, opts moveOpts) *moveCluster {
 		}
 		dsn := srv.NewDatabase(t)
 		c.nodeDSN[name] = dsn
-		if _, err := c.cat.AddNode(ctx, name, dsn); err != nil {
+		regDSN := dsn
+		if opts.nodeRole {
+			regDSN = ownedByNodeRole(ctx, t, dsn)
+		}
+		if _, err := c.cat.AddNode(ctx, name, regDSN); err != nil {
 			t.Fatalf("add node %s: %v", name, err)
 		}
 		p, err := pgxpool.New(ctx, dsn)
@@ -131,7 +142,11 @@ func newMoveCluster(t testing.TB, opts moveOpts) *moveCluster {
 	}
 	c.shards = shards
 	for _, s := range shards {
-		if _, err := c.nodes[s.Node].Exec(ctx, fmt.Sprintf(moveTables, pgx.Identifier{s.Schema}.Sanitize())); err != nil {
+		ddl := fmt.Sprintf(moveTables, pgx.Identifier{s.Schema}.Sanitize())
+		if opts.nodeRole {
+			ddl = "SET ROLE " + nodeRole + ";\n" + ddl + "\nRESET ROLE"
+		}
+		if _, err := c.nodes[s.Node].Exec(ctx, ddl); err != nil {
 			t.Fatalf("create tables of shard %d: %v", s.ID, err)
 		}
 		for i := 0; i < opts.tenantsPerShard; i++ {
@@ -145,6 +160,28 @@ func newMoveCluster(t testing.TB, opts moveOpts) *moveCluster {
 	}
 	c.startRouter(nil)
 	return c
+}
+
+// ownedByNodeRole makes nodeRole (created if missing) the owner of dsn's
+// database and returns dsn logging in as nodeRole.
+func ownedByNodeRole(ctx context.Context, t testing.TB, dsn string) string {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '`+nodeRole+`') THEN
+		CREATE ROLE `+nodeRole+` LOGIN REPLICATION; END IF; END $$`); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23505" { // a concurrent test created it
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `ALTER DATABASE `+pgx.Identifier{conn.Config().Database}.Sanitize()+` OWNER TO `+nodeRole); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Replace(dsn, "postgres://postgres@", "postgres://"+nodeRole+"@", 1)
 }
 
 // shardNode returns the node a shard lives on according to the catalog.

@@ -168,7 +168,7 @@ func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
 		mv.slot.Close(context.WithoutCancel(ctx))
 		mv.slot = nil
 	}()
-	names, err := tables(ctx, src, mv.Schema)
+	names, err := plainTables(ctx, src, mv.Schema)
 	if err != nil {
 		return err
 	}
@@ -195,6 +195,16 @@ func (m *Mover) stepCopy(ctx context.Context, mv *moveRun) error {
 		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`, mv.Schema).Scan(&mv.Progress.Bytes)
 	m.log.Info("initial copy done", "move", mv.ID, "shard", mv.Shard, "tables", len(names), "rows", mv.Progress.Rows, "lsn", mv.slot.ConsistentLSN)
 	return m.saveProgress(ctx, mv)
+}
+
+// plainTables lists the schema's ordinary tables (a partitioned table's rows are copied with its partitions).
+func plainTables(ctx context.Context, conn *pgx.Conn, schema string) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY pg_relation_size(c.oid) DESC, c.relname`, schema)
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // copyAtSnapshot copies tables (quoted names) from the source to the target
@@ -359,8 +369,9 @@ func checkMovePrivileges(ctx context.Context, src *pgx.Conn, node, schema string
 		return fmt.Errorf("source node %q: role %q may not stream changes; run ALTER ROLE %s REPLICATION as a superuser (on RDS/Aurora: GRANT rds_replication TO %s), or use --method copy",
 			node, user, ident(user), ident(user))
 	}
-	rows, err := src.Query(ctx, `SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1`, schema)
+	rows, err := src.Query(ctx, `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE (n.nspname = $1 OR (n.nspname = 'pgtenant_move' AND c.relname = 'marker'))
+		  AND c.relkind IN ('r', 'p') AND NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1`, schema)
 	if err != nil {
 		return fmt.Errorf("check table owners: %w", err)
 	}
@@ -369,8 +380,8 @@ func checkMovePrivileges(ctx context.Context, src *pgx.Conn, node, schema string
 		return fmt.Errorf("check table owners: %w", err)
 	}
 	if len(notOwned) > 0 {
-		return fmt.Errorf("source node %q: role %q does not own %d table(s) of %s (%s) and cannot publish them; run ALTER TABLE %s OWNER TO %s for each",
-			node, user, len(notOwned), schema, strings.Join(notOwned, ", "), ident(schema, notOwned[0]), ident(user))
+		return fmt.Errorf("source node %q: role %q does not own %d table(s) (%s) and cannot publish them; run ALTER TABLE %s OWNER TO %s for each",
+			node, user, len(notOwned), strings.Join(notOwned, ", "), notOwned[0], ident(user))
 	}
 	return nil
 }

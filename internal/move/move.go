@@ -103,7 +103,7 @@ type Config struct {
 	// MaxLag is the replication lag (time for a marker row to appear on the
 	// target) below which the shard is fenced. Zero means 100ms.
 	MaxLag time.Duration
-	// SlotTimeout bounds CREATE SUBSCRIPTION, whose replication slot waits
+	// SlotTimeout bounds the creation of the move's replication slot, which waits
 	// for every transaction open on the source server (any database) when
 	// it starts. Zero means 5 minutes; then the move aborts and names the
 	// oldest open transactions.

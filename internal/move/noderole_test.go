@@ -3,6 +3,7 @@ package move
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -73,4 +74,21 @@ func TestNodeRoleResumeAfterCrash(t *testing.T) {
 		}
 		assertNoLeftovers(t, e)
 	})
+}
+
+// TestNodeRolePrecheck: a table of the shard that the node role does not own
+// (it could not publish it) stops the move before it starts, naming the
+// table and the ALTER TABLE that fixes it.
+func TestNodeRolePrecheck(t *testing.T) {
+	e := newEnvNodeRole(t)
+	fillShard(t, e, 10)
+	mustExec(t, e.src, `CREATE TABLE shard_0005.not_mine (id int PRIMARY KEY)`) // owned by the superuser
+	m := testMover(t, e, Config{})
+	_, err := m.Move(context.Background(), testShard, "n2", Options{})
+	if err == nil || !strings.Contains(err.Error(), "shard_0005.not_mine") || !strings.Contains(err.Error(), `OWNER TO "pgtenant_node"`) {
+		t.Fatalf("move: %v; want a pre-check error naming shard_0005.not_mine and the ALTER TABLE", err)
+	}
+	if list, err := m.List(context.Background()); err != nil || len(list) != 0 {
+		t.Errorf("moves after a failed pre-check: %+v %v", list, err)
+	}
 }

@@ -40,13 +40,10 @@ func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
 	if a.stmts == nil {
 		a.stmts = make(map[string]string)
 	}
-	tx, err := a.Conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin target transaction: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+	// BEGIN, the changes, the position and COMMIT go in one round trip.
 	pc := a.Conn.PgConn()
 	b := &pgconn.Batch{}
+	b.ExecParams(`BEGIN`, nil, nil, nil, nil)
 	b.ExecParams(`SET LOCAL synchronous_commit = on`, nil, nil, nil, nil)
 	b.ExecParams(`SET CONSTRAINTS ALL DEFERRED`, nil, nil, nil, nil)
 	var kinds []Kind // per batch entry after the two SETs: what to count as missing
@@ -68,7 +65,7 @@ func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
 			if !ok {
 				continue
 			}
-			name, err := a.prepare(ctx, pc, sql)
+			name, err := a.prepare(ctx, pc, sql) // outside the transaction: a failure leaves nothing open
 			if err != nil {
 				return err
 			}
@@ -80,17 +77,21 @@ func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
 	b.ExecParams(`INSERT INTO pgtenant_stream.position (name, lsn) VALUES ($1, $2::text::pg_lsn)
 		ON CONFLICT (name) DO UPDATE SET lsn = excluded.lsn, updated_at = now()`,
 		[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
+	b.ExecParams(`COMMIT`, nil, nil, nil, nil)
 	results, err := pc.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
+		if pc.TxStatus() != 'I' && !pc.IsClosed() {
+			_, _ = pc.Exec(context.WithoutCancel(ctx), `ROLLBACK`).ReadAll()
+		}
 		return fmt.Errorf("apply changes: %w", err)
 	}
+	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
+		return fmt.Errorf("apply changes: target transaction ended with %q", tag.String())
+	}
 	for i, k := range kinds {
-		if (k == Update || k == Delete) && results[i+2].CommandTag.RowsAffected() == 0 {
+		if (k == Update || k == Delete) && results[i+3].CommandTag.RowsAffected() == 0 {
 			a.Missing++
 		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit target transaction: %w", err)
 	}
 	return nil
 }

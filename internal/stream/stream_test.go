@@ -20,13 +20,14 @@ ALTER TABLE app.items ALTER body SET STORAGE EXTERNAL;
 CREATE TABLE app.log (at int, msg text);
 ALTER TABLE app.log REPLICA IDENTITY FULL;
 CREATE TABLE app."Odd Name" ("Key" text PRIMARY KEY, v jsonb, b bytea, ts timestamptz);
-CREATE PUBLICATION pub FOR TABLE app.items, app.log, app."Odd Name";`
+CREATE TABLE app.ev (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind text);
+CREATE PUBLICATION pub FOR TABLE app.items, app.log, app."Odd Name", app.ev;`
 
-// dump returns every row of the three tables in schema as text, sorted.
+// dump returns every row of the four tables in schema as text, sorted.
 func dump(t *testing.T, conn *pgx.Conn, schema string) []string {
 	t.Helper()
 	var out []string
-	for _, tbl := range []string{"items", "log", "Odd Name"} {
+	for _, tbl := range []string{"items", "log", "Odd Name", "ev"} {
 		q := fmt.Sprintf(`SELECT t::text FROM %s t ORDER BY 1`, pgx.Identifier{schema, tbl}.Sanitize())
 		rows, err := conn.Query(ctxT(t), q)
 		if err != nil {
@@ -79,7 +80,7 @@ func TestStreamCopyApplyResume(t *testing.T) {
 	}
 	// Written after the slot: must come through the stream, not the copy.
 	exec(t, src, `INSERT INTO app.items VALUES (1001, 'after slot', 1, 'b')`, `INSERT INTO app.log VALUES (1, 'after slot')`)
-	ctab := map[string]string{"items": "items", "log": "log", "Odd Name": "Odd Name"}
+	ctab := map[string]string{"items": "items", "log": "log", "Odd Name": "Odd Name", "ev": "ev"}
 	func() {
 		tx, err := src.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 		if err != nil {
@@ -119,6 +120,8 @@ func TestStreamCopyApplyResume(t *testing.T) {
 		`UPDATE app.log SET msg = 'was null' WHERE at = 3`,
 		`INSERT INTO app."Odd Name" VALUES ('k''1', '{"a": [1, "x"]}', '\x00ff', '2026-01-02 03:04:05+00'), ('k2', NULL, NULL, NULL)`,
 		`UPDATE app."Odd Name" SET v = '{"b": 2}' WHERE "Key" = 'k2'`,
+		`INSERT INTO app.ev (kind) VALUES ('a'), ('b')`,  // GENERATED ALWAYS: applied with the source's ids
+		`UPDATE app.ev SET kind = 'bb' WHERE kind = 'b'`, // the identity key is not SET
 	}
 	run := func(start LSN, status time.Duration) (*Stream, func()) {
 		applier := &TableApplier{Conn: connect(t, dstDSN), Name: "t", Target: func(rel *Relation) (string, string, bool) {
