@@ -142,6 +142,9 @@ type result struct {
 	// CPU time per transaction in µs: the proxy (router or pgbouncer
 	// process; 0 for direct), the Postgres node(s) and pgbench itself.
 	proxyUS, pgUS, benchUS float64
+	// proxyCS is the proxy's context switches (voluntary and not) per
+	// transaction: its wake-ups.
+	proxyCS float64
 }
 
 func run(ctx context.Context, o options, w io.Writer) error {
@@ -320,6 +323,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 				pgCPU := func() time.Duration { return postgresCPU(nodes["a"].DataDir()) + postgresCPU(nodes["b"].DataDir()) }
 				pg0, self0, bouncer0 := pgCPU(), selfCPU(), procCPU([]int{bouncerPID})
+				selfCS0, bouncerCS0 := selfSwitches(), procSwitches(bouncerPID)
 				scripts := []string{filepath.Join(o.scripts, tg.script)}
 				switch tg.script {
 				case routerTxnScript:
@@ -330,14 +334,19 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				db := cmp.Or(tg.db, "bench")
 				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
 				if err == nil && r.txns > 0 {
+					// The proxy first: scanning /proc for the Postgres
+					// processes costs this process CPU (tens of ms on a
+					// busy machine), which must not count as the router's.
 					us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / r.txns }
-					r.pgUS = us(pgCPU() - pg0)
 					switch {
 					case strings.HasPrefix(tg.name, "pgtenant"):
 						r.proxyUS = us(selfCPU() - self0)
+						r.proxyCS = float64(selfSwitches()-selfCS0) / r.txns
 					case tg.name == "pgbouncer" || tg.name == fixedBouncer:
 						r.proxyUS = us(procCPU([]int{bouncerPID}) - bouncer0)
+						r.proxyCS = float64(procSwitches(bouncerPID)-bouncerCS0) / r.txns
 					}
+					r.pgUS = us(pgCPU() - pg0)
 				}
 				if profiling {
 					pprof.StopCPUProfile()
@@ -514,6 +523,33 @@ func procStat(pid int) []string {
 	return strings.Fields(string(b[i+1:]))
 }
 
+// selfSwitches is this process's context switches (every thread).
+func selfSwitches() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Nvcsw + ru.Nivcsw
+}
+
+// procSwitches is the context switches of process pid's main thread
+// (pgbouncer has one).
+func procSwitches(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+			x, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			n += x
+		}
+	}
+	return n
+}
+
 // selfCPU is this process's user+system CPU time (the in-process routers).
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
@@ -527,7 +563,7 @@ func printTable(w io.Writer, rs []result, o options) {
 	fmt.Fprintf(w, "point select, %d clients, %d threads, %s per case, %d tenants, %d rows, %d shards, pool %d per node, %d round(s)\n\n",
 		o.clients, o.threads, o.duration, o.tenants, o.rows, o.shards, o.poolSize, max(o.rounds, 1))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "round\tmode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\t× fixed path\tproxy CPU µs/txn\tpostgres µs/txn\tpgbench µs/txn\t")
+	fmt.Fprintln(tw, "round\tmode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\t× fixed path\tproxy CPU µs/txn\tproxy cs/txn\tpostgres µs/txn\tpgbench µs/txn\t")
 	// Ratios compare cases of the same round: × direct and × pgbouncer the
 	// same workload (like for like), × fixed path pgbouncer with a fixed
 	// search_path in the same mode (what the user sees; router rows only).
@@ -560,20 +596,20 @@ func printTable(w io.Writer, rs []result, o options) {
 	isRouter := func(r result) bool { return strings.HasPrefix(r.target, "pgtenant") }
 	for _, r := range rs {
 		if r.skipped != "" {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t–\t–\t–\t–\t–\t–\t–\t–\t\n", r.round, r.mode, r.target, r.workload)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t–\t–\t–\t–\t–\t–\t–\t–\t–\t\n", r.round, r.mode, r.target, r.workload)
 			continue
 		}
-		proxy := "–"
+		proxy, cs := "–", "–"
 		if r.target != "direct" {
-			proxy = fmt.Sprintf("%.1f", r.proxyUS)
+			proxy, cs = fmt.Sprintf("%.1f", r.proxyUS), fmt.Sprintf("%.2f", r.proxyCS)
 		}
 		fx := "–"
 		if isRouter(r) {
 			fx = ratio(r.tps, fixed[key(r, false)].tps)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t\n", r.round, r.mode, r.target, r.workload, r.tps, r.latency,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t\n", r.round, r.mode, r.target, r.workload, r.tps, r.latency,
 			ratio(r.tps, direct[key(r, true)]), ratio(r.tps, bouncer[key(r, true)].tps), fx,
-			proxy, r.pgUS, r.benchUS)
+			proxy, cs, r.pgUS, r.benchUS)
 	}
 	tw.Flush()
 
