@@ -604,7 +604,7 @@ func printTable(w io.Writer, rs []result, o options) {
 			proxy, cs = fmt.Sprintf("%.1f", r.proxyUS), fmt.Sprintf("%.2f", r.proxyCS)
 		}
 		fx := "–"
-		if isRouter(r) {
+		if isRouter(r) && oneStatement(r) {
 			fx = ratio(r.tps, fixed[key(r, false)].tps)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t\n", r.round, r.mode, r.target, r.workload, r.tps, r.latency,
@@ -636,7 +636,9 @@ func printTable(w io.Writer, rs []result, o options) {
 		b := bouncer[key(r, true)]
 		add(line{r.mode, r.target, r.workload, "pgbouncer TPS"}, r.round, ratio(r.tps, b.tps))
 		add(line{r.mode, r.target, r.workload, "pgbouncer CPU/txn"}, r.round, ratio(r.proxyUS, b.proxyUS))
-		add(line{r.mode, r.target, r.workload, "fixed-path pgbouncer TPS"}, r.round, ratio(r.tps, fixed[key(r, false)].tps))
+		if oneStatement(r) {
+			add(line{r.mode, r.target, r.workload, "fixed-path pgbouncer TPS"}, r.round, ratio(r.tps, fixed[key(r, false)].tps))
+		}
 	}
 	if len(order) > 0 {
 		fmt.Fprintf(w, "\nrouter ÷ pgbouncer, same round (TPS: ≥ 1 is better; CPU/txn: ≤ 1 is better)\n\n")
@@ -663,6 +665,10 @@ func printTable(w io.Writer, rs []result, o options) {
 		}
 	}
 }
+
+// oneStatement reports whether r's transactions are one statement, the
+// workloads compared with pgbouncer with a fixed search_path.
+func oneStatement(r result) bool { return r.workload == "1 query" || r.workload == "1 stmt" }
 
 func findPgbouncer() (string, error) {
 	if p, err := exec.LookPath("pgbouncer"); err == nil {
