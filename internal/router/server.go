@@ -68,6 +68,9 @@ type Server struct {
 	cbindFixed bool
 	// pathTail follows the shard's schema in search_path (see searchPath).
 	pathTail string
+	// paths caches searchPath's result by schema (one entry per shard
+	// schema, under tagMu): it is needed on every backend checkout.
+	paths map[string]string
 	// scan decides, by statement text, whether a statement without a
 	// tenant reads only the system catalogs (see session.noShard).
 	scan *sqlscan.Cache
@@ -102,6 +105,7 @@ func New(cfg Config) *Server {
 		sessions:   make(map[uint32]*session),
 		stmtIDs:    make(map[string]string),
 		schemaTags: make(map[string]string),
+		paths:      make(map[string]string),
 		keys:       make(map[string]wire.SCRAMKeys),
 		scan:       sqlscan.NewCache(0),
 		drainBegun: make(chan struct{}),
@@ -141,10 +145,20 @@ func New(cfg Config) *Server {
 // only: they read the system catalogs, and an unqualified name must not
 // reach a table of the shared schema.
 func (s *Server) searchPath(schema string) string {
-	if schema == anySchema {
-		return pgx.Identifier{schema}.Sanitize() + ", pg_temp"
+	s.tagMu.RLock()
+	p, ok := s.paths[schema]
+	s.tagMu.RUnlock()
+	if ok {
+		return p
 	}
-	return pgx.Identifier{schema}.Sanitize() + s.pathTail
+	p = pgx.Identifier{schema}.Sanitize() + s.pathTail
+	if schema == anySchema {
+		p = pgx.Identifier{schema}.Sanitize() + ", pg_temp"
+	}
+	s.tagMu.Lock()
+	s.paths[schema] = p
+	s.tagMu.Unlock()
+	return p
 }
 
 func (s *Server) nodeMetrics(node string) *nodeMetrics { return s.m.node(node) }

@@ -9,6 +9,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -44,7 +45,7 @@ type options struct {
 	scripts                                           string
 	rounds                                            int
 	cpuprofile                                        string
-	only                                              []string
+	only, workloads                                   []string
 }
 
 func main() {
@@ -61,12 +62,17 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 1, "run every case this many times, interleaved (round 1 of every target, then round 2, …), to expose noise")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process routers) taken during the pgtenant cases to this file")
 	var only string
-	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\"); empty means all")
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\"); empty means all")
+	var workloads string
+	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (\"1 query\", \"1 stmt\", \"2 stmts\", \"4 stmts\"); empty means all")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
 	if only != "" {
 		o.only = strings.Split(only, ",")
+	}
+	if workloads != "" {
+		o.workloads = strings.Split(workloads, ",")
 	}
 	if o.scripts == "" {
 		_, file, _, _ := runtime.Caller(0)
@@ -97,6 +103,33 @@ END;
 `
 )
 
+// fixedDB is the pgbouncer database whose server connections have a fixed
+// search_path (shard_0000): "what the app has today", one schema, no
+// per-transaction schema switch.
+const fixedDB = "benchfixed"
+
+// hintScripts is how many one-statement scripts with a literal tenant hint
+// the "1 stmt" extended case of pgtenant gives pgbench (pgbench picks one at
+// random per transaction; it allows at most 128 scripts, and in extended mode
+// it would turn a :variable inside the hint into a bind parameter).
+const hintScripts = 100
+
+// writeHintScripts writes the hint scripts into dir and returns their paths:
+// script i names tenant (37·i) mod tenants, which covers every shard.
+func writeHintScripts(dir string, tenants int) ([]string, error) {
+	var paths []string
+	for i := 0; i < min(hintScripts, tenants); i++ {
+		tid := (37 * i) % tenants
+		p := filepath.Join(dir, fmt.Sprintf("router_hint_%03d.sql", i))
+		sql := fmt.Sprintf("\\set k random(1, :rows_per_tenant)\n/* tenant: %d */ SELECT balance FROM accounts WHERE id = %d * :rows_per_tenant + :k::int;\n", tid, tid)
+		if err := os.WriteFile(p, []byte(sql), 0o644); err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
+}
+
 // result is one pgbench run.
 type result struct {
 	mode, target string
@@ -109,6 +142,9 @@ type result struct {
 	// CPU time per transaction in µs: the proxy (router or pgbouncer
 	// process; 0 for direct), the Postgres node(s) and pgbench itself.
 	proxyUS, pgUS, benchUS float64
+	// proxyCS is the proxy's context switches (voluntary and not) per
+	// transaction: its wake-ups.
+	proxyCS float64
 }
 
 func run(ctx context.Context, o options, w io.Writer) error {
@@ -215,8 +251,13 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	}
 	defer stopBouncer()
 
+	hints, err := writeHintScripts(root, o.tenants)
+	if err != nil {
+		return err
+	}
 	type target struct {
 		name, addr, script, workload string
+		db                           string // database name; empty means bench
 	}
 	direct := fmt.Sprintf("127.0.0.1:%d", nodes["a"].Port)
 	pgb := fmt.Sprintf("127.0.0.1:%d", bouncerPort)
@@ -234,32 +275,41 @@ func run(ctx context.Context, o options, w io.Writer) error {
 			if mode == "simple" {
 				// One round trip per transaction everywhere.
 				targets = []target{
-					{"direct", direct, "direct_simple.sql", "1 query"},
-					{"pgbouncer", pgb, "direct_simple.sql", "1 query"},
-					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query"},
-					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query"},
-					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query"},
+					{"direct", direct, "direct_simple.sql", "1 query", ""},
+					{"pgbouncer", pgb, "direct_simple.sql", "1 query", ""},
+					{fixedBouncer, pgb, "fixed.sql", "1 query", fixedDB},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query", ""},
+					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", ""},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", ""},
 				}
 			} else {
 				// pgtenant and direct connections keep a session setting;
 				// pgbouncer in transaction mode needs it set per transaction.
 				targets = []target{
-					{"direct", direct, "direct_extended.sql", "2 stmts"},
-					{"direct", direct, "direct_txn.sql", "4 stmts"},
-					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts"},
-					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts"},
-					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts"},
-					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts"},
-					{noUsage, routerAddr[noUsage], routerTxnScript, "4 stmts"},
-					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts"},
-					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts"},
+					{"direct", direct, "direct_extended.sql", "2 stmts", ""},
+					{"direct", direct, "direct_txn.sql", "4 stmts", ""},
+					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts", ""},
+					{fixedBouncer, pgb, "fixed.sql", "1 stmt", fixedDB},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts", ""},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts", ""},
+					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts", ""},
+					{noUsage, routerAddr[noUsage], routerTxnScript, "4 stmts", ""},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts", ""},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts", ""},
+				}
+				if mode == "extended" {
+					// A random tenant per transaction named by a hint, one
+					// statement: what the user sees against fixedBouncer.
+					targets = append(targets,
+						target{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], hintScript, "1 stmt", ""},
+						target{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], hintScript, "1 stmt", ""})
 				}
 			}
 			for _, tg := range targets {
-				if len(o.only) > 0 && !slices.Contains(o.only, tg.name) {
+				if len(o.only) > 0 && !slices.Contains(o.only, tg.name) || len(o.workloads) > 0 && !slices.Contains(o.workloads, tg.workload) {
 					continue
 				}
-				if tg.name == "pgbouncer" && mode == "prepared" {
+				if (tg.name == "pgbouncer" || tg.name == fixedBouncer) && mode == "prepared" {
 					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 					continue
 				}
@@ -273,20 +323,30 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 				pgCPU := func() time.Duration { return postgresCPU(nodes["a"].DataDir()) + postgresCPU(nodes["b"].DataDir()) }
 				pg0, self0, bouncer0 := pgCPU(), selfCPU(), procCPU([]int{bouncerPID})
-				script := filepath.Join(o.scripts, tg.script)
-				if tg.script == routerTxnScript {
-					script = filepath.Join(root, routerTxnScript)
+				selfCS0, bouncerCS0 := selfSwitches(), procSwitches(bouncerPID)
+				scripts := []string{filepath.Join(o.scripts, tg.script)}
+				switch tg.script {
+				case routerTxnScript:
+					scripts = []string{filepath.Join(root, routerTxnScript)}
+				case hintScript:
+					scripts = hints
 				}
-				r, err := runPgbench(ctx, pgbench, tg.addr, script, mode, o, rowsPer)
+				db := cmp.Or(tg.db, "bench")
+				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
 				if err == nil && r.txns > 0 {
+					// The proxy first: scanning /proc for the Postgres
+					// processes costs this process CPU (tens of ms on a
+					// busy machine), which must not count as the router's.
 					us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / r.txns }
-					r.pgUS = us(pgCPU() - pg0)
 					switch {
 					case strings.HasPrefix(tg.name, "pgtenant"):
 						r.proxyUS = us(selfCPU() - self0)
-					case tg.name == "pgbouncer":
+						r.proxyCS = float64(selfSwitches()-selfCS0) / r.txns
+					case tg.name == "pgbouncer" || tg.name == fixedBouncer:
 						r.proxyUS = us(procCPU([]int{bouncerPID}) - bouncer0)
+						r.proxyCS = float64(procSwitches(bouncerPID)-bouncerCS0) / r.txns
 					}
+					r.pgUS = us(pgCPU() - pg0)
 				}
 				if profiling {
 					pprof.StopCPUProfile()
@@ -342,13 +402,16 @@ var (
 	latRe = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
 )
 
-func runPgbench(ctx context.Context, bin, addr, script, mode string, o options, rowsPer int) (result, error) {
+func runPgbench(ctx context.Context, bin, addr, db string, scripts []string, mode string, o options, rowsPer int) (result, error) {
 	host, port, _ := strings.Cut(addr, ":")
 	args := []string{"-n", "-h", host, "-p", port, "-U", "postgres",
 		"-c", strconv.Itoa(o.clients), "-j", strconv.Itoa(o.threads), "-T", strconv.Itoa(int(o.duration.Seconds())),
-		"-M", mode, "-f", script,
-		"-D", "ntenants=" + strconv.Itoa(o.tenants), "-D", "rows_per_tenant=" + strconv.Itoa(rowsPer), "-D", "nshards=" + strconv.Itoa(o.shards),
-		"bench"}
+		"-M", mode}
+	for _, s := range scripts {
+		args = append(args, "-f", s)
+	}
+	args = append(args, "-D", "ntenants="+strconv.Itoa(o.tenants), "-D", "rows_per_tenant="+strconv.Itoa(rowsPer), "-D", "nshards="+strconv.Itoa(o.shards),
+		db)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
 	var out bytes.Buffer
@@ -460,6 +523,33 @@ func procStat(pid int) []string {
 	return strings.Fields(string(b[i+1:]))
 }
 
+// selfSwitches is this process's context switches (every thread).
+func selfSwitches() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Nvcsw + ru.Nivcsw
+}
+
+// procSwitches is the context switches of process pid's main thread
+// (pgbouncer has one).
+func procSwitches(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+			x, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			n += x
+		}
+	}
+	return n
+}
+
 // selfCPU is this process's user+system CPU time (the in-process routers).
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
@@ -473,39 +563,100 @@ func printTable(w io.Writer, rs []result, o options) {
 	fmt.Fprintf(w, "point select, %d clients, %d threads, %s per case, %d tenants, %d rows, %d shards, pool %d per node, %d round(s)\n\n",
 		o.clients, o.threads, o.duration, o.tenants, o.rows, o.shards, o.poolSize, max(o.rounds, 1))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "round\tmode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\tproxy CPU µs/txn\tpostgres µs/txn\tpgbench µs/txn\t")
-	// Ratios compare cases of the same round.
-	direct := map[string]float64{}  // round/mode/workload → TPS
-	bouncer := map[string]float64{} // round/mode → TPS
+	fmt.Fprintln(tw, "round\tmode\ttarget\tper transaction\tTPS\tlatency ms\t× direct\t× pgbouncer\t× fixed path\tproxy CPU µs/txn\tproxy cs/txn\tpostgres µs/txn\tpgbench µs/txn\t")
+	// Ratios compare cases of the same round: × direct and × pgbouncer the
+	// same workload (like for like), × fixed path pgbouncer with a fixed
+	// search_path in the same mode (what the user sees; router rows only).
+	direct := map[string]float64{} // round/mode/workload → TPS
+	bouncer := map[string]result{} // round/mode/workload → result
+	fixed := map[string]result{}   // round/mode → result
+	key := func(r result, workload bool) string {
+		if workload {
+			return fmt.Sprint(r.round, "/", r.mode, "/", r.workload)
+		}
+		return fmt.Sprint(r.round, "/", r.mode)
+	}
 	for _, r := range rs {
 		switch {
 		case r.skipped != "":
 		case r.target == "direct":
-			direct[fmt.Sprint(r.round, "/", r.mode, "/", r.workload)] = r.tps
+			direct[key(r, true)] = r.tps
 		case r.target == "pgbouncer":
-			bouncer[fmt.Sprint(r.round, "/", r.mode)] = r.tps
+			bouncer[key(r, true)] = r
+		case r.target == fixedBouncer:
+			fixed[key(r, false)] = r
 		}
 	}
 	ratio := func(x, y float64) string {
-		if y == 0 {
+		if y == 0 || x == 0 {
 			return "–"
 		}
 		return fmt.Sprintf("%.2f", x/y)
 	}
+	isRouter := func(r result) bool { return strings.HasPrefix(r.target, "pgtenant") }
 	for _, r := range rs {
 		if r.skipped != "" {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t–\t–\t–\t–\t–\t–\t–\t\n", r.round, r.mode, r.target, r.workload)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t–\t–\t–\t–\t–\t–\t–\t–\t–\t\n", r.round, r.mode, r.target, r.workload)
 			continue
 		}
-		proxy := "–"
+		proxy, cs := "–", "–"
 		if r.target != "direct" {
-			proxy = fmt.Sprintf("%.1f", r.proxyUS)
+			proxy, cs = fmt.Sprintf("%.1f", r.proxyUS), fmt.Sprintf("%.2f", r.proxyCS)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t%s\t%.1f\t%.1f\t\n", r.round, r.mode, r.target, r.workload, r.tps, r.latency,
-			ratio(r.tps, direct[fmt.Sprint(r.round, "/", r.mode, "/", r.workload)]), ratio(r.tps, bouncer[fmt.Sprint(r.round, "/", r.mode)]),
-			proxy, r.pgUS, r.benchUS)
+		fx := "–"
+		if isRouter(r) && oneStatement(r) {
+			fx = ratio(r.tps, fixed[key(r, false)].tps)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t\n", r.round, r.mode, r.target, r.workload, r.tps, r.latency,
+			ratio(r.tps, direct[key(r, true)]), ratio(r.tps, bouncer[key(r, true)].tps), fx,
+			proxy, cs, r.pgUS, r.benchUS)
 	}
 	tw.Flush()
+
+	// The same ratios, one line per router case and comparison, one column
+	// per round.
+	rounds := max(o.rounds, 1)
+	type line struct{ mode, target, workload, vs string }
+	var order []line
+	vals := map[line][]string{}
+	add := func(l line, round int, v string) {
+		if v == "–" {
+			return
+		}
+		if _, ok := vals[l]; !ok {
+			order = append(order, l)
+			vals[l] = make([]string, rounds)
+		}
+		vals[l][round-1] = v
+	}
+	for _, r := range rs {
+		if r.skipped != "" || !isRouter(r) {
+			continue
+		}
+		b := bouncer[key(r, true)]
+		add(line{r.mode, r.target, r.workload, "pgbouncer TPS"}, r.round, ratio(r.tps, b.tps))
+		add(line{r.mode, r.target, r.workload, "pgbouncer CPU/txn"}, r.round, ratio(r.proxyUS, b.proxyUS))
+		if oneStatement(r) {
+			add(line{r.mode, r.target, r.workload, "fixed-path pgbouncer TPS"}, r.round, ratio(r.tps, fixed[key(r, false)].tps))
+		}
+	}
+	if len(order) > 0 {
+		fmt.Fprintf(w, "\nrouter ÷ pgbouncer, same round (TPS: ≥ 1 is better; CPU/txn: ≤ 1 is better)\n\n")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		hdr := "mode\ttarget\tper transaction\tagainst\t"
+		for i := 1; i <= rounds; i++ {
+			hdr += fmt.Sprintf("round %d\t", i)
+		}
+		fmt.Fprintln(tw, hdr)
+		for _, l := range order {
+			row := fmt.Sprintf("%s\t%s\t%s\t%s\t", l.mode, l.target, l.workload, l.vs)
+			for _, v := range vals[l] {
+				row += cmp.Or(v, "–") + "\t"
+			}
+			fmt.Fprintln(tw, row)
+		}
+		tw.Flush()
+	}
 	seen := map[string]bool{}
 	for _, r := range rs {
 		if k := r.mode + r.target; r.skipped != "" && !seen[k] {
@@ -514,6 +665,10 @@ func printTable(w io.Writer, rs []result, o options) {
 		}
 	}
 }
+
+// oneStatement reports whether r's transactions are one statement, the
+// workloads compared with pgbouncer with a fixed search_path.
+func oneStatement(r result) bool { return r.workload == "1 query" || r.workload == "1 stmt" }
 
 func findPgbouncer() (string, error) {
 	if p, err := exec.LookPath("pgbouncer"); err == nil {
@@ -537,6 +692,7 @@ func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize int) 
 	}
 	ini := fmt.Sprintf(`[databases]
 bench = host=127.0.0.1 port=%d dbname=bench user=postgres
+%s = host=127.0.0.1 port=%d dbname=bench user=postgres connect_query='SET search_path = shard_0000'
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -549,7 +705,7 @@ default_pool_size = %d
 max_client_conn = 1000
 ignore_startup_parameters = extra_float_digits,options
 logfile = %s
-`, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
+`, pgPort, fixedDB, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
 	if err := os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
 		return 0, 0, nil, err
 	}
@@ -608,6 +764,13 @@ logfile = %s
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// fixedBouncer names pgbouncer serving fixedDB (a fixed search_path);
+// hintScript stands for the generated hint scripts (writeHintScripts).
+const (
+	fixedBouncer = "pgbouncer fixed path"
+	hintScript   = "router_hint_*.sql"
+)
 
 // noUsage names the router target with per-tenant usage counting off.
 const noUsage = "pgtenant (1 node) no usage"
