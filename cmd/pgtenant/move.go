@@ -29,7 +29,7 @@ func (f *moveFlags) register(cmd *cobra.Command, parallel bool) {
 	cmd.Flags().BoolVar(&f.skipVerify, "skip-verify", false, "skip comparing row counts and checksums (logical: after the flip, undone on a difference; copy: under the fence)")
 	cmd.Flags().DurationVar(&f.fenceTimeout, "fence-timeout", 5*time.Second, "abort the move if the fence (writes held) would last longer")
 	if parallel {
-		cmd.Flags().IntVar(&f.parallel, "parallel", 4, "moves running at once between two nodes (and at most twice that on one node)")
+		cmd.Flags().IntVar(&f.parallel, "parallel", 2, "moves running at once between two nodes, and on any one node (each takes logical replication workers on its target)")
 	}
 }
 
