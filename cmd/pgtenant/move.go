@@ -78,6 +78,13 @@ the target, and the held transactions are released to it. The pause is
 typically tens of milliseconds. Anything failing before the flip aborts the
 move with routing left on the source and nothing lost.
 
+Then, outside the pause, every table's row count and checksum on the target
+as of the flip (a snapshot taken under the fence) is compared with the
+source, which takes no writes from the fence on. If they differ the flip is
+undone: the shard is fenced again, the writes the target took meanwhile are
+replayed on the source, and the shard goes back there (the move ends
+aborted, nothing acknowledged lost). --skip-verify leaves this out.
+
 Every step is recorded in the catalog: a move whose process died continues
 with --resume ID, or is rolled back with --abort ID. The source schema is kept
 renamed until 'pgtenant shard cleanup' (or dropped with --drop-source).
@@ -185,7 +192,8 @@ renewing its lease is released first (as routers do), so a move that needs
 		Long: `Compare each table's row count and checksum (sum of hashtextextended(row::text, 0))
 between the source and the target of the shard's running move. While the move
 is still catching up, recent writes may not have arrived yet; 'shard move'
-checks again under the fence unless --skip-verify is given.`,
+compares again after the flip (the target at the flip against the frozen
+source) unless --skip-verify is given.`,
 		Example: `  pgtenant shard verify 17`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
