@@ -29,7 +29,7 @@ func (f *moveFlags) register(cmd *cobra.Command, parallel bool) {
 	cmd.Flags().BoolVar(&f.skipVerify, "skip-verify", false, "skip comparing row counts and checksums (logical: after the flip, undone on a difference; copy: under the fence)")
 	cmd.Flags().DurationVar(&f.fenceTimeout, "fence-timeout", 5*time.Second, "abort the move if the fence (writes held) would last longer")
 	if parallel {
-		cmd.Flags().IntVar(&f.parallel, "parallel", 4, "moves running at once between two nodes (and at most twice that on one node)")
+		cmd.Flags().IntVar(&f.parallel, "parallel", 2, "moves running at once between two nodes, and on any one node (each takes logical replication workers on its target)")
 	}
 }
 
@@ -77,6 +77,13 @@ sequences are set past the source's values, the catalog flips the shard to
 the target, and the held transactions are released to it. The pause is
 typically tens of milliseconds. Anything failing before the flip aborts the
 move with routing left on the source and nothing lost.
+
+Then, outside the pause, every table's row count and checksum on the target
+as of the flip (a snapshot taken under the fence) is compared with the
+source, which takes no writes from the fence on. If they differ the flip is
+undone: the shard is fenced again, the writes the target took meanwhile are
+replayed on the source, and the shard goes back there (the move ends
+aborted, nothing acknowledged lost). --skip-verify leaves this out.
 
 Every step is recorded in the catalog: a move whose process died continues
 with --resume ID, or is rolled back with --abort ID. The source schema is kept
@@ -194,7 +201,8 @@ renewing its lease is released first (as routers do), so a move that needs
 		Long: `Compare each table's row count and checksum (sum of hashtextextended(row::text, 0))
 between the source and the target of the shard's running move. While the move
 is still catching up, recent writes may not have arrived yet; 'shard move'
-checks again under the fence unless --skip-verify is given.`,
+compares again after the flip (the target at the flip against the frozen
+source) unless --skip-verify is given.`,
 		Example: `  pgtenant shard verify 17`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

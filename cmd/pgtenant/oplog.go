@@ -44,6 +44,9 @@ func (a *app) recordMove(ctx context.Context, c *catalog.Catalog, op string, mov
 		d["rows"], d["bytes"] = res.Rows, res.Bytes
 		d["duration_ms"] = res.Duration.Milliseconds()
 		d["verified"] = res.Verified
+		if res.VerifyTime > 0 {
+			d["verify_ms"] = durationMS(res.VerifyTime)
+		}
 	}
 	ctx, cancel := recordCtx(ctx)
 	defer cancel()

@@ -31,15 +31,19 @@ type Summary struct {
 }
 
 // MoveAll runs the planned moves, at most perPair at once between the same
-// two nodes (zero or less means 1) and at most 2*perPair at once on any one
-// node (each move holds a replication slot, a WAL sender and a few
-// connections on its source and target), in plan order as capacity frees.
+// two nodes (zero or less means 1) and at most that many at once on any one
+// node, in plan order as capacity frees. The per-node bound is for the
+// node's resources: each logical move holds a replication slot and a WAL
+// sender on its source, an apply worker and table-sync workers on its
+// target (max_logical_replication_workers is 4 by default, and a
+// subscription whose sync worker finds none free waits
+// wal_retrieve_retry_interval), and a few connections on both.
 // It is for node splits, drains and rebalancing. A failed move does not stop
 // the others; onStart and onDone, when set, are called as each move starts
 // and ends (onDone from the move's goroutine).
 func (m *Mover) MoveAll(ctx context.Context, plans []Plan, perPair int, opts Options, onStart, onDone func(Outcome)) Summary {
 	perPair = max(perPair, 1)
-	perNode := 2 * perPair
+	perNode := perPair
 	start := time.Now()
 	out := make([]Outcome, len(plans))
 	type pair struct{ from, to string }

@@ -29,10 +29,10 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 			return err
 		}
 	}
-	if oid, err := subOID(ctx, dst, repName(mv)); err == nil && oid != 0 && srcErr == nil && mv.Progress.FenceLSN != "" {
-		// Drop the slot only once the target has flushed past the fence, so a
-		// target crash right after the move cannot lose what it applied.
-		m.waitFlushed(ctx, src, mv)
+	// Drop the slot only once what the target applied is durable there, so
+	// a target crash right after the move cannot lose it (see flushTarget).
+	if err := flushTarget(ctx, dst); err != nil {
+		return err
 	}
 	if err := m.dropSubscription(ctx, dst, mv); err != nil {
 		return err
@@ -70,23 +70,22 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 	return m.retireSourceSchema(ctx, src, mv)
 }
 
-// waitFlushed waits (at most 10s) until the slot's confirmed_flush_lsn passes the fence position.
-// The deadline is checked between polls rather than put on ctx: pgx closes a
-// connection whose query is cancelled.
-func (m *Mover) waitFlushed(ctx context.Context, src *pgx.Conn, mv *moveRun) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var ok *bool
-		err := src.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
-			repName(mv), mv.Progress.FenceLSN).Scan(&ok)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && ok != nil && *ok) {
-			return
-		}
-		if err != nil || time.Now().After(deadline) || sleep(ctx, 20*time.Millisecond) != nil {
-			m.log.Warn("target did not confirm the fence position; dropping the slot anyway", "move", mv.ID, "err", err)
-			return
-		}
+// flushTarget makes everything the target applied so far durable: a
+// transaction with an id that commits with synchronous_commit on flushes the
+// target's WAL up to its commit record, and so every commit before it (the
+// apply worker commits asynchronously). The fence's marker was applied before
+// the flip, so this covers the shard. (The slot's confirmed_flush_lsn says
+// the same only after the apply worker's next feedback, up to a second or
+// more later on an idle source.)
+func flushTarget(ctx context.Context, dst *pgx.Conn) error {
+	err := pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()`)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("flush the target's WAL: %w", err)
 	}
+	return nil
 }
 
 // dropSubscription drops the move's subscription on the target. When the

@@ -159,6 +159,8 @@ type Result struct {
 	// Verified is true when row counts and checksums matched (after the
 	// flip for the logical method, under the fence for copy).
 	Verified bool
+	// VerifyTime is how long the comparison after the flip took (not part of the pause).
+	VerifyTime time.Duration
 }
 
 // Mover runs shard moves. It is safe for concurrent use by moves of different shards.

@@ -394,10 +394,15 @@ func (m *Mover) stepIndexes(ctx context.Context, mv *moveRun) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range names {
-		if _, err := dst.Exec(ctx, `ANALYZE `+ident(mv.Schema, t)); err != nil {
-			return fmt.Errorf("analyze %s: %w", t, err)
-		}
+	if len(names) == 0 {
+		return nil
+	}
+	q := make([]string, len(names))
+	for i, t := range names {
+		q[i] = ident(mv.Schema, t)
+	}
+	if _, err := dst.Exec(ctx, `ANALYZE `+strings.Join(q, ", ")); err != nil {
+		return fmt.Errorf("analyze the shard's tables: %w", err)
 	}
 	return nil
 }

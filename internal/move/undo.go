@@ -185,7 +185,9 @@ func (m *Mover) replayCaptured(ctx context.Context, mv *moveRun, src, dst *pgx.C
 			}
 			m.log.Warn("replaying on the source with user triggers on (session_replication_role needs a superuser)", "move", mv.ID, "err", err)
 		}
+		// One pipeline: the changes reach the source in one round trip.
 		last := done
+		b := &pgx.Batch{}
 		for _, c := range changes {
 			sh := shapes[c.tbl]
 			if sh == nil {
@@ -194,10 +196,22 @@ func (m *Mover) replayCaptured(ctx context.Context, mv *moveRun, src, dst *pgx.C
 				}
 				shapes[c.tbl] = sh
 			}
-			if err := sh.apply(ctx, tx, c.op, c.old, c.new); err != nil {
+			q, args, err := sh.statement(c.op, c.old, c.new)
+			if err != nil {
+				return fmt.Errorf("replay change %d on %s: %w", c.seq, c.tbl, err)
+			}
+			b.Queue(q, args...)
+			last = c.seq
+		}
+		br := tx.SendBatch(ctx, b)
+		for _, c := range changes {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
 				return fmt.Errorf("replay change %d (%s on %s): %w", c.seq, c.op, c.tbl, err)
 			}
-			last = c.seq
+		}
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("replay the changes: %w", err)
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO pgtenant_move.undo_done (move_id, upto) VALUES ($1, $2)
 			ON CONFLICT (move_id) DO UPDATE SET upto = excluded.upto`, mv.ID, last)
@@ -277,39 +291,29 @@ func (sh *tableShape) upsert() string {
 	return q + ` ON CONFLICT (` + strings.Join(sh.key, ", ") + `) DO UPDATE SET (` + strings.Join(sh.setCols, ", ") + `) = ROW(` + strings.Join(ex, ", ") + `)`
 }
 
-func (sh *tableShape) apply(ctx context.Context, tx pgx.Tx, op string, old, new json.RawMessage) error {
-	var q string
-	var args []any
+// statement returns the SQL (and its arguments) that replays one change.
+// Where the rows differed on the two sides (what verification found), the
+// target's version of the change wins, as the client saw it: an update of a
+// row the source lacks inserts it, an insert of a key the source has
+// overwrites it.
+func (sh *tableShape) statement(op string, old, new json.RawMessage) (string, []any, error) {
 	switch op {
 	case "I":
-		q = sh.upsert()
-		args = []any{string(new)}
+		return sh.upsert(), []any{string(new)}, nil
 	case "D":
-		q = `DELETE FROM ` + sh.name + ` t USING jsonb_populate_record(NULL::` + sh.name + `, $1) o WHERE ` + sh.match("o")
-		args = []any{string(old)}
+		return `DELETE FROM ` + sh.name + ` t USING jsonb_populate_record(NULL::` + sh.name + `, $1) o WHERE ` + sh.match("o"), []any{string(old)}, nil
 	case "U":
 		set := strings.Join(sh.setCols, ", ")
-		q = `UPDATE ` + sh.name + ` t SET (` + set + `) = (SELECT ` + set + ` FROM jsonb_populate_record(NULL::` + sh.name + `, $2))
-			FROM jsonb_populate_record(NULL::` + sh.name + `, $1) o WHERE ` + sh.match("o")
-		args = []any{string(old), string(new)}
+		cols := strings.Join(sh.cols, ", ")
+		q := `WITH u AS (UPDATE ` + sh.name + ` t SET (` + set + `) = (SELECT ` + set + ` FROM jsonb_populate_record(NULL::` + sh.name + `, $2))
+			FROM jsonb_populate_record(NULL::` + sh.name + `, $1) o WHERE ` + sh.match("o") + ` RETURNING 1)
+			INSERT INTO ` + sh.name + ` (` + cols + `) OVERRIDING SYSTEM VALUE SELECT ` + cols + ` FROM jsonb_populate_record(NULL::` + sh.name + `, $2)
+			WHERE NOT EXISTS (SELECT 1 FROM u)`
+		return q, []any{string(old), string(new)}, nil
 	case "T":
-		q = `TRUNCATE ` + sh.name
-	default:
-		return fmt.Errorf("unknown change %q", op)
+		return `TRUNCATE ` + sh.name, nil, nil
 	}
-	tag, err := tx.Exec(ctx, q, args...)
-	if err != nil {
-		return err
-	}
-	if (op == "U" || op == "D") && tag.RowsAffected() != 1 {
-		// The row differed on the two sides (what verification found): the
-		// target's version of the change wins, as the client saw it.
-		if op == "U" {
-			_, err = tx.Exec(ctx, sh.upsert(), string(new))
-			return err
-		}
-	}
-	return nil
+	return "", nil, fmt.Errorf("unknown change %q", op)
 }
 
 // finishUndo, with the shard back on the source, drops what the move made

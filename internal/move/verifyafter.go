@@ -321,7 +321,8 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 		return fmt.Errorf("verify: %w", err)
 	}
 	mv.snap.close(context.WithoutCancel(ctx))
-	mv.Progress.VerifyMS = float64(time.Since(t0).Microseconds()) / 1000
+	res.VerifyTime = time.Since(t0)
+	mv.Progress.VerifyMS = float64(res.VerifyTime.Microseconds()) / 1000
 	if rep.OK() {
 		m.log.Info("verified after the flip", "move", mv.ID, "shard", mv.Shard, "tables", len(rep.Tables), "took", time.Since(t0))
 		if err := m.stopCapture(ctx, dst, mv); err != nil {

@@ -41,7 +41,8 @@ type options struct {
 	think, control         time.Duration
 	moves                  int
 	shardRows              int
-	bigMB                  int
+	bigMB, bigClients      int
+	bigVerify              bool
 	splitShards, splitRows int
 	parallel               int
 	triggerMB              int
@@ -61,6 +62,8 @@ func main() {
 	flag.IntVar(&o.moves, "moves", 3, "moves per steady-load case (the shard goes back and forth)")
 	flag.IntVar(&o.shardRows, "shard-rows", 100000, "rows in the shard moved under load")
 	flag.IntVar(&o.bigMB, "big-mb", 1024, "size of the large shard in MB (rows of ~1 KB)")
+	flag.IntVar(&o.bigClients, "big-clients", 16, "clients of the steady load while the large shard moves (half on it)")
+	flag.BoolVar(&o.bigVerify, "big-verify", true, "verify the large shard's move (the default move; compared after the flip)")
 	flag.IntVar(&o.splitShards, "split-shards", 256, "shards of the 2→4 node split")
 	flag.IntVar(&o.splitRows, "split-rows", 200, "rows per shard in the split")
 	flag.IntVar(&o.parallel, "parallel", 4, "moves at once in the split")
@@ -178,7 +181,7 @@ func printTable(w io.Writer, rows []row, split string) {
 		return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\tload\tverify under fence\tmover pause ms\tmax txn moving shard ms\tmax txn other shards ms\tcontrol max txn ms\tp99 moving/other/control ms\tmove time s\tnote\t")
+	fmt.Fprintln(tw, "case\tload\tverify\tmover pause ms\tmax txn moving shard ms\tmax txn other shards ms\tcontrol max txn ms\tp99 moving/other/control ms\tmove time s\tnote\t")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s/%s\t%.1f\t%s\t\n", r.name, r.load, r.verify, ms(r.pause), ms(r.maxMoving), ms(r.maxOther), ms(r.control),
 			ms(r.p99Moving), ms(r.p99Other), ms(r.p99Ctl), r.total.Seconds(), r.note)
@@ -517,10 +520,10 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			placement.SchemaName(big)).Scan(&size)
 		conn.Close(ctx)
 		loaded := time.Since(t0)
-		l := e.startLoad(o.clients, big, o.think)
+		l := e.startLoad(o.bigClients, big, o.think)
 		time.Sleep(time.Second)
 		m0 := time.Now()
-		res, err := e.mover(log, nil).Move(ctx, big, "n1", move.Options{SkipVerify: true, DropSource: true})
+		res, err := e.mover(log, nil).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
 		m1 := time.Now()
 		time.Sleep(500 * time.Millisecond)
 		l.stop()
@@ -529,8 +532,12 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		}
 		mm, mp, _ := l.stats(big, true, m0, m1)
 		om, op, _ := l.stats(big, false, m0, m1)
-		rows = append(rows, row{name: fmt.Sprintf("large shard, %d MB, %d rows", size>>20, bigRows+1010), load: fmt.Sprintf("%d clients, %s think", o.clients, o.think),
-			verify: "off", pause: res.Pause, maxMoving: mm, maxOther: om, p99Moving: mp, p99Other: op, total: res.Duration,
+		verify := "off"
+		if o.bigVerify {
+			verify = fmt.Sprintf("after flip (%v, %.1fs)", res.Verified, res.VerifyTime.Seconds())
+		}
+		rows = append(rows, row{name: fmt.Sprintf("large shard, %d MB, %d rows", size>>20, bigRows+1010), load: fmt.Sprintf("%d clients, %s think", o.bigClients, o.think),
+			verify: verify, pause: res.Pause, maxMoving: mm, maxOther: om, p99Moving: mp, p99Other: op, total: res.Duration,
 			note: fmt.Sprintf("%.1f MB/s, %.0f rows/s over the whole move (loaded in %s)", float64(size)/1e6/res.Duration.Seconds(), float64(bigRows)/res.Duration.Seconds(), loaded.Round(time.Second))})
 	}
 	return rows, nil
@@ -582,10 +589,10 @@ func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	a, b := placement.PlanSplit(shards, "n1", "n3"), placement.PlanSplit(shards, "n2", "n4")
 	for i := 0; i < max(len(a), len(b)); i++ {
 		if i < len(a) {
-			plans = append(plans, move.Plan{Shard: a[i].Shard, To: a[i].To})
+			plans = append(plans, move.Plan{Shard: a[i].Shard, From: a[i].From, To: a[i].To})
 		}
 		if i < len(b) {
-			plans = append(plans, move.Plan{Shard: b[i].Shard, To: b[i].To})
+			plans = append(plans, move.Plan{Shard: b[i].Shard, From: b[i].From, To: b[i].To})
 		}
 	}
 	l := e.startLoad(o.clients, -1, o.think)
@@ -619,11 +626,11 @@ func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	if sum.Failed > 0 {
 		err = errors.New("some split moves failed")
 	}
-	return fmt.Sprintf("split 2→4 nodes, %d shards of %d rows (setup %s), %d at a time, verify on, under %d clients (%s think): "+
-		"%d shards moved, %d failed, %.1f MB, total %s (%.2f s per shard), pause median %.1f ms / longest %.1f ms; "+
+	return fmt.Sprintf("split 2→4 nodes, %d shards of %d rows (setup %s), %d at a time per node pair, verify on, under %d clients (%s think): "+
+		"%d shards moved, %d failed, %.1f MB, total %s (%.2f s per shard, %.0f moves/minute), pause median %.1f ms / longest %.1f ms; "+
 		"clients' longest txn %.1f ms, p99 %.1f ms, %d errors; shards per node after: %s",
 		o.splitShards, o.splitRows, setup.Round(time.Second), o.parallel, o.clients, o.think,
-		sum.Moved, sum.Failed, float64(sum.Bytes)/1e6, sum.Duration.Round(100*time.Millisecond), sum.Duration.Seconds()/float64(max(sum.Moved, 1)),
+		sum.Moved, sum.Failed, float64(sum.Bytes)/1e6, sum.Duration.Round(100*time.Millisecond), sum.Duration.Seconds()/float64(max(sum.Moved, 1)), float64(sum.Moved)/sum.Duration.Minutes(),
 		float64(med.Microseconds())/1000, float64(sum.LongestPause.Microseconds())/1000,
 		float64(maxTxn.Microseconds())/1000, float64(p99.Microseconds())/1000, errs, strings.Join(counts, " ")), err
 }
