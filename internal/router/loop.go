@@ -157,6 +157,9 @@ func (ss *session) loop() error {
 		if ss.closing {
 			return errBackendFatal
 		}
+		if ss.clientErr != nil {
+			return ss.clientErr // see clientFailed
+		}
 		if werr != nil {
 			if werr.Severity == "FATAL" {
 				ss.drainSyncs()
@@ -300,7 +303,7 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 // reply sends a locally produced command result and ReadyForQuery.
 func (ss *session) reply(tag string, notice *wire.Error) *wire.Error {
 	if err := ss.drainSyncs(); err != nil {
-		return connError(err)
+		return ss.clientFailed(err)
 	}
 	if notice != nil {
 		ss.cw.Write(wire.AppendError(ss.out[:0], notice))
@@ -394,7 +397,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		switch info.op {
 		case opShow:
 			if err := ss.drainSyncs(); err != nil {
-				return connError(err)
+				return ss.clientFailed(err)
 			}
 			t := ss.localTenant
 			if t == "" {
@@ -429,7 +432,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		if info.plainSetConfig {
 			// Answered here: no backend round trip to select a tenant.
 			if err := ss.drainSyncs(); err != nil {
-				return connError(err)
+				return ss.clientFailed(err)
 			}
 			ss.cw.Write(wire.AppendTextRowDescription(ss.out[:0], "set_config"))
 			ss.cw.Write(wire.AppendTextDataRow(ss.out[:0], info.val))
@@ -550,7 +553,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	ss.push(expect{kind: eQuery, set: newSet})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
-			return connError(err)
+			return ss.clientFailed(err)
 		}
 	}
 	return nil
@@ -607,7 +610,7 @@ func (ss *session) onQueryParts(sql string, info *stmtInfo) *wire.Error {
 		// A SET LOCAL ends with the string: learn its end before the
 		// client's next message is routed.
 		if err := ss.drain(false); err != nil && werr == nil {
-			werr = connError(err)
+			werr = ss.clientFailed(err)
 		}
 		if werr != nil && !ss.inTxn() {
 			ss.localTenant = ""
@@ -1138,7 +1141,7 @@ func (ss *session) onSync([]byte) *wire.Error {
 	// learn its fate before anything else is sent on the backend.
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
-			return connError(err)
+			return ss.clientFailed(err)
 		}
 	}
 	return nil

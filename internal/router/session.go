@@ -147,6 +147,9 @@ type session struct {
 	// to its CopyDone or CopyFail, the server having ended the COPY.
 	held        []byte
 	copyDiscard bool
+	// clientErr: the client's connection failed while the router relayed
+	// to it or read its COPY data (see clientFailed); the session ends.
+	clientErr error
 	// copyStreaming: the client is sending COPY data ahead of the server's
 	// CopyInResponse.
 	copyStreaming bool
