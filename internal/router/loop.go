@@ -19,6 +19,15 @@ func (ss *session) loop() error {
 	inTxn := false // the client is waited for inside a transaction
 	for {
 		if ss.cr.Buffered() == 0 {
+			if ss.be != nil && ss.be.W.Buffered() > 0 {
+				// Before waiting for the client, what it sent so far goes
+				// to the server, as on a direct connection: a Parse starts
+				// statement_timeout and takes its locks when sent, not at
+				// the client's Sync.
+				if err := ss.be.W.Flush(); err != nil {
+					ss.backendFailed(err)
+				}
+			}
 			if ss.cw.Buffered() > 0 {
 				ss.relayed = false
 				if err := ss.cw.Flush(); err != nil {
@@ -835,6 +844,35 @@ func (ss *session) deallocate(name string) bool {
 	return true
 }
 
+// closeOnServer closes, in session mode, the server statements of a
+// statement the client closed, once no other statement of the client
+// shares them: the backend is the client's own, and as on a direct
+// connection pg_prepared_statements shows what the client keeps prepared.
+// (In transaction mode server statements are shared by the backend's
+// clients and stay until Config.MaxPrepared trims them.) What the router
+// records can only err towards "missing" (see closeFirst): should the
+// server skip the Close (an error earlier in the pipeline), the statement
+// is closed again before it is next prepared.
+func (ss *session) closeOnServer(def *stmtDef) {
+	if ss.srv.cfg.PoolMode != PoolSession || ss.be == nil || def.server == "" {
+		return
+	}
+	for _, d := range ss.stmts {
+		if d.server == def.server {
+			return
+		}
+	}
+	prefix := def.server + "_" // one per shard schema (serverStmt)
+	for name := range ss.be.Prepared {
+		if strings.HasPrefix(name, prefix) {
+			delete(ss.be.Prepared, name)
+			ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
+			wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+			ss.push(expect{kind: eClose, swallow: true})
+		}
+	}
+}
+
 // deallocateAll forgets all the client's statements.
 func (ss *session) deallocateAll() {
 	for name := range ss.stmts {
@@ -1109,8 +1147,9 @@ func (ss *session) onClose(body []byte) *wire.Error {
 	if kind == 'S' {
 		if name == "" {
 			ss.unnamed = nil
-		} else {
+		} else if def := ss.stmts[name]; def != nil {
 			ss.deallocate(name)
+			ss.closeOnServer(def)
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
