@@ -819,7 +819,7 @@ func (ss *session) releaseBackend() {
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
-	ss.beCur.Store(nil)
+	ss.detachCancel()
 	if ss.beGate != nil {
 		ss.leaveGate(ss.beGate)
 		ss.beGate = nil
