@@ -258,7 +258,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 			return nil
 		}
 		if err := ss.drainSyncs(); err != nil {
-			return connError(err)
+			return ss.clientFailed(err)
 		}
 	}
 	var keep *pool.Conn // session mode: the attached backend, if it can serve tenant too
@@ -816,7 +816,7 @@ func (ss *session) releaseBackend() {
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.be = nil
-	ss.beCur.Store(nil)
+	ss.detachCancel()
 	if ss.beGate != nil {
 		ss.leaveGate(ss.beGate)
 		ss.beGate = nil
@@ -1252,10 +1252,18 @@ func (ss *session) lostBackend(werr *wire.Error) {
 	}
 }
 
-// connError turns a drain error (the client's connection failed) into an
-// error to report; the Go error stays out of the message.
-func connError(error) *wire.Error {
-	return &wire.Error{Code: "08006", Message: "connection failure"}
+// clientFailed records a drain error (the client's connection failed:
+// drain reports nothing else) and returns the error that ends the
+// session; the Go error stays out of the message. Nothing more reaches
+// the client, and the loop must not wait for the backend, which may be
+// waiting for the client itself (the rest of a COPY FROM STDIN the client
+// gave up on): the session ends at once and its backend, with answers
+// still queued or a transaction open, is closed (session.end).
+func (ss *session) clientFailed(err error) *wire.Error {
+	if ss.clientErr == nil && !errors.Is(err, errBackendFatal) {
+		ss.clientErr = err
+	}
+	return &wire.Error{Severity: "FATAL", Code: "08006", Message: "connection failure"}
 }
 
 // ensurePrepared queues a Parse of def on the attached backend unless it is

@@ -428,3 +428,50 @@ func TestFidelityCopyFailsMidway(t *testing.T) {
 		}
 	}
 }
+
+// A client's Parse reaches the server when the client sent it, not at its
+// Sync: statement_timeout runs from the Parse and fires while the client
+// takes its time before Describe (pgx's
+// TestPrepareHandlesTimeoutBetweenParseAndDescribe).
+func TestFidelityTimeoutBetweenParseAndDescribe(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		out = append(out, c.q("SET statement_timeout = '100ms'"))
+		c.send(&pgproto3.Parse{Name: "fid_slow", Query: "SELECT $1::varchar"})
+		time.Sleep(time.Second) // ten times the timeout
+		c.send(&pgproto3.Describe{ObjectType: 'S', Name: "fid_slow"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("RESET statement_timeout"))
+		return strings.Join(out, " | ")
+	})
+}
+
+// In session mode a statement the client closes is closed on the server
+// once no other statement of the client shares it, as on a direct
+// connection (pgx's stdlib TestConnMultiplePrepareAndDeallocate counts
+// them in pg_prepared_statements).
+func TestFidelitySessionCloseStatement(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
+	const sql = "SELECT 42 AS fid_close"
+	f := func(c *tc) string {
+		count := func() string {
+			return c.q("SELECT count(*) FROM pg_prepared_statements WHERE statement = '" + sql + "'")
+		}
+		var out []string
+		c.send(&pgproto3.Parse{Name: "s1", Query: sql}, &pgproto3.Parse{Name: "s2", Query: sql}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1), count())
+		c.send(&pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Close{ObjectType: 'S', Name: "s2"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1), count())
+		return strings.Join(out, " | ")
+	}
+	want := f(tcDirect(t, 2))
+	if got := f(tcConnect(t, s, "t2")); got != want {
+		t.Errorf("session mode:\n got: %s\nwant: %s (PostgreSQL)", got, want)
+	}
+}

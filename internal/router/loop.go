@@ -19,6 +19,15 @@ func (ss *session) loop() error {
 	inTxn := false // the client is waited for inside a transaction
 	for {
 		if ss.cr.Buffered() == 0 {
+			if ss.be != nil && ss.be.W.Buffered() > 0 {
+				// Before waiting for the client, what it sent so far goes
+				// to the server, as on a direct connection: a Parse starts
+				// statement_timeout and takes its locks when sent, not at
+				// the client's Sync.
+				if err := ss.be.W.Flush(); err != nil {
+					ss.backendFailed(err)
+				}
+			}
 			if ss.cw.Buffered() > 0 {
 				ss.relayed = false
 				if err := ss.cw.Flush(); err != nil {
@@ -156,6 +165,9 @@ func (ss *session) loop() error {
 		}
 		if ss.closing {
 			return errBackendFatal
+		}
+		if ss.clientErr != nil {
+			return ss.clientErr // see clientFailed
 		}
 		if werr != nil {
 			if werr.Severity == "FATAL" {
@@ -300,7 +312,7 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 // reply sends a locally produced command result and ReadyForQuery.
 func (ss *session) reply(tag string, notice *wire.Error) *wire.Error {
 	if err := ss.drainSyncs(); err != nil {
-		return connError(err)
+		return ss.clientFailed(err)
 	}
 	if notice != nil {
 		ss.cw.Write(wire.AppendError(ss.out[:0], notice))
@@ -392,7 +404,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		switch info.op {
 		case opShow:
 			if err := ss.drainSyncs(); err != nil {
-				return connError(err)
+				return ss.clientFailed(err)
 			}
 			t := ss.localTenant
 			if t == "" {
@@ -427,7 +439,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		if info.plainSetConfig {
 			// Answered here: no backend round trip to select a tenant.
 			if err := ss.drainSyncs(); err != nil {
-				return connError(err)
+				return ss.clientFailed(err)
 			}
 			ss.cw.Write(wire.AppendTextRowDescription(ss.out[:0], "set_config"))
 			ss.cw.Write(wire.AppendTextDataRow(ss.out[:0], info.val))
@@ -548,7 +560,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	ss.push(expect{kind: eQuery, set: newSet})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
-			return connError(err)
+			return ss.clientFailed(err)
 		}
 	}
 	return nil
@@ -605,7 +617,7 @@ func (ss *session) onQueryParts(sql string, info *stmtInfo) *wire.Error {
 		// A SET LOCAL ends with the string: learn its end before the
 		// client's next message is routed.
 		if err := ss.drain(false); err != nil && werr == nil {
-			werr = connError(err)
+			werr = ss.clientFailed(err)
 		}
 		if werr != nil && !ss.inTxn() {
 			ss.localTenant = ""
@@ -828,6 +840,35 @@ func (ss *session) deallocate(name string) bool {
 	delete(ss.stmts, name)
 	ss.srv.forgetStmt(def.server, def.query, def.types)
 	return true
+}
+
+// closeOnServer closes, in session mode, the server statements of a
+// statement the client closed, once no other statement of the client
+// shares them: the backend is the client's own, and as on a direct
+// connection pg_prepared_statements shows what the client keeps prepared.
+// (In transaction mode server statements are shared by the backend's
+// clients and stay until Config.MaxPrepared trims them.) What the router
+// records can only err towards "missing" (see closeFirst): should the
+// server skip the Close (an error earlier in the pipeline), the statement
+// is closed again before it is next prepared.
+func (ss *session) closeOnServer(def *stmtDef) {
+	if ss.srv.cfg.PoolMode != PoolSession || ss.be == nil || def.server == "" {
+		return
+	}
+	for _, d := range ss.stmts {
+		if d.server == def.server {
+			return
+		}
+	}
+	prefix := def.server + "_" // one per shard schema (serverStmt)
+	for name := range ss.be.Prepared {
+		if strings.HasPrefix(name, prefix) {
+			delete(ss.be.Prepared, name)
+			ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
+			wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+			ss.push(expect{kind: eClose, swallow: true})
+		}
+	}
 }
 
 // deallocateAll forgets all the client's statements.
@@ -1104,8 +1145,9 @@ func (ss *session) onClose(body []byte) *wire.Error {
 	if kind == 'S' {
 		if name == "" {
 			ss.unnamed = nil
-		} else {
+		} else if def := ss.stmts[name]; def != nil {
 			ss.deallocate(name)
+			ss.closeOnServer(def)
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
@@ -1136,7 +1178,7 @@ func (ss *session) onSync([]byte) *wire.Error {
 	// learn its fate before anything else is sent on the backend.
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
-			return connError(err)
+			return ss.clientFailed(err)
 		}
 	}
 	return nil

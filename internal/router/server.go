@@ -32,6 +32,10 @@ type Server struct {
 	log *slog.Logger
 	m   *Metrics
 
+	// testHookCancel, when set (by tests), runs as a cancel request is
+	// about to be sent to a backend.
+	testHookCancel func()
+
 	mp    atomic.Pointer[placement.Map]
 	setMu sync.Mutex // serialises SetMap
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,8 +113,11 @@ type session struct {
 	stmts   map[string]*stmtDef
 	unnamed *stmtDef
 
-	be       *pool.Conn
-	beCur    atomic.Pointer[pool.Conn]
+	be    *pool.Conn
+	beCur atomic.Pointer[pool.Conn]
+	// cancelMu is held while a cancel request is sent to beCur (see
+	// cancelQuery, detachCancel).
+	cancelMu sync.Mutex
 	beTenant string
 	beGate   *gate
 	beStart  time.Time
@@ -147,6 +151,9 @@ type session struct {
 	// to its CopyDone or CopyFail, the server having ended the COPY.
 	held        []byte
 	copyDiscard bool
+	// clientErr: the client's connection failed while the router relayed
+	// to it or read its COPY data (see clientFailed); the session ends.
+	clientErr error
 	// copyStreaming: the client is sending COPY data ahead of the server's
 	// CopyInResponse.
 	copyStreaming bool
@@ -581,15 +588,35 @@ func (ss *session) cancelQuery() {
 	case ss.cancelCh <- struct{}{}: // ends a hold on a fenced shard
 	default:
 	}
+	// Held until the server has the request (it closes the connection
+	// then): detachCancel waits for it, so the backend is not given to
+	// another client, or reset, with this client's cancel on its way.
+	ss.cancelMu.Lock()
+	defer ss.cancelMu.Unlock()
 	be := ss.beCur.Load()
 	if be == nil {
 		return
+	}
+	if h := ss.srv.testHookCancel; h != nil {
+		h()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := be.Cancel(ctx); err != nil {
 		ss.srv.log.Warn("cancel request", "session", ss.id, "err", err)
 	}
+}
+
+// detachCancel makes the client's cancel requests reach no backend from
+// now on, after one already on its way has reached the server: a backend
+// given back to the pool, or reset for the next client, must not get a
+// late cancel of this client's, which would cancel another client's query
+// (or the DISCARD ALL that resets it). The server handles a cancel that
+// finds its backend idle by ignoring it.
+func (ss *session) detachCancel() {
+	ss.cancelMu.Lock()
+	ss.beCur.Store(nil)
+	ss.cancelMu.Unlock()
 }
 
 // end returns or discards the session's backend.
@@ -603,6 +630,7 @@ func (ss *session) end() {
 		// DISCARD ALL would commit it. Closing the connection rolls it back.
 		be.MarkBroken()
 	}
+	ss.detachCancel()
 	if ss.srv.cfg.PoolMode == PoolSession && ss.status == 'I' && len(ss.queue) == 0 && !be.Broken() {
 		// Reset what the client may have changed.
 		be.W.Write(wire.AppendQuery(nil, "DISCARD ALL"))

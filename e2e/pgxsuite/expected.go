@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// expectations is one mode's expected-failure list.
+type expectations struct {
+	fail map[string]string   // "package TestName" -> reason
+	skip map[string][]string // package -> top-level tests not run
+}
+
+// readExpected reads an expected-failure list: one "package TestName"
+// per line (package relative to the pgx module, "." for its root), then
+// " # reason"; "skip package TestName # reason" for a test that is not
+// run at all (it hangs or waits out a long timeout through the router);
+// blank lines and lines starting with # are comments.
+func readExpected(path string) (*expectations, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read expected failures: %w", err)
+	}
+	e := &expectations{fail: map[string]string{}, skip: map[string][]string{}}
+	for i, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, reason, ok := strings.Cut(line, " # ")
+		if !ok || strings.TrimSpace(reason) == "" {
+			return nil, fmt.Errorf("%s:%d: each entry needs \" # reason\"", path, i+1)
+		}
+		k = strings.TrimRight(k, " ")
+		if rest, ok := strings.CutPrefix(k, "skip "); ok {
+			pkg, name, ok := strings.Cut(rest, " ")
+			if !ok || strings.Contains(name, "/") || !regexp.MustCompile(`^Test\w*$`).MatchString(name) {
+				return nil, fmt.Errorf("%s:%d: a skip entry is \"skip PACKAGE TestName # reason\" (a top-level test)", path, i+1)
+			}
+			e.skip[pkg] = append(e.skip[pkg], name)
+			continue
+		}
+		if _, dup := e.fail[k]; dup {
+			return nil, fmt.Errorf("%s:%d: %s is listed twice", path, i+1, k)
+		}
+		e.fail[k] = strings.TrimSpace(reason)
+	}
+	return e, nil
+}
+
+// skipPattern is the -test.skip pattern for pkg's skipped tests, or "".
+func (e *expectations) skipPattern(pkg string) string {
+	names := e.skip[pkg]
+	if len(names) == 0 {
+		return ""
+	}
+	return "^(" + strings.Join(names, "|") + ")$"
+}
+
+// covers reports whether the failure of test k is expected: k or one of
+// its parents is listed, or k failed only because listed subtests failed.
+func (e *expectations) covers(k string, failed map[string]*result) bool {
+	return e.listed(k) || e.childrenExpected(k, failed)
+}
+
+// listed reports whether test k or one of its parents is on the list.
+func (e *expectations) listed(k string) bool {
+	sp := strings.IndexByte(k, ' ')
+	for {
+		if _, ok := e.fail[k]; ok {
+			return true
+		}
+		i := strings.LastIndexByte(k, '/')
+		if i < sp {
+			return false
+		}
+		k = k[:i]
+	}
+}
+
+// childrenExpected reports whether k failed only because listed subtests failed.
+func (e *expectations) childrenExpected(k string, failed map[string]*result) bool {
+	any := false
+	for c := range failed {
+		if strings.HasPrefix(c, k+"/") {
+			if !e.listed(c) && !e.childrenExpected(c, failed) {
+				return false
+			}
+			any = true
+		}
+	}
+	return any
+}
