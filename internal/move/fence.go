@@ -36,8 +36,10 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	if err := ensureMarker(ctx, src); err != nil { // a move resumed from an older pgtenant lacks the fence table
 		return fmt.Errorf("source: %w", err)
 	}
-	if err := m.ensureStream(ctx, mv); err != nil { // before the pause: a resumed move streams again
-		return err
+	if mv.Method != MethodTrigger { // the trigger method drains its queue instead
+		if err := m.ensureStream(ctx, mv); err != nil { // before the pause: a resumed move streams again
+			return err
+		}
 	}
 	leaseConn, err := connect(ctx, mv.SourceDSN, "source node "+mv.Source)
 	if err != nil {
