@@ -96,7 +96,11 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	}
 	copiedTenant, pendingTenant := "", ""
 	for _, id := range ids {
-		st := shards[m.Tenants[id]].State
+		loc, err := m.Lookup(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := shards[loc.Shard.ID].State
 		if st == ShardCopied && copiedTenant == "" {
 			copiedTenant = id
 		}
@@ -223,7 +227,11 @@ func TestStartCopiesAndResumes(t *testing.T) {
 
 	// A cutover without a stream running: the marker never arrives, the
 	// shard is given back to the legacy database, nothing changed.
-	shard := m.Tenants[ids[0]]
+	loc, err := m.Lookup(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard := loc.Shard.ID
 	_, err = im.Cutover(ctx, CutoverOptions{Shards: []int{shard}, MarkerTimeout: time.Second})
 	if !errors.Is(err, ErrMarkerTimeout) {
 		t.Fatalf("cutover without a stream: %v", err)
