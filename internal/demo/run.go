@@ -131,7 +131,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	mine := map[string]int{}
 	for _, id := range ids {
-		mine[id] = m.Tenants[id]
+		loc, err := m.Lookup(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("locate tenant %q: %w", id, err)
+		}
+		mine[id] = loc.Shard.ID
 	}
 	done = step("loading buildings, meters, a week of hourly readings and tariffs")
 	if err := seedAll(ctx, m, mine); err != nil {
