@@ -145,7 +145,7 @@ func TestTriggerMoveUnderWrites(t *testing.T) {
 	stop()
 	t.Logf("moved: pause %v, rows %d, bytes %d, duration %v, verified %v", res.Pause, res.Rows, res.Bytes, res.Duration, res.Verified)
 	if !res.Verified {
-		t.Error("not verified under the fence")
+		t.Error("not verified")
 	}
 	checkTriggerLedgers(t, e.dst, ledgers, seed)
 	if n := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.pairs WHERE a > 1000 AND note = 'moved key'`); n != 50 {

@@ -98,7 +98,7 @@ func (v *verifyAfter) close(ctx context.Context) {
 // postFlipVerify reports whether the move verifies after the flip (logical
 // method without SkipVerify).
 func postFlipVerify(mv *moveRun) bool {
-	return mv.Method == MethodLogical && !mv.Progress.Options.SkipVerify
+	return mv.Method != MethodCopy && !mv.Progress.Options.SkipVerify
 }
 
 // armCapture puts the capture triggers on every table of the shard on the

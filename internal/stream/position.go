@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // PositionDDL creates the table in which appliers record, per stream name,
@@ -18,11 +19,23 @@ CREATE TABLE IF NOT EXISTS pgtenant_stream.position (
 )`
 
 // EnsurePositionTable creates pgtenant_stream.position on the target if it is missing.
+//
+// Two processes creating it at once (moves to one target in parallel) can
+// collide in CREATE ... IF NOT EXISTS, which is not safe against concurrent
+// creation (23505 on the catalog's unique index): the loser tries again and
+// then finds it.
 func EnsurePositionTable(ctx context.Context, conn Querier) error {
-	if _, err := conn.Exec(ctx, PositionDDL); err != nil {
-		return fmt.Errorf("create stream position table: %w", err)
+	var err error
+	for range 3 {
+		if _, err = conn.Exec(ctx, PositionDDL); err == nil {
+			return nil
+		}
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+			break
+		}
 	}
-	return nil
+	return fmt.Errorf("create stream position table: %w", err)
 }
 
 // SavePosition records lsn as the applied position of the stream name. Call
