@@ -273,10 +273,17 @@ const ddlLockTimeout = 100 * time.Millisecond
 // a waiter that has waited that long, and the DDL, waiting first, is the one
 // whose deadlock check runs first should a writer queue up behind it.
 func (m *Mover) lockedDDL(ctx context.Context, src *pgx.Conn, mv *moveRun, ddl string) error {
+	return m.lockedDDLWait(ctx, src, mv, ddl, true)
+}
+
+// lockedDDLWait is lockedDDL; without patient it never waits past
+// deadlock_timeout, so a writer queued behind it can never be the one
+// Postgres' deadlock check fails (for drops, which cleanup can redo).
+func (m *Mover) lockedDDLWait(ctx context.Context, src *pgx.Conn, mv *moveRun, ddl string, patient bool) error {
 	deadline := time.Now().Add(time.Minute)
 	for attempt := 1; ; attempt++ {
 		wait := ddlLockTimeout
-		if attempt%10 == 0 {
+		if patient && attempt%10 == 0 {
 			wait = 1500 * time.Millisecond
 		}
 		err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
@@ -437,7 +444,7 @@ func (m *Mover) dropCapture(ctx context.Context, src *pgx.Conn, mv *moveRun) err
 	} else if !ok {
 		return nil
 	}
-	if err := m.lockedDDL(ctx, src, mv, `DROP SCHEMA IF EXISTS `+ident(cs)+` CASCADE`); err != nil {
+	if err := m.lockedDDLWait(ctx, src, mv, `DROP SCHEMA IF EXISTS `+ident(cs)+` CASCADE`, false); err != nil {
 		return fmt.Errorf("drop the change queue and capture triggers (%s): %w", cs, err)
 	}
 	return nil
