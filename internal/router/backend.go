@@ -977,6 +977,9 @@ func (ss *session) drain(all bool) error {
 				ss.relay(typ, body)
 				ss.use.errors++
 			}
+			if e.reset {
+				ss.resetFailed = true
+			}
 			if e.name == "setup" {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 			}
