@@ -27,6 +27,9 @@ type stmtDef struct {
 	orig   string // the text the client sent
 	types  []byte // parameter type count and OIDs as sent
 	server string // backend name ("" for the unnamed statement), without the schema tag
+	// clientName: server is the client's own name, used as is on the
+	// backend (session pool mode; see onParse).
+	clientName bool
 	// tag and tagged cache the last server name with a schema tag (see
 	// session.serverStmt).
 	tag, tagged string
