@@ -275,7 +275,10 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		for t := 0; t < o.tenants; t++ {
 			m.Tenants[strconv.Itoa(t)] = t % o.shards
 		}
-		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize}, MaxClients: maxClients(o)}
+		// Waits for a backend as long as pgbouncer's (query_wait_timeout,
+		// 120 s by default): with thousands of clients on 20 backends a
+		// client queues for seconds, past the router's default of 5 s.
+		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize, WaitTimeout: 2 * time.Minute}, MaxClients: maxClients(o)}
 		if !rt.usage {
 			cfg.UsageCapacity = -1
 		}

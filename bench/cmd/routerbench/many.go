@@ -225,6 +225,7 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 				self0, cs0 := proxyUsage(tg.pid)
 				res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
 				if err != nil {
+					fmt.Fprintf(os.Stderr, "%s: %v\n", log, err)
 					r.err = firstLine(err.Error())
 					out = append(out, r)
 					continue
