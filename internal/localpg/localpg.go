@@ -49,6 +49,25 @@ func FindBinDir() (string, error) {
 	return "", ErrNotInstalled
 }
 
+// EnvClientBin names the directory of the PostgreSQL client programs
+// pgtenant runs against nodes (pg_dump, pg_restore). pg_dump refuses a server
+// newer than itself, so with nodes newer than the machine's own PostgreSQL it
+// must point at a pg_dump of at least their version (.ci/pgnew makes one:
+// ROOT/bin-host).
+const EnvClientBin = "PGTENANT_PG_BIN"
+
+// FindClientBinDir returns the directory holding pg_dump and pg_restore:
+// $PGTENANT_PG_BIN when set, else FindBinDir.
+func FindClientBinDir() (string, error) {
+	if dir := os.Getenv(EnvClientBin); dir != "" {
+		if !fileExists(filepath.Join(dir, "pg_dump")) || !fileExists(filepath.Join(dir, "pg_restore")) {
+			return "", fmt.Errorf("%s=%s holds no pg_dump and pg_restore; point it at a PostgreSQL bin directory", EnvClientBin, dir)
+		}
+		return dir, nil
+	}
+	return FindBinDir()
+}
+
 func versionOf(initdbPath string) int {
 	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(initdbPath))))
 	return v
@@ -76,8 +95,17 @@ type Cluster struct {
 	Dir string
 	// Port is the TCP port on 127.0.0.1. Zero means pick a free port at Init.
 	Port int
-	// BinDir holds initdb and pg_ctl. Empty means FindBinDir.
+	// BinDir holds initdb and pg_ctl. Empty means FindBinDir, or with Root
+	// the newest Root/usr/lib/postgresql/*/bin.
 	BinDir string
+	// Root, when set, is a whole Linux root with PostgreSQL installed in it
+	// (a debootstrapped Debian with a newer server than the host's, made by
+	// .ci/pgnew): the server's programs run chrooted into Root as the
+	// postgres OS user, which takes running as root. Dir must lie inside
+	// Root; BinDir is then a path inside Root. The server shares the host's
+	// loopback network, so DSN works as usual. Empty means the host's own
+	// programs.
+	Root string
 	// Settings are extra postgresql.conf lines (name → value) written at Init.
 	Settings map[string]string
 }
@@ -107,6 +135,9 @@ func (c *Cluster) Initialized() bool {
 // the settings pgtenant needs (loopback only, wal_level=logical, the port).
 func (c *Cluster) Init(ctx context.Context) error {
 	if err := c.resolveBin(); err != nil {
+		return err
+	}
+	if _, err := c.pathInRoot(c.Dir); err != nil {
 		return err
 	}
 	if c.Initialized() {
@@ -273,6 +304,14 @@ func (c *Cluster) resolveBin() error {
 	if c.BinDir != "" {
 		return nil
 	}
+	if c.Root != "" {
+		dir, err := findRootBinDir(c.Root)
+		if err != nil {
+			return err
+		}
+		c.BinDir = dir
+		return nil
+	}
 	dir, err := FindBinDir()
 	if err != nil {
 		return err
@@ -281,7 +320,22 @@ func (c *Cluster) resolveBin() error {
 	return nil
 }
 
+// run runs program name from BinDir as the postgres OS user when root. With
+// Root it runs chrooted there, and each argument that is a path under Root
+// (or has one after "=") is passed as the path inside it.
 func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	home := c.Dir
+	if c.Root != "" {
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("run %s in %s: starting PostgreSQL from a root directory (chroot) takes running as root", name, c.Root)
+		}
+		args = c.argsInRoot(args)
+		h, err := c.pathInRoot(c.Dir)
+		if err != nil {
+			return nil, err
+		}
+		home = h
+	}
 	cmd := exec.CommandContext(ctx, filepath.Join(c.BinDir, name), args...)
 	cmd.Dir = "/"
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
@@ -290,8 +344,8 @@ func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte,
 		return nil, err
 	}
 	if cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		cmd.Env = append(cmd.Env, "HOME="+c.Dir, "USER=postgres")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Chroot: c.Root}
+		cmd.Env = append(cmd.Env, "HOME="+home, "USER=postgres")
 	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -339,4 +393,55 @@ func checkTraversable(dir string) error {
 			return nil
 		}
 	}
+}
+
+// findRootBinDir returns the newest usr/lib/postgresql/*/bin holding initdb
+// and pg_ctl inside root, as a path inside root.
+func findRootBinDir(root string) (string, error) {
+	matches, _ := filepath.Glob(filepath.Join(root, "usr/lib/postgresql/*/bin/initdb"))
+	sort.Slice(matches, func(i, j int) bool { return versionOf(matches[i]) > versionOf(matches[j]) })
+	for _, m := range matches {
+		if fileExists(filepath.Join(filepath.Dir(m), "pg_ctl")) {
+			return strings.TrimPrefix(filepath.Dir(m), filepath.Clean(root)), nil
+		}
+	}
+	return "", fmt.Errorf("no PostgreSQL server (usr/lib/postgresql/*/bin/initdb) in root %s; build one with .ci/pgnew", root)
+}
+
+// pathInRoot returns host path p as seen inside Root (p itself without Root).
+func (c *Cluster) pathInRoot(p string) (string, error) {
+	if c.Root == "" {
+		return p, nil
+	}
+	root, err := filepath.Abs(c.Root)
+	if err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(root, abs)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("directory %s is outside the PostgreSQL root %s; a server run from a root keeps its files inside it", p, c.Root)
+	}
+	return "/" + filepath.ToSlash(rel), nil
+}
+
+// argsInRoot rewrites the arguments that are paths under Root (alone, or
+// after "--opt=") into paths inside it.
+func (c *Cluster) argsInRoot(args []string) []string {
+	root := filepath.Clean(c.Root) + "/"
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = a
+		prefix, path := "", a
+		if k, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(k, "-") {
+			prefix, path = k+"=", v
+		}
+		if strings.HasPrefix(path, root) {
+			out[i] = prefix + "/" + strings.TrimPrefix(path, root)
+		}
+	}
+	return out
 }

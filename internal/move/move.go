@@ -112,7 +112,9 @@ type Config struct {
 	// DSN stored in the catalog. Nil means from the environment
 	// (nodedsn.Expand with nodedsn.Env).
 	ResolveDSN func(dsn string) (string, error)
-	// BinDir holds pg_dump and pg_restore. Empty means localpg.FindBinDir.
+	// BinDir holds pg_dump and pg_restore, of at least the nodes' PostgreSQL
+	// version. Empty means localpg.FindClientBinDir ($PGTENANT_PG_BIN, else
+	// the machine's own PostgreSQL).
 	BinDir string
 	// BeforeStep, when set, is called after a step is recorded and before it
 	// runs. Returning an error stops the move as if the process had died: no

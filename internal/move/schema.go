@@ -34,7 +34,7 @@ func (m *Mover) binDir() (string, error) {
 	if m.cfg.BinDir != "" {
 		return m.cfg.BinDir, nil
 	}
-	return localpg.FindBinDir()
+	return localpg.FindClientBinDir()
 }
 
 // dumpSchema writes a custom-format schema-only dump of schema to dir and
@@ -48,6 +48,10 @@ func (m *Mover) dumpSchema(ctx context.Context, dir, dsn, schema string) (dump, 
 	// A double-quoted -n pattern matches the name literally.
 	if out, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--schema-only", "--format=custom",
 		"-n", `"`+strings.ReplaceAll(schema, `"`, `""`)+`"`, "-f", dump, "-d", dsn).CombinedOutput(); err != nil {
+		if bytes.Contains(out, []byte("server version mismatch")) {
+			return "", "", "", fmt.Errorf("pg_dump of %s: %w: %s (hint: a move needs pg_dump and pg_restore of at least the nodes' PostgreSQL version; set %s to their directory)",
+				bin, err, bytes.TrimSpace(out), localpg.EnvClientBin)
+		}
 		return "", "", "", fmt.Errorf("pg_dump: %w: %s", err, bytes.TrimSpace(out))
 	}
 	toc, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_restore"), "-l", dump).Output()

@@ -1,5 +1,12 @@
 // Package pgtest gives test binaries a real PostgreSQL server: one cluster per
 // test binary (started in TestMain) and a fresh database per test.
+//
+// The servers come from the machine's own PostgreSQL, or, when
+// PGTENANT_TEST_PGROOT names a root directory with another PostgreSQL
+// installed in it (.ci/pgnew debootstraps one with Debian's newest), from
+// there: chrooted, their data directories under ROOT/tmp (see
+// localpg.Cluster.Root). PGTENANT_TEST_PGBIN picks the server's bin
+// directory inside the root (empty: the newest).
 package pgtest
 
 import (
@@ -36,17 +43,11 @@ func Start(name string) (*Server, error) {
 // StartWith is Start with extra postgresql.conf settings.
 func StartWith(name string, settings map[string]string) (*Server, error) {
 	reapOrphans()
-	dir, err := os.MkdirTemp("", "pgtenant-test-"+name+"-")
+	c, err := NewCluster(name)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
-	}
-	c := localpg.New(dir, 0)
+	dir := c.Dir
 	c.Settings = map[string]string{"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 	for k, v := range settings {
 		c.Settings[k] = v
@@ -64,6 +65,42 @@ func StartWith(name string, settings map[string]string) (*Server, error) {
 	return &Server{Cluster: c, dir: dir}, nil
 }
 
+// Environment variables that run the tests' servers from another root.
+const (
+	// EnvRoot names a root directory with PostgreSQL installed (made by
+	// .ci/pgnew); empty means the machine's own PostgreSQL.
+	EnvRoot = "PGTENANT_TEST_PGROOT"
+	// EnvBin is the server's bin directory inside EnvRoot; empty means the newest.
+	EnvBin = "PGTENANT_TEST_PGBIN"
+)
+
+// NewCluster returns a cluster, not yet initialised, in a fresh directory
+// named after name (under EnvRoot's tmp when set, with Root and BinDir set
+// from the environment), marked as owned by this process so that
+// reapOrphans removes it if the process dies. The caller stops it and
+// removes c.Dir.
+func NewCluster(name string) (*localpg.Cluster, error) {
+	root := os.Getenv(EnvRoot)
+	base := ""
+	if root != "" {
+		base = filepath.Join(root, "tmp")
+	}
+	dir, err := os.MkdirTemp(base, "pgtenant-test-"+name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("make a directory for server %q: %w", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	c := localpg.New(dir, 0)
+	c.Root = root
+	c.BinDir = os.Getenv(EnvBin)
+	return c, nil
+}
+
 // ownerFile holds the pid of the test binary that started a server.
 const ownerFile = "owner.pid"
 
@@ -71,6 +108,11 @@ const ownerFile = "owner.pid"
 // without cleaning up (killed, or a `go test -timeout` panic).
 func reapOrphans() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtenant-test-*"))
+	root := os.Getenv(EnvRoot)
+	if root != "" {
+		more, _ := filepath.Glob(filepath.Join(root, "tmp", "pgtenant-test-*"))
+		dirs = append(dirs, more...)
+	}
 	for _, dir := range dirs {
 		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
 		if err != nil {
@@ -81,7 +123,11 @@ func reapOrphans() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		localpg.New(dir, 0).Stop(ctx)
+		c := localpg.New(dir, 0)
+		if root != "" && strings.HasPrefix(dir, filepath.Clean(root)+"/") {
+			c.Root = root
+		}
+		c.Stop(ctx)
 		cancel()
 		os.RemoveAll(dir)
 	}
@@ -176,6 +222,9 @@ func MainWith(m *testing.M, specs []Spec, setup func([]*Server)) {
 				return 1
 			}
 			servers = append(servers, s)
+		}
+		if root := os.Getenv(EnvRoot); root != "" && len(servers) > 0 {
+			fmt.Fprintf(os.Stderr, "pgtest: servers run from %s (%s)\n", root, servers[0].Cluster.BinDir)
 		}
 		defer func() {
 			for _, s := range servers {
