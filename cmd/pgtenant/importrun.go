@@ -176,8 +176,9 @@ held transactions then run there. A canary first, then waves:
 					fmt.Fprintf(a.stdout, "shard %d: failed, still on the legacy database: %v\n", r.Shard, r.Err)
 					continue
 				}
-				fmt.Fprintf(a.stdout, "shard %d: cut over to node %s, pause %s (routers held it at %s, marker applied at %s)\n", r.Shard, r.Node,
-					r.Pause.Round(time.Microsecond*100), r.Fenced.Round(time.Microsecond*100), r.Marked.Round(time.Microsecond*100))
+				fmt.Fprintf(a.stdout, "shard %d: cut over to node %s, pause %s (routers held it at %s, marker applied at %s, flipped at %s; stream lag before %s)\n", r.Shard, r.Node,
+					r.Pause.Round(time.Microsecond*100), r.Fenced.Round(time.Microsecond*100), r.Marked.Round(time.Microsecond*100),
+					r.Flipped.Round(time.Microsecond*100), r.Lag.Round(time.Microsecond*100))
 			}
 			return err
 		}),
