@@ -190,6 +190,8 @@ type splitRun struct {
 	moves       []*moveRun // one per moved shard, ID = -split id
 	kept        map[int]string
 	src         *pgx.Conn // Node
+	fol         *pgx.Conn // the follower, kept open through the pause
+	fenceStart  time.Time // when this process started the fence (the pause)
 	resuming    bool
 	durable     bool   // the fence no longer lapses (step promote reached)
 	stopLeases  func() // stops renewing the fence leases, while they are renewed
@@ -199,6 +201,10 @@ func (sr *splitRun) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	sr.endLeases()
+	if sr.fol != nil {
+		sr.fol.Close(ctx)
+		sr.fol = nil
+	}
 	if sr.src != nil {
 		sr.src.Close(ctx)
 		sr.src = nil
@@ -247,12 +253,11 @@ func (m *Mover) PlanFollowerSplit(ctx context.Context, opts SplitOptions) (Split
 	p := SplitPlan{Node: sr.Node, NewNode: sr.NewNode, Moved: sr.shardIDs(), Kept: sr.Progress.Kept}
 	_ = sr.src.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
 		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1) AND c.relkind = 'r'`, sr.schemas()).Scan(&p.Bytes)
-	if f, err := connect(ctx, sr.followerDSN, "follower"); err == nil {
+	if f, err := m.follower(ctx, sr); err == nil {
 		var replay string
 		if f.QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn()::text, '0/0')`).Scan(&replay) == nil {
 			_ = sr.src.QueryRow(ctx, `SELECT greatest(pg_current_wal_lsn() - $1::pg_lsn, 0)::bigint`, replay).Scan(&p.ReplayLagBytes)
 		}
-		f.Close(ctx)
 	}
 	return p, nil
 }
@@ -454,11 +459,10 @@ func (m *Mover) planSplitShards(ctx context.Context, sr *splitRun, want []int) e
 // starts, that its replay is not paused, that its role may promote it (when
 // no command does) and create a schema in the database.
 func (m *Mover) checkFollower(ctx context.Context, sr *splitRun, starting bool) error {
-	f, err := connect(ctx, sr.followerDSN, "follower")
+	f, err := m.follower(ctx, sr)
 	if err != nil {
 		return err
 	}
-	defer f.Close(context.WithoutCancel(ctx))
 	var recovery, paused, canPromote, canCreate bool
 	if err := f.QueryRow(ctx, `SELECT pg_is_in_recovery(), pg_is_in_recovery() AND pg_is_wal_replay_paused(),
 		has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE'),
@@ -788,4 +792,27 @@ func (m *Mover) refuseSplitting(ctx context.Context, shard int) error {
 		return fmt.Errorf("shard %d is in follower split %d, still running: resume or abort it first (pgtenant node split --resume/--abort %d): %w", shard, id, id, ErrMoveRunning)
 	}
 	return nil
+}
+
+// follower returns the split's connection to the follower, connecting
+// again when it was closed (a hosted promotion may restart the server).
+func (m *Mover) follower(ctx context.Context, sr *splitRun) (*pgx.Conn, error) {
+	if sr.fol != nil && !sr.fol.IsClosed() {
+		return sr.fol, nil
+	}
+	c, err := connect(ctx, sr.followerDSN, "follower")
+	if err != nil {
+		return nil, err
+	}
+	sr.fol = c
+	return c, nil
+}
+
+// dropFollower closes the follower connection after an error on it, so
+// the next use connects again.
+func (sr *splitRun) dropFollower() {
+	if sr.fol != nil {
+		sr.fol.Close(context.Background())
+		sr.fol = nil
+	}
 }

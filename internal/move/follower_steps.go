@@ -47,7 +47,6 @@ func (m *Mover) runSplit(ctx context.Context, sr *splitRun) (SplitResult, error)
 			}
 		}
 	}
-	t0 := time.Now()
 	if sr.Step == StepStart {
 		if err := m.splitHook(ctx, sr, StepStart); err != nil {
 			return res, err
@@ -88,8 +87,8 @@ func (m *Mover) runSplit(ctx context.Context, sr *splitRun) (SplitResult, error)
 			}
 		}
 		cancel()
-		if !sr.resuming {
-			res.Pause = time.Since(t0)
+		if !sr.fenceStart.IsZero() {
+			res.Pause = time.Since(sr.fenceStart)
 			sr.Pause = res.Pause
 			if _, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.splits SET pause_ms = $2, updated_at = now() WHERE id = $1`,
 				sr.ID, float64(res.Pause.Microseconds())/1000); err != nil {
@@ -145,12 +144,18 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 	if err != nil {
 		return err
 	}
+	if _, err := m.follower(ctx, sr); err != nil {
+		leaseConn.Close(context.WithoutCancel(ctx))
+		return err
+	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	sr.fenceStart = time.Now()
 	if err := m.markSplitFenced(ctx, sr); err != nil {
 		leaseConn.Close(context.WithoutCancel(ctx))
 		return err
 	}
+	tMarked := time.Now()
 	lease := m.renewSplitLeases(fctx, sr, cancel)
 	sr.stopLeases = func() {
 		lease.close()
@@ -161,6 +166,7 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 			return fmt.Errorf("fence shard %d in routers: %w", mv.Shard, err)
 		}
 	}
+	tFenced := time.Now()
 	for i, mv := range sr.moves {
 		if _, err := m.lockAndMark(fctx, mv, sr.src, names[i]); err != nil {
 			return fmt.Errorf("shard %d: %w", mv.Shard, err)
@@ -182,11 +188,10 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 	}
 	sr.Progress.ReplayWaitMS = float64(time.Since(t).Microseconds()) / 1000
 	// The follower must show this fence: proof that it replays this node.
-	f, err := connect(fctx, sr.followerDSN, "follower")
+	f, err := m.follower(fctx, sr)
 	if err != nil {
 		return err
 	}
-	defer f.Close(context.WithoutCancel(ctx))
 	var seen int
 	if err := f.QueryRow(fctx, `SELECT count(*) FROM pgtenant_move.fence WHERE move_id = $1 AND schema_name = ANY($2)`,
 		sr.leaseID(), sr.schemas()).Scan(&seen); err != nil && !isUndefined(err) {
@@ -196,6 +201,7 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 		return fmt.Errorf("%w: it replayed past %s but does not show the fence taken there", ErrNotFollower, sr.Progress.FenceLSN)
 	}
 	res.ReplayWait = time.Since(t)
+	m.log.Info("split fence timings", "split", sr.ID, "routers", tFenced.Sub(tMarked), "locks", t.Sub(tFenced), "replay", res.ReplayWait)
 	return nil
 }
 
@@ -224,11 +230,10 @@ func (m *Mover) waitReplay(ctx context.Context, sr *splitRun, lsn string) error 
 	}
 	wctx, cancel := context.WithTimeout(ctx, maxWait)
 	defer cancel()
-	f, err := connect(wctx, sr.followerDSN, "follower")
+	f, err := m.follower(wctx, sr)
 	if err != nil {
 		return err
 	}
-	defer f.Close(context.WithoutCancel(ctx))
 	var at string
 	for {
 		var done bool
@@ -291,11 +296,10 @@ func (m *Mover) promoteFollower(ctx context.Context, sr *splitRun, res *SplitRes
 			return err
 		}
 	}
-	f, err := connect(ctx, sr.followerDSN, "follower")
+	f, err := m.follower(ctx, sr)
 	if err != nil {
 		return err
 	}
-	defer func() { f.Close(context.WithoutCancel(ctx)) }()
 	var recovery bool
 	if err := f.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&recovery); err != nil {
 		return fmt.Errorf("check the follower: %w", err)
@@ -335,11 +339,11 @@ func (m *Mover) promoteFollower(ctx context.Context, sr *splitRun, res *SplitRes
 		}
 		// Wait until it takes writes (a hosted service may restart it: new connections).
 		for {
-			f2, err := connect(pctx, sr.followerDSN, "follower")
+			f2, err := m.follower(pctx, sr)
 			if err == nil {
-				err = f2.QueryRow(pctx, `SELECT pg_is_in_recovery()`).Scan(&recovery)
-				f2.Close(context.WithoutCancel(ctx))
-				if err == nil && !recovery {
+				if err = f2.QueryRow(pctx, `SELECT pg_is_in_recovery()`).Scan(&recovery); err != nil {
+					sr.dropFollower()
+				} else if !recovery {
 					break
 				}
 			}
@@ -365,11 +369,10 @@ func (m *Mover) adoptFollower(ctx context.Context, sr *splitRun) error {
 	if err := m.checkFollower(ctx, sr, false); err != nil {
 		return err
 	}
-	f, err := connect(ctx, sr.followerDSN, "follower")
+	f, err := m.follower(ctx, sr)
 	if err != nil {
 		return err
 	}
-	defer f.Close(context.WithoutCancel(ctx))
 	if err := catalog.MarkPromoted(ctx, f, sr.Progress.PromotedID); err != nil {
 		return err
 	}
