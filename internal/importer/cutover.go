@@ -181,7 +181,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	}
 	// Off the pause: the stream runs and is caught up, and the sequences are
 	// set once (under the fence they move only by what was written since).
-	if r.Lag, err = catchUp(ctx, legacy, node, s.Shard, opts); err != nil {
+	if r.Lag, err = waitCaughtUp(ctx, legacy, node, s.Shard, opts); err != nil {
 		return err
 	}
 	if err := syncSequences(ctx, legacy, node, pairs); err != nil {
@@ -236,10 +236,10 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	return nil
 }
 
-// catchUp writes markers on the legacy database until one reaches the node
+// waitCaughtUp writes markers on the legacy database until one reaches the node
 // within maxLag (or opts.MarkerTimeout passes: the stream is not running),
 // and returns the last trip's time.
-func catchUp(ctx context.Context, legacy, node *pgx.Conn, shard int, opts CutoverOptions) (time.Duration, error) {
+func waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, shard int, opts CutoverOptions) (time.Duration, error) {
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	for {
 		t0 := time.Now()
