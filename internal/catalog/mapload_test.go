@@ -320,3 +320,64 @@ func TestWatchCatchesUp(t *testing.T) {
 		waitLocate(t, m, c.tenant, c.shard)
 	}
 }
+
+// TestTenantDirectoryKeepsKnownThroughReconnect: a tenant the router looked
+// up before its Watch reconnected is still routed while the catalog does not
+// answer (here: its tenants table locked, so every lookup times out), while
+// a tenant it never looked up gets ErrDirectoryUnavailable. Before, the
+// reconnect emptied the cache and a known tenant got 08006 in a catalog
+// outage (e2e TestMoveCatalogUnreachable/fence failed on it).
+func TestTenantDirectoryKeepsKnownThroughReconnect(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 16)
+	if _, err := c.AddTenants(ctx, []string{"kept", "never"}); err != nil {
+		t.Fatal(err)
+	}
+	maps := follow(t, c, WatchOptions{Poll: time.Hour})
+	m := <-maps
+	waitLive(t, c, true)
+	if loc, err := m.Locate("kept"); err != nil || loc.Shard.ID != placement.ShardOf("kept", 16) {
+		t.Fatalf("Locate(kept) = %+v, %v", loc, err)
+	}
+
+	// The Watch loses its connection and listens again.
+	var old int32
+	if err := c.pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()`,
+		WatchApplicationName).Scan(&old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, old); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND pid <> $2`,
+			WatchApplicationName, old).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 && c.tenants().live.Load() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Watch did not listen again within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// The catalog stops answering lookups.
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK pgtenant.tenants IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	if loc, err := m.Locate("kept"); err != nil || loc.Shard.ID != placement.ShardOf("kept", 16) {
+		t.Fatalf("Locate(kept) while the catalog does not answer = %+v, %v; want its shard as last known", loc, err)
+	}
+	if _, err := m.Locate("never"); !errors.Is(err, placement.ErrDirectoryUnavailable) {
+		t.Fatalf("Locate(never) while the catalog does not answer: %v; want ErrDirectoryUnavailable", err)
+	}
+}

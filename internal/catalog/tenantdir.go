@@ -79,17 +79,23 @@ func (d *tenantDir) TenantShard(ctx context.Context, id string) (int, error) {
 		s, err := d.query(ctx, id)
 		f.Finish(s, err)
 		if err != nil {
+			if s, ok := d.cache.Known(id); ok {
+				return answer(id, s) // the catalog is away: what this router knew
+			}
 			return 0, err
 		}
 		return answer(id, s)
 	}
+	epoch := d.cache.Epoch()
 	s, err := d.query(ctx, id)
 	if err != nil {
-		if s, ok := d.cache.Get(id); ok {
+		if s, ok := d.cache.Known(id); ok {
 			return answer(id, s) // the catalog is away: what this router knew
 		}
 		return 0, err
 	}
+	// Kept to fall back on; Watch's next listening makes it stale for Get.
+	d.cache.PutAt(id, s, epoch)
 	return answer(id, s)
 }
 
@@ -117,9 +123,12 @@ func (d *tenantDir) query(ctx context.Context, id string) (int, error) {
 }
 
 // listening is called by Watch once it LISTENs on TenantChannel: changes
-// made while nobody listened were missed, so the cache starts empty.
+// made while nobody listened were missed, so every answer cached so far is
+// asked again before it is used, and kept only to fall back on while the
+// catalog does not answer (a router keeps serving the tenants it knew
+// through a catalog outage, however many times its Watch reconnected).
 func (d *tenantDir) listening() {
-	d.cache.Clear()
+	d.cache.Stale()
 	d.live.Add(1)
 }
 

@@ -30,7 +30,10 @@ const cacheParts = 16
 type TenantCache struct {
 	seed        maphash.Seed
 	negativeTTL time.Duration
-	parts       [cacheParts]cachePart
+	// epoch counts Stale calls: Get serves only entries of the current
+	// epoch; Known also older ones (answers to fall back on).
+	epoch atomic.Uint64
+	parts [cacheParts]cachePart
 }
 
 type cachePart struct {
@@ -48,6 +51,7 @@ type cacheEntry struct {
 	ref     atomic.Bool
 	slot    int
 	expires time.Time // NoShard entries only
+	epoch   uint64    // the cache's epoch when the answer was read
 }
 
 // Flight is a lookup of one tenant in progress. The leader (Begin returned
@@ -59,6 +63,7 @@ type Flight struct {
 	done  chan struct{}
 	stale bool // guarded by part.mu: invalidated during the flight
 	ttl   time.Duration
+	epoch uint64 // the cache's epoch when the flight began
 	shard int
 	err   error
 }
@@ -89,7 +94,7 @@ func (c *TenantCache) Get(tenant string) (int, bool) {
 	p.mu.RLock()
 	e := p.entries[tenant]
 	p.mu.RUnlock()
-	if e == nil {
+	if e == nil || e.epoch != c.epoch.Load() {
 		return 0, false
 	}
 	if e.shard == NoShard && time.Now().After(e.expires) {
@@ -101,6 +106,53 @@ func (c *TenantCache) Get(tenant string) (int, bool) {
 	return e.shard, true
 }
 
+// Known returns the shard of tenant from any epoch's registered answer: what
+// was once known, for when the source of truth cannot be asked. "Unregistered"
+// answers are not kept for this.
+func (c *TenantCache) Known(tenant string) (int, bool) {
+	p := c.part(tenant)
+	p.mu.RLock()
+	e := p.entries[tenant]
+	p.mu.RUnlock()
+	if e == nil || e.shard == NoShard {
+		return 0, false
+	}
+	return e.shard, true
+}
+
+// Epoch is the cache's epoch, for PutAt.
+func (c *TenantCache) Epoch() uint64 { return c.epoch.Load() }
+
+// PutAt records tenant's shard (or NoShard) as read when the cache's epoch
+// was epoch (from Epoch before the read): an answer read before a Stale
+// call is kept only as one to fall back on (Known).
+func (c *TenantCache) PutAt(tenant string, shard int, epoch uint64) {
+	if shard == NoShard && c.negativeTTL <= 0 {
+		return
+	}
+	p := c.part(tenant)
+	p.mu.Lock()
+	p.put(tenant, shard, c.negativeTTL, epoch)
+	p.mu.Unlock()
+}
+
+// Stale turns every answer the cache holds into one to fall back on only
+// (Known, not Get), and keeps the answers of lookups in flight out of Get:
+// for when changes may have been missed (a lost notification channel) but
+// the answers are still the best there is while the source is away.
+func (c *TenantCache) Stale() {
+	for i := range c.parts {
+		p := &c.parts[i]
+		p.mu.Lock()
+		for _, f := range p.flights {
+			f.stale = true
+		}
+		p.flights = map[string]*Flight{}
+		p.mu.Unlock()
+	}
+	c.epoch.Add(1)
+}
+
 // Begin starts a lookup of tenant, or joins the one in flight. The leader
 // must call Finish.
 func (c *TenantCache) Begin(tenant string) (f *Flight, leader bool) {
@@ -110,7 +162,7 @@ func (c *TenantCache) Begin(tenant string) (f *Flight, leader bool) {
 	if f := p.flights[tenant]; f != nil {
 		return f, false
 	}
-	f = &Flight{part: p, key: tenant, done: make(chan struct{}), ttl: c.negativeTTL}
+	f = &Flight{part: p, key: tenant, done: make(chan struct{}), ttl: c.negativeTTL, epoch: c.epoch.Load()}
 	p.flights[tenant] = f
 	return f, true
 }
@@ -126,7 +178,7 @@ func (f *Flight) Finish(shard int, err error) {
 		delete(p.flights, f.key)
 	}
 	if !f.stale && err == nil && (shard != NoShard || f.ttl > 0) {
-		p.put(f.key, shard, f.ttl)
+		p.put(f.key, shard, f.ttl, f.epoch)
 	}
 	p.mu.Unlock()
 	close(f.done)
@@ -144,7 +196,7 @@ func (f *Flight) Wait(ctx context.Context) (int, error) {
 
 // put adds or replaces an entry, evicting one if the part is full. p.mu is
 // held.
-func (p *cachePart) put(key string, shard int, ttl time.Duration) {
+func (p *cachePart) put(key string, shard int, ttl time.Duration, epoch uint64) {
 	var expires time.Time
 	if shard == NoShard {
 		expires = time.Now().Add(ttl)
@@ -153,7 +205,7 @@ func (p *cachePart) put(key string, shard int, ttl time.Duration) {
 		p.ring[e.slot] = nil // replaced below: entries are read without the lock
 		delete(p.entries, key)
 	}
-	e := &cacheEntry{key: key, shard: shard, expires: expires}
+	e := &cacheEntry{key: key, shard: shard, expires: expires, epoch: epoch}
 	if len(p.ring) < p.limit {
 		e.slot = len(p.ring)
 		p.ring = append(p.ring, e)

@@ -138,3 +138,43 @@ func TestTenantCacheNegativeTTL(t *testing.T) {
 		t.Fatal("negative answer kept without a TTL")
 	}
 }
+
+// TestTenantCacheStale: after Stale, Get asks again (nil) while Known still
+// has the registered answers to fall back on; an answer read before Stale
+// (PutAt with the old epoch, or a flight begun before) is Known only.
+func TestTenantCacheStale(t *testing.T) {
+	c := NewTenantCache(1600, time.Hour)
+	f, _ := c.Begin("a")
+	f.Finish(4, nil)
+	f, _ = c.Begin("gone")
+	f.Finish(NoShard, nil)
+	before := c.Epoch()
+	inflight, _ := c.Begin("b")
+	c.Stale()
+	inflight.Finish(6, nil)
+	c.PutAt("c", 2, before)
+	c.PutAt("d", 9, c.Epoch())
+	for _, k := range []string{"a", "b", "c", "gone"} {
+		if s, ok := c.Get(k); ok {
+			t.Errorf("Get(%s) = %d after Stale; want a miss", k, s)
+		}
+	}
+	if s, ok := c.Get("d"); !ok || s != 9 {
+		t.Errorf("Get(d) = %d, %v; want 9 (read after Stale)", s, ok)
+	}
+	if s, ok := c.Known("a"); !ok || s != 4 {
+		t.Errorf("Known(a) = %d, %v; want 4", s, ok)
+	}
+	if s, ok := c.Known("c"); !ok || s != 2 {
+		t.Errorf("Known(c) = %d, %v; want 2", s, ok)
+	}
+	if _, ok := c.Known("gone"); ok {
+		t.Error("Known(gone): an unregistered answer is not one to fall back on")
+	}
+	// A fresh lookup makes the answer current again.
+	f, _ = c.Begin("a")
+	f.Finish(5, nil)
+	if s, ok := c.Get("a"); !ok || s != 5 {
+		t.Errorf("Get(a) = %d, %v after a new lookup; want 5", s, ok)
+	}
+}
