@@ -52,8 +52,9 @@ type MoveResult struct {
 	// Deleted is the rows deleted from the source after the flip.
 	Deleted int64
 	// Pause is from the fence to the flip's commit: how long the tenant's
-	// new transactions were held.
-	Pause time.Duration
+	// new transactions were held. FenceAck is the part spent waiting for
+	// every router to hold the tenant.
+	Pause, FenceAck time.Duration
 	// Tables are the rows of the tenant per table on the target at the flip.
 	Tables   []TableRows
 	Duration time.Duration
@@ -250,6 +251,7 @@ func (o *Ops) moveRows(ctx context.Context, mv *moving, opts MoveOptions, res *M
 	if err != nil {
 		return fmt.Errorf("fence: %w", err)
 	}
+	res.FenceAck = time.Since(t0)
 	n, err := mv.round(ctx)
 	if err != nil {
 		return err
@@ -277,7 +279,7 @@ func (o *Ops) moveRows(ctx context.Context, mv *moving, opts MoveOptions, res *M
 	res.Pause = time.Since(t0)
 	stopRenew()
 	o.setMove(ctx, mv.id, "flipped", "running", "")
-	step(fmt.Sprintf("flipped (pause %s)", res.Pause.Round(time.Microsecond)))
+	step(fmt.Sprintf("flipped (pause %s, of which the routers' acknowledgement of the fence %s)", res.Pause.Round(time.Microsecond), res.FenceAck.Round(time.Microsecond)))
 	// Routers route the tenant to the target from their next map; wait
 	// for them before the old rows go (nothing reads them any more).
 	wctx, cancel = context.WithTimeout(ctx, opts.FenceTimeout)
@@ -655,4 +657,3 @@ func compareCounts(ctx context.Context, mv *moving) ([]TableRows, error) {
 	}
 	return out, nil
 }
-
