@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -169,19 +170,26 @@ func (mv *moving) round(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("target: begin round: %w", err)
 	}
 	defer dtx.Rollback(context.WithoutCancel(ctx))
+	rows, err := stx.Query(ctx, `SELECT DISTINCT tbl FROM pgtenant_round`)
+	if err != nil {
+		return 0, fmt.Errorf("source: %w", err)
+	}
+	touched, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("source: %w", err)
+	}
 	var used []int
 	for i, t := range mv.sst.list {
-		var any bool
-		if err := stx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pgtenant_round WHERE tbl = $1)`, t.rule.Name).Scan(&any); err != nil {
-			return 0, err
-		}
-		if !any {
+		if !slices.Contains(touched, t.rule.Name) {
 			continue
 		}
 		used = append(used, i)
-		types, err := keyTypes(ctx, src, mv.sst.schema, t)
-		if err != nil {
-			return 0, fmt.Errorf("key types of %s: %w", t.rule.Name, err)
+		types := mv.keyTypes[i]
+		if types == nil {
+			if types, err = keyTypes(ctx, src, mv.sst.schema, t); err != nil {
+				return 0, fmt.Errorf("key types of %s: %w", t.rule.Name, err)
+			}
+			mv.keyTypes[i] = types
 		}
 		casts := make([]string, len(t.key))
 		for j := range t.key {

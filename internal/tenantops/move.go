@@ -31,7 +31,7 @@ type MoveOptions struct {
 	// stopped renewing it); 0 means 5s, renewed every second.
 	Lease time.Duration
 	// MaxLag: catch-up rounds run until one takes fewer queue entries
-	// than this; 0 means 500.
+	// than this; 0 means 50.
 	MaxLag int64
 	// Progress, when set, is told each step.
 	Progress func(step string)
@@ -67,6 +67,8 @@ type moving struct {
 	src, dst *pgx.Conn
 	sst      *shardTables // source schema
 	dst_     *shardTables // target schema
+	// keyTypes caches the SQL types of each table's key (by index in sst.list).
+	keyTypes map[int][]string
 }
 
 // Move moves tenant id to another shard online (see the package doc and
@@ -97,7 +99,7 @@ func (o *Ops) Move(ctx context.Context, id string, opts MoveOptions) (MoveResult
 		opts.Lease = 5 * time.Second
 	}
 	if opts.MaxLag <= 0 {
-		opts.MaxLag = 500
+		opts.MaxLag = 50
 	}
 	if done, err := o.finishFlipped(ctx, id, opts, &res); done || err != nil {
 		return res, err
@@ -143,7 +145,7 @@ func (o *Ops) Move(ctx context.Context, id string, opts MoveOptions) (MoveResult
 		return res, &Error{Code: "55000", Message: "a tenant move needs a primary key on every table with tenant rows; these have none: " + strings.Join(nokey, ", "),
 			Hint: "add a primary key (pgtenant migrate up), or move the whole shard (pgtenant shard move)"}
 	}
-	mv := &moving{tenant: id, src: src, dst: dst, sst: sst, dst_: tst}
+	mv := &moving{tenant: id, src: src, dst: dst, sst: sst, dst_: tst, keyTypes: map[int][]string{}}
 	if err := o.cat.Pool().QueryRow(ctx, `INSERT INTO pgtenant.tenant_moves (tenant, source_shard, target_shard, step)
 		VALUES ($1, $2, $3, 'check') RETURNING id`, id, res.From, res.To).Scan(&mv.id); err != nil {
 		if strings.Contains(err.Error(), "23505") {
@@ -261,8 +263,16 @@ func (o *Ops) moveRows(ctx context.Context, mv *moving, opts MoveOptions, res *M
 	if err := syncSequencesFrom(ctx, mv); err != nil {
 		return err
 	}
-	if res.Tables, err = compareCounts(ctx, mv); err != nil {
-		return err
+	// The target as the last round left it, for the comparison after the
+	// flip (the source keeps the tenant's rows frozen until then: no router
+	// routes it there any more).
+	vtx, err := dst.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("target: snapshot for the comparison: %w", err)
+	}
+	defer vtx.Rollback(context.WithoutCancel(ctx))
+	if _, err := vtx.Exec(ctx, `SELECT 1`); err != nil {
+		return fmt.Errorf("target: snapshot for the comparison: %w", err)
 	}
 	select {
 	case err := <-renewErr:
@@ -280,6 +290,14 @@ func (o *Ops) moveRows(ctx context.Context, mv *moving, opts MoveOptions, res *M
 	stopRenew()
 	o.setMove(ctx, mv.id, "flipped", "running", "")
 	step(fmt.Sprintf("flipped (pause %s, of which the routers' acknowledgement of the fence %s)", res.Pause.Round(time.Microsecond), res.FenceAck.Round(time.Microsecond)))
+	// Off the pause: the tenant's rows per table in the target as of the
+	// flip and in the frozen source must be equal, or the old rows stay.
+	if res.Tables, err = compareCounts(ctx, mv); err != nil {
+		return err
+	}
+	if err := vtx.Rollback(ctx); err != nil {
+		return err
+	}
 	// Routers route the tenant to the target from their next map; wait
 	// for them before the old rows go (nothing reads them any more).
 	wctx, cancel = context.WithTimeout(ctx, opts.FenceTimeout)
@@ -349,7 +367,7 @@ func (o *Ops) finishFlipped(ctx context.Context, id string, opts MoveOptions, re
 		if err != nil {
 			return false, err
 		}
-		o.undo(ctx, &moving{id: moveID, tenant: id, src: src, dst: dst, sst: sst, dst_: tst}, errors.New("the mover stopped before the flip"))
+		o.undo(ctx, &moving{id: moveID, tenant: id, src: src, dst: dst, sst: sst, dst_: tst, keyTypes: map[int][]string{}}, errors.New("the mover stopped before the flip"))
 		return false, nil
 	}
 	*res = MoveResult{MoveID: moveID, Tenant: id, From: from, To: loc.Shard.ID, FromNode: srcLoc.Node.Name, ToNode: loc.Node.Name}
@@ -611,7 +629,7 @@ func bumpTargetSequences(ctx context.Context, mv *moving, headroom int64) error 
 }
 
 // syncSequencesFrom sets each target sequence at least to its source's
-// last value and past the rows copied (under the fence).
+// last value (under the fence): the tenant's ids came from the source's.
 func syncSequencesFrom(ctx context.Context, mv *moving) error {
 	ss, err := ownedSequences(ctx, mv.src, mv.sst)
 	if err != nil {
@@ -634,7 +652,7 @@ func syncSequencesFrom(ctx context.Context, mv *moving) error {
 			return fmt.Errorf("set target sequence %s: %w", tseq, err)
 		}
 	}
-	return syncSequences(ctx, mv.dst, mv.dst_)
+	return nil
 }
 
 // compareCounts compares the tenant's row count per table on both sides
@@ -649,7 +667,9 @@ func compareCounts(ctx context.Context, mv *moving) ([]TableRows, error) {
 		return nil, err
 	}
 	if fmt.Sprint(s) != fmt.Sprint(d) {
-		return nil, &Error{Code: "XX000", Message: fmt.Sprintf("the tenant's rows differ after the last round: source %v, target %v; the move was undone", s, d)}
+		return nil, &Error{Code: "XX000", Message: fmt.Sprintf("the tenant's row counts differ between the old shard %s %v and the new one %s at the flip %v: the tenant runs in the new shard, its old rows were kept",
+			mv.sst.schema, s, mv.dst_.schema, d),
+			Hint: "compare the two shards' rows of the tenant (a write made on the node directly, not through a router, or a TRUNCATE, is not captured), then delete the old ones with the same tenant move command"}
 	}
 	out := make([]TableRows, len(d))
 	for i, rc := range d {
