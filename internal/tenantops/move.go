@@ -101,6 +101,21 @@ func (o *Ops) Move(ctx context.Context, id string, opts MoveOptions) (MoveResult
 	if opts.MaxLag <= 0 {
 		opts.MaxLag = 50
 	}
+	// One mover per tenant: a session lock on the catalog, held until the
+	// move returns (a mover that dies loses it with its connection).
+	lock, err := o.cat.Pool().Acquire(ctx)
+	if err != nil {
+		return res, fmt.Errorf("tenant move: %w", err)
+	}
+	defer lock.Release()
+	var locked bool
+	if err := lock.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended('pgtenant tenant move ' || $1, 0))`, id).Scan(&locked); err != nil {
+		return res, fmt.Errorf("tenant move: %w", err)
+	}
+	if !locked {
+		return res, &Error{Code: "55000", Message: fmt.Sprintf("another move of tenant %q is running", id), Hint: "wait for it to end"}
+	}
+	defer lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended('pgtenant tenant move ' || $1, 0))`, id)
 	if done, err := o.finishFlipped(ctx, id, opts, &res); done || err != nil {
 		return res, err
 	}
