@@ -53,6 +53,7 @@ func (c *Catalog) loadMapSince(ctx context.Context, b batcher, prev *placement.M
 	if err != nil {
 		return nil, err
 	}
+	c.tenantFencesChanged(prev, m.FencedTenants)
 	// A second round trip, on full reads only: the import's overlay is read
 	// after the map's snapshot, so it is at least as new as the map version
 	// acknowledged (a cutover flips import_shards after its fence).
@@ -81,6 +82,7 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		WHERE $2 OR id IN (SELECT unnest(shards) FROM pgtenant.map_changes WHERE `+upTo+`) ORDER BY id`, since, full)
 	batch.Queue(`SELECT name, dsn FROM pgtenant.nodes
 		WHERE $2 OR EXISTS (SELECT FROM pgtenant.map_changes WHERE `+upTo+` AND kind = 'nodes')`, since, full)
+	queueTenantFences(batch, upTo, since, full)
 	batch.Queue(`COMMIT`)
 	br := b.SendBatch(ctx, batch)
 	defer func() {
@@ -116,6 +118,7 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		case "shards", "users":
 		case "nodes":
 			nodes = true
+		case "tenant_fences":
 		default:
 			all = true
 		}
@@ -147,12 +150,16 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 	}); err != nil {
 		return nil, false, err
 	}
+	fences, fencesRead, err := readTenantFences(br)
+	if err != nil {
+		return nil, false, err
+	}
 	if _, err := br.Exec(); err != nil {
 		return nil, false, err
 	}
 	if full {
 		c.resolveNodes(nodeMap)
-		return &placement.Map{Version: v, Shards: shards, Nodes: nodeMap, Directory: c.tenants()}, true, nil
+		return &placement.Map{Version: v, Shards: shards, Nodes: nodeMap, Directory: c.tenants(), FencedTenants: fences}, true, nil
 	}
 	if v == prev.Version {
 		return prev, true, nil
@@ -160,7 +167,11 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 	if v < prev.Version || all || n != v-prev.Version {
 		return nil, false, nil
 	}
-	m = &placement.Map{Version: v, Shards: prev.Shards, Nodes: prev.Nodes, Directory: prev.Directory, Tenants: prev.Tenants}
+	m = &placement.Map{Version: v, Shards: prev.Shards, Nodes: prev.Nodes, Directory: prev.Directory, Tenants: prev.Tenants, FencedTenants: prev.FencedTenants}
+	if fencesRead {
+		c.tenantFencesChanged(prev, fences)
+		m.FencedTenants = fences
+	}
 	if len(shards) > 0 {
 		m.Shards = slices.Clone(prev.Shards)
 		for _, s := range shards {

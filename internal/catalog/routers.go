@@ -132,6 +132,9 @@ func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Durati
 		if _, err := c.ReleaseExpiredFences(rctx); err != nil && ctx.Err() == nil {
 			c.logger.Warn("release expired fences failed", "err", err)
 		}
+		if _, err := c.ReleaseExpiredTenantFences(rctx); err != nil && ctx.Err() == nil {
+			c.logger.Warn("release expired tenant fences failed", "err", err)
+		}
 	}
 	beat := func() bool {
 		hctx, cancel := context.WithTimeout(ctx, every)
@@ -225,8 +228,11 @@ func (f RouterFencer) Unfence(ctx context.Context, shard int) error {
 	return nil
 }
 
-// hasFenced reports whether any shard of m is fenced.
+// hasFenced reports whether any shard or tenant of m is fenced.
 func hasFenced(m *placement.Map) bool {
+	if len(m.FencedTenants) > 0 {
+		return true
+	}
 	for _, s := range m.Shards {
 		if s.State == placement.StateFenced {
 			return true

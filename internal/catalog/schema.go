@@ -328,6 +328,37 @@ CREATE TABLE pgtenant.splits (
 );
 CREATE UNIQUE INDEX splits_one_running ON pgtenant.splits (source_node) WHERE status = 'running';
 `,
+	// 13: tenant moves (internal/tenantops). A tenant_fences row fences
+	// one tenant: routers hold its new transactions (placement.Map's
+	// FencedTenants) until the row is deleted; inserts and deletes bump the
+	// map version (kind 'tenant_fences'), renewals of the lease (an update)
+	// do not. tenant_moves records each move's progress, so a move whose
+	// process died after the flip can finish deleting the old rows.
+	`
+CREATE TABLE pgtenant.tenant_fences (
+	tenant     text PRIMARY KEY,
+	shard      int NOT NULL,
+	move_id    bigint,
+	expires_at timestamptz NOT NULL
+);
+CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.tenant_fences REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.tenant_fences REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
+CREATE TABLE pgtenant.tenant_moves (
+	id           bigserial PRIMARY KEY,
+	tenant       text NOT NULL,
+	source_shard int NOT NULL,
+	target_shard int NOT NULL,
+	step         text NOT NULL,
+	status       text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'aborted', 'failed')),
+	rows         bigint NOT NULL DEFAULT 0,
+	pause_ms     double precision,
+	error        text,
+	started_at   timestamptz NOT NULL DEFAULT now(),
+	updated_at   timestamptz NOT NULL DEFAULT now(),
+	finished_at  timestamptz
+);
+CREATE UNIQUE INDEX tenant_moves_one_running ON pgtenant.tenant_moves (tenant) WHERE status = 'running';
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

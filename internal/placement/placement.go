@@ -60,6 +60,10 @@ type Map struct {
 	Tenants map[string]int
 	// Directory, when set, answers for tenants not in Tenants (see Lookup).
 	Directory Directory
+	// FencedTenants maps each tenant a tenant move has fenced to the shard
+	// it was in when fenced: routers hold its new transactions (and only
+	// its) until a map without it. Nil when no tenant is fenced.
+	FencedTenants map[string]int
 }
 
 // Directory tells whether a tenant is registered and in which shard. The

@@ -350,6 +350,16 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 			if e != nil {
 				return e
 			}
+			if ch := ss.srv.tenantHold(m, tenant); ch != nil {
+				if holdStart.IsZero() {
+					holdStart = time.Now()
+				}
+				if e := ss.hold(ch, loc.Shard.ID, holdStart); e != nil {
+					return e
+				}
+				m = ss.srv.mp.Load()
+				continue
+			}
 			gs := ss.srv.gatesFor(len(m.Shards))
 			g = gs[loc.Shard.ID]
 			g.mu.Lock()
@@ -366,7 +376,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 				continue
 			}
 			entry = &ss.entry
-			*entry = inflight{}
+			*entry = inflight{tenant: tenant}
 			g.inflight[ss] = entry
 			g.mu.Unlock()
 			if cur := ss.srv.mp.Load(); cur != m {

@@ -96,6 +96,8 @@ type Server struct {
 	drainOnce  sync.Once
 	// usage counts per-tenant work; nil when Config.UsageCapacity < 0.
 	usage *usage.Sketch
+	// tfences holds the fenced tenants' holds (tenantfence.go).
+	tfences tenantFences
 }
 
 // New returns a Server for cfg. It does no I/O.
@@ -321,6 +323,9 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 			s.pool(n) // so each node's MinIdle connections are opened
 		}
 	}
+	if err := s.waitTenantFences(ctx, s.applyTenantFences(m)); err != nil {
+		return err
+	}
 	if len(fenced) == 0 {
 		return nil
 	}
@@ -387,8 +392,9 @@ type gate struct {
 }
 
 type inflight struct {
-	be  *pool.Conn
-	cut bool
+	be     *pool.Conn
+	cut    bool
+	tenant string // for tenant fences (tenantfence.go)
 }
 
 // gatesFor returns the gate slice, grown to at least n shards.
