@@ -1,12 +1,18 @@
-// Command importbench measures `pgtenant import start`'s copy: a legacy
-// database shaped like the demo's energy app (internal/demo: five tenant
-// tables, a child table, a reference table) on one local Postgres cluster,
-// copied into the shards of two nodes on two other clusters (default
-// settings, fsync on), with -parallel shards at once. It prints the bytes
-// copied (the binary COPY stream), the legacy tables' size on disk, rows and
-// MB/s. See bench/README.md.
+// Command importbench measures `pgtenant import`: a legacy database shaped
+// like the demo's energy app (internal/demo: five tenant tables, a child
+// table, a reference table) on one local Postgres cluster, copied into the
+// shards of two nodes on two other clusters (default settings, fsync on).
+// Each -parallel value is one round (a fresh catalog and fresh node
+// databases; give them interleaved, e.g. 1,4,1,4): it prints the bytes
+// copied (the binary COPY stream), the legacy tables' size on disk, rows
+// and MB/s. With -cutover, the last round goes on: a router serves every
+// tenant, -writers clients write through it (a ledger of acknowledged
+// inserts), the change stream follows, every shard is cut over in waves of
+// -cutover-parallel, and it prints each shard's pause, the clients' max
+// latency and whether every acknowledged write is on the shards once. See
+// bench/README.md.
 //
-//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 168] [-shards 64] [-parallel 1,2,4]
+//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 3200] [-shards 64] [-parallel 4,1,4] [-cutover]
 package main
 
 import (
@@ -35,11 +41,15 @@ import (
 )
 
 type options struct {
-	dir            string
-	tenants, hours int
-	shards         int
-	parallel       []int
-	maxRate        int64
+	dir             string
+	tenants, hours  int
+	shards          int
+	parallel        []int
+	maxRate         int64
+	unitMB          int
+	cutover         bool
+	writers         int
+	cutoverParallel int
 }
 
 func main() {
@@ -51,6 +61,10 @@ func main() {
 	flag.IntVar(&o.shards, "shards", 64, "shards")
 	flag.StringVar(&par, "parallel", "1,4", "shards copied at once; one import per value")
 	flag.Int64Var(&o.maxRate, "max-rate", 0, "bytes per second cap (0: none)")
+	flag.IntVar(&o.unitMB, "unit-mb", 0, "MB of heap per unit of work (0: the default, 64)")
+	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
+	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
+	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
@@ -128,23 +142,63 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
-	fmt.Fprintf(out, "%-9s %-8s %-12s %-10s %-14s %-14s\n", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)")
+	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
+	fmt.Fprintf(out, "load average at the start: %s\n\n", loadavg())
+	fmt.Fprintf(out, "%-6s %-9s %-8s %-12s %-10s %-10s %-18s %s\n", "round", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)", "load average")
 	for i, p := range o.parallel {
-		res, err := importOnce(ctx, o, clusters, legacyDSN, i, p)
+		last := i == len(o.parallel)-1
+		r, err := importOnce(ctx, o, clusters, legacyDSN, i, p, last && o.cutover)
 		if err != nil {
 			return err
 		}
-		s := res.Duration.Seconds()
-		fmt.Fprintf(out, "%-9d %-8d %-12d %-10.1f %-14s %.1f / %.1f\n", p, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
-			float64(res.Bytes)/1e6/s, float64(size)/1e6/s)
+		res := r.res
+		sec := res.Duration.Seconds()
+		fmt.Fprintf(out, "%-6d %-9d %-8d %-12d %-10.1f %-10s %-18s %s\n", i+1, p, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
+			fmt.Sprintf("%.1f / %.1f", float64(res.Bytes)/1e6/sec, float64(size)/1e6/sec), loadavg())
+		if last && o.cutover {
+			err = cutover(ctx, o, r, ids, out)
+		}
+		r.close()
+		if err != nil {
+			return err
+		}
+		// The node databases go, so the disk holds one copy at a time.
+		for _, cl := range clusters[1:] {
+			if err := exec(ctx, cl.DSN("postgres"), fmt.Sprintf(`DROP DATABASE IF EXISTS app%d WITH (FORCE)`, i)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
 
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// round is one import: its catalog, importer and node databases.
+type round struct {
+	res    *importer.StartResult
+	cat    *catalog.Catalog
+	catDSN string
+	im     *importer.Importer
+	nodes  map[string]string // node → DSN
+	legacy string
+}
+
+func (r *round) close() { r.cat.Close() }
+
 // importOnce runs one import of the legacy database into a fresh catalog
 // and fresh node databases (run i).
-func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int) (*importer.StartResult, error) {
+func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int, keep bool) (*round, error) {
 	catDSN := clusters[1].DSN(fmt.Sprintf("catalog%d", i))
 	if err := exec(ctx, clusters[1].DSN("postgres"), fmt.Sprintf(`CREATE DATABASE catalog%d`, i)); err != nil {
 		return nil, err
@@ -153,12 +207,17 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 	if err := c.Open(ctx); err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	r := &round{cat: c, catDSN: catDSN, nodes: map[string]string{}, legacy: legacyDSN}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
 	if err := c.Init(ctx, o.shards); err != nil {
 		return nil, err
 	}
 	var sn []shared.Node
-	dsn := map[string]string{}
 	for k, cl := range clusters[1:] {
 		name := fmt.Sprintf("n%d", k+1)
 		db := fmt.Sprintf("app%d", i)
@@ -169,13 +228,13 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 			return nil, err
 		}
 		sn = append(sn, shared.Node{Name: name, DSN: cl.DSN(db)})
-		dsn[name] = cl.DSN(db)
+		r.nodes[name] = cl.DSN(db)
 	}
 	if _, err := c.CreateShards(ctx); err != nil {
 		return nil, err
 	}
 	reg := tables.New(c.Pool())
-	for _, r := range []tables.Table{
+	for _, rule := range []tables.Table{
 		{Name: "customers", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
 		{Name: "buildings", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
 		{Name: "meters", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
@@ -184,11 +243,12 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 		{Name: "meter_notes", Kind: tables.KindChild, Parent: "meters", ParentKey: "meter_id", ParentColumn: "id"},
 		{Name: "energy_units", Kind: tables.KindShared},
 	} {
-		if err := reg.Set(ctx, r); err != nil {
+		if err := reg.Set(ctx, rule); err != nil {
 			return nil, err
 		}
 	}
 	im := importer.New(c, slog.New(slog.DiscardHandler))
+	r.im = im
 	if _, err := im.Init(ctx, importer.InitOptions{DSN: legacyDSN, Node: "legacy", RegisterTenants: true}); err != nil {
 		return nil, err
 	}
@@ -213,21 +273,27 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 	}
 	var targets []migrate.Target
 	for _, s := range shards {
-		targets = append(targets, migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: dsn[s.Node]})
+		targets = append(targets, migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: r.nodes[s.Node]})
 	}
 	if _, err := migrate.Up(ctx, os.DirFS(tmp+"/m"), targets, migrate.Options{}); err != nil {
 		return nil, err
 	}
-	res, err := im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate})
-	if err != nil {
+	if r.res, err = im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate, UnitBytes: int64(o.unitMB) << 20}); err != nil {
 		return nil, err
 	}
-	// The slot and publication go, so the next run starts afresh.
-	if err := exec(ctx, legacyDSN, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database();
-		DROP PUBLICATION IF EXISTS pgtenant_import; DROP SCHEMA IF EXISTS pgtenant_import CASCADE`); err != nil {
-		return nil, err
+	if !keep {
+		// The slot and publication go, so the next run starts afresh.
+		if err := dropImport(ctx, legacyDSN); err != nil {
+			return nil, err
+		}
 	}
-	return res, nil
+	ok = true
+	return r, nil
+}
+
+func dropImport(ctx context.Context, legacyDSN string) error {
+	return exec(ctx, legacyDSN, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database();
+		DROP PUBLICATION IF EXISTS pgtenant_import; DROP SCHEMA IF EXISTS pgtenant_import CASCADE`)
 }
 
 func exec(ctx context.Context, dsn, sql string) error {
