@@ -45,6 +45,7 @@ type options struct {
 	tenants, hours  int
 	shards          int
 	parallel        []int
+	keepTriggers    []bool
 	maxRate         int64
 	unitMB          int
 	cutover         bool
@@ -59,7 +60,7 @@ func main() {
 	flag.IntVar(&o.tenants, "tenants", 1000, "tenants in the legacy database")
 	flag.IntVar(&o.hours, "hours", 168, "hourly readings per meter (the bulk of the data)")
 	flag.IntVar(&o.shards, "shards", 64, "shards")
-	flag.StringVar(&par, "parallel", "1,4", "shards copied at once; one import per value")
+	flag.StringVar(&par, "parallel", "4,1,4", "units copied at once; one round per value (4t: with foreign key checks and triggers on the nodes)")
 	flag.Int64Var(&o.maxRate, "max-rate", 0, "bytes per second cap (0: none)")
 	flag.IntVar(&o.unitMB, "unit-mb", 0, "MB of heap per unit of work (0: the default, 64)")
 	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
@@ -67,12 +68,15 @@ func main() {
 	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(p))
+		p = strings.TrimSpace(p)
+		keep := strings.HasSuffix(p, "t")
+		n, err := strconv.Atoi(strings.TrimSuffix(p, "t"))
 		if err != nil || n < 1 {
-			fmt.Fprintln(os.Stderr, "importbench: -parallel: give numbers such as 1,4")
+			fmt.Fprintln(os.Stderr, "importbench: -parallel: give numbers such as 1,4 (4t: keep foreign key checks and triggers on the nodes)")
 			os.Exit(2)
 		}
 		o.parallel = append(o.parallel, n)
+		o.keepTriggers = append(o.keepTriggers, keep)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -101,8 +105,10 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}()
 	for _, name := range []string{"legacy", "n1", "n2"} {
 		c := localpg.New(filepath.Join(dir, name), 0)
-		if err := c.Init(ctx); err != nil {
-			return fmt.Errorf("init %s: %w", name, err)
+		if !c.Initialized() { // a -dir of an earlier run keeps its seeded legacy database
+			if err := c.Init(ctx); err != nil {
+				return fmt.Errorf("init %s: %w", name, err)
+			}
 		}
 		if err := c.StartOnFreePort(ctx); err != nil {
 			return fmt.Errorf("start %s: %w", name, err)
@@ -111,26 +117,19 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	t0 := time.Now()
 	legacyDSN := clusters[0].DSN("legacy")
-	if err := exec(ctx, clusters[0].DSN("postgres"), `CREATE DATABASE legacy`); err != nil {
-		return err
-	}
-	ddl, err := demo.LegacySchema()
+	ids := demo.TenantIDs(o.tenants)
+	seeded, err := seededBefore(ctx, clusters[0].DSN("postgres"))
 	if err != nil {
 		return err
 	}
-	if err := exec(ctx, legacyDSN, ddl); err != nil {
-		return err
+	if !seeded {
+		if err := seed(ctx, clusters[0].DSN("postgres"), legacyDSN, ids, o.hours); err != nil {
+			return err
+		}
 	}
 	conn, err := pgx.Connect(ctx, legacyDSN)
 	if err != nil {
 		return err
-	}
-	ids := demo.TenantIDs(o.tenants)
-	for i := 0; i < len(ids); i += 100 {
-		if err := demo.SeedLegacy(ctx, conn, "public", ids[i:min(i+100, len(ids))], o.hours); err != nil {
-			conn.Close(ctx)
-			return err
-		}
 	}
 	var size int64
 	var rows int64
@@ -147,13 +146,17 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	fmt.Fprintf(out, "%-6s %-9s %-8s %-12s %-10s %-10s %-18s %s\n", "round", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)", "load average")
 	for i, p := range o.parallel {
 		last := i == len(o.parallel)-1
-		r, err := importOnce(ctx, o, clusters, legacyDSN, i, p, last && o.cutover)
+		r, err := importOnce(ctx, o, clusters, legacyDSN, i, p, o.keepTriggers[i], last && o.cutover)
 		if err != nil {
 			return err
 		}
 		res := r.res
 		sec := res.Duration.Seconds()
-		fmt.Fprintf(out, "%-6d %-9d %-8d %-12d %-10.1f %-10s %-18s %s\n", i+1, p, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
+		pl := strconv.Itoa(p)
+		if o.keepTriggers[i] {
+			pl += " (fk)"
+		}
+		fmt.Fprintf(out, "%-6d %-9s %-8d %-12d %-10.1f %-10s %-18s %s\n", i+1, pl, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
 			fmt.Sprintf("%.1f / %.1f", float64(res.Bytes)/1e6/sec, float64(size)/1e6/sec), loadavg())
 		if last && o.cutover {
 			err = cutover(ctx, o, r, ids, out)
@@ -170,6 +173,55 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// seededBefore reports whether the legacy cluster (of a -dir kept from an
+// earlier run) holds a seeded legacy database already; one left half seeded
+// is dropped.
+func seededBefore(ctx context.Context, adminDSN string) (bool, error) {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	var seeded bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = 'legacy_seeded')`).Scan(&seeded); err != nil {
+		return false, err
+	}
+	if !seeded {
+		_, err = conn.Exec(ctx, `DROP DATABASE IF EXISTS legacy WITH (FORCE)`)
+	}
+	// Node and catalog databases of an earlier run go.
+	return seeded, err
+}
+
+// seed creates and fills the legacy database, then marks it seeded (an
+// empty database legacy_seeded) for a later run with the same -dir.
+func seed(ctx context.Context, adminDSN, legacyDSN string, ids []string, hours int) error {
+	if err := exec(ctx, adminDSN, `CREATE DATABASE legacy`); err != nil {
+		return err
+	}
+	ddl, err := demo.LegacySchema()
+	if err != nil {
+		return err
+	}
+	if err := exec(ctx, legacyDSN, ddl); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, legacyDSN)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	for i := 0; i < len(ids); i += 100 {
+		if err := demo.SeedLegacy(ctx, conn, "public", ids[i:min(i+100, len(ids))], hours); err != nil {
+			return err
+		}
+	}
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE`); err != nil {
+		return err
+	}
+	return exec(ctx, adminDSN, `CREATE DATABASE legacy_seeded`)
 }
 
 func loadavg() string {
@@ -198,9 +250,20 @@ func (r *round) close() { r.cat.Close() }
 
 // importOnce runs one import of the legacy database into a fresh catalog
 // and fresh node databases (run i).
-func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int, keep bool) (*round, error) {
-	catDSN := clusters[1].DSN(fmt.Sprintf("catalog%d", i))
-	if err := exec(ctx, clusters[1].DSN("postgres"), fmt.Sprintf(`CREATE DATABASE catalog%d`, i)); err != nil {
+func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int, keepTriggers, keep bool) (*round, error) {
+	catDB := fmt.Sprintf("catalog%d", i)
+	for _, cl := range clusters[1:] {
+		for _, db := range []string{catDB, fmt.Sprintf("app%d", i)} {
+			if err := exec(ctx, cl.DSN("postgres"), `DROP DATABASE IF EXISTS `+db+` WITH (FORCE)`); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := dropImport(ctx, legacyDSN); err != nil {
+		return nil, err
+	}
+	catDSN := clusters[1].DSN(catDB)
+	if err := exec(ctx, clusters[1].DSN("postgres"), `CREATE DATABASE `+catDB); err != nil {
 		return nil, err
 	}
 	c := catalog.New(catDSN, slog.New(slog.DiscardHandler))
@@ -278,7 +341,7 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 	if _, err := migrate.Up(ctx, os.DirFS(tmp+"/m"), targets, migrate.Options{}); err != nil {
 		return nil, err
 	}
-	if r.res, err = im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate, UnitBytes: int64(o.unitMB) << 20}); err != nil {
+	if r.res, err = im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate, UnitBytes: int64(o.unitMB) << 20, KeepTriggers: keepTriggers}); err != nil {
 		return nil, err
 	}
 	if !keep {
