@@ -125,8 +125,10 @@ func newImportVerifyCmd(a *app) *cobra.Command {
 		Short: "Compare row counts and checksums per tenant per table between the legacy database and the shards",
 		Long: `Compare, for every tenant of the copied shards (or of --shard N), each table's
 row count and a checksum of its rows between the legacy database and the
-shard. While the app writes, a tenant written in the last moments may differ
-until the stream has applied it: run it again. Exit status 1 on a difference.`,
+shard. While import start follows the changes, both sides are read at one
+point of the legacy database's history (the stream holds there while the
+shards are read), so the app keeps writing and a difference is a real one.
+Shards cut over are not compared. Exit status 1 on a difference.`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			var which []int

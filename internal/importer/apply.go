@@ -57,6 +57,10 @@ type applier struct {
 	// catchUp, when set, limits the applier to the tables a killed copy
 	// completed, up to a new snapshot's point (see Importer.catchUp).
 	catchUp *catchUp
+	// hold is the point of a verify the applier stops after (verify.go).
+	hold *verifyHold
+	// legacyConn reads and writes the verify table on the legacy database.
+	legacyConn *pgx.Conn
 
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
@@ -203,8 +207,50 @@ func (a *applier) renamed(rel *stream.Relation, schema string) *stream.Relation 
 	return &r
 }
 
-// Apply implements stream.Applier.
+// Apply implements stream.Applier. A verify request (see Verify) makes it
+// apply every transaction up to the verify's point, then hold until the
+// verify has read the shards.
 func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
+	if a.catchUp != nil {
+		return a.applyBatch(ctx, txns)
+	}
+	for len(txns) > 0 {
+		if a.hold != nil {
+			n := 0
+			for n < len(txns) && txns[n].EndLSN <= a.hold.until {
+				n++
+			}
+			if n == len(txns) {
+				return a.applyBatch(ctx, txns)
+			}
+			if n > 0 {
+				if err := a.applyBatch(ctx, txns[:n]); err != nil {
+					return err
+				}
+			}
+			if err := a.holdAt(ctx); err != nil {
+				return err
+			}
+			txns = txns[n:]
+			continue
+		}
+		i, seq := verifyRequest(txns)
+		if i < 0 {
+			return a.applyBatch(ctx, txns)
+		}
+		if err := a.applyBatch(ctx, txns[:i+1]); err != nil {
+			return err
+		}
+		if err := a.learnHold(ctx, seq); err != nil {
+			return err
+		}
+		txns = txns[i+1:]
+	}
+	return nil
+}
+
+// applyBatch routes and applies txns (one transaction per node).
+func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 	if err := a.reload(ctx); err != nil {
 		return err
 	}

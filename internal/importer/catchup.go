@@ -90,7 +90,7 @@ func (im *Importer) catchUp(ctx context.Context, imp *Import, rules []tables.Tab
 			if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES (-1, $1)`, rand.Int64N(1<<62))
+			_, err := tx.Exec(ctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, markerCatchUpEnd, rand.Int64N(1<<62))
 			return err
 		})
 		legacy.Close(context.Background())

@@ -48,6 +48,11 @@ type StartOptions struct {
 	// Progress, when set, is called about once a second and after each
 	// table, with the progress of every node.
 	Progress func([]NodeProgress)
+	// KeepTriggers makes the copy check foreign keys and fire triggers on
+	// the nodes, row by row; by default a node role that may set
+	// session_replication_role copies without them (the rows are as
+	// consistent as the snapshot they are read at).
+	KeepTriggers bool
 	// BeforeUnit, when set, is called before each unit's copy (tests use
 	// it to stop a run part way).
 	BeforeUnit func(ctx context.Context, table string, unit int) error
@@ -243,7 +248,7 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 	defer prog.stop()
 	workers := make([]*copyWorker, opts.Parallel)
 	for i := range workers {
-		workers[i] = &copyWorker{cs: cs, imp: imp, snapshot: snap.Snapshot, lim: lim, prog: prog, nodes: map[string]*pgx.Conn{}}
+		workers[i] = &copyWorker{cs: cs, imp: imp, snapshot: snap.Snapshot, lim: lim, prog: prog, nodes: map[string]*pgx.Conn{}, keepTriggers: opts.KeepTriggers}
 	}
 	defer func() {
 		for _, w := range workers {

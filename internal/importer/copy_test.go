@@ -66,9 +66,11 @@ func applyBaseline(t *testing.T, c *catalog.Catalog, im *Importer) {
 // updates and deletes) are on the shards exactly once, every table of every
 // tenant equal to the legacy database's (count and checksum).
 func TestStartCopiesAndResumes(t *testing.T) {
-	ctx := ctxT(t)
+	// Longer than ctxT: the machine the tests run on is shared and loaded.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
 	c := newCatalog(t, 16, 2)
-	legacy, ids := newLegacy(t, srvA, c, 60, 20)
+	legacy, ids := newLegacy(t, srvA, c, 60, 8)
 	im := New(c, nil)
 	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/stream"
 	"github.com/pgtenant/pgtenant/internal/tables"
@@ -290,6 +292,8 @@ type copyWorker struct {
 	prog     *copyProgress
 	legacy   *pgx.Conn
 	nodes    map[string]*pgx.Conn
+	// keepTriggers: foreign key checks and triggers run on the nodes.
+	keepTriggers bool
 }
 
 func (w *copyWorker) close() {
@@ -301,6 +305,29 @@ func (w *copyWorker) close() {
 		c.Close(context.Background())
 		delete(w.nodes, k)
 	}
+}
+
+// connectNode opens a connection to node name. Unless the copy keeps
+// triggers, it runs with session_replication_role = replica where the role
+// may set it (a superuser, or GRANT SET ON PARAMETER): the rows are copied
+// as they were at the snapshot, where their foreign keys held, so the
+// per-row foreign key checks and the app's triggers are skipped; elsewhere
+// (42501) they run.
+func (w *copyWorker) connectNode(ctx context.Context, name string) (*pgx.Conn, error) {
+	conn, err := connect(ctx, w.cs.nodes[name].dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to node %s: %w", name, err)
+	}
+	if !w.keepTriggers {
+		if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "42501" {
+				conn.Close(context.Background())
+				return nil, fmt.Errorf("node %s: %w", name, err)
+			}
+		}
+	}
+	return conn, nil
 }
 
 func (w *copyWorker) openLegacy(ctx context.Context) error {
@@ -337,8 +364,8 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	for name := range u.nodes {
 		conn := w.nodes[name]
 		if conn == nil {
-			if conn, err = connect(ctx, w.cs.nodes[name].dsn); err != nil {
-				return 0, 0, fmt.Errorf("connect to node %s: %w", name, err)
+			if conn, err = w.connectNode(ctx, name); err != nil {
+				return 0, 0, err
 			}
 			w.nodes[name] = conn
 		}

@@ -6,7 +6,10 @@
 // shard from its existing schema (pgtenant.imports, pgtenant.import_shards):
 // the router routes each tenant to the legacy database, unchanged, until its
 // shard is cut over. Baseline writes the legacy tables' definitions as the
-// shards' first migration. Start copies each tenant's rows into its shard
-// schema on the shard's node at the snapshot of a logical replication slot,
-// shard by shard, recording what is done so a killed run resumes.
+// shards' first migration. Start reads each legacy table once at the
+// snapshot of a logical replication slot and routes each row to its
+// tenant's shard schema on the shard's node (binary COPY), recording the
+// tables complete on each node so a killed run resumes; Follow applies the
+// change stream; Verify compares both sides at one point of the legacy
+// database's history while changes flow.
 package importer

@@ -2,12 +2,17 @@ package importer
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtenant/pgtenant/internal/stream"
 	"github.com/pgtenant/pgtenant/internal/tables"
 )
 
@@ -23,20 +28,85 @@ type Mismatch struct {
 // VerifyReport is what Verify compared.
 type VerifyReport struct {
 	Shards, Tenants, Tables int
-	Rows                    int64
-	Mismatches              []Mismatch
+	// CutOver counts the shards not compared because they are cut over.
+	CutOver    int
+	Rows       int64
+	Mismatches []Mismatch
+	// Consistent: both sides were read at one point of the legacy
+	// database's history, LSN (the import was streaming).
+	Consistent bool
+	LSN        string
 }
 
 // OK reports whether every tenant's rows matched.
 func (r *VerifyReport) OK() bool { return len(r.Mismatches) == 0 }
 
-// Verify compares, for every tenant of the given shards (all copied shards
-// when shards is nil) and every tenant table, the row count and a checksum
-// of the rows (md5 of their text, in order) between the legacy database and
-// the shard's schema on its node. It reads each side in one REPEATABLE READ
-// transaction; while changes flow the two sides are equal only once the
-// stream has applied what the legacy side shows.
+// VerifyOptions tune VerifyWith.
+type VerifyOptions struct {
+	// Shards to compare; nil means every copied shard not cut over.
+	Shards []int
+	// Timeout bounds the wait for the change stream to reach the verify's
+	// point; 0 means 2 minutes.
+	Timeout time.Duration
+}
+
+// ErrVerifyNoStream: the change stream did not reach the verify's point.
+var ErrVerifyNoStream = errors.New("the change stream did not reach the verify's point in time; is `pgtenant import start` (or its follow) running? `pgtenant import status` shows its lag")
+
+// ErrVerifyHoldLapsed: the stream stopped holding before the shards were read.
+var ErrVerifyHoldLapsed = errors.New("the change stream stopped holding at the verify's point before the shards were read (the hold lasts at most 2 minutes); verify fewer shards at once (--shard)")
+
+// Verify compares the given shards (nil: every copied shard not cut over);
+// see VerifyWith.
 func (im *Importer) Verify(ctx context.Context, shards []int) (*VerifyReport, error) {
+	return im.VerifyWith(ctx, VerifyOptions{Shards: shards})
+}
+
+// Marker rows of the verify protocol (pgtenant_import.marker.shard).
+const (
+	markerCatchUpEnd    = -1 // Importer.catchUp's end of stream
+	markerVerifyRequest = -2 // a verify's request: the applier learns its point
+	markerVerifyEnd     = -3 // a transaction past the verify's point
+)
+
+// verifyTable on the legacy database (not published) is where a verify
+// and the applier agree on the point, the hold and the release.
+const verifyTable = markerSchema + ".verify"
+
+// VerifyWith compares, for every tenant of the shards and every tenant
+// table, the row count and a checksum of the rows (md5 of their text, in
+// order) between the legacy database and the shard's schema on its node.
+//
+// While the change stream runs (the import is streaming), both sides are
+// read at one consistent point, with writes flowing:
+//
+//  1. The verify commits, on the legacy database, a row in
+//     pgtenant_import.verify and a request marker (published) naming it.
+//  2. It creates a temporary logical slot: its exported snapshot S holds
+//     exactly the transactions that end at or before the slot's consistent
+//     point L (the rule the copy's snapshots and the stream already share),
+//     and records L in the verify row.
+//  3. It commits an end marker (a transaction past L, so the stream has
+//     one to stop before) and reads the legacy side at S.
+//  4. The applier, on the request marker (which ends before L: it was
+//     committed before the slot), reads L from the verify row, applies
+//     every transaction ending at or before L, and before the first one
+//     past L records in the verify row that it holds, then waits (at most
+//     2 minutes) for the release.
+//  5. The verify waits for the hold, reads each node's shard tables (they
+//     now hold exactly the changes up to L: only the stream writes the
+//     shards of a shard not cut over), then releases the applier. A hold
+//     that lapsed before the release fails the verify (ErrVerifyHoldLapsed).
+//
+// A difference found this way is not a write in flight: it is a real one.
+// Without a stream (the import is copying or copied), the two sides are
+// read as they are: a shard holds its copy's snapshot, and a difference
+// may be a change the stream will bring. Shards cut over are not compared
+// (the legacy database no longer gets their writes).
+func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*VerifyReport, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Minute
+	}
 	imp, err := im.load(ctx)
 	if err != nil {
 		return nil, err
@@ -55,7 +125,7 @@ func (im *Importer) Verify(ctx context.Context, shards []int) (*VerifyReport, er
 		return nil, err
 	}
 	want := map[int]bool{}
-	for _, s := range shards {
+	for _, s := range opts.Shards {
 		want[s] = true
 	}
 	tenants, err := im.tenantsByShard(ctx)
@@ -63,20 +133,47 @@ func (im *Importer) Verify(ctx context.Context, shards []int) (*VerifyReport, er
 		return nil, err
 	}
 	rep := &VerifyReport{Tables: len(rules)}
+	var todo []ShardProgress
+	for _, s := range all {
+		if opts.Shards != nil && !want[s.Shard] || s.State != ShardCopied {
+			if s.State == ShardCutover && (opts.Shards == nil || want[s.Shard]) {
+				rep.CutOver++
+			}
+			continue
+		}
+		rep.Shards++
+		if len(tenants[s.Shard]) > 0 {
+			todo = append(todo, s)
+		}
+	}
+	var ids []string
+	for _, s := range todo {
+		ids = append(ids, tenants[s.Shard]...)
+	}
+
+	// The legacy side (at the verify's point while streaming).
+	var release func(context.Context) error
+	var l map[[2]string]sum
+	if imp.State == StateStreaming && len(todo) > 0 {
+		rep.Consistent = true
+		var lsn string
+		l, lsn, release, err = im.legacyAtPoint(ctx, imp, legacy, rules, ids, opts.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+		rep.LSN = lsn
+	} else if l, err = sums(ctx, legacy, "", imp.LegacySchema, rules, ids); err != nil {
+		return nil, fmt.Errorf("verify on the legacy database: %w", err)
+	}
+
+	// The shards' side.
 	targets := map[string]*pgx.Conn{}
 	defer func() {
 		for _, c := range targets {
 			c.Close(context.Background())
 		}
 	}()
-	for _, s := range all {
-		if shards == nil && s.State != ShardCopied && s.State != ShardCutover || shards != nil && !want[s.Shard] {
-			continue
-		}
-		if len(tenants[s.Shard]) == 0 {
-			rep.Shards++
-			continue
-		}
+	for _, s := range todo {
 		dst := targets[s.Node]
 		if dst == nil {
 			if dst, err = connect(ctx, s.NodeDSN); err != nil {
@@ -84,22 +181,18 @@ func (im *Importer) Verify(ctx context.Context, shards []int) (*VerifyReport, er
 			}
 			targets[s.Node] = dst
 		}
-		l, err := sums(ctx, legacy, imp.LegacySchema, rules, tenants[s.Shard])
-		if err != nil {
-			return nil, fmt.Errorf("verify shard %d on the legacy database: %w", s.Shard, err)
-		}
-		r, err := sums(ctx, dst, s.Schema, rules, tenants[s.Shard])
+		r, err := sums(ctx, dst, "", s.Schema, rules, tenants[s.Shard])
 		if err != nil {
 			return nil, fmt.Errorf("verify shard %d on node %s: %w", s.Shard, s.Node, err)
 		}
-		rep.Shards++
 		rep.Tenants += len(tenants[s.Shard])
 		keys := map[[2]string]bool{}
-		for k := range l {
-			keys[k] = true
-		}
-		for k := range r {
-			keys[k] = true
+		for _, id := range tenants[s.Shard] {
+			for _, t := range rules {
+				if t.Kind != tables.KindShared {
+					keys[[2]string{id, t.Name}] = true
+				}
+			}
 		}
 		for k := range keys {
 			a, b := l[k], r[k]
@@ -108,6 +201,11 @@ func (im *Importer) Verify(ctx context.Context, shards []int) (*VerifyReport, er
 				rep.Mismatches = append(rep.Mismatches, Mismatch{Shard: s.Shard, Tenant: k[0], Table: k[1],
 					LegacyRows: a.rows, ShardRows: b.rows, LegacyChecksum: a.sum, ShardChecksum: b.sum})
 			}
+		}
+	}
+	if release != nil {
+		if err := release(ctx); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
 		}
 	}
 	sort.Slice(rep.Mismatches, func(i, j int) bool {
@@ -120,8 +218,217 @@ func (im *Importer) Verify(ctx context.Context, shards []int) (*VerifyReport, er
 		}
 		return a.Table < b.Table
 	})
-	im.cat.RecordOperation(ctx, "import verify", map[string]any{"shards": rep.Shards, "tenants": rep.Tenants, "rows": rep.Rows, "mismatches": len(rep.Mismatches)}, nil)
+	im.cat.RecordOperation(ctx, "import verify", map[string]any{"shards": rep.Shards, "tenants": rep.Tenants, "rows": rep.Rows,
+		"mismatches": len(rep.Mismatches), "consistent": rep.Consistent, "lsn": rep.LSN}, nil)
 	return rep, nil
+}
+
+// legacyAtPoint runs steps 1 to 3 of the verify protocol (see VerifyWith)
+// and waits for step 4: it returns the legacy side's sums at the verify's
+// point, the point, and the release of the applier's hold.
+func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration) (map[[2]string]sum, string, func(context.Context) error, error) {
+	if _, err := legacy.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+verifyTable+` (seq bigint PRIMARY KEY, lsn pg_lsn, held_at timestamptz, released_at timestamptz,
+		created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return nil, "", nil, fmt.Errorf("create %s on the legacy database: %w", verifyTable, err)
+	}
+	seq := rand.Int64N(1 << 62)
+	marker := func(shard int) error {
+		return pgx.BeginFunc(ctx, legacy, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+				return err
+			}
+			if shard == markerVerifyRequest {
+				if _, err := tx.Exec(ctx, `INSERT INTO `+verifyTable+` (seq) VALUES ($1)`, seq); err != nil {
+					return err
+				}
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, shard, seq)
+			return err
+		})
+	}
+	cleanup := func() {
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_, _ = legacy.Exec(bg, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND released_at IS NULL`, seq)
+		_, _ = legacy.Exec(bg, `DELETE FROM `+verifyTable+` WHERE seq = $1 OR created_at < now() - interval '1 day'`, seq)
+	}
+	if err := marker(markerVerifyRequest); err != nil {
+		return nil, "", nil, fmt.Errorf("write the verify request on the legacy database: %w", err)
+	}
+	snap, err := createSlot(ctx, imp.LegacyDSN, fmt.Sprintf("pgtenant_verify_%d", seq%1e9), true)
+	if err != nil {
+		cleanup()
+		return nil, "", nil, err
+	}
+	defer snap.Close(context.Background())
+	if _, err := legacy.Exec(ctx, `UPDATE `+verifyTable+` SET lsn = $2::pg_lsn WHERE seq = $1`, seq, snap.ConsistentLSN); err != nil {
+		cleanup()
+		return nil, "", nil, fmt.Errorf("record the verify's point: %w", err)
+	}
+	if err := marker(markerVerifyEnd); err != nil {
+		cleanup()
+		return nil, "", nil, fmt.Errorf("write the verify's end marker on the legacy database: %w", err)
+	}
+	reader, err := connect(ctx, imp.LegacyDSN)
+	if err != nil {
+		cleanup()
+		return nil, "", nil, err
+	}
+	l, err := sums(ctx, reader, snap.Snapshot, imp.LegacySchema, rules, ids)
+	reader.Close(context.Background())
+	if err != nil {
+		cleanup()
+		return nil, "", nil, fmt.Errorf("read the legacy database at the verify's point: %w", err)
+	}
+	snap.Close(context.Background())
+	deadline := time.Now().Add(timeout)
+	for {
+		var held bool
+		if err := legacy.QueryRow(ctx, `SELECT held_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&held); err != nil {
+			cleanup()
+			return nil, "", nil, fmt.Errorf("wait for the change stream: %w", err)
+		}
+		if held {
+			break
+		}
+		if time.Now().After(deadline) {
+			cleanup()
+			return nil, "", nil, ErrVerifyNoStream
+		}
+		select {
+		case <-ctx.Done():
+			cleanup()
+			return nil, "", nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	release := func(ctx context.Context) error {
+		defer cleanup()
+		tag, err := legacy.Exec(ctx, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND released_at IS NULL`, seq)
+		if err != nil {
+			return fmt.Errorf("release the change stream: %w", err)
+		}
+		if tag.RowsAffected() != 1 {
+			return ErrVerifyHoldLapsed
+		}
+		return nil
+	}
+	return l, snap.ConsistentLSN, release, nil
+}
+
+// verifyHold is the point of a verify request the applier holds at.
+type verifyHold struct {
+	seq   int64
+	until stream.LSN
+}
+
+// holdTimeout bounds an applier's hold at a verify's point.
+const holdTimeout = 2 * time.Minute
+
+// verifyRequest finds the first transaction of txns carrying a verify
+// request marker: its index and the request's seq (-1 when none).
+func verifyRequest(txns []*stream.Txn) (int, int64) {
+	for i, t := range txns {
+		for _, c := range t.Changes {
+			if c.Kind != stream.Insert || c.Rel.Schema != markerSchema || c.Rel.Table != markerTable {
+				continue
+			}
+			sh, _ := value(c.New, column(c.Rel, "shard"))
+			if sh != strconv.Itoa(markerVerifyRequest) {
+				continue
+			}
+			v, _ := value(c.New, column(c.Rel, "seq"))
+			if seq, err := strconv.ParseInt(v, 10, 64); err == nil {
+				return i, seq
+			}
+		}
+	}
+	return -1, 0
+}
+
+// learnHold reads the point of verify request seq (step 4 of the
+// protocol): the verify records it right after creating its slot. A
+// request whose verify is gone is ignored.
+func (a *applier) learnHold(ctx context.Context, seq int64) error {
+	if a.legacyConn == nil {
+		imp, err := a.im.load(ctx)
+		if err != nil {
+			return err
+		}
+		if a.legacyConn, err = connect(ctx, imp.LegacyDSN); err != nil {
+			return fmt.Errorf("verify hold: connect to the legacy database: %w", err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var lsn *string
+		var released bool
+		err := a.legacyConn.QueryRow(ctx, `SELECT lsn::text, released_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&lsn, &released)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && released {
+			return a.closeLegacy()
+		}
+		if err != nil {
+			return fmt.Errorf("verify hold: read the verify's point: %w", err)
+		}
+		if lsn != nil {
+			until, err := stream.ParseLSN(*lsn)
+			if err != nil {
+				return err
+			}
+			a.hold = &verifyHold{seq: seq, until: until}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			a.log.Warn("import: a verify request never got its point; going on", "seq", seq)
+			return a.closeLegacy()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// holdAt records that every change up to the hold's point is applied and
+// waits for the verify's release (at most holdTimeout).
+func (a *applier) holdAt(ctx context.Context) error {
+	h := a.hold
+	a.hold = nil
+	defer a.closeLegacy()
+	if _, err := a.legacyConn.Exec(ctx, `UPDATE `+verifyTable+` SET held_at = now() WHERE seq = $1`, h.seq); err != nil {
+		return fmt.Errorf("verify hold: %w", err)
+	}
+	deadline := time.Now().Add(holdTimeout)
+	for {
+		var released bool
+		err := a.legacyConn.QueryRow(ctx, `SELECT released_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, h.seq).Scan(&released)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && released {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("verify hold: %w", err)
+		}
+		if time.Now().After(deadline) {
+			// The verify learns it lapsed when it releases.
+			_, err := a.legacyConn.Exec(ctx, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND released_at IS NULL`, h.seq)
+			a.log.Warn("import: a verify held the change stream too long; going on", "seq", h.seq)
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (a *applier) closeLegacy() error {
+	if a.legacyConn != nil {
+		a.legacyConn.Close(context.Background())
+		a.legacyConn = nil
+	}
+	return nil
 }
 
 type sum struct {
@@ -130,14 +437,19 @@ type sum struct {
 }
 
 // sums reads, for tenants, each table's row count and checksum per tenant
-// in schema, in one REPEATABLE READ transaction.
-func sums(ctx context.Context, conn *pgx.Conn, schema string, rules []tables.Table, tenants []string) (map[[2]string]sum, error) {
+// in schema, in one REPEATABLE READ transaction (at snapshot when given).
+func sums(ctx context.Context, conn *pgx.Conn, snapshot, schema string, rules []tables.Table, tenants []string) (map[[2]string]sum, error) {
 	byName := map[string]tables.Table{}
 	for _, t := range rules {
 		byName[t.Name] = t
 	}
 	out := map[[2]string]sum{}
 	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if snapshot != "" {
+			if _, err := tx.Exec(ctx, `SET TRANSACTION SNAPSHOT '`+strings.ReplaceAll(snapshot, "'", "''")+`'`); err != nil {
+				return fmt.Errorf("import the verify's snapshot: %w", err)
+			}
+		}
 		for _, t := range rules {
 			var tenantExpr, join string
 			switch t.Kind {

@@ -1,12 +1,18 @@
-// Command importbench measures `pgtenant import start`'s copy: a legacy
-// database shaped like the demo's energy app (internal/demo: five tenant
-// tables, a child table, a reference table) on one local Postgres cluster,
-// copied into the shards of two nodes on two other clusters (default
-// settings, fsync on), with -parallel shards at once. It prints the bytes
-// copied (the binary COPY stream), the legacy tables' size on disk, rows and
-// MB/s. See bench/README.md.
+// Command importbench measures `pgtenant import`: a legacy database shaped
+// like the demo's energy app (internal/demo: five tenant tables, a child
+// table, a reference table) on one local Postgres cluster, copied into the
+// shards of two nodes on two other clusters (default settings, fsync on).
+// Each -parallel value is one round (a fresh catalog and fresh node
+// databases; give them interleaved, e.g. 1,4,1,4): it prints the bytes
+// copied (the binary COPY stream), the legacy tables' size on disk, rows
+// and MB/s. With -cutover, the last round goes on: a router serves every
+// tenant, -writers clients write through it (a ledger of acknowledged
+// inserts), the change stream follows, every shard is cut over in waves of
+// -cutover-parallel, and it prints each shard's pause, the clients' max
+// latency and whether every acknowledged write is on the shards once. See
+// bench/README.md.
 //
-//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 168] [-shards 64] [-parallel 1,2,4]
+//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 900] [-shards 64] [-parallel 4,1,4] [-cutover]
 package main
 
 import (
@@ -35,11 +41,16 @@ import (
 )
 
 type options struct {
-	dir            string
-	tenants, hours int
-	shards         int
-	parallel       []int
-	maxRate        int64
+	dir             string
+	tenants, hours  int
+	shards          int
+	parallel        []int
+	keepTriggers    []bool
+	maxRate         int64
+	unitMB          int
+	cutover         bool
+	writers         int
+	cutoverParallel int
 }
 
 func main() {
@@ -47,18 +58,25 @@ func main() {
 	var par string
 	flag.StringVar(&o.dir, "dir", "", "directory for the clusters; empty means a temporary one, removed at the end")
 	flag.IntVar(&o.tenants, "tenants", 1000, "tenants in the legacy database")
-	flag.IntVar(&o.hours, "hours", 168, "hourly readings per meter (the bulk of the data)")
+	flag.IntVar(&o.hours, "hours", 900, "hourly readings per meter (the bulk of the data; 900 with 1000 tenants is ~1.2 GB)")
 	flag.IntVar(&o.shards, "shards", 64, "shards")
-	flag.StringVar(&par, "parallel", "1,4", "shards copied at once; one import per value")
+	flag.StringVar(&par, "parallel", "4,1,4", "units copied at once; one round per value (4t: with foreign key checks and triggers on the nodes)")
 	flag.Int64Var(&o.maxRate, "max-rate", 0, "bytes per second cap (0: none)")
+	flag.IntVar(&o.unitMB, "unit-mb", 0, "MB of heap per unit of work (0: the default, 64)")
+	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
+	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
+	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(p))
+		p = strings.TrimSpace(p)
+		keep := strings.HasSuffix(p, "t")
+		n, err := strconv.Atoi(strings.TrimSuffix(p, "t"))
 		if err != nil || n < 1 {
-			fmt.Fprintln(os.Stderr, "importbench: -parallel: give numbers such as 1,4")
+			fmt.Fprintln(os.Stderr, "importbench: -parallel: give numbers such as 1,4 (4t: keep foreign key checks and triggers on the nodes)")
 			os.Exit(2)
 		}
 		o.parallel = append(o.parallel, n)
+		o.keepTriggers = append(o.keepTriggers, keep)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -87,8 +105,10 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}()
 	for _, name := range []string{"legacy", "n1", "n2"} {
 		c := localpg.New(filepath.Join(dir, name), 0)
-		if err := c.Init(ctx); err != nil {
-			return fmt.Errorf("init %s: %w", name, err)
+		if !c.Initialized() { // a -dir of an earlier run keeps its seeded legacy database
+			if err := c.Init(ctx); err != nil {
+				return fmt.Errorf("init %s: %w", name, err)
+			}
 		}
 		if err := c.StartOnFreePort(ctx); err != nil {
 			return fmt.Errorf("start %s: %w", name, err)
@@ -97,7 +117,88 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	t0 := time.Now()
 	legacyDSN := clusters[0].DSN("legacy")
-	if err := exec(ctx, clusters[0].DSN("postgres"), `CREATE DATABASE legacy`); err != nil {
+	ids := demo.TenantIDs(o.tenants)
+	seeded, err := seededBefore(ctx, clusters[0].DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	if !seeded {
+		if err := seed(ctx, clusters[0].DSN("postgres"), legacyDSN, ids, o.hours); err != nil {
+			return err
+		}
+	}
+	conn, err := pgx.Connect(ctx, legacyDSN)
+	if err != nil {
+		return err
+	}
+	var size int64
+	var rows int64
+	err = conn.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid))::bigint, sum(c.reltuples)::bigint FROM pg_class c
+		WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname <> 'energy_units'`).Scan(&size, &rows)
+	conn.Exec(ctx, `ANALYZE`)
+	conn.QueryRow(ctx, `SELECT sum(c.reltuples)::bigint FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'`).Scan(&rows)
+	conn.Close(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
+	fmt.Fprintf(out, "load average at the start: %s\n\n", loadavg())
+	fmt.Fprintf(out, "%-6s %-9s %-8s %-12s %-10s %-10s %-18s %s\n", "round", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)", "load average")
+	for i, p := range o.parallel {
+		last := i == len(o.parallel)-1
+		r, err := importOnce(ctx, o, clusters, legacyDSN, i, p, o.keepTriggers[i], last && o.cutover)
+		if err != nil {
+			return err
+		}
+		res := r.res
+		sec := res.Duration.Seconds()
+		pl := strconv.Itoa(p)
+		if o.keepTriggers[i] {
+			pl += " (fk)"
+		}
+		fmt.Fprintf(out, "%-6d %-9s %-8d %-12d %-10.1f %-10s %-18s %s\n", i+1, pl, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
+			fmt.Sprintf("%.1f / %.1f", float64(res.Bytes)/1e6/sec, float64(size)/1e6/sec), loadavg())
+		if last && o.cutover {
+			err = cutover(ctx, o, r, ids, out)
+		}
+		r.close()
+		if err != nil {
+			return err
+		}
+		// The node databases go, so the disk holds one copy at a time.
+		for _, cl := range clusters[1:] {
+			if err := exec(ctx, cl.DSN("postgres"), fmt.Sprintf(`DROP DATABASE IF EXISTS app%d WITH (FORCE)`, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// seededBefore reports whether the legacy cluster (of a -dir kept from an
+// earlier run) holds a seeded legacy database already; one left half seeded
+// is dropped.
+func seededBefore(ctx context.Context, adminDSN string) (bool, error) {
+	conn, err := pgx.Connect(ctx, adminDSN)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	var seeded bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = 'legacy_seeded')`).Scan(&seeded); err != nil {
+		return false, err
+	}
+	if !seeded {
+		_, err = conn.Exec(ctx, `DROP DATABASE IF EXISTS legacy WITH (FORCE)`)
+	}
+	// Node and catalog databases of an earlier run go.
+	return seeded, err
+}
+
+// seed creates and fills the legacy database, then marks it seeded (an
+// empty database legacy_seeded) for a later run with the same -dir.
+func seed(ctx context.Context, adminDSN, legacyDSN string, ids []string, hours int) error {
+	if err := exec(ctx, adminDSN, `CREATE DATABASE legacy`); err != nil {
 		return err
 	}
 	ddl, err := demo.LegacySchema()
@@ -111,54 +212,75 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ids := demo.TenantIDs(o.tenants)
+	defer conn.Close(context.Background())
 	for i := 0; i < len(ids); i += 100 {
-		if err := demo.SeedLegacy(ctx, conn, "public", ids[i:min(i+100, len(ids))], o.hours); err != nil {
-			conn.Close(ctx)
+		if err := demo.SeedLegacy(ctx, conn, "public", ids[i:min(i+100, len(ids))], hours); err != nil {
 			return err
 		}
 	}
-	var size int64
-	var rows int64
-	err = conn.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid))::bigint, sum(c.reltuples)::bigint FROM pg_class c
-		WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname <> 'energy_units'`).Scan(&size, &rows)
-	conn.Exec(ctx, `ANALYZE`)
-	conn.QueryRow(ctx, `SELECT sum(c.reltuples)::bigint FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'`).Scan(&rows)
-	conn.Close(ctx)
-	if err != nil {
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE`); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
-	fmt.Fprintf(out, "%-9s %-8s %-12s %-10s %-14s %-14s\n", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)")
-	for i, p := range o.parallel {
-		res, err := importOnce(ctx, o, clusters, legacyDSN, i, p)
-		if err != nil {
-			return err
-		}
-		s := res.Duration.Seconds()
-		fmt.Fprintf(out, "%-9d %-8d %-12d %-10.1f %-14s %.1f / %.1f\n", p, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
-			float64(res.Bytes)/1e6/s, float64(size)/1e6/s)
-	}
-	return nil
+	return exec(ctx, adminDSN, `CREATE DATABASE legacy_seeded`)
 }
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// round is one import: its catalog, importer and node databases.
+type round struct {
+	res    *importer.StartResult
+	cat    *catalog.Catalog
+	catDSN string
+	im     *importer.Importer
+	nodes  map[string]string // node → DSN
+	legacy string
+}
+
+func (r *round) close() { r.cat.Close() }
 
 // importOnce runs one import of the legacy database into a fresh catalog
 // and fresh node databases (run i).
-func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int) (*importer.StartResult, error) {
-	catDSN := clusters[1].DSN(fmt.Sprintf("catalog%d", i))
-	if err := exec(ctx, clusters[1].DSN("postgres"), fmt.Sprintf(`CREATE DATABASE catalog%d`, i)); err != nil {
+func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, legacyDSN string, i, parallel int, keepTriggers, keep bool) (*round, error) {
+	catDB := fmt.Sprintf("catalog%d", i)
+	for _, cl := range clusters[1:] {
+		for _, db := range []string{catDB, fmt.Sprintf("app%d", i)} {
+			if err := exec(ctx, cl.DSN("postgres"), `DROP DATABASE IF EXISTS `+db+` WITH (FORCE)`); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := dropImport(ctx, legacyDSN); err != nil {
+		return nil, err
+	}
+	catDSN := clusters[1].DSN(catDB)
+	if err := exec(ctx, clusters[1].DSN("postgres"), `CREATE DATABASE `+catDB); err != nil {
 		return nil, err
 	}
 	c := catalog.New(catDSN, slog.New(slog.DiscardHandler))
 	if err := c.Open(ctx); err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	r := &round{cat: c, catDSN: catDSN, nodes: map[string]string{}, legacy: legacyDSN}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
 	if err := c.Init(ctx, o.shards); err != nil {
 		return nil, err
 	}
 	var sn []shared.Node
-	dsn := map[string]string{}
 	for k, cl := range clusters[1:] {
 		name := fmt.Sprintf("n%d", k+1)
 		db := fmt.Sprintf("app%d", i)
@@ -169,13 +291,13 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 			return nil, err
 		}
 		sn = append(sn, shared.Node{Name: name, DSN: cl.DSN(db)})
-		dsn[name] = cl.DSN(db)
+		r.nodes[name] = cl.DSN(db)
 	}
 	if _, err := c.CreateShards(ctx); err != nil {
 		return nil, err
 	}
 	reg := tables.New(c.Pool())
-	for _, r := range []tables.Table{
+	for _, rule := range []tables.Table{
 		{Name: "customers", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
 		{Name: "buildings", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
 		{Name: "meters", Kind: tables.KindTenant, TenantColumn: "tenant_id"},
@@ -184,11 +306,12 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 		{Name: "meter_notes", Kind: tables.KindChild, Parent: "meters", ParentKey: "meter_id", ParentColumn: "id"},
 		{Name: "energy_units", Kind: tables.KindShared},
 	} {
-		if err := reg.Set(ctx, r); err != nil {
+		if err := reg.Set(ctx, rule); err != nil {
 			return nil, err
 		}
 	}
 	im := importer.New(c, slog.New(slog.DiscardHandler))
+	r.im = im
 	if _, err := im.Init(ctx, importer.InitOptions{DSN: legacyDSN, Node: "legacy", RegisterTenants: true}); err != nil {
 		return nil, err
 	}
@@ -213,21 +336,27 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 	}
 	var targets []migrate.Target
 	for _, s := range shards {
-		targets = append(targets, migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: dsn[s.Node]})
+		targets = append(targets, migrate.Target{Shard: s.ID, Schema: s.Schema, Node: s.Node, DSN: r.nodes[s.Node]})
 	}
 	if _, err := migrate.Up(ctx, os.DirFS(tmp+"/m"), targets, migrate.Options{}); err != nil {
 		return nil, err
 	}
-	res, err := im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate})
-	if err != nil {
+	if r.res, err = im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate, UnitBytes: int64(o.unitMB) << 20, KeepTriggers: keepTriggers}); err != nil {
 		return nil, err
 	}
-	// The slot and publication go, so the next run starts afresh.
-	if err := exec(ctx, legacyDSN, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database();
-		DROP PUBLICATION IF EXISTS pgtenant_import; DROP SCHEMA IF EXISTS pgtenant_import CASCADE`); err != nil {
-		return nil, err
+	if !keep {
+		// The slot and publication go, so the next run starts afresh.
+		if err := dropImport(ctx, legacyDSN); err != nil {
+			return nil, err
+		}
 	}
-	return res, nil
+	ok = true
+	return r, nil
+}
+
+func dropImport(ctx context.Context, legacyDSN string) error {
+	return exec(ctx, legacyDSN, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database();
+		DROP PUBLICATION IF EXISTS pgtenant_import; DROP SCHEMA IF EXISTS pgtenant_import CASCADE`)
 }
 
 func exec(ctx context.Context, dsn, sql string) error {
