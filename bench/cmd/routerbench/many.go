@@ -38,7 +38,7 @@ type manyResult struct {
 	// client (runtime.MemStats StackInuse and HeapInuse deltas); 0 for
 	// pgbouncer.
 	stackKiB, heapKiB float64
-	err              string
+	err               string
 }
 
 // latencyResult is one rate-limited run.
