@@ -46,6 +46,7 @@ type Reader struct {
 	raw  *rawIO  // rd, when it is a socket read with RawIO
 	buf  []byte  // nil while released
 	bufp *[]byte // buf's pool entry
+	pool *sync.Pool
 	r, w int     // buf[r:w] is buffered
 	size int
 	max  int
@@ -66,7 +67,7 @@ func NewReader(r io.Reader, size, max int) *Reader {
 	if size <= 0 {
 		size = 16 << 10
 	}
-	rr := &Reader{rd: r, size: size, max: max}
+	rr := &Reader{rd: r, size: size, max: max, pool: bufPool(size)}
 	rr.raw, _ = r.(*rawIO)
 	return rr
 }
@@ -91,7 +92,7 @@ func (r *Reader) ReleaseIdle() {
 	}
 	p := r.bufp
 	r.buf, r.bufp, r.r, r.w = nil, nil, 0, 0
-	bufPool(r.size).Put(p)
+	r.pool.Put(p)
 }
 
 // fill reads once from the connection into the free end of the buffer,
@@ -100,15 +101,14 @@ func (r *Reader) ReleaseIdle() {
 // data is there (see rawIO.readPooled).
 func (r *Reader) fill() error {
 	if r.buf == nil {
-		pool := bufPool(r.size)
 		if r.raw != nil {
-			bp, n, err := r.raw.readPooled(pool)
+			bp, n, err := r.raw.readPooled(r.pool)
 			if bp != nil {
 				r.buf, r.bufp, r.r, r.w = *bp, bp, 0, n
 			}
 			return err
 		}
-		r.bufp = pool.Get().(*[]byte)
+		r.bufp = r.pool.Get().(*[]byte)
 		r.buf = *r.bufp
 	}
 	if r.w == len(r.buf) {
