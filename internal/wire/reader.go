@@ -47,7 +47,7 @@ type Reader struct {
 	buf  []byte  // nil while released
 	bufp *[]byte // buf's pool entry
 	pool *sync.Pool
-	r, w int     // buf[r:w] is buffered
+	r, w int // buf[r:w] is buffered
 	size int
 	max  int
 	big  []byte
