@@ -233,6 +233,9 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 				// Throughput with n active clients.
 				oc := o
 				oc.clients = n
+				// pgbench's -T counts its connecting too: thousands of
+				// connections take seconds on a loaded machine.
+				oc.duration = o.duration + time.Duration(n/100)*time.Second
 				self0, cs0 := proxyUsage(tg.pid)
 				res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
 				if err != nil {
@@ -348,7 +351,7 @@ func readLatencies(dir string) ([]float64, error) {
 
 func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 	if len(rs) > 0 {
-		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s, simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N\n\n",
+		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s + N/100 s (its connecting included), simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N\n\n",
 			o.threads, o.duration)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\tof it stack / heap KiB\t")
