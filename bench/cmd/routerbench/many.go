@@ -362,14 +362,6 @@ func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 			}
 		}
 		for _, r := range rs {
-			if r.err != "" {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t\t\t\n", r.round, r.clients, r.target, r.err)
-				continue
-			}
-			x := "–"
-			if b := bouncer[fmt.Sprint(r.round, "/", r.clients)]; b.tps > 0 && r.target != "pgbouncer" {
-				x = fmt.Sprintf("%.2f", r.tps/b.tps)
-			}
 			rss := "–"
 			if r.rssPerIdleKiB >= 0 {
 				rss = fmt.Sprintf("%.1f", r.rssPerIdleKiB)
@@ -377,6 +369,14 @@ func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 			split := "–"
 			if r.target != "pgbouncer" && r.rssPerIdleKiB >= 0 {
 				split = fmt.Sprintf("%.1f / %.1f", r.stackKiB, r.heapKiB)
+			}
+			if r.err != "" {
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t%s\t%s\t\n", r.round, r.clients, r.target, r.err, rss, split)
+				continue
+			}
+			x := "–"
+			if b := bouncer[fmt.Sprint(r.round, "/", r.clients)]; b.tps > 0 && r.target != "pgbouncer" {
+				x = fmt.Sprintf("%.2f", r.tps/b.tps)
 			}
 			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.2f\t%s\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.proxyUS, r.proxyCS, rss, split)
 		}
