@@ -1,12 +1,14 @@
 package router
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/wire"
@@ -52,7 +54,14 @@ func (ss *session) loop() error {
 		if ss.cr.Buffered() == 0 && ss.listening && ss.be != nil && len(ss.queue) == 0 {
 			stopWatch = ss.watchNotifications()
 		}
+		if ss.cr.Buffered() == 0 && stopWatch == nil {
+			// Waiting for the client: its read and write buffers go back
+			// to pools meanwhile, so that idle clients hold none.
+			ss.cr.ReleaseIdle()
+			ss.putWriter()
+		}
 		typ, body, err := ss.cr.ReadMessage()
+		ss.takeWriter()
 		if stopWatch != nil {
 			stopWatch()
 		}
@@ -180,6 +189,36 @@ func (ss *session) loop() error {
 			}
 		}
 	}
+}
+
+// clientWriterSize is the size of a client connection's write buffer.
+const clientWriterSize = 32 << 10
+
+// clientWriters holds the write buffers of clients the router waits for
+// (see putWriter).
+var clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientWriterSize) }}
+
+// putWriter gives the client's write buffer, flushed, back to the pool while
+// the session waits for the client; takeWriter takes one again. Only the
+// session's goroutine uses ss.cw in between (the notification watcher runs
+// with the buffer kept).
+func (ss *session) putWriter() {
+	if ss.cw == nil || ss.cw.Buffered() > 0 {
+		return
+	}
+	ss.cw.Reset(nil)
+	clientWriters.Put(ss.cw)
+	ss.cw = nil
+}
+
+// takeWriter gives the session a client write buffer again after putWriter.
+func (ss *session) takeWriter() {
+	if ss.cw != nil {
+		return
+	}
+	w := clientWriters.Get().(*bufio.Writer)
+	w.Reset(ss.cwTo)
+	ss.cw = w
 }
 
 // isCopyMessage reports whether typ is CopyData, CopyDone or CopyFail.

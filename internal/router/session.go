@@ -93,6 +93,7 @@ type session struct {
 	nc     net.Conn
 	cr     *wire.Reader
 	cw     *bufio.Writer
+	cwTo   io.Writer // what cw writes to (see putWriter)
 	ctx    context.Context
 	out    []byte
 	pid    uint32
@@ -301,7 +302,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		srv:      s,
 		nc:       nc,
 		cr:       cr,
-		cw:       bufio.NewWriterSize(rio, 32<<10),
+		cw:       bufio.NewWriterSize(rio, clientWriterSize),
+		cwTo:     rio,
 		ctx:      ctx,
 		user:     st.Params["user"],
 		remote:   nc.RemoteAddr().String(),

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -29,19 +30,22 @@ func RawIO(c net.Conn) io.ReadWriter {
 	r := &rawIO{rc: rc}
 	// The callbacks are made once: a closure per call would be a heap
 	// allocation per read and write.
-	r.readFn, r.writeFn = r.readSys, r.writeSys
+	r.readFn, r.writeFn, r.pooledFn = r.readSys, r.writeSys, r.readPooledSys
 	return r
 }
 
 type rawIO struct {
 	rc              syscall.RawConn
 	readFn, writeFn func(fd uintptr) bool
+	pooledFn        func(fd uintptr) bool
 	// State of the call in progress, for readSys and writeSys.
 	rp   []byte // read into
 	rn   int
 	rerr syscall.Errno
 	wp   []byte // left to write
 	werr syscall.Errno
+	pool *sync.Pool // readPooledSys takes its buffer from pool
+	pb   *[]byte    // and holds it here
 }
 
 // readSys is the RawConn.Read callback; false means "wait for readiness and
@@ -55,6 +59,53 @@ func (r *rawIO) readSys(fd uintptr) bool {
 		r.rn, r.rerr = int(m), e
 		return e != syscall.EAGAIN
 	}
+}
+
+// readPooledSys is the RawConn.Read callback of readPooled: it takes a
+// buffer from the pool for the read and gives it back when the read would
+// block, so that the wait that follows holds none.
+func (r *rawIO) readPooledSys(fd uintptr) bool {
+	if r.pb == nil {
+		r.pb = r.pool.Get().(*[]byte)
+	}
+	b := *r.pb
+	for {
+		m, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e == syscall.EAGAIN {
+			r.pool.Put(r.pb)
+			r.pb = nil
+			return false
+		}
+		r.rn, r.rerr = int(m), e
+		return true
+	}
+}
+
+// readPooled reads once into a buffer of pool, waiting for data (through
+// Go's poller, like Read) without holding one. It returns the buffer with
+// n > 0 bytes in it, or nil and the error (io.EOF at end of stream).
+func (r *rawIO) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+	r.pool, r.rn, r.rerr = pool, 0, 0
+	err := r.rc.Read(r.pooledFn)
+	bp := r.pb
+	r.pool, r.pb = nil, nil
+	switch {
+	case err != nil:
+	case r.rerr != 0:
+		err = os.NewSyscallError("read", r.rerr)
+	case r.rn == 0:
+		err = io.EOF
+	}
+	if err != nil {
+		if bp != nil {
+			pool.Put(bp)
+		}
+		return nil, 0, err
+	}
+	return bp, r.rn, nil
 }
 
 // writeSys is the RawConn.Write callback.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"unsafe"
 )
 
@@ -35,10 +36,21 @@ const PinnedMax = 128 << 10
 
 // Reader reads framed protocol messages from one connection. The body a read
 // returns stays valid only until the next read.
+//
+// Its buffer can be given back while the connection is quiet (ReleaseIdle):
+// a Reader over RawIO then takes a buffer from a pool shared by the Readers
+// of its size only while a read system call returns data, so that thousands
+// of idle clients hold no read buffer.
 type Reader struct {
-	br  *bufio.Reader
-	max int
-	big []byte
+	rd   io.Reader
+	raw  *rawIO  // rd, when it is a socket read with RawIO
+	buf  []byte  // nil while released
+	bufp *[]byte // buf's pool entry
+	pool *sync.Pool
+	r, w int // buf[r:w] is buffered
+	size int
+	max  int
+	big  []byte
 
 	budget *Budget
 	bctx   context.Context
@@ -55,7 +67,116 @@ func NewReader(r io.Reader, size, max int) *Reader {
 	if size <= 0 {
 		size = 16 << 10
 	}
-	return &Reader{br: bufio.NewReaderSize(r, size), max: max}
+	rr := &Reader{rd: r, size: size, max: max, pool: bufPool(size)}
+	rr.raw, _ = r.(*rawIO)
+	return rr
+}
+
+// bufPools holds released read buffers, one *sync.Pool per buffer size.
+var bufPools sync.Map
+
+func bufPool(size int) *sync.Pool {
+	if p, ok := bufPools.Load(size); ok {
+		return p.(*sync.Pool)
+	}
+	p, _ := bufPools.LoadOrStore(size, &sync.Pool{New: func() any { b := make([]byte, size); return &b }})
+	return p.(*sync.Pool)
+}
+
+// ReleaseIdle gives r's buffer back to the pool when nothing is buffered
+// in it: the next read takes one again. Bodies returned before must no
+// longer be used. Call it before waiting for a quiet connection.
+func (r *Reader) ReleaseIdle() {
+	if r.buf == nil || r.r != r.w {
+		return
+	}
+	p := r.bufp
+	r.buf, r.bufp, r.r, r.w = nil, nil, 0, 0
+	r.pool.Put(p)
+}
+
+// fill reads once from the connection into the free end of the buffer,
+// after moving what is buffered to its start when the end is full. Without
+// a buffer, a RawIO connection is read into a pooled one taken only when
+// data is there (see rawIO.readPooled).
+func (r *Reader) fill() error {
+	if r.buf == nil {
+		if r.raw != nil {
+			bp, n, err := r.raw.readPooled(r.pool)
+			if bp != nil {
+				r.buf, r.bufp, r.r, r.w = *bp, bp, 0, n
+			}
+			return err
+		}
+		r.bufp = r.pool.Get().(*[]byte)
+		r.buf = *r.bufp
+	}
+	if r.w == len(r.buf) {
+		if r.r == 0 {
+			return bufio.ErrBufferFull
+		}
+		r.w = copy(r.buf, r.buf[r.r:r.w])
+		r.r = 0
+	}
+	for i := 0; i < 100; i++ {
+		n, err := r.rd.Read(r.buf[r.w:])
+		r.w += n
+		if err != nil || n > 0 {
+			return err
+		}
+	}
+	return io.ErrNoProgress
+}
+
+// peek returns the next n bytes (n <= size) without consuming them.
+func (r *Reader) peek(n int) ([]byte, error) {
+	for r.w-r.r < n {
+		if r.buf != nil && r.r > 0 && len(r.buf)-r.r < n {
+			r.w = copy(r.buf, r.buf[r.r:r.w])
+			r.r = 0
+		}
+		if err := r.fill(); err != nil {
+			if r.w-r.r >= n {
+				break
+			}
+			return r.buf[r.r:r.w], err
+		}
+	}
+	return r.buf[r.r : r.r+n], nil
+}
+
+// discard consumes the next n bytes.
+func (r *Reader) discard(n int) error {
+	for n > 0 {
+		if r.r == r.w {
+			if err := r.fill(); err != nil && r.r == r.w {
+				return err
+			}
+		}
+		k := min(n, r.w-r.r)
+		r.r += k
+		n -= k
+	}
+	return nil
+}
+
+// readFull fills b with the next len(b) bytes: what is buffered, then
+// straight from the connection.
+func (r *Reader) readFull(b []byte) error {
+	k := copy(b, r.buf[r.r:r.w])
+	r.r += k
+	b = b[k:]
+	for len(b) > 0 {
+		n, err := r.rd.Read(b)
+		b = b[n:]
+		if err != nil {
+			if len(b) > 0 {
+				return err
+			}
+			break
+		}
+	}
+	return nil
 }
 
 // UseBudget makes r take bodies larger than PinnedMax from b (see Budget);
@@ -98,13 +219,13 @@ func (r *Reader) String(b []byte) string {
 
 // Buffered is how many bytes have been read from the connection but not yet
 // returned as messages.
-func (r *Reader) Buffered() int { return r.br.Buffered() }
+func (r *Reader) Buffered() int { return r.w - r.r }
 
 // ReadStartup reads an untyped startup-phase packet (StartupMessage,
 // SSLRequest, GSSENCRequest or CancelRequest) and returns it without its
 // length word.
 func (r *Reader) ReadStartup() ([]byte, error) {
-	hdr, err := r.br.Peek(4)
+	hdr, err := r.peek(4)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +239,7 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 // ReadMessage reads one typed message: its type byte and body.
 func (r *Reader) ReadMessage() (byte, []byte, error) {
 	r.Release()
-	hdr, err := r.br.Peek(5)
+	hdr, err := r.peek(5)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
 			err = io.ErrUnexpectedEOF
@@ -139,18 +260,18 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 
 // readBody returns bytes [skip, total) of the next total bytes and consumes them.
 func (r *Reader) readBody(skip, total int) ([]byte, error) {
-	if total <= r.br.Size() {
-		b, err := r.br.Peek(total)
+	if total <= r.size {
+		b, err := r.peek(total)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return nil, err
 		}
-		_, _ = r.br.Discard(total)
+		r.r += total
 		return b[skip:total:total], nil
 	}
-	if _, err := r.br.Discard(skip); err != nil {
+	if err := r.discard(skip); err != nil {
 		return nil, err
 	}
 	n := total - skip
@@ -163,7 +284,7 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 			r.big = make([]byte, n)
 		}
 		b := r.big[:n]
-		if _, err := io.ReadFull(r.br, b); err != nil {
+		if err := r.readFull(b); err != nil {
 			return nil, unexpected(err)
 		}
 		return b, nil
@@ -180,11 +301,10 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 					if perr := r.budget.pace(r.bctx, step); perr != nil {
 						return nil, perr
 					}
-					k, derr := r.br.Discard(step)
-					if derr != nil {
+					if derr := r.discard(step); derr != nil {
 						return nil, unexpected(derr)
 					}
-					left -= k
+					left -= step
 				}
 			}
 			return nil, err
@@ -192,7 +312,7 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		r.held = int64(n)
 	}
 	b := make([]byte, n)
-	if _, err := io.ReadFull(r.br, b); err != nil {
+	if err := r.readFull(b); err != nil {
 		r.Release()
 		return nil, unexpected(err)
 	}

@@ -34,7 +34,11 @@ type manyResult struct {
 	tps, latency     float64
 	proxyUS, proxyCS float64
 	rssPerIdleKiB    float64 // -1 when not measured
-	err              string
+	// stackKiB and heapKiB split the in-process router's memory per idle
+	// client (runtime.MemStats StackInuse and HeapInuse deltas); 0 for
+	// pgbouncer.
+	stackKiB, heapKiB float64
+	err               string
 }
 
 // latencyResult is one rate-limited run.
@@ -210,6 +214,8 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 				// Memory per idle client.
 				settle(tg.pid)
 				before := rssKiB(tg.pid)
+				var m0, m1 runtime.MemStats
+				runtime.ReadMemStats(&m0)
 				stop, err := holdIdle(ctx, tg.addr, "bench", n)
 				if err != nil {
 					r.err = err.Error()
@@ -218,10 +224,18 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 				}
 				settle(tg.pid)
 				r.rssPerIdleKiB = (rssKiB(tg.pid) - before) / float64(n)
+				if tg.pid == 0 {
+					runtime.ReadMemStats(&m1)
+					perClient := func(a, b uint64) float64 { return (float64(b) - float64(a)) / 1024 / float64(n) }
+					r.stackKiB, r.heapKiB = perClient(m0.StackInuse, m1.StackInuse), perClient(m0.HeapInuse, m1.HeapInuse)
+				}
 				stop()
 				// Throughput with n active clients.
 				oc := o
 				oc.clients = n
+				// pgbench's -T counts its connecting too: thousands of
+				// connections take seconds on a loaded machine.
+				oc.duration = o.duration + time.Duration(n/100)*time.Second
 				self0, cs0 := proxyUsage(tg.pid)
 				res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
 				if err != nil {
@@ -337,10 +351,10 @@ func readLatencies(dir string) ([]float64, error) {
 
 func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 	if len(rs) > 0 {
-		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s, simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N\n\n",
+		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s + N/100 s (its connecting included), simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N\n\n",
 			o.threads, o.duration)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\t")
+		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\tof it stack / heap KiB\t")
 		bouncer := map[string]manyResult{}
 		for _, r := range rs {
 			if r.target == "pgbouncer" {
@@ -348,19 +362,23 @@ func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 			}
 		}
 		for _, r := range rs {
+			rss := "–"
+			if r.rssPerIdleKiB >= 0 {
+				rss = fmt.Sprintf("%.1f", r.rssPerIdleKiB)
+			}
+			split := "–"
+			if r.target != "pgbouncer" && r.rssPerIdleKiB >= 0 {
+				split = fmt.Sprintf("%.1f / %.1f", r.stackKiB, r.heapKiB)
+			}
 			if r.err != "" {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t\t\n", r.round, r.clients, r.target, r.err)
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t%s\t%s\t\n", r.round, r.clients, r.target, r.err, rss, split)
 				continue
 			}
 			x := "–"
 			if b := bouncer[fmt.Sprint(r.round, "/", r.clients)]; b.tps > 0 && r.target != "pgbouncer" {
 				x = fmt.Sprintf("%.2f", r.tps/b.tps)
 			}
-			rss := "–"
-			if r.rssPerIdleKiB >= 0 {
-				rss = fmt.Sprintf("%.1f", r.rssPerIdleKiB)
-			}
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.2f\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.proxyUS, r.proxyCS, rss)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.2f\t%s\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.proxyUS, r.proxyCS, rss, split)
 		}
 		tw.Flush()
 	}
