@@ -88,14 +88,14 @@ Then 'pgtenant import verify' and 'pgtenant import cutover'.`,
 						if p.ETA > 0 {
 							eta = p.ETA.Round(time.Second).String()
 						}
-						fmt.Fprintf(a.stderr, "copy: node %s %d/%d shards, %s, %s/s, ETA %s\n", p.Node, p.Done, p.Shards,
+						fmt.Fprintf(a.stderr, "copy: node %s %d/%d tables, %s, %s/s, ETA %s\n", p.Node, p.TablesDone, p.Tables,
 							humanBytes(p.Bytes), humanBytes(int64(float64(p.Bytes)/max(p.Elapsed.Seconds(), 0.001))), eta)
 					}
 				}})
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "copied %d shards (%d before), %d rows, %s in %s (%s/s); slot %s from %s\n", res.Copied, res.AlreadyCopied,
+				fmt.Fprintf(a.stdout, "copied %d shards (%d tables, %d kept from before), %d rows, %s in %s (%s/s); slot %s from %s\n", res.Copied, res.Tables, res.TablesKept,
 					res.Rows, humanBytes(res.Bytes), res.Duration.Round(time.Millisecond), humanBytes(int64(float64(res.Bytes)/max(res.Duration.Seconds(), 0.001))), res.Slot, res.StartLSN)
 				if len(res.Reference) > 0 {
 					fmt.Fprintf(a.stdout, "reference tables loaded on every node: %s\n", strings.Join(res.Reference, ", "))
@@ -176,8 +176,9 @@ held transactions then run there. A canary first, then waves:
 					fmt.Fprintf(a.stdout, "shard %d: failed, still on the legacy database: %v\n", r.Shard, r.Err)
 					continue
 				}
-				fmt.Fprintf(a.stdout, "shard %d: cut over to node %s, pause %s (routers held it at %s, marker applied at %s)\n", r.Shard, r.Node,
-					r.Pause.Round(time.Microsecond*100), r.Fenced.Round(time.Microsecond*100), r.Marked.Round(time.Microsecond*100))
+				fmt.Fprintf(a.stdout, "shard %d: cut over to node %s, pause %s (routers held it at %s, marker applied at %s, flipped at %s; stream lag before %s)\n", r.Shard, r.Node,
+					r.Pause.Round(time.Microsecond*100), r.Fenced.Round(time.Microsecond*100), r.Marked.Round(time.Microsecond*100),
+					r.Flipped.Round(time.Microsecond*100), r.Lag.Round(time.Microsecond*100))
 			}
 			return err
 		}),

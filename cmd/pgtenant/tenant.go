@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/tables"
+	"github.com/pgtenant/pgtenant/internal/tenantops"
 )
 
 func newTenantCmd(a *app) *cobra.Command {
@@ -133,10 +134,10 @@ leaves the rows. Tables without a rule are not looked at.`,
 				return usagef("--purge and --force exclude each other")
 			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-				opts := tables.RemoveOptions{Purge: purge, Force: force, Batch: batch, Progress: func(rc tables.RowCount) {
+				opts := tenantops.RemoveOptions{Purge: purge, Force: force, Batch: batch, Progress: func(rc tables.RowCount) {
 					fmt.Fprintf(a.stdout, "purged %d rows from %s\n", rc.Rows, rc.Table)
 				}}
-				counts, err := tables.RemoveTenant(ctx, c, args[0], opts)
+				counts, err := tenantops.New(c, a.logger).Remove(ctx, args[0], opts)
 				if err != nil {
 					return err
 				}
@@ -154,6 +155,7 @@ leaves the rows. Tables without a rule are not looked at.`,
 	remove.Flags().BoolVar(&force, "force", false, "unregister even though rows remain")
 	remove.Flags().IntVar(&batch, "batch", 5000, "rows deleted per transaction with --purge")
 	cmd.AddCommand(add, locate, list, remove)
+	addTenantOpsCmds(a, cmd)
 	return cmd
 }
 

@@ -22,10 +22,71 @@ var ErrDuplicateNode = errors.New("the database is already registered")
 // identity is a random id that pgtenant stores once in the node database
 // (table pgtenant_node.identity, which needs only the CREATE privilege that
 // nodes require anyway), as "marker UUID". Clones of a database (a promoted
-// physical replica, a restored backup) share its identity.
+// physical replica, a restored backup) share its identity, with one
+// exception: a follower promoted by `node split --via-follower` gets a row
+// in pgtenant_node.promoted right after its promotion (MarkPromoted), and
+// its identity ends in " promoted UUID". So the promoted follower of a
+// registered node can be registered, and a plain second registration of
+// either database is still refused.
 
 // NodeIdentity returns the identity of the database conn is connected to.
+// Where pg_control_system() is revoked it creates the marker row the first
+// time (use ReadNodeIdentity on a standby, which is read-only).
 func NodeIdentity(ctx context.Context, conn *pgx.Conn) (string, error) {
+	return nodeIdentity(ctx, conn, true)
+}
+
+// ReadNodeIdentity is NodeIdentity without writing anything: where
+// pg_control_system() is revoked and no marker row exists it fails.
+func ReadNodeIdentity(ctx context.Context, conn *pgx.Conn) (string, error) {
+	return nodeIdentity(ctx, conn, false)
+}
+
+func nodeIdentity(ctx context.Context, conn *pgx.Conn, create bool) (string, error) {
+	base, err := baseIdentity(ctx, conn, create)
+	if err != nil {
+		return "", err
+	}
+	var promoted *string
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgtenant_node.promoted')::text`).Scan(&promoted); err != nil {
+		return "", fmt.Errorf("read node identity: %w", err)
+	}
+	if promoted == nil {
+		return base, nil
+	}
+	var id string
+	switch err := conn.QueryRow(ctx, `SELECT id::text FROM pgtenant_node.promoted`).Scan(&id); {
+	case errors.Is(err, pgx.ErrNoRows):
+		return base, nil
+	case err != nil:
+		return "", fmt.Errorf("read node identity (pgtenant_node.promoted): %w", err)
+	}
+	return base + " promoted " + id, nil
+}
+
+// MarkPromoted records, in the database conn is connected to (a follower
+// just promoted), the id that tells it apart from the database it was a
+// copy of (see NodeIdentity). It is idempotent for one id; another id
+// replaces it (a follower of a promoted follower, promoted in turn).
+func MarkPromoted(ctx context.Context, conn *pgx.Conn, id string) error {
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS pgtenant_node;
+			CREATE TABLE IF NOT EXISTS pgtenant_node.promoted (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+				id uuid NOT NULL, promoted_at timestamptz NOT NULL DEFAULT now())`)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO pgtenant_node.promoted (id) VALUES ($1)
+			ON CONFLICT (one) DO UPDATE SET id = excluded.id, promoted_at = now() WHERE pgtenant_node.promoted.id <> excluded.id`, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record the promoted follower's identity: %w", err)
+	}
+	return nil
+}
+
+func baseIdentity(ctx context.Context, conn *pgx.Conn, create bool) (string, error) {
 	var sysid string
 	var oid uint32
 	err := conn.QueryRow(ctx, `SELECT (SELECT system_identifier::text FROM pg_control_system()), d.oid
@@ -38,6 +99,12 @@ func NodeIdentity(ctx context.Context, conn *pgx.Conn) (string, error) {
 		return "", fmt.Errorf("read node identity: %w", err)
 	}
 	var id string
+	if !create {
+		if err := conn.QueryRow(ctx, `SELECT id::text FROM pgtenant_node.identity`).Scan(&id); err != nil {
+			return "", fmt.Errorf("read node identity (pg_control_system() is not allowed, so from pgtenant_node.identity): %w", err)
+		}
+		return "marker " + id, nil
+	}
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS pgtenant_node;
 			CREATE TABLE IF NOT EXISTS pgtenant_node.identity (one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -119,7 +186,8 @@ func (c *Catalog) checkDuplicate(ctx context.Context, name, identity string) err
 }
 
 func duplicateError(other, identity string) error {
-	return fmt.Errorf("it is the same database as node %q (%s); register each database once: %w", other, identity, ErrDuplicateNode)
+	return fmt.Errorf("it is the same database as node %q (%s); register each database once (a follower of that node is registered by `pgtenant node split %s --via-follower DSN`, which promotes it): %w",
+		other, identity, other, ErrDuplicateNode)
 }
 
 // recordIdentity stores a node's identity; a clash with another node's is ErrDuplicateNode.

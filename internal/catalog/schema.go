@@ -305,6 +305,29 @@ CREATE TABLE pgtenant.import_shards (
 CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.import_shards REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.import_shards REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 `,
+	// 12: node splits through a promoted follower (node split
+	// --via-follower, internal/move/follower.go): one row per split with
+	// its step, so a split whose process died can be resumed or aborted;
+	// at most one running per source node. Its fence leases use the
+	// split's id negated as move_id, so they never meet a move's.
+	`
+CREATE TABLE pgtenant.splits (
+	id           bigserial PRIMARY KEY,
+	source_node  text NOT NULL REFERENCES pgtenant.nodes (name),
+	new_node     text NOT NULL CHECK (new_node ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+	follower_dsn text NOT NULL,
+	shards       int[] NOT NULL,
+	step         text NOT NULL,
+	status       text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'aborted', 'failed')),
+	error        text,
+	progress     jsonb NOT NULL DEFAULT '{}',
+	pause_ms     double precision,
+	started_at   timestamptz NOT NULL DEFAULT now(),
+	updated_at   timestamptz NOT NULL DEFAULT now(),
+	finished_at  timestamptz
+);
+CREATE UNIQUE INDEX splits_one_running ON pgtenant.splits (source_node) WHERE status = 'running';
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -49,6 +49,9 @@ func TestAddTenantFile(t *testing.T) {
 		{"utf8", "ok1\n\xff\xfe\n", []string{"line 2:", "not valid UTF-8"}},
 		{"repeated", "a1\nb1\na1\nc1\nb1\n", []string{"line 3: \"a1\": repeats line 1", "line 5: \"b1\": repeats line 2"}},
 		{"registered", "new1\nfile3\nnew2\n", []string{"line 2: \"file3\": already registered", "--skip-existing"}},
+		// A conflict deep in a large file: the rows inserted before it are undone.
+		{"registered late", manyIDs("late", 5000, 4000, "file900"), []string{"line 4001: \"file900\": already registered"}},
+		{"repeated late", manyIDs("rep", 5000, 4500, "rep10"), []string{"line 4501: \"rep10\": repeats line 11"}},
 	} {
 		before := count()
 		_, err := c.AddTenantFile(ctx, strings.NewReader(tc.file), TenantFileOptions{})
@@ -107,4 +110,17 @@ func TestTenantShardChecked(t *testing.T) {
 	if _, err := c.pool.Exec(ctx, `DELETE FROM pgtenant.shards WHERE id = 2`); err == nil || !strings.Contains(err.Error(), "shard 2 still has tenants") {
 		t.Fatalf("delete a shard with tenants: %v", err)
 	}
+}
+
+// manyIDs is a tenant file of n ids PREFIX0... with extra inserted after
+// line at.
+func manyIDs(prefix string, n, at int, extra string) string {
+	var b strings.Builder
+	for i := range n {
+		if i == at {
+			b.WriteString(extra + "\n")
+		}
+		fmt.Fprintf(&b, "%s%d\n", prefix, i)
+	}
+	return b.String()
 }

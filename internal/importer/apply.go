@@ -54,6 +54,9 @@ type applier struct {
 	parents map[[2]string]string        // (parent table, key text) → tenant
 	log     *slog.Logger
 	version int64 // the map version shards was read at
+	// catchUp, when set, limits the applier to the tables a killed copy
+	// completed, up to a new snapshot's point (see Importer.catchUp).
+	catchUp *catchUp
 
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
@@ -153,7 +156,7 @@ func (a *applier) lookupParent(ctx context.Context, child tables.Table, key stri
 	parent := a.rules[child.Parent]
 	byNode := map[string][]string{}
 	for _, s := range a.shards {
-		if s.state == ShardCopied {
+		if s.state == ShardCopied || a.catchUp != nil {
 			byNode[s.node] = append(byNode[s.node], s.schema)
 		}
 	}
@@ -205,6 +208,14 @@ func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
 	if err := a.reload(ctx); err != nil {
 		return err
 	}
+	reached := false
+	if a.catchUp != nil {
+		n := 0
+		for n < len(txns) && txns[n].EndLSN <= a.catchUp.until {
+			n++
+		}
+		reached, txns = n < len(txns), txns[:n]
+	}
 	perNode := map[string][]*stream.Txn{}
 	for _, t := range txns {
 		out := map[string]*stream.Txn{}
@@ -222,7 +233,7 @@ func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
 				continue
 			}
 			if c.Rel.Schema == markerSchema && c.Rel.Table == markerTable {
-				if c.Kind != stream.Insert {
+				if c.Kind != stream.Insert || a.catchUp != nil {
 					continue
 				}
 				v, _ := value(c.New, column(c.Rel, "shard"))
@@ -279,6 +290,9 @@ func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
 			return fmt.Errorf("apply to node %s: %w", node, err)
 		}
 	}
+	if reached {
+		return errCaughtUp
+	}
 	return nil
 }
 
@@ -295,6 +309,17 @@ func (a *applier) route(ctx context.Context, t *stream.Txn, c stream.Change, ten
 		}
 	}
 	s := a.shards[shard]
+	if cu := a.catchUp; cu != nil {
+		at, ok := cu.complete[s.node][c.Rel.Table]
+		if !ok || t.EndLSN <= at || t.EndLSN <= a.pos[s.node] {
+			a.Skipped.Add(1)
+			return nil
+		}
+		cu.applied++
+		c.Rel = a.renamed(c.Rel, s.schema)
+		add(s.node, c)
+		return nil
+	}
 	if s.state != ShardCopied || t.EndLSN <= s.copyLSN || t.EndLSN <= a.pos[s.node] {
 		if s.state == ShardCutover {
 			a.log.Warn("import: a write on the legacy database for a shard already cut over is not applied", "shard", shard, "table", c.Rel.Table, "lsn", t.EndLSN)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -39,28 +38,48 @@ type CutoverResult struct {
 	Shard int
 	Node  string
 	// Pause is how long the shard's new transactions were held: from the
-	// fence to the flip.
+	// fence until every router had seen the flip.
 	Pause time.Duration
-	// Fenced, Marked and Flipped are the parts of the pause: until every
-	// router held the shard, until the marker was applied on the node,
-	// until the flip committed.
+	// Fenced, Marked and Flipped are when (from the fence's start) every
+	// router held the shard, the marker was applied on the node, and the
+	// flip committed; the rest of the pause is the routers' release.
 	Fenced, Marked, Flipped time.Duration
-	Err                     error
+	// Lag is the stream's lag measured before the fence (a marker's trip
+	// from the legacy database to the node).
+	Lag time.Duration
+	Err error
 }
 
 // ErrMarkerTimeout: the stream did not apply the marker in time.
 var ErrMarkerTimeout = errors.New("the change stream did not bring the cutover marker to the node in time; is `pgtenant import start` (or `import follow`) running?")
 
+// importFenceOwner is the owner id of the import's fences in
+// pgtenant.fence_leases (move ids are positive).
+const importFenceOwner = -1
+
+// maxLag is the stream lag (a marker's trip) below which a shard is fenced.
+const maxLag = 100 * time.Millisecond
+
+// mover returns the move package's fence machinery over the catalog, with
+// the routers as its Fencer.
+func (im *Importer) mover(lease time.Duration) *move.Mover {
+	return move.New(move.Config{Catalog: im.cat.Pool(), Fencer: catalog.RouterFencer{Catalog: im.cat}, Logger: im.logger,
+		FenceLease: lease, ResolveDSN: im.cat.ResolveDSN})
+}
+
 // Cutover moves shards from the legacy database to their nodes, each with
-// the fence shard moves use: the shard is fenced in the catalog with a
-// lease (catalog.RouterFencer waits until every router holds its new
-// transactions and its running ones ended), a marker row is committed on
-// the legacy database, the stream applies up to it on the shard's node, the
-// shard's sequences are set past the legacy ones, and one catalog
-// transaction flips the shard to its node (import_shards.state 'cutover',
-// epoch + 1, active). Routers then release the held transactions to the
-// node. A failure before the flip gives the shard back to the legacy
-// database. Each shard pauses only its own tenants.
+// the fence of shard moves (move.FenceShard: the shard fenced in the
+// catalog with a lease, every router holding its new transactions and its
+// running ones ended). Under the fence one statement on the legacy database
+// commits a marker row and reads the sequences; the node's sequences are set
+// past them while the stream brings the marker to the node; one catalog
+// transaction then flips the shard to its node (import_shards.state
+// 'cutover', epoch + 1, active) and the routers release the held
+// transactions there. Before the fence, the stream is shown running and
+// caught up (a marker's trip under 100ms) and the connections are open, so
+// the pause holds only what needs the fence. A failure before the flip gives
+// the shard back to the legacy database. Each shard pauses only its own
+// tenants.
 func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]CutoverResult, error) {
 	if opts.Parallel <= 0 {
 		opts.Parallel = 1
@@ -109,6 +128,7 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 		}
 		todo = append(todo, s)
 	}
+	mover := im.mover(opts.FenceLease)
 	results := make([]CutoverResult, len(todo))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, opts.Parallel)
@@ -119,9 +139,10 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			r := CutoverResult{Shard: s.Shard, Node: s.Node}
-			r.Err = im.cutoverShard(ctx, imp, s, opts, &r)
+			r.Err = im.cutoverShard(ctx, mover, imp, s, opts, &r)
 			results[i] = r
-			im.cat.RecordOperation(context.WithoutCancel(ctx), "import cutover", map[string]any{"shard": s.Shard, "node": s.Node, "pause_ms": float64(r.Pause.Microseconds()) / 1000}, r.Err)
+			im.cat.RecordOperation(context.WithoutCancel(ctx), "import cutover", map[string]any{"shard": s.Shard, "node": s.Node,
+				"pause_ms": ms(r.Pause), "fenced_ms": ms(r.Fenced), "marked_ms": ms(r.Marked), "flipped_ms": ms(r.Flipped), "lag_ms": ms(r.Lag)}, r.Err)
 		}()
 	}
 	wg.Wait()
@@ -135,140 +156,174 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 	return results, errors.Join(errs...)
 }
 
-func (im *Importer) cutoverShard(ctx context.Context, imp *Import, s ShardProgress, opts CutoverOptions, r *CutoverResult) error {
-	pool := im.cat.Pool()
-	fencer := catalog.RouterFencer{Catalog: im.cat}
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Import, s ShardProgress, opts CutoverOptions, r *CutoverResult) error {
 	legacy, err := connect(ctx, imp.LegacyDSN)
 	if err != nil {
 		return fmt.Errorf("connect to the legacy database: %w", err)
 	}
 	defer legacy.Close(context.Background())
+	// synchronous_commit on: the WAL sender sends only flushed WAL, and a
+	// server running with it off would flush the marker up to
+	// wal_writer_delay later.
+	if _, err := legacy.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+		return fmt.Errorf("legacy database: %w", err)
+	}
 	node, err := connect(ctx, s.NodeDSN)
 	if err != nil {
 		return fmt.Errorf("connect to node %s: %w", s.Node, err)
 	}
 	defer node.Close(context.Background())
-
 	pairs, err := sequencePairs(ctx, legacy, node, imp.LegacySchema, s.Schema)
 	if err != nil {
 		return err
 	}
+	// Off the pause: the stream runs and is caught up, and the sequences are
+	// set once (under the fence they move only by what was written since).
+	if r.Lag, err = waitCaughtUp(ctx, legacy, node, s.Shard, opts); err != nil {
+		return err
+	}
+	if err := syncSequences(ctx, legacy, node, pairs); err != nil {
+		return err
+	}
+
 	t0 := time.Now()
-	tag, err := pool.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND state = 'active' RETURNING id)
-		INSERT INTO pgtenant.fence_leases (shard, expires_at) SELECT id, now() + $2::bigint * interval '1 millisecond' FROM u
-		ON CONFLICT (shard) DO UPDATE SET move_id = NULL, expires_at = excluded.expires_at`, s.Shard, opts.FenceLease.Milliseconds())
+	fence, err := mover.FenceShard(ctx, s.Shard, s.Node, importFenceOwner)
 	if err != nil {
-		return fmt.Errorf("fence the shard: %w", err)
-	}
-	if tag.RowsAffected() != 1 {
-		return fmt.Errorf("fence the shard: it is not active (a move or another cutover holds it)")
-	}
-	lctx, stopLease := context.WithCancelCause(ctx)
-	renewed := make(chan struct{})
-	go func() {
-		defer close(renewed)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-lctx.Done():
-				return
-			case <-t.C:
-				tag, err := pool.Exec(lctx, `UPDATE pgtenant.fence_leases SET expires_at = now() + $2::bigint * interval '1 millisecond' WHERE shard = $1 AND expires_at > now()`,
-					s.Shard, opts.FenceLease.Milliseconds())
-				if err == nil && tag.RowsAffected() == 0 {
-					stopLease(errors.New("the fence lease lapsed; a router gave the shard back to the legacy database"))
-					return
-				}
-			}
-		}
-	}()
-	defer func() { stopLease(nil); <-renewed }()
-	unfence := func(cause error) error {
-		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if _, err := pool.Exec(bg, `WITH l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1)
-			UPDATE pgtenant.shards SET state = 'active' WHERE id = $1 AND state = 'fenced'`, s.Shard); err != nil {
-			return errors.Join(cause, fmt.Errorf("unfence: %w", err))
-		}
-		_ = fencer.Unfence(bg, s.Shard)
-		return cause
-	}
-	if err := fencer.Fence(lctx, s.Shard); err != nil {
-		return unfence(err)
+		return err
 	}
 	r.Fenced = time.Since(t0)
-	// synchronous_commit on: the WAL sender sends only flushed WAL, and a
-	// server running with it off would flush the marker up to
-	// wal_writer_delay later.
-	seq := rand.Int64N(1 << 62)
-	err = pgx.BeginFunc(lctx, legacy, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(lctx, `SET LOCAL synchronous_commit = on`); err != nil {
-			return err
+	fctx := fence.Context()
+	fail := func(err error) error {
+		if c := context.Cause(fctx); c != nil && !errors.Is(c, context.Canceled) {
+			err = errors.Join(err, c)
 		}
-		_, err := tx.Exec(lctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, s.Shard, seq)
+		return errors.Join(err, fence.Release(ctx))
+	}
+	seq, last, err := markAndRead(fctx, legacy, s.Shard, pairs)
+	if err != nil {
+		return fail(err)
+	}
+	if err := waitMarker(fctx, node, s, seq, pairs, last, opts); err != nil {
+		return fail(err)
+	}
+	r.Marked = time.Since(t0)
+	err = fence.Flip(fctx, func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE pgtenant.import_shards SET state = 'cutover', updated_at = now() WHERE shard = $1 AND state = 'copied'`, s.Shard)
+		if err == nil && tag.RowsAffected() != 1 {
+			err = fmt.Errorf("shard %d is no longer copied", s.Shard)
+		}
 		return err
 	})
+	r.Pause = time.Since(t0)
+	if !fence.FlippedAt.IsZero() {
+		r.Flipped = fence.FlippedAt.Sub(t0)
+	}
+	if err != nil && !fence.Ended() {
+		return fail(err)
+	}
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := im.cat.Pool().Exec(bg, `UPDATE pgtenant.import_shards SET pause_ms = $2 WHERE shard = $1`, s.Shard, ms(r.Pause)); err != nil {
+		im.logger.Warn("record the cutover pause", "shard", s.Shard, "err", err)
+	}
+	im.logger.Info("shard cut over", "shard", s.Shard, "node", s.Node, "pause", r.Pause, "fenced", r.Fenced,
+		"marked", r.Marked-r.Fenced, "flipped", r.Flipped-r.Marked, "released", r.Pause-r.Flipped, "lag", r.Lag)
+	if err != nil { // flipped; some router has not acknowledged yet
+		im.logger.Warn("cutover: routers have not all acknowledged the flip yet", "shard", s.Shard, "err", err)
+	}
+	return nil
+}
+
+// waitCaughtUp writes markers on the legacy database until one reaches the node
+// within maxLag (or opts.MarkerTimeout passes: the stream is not running),
+// and returns the last trip's time.
+func waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, shard int, opts CutoverOptions) (time.Duration, error) {
+	deadline := time.Now().Add(opts.MarkerTimeout)
+	for {
+		t0 := time.Now()
+		seq, _, err := markAndRead(ctx, legacy, shard, nil)
+		if err != nil {
+			return 0, err
+		}
+		for {
+			var ok bool
+			if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2)`, shard, seq).Scan(&ok); err != nil {
+				return 0, fmt.Errorf("wait for the marker on the node: %w", err)
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				return 0, ErrMarkerTimeout
+			}
+			if err := sleepCtx(ctx, opts.PollInterval); err != nil {
+				return 0, err
+			}
+		}
+		if lag := time.Since(t0); lag <= maxLag || time.Now().After(deadline) {
+			return lag, nil
+		}
+	}
+}
+
+// markAndRead commits a marker for shard on the legacy database and reads
+// the legacy sequences of pairs, in one statement.
+func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPair) (int64, []int64, error) {
+	seq := rand.Int64N(1 << 62)
+	names := make([]string, len(pairs))
+	for i, p := range pairs {
+		names[i] = p.legacy
+	}
+	rows, err := legacy.Query(ctx, `WITH m AS (INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2) RETURNING seq)
+		SELECT coalesce(pg_sequence_last_value(u.s::regclass), 0) FROM (SELECT count(*) FROM m) AS mm, unnest($3::text[]) WITH ORDINALITY AS u(s, i) ORDER BY u.i`,
+		shard, seq, names)
 	if err != nil {
-		return unfence(fmt.Errorf("write the marker on the legacy database: %w", err))
+		return 0, nil, fmt.Errorf("write the marker on the legacy database: %w", err)
+	}
+	last, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, nil, fmt.Errorf("write the marker on the legacy database: %w", err)
+	}
+	return seq, last, nil
+}
+
+// waitMarker sets the node's sequences past last and polls the node until
+// the stream applied the marker seq.
+func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions) error {
+	if len(pairs) > 0 {
+		if err := setSequences(ctx, node, pairs, last); err != nil {
+			return err
+		}
 	}
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	for {
 		var ok bool
-		if err := node.QueryRow(lctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2)`, s.Shard, seq).Scan(&ok); err != nil {
-			return unfence(fmt.Errorf("wait for the marker on node %s: %w", s.Node, err))
+		if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2)`, s.Shard, seq).Scan(&ok); err != nil {
+			return fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 		}
 		if ok {
-			r.Marked = time.Since(t0)
-			break
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return unfence(ErrMarkerTimeout)
+			return ErrMarkerTimeout
 		}
-		time.Sleep(opts.PollInterval)
-	}
-	if err := syncSequences(lctx, legacy, node, pairs); err != nil {
-		return unfence(err)
-	}
-	err = pgx.BeginFunc(lctx, pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(lctx, `DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND expires_at > now()`, s.Shard)
-		if err != nil {
+		if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 			return err
 		}
-		if tag.RowsAffected() != 1 {
-			return errors.New("the fence lease lapsed before the flip")
-		}
-		r.Pause = time.Since(t0)
-		if _, err := tx.Exec(lctx, `UPDATE pgtenant.import_shards SET state = 'cutover', pause_ms = $2, updated_at = now() WHERE shard = $1 AND state = 'copied'`,
-			s.Shard, float64(r.Pause.Microseconds())/1000); err != nil {
-			return err
-		}
-		tag, err = tx.Exec(lctx, `UPDATE pgtenant.shards SET state = 'active', epoch = epoch + 1 WHERE id = $1 AND state = 'fenced'`, s.Shard)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() != 1 {
-			return errors.New("the shard is no longer fenced")
-		}
-		_, err = tx.Exec(lctx, `SELECT pg_notify('pgtenant_map', $1)`, strconv.Itoa(s.Shard))
-		return err
-	})
-	if err != nil {
-		if c := context.Cause(lctx); c != nil && !errors.Is(c, context.Canceled) {
-			err = c
-		}
-		return unfence(fmt.Errorf("flip: %w", err))
 	}
-	r.Pause = time.Since(t0) // the flip's commit included
-	r.Flipped = r.Pause
-	stopLease(nil)
-	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := fencer.Unfence(bg, s.Shard); err != nil {
-		im.logger.Warn("cutover: routers have not all acknowledged the flip yet", "shard", s.Shard, "err", err)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	im.logger.Info("shard cut over", "shard", s.Shard, "node", s.Node, "pause", r.Pause, "fenced", r.Fenced, "marked", r.Marked)
-	return nil
 }
 
 // seqPair is a sequence of the shard's schema and the legacy sequence of
@@ -324,6 +379,12 @@ func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair)
 	if err != nil {
 		return fmt.Errorf("read the legacy sequences: %w", err)
 	}
+	return setSequences(ctx, node, pairs, last)
+}
+
+// setSequences sets each shard sequence of pairs to last[i] when that is
+// higher than its value.
+func setSequences(ctx context.Context, node *pgx.Conn, pairs []seqPair, last []int64) error {
 	shardNames := make([]string, len(pairs))
 	for i, p := range pairs {
 		shardNames[i] = p.shard

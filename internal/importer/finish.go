@@ -111,7 +111,7 @@ func (im *Importer) Finish(ctx context.Context) error {
 		}
 		err = stream.DeletePosition(ctx, conn, positionName)
 		if err == nil {
-			_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers)
+			_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable)
 		}
 		conn.Close(context.Background())
 		if err != nil {

@@ -328,6 +328,11 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 		}
 		closeConns(mv)
 	}
+	if d, err := m.cleanupSplits(ctx); err != nil { // follower splits whose cleanup did not finish
+		errs = append(errs, err)
+	} else {
+		dropped = append(dropped, d...)
+	}
 	if len(errs) > 0 {
 		return dropped, fmt.Errorf("cleanup: %w", errors.Join(errs...))
 	}

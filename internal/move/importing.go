@@ -15,6 +15,9 @@ var ErrImporting = errors.New("the shard is being imported from a legacy databas
 // the legacy database, or to move any shard to the legacy node. A catalog
 // without the import tables (older schema) has no import.
 func (m *Mover) refuseImporting(ctx context.Context, shard int, toNode string) error {
+	if err := m.refuseSplitting(ctx, shard); err != nil {
+		return err
+	}
 	var present bool
 	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT to_regclass('pgtenant.import_shards') IS NOT NULL`).Scan(&present); err != nil {
 		return fmt.Errorf("read imports: %w", err)

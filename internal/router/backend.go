@@ -977,6 +977,9 @@ func (ss *session) drain(all bool) error {
 				ss.relay(typ, body)
 				ss.use.errors++
 			}
+			if e.reset {
+				ss.resetFailed = true
+			}
 			if e.name == "setup" {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 			}
@@ -1302,9 +1305,14 @@ func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
 // time it runs with another search_path than it was planned with; shards
 // are schemas, so one server statement shared by all shards would be
 // re-planned in nearly every transaction. One per schema keeps its plan.
+//
+// In session pool mode a named statement keeps the client's name
+// (clientName), as on a direct connection: the backend is the client's
+// own, and Postgres re-plans it when it runs under another shard's
+// search_path.
 func (ss *session) serverStmt(def *stmtDef) string {
-	if def.server == "" {
-		return ""
+	if def.server == "" || def.clientName {
+		return def.server
 	}
 	if def.tag != ss.wantTag {
 		def.tag, def.tagged = ss.wantTag, def.server+"_"+ss.wantTag

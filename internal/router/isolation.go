@@ -62,8 +62,9 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 // reaches a fresh server statement) and reports the tag, or a 26000 error
 // for an unknown name. It reports handled false when the statement must go
 // to the backend instead: in session mode, a statement the client made with
-// SQL PREPARE (or DEALLOCATE ALL with a backend attached, which drops those
-// too).
+// SQL PREPARE, one prepared on the client's backend under its own name
+// (forgotten here too), or DEALLOCATE ALL with a backend attached, which
+// drops those too.
 func (ss *session) answerDeallocate(sql string, info *stmtInfo) (tag string, werr *wire.Error, handled bool) {
 	session := ss.srv.cfg.PoolMode == PoolSession
 	name, all, ok := deallocateTarget(sql)
@@ -77,8 +78,18 @@ func (ss *session) answerDeallocate(sql string, info *stmtInfo) (tag string, wer
 		}
 		return "DEALLOCATE ALL", nil, true
 	}
-	if name != "" && ss.deallocate(name) {
-		return "DEALLOCATE", nil, true
+	if name != "" {
+		if def := ss.stmts[name]; def != nil && def.clientName && ss.be != nil {
+			if _, on := ss.be.Prepared[def.server]; on {
+				// Session mode: prepared on the client's backend under the
+				// client's name, the server deallocates it too.
+				ss.deallocate(name)
+				return "", nil, false
+			}
+		}
+		if ss.deallocate(name) {
+			return "DEALLOCATE", nil, true
+		}
 	}
 	if session && ss.be != nil {
 		return "", nil, false

@@ -754,7 +754,16 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		if _, ok := ss.stmts[string(pm.Name)]; ok {
 			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
 		}
-		def.server = ss.srv.serverName(def.query, pm.Rest)
+		if ss.srv.cfg.PoolMode == PoolSession {
+			// The client's name is the server's, as with pgbouncer in
+			// session mode: pg_prepared_statements shows it.
+			if strings.HasPrefix(string(pm.Name), routerStmtPrefix) {
+				return reservedStmtError(string(pm.Name))
+			}
+			def.server, def.clientName = string(pm.Name), true
+		} else {
+			def.server = ss.srv.serverName(def.query, pm.Rest)
+		}
 		ss.stmts[string(pm.Name)] = def
 		// A large text stays counted in the budget for client messages
 		// for as long as the statement is kept. (Not an unnamed one: a
@@ -838,8 +847,23 @@ func (ss *session) deallocate(name string) bool {
 		return false
 	}
 	delete(ss.stmts, name)
-	ss.srv.forgetStmt(def.server, def.query, def.types)
+	if !def.clientName {
+		ss.srv.forgetStmt(def.server, def.query, def.types)
+	}
 	return true
+}
+
+// routerStmtPrefix starts the names of the router's own statements on a
+// backend (pgtenant_setup, pgtenant_begin, ...; in transaction mode the
+// client's statements too). In session mode, where client statement names
+// go to the backend as they are, a client name with it is refused.
+const routerStmtPrefix = "pgtenant_"
+
+// reservedStmtError refuses a client statement name that starts with
+// routerStmtPrefix in session mode.
+func reservedStmtError(name string) *wire.Error {
+	return &wire.Error{Code: "42939", Message: fmt.Sprintf("prepared statement name %q is reserved: names starting with %q belong to pgtenant", name, routerStmtPrefix),
+		Hint: "Name the statement without the pgtenant_ prefix."}
 }
 
 // closeOnServer closes, in session mode, the server statements of a
@@ -853,6 +877,16 @@ func (ss *session) deallocate(name string) bool {
 // is closed again before it is next prepared.
 func (ss *session) closeOnServer(def *stmtDef) {
 	if ss.srv.cfg.PoolMode != PoolSession || ss.be == nil || def.server == "" {
+		return
+	}
+	if def.clientName {
+		// Under the client's own name: at most one on the backend.
+		if _, ok := ss.be.Prepared[def.server]; ok {
+			delete(ss.be.Prepared, def.server)
+			ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
+			wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+			ss.push(expect{kind: eClose, swallow: true})
+		}
 		return
 	}
 	for _, d := range ss.stmts {

@@ -27,6 +27,9 @@ type stmtDef struct {
 	orig   string // the text the client sent
 	types  []byte // parameter type count and OIDs as sent
 	server string // backend name ("" for the unnamed statement), without the schema tag
+	// clientName: server is the client's own name, used as is on the
+	// backend (session pool mode; see onParse).
+	clientName bool
 	// tag and tagged cache the last server name with a schema tag (see
 	// session.serverStmt).
 	tag, tagged string
@@ -66,6 +69,9 @@ type expect struct {
 	// copyDone: the client sent CopyDone or CopyFail for this Query or
 	// Execute ahead of the server's CopyInResponse (see markCopyDone).
 	copyDone bool
+	// reset: the DISCARD ALL that resets a session-mode backend for the
+	// next client (session.end); its error sets session.resetFailed.
+	reset bool
 }
 
 const (
@@ -151,6 +157,9 @@ type session struct {
 	// to its CopyDone or CopyFail, the server having ended the COPY.
 	held        []byte
 	copyDiscard bool
+	// resetFailed: the DISCARD ALL of session.end failed; the backend is
+	// closed rather than handed to another client with this one's state.
+	resetFailed bool
 	// clientErr: the client's connection failed while the router relayed
 	// to it or read its COPY data (see clientFailed); the session ends.
 	clientErr error
@@ -632,13 +641,20 @@ func (ss *session) end() {
 	}
 	ss.detachCancel()
 	if ss.srv.cfg.PoolMode == PoolSession && ss.status == 'I' && len(ss.queue) == 0 && !be.Broken() {
-		// Reset what the client may have changed.
+		// Reset what the client may have changed. Should DISCARD ALL fail
+		// (a lock its DISCARD TEMP waits for past lock_timeout, say), the
+		// server rolled its resets back: the backend still holds this
+		// client's temporary objects and settings, and is closed.
 		be.W.Write(wire.AppendQuery(nil, "DISCARD ALL"))
-		ss.queue = append(ss.queue, expect{kind: eQuery, swallow: true})
+		ss.queue = append(ss.queue, expect{kind: eQuery, swallow: true, reset: true})
 		ss.syncs++
+		ss.resetFailed = false
 		be.SetDeadline(time.Now().Add(5 * time.Second))
-		if err := ss.drain(false); err != nil || ss.be == nil {
+		if err := ss.drain(false); err != nil || ss.be == nil || ss.resetFailed {
 			if ss.be != nil {
+				if ss.resetFailed {
+					ss.srv.log.Warn("DISCARD ALL failed: closing the backend connection", "session", ss.id, "node", be.Node())
+				}
 				be.MarkBroken()
 				ss.releaseBackend()
 			}

@@ -16,17 +16,27 @@ type RowCount struct {
 // tenantCond is the WHERE condition selecting tenant $1's rows of t in
 // schema (t aliased as pgtenant_t), or "" for shared tables.
 func tenantCond(schema string, t Table, byName map[string]Table) (string, error) {
+	return TenantCondition(schema, t, byName, "$1")
+}
+
+// TenantCondition is the WHERE condition selecting the rows of t in schema
+// (t aliased as pgtenant_t) whose tenant is the SQL expression value (a bind
+// parameter such as "$1", or current_setting(...) where parameters cannot
+// go, as in COPY): the tenant column for tenant tables, the parent's tenant
+// column through the join path for child tables, "" for shared tables.
+// byName holds the registry's rules by table name.
+func TenantCondition(schema string, t Table, byName map[string]Table, value string) (string, error) {
 	switch t.Kind {
 	case KindTenant:
-		return "pgtenant_t." + pgx.Identifier{t.TenantColumn}.Sanitize() + "::text = $1", nil
+		return "pgtenant_t." + pgx.Identifier{t.TenantColumn}.Sanitize() + "::text = " + value, nil
 	case KindChild:
 		p, ok := byName[t.Parent]
 		if !ok || p.Kind != KindTenant {
 			return "", fmt.Errorf("table %s: parent %s has no tenant column in the registry", t.Name, t.Parent)
 		}
-		return fmt.Sprintf("EXISTS (SELECT FROM %s pgtenant_p WHERE pgtenant_p.%s = pgtenant_t.%s AND pgtenant_p.%s::text = $1)",
+		return fmt.Sprintf("EXISTS (SELECT FROM %s pgtenant_p WHERE pgtenant_p.%s = pgtenant_t.%s AND pgtenant_p.%s::text = %s)",
 			pgx.Identifier{schema, p.Name}.Sanitize(), pgx.Identifier{t.ParentColumn}.Sanitize(),
-			pgx.Identifier{t.ParentKey}.Sanitize(), pgx.Identifier{p.TenantColumn}.Sanitize()), nil
+			pgx.Identifier{t.ParentKey}.Sanitize(), pgx.Identifier{p.TenantColumn}.Sanitize(), value), nil
 	}
 	return "", nil
 }

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -46,6 +47,14 @@ type options struct {
 	rounds                                            int
 	cpuprofile                                        string
 	only, workloads                                   []string
+	// variants are runtime settings under which every router case runs
+	// again, right after the case without them (see applyVariant).
+	variants []string
+	// many are the client counts of the many-clients case; latency runs
+	// the latency case (see many.go); extra are more pgbench arguments.
+	many    []int
+	latency bool
+	extra   []string
 }
 
 func main() {
@@ -65,14 +74,53 @@ func main() {
 	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\"); empty means all")
 	var workloads string
 	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (\"1 query\", \"1 stmt\", \"2 stmts\", \"4 stmts\"); empty means all")
+	var variants, many, hold string
+	var holdClients int
+	var holdDB string
+	flag.StringVar(&many, "many", "", "comma-separated client counts (e.g. 1000,5000): pgbench with that many clients against pgbouncer and pgtenant (1 node), and each proxy's memory per idle client")
+	flag.BoolVar(&o.latency, "latency", false, "measure the latency (p50, p99) of pgbouncer and pgtenant (1 node) at half of the router's saturation throughput")
+	flag.StringVar(&hold, "hold", "", "internal: open -hold-clients idle client connections to this address, print ready, keep them until stdin closes")
+	flag.IntVar(&holdClients, "hold-clients", 0, "internal: see -hold")
+	flag.StringVar(&holdDB, "hold-db", "bench", "internal: see -hold")
+	flag.StringVar(&variants, "variants", "", "comma-separated runtime settings under which each router case runs again, right after the plain case, in the same process: procs=N (GOMAXPROCS), gogc=N|off (GOGC)")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
-	o.modes = strings.Split(modes, ",")
+	if hold != "" {
+		if err := runHold(hold, holdDB, holdClients); err != nil {
+			fmt.Fprintln(os.Stderr, "routerbench -hold:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if modes != "" {
+		o.modes = strings.Split(modes, ",")
+	}
+	if many != "" {
+		for _, f := range strings.Split(many, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 {
+				fmt.Fprintln(os.Stderr, "routerbench: -many wants client counts")
+				os.Exit(2)
+			}
+			o.many = append(o.many, n)
+		}
+	}
 	if only != "" {
 		o.only = strings.Split(only, ",")
 	}
 	if workloads != "" {
 		o.workloads = strings.Split(workloads, ",")
+	}
+	if variants != "" {
+		o.variants = strings.Split(variants, ",")
+		for _, v := range o.variants {
+			restore, err := applyVariant(v)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "routerbench:", err)
+				os.Exit(2)
+			}
+			restore()
+		}
 	}
 	if o.scripts == "" {
 		_, file, _, _ := runtime.Caller(0)
@@ -227,7 +275,10 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		for t := 0; t < o.tenants; t++ {
 			m.Tenants[strconv.Itoa(t)] = t % o.shards
 		}
-		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize}, MaxClients: 1000}
+		// Waits for a backend as long as pgbouncer's (query_wait_timeout,
+		// 120 s by default): with thousands of clients on 20 backends a
+		// client queues for seconds, past the router's default of 5 s.
+		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize, WaitTimeout: 2 * time.Minute}, MaxClients: maxClients(o)}
 		if !rt.usage {
 			cfg.UsageCapacity = -1
 		}
@@ -245,7 +296,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		routerAddr[rt.key] = srv.Addr().String()
 	}
 
-	bouncerPort, bouncerPID, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize)
+	bouncerPort, bouncerPID, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize, maxClients(o))
 	if err != nil {
 		return err
 	}
@@ -258,6 +309,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	type target struct {
 		name, addr, script, workload string
 		db                           string // database name; empty means bench
+		variant                      string // see options.variants
 	}
 	direct := fmt.Sprintf("127.0.0.1:%d", nodes["a"].Port)
 	pgb := fmt.Sprintf("127.0.0.1:%d", bouncerPort)
@@ -275,40 +327,51 @@ func run(ctx context.Context, o options, w io.Writer) error {
 			if mode == "simple" {
 				// One round trip per transaction everywhere.
 				targets = []target{
-					{"direct", direct, "direct_simple.sql", "1 query", ""},
-					{"pgbouncer", pgb, "direct_simple.sql", "1 query", ""},
-					{fixedBouncer, pgb, "fixed.sql", "1 query", fixedDB},
-					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query", ""},
-					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", ""},
-					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", ""},
+					{"direct", direct, "direct_simple.sql", "1 query", "", ""},
+					{"pgbouncer", pgb, "direct_simple.sql", "1 query", "", ""},
+					{fixedBouncer, pgb, "fixed.sql", "1 query", fixedDB, ""},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query", "", ""},
+					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", "", ""},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", "", ""},
 				}
 			} else {
 				// pgtenant and direct connections keep a session setting;
 				// pgbouncer in transaction mode needs it set per transaction.
 				targets = []target{
-					{"direct", direct, "direct_extended.sql", "2 stmts", ""},
-					{"direct", direct, "direct_txn.sql", "4 stmts", ""},
-					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts", ""},
-					{fixedBouncer, pgb, "fixed.sql", "1 stmt", fixedDB},
-					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts", ""},
-					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts", ""},
-					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts", ""},
-					{noUsage, routerAddr[noUsage], routerTxnScript, "4 stmts", ""},
-					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts", ""},
-					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts", ""},
+					{"direct", direct, "direct_extended.sql", "2 stmts", "", ""},
+					{"direct", direct, "direct_txn.sql", "4 stmts", "", ""},
+					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts", "", ""},
+					{fixedBouncer, pgb, "fixed.sql", "1 stmt", fixedDB, ""},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts", "", ""},
+					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts", "", ""},
+					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts", "", ""},
+					{noUsage, routerAddr[noUsage], routerTxnScript, "4 stmts", "", ""},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_extended.sql", "2 stmts", "", ""},
+					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts", "", ""},
 				}
 				if mode == "extended" {
 					// A random tenant per transaction named by a hint, one
 					// statement: what the user sees against fixedBouncer.
 					targets = append(targets,
-						target{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], hintScript, "1 stmt", ""},
-						target{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], hintScript, "1 stmt", ""})
+						target{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], hintScript, "1 stmt", "", ""},
+						target{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], hintScript, "1 stmt", "", ""})
 				}
 			}
+			var all []target
 			for _, tg := range targets {
 				if len(o.only) > 0 && !slices.Contains(o.only, tg.name) || len(o.workloads) > 0 && !slices.Contains(o.workloads, tg.workload) {
 					continue
 				}
+				all = append(all, tg)
+				if strings.HasPrefix(tg.name, "pgtenant") {
+					for _, v := range o.variants {
+						vt := tg
+						vt.name, vt.variant = tg.name+" "+v, v
+						all = append(all, vt)
+					}
+				}
+			}
+			for _, tg := range all {
 				if (tg.name == "pgbouncer" || tg.name == fixedBouncer) && mode == "prepared" {
 					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 					continue
@@ -320,6 +383,10 @@ func run(ctx context.Context, o options, w io.Writer) error {
 						// Only one profile per file: profile the first pgtenant case.
 						profiling = false
 					}
+				}
+				restore := func() {}
+				if tg.variant != "" {
+					restore, _ = applyVariant(tg.variant) // checked in main
 				}
 				pgCPU := func() time.Duration { return postgresCPU(nodes["a"].DataDir()) + postgresCPU(nodes["b"].DataDir()) }
 				pg0, self0, bouncer0 := pgCPU(), selfCPU(), procCPU([]int{bouncerPID})
@@ -333,6 +400,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 				db := cmp.Or(tg.db, "bench")
 				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
+				restore()
 				if err == nil && r.txns > 0 {
 					// The proxy first: scanning /proc for the Postgres
 					// processes costs this process CPU (tens of ms on a
@@ -361,8 +429,38 @@ func run(ctx context.Context, o options, w io.Writer) error {
 			}
 		}
 	}
-	printTable(w, results, o)
+	if len(results) > 0 {
+		printTable(w, results, o)
+	}
+	if len(o.many) > 0 || o.latency {
+		// The router last: runLatency measures its saturation.
+		proxies := []proxyTarget{
+			{name: "pgbouncer", addr: pgb, script: "direct_simple.sql", pid: bouncerPID},
+			{name: "pgtenant (1 node)", addr: routerAddr["pgtenant (1 node)"], script: "router_simple.sql"},
+		}
+		var many []manyResult
+		var lat []latencyResult
+		if len(o.many) > 0 {
+			many = runMany(ctx, pgbench, proxies, o.many, o, rowsPer)
+		}
+		if o.latency {
+			if lat, err = runLatency(ctx, pgbench, root, proxies, o, rowsPer); err != nil {
+				return err
+			}
+		}
+		printMany(w, many, lat, o)
+	}
 	return nil
+}
+
+// maxClients is the client limit of the proxies: room for the largest
+// many-clients case.
+func maxClients(o options) int {
+	n := 1000
+	for _, m := range o.many {
+		n = max(n, m+100)
+	}
+	return n
 }
 
 // load creates the bench database with one accounts table per shard schema
@@ -412,6 +510,8 @@ func runPgbench(ctx context.Context, bin, addr, db string, scripts []string, mod
 	}
 	args = append(args, "-D", "ntenants="+strconv.Itoa(o.tenants), "-D", "rows_per_tenant="+strconv.Itoa(rowsPer), "-D", "nshards="+strconv.Itoa(o.shards),
 		db)
+	args = append(args[:len(args)-1], o.extra...)
+	args = append(args, db)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
 	var out bytes.Buffer
@@ -682,7 +782,7 @@ func findPgbouncer() (string, error) {
 
 // startPgbouncer runs pgbouncer in transaction mode in front of the node on
 // pgPort, as the postgres OS user when we are root (pgbouncer refuses root).
-func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize int) (int, int, func(), error) {
+func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize, maxClients int) (int, int, func(), error) {
 	port, err := localpg.FreePort()
 	if err != nil {
 		return 0, 0, nil, err
@@ -702,10 +802,10 @@ auth_type = trust
 auth_file = %s
 pool_mode = transaction
 default_pool_size = %d
-max_client_conn = 1000
+max_client_conn = %d
 ignore_startup_parameters = extra_float_digits,options
 logfile = %s
-`, pgPort, fixedDB, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
+`, pgPort, fixedDB, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, maxClients, filepath.Join(dir, "pgbouncer.log"))
 	if err := os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
 		return 0, 0, nil, err
 	}
@@ -771,6 +871,33 @@ const (
 	fixedBouncer = "pgbouncer fixed path"
 	hintScript   = "router_hint_*.sql"
 )
+
+// applyVariant applies a runtime setting of this process (which runs the
+// routers) and returns the function that restores the previous value:
+// procs=N sets GOMAXPROCS, gogc=N or gogc=off the GC percentage.
+func applyVariant(v string) (func(), error) {
+	k, val, _ := strings.Cut(v, "=")
+	switch k {
+	case "procs":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("variant %q: procs wants a positive number", v)
+		}
+		prev := runtime.GOMAXPROCS(n)
+		return func() { runtime.GOMAXPROCS(prev) }, nil
+	case "gogc":
+		n := -1
+		if val != "off" {
+			var err error
+			if n, err = strconv.Atoi(val); err != nil {
+				return nil, fmt.Errorf("variant %q: gogc wants a number or off", v)
+			}
+		}
+		prev := debug.SetGCPercent(n)
+		return func() { debug.SetGCPercent(prev) }, nil
+	}
+	return nil, fmt.Errorf("unknown variant %q (procs=N, gogc=N|off)", v)
+}
 
 // noUsage names the router target with per-tenant usage counting off.
 const noUsage = "pgtenant (1 node) no usage"

@@ -1,0 +1,66 @@
+package localpg
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// InitStandby makes c a physical standby of primary: pg_basebackup -R
+// (streaming the WAL, writing standby.signal and primary_conninfo) into c's
+// data directory, as the postgres OS user when root, then c's port in
+// postgresql.conf. c must not be initialised; c.Port zero means a free port.
+// The primary must allow replication connections from 127.0.0.1 for the
+// user postgres (initdb's default pg_hba.conf with --auth=trust does). Start
+// the standby with Start.
+func (c *Cluster) InitStandby(ctx context.Context, primary *Cluster) error {
+	if err := c.resolveBin(); err != nil {
+		return err
+	}
+	if c.Initialized() {
+		return fmt.Errorf("make standby in %s: the data directory exists already", c.DataDir())
+	}
+	if c.Port == 0 {
+		p, err := FreePort()
+		if err != nil {
+			return err
+		}
+		c.Port = p
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", c.Dir, err)
+	}
+	if err := os.Chmod(c.Dir, 0o755); err != nil {
+		return fmt.Errorf("chmod %s: %w", c.Dir, err)
+	}
+	if err := os.MkdirAll(c.DataDir(), 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if cred, err := runAsCredential(); err != nil {
+		return err
+	} else if cred != nil {
+		if err := checkTraversable(c.Dir); err != nil {
+			return err
+		}
+		if err := os.Chown(c.DataDir(), int(cred.Uid), int(cred.Gid)); err != nil {
+			return fmt.Errorf("chown data dir: %w", err)
+		}
+	}
+	if out, err := c.run(ctx, "pg_basebackup", "-D", c.DataDir(), "-h", "127.0.0.1", "-p", strconv.Itoa(primary.Port),
+		"-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"); err != nil {
+		return fmt.Errorf("pg_basebackup from port %d: %w: %s", primary.Port, err, out)
+	}
+	// The copied server log is the primary's; the standby writes its own.
+	_ = os.Remove(c.LogFile())
+	f, err := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open postgresql.conf: %w", err)
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintf(f, "\n# standby written by pgtenant\nport = %d\n", c.Port); err != nil {
+		return fmt.Errorf("write postgresql.conf: %w", err)
+	}
+	return nil
+}

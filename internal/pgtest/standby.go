@@ -1,0 +1,50 @@
+package pgtest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
+)
+
+// NewStandby makes a physical standby of s (pg_basebackup -R, as the
+// postgres OS user when root) on a free port, starts it and returns it; it
+// is stopped and removed when t ends (and by reapOrphans if the test binary
+// dies). It fails t when the standby cannot be made.
+func (s *Server) NewStandby(t testing.TB) *localpg.Cluster {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pgtenant-test-standby-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := localpg.New(dir, 0)
+	c.BinDir = s.Cluster.BinDir
+	stop := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.Stop(ctx); err != nil {
+			t.Logf("stop standby: %v", err)
+		}
+		os.RemoveAll(dir)
+	}
+	t.Cleanup(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := c.InitStandby(ctx, s.Cluster); err != nil {
+		t.Fatalf("make standby: %v", err)
+	}
+	if err := c.StartOnFreePort(ctx); err != nil {
+		t.Fatalf("start standby: %v", err)
+	}
+	return c
+}
