@@ -3,8 +3,6 @@ package pgtest
 import (
 	"context"
 	"os"
-	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -17,17 +15,12 @@ import (
 // dies). It fails t when the standby cannot be made.
 func (s *Server) NewStandby(t testing.TB) *localpg.Cluster {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "pgtenant-test-standby-")
+	// In the primary's root, if it runs from one (PGTENANT_TEST_PGROOT).
+	c, err := NewCluster("standby")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	c := localpg.New(dir, 0)
+	dir := c.Dir
 	c.BinDir = s.Cluster.BinDir
 	stop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
