@@ -305,6 +305,13 @@ CREATE TABLE pgtenant.import_shards (
 CREATE TRIGGER map_version_ins AFTER INSERT ON pgtenant.import_shards REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 CREATE TRIGGER map_version_del AFTER DELETE ON pgtenant.import_shards REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump_map_version();
 `,
+	// 12: an import's rollback of a cut-over shard (import rollback): the
+	// slot on the shard's node its writes since the cutover are read from,
+	// and the node's WAL position at the cutover (where that reverse stream
+	// starts).
+	`
+ALTER TABLE pgtenant.import_shards ADD COLUMN reverse_slot text, ADD COLUMN reverse_lsn pg_lsn;
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.
