@@ -30,6 +30,7 @@ func importUnderLedger(t *testing.T, n, shards int) (addr, legacy string, nodes 
 	mustRun(t, "node", "add", "n2", n2)
 	mustRun(t, "shard", "create")
 	legacy, ids = legacyDB(t, n)
+	dropSlotsAtEnd(t, legacy, n1, n2)
 	for _, r := range demo.LegacyRules {
 		mustRun(t, append([]string{"table", "set"}, r...)...)
 	}
@@ -134,6 +135,7 @@ func startLedger(t *testing.T, addr string, ids []string, writers int, prefix st
 				if err != nil && conn.IsClosed() {
 					return
 				}
+				time.Sleep(time.Millisecond) // a shared machine
 			}
 		}()
 	}
@@ -288,7 +290,6 @@ func TestImportRollback(t *testing.T) {
 	for _, e := range l.errs {
 		t.Errorf("writer: %v", e)
 	}
-	stopStart()
 	onNodes := map[ack]int{}
 	for _, dsn := range nodes {
 		for a, k := range ledgerRows(t, dsn, fmt.Sprintf("shard\\_%04d", shard)) {
@@ -298,6 +299,14 @@ func TestImportRollback(t *testing.T) {
 	for _, a := range append(l.acks, l2.acks...) {
 		if onNodes[a] != 1 {
 			t.Errorf("after the second cutover, acknowledged write %q of %q is on the node %d times", a.name, a.tenant, onNodes[a])
+		}
+	}
+	mustRun(t, "import", "cutover", "--all", "--no-rollback")
+	stopStart()
+	mustRun(t, "import", "finish")
+	for _, dsn := range append(nodes, legacy) {
+		if n := nodeInt(t, dsn, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`) + nodeInt(t, dsn, `SELECT count(*) FROM pg_publication`); n != 0 {
+			t.Errorf("%d slots and publications left after import finish", n)
 		}
 	}
 	t.Logf("%d writes acknowledged (%d before the rollback, %d after the second cutover's start); client max latency %s, %s",
@@ -320,4 +329,31 @@ func uptimeLoad() string {
 		return "load unknown"
 	}
 	return "load " + strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// dropSlotsAtEnd drops, when the test ends, the replication slots left in
+// the databases (a test that failed before import finish), so that they can
+// be dropped.
+func dropSlotsAtEnd(t *testing.T, dsns ...string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, dsn := range dsns {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				continue
+			}
+			for i := 0; i < 50; i++ {
+				var left int
+				_ = conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&left)
+				if left == 0 {
+					break
+				}
+				_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = current_database() AND active_pid IS NOT NULL`)
+				_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database() AND NOT active`)
+				time.Sleep(100 * time.Millisecond)
+			}
+			conn.Close(ctx)
+		}
+	})
 }

@@ -32,6 +32,10 @@ type CutoverOptions struct {
 	MarkerTimeout time.Duration
 	// PollInterval is how often the node is asked for the marker; 0 means 2ms.
 	PollInterval time.Duration
+	// NoRollback cuts over without a reverse stream: no logical slot is
+	// kept on the shard's node until import finish (each holds the node's
+	// WAL since its cutover), and import rollback refuses the shard.
+	NoRollback bool
 }
 
 // CutoverResult is one shard's cutover.
@@ -191,9 +195,11 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	// The reverse stream's slot on the node, for import rollback: created
 	// before the fence (creating a slot waits for the node's running
 	// transactions); it starts reading at the node's position at the flip.
-	revSlot, err := im.prepareReverse(ctx, legacy, node, imp, s)
-	if err != nil {
-		im.logger.Warn("cutover: no reverse stream; this shard cannot be rolled back with import rollback", "shard", s.Shard, "node", s.Node, "err", err)
+	var revSlot *string
+	if !opts.NoRollback {
+		if revSlot, err = im.prepareReverse(ctx, legacy, node, imp, s); err != nil {
+			im.logger.Warn("cutover: no reverse stream; this shard cannot be rolled back with import rollback", "shard", s.Shard, "node", s.Node, "err", err)
+		}
 	}
 
 	t0 := time.Now()
