@@ -36,6 +36,9 @@ import (
 // forward stream applies to the node only what the legacy database takes
 // from then on, and the shard can be cut over again.
 
+// reverseSlotTimeout bounds the creation of a reverse slot.
+const reverseSlotTimeout = 30 * time.Second
+
 // reverseName names a shard's reverse publication (per node database) and
 // the stream's position on the legacy database.
 func reverseName(shard int) string { return fmt.Sprintf("pgtenant_import_rev_%d", shard) }
@@ -92,7 +95,11 @@ func (im *Importer) prepareReverse(ctx context.Context, legacy, node *pgx.Conn, 
 		return nil, fmt.Errorf("look for slot %s: %w", slot, err)
 	}
 	if !exists {
-		sl, err := stream.CreateSlot(ctx, s.NodeDSN, slot)
+		// Creating a slot waits for every transaction open on the node's
+		// server; a long one would hold the cutover up: bounded.
+		cctx, cancel := context.WithTimeout(ctx, reverseSlotTimeout)
+		sl, err := stream.CreateSlot(cctx, s.NodeDSN, slot)
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", s.Node, err)
 		}
