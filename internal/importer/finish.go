@@ -138,8 +138,10 @@ func (im *Importer) Finish(ctx context.Context) error {
 		}
 	}
 	if _, err := legacy.Exec(ctx, `DO $$ BEGIN
-		IF to_regclass('pgtenant_stream.position') IS NOT NULL AND NOT EXISTS (SELECT FROM pgtenant_stream.position) THEN
-			DROP SCHEMA pgtenant_stream CASCADE;
+		IF to_regclass('pgtenant_stream.position') IS NOT NULL THEN
+			IF NOT EXISTS (SELECT FROM pgtenant_stream.position) THEN
+				DROP SCHEMA pgtenant_stream CASCADE;
+			END IF;
 		END IF; END $$`); err != nil {
 		return fmt.Errorf("import finish: drop the reverse streams' position table: %w", err)
 	}
