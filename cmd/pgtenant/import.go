@@ -78,7 +78,7 @@ Nothing is written to the legacy database.`,
 	initCmd.Flags().StringVar(&opts.Schema, "schema", "public", "schema of the legacy database that holds the app's tables")
 	initCmd.Flags().BoolVar(&opts.RegisterTenants, "register-tenants", false, "register, by hash, the tenant ids found in the rows that the catalog does not know")
 	initCmd.Flags().BoolVar(&opts.CheckOnly, "check", false, "run the checks only; change nothing")
-	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportStatusCmd(a), newImportFinishCmd(a))
+	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportRollbackCmd(a), newImportStatusCmd(a), newImportFinishCmd(a))
 	return cmd
 }
 

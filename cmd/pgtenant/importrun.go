@@ -163,7 +163,9 @@ follows the changes. Each shard is fenced like a shard move: routers hold its
 tenants' new transactions and let running ones end, a marker written on the
 legacy database travels through the stream to the node, the shard's sequences
 are set past the legacy ones, and the catalog flips the shard to its node; the
-held transactions then run there. A canary first, then waves:
+held transactions then run there. Unless --no-rollback, each shard keeps a
+logical slot on its node until import finish, from which import rollback reads
+the writes it takes from then on. A canary first, then waves:
 
   pgtenant import cutover --shard 7
   pgtenant import cutover --all --parallel 4`,
@@ -188,6 +190,7 @@ held transactions then run there. A canary first, then waves:
 	cmd.Flags().IntSliceVar(&opts.Shards, "shard", nil, "shard to cut over (repeatable)")
 	cmd.Flags().BoolVar(&opts.All, "all", false, "every copied shard not cut over yet")
 	cmd.Flags().IntVar(&opts.Parallel, "parallel", 1, "shards cut over at once")
+	cmd.Flags().BoolVar(&opts.NoRollback, "no-rollback", false, "keep no reverse stream (a logical slot on the node per shard until import finish): import rollback then refuses the shard")
 	return cmd
 }
 

@@ -359,6 +359,13 @@ CREATE TABLE pgtenant.tenant_moves (
 );
 CREATE UNIQUE INDEX tenant_moves_one_running ON pgtenant.tenant_moves (tenant) WHERE status = 'running';
 `,
+	// 14: an import's rollback of a cut-over shard (import rollback): the
+	// slot on the shard's node its writes since the cutover are read from,
+	// and the node's WAL position at the cutover (where that reverse stream
+	// starts).
+	`
+ALTER TABLE pgtenant.import_shards ADD COLUMN reverse_slot text, ADD COLUMN reverse_lsn pg_lsn;
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/move"
+	"github.com/pgtenant/pgtenant/internal/stream"
 )
 
 // CutoverOptions say which shards to cut over and how.
@@ -31,6 +32,10 @@ type CutoverOptions struct {
 	MarkerTimeout time.Duration
 	// PollInterval is how often the node is asked for the marker; 0 means 2ms.
 	PollInterval time.Duration
+	// NoRollback cuts over without a reverse stream: no logical slot is
+	// kept on the shard's node until import finish (each holds the node's
+	// WAL since its cutover), and import rollback refuses the shard.
+	NoRollback bool
 }
 
 // CutoverResult is one shard's cutover.
@@ -187,6 +192,15 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err := syncSequences(ctx, legacy, node, pairs); err != nil {
 		return err
 	}
+	// The reverse stream's slot on the node, for import rollback: created
+	// before the fence (creating a slot waits for the node's running
+	// transactions); it starts reading at the node's position at the flip.
+	var revSlot *string
+	if !opts.NoRollback {
+		if revSlot, err = im.prepareReverse(ctx, legacy, node, imp, s); err != nil {
+			im.logger.Warn("cutover: no reverse stream; this shard cannot be rolled back with import rollback", "shard", s.Shard, "node", s.Node, "err", err)
+		}
+	}
 
 	t0 := time.Now()
 	fence, err := mover.FenceShard(ctx, s.Shard, s.Node, importFenceOwner)
@@ -205,12 +219,19 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return fail(err)
 	}
-	if err := waitMarker(fctx, node, s, seq, pairs, last, opts); err != nil {
+	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, last, opts)
+	if err != nil {
 		return fail(err)
 	}
 	r.Marked = time.Since(t0)
+	var revLSN *string
+	if revSlot != nil {
+		l := nodeLSN.String()
+		revLSN = &l
+	}
 	err = fence.Flip(fctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE pgtenant.import_shards SET state = 'cutover', updated_at = now() WHERE shard = $1 AND state = 'copied'`, s.Shard)
+		tag, err := tx.Exec(ctx, `UPDATE pgtenant.import_shards SET state = 'cutover', reverse_slot = $2, reverse_lsn = $3::text::pg_lsn, updated_at = now()
+			WHERE shard = $1 AND state = 'copied'`, s.Shard, revSlot, revLSN)
 		if err == nil && tag.RowsAffected() != 1 {
 			err = fmt.Errorf("shard %d is no longer copied", s.Shard)
 		}
@@ -290,27 +311,29 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 }
 
 // waitMarker sets the node's sequences past last and polls the node until
-// the stream applied the marker seq.
-func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions) error {
+// the stream applied the marker seq. It returns the node's WAL position
+// read with the marker: past every change the stream applied for the shard.
+func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions) (stream.LSN, error) {
 	if len(pairs) > 0 {
 		if err := setSequences(ctx, node, pairs, last); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	for {
 		var ok bool
-		if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2)`, s.Shard, seq).Scan(&ok); err != nil {
-			return fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
+		var lsn string
+		if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`, s.Shard, seq).Scan(&ok, &lsn); err != nil {
+			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 		}
 		if ok {
-			return nil
+			return stream.ParseLSN(lsn)
 		}
 		if time.Now().After(deadline) {
-			return ErrMarkerTimeout
+			return 0, ErrMarkerTimeout
 		}
 		if err := sleepCtx(ctx, opts.PollInterval); err != nil {
-			return err
+			return 0, err
 		}
 	}
 }

@@ -99,24 +99,51 @@ func (im *Importer) Finish(ctx context.Context) error {
 			return fmt.Errorf("import finish: give %s its replica identity back: %w", t, err)
 		}
 	}
-	seen := map[string]bool{}
+	// The reverse streams kept for import rollback: slots and publications
+	// on the nodes, positions (and the table, when it holds no other) on
+	// the legacy database.
+	revSlots := map[int]string{}
+	rows, err := im.cat.Pool().Query(ctx, `SELECT shard, coalesce(reverse_slot, '') FROM pgtenant.import_shards`)
+	if err != nil {
+		return fmt.Errorf("import finish: %w", err)
+	}
+	var shard int
+	var slot string
+	if _, err := pgx.ForEachRow(rows, []any{&shard, &slot}, func() error { revSlots[shard] = slot; return nil }); err != nil {
+		return fmt.Errorf("import finish: %w", err)
+	}
+	conns := map[string]*pgx.Conn{}
+	defer func() {
+		for _, c := range conns {
+			c.Close(context.Background())
+		}
+	}()
 	for _, s := range shards {
-		if seen[s.Node] {
-			continue
+		conn := conns[s.Node]
+		if conn == nil {
+			if conn, err = connect(ctx, s.NodeDSN); err != nil {
+				return fmt.Errorf("import finish: connect to node %s: %w", s.Node, err)
+			}
+			conns[s.Node] = conn
+			err = stream.DeletePosition(ctx, conn, positionName)
+			if err == nil {
+				_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable+` CASCADE`)
+			}
+			if err != nil {
+				return fmt.Errorf("import finish: node %s: %w", s.Node, err)
+			}
 		}
-		seen[s.Node] = true
-		conn, err := connect(ctx, s.NodeDSN)
-		if err != nil {
-			return fmt.Errorf("import finish: connect to node %s: %w", s.Node, err)
-		}
-		err = stream.DeletePosition(ctx, conn, positionName)
-		if err == nil {
-			_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable)
-		}
-		conn.Close(context.Background())
-		if err != nil {
+		if err := dropReverse(ctx, legacy, conn, s.Shard, revSlots[s.Shard]); err != nil {
 			return fmt.Errorf("import finish: node %s: %w", s.Node, err)
 		}
+	}
+	if _, err := legacy.Exec(ctx, `DO $$ BEGIN
+		IF to_regclass('pgtenant_stream.position') IS NOT NULL THEN
+			IF NOT EXISTS (SELECT FROM pgtenant_stream.position) THEN
+				DROP SCHEMA pgtenant_stream CASCADE;
+			END IF;
+		END IF; END $$`); err != nil {
+		return fmt.Errorf("import finish: drop the reverse streams' position table: %w", err)
 	}
 	err = pgx.BeginFunc(ctx, im.cat.Pool(), func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM pgtenant.import_shards`); err != nil {
