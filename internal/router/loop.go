@@ -479,8 +479,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		case kSet:
 			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
 				if ss.pendingBegin != "" {
-					if e := checkTxnStart(sql); e != nil {
-						return e
+					if info.setName == "transaction" {
+						// SET TRANSACTION, as the server's grammar has it
+						// (SET LOCAL of a setting is not checked here).
+						if e := checkTxnStart(sql); e != nil {
+							return e
+						}
 					}
 					ss.pendingBegin += ";" + sql
 					return ss.reply("SET", nil)

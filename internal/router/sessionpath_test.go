@@ -194,3 +194,33 @@ func TestTransactionSearchPathRefused(t *testing.T) {
 		}
 	}
 }
+
+// SET LOCAL search_path in a transaction (session mode) holds for that
+// transaction only; SET LOCAL of any setting right after a deferred BEGIN
+// is not taken for a malformed SET TRANSACTION (it was refused with 42601).
+func TestSessionSetLocalSearchPath(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		ctx := ctx(t)
+		c := connect(t, s, "t2", mode)
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"SET LOCAL statement_timeout = '5s'", "SET LOCAL search_path TO shard_0004"} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		var in, timeout string
+		if err := tx.QueryRow(ctx, "SELECT shard::text, current_setting('statement_timeout') FROM whoami").Scan(&in, &timeout); err != nil || in != "4" || timeout != "5s" {
+			t.Fatalf("in the transaction: shard %s, statement_timeout %s (%v); want 4, 5s", in, timeout, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRow(ctx, "SELECT shard::text FROM whoami").Scan(&in); err != nil || in != "2" {
+			t.Fatalf("after the transaction: shard %s (%v), want 2", in, err)
+		}
+	}
+}
