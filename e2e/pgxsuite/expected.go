@@ -11,19 +11,30 @@ import (
 type expectations struct {
 	fail map[string]string   // "package TestName" -> reason
 	skip map[string][]string // package -> top-level tests not run
+	// ownPath: package -> top-level tests that run, not in the main pass,
+	// but in a pass of their own whose connections set the client's own
+	// search_path (ownPathDSN), and must pass there.
+	ownPath map[string][]string
 }
+
+// ownPathDSN is what the own-path pass adds to each test's connection
+// string: the search_path a client that wants PostgreSQL's default path
+// sets, which a router in session pool mode honours.
+const ownPathDSN = "&search_path=public"
 
 // readExpected reads an expected-failure list: one "package TestName"
 // per line (package relative to the pgx module, "." for its root), then
 // " # reason"; "skip package TestName # reason" for a test that is not
 // run at all (it hangs or waits out a long timeout through the router);
-// blank lines and lines starting with # are comments.
+// "own-path package TestName # reason" for a test that runs in the
+// own-path pass instead of the main one (see expectations.ownPath); blank
+// lines and lines starting with # are comments.
 func readExpected(path string) (*expectations, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read expected failures: %w", err)
 	}
-	e := &expectations{fail: map[string]string{}, skip: map[string][]string{}}
+	e := &expectations{fail: map[string]string{}, skip: map[string][]string{}, ownPath: map[string][]string{}}
 	for i, line := range strings.Split(string(b), "\n") {
 		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
 			continue
@@ -33,12 +44,23 @@ func readExpected(path string) (*expectations, error) {
 			return nil, fmt.Errorf("%s:%d: each entry needs \" # reason\"", path, i+1)
 		}
 		k = strings.TrimRight(k, " ")
-		if rest, ok := strings.CutPrefix(k, "skip "); ok {
+		for _, kind := range []string{"skip", "own-path"} {
+			rest, ok := strings.CutPrefix(k, kind+" ")
+			if !ok {
+				continue
+			}
 			pkg, name, ok := strings.Cut(rest, " ")
 			if !ok || strings.Contains(name, "/") || !regexp.MustCompile(`^Test\w*$`).MatchString(name) {
-				return nil, fmt.Errorf("%s:%d: a skip entry is \"skip PACKAGE TestName # reason\" (a top-level test)", path, i+1)
+				return nil, fmt.Errorf("%s:%d: a %s entry is \"%s PACKAGE TestName # reason\" (a top-level test)", path, i+1, kind, kind)
 			}
-			e.skip[pkg] = append(e.skip[pkg], name)
+			if kind == "skip" {
+				e.skip[pkg] = append(e.skip[pkg], name)
+			} else {
+				e.ownPath[pkg] = append(e.ownPath[pkg], name)
+			}
+			k = ""
+		}
+		if k == "" {
 			continue
 		}
 		if _, dup := e.fail[k]; dup {
@@ -49,9 +71,10 @@ func readExpected(path string) (*expectations, error) {
 	return e, nil
 }
 
-// skipPattern is the -test.skip pattern for pkg's skipped tests, or "".
+// skipPattern is the main pass's -test.skip pattern for pkg: its skipped
+// tests and those of the own-path pass; "" for none.
 func (e *expectations) skipPattern(pkg string) string {
-	names := e.skip[pkg]
+	names := append(append([]string(nil), e.skip[pkg]...), e.ownPath[pkg]...)
 	if len(names) == 0 {
 		return ""
 	}

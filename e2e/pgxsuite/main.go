@@ -24,6 +24,12 @@
 // every package has run (a few of pgx's tests are timing-sensitive on a
 // loaded machine); the retry is printed, and its outcome counts.
 //
+// Tests listed as own-path (tests that create objects unqualified and
+// expect them in public) are left out of the main pass and run after it
+// in a small pass of their own, on the same tenant's connection with the
+// startup parameter search_path=public: a client's own search_path, which
+// a router in session pool mode honours. They must pass there.
+//
 // It exits 1 on an unexpected failure, a hang or a leftover, and prints the
 // pass counts per mode; a listed test that passed is printed so that the
 // list can be trimmed, and does not fail the run.
@@ -75,6 +81,9 @@ type options struct {
 	workDir     string
 	test2json   string // path of the test2json binary
 	logDir      string // test output, one file per mode and package
+	// ownPathPass: run with the client's own search_path (see
+	// modeRun.runOwnPath).
+	ownPathPass bool
 }
 
 // errProblems reports that the run found problems (printed already).
@@ -89,7 +98,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&o.expectedDir, "expected", "e2e/pgxsuite/testdata", "directory of expected-<mode>.txt")
 	fs.DurationVar(&o.testTimeout, "test-timeout", 2*time.Minute, "a test running longer than this is a hang")
 	fs.DurationVar(&o.pkgTimeout, "package-timeout", 10*time.Minute, "go test -timeout for each package")
-	fs.StringVar(&o.run, "run", "", "go test -run pattern (default all)")
+	fs.StringVar(&o.run, "run", "", "go test -run pattern (default all; a top-level test name pattern for the own-path pass)")
 	fs.StringVar(&skipPkgs, "skip-packages", "pgproto3",
 		"pgx packages not run, comma-separated: pgproto3's tests never connect and encode several 1 GB messages at once")
 	fs.StringVar(&pkgs, "packages", "", "run only these pgx packages, comma-separated (\".\" for the root; default all)")
@@ -189,6 +198,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	for _, m := range modesRun {
 		m.retryUnexpected(ctx, &o, pkgs2)
+	}
+	for _, m := range modesRun {
+		m.runOwnPath(ctx, &o, pkgs2)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -32,6 +33,8 @@ type modeRun struct {
 	ran      map[string]bool // packages run
 	duration time.Duration   // sum of its packages' wall times
 	retried  []string        // "package TestName: outcome" of tests run again
+	// ownPass counts the own-path pass's results (see runOwnPath).
+	ownPass struct{ ran, passed, failed int }
 }
 
 // startModes reads each mode's expected failures and starts its router.
@@ -146,7 +149,13 @@ func runPackage(ctx context.Context, o *options, pkg testPkg, m *modeRun, logPat
 	if o.run != "" {
 		args = append(args, "-test.run", o.run)
 	}
-	if skip := m.expected.skipPattern(pkg.rel); skip != "" {
+	dsn := m.router.dsn(m.tenants[pkg.rel].tenant)
+	if o.ownPathPass {
+		dsn += ownPathDSN
+		if names := m.expected.skip[pkg.rel]; len(names) > 0 {
+			args = append(args, "-test.skip", "^("+strings.Join(names, "|")+")$")
+		}
+	} else if skip := m.expected.skipPattern(pkg.rel); skip != "" {
 		args = append(args, "-test.skip", skip)
 	}
 	fail := func(err error) ([]*result, string, string) {
@@ -165,7 +174,7 @@ func runPackage(ctx context.Context, o *options, pkg testPkg, m *modeRun, logPat
 	}
 	c := exec.Command(pkg.bin, args...)
 	c.Dir = pkg.dir
-	c.Env = append(os.Environ(), "PGX_TEST_DATABASE="+m.router.dsn(m.tenants[pkg.rel].tenant))
+	c.Env = append(os.Environ(), "PGX_TEST_DATABASE="+dsn)
 	c.Stdout, c.Stderr = pw, pw
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	j := exec.Command(o.test2json, "-t", "-p", pkg.path)
@@ -399,6 +408,45 @@ func (m *modeRun) retryUnexpected(ctx context.Context, o *options, pkgs []testPk
 	}
 }
 
+// runOwnPath runs the tests listed as own-path (see expectations.ownPath),
+// after every package has run, one package at a time: the same tenant's
+// connection, with the client's own search_path (ownPathDSN). Their
+// results join the mode's, where a failure is unexpected.
+func (m *modeRun) runOwnPath(ctx context.Context, o *options, pkgs []testPkg) {
+	for _, p := range pkgs {
+		var names []string
+		for _, n := range m.expected.ownPath[p.rel] {
+			if ok, err := regexp.MatchString(o.run, n); o.run == "" || err != nil || ok {
+				names = append(names, n)
+			}
+		}
+		if len(names) == 0 || ctx.Err() != nil {
+			continue
+		}
+		o2 := *o
+		o2.run = "^(" + strings.Join(names, "|") + ")$"
+		o2.ownPathPass = true
+		rs, hang, hungTest := runPackage(ctx, &o2, p, m, filepath.Join(o.logDir, m.mode+"-"+filepath.Base(p.bin)+"-ownpath.log"))
+		if hang != "" {
+			m.hangs = append(m.hangs, "in the own-path pass: "+hang)
+			m.hung[p.rel+" "+topTest(hungTest)] = true
+		}
+		for _, r := range rs {
+			if strings.Contains(r.name, "/") {
+				continue
+			}
+			m.ownPass.ran++
+			switch r.action {
+			case "pass":
+				m.ownPass.passed++
+			case "fail":
+				m.ownPass.failed++
+			}
+		}
+		m.results = append(m.results, rs...)
+	}
+}
+
 // report prints the mode's counts, its unexpected failures and the listed
 // tests that passed, checks for leftovers, and returns the problems.
 func (m *modeRun) report(ctx context.Context, o *options, out io.Writer) []string {
@@ -469,6 +517,10 @@ func (m *modeRun) report(ctx context.Context, o *options, out io.Writer) []strin
 		}
 	}
 	slices.Sort(skipped)
+	if m.ownPass.ran > 0 {
+		fmt.Fprintf(out, "%s mode: own-path pass (%s): %d tests, %d passed, %d failed\n",
+			m.mode, strings.TrimPrefix(ownPathDSN, "&"), m.ownPass.ran, m.ownPass.passed, m.ownPass.failed)
+	}
 	fmt.Fprintf(out, "%s mode: %d passed, %d failed (%d unexpected), %d skipped by pgx, %d not run (listed: %s); packages took %s\n",
 		m.mode, pass, fail, len(unexpected), skip, len(skipped), strings.Join(skipped, ", "), m.duration.Round(time.Second))
 

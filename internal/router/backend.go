@@ -458,7 +458,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 // mode, or inside a transaction).
 func (ss *session) resetup() {
 	be := ss.be
-	if ss.localOpen || ss.status != 'I' || ss.setupDue || (be.Schema == ss.wantSchema && be.Tenant == ss.wantTenant) || ss.backendPending() {
+	if ss.localOpen || ss.status != 'I' || ss.setupDue || ((be.Schema == ss.wantSchema || ss.ownsPath()) && be.Tenant == ss.wantTenant) || ss.backendPending() {
 		return
 	}
 	ss.chooseSetup(ss.beTenant)
@@ -514,19 +514,25 @@ var (
 // session search_path that changed with every transaction made the setup
 // statement itself be re-planned each time (about 10 µs of server CPU per
 // transaction), while a local one reverts before the next Bind.
+//
+// A client that owns its search_path (ownsPath) gets the tenant id only.
 func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
-	if be.Schema == schema && be.Tenant == tenant {
+	pathDue := be.Schema != schema && !ss.ownsPath()
+	if !pathDue && be.Tenant == tenant {
 		return
 	}
 	ss.setupDue = true
 	ss.setupPath = ""
-	if be.Schema != schema {
+	if pathDue {
 		ss.setupPath = ss.srv.searchPath(schema)
 	}
 	ss.setupSchema, ss.setupTenant = schema, tenant
 	ss.setupLocal = ss.srv.cfg.PoolMode == PoolTransaction
 	if !ss.setupLocal {
-		be.Schema, be.Tenant = schema, tenant
+		if pathDue {
+			be.Schema = schema
+		}
+		be.Tenant = tenant
 	}
 }
 
@@ -547,10 +553,10 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 		info.kind == kSavepoint || info.rollbackTo || info.endsTxn)) {
 		return
 	}
-	if be := ss.be; ss.setupEach && be != nil && !ss.setupDue && (be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant) {
+	if be := ss.be; ss.setupEach && be != nil && !ss.setupDue && ((be.Schema != ss.wantSchema && !ss.ownsPath()) || be.Tenant != ss.wantTenant) {
 		ss.setupDue = true
 		ss.setupPath = ""
-		if be.Schema != ss.wantSchema {
+		if be.Schema != ss.wantSchema && !ss.ownsPath() {
 			ss.setupPath = ss.srv.searchPath(ss.wantSchema)
 		}
 		ss.setupSchema, ss.setupTenant = ss.wantSchema, ss.wantTenant
@@ -766,8 +772,12 @@ func (ss *session) leaveGate(g *gate) {
 // setup queues the statements that give be the session's settings, the
 // shard's search_path and the tenant id, pipelined before the client's
 // message. Nothing is sent when the backend already has them.
+//
+// A client that owns its search_path (ownsPath) has it among its session
+// settings, and gets no shard path.
 func (ss *session) setup(be *pool.Conn, schema, tenant string) {
-	if be.SessionSig == ss.sig && be.Schema == schema && be.Tenant == tenant {
+	own := ss.ownsPath()
+	if be.SessionSig == ss.sig && (be.Schema == schema || own) && be.Tenant == tenant {
 		return
 	}
 	var b strings.Builder
@@ -785,7 +795,7 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 	}
 	// One statement for both settings: cheaper for the server than two SETs.
 	sep := "SELECT "
-	if be.Schema != schema {
+	if be.Schema != schema && !own {
 		b.WriteString(sep)
 		b.WriteString("pg_catalog.set_config('search_path', ")
 		b.WriteString(quoteLiteral(ss.srv.searchPath(schema)))

@@ -68,7 +68,8 @@
 // recorded only when the server accepts it, so a bad value fails at once
 // (RESET ALL first when the backend carries another client's settings).
 // search_path, role and pgtenant.* other than
-// pgtenant.tenant are owned by the router and refused (see Isolation).
+// pgtenant.tenant are owned by the router and refused (see Isolation),
+// except that in session mode a client may own its search_path (see below).
 // LISTEN is refused in transaction mode; use session mode.
 //
 // BEGIN/COMMIT/ROLLBACK are deferred or answered the same way whether they
@@ -87,12 +88,21 @@
 //
 // Named prepared statements (protocol-level Parse) work in transaction mode:
 // the router records each client's statements and prepares them, under
-// router-unique names, on whichever backend a Bind or Describe lands on:
+// router-unique names (pgtenant_N...), on whichever backend a Bind or
+// Describe lands on:
 // one server statement per statement text and shard schema, so Postgres
 // keeps each one's plan (it re-plans a statement run under another
 // search_path than it was planned with, and shards are schemas). At most
 // Config.MaxPrepared stay prepared on a backend; past that some are
 // closed when a client next gets it.
+// In session mode a named statement keeps the client's name on the server,
+// as on a direct connection (pg_prepared_statements shows it; Postgres
+// re-plans it under another shard's search_path): a name starting with
+// pgtenant_, the prefix of the router's own statements, is refused there
+// (42939); after a switch to another node the client's statements are
+// prepared again on the new backend when next used. The session-mode
+// backend's DISCARD ALL at the client's end must succeed, or the backend
+// is closed.
 // When the client's tenant is known at Parse, the Parse also goes to that
 // tenant's backend at once and the server's answer (ParseComplete or an
 // error) is the client's; without a tenant the router answers ParseComplete
@@ -105,6 +115,15 @@
 // public; extensions and reference tables), pg_temp: pg_temp last and
 // explicit, since Postgres searches it first when it is left out and a
 // temporary table would shadow the shard's.
+//
+// In session mode a client may own its search_path (ownsPath): a startup
+// search_path, SET [LOCAL] search_path, RESET search_path and SELECT
+// set_config('search_path', v, b), each a statement of its own, go to the
+// server; once the client has set it the router sets no shard path for the
+// session (tenant switches included: it is replayed with the client's other
+// SETs), until RESET search_path, SET search_path TO DEFAULT, RESET ALL or
+// DISCARD ALL give the shard path back. Users restricted to a tenant
+// (Config.Access) cannot; their role reaches only their shard anyway.
 //
 // Nothing a client leaves on a backend may reach another client. In
 // transaction mode a backend serves other clients as soon as a transaction
@@ -171,7 +190,7 @@
 //	42704  unknown tenant (register it with `pgtenant tenant add ID`)
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant
-//	0A000  feature not supported (LISTEN in transaction mode, reserved settings in any form, replication
+//	0A000  feature not supported (LISTEN in transaction mode, reserved settings (search_path: in transaction mode, or in a form the router cannot follow), replication
 //	       connections, in transaction mode a Query with statements after the COMMIT or ROLLBACK of its
 //	       transaction, temporary objects that outlive a transaction, SQL PREPARE/EXECUTE, WITH HOLD)
 //	25001  also: two different tenant hints in one query string
@@ -180,7 +199,8 @@
 //	3D000  also: a database name other than Config.Database
 //	42601  a malformed BEGIN or SET TRANSACTION the router would defer (as the server words it)
 //	42P05  Parse of a statement name in use; 26000 DEALLOCATE of a name that does not exist
-//	01000  (WARNING at connect) a startup search_path or other router-owned setting, ignored
+//	01000  (WARNING at connect) a router-owned startup setting, ignored (search_path: in transaction mode)
+//	42939  session mode: a statement name starting with pgtenant_ (the router's own)
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
 //	40001  the shard is being moved (held too long, or its transaction was cut)

@@ -347,8 +347,9 @@ func TestFidelityEarlyClose(t *testing.T) {
 	}
 }
 
-// A startup search_path is ignored with a warning at connect; SHOW
-// search_path shows the tenant's shard schema (pg_catalog without a tenant).
+// In transaction mode a startup search_path is ignored with a warning at
+// connect; SHOW search_path shows the tenant's shard schema (pg_catalog
+// without a tenant). (Session mode takes it: TestSessionStartupSearchPath.)
 func TestStartupSearchPath(t *testing.T) {
 	s := startRouter(t, Config{}, nil)
 	for _, tc := range []struct{ tenant, want string }{{"t2", `"shard_0002", "public", pg_temp`}, {"", `"pg_catalog", pg_temp`}} {

@@ -296,17 +296,20 @@ func TestIsolationReservedSettings(t *testing.T) {
 		sql        string
 		args       []any
 		simpleOnly bool // several statements: the simple protocol only
+		// sessionPath: the client's own search_path in session pool mode
+		// (see TestSessionSetSearchPath): taken there, not refused.
+		sessionPath bool
 	}
 	refused := []tcase{
 		{sql: "SELECT set_config('pgtenant.tenant_id', 't5', true) FROM whoami"},
 		{sql: "SELECT set_config('pgtenant.tenant_id', 't5', false)"},
-		{sql: "SELECT pg_catalog.set_config('search_path', 'shard_0005', false)"},
+		{sql: "SELECT pg_catalog.set_config('search_path', 'shard_0005', false)", sessionPath: true},
 		{sql: `SELECT "set_config"('search_path', 'shard_0005', true), shard FROM whoami`},
 		{sql: `SELECT pg_catalog . "set_config" /* c */ ( 'Search_Path' , 'shard_0005', true)`},
 		{sql: `SELECT "pg_catalog"."set_config"('search_path', 'shard_0005', true)`},
 		{sql: "SELECT PG_CATALOG.SET_CONFIG(E'search\\x5fpath', 'shard_0005', true)"},
 		{sql: "SELECT set_config(E'pgtenant.tenant\\137id', 't5', true)"},
-		{sql: "SELECT set_config($$search_path$$, 'shard_0005', true)"},
+		{sql: "SELECT set_config($$search_path$$, 'shard_0005', true)", sessionPath: true},
 		{sql: "SELECT set_config($x$pgtenant.tenant_id$x$, 't5', true)"},
 		{sql: "SELECT set_config('search_' || 'path', 'shard_0005', true)"},
 		{sql: "SELECT set_config(U&'search\\005fpath', 'shard_0005', true)"},
@@ -354,6 +357,17 @@ func TestIsolationReservedSettings(t *testing.T) {
 					}
 					t.Run(fmt.Sprint(i), func(t *testing.T) {
 						c := connect(t, s, "t3", mode)
+						if tc.sessionPath && pm == PoolSession {
+							// Taken as the client's own path; the tenant id stays.
+							if _, err := c.Exec(ctx, tc.sql, tc.args...); err != nil {
+								t.Fatalf("%s in session mode: %v", tc.sql, err)
+							}
+							var tid string
+							if err := c.QueryRow(ctx, "SELECT current_setting('pgtenant.tenant_id')").Scan(&tid); err != nil || tid != "t3" {
+								t.Fatalf("after %s: tenant id %q (%v), want t3", tc.sql, tid, err)
+							}
+							return
+						}
 						_, err := c.Exec(ctx, tc.sql, tc.args...)
 						var pe *pgconn.PgError
 						if !errors.As(err, &pe) || (pe.Code != "0A000" && pe.Code != "42501") || pe.Hint == "" {

@@ -65,6 +65,13 @@ type stmtInfo struct {
 	// reservedSet is set for SET/RESET of a setting the router owns
 	// (search_path, pgtenant.* other than pgtenant.tenant, role).
 	reservedSet bool
+	// pathSetConfig is set when the statement is exactly SELECT
+	// [pg_catalog.]set_config('search_path', v, <literal bool>), v a literal
+	// (val) or a bind parameter (param), isLocal its third argument: in
+	// session pool mode the client's own search_path (see session.pathStmt).
+	pathSetConfig bool
+	// setDefault is set for SET name TO DEFAULT (or = DEFAULT), which is RESET.
+	setDefault bool
 	// callsSetConfig is set when the text calls set_config anywhere;
 	// localSetConfig when the statement is exactly SELECT set_config('x',
 	// v, true) of a setting x other than search_path and pgtenant.* (the
@@ -499,6 +506,30 @@ func (lx *lexer) localSetConfig(info *stmtInfo) {
 	info.localSetConfig = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
 }
 
+// pathSetConfig sets info.pathSetConfig, val or param, and isLocal for
+// SELECT [pg_catalog.]set_config('search_path', v, b) with v a literal or
+// a parameter, b a literal, and nothing else in the text.
+func (lx *lexer) pathSetConfig(info *stmtInfo) {
+	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
+		lx.toks[3].kind != tString || !lx.punct(4, ',') || (lx.toks[5].kind != tString && lx.toks[5].kind != tParam) ||
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') ||
+		strings.ToLower(unquoteString(lx.text(3))) != "search_path" {
+		return
+	}
+	info.pathSetConfig = true
+	if lx.toks[5].kind == tParam {
+		p := 0
+		for _, d := range lx.text(5)[1:] {
+			p = p*10 + int(d-'0')
+		}
+		info.param = p
+	} else {
+		info.val = unquoteString(lx.text(5))
+	}
+	v, _ := lx.value(7)
+	info.isLocal = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
+}
+
 func (lx *lexer) text(i int) string {
 	if i >= lx.n {
 		return ""
@@ -596,6 +627,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		info.kind = kSelect
 		info.noShard = !sawFrom && !info.multi
 		lx.localSetConfig(info)
+		lx.pathSetConfig(info)
 		// SELECT [pg_catalog.]set_config('pgtenant.tenant', v, local)
 		if (lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) && lx.punct(2, '(') &&
 			lx.n > 3 && lx.toks[3].kind == tString && strings.EqualFold(unquoteString(lx.text(3)), tenantSetting) && lx.punct(4, ',') {
@@ -649,6 +681,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		if lx.n > i && lx.toks[i].kind == tQuotedIdent {
 			info.setName, _ = lx.value(i)
 		}
+		info.setDefault = (lx.punct(i+1, '=') || lx.word(i+1, "to")) && lx.word(i+2, "default") && lx.n == i+3
 		if info.setName == tenantSetting {
 			info.op = opSet
 			if info.isLocal {

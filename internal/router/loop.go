@@ -288,6 +288,10 @@ func txnThenMoreError() *wire.Error {
 
 // reservedSetError refuses SET or RESET of a setting the router owns.
 func reservedSetError(name string) *wire.Error {
+	if name == "search_path" {
+		return &wire.Error{Code: "0A000", Message: `setting "search_path" is managed by pgtenant here`,
+			Hint: "The router sets search_path to the tenant's shard schema. A router in session pool mode takes a client's own, set with SET search_path, RESET search_path or SELECT set_config('search_path', v, false) as a statement of its own; in transaction pool mode the backend is shared and it cannot."}
+	}
 	return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", name),
 		Hint: "Select the tenant with SET pgtenant.tenant; the router sets search_path and pgtenant.tenant_id itself."}
 }
@@ -417,7 +421,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return abortedError()
 	}
 	var g *guardFinding
-	if info.guardScan {
+	if info.guardScan && !ss.pathStmt(&info) {
 		g = guard(sql)
 	}
 	if e := ss.refuse(&info, g); e != nil {
@@ -436,7 +440,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return &wire.Error{Code: "0A000", Message: "SET, RESET or SHOW of pgtenant.tenant after another statement of the same query",
 			Hint: "Name the tenant at the start of the query string (SET pgtenant.tenant = 'id'; ...), or in a query of its own."}
 	}
-	if info.reservedSet && (info.kind == kSet || info.kind == kReset) {
+	if info.reservedSet && (info.kind == kSet || info.kind == kReset) && !ss.pathStmt(&info) {
 		return reservedSetError(info.setName)
 	}
 	if info.op != opNone && info.op != opSetConfig {
@@ -514,8 +518,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		case kSet:
 			if info.setName == "transaction" || (info.isLocal && ss.inTxn()) {
 				if ss.pendingBegin != "" {
-					if e := checkTxnStart(sql); e != nil {
-						return e
+					if info.setName == "transaction" {
+						// SET TRANSACTION, as the server's grammar has it
+						// (SET LOCAL of a setting is not checked here).
+						if e := checkTxnStart(sql); e != nil {
+							return e
+						}
 					}
 					ss.pendingBegin += ";" + sql
 					return ss.reply("SET", nil)
@@ -530,6 +538,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			}
 			// Run on a backend, which checks it; kept when it succeeds.
 			newSet = &setting{name: info.setName, stmt: sql}
+			if info.setDefault && info.setName == "search_path" {
+				newSet = &setting{name: info.setName, reset: true} // the router's path again
+			}
 		case kReset:
 			if ss.be == nil {
 				ss.reset(info.setName)
@@ -551,6 +562,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
 				ss.sets = nil
 				ss.resig()
+				ss.pathNext = 0 // the client's search_path is gone with the rest
 				ss.deallocateAll()
 				ss.unnamed = nil
 				if ss.be == nil {
@@ -563,6 +575,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 					return e
 				}
 				return ss.reply(tag, nil)
+			}
+		case kSelect:
+			if info.pathSetConfig && !info.isLocal && ss.mayOwnPath() {
+				newSet = &setting{name: "search_path", stmt: pathSetting(info.val)}
 			}
 		}
 	}
@@ -595,6 +611,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	be := ss.be
 	be.Unnamed = nil // a simple Query drops the unnamed statement
 	ss.noteServerState(&info)
+	ss.notePath(&info)
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery, set: newSet})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
@@ -701,9 +718,45 @@ func (ss *session) noteServerState(info *stmtInfo) {
 		be.Schema, be.Tenant = "\x00", "\x00"
 		ss.markSetupEach()
 	}
-	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) || (info.callsSetConfig && !info.plainSetConfig && !info.localSetConfig) {
+	if info.laterSet || (info.multi && (info.kind == kSet || info.kind == kReset)) ||
+		(info.callsSetConfig && !info.plainSetConfig && !info.localSetConfig && !(info.pathSetConfig && ss.mayOwnPath())) {
 		// set_config may have changed search_path or the tenant id too.
 		be.SessionSig, be.Schema, be.Tenant = "\x00", "\x00", "\x00"
+		ss.markSetupEach()
+	}
+}
+
+// pathStmt reports whether a statement is one by which a client sets its
+// own search_path (see ownsPath), allowed in session pool mode: exactly
+// one SET [SESSION|LOCAL] search_path, RESET search_path, or SELECT
+// set_config('search_path', v, b) with v a literal or a parameter and b a
+// literal. Other spellings (a quoted or escaped name, set_config inside a
+// larger statement or a DO block) stay refused: the router could not tell
+// which path is in force.
+func (ss *session) pathStmt(info *stmtInfo) bool {
+	if info.multi || !ss.mayOwnPath() {
+		return false
+	}
+	return ((info.kind == kSet || info.kind == kReset) && info.setName == "search_path") || info.pathSetConfig
+}
+
+// notePath notes, as a statement goes to the backend, what it does to the
+// client's own search_path (see ownsPath): a reset makes the statements
+// after it, in the same pipeline or transaction, get the shard's path again.
+func (ss *session) notePath(info *stmtInfo) {
+	if !ss.mayOwnPath() || info.multi {
+		return
+	}
+	set := (info.kind == kSet && info.setName == "search_path" && !info.isLocal && !info.setDefault) ||
+		(info.pathSetConfig && !info.isLocal)
+	reset := (info.kind == kReset && (info.setName == "search_path" || info.setName == "all")) ||
+		(info.kind == kSet && info.setName == "search_path" && !info.isLocal && info.setDefault)
+	switch {
+	case set:
+		ss.pathNext = 1
+	case reset && ss.ownsPath():
+		ss.pathNext = -1
+		ss.be.Schema = "\x00"
 		ss.markSetupEach()
 	}
 }
@@ -771,7 +824,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 			return e
 		}
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
-		if def.info.guardScan {
+		if def.info.guardScan && !ss.pathStmt(&def.info) {
 			def.guard = guard(q)
 		}
 		if def.info.op == opShow && !def.info.multi {
@@ -1017,17 +1070,33 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			}
 		}
 	}
-	if k := def.info; k.reservedSet && (k.kind == kSet || k.kind == kReset) {
+	if k := def.info; k.reservedSet && (k.kind == kSet || k.kind == kReset) && !ss.pathStmt(&k) {
 		return reservedSetError(k.setName)
 	}
 	if ss.portalSet != nil && ss.portalSetName == string(bm.Portal) {
 		ss.portalSet = nil // the portal is replaced before it ran
 	}
-	if k := def.info; k.kind == kSet && k.op == opNone && !k.multi && !k.isLocal && k.setName != "transaction" && !k.reservedSet {
+	if k := def.info; k.kind == kSet && k.op == opNone && !k.multi && !k.isLocal && k.setName != "transaction" && (!k.reservedSet || ss.pathStmt(&k)) {
 		ss.portalSet = &setting{name: k.setName, stmt: def.orig}
+		if k.setDefault && k.setName == "search_path" {
+			ss.portalSet = &setting{name: k.setName, reset: true}
+		}
 		ss.portalSetName = string(bm.Portal)
 	}
-	if k := def.info; k.kind == kReset && k.op == opNone && !k.reservedSet {
+	if k := def.info; k.pathSetConfig && !k.isLocal && ss.mayOwnPath() {
+		v := k.val
+		if k.param > 0 {
+			p, _, ok := wire.BindParam(bm.Rest, k.param-1)
+			if !ok || p == nil {
+				return &wire.Error{Code: "22023", Message: "set_config of search_path needs a non-null value through pgtenant",
+					Hint: "Pass the search_path as a string."}
+			}
+			v = string(p)
+		}
+		ss.portalSet = &setting{name: "search_path", stmt: pathSetting(v)}
+		ss.portalSetName = string(bm.Portal)
+	}
+	if k := def.info; k.kind == kReset && k.op == opNone && (!k.reservedSet || ss.pathStmt(&k)) {
 		if ss.be == nil {
 			ss.reset(k.setName)
 			ss.synthPortal(bm.Portal, "RESET")
@@ -1072,6 +1141,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	ss.sendSetup(&def.info, true)
 	ss.ensurePrepared(def)
 	ss.noteServerState(&def.info)
+	ss.notePath(&def.info)
 	ss.noteEnding(&def.info)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, ss.serverStmt(def), bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)

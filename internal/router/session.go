@@ -116,6 +116,12 @@ type session struct {
 	view        atomic.Pointer[string]
 	sets        []setting
 	sig         string
+	// setsPath: sets holds the client's own search_path (session pool
+	// mode; see ownsPath). pathNext is what the statements sent since the
+	// backend was last idle did to it: 1 set it, -1 reset it (the router's
+	// shard path again), 0 nothing.
+	setsPath bool
+	pathNext int8
 
 	stmts   map[string]*stmtDef
 	unnamed *stmtDef
@@ -406,6 +412,8 @@ func (ss *session) startup(params map[string]string) error {
 	}
 	var ps []setting
 	var ignored []string // startup settings the router owns
+	var startPath string
+	var hasStartPath bool
 	for k, v := range opts {
 		if k == tenantSetting {
 			if err := placement.ValidateTenantID(v); err != nil {
@@ -415,7 +423,11 @@ func (ss *session) startup(params map[string]string) error {
 			ss.startTenant, ss.tenant = v, v
 			continue
 		}
-		if isReserved(k) || k == "search_path" {
+		if k == "search_path" {
+			startPath, hasStartPath = v, true
+			continue
+		}
+		if isReserved(k) {
 			ignored = append(ignored, k)
 			continue
 		}
@@ -427,6 +439,15 @@ func (ss *session) startup(params map[string]string) error {
 	if e := ss.startAccess(); e != nil {
 		ss.fatal(e.Code, e.Message)
 		return errors.New(e.Message)
+	}
+	if hasStartPath {
+		if ss.mayOwnPath() {
+			// The client's own search_path (session mode): set as the
+			// server takes a startup value, a list.
+			ps = append(ps, setting{name: "search_path", stmt: pathSetting(startPath)})
+		} else {
+			ignored = append(ignored, "search_path")
+		}
 	}
 	sortSettings(ps)
 	ss.sets = ps
@@ -440,7 +461,7 @@ func (ss *session) startup(params map[string]string) error {
 		// surprise (the tenant's shard schema, or pg_catalog without one).
 		out = wire.AppendError(out, &wire.Error{Severity: "WARNING", Code: "01000",
 			Message: fmt.Sprintf("startup parameter %q is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard", k),
-			Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema."})
+			Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema (a router in session pool mode takes a search_path of the client's own)."})
 	}
 	sp := s.serverParams(ss.ctx)
 	enc := params["client_encoding"]
@@ -678,6 +699,7 @@ func (ss *session) setView() {
 }
 
 func (ss *session) resig() {
+	ss.setsPath = false
 	if len(ss.sets) == 0 {
 		ss.sig = ""
 		return
@@ -686,8 +708,44 @@ func (ss *session) resig() {
 	for _, st := range ss.sets {
 		b.WriteString(st.stmt)
 		b.WriteString(";")
+		if st.name == "search_path" {
+			ss.setsPath = true
+		}
 	}
 	ss.sig = b.String()
+}
+
+// mayOwnPath reports whether the client may set its own search_path: in
+// session pool mode, where the backend is its own for the session, unless
+// the user is restricted to a tenant (see Config.Access). In transaction
+// mode the router sets the shard's search_path for every transaction on a
+// backend shared with other clients, and SET search_path is refused.
+func (ss *session) mayOwnPath() bool {
+	return ss.srv.cfg.PoolMode == PoolSession && ss.access.Tenant == ""
+}
+
+// ownsPath reports whether the client's own search_path is in force, so
+// that the router sets no shard path: the client set it (startup
+// parameter, SET search_path, set_config('search_path', v, false)) and has
+// not reset it (RESET search_path or ALL, SET search_path TO DEFAULT,
+// DISCARD ALL). Until the statements that changed it are answered (an
+// open transaction, a pipeline), their change counts; once the backend is
+// idle with nothing pending, what committed (ss.sets) does.
+func (ss *session) ownsPath() bool {
+	if ss.pathNext != 0 && ss.status == 'I' && !ss.unsynced && !ss.backendPending() {
+		ss.pathNext = 0
+	}
+	if ss.pathNext != 0 {
+		return ss.pathNext > 0
+	}
+	return ss.setsPath
+}
+
+// pathSetting is the statement that sets search_path to v, a list as in
+// a startup parameter or set_config (SET search_path TO 'a, b' would name
+// one schema "a, b").
+func pathSetting(v string) string {
+	return "SELECT pg_catalog.set_config('search_path', " + quoteLiteral(v) + ", false)"
 }
 
 func sortStrings(ss []string) {
