@@ -258,7 +258,16 @@ func (m *Mover) waitReplay(ctx context.Context, sr *splitRun, lsn string) error 
 // transaction the leases are consumed (they must all be live) and the step
 // "promote" recorded.
 func (m *Mover) makeFenceDurable(ctx context.Context, sr *splitRun) error {
+	// The renewer stops first (a renewal after holdGuard would make the
+	// source lease lapse again); the leases are renewed once more here.
+	sr.endLeases()
 	for _, mv := range sr.moves {
+		if err := m.renewCatalogLease(ctx, mv); err != nil {
+			return err
+		}
+		if err := m.renewSourceLease(ctx, sr.src, mv); err != nil {
+			return err
+		}
 		if err := holdGuard(ctx, sr.src, mv); err != nil {
 			return err
 		}
@@ -275,7 +284,6 @@ func (m *Mover) makeFenceDurable(ctx context.Context, sr *splitRun) error {
 			updated_at = now() WHERE id = $1`, sr.ID, string(StepPromote), sr.Progress.FenceLSN, sr.Progress.ReplayWaitMS)
 		return err
 	})
-	sr.endLeases()
 	if err != nil {
 		return fmt.Errorf("make the fence durable before the promotion: %w", err)
 	}
