@@ -72,14 +72,14 @@ func TestNodeIdentityPromotedFollower(t *testing.T) {
 		if _, err := c.AddNode(ctx, name, d); !errors.Is(err, ErrDuplicateNode) {
 			t.Errorf("add %s: %v, want ErrDuplicateNode", name, err)
 		}
-		if err := c.AddPromotedNode(ctx, name, d); !errors.Is(err, ErrDuplicateNode) {
+		if err := c.AddPromotedNode(ctx, name, d, ""); !errors.Is(err, ErrDuplicateNode) {
 			t.Errorf("add promoted %s: %v, want ErrDuplicateNode", name, err)
 		}
 	}
 	if _, err := c.pool.Exec(ctx, `DELETE FROM pgtenant.nodes WHERE name = 'follower'`); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AddPromotedNode(ctx, "follower", fdsn); err != nil {
+	if err := c.AddPromotedNode(ctx, "follower", fdsn, rep.Identity); err != nil {
 		t.Errorf("AddPromotedNode: %v", err)
 	}
 }

@@ -86,8 +86,8 @@ func (e *splitEnv) options() SplitOptions {
 	return SplitOptions{Node: "n1", NewNode: "n3", FollowerDSN: e.followerDSN, MaxWait: 30 * time.Second, Register: e.register}
 }
 
-func (e *splitEnv) register(ctx context.Context, name, dsn string) error {
-	return e.cat.AddPromotedNode(ctx, name, dsn)
+func (e *splitEnv) register(ctx context.Context, name, dsn, identity string) error {
+	return e.cat.AddPromotedNode(ctx, name, dsn, identity)
 }
 
 func (e *splitEnv) placement(t *testing.T) map[int]string {
