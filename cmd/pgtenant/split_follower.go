@@ -58,7 +58,9 @@ type splitJSON struct {
 // runFollowerSplit runs, plans (--dry-run), resumes or aborts a follower split.
 func (a *app) runFollowerSplit(ctx context.Context, c *catalog.Catalog, args []string, f *followerFlags, pf *planFlags) error {
 	m := a.mover(c, &pf.moveFlags)
-	register := func(ctx context.Context, name, dsn, identity string) error { return c.AddPromotedNode(ctx, name, dsn, identity) }
+	register := func(ctx context.Context, name, dsn, identity string) error {
+		return c.AddPromotedNode(ctx, name, dsn, identity)
+	}
 	detail := map[string]any{"via_follower": true}
 	switch {
 	case f.abort > 0:

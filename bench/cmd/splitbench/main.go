@@ -269,7 +269,9 @@ func round(ctx context.Context, o options, log *slog.Logger, dir string, p, cat,
 	t := time.Now()
 	if method == "follower" {
 		sr, err := m.SplitViaFollower(ctx, move.SplitOptions{Node: "n1", NewNode: "n2", FollowerDSN: standby.DSN(db), MaxWait: time.Minute,
-			Register: func(ctx context.Context, name, dsn, identity string) error { return c.AddPromotedNode(ctx, name, dsn, identity) }})
+			Register: func(ctx context.Context, name, dsn, identity string) error {
+				return c.AddPromotedNode(ctx, name, dsn, identity)
+			}})
 		if err != nil {
 			stop()
 			wg.Wait()
