@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
@@ -47,7 +46,9 @@ func TestFollowerSplitUnderLoadNodeRole(t *testing.T) {
 	tf := &timingFencer{inner: catalog.RouterFencer{Catalog: c.cat}}
 	m := c.mover(move.Config{Fencer: tf})
 	res, err := m.SplitViaFollower(ctx, move.SplitOptions{Node: "a", NewNode: "c", FollowerDSN: followerDSN, MaxWait: time.Minute,
-		Register: func(ctx context.Context, name, dsn, identity string) error { return c.cat.AddPromotedNode(ctx, name, dsn, identity) }})
+		Register: func(ctx context.Context, name, dsn, identity string) error {
+			return c.cat.AddPromotedNode(ctx, name, dsn, identity)
+		}})
 	splitEnd := time.Now()
 	time.Sleep(time.Second) // clients run on the new node a while
 	w.stop()
@@ -84,5 +85,4 @@ func TestFollowerSplitUnderLoadNodeRole(t *testing.T) {
 		writes += cl.writes
 	}
 	t.Logf("%d clients, %d writes checked", len(w.clients), writes)
-	_ = pgx.Identifier{}
 }

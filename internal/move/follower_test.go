@@ -504,6 +504,12 @@ func testSplitCrash(t *testing.T, step Step, finish string) {
 		}
 	}
 	m := e.mover(t, Config{})
+	if !flipped {
+		// The moved half cannot be moved otherwise meanwhile.
+		if _, err := m.Move(ctx, 1, "n1", Options{}); !errors.Is(err, ErrMoveRunning) || !strings.Contains(err.Error(), "follower split") {
+			t.Errorf("move of a shard in the split: %v, want ErrMoveRunning naming the split", err)
+		}
+	}
 	if finish == "abort" {
 		err := m.AbortSplit(ctx, id)
 		if flipped {

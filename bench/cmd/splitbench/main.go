@@ -203,7 +203,7 @@ func load(ctx context.Context, p *localpg.Cluster, o options) (int64, error) {
 func round(ctx context.Context, o options, log *slog.Logger, dir string, p, cat, tgt *localpg.Cluster, r int, method string) (result, error) {
 	res := result{round: r, method: method}
 	db := fmt.Sprintf("r%d_%s", r, method)
-	if err := exec(ctx, p.DSN("postgres"), `CREATE DATABASE `+db+` TEMPLATE tmpl`); err != nil {
+	if err := exec(ctx, p.DSN("postgres"), `CREATE DATABASE `+db+` TEMPLATE tmpl STRATEGY FILE_COPY`); err != nil {
 		return res, err
 	}
 	defer exec(context.Background(), p.DSN("postgres"), `DROP DATABASE IF EXISTS `+db+` WITH (FORCE)`)
