@@ -21,7 +21,7 @@ import (
 //  1. fences the half of NODE's shards that moves, with the moves' fence
 //     and lease (markSplitFenced, Fencer.Fence, lockSplit arming each
 //     shard's guard: the routers hold the shards' new transactions,
-//     in-flight ones end, the source refuses writes to their tables), reads pg_current_wal_lsn()
+//     in-flight ones end, the source refuses writes to their tables), reads pg_current_wal_insert_lsn()
 //     on NODE and waits until the standby's pg_last_wal_replay_lsn() is
 //     past it (at most MaxWait, else the fence is released and nothing
 //     changed), and checks that the standby shows this fence;
@@ -257,7 +257,7 @@ func (m *Mover) PlanFollowerSplit(ctx context.Context, opts SplitOptions) (Split
 	if f, err := m.follower(ctx, sr); err == nil {
 		var replay string
 		if f.QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn()::text, '0/0')`).Scan(&replay) == nil {
-			_ = sr.src.QueryRow(ctx, `SELECT greatest(pg_current_wal_lsn() - $1::pg_lsn, 0)::bigint`, replay).Scan(&p.ReplayLagBytes)
+			_ = sr.src.QueryRow(ctx, `SELECT greatest(pg_current_wal_insert_lsn() - $1::pg_lsn, 0)::bigint`, replay).Scan(&p.ReplayLagBytes)
 		}
 	}
 	return p, nil

@@ -177,7 +177,10 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 		return err
 	}
 	lease.arm(leaseConn)
-	if err := sr.src.QueryRow(fctx, `SELECT pg_current_wal_lsn()::text`).Scan(&sr.Progress.FenceLSN); err != nil {
+	// The insert position, not pg_current_wal_lsn() (the write position):
+	// a commit made with synchronous_commit off may not be written yet, and
+	// a standby past the write position would not show it.
+	if err := sr.src.QueryRow(fctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&sr.Progress.FenceLSN); err != nil {
 		return fmt.Errorf("read the node's WAL position: %w", err)
 	}
 	if err := m.splitHook(fctx, sr, StepFenced); err != nil {
@@ -221,7 +224,8 @@ func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, names [][]string) e
 		m.log.Warn("cancel autovacuum on the moved shards' tables", "split", sr.ID, "err", err)
 	}
 	err := pgx.BeginFunc(ctx, sr.src, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
+		// Flushed at commit, so the standby gets the fence at once (not after the WAL writer's delay).
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'; SET LOCAL synchronous_commit = on`, m.cfg.LockTimeout.Milliseconds())); err != nil {
 			return err
 		}
 		var q []string
@@ -388,7 +392,7 @@ func (m *Mover) promoteFollower(ctx context.Context, sr *splitRun, res *SplitRes
 		if sr.resuming {
 			// The node's position now: its moved half has been frozen since the fence.
 			var lsn string
-			if err := sr.src.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+			if err := sr.src.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
 				return fmt.Errorf("read the node's WAL position: %w", err)
 			}
 			if err := m.waitReplay(ctx, sr, lsn); err != nil {
