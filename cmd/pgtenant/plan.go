@@ -82,17 +82,42 @@ func nodeNames(ctx context.Context, c *catalog.Catalog) ([]string, error) {
 
 func newSplitCmds(a *app) []*cobra.Command {
 	var f planFlags
+	var ff followerFlags
 	var to string
 	split := &cobra.Command{
-		Use:   "split NODE --to NEWNODE",
-		Short: "Move half of a node's shards to another node, online",
+		Use:   "split NODE --to NEWNODE | NODE --via-follower DSN --name NEWNODE",
+		Short: "Move half of a node's shards to another node, online (or to a promoted follower, without copying)",
 		Long: `Move every other shard of NODE (by id) to NEWNODE, --parallel at a time,
-each an online move like 'shard move'. --dry-run prints the plan only.`,
+each an online move like 'shard move'. --dry-run prints the plan only.
+
+With --via-follower DSN (a physical standby of NODE: a Heroku follower, or
+one made with pg_basebackup -R) no row is copied: the half that moves is
+fenced (its transactions wait in the routers), the follower replays past the
+fence and is promoted (--promote-command, or pg_promote(), which needs
+GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) to the node role),
+registered as --name, and that half is flipped to it in one catalog
+transaction; the pause is about the promotion's time. Then the moved half is
+dropped from NODE and the kept half from the new node. A split whose process
+died is continued with --resume ID or rolled back with --abort ID (until the
+flip; a promoted follower is then simply not used).`,
 		Example: `  pgtenant node add node3 postgres://admin@db3/app
   pgtenant node split node1 --to node3 --dry-run
-  pgtenant node split node1 --to node3 --parallel 4`,
-		Args: cobra.ExactArgs(1),
+  pgtenant node split node1 --to node3 --parallel 4
+  pgtenant node split node1 --via-follower 'postgres://pgtenant@db1-follower/app' --name node3 --dry-run
+  pgtenant node split node1 --via-follower "$FOLLOWER_URL" --name node3 --promote-command 'heroku pg:unfollow HEROKU_POSTGRESQL_GRAY_URL --app myapp --confirm myapp'`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ff.used() {
+				if to != "" {
+					return usagef("give --to NEWNODE (a split by moves) or --via-follower DSN --name NEWNODE, not both")
+				}
+				return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+					return a.runFollowerSplit(ctx, c, args, &ff, &f)
+				})(cmd, args)
+			}
+			if len(args) != 1 {
+				return usagef("give NODE")
+			}
 			if to == "" {
 				return usagef("give --to NEWNODE")
 			}
@@ -113,6 +138,7 @@ each an online move like 'shard move'. --dry-run prints the plan only.`,
 	}
 	split.Flags().StringVar(&to, "to", "", "the node that receives the shards")
 	f.register(split)
+	ff.register(split)
 
 	var rf planFlags
 	var byCount bool

@@ -31,6 +31,13 @@
 // indexes, catchup (the queue applied in rounds), fence (drained by a last
 // round instead of a marker), flipped, cleanup, done: see trigger.go.
 //
+// A node split through a promoted follower (SplitViaFollower, follower*.go)
+// copies no row: it fences half of a node's shards with the same fence and
+// leases, waits for a physical standby to replay past it, promotes it,
+// registers it and flips that half to it in one catalog transaction; its
+// steps (start, fence, promote, promoted, flipped, cleanup, done) are
+// recorded in pgtenant.splits. See the comment at the top of follower.go.
+//
 // Choices worth knowing:
 //   - Catch-up is proven with a marker row, not by comparing WAL positions: a
 //     row committed on the source into pgtenant_move.marker (published with a

@@ -19,9 +19,9 @@ import (
 // follower, or one made with pg_basebackup -R), it
 //
 //  1. fences the half of NODE's shards that moves, with the moves' fence
-//     and lease (markSplitFenced, Fencer.Fence, lockAndMark per shard: the
-//     routers hold the shards' new transactions, in-flight ones end, the
-//     source refuses writes to their tables), reads pg_current_wal_lsn()
+//     and lease (markSplitFenced, Fencer.Fence, lockSplit arming each
+//     shard's guard: the routers hold the shards' new transactions,
+//     in-flight ones end, the source refuses writes to their tables), reads pg_current_wal_insert_lsn()
 //     on NODE and waits until the standby's pg_last_wal_replay_lsn() is
 //     past it (at most MaxWait, else the fence is released and nothing
 //     changed), and checks that the standby shows this fence;
@@ -77,9 +77,10 @@ var (
 	ErrSplitRunning = errors.New("the node already has a running follower split; resume it with --resume or roll it back with --abort")
 )
 
-// RegisterFunc registers a node (name, DSN as given) in the catalog, with
-// the checks of `node add` (catalog.Catalog.AddNode).
-type RegisterFunc func(ctx context.Context, name, dsn string) error
+// RegisterFunc registers the promoted follower as a node (name, DSN as
+// given, and the identity read from it after its promotion was recorded)
+// in the catalog: catalog.Catalog.AddPromotedNode.
+type RegisterFunc func(ctx context.Context, name, dsn, identity string) error
 
 // SplitOptions are the choices of a follower split. They are stored with
 // the split (Register excepted) so a resume keeps them.
@@ -256,7 +257,7 @@ func (m *Mover) PlanFollowerSplit(ctx context.Context, opts SplitOptions) (Split
 	if f, err := m.follower(ctx, sr); err == nil {
 		var replay string
 		if f.QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn()::text, '0/0')`).Scan(&replay) == nil {
-			_ = sr.src.QueryRow(ctx, `SELECT greatest(pg_current_wal_lsn() - $1::pg_lsn, 0)::bigint`, replay).Scan(&p.ReplayLagBytes)
+			_ = sr.src.QueryRow(ctx, `SELECT greatest(pg_current_wal_insert_lsn() - $1::pg_lsn, 0)::bigint`, replay).Scan(&p.ReplayLagBytes)
 		}
 	}
 	return p, nil

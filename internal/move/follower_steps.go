@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,12 +70,17 @@ func (m *Mover) runSplit(ctx context.Context, sr *splitRun) (SplitResult, error)
 			return res, err
 		}
 	}
+	tPromoted := time.Now()
 	if sr.Step == StepPromoted {
 		if err := m.adoptFollower(ctx, sr); err != nil {
 			return res, err
 		}
+		tAdopted := time.Now()
 		if err := m.flipSplit(ctx, sr); err != nil {
 			return res, err
+		}
+		if !sr.fenceStart.IsZero() {
+			m.log.Info("split pause timings", "split", sr.ID, "to_promotion", tPromoted.Sub(sr.fenceStart), "adopt_register", tAdopted.Sub(tPromoted), "flip", time.Since(tAdopted))
 		}
 		if err := m.splitHook(ctx, sr, StepFlipped); err != nil {
 			return res, err
@@ -125,9 +131,9 @@ func (m *Mover) runSplit(ctx context.Context, sr *splitRun) (SplitResult, error)
 
 // splitFence fences the moved half with the moves' fence: all shards
 // marked fenced with a lease in one catalog statement (one map version),
-// the routers wait (Fencer.Fence), then per shard lockAndMark on the node
-// (table locks wait for writers that bypassed the routers, the guard
-// trigger and source lease, a marker). Then it waits until the follower has
+// the routers wait (Fencer.Fence), then one node transaction takes every
+// moved table's lock (waiting for writers that bypassed the routers) and
+// arms each shard's guard trigger and source lease (armGuard). Then it waits until the follower has
 // replayed past the node's WAL position taken after that.
 func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) error {
 	if err := ensureMarker(ctx, sr.src); err != nil {
@@ -167,19 +173,21 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 		}
 	}
 	tFenced := time.Now()
-	for i, mv := range sr.moves {
-		if _, err := m.lockAndMark(fctx, mv, sr.src, names[i]); err != nil {
-			return fmt.Errorf("shard %d: %w", mv.Shard, err)
-		}
+	if err := m.lockSplit(fctx, sr, names); err != nil {
+		return err
 	}
 	lease.arm(leaseConn)
-	if err := sr.src.QueryRow(fctx, `SELECT pg_current_wal_lsn()::text`).Scan(&sr.Progress.FenceLSN); err != nil {
+	// The insert position, not pg_current_wal_lsn() (the write position):
+	// a commit made with synchronous_commit off may not be written yet, and
+	// a standby past the write position would not show it.
+	if err := sr.src.QueryRow(fctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&sr.Progress.FenceLSN); err != nil {
 		return fmt.Errorf("read the node's WAL position: %w", err)
 	}
 	if err := m.splitHook(fctx, sr, StepFenced); err != nil {
 		return err
 	}
 	t := time.Now()
+	m.log.Info("split fenced", "split", sr.ID, "routers", tFenced.Sub(tMarked), "locks", t.Sub(tFenced))
 	if err := m.waitReplay(fctx, sr, sr.Progress.FenceLSN); err != nil {
 		if cause := context.Cause(fctx); errors.Is(cause, errLeaseLost) {
 			err = fmt.Errorf("%w: %w", err, cause)
@@ -201,8 +209,80 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 		return fmt.Errorf("%w: it replayed past %s but does not show the fence taken there", ErrNotFollower, sr.Progress.FenceLSN)
 	}
 	res.ReplayWait = time.Since(t)
-	m.log.Info("split fence timings", "split", sr.ID, "routers", tFenced.Sub(tMarked), "locks", t.Sub(tFenced), "replay", res.ReplayWait)
 	return nil
+}
+
+// lockSplit is the moves' lockAndMark for all the moved shards in one
+// transaction (one commit, no marker: the follower's replay position is
+// the proof here): autovacuum on them cancelled (best effort), LOCK TABLE …
+// IN EXCLUSIVE MODE on every table, each shard's guard armed.
+func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, names [][]string) error {
+	if _, err := sr.src.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
+		WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database() AND EXISTS (SELECT 1 FROM pg_locks l
+			JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = ANY($1))`, sr.schemas()); err != nil {
+		m.log.Warn("cancel autovacuum on the moved shards' tables", "split", sr.ID, "err", err)
+	}
+	err := pgx.BeginFunc(ctx, sr.src, func(tx pgx.Tx) error {
+		// Flushed at commit, so the standby gets the fence at once (not after the WAL writer's delay).
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'; SET LOCAL synchronous_commit = on`, m.cfg.LockTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		var q []string
+		for i, mv := range sr.moves {
+			for _, n := range names[i] {
+				q = append(q, ident(mv.Schema, n))
+			}
+		}
+		if len(q) > 0 {
+			if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(q, ", ")+` IN EXCLUSIVE MODE`); err != nil {
+				return fmt.Errorf("lock the moved shards' tables: %w", err)
+			}
+		}
+		for i, mv := range sr.moves {
+			if err := m.armGuard(ctx, tx, mv, names[i]); err != nil {
+				return fmt.Errorf("shard %d: %w", mv.Shard, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("fence on node %s: %w", sr.Node, err)
+	}
+	return nil
+}
+
+// renewSplitCatalogLeases renews every moved shard's catalog lease in one
+// statement (renewCatalogLease for many); one lapsed is errLeaseLost.
+func (m *Mover) renewSplitCatalogLeases(ctx context.Context, sr *splitRun) error {
+	tag, err := m.cfg.Catalog.Exec(ctx, `UPDATE pgtenant.fence_leases SET expires_at = now() + $3::bigint * interval '1 millisecond'
+		WHERE shard = ANY($1) AND move_id = $2 AND expires_at > now()`, sr.Shards, sr.leaseID(), m.cfg.FenceLease.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("renew the catalog leases: %w", err)
+	}
+	if tag.RowsAffected() != int64(len(sr.Shards)) {
+		return fmt.Errorf("catalog: %w", errLeaseLost)
+	}
+	return nil
+}
+
+// renewSplitSourceLeases renews every moved shard's source lease
+// (renewSourceLease) in one node transaction; then, with hold, makes each
+// permanent (holdGuard).
+func (m *Mover) renewSplitSourceLeases(ctx context.Context, src *pgx.Conn, sr *splitRun, hold bool) error {
+	return pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
+		for _, mv := range sr.moves {
+			if err := m.renewSourceLease(ctx, tx.Conn(), mv); err != nil {
+				return err
+			}
+			if hold {
+				if err := holdGuard(ctx, tx.Conn(), mv); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // markSplitFenced sets the moved shards 'fenced' on the node and takes
@@ -258,10 +338,14 @@ func (m *Mover) waitReplay(ctx context.Context, sr *splitRun, lsn string) error 
 // transaction the leases are consumed (they must all be live) and the step
 // "promote" recorded.
 func (m *Mover) makeFenceDurable(ctx context.Context, sr *splitRun) error {
-	for _, mv := range sr.moves {
-		if err := holdGuard(ctx, sr.src, mv); err != nil {
-			return err
-		}
+	// The renewer stops first (a renewal after holdGuard would make the
+	// source lease lapse again); the leases are renewed once more here.
+	sr.endLeases()
+	if err := m.renewSplitCatalogLeases(ctx, sr); err != nil {
+		return err
+	}
+	if err := m.renewSplitSourceLeases(ctx, sr.src, sr, true); err != nil {
+		return err
 	}
 	err := pgx.BeginFunc(ctx, m.cfg.Catalog, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM pgtenant.fence_leases WHERE shard = ANY($1) AND move_id = $2 AND expires_at > now()`, sr.Shards, sr.leaseID())
@@ -275,7 +359,6 @@ func (m *Mover) makeFenceDurable(ctx context.Context, sr *splitRun) error {
 			updated_at = now() WHERE id = $1`, sr.ID, string(StepPromote), sr.Progress.FenceLSN, sr.Progress.ReplayWaitMS)
 		return err
 	})
-	sr.endLeases()
 	if err != nil {
 		return fmt.Errorf("make the fence durable before the promotion: %w", err)
 	}
@@ -309,7 +392,7 @@ func (m *Mover) promoteFollower(ctx context.Context, sr *splitRun, res *SplitRes
 		if sr.resuming {
 			// The node's position now: its moved half has been frozen since the fence.
 			var lsn string
-			if err := sr.src.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+			if err := sr.src.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
 				return fmt.Errorf("read the node's WAL position: %w", err)
 			}
 			if err := m.waitReplay(ctx, sr, lsn); err != nil {
@@ -376,13 +459,10 @@ func (m *Mover) adoptFollower(ctx context.Context, sr *splitRun) error {
 	if err := catalog.MarkPromoted(ctx, f, sr.Progress.PromotedID); err != nil {
 		return err
 	}
-	for _, mv := range sr.moves {
-		if err := m.disarmGuard(ctx, f, mv); err != nil {
-			return fmt.Errorf("new node: shard %d: %w", mv.Shard, err)
-		}
-	}
-	if _, err := f.Exec(ctx, `DELETE FROM pgtenant_move.marker WHERE move_id = $1`, sr.leaseID()); err != nil && !isUndefined(err) {
-		return fmt.Errorf("new node: delete markers: %w", err)
+	// The guard rows came with the WAL (permanent): without them the
+	// triggers are inert; cleanup drops those after the pause.
+	if _, err := f.Exec(ctx, `DELETE FROM pgtenant_move.fence WHERE move_id = $1 AND schema_name = ANY($2)`, sr.leaseID(), sr.schemas()); err != nil {
+		return fmt.Errorf("new node: release the copied fence: %w", err)
 	}
 	var registered bool
 	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pgtenant.nodes WHERE name = $1)`, sr.NewNode).Scan(&registered); err != nil {
@@ -392,7 +472,11 @@ func (m *Mover) adoptFollower(ctx context.Context, sr *splitRun) error {
 		if sr.register == nil {
 			return errors.New("no Register function to register the new node")
 		}
-		if err := sr.register(ctx, sr.NewNode, sr.FollowerDSN); err != nil {
+		id, err := catalog.NodeIdentity(ctx, f)
+		if err != nil {
+			return fmt.Errorf("new node: %w", err)
+		}
+		if err := sr.register(ctx, sr.NewNode, sr.FollowerDSN, id); err != nil {
 			return fmt.Errorf("register the promoted follower as node %s: %w", sr.NewNode, err)
 		}
 	}
@@ -499,6 +583,11 @@ func (m *Mover) cleanupSplit(ctx context.Context, sr *splitRun) error {
 	if dst, err := connect(ctx, sr.followerDSN, "node "+sr.NewNode); err != nil {
 		errs = append(errs, err)
 	} else {
+		for _, mv := range sr.moves {
+			if err := m.disarmGuard(ctx, dst, mv); err != nil {
+				errs = append(errs, fmt.Errorf("new node: shard %d: %w", mv.Shard, err))
+			}
+		}
 		for _, id := range sr.Progress.Kept {
 			if placed[id] != sr.NewNode {
 				drop(dst, sr.NewNode, sr.kept[id])
@@ -553,9 +642,9 @@ func (m *Mover) cleanupSplits(ctx context.Context) ([]string, error) {
 	return dropped, errors.Join(errs...)
 }
 
-// splitLeases renews a split's leases: the catalog's of every moved shard
-// and, once armed, their source leases, on one connection (the moves'
-// renewCatalogLease and renewSourceLease, shard after shard).
+// splitLeases renews a split's leases every FenceLease/5: the catalog's of
+// every moved shard in one statement and, once armed, their source leases
+// in one node transaction (renewSourceLease, shard after shard).
 type splitLeases struct {
 	stop context.CancelFunc
 	done chan struct{}
@@ -580,14 +669,10 @@ func (m *Mover) renewSplitLeases(ctx context.Context, sr *splitRun, cancel conte
 			case <-t.C:
 			}
 			octx, ocancel := context.WithTimeout(rctx, max(every, time.Second))
-			var err error
-			for _, mv := range sr.moves {
-				if err = m.renewCatalogLease(octx, mv); err == nil && src != nil {
-					err = m.renewSourceLease(octx, src, mv)
-				}
-				if err != nil {
-					break
-				}
+			// The catalog first: the source leases are extended only while the catalog's are.
+			err := m.renewSplitCatalogLeases(octx, sr)
+			if err == nil && src != nil {
+				err = m.renewSplitSourceLeases(octx, src, sr, false)
 			}
 			ocancel()
 			if err != nil && rctx.Err() == nil {
