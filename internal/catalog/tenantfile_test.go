@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -123,4 +125,56 @@ func manyIDs(prefix string, n, at int, extra string) string {
 		fmt.Fprintf(&b, "%s%d\n", prefix, i)
 	}
 	return b.String()
+}
+
+// TestAddTenantRecorded: a signup writes the tenant and its operation-log
+// row together (one statement), and a refused one writes neither the tenant
+// nor a successful entry.
+func TestAddTenantRecorded(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 8)
+	ops := func(ok bool) []string {
+		t.Helper()
+		rows, err := c.pool.Query(ctx, `SELECT detail->>'tenant' || ':' || coalesce(detail->>'shard', '-') || ':' || (detail->>'explicit')
+			FROM pgtenant.operations WHERE op = 'tenant add' AND ok = $1 ORDER BY id`, ok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	loc, err := c.AddTenant(ctx, "O'Brien", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := 3
+	if _, err := c.AddTenant(ctx, "pinned", &pin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddTenant(ctx, "O'Brien", nil); !errors.Is(err, ErrTenantExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, err := c.pool.Exec(ctx, `DELETE FROM pgtenant.shards WHERE id = 5`); err != nil {
+		t.Fatal(err)
+	}
+	five := 5
+	if _, err := c.AddTenant(ctx, "orphan", &five); err == nil || !strings.Contains(err.Error(), "shard 5 has not been created yet") {
+		t.Fatalf("tenant on a missing shard: %v", err)
+	}
+	if got, want := strings.Join(ops(true), ","), fmt.Sprintf("O'Brien:%d:false,pinned:3:true", loc.Shard.ID); got != want {
+		t.Errorf("successful entries %s, want %s", got, want)
+	}
+	if got, want := strings.Join(ops(false), ","), "O'Brien:-:false,orphan:-:true"; got != want {
+		t.Errorf("failed entries %s, want %s", got, want)
+	}
+	var n int
+	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM pgtenant.tenants`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d tenants (%v), want 2", n, err)
+	}
+	if loc.Shard.Node == "" || loc.Node.DSN == "" || loc.Shard.Schema != placement.SchemaName(loc.Shard.ID) || loc.Shard.State != placement.StateActive {
+		t.Errorf("location %+v", loc)
+	}
 }

@@ -32,42 +32,47 @@ func (c *Catalog) AddTenant(ctx context.Context, id string, shard *int) (placeme
 	if shard != nil && (*shard < 0 || *shard >= count) {
 		return placement.Location{}, fmt.Errorf("add tenant: shard %d does not exist; shards are 0..%d", *shard, count-1)
 	}
-	var loc placement.Location
-	err = pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		var s placement.Shard
-		var n placement.Node
-		err := tx.QueryRow(ctx, `
+	// One statement, so one round trip and one commit: the tenant, its
+	// operation-log row (the same transaction) and where it went. The shards'
+	// statement-level check (23503) fails the whole statement.
+	var s placement.Shard
+	var n placement.Node
+	var schema, node, state, dsn *string
+	var epoch *int64
+	err = c.pool.QueryRow(ctx, `
+		WITH t AS (
 			INSERT INTO pgtenant.tenants (id, shard, explicit)
 			VALUES ($1, coalesce($2, (hashtextextended($1, 0) & ($3::bigint - 1))::int), $2 IS NOT NULL)
-			RETURNING shard`, id, shard, count).Scan(&s.ID)
-		if err != nil {
-			var pgErr *pgconn.PgError
-			switch {
-			case errors.As(err, &pgErr) && pgErr.Code == "23505":
-				return fmt.Errorf("tenant %q: %w", id, ErrTenantExists)
-			case errors.As(err, &pgErr) && pgErr.Code == "23503":
-				want := placement.ShardOf(id, count)
-				if shard != nil {
-					want = *shard
-				}
-				return fmt.Errorf("shard %d has not been created yet; run `pgtenant shard create`", want)
-			}
-			return err
-		}
-		if err := tx.QueryRow(ctx, `SELECT s.schema_name, s.node, s.state, s.epoch, n.dsn FROM pgtenant.shards s
-			JOIN pgtenant.nodes n ON n.name = s.node WHERE s.id = $1`, s.ID).Scan(&s.Schema, &s.Node, &s.State, &s.Epoch, &n.DSN); err != nil {
-			return fmt.Errorf("read shard %d: %w", s.ID, err)
-		}
-		n.Name = s.Node
-		loc = placement.Location{Tenant: id, Shard: s, Node: n}
-		// Recorded in the same transaction: one commit per signup.
-		return logOpIn(ctx, tx, "tenant add", map[string]any{"tenant": id, "shard": loc.Shard.ID, "explicit": shard != nil}, nil)
-	})
+			RETURNING shard
+		), op AS (
+			INSERT INTO pgtenant.operations (op, detail, ok)
+			SELECT 'tenant add', jsonb_build_object('tenant', $1::text, 'shard', t.shard, 'explicit', $2::int IS NOT NULL), true FROM t
+		)
+		SELECT t.shard, s.schema_name, s.node, s.state, s.epoch, n.dsn FROM t
+		LEFT JOIN pgtenant.shards s ON s.id = t.shard LEFT JOIN pgtenant.nodes n ON n.name = s.node`,
+		id, shard, count).Scan(&s.ID, &schema, &node, &state, &epoch, &dsn)
 	if err != nil {
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == "23505":
+			err = fmt.Errorf("tenant %q: %w", id, ErrTenantExists)
+		case errors.As(err, &pgErr) && pgErr.Code == "23503":
+			want := placement.ShardOf(id, count)
+			if shard != nil {
+				want = *shard
+			}
+			err = fmt.Errorf("shard %d has not been created yet; run `pgtenant shard create`", want)
+		}
 		c.logOp(ctx, "tenant add", map[string]any{"tenant": id, "explicit": shard != nil}, err)
 		return placement.Location{}, fmt.Errorf("add tenant: %w", err)
 	}
-	return loc, nil
+	if schema == nil || node == nil || state == nil || epoch == nil || dsn == nil {
+		// Not possible while the check holds; said plainly if it ever is.
+		return placement.Location{}, fmt.Errorf("add tenant: tenant %q was added to shard %d, whose node cannot be read", id, s.ID)
+	}
+	s.Schema, s.Node, s.State, s.Epoch = *schema, *node, *state, *epoch
+	n.Name, n.DSN = s.Node, *dsn
+	return placement.Location{Tenant: id, Shard: s, Node: n}, nil
 }
 
 // AddTenants registers many tenants by hash in one transaction (for demos and

@@ -323,31 +323,31 @@ func (m *Mover) markActive(ctx context.Context, mv *moveRun) error {
 // the step "flipped" and notifies the routers. When the commit's outcome is
 // unknown (catalog connection lost), the shard's row decides.
 func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
-	err := pgx.BeginFunc(ctx, m.cfg.Catalog, func(tx pgx.Tx) error {
-		// The lease is consumed first (it locks the row a router releasing
-		// the fence would delete): a lapsed lease means the shard may already
-		// serve from the source again, and the move must not flip.
-		tag, err := tx.Exec(ctx, `DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID)
-		if err != nil {
-			return err
+	// One statement (one round trip, one commit: it is inside the pause).
+	// The lease is locked first (FOR UPDATE, as a router releasing lapsed
+	// fences locks it before the shard): a lapsed or released lease means
+	// the shard may already serve from the source again, and the move must
+	// not flip. The lease is consumed and the step recorded only with the
+	// flip; routers are notified (also by the catalog's map-version trigger).
+	var flipped, leased bool
+	err := m.cfg.Catalog.QueryRow(ctx, `WITH s AS (
+			UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
+			WHERE id = $1 AND node = $2 AND state = 'fenced'
+				AND EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now() FOR UPDATE)
+			RETURNING id),
+		l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND EXISTS (SELECT FROM s)),
+		mv AS (UPDATE pgtenant.moves SET step = $5, updated_at = now() WHERE id = $4 AND EXISTS (SELECT FROM s)),
+		n AS (SELECT pg_notify('pgtenant_map', $6) FROM s)
+		SELECT EXISTS (SELECT FROM s),
+			EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now()),
+			(SELECT count(*) FROM n)`,
+		mv.Shard, mv.Source, mv.Target, mv.ID, string(StepFlipped), strconv.Itoa(mv.Shard)).Scan(&flipped, &leased, nil)
+	if err == nil && !flipped {
+		err = ErrFlipConflict
+		if !leased {
+			err = fmt.Errorf("%w: %w", ErrFlipConflict, errLeaseLost)
 		}
-		if tag.RowsAffected() != 1 {
-			return fmt.Errorf("%w: %w", ErrFlipConflict, errLeaseLost)
-		}
-		tag, err = tx.Exec(ctx, `UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
-			WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source, mv.Target)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() != 1 {
-			return ErrFlipConflict
-		}
-		if _, err := tx.Exec(ctx, `UPDATE pgtenant.moves SET step = $2, updated_at = now() WHERE id = $1`, mv.ID, string(StepFlipped)); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify('pgtenant_map', $1)`, strconv.Itoa(mv.Shard))
-		return err
-	})
+	}
 	if err != nil && !errors.Is(err, ErrFlipConflict) {
 		// The commit may or may not have happened (also when ctx expired
 		// during it): ask the catalog, retrying briefly, with a fresh context.

@@ -56,9 +56,10 @@
 //     retired schema has its write privileges revoked (42501).
 //   - The flip is done here, not behind an interface: UPDATE pgtenant.shards
 //     SET node = target, epoch = epoch + 1, state = 'active' WHERE id = shard
-//     AND node = source AND state = 'fenced', the move's step set to
-//     'flipped', and pg_notify('pgtenant_map', '<shard id>'), in one catalog
-//     transaction. Fencing sets state = 'fenced' (and notifies) before calling
+//     AND node = source AND state = 'fenced' and a live fence lease of the
+//     move (consumed), the move's step set to 'flipped', and
+//     pg_notify('pgtenant_map', '<shard id>'), in one catalog statement (one
+//     round trip). Fencing sets state = 'fenced' (and notifies) before calling
 //     Fencer.Fence; an abort sets it back to 'active'.
 //   - The old schema is renamed <schema>_moved_<move id> on the source;
 //     Mover.Cleanup drops those of finished moves (Options.DropSource drops it

@@ -209,31 +209,57 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = $1)`, mv.Schema); err != nil {
 		m.log.Warn("cancel autovacuum on the shard's tables", "move", mv.ID, "shard", mv.Shard, "err", err)
 	}
-	err := pgx.BeginFunc(ctx, src, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
-			return err
-		}
-		if len(names) > 0 {
-			q := make([]string, len(names))
-			for i, n := range names {
-				q[i] = ident(mv.Schema, n)
-			}
-			if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(q, ", ")+` IN EXCLUSIVE MODE`); err != nil {
-				return fmt.Errorf("lock the shard's tables: %w", err)
-			}
-		}
-		if err := m.armGuard(ctx, tx, mv, names); err != nil {
-			return err
-		}
-		var err error
-		seq, err = insertMarker(ctx, tx, mv.ID)
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("fence on source: %w", err)
+	// One round trip (it is inside the pause): the transaction's statements,
+	// its commit and the fence position go as one pipeline. After an error
+	// the server skips the rest up to the pipeline's end, so the transaction
+	// is left aborted and rolled back here.
+	b := &pgx.Batch{}
+	var what []string
+	queue := func(label, sql string, args ...any) {
+		b.Queue(sql, args...)
+		what = append(what, label)
 	}
-	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&mv.Progress.FenceLSN); err != nil {
-		return 0, fmt.Errorf("read fence position: %w", err)
+	queue("begin", `BEGIN`)
+	queue("set lock_timeout", fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds()))
+	if len(names) > 0 {
+		q := make([]string, len(names))
+		for i, n := range names {
+			q[i] = ident(mv.Schema, n)
+		}
+		queue("lock the shard's tables", `LOCK TABLE `+strings.Join(q, ", ")+` IN EXCLUSIVE MODE`)
+	}
+	m.queueGuard(queue, mv, names)
+	// With synchronous_commit on: see insertMarker.
+	queue("set synchronous_commit", `SET LOCAL synchronous_commit = on`)
+	queue("insert marker", insertMarkerSQL, mv.ID)
+	queue("commit", `COMMIT`)
+	queue("read fence position", `SELECT pg_current_wal_lsn()::text`)
+	br := src.SendBatch(ctx, b)
+	var err error
+	for _, label := range what {
+		switch label {
+		case "insert marker":
+			err = br.QueryRow().Scan(&seq)
+		case "read fence position":
+			err = br.QueryRow().Scan(&mv.Progress.FenceLSN)
+		default:
+			_, err = br.Exec()
+		}
+		if err != nil {
+			err = fmt.Errorf("%s: %w", label, err)
+			break
+		}
+	}
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		if src.PgConn().TxStatus() != 'I' {
+			if _, rerr := src.Exec(context.WithoutCancel(ctx), `ROLLBACK`); rerr != nil {
+				m.log.Warn("roll back the source fence", "move", mv.ID, "shard", mv.Shard, "err", rerr)
+			}
+		}
+		return 0, fmt.Errorf("fence on source: %w", err)
 	}
 	return seq, nil
 }

@@ -133,7 +133,7 @@ func (m *Mover) runSplit(ctx context.Context, sr *splitRun) (SplitResult, error)
 // marked fenced with a lease in one catalog statement (one map version),
 // the routers wait (Fencer.Fence), then one node transaction takes every
 // moved table's lock (waiting for writers that bypassed the routers) and
-// arms each shard's guard trigger and source lease (armGuard). Then it waits until the follower has
+// arms each shard's guard trigger and source lease (queueGuard). Then it waits until the follower has
 // replayed past the node's WAL position taken after that.
 func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) error {
 	if err := ensureMarker(ctx, sr.src); err != nil {
@@ -240,8 +240,17 @@ func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, names [][]string) e
 			}
 		}
 		for i, mv := range sr.moves {
-			if err := m.armGuard(ctx, tx, mv, names[i]); err != nil {
-				return fmt.Errorf("shard %d: %w", mv.Shard, err)
+			var qerr error
+			m.queueGuard(func(label, sql string, args ...any) {
+				if qerr != nil {
+					return
+				}
+				if _, err := tx.Exec(ctx, sql, args...); err != nil {
+					qerr = fmt.Errorf("%s: %w", label, err)
+				}
+			}, mv, names[i])
+			if qerr != nil {
+				return fmt.Errorf("shard %d: %w", mv.Shard, qerr)
 			}
 		}
 		return nil

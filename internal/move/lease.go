@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -69,26 +68,17 @@ END $do$`
 // guardTrigger is the name of the fence trigger on each table of a fenced shard.
 const guardTrigger = "pgtenant_fence"
 
-// armGuard, inside the fence transaction on the source (which holds the
-// shard's table locks), puts the fence trigger on every table and takes the
-// source lease.
-func (m *Mover) armGuard(ctx context.Context, tx pgx.Tx, mv *moveRun, names []string) error {
-	var b strings.Builder
+// queueGuard queues, inside the fence transaction on the source (which holds
+// the shard's table locks), the fence trigger on every table and the source
+// lease.
+func (m *Mover) queueGuard(queue func(label, sql string, args ...any), mv *moveRun, names []string) {
 	for _, n := range names {
-		fmt.Fprintf(&b, "CREATE OR REPLACE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.fence_guard();\n",
-			ident(guardTrigger), ident(mv.Schema, n))
+		queue("put the fence trigger on the shard's tables", fmt.Sprintf("CREATE OR REPLACE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.fence_guard()",
+			ident(guardTrigger), ident(mv.Schema, n)))
 	}
-	if b.Len() > 0 {
-		if _, err := tx.Exec(ctx, b.String()); err != nil {
-			return fmt.Errorf("put the fence trigger on the shard's tables: %w", err)
-		}
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+	queue("take the source lease", `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
 		ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at`,
-		mv.Schema, mv.ID, m.sourceLease().Milliseconds()); err != nil {
-		return fmt.Errorf("take the source lease: %w", err)
-	}
-	return nil
+		mv.Schema, mv.ID, m.sourceLease().Milliseconds())
 }
 
 // holdGuard makes the source lease permanent (after the flip: the source copy

@@ -407,6 +407,10 @@ func (m *Mover) stepIndexes(ctx context.Context, mv *moveRun) error {
 	return nil
 }
 
+// insertMarkerSQL inserts the next marker row of move $1, returning its seq.
+const insertMarkerSQL = `INSERT INTO pgtenant_move.marker (move_id, seq)
+	SELECT $1, coalesce(max(seq), 0) + 1 FROM pgtenant_move.marker WHERE move_id = $1 RETURNING seq`
+
 // insertMarker inserts a marker row for the move in tx and returns its seq.
 // The transaction commits with synchronous_commit on: a logical WAL sender
 // only sends flushed WAL, and with synchronous_commit off the commit would
@@ -416,8 +420,7 @@ func insertMarker(ctx context.Context, tx pgx.Tx, moveID int64) (int64, error) {
 		return 0, fmt.Errorf("insert marker: %w", err)
 	}
 	var seq int64
-	err := tx.QueryRow(ctx, `INSERT INTO pgtenant_move.marker (move_id, seq)
-		SELECT $1, coalesce(max(seq), 0) + 1 FROM pgtenant_move.marker WHERE move_id = $1 RETURNING seq`, moveID).Scan(&seq)
+	err := tx.QueryRow(ctx, insertMarkerSQL, moveID).Scan(&seq)
 	if err != nil {
 		return 0, fmt.Errorf("insert marker: %w", err)
 	}
