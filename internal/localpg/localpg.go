@@ -150,31 +150,8 @@ func (c *Cluster) Init(ctx context.Context) error {
 		}
 		return nil
 	}
-	if c.Port == 0 {
-		p, err := FreePort()
-		if err != nil {
-			return err
-		}
-		c.Port = p
-	}
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", c.Dir, err)
-	}
-	if err := os.Chmod(c.Dir, 0o755); err != nil {
-		return fmt.Errorf("chmod %s: %w", c.Dir, err)
-	}
-	if err := os.MkdirAll(c.DataDir(), 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	if cred, err := runAsCredential(); err != nil {
+	if err := c.makeDataDir(); err != nil {
 		return err
-	} else if cred != nil {
-		if err := checkTraversable(c.Dir); err != nil {
-			return err
-		}
-		if err := os.Chown(c.DataDir(), int(cred.Uid), int(cred.Gid)); err != nil {
-			return fmt.Errorf("chown data dir: %w", err)
-		}
 	}
 	if out, err := c.run(ctx, "initdb", "-D", c.DataDir(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"); err != nil {
 		return fmt.Errorf("initdb: %w: %s", err, out)
@@ -444,4 +421,36 @@ func (c *Cluster) argsInRoot(args []string) []string {
 		}
 	}
 	return out
+}
+
+// makeDataDir picks a free port when none is set and creates c's directory
+// (traversable) and its data directory, owned by the user Postgres runs as.
+func (c *Cluster) makeDataDir() error {
+	if c.Port == 0 {
+		p, err := FreePort()
+		if err != nil {
+			return err
+		}
+		c.Port = p
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", c.Dir, err)
+	}
+	if err := os.Chmod(c.Dir, 0o755); err != nil {
+		return fmt.Errorf("chmod %s: %w", c.Dir, err)
+	}
+	if err := os.MkdirAll(c.DataDir(), 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if cred, err := runAsCredential(); err != nil {
+		return err
+	} else if cred != nil {
+		if err := checkTraversable(c.Dir); err != nil {
+			return err
+		}
+		if err := os.Chown(c.DataDir(), int(cred.Uid), int(cred.Gid)); err != nil {
+			return fmt.Errorf("chown data dir: %w", err)
+		}
+	}
+	return nil
 }

@@ -22,31 +22,8 @@ func (c *Cluster) InitStandby(ctx context.Context, primary *Cluster) error {
 	if c.Initialized() {
 		return fmt.Errorf("make standby in %s: the data directory exists already", c.DataDir())
 	}
-	if c.Port == 0 {
-		p, err := FreePort()
-		if err != nil {
-			return err
-		}
-		c.Port = p
-	}
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", c.Dir, err)
-	}
-	if err := os.Chmod(c.Dir, 0o755); err != nil {
-		return fmt.Errorf("chmod %s: %w", c.Dir, err)
-	}
-	if err := os.MkdirAll(c.DataDir(), 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
-	}
-	if cred, err := runAsCredential(); err != nil {
+	if err := c.makeDataDir(); err != nil {
 		return err
-	} else if cred != nil {
-		if err := checkTraversable(c.Dir); err != nil {
-			return err
-		}
-		if err := os.Chown(c.DataDir(), int(cred.Uid), int(cred.Gid)); err != nil {
-			return fmt.Errorf("chown data dir: %w", err)
-		}
 	}
 	if out, err := c.run(ctx, "pg_basebackup", "-D", c.DataDir(), "-h", "127.0.0.1", "-p", strconv.Itoa(primary.Port),
 		"-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"); err != nil {
