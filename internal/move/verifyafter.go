@@ -161,26 +161,17 @@ func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) err
 	if err != nil {
 		return fmt.Errorf("list capture triggers: %w", err)
 	}
-	// One table at a time, each in its own transaction with a short
-	// lock_timeout, retried: DROP TRIGGER takes an ACCESS EXCLUSIVE lock, and
-	// holding two tables' locks at once deadlocks with a writer that holds
-	// one and checks a foreign key on the other. A trigger that stays
-	// (a busy table) is inert without the capture row.
+	// One table at a time, each in its own transaction: DROP TRIGGER takes an
+	// ACCESS EXCLUSIVE lock, and holding two tables' locks at once deadlocks
+	// with a writer that holds one and checks a foreign key on the other.
+	// The lock is taken with NOWAIT, so that the request never waits in the
+	// table's lock queue: a waiting ACCESS EXCLUSIVE request holds up every
+	// writer that comes after it, which made the clients of the moved shard
+	// wait up to 50 ms per table and attempt once the shard was already
+	// serving from the target. A table that stays busy is retried; a trigger
+	// that stays (a table never idle) is inert without the capture row.
 	for _, t := range trigs {
-		var err error
-		for attempt := 0; attempt < 20; attempt++ {
-			err = pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '50ms'`); err != nil {
-					return err
-				}
-				_, err := tx.Exec(ctx, `DROP TRIGGER IF EXISTS `+ident(t.name)+` ON `+ident(mv.Schema)+`.`+t.table)
-				return err
-			})
-			if err == nil || !isPgCode(err, "55P03") || sleep(ctx, 50*time.Millisecond) != nil {
-				break
-			}
-		}
-		if err != nil {
+		if err := dropTriggerNowait(ctx, dst, ident(mv.Schema)+`.`+t.table, t.name); err != nil {
 			m.log.Warn("drop capture trigger; it stays, inert", "move", mv.ID, "shard", mv.Shard, "table", t.table, "err", err)
 		}
 	}
@@ -353,3 +344,31 @@ func isPgCode(err error, code string) bool {
 type errUndone struct{ error }
 
 func (e errUndone) Unwrap() error { return e.error }
+
+// dropTriggerNowait drops trigger name on table (already quoted) in a
+// transaction that takes the table's lock with NOWAIT and drops the trigger
+// only once it holds it, retrying for up to dropTriggerPatience while the
+// table is in use. No writer ever queues behind it.
+func dropTriggerNowait(ctx context.Context, conn *pgx.Conn, table, name string) error {
+	deadline := time.Now().Add(dropTriggerPatience)
+	delay := 2 * time.Millisecond
+	for {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `LOCK TABLE `+table+` IN ACCESS EXCLUSIVE MODE NOWAIT`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `DROP TRIGGER IF EXISTS `+ident(name)+` ON `+table)
+			return err
+		})
+		if err == nil || !isPgCode(err, "55P03") || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return err
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+}
+
+// dropTriggerPatience bounds how long dropTriggerNowait retries a busy table.
+const dropTriggerPatience = 30 * time.Second
