@@ -222,6 +222,10 @@ type env struct {
 	stop   func()
 	shards []placement.Shard
 	tenant map[int]string // one tenant per shard
+	nodes  map[string]string
+	// clients counts the load clients started, so that every client of
+	// every load has its own rows in kv (the ledger checks them).
+	clients int
 }
 
 // newEnv creates the catalog in database catDB on n1 with shards over the
@@ -236,7 +240,10 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 		}
 		catDSN = nodes["n1"].DSN("catalog_" + db)
 	}
-	e := &env{cat: catalog.New(catDSN, log), tenant: map[int]string{}}
+	e := &env{cat: catalog.New(catDSN, log), tenant: map[int]string{}, nodes: map[string]string{}}
+	for _, n := range names {
+		e.nodes[n] = nodes[n].DSN(db)
+	}
 	if err := e.cat.Open(ctx); err != nil {
 		return nil, err
 	}
@@ -324,6 +331,10 @@ type client struct {
 	tenant  string
 	samples []sample
 	errs    []error
+	// The ledger: the last acknowledged value of each key, and the values
+	// of failed attempts (their commit may or may not have happened).
+	acked  map[int]int64
+	unsure map[int][]int64
 }
 
 type load struct {
@@ -348,7 +359,8 @@ func (e *env) startLoad(n int, moving int, think time.Duration) *load {
 		if i%2 == 1 || moving < 0 {
 			sh = others[(i*7/2)%len(others)]
 		}
-		cl := &client{id: i, shard: sh, tenant: e.tenant[sh]}
+		cl := &client{id: e.clients, shard: sh, tenant: e.tenant[sh], acked: map[int]int64{}, unsure: map[int][]int64{}}
+		e.clients++
 		l.clients = append(l.clients, cl)
 		l.wg.Add(1)
 		go func() {
@@ -376,17 +388,21 @@ func (cl *client) run(ctx context.Context, addr string, think time.Duration) {
 	rng := rand.New(rand.NewPCG(uint64(cl.id), 1))
 	for ctx.Err() == nil {
 		t0 := time.Now()
+		k, v := rng.IntN(1000), rng.Int64()
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO kv (client, k, val) VALUES ($1, $2, $3) ON CONFLICT (client, k) DO UPDATE SET val = excluded.val`,
-				cl.id, rng.IntN(1000), rng.Int64())
+				cl.id, k, v)
 			return err
 		})
 		if err != nil {
+			cl.unsure[k] = append(cl.unsure[k], v)
 			if ctx.Err() == nil {
 				cl.errs = append(cl.errs, err)
 			}
 			continue
 		}
+		cl.acked[k] = v
+		delete(cl.unsure, k) // acknowledged later: earlier failed attempts are overwritten
 		cl.samples = append(cl.samples, sample{t0, time.Since(t0)})
 		if think > 0 {
 			time.Sleep(think)
@@ -488,6 +504,11 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		if errs+errs2 > 0 {
 			rows[len(rows)-1].note += fmt.Sprintf("; %d client errors", errs+errs2)
 		}
+		led, err := l.ledger(ctx, e)
+		if err != nil {
+			return err
+		}
+		rows[len(rows)-1].note += "; " + led
 		return nil
 	}
 	if !skip["steady"] {
@@ -530,15 +551,20 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		if err != nil {
 			return rows, fmt.Errorf("big move: %w", err)
 		}
-		mm, mp, _ := l.stats(big, true, m0, m1)
-		om, op, _ := l.stats(big, false, m0, m1)
+		mm, mp, errs := l.stats(big, true, m0, m1)
+		om, op, errs2 := l.stats(big, false, m0, m1)
+		led, err := l.ledger(ctx, e)
+		if err != nil {
+			return rows, err
+		}
 		verify := "off"
 		if o.bigVerify {
 			verify = fmt.Sprintf("after flip (%v, %.1fs)", res.Verified, res.VerifyTime.Seconds())
 		}
 		rows = append(rows, row{name: fmt.Sprintf("large shard, %d MB, %d rows", size>>20, bigRows+1010), load: fmt.Sprintf("%d clients, %s think", o.bigClients, o.think),
 			verify: verify, pause: res.Pause, maxMoving: mm, maxOther: om, p99Moving: mp, p99Other: op, total: res.Duration,
-			note: fmt.Sprintf("%.1f MB/s, %.0f rows/s over the whole move (loaded in %s)", float64(size)/1e6/res.Duration.Seconds(), float64(bigRows)/res.Duration.Seconds(), loaded.Round(time.Second))})
+			note: fmt.Sprintf("%.1f MB/s, %.0f rows/s over the whole move (loaded in %s); %d client errors; %s",
+				float64(size)/1e6/res.Duration.Seconds(), float64(bigRows)/res.Duration.Seconds(), loaded.Round(time.Second), errs+errs2, led)})
 	}
 	return rows, nil
 }
