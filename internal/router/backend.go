@@ -1057,7 +1057,16 @@ func (ss *session) drain(all bool) error {
 		case wire.MsgCopyBothResp:
 			be.Kill(errors.New("copy both is not supported"))
 			continue
-		case wire.MsgNotice, wire.MsgNotification, wire.MsgParamStatus:
+		case wire.MsgParamStatus:
+			if werr := lexParamStatus(body); werr != nil {
+				// The server now reads statement text otherwise than the
+				// router checks it (lexsafe.go): end the session and close
+				// the backend.
+				return ss.backendFatal(wire.AppendError(nil, werr)[5:]) // the body, without type and length
+			}
+			ss.relay(typ, body)
+			continue
+		case wire.MsgNotice, wire.MsgNotification:
 			ss.relay(typ, body)
 			continue
 		}

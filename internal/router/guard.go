@@ -127,6 +127,8 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			case isWord(i, "set"):
 				if name := setTarget(toks, i+1); name != "" && isOwnedSetting(name) {
 					g.err = reservedSetError(name)
+				} else if lexSetting(name) {
+					g.err = checkLexSet(name, toks, i+1)
 				}
 			case isWord(i, "reset"):
 				if name := resetTarget(toks, i+1); name != "" && isOwnedSetting(name) {
@@ -188,8 +190,13 @@ func (g *guardFinding) setConfigArg(toks []gtok, i int, inBody bool) {
 		switch t := toks[i]; t.kind {
 		case tString:
 			for _, v := range literalValues(t.text) {
-				if name := strings.ToLower(strings.TrimSpace(v)); isOwnedSetting(name) {
+				name := strings.ToLower(strings.TrimSpace(v))
+				if isOwnedSetting(name) {
 					g.err = reservedSetError(name)
+					return
+				}
+				if lexSetting(name) && !setConfigValueOK(name, toks, i+2) {
+					g.err = lexSettingError(name, "(set_config)")
 					return
 				}
 			}
@@ -207,6 +214,21 @@ func (g *guardFinding) setConfigArg(toks []gtok, i int, inBody bool) {
 		Hint: "Write the name as a literal, as in set_config('app.user_id', $1, true); search_path, role and pgtenant.* other than pgtenant.tenant are set by the router."}
 }
 
+// setConfigValueOK reports whether set_config's second argument, at
+// toks[i], is a literal value of the lexSetting name that the router can
+// read statements under (see lexsafe.go).
+func setConfigValueOK(name string, toks []gtok, i int) bool {
+	if i+1 >= len(toks) || toks[i].kind != tString || toks[i+1].kind != tPunct || toks[i+1].text != "," {
+		return false
+	}
+	for _, v := range literalValues(toks[i].text) {
+		if !lexValueOK(name, v) {
+			return false
+		}
+	}
+	return true
+}
+
 // checkParams checks the bind parameters that name set_config's setting.
 func (g *guardFinding) checkParams(bind []byte) *wire.Error {
 	for _, p := range g.params {
@@ -216,6 +238,9 @@ func (g *guardFinding) checkParams(bind []byte) *wire.Error {
 		}
 		if name := strings.ToLower(strings.TrimSpace(string(v))); isOwnedSetting(name) {
 			return reservedSetError(name)
+		} else if lexSetting(name) {
+			// Its value may be a parameter too: set it with SET.
+			return lexSettingError(name, "(set_config)")
 		}
 	}
 	return nil

@@ -414,7 +414,17 @@ func (ss *session) startup(params map[string]string) error {
 	var ignored []string // startup settings the router owns
 	var startPath string
 	var hasStartPath bool
+	if ce := params["client_encoding"]; ce != "" && !safeEncoding(ce) {
+		ss.fatal("0A000", lexSettingError("client_encoding", ce).Message)
+		return fmt.Errorf("client_encoding %q refused", ce)
+	}
 	for k, v := range opts {
+		if lexSetting(k) && !lexValueOK(k, v) {
+			// Statements would reach the server read otherwise than the
+			// router reads them (see lexsafe.go).
+			ss.fatal("0A000", lexSettingError(k, v).Message)
+			return fmt.Errorf("startup setting %s=%q refused", k, v)
+		}
 		if k == tenantSetting {
 			if err := placement.ValidateTenantID(v); err != nil {
 				ss.fatal("22023", fmt.Sprintf("invalid tenant id in startup parameter %s: %v", tenantSetting, err))
