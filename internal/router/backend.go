@@ -835,6 +835,7 @@ func (ss *session) releaseBackend() {
 	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
+	ss.sqlStmts = nil // gone with the backend (reset, or closed)
 	ss.be = nil
 	ss.detachCancel()
 	if ss.beGate != nil {
@@ -1075,6 +1076,10 @@ func (ss *session) drain(all bool) error {
 			ss.use.note(typ, len(body))
 		}
 		if typ == wire.MsgCommandComplete {
+			if len(e.prep) > 0 && string(body) == "PREPARE\x00" {
+				ss.notePrepared(e.prep[0])
+				e.prep = e.prep[1:]
+			}
 			if e.set != nil {
 				ss.setDone(e.set)
 				e.set = nil
