@@ -835,6 +835,7 @@ func (ss *session) releaseBackend() {
 	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
+	ss.sqlStmts = nil // gone with the backend (reset, or closed)
 	ss.be = nil
 	ss.detachCancel()
 	if ss.beGate != nil {
@@ -1057,7 +1058,16 @@ func (ss *session) drain(all bool) error {
 		case wire.MsgCopyBothResp:
 			be.Kill(errors.New("copy both is not supported"))
 			continue
-		case wire.MsgNotice, wire.MsgNotification, wire.MsgParamStatus:
+		case wire.MsgParamStatus:
+			if werr := lexParamStatus(body); werr != nil {
+				// The server now reads statement text otherwise than the
+				// router checks it (lexsafe.go): end the session and close
+				// the backend.
+				return ss.backendFatal(wire.AppendError(nil, werr)[5:]) // the body, without type and length
+			}
+			ss.relay(typ, body)
+			continue
+		case wire.MsgNotice, wire.MsgNotification:
 			ss.relay(typ, body)
 			continue
 		}
@@ -1066,6 +1076,10 @@ func (ss *session) drain(all bool) error {
 			ss.use.note(typ, len(body))
 		}
 		if typ == wire.MsgCommandComplete {
+			if len(e.prep) > 0 && string(body) == "PREPARE\x00" {
+				ss.notePrepared(e.prep[0])
+				e.prep = e.prep[1:]
+			}
 			if e.set != nil {
 				ss.setDone(e.set)
 				e.set = nil

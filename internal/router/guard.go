@@ -1,7 +1,6 @@
 package router
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -18,8 +17,21 @@ type guardFinding struct {
 	// setting name: their values are checked at Bind (checkParams).
 	params []int
 	// prepare: a DO body (or a string EXECUTE runs there) starts a
-	// statement with PREPARE, which outlives the transaction.
-	prepare bool
+	// statement with PREPARE, which outlives the transaction; dealloc: one
+	// with DEALLOCATE, which could drop the router's own statements.
+	prepare, dealloc bool
+	// reserved is a statement name starting with pgtenant_ (the router's
+	// own statements) that a PREPARE or EXECUTE names; reservedDealloc one
+	// that a DEALLOCATE names.
+	reserved, reservedDealloc string
+	// badName: a PREPARE or DEALLOCATE names its statement U&"...", which
+	// could spell any name.
+	badName bool
+	// prepares are the names the text's own statements PREPARE, in order
+	// (not those inside DO bodies); deallocs those they DEALLOCATE, and
+	// deallocAll is set for DEALLOCATE ALL: see session.sqlStmts.
+	prepares, deallocs []string
+	deallocAll         bool
 }
 
 // guardDepth bounds how deep guard looks into string literals inside DO
@@ -39,7 +51,8 @@ const guardDepth = 4
 func guard(sql string) *guardFinding {
 	var g guardFinding
 	guardText(sql, false, 0, &g)
-	if g.err == nil && len(g.params) == 0 && !g.prepare {
+	if g.err == nil && len(g.params) == 0 && !g.prepare && !g.dealloc && g.reserved == "" && g.reservedDealloc == "" &&
+		!g.badName && len(g.prepares) == 0 && len(g.deallocs) == 0 && !g.deallocAll {
 		return nil
 	}
 	return &g
@@ -127,13 +140,43 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			case isWord(i, "set"):
 				if name := setTarget(toks, i+1); name != "" && isOwnedSetting(name) {
 					g.err = reservedSetError(name)
+				} else if lexSetting(name) {
+					g.err = checkLexSet(name, toks, i+1)
 				}
 			case isWord(i, "reset"):
 				if name := resetTarget(toks, i+1); name != "" && isOwnedSetting(name) {
 					g.err = reservedSetError(name)
 				}
-			case depth > 0 && isWord(i, "prepare") && !isWord(i+1, "transaction"):
-				g.prepare = true
+			case isWord(i, "prepare") && !isWord(i+1, "transaction"):
+				name, ok := stmtNameAt(toks, i+1)
+				switch {
+				case !ok:
+					g.badName = true
+				case hasPrefixFold(name, routerStmtPrefix):
+					g.reserved = name
+				case depth > 0:
+					g.prepare = true
+				default:
+					g.prepares = append(g.prepares, name)
+				}
+			case isWord(i, "deallocate"):
+				j := i + 1
+				if isWord(j, "prepare") {
+					j++
+				}
+				name, ok := stmtNameAt(toks, j)
+				switch {
+				case depth > 0:
+					g.dealloc = true
+				case ok && toks[j].kind == tWord && strings.EqualFold(name, "all"):
+					g.deallocAll = true
+				case !ok:
+					g.badName = true
+				case hasPrefixFold(name, routerStmtPrefix):
+					g.reservedDealloc = name
+				default:
+					g.deallocs = append(g.deallocs, name)
+				}
 			}
 		}
 		if body && t.kind == tWord && (isWord(i, "begin") || isWord(i, "then") || isWord(i, "else") || isWord(i, "loop")) {
@@ -157,12 +200,35 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 				g.err = &wire.Error{Code: "0A000", Message: "UPDATE of pg_settings is not supported through pgtenant",
 					Hint: "Use SET, or set_config('name', value, is_local) with the name as a literal."}
 			case name == "execute" && t.kind == tWord && !body && i+1 < len(toks) &&
-				(toks[i+1].kind == tWord || toks[i+1].kind == tQuotedIdent) && strings.HasPrefix(identText(toks[i+1]), "pgtenant_"):
-				g.err = &wire.Error{Code: "0A000", Message: fmt.Sprintf("prepared statement %q belongs to pgtenant", identText(toks[i+1])),
-					Hint: "Prepare your own statements with names that do not start with pgtenant_."}
+				(toks[i+1].kind == tWord || toks[i+1].kind == tQuotedIdent) && strings.HasPrefix(identText(toks[i+1]), routerStmtPrefix):
+				g.reserved = identText(toks[i+1])
 			}
 		}
 	}
+}
+
+// stmtNameAt reads the prepared statement name at toks[i] as the server
+// folds it: a word lower-cased, a quoted identifier as written. ok is false
+// for a U&"..." name (not decoded) or none at all.
+func stmtNameAt(toks []gtok, i int) (string, bool) {
+	if i >= len(toks) {
+		return "", false
+	}
+	switch t := toks[i]; {
+	case t.kind == tWord && strings.EqualFold(t.text, "u") && i+1 < len(toks) && toks[i+1].kind == tPunct && toks[i+1].text == "&":
+		return "", false
+	case t.kind == tWord:
+		return strings.ToLower(t.text), true
+	case t.kind == tQuotedIdent:
+		q := t.text
+		if len(q) >= 2 && q[len(q)-1] == '"' {
+			q = q[1 : len(q)-1]
+		} else {
+			q = q[1:]
+		}
+		return strings.ReplaceAll(q, `""`, `"`), true
+	}
+	return "", false
 }
 
 // nameStart is the index of the first token of the qualified name that
@@ -188,8 +254,13 @@ func (g *guardFinding) setConfigArg(toks []gtok, i int, inBody bool) {
 		switch t := toks[i]; t.kind {
 		case tString:
 			for _, v := range literalValues(t.text) {
-				if name := strings.ToLower(strings.TrimSpace(v)); isOwnedSetting(name) {
+				name := strings.ToLower(strings.TrimSpace(v))
+				if isOwnedSetting(name) {
 					g.err = reservedSetError(name)
+					return
+				}
+				if lexSetting(name) && !setConfigValueOK(name, toks, i+2) {
+					g.err = lexSettingError(name, "(set_config)")
 					return
 				}
 			}
@@ -207,6 +278,21 @@ func (g *guardFinding) setConfigArg(toks []gtok, i int, inBody bool) {
 		Hint: "Write the name as a literal, as in set_config('app.user_id', $1, true); search_path, role and pgtenant.* other than pgtenant.tenant are set by the router."}
 }
 
+// setConfigValueOK reports whether set_config's second argument, at
+// toks[i], is a literal value of the lexSetting name that the router can
+// read statements under (see lexsafe.go).
+func setConfigValueOK(name string, toks []gtok, i int) bool {
+	if i+1 >= len(toks) || toks[i].kind != tString || toks[i+1].kind != tPunct || toks[i+1].text != "," {
+		return false
+	}
+	for _, v := range literalValues(toks[i].text) {
+		if !lexValueOK(name, v) {
+			return false
+		}
+	}
+	return true
+}
+
 // checkParams checks the bind parameters that name set_config's setting.
 func (g *guardFinding) checkParams(bind []byte) *wire.Error {
 	for _, p := range g.params {
@@ -216,6 +302,9 @@ func (g *guardFinding) checkParams(bind []byte) *wire.Error {
 		}
 		if name := strings.ToLower(strings.TrimSpace(string(v))); isOwnedSetting(name) {
 			return reservedSetError(name)
+		} else if lexSetting(name) {
+			// Its value may be a parameter too: set it with SET.
+			return lexSettingError(name, "(set_config)")
 		}
 	}
 	return nil

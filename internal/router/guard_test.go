@@ -55,7 +55,7 @@ func TestGuard(t *testing.T) {
 	}
 	for _, tt := range tests {
 		g := guard(tt.sql)
-		refused := g != nil && g.err != nil
+		refused := g != nil && (g.err != nil || g.reserved != "") // reserved: refused by session.refuseNames
 		var params []int
 		if g != nil {
 			params = g.params

@@ -35,6 +35,9 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 	if g != nil && g.err != nil {
 		return g.err
 	}
+	if e := ss.refuseNames(g); e != nil {
+		return e
+	}
 	if ss.srv.cfg.PoolMode != PoolTransaction {
 		return nil
 	}
@@ -51,6 +54,43 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 	case info.kind == kDeallocate && info.multi:
 		return &wire.Error{Code: "0A000", Message: "DEALLOCATE must be a query of its own in transaction pool mode",
 			Hint: "Send DEALLOCATE alone."}
+	}
+	return nil
+}
+
+// refuseNames refuses what a text does to prepared statement names that
+// the router could not follow: the router's own names (pgtenant_...; 42939
+// in session mode, where client names reach the server as they are; in
+// transaction mode SQL PREPARE and EXECUTE are refused anyway, and
+// DEALLOCATE is answered by the router), a name written U&"...", and PREPARE
+// or DEALLOCATE inside a DO block (unseen, they would make or drop names
+// behind the router's back: its own statements on a pooled backend too).
+func (ss *session) refuseNames(g *guardFinding) *wire.Error {
+	if g == nil {
+		return nil
+	}
+	session := ss.srv.cfg.PoolMode == PoolSession
+	switch {
+	case g.reserved != "" && session:
+		return reservedStmtError(g.reserved)
+	case g.reserved != "":
+		return &wire.Error{Code: "0A000", Message: fmt.Sprintf("prepared statement %q belongs to pgtenant", g.reserved),
+			Hint: "Prepare your own statements with names that do not start with pgtenant_."}
+	case g.reservedDealloc != "" && session:
+		return reservedStmtError(g.reservedDealloc)
+	case g.badName:
+		return &wire.Error{Code: "0A000", Message: `a prepared statement name written U&"..." is not supported through pgtenant`,
+			Hint: "Write the statement name plainly or in double quotes."}
+	case g.dealloc, g.prepare && session:
+		return &wire.Error{Code: "0A000", Message: "SQL PREPARE and DEALLOCATE inside a DO block are not supported through pgtenant: the router keeps track of the session's statement names",
+			Hint: "Run PREPARE and DEALLOCATE as statements of their own."}
+	}
+	if session {
+		for _, name := range g.prepares {
+			if _, ok := ss.stmts[name]; ok {
+				return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", name)}
+			}
+		}
 	}
 	return nil
 }

@@ -341,6 +341,9 @@ func (lx *lexer) noteWord(w string, info *stmtInfo) {
 		case eq(w, "prepare"):
 			lx.first = "prepare"
 			lx.prepares++
+			info.guardScan = true // statement names (see guard)
+		case eq(w, "deallocate"):
+			info.guardScan = true
 		case eq(w, "call"):
 			info.callsProc = true
 		case eq(w, "do"):

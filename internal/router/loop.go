@@ -565,6 +565,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				ss.pathNext = 0 // the client's search_path is gone with the rest
 				ss.deallocateAll()
 				ss.unnamed = nil
+				ss.sqlStmts = nil
 				if ss.be == nil {
 					return ss.reply("DISCARD ALL", nil)
 				}
@@ -613,7 +614,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	ss.noteServerState(&info)
 	ss.notePath(&info)
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
-	ss.push(expect{kind: eQuery, set: newSet})
+	ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g)})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
 			return ss.clientFailed(err)
@@ -846,6 +847,10 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		if _, ok := ss.stmts[string(pm.Name)]; ok {
 			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
 		}
+		if _, ok := ss.sqlStmts[string(pm.Name)]; ok {
+			// Made with SQL PREPARE: one namespace on the server.
+			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
+		}
 		if ss.srv.cfg.PoolMode == PoolSession {
 			// The client's name is the server's, as with pgbouncer in
 			// session mode: pg_prepared_statements shows it.
@@ -997,6 +1002,31 @@ func (ss *session) closeOnServer(def *stmtDef) {
 	}
 }
 
+// noteSQLStmts notes, as a text goes to the session-mode backend, the
+// statement names its own statements DEALLOCATE (forgotten now: a name
+// that was not there stays absent) and returns those it PREPAREs, which
+// the text's CommandComplete PREPAREs record (see expect.prep).
+func (ss *session) noteSQLStmts(g *guardFinding) []string {
+	if g == nil || ss.srv.cfg.PoolMode != PoolSession {
+		return nil
+	}
+	for _, name := range g.deallocs {
+		delete(ss.sqlStmts, name)
+	}
+	if g.deallocAll {
+		ss.sqlStmts = nil
+	}
+	return g.prepares
+}
+
+// notePrepared records a name the client's SQL PREPARE made on its backend.
+func (ss *session) notePrepared(name string) {
+	if ss.sqlStmts == nil {
+		ss.sqlStmts = make(map[string]struct{})
+	}
+	ss.sqlStmts[name] = struct{}{}
+}
+
 // deallocateAll forgets all the client's statements.
 func (ss *session) deallocateAll() {
 	for name := range ss.stmts {
@@ -1143,6 +1173,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	ss.noteServerState(&def.info)
 	ss.notePath(&def.info)
 	ss.noteEnding(&def.info)
+	if prep := ss.noteSQLStmts(def.guard); prep != nil {
+		ss.portalPrep, ss.portalPrepName = prep, string(bm.Portal)
+	}
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, ss.serverStmt(def), bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	if len(bm.Portal) == 0 {
@@ -1275,8 +1308,12 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 			ss.portalSet = nil
 		}
 	}
+	var prep []string
+	if n := len(ss.portalPrepName); ss.portalPrep != nil && len(body) > n && string(body[:n]) == ss.portalPrepName && body[n] == 0 {
+		prep, ss.portalPrep = ss.portalPrep, nil
+	}
 	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
-	ss.push(expect{kind: eExec, set: set})
+	ss.push(expect{kind: eExec, set: set, prep: prep})
 	return nil
 }
 
@@ -1291,6 +1328,13 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		} else if def := ss.stmts[name]; def != nil {
 			ss.deallocate(name)
 			ss.closeOnServer(def)
+		} else if _, ok := ss.sqlStmts[name]; ok && ss.be != nil {
+			// Made with SQL PREPARE: the server closes it, as it would
+			// without the router.
+			delete(ss.sqlStmts, name)
+			wire.WriteFrame(ss.be.W, wire.MsgClose, body)
+			ss.push(expect{kind: eClose})
+			return nil
 		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
@@ -1309,7 +1353,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
-	ss.portalSet = nil
+	ss.portalSet, ss.portalPrep = nil, nil
 	ss.synthTag, ss.synthRow = "", false
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)

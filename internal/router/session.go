@@ -72,6 +72,10 @@ type expect struct {
 	// reset: the DISCARD ALL that resets a session-mode backend for the
 	// next client (session.end); its error sets session.resetFailed.
 	reset bool
+	// prep are the statement names this Query or Execute prepares with SQL
+	// PREPARE, in order: each CommandComplete PREPARE records the first in
+	// session.sqlStmts.
+	prep []string
 }
 
 const (
@@ -137,9 +141,18 @@ type session struct {
 	entry    inflight // this session's entry in its gate (one at a time)
 	cancelCh chan struct{}
 	// portalSet is the session SET bound to portal portalSetName, until
-	// its Execute or the next Sync.
-	portalSet     *setting
-	portalSetName string
+	// its Execute or the next Sync; portalPrep likewise the names of the
+	// SQL PREPARE bound to portal portalPrepName.
+	portalSet      *setting
+	portalSetName  string
+	portalPrep     []string
+	portalPrepName string
+	// sqlStmts are the names the client prepared with SQL PREPARE on its
+	// backend (session mode): one namespace with its protocol-level
+	// statements there, so that a Parse of one of them is 42P05 as on a
+	// direct connection. Forgotten with the backend (another node's gets
+	// DISCARD ALL).
+	sqlStmts map[string]struct{}
 	// unsynced: extended-protocol messages went to the backend since the
 	// last Sync (or Query), so the server holds an implicit transaction
 	// open for them.
@@ -414,7 +427,17 @@ func (ss *session) startup(params map[string]string) error {
 	var ignored []string // startup settings the router owns
 	var startPath string
 	var hasStartPath bool
+	if ce := params["client_encoding"]; ce != "" && !safeEncoding(ce) {
+		ss.fatal("0A000", lexSettingError("client_encoding", ce).Message)
+		return fmt.Errorf("client_encoding %q refused", ce)
+	}
 	for k, v := range opts {
+		if lexSetting(k) && !lexValueOK(k, v) {
+			// Statements would reach the server read otherwise than the
+			// router reads them (see lexsafe.go).
+			ss.fatal("0A000", lexSettingError(k, v).Message)
+			return fmt.Errorf("startup setting %s=%q refused", k, v)
+		}
 		if k == tenantSetting {
 			if err := placement.ValidateTenantID(v); err != nil {
 				ss.fatal("22023", fmt.Sprintf("invalid tenant id in startup parameter %s: %v", tenantSetting, err))

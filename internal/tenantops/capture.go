@@ -38,8 +38,14 @@ import (
 //     new ones and waited for those in flight), so a last round takes every
 //     queue entry there will ever be.
 
-// captureTrigger names the trigger a tenant move puts on the source tables.
-const captureTrigger = "PGTENANT_tenant_move"
+// captureTrigger names the trigger a tenant move puts on the source tables;
+// truncateTrigger the one that refuses TRUNCATE of them during the move (a
+// TRUNCATE fires no row trigger: the copied rows would come back in the
+// target).
+const (
+	captureTrigger  = "PGTENANT_tenant_move"
+	truncateTrigger = "PGTENANT_tenant_move_truncate"
+)
 
 func captureSchema(moveID int64) string { return fmt.Sprintf("pgtenant_tmove_%d", moveID) }
 
@@ -48,6 +54,13 @@ func captureDDL(moveID int64, st *shardTables, tenant string) string {
 	cs := pgx.Identifier{captureSchema(moveID)}.Sanitize()
 	var b strings.Builder
 	fmt.Fprintf(&b, "CREATE SCHEMA %s;\nCREATE TABLE %s.changes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tbl text NOT NULL, key text[] NOT NULL);\n", cs, cs)
+	refuse := cs + ".refuse_truncate"
+	fmt.Fprintf(&b, `CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  RAISE EXCEPTION 'TRUNCATE of %%.%% is refused while a tenant moves out of this shard (tenant move %d)', TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = '55000', HINT = 'delete the rows instead, or wait for the move to finish (pgtenant tenant move)';
+END $f$;
+`, refuse, moveID)
 	for i, t := range st.list {
 		fn := fmt.Sprintf("%s.capture_%d", cs, i)
 		oldKey, newKey := make([]string, len(t.key)), make([]string, len(t.key))
@@ -71,8 +84,10 @@ BEGIN
   RETURN NULL;
 END $f$;
 CREATE TRIGGER %[8]s AFTER INSERT OR UPDATE OR DELETE ON %[9]s FOR EACH ROW EXECUTE FUNCTION %[1]s(%[10]s);
+CREATE TRIGGER %[11]s BEFORE TRUNCATE ON %[9]s FOR EACH STATEMENT EXECUTE FUNCTION %[12]s();
 `, fn, cs, quoteLiteral(t.rule.Name), oldCond, strings.Join(oldKey, ", "), newCond, strings.Join(newKey, ", "),
-			pgx.Identifier{captureTrigger}.Sanitize(), pgx.Identifier{st.schema, t.rule.Name}.Sanitize(), quoteLiteral(tenant))
+			pgx.Identifier{captureTrigger}.Sanitize(), pgx.Identifier{st.schema, t.rule.Name}.Sanitize(), quoteLiteral(tenant),
+			pgx.Identifier{truncateTrigger}.Sanitize(), refuse)
 	}
 	return b.String()
 }

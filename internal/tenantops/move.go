@@ -684,7 +684,7 @@ func compareCounts(ctx context.Context, mv *moving) ([]TableRows, error) {
 	if fmt.Sprint(s) != fmt.Sprint(d) {
 		return nil, &Error{Code: "XX000", Message: fmt.Sprintf("the tenant's row counts differ between the old shard %s %v and the new one %s at the flip %v: the tenant runs in the new shard, its old rows were kept",
 			mv.sst.schema, s, mv.dst_.schema, d),
-			Hint: "compare the two shards' rows of the tenant (a write made on the node directly, not through a router, or a TRUNCATE, is not captured), then delete the old ones with the same tenant move command"}
+			Hint: "compare the two shards' rows of the tenant (a write made on the node directly, not through a router, is not captured), then delete the old ones with the same tenant move command"}
 	}
 	out := make([]TableRows, len(d))
 	for i, rc := range d {

@@ -206,3 +206,52 @@ func TestMoveIsolateAndBadInput(t *testing.T) {
 		t.Fatalf("move of a tenant in a legacy shard: %v", err)
 	}
 }
+
+// TestMoveRefusesTruncate: a TRUNCATE fires no row trigger, so one of the
+// source's tables during a tenant move would bring the copied rows back in
+// the target. It is refused (55000, naming the table and the move, with a
+// hint) from the capture on, until the move ends; the move then completes
+// with every row, and TRUNCATE works again.
+func TestMoveRefusesTruncate(t *testing.T) {
+	ctx := ctxT(t)
+	cl := newCluster(t)
+	cl.addTenant(t, "mover", 0, 10)
+	cl.addTenant(t, "stays", 0, 3)
+	conn0, schema0 := cl.shardConn(t, 0)
+	tconn, err := pgx.Connect(ctx, conn0.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tconn.Close(context.Background())
+	before := cl.rowsOf(t, "mover", 0)
+	var refused []error
+	res, err := cl.ops.Move(ctx, "mover", MoveOptions{ToShard: 1, Progress: func(step string) {
+		if step != "copy" && step != "catch-up" {
+			return
+		}
+		for _, tb := range []string{"invoice_lines", "customers"} {
+			_, err := tconn.Exec(ctx, "TRUNCATE "+pgx.Identifier{schema0, tb}.Sanitize()+" CASCADE")
+			refused = append(refused, err)
+		}
+	}})
+	if err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	if len(refused) != 4 {
+		t.Fatalf("%d TRUNCATEs tried, want 4", len(refused))
+	}
+	for _, err := range refused {
+		if sqlState(err) != "55000" || !strings.Contains(err.Error(), "tenant move") || !strings.Contains(err.Error(), "TRUNCATE of "+schema0) {
+			t.Fatalf("TRUNCATE during the move: %v, want 55000 naming the table and the move", err)
+		}
+	}
+	if got := cl.rowsOf(t, "mover", 1); !reflect.DeepEqual(got, before) {
+		t.Fatalf("target rows after the move: %d, want %d", countAll(got), countAll(before))
+	}
+	if res.Copied == 0 {
+		t.Fatalf("nothing copied: %+v", res)
+	}
+	if _, err := tconn.Exec(ctx, "TRUNCATE "+pgx.Identifier{schema0, "invoice_lines"}.Sanitize()); err != nil {
+		t.Fatalf("TRUNCATE after the move: %v", err)
+	}
+}
