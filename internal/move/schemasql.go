@@ -33,10 +33,10 @@ import (
 
 // scriptEntry is one TOC entry of a dump as SQL.
 type scriptEntry struct {
-	id                 int
-	name, typ, schema  string
-	settings           []string // session SETs in effect for it (tablespace, table access method), as pg_restore emitted them
-	sql                string
+	id                int
+	name, typ, schema string
+	settings          []string // session SETs in effect for it (tablespace, table access method), as pg_restore emitted them
+	sql               string
 }
 
 // schemaScript is a schema-only dump as SQL, cut into its TOC entries.
