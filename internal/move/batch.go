@@ -45,6 +45,12 @@ func (m *Mover) MoveAll(ctx context.Context, plans []Plan, perPair int, opts Opt
 	perPair = max(perPair, 1)
 	perNode := perPair
 	start := time.Now()
+	// The moves off one node share one schema dump.
+	cache, err := m.newSchemaCache(ctx, plans)
+	if err != nil {
+		m.log.Warn("each move dumps its own schema", "err", err)
+		cache = nil
+	}
 	out := make([]Outcome, len(plans))
 	type pair struct{ from, to string }
 	running := map[pair]int{}
@@ -83,7 +89,7 @@ func (m *Mover) MoveAll(ctx context.Context, plans []Plan, perPair int, opts Opt
 				}
 				go func(i int) {
 					p := plans[i]
-					res, err := m.Move(ctx, p.Shard, p.To, opts)
+					res, err := m.move(ctx, p.Shard, p.To, opts, cache)
 					out[i] = Outcome{Plan: p, Result: res, Err: err}
 					if onDone != nil {
 						onDone(out[i])

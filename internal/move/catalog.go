@@ -100,8 +100,10 @@ type moveRun struct {
 	stream    *liveStream  // the change stream this process applies to the target
 	// snap is the target's snapshot at the flip, for verification after it.
 	snap *verifyAfter
-	// dump is the source's schema dump, once made.
-	dump *schemaDump
+	// script is the source's schema as SQL, once dumped.
+	script *schemaScript
+	// batch holds the schema dumps of the MoveAll batch the move is part of (nil: none).
+	batch *schemaCache
 }
 
 const moveColumns = `id, shard, source_node, target_node, method, step, status, coalesce(error, ''), progress, pause_ms, started_at, updated_at, finished_at`

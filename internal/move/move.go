@@ -169,6 +169,8 @@ type Result struct {
 type Mover struct {
 	cfg Config
 	log *slog.Logger
+	// dumpHook, when set, is called before each pg_dump (tests count them).
+	dumpHook func()
 }
 
 // New returns a Mover. It does no I/O.
@@ -242,6 +244,11 @@ func (e *UnreplicableError) Error() string {
 // A failure before the flip aborts the move (routing stays on the source) and
 // is returned; a failure after the flip leaves the move running for Resume.
 func (m *Mover) Move(ctx context.Context, shard int, toNode string, opts Options) (Result, error) {
+	return m.move(ctx, shard, toNode, opts, nil)
+}
+
+// move is Move as one of a batch whose schema dumps it shares (batch nil: none).
+func (m *Mover) move(ctx context.Context, shard int, toNode string, opts Options, batch *schemaCache) (Result, error) {
 	if opts.Method == "" {
 		opts.Method = MethodLogical
 	}
@@ -249,6 +256,7 @@ func (m *Mover) Move(ctx context.Context, shard int, toNode string, opts Options
 	if err != nil {
 		return Result{}, fmt.Errorf("move shard %d: %w", shard, err)
 	}
+	mv.batch = batch
 	return m.drive(ctx, mv)
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,8 +15,9 @@ import (
 	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
-// The schema is copied with pg_dump --schema-only (custom format) and
-// pg_restore in two parts, split with pg_restore -l / -L:
+// The schema is copied with pg_dump --schema-only (custom format), turned
+// into SQL by pg_restore (schemasql.go) and run on the target through pgx in
+// two parts:
 //   - before the initial copy: everything except the entries below — the
 //     schema, tables with their defaults, CHECK/NOT NULL, primary key and unique
 //     constraints (logical replication needs the key), sequences and identity,
@@ -25,10 +25,17 @@ import (
 //   - after the copy (postDataTypes): secondary indexes, foreign keys and
 //     triggers, so the copy writes into bare tables and FK order does not matter
 //     (the apply worker does not fire triggers or FK checks anyway).
-// Each part is restored with --single-transaction, so it is there entirely or not at all.
+// Each part runs as one transaction, so it is there entirely or not at all.
+// A move of a MoveAll batch takes its schema from the batch's dump of its
+// source node (schemacache.go); any other move dumps its own schema.
 
-// postDataTypes are the pg_restore TOC entry types built after the initial copy.
+// postDataTypes are the TOC entry types built after the initial copy.
 var postDataTypes = []string{"INDEX", "INDEX ATTACH", "FK CONSTRAINT", "TRIGGER"}
+
+// skippedTypes are TOC entries not restored on the target: publications and
+// subscriptions belong to a node, not to the shard (a move's own publication
+// may be in the dump when a move is resumed).
+var skippedTypes = []string{"PUBLICATION", "SUBSCRIPTION"}
 
 func (m *Mover) binDir() (string, error) {
 	if m.cfg.BinDir != "" {
@@ -37,128 +44,70 @@ func (m *Mover) binDir() (string, error) {
 	return localpg.FindClientBinDir()
 }
 
-// dumpSchema writes a custom-format schema-only dump of schema to dir and
-// returns its path and its TOC split into the two restore lists.
-func (m *Mover) dumpSchema(ctx context.Context, dir, dsn, schema string) (dump, preList, postList string, err error) {
+// dumpSchemas writes a custom-format schema-only dump of schemas to dir and returns its path.
+func (m *Mover) dumpSchemas(ctx context.Context, dir, dsn string, schemas []string) (string, error) {
 	bin, err := m.binDir()
 	if err != nil {
-		return "", "", "", err
+		return "", err
 	}
-	dump = filepath.Join(dir, "schema.dump")
-	// A double-quoted -n pattern matches the name literally.
-	if out, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--schema-only", "--format=custom",
-		"-n", `"`+strings.ReplaceAll(schema, `"`, `""`)+`"`, "-f", dump, "-d", dsn).CombinedOutput(); err != nil {
+	if m.dumpHook != nil {
+		m.dumpHook()
+	}
+	dump := filepath.Join(dir, "schema.dump")
+	args := []string{"--schema-only", "--format=custom", "-f", dump, "-d", dsn}
+	for _, s := range schemas {
+		// A double-quoted -n pattern matches the name literally.
+		args = append(args, "-n", `"`+strings.ReplaceAll(s, `"`, `""`)+`"`)
+	}
+	if out, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), args...).CombinedOutput(); err != nil {
 		if bytes.Contains(out, []byte("server version mismatch")) {
-			return "", "", "", fmt.Errorf("pg_dump of %s: %w: %s (hint: a move needs pg_dump and pg_restore of at least the nodes' PostgreSQL version; set %s to their directory)",
+			return "", fmt.Errorf("pg_dump of %s: %w: %s (hint: a move needs pg_dump and pg_restore of at least the nodes' PostgreSQL version; set %s to their directory)",
 				bin, err, bytes.TrimSpace(out), localpg.EnvClientBin)
 		}
-		return "", "", "", fmt.Errorf("pg_dump: %w: %s", err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("pg_dump: %w: %s", err, bytes.TrimSpace(out))
 	}
-	toc, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_restore"), "-l", dump).Output()
-	if err != nil {
-		return "", "", "", fmt.Errorf("pg_restore -l: %w", err)
-	}
-	var pre, post strings.Builder
-	for _, line := range strings.Split(string(toc), "\n") {
-		if line == "" || strings.HasPrefix(line, ";") {
-			continue
-		}
-		if isSkipped(line) {
-			continue
-		}
-		if isPostData(line) {
-			post.WriteString(line + "\n")
-		} else {
-			pre.WriteString(line + "\n")
-		}
-	}
-	preList, postList = filepath.Join(dir, "pre.list"), filepath.Join(dir, "post.list")
-	if err := os.WriteFile(preList, []byte(pre.String()), 0o600); err != nil {
-		return "", "", "", err
-	}
-	if err := os.WriteFile(postList, []byte(post.String()), 0o600); err != nil {
-		return "", "", "", err
-	}
-	return dump, preList, postList, nil
+	return dump, nil
 }
 
-// skippedTypes are TOC entries not restored on the target: publications and
-// subscriptions belong to a node, not to the shard (a move's own publication
-// may be in the dump when a move is resumed).
-var skippedTypes = []string{"PUBLICATION", "SUBSCRIPTION"}
-
-func isSkipped(line string) bool {
-	// A trigger-method move's capture triggers belong to the move, not to the shard.
-	return tocTypeIn(line, skippedTypes) || (tocTypeIn(line, []string{"TRIGGER"}) && strings.Contains(line, " "+captureTrigger))
-}
-
-// isPostData reports whether a pg_restore -l line ("123; 1259 16390 INDEX s name owner") is built after the copy.
-func isPostData(line string) bool { return tocTypeIn(line, postDataTypes) }
-
-// tocTypeIn reports whether the entry's type (after "id; catalog-oid oid") starts with one of types.
-func tocTypeIn(line string, types []string) bool {
-	_, rest, ok := strings.Cut(line, ";")
-	if !ok {
-		return false
-	}
-	f := strings.Fields(rest)
-	if len(f) < 3 {
-		return false
-	}
-	typ := strings.Join(f[2:], " ")
-	for _, t := range types {
-		if strings.HasPrefix(typ, t+" ") {
-			return true
+// copySchema runs the pre- or post-copy part of the source schema on the
+// target, from the batch's dump when it has the schema unchanged, else from
+// the move's own dump (made once per process and move: the post-copy part
+// comes from the same dump as the pre-copy part).
+func (m *Mover) copySchema(ctx context.Context, mv *moveRun, post bool) error {
+	if mv.script == nil {
+		src, err := m.source(ctx, mv)
+		if err != nil {
+			return err
 		}
+		s, err := mv.batch.script(ctx, mv, src)
+		if err != nil {
+			return err
+		}
+		if s == nil {
+			if s, err = m.dumpScript(ctx, mv.SourceDSN, []string{mv.Schema}); err != nil {
+				return err
+			}
+		}
+		if !s.hasSchema(mv.Schema) {
+			return fmt.Errorf("the dump of the source has no schema %s", mv.Schema)
+		}
+		mv.script = s
 	}
-	return false
-}
-
-// restore restores the entries of list from dump into the database at dsn in one transaction.
-func (m *Mover) restore(ctx context.Context, dump, list, dsn string) error {
-	bin, err := m.binDir()
+	sql, n := mv.script.sqlFor(mv.Schema, post)
+	if n == 0 {
+		return nil
+	}
+	// Its own connection: the dump's session settings (search_path '', …) stay with it.
+	conn, err := connect(ctx, mv.TargetDSN, "target node "+mv.Target)
 	if err != nil {
 		return err
 	}
-	if out, err := exec.CommandContext(ctx, filepath.Join(bin, "pg_restore"), "--exit-on-error", "--single-transaction",
-		"-L", list, "-d", dsn, dump).CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_restore: %w: %s", err, bytes.TrimSpace(out))
+	defer conn.Close(context.WithoutCancel(ctx))
+	// One simple-protocol query of many statements runs as one transaction.
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("restore the schema on the target: %w", err)
 	}
 	return nil
-}
-
-// schemaDump is a move's schema-only dump of the source and its TOC split
-// in two restore lists, made once per process and move (the post-copy part
-// is restored from the same dump as the pre-copy part).
-type schemaDump struct {
-	dir, dump, pre, post string
-}
-
-func (d *schemaDump) remove() {
-	if d != nil {
-		os.RemoveAll(d.dir)
-	}
-}
-
-// copySchema restores the pre- or post-copy part of the source schema on the target.
-func (m *Mover) copySchema(ctx context.Context, mv *moveRun, post bool) error {
-	if mv.dump == nil {
-		dir, err := os.MkdirTemp("", "pgtenant-move-")
-		if err != nil {
-			return fmt.Errorf("temp dir: %w", err)
-		}
-		dump, pre, postList, err := m.dumpSchema(ctx, dir, mv.SourceDSN, mv.Schema)
-		if err != nil {
-			os.RemoveAll(dir)
-			return err
-		}
-		mv.dump = &schemaDump{dir: dir, dump: dump, pre: pre, post: postList}
-	}
-	list := mv.dump.pre
-	if post {
-		list = mv.dump.post
-	}
-	return m.restore(ctx, mv.dump.dump, list, mv.TargetDSN)
 }
 
 // postObjects counts the schema's secondary indexes, FK constraints and user

@@ -51,8 +51,7 @@ func closeConns(mv *moveRun) {
 	}
 	mv.snap.close(ctx)
 	mv.snap = nil
-	mv.dump.remove()
-	mv.dump = nil
+	mv.script = nil
 }
 
 func connect(ctx context.Context, dsn, what string) (*pgx.Conn, error) {

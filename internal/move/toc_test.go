@@ -1,30 +1,99 @@
 package move
 
-import "testing"
+import (
+	"os"
+	"strings"
+	"testing"
+)
 
-func TestTOCSplit(t *testing.T) {
+// testdata/restore-v.sql is pg_restore --verbose --file=- of a schema-only
+// dump of two schemas (pg_dump 15.18 -n s1 -n s2): s1 with a function,
+// identity and serial columns, a CHECK, an FK, an index, a trigger, a comment
+// and grants; s2 with a table whose name looks like a header field.
+func TestParseScript(t *testing.T) {
+	out, err := os.ReadFile("testdata/restore-v.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := parseScript(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(s.entries), 21; got != want {
+		t.Errorf("entries = %d, want %d", got, want)
+	}
+	if strings.Contains(s.preamble, `\restrict`) || !strings.Contains(s.preamble, "SELECT pg_catalog.set_config('search_path', '', false);") {
+		t.Errorf("preamble:\n%s", s.preamble)
+	}
+	for _, e := range s.entries {
+		if strings.Contains(e.sql, `\restrict`) || strings.Contains(e.sql, `\unrestrict`) || strings.Contains(e.sql, "SET default_") {
+			t.Errorf("entry %d (%s %s) keeps a meta-command or a trailing SET:\n%s", e.id, e.typ, e.name, e.sql)
+		}
+	}
+	pre, n := s.sqlFor("s1", false)
+	if n != 13 {
+		t.Errorf("s1 pre-copy entries = %d, want 13:\n%s", n, pre)
+	}
+	for _, want := range []string{"CREATE SCHEMA s1;", "COMMENT ON SCHEMA s1", "CREATE FUNCTION s1.f()", "CREATE TABLE s1.accounts",
+		"ADD GENERATED ALWAYS AS IDENTITY", "ALTER SEQUENCE s1.items_id_seq OWNED BY", "ADD CONSTRAINT items_pkey PRIMARY KEY",
+		"GRANT USAGE ON SCHEMA s1 TO app;", "GRANT SELECT ON TABLE s1.items TO app;", "SET default_table_access_method = heap;"} {
+		if !strings.Contains(pre, want) {
+			t.Errorf("s1 pre-copy SQL lacks %q", want)
+		}
+	}
+	for _, not := range []string{"s2", "CREATE INDEX", "FOREIGN KEY", "CREATE TRIGGER"} {
+		if strings.Contains(pre, not) {
+			t.Errorf("s1 pre-copy SQL has %q", not)
+		}
+	}
+	if i, j := strings.Index(pre, "SET default_tablespace = '';"), strings.Index(pre, "CREATE TABLE s1.accounts"); i < 0 || i > j {
+		t.Errorf("the tablespace setting does not precede the first table")
+	}
+	post, n := s.sqlFor("s1", true)
+	if n != 3 {
+		t.Errorf("s1 post-copy entries = %d, want 3:\n%s", n, post)
+	}
+	for _, want := range []string{"CREATE INDEX items_account_id_idx", "CREATE TRIGGER t", "FOREIGN KEY (account_id) REFERENCES s1.accounts(id)"} {
+		if !strings.Contains(post, want) {
+			t.Errorf("s1 post-copy SQL lacks %q", want)
+		}
+	}
+	pre2, n := s.sqlFor("s2", false)
+	if n != 5 {
+		t.Errorf("s2 pre-copy entries = %d, want 5:\n%s", n, pre2)
+	}
+	if strings.Contains(pre2, "s1") || !strings.Contains(pre2, `CREATE TABLE s2."odd; Type: X"`) || !strings.Contains(pre2, `"odd; Type: X_pkey" PRIMARY KEY`) {
+		t.Errorf("s2 pre-copy SQL:\n%s", pre2)
+	}
+	if !s.hasSchema("s2") || s.hasSchema("s3") {
+		t.Errorf("hasSchema: s2 %v, s3 %v", s.hasSchema("s2"), s.hasSchema("s3"))
+	}
+}
+
+func TestEntrySplit(t *testing.T) {
 	tests := []struct {
-		line       string
+		e          scriptEntry
 		post, skip bool
 	}{
-		{"215; 1259 16390 TABLE shard_0005 items postgres", false, false},
-		{"3245; 2606 16400 CONSTRAINT shard_0005 items items_pkey postgres", false, false},
-		{"3250; 1259 16410 INDEX shard_0005 items_account postgres", true, false},
-		{"3260; 2606 16420 FK CONSTRAINT shard_0005 items items_account_id_fkey postgres", true, false},
-		{"3270; 2620 16430 TRIGGER shard_0005 items items_fill postgres", true, false},
-		{"3280; 0 0 ACL shard_0005 TABLE items postgres", false, false},
-		{"3290; 6106 16440 PUBLICATION TABLES IN SCHEMA - pgtenant_move_5_1 shard_0005 postgres", false, true},
-		{"3291; 6106 16441 PUBLICATION TABLE - p items", false, true},
-		{"216; 1259 16391 SEQUENCE shard_0005 items_id_seq postgres", false, false},
-		{"217; 1259 16392 VIEW shard_0005 account_items postgres", false, false},
-		{"; comment", false, false},
+		{scriptEntry{typ: "TABLE", schema: "shard_0005", name: "items"}, false, false},
+		{scriptEntry{typ: "CONSTRAINT", schema: "shard_0005", name: "items items_pkey"}, false, false},
+		{scriptEntry{typ: "INDEX", schema: "shard_0005", name: "items_account"}, true, false},
+		{scriptEntry{typ: "INDEX ATTACH", schema: "shard_0005", name: "p_1_idx"}, true, false},
+		{scriptEntry{typ: "FK CONSTRAINT", schema: "shard_0005", name: "items items_account_id_fkey"}, true, false},
+		{scriptEntry{typ: "TRIGGER", schema: "shard_0005", name: "items items_fill"}, true, false},
+		{scriptEntry{typ: "TRIGGER", schema: "shard_0005", name: "items " + captureTrigger}, true, true},
+		{scriptEntry{typ: "ACL", schema: "shard_0005", name: "TABLE items"}, false, false},
+		{scriptEntry{typ: "PUBLICATION TABLES IN SCHEMA", schema: "-", name: "pgtenant_move_5_1 shard_0005"}, false, true},
+		{scriptEntry{typ: "PUBLICATION TABLE", schema: "shard_0005", name: "p items"}, false, true},
+		{scriptEntry{typ: "SEQUENCE", schema: "shard_0005", name: "items_id_seq"}, false, false},
+		{scriptEntry{typ: "VIEW", schema: "shard_0005", name: "account_items"}, false, false},
 	}
 	for _, tt := range tests {
-		if got := isPostData(tt.line); got != tt.post {
-			t.Errorf("isPostData(%q) = %v, want %v", tt.line, got, tt.post)
+		if got := tt.e.postData(); got != tt.post {
+			t.Errorf("postData(%+v) = %v, want %v", tt.e, got, tt.post)
 		}
-		if got := isSkipped(tt.line); got != tt.skip {
-			t.Errorf("isSkipped(%q) = %v, want %v", tt.line, got, tt.skip)
+		if got := tt.e.skipped(); got != tt.skip {
+			t.Errorf("skipped(%+v) = %v, want %v", tt.e, got, tt.skip)
 		}
 	}
 }

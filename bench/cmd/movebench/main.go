@@ -625,7 +625,11 @@ func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	time.Sleep(500 * time.Millisecond)
 	var mu sync.Mutex
 	var pauses []time.Duration
-	sum := e.mover(log, nil).MoveAll(ctx, plans, o.parallel, move.Options{SkipVerify: false, DropSource: true}, nil, func(out move.Outcome) {
+	st := newStepTimes()
+	mv := move.New(move.Config{Catalog: e.cat.Pool(), Fencer: catalog.RouterFencer{Catalog: e.cat}, Logger: log,
+		FenceTimeout: 10 * time.Second, BeforeStep: st.beforeStep})
+	sum := mv.MoveAll(ctx, plans, o.parallel, move.Options{SkipVerify: false, DropSource: true}, st.onStart, func(out move.Outcome) {
+		st.onDone(out)
 		mu.Lock()
 		defer mu.Unlock()
 		if out.Err == nil {
@@ -658,5 +662,5 @@ func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		o.splitShards, o.splitRows, setup.Round(time.Second), o.parallel, o.clients, o.think,
 		sum.Moved, sum.Failed, float64(sum.Bytes)/1e6, sum.Duration.Round(100*time.Millisecond), sum.Duration.Seconds()/float64(max(sum.Moved, 1)), float64(sum.Moved)/sum.Duration.Minutes(),
 		float64(med.Microseconds())/1000, float64(sum.LongestPause.Microseconds())/1000,
-		float64(maxTxn.Microseconds())/1000, float64(p99.Microseconds())/1000, errs, strings.Join(counts, " ")), err
+		float64(maxTxn.Microseconds())/1000, float64(p99.Microseconds())/1000, errs, strings.Join(counts, " ")) + "\n" + st.medians(), err
 }
