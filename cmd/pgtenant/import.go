@@ -36,7 +36,9 @@ every tenant reads and writes its rows there, unchanged.
 
 Checked first, each a clear error before anything changes: wal_level=logical
 and a role with REPLICATION (the copy and the change stream read a logical
-replication slot); every table of the schema has a rule in the tables
+replication slot), or with --method trigger (no logical replication) a
+primary key on every tenant table and a role that may create triggers on
+them and a schema in the database; every table of the schema has a rule in the tables
 registry (pgtenant table set); every row has a tenant (no NULL tenant id, no
 child row without its parent); every tenant id found in the rows is
 registered. Unregistered tenants stop the import with their ids, unless
@@ -78,6 +80,7 @@ Nothing is written to the legacy database.`,
 	initCmd.Flags().StringVar(&opts.Schema, "schema", "public", "schema of the legacy database that holds the app's tables")
 	initCmd.Flags().BoolVar(&opts.RegisterTenants, "register-tenants", false, "register, by hash, the tenant ids found in the rows that the catalog does not know")
 	initCmd.Flags().BoolVar(&opts.CheckOnly, "check", false, "run the checks only; change nothing")
+	initCmd.Flags().StringVar(&opts.Method, "method", importer.MethodLogical, "how import start follows the legacy database's changes: logical (a replication slot: wal_level=logical and REPLICATION) or trigger (capture triggers installed by the tables' owner)")
 	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportRollbackCmd(a), newImportStatusCmd(a), newImportFinishCmd(a))
 	return cmd
 }

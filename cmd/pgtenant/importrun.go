@@ -41,8 +41,9 @@ func newImportStartCmd(a *app) *cobra.Command {
 	var parallel int
 	var rate string
 	var noFollow bool
+	var method string
 	cmd := &cobra.Command{
-		Use:   "start [--parallel 4] [--max-rate 50MB] [--no-follow]",
+		Use:   "start [--parallel 4] [--max-rate 50MB] [--no-follow] [--method logical|trigger]",
 		Short: "Copy every tenant's rows to its shard, then follow the legacy database's changes",
 		Long: `Copy every tenant's rows to its shard on the shard's node, then follow the
 legacy database's changes until interrupted. The router keeps serving every
@@ -59,7 +60,15 @@ goes to stderr.
 
 Killed, run it again: the shards already copied are kept, the others are
 copied at a new snapshot, and the stream resumes where each node left off.
-Then 'pgtenant import verify' and 'pgtenant import cutover'.`,
+Then 'pgtenant import verify' and 'pgtenant import cutover'.
+
+--method trigger, for a legacy database without logical replication (any
+wal_level, no REPLICATION, no superuser: the tables' owner): instead of the
+publication and the slot, row triggers on the tenant tables capture every
+change into a queue table (schema pgtenant_import), the rows are copied at a
+snapshot taken after the triggers exist, and the queue is applied to the
+shards in rounds. TRUNCATE of those tables is refused while the import runs.
+Give it on the first run (or to import init); later runs keep the method.`,
 		Example: `  pgtenant import start --parallel 4 --max-rate 80MB`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
@@ -69,6 +78,11 @@ Then 'pgtenant import verify' and 'pgtenant import cutover'.`,
 			}
 			im := importer.New(c, a.logger)
 			im.SetSharedSchema(a.sharedSchema())
+			if method != "" {
+				if err := im.SetMethod(ctx, method); err != nil {
+					return err
+				}
+			}
 			st, err := im.Status(ctx)
 			if err != nil {
 				return err
@@ -115,6 +129,7 @@ Then 'pgtenant import verify' and 'pgtenant import cutover'.`,
 	cmd.Flags().IntVar(&parallel, "parallel", 4, "shards copied at once")
 	cmd.Flags().StringVar(&rate, "max-rate", "", "at most this many bytes per second read from the legacy database, e.g. 50MB (default: no limit)")
 	cmd.Flags().BoolVar(&noFollow, "no-follow", false, "copy, then exit without following changes")
+	cmd.Flags().StringVar(&method, "method", "", "logical (a replication slot) or trigger (capture triggers, no logical replication); default: the import's (import init --method)")
 	return cmd
 }
 
@@ -209,7 +224,11 @@ func newImportStatusCmd(a *app) *cobra.Command {
 			if st.Lag >= 0 {
 				lag = humanBytes(st.Lag)
 			}
-			fmt.Fprintf(a.stdout, "import from node %s schema %s: %s; slot %s (streaming: %v), lag %s\n", st.LegacyNode, st.LegacySchema, st.State, st.Slot, st.SlotActive, lag)
+			if st.Method == importer.MethodTrigger {
+				fmt.Fprintf(a.stdout, "import from node %s schema %s: %s; method trigger, queue about %d changes (following: %v)\n", st.LegacyNode, st.LegacySchema, st.State, max(st.Lag, 0), st.SlotActive)
+			} else {
+				fmt.Fprintf(a.stdout, "import from node %s schema %s: %s; slot %s (streaming: %v), lag %s\n", st.LegacyNode, st.LegacySchema, st.State, st.Slot, st.SlotActive, lag)
+			}
 			fmt.Fprintf(a.stdout, "shards: %d legacy, %d copied, %d cut over\n", st.Counts[importer.ShardLegacy]+st.Counts[importer.ShardCopying],
 				st.Counts[importer.ShardCopied], st.Counts[importer.ShardCutover])
 			if !all {

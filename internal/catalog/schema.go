@@ -366,6 +366,15 @@ CREATE UNIQUE INDEX tenant_moves_one_running ON pgtenant.tenant_moves (tenant) W
 	`
 ALTER TABLE pgtenant.import_shards ADD COLUMN reverse_slot text, ADD COLUMN reverse_lsn pg_lsn;
 `,
+	// 15: imports from a legacy database without logical replication
+	// (import start --method trigger): the import's method, and the legacy
+	// snapshot a shard's rows on its node are at after a rollback (the
+	// trigger method's copy_lsn: queued changes of transactions visible in
+	// it are on the node already).
+	`
+ALTER TABLE pgtenant.imports ADD COLUMN method text NOT NULL DEFAULT 'logical' CHECK (method IN ('logical', 'trigger'));
+ALTER TABLE pgtenant.import_shards ADD COLUMN copy_snapshot pg_snapshot;
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

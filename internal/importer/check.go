@@ -74,7 +74,7 @@ type Survey struct {
 
 // check connects nothing itself: conn is the legacy database, c the catalog.
 // It returns every problem it finds rather than the first.
-func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema string, registerTenants bool) (*Survey, []Problem, error) {
+func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema string, registerTenants bool, method string) (*Survey, []Problem, error) {
 	var probs []Problem
 	add := func(code, msg, hint string) { probs = append(probs, Problem{Code: code, Message: msg, Hint: hint}) }
 	sv := &Survey{}
@@ -84,13 +84,14 @@ func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema strin
 		Scan(&sv.WalLevel, &super, &repl); err != nil {
 		return nil, nil, fmt.Errorf("read wal_level and role of the legacy database: %w", err)
 	}
-	if sv.WalLevel != "logical" {
-		add("55000", fmt.Sprintf("the legacy database has wal_level=%s; the import follows its changes by logical replication", sv.WalLevel),
-			"set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the server; there is no import without it yet")
-	}
-	if !super && !repl {
-		add("42501", "the role the import connects as has neither REPLICATION nor SUPERUSER; it cannot create the replication slot the copy and the change stream read from",
-			"ALTER ROLE <that role> REPLICATION, or connect as a role that has it")
+	if method == MethodTrigger {
+		tp, err := triggerPrereqs(ctx, c, conn, schema)
+		if err != nil {
+			return nil, nil, err
+		}
+		probs = append(probs, tp...)
+	} else {
+		probs = append(probs, logicalPrereqs(sv.WalLevel, super, repl)...)
 	}
 	var schemaOK bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&schemaOK); err != nil {

@@ -148,11 +148,19 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 	default:
 		return nil, fmt.Errorf("import start: the import is %s; every shard is copied already", imp.State)
 	}
+	if imp.Method == MethodTrigger {
+		return im.startTrigger(ctx, imp, opts)
+	}
 	legacy, err := connect(ctx, imp.LegacyDSN)
 	if err != nil {
 		return nil, fmt.Errorf("import start: connect to the legacy database: %w", err)
 	}
 	defer legacy.Close(context.Background())
+	if imp.Slot == "" {
+		if err := logicalReady(ctx, legacy); err != nil {
+			return nil, fmt.Errorf("import start: %w", err)
+		}
+	}
 	rules, shared, err := im.rules(ctx, legacy, imp.LegacySchema)
 	if err != nil {
 		return nil, fmt.Errorf("import start: %w", err)

@@ -36,6 +36,9 @@ func (im *Importer) Status(ctx context.Context) (*Status, error) {
 	for _, s := range st.Shards {
 		st.Counts[s.State]++
 	}
+	if imp.Method == MethodTrigger {
+		im.queueStatus(ctx, imp, st)
+	}
 	if imp.Slot != "" {
 		if legacy, err := connect(ctx, imp.LegacyDSN); err == nil {
 			var lag *int64
@@ -86,6 +89,11 @@ func (im *Importer) Finish(ctx context.Context) error {
 		return fmt.Errorf("import finish: connect to the legacy database: %w", err)
 	}
 	defer legacy.Close(context.Background())
+	if imp.Method == MethodTrigger {
+		if err := im.dropCapture(ctx, legacy, imp); err != nil {
+			return fmt.Errorf("import finish: %w", err)
+		}
+	}
 	if imp.Slot != "" {
 		if err := stream.DropSlot(ctx, legacy, imp.Slot); err != nil {
 			return fmt.Errorf("import finish: %w", err)
@@ -127,7 +135,7 @@ func (im *Importer) Finish(ctx context.Context) error {
 			conns[s.Node] = conn
 			err = stream.DeletePosition(ctx, conn, positionName)
 			if err == nil {
-				_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable+` CASCADE`)
+				_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable+`, `+queuePosTable+` CASCADE`)
 			}
 			if err != nil {
 				return fmt.Errorf("import finish: node %s: %w", s.Node, err)

@@ -79,6 +79,9 @@ func (im *Importer) Follow(ctx context.Context) error {
 	if imp.State != StateCopied && imp.State != StateStreaming {
 		return fmt.Errorf("import follow: the import is %s; run import start to copy every shard first", imp.State)
 	}
+	if imp.Method == MethodTrigger {
+		return im.followTrigger(ctx, imp)
+	}
 	legacy, err := connect(ctx, imp.LegacyDSN)
 	if err != nil {
 		return fmt.Errorf("import follow: connect to the legacy database: %w", err)

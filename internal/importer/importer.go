@@ -54,6 +54,11 @@ type InitOptions struct {
 	RegisterTenants bool
 	// CheckOnly runs the checks and changes nothing.
 	CheckOnly bool
+	// Method is how import start will follow the legacy database's
+	// changes: MethodLogical ("" means it: a logical replication slot,
+	// which needs wal_level=logical and REPLICATION) or MethodTrigger
+	// (capture triggers, installed by the tables' owner).
+	Method string
 }
 
 func (o *InitOptions) defaults() {
@@ -62,6 +67,9 @@ func (o *InitOptions) defaults() {
 	}
 	if o.Schema == "" {
 		o.Schema = "public"
+	}
+	if o.Method == "" {
+		o.Method = MethodLogical
 	}
 }
 
@@ -81,6 +89,9 @@ type InitResult struct {
 // nothing. Nothing is written to the legacy database.
 func (im *Importer) Init(ctx context.Context, opts InitOptions) (*InitResult, error) {
 	opts.defaults()
+	if err := validMethod(opts.Method); err != nil {
+		return nil, fmt.Errorf("import init: %w", err)
+	}
 	res := &InitResult{Node: opts.Node, Schema: opts.Schema}
 	dsn, err := im.cat.ResolveDSN(opts.DSN)
 	if err != nil {
@@ -91,7 +102,7 @@ func (im *Importer) Init(ctx context.Context, opts InitOptions) (*InitResult, er
 		return nil, fmt.Errorf("import init: connect to the legacy database: %w", err)
 	}
 	defer conn.Close(context.Background())
-	sv, probs, err := check(ctx, im.cat, conn, opts.Schema, opts.RegisterTenants)
+	sv, probs, err := check(ctx, im.cat, conn, opts.Schema, opts.RegisterTenants, opts.Method)
 	if err != nil {
 		return nil, fmt.Errorf("import init: check: %w", err)
 	}
@@ -119,7 +130,7 @@ func (im *Importer) Init(ctx context.Context, opts InitOptions) (*InitResult, er
 		if _, err := tx.Exec(ctx, `DELETE FROM pgtenant.imports WHERE state = 'finished'`); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO pgtenant.imports (legacy_node, legacy_schema) VALUES ($1, $2)`, opts.Node, opts.Schema); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO pgtenant.imports (legacy_node, legacy_schema, method) VALUES ($1, $2, $3)`, opts.Node, opts.Schema, opts.Method); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO pgtenant.import_shards (shard) SELECT id FROM pgtenant.shards`)

@@ -327,10 +327,20 @@ func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, 
 	if err != nil {
 		return fail(err)
 	}
+	// The trigger method's copy point: the queued changes of the writes
+	// back (all visible in this snapshot) are on the node already.
+	var skip *string
+	if imp.Method == MethodTrigger {
+		var sn string
+		if err := legacy.QueryRow(fctx, `SELECT pg_current_snapshot()::text`).Scan(&sn); err != nil {
+			return fail(fmt.Errorf("read the legacy snapshot: %w", err))
+		}
+		skip = &sn
+	}
 	res.Marked = time.Since(t0)
 	err = fence.Flip(fctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE pgtenant.import_shards SET state = 'copied', copy_lsn = $2::text::pg_lsn, reverse_slot = NULL, reverse_lsn = NULL,
-			pause_ms = NULL, updated_at = now() WHERE shard = $1 AND state = 'cutover'`, s.Shard, lsn)
+		tag, err := tx.Exec(ctx, `UPDATE pgtenant.import_shards SET state = 'copied', copy_lsn = $2::text::pg_lsn, copy_snapshot = $3::text::pg_snapshot,
+			reverse_slot = NULL, reverse_lsn = NULL, pause_ms = NULL, updated_at = now() WHERE shard = $1 AND state = 'cutover'`, s.Shard, lsn, skip)
 		if err == nil && tag.RowsAffected() != 1 {
 			err = fmt.Errorf("shard %d is no longer cut over", s.Shard)
 		}

@@ -39,6 +39,10 @@ type Import struct {
 	// StartLSN is the slot's consistent point: where its change stream starts.
 	StartLSN  string
 	StartedAt time.Time
+	// Method is how the legacy database's changes are followed:
+	// MethodLogical (a logical replication slot) or MethodTrigger (capture
+	// triggers and a queue table, trigger.go).
+	Method string
 }
 
 // ShardProgress is one shard's import state.
@@ -60,9 +64,9 @@ func (im *Importer) load(ctx context.Context) (*Import, error) {
 	imp := &Import{}
 	var pub, slot, lsn *string
 	var dsn string
-	err := im.cat.Pool().QueryRow(ctx, `SELECT i.legacy_node, i.legacy_schema, n.dsn, i.state, i.publication, i.slot_name, i.start_lsn::text, i.started_at
+	err := im.cat.Pool().QueryRow(ctx, `SELECT i.legacy_node, i.legacy_schema, n.dsn, i.state, i.publication, i.slot_name, i.start_lsn::text, i.started_at, i.method
 		FROM pgtenant.imports i JOIN pgtenant.nodes n ON n.name = i.legacy_node WHERE i.state <> 'finished'`).
-		Scan(&imp.LegacyNode, &imp.LegacySchema, &dsn, &imp.State, &pub, &slot, &lsn, &imp.StartedAt)
+		Scan(&imp.LegacyNode, &imp.LegacySchema, &dsn, &imp.State, &pub, &slot, &lsn, &imp.StartedAt, &imp.Method)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNoImport
 	}

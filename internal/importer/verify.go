@@ -157,7 +157,11 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 	if imp.State == StateStreaming && len(todo) > 0 {
 		rep.Consistent = true
 		var lsn string
-		l, lsn, release, err = im.legacyAtPoint(ctx, imp, legacy, rules, ids, opts.Timeout)
+		if imp.Method == MethodTrigger {
+			l, lsn, release, err = im.legacyAtHold(ctx, imp, legacy, rules, ids, opts.Timeout)
+		} else {
+			l, lsn, release, err = im.legacyAtPoint(ctx, imp, legacy, rules, ids, opts.Timeout)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
 		}
