@@ -54,6 +54,9 @@ type InitOptions struct {
 	RegisterTenants bool
 	// CheckOnly runs the checks and changes nothing.
 	CheckOnly bool
+	// SchemaPerTenant, when set, says the legacy database has a schema per
+	// tenant (Schema is then ignored; see apartment.go).
+	SchemaPerTenant *SchemaPerTenantOptions
 }
 
 func (o *InitOptions) defaults() {
@@ -72,6 +75,9 @@ type InitResult struct {
 	Schema     string
 	Shards     int
 	Registered int // tenants registered by --register-tenants
+	// TenantSchemas counts the tenant schemas of a legacy database with a
+	// schema per tenant (Schema is then the template schema).
+	TenantSchemas int
 }
 
 // Init checks the legacy database and the catalog (see Problem) and, when
@@ -91,6 +97,9 @@ func (im *Importer) Init(ctx context.Context, opts InitOptions) (*InitResult, er
 		return nil, fmt.Errorf("import init: connect to the legacy database: %w", err)
 	}
 	defer conn.Close(context.Background())
+	if opts.SchemaPerTenant != nil {
+		return im.initApartment(ctx, conn, opts, res)
+	}
 	sv, probs, err := check(ctx, im.cat, conn, opts.Schema, opts.RegisterTenants)
 	if err != nil {
 		return nil, fmt.Errorf("import init: check: %w", err)
