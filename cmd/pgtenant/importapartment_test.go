@@ -310,3 +310,97 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	}
 	t.Logf("%d acknowledged writes by %d clients through the router; cutover pauses %s", total, writers, strings.Join(pauses, " "))
 }
+
+// TestImportSchemaPerTenantBadInput (issue 12): tenant schemas that differ
+// from the template, a schema whose name is not a valid tenant id and a
+// tenant map naming an empty tenant each stop import init with their
+// SQLSTATE before anything changes.
+func TestImportSchemaPerTenantBadInput(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
+	mustRun(t, "init", "--shards", "4")
+	mustRun(t, "node", "add", "n1", nodeB.NewDatabase(t))
+	mustRun(t, "shard", "create")
+	ctx := context.Background()
+	catalogState := func() string {
+		return mustRun(t, "node", "list") + mustRun(t, "tenant", "list") + mustRun(t, "table", "list") + mustRun(t, "shard", "list")
+	}
+	catBefore := catalogState()
+
+	// Schemas that differ from the template.
+	legacy, _ := apartmentDB(t, 5)
+	conn, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `DROP TABLE tenant_002.ledger; ALTER TABLE tenant_003.entries ALTER COLUMN note TYPE varchar(20)`); err != nil {
+		t.Fatal(err)
+	}
+	before := legacyState(t, legacy)
+	code, out, errOut := pgtenant(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--register-tenants", "--template-schema", "tenant_001")
+	for _, want := range []string{"42P01: 1 tenant schema(s) do not have the tables of the template schema \"tenant_001\": \"tenant_002\" lacks ledger",
+		"42804: 1 tenant schema(s) have columns that differ from the template schema \"tenant_001\": \"tenant_003\" entries (", "note character varying(20)", "note text"} {
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Fatalf("import init with schemas that differ: exit %d, want %q in\n%s%s", code, want, out, errOut)
+		}
+	}
+	// Left out by a tenant map (which also names their tenants), they are
+	// no problem (the check only).
+	if err := os.WriteFile("good.csv", []byte("tenant_001,acme\ntenant_004,globex\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--tenant-map", "good.csv", "--register-tenants", "--check"); !strings.Contains(out, "2 tenant schemas with the same 3 tables") {
+		t.Fatalf("import init --check with a tenant map: %s", out)
+	}
+
+	// A tenant map naming an empty tenant for a schema.
+	if err := os.WriteFile("map.csv", []byte("# schema,tenant\ntenant_001,acme\ntenant_004,\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = pgtenant(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--tenant-map", "map.csv", "--register-tenants")
+	if code != 1 || !strings.Contains(errOut, `22023: 1 tenant schema(s) whose tenant id pgtenant cannot register: schema "tenant_004": "" (tenant id is empty)`) {
+		t.Fatalf("import init with an empty tenant in the map: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// A schema name that is not valid UTF-8 (an SQL_ASCII database keeps
+	// its bytes as they are): not a tenant id.
+	name := fmt.Sprintf("t_apartment_ascii_%d", time.Now().UnixNano()%1e9)
+	admin, err := pgx.Connect(ctx, nodeA.Cluster.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+name+` ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`) })
+	ascii := nodeA.Cluster.DSN(name)
+	ac, err := pgx.Connect(ctx, ascii)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close(ctx)
+	if _, err := ac.Exec(ctx, `DO $$ BEGIN
+		EXECUTE 'CREATE SCHEMA good; CREATE SCHEMA ' || quote_ident(convert_from('\x6261645fff'::bytea, 'SQL_ASCII'));
+		EXECUTE 'CREATE TABLE good.ledger (id bigserial PRIMARY KEY, note text)';
+		EXECUTE 'CREATE TABLE ' || quote_ident(convert_from('\x6261645fff'::bytea, 'SQL_ASCII')) || '.ledger (id bigserial PRIMARY KEY, note text)';
+		END $$`); err != nil {
+		t.Fatal(err)
+	}
+	asciiBefore := legacyState(t, ascii)
+	code, out, errOut = pgtenant(t, "import", "init", "--from", ascii, "--schema-per-tenant", "--register-tenants")
+	if code != 1 || !strings.Contains(errOut, "22023: 1 tenant schema(s) whose tenant id pgtenant cannot register") || !strings.Contains(errOut, "tenant id is not valid UTF-8") {
+		t.Fatalf("import init with a schema name that is not UTF-8: exit %d\n%s%s", code, out, errOut)
+	}
+
+	if got := catalogState(); got != catBefore {
+		t.Fatalf("a failed import init changed the catalog:\n%s\nwas\n%s", got, catBefore)
+	}
+	if got := legacyState(t, legacy); got != before {
+		t.Fatalf("a failed import init changed the legacy database: %s, was %s", got, before)
+	}
+	if got := legacyState(t, ascii); got != asciiBefore {
+		t.Fatalf("a failed import init changed the legacy database: %s, was %s", got, asciiBefore)
+	}
+}
