@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -27,6 +28,9 @@ no app change beyond DATABASE_URL:
 See "Moving an existing database" in the README.`,
 	}
 	var opts importer.InitOptions
+	var apt importer.SchemaPerTenantOptions
+	var perTenant bool
+	var tenantMap string
 	initCmd := &cobra.Command{
 		Use:   "init --from DSN [--name legacy] [--schema public] [--register-tenants] [--check]",
 		Short: "Check the legacy database and serve every shard from it through the router",
@@ -46,21 +50,54 @@ registered. Unregistered tenants stop the import with their ids, unless
 which tenants exist, but a stray id (a test row, a typo) would otherwise
 become a tenant without anyone saying so.
 
-Nothing is written to the legacy database.`,
+Nothing is written to the legacy database.
+
+With --schema-per-tenant the legacy database has a schema per tenant (the
+Rails apartment style): the tenant is the schema's name (or what
+--tenant-map FILE says: lines of schema,tenant), the tables of public are
+reference tables, every tenant schema must have the tables and columns of
+the template schema (--template-schema; default: the first tenant schema),
+and the shards' tables gain --tenant-column (first in their keys). Until
+its shard is cut over, the router serves each tenant from its own schema.`,
 		Example: `  pgtenant import init --from 'postgres://app@old-db:5432/app' --register-tenants
-  pgtenant import init --from "$OLD_DATABASE_URL" --check`,
+  pgtenant import init --from "$OLD_DATABASE_URL" --check
+  pgtenant import init --from "$OLD_DATABASE_URL" --schema-per-tenant --tenant-schemas 'tenant_%' --register-tenants`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			if opts.DSN == "" {
 				return usagef("import init needs --from DSN (the legacy database)")
+			}
+			if !perTenant && (apt.Pattern != "" || tenantMap != "" || apt.Template != "" || apt.Column != "" || apt.ColumnType != "") {
+				return usagef("--tenant-schemas, --tenant-map, --template-schema, --tenant-column and --tenant-column-type go with --schema-per-tenant")
+			}
+			if perTenant {
+				if apt.Pattern != "" && tenantMap != "" {
+					return usagef("give --tenant-schemas or --tenant-map, not both")
+				}
+				if tenantMap != "" {
+					f, err := os.Open(tenantMap)
+					if err != nil {
+						return fmt.Errorf("import init: %w", err)
+					}
+					apt.Map, err = importer.ReadTenantMap(f)
+					f.Close()
+					if err != nil {
+						return fmt.Errorf("import init: %s: %w", tenantMap, err)
+					}
+				}
+				opts.SchemaPerTenant = &apt
 			}
 			res, err := importer.New(c, a.logger).Init(ctx, opts)
 			if err != nil {
 				return err
 			}
 			sv := res.Survey
-			fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %d tables with a rule, %d tenants in its rows\n",
-				sv.WalLevel, len(sv.Tables), len(sv.Tenants))
+			if perTenant {
+				fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %d tenant schemas with the same %d tables\n", sv.WalLevel, res.TenantSchemas, len(sv.Tables))
+			} else {
+				fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %d tables with a rule, %d tenants in its rows\n",
+					sv.WalLevel, len(sv.Tables), len(sv.Tenants))
+			}
 			if opts.CheckOnly {
 				if n := len(sv.Unregistered); n > 0 {
 					fmt.Fprintf(a.stdout, "%d tenants would be registered by --register-tenants\n", n)
@@ -70,7 +107,12 @@ Nothing is written to the legacy database.`,
 			if res.Registered > 0 {
 				fmt.Fprintf(a.stdout, "%d tenants registered\n", res.Registered)
 			}
-			fmt.Fprintf(a.stdout, "node %s added as the legacy node: its schema %s serves all %d shards\n", res.Node, res.Schema, res.Shards)
+			if res.TenantSchemas > 0 {
+				fmt.Fprintf(a.stdout, "node %s added as the legacy node: each of its %d tenant schemas serves its tenant in all %d shards (template schema %s)\n",
+					res.Node, res.TenantSchemas, res.Shards, res.Schema)
+			} else {
+				fmt.Fprintf(a.stdout, "node %s added as the legacy node: its schema %s serves all %d shards\n", res.Node, res.Schema, res.Shards)
+			}
 			fmt.Fprintln(a.stdout, "point the app's DATABASE_URL at the router; next: pgtenant import schema --dir DIR")
 			return nil
 		}),
@@ -81,6 +123,12 @@ Nothing is written to the legacy database.`,
 	initCmd.Flags().BoolVar(&opts.RegisterTenants, "register-tenants", false, "register, by hash, the tenant ids found in the rows that the catalog does not know")
 	initCmd.Flags().BoolVar(&opts.CheckOnly, "check", false, "run the checks only; change nothing")
 	initCmd.Flags().StringVar(&opts.Method, "method", importer.MethodLogical, "how import start follows the legacy database's changes: logical (a replication slot: wal_level=logical and REPLICATION) or trigger (capture triggers installed by the tables' owner)")
+	initCmd.Flags().BoolVar(&perTenant, "schema-per-tenant", false, "the legacy database has a schema per tenant (Rails apartment style); public holds the reference tables")
+	initCmd.Flags().StringVar(&apt.Pattern, "tenant-schemas", "", "with --schema-per-tenant: the tenant schemas, as an SQL LIKE pattern (default: every schema but public, pg_*, information_schema, pgtenant*)")
+	initCmd.Flags().StringVar(&tenantMap, "tenant-map", "", "with --schema-per-tenant: a file of schema,tenant lines naming the tenant schemas and their tenants (default: the schema's name)")
+	initCmd.Flags().StringVar(&apt.Template, "template-schema", "", "with --schema-per-tenant: the schema every tenant schema is compared with and the shards' tables come from (default: the first tenant schema)")
+	initCmd.Flags().StringVar(&apt.Column, "tenant-column", "", "with --schema-per-tenant: the tenant column the shards' tables gain (default "+importer.DefaultTenantColumn+")")
+	initCmd.Flags().StringVar(&apt.ColumnType, "tenant-column-type", "", "with --schema-per-tenant: the tenant column's type (default text)")
 	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportRollbackCmd(a), newImportStatusCmd(a), newImportFinishCmd(a))
 	return cmd
 }

@@ -22,7 +22,7 @@ func applyImports(ctx context.Context, q querier, m *placement.Map) (int, error)
 	if !present {
 		return 0, nil
 	}
-	rows, err := q.Query(ctx, `SELECT s.shard, i.legacy_node, i.legacy_schema
+	rows, err := q.Query(ctx, `SELECT s.shard, i.legacy_node, i.legacy_schema, i.tenant_column IS NOT NULL
 		FROM pgtenant.import_shards s CROSS JOIN pgtenant.imports i
 		WHERE s.state <> 'cutover' AND i.state <> 'finished'`)
 	if err != nil {
@@ -31,15 +31,35 @@ func applyImports(ctx context.Context, q querier, m *placement.Map) (int, error)
 	n := 0
 	var shard int
 	var node, schema string
-	_, err = pgx.ForEachRow(rows, []any{&shard, &node, &schema}, func() error {
+	var perTenant, anyPerTenant bool
+	_, err = pgx.ForEachRow(rows, []any{&shard, &node, &schema, &perTenant}, func() error {
 		if shard >= 0 && shard < len(m.Shards) {
-			m.Shards[shard].Node, m.Shards[shard].Schema = node, schema
+			m.Shards[shard].Node, m.Shards[shard].Schema, m.Shards[shard].SchemaPerTenant = node, schema, perTenant
+			anyPerTenant = anyPerTenant || perTenant
 			n++
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("read imports: %w", err)
+	}
+	if anyPerTenant {
+		// A schema per tenant: only the schemas not named like their tenant.
+		rows, err := q.Query(ctx, `SELECT tenant, schema_name FROM pgtenant.import_schemas WHERE tenant <> schema_name`)
+		if err != nil {
+			return 0, fmt.Errorf("read import schemas: %w", err)
+		}
+		var tenant string
+		_, err = pgx.ForEachRow(rows, []any{&tenant, &schema}, func() error {
+			if m.TenantSchemas == nil {
+				m.TenantSchemas = map[string]string{}
+			}
+			m.TenantSchemas[tenant] = schema
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("read import schemas: %w", err)
+		}
 	}
 	return n, nil
 }

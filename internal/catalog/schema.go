@@ -375,6 +375,21 @@ ALTER TABLE pgtenant.import_shards ADD COLUMN reverse_slot text, ADD COLUMN reve
 ALTER TABLE pgtenant.imports ADD COLUMN method text NOT NULL DEFAULT 'logical' CHECK (method IN ('logical', 'trigger'));
 ALTER TABLE pgtenant.import_shards ADD COLUMN copy_snapshot pg_snapshot;
 `,
+	// 16: an import from a legacy database with a schema per tenant (the
+	// Rails apartment style, importer/apartment.go): the tenant column the
+	// shards' tables gain and its type (set only for that shape; then
+	// legacy_schema is the template schema), and each tenant schema's
+	// tenant. Routers serve a tenant of a shard not cut over from its own
+	// schema (catalog.applyImports reads the rows whose schema is not named
+	// like the tenant).
+	`
+ALTER TABLE pgtenant.imports ADD COLUMN tenant_column text, ADD COLUMN tenant_column_type text;
+CREATE TABLE pgtenant.import_schemas (
+	one         boolean NOT NULL DEFAULT true REFERENCES pgtenant.imports (one) ON DELETE CASCADE,
+	schema_name text PRIMARY KEY CHECK (octet_length(schema_name) BETWEEN 1 AND 63),
+	tenant      text NOT NULL UNIQUE
+);
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -61,6 +61,11 @@ type applier struct {
 	hold *verifyHold
 	// legacyConn reads and writes the verify table on the legacy database.
 	legacyConn *pgx.Conn
+	// ap is the import's schema-per-tenant shape (nil: one schema), read
+	// once (apartment.go); apRels are its relations with the tenant column.
+	ap       *apartment
+	apLoaded bool
+	apRels   map[*stream.Relation]*stream.Relation
 
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
@@ -254,6 +259,9 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 	if err := a.reload(ctx); err != nil {
 		return err
 	}
+	if err := a.loadApartment(ctx); err != nil {
+		return err
+	}
 	reached := false
 	if a.catchUp != nil {
 		n := 0
@@ -292,6 +300,12 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 					r.Schema, r.Table = "pgtenant_stream", "import_marker"
 					c.Rel = a.renamed(&r, "pgtenant_stream")
 					add(s.node, c)
+				}
+				continue
+			}
+			if a.ap != nil { // a schema per tenant: routed by schema
+				if err := a.routeSchemaChange(ctx, t, c, add); err != nil {
+					return err
 				}
 				continue
 			}

@@ -75,24 +75,12 @@ type Survey struct {
 // check connects nothing itself: conn is the legacy database, c the catalog.
 // It returns every problem it finds rather than the first.
 func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema string, registerTenants bool, method string) (*Survey, []Problem, error) {
-	var probs []Problem
-	add := func(code, msg, hint string) { probs = append(probs, Problem{Code: code, Message: msg, Hint: hint}) }
 	sv := &Survey{}
-
-	var super, repl bool
-	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'), rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).
-		Scan(&sv.WalLevel, &super, &repl); err != nil {
-		return nil, nil, fmt.Errorf("read wal_level and role of the legacy database: %w", err)
+	probs, err := checkPrereqs(ctx, c, conn, sv, method, schema)
+	if err != nil {
+		return nil, nil, err
 	}
-	if method == MethodTrigger {
-		tp, err := triggerPrereqs(ctx, c, conn, schema)
-		if err != nil {
-			return nil, nil, err
-		}
-		probs = append(probs, tp...)
-	} else {
-		probs = append(probs, logicalPrereqs(sv.WalLevel, super, repl)...)
-	}
+	add := func(code, msg, hint string) { probs = append(probs, Problem{Code: code, Message: msg, Hint: hint}) }
 	var schemaOK bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&schemaOK); err != nil {
 		return nil, nil, fmt.Errorf("look for schema %s: %w", schema, err)
@@ -101,16 +89,39 @@ func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema strin
 		add("3F000", fmt.Sprintf("the legacy database has no schema %q", schema), "name the schema that holds the app's tables with --schema")
 		return sv, probs, nil
 	}
+	return checkRegistry(ctx, c, conn, schema, registerTenants, sv, probs)
+}
 
+// checkPrereqs checks what every import needs: what its method needs of
+// the legacy database (wal_level and REPLICATION for logical, the tables'
+// ownership for trigger, in schema), and a catalog ready for an import.
+func checkPrereqs(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, sv *Survey, method, schema string) ([]Problem, error) {
+	var probs []Problem
+	add := func(code, msg, hint string) { probs = append(probs, Problem{Code: code, Message: msg, Hint: hint}) }
+
+	var super, repl bool
+	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'), rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).
+		Scan(&sv.WalLevel, &super, &repl); err != nil {
+		return nil, fmt.Errorf("read wal_level and role of the legacy database: %w", err)
+	}
+	if method == MethodTrigger {
+		tp, err := triggerPrereqs(ctx, c, conn, schema)
+		if err != nil {
+			return nil, err
+		}
+		probs = append(probs, tp...)
+	} else {
+		probs = append(probs, logicalPrereqs(sv.WalLevel, super, repl)...)
+	}
 	// The catalog side: shards exist, no import yet, no roles the legacy
 	// tables know nothing of.
 	count, err := c.ShardCount(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	shards, err := c.Shards(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(shards) < count {
 		add("55000", fmt.Sprintf("the catalog has %d of its %d shards", len(shards), count),
@@ -118,14 +129,14 @@ func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema strin
 	}
 	var importing bool
 	if err := c.Pool().QueryRow(ctx, `SELECT EXISTS (SELECT FROM pgtenant.imports WHERE state <> 'finished')`).Scan(&importing); err != nil {
-		return nil, nil, fmt.Errorf("read imports: %w", err)
+		return nil, fmt.Errorf("read imports: %w", err)
 	}
 	if importing {
 		add("55000", "an import is already registered in this catalog", "see `pgtenant import status`")
 	}
 	role, err := c.Meta(ctx, "runtime_role")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if role != "" {
 		add("55000", fmt.Sprintf("routers run as the runtime role %s (rls enable), which has no grants on the legacy tables", role),
@@ -133,13 +144,19 @@ func check(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema strin
 	}
 	var restricted int
 	if err := c.Pool().QueryRow(ctx, `SELECT count(*) FROM pgtenant.users WHERE role IS NOT NULL OR tenant IS NOT NULL`).Scan(&restricted); err != nil {
-		return nil, nil, fmt.Errorf("read users: %w", err)
+		return nil, fmt.Errorf("read users: %w", err)
 	}
 	if restricted > 0 {
 		add("55000", fmt.Sprintf("%d router user(s) run as a granular role or are restricted to a tenant; those roles have no grants on the legacy tables", restricted),
 			"add them after `import finish`")
 	}
+	return probs, nil
+}
 
+// checkRegistry is check's part for a legacy database with its tenants
+// in one schema.
+func checkRegistry(ctx context.Context, c *catalog.Catalog, conn *pgx.Conn, schema string, registerTenants bool, sv *Survey, probs []Problem) (*Survey, []Problem, error) {
+	add := func(code, msg, hint string) { probs = append(probs, Problem{Code: code, Message: msg, Hint: hint}) }
 	// The registry covers every table of the legacy schema.
 	app, err := tables.AppTables(ctx, conn, schema)
 	if err != nil {

@@ -36,6 +36,8 @@ type copyState struct {
 	limit int
 	// copySQL per table and shard: the COPY FROM of the shard's table.
 	copySQL map[string]map[int]string
+	// ap is the import's schema-per-tenant shape (nil: one schema).
+	ap *apartment
 }
 
 type copyNode struct {
@@ -68,10 +70,16 @@ func (im *Importer) newCopyState(ctx context.Context, imp *Import, order []copyT
 	}
 	// A shard's buffer: 16 MB over every shard, between 32 kB and 1 MB.
 	cs.limit = min(max((16<<20)/max(len(all), 1), 32<<10), 1<<20)
+	if cs.ap, err = im.apartmentOf(ctx); err != nil {
+		return nil, err
+	}
 	for _, t := range order {
-		quoted := make([]string, len(t.cols))
-		for i, c := range t.cols {
-			quoted[i] = pgx.Identifier{c}.Sanitize()
+		quoted := make([]string, 0, len(t.cols)+1)
+		if cs.ap != nil {
+			quoted = append(quoted, pgx.Identifier{cs.ap.column}.Sanitize()) // the shard's tenant column first
+		}
+		for _, c := range t.cols {
+			quoted = append(quoted, pgx.Identifier{c}.Sanitize())
 		}
 		m := map[int]string{}
 		for _, s := range all {
@@ -206,6 +214,9 @@ func (u copyUnit) blocks() string {
 // plan cuts the tables not complete everywhere into units of about
 // unitBytes of heap each.
 func (cs *copyState) plan(ctx context.Context, legacy *pgx.Conn, schema string, order []copyTable, unitBytes int64) ([]copyUnit, error) {
+	if cs.ap != nil {
+		return cs.planApartment(ctx, legacy, order, unitBytes)
+	}
 	byName := map[string]tables.Table{}
 	for _, t := range order {
 		byName[t.rule.Name] = t.rule

@@ -180,7 +180,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 		return fmt.Errorf("connect to node %s: %w", s.Node, err)
 	}
 	defer node.Close(context.Background())
-	pairs, err := sequencePairs(ctx, legacy, node, imp.LegacySchema, s.Schema)
+	pairs, err := im.seqPairs(ctx, legacy, node, imp, s)
 	if err != nil {
 		return err
 	}
@@ -406,14 +406,15 @@ func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair)
 }
 
 // setSequences sets each shard sequence of pairs to last[i] when that is
-// higher than its value.
+// higher than its value (the highest, for a sequence named more than once:
+// a schema per tenant pairs it with each tenant's).
 func setSequences(ctx context.Context, node *pgx.Conn, pairs []seqPair, last []int64) error {
 	shardNames := make([]string, len(pairs))
 	for i, p := range pairs {
 		shardNames[i] = p.shard
 	}
-	if _, err := node.Exec(ctx, `SELECT setval(s::regclass, v) FROM unnest($1::text[], $2::bigint[]) AS u(s, v)
-		WHERE v > coalesce(pg_sequence_last_value(s::regclass), 0)`, shardNames, last); err != nil {
+	if _, err := node.Exec(ctx, `SELECT setval(s::regclass, max(v)) FROM unnest($1::text[], $2::bigint[]) AS u(s, v)
+		GROUP BY s HAVING max(v) > coalesce(pg_sequence_last_value(s::regclass), 0)`, shardNames, last); err != nil {
 		return fmt.Errorf("set the shard's sequences: %w", err)
 	}
 	return nil

@@ -20,6 +20,12 @@ func (im *Importer) prepareLegacy(ctx context.Context, legacy *pgx.Conn, imp *Im
 	if imp.Publication != "" {
 		return nil
 	}
+	if ap, err := im.apartmentOf(ctx); err != nil || ap != nil {
+		if err != nil {
+			return err
+		}
+		return im.prepareLegacyApartment(ctx, legacy, imp, ap) // a schema per tenant
+	}
 	full := []string{}
 	for _, t := range rules {
 		col := t.TenantColumn

@@ -59,6 +59,9 @@ type InitOptions struct {
 	// which needs wal_level=logical and REPLICATION) or MethodTrigger
 	// (capture triggers, installed by the tables' owner).
 	Method string
+	// SchemaPerTenant, when set, says the legacy database has a schema per
+	// tenant (Schema is then ignored; see apartment.go).
+	SchemaPerTenant *SchemaPerTenantOptions
 }
 
 func (o *InitOptions) defaults() {
@@ -80,6 +83,9 @@ type InitResult struct {
 	Schema     string
 	Shards     int
 	Registered int // tenants registered by --register-tenants
+	// TenantSchemas counts the tenant schemas of a legacy database with a
+	// schema per tenant (Schema is then the template schema).
+	TenantSchemas int
 }
 
 // Init checks the legacy database and the catalog (see Problem) and, when
@@ -102,6 +108,13 @@ func (im *Importer) Init(ctx context.Context, opts InitOptions) (*InitResult, er
 		return nil, fmt.Errorf("import init: connect to the legacy database: %w", err)
 	}
 	defer conn.Close(context.Background())
+	if opts.SchemaPerTenant != nil {
+		if opts.Method == MethodTrigger {
+			return nil, &CheckError{Problems: []Problem{{Code: "0A000", Message: "a legacy database with a schema per tenant is imported by logical replication only",
+				Hint: "give the legacy database wal_level=logical and the import's role REPLICATION, and import without --method trigger"}}}
+		}
+		return im.initApartment(ctx, conn, opts, res)
+	}
 	sv, probs, err := check(ctx, im.cat, conn, opts.Schema, opts.RegisterTenants, opts.Method)
 	if err != nil {
 		return nil, fmt.Errorf("import init: check: %w", err)

@@ -37,6 +37,12 @@ func (im *Importer) copyReference(ctx context.Context, imp *Import, snapshot str
 		return nil, fmt.Errorf("connect to the legacy database: %w", err)
 	}
 	defer conn.Close(context.Background())
+	source := imp.LegacySchema
+	if ap, err := im.apartmentOf(ctx); err != nil {
+		return nil, err
+	} else if ap != nil {
+		source = "public" // a schema per tenant: public holds the shared tables
+	}
 	var names []string
 	err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET TRANSACTION SNAPSHOT '`+strings.ReplaceAll(snapshot, "'", "''")+`'`); err != nil {
@@ -44,7 +50,7 @@ func (im *Importer) copyReference(ctx context.Context, imp *Import, snapshot str
 		}
 		for _, t := range ts {
 			var buf bytes.Buffer
-			if _, err := tx.Conn().PgConn().CopyTo(ctx, &buf, "COPY "+pgx.Identifier{imp.LegacySchema, t.Name}.Sanitize()+" TO STDOUT (FORMAT csv)"); err != nil {
+			if _, err := tx.Conn().PgConn().CopyTo(ctx, &buf, "COPY "+pgx.Identifier{source, t.Name}.Sanitize()+" TO STDOUT (FORMAT csv)"); err != nil {
 				return fmt.Errorf("read reference table %s: %w", t.Name, err)
 			}
 			if err := shared.Load(ctx, targets, im.sharedSchema, t.Name, buf.Bytes(), shared.LoadOptions{Replace: true}); err != nil {

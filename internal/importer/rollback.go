@@ -235,7 +235,7 @@ func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, 
 	} else if ok && pos > start {
 		start = pos // a rollback that died wrote back up to here
 	}
-	pairs, err := sequencePairs(ctx, legacy, node, imp.LegacySchema, s.Schema)
+	pairs, err := im.seqPairs(ctx, legacy, node, imp, s)
 	if err != nil {
 		return err
 	}
@@ -244,6 +244,13 @@ func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, 
 		ta: &stream.TableApplier{Conn: applyConn, Name: reverseName(s.Shard), Target: func(rel *stream.Relation) (string, string, bool) {
 			return imp.LegacySchema, rel.Table, rel.Schema == s.Schema
 		}}}
+	if rev.transform, err = im.reverseTransform(ctx, s.Schema); err != nil {
+		return err
+	} else if rev.transform != nil { // a schema per tenant: rows go to their tenant's schema
+		rev.ta.Target = func(rel *stream.Relation) (string, string, bool) {
+			return rel.Schema, rel.Table, rel.Schema != "pgtenant_stream"
+		}
+	}
 	sctx, stop := context.WithCancel(ctx)
 	streamDone := make(chan error, 1)
 	go func() {
@@ -410,6 +417,9 @@ func setLegacySequences(ctx context.Context, legacy *pgx.Conn, pairs []seqPair, 
 type reverseApplier struct {
 	shard int
 	ta    *stream.TableApplier
+	// transform, when set, rewrites the changes before they are applied
+	// (a schema per tenant: importer.reverseTransform).
+	transform func([]*stream.Txn) error
 
 	mu      sync.Mutex
 	seen    map[int64]bool
@@ -448,6 +458,11 @@ func (r *reverseApplier) Apply(ctx context.Context, txns []*stream.Txn) error {
 			if _, err := fmt.Sscan(qv, &seq); err == nil {
 				marks = append(marks, seq)
 			}
+		}
+	}
+	if r.transform != nil {
+		if err := r.transform(txns); err != nil {
+			return err
 		}
 	}
 	if err := r.ta.Apply(ctx, txns); err != nil {

@@ -75,22 +75,34 @@ func (im *Importer) Baseline(ctx context.Context, opts BaselineOptions) (*Baseli
 	if err != nil {
 		return nil, err
 	}
+	ap, err := im.apartmentOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sharedSchema := imp.LegacySchema
+	if ap != nil {
+		sharedSchema = "public" // a schema per tenant: public holds the shared tables
+	}
 	bin := opts.BinDir
 	if bin == "" {
 		if bin, err = localpg.FindBinDir(); err != nil {
 			return nil, err
 		}
 	}
-	write := func(file string, ts []tables.Table, names *[]string, what string) error {
+	write := func(file, schema string, ts []tables.Table, names *[]string, what string) error {
 		if len(ts) == 0 {
 			return nil
 		}
 		for _, t := range ts {
 			*names = append(*names, t.Name)
 		}
-		ddl, err := dumpTables(ctx, bin, imp.LegacyDSN, imp.LegacySchema, *names)
+		ddl, err := dumpTables(ctx, bin, imp.LegacyDSN, schema, *names)
 		if err != nil {
 			return err
+		}
+		if ap != nil && schema == ap.template {
+			ddl = withTenantColumn(ddl, ap.template, ap.column, ap.colType)
+			what += fmt.Sprintf(" (template schema %s, with tenant column %s)", ap.template, ap.column)
 		}
 		body := fmt.Sprintf("-- +goose Up\n-- %s of the legacy database (pgtenant import schema): %s\n%s", what, strings.Join(*names, ", "), ddl)
 		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
@@ -98,10 +110,10 @@ func (im *Importer) Baseline(ctx context.Context, opts BaselineOptions) (*Baseli
 		}
 		return os.WriteFile(file, []byte(body), 0o644)
 	}
-	if err := write(res.File, tenant, &res.Tables, "tenant tables"); err != nil {
+	if err := write(res.File, imp.LegacySchema, tenant, &res.Tables, "tenant tables"); err != nil {
 		return nil, fmt.Errorf("write the baseline migration: %w", err)
 	}
-	if err := write(res.ReferenceFile, shared, &res.Reference, "reference tables"); err != nil {
+	if err := write(res.ReferenceFile, sharedSchema, shared, &res.Reference, "reference tables"); err != nil {
 		return nil, fmt.Errorf("write the reference migration: %w", err)
 	}
 	if len(res.Reference) == 0 {

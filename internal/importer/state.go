@@ -120,6 +120,12 @@ func (im *Importer) Shards(ctx context.Context) ([]ShardProgress, error) {
 
 // rules reads the registry rules of the tables present in the legacy schema.
 func (im *Importer) rules(ctx context.Context, conn *pgx.Conn, schema string) (tenant, shared []tables.Table, err error) {
+	if ap, err := im.apartmentOf(ctx); err != nil || ap != nil {
+		if err != nil {
+			return nil, nil, err
+		}
+		return ap.rules(ctx, conn) // a schema per tenant (apartment.go)
+	}
 	app, err := tables.AppTables(ctx, conn, schema)
 	if err != nil {
 		return nil, nil, err

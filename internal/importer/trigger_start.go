@@ -407,7 +407,7 @@ func (im *Importer) holdForVerify(ctx context.Context, qa *qapplier, nodes []*qn
 // legacyAtHold is legacyAtPoint for MethodTrigger: it asks the follower to
 // hold (a verify_hold row), waits until every node has applied the queue up
 // to the follower's exported snapshot, and reads the legacy side at it.
-func (im *Importer) legacyAtHold(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration) (map[[2]string]sum, string, func(context.Context) error, error) {
+func (im *Importer) legacyAtHold(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration, sums sumsFunc) (map[[2]string]sum, string, func(context.Context) error, error) {
 	seq := time.Now().UnixNano()
 	if _, err := legacy.Exec(ctx, `INSERT INTO `+verifyHoldTable+` (seq) VALUES ($1)`, seq); err != nil {
 		return nil, "", nil, fmt.Errorf("write the verify request on the legacy database: %w", err)

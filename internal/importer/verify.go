@@ -120,6 +120,15 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
+	legacySums, shardSums := sumsFunc(sums), sumsFunc(sums)
+	if ap, err := im.apartmentOf(ctx); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	} else if ap != nil { // a schema per tenant: rows compared without the tenant column
+		if err := ap.loadColumns(ctx, legacy, rules); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+		legacySums, shardSums = ap.legacySums, ap.shardSums
+	}
 	all, err := im.shards(ctx)
 	if err != nil {
 		return nil, err
@@ -158,15 +167,15 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 		rep.Consistent = true
 		var lsn string
 		if imp.Method == MethodTrigger {
-			l, lsn, release, err = im.legacyAtHold(ctx, imp, legacy, rules, ids, opts.Timeout)
+			l, lsn, release, err = im.legacyAtHold(ctx, imp, legacy, rules, ids, opts.Timeout, legacySums)
 		} else {
-			l, lsn, release, err = im.legacyAtPoint(ctx, imp, legacy, rules, ids, opts.Timeout)
+			l, lsn, release, err = im.legacyAtPoint(ctx, imp, legacy, rules, ids, opts.Timeout, legacySums)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
 		}
 		rep.LSN = lsn
-	} else if l, err = sums(ctx, legacy, "", imp.LegacySchema, rules, ids); err != nil {
+	} else if l, err = legacySums(ctx, legacy, "", imp.LegacySchema, rules, ids); err != nil {
 		return nil, fmt.Errorf("verify on the legacy database: %w", err)
 	}
 
@@ -185,7 +194,7 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 			}
 			targets[s.Node] = dst
 		}
-		r, err := sums(ctx, dst, "", s.Schema, rules, tenants[s.Shard])
+		r, err := shardSums(ctx, dst, "", s.Schema, rules, tenants[s.Shard])
 		if err != nil {
 			return nil, fmt.Errorf("verify shard %d on node %s: %w", s.Shard, s.Node, err)
 		}
@@ -230,7 +239,7 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 // legacyAtPoint runs steps 1 to 3 of the verify protocol (see VerifyWith)
 // and waits for step 4: it returns the legacy side's sums at the verify's
 // point, the point, and the release of the applier's hold.
-func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration) (map[[2]string]sum, string, func(context.Context) error, error) {
+func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration, sums sumsFunc) (map[[2]string]sum, string, func(context.Context) error, error) {
 	if _, err := legacy.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+verifyTable+` (seq bigint PRIMARY KEY, lsn pg_lsn, held_at timestamptz, released_at timestamptz,
 		created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return nil, "", nil, fmt.Errorf("create %s on the legacy database: %w", verifyTable, err)
@@ -434,6 +443,10 @@ func (a *applier) closeLegacy() error {
 	}
 	return nil
 }
+
+// sumsFunc reads row counts and checksums per tenant and table (sums,
+// or a schema-per-tenant import's legacySums and shardSums).
+type sumsFunc func(ctx context.Context, conn *pgx.Conn, snapshot, schema string, rules []tables.Table, tenants []string) (map[[2]string]sum, error)
 
 type sum struct {
 	rows int64

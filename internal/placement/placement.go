@@ -42,6 +42,11 @@ type Shard struct {
 	State string
 	// Epoch increases every time the shard changes node.
 	Epoch int64
+	// SchemaPerTenant: each tenant of the shard has a schema of its own
+	// (the shard is served from a legacy database with a schema per tenant
+	// during an import): Lookup gives a tenant's Location that schema
+	// (Map.TenantSchemas, else the tenant id); Schema is the template's.
+	SchemaPerTenant bool
 }
 
 // Map is an immutable snapshot of the placement. Do not modify it after it is
@@ -64,6 +69,9 @@ type Map struct {
 	// it was in when fenced: routers hold its new transactions (and only
 	// its) until a map without it. Nil when no tenant is fenced.
 	FencedTenants map[string]int
+	// TenantSchemas names the schema of a tenant of a SchemaPerTenant shard
+	// whose schema is not named like the tenant id. Nil otherwise.
+	TenantSchemas map[string]string
 }
 
 // Directory tells whether a tenant is registered and in which shard. The
@@ -107,6 +115,12 @@ func (m *Map) Lookup(ctx context.Context, tenant string) (Location, error) {
 		return Location{}, fmt.Errorf("tenant %q: shard %d out of range", tenant, id)
 	}
 	s := m.Shards[id]
+	if s.SchemaPerTenant {
+		s.Schema = tenant
+		if sc, ok := m.TenantSchemas[tenant]; ok {
+			s.Schema = sc
+		}
+	}
 	n, ok := m.Nodes[s.Node]
 	if !ok {
 		return Location{}, fmt.Errorf("tenant %q: shard %d: node %q missing from map", tenant, id, s.Node)

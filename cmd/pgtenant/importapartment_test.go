@@ -1,0 +1,451 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// apartmentSchemaDDL is one tenant schema of a Rails-apartment-style
+// legacy database: ids from each schema's own sequences, a child table
+// (entries → accounts) and a foreign key to a reference table in public.
+const apartmentSchemaDDL = `
+CREATE TABLE accounts (id bigserial PRIMARY KEY, name text NOT NULL, email text UNIQUE, country text REFERENCES public.countries (code));
+CREATE TABLE entries (id bigserial PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE, amount numeric(12,2) NOT NULL, note text);
+CREATE TABLE ledger (id bigserial PRIMARY KEY, client int NOT NULL, seq int NOT NULL, UNIQUE (client, seq));
+`
+
+// apartmentDB makes a legacy database with a schema per tenant (n schemas,
+// each with accounts and entries) and a reference table in public, and
+// returns its DSN and tenant ids (the schemas' names, one with a quote and
+// a space).
+func apartmentDB(t *testing.T, n int) (string, []string) {
+	t.Helper()
+	ctx := context.Background()
+	dsn := nodeA.NewDatabase(t)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE public.countries (code text PRIMARY KEY, name text NOT NULL);
+		INSERT INTO public.countries VALUES ('CZ', 'Czechia'), ('DE', 'Germany'), ('IE', 'Ireland')`); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"O'Hara & Sons"}
+	for i := 1; len(ids) < n; i++ {
+		ids = append(ids, fmt.Sprintf("tenant_%03d", i))
+	}
+	for i, id := range ids {
+		s := pgx.Identifier{id}.Sanitize()
+		if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+s+`; SET search_path = `+s+`;`+apartmentSchemaDDL+`RESET search_path`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.accounts (name, email, country) SELECT 'acct ' || g, 'a' || g || '@x', (ARRAY['CZ','DE','IE'])[1 + g %% 3] FROM generate_series(1, %[2]d) g;
+			INSERT INTO %[1]s.entries (account_id, amount, note) SELECT a.id, g * 1.5, 'seed' FROM %[1]s.accounts a, generate_series(1, 3) g`, s, 10+i%7)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dsn, ids
+}
+
+// TestImportSchemaPerTenant (issue 12, second source shape): a legacy
+// database with a schema per tenant (60 schemas, a child table, a reference
+// table in public) moves onto two nodes while clients write through the
+// router the whole time, in statements that never name the tenant column:
+// init (the router serves each tenant from its schema), schema (the
+// template's tables with the tenant column first in their keys), start,
+// verify, cutover of every shard in waves, finish. Every acknowledged write
+// is on its tenant's shard exactly once with its tenant, and no client saw
+// an error.
+func TestImportSchemaPerTenant(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
+	mustRun(t, "init", "--shards", "8")
+	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
+	mustRun(t, "node", "add", "n1", n1)
+	mustRun(t, "node", "add", "n2", n2)
+	mustRun(t, "shard", "create")
+	legacy, ids := apartmentDB(t, 60)
+
+	out := mustRun(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--register-tenants")
+	if !strings.Contains(out, "60 tenant schemas with the same 3 tables") || !strings.Contains(out, "60 tenants registered") {
+		t.Fatalf("import init: %s", out)
+	}
+	out = mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
+	base, err := os.ReadFile("db/migrations/00001_legacy_baseline.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tenant_id text DEFAULT current_setting('pgtenant.tenant_id'::text) NOT NULL,", "PRIMARY KEY (tenant_id, id)", "UNIQUE (tenant_id, email)",
+		"UNIQUE (tenant_id, client, seq)", "FOREIGN KEY (tenant_id, account_id) REFERENCES accounts(tenant_id, id) ON DELETE CASCADE",
+		"REFERENCES public.countries(code)", "nextval('accounts_id_seq'::regclass)"} {
+		if !strings.Contains(string(base), want) {
+			t.Errorf("the baseline lacks %q:\n%s", want, base)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	mustRun(t, "reference", "migrate", "--dir", "db/reference")
+	mustRun(t, "migrate", "up", "--dir", "db/migrations")
+	addr := startRouterCmd(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	routerConn := func() *pgx.Conn {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://app@%s/app?sslmode=disable", addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	// Before any cutover, a tenant is served from its own schema, and
+	// sees the reference table of public.
+	rc := routerConn()
+	for _, id := range []string{ids[0], ids[33]} {
+		var schema string
+		var n int
+		if _, err := rc.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, false)`, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.QueryRow(ctx, `SELECT current_schema(), count(*) FROM accounts a JOIN countries c ON c.code = a.country`).Scan(&schema, &n); err != nil {
+			t.Fatalf("tenant %q: %v", id, err)
+		}
+		if schema != id || n < 10 {
+			t.Fatalf("tenant %q served from schema %q with %d accounts", id, schema, n)
+		}
+	}
+	rc.Close(ctx)
+
+	// Writers through the router: a ledger row and an entry of account 1
+	// (every schema has one), without the tenant column.
+	wctx, stopWriters := context.WithCancel(ctx)
+	var paused sync.RWMutex
+	const writers = 4
+	type wack struct {
+		tenant string
+		client int
+		seq    int
+	}
+	acks := make([][]wack, writers)
+	errs := make([][]error, writers)
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://app@%s/app?sslmode=disable", addr))
+			if err != nil {
+				errs[w] = append(errs[w], err)
+				return
+			}
+			defer conn.Close(context.Background())
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; wctx.Err() == nil; i++ {
+				paused.RLock()
+				tenant := ids[rng.IntN(len(ids))]
+				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					if _, err := tx.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, true)`, tenant); err != nil {
+						return err
+					}
+					if _, err := tx.Exec(ctx, `INSERT INTO ledger (client, seq) VALUES ($1, $2)`, w, i); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, `INSERT INTO entries (account_id, amount, note) VALUES (1, 1, $1)`, fmt.Sprintf("w%d n%d", w, i))
+					return err
+				})
+				paused.RUnlock()
+				if err != nil {
+					errs[w] = append(errs[w], fmt.Errorf("write %d for %q: %w", i, tenant, err))
+					continue
+				}
+				acks[w] = append(acks[w], wack{tenant, w, i})
+			}
+		}()
+	}
+
+	sctx, stopStart := context.WithCancel(ctx)
+	startDone := make(chan string, 1)
+	go func() {
+		var out, errOut syncBuffer
+		code := run(sctx, []string{"import", "start", "--parallel", "3"}, strings.NewReader(""), &out, &errOut)
+		startDone <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
+	}()
+	for {
+		if out := mustRun(t, "import", "status"); strings.Contains(out, ": streaming;") && strings.Contains(out, "(streaming: true)") {
+			break
+		}
+		select {
+		case s := <-startDone:
+			t.Fatalf("import start ended early: %s", s)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+
+	// Verify while the writers write (both sides at one point).
+	for i := 0; ; i++ {
+		code, out, errOut := pgtenant(t, "import", "verify")
+		if code == 0 {
+			if !strings.Contains(out, "8 shards, 60 tenants, 3 tables") {
+				t.Fatalf("import verify: %s", out)
+			}
+			t.Log(strings.TrimSpace(out))
+			break
+		}
+		if i == 3 {
+			t.Fatalf("import verify: exit %d\n%s%s", code, out, errOut)
+		}
+	}
+	// A row changed on a shard behind the stream's back is found, without
+	// the tenant column in the comparison making every row differ.
+	tamper := func(note string) {
+		n := 0
+		for _, dsn := range []string{n1, n2} {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var shards []string
+			rows, _ := conn.Query(ctx, `SELECT nspname FROM pg_namespace WHERE nspname LIKE 'shard\_%'`)
+			if shards, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+				t.Fatal(err)
+			}
+			for _, sc := range shards {
+				tag, err := conn.Exec(ctx, `UPDATE `+pgx.Identifier{sc, "entries"}.Sanitize()+` SET note = $2 WHERE tenant_id = $1 AND id = 1`, ids[5], note)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n += int(tag.RowsAffected())
+			}
+			conn.Close(ctx)
+		}
+		if n != 1 {
+			t.Fatalf("tampered with %d rows, want 1", n)
+		}
+	}
+	tamper("tampered")
+	if code, out, errOut := pgtenant(t, "import", "verify"); code != 1 || !strings.Contains(out, fmt.Sprintf("tenant %q table entries: legacy", ids[5])) || !strings.Contains(out, "; 1 differences") {
+		t.Fatalf("import verify of a tampered shard: exit %d\n%s%s", code, out, errOut)
+	}
+	tamper("seed")
+
+	var pauses []string
+	for i, wave := range [][]string{{"--shard", "3"}, {"--shard", "0", "--shard", "1", "--parallel", "2"}, {"--all", "--parallel", "3"}} {
+		out := mustRun(t, append([]string{"import", "cutover"}, wave...)...)
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if !strings.Contains(line, "cut over to node") {
+				t.Fatalf("cutover %v: %s", wave, out)
+			}
+			pauses = append(pauses, line[strings.Index(line, "pause ")+6:strings.Index(line, " (")])
+		}
+		time.Sleep(300 * time.Millisecond)
+		if i == 0 {
+			// The canary goes back: the writes it took on its node are
+			// written into its tenants' schemas, without the tenant column,
+			// and match the node's rows; the last wave cuts it over again.
+			out := mustRun(t, "import", "rollback", "--shard", "3")
+			if !strings.Contains(out, "shard 3: back on the legacy database") {
+				t.Fatalf("import rollback: %s", out)
+			}
+			t.Log(strings.TrimSpace(out))
+			if out := mustRun(t, "import", "verify", "--shard", "3"); !strings.Contains(out, "1 shards,") || !strings.Contains(out, "; 0 differences") {
+				t.Fatalf("import verify after the rollback: %s", out)
+			}
+		}
+	}
+	if len(pauses) != 9 {
+		t.Fatalf("%d cutovers, want 9 (shard 3 twice)", len(pauses))
+	}
+	// After the cutover a tenant writes on its shard: new ids come from the
+	// shard's sequence, past every tenant's legacy ids.
+	time.Sleep(300 * time.Millisecond)
+	stopWriters()
+	wg.Wait()
+	stopStart()
+	if s := <-startDone; !strings.HasPrefix(s, "exit 0") {
+		t.Fatalf("import start: %s", s)
+	}
+	mustRun(t, "import", "finish")
+
+	total := 0
+	for w := 0; w < writers; w++ {
+		for _, e := range errs[w] {
+			t.Errorf("writer %d: %v", w, e)
+		}
+		total += len(acks[w])
+	}
+	if total < 50 {
+		t.Fatalf("only %d writes were acknowledged", total)
+	}
+	type key struct {
+		tenant string
+		client int
+		seq    int
+	}
+	got := map[key]int{}
+	entries := map[key]int{}
+	var shardAccounts, legacyAccounts int
+	for _, dsn := range []string{n1, n2} {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		union := func(tmpl string) string {
+			var q string
+			if err := conn.QueryRow(ctx, `SELECT string_agg(format($1, nspname), ' UNION ALL ') FROM pg_namespace WHERE nspname LIKE 'shard\_%'`, tmpl).Scan(&q); err != nil {
+				t.Fatal(err)
+			}
+			return q
+		}
+		rows, err := conn.Query(ctx, union(`SELECT tenant_id, client, seq FROM %I.ledger`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k key
+		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &k.client, &k.seq}, func() error { got[k]++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		var note string
+		rows, err = conn.Query(ctx, union(`SELECT tenant_id, note FROM %I.entries WHERE note <> 'seed' AND account_id = 1`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &note}, func() error {
+			if _, err := fmt.Sscanf(note, "w%d n%d", &k.client, &k.seq); err != nil {
+				return err
+			}
+			entries[k]++
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT sum(c)::int FROM ("+union(`SELECT count(*) c FROM %I.accounts`)+") x").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		shardAccounts += n
+		conn.Close(ctx)
+	}
+	for w := 0; w < writers; w++ {
+		for _, a := range acks[w] {
+			k := key{a.tenant, a.client, a.seq}
+			if got[k] != 1 || entries[k] != 1 {
+				t.Errorf("acknowledged write %d of client %d for %q: %d ledger rows, %d entries on the shards", a.seq, a.client, a.tenant, got[k], entries[k])
+			}
+		}
+	}
+	lc, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close(ctx)
+	if err := lc.QueryRow(ctx, `SELECT (SELECT count(*) FROM information_schema.tables WHERE table_name = 'accounts' AND table_schema <> 'public')::int`).Scan(&legacyAccounts); err != nil {
+		t.Fatal(err)
+	}
+	if legacyAccounts != 60 || shardAccounts < 600 {
+		t.Fatalf("%d accounts on the shards from %d legacy schemas", shardAccounts, legacyAccounts)
+	}
+	t.Logf("%d acknowledged writes by %d clients through the router; cutover pauses %s", total, writers, strings.Join(pauses, " "))
+}
+
+// TestImportSchemaPerTenantBadInput (issue 12): tenant schemas that differ
+// from the template, a schema whose name is not a valid tenant id and a
+// tenant map naming an empty tenant each stop import init with their
+// SQLSTATE before anything changes.
+func TestImportSchemaPerTenantBadInput(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
+	mustRun(t, "init", "--shards", "4")
+	mustRun(t, "node", "add", "n1", nodeB.NewDatabase(t))
+	mustRun(t, "shard", "create")
+	ctx := context.Background()
+	catalogState := func() string {
+		return mustRun(t, "node", "list") + mustRun(t, "tenant", "list") + mustRun(t, "table", "list") + mustRun(t, "shard", "list")
+	}
+	catBefore := catalogState()
+
+	// Schemas that differ from the template.
+	legacy, _ := apartmentDB(t, 5)
+	conn, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `DROP TABLE tenant_002.ledger; ALTER TABLE tenant_003.entries ALTER COLUMN note TYPE varchar(20)`); err != nil {
+		t.Fatal(err)
+	}
+	before := legacyState(t, legacy)
+	code, out, errOut := pgtenant(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--register-tenants", "--template-schema", "tenant_001")
+	for _, want := range []string{"42P01: 1 tenant schema(s) do not have the tables of the template schema \"tenant_001\": \"tenant_002\" lacks ledger",
+		"42804: 1 tenant schema(s) have columns that differ from the template schema \"tenant_001\": \"tenant_003\" entries (", "note character varying(20)", "note text"} {
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Fatalf("import init with schemas that differ: exit %d, want %q in\n%s%s", code, want, out, errOut)
+		}
+	}
+	// Left out by a tenant map (which also names their tenants), they are
+	// no problem (the check only).
+	if err := os.WriteFile("good.csv", []byte("tenant_001,acme\ntenant_004,globex\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--tenant-map", "good.csv", "--register-tenants", "--check"); !strings.Contains(out, "2 tenant schemas with the same 3 tables") {
+		t.Fatalf("import init --check with a tenant map: %s", out)
+	}
+
+	// A tenant map naming an empty tenant for a schema.
+	if err := os.WriteFile("map.csv", []byte("# schema,tenant\ntenant_001,acme\ntenant_004,\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = pgtenant(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--tenant-map", "map.csv", "--register-tenants")
+	if code != 1 || !strings.Contains(errOut, `22023: 1 tenant schema(s) whose tenant id pgtenant cannot register: schema "tenant_004": "" (tenant id is empty)`) {
+		t.Fatalf("import init with an empty tenant in the map: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// A schema name that is not valid UTF-8 (an SQL_ASCII database keeps
+	// its bytes as they are): not a tenant id.
+	name := fmt.Sprintf("t_apartment_ascii_%d", time.Now().UnixNano()%1e9)
+	admin, err := pgx.Connect(ctx, nodeA.Cluster.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+name+` ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`) })
+	ascii := nodeA.Cluster.DSN(name)
+	ac, err := pgx.Connect(ctx, ascii)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close(ctx)
+	if _, err := ac.Exec(ctx, `DO $$ BEGIN
+		EXECUTE 'CREATE SCHEMA good; CREATE SCHEMA ' || quote_ident(convert_from('\x6261645fff'::bytea, 'SQL_ASCII'));
+		EXECUTE 'CREATE TABLE good.ledger (id bigserial PRIMARY KEY, note text)';
+		EXECUTE 'CREATE TABLE ' || quote_ident(convert_from('\x6261645fff'::bytea, 'SQL_ASCII')) || '.ledger (id bigserial PRIMARY KEY, note text)';
+		END $$`); err != nil {
+		t.Fatal(err)
+	}
+	asciiBefore := legacyState(t, ascii)
+	code, out, errOut = pgtenant(t, "import", "init", "--from", ascii, "--schema-per-tenant", "--register-tenants")
+	if code != 1 || !strings.Contains(errOut, "22023: 1 tenant schema(s) whose tenant id pgtenant cannot register") || !strings.Contains(errOut, "tenant id is not valid UTF-8") {
+		t.Fatalf("import init with a schema name that is not UTF-8: exit %d\n%s%s", code, out, errOut)
+	}
+
+	if got := catalogState(); got != catBefore {
+		t.Fatalf("a failed import init changed the catalog:\n%s\nwas\n%s", got, catBefore)
+	}
+	if got := legacyState(t, legacy); got != before {
+		t.Fatalf("a failed import init changed the legacy database: %s, was %s", got, before)
+	}
+	if got := legacyState(t, ascii); got != asciiBefore {
+		t.Fatalf("a failed import init changed the legacy database: %s, was %s", got, asciiBefore)
+	}
+}
