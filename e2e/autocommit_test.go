@@ -15,7 +15,7 @@ import (
 // and with psql, while one backend connection serves two tenants of a node in
 // turn (so the router sets the shard's search_path before most statements).
 //
-// From PostgreSQL 17 on, a simple Query that follows the router's own
+// From PostgreSQL 18 on, a simple Query that follows the router's own
 // Bind/Execute without a Sync runs in an implicit transaction block that it
 // leaves open: the client got "INSERT 0 1" and ReadyForQuery 'T', the row was
 // visible to nobody else, and closing the connection rolled it back (seen as

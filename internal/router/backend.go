@@ -562,7 +562,7 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 // sendQuerySetup is sendSetup for a simple Query that may run outside a
 // transaction block: the setup always goes as a Query of its own
 // (flushSetup, session settings), never as Bind/Execute without a Sync
-// before the client's Query. From PostgreSQL 17 on, a completed Execute not
+// before the client's Query. From PostgreSQL 18 on (commit 24da0e7), a completed Execute not
 // followed by a Sync makes the next statement open an implicit transaction
 // block; a one-statement Query run in it does not commit it (ReadyForQuery
 // 'T'), and a Sync after that Query leaves the server's transaction state
