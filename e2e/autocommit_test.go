@@ -95,6 +95,46 @@ func TestAutocommitCommittedOnAck(t *testing.T) {
 			}
 		})
 	}
+	t.Run("session mode", func(t *testing.T) {
+		// A session that switches tenants gets the new shard's settings
+		// before its next statement, on the backend it keeps.
+		cs := newCluster(t, router.Config{PoolMode: router.PoolSession})
+		nodeS, err := pgx.Connect(ctx, cs.nodeDSN["b"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nodeS.Close(ctx)
+		cfg, err := pgx.ParseConfig(cs.dsn("t1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		for i, tenant := range []string{"t1", "t3", "t1", "t3"} {
+			id := 58000 + i
+			schema := map[string]string{"t1": "shard_0001", "t3": "shard_0003"}[tenant]
+			if _, err := conn.Exec(ctx, "SET pgtenant.tenant = '"+tenant+"'"); err != nil {
+				t.Fatalf("set tenant %s: %v", tenant, err)
+			}
+			if _, err := conn.Exec(ctx, `INSERT INTO items (id, tenant, name, qty) VALUES ($1, $2, 'session', 1)`, id, tenant); err != nil {
+				t.Fatalf("insert %d for %s: %v", id, tenant, err)
+			}
+			if got := conn.PgConn().TxStatus(); got != 'I' {
+				t.Errorf("%s: transaction status %c after the insert was acknowledged, want I", tenant, got)
+			}
+			var n int
+			if err := nodeS.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s.items WHERE id = $1`, schema), id).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 {
+				t.Errorf("%s: item %d acknowledged but not committed in %s", tenant, id, schema)
+			}
+		}
+	})
 	t.Run("psql", func(t *testing.T) {
 		for i, tenant := range []string{"t1", "t3", "t1"} {
 			id := 59000 + i
