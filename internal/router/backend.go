@@ -569,9 +569,19 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 // broken ("StartTransactionCommand: unexpected state STARTED", XX000). The
 // client's autocommit statement was acknowledged yet left uncommitted, and
 // rolled back when the backend was closed: acknowledged writes lost.
+//
+// When answers are still due (a pipeline), the Query may run inside a
+// transaction block that a later ROLLBACK ends, taking these session
+// settings with it: the backend's values are then taken as unknown, so the
+// next statement gets them again.
 func (ss *session) sendQuerySetup(info *stmtInfo) {
-	if ss.setupWanted(info, true) {
-		ss.flushSetup()
+	if !ss.setupWanted(info, true) {
+		return
+	}
+	due, sure := ss.setupDue, ss.status == 'I' && !ss.backendPending()
+	ss.flushSetup()
+	if due && !sure {
+		ss.be.Schema, ss.be.Tenant = "\x00", "\x00"
 	}
 }
 
