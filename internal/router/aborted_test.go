@@ -216,8 +216,8 @@ func TestAbortedSetConfigSetupPerStatement(t *testing.T) {
 	}
 }
 
-// The common paths send one setup per transaction: BEGIN, SELECT, SELECT,
-// COMMIT as separate rounds, and a single DML statement per implicit
+// The common paths send at most one setup per transaction: BEGIN, SELECT,
+// SELECT, COMMIT as separate rounds, and a single DML statement per implicit
 // transaction.
 func TestAbortedCommonPathOneSetupPerTxn(t *testing.T) {
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
@@ -249,8 +249,11 @@ func TestAbortedCommonPathOneSetupPerTxn(t *testing.T) {
 	for _, ch := range n2 {
 		b = b*10 + int(ch-'0')
 	}
-	if b-a != 2 { // the DML transaction and the counting one
-		t.Errorf("setups between the counts: %d, want 2", b-a)
+	// At most the DML transaction's and the counting one's; none when the
+	// counting Query, outside a transaction block, left the shard's
+	// settings on the backend's session (sendQuerySetup).
+	if b-a > 2 {
+		t.Errorf("setups between the counts: %d, want at most 2", b-a)
 	}
 }
 

@@ -549,9 +549,49 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 // statement that ends it, or a ROLLBACK TO, was bound (txnEndBound,
 // abortLeft).
 func (ss *session) sendSetup(info *stmtInfo, bind bool) {
+	if !ss.setupWanted(info, bind) {
+		return
+	}
+	if info.dml || (ss.setupLocal && ss.localOpen) || ss.setupEach {
+		ss.writeSetup()
+	} else {
+		ss.flushSetup()
+	}
+}
+
+// sendQuerySetup is sendSetup for a simple Query that may run outside a
+// transaction block: the setup always goes as a Query of its own
+// (flushSetup, session settings), never as Bind/Execute without a Sync
+// before the client's Query. From PostgreSQL 18 on (commit 24da0e7), a completed Execute not
+// followed by a Sync makes the next statement open an implicit transaction
+// block; a one-statement Query run in it does not commit it (ReadyForQuery
+// 'T'), and a Sync after that Query leaves the server's transaction state
+// broken ("StartTransactionCommand: unexpected state STARTED", XX000). The
+// client's autocommit statement was acknowledged yet left uncommitted, and
+// rolled back when the backend was closed: acknowledged writes lost.
+//
+// When answers are still due (a pipeline), the Query may run inside a
+// transaction block that a later ROLLBACK ends, taking these session
+// settings with it: the backend's values are then taken as unknown, so the
+// next statement gets them again.
+func (ss *session) sendQuerySetup(info *stmtInfo) {
+	if !ss.setupWanted(info, true) {
+		return
+	}
+	due, sure := ss.setupDue, ss.status == 'I' && !ss.backendPending()
+	ss.flushSetup()
+	if due && !sure {
+		ss.be.Schema, ss.be.Tenant = "\x00", "\x00"
+	}
+}
+
+// setupWanted reports whether the deferred setup may go before statement
+// info (see sendSetup), and with setupEach arms it again when the backend's
+// session values are not the session's.
+func (ss *session) setupWanted(info *stmtInfo, bind bool) bool {
 	if (ss.status == 'E' && (!bind || !(ss.txnEndBound || ss.abortLeft))) || (!info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback ||
 		info.kind == kSavepoint || info.rollbackTo || info.endsTxn)) {
-		return
+		return false
 	}
 	if be := ss.be; ss.setupEach && be != nil && !ss.setupDue && ((be.Schema != ss.wantSchema && !ss.ownsPath()) || be.Tenant != ss.wantTenant) {
 		ss.setupDue = true
@@ -568,11 +608,7 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 			be.Schema, be.Tenant = "\x00", "\x00"
 		}
 	}
-	if info.dml || (ss.setupLocal && ss.localOpen) || ss.setupEach {
-		ss.writeSetup()
-	} else {
-		ss.flushSetup()
-	}
+	return true
 }
 
 // markSetupEach sets setupEach, to be cleared only by the ReadyForQuery of
@@ -643,7 +679,8 @@ func (ss *session) noteEnding(info *stmtInfo) {
 // the client's statement that follows (one round trip, one ReadyForQuery,
 // no statement text to parse). Callers use it only before a single DML
 // statement (stmtInfo.dml), which can run inside such a transaction, or
-// inside a transaction already open with local settings.
+// inside a transaction already open with local settings; before a simple
+// Query only inside a transaction block (see sendQuerySetup).
 //
 // Transaction-local settings (setupLocal) open localOpen: the transaction
 // is answered before anything else is sent, and the backend goes back to

@@ -413,6 +413,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 
 	info := classify(sql)
+	// The client's own Parse/Bind/Execute without a Sync, if any, precede
+	// this Query as on a direct connection.
+	clientUnsynced := ss.unsynced
 	if ss.failed && ss.be == nil {
 		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
 			ss.failed = false
@@ -595,6 +598,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			tenant = ss.beTenant
 		}
 	}
+	deferred := ss.pendingBegin != ""
 	if e := ss.ensureBackend(tenant); e != nil {
 		return e
 	}
@@ -604,7 +608,15 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		// statements after its end would run without it.
 		return txnThenMoreError()
 	}
-	ss.sendSetup(&info, true)
+	// Inside a transaction block for sure: the deferred BEGIN just sent, or
+	// one open with every answer read. Elsewhere nothing of the router's own
+	// may precede the Query unsynced (see sendQuerySetup).
+	inBlock := (deferred && ss.pendingBegin == "") || (ss.status != 'I' && !ss.backendPending())
+	if inBlock {
+		ss.sendSetup(&info, true)
+	} else {
+		ss.sendQuerySetup(&info)
+	}
 	if ss.localOpen && info.txnThenMore {
 		return txnThenMoreError()
 	}
@@ -613,6 +625,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	be.Unnamed = nil // a simple Query drops the unnamed statement
 	ss.noteServerState(&info)
 	ss.notePath(&info)
+	if !inBlock && ss.unsynced && !clientUnsynced {
+		// Statements of the router's own (noteEnding's) end with a Sync
+		// of their own, for the reason given at sendQuerySetup.
+		be.W.Write(wire.SyncMsg)
+		ss.push(expect{kind: eSync, swallow: true})
+	}
 	wire.WriteFrame(be.W, wire.MsgQuery, body)
 	ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g)})
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
