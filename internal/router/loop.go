@@ -1299,7 +1299,8 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		if ss.failed {
 			return abortedError()
 		}
-		return &wire.Error{Code: "34000", Message: "portal does not exist"}
+		portal, _, _ := strings.Cut(string(body), "\x00")
+		return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", portal)} // as the server words it
 	}
 	var set *setting
 	if st := ss.portalSet; st != nil {
