@@ -75,7 +75,7 @@ func guardText(sql string, body bool, depth int, g *guardFinding) {
 	for i := 0; i < n && g.err == nil; {
 		c := sql[i]
 		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			i++
 		case c == '-' && i+1 < n && sql[i+1] == '-':
 			for i < n && sql[i] != '\n' {

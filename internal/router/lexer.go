@@ -189,7 +189,9 @@ func classify(sql string) stmtInfo {
 	for i < n {
 		c := sql[i]
 		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			// (\v: whitespace to PostgreSQL 16 and later, so SET\vrole is
+			// SET role there; a syntax error before.)
 			i++
 		case c == '-' && i+1 < n && sql[i+1] == '-':
 			for i < n && sql[i] != '\n' {
@@ -517,7 +519,7 @@ func tenantHint(body string) (string, bool) {
 func (lx *lexer) localSetConfig(info *stmtInfo) {
 	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
 		lx.toks[3].kind != tString || !lx.punct(4, ',') || (lx.toks[5].kind != tString && lx.toks[5].kind != tParam) ||
-		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') {
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') || lx.escapedName(3) {
 		return
 	}
 	name := strings.ToLower(strings.TrimSpace(unquoteString(lx.text(3))))
@@ -534,7 +536,7 @@ func (lx *lexer) localSetConfig(info *stmtInfo) {
 func (lx *lexer) pathSetConfig(info *stmtInfo) {
 	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
 		lx.toks[3].kind != tString || !lx.punct(4, ',') || (lx.toks[5].kind != tString && lx.toks[5].kind != tParam) ||
-		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') ||
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') || lx.escapedName(3) ||
 		strings.ToLower(unquoteString(lx.text(3))) != "search_path" {
 		return
 	}
@@ -550,6 +552,13 @@ func (lx *lexer) pathSetConfig(info *stmtInfo) {
 	}
 	v, _ := lx.value(7)
 	info.isLocal = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
+}
+
+// escapedName reports whether token i is an E'...' string: a setting name
+// spelled with escapes is no plain set_config (see session.pathStmt).
+func (lx *lexer) escapedName(i int) bool {
+	c := lx.s[lx.toks[i].start]
+	return c == 'E' || c == 'e'
 }
 
 func (lx *lexer) text(i int) string {

@@ -661,7 +661,7 @@ func (ss *session) splitsFirst(info *stmtInfo) bool {
 // Unlike on a server, a session SET of the tenant stays when a later
 // statement of the string fails.
 func (ss *session) onQueryParts(sql string, info *stmtInfo) *wire.Error {
-	first, rest := strings.TrimRight(sql[:info.firstEnd-1], " \t\r\n\f"), sql[info.firstEnd:]
+	first, rest := strings.TrimRight(sql[:info.firstEnd-1], " \t\r\n\f\v"), sql[info.firstEnd:]
 	inTxn := ss.inTxn()
 	ss.midString = true
 	werr := ss.onQuery(append([]byte(first), 0))
