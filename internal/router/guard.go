@@ -78,7 +78,7 @@ func guardText(sql string, body bool, depth int, g *guardFinding) {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			i++
 		case c == '-' && i+1 < n && sql[i+1] == '-':
-			for i < n && sql[i] != '\n' {
+			for i < n && sql[i] != '\n' && sql[i] != '\r' { // a -- comment ends at either, as in PostgreSQL
 				i++
 			}
 		case c == '/' && i+1 < n && sql[i+1] == '*':

@@ -194,7 +194,7 @@ func classify(sql string) stmtInfo {
 			// SET role there; a syntax error before.)
 			i++
 		case c == '-' && i+1 < n && sql[i+1] == '-':
-			for i < n && sql[i] != '\n' {
+			for i < n && sql[i] != '\n' && sql[i] != '\r' { // a -- comment ends at either, as in PostgreSQL
 				i++
 			}
 		case c == '/' && i+1 < n && sql[i+1] == '*':
