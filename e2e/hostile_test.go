@@ -14,7 +14,9 @@ import (
 // node's owner inside what the router takes for a string literal, and leave
 // its tenant's role (found by a hostile-client trial: a user restricted to
 // t3 read shard 5). The switches are refused with 0A000, in both pool modes,
-// and the hidden statement stays a string.
+// and the hidden statement stays a string. Likewise a statement after a --
+// comment that a carriage return ends (the router's lexers read the comment
+// to the end of the line).
 func TestRestrictedUserStringLexing(t *testing.T) {
 	accessModes(t, func(t *testing.T, c *cluster, mode pgx.QueryExecMode) {
 		if mode != pgx.QueryExecModeSimpleProtocol {
@@ -42,6 +44,16 @@ func TestRestrictedUserStringLexing(t *testing.T) {
 			}
 			_, err := conn.Exec(ctx, "SELECT count(*) FROM shard_0005.items")
 			wantServerDenied(t, "another shard after "+tc.set, err)
+		}
+		// A -- comment ends at a carriage return, as in PostgreSQL: what
+		// follows one is a statement to the router's checks too.
+		conn := connectAs(t, ctx, c, userRestricted, "", mode)
+		if _, err := conn.PgConn().Exec(ctx, "SELECT 1; --\rSET ROLE postgres").ReadAll(); err == nil {
+			t.Fatal("SET ROLE after a -- comment ended by a carriage return: accepted")
+		}
+		var user string
+		if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&user); err != nil || user == "postgres" {
+			t.Fatalf("after SET ROLE behind a carriage return: current_user %q, %v", user, err)
 		}
 		// The same settings at connect time.
 		for _, opt := range []string{"-c standard_conforming_strings=off", "-c client_encoding=SJIS"} {

@@ -289,7 +289,7 @@ func sqlTokens(s string) []sqlToken {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			i++
 		case c == '-' && i+1 < len(s) && s[i+1] == '-':
-			for i < len(s) && s[i] != '\n' {
+			for i < len(s) && s[i] != '\n' && s[i] != '\r' { // a -- comment ends at either, as in PostgreSQL
 				i++
 			}
 		case c == '/' && i+1 < len(s) && s[i+1] == '*':

@@ -99,7 +99,9 @@
 // as on a direct connection (pg_prepared_statements shows it; Postgres
 // re-plans it under another shard's search_path): a name starting with
 // pgtenant_, the prefix of the router's own statements, is refused there
-// (42939); after a switch to another node the client's statements are
+// (42939; in SQL PREPARE, EXECUTE and DEALLOCATE too), and a name made with
+// SQL PREPARE shares the namespace (a Parse of it is 42P05; the router
+// learns those names from each CommandComplete PREPARE); after a switch to another node the client's statements are
 // prepared again on the new backend when next used. The session-mode
 // backend's DISCARD ALL at the client's end must succeed, or the backend
 // is closed.
@@ -131,7 +133,7 @@
 // the transaction: CREATE TEMP objects other than tables ON COMMIT DROP
 // (also a name in pg_temp, SELECT INTO TEMP), SQL PREPARE and EXECUTE
 // (drivers' protocol-level prepared statements work), DECLARE ... WITH
-// HOLD. DEALLOCATE of a client's protocol-level statement is answered by
+// HOLD, session-level advisory locks. DEALLOCATE of a client's protocol-level statement is answered by
 // the router (ActiveRecord sends it). What the lexer cannot see, a
 // temporary table made by a function or DO block, is dropped: every
 // backend taken from the pool in transaction mode gets DISCARD TEMP (a
@@ -200,7 +202,11 @@
 //	42601  a malformed BEGIN or SET TRANSACTION the router would defer (as the server words it)
 //	42P05  Parse of a statement name in use; 26000 DEALLOCATE of a name that does not exist
 //	01000  (WARNING at connect) a router-owned startup setting, ignored (search_path: in transaction mode)
-//	42939  session mode: a statement name starting with pgtenant_ (the router's own)
+//	42939  session mode: a statement name starting with pgtenant_ (the router's own), in Parse or SQL
+//	       PREPARE, EXECUTE, DEALLOCATE
+//	0A000  also: standard_conforming_strings off or a client encoding the router cannot read text in
+//	       (lexsafe.go; FATAL when a backend reports one), session-level advisory locks in transaction
+//	       mode, PREPARE or DEALLOCATE inside a DO block
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
 //	40001  the shard is being moved (held too long, or its transaction was cut)

@@ -32,6 +32,9 @@ type guardFinding struct {
 	// deallocAll is set for DEALLOCATE ALL: see session.sqlStmts.
 	prepares, deallocs []string
 	deallocAll         bool
+	// sessionLock: a DO body calls a session-level advisory lock function
+	// (see stmtInfo.sessionLock).
+	sessionLock bool
 }
 
 // guardDepth bounds how deep guard looks into string literals inside DO
@@ -52,7 +55,7 @@ func guard(sql string) *guardFinding {
 	var g guardFinding
 	guardText(sql, false, 0, &g)
 	if g.err == nil && len(g.params) == 0 && !g.prepare && !g.dealloc && g.reserved == "" && g.reservedDealloc == "" &&
-		!g.badName && len(g.prepares) == 0 && len(g.deallocs) == 0 && !g.deallocAll {
+		!g.badName && len(g.prepares) == 0 && len(g.deallocs) == 0 && !g.deallocAll && !g.sessionLock {
 		return nil
 	}
 	return &g
@@ -72,10 +75,10 @@ func guardText(sql string, body bool, depth int, g *guardFinding) {
 	for i := 0; i < n && g.err == nil; {
 		c := sql[i]
 		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			i++
 		case c == '-' && i+1 < n && sql[i+1] == '-':
-			for i < n && sql[i] != '\n' {
+			for i < n && sql[i] != '\n' && sql[i] != '\r' { // a -- comment ends at either, as in PostgreSQL
 				i++
 			}
 		case c == '/' && i+1 < n && sql[i+1] == '*':
@@ -193,6 +196,9 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			}
 		case tWord, tQuotedIdent:
 			name := identText(t)
+			if depth > 0 && isSessionLockFunc(name) {
+				g.sessionLock = true
+			}
 			switch {
 			case lastPart(name) == "set_config" && isPunct(i+1, "("):
 				g.setConfigArg(toks, i+2, body || depth > 0)

@@ -48,6 +48,9 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 	case info.sqlPrepare || (g != nil && g.prepare):
 		return &wire.Error{Code: "0A000", Message: "SQL PREPARE and EXECUTE are not supported in transaction pool mode: prepared statements would outlive the transaction on a shared backend connection",
 			Hint: "Use your driver's protocol-level prepared statements (they work in transaction mode), or session pool mode."}
+	case info.sessionLock || (g != nil && g.sessionLock):
+		return &wire.Error{Code: "0A000", Message: "session-level advisory locks are not supported in transaction pool mode: the lock would stay with the backend connection, which serves other clients after the transaction",
+			Hint: "Use pg_advisory_xact_lock or pg_try_advisory_xact_lock (released at the end of the transaction), or session pool mode."}
 	case info.holdCursor:
 		return &wire.Error{Code: "0A000", Message: "cursors WITH HOLD are not supported in transaction pool mode: they would outlive the transaction on a shared backend connection",
 			Hint: "Declare the cursor without HOLD inside a transaction, or use session pool mode."}

@@ -110,6 +110,10 @@ type stmtInfo struct {
 	// holdCursor is set for DECLARE ... WITH HOLD, a cursor that
 	// outlives its transaction.
 	holdCursor bool
+	// sessionLock is set when the text calls a session-level advisory lock
+	// function (pg_advisory_lock, pg_try_advisory_lock and their _shared
+	// forms), whose lock outlives the transaction.
+	sessionLock bool
 	// guardScan is set when the text may change a setting the router owns
 	// in a way the first statement's SET/RESET check does not see
 	// (set_config, a later SET or RESET, DO, pg_settings, EXECUTE): see
@@ -185,10 +189,12 @@ func classify(sql string) stmtInfo {
 	for i < n {
 		c := sql[i]
 		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			// (\v: whitespace to PostgreSQL 16 and later, so SET\vrole is
+			// SET role there; a syntax error before.)
 			i++
 		case c == '-' && i+1 < n && sql[i+1] == '-':
-			for i < n && sql[i] != '\n' {
+			for i < n && sql[i] != '\n' && sql[i] != '\r' { // a -- comment ends at either, as in PostgreSQL
 				i++
 			}
 		case c == '/' && i+1 < n && sql[i+1] == '*':
@@ -251,6 +257,9 @@ func classify(sql string) stmtInfo {
 			if k := len(w) - 11; k >= 0 && strings.EqualFold(w[k:], "pg_settings") && (k == 0 || w[k-1] == '.') {
 				info.guardScan = true
 			}
+			if len(w) >= 16 && isSessionLockFunc(w) {
+				info.sessionLock = true
+			}
 			if eqFold(w, "execute") || (stmtDone && lx.sinceSemi == 0 && (eqFold(w, "set") || eqFold(w, "reset"))) {
 				info.guardScan = true
 			}
@@ -311,6 +320,8 @@ func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
 		info.guardScan = true
 	case strings.EqualFold(name, "pg_settings"):
 		info.guardScan = true
+	case isSessionLockFunc(name):
+		info.sessionLock = true
 	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
 		lx.curTemp = true
 	}
@@ -422,6 +433,16 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 	}
 }
 
+// isSessionLockFunc reports whether a word (possibly qualified) names a
+// session-level advisory lock function.
+func isSessionLockFunc(w string) bool {
+	if k := strings.LastIndexByte(w, '.'); k >= 0 {
+		w = w[k+1:]
+	}
+	return eqFold(w, "pg_advisory_lock") || eqFold(w, "pg_advisory_lock_shared") ||
+		eqFold(w, "pg_try_advisory_lock") || eqFold(w, "pg_try_advisory_lock_shared")
+}
+
 // eqFold is strings.EqualFold for ASCII keywords: different lengths
 // differ at once (the lexer's hot path compares every word to several).
 func eqFold(s, t string) bool {
@@ -498,7 +519,7 @@ func tenantHint(body string) (string, bool) {
 func (lx *lexer) localSetConfig(info *stmtInfo) {
 	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
 		lx.toks[3].kind != tString || !lx.punct(4, ',') || (lx.toks[5].kind != tString && lx.toks[5].kind != tParam) ||
-		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') {
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') || lx.escapedName(3) {
 		return
 	}
 	name := strings.ToLower(strings.TrimSpace(unquoteString(lx.text(3))))
@@ -515,7 +536,7 @@ func (lx *lexer) localSetConfig(info *stmtInfo) {
 func (lx *lexer) pathSetConfig(info *stmtInfo) {
 	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
 		lx.toks[3].kind != tString || !lx.punct(4, ',') || (lx.toks[5].kind != tString && lx.toks[5].kind != tParam) ||
-		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') ||
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') || lx.escapedName(3) ||
 		strings.ToLower(unquoteString(lx.text(3))) != "search_path" {
 		return
 	}
@@ -531,6 +552,13 @@ func (lx *lexer) pathSetConfig(info *stmtInfo) {
 	}
 	v, _ := lx.value(7)
 	info.isLocal = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
+}
+
+// escapedName reports whether token i is an E'...' string: a setting name
+// spelled with escapes is no plain set_config (see session.pathStmt).
+func (lx *lexer) escapedName(i int) bool {
+	c := lx.s[lx.toks[i].start]
+	return c == 'E' || c == 'e'
 }
 
 func (lx *lexer) text(i int) string {
@@ -576,33 +604,9 @@ func unquoteString(s string) string {
 		return strings.TrimSuffix(s[len(tag):], tag)
 	}
 	if s[0] == 'E' || s[0] == 'e' {
-		s = s[1:]
-		if len(s) >= 2 {
-			s = s[1 : len(s)-1]
-		}
-		var b strings.Builder
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			if c == '\\' && i+1 < len(s) {
-				i++
-				switch s[i] {
-				case 'n':
-					b.WriteByte('\n')
-				case 't':
-					b.WriteByte('\t')
-				case 'r':
-					b.WriteByte('\r')
-				default:
-					b.WriteByte(s[i])
-				}
-				continue
-			}
-			if c == '\'' && i+1 < len(s) && s[i+1] == '\'' {
-				i++
-			}
-			b.WriteByte(c)
-		}
-		return b.String()
+		// Every escape the server decodes (\x41, \101, \u0041 too): the
+		// value is the one the server would see.
+		return unescapeString(s[1:])
 	}
 	if len(s) >= 2 {
 		s = s[1 : len(s)-1]

@@ -679,7 +679,7 @@ func (ss *session) splitsFirst(info *stmtInfo) bool {
 // Unlike on a server, a session SET of the tenant stays when a later
 // statement of the string fails.
 func (ss *session) onQueryParts(sql string, info *stmtInfo) *wire.Error {
-	first, rest := strings.TrimRight(sql[:info.firstEnd-1], " \t\r\n\f"), sql[info.firstEnd:]
+	first, rest := strings.TrimRight(sql[:info.firstEnd-1], " \t\r\n\f\v"), sql[info.firstEnd:]
 	inTxn := ss.inTxn()
 	ss.midString = true
 	werr := ss.onQuery(append([]byte(first), 0))
@@ -1317,7 +1317,8 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		if ss.failed {
 			return abortedError()
 		}
-		return &wire.Error{Code: "34000", Message: "portal does not exist"}
+		portal, _, _ := strings.Cut(string(body), "\x00")
+		return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", portal)} // as the server words it
 	}
 	var set *setting
 	if st := ss.portalSet; st != nil {

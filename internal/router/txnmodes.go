@@ -173,7 +173,7 @@ func (p *txnParser) next() {
 			p.i++
 			continue
 		case c == '-' && strings.HasPrefix(s[p.i:], "--"):
-			if j := strings.IndexByte(s[p.i:], '\n'); j >= 0 {
+			if j := strings.IndexAny(s[p.i:], "\r\n"); j >= 0 { // a -- comment ends at either
 				p.i += j + 1
 			} else {
 				p.i = len(s)
