@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/stream"
 	"github.com/pgtenant/pgtenant/internal/tables"
@@ -66,6 +69,9 @@ type applier struct {
 	ap       *apartment
 	apLoaded bool
 	apRels   map[*stream.Relation]*stream.Relation
+	// late counts, per shard cut over, the legacy writes not applied since
+	// they were last logged (see noteLate).
+	late map[int]*lateWrites
 
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
@@ -345,10 +351,8 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 			perNode[node] = append(perNode[node], nt)
 		}
 	}
-	for node, ts := range perNode {
-		if err := a.nodes[node].Apply(ctx, ts); err != nil {
-			return fmt.Errorf("apply to node %s: %w", node, err)
-		}
+	if err := a.applyNodes(ctx, perNode); err != nil {
+		return err
 	}
 	if reached {
 		return errCaughtUp
@@ -382,7 +386,7 @@ func (a *applier) route(ctx context.Context, t *stream.Txn, c stream.Change, ten
 	}
 	if s.state != ShardCopied || t.EndLSN <= s.copyLSN || t.EndLSN <= a.pos[s.node] {
 		if s.state == ShardCutover {
-			a.log.Warn("import: a write on the legacy database for a shard already cut over is not applied", "shard", shard, "table", c.Rel.Table, "lsn", t.EndLSN)
+			a.noteLate(shard, c.Rel.Table, t.EndLSN)
 		}
 		a.Skipped.Add(1)
 		return nil
@@ -410,4 +414,91 @@ func (a *applier) routeMove(ctx context.Context, t *stream.Txn, c stream.Change,
 	}
 	ins := stream.Change{Kind: stream.Insert, Rel: c.Rel, New: c.New}
 	return a.route(ctx, t, ins, new, add)
+}
+
+// lateWrites counts one cut-over shard's legacy writes not applied.
+type lateWrites struct {
+	n      int64
+	logged time.Time
+}
+
+// lateLogEvery is how often the writes on the legacy database for a shard
+// already cut over are logged: the first, then a count at most this often.
+// An import rollback writes the shard's changes back to the legacy database
+// before its flip, so the stream sees every one of them.
+const lateLogEvery = 30 * time.Second
+
+// noteLate counts a legacy write of a shard already cut over (not applied:
+// the shard is served from its node) and logs the first, then how many
+// came since, at most every lateLogEvery.
+func (a *applier) noteLate(shard int, table string, lsn stream.LSN) {
+	if a.late == nil {
+		a.late = map[int]*lateWrites{}
+	}
+	l := a.late[shard]
+	if l == nil {
+		l = &lateWrites{}
+		a.late[shard] = l
+	}
+	l.n++
+	if !l.logged.IsZero() && time.Since(l.logged) < lateLogEvery {
+		return
+	}
+	a.log.Warn("import: writes on the legacy database for a shard already cut over are not applied (an import rollback writes the shard's changes back there before its flip)",
+		"shard", shard, "writes", l.n, "table", table, "lsn", lsn)
+	l.n, l.logged = 0, time.Now()
+}
+
+// applyNodes applies each node's transactions, the nodes at once (each in
+// one transaction of its own connection that records the node's position:
+// a node that fails leaves the others applied, and a restarted stream
+// starts from the lowest position and skips on each node what it has).
+func (a *applier) applyNodes(ctx context.Context, perNode map[string][]*stream.Txn) error {
+	if len(perNode) == 1 {
+		for node, ts := range perNode {
+			if err := a.nodes[node].Apply(ctx, ts); err != nil {
+				return fmt.Errorf("apply to node %s: %w", node, err)
+			}
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(perNode))
+	for node, ts := range perNode {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.nodes[node].Apply(ctx, ts); err != nil {
+				errs <- fmt.Errorf("apply to node %s: %w", node, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// connectApply opens a connection to a node for the change stream. It runs
+// with session_replication_role = replica where the role may set it (as
+// PostgreSQL's own apply workers do): the changes were checked by the
+// legacy database's foreign keys, and its triggers' writes come through the
+// stream themselves, so firing the app's triggers again would apply them
+// twice; elsewhere (42501) they run.
+func connectApply(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	conn, err := connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42501" {
+			conn.Close(context.Background())
+			return nil, err
+		}
+	}
+	return conn, nil
 }

@@ -58,7 +58,7 @@ func (im *Importer) catchUp(ctx context.Context, imp *Import, rules []tables.Tab
 			}
 		}
 		cu.complete[n.name] = m
-		conn, err := connect(ctx, n.dsn)
+		conn, err := connectApply(ctx, n.dsn)
 		if err != nil {
 			return 0, fmt.Errorf("connect to node %s: %w", n.name, err)
 		}

@@ -28,8 +28,13 @@ type CutoverOptions struct {
 	// at most this long: a router then serves it from the legacy database again.
 	FenceLease time.Duration
 	// MarkerTimeout bounds the wait for the stream to apply up to the
-	// marker; 0 means 30s.
+	// marker under the fence, and, before the fence, the wait while no
+	// stream reads the import's slot; 0 means 30s.
 	MarkerTimeout time.Duration
+	// CatchUpTimeout bounds the wait, before the fence, for a stream that
+	// reads the slot but is behind the legacy database (restarted after a
+	// kill while the app kept writing) to catch up; 0 means 10 minutes.
+	CatchUpTimeout time.Duration
 	// PollInterval is how often the node is asked for the marker; 0 means 2ms.
 	PollInterval time.Duration
 	// NoRollback cuts over without a reverse stream: no logical slot is
@@ -55,8 +60,13 @@ type CutoverResult struct {
 	Err error
 }
 
-// ErrMarkerTimeout: the stream did not apply the marker in time.
+// ErrMarkerTimeout: the stream did not apply the marker in time (before
+// the fence: no stream read the import's slot for MarkerTimeout).
 var ErrMarkerTimeout = errors.New("the change stream did not bring the cutover marker to the node in time; is `pgtenant import start` (or `import follow`) running?")
+
+// ErrStreamBehind: a stream reads the slot but did not catch up with the
+// legacy database within CatchUpTimeout.
+var ErrStreamBehind = errors.New("the change stream is running but has not caught up with the legacy database's writes; cut over when it has (`pgtenant import status` shows its lag)")
 
 // importFenceOwner is the owner id of the import's fences in
 // pgtenant.fence_leases (move ids are positive).
@@ -97,6 +107,9 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = 2 * time.Millisecond
+	}
+	if opts.CatchUpTimeout <= 0 {
+		opts.CatchUpTimeout = 10 * time.Minute
 	}
 	imp, err := im.load(ctx)
 	if err != nil {
@@ -186,7 +199,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	}
 	// Off the pause: the stream runs and is caught up, and the sequences are
 	// set once (under the fence they move only by what was written since).
-	if r.Lag, err = waitCaughtUp(ctx, legacy, node, s.Shard, opts); err != nil {
+	if r.Lag, err = im.waitCaughtUp(ctx, legacy, node, imp.Slot, s.Shard, opts); err != nil {
 		return err
 	}
 	if err := syncSequences(ctx, legacy, node, pairs); err != nil {
@@ -257,11 +270,22 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	return nil
 }
 
-// waitCaughtUp writes markers on the legacy database until one reaches the node
-// within maxLag (or opts.MarkerTimeout passes: the stream is not running),
-// and returns the last trip's time.
-func waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, shard int, opts CutoverOptions) (time.Duration, error) {
-	deadline := time.Now().Add(opts.MarkerTimeout)
+// waitCaughtUp writes markers on the legacy database until one reaches the
+// node within maxLag, and returns the last trip's time.
+//
+// A marker travels behind every change committed before it: a stream that
+// runs but is behind (restarted after a kill while the app kept writing)
+// brings it only once it has applied that backlog. So while a stream reads
+// the import's slot, the wait lasts up to opts.CatchUpTimeout
+// (ErrStreamBehind), logging how far behind it is; ErrMarkerTimeout when no
+// stream read the slot for opts.MarkerTimeout. When no trip is as short as
+// maxLag within opts.MarkerTimeout (a loaded machine, a busy legacy
+// database) from the first marker's arrival, the last trip's time is
+// returned: the stream runs, and the pause grows by about that lag.
+func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, slot string, shard int, opts CutoverOptions) (time.Duration, error) {
+	start := time.Now()
+	var deadline time.Time // for a trip under maxLag: MarkerTimeout from the first arrival
+	w := &slotWatch{legacy: legacy, slot: slot, since: start, logged: start}
 	for {
 		t0 := time.Now()
 		seq, _, err := markAndRead(ctx, legacy, shard, nil)
@@ -276,17 +300,75 @@ func waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, shard int, opts C
 			if ok {
 				break
 			}
-			if time.Now().After(deadline) {
+			if err := w.read(ctx); err != nil {
+				return 0, err
+			}
+			switch {
+			case time.Since(w.since) > opts.MarkerTimeout:
 				return 0, ErrMarkerTimeout
+			case time.Since(start) > opts.CatchUpTimeout:
+				return 0, fmt.Errorf("%w (waited %s; %s of the legacy database's WAL not confirmed yet)", ErrStreamBehind, opts.CatchUpTimeout, humanLag(w.behind))
+			case time.Since(w.logged) > 10*time.Second:
+				im.logger.Info("cutover: waiting for the change stream to catch up with the legacy database", "shard", shard,
+					"behind_bytes", w.behind, "waited", time.Since(start).Round(time.Second))
+				w.logged = time.Now()
 			}
 			if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 				return 0, err
 			}
 		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(opts.MarkerTimeout)
+		}
 		if lag := time.Since(t0); lag <= maxLag || time.Now().After(deadline) {
 			return lag, nil
 		}
 	}
+}
+
+// slotWatch reads, about once a second, whether a stream reads the
+// import's slot and how far behind the legacy database's WAL it confirmed.
+type slotWatch struct {
+	legacy *pgx.Conn
+	slot   string
+	since  time.Time // since when no stream has been seen reading the slot
+	behind int64     // bytes of WAL past the slot's confirmed position
+	last   time.Time // the last read
+	logged time.Time
+}
+
+func (w *slotWatch) read(ctx context.Context) error {
+	now := time.Now()
+	if now.Sub(w.last) < time.Second {
+		return nil
+	}
+	w.last = now
+	var active bool
+	var behind *int64
+	err := w.legacy.QueryRow(ctx, `SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, w.slot).Scan(&active, &behind)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read the import slot: %w", err)
+	}
+	if active {
+		w.since = now
+	}
+	if behind != nil {
+		w.behind = *behind
+	}
+	return nil
+}
+
+func humanLag(b int64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1f GB", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f kB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", b)
 }
 
 // markAndRead commits a marker for shard on the legacy database and reads

@@ -2,10 +2,13 @@ package importer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/stream"
 	"github.com/pgtenant/pgtenant/internal/tables"
@@ -126,7 +129,7 @@ func (im *Importer) Follow(ctx context.Context) error {
 		if a.nodes[s.Node] != nil {
 			continue
 		}
-		conn, err := connect(ctx, s.NodeDSN)
+		conn, err := connectApply(ctx, s.NodeDSN)
 		if err != nil {
 			return fmt.Errorf("import follow: connect to node %s: %w", s.Node, err)
 		}
@@ -153,6 +156,29 @@ func (im *Importer) Follow(ctx context.Context) error {
 		return fmt.Errorf("import follow: %w", err)
 	}
 	im.logger.Info("import streaming", "slot", imp.Slot, "from", from)
-	s := stream.New(stream.Config{DSN: imp.LegacyDSN, Slot: imp.Slot, Publications: []string{imp.Publication}, Start: from, Applier: a, Logger: im.logger})
-	return s.Run(ctx)
+	// A run killed a moment ago may still hold the slot: its WAL sender
+	// ends once it notices its client is gone.
+	t0 := time.Now()
+	for {
+		s := stream.New(stream.Config{DSN: imp.LegacyDSN, Slot: imp.Slot, Publications: []string{imp.Publication}, Start: from, Applier: a, Logger: im.logger})
+		err := s.Run(ctx)
+		if !isObjectInUse(err) || s.Applied() != from || time.Since(t0) > slotBusyWait {
+			return err
+		}
+		im.logger.Info("import follow: the slot is still held by an earlier stream; trying again", "slot", imp.Slot, "err", err)
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return err
+		}
+	}
+}
+
+// slotBusyWait is how long Follow waits for a slot held by another stream
+// (an earlier run's WAL sender that has not noticed its end yet).
+const slotBusyWait = 30 * time.Second
+
+// isObjectInUse reports a 55006 (object_in_use), e.g. a replication slot
+// that another WAL sender reads.
+func isObjectInUse(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55006"
 }

@@ -99,7 +99,7 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	}
 	time.Sleep(2 * time.Second) // writes before the first cutover
 
-	var pauses []time.Duration
+	var pauses, fenced, marked, flipped, released []time.Duration
 	var failed []string
 	t0 := time.Now()
 	for _, wave := range []importer.CutoverOptions{{Shards: []int{0}}, {All: true, Parallel: o.cutoverParallel}} {
@@ -110,6 +110,10 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 				continue
 			}
 			pauses = append(pauses, c.Pause)
+			fenced = append(fenced, c.Fenced)
+			marked = append(marked, c.Marked-c.Fenced)
+			flipped = append(flipped, c.Flipped-c.Marked)
+			released = append(released, c.Pause-c.Flipped)
 		}
 		if err != nil && len(res) == 0 {
 			return err
@@ -175,8 +179,9 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 			}
 		}
 	}
-	slices.Sort(pauses)
-	slices.Sort(lats)
+	for _, ds := range [][]time.Duration{pauses, fenced, marked, flipped, released, lats} {
+		slices.Sort(ds)
+	}
 	p := func(ds []time.Duration, q float64) time.Duration {
 		if len(ds) == 0 {
 			return 0
@@ -186,6 +191,8 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	fmt.Fprintf(out, "\ncutover of %d shards (a canary, then %d at once) in %s with %d writers through the router; load average %s\n",
 		len(pauses), o.cutoverParallel, cutoverTime.Round(time.Millisecond), o.writers, loadavg())
 	fmt.Fprintf(out, "per-shard pause: min %s, p50 %s, p90 %s, max %s\n", ms(p(pauses, 0)), ms(p(pauses, 0.5)), ms(p(pauses, 0.9)), ms(p(pauses, 1)))
+	fmt.Fprintf(out, "pause by step, p50 / max: routers hold %s / %s, marker %s / %s, flip %s / %s, routers release %s / %s\n",
+		ms(p(fenced, 0.5)), ms(p(fenced, 1)), ms(p(marked, 0.5)), ms(p(marked, 1)), ms(p(flipped, 0.5)), ms(p(flipped, 1)), ms(p(released, 0.5)), ms(p(released, 1)))
 	fmt.Fprintf(out, "client latency: p50 %s, p99 %s, max %s (%d transactions)\n", ms(p(lats, 0.5)), ms(p(lats, 0.99)), ms(maxLat), len(lats))
 	fmt.Fprintf(out, "ledger: %d acknowledged writes, %d missing, %d duplicated, %d client errors\n", acked, missing, dup, errs)
 	if missing+dup+errs > 0 {

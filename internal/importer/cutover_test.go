@@ -1,0 +1,233 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
+)
+
+// writeBacklog commits n single-row transactions on the legacy database
+// (buildings of the tenants ids, in turn, city 'Backlog').
+func writeBacklog(t *testing.T, ctx context.Context, legacy string, ids []string, n int) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TEMP TABLE backlog_ids AS SELECT unnest($1::text[]) AS id`, ids); err != nil {
+		t.Fatal(err)
+	}
+	// A DO block commits each row by itself: n transactions for the stream.
+	if _, err := conn.Exec(ctx, `DO $$ DECLARE t text[]; BEGIN SELECT array_agg(id) INTO t FROM backlog_ids;
+		FOR i IN 1..`+strconv.Itoa(n)+` LOOP
+			INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES (t[1 + i % array_length(t, 1)], 'backlog ' || i, 'Backlog', i);
+			COMMIT;
+		END LOOP; END $$`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCutoverWaitsForRestartedStream (issue 12, the kill of import start
+// while streaming): the stream was stopped while the app kept writing and
+// started again; the cutover's markers travel behind that backlog, so the
+// first ones arrive only once it is applied. The cutover waits for a
+// stream that reads the slot (it used to give up after MarkerTimeout with
+// "is import start running?", in TestImportKills 8 shards in a row), cuts
+// the shard over, and every backlog row of its tenants is on its node.
+func TestCutoverWaitsForRestartedStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c := newCatalog(t, 8, 2)
+	legacy, ids := newLegacy(t, srvA, c, 20, 2)
+	im := New(c, nil)
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+	if _, err := im.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	follow := func() func() {
+		fctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- im.Follow(fctx) }()
+		return func() {
+			stop()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("follow: %v", err)
+			}
+		}
+	}
+	stop := follow()
+	waitSlotActive(t, ctx, im)
+	stop()
+	const backlog = 30000
+	writeBacklog(t, ctx, legacy, ids, backlog)
+	stop = follow()
+	defer stop()
+
+	m, err := c.LoadMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, err := m.Lookup(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	res, err := im.Cutover(ctx, CutoverOptions{Shards: []int{loc.Shard.ID}, MarkerTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("cutover after the restart: %v", err)
+	}
+	t.Logf("cut over %s after the restart with %d transactions behind: pause %s, stream lag before %s",
+		time.Since(t0).Round(time.Millisecond), backlog, res[0].Pause.Round(time.Millisecond), res[0].Lag.Round(time.Millisecond))
+
+	// Every backlog row of the shard's tenants is on its node, once.
+	lc, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close(ctx)
+	var tenants []string
+	for _, id := range ids {
+		if l, _ := m.Locate(id); l.Shard.ID == loc.Shard.ID {
+			tenants = append(tenants, id)
+		}
+	}
+	var want int64
+	if err := lc.QueryRow(ctx, `SELECT count(*) FROM buildings WHERE city = 'Backlog' AND tenant_id = ANY ($1)`, tenants).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := shards[loc.Shard.ID]
+	if node.Shard != loc.Shard.ID || node.State != ShardCutover {
+		t.Fatalf("shard %d after its cutover: %+v", loc.Shard.ID, node)
+	}
+	nc, err := pgx.Connect(ctx, node.NodeDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close(ctx)
+	var got, distinct int64
+	if err := nc.QueryRow(ctx, `SELECT count(*), count(DISTINCT name) FROM `+pgx.Identifier{node.Schema, "buildings"}.Sanitize()+` WHERE city = 'Backlog'`).Scan(&got, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if want == 0 || got != want || distinct != want {
+		t.Fatalf("shard %d on %s: %d backlog rows (%d distinct), the legacy database %d", loc.Shard.ID, node.Node, got, distinct, want)
+	}
+}
+
+// waitSlotActive waits until a stream reads the import's slot.
+func waitSlotActive(t *testing.T, ctx context.Context, im *Importer) {
+	t.Helper()
+	for i := 0; ; i++ {
+		st, err := im.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == StateStreaming && st.SlotActive {
+			return
+		}
+		if i > 600 {
+			t.Fatal("the stream never read the slot")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestFollowWaitsForBusySlot: import start run again right after a kill
+// can find the slot still held by the killed run's WAL sender (55006); it
+// waits for it instead of exiting, then streams.
+func TestFollowWaitsForBusySlot(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 4, 1)
+	legacy, ids := newLegacy(t, srvA, c, 4, 1)
+	im := New(c, nil)
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+	if _, err := im.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	imp, err := im.load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another reader holds the slot for 3s.
+	hctx, release := context.WithCancel(ctx)
+	held := make(chan error, 1)
+	go func() {
+		s := stream.New(stream.Config{DSN: legacy, Slot: imp.Slot, Publications: []string{imp.Publication},
+			Applier: stream.ApplierFunc(func(context.Context, []*stream.Txn) error { return nil })})
+		held <- s.Run(hctx)
+	}()
+	for i := 0; ; i++ {
+		if st, err := im.Status(ctx); err != nil {
+			t.Fatal(err)
+		} else if st.SlotActive {
+			break
+		}
+		if i > 600 {
+			t.Fatal("the other reader never held the slot")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.AfterFunc(3*time.Second, release)
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- im.Follow(fctx) }()
+	defer func() {
+		stop()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("follow: %v", err)
+		}
+	}()
+	<-held
+	execSQL(t, legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, 'after the wait', 'Busy', 1)`, ids[0])
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("follow ended: %v", err)
+		default:
+		}
+		var n int
+		for _, s := range shards {
+			nc, err := pgx.Connect(ctx, s.NodeDSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var k int
+			err = nc.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{s.Schema, "buildings"}.Sanitize()+` WHERE city = 'Busy'`).Scan(&k)
+			nc.Close(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += k
+		}
+		if n == 1 {
+			return
+		}
+		if i > 300 {
+			t.Fatalf("the row written after the slot was released is on the shards %d times", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
