@@ -93,11 +93,26 @@ func (m *Mover) copySchema(ctx context.Context, mv *moveRun, post bool) error {
 		}
 		mv.script = s
 	}
-	sql, n := mv.script.sqlFor(mv.Schema, post)
+	local := mv.script.local != ""
+	sql, n := mv.script.sqlFor(mv.Schema, post, local)
 	if n == 0 {
 		return nil
 	}
-	// Its own connection: the dump's session settings (search_path '', …) stay with it.
+	if local {
+		// The move's target connection, in one transaction whose settings end with it.
+		dst, err := m.target(ctx, mv)
+		if err != nil {
+			return err
+		}
+		if err := pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, sql)
+			return err
+		}); err != nil {
+			return fmt.Errorf("restore the schema on the target: %w", err)
+		}
+		return nil
+	}
+	// Its own connection: the dump's session settings stay with it.
 	conn, err := connect(ctx, mv.TargetDSN, "target node "+mv.Target)
 	if err != nil {
 		return err

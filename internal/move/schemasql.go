@@ -43,7 +43,11 @@ type scriptEntry struct {
 type schemaScript struct {
 	// preamble is the dump's opening session settings (search_path '', check_function_bodies off, …).
 	preamble string
-	entries  []scriptEntry
+	// local is the preamble with every setting made transaction-local (SET
+	// LOCAL), so the script can run on a connection that outlives it; empty
+	// when the preamble holds anything else.
+	local   string
+	entries []scriptEntry
 }
 
 var (
@@ -108,6 +112,7 @@ func parseScript(out []byte) (*schemaScript, error) {
 		}
 	}
 	s.preamble = strings.TrimSpace(strings.Join(body, "\n")) + "\n"
+	s.local = localSettings(body)
 	for i < len(lines) {
 		// Header: "--", "-- TOC entry", "-- …" lines, "--".
 		id, _ := strconv.Atoi(tocEntryRe.FindStringSubmatch(lines[i+1])[1])
@@ -170,14 +175,14 @@ func (e *scriptEntry) belongsTo(schema string) bool {
 
 // skipped reports entries never restored on the target: publications and
 // subscriptions belong to a node, and a trigger-method move's capture
-// trigger to its move.
+// triggers (row and TRUNCATE) to its move.
 func (e *scriptEntry) skipped() bool {
 	for _, t := range skippedTypes {
 		if e.typ == t || strings.HasPrefix(e.typ, t+" ") {
 			return true
 		}
 	}
-	return e.typ == "TRIGGER" && strings.HasSuffix(e.name, " "+captureTrigger)
+	return e.typ == "TRIGGER" && (strings.HasSuffix(e.name, " "+captureTrigger) || strings.HasSuffix(e.name, " "+truncateTrigger))
 }
 
 // postData reports whether the entry is built after the copy.
@@ -190,11 +195,37 @@ func (e *scriptEntry) postData() bool {
 	return false
 }
 
-// sqlFor returns the SQL of schema's pre-copy (post false) or post-copy
-// entries, in the dump's order, after the dump's session settings.
-func (s *schemaScript) sqlFor(schema string, post bool) (sql string, n int) {
+// searchPathReset is how pg_dump's preamble empties search_path.
+const searchPathReset = "SELECT pg_catalog.set_config('search_path', '', false);"
+
+// localSettings returns the preamble's lines with each setting made
+// transaction-local, or "" if a line is neither a SET nor the search_path reset.
+func localSettings(lines []string) string {
 	var b strings.Builder
-	b.WriteString(s.preamble)
+	for _, l := range lines {
+		switch l = strings.TrimSpace(l); {
+		case l == "" || strings.HasPrefix(l, "--"):
+		case l == searchPathReset:
+			b.WriteString("SELECT pg_catalog.set_config('search_path', '', true);\n")
+		case tocSetRe.MatchString(l):
+			b.WriteString("SET LOCAL " + strings.TrimPrefix(l, "SET ") + "\n")
+		default:
+			return ""
+		}
+	}
+	return b.String()
+}
+
+// sqlFor returns the SQL of schema's pre-copy (post false) or post-copy
+// entries, in the dump's order, after the dump's session settings (made
+// transaction-local with local, see schemaScript.local).
+func (s *schemaScript) sqlFor(schema string, post, local bool) (sql string, n int) {
+	var b strings.Builder
+	if local {
+		b.WriteString(s.local)
+	} else {
+		b.WriteString(s.preamble)
+	}
 	var last []string
 	for i := range s.entries {
 		e := &s.entries[i]
@@ -203,6 +234,9 @@ func (s *schemaScript) sqlFor(schema string, post bool) (sql string, n int) {
 		}
 		if !slices.Equal(e.settings, last) {
 			for _, l := range e.settings {
+				if local {
+					l = "SET LOCAL " + strings.TrimPrefix(l, "SET ")
+				}
 				b.WriteString(l + "\n")
 			}
 			last = e.settings
