@@ -195,6 +195,10 @@ func (e *scriptEntry) postData() bool {
 	return false
 }
 
+// newSettings are settings pg_restore writes in its preamble, by the
+// server_version_num that introduced them.
+var newSettings = map[string]int{"transaction_timeout": 170000}
+
 // searchPathReset is how pg_dump's preamble empties search_path.
 const searchPathReset = "SELECT pg_catalog.set_config('search_path', '', false);"
 
@@ -219,12 +223,25 @@ func localSettings(lines []string) string {
 // sqlFor returns the SQL of schema's pre-copy (post false) or post-copy
 // entries, in the dump's order, after the dump's session settings (made
 // transaction-local with local, see schemaScript.local).
-func (s *schemaScript) sqlFor(schema string, post, local bool) (sql string, n int) {
+//
+// serverNum is the target's server_version_num (0: unknown): the settings a
+// newer pg_restore writes that the target's server does not know are left
+// out, as pg_restore itself does when it restores into a database.
+func (s *schemaScript) sqlFor(schema string, post, local bool, serverNum int) (sql string, n int) {
 	var b strings.Builder
+	pre := s.preamble
 	if local {
-		b.WriteString(s.local)
-	} else {
-		b.WriteString(s.preamble)
+		pre = s.local
+	}
+	for _, l := range strings.SplitAfter(pre, "\n") {
+		if rest, ok := strings.CutPrefix(l, "SET "); ok {
+			rest = strings.TrimPrefix(rest, "LOCAL ")
+			name, _, _ := strings.Cut(rest, " ")
+			if since := newSettings[name]; serverNum > 0 && serverNum < since {
+				continue
+			}
+		}
+		b.WriteString(l)
 	}
 	var last []string
 	for i := range s.entries {
