@@ -166,10 +166,12 @@ func dropSlots(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
 				lastErr = err
 			}
 		}
-		if attempt >= 50 {
+		if attempt >= 55 {
 			return fmt.Errorf("drop replication slots: still present: %v (last error: %w)", slots[0].name, lastErr)
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		// A WAL sender just told to end is usually gone within milliseconds:
+		// wait 10 ms first, doubling up to 100 ms (about 5 s in all).
+		if err := sleep(ctx, min(10*time.Millisecond<<min(attempt, 4), 100*time.Millisecond)); err != nil {
 			return fmt.Errorf("drop replication slots: %w", err)
 		}
 	}

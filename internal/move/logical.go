@@ -218,7 +218,7 @@ func (m *Mover) copyAtSnapshot(ctx context.Context, mv *moveRun, tables []string
 	close(work)
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
-	for i := 0; i < min(copyWorkers, len(tables)); i++ {
+	for i := 0; i < min(connPairs(mv, copyWorkers), len(tables)); i++ {
 		g.Go(func() error {
 			src, err := connect(gctx, mv.SourceDSN, "source node "+mv.Source)
 			if err != nil {

@@ -343,3 +343,17 @@ func (m *Mover) checkStop(ctx context.Context, mv *moveRun) error {
 	}
 	return nil
 }
+
+// smallShard is the size (on the source, when the move started) below which
+// a shard's tables are copied and compared on one pair of connections: for
+// a few MB, connecting more pairs costs more than copying in parallel saves.
+const smallShard = 16 << 20
+
+// connPairs is how many source/target connection pairs to open for the
+// move's copy or comparison: want, or 1 for a small shard.
+func connPairs(mv *moveRun, want int) int {
+	if mv.Progress.SourceBytes < smallShard {
+		return 1
+	}
+	return want
+}

@@ -93,11 +93,26 @@ func (m *Mover) copySchema(ctx context.Context, mv *moveRun, post bool) error {
 		}
 		mv.script = s
 	}
-	sql, n := mv.script.sqlFor(mv.Schema, post)
+	dst, err := m.target(ctx, mv)
+	if err != nil {
+		return err
+	}
+	local := mv.script.local != ""
+	sql, n := mv.script.sqlFor(mv.Schema, post, local, serverVersionNum(dst))
 	if n == 0 {
 		return nil
 	}
-	// Its own connection: the dump's session settings (search_path '', …) stay with it.
+	if local {
+		// The move's target connection, in one transaction whose settings end with it.
+		if err := pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, sql)
+			return err
+		}); err != nil {
+			return fmt.Errorf("restore the schema on the target: %w", err)
+		}
+		return nil
+	}
+	// Its own connection: the dump's session settings stay with it.
 	conn, err := connect(ctx, mv.TargetDSN, "target node "+mv.Target)
 	if err != nil {
 		return err
@@ -108,6 +123,17 @@ func (m *Mover) copySchema(ctx context.Context, mv *moveRun, post bool) error {
 		return fmt.Errorf("restore the schema on the target: %w", err)
 	}
 	return nil
+}
+
+// serverVersionNum is conn's server version as server_version_num (150018
+// for "15.18 (Debian …)", 0 when unknown).
+func serverVersionNum(conn *pgx.Conn) int {
+	v := conn.PgConn().ParameterStatus("server_version")
+	var major, minor int
+	if n, _ := fmt.Sscanf(v, "%d.%d", &major, &minor); n == 0 {
+		return 0
+	}
+	return major*10000 + minor
 }
 
 // postObjects counts the schema's secondary indexes, FK constraints and user

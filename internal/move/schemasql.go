@@ -43,7 +43,11 @@ type scriptEntry struct {
 type schemaScript struct {
 	// preamble is the dump's opening session settings (search_path '', check_function_bodies off, …).
 	preamble string
-	entries  []scriptEntry
+	// local is the preamble with every setting made transaction-local (SET
+	// LOCAL), so the script can run on a connection that outlives it; empty
+	// when the preamble holds anything else.
+	local   string
+	entries []scriptEntry
 }
 
 var (
@@ -108,6 +112,7 @@ func parseScript(out []byte) (*schemaScript, error) {
 		}
 	}
 	s.preamble = strings.TrimSpace(strings.Join(body, "\n")) + "\n"
+	s.local = localSettings(body)
 	for i < len(lines) {
 		// Header: "--", "-- TOC entry", "-- …" lines, "--".
 		id, _ := strconv.Atoi(tocEntryRe.FindStringSubmatch(lines[i+1])[1])
@@ -170,14 +175,14 @@ func (e *scriptEntry) belongsTo(schema string) bool {
 
 // skipped reports entries never restored on the target: publications and
 // subscriptions belong to a node, and a trigger-method move's capture
-// trigger to its move.
+// triggers (row and TRUNCATE) to its move.
 func (e *scriptEntry) skipped() bool {
 	for _, t := range skippedTypes {
 		if e.typ == t || strings.HasPrefix(e.typ, t+" ") {
 			return true
 		}
 	}
-	return e.typ == "TRIGGER" && strings.HasSuffix(e.name, " "+captureTrigger)
+	return e.typ == "TRIGGER" && (strings.HasSuffix(e.name, " "+captureTrigger) || strings.HasSuffix(e.name, " "+truncateTrigger))
 }
 
 // postData reports whether the entry is built after the copy.
@@ -190,11 +195,54 @@ func (e *scriptEntry) postData() bool {
 	return false
 }
 
-// sqlFor returns the SQL of schema's pre-copy (post false) or post-copy
-// entries, in the dump's order, after the dump's session settings.
-func (s *schemaScript) sqlFor(schema string, post bool) (sql string, n int) {
+// newSettings are settings pg_restore writes in its preamble, by the
+// server_version_num that introduced them.
+var newSettings = map[string]int{"transaction_timeout": 170000}
+
+// searchPathReset is how pg_dump's preamble empties search_path.
+const searchPathReset = "SELECT pg_catalog.set_config('search_path', '', false);"
+
+// localSettings returns the preamble's lines with each setting made
+// transaction-local, or "" if a line is neither a SET nor the search_path reset.
+func localSettings(lines []string) string {
 	var b strings.Builder
-	b.WriteString(s.preamble)
+	for _, l := range lines {
+		switch l = strings.TrimSpace(l); {
+		case l == "" || strings.HasPrefix(l, "--"):
+		case l == searchPathReset:
+			b.WriteString("SELECT pg_catalog.set_config('search_path', '', true);\n")
+		case tocSetRe.MatchString(l):
+			b.WriteString("SET LOCAL " + strings.TrimPrefix(l, "SET ") + "\n")
+		default:
+			return ""
+		}
+	}
+	return b.String()
+}
+
+// sqlFor returns the SQL of schema's pre-copy (post false) or post-copy
+// entries, in the dump's order, after the dump's session settings (made
+// transaction-local with local, see schemaScript.local).
+//
+// serverNum is the target's server_version_num (0: unknown): the settings a
+// newer pg_restore writes that the target's server does not know are left
+// out, as pg_restore itself does when it restores into a database.
+func (s *schemaScript) sqlFor(schema string, post, local bool, serverNum int) (sql string, n int) {
+	var b strings.Builder
+	pre := s.preamble
+	if local {
+		pre = s.local
+	}
+	for _, l := range strings.SplitAfter(pre, "\n") {
+		if rest, ok := strings.CutPrefix(l, "SET "); ok {
+			rest = strings.TrimPrefix(rest, "LOCAL ")
+			name, _, _ := strings.Cut(rest, " ")
+			if since := newSettings[name]; serverNum > 0 && serverNum < since {
+				continue
+			}
+		}
+		b.WriteString(l)
+	}
 	var last []string
 	for i := range s.entries {
 		e := &s.entries[i]
@@ -203,6 +251,9 @@ func (s *schemaScript) sqlFor(schema string, post bool) (sql string, n int) {
 		}
 		if !slices.Equal(e.settings, last) {
 			for _, l := range e.settings {
+				if local {
+					l = "SET LOCAL " + strings.TrimPrefix(l, "SET ")
+				}
 				b.WriteString(l + "\n")
 			}
 			last = e.settings

@@ -140,6 +140,16 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 // method: has a primary key), the target is reachable and does not have the
 // schema yet.
 func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
+	// Connect to both nodes at once (each connection is a few round trips).
+	dstErr := make(chan error, 1)
+	go func() {
+		_, err := m.target(ctx, mv)
+		dstErr <- err
+	}()
+	_, srcErr := m.source(ctx, mv)
+	if err := errors.Join(srcErr, <-dstErr); err != nil {
+		return err
+	}
 	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err
@@ -166,29 +176,26 @@ func (m *Mover) precheck(ctx context.Context, mv *moveRun) error {
 	if mv.Method == MethodTrigger {
 		return precheckTrigger(ctx, src, mv)
 	}
-	var prepared int
-	if err := src.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()`).Scan(&prepared); err != nil {
-		return fmt.Errorf("check prepared transactions: %w", err)
+	// The source's prepared transactions, free slots, oldest writing transaction and wal_level, in one round trip.
+	var prepared, freeSlots int
+	var oldest *float64
+	var walLevel string
+	if err := src.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()),
+		current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
+		(SELECT extract(epoch FROM now() - min(xact_start)) FROM pg_stat_activity
+			WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid())::float8,
+		current_setting('wal_level')`).Scan(&prepared, &freeSlots, &oldest, &walLevel); err != nil {
+		return fmt.Errorf("check the source's prepared transactions, replication slots and wal_level: %w", err)
 	}
 	if prepared > 0 {
 		return fmt.Errorf("source node %q has %d prepared transaction(s) in its database; creating a replication slot would wait for them: commit or roll them back first", mv.Source, prepared)
 	}
-	var freeSlots int
-	if err := src.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)`).Scan(&freeSlots); err != nil {
-		return fmt.Errorf("check replication slots: %w", err)
-	}
 	if freeSlots < 1 {
 		return fmt.Errorf("source node %q has %d free replication slot(s); raise max_replication_slots", mv.Source, freeSlots)
 	}
-	var oldest *float64
-	if err := src.QueryRow(ctx, `SELECT extract(epoch FROM now() - min(xact_start)) FROM pg_stat_activity
-		WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()`).Scan(&oldest); err == nil && oldest != nil && *oldest > 60 {
+	if oldest != nil && *oldest > 60 {
 		m.log.Warn("a write transaction has been open on the source for a long time; creating the slot waits for it",
 			"shard", mv.Shard, "node", mv.Source, "seconds", int(*oldest))
-	}
-	var walLevel string
-	if err := src.QueryRow(ctx, `SHOW wal_level`).Scan(&walLevel); err != nil {
-		return fmt.Errorf("read wal_level: %w", err)
 	}
 	if walLevel != "logical" {
 		return fmt.Errorf("source node %q has wal_level=%s; set wal_level=logical and restart it, or use --method copy", mv.Source, walLevel)

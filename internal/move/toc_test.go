@@ -30,7 +30,7 @@ func TestParseScript(t *testing.T) {
 			t.Errorf("entry %d (%s %s) keeps a meta-command or a trailing SET:\n%s", e.id, e.typ, e.name, e.sql)
 		}
 	}
-	pre, n := s.sqlFor("s1", false)
+	pre, n := s.sqlFor("s1", false, false, 0)
 	if n != 13 {
 		t.Errorf("s1 pre-copy entries = %d, want 13:\n%s", n, pre)
 	}
@@ -49,7 +49,7 @@ func TestParseScript(t *testing.T) {
 	if i, j := strings.Index(pre, "SET default_tablespace = '';"), strings.Index(pre, "CREATE TABLE s1.accounts"); i < 0 || i > j {
 		t.Errorf("the tablespace setting does not precede the first table")
 	}
-	post, n := s.sqlFor("s1", true)
+	post, n := s.sqlFor("s1", true, false, 0)
 	if n != 3 {
 		t.Errorf("s1 post-copy entries = %d, want 3:\n%s", n, post)
 	}
@@ -58,12 +58,24 @@ func TestParseScript(t *testing.T) {
 			t.Errorf("s1 post-copy SQL lacks %q", want)
 		}
 	}
-	pre2, n := s.sqlFor("s2", false)
+	pre2, n := s.sqlFor("s2", false, false, 0)
 	if n != 5 {
 		t.Errorf("s2 pre-copy entries = %d, want 5:\n%s", n, pre2)
 	}
 	if strings.Contains(pre2, "s1") || !strings.Contains(pre2, `CREATE TABLE s2."odd; Type: X"`) || !strings.Contains(pre2, `"odd; Type: X_pkey" PRIMARY KEY`) {
 		t.Errorf("s2 pre-copy SQL:\n%s", pre2)
+	}
+	local, _ := s.sqlFor("s1", false, true, 0)
+	for _, want := range []string{"SET LOCAL statement_timeout = 0;", "SELECT pg_catalog.set_config('search_path', '', true);",
+		"SET LOCAL check_function_bodies = false;", "SET LOCAL default_table_access_method = heap;", "CREATE TABLE s1.accounts"} {
+		if !strings.Contains(local, want) {
+			t.Errorf("s1 pre-copy SQL with local settings lacks %q", want)
+		}
+	}
+	for _, l := range strings.Split(local, "\n") {
+		if strings.Contains(l, ", false);") || (strings.HasPrefix(l, "SET ") && !strings.HasPrefix(l, "SET LOCAL ")) {
+			t.Errorf("a session-wide setting is left: %s", l)
+		}
 	}
 	if !s.hasSchema("s2") || s.hasSchema("s3") {
 		t.Errorf("hasSchema: s2 %v, s3 %v", s.hasSchema("s2"), s.hasSchema("s3"))
@@ -82,6 +94,7 @@ func TestEntrySplit(t *testing.T) {
 		{scriptEntry{typ: "FK CONSTRAINT", schema: "shard_0005", name: "items items_account_id_fkey"}, true, false},
 		{scriptEntry{typ: "TRIGGER", schema: "shard_0005", name: "items items_fill"}, true, false},
 		{scriptEntry{typ: "TRIGGER", schema: "shard_0005", name: "items " + captureTrigger}, true, true},
+		{scriptEntry{typ: "TRIGGER", schema: "shard_0005", name: "items " + truncateTrigger}, true, true},
 		{scriptEntry{typ: "ACL", schema: "shard_0005", name: "TABLE items"}, false, false},
 		{scriptEntry{typ: "PUBLICATION TABLES IN SCHEMA", schema: "-", name: "pgtenant_move_5_1 shard_0005"}, false, true},
 		{scriptEntry{typ: "PUBLICATION TABLE", schema: "shard_0005", name: "p items"}, false, true},
@@ -94,6 +107,29 @@ func TestEntrySplit(t *testing.T) {
 		}
 		if got := tt.e.skipped(); got != tt.skip {
 			t.Errorf("skipped(%+v) = %v, want %v", tt.e, got, tt.skip)
+		}
+	}
+}
+
+// A pg_restore newer than the target writes settings the target's server
+// does not know (pg_restore 17+: transaction_timeout); they are left out for it.
+func TestScriptNewerSettings(t *testing.T) {
+	s, err := parseScript([]byte("SET statement_timeout = 0;\nSET transaction_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\n" +
+		"--\n-- TOC entry 7 (class 2615 OID 16385)\n-- Name: s1; Type: SCHEMA; Schema: -; Owner: postgres\n--\n\nCREATE SCHEMA s1;\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		local     bool
+		serverNum int
+		want      bool
+	}{{false, 150018, false}, {true, 150018, false}, {false, 170002, true}, {true, 180001, true}, {true, 0, true}} {
+		sql, _ := s.sqlFor("s1", false, tt.local, tt.serverNum)
+		if got := strings.Contains(sql, "transaction_timeout"); got != tt.want {
+			t.Errorf("local %v, server %d: transaction_timeout set %v, want %v:\n%s", tt.local, tt.serverNum, got, tt.want, sql)
+		}
+		if !strings.Contains(sql, "statement_timeout = 0;") || !strings.Contains(sql, "CREATE SCHEMA s1;") {
+			t.Errorf("local %v, server %d:\n%s", tt.local, tt.serverNum, sql)
 		}
 	}
 }

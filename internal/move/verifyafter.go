@@ -307,7 +307,7 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 		return err
 	}
 	t0 := time.Now()
-	rep, err := VerifyAt(ctx, mv.SourceDSN, mv.TargetDSN, mv.Schema, mv.snap.snapshot, names, m.cfg.VerifyParallel)
+	rep, err := VerifyAt(ctx, mv.SourceDSN, mv.TargetDSN, mv.Schema, mv.snap.snapshot, names, connPairs(mv, m.cfg.VerifyParallel))
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
