@@ -13,7 +13,7 @@ var (
 	createTableRE = regexp.MustCompile(`^CREATE (?:UNLOGGED )?TABLE (` + dumpIdent + `) \($`)
 	keyRE         = regexp.MustCompile(`^(\s*ADD CONSTRAINT ` + dumpIdent + ` (?:PRIMARY KEY|UNIQUE(?: NULLS (?:NOT )?DISTINCT)?) \()`)
 	foreignKeyRE  = regexp.MustCompile(`^(\s*ADD CONSTRAINT ` + dumpIdent + ` FOREIGN KEY \()([^)]*)(\) REFERENCES )(` + dumpIdent + `)\(([^)]*)\)(.*)$`)
-	setNullRE     = regexp.MustCompile(`ON DELETE SET (NULL|DEFAULT)( ON |;|$)`)
+	setNullRE     = regexp.MustCompile(`ON DELETE SET (NULL|DEFAULT)(;|$| [^(])`)
 	uniqueIndexRE = regexp.MustCompile(`^(CREATE UNIQUE INDEX ` + dumpIdent + ` ON (?:ONLY )?` + dumpIdent + ` USING \w+ \()`)
 )
 
