@@ -254,6 +254,10 @@ func (a *qapplier) round(ctx context.Context, nodes []*qnode, n string, record b
 	if err := a.reload(ctx); err != nil {
 		return 0, err
 	}
+	byName := map[string]*qnode{}
+	for _, nd := range nodes {
+		byName[nd.name] = nd
+	}
 	total := 0
 	for {
 		rows, err := a.legacy.Query(ctx, `SELECT id, xid::text::bigint, tbl, op::text, old, new FROM `+queueTable+` WHERE id > $3
@@ -276,7 +280,7 @@ func (a *qapplier) round(ctx context.Context, nodes []*qnode, n string, record b
 		done := len(entries) < queueBatch
 		per := map[string][]stmt{}
 		for _, e := range entries {
-			if err := a.route(ctx, e, nodes, per); err != nil {
+			if err := a.route(ctx, e, byName, per); err != nil {
 				return total, err
 			}
 		}
@@ -327,11 +331,7 @@ func (a *qapplier) commit(ctx context.Context, nd *qnode, ss []stmt, p, n string
 }
 
 // route adds the statements of queue entry e to the nodes' lists.
-func (a *qapplier) route(ctx context.Context, e entry, nodes []*qnode, per map[string][]stmt) error {
-	byName := map[string]*qnode{}
-	for _, nd := range nodes {
-		byName[nd.name] = nd
-	}
+func (a *qapplier) route(ctx context.Context, e entry, byName map[string]*qnode, per map[string][]stmt) error {
 	take := func(node string) *qnode {
 		nd := byName[node]
 		if nd == nil || (nd.cur != "" && e.id <= nd.last) {

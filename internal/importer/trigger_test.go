@@ -283,3 +283,34 @@ func TestTriggerImport(t *testing.T) {
 	}
 	t.Logf("%d writes on the legacy database during the import", writes.Load())
 }
+
+// TestTriggerBadInput: import init --method trigger names, before anything
+// changes, a tenant table without a primary key (55000) and tables the role
+// may not create triggers on (42501), each with a hint.
+func TestTriggerBadInput(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 4, 1)
+	super, _ := newLegacy(t, srvR, c, 5, 1)
+	execSQL(t, super, `CREATE TABLE audit (tenant_id text NOT NULL, at timestamptz)`)
+	if err := tables.New(c.Pool()).Set(ctx, tables.Table{Name: "audit", Kind: tables.KindTenant, TenantColumn: "tenant_id"}); err != nil {
+		t.Fatal(err)
+	}
+	// A role that owns nothing: no TRIGGER on the tables, no CREATE on the database.
+	execSQL(t, super, `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'trig_reader') THEN CREATE ROLE trig_reader LOGIN; END IF; END $$;
+		GRANT SELECT ON ALL TABLES IN SCHEMA public TO trig_reader`)
+	reader := strings.Replace(super, "postgres://postgres@", "postgres://trig_reader@", 1)
+	_, err := New(c, nil).Init(ctx, InitOptions{DSN: reader, RegisterTenants: true, Method: MethodTrigger})
+	var ce *CheckError
+	if !errors.As(err, &ce) || !ce.Has("55000") || !ce.Has("42501") {
+		t.Fatalf("import init --method trigger: %v", err)
+	}
+	for _, want := range []string{"without a primary key: audit", "may not create triggers on", "may not create schemas", "hint:"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%v", want, err)
+		}
+	}
+	if nodes, err := c.Nodes(ctx); err != nil || len(nodes) != 1 {
+		t.Fatalf("nodes after the failed init: %v %v", nodes, err)
+	}
+	execSQL(t, super, `DROP OWNED BY trig_reader`)
+}
