@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -91,5 +92,56 @@ func TestStopCaptureNeverQueuesAheadOfWriters(t *testing.T) {
 	}
 	if n := queryInt(t, p, `SELECT count(*) FROM shard_0042.kv`); n != 201 {
 		t.Fatalf("kv has %d rows, want 201", n)
+	}
+}
+
+// TestCaptureOnPartitionedTable: the target's capture triggers go on a
+// shard with a partitioned table (Postgres clones the parent's row trigger
+// to its partitions and refused a second one with 42710, which failed every
+// default move of such a shard at its fence), a row written through the
+// parent is logged once, a TRUNCATE of a partition is logged, and every
+// trigger comes off again.
+func TestCaptureOnPartitionedTable(t *testing.T) {
+	ctx := context.Background()
+	dsn := srvB.NewDatabase(t)
+	p := pool(t, dsn)
+	mustExec(t, p, `CREATE SCHEMA pgtenant_move; CREATE SCHEMA shard_0043;
+		CREATE TABLE shard_0043.events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+		CREATE TABLE shard_0043.events_2026 PARTITION OF shard_0043.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+		CREATE TABLE shard_0043.events_2027 PARTITION OF shard_0043.events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')`)
+	mustExec(t, p, undoCaptureDDL)
+	m := New(Config{Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	mv := &moveRun{Info: Info{ID: 8, Shard: 43}, Schema: "shard_0043"}
+	dst, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close(ctx)
+	names, err := tables(ctx, dst, mv.Schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.armCapture(ctx, dst, mv, names); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, p, `INSERT INTO pgtenant_move.capture VALUES ('shard_0043', 8)`)
+	mustExec(t, p, `INSERT INTO shard_0043.events VALUES (1, '2026-05-01'), (2, '2027-05-01')`)
+	mustExec(t, p, `TRUNCATE shard_0043.events_2027`)
+	rows, err := p.Query(ctx, `SELECT tbl || ':' || op::text FROM pgtenant_move.undo_log WHERE move_id = 8 ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"events_2026:I", "events_2027:I", "events_2027:T"}; !slices.Equal(got, want) {
+		t.Fatalf("undo log %v, want %v", got, want)
+	}
+	if err := m.stopCapture(ctx, dst, mv); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, p, `SELECT count(*) FROM pg_trigger WHERE tgname::text LIKE 'pgtenant_capture%'`); n != 0 {
+		t.Fatalf("%d capture triggers left after stopCapture", n)
 	}
 }

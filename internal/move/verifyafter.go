@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -104,12 +105,27 @@ func postFlipVerify(mv *moveRun) bool {
 // armCapture puts the capture triggers on every table of the shard on the
 // target (inert until enableCapture). Runs before the fence.
 func (m *Mover) armCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun, names []string) error {
+	// A partition gets its row trigger from its partitioned table (Postgres
+	// clones row triggers down and refuses a second one of the same name),
+	// but a TRUNCATE of the partition itself fires only its own statement
+	// trigger.
+	rows, err := dst.Query(ctx, `SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relispartition`, mv.Schema)
+	if err != nil {
+		return fmt.Errorf("list the target's partitions: %w", err)
+	}
+	parts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list the target's partitions: %w", err)
+	}
 	// One table per transaction: a lock on two tables at once could
 	// deadlock with the apply worker applying a transaction over both.
 	for _, n := range names {
 		t := ident(mv.Schema, n)
-		q := fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pgtenant_move.capture_change();\n", ident(undoTrigger), t) +
-			fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.capture_change()", ident(undoTrigger+"_truncate"), t)
+		q := fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.capture_change()", ident(undoTrigger+"_truncate"), t)
+		if !slices.Contains(parts, n) {
+			q = fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pgtenant_move.capture_change();\n", ident(undoTrigger), t) + q
+		}
 		if _, err := dst.Exec(ctx, q); err != nil {
 			return fmt.Errorf("put the capture trigger on the target's table %s: %w", n, err)
 		}
@@ -148,7 +164,8 @@ func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) err
 		return fmt.Errorf("stop capturing the target's writes: %w", err)
 	}
 	rows, err := dst.Query(ctx, `SELECT quote_ident(c.relname::text), t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname::text IN ($2::text, $2::text || '_truncate') ORDER BY 1, 2`, mv.Schema, undoTrigger)
+		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND t.tgname::text IN ($2::text, $2::text || '_truncate')
+		AND t.tgparentid = 0 ORDER BY 1, 2`, mv.Schema, undoTrigger)
 	if err != nil {
 		return fmt.Errorf("list capture triggers: %w", err)
 	}
