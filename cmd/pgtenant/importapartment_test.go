@@ -237,9 +237,14 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	}
 	tamper("seed")
 
+	// Without the operator's word that the app filters by the tenant
+	// column, no shard is cut over (its tables would show every tenant's rows).
+	if code, out, errOut := pgtenant(t, "import", "cutover", "--shard", "3"); code != 1 || !strings.Contains(errOut, "55000") || !strings.Contains(errOut, "--tenant-filtered") {
+		t.Fatalf("import cutover of a schema-per-tenant import without --tenant-filtered: exit %d\n%s%s", code, out, errOut)
+	}
 	var pauses []string
 	for i, wave := range [][]string{{"--shard", "3"}, {"--shard", "0", "--shard", "1", "--parallel", "2"}, {"--all", "--parallel", "3"}} {
-		out := mustRun(t, append([]string{"import", "cutover"}, wave...)...)
+		out := mustRun(t, append([]string{"import", "cutover", "--tenant-filtered"}, wave...)...)
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 			if !strings.Contains(line, "cut over to node") {
 				t.Fatalf("cutover %v: %s", wave, out)

@@ -183,7 +183,11 @@ logical slot on its node until import finish, from which import rollback reads
 the writes it takes from then on. A canary first, then waves:
 
   pgtenant import cutover --shard 7
-  pgtenant import cutover --all --parallel 4`,
+  pgtenant import cutover --all --parallel 4
+
+From a schema per tenant (import init --schema-per-tenant) a shard's tables
+hold many tenants' rows: the app's statements must filter by the tenant column
+before its tenants are served from there, and --tenant-filtered says they do.`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			if opts.All == (len(opts.Shards) > 0) {
@@ -205,6 +209,7 @@ the writes it takes from then on. A canary first, then waves:
 	cmd.Flags().IntSliceVar(&opts.Shards, "shard", nil, "shard to cut over (repeatable)")
 	cmd.Flags().BoolVar(&opts.All, "all", false, "every copied shard not cut over yet")
 	cmd.Flags().IntVar(&opts.Parallel, "parallel", 1, "shards cut over at once")
+	cmd.Flags().BoolVar(&opts.TenantFiltered, "tenant-filtered", false, "for a legacy database with a schema per tenant: confirm that the app's statements filter by the tenant column (a shard's tables hold many tenants' rows); such a cutover is refused without it")
 	cmd.Flags().BoolVar(&opts.NoRollback, "no-rollback", false, "keep no reverse stream (a logical slot on the node per shard until import finish): import rollback then refuses the shard")
 	return cmd
 }

@@ -41,6 +41,12 @@ type CutoverOptions struct {
 	// kept on the shard's node until import finish (each holds the node's
 	// WAL since its cutover), and import rollback refuses the shard.
 	NoRollback bool
+	// TenantFiltered confirms, for an import from a schema per tenant, that
+	// the app's statements filter by the tenant column (or row-level
+	// security does): on its shard a tenant's tables also hold the shard's
+	// other tenants' rows, which a statement written for a schema of its own
+	// would read and change. Without it such a cutover is refused (55000).
+	TenantFiltered bool
 }
 
 // CutoverResult is one shard's cutover.
@@ -117,6 +123,17 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 	}
 	if imp.State != StateStreaming {
 		return nil, fmt.Errorf("import cutover: the import is %s; cutover needs every shard copied and the change stream running (pgtenant import start)", imp.State)
+	}
+	if !opts.TenantFiltered {
+		ap, err := im.apartmentOf(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ap != nil {
+			return nil, &CheckError{Problems: []Problem{{Code: "55000",
+				Message: fmt.Sprintf("the legacy database has a schema per tenant: on its shard, a tenant's tables also hold the shard's other tenants' rows, which the app's statements must filter out by %s", ap.column),
+				Hint:    fmt.Sprintf("make every statement name the tenant column (WHERE %s = current_setting('pgtenant.tenant_id')) and test the app against a canary shard, then cut over with --tenant-filtered", ap.column)}}}
+		}
 	}
 	all, err := im.shards(ctx)
 	if err != nil {
