@@ -29,7 +29,7 @@ func TestGuard(t *testing.T) {
 		{"SELECT 1; RESET search_path", true, nil},
 		{"SELECT 1; RESET ALL", false, nil},
 		{"SET pgtenant . tenant_id = 'x'", true, nil},
-		{"SET\vpgtenant.tenant_id = 'x'", true, nil}, // \v: whitespace to PostgreSQL 16+
+		{"SET\vpgtenant.tenant_id = 'x'", true, nil},              // \v: whitespace to PostgreSQL 16+
 		{"SELECT 1; --\rSET pgtenant.tenant_id = 'x'", true, nil}, // a -- comment ends at \r too
 		{"SELECT 1 -- SET ROLE x", false, nil},
 		{"SELECT 1;\vSET\vLOCAL\vrole = x", true, nil},
