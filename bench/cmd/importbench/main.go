@@ -105,10 +105,10 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}()
 	for _, name := range []string{"legacy", "n1", "n2"} {
 		c := localpg.New(filepath.Join(dir, name), 0)
-		if !c.Initialized() { // a -dir of an earlier run keeps its seeded legacy database
-			if err := c.Init(ctx); err != nil {
-				return fmt.Errorf("init %s: %w", name, err)
-			}
+		// Init of a -dir kept from an earlier run (its seeded legacy
+		// database) creates nothing and reads the cluster's port.
+		if err := c.Init(ctx); err != nil {
+			return fmt.Errorf("init %s: %w", name, err)
 		}
 		if err := c.StartOnFreePort(ctx); err != nil {
 			return fmt.Errorf("start %s: %w", name, err)
