@@ -116,8 +116,8 @@ func (m *Mover) dropSubscription(ctx context.Context, dst *pgx.Conn, mv *moveRun
 
 // dropSourceObjects drops the move's publication, slots and marker rows on the source.
 func dropSourceObjects(ctx context.Context, src *pgx.Conn, mv *moveRun) error {
-	if _, err := src.Exec(ctx, `DROP PUBLICATION IF EXISTS `+ident(repName(mv))); err != nil {
-		return fmt.Errorf("drop publication: %w", err)
+	if err := dropPublication(ctx, src, repName(mv)); err != nil {
+		return err
 	}
 	if err := dropSlots(ctx, src, mv); err != nil {
 		return err
@@ -340,3 +340,42 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 	}
 	return dropped, nil
 }
+
+// dropPublication drops publication name without failing the writers of its
+// tables. PostgreSQL builds a table's list of publications on a writer's
+// first DML after an invalidation, by reading pg_publication_rel and then each
+// publication by OID; a DROP PUBLICATION that commits in between fails that
+// writer with XX000 "cache lookup failed for publication". So each table
+// leaves the publication first, in a transaction that holds the table's SHARE
+// lock (which no writer holds at the same time; NOWAIT, so that no writer
+// queues behind it), and the publication is dropped once it has no table left.
+// A table that stays busy past the patience leaves with the drop itself.
+func dropPublication(ctx context.Context, conn *pgx.Conn, name string) error {
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname)
+		FROM pg_publication p
+		JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+		JOIN pg_class c ON c.oid = pr.prrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1
+		ORDER BY 1`, name)
+	if err != nil {
+		return fmt.Errorf("list the publication's tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list the publication's tables: %w", err)
+	}
+	for _, t := range tables {
+		err := execLockedNowait(ctx, conn, t, "SHARE", `ALTER PUBLICATION `+ident(name)+` DROP TABLE `+t, dropPublicationPatience)
+		if err != nil && !isPgCode(err, "55P03") && !isPgCode(err, "42704") && !isPgCode(err, "42P01") {
+			return fmt.Errorf("remove %s from publication %s: %w", t, name, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `DROP PUBLICATION IF EXISTS `+ident(name)); err != nil {
+		return fmt.Errorf("drop publication: %w", err)
+	}
+	return nil
+}
+
+// dropPublicationPatience bounds how long dropPublication waits for a busy table.
+const dropPublicationPatience = 10 * time.Second

@@ -367,24 +367,7 @@ func (e errUndone) Unwrap() error { return e.error }
 // only once it holds it, retrying for up to dropTriggerPatience while the
 // table is in use. No writer ever queues behind it.
 func dropTriggerNowait(ctx context.Context, conn *pgx.Conn, table, name string) error {
-	deadline := time.Now().Add(dropTriggerPatience)
-	delay := 2 * time.Millisecond
-	for {
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `LOCK TABLE `+table+` IN ACCESS EXCLUSIVE MODE NOWAIT`); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, `DROP TRIGGER IF EXISTS `+ident(name)+` ON `+table)
-			return err
-		})
-		if err == nil || !isPgCode(err, "55P03") || time.Now().After(deadline) {
-			return err
-		}
-		if err := sleep(ctx, delay); err != nil {
-			return err
-		}
-		delay = min(2*delay, 50*time.Millisecond)
-	}
+	return execLockedNowait(ctx, conn, table, "ACCESS EXCLUSIVE", `DROP TRIGGER IF EXISTS `+ident(name)+` ON `+table, dropTriggerPatience)
 }
 
 // dropTriggerPatience bounds how long dropTriggerNowait retries a busy table.
