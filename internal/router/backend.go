@@ -873,6 +873,10 @@ func (ss *session) releaseBackend() {
 		be.MarkBroken()
 		ss.unsynced = false
 	}
+	if ss.dropBackend {
+		be.MarkBroken() // its prepared statements were changed behind the router's back
+		ss.dropBackend = false
+	}
 	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
@@ -1033,6 +1037,11 @@ func (ss *session) drain(all bool) error {
 		case wire.MsgErrorResponse:
 			if sev := wire.ErrorSeverity(body); sev == "FATAL" || sev == "PANIC" {
 				return ss.backendFatal(body)
+			}
+			if e.name != "" && (e.kind == eBind || e.kind == eDescS) {
+				if b := ss.stmtsDropped(e.name, body); b != nil {
+					body = b // the router's error instead
+				}
 			}
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
