@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -67,6 +68,12 @@ type Config struct {
 	// RESET ALL and DISCARD ALL come back to it rather than to the
 	// connection's user. Empty means the connection's user.
 	Role string
+	// Params are startup parameters sent with every connection, over the
+	// DSN's. They take precedence over the role's and the database's own
+	// settings (ALTER ROLE/DATABASE ... SET), and RESET, RESET ALL and
+	// DISCARD ALL come back to them. A server that reports another value
+	// for one of them at connect fails the connect. Nil means none.
+	Params map[string]string
 }
 
 func (c Config) withDefaults() Config {
@@ -392,6 +399,9 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if role := p.conf().Role; role != "" {
 		cfg.RuntimeParams["role"] = role
 	}
+	for k, v := range p.conf().Params {
+		cfg.RuntimeParams[k] = v
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.conf().ConnectTimeout)
 	defer cancel()
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
@@ -401,6 +411,12 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if err := pc.SyncConn(ctx); err != nil {
 		pc.Close(ctx)
 		return nil, fmt.Errorf("sync conn: %w", err)
+	}
+	for k, v := range p.conf().Params {
+		if got := pc.ParameterStatus(k); got != "" && !strings.EqualFold(got, v) {
+			pc.Close(ctx)
+			return nil, fmt.Errorf("startup parameter %s: the server reports %q, want %q", k, got, v)
+		}
 	}
 	h, err := pc.Hijack()
 	if err != nil {

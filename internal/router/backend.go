@@ -537,11 +537,15 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 }
 
 // sendSetup sends a setup deferred by ensureBackend before statement info
-// runs: with the statement when it can share a transaction with it (DML),
-// when a transaction with local settings is already open, or part way
+// runs: with the statement when it can share a transaction with it (DML
+// being bound), when a transaction with local settings is already open, or part way
 // through a pipeline (setupEach); else as a Query of its own. With
 // setupEach, the settings are sent again when the backend's session values
-// are not the session's. Nothing is sent before a transaction control
+// are not the session's. Before a Parse or Describe (bind false) of DML the
+// setup goes as a Query of its own too: the statement the client binds next
+// may be another one, which must not find an implicit transaction block the
+// router opened (VACUUM refuses one, and from PostgreSQL 18 on a procedure
+// that commits fails in one: see sendQuerySetup). Nothing is sent before a transaction control
 // statement, which reads no table, or in an aborted transaction, where the
 // server would refuse the setup and skip the client's ROLLBACK with it: the
 // setup waits for the next statement. A Parse or Describe (bind false)
@@ -552,7 +556,7 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 	if !ss.setupWanted(info, bind) {
 		return
 	}
-	if info.dml || (ss.setupLocal && ss.localOpen) || ss.setupEach {
+	if (info.dml && bind) || (ss.setupLocal && ss.localOpen) || ss.setupEach {
 		ss.writeSetup()
 	} else {
 		ss.flushSetup()
@@ -869,6 +873,10 @@ func (ss *session) releaseBackend() {
 		be.MarkBroken()
 		ss.unsynced = false
 	}
+	if ss.dropBackend {
+		be.MarkBroken() // its prepared statements were changed behind the router's back
+		ss.dropBackend = false
+	}
 	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
@@ -1030,6 +1038,11 @@ func (ss *session) drain(all bool) error {
 			if sev := wire.ErrorSeverity(body); sev == "FATAL" || sev == "PANIC" {
 				return ss.backendFatal(body)
 			}
+			if e.name != "" && (e.kind == eBind || e.kind == eDescS) {
+				if b := ss.stmtsDropped(e.name, body); b != nil {
+					body = b // the router's error instead
+				}
+			}
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
 				ss.relay(typ, body)
@@ -1101,6 +1114,9 @@ func (ss *session) drain(all bool) error {
 				// router checks it (lexsafe.go): end the session and close
 				// the backend.
 				return ss.backendFatal(wire.AppendError(nil, werr)[5:]) // the body, without type and length
+			}
+			if paramStatusHidden(body) && !ss.ownsPath() {
+				continue // the router's own search_path (PostgreSQL 18 reports it)
 			}
 			ss.relay(typ, body)
 			continue

@@ -167,3 +167,12 @@ func lexParamStatus(body []byte) *wire.Error {
 	e.Severity = "FATAL"
 	return e
 }
+
+// paramStatusHidden reports whether a ParameterStatus the backend sent is
+// of search_path, which PostgreSQL 18 reports to clients (GUC_REPORT) on
+// every change: the router's shard path, set and reverted with every
+// transaction, is not the client's to see unless the client set its own
+// (session mode, ownsPath). Before 18 clients never saw it either.
+func paramStatusHidden(body []byte) bool {
+	return len(body) > len("search_path") && string(body[:len("search_path")+1]) == "search_path\x00"
+}

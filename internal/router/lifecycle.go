@@ -197,5 +197,17 @@ func (s *Server) poolConfig(pc PoolConfig) pool.Config {
 	return pool.Config{
 		MaxSize: pc.MaxSize, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout, MaxLifetime: pc.MaxLifetime,
 		WaitTimeout: pc.WaitTimeout, ConnectTimeout: pc.ConnectTimeout, CheckIdle: pc.CheckIdle, MaxMessage: s.cfg.MaxMessage,
+		Params: backendParams(),
 	}
+}
+
+// backendParams are the startup parameters of every backend connection:
+// the server then reads statement text as the router's lexer does
+// (lexsafe.go), whatever the node role's or database's own settings (ALTER
+// ROLE ... SET standard_conforming_strings = off, or client_encoding =
+// 'SJIS', which a backend would otherwise start with), and RESET or
+// DISCARD ALL come back to these values. A change later is seen in its
+// ParameterStatus (lexParamStatus).
+func backendParams() map[string]string {
+	return map[string]string{"standard_conforming_strings": "on", "client_encoding": "UTF8"}
 }

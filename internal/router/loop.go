@@ -1194,12 +1194,13 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if prep := ss.noteSQLStmts(def.guard); prep != nil {
 		ss.portalPrep, ss.portalPrepName = prep, string(bm.Portal)
 	}
-	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, ss.serverStmt(def), bm.Rest)
+	name := ss.serverStmt(def)
+	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
 	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
-	ss.push(expect{kind: eBind})
+	ss.push(expect{kind: eBind, name: name})
 	return nil
 }
 
@@ -1295,9 +1296,10 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	}
 	ss.sendSetup(&def.info, false)
 	ss.ensurePrepared(def)
-	ss.out = wire.AppendTarget(ss.out[:0], 'S', ss.serverStmt(def))
+	server := ss.serverStmt(def)
+	ss.out = wire.AppendTarget(ss.out[:0], 'S', server)
 	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)
-	ss.push(expect{kind: eDescS})
+	ss.push(expect{kind: eDescS, name: server})
 	return nil
 }
 

@@ -76,6 +76,8 @@ func (r *tc) recv(n int) string {
 		case *pgproto3.ReadyForQuery:
 			out = append(out, "Z"+string(m.TxStatus))
 			n--
+		case *pgproto3.ParameterStatus:
+			out = append(out, "S("+m.Name+"="+m.Value+")")
 		case *pgproto3.NoticeResponse:
 		case *pgproto3.RowDescription, *pgproto3.NoData, *pgproto3.ParameterDescription:
 		default:

@@ -172,6 +172,9 @@ type session struct {
 	skipToSync   bool
 	// closing: the backend sent a FATAL error, relayed; the session ends.
 	closing bool
+	// dropBackend: the attached backend lost the router's prepared
+	// statements behind its back (stmtsDropped); it is closed when released.
+	dropBackend bool
 	// held is a backend message (type byte, then body) that copyIn read
 	// and drain handles next; copyDiscard drops the client's COPY data up
 	// to its CopyDone or CopyFail, the server having ended the COPY.
