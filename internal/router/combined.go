@@ -36,6 +36,11 @@ func (ss *session) combinedSetup(info *stmtInfo, newSet *setting) int {
 		!(ss.cleanDue || (ss.setupDue && ss.setupLocal)) {
 		return 0
 	}
+	if ss.setupDue && !ss.clientUTF8() && !(isASCII(ss.setupPath) && isASCII(ss.setupTenant)) {
+		// The server would read the prefix in another client encoding:
+		// error positions could not be moved back by a character count.
+		return 0
+	}
 	n := 0
 	ss.pre = ss.pre[:0]
 	if ss.cleanDue {
@@ -61,6 +66,28 @@ func (ss *session) combinedSetup(info *stmtInfo, newSet *setting) int {
 		n++
 	}
 	return n
+}
+
+// clientUTF8 reports whether the session's client encoding is UTF-8 (no
+// client_encoding among its settings; one set to UTF8 counts as another,
+// to be safe).
+func (ss *session) clientUTF8() bool {
+	for _, st := range ss.sets {
+		if st.name == "client_encoding" {
+			return false
+		}
+	}
+	return true
+}
+
+// isASCII reports whether s holds only ASCII characters.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // appendQuoteLiteral appends s as an SQL string literal (see quoteLiteral).
