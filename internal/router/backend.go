@@ -985,6 +985,24 @@ func (ss *session) drain(all bool) error {
 			ss.backendFailed(err)
 			continue
 		}
+		if e.skip > 0 {
+			// The answers of the router's statements ahead of the client's
+			// in the same Query (see combined.go).
+			switch typ {
+			case wire.MsgRowDescription, wire.MsgDataRow:
+				continue
+			case wire.MsgCommandComplete:
+				e.skip--
+				continue
+			case wire.MsgErrorResponse:
+				e.skip = 0 // the whole Query failed: the client's error
+			}
+		}
+		if e.posShift > 0 && (typ == wire.MsgErrorResponse || typ == wire.MsgNotice) {
+			if nb, moved := shiftPosition(body, e.posShift, ss.errBuf); moved {
+				body, ss.errBuf = nb, nb[:0]
+			}
+		}
 		switch typ {
 		case wire.MsgReadyForQuery:
 			if len(body) == 1 {

@@ -612,10 +612,14 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	// one open with every answer read. Elsewhere nothing of the router's own
 	// may precede the Query unsynced (see sendQuerySetup).
 	inBlock := (deferred && ss.pendingBegin == "") || (ss.status != 'I' && !ss.backendPending())
-	if inBlock {
+	nPre := 0
+	switch {
+	case inBlock:
 		ss.sendSetup(&info, true)
-	} else {
-		ss.sendQuerySetup(&info)
+	default:
+		if nPre = ss.combinedSetup(&info, newSet); nPre == 0 {
+			ss.sendQuerySetup(&info)
+		}
 	}
 	if ss.localOpen && info.txnThenMore {
 		return txnThenMoreError()
@@ -631,8 +635,13 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync, swallow: true})
 	}
-	wire.WriteFrame(be.W, wire.MsgQuery, body)
-	ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g)})
+	if nPre > 0 {
+		ss.writeCombinedQuery(body)
+		ss.push(expect{kind: eQuery, skip: uint8(nPre), posShift: ss.prefixChars()})
+	} else {
+		wire.WriteFrame(be.W, wire.MsgQuery, body)
+		ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g)})
+	}
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
 			return ss.clientFailed(err)

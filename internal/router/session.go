@@ -76,6 +76,11 @@ type expect struct {
 	// PREPARE, in order: each CommandComplete PREPARE records the first in
 	// session.sqlStmts.
 	prep []string
+	// skip counts the router's own statements at the start of this
+	// Query's text whose answers are not relayed; posShift is the length
+	// of that prefix in characters (see combined.go).
+	skip     uint8
+	posShift int
 }
 
 const (
@@ -201,6 +206,10 @@ type session struct {
 	// mode and may hold another client's temporary objects; DISCARD TEMP
 	// goes before this client's first statement on it (see isolation.go).
 	cleanDue bool
+	// pre is the prefix of a combined Query (see combined.go).
+	pre []byte
+	// errBuf holds an ErrorResponse body whose position was moved.
+	errBuf []byte
 	// setupDue: the attached backend still needs setupPath (a quoted
 	// identifier; "" when its search_path is right already) and
 	// setupTenant, sent by writeSetup or flushSetup.

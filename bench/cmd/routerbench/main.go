@@ -46,7 +46,11 @@ type options struct {
 	scripts                                           string
 	rounds                                            int
 	cpuprofile                                        string
-	only, workloads                                   []string
+	// trace is the file of a Go execution trace of the first pgtenant case;
+	// strace the directory of `strace -c` summaries: every case of round 1
+	// runs once more under strace, for system calls per transaction.
+	trace, strace   string
+	only, workloads []string
 	// variants are runtime settings under which every router case runs
 	// again, right after the case without them (see applyVariant).
 	variants []string
@@ -71,6 +75,8 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 1, "run every case this many times, interleaved (round 1 of every target, then round 2, …), to expose noise")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process routers) taken during the pgtenant cases to this file")
 	var only string
+	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace (go tool trace) of this process taken during the first pgtenant case to this file")
+	flag.StringVar(&o.strace, "strace", "", "directory: run every case of round 1 once more under strace -c -f attached to the proxy, and print its system calls per transaction")
 	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\"); empty means all")
 	var workloads string
 	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (\"1 query\", \"1 stmt\", \"2 stmts\", \"4 stmts\"); empty means all")
@@ -321,6 +327,8 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		defer prof.Close()
 	}
 	var results []result
+	var straced []straceResult
+	traceFile := o.trace
 	for round := 1; round <= max(o.rounds, 1); round++ {
 		for _, mode := range o.modes {
 			var targets []target
@@ -384,6 +392,13 @@ func run(ctx context.Context, o options, w io.Writer) error {
 						profiling = false
 					}
 				}
+				var stopTrace func()
+				if traceFile != "" && strings.HasPrefix(tg.name, "pgtenant") {
+					if stopTrace, err = startTrace(traceFile); err != nil {
+						return err
+					}
+					traceFile = "" // the first pgtenant case only
+				}
 				restore := func() {}
 				if tg.variant != "" {
 					restore, _ = applyVariant(tg.variant) // checked in main
@@ -421,8 +436,37 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					prof.Close()
 					prof = nil
 				}
+				if stopTrace != nil {
+					stopTrace()
+				}
 				if err != nil {
 					return fmt.Errorf("pgbench %s %s %s: %w", mode, tg.name, tg.script, err)
+				}
+				if o.strace != "" && round == 1 && tg.variant == "" && tg.name != "direct" {
+					pid := os.Getpid()
+					if !strings.HasPrefix(tg.name, "pgtenant") {
+						pid = bouncerPID
+					}
+					if err := os.MkdirAll(o.strace, 0o755); err != nil {
+						return err
+					}
+					file := straceFile(o.strace, mode, tg.name, tg.workload)
+					done, err := startStrace(ctx, pid, file)
+					if err != nil {
+						return err
+					}
+					sr, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
+					counts, serr := done()
+					if err != nil {
+						return fmt.Errorf("pgbench under strace %s %s %s: %w", mode, tg.name, tg.script, err)
+					}
+					if serr != nil {
+						return serr
+					}
+					if pid == os.Getpid() {
+						excludeLibpq(counts)
+					}
+					straced = append(straced, straceResult{mode: mode, target: tg.name, workload: tg.workload, txns: sr.txns, counts: counts})
 				}
 				r.mode, r.target, r.workload, r.round = mode, tg.name, tg.workload, round
 				results = append(results, r)
@@ -432,6 +476,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	if len(results) > 0 {
 		printTable(w, results, o)
 	}
+	printStrace(w, straced)
 	if len(o.many) > 0 || o.latency {
 		// The router last: runLatency measures its saturation.
 		proxies := []proxyTarget{
