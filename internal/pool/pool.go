@@ -72,7 +72,8 @@ type Config struct {
 	// DSN's. They take precedence over the role's and the database's own
 	// settings (ALTER ROLE/DATABASE ... SET), and RESET, RESET ALL and
 	// DISCARD ALL come back to them. A server that reports another value
-	// for one of them at connect fails the connect. Nil means none.
+	// for one of them at connect fails the connect (compared ignoring case:
+	// give values as the server reports them, "UTF8", "on"). Nil means none.
 	Params map[string]string
 }
 

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -173,5 +174,38 @@ func TestSetConfigResizes(t *testing.T) {
 	b.Release()
 	if st := p.Stats(); st.Total != 1 || st.Idle != 1 || st.Closed != 1 || st.MaxSize != 1 {
 		t.Fatalf("shrunk: %+v", st)
+	}
+}
+
+// Config.Params go with every connection's startup, over the database's own
+// settings, and a server reporting another value fails the connect.
+func TestParams(t *testing.T) {
+	ctx := context.Background()
+	dsn := srv.NewDatabase(t)
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := c.Config().Database
+	if _, err := c.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" SET standard_conforming_strings = off"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	p := New("n1", dsn, Config{MaxSize: 1, Params: map[string]string{"standard_conforming_strings": "on"}}, nil)
+	defer p.Close()
+	a, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Params["standard_conforming_strings"]; got != "on" {
+		t.Fatalf("standard_conforming_strings %q, want on over the database's off", got)
+	}
+	a.Release()
+	// The server reports DateStyle as "ISO, MDY": not the value asked for.
+	q := New("n1", dsn, Config{MaxSize: 1, Params: map[string]string{"DateStyle": "iso"}}, nil)
+	defer q.Close()
+	var ce *ConnectError
+	if _, err := q.Acquire(ctx); !errors.As(err, &ce) || !strings.Contains(err.Error(), "startup parameter DateStyle") {
+		t.Fatalf("a reported value unlike the one asked for: %v, want a ConnectError", err)
 	}
 }
