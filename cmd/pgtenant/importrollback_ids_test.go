@@ -155,3 +155,79 @@ func TestImportRollbackTriggerNode(t *testing.T) {
 	t.Logf("%d writes of the shard's tenants, %d of the others; client max latency %s, %s",
 		len(l.acks), len(o.acks), max(l.maxLat, o.maxLat).Round(time.Millisecond), uptimeLoad())
 }
+
+// TestImportRollbackCollision (issue 12): a key written on the node since
+// the cutover that the legacy database holds too (here a legacy row given
+// that id by hand) stops import rollback with 23505, the table and the key,
+// before anything is lost: the shard stays served by its node with every
+// write, the rows are not skipped; once the legacy row is gone, the
+// rollback resumes and every acknowledged write is on the legacy database
+// exactly once.
+func TestImportRollbackCollision(t *testing.T) {
+	addr, legacy, _, all, _ := importUnderLedger(t, 40, 4)
+	const shard = 3
+	mine := shardTenants(t, shard)
+	var other string
+	for _, id := range all {
+		if !slices.Contains(mine, id) {
+			other = id
+		}
+	}
+	l := startLedger(t, addr, mine, 2, "mine")
+	l.waitWrites(t, 20)
+	mustRun(t, "import", "cutover", "--shard", fmt.Sprint(shard))
+	l.waitWrites(t, 50) // on the node
+
+	ctx := context.Background()
+	rc, err := pgx.Connect(ctx, fmt.Sprintf("postgres://app@%s/app?sslmode=disable", addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close(ctx)
+	if _, err := rc.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, false)`, mine[0]); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := rc.QueryRow(ctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, 'on the node', 'Node', 1) RETURNING id`, mine[0]).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close(ctx)
+	if _, err := lc.Exec(ctx, `INSERT INTO buildings (id, tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'same id on the legacy database', 'Legacy', 1)`, id, other); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errOut := pgtenant(t, "import", "rollback", "--shard", fmt.Sprint(shard))
+	if code == 0 || !strings.Contains(errOut, "23505") || !strings.Contains(errOut, fmt.Sprintf("(id)=(%d)", id)) || !strings.Contains(errOut, "buildings") ||
+		!strings.Contains(errOut, "hint:") || !strings.Contains(errOut, "nothing was lost") {
+		t.Fatalf("import rollback with a legacy row holding a node's id: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Log(strings.TrimSpace(errOut))
+	// Still on the node, with every write so far.
+	var path string
+	if err := rc.QueryRow(ctx, `SHOW search_path`).Scan(&path); err != nil || !strings.Contains(path, fmt.Sprintf("shard_%04d", shard)) {
+		t.Fatalf("search_path after the refused rollback %q, %v (want the shard's schema)", path, err)
+	}
+	l.waitWrites(t, 30)
+
+	if _, err := lc.Exec(ctx, `DELETE FROM buildings WHERE id = $1 AND city = 'Legacy'`, id); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := pgtenant(t, "import", "rollback", "--shard", fmt.Sprint(shard)); code != 0 {
+		t.Fatalf("import rollback again: exit %d\n%s%s", code, out, errOut)
+	}
+	l.waitWrites(t, 30)
+	l.finish(t)
+	got := ledgerRows(t, legacy, "public")
+	for _, a := range l.acks {
+		if got[a] != 1 {
+			t.Errorf("acknowledged write %q of %q is on the legacy database %d times", a.name, a.tenant, got[a])
+		}
+	}
+	if n := nodeInt(t, legacy, fmt.Sprintf(`SELECT count(*) FROM buildings WHERE id = %d AND name = 'on the node'`, id)); n != 1 {
+		t.Errorf("the node's row with the colliding id: %d on the legacy database", n)
+	}
+}
