@@ -32,7 +32,8 @@ import (
 // legacy transaction that records its position in the legacy database's
 // pgtenant_stream.position, so a rollback killed at any point resumes with
 // nothing lost or applied twice. Then the fence, a marker through the
-// reverse stream, the legacy sequences set past the node's, and a flip that
+// reverse stream, the legacy sequences set past the node's id block
+// (idblocks.go), and a flip that
 // serves the shard from the legacy database again: state 'copied' with the
 // legacy WAL position read after the last write back as its copy_lsn, so the
 // forward stream applies to the node only what the legacy database takes
