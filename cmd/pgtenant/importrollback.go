@@ -19,8 +19,12 @@ func newImportRollbackCmd(a *app) *cobra.Command {
 		Long: `Move a cut-over shard back to the legacy database while import start follows
 the changes: the shard's writes on its node since the cutover are read from the
 node (a logical slot the cutover created) and written back to the legacy tables,
-then the shard is fenced like a cutover, the last writes come through, the
-legacy sequences are set past the node's, and the catalog serves the shard from
+(or, for an import by --method trigger onto a node without logical
+replication, from capture triggers the cutover installed on the node's shard
+tables), then the shard is fenced like a cutover, the last writes come through,
+the legacy sequences are set past the shard's id block on the node (ids stay
+unique both ways; a key the legacy database holds stops the rollback with
+23505 before anything is lost), and the catalog serves the shard from
 the legacy database again. Its copy on the node is kept up to date by the
 change stream from then on, so it can be cut over again later. Possible until
 import finish.`,

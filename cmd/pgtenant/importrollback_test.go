@@ -22,10 +22,18 @@ import (
 // DSNs, the tenant ids and a function that stops import start.
 func importUnderLedger(t *testing.T, n, shards int) (addr, legacy string, nodes []string, ids []string, stopStart func()) {
 	t.Helper()
+	return importUnderLedgerWith(t, n, shards, "logical", nodeB.NewDatabase)
+}
+
+// importUnderLedgerWith is importUnderLedger with the import's method
+// (logical or trigger: import init and import start --method) and the
+// nodes' databases made by newNode.
+func importUnderLedgerWith(t *testing.T, n, shards int, method string, newNode func(testing.TB) string) (addr, legacy string, nodes []string, ids []string, stopStart func()) {
+	t.Helper()
 	t.Chdir(t.TempDir())
 	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
 	mustRun(t, "init", "--shards", fmt.Sprint(shards))
-	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
+	n1, n2 := newNode(t), newNode(t)
 	mustRun(t, "node", "add", "n1", n1)
 	mustRun(t, "node", "add", "n2", n2)
 	mustRun(t, "shard", "create")
@@ -34,7 +42,7 @@ func importUnderLedger(t *testing.T, n, shards int) (addr, legacy string, nodes 
 	for _, r := range demo.LegacyRules {
 		mustRun(t, append([]string{"table", "set"}, r...)...)
 	}
-	mustRun(t, "import", "init", "--from", legacy, "--register-tenants")
+	mustRun(t, "import", "init", "--from", legacy, "--register-tenants", "--method", method)
 	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
 	mustRun(t, "reference", "migrate", "--dir", "db/reference")
 	mustRun(t, "migrate", "up", "--dir", "db/migrations")
@@ -43,7 +51,7 @@ func importUnderLedger(t *testing.T, n, shards int) (addr, legacy string, nodes 
 	done := make(chan string, 1)
 	go func() {
 		var out, errOut syncBuffer
-		code := run(sctx, []string{"import", "start", "--parallel", "2"}, strings.NewReader(""), &out, &errOut)
+		code := run(sctx, []string{"import", "start", "--parallel", "2", "--method", method}, strings.NewReader(""), &out, &errOut)
 		done <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
 	}()
 	waitStreaming(t, done)
@@ -62,11 +70,12 @@ func importUnderLedger(t *testing.T, n, shards int) (addr, legacy string, nodes 
 	return addr, legacy, []string{n1, n2}, ids, stopStart
 }
 
-// waitStreaming waits until import status says the stream runs.
+// waitStreaming waits until import status says the stream (or, for the
+// trigger method, the queue's follower) runs.
 func waitStreaming(t *testing.T, done <-chan string) {
 	t.Helper()
 	for i := 0; ; i++ {
-		if out := mustRun(t, "import", "status"); strings.Contains(out, ": streaming;") && strings.Contains(out, "(streaming: true)") {
+		if out := mustRun(t, "import", "status"); strings.Contains(out, ": streaming;") && (strings.Contains(out, "(streaming: true)") || strings.Contains(out, "(following: true)")) {
 			return
 		}
 		select {

@@ -214,12 +214,16 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return err
 	}
+	ids, err := im.idPlan(ctx, node, s.Shard, pairs) // idblocks.go
+	if err != nil {
+		return err
+	}
 	// Off the pause: the stream runs and is caught up, and the sequences are
 	// set once (under the fence they move only by what was written since).
 	if r.Lag, err = im.waitCaughtUp(ctx, legacy, node, imp.Slot, s.Shard, opts); err != nil {
 		return err
 	}
-	if err := syncSequences(ctx, legacy, node, pairs); err != nil {
+	if err := syncSequences(ctx, legacy, node, pairs, ids); err != nil {
 		return err
 	}
 	// The reverse stream's slot on the node, for import rollback: created
@@ -227,7 +231,16 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	// transactions); it starts reading at the node's position at the flip.
 	var revSlot *string
 	if !opts.NoRollback {
-		if revSlot, err = im.prepareReverse(ctx, legacy, node, imp, s); err != nil {
+		if revSlot, err = im.prepareReverse(ctx, legacy, node, imp, s); err != nil && imp.Method == MethodTrigger {
+			// No logical replication on the node: capture triggers there (rollback_queue.go).
+			var qerr error
+			if revSlot, qerr = im.prepareReverseQueue(ctx, legacy, node, imp, s); qerr == nil {
+				err = nil
+			} else {
+				err = errors.Join(err, qerr)
+			}
+		}
+		if err != nil {
 			im.logger.Warn("cutover: no reverse stream; this shard cannot be rolled back with import rollback", "shard", s.Shard, "node", s.Node, "err", err)
 		}
 	}
@@ -249,13 +262,16 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return fail(err)
 	}
-	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, last, opts)
+	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts)
 	if err != nil {
+		return fail(err)
+	}
+	if err := markReverseCut(fctx, node, revSlot); err != nil { // rollback_queue.go
 		return fail(err)
 	}
 	r.Marked = time.Since(t0)
 	var revLSN *string
-	if revSlot != nil {
+	if revSlot != nil && !isReverseQueue(*revSlot) {
 		l := nodeLSN.String()
 		revLSN = &l
 	}
@@ -482,10 +498,11 @@ func sequencePairs(ctx context.Context, legacy, node *pgx.Conn, legacySchema, sc
 	return out, nil
 }
 
-// syncSequences sets each shard sequence to its legacy sequence's value
-// when that is higher, so ids the shard hands out next are past every id
-// copied: one round trip to each side.
-func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair) error {
+// syncSequences sets each shard sequence to the start of the shard's id
+// block past its legacy sequence's value (ids.nodeStarts) when that is
+// higher, so ids the shard hands out next are past every id copied: one
+// round trip to each side.
+func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair, ids *idPlan) error {
 	if len(pairs) == 0 {
 		return nil
 	}
@@ -501,7 +518,7 @@ func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair)
 	if err != nil {
 		return fmt.Errorf("read the legacy sequences: %w", err)
 	}
-	return setSequences(ctx, node, pairs, last)
+	return setSequences(ctx, node, pairs, ids.nodeStarts(last))
 }
 
 // setSequences sets each shard sequence of pairs to last[i] when that is

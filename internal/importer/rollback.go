@@ -24,13 +24,16 @@ import (
 // the fence it reads the node's WAL position with the marker, past every
 // change the forward stream applied for the shard, and stores it with the
 // slot's name in import_shards (reverse_lsn, reverse_slot) in the flip's
-// transaction. Rollback streams from that position (internal/stream): each
+// transaction. (Without logical replication on the node, an import by
+// trigger captures the shard's changes there with triggers instead:
+// rollback_queue.go.) Rollback streams from that position (internal/stream): each
 // change of the shard's tables is written to the legacy table of the same
 // name, rows as they are (the tenant column is in them), each batch in one
 // legacy transaction that records its position in the legacy database's
 // pgtenant_stream.position, so a rollback killed at any point resumes with
 // nothing lost or applied twice. Then the fence, a marker through the
-// reverse stream, the legacy sequences set past the node's, and a flip that
+// reverse stream, the legacy sequences set past the node's id block
+// (idblocks.go), and a flip that
 // serves the shard from the legacy database again: state 'copied' with the
 // legacy WAL position read after the last write back as its copy_lsn, so the
 // forward stream applies to the node only what the legacy database takes
@@ -108,10 +111,21 @@ func (im *Importer) prepareReverse(ctx context.Context, legacy, node *pgx.Conn, 
 	return &slot, nil
 }
 
-// dropReverse drops a shard's reverse slot and publication on its node and
-// forgets the reverse stream's position on the legacy database.
+// dropReverse drops a shard's reverse slot and publication, or its capture
+// queue, on its node and forgets the rollback's position on the legacy
+// database.
 func dropReverse(ctx context.Context, legacy, node *pgx.Conn, shard int, slot string) error {
-	if slot != "" {
+	// A capture queue (rollback_queue.go), also one a failed cutover left:
+	// its schema holds the trigger functions, so the triggers go with it.
+	if _, err := node.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{reverseQueueSchema(shard)}.Sanitize()+` CASCADE`); err != nil {
+		return fmt.Errorf("drop schema %s: %w", reverseQueueSchema(shard), err)
+	}
+	if legacy != nil && isReverseQueue(slot) {
+		if _, err := legacy.Exec(ctx, `DELETE FROM pgtenant_stream.reverse_queue WHERE name = $1`, reverseQueueSchema(shard)); err != nil && !isUndefinedTable(err) {
+			return fmt.Errorf("forget the rollback's position: %w", err)
+		}
+	}
+	if slot != "" && !isReverseQueue(slot) {
 		if err := stream.DropSlot(ctx, node, slot); err != nil {
 			return err
 		}
@@ -146,8 +160,12 @@ type RollbackResult struct {
 	Pause, Fenced, Marked, Flipped, Lag time.Duration
 }
 
-// ErrNoReverse: the shard was cut over without a reverse slot.
-var ErrNoReverse = errors.New("the shard was cut over without a reverse stream (its node's role may lack REPLICATION, or wal_level is not logical there), so its writes since cannot be read back")
+// ErrNoReverse: the shard was cut over without a reverse slot or capture
+// queue on its node.
+var ErrNoReverse = errors.New("the shard was cut over without a way back: with --no-rollback, or, for an import by logical replication, " +
+	"onto a node without logical replication (wal_level is not logical there, or the node's role lacks REPLICATION), so its writes since cannot be read back " +
+	"(an import by --method trigger captures them with triggers on such a node instead; the cutover's log says why it kept none); " +
+	"the shard stays on its node: it is served there with nothing lost")
 
 // Rollback serves a cut-over shard from the legacy database again, with
 // every write its node took since the cutover (see the comment at the top of
@@ -191,8 +209,11 @@ func (im *Importer) Rollback(ctx context.Context, opts RollbackOptions) (*Rollba
 	if err := im.cat.Pool().QueryRow(ctx, `SELECT reverse_slot, reverse_lsn::text FROM pgtenant.import_shards WHERE shard = $1`, s.Shard).Scan(&slot, &startText); err != nil {
 		return nil, fmt.Errorf("import rollback: %w", err)
 	}
-	if slot == nil || startText == nil {
+	if slot == nil || (startText == nil && !isReverseQueue(*slot)) {
 		return nil, fmt.Errorf("import rollback: shard %d: %w", s.Shard, ErrNoReverse)
+	}
+	if startText == nil {
+		startText = new(string)
 	}
 	res := &RollbackResult{Shard: s.Shard, Node: s.Node}
 	err = im.rollback(ctx, imp, *s, *slot, *startText, co, res)
@@ -202,6 +223,17 @@ func (im *Importer) Rollback(ctx context.Context, opts RollbackOptions) (*Rollba
 		return res, fmt.Errorf("import rollback: shard %d: %w", s.Shard, err)
 	}
 	return res, nil
+}
+
+// reverser writes the node's changes of a shard back to the legacy
+// database: a logical stream from the reverse slot (logicalReverser) or
+// rounds over a capture queue on the node (queueReverser, rollback_queue.go).
+type reverser interface {
+	// round writes back what the node committed for the shard before it
+	// began, and returns how long that took.
+	round(ctx context.Context) (time.Duration, error)
+	// changes counts the row changes written back.
+	changes() int64
 }
 
 func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, slot, startText string, opts CutoverOptions, res *RollbackResult) error {
@@ -223,90 +255,43 @@ func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, 
 		return fmt.Errorf("connect to the legacy database: %w", err)
 	}
 	defer applyConn.Close(context.Background())
-	if err := stream.EnsurePositionTable(ctx, applyConn); err != nil {
-		return fmt.Errorf("legacy database: %w", err)
-	}
-	start, err := stream.ParseLSN(startText)
-	if err != nil {
-		return fmt.Errorf("reverse_lsn: %w", err)
-	}
-	if pos, ok, err := stream.LoadPosition(ctx, applyConn, reverseName(s.Shard)); err != nil {
-		return fmt.Errorf("legacy database: %w", err)
-	} else if ok && pos > start {
-		start = pos // a rollback that died wrote back up to here
-	}
 	pairs, err := im.seqPairs(ctx, legacy, node, imp, s)
 	if err != nil {
 		return err
 	}
-
-	rev := &reverseApplier{shard: s.Shard, seen: map[int64]bool{}, wake: make(chan struct{}),
-		ta: &stream.TableApplier{Conn: applyConn, Name: reverseName(s.Shard), Target: func(rel *stream.Relation) (string, string, bool) {
-			return imp.LegacySchema, rel.Table, rel.Schema == s.Schema
-		}}}
-	if rev.transform, err = im.reverseTransform(ctx, s.Schema); err != nil {
+	ids, err := im.idPlan(ctx, node, s.Shard, pairs) // idblocks.go
+	if err != nil {
 		return err
-	} else if rev.transform != nil { // a schema per tenant: rows go to their tenant's schema
-		rev.ta.Target = func(rel *stream.Relation) (string, string, bool) {
-			return rel.Schema, rel.Table, rel.Schema != "pgtenant_stream"
-		}
 	}
-	sctx, stop := context.WithCancel(ctx)
-	streamDone := make(chan error, 1)
-	go func() {
-		st := stream.New(stream.Config{DSN: s.NodeDSN, Slot: slot, Publications: []string{reverseName(s.Shard)}, Start: start, Applier: rev, Logger: im.logger})
-		streamDone <- st.Run(sctx)
-	}()
-	stopped := false
-	stopStream := func() {
-		if !stopped {
-			stopped = true
-			stop()
-			<-streamDone
+	var rev reverser
+	if isReverseQueue(slot) {
+		if rev, err = im.openQueueReverser(ctx, applyConn, node, imp, s, slot); err != nil {
+			return err
 		}
-	}
-	defer stopStream()
-	waitFor := func(ctx context.Context, seq int64) error {
-		deadline := time.NewTimer(opts.MarkerTimeout)
-		defer deadline.Stop()
-		for {
-			wake, ok := rev.has(seq)
-			if ok {
-				return nil
-			}
-			select {
-			case <-wake:
-			case err := <-streamDone:
-				stopped = true
-				return fmt.Errorf("the reverse stream stopped: %w", err)
-			case <-deadline.C:
-				return errors.New("the reverse stream did not bring the marker to the legacy database in time")
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	}
-
-	// Off the pause: the reverse stream has written back what the node took
-	// since the cutover and keeps up (a marker's trip under maxLag), and the
-	// legacy sequences are past the node's.
-	deadline := time.Now().Add(opts.MarkerTimeout)
-	for {
-		t0 := time.Now()
-		seq, _, err := nodeMark(ctx, node, s.Shard, nil)
+	} else {
+		lr, err := im.openLogicalReverser(ctx, applyConn, node, imp, s, slot, startText, opts)
 		if err != nil {
 			return err
 		}
-		if err := waitFor(ctx, seq); err != nil {
+		defer lr.stop()
+		rev = lr
+	}
+
+	// Off the pause: the node's writes since the cutover are written back
+	// and the write back keeps up (a round under maxLag), and the legacy
+	// sequences are past the node's block.
+	deadline := time.Now().Add(opts.MarkerTimeout)
+	for {
+		if res.Lag, err = rev.round(ctx); err != nil {
 			return err
 		}
-		if res.Lag = time.Since(t0); res.Lag <= maxLag || time.Now().After(deadline) {
+		if res.Lag <= maxLag || time.Now().After(deadline) {
 			break
 		}
 	}
-	if _, last, err := nodeMark(ctx, node, s.Shard, pairs); err != nil {
+	if last, err := nodeSequences(ctx, node, pairs); err != nil {
 		return err
-	} else if _, err := setLegacySequences(ctx, legacy, pairs, last); err != nil {
+	} else if _, err := setLegacySequences(ctx, legacy, pairs, ids.legacyFloors(last)); err != nil {
 		return err
 	}
 
@@ -323,14 +308,14 @@ func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, 
 		}
 		return errors.Join(err, fence.Release(ctx))
 	}
-	seq, last, err := nodeMark(fctx, node, s.Shard, pairs)
+	if _, err := rev.round(fctx); err != nil {
+		return fail(err)
+	}
+	last, err := nodeSequences(fctx, node, pairs)
 	if err != nil {
 		return fail(err)
 	}
-	if err := waitFor(fctx, seq); err != nil {
-		return fail(err)
-	}
-	lsn, err := setLegacySequences(fctx, legacy, pairs, last)
+	lsn, err := setLegacySequences(fctx, legacy, pairs, ids.legacyFloors(last))
 	if err != nil {
 		return fail(err)
 	}
@@ -363,16 +348,128 @@ func (im *Importer) rollback(ctx context.Context, imp *Import, s ShardProgress, 
 	if err != nil {
 		im.logger.Warn("rollback: routers have not all acknowledged the flip yet", "shard", s.Shard, "err", err)
 	}
-	stopStream()
-	res.Changes = rev.changes
+	if lr, ok := rev.(*logicalReverser); ok {
+		lr.stop()
+	}
+	res.Changes = rev.changes()
 	im.logger.Info("shard rolled back to the legacy database", "shard", s.Shard, "node", s.Node, "changes", res.Changes, "pause", res.Pause,
 		"fenced", res.Fenced, "marked", res.Marked-res.Fenced, "flipped", res.Flipped-res.Marked, "released", res.Pause-res.Flipped, "lag", res.Lag)
-	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
-	if err := dropReverse(bg, legacy, node, s.Shard, slot); err != nil {
+	err = im.dropQueueTriggers(bg, node, s.Schema)
+	if err == nil {
+		err = dropReverse(bg, legacy, node, s.Shard, slot)
+	}
+	if err != nil {
 		im.logger.Warn("rollback: drop the reverse stream; import finish drops it", "shard", s.Shard, "err", err)
 	}
 	return nil
+}
+
+// logicalReverser streams the shard's changes from the reverse slot on its
+// node to the legacy tables; a round is a marker's trip.
+type logicalReverser struct {
+	*reverseApplier
+	node       *pgx.Conn
+	timeout    time.Duration
+	streamDone chan error
+	cancel     context.CancelFunc
+	stopped    bool
+}
+
+// openLogicalReverser starts the reverse stream from the slot at startText
+// (or where a rollback that died left it).
+func (im *Importer) openLogicalReverser(ctx context.Context, applyConn, node *pgx.Conn, imp *Import, s ShardProgress, slot, startText string, opts CutoverOptions) (*logicalReverser, error) {
+	if err := stream.EnsurePositionTable(ctx, applyConn); err != nil {
+		return nil, fmt.Errorf("legacy database: %w", err)
+	}
+	start, err := stream.ParseLSN(startText)
+	if err != nil {
+		return nil, fmt.Errorf("reverse_lsn: %w", err)
+	}
+	if pos, ok, err := stream.LoadPosition(ctx, applyConn, reverseName(s.Shard)); err != nil {
+		return nil, fmt.Errorf("legacy database: %w", err)
+	} else if ok && pos > start {
+		start = pos // a rollback that died wrote back up to here
+	}
+	rev := &reverseApplier{shard: s.Shard, seen: map[int64]bool{}, wake: make(chan struct{}),
+		ta: &stream.TableApplier{Conn: applyConn, Name: reverseName(s.Shard), Target: func(rel *stream.Relation) (string, string, bool) {
+			return imp.LegacySchema, rel.Table, rel.Schema == s.Schema
+		}}}
+	if rev.transform, err = im.reverseTransform(ctx, s.Schema); err != nil {
+		return nil, err
+	} else if rev.transform != nil { // a schema per tenant: rows go to their tenant's schema
+		rev.ta.Target = func(rel *stream.Relation) (string, string, bool) {
+			return rel.Schema, rel.Table, rel.Schema != "pgtenant_stream"
+		}
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	lr := &logicalReverser{reverseApplier: rev, node: node, timeout: opts.MarkerTimeout, streamDone: make(chan error, 1), cancel: cancel}
+	go func() {
+		st := stream.New(stream.Config{DSN: s.NodeDSN, Slot: slot, Publications: []string{reverseName(s.Shard)}, Start: start, Applier: rev, Logger: im.logger})
+		lr.streamDone <- st.Run(sctx)
+	}()
+	return lr, nil
+}
+
+// stop ends the reverse stream and waits for it.
+func (lr *logicalReverser) stop() {
+	if !lr.stopped {
+		lr.stopped = true
+		lr.cancel()
+		<-lr.streamDone
+	}
+}
+
+// round commits a marker on the node and waits until the reverse stream
+// brought it to the legacy database.
+func (lr *logicalReverser) round(ctx context.Context) (time.Duration, error) {
+	t0 := time.Now()
+	seq, _, err := nodeMark(ctx, lr.node, lr.shard, nil)
+	if err != nil {
+		return 0, err
+	}
+	deadline := time.NewTimer(lr.timeout)
+	defer deadline.Stop()
+	for {
+		wake, ok := lr.has(seq)
+		if ok {
+			return time.Since(t0), nil
+		}
+		select {
+		case <-wake:
+		case err := <-lr.streamDone:
+			lr.stopped = true
+			return 0, fmt.Errorf("the reverse stream stopped: %w", err)
+		case <-deadline.C:
+			return 0, errors.New("the reverse stream did not bring the marker to the legacy database in time")
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func (lr *logicalReverser) changes() int64 {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	return lr.reverseApplier.changes
+}
+
+// nodeSequences reads the node's sequences of pairs.
+func nodeSequences(ctx context.Context, node *pgx.Conn, pairs []seqPair) ([]int64, error) {
+	names := make([]string, len(pairs))
+	for i, p := range pairs {
+		names[i] = p.shard
+	}
+	rows, err := node.Query(ctx, `SELECT coalesce(pg_sequence_last_value(u.s::regclass), 0) FROM unnest($1::text[]) WITH ORDINALITY AS u(s, i) ORDER BY u.i`, names)
+	if err != nil {
+		return nil, fmt.Errorf("read the node's sequences: %w", err)
+	}
+	last, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("read the node's sequences: %w", err)
+	}
+	return last, nil
 }
 
 // nodeMark commits a marker for shard on the node (it reaches the legacy
@@ -466,7 +563,7 @@ func (r *reverseApplier) Apply(ctx context.Context, txns []*stream.Txn) error {
 		}
 	}
 	if err := r.ta.Apply(ctx, txns); err != nil {
-		return err
+		return idCollision(r.shard, err)
 	}
 	r.mu.Lock()
 	r.changes += n
