@@ -310,10 +310,15 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 	errc := make(chan error, 3)
 	go func() {
 		errc <- cat.Follow(ctx, id, addr, time.Second, func(ctx context.Context, m *placement.Map) error {
-			if err := loadUsers(ctx); err != nil {
-				a.logger.Warn("reload router users; keeping the previous ones", "err", err)
+			// The users are read while the map is applied (a fence's
+			// acknowledgement waits for both, not one after the other).
+			users := make(chan error, 1)
+			go func() { users <- loadUsers(ctx) }()
+			err := srv.SetMap(ctx, m)
+			if uerr := <-users; uerr != nil && ctx.Err() == nil {
+				a.logger.Warn("reload router users; keeping the previous ones", "err", uerr)
 			}
-			return srv.SetMap(ctx, m)
+			return err
 		})
 	}()
 	if ml := setting(cmd, "metrics-listen", "PGTENANT_METRICS_LISTEN", a.cfg.Router.MetricsListen); ml != "" {

@@ -63,6 +63,9 @@ type Catalog struct {
 	// from an import's legacy database (loadMapSince reads every change in
 	// full then).
 	importing atomic.Bool
+	// importTables is set once the import tables were found: full map
+	// reads then read the import overlay in the map's own snapshot.
+	importTables atomic.Bool
 }
 
 // SetSecrets sets where $NAME references in node DSNs are resolved (see

@@ -13,8 +13,10 @@ import (
 // over on the legacy node, in the legacy schema (pgtenant.import_shards,
 // written by internal/importer): routers then serve their tenants from the
 // existing database unchanged. A catalog without the import tables (an
-// older schema read by a test's own DDL) has no import.
-func applyImports(ctx context.Context, q querier, m *placement.Map) (int, error) {
+// older schema read by a test's own DDL) has no import. Once the tables are
+// found, readMap reads the overlay in its own snapshot (queueImports) and
+// this is not called again.
+func (c *Catalog) applyImports(ctx context.Context, q batcher, m *placement.Map) (int, error) {
 	var present bool
 	if err := q.QueryRow(ctx, `SELECT to_regclass('pgtenant.import_shards') IS NOT NULL`).Scan(&present); err != nil {
 		return 0, fmt.Errorf("look for imports: %w", err)
@@ -22,9 +24,30 @@ func applyImports(ctx context.Context, q querier, m *placement.Map) (int, error)
 	if !present {
 		return 0, nil
 	}
-	rows, err := q.Query(ctx, `SELECT s.shard, i.legacy_node, i.legacy_schema, i.tenant_column IS NOT NULL
+	c.importTables.Store(true)
+	b := &pgx.Batch{}
+	queueImports(b)
+	br := q.SendBatch(ctx, b)
+	n, err := readImports(br, m)
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("read imports: %w", cerr)
+	}
+	return n, err
+}
+
+// queueImports queues the reads of the import overlay (see readImports).
+func queueImports(b *pgx.Batch) {
+	b.Queue(`SELECT s.shard, i.legacy_node, i.legacy_schema, i.tenant_column IS NOT NULL
 		FROM pgtenant.import_shards s CROSS JOIN pgtenant.imports i
 		WHERE s.state <> 'cutover' AND i.state <> 'finished'`)
+	// A schema per tenant: only the schemas not named like their tenant.
+	b.Queue(`SELECT tenant, schema_name FROM pgtenant.import_schemas WHERE tenant <> schema_name`)
+}
+
+// readImports reads queueImports' results and lays them over m's shards:
+// it returns how many shards it placed on a legacy database.
+func readImports(br pgx.BatchResults, m *placement.Map) (int, error) {
+	rows, err := br.Query()
 	if err != nil {
 		return 0, fmt.Errorf("read imports: %w", err)
 	}
@@ -43,23 +66,22 @@ func applyImports(ctx context.Context, q querier, m *placement.Map) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("read imports: %w", err)
 	}
-	if anyPerTenant {
-		// A schema per tenant: only the schemas not named like their tenant.
-		rows, err := q.Query(ctx, `SELECT tenant, schema_name FROM pgtenant.import_schemas WHERE tenant <> schema_name`)
-		if err != nil {
-			return 0, fmt.Errorf("read import schemas: %w", err)
-		}
-		var tenant string
-		_, err = pgx.ForEachRow(rows, []any{&tenant, &schema}, func() error {
+	rows, err = br.Query()
+	if err != nil {
+		return 0, fmt.Errorf("read import schemas: %w", err)
+	}
+	var tenant string
+	_, err = pgx.ForEachRow(rows, []any{&tenant, &schema}, func() error {
+		if anyPerTenant {
 			if m.TenantSchemas == nil {
 				m.TenantSchemas = map[string]string{}
 			}
 			m.TenantSchemas[tenant] = schema
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("read import schemas: %w", err)
 		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read import schemas: %w", err)
 	}
 	return n, nil
 }

@@ -44,30 +44,33 @@ func (c *Catalog) loadMapSince(ctx context.Context, b batcher, prev *placement.M
 	// read in full: the legacy overlay (applyImports) must be laid over each
 	// shard row read, and imports are short-lived.
 	if prev != nil && !c.importing.Load() {
-		m, ok, err := c.readMap(ctx, b, prev)
+		m, ok, _, err := c.readMap(ctx, b, prev)
 		if err != nil || ok {
 			return m, err
 		}
 	}
-	m, _, err := c.readMap(ctx, b, nil)
+	m, _, imported, err := c.readMap(ctx, b, nil)
 	if err != nil {
 		return nil, err
 	}
 	c.tenantFencesChanged(prev, m.FencedTenants)
-	// A second round trip, on full reads only: the import's overlay is read
-	// after the map's snapshot, so it is at least as new as the map version
-	// acknowledged (a cutover flips import_shards after its fence).
-	n, err := applyImports(ctx, b, m)
-	if err != nil {
-		return nil, err
+	if imported < 0 {
+		// The import tables were not known to exist: a second round trip,
+		// until they are found (then the overlay is read with the map).
+		if imported, err = c.applyImports(ctx, b, m); err != nil {
+			return nil, err
+		}
 	}
-	c.importing.Store(n > 0)
+	c.importing.Store(imported > 0)
 	return m, nil
 }
 
 // readMap reads the map: in full without prev, else as changes to prev (ok
-// false when the change log cannot say).
-func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (m *placement.Map, ok bool, err error) {
+// false when the change log cannot say). A full read of a catalog known to
+// have the import tables also lays the import overlay over the shards, read
+// in the same snapshot (imported: how many shards it placed on a legacy
+// database; -1 when not read).
+func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (m *placement.Map, ok bool, imported int, err error) {
 	full := prev == nil
 	since := int64(math.MaxInt64)
 	if prev != nil {
@@ -83,26 +86,30 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 	batch.Queue(`SELECT name, dsn FROM pgtenant.nodes
 		WHERE $2 OR EXISTS (SELECT FROM pgtenant.map_changes WHERE `+upTo+` AND kind = 'nodes')`, since, full)
 	queueTenantFences(batch, upTo, since, full)
+	withImports := full && c.importTables.Load()
+	if withImports {
+		queueImports(batch)
+	}
 	batch.Queue(`COMMIT`)
 	br := b.SendBatch(ctx, batch)
 	defer func() {
 		if cerr := br.Close(); err == nil && cerr != nil {
-			m, ok, err = nil, false, cerr
+			m, ok, imported, err = nil, false, -1, cerr
 		}
 		if isUndefinedTable(err) {
 			err = ErrNotInitialized
 		}
 	}()
 	if _, err := br.Exec(); err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	var v int64
 	if err := br.QueryRow().Scan(&v); err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	var (
 		n     int64
@@ -124,11 +131,11 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		}
 		return nil
 	}); err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	rows, err = br.Query()
 	if err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	shards, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (placement.Shard, error) {
 		var s placement.Shard
@@ -136,11 +143,11 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		return s, err
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	rows, err = br.Query()
 	if err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	nodeMap := map[string]placement.Node{}
 	var name, dsn string
@@ -148,24 +155,33 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		nodeMap[name] = placement.Node{Name: name, DSN: dsn}
 		return nil
 	}); err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	fences, fencesRead, err := readTenantFences(br)
 	if err != nil {
-		return nil, false, err
+		return nil, false, -1, err
+	}
+	if full {
+		m = &placement.Map{Version: v, Shards: shards, Nodes: nodeMap, Directory: c.tenants(), FencedTenants: fences}
+	}
+	imported = -1
+	if withImports {
+		if imported, err = readImports(br, m); err != nil {
+			return nil, false, -1, err
+		}
 	}
 	if _, err := br.Exec(); err != nil {
-		return nil, false, err
+		return nil, false, -1, err
 	}
 	if full {
 		c.resolveNodes(nodeMap)
-		return &placement.Map{Version: v, Shards: shards, Nodes: nodeMap, Directory: c.tenants(), FencedTenants: fences}, true, nil
+		return m, true, imported, nil
 	}
 	if v == prev.Version {
-		return prev, true, nil
+		return prev, true, -1, nil
 	}
 	if v < prev.Version || all || n != v-prev.Version {
-		return nil, false, nil
+		return nil, false, -1, nil
 	}
 	m = &placement.Map{Version: v, Shards: prev.Shards, Nodes: prev.Nodes, Directory: prev.Directory, Tenants: prev.Tenants, FencedTenants: prev.FencedTenants}
 	if fencesRead {
@@ -176,7 +192,7 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		m.Shards = slices.Clone(prev.Shards)
 		for _, s := range shards {
 			if s.ID < 0 || s.ID >= len(m.Shards) || m.Shards[s.ID].ID != s.ID {
-				return nil, false, nil // a shard was added: read them all
+				return nil, false, -1, nil // a shard was added: read them all
 			}
 			m.Shards[s.ID] = s
 		}
@@ -185,5 +201,5 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 		c.resolveNodes(nodeMap)
 		m.Nodes = nodeMap
 	}
-	return m, true, nil
+	return m, true, -1, nil
 }

@@ -381,3 +381,60 @@ func TestTenantDirectoryKeepsKnownThroughReconnect(t *testing.T) {
 		t.Fatalf("Locate(never) while the catalog does not answer: %v; want ErrDirectoryUnavailable", err)
 	}
 }
+
+// TestLoadMapImportOverlay: while an import serves shards from its legacy
+// database, every map read lays the import overlay over the shards (the
+// first read finds the import tables, later ones read the overlay in the
+// map's own snapshot), and a cutover's flip (the shard's epoch and its
+// import row in one transaction) is seen whole.
+func TestLoadMapImportOverlay(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 4)
+	if _, err := c.pool.Exec(ctx, `INSERT INTO pgtenant.imports (legacy_node, legacy_schema, state) VALUES ('a', 'legacy', 'streaming');
+		INSERT INTO pgtenant.import_shards (shard, state) SELECT id, 'copied' FROM pgtenant.shards`); err != nil {
+		t.Fatal(err)
+	}
+	load := func(prev *placement.Map) *placement.Map {
+		t.Helper()
+		m, err := c.loadMapSince(ctx, c.pool, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	check := func(m *placement.Map, cutover map[int]bool) {
+		t.Helper()
+		for _, s := range m.Shards {
+			if cutover[s.ID] {
+				if s.Schema != placement.SchemaName(s.ID) || s.Epoch != 1 {
+					t.Fatalf("shard %d cut over: %+v", s.ID, s)
+				}
+			} else if s.Node != "a" || s.Schema != "legacy" {
+				t.Fatalf("shard %d not cut over: %+v", s.ID, s)
+			}
+		}
+	}
+	m := load(nil)
+	check(m, nil)
+	if !c.importTables.Load() || !c.importing.Load() {
+		t.Fatalf("import tables %v, importing %v", c.importTables.Load(), c.importing.Load())
+	}
+	for _, shard := range []int{1, 2} {
+		if _, err := c.pool.Exec(ctx, `WITH s AS (UPDATE pgtenant.shards SET epoch = epoch + 1 WHERE id = $1)
+			UPDATE pgtenant.import_shards SET state = 'cutover' WHERE shard = $1`, shard); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m = load(m)
+	check(m, map[int]bool{1: true, 2: true})
+	if _, err := c.pool.Exec(ctx, `UPDATE pgtenant.imports SET state = 'finished'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SetShardState(ctx, 0, placement.StateActive); err != nil { // a new version
+		t.Fatal(err)
+	}
+	m = load(m)
+	if m.Shards[0].Node == "a" && m.Shards[0].Schema == "legacy" || c.importing.Load() {
+		t.Fatalf("after the import finished: shard 0 %+v, importing %v", m.Shards[0], c.importing.Load())
+	}
+}

@@ -186,7 +186,8 @@ func (c *Catalog) Follow(ctx context.Context, id, addr string, every time.Durati
 // the shard's state is already 'fenced' in the map (the mover sets it, bumping
 // the map version), and Fence waits until every live router has acknowledged
 // that version, which a router does only after it holds the shard's new
-// transactions and its in-flight ones have ended. It satisfies move.Fencer.
+// transactions and its in-flight ones have ended. It satisfies move.Fencer
+// and move.VersionFencer.
 type RouterFencer struct {
 	Catalog *Catalog
 	// Within is how recent a heartbeat must be for a router to count as live.
@@ -197,6 +198,14 @@ type RouterFencer struct {
 }
 
 func (f RouterFencer) wait(ctx context.Context) error {
+	v, err := f.Catalog.MapVersion(ctx)
+	if err != nil {
+		return err
+	}
+	return f.waitVersion(ctx, v)
+}
+
+func (f RouterFencer) waitVersion(ctx context.Context, v int64) error {
 	within, poll := f.Within, f.Poll
 	if within <= 0 {
 		within = 3 * time.Second
@@ -204,11 +213,26 @@ func (f RouterFencer) wait(ctx context.Context) error {
 	if poll <= 0 {
 		poll = 2 * time.Millisecond
 	}
-	v, err := f.Catalog.MapVersion(ctx)
-	if err != nil {
-		return err
-	}
 	return f.Catalog.WaitAcked(ctx, v, within, poll)
+}
+
+// FenceVersion waits until every live router has acknowledged map version v
+// (which fenced shard), read by the caller in the fence's transaction.
+func (f RouterFencer) FenceVersion(ctx context.Context, shard int, v int64) error {
+	if err := f.waitVersion(ctx, v); err != nil {
+		return fmt.Errorf("fence shard %d: %w", shard, err)
+	}
+	return nil
+}
+
+// UnfenceVersion waits until every live router has acknowledged map
+// version v (which released shard), read by the caller in the flip's
+// transaction.
+func (f RouterFencer) UnfenceVersion(ctx context.Context, shard int, v int64) error {
+	if err := f.waitVersion(ctx, v); err != nil {
+		return fmt.Errorf("unfence shard %d: %w", shard, err)
+	}
+	return nil
 }
 
 // Fence waits until every live router holds shard's transactions.

@@ -80,30 +80,46 @@ type applier struct {
 }
 
 // reload reads the shards' routes again when the map version changed (a
-// cutover's flip bumps it).
+// cutover's flip bumps it). One round trip to the catalog, on every batch:
+// a batch's changes are routed by the catalog as it was after they were
+// committed on the legacy database (a shard flipped before is skipped,
+// one given back by import rollback is applied again). The rows come only
+// when the version is not the one read last.
 func (a *applier) reload(ctx context.Context) error {
-	v, err := a.im.cat.MapVersion(ctx)
+	known := int64(-1)
+	if a.shards != nil {
+		known = a.version
+	}
+	rows, err := a.im.cat.Pool().Query(ctx, `SELECT v.version, s.id, s.schema_name, s.node, i.state, coalesce(i.copy_lsn::text, '')
+		FROM (SELECT version FROM pgtenant.map_version) v
+		LEFT JOIN (pgtenant.import_shards i JOIN pgtenant.shards s ON s.id = i.shard) ON v.version <> $1`, known)
 	if err != nil {
-		return err
+		return fmt.Errorf("read the shards' routes: %w", err)
 	}
-	if a.shards != nil && v == a.version {
-		return nil
-	}
-	all, err := a.im.shards(ctx)
-	if err != nil {
-		return err
-	}
-	a.shards = map[int]shardRoute{}
-	for _, s := range all {
-		r := shardRoute{schema: s.Schema, node: s.Node, state: s.State}
-		if s.CopyLSN != "" {
-			if r.copyLSN, err = stream.ParseLSN(s.CopyLSN); err != nil {
-				return fmt.Errorf("shard %d copy_lsn: %w", s.Shard, err)
+	var v int64
+	var id *int
+	var schema, node, state, copyLSN *string
+	shards := map[int]shardRoute{}
+	_, err = pgx.ForEachRow(rows, []any{&v, &id, &schema, &node, &state, &copyLSN}, func() error {
+		if id == nil {
+			return nil
+		}
+		r := shardRoute{schema: *schema, node: *node, state: *state}
+		if *copyLSN != "" {
+			var err error
+			if r.copyLSN, err = stream.ParseLSN(*copyLSN); err != nil {
+				return fmt.Errorf("shard %d copy_lsn: %w", *id, err)
 			}
 		}
-		a.shards[s.Shard] = r
+		shards[*id] = r
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read the shards' routes: %w", err)
 	}
-	a.version = v
+	if v != known {
+		a.shards, a.version = shards, v
+	}
 	return nil
 }
 

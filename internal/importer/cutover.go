@@ -275,13 +275,11 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 		l := nodeLSN.String()
 		revLSN = &l
 	}
-	err = fence.Flip(fctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE pgtenant.import_shards SET state = 'cutover', reverse_slot = $2, reverse_lsn = $3::text::pg_lsn, updated_at = now()
-			WHERE shard = $1 AND state = 'copied'`, s.Shard, revSlot, revLSN)
-		if err == nil && tag.RowsAffected() != 1 {
-			err = fmt.Errorf("shard %d is no longer copied", s.Shard)
-		}
-		return err
+	err = fence.FlipStatements(fctx, move.FlipStatement{
+		SQL: `UPDATE pgtenant.import_shards SET state = 'cutover', reverse_slot = $2, reverse_lsn = $3::text::pg_lsn, updated_at = now()
+			WHERE shard = $1 AND state = 'copied'`,
+		Args: []any{s.Shard, revSlot, revLSN},
+		Rows: 1, Err: fmt.Errorf("shard %d is no longer copied", s.Shard),
 	})
 	r.Pause = time.Since(t0)
 	if !fence.FlippedAt.IsZero() {
@@ -428,17 +426,31 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 // waitMarker sets the node's sequences past last and polls the node until
 // the stream applied the marker seq. It returns the node's WAL position
 // read with the marker: past every change the stream applied for the shard.
+// The sequences and the first look for the marker go as one round trip.
 func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions) (stream.LSN, error) {
-	if len(pairs) > 0 {
-		if err := setSequences(ctx, node, pairs, last); err != nil {
-			return 0, err
-		}
-	}
+	const poll = `SELECT EXISTS (SELECT FROM ` + nodeMarkers + ` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`
 	deadline := time.Now().Add(opts.MarkerTimeout)
-	for {
+	for first := true; ; first = false {
 		var ok bool
 		var lsn string
-		if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM `+nodeMarkers+` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`, s.Shard, seq).Scan(&ok, &lsn); err != nil {
+		if first && len(pairs) > 0 {
+			b := &pgx.Batch{}
+			queueSetSequences(b, pairs, last)
+			b.Queue(poll, s.Shard, seq)
+			br := node.SendBatch(ctx, b)
+			_, err := br.Exec()
+			if err != nil {
+				err = fmt.Errorf("set the shard's sequences: %w", err)
+			} else if err = br.QueryRow().Scan(&ok, &lsn); err != nil {
+				err = fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
+			}
+			if cerr := br.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("wait for the marker on node %s: %w", s.Node, cerr)
+			}
+			if err != nil {
+				return 0, err
+			}
+		} else if err := node.QueryRow(ctx, poll, s.Shard, seq).Scan(&ok, &lsn); err != nil {
 			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 		}
 		if ok {
@@ -525,13 +537,20 @@ func syncSequences(ctx context.Context, legacy, node *pgx.Conn, pairs []seqPair,
 // higher than its value (the highest, for a sequence named more than once:
 // a schema per tenant pairs it with each tenant's).
 func setSequences(ctx context.Context, node *pgx.Conn, pairs []seqPair, last []int64) error {
+	b := &pgx.Batch{}
+	queueSetSequences(b, pairs, last)
+	if err := node.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("set the shard's sequences: %w", err)
+	}
+	return nil
+}
+
+// queueSetSequences queues setSequences' statement.
+func queueSetSequences(b *pgx.Batch, pairs []seqPair, last []int64) {
 	shardNames := make([]string, len(pairs))
 	for i, p := range pairs {
 		shardNames[i] = p.shard
 	}
-	if _, err := node.Exec(ctx, `SELECT setval(s::regclass, max(v)) FROM unnest($1::text[], $2::bigint[]) AS u(s, v)
-		GROUP BY s HAVING max(v) > coalesce(pg_sequence_last_value(s::regclass), 0)`, shardNames, last); err != nil {
-		return fmt.Errorf("set the shard's sequences: %w", err)
-	}
-	return nil
+	b.Queue(`SELECT setval(s::regclass, max(v)) FROM unnest($1::text[], $2::bigint[]) AS u(s, v)
+		GROUP BY s HAVING max(v) > coalesce(pg_sequence_last_value(s::regclass), 0)`, shardNames, last)
 }

@@ -52,6 +52,20 @@ type ShardFence struct {
 // Release.
 func (f *ShardFence) Ended() bool { return f.done }
 
+// VersionFencer is a Fencer that can wait for a map version its caller
+// read when it changed the shard (catalog.RouterFencer): FenceShard and
+// FlipStatements read the version in the transaction that fenced or flipped
+// and save the round trip of reading it again.
+type VersionFencer interface {
+	Fencer
+	// FenceVersion waits until every router holds shard as map version v
+	// (or a newer one) says.
+	FenceVersion(ctx context.Context, shard int, v int64) error
+	// UnfenceVersion waits until every router has applied map version v
+	// (or a newer one), which released shard.
+	UnfenceVersion(ctx context.Context, shard int, v int64) error
+}
+
 // FenceShard fences shard, placed on node in the catalog, for a caller that
 // is not a move: it sets the shard 'fenced' with a lease in
 // pgtenant.fence_leases under owner (a fence id of the caller's, stored as
@@ -59,23 +73,70 @@ func (f *ShardFence) Ended() bool { return f.done }
 // Config.FenceLease/5, and waits until every router holds the shard's new
 // transactions and drained its running ones (Config.Fencer). On error the
 // shard is released. The returned fence must end with Flip or Release.
+//
+// It is inside the caller's pause, so the catalog side is one round trip:
+// the check that the shard is active on node, the fence and its lease, and
+// the map version the routers must acknowledge, in one transaction. That
+// transaction commits without waiting for its WAL flush: the flip (which
+// waits for it) flushes the fence with it, and a catalog that crashed before
+// the flush comes back without the fence, which its routers then release
+// and the flip finds gone (ErrFenceLost).
 func (m *Mover) FenceShard(ctx context.Context, shard int, node string, owner int64) (*ShardFence, error) {
-	var state, at string
-	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT state, node FROM pgtenant.shards WHERE id = $1`, shard).Scan(&state, &at); err != nil {
-		return nil, fmt.Errorf("fence shard %d: read it: %w", shard, err)
-	}
-	if state != "active" || at != node {
-		return nil, fmt.Errorf("fence shard %d: it is %s on node %s: %w", shard, state, at, ErrShardBusy)
-	}
 	mv := &moveRun{Info: Info{ID: owner, Shard: shard, Source: node, Target: node}}
 	t0 := time.Now()
-	if err := m.markFenced(ctx, mv); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	// The shard row as it was (for the error), and the fence, only of a
+	// shard active on node; the trigger of the shards table bumps the map
+	// version and notifies the routers.
+	b.Queue(`WITH cur AS (SELECT state, node FROM pgtenant.shards WHERE id = $1),
+		u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 AND state = 'active' RETURNING id),
+		l AS (INSERT INTO pgtenant.fence_leases (shard, move_id, expires_at) SELECT id, $3, now() + $4::bigint * interval '1 millisecond' FROM u
+			ON CONFLICT (shard) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at)
+		SELECT cur.state, cur.node, EXISTS (SELECT FROM u) FROM cur`, shard, node, owner, m.cfg.FenceLease.Milliseconds())
+	vf, versioned := m.cfg.Fencer.(VersionFencer)
+	if versioned {
+		b.Queue(`SELECT version FROM pgtenant.map_version`)
+	}
+	b.Queue(`COMMIT`)
+	var state, at string
+	var fenced bool
+	var version int64
+	br := m.cfg.Catalog.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if err == nil {
+		err = br.QueryRow().Scan(&state, &at, &fenced)
+	}
+	if err == nil && versioned {
+		err = br.QueryRow().Scan(&version)
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, fmt.Errorf("fence shard %d: no such shard in the catalog", shard)
+	case err != nil:
 		return nil, fmt.Errorf("fence shard %d: %w", shard, err)
+	case !fenced:
+		return nil, fmt.Errorf("fence shard %d: it is %s on node %s: %w", shard, state, at, ErrShardBusy)
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	f := &ShardFence{m: m, mv: mv, ctx: fctx, cancel: cancel, Marked: time.Since(t0)}
 	f.lease = m.renewLeases(fctx, mv, cancel)
-	if err := m.cfg.Fencer.Fence(fctx, shard); err != nil {
+	if versioned {
+		err = vf.FenceVersion(fctx, shard, version)
+	} else {
+		err = m.cfg.Fencer.Fence(fctx, shard)
+	}
+	if err != nil {
 		err = fmt.Errorf("fence shard %d in the routers: %w", shard, err)
 		return nil, errors.Join(err, f.Release(context.WithoutCancel(ctx)))
 	}
@@ -154,6 +215,135 @@ func (f *ShardFence) Flip(ctx context.Context, in func(ctx context.Context, tx p
 		return fmt.Errorf("flipped; %w", err)
 	}
 	return nil
+}
+
+// FlipStatement is one of a caller's statements that FlipStatements runs
+// in the flip's transaction.
+type FlipStatement struct {
+	SQL  string
+	Args []any
+	// Rows is how many rows the statement must affect, -1 for any number;
+	// otherwise nothing is flipped and FlipStatements returns Err (or
+	// ErrFlipConflict when Err is nil).
+	Rows int64
+	Err  error
+}
+
+// FlipStatements is Flip with the caller's change given as statements, so
+// that the flip costs two round trips to the catalog: the transaction's
+// statements (the lease consumed, the shard set 'active' with its epoch + 1,
+// stmts, the new map version) go as one pipeline, then its commit. The
+// routers' acknowledgement of that version is waited for as in Flip.
+func (f *ShardFence) FlipStatements(ctx context.Context, stmts ...FlipStatement) error {
+	if f.done {
+		return errors.New("flip: the fence has ended")
+	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { // a lost lease ends the flip too
+		select {
+		case <-f.ctx.Done():
+			stop()
+		case <-ctx.Done():
+		}
+	}()
+	mv := f.mv
+	version, err := f.flipPipeline(ctx, stmts)
+	if err != nil {
+		if c := context.Cause(f.ctx); errors.Is(c, errLeaseLost) {
+			err = errors.Join(err, c)
+		}
+		return fmt.Errorf("flip shard %d: %w", mv.Shard, err)
+	}
+	f.FlippedAt = time.Now()
+	f.done = true
+	f.lease.close()
+	f.cancel(nil)
+	if vf, ok := f.m.cfg.Fencer.(VersionFencer); ok {
+		err = vf.UnfenceVersion(context.WithoutCancel(ctx), mv.Shard, version)
+	} else {
+		err = f.m.cfg.Fencer.Unfence(context.WithoutCancel(ctx), mv.Shard)
+	}
+	if err != nil {
+		return fmt.Errorf("flipped; %w", err)
+	}
+	return nil
+}
+
+// flipPipeline runs the flip's transaction: its statements in one round
+// trip, then COMMIT (or ROLLBACK when a statement failed or changed the
+// wrong number of rows). It returns the map version the flip made.
+func (f *ShardFence) flipPipeline(ctx context.Context, stmts []FlipStatement) (int64, error) {
+	conn, err := f.m.cfg.Catalog.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Release()
+	mv := f.mv
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	// The lease first: it locks the row a router releasing the fence would
+	// delete (the serialisation point, as in a move's flip). The shards
+	// table's trigger bumps the map version and notifies the routers.
+	b.Queue(`DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID)
+	b.Queue(`UPDATE pgtenant.shards SET epoch = epoch + 1, state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source)
+	for _, st := range stmts {
+		b.Queue(st.SQL, st.Args...)
+	}
+	_, versioned := f.m.cfg.Fencer.(VersionFencer)
+	if versioned {
+		b.Queue(`SELECT version FROM pgtenant.map_version`)
+	}
+	br := conn.SendBatch(ctx, b)
+	var version int64
+	err = func() error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		tag, err := br.Exec()
+		if err == nil && tag.RowsAffected() != 1 {
+			err = ErrFenceLost
+		}
+		if err != nil {
+			return err
+		}
+		if tag, err = br.Exec(); err == nil && tag.RowsAffected() != 1 {
+			err = ErrFlipConflict
+		}
+		if err != nil {
+			return err
+		}
+		for _, st := range stmts {
+			tag, err := br.Exec()
+			if err != nil {
+				return err
+			}
+			if st.Rows >= 0 && tag.RowsAffected() != st.Rows {
+				if st.Err != nil {
+					return st.Err
+				}
+				return ErrFlipConflict
+			}
+		}
+		if versioned {
+			return br.QueryRow().Scan(&version)
+		}
+		return nil
+	}()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		if _, err = conn.Exec(ctx, `COMMIT`); err == nil {
+			return version, nil
+		}
+	}
+	if conn.Conn().PgConn().TxStatus() != 'I' {
+		if _, rerr := conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`); rerr != nil {
+			conn.Conn().Close(context.WithoutCancel(ctx)) // not back to the pool in a transaction
+		}
+	}
+	return 0, err
 }
 
 // Release ends the fence with nothing changed: the shard is set 'active'

@@ -126,3 +126,117 @@ func TestFenceShardAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// versionFencer records the map versions FenceShard and FlipStatements
+// pass it.
+type versionFencer struct {
+	countingFencer
+	fenced, unfenced atomic.Int64
+}
+
+func (f *versionFencer) FenceVersion(_ context.Context, _ int, v int64) error {
+	f.fenced.Store(v)
+	return nil
+}
+
+func (f *versionFencer) UnfenceVersion(_ context.Context, _ int, v int64) error {
+	f.unfenced.Store(v)
+	return nil
+}
+
+// TestFlipStatements: the flip with the caller's statements in its
+// pipeline commits them with the shard's flip, and the routers are waited
+// for at the map versions the fence and the flip made; a statement that
+// changes the wrong number of rows (or fails) rolls everything back with
+// its error and leaves the shard fenced; a fence of a shard that is not
+// active on the node changes nothing.
+func TestFlipStatements(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fencer := &versionFencer{}
+	m := testMover(t, e, Config{Fencer: fencer, FenceLease: 5 * time.Second})
+	mustExec(t, e.cat, `CREATE TABLE pgtenant.flips (shard int PRIMARY KEY, state text)`)
+	// The catalog's map version, bumped by every change of the shards (as
+	// internal/catalog's trigger does).
+	mustExec(t, e.cat, `CREATE TABLE pgtenant.map_version (version bigint NOT NULL);
+		INSERT INTO pgtenant.map_version VALUES (1);
+		CREATE FUNCTION pgtenant.bump() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN UPDATE pgtenant.map_version SET version = version + 1; RETURN NULL; END $$;
+		CREATE TRIGGER bump AFTER UPDATE ON pgtenant.shards FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump()`)
+	mustExec(t, e.cat, `INSERT INTO pgtenant.flips VALUES ($1, 'copied')`, testShard)
+	version := func() int64 { return queryInt(t, e.cat, `SELECT version FROM pgtenant.map_version`) }
+	leases := func() int64 {
+		return queryInt(t, e.cat, `SELECT count(*) FROM pgtenant.fence_leases WHERE shard = $1`, testShard)
+	}
+
+	if _, err := m.FenceShard(ctx, testShard, "n2", -1); !errors.Is(err, ErrShardBusy) {
+		t.Fatalf("fence on the wrong node: %v", err)
+	}
+	if st := shardState(t, e); st.state != "active" || leases() != 0 {
+		t.Fatalf("after a refused fence: %+v, %d leases", st, leases())
+	}
+	if _, err := m.FenceShard(ctx, 9999, "n1", -1); err == nil {
+		t.Fatal("fence of a shard that does not exist")
+	}
+	f, err := m.FenceShard(ctx, testShard, "n1", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fencer.fenced.Load(), version(); got != want || fencer.fence.Load() != 0 {
+		t.Fatalf("routers waited for version %d (Fence called %d times), the fence made %d", got, fencer.fence.Load(), want)
+	}
+	if st := shardState(t, e); st.state != "fenced" || leases() != 1 {
+		t.Fatalf("after FenceShard: %+v, %d leases", st, leases())
+	}
+
+	// The caller's statement finds no row: nothing flips.
+	notCopied := errors.New("not copied")
+	err = f.FlipStatements(f.Context(),
+		FlipStatement{SQL: `UPDATE pgtenant.flips SET state = 'flipped' WHERE shard = $1 AND state = 'copied'`, Args: []any{testShard}, Rows: -1},
+		FlipStatement{SQL: `UPDATE pgtenant.flips SET state = 'flipped' WHERE shard = $1 AND state = 'copied'`, Args: []any{testShard}, Rows: 1, Err: notCopied})
+	if !errors.Is(err, notCopied) || f.Ended() {
+		t.Fatalf("flip with a statement that changed no row: %v (ended %v)", err, f.Ended())
+	}
+	if st := shardState(t, e); st.state != "fenced" || st.epoch != 0 || leases() != 1 ||
+		queryInt(t, e.cat, `SELECT count(*) FROM pgtenant.flips WHERE state = 'copied'`) != 1 {
+		t.Fatalf("after a failed flip: %+v, %d leases", st, leases())
+	}
+	// A statement that fails: its error, nothing flips.
+	if err := f.FlipStatements(f.Context(), FlipStatement{SQL: `INSERT INTO pgtenant.flips VALUES ($1, 'again')`, Args: []any{testShard}, Rows: -1}); err == nil || f.Ended() {
+		t.Fatalf("flip with a failing statement: %v (ended %v)", err, f.Ended())
+	}
+	if st := shardState(t, e); st.state != "fenced" || st.epoch != 0 {
+		t.Fatalf("after a failed flip: %+v", st)
+	}
+
+	// The flip.
+	if err := f.FlipStatements(f.Context(), FlipStatement{SQL: `UPDATE pgtenant.flips SET state = 'flipped' WHERE shard = $1 AND state = 'copied'`, Args: []any{testShard}, Rows: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if st := shardState(t, e); st.state != "active" || st.epoch != 1 || st.node != "n1" || leases() != 0 ||
+		queryInt(t, e.cat, `SELECT count(*) FROM pgtenant.flips WHERE state = 'flipped'`) != 1 {
+		t.Fatalf("after the flip: %+v, %d leases", st, leases())
+	}
+	if got, want := fencer.unfenced.Load(), version(); got != want || !f.Ended() || f.FlippedAt.IsZero() || fencer.unfence.Load() != 0 {
+		t.Fatalf("routers waited for version %d (Unfence called %d times), the flip made %d", got, fencer.unfence.Load(), want)
+	}
+	if err := f.FlipStatements(ctx); err == nil {
+		t.Fatal("a second flip of an ended fence")
+	}
+
+	// The lease lapsed and a router released the shard: the flip is refused.
+	if f, err = m.FenceShard(ctx, testShard, "n1", -1); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, e.cat, `WITH l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1) UPDATE pgtenant.shards SET state = 'active' WHERE id = $1`, testShard)
+	if err := f.FlipStatements(ctx); !errors.Is(err, ErrFenceLost) {
+		t.Fatalf("flip after the lease went: %v", err)
+	}
+	if st := shardState(t, e); st.state != "active" || st.epoch != 1 {
+		t.Fatalf("after a refused flip: %+v", st)
+	}
+	if err := f.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -24,6 +24,7 @@ import (
 // counter (the ledger of acknowledged writes).
 type writer struct {
 	id     int
+	run0   string // this run's tag: a -dir kept from an earlier run holds its ledger rows too
 	acks   []string
 	maxLat time.Duration
 	lats   []time.Duration
@@ -73,9 +74,10 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	wctx, stopWriters := context.WithCancel(ctx)
 	defer stopWriters()
 	writers := make([]*writer, o.writers)
+	t0run := time.Now().Format("20060102T150405")
 	var wg sync.WaitGroup
 	for i := range writers {
-		w := &writer{id: i}
+		w := &writer{id: i, run0: t0run}
 		writers[i] = w
 		wg.Add(1)
 		go func() {
@@ -190,9 +192,11 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	}
 	fmt.Fprintf(out, "\ncutover of %d shards (a canary, then %d at once) in %s with %d writers through the router; load average %s\n",
 		len(pauses), o.cutoverParallel, cutoverTime.Round(time.Millisecond), o.writers, loadavg())
-	fmt.Fprintf(out, "per-shard pause: min %s, p50 %s, p90 %s, max %s\n", ms(p(pauses, 0)), ms(p(pauses, 0.5)), ms(p(pauses, 0.9)), ms(p(pauses, 1)))
-	fmt.Fprintf(out, "pause by step, p50 / max: routers hold %s / %s, marker %s / %s, flip %s / %s, routers release %s / %s\n",
-		ms(p(fenced, 0.5)), ms(p(fenced, 1)), ms(p(marked, 0.5)), ms(p(marked, 1)), ms(p(flipped, 0.5)), ms(p(flipped, 1)), ms(p(released, 0.5)), ms(p(released, 1)))
+	fmt.Fprintf(out, "per-shard pause: min %s, p50 %s, p90 %s, p95 %s, max %s\n", ms(p(pauses, 0)), ms(p(pauses, 0.5)), ms(p(pauses, 0.9)), ms(p(pauses, 0.95)), ms(p(pauses, 1)))
+	q := func(ds []time.Duration) string {
+		return fmt.Sprintf("%s / %s / %s", ms(p(ds, 0.5)), ms(p(ds, 0.95)), ms(p(ds, 1)))
+	}
+	fmt.Fprintf(out, "pause by step, p50 / p95 / max: routers hold %s, marker %s, flip %s, routers release %s\n", q(fenced), q(marked), q(flipped), q(released))
 	fmt.Fprintf(out, "client latency: p50 %s, p99 %s, max %s (%d transactions)\n", ms(p(lats, 0.5)), ms(p(lats, 0.99)), ms(maxLat), len(lats))
 	fmt.Fprintf(out, "ledger: %d acknowledged writes, %d missing, %d duplicated, %d client errors\n", acked, missing, dup, errs)
 	if missing+dup+errs > 0 {
@@ -213,7 +217,7 @@ func (w *writer) run(ctx context.Context, addr string, ids []string) {
 	rng := rand.New(rand.NewPCG(uint64(w.id), 7))
 	for i := 0; ctx.Err() == nil; i++ {
 		tenant := ids[rng.IntN(len(ids))]
-		name := fmt.Sprintf("ledger w%d n%d", w.id, i)
+		name := fmt.Sprintf("ledger %s w%d n%d", w.run0, w.id, i)
 		t0 := time.Now()
 		_, err := conn.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, false)`, tenant)
 		if err == nil {
