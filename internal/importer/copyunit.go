@@ -132,6 +132,17 @@ func (cs *copyState) completeEverywhere(table string) bool {
 	return true
 }
 
+// incomplete returns the nodes where table is not complete.
+func (cs *copyState) incomplete(table string) map[string]bool {
+	nodes := map[string]bool{}
+	for _, n := range cs.nodes {
+		if _, ok := n.complete[table]; !ok {
+			nodes[n.name] = true
+		}
+	}
+	return nodes
+}
+
 func (cs *copyState) anyComplete() bool {
 	for _, n := range cs.nodes {
 		if len(n.complete) > 0 {
@@ -224,12 +235,7 @@ func (cs *copyState) plan(ctx context.Context, legacy *pgx.Conn, schema string, 
 	var units []copyUnit
 	for i := range order {
 		t := &order[i]
-		nodes := map[string]bool{}
-		for _, n := range cs.nodes {
-			if _, ok := n.complete[t.rule.Name]; !ok {
-				nodes[n.name] = true
-			}
-		}
+		nodes := cs.incomplete(t.rule.Name)
 		if len(nodes) == 0 {
 			continue
 		}
@@ -280,6 +286,13 @@ func unitQuery(schema string, t copyTable, byName map[string]tables.Table, from,
 		fmt.Fprintf(&b, " LEFT JOIN %s pgtenant_p ON pgtenant_p.%s = pgtenant_t.%s", pgx.Identifier{schema, p.Name}.Sanitize(),
 			pgx.Identifier{t.rule.ParentColumn}.Sanitize(), pgx.Identifier{t.rule.ParentKey}.Sanitize())
 	}
+	b.WriteString(blockRange(from, to))
+	return b.String()
+}
+
+// blockRange is the WHERE clause of a read of heap blocks [from, to) of
+// pgtenant_t (to -1: to the end), empty for the whole table.
+func blockRange(from, to int64) string {
 	var conds []string
 	if from > 0 {
 		conds = append(conds, fmt.Sprintf("pgtenant_t.ctid >= '(%d,0)'::tid", from))
@@ -287,10 +300,10 @@ func unitQuery(schema string, t copyTable, byName map[string]tables.Table, from,
 	if to >= 0 {
 		conds = append(conds, fmt.Sprintf("pgtenant_t.ctid < '(%d,0)'::tid", to))
 	}
-	if len(conds) > 0 {
-		b.WriteString(" WHERE " + strings.Join(conds, " AND "))
+	if len(conds) == 0 {
+		return ""
 	}
-	return b.String()
+	return " WHERE " + strings.Join(conds, " AND ")
 }
 
 // copyWorker copies units: one legacy connection in the slot's snapshot

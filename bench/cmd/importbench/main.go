@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,6 +52,7 @@ type options struct {
 	cutover         bool
 	writers         int
 	cutoverParallel int
+	cpuProfile      string
 }
 
 func main() {
@@ -66,6 +68,7 @@ func main() {
 	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
 	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
 	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the copies (Importer.Start of every round) to this file")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
 		p = strings.TrimSpace(p)
@@ -143,6 +146,17 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
 	fmt.Fprintf(out, "load average at the start: %s\n\n", loadavg())
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	fmt.Fprintf(out, "%-6s %-9s %-8s %-12s %-10s %-10s %-18s %s\n", "round", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)", "load average")
 	for i, p := range o.parallel {
 		last := i == len(o.parallel)-1
