@@ -313,17 +313,29 @@ func (im *Importer) copyAtSnapshot(ctx context.Context, imp *Import, opts StartO
 	}
 	sort.Ints(levelIDs)
 	for _, lv := range levelIDs {
-		if err := runUnits(ctx, workers, levels[lv], opts.BeforeUnit, &rows, &bytes); err != nil {
+		// The level's tables: their indexes dropped on the nodes they are
+		// copied to, built again once every unit is in (copyindex.go).
+		done := map[string]bool{}
+		for _, u := range levels[lv] {
+			if !done[u.table.rule.Name] {
+				done[u.table.rule.Name] = true
+				if err := cs.deferIndexes(ctx, u.table.rule.Name, u.nodes); err != nil {
+					return fmt.Errorf("import start: %w", err)
+				}
+			}
+		}
+		names := sortedKeys(done)
+		err := runUnits(ctx, workers, levels[lv], opts.BeforeUnit, &rows, &bytes)
+		if err == nil {
+			err = cs.buildIndexes(ctx, workers, names)
+		}
+		if err != nil {
 			res.Rows, res.Bytes, res.Duration = rows.Load(), bytes.Load(), time.Since(t0)
 			im.cat.RecordOperation(context.WithoutCancel(ctx), "import start", logFields(map[string]any{"tables": res.Tables, "rows": res.Rows, "bytes": res.Bytes}), err)
 			return fmt.Errorf("import start: %w (run it again to resume: %d of %d tables are complete)", err, res.TablesKept+res.Tables, len(order))
 		}
 		// The level's tables are complete on the nodes they were copied to.
-		done := map[string]bool{}
-		for _, u := range levels[lv] {
-			done[u.table.rule.Name] = true
-		}
-		for _, name := range sortedKeys(done) {
+		for _, name := range names {
 			if err := cs.markComplete(ctx, name, sc.point); err != nil {
 				return fmt.Errorf("import start: %w", err)
 			}

@@ -100,6 +100,10 @@ func (im *Importer) newCopyState(ctx context.Context, imp *Import, order []copyT
 			cs.close()
 			return nil, fmt.Errorf("node %s: create %s: %w", n.name, copyProgressTable, err)
 		}
+		if err := ensureDeferredIndexTable(ctx, n.conn); err != nil {
+			cs.close()
+			return nil, fmt.Errorf("node %s: %w", n.name, err)
+		}
 		rows, err := n.conn.Query(ctx, `SELECT tbl, copy_lsn::text FROM `+copyProgressTable)
 		if err != nil {
 			cs.close()
@@ -318,6 +322,9 @@ type copyWorker struct {
 	nodes    map[string]*pgx.Conn
 	// keepTriggers: foreign key checks and triggers run on the nodes.
 	keepTriggers bool
+	// bufs are the shards' COPY buffers, kept from unit to unit (grown
+	// once, not per unit).
+	bufs map[int]*bytes.Buffer
 }
 
 func (w *copyWorker) close() {
@@ -418,6 +425,7 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 		return nil
 	}
 	d := newDemux(shardOf, flush, w.cs.limit)
+	d.bufs = w.emptyBuffers()
 	d.atEnd = u.table.selfRef
 	var read atomic.Int64
 	mw := &meteredWriter{ctx: ctx, w: d, lim: w.lim, n: &read}
@@ -441,6 +449,17 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	}
 	w.prog.unitDone(u.est)
 	return rows, read.Load(), nil
+}
+
+// emptyBuffers returns the worker's shard buffers, emptied.
+func (w *copyWorker) emptyBuffers() map[int]*bytes.Buffer {
+	if w.bufs == nil {
+		w.bufs = map[int]*bytes.Buffer{}
+	}
+	for _, b := range w.bufs {
+		b.Reset()
+	}
+	return w.bufs
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
