@@ -375,40 +375,50 @@ func tableNames(order []copyTable) []string {
 // runUnits copies units with the workers, at most one unit per worker at
 // a time; the first error stops the others.
 func runUnits(ctx context.Context, workers []*copyWorker, units []copyUnit, before func(context.Context, string, int) error, rows, bytes *atomic.Int64) error {
+	return runJobs(ctx, workers, units, func(ctx context.Context, w *copyWorker, u copyUnit) error {
+		if before != nil {
+			if err := before(ctx, u.table.rule.Name, u.index); err != nil {
+				return err
+			}
+		}
+		n, b, err := w.copyUnit(ctx, u)
+		if err != nil {
+			return fmt.Errorf("copy %s (blocks %s): %w", u.table.rule.Name, u.blocks(), err)
+		}
+		rows.Add(n)
+		bytes.Add(b)
+		return nil
+	})
+}
+
+// runJobs hands jobs to the workers, one job per worker at a time, in
+// order; the first error stops the others and is returned.
+func runJobs[J any](ctx context.Context, workers []*copyWorker, jobs []J, do func(context.Context, *copyWorker, J) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	jobs := make(chan copyUnit)
+	ch := make(chan J)
 	var wg sync.WaitGroup
-	for _, w := range workers[:min(len(workers), len(units))] {
+	for _, w := range workers[:min(len(workers), len(jobs))] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for u := range jobs {
-				if before != nil {
-					if err := before(ctx, u.table.rule.Name, u.index); err != nil {
-						cancel(err)
-						return
-					}
-				}
-				n, b, err := w.copyUnit(ctx, u)
-				if err != nil {
-					cancel(fmt.Errorf("copy %s (blocks %s): %w", u.table.rule.Name, u.blocks(), err))
+			for j := range ch {
+				if err := do(ctx, w, j); err != nil {
+					cancel(err)
 					return
 				}
-				rows.Add(n)
-				bytes.Add(b)
 			}
 		}()
 	}
 feed:
-	for _, u := range units {
+	for _, j := range jobs {
 		select {
-		case jobs <- u:
+		case ch <- j:
 		case <-ctx.Done():
 			break feed
 		}
 	}
-	close(jobs)
+	close(ch)
 	wg.Wait()
 	return context.Cause(ctx)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -147,33 +146,7 @@ func (cs *copyState) buildIndexes(ctx context.Context, workers []*copyWorker, ta
 	if err != nil || len(jobs) == 0 {
 		return err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	ch := make(chan buildJob)
-	var wg sync.WaitGroup
-	for _, w := range workers[:min(len(workers), len(jobs))] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range ch {
-				if err := w.build(ctx, j); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		}()
-	}
-feed:
-	for _, j := range jobs {
-		select {
-		case ch <- j:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(ch)
-	wg.Wait()
-	return context.Cause(ctx)
+	return runJobs(ctx, workers, jobs, func(ctx context.Context, w *copyWorker, j buildJob) error { return w.build(ctx, j) })
 }
 
 // build builds one deferred index and deletes its record, in one
