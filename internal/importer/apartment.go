@@ -206,12 +206,7 @@ func (a *applier) routeSchemaChange(ctx context.Context, t *stream.Txn, c stream
 // side reads them without the tenant column (shardSums).
 func (ap *apartment) legacySums(ctx context.Context, conn *pgx.Conn, snapshot, _ string, rules []tables.Table, tenants []string) (map[[2]string]sum, error) {
 	out := map[[2]string]sum{}
-	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if snapshot != "" {
-			if _, err := tx.Exec(ctx, `SET TRANSACTION SNAPSHOT '`+strings.ReplaceAll(snapshot, "'", "''")+`'`); err != nil {
-				return fmt.Errorf("import the verify's snapshot: %w", err)
-			}
-		}
+	err := inSnapshot(ctx, conn, snapshot, func(tx pgx.Tx) error {
 		for _, t := range rules {
 			if t.Kind == tables.KindShared {
 				continue
@@ -230,17 +225,8 @@ func (ap *apartment) legacySums(ctx context.Context, conn *pgx.Conn, snapshot, _
 				if len(parts) == 0 {
 					continue
 				}
-				rows, err := tx.Query(ctx, strings.Join(parts, " UNION ALL "))
-				if err != nil {
-					return fmt.Errorf("table %s: %w", t.Name, err)
-				}
-				var tenant string
-				var s sum
-				if _, err := pgx.ForEachRow(rows, []any{&tenant, &s.rows, &s.sum}, func() error {
-					out[[2]string{tenant, t.Name}] = s
-					return nil
-				}); err != nil {
-					return fmt.Errorf("table %s: %w", t.Name, err)
+				if err := collectSums(ctx, tx, out, t.Name, strings.Join(parts, " UNION ALL ")); err != nil {
+					return err
 				}
 			}
 		}
@@ -253,25 +239,16 @@ func (ap *apartment) legacySums(ctx context.Context, conn *pgx.Conn, snapshot, _
 // value, without that column.
 func (ap *apartment) shardSums(ctx context.Context, conn *pgx.Conn, snapshot, schema string, rules []tables.Table, tenants []string) (map[[2]string]sum, error) {
 	out := map[[2]string]sum{}
-	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := inSnapshot(ctx, conn, snapshot, func(tx pgx.Tx) error {
 		for _, t := range rules {
 			if t.Kind == tables.KindShared {
 				continue
 			}
 			row := ap.rowExpr(t.Name)
 			col := "pgtenant_t." + pgx.Identifier{ap.column}.Sanitize() + "::text"
-			rows, err := tx.Query(ctx, fmt.Sprintf(`SELECT %s, count(*), md5(string_agg(%s::text, E'\n' ORDER BY %[2]s::text COLLATE "C"))
-				FROM %s pgtenant_t WHERE %[1]s = ANY ($1) GROUP BY 1`, col, row, pgx.Identifier{schema, t.Name}.Sanitize()), tenants)
-			if err != nil {
-				return fmt.Errorf("table %s: %w", t.Name, err)
-			}
-			var tenant string
-			var s sum
-			if _, err := pgx.ForEachRow(rows, []any{&tenant, &s.rows, &s.sum}, func() error {
-				out[[2]string{tenant, t.Name}] = s
-				return nil
-			}); err != nil {
-				return fmt.Errorf("table %s: %w", t.Name, err)
+			if err := collectSums(ctx, tx, out, t.Name, fmt.Sprintf(`SELECT %s, count(*), md5(string_agg(%s::text, E'\n' ORDER BY %[2]s::text COLLATE "C"))
+				FROM %s pgtenant_t WHERE %[1]s = ANY ($1) GROUP BY 1`, col, row, pgx.Identifier{schema, t.Name}.Sanitize()), tenants); err != nil {
+				return err
 			}
 		}
 		return nil

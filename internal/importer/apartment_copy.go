@@ -29,12 +29,7 @@ func (cs *copyState) planApartment(ctx context.Context, legacy *pgx.Conn, order 
 	var units []copyUnit
 	for i := range order {
 		t := &order[i]
-		nodes := map[string]bool{}
-		for _, n := range cs.nodes {
-			if _, ok := n.complete[t.rule.Name]; !ok {
-				nodes[n.name] = true
-			}
-		}
+		nodes := cs.incomplete(t.rule.Name)
 		if len(nodes) == 0 {
 			continue
 		}
@@ -97,16 +92,7 @@ func (ap *apartment) unitArm(schema string, t copyTable, from, to int64) string 
 		b.WriteString(", pgtenant_t." + pgx.Identifier{c}.Sanitize())
 	}
 	b.WriteString(" FROM " + pgx.Identifier{schema, t.rule.Name}.Sanitize() + " pgtenant_t")
-	var conds []string
-	if from > 0 {
-		conds = append(conds, fmt.Sprintf("pgtenant_t.ctid >= '(%d,0)'::tid", from))
-	}
-	if to >= 0 {
-		conds = append(conds, fmt.Sprintf("pgtenant_t.ctid < '(%d,0)'::tid", to))
-	}
-	if len(conds) > 0 {
-		b.WriteString(" WHERE " + strings.Join(conds, " AND "))
-	}
+	b.WriteString(blockRange(from, to))
 	return b.String()
 }
 

@@ -215,48 +215,87 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 		return nil, fmt.Errorf("import start: %w", err)
 	}
 
-	// Reference tables: the same rows on every node's shared schema.
-	if res.Reference, err = im.copyReference(ctx, imp, snap.Snapshot, shared); err != nil {
-		return nil, fmt.Errorf("import start: %w", err)
+	sc := snapshotCopy{snapshot: snap.Snapshot, point: snap.ConsistentLSN, shardLSN: &snap.ConsistentLSN,
+		log: map[string]any{"slot": res.Slot, "copy_lsn": res.CopyLSN}}
+	sc.catchUp = func(ctx context.Context, cs *copyState) (int64, error) {
+		if !res.Resumed || !cs.anyComplete() {
+			return 0, nil
+		}
+		return im.catchUp(ctx, imp, rules, cs, copyLSN)
 	}
+	return res, im.copyAtSnapshot(ctx, imp, opts, t0, legacy, order, shared, sc, res)
+}
 
+// snapshotCopy is what a method of Start hands copyAtSnapshot: the
+// snapshot the workers import, and how the tables an earlier run completed
+// are brought to it.
+type snapshotCopy struct {
+	// snapshot is the exported snapshot's name (a slot's, or a REPEATABLE
+	// READ transaction's for the trigger method).
+	snapshot string
+	// point is recorded with each table complete on a node
+	// (pgtenant_stream.import_copy): the slot's consistent point, or 0/0
+	// for the trigger method (whose point is the node's queue position).
+	point string
+	// shardLSN becomes import_shards.copy_lsn of the shards copied (nil:
+	// NULL, the trigger method).
+	shardLSN *string
+	// catchUp brings the tables complete on a node from an earlier run to
+	// the snapshot (before the incomplete ones are emptied) and returns the
+	// transactions applied.
+	catchUp func(ctx context.Context, cs *copyState) (int64, error)
+	// log holds the method's own fields of the operation log's entry.
+	log map[string]any
+}
+
+// copyAtSnapshot is the copy both methods of Start share: the reference
+// tables, the tables an earlier run completed brought to the snapshot
+// (sc.catchUp), the incomplete ones emptied, then every tenant table not
+// complete everywhere copied at the snapshot in units, level by level of
+// the foreign keys, each level's tables recorded complete on the nodes,
+// and the shards recorded copied. It fills res.
+func (im *Importer) copyAtSnapshot(ctx context.Context, imp *Import, opts StartOptions, t0 time.Time, legacy *pgx.Conn, order []copyTable, shared []tables.Table, sc snapshotCopy, res *StartResult) error {
+	logFields := func(fields map[string]any) map[string]any {
+		for k, v := range sc.log {
+			fields[k] = v
+		}
+		return fields
+	}
+	// Reference tables: the same rows on every node's shared schema.
+	var err error
+	if res.Reference, err = im.copyReference(ctx, imp, sc.snapshot, shared); err != nil {
+		return fmt.Errorf("import start: %w", err)
+	}
 	cs, err := im.newCopyState(ctx, imp, order)
 	if err != nil {
-		return nil, fmt.Errorf("import start: %w", err)
+		return fmt.Errorf("import start: %w", err)
 	}
 	defer cs.close()
 	res.Shards = len(cs.shards)
-
 	// What earlier runs completed, per node.
-	kept := 0
 	for _, t := range order {
 		if cs.completeEverywhere(t.rule.Name) {
-			kept++
+			res.TablesKept++
 		}
 	}
-	res.TablesKept = kept
-	if res.Resumed && cs.anyComplete() {
-		n, err := im.catchUp(ctx, imp, rules, cs, copyLSN)
-		if err != nil {
-			return res, fmt.Errorf("import start: bring the tables copied before to the new snapshot: %w", err)
-		}
-		res.CaughtUp = n
+	if res.CaughtUp, err = sc.catchUp(ctx, cs); err != nil {
+		return fmt.Errorf("import start: bring the tables copied before to the new snapshot: %w", err)
 	}
 	if err := cs.emptyIncomplete(ctx, order); err != nil {
-		return res, fmt.Errorf("import start: %w", err)
+		return fmt.Errorf("import start: %w", err)
 	}
 
 	// Units of work, level by level.
 	units, err := cs.plan(ctx, legacy, imp.LegacySchema, order, opts.UnitBytes)
 	if err != nil {
-		return res, fmt.Errorf("import start: %w", err)
+		return fmt.Errorf("import start: %w", err)
 	}
 	lim := newLimiter(opts.MaxRate)
 	prog := newCopyProgress(cs, units, opts.Progress, t0)
 	defer prog.stop()
 	workers := make([]*copyWorker, opts.Parallel)
 	for i := range workers {
-		workers[i] = &copyWorker{cs: cs, imp: imp, snapshot: snap.Snapshot, lim: lim, prog: prog, nodes: map[string]*pgx.Conn{}, keepTriggers: opts.KeepTriggers}
+		workers[i] = &copyWorker{cs: cs, imp: imp, snapshot: sc.snapshot, lim: lim, prog: prog, nodes: map[string]*pgx.Conn{}, keepTriggers: opts.KeepTriggers}
 	}
 	defer func() {
 		for _, w := range workers {
@@ -274,19 +313,31 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 	}
 	sort.Ints(levelIDs)
 	for _, lv := range levelIDs {
-		if err := runUnits(ctx, workers, levels[lv], opts.BeforeUnit, &rows, &bytes); err != nil {
-			res.Rows, res.Bytes, res.Duration = rows.Load(), bytes.Load(), time.Since(t0)
-			im.cat.RecordOperation(context.WithoutCancel(ctx), "import start", map[string]any{"tables": res.Tables, "rows": res.Rows, "bytes": res.Bytes}, err)
-			return res, fmt.Errorf("import start: %w (run it again to resume: %d of %d tables are complete)", err, kept+res.Tables, len(order))
-		}
-		// The level's tables are complete on the nodes they were copied to.
+		// The level's tables: their indexes dropped on the nodes they are
+		// copied to, built again once every unit is in (copyindex.go).
 		done := map[string]bool{}
 		for _, u := range levels[lv] {
-			done[u.table.rule.Name] = true
+			if !done[u.table.rule.Name] {
+				done[u.table.rule.Name] = true
+				if err := cs.deferIndexes(ctx, u.table.rule.Name, u.nodes); err != nil {
+					return fmt.Errorf("import start: %w", err)
+				}
+			}
 		}
-		for name := range done {
-			if err := cs.markComplete(ctx, name, snap.ConsistentLSN); err != nil {
-				return res, fmt.Errorf("import start: %w", err)
+		names := sortedKeys(done)
+		err := runUnits(ctx, workers, levels[lv], opts.BeforeUnit, &rows, &bytes)
+		if err == nil {
+			err = cs.buildIndexes(ctx, workers, names)
+		}
+		if err != nil {
+			res.Rows, res.Bytes, res.Duration = rows.Load(), bytes.Load(), time.Since(t0)
+			im.cat.RecordOperation(context.WithoutCancel(ctx), "import start", logFields(map[string]any{"tables": res.Tables, "rows": res.Rows, "bytes": res.Bytes}), err)
+			return fmt.Errorf("import start: %w (run it again to resume: %d of %d tables are complete)", err, res.TablesKept+res.Tables, len(order))
+		}
+		// The level's tables are complete on the nodes they were copied to.
+		for _, name := range names {
+			if err := cs.markComplete(ctx, name, sc.point); err != nil {
+				return fmt.Errorf("import start: %w", err)
 			}
 			res.Tables++
 			prog.tableDone(name)
@@ -294,10 +345,10 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 	}
 	res.Rows, res.Bytes = rows.Load(), bytes.Load()
 
-	// Every shard is at this run's snapshot.
-	tag, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.import_shards i SET state = 'copied', copy_lsn = $1::pg_lsn, rows = coalesce(($2::jsonb ->> i.shard::text)::bigint, 0),
-		bytes = coalesce(($3::jsonb ->> i.shard::text)::bigint, 0), tables_done = $4, updated_at = now() WHERE state IN ('legacy', 'copying')`,
-		snap.ConsistentLSN, prog.shardRows(), prog.shardBytes(), tableNames(order))
+	// Every shard is at the snapshot.
+	tag, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.import_shards i SET state = 'copied', copy_lsn = $1::pg_lsn, copy_snapshot = NULL,
+		rows = coalesce(($2::jsonb ->> i.shard::text)::bigint, 0), bytes = coalesce(($3::jsonb ->> i.shard::text)::bigint, 0), tables_done = $4, updated_at = now()
+		WHERE state IN ('legacy', 'copying')`, sc.shardLSN, prog.shardRows(), prog.shardBytes(), tableNames(order))
 	if err == nil {
 		res.Copied = int(tag.RowsAffected())
 		_, err = im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET state = 'copied', updated_at = now()
@@ -305,12 +356,12 @@ func (im *Importer) Start(ctx context.Context, opts StartOptions) (*StartResult,
 	}
 	res.Duration = time.Since(t0)
 	prog.stop()
-	im.cat.RecordOperation(ctx, "import start", map[string]any{"tables": res.Tables, "kept": res.TablesKept, "rows": res.Rows, "bytes": res.Bytes,
-		"seconds": res.Duration.Seconds(), "slot": res.Slot, "copy_lsn": res.CopyLSN, "caught_up": res.CaughtUp}, err)
+	im.cat.RecordOperation(ctx, "import start", logFields(map[string]any{"tables": res.Tables, "kept": res.TablesKept, "rows": res.Rows, "bytes": res.Bytes,
+		"seconds": res.Duration.Seconds(), "caught_up": res.CaughtUp}), err)
 	if err != nil {
-		return res, fmt.Errorf("import start: record the copy: %w", err)
+		return fmt.Errorf("import start: record the copy: %w", err)
 	}
-	return res, nil
+	return nil
 }
 
 func tableNames(order []copyTable) []string {
@@ -324,40 +375,50 @@ func tableNames(order []copyTable) []string {
 // runUnits copies units with the workers, at most one unit per worker at
 // a time; the first error stops the others.
 func runUnits(ctx context.Context, workers []*copyWorker, units []copyUnit, before func(context.Context, string, int) error, rows, bytes *atomic.Int64) error {
+	return runJobs(ctx, workers, units, func(ctx context.Context, w *copyWorker, u copyUnit) error {
+		if before != nil {
+			if err := before(ctx, u.table.rule.Name, u.index); err != nil {
+				return err
+			}
+		}
+		n, b, err := w.copyUnit(ctx, u)
+		if err != nil {
+			return fmt.Errorf("copy %s (blocks %s): %w", u.table.rule.Name, u.blocks(), err)
+		}
+		rows.Add(n)
+		bytes.Add(b)
+		return nil
+	})
+}
+
+// runJobs hands jobs to the workers, one job per worker at a time, in
+// order; the first error stops the others and is returned.
+func runJobs[J any](ctx context.Context, workers []*copyWorker, jobs []J, do func(context.Context, *copyWorker, J) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	jobs := make(chan copyUnit)
+	ch := make(chan J)
 	var wg sync.WaitGroup
-	for _, w := range workers[:min(len(workers), len(units))] {
+	for _, w := range workers[:min(len(workers), len(jobs))] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for u := range jobs {
-				if before != nil {
-					if err := before(ctx, u.table.rule.Name, u.index); err != nil {
-						cancel(err)
-						return
-					}
-				}
-				n, b, err := w.copyUnit(ctx, u)
-				if err != nil {
-					cancel(fmt.Errorf("copy %s (blocks %s): %w", u.table.rule.Name, u.blocks(), err))
+			for j := range ch {
+				if err := do(ctx, w, j); err != nil {
+					cancel(err)
 					return
 				}
-				rows.Add(n)
-				bytes.Add(b)
 			}
 		}()
 	}
 feed:
-	for _, u := range units {
+	for _, j := range jobs {
 		select {
-		case jobs <- u:
+		case ch <- j:
 		case <-ctx.Done():
 			break feed
 		}
 	}
-	close(jobs)
+	close(ch)
 	wg.Wait()
 	return context.Cause(ctx)
 }

@@ -77,6 +77,7 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	}
 	applyBaseline(t, c, im)
 	t.Cleanup(func() { dropSlots(t, legacy) })
+	indexesBefore := nodeIndexes(t, c)
 
 	runCtx, kill := context.WithCancel(ctx)
 	var readingsUnits atomic.Int32
@@ -115,6 +116,24 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	if got := nodeRows(t, c, "readings"); got == 0 || got >= legacyReadings {
 		t.Fatalf("after the kill the shards hold %d readings of %d; want some (the committed ranges)", got, legacyReadings)
 	}
+	// The indexes of readings and meter_notes, the level being copied, were
+	// dropped on the nodes and recorded there (built after it); those of the
+	// complete tables are built again, and meters' key (readings' foreign
+	// key references it) was never dropped.
+	killed := nodeIndexes(t, c)
+	for _, ix := range []string{"shard_0000.readings_pkey", "shard_0001.readings_tenant_hour", "shard_0002.meter_notes_pkey"} {
+		if _, ok := killed[ix]; ok {
+			t.Fatalf("after the kill in the copy of readings, index %s is on the nodes", ix)
+		}
+	}
+	for _, ix := range []string{"shard_0000.meters_pkey", "shard_0001.meters_tenant", "shard_0002.buildings_pkey", "shard_0003.tariffs_pkey"} {
+		if killed[ix] != indexesBefore[ix] {
+			t.Fatalf("after the kill index %s is %q; want %q", ix, killed[ix], indexesBefore[ix])
+		}
+	}
+	if got := deferredRows(t, c); got != 16*3 {
+		t.Fatalf("after the kill %d indexes are recorded deferred; want 48 (in 16 shards readings' two and meter_notes' key: the last level)", got)
+	}
 	m, err := c.LoadMap(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +166,13 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	}
 	if _, err := im.Start(ctx, StartOptions{}); err == nil {
 		t.Fatal("a third start after every shard was copied succeeded")
+	}
+	// Every index and key is back as it was.
+	if after := nodeIndexes(t, c); fmt.Sprint(after) != fmt.Sprint(indexesBefore) {
+		t.Fatalf("indexes after the copy:\n%v\nbefore:\n%v", after, indexesBefore)
+	}
+	if got := deferredRows(t, c); got != 0 {
+		t.Fatalf("after the copy %d indexes are still recorded deferred", got)
 	}
 	rep, err := im.Verify(ctx, nil)
 	if err != nil {
@@ -336,6 +362,62 @@ func nodeRows(t *testing.T, c *catalog.Catalog, table string) int64 {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+	return total
+}
+
+// nodeIndexes maps each index of the shard schemas of every node of c
+// (schema.name) to its definition, with its constraint's when it has one.
+func nodeIndexes(t *testing.T, c *catalog.Catalog) map[string]string {
+	t.Helper()
+	ctx := ctxT(t)
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, n := range nodes {
+		conn, err := pgx.Connect(ctx, n.DSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || ic.relname, pg_get_indexdef(i.indexrelid) || coalesce(' / ' || k.conname || ' ' || pg_get_constraintdef(k.oid), '')
+			FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+			LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid AND k.contype IN ('p', 'u', 'x')
+			WHERE n.nspname LIKE 'shard\_%'`)
+		if err == nil {
+			var name, def string
+			_, err = pgx.ForEachRow(rows, []any{&name, &def}, func() error { out[name] = def; return nil })
+		}
+		conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// deferredRows counts the indexes recorded deferred on every node of c.
+func deferredRows(t *testing.T, c *catalog.Catalog) int {
+	t.Helper()
+	ctx := ctxT(t)
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, n := range nodes {
+		conn, err := pgx.Connect(ctx, n.DSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k int
+		err = conn.QueryRow(ctx, `SELECT CASE WHEN to_regclass('`+deferredIndexTable+`') IS NULL THEN 0 ELSE (SELECT count(*) FROM `+deferredIndexTable+`) END`).Scan(&k)
+		conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += k
 	}
 	return total
 }

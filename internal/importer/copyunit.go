@@ -100,6 +100,10 @@ func (im *Importer) newCopyState(ctx context.Context, imp *Import, order []copyT
 			cs.close()
 			return nil, fmt.Errorf("node %s: create %s: %w", n.name, copyProgressTable, err)
 		}
+		if err := ensureDeferredIndexTable(ctx, n.conn); err != nil {
+			cs.close()
+			return nil, fmt.Errorf("node %s: %w", n.name, err)
+		}
 		rows, err := n.conn.Query(ctx, `SELECT tbl, copy_lsn::text FROM `+copyProgressTable)
 		if err != nil {
 			cs.close()
@@ -130,6 +134,17 @@ func (cs *copyState) completeEverywhere(table string) bool {
 		}
 	}
 	return true
+}
+
+// incomplete returns the nodes where table is not complete.
+func (cs *copyState) incomplete(table string) map[string]bool {
+	nodes := map[string]bool{}
+	for _, n := range cs.nodes {
+		if _, ok := n.complete[table]; !ok {
+			nodes[n.name] = true
+		}
+	}
+	return nodes
 }
 
 func (cs *copyState) anyComplete() bool {
@@ -224,12 +239,7 @@ func (cs *copyState) plan(ctx context.Context, legacy *pgx.Conn, schema string, 
 	var units []copyUnit
 	for i := range order {
 		t := &order[i]
-		nodes := map[string]bool{}
-		for _, n := range cs.nodes {
-			if _, ok := n.complete[t.rule.Name]; !ok {
-				nodes[n.name] = true
-			}
-		}
+		nodes := cs.incomplete(t.rule.Name)
 		if len(nodes) == 0 {
 			continue
 		}
@@ -280,6 +290,13 @@ func unitQuery(schema string, t copyTable, byName map[string]tables.Table, from,
 		fmt.Fprintf(&b, " LEFT JOIN %s pgtenant_p ON pgtenant_p.%s = pgtenant_t.%s", pgx.Identifier{schema, p.Name}.Sanitize(),
 			pgx.Identifier{t.rule.ParentColumn}.Sanitize(), pgx.Identifier{t.rule.ParentKey}.Sanitize())
 	}
+	b.WriteString(blockRange(from, to))
+	return b.String()
+}
+
+// blockRange is the WHERE clause of a read of heap blocks [from, to) of
+// pgtenant_t (to -1: to the end), empty for the whole table.
+func blockRange(from, to int64) string {
 	var conds []string
 	if from > 0 {
 		conds = append(conds, fmt.Sprintf("pgtenant_t.ctid >= '(%d,0)'::tid", from))
@@ -287,10 +304,10 @@ func unitQuery(schema string, t copyTable, byName map[string]tables.Table, from,
 	if to >= 0 {
 		conds = append(conds, fmt.Sprintf("pgtenant_t.ctid < '(%d,0)'::tid", to))
 	}
-	if len(conds) > 0 {
-		b.WriteString(" WHERE " + strings.Join(conds, " AND "))
+	if len(conds) == 0 {
+		return ""
 	}
-	return b.String()
+	return " WHERE " + strings.Join(conds, " AND ")
 }
 
 // copyWorker copies units: one legacy connection in the slot's snapshot
@@ -305,6 +322,9 @@ type copyWorker struct {
 	nodes    map[string]*pgx.Conn
 	// keepTriggers: foreign key checks and triggers run on the nodes.
 	keepTriggers bool
+	// bufs are the shards' COPY buffers, kept from unit to unit (grown
+	// once, not per unit).
+	bufs map[int]*bytes.Buffer
 }
 
 func (w *copyWorker) close() {
@@ -405,6 +425,7 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 		return nil
 	}
 	d := newDemux(shardOf, flush, w.cs.limit)
+	d.bufs = w.emptyBuffers()
 	d.atEnd = u.table.selfRef
 	var read atomic.Int64
 	mw := &meteredWriter{ctx: ctx, w: d, lim: w.lim, n: &read}
@@ -428,6 +449,17 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	}
 	w.prog.unitDone(u.est)
 	return rows, read.Load(), nil
+}
+
+// emptyBuffers returns the worker's shard buffers, emptied.
+func (w *copyWorker) emptyBuffers() map[int]*bytes.Buffer {
+	if w.bufs == nil {
+		w.bufs = map[int]*bytes.Buffer{}
+	}
+	for _, b := range w.bufs {
+		b.Reset()
+	}
+	return w.bufs
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

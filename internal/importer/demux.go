@@ -141,7 +141,8 @@ func (d *demux) parse(data []byte) (int, error) {
 		if shard >= 0 {
 			b := d.bufs[shard]
 			if b == nil {
-				b = &bytes.Buffer{}
+				// Sized once for a batch (its last row goes past limit).
+				b = bytes.NewBuffer(make([]byte, 0, d.limit+d.limit/8))
 				d.bufs[shard] = b
 			}
 			if b.Len() == 0 {

@@ -135,7 +135,7 @@ func (im *Importer) Finish(ctx context.Context) error {
 			conns[s.Node] = conn
 			err = stream.DeletePosition(ctx, conn, positionName)
 			if err == nil {
-				_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable+`, `+queuePosTable+` CASCADE`)
+				_, err = conn.Exec(ctx, `DROP TABLE IF EXISTS `+nodeMarkers+`, `+copyProgressTable+`, `+deferredIndexTable+`, `+queuePosTable+` CASCADE`)
 			}
 			if err != nil {
 				return fmt.Errorf("import finish: node %s: %w", s.Node, err)

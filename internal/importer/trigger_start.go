@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -125,115 +123,40 @@ func (im *Importer) startTrigger(ctx context.Context, imp *Import, opts StartOpt
 	defer snap.close()
 	res.Slot, res.CopyLSN = queueTable, snap.snap
 
-	if res.Reference, err = im.copyReference(ctx, imp, snap.name, shared); err != nil {
-		return nil, fmt.Errorf("import start: %w", err)
-	}
-	cs, err := im.newCopyState(ctx, imp, order)
-	if err != nil {
-		return nil, fmt.Errorf("import start: %w", err)
-	}
-	defer cs.close()
-	res.Shards = len(cs.shards)
-	for _, t := range order {
-		if cs.completeEverywhere(t.rule.Name) {
-			res.TablesKept++
-		}
-	}
-
+	sc := snapshotCopy{snapshot: snap.name, point: "0/0", log: map[string]any{"method": MethodTrigger, "snapshot": snap.snap}}
 	// Each node to the new snapshot: its complete tables by the queue, the
-	// others emptied below and copied at it.
-	qa := im.newQApplier(legacy, ts)
-	defer qa.close()
-	if err := qa.reloadTenants(ctx); err != nil {
-		return nil, fmt.Errorf("import start: %w", err)
-	}
-	for _, n := range cs.nodes {
-		nd, had, err := qa.openNode(ctx, n.name, n.dsn)
-		if err != nil {
-			return res, fmt.Errorf("import start: %w", err)
+	// others emptied and copied at it.
+	sc.catchUp = func(ctx context.Context, cs *copyState) (int64, error) {
+		qa := im.newQApplier(legacy, ts)
+		defer qa.close()
+		if err := qa.reloadTenants(ctx); err != nil {
+			return 0, err
 		}
-		if !had || len(n.complete) == 0 {
-			if err := setPosition(ctx, nd, snap.snap); err != nil {
-				return res, fmt.Errorf("import start: %w", err)
+		var caught int64
+		for _, n := range cs.nodes {
+			nd, had, err := qa.openNode(ctx, n.name, n.dsn)
+			if err != nil {
+				return caught, err
 			}
-			continue
-		}
-		nd.only = map[string]bool{}
-		for tbl := range n.complete {
-			nd.only[tbl] = true
-		}
-		k, err := qa.catchUpNode(ctx, nd, snap.snap)
-		if err != nil {
-			return res, fmt.Errorf("import start: bring the tables copied before to the new snapshot on node %s: %w", n.name, err)
-		}
-		res.CaughtUp += int64(k)
-	}
-	if err := cs.emptyIncomplete(ctx, order); err != nil {
-		return res, fmt.Errorf("import start: %w", err)
-	}
-
-	units, err := cs.plan(ctx, legacy, imp.LegacySchema, order, opts.UnitBytes)
-	if err != nil {
-		return res, fmt.Errorf("import start: %w", err)
-	}
-	lim := newLimiter(opts.MaxRate)
-	prog := newCopyProgress(cs, units, opts.Progress, t0)
-	defer prog.stop()
-	workers := make([]*copyWorker, opts.Parallel)
-	for i := range workers {
-		workers[i] = &copyWorker{cs: cs, imp: imp, snapshot: snap.name, lim: lim, prog: prog, nodes: map[string]*pgx.Conn{}, keepTriggers: opts.KeepTriggers}
-	}
-	defer func() {
-		for _, w := range workers {
-			w.close()
-		}
-	}()
-	var rows, bytes atomic.Int64
-	levels := map[int][]copyUnit{}
-	var levelIDs []int
-	for _, u := range units {
-		if _, ok := levels[u.table.level]; !ok {
-			levelIDs = append(levelIDs, u.table.level)
-		}
-		levels[u.table.level] = append(levels[u.table.level], u)
-	}
-	sort.Ints(levelIDs)
-	for _, lv := range levelIDs {
-		if err := runUnits(ctx, workers, levels[lv], opts.BeforeUnit, &rows, &bytes); err != nil {
-			res.Rows, res.Bytes, res.Duration = rows.Load(), bytes.Load(), time.Since(t0)
-			im.cat.RecordOperation(context.WithoutCancel(ctx), "import start", map[string]any{"method": MethodTrigger, "tables": res.Tables, "rows": res.Rows, "bytes": res.Bytes}, err)
-			return res, fmt.Errorf("import start: %w (run it again to resume: %d of %d tables are complete)", err, res.TablesKept+res.Tables, len(order))
-		}
-		done := map[string]bool{}
-		for _, u := range levels[lv] {
-			done[u.table.rule.Name] = true
-		}
-		for _, name := range sortedKeys(done) {
-			// The trigger method's point is the node's queue position, not an LSN.
-			if err := cs.markComplete(ctx, name, "0/0"); err != nil {
-				return res, fmt.Errorf("import start: %w", err)
+			if !had || len(n.complete) == 0 {
+				if err := setPosition(ctx, nd, snap.snap); err != nil {
+					return caught, err
+				}
+				continue
 			}
-			res.Tables++
-			prog.tableDone(name)
+			nd.only = map[string]bool{}
+			for tbl := range n.complete {
+				nd.only[tbl] = true
+			}
+			k, err := qa.catchUpNode(ctx, nd, snap.snap)
+			if err != nil {
+				return caught, fmt.Errorf("node %s: %w", n.name, err)
+			}
+			caught += int64(k)
 		}
+		return caught, nil
 	}
-	res.Rows, res.Bytes = rows.Load(), bytes.Load()
-	tag, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.import_shards i SET state = 'copied', copy_lsn = NULL, copy_snapshot = NULL,
-		rows = coalesce(($1::jsonb ->> i.shard::text)::bigint, 0), bytes = coalesce(($2::jsonb ->> i.shard::text)::bigint, 0), tables_done = $3, updated_at = now()
-		WHERE state IN ('legacy', 'copying')`, prog.shardRows(), prog.shardBytes(), tableNames(order))
-	if err == nil {
-		res.Copied = int(tag.RowsAffected())
-		_, err = im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET state = 'copied', updated_at = now()
-			WHERE NOT EXISTS (SELECT FROM pgtenant.import_shards WHERE state IN ('legacy', 'copying'))`)
-	}
-	res.Duration = time.Since(t0)
-	prog.stop()
-	im.cat.RecordOperation(ctx, "import start", map[string]any{"method": MethodTrigger, "tables": res.Tables, "kept": res.TablesKept, "rows": res.Rows,
-		"bytes": res.Bytes, "seconds": res.Duration.Seconds(), "snapshot": snap.snap, "caught_up": res.CaughtUp}, err)
-	if err != nil {
-		return res, fmt.Errorf("import start: record the copy: %w", err)
-	}
-	return res, nil
+	return res, im.copyAtSnapshot(ctx, imp, opts, t0, legacy, order, shared, sc, res)
 }
 
 // FollowPoll is how often an idle trigger-method follower looks at the queue.

@@ -461,12 +461,7 @@ func sums(ctx context.Context, conn *pgx.Conn, snapshot, schema string, rules []
 		byName[t.Name] = t
 	}
 	out := map[[2]string]sum{}
-	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if snapshot != "" {
-			if _, err := tx.Exec(ctx, `SET TRANSACTION SNAPSHOT '`+strings.ReplaceAll(snapshot, "'", "''")+`'`); err != nil {
-				return fmt.Errorf("import the verify's snapshot: %w", err)
-			}
-		}
+	err := inSnapshot(ctx, conn, snapshot, func(tx pgx.Tx) error {
 		for _, t := range rules {
 			var tenantExpr, join string
 			switch t.Kind {
@@ -482,22 +477,44 @@ func sums(ctx context.Context, conn *pgx.Conn, snapshot, schema string, rules []
 			}
 			q := fmt.Sprintf(`SELECT %s, count(*), md5(string_agg(pgtenant_t::text, E'\n' ORDER BY pgtenant_t::text COLLATE "C"))
 				FROM %s pgtenant_t%s WHERE %[1]s = ANY ($1) GROUP BY 1`, tenantExpr, pgx.Identifier{schema, t.Name}.Sanitize(), join)
-			rows, err := tx.Query(ctx, q, tenants)
-			if err != nil {
-				return fmt.Errorf("table %s: %w", t.Name, err)
-			}
-			var tenant string
-			var s sum
-			if _, err := pgx.ForEachRow(rows, []any{&tenant, &s.rows, &s.sum}, func() error {
-				out[[2]string{tenant, t.Name}] = s
-				return nil
-			}); err != nil {
-				return fmt.Errorf("table %s: %w", t.Name, err)
+			if err := collectSums(ctx, tx, out, t.Name, q, tenants); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 	return out, err
+}
+
+// inSnapshot runs f in one REPEATABLE READ, read-only transaction on conn,
+// at snapshot (an exported snapshot's name) when given.
+func inSnapshot(ctx context.Context, conn *pgx.Conn, snapshot string, f func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if snapshot != "" {
+			if _, err := tx.Exec(ctx, `SET TRANSACTION SNAPSHOT '`+strings.ReplaceAll(snapshot, "'", "''")+`'`); err != nil {
+				return fmt.Errorf("import the verify's snapshot: %w", err)
+			}
+		}
+		return f(tx)
+	})
+}
+
+// collectSums runs q (rows of tenant, count, checksum) on tx and adds its
+// rows to out as table's.
+func collectSums(ctx context.Context, tx pgx.Tx, out map[[2]string]sum, table, q string, args ...any) error {
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("table %s: %w", table, err)
+	}
+	var tenant string
+	var s sum
+	if _, err := pgx.ForEachRow(rows, []any{&tenant, &s.rows, &s.sum}, func() error {
+		out[[2]string{tenant, table}] = s
+		return nil
+	}); err != nil {
+		return fmt.Errorf("table %s: %w", table, err)
+	}
+	return nil
 }
 
 // String describes a mismatch in one line.

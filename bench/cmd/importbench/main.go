@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,6 +52,7 @@ type options struct {
 	cutover         bool
 	writers         int
 	cutoverParallel int
+	cpuProfile      string
 }
 
 func main() {
@@ -66,6 +68,7 @@ func main() {
 	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
 	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
 	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the copies (Importer.Start of every round) to this file")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
 		p = strings.TrimSpace(p)
@@ -143,7 +146,18 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "legacy database: %d tenants, %d rows, %.1f MB on disk (tables and indexes), seeded in %s\n", o.tenants, rows, float64(size)/1e6, time.Since(t0).Round(time.Second))
 	fmt.Fprintf(out, "load average at the start: %s\n\n", loadavg())
-	fmt.Fprintf(out, "%-6s %-9s %-8s %-12s %-10s %-10s %-18s %s\n", "round", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)", "load average")
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Fprintf(out, "%-6s %-9s %-8s %-12s %-10s %-10s %-18s %-24s %s\n", "round", "parallel", "shards", "rows", "copy MB", "time", "MB/s (copy/disk)", "CPU s legacy/n1/n2 +go", "load average")
 	for i, p := range o.parallel {
 		last := i == len(o.parallel)-1
 		r, err := importOnce(ctx, o, clusters, legacyDSN, i, p, o.keepTriggers[i], last && o.cutover)
@@ -156,8 +170,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		if o.keepTriggers[i] {
 			pl += " (fk)"
 		}
-		fmt.Fprintf(out, "%-6d %-9s %-8d %-12d %-10.1f %-10s %-18s %s\n", i+1, pl, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
-			fmt.Sprintf("%.1f / %.1f", float64(res.Bytes)/1e6/sec, float64(size)/1e6/sec), loadavg())
+		cpu := fmt.Sprintf("%s = %.1f", r.cpu, r.cpu.total().Seconds())
+		fmt.Fprintf(out, "%-6d %-9s %-8d %-12d %-10.1f %-10s %-18s %-24s %s\n", i+1, pl, res.Copied, res.Rows, float64(res.Bytes)/1e6, res.Duration.Round(time.Millisecond),
+			fmt.Sprintf("%.1f / %.1f", float64(res.Bytes)/1e6/sec, float64(size)/1e6/sec), cpu, loadavg())
 		if last && o.cutover {
 			err = cutover(ctx, o, r, ids, out)
 		}
@@ -238,7 +253,9 @@ func loadavg() string {
 
 // round is one import: its catalog, importer and node databases.
 type round struct {
-	res    *importer.StartResult
+	res *importer.StartResult
+	// cpu is the CPU time the clusters and this process used during Start.
+	cpu    cpuTimes
 	cat    *catalog.Catalog
 	catDSN string
 	im     *importer.Importer
@@ -341,7 +358,10 @@ func importOnce(ctx context.Context, o options, clusters []*localpg.Cluster, leg
 	if _, err := migrate.Up(ctx, os.DirFS(tmp+"/m"), targets, migrate.Options{}); err != nil {
 		return nil, err
 	}
-	if r.res, err = im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate, UnitBytes: int64(o.unitMB) << 20, KeepTriggers: keepTriggers}); err != nil {
+	cpu0 := readCPU(clusters)
+	r.res, err = im.Start(ctx, importer.StartOptions{Parallel: parallel, MaxRate: o.maxRate, UnitBytes: int64(o.unitMB) << 20, KeepTriggers: keepTriggers})
+	r.cpu = readCPU(clusters).sub(cpu0)
+	if err != nil {
 		return nil, err
 	}
 	if !keep {
