@@ -128,6 +128,13 @@ type Config struct {
 	// flip, each on a connection to the source and one to the target.
 	// Zero means 2.
 	VerifyParallel int
+	// VerifyDelay is how long the comparison after the flip waits, once the
+	// routers have released the shard, before it starts scanning: the
+	// shard's held transactions run on the target first, without the
+	// checksum scans taking the CPUs (on a small machine the scans made
+	// them wait as long as the comparison). Zero means 250ms; negative
+	// means no wait.
+	VerifyDelay time.Duration
 	// AfterFlip, when set, runs once the shard is on the target, before
 	// cleanup (again on resume): grants and row-level security policies
 	// are re-applied there. An error leaves the move for --resume.
@@ -198,6 +205,9 @@ func New(cfg Config) *Mover {
 	def(&cfg.SlotTimeout, 5*time.Minute)
 	if cfg.VerifyParallel <= 0 {
 		cfg.VerifyParallel = 2
+	}
+	if cfg.VerifyDelay == 0 {
+		cfg.VerifyDelay = 250 * time.Millisecond
 	}
 	return &Mover{cfg: cfg, log: cfg.Logger}
 }

@@ -51,6 +51,8 @@ func closeConns(mv *moveRun) {
 	}
 	mv.snap.close(ctx)
 	mv.snap = nil
+	closeVerifyPairs(mv.verify)
+	mv.verify = nil
 	mv.script = nil
 }
 

@@ -133,23 +133,13 @@ func (m *Mover) armCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun, name
 	return nil
 }
 
-// takeSnapshot, under the fence once the marker is applied, turns capture on
-// (committed before the flip) and opens the target's snapshot on snapConn.
-func takeSnapshot(ctx context.Context, dst, snapConn *pgx.Conn, mv *moveRun) (*verifyAfter, error) {
-	// Both at once, on two connections: they are part of the pause.
-	capErr := make(chan error, 1)
-	go func() {
-		_, err := dst.Exec(ctx, `INSERT INTO pgtenant_move.capture (schema_name, move_id) VALUES ($1, $2)
-			ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id`, mv.Schema, mv.ID)
-		capErr <- err
-	}()
+// exportSnapshot, under the fence once the target has caught up (and
+// before the flip), opens the target's snapshot on snapConn and exports it.
+func exportSnapshot(ctx context.Context, snapConn *pgx.Conn) (*verifyAfter, error) {
 	var id string
 	_, err := snapConn.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
 	if err == nil {
 		err = snapConn.QueryRow(ctx, `SELECT pg_export_snapshot()`, pgx.QueryExecModeSimpleProtocol).Scan(&id)
-	}
-	if cerr := <-capErr; cerr != nil {
-		return nil, fmt.Errorf("start capturing the target's writes: %w", cerr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("take the target's snapshot: %w", err)
@@ -202,53 +192,92 @@ func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) err
 // source is frozen) and dst as of the exported snapshot, with up to
 // parallel tables at once, each on its own pair of connections.
 func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tableNames []string, parallel int) (VerifyReport, error) {
-	rep := VerifyReport{Schema: schema}
-	if parallel <= 0 {
-		parallel = 1
+	pairs, err := openVerifyPairs(ctx, srcDSN, dstDSN, min(max(parallel, 1), max(len(tableNames), 1)))
+	if err != nil {
+		return VerifyReport{Schema: schema}, err
 	}
-	parallel = min(parallel, max(len(tableNames), 1))
+	defer closeVerifyPairs(pairs)
+	return verifyOn(ctx, pairs, schema, snapshot, tableNames)
+}
+
+// verifyPair is one source and one target connection of a comparison.
+type verifyPair struct{ src, dst *pgx.Conn }
+
+// openVerifyPairs opens n pairs of connections at once.
+func openVerifyPairs(ctx context.Context, srcDSN, dstDSN string, n int) ([]verifyPair, error) {
+	pairs := make([]verifyPair, n)
+	errs := make([]error, 2*n)
+	var wg sync.WaitGroup
+	for i := range pairs {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			pairs[i].src, errs[2*i] = connect(ctx, srcDSN, "source node")
+		}()
+		go func() {
+			defer wg.Done()
+			pairs[i].dst, errs[2*i+1] = connect(ctx, dstDSN, "target node")
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		closeVerifyPairs(pairs)
+		return nil, err
+	}
+	return pairs, nil
+}
+
+func closeVerifyPairs(pairs []verifyPair) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, p := range pairs {
+		for _, c := range []*pgx.Conn{p.src, p.dst} {
+			if c != nil {
+				c.Close(ctx)
+			}
+		}
+	}
+}
+
+// verifyOn compares the tables on the pairs given, one table per pair at a
+// time; each pair's target connection imports the snapshot first.
+func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, tableNames []string) (VerifyReport, error) {
+	rep := VerifyReport{Schema: schema}
 	jobs := make(chan int)
 	checks := make([]TableCheck, len(tableNames))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	fail := func(err error) {
 		mu.Lock()
 		if firstErr == nil {
 			firstErr = err
 		}
 		mu.Unlock()
+		cancel()
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for w := 0; w < parallel; w++ {
+	for _, p := range pairs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			src, err := connect(wctx, srcDSN, "source node")
-			if err != nil {
-				fail(err)
-				cancel()
-				return
-			}
-			defer src.Close(context.WithoutCancel(ctx))
-			dst, err := connect(wctx, dstDSN, "target node")
-			if err != nil {
-				fail(err)
-				cancel()
-				return
-			}
-			defer dst.Close(context.WithoutCancel(ctx))
-			if _, err := dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)); err != nil {
+			defer func() {
+				for range jobs { // after a failure: let the feeder finish
+				}
+			}()
+			if _, err := p.dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)); err != nil {
 				fail(fmt.Errorf("import the target's snapshot: %w", err))
-				cancel()
 				return
 			}
+			defer p.dst.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
 			for i := range jobs {
-				c, err := checkTable(wctx, src, dst, schema, tableNames[i])
+				if wctx.Err() != nil {
+					continue
+				}
+				c, err := checkTable(wctx, p.src, p.dst, schema, tableNames[i])
 				if err != nil {
 					fail(err)
-					cancel()
 					continue
 				}
 				checks[i] = c
@@ -323,8 +352,24 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 	if err != nil {
 		return err
 	}
+	// The shard's clients first: the transactions held by the fence have
+	// just been released to the target, some on new backends (whose start
+	// and first trigger call take CPU), and the checksum scans would take
+	// the CPUs from them.
+	if m.cfg.VerifyDelay > 0 {
+		if err := sleep(ctx, m.cfg.VerifyDelay); err != nil {
+			return err
+		}
+	}
 	t0 := time.Now()
-	rep, err := VerifyAt(ctx, mv.SourceDSN, mv.TargetDSN, mv.Schema, mv.snap.snapshot, names, connPairs(mv, m.cfg.VerifyParallel))
+	if mv.verify == nil {
+		if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, min(connPairs(mv, m.cfg.VerifyParallel), max(len(names), 1))); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+	}
+	rep, err := verifyOn(ctx, mv.verify, mv.Schema, mv.snap.snapshot, names)
+	closeVerifyPairs(mv.verify)
+	mv.verify = nil
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}

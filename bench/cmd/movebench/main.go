@@ -50,6 +50,8 @@ type options struct {
 	triggerNoLogical       bool
 	skip                   string
 	verbose                bool
+	slow                   time.Duration
+	sample                 bool
 }
 
 func main() {
@@ -72,6 +74,8 @@ func main() {
 	flag.BoolVar(&o.triggerNoLogical, "trigger-no-logical", false, "skip moving the trigger case's shard back with the logical method (for comparison)")
 	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split, trigger")
 	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
+	flag.DurationVar(&o.slow, "slow", 0, "steady case: print each moving-shard transaction longer than this during a move, with the mover's steps (0: none)")
+	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -226,6 +230,8 @@ type env struct {
 	// clients counts the load clients started, so that every client of
 	// every load has its own rows in kv (the ledger checks them).
 	clients int
+	// diag explains slow transactions in the steady case (-slow, -sample).
+	diag *diag
 }
 
 // newEnv creates the catalog in database catDB on n1 with shards over the
@@ -315,14 +321,19 @@ func (e *env) mover(log *slog.Logger, f move.Fencer) *move.Mover {
 	if f == nil {
 		f = catalog.RouterFencer{Catalog: e.cat}
 	}
-	return move.New(move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second})
+	cfg := move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second}
+	if e.diag.on() {
+		cfg.BeforeStep = e.diag.beforeStep
+	}
+	return move.New(cfg)
 }
 
 // --- load ---
 
 type sample struct {
-	start time.Time
-	dur   time.Duration
+	start    time.Time
+	inserted time.Time // the statement's answer arrived (before COMMIT)
+	dur      time.Duration
 }
 
 type client struct {
@@ -389,9 +400,11 @@ func (cl *client) run(ctx context.Context, addr string, think time.Duration) {
 	for ctx.Err() == nil {
 		t0 := time.Now()
 		k, v := rng.IntN(1000), rng.Int64()
+		var t1 time.Time
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO kv (client, k, val) VALUES ($1, $2, $3) ON CONFLICT (client, k) DO UPDATE SET val = excluded.val`,
 				cl.id, k, v)
+			t1 = time.Now()
 			return err
 		})
 		if err != nil {
@@ -403,7 +416,7 @@ func (cl *client) run(ctx context.Context, addr string, think time.Duration) {
 		}
 		cl.acked[k] = v
 		delete(cl.unsure, k) // acknowledged later: earlier failed attempts are overwritten
-		cl.samples = append(cl.samples, sample{t0, time.Since(t0)})
+		cl.samples = append(cl.samples, sample{t0, t1, time.Since(t0)})
 		if think > 0 {
 			time.Sleep(think)
 		}
@@ -441,6 +454,9 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	}
 	defer e.stop()
 	const moving = 2 // on n1
+	if o.slow > 0 || o.sample {
+		e.diag = &diag{w: os.Stdout, slow: o.slow, sample: o.sample, dsns: map[string]string{"n1": nodes["n1"].DSN("bench"), "n2": nodes["n2"].DSN("bench")}}
+	}
 	fill := func(shard, rows int, wide bool) error {
 		s := pgx.Identifier{placement.SchemaName(shard)}.Sanitize()
 		payload := "md5(i::text)"
@@ -478,11 +494,21 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			r := row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
 			var pauses []time.Duration
 			for i := 0; i < moves; i++ {
+				watching := e.diag.on() && think > 0
+				stopWatch := func() []activity { return nil }
+				if watching {
+					stopWatch = e.diag.watch(ctx)
+				}
 				t0 := time.Now()
 				res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
 				t1 := time.Now()
+				acts := stopWatch()
 				if err != nil {
 					return fmt.Errorf("%s: move: %w", name, err)
+				}
+				if watching {
+					fmt.Fprintf(e.diag.w, "== %s, verify %v: pause %.1f ms\n", name, verify, float64(res.Pause.Microseconds())/1000)
+					e.diag.report(l, moving, t0, t1, acts)
 				}
 				where = other[where]
 				pauses = append(pauses, res.Pause)
