@@ -200,6 +200,10 @@ func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tabl
 	return verifyOn(ctx, pairs, schema, snapshot, tableNames)
 }
 
+// verifyApp is the application_name of the comparison's connections (seen
+// in pg_stat_activity).
+const verifyApp = "pgtenant move verify"
+
 // verifyPair is one source and one target connection of a comparison.
 type verifyPair struct{ src, dst *pgx.Conn }
 
@@ -212,11 +216,11 @@ func openVerifyPairs(ctx context.Context, srcDSN, dstDSN string, n int) ([]verif
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			pairs[i].src, errs[2*i] = connect(ctx, srcDSN, "source node")
+			pairs[i].src, errs[2*i] = connectApp(ctx, srcDSN, "source node", verifyApp)
 		}()
 		go func() {
 			defer wg.Done()
-			pairs[i].dst, errs[2*i+1] = connect(ctx, dstDSN, "target node")
+			pairs[i].dst, errs[2*i+1] = connectApp(ctx, dstDSN, "target node", verifyApp)
 		}()
 	}
 	wg.Wait()
