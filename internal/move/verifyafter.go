@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -197,7 +200,7 @@ func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tabl
 		return VerifyReport{Schema: schema}, err
 	}
 	defer closeVerifyPairs(pairs)
-	return verifyOn(ctx, pairs, schema, snapshot, tableNames)
+	return verifyOn(ctx, pairs, schema, snapshot, tableNames, 0)
 }
 
 // verifyApp is the application_name of the comparison's connections (seen
@@ -245,7 +248,7 @@ func closeVerifyPairs(pairs []verifyPair) {
 
 // verifyOn compares the tables on the pairs given, one table per pair at a
 // time; each pair's target connection imports the snapshot first.
-func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, tableNames []string) (VerifyReport, error) {
+func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, tableNames []string, pace float64) (VerifyReport, error) {
 	rep := VerifyReport{Schema: schema}
 	jobs := make(chan int)
 	checks := make([]TableCheck, len(tableNames))
@@ -275,11 +278,17 @@ func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, 
 				return
 			}
 			defer p.dst.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+			// The source is frozen; one snapshot for all its chunks all the same.
+			if _, err := p.src.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+				fail(fmt.Errorf("begin on the source: %w", err))
+				return
+			}
+			defer p.src.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
 			for i := range jobs {
 				if wctx.Err() != nil {
 					continue
 				}
-				c, err := checkTable(wctx, p.src, p.dst, schema, tableNames[i])
+				c, err := checkTable(wctx, p.src, p.dst, schema, tableNames[i], pace)
 				if err != nil {
 					fail(err)
 					continue
@@ -310,21 +319,19 @@ func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, 
 }
 
 // checkTable checksums one table on both sides at once.
-func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string) (TableCheck, error) {
-	q := `SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM ONLY ` + ident(schema, table) + ` AS t`
+func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string, pace float64) (TableCheck, error) {
 	c := TableCheck{Table: table}
 	var derr error
-	var dmissing bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		derr = dst.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&c.TargetRows, &c.TargetSum)
-		dmissing = isUndefined(derr)
+		c.TargetRows, c.TargetSum, derr = sumTable(ctx, dst, schema, table, pace)
 	}()
-	serr := src.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&c.SourceRows, &c.SourceSum)
+	var serr error
+	c.SourceRows, c.SourceSum, serr = sumTable(ctx, src, schema, table, pace)
 	<-done
 	switch {
-	case dmissing:
+	case isUndefined(derr):
 		c.Missing = "target"
 	case derr != nil:
 		return c, fmt.Errorf("checksum %s on the target: %w", table, derr)
@@ -332,6 +339,68 @@ func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string) (
 		return c, fmt.Errorf("checksum %s on the source: %w", table, serr)
 	}
 	return c, nil
+}
+
+// verifyChunkBlocks is how many of a table's blocks one paced checksum query reads (8 MB).
+const verifyChunkBlocks = 1024
+
+// sumTable is a table's row count and the sum of hashtextextended(row::text,
+// 0) over its rows, as seen by conn's transaction. With pace > 0 (and
+// PostgreSQL 14 or later, for TID range scans) it reads the table
+// verifyChunkBlocks blocks at a time and rests after each chunk for pace
+// times as long as the chunk took: a scan then takes at most 1/(1+pace) of a
+// CPU, and the shard's clients (just moved to this node) keep the rest.
+func sumTable(ctx context.Context, conn *pgx.Conn, schema, table string, pace float64) (int64, string, error) {
+	rel := ident(schema, table)
+	q := `SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM ONLY ` + rel + ` AS t`
+	var rows int64
+	var sum string
+	if pace <= 0 || serverMajor(conn) < 14 {
+		err := conn.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&rows, &sum)
+		return rows, sum, err
+	}
+	var blocks int64
+	if err := conn.QueryRow(ctx, `SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int`, rel).Scan(&blocks); err != nil {
+		return 0, "", err
+	}
+	total := new(big.Int)
+	for start := int64(0); ; start += verifyChunkBlocks {
+		// The last chunk is open-ended: it reads whatever lies past the
+		// size read above.
+		cq := q + fmt.Sprintf(` WHERE t.ctid >= '(%d,0)'::tid`, start)
+		last := start+verifyChunkBlocks >= blocks
+		if !last {
+			cq += fmt.Sprintf(` AND t.ctid < '(%d,0)'::tid`, start+verifyChunkBlocks)
+		}
+		t0 := time.Now()
+		var n int64
+		if err := conn.QueryRow(ctx, cq, pgx.QueryExecModeSimpleProtocol).Scan(&n, &sum); err != nil {
+			return 0, "", err
+		}
+		part, ok := new(big.Int).SetString(sum, 10)
+		if !ok {
+			return 0, "", fmt.Errorf("checksum of %s: not an integer: %q", rel, sum)
+		}
+		rows += n
+		total.Add(total, part)
+		if last {
+			return rows, total.String(), nil
+		}
+		if err := sleep(ctx, time.Duration(float64(time.Since(t0))*pace)); err != nil {
+			return 0, "", err
+		}
+	}
+}
+
+// serverMajor is the major version of conn's server (0 if unknown).
+func serverMajor(conn *pgx.Conn) int {
+	v := conn.PgConn().ParameterStatus("server_version")
+	i := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
+	if i >= 0 {
+		v = v[:i]
+	}
+	n, _ := strconv.Atoi(v)
+	return n
 }
 
 // verifyAfterFlip compares the frozen source with the target's snapshot and
@@ -371,7 +440,7 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 			return fmt.Errorf("verify: %w", err)
 		}
 	}
-	rep, err := verifyOn(ctx, mv.verify, mv.Schema, mv.snap.snapshot, names)
+	rep, err := verifyOn(ctx, mv.verify, mv.Schema, mv.snap.snapshot, names, m.cfg.VerifyPace)
 	closeVerifyPairs(mv.verify)
 	mv.verify = nil
 	if err != nil {
