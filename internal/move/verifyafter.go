@@ -139,12 +139,12 @@ func (m *Mover) armCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun, name
 // exportSnapshot, under the fence once the target has caught up (and
 // before the flip), opens the target's snapshot on snapConn and exports it.
 func exportSnapshot(ctx context.Context, snapConn *pgx.Conn) (*verifyAfter, error) {
+	// One round trip: the transaction stays open after the pipeline.
 	var id string
-	_, err := snapConn.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
-	if err == nil {
-		err = snapConn.QueryRow(ctx, `SELECT pg_export_snapshot()`, pgx.QueryExecModeSimpleProtocol).Scan(&id)
-	}
-	if err != nil {
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(`SELECT pg_export_snapshot()`).QueryRow(func(r pgx.Row) error { return r.Scan(&id) })
+	if err := snapConn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("take the target's snapshot: %w", err)
 	}
 	return &verifyAfter{conn: snapConn, snapshot: id}, nil

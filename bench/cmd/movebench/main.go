@@ -52,6 +52,7 @@ type options struct {
 	verbose                bool
 	slow                   time.Duration
 	sample                 bool
+	interleave, perMove    bool
 }
 
 func main() {
@@ -75,6 +76,8 @@ func main() {
 	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split, trigger")
 	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
 	flag.DurationVar(&o.slow, "slow", 0, "steady case: print each moving-shard transaction longer than this during a move, with the mover's steps (0: none)")
+	flag.BoolVar(&o.interleave, "interleave", false, "steady and saturating cases: moves with and without verification take turns (on, off, on, …) instead of all on, then all off")
+	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
 	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -490,40 +493,64 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		if think == 0 {
 			loadDesc = fmt.Sprintf("%d clients, saturating", clients)
 		}
-		for _, verify := range verifies {
-			r := row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
-			var pauses []time.Duration
-			for i := 0; i < moves; i++ {
-				watching := e.diag.on() && think > 0
-				stopWatch := func() []activity { return nil }
-				if watching {
-					stopWatch = e.diag.watch(ctx)
-				}
-				t0 := time.Now()
-				res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
-				t1 := time.Now()
-				acts := stopWatch()
-				if err != nil {
-					return fmt.Errorf("%s: move: %w", name, err)
-				}
-				if watching {
-					fmt.Fprintf(e.diag.w, "== %s, verify %v: pause %.1f ms\n", name, verify, float64(res.Pause.Microseconds())/1000)
-					e.diag.report(l, moving, t0, t1, acts)
-				}
-				where = other[where]
-				pauses = append(pauses, res.Pause)
-				r.pause = max(r.pause, res.Pause)
-				r.total = max(r.total, res.Duration)
-				mm, mp, _ := l.stats(moving, true, t0, t1)
-				om, op, _ := l.stats(moving, false, t0, t1)
-				r.maxMoving, r.p99Moving = max(r.maxMoving, mm), max(r.p99Moving, mp)
-				r.maxOther, r.p99Other = max(r.maxOther, om), max(r.p99Other, op)
-				time.Sleep(time.Second)
-			}
-			slices.Sort(pauses)
-			r.note = fmt.Sprintf("%d moves, pauses %s", moves, fmtDurs(pauses))
-			rows = append(rows, r)
+		// One row per verify setting; with -interleave the settings take
+		// turns move by move (on, off, on, off, …), so that both meet the
+		// same pools and the same load on the box.
+		rs := make([]row, len(verifies))
+		pauses := make([][]time.Duration, len(verifies))
+		for k, verify := range verifies {
+			rs[k] = row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
 		}
+		type turn struct{ k, i int }
+		var turns []turn
+		for k := range verifies {
+			for i := 0; i < moves; i++ {
+				turns = append(turns, turn{k, i})
+			}
+		}
+		if o.interleave {
+			slices.SortStableFunc(turns, func(a, b turn) int { return a.i - b.i })
+		}
+		for _, tn := range turns {
+			verify, r := verifies[tn.k], &rs[tn.k]
+			watching := e.diag.on() && think > 0
+			stopWatch := func() []activity { return nil }
+			if watching {
+				stopWatch = e.diag.watch(ctx)
+			}
+			t0 := time.Now()
+			res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
+			t1 := time.Now()
+			acts := stopWatch()
+			if err != nil {
+				return fmt.Errorf("%s: move: %w", name, err)
+			}
+			if watching {
+				fmt.Fprintf(e.diag.w, "== %s, verify %v: pause %.1f ms\n", name, verify, float64(res.Pause.Microseconds())/1000)
+				e.diag.report(l, moving, t0, t1, acts)
+			}
+			where = other[where]
+			pauses[tn.k] = append(pauses[tn.k], res.Pause)
+			r.pause = max(r.pause, res.Pause)
+			r.total = max(r.total, res.Duration)
+			mm, mp, _ := l.stats(moving, true, t0, t1)
+			om, op, _ := l.stats(moving, false, t0, t1)
+			r.maxMoving, r.p99Moving = max(r.maxMoving, mm), max(r.p99Moving, mp)
+			r.maxOther, r.p99Other = max(r.maxOther, om), max(r.p99Other, op)
+			if o.perMove {
+				fmt.Printf("%s, verify %v, move %d: pause %.1f ms, max txn moving shard %.1f ms, other shards %.1f ms\n", name, verify, tn.i+1,
+					float64(res.Pause.Microseconds())/1000, float64(mm.Microseconds())/1000, float64(om.Microseconds())/1000)
+			}
+			time.Sleep(time.Second)
+		}
+		for k := range rs {
+			slices.Sort(pauses[k])
+			rs[k].note = fmt.Sprintf("%d moves, pauses %s", moves, fmtDurs(pauses[k]))
+			if o.interleave {
+				rs[k].note += " (interleaved)"
+			}
+		}
+		rows = append(rows, rs...)
 		l.stop()
 		_, _, errs := l.stats(moving, true, time.Time{}, time.Now())
 		_, _, errs2 := l.stats(moving, false, time.Time{}, time.Now())
