@@ -150,11 +150,16 @@ func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn,
 // source's guard is made permanent after the release (stepFence).
 func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc, mv *moveRun, src, dst, leaseConn, snapConn *pgx.Conn, names []string, res *Result) error {
 	t0 := time.Now()
-	// leaseConn is idle until the lease renewer is armed with it below.
+	// src is idle until the lock (and warm: a new connection's first
+	// catalog queries cost tens of ms of CPU). The query does not end with
+	// ctx: cancelled in flight, it would close src, and the fence's own
+	// error would be lost (its end is awaited before the lock).
 	vacuumDone := make(chan struct{})
 	go func() {
 		defer close(vacuumDone)
-		m.cancelAutovacuum(ctx, leaseConn, mv)
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.FenceTimeout)
+		defer cancel()
+		m.cancelAutovacuum(vctx, src, mv)
 	}()
 	waitVacuum := sync.OnceFunc(func() { <-vacuumDone })
 	defer waitVacuum()
@@ -168,6 +173,9 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	}
 	tFenced := time.Now()
 	waitVacuum()
+	if ctx.Err() != nil {
+		return fmt.Errorf("fence on source: %w", context.Cause(ctx))
+	}
 	seq, seqs, err := m.lockBatch(ctx, mv, src, names)
 	if err != nil {
 		return err

@@ -53,6 +53,7 @@ type options struct {
 	slow                   time.Duration
 	sample                 bool
 	interleave, perMove    bool
+	minIdle                int
 }
 
 func main() {
@@ -77,6 +78,7 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
 	flag.DurationVar(&o.slow, "slow", 0, "steady case: print each moving-shard transaction longer than this during a move, with the mover's steps (0: none)")
 	flag.BoolVar(&o.interleave, "interleave", false, "steady and saturating cases: moves with and without verification take turns (on, off, on, …) instead of all on, then all off")
+	flag.IntVar(&o.minIdle, "min-idle", 0, "steady, saturating and large cases: the router's pool keeps this many connections open to each node (warm backends on the target at the flip)")
 	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
 	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
 	flag.Parse()
@@ -240,7 +242,7 @@ type env struct {
 // newEnv creates the catalog in database catDB on n1 with shards over the
 // given nodes (database db), the shard tables, one tenant per shard, and
 // starts a router wired as `pgtenant router` is.
-func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Cluster, db string, names []string, shards int) (*env, error) {
+func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Cluster, db string, names []string, shards, minIdle int) (*env, error) {
 	catDSN := nodes["n1"].DSN("catalog")
 	if db != "bench" {
 		// Another catalog: its own schema in another database.
@@ -290,7 +292,7 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 		}
 	}
 	// The router: listen, register, load the map, serve, follow.
-	e.srv = router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40}})
+	e.srv = router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40, MinIdle: minIdle}})
 	if err := e.srv.Open(ctx); err != nil {
 		return nil, err
 	}
@@ -451,7 +453,7 @@ func (l *load) stats(moving int, onMoving bool, from, to time.Time) (maxD, p99 t
 // --- cases ---
 
 func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster, skip map[string]bool) ([]row, error) {
-	e, err := newEnv(ctx, log, nodes, "bench", []string{"n1", "n2"}, 8)
+	e, err := newEnv(ctx, log, nodes, "bench", []string{"n1", "n2"}, 8, o.minIdle)
 	if err != nil {
 		return nil, fmt.Errorf("set up: %w", err)
 	}
@@ -635,7 +637,7 @@ func fmtDurs(ds []time.Duration) string {
 // steady load through the router.
 func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster) (string, error) {
 	t0 := time.Now()
-	e, err := newEnv(ctx, log, nodes, "split", []string{"n1", "n2"}, o.splitShards)
+	e, err := newEnv(ctx, log, nodes, "split", []string{"n1", "n2"}, o.splitShards, 0)
 	if err != nil {
 		return "", fmt.Errorf("split set up: %w", err)
 	}
