@@ -100,6 +100,8 @@ type moveRun struct {
 	stream    *liveStream  // the change stream this process applies to the target
 	// snap is the target's snapshot at the flip, for verification after it.
 	snap *verifyAfter
+	// verify are the comparison's connections, opened before the fence.
+	verify []verifyPair
 	// script is the source's schema as SQL, once dumped.
 	script *schemaScript
 	// batch holds the schema dumps of the MoveAll batch the move is part of (nil: none).

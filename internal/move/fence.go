@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,6 +61,14 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 				snapConn.Close(context.WithoutCancel(ctx))
 			}
 		}()
+		// So are the comparison's connections: each new backend costs
+		// tens of ms of CPU, which after the flip is the held clients'.
+		if mv.verify == nil {
+			n := min(connPairs(mv, m.cfg.VerifyParallel), max(len(names), 1))
+			if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, n); err != nil {
+				return err
+			}
+		}
 	}
 	t0 := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
@@ -83,11 +92,19 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 		}
 		return err
 	}
-	// Released: the pause is over. Release with a fresh context: the flip is done and must not stay held.
+	// Released: the pause is over. Release with a fresh context: the flip is
+	// done and must not stay held. Meanwhile the source lease, renewed just
+	// before the flip, is made permanent: the retired source copy takes no
+	// more writes.
 	bg, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel2()
+	guarded := make(chan error, 1)
+	go func() { guarded <- holdGuard(bg, src, mv) }()
 	uerr := m.cfg.Fencer.Unfence(bg, mv.Shard)
 	mv.Pause = time.Since(t0)
+	if err := <-guarded; err != nil {
+		m.log.Warn("source lease not made permanent; cleanup retries", "move", mv.ID, "err", err)
+	}
 	res.Pause = mv.Pause
 	if _, err := m.cfg.Catalog.Exec(bg, `UPDATE pgtenant.moves SET pause_ms = $2, progress = progress || $3::jsonb, updated_at = now() WHERE id = $1`,
 		mv.ID, float64(mv.Pause.Microseconds())/1000, fmt.Sprintf(`{"fence_lsn": %q}`, mv.Progress.FenceLSN)); err != nil {
@@ -123,8 +140,29 @@ func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn,
 	return src, dst, names, nil
 }
 
+// fenceAndFlip is the pause, from marking the shard fenced to the flip. It
+// is a chain of round trips to three servers (catalog, source, target), so
+// whatever needs no answer from the step before it runs beside that step:
+// the autovacuum cancel beside the routers' fence, the catalog lease's
+// renewal beside the wait for the marker, and the target's capture row and
+// sequences, its snapshot and the source lease's renewal all at once. The
+// source's sequences are read in the locking round trip, and the retired
+// source's guard is made permanent after the release (stepFence).
 func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc, mv *moveRun, src, dst, leaseConn, snapConn *pgx.Conn, names []string, res *Result) error {
 	t0 := time.Now()
+	// src is idle until the lock (and warm: a new connection's first
+	// catalog queries cost tens of ms of CPU). The query does not end with
+	// ctx: cancelled in flight, it would close src, and the fence's own
+	// error would be lost (its end is awaited before the lock).
+	vacuumDone := make(chan struct{})
+	go func() {
+		defer close(vacuumDone)
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.FenceTimeout)
+		defer cancel()
+		m.cancelAutovacuum(vctx, src, mv)
+	}()
+	waitVacuum := sync.OnceFunc(func() { <-vacuumDone })
+	defer waitVacuum()
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
 	}
@@ -134,81 +172,115 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 		return fmt.Errorf("fence shard in routers: %w", err)
 	}
 	tFenced := time.Now()
-	seq, err := m.lockAndMark(ctx, mv, src, names)
+	waitVacuum()
+	if ctx.Err() != nil {
+		return fmt.Errorf("fence on source: %w", context.Cause(ctx))
+	}
+	seq, seqs, err := m.lockBatch(ctx, mv, src, names)
 	if err != nil {
 		return err
 	}
+	lease.arm(leaseConn)
+	tLocked := time.Now()
 	// The catalog lease must outlast the source lease just taken (a catalog
-	// briefly unreachable is left to the renewer and the flip).
-	if err := m.renewCatalogLease(ctx, mv); errors.Is(err, errLeaseLost) {
-		return err
+	// briefly unreachable is left to the renewer and the flip): renewed
+	// while the target catches up, and checked before the flip.
+	catLease := make(chan error, 1)
+	go func() { catLease <- m.renewCatalogLease(ctx, mv) }()
+	var caughtUp error
+	if mv.Method == MethodTrigger {
+		caughtUp = m.drainQueue(ctx, mv, src, dst)
+	} else {
+		caughtUp = waitMarker(ctx, dst, mv, seq, m.cfg.PollInterval)
+	}
+	if err := <-catLease; errors.Is(err, errLeaseLost) {
+		return errors.Join(caughtUp, err)
 	} else if err != nil {
 		m.log.Warn("renew the catalog lease", "move", mv.ID, "shard", mv.Shard, "err", err)
 	}
-	lease.arm(leaseConn)
-	tLocked := time.Now()
-	if mv.Method == MethodTrigger {
-		if err := m.drainQueue(ctx, mv, src, dst); err != nil {
-			return err
-		}
-	} else if err := waitMarker(ctx, dst, mv, seq, m.cfg.PollInterval); err != nil {
-		return err
+	if caughtUp != nil {
+		return caughtUp
 	}
 	tApplied := time.Now()
+	// Three connections at once: the target's snapshot (for the comparison
+	// after the flip), the target's capture row and sequences, and the
+	// source lease, renewed so that it is live at the flip (its renewals run
+	// on another connection and may have failed).
+	var snapErr, srcErr error
+	var wg sync.WaitGroup
 	if snapConn != nil {
-		// The target as of the marker, for the comparison after the flip;
-		// capture of the target's writes starts before the flip.
-		snap, err := takeSnapshot(ctx, dst, snapConn, mv)
-		if err != nil {
-			return err
-		}
-		mv.snap = snap
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mv.snap, snapErr = exportSnapshot(ctx, snapConn)
+		}()
 	}
-	tVerified := time.Now()
-	if err := syncSequences(ctx, src, dst, mv.Schema); err != nil {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srcErr = m.renewSourceLease(ctx, src, mv)
+	}()
+	dstErr := prepareTarget(ctx, dst, mv, snapConn != nil, seqs)
+	wg.Wait()
+	if err := errors.Join(dstErr, snapErr, srcErr); err != nil {
 		return err
 	}
 	if err := enableTriggers(ctx, dst, mv); err != nil {
 		return err
 	}
-	tSeq := time.Now()
-	// The source lease must be live at the flip (its renewals run on another
-	// connection and may have failed): renewed here, it outlasts the flip.
-	if err := m.renewSourceLease(ctx, src, mv); err != nil {
-		return err
-	}
+	tPrepared := time.Now()
 	if err := m.flip(ctx, mv); err != nil {
 		return err
 	}
-	// The flip consumed the catalog lease: stop renewing, and keep the
-	// source copy write-protected for good (until cleanup retires it).
+	// The flip consumed the catalog lease: stop renewing. The source copy
+	// is kept write-protected for good by stepFence, after the release.
 	lease.close()
-	bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancelBg()
-	if err := holdGuard(bg, src, mv); err != nil {
-		m.log.Warn("source lease not made permanent; cleanup retries", "move", mv.ID, "err", err)
-	}
 	m.log.Info("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
-		"apply", tApplied.Sub(tLocked), "snapshot", tVerified.Sub(tApplied), "sequences", tSeq.Sub(tVerified), "flip", time.Since(tSeq))
+		"apply", tApplied.Sub(tLocked), "target", tPrepared.Sub(tApplied), "flip", time.Since(tPrepared))
 	return nil
 }
 
-// lockAndMark takes the shard's table locks on the source and commits a marker row.
-func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, names []string) (int64, error) {
-	var seq int64
-	// An autovacuum worker on one of the tables holds SHARE UPDATE EXCLUSIVE,
-	// and Postgres cancels it for a lock waiter only after deadlock_timeout
-	// (1s by default), no shorter than lock_timeout: without this the fence
-	// fails whenever autovacuum is busy with the shard (seen on a freshly
-	// loaded 1 GB shard). Autovacuum skips a table it cannot lock, so it does
-	// not come back while LOCK TABLE waits. Best effort: a role that may not
-	// signal autovacuum only logs it.
-	if _, err := src.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
+// cancelAutovacuum cancels the autovacuum workers busy with the shard's
+// tables on conn's server, so that the fence's LOCK TABLE does not wait for
+// them. An autovacuum worker on one of the tables holds SHARE UPDATE
+// EXCLUSIVE, and Postgres cancels it for a lock waiter only after
+// deadlock_timeout (1s by default), no shorter than lock_timeout: without
+// this the fence fails whenever autovacuum is busy with the shard (seen on a
+// freshly loaded 1 GB shard). Autovacuum skips a table it cannot lock, so it
+// does not come back while LOCK TABLE waits. Best effort: a role that may not
+// signal autovacuum only logs it.
+func (m *Mover) cancelAutovacuum(ctx context.Context, conn *pgx.Conn, mv *moveRun) {
+	if _, err := conn.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
 		WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database() AND EXISTS (SELECT 1 FROM pg_locks l
 			JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = $1)`, mv.Schema); err != nil {
 		m.log.Warn("cancel autovacuum on the shard's tables", "move", mv.ID, "shard", mv.Shard, "err", err)
 	}
+}
+
+// lockAndMark takes the shard's table locks on the source and commits a marker row.
+func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, names []string) (int64, error) {
+	m.cancelAutovacuum(ctx, src, mv)
+	seq, _, err := m.lockBatch(ctx, mv, src, names)
+	return seq, err
+}
+
+// sequenceValues are a schema's sequences (quoted, qualified names) and their last values.
+type sequenceValues struct {
+	names  []string
+	values []int64
+}
+
+// readSequencesSQL lists the sequences of schema $1 that have been used, with their last values.
+const readSequencesSQL = `SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value
+	FROM pg_sequences WHERE schemaname = $1 AND last_value IS NOT NULL`
+
+// lockBatch takes the shard's table locks on the source and commits a
+// marker row, in one round trip, and reads the source's sequences (frozen
+// with the tables: no insert into them can draw a value any more).
+func (m *Mover) lockBatch(ctx context.Context, mv *moveRun, src *pgx.Conn, names []string) (int64, sequenceValues, error) {
+	var seq int64
+	var seqs sequenceValues
 	// One round trip (it is inside the pause): the transaction's statements,
 	// its commit and the fence position go as one pipeline. After an error
 	// the server skips the rest up to the pipeline's end, so the transaction
@@ -234,6 +306,7 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 	queue("insert marker", insertMarkerSQL, mv.ID)
 	queue("commit", `COMMIT`)
 	queue("read fence position", `SELECT pg_current_wal_lsn()::text`)
+	queue("read source sequences", readSequencesSQL, mv.Schema)
 	br := src.SendBatch(ctx, b)
 	var err error
 	for _, label := range what {
@@ -242,6 +315,16 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 			err = br.QueryRow().Scan(&seq)
 		case "read fence position":
 			err = br.QueryRow().Scan(&mv.Progress.FenceLSN)
+		case "read source sequences":
+			var rows pgx.Rows
+			if rows, err = br.Query(); err == nil {
+				var n string
+				var v int64
+				_, err = pgx.ForEachRow(rows, []any{&n, &v}, func() error {
+					seqs.names, seqs.values = append(seqs.names, n), append(seqs.values, v)
+					return nil
+				})
+			}
 		default:
 			_, err = br.Exec()
 		}
@@ -259,9 +342,9 @@ func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, nam
 				m.log.Warn("roll back the source fence", "move", mv.ID, "shard", mv.Shard, "err", rerr)
 			}
 		}
-		return 0, fmt.Errorf("fence on source: %w", err)
+		return 0, seqs, fmt.Errorf("fence on source: %w", err)
 	}
-	return seq, nil
+	return seq, seqs, nil
 }
 
 // restoreGrants gives back the write privileges that fences of older
@@ -286,32 +369,53 @@ func (m *Mover) restoreGrants(ctx context.Context, mv *moveRun) error {
 // syncSequences sets every sequence of the schema on the target (identity
 // columns included) to the source's value, so the next value is past it.
 func syncSequences(ctx context.Context, src, dst *pgx.Conn, schema string) error {
-	rows, err := src.Query(ctx, `SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value
-		FROM pg_sequences WHERE schemaname = $1 AND last_value IS NOT NULL`, schema)
+	rows, err := src.Query(ctx, readSequencesSQL, schema)
 	if err != nil {
 		return fmt.Errorf("read source sequences: %w", err)
 	}
-	var names []string
-	var values []int64
-	for rows.Next() {
-		var n string
-		var v int64
-		if err := rows.Scan(&n, &v); err != nil {
-			rows.Close()
-			return fmt.Errorf("read source sequences: %w", err)
-		}
-		names, values = append(names, n), append(values, v)
-	}
-	if err := rows.Err(); err != nil {
+	var seqs sequenceValues
+	var n string
+	var v int64
+	if _, err := pgx.ForEachRow(rows, []any{&n, &v}, func() error {
+		seqs.names, seqs.values = append(seqs.names, n), append(seqs.values, v)
+		return nil
+	}); err != nil {
 		return fmt.Errorf("read source sequences: %w", err)
 	}
-	if len(names) == 0 {
+	if len(seqs.names) == 0 {
 		return nil
 	}
-	if _, err := dst.Exec(ctx, `SELECT setval(u.name::regclass, greatest(u.v, s.last_value), true)
-		FROM unnest($1::text[], $2::bigint[]) AS u(name, v)
-		CROSS JOIN LATERAL (SELECT coalesce((SELECT last_value FROM pg_sequences q WHERE (quote_ident(q.schemaname) || '.' || quote_ident(q.sequencename)) = u.name), 0) AS last_value) s`,
-		names, values); err != nil {
+	if _, err := dst.Exec(ctx, setSequencesSQL, seqs.names, seqs.values); err != nil {
+		return fmt.Errorf("set target sequences: %w", err)
+	}
+	return nil
+}
+
+// setSequencesSQL sets each sequence $1[i] to at least $2[i] (never back).
+const setSequencesSQL = `SELECT setval(u.name::regclass, greatest(u.v, s.last_value), true)
+	FROM unnest($1::text[], $2::bigint[]) AS u(name, v)
+	CROSS JOIN LATERAL (SELECT coalesce((SELECT last_value FROM pg_sequences q WHERE (quote_ident(q.schemaname) || '.' || quote_ident(q.sequencename)) = u.name), 0) AS last_value) s`
+
+// prepareTarget, under the fence once the target has caught up, sets the
+// target's sequences to the source's values and, with capture, turns the
+// capture of the target's writes on (committed before the flip): one round
+// trip, one implicit transaction.
+func prepareTarget(ctx context.Context, dst *pgx.Conn, mv *moveRun, capture bool, seqs sequenceValues) error {
+	b := &pgx.Batch{}
+	if capture {
+		b.Queue(`INSERT INTO pgtenant_move.capture (schema_name, move_id) VALUES ($1, $2)
+			ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id`, mv.Schema, mv.ID)
+	}
+	if len(seqs.names) > 0 {
+		b.Queue(setSequencesSQL, seqs.names, seqs.values)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := dst.SendBatch(ctx, b).Close(); err != nil {
+		if capture {
+			return fmt.Errorf("start capturing the target's writes and set its sequences: %w", err)
+		}
 		return fmt.Errorf("set target sequences: %w", err)
 	}
 	return nil

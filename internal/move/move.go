@@ -128,6 +128,19 @@ type Config struct {
 	// flip, each on a connection to the source and one to the target.
 	// Zero means 2.
 	VerifyParallel int
+	// VerifyDelay is how long the comparison after the flip waits, once the
+	// routers have released the shard, before it starts scanning: the
+	// shard's held transactions run on the target first, without the
+	// checksum scans taking the CPUs (on a small machine the scans made
+	// them wait as long as the comparison). Zero means 250ms; negative
+	// means no wait.
+	VerifyDelay time.Duration
+	// VerifyPace paces the comparison's scans (PostgreSQL 14 and later):
+	// each reads its table 8 MB at a time and rests after each chunk for
+	// VerifyPace times as long as the chunk took, so that a scan takes at
+	// most 1/(1+VerifyPace) of a CPU on each node. Zero means 1 (half a
+	// CPU); negative means no rest (one query per table).
+	VerifyPace float64
 	// AfterFlip, when set, runs once the shard is on the target, before
 	// cleanup (again on resume): grants and row-level security policies
 	// are re-applied there. An error leaves the move for --resume.
@@ -198,6 +211,12 @@ func New(cfg Config) *Mover {
 	def(&cfg.SlotTimeout, 5*time.Minute)
 	if cfg.VerifyParallel <= 0 {
 		cfg.VerifyParallel = 2
+	}
+	if cfg.VerifyPace == 0 {
+		cfg.VerifyPace = 1
+	}
+	if cfg.VerifyDelay == 0 {
+		cfg.VerifyDelay = 250 * time.Millisecond
 	}
 	return &Mover{cfg: cfg, log: cfg.Logger}
 }

@@ -51,13 +51,27 @@ func closeConns(mv *moveRun) {
 	}
 	mv.snap.close(ctx)
 	mv.snap = nil
+	closeVerifyPairs(mv.verify)
+	mv.verify = nil
 	mv.script = nil
 }
 
 func connect(ctx context.Context, dsn, what string) (*pgx.Conn, error) {
+	return connectApp(ctx, dsn, what, "")
+}
+
+// connectApp is connect with application_name set to app (unless empty).
+func connectApp(ctx context.Context, dsn, what, app string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", what, err)
+	}
+	if app != "" {
+		cfg.RuntimeParams["application_name"] = app
+	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := pgx.Connect(cctx, dsn)
+	c, err := pgx.ConnectConfig(cctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", what, err)
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,25 +136,15 @@ func (m *Mover) armCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun, name
 	return nil
 }
 
-// takeSnapshot, under the fence once the marker is applied, turns capture on
-// (committed before the flip) and opens the target's snapshot on snapConn.
-func takeSnapshot(ctx context.Context, dst, snapConn *pgx.Conn, mv *moveRun) (*verifyAfter, error) {
-	// Both at once, on two connections: they are part of the pause.
-	capErr := make(chan error, 1)
-	go func() {
-		_, err := dst.Exec(ctx, `INSERT INTO pgtenant_move.capture (schema_name, move_id) VALUES ($1, $2)
-			ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id`, mv.Schema, mv.ID)
-		capErr <- err
-	}()
+// exportSnapshot, under the fence once the target has caught up (and
+// before the flip), opens the target's snapshot on snapConn and exports it.
+func exportSnapshot(ctx context.Context, snapConn *pgx.Conn) (*verifyAfter, error) {
+	// One round trip: the transaction stays open after the pipeline.
 	var id string
-	_, err := snapConn.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
-	if err == nil {
-		err = snapConn.QueryRow(ctx, `SELECT pg_export_snapshot()`, pgx.QueryExecModeSimpleProtocol).Scan(&id)
-	}
-	if cerr := <-capErr; cerr != nil {
-		return nil, fmt.Errorf("start capturing the target's writes: %w", cerr)
-	}
-	if err != nil {
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(`SELECT pg_export_snapshot()`).QueryRow(func(r pgx.Row) error { return r.Scan(&id) })
+	if err := snapConn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("take the target's snapshot: %w", err)
 	}
 	return &verifyAfter{conn: snapConn, snapshot: id}, nil
@@ -202,53 +195,102 @@ func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) err
 // source is frozen) and dst as of the exported snapshot, with up to
 // parallel tables at once, each on its own pair of connections.
 func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tableNames []string, parallel int) (VerifyReport, error) {
-	rep := VerifyReport{Schema: schema}
-	if parallel <= 0 {
-		parallel = 1
+	pairs, err := openVerifyPairs(ctx, srcDSN, dstDSN, min(max(parallel, 1), max(len(tableNames), 1)))
+	if err != nil {
+		return VerifyReport{Schema: schema}, err
 	}
-	parallel = min(parallel, max(len(tableNames), 1))
+	defer closeVerifyPairs(pairs)
+	return verifyOn(ctx, pairs, schema, snapshot, tableNames, 0)
+}
+
+// verifyApp is the application_name of the comparison's connections (seen
+// in pg_stat_activity).
+const verifyApp = "pgtenant move verify"
+
+// verifyPair is one source and one target connection of a comparison.
+type verifyPair struct{ src, dst *pgx.Conn }
+
+// openVerifyPairs opens n pairs of connections at once.
+func openVerifyPairs(ctx context.Context, srcDSN, dstDSN string, n int) ([]verifyPair, error) {
+	pairs := make([]verifyPair, n)
+	errs := make([]error, 2*n)
+	var wg sync.WaitGroup
+	for i := range pairs {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			pairs[i].src, errs[2*i] = connectApp(ctx, srcDSN, "source node", verifyApp)
+		}()
+		go func() {
+			defer wg.Done()
+			pairs[i].dst, errs[2*i+1] = connectApp(ctx, dstDSN, "target node", verifyApp)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		closeVerifyPairs(pairs)
+		return nil, err
+	}
+	return pairs, nil
+}
+
+func closeVerifyPairs(pairs []verifyPair) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, p := range pairs {
+		for _, c := range []*pgx.Conn{p.src, p.dst} {
+			if c != nil {
+				c.Close(ctx)
+			}
+		}
+	}
+}
+
+// verifyOn compares the tables on the pairs given, one table per pair at a
+// time; each pair's target connection imports the snapshot first.
+func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, tableNames []string, pace float64) (VerifyReport, error) {
+	rep := VerifyReport{Schema: schema}
 	jobs := make(chan int)
 	checks := make([]TableCheck, len(tableNames))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	fail := func(err error) {
 		mu.Lock()
 		if firstErr == nil {
 			firstErr = err
 		}
 		mu.Unlock()
+		cancel()
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for w := 0; w < parallel; w++ {
+	for _, p := range pairs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			src, err := connect(wctx, srcDSN, "source node")
-			if err != nil {
-				fail(err)
-				cancel()
-				return
-			}
-			defer src.Close(context.WithoutCancel(ctx))
-			dst, err := connect(wctx, dstDSN, "target node")
-			if err != nil {
-				fail(err)
-				cancel()
-				return
-			}
-			defer dst.Close(context.WithoutCancel(ctx))
-			if _, err := dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)); err != nil {
+			defer func() {
+				for range jobs { // after a failure: let the feeder finish
+				}
+			}()
+			if _, err := p.dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)); err != nil {
 				fail(fmt.Errorf("import the target's snapshot: %w", err))
-				cancel()
 				return
 			}
+			defer p.dst.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+			// The source is frozen; one snapshot for all its chunks all the same.
+			if _, err := p.src.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+				fail(fmt.Errorf("begin on the source: %w", err))
+				return
+			}
+			defer p.src.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
 			for i := range jobs {
-				c, err := checkTable(wctx, src, dst, schema, tableNames[i])
+				if wctx.Err() != nil {
+					continue
+				}
+				c, err := checkTable(wctx, p.src, p.dst, schema, tableNames[i], pace)
 				if err != nil {
 					fail(err)
-					cancel()
 					continue
 				}
 				checks[i] = c
@@ -277,21 +319,19 @@ func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tabl
 }
 
 // checkTable checksums one table on both sides at once.
-func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string) (TableCheck, error) {
-	q := `SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM ONLY ` + ident(schema, table) + ` AS t`
+func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string, pace float64) (TableCheck, error) {
 	c := TableCheck{Table: table}
 	var derr error
-	var dmissing bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		derr = dst.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&c.TargetRows, &c.TargetSum)
-		dmissing = isUndefined(derr)
+		c.TargetRows, c.TargetSum, derr = sumTable(ctx, dst, schema, table, pace)
 	}()
-	serr := src.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&c.SourceRows, &c.SourceSum)
+	var serr error
+	c.SourceRows, c.SourceSum, serr = sumTable(ctx, src, schema, table, pace)
 	<-done
 	switch {
-	case dmissing:
+	case isUndefined(derr):
 		c.Missing = "target"
 	case derr != nil:
 		return c, fmt.Errorf("checksum %s on the target: %w", table, derr)
@@ -299,6 +339,68 @@ func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string) (
 		return c, fmt.Errorf("checksum %s on the source: %w", table, serr)
 	}
 	return c, nil
+}
+
+// verifyChunkBlocks is how many of a table's blocks one paced checksum query reads (8 MB).
+const verifyChunkBlocks = 1024
+
+// sumTable is a table's row count and the sum of hashtextextended(row::text,
+// 0) over its rows, as seen by conn's transaction. With pace > 0 (and
+// PostgreSQL 14 or later, for TID range scans) it reads the table
+// verifyChunkBlocks blocks at a time and rests after each chunk for pace
+// times as long as the chunk took: a scan then takes at most 1/(1+pace) of a
+// CPU, and the shard's clients (just moved to this node) keep the rest.
+func sumTable(ctx context.Context, conn *pgx.Conn, schema, table string, pace float64) (int64, string, error) {
+	rel := ident(schema, table)
+	q := `SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM ONLY ` + rel + ` AS t`
+	var rows int64
+	var sum string
+	if pace <= 0 || serverMajor(conn) < 14 {
+		err := conn.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&rows, &sum)
+		return rows, sum, err
+	}
+	var blocks int64
+	if err := conn.QueryRow(ctx, `SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int`, rel).Scan(&blocks); err != nil {
+		return 0, "", err
+	}
+	total := new(big.Int)
+	for start := int64(0); ; start += verifyChunkBlocks {
+		// The last chunk is open-ended: it reads whatever lies past the
+		// size read above.
+		cq := q + fmt.Sprintf(` WHERE t.ctid >= '(%d,0)'::tid`, start)
+		last := start+verifyChunkBlocks >= blocks
+		if !last {
+			cq += fmt.Sprintf(` AND t.ctid < '(%d,0)'::tid`, start+verifyChunkBlocks)
+		}
+		t0 := time.Now()
+		var n int64
+		if err := conn.QueryRow(ctx, cq, pgx.QueryExecModeSimpleProtocol).Scan(&n, &sum); err != nil {
+			return 0, "", err
+		}
+		part, ok := new(big.Int).SetString(sum, 10)
+		if !ok {
+			return 0, "", fmt.Errorf("checksum of %s: not an integer: %q", rel, sum)
+		}
+		rows += n
+		total.Add(total, part)
+		if last {
+			return rows, total.String(), nil
+		}
+		if err := sleep(ctx, time.Duration(float64(time.Since(t0))*pace)); err != nil {
+			return 0, "", err
+		}
+	}
+}
+
+// serverMajor is the major version of conn's server (0 if unknown).
+func serverMajor(conn *pgx.Conn) int {
+	v := conn.PgConn().ParameterStatus("server_version")
+	i := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
+	if i >= 0 {
+		v = v[:i]
+	}
+	n, _ := strconv.Atoi(v)
+	return n
 }
 
 // verifyAfterFlip compares the frozen source with the target's snapshot and
@@ -323,8 +425,24 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 	if err != nil {
 		return err
 	}
+	// The shard's clients first: the transactions held by the fence have
+	// just been released to the target, some on new backends (whose start
+	// and first trigger call take CPU), and the checksum scans would take
+	// the CPUs from them.
+	if m.cfg.VerifyDelay > 0 {
+		if err := sleep(ctx, m.cfg.VerifyDelay); err != nil {
+			return err
+		}
+	}
 	t0 := time.Now()
-	rep, err := VerifyAt(ctx, mv.SourceDSN, mv.TargetDSN, mv.Schema, mv.snap.snapshot, names, connPairs(mv, m.cfg.VerifyParallel))
+	if mv.verify == nil {
+		if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, min(connPairs(mv, m.cfg.VerifyParallel), max(len(names), 1))); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+	}
+	rep, err := verifyOn(ctx, mv.verify, mv.Schema, mv.snap.snapshot, names, m.cfg.VerifyPace)
+	closeVerifyPairs(mv.verify)
+	mv.verify = nil
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}

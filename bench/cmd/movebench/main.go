@@ -50,6 +50,10 @@ type options struct {
 	triggerNoLogical       bool
 	skip                   string
 	verbose                bool
+	slow                   time.Duration
+	sample                 bool
+	interleave, perMove    bool
+	minIdle                int
 }
 
 func main() {
@@ -72,6 +76,11 @@ func main() {
 	flag.BoolVar(&o.triggerNoLogical, "trigger-no-logical", false, "skip moving the trigger case's shard back with the logical method (for comparison)")
 	flag.StringVar(&o.skip, "skip", "", "comma-separated cases to skip: steady, saturating, big, split, trigger")
 	flag.BoolVar(&o.verbose, "v", false, "log the mover and the router to stderr")
+	flag.DurationVar(&o.slow, "slow", 0, "steady case: print each moving-shard transaction longer than this during a move, with the mover's steps (0: none)")
+	flag.BoolVar(&o.interleave, "interleave", false, "steady and saturating cases: moves with and without verification take turns (on, off, on, …) instead of all on, then all off")
+	flag.IntVar(&o.minIdle, "min-idle", 0, "steady, saturating and large cases: the router's pool keeps this many connections open to each node (warm backends on the target at the flip)")
+	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
+	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -226,12 +235,14 @@ type env struct {
 	// clients counts the load clients started, so that every client of
 	// every load has its own rows in kv (the ledger checks them).
 	clients int
+	// diag explains slow transactions in the steady case (-slow, -sample).
+	diag *diag
 }
 
 // newEnv creates the catalog in database catDB on n1 with shards over the
 // given nodes (database db), the shard tables, one tenant per shard, and
 // starts a router wired as `pgtenant router` is.
-func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Cluster, db string, names []string, shards int) (*env, error) {
+func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Cluster, db string, names []string, shards, minIdle int) (*env, error) {
 	catDSN := nodes["n1"].DSN("catalog")
 	if db != "bench" {
 		// Another catalog: its own schema in another database.
@@ -281,7 +292,7 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 		}
 	}
 	// The router: listen, register, load the map, serve, follow.
-	e.srv = router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40}})
+	e.srv = router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40, MinIdle: minIdle}})
 	if err := e.srv.Open(ctx); err != nil {
 		return nil, err
 	}
@@ -315,14 +326,19 @@ func (e *env) mover(log *slog.Logger, f move.Fencer) *move.Mover {
 	if f == nil {
 		f = catalog.RouterFencer{Catalog: e.cat}
 	}
-	return move.New(move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second})
+	cfg := move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second}
+	if e.diag.on() {
+		cfg.BeforeStep = e.diag.beforeStep
+	}
+	return move.New(cfg)
 }
 
 // --- load ---
 
 type sample struct {
-	start time.Time
-	dur   time.Duration
+	start    time.Time
+	inserted time.Time // the statement's answer arrived (before COMMIT)
+	dur      time.Duration
 }
 
 type client struct {
@@ -389,9 +405,11 @@ func (cl *client) run(ctx context.Context, addr string, think time.Duration) {
 	for ctx.Err() == nil {
 		t0 := time.Now()
 		k, v := rng.IntN(1000), rng.Int64()
+		var t1 time.Time
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO kv (client, k, val) VALUES ($1, $2, $3) ON CONFLICT (client, k) DO UPDATE SET val = excluded.val`,
 				cl.id, k, v)
+			t1 = time.Now()
 			return err
 		})
 		if err != nil {
@@ -403,7 +421,7 @@ func (cl *client) run(ctx context.Context, addr string, think time.Duration) {
 		}
 		cl.acked[k] = v
 		delete(cl.unsure, k) // acknowledged later: earlier failed attempts are overwritten
-		cl.samples = append(cl.samples, sample{t0, time.Since(t0)})
+		cl.samples = append(cl.samples, sample{t0, t1, time.Since(t0)})
 		if think > 0 {
 			time.Sleep(think)
 		}
@@ -435,12 +453,15 @@ func (l *load) stats(moving int, onMoving bool, from, to time.Time) (maxD, p99 t
 // --- cases ---
 
 func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster, skip map[string]bool) ([]row, error) {
-	e, err := newEnv(ctx, log, nodes, "bench", []string{"n1", "n2"}, 8)
+	e, err := newEnv(ctx, log, nodes, "bench", []string{"n1", "n2"}, 8, o.minIdle)
 	if err != nil {
 		return nil, fmt.Errorf("set up: %w", err)
 	}
 	defer e.stop()
 	const moving = 2 // on n1
+	if o.slow > 0 || o.sample {
+		e.diag = &diag{w: os.Stdout, slow: o.slow, sample: o.sample, dsns: map[string]string{"n1": nodes["n1"].DSN("bench"), "n2": nodes["n2"].DSN("bench")}}
+	}
 	fill := func(shard, rows int, wide bool) error {
 		s := pgx.Identifier{placement.SchemaName(shard)}.Sanitize()
 		payload := "md5(i::text)"
@@ -474,30 +495,64 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		if think == 0 {
 			loadDesc = fmt.Sprintf("%d clients, saturating", clients)
 		}
-		for _, verify := range verifies {
-			r := row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
-			var pauses []time.Duration
-			for i := 0; i < moves; i++ {
-				t0 := time.Now()
-				res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
-				t1 := time.Now()
-				if err != nil {
-					return fmt.Errorf("%s: move: %w", name, err)
-				}
-				where = other[where]
-				pauses = append(pauses, res.Pause)
-				r.pause = max(r.pause, res.Pause)
-				r.total = max(r.total, res.Duration)
-				mm, mp, _ := l.stats(moving, true, t0, t1)
-				om, op, _ := l.stats(moving, false, t0, t1)
-				r.maxMoving, r.p99Moving = max(r.maxMoving, mm), max(r.p99Moving, mp)
-				r.maxOther, r.p99Other = max(r.maxOther, om), max(r.p99Other, op)
-				time.Sleep(time.Second)
-			}
-			slices.Sort(pauses)
-			r.note = fmt.Sprintf("%d moves, pauses %s", moves, fmtDurs(pauses))
-			rows = append(rows, r)
+		// One row per verify setting; with -interleave the settings take
+		// turns move by move (on, off, on, off, …), so that both meet the
+		// same pools and the same load on the box.
+		rs := make([]row, len(verifies))
+		pauses := make([][]time.Duration, len(verifies))
+		for k, verify := range verifies {
+			rs[k] = row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
 		}
+		type turn struct{ k, i int }
+		var turns []turn
+		for k := range verifies {
+			for i := 0; i < moves; i++ {
+				turns = append(turns, turn{k, i})
+			}
+		}
+		if o.interleave {
+			slices.SortStableFunc(turns, func(a, b turn) int { return a.i - b.i })
+		}
+		for _, tn := range turns {
+			verify, r := verifies[tn.k], &rs[tn.k]
+			watching := e.diag.on() && think > 0
+			stopWatch := func() []activity { return nil }
+			if watching {
+				stopWatch = e.diag.watch(ctx)
+			}
+			t0 := time.Now()
+			res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
+			t1 := time.Now()
+			acts := stopWatch()
+			if err != nil {
+				return fmt.Errorf("%s: move: %w", name, err)
+			}
+			if watching {
+				fmt.Fprintf(e.diag.w, "== %s, verify %v: pause %.1f ms\n", name, verify, float64(res.Pause.Microseconds())/1000)
+				e.diag.report(l, moving, t0, t1, acts)
+			}
+			where = other[where]
+			pauses[tn.k] = append(pauses[tn.k], res.Pause)
+			r.pause = max(r.pause, res.Pause)
+			r.total = max(r.total, res.Duration)
+			mm, mp, _ := l.stats(moving, true, t0, t1)
+			om, op, _ := l.stats(moving, false, t0, t1)
+			r.maxMoving, r.p99Moving = max(r.maxMoving, mm), max(r.p99Moving, mp)
+			r.maxOther, r.p99Other = max(r.maxOther, om), max(r.p99Other, op)
+			if o.perMove {
+				fmt.Printf("%s, verify %v, move %d: pause %.1f ms, max txn moving shard %.1f ms, other shards %.1f ms\n", name, verify, tn.i+1,
+					float64(res.Pause.Microseconds())/1000, float64(mm.Microseconds())/1000, float64(om.Microseconds())/1000)
+			}
+			time.Sleep(time.Second)
+		}
+		for k := range rs {
+			slices.Sort(pauses[k])
+			rs[k].note = fmt.Sprintf("%d moves, pauses %s", moves, fmtDurs(pauses[k]))
+			if o.interleave {
+				rs[k].note += " (interleaved)"
+			}
+		}
+		rows = append(rows, rs...)
 		l.stop()
 		_, _, errs := l.stats(moving, true, time.Time{}, time.Now())
 		_, _, errs2 := l.stats(moving, false, time.Time{}, time.Now())
@@ -582,7 +637,7 @@ func fmtDurs(ds []time.Duration) string {
 // steady load through the router.
 func runSplit(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster) (string, error) {
 	t0 := time.Now()
-	e, err := newEnv(ctx, log, nodes, "split", []string{"n1", "n2"}, o.splitShards)
+	e, err := newEnv(ctx, log, nodes, "split", []string{"n1", "n2"}, o.splitShards, 0)
 	if err != nil {
 		return "", fmt.Errorf("split set up: %w", err)
 	}

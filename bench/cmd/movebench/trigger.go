@@ -23,7 +23,7 @@ import (
 // copy for as long as the control), then over the rest of the move (copy,
 // catch-up, fence); the pause; and the copy's rate. It returns the lines to print.
 func runTrigger(ctx context.Context, o options, log *slog.Logger, nodes map[string]*localpg.Cluster) ([]string, error) {
-	e, err := newEnv(ctx, log, nodes, "trigger", []string{"n1", "n2"}, 8)
+	e, err := newEnv(ctx, log, nodes, "trigger", []string{"n1", "n2"}, 8, 0)
 	if err != nil {
 		return nil, fmt.Errorf("trigger set up: %w", err)
 	}
