@@ -171,22 +171,7 @@ func markReverseCut(ctx context.Context, node *pgx.Conn, slot *string) error {
 // move's lock-patient DDL, one table at a time (dropReverse then drops the
 // queue).
 func (im *Importer) dropQueueTriggers(ctx context.Context, node *pgx.Conn, shardSchema string) error {
-	rows, err := node.Query(ctx, `SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND t.tgname = $2 ORDER BY 1`, shardSchema, reverseQueueTrigger)
-	if err != nil {
-		return fmt.Errorf("list the capture triggers: %w", err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("list the capture triggers: %w", err)
-	}
-	m := im.mover(0)
-	for _, n := range names {
-		if err := m.LockedDDL(ctx, node, `DROP TRIGGER IF EXISTS `+pgx.Identifier{reverseQueueTrigger}.Sanitize()+` ON `+pgx.Identifier{shardSchema, n}.Sanitize(), false); err != nil {
-			return fmt.Errorf("drop the capture trigger of %s: %w", n, err)
-		}
-	}
-	return nil
+	return im.dropTriggers(ctx, node, shardSchema, reverseQueueTrigger)
 }
 
 // queueReverser writes a shard's capture queue on its node back to the

@@ -340,8 +340,21 @@ func (im *Importer) installCapture(ctx context.Context, legacy *pgx.Conn, imp *I
 // move's lock-patient DDL, one table at a time: the legacy rows are not
 // touched.
 func (im *Importer) dropCapture(ctx context.Context, legacy *pgx.Conn, imp *Import) error {
-	rows, err := legacy.Query(ctx, `SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND t.tgname = $2 ORDER BY 1`, imp.LegacySchema, captureTrigger)
+	if err := im.dropTriggers(ctx, legacy, imp.LegacySchema, captureTrigger, truncateTrigger); err != nil {
+		return err
+	}
+	if _, err := legacy.Exec(ctx, `DROP SCHEMA IF EXISTS `+markerSchema+` CASCADE`); err != nil {
+		return fmt.Errorf("drop schema %s: %w", markerSchema, err)
+	}
+	return nil
+}
+
+// dropTriggers drops the triggers named trigger and also on every table of
+// schema that has trigger, one table at a time, with the move's
+// lock-patient DDL (never queued ahead of the tables' writers for long).
+func (im *Importer) dropTriggers(ctx context.Context, conn *pgx.Conn, schema, trigger string, also ...string) error {
+	rows, err := conn.Query(ctx, `SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND t.tgname = $2 ORDER BY 1`, schema, trigger)
 	if err != nil {
 		return fmt.Errorf("list the capture triggers: %w", err)
 	}
@@ -351,14 +364,14 @@ func (im *Importer) dropCapture(ctx context.Context, legacy *pgx.Conn, imp *Impo
 	}
 	m := im.mover(0)
 	for _, n := range names {
-		tbl := pgx.Identifier{imp.LegacySchema, n}.Sanitize()
-		if err := m.LockedDDL(ctx, legacy, `DROP TRIGGER IF EXISTS `+pgx.Identifier{captureTrigger}.Sanitize()+` ON `+tbl+`;
-			DROP TRIGGER IF EXISTS `+pgx.Identifier{truncateTrigger}.Sanitize()+` ON `+tbl, false); err != nil {
+		tbl := pgx.Identifier{schema, n}.Sanitize()
+		ddl := ""
+		for _, t := range append([]string{trigger}, also...) {
+			ddl += `DROP TRIGGER IF EXISTS ` + pgx.Identifier{t}.Sanitize() + ` ON ` + tbl + `;`
+		}
+		if err := m.LockedDDL(ctx, conn, ddl, false); err != nil {
 			return fmt.Errorf("drop the capture triggers of %s: %w", n, err)
 		}
-	}
-	if _, err := legacy.Exec(ctx, `DROP SCHEMA IF EXISTS `+markerSchema+` CASCADE`); err != nil {
-		return fmt.Errorf("drop schema %s: %w", markerSchema, err)
 	}
 	return nil
 }

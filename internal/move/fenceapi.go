@@ -159,15 +159,8 @@ func (f *ShardFence) Flip(ctx context.Context, in func(ctx context.Context, tx p
 	if f.done {
 		return errors.New("flip: the fence has ended")
 	}
-	ctx, stop := context.WithCancel(ctx)
+	ctx, stop := f.untilLeaseLost(ctx)
 	defer stop()
-	go func() { // a lost lease ends the flip too
-		select {
-		case <-f.ctx.Done():
-			stop()
-		case <-ctx.Done():
-		}
-	}()
 	mv := f.mv
 	err := pgx.BeginFunc(ctx, f.m.cfg.Catalog, func(tx pgx.Tx) error {
 		// The lease first: it locks the row a router releasing the fence would
@@ -238,15 +231,8 @@ func (f *ShardFence) FlipStatements(ctx context.Context, stmts ...FlipStatement)
 	if f.done {
 		return errors.New("flip: the fence has ended")
 	}
-	ctx, stop := context.WithCancel(ctx)
+	ctx, stop := f.untilLeaseLost(ctx)
 	defer stop()
-	go func() { // a lost lease ends the flip too
-		select {
-		case <-f.ctx.Done():
-			stop()
-		case <-ctx.Done():
-		}
-	}()
 	mv := f.mv
 	version, err := f.flipPipeline(ctx, stmts)
 	if err != nil {
@@ -375,4 +361,18 @@ func (f *ShardFence) Release(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// untilLeaseLost returns ctx, also cancelled when the fence's lease is lost
+// (a lost lease ends a flip too), and its cancel function.
+func (f *ShardFence) untilLeaseLost(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, stop := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-f.ctx.Done():
+			stop()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, stop
 }
