@@ -542,10 +542,11 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 // through a pipeline (setupEach); else as a Query of its own. With
 // setupEach, the settings are sent again when the backend's session values
 // are not the session's. Before a Parse or Describe (bind false) of DML the
-// setup goes as a Query of its own too: the statement the client binds next
-// may be another one, which must not find an implicit transaction block the
-// router opened (VACUUM refuses one, and from PostgreSQL 18 on a procedure
-// that commits fails in one: see sendQuerySetup). Nothing is sent before a transaction control
+// setup goes with a Sync of the router's own (syncSetup), or as a Query of
+// its own: the statement the client binds next may be another one, which
+// must not find an implicit transaction block the router opened (VACUUM
+// refuses one, and from PostgreSQL 18 on a procedure that commits fails in
+// one: see sendQuerySetup). Nothing is sent before a transaction control
 // statement, which reads no table, or in an aborted transaction, where the
 // server would refuse the setup and skip the client's ROLLBACK with it: the
 // setup waits for the next statement. A Parse or Describe (bind false)
@@ -556,11 +557,48 @@ func (ss *session) sendSetup(info *stmtInfo, bind bool) {
 	if !ss.setupWanted(info, bind) {
 		return
 	}
-	if (info.dml && bind) || (ss.setupLocal && ss.localOpen) || ss.setupEach {
+	switch {
+	case (info.dml && bind) || (ss.setupLocal && ss.localOpen) || ss.setupEach:
 		ss.writeSetup()
-	} else {
+	case info.dml && !ss.unsynced:
+		ss.syncSetup()
+	default:
 		ss.flushSetup()
 	}
+}
+
+// syncSetup sends the deferred setup before a Parse or Describe of DML as
+// Bind/Execute of the router's prepared session setup statement and a Sync
+// of the router's own, its ReadyForQuery swallowed: the server parses no
+// setup text (flushSetup's Query cost pgbench -M extended ~20% more CPU per
+// transaction), and the Sync ends the implicit transaction, so the client's
+// next statement, whichever it binds, finds no block the router opened.
+// Transaction-local settings would end with that Sync: the settings go for
+// the session, as flushSetup's do, and count as the backend's once the Sync
+// answers 'I' (setupOpen). Callers use it only when no message of the
+// client's waits for a Sync on the backend (unsynced): the router's Sync
+// would end the client's implicit transaction, or the skipping after its
+// error.
+func (ss *session) syncSetup() {
+	if !ss.setupDue && !ss.cleanDue {
+		return
+	}
+	ss.writeClean()
+	if ss.setupDue {
+		ss.setupDue = false
+		if ss.setupLocal {
+			// Sent as session settings after all.
+			ss.be.Schema, ss.be.Tenant = ss.setupSchema, ss.setupTenant
+		}
+		if ss.setupPath != "" {
+			ss.bindPrepared(setupStmt, setupSQL, setupTypes, []string{ss.setupPath, ss.setupTenant})
+		} else {
+			ss.bindPrepared(setupTenantStmt, setupTenantSQL, setupTenantTypes, []string{ss.setupTenant})
+		}
+		ss.setupOpen = true
+	}
+	ss.be.W.Write(wire.SyncMsg)
+	ss.push(expect{kind: eSync, swallow: true})
 }
 
 // sendQuerySetup is sendSetup for a simple Query that may run outside a

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -81,5 +82,42 @@ func TestSearchPathStatusHidden(t *testing.T) {
 				t.Errorf("own search_path: %s, want %s", got, want)
 			}
 		})
+	}
+}
+
+// The setup before a Parse of DML (pgbench -M extended, pgx's Exec and
+// DescribeExec modes parse every statement) goes as Bind/Execute of the
+// router's prepared session setup with a Sync of its own, not as a Query of
+// text the server parses each time: with tenants on two shards of one node
+// alternating on one backend, every transaction runs the prepared setup
+// once, and each reads its own tenant's shard.
+func TestSetupBeforeParsePrepared(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	c := tcConnect(t, s, "t2")
+	runs := func() string {
+		return c.q("SELECT coalesce(sum(generic_plans + custom_plans), 0) FROM pg_prepared_statements WHERE name IN ('pgtenant_setup', 'pgtenant_setup_tenant')")
+	}
+	before := runs()
+	for i := 0; i < 4; i++ {
+		tenant, shard := "t4", "4"
+		if i%2 == 1 {
+			tenant, shard = "t2", "2"
+		}
+		c.send(&pgproto3.Parse{Query: "/* tenant: " + tenant + " */ SELECT shard FROM whoami"},
+			&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		if got, want := c.recv(1), "P B D("+shard+") C(SELECT 1) ZI"; got != want {
+			t.Fatalf("transaction %d (%s): %s, want %s", i, tenant, got, want)
+		}
+	}
+	after := runs()
+	var b, a int
+	if _, err := fmt.Sscanf(before, "D(%d)", &b); err != nil {
+		t.Fatalf("count before: %s: %v", before, err)
+	}
+	if _, err := fmt.Sscanf(after, "D(%d)", &a); err != nil {
+		t.Fatalf("count after: %s: %v", after, err)
+	}
+	if a-b != 4 {
+		t.Errorf("prepared setups run: %d before, %d after 4 transactions (want 4 more)", b, a)
 	}
 }
