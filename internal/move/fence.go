@@ -143,26 +143,12 @@ func (m *Mover) endpoints(ctx context.Context, mv *moveRun) (src, dst *pgx.Conn,
 // fenceAndFlip is the pause, from marking the shard fenced to the flip. It
 // is a chain of round trips to three servers (catalog, source, target), so
 // whatever needs no answer from the step before it runs beside that step:
-// the autovacuum cancel beside the routers' fence, the catalog lease's
-// renewal beside the wait for the marker, and the target's capture row and
+// the catalog lease's renewal beside the wait for the marker, and the target's capture row and
 // sequences, its snapshot and the source lease's renewal all at once. The
 // source's sequences are read in the locking round trip, and the retired
 // source's guard is made permanent after the release (stepFence).
 func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc, mv *moveRun, src, dst, leaseConn, snapConn *pgx.Conn, names []string, res *Result) error {
 	t0 := time.Now()
-	// src is idle until the lock (and warm: a new connection's first
-	// catalog queries cost tens of ms of CPU). The query does not end with
-	// ctx: cancelled in flight, it would close src, and the fence's own
-	// error would be lost (its end is awaited before the lock).
-	vacuumDone := make(chan struct{})
-	go func() {
-		defer close(vacuumDone)
-		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.FenceTimeout)
-		defer cancel()
-		m.cancelAutovacuum(vctx, src, mv)
-	}()
-	waitVacuum := sync.OnceFunc(func() { <-vacuumDone })
-	defer waitVacuum()
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
 	}
@@ -172,10 +158,10 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 		return fmt.Errorf("fence shard in routers: %w", err)
 	}
 	tFenced := time.Now()
-	waitVacuum()
-	if ctx.Err() != nil {
-		return fmt.Errorf("fence on source: %w", context.Cause(ctx))
-	}
+	// Right before the lock, not earlier: autovacuum starts again on a
+	// table nobody holds a lock on (a cancel beside the routers' fence let a
+	// new worker in before the LOCK, which then timed out).
+	m.cancelAutovacuum(ctx, src, mv)
 	seq, seqs, err := m.lockBatch(ctx, mv, src, names)
 	if err != nil {
 		return err
