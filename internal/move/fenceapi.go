@@ -320,7 +320,15 @@ func (f *ShardFence) flipPipeline(ctx context.Context, stmts []FlipStatement) (i
 		err = cerr
 	}
 	if err == nil {
-		if _, err = conn.Exec(ctx, `COMMIT`); err == nil {
+		// Every statement held, the lease's among them (its row is locked:
+		// a router releasing the fence waits for this transaction), so the
+		// flip stands: the COMMIT is not cut short by ctx. A lease found
+		// lapsed by the renewer meanwhile cancelled it, and the caller was
+		// told "failed, still on the source" of a flip that had committed.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, err = conn.Exec(cctx, `COMMIT`)
+		ccancel()
+		if err == nil {
 			return version, nil
 		}
 	}
