@@ -162,7 +162,11 @@ func (f *ShardFence) Flip(ctx context.Context, in func(ctx context.Context, tx p
 	ctx, stop := f.untilLeaseLost(ctx)
 	defer stop()
 	mv := f.mv
-	err := pgx.BeginFunc(ctx, f.m.cfg.Catalog, func(tx pgx.Tx) error {
+	tx, err := f.m.cfg.Catalog.Begin(ctx)
+	if err != nil {
+		return f.flipFailed(err)
+	}
+	err = func() error {
 		// The lease first: it locks the row a router releasing the fence would
 		// delete (the serialisation point, as in a move's flip).
 		b := &pgx.Batch{}
@@ -193,18 +197,54 @@ func (f *ShardFence) Flip(ctx context.Context, in func(ctx context.Context, tx p
 			return in(ctx, tx)
 		}
 		return nil
-	})
-	if err != nil {
-		if c := context.Cause(f.ctx); errors.Is(c, errLeaseLost) {
-			err = errors.Join(err, c)
-		}
-		return fmt.Errorf("flip shard %d: %w", mv.Shard, err)
+	}()
+	if err == nil {
+		cctx, ccancel := commitContext(ctx)
+		err = tx.Commit(cctx)
+		ccancel()
+	} else {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
 	}
+	if err != nil {
+		return f.flipFailed(err)
+	}
+	return f.flipped(ctx, 0)
+}
+
+// commitContext is the context of a flip's COMMIT once every statement of
+// its transaction held, the lease's among them (its row is locked: a router
+// releasing the fence waits for this transaction), so the flip stands: not
+// cut short by ctx. A lease found lapsed by the renewer meanwhile used to
+// cancel it, and the caller was told "failed, still on the source" of a
+// flip that had committed.
+func commitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
+// flipFailed wraps the error of a flip that did not commit, with the lost
+// lease when that was the cause.
+func (f *ShardFence) flipFailed(err error) error {
+	if c := context.Cause(f.ctx); errors.Is(c, errLeaseLost) {
+		err = errors.Join(err, c)
+	}
+	return fmt.Errorf("flip shard %d: %w", f.mv.Shard, err)
+}
+
+// flipped ends the fence after its flip committed: it stops renewing the
+// lease and waits until every router has seen the change (the map version
+// the flip made, when known and the fencer can wait for one).
+func (f *ShardFence) flipped(ctx context.Context, version int64) error {
 	f.FlippedAt = time.Now()
 	f.done = true
 	f.lease.close()
 	f.cancel(nil)
-	if err := f.m.cfg.Fencer.Unfence(context.WithoutCancel(ctx), mv.Shard); err != nil {
+	var err error
+	if vf, ok := f.m.cfg.Fencer.(VersionFencer); ok && version > 0 {
+		err = vf.UnfenceVersion(context.WithoutCancel(ctx), f.mv.Shard, version)
+	} else {
+		err = f.m.cfg.Fencer.Unfence(context.WithoutCancel(ctx), f.mv.Shard)
+	}
+	if err != nil {
 		return fmt.Errorf("flipped; %w", err)
 	}
 	return nil
@@ -233,27 +273,11 @@ func (f *ShardFence) FlipStatements(ctx context.Context, stmts ...FlipStatement)
 	}
 	ctx, stop := f.untilLeaseLost(ctx)
 	defer stop()
-	mv := f.mv
 	version, err := f.flipPipeline(ctx, stmts)
 	if err != nil {
-		if c := context.Cause(f.ctx); errors.Is(c, errLeaseLost) {
-			err = errors.Join(err, c)
-		}
-		return fmt.Errorf("flip shard %d: %w", mv.Shard, err)
+		return f.flipFailed(err)
 	}
-	f.FlippedAt = time.Now()
-	f.done = true
-	f.lease.close()
-	f.cancel(nil)
-	if vf, ok := f.m.cfg.Fencer.(VersionFencer); ok {
-		err = vf.UnfenceVersion(context.WithoutCancel(ctx), mv.Shard, version)
-	} else {
-		err = f.m.cfg.Fencer.Unfence(context.WithoutCancel(ctx), mv.Shard)
-	}
-	if err != nil {
-		return fmt.Errorf("flipped; %w", err)
-	}
-	return nil
+	return f.flipped(ctx, version)
 }
 
 // flipPipeline runs the flip's transaction: its statements in one round
@@ -320,12 +344,7 @@ func (f *ShardFence) flipPipeline(ctx context.Context, stmts []FlipStatement) (i
 		err = cerr
 	}
 	if err == nil {
-		// Every statement held, the lease's among them (its row is locked:
-		// a router releasing the fence waits for this transaction), so the
-		// flip stands: the COMMIT is not cut short by ctx. A lease found
-		// lapsed by the renewer meanwhile cancelled it, and the caller was
-		// told "failed, still on the source" of a flip that had committed.
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		cctx, ccancel := commitContext(ctx) // every statement held: the flip stands
 		_, err = conn.Exec(cctx, `COMMIT`)
 		ccancel()
 		if err == nil {

@@ -90,7 +90,8 @@ func isASCII(s string) bool {
 	return true
 }
 
-// appendQuoteLiteral appends s as an SQL string literal (see quoteLiteral).
+// appendQuoteLiteral appends s as an SQL string literal: E'…' with
+// backslashes doubled when s holds one, quotes doubled.
 func appendQuoteLiteral(dst []byte, s string) []byte {
 	esc := false
 	for i := 0; i < len(s); i++ {

@@ -613,13 +613,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	// may precede the Query unsynced (see sendQuerySetup).
 	inBlock := (deferred && ss.pendingBegin == "") || (ss.status != 'I' && !ss.backendPending())
 	nPre := 0
-	switch {
-	case inBlock:
+	if inBlock {
 		ss.sendSetup(&info, true)
-	default:
-		if nPre = ss.combinedSetup(&info, newSet); nPre == 0 {
-			ss.sendQuerySetup(&info)
-		}
+	} else if nPre = ss.combinedSetup(&info, newSet); nPre == 0 {
+		ss.sendQuerySetup(&info)
 	}
 	if ss.localOpen && info.txnThenMore {
 		return txnThenMoreError()

@@ -801,9 +801,4 @@ func sortSettings(ps []setting) {
 
 // quoteLiteral quotes s as an SQL string literal, whatever
 // standard_conforming_strings says.
-func quoteLiteral(s string) string {
-	if strings.IndexByte(s, '\\') >= 0 {
-		return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
-	}
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
-}
+func quoteLiteral(s string) string { return string(appendQuoteLiteral(nil, s)) }
