@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -295,12 +294,15 @@ func (m *Mover) isFlipped(ctx context.Context, mv *moveRun) (bool, error) {
 
 // markFenced sets the shard's state to 'fenced' while it is still on the
 // source and takes the fence lease in the catalog (a resumed move takes over
-// the lease of the process that died).
+// the lease of the process that died). The shards table's trigger bumps the
+// map version and notifies the routers: one notification, one reload per
+// router (a NOTIFY of the mover's own, with another payload, made them read
+// the map twice).
 func (m *Mover) markFenced(ctx context.Context, mv *moveRun) error {
 	tag, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 RETURNING id),
-		l AS (INSERT INTO pgtenant.fence_leases (shard, move_id, expires_at) SELECT id, $4, now() + $5::bigint * interval '1 millisecond' FROM u
+		l AS (INSERT INTO pgtenant.fence_leases (shard, move_id, expires_at) SELECT id, $3, now() + $4::bigint * interval '1 millisecond' FROM u
 			ON CONFLICT (shard) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at)
-		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard), mv.ID, m.cfg.FenceLease.Milliseconds())
+		SELECT FROM u`, mv.Shard, mv.Source, mv.ID, m.cfg.FenceLease.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("mark shard fenced: %w", err)
 	}
@@ -311,11 +313,10 @@ func (m *Mover) markFenced(ctx context.Context, mv *moveRun) error {
 }
 
 // markActive sets the shard back to 'active' on the source and drops its
-// fence lease (abort of a fence).
+// fence lease (abort of a fence); the trigger notifies the routers.
 func (m *Mover) markActive(ctx context.Context, mv *moveRun) error {
-	_, err := m.cfg.Catalog.Exec(ctx, `WITH l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1),
-		u AS (UPDATE pgtenant.shards SET state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced' RETURNING id)
-		SELECT pg_notify('pgtenant_map', $3) FROM u`, mv.Shard, mv.Source, strconv.Itoa(mv.Shard))
+	_, err := m.cfg.Catalog.Exec(ctx, `WITH l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1)
+		UPDATE pgtenant.shards SET state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source)
 	if err != nil {
 		return fmt.Errorf("mark shard active: %w", err)
 	}
@@ -332,7 +333,7 @@ func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
 	// fences locks it before the shard): a lapsed or released lease means
 	// the shard may already serve from the source again, and the move must
 	// not flip. The lease is consumed and the step recorded only with the
-	// flip; routers are notified (also by the catalog's map-version trigger).
+	// flip; routers are notified by the catalog's map-version trigger.
 	var flipped, leased bool
 	err := m.cfg.Catalog.QueryRow(ctx, `WITH s AS (
 			UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
@@ -340,12 +341,10 @@ func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
 				AND EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now() FOR UPDATE)
 			RETURNING id),
 		l AS (DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND EXISTS (SELECT FROM s)),
-		mv AS (UPDATE pgtenant.moves SET step = $5, updated_at = now() WHERE id = $4 AND EXISTS (SELECT FROM s)),
-		n AS (SELECT pg_notify('pgtenant_map', $6) FROM s)
+		mv AS (UPDATE pgtenant.moves SET step = $5, updated_at = now() WHERE id = $4 AND EXISTS (SELECT FROM s))
 		SELECT EXISTS (SELECT FROM s),
-			EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now()),
-			(SELECT count(*) FROM n)`,
-		mv.Shard, mv.Source, mv.Target, mv.ID, string(StepFlipped), strconv.Itoa(mv.Shard)).Scan(&flipped, &leased, nil)
+			EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now())`,
+		mv.Shard, mv.Source, mv.Target, mv.ID, string(StepFlipped)).Scan(&flipped, &leased)
 	if err == nil && !flipped {
 		err = ErrFlipConflict
 		if !leased {

@@ -57,9 +57,10 @@
 //   - The flip is done here, not behind an interface: UPDATE pgtenant.shards
 //     SET node = target, epoch = epoch + 1, state = 'active' WHERE id = shard
 //     AND node = source AND state = 'fenced' and a live fence lease of the
-//     move (consumed), the move's step set to 'flipped', and
-//     pg_notify('pgtenant_map', '<shard id>'), in one catalog statement (one
-//     round trip). Fencing sets state = 'fenced' (and notifies) before calling
+//     move (consumed) and the move's step set to 'flipped', in one catalog
+//     statement (one round trip); the shards table's trigger bumps the map
+//     version and sends the one NOTIFY pgtenant_map the routers reload on.
+//     Fencing sets state = 'fenced' (notified the same way) before calling
 //     Fencer.Fence; an abort sets it back to 'active'.
 //   - The old schema is renamed <schema>_moved_<move id> on the source;
 //     Mover.Cleanup drops those of finished moves (Options.DropSource drops it
@@ -69,6 +70,6 @@
 // source and everything the move created is dropped. Router-side holding of
 // the shard's transactions is behind the Fencer interface; the map flip is a
 // compare-and-swap UPDATE of pgtenant.shards done by this package in the same
-// catalog transaction that records the step "flipped", followed by
-// NOTIFY pgtenant_map.
+// catalog transaction that records the step "flipped", whose map-version
+// trigger sends NOTIFY pgtenant_map.
 package move

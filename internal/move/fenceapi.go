@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -171,8 +170,8 @@ func (f *ShardFence) Flip(ctx context.Context, in func(ctx context.Context, tx p
 		// delete (the serialisation point, as in a move's flip).
 		b := &pgx.Batch{}
 		b.Queue(`DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID)
+		// The shards table's trigger bumps the map version and notifies the routers.
 		b.Queue(`UPDATE pgtenant.shards SET epoch = epoch + 1, state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source)
-		b.Queue(`SELECT pg_notify('pgtenant_map', $1)`, strconv.Itoa(mv.Shard))
 		br := tx.SendBatch(ctx, b)
 		lease, err := br.Exec()
 		if err == nil && lease.RowsAffected() != 1 {
@@ -183,9 +182,6 @@ func (f *ShardFence) Flip(ctx context.Context, in func(ctx context.Context, tx p
 			if tag, err = br.Exec(); err == nil && tag.RowsAffected() != 1 {
 				err = ErrFlipConflict
 			}
-		}
-		if err == nil {
-			_, err = br.Exec()
 		}
 		if cerr := br.Close(); err == nil {
 			err = cerr

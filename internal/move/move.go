@@ -60,8 +60,9 @@ const (
 // whatever node the catalog names (after a flip, the target). Both must be
 // idempotent: Unfence may be called for a shard that is not fenced.
 //
-// Before calling Fence the Mover sets pgtenant.shards.state to 'fenced' (and
-// NOTIFY pgtenant_map); before Unfence on abort it sets it back to 'active'.
+// Before calling Fence the Mover sets pgtenant.shards.state to 'fenced' (the
+// table's trigger sends NOTIFY pgtenant_map); before Unfence on abort it sets
+// it back to 'active'.
 type Fencer interface {
 	Fence(ctx context.Context, shard int) error
 	Unfence(ctx context.Context, shard int) error

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/pgtenant/pgtenant/internal/stream"
-	"strconv"
 	"strings"
 	"time"
 
@@ -125,8 +124,7 @@ func (m *Mover) flipBack(ctx context.Context, mv *moveRun) error {
 		if tag.RowsAffected() != 1 {
 			return ErrFlipConflict
 		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify('pgtenant_map', $1)`, strconv.Itoa(mv.Shard))
-		return err
+		return nil // the shards table's trigger notifies the routers
 	})
 	if err != nil && !errors.Is(err, ErrFlipConflict) {
 		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -194,6 +195,9 @@ func (c *Conn) KillReason() error {
 func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
 
 // Cancel asks the server to cancel the query running on this connection.
+// It returns nil once the server has taken the request (it closes the
+// connection then); an error leaves unknown whether the request reached
+// the server, or still will.
 func (c *Conn) Cancel(ctx context.Context) error {
 	addr := c.nc.RemoteAddr()
 	var d net.Dialer
@@ -209,7 +213,11 @@ func (c *Conn) Cancel(ctx context.Context) error {
 		return fmt.Errorf("cancel on node %q: %w", c.node, err)
 	}
 	var b [1]byte
-	nc.Read(b[:]) // the server closes the connection when done
+	// The server closes the connection once it has signalled the backend.
+	// Anything else (a deadline, a reset) leaves the request's fate unknown.
+	if _, err := nc.Read(b[:]); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("cancel on node %q: the server did not confirm the request: %w", c.node, err)
+	}
 	return nil
 }
 

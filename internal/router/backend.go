@@ -920,7 +920,6 @@ func (ss *session) releaseBackend() {
 	ss.txnSets = ss.txnSets[:0]
 	ss.sqlStmts = nil // gone with the backend (reset, or closed)
 	ss.be = nil
-	ss.detachCancel()
 	if ss.beGate != nil {
 		ss.leaveGate(ss.beGate)
 		ss.beGate = nil
@@ -930,7 +929,7 @@ func (ss *session) releaseBackend() {
 	nm.txns.Inc()
 	nm.txnSeconds.Observe(held.Seconds())
 	ss.srv.observeUsage(ss, held)
-	be.Release()
+	ss.releaseAfterCancel(be) // without waiting for a late cancel: the client's answer goes first
 }
 
 // push queues an expected response.

@@ -37,6 +37,10 @@ type Metrics struct {
 	HoldTimeouts prometheus.Counter
 	// MapVersion is the version of the placement map in use.
 	MapVersion prometheus.Gauge
+	// LateCancelReleases counts backends given back to the pool only after
+	// a cancel request of their client's, on its way as the client's
+	// transaction ended, reached the server.
+	LateCancelReleases prometheus.Counter
 
 	mu    sync.Mutex
 	pools func() []pool.Stats
@@ -77,7 +81,8 @@ func NewMetrics() *Metrics {
 	m.Held = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtenant_router_held_transactions", Help: "Transactions held now because their shard is fenced."})
 	m.HoldTimeouts = prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtenant_router_hold_timeouts_total", Help: "Held transactions that timed out."})
 	m.MapVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtenant_router_map_version", Help: "Version of the placement map in use."})
-	m.Registry.MustRegister(m.ClientConns, m.ClientTotal, m.ClientRefused, m.Transactions, m.Errors, m.TxnSeconds, m.AcquireWait, m.Held, m.HoldTimeouts, m.MapVersion)
+	m.LateCancelReleases = prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtenant_router_late_cancel_releases_total", Help: "Backends given back to the pool after a late cancel request of their client's reached the server."})
+	m.Registry.MustRegister(m.ClientConns, m.ClientTotal, m.ClientRefused, m.Transactions, m.Errors, m.TxnSeconds, m.AcquireWait, m.Held, m.HoldTimeouts, m.MapVersion, m.LateCancelReleases)
 	m.Registry.MustRegister(poolCollector{m})
 	return m
 }

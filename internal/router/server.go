@@ -35,6 +35,9 @@ type Server struct {
 	// testHookCancel, when set (by tests), runs as a cancel request is
 	// about to be sent to a backend.
 	testHookCancel func()
+	// testCancelTimeout, when set (by tests), replaces the 5 s a cancel
+	// request may take.
+	testCancelTimeout time.Duration
 
 	mp    atomic.Pointer[placement.Map]
 	setMu sync.Mutex // serialises SetMap

@@ -138,8 +138,13 @@ type session struct {
 	be    *pool.Conn
 	beCur atomic.Pointer[pool.Conn]
 	// cancelMu is held while a cancel request is sent to beCur (see
-	// cancelQuery, detachCancel).
+	// cancelQuery, detachCancel, releaseBackend).
 	cancelMu sync.Mutex
+	// cancelLost is the backend of a cancel request whose fate is unknown
+	// (its server did not confirm it): closed rather than reused when it is
+	// released. Guarded by cancelMu.
+	cancelLost *pool.Conn
+
 	beTenant string
 	beGate   *gate
 	beStart  time.Time
@@ -667,10 +672,15 @@ func (ss *session) cancelQuery() {
 	if h := ss.srv.testHookCancel; h != nil {
 		h()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	timeout := 5 * time.Second
+	if d := ss.srv.testCancelTimeout; d > 0 {
+		timeout = d
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := be.Cancel(ctx); err != nil {
-		ss.srv.log.Warn("cancel request", "session", ss.id, "err", err)
+		ss.srv.log.Warn("cancel request", "session", ss.id, "node", be.Node(), "err", err)
+		ss.cancelLost = be // it may still arrive: never give be to another client
 	}
 }
 
@@ -679,11 +689,52 @@ func (ss *session) cancelQuery() {
 // given back to the pool, or reset for the next client, must not get a
 // late cancel of this client's, which would cancel another client's query
 // (or the DISCARD ALL that resets it). The server handles a cancel that
-// finds its backend idle by ignoring it.
-func (ss *session) detachCancel() {
+// finds its backend idle by ignoring it. A backend whose cancel request
+// was not confirmed is marked broken, so that it is closed, not reused.
+func (ss *session) detachCancel(be *pool.Conn) {
 	ss.cancelMu.Lock()
-	ss.beCur.Store(nil)
+	ss.detachCancelLocked(be)
 	ss.cancelMu.Unlock()
+}
+
+func (ss *session) detachCancelLocked(be *pool.Conn) {
+	ss.beCur.Store(nil)
+	if ss.cancelLost != nil && ss.cancelLost == be {
+		be.MarkBroken()
+		ss.cancelLost = nil
+	}
+}
+
+// releaseAfterCancel gives be back to its pool: at once, or, when a cancel
+// request of the client's is on its way to be's server, once it has got
+// there (see detachCancel). The client does not wait for that: its answer,
+// already relayed, is flushed while a goroutine of the router's waits for
+// the cancel (up to cancelQuery's 5 s) and only then gives be back.
+func (ss *session) releaseAfterCancel(be *pool.Conn) {
+	if ss.cancelMu.TryLock() {
+		// No cancel request is being sent (cancelQuery holds cancelMu for
+		// all of it): the usual case, with no goroutine.
+		ss.detachCancelLocked(be)
+		ss.cancelMu.Unlock()
+		be.Release()
+		return
+	}
+	// A cancel request holds cancelMu. If it has not read beCur yet, it
+	// finds nil (or the session's next backend, for a query of this same
+	// client): only a request that already read be can reach be's server.
+	ss.beCur.Store(nil)
+	ss.srv.m.LateCancelReleases.Inc()
+	ss.srv.wg.Add(1) // Serve waits for it before closing the pools
+	go func() {
+		defer ss.srv.wg.Done()
+		ss.cancelMu.Lock()
+		if ss.cancelLost != nil && ss.cancelLost == be {
+			be.MarkBroken()
+			ss.cancelLost = nil
+		}
+		ss.cancelMu.Unlock()
+		be.Release()
+	}()
 }
 
 // end returns or discards the session's backend.
@@ -697,7 +748,7 @@ func (ss *session) end() {
 		// DISCARD ALL would commit it. Closing the connection rolls it back.
 		be.MarkBroken()
 	}
-	ss.detachCancel()
+	ss.detachCancel(be) // the DISCARD ALL must not be cancelled either
 	if ss.srv.cfg.PoolMode == PoolSession && ss.status == 'I' && len(ss.queue) == 0 && !be.Broken() {
 		// Reset what the client may have changed. Should DISCARD ALL fail
 		// (a lock its DISCARD TEMP waits for past lock_timeout, say), the
