@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -237,7 +238,9 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 				// connections take seconds on a loaded machine.
 				oc.duration = o.duration + time.Duration(n/100)*time.Second
 				self0, cs0 := proxyUsage(tg.pid)
+				stopProf := profileCase(o, tg, round, fmt.Sprintf("many%d", n))
 				res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
+				stopProf()
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "%s: %v\n", log, err)
 					r.err = firstLine(err.Error())
@@ -255,6 +258,36 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 		}
 	}
 	return out
+}
+
+// profileCase starts, in round 1 for the in-process router, a CPU profile
+// (-cpuprofile FILE: FILE.suffix) and an execution trace (-trace FILE:
+// FILE.suffix) of one many-clients or latency case; the returned function
+// stops them.
+func profileCase(o options, tg proxyTarget, round int, suffix string) func() {
+	if tg.pid != 0 || round != 1 {
+		return func() {}
+	}
+	var stops []func()
+	if o.cpuprofile != "" {
+		if f, err := os.Create(o.cpuprofile + "." + suffix); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+			} else {
+				f.Close()
+			}
+		}
+	}
+	if o.trace != "" {
+		if stop, err := startTrace(o.trace + "." + suffix); err == nil {
+			stops = append(stops, stop)
+		}
+	}
+	return func() {
+		for _, f := range stops {
+			f()
+		}
+	}
 }
 
 // proxyUsage is the CPU time and context switches so far of the proxy
@@ -293,7 +326,9 @@ func runLatency(ctx context.Context, pgbench, root string, targets []proxyTarget
 			}
 			oc := o
 			oc.extra = []string{"-R", fmt.Sprintf("%.0f", rate), "-l", "--log-prefix", filepath.Join(dir, "tx")}
+			stopProf := profileCase(o, tg, round, "latency")
 			res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
+			stopProf()
 			if err != nil {
 				r.err = firstLine(err.Error())
 				out = append(out, r)
