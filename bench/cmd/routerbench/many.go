@@ -33,6 +33,7 @@ type manyResult struct {
 	target           string
 	clients          int
 	tps, latency     float64
+	connMS           float64 // pgbench's initial connection time, all N clients
 	proxyUS, proxyCS float64
 	rssPerIdleKiB    float64 // -1 when not measured
 	// stackKiB and heapKiB split the in-process router's memory per idle
@@ -49,6 +50,7 @@ type latencyResult struct {
 	rate          float64 // transactions per second asked for
 	tps           float64 // reached
 	p50, p99, avg float64 // ms, from pgbench's per-transaction log
+	p999, max     float64
 	err           string
 }
 
@@ -248,7 +250,7 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 					continue
 				}
 				self1, cs1 := proxyUsage(tg.pid)
-				r.tps, r.latency = res.tps, res.latency
+				r.tps, r.latency, r.connMS = res.tps, res.latency, res.connMS
 				if res.txns > 0 {
 					r.proxyUS = (self1 - self0).Seconds() * 1e6 / res.txns
 					r.proxyCS = float64(cs1-cs0) / res.txns
@@ -348,6 +350,7 @@ func runLatency(ctx context.Context, pgbench, root string, targets []proxyTarget
 			}
 			pct := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] / 1000 }
 			r.p50, r.p99, r.avg = pct(0.50), pct(0.99), sum/float64(len(lat))/1000
+			r.p999, r.max = pct(0.999), lat[len(lat)-1]/1000
 			out = append(out, r)
 			os.RemoveAll(dir)
 		}
@@ -386,10 +389,10 @@ func readLatencies(dir string) ([]float64, error) {
 
 func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 	if len(rs) > 0 {
-		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s + N/100 s (its connecting included), simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N\n\n",
+		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s + N/100 s (its connecting included), simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N (round 1: memory never used before; later rounds reuse what earlier ones freed); connecting: pgbench's initial connection time\n\n",
 			o.threads, o.duration)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\tof it stack / heap KiB\t")
+		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tconnecting s\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\tof it stack / heap KiB\t")
 		bouncer := map[string]manyResult{}
 		for _, r := range rs {
 			if r.target == "pgbouncer" {
@@ -406,27 +409,27 @@ func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 				split = fmt.Sprintf("%.1f / %.1f", r.stackKiB, r.heapKiB)
 			}
 			if r.err != "" {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t%s\t%s\t\n", r.round, r.clients, r.target, r.err, rss, split)
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t\t%s\t%s\t\n", r.round, r.clients, r.target, r.err, rss, split)
 				continue
 			}
 			x := "–"
 			if b := bouncer[fmt.Sprint(r.round, "/", r.clients)]; b.tps > 0 && r.target != "pgbouncer" {
 				x = fmt.Sprintf("%.2f", r.tps/b.tps)
 			}
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.2f\t%s\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.proxyUS, r.proxyCS, rss, split)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.1f\t%.2f\t%s\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.connMS/1000, r.proxyUS, r.proxyCS, rss, split)
 		}
 		tw.Flush()
 	}
 	if len(ls) > 0 {
 		fmt.Fprintf(w, "\nlatency at half of the router's saturation throughput (pgbench -c %d -j %d -R rate, simple protocol, one query per transaction; from pgbench's per-transaction log)\n\n", o.clients, o.threads)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "round\ttarget\trate TPS\treached TPS\tavg ms\tp50 ms\tp99 ms\t")
+		fmt.Fprintln(tw, "round\ttarget\trate TPS\treached TPS\tavg ms\tp50 ms\tp99 ms\tp99.9 ms\tmax ms\t")
 		for _, r := range ls {
 			if r.err != "" {
-				fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t\t\t\t\n", r.round, r.target, r.rate, r.err)
+				fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t\t\t\t\t\t\n", r.round, r.target, r.rate, r.err)
 				continue
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t\n", r.round, r.target, r.rate, r.tps, r.avg, r.p50, r.p99)
+			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t\n", r.round, r.target, r.rate, r.tps, r.avg, r.p50, r.p99, r.p999, r.max)
 		}
 		tw.Flush()
 	}
