@@ -246,13 +246,34 @@ type Pool struct {
 	mu      sync.Mutex
 	idle    []*Conn
 	total   int
-	waiters []chan *Conn
+	waiters []waiter // first come, first served
 	closed  bool
+	// expiry fails the waiters past their deadline; armed (at expiryAt)
+	// while there are waiters. One timer per pool rather than one per
+	// wait, and wait channels reused (chans): a wait allocates nothing,
+	// and waits for a backend are what thousands of clients on a few
+	// backends do on every transaction.
+	expiry   *time.Timer
+	expiryAt time.Time
+	chans    sync.Pool // of chan handoff
 
 	acquires, waits, waitTimeouts, connectErrs, opened, closedN atomic.Int64
 
 	stop chan struct{}
 	done chan struct{}
+}
+
+// waiter is an Acquire waiting for a connection.
+type waiter struct {
+	ch       chan handoff
+	deadline time.Time
+}
+
+// handoff is what a waiter gets: a connection, a slot to open one in (c
+// nil, err nil), or why it waits no longer (ErrWaitTimeout, ErrClosed).
+type handoff struct {
+	c   *Conn
+	err error
 }
 
 // New returns a pool for node reachable at dsn. It opens no connection; a
@@ -282,10 +303,9 @@ func (p *Pool) SetConfig(cfg Config) {
 	c.Role = p.conf().Role // a pool's role is its identity, not a setting
 	p.mu.Lock()
 	p.cfg.Store(&c)
-	var grant []chan *Conn
+	var grant []chan handoff
 	for len(p.waiters) > 0 && p.total < c.MaxSize && !p.closed {
-		grant = append(grant, p.waiters[0])
-		p.waiters = p.waiters[1:]
+		grant = append(grant, p.popWaiter())
 		p.total++
 	}
 	var drop []*Conn
@@ -295,7 +315,7 @@ func (p *Pool) SetConfig(cfg Config) {
 	}
 	p.mu.Unlock()
 	for _, w := range grant {
-		w <- nil // a slot: the waiter opens a connection in it
+		w <- handoff{} // a slot: the waiter opens a connection in it
 	}
 	for _, c := range drop {
 		p.discard(c)
@@ -340,8 +360,13 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.mu.Unlock()
 			return p.open(ctx)
 		}
-		w := make(chan *Conn, 1)
-		p.waiters = append(p.waiters, w)
+		w, _ := p.chans.Get().(chan handoff)
+		if w == nil {
+			w = make(chan handoff, 1)
+		}
+		deadline := time.Now().Add(p.conf().WaitTimeout)
+		p.waiters = append(p.waiters, waiter{ch: w, deadline: deadline})
+		p.armExpiry(deadline)
 		p.mu.Unlock()
 		p.waits.Add(1)
 		c, err := p.wait(ctx, w)
@@ -355,37 +380,97 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	}
 }
 
-func (p *Pool) wait(ctx context.Context, w chan *Conn) (*Conn, error) {
-	t := time.NewTimer(p.conf().WaitTimeout)
-	defer t.Stop()
-	var err error
+// wait waits for w's handoff, or for ctx to end. Only this goroutine holds
+// w while it is queued; it goes back to p.chans empty.
+func (p *Pool) wait(ctx context.Context, w chan handoff) (*Conn, error) {
+	var h handoff
 	select {
-	case c := <-w:
-		return c, nil
-	case <-t.C:
-		p.waitTimeouts.Add(1)
-		err = fmt.Errorf("node %q: %w", p.node, ErrWaitTimeout)
+	case h = <-w:
 	case <-ctx.Done():
-		err = ctx.Err()
-	case <-p.stop:
-		err = ErrClosed
+		p.mu.Lock()
+		for i, x := range p.waiters {
+			if x.ch == w {
+				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+				p.mu.Unlock()
+				p.chans.Put(w)
+				return nil, ctx.Err()
+			}
+		}
+		p.mu.Unlock()
+		// Someone handed us a connection (or a slot) just as we gave up:
+		// pass it on.
+		h = <-w
+		p.chans.Put(w)
+		if h.err == nil {
+			if h.c != nil {
+				p.Release(h.c)
+			} else {
+				p.freeSlot()
+			}
+		}
+		return nil, ctx.Err()
 	}
+	p.chans.Put(w)
+	switch {
+	case errors.Is(h.err, ErrWaitTimeout):
+		return nil, fmt.Errorf("node %q: %w", p.node, ErrWaitTimeout)
+	case h.err != nil:
+		return nil, h.err
+	}
+	return h.c, nil
+}
+
+// popWaiter takes the first waiter off the queue (p.mu held).
+func (p *Pool) popWaiter() chan handoff {
+	w := p.waiters[0].ch
+	p.waiters[0] = waiter{}
+	p.waiters = p.waiters[1:]
+	return w
+}
+
+// armExpiry makes the expiry timer fire by deadline (p.mu held).
+func (p *Pool) armExpiry(deadline time.Time) {
+	if p.expiry != nil && !p.expiryAt.IsZero() && !deadline.Before(p.expiryAt) {
+		return // armed for an earlier waiter; expire re-arms for the rest
+	}
+	p.expiryAt = deadline
+	d := time.Until(deadline)
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(d, p.expire)
+	} else {
+		p.expiry.Reset(d)
+	}
+}
+
+// expire fails the waiters whose deadline has passed with ErrWaitTimeout
+// and re-arms the timer for the earliest deadline of the others.
+func (p *Pool) expire() {
+	now := time.Now()
+	var late []chan handoff
 	p.mu.Lock()
-	for i, x := range p.waiters {
-		if x == w {
-			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-			p.mu.Unlock()
-			return nil, err
+	keep := p.waiters[:0]
+	var next time.Time
+	for _, w := range p.waiters {
+		if !w.deadline.After(now) {
+			late = append(late, w.ch)
+			continue
+		}
+		keep = append(keep, w)
+		if next.IsZero() || w.deadline.Before(next) {
+			next = w.deadline
 		}
 	}
-	p.mu.Unlock()
-	// Someone handed us a connection (or a slot) just as we gave up: pass it on.
-	if c := <-w; c != nil {
-		p.Release(c)
-	} else {
-		p.freeSlot()
+	clear(p.waiters[len(keep):])
+	p.waiters = keep
+	p.expiryAt = time.Time{}
+	if !next.IsZero() && !p.closed {
+		p.armExpiry(next)
 	}
-	return nil, err
+	p.mu.Unlock()
+	for _, w := range late {
+		p.waitTimeouts.Add(1)
+		w <- handoff{err: ErrWaitTimeout}
+	}
 }
 
 func (p *Pool) open(ctx context.Context) (*Conn, error) {
@@ -470,10 +555,9 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
+		w := p.popWaiter()
 		p.mu.Unlock()
-		w <- c
+		w <- handoff{c: c}
 		return
 	}
 	p.idle = append(p.idle, c)
@@ -493,10 +577,9 @@ func (p *Pool) discard(c *Conn) {
 func (p *Pool) freeSlot() {
 	p.mu.Lock()
 	if len(p.waiters) > 0 && !p.closed && p.total <= p.conf().MaxSize {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
+		w := p.popWaiter()
 		p.mu.Unlock()
-		w <- nil
+		w <- handoff{}
 		return
 	}
 	p.total--
@@ -573,7 +656,15 @@ func (p *Pool) Close() {
 	p.closed = true
 	idle := p.idle
 	p.idle = nil
+	waiters := p.waiters
+	p.waiters = nil
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
 	p.mu.Unlock()
+	for _, w := range waiters {
+		w.ch <- handoff{err: ErrClosed}
+	}
 	close(p.stop)
 	<-p.done
 	for _, c := range idle {

@@ -279,8 +279,63 @@ type session struct {
 var errShutdown = errors.New("router shutting down")
 
 // serveConn runs one client connection from its first byte to its end.
+//
+// Its frame and serve's stay small (176 and 40 bytes on amd64): they are on
+// the stack of every idle client's goroutine, below loop and its read, while
+// the startup's locals (1.1 KiB) live in openSession's frame, returned by
+// then. (The GC halves an idle goroutine's 8 KiB stack only when it uses
+// under 1.2 KiB of it: loop's frame and the read below it still use 1.4.)
 func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+	ss := s.openSession(ctx, nc)
+	if ss == nil {
+		return
+	}
 	defer nc.Close()
+	defer ss.nc.Close() // nc, or the TLS connection over it (closing nc too)
+	defer s.unregister(ss)
+	defer s.m.ClientConns.Dec()
+	ss.serve()
+}
+
+// serve relays the session's messages until it ends, then gives back its
+// backend.
+func (ss *session) serve() {
+	ss.takeWriter()
+	ss.logStart()
+	err := ss.loop()
+	ss.end()
+	ss.logEnd(err)
+}
+
+//go:noinline
+func (ss *session) logStart() {
+	ss.srv.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant, "tls", ss.tls)
+}
+
+//go:noinline
+func (ss *session) logEnd(err error) {
+	ss.srv.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
+}
+
+// openSession reads the client's startup packet (answering SSL and GSSAPI
+// encryption requests and cancel requests on the way), registers the
+// session and authenticates the client. It returns nil, the connection
+// closed, when the client goes no further; otherwise the session, counted
+// in ClientConns and registered, whose client write buffer is taken by
+// serve (a connection storm allocates none for clients refused or gone).
+//
+//go:noinline
+func (s *Server) openSession(ctx context.Context, nc net.Conn) (sess *session) {
+	raw := nc
+	var tc *tls.Conn
+	defer func() {
+		if sess == nil {
+			if tc != nil {
+				tc.Close()
+			}
+			raw.Close()
+		}
+	}()
 	s.m.ClientTotal.Inc()
 	nc.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	rio := wire.RawIO(nc)
@@ -314,15 +369,14 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 			}
 			nc.Write([]byte{'S'})
 			tcfg, cb := s.tlsConfig()
-			tc := tls.Server(nc, tcfg)
+			tc = tls.Server(nc, tcfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				s.log.Debug("tls handshake", "err", err)
-				return
+				return nil
 			}
 			nc = tc
 			rio = tc
 			tlsOn, cbind = true, cb
-			defer tc.Close()
 			cr = s.clientReader(ctx, nc)
 			continue
 		case wire.KindGSSENCRequest:
@@ -338,7 +392,6 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		srv:      s,
 		nc:       nc,
 		cr:       cr,
-		cw:       bufio.NewWriterSize(rio, clientWriterSize),
 		cwTo:     rio,
 		ctx:      ctx,
 		user:     st.Params["user"],
@@ -356,29 +409,27 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	if !s.register(ss) {
 		s.m.ClientRefused.WithLabelValues("max_clients").Inc()
 		writeFatal(nc, "53300", "sorry, too many clients already")
-		return
+		return nil
 	}
-	defer s.unregister(ss)
 	if s.closed.Load() {
-		return
+		s.unregister(ss)
+		return nil
 	}
 	s.m.ClientConns.Inc()
-	defer s.m.ClientConns.Dec()
 	if err := ss.startup(st.Params); err != nil {
+		s.m.ClientConns.Dec()
+		s.unregister(ss)
 		reason := "auth"
 		if errors.Is(err, errTLSRequired) {
 			reason = "tls"
 		}
 		s.m.ClientRefused.WithLabelValues(reason).Inc()
 		s.log.Info("client refused", "session", ss.id, "user", ss.user, "remote", ss.remote, "err", err)
-		return
+		return nil
 	}
 	nc.SetDeadline(time.Time{})
 	cr.SetMax(s.cfg.MaxMessage)
-	s.log.Info("session start", "session", ss.id, "user", ss.user, "remote", ss.remote, "tenant", ss.tenant, "tls", ss.tls)
-	err := ss.loop()
-	ss.end()
-	s.log.Info("session end", "session", ss.id, "user", ss.user, "duration", time.Since(ss.started).Round(time.Millisecond), "err", err)
+	return ss
 }
 
 // maxAuthMessage bounds client messages before authentication ends

@@ -199,6 +199,8 @@ type result struct {
 	// proxyCS is the proxy's context switches (voluntary and not) per
 	// transaction: its wake-ups.
 	proxyCS float64
+	// connMS is pgbench's initial connection time (all clients) in ms.
+	connMS float64
 }
 
 func run(ctx context.Context, o options, w io.Writer) error {
@@ -575,6 +577,9 @@ func runPgbench(ctx context.Context, bin, addr, db string, scripts []string, mod
 	tps, _ := strconv.ParseFloat(tm[1], 64)
 	lat, _ := strconv.ParseFloat(lm[1], 64)
 	r := result{tps: tps, latency: lat}
+	if m := connRe.FindStringSubmatch(s); m != nil {
+		r.connMS, _ = strconv.ParseFloat(m[1], 64)
+	}
 	if n := txRe.FindStringSubmatch(s); n != nil {
 		txns, _ := strconv.ParseFloat(n[1], 64)
 		if txns > 0 {
@@ -585,7 +590,10 @@ func runPgbench(ctx context.Context, bin, addr, db string, scripts []string, mod
 	return r, nil
 }
 
-var txRe = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+var (
+	txRe   = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+	connRe = regexp.MustCompile(`initial connection time = ([0-9.]+) ms`)
+)
 
 // clockTick is USER_HZ, the unit of /proc/PID/stat CPU times.
 const clockTick = 100

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ type manyResult struct {
 	target           string
 	clients          int
 	tps, latency     float64
+	connMS           float64 // pgbench's initial connection time, all N clients
 	proxyUS, proxyCS float64
 	rssPerIdleKiB    float64 // -1 when not measured
 	// stackKiB and heapKiB split the in-process router's memory per idle
@@ -48,6 +50,7 @@ type latencyResult struct {
 	rate          float64 // transactions per second asked for
 	tps           float64 // reached
 	p50, p99, avg float64 // ms, from pgbench's per-transaction log
+	p999, max     float64
 	err           string
 }
 
@@ -237,7 +240,9 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 				// connections take seconds on a loaded machine.
 				oc.duration = o.duration + time.Duration(n/100)*time.Second
 				self0, cs0 := proxyUsage(tg.pid)
+				stopProf := profileCase(o, tg, round, fmt.Sprintf("many%d", n))
 				res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
+				stopProf()
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "%s: %v\n", log, err)
 					r.err = firstLine(err.Error())
@@ -245,7 +250,7 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 					continue
 				}
 				self1, cs1 := proxyUsage(tg.pid)
-				r.tps, r.latency = res.tps, res.latency
+				r.tps, r.latency, r.connMS = res.tps, res.latency, res.connMS
 				if res.txns > 0 {
 					r.proxyUS = (self1 - self0).Seconds() * 1e6 / res.txns
 					r.proxyCS = float64(cs1-cs0) / res.txns
@@ -255,6 +260,36 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 		}
 	}
 	return out
+}
+
+// profileCase starts, in round 1 for the in-process router, a CPU profile
+// (-cpuprofile FILE: FILE.suffix) and an execution trace (-trace FILE:
+// FILE.suffix) of one many-clients or latency case; the returned function
+// stops them.
+func profileCase(o options, tg proxyTarget, round int, suffix string) func() {
+	if tg.pid != 0 || round != 1 {
+		return func() {}
+	}
+	var stops []func()
+	if o.cpuprofile != "" {
+		if f, err := os.Create(o.cpuprofile + "." + suffix); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+			} else {
+				f.Close()
+			}
+		}
+	}
+	if o.trace != "" {
+		if stop, err := startTrace(o.trace + "." + suffix); err == nil {
+			stops = append(stops, stop)
+		}
+	}
+	return func() {
+		for _, f := range stops {
+			f()
+		}
+	}
 }
 
 // proxyUsage is the CPU time and context switches so far of the proxy
@@ -293,7 +328,9 @@ func runLatency(ctx context.Context, pgbench, root string, targets []proxyTarget
 			}
 			oc := o
 			oc.extra = []string{"-R", fmt.Sprintf("%.0f", rate), "-l", "--log-prefix", filepath.Join(dir, "tx")}
+			stopProf := profileCase(o, tg, round, "latency")
 			res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
+			stopProf()
 			if err != nil {
 				r.err = firstLine(err.Error())
 				out = append(out, r)
@@ -313,6 +350,7 @@ func runLatency(ctx context.Context, pgbench, root string, targets []proxyTarget
 			}
 			pct := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] / 1000 }
 			r.p50, r.p99, r.avg = pct(0.50), pct(0.99), sum/float64(len(lat))/1000
+			r.p999, r.max = pct(0.999), lat[len(lat)-1]/1000
 			out = append(out, r)
 			os.RemoveAll(dir)
 		}
@@ -351,10 +389,10 @@ func readLatencies(dir string) ([]float64, error) {
 
 func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 	if len(rs) > 0 {
-		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s + N/100 s (its connecting included), simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N\n\n",
+		fmt.Fprintf(w, "\nmany clients: pgbench -c N -j %d -T %s + N/100 s (its connecting included), simple protocol, one query per transaction (router: tenant by hint, pgbouncer: set_config of search_path); memory per idle client: the proxy's RSS with N idle clients connected, minus without, ÷ N (round 1: memory never used before; later rounds reuse what earlier ones freed); connecting: pgbench's initial connection time\n\n",
 			o.threads, o.duration)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\tof it stack / heap KiB\t")
+		fmt.Fprintln(tw, "round\tclients\ttarget\tTPS\tlatency ms\t× pgbouncer\tconnecting s\tproxy CPU µs/txn\tproxy cs/txn\tRSS KiB/idle client\tof it stack / heap KiB\t")
 		bouncer := map[string]manyResult{}
 		for _, r := range rs {
 			if r.target == "pgbouncer" {
@@ -371,27 +409,27 @@ func printMany(w io.Writer, rs []manyResult, ls []latencyResult, o options) {
 				split = fmt.Sprintf("%.1f / %.1f", r.stackKiB, r.heapKiB)
 			}
 			if r.err != "" {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t%s\t%s\t\n", r.round, r.clients, r.target, r.err, rss, split)
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t\t\t\t\t\t%s\t%s\t\n", r.round, r.clients, r.target, r.err, rss, split)
 				continue
 			}
 			x := "–"
 			if b := bouncer[fmt.Sprint(r.round, "/", r.clients)]; b.tps > 0 && r.target != "pgbouncer" {
 				x = fmt.Sprintf("%.2f", r.tps/b.tps)
 			}
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.2f\t%s\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.proxyUS, r.proxyCS, rss, split)
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%.0f\t%.3f\t%s\t%.1f\t%.1f\t%.2f\t%s\t%s\t\n", r.round, r.clients, r.target, r.tps, r.latency, x, r.connMS/1000, r.proxyUS, r.proxyCS, rss, split)
 		}
 		tw.Flush()
 	}
 	if len(ls) > 0 {
 		fmt.Fprintf(w, "\nlatency at half of the router's saturation throughput (pgbench -c %d -j %d -R rate, simple protocol, one query per transaction; from pgbench's per-transaction log)\n\n", o.clients, o.threads)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "round\ttarget\trate TPS\treached TPS\tavg ms\tp50 ms\tp99 ms\t")
+		fmt.Fprintln(tw, "round\ttarget\trate TPS\treached TPS\tavg ms\tp50 ms\tp99 ms\tp99.9 ms\tmax ms\t")
 		for _, r := range ls {
 			if r.err != "" {
-				fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t\t\t\t\n", r.round, r.target, r.rate, r.err)
+				fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t\t\t\t\t\t\n", r.round, r.target, r.rate, r.err)
 				continue
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t\n", r.round, r.target, r.rate, r.tps, r.avg, r.p50, r.p99)
+			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t\n", r.round, r.target, r.rate, r.tps, r.avg, r.p50, r.p99, r.p999, r.max)
 		}
 		tw.Flush()
 	}
