@@ -518,7 +518,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("hijack: %w", err)
 	}
 	now := time.Now()
-	rw := wire.RawIO(h.Conn)
+	rw := wire.RawServerIO(h.Conn)
 	return &Conn{
 		R:        wire.NewReader(rw, 32<<10, p.conf().MaxMessage),
 		W:        bufio.NewWriterSize(rw, 32<<10),

@@ -996,13 +996,14 @@ func (ss *session) drain(all bool) error {
 			ss.lostBackend(nil)
 			continue
 		}
-		if be.W.Buffered() > 0 {
+		clientFirst := be.R.Buffered() == 0 && ss.relayed && ss.cw.Buffered() > 0
+		if be.W.Buffered() > 0 && (clientFirst || ss.held != nil) {
 			if err := be.W.Flush(); err != nil {
 				ss.backendFailed(err)
 				continue
 			}
 		}
-		if be.R.Buffered() == 0 && ss.relayed && ss.cw.Buffered() > 0 {
+		if clientFirst {
 			// Stream what the server sent so far before blocking on it;
 			// messages the router made itself wait for company.
 			ss.relayed = false
@@ -1016,7 +1017,10 @@ func (ss *session) drain(all bool) error {
 		if ss.held != nil {
 			typ, body, ss.held = ss.held[0], ss.held[1:], nil
 		} else {
-			typ, body, err = be.R.ReadMessage()
+			// What is buffered for the server goes first; when the server
+			// had answered everything before, the read that would find
+			// nothing before it answers is skipped (wire.ReadMessageAfter).
+			typ, body, err = be.R.ReadMessageAfter(be.W)
 		}
 		if err != nil {
 			ss.backendFailed(err)

@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"bufio"
+	"encoding/binary"
 	"io"
 	"net"
 	"os"
@@ -19,6 +21,17 @@ import (
 // costs thread wakeups and context switches per transaction. Connections
 // that are not plain sockets (TLS) are returned as they are.
 func RawIO(c net.Conn) io.ReadWriter {
+	return newRawIO(c, false)
+}
+
+// RawServerIO is RawIO for a connection to a PostgreSQL server: it also
+// follows the messages written to it, so that a Reader over it can tell
+// when the server has answered all of them (see Reader.ReadMessageAfter).
+func RawServerIO(c net.Conn) io.ReadWriter {
+	return newRawIO(c, true)
+}
+
+func newRawIO(c net.Conn, track bool) io.ReadWriter {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -27,10 +40,10 @@ func RawIO(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	r := &rawIO{rc: rc}
+	r := &rawIO{rc: rc, track: track}
 	// The callbacks are made once: a closure per call would be a heap
 	// allocation per read and write.
-	r.readFn, r.writeFn, r.pooledFn = r.readSys, r.writeSys, r.readPooledSys
+	r.readFn, r.writeFn, r.pooledFn, r.flushWaitFn = r.readSys, r.writeSys, r.readPooledSys, r.flushWaitSys
 	return r
 }
 
@@ -46,6 +59,26 @@ type rawIO struct {
 	werr syscall.Errno
 	pool *sync.Pool // readPooledSys takes its buffer from pool
 	pb   *[]byte    // and holds it here
+
+	// With track, Write follows the frames written (see outFrames): out
+	// counts the Sync and Query messages written, tail the messages after
+	// the last of them, hdr/nhdr a header written in part, left the bytes
+	// of the current body still to come. in counts the ReadyForQuery
+	// messages a Reader read.
+	track   bool
+	hdr     [5]byte
+	nhdr    int
+	left    int
+	out, in int64
+	tail    int
+	// State of flushWait: fw is flushed by the first call of flushWaitSys.
+	flushWaitFn func(fd uintptr) bool
+	fw          *bufio.Writer
+	fdone       bool
+	ferr        error
+	// For tests: emptyReads counts the reads that found nothing (EAGAIN),
+	// waits the requests flushWait wrote before waiting without a read.
+	emptyReads, waits int
 }
 
 // readSys is the RawConn.Read callback; false means "wait for readiness and
@@ -57,8 +90,107 @@ func (r *rawIO) readSys(fd uintptr) bool {
 			continue
 		}
 		r.rn, r.rerr = int(m), e
-		return e != syscall.EAGAIN
+		if e == syscall.EAGAIN {
+			r.emptyReads++
+			return false
+		}
+		return true
 	}
+}
+
+// flushWaitSys is the RawConn.Read callback of flushWait. Its first call
+// writes the request and asks to wait for readiness without reading: the
+// descriptor's readiness was reset before this call (RawConn.Read's
+// prepareRead), so the answer, which can only arrive after the request is
+// written, marks it readable again and ends the wait. Later calls read.
+func (r *rawIO) flushWaitSys(fd uintptr) bool {
+	if !r.fdone {
+		r.fdone = true
+		if err := r.fw.Flush(); err != nil {
+			r.ferr = err
+			return true
+		}
+		if !r.answerDue() {
+			return r.readSys(fd) // nothing written that the server must answer
+		}
+		r.waits++
+		return false
+	}
+	return r.readSys(fd)
+}
+
+// outFrames follows the frames of p, the next bytes written.
+func (r *rawIO) outFrames(p []byte) {
+	for len(p) > 0 {
+		if r.left > 0 {
+			k := min(r.left, len(p))
+			r.left -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(r.hdr[r.nhdr:], p)
+		r.nhdr += k
+		p = p[k:]
+		if r.nhdr < len(r.hdr) {
+			return
+		}
+		r.nhdr = 0
+		r.left = int(binary.BigEndian.Uint32(r.hdr[1:])) - 4
+		switch r.hdr[0] {
+		case MsgSync, MsgQuery:
+			r.out++
+			r.tail = 0
+		default:
+			r.tail++
+		}
+	}
+}
+
+// serverIdle reports whether the server answered every Sync and Query
+// written with its ReadyForQuery and nothing was written after the last of
+// them: it then sends nothing more unasked but asynchronous messages
+// (notices, notifications, parameter changes, a FATAL error before it
+// closes).
+func (r *rawIO) serverIdle() bool {
+	return r.track && r.in == r.out && r.tail == 0 && r.left == 0 && r.nhdr == 0
+}
+
+// answerDue reports whether, the server having been idle before the last
+// write, that write ended with a whole Sync or Query message: the server
+// answers it.
+func (r *rawIO) answerDue() bool {
+	return r.track && r.out > r.in && r.tail == 0 && r.left == 0 && r.nhdr == 0
+}
+
+// flushWait flushes w, whose messages the peer must answer, and reads the
+// answer into p without the read that would find nothing before the peer
+// had time to answer (see Reader.ReadMessageAfter).
+func (r *rawIO) flushWait(w *bufio.Writer, p []byte) (int, error) {
+	r.fw, r.fdone, r.ferr = w, false, nil
+	r.rp, r.rn, r.rerr = p, 0, 0
+	err := r.rc.Read(r.flushWaitFn)
+	fdone, ferr := r.fdone, r.ferr
+	r.fw, r.rp, r.ferr = nil, nil, nil
+	switch {
+	case !fdone:
+		// The callback never ran (a deadline passed, or the connection
+		// was closed): flush and read as before.
+		if ferr := w.Flush(); ferr != nil {
+			return 0, ferr
+		}
+		return r.Read(p)
+	case ferr != nil:
+		return 0, ferr
+	case err != nil:
+		// The wait failed: a plain read reports what the peer sent
+		// before, or the error, as the read without the wait would.
+		return r.Read(p)
+	case r.rerr != 0:
+		return 0, os.NewSyscallError("read", r.rerr)
+	case r.rn == 0:
+		return 0, io.EOF
+	}
+	return r.rn, nil
 }
 
 // readPooledSys is the RawConn.Read callback of readPooled: it takes a
@@ -75,6 +207,7 @@ func (r *rawIO) readPooledSys(fd uintptr) bool {
 			continue
 		}
 		if e == syscall.EAGAIN {
+			r.emptyReads++
 			r.pool.Put(r.pb)
 			r.pb = nil
 			return false
@@ -149,6 +282,9 @@ func (r *rawIO) Write(p []byte) (int, error) {
 	r.wp, r.werr = p, 0
 	err := r.rc.Write(r.writeFn)
 	done := len(p) - len(r.wp)
+	if r.track {
+		r.outFrames(p[:done])
+	}
 	errno := r.werr
 	r.wp = nil
 	if err != nil {

@@ -255,7 +255,46 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 		return typ, nil, &TooLargeError{Size: n - 4, Max: r.max}
 	}
 	body, err := r.readBody(5, n+1)
+	if typ == MsgReadyForQuery && err == nil && r.raw != nil {
+		r.raw.in++ // see ReadMessageAfter
+	}
 	return typ, body, err
+}
+
+// ReadMessageAfter flushes w and reads the next message: w.Flush, then
+// ReadMessage.
+//
+// Over RawServerIO, when w writes to the connection r reads, the server had
+// answered every Sync and Query written before (r read its ReadyForQuery)
+// and w's messages end with a Sync or a Query, the server will answer them
+// after they are written, and the read(2) that would find nothing before it
+// had time to (a system call per request) is skipped: the flush is made
+// inside the wait for the socket's readiness (syscall.RawConn.Read resets
+// the readiness before its first callback, so the answer's arrival ends the
+// wait), and the first read comes once the answer is there. Asynchronous
+// messages the server sent meanwhile are read with the answer.
+func (r *Reader) ReadMessageAfter(w *bufio.Writer) (byte, []byte, error) {
+	if w.Buffered() == 0 {
+		return r.ReadMessage()
+	}
+	if r.raw == nil || !r.raw.serverIdle() || r.r != r.w {
+		if err := w.Flush(); err != nil {
+			return 0, nil, err
+		}
+		return r.ReadMessage()
+	}
+	r.Release()
+	if r.buf == nil {
+		r.bufp = r.pool.Get().(*[]byte)
+		r.buf = *r.bufp
+	}
+	r.r, r.w = 0, 0
+	n, err := r.raw.flushWait(w, r.buf)
+	r.w = n
+	if err != nil {
+		return 0, nil, err
+	}
+	return r.ReadMessage()
 }
 
 // readBody returns bytes [skip, total) of the next total bytes and consumes them.
