@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/placement"
@@ -49,7 +50,13 @@ type prewarmer struct {
 	wg     sync.WaitGroup
 	ctx    context.Context
 	stop   context.CancelFunc
+	// off: pre-warming is off (Config.NoPrewarm, SetPrewarm).
+	off atomic.Bool
 }
+
+// SetPrewarm turns pre-warming on or off while the server runs (it starts
+// as Config.NoPrewarm says); warmings already running go on.
+func (s *Server) SetPrewarm(on bool) { s.warm.off.Store(!on) }
 
 // shardWarm is one warming of a shard's target.
 type shardWarm struct {
@@ -65,7 +72,7 @@ func (s *Server) prewarm(m *placement.Map) {
 	pw := &s.warm
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
-	if s.cfg.NoPrewarm || s.closed.Load() {
+	if s.warm.off.Load() || s.closed.Load() {
 		return
 	}
 	for _, sh := range m.Shards {

@@ -144,6 +144,7 @@ func New(cfg Config) *Server {
 	s.m.setPools(s.poolStats)
 	s.startUsage()
 	s.warm.ctx, s.warm.stop = context.WithCancel(context.Background())
+	s.warm.off.Store(cfg.NoPrewarm)
 	return s
 }
 
