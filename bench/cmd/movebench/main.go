@@ -55,6 +55,9 @@ type options struct {
 	interleave, perMove    bool
 	minIdle                int
 	prewarmAB, coldPools   bool
+	verifyAB               bool
+	verifyChunk            int64
+	verifyPace             float64
 }
 
 func main() {
@@ -81,6 +84,9 @@ func main() {
 	flag.BoolVar(&o.interleave, "interleave", false, "steady and saturating cases: moves with and without verification take turns (on, off, on, …) instead of all on, then all off")
 	flag.IntVar(&o.minIdle, "min-idle", 0, "steady, saturating and large cases: the router's pool keeps this many connections open to each node (warm backends on the target at the flip)")
 	flag.BoolVar(&o.prewarmAB, "prewarm-ab", false, "steady and saturating cases: each verify setting is run with the router's pre-warming of the target on and off (interleaved with -interleave)")
+	flag.BoolVar(&o.verifyAB, "verify-ab", false, "steady and saturating cases: verified moves also run with the comparison paced as before session 7 (8 MB chunks)")
+	flag.Int64Var(&o.verifyChunk, "verify-chunk", 0, "bytes one paced checksum query reads (move.Config.VerifyChunk; 0: the default)")
+	flag.Float64Var(&o.verifyPace, "verify-pace", 0, "rest after each checksum chunk, in times the chunk took (move.Config.VerifyPace; 0: the default)")
 	flag.BoolVar(&o.coldPools, "cold-pools", false, "steady and saturating cases: before each move, shrink the router's pools to one idle connection per node (a target the router has few connections to, as at a first move)")
 	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
 	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
@@ -340,13 +346,16 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 	return e, nil
 }
 
-func (e *env) mover(log *slog.Logger, f move.Fencer) *move.Mover {
+func (e *env) mover(log *slog.Logger, f move.Fencer, opts ...func(*move.Config)) *move.Mover {
 	if f == nil {
 		f = catalog.RouterFencer{Catalog: e.cat}
 	}
 	cfg := move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second}
 	if e.diag.on() {
 		cfg.BeforeStep = e.diag.beforeStep
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	return move.New(cfg)
 }
@@ -501,12 +510,15 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	oneCase := func(name string, clients int, think time.Duration, verifyOpts []bool, moves int) error {
 		// The variants: each verify setting, with the router's pre-warming
 		// on (and off, with -prewarm-ab).
-		type variant struct{ verify, prewarm bool }
+		type variant struct{ verify, prewarm, oldVerify bool }
 		var verifies []variant
 		for _, v := range verifyOpts {
-			verifies = append(verifies, variant{v, true})
+			verifies = append(verifies, variant{v, true, false})
 			if o.prewarmAB {
-				verifies = append(verifies, variant{v, false})
+				verifies = append(verifies, variant{v, false, false})
+			}
+			if o.verifyAB && v {
+				verifies = append(verifies, variant{v, true, true})
 			}
 		}
 		l := e.startLoad(clients, moving, think)
@@ -533,6 +545,9 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			if !v.prewarm {
 				rs[k].verify += ", no prewarm"
 			}
+			if v.oldVerify {
+				rs[k].verify += ", 8MB chunks"
+			}
 		}
 		type turn struct{ k, i int }
 		var turns []turn
@@ -556,7 +571,13 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 				stopWatch = e.diag.watch(ctx)
 			}
 			t0 := time.Now()
-			res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
+			mcfg := func(c *move.Config) {
+				c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace
+				if verifies[tn.k].oldVerify {
+					c.VerifyChunk = 8 << 20
+				}
+			}
+			res, err := e.mover(log, nil, mcfg).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
 			t1 := time.Now()
 			acts := stopWatch()
 			if err != nil {
@@ -634,7 +655,7 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		l := e.startLoad(o.bigClients, big, o.think)
 		time.Sleep(time.Second)
 		m0 := time.Now()
-		res, err := e.mover(log, nil).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
+		res, err := e.mover(log, nil, func(c *move.Config) { c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace }).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
 		m1 := time.Now()
 		time.Sleep(500 * time.Millisecond)
 		l.stop()
