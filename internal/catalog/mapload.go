@@ -81,8 +81,13 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 	batch.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
 	batch.Queue(`SELECT version FROM pgtenant.map_version`)
 	batch.Queue(`SELECT version, kind, coalesce(shards, '{}') FROM pgtenant.map_changes WHERE `+upTo+` ORDER BY version`, since)
-	batch.Queue(`SELECT id, schema_name, node, state, epoch FROM pgtenant.shards
-		WHERE $2 OR id IN (SELECT unnest(shards) FROM pgtenant.map_changes WHERE `+upTo+`) ORDER BY id`, since, full)
+	// A shard's running move names its target (Shard.Target): the routers
+	// pre-warm their pools to it before the flip (the mover touches the
+	// shard's row before the fence, so that they read it then).
+	batch.Queue(`SELECT s.id, s.schema_name, s.node, s.state, s.epoch,
+			coalesce((SELECT m.target_node FROM pgtenant.moves m WHERE m.shard = s.id AND m.status = 'running'), '')
+		FROM pgtenant.shards s
+		WHERE $2 OR s.id IN (SELECT unnest(shards) FROM pgtenant.map_changes WHERE `+upTo+`) ORDER BY s.id`, since, full)
 	batch.Queue(`SELECT name, dsn FROM pgtenant.nodes
 		WHERE $2 OR EXISTS (SELECT FROM pgtenant.map_changes WHERE `+upTo+` AND kind = 'nodes')`, since, full)
 	queueTenantFences(batch, upTo, since, full)
@@ -139,7 +144,7 @@ func (c *Catalog) readMap(ctx context.Context, b batcher, prev *placement.Map) (
 	}
 	shards, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (placement.Shard, error) {
 		var s placement.Shard
-		err := r.Scan(&s.ID, &s.Schema, &s.Node, &s.State, &s.Epoch)
+		err := r.Scan(&s.ID, &s.Schema, &s.Node, &s.State, &s.Epoch, &s.Target)
 		return s, err
 	})
 	if err != nil {

@@ -438,3 +438,49 @@ func TestLoadMapImportOverlay(t *testing.T) {
 		t.Fatalf("after the import finished: shard 0 %+v, importing %v", m.Shards[0], c.importing.Load())
 	}
 }
+
+// TestLoadMapMoveTarget: a shard's running move names its target in the map
+// (Shard.Target, what routers pre-warm), read in full and as a change when
+// the mover touches the shard's row; a finished move names none.
+func TestLoadMapMoveTarget(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 4)
+	load := func(prev *placement.Map) *placement.Map {
+		t.Helper()
+		m, err := c.loadMapSince(ctx, c.pool, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	prev := load(nil)
+	src := prev.Shards[1].Node
+	dst := "a"
+	if src == "a" {
+		dst = "b"
+	}
+	var id int64
+	if err := c.pool.QueryRow(ctx, `INSERT INTO pgtenant.moves (shard, source_node, target_node, step) VALUES (1, $1, $2, 'catchup') RETURNING id`, src, dst).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if m := load(nil); m.Shards[1].Target != dst || m.Shards[0].Target != "" {
+		t.Fatalf("full load during a move: shard 1 %+v, shard 0 %+v; want target %q on shard 1 only", m.Shards[1], m.Shards[0], dst)
+	}
+	// The mover's announcement (the row updated to itself) is a change.
+	if _, err := c.pool.Exec(ctx, `UPDATE pgtenant.shards SET state = state WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	m := load(prev)
+	if m.Shards[1].Target != dst {
+		t.Fatalf("incremental load after the announcement: shard 1 %+v, want target %q", m.Shards[1], dst)
+	}
+	if _, err := c.pool.Exec(ctx, `UPDATE pgtenant.moves SET status = 'done' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SetShardState(ctx, 1, placement.StateFenced); err != nil {
+		t.Fatal(err)
+	}
+	if m2 := load(m); m2.Shards[1].Target != "" || m2.Shards[1].State != placement.StateFenced {
+		t.Fatalf("after the move: shard 1 %+v, want no target", m2.Shards[1])
+	}
+}

@@ -30,6 +30,7 @@ import (
 // with the shard still on the source. A lost lease leaves the move running
 // for Resume (the routers already gave the shard back to its source).
 func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
+	m.announceTarget(ctx, mv)
 	src, dst, names, err := m.endpoints(ctx, mv)
 	if err != nil {
 		return err

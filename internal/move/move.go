@@ -137,11 +137,16 @@ type Config struct {
 	// means no wait.
 	VerifyDelay time.Duration
 	// VerifyPace paces the comparison's scans (PostgreSQL 14 and later):
-	// each reads its table 8 MB at a time and rests after each chunk for
-	// VerifyPace times as long as the chunk took, so that a scan takes at
-	// most 1/(1+VerifyPace) of a CPU on each node. Zero means 1 (half a
-	// CPU); negative means no rest (one query per table).
+	// each reads its table VerifyChunk at a time and rests after each chunk
+	// for VerifyPace times as long as the chunk took, so that a scan takes
+	// at most 1/(1+VerifyPace) of a CPU; VerifyParallel scans run on each
+	// node at once. Zero means 1 (half a CPU per scan); negative means no
+	// rest (one query per table).
 	VerifyPace float64
+	// VerifyChunk is how many bytes of a table one paced checksum query
+	// reads: the longest the scan holds a CPU at a stretch. Zero means
+	// DefaultVerifyChunk (1 MB).
+	VerifyChunk int64
 	// AfterFlip, when set, runs once the shard is on the target, before
 	// cleanup (again on resume): grants and row-level security policies
 	// are re-applied there. An error leaves the move for --resume.

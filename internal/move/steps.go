@@ -470,6 +470,7 @@ func waitMarker(ctx context.Context, dst *pgx.Conn, mv *moveRun, seq int64, ever
 // stepCatchUp waits until a marker row committed on the source shows up on
 // the target within MaxLag: the lag is then small enough to fence.
 func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
+	m.announceTarget(ctx, mv) // the routers warm the target while it catches up
 	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err

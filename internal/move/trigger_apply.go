@@ -259,6 +259,7 @@ func deleteSQL(schema string, t keyedTable) string {
 // its snapshot to its last entry, takes at most MaxLag: the fence's drain is
 // then about as short.
 func (m *Mover) stepTriggerCatchUp(ctx context.Context, mv *moveRun) error {
+	m.announceTarget(ctx, mv) // the routers warm the target while it catches up
 	src, dst, err := m.conns(ctx, mv)
 	if err != nil {
 		return err

@@ -200,7 +200,7 @@ func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tabl
 		return VerifyReport{Schema: schema}, err
 	}
 	defer closeVerifyPairs(pairs)
-	return verifyOn(ctx, pairs, schema, snapshot, tableNames, 0)
+	return verifyOn(ctx, pairs, schema, snapshot, tableNames, pacing{})
 }
 
 // verifyApp is the application_name of the comparison's connections (seen
@@ -248,7 +248,7 @@ func closeVerifyPairs(pairs []verifyPair) {
 
 // verifyOn compares the tables on the pairs given, one table per pair at a
 // time; each pair's target connection imports the snapshot first.
-func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, tableNames []string, pace float64) (VerifyReport, error) {
+func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, tableNames []string, pace pacing) (VerifyReport, error) {
 	rep := VerifyReport{Schema: schema}
 	jobs := make(chan int)
 	checks := make([]TableCheck, len(tableNames))
@@ -273,13 +273,16 @@ func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, 
 				for range jobs { // after a failure: let the feeder finish
 				}
 			}()
-			if _, err := p.dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)); err != nil {
+			// No parallel workers: each would be one more process taking a
+			// CPU from the clients, beyond what the pacing accounts for.
+			if _, err := p.dst.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT `+quoteLiteral(snapshot)+
+				`; SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
 				fail(fmt.Errorf("import the target's snapshot: %w", err))
 				return
 			}
 			defer p.dst.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
 			// The source is frozen; one snapshot for all its chunks all the same.
-			if _, err := p.src.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+			if _, err := p.src.Exec(wctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
 				fail(fmt.Errorf("begin on the source: %w", err))
 				return
 			}
@@ -319,7 +322,7 @@ func verifyOn(ctx context.Context, pairs []verifyPair, schema, snapshot string, 
 }
 
 // checkTable checksums one table on both sides at once.
-func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string, pace float64) (TableCheck, error) {
+func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string, pace pacing) (TableCheck, error) {
 	c := TableCheck{Table: table}
 	var derr error
 	done := make(chan struct{})
@@ -341,36 +344,51 @@ func checkTable(ctx context.Context, src, dst *pgx.Conn, schema, table string, p
 	return c, nil
 }
 
-// verifyChunkBlocks is how many of a table's blocks one paced checksum query reads (8 MB).
-const verifyChunkBlocks = 1024
+// DefaultVerifyChunk is how much of a table one paced checksum query reads
+// (Config.VerifyChunk).
+const DefaultVerifyChunk = 1 << 20
+
+// pacing is how the comparison's scans are paced (Config.VerifyPace and
+// VerifyChunk); the zero value reads each table in one query.
+type pacing struct {
+	pace  float64 // rest after each chunk, in times the chunk took; <= 0: one query
+	chunk int64   // bytes per chunk; <= 0: DefaultVerifyChunk
+}
 
 // sumTable is a table's row count and the sum of hashtextextended(row::text,
-// 0) over its rows, as seen by conn's transaction. With pace > 0 (and
-// PostgreSQL 14 or later, for TID range scans) it reads the table
-// verifyChunkBlocks blocks at a time and rests after each chunk for pace
-// times as long as the chunk took: a scan then takes at most 1/(1+pace) of a
-// CPU, and the shard's clients (just moved to this node) keep the rest.
-func sumTable(ctx context.Context, conn *pgx.Conn, schema, table string, pace float64) (int64, string, error) {
+// 0) over its rows, as seen by conn's transaction. With a pace > 0 (and
+// PostgreSQL 14 or later, for TID range scans) it reads the table a chunk of
+// blocks at a time and rests after each chunk for pace times as long as the
+// chunk took: a scan then takes at most 1/(1+pace) of a CPU, and the shard's
+// clients (just moved to this node) keep the rest; a small chunk keeps each
+// burst short (1 MB: a few ms of CPU), so a client never waits long behind
+// one.
+func sumTable(ctx context.Context, conn *pgx.Conn, schema, table string, pc pacing) (int64, string, error) {
 	rel := ident(schema, table)
 	q := `SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM ONLY ` + rel + ` AS t`
 	var rows int64
 	var sum string
-	if pace <= 0 || serverMajor(conn) < 14 {
+	if pc.pace <= 0 || serverMajor(conn) < 14 {
 		err := conn.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&rows, &sum)
 		return rows, sum, err
 	}
-	var blocks int64
-	if err := conn.QueryRow(ctx, `SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int`, rel).Scan(&blocks); err != nil {
+	var blocks, blockSize int64
+	if err := conn.QueryRow(ctx, `SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int, current_setting('block_size')::int`, rel).Scan(&blocks, &blockSize); err != nil {
 		return 0, "", err
 	}
+	chunk := pc.chunk
+	if chunk <= 0 {
+		chunk = DefaultVerifyChunk
+	}
+	step := max(chunk/blockSize, 1)
 	total := new(big.Int)
-	for start := int64(0); ; start += verifyChunkBlocks {
+	for start := int64(0); ; start += step {
 		// The last chunk is open-ended: it reads whatever lies past the
 		// size read above.
 		cq := q + fmt.Sprintf(` WHERE t.ctid >= '(%d,0)'::tid`, start)
-		last := start+verifyChunkBlocks >= blocks
+		last := start+step >= blocks
 		if !last {
-			cq += fmt.Sprintf(` AND t.ctid < '(%d,0)'::tid`, start+verifyChunkBlocks)
+			cq += fmt.Sprintf(` AND t.ctid < '(%d,0)'::tid`, start+step)
 		}
 		t0 := time.Now()
 		var n int64
@@ -386,7 +404,7 @@ func sumTable(ctx context.Context, conn *pgx.Conn, schema, table string, pace fl
 		if last {
 			return rows, total.String(), nil
 		}
-		if err := sleep(ctx, time.Duration(float64(time.Since(t0))*pace)); err != nil {
+		if err := sleep(ctx, time.Duration(float64(time.Since(t0))*pc.pace)); err != nil {
 			return 0, "", err
 		}
 	}
@@ -440,7 +458,7 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 			return fmt.Errorf("verify: %w", err)
 		}
 	}
-	rep, err := verifyOn(ctx, mv.verify, mv.Schema, mv.snap.snapshot, names, m.cfg.VerifyPace)
+	rep, err := verifyOn(ctx, mv.verify, mv.Schema, mv.snap.snapshot, names, pacing{pace: m.cfg.VerifyPace, chunk: m.cfg.VerifyChunk})
 	closeVerifyPairs(mv.verify)
 	mv.verify = nil
 	if err != nil {

@@ -50,33 +50,35 @@ func TestPacedChecksumEqualsOneScan(t *testing.T) {
 	ctx := context.Background()
 	dsn := srvA.NewDatabase(t)
 	p := pool(t, dsn)
-	// ~3.5 chunks of 1,024 blocks, then holes.
+	// Several chunks of 1 MB (128 blocks), then holes.
 	mustExec(t, p, `CREATE SCHEMA s; CREATE TABLE s.t (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = off);
 		INSERT INTO s.t SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 200000) i;
 		DELETE FROM s.t WHERE id % 7 = 0; UPDATE s.t SET v = 'x' WHERE id % 11 = 0`)
-	if blocks := queryInt(t, p, `SELECT pg_relation_size('s.t') / 8192`); blocks < 3*verifyChunkBlocks {
-		t.Fatalf("table has %d blocks, want several chunks of %d", blocks, verifyChunkBlocks)
+	if blocks := queryInt(t, p, `SELECT pg_relation_size('s.t') / 8192`); blocks < 3*DefaultVerifyChunk/8192 {
+		t.Fatalf("table has %d blocks, want several chunks of %d", blocks, DefaultVerifyChunk/8192)
 	}
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	wantRows, wantSum, err := sumTable(ctx, conn, "s", "t", -1)
+	wantRows, wantSum, err := sumTable(ctx, conn, "s", "t", pacing{pace: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	gotRows, gotSum, err := sumTable(ctx, conn, "s", "t", 0.01)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if gotRows != wantRows || gotSum != wantSum {
-		t.Errorf("paced: %d rows, sum %s; one scan: %d rows, sum %s", gotRows, gotSum, wantRows, wantSum)
+	for _, chunk := range []int64{0, 8 << 20, 3 * 8192} {
+		gotRows, gotSum, err := sumTable(ctx, conn, "s", "t", pacing{pace: 0.01, chunk: chunk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gotRows != wantRows || gotSum != wantSum {
+			t.Errorf("paced, chunk %d: %d rows, sum %s; one scan: %d rows, sum %s", chunk, gotRows, gotSum, wantRows, wantSum)
+		}
 	}
 	if n := 200000 - 200000/7; wantRows != int64(n) {
 		t.Errorf("rows: %d, want %d", wantRows, n)
 	}
-	if _, _, err := sumTable(ctx, conn, "s", "missing", 1); !isUndefined(err) {
+	if _, _, err := sumTable(ctx, conn, "s", "missing", pacing{pace: 1}); !isUndefined(err) {
 		t.Errorf("missing table: got %v, want 42P01", err)
 	}
 }

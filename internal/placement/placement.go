@@ -42,6 +42,10 @@ type Shard struct {
 	State string
 	// Epoch increases every time the shard changes node.
 	Epoch int64
+	// Target is the node the shard's running move will flip it to (maps
+	// loaded from the catalog); empty without a move. Routers open and
+	// prime connections to it before the flip (pre-warming).
+	Target string
 	// SchemaPerTenant: each tenant of the shard has a schema of its own
 	// (the shard is served from a legacy database with a schema per tenant
 	// during an import): Lookup gives a tenant's Location that schema

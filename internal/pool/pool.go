@@ -131,6 +131,8 @@ type Conn struct {
 	broken   atomic.Bool
 	reason   atomic.Pointer[error]
 	pool     *Pool
+	// primed is the priming statement the connection ran (see Warm).
+	primed string
 }
 
 // quiet reports whether nothing is waiting to be read on an idle
@@ -165,6 +167,9 @@ func (c *Conn) Readable() bool { return !c.quiet() }
 
 // Release returns the connection to the pool it came from.
 func (c *Conn) Release() { c.pool.Release(c) }
+
+// Pool is the pool the connection belongs to.
+func (c *Conn) Pool() *Pool { return c.pool }
 
 // Node is the name of the node the connection is to.
 func (c *Conn) Node() string { return c.node }

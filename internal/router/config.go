@@ -151,6 +151,11 @@ type Config struct {
 	// HoldTimeout is how long a transaction for a fenced shard is held
 	// before it fails with 40001. Zero means 10 seconds.
 	HoldTimeout time.Duration
+	// NoPrewarm turns pre-warming off: by default, when the map names the
+	// node a shard is being moved to (placement.Shard.Target), the router
+	// opens and primes connections to it before the flip (prewarm.go), so
+	// the transactions held by the fence find warm backends there.
+	NoPrewarm bool
 	// SharedSchema is the schema searched after the shard's: every
 	// transaction runs with search_path "shard_NNNN", SharedSchema,
 	// pg_temp. Extensions and reference tables live there; pg_temp comes

@@ -101,6 +101,8 @@ type Server struct {
 	usage *usage.Sketch
 	// tfences holds the fenced tenants' holds (tenantfence.go).
 	tfences tenantFences
+	// warm pre-warms the pools to the targets of moves (prewarm.go).
+	warm prewarmer
 }
 
 // New returns a Server for cfg. It does no I/O.
@@ -144,6 +146,8 @@ func New(cfg Config) *Server {
 	s.maxClients.Store(int64(cfg.MaxClients))
 	s.m.setPools(s.poolStats)
 	s.startUsage()
+	s.warm.ctx, s.warm.stop = context.WithCancel(context.Background())
+	s.warm.off.Store(cfg.NoPrewarm)
 	return s
 }
 
@@ -262,6 +266,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.sessMu.Unlock()
 	s.wg.Wait()
+	s.stopPrewarm()
 	s.poolsMu.Lock()
 	for _, p := range s.pools {
 		p.Close()
@@ -289,7 +294,8 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 	s.mp.Store(m)
 	s.m.MapVersion.Set(float64(m.Version))
 	gs := s.gatesFor(len(m.Shards))
-	var fenced []*gate
+	var fenced, newly []*gate
+	var newlyInflight []int
 	for _, sh := range m.Shards {
 		if sh.ID < 0 || sh.ID >= len(gs) {
 			continue
@@ -301,7 +307,9 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 				g.fenced = true
 				g.fencedAt = time.Now()
 				g.release = make(chan struct{})
-				s.log.Info("shard fenced", "shard", sh.ID, "node", sh.Node)
+				s.log.Info("shard fenced", "shard", sh.ID, "node", sh.Node, "in_flight", len(g.inflight))
+				newly = append(newly, g)
+				newlyInflight = append(newlyInflight, len(g.inflight))
 			}
 			fenced = append(fenced, g)
 		} else if g.fenced && !s.draining.Load() { // Drain keeps every shard fenced
@@ -326,11 +334,21 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 			s.pool(n) // so each node's MinIdle connections are opened
 		}
 	}
+	s.prewarm(m)
 	if err := s.waitTenantFences(ctx, s.applyTenantFences(m)); err != nil {
 		return err
 	}
 	if len(fenced) == 0 {
 		return nil
+	}
+	if len(newly) > 0 {
+		// What the fence's acknowledgement waited for (a move's "routers" step).
+		t0 := time.Now()
+		defer func() {
+			for i, g := range newly {
+				s.log.Info("shard fence applied", "shard", g.id, "in_flight", newlyInflight[i], "waited", time.Since(t0), "since_fenced", time.Since(g.fencedAt))
+			}
+		}()
 	}
 	// Wait for the fenced shards' in-flight transactions to end; cut those
 	// still open when their shard's grace (counted from when it was first

@@ -54,6 +54,10 @@ type options struct {
 	sample                 bool
 	interleave, perMove    bool
 	minIdle                int
+	prewarmAB, coldPools   bool
+	verifyAB               bool
+	verifyChunk            int64
+	verifyPace             float64
 }
 
 func main() {
@@ -79,6 +83,11 @@ func main() {
 	flag.DurationVar(&o.slow, "slow", 0, "steady case: print each moving-shard transaction longer than this during a move, with the mover's steps (0: none)")
 	flag.BoolVar(&o.interleave, "interleave", false, "steady and saturating cases: moves with and without verification take turns (on, off, on, …) instead of all on, then all off")
 	flag.IntVar(&o.minIdle, "min-idle", 0, "steady, saturating and large cases: the router's pool keeps this many connections open to each node (warm backends on the target at the flip)")
+	flag.BoolVar(&o.prewarmAB, "prewarm-ab", false, "steady and saturating cases: each verify setting is run with the router's pre-warming of the target on and off (interleaved with -interleave)")
+	flag.BoolVar(&o.verifyAB, "verify-ab", false, "steady and saturating cases: verified moves also run with the comparison paced as before session 7 (8 MB chunks)")
+	flag.Int64Var(&o.verifyChunk, "verify-chunk", 0, "bytes one paced checksum query reads (move.Config.VerifyChunk; 0: the default)")
+	flag.Float64Var(&o.verifyPace, "verify-pace", 0, "rest after each checksum chunk, in times the chunk took (move.Config.VerifyPace; 0: the default)")
+	flag.BoolVar(&o.coldPools, "cold-pools", false, "steady and saturating cases: before each move, shrink the router's pools to one idle connection per node (a target the router has few connections to, as at a first move)")
 	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
 	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
 	flag.Parse()
@@ -237,6 +246,20 @@ type env struct {
 	clients int
 	// diag explains slow transactions in the steady case (-slow, -sample).
 	diag *diag
+	// rcfg is the router's config (see coldPools).
+	rcfg router.Config
+}
+
+// coldPools closes the router's idle backend connections but one per node
+// pool (a reload to a pool size of 1, then back), then lets the load run a
+// second to open what it needs again: the next move's target has about the
+// connections its own shards' clients use, none for the moving shard's.
+func (e *env) coldPools() {
+	c := e.rcfg
+	c.Pool.MaxSize, c.Pool.MinIdle = 1, 0
+	e.srv.Reload(c)
+	e.srv.Reload(e.rcfg)
+	time.Sleep(time.Second)
 }
 
 // newEnv creates the catalog in database catDB on n1 with shards over the
@@ -292,7 +315,8 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 		}
 	}
 	// The router: listen, register, load the map, serve, follow.
-	e.srv = router.New(router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40, MinIdle: minIdle}})
+	e.rcfg = router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Logger: log, Pool: router.PoolConfig{MaxSize: 40, MinIdle: minIdle}}
+	e.srv = router.New(e.rcfg)
 	if err := e.srv.Open(ctx); err != nil {
 		return nil, err
 	}
@@ -322,13 +346,16 @@ func newEnv(ctx context.Context, log *slog.Logger, nodes map[string]*localpg.Clu
 	return e, nil
 }
 
-func (e *env) mover(log *slog.Logger, f move.Fencer) *move.Mover {
+func (e *env) mover(log *slog.Logger, f move.Fencer, opts ...func(*move.Config)) *move.Mover {
 	if f == nil {
 		f = catalog.RouterFencer{Catalog: e.cat}
 	}
 	cfg := move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second}
 	if e.diag.on() {
 		cfg.BeforeStep = e.diag.beforeStep
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	return move.New(cfg)
 }
@@ -480,7 +507,20 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	where := "n1"
 	other := map[string]string{"n1": "n2", "n2": "n1"}
 	// oneCase runs a control and moves under a load and adds a row per verify setting.
-	oneCase := func(name string, clients int, think time.Duration, verifies []bool, moves int) error {
+	oneCase := func(name string, clients int, think time.Duration, verifyOpts []bool, moves int) error {
+		// The variants: each verify setting, with the router's pre-warming
+		// on (and off, with -prewarm-ab).
+		type variant struct{ verify, prewarm, oldVerify bool }
+		var verifies []variant
+		for _, v := range verifyOpts {
+			verifies = append(verifies, variant{v, true, false})
+			if o.prewarmAB {
+				verifies = append(verifies, variant{v, false, false})
+			}
+			if o.verifyAB && v {
+				verifies = append(verifies, variant{v, true, true})
+			}
+		}
 		l := e.startLoad(clients, moving, think)
 		defer l.stop()
 		time.Sleep(500 * time.Millisecond) // warm up
@@ -500,8 +540,14 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		// same pools and the same load on the box.
 		rs := make([]row, len(verifies))
 		pauses := make([][]time.Duration, len(verifies))
-		for k, verify := range verifies {
-			rs[k] = row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[verify], control: ctlMax, p99Ctl: ctlP99}
+		for k, v := range verifies {
+			rs[k] = row{name: name, load: loadDesc, verify: map[bool]string{true: "on", false: "off"}[v.verify], control: ctlMax, p99Ctl: ctlP99}
+			if !v.prewarm {
+				rs[k].verify += ", no prewarm"
+			}
+			if v.oldVerify {
+				rs[k].verify += ", 8MB chunks"
+			}
 		}
 		type turn struct{ k, i int }
 		var turns []turn
@@ -514,21 +560,31 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			slices.SortStableFunc(turns, func(a, b turn) int { return a.i - b.i })
 		}
 		for _, tn := range turns {
-			verify, r := verifies[tn.k], &rs[tn.k]
+			verify, r := verifies[tn.k].verify, &rs[tn.k]
+			e.srv.SetPrewarm(verifies[tn.k].prewarm)
+			if o.coldPools {
+				e.coldPools()
+			}
 			watching := e.diag.on() && think > 0
 			stopWatch := func() []activity { return nil }
 			if watching {
 				stopWatch = e.diag.watch(ctx)
 			}
 			t0 := time.Now()
-			res, err := e.mover(log, nil).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
+			mcfg := func(c *move.Config) {
+				c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace
+				if verifies[tn.k].oldVerify {
+					c.VerifyChunk = 8 << 20
+				}
+			}
+			res, err := e.mover(log, nil, mcfg).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
 			t1 := time.Now()
 			acts := stopWatch()
 			if err != nil {
 				return fmt.Errorf("%s: move: %w", name, err)
 			}
 			if watching {
-				fmt.Fprintf(e.diag.w, "== %s, verify %v: pause %.1f ms\n", name, verify, float64(res.Pause.Microseconds())/1000)
+				fmt.Fprintf(e.diag.w, "== %s, verify %s: pause %.1f ms\n", name, r.verify, float64(res.Pause.Microseconds())/1000)
 				e.diag.report(l, moving, t0, t1, acts)
 			}
 			where = other[where]
@@ -540,7 +596,7 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			r.maxMoving, r.p99Moving = max(r.maxMoving, mm), max(r.p99Moving, mp)
 			r.maxOther, r.p99Other = max(r.maxOther, om), max(r.p99Other, op)
 			if o.perMove {
-				fmt.Printf("%s, verify %v, move %d: pause %.1f ms, max txn moving shard %.1f ms, other shards %.1f ms\n", name, verify, tn.i+1,
+				fmt.Printf("%s, verify %s, move %d: pause %.1f ms, max txn moving shard %.1f ms, other shards %.1f ms\n", name, r.verify, tn.i+1,
 					float64(res.Pause.Microseconds())/1000, float64(mm.Microseconds())/1000, float64(om.Microseconds())/1000)
 			}
 			time.Sleep(time.Second)
@@ -599,7 +655,7 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		l := e.startLoad(o.bigClients, big, o.think)
 		time.Sleep(time.Second)
 		m0 := time.Now()
-		res, err := e.mover(log, nil).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
+		res, err := e.mover(log, nil, func(c *move.Config) { c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace }).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
 		m1 := time.Now()
 		time.Sleep(500 * time.Millisecond)
 		l.stop()
