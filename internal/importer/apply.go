@@ -72,6 +72,10 @@ type applier struct {
 	// late counts, per shard cut over, the legacy writes not applied since
 	// they were last logged (see noteLate).
 	late map[int]*lateWrites
+	// pipe, when set, applies each node's part of a batch in a goroutine
+	// per node (applypipe.go); without it (catch-up) each batch is applied
+	// to the nodes at once and durably before the next.
+	pipe *pipeline
 
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
@@ -198,7 +202,9 @@ func (a *applier) lookupParent(ctx context.Context, child tables.Table, key stri
 				pgx.Identifier{sc, parent.Name}.Sanitize(), pgx.Identifier{child.ParentColumn}.Sanitize())
 		}
 		var tenant string
-		err := a.nodes[node].Conn.QueryRow(ctx, strings.Join(parts, " UNION ALL ")+" LIMIT 1", key).Scan(&tenant)
+		err := a.onNode(node, func(conn *pgx.Conn) error {
+			return conn.QueryRow(ctx, strings.Join(parts, " UNION ALL ")+" LIMIT 1", key).Scan(&tenant)
+		})
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue
 		}
@@ -209,6 +215,17 @@ func (a *applier) lookupParent(ctx context.Context, child tables.Table, key stri
 		return tenant, nil
 	}
 	return "", nil
+}
+
+// onNode runs f on the applier's connection to node, between the node's
+// rounds when a pipeline applies them.
+func (a *applier) onNode(node string, f func(*pgx.Conn) error) error {
+	if a.pipe != nil {
+		n := a.pipe.nodes[node]
+		n.mu.Lock()
+		defer n.mu.Unlock()
+	}
+	return f(a.nodes[node].Conn)
 }
 
 // remember caches the tenant of a parent row the stream wrote.
@@ -255,6 +272,11 @@ func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
 					return err
 				}
 			}
+			if a.pipe != nil { // the shards hold every change up to the point
+				if err := a.pipe.drain(ctx); err != nil {
+					return err
+				}
+			}
 			if err := a.holdAt(ctx); err != nil {
 				return err
 			}
@@ -278,8 +300,12 @@ func (a *applier) Apply(ctx context.Context, txns []*stream.Txn) error {
 
 // applyBatch routes and applies txns (one transaction per node).
 func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
-	if err := a.reload(ctx); err != nil {
-		return err
+	// A batch of cutover markers alone needs no routes read: a marker goes
+	// to its shard's node, which an import never changes.
+	if a.shards == nil || !onlyMarkers(txns) {
+		if err := a.reload(ctx); err != nil {
+			return err
+		}
 	}
 	if err := a.loadApartment(ctx); err != nil {
 		return err
@@ -293,6 +319,7 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 		reached, txns = n < len(txns), txns[:n]
 	}
 	perNode := map[string][]*stream.Txn{}
+	notify := map[string][][2]string{} // node → its markers' notifications
 	for _, t := range txns {
 		out := map[string]*stream.Txn{}
 		add := func(node string, c stream.Change) {
@@ -318,6 +345,8 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 					return fmt.Errorf("marker without a shard: %w", err)
 				}
 				if s, ok := a.shards[shard]; ok && t.EndLSN > a.pos[s.node] {
+					seq, _ := value(c.New, column(c.Rel, "seq"))
+					notify[s.node] = append(notify[s.node], [2]string{markerChannel(shard), seq + " %s"})
 					r := *c.Rel
 					r.Schema, r.Table = "pgtenant_stream", "import_marker"
 					c.Rel = a.renamed(&r, "pgtenant_stream")
@@ -367,6 +396,15 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 			perNode[node] = append(perNode[node], nt)
 		}
 	}
+	if a.pipe != nil {
+		b := a.pipe.take(txns[len(txns)-1].EndLSN, len(perNode))
+		for node, ts := range perNode {
+			if err := a.pipe.send(ctx, node, nodeWork{txns: ts, batch: b, notify: notify[node]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if err := a.applyNodes(ctx, perNode); err != nil {
 		return err
 	}
@@ -374,6 +412,18 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 		return errCaughtUp
 	}
 	return nil
+}
+
+// onlyMarkers reports whether every change of txns is a cutover marker.
+func onlyMarkers(txns []*stream.Txn) bool {
+	for _, t := range txns {
+		for _, c := range t.Changes {
+			if c.Kind != stream.Insert || c.Rel.Schema != markerSchema || c.Rel.Table != markerTable {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // route adds change c of tenant to the transaction of its shard's node,

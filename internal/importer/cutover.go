@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -226,6 +228,15 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err := syncSequences(ctx, legacy, node, pairs, ids); err != nil {
 		return err
 	}
+	// The import's applier notifies the node's marker channel of the shard
+	// when it applied a marker (applypipe.go): the wait under the fence
+	// needs no polling. (The trigger method's applier does not notify.)
+	listen := imp.Method != MethodTrigger
+	if listen {
+		if _, err := node.Exec(ctx, `LISTEN `+pgx.Identifier{markerChannel(s.Shard)}.Sanitize()); err != nil {
+			return fmt.Errorf("listen for the markers on node %s: %w", s.Node, err)
+		}
+	}
 	// The reverse stream's slot on the node, for import rollback: created
 	// before the fence (creating a slot waits for the node's running
 	// transactions); it starts reading at the node's position at the flip.
@@ -262,7 +273,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return fail(err)
 	}
-	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts)
+	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts, listen)
 	if err != nil {
 		return fail(err)
 	}
@@ -423,44 +434,73 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 	return seq, last, nil
 }
 
-// waitMarker sets the node's sequences past last and polls the node until
-// the stream applied the marker seq. It returns the node's WAL position
-// read with the marker: past every change the stream applied for the shard.
-// The sequences and the first look for the marker go as one round trip.
-func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions) (stream.LSN, error) {
+// waitMarker sets the node's sequences past last and waits until the
+// stream applied the marker seq on the node. It returns the node's WAL
+// position read after the marker's commit: past every change the stream
+// applied for the shard. The sequences and the first look for the marker
+// go as one round trip. Then, with listen, it waits for the applier's
+// notification (which carries that position), looking at the node once
+// every notifyWait without one (a notification lost with a restarted
+// stream); else it polls every opts.PollInterval.
+func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions, listen bool) (stream.LSN, error) {
 	const poll = `SELECT EXISTS (SELECT FROM ` + nodeMarkers + ` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`
 	deadline := time.Now().Add(opts.MarkerTimeout)
-	for first := true; ; first = false {
-		var ok bool
-		var lsn string
-		if first && len(pairs) > 0 {
-			b := &pgx.Batch{}
-			queueSetSequences(b, pairs, last)
-			b.Queue(poll, s.Shard, seq)
-			br := node.SendBatch(ctx, b)
-			_, err := br.Exec()
-			if err != nil {
-				err = fmt.Errorf("set the shard's sequences: %w", err)
-			} else if err = br.QueryRow().Scan(&ok, &lsn); err != nil {
-				err = fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
-			}
-			if cerr := br.Close(); err == nil && cerr != nil {
-				err = fmt.Errorf("wait for the marker on node %s: %w", s.Node, cerr)
-			}
-			if err != nil {
-				return 0, err
-			}
-		} else if err := node.QueryRow(ctx, poll, s.Shard, seq).Scan(&ok, &lsn); err != nil {
-			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
-		}
-		if ok {
-			return stream.ParseLSN(lsn)
-		}
+	var ok bool
+	var lsn string
+	b := &pgx.Batch{}
+	if len(pairs) > 0 {
+		queueSetSequences(b, pairs, last)
+	}
+	b.Queue(poll, s.Shard, seq).QueryRow(func(r pgx.Row) error { return r.Scan(&ok, &lsn) })
+	if err := node.SendBatch(ctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("set the shard's sequences and look for the marker on node %s: %w", s.Node, err)
+	}
+	for !ok {
 		if time.Now().After(deadline) {
 			return 0, ErrMarkerTimeout
 		}
-		if err := sleepCtx(ctx, opts.PollInterval); err != nil {
+		if listen {
+			var err error
+			if ok, lsn, err = waitNotified(ctx, node, seq, min(notifyWait, time.Until(deadline))); err != nil {
+				return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
+			}
+			if ok {
+				break
+			}
+		} else if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 			return 0, err
+		}
+		if err := node.QueryRow(ctx, poll, s.Shard, seq).Scan(&ok, &lsn); err != nil {
+			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
+		}
+	}
+	return stream.ParseLSN(lsn)
+}
+
+// notifyWait is how long waitMarker waits for a notification before it
+// looks at the node.
+const notifyWait = 100 * time.Millisecond
+
+// waitNotified waits up to d for the notification of marker seq on conn
+// (LISTENing to its shard's channel) and returns the node's WAL position
+// it carries; false when none came in time.
+func waitNotified(ctx context.Context, conn *pgx.Conn, seq int64, d time.Duration) (bool, string, error) {
+	if d <= 0 {
+		return false, "", nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	want := strconv.FormatInt(seq, 10) + " "
+	for {
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			if ctx.Err() == nil && wctx.Err() != nil {
+				return false, "", nil // timed out; the connection stays usable
+			}
+			return false, "", err
+		}
+		if lsn, ok := strings.CutPrefix(n.Payload, want); ok {
+			return true, lsn, nil
 		}
 	}
 }

@@ -155,12 +155,21 @@ func (im *Importer) Follow(ctx context.Context) error {
 	if _, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET state = 'streaming', updated_at = now() WHERE state = 'copied'`); err != nil {
 		return fmt.Errorf("import follow: %w", err)
 	}
+	// Each node applies its part of the batches by itself (applypipe.go);
+	// a node's failure ends the stream.
+	ctx, fail := context.WithCancelCause(ctx)
+	a.pipe = newPipeline(a.nodes, fail)
+	a.pipe.start(ctx)
+	defer func() {
+		fail(context.Canceled)
+		a.pipe.wait()
+	}()
 	im.logger.Info("import streaming", "slot", imp.Slot, "from", from)
 	// A run killed a moment ago may still hold the slot: its WAL sender
 	// ends once it notices its client is gone.
 	t0 := time.Now()
 	for {
-		s := stream.New(stream.Config{DSN: imp.LegacyDSN, Slot: imp.Slot, Publications: []string{imp.Publication}, Start: from, Applier: a, Logger: im.logger})
+		s := stream.New(stream.Config{DSN: imp.LegacyDSN, Slot: imp.Slot, Publications: []string{imp.Publication}, Start: from, Applier: asyncApplier{a}, Logger: im.logger})
 		err := s.Run(ctx)
 		if !isObjectInUse(err) || s.Applied() != from || time.Since(t0) > slotBusyWait {
 			return err

@@ -37,6 +37,36 @@ type TableApplier struct {
 
 // Apply implements Applier.
 func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
+	_, err := a.ApplyWith(ctx, txns, ApplyOptions{})
+	return err
+}
+
+// ApplyOptions change how ApplyWith commits.
+type ApplyOptions struct {
+	// Async commits with synchronous_commit = off: the changes are visible
+	// when ApplyWith returns, and durable once the target has flushed its
+	// WAL up to the result's CommitLSN (a later commit with it on, the WAL
+	// writer within 3 × wal_writer_delay, or any other session's flushed
+	// commit: WAL is flushed in order). A crash of the target before then
+	// loses the transaction, position included, so the caller must not
+	// confirm it to the source until then. The zero value waits for the flush.
+	Async bool
+	// Notify are (channel, payload) notifications sent after the commit,
+	// the payload's %s replaced by the target's WAL insert position then
+	// (past the transaction's commit record).
+	Notify [][2]string
+}
+
+// ApplyResult is where a transaction of ApplyWith ended on the target.
+type ApplyResult struct {
+	// CommitLSN is the target's WAL insert position right after the
+	// commit (past its commit record); FlushLSN the target's flushed WAL
+	// position read at the same time. Both are set only with Async.
+	CommitLSN, FlushLSN LSN
+}
+
+// ApplyWith is Apply with options: an asynchronous commit, notifications.
+func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOptions) (ApplyResult, error) {
 	if a.stmts == nil {
 		a.stmts = make(map[string]string)
 	}
@@ -44,7 +74,11 @@ func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
 	pc := a.Conn.PgConn()
 	b := &pgconn.Batch{}
 	b.ExecParams(`BEGIN`, nil, nil, nil, nil)
-	b.ExecParams(`SET LOCAL synchronous_commit = on`, nil, nil, nil, nil)
+	if opts.Async {
+		b.ExecParams(`SET LOCAL synchronous_commit = off`, nil, nil, nil, nil)
+	} else {
+		b.ExecParams(`SET LOCAL synchronous_commit = on`, nil, nil, nil, nil)
+	}
 	b.ExecParams(`SET CONSTRAINTS ALL DEFERRED`, nil, nil, nil, nil)
 	var kinds []Kind // per batch entry after the two SETs: what to count as missing
 	for _, t := range txns {
@@ -60,14 +94,14 @@ func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
 			}
 			sql, params, ok, err := a.statement(c)
 			if err != nil {
-				return err
+				return ApplyResult{}, err
 			}
 			if !ok {
 				continue
 			}
 			name, err := a.prepare(ctx, pc, sql) // outside the transaction: a failure leaves nothing open
 			if err != nil {
-				return err
+				return ApplyResult{}, err
 			}
 			b.ExecPrepared(name, params, nil, nil)
 			kinds = append(kinds, c.Kind)
@@ -78,22 +112,47 @@ func (a *TableApplier) Apply(ctx context.Context, txns []*Txn) error {
 		ON CONFLICT (name) DO UPDATE SET lsn = excluded.lsn, updated_at = now()`,
 		[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
 	b.ExecParams(`COMMIT`, nil, nil, nil, nil)
+	commit := len(kinds) + 4 // BEGIN, two SETs, the changes, the position
+	// After the commit, in the same round trip: the notifications (each in
+	// a transaction of its own, sent at once) and the WAL positions.
+	for _, n := range opts.Notify {
+		b.ExecParams(`SELECT pg_notify($1, format($2, pg_current_wal_insert_lsn()))`, [][]byte{[]byte(n[0]), []byte(n[1])}, nil, nil, nil)
+	}
+	if opts.Async {
+		b.ExecParams(`SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text`, nil, nil, nil, nil)
+	}
 	results, err := pc.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
 		if pc.TxStatus() != 'I' && !pc.IsClosed() {
 			_, _ = pc.Exec(context.WithoutCancel(ctx), `ROLLBACK`).ReadAll()
 		}
-		return fmt.Errorf("apply changes: %w", err)
+		if len(results) > commit && results[commit].CommandTag.String() == "COMMIT" {
+			return ApplyResult{}, fmt.Errorf("after applying changes: %w", err)
+		}
+		return ApplyResult{}, fmt.Errorf("apply changes: %w", err)
 	}
-	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
-		return fmt.Errorf("apply changes: target transaction ended with %q", tag.String())
+	if tag := results[commit].CommandTag; tag.String() != "COMMIT" {
+		return ApplyResult{}, fmt.Errorf("apply changes: target transaction ended with %q", tag.String())
 	}
 	for i, k := range kinds {
 		if (k == Update || k == Delete) && results[i+3].CommandTag.RowsAffected() == 0 {
 			a.Missing++
 		}
 	}
-	return nil
+	var res ApplyResult
+	if opts.Async {
+		r := results[len(results)-1]
+		if len(r.Rows) != 1 || len(r.Rows[0]) != 2 {
+			return ApplyResult{}, errors.New("after applying changes: no WAL position")
+		}
+		if res.CommitLSN, err = ParseLSN(string(r.Rows[0][0])); err == nil {
+			res.FlushLSN, err = ParseLSN(string(r.Rows[0][1]))
+		}
+		if err != nil {
+			return ApplyResult{}, fmt.Errorf("after applying changes: %w", err)
+		}
+	}
+	return res, nil
 }
 
 func (a *TableApplier) target(rel *Relation) (string, bool) {

@@ -24,7 +24,10 @@
 // the table pgtenant_stream.position). A restarted stream starts at that
 // position (LoadPosition) and Stream skips every transaction whose end LSN is
 // at or below it, so a killed process resumes without loss or duplicates:
-// the source only forgets WAL the target has committed.
+// the source only forgets WAL the target has committed. An AsyncApplier may
+// return from Apply before the batch is durable (a pipeline per target,
+// commits without waiting for the flush): the stream then confirms only its
+// Durable position.
 //
 // Limits: a source transaction is held in memory until its commit arrives
 // (protocol version 1 does not stream transactions in progress); tables need

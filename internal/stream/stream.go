@@ -24,6 +24,19 @@ type Applier interface {
 	Apply(ctx context.Context, txns []*Txn) error
 }
 
+// AsyncApplier is an Applier whose Apply may return before the batch is
+// durable on its targets (applied in a pipeline per target, or committed
+// without waiting for the target's flush). The stream then confirms to the
+// source only what Durable says, so the source keeps every transaction a
+// crash of a target could lose. An AsyncApplier reports a failure that
+// happens after Apply returned by ending the stream's context (with a cause).
+type AsyncApplier interface {
+	Applier
+	// Durable returns the end LSN up to which every transaction handed to
+	// Apply is durable on its targets (zero: none yet).
+	Durable() LSN
+}
+
 // ApplierFunc adapts a function to Applier.
 type ApplierFunc func(ctx context.Context, txns []*Txn) error
 
@@ -81,8 +94,16 @@ func New(cfg Config) *Stream {
 	return s
 }
 
-// Applied returns the end LSN of the last transaction applied (Config.Start before any).
-func (s *Stream) Applied() LSN { return LSN(s.applied.Load()) }
+// Applied returns the end LSN up to which transactions are applied
+// (Config.Start before any): durably, the position the source is told.
+// For an AsyncApplier it is the applier's Durable position.
+func (s *Stream) Applied() LSN {
+	pos := LSN(s.applied.Load())
+	if aa, ok := s.cfg.Applier.(AsyncApplier); ok {
+		pos = min(pos, max(s.cfg.Start, aa.Durable()))
+	}
+	return pos
+}
 
 // Received returns the end LSN of the last transaction received.
 func (s *Stream) Received() LSN { return LSN(s.received.Load()) }

@@ -1,0 +1,323 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/stream"
+)
+
+// The import's change stream applies each node's part of a batch in a
+// goroutine of its own (a nodeApplier), so that a node waits only for its
+// own earlier transactions, never for a slower node, and a cutover's marker
+// waits only for the node of its shard.
+//
+// Why nothing is lost, applied twice or reordered:
+//   - Each node gets its parts in stream order through one queue and
+//     applies them in order, in target transactions that record the
+//     node's position (the end LSN of the last transaction applied there),
+//     as before: a restarted stream starts at the lowest position of the
+//     nodes and each node skips what it has (applier.route).
+//   - The stream confirms to the legacy database's slot only the end of a
+//     batch whose parts, and every earlier batch's, are durable on their
+//     nodes (pipeline.Durable): the slot keeps every change a node could
+//     still lose, wherever the other nodes are.
+//   - A part without a cutover marker commits with synchronous_commit =
+//     off: visible at once, durable once the node's WAL is flushed past its
+//     commit. Until then it is not confirmed to the slot, so a crash of the
+//     node that loses it makes the restarted stream apply it again (the
+//     node's position, lost with it, is older). A part with a marker
+//     commits with synchronous_commit = on, flushing the node's WAL up to
+//     it, so every part applied there before it is durable too when the
+//     cutover sees its marker and flips the shard: the flip never rests
+//     on a change the node could lose (the stream skips a shard's legacy
+//     changes once it is cut over, so it would not apply it again).
+//   - Reads of a node's applied rows (a child's parent looked up, a
+//     verify's hold) wait for the node's queue (nodeApplier.mu, drain).
+
+// nodeQueue is how many batch parts may wait for one node before the
+// router waits too (the stream's memory stays bounded when a node stalls).
+const nodeQueue = 64
+
+// maxRoundChanges bounds the changes of queued parts a node applies in one
+// target transaction.
+const maxRoundChanges = 10000
+
+// flushCheck is how often a node with parts committed but not yet known
+// to be flushed reads its flush position while nothing else comes.
+const flushCheck = 100 * time.Millisecond
+
+// markerChannel is the channel a node notifies when the stream applied a
+// cutover marker of shard (payload: the marker's seq and the node's WAL
+// position after the commit).
+func markerChannel(shard int) string { return "pgtenant_import_marker_" + strconv.Itoa(shard) }
+
+// pipeline applies batches' parts per node and tracks which batches are
+// durable on every node.
+type pipeline struct {
+	nodes map[string]*nodeApplier
+	fail  context.CancelCauseFunc
+	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	open    []*pending // batches not durable on every node, in stream order
+	durable stream.LSN
+}
+
+// pending is a batch the pipeline took: its end and how many of its node
+// parts are not durable yet.
+type pending struct {
+	end  stream.LSN
+	left int
+}
+
+// nodeApplier applies one node's parts in order.
+type nodeApplier struct {
+	name string
+	p    *pipeline
+	ta   *stream.TableApplier
+	in   chan nodeWork
+	// mu is held while ta.Conn is in use (a round, a flush check, a lookup).
+	mu sync.Mutex
+	// unflushed are the rounds committed without waiting for the flush.
+	unflushed []unflushedRound
+}
+
+// nodeWork is one batch's part for a node, or a drain request.
+type nodeWork struct {
+	txns    []*stream.Txn
+	batch   *pending
+	notify  [][2]string   // cutover markers: the part commits with its flush
+	drained chan struct{} // a drain request: closed once every part before it is applied
+}
+
+type unflushedRound struct {
+	lsn     stream.LSN // the node's WAL position after the commit
+	batches []*pending
+}
+
+// newPipeline returns a pipeline over the nodes' appliers; fail ends the
+// stream with the error of a node.
+func newPipeline(nodes map[string]*stream.TableApplier, fail context.CancelCauseFunc) *pipeline {
+	p := &pipeline{nodes: map[string]*nodeApplier{}, fail: fail}
+	for name, ta := range nodes {
+		p.nodes[name] = &nodeApplier{name: name, p: p, ta: ta, in: make(chan nodeWork, nodeQueue)}
+	}
+	return p
+}
+
+// start runs a goroutine per node until ctx ends; wait waits for them.
+func (p *pipeline) start(ctx context.Context) {
+	for _, n := range p.nodes {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := n.run(ctx); err != nil && ctx.Err() == nil {
+				p.fail(fmt.Errorf("apply to node %s: %w", n.name, err))
+			}
+		}()
+	}
+}
+
+func (p *pipeline) wait() { p.wg.Wait() }
+
+// Durable returns the end of the last batch durable on every node, with
+// every batch before it.
+func (p *pipeline) Durable() stream.LSN {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.durable
+}
+
+// take records a batch ending at end with parts for nodes nodes.
+func (p *pipeline) take(end stream.LSN, nodes int) *pending {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := &pending{end: end, left: nodes}
+	p.open = append(p.open, b)
+	p.advance()
+	return b
+}
+
+// done records that one part of each of bs is durable.
+func (p *pipeline) done(bs []*pending) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range bs {
+		b.left--
+	}
+	p.advance()
+}
+
+func (p *pipeline) advance() {
+	i := 0
+	for i < len(p.open) && p.open[i].left <= 0 {
+		p.durable = p.open[i].end
+		i++
+	}
+	if i > 0 {
+		p.open = append(p.open[:0], p.open[i:]...)
+	}
+}
+
+// send queues w for node, waiting while its queue is full.
+func (p *pipeline) send(ctx context.Context, node string, w nodeWork) error {
+	n := p.nodes[node]
+	if n == nil {
+		return fmt.Errorf("no connection to node %s", node)
+	}
+	select {
+	case n.in <- w:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// drain waits until every node applied the parts queued so far (visible;
+// not necessarily flushed).
+func (p *pipeline) drain(ctx context.Context) error {
+	var chs []chan struct{}
+	for name := range p.nodes {
+		ch := make(chan struct{})
+		if err := p.send(ctx, name, nodeWork{drained: ch}); err != nil {
+			return err
+		}
+		chs = append(chs, ch)
+	}
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
+}
+
+// run applies the node's parts until ctx ends: a round takes every part
+// queued (up to maxRoundChanges) into one target transaction.
+func (n *nodeApplier) run(ctx context.Context) error {
+	timer := time.NewTimer(flushCheck)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		var round []nodeWork
+		select {
+		case <-ctx.Done():
+			return nil
+		case w := <-n.in:
+			round = append(round, w)
+		case <-timer.C:
+			if err := n.checkFlush(ctx); err != nil {
+				return err
+			}
+			if len(n.unflushed) > 0 {
+				timer.Reset(flushCheck)
+			}
+			continue
+		}
+		changes := len(round[0].txns)
+	more:
+		for changes < maxRoundChanges {
+			select {
+			case w := <-n.in:
+				round = append(round, w)
+				changes += len(w.txns)
+			default:
+				break more
+			}
+		}
+		if err := n.apply(ctx, round); err != nil {
+			return err
+		}
+		if len(n.unflushed) > 0 {
+			timer.Reset(flushCheck)
+		}
+	}
+}
+
+// apply applies a round's parts in one target transaction, synchronously
+// committed when a part carries a marker, and then answers its drain requests.
+func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
+	var txns []*stream.Txn
+	var batches []*pending
+	var notify [][2]string
+	for _, w := range round {
+		txns = append(txns, w.txns...)
+		if w.batch != nil {
+			batches = append(batches, w.batch)
+		}
+		notify = append(notify, w.notify...)
+	}
+	if len(txns) > 0 {
+		sync := len(notify) > 0
+		n.mu.Lock()
+		res, err := n.ta.ApplyWith(ctx, txns, stream.ApplyOptions{Async: !sync, Notify: notify})
+		n.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if sync { // flushed: so is every round committed before it
+			for _, u := range n.unflushed {
+				n.p.done(u.batches)
+			}
+			n.unflushed = n.unflushed[:0]
+			n.p.done(batches)
+		} else {
+			n.unflushed = append(n.unflushed, unflushedRound{lsn: res.CommitLSN, batches: batches})
+			n.flushedTo(res.FlushLSN)
+		}
+	} else if len(batches) > 0 {
+		n.p.done(batches) // parts without changes (cannot happen today)
+	}
+	for _, w := range round {
+		if w.drained != nil {
+			close(w.drained)
+		}
+	}
+	return nil
+}
+
+// checkFlush reads the node's flushed WAL position.
+func (n *nodeApplier) checkFlush(ctx context.Context) error {
+	if len(n.unflushed) == 0 {
+		return nil
+	}
+	var s string
+	n.mu.Lock()
+	err := n.ta.Conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&s)
+	n.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("read the flushed WAL position: %w", err)
+	}
+	lsn, err := stream.ParseLSN(s)
+	if err != nil {
+		return errors.Join(errors.New("read the flushed WAL position"), err)
+	}
+	n.flushedTo(lsn)
+	return nil
+}
+
+// flushedTo marks the rounds committed up to lsn durable.
+func (n *nodeApplier) flushedTo(lsn stream.LSN) {
+	i := 0
+	for i < len(n.unflushed) && n.unflushed[i].lsn <= lsn {
+		n.p.done(n.unflushed[i].batches)
+		i++
+	}
+	if i > 0 {
+		n.unflushed = append(n.unflushed[:0], n.unflushed[i:]...)
+	}
+}
+
+// asyncApplier is the Follow's applier: batches go to the pipeline, and
+// the stream confirms what is durable on every node.
+type asyncApplier struct{ *applier }
+
+// Durable implements stream.AsyncApplier.
+func (a asyncApplier) Durable() stream.LSN { return a.pipe.Durable() }
