@@ -23,7 +23,12 @@ no app change beyond DATABASE_URL:
   1. pgtenant import init --from DSN    check it, then serve every shard from it:
                                         point the app at the router (undo: point it back)
   2. pgtenant import schema --dir DIR   its tables become the shards' first migration
-  3. pgtenant import start              copy each tenant's rows to its shard
+  3. pgtenant import start              copy each tenant's rows to its shard, then
+                                        follow the changes (leave it running)
+  4. pgtenant import verify             compare each tenant's rows on both sides
+  5. pgtenant import cutover --shard N  serve a shard from its node (a canary, then
+                                        waves: --all --parallel K; undo: import rollback)
+  6. pgtenant import finish             stop following; the old database is left as it is
 
 See "Moving an existing database" in the README.`,
 	}

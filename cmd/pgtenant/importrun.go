@@ -52,15 +52,18 @@ tenant from the legacy database meanwhile.
 The first run creates, on the legacy database, the publication
 pgtenant_import, a marker table (schema pgtenant_import) and a logical
 replication slot; tables whose replica identity lacks the tenant column get
-REPLICA IDENTITY FULL (import finish gives it back). Rows are copied at the
-slot's snapshot, shard by shard (--parallel at once, all copies together at
-most --max-rate bytes per second), each shard in one transaction on its node;
-reference tables are loaded on every node's shared schema. Progress per node
-goes to stderr.
+REPLICA IDENTITY FULL (import finish gives it back). Each legacy table is
+read once at the slot's snapshot (parents first; a child table joined to its
+parent, which gives each row its tenant), in ranges of ~64 MB by --parallel
+workers (all together at most --max-rate bytes per second), each row sent to
+its tenant's shard by COPY; the shard tables' plain indexes are built after
+their rows are in. Reference tables are loaded on every node's shared schema.
+Progress per node, with an ETA, goes to stderr.
 
-Killed, run it again: the shards already copied are kept, the others are
-copied at a new snapshot, and the stream resumes where each node left off.
-Then 'pgtenant import verify' and 'pgtenant import cutover'.
+Killed, run it again: the tables complete on the nodes are kept (and brought
+up to date by the change stream), the others are emptied and copied again at
+a new snapshot, and the stream resumes where each node left off. Then
+'pgtenant import verify' and 'pgtenant import cutover'.
 
 --method trigger, for a legacy database without logical replication (any
 wal_level, no REPLICATION, no superuser: the tables' owner): instead of the
@@ -126,7 +129,7 @@ Give it on the first run (or to import init); later runs keep the method.`,
 			return err
 		}),
 	}
-	cmd.Flags().IntVar(&parallel, "parallel", 4, "shards copied at once")
+	cmd.Flags().IntVar(&parallel, "parallel", 4, "table ranges copied at once (workers, each with a legacy connection and one per node)")
 	cmd.Flags().StringVar(&rate, "max-rate", "", "at most this many bytes per second read from the legacy database, e.g. 50MB (default: no limit)")
 	cmd.Flags().BoolVar(&noFollow, "no-follow", false, "copy, then exit without following changes")
 	cmd.Flags().StringVar(&method, "method", "", "logical (a replication slot) or trigger (capture triggers, no logical replication); default: the import's (import init --method)")
@@ -259,9 +262,10 @@ func newImportFinishCmd(a *app) *cobra.Command {
 		Use:   "finish",
 		Short: "End an import whose shards are all cut over",
 		Long: `End an import whose shards are all cut over: drop the slot (stopping the
-stream), the publication and the marker schema on the legacy database, give
-back the replica identities import start changed, and remove the legacy node
-from the catalog. The legacy database keeps its tables and rows, untouched,
+stream), the publication and the marker schema on the legacy database (with
+--method trigger: the capture triggers and the queue), give back the replica
+identities import start changed, drop the nodes' rollback slots (or capture
+triggers), and remove the legacy node from the catalog. The legacy database keeps its tables and rows, untouched,
 for you to archive.`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {

@@ -59,9 +59,9 @@ type Catalog struct {
 	dir         *tenantDir
 	// shardCount caches ShardCount once read.
 	shardCount atomic.Int64
-	// importing is set while the last full map read found shards served
-	// from an import's legacy database (loadMapSince reads every change in
-	// full then).
+	// importing is set while the last full map read found an import
+	// running, even with every shard cut over (a rollback puts one back on
+	// the legacy database): loadMapSince reads every change in full then.
 	importing atomic.Bool
 	// importTables is set once the import tables were found: full map
 	// reads then read the import overlay in the map's own snapshot.

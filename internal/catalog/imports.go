@@ -37,15 +37,18 @@ func (c *Catalog) applyImports(ctx context.Context, q batcher, m *placement.Map)
 
 // queueImports queues the reads of the import overlay (see readImports).
 func queueImports(b *pgx.Batch) {
-	b.Queue(`SELECT s.shard, i.legacy_node, i.legacy_schema, i.tenant_column IS NOT NULL
+	b.Queue(`SELECT s.shard, i.legacy_node, i.legacy_schema, i.tenant_column IS NOT NULL, s.state <> 'cutover'
 		FROM pgtenant.import_shards s CROSS JOIN pgtenant.imports i
-		WHERE s.state <> 'cutover' AND i.state <> 'finished'`)
+		WHERE i.state <> 'finished'`)
 	// A schema per tenant: only the schemas not named like their tenant.
 	b.Queue(`SELECT tenant, schema_name FROM pgtenant.import_schemas WHERE tenant <> schema_name`)
 }
 
-// readImports reads queueImports' results and lays them over m's shards:
-// it returns how many shards it placed on a legacy database.
+// readImports reads queueImports' results and lays them over m's shards
+// (those not cut over go to the legacy database): it returns how many
+// shards the running import has, cut over or not (0: no import runs). All
+// of them count: an import rollback can put a cut-over shard back on the
+// legacy database even when every shard is cut over.
 func readImports(br pgx.BatchResults, m *placement.Map) (int, error) {
 	rows, err := br.Query()
 	if err != nil {
@@ -54,12 +57,12 @@ func readImports(br pgx.BatchResults, m *placement.Map) (int, error) {
 	n := 0
 	var shard int
 	var node, schema string
-	var perTenant, anyPerTenant bool
-	_, err = pgx.ForEachRow(rows, []any{&shard, &node, &schema, &perTenant}, func() error {
-		if shard >= 0 && shard < len(m.Shards) {
+	var perTenant, anyPerTenant, legacy bool
+	_, err = pgx.ForEachRow(rows, []any{&shard, &node, &schema, &perTenant, &legacy}, func() error {
+		n++
+		if legacy && shard >= 0 && shard < len(m.Shards) {
 			m.Shards[shard].Node, m.Shards[shard].Schema, m.Shards[shard].SchemaPerTenant = node, schema, perTenant
 			anyPerTenant = anyPerTenant || perTenant
-			n++
 		}
 		return nil
 	})

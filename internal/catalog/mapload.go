@@ -40,9 +40,10 @@ func (c *Catalog) LoadMap(ctx context.Context) (*placement.Map, error) {
 // the one read. The statements go as one pipeline: one round trip, which is
 // most of the time a router takes to acknowledge a fence.
 func (c *Catalog) loadMapSince(ctx context.Context, b batcher, prev *placement.Map) (*placement.Map, error) {
-	// While an import serves shards from its legacy database, every change is
-	// read in full: the legacy overlay (applyImports) must be laid over each
-	// shard row read, and imports are short-lived.
+	// While an import runs, every change is read in full: the legacy overlay
+	// (applyImports) must be laid over each shard row read (also after every
+	// shard was cut over: a rollback puts one back), and imports are
+	// short-lived.
 	if prev != nil && !c.importing.Load() {
 		m, ok, _, err := c.readMap(ctx, b, prev)
 		if err != nil || ok {

@@ -427,6 +427,26 @@ func TestLoadMapImportOverlay(t *testing.T) {
 	}
 	m = load(m)
 	check(m, map[int]bool{1: true, 2: true})
+	// Every shard cut over, then one rolled back (import rollback's flip:
+	// the epoch and the import row in one transaction): a reload puts it on
+	// the legacy database again (it stayed on its node before the fix: the
+	// reload read only the changed shard row, without the overlay).
+	for _, shard := range []int{0, 3} {
+		if _, err := c.pool.Exec(ctx, `WITH s AS (UPDATE pgtenant.shards SET epoch = epoch + 1 WHERE id = $1)
+			UPDATE pgtenant.import_shards SET state = 'cutover' WHERE shard = $1`, shard); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m = load(m)
+	check(m, map[int]bool{0: true, 1: true, 2: true, 3: true})
+	if _, err := c.pool.Exec(ctx, `WITH s AS (UPDATE pgtenant.shards SET epoch = epoch + 1 WHERE id = 2)
+		UPDATE pgtenant.import_shards SET state = 'copied' WHERE shard = 2`); err != nil {
+		t.Fatal(err)
+	}
+	m = load(m)
+	if s := m.Shards[2]; s.Node != "a" || s.Schema != "legacy" {
+		t.Fatalf("shard 2 rolled back while every other shard is cut over: %+v; want it on the legacy database", s)
+	}
 	if _, err := c.pool.Exec(ctx, `UPDATE pgtenant.imports SET state = 'finished'`); err != nil {
 		t.Fatal(err)
 	}

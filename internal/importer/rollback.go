@@ -113,19 +113,26 @@ func (im *Importer) prepareReverse(ctx context.Context, legacy, node *pgx.Conn, 
 
 // dropReverse drops a shard's reverse slot and publication, or its capture
 // queue, on its node and forgets the rollback's position on the legacy
-// database.
+// database. With slot "" (the catalog names none: a rollback killed after
+// its flip cleared it), the slot of the shard's name is dropped if there.
 func dropReverse(ctx context.Context, legacy, node *pgx.Conn, shard int, slot string) error {
 	// A capture queue (rollback_queue.go), also one a failed cutover left:
 	// its schema holds the trigger functions, so the triggers go with it.
 	if _, err := node.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{reverseQueueSchema(shard)}.Sanitize()+` CASCADE`); err != nil {
 		return fmt.Errorf("drop schema %s: %w", reverseQueueSchema(shard), err)
 	}
-	if legacy != nil && isReverseQueue(slot) {
+	if legacy != nil {
 		if _, err := legacy.Exec(ctx, `DELETE FROM pgtenant_stream.reverse_queue WHERE name = $1`, reverseQueueSchema(shard)); err != nil && !isUndefinedTable(err) {
 			return fmt.Errorf("forget the rollback's position: %w", err)
 		}
 	}
-	if slot != "" && !isReverseQueue(slot) {
+	if slot == "" {
+		var err error
+		if slot, err = reverseSlotName(ctx, node, shard); err != nil {
+			return err
+		}
+	}
+	if !isReverseQueue(slot) {
 		if err := stream.DropSlot(ctx, node, slot); err != nil {
 			return err
 		}
@@ -158,6 +165,10 @@ type RollbackResult struct {
 	Changes int64
 	// Pause, Fenced, Marked, Flipped and Lag are as in CutoverResult.
 	Pause, Fenced, Marked, Flipped, Lag time.Duration
+	// Leftovers: the shard was served from the legacy database already (a
+	// rollback died after its flip) and only what that rollback left on
+	// the node was dropped.
+	Leftovers bool
 }
 
 // ErrNoReverse: the shard was cut over without a reverse slot or capture
@@ -202,6 +213,15 @@ func (im *Importer) Rollback(ctx context.Context, opts RollbackOptions) (*Rollba
 	if s == nil {
 		return nil, fmt.Errorf("import rollback: shard %d is not part of the import", opts.Shard)
 	}
+	if s.State == ShardCopied {
+		// A rollback killed after its flip: the shard is back, what it
+		// left on the node (capture triggers, queue, slot) goes now.
+		if left, err := im.dropRollbackLeftovers(ctx, imp, *s); err != nil {
+			return nil, fmt.Errorf("import rollback: shard %d: %w", s.Shard, err)
+		} else if left {
+			return &RollbackResult{Shard: s.Shard, Node: s.Node, Leftovers: true}, nil
+		}
+	}
 	if s.State != ShardCutover {
 		return nil, fmt.Errorf("import rollback: shard %d is %s: only a cut-over shard rolls back (it is served from the legacy database already)", s.Shard, s.State)
 	}
@@ -223,6 +243,45 @@ func (im *Importer) Rollback(ctx context.Context, opts RollbackOptions) (*Rollba
 		return res, fmt.Errorf("import rollback: shard %d: %w", s.Shard, err)
 	}
 	return res, nil
+}
+
+// dropRollbackLeftovers drops what a rollback of shard s killed after its
+// flip left behind (capture triggers and queue, or reverse slot and
+// publication, on the node; the write back's position on the legacy
+// database), and reports whether there was any. Nothing of it is needed:
+// the shard is served from the legacy database, and its next cutover
+// prepares a new way back.
+func (im *Importer) dropRollbackLeftovers(ctx context.Context, imp *Import, s ShardProgress) (bool, error) {
+	node, err := connect(ctx, s.NodeDSN)
+	if err != nil {
+		return false, fmt.Errorf("connect to node %s: %w", s.Node, err)
+	}
+	defer node.Close(context.Background())
+	slot, err := reverseSlotName(ctx, node, s.Shard)
+	if err != nil {
+		return false, err
+	}
+	var left bool
+	if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1) OR EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $2)
+		OR EXISTS (SELECT FROM pg_publication WHERE pubname = $3)`, reverseQueueSchema(s.Shard), slot, reverseName(s.Shard)).Scan(&left); err != nil {
+		return false, fmt.Errorf("node %s: look for a rollback's leftovers: %w", s.Node, err)
+	}
+	if !left {
+		return false, nil
+	}
+	legacy, err := connect(ctx, imp.LegacyDSN)
+	if err != nil {
+		return false, fmt.Errorf("connect to the legacy database: %w", err)
+	}
+	defer legacy.Close(context.Background())
+	if err := im.dropQueueTriggers(ctx, node, s.Schema); err != nil {
+		return false, err
+	}
+	if err := dropReverse(ctx, legacy, node, s.Shard, slot); err != nil {
+		return false, err
+	}
+	im.logger.Info("rollback: the shard is on the legacy database already; dropped what an earlier rollback left on its node", "shard", s.Shard, "node", s.Node)
+	return true, nil
 }
 
 // reverser writes the node's changes of a shard back to the legacy

@@ -75,8 +75,14 @@ func (im *Importer) prepareReverseQueue(ctx context.Context, legacy, node *pgx.C
 	}
 	schema := reverseQueueSchema(s.Shard)
 	slot := reverseQueuePrefix + schema
+	// Installed before (a cutover that failed before its flip): kept, but
+	// only with a trigger on every table. A rollback killed after its flip
+	// may have dropped some of them and left the queue: the DDL below is
+	// idempotent and puts them back.
 	var ok bool
-	if err := node.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{schema, "cut"}.Sanitize()).Scan(&ok); err != nil {
+	if err := node.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+		WHERE c.relnamespace = $2::text::regnamespace AND t.tgname = $3 AND c.relname::text = ANY ($4::text[])) = cardinality($4::text[])`,
+		pgx.Identifier{schema, "cut"}.Sanitize(), pgx.Identifier{s.Schema}.Sanitize(), reverseQueueTrigger, sortedKeys(ts)).Scan(&ok); err != nil {
 		return nil, fmt.Errorf("look for the capture queue on node %s: %w", s.Node, err)
 	}
 	if ok {

@@ -146,13 +146,18 @@ func quotePattern(name string) string { return `"` + strings.ReplaceAll(name, `"
 
 // unqualify drops pg_dump's session settings and comments and the schema's
 // name before the objects it qualifies, so the statements create them in
-// the first schema of the search_path (the shard's, under migrate up).
+// the first schema of the search_path (the shard's, under migrate up); also
+// in a serial column's default, nextval('schema.seq'::regclass), so the
+// shard's column takes ids from the shard's sequence.
 func unqualify(dump, schema string) string {
-	qual := regexp.QuoteMeta(schema)
+	quoted := schema
 	if !regexp.MustCompile(`^[a-z_][a-z0-9_]*$`).MatchString(schema) {
-		qual = regexp.QuoteMeta(`"` + strings.ReplaceAll(schema, `"`, `""`) + `"`)
+		quoted = `"` + strings.ReplaceAll(schema, `"`, `""`) + `"`
 	}
+	qual := regexp.QuoteMeta(quoted)
 	re := regexp.MustCompile(`(^|[\s(,])` + qual + `\.`)
+	// Inside the string constant, the name's single quotes are doubled.
+	seqRE := regexp.MustCompile(`nextval\('` + regexp.QuoteMeta(strings.ReplaceAll(quoted, `'`, `''`)) + `\.`)
 	var b strings.Builder
 	blank := false
 	for _, line := range strings.Split(dump, "\n") {
@@ -167,7 +172,7 @@ func unqualify(dump, schema string) string {
 		} else {
 			blank = false
 		}
-		b.WriteString(re.ReplaceAllString(line, "$1"))
+		b.WriteString(re.ReplaceAllString(seqRE.ReplaceAllString(line, "nextval('"), "$1"))
 		b.WriteByte('\n')
 	}
 	return strings.TrimLeft(b.String(), "\n")
