@@ -251,7 +251,7 @@ type Pool struct {
 	mu      sync.Mutex
 	idle    []*Conn
 	total   int
-	waiters []waiter // first come, first served
+	waiters waitQueue // first come, first served
 	closed  bool
 	// expiry fails the waiters past their deadline; armed (at expiryAt)
 	// while there are waiters. One timer per pool rather than one per
@@ -309,8 +309,8 @@ func (p *Pool) SetConfig(cfg Config) {
 	p.mu.Lock()
 	p.cfg.Store(&c)
 	var grant []chan handoff
-	for len(p.waiters) > 0 && p.total < c.MaxSize && !p.closed {
-		grant = append(grant, p.popWaiter())
+	for p.waiters.len() > 0 && p.total < c.MaxSize && !p.closed {
+		grant = append(grant, p.waiters.pop())
 		p.total++
 	}
 	var drop []*Conn
@@ -370,7 +370,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			w = make(chan handoff, 1)
 		}
 		deadline := time.Now().Add(p.conf().WaitTimeout)
-		p.waiters = append(p.waiters, waiter{ch: w, deadline: deadline})
+		p.waiters.push(waiter{ch: w, deadline: deadline})
 		p.armExpiry(deadline)
 		p.mu.Unlock()
 		p.waits.Add(1)
@@ -393,13 +393,10 @@ func (p *Pool) wait(ctx context.Context, w chan handoff) (*Conn, error) {
 	case h = <-w:
 	case <-ctx.Done():
 		p.mu.Lock()
-		for i, x := range p.waiters {
-			if x.ch == w {
-				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-				p.mu.Unlock()
-				p.chans.Put(w)
-				return nil, ctx.Err()
-			}
+		if p.waiters.remove(w) {
+			p.mu.Unlock()
+			p.chans.Put(w)
+			return nil, ctx.Err()
 		}
 		p.mu.Unlock()
 		// Someone handed us a connection (or a slot) just as we gave up:
@@ -425,12 +422,77 @@ func (p *Pool) wait(ctx context.Context, w chan handoff) (*Conn, error) {
 	return h.c, nil
 }
 
-// popWaiter takes the first waiter off the queue (p.mu held).
-func (p *Pool) popWaiter() chan handoff {
-	w := p.waiters[0].ch
-	p.waiters[0] = waiter{}
-	p.waiters = p.waiters[1:]
-	return w
+// waitQueue is the waiters in order of arrival: a slice read from head,
+// compacted when half of it has been read, so that a steady queue of
+// thousands of waiters is not copied to a new array every few waits.
+type waitQueue struct {
+	q    []waiter
+	head int
+}
+
+func (w *waitQueue) len() int { return len(w.q) - w.head }
+
+func (w *waitQueue) push(x waiter) {
+	if w.head > 0 && len(w.q) == cap(w.q) && w.head >= len(w.q)/2 {
+		n := copy(w.q, w.q[w.head:])
+		clear(w.q[n:])
+		w.q, w.head = w.q[:n], 0
+	}
+	w.q = append(w.q, x)
+}
+
+// pop takes the first waiter off the queue; it must not be empty.
+func (w *waitQueue) pop() chan handoff {
+	x := w.q[w.head]
+	w.q[w.head] = waiter{}
+	w.head++
+	if w.head == len(w.q) {
+		w.q, w.head = w.q[:0], 0
+	}
+	return x.ch
+}
+
+// remove takes ch's waiter off the queue, if it is there.
+func (w *waitQueue) remove(ch chan handoff) bool {
+	for i := w.head; i < len(w.q); i++ {
+		if w.q[i].ch == ch {
+			copy(w.q[i:], w.q[i+1:])
+			w.q[len(w.q)-1] = waiter{}
+			w.q = w.q[:len(w.q)-1]
+			return true
+		}
+	}
+	return false
+}
+
+// expire takes the waiters whose deadline is not after now off the queue,
+// appending their channels to late, and returns the earliest deadline of
+// those left (zero when none).
+func (w *waitQueue) expire(now time.Time, late []chan handoff) ([]chan handoff, time.Time) {
+	keep := w.q[:0]
+	var next time.Time
+	for _, x := range w.q[w.head:] {
+		if !x.deadline.After(now) {
+			late = append(late, x.ch)
+			continue
+		}
+		keep = append(keep, x)
+		if next.IsZero() || x.deadline.Before(next) {
+			next = x.deadline
+		}
+	}
+	clear(w.q[len(keep):])
+	w.q, w.head = keep, 0
+	return late, next
+}
+
+// drain empties the queue and returns its channels.
+func (w *waitQueue) drain() []chan handoff {
+	var out []chan handoff
+	for w.len() > 0 {
+		out = append(out, w.pop())
+	}
+	return out
 }
 
 // armExpiry makes the expiry timer fire by deadline (p.mu held).
@@ -451,22 +513,8 @@ func (p *Pool) armExpiry(deadline time.Time) {
 // and re-arms the timer for the earliest deadline of the others.
 func (p *Pool) expire() {
 	now := time.Now()
-	var late []chan handoff
 	p.mu.Lock()
-	keep := p.waiters[:0]
-	var next time.Time
-	for _, w := range p.waiters {
-		if !w.deadline.After(now) {
-			late = append(late, w.ch)
-			continue
-		}
-		keep = append(keep, w)
-		if next.IsZero() || w.deadline.Before(next) {
-			next = w.deadline
-		}
-	}
-	clear(p.waiters[len(keep):])
-	p.waiters = keep
+	late, next := p.waiters.expire(now, nil)
 	p.expiryAt = time.Time{}
 	if !next.IsZero() && !p.closed {
 		p.armExpiry(next)
@@ -559,8 +607,8 @@ func (p *Pool) Release(c *Conn) {
 		p.discard(c)
 		return
 	}
-	if len(p.waiters) > 0 {
-		w := p.popWaiter()
+	if p.waiters.len() > 0 {
+		w := p.waiters.pop()
 		p.mu.Unlock()
 		w <- handoff{c: c}
 		return
@@ -581,8 +629,8 @@ func (p *Pool) discard(c *Conn) {
 // when SetConfig shrank the pool below its total).
 func (p *Pool) freeSlot() {
 	p.mu.Lock()
-	if len(p.waiters) > 0 && !p.closed && p.total <= p.conf().MaxSize {
-		w := p.popWaiter()
+	if p.waiters.len() > 0 && !p.closed && p.total <= p.conf().MaxSize {
+		w := p.waiters.pop()
 		p.mu.Unlock()
 		w <- handoff{}
 		return
@@ -642,7 +690,7 @@ func (p *Pool) maintain() {
 // Stats returns counters and sizes.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
-	s := Stats{Node: p.node, Total: p.total, Idle: len(p.idle), Waiting: len(p.waiters), MaxSize: p.conf().MaxSize}
+	s := Stats{Node: p.node, Total: p.total, Idle: len(p.idle), Waiting: p.waiters.len(), MaxSize: p.conf().MaxSize}
 	p.mu.Unlock()
 	s.InUse = s.Total - s.Idle
 	s.Acquires, s.Waits, s.WaitTimeouts = p.acquires.Load(), p.waits.Load(), p.waitTimeouts.Load()
@@ -661,14 +709,13 @@ func (p *Pool) Close() {
 	p.closed = true
 	idle := p.idle
 	p.idle = nil
-	waiters := p.waiters
-	p.waiters = nil
+	waiters := p.waiters.drain()
 	if p.expiry != nil {
 		p.expiry.Stop()
 	}
 	p.mu.Unlock()
 	for _, w := range waiters {
-		w.ch <- handoff{err: ErrClosed}
+		w <- handoff{err: ErrClosed}
 	}
 	close(p.stop)
 	<-p.done

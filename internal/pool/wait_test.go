@@ -134,3 +134,70 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// TestWaitQueue: the queue gives its waiters back in order of arrival
+// through pushes, pops, removals, expiries and its compactions.
+func TestWaitQueue(t *testing.T) {
+	var q waitQueue
+	var model []chan handoff
+	base := time.Now()
+	chans := map[chan handoff]int{}
+	next := 0
+	push := func() {
+		ch := make(chan handoff, 1)
+		chans[ch] = next
+		q.push(waiter{ch: ch, deadline: base.Add(time.Duration(next) * time.Second)})
+		model = append(model, ch)
+		next++
+	}
+	check := func(step string) {
+		t.Helper()
+		if q.len() != len(model) {
+			t.Fatalf("%s: len %d, want %d", step, q.len(), len(model))
+		}
+		for i, x := range q.q[q.head:] {
+			if x.ch != model[i] {
+				t.Fatalf("%s: place %d holds waiter %d, want %d", step, i, chans[x.ch], chans[model[i]])
+			}
+		}
+	}
+	for round := 0; round < 50; round++ {
+		for i := 0; i < 7; i++ {
+			push()
+		}
+		for i := 0; i < 5; i++ {
+			if got := q.pop(); got != model[0] {
+				t.Fatalf("round %d: popped %d, want %d", round, chans[got], chans[model[0]])
+			}
+			model = model[1:]
+		}
+		check("after pops")
+		if round%10 == 3 {
+			mid := model[len(model)/2]
+			if !q.remove(mid) || q.remove(mid) {
+				t.Fatal("remove: want true once, then false")
+			}
+			for i, ch := range model {
+				if ch == mid {
+					model = append(model[:i:i], model[i+1:]...)
+					break
+				}
+			}
+			check("after remove")
+		}
+	}
+	// Expire the waiters with deadlines up to the tenth pushed from now.
+	cut := chans[model[10]]
+	late, earliest := q.expire(base.Add(time.Duration(cut)*time.Second), nil)
+	if len(late) != 11 || chans[late[0]] != chans[model[0]] || chans[late[10]] != cut {
+		t.Fatalf("expired %d waiters", len(late))
+	}
+	model = model[11:]
+	check("after expire")
+	if want := base.Add(time.Duration(chans[model[0]]) * time.Second); !earliest.Equal(want) {
+		t.Fatalf("earliest deadline left %v, want %v", earliest, want)
+	}
+	if got := q.drain(); len(got) != len(model) || q.len() != 0 {
+		t.Fatalf("drain: %d waiters, want %d, %d left", len(got), len(model), q.len())
+	}
+}
