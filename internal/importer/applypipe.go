@@ -2,7 +2,6 @@ package importer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -47,8 +46,12 @@ const nodeQueue = 64
 // target transaction.
 const maxRoundChanges = 10000
 
-// flushCheck is how often a node with parts committed but not yet known
-// to be flushed reads its flush position while nothing else comes.
+// roundGap is the least time between the starts of a node's rounds
+// without a marker.
+const roundGap = 5 * time.Millisecond
+
+// flushCheck is how long a node with parts committed but not yet known to
+// be flushed waits for another part before it flushes its WAL.
 const flushCheck = 100 * time.Millisecond
 
 // markerChannel is the channel a node notifies when the stream applied a
@@ -200,11 +203,19 @@ func (p *pipeline) drain(ctx context.Context) error {
 }
 
 // run applies the node's parts until ctx ends: a round takes every part
-// queued (up to maxRoundChanges) into one target transaction.
+// queued (up to maxRoundChanges) into one target transaction. A round of
+// ordinary parts starts at most every roundGap (nothing reads a shard's rows
+// on its node before its cutover, so they need not be there sooner, and the
+// node commits fewer, larger transactions); a part with a marker, or a
+// drain request, starts its round at once.
 func (n *nodeApplier) run(ctx context.Context) error {
-	timer := time.NewTimer(flushCheck)
-	timer.Stop()
-	defer timer.Stop()
+	flush := time.NewTimer(flushCheck)
+	flush.Stop()
+	defer flush.Stop()
+	gap := time.NewTimer(roundGap)
+	gap.Stop()
+	defer gap.Stop()
+	var next time.Time // when the next ordinary round may start
 	for {
 		var round []nodeWork
 		select {
@@ -212,33 +223,63 @@ func (n *nodeApplier) run(ctx context.Context) error {
 			return nil
 		case w := <-n.in:
 			round = append(round, w)
-		case <-timer.C:
+		case <-flush.C:
 			if err := n.checkFlush(ctx); err != nil {
 				return err
 			}
-			if len(n.unflushed) > 0 {
-				timer.Reset(flushCheck)
-			}
 			continue
 		}
-		changes := len(round[0].txns)
+		size, urgent := round[0].size(), round[0].urgent()
+		if d := time.Until(next); d > 0 && !urgent {
+			gap.Reset(d)
+		wait:
+			for size < maxRoundChanges {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-gap.C:
+					break wait
+				case w := <-n.in:
+					round = append(round, w)
+					size += w.size()
+					if w.urgent() {
+						break wait
+					}
+				}
+			}
+			gap.Stop()
+		}
 	more:
-		for changes < maxRoundChanges {
+		for size < maxRoundChanges {
 			select {
 			case w := <-n.in:
 				round = append(round, w)
-				changes += len(w.txns)
+				size += w.size()
 			default:
 				break more
 			}
 		}
+		start := time.Now()
 		if err := n.apply(ctx, round); err != nil {
 			return err
 		}
+		next = start.Add(roundGap)
 		if len(n.unflushed) > 0 {
-			timer.Reset(flushCheck)
+			flush.Reset(flushCheck)
+		} else {
+			flush.Stop()
 		}
 	}
+}
+
+func (w nodeWork) urgent() bool { return len(w.notify) > 0 || w.drained != nil }
+
+func (w nodeWork) size() int {
+	n := 0
+	for _, t := range w.txns {
+		n += len(t.Changes)
+	}
+	return n
 }
 
 // apply applies a round's parts in one target transaction, synchronously
@@ -283,23 +324,25 @@ func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
 	return nil
 }
 
-// checkFlush reads the node's flushed WAL position.
+// checkFlush makes the rounds committed without their flush durable when
+// nothing else came for flushCheck: a transaction with an xid committed
+// with synchronous_commit = on flushes the node's WAL up to it. (The WAL
+// writer flushes async commits by itself, but a round's recorded position
+// may lie past its commit record, on WAL nothing else might flush soon.)
 func (n *nodeApplier) checkFlush(ctx context.Context) error {
 	if len(n.unflushed) == 0 {
 		return nil
 	}
-	var s string
 	n.mu.Lock()
-	err := n.ta.Conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&s)
+	_, err := n.ta.Conn.PgConn().Exec(ctx, `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT`).ReadAll()
 	n.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("read the flushed WAL position: %w", err)
+		return fmt.Errorf("flush the node's WAL: %w", err)
 	}
-	lsn, err := stream.ParseLSN(s)
-	if err != nil {
-		return errors.Join(errors.New("read the flushed WAL position"), err)
+	for _, u := range n.unflushed {
+		n.p.done(u.batches)
 	}
-	n.flushedTo(lsn)
+	n.unflushed = n.unflushed[:0]
 	return nil
 }
 

@@ -58,10 +58,11 @@ type CutoverResult struct {
 	// Pause is how long the shard's new transactions were held: from the
 	// fence until every router had seen the flip.
 	Pause time.Duration
-	// Fenced, Marked and Flipped are when (from the fence's start) every
-	// router held the shard, the marker was applied on the node, and the
-	// flip committed; the rest of the pause is the routers' release.
-	Fenced, Marked, Flipped time.Duration
+	// Fenced, Written, Marked and Flipped are when (from the fence's
+	// start) every router held the shard, the marker was committed on the
+	// legacy database, the marker was applied on the node, and the flip
+	// committed; the rest of the pause is the routers' release.
+	Fenced, Written, Marked, Flipped time.Duration
 	// Lag is the stream's lag measured before the fence (a marker's trip
 	// from the legacy database to the node).
 	Lag time.Duration
@@ -179,7 +180,7 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 			r.Err = im.cutoverShard(ctx, mover, imp, s, opts, &r)
 			results[i] = r
 			im.cat.RecordOperation(context.WithoutCancel(ctx), "import cutover", map[string]any{"shard": s.Shard, "node": s.Node,
-				"pause_ms": ms(r.Pause), "fenced_ms": ms(r.Fenced), "marked_ms": ms(r.Marked), "flipped_ms": ms(r.Flipped), "lag_ms": ms(r.Lag)}, r.Err)
+				"pause_ms": ms(r.Pause), "fenced_ms": ms(r.Fenced), "written_ms": ms(r.Written), "marked_ms": ms(r.Marked), "flipped_ms": ms(r.Flipped), "lag_ms": ms(r.Lag)}, r.Err)
 		}()
 	}
 	wg.Wait()
@@ -273,6 +274,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return fail(err)
 	}
+	r.Written = time.Since(t0)
 	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts, listen)
 	if err != nil {
 		return fail(err)
@@ -305,7 +307,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 		im.logger.Warn("record the cutover pause", "shard", s.Shard, "err", err)
 	}
 	im.logger.Info("shard cut over", "shard", s.Shard, "node", s.Node, "pause", r.Pause, "fenced", r.Fenced,
-		"marked", r.Marked-r.Fenced, "flipped", r.Flipped-r.Marked, "released", r.Pause-r.Flipped, "lag", r.Lag)
+		"written", r.Written-r.Fenced, "marked", r.Marked-r.Written, "flipped", r.Flipped-r.Marked, "released", r.Pause-r.Flipped, "lag", r.Lag)
 	if err != nil { // flipped; some router has not acknowledged yet
 		im.logger.Warn("cutover: routers have not all acknowledged the flip yet", "shard", s.Shard, "err", err)
 	}

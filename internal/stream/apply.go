@@ -51,9 +51,11 @@ type ApplyOptions struct {
 	// loses the transaction, position included, so the caller must not
 	// confirm it to the source until then. The zero value waits for the flush.
 	Async bool
-	// Notify are (channel, payload) notifications sent after the commit,
-	// the payload's %s replaced by the target's WAL insert position then
-	// (past the transaction's commit record).
+	// Notify are (channel, payload) notifications sent right after the
+	// commit (by a transaction of their own that does not wait for a
+	// flush: a NOTIFY takes an xid), the payload's %s replaced by the
+	// target's WAL insert position then (past the commit record). With
+	// Async they may arrive before the transaction is durable.
 	Notify [][2]string
 }
 
@@ -113,10 +115,15 @@ func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOpt
 		[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
 	b.ExecParams(`COMMIT`, nil, nil, nil, nil)
 	commit := len(kinds) + 4 // BEGIN, two SETs, the changes, the position
-	// After the commit, in the same round trip: the notifications (each in
-	// a transaction of its own, sent at once) and the WAL positions.
-	for _, n := range opts.Notify {
-		b.ExecParams(`SELECT pg_notify($1, format($2, pg_current_wal_insert_lsn()))`, [][]byte{[]byte(n[0]), []byte(n[1])}, nil, nil, nil)
+	// After the commit, in the same round trip: the notifications and the
+	// WAL positions.
+	if len(opts.Notify) > 0 {
+		b.ExecParams(`BEGIN`, nil, nil, nil, nil)
+		b.ExecParams(`SET LOCAL synchronous_commit = off`, nil, nil, nil, nil)
+		for _, n := range opts.Notify {
+			b.ExecParams(`SELECT pg_notify($1, format($2, pg_current_wal_insert_lsn()))`, [][]byte{[]byte(n[0]), []byte(n[1])}, nil, nil, nil)
+		}
+		b.ExecParams(`COMMIT`, nil, nil, nil, nil)
 	}
 	if opts.Async {
 		b.ExecParams(`SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text`, nil, nil, nil, nil)

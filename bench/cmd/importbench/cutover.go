@@ -101,7 +101,7 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	}
 	time.Sleep(2 * time.Second) // writes before the first cutover
 
-	var pauses, fenced, marked, flipped, released []time.Duration
+	var pauses, fenced, written, trip, marked, flipped, released []time.Duration
 	var failed []string
 	t0 := time.Now()
 	for _, wave := range []importer.CutoverOptions{{Shards: []int{0}}, {All: true, Parallel: o.cutoverParallel}} {
@@ -114,6 +114,8 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 			pauses = append(pauses, c.Pause)
 			fenced = append(fenced, c.Fenced)
 			marked = append(marked, c.Marked-c.Fenced)
+			written = append(written, c.Written-c.Fenced)
+			trip = append(trip, c.Marked-c.Written)
 			flipped = append(flipped, c.Flipped-c.Marked)
 			released = append(released, c.Pause-c.Flipped)
 		}
@@ -181,7 +183,7 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 			}
 		}
 	}
-	for _, ds := range [][]time.Duration{pauses, fenced, marked, flipped, released, lats} {
+	for _, ds := range [][]time.Duration{pauses, fenced, written, trip, marked, flipped, released, lats} {
 		slices.Sort(ds)
 	}
 	p := func(ds []time.Duration, q float64) time.Duration {
@@ -197,6 +199,7 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 		return fmt.Sprintf("%s / %s / %s", ms(p(ds, 0.5)), ms(p(ds, 0.95)), ms(p(ds, 1)))
 	}
 	fmt.Fprintf(out, "pause by step, p50 / p95 / max: routers hold %s, marker %s, flip %s, routers release %s\n", q(fenced), q(marked), q(flipped), q(released))
+	fmt.Fprintf(out, "the marker's parts, p50 / p95 / max: legacy commit %s, trip to the node %s\n", q(written), q(trip))
 	fmt.Fprintf(out, "client latency: p50 %s, p99 %s, max %s (%d transactions)\n", ms(p(lats, 0.5)), ms(p(lats, 0.99)), ms(maxLat), len(lats))
 	fmt.Fprintf(out, "ledger: %d acknowledged writes, %d missing, %d duplicated, %d client errors\n", acked, missing, dup, errs)
 	if missing+dup+errs > 0 {
