@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -51,14 +53,25 @@ func manySchemasDB(t *testing.T, n int) (string, []string) {
 }
 
 // TestImportThousandsOfSchemas (issue 12, the schema-per-tenant source at
-// the scale the issue names): a legacy database with 2,000 tenant schemas
-// of 3 tables each moves onto two nodes while clients write through the
+// the scale the issue names): a legacy database with 200 (or
+// PGTENANT_TEST_SCHEMAS) tenant schemas of 3 tables each moves onto two nodes while clients write through the
 // router the whole time: init → schema → start → verify → cutover --all
 // --parallel 4 → finish. Every acknowledged write is on its tenant's shard
 // exactly once, no client saw an error. Each step's time is logged (the
 // figures in bench/README.md, "Imports from thousands of schemas").
 func TestImportThousandsOfSchemas(t *testing.T) {
-	const nSchemas, nShards = 2000, 16
+	// 200 schemas in the package's tests (cmd/pgtenant is near its 20m
+	// timeout under load; 500 took 169 s at load 25);
+	// PGTENANT_TEST_SCHEMAS=2000 for the issue's scale (the figures in
+	// bench/README.md).
+	nSchemas, nShards := 200, 16
+	if v := os.Getenv("PGTENANT_TEST_SCHEMAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("PGTENANT_TEST_SCHEMAS=%q: want a number of schemas", v)
+		}
+		nSchemas = n
+	}
 	t.Chdir(t.TempDir())
 	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
 	mustRun(t, "init", "--shards", fmt.Sprint(nShards))

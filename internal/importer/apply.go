@@ -435,7 +435,7 @@ func (a *applier) route(ctx context.Context, t *stream.Txn, c stream.Change, ten
 			return err
 		}
 		if shard, ok = a.tenants[tenant]; !ok {
-			return fmt.Errorf("a change of %s belongs to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", c.Rel.Table, tenant)
+			return &UnregisteredTenantError{Table: c.Rel.Table, Tenant: tenant}
 		}
 	}
 	s := a.shards[shard]

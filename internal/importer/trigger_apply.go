@@ -379,7 +379,7 @@ func (a *qapplier) route(ctx context.Context, e entry, byName map[string]*qnode,
 				return err
 			}
 			if shard, ok = a.tenants[tenant]; !ok {
-				return fmt.Errorf("a change of %s belongs to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", e.table, tenant)
+				return &UnregisteredTenantError{Table: e.table, Tenant: tenant}
 			}
 		}
 		s := a.shards[shard]

@@ -1,0 +1,21 @@
+package importer
+
+import "fmt"
+
+// UnregisteredTenantError: a change on the legacy database, made after
+// import init, belongs to a tenant the catalog does not know (a customer
+// created on the legacy database directly, not through the router). The
+// change stream stops before it: nothing from it on is applied, and import
+// start, run again once the tenant is registered, resumes at it.
+type UnregisteredTenantError struct {
+	Table, Tenant string
+}
+
+func (e *UnregisteredTenantError) Error() string {
+	return fmt.Sprintf("23503: a change of table %s belongs to tenant %q, which is not registered; the change stream stopped before it and applied nothing after it"+
+		"\n  hint: register the tenant (pgtenant tenant add ID) and run import start again: it resumes at this change", e.Table, e.Tenant)
+}
+
+// SQLState is 23503 (foreign_key_violation: a row whose tenant is not
+// registered), as import init reports such rows.
+func (e *UnregisteredTenantError) SQLState() string { return "23503" }
