@@ -40,6 +40,7 @@ func TestFollowerSplitUnderLoadNodeRole(t *testing.T) {
 	c.nodes["c"] = p
 
 	w := c.startClients(movingShard, 8, 8, 2*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open and tenants looked up before the control window and the split
 	ctlStart := time.Now()
 	time.Sleep(2 * time.Second)
 	ctlEnd := time.Now()

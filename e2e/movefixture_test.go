@@ -391,6 +391,9 @@ type moveClient struct {
 	reads    int
 	writes   int
 	mismatch []string
+	// done counts the transactions completed (read by waitReady while
+	// the client runs).
+	done atomic.Int64
 }
 
 func newMoveClient(id int, tenant string, shard int) *moveClient {
@@ -442,6 +445,7 @@ func (cl *moveClient) run(ctx context.Context, c *moveCluster, pause time.Durati
 			}
 		} else {
 			cl.samples = append(cl.samples, txnSample{t0, dur})
+			cl.done.Add(1)
 		}
 		if pause > 0 {
 			time.Sleep(pause)
@@ -704,6 +708,26 @@ func (c *moveCluster) startClients(moving, perMoving, others int, pause time.Dur
 		}()
 	}
 	return w
+}
+
+// waitReady waits until every client has completed a transaction: its
+// session is open and its tenant looked up (a first lookup asks the
+// catalog, which a loaded machine can keep past the router's lookup
+// timeout: 08006). A test that measures what a move does to running
+// clients starts its control window then, not while clients still
+// connect. It fails the test after d.
+func (w *workload) waitReady(t testing.TB, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for _, cl := range w.clients {
+		for cl.done.Load() == 0 {
+			if time.Now().After(deadline) {
+				w.stop()
+				t.Fatalf("client %d (%s, shard %d) completed no transaction within %s: %v", cl.id, cl.tenant, cl.shard, d, cl.errs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
 
 func (w *workload) stop() {

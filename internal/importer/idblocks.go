@@ -62,6 +62,23 @@ func idBlockSize(max, inc int64, shards int) idBlock {
 	return idBlock{}
 }
 
+// IDBlockOf says whose id block holds id for a shard sequence with largest
+// value max and increment inc in a catalog of shards shards (the blocks a
+// cutover gives shard sequences, above): the shard (-1 for the legacy
+// database's block, and when such a sequence gets no blocks) and the last
+// id of that block. A tenant move between two shards keeps each shard's
+// sequence in its own block with it (internal/tenantops).
+func IDBlockOf(max, inc int64, shards int, id int64) (shard int, end int64) {
+	b := idBlockSize(max, inc, shards)
+	if b.size == 0 || id <= 0 {
+		return -1, 0
+	}
+	// Shard s's ids in the span starting at e: e+(s+1)·size+1 … e+(s+2)·size.
+	e := (id - 1) / b.span * b.span
+	k := (id - 1 - e) / b.size
+	return int(k) - 1, e + (k+1)*b.size
+}
+
 // nodeStart is the value a shard sequence is set to at cutover for a legacy
 // sequence at last: the start of shard's block in the first span that
 // starts at or after last; last itself without a block (or without room

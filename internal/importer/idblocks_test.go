@@ -74,3 +74,29 @@ func TestIDBlocks(t *testing.T) {
 		t.Errorf("a descending sequence gets a block of %d", b.size)
 	}
 }
+
+// TestIDBlockOf: the ids of the block a cutover gives shard s belong to s,
+// from the first to the last; the ids around it to its neighbours.
+func TestIDBlockOf(t *testing.T) {
+	const shards = 4
+	b := idBlockSize(math.MaxInt64, 1, shards)
+	for _, last := range []int64{0, 41, b.span - 1, b.span + 1} {
+		for s := 0; s < shards; s++ {
+			start := b.nodeStart(last, math.MaxInt64, s) // the sequence's value after the cutover
+			for _, id := range []int64{start + 1, start + 2, start + b.size} {
+				if got, end := IDBlockOf(math.MaxInt64, 1, shards, id); got != s || end != start+b.size {
+					t.Errorf("legacy at %d: id %d of shard %d's block: owner %d, block end %d; want %d, %d", last, id, s, got, end, s, start+b.size)
+				}
+			}
+			if got, _ := IDBlockOf(math.MaxInt64, 1, shards, start); got != s-1 {
+				t.Errorf("id %d, just below shard %d's block: owner %d, want %d", start, s, got, s-1)
+			}
+		}
+	}
+	if got, _ := IDBlockOf(math.MaxInt64, 1, shards, 1000); got != -1 {
+		t.Errorf("a legacy id: owner %d, want -1", got)
+	}
+	if got, _ := IDBlockOf(math.MaxInt16, 1, 1024, 7); got != -1 {
+		t.Errorf("a sequence without blocks: owner %d, want -1", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtenant/pgtenant/internal/importer"
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/tables"
 )
@@ -62,8 +63,12 @@ type MoveResult struct {
 
 // moving is one move in progress.
 type moving struct {
-	id       int64
-	tenant   string
+	id     int64
+	tenant string
+	to     int // the target shard
+	// blocks is the shard count an import's id blocks are cut by, while
+	// an import is recorded in the catalog (0: none; see seqPlan).
+	blocks   int
 	src, dst *pgx.Conn
 	sst      *shardTables // source schema
 	dst_     *shardTables // target schema
@@ -160,7 +165,10 @@ func (o *Ops) Move(ctx context.Context, id string, opts MoveOptions) (MoveResult
 		return res, &Error{Code: "55000", Message: "a tenant move needs a primary key on every table with tenant rows; these have none: " + strings.Join(nokey, ", "),
 			Hint: "add a primary key (pgtenant migrate up), or move the whole shard (pgtenant shard move)"}
 	}
-	mv := &moving{tenant: id, src: src, dst: dst, sst: sst, dst_: tst, keyTypes: map[int][]string{}}
+	mv := &moving{tenant: id, to: res.To, src: src, dst: dst, sst: sst, dst_: tst, keyTypes: map[int][]string{}}
+	if mv.blocks, err = o.idBlockShards(ctx); err != nil {
+		return res, err
+	}
 	if err := o.cat.Pool().QueryRow(ctx, `INSERT INTO pgtenant.tenant_moves (tenant, source_shard, target_shard, step)
 		VALUES ($1, $2, $3, 'check') RETURNING id`, id, res.From, res.To).Scan(&mv.id); err != nil {
 		if strings.Contains(err.Error(), "23505") {
@@ -430,6 +438,19 @@ func (o *Ops) setMove(ctx context.Context, id int64, step, status, msg string) {
 	}
 }
 
+// idBlockShards is the catalog's shard count while an import is recorded
+// (its shards' sequences hand out ids from blocks cut by it), else 0.
+func (o *Ops) idBlockShards(ctx context.Context) (int, error) {
+	var importing bool
+	if err := o.cat.Pool().QueryRow(ctx, `SELECT EXISTS (SELECT FROM pgtenant.imports)`).Scan(&importing); err != nil {
+		return 0, fmt.Errorf("read the catalog's imports: %w", err)
+	}
+	if !importing {
+		return 0, nil
+	}
+	return o.cat.ShardCount(ctx)
+}
+
 // target resolves the move's target shard.
 func (o *Ops) target(ctx context.Context, from located, opts MoveOptions) (located, error) {
 	shard := opts.ToShard
@@ -612,32 +633,16 @@ func lastValue(ctx context.Context, conn *pgx.Conn, seq string) (int64, error) {
 
 // bumpTargetSequences sets each target sequence headroom past the larger
 // of the two shards' last values: ids given out in either shard while the
-// move runs cannot meet.
+// move runs cannot meet. With an import's id blocks (seqPlan) a target
+// sequence stays in its shard's block.
 func bumpTargetSequences(ctx context.Context, mv *moving, headroom int64) error {
-	ss, err := ownedSequences(ctx, mv.src, mv.sst)
+	plan, err := seqPlan(ctx, mv, headroom)
 	if err != nil {
 		return err
 	}
-	ts, err := ownedSequences(ctx, mv.dst, mv.dst_)
-	if err != nil {
-		return err
-	}
-	for col, tseq := range ts {
-		sseq, ok := ss[col]
-		if !ok {
-			continue
-		}
-		sv, err := lastValue(ctx, mv.src, sseq)
-		if err != nil {
-			return fmt.Errorf("read source sequence %s: %w", sseq, err)
-		}
-		tv, err := lastValue(ctx, mv.dst, tseq)
-		if err != nil {
-			return fmt.Errorf("read target sequence %s: %w", tseq, err)
-		}
-		want := max(sv, tv) + headroom
-		if _, err := mv.dst.Exec(ctx, `SELECT setval($1::regclass, least($2::bigint, (SELECT seqmax FROM pg_sequence WHERE seqrelid = $1::regclass)))`, tseq, want); err != nil {
-			return fmt.Errorf("set target sequence %s: %w", tseq, err)
+	for _, p := range plan {
+		if _, err := mv.dst.Exec(ctx, `SELECT setval($1::regclass, least($2::bigint, (SELECT seqmax FROM pg_sequence WHERE seqrelid = $1::regclass)))`, p.seq, p.to); err != nil {
+			return fmt.Errorf("set target sequence %s: %w", p.seq, err)
 		}
 	}
 	return nil
@@ -645,29 +650,107 @@ func bumpTargetSequences(ctx context.Context, mv *moving, headroom int64) error 
 
 // syncSequencesFrom sets each target sequence at least to its source's
 // last value (under the fence): the tenant's ids came from the source's.
+// With an import's id blocks (seqPlan) a target sequence stays in its
+// shard's block.
 func syncSequencesFrom(ctx context.Context, mv *moving) error {
-	ss, err := ownedSequences(ctx, mv.src, mv.sst)
+	plan, err := seqPlan(ctx, mv, 0)
 	if err != nil {
 		return err
+	}
+	for _, p := range plan {
+		if _, err := mv.dst.Exec(ctx, `SELECT setval($1::regclass, $2) WHERE $2 > (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM `+p.seq+`)`, p.seq, p.to); err != nil {
+			return fmt.Errorf("set target sequence %s: %w", p.seq, err)
+		}
+	}
+	return nil
+}
+
+// seqSet is a target sequence and the value it is raised to.
+type seqSet struct {
+	seq string
+	to  int64
+}
+
+// seqPlan is what bumpTargetSequences (headroom > 0) and syncSequencesFrom
+// (headroom 0) raise the target's sequences to: past both shards' last
+// values plus headroom, or to the source's.
+//
+// While an import is recorded in the catalog (mv.blocks > 0), each
+// cut-over shard's sequence hands out ids from a block of its own
+// (importer/idblocks.go), so that a rollback writing shards back into the
+// legacy tables meets no id twice. Raising the target's sequence to the
+// source's would put it in the source's block: both shards would then hand
+// out the same ids. So a target sequence in its own block is left there
+// when the source's ids are outside that block: the moved rows keep the
+// ids the source's sequence (or the legacy database, below every block)
+// gave them, which the target's sequence, inside its block, never reaches;
+// the ids stay unique across shards, and a rollback of either shard writes
+// back ids the legacy database's sequence is set past (the end of the
+// span; or, for a block in a later span, a block's width ahead of it).
+// A source sequence found in the target's block (set there before) is
+// followed as usual, within the block. A raise that would leave the
+// target's block, or move a sequence outside its own block into another
+// shard's, is refused (55000) before anything is changed.
+func seqPlan(ctx context.Context, mv *moving, headroom int64) ([]seqSet, error) {
+	ss, err := ownedSequences(ctx, mv.src, mv.sst)
+	if err != nil {
+		return nil, err
 	}
 	ts, err := ownedSequences(ctx, mv.dst, mv.dst_)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for col, tseq := range ts {
+	cols := make([]string, 0, len(ts))
+	for col := range ts {
+		cols = append(cols, col)
+	}
+	slices.Sort(cols)
+	var plan []seqSet
+	for _, col := range cols {
+		tseq := ts[col]
 		sseq, ok := ss[col]
 		if !ok {
 			continue
 		}
 		sv, err := lastValue(ctx, mv.src, sseq)
 		if err != nil {
-			return fmt.Errorf("read source sequence %s: %w", sseq, err)
+			return nil, fmt.Errorf("read source sequence %s: %w", sseq, err)
 		}
-		if _, err := mv.dst.Exec(ctx, `SELECT setval($1::regclass, $2) WHERE $2 > (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM `+tseq+`)`, tseq, sv); err != nil {
-			return fmt.Errorf("set target sequence %s: %w", tseq, err)
+		tv, err := lastValue(ctx, mv.dst, tseq)
+		if err != nil {
+			return nil, fmt.Errorf("read target sequence %s: %w", tseq, err)
 		}
+		want := sv
+		if headroom > 0 {
+			want = max(sv, tv) + headroom
+		}
+		if mv.blocks > 0 {
+			var smax, inc int64
+			if err := mv.dst.QueryRow(ctx, `SELECT seqmax, seqincrement FROM pg_sequence WHERE seqrelid = $1::regclass`, tseq).Scan(&smax, &inc); err != nil {
+				return nil, fmt.Errorf("read target sequence %s: %w", tseq, err)
+			}
+			own, end := importer.IDBlockOf(smax, inc, mv.blocks, tv+inc)
+			if own == mv.to {
+				if from, _ := importer.IDBlockOf(smax, inc, mv.blocks, sv); from != mv.to {
+					continue // the source's ids are not in the target's block
+				}
+				if want >= end {
+					return nil, blockError(mv, tseq, want, fmt.Sprintf("past the end of the shard's id block (%d)", end))
+				}
+			} else if other, _ := importer.IDBlockOf(smax, inc, mv.blocks, want+inc); other >= 0 && other != mv.to {
+				return nil, blockError(mv, tseq, want, fmt.Sprintf("into shard %d's id block", other))
+			}
+		}
+		plan = append(plan, seqSet{seq: tseq, to: want})
 	}
-	return nil
+	return plan, nil
+}
+
+// blockError refuses a sequence raise that would break an import's id blocks.
+func blockError(mv *moving, seq string, want int64, where string) error {
+	return &Error{Code: "55000", Message: fmt.Sprintf("tenant %q cannot move to shard %d: its sequence %s would have to be raised to %d, %s, and then hand out ids another shard's rows can hold (an import's shards each hand out ids from their own block)",
+		mv.tenant, mv.to, seq, want, where),
+		Hint: "move the tenant to another shard; once the import is finished (pgtenant import finish) no rollback writes the shards back and the move is allowed"}
 }
 
 // compareCounts compares the tenant's row count per table on both sides
