@@ -750,6 +750,12 @@ func (ss *session) detachCancel(be *pool.Conn) {
 
 func (ss *session) detachCancelLocked(be *pool.Conn) {
 	ss.beCur.Store(nil)
+	ss.breakIfCancelLostLocked(be)
+}
+
+// breakIfCancelLostLocked marks be broken when it is the backend of a
+// cancel request its server did not confirm (under cancelMu).
+func (ss *session) breakIfCancelLostLocked(be *pool.Conn) {
 	if ss.cancelLost != nil && ss.cancelLost == be {
 		be.MarkBroken()
 		ss.cancelLost = nil
@@ -779,10 +785,7 @@ func (ss *session) releaseAfterCancel(be *pool.Conn) {
 	go func() {
 		defer ss.srv.wg.Done()
 		ss.cancelMu.Lock()
-		if ss.cancelLost != nil && ss.cancelLost == be {
-			be.MarkBroken()
-			ss.cancelLost = nil
-		}
+		ss.breakIfCancelLostLocked(be) // not beCur: it may be the session's next backend by now
 		ss.cancelMu.Unlock()
 		be.Release()
 	}()
