@@ -126,8 +126,17 @@ func runWriter(ctx context.Context, f *gateFencer, w int, l *ledger) {
 		if err != nil {
 			l.errs = append(l.errs, err)
 		}
+		time.Sleep(writerThink)
 	}
 }
+
+// writerThink is a writer's pause between transactions. Without one, three
+// writers on a saturated 2-core machine (CI at load 15-25) outran the single
+// WAL sender that decodes their changes for the move: the catch-up lag grew
+// from 5 to 45 s until the test's deadline. No logical replication can
+// follow writers that out-produce its decoder; an app's clients think
+// between transactions, and the write rate stays in the thousands per second.
+const writerThink = time.Millisecond
 
 func TestMoveUnderWrites(t *testing.T) {
 	tests := []struct {

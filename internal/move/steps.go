@@ -480,6 +480,7 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 	if err := m.ensureStream(ctx, mv); err != nil {
 		return err
 	}
+	var first time.Duration // the first marker's lag, for the error below
 	for {
 		t0 := time.Now()
 		var seq int64
@@ -487,12 +488,15 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 			seq, err = insertMarker(ctx, tx, mv.ID)
 			return err
 		}); err != nil {
-			return err
+			return catchUpErr(ctx, err, first, time.Since(t0), m.cfg.CatchUpTimeout)
 		}
 		if err := waitMarker(ctx, dst, mv, seq, 5*time.Millisecond); err != nil {
-			return err
+			return catchUpErr(ctx, err, first, time.Since(t0), m.cfg.CatchUpTimeout)
 		}
 		lag := time.Since(t0)
+		if first == 0 {
+			first = lag
+		}
 		mv.Progress.LagMS = float64(lag.Microseconds()) / 1000
 		_ = src.QueryRow(ctx, `SELECT coalesce((SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1), 0)`,
 			repName(mv)).Scan(&mv.Progress.LagBytes)
@@ -505,6 +509,18 @@ func (m *Mover) stepCatchUp(ctx context.Context, mv *moveRun) error {
 		}
 		m.log.Info("catching up", "move", mv.ID, "shard", mv.Shard, "lag", lag)
 	}
+}
+
+// catchUpErr explains a catch-up that ran out of time: the shard's writes
+// outpaced the stream (one WAL sender decodes them all), so the target never
+// came within MaxLag. Other errors pass through.
+func catchUpErr(ctx context.Context, err error, first, last time.Duration, limit time.Duration) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) || first == 0 {
+		return err
+	}
+	return fmt.Errorf("the target did not catch up within %s: the first marker took %s to reach it, the last one %s and counting; "+
+		"the shard's writes outpace the stream that copies them (one WAL sender decodes them all); move the shard again when they are lower: %w",
+		limit, first.Round(time.Millisecond), last.Round(time.Millisecond), err)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
