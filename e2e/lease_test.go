@@ -86,6 +86,7 @@ func TestMoveFenceLeaseAfterKill(t *testing.T) {
 	c := newMoveCluster(t, moveOpts{router: router.Config{HoldTimeout: 10 * time.Second}})
 	c.fill(ctx, movingShard, 5_000)
 	w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open, tenants looked up
 	defer w.stop()
 	time.Sleep(300 * time.Millisecond)
 

@@ -58,6 +58,7 @@ func testMoveUnderLoad(t *testing.T, nodeRole bool) {
 	t.Logf("loaded %d rows into shard %d in %s", rows, movingShard, time.Since(t0).Round(time.Millisecond))
 
 	w := c.startClients(movingShard, 8, 8, 2*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open, tenants looked up
 	ctlStart := time.Now()
 	time.Sleep(2 * time.Second)
 	ctlEnd := time.Now()
@@ -155,6 +156,7 @@ func TestMoveKilledThroughRouter(t *testing.T) {
 				c := newMoveCluster(t, moveOpts{router: router.Config{HoldTimeout: 10 * time.Second}})
 				c.fill(ctx, movingShard, 20_000)
 				w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+				w.waitReady(t, time.Minute) // sessions open, tenants looked up
 				time.Sleep(300 * time.Millisecond)
 				crash := errors.New("simulated crash")
 				_, err := c.mover(move.Config{BeforeStep: c.crashAt(step, crash)}).Move(ctx, movingShard, "b", move.Options{})
@@ -215,6 +217,7 @@ func TestMoveFenceTimeoutLongTransaction(t *testing.T) {
 	c := newMoveCluster(t, moveOpts{router: router.Config{FenceGrace: grace, HoldTimeout: 10 * time.Second}})
 	c.fill(ctx, movingShard, 20_000)
 	w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open, tenants looked up
 
 	long, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), c.tenants[movingShard][0]))
 	if err != nil {
@@ -288,6 +291,7 @@ func TestMoveRouterRestartDuringFence(t *testing.T) {
 	r2 := c.startRouter(nil)
 	c.fill(ctx, movingShard, 20_000)
 	w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open, tenants looked up
 	time.Sleep(300 * time.Millisecond)
 
 	var newR *followRouter
@@ -382,6 +386,7 @@ func TestMoveCatalogUnreachable(t *testing.T) {
 			c := newMoveCluster(t, moveOpts{catalog: catSrv, router: router.Config{HoldTimeout: 60 * time.Second}})
 			c.fill(ctx, movingShard, 20_000)
 			w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+			w.waitReady(t, time.Minute) // sessions open, tenants looked up
 			time.Sleep(300 * time.Millisecond)
 
 			var outage sync.WaitGroup
@@ -495,6 +500,7 @@ func TestMoveTargetDownDuringCatchUp(t *testing.T) {
 	c := newMoveCluster(t, moveOpts{nodeB: target, router: router.Config{HoldTimeout: 10 * time.Second}})
 	c.fill(ctx, movingShard, 20_000)
 	w := c.startClients(movingShard, 4, 4, 2*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open, tenants looked up
 	time.Sleep(300 * time.Millisecond)
 	var restarted sync.WaitGroup
 	fired := false
@@ -650,6 +656,7 @@ func TestMoveSlotWaitsForOpenTransaction(t *testing.T) {
 	c := newMoveCluster(t, moveOpts{router: router.Config{HoldTimeout: 10 * time.Second}})
 	c.fill(ctx, movingShard, 2_000)
 	w := c.startClients(movingShard, 2, 2, 5*time.Millisecond)
+	w.waitReady(t, time.Minute) // sessions open, tenants looked up
 	long, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), c.tenants[0][0])) // shard 0, also on node a
 	if err != nil {
 		t.Fatal(err)
