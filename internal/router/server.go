@@ -135,7 +135,9 @@ func New(cfg Config) *Server {
 	}
 	s.pathTail = ", pg_temp"
 	if !cfg.NoSharedSchema {
-		s.pathTail = ", " + sqlscan.QuoteIdentifier(cfg.SharedSchema) + s.pathTail
+		// Clipped as the server clips it (SET would say so in a NOTICE
+		// on every transaction; set_config would keep the longer text).
+		s.pathTail = ", " + sqlscan.QuoteIdentifier(sqlscan.TruncateIdentifier(cfg.SharedSchema)) + s.pathTail
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)

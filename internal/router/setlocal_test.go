@@ -24,12 +24,15 @@ func TestSearchPathSpelling(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer direct.Close(ctx(t))
-	for _, shared := range []string{"public", "Ext Shared", "user", "schema", `a"b`, ""} {
+	long := "shared_" + strings.Repeat("x", 70)
+	for _, shared := range []string{"public", "Ext Shared", "user", "schema", `a"b`, "", long} {
 		// What the server makes of the same list: quote_ident, and SHOW
-		// after SET search_path with the names as string literals.
+		// after SET search_path with the names as string literals (a
+		// name longer than 63 bytes clipped as the server clips an
+		// identifier: no schema has the longer name).
 		var want, set string
-		q := "SELECT quote_ident('shard_0003') || ', ' || quote_ident($1) || ', pg_temp'"
-		lit := "'shard_0003', " + quoteLiteral(shared) + ", 'pg_temp'"
+		q := "SELECT quote_ident('shard_0003') || ', ' || quote_ident(substr($1, 1, 63)) || ', pg_temp'"
+		lit := "'shard_0003', " + quoteLiteral(sqlscan.TruncateIdentifier(shared)) + ", 'pg_temp'"
 		if shared == "" {
 			q = "SELECT quote_ident('shard_0003') || ', pg_temp' WHERE $1::text IS NOT NULL"
 			lit = "'shard_0003', 'pg_temp'"
@@ -60,7 +63,18 @@ func TestSearchPathSpelling(t *testing.T) {
 				{"extended BEGIN", pgx.QueryExecModeCacheStatement, []string{"BEGIN", "SELECT current_setting('search_path') FROM whoami", "COMMIT"}},
 			}
 			for _, p := range paths {
-				c := connect(t, s, "t3", p.exec)
+				pcfg, err := pgx.ParseConfig(routerURL(s, "t3"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				pcfg.DefaultQueryExecMode = p.exec
+				var notices []string
+				pcfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+" "+n.Message) }
+				c, err := pgx.ConnectConfig(ctx(t), pcfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close(ctx(t))
 				got := ""
 				for _, st := range p.stmts {
 					rows, err := c.Query(ctx(t), st)
@@ -79,8 +93,50 @@ func TestSearchPathSpelling(t *testing.T) {
 				if got != want {
 					t.Errorf("shared %q, %s, %s: search_path %q, want %q", shared, mode, p.name, got, want)
 				}
+				if len(notices) != 0 {
+					t.Errorf("shared %q, %s, %s: notices %q", shared, mode, p.name, notices)
+				}
 			}
 		}
+	}
+}
+
+// TestQuoteIdentifierServer checks sqlscan.QuoteIdentifier against the
+// server's quote_ident for every keyword the server knows and for names
+// around them. Words that are keywords only in a newer PostgreSQL than the
+// server's (keywords.txt is 18's) are quoted by the router and not by an
+// older server: listed apart.
+func TestQuoteIdentifierServer(t *testing.T) {
+	direct, err := pgx.Connect(ctx(t), nodeDSN(nodeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx(t))
+	rows, err := direct.Query(ctx(t), `SELECT n, quote_ident(n), k.word IS NOT NULL FROM (
+		SELECT word FROM pg_get_keywords() UNION SELECT word || '_' FROM pg_get_keywords() UNION SELECT upper(word) FROM pg_get_keywords()
+		UNION VALUES ('shard_0003'), ('public'), ('pg_temp'), ('1x'), ('a b'), ('a"b'), ('ü'), (''), ('_'), ('x$'),
+			('json_table'), ('system_user'), ('merge_action')) AS names (n)
+		LEFT JOIN pg_get_keywords() k ON k.word = n`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := map[string]bool{"json": true, "json_array": true, "json_arrayagg": true, "json_exists": true, "json_object": true,
+		"json_objectagg": true, "json_query": true, "json_scalar": true, "json_serialize": true, "json_table": true,
+		"json_value": true, "merge_action": true, "system_user": true}
+	n := 0
+	for rows.Next() {
+		var name, want string
+		var known bool
+		if err := rows.Scan(&name, &want, &known); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if got := sqlscan.QuoteIdentifier(name); got != want && !(newer[name] && !known) {
+			t.Errorf("QuoteIdentifier(%q) = %s, server's quote_ident %s", name, got, want)
+		}
+	}
+	if rows.Err() != nil || n < 1000 {
+		t.Fatalf("%d names, %v", n, rows.Err())
 	}
 }
 

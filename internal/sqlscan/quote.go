@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // keywordList is PostgreSQL's keyword list with each word's category (see
@@ -70,4 +71,22 @@ func safeIdentifier(name string) bool {
 		}
 	}
 	return !quotedKeywords()[name]
+}
+
+// maxIdentifierBytes is the longest identifier PostgreSQL keeps
+// (NAMEDATALEN - 1 with the default build).
+const maxIdentifierBytes = 63
+
+// TruncateIdentifier clips name as PostgreSQL clips a longer identifier
+// it reads (truncate_identifier): to 63 bytes, not splitting a UTF-8
+// character. A schema created with a longer name has the clipped one.
+func TruncateIdentifier(name string) string {
+	if len(name) <= maxIdentifierBytes {
+		return name
+	}
+	n := maxIdentifierBytes
+	for n > 0 && !utf8.RuneStart(name[n]) {
+		n--
+	}
+	return name[:n]
 }

@@ -99,3 +99,20 @@ func TestKeywordList(t *testing.T) {
 		t.Errorf("%d keywords, %d quoted; want 494, 164", n, quoted)
 	}
 }
+
+// TestTruncateIdentifier: 63 bytes at most, never half a character.
+func TestTruncateIdentifier(t *testing.T) {
+	long := strings.Repeat("x", 70)
+	for _, tc := range []struct{ name, want string }{
+		{"public", "public"},
+		{long[:63], long[:63]},
+		{long, long[:63]},
+		{long[:62] + "ü", long[:62]}, // ü is 2 bytes: 64 in all
+		{long[:61] + "ü", long[:61] + "ü"},
+		{strings.Repeat("租", 30), strings.Repeat("租", 21)}, // 3 bytes each
+	} {
+		if got := TruncateIdentifier(tc.name); got != tc.want {
+			t.Errorf("TruncateIdentifier(%q) = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
