@@ -48,7 +48,7 @@ func TestPsqlIsolation(t *testing.T) {
 			wantErr: []string{`setting "pgtenant.tenant_id" is managed by pgtenant`}},
 		{name: "still on t3's shard", tenant: "t3",
 			script: "SELECT shard, current_setting('pgtenant.tenant_id'), current_setting('search_path') FROM shard_info;\n",
-			want:   "3|t3|\"shard_0003\", \"public\", pg_temp\n"},
+			want:   "3|t3|shard_0003, public, pg_temp\n"},
 	}
 	for _, st := range steps {
 		out, errOut, err := psql(t, c, st.tenant, st.script)

@@ -144,7 +144,7 @@ func TestImportInit(t *testing.T) {
 			t.Fatalf("tenant %q: %d readings through the router, %d on the legacy database", id, viaRouter, direct)
 		}
 		var path string
-		if err := rc.QueryRow(ctx, `SHOW search_path`).Scan(&path); err != nil || path != `"public", "public", pg_temp` {
+		if err := rc.QueryRow(ctx, `SHOW search_path`).Scan(&path); err != nil || path != `public, public, pg_temp` {
 			t.Fatalf("search_path %q, %v", path, err)
 		}
 		if _, err := rc.Exec(ctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, 'via router', 'Brno', 100)`, id); err != nil {

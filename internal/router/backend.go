@@ -59,11 +59,11 @@ func (ss *session) sendPendingBegin(tenant string) {
 		ss.localSetup, ss.localOpen = false, false
 		ss.localOpen = true
 		be := ss.be
-		q += "\n;SELECT "
+		b := []byte(q)
 		if be.Schema != ss.wantSchema {
-			q += "pg_catalog.set_config('search_path', " + quoteLiteral(ss.srv.searchPath(ss.wantSchema)) + ", true), "
+			b = appendSetLocalPath(append(b, "\n;"...), ss.srv.searchPath(ss.wantSchema))
 		}
-		q += "pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.wantTenant) + ", true)"
+		q = string(appendSetLocalTenant(append(b, "\n;"...), ss.wantTenant))
 	}
 	ss.out = wire.AppendQuery(ss.out[:0], q)
 	ss.be.W.Write(ss.out)

@@ -14,7 +14,8 @@ import (
 // TestSimpleSetupInClientQuery checks that in transaction pool mode a
 // simple-protocol DML statement outside a transaction block reaches the
 // server as one Query together with the router's setup (DISCARD TEMP and
-// the transaction-local search_path and tenant id): one server transaction
+// the transaction-local search_path and tenant id, as SET LOCAL statements
+// with the path spelled as PostgreSQL spells it): one server transaction
 // and one ReadyForQuery per client statement, not a setup Query of its
 // own. The backend's current query, as pg_stat_activity shows it, is the
 // evidence. The answers are the client's only, and the settings do not
@@ -57,8 +58,11 @@ func TestSimpleSetupInClientQuery(t *testing.T) {
 		if err := direct.QueryRow(ctx(t), "SELECT query FROM pg_stat_activity WHERE pid = $1", string(rows[0][2])).Scan(&last); err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasSuffix(last, q) || !strings.Contains(last, "set_config('pgtenant.tenant_id'") {
-			t.Errorf("%s: the backend's last query is %q; want the setup and the client's statement in one Query", tenant, last)
+		// The setup as SET LOCAL statements (no plan, no row), the path
+		// spelled as PostgreSQL spells it.
+		setup := fmt.Sprintf("DISCARD TEMP;SET LOCAL search_path = shard_%04d, public, pg_temp;SET LOCAL pgtenant.tenant_id = %s;", shardOf(tenant), quoteLiteral(tenant))
+		if last != setup+q {
+			t.Errorf("%s: the backend's last query is %q; want the setup and the client's statement in one Query, %q", tenant, last, setup+q)
 		}
 	}
 	// An INSERT: its own command tag, the tenant's default from the

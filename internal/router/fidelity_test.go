@@ -352,7 +352,7 @@ func TestFidelityEarlyClose(t *testing.T) {
 // without a tenant). (Session mode takes it: TestSessionStartupSearchPath.)
 func TestStartupSearchPath(t *testing.T) {
 	s := startRouter(t, Config{}, nil)
-	for _, tc := range []struct{ tenant, want string }{{"t2", `"shard_0002", "public", pg_temp`}, {"", `"pg_catalog", pg_temp`}} {
+	for _, tc := range []struct{ tenant, want string }{{"t2", `shard_0002, public, pg_temp`}, {"", `pg_catalog, pg_temp`}} {
 		cfg, err := pgconn.ParseConfig(routerURL(s, tc.tenant))
 		if err != nil {
 			t.Fatal(err)

@@ -469,9 +469,9 @@ func TestIsolationSharedSchema(t *testing.T) {
 		cfg  Config
 		path string
 	}{
-		{Config{}, `"shard_0003", "public", pg_temp`},
-		{Config{SharedSchema: "ext"}, `"shard_0003", "ext", pg_temp`},
-		{Config{NoSharedSchema: true}, `"shard_0003", pg_temp`},
+		{Config{}, `shard_0003, public, pg_temp`},
+		{Config{SharedSchema: "ext"}, `shard_0003, ext, pg_temp`},
+		{Config{NoSharedSchema: true}, `shard_0003, pg_temp`},
 	} {
 		s := startRouter(t, tc.cfg, nil)
 		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
@@ -482,7 +482,7 @@ func TestIsolationSharedSchema(t *testing.T) {
 			}
 			var v string
 			err := c.QueryRow(ctx(t), "SELECT iso_shared() FROM whoami").Scan(&v)
-			if tc.path == `"shard_0003", "public", pg_temp` && (err != nil || v != "shared") {
+			if tc.path == `shard_0003, public, pg_temp` && (err != nil || v != "shared") {
 				t.Fatalf("a function of the shared schema, unqualified: %q %v", v, err)
 			}
 		}

@@ -18,7 +18,7 @@ import (
 // of shard 2: a non-DML first statement gets the setup as session settings.
 func onShard2(t *testing.T, s *Server) {
 	t.Helper()
-	if got := tcConnect(t, s, "t2").q("SHOW search_path"); got != `D("shard_0002", "public", pg_temp) C(SHOW) ZI` {
+	if got := tcConnect(t, s, "t2").q("SHOW search_path"); got != `D(shard_0002, public, pg_temp) C(SHOW) ZI` {
 		t.Fatalf("t2 SHOW: %s", got)
 	}
 }

@@ -16,8 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/pool"
 	"github.com/pgtenant/pgtenant/internal/sqlscan"
@@ -137,7 +135,9 @@ func New(cfg Config) *Server {
 	}
 	s.pathTail = ", pg_temp"
 	if !cfg.NoSharedSchema {
-		s.pathTail = ", " + pgx.Identifier{cfg.SharedSchema}.Sanitize() + s.pathTail
+		// Clipped as the server clips it (SET would say so in a NOTICE
+		// on every transaction; set_config would keep the longer text).
+		s.pathTail = ", " + sqlscan.QuoteIdentifier(sqlscan.TruncateIdentifier(cfg.SharedSchema)) + s.pathTail
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
@@ -157,6 +157,11 @@ func New(cfg Config) *Server {
 // name). Statements without a tenant (anySchema) get pg_catalog and pg_temp
 // only: they read the system catalogs, and an unqualified name must not
 // reach a table of the shared schema.
+//
+// The names are spelled as PostgreSQL spells them back after SET
+// search_path (sqlscan.QuoteIdentifier: shard_0003, public, pg_temp), so
+// that SHOW search_path reads the same whether the router set it with SET
+// LOCAL (combined.go) or with set_config, which keeps the text as given.
 func (s *Server) searchPath(schema string) string {
 	s.tagMu.RLock()
 	p, ok := s.paths[schema]
@@ -164,9 +169,9 @@ func (s *Server) searchPath(schema string) string {
 	if ok {
 		return p
 	}
-	p = pgx.Identifier{schema}.Sanitize() + s.pathTail
+	p = sqlscan.QuoteIdentifier(schema) + s.pathTail
 	if schema == anySchema {
-		p = pgx.Identifier{schema}.Sanitize() + ", pg_temp"
+		p = sqlscan.QuoteIdentifier(schema) + ", pg_temp"
 	}
 	s.tagMu.Lock()
 	s.paths[schema] = p

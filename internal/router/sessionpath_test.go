@@ -10,7 +10,7 @@ import (
 )
 
 // shardPath is the router's search_path for shard n.
-func shardPath(n string) string { return `"shard_000` + n + `", "public", pg_temp` }
+func shardPath(n string) string { return "shard_000" + n + ", public, pg_temp" }
 
 // In session pool mode a startup search_path is the client's: SHOW shows
 // it, no warning is sent, and an unqualified CREATE lands in it, as on

@@ -211,7 +211,7 @@ func TestSettingsCommitAndChain(t *testing.T) {
 		&pgproto3.Bind{PreparedStatement: "show"}, &pgproto3.Execute{},
 		&pgproto3.Bind{PreparedStatement: "sel"}, &pgproto3.Execute{},
 		&pgproto3.Sync{})
-	if got, want := c.recv(1), `P P P B C(COMMIT) B D("shard_0004", "public", pg_temp) C(SHOW) B D(4) C(SELECT 1) ZT`; got != want {
+	if got, want := c.recv(1), `P P P B C(COMMIT) B D(shard_0004, public, pg_temp) C(SHOW) B D(4) C(SELECT 1) ZT`; got != want {
 		t.Fatalf("pipeline: %s\nwant %s", got, want)
 	}
 	if got := c.q("ROLLBACK"); got != "C(ROLLBACK) ZI" {
@@ -272,7 +272,7 @@ func TestSettingsPrepareTransaction(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, m)
-			if got := tcConnect(t, s, "t2").q("SHOW search_path"); got != `D("shard_0002", "public", pg_temp) C(SHOW) ZI` {
+			if got := tcConnect(t, s, "t2").q("SHOW search_path"); got != `D(shard_0002, public, pg_temp) C(SHOW) ZI` {
 				t.Fatalf("t2 SHOW: %s", got)
 			}
 			c := tcConnect(t, s, "t4")
@@ -443,7 +443,7 @@ func TestSettingsRollbackAbortedPipeline(t *testing.T) {
 		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
 		&pgproto3.Execute{Portal: "p"},
 		&pgproto3.Sync{})
-	if got, want := c.recv(1), `P B C(ROLLBACK) P P B B D(4) C(SELECT 1) D("shard_0004", "public", pg_temp) C(SHOW) ZI`; got != want {
+	if got, want := c.recv(1), `P B C(ROLLBACK) P P B B D(4) C(SELECT 1) D(shard_0004, public, pg_temp) C(SHOW) ZI`; got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
 	}
 }
