@@ -58,6 +58,9 @@ type options struct {
 	verifyAB               bool
 	verifyChunk            int64
 	verifyPace             float64
+	timeline               bool
+	timelineSlow           time.Duration
+	timelineEvery          time.Duration
 }
 
 func main() {
@@ -90,6 +93,9 @@ func main() {
 	flag.BoolVar(&o.coldPools, "cold-pools", false, "steady and saturating cases: before each move, shrink the router's pools to one idle connection per node (a target the router has few connections to, as at a first move)")
 	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
 	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
+	flag.BoolVar(&o.timeline, "timeline", false, "steady, saturating and large cases: sample the box during the control and each move (every backend's wait event and CPU, pressure, disk, dirty pages, the mover's steps, Go GC) and print each client transaction longer than -timeline-slow with what the box did then")
+	flag.DurationVar(&o.timelineSlow, "timeline-slow", 50*time.Millisecond, "with -timeline: the client transactions to explain")
+	flag.DurationVar(&o.timelineEvery, "timeline-every", 10*time.Millisecond, "with -timeline: sampling interval")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -248,6 +254,21 @@ type env struct {
 	diag *diag
 	// rcfg is the router's config (see coldPools).
 	rcfg router.Config
+	// tl samples the box during moves (-timeline).
+	tl *timeline
+}
+
+// shardNodes maps every shard to its node now.
+func (e *env) shardNodes(ctx context.Context) map[int]string {
+	out := map[int]string{}
+	shards, err := e.cat.Shards(ctx)
+	if err != nil {
+		return out
+	}
+	for _, s := range shards {
+		out[s.ID] = s.Node
+	}
+	return out
 }
 
 // coldPools closes the router's idle backend connections but one per node
@@ -351,8 +372,16 @@ func (e *env) mover(log *slog.Logger, f move.Fencer, opts ...func(*move.Config))
 		f = catalog.RouterFencer{Catalog: e.cat}
 	}
 	cfg := move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second}
-	if e.diag.on() {
+	switch {
+	case e.diag.on() && e.tl.on():
+		cfg.BeforeStep = func(ctx context.Context, id int64, st move.Step) error {
+			e.tl.beforeStep(ctx, id, st)
+			return e.diag.beforeStep(ctx, id, st)
+		}
+	case e.diag.on():
 		cfg.BeforeStep = e.diag.beforeStep
+	case e.tl.on():
+		cfg.BeforeStep = e.tl.beforeStep
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -489,6 +518,12 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	if o.slow > 0 || o.sample {
 		e.diag = &diag{w: os.Stdout, slow: o.slow, sample: o.sample, dsns: map[string]string{"n1": nodes["n1"].DSN("bench"), "n2": nodes["n2"].DSN("bench")}}
 	}
+	if o.timeline {
+		e.tl = &timeline{w: os.Stdout, slow: o.timelineSlow, every: o.timelineEvery, disk: diskOf(nodes["n1"].DataDir()),
+			dsns: map[string]string{"n1": nodes["n1"].DSN("postgres"), "n2": nodes["n2"].DSN("postgres")},
+			logs: map[string]string{"n1": nodes["n1"].LogFile(), "n2": nodes["n2"].LogFile()},
+			pids: []int{postmasterPID(nodes["n1"].DataDir()), postmasterPID(nodes["n2"].DataDir())}}
+	}
 	fill := func(shard, rows int, wide bool) error {
 		s := pgx.Identifier{placement.SchemaName(shard)}.Sanitize()
 		payload := "md5(i::text)"
@@ -524,9 +559,17 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		l := e.startLoad(clients, moving, think)
 		defer l.stop()
 		time.Sleep(500 * time.Millisecond) // warm up
+		stopTL := func() {}
+		if e.tl.on() {
+			stopTL = e.tl.start(ctx)
+		}
 		c0 := time.Now()
 		time.Sleep(o.control)
 		c1 := time.Now()
+		stopTL()
+		if e.tl.on() {
+			e.tl.report(name+", control (no move)", l, moving, c0, c1, e.shardNodes(ctx))
+		}
 		ctlMax, ctlP99, _ := l.stats(moving, true, c0, c1)
 		if m, p, _ := l.stats(moving, false, c0, c1); m > ctlMax {
 			ctlMax, ctlP99 = m, max(ctlP99, p)
@@ -570,6 +613,9 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			if watching {
 				stopWatch = e.diag.watch(ctx)
 			}
+			if e.tl.on() {
+				stopTL = e.tl.start(ctx)
+			}
 			t0 := time.Now()
 			mcfg := func(c *move.Config) {
 				c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace
@@ -580,6 +626,12 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			res, err := e.mover(log, nil, mcfg).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
 			t1 := time.Now()
 			acts := stopWatch()
+			if e.tl.on() {
+				stopTL()
+				sn := e.shardNodes(ctx)
+				sn[moving] = where + "→" + other[where]
+				e.tl.report(fmt.Sprintf("%s, verify %s, move %d", name, r.verify, tn.i+1), l, moving, t0, t1, sn)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: move: %w", name, err)
 			}
@@ -654,11 +706,21 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		loaded := time.Since(t0)
 		l := e.startLoad(o.bigClients, big, o.think)
 		time.Sleep(time.Second)
+		stopTL := func() {}
+		if e.tl.on() {
+			stopTL = e.tl.start(ctx)
+		}
 		m0 := time.Now()
 		res, err := e.mover(log, nil, func(c *move.Config) { c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace }).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
 		m1 := time.Now()
+		stopTL()
 		time.Sleep(500 * time.Millisecond)
 		l.stop()
+		if e.tl.on() {
+			sn := e.shardNodes(ctx)
+			sn[big] = "n2→n1"
+			e.tl.report(fmt.Sprintf("large shard, %d MB", size>>20), l, big, m0, m1, sn)
+		}
 		if err != nil {
 			return rows, fmt.Errorf("big move: %w", err)
 		}
