@@ -439,6 +439,40 @@ func (t *timeline) report(title string, l *load, moving int, t0, t1 time.Time, s
 		}
 		b.WriteString(t.describe(ticks, w.from, w.to, gcIn(gcs, w.from, w.to)))
 	}
+	// The fence step, tick by tick: every active backend but the clients'
+	// idle ones (what the pause's parts wait on).
+	for i, st := range steps {
+		if st.step != move.StepFence {
+			continue
+		}
+		end := t1
+		if i+1 < len(steps) {
+			end = steps[i+1].at
+		}
+		fmt.Fprintf(&b, "   fence step %+.1f .. %+.1f, active backends per sample:\n", rel(st.at), rel(end))
+		for _, tk := range ticks {
+			if tk.at.Before(st.at) || tk.at.After(end) {
+				continue
+			}
+			var act []string
+			for _, bk := range tk.backends {
+				client := bk.kind == "client backend"
+				if client && (bk.query == "" || strings.HasPrefix(bk.query, "idle")) || !client && idleWait(bk.wait) {
+					continue
+				}
+				w := bk.wait
+				if w == "" {
+					w = "CPU"
+				}
+				what := bk.kind
+				if client {
+					what = short(bk.query)
+				}
+				act = append(act, fmt.Sprintf("%s %s [%s]", bk.node, what, w))
+			}
+			fmt.Fprintf(&b, "      %+9.1f %s\n", rel(tk.at), strings.Join(act, "; "))
+		}
+	}
 	// Per step.
 	fmt.Fprintf(&b, "   %-12s %8s %8s %8s %8s %8s %8s %8s %8s %9s %9s %9s %9s\n", "step", "ms", "box busy", "cpu some", "cpu full", "io some", "io full", "disk MB", "flush/s", "flush ms", "dirty MB", "mb+kids ms", "max txn")
 	for i, s := range steps {
