@@ -383,6 +383,7 @@ func (t *timeline) report(title string, l *load, moving int, t0, t1 time.Time, s
 		gcMax = max(gcMax, g.d)
 	}
 	b.WriteString(strings.Replace(t.describe(ticks, t0, t1, "below"), "      box:", "   whole: box:", 1))
+	b.WriteString(diskBursts(ticks, t0))
 	fmt.Fprintf(&b, "   go: %d GC pauses during the move, total %.2f ms, longest %.2f ms\n", len(gcs), ms(gcTotal), ms(gcMax))
 	// Checkpoints and other server log lines of interest.
 	for node, path := range t.logs {
@@ -727,4 +728,47 @@ func logEvents(path string, from, to time.Time) []logEvent {
 		out = append(out, logEvent{at, text})
 	}
 	return out
+}
+
+// diskBursts names the three seconds of the move in which the disk took the
+// most writes (non-overlapping), with the cache flushes' latency (what a
+// commit's WAL fsync waits for) and the dirty page cache then.
+func diskBursts(ticks []tick, t0 time.Time) string {
+	type burst struct {
+		from, to time.Time
+		s        tickSum
+	}
+	var all []burst
+	for i := range ticks {
+		j := i
+		for j+1 < len(ticks) && ticks[j].at.Sub(ticks[i].at) < time.Second {
+			j++
+		}
+		if j == i {
+			continue
+		}
+		all = append(all, burst{ticks[i].at, ticks[j].at, summarize(ticks, ticks[i].at, ticks[j].at)})
+	}
+	slices.SortFunc(all, func(a, b burst) int { return int(b.s.diskMB*1000 - a.s.diskMB*1000) })
+	var picked []burst
+	for _, x := range all {
+		if len(picked) == 3 {
+			break
+		}
+		overlaps := false
+		for _, p := range picked {
+			if x.from.Before(p.to) && p.from.Before(x.to) {
+				overlaps = true
+			}
+		}
+		if !overlaps {
+			picked = append(picked, x)
+		}
+	}
+	var parts []string
+	for _, p := range picked {
+		parts = append(parts, fmt.Sprintf("%+.0f: %.0f MB/s, busy %.0f%%, flushes %.1f ms, io some %.0f%%, dirty max %.0f MB, writeback max %.0f MB",
+			float64(p.from.Sub(t0).Milliseconds()), p.s.diskMB/p.to.Sub(p.from).Seconds(), p.s.busy, p.s.flushMs, p.s.ioSome, p.s.dirtyMaxMB, p.s.wbackMaxMB))
+	}
+	return "   busiest disk seconds: " + strings.Join(parts, "; ") + "\n"
 }
