@@ -458,7 +458,8 @@ func (t *timeline) report(title string, l *load, moving int, t0, t1 time.Time, s
 			var act []string
 			for _, bk := range tk.backends {
 				client := bk.kind == "client backend"
-				if client && (bk.query == "" || strings.HasPrefix(bk.query, "idle")) || !client && idleWait(bk.wait) {
+				idle := bk.query == "" || strings.HasPrefix(bk.query, "idle") || strings.Contains(bk.query, ": idle") || bk.wait == "Client:ClientRead"
+				if client && idle || !client && idleWait(bk.wait) {
 					continue
 				}
 				w := bk.wait
