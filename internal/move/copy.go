@@ -128,7 +128,7 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		}
 	}
 	for i, n := range names {
-		rows, err := copyTable(ctx, tx.Conn(), dst, quoted[i])
+		rows, err := copyTable(ctx, tx.Conn(), dst, quoted[i], false)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", n, err)
 		}
@@ -173,8 +173,14 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 	return nil
 }
 
-// copyTable streams one table from src to dst with binary COPY and returns the rows copied.
-func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) (int64, error) {
+// copyTable streams one table from src to dst with binary COPY and returns
+// the rows copied; freeze copies with FREEZE (dst must have emptied the
+// table in its current transaction).
+func copyTable(ctx context.Context, src, dst *pgx.Conn, table string, freeze bool) (int64, error) {
+	opts := "FORMAT binary"
+	if freeze {
+		opts += ", FREEZE"
+	}
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
@@ -182,7 +188,7 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, table string) (int64, er
 		pw.CloseWithError(err)
 		errc <- err
 	}()
-	tag, err := dst.PgConn().CopyFrom(ctx, pr, `COPY `+table+` FROM STDIN (FORMAT binary)`)
+	tag, err := dst.PgConn().CopyFrom(ctx, pr, `COPY `+table+` FROM STDIN (`+opts+`)`)
 	pr.CloseWithError(err) // unblocks the sender if the receiver failed
 	if serr := <-errc; serr != nil {
 		return 0, fmt.Errorf("read source: %w", serr)

@@ -66,7 +66,7 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 		// tens of ms of CPU, which after the flip is the held clients'.
 		if mv.verify == nil {
 			n := min(connPairs(mv, m.cfg.VerifyParallel), max(len(names), 1))
-			if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, n); err != nil {
+			if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, n, m.bulkSettings()); err != nil {
 				return err
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -220,12 +221,12 @@ func (m *Mover) copyAtSnapshot(ctx context.Context, mv *moveRun, tables []string
 	g, gctx := errgroup.WithContext(ctx)
 	for i := 0; i < min(connPairs(mv, copyWorkers), len(tables)); i++ {
 		g.Go(func() error {
-			src, err := connect(gctx, mv.SourceDSN, "source node "+mv.Source)
+			src, err := connectWith(gctx, mv.SourceDSN, "source node "+mv.Source, "", m.bulkSettings())
 			if err != nil {
 				return err
 			}
 			defer src.Close(context.WithoutCancel(gctx))
-			dst, err := connect(gctx, mv.TargetDSN, "target node "+mv.Target)
+			dst, err := connectWith(gctx, mv.TargetDSN, "target node "+mv.Target, "", m.bulkSettings())
 			if err != nil {
 				return err
 			}
@@ -239,7 +240,13 @@ func (m *Mover) copyAtSnapshot(ctx context.Context, mv *moveRun, tables []string
 				return fmt.Errorf("copy: import the slot's snapshot: %w", err)
 			}
 			for t := range work {
-				rows, err := copyTable(gctx, tx.Conn(), dst, t)
+				var rows int64
+				var err error
+				if m.cfg.CopyWithoutFreeze {
+					rows, err = copyTable(gctx, tx.Conn(), dst, t, false)
+				} else {
+					rows, err = copyFrozen(gctx, tx.Conn(), dst, t)
+				}
 				if err != nil {
 					return fmt.Errorf("copy %s: %w", t, err)
 				}
@@ -256,6 +263,39 @@ func (m *Mover) copyAtSnapshot(ctx context.Context, mv *moveRun, tables []string
 		})
 	}
 	return g.Wait()
+}
+
+// copyFrozen empties table (quoted) on the target and copies it from src
+// with COPY … FREEZE, in one target transaction (FREEZE needs the table
+// emptied in the same transaction): the rows arrive frozen, the pages
+// all-visible, so no later read writes them again to set hint bits. The
+// target's table is nobody's yet (the routers send the shard's queries to
+// the source), so the TRUNCATE's lock waits for no one.
+func copyFrozen(ctx context.Context, src, dst *pgx.Conn, table string) (int64, error) {
+	var rows int64
+	err := pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `TRUNCATE `+table); err != nil {
+			return fmt.Errorf("empty target table: %w", err)
+		}
+		var err error
+		rows, err = copyTable(ctx, src, tx.Conn(), table, true)
+		return err
+	})
+	return rows, err
+}
+
+// DefaultCopyFlushAfter is Config.CopyFlushAfter's default, in kB (as
+// PostgreSQL's own checkpoint_flush_after on Linux).
+const DefaultCopyFlushAfter = 256
+
+// bulkSettings are the session settings of the connections that read or
+// write a whole shard (the initial copy, the comparison): see
+// Config.CopyFlushAfter.
+func (m *Mover) bulkSettings() map[string]string {
+	if m.cfg.CopyFlushAfter < 0 {
+		return nil
+	}
+	return map[string]string{"backend_flush_after": strconv.Itoa(m.cfg.CopyFlushAfter) + "kB"}
 }
 
 // ensureStream starts the move's change stream unless this process runs it

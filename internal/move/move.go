@@ -147,6 +147,22 @@ type Config struct {
 	// reads: the longest the scan holds a CPU at a stretch. Zero means
 	// DefaultVerifyChunk (1 MB).
 	VerifyChunk int64
+	// CopyFlushAfter is the backend_flush_after (kB) of the initial copy's
+	// and the comparison's sessions on both nodes: the server asks the
+	// kernel to start writing their dirty pages every CopyFlushAfter kB,
+	// so a large copy reaches the disk at the pace it is written. Left to
+	// the kernel (the server's default, 0), a 1 GB copy stays dirty in the
+	// page cache until the flusher writes it out at once 30 s later
+	// (dirty_expire_centisecs), and every commit on the machine waits
+	// behind that burst for its WAL flush (bench/README.md, session 8).
+	// Zero means DefaultCopyFlushAfter; negative means the server's setting.
+	CopyFlushAfter int
+	// CopyWithoutFreeze copies without COPY … FREEZE. By default each
+	// table of the logical method's initial copy is emptied and filled in
+	// one target transaction with FREEZE: its rows arrive frozen and its
+	// pages all-visible, so the first reads (the comparison, the clients,
+	// autovacuum) do not dirty and write every page again to set hint bits.
+	CopyWithoutFreeze bool
 	// AfterFlip, when set, runs once the shard is on the target, before
 	// cleanup (again on resume): grants and row-level security policies
 	// are re-applied there. An error leaves the move for --resume.
@@ -223,6 +239,9 @@ func New(cfg Config) *Mover {
 	}
 	if cfg.VerifyDelay == 0 {
 		cfg.VerifyDelay = 250 * time.Millisecond
+	}
+	if cfg.CopyFlushAfter == 0 {
+		cfg.CopyFlushAfter = DefaultCopyFlushAfter
 	}
 	return &Mover{cfg: cfg, log: cfg.Logger}
 }

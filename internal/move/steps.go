@@ -62,12 +62,20 @@ func connect(ctx context.Context, dsn, what string) (*pgx.Conn, error) {
 
 // connectApp is connect with application_name set to app (unless empty).
 func connectApp(ctx context.Context, dsn, what, app string) (*pgx.Conn, error) {
+	return connectWith(ctx, dsn, what, app, nil)
+}
+
+// connectWith is connectApp with extra settings for the session (sent at startup).
+func connectWith(ctx context.Context, dsn, what, app string, settings map[string]string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", what, err)
 	}
 	if app != "" {
 		cfg.RuntimeParams["application_name"] = app
+	}
+	for k, v := range settings {
+		cfg.RuntimeParams[k] = v
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -355,7 +355,7 @@ func (m *Mover) stepTriggerCopy(ctx context.Context, mv *moveRun) error {
 	}
 	mv.Progress.Rows, mv.Progress.Tables, mv.Progress.TablesReady = 0, len(tables), 0
 	for i, t := range tables {
-		rows, err := copyTable(ctx, stx.Conn(), dtx.Conn(), quoted[i])
+		rows, err := copyTable(ctx, stx.Conn(), dtx.Conn(), quoted[i], false)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", t.name, err)
 		}

@@ -195,7 +195,7 @@ func (m *Mover) stopCapture(ctx context.Context, dst *pgx.Conn, mv *moveRun) err
 // source is frozen) and dst as of the exported snapshot, with up to
 // parallel tables at once, each on its own pair of connections.
 func VerifyAt(ctx context.Context, srcDSN, dstDSN, schema, snapshot string, tableNames []string, parallel int) (VerifyReport, error) {
-	pairs, err := openVerifyPairs(ctx, srcDSN, dstDSN, min(max(parallel, 1), max(len(tableNames), 1)))
+	pairs, err := openVerifyPairs(ctx, srcDSN, dstDSN, min(max(parallel, 1), max(len(tableNames), 1)), nil)
 	if err != nil {
 		return VerifyReport{Schema: schema}, err
 	}
@@ -210,8 +210,9 @@ const verifyApp = "pgtenant move verify"
 // verifyPair is one source and one target connection of a comparison.
 type verifyPair struct{ src, dst *pgx.Conn }
 
-// openVerifyPairs opens n pairs of connections at once.
-func openVerifyPairs(ctx context.Context, srcDSN, dstDSN string, n int) ([]verifyPair, error) {
+// openVerifyPairs opens n pairs of connections at once, with the given
+// session settings (nil: none; see Mover.bulkSettings).
+func openVerifyPairs(ctx context.Context, srcDSN, dstDSN string, n int, settings map[string]string) ([]verifyPair, error) {
 	pairs := make([]verifyPair, n)
 	errs := make([]error, 2*n)
 	var wg sync.WaitGroup
@@ -219,11 +220,11 @@ func openVerifyPairs(ctx context.Context, srcDSN, dstDSN string, n int) ([]verif
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			pairs[i].src, errs[2*i] = connectApp(ctx, srcDSN, "source node", verifyApp)
+			pairs[i].src, errs[2*i] = connectWith(ctx, srcDSN, "source node", verifyApp, settings)
 		}()
 		go func() {
 			defer wg.Done()
-			pairs[i].dst, errs[2*i+1] = connectApp(ctx, dstDSN, "target node", verifyApp)
+			pairs[i].dst, errs[2*i+1] = connectWith(ctx, dstDSN, "target node", verifyApp, settings)
 		}()
 	}
 	wg.Wait()
@@ -454,7 +455,7 @@ func (m *Mover) verifyAfterFlip(ctx context.Context, mv *moveRun, res *Result) e
 	}
 	t0 := time.Now()
 	if mv.verify == nil {
-		if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, min(connPairs(mv, m.cfg.VerifyParallel), max(len(names), 1))); err != nil {
+		if mv.verify, err = openVerifyPairs(ctx, mv.SourceDSN, mv.TargetDSN, min(connPairs(mv, m.cfg.VerifyParallel), max(len(names), 1)), m.bulkSettings()); err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
 	}

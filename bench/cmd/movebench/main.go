@@ -58,6 +58,14 @@ type options struct {
 	verifyAB               bool
 	verifyChunk            int64
 	verifyPace             float64
+	bigMoves               int
+	bigSettle              bool
+	copyAB                 bool
+	copyFlushAfter         int
+	copyNoFreeze           bool
+	timeline               bool
+	timelineSlow           time.Duration
+	timelineEvery          time.Duration
 }
 
 func main() {
@@ -90,6 +98,14 @@ func main() {
 	flag.BoolVar(&o.coldPools, "cold-pools", false, "steady and saturating cases: before each move, shrink the router's pools to one idle connection per node (a target the router has few connections to, as at a first move)")
 	flag.BoolVar(&o.perMove, "per-move", false, "print each move's pause and longest transactions as it finishes")
 	flag.BoolVar(&o.sample, "sample", false, "steady case: sample both nodes' pg_stat_activity every 5 ms during each move and print the active backends")
+	flag.IntVar(&o.bigMoves, "big-moves", 1, "moves of the large shard (back and forth)")
+	flag.BoolVar(&o.bigSettle, "big-settle", true, "after loading the large shard: VACUUM it and CHECKPOINT, as a shard that has been in use (not rows written a minute ago, unhinted, still dirty in the page cache); and CHECKPOINT both nodes before each move")
+	flag.BoolVar(&o.copyAB, "copy-ab", false, "steady, saturating and large cases: moves also run with the initial copy as before session 8 (no backend_flush_after, no COPY FREEZE); interleaved")
+	flag.IntVar(&o.copyFlushAfter, "copy-flush-after", 0, "move.Config.CopyFlushAfter in kB (0: the default; -1: the server's setting)")
+	flag.BoolVar(&o.copyNoFreeze, "copy-no-freeze", false, "move.Config.CopyWithoutFreeze: copy without COPY FREEZE")
+	flag.BoolVar(&o.timeline, "timeline", false, "steady, saturating and large cases: sample the box during the control and each move (every backend's wait event and CPU, pressure, disk, dirty pages, the mover's steps, Go GC) and print each client transaction longer than -timeline-slow with what the box did then")
+	flag.DurationVar(&o.timelineSlow, "timeline-slow", 50*time.Millisecond, "with -timeline: the client transactions to explain")
+	flag.DurationVar(&o.timelineEvery, "timeline-every", 10*time.Millisecond, "with -timeline: sampling interval")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -248,6 +264,21 @@ type env struct {
 	diag *diag
 	// rcfg is the router's config (see coldPools).
 	rcfg router.Config
+	// tl samples the box during moves (-timeline).
+	tl *timeline
+}
+
+// shardNodes maps every shard to its node now.
+func (e *env) shardNodes(ctx context.Context) map[int]string {
+	out := map[int]string{}
+	shards, err := e.cat.Shards(ctx)
+	if err != nil {
+		return out
+	}
+	for _, s := range shards {
+		out[s.ID] = s.Node
+	}
+	return out
 }
 
 // coldPools closes the router's idle backend connections but one per node
@@ -351,8 +382,16 @@ func (e *env) mover(log *slog.Logger, f move.Fencer, opts ...func(*move.Config))
 		f = catalog.RouterFencer{Catalog: e.cat}
 	}
 	cfg := move.Config{Catalog: e.cat.Pool(), Fencer: f, Logger: log, FenceTimeout: 10 * time.Second}
-	if e.diag.on() {
+	switch {
+	case e.diag.on() && e.tl.on():
+		cfg.BeforeStep = func(ctx context.Context, id int64, st move.Step) error {
+			e.tl.beforeStep(ctx, id, st)
+			return e.diag.beforeStep(ctx, id, st)
+		}
+	case e.diag.on():
 		cfg.BeforeStep = e.diag.beforeStep
+	case e.tl.on():
+		cfg.BeforeStep = e.tl.beforeStep
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -489,6 +528,12 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	if o.slow > 0 || o.sample {
 		e.diag = &diag{w: os.Stdout, slow: o.slow, sample: o.sample, dsns: map[string]string{"n1": nodes["n1"].DSN("bench"), "n2": nodes["n2"].DSN("bench")}}
 	}
+	if o.timeline {
+		e.tl = &timeline{w: os.Stdout, slow: o.timelineSlow, every: o.timelineEvery, disk: diskOf(nodes["n1"].DataDir()),
+			dsns: map[string]string{"n1": nodes["n1"].DSN("postgres"), "n2": nodes["n2"].DSN("postgres")},
+			logs: map[string]string{"n1": nodes["n1"].LogFile(), "n2": nodes["n2"].LogFile()},
+			pids: []int{postmasterPID(nodes["n1"].DataDir()), postmasterPID(nodes["n2"].DataDir())}}
+	}
 	fill := func(shard, rows int, wide bool) error {
 		s := pgx.Identifier{placement.SchemaName(shard)}.Sanitize()
 		payload := "md5(i::text)"
@@ -510,23 +555,34 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 	oneCase := func(name string, clients int, think time.Duration, verifyOpts []bool, moves int) error {
 		// The variants: each verify setting, with the router's pre-warming
 		// on (and off, with -prewarm-ab).
-		type variant struct{ verify, prewarm, oldVerify bool }
+		type variant struct{ verify, prewarm, oldVerify, oldCopy bool }
 		var verifies []variant
 		for _, v := range verifyOpts {
-			verifies = append(verifies, variant{v, true, false})
+			verifies = append(verifies, variant{v, true, false, false})
+			if o.copyAB {
+				verifies = append(verifies, variant{v, true, false, true})
+			}
 			if o.prewarmAB {
-				verifies = append(verifies, variant{v, false, false})
+				verifies = append(verifies, variant{v, false, false, false})
 			}
 			if o.verifyAB && v {
-				verifies = append(verifies, variant{v, true, true})
+				verifies = append(verifies, variant{v, true, true, false})
 			}
 		}
 		l := e.startLoad(clients, moving, think)
 		defer l.stop()
 		time.Sleep(500 * time.Millisecond) // warm up
+		stopTL := func() {}
+		if e.tl.on() {
+			stopTL = e.tl.start(ctx)
+		}
 		c0 := time.Now()
 		time.Sleep(o.control)
 		c1 := time.Now()
+		stopTL()
+		if e.tl.on() {
+			e.tl.report(name+", control (no move)", l, moving, c0, c1, e.shardNodes(ctx))
+		}
 		ctlMax, ctlP99, _ := l.stats(moving, true, c0, c1)
 		if m, p, _ := l.stats(moving, false, c0, c1); m > ctlMax {
 			ctlMax, ctlP99 = m, max(ctlP99, p)
@@ -547,6 +603,9 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			}
 			if v.oldVerify {
 				rs[k].verify += ", 8MB chunks"
+			}
+			if v.oldCopy {
+				rs[k].verify += ", copy as before"
 			}
 		}
 		type turn struct{ k, i int }
@@ -570,16 +629,29 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 			if watching {
 				stopWatch = e.diag.watch(ctx)
 			}
+			if e.tl.on() {
+				stopTL = e.tl.start(ctx)
+			}
 			t0 := time.Now()
 			mcfg := func(c *move.Config) {
 				c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace
+				c.CopyFlushAfter, c.CopyWithoutFreeze = o.copyFlushAfter, o.copyNoFreeze
 				if verifies[tn.k].oldVerify {
 					c.VerifyChunk = 8 << 20
+				}
+				if verifies[tn.k].oldCopy {
+					oldCopy(c)
 				}
 			}
 			res, err := e.mover(log, nil, mcfg).Move(ctx, moving, other[where], move.Options{SkipVerify: !verify, DropSource: true})
 			t1 := time.Now()
 			acts := stopWatch()
+			if e.tl.on() {
+				stopTL()
+				sn := e.shardNodes(ctx)
+				sn[moving] = where + "→" + other[where]
+				e.tl.report(fmt.Sprintf("%s, verify %s, move %d", name, r.verify, tn.i+1), l, moving, t0, t1, sn)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: move: %w", name, err)
 			}
@@ -633,49 +705,11 @@ func runMoves(ctx context.Context, o options, log *slog.Logger, nodes map[string
 		}
 	}
 	if !skip["big"] {
-		const big = 5             // on n2
-		bigRows := o.bigMB * 1000 // ~1 KB per row (row ~1,030 bytes with its index entries)
-		t0 := time.Now()
-		s := pgx.Identifier{placement.SchemaName(big)}.Sanitize()
-		if err := exec(ctx, nodes["n2"].DSN("bench"), fmt.Sprintf(`
-			INSERT INTO %[1]s.accounts (tenant, name) SELECT 'bulk', 'account ' || i FROM generate_series(1, 1000) i;
-			INSERT INTO %[1]s.items (account_id, n, payload) SELECT 1 + i %% 1000, i, repeat(md5(i::text), 30) FROM generate_series(1, %[2]d) i;
-			ANALYZE %[1]s.accounts, %[1]s.items;`, s, bigRows)); err != nil {
-			return rows, err
-		}
-		var size int64
-		conn, err := pgx.Connect(ctx, nodes["n2"].DSN("bench"))
+		r, err := runBig(ctx, o, log, e, nodes)
+		rows = append(rows, r...)
 		if err != nil {
 			return rows, err
 		}
-		conn.QueryRow(ctx, `SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`,
-			placement.SchemaName(big)).Scan(&size)
-		conn.Close(ctx)
-		loaded := time.Since(t0)
-		l := e.startLoad(o.bigClients, big, o.think)
-		time.Sleep(time.Second)
-		m0 := time.Now()
-		res, err := e.mover(log, nil, func(c *move.Config) { c.VerifyChunk, c.VerifyPace = o.verifyChunk, o.verifyPace }).Move(ctx, big, "n1", move.Options{SkipVerify: !o.bigVerify, DropSource: true})
-		m1 := time.Now()
-		time.Sleep(500 * time.Millisecond)
-		l.stop()
-		if err != nil {
-			return rows, fmt.Errorf("big move: %w", err)
-		}
-		mm, mp, errs := l.stats(big, true, m0, m1)
-		om, op, errs2 := l.stats(big, false, m0, m1)
-		led, err := l.ledger(ctx, e)
-		if err != nil {
-			return rows, err
-		}
-		verify := "off"
-		if o.bigVerify {
-			verify = fmt.Sprintf("after flip (%v, %.1fs)", res.Verified, res.VerifyTime.Seconds())
-		}
-		rows = append(rows, row{name: fmt.Sprintf("large shard, %d MB, %d rows", size>>20, bigRows+1010), load: fmt.Sprintf("%d clients, %s think", o.bigClients, o.think),
-			verify: verify, pause: res.Pause, maxMoving: mm, maxOther: om, p99Moving: mp, p99Other: op, total: res.Duration,
-			note: fmt.Sprintf("%.1f MB/s, %.0f rows/s over the whole move (loaded in %s); %d client errors; %s",
-				float64(size)/1e6/res.Duration.Seconds(), float64(bigRows)/res.Duration.Seconds(), loaded.Round(time.Second), errs+errs2, led)})
 	}
 	return rows, nil
 }
