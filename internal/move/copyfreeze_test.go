@@ -28,15 +28,18 @@ func TestCopyArrivesFrozen(t *testing.T) {
 				t.Fatalf("move: %v", err)
 			}
 			for _, table := range []string{"accounts", "items", "events"} {
-				var pages, visible int64
-				if err := e.dst.QueryRow(ctx, `SELECT relpages, relallvisible FROM pg_class WHERE oid = to_regclass($1)`, testSchema+"."+table).Scan(&pages, &visible); err != nil {
+				// Pages holding rows: COPY on PostgreSQL 17 and later extends a
+				// table by several empty pages at once, which stay not all-visible.
+				var used, visible int64
+				if err := e.dst.QueryRow(ctx, `SELECT (SELECT count(DISTINCT (ctid::text::point)[0]) FROM `+ident(testSchema, table)+`),
+					relallvisible FROM pg_class WHERE oid = to_regclass($1)`, testSchema+"."+table).Scan(&used, &visible); err != nil {
 					t.Fatalf("%s: %v", table, err)
 				}
-				if pages == 0 {
-					t.Fatalf("%s: no pages on the target", table)
+				if used == 0 {
+					t.Fatalf("%s: no rows on the target", table)
 				}
-				if got, want := visible == pages, tc.frozen; got != want {
-					t.Errorf("%s on the target: %d of %d pages all-visible; want all: %v", table, visible, pages, want)
+				if got, want := visible >= used, tc.frozen; got != want {
+					t.Errorf("%s on the target: %d all-visible pages, %d pages hold rows; want all of them all-visible: %v", table, visible, used, want)
 				}
 			}
 			if got, want := queryInt(t, e.dst, `SELECT count(*) FROM shard_0005.items`), int64(20000); got != want {
