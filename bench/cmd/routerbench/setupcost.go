@@ -70,7 +70,7 @@ func setupVariants() []setupVariant {
 			return fmt.Sprintf(`DISCARD TEMP;SELECT pg_catalog.set_config('search_path', '"shard_%04d", "public", pg_temp', true), pg_catalog.set_config('pgtenant.tenant_id', '%d', true);%s%d`, shard, tenant, sel, id)
 		})},
 		{name: "simple, DISCARD TEMP;SET LOCAL …;SET LOCAL …;SELECT (router now)", run: simple(func(shard, tenant, id int) string {
-			return fmt.Sprintf(`DISCARD TEMP;SET LOCAL search_path = shard_%04d, public, pg_temp;SET LOCAL pgtenant.tenant_id = '%d';%s%d`, shard, tenant, sel, id)
+			return fmt.Sprintf(`DISCARD TEMP;SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp';SET LOCAL pgtenant.tenant_id = '%d';%s%d`, shard, tenant, sel, id)
 		})},
 		{name: "extended, fixed path", fixed: true, run: batch(func(b *pgconn.Batch, _, _, id int) { selByShard(b, 0, id) })},
 		{name: "extended, prepared DISCARD TEMP and set_config (router)", run: batch(func(b *pgconn.Batch, shard, tenant, id int) {
