@@ -61,7 +61,7 @@ func (ss *session) sendPendingBegin(tenant string) {
 		be := ss.be
 		b := []byte(q)
 		if be.Schema != ss.wantSchema {
-			b = appendSetLocalPath(append(b, "\n;"...), ss.srv.searchPath(ss.wantSchema))
+			b = appendSetLocalPath(append(b, "\n;"...), ss.srv.setPathValue(ss.wantSchema))
 		}
 		q = string(appendSetLocalTenant(append(b, "\n;"...), ss.wantTenant))
 	}

@@ -18,7 +18,7 @@ import (
 // transaction block) in transaction pool mode, the router instead sends
 // one Query whose text is its own statements followed by the client's:
 //
-//	DISCARD TEMP;SET LOCAL search_path = shard_0003, public, pg_temp;SET LOCAL pgtenant.tenant_id = '…';<client's text>
+//	DISCARD TEMP;SET LOCAL search_path = 'shard_0003', 'public', 'pg_temp';SET LOCAL pgtenant.tenant_id = '…';<client's text>
 //
 // The server runs the string as one implicit transaction, so the settings
 // are transaction-local, as with the extended protocol's writeSetup, and
@@ -51,7 +51,7 @@ func (ss *session) combinedSetup(info *stmtInfo, newSet *setting) int {
 	if ss.setupDue {
 		ss.setupDue = false
 		if ss.setupPath != "" {
-			ss.pre = appendSetLocalPath(ss.pre, ss.setupPath)
+			ss.pre = appendSetLocalPath(ss.pre, ss.srv.setPathValue(ss.setupSchema))
 			n++
 		}
 		ss.pre = appendSetLocalTenant(ss.pre, ss.setupTenant)
@@ -64,10 +64,10 @@ func (ss *session) combinedSetup(info *stmtInfo, newSet *setting) int {
 	return n
 }
 
-// appendSetLocalPath appends "SET LOCAL search_path = <path>;". path is a
-// searchPath result: names spelled by sqlscan.QuoteIdentifier, which SET
-// reads as identifiers and stores spelled the same way, so SHOW search_path
-// reads as after set_config('search_path', path, true).
+// appendSetLocalPath appends "SET LOCAL search_path = <value>;". value is
+// a setPathValue result: the names as string literals, which SET stores
+// spelled as searchPath spells them, so SHOW search_path reads as after
+// set_config('search_path', searchPath(schema), true).
 //
 // SET LOCAL rather than SELECT set_config: a utility statement, with
 // nothing to plan and no row to send, costs the server about 20 µs less

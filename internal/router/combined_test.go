@@ -58,9 +58,9 @@ func TestSimpleSetupInClientQuery(t *testing.T) {
 		if err := direct.QueryRow(ctx(t), "SELECT query FROM pg_stat_activity WHERE pid = $1", string(rows[0][2])).Scan(&last); err != nil {
 			t.Fatal(err)
 		}
-		// The setup as SET LOCAL statements (no plan, no row), the path
-		// spelled as PostgreSQL spells it.
-		setup := fmt.Sprintf("DISCARD TEMP;SET LOCAL search_path = shard_%04d, public, pg_temp;SET LOCAL pgtenant.tenant_id = %s;", shardOf(tenant), quoteLiteral(tenant))
+		// The setup as SET LOCAL statements (no plan, no row), the path's
+		// names as string literals (the server spells them).
+		setup := fmt.Sprintf("DISCARD TEMP;SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp';SET LOCAL pgtenant.tenant_id = %s;", shardOf(tenant), quoteLiteral(tenant))
 		if last != setup+q {
 			t.Errorf("%s: the backend's last query is %q; want the setup and the client's statement in one Query, %q", tenant, last, setup+q)
 		}

@@ -71,11 +71,13 @@ type Server struct {
 	// certificate (cbindFixed); otherwise it is found per connection.
 	cbind      []byte
 	cbindFixed bool
-	// pathTail follows the shard's schema in search_path (see searchPath).
-	pathTail string
-	// paths caches searchPath's result by schema (one entry per shard
-	// schema, under tagMu): it is needed on every backend checkout.
-	paths map[string]string
+	// pathTail follows the shard's schema in search_path (see searchPath);
+	// setTail the same as string literals (see setPathValue).
+	pathTail, setTail string
+	// paths caches searchPath's and setPathValue's results by schema (one
+	// entry per shard schema, under tagMu): they are needed on every
+	// backend checkout.
+	paths map[string]schemaPath
 	// scan decides, by statement text, whether a statement without a
 	// tenant reads only the system catalogs (see session.noShard).
 	scan *sqlscan.Cache
@@ -114,7 +116,7 @@ func New(cfg Config) *Server {
 		sessions:   make(map[uint32]*session),
 		stmtIDs:    make(map[string]string),
 		schemaTags: make(map[string]string),
-		paths:      make(map[string]string),
+		paths:      make(map[string]schemaPath),
 		keys:       make(map[string]wire.SCRAMKeys),
 		scan:       sqlscan.NewCache(0),
 		drainBegun: make(chan struct{}),
@@ -133,11 +135,13 @@ func New(cfg Config) *Server {
 		s.cbind, _ = wire.TLSServerEndPoint(t.Certificates[0].Certificate[0])
 		s.cbindFixed = true
 	}
-	s.pathTail = ", pg_temp"
+	s.pathTail, s.setTail = ", pg_temp", ", 'pg_temp'"
 	if !cfg.NoSharedSchema {
-		// Clipped as the server clips it (SET would say so in a NOTICE
-		// on every transaction; set_config would keep the longer text).
-		s.pathTail = ", " + sqlscan.QuoteIdentifier(sqlscan.TruncateIdentifier(cfg.SharedSchema)) + s.pathTail
+		// Clipped as the server clips an identifier: no schema has a
+		// longer name.
+		shared := sqlscan.TruncateIdentifier(cfg.SharedSchema)
+		s.pathTail = ", " + sqlscan.QuoteIdentifier(shared) + s.pathTail
+		s.setTail = ", " + quoteLiteral(shared) + s.setTail
 	}
 	empty := []*gate{}
 	s.gates.Store(&empty)
@@ -162,16 +166,29 @@ func New(cfg Config) *Server {
 // search_path (sqlscan.QuoteIdentifier: shard_0003, public, pg_temp), so
 // that SHOW search_path reads the same whether the router set it with SET
 // LOCAL (combined.go) or with set_config, which keeps the text as given.
-func (s *Server) searchPath(schema string) string {
+func (s *Server) searchPath(schema string) string { return s.schemaPath(schema).path }
+
+// setPathValue is searchPath(schema) as the value of SET search_path: each
+// name a string literal ('shard_0003', 'public', 'pg_temp'). SET stores a
+// list setting's literals as quote_identifier spells them, the server's
+// own keyword list deciding, so the stored text is searchPath's (up to the
+// keywords a server's version has and keywords.txt has not) and never a
+// syntax error, whatever word a future PostgreSQL reserves.
+func (s *Server) setPathValue(schema string) string { return s.schemaPath(schema).set }
+
+// schemaPath is a schema's search_path in both spellings.
+type schemaPath struct{ path, set string }
+
+func (s *Server) schemaPath(schema string) schemaPath {
 	s.tagMu.RLock()
 	p, ok := s.paths[schema]
 	s.tagMu.RUnlock()
 	if ok {
 		return p
 	}
-	p = sqlscan.QuoteIdentifier(schema) + s.pathTail
+	p = schemaPath{sqlscan.QuoteIdentifier(schema) + s.pathTail, quoteLiteral(schema) + s.setTail}
 	if schema == anySchema {
-		p = sqlscan.QuoteIdentifier(schema) + ", pg_temp"
+		p = schemaPath{sqlscan.QuoteIdentifier(schema) + ", pg_temp", quoteLiteral(schema) + ", 'pg_temp'"}
 	}
 	s.tagMu.Lock()
 	s.paths[schema] = p

@@ -59,6 +59,9 @@ type options struct {
 	many    []int
 	latency bool
 	extra   []string
+	// setupCost is the rounds of the -setupcost case (setupcost.go); it
+	// runs instead of the pgbench cases.
+	setupCost int
 }
 
 func main() {
@@ -84,6 +87,7 @@ func main() {
 	var holdClients int
 	var holdDB string
 	flag.StringVar(&many, "many", "", "comma-separated client counts (e.g. 1000,5000): pgbench with that many clients against pgbouncer and pgtenant (1 node), and each proxy's memory per idle client")
+	flag.IntVar(&o.setupCost, "setupcost", 0, "rounds: instead of the pgbench cases, measure the server's CPU per transaction for the router's setup variants on one backend each (see setupcost.go)")
 	flag.BoolVar(&o.latency, "latency", false, "measure the latency (p50, p99) of pgbouncer and pgtenant (1 node) at half of the router's saturation throughput")
 	flag.StringVar(&hold, "hold", "", "internal: open -hold-clients idle client connections to this address, print ready, keep them until stdin closes")
 	flag.IntVar(&holdClients, "hold-clients", 0, "internal: see -hold")
@@ -134,6 +138,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.setupCost > 0 {
+		if err := runSetupCost(ctx, o, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "routerbench -setupcost:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "routerbench:", err)
 		os.Exit(1)
