@@ -221,22 +221,22 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return err
 	}
-	// Off the pause: the stream runs and is caught up, and the sequences are
-	// set once (under the fence they move only by what was written since).
-	if r.Lag, err = im.waitCaughtUp(ctx, legacy, node, imp.Slot, s.Shard, opts); err != nil {
-		return err
-	}
-	if err := syncSequences(ctx, legacy, node, pairs, ids); err != nil {
-		return err
-	}
 	// The import's applier notifies the node's marker channel of the shard
-	// when it applied a marker (applypipe.go): the wait under the fence
-	// needs no polling. (The trigger method's applier does not notify.)
+	// when it applied a marker (applypipe.go): the waits for markers need
+	// no polling. (The trigger method's applier does not notify.)
 	listen := imp.Method != MethodTrigger
 	if listen {
 		if _, err := node.Exec(ctx, `LISTEN `+pgx.Identifier{markerChannel(s.Shard)}.Sanitize()); err != nil {
 			return fmt.Errorf("listen for the markers on node %s: %w", s.Node, err)
 		}
+	}
+	// Off the pause: the stream runs and is caught up, and the sequences are
+	// set once (under the fence they move only by what was written since).
+	if r.Lag, err = im.waitCaughtUp(ctx, legacy, node, imp.Slot, s.Shard, opts, listen); err != nil {
+		return err
+	}
+	if err := syncSequences(ctx, legacy, node, pairs, ids); err != nil {
+		return err
 	}
 	// The reverse stream's slot on the node, for import rollback: created
 	// before the fence (creating a slot waits for the node's running
@@ -315,7 +315,9 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 }
 
 // waitCaughtUp writes markers on the legacy database until one reaches the
-// node within maxLag, and returns the last trip's time.
+// node within maxLag, and returns the last trip's time. With listen (conn
+// LISTENs on the shard's marker channel) it waits for the applier's
+// notification of each marker; else it polls every opts.PollInterval.
 //
 // A marker travels behind every change committed before it: a stream that
 // runs but is behind (restarted after a kill while the app kept writing)
@@ -326,7 +328,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 // maxLag within opts.MarkerTimeout (a loaded machine, a busy legacy
 // database) from the first marker's arrival, the last trip's time is
 // returned: the stream runs, and the pause grows by about that lag.
-func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, slot string, shard int, opts CutoverOptions) (time.Duration, error) {
+func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, slot string, shard int, opts CutoverOptions, listen bool) (time.Duration, error) {
 	start := time.Now()
 	var deadline time.Time // for a trip under maxLag: MarkerTimeout from the first arrival
 	w := &slotWatch{legacy: legacy, slot: slot, since: start, logged: start}
@@ -357,7 +359,11 @@ func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, sl
 					"behind_bytes", w.behind, "waited", time.Since(start).Round(time.Second))
 				w.logged = time.Now()
 			}
-			if err := sleepCtx(ctx, opts.PollInterval); err != nil {
+			if listen { // the applier's notification, or a look again after notifyWait
+				if _, _, err := waitNotified(ctx, node, seq, notifyWait); err != nil {
+					return 0, fmt.Errorf("wait for the marker on the node: %w", err)
+				}
+			} else if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 				return 0, err
 			}
 		}
