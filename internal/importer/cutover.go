@@ -443,25 +443,48 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 }
 
 // waitMarker sets the node's sequences past last and waits until the
-// stream applied the marker seq on the node. It returns the node's WAL
-// position read after the marker's commit: past every change the stream
-// applied for the shard. The sequences and the first look for the marker
-// go as one round trip. Then, with listen, it waits for the applier's
-// notification (which carries that position), looking at the node once
-// every notifyWait without one (a notification lost with a restarted
-// stream); else it polls every opts.PollInterval.
+// stream applied the marker seq on the node and the node's WAL is flushed
+// past every change the stream applied to the shard. It returns that
+// position: where the shard's reverse stream starts (import rollback).
+//
+// The sequences, the first look for the marker and a flush of the node's
+// WAL go as one round trip, sent when the legacy database committed the
+// marker: the flush runs beside the marker's trip and covers the shard's
+// changes applied before it (committed on the legacy database before the
+// fence, they are on the node by then unless the stream lags). With listen
+// it then waits for the applier's notification: one whose round committed
+// with its flush names the node's position after it; one whose round did
+// not names the position after the shard's last change (applypipe.go), and
+// the node is flushed again only when the first flush came before it.
+// Without a notification (a notification lost with a restarted stream) it
+// looks at the node every notifyWait, and once the marker is there flushes
+// the node and returns the flushed position; without listen it polls every
+// opts.PollInterval.
 func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions, listen bool) (stream.LSN, error) {
 	const poll = `SELECT EXISTS (SELECT FROM ` + nodeMarkers + ` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	var ok bool
-	var lsn string
+	var lsn, flushedText string
 	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = on`)
 	if len(pairs) > 0 {
 		queueSetSequences(b, pairs, last)
 	}
 	b.Queue(poll, s.Shard, seq).QueryRow(func(r pgx.Row) error { return r.Scan(&ok, &lsn) })
+	queueFlush(b, &flushedText)
 	if err := node.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("set the shard's sequences and look for the marker on node %s: %w", s.Node, err)
+		if node.PgConn().TxStatus() != 'I' {
+			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		}
+		return 0, fmt.Errorf("set the shard's sequences, look for the marker and flush node %s: %w", s.Node, err)
+	}
+	flushed, err := stream.ParseLSN(flushedText)
+	if err != nil {
+		return 0, err
+	}
+	if ok && listen { // applied before the flush: it covers the marker's round
+		return flushed, nil
 	}
 	for !ok {
 		if time.Now().After(deadline) {
@@ -473,7 +496,20 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 				return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 			}
 			if ok {
-				break
+				at, need, async := strings.Cut(lsn, " ")
+				if !async { // its round committed with its flush
+					return stream.ParseLSN(at)
+				}
+				changed, err := stream.ParseLSN(need)
+				if err != nil {
+					return 0, err
+				}
+				if changed > flushed {
+					if flushed, err = flushNode(ctx, node); err != nil {
+						return 0, fmt.Errorf("flush node %s: %w", s.Node, err)
+					}
+				}
+				return changed, nil
 			}
 		} else if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 			return 0, err
@@ -481,8 +517,50 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 		if err := node.QueryRow(ctx, poll, s.Shard, seq).Scan(&ok, &lsn); err != nil {
 			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 		}
+		if ok && listen { // no notification: flush past the marker's round
+			f, err := flushNode(ctx, node)
+			if err != nil {
+				return 0, fmt.Errorf("flush node %s: %w", s.Node, err)
+			}
+			return f, nil
+		}
 	}
 	return stream.ParseLSN(lsn)
+}
+
+// queueFlush queues, in a transaction begun with synchronous_commit = on,
+// flushSQL, the COMMIT (which then waits for the node's WAL to be flushed
+// up to it: past every transaction committed before) and the read of the
+// flushed position into flushed.
+func queueFlush(b *pgx.Batch, flushed *string) {
+	b.Queue(flushSQL)
+	b.Queue(`COMMIT`)
+	b.Queue(`SELECT pg_current_wal_flush_lsn()::text`).QueryRow(func(r pgx.Row) error { return r.Scan(flushed) })
+}
+
+// flushSQL makes its transaction's commit wait for the WAL flush under
+// synchronous_commit = on: a commit waits only when its transaction wrote
+// WAL before the commit record, which a transaction id alone does not
+// (pg_current_xact_id()); a transactional logical message does (no table,
+// and executable by any role; logical slots on the node see an empty
+// transaction, which pgoutput skips).
+const flushSQL = `SELECT pg_logical_emit_message(true, 'pgtenant_flush', '')`
+
+// flushNode flushes the node's WAL past every transaction committed there
+// so far, in one round trip, and returns the flushed position.
+func flushNode(ctx context.Context, node *pgx.Conn) (stream.LSN, error) {
+	var flushed string
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = on`)
+	queueFlush(b, &flushed)
+	if err := node.SendBatch(ctx, b).Close(); err != nil {
+		if node.PgConn().TxStatus() != 'I' {
+			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		}
+		return 0, err
+	}
+	return stream.ParseLSN(flushed)
 }
 
 // notifyWait is how long waitMarker waits for a notification before it
