@@ -270,28 +270,12 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 		}
 		return errors.Join(err, fence.Release(ctx))
 	}
-	// The node's flush runs beside the legacy database's: it covers the
-	// shard's changes applied by now (committed before the fence, they
-	// usually are); waitMarker flushes again for one applied later.
-	type flushResult struct {
-		at  stream.LSN
-		err error
-	}
-	flushing := make(chan flushResult, 1)
-	go func() {
-		at, err := flushNode(fctx, node)
-		flushing <- flushResult{at, err}
-	}()
 	seq, last, err := markAndRead(fctx, legacy, s.Shard, pairs)
-	fr := <-flushing
-	if err == nil && fr.err != nil {
-		err = fmt.Errorf("flush node %s: %w", s.Node, fr.err)
-	}
 	if err != nil {
 		return fail(err)
 	}
 	r.Written = time.Since(t0)
-	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), fr.at, opts, listen)
+	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts, listen)
 	if err != nil {
 		return fail(err)
 	}
@@ -463,33 +447,44 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 // past every change the stream applied to the shard. It returns that
 // position: where the shard's reverse stream starts (import rollback).
 //
-// flushed is where the cutover's flush of the node, beside the marker's
-// commit on the legacy database, left the node's flushed WAL. The sequences
-// and the first look for the marker go as one round trip. With listen it
-// then waits for the applier's notification: one whose round committed
+// The sequences, the first look for the marker and a flush of the node's
+// WAL go as one round trip, sent when the legacy database committed the
+// marker: the flush runs beside the marker's trip and covers the shard's
+// changes applied before it (committed on the legacy database before the
+// fence, they are on the node by then unless the stream lags). With listen
+// it then waits for the applier's notification: one whose round committed
 // with its flush names the node's position after it; one whose round did
 // not names the position after the shard's last change (applypipe.go), and
-// the node is flushed again only when flushed is short of it (a change
-// applied after that flush).
+// the node is flushed again only when the first flush came before it.
 // Without a notification (a notification lost with a restarted stream) it
 // looks at the node every notifyWait, and once the marker is there flushes
 // the node and returns the flushed position; without listen it polls every
 // opts.PollInterval.
-func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, flushed stream.LSN, opts CutoverOptions, listen bool) (stream.LSN, error) {
+func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions, listen bool) (stream.LSN, error) {
 	const poll = `SELECT EXISTS (SELECT FROM ` + nodeMarkers + ` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	var ok bool
-	var lsn string
+	var lsn, flushedText string
 	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = on`)
 	if len(pairs) > 0 {
 		queueSetSequences(b, pairs, last)
 	}
 	b.Queue(poll, s.Shard, seq).QueryRow(func(r pgx.Row) error { return r.Scan(&ok, &lsn) })
+	queueFlush(b, &flushedText)
 	if err := node.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("set the shard's sequences and look for the marker on node %s: %w", s.Node, err)
+		if node.PgConn().TxStatus() != 'I' {
+			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		}
+		return 0, fmt.Errorf("set the shard's sequences, look for the marker and flush node %s: %w", s.Node, err)
 	}
-	if ok && listen { // no notification needed: flush past the marker's round
-		return flushNode(ctx, node)
+	flushed, err := stream.ParseLSN(flushedText)
+	if err != nil {
+		return 0, err
+	}
+	if ok && listen { // applied before the flush: it covers the marker's round
+		return flushed, nil
 	}
 	for !ok {
 		if time.Now().After(deadline) {
