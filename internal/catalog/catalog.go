@@ -66,6 +66,10 @@ type Catalog struct {
 	// importTables is set once the import tables were found: full map
 	// reads then read the import overlay in the map's own snapshot.
 	importTables atomic.Bool
+	// acks is the listener of the routers' acknowledgements (acks.go),
+	// started by the first WaitAcked.
+	acksMu sync.Mutex
+	acks   *ackListener
 }
 
 // SetSecrets sets where $NAME references in node DSNs are resolved (see
@@ -132,6 +136,7 @@ func (c *Catalog) Open(ctx context.Context) error {
 
 // Close releases the catalog's connections.
 func (c *Catalog) Close() {
+	c.stopAcks()
 	if c.pool != nil {
 		c.pool.Close()
 	}

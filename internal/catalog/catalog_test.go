@@ -425,6 +425,24 @@ func TestRouterAcks(t *testing.T) {
 	if err := c.WaitAcked(ctx, 5, time.Minute, 10*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
+	// An acknowledgement is announced: a waiter that would not read the
+	// routers again for an hour returns when it comes.
+	waited := make(chan error, 1)
+	go func() { waited <- c.WaitAcked(ctx, 7, time.Minute, time.Hour) }()
+	if err := c.Heartbeat(ctx, "r1", "127.0.0.1:1", 7); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitAcked returned while r2 is behind: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := c.Heartbeat(ctx, "r2", "127.0.0.1:2", 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestUsers(t *testing.T) {

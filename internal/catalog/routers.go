@@ -26,13 +26,17 @@ func (c *Catalog) Heartbeat(ctx context.Context, id, addr string, acked int64) e
 	// in a crash of the catalog is sent again a second later, and what it
 	// says (this router applied that map) is true whether or not it is on
 	// disk. A mover waiting for it sees it a flush sooner. One round trip:
-	// the statements go as one pipeline.
+	// the statements go as one pipeline. The commit notifies AckChannel
+	// (WaitAcked listens there rather than polling).
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(`SET LOCAL synchronous_commit = off`)
 	b.Queue(`INSERT INTO pgtenant.routers (id, addr, acked_version) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, last_seen = now(),
 			acked_version = greatest(pgtenant.routers.acked_version, excluded.acked_version)`, id, addr, acked)
+	if acked > 0 {
+		b.Queue(`SELECT pg_notify('`+AckChannel+`', $1::bigint::text)`, acked)
+	}
 	b.Queue(`COMMIT`)
 	err := c.pool.SendBatch(ctx, b).Close()
 	if err != nil {
@@ -81,31 +85,6 @@ func (c *Catalog) SetShardState(ctx context.Context, shard int, state string) (i
 		return 0, fmt.Errorf("set shard %d %s: %w", shard, state, err)
 	}
 	return v, nil
-}
-
-// WaitAcked waits until every router seen within `within` has acknowledged map
-// version v, polling every `every`, or until ctx ends.
-func (c *Catalog) WaitAcked(ctx context.Context, v int64, within, every time.Duration) error {
-	for {
-		routers, err := c.LiveRouters(ctx, within)
-		if err != nil {
-			return err
-		}
-		behind := 0
-		for _, r := range routers {
-			if r.AckedVersion < v {
-				behind++
-			}
-		}
-		if behind == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %d routers to apply map version %d: %w", behind, v, ctx.Err())
-		case <-time.After(every):
-		}
-	}
 }
 
 // Follow keeps a router in step with the catalog: it calls apply with every
@@ -193,7 +172,8 @@ type RouterFencer struct {
 	// Within is how recent a heartbeat must be for a router to count as live.
 	// Zero means 3s.
 	Within time.Duration
-	// Poll is how often acknowledgements are checked. Zero means 2ms.
+	// Poll is how often acknowledgements are read when no router announced
+	// one (see WaitAcked). Zero means 20ms.
 	Poll time.Duration
 }
 
@@ -211,7 +191,7 @@ func (f RouterFencer) waitVersion(ctx context.Context, v int64) error {
 		within = 3 * time.Second
 	}
 	if poll <= 0 {
-		poll = 2 * time.Millisecond
+		poll = 20 * time.Millisecond
 	}
 	return f.Catalog.WaitAcked(ctx, v, within, poll)
 }

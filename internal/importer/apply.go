@@ -320,6 +320,7 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 	}
 	perNode := map[string][]*stream.Txn{}
 	notify := map[string][][2]string{} // node → its markers' notifications
+	marks := map[string][]string{}     // node → its markers' shard schemas
 	for _, t := range txns {
 		out := map[string]*stream.Txn{}
 		add := func(node string, c stream.Change) {
@@ -347,6 +348,7 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 				if s, ok := a.shards[shard]; ok && t.EndLSN > a.pos[s.node] {
 					seq, _ := value(c.New, column(c.Rel, "seq"))
 					notify[s.node] = append(notify[s.node], [2]string{markerChannel(shard), seq + " %s"})
+					marks[s.node] = append(marks[s.node], s.schema)
 					r := *c.Rel
 					r.Schema, r.Table = "pgtenant_stream", "import_marker"
 					c.Rel = a.renamed(&r, "pgtenant_stream")
@@ -399,7 +401,7 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 	if a.pipe != nil {
 		b := a.pipe.take(txns[len(txns)-1].EndLSN, len(perNode))
 		for node, ts := range perNode {
-			if err := a.pipe.send(ctx, node, nodeWork{txns: ts, batch: b, notify: notify[node]}); err != nil {
+			if err := a.pipe.send(ctx, node, nodeWork{txns: ts, batch: b, notify: notify[node], marks: marks[node]}); err != nil {
 				return err
 			}
 		}

@@ -29,12 +29,21 @@ import (
 //     off: visible at once, durable once the node's WAL is flushed past its
 //     commit. Until then it is not confirmed to the slot, so a crash of the
 //     node that loses it makes the restarted stream apply it again (the
-//     node's position, lost with it, is older). A part with a marker
-//     commits with synchronous_commit = on, flushing the node's WAL up to
-//     it, so every part applied there before it is durable too when the
-//     cutover sees its marker and flips the shard: the flip never rests
-//     on a change the node could lose (the stream skips a shard's legacy
-//     changes once it is cut over, so it would not apply it again).
+//     node's position, lost with it, is older).
+//   - The flip never rests on a change the node could lose (the stream
+//     skips a shard's legacy changes once it is cut over, so it would not
+//     apply it again). A round with a marker commits without waiting for
+//     its flush too, unless it carries a change of the marker's shard; its
+//     notification then names the node's position after the last round
+//     that changed the shard (nodeApplier.changed), and the cutover flips
+//     only once the node's WAL is flushed that far: it flushes the node
+//     itself when the legacy database committed the marker, beside the
+//     marker's trip, and again only if that was too early. That position
+//     is also where the shard's reverse stream starts (import rollback):
+//     past every change the stream applied to the shard, and durable. A
+//     round with a change of its marker's shard commits with
+//     synchronous_commit = on (flushing every round before it) and names
+//     the node's position after its commit, as before.
 //   - Reads of a node's applied rows (a child's parent looked up, a
 //     verify's hold) wait for the node's queue (nodeApplier.mu, drain).
 
@@ -88,13 +97,24 @@ type nodeApplier struct {
 	mu sync.Mutex
 	// unflushed are the rounds committed without waiting for the flush.
 	unflushed []unflushedRound
+	// changed is, per shard schema, the node's position after the last
+	// round that changed it in this run (changedUnknown: a round committed
+	// with its flush, whose position is not read); start is the node's
+	// position when the run started, for the shards not changed since.
+	changed map[string]stream.LSN
+	start   stream.LSN
 }
+
+// changedUnknown marks a shard whose last change's position is unknown:
+// its next marker round commits with its flush.
+const changedUnknown = ^stream.LSN(0)
 
 // nodeWork is one batch's part for a node, or a drain request.
 type nodeWork struct {
 	txns    []*stream.Txn
 	batch   *pending
-	notify  [][2]string   // cutover markers: the part commits with its flush
+	notify  [][2]string   // cutover markers' notifications
+	marks   []string      // the shard schema of each of notify's markers
 	drained chan struct{} // a drain request: closed once every part before it is applied
 }
 
@@ -209,6 +229,17 @@ func (p *pipeline) drain(ctx context.Context) error {
 // node commits fewer, larger transactions); a part with a marker, or a
 // drain request, starts its round at once.
 func (n *nodeApplier) run(ctx context.Context) error {
+	n.mu.Lock()
+	var start string
+	err := n.ta.Conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&start)
+	n.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("read the node's WAL position: %w", err)
+	}
+	if n.start, err = stream.ParseLSN(start); err != nil {
+		return err
+	}
+	n.changed = map[string]stream.LSN{}
 	flush := time.NewTimer(flushCheck)
 	flush.Stop()
 	defer flush.Stop()
@@ -283,25 +314,49 @@ func (w nodeWork) size() int {
 }
 
 // apply applies a round's parts in one target transaction, synchronously
-// committed when a part carries a marker, and then answers its drain requests.
+// committed when a part carries a marker whose shard the round changes
+// (see the top of this file), and then answers its drain requests.
 func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
 	var txns []*stream.Txn
 	var batches []*pending
 	var notify [][2]string
+	var marks []string
 	for _, w := range round {
 		txns = append(txns, w.txns...)
 		if w.batch != nil {
 			batches = append(batches, w.batch)
 		}
 		notify = append(notify, w.notify...)
+		marks = append(marks, w.marks...)
 	}
 	if len(txns) > 0 {
-		sync := len(notify) > 0
+		schemas := changedSchemas(txns)
+		sync := false
+		for _, m := range marks {
+			sync = sync || schemas[m] || n.changed[m] == changedUnknown
+		}
+		if !sync && len(notify) > 0 { // each names where its shard last changed
+			notify = append([][2]string(nil), notify...)
+			for i, m := range marks {
+				at, ok := n.changed[m]
+				if !ok {
+					at = n.start
+				}
+				notify[i][1] += " " + at.String()
+			}
+		}
 		n.mu.Lock()
 		res, err := n.ta.ApplyWith(ctx, txns, stream.ApplyOptions{Async: !sync, Notify: notify})
 		n.mu.Unlock()
 		if err != nil {
 			return err
+		}
+		for s := range schemas {
+			if sync {
+				n.changed[s] = changedUnknown
+			} else {
+				n.changed[s] = res.CommitLSN
+			}
 		}
 		if sync { // flushed: so is every round committed before it
 			for _, u := range n.unflushed {
@@ -324,9 +379,27 @@ func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
 	return nil
 }
 
+// changedSchemas returns the shard schemas txns change (the marker
+// table's aside).
+func changedSchemas(txns []*stream.Txn) map[string]bool {
+	out := map[string]bool{}
+	var last *stream.Relation
+	for _, t := range txns {
+		for i := range t.Changes {
+			if r := t.Changes[i].Rel; r != nil && r != last {
+				last = r
+				if r.Schema != "pgtenant_stream" {
+					out[r.Schema] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
 // checkFlush makes the rounds committed without their flush durable when
-// nothing else came for flushCheck: a transaction with an xid committed
-// with synchronous_commit = on flushes the node's WAL up to it. (The WAL
+// nothing else came for flushCheck: a transaction that wrote WAL (flushSQL)
+// committed with synchronous_commit = on flushes the node's WAL up to it. (The WAL
 // writer flushes async commits by itself, but a round's recorded position
 // may lie past its commit record, on WAL nothing else might flush soon.)
 func (n *nodeApplier) checkFlush(ctx context.Context) error {
@@ -334,7 +407,7 @@ func (n *nodeApplier) checkFlush(ctx context.Context) error {
 		return nil
 	}
 	n.mu.Lock()
-	_, err := n.ta.Conn.PgConn().Exec(ctx, `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT`).ReadAll()
+	_, err := n.ta.Conn.PgConn().Exec(ctx, `BEGIN; SET LOCAL synchronous_commit = on; `+flushSQL+`; COMMIT`).ReadAll()
 	n.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("flush the node's WAL: %w", err)

@@ -221,22 +221,22 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	if err != nil {
 		return err
 	}
-	// Off the pause: the stream runs and is caught up, and the sequences are
-	// set once (under the fence they move only by what was written since).
-	if r.Lag, err = im.waitCaughtUp(ctx, legacy, node, imp.Slot, s.Shard, opts); err != nil {
-		return err
-	}
-	if err := syncSequences(ctx, legacy, node, pairs, ids); err != nil {
-		return err
-	}
 	// The import's applier notifies the node's marker channel of the shard
-	// when it applied a marker (applypipe.go): the wait under the fence
-	// needs no polling. (The trigger method's applier does not notify.)
+	// when it applied a marker (applypipe.go): the waits for markers need
+	// no polling. (The trigger method's applier does not notify.)
 	listen := imp.Method != MethodTrigger
 	if listen {
 		if _, err := node.Exec(ctx, `LISTEN `+pgx.Identifier{markerChannel(s.Shard)}.Sanitize()); err != nil {
 			return fmt.Errorf("listen for the markers on node %s: %w", s.Node, err)
 		}
+	}
+	// Off the pause: the stream runs and is caught up, and the sequences are
+	// set once (under the fence they move only by what was written since).
+	if r.Lag, err = im.waitCaughtUp(ctx, legacy, node, imp.Slot, s.Shard, opts, listen); err != nil {
+		return err
+	}
+	if err := syncSequences(ctx, legacy, node, pairs, ids); err != nil {
+		return err
 	}
 	// The reverse stream's slot on the node, for import rollback: created
 	// before the fence (creating a slot waits for the node's running
@@ -315,7 +315,9 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 }
 
 // waitCaughtUp writes markers on the legacy database until one reaches the
-// node within maxLag, and returns the last trip's time.
+// node within maxLag, and returns the last trip's time. With listen (conn
+// LISTENs on the shard's marker channel) it waits for the applier's
+// notification of each marker; else it polls every opts.PollInterval.
 //
 // A marker travels behind every change committed before it: a stream that
 // runs but is behind (restarted after a kill while the app kept writing)
@@ -326,7 +328,7 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 // maxLag within opts.MarkerTimeout (a loaded machine, a busy legacy
 // database) from the first marker's arrival, the last trip's time is
 // returned: the stream runs, and the pause grows by about that lag.
-func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, slot string, shard int, opts CutoverOptions) (time.Duration, error) {
+func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, slot string, shard int, opts CutoverOptions, listen bool) (time.Duration, error) {
 	start := time.Now()
 	var deadline time.Time // for a trip under maxLag: MarkerTimeout from the first arrival
 	w := &slotWatch{legacy: legacy, slot: slot, since: start, logged: start}
@@ -357,7 +359,11 @@ func (im *Importer) waitCaughtUp(ctx context.Context, legacy, node *pgx.Conn, sl
 					"behind_bytes", w.behind, "waited", time.Since(start).Round(time.Second))
 				w.logged = time.Now()
 			}
-			if err := sleepCtx(ctx, opts.PollInterval); err != nil {
+			if listen { // the applier's notification, or a look again after notifyWait
+				if _, _, err := waitNotified(ctx, node, seq, notifyWait); err != nil {
+					return 0, fmt.Errorf("wait for the marker on the node: %w", err)
+				}
+			} else if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 				return 0, err
 			}
 		}
@@ -437,25 +443,48 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 }
 
 // waitMarker sets the node's sequences past last and waits until the
-// stream applied the marker seq on the node. It returns the node's WAL
-// position read after the marker's commit: past every change the stream
-// applied for the shard. The sequences and the first look for the marker
-// go as one round trip. Then, with listen, it waits for the applier's
-// notification (which carries that position), looking at the node once
-// every notifyWait without one (a notification lost with a restarted
-// stream); else it polls every opts.PollInterval.
+// stream applied the marker seq on the node and the node's WAL is flushed
+// past every change the stream applied to the shard. It returns that
+// position: where the shard's reverse stream starts (import rollback).
+//
+// The sequences, the first look for the marker and a flush of the node's
+// WAL go as one round trip, sent when the legacy database committed the
+// marker: the flush runs beside the marker's trip and covers the shard's
+// changes applied before it (committed on the legacy database before the
+// fence, they are on the node by then unless the stream lags). With listen
+// it then waits for the applier's notification: one whose round committed
+// with its flush names the node's position after it; one whose round did
+// not names the position after the shard's last change (applypipe.go), and
+// the node is flushed again only when the first flush came before it.
+// Without a notification (a notification lost with a restarted stream) it
+// looks at the node every notifyWait, and once the marker is there flushes
+// the node and returns the flushed position; without listen it polls every
+// opts.PollInterval.
 func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions, listen bool) (stream.LSN, error) {
 	const poll = `SELECT EXISTS (SELECT FROM ` + nodeMarkers + ` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	var ok bool
-	var lsn string
+	var lsn, flushedText string
 	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = on`)
 	if len(pairs) > 0 {
 		queueSetSequences(b, pairs, last)
 	}
 	b.Queue(poll, s.Shard, seq).QueryRow(func(r pgx.Row) error { return r.Scan(&ok, &lsn) })
+	queueFlush(b, &flushedText)
 	if err := node.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("set the shard's sequences and look for the marker on node %s: %w", s.Node, err)
+		if node.PgConn().TxStatus() != 'I' {
+			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		}
+		return 0, fmt.Errorf("set the shard's sequences, look for the marker and flush node %s: %w", s.Node, err)
+	}
+	flushed, err := stream.ParseLSN(flushedText)
+	if err != nil {
+		return 0, err
+	}
+	if ok && listen { // applied before the flush: it covers the marker's round
+		return flushed, nil
 	}
 	for !ok {
 		if time.Now().After(deadline) {
@@ -467,7 +496,20 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 				return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 			}
 			if ok {
-				break
+				at, need, async := strings.Cut(lsn, " ")
+				if !async { // its round committed with its flush
+					return stream.ParseLSN(at)
+				}
+				changed, err := stream.ParseLSN(need)
+				if err != nil {
+					return 0, err
+				}
+				if changed > flushed {
+					if flushed, err = flushNode(ctx, node); err != nil {
+						return 0, fmt.Errorf("flush node %s: %w", s.Node, err)
+					}
+				}
+				return changed, nil
 			}
 		} else if err := sleepCtx(ctx, opts.PollInterval); err != nil {
 			return 0, err
@@ -475,8 +517,50 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 		if err := node.QueryRow(ctx, poll, s.Shard, seq).Scan(&ok, &lsn); err != nil {
 			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 		}
+		if ok && listen { // no notification: flush past the marker's round
+			f, err := flushNode(ctx, node)
+			if err != nil {
+				return 0, fmt.Errorf("flush node %s: %w", s.Node, err)
+			}
+			return f, nil
+		}
 	}
 	return stream.ParseLSN(lsn)
+}
+
+// queueFlush queues, in a transaction begun with synchronous_commit = on,
+// flushSQL, the COMMIT (which then waits for the node's WAL to be flushed
+// up to it: past every transaction committed before) and the read of the
+// flushed position into flushed.
+func queueFlush(b *pgx.Batch, flushed *string) {
+	b.Queue(flushSQL)
+	b.Queue(`COMMIT`)
+	b.Queue(`SELECT pg_current_wal_flush_lsn()::text`).QueryRow(func(r pgx.Row) error { return r.Scan(flushed) })
+}
+
+// flushSQL makes its transaction's commit wait for the WAL flush under
+// synchronous_commit = on: a commit waits only when its transaction wrote
+// WAL before the commit record, which a transaction id alone does not
+// (pg_current_xact_id()); a transactional logical message does (no table,
+// and executable by any role; logical slots on the node see an empty
+// transaction, which pgoutput skips).
+const flushSQL = `SELECT pg_logical_emit_message(true, 'pgtenant_flush', '')`
+
+// flushNode flushes the node's WAL past every transaction committed there
+// so far, in one round trip, and returns the flushed position.
+func flushNode(ctx context.Context, node *pgx.Conn) (stream.LSN, error) {
+	var flushed string
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = on`)
+	queueFlush(b, &flushed)
+	if err := node.SendBatch(ctx, b).Close(); err != nil {
+		if node.PgConn().TxStatus() != 'I' {
+			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		}
+		return 0, err
+	}
+	return stream.ParseLSN(flushed)
 }
 
 // notifyWait is how long waitMarker waits for a notification before it

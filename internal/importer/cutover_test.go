@@ -231,3 +231,136 @@ func TestFollowWaitsForBusySlot(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestMarkerWaitsForDelayedChange (issue 12, the cutover's pause): a change
+// committed on the legacy database just before the marker whose apply on
+// the node is held by a lock (the node's rounds wait behind it, the
+// marker's with them). The cutover's flush of the node, sent with the
+// marker, comes before that change is applied: the wait for the marker
+// ends only once the change is on the node, and the position it returns
+// (where the flip's durability is checked and the shard's reverse stream
+// starts) is past the change's commit on the node (never the earlier
+// flush's) and flushed.
+func TestMarkerWaitsForDelayedChange(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := newCatalog(t, 8, 2)
+	legacy, ids := newLegacy(t, srvA, c, 10, 1)
+	im := New(c, nil)
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+	if _, err := im.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.LoadMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, err := m.Lookup(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := shards[loc.Shard.ID]
+	fctx, stopFollow := context.WithCancel(ctx)
+	followed := make(chan error, 1)
+	go func() { followed <- im.Follow(fctx) }()
+	defer func() {
+		stopFollow()
+		if err := <-followed; !errors.Is(err, context.Canceled) {
+			t.Errorf("follow: %v", err)
+		}
+	}()
+	waitSlotActive(t, ctx, im)
+
+	lc, err := pgx.Connect(ctx, legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close(ctx)
+	insert := func(name string) {
+		t.Helper()
+		if _, err := lc.Exec(ctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'Delayed', 1)`, ids[0], name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert("before")
+	waitRows(t, ctx, s, "before", 1)
+
+	nc, err := pgx.Connect(ctx, s.NodeDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close(ctx)
+
+	// The node's apply of the shard's buildings waits for a lock.
+	lock, err := pgx.Connect(ctx, s.NodeDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close(ctx)
+	if _, err := lock.Exec(ctx, `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE `+pgx.Identifier{s.Schema, "buildings"}.Sanitize()+` IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	insert("delayed")
+
+	// The marker, and the wait for it (with the flush sent at once).
+	wc, err := pgx.Connect(ctx, s.NodeDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.Close(ctx)
+	if _, err := wc.Exec(ctx, `LISTEN `+pgx.Identifier{markerChannel(s.Shard)}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	seq, _, err := markAndRead(ctx, lc, s.Shard, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		at  stream.LSN
+		err error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		at, err := waitMarker(ctx, wc, s, seq, nil, nil, CutoverOptions{MarkerTimeout: 2 * time.Minute}, true)
+		waited <- result{at, err}
+	}()
+	select {
+	case r := <-waited:
+		t.Fatalf("the wait for the marker ended while the change before it was held on the node: %v, %v", r.at, r.err)
+	case <-time.After(time.Second):
+	}
+	// The node's WAL position before the change can be applied: its
+	// commit ends past it.
+	var held string
+	if err := nc.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	r := <-waited
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if n := countRows(t, ctx, s, "delayed"); n != 1 {
+		t.Fatalf("the marker was seen with %d rows of the change before it on the node", n)
+	}
+	var flushed string
+	if err := nc.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&flushed); err != nil {
+		t.Fatal(err)
+	}
+	if r.at <= lsn(t, held) || lsn(t, flushed) < r.at {
+		t.Fatalf("the wait returned node position %s: the delayed change committed past %s, the node's WAL is flushed to %s", r.at, held, flushed)
+	}
+}

@@ -253,16 +253,20 @@ type FlipStatement struct {
 	Args []any
 	// Rows is how many rows the statement must affect, -1 for any number;
 	// otherwise nothing is flipped and FlipStatements returns Err (or
-	// ErrFlipConflict when Err is nil).
+	// ErrFlipConflict when Err is nil). With Rows >= 0, SQL is an INSERT,
+	// UPDATE or DELETE without RETURNING (the count is checked in the
+	// statement: it runs as a WITH query).
 	Rows int64
 	Err  error
 }
 
 // FlipStatements is Flip with the caller's change given as statements, so
-// that the flip costs two round trips to the catalog: the transaction's
-// statements (the lease consumed, the shard set 'active' with its epoch + 1,
-// stmts, the new map version) go as one pipeline, then its commit. The
-// routers' acknowledgement of that version is waited for as in Flip.
+// that the flip costs one round trip to the catalog: the transaction (the
+// lease consumed, the shard set 'active' with its epoch + 1, stmts, the new
+// map version) and its commit go as one pipeline, each row count checked
+// by its statement (a wrong one fails it: the rest of the pipeline is
+// skipped and nothing commits). The routers' acknowledgement of that
+// version is waited for as in Flip.
 func (f *ShardFence) FlipStatements(ctx context.Context, stmts ...FlipStatement) error {
 	if f.done {
 		return errors.New("flip: the fence has ended")
@@ -276,9 +280,18 @@ func (f *ShardFence) FlipStatements(ctx context.Context, stmts ...FlipStatement)
 	return f.flipped(ctx, version)
 }
 
-// flipPipeline runs the flip's transaction: its statements in one round
-// trip, then COMMIT (or ROLLBACK when a statement failed or changed the
-// wrong number of rows). It returns the map version the flip made.
+// checkRows wraps sql (a data-modifying statement with args params) so
+// that it fails with division_by_zero (22012) unless it affected rows rows.
+func checkRows(sql string, args []any, rows int64) (string, []any) {
+	return fmt.Sprintf(`WITH flip_stmt AS (%s RETURNING 1) SELECT 1 / (count(*) = $%d)::int FROM flip_stmt`, sql, len(args)+1), append(args[:len(args):len(args)], rows)
+}
+
+// flipPipeline runs the flip's transaction and its COMMIT in one round
+// trip (ROLLBACK when a statement failed or changed the wrong number of
+// rows). It returns the map version the flip made. The pipeline is not cut
+// short by ctx: its first statement consumes the lease (a lapsed one fails
+// it), so once sent the flip stands or fails by itself, and a caller is
+// never told "failed" of a flip that committed.
 func (f *ShardFence) flipPipeline(ctx context.Context, stmts []FlipStatement) (int64, error) {
 	conn, err := f.m.cfg.Catalog.Acquire(ctx)
 	if err != nil {
@@ -291,48 +304,42 @@ func (f *ShardFence) flipPipeline(ctx context.Context, stmts []FlipStatement) (i
 	// The lease first: it locks the row a router releasing the fence would
 	// delete (the serialisation point, as in a move's flip). The shards
 	// table's trigger bumps the map version and notifies the routers.
-	b.Queue(`DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, mv.Shard, mv.ID)
-	b.Queue(`UPDATE pgtenant.shards SET epoch = epoch + 1, state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced'`, mv.Shard, mv.Source)
+	errs := []error{nil, ErrFenceLost, ErrFlipConflict} // per queued statement: its row count's error
+	sql, args := checkRows(`DELETE FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $2 AND expires_at > now()`, []any{mv.Shard, mv.ID}, 1)
+	b.Queue(sql, args...)
+	sql, args = checkRows(`UPDATE pgtenant.shards SET epoch = epoch + 1, state = 'active' WHERE id = $1 AND node = $2 AND state = 'fenced'`, []any{mv.Shard, mv.Source}, 1)
+	b.Queue(sql, args...)
 	for _, st := range stmts {
-		b.Queue(st.SQL, st.Args...)
+		sql, args := st.SQL, st.Args
+		var rerr error
+		if st.Rows >= 0 {
+			sql, args = checkRows(sql, args, st.Rows)
+			if rerr = st.Err; rerr == nil {
+				rerr = ErrFlipConflict
+			}
+		}
+		b.Queue(sql, args...)
+		errs = append(errs, rerr)
 	}
 	_, versioned := f.m.cfg.Fencer.(VersionFencer)
-	if versioned {
-		b.Queue(`SELECT version FROM pgtenant.map_version`)
-	}
-	br := conn.SendBatch(ctx, b)
 	var version int64
+	if versioned {
+		b.Queue(`SELECT version FROM pgtenant.map_version`).QueryRow(func(r pgx.Row) error { return r.Scan(&version) })
+	}
+	b.Queue(`COMMIT`)
+	cctx, ccancel := commitContext(ctx)
+	defer ccancel()
+	br := conn.SendBatch(cctx, b)
 	err = func() error {
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-		tag, err := br.Exec()
-		if err == nil && tag.RowsAffected() != 1 {
-			err = ErrFenceLost
-		}
-		if err != nil {
-			return err
-		}
-		if tag, err = br.Exec(); err == nil && tag.RowsAffected() != 1 {
-			err = ErrFlipConflict
-		}
-		if err != nil {
-			return err
-		}
-		for _, st := range stmts {
-			tag, err := br.Exec()
+		for _, rerr := range errs {
+			_, err := br.Exec()
+			var pe *pgconn.PgError
+			if rerr != nil && errors.As(err, &pe) && pe.Code == "22012" {
+				return rerr
+			}
 			if err != nil {
 				return err
 			}
-			if st.Rows >= 0 && tag.RowsAffected() != st.Rows {
-				if st.Err != nil {
-					return st.Err
-				}
-				return ErrFlipConflict
-			}
-		}
-		if versioned {
-			return br.QueryRow().Scan(&version)
 		}
 		return nil
 	}()
@@ -340,12 +347,7 @@ func (f *ShardFence) flipPipeline(ctx context.Context, stmts []FlipStatement) (i
 		err = cerr
 	}
 	if err == nil {
-		cctx, ccancel := commitContext(ctx) // every statement held: the flip stands
-		_, err = conn.Exec(cctx, `COMMIT`)
-		ccancel()
-		if err == nil {
-			return version, nil
-		}
+		return version, nil
 	}
 	if conn.Conn().PgConn().TxStatus() != 'I' {
 		if _, rerr := conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`); rerr != nil {
