@@ -24,26 +24,48 @@ type importFixture struct {
 }
 
 // newImportFixture makes an importFixture with shards shards on nodes
-// nodes and n tenants; the test's working directory becomes a temporary
-// one (the migrations are written there).
+// nodes and n tenants, by the logical method; the test's working directory
+// becomes a temporary one (the migrations are written there).
 func newImportFixture(t *testing.T, shards, nodes, n int) *importFixture {
 	t.Helper()
+	return newImportFixtureWith(t, fixtureOptions{Shards: shards, Nodes: nodes, Tenants: n})
+}
+
+// fixtureOptions shape an importFixture.
+type fixtureOptions struct {
+	Shards, Nodes, Tenants int
+	// Method is import init's --method; "" keeps its default (logical).
+	Method string
+	// NewNode makes a node's database; nil: nodeB.NewDatabase.
+	NewNode func(testing.TB) string
+}
+
+// newImportFixtureWith is newImportFixture with options.
+func newImportFixtureWith(t *testing.T, o fixtureOptions) *importFixture {
+	t.Helper()
+	if o.NewNode == nil {
+		o.NewNode = nodeB.NewDatabase
+	}
 	t.Chdir(t.TempDir())
 	f := &importFixture{catDSN: nodeA.NewDatabase(t)}
 	t.Setenv("PGTENANT_CATALOG", f.catDSN)
-	mustRun(t, "init", "--shards", fmt.Sprint(shards))
-	for i := range nodes {
-		dsn := nodeB.NewDatabase(t)
+	mustRun(t, "init", "--shards", fmt.Sprint(o.Shards))
+	for i := range o.Nodes {
+		dsn := o.NewNode(t)
 		f.nodes = append(f.nodes, dsn)
 		mustRun(t, "node", "add", fmt.Sprintf("n%d", i+1), dsn)
 	}
 	mustRun(t, "shard", "create")
-	f.legacy, f.ids = legacyDB(t, n)
+	f.legacy, f.ids = legacyDB(t, o.Tenants)
 	dropSlotsAtEnd(t, append([]string{f.legacy}, f.nodes...)...)
 	for _, r := range demo.LegacyRules {
 		mustRun(t, append([]string{"table", "set"}, r...)...)
 	}
-	mustRun(t, "import", "init", "--from", f.legacy, "--register-tenants")
+	initArgs := []string{"import", "init", "--from", f.legacy, "--register-tenants"}
+	if o.Method != "" {
+		initArgs = append(initArgs, "--method", o.Method)
+	}
+	mustRun(t, initArgs...)
 	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
 	mustRun(t, "reference", "migrate", "--dir", "db/reference")
 	mustRun(t, "migrate", "up", "--dir", "db/migrations")
