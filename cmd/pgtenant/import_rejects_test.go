@@ -90,3 +90,23 @@ func TestImportRejectsWhileStreaming(t *testing.T) {
 		t.Fatalf("%d rows of the test on the known tenant's shard, want 3 (nobody, after, last)", n)
 	}
 }
+
+// TestImportStartRefusesNullTenant (issue 12, bad input): a row without a
+// tenant written on the legacy database between import init and import
+// start stops the copy with 23502 and the table's name; fixed on the
+// legacy database, import start run again completes.
+func TestImportStartRefusesNullTenant(t *testing.T) {
+	f := newImportFixture(t, 4, 1, 8)
+	execSQL(t, f.legacy, `ALTER TABLE buildings ALTER tenant_id DROP NOT NULL`)
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES (NULL, 'nobody', 'Null', 1)`)
+	code, out, errOut := pgtenant(t, "import", "start", "--no-follow")
+	if code == 0 || !strings.Contains(errOut, "23502") || !strings.Contains(errOut, "buildings") {
+		t.Fatalf("import start with a NULL tenant: exit %d\n%s%s", code, out, errOut)
+	}
+	execSQL(t, f.legacy, `UPDATE buildings SET tenant_id = $1 WHERE name = 'nobody'`, f.ids[0])
+	mustRun(t, "import", "start", "--no-follow")
+	schema, node := f.shardOf(t, f.ids[0])
+	if n := queryInt(t, node, `SELECT count(*) FROM `+pgx.Identifier{schema, "buildings"}.Sanitize()+` WHERE name = 'nobody'`); n != 1 {
+		t.Fatalf("the fixed row is on its shard %d times, want once", n)
+	}
+}
