@@ -134,7 +134,7 @@ its shard is cut over, the router serves each tenant from its own schema.`,
 	initCmd.Flags().StringVar(&apt.Template, "template-schema", "", "with --schema-per-tenant: the schema every tenant schema is compared with and the shards' tables come from (default: the first tenant schema)")
 	initCmd.Flags().StringVar(&apt.Column, "tenant-column", "", "with --schema-per-tenant: the tenant column the shards' tables gain (default "+importer.DefaultTenantColumn+")")
 	initCmd.Flags().StringVar(&apt.ColumnType, "tenant-column-type", "", "with --schema-per-tenant: the tenant column's type (default text)")
-	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportRollbackCmd(a), newImportStatusCmd(a), newImportFinishCmd(a))
+	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportRollbackCmd(a), newImportStatusCmd(a), newImportFinishCmd(a), newImportExcludeCmd(a))
 	return cmd
 }
 

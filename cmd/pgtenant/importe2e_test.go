@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/pgtenant/pgtenant/internal/demo"
 )
 
 // ack is one write a client had acknowledged through the router.
@@ -24,21 +22,8 @@ type ack struct{ tenant, name string }
 // client had acknowledged is on its tenant's shard exactly once, and no
 // client saw an error.
 func TestImportEndToEnd(t *testing.T) {
-	t.Chdir(t.TempDir())
-	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
-	mustRun(t, "init", "--shards", "16")
-	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
-	mustRun(t, "node", "add", "n1", n1)
-	mustRun(t, "node", "add", "n2", n2)
-	mustRun(t, "shard", "create")
-	legacy, ids := legacyDB(t, 1000)
-	for _, r := range demo.LegacyRules {
-		mustRun(t, append([]string{"table", "set"}, r...)...)
-	}
-	mustRun(t, "import", "init", "--from", legacy, "--register-tenants")
-	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
-	mustRun(t, "reference", "migrate", "--dir", "db/reference")
-	mustRun(t, "migrate", "up", "--dir", "db/migrations")
+	f := newImportFixture(t, 16, 2, 1000)
+	ids, n1, n2 := f.ids, f.nodes[0], f.nodes[1]
 	addr := startRouterCmd(t)
 
 	// Writers through the router, from before the copy to after the last cutover.

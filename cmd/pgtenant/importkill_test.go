@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
@@ -105,27 +103,9 @@ func killWhenFenced(t *testing.T, cat *pgx.Conn, shard int, p func(), done <-cha
 // acknowledged write is on the shards exactly once after every shard is
 // cut over; the writers of the surviving router saw no error.
 func TestImportKills(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "pgtenant")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	t.Chdir(t.TempDir())
-	catDSN := nodeA.NewDatabase(t)
-	t.Setenv("PGTENANT_CATALOG", catDSN)
-	mustRun(t, "init", "--shards", "8")
-	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
-	mustRun(t, "node", "add", "n1", n1)
-	mustRun(t, "node", "add", "n2", n2)
-	mustRun(t, "shard", "create")
-	legacy, ids := legacyDB(t, 80)
-	dropSlotsAtEnd(t, legacy, n1, n2)
-	for _, r := range demo.LegacyRules {
-		mustRun(t, append([]string{"table", "set"}, r...)...)
-	}
-	mustRun(t, "import", "init", "--from", legacy, "--register-tenants")
-	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
-	mustRun(t, "reference", "migrate", "--dir", "db/reference")
-	mustRun(t, "migrate", "up", "--dir", "db/migrations")
+	bin := buildBinary(t)
+	f := newImportFixture(t, 8, 2, 80)
+	catDSN, ids, n1, n2 := f.catDSN, f.ids, f.nodes[0], f.nodes[1]
 	routerA, addrA := startRouterProc(t, bin)
 	_, addrB := startRouterProc(t, bin)
 	lA := startLedger(t, addrA, ids, 2, "a")

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/pgtenant/pgtenant/internal/demo"
 )
 
 // importUnderLedger sets up an import of a legacy database with n tenants
@@ -30,22 +28,9 @@ func importUnderLedger(t *testing.T, n, shards int) (addr, legacy string, nodes 
 // nodes' databases made by newNode.
 func importUnderLedgerWith(t *testing.T, n, shards int, method string, newNode func(testing.TB) string) (addr, legacy string, nodes []string, ids []string, stopStart func()) {
 	t.Helper()
-	t.Chdir(t.TempDir())
-	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
-	mustRun(t, "init", "--shards", fmt.Sprint(shards))
-	n1, n2 := newNode(t), newNode(t)
-	mustRun(t, "node", "add", "n1", n1)
-	mustRun(t, "node", "add", "n2", n2)
-	mustRun(t, "shard", "create")
-	legacy, ids = legacyDB(t, n)
-	dropSlotsAtEnd(t, legacy, n1, n2)
-	for _, r := range demo.LegacyRules {
-		mustRun(t, append([]string{"table", "set"}, r...)...)
-	}
-	mustRun(t, "import", "init", "--from", legacy, "--register-tenants", "--method", method)
-	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
-	mustRun(t, "reference", "migrate", "--dir", "db/reference")
-	mustRun(t, "migrate", "up", "--dir", "db/migrations")
+	f := newImportFixtureWith(t, fixtureOptions{Shards: shards, Nodes: 2, Tenants: n, Method: method, NewNode: newNode})
+	legacy, ids = f.legacy, f.ids
+	n1, n2 := f.nodes[0], f.nodes[1]
 	addr = startRouterCmd(t)
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan string, 1)

@@ -161,8 +161,10 @@ Shards cut over are not compared. Exit status 1 on a difference.`,
 				fmt.Fprintln(a.stdout, m.String())
 			}
 			fmt.Fprintf(a.stdout, "%d shards, %d tenants, %d tables, %d rows compared; %d differences\n", rep.Shards, rep.Tenants, rep.Tables, rep.Rows, len(rep.Mismatches))
+			printImportLeftovers(a, rep.Unimported, rep.Rejects)
 			if !rep.OK() {
-				return fmt.Errorf("import verify: %d tenant tables differ", len(rep.Mismatches))
+				return fmt.Errorf("import verify: %d tenant tables differ, %d legacy tables not in the import, %d rejected changes not resolved",
+					len(rep.Mismatches), len(rep.Unimported), len(rep.Rejects))
 			}
 			return nil
 		}),
@@ -173,6 +175,7 @@ Shards cut over are not compared. Exit status 1 on a difference.`,
 
 func newImportCutoverCmd(a *app) *cobra.Command {
 	var opts importer.CutoverOptions
+	var acceptRejects bool
 	cmd := &cobra.Command{
 		Use:   "cutover (--shard N... | --all) [--parallel K]",
 		Short: "Serve shards from their nodes instead of the legacy database, pausing only their tenants",
@@ -196,7 +199,11 @@ before its tenants are served from there, and --tenant-filtered says they do.`,
 			if opts.All == (len(opts.Shards) > 0) {
 				return usagef("give --shard N (repeatable) or --all")
 			}
-			res, err := importer.New(c, a.logger).Cutover(ctx, opts)
+			im := importer.New(c, a.logger)
+			if err := checkImportLeftovers(ctx, a, im, "import cutover", opts.All, opts.Shards, acceptRejects); err != nil {
+				return err
+			}
+			res, err := im.Cutover(ctx, opts)
 			for _, r := range res {
 				if r.Err != nil {
 					fmt.Fprintf(a.stdout, "shard %d: failed, still on the legacy database: %v\n", r.Shard, r.Err)
@@ -214,7 +221,37 @@ before its tenants are served from there, and --tenant-filtered says they do.`,
 	cmd.Flags().IntVar(&opts.Parallel, "parallel", 1, "shards cut over at once")
 	cmd.Flags().BoolVar(&opts.TenantFiltered, "tenant-filtered", false, "for a legacy database with a schema per tenant: confirm that the app's statements filter by the tenant column (a shard's tables hold many tenants' rows); such a cutover is refused without it")
 	cmd.Flags().BoolVar(&opts.NoRollback, "no-rollback", false, "keep no reverse stream (a logical slot on the node per shard until import finish): import rollback then refuses the shard")
+	cmd.Flags().BoolVar(&acceptRejects, "accept-rejects", false, "drop on purpose the legacy changes the stream rejected and are not resolved (import status lists them; their rows stay on the legacy database only)")
 	return cmd
+}
+
+// checkImportLeftovers refuses a cutover of every shard (all) while a
+// legacy table is neither in the import nor excluded, or a rejected change
+// is not resolved (unless acceptRejects drops them), and a cutover of
+// shards while a rejected change of one of their tenants is not resolved;
+// a cutover of some shards only names the tables not in the import.
+func checkImportLeftovers(ctx context.Context, a *app, im *importer.Importer, op string, all bool, shards []int, acceptRejects bool) error {
+	if all {
+		if err := im.CheckUnimported(ctx, op+" --all"); err != nil {
+			return err
+		}
+	} else if ts, err := im.Unimported(ctx); err != nil {
+		return err
+	} else if len(ts) > 0 {
+		fmt.Fprintf(a.stderr, "warning: table(s) %s of the legacy database are not in the import; import cutover --all and import finish refuse until each is excluded (pgtenant import exclude TABLE)\n", strings.Join(ts, ", "))
+	}
+	if acceptRejects {
+		rs, err := im.AcceptRejects(ctx, op)
+		if err == nil && len(rs) > 0 {
+			fmt.Fprintf(a.stdout, "%d rejected change(s) dropped on purpose; their rows stay on the legacy database only\n", len(rs))
+		}
+		return err
+	}
+	var on []int
+	if !all {
+		on = shards
+	}
+	return im.CheckRejects(ctx, op, on)
 }
 
 func newImportStatusCmd(a *app) *cobra.Command {
@@ -239,6 +276,7 @@ func newImportStatusCmd(a *app) *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "shards: %d legacy, %d copied, %d cut over\n", st.Counts[importer.ShardLegacy]+st.Counts[importer.ShardCopying],
 				st.Counts[importer.ShardCopied], st.Counts[importer.ShardCutover])
+			printImportLeftovers(a, st.Unimported, st.Rejects)
 			if !all {
 				return nil
 			}
@@ -257,8 +295,27 @@ func newImportStatusCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// printImportLeftovers names the legacy tables not in the import and the
+// rejected changes not resolved.
+func printImportLeftovers(a *app, unimported []string, rejects []importer.Reject) {
+	if len(unimported) > 0 {
+		fmt.Fprintf(a.stdout, "not in the import: table(s) %s of the legacy database (created after import init, or registered after import start); exclude each on purpose: pgtenant import exclude TABLE\n", strings.Join(unimported, ", "))
+	}
+	if len(rejects) > 0 {
+		fmt.Fprintf(a.stdout, "rejected changes not resolved: %d (fix the rows on the legacy database, or drop them: import finish --accept-rejects)\n", len(rejects))
+		for i, r := range rejects {
+			if i == 20 {
+				fmt.Fprintf(a.stdout, "  ... and %d more\n", len(rejects)-20)
+				break
+			}
+			fmt.Fprintf(a.stdout, "  %s\n", r)
+		}
+	}
+}
+
 func newImportFinishCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var opts importer.FinishOptions
+	cmd := &cobra.Command{
 		Use:   "finish",
 		Short: "End an import whose shards are all cut over",
 		Long: `End an import whose shards are all cut over: drop the slot (stopping the
@@ -266,14 +323,21 @@ stream), the publication and the marker schema on the legacy database (with
 --method trigger: the capture triggers and the queue), give back the replica
 identities import start changed, drop the nodes' rollback slots (or capture
 triggers), and remove the legacy node from the catalog. The legacy database keeps its tables and rows, untouched,
-for you to archive.`,
+for you to archive.
+
+Refused while a table of the legacy schema is neither in the import nor
+excluded (pgtenant import exclude TABLE), or while a change the stream
+rejected (a row without a tenant, or with a tenant not registered) is not
+resolved: fix the row on the legacy database, or --accept-rejects.`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-			if err := importer.New(c, a.logger).Finish(ctx); err != nil {
+			if err := importer.New(c, a.logger).FinishWith(ctx, opts); err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stdout, "import finished; the legacy database is no longer used")
 			return nil
 		}),
 	}
+	cmd.Flags().BoolVar(&opts.AcceptRejects, "accept-rejects", false, "drop on purpose the legacy changes the stream rejected and are not resolved (import status lists them; their rows stay on the legacy database only)")
+	return cmd
 }

@@ -390,6 +390,29 @@ CREATE TABLE pgtenant.import_schemas (
 	tenant      text NOT NULL UNIQUE
 );
 `,
+	// 17: an import's rejected changes (importer/reject.go): legacy row
+	// changes the stream could not route to a shard (no tenant, a tenant
+	// not registered), kept with the row until a later change of the row
+	// routes it (resolved_lsn) or import finish --accept-rejects drops them
+	// on purpose; and the legacy tables left out of the import on purpose.
+	`
+CREATE TABLE pgtenant.import_rejects (
+	id           bigserial PRIMARY KEY,
+	one          boolean NOT NULL DEFAULT true REFERENCES pgtenant.imports (one) ON DELETE CASCADE,
+	tbl          text NOT NULL,
+	row_key      text NOT NULL,
+	lsn          pg_lsn NOT NULL,
+	tenant       text,
+	reason       text NOT NULL,
+	row_data     jsonb,
+	resolved_lsn pg_lsn,
+	resolution   text,
+	created_at   timestamptz NOT NULL DEFAULT now(),
+	resolved_at  timestamptz,
+	UNIQUE (tbl, row_key, lsn)
+);
+ALTER TABLE pgtenant.imports ADD COLUMN excluded_tables text[] NOT NULL DEFAULT '{}';
+`,
 }
 
 // LatestVersion is the catalog schema version this build writes.

@@ -77,6 +77,12 @@ type applier struct {
 	// to the nodes at once and durably before the next.
 	pipe *pipeline
 
+	// rejected are the rows (table, key) whose change was rejected and
+	// not resolved yet (reject.go).
+	rejected map[[2]string]bool
+
+	// Rejected counts the changes rejected (reject.go).
+	Rejected atomic.Int64
 	// TenantChanges counts updates that moved a row to another tenant.
 	TenantChanges atomic.Int64
 	// Skipped counts changes for shards not copied yet or already holding them.
@@ -169,12 +175,18 @@ func (a *applier) tenantOf(ctx context.Context, rel *stream.Relation, t stream.T
 	case tables.KindTenant:
 		v, ok := value(t, column(rel, rule.TenantColumn))
 		if !ok {
+			if i := column(rel, rule.TenantColumn); i >= 0 && i < len(t) && t[i].Null {
+				return "", fmt.Errorf("table %s: %w (column %s is NULL)", rel.Table, errNoTenant, rule.TenantColumn)
+			}
 			return "", fmt.Errorf("table %s: the change carries no tenant (column %s); the import sets REPLICA IDENTITY FULL on such tables", rel.Table, rule.TenantColumn)
 		}
 		return v, nil
 	case tables.KindChild:
 		key, ok := value(t, column(rel, rule.ParentKey))
 		if !ok {
+			if i := column(rel, rule.ParentKey); i >= 0 && i < len(t) && t[i].Null {
+				return "", fmt.Errorf("table %s: %w (column %s is NULL)", rel.Table, errNoTenant, rule.ParentKey)
+			}
 			return "", fmt.Errorf("table %s: the change carries no %s", rel.Table, rule.ParentKey)
 		}
 		if tenant, ok := a.parents[[2]string{rule.Parent, key}]; ok {
@@ -370,8 +382,14 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 				tuple = c.Old
 			}
 			tenant, err := a.tenantOf(ctx, c.Rel, tuple)
-			if err != nil {
+			if err != nil && !errors.Is(err, errNoTenant) {
 				return fmt.Errorf("route a %s of %s: %w", c.Kind, c.Rel.Table, err)
+			}
+			if done, err := a.routeRejectable(ctx, t, c, tenant, err, add); done || err != nil {
+				if err != nil {
+					return err
+				}
+				continue
 			}
 			if c.Kind != stream.Delete {
 				a.remember(c.Rel, c.New, tenant)
@@ -381,6 +399,12 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 					a.TenantChanges.Add(1)
 					a.log.Warn("import: an update moved a row to another tenant", "table", c.Rel.Table, "from", old, "to", tenant, "lsn", t.EndLSN)
 					if err := a.routeMove(ctx, t, c, old, tenant, add); err != nil {
+						if u := (*UnregisteredTenantError)(nil); errors.As(err, &u) && u.Tenant == tenant {
+							if err := a.reject(ctx, t, c, tenant, fmt.Sprintf("tenant %q is not registered", tenant)); err != nil {
+								return err
+							}
+							continue
+						}
 						return err
 					}
 					continue
@@ -391,6 +415,12 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 				continue
 			}
 			if err := a.route(ctx, t, c, tenant, add); err != nil {
+				if u := (*UnregisteredTenantError)(nil); errors.As(err, &u) && c.Kind != stream.Delete {
+					if err := a.reject(ctx, t, c, tenant, fmt.Sprintf("tenant %q is not registered", tenant)); err != nil {
+						return err
+					}
+					continue
+				}
 				return err
 			}
 		}
@@ -550,15 +580,39 @@ func (a *applier) applyNodes(ctx context.Context, perNode map[string][]*stream.T
 	return errors.Join(all...)
 }
 
+// applyAppName tags the change stream's sessions on the nodes
+// (application_name), so a restarted stream can end those of a killed one.
+const applyAppName = "pgtenant import apply"
+
 // connectApply opens a connection to a node for the change stream. It runs
 // with session_replication_role = replica where the role may set it (as
 // PostgreSQL's own apply workers do): the changes were checked by the
 // legacy database's foreign keys, and its triggers' writes come through the
 // stream themselves, so firing the app's triggers again would apply them
 // twice; elsewhere (42501) they run.
+//
+// It first ends the sessions an earlier stream left on the node's database
+// (same tag, same role): a stream killed while its apply transaction waited
+// for a lock leaves a server session holding the whole batch, COMMIT
+// included, that would commit once the lock goes, after the new stream
+// read the node's position. Ended, it rolls back. (The appliers are
+// Guarded too: a session of another role, which this role may not end,
+// still cannot make a batch apply twice.)
 func connectApply(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	conn, err := connect(ctx, dsn)
+	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
+		return nil, err
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 10*time.Second {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	cfg.RuntimeParams["application_name"] = applyAppName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := endEarlierAppliers(ctx, conn); err != nil {
+		conn.Close(context.Background())
 		return nil, err
 	}
 	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
@@ -569,4 +623,26 @@ func connectApply(ctx context.Context, dsn string) (*pgx.Conn, error) {
 		}
 	}
 	return conn, nil
+}
+
+// endEarlierAppliers ends the other sessions of conn's database and role
+// tagged applyAppName, waiting up to 10 s for each to end (and roll back).
+func endEarlierAppliers(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+		WHERE datname = current_database() AND usename = current_user AND application_name = $1 AND pid <> pg_backend_pid()`, applyAppName)
+	if err != nil {
+		return fmt.Errorf("end an earlier stream's sessions: %w", err)
+	}
+	var pid int32
+	var ended bool
+	_, err = pgx.ForEachRow(rows, []any{&pid, &ended}, func() error {
+		if !ended {
+			return fmt.Errorf("end an earlier stream's session (pid %d): it did not end within 10 s", pid)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("end an earlier stream's sessions: %w", err)
+	}
+	return nil
 }

@@ -62,12 +62,15 @@ func (im *Importer) catchUp(ctx context.Context, imp *Import, rules []tables.Tab
 		if err != nil {
 			return 0, fmt.Errorf("connect to node %s: %w", n.name, err)
 		}
-		a.nodes[n.name] = &stream.TableApplier{Conn: conn, Name: positionName}
+		ta := &stream.TableApplier{Conn: conn, Name: positionName, Guarded: true}
+		a.nodes[n.name] = ta
 		pos, ok, err := stream.LoadPosition(ctx, conn, positionName)
 		if err != nil {
 			return 0, fmt.Errorf("node %s: %w", n.name, err)
 		}
-		if !ok {
+		if ok {
+			ta.From = pos
+		} else {
 			pos = startLSN
 		}
 		a.pos[n.name] = pos

@@ -431,7 +431,7 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	mw := &meteredWriter{ctx: ctx, w: d, lim: w.lim, n: &read}
 	if _, err := w.legacy.PgConn().CopyTo(ctx, mw, "COPY ("+u.query+") TO STDOUT (FORMAT binary)"); err != nil {
 		if err == errNoTenant || strings.Contains(err.Error(), errNoTenant.Error()) {
-			return 0, 0, fmt.Errorf("a row of %s has no tenant (a NULL tenant id, or a child row without its parent): fix it on the legacy database and run import start again", table)
+			return 0, 0, fmt.Errorf("23502: a row of %s has no tenant (a NULL tenant id, or a child row without its parent): fix it on the legacy database and run import start again (it resumes; the tables copied stay)", table)
 		}
 		return 0, 0, fmt.Errorf("read from the legacy database: %w", err)
 	}

@@ -21,6 +21,11 @@ type Status struct {
 	Shards     []ShardProgress
 	// Counts of shards per state.
 	Counts map[string]int
+	// Rejects are the changes the stream rejected, not resolved
+	// (reject.go); Unimported the legacy tables neither in the import nor
+	// excluded (unimported.go; nil when the legacy database is out of reach).
+	Rejects    []Reject
+	Unimported []string
 }
 
 // Status reads the import's state, its shards and the stream's lag.
@@ -36,6 +41,9 @@ func (im *Importer) Status(ctx context.Context) (*Status, error) {
 	for _, s := range st.Shards {
 		st.Counts[s.State]++
 	}
+	if st.Rejects, err = im.Rejects(ctx); err != nil {
+		return nil, err
+	}
 	if imp.Method == MethodTrigger {
 		im.queueStatus(ctx, imp, st)
 	}
@@ -46,6 +54,10 @@ func (im *Importer) Status(ctx context.Context) (*Status, error) {
 				imp.Slot).Scan(&lag, &st.SlotActive)
 			if err == nil && lag != nil {
 				st.Lag = *lag
+			}
+			if st.Unimported, err = im.unimported(ctx, legacy, imp); err != nil {
+				legacy.Close(context.Background())
+				return nil, err
 			}
 			legacy.Close(context.Background())
 		}
@@ -62,9 +74,35 @@ var ErrNotCutOver = errors.New("shards are still served from the legacy database
 // changed, forgets the stream's positions on the nodes, and removes the
 // import and the legacy node from the catalog. The legacy database keeps
 // its tables and rows, for the operator to archive.
+//
+// It refuses while a legacy table is neither in the import nor excluded
+// (UnimportedError) or a change the stream rejected is not resolved
+// (RejectsError), unless opts.AcceptRejects drops those on purpose.
 func (im *Importer) Finish(ctx context.Context) error {
+	return im.FinishWith(ctx, FinishOptions{})
+}
+
+// FinishOptions tune FinishWith.
+type FinishOptions struct {
+	// AcceptRejects drops the rejected changes not resolved on purpose
+	// (their rows stay on the legacy database only; each is logged).
+	AcceptRejects bool
+}
+
+// FinishWith is Finish with options.
+func (im *Importer) FinishWith(ctx context.Context, opts FinishOptions) error {
 	imp, err := im.load(ctx)
 	if err != nil {
+		return err
+	}
+	if err := im.CheckUnimported(ctx, "import finish"); err != nil {
+		return err
+	}
+	if opts.AcceptRejects {
+		if _, err := im.AcceptRejects(ctx, "import finish"); err != nil {
+			return err
+		}
+	} else if err := im.CheckRejects(ctx, "import finish", nil); err != nil {
 		return err
 	}
 	shards, err := im.shards(ctx)

@@ -95,7 +95,7 @@ func (im *Importer) Follow(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("import follow: connect to the legacy database: %w", err)
 	}
-	rules, _, err := im.rules(ctx, legacy, imp.LegacySchema)
+	rules, _, err := im.streamRules(ctx, legacy, imp.LegacySchema)
 	legacy.Close(context.Background())
 	if err != nil {
 		return fmt.Errorf("import follow: %w", err)
@@ -133,7 +133,8 @@ func (im *Importer) Follow(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("import follow: connect to node %s: %w", s.Node, err)
 		}
-		a.nodes[s.Node] = &stream.TableApplier{Conn: conn, Name: positionName}
+		ta := &stream.TableApplier{Conn: conn, Name: positionName, Guarded: true}
+		a.nodes[s.Node] = ta
 		if err := stream.EnsurePositionTable(ctx, conn); err != nil {
 			return fmt.Errorf("node %s: %w", s.Node, err)
 		}
@@ -144,13 +145,18 @@ func (im *Importer) Follow(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("node %s: %w", s.Node, err)
 		}
-		if !ok {
+		if ok {
+			ta.From = pos
+		} else {
 			pos = startLSN
 		}
 		a.pos[s.Node] = pos
 		if from == 0 || pos < from {
 			from = pos
 		}
+	}
+	if err := a.loadRejects(ctx, from); err != nil {
+		return err
 	}
 	if _, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET state = 'streaming', updated_at = now() WHERE state = 'copied'`); err != nil {
 		return fmt.Errorf("import follow: %w", err)

@@ -5,8 +5,9 @@ import "fmt"
 // UnregisteredTenantError: a change on the legacy database, made after
 // import init, belongs to a tenant the catalog does not know (a customer
 // created on the legacy database directly, not through the router). The
-// change stream stops before it: nothing from it on is applied, and import
-// start, run again once the tenant is registered, resumes at it.
+// logical change stream rejects such a change (reject.go) and goes on; the
+// trigger method's follower stops before it: nothing from it on is applied,
+// and import start, run again once the tenant is registered, resumes at it.
 type UnregisteredTenantError struct {
 	Table, Tenant string
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -118,8 +119,22 @@ func (im *Importer) Shards(ctx context.Context) ([]ShardProgress, error) {
 	return im.shards(ctx)
 }
 
-// rules reads the registry rules of the tables present in the legacy schema.
+// rules reads the registry rules of the tables present in the legacy
+// schema; a table of the schema without a rule, not excluded (import
+// exclude), is an error.
 func (im *Importer) rules(ctx context.Context, conn *pgx.Conn, schema string) (tenant, shared []tables.Table, err error) {
+	return im.rulesOf(ctx, conn, schema, true)
+}
+
+// streamRules is rules for the change stream and verify, which leave the
+// tables without a rule alone: a table created on the legacy database
+// after import start does not stop them (status, verify, cutover and
+// finish name it: unimported.go).
+func (im *Importer) streamRules(ctx context.Context, conn *pgx.Conn, schema string) (tenant, shared []tables.Table, err error) {
+	return im.rulesOf(ctx, conn, schema, false)
+}
+
+func (im *Importer) rulesOf(ctx context.Context, conn *pgx.Conn, schema string, strict bool) (tenant, shared []tables.Table, err error) {
 	if ap, err := im.apartmentOf(ctx); err != nil || ap != nil {
 		if err != nil {
 			return nil, nil, err
@@ -134,11 +149,16 @@ func (im *Importer) rules(ctx context.Context, conn *pgx.Conn, schema string) (t
 	if err != nil {
 		return nil, nil, err
 	}
+	ex, err := im.excluded(ctx)
+	if err != nil && !errors.Is(err, ErrNoImport) {
+		return nil, nil, err
+	}
+	app = slices.DeleteFunc(app, func(n string) bool { return slices.Contains(ex, n) })
 	present := map[string]bool{}
 	for _, n := range app {
 		present[n] = true
 	}
-	if missing := tables.Unregistered(app, all); len(missing) > 0 {
+	if missing := tables.Unregistered(app, all); len(missing) > 0 && strict {
 		return nil, nil, fmt.Errorf("table(s) with no tenant rule: %v: %w", missing, tables.ErrUnknownTable)
 	}
 	for _, t := range all {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,10 +37,18 @@ type VerifyReport struct {
 	// database's history, LSN (the import was streaming).
 	Consistent bool
 	LSN        string
+	// Unimported are the legacy tables neither in the import nor excluded
+	// (not compared); Rejects the changes the stream rejected, not
+	// resolved. Either makes the report not OK.
+	Unimported []string
+	Rejects    []Reject
 }
 
-// OK reports whether every tenant's rows matched.
-func (r *VerifyReport) OK() bool { return len(r.Mismatches) == 0 }
+// OK reports whether every tenant's rows matched, every legacy table is in
+// the import (or excluded) and no rejected change is left.
+func (r *VerifyReport) OK() bool {
+	return len(r.Mismatches) == 0 && len(r.Unimported) == 0 && len(r.Rejects) == 0
+}
 
 // VerifyOptions tune VerifyWith.
 type VerifyOptions struct {
@@ -116,7 +125,18 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 		return nil, fmt.Errorf("verify: connect to the legacy database: %w", err)
 	}
 	defer legacy.Close(context.Background())
-	rules, _, err := im.rules(ctx, legacy, imp.LegacySchema)
+	rules, _, err := im.streamRules(ctx, legacy, imp.LegacySchema)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	// Tables not in the import are named, not compared (unimported.go);
+	// the rejected changes are listed (reject.go).
+	unimported, err := im.unimported(ctx, legacy, imp)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	rules = slices.DeleteFunc(rules, func(t tables.Table) bool { return slices.Contains(unimported, t.Name) })
+	rejects, err := im.Rejects(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
@@ -141,7 +161,7 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 	if err != nil {
 		return nil, err
 	}
-	rep := &VerifyReport{Tables: len(rules)}
+	rep := &VerifyReport{Tables: len(rules), Unimported: unimported, Rejects: rejects}
 	var todo []ShardProgress
 	for _, s := range all {
 		if opts.Shards != nil && !want[s.Shard] || s.State != ShardCopied {

@@ -31,6 +31,17 @@ type TableApplier struct {
 	Target func(rel *Relation) (schema, table string, ok bool)
 	// Missing counts updates and deletes that found no row.
 	Missing int64
+	// Guarded makes each transaction advance the recorded position only
+	// from the one this applier knows (From, then the end of each batch it
+	// committed): a second applier of the same batches, e.g. the server
+	// session of a killed stream that was blocked mid-transaction and
+	// commits later, makes one of the two fail with ErrPositionMoved and
+	// roll back, so no batch is applied twice. Without it the position is
+	// overwritten (an upsert).
+	Guarded bool
+	// From is the recorded position the first guarded transaction advances
+	// from (LoadPosition; 0: none is recorded yet). ApplyWith moves it.
+	From LSN
 
 	stmts map[string]string // SQL → prepared statement name
 }
@@ -110,9 +121,24 @@ func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOpt
 		}
 	}
 	last := txns[len(txns)-1].EndLSN
-	b.ExecParams(`INSERT INTO pgtenant_stream.position (name, lsn) VALUES ($1, $2::text::pg_lsn)
+	switch {
+	case !a.Guarded:
+		b.ExecParams(`INSERT INTO pgtenant_stream.position (name, lsn) VALUES ($1, $2::text::pg_lsn)
 		ON CONFLICT (name) DO UPDATE SET lsn = excluded.lsn, updated_at = now()`,
-		[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
+			[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
+	case a.From == 0:
+		// A row recorded meanwhile by another applier: 23505.
+		b.ExecParams(`INSERT INTO pgtenant_stream.position (name, lsn) VALUES ($1, $2::text::pg_lsn)`,
+			[][]byte{[]byte(a.Name), []byte(last.String())}, nil, nil, nil)
+	default:
+		// The row moved by another applier (committed, or still open: the
+		// update waits for it, then finds the position changed): the
+		// insert meets the row and fails with 23505.
+		b.ExecParams(`WITH u AS (UPDATE pgtenant_stream.position SET lsn = $3::text::pg_lsn, updated_at = now()
+			WHERE name = $1 AND lsn = $2::text::pg_lsn RETURNING 1)
+		INSERT INTO pgtenant_stream.position (name, lsn) SELECT $1, $3::text::pg_lsn WHERE NOT EXISTS (SELECT FROM u)`,
+			[][]byte{[]byte(a.Name), []byte(a.From.String()), []byte(last.String())}, nil, nil, nil)
+	}
 	b.ExecParams(`COMMIT`, nil, nil, nil, nil)
 	commit := len(kinds) + 4 // BEGIN, two SETs, the changes, the position
 	// After the commit, in the same round trip: the notifications and the
@@ -134,13 +160,19 @@ func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOpt
 			_, _ = pc.Exec(context.WithoutCancel(ctx), `ROLLBACK`).ReadAll()
 		}
 		if len(results) > commit && results[commit].CommandTag.String() == "COMMIT" {
+			a.From = last
 			return ApplyResult{}, fmt.Errorf("after applying changes: %w", err)
+		}
+		var pe *pgconn.PgError
+		if a.Guarded && errors.As(err, &pe) && pe.Code == "23505" && pe.SchemaName == "pgtenant_stream" && pe.TableName == "position" {
+			return ApplyResult{}, fmt.Errorf("apply changes up to %s as %s: %w", last, a.Name, ErrPositionMoved)
 		}
 		return ApplyResult{}, fmt.Errorf("apply changes: %w", err)
 	}
 	if tag := results[commit].CommandTag; tag.String() != "COMMIT" {
 		return ApplyResult{}, fmt.Errorf("apply changes: target transaction ended with %q", tag.String())
 	}
+	a.From = last
 	for i, k := range kinds {
 		if (k == Update || k == Delete) && results[i+3].CommandTag.RowsAffected() == 0 {
 			a.Missing++
@@ -201,6 +233,12 @@ func (a *TableApplier) truncateSQL(c *Change) (string, bool) {
 	}
 	return sql, true
 }
+
+// ErrPositionMoved is returned by a Guarded applier whose transaction found
+// the recorded position moved by another applier of the same name (one
+// left by a killed stream): it rolled back, applying nothing. Load the
+// position again and stream from there.
+var ErrPositionMoved = errors.New("40001: the stream position was moved by another applier; this transaction rolled back (start the stream again: it resumes from the recorded position)")
 
 // ErrNoIdentity is returned for an update or delete of a table without a
 // replica identity (no primary key, REPLICA IDENTITY NOTHING): its rows cannot be found on the target.

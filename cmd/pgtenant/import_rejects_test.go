@@ -1,0 +1,112 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestImportRejectsWhileStreaming (issue 12): while import start streams,
+// the app writes a row without a tenant and rows of a tenant not
+// registered on the legacy database. The stream used to stop at the first
+// for good (every restart replayed it). Now it rejects them into the
+// catalog and goes on; import status lists them; cutover --all refuses
+// (55000) while they are not resolved; an UPDATE on the legacy database
+// that gives the row a tenant, and registering the tenant then touching
+// its rows, bring the rows to their shards and resolve the rejects. A table
+// created on the legacy database after import init is named by status and
+// verify, and cutover --all and finish refuse until it is excluded. A last
+// reject is dropped on purpose with --accept-rejects.
+func TestImportRejectsWhileStreaming(t *testing.T) {
+	bin := buildBinary(t)
+	f := newImportFixture(t, 4, 1, 8)
+	execSQL(t, f.legacy, `ALTER TABLE buildings ALTER tenant_id DROP NOT NULL`)
+	imp := startImportProc(t, bin)
+	defer imp.kill()
+	known := f.ids[0]
+	schema, node := f.shardOf(t, known)
+	onShard := func(schema, name string) string {
+		return `SELECT count(*) FROM ` + pgx.Identifier{schema, "buildings"}.Sanitize() + ` WHERE name = '` + name + `'`
+	}
+
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES (NULL, 'nobody', 'Reject', 1)`)
+	execSQL(t, f.legacy, `INSERT INTO customers (tenant_id, name, plan) VALUES ('ghost', 'Ghost', 'pro')`)
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ('ghost', 'haunted', 'Reject', 1)`)
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, 'after', 'Reject', 1)`, known)
+	waitInt(t, 1, node, onShard(schema, "after")) // the stream went on
+	out := mustRun(t, "import", "status")
+	if !strings.Contains(out, "rejected changes not resolved: 3") || !strings.Contains(out, "a row has no tenant (column tenant_id is NULL)") || !strings.Contains(out, `tenant "ghost" is not registered`) {
+		t.Fatalf("import status does not list the 3 rejects:\n%s", out)
+	}
+	code, out, errOut := pgtenant(t, "import", "cutover", "--all")
+	if code == 0 || !strings.Contains(errOut, "55000") || !strings.Contains(errOut, "--accept-rejects") {
+		t.Fatalf("cutover --all with rejects: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// The row gets a tenant on the legacy database: it goes to its shard.
+	execSQL(t, f.legacy, `UPDATE buildings SET tenant_id = $1 WHERE name = 'nobody'`, known)
+	waitInt(t, 1, node, onShard(schema, "nobody"))
+	// The tenant is registered, then its rows are touched.
+	mustRun(t, "tenant", "add", "ghost")
+	execSQL(t, f.legacy, `UPDATE customers SET plan = plan WHERE tenant_id = 'ghost'`)
+	execSQL(t, f.legacy, `UPDATE buildings SET city = city WHERE tenant_id = 'ghost'`)
+	gschema, gnode := f.shardOf(t, "ghost")
+	waitInt(t, 1, gnode, onShard(gschema, "haunted"))
+	waitInt(t, 1, gnode, `SELECT count(*) FROM `+pgx.Identifier{gschema, "customers"}.Sanitize()+` WHERE tenant_id = 'ghost'`)
+	if out := mustRun(t, "import", "status"); strings.Contains(out, "rejected") {
+		t.Fatalf("rejects left after their rows got a registered tenant:\n%s", out)
+	}
+
+	// A table created after import init.
+	execSQL(t, f.legacy, `CREATE TABLE late_notes (id int PRIMARY KEY, tenant_id text, note text)`)
+	if out := mustRun(t, "import", "status"); !strings.Contains(out, "not in the import: table(s) late_notes") {
+		t.Fatalf("import status does not name the table created after init:\n%s", out)
+	}
+	code, out, errOut = pgtenant(t, "import", "verify")
+	if code == 0 || !strings.Contains(out, "late_notes") {
+		t.Fatalf("verify with a table not in the import: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = pgtenant(t, "import", "cutover", "--all")
+	if code == 0 || !strings.Contains(errOut, "55000") || !strings.Contains(errOut, "import exclude") {
+		t.Fatalf("cutover --all with a table not in the import: exit %d\n%s%s", code, out, errOut)
+	}
+	mustRun(t, "import", "exclude", "late_notes")
+	if out := mustRun(t, "import", "verify"); strings.Contains(out, "late_notes") {
+		t.Fatalf("verify names an excluded table:\n%s", out)
+	}
+
+	// A last row without a tenant, dropped on purpose.
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES (NULL, 'stray', 'Reject', 1)`)
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, 'last', 'Reject', 1)`, known)
+	waitInt(t, 1, node, onShard(schema, "last"))
+	code, out, errOut = pgtenant(t, "import", "cutover", "--all")
+	if code == 0 || !strings.Contains(errOut, "55000") {
+		t.Fatalf("cutover --all with a reject: exit %d\n%s%s", code, out, errOut)
+	}
+	mustRun(t, "import", "cutover", "--all", "--accept-rejects")
+	mustRun(t, "import", "finish")
+	if n := queryInt(t, node, `SELECT count(*) FROM `+pgx.Identifier{schema, "buildings"}.Sanitize()+` WHERE city = 'Reject'`); n != 3 {
+		t.Fatalf("%d rows of the test on the known tenant's shard, want 3 (nobody, after, last)", n)
+	}
+}
+
+// TestImportStartRefusesNullTenant (issue 12, bad input): a row without a
+// tenant written on the legacy database between import init and import
+// start stops the copy with 23502 and the table's name; fixed on the
+// legacy database, import start run again completes.
+func TestImportStartRefusesNullTenant(t *testing.T) {
+	f := newImportFixture(t, 4, 1, 8)
+	execSQL(t, f.legacy, `ALTER TABLE buildings ALTER tenant_id DROP NOT NULL`)
+	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES (NULL, 'nobody', 'Null', 1)`)
+	code, out, errOut := pgtenant(t, "import", "start", "--no-follow")
+	if code == 0 || !strings.Contains(errOut, "23502") || !strings.Contains(errOut, "buildings") {
+		t.Fatalf("import start with a NULL tenant: exit %d\n%s%s", code, out, errOut)
+	}
+	execSQL(t, f.legacy, `UPDATE buildings SET tenant_id = $1 WHERE name = 'nobody'`, f.ids[0])
+	mustRun(t, "import", "start", "--no-follow")
+	schema, node := f.shardOf(t, f.ids[0])
+	if n := queryInt(t, node, `SELECT count(*) FROM `+pgx.Identifier{schema, "buildings"}.Sanitize()+` WHERE name = 'nobody'`); n != 1 {
+		t.Fatalf("the fixed row is on its shard %d times, want once", n)
+	}
+}

@@ -1,0 +1,149 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/tables"
+)
+
+// Tables created on the legacy database after import init. import init and
+// import start refuse a table of the legacy schema without a rule in the
+// tables registry, before anything changes. A table created later (by a
+// migration run on the legacy database, by hand) is in no publication and
+// was not copied: nothing of it reaches the shards. A table cannot join an
+// import once import start created its slot (its rows would need a copy at
+// the slot's snapshot, which is gone). So status, verify, cutover and
+// finish name every such table (in the legacy schema, neither imported nor
+// excluded with `import exclude`), and cutover --all and finish refuse
+// while one is left (UnimportedError, 55000). A table registered late
+// (pgtenant table set) but not in the publication counts as not imported
+// too. (With --schema-per-tenant or --method trigger only unregistered
+// tables are looked for.)
+
+// ErrUnimported: legacy tables are neither imported nor excluded.
+var ErrUnimported = errors.New("tables of the legacy database are not in the import")
+
+// UnimportedError names the legacy tables that stop a cutover or a finish.
+type UnimportedError struct {
+	Op     string
+	Tables []string
+}
+
+func (e *UnimportedError) Error() string {
+	return fmt.Sprintf("55000: %s: table(s) %s of the legacy database are not in the import (created after import init, or registered after import start): their rows would stay on the legacy database only"+
+		"\n  hint: a table cannot join a running import; leave it out on purpose with `pgtenant import exclude TABLE` (and move its rows yourself after import finish), "+
+		"or drop it on the legacy database if it is a mistake", e.Op, strings.Join(e.Tables, ", "))
+}
+
+// SQLState is 55000 (object_not_in_prerequisite_state).
+func (e *UnimportedError) SQLState() string { return "55000" }
+
+func (e *UnimportedError) Unwrap() error { return ErrUnimported }
+
+// excluded reads the tables left out of the import on purpose.
+func (im *Importer) excluded(ctx context.Context) ([]string, error) {
+	var ex []string
+	err := im.cat.Pool().QueryRow(ctx, `SELECT excluded_tables FROM pgtenant.imports WHERE state <> 'finished'`).Scan(&ex)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNoImport
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the tables excluded from the import: %w", err)
+	}
+	return ex, nil
+}
+
+// Exclude leaves tables of the legacy schema out of the import on purpose:
+// their rows stay on the legacy database only, and cutover and finish no
+// longer name them.
+func (im *Importer) Exclude(ctx context.Context, names []string) error {
+	for _, n := range names {
+		if !tables.ValidIdent(n) {
+			return fmt.Errorf("import exclude: %q is not a table name", n)
+		}
+	}
+	tag, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.imports SET excluded_tables = ARRAY(SELECT DISTINCT unnest(excluded_tables || $1::text[]) ORDER BY 1), updated_at = now()
+		WHERE state <> 'finished'`, names)
+	if err != nil {
+		return fmt.Errorf("import exclude: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNoImport
+	}
+	im.logger.Warn("import: tables excluded on purpose; their rows stay on the legacy database only", "tables", names)
+	return nil
+}
+
+// Unimported returns the tables of the legacy schema that are neither in
+// the import nor excluded, sorted.
+func (im *Importer) Unimported(ctx context.Context) ([]string, error) {
+	imp, err := im.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	legacy, err := connect(ctx, imp.LegacyDSN)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the legacy database: %w", err)
+	}
+	defer legacy.Close(context.Background())
+	return im.unimported(ctx, legacy, imp)
+}
+
+func (im *Importer) unimported(ctx context.Context, legacy *pgx.Conn, imp *Import) ([]string, error) {
+	if ap, err := im.apartmentOf(ctx); err != nil || ap != nil {
+		return nil, err // a schema per tenant: its rules come from the template schema
+	}
+	app, err := tables.AppTables(ctx, legacy, imp.LegacySchema)
+	if err != nil {
+		return nil, err
+	}
+	all, err := tables.New(im.cat.Pool()).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ex, err := im.excluded(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := tables.Unregistered(app, all)
+	if imp.Method != MethodTrigger && imp.Publication != "" {
+		// Registered tenant tables missing from the publication: registered
+		// after import start.
+		rows, err := legacy.Query(ctx, `SELECT tablename FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2`, imp.Publication, imp.LegacySchema)
+		if err != nil {
+			return nil, fmt.Errorf("read publication %s: %w", imp.Publication, err)
+		}
+		published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("read publication %s: %w", imp.Publication, err)
+		}
+		present := map[string]bool{}
+		for _, n := range app {
+			present[n] = true
+		}
+		for _, t := range all {
+			if t.Kind != tables.KindShared && present[t.Name] && !slices.Contains(published, t.Name) {
+				out = append(out, t.Name)
+			}
+		}
+	}
+	out = slices.DeleteFunc(out, func(n string) bool { return slices.Contains(ex, n) })
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// CheckUnimported returns an UnimportedError naming the legacy tables
+// neither imported nor excluded, if any.
+func (im *Importer) CheckUnimported(ctx context.Context, op string) error {
+	ts, err := im.Unimported(ctx)
+	if err != nil || len(ts) == 0 {
+		return err
+	}
+	return &UnimportedError{Op: op, Tables: ts}
+}
