@@ -657,6 +657,7 @@ func TestMoveSlotWaitsForOpenTransaction(t *testing.T) {
 	c.fill(ctx, movingShard, 2_000)
 	w := c.startClients(movingShard, 2, 2, 5*time.Millisecond)
 	w.waitReady(t, time.Minute) // sessions open, tenants looked up
+
 	long, err := pgx.Connect(ctx, routerDSN(c.routerAddr(0), c.tenants[0][0])) // shard 0, also on node a
 	if err != nil {
 		t.Fatal(err)
