@@ -23,6 +23,7 @@ func TestWarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Schema = "shard_0001"
+	a.Unnamed = "its owner's unnamed statement"
 	a.Release()
 	if got := p.IdleOn("shard_0001"); got != 1 {
 		t.Fatalf("IdleOn = %d, want 1", got)
@@ -70,6 +71,10 @@ func TestWarm(t *testing.T) {
 		}
 		if !slices.Contains(pids, c.PID) {
 			t.Fatalf("checkout got backend %d, not one of the primed %v", c.PID, pids)
+		}
+		if c.Unnamed != nil {
+			// The priming Query dropped the server's unnamed statement.
+			t.Fatalf("backend %d still has Unnamed %v after its priming", c.PID, c.Unnamed)
 		}
 		got = append(got, c)
 	}
