@@ -104,11 +104,11 @@ func TestImportRollbackOneOfMany(t *testing.T) {
 		}
 		return path
 	}
-	if p := searchPath(mine[0]); !strings.HasPrefix(p, `"public"`) {
+	if p := searchPath(mine[0]); !strings.HasPrefix(p, "public,") {
 		t.Errorf("a tenant of the rolled-back shard has search_path %q, want the legacy schema", p)
 	}
 	for _, id := range others[:5] {
-		if p := searchPath(id); !strings.HasPrefix(p, `"shard_`) {
+		if p := searchPath(id); !strings.HasPrefix(p, "shard_") {
 			t.Errorf("tenant %q of a shard not rolled back has search_path %q, want its shard's schema", id, p)
 		}
 	}

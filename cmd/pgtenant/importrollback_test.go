@@ -246,7 +246,7 @@ func TestImportRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	var path string
-	if err := rc.QueryRow(ctx, `SHOW search_path`).Scan(&path); err != nil || !strings.HasPrefix(path, `"public"`) {
+	if err := rc.QueryRow(ctx, `SHOW search_path`).Scan(&path); err != nil || !strings.HasPrefix(path, "public,") {
 		t.Fatalf("search_path after the rollback %q, %v (want the legacy schema)", path, err)
 	}
 	l.stop()
