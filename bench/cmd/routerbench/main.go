@@ -297,7 +297,10 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		// Waits for a backend as long as pgbouncer's (query_wait_timeout,
 		// 120 s by default): with thousands of clients on 20 backends a
 		// client queues for seconds, past the router's default of 5 s.
-		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize, WaitTimeout: 2 * time.Minute}, MaxClients: maxClients(o)}
+		cfg := router.Config{Listen: "127.0.0.1:0", Auth: router.AuthTrust, Pool: router.PoolConfig{MaxSize: o.poolSize, WaitTimeout: 2 * time.Minute}, MaxClients: maxClients(o),
+			// Warnings and errors only (a backend that failed, a node not
+			// reached): a round that stops says why.
+			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		if !rt.usage {
 			cfg.UsageCapacity = -1
 		}
