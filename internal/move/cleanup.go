@@ -350,7 +350,8 @@ func (m *Mover) Cleanup(ctx context.Context) ([]string, error) {
 // leaves the publication first, in a transaction that holds the table's SHARE
 // lock (which no writer holds at the same time; NOWAIT, so that no writer
 // queues behind it), and the publication is dropped once it has no table left.
-// A table that stays busy past the patience leaves with the drop itself.
+// A table that stays busy past the patience, or whose ALTER loses a
+// deadlock, leaves with the drop itself.
 func dropPublication(ctx context.Context, conn *pgx.Conn, name string) error {
 	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname)
 		FROM pg_publication p
@@ -368,7 +369,10 @@ func dropPublication(ctx context.Context, conn *pgx.Conn, name string) error {
 	}
 	for _, t := range tables {
 		err := execLockedNowait(ctx, conn, t, "SHARE", `ALTER PUBLICATION `+ident(name)+` DROP TABLE `+t, dropPublicationPatience)
-		if err != nil && !isPgCode(err, "55P03") && !isPgCode(err, "42704") && !isPgCode(err, "42P01") {
+		// Busy (55P03) or chosen as a deadlock's victim (40P01: seen with
+		// two moves of one node cleaning up at once): the table leaves with
+		// the drop below instead. Gone already (42704, 42P01): nothing to do.
+		if err != nil && !isPgCode(err, "55P03") && !isPgCode(err, "40P01") && !isPgCode(err, "42704") && !isPgCode(err, "42P01") {
 			return fmt.Errorf("remove %s from publication %s: %w", t, name, err)
 		}
 	}
