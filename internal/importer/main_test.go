@@ -2,10 +2,12 @@ package importer
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/demo"
@@ -104,7 +106,27 @@ func execSQL(t *testing.T, dsn, sql string, args ...any) {
 }
 
 // dropSlots drops the replication slots of the database of dsn, so that
-// the database can be dropped when the test ends.
+// the database can be dropped when the test ends. A stream the test just
+// stopped may still hold its slot for a moment (its walsender exits after
+// the client closed), so a slot in use is waited for (55006), not failed on.
 func dropSlots(t *testing.T, dsn string) {
-	execSQL(t, dsn, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()`)
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for {
+		_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()`)
+		var pgErr *pgconn.PgError
+		if err == nil {
+			return
+		}
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" || ctx.Err() != nil {
+			t.Fatalf("drop the replication slots: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
