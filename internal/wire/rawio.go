@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bufio"
 	"encoding/binary"
 	"io"
 	"net"
@@ -73,7 +72,7 @@ type rawIO struct {
 	tail    int
 	// State of flushWait: fw is flushed by the first call of flushWaitSys.
 	flushWaitFn func(fd uintptr) bool
-	fw          *bufio.Writer
+	fw          Flusher
 	fdone       bool
 	ferr        error
 	// For tests: emptyReads counts the reads that found nothing (EAGAIN),
@@ -165,7 +164,7 @@ func (r *rawIO) answerDue() bool {
 // flushWait flushes w, whose messages the peer must answer, and reads the
 // answer into p without the read that would find nothing before the peer
 // had time to answer (see Reader.ReadMessageAfter).
-func (r *rawIO) flushWait(w *bufio.Writer, p []byte) (int, error) {
+func (r *rawIO) flushWait(w Flusher, p []byte) (int, error) {
 	r.fw, r.fdone, r.ferr = w, false, nil
 	r.rp, r.rn, r.rerr = p, 0, 0
 	err := r.rc.Read(r.flushWaitFn)
