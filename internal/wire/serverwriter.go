@@ -51,7 +51,9 @@ func (w *ServerWriter) WriteFrame(typ byte, body []byte) error {
 	binary.BigEndian.PutUint32(h[1:], uint32(len(body)+4))
 	w.scan(h[:])
 	w.scan(body)
-	w.bw.Write(h[:])
+	for _, b := range h { // not bw.Write(h[:]), which would move h to the heap
+		w.bw.WriteByte(b)
+	}
 	_, err := w.bw.Write(body)
 	return err
 }
