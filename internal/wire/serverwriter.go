@@ -15,13 +15,9 @@ import (
 // could when each had to clear what the owner recorded.
 type ServerWriter struct {
 	bw *bufio.Writer
-	// The frame being written: hdr/nhdr its header written in part, left
-	// the bytes of its body still to come, parse that it is a Parse whose
-	// first body byte (the statement's name; NUL for the unnamed one) is
-	// still to come.
-	hdr     [5]byte
-	nhdr    int
-	left    int
+	fr frames
+	// parse: the message being written is a Parse whose first body byte
+	// (the statement's name; NUL for the unnamed one) is still to come.
 	parse   bool
 	unnamed uint64
 }
@@ -72,31 +68,22 @@ func (w *ServerWriter) UnnamedGen() uint64 { return w.unnamed }
 // scan follows the frames of p, the next bytes written.
 func (w *ServerWriter) scan(p []byte) {
 	for len(p) > 0 {
-		if w.left > 0 {
-			if w.parse {
-				w.parse = false
-				if p[0] == 0 {
-					w.unnamed++
-				}
+		if w.parse && w.fr.left > 0 {
+			w.parse = false
+			if p[0] == 0 {
+				w.unnamed++
 			}
-			k := min(w.left, len(p))
-			w.left -= k
-			p = p[k:]
-			continue
 		}
-		k := copy(w.hdr[w.nhdr:], p)
-		w.nhdr += k
-		p = p[k:]
-		if w.nhdr < len(w.hdr) {
+		typ, rest, ok := w.fr.next(p)
+		if !ok {
 			return
 		}
-		w.nhdr = 0
-		w.left = max(int(binary.BigEndian.Uint32(w.hdr[1:]))-4, 0)
-		switch w.hdr[0] {
+		p = rest
+		switch typ {
 		case MsgQuery:
 			w.unnamed++
 		case MsgParse:
-			w.parse = w.left > 0
+			w.parse = w.fr.left > 0
 		}
 	}
 }
