@@ -381,8 +381,8 @@ func (p *Pool) DSN() string { return p.dsn }
 // WaitTimeout (ErrWaitTimeout after). A connect that fails while the pool
 // has other connections open does not fail the checkout: it waits for one
 // of them (see connectBackoff); with none open, it fails with the
-// *ConnectError, and so do the checkouts waiting. Always taking the most recently used
-// keeps the work on as few server processes as the load needs, whose caches
+// *ConnectError, and so do the checkouts waiting. Always taking the most
+// recently used keeps the work on as few server processes as the load needs, whose caches
 // stay warm: routerbench measured preferring an idle connection already on
 // the statement's schema (to skip setting search_path) 3-20% slower in
 // transactions per second than this, with 16 schemas and 20 connections.
@@ -602,8 +602,14 @@ func (p *Pool) open(ctx context.Context) (*Conn, error) {
 	t0 := time.Now()
 	c, err := p.connect(ctx)
 	if err != nil {
-		p.connectErrs.Add(1)
 		cerr := &ConnectError{Node: p.node, Err: err}
+		if errors.Is(ctx.Err(), context.Canceled) {
+			// The one who asked gave up: no failure of the node's (a
+			// deadline passed is one: the node was slow to answer).
+			p.freeSlot()
+			return nil, cerr
+		}
+		p.connectErrs.Add(1)
 		p.connectFailed(cerr, time.Since(t0))
 		return nil, cerr
 	}
