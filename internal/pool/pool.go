@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +35,23 @@ type ConnectError struct {
 func (e *ConnectError) Error() string { return fmt.Sprintf("connect to node %q: %v", e.Node, e.Err) }
 
 func (e *ConnectError) Unwrap() error { return e.Err }
+
+// RefusedCode returns the SQLSTATE with which a node's server refused a new
+// connection while it was up and reachable: class 53 (insufficient
+// resources; 53300 when its max_connections, or a role's or database's
+// connection limit, is reached) or 57P03 (starting up, shutting down, in
+// recovery). It returns "" for any other error: a network failure, a
+// timeout, authentication.
+func RefusedCode(err error) string {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return ""
+	}
+	if strings.HasPrefix(pe.Code, "53") || pe.Code == "57P03" {
+		return pe.Code
+	}
+	return ""
+}
 
 // Config limits one node's pool. Zero values mean the defaults given.
 type Config struct {
@@ -106,9 +122,10 @@ func (c Config) withDefaults() Config {
 // Conn is one backend connection. Its exported state fields belong to
 // whoever holds it (checked out); the pool never touches them.
 type Conn struct {
-	// R reads server messages; W buffers messages to the server.
+	// R reads server messages; W buffers messages to the server (and
+	// counts those that drop the unnamed statement: see Unnamed).
 	R *wire.Reader
-	W *bufio.Writer
+	W *wire.ServerWriter
 	// PID and Secret are the server's cancel key.
 	PID    uint32
 	Secret []byte
@@ -121,8 +138,10 @@ type Conn struct {
 	Schema, Tenant, SessionSig string
 	// Prepared holds the names of statements prepared on this connection.
 	Prepared map[string]struct{}
-	// Unnamed identifies what the unnamed statement holds (owner-defined).
-	Unnamed any
+	// unnamed is what the unnamed statement holds (owner-defined), as of
+	// W's count unnamedGen (see SetUnnamed).
+	unnamed    any
+	unnamedGen uint64
 
 	node     string
 	nc       net.Conn
@@ -164,6 +183,28 @@ func (c *Conn) quiet() bool {
 // Readable reports whether the server has sent something not yet read
 // from the socket (or closed it), without blocking.
 func (c *Conn) Readable() bool { return !c.quiet() }
+
+// SetUnnamed records what the server's unnamed prepared statement holds
+// (owner-defined, comparable): call it right after writing the Parse of
+// the unnamed statement to W.
+func (c *Conn) SetUnnamed(v any) {
+	c.unnamed, c.unnamedGen = v, c.W.UnnamedGen()
+}
+
+// Unnamed is what SetUnnamed recorded, or nil once a message that drops the
+// unnamed statement (any Query, another Parse of it) was written to W since,
+// by whoever wrote it, or ForgetUnnamed was called.
+func (c *Conn) Unnamed() any {
+	if c.unnamed == nil || c.W.UnnamedGen() != c.unnamedGen {
+		return nil
+	}
+	return c.unnamed
+}
+
+// ForgetUnnamed drops what SetUnnamed recorded, for what W cannot see: a
+// Parse of the unnamed statement that failed, or that the server skipped
+// after an error.
+func (c *Conn) ForgetUnnamed() { c.unnamed = nil }
 
 // Release returns the connection to the pool it came from.
 func (c *Conn) Release() { c.pool.Release(c) }
@@ -253,6 +294,8 @@ type Pool struct {
 	total   int
 	waiters waitQueue // first come, first served
 	closed  bool
+	// lastConnectErr is when a connect last failed (see connectBackoff).
+	lastConnectErr time.Time
 	// expiry fails the waiters past their deadline; armed (at expiryAt)
 	// while there are waiters. One timer per pool rather than one per
 	// wait, and wait channels reused (chans): a wait allocates nothing,
@@ -335,8 +378,11 @@ func (p *Pool) DSN() string { return p.dsn }
 
 // Acquire returns a connection: the most recently used idle one, else a new
 // one while the pool is below MaxSize, else the first one released within
-// WaitTimeout (ErrWaitTimeout after). Always taking the most recently used
-// keeps the work on as few server processes as the load needs, whose caches
+// WaitTimeout (ErrWaitTimeout after). A connect that fails while the pool
+// has other connections open does not fail the checkout: it waits for one
+// of them (see connectBackoff); with none open, it fails with the
+// *ConnectError, and so do the checkouts waiting. Always taking the most
+// recently used keeps the work on as few server processes as the load needs, whose caches
 // stay warm: routerbench measured preferring an idle connection already on
 // the statement's schema (to skip setting search_path) 3-20% slower in
 // transactions per second than this, with 16 schemas and 20 connections.
@@ -360,10 +406,14 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			}
 			return c, nil
 		}
-		if p.total < p.conf().MaxSize {
+		if p.total < p.conf().MaxSize && (p.total == 0 || time.Since(p.lastConnectErr) >= connectBackoff) {
 			p.total++
 			p.mu.Unlock()
-			return p.open(ctx)
+			c, err := p.open(ctx)
+			if err != nil && p.othersOpen() {
+				continue // wait for one of them
+			}
+			return c, err
 		}
 		w, _ := p.chans.Get().(chan handoff)
 		if w == nil {
@@ -379,10 +429,30 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			return nil, err
 		}
 		if c == nil { // a slot was freed: open a connection in it
-			return p.open(ctx)
+			c, err := p.open(ctx)
+			if err != nil && p.othersOpen() {
+				continue
+			}
+			return c, err
 		}
 		return c, nil
 	}
+}
+
+// connectBackoff is how long after a failed connect a checkout that finds
+// no idle connection waits for one of those open (if any) rather than
+// trying to open another: a node that refused one (its max_connections
+// reached) or was slow to answer (a connect timeout under load) is not
+// asked again at every checkout, and its clients are served by the
+// connections it has, as pgbouncer's are (server_login_retry).
+const connectBackoff = time.Second
+
+// othersOpen reports, after a failed connect, whether the pool holds other
+// connections to the node, which a checkout can wait for.
+func (p *Pool) othersOpen() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total > 0 && !p.closed
 }
 
 // wait waits for w's handoff, or for ctx to end. Only this goroutine holds
@@ -526,15 +596,45 @@ func (p *Pool) expire() {
 	}
 }
 
+// open opens a connection in a slot already counted in p.total. On failure
+// it gives the slot up (see connectFailed).
 func (p *Pool) open(ctx context.Context) (*Conn, error) {
+	t0 := time.Now()
 	c, err := p.connect(ctx)
 	if err != nil {
+		cerr := &ConnectError{Node: p.node, Err: err}
+		if errors.Is(ctx.Err(), context.Canceled) {
+			// The one who asked gave up: no failure of the node's (a
+			// deadline passed is one: the node was slow to answer).
+			p.freeSlot()
+			return nil, cerr
+		}
 		p.connectErrs.Add(1)
-		p.freeSlot()
-		return nil, &ConnectError{Node: p.node, Err: err}
+		p.connectFailed(cerr, time.Since(t0))
+		return nil, cerr
 	}
 	p.opened.Add(1)
 	return c, nil
+}
+
+// connectFailed gives up the slot of a connect that failed with err after
+// took. The slot goes to no waiter (it would only try again): waiters wait
+// for the connections open, or, when there are none, fail with err. For
+// connectBackoff, checkouts open no connection while others are open.
+func (p *Pool) connectFailed(err error, took time.Duration) {
+	p.mu.Lock()
+	p.total--
+	p.lastConnectErr = time.Now()
+	open := p.total
+	var fail []chan handoff
+	if open == 0 {
+		fail = p.waiters.drain()
+	}
+	p.mu.Unlock()
+	for _, w := range fail {
+		w <- handoff{err: err}
+	}
+	p.log.Warn("backend connection not opened", "node", p.node, "err", err, "took", took.Round(time.Millisecond), "open", open)
 }
 
 func (p *Pool) connect(ctx context.Context) (*Conn, error) {
@@ -574,7 +674,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	rw := wire.RawServerIO(h.Conn)
 	return &Conn{
 		R:        wire.NewReader(rw, 32<<10, p.conf().MaxMessage),
-		W:        bufio.NewWriterSize(rw, 32<<10),
+		W:        wire.NewServerWriter(rw, 32<<10),
 		PID:      h.PID,
 		Secret:   h.SecretKey,
 		Params:   h.ParameterStatuses,
@@ -676,7 +776,6 @@ func (p *Pool) maintain() {
 			c, err := p.open(ctx)
 			cancel()
 			if err != nil {
-				p.log.Warn("open idle backend connection", "node", p.node, "err", err)
 				for j := i + 1; j < need; j++ {
 					p.freeSlot()
 				}

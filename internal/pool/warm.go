@@ -119,7 +119,7 @@ func (p *Pool) Warm(ctx context.Context, n int, prime string) (WarmResult, error
 
 // prime runs sql on an idle connection (simple protocol) and reads to its
 // ReadyForQuery; the connection's unnamed statement (Conn.Unnamed) is gone
-// after it. It reports whether sql succeeded; a network failure marks
+// after it (the Query's count in W says so). It reports whether sql succeeded; a network failure marks
 // the connection broken, so Release discards it.
 func (c *Conn) prime(ctx context.Context, sql string) (bool, error) {
 	if dl, ok := ctx.Deadline(); ok {
@@ -132,9 +132,6 @@ func (c *Conn) prime(ctx context.Context, sql string) (bool, error) {
 		c.MarkBroken()
 		return false, fmt.Errorf("prime a connection to node %q: %w", c.node, err)
 	}
-	// A simple Query drops the server's unnamed statement: what the owner
-	// recorded of it is gone, and the next Bind of it must Parse again.
-	c.Unnamed = nil
 	if _, err := c.W.Write(wire.AppendQuery(nil, sql)); err != nil {
 		return fail(err)
 	}

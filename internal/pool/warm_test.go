@@ -23,7 +23,11 @@ func TestWarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Schema = "shard_0001"
-	a.Unnamed = "its owner's unnamed statement"
+	// Its owner prepared the unnamed statement on it.
+	if err := parseUnnamed(a, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	a.SetUnnamed("its owner's unnamed statement")
 	a.Release()
 	if got := p.IdleOn("shard_0001"); got != 1 {
 		t.Fatalf("IdleOn = %d, want 1", got)
@@ -72,9 +76,9 @@ func TestWarm(t *testing.T) {
 		if !slices.Contains(pids, c.PID) {
 			t.Fatalf("checkout got backend %d, not one of the primed %v", c.PID, pids)
 		}
-		if c.Unnamed != nil {
+		if c.Unnamed() != nil {
 			// The priming Query dropped the server's unnamed statement.
-			t.Fatalf("backend %d still has Unnamed %v after its priming", c.PID, c.Unnamed)
+			t.Fatalf("backend %d still has Unnamed %v after its priming", c.PID, c.Unnamed())
 		}
 		got = append(got, c)
 	}

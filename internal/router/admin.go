@@ -46,7 +46,7 @@ func (s *Server) Clients() []ClientInfo {
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/admin/pools", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, s.poolStats())
+		writeJSON(w, s.PoolStats())
 	})
 	mux.HandleFunc("/admin/clients", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.Clients())

@@ -67,7 +67,6 @@ func (ss *session) sendPendingBegin(tenant string) {
 	}
 	ss.out = wire.AppendQuery(ss.out[:0], q)
 	ss.be.W.Write(ss.out)
-	ss.be.Unnamed = nil
 	ss.push(expect{kind: eQuery, swallow: true})
 	ss.pendingBegin = ""
 	ss.status = 'T'
@@ -144,7 +143,7 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 		}
 		ss.closeFirst(name)
 		ss.out = wire.AppendParse(ss.out[:0], name, sql, types)
-		wire.WriteFrame(be.W, wire.MsgParse, ss.out)
+		be.W.WriteFrame(wire.MsgParse, ss.out)
 		ss.push(expect{kind: eParse, swallow: true, name: name, setup: true})
 	}
 	portal := ""
@@ -162,7 +161,7 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 	}
 	b = append(b, 0, 0)
 	ss.out = b
-	wire.WriteFrame(be.W, wire.MsgBind, b)
+	be.W.WriteFrame(wire.MsgBind, b)
 	ss.push(expect{kind: eBind, swallow: true, setup: true, name: name})
 	if portal == "" {
 		be.W.Write(executeUnnamed)
@@ -172,10 +171,10 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 	b = append(ss.out[:0], portal...)
 	b = append(b, 0, 0, 0, 0, 0)
 	ss.out = b
-	wire.WriteFrame(be.W, wire.MsgExecute, b)
+	be.W.WriteFrame(wire.MsgExecute, b)
 	ss.push(expect{kind: eExec, swallow: true, setup: true})
 	ss.out = wire.AppendTarget(ss.out[:0], 'P', portal)
-	wire.WriteFrame(be.W, wire.MsgClose, ss.out)
+	be.W.WriteFrame(wire.MsgClose, ss.out)
 	ss.push(expect{kind: eClose, swallow: true, setup: true})
 }
 
@@ -414,6 +413,9 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		// The error names the node's host, port and user: it goes to the
 		// router's log, never to the client.
 		ss.srv.log.Warn("backend connection unavailable", "session", ss.id, "node", node.Name, "tenant", tenant, "err", err)
+		if code := pool.RefusedCode(err); code != "" {
+			return nodeRefusedError(node.Name, code)
+		}
 		return nodeUnreachableError(node.Name)
 	}
 	ss.srv.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
@@ -763,7 +765,6 @@ func (ss *session) flushSetup() {
 			ss.cleanDue = false
 			ss.out = wire.AppendQuery(ss.out[:0], discardTempSQL)
 			ss.be.W.Write(ss.out)
-			ss.be.Unnamed = nil
 			ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
 		}
 		return
@@ -784,7 +785,6 @@ func (ss *session) flushSetup() {
 	q += "pg_catalog.set_config('pgtenant.tenant_id', " + quoteLiteral(ss.setupTenant) + ", false)"
 	ss.out = wire.AppendQuery(ss.out[:0], q)
 	ss.be.W.Write(ss.out)
-	ss.be.Unnamed = nil
 	ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
 }
 
@@ -891,7 +891,6 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 	}
 	ss.out = wire.AppendQuery(ss.out[:0], b.String())
 	be.W.Write(ss.out)
-	be.Unnamed = nil
 	ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
 }
 
@@ -1126,8 +1125,8 @@ func (ss *session) drain(all bool) error {
 					// Not prepared after all, or gone: prepare it again next time.
 					delete(be.Prepared, e.name)
 				}
-				if e.kind == eParse && be.Unnamed != nil && e.name == "" {
-					be.Unnamed = nil
+				if e.kind == eParse && e.name == "" {
+					be.ForgetUnnamed() // the server has none now
 				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
@@ -1137,7 +1136,7 @@ func (ss *session) drain(all bool) error {
 						if q.name != "" {
 							delete(be.Prepared, q.name)
 						} else {
-							be.Unnamed = nil
+							be.ForgetUnnamed() // the server's is another's
 						}
 					}
 					ss.pop()
@@ -1317,7 +1316,7 @@ func (ss *session) copyIn(be *pool.Conn) error {
 		}
 		switch typ {
 		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
-			wire.WriteFrame(be.W, typ, body)
+			be.W.WriteFrame(typ, body)
 			if typ != wire.MsgCopyData {
 				ss.copyStreaming = false
 				return nil
@@ -1325,7 +1324,7 @@ func (ss *session) copyIn(be *pool.Conn) error {
 		case wire.MsgFlush, wire.MsgSync:
 			// Ignored by the server during COPY; do not forward.
 		default:
-			wire.WriteFrame(be.W, wire.MsgCopyFail, []byte("unexpected message during COPY\x00"))
+			be.W.WriteFrame(wire.MsgCopyFail, []byte("unexpected message during COPY\x00"))
 			return nil
 		}
 	}
@@ -1360,6 +1359,19 @@ func killError(be *pool.Conn, err error) *wire.Error {
 func nodeUnreachableError(node string) *wire.Error {
 	return &wire.Error{Code: "08006", Message: fmt.Sprintf("node %q is unreachable", node),
 		Hint: fmt.Sprintf("Retry later. The router's log has the details; `pgtenant node check %s` tests the node.", node)}
+}
+
+// nodeRefusedError is the error a client gets when the node's server was
+// reached but refused a new backend connection with code (see
+// pool.RefusedCode): the server's SQLSTATE, so that a client tells a full
+// or restarting node, worth a retry soon, from one that cannot be reached.
+func nodeRefusedError(node, code string) *wire.Error {
+	if code == "57P03" {
+		return &wire.Error{Code: code, Message: fmt.Sprintf("node %q is not accepting connections now (starting up, shutting down or in recovery)", node),
+			Hint: "Retry later. The router's log has the details."}
+	}
+	return &wire.Error{Code: code, Message: fmt.Sprintf("node %q refused a new backend connection for lack of resources (its max_connections or a connection limit reached)", node),
+		Hint: "Retry later; or raise the node's max_connections, or lower the routers' pool size (pgtenant router --pool-size): every router's pool, and every other client of the node, shares its connection slots."}
 }
 
 // lostBackend drops the backend and answers every queued response with one
@@ -1434,13 +1446,15 @@ func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
 		be.Prepared[name] = struct{}{}
 		ss.closeFirst(name)
 	} else {
-		if be.Unnamed == def {
+		if be.Unnamed() == any(def) {
 			return false
 		}
-		be.Unnamed = def
 	}
 	ss.out = wire.AppendParse(ss.out[:0], name, def.query, def.types)
-	wire.WriteFrame(be.W, wire.MsgParse, ss.out)
+	be.W.WriteFrame(wire.MsgParse, ss.out)
+	if name == "" {
+		be.SetUnnamed(def)
+	}
 	ss.push(expect{kind: eParse, swallow: swallow, name: name})
 	return true
 }
@@ -1485,7 +1499,7 @@ func (ss *session) trimPrepared() {
 		}
 		delete(be.Prepared, name)
 		ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
-		wire.WriteFrame(be.W, wire.MsgClose, ss.out)
+		be.W.WriteFrame(wire.MsgClose, ss.out)
 		ss.push(expect{kind: eClose, swallow: true})
 		n--
 	}
@@ -1506,7 +1520,7 @@ func isClientStmt(name string) bool {
 // with 42P05.
 func (ss *session) closeFirst(name string) {
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
-	wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+	ss.be.W.WriteFrame(wire.MsgClose, ss.out)
 	ss.push(expect{kind: eClose, swallow: true})
 }
 

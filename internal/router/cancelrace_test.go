@@ -235,7 +235,7 @@ func TestLateCancelStress(t *testing.T) {
 // reports whether one did.
 func waitPoolWaiting(s *Server, d time.Duration) bool {
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		for _, st := range s.poolStats() {
+		for _, st := range s.PoolStats() {
 			if st.Waiting > 0 {
 				return true
 			}

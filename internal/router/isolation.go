@@ -185,7 +185,6 @@ func (ss *session) endIdleTxn() {
 		be.MarkBroken()
 		return
 	}
-	be.Unnamed = nil
 	ss.status = 'I'
 	ss.doubtSetup()
 	if len(ss.txnSets) > 0 {

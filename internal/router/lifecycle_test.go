@@ -186,7 +186,7 @@ func TestReloadPoolSize(t *testing.T) {
 	for err := range errs {
 		t.Errorf("client error while the pool was resized: %v", err)
 	}
-	for _, st := range s.poolStats() {
+	for _, st := range s.PoolStats() {
 		if st.MaxSize != 2 || st.Total > 2 {
 			t.Errorf("pool %s after reload to 2: %+v", st.Node, st)
 		}
@@ -199,7 +199,7 @@ func TestReloadPoolSize(t *testing.T) {
 }
 
 func waiting(s *Server, node string) int {
-	for _, st := range s.poolStats() {
+	for _, st := range s.PoolStats() {
 		if st.Node == node {
 			return st.Waiting
 		}

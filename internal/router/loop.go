@@ -142,7 +142,7 @@ func (ss *session) loop() error {
 				continue
 			}
 			if ss.be != nil {
-				wire.WriteFrame(ss.be.W, typ, body)
+				ss.be.W.WriteFrame(typ, body)
 				if typ == wire.MsgCopyData && ss.cr.Buffered() == 0 && ss.syncs > 0 {
 					// Before waiting for more of the client's data: has the
 					// server answered the COPY (CopyInResponse, or an error)?
@@ -309,7 +309,7 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 		// an error there would, rolling their implicit transaction back
 		// (a Parse that fails, its error kept from the client), then Sync.
 		ss.out = wire.AppendParse(ss.out[:0], abortStmt, "pgtenant: abort", []byte{0, 0})
-		wire.WriteFrame(ss.be.W, wire.MsgParse, ss.out)
+		ss.be.W.WriteFrame(wire.MsgParse, ss.out)
 		ss.push(expect{kind: eParse, swallow: true, abort: true, name: abortStmt})
 		ss.be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync, swallow: true})
@@ -327,7 +327,6 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
 	if ss.inTxn() {
 		if ss.be != nil {
-			ss.be.Unnamed = nil
 			ss.be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
 			ss.push(expect{kind: eQuery, swallow: true})
 			if err := ss.drain(false); err != nil {
@@ -623,7 +622,6 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	ss.noteEnding(&info)
 	be := ss.be
-	be.Unnamed = nil // a simple Query drops the unnamed statement
 	ss.noteServerState(&info)
 	ss.notePath(&info)
 	if !inBlock && ss.unsynced && !clientUnsynced {
@@ -636,7 +634,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		ss.writeCombinedQuery(body)
 		ss.push(expect{kind: eQuery, skip: uint8(nPre), posShift: ss.prefixChars()})
 	} else {
-		wire.WriteFrame(be.W, wire.MsgQuery, body)
+		be.W.WriteFrame(wire.MsgQuery, body)
 		ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g)})
 	}
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
@@ -732,7 +730,7 @@ func (ss *session) noteServerState(info *stmtInfo) {
 	be := ss.be
 	if info.kind == kDiscard || info.kind == kDeallocate || info.laterDiscard {
 		be.Prepared = make(map[string]struct{})
-		be.Unnamed = nil
+		be.ForgetUnnamed()
 		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 		return
 	}
@@ -1005,7 +1003,7 @@ func (ss *session) closeOnServer(def *stmtDef) {
 		if _, ok := ss.be.Prepared[def.server]; ok {
 			delete(ss.be.Prepared, def.server)
 			ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
-			wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+			ss.be.W.WriteFrame(wire.MsgClose, ss.out)
 			ss.push(expect{kind: eClose, swallow: true})
 		}
 		return
@@ -1020,7 +1018,7 @@ func (ss *session) closeOnServer(def *stmtDef) {
 		if strings.HasPrefix(name, prefix) {
 			delete(ss.be.Prepared, name)
 			ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
-			wire.WriteFrame(ss.be.W, wire.MsgClose, ss.out)
+			ss.be.W.WriteFrame(wire.MsgClose, ss.out)
 			ss.push(expect{kind: eClose, swallow: true})
 		}
 	}
@@ -1202,7 +1200,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
-	wire.WriteFrame(ss.be.W, wire.MsgBind, ss.out)
+	ss.be.W.WriteFrame(wire.MsgBind, ss.out)
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
@@ -1276,7 +1274,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		if ss.be == nil {
 			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
 		}
-		wire.WriteFrame(ss.be.W, wire.MsgDescribe, body)
+		ss.be.W.WriteFrame(wire.MsgDescribe, body)
 		ss.push(expect{kind: eDescP})
 		return nil
 	}
@@ -1304,7 +1302,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	ss.ensurePrepared(def)
 	server := ss.serverStmt(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', server)
-	wire.WriteFrame(ss.be.W, wire.MsgDescribe, ss.out)
+	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
 	ss.push(expect{kind: eDescS, name: server})
 	return nil
 }
@@ -1339,7 +1337,7 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.portalPrepName); ss.portalPrep != nil && len(body) > n && string(body[:n]) == ss.portalPrepName && body[n] == 0 {
 		prep, ss.portalPrep = ss.portalPrep, nil
 	}
-	wire.WriteFrame(ss.be.W, wire.MsgExecute, body)
+	ss.be.W.WriteFrame(wire.MsgExecute, body)
 	ss.push(expect{kind: eExec, set: set, prep: prep})
 	return nil
 }
@@ -1359,7 +1357,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 			// Made with SQL PREPARE: the server closes it, as it would
 			// without the router.
 			delete(ss.sqlStmts, name)
-			wire.WriteFrame(ss.be.W, wire.MsgClose, body)
+			ss.be.W.WriteFrame(wire.MsgClose, body)
 			ss.push(expect{kind: eClose})
 			return nil
 		}
@@ -1373,7 +1371,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
 	}
-	wire.WriteFrame(ss.be.W, wire.MsgClose, body)
+	ss.be.W.WriteFrame(wire.MsgClose, body)
 	ss.push(expect{kind: eClose})
 	return nil
 }

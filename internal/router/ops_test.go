@@ -611,7 +611,7 @@ func TestMinIdlePerNode(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ok := 0
-		for _, st := range s.poolStats() {
+		for _, st := range s.PoolStats() {
 			if st.Idle >= 2 {
 				ok++
 			}
@@ -620,7 +620,7 @@ func TestMinIdlePerNode(t *testing.T) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pools did not reach min idle: %+v", s.poolStats())
+			t.Fatalf("pools did not reach min idle: %+v", s.PoolStats())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

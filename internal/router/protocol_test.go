@@ -284,7 +284,7 @@ func TestConcurrentClients(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	for _, st := range s.poolStats() {
+	for _, st := range s.PoolStats() {
 		if st.Total > 10 {
 			t.Errorf("node %s: %d backend connections, limit 10", st.Node, st.Total)
 		}

@@ -148,7 +148,7 @@ func New(cfg Config) *Server {
 	pc := cfg.Pool
 	s.poolCfg.Store(&pc)
 	s.maxClients.Store(int64(cfg.MaxClients))
-	s.m.setPools(s.poolStats)
+	s.m.setPools(s.PoolStats)
 	s.startUsage()
 	s.warm.ctx, s.warm.stop = context.WithCancel(context.Background())
 	s.warm.off.Store(cfg.NoPrewarm)
@@ -493,7 +493,9 @@ func (s *Server) poolFor(n placement.Node, role string) *pool.Pool {
 	return p
 }
 
-func (s *Server) poolStats() []pool.Stats {
+// PoolStats returns a snapshot of every backend pool, ordered by node (the
+// same as /admin/pools).
+func (s *Server) PoolStats() []pool.Stats {
 	s.poolsMu.RLock()
 	out := make([]pool.Stats, 0, len(s.pools))
 	for _, p := range s.pools {

@@ -825,7 +825,6 @@ func (ss *session) end() {
 		}
 		be.SetDeadline(time.Time{})
 		be.Prepared = make(map[string]struct{})
-		be.Unnamed = nil
 		be.Schema, be.Tenant, be.SessionSig = "", "", ""
 	} else if ss.status != 'I' || len(ss.queue) > 0 {
 		be.MarkBroken()

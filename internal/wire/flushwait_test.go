@@ -132,7 +132,7 @@ func TestReadMessageAfterFramesSplit(t *testing.T) {
 		typ, _, err := r.ReadMessageAfter(w)
 		expectAnswer(t, r, typ, err)
 		if !raw.serverIdle() {
-			t.Fatalf("round %d: server not idle: out %d in %d tail %d left %d nhdr %d", i, raw.out, raw.in, raw.tail, raw.left, raw.nhdr)
+			t.Fatalf("round %d: server not idle: out %d in %d tail %d left %d nhdr %d", i, raw.out, raw.in, raw.tail, raw.fr.left, raw.fr.nhdr)
 		}
 	}
 }

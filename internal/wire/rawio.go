@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bufio"
 	"encoding/binary"
 	"io"
 	"net"
@@ -66,14 +65,12 @@ type rawIO struct {
 	// of the current body still to come. in counts the ReadyForQuery
 	// messages a Reader read.
 	track   bool
-	hdr     [5]byte
-	nhdr    int
-	left    int
+	fr      frames
 	out, in int64
 	tail    int
 	// State of flushWait: fw is flushed by the first call of flushWaitSys.
 	flushWaitFn func(fd uintptr) bool
-	fw          *bufio.Writer
+	fw          Flusher
 	fdone       bool
 	ferr        error
 	// For tests: emptyReads counts the reads that found nothing (EAGAIN),
@@ -121,22 +118,13 @@ func (r *rawIO) flushWaitSys(fd uintptr) bool {
 
 // outFrames follows the frames of p, the next bytes written.
 func (r *rawIO) outFrames(p []byte) {
-	for len(p) > 0 {
-		if r.left > 0 {
-			k := min(r.left, len(p))
-			r.left -= k
-			p = p[k:]
-			continue
-		}
-		k := copy(r.hdr[r.nhdr:], p)
-		r.nhdr += k
-		p = p[k:]
-		if r.nhdr < len(r.hdr) {
+	for {
+		typ, rest, ok := r.fr.next(p)
+		if !ok {
 			return
 		}
-		r.nhdr = 0
-		r.left = int(binary.BigEndian.Uint32(r.hdr[1:])) - 4
-		switch r.hdr[0] {
+		p = rest
+		switch typ {
 		case MsgSync, MsgQuery:
 			r.out++
 			r.tail = 0
@@ -146,26 +134,60 @@ func (r *rawIO) outFrames(p []byte) {
 	}
 }
 
+// frames follows the message frames of a stream written in pieces.
+type frames struct {
+	hdr  [5]byte // a header written in part: nhdr bytes of it
+	nhdr int
+	left int // bytes of the current body still to come
+}
+
+// next consumes p up to the end of the next whole message header, skipping
+// body bytes, and returns the message's type, the rest of p and true; false
+// when p ends first.
+func (f *frames) next(p []byte) (byte, []byte, bool) {
+	for len(p) > 0 {
+		if f.left > 0 {
+			k := min(f.left, len(p))
+			f.left -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(f.hdr[f.nhdr:], p)
+		f.nhdr += k
+		p = p[k:]
+		if f.nhdr < len(f.hdr) {
+			return 0, nil, false
+		}
+		f.nhdr = 0
+		f.left = max(int(binary.BigEndian.Uint32(f.hdr[1:]))-4, 0)
+		return f.hdr[0], p, true
+	}
+	return 0, nil, false
+}
+
+// between reports whether the stream ends with a whole message.
+func (f *frames) between() bool { return f.left == 0 && f.nhdr == 0 }
+
 // serverIdle reports whether the server answered every Sync and Query
 // written with its ReadyForQuery and nothing was written after the last of
 // them: it then sends nothing more unasked but asynchronous messages
 // (notices, notifications, parameter changes, a FATAL error before it
 // closes).
 func (r *rawIO) serverIdle() bool {
-	return r.track && r.in == r.out && r.tail == 0 && r.left == 0 && r.nhdr == 0
+	return r.track && r.in == r.out && r.tail == 0 && r.fr.between()
 }
 
 // answerDue reports whether, the server having been idle before the last
 // write, that write ended with a whole Sync or Query message: the server
 // answers it.
 func (r *rawIO) answerDue() bool {
-	return r.track && r.out > r.in && r.tail == 0 && r.left == 0 && r.nhdr == 0
+	return r.track && r.out > r.in && r.tail == 0 && r.fr.between()
 }
 
 // flushWait flushes w, whose messages the peer must answer, and reads the
 // answer into p without the read that would find nothing before the peer
 // had time to answer (see Reader.ReadMessageAfter).
-func (r *rawIO) flushWait(w *bufio.Writer, p []byte) (int, error) {
+func (r *rawIO) flushWait(w Flusher, p []byte) (int, error) {
 	r.fw, r.fdone, r.ferr = w, false, nil
 	r.rp, r.rn, r.rerr = p, 0, 0
 	err := r.rc.Read(r.flushWaitFn)

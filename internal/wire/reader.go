@@ -261,6 +261,12 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 	return typ, body, err
 }
 
+// Flusher is a write buffer: a *bufio.Writer, a *ServerWriter.
+type Flusher interface {
+	Flush() error
+	Buffered() int
+}
+
 // ReadMessageAfter flushes w and reads the next message: w.Flush, then
 // ReadMessage.
 //
@@ -273,7 +279,7 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 // the readiness before its first callback, so the answer's arrival ends the
 // wait), and the first read comes once the answer is there. Asynchronous
 // messages the server sent meanwhile are read with the answer.
-func (r *Reader) ReadMessageAfter(w *bufio.Writer) (byte, []byte, error) {
+func (r *Reader) ReadMessageAfter(w Flusher) (byte, []byte, error) {
 	if w.Buffered() == 0 {
 		return r.ReadMessage()
 	}

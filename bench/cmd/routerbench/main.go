@@ -275,6 +275,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	// off (to measure what counting costs), one spreading shards over both
 	// nodes.
 	routerAddr := map[string]string{}
+	var routers []namedRouter
 	for _, rt := range []struct {
 		key           string
 		spread, usage bool
@@ -316,6 +317,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		go func() { done <- srv.Serve(rctx) }()
 		defer func() { cancel(); <-done }()
 		routerAddr[rt.key] = srv.Addr().String()
+		routers = append(routers, namedRouter{rt.key, srv})
 	}
 
 	bouncerPort, bouncerPID, stopBouncer, err := startPgbouncer(ctx, bouncer, filepath.Join(root, "pgbouncer"), nodes["a"].Port, o.poolSize, maxClients(o))
@@ -493,6 +495,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		printTable(w, results, o)
 	}
 	printStrace(w, straced)
+	printPools(w, routers)
 	if len(o.many) > 0 || o.latency {
 		// The router last: runLatency measures its saturation.
 		proxies := []proxyTarget{
@@ -512,6 +515,28 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		printMany(w, many, lat, o)
 	}
 	return nil
+}
+
+// namedRouter is one of the in-process routers.
+type namedRouter struct {
+	name string
+	srv  *router.Server
+}
+
+// printPools prints each router's backend pools: connections opened and
+// closed over the whole run (a pool that opens and closes connections while
+// the clients stay connected churns: ephemeral ports, server forks), connect
+// errors and checkouts that timed out.
+func printPools(w io.Writer, routers []namedRouter) {
+	fmt.Fprintf(w, "\nbackend connections of the routers over the run\n\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "router\tnode\tcheckouts\topened\tclosed\tconnect errors\twait timeouts\topen now\t")
+	for _, r := range routers {
+		for _, st := range r.srv.PoolStats() {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t\n", r.name, st.Node, st.Acquires, st.Opened, st.Closed, st.ConnectErrs, st.WaitTimeouts, st.Total)
+		}
+	}
+	tw.Flush()
 }
 
 // maxClients is the client limit of the proxies: room for the largest
