@@ -156,3 +156,33 @@ func execSQL(t *testing.T, dsn, sql string, args ...any) {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
+
+// newApartmentFixture is an importFixture whose legacy database has a
+// schema per tenant (apartmentDB, n schemas): import init
+// --schema-per-tenant --register-tenants (its output in initOut), the
+// baseline, the reference tables and the shards' schemas done.
+func newApartmentFixture(t *testing.T, shards, nodes, n int) (f *importFixture, initOut string) {
+	t.Helper()
+	t.Chdir(t.TempDir())
+	f = &importFixture{catDSN: nodeA.NewDatabase(t)}
+	t.Setenv("PGTENANT_CATALOG", f.catDSN)
+	mustRun(t, "init", "--shards", fmt.Sprint(shards))
+	for i := range nodes {
+		dsn := nodeB.NewDatabase(t)
+		f.nodes = append(f.nodes, dsn)
+		mustRun(t, "node", "add", fmt.Sprintf("n%d", i+1), dsn)
+	}
+	mustRun(t, "shard", "create")
+	f.legacy, f.ids = apartmentDB(t, n)
+	dropSlotsAtEnd(t, append([]string{f.legacy}, f.nodes...)...)
+	initOut = mustRun(t, "import", "init", "--from", f.legacy, "--schema-per-tenant", "--register-tenants")
+	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
+	mustRun(t, "reference", "migrate", "--dir", "db/reference")
+	mustRun(t, "migrate", "up", "--dir", "db/migrations")
+	var err error
+	if f.cat, err = pgx.Connect(context.Background(), f.catDSN); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cat.Close(context.Background()) })
+	return f, initOut
+}

@@ -454,3 +454,47 @@ func TestImportSchemaPerTenantBadInput(t *testing.T) {
 		t.Fatalf("a failed import init changed the legacy database: %s, was %s", got, asciiBefore)
 	}
 }
+
+// TestImportSchemaPerTenantLateTable (issue 12): a table created in tenant
+// schemas after import init is in no publication and was not copied: its
+// rows would stay on the legacy database only. It used to pass unnoticed
+// with --schema-per-tenant (only a one-schema import named such tables).
+// Now import status names it with the schemas that hold it (not in the
+// import's publication: created before import start in one schema, or
+// after it in every one); verify reports it; cutover --all and finish refuse (55000)
+// until it is excluded with import exclude, then both complete.
+func TestImportSchemaPerTenantLateTable(t *testing.T) {
+	bin := buildBinary(t)
+	f, _ := newApartmentFixture(t, 4, 1, 5)
+	execSQL(t, f.legacy, `CREATE TABLE tenant_002.early_notes (id int PRIMARY KEY, note text)`)
+	imp := startImportProc(t, bin)
+	defer imp.kill()
+	if out := mustRun(t, "import", "status"); !strings.Contains(out, `not in the import: table(s) early_notes (in 1 tenant schema(s): "tenant_002")`) {
+		t.Fatalf("import status does not name the table created after init:\n%s", out)
+	}
+	mustRun(t, "import", "exclude", "early_notes")
+
+	for _, id := range f.ids { // a migration run on the legacy database after import start
+		execSQL(t, f.legacy, `CREATE TABLE `+pgx.Identifier{id, "late_notes"}.Sanitize()+` (id int PRIMARY KEY, note text)`)
+	}
+	const named = `late_notes (in 5 tenant schema(s): "O'Hara & Sons", "tenant_001", "tenant_002", and 2 more)`
+	if out := mustRun(t, "import", "status"); !strings.Contains(out, named) || strings.Contains(out, "early_notes") {
+		t.Fatalf("import status does not name (only) the table created after start:\n%s", out)
+	}
+	code, out, errOut := pgtenant(t, "import", "verify")
+	if code == 0 || !strings.Contains(out, "late_notes") {
+		t.Fatalf("verify with a table not in the import: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, args := range [][]string{{"import", "cutover", "--all", "--tenant-filtered"}, {"import", "finish"}} {
+		code, out, errOut := pgtenant(t, args...)
+		if code == 0 || !strings.Contains(errOut, "55000") || !strings.Contains(errOut, named) || !strings.Contains(errOut, "import exclude") {
+			t.Fatalf("%v with a table not in the import: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+	mustRun(t, "import", "exclude", "late_notes")
+	if out := mustRun(t, "import", "verify"); strings.Contains(out, "late_notes") {
+		t.Fatalf("verify names an excluded table:\n%s", out)
+	}
+	mustRun(t, "import", "cutover", "--all", "--tenant-filtered")
+	mustRun(t, "import", "finish")
+}
