@@ -94,17 +94,26 @@ func TestImportRejectsWhileStreaming(t *testing.T) {
 
 // TestImportStartRefusesNullTenant (issue 12, bad input): a row without a
 // tenant written on the legacy database between import init and import
-// start stops the copy with 23502 and the table's name; fixed on the
-// legacy database, import start run again completes.
+// start stops the copy with 23502, the table's name and the row's key; so
+// does a child row without a parent (meter_notes with a NULL meter_id),
+// which the error used to name by its table only. Fixed on the legacy
+// database, import start run again completes.
 func TestImportStartRefusesNullTenant(t *testing.T) {
 	f := newImportFixture(t, 4, 1, 8)
 	execSQL(t, f.legacy, `ALTER TABLE buildings ALTER tenant_id DROP NOT NULL`)
 	execSQL(t, f.legacy, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES (NULL, 'nobody', 'Null', 1)`)
+	nobody := queryInt(t, f.legacy, `SELECT id FROM buildings WHERE name = 'nobody'`)
+	orphan := queryInt(t, f.legacy, `INSERT INTO meter_notes (meter_id, note) VALUES (NULL, 'orphan') RETURNING id`)
 	code, out, errOut := pgtenant(t, "import", "start", "--no-follow")
-	if code == 0 || !strings.Contains(errOut, "23502") || !strings.Contains(errOut, "buildings") {
-		t.Fatalf("import start with a NULL tenant: exit %d\n%s%s", code, out, errOut)
+	if want := fmt.Sprintf("23502: 1 row(s) of buildings have no tenant (a NULL tenant id in tenant_id), e.g. key(s) %d", nobody); code == 0 || !strings.Contains(errOut, want) {
+		t.Fatalf("import start with a NULL tenant: exit %d, want %q\n%s%s", code, want, out, errOut)
 	}
 	execSQL(t, f.legacy, `UPDATE buildings SET tenant_id = $1 WHERE name = 'nobody'`, f.ids[0])
+	code, out, errOut = pgtenant(t, "import", "start", "--no-follow")
+	if want := fmt.Sprintf("23502: 1 row(s) of meter_notes have no tenant (no row of meters behind meter_id, or one with a NULL tenant id), e.g. key(s) %d", orphan); code == 0 || !strings.Contains(errOut, want) {
+		t.Fatalf("import start with a child row without its parent: exit %d, want %q\n%s%s", code, want, out, errOut)
+	}
+	execSQL(t, f.legacy, `DELETE FROM meter_notes WHERE id = $1`, orphan)
 	mustRun(t, "import", "start", "--no-follow")
 	schema, node := f.shardOf(t, f.ids[0])
 	if n := queryInt(t, node, `SELECT count(*) FROM `+pgx.Identifier{schema, "buildings"}.Sanitize()+` WHERE name = 'nobody'`); n != 1 {
