@@ -33,7 +33,7 @@ const (
 
 // ErrTenantChange is reported for an update that moves a row to another
 // tenant.
-var ErrTenantChange = errors.New("an update changed a row's tenant")
+var ErrTenantChange = coded("0A000", "an update changed a row's tenant")
 
 // shardRoute is what the applier needs of one shard.
 type shardRoute struct {

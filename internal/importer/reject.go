@@ -35,7 +35,7 @@ import (
 // restarted stream replays count as not resolved again until it does.
 
 // ErrRejects: rejected changes are not resolved.
-var ErrRejects = errors.New("rejected changes of the legacy database are not resolved")
+var ErrRejects = coded("55000", "rejected changes of the legacy database are not resolved")
 
 // RejectsError says which rejected changes stop a cutover or a finish.
 type RejectsError struct {

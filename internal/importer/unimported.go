@@ -33,7 +33,7 @@ import (
 // leaves it out in every tenant schema.
 
 // ErrUnimported: legacy tables are neither imported nor excluded.
-var ErrUnimported = errors.New("tables of the legacy database are not in the import")
+var ErrUnimported = coded("55000", "tables of the legacy database are not in the import")
 
 // UnimportedError names the legacy tables that stop a cutover or a finish.
 type UnimportedError struct {
