@@ -165,7 +165,10 @@ func (im *Importer) unimportedApartment(ctx context.Context, legacy *pgx.Conn, i
 	if err != nil {
 		return nil, err
 	}
-	var template []string
+	template := []string{} // arrays, never NULL: = ANY(NULL) holds for no row
+	if ex == nil {
+		ex = []string{}
+	}
 	if imp.Publication == "" { // before import start: the template's tables are the import's
 		if template, err = tables.AppTables(ctx, legacy, ap.template); err != nil {
 			return nil, err
