@@ -135,6 +135,11 @@ its shard is cut over, the router serves each tenant from its own schema.`,
 	initCmd.Flags().StringVar(&apt.Column, "tenant-column", "", "with --schema-per-tenant: the tenant column the shards' tables gain (default "+importer.DefaultTenantColumn+")")
 	initCmd.Flags().StringVar(&apt.ColumnType, "tenant-column-type", "", "with --schema-per-tenant: the tenant column's type (default text)")
 	cmd.AddCommand(initCmd, newImportSchemaCmd(a), newImportStartCmd(a), newImportVerifyCmd(a), newImportCutoverCmd(a), newImportRollbackCmd(a), newImportStatusCmd(a), newImportFinishCmd(a), newImportExcludeCmd(a))
+	for _, sub := range cmd.Commands() {
+		if run := sub.RunE; run != nil { // the errors of the packages the importer drives, in its terms
+			sub.RunE = func(c *cobra.Command, args []string) error { return importer.Explain(run(c, args)) }
+		}
+	}
 	return cmd
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -22,18 +21,7 @@ import (
 func TestImportUnregisteredTenantWhileStreaming(t *testing.T) {
 	f := newImportFixture(t, 4, 2, 12)
 	legacy, ids, n1, n2 := f.legacy, f.ids, f.nodes[0], f.nodes[1]
-	start := func() (context.CancelFunc, chan string) {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan string, 1)
-		go func() {
-			var out, errOut syncBuffer
-			code := run(ctx, []string{"import", "start", "--parallel", "2"}, strings.NewReader(""), &out, &errOut)
-			done <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
-		}()
-		waitStreaming(t, done)
-		return cancel, done
-	}
-	stop, done := start()
+	importStart := runImportStart(t, "--parallel", "2")
 	ctx := context.Background()
 	lc, err := pgx.Connect(ctx, legacy)
 	if err != nil {
@@ -57,10 +45,8 @@ func TestImportUnregisteredTenantWhileStreaming(t *testing.T) {
 		t.Helper()
 		for i := 0; onNodes(name) == 0; i++ {
 			if i > 600 {
-				select {
-				case s := <-done:
+				if s, ended := importStart.endedEarly(); ended {
 					t.Fatalf("write %q never reached the nodes; import start ended: %s", name, s)
-				default:
 				}
 				t.Fatalf("write %q never reached the nodes", name)
 			}
@@ -99,10 +85,7 @@ func TestImportUnregisteredTenantWhileStreaming(t *testing.T) {
 	if out := mustRun(t, "import", "verify"); !strings.Contains(out, "; 0 differences") || !strings.Contains(out, "13 tenants") || strings.Contains(out, "rejected") {
 		t.Errorf("import verify: %s", out)
 	}
-	stop()
-	if s := <-done; !strings.HasPrefix(s, "exit 0") {
-		t.Fatalf("import start: %s", s)
-	}
+	importStart.stop(t)
 }
 
 // ledgerOf lists the tenants of the buildings named name in every shard
@@ -115,12 +98,7 @@ func ledgerOf(t *testing.T, dsn, name string) []string {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var q *string
-	if err := conn.QueryRow(ctx, `SELECT string_agg(format('SELECT tenant_id FROM %I.buildings WHERE name = $1', nspname), ' UNION ALL ')
-		FROM pg_namespace WHERE nspname LIKE 'shard\_%'`).Scan(&q); err != nil || q == nil {
-		t.Fatalf("shard schemas: %v", err)
-	}
-	rows, err := conn.Query(ctx, *q, name)
+	rows, err := conn.Query(ctx, shardUnion(t, conn, `SELECT tenant_id FROM %I.buildings WHERE name = $1`), name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,38 +44,57 @@ type fixtureOptions struct {
 // newImportFixtureWith is newImportFixture with options.
 func newImportFixtureWith(t *testing.T, o fixtureOptions) *importFixture {
 	t.Helper()
-	if o.NewNode == nil {
-		o.NewNode = nodeB.NewDatabase
+	f := newFixtureCatalog(t, o.Shards, o.Nodes, o.NewNode)
+	f.legacy, f.ids = legacyDB(t, o.Tenants)
+	for _, r := range demo.LegacyRules {
+		mustRun(t, append([]string{"table", "set"}, r...)...)
+	}
+	initArgs := []string{"--register-tenants"}
+	if o.Method != "" {
+		initArgs = append(initArgs, "--method", o.Method)
+	}
+	f.importInit(t, initArgs...)
+	return f
+}
+
+// newFixtureCatalog starts an importFixture: the test's working directory
+// becomes a temporary one, and a catalog (PGTENANT_CATALOG) has shards
+// shards on nodes nodes, each node's database made by newNode (nil:
+// nodeB.NewDatabase).
+func newFixtureCatalog(t *testing.T, shards, nodes int, newNode func(testing.TB) string) *importFixture {
+	t.Helper()
+	if newNode == nil {
+		newNode = nodeB.NewDatabase
 	}
 	t.Chdir(t.TempDir())
 	f := &importFixture{catDSN: nodeA.NewDatabase(t)}
 	t.Setenv("PGTENANT_CATALOG", f.catDSN)
-	mustRun(t, "init", "--shards", fmt.Sprint(o.Shards))
-	for i := range o.Nodes {
-		dsn := o.NewNode(t)
+	mustRun(t, "init", "--shards", fmt.Sprint(shards))
+	for i := range nodes {
+		dsn := newNode(t)
 		f.nodes = append(f.nodes, dsn)
 		mustRun(t, "node", "add", fmt.Sprintf("n%d", i+1), dsn)
 	}
 	mustRun(t, "shard", "create")
-	f.legacy, f.ids = legacyDB(t, o.Tenants)
-	dropSlotsAtEnd(t, append([]string{f.legacy}, f.nodes...)...)
-	for _, r := range demo.LegacyRules {
-		mustRun(t, append([]string{"table", "set"}, r...)...)
-	}
-	initArgs := []string{"import", "init", "--from", f.legacy, "--register-tenants"}
-	if o.Method != "" {
-		initArgs = append(initArgs, "--method", o.Method)
-	}
-	mustRun(t, initArgs...)
-	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
-	mustRun(t, "reference", "migrate", "--dir", "db/reference")
-	mustRun(t, "migrate", "up", "--dir", "db/migrations")
 	var err error
 	if f.cat, err = pgx.Connect(context.Background(), f.catDSN); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.cat.Close(context.Background()) })
 	return f
+}
+
+// importInit runs import init of f.legacy with args, then makes the
+// shards' schemas (import schema, reference migrate, migrate up); it
+// returns import init's output.
+func (f *importFixture) importInit(t *testing.T, args ...string) string {
+	t.Helper()
+	dropSlotsAtEnd(t, append([]string{f.legacy}, f.nodes...)...)
+	out := mustRun(t, append([]string{"import", "init", "--from", f.legacy}, args...)...)
+	mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
+	mustRun(t, "reference", "migrate", "--dir", "db/reference")
+	mustRun(t, "migrate", "up", "--dir", "db/migrations")
+	return out
 }
 
 // shardOf returns the shard schema and the node DSN of tenant.
@@ -97,10 +117,11 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-// startImportProc starts `import start` from bin and waits until it streams.
-func startImportProc(t *testing.T, bin string) *proc {
+// startImportProc starts `import start args...` from bin and waits until
+// it streams.
+func startImportProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	p := startProc(t, bin, "import", "start")
+	p := startProc(t, bin, append([]string{"import", "start"}, args...)...)
 	done := make(chan string, 1)
 	go func() {
 		select {
@@ -155,4 +176,150 @@ func execSQL(t *testing.T, dsn, sql string, args ...any) {
 	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
+}
+
+// newApartmentFixture is an importFixture whose legacy database has a
+// schema per tenant (apartmentDB, n schemas): import init
+// --schema-per-tenant --register-tenants (its output in initOut), the
+// baseline, the reference tables and the shards' schemas done.
+func newApartmentFixture(t *testing.T, shards, nodes, n int) (f *importFixture, initOut string) {
+	t.Helper()
+	f = newFixtureCatalog(t, shards, nodes, nil)
+	f.legacy, f.ids = apartmentDB(t, n)
+	return f, f.importInit(t, "--schema-per-tenant", "--register-tenants")
+}
+
+// importRun is `import start` run in this process until stopped.
+type importRun struct {
+	cancel  context.CancelFunc
+	ended   chan struct{} // closed when import start returned
+	result  string        // "exit N" and its output, once ended
+	stopped bool
+}
+
+// runImportStart runs `import start args...` in this process, waits until
+// it streams (or follows the queue), and stops it when the test ends.
+func runImportStart(t *testing.T, args ...string) *importRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &importRun{cancel: cancel, ended: make(chan struct{})}
+	go func() {
+		var out, errOut syncBuffer
+		code := run(ctx, append([]string{"import", "start"}, args...), strings.NewReader(""), &out, &errOut)
+		r.result = fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
+		close(r.ended)
+	}()
+	t.Cleanup(func() {
+		if err := r.end(); err != nil {
+			t.Error(err)
+		}
+	})
+	done := make(chan string, 1)
+	go func() { <-r.ended; done <- r.result }()
+	waitStreaming(t, done)
+	return r
+}
+
+// endedEarly returns import start's exit and output if it has ended.
+func (r *importRun) endedEarly() (string, bool) {
+	select {
+	case <-r.ended:
+		return r.result, true
+	default:
+		return "", false
+	}
+}
+
+// stop ends import start and fails the test unless it exited 0.
+func (r *importRun) stop(t *testing.T) {
+	t.Helper()
+	if err := r.end(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *importRun) end() error {
+	if r.stopped {
+		return nil
+	}
+	r.stopped = true
+	r.cancel()
+	<-r.ended
+	if !strings.HasPrefix(r.result, "exit 0") {
+		return fmt.Errorf("import start: %s", r.result)
+	}
+	return nil
+}
+
+// shardUnion is the UNION ALL of format(tmpl, schema) over the shard
+// schemas (shard_NNNN) of the database of conn.
+func shardUnion(t *testing.T, conn *pgx.Conn, tmpl string) string {
+	t.Helper()
+	var q *string
+	if err := conn.QueryRow(context.Background(), `SELECT string_agg(format($1, nspname), ' UNION ALL ') FROM pg_namespace WHERE nspname LIKE 'shard\_%'`, tmpl).Scan(&q); err != nil || q == nil {
+		t.Fatalf("shard schemas: %v", err)
+	}
+	return *q
+}
+
+// apartmentWrite is one acknowledged write of the schema-per-tenant tests'
+// writers: a ledger row (client, seq) and an entry of account 1 noted
+// "wCLIENT nSEQ", for tenant.
+type apartmentWrite struct {
+	tenant      string
+	client, seq int
+}
+
+// writeApartment makes write w through the router's connection conn, in
+// one transaction, in statements that never name the tenant column.
+func writeApartment(ctx context.Context, conn *pgx.Conn, w apartmentWrite) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, true)`, w.tenant); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO ledger (client, seq) VALUES ($1, $2)`, w.client, w.seq); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO entries (account_id, amount, note) VALUES (1, 1, $1)`, fmt.Sprintf("w%d n%d", w.client, w.seq))
+		return err
+	})
+}
+
+// apartmentWrites counts, per write, the writers' ledger rows and entries
+// (those not noted 'seed' for which entriesWhere holds) in the shard
+// schemas of the nodes' databases.
+func apartmentWrites(t *testing.T, nodes []string, entriesWhere string) (ledger, entries map[apartmentWrite]int) {
+	t.Helper()
+	ctx := context.Background()
+	ledger, entries = map[apartmentWrite]int{}, map[apartmentWrite]int{}
+	for _, dsn := range nodes {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		rows, err := conn.Query(ctx, shardUnion(t, conn, `SELECT tenant_id, client, seq FROM %I.ledger`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k apartmentWrite
+		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &k.client, &k.seq}, func() error { ledger[k]++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		var note string
+		rows, err = conn.Query(ctx, shardUnion(t, conn, `SELECT tenant_id, note FROM %I.entries WHERE note <> 'seed' AND `+entriesWhere))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &note}, func() error {
+			if _, err := fmt.Sscanf(note, "w%d n%d", &k.client, &k.seq); err != nil {
+				return err
+			}
+			entries[k]++
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ledger, entries
 }

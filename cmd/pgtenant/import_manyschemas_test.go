@@ -16,40 +16,15 @@ import (
 
 // manySchemasDB makes a legacy database with n tenant schemas of the
 // Rails apartment style (apartmentSchemaDDL: accounts, entries, ledger;
-// a few rows each) and a reference table in public, in batches of schemas
-// per statement, and returns its DSN and the tenant ids.
+// 3 accounts with an entry each) and a reference table in public, and
+// returns its DSN and the tenant ids.
 func manySchemasDB(t *testing.T, n int) (string, []string) {
 	t.Helper()
-	ctx := context.Background()
-	dsn := nodeA.NewDatabase(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE TABLE public.countries (code text PRIMARY KEY, name text NOT NULL);
-		INSERT INTO public.countries VALUES ('CZ', 'Czechia'), ('DE', 'Germany'), ('IE', 'Ireland')`); err != nil {
-		t.Fatal(err)
-	}
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("tenant_%05d", i)
 	}
-	const batch = 50
-	for start := 0; start < n; start += batch {
-		var b strings.Builder
-		for _, id := range ids[start:min(start+batch, n)] {
-			s := pgx.Identifier{id}.Sanitize()
-			fmt.Fprintf(&b, `CREATE SCHEMA %[1]s; SET search_path = %[1]s; %[2]s RESET search_path;
-				INSERT INTO %[1]s.accounts (name, email, country) SELECT 'acct ' || g, 'a' || g || '@x', (ARRAY['CZ','DE','IE'])[1 + g %% 3] FROM generate_series(1, 3) g;
-				INSERT INTO %[1]s.entries (account_id, amount, note) SELECT a.id, 1.5, 'seed' FROM %[1]s.accounts a;
-				`, s, apartmentSchemaDDL)
-		}
-		if _, err := conn.Exec(ctx, b.String()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dsn, ids
+	return tenantSchemasDB(t, ids, func(int) int { return 3 }, 1), ids
 }
 
 // TestImportThousandsOfSchemas (issue 12, the schema-per-tenant source at
@@ -72,13 +47,8 @@ func TestImportThousandsOfSchemas(t *testing.T) {
 		}
 		nSchemas = n
 	}
-	t.Chdir(t.TempDir())
-	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
-	mustRun(t, "init", "--shards", fmt.Sprint(nShards))
-	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
-	mustRun(t, "node", "add", "n1", n1)
-	mustRun(t, "node", "add", "n2", n2)
-	mustRun(t, "shard", "create")
+	f := newFixtureCatalog(t, nShards, 2, nil)
+	n1, n2 := f.nodes[0], f.nodes[1]
 	t0 := time.Now()
 	legacy, ids := manySchemasDB(t, nSchemas)
 	dropSlotsAtEnd(t, legacy, n1, n2)
@@ -109,12 +79,8 @@ func TestImportThousandsOfSchemas(t *testing.T) {
 	wctx, stopWriters := context.WithCancel(ctx)
 	defer stopWriters()
 	const writers = 4
-	type wack struct {
-		tenant      string
-		client, seq int
-	}
 	var mu sync.Mutex
-	var acks []wack
+	var acks []apartmentWrite
 	var errs []error
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
@@ -132,21 +98,12 @@ func TestImportThousandsOfSchemas(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(w), 11))
 			for i := 0; wctx.Err() == nil; i++ {
 				tenant := ids[rng.IntN(len(ids))]
-				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-					if _, err := tx.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, true)`, tenant); err != nil {
-						return err
-					}
-					if _, err := tx.Exec(ctx, `INSERT INTO ledger (client, seq) VALUES ($1, $2)`, w, i); err != nil {
-						return err
-					}
-					_, err := tx.Exec(ctx, `INSERT INTO entries (account_id, amount, note) VALUES (1, 1, $1)`, fmt.Sprintf("w%d n%d", w, i))
-					return err
-				})
+				err := writeApartment(ctx, conn, apartmentWrite{tenant, w, i})
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, fmt.Errorf("write %d for %q: %w", i, tenant, err))
 				} else {
-					acks = append(acks, wack{tenant, w, i})
+					acks = append(acks, apartmentWrite{tenant, w, i})
 				}
 				mu.Unlock()
 				time.Sleep(2 * time.Millisecond) // a shared machine
@@ -155,27 +112,7 @@ func TestImportThousandsOfSchemas(t *testing.T) {
 	}
 
 	t0 = time.Now()
-	sctx, stopStart := context.WithCancel(ctx)
-	defer stopStart()
-	startDone := make(chan string, 1)
-	go func() {
-		var out, errOut syncBuffer
-		code := run(sctx, []string{"import", "start", "--parallel", "2"}, strings.NewReader(""), &out, &errOut)
-		startDone <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
-	}()
-	for i := 0; ; i++ {
-		if out := mustRun(t, "import", "status"); strings.Contains(out, ": streaming;") && strings.Contains(out, "(streaming: true)") {
-			break
-		}
-		select {
-		case s := <-startDone:
-			t.Fatalf("import start ended early: %s", s)
-		case <-time.After(500 * time.Millisecond):
-		}
-		if i > 1200 {
-			t.Fatal("import start did not reach streaming in 10 minutes")
-		}
-	}
+	importStart := runImportStart(t, "--parallel", "2")
 	step("import start until streaming", t0)
 
 	t0 = time.Now()
@@ -201,10 +138,7 @@ func TestImportThousandsOfSchemas(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // writes on the shards
 	stopWriters()
 	wg.Wait()
-	stopStart()
-	if s := <-startDone; !strings.HasPrefix(s, "exit 0") {
-		t.Fatalf("import start: %s", s)
-	}
+	importStart.stop(t)
 	t0 = time.Now()
 	mustRun(t, "import", "finish")
 	step("import finish", t0)
@@ -215,44 +149,7 @@ func TestImportThousandsOfSchemas(t *testing.T) {
 	if len(acks) < 50 {
 		t.Fatalf("only %d writes were acknowledged", len(acks))
 	}
-	got := map[wack]int{}
-	entries := map[wack]int{}
-	for _, dsn := range []string{n1, n2} {
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		union := func(tmpl string) string {
-			var q string
-			if err := conn.QueryRow(ctx, `SELECT string_agg(format($1, nspname), ' UNION ALL ') FROM pg_namespace WHERE nspname LIKE 'shard\_%'`, tmpl).Scan(&q); err != nil {
-				t.Fatal(err)
-			}
-			return q
-		}
-		rows, err := conn.Query(ctx, union(`SELECT tenant_id, client, seq FROM %I.ledger`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var k wack
-		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &k.client, &k.seq}, func() error { got[k]++; return nil }); err != nil {
-			t.Fatal(err)
-		}
-		var note string
-		rows, err = conn.Query(ctx, union(`SELECT tenant_id, note FROM %I.entries WHERE note <> 'seed'`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &note}, func() error {
-			if _, err := fmt.Sscanf(note, "w%d n%d", &k.client, &k.seq); err != nil {
-				return err
-			}
-			entries[k]++
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		conn.Close(ctx)
-	}
+	got, entries := apartmentWrites(t, []string{n1, n2}, "true")
 	for _, a := range acks {
 		if got[a] != 1 || entries[a] != 1 {
 			t.Errorf("acknowledged write %d of client %d for %q: %d ledger rows, %d entries on the shards", a.seq, a.client, a.tenant, got[a], entries[a])

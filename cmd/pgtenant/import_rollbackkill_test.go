@@ -89,13 +89,7 @@ func TestImportRollbackQueueKills(t *testing.T) {
 	ctx := context.Background()
 	const shard = 2
 	schema := fmt.Sprintf("shard_%04d", shard)
-	mine := shardTenants(t, shard)
-	var others []string
-	for _, id := range all {
-		if !slices.Contains(mine, id) {
-			others = append(others, id)
-		}
-	}
+	mine, others := shardTenantsAndOthers(t, shard, all)
 	connect := func(dsn string) *pgx.Conn {
 		c, err := pgx.Connect(ctx, dsn)
 		if err != nil {
@@ -254,25 +248,28 @@ func TestImportRollbackQueueKills(t *testing.T) {
 
 	// 4. Killed after its flip: a lock on the node's customers table holds
 	// up the drop of the capture triggers after buildings' went.
-	nlock, err := ncLock.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nlock.Exec(ctx, `LOCK TABLE `+pgx.Identifier{schema, "customers"}.Sanitize()+` IN ROW EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
 	captured := func(table string) bool {
 		return queryBool(nc, `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'PGTENANT_import_rev_capture' AND tgrelid = $1::regclass)`, pgx.Identifier{schema, table}.Sanitize())
 	}
-	p = rollback()
-	waitFor(t, "the rollback's flip and the drop of buildings' trigger", p, 3*time.Minute, func() bool {
-		_, imp, err := shardState(ctx, cat, shard)
-		return err == nil && imp == "copied" && !captured("buildings")
-	})
-	p.kill()
-	if err := nlock.Rollback(ctx); err != nil {
-		t.Fatal(err)
+	killAfterFlip := func() { // a rollback killed after its flip, the drop of customers' trigger held up
+		nlock, err := ncLock.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nlock.Exec(ctx, `LOCK TABLE `+pgx.Identifier{schema, "customers"}.Sanitize()+` IN ROW EXCLUSIVE MODE`); err != nil {
+			t.Fatal(err)
+		}
+		p = rollback()
+		waitFor(t, "the rollback's flip and the drop of buildings' trigger", p, 3*time.Minute, func() bool {
+			_, imp, err := shardState(ctx, cat, shard)
+			return err == nil && imp == "copied" && !captured("buildings")
+		})
+		p.kill()
+		if err := nlock.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
+	killAfterFlip()
 	if !captured("customers") {
 		t.Fatal("the drop of the capture triggers was not held up")
 	}
@@ -293,21 +290,7 @@ func TestImportRollbackQueueKills(t *testing.T) {
 	// running it again: the cutover captures every table again.
 	cutover()
 	lm.waitWrites(t, 50)
-	if nlock, err = ncLock.Begin(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nlock.Exec(ctx, `LOCK TABLE `+pgx.Identifier{schema, "customers"}.Sanitize()+` IN ROW EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
-	p = rollback()
-	waitFor(t, "the rollback's flip and the drop of buildings' trigger", p, 3*time.Minute, func() bool {
-		_, imp, err := shardState(ctx, cat, shard)
-		return err == nil && imp == "copied" && !captured("buildings")
-	})
-	p.kill()
-	if err := nlock.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	killAfterFlip()
 	lm.waitWrites(t, 30)
 	cutover()
 	lm.waitWrites(t, 50) // on the node: captured for the next rollback
@@ -324,17 +307,7 @@ func TestImportRollbackQueueKills(t *testing.T) {
 	lo.finish(t)
 	stopStart()
 	mustRun(t, "import", "finish")
-	got := map[ack]int{}
-	for _, dsn := range nodes {
-		for a, k := range ledgerRows(t, dsn, "shard\\_%") {
-			got[a] += k
-		}
-	}
-	for _, a := range append(lm.acks, lo.acks...) {
-		if got[a] != 1 {
-			t.Errorf("acknowledged write %q of %q is on the nodes %d times", a.name, a.tenant, got[a])
-		}
-	}
+	checkOnShards(t, nodes, lm, lo)
 	if bulkOnNodes := nodeInt(t, node, fmt.Sprintf(`SELECT count(*) FROM %s.buildings WHERE city = 'Bulk'`, pgx.Identifier{schema}.Sanitize())); bulkOnNodes != bulk {
 		t.Errorf("%d bulk rows on the nodes at the end, want %d", bulkOnNodes, bulk)
 	}

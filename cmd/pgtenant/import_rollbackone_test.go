@@ -44,13 +44,7 @@ func importShardStates(t *testing.T) map[int]string {
 func TestImportRollbackOneOfMany(t *testing.T) {
 	addr, legacy, nodes, all, stopStart := importUnderLedger(t, 80, 8)
 	const shard = 5
-	mine := shardTenants(t, shard)
-	var others []string
-	for _, id := range all {
-		if !slices.Contains(mine, id) {
-			others = append(others, id)
-		}
-	}
+	mine, others := shardTenantsAndOthers(t, shard, all)
 	lm := startLedger(t, addr, mine, 2, "mine")
 	lo := startLedger(t, addr, others, 2, "other")
 	lm.waitWrites(t, 30)
@@ -135,17 +129,7 @@ func TestImportRollbackOneOfMany(t *testing.T) {
 	}
 	stopStart()
 	mustRun(t, "import", "finish")
-	onNodes := map[ack]int{}
-	for _, dsn := range nodes {
-		for a, k := range ledgerRows(t, dsn, "shard\\_%") {
-			onNodes[a] += k
-		}
-	}
-	for _, a := range append(lm.acks, lo.acks...) {
-		if onNodes[a] != 1 {
-			t.Errorf("acknowledged write %q of %q is on the nodes %d times", a.name, a.tenant, onNodes[a])
-		}
-	}
+	onNodes := checkOnShards(t, nodes, lm, lo)
 	if n, k := len(onNodes), len(lm.acks)+len(lo.acks); n != k {
 		t.Errorf("%d ledger rows on the nodes, %d writes acknowledged", n, k)
 	}
@@ -170,22 +154,11 @@ func startSessionLedger(t *testing.T, addr string, ids []string, writers int, pr
 				qctx, qcancel := context.WithTimeout(context.Background(), 30*time.Second)
 				conn, err := pgx.Connect(qctx, fmt.Sprintf("postgres://app@%s/app?sslmode=disable", addr))
 				if err == nil {
-					_, err = conn.Exec(qctx, `SELECT set_config('pgtenant.tenant', $1, false)`, tenant)
-					if err == nil {
-						_, err = conn.Exec(qctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'Ledger', $3)`, tenant, name, i)
-					}
+					err = writeLedgerRow(qctx, conn, tenant, name, i)
 					conn.Close(context.Background())
 				}
 				qcancel()
-				l.mu.Lock()
-				l.maxLat = max(l.maxLat, time.Since(t0))
-				if err != nil {
-					l.errs = append(l.errs, fmt.Errorf("%s for %q: %w", name, tenant, err))
-				} else {
-					l.acks = append(l.acks, ack{tenant, name})
-					l.n.Add(1)
-				}
-				l.mu.Unlock()
+				l.record(tenant, name, time.Since(t0), err)
 			}
 		}()
 	}

@@ -28,6 +28,19 @@ CREATE TABLE ledger (id bigserial PRIMARY KEY, client int NOT NULL, seq int NOT 
 // a space).
 func apartmentDB(t *testing.T, n int) (string, []string) {
 	t.Helper()
+	ids := []string{"O'Hara & Sons"}
+	for i := 1; len(ids) < n; i++ {
+		ids = append(ids, fmt.Sprintf("tenant_%03d", i))
+	}
+	return tenantSchemasDB(t, ids, func(i int) int { return 10 + i%7 }, 3), ids
+}
+
+// tenantSchemasDB makes a legacy database with a schema per tenant of ids
+// (apartmentSchemaDDL; accounts(i) accounts in the i-th, each with
+// entries entries noted 'seed') and a reference table in public, 50
+// schemas per statement, and returns its DSN.
+func tenantSchemasDB(t *testing.T, ids []string, accounts func(i int) int, entries int) string {
+	t.Helper()
 	ctx := context.Background()
 	dsn := nodeA.NewDatabase(t)
 	conn, err := pgx.Connect(ctx, dsn)
@@ -39,21 +52,20 @@ func apartmentDB(t *testing.T, n int) (string, []string) {
 		INSERT INTO public.countries VALUES ('CZ', 'Czechia'), ('DE', 'Germany'), ('IE', 'Ireland')`); err != nil {
 		t.Fatal(err)
 	}
-	ids := []string{"O'Hara & Sons"}
-	for i := 1; len(ids) < n; i++ {
-		ids = append(ids, fmt.Sprintf("tenant_%03d", i))
-	}
-	for i, id := range ids {
-		s := pgx.Identifier{id}.Sanitize()
-		if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+s+`; SET search_path = `+s+`;`+apartmentSchemaDDL+`RESET search_path`); err != nil {
+	const batch = 50
+	for start := 0; start < len(ids); start += batch {
+		var b strings.Builder
+		for i := start; i < min(start+batch, len(ids)); i++ {
+			fmt.Fprintf(&b, `CREATE SCHEMA %[1]s; SET search_path = %[1]s; %[2]s RESET search_path;
+				INSERT INTO %[1]s.accounts (name, email, country) SELECT 'acct ' || g, 'a' || g || '@x', (ARRAY['CZ','DE','IE'])[1 + g %% 3] FROM generate_series(1, %[3]d) g;
+				INSERT INTO %[1]s.entries (account_id, amount, note) SELECT a.id, g * 1.5, 'seed' FROM %[1]s.accounts a, generate_series(1, %[4]d) g;
+				`, pgx.Identifier{ids[i]}.Sanitize(), apartmentSchemaDDL, accounts(i), entries)
+		}
+		if _, err := conn.Exec(ctx, b.String()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.accounts (name, email, country) SELECT 'acct ' || g, 'a' || g || '@x', (ARRAY['CZ','DE','IE'])[1 + g %% 3] FROM generate_series(1, %[2]d) g;
-			INSERT INTO %[1]s.entries (account_id, amount, note) SELECT a.id, g * 1.5, 'seed' FROM %[1]s.accounts a, generate_series(1, 3) g`, s, 10+i%7)); err != nil {
-			t.Fatal(err)
-		}
 	}
-	return dsn, ids
+	return dsn
 }
 
 // TestImportSchemaPerTenant (issue 12, second source shape): a legacy
@@ -66,20 +78,11 @@ func apartmentDB(t *testing.T, n int) (string, []string) {
 // is on its tenant's shard exactly once with its tenant, and no client saw
 // an error.
 func TestImportSchemaPerTenant(t *testing.T) {
-	t.Chdir(t.TempDir())
-	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
-	mustRun(t, "init", "--shards", "8")
-	n1, n2 := nodeB.NewDatabase(t), nodeB.NewDatabase(t)
-	mustRun(t, "node", "add", "n1", n1)
-	mustRun(t, "node", "add", "n2", n2)
-	mustRun(t, "shard", "create")
-	legacy, ids := apartmentDB(t, 60)
-
-	out := mustRun(t, "import", "init", "--from", legacy, "--schema-per-tenant", "--register-tenants")
+	f, out := newApartmentFixture(t, 8, 2, 60)
+	legacy, ids, n1, n2 := f.legacy, f.ids, f.nodes[0], f.nodes[1]
 	if !strings.Contains(out, "60 tenant schemas with the same 3 tables") || !strings.Contains(out, "60 tenants registered") {
 		t.Fatalf("import init: %s", out)
 	}
-	out = mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
 	base, err := os.ReadFile("db/migrations/00001_legacy_baseline.sql")
 	if err != nil {
 		t.Fatal(err)
@@ -94,8 +97,6 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	mustRun(t, "reference", "migrate", "--dir", "db/reference")
-	mustRun(t, "migrate", "up", "--dir", "db/migrations")
 	addr := startRouterCmd(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -130,12 +131,7 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	wctx, stopWriters := context.WithCancel(ctx)
 	var paused sync.RWMutex
 	const writers = 4
-	type wack struct {
-		tenant string
-		client int
-		seq    int
-	}
-	acks := make([][]wack, writers)
+	acks := make([][]apartmentWrite, writers)
 	errs := make([][]error, writers)
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
@@ -152,43 +148,18 @@ func TestImportSchemaPerTenant(t *testing.T) {
 			for i := 0; wctx.Err() == nil; i++ {
 				paused.RLock()
 				tenant := ids[rng.IntN(len(ids))]
-				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-					if _, err := tx.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, true)`, tenant); err != nil {
-						return err
-					}
-					if _, err := tx.Exec(ctx, `INSERT INTO ledger (client, seq) VALUES ($1, $2)`, w, i); err != nil {
-						return err
-					}
-					_, err := tx.Exec(ctx, `INSERT INTO entries (account_id, amount, note) VALUES (1, 1, $1)`, fmt.Sprintf("w%d n%d", w, i))
-					return err
-				})
+				err := writeApartment(ctx, conn, apartmentWrite{tenant, w, i})
 				paused.RUnlock()
 				if err != nil {
 					errs[w] = append(errs[w], fmt.Errorf("write %d for %q: %w", i, tenant, err))
 					continue
 				}
-				acks[w] = append(acks[w], wack{tenant, w, i})
+				acks[w] = append(acks[w], apartmentWrite{tenant, w, i})
 			}
 		}()
 	}
 
-	sctx, stopStart := context.WithCancel(ctx)
-	startDone := make(chan string, 1)
-	go func() {
-		var out, errOut syncBuffer
-		code := run(sctx, []string{"import", "start", "--parallel", "3"}, strings.NewReader(""), &out, &errOut)
-		startDone <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
-	}()
-	for {
-		if out := mustRun(t, "import", "status"); strings.Contains(out, ": streaming;") && strings.Contains(out, "(streaming: true)") {
-			break
-		}
-		select {
-		case s := <-startDone:
-			t.Fatalf("import start ended early: %s", s)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	importStart := runImportStart(t, "--parallel", "3")
 
 	// Verify while the writers write (both sides at one point).
 	for i := 0; ; i++ {
@@ -274,10 +245,7 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	stopWriters()
 	wg.Wait()
-	stopStart()
-	if s := <-startDone; !strings.HasPrefix(s, "exit 0") {
-		t.Fatalf("import start: %s", s)
-	}
+	importStart.stop(t)
 	mustRun(t, "import", "finish")
 
 	total := 0
@@ -290,50 +258,15 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	if total < 50 {
 		t.Fatalf("only %d writes were acknowledged", total)
 	}
-	type key struct {
-		tenant string
-		client int
-		seq    int
-	}
-	got := map[key]int{}
-	entries := map[key]int{}
+	got, entries := apartmentWrites(t, []string{n1, n2}, "account_id = 1")
 	var shardAccounts, legacyAccounts int
 	for _, dsn := range []string{n1, n2} {
 		conn, err := pgx.Connect(ctx, dsn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		union := func(tmpl string) string {
-			var q string
-			if err := conn.QueryRow(ctx, `SELECT string_agg(format($1, nspname), ' UNION ALL ') FROM pg_namespace WHERE nspname LIKE 'shard\_%'`, tmpl).Scan(&q); err != nil {
-				t.Fatal(err)
-			}
-			return q
-		}
-		rows, err := conn.Query(ctx, union(`SELECT tenant_id, client, seq FROM %I.ledger`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var k key
-		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &k.client, &k.seq}, func() error { got[k]++; return nil }); err != nil {
-			t.Fatal(err)
-		}
-		var note string
-		rows, err = conn.Query(ctx, union(`SELECT tenant_id, note FROM %I.entries WHERE note <> 'seed' AND account_id = 1`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&k.tenant, &note}, func() error {
-			if _, err := fmt.Sscanf(note, "w%d n%d", &k.client, &k.seq); err != nil {
-				return err
-			}
-			entries[k]++
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
 		var n int
-		if err := conn.QueryRow(ctx, "SELECT sum(c)::int FROM ("+union(`SELECT count(*) c FROM %I.accounts`)+") x").Scan(&n); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT sum(c)::int FROM ("+shardUnion(t, conn, `SELECT count(*) c FROM %I.accounts`)+") x").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		shardAccounts += n
@@ -341,9 +274,8 @@ func TestImportSchemaPerTenant(t *testing.T) {
 	}
 	for w := 0; w < writers; w++ {
 		for _, a := range acks[w] {
-			k := key{a.tenant, a.client, a.seq}
-			if got[k] != 1 || entries[k] != 1 {
-				t.Errorf("acknowledged write %d of client %d for %q: %d ledger rows, %d entries on the shards", a.seq, a.client, a.tenant, got[k], entries[k])
+			if got[a] != 1 || entries[a] != 1 {
+				t.Errorf("acknowledged write %d of client %d for %q: %d ledger rows, %d entries on the shards", a.seq, a.client, a.tenant, got[a], entries[a])
 			}
 		}
 	}
@@ -453,4 +385,48 @@ func TestImportSchemaPerTenantBadInput(t *testing.T) {
 	if got := legacyState(t, ascii); got != asciiBefore {
 		t.Fatalf("a failed import init changed the legacy database: %s, was %s", got, asciiBefore)
 	}
+}
+
+// TestImportSchemaPerTenantLateTable (issue 12): a table created in tenant
+// schemas after import init is in no publication and was not copied: its
+// rows would stay on the legacy database only. It used to pass unnoticed
+// with --schema-per-tenant (only a one-schema import named such tables).
+// Now import status names it with the schemas that hold it (not in the
+// import's publication: created before import start in one schema, or
+// after it in every one); verify reports it; cutover --all and finish refuse (55000)
+// until it is excluded with import exclude, then both complete.
+func TestImportSchemaPerTenantLateTable(t *testing.T) {
+	bin := buildBinary(t)
+	f, _ := newApartmentFixture(t, 4, 1, 5)
+	execSQL(t, f.legacy, `CREATE TABLE tenant_002.early_notes (id int PRIMARY KEY, note text)`)
+	imp := startImportProc(t, bin)
+	defer imp.kill()
+	if out := mustRun(t, "import", "status"); !strings.Contains(out, `not in the import: table(s) early_notes (in 1 tenant schema(s): "tenant_002")`) {
+		t.Fatalf("import status does not name the table created after init:\n%s", out)
+	}
+	mustRun(t, "import", "exclude", "early_notes")
+
+	for _, id := range f.ids { // a migration run on the legacy database after import start
+		execSQL(t, f.legacy, `CREATE TABLE `+pgx.Identifier{id, "late_notes"}.Sanitize()+` (id int PRIMARY KEY, note text)`)
+	}
+	const named = `late_notes (in 5 tenant schema(s): "O'Hara & Sons", "tenant_001", "tenant_002", and 2 more)`
+	if out := mustRun(t, "import", "status"); !strings.Contains(out, named) || strings.Contains(out, "early_notes") {
+		t.Fatalf("import status does not name (only) the table created after start:\n%s", out)
+	}
+	code, out, errOut := pgtenant(t, "import", "verify")
+	if code == 0 || !strings.Contains(out, "late_notes") {
+		t.Fatalf("verify with a table not in the import: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, args := range [][]string{{"import", "cutover", "--all", "--tenant-filtered"}, {"import", "finish"}} {
+		code, out, errOut := pgtenant(t, args...)
+		if code == 0 || !strings.Contains(errOut, "55000") || !strings.Contains(errOut, named) || !strings.Contains(errOut, "import exclude") {
+			t.Fatalf("%v with a table not in the import: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+	mustRun(t, "import", "exclude", "late_notes")
+	if out := mustRun(t, "import", "verify"); strings.Contains(out, "late_notes") {
+		t.Fatalf("verify names an excluded table:\n%s", out)
+	}
+	mustRun(t, "import", "cutover", "--all", "--tenant-filtered")
+	mustRun(t, "import", "finish")
 }

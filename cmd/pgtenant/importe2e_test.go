@@ -52,10 +52,7 @@ func TestImportEndToEnd(t *testing.T) {
 				tenant := ids[rng.IntN(len(ids))]
 				name := fmt.Sprintf("ledger w%d n%d", w, i)
 				t0 := time.Now()
-				_, err := conn.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, false)`, tenant)
-				if err == nil {
-					_, err = conn.Exec(ctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'Ledger', $3)`, tenant, name, i)
-				}
+				err := writeLedgerRow(ctx, conn, tenant, name, i)
 				if d := time.Since(t0); d > maxLat[w] {
 					maxLat[w] = d
 				}
@@ -70,23 +67,7 @@ func TestImportEndToEnd(t *testing.T) {
 	}
 
 	// import start copies, then follows until cancelled.
-	sctx, stopStart := context.WithCancel(ctx)
-	startDone := make(chan string, 1)
-	go func() {
-		var out, errOut syncBuffer
-		code := run(sctx, []string{"import", "start", "--parallel", "3"}, strings.NewReader(""), &out, &errOut)
-		startDone <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
-	}()
-	for i := 0; ; i++ {
-		if out := mustRun(t, "import", "status"); strings.Contains(out, ": streaming;") && strings.Contains(out, "(streaming: true)") {
-			break
-		}
-		select {
-		case s := <-startDone:
-			t.Fatalf("import start ended early: %s", s)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	importStart := runImportStart(t, "--parallel", "3")
 
 	// Verify at rest: writers wait a moment, the stream catches up.
 	paused.Lock()
@@ -124,10 +105,7 @@ func TestImportEndToEnd(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	stopWriters()
 	wg.Wait()
-	stopStart()
-	if s := <-startDone; !strings.HasPrefix(s, "exit 0") {
-		t.Fatalf("import start: %s", s)
-	}
+	importStart.stop(t)
 	mustRun(t, "import", "finish")
 	if out := mustRun(t, "node", "list"); strings.Contains(out, "legacy") {
 		t.Fatalf("the legacy node is still registered:\n%s", out)

@@ -116,20 +116,7 @@ func TestImportKills(t *testing.T) {
 	}
 	defer cat.Close(context.Background())
 
-	startImport := func() *proc {
-		p := startProc(t, bin, "import", "start", "--parallel", "2")
-		done := make(chan string, 1)
-		go func() {
-			select {
-			case err := <-p.exited:
-				p.exited <- err
-				done <- fmt.Sprintf("%v\n%s%s", err, p.out.String(), p.errOut.String())
-			case <-time.After(10 * time.Minute):
-			}
-		}()
-		waitStreaming(t, done)
-		return p
-	}
+	startImport := func() *proc { return startImportProc(t, bin, "--parallel", "2") }
 	// Streaming, killed while writes flow. The restarted stream starts with
 	// a backlog (the writes made while no stream ran, and those it could not
 	// keep up with): the cutovers below wait for it to be applied (their
@@ -235,19 +222,7 @@ func TestImportKills(t *testing.T) {
 	lB.finish(t)
 	imp.kill()
 	mustRun(t, "import", "finish")
-	got := map[ack]int{}
-	for _, dsn := range []string{n1, n2} {
-		for a, k := range ledgerRows(t, dsn, "shard\\_%") {
-			got[a] += k
-		}
-	}
-	for _, l := range []*ledger{lA, lB} {
-		for _, a := range l.acks {
-			if got[a] != 1 {
-				t.Errorf("acknowledged write %q of %q is on the shards %d times", a.name, a.tenant, got[a])
-			}
-		}
-	}
+	checkOnShards(t, []string{n1, n2}, lA, lB)
 	t.Logf("%d writes acknowledged through router A (%d errors after its kill), %d through router B; max latency on B %s; %s",
 		len(lA.acks), len(lA.errs), len(lB.acks), lB.maxLat.Round(time.Millisecond), uptimeLoad())
 }

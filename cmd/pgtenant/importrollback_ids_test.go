@@ -26,13 +26,7 @@ func TestImportRollbackOthersWrite(t *testing.T) {
 		t.Run(method, func(t *testing.T) {
 			addr, legacy, _, all, _ := importUnderLedgerWith(t, 40, 4, method, nodeB.NewDatabase)
 			const shard = 1
-			mine := shardTenants(t, shard)
-			var others []string
-			for _, id := range all {
-				if !slices.Contains(mine, id) {
-					others = append(others, id)
-				}
-			}
+			mine, others := shardTenantsAndOthers(t, shard, all)
 			o := startLedger(t, addr, others, 2, "other")
 			l := startLedger(t, addr, mine, 2, "mine")
 			l.waitWrites(t, 30)
@@ -76,13 +70,7 @@ func TestImportRollbackTriggerNode(t *testing.T) {
 	t.Cleanup(srv.Stop)
 	addr, legacy, nodes, all, _ := importUnderLedgerWith(t, 40, 4, "trigger", srv.NewDatabase)
 	const shard = 2
-	mine := shardTenants(t, shard)
-	var others []string
-	for _, id := range all {
-		if !slices.Contains(mine, id) {
-			others = append(others, id)
-		}
-	}
+	mine, others := shardTenantsAndOthers(t, shard, all)
 	o := startLedger(t, addr, others, 2, "other")
 	l := startLedger(t, addr, mine, 2, "mine")
 	l.waitWrites(t, 30)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,26 +33,12 @@ func importUnderLedgerWith(t *testing.T, n, shards int, method string, newNode f
 	legacy, ids = f.legacy, f.ids
 	n1, n2 := f.nodes[0], f.nodes[1]
 	addr = startRouterCmd(t)
-	sctx, cancel := context.WithCancel(context.Background())
-	done := make(chan string, 1)
-	go func() {
-		var out, errOut syncBuffer
-		code := run(sctx, []string{"import", "start", "--parallel", "2", "--method", method}, strings.NewReader(""), &out, &errOut)
-		done <- fmt.Sprintf("exit %d\n%s%s", code, out.String(), errOut.String())
-	}()
-	waitStreaming(t, done)
-	stopped := false
+	r := runImportStart(t, "--parallel", "2", "--method", method)
 	stopStart = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if s := <-done; !strings.HasPrefix(s, "exit 0") {
-			t.Errorf("import start: %s", s)
+		if err := r.end(); err != nil {
+			t.Error(err)
 		}
 	}
-	t.Cleanup(stopStart)
 	return addr, legacy, []string{n1, n2}, ids, stopStart
 }
 
@@ -109,23 +96,9 @@ func startLedger(t *testing.T, addr string, ids []string, writers int, prefix st
 				name := fmt.Sprintf("%s w%d n%d", prefix, w, i)
 				t0 := time.Now()
 				qctx, qcancel := context.WithTimeout(context.Background(), 30*time.Second)
-				_, err := conn.Exec(qctx, `SELECT set_config('pgtenant.tenant', $1, false)`, tenant)
-				if err == nil {
-					_, err = conn.Exec(qctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'Ledger', $3)`, tenant, name, i)
-				}
+				err := writeLedgerRow(qctx, conn, tenant, name, i)
 				qcancel()
-				d := time.Since(t0)
-				l.mu.Lock()
-				l.maxLat = max(l.maxLat, d)
-				if err != nil {
-					l.errs = append(l.errs, fmt.Errorf("%s for %q: %w", name, tenant, err))
-				} else {
-					l.acks = append(l.acks, ack{tenant, name})
-				}
-				l.mu.Unlock()
-				if err == nil {
-					l.n.Add(1)
-				}
+				l.record(tenant, name, time.Since(t0), err)
 				if err != nil && conn.IsClosed() {
 					return
 				}
@@ -134,6 +107,50 @@ func startLedger(t *testing.T, addr string, ids []string, writers int, prefix st
 		}()
 	}
 	return l
+}
+
+// checkOnShards counts the ledger's rows on the shard schemas of the nodes'
+// databases, fails the test for each acknowledged write of ledgers not
+// there exactly once, and returns the counts.
+func checkOnShards(t *testing.T, nodes []string, ledgers ...*ledger) map[ack]int {
+	t.Helper()
+	got := map[ack]int{}
+	for _, dsn := range nodes {
+		for a, k := range ledgerRows(t, dsn, "shard\\_%") {
+			got[a] += k
+		}
+	}
+	for _, l := range ledgers {
+		for _, a := range l.acks {
+			if got[a] != 1 {
+				t.Errorf("acknowledged write %q of %q is on the shards %d times", a.name, a.tenant, got[a])
+			}
+		}
+	}
+	return got
+}
+
+// writeLedgerRow names tenant on conn (for the session) and inserts its
+// ledger row name (floor area i) into buildings.
+func writeLedgerRow(ctx context.Context, conn *pgx.Conn, tenant, name string, i int) error {
+	if _, err := conn.Exec(ctx, `SELECT set_config('pgtenant.tenant', $1, false)`, tenant); err != nil {
+		return err
+	}
+	_, err := conn.Exec(ctx, `INSERT INTO buildings (tenant_id, name, city, floor_area_m2) VALUES ($1, $2, 'Ledger', $3)`, tenant, name, i)
+	return err
+}
+
+// record notes a write's outcome (acknowledged, or its error) and latency.
+func (l *ledger) record(tenant, name string, d time.Duration, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.maxLat = max(l.maxLat, d)
+	if err != nil {
+		l.errs = append(l.errs, fmt.Errorf("%s for %q: %w", name, tenant, err))
+		return
+	}
+	l.acks = append(l.acks, ack{tenant, name})
+	l.n.Add(1)
 }
 
 // waitWrites waits until k more writes were acknowledged.
@@ -204,6 +221,19 @@ func shardTenants(t *testing.T, shard int) []string {
 		t.Fatalf("tenants of shard %d: %v %v", shard, ids, err)
 	}
 	return ids
+}
+
+// shardTenantsAndOthers returns the tenants of shard and those of all
+// that are not on it.
+func shardTenantsAndOthers(t *testing.T, shard int, all []string) (mine, others []string) {
+	t.Helper()
+	mine = shardTenants(t, shard)
+	for _, id := range all {
+		if !slices.Contains(mine, id) {
+			others = append(others, id)
+		}
+	}
+	return mine, others
 }
 
 // TestImportRollback (issue 12): a shard cut over to its node takes writes

@@ -190,19 +190,7 @@ func TestImportTriggerKills(t *testing.T) {
 		t.Fatal("import start still follows a minute after import finish")
 	}
 
-	got := map[ack]int{}
-	for _, dsn := range []string{n1, n2} {
-		for a, k := range ledgerRows(t, dsn, "shard\\_%") {
-			got[a] += k
-		}
-	}
-	for _, w := range []*ledger{l, l2, l3} {
-		for _, a := range w.acks {
-			if got[a] != 1 {
-				t.Errorf("acknowledged write %q of %q is on the shards %d times", a.name, a.tenant, got[a])
-			}
-		}
-	}
+	checkOnShards(t, []string{n1, n2}, l, l2, l3)
 	if n := len(ledgerRows(t, super, "public")); n == 0 {
 		t.Error("the legacy database keeps no ledger row: its rows were touched")
 	}

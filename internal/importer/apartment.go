@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -111,6 +112,44 @@ func (ap *apartment) rules(ctx context.Context, conn *pgx.Conn) (tenant, shared 
 			shared = append(shared, tables.Table{Name: n, Kind: tables.KindShared})
 		}
 	}
+	return tenant, shared, nil
+}
+
+// apartmentRules are ap's rules (the template schema's tables) without the
+// tables not in the import: once import start made the publication, the
+// template's tables not in it (created after import start; unimported.go
+// names them), and the tables excluded with import exclude.
+func (im *Importer) apartmentRules(ctx context.Context, conn *pgx.Conn, ap *apartment) (tenant, shared []tables.Table, err error) {
+	tenant, shared, err = ap.rules(ctx, conn)
+	if err != nil {
+		return nil, nil, err
+	}
+	var pub string
+	var ex []string
+	err = im.cat.Pool().QueryRow(ctx, `SELECT coalesce(publication, ''), excluded_tables FROM pgtenant.imports WHERE state <> 'finished'`).Scan(&pub, &ex)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return tenant, shared, nil // import init: no import yet
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the import: %w", err)
+	}
+	published := map[string]bool{}
+	if pub != "" {
+		rows, err := conn.Query(ctx, `SELECT DISTINCT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname <> $2`, pub, markerSchema)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read publication %s: %w", pub, err)
+		}
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, nil, fmt.Errorf("read publication %s: %w", pub, err)
+		}
+		for _, n := range names {
+			published[n] = true
+		}
+	}
+	tenant = slices.DeleteFunc(tenant, func(t tables.Table) bool {
+		return slices.Contains(ex, t.Name) || pub != "" && !published[t.Name]
+	})
 	return tenant, shared, nil
 }
 

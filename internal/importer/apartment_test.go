@@ -97,9 +97,7 @@ func TestApartmentStartResumesAndFollows(t *testing.T) {
 		t.Fatalf("verify after the resumed copy: %+v", rep)
 	}
 
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- im.Follow(fctx) }()
+	stop := follow(ctx, t, im)
 	for i, id := range ids {
 		s := pgx.Identifier{id}.Sanitize()
 		execSQL(t, legacy, `INSERT INTO `+s+`.entries (account_id, amount) VALUES (1, 99)`)
@@ -171,7 +169,4 @@ func TestApartmentStartResumesAndFollows(t *testing.T) {
 		t.Fatalf("accounts: %d on the shards (%d of another shard's tenant), %d in the legacy schemas", onShards, stray, inLegacy)
 	}
 	stop()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("follow: %v", err)
-	}
 }

@@ -33,7 +33,7 @@ const (
 
 // ErrTenantChange is reported for an update that moves a row to another
 // tenant.
-var ErrTenantChange = errors.New("an update changed a row's tenant")
+var ErrTenantChange = coded("0A000", "an update changed a row's tenant")
 
 // shardRoute is what the applier needs of one shard.
 type shardRoute struct {
@@ -198,7 +198,8 @@ func (a *applier) tenantOf(ctx context.Context, rel *stream.Relation, t stream.T
 }
 
 // lookupParent finds the tenant of a parent row on the nodes (where the
-// stream has brought it), "" when no copied shard has it.
+// stream has brought it), "" when no copied shard has it; a
+// ChildRejectError when the stream rejected the parent row (reject.go).
 func (a *applier) lookupParent(ctx context.Context, child tables.Table, key string) (string, error) {
 	parent := a.rules[child.Parent]
 	byNode := map[string][]string{}
@@ -226,7 +227,7 @@ func (a *applier) lookupParent(ctx context.Context, child tables.Table, key stri
 		a.parents[[2]string{parent.Name, key}] = tenant
 		return tenant, nil
 	}
-	return "", nil
+	return a.im.rejectedParent(ctx, a.rejected, child, key) // a parent the stream rejected: the child is rejected too
 }
 
 // onNode runs f on the applier's connection to node, between the node's

@@ -72,11 +72,7 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	c := newCatalog(t, 16, 2)
 	legacy, ids := newLegacy(t, srvA, c, 60, 8)
 	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
+	initImport(ctx, t, c, im, legacy)
 	indexesBefore := nodeIndexes(t, c)
 
 	runCtx, kill := context.WithCancel(ctx)
@@ -223,17 +219,6 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	// shard, and so do inserts, updates and deletes (a child row through its
 	// parent; a delete of a row whose key lacks the tenant), once each, also
 	// across a killed and restarted stream.
-	follow := func() func() {
-		fctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- im.Follow(fctx) }()
-		return func() {
-			stop()
-			if err := <-done; !errors.Is(err, context.Canceled) {
-				t.Errorf("follow: %v", err)
-			}
-		}
-	}
 	converge := func(what string) {
 		t.Helper()
 		for i := 0; ; i++ {
@@ -250,7 +235,7 @@ func TestStartCopiesAndResumes(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	stop := follow()
+	stop := follow(ctx, t, im)
 	converge("after the start")
 	write := func(round int) {
 		for i, id := range ids[:20] {
@@ -268,7 +253,7 @@ func TestStartCopiesAndResumes(t *testing.T) {
 	converge("after round 1")
 	stop()
 	write(2)
-	stop = follow()
+	stop = follow(ctx, t, im)
 	converge("after round 2 with a restarted stream")
 	stop()
 
@@ -295,7 +280,7 @@ func TestStartCopiesAndResumes(t *testing.T) {
 		t.Fatalf("fence leases left: %d, %v", leases, err)
 	}
 	// With the stream running it cuts over; finish is refused until every shard is.
-	stop = follow()
+	stop = follow(ctx, t, im)
 	res3, err := im.Cutover(ctx, CutoverOptions{Shards: []int{shard}})
 	if err != nil || len(res3) != 1 || res3[0].Pause <= 0 {
 		t.Fatalf("cutover: %+v, %v", res3, err)
@@ -322,11 +307,7 @@ func TestStartKeepsReplicaIdentities(t *testing.T) {
 		execSQL(t, legacy, `ALTER TABLE `+tbl+` REPLICA IDENTITY FULL`)
 	}
 	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
+	initImport(ctx, t, c, im, legacy)
 	res, err := im.Start(ctx, StartOptions{})
 	if err != nil {
 		t.Fatal(err)

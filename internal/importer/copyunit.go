@@ -217,6 +217,8 @@ type copyUnit struct {
 	est   int64
 	nodes map[string]bool
 	query string
+	// parent is a child table's parent rule (to name rows without a tenant).
+	parent tables.Table
 }
 
 func (u copyUnit) blocks() string {
@@ -251,7 +253,7 @@ func (cs *copyState) plan(ctx context.Context, legacy *pgx.Conn, schema string, 
 		blocks /= blockSize
 		per := max(unitBytes/blockSize, 1)
 		if t.selfRef || blocks <= per {
-			units = append(units, copyUnit{table: t, from: 0, to: -1, est: max(blocks, 1), nodes: nodes, query: unitQuery(schema, *t, byName, 0, -1)})
+			units = append(units, copyUnit{table: t, from: 0, to: -1, est: max(blocks, 1), nodes: nodes, query: unitQuery(schema, *t, byName, 0, -1), parent: byName[t.rule.Parent]})
 			continue
 		}
 		for k, from := 0, int64(0); from < blocks; k, from = k+1, from+per {
@@ -263,7 +265,7 @@ func (cs *copyState) plan(ctx context.Context, legacy *pgx.Conn, schema string, 
 			if to < 0 {
 				est = blocks - from
 			}
-			units = append(units, copyUnit{table: t, index: k, from: from, to: to, est: est, nodes: nodes, query: unitQuery(schema, *t, byName, from, to)})
+			units = append(units, copyUnit{table: t, index: k, from: from, to: to, est: est, nodes: nodes, query: unitQuery(schema, *t, byName, from, to), parent: byName[t.rule.Parent]})
 		}
 	}
 	return units, nil
@@ -409,7 +411,11 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	shardOf := func(tenant []byte) (int, error) {
 		shard, ok := w.cs.tenants[string(tenant)]
 		if !ok {
-			return 0, fmt.Errorf("a row of %s belongs to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", table, tenant)
+			via := ""
+			if u.table.rule.Kind == tables.KindChild {
+				via = " (through its parent row of " + u.table.rule.Parent + ")"
+			}
+			return 0, fmt.Errorf("23503: a row of %s belongs%s to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", table, via, tenant)
 		}
 		if !u.nodes[w.cs.shards[shard].Node] {
 			return -1, nil
@@ -431,7 +437,7 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	mw := &meteredWriter{ctx: ctx, w: d, lim: w.lim, n: &read}
 	if _, err := w.legacy.PgConn().CopyTo(ctx, mw, "COPY ("+u.query+") TO STDOUT (FORMAT binary)"); err != nil {
 		if err == errNoTenant || strings.Contains(err.Error(), errNoTenant.Error()) {
-			return 0, 0, fmt.Errorf("23502: a row of %s has no tenant (a NULL tenant id, or a child row without its parent): fix it on the legacy database and run import start again (it resumes; the tables copied stay)", table)
+			return 0, 0, w.noTenantError(ctx, u)
 		}
 		return 0, 0, fmt.Errorf("read from the legacy database: %w", err)
 	}
@@ -449,6 +455,29 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 	}
 	w.prog.unitDone(u.est)
 	return rows, read.Load(), nil
+}
+
+// noTenantError is the error of a copy that met a row of u's table without
+// a tenant: it counts and names such rows (their primary keys; read again
+// outside the copy's snapshot, so rows fixed since are not named).
+func (w *copyWorker) noTenantError(ctx context.Context, u copyUnit) error {
+	rule := u.table.rule
+	what := "a NULL tenant id in " + rule.TenantColumn
+	if rule.Kind == tables.KindChild {
+		what = fmt.Sprintf("no row of %s behind %s, or one with a NULL tenant id", rule.Parent, rule.ParentKey)
+	}
+	msg := fmt.Sprintf("23502: rows of %s have no tenant (%s)", rule.Name, what)
+	hint := ": fix them on the legacy database (give each its tenant, or delete it) and run import start again (it resumes; the tables copied stay)"
+	conn, err := connect(ctx, w.imp.LegacyDSN)
+	if err != nil {
+		return errors.New(msg + hint)
+	}
+	defer conn.Close(context.Background())
+	keys, n, err := rowsWithoutTenant(ctx, conn, w.cs.legacySchema, rule, map[string]tables.Table{u.parent.Name: u.parent})
+	if err != nil || n == 0 {
+		return errors.New(msg + hint)
+	}
+	return fmt.Errorf("23502: %d row(s) of %s have no tenant (%s), e.g. key(s) %s%s", n, rule.Name, what, strings.Join(keys, ", "), hint)
 }
 
 // emptyBuffers returns the worker's shard buffers, emptied.

@@ -71,11 +71,11 @@ type CutoverResult struct {
 
 // ErrMarkerTimeout: the stream did not apply the marker in time (before
 // the fence: no stream read the import's slot for MarkerTimeout).
-var ErrMarkerTimeout = errors.New("the change stream did not bring the cutover marker to the node in time; is `pgtenant import start` (or `import follow`) running?")
+var ErrMarkerTimeout = coded("55000", "the change stream did not bring the cutover marker to the node in time; is `pgtenant import start` (or `import follow`) running?")
 
 // ErrStreamBehind: a stream reads the slot but did not catch up with the
 // legacy database within CatchUpTimeout.
-var ErrStreamBehind = errors.New("the change stream is running but has not caught up with the legacy database's writes; cut over when it has (`pgtenant import status` shows its lag)")
+var ErrStreamBehind = coded("55000", "the change stream is running but has not caught up with the legacy database's writes; cut over when it has (`pgtenant import status` shows its lag)")
 
 // importFenceOwner is the owner id of the import's fences in
 // pgtenant.fence_leases (move ids are positive).

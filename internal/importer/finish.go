@@ -2,7 +2,6 @@ package importer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -66,7 +65,7 @@ func (im *Importer) Status(ctx context.Context) (*Status, error) {
 }
 
 // ErrNotCutOver: import finish with shards still on the legacy database.
-var ErrNotCutOver = errors.New("shards are still served from the legacy database; cut them over first (pgtenant import cutover --all)")
+var ErrNotCutOver = coded("55000", "shards are still served from the legacy database; cut them over first (pgtenant import cutover --all)")
 
 // Finish ends an import whose shards are all cut over: it drops the slot
 // (ending a stream still reading it), the publication and the marker

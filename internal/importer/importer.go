@@ -2,7 +2,6 @@ package importer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -14,7 +13,7 @@ import (
 )
 
 // ErrNoImport means the catalog has no import running.
-var ErrNoImport = errors.New("no import is registered; start one with `pgtenant import init --from DSN`")
+var ErrNoImport = coded("42704", "no import is registered; start one with `pgtenant import init --from DSN`")
 
 // Importer runs the import commands against one catalog.
 type Importer struct {

@@ -4,10 +4,12 @@ import "fmt"
 
 // UnregisteredTenantError: a change on the legacy database, made after
 // import init, belongs to a tenant the catalog does not know (a customer
-// created on the legacy database directly, not through the router). The
-// logical change stream rejects such a change (reject.go) and goes on; the
-// trigger method's follower stops before it: nothing from it on is applied,
-// and import start, run again once the tenant is registered, resumes at it.
+// created on the legacy database directly, not through the router). Both
+// followers, the logical stream and the trigger method's queue, reject
+// such a change into pgtenant.import_rejects (reject.go,
+// trigger_reject.go) and go on; the error reaches the operator only for a
+// change no reject explains (the delete of a row of such a tenant that
+// the follower never saw written), and then the follower stops before it.
 type UnregisteredTenantError struct {
 	Table, Tenant string
 }

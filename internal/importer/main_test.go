@@ -105,6 +105,50 @@ func execSQL(t *testing.T, dsn, sql string, args ...any) {
 	}
 }
 
+// initImport runs import init of legacy (its tenants registered) and
+// applies the baseline to the shards; the legacy database's slots are
+// dropped when the test ends.
+func initImport(ctx context.Context, t *testing.T, c *catalog.Catalog, im *Importer, legacy string) {
+	t.Helper()
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+}
+
+// tenantShard returns the shard tenant is on.
+func tenantShard(ctx context.Context, t *testing.T, c *catalog.Catalog, im *Importer, tenant string) ShardProgress {
+	t.Helper()
+	m, err := c.LoadMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, err := m.Lookup(ctx, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return shards[loc.Shard.ID]
+}
+
+// follow runs im.Follow until the returned stop, which reports an end
+// other than its cancellation.
+func follow(ctx context.Context, t *testing.T, im *Importer) (stop func()) {
+	fctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- im.Follow(fctx) }()
+	return func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("follow: %v", err)
+		}
+	}
+}
+
 // dropSlots drops the replication slots of the database of dsn, so that
 // the database can be dropped when the test ends. A stream the test just
 // stopped may still hold its slot for a moment (its walsender exits after

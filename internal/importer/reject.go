@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/stream"
+	"github.com/pgtenant/pgtenant/internal/tables"
 )
 
 // Rejected changes. Before streaming, import init and import start refuse a
@@ -34,7 +35,7 @@ import (
 // restarted stream replays count as not resolved again until it does.
 
 // ErrRejects: rejected changes are not resolved.
-var ErrRejects = errors.New("rejected changes of the legacy database are not resolved")
+var ErrRejects = coded("55000", "rejected changes of the legacy database are not resolved")
 
 // RejectsError says which rejected changes stop a cutover or a finish.
 type RejectsError struct {
@@ -189,23 +190,96 @@ func (a *applier) reject(ctx context.Context, t *stream.Txn, c stream.Change, te
 		}
 	}
 	key := rejectKey(c.Rel, c.New)
-	var tn *string
-	if tenant != "" {
-		tn = &tenant
-	}
-	if _, err := a.im.cat.Pool().Exec(ctx, `INSERT INTO pgtenant.import_rejects (tbl, row_key, lsn, tenant, reason, row_data)
-		VALUES ($1, $2, $3::text::pg_lsn, $4, $5, $6) ON CONFLICT (tbl, row_key, lsn) DO NOTHING`,
-		c.Rel.Table, key, t.EndLSN.String(), tn, reason, rowJSON(c.Rel, c.New)); err != nil {
-		return fmt.Errorf("record a rejected change of %s: %w", c.Rel.Table, err)
+	if err := a.im.recordReject(ctx, c.Rel.Table, key, t.EndLSN, tenant, reason, rowJSON(c.Rel, c.New)); err != nil {
+		return err
 	}
 	if a.rejected == nil {
 		a.rejected = map[[2]string]bool{}
 	}
 	a.rejected[[2]string{c.Rel.Table, key}] = true
 	a.Rejected.Add(1)
-	a.log.Warn("import: a change of the legacy database rejected (kept in pgtenant.import_rejects; import status lists it)",
-		"table", c.Rel.Table, "key", key, "lsn", t.EndLSN, "reason", reason)
 	return nil
+}
+
+// recordReject writes a rejected change into pgtenant.import_rejects
+// (idempotent: a stream that routes the change again writes nothing) and
+// logs it. Both followers write the same record: lsn is the change's
+// position, for the trigger method its queue id (queueLSN).
+func (im *Importer) recordReject(ctx context.Context, table, key string, lsn stream.LSN, tenant, reason string, row []byte) error {
+	var tn *string
+	if tenant != "" {
+		tn = &tenant
+	}
+	if _, err := im.cat.Pool().Exec(ctx, `INSERT INTO pgtenant.import_rejects (tbl, row_key, lsn, tenant, reason, row_data)
+		VALUES ($1, $2, $3::text::pg_lsn, $4, $5, $6) ON CONFLICT (tbl, row_key, lsn) DO NOTHING`,
+		table, key, lsn.String(), tn, reason, row); err != nil {
+		return fmt.Errorf("record a rejected change of %s: %w", table, err)
+	}
+	im.logger.Warn("import: a change of the legacy database rejected (kept in pgtenant.import_rejects; import status lists it)",
+		"table", table, "key", key, "lsn", lsn, "reason", reason)
+	return nil
+}
+
+// resolveReject marks the rejects of the row (table, key) made before lsn
+// resolved at lsn.
+func (im *Importer) resolveReject(ctx context.Context, table, key string, lsn stream.LSN, how string) error {
+	if _, err := im.cat.Pool().Exec(ctx, `UPDATE pgtenant.import_rejects SET resolved_lsn = $3::text::pg_lsn, resolution = $4, resolved_at = now()
+		WHERE tbl = $1 AND row_key = $2 AND lsn < $3::text::pg_lsn AND (resolved_lsn IS NULL OR resolved_lsn >= $3::text::pg_lsn)`,
+		table, key, lsn.String(), how); err != nil {
+		return fmt.Errorf("resolve a rejected change of %s: %w", table, err)
+	}
+	im.logger.Info("import: a rejected change resolved", "table", table, "key", key, "lsn", lsn, "how", how)
+	return nil
+}
+
+// ChildRejectError: a child row (a table without the tenant column, e.g.
+// meter_notes via meter_id) whose parent row was rejected by the change
+// stream. No shard holds the parent, so none can hold the child: the child
+// is rejected too, named by its table and key like its parent, and the
+// parent's tenant is recorded with it (a cutover of that tenant's shard
+// names it). It wraps errNoTenant.
+type ChildRejectError struct {
+	Table, Parent, Column, Key string
+	// ParentReason is why the parent row was rejected.
+	ParentReason string
+}
+
+func (e *ChildRejectError) Error() string {
+	return fmt.Sprintf("table %s: %s: its parent row (%s %s = %s) was rejected: %s", e.Table, errNoTenant, e.Parent, e.Column, e.Key, e.ParentReason)
+}
+
+func (e *ChildRejectError) Unwrap() error { return errNoTenant }
+
+// hasRejectsOf reports whether rejected (rows whose change is rejected and
+// not resolved) holds a row of table.
+func hasRejectsOf(rejected map[[2]string]bool, table string) bool {
+	for k := range rejected {
+		if k[0] == table {
+			return true
+		}
+	}
+	return false
+}
+
+// rejectedParent looks for a reject not resolved of the parent row of a
+// child row (the parent table's row whose column holds key). It returns
+// the parent's tenant ("" when it has none) and a ChildRejectError, or
+// ("", nil) when the parent row is not rejected.
+func (im *Importer) rejectedParent(ctx context.Context, rejected map[[2]string]bool, child tables.Table, key string) (string, error) {
+	if !hasRejectsOf(rejected, child.Parent) {
+		return "", nil
+	}
+	var tenant, reason string
+	err := im.cat.Pool().QueryRow(ctx, `SELECT coalesce(tenant, ''), reason FROM pgtenant.import_rejects
+		WHERE tbl = $1 AND resolved_lsn IS NULL AND row_data->>$2 = $3 ORDER BY lsn DESC, id DESC LIMIT 1`,
+		child.Parent, child.ParentColumn, key).Scan(&tenant, &reason)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("look for a rejected parent row of %s: %w", child.Name, err)
+	}
+	return tenant, &ChildRejectError{Table: child.Name, Parent: child.Parent, Column: child.ParentColumn, Key: key, ParentReason: reason}
 }
 
 // wasRejected reports whether the row changed by c (its key before the
@@ -224,13 +298,10 @@ func (a *applier) resolve(ctx context.Context, t *stream.Txn, c stream.Change, h
 	if !a.rejected[[2]string{c.Rel.Table, key}] {
 		return nil
 	}
-	if _, err := a.im.cat.Pool().Exec(ctx, `UPDATE pgtenant.import_rejects SET resolved_lsn = $3::text::pg_lsn, resolution = $4, resolved_at = now()
-		WHERE tbl = $1 AND row_key = $2 AND lsn < $3::text::pg_lsn AND (resolved_lsn IS NULL OR resolved_lsn >= $3::text::pg_lsn)`,
-		c.Rel.Table, key, t.EndLSN.String(), how); err != nil {
-		return fmt.Errorf("resolve a rejected change of %s: %w", c.Rel.Table, err)
+	if err := a.im.resolveReject(ctx, c.Rel.Table, key, t.EndLSN, how); err != nil {
+		return err
 	}
 	delete(a.rejected, [2]string{c.Rel.Table, key})
-	a.log.Info("import: a rejected change resolved", "table", c.Rel.Table, "key", key, "lsn", t.EndLSN, "how", how)
 	return nil
 }
 
@@ -279,7 +350,7 @@ func (a *applier) routeRejectable(ctx context.Context, t *stream.Txn, c stream.C
 				}
 			}
 		}
-		return true, a.reject(ctx, t, c, "", tenantErr.Error())
+		return true, a.reject(ctx, t, c, tenant, tenantErr.Error()) // tenant: a rejected parent's, or ""
 	case was && c.Kind == stream.Update:
 		// A row rejected before now has a tenant: its whole row goes to
 		// the tenant's shard.

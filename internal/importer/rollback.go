@@ -173,9 +173,9 @@ type RollbackResult struct {
 
 // ErrNoReverse: the shard was cut over without a reverse slot or capture
 // queue on its node.
-var ErrNoReverse = errors.New("the shard was cut over without a way back: with --no-rollback, or, for an import by logical replication, " +
-	"onto a node without logical replication (wal_level is not logical there, or the node's role lacks REPLICATION), so its writes since cannot be read back " +
-	"(an import by --method trigger captures them with triggers on such a node instead; the cutover's log says why it kept none); " +
+var ErrNoReverse = coded("55000", "the shard was cut over without a way back: with --no-rollback, or, for an import by logical replication, "+
+	"onto a node without logical replication (wal_level is not logical there, or the node's role lacks REPLICATION), so its writes since cannot be read back "+
+	"(an import by --method trigger captures them with triggers on such a node instead; the cutover's log says why it kept none); "+
 	"the shard stays on its node: it is served there with nothing lost")
 
 // Rollback serves a cut-over shard from the legacy database again, with

@@ -10,7 +10,7 @@ import (
 // ErrIDCollision: a row the shard's node took since the cutover has the key
 // of a row the legacy database holds (see the comment at the top of
 // idblocks.go for how ids are kept apart, and when they are not).
-var ErrIDCollision = errors.New("a row written on the shard's node since the cutover has the key of a row the legacy database holds")
+var ErrIDCollision = coded("23505", "a row written on the shard's node since the cutover has the key of a row the legacy database holds")
 
 // IDCollisionError is a write back of a rollback refused by a unique
 // constraint of the legacy database (23505). The write back's transaction

@@ -3,7 +3,6 @@ package importer
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -41,7 +40,7 @@ const (
 )
 
 // ErrFileExists: a baseline file is there already.
-var ErrFileExists = errors.New("the file exists; pass --force to overwrite it")
+var ErrFileExists = coded("58P02", "the file exists; pass --force to overwrite it")
 
 // Baseline writes the legacy tables' definitions (pg_dump --schema-only,
 // without owners, grants or the schema's name) as migration files: the

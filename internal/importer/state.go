@@ -139,7 +139,7 @@ func (im *Importer) rulesOf(ctx context.Context, conn *pgx.Conn, schema string, 
 		if err != nil {
 			return nil, nil, err
 		}
-		return ap.rules(ctx, conn) // a schema per tenant (apartment.go)
+		return im.apartmentRules(ctx, conn, ap) // a schema per tenant (apartment.go)
 	}
 	app, err := tables.AppTables(ctx, conn, schema)
 	if err != nil {

@@ -98,8 +98,11 @@ type qapplier struct {
 	version int64
 	parents map[[2]string]string // (parent table, referenced value) → tenant
 	log     *slog.Logger
+	// rejected are the rows (table, key) whose change was rejected and not
+	// resolved yet (trigger_reject.go); nil until loaded.
+	rejected map[[2]string]bool
 
-	TenantChanges, Skipped, Applied atomic.Int64
+	TenantChanges, Skipped, Applied, Rejected atomic.Int64
 }
 
 func (im *Importer) newQApplier(legacy *pgx.Conn, ts map[string]*trigTable) *qapplier {
@@ -357,16 +360,12 @@ func (a *qapplier) route(ctx context.Context, e entry, byName map[string]*qnode,
 	if err != nil {
 		return fmt.Errorf("queued change %d of %s: %w", e.id, e.table, err)
 	}
-	tenant, err := a.tenantOf(ctx, t, fields)
-	if err != nil {
-		return fmt.Errorf("queued change %d of %s: %w", e.id, e.table, err)
+	if err := a.loadRejects(ctx); err != nil {
+		return err
 	}
-	if e.op != "D" {
-		for col, i := range t.refs {
-			if i < len(fields) && fields[i] != nil {
-				a.parents[[2]string{t.rule.Name, *fields[i] + "\x00" + col}] = tenant
-			}
-		}
+	tenant, terr := a.tenantOf(ctx, t, fields)
+	if terr != nil && !errors.Is(terr, errNoTenant) {
+		return fmt.Errorf("queued change %d of %s: %w", e.id, e.table, terr)
 	}
 	add := func(tenant, sql, img string) error {
 		if tenant == "" {
@@ -396,30 +395,68 @@ func (a *qapplier) route(ctx context.Context, e entry, byName map[string]*qnode,
 		per[nd.name] = append(per[nd.name], stmt{sql: sqlFor(s.schema, t, sql), args: []any{img}})
 		return nil
 	}
+	// upsert writes the new row image to its tenant's shard, rejects it
+	// (as the logical stream does) when the row has no tenant or one not
+	// registered, and resolves an earlier reject of the row once it lands.
+	upsert := func(was bool, before []*string) error {
+		if terr != nil {
+			return a.reject(ctx, e, t, fields, was, before, tenant, terr.Error())
+		}
+		for col, i := range t.refs { // children find their tenant here (as the logical stream's remember)
+			if i < len(fields) && fields[i] != nil {
+				a.parents[[2]string{t.rule.Name, *fields[i] + "\x00" + col}] = tenant
+			}
+		}
+		if err := add(tenant, "U", *e.new); err != nil {
+			if u := (*UnregisteredTenantError)(nil); errors.As(err, &u) {
+				return a.reject(ctx, e, t, fields, was, before, tenant, fmt.Sprintf("tenant %q is not registered", tenant))
+			}
+			return err
+		}
+		if was {
+			return a.resolve(ctx, e, t, before, fmt.Sprintf("applied to tenant %q", tenant))
+		}
+		return nil
+	}
 	switch e.op {
 	case "D":
+		if a.wasRejected(t, fields) { // no shard holds the row
+			a.Skipped.Add(1)
+			return a.resolve(ctx, e, t, fields, "the row was deleted on the legacy database")
+		}
+		if terr != nil {
+			a.Skipped.Add(1)
+			return nil
+		}
 		return add(tenant, "D", *e.old)
 	case "I":
-		return add(tenant, "U", *e.new)
+		return upsert(false, fields)
 	case "U":
+		before := fields
 		if e.old != nil {
 			of, err := parseRecord(*e.old)
 			if err != nil {
 				return fmt.Errorf("queued change %d of %s: %w", e.id, e.table, err)
 			}
-			old, err := a.tenantOf(ctx, t, of)
-			if err != nil {
+			before = of
+		}
+		was := a.wasRejected(t, before)
+		if e.old != nil && !was {
+			old, err := a.tenantOf(ctx, t, before)
+			if err != nil && !errors.Is(err, errNoTenant) {
 				return fmt.Errorf("queued change %d of %s: %w", e.id, e.table, err)
 			}
-			if old != tenant {
-				a.TenantChanges.Add(1)
-				a.log.Warn("import: an update moved a row to another tenant", "table", e.table, "from", old, "to", tenant, "change", e.id)
-			}
-			if err := add(old, "D", *e.old); err != nil {
-				return err
+			if err == nil {
+				if old != tenant {
+					a.TenantChanges.Add(1)
+					a.log.Warn("import: an update moved a row to another tenant", "table", e.table, "from", old, "to", tenant, "change", e.id)
+				}
+				if err := add(old, "D", *e.old); err != nil {
+					return err
+				}
 			}
 		}
-		return add(tenant, "U", *e.new)
+		return upsert(was, before)
 	}
 	return fmt.Errorf("queued change %d: unknown op %q", e.id, e.op)
 }
@@ -460,7 +497,9 @@ func (a *qapplier) routeMarker(e entry, take func(string) *qnode, per map[string
 }
 
 // tenantOf finds the tenant of a row image of t: its tenant column, or
-// for a child its parent's (remembered, else looked up on the nodes).
+// for a child its parent's (remembered, else looked up on the nodes). A
+// row without a tenant is errNoTenant (wrapped), as for the logical
+// stream; a child of a rejected parent row a ChildRejectError.
 func (a *qapplier) tenantOf(ctx context.Context, t *trigTable, fields []*string) (string, error) {
 	if t.route >= len(fields) {
 		return "", fmt.Errorf("the row image has %d fields, the table %d columns (was the legacy table altered during the import?)", len(fields), len(t.all))
@@ -468,12 +507,12 @@ func (a *qapplier) tenantOf(ctx context.Context, t *trigTable, fields []*string)
 	v := fields[t.route]
 	if t.rule.Kind == tables.KindTenant {
 		if v == nil {
-			return "", fmt.Errorf("a row with a NULL tenant id in %s", t.rule.TenantColumn)
+			return "", fmt.Errorf("table %s: %w (column %s is NULL)", t.rule.Name, errNoTenant, t.rule.TenantColumn)
 		}
 		return *v, nil
 	}
 	if v == nil {
-		return "", nil
+		return "", fmt.Errorf("table %s: %w (column %s is NULL)", t.rule.Name, errNoTenant, t.rule.ParentKey)
 	}
 	parent := a.tables[t.rule.Parent]
 	if parent == nil {
@@ -507,7 +546,7 @@ func (a *qapplier) tenantOf(ctx context.Context, t *trigTable, fields []*string)
 		a.parents[[2]string{parent.rule.Name, *v + "\x00" + t.rule.ParentColumn}] = tenant
 		return tenant, nil
 	}
-	return "", nil
+	return a.im.rejectedParent(ctx, a.rejected, t.rule, *v) // a parent rejected: the child is rejected too
 }
 
 // catchUpNode brings node nd to snapshot target: it finishes the round under

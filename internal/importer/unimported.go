@@ -23,11 +23,17 @@ import (
 // excluded with `import exclude`), and cutover --all and finish refuse
 // while one is left (UnimportedError, 55000). A table registered late
 // (pgtenant table set) but not in the publication counts as not imported
-// too. (With --schema-per-tenant or --method trigger only unregistered
-// tables are looked for.)
+// too. (With --method trigger only unregistered tables are looked for.)
+//
+// With --schema-per-tenant the tables of the tenant schemas are the
+// import's: a table of a tenant schema that is not in the import's
+// publication (before import start: not among the template schema's
+// tables) is named with the tenant schemas that hold it, e.g.
+// "notes (in 2 tenant schema(s): acme, globex)"; `import exclude notes`
+// leaves it out in every tenant schema.
 
 // ErrUnimported: legacy tables are neither imported nor excluded.
-var ErrUnimported = errors.New("tables of the legacy database are not in the import")
+var ErrUnimported = coded("55000", "tables of the legacy database are not in the import")
 
 // UnimportedError names the legacy tables that stop a cutover or a finish.
 type UnimportedError struct {
@@ -97,7 +103,10 @@ func (im *Importer) Unimported(ctx context.Context) ([]string, error) {
 
 func (im *Importer) unimported(ctx context.Context, legacy *pgx.Conn, imp *Import) ([]string, error) {
 	if ap, err := im.apartmentOf(ctx); err != nil || ap != nil {
-		return nil, err // a schema per tenant: its rules come from the template schema
+		if err != nil {
+			return nil, err
+		}
+		return im.unimportedApartment(ctx, legacy, imp, ap)
 	}
 	app, err := tables.AppTables(ctx, legacy, imp.LegacySchema)
 	if err != nil {
@@ -146,4 +155,50 @@ func (im *Importer) CheckUnimported(ctx context.Context, op string) error {
 		return err
 	}
 	return &UnimportedError{Op: op, Tables: ts}
+}
+
+// unimportedApartment lists the tables of the tenant schemas of a
+// schema-per-tenant import that are not in it (see the comment at the top),
+// each with the schemas that hold it, the excluded ones left out.
+func (im *Importer) unimportedApartment(ctx context.Context, legacy *pgx.Conn, imp *Import, ap *apartment) ([]string, error) {
+	ex, err := im.excluded(ctx)
+	if err != nil {
+		return nil, err
+	}
+	template := []string{} // arrays, never NULL: = ANY(NULL) holds for no row
+	if ex == nil {
+		ex = []string{}
+	}
+	if imp.Publication == "" { // before import start: the template's tables are the import's
+		if template, err = tables.AppTables(ctx, legacy, ap.template); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := legacy.Query(ctx, `SELECT c.relname::text, array_agg(n.nspname::text ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> 'goose_db_version'
+		AND NOT c.relname = ANY($4)
+		AND CASE WHEN $2 = '' THEN NOT c.relname = ANY($3)
+			ELSE NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $2 AND pr.prrelid = c.oid) END
+		GROUP BY c.relname ORDER BY 1`, ap.sortedSchemas(), imp.Publication, template, ex)
+	if err != nil {
+		return nil, fmt.Errorf("look for tables of the tenant schemas not in the import: %w", err)
+	}
+	var out []string
+	var name string
+	var in []string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &in}, func() error {
+		out = append(out, fmt.Sprintf("%s (in %d tenant schema(s): %s)", name, len(in), quoteAll(first(in, 3))+more(len(in), 3)))
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("look for tables of the tenant schemas not in the import: %w", err)
+	}
+	return out, nil
+}
+
+// more is ", and N more" for a list of n items of which shown are named.
+func more(n, shown int) string {
+	if n <= shown {
+		return ""
+	}
+	return fmt.Sprintf(", and %d more", n-shown)
 }

@@ -60,10 +60,10 @@ type VerifyOptions struct {
 }
 
 // ErrVerifyNoStream: the change stream did not reach the verify's point.
-var ErrVerifyNoStream = errors.New("the change stream did not reach the verify's point in time; is `pgtenant import start` (or its follow) running? `pgtenant import status` shows its lag")
+var ErrVerifyNoStream = coded("55000", "the change stream did not reach the verify's point in time; is `pgtenant import start` (or its follow) running? `pgtenant import status` shows its lag")
 
 // ErrVerifyHoldLapsed: the stream stopped holding before the shards were read.
-var ErrVerifyHoldLapsed = errors.New("the change stream stopped holding at the verify's point before the shards were read (the hold lasts at most 2 minutes); verify fewer shards at once (--shard)")
+var ErrVerifyHoldLapsed = coded("57014", "the change stream stopped holding at the verify's point before the shards were read (the hold lasts at most 2 minutes); verify fewer shards at once (--shard)")
 
 // Verify compares the given shards (nil: every copied shard not cut over);
 // see VerifyWith.

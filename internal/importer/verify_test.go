@@ -2,7 +2,6 @@ package importer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -24,23 +23,11 @@ func TestVerifyConsistentUnderWrites(t *testing.T) {
 	c := newCatalog(t, 8, 2)
 	legacy, ids := newLegacy(t, srvA, c, 40, 3)
 	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
+	initImport(ctx, t, c, im, legacy)
 	if _, err := im.Start(ctx, StartOptions{Parallel: 2}); err != nil {
 		t.Fatal(err)
 	}
-	fctx, stopFollow := context.WithCancel(ctx)
-	followDone := make(chan error, 1)
-	go func() { followDone <- im.Follow(fctx) }()
-	defer func() {
-		stopFollow()
-		if err := <-followDone; !errors.Is(err, context.Canceled) {
-			t.Errorf("follow: %v", err)
-		}
-	}()
+	defer follow(ctx, t, im)()
 	for {
 		st, err := im.Status(ctx)
 		if err != nil {
@@ -117,19 +104,7 @@ func TestVerifyConsistentUnderWrites(t *testing.T) {
 	}
 
 	// A row changed on the shard, not on the legacy database.
-	m, err := c.LoadMap(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	loc, err := m.Lookup(ctx, ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	shards, err := im.Shards(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := shards[loc.Shard.ID]
+	target := tenantShard(ctx, t, c, im, ids[0])
 	execSQL(t, target.NodeDSN, `UPDATE `+pgx.Identifier{target.Schema, "buildings"}.Sanitize()+` SET floor_area_m2 = floor_area_m2 + 1
 		WHERE id = (SELECT min(id) FROM `+pgx.Identifier{target.Schema, "buildings"}.Sanitize()+` WHERE tenant_id = $1)`, ids[0])
 	rep, err := im.Verify(ctx, nil)
