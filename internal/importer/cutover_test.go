@@ -332,7 +332,7 @@ func TestMarkerWaitsForDelayedChange(t *testing.T) {
 	}
 	waited := make(chan result, 1)
 	go func() {
-		at, err := waitMarker(ctx, wc, s, seq, nil, nil, CutoverOptions{MarkerTimeout: 2 * time.Minute}, true)
+		at, err := (&Importer{}).waitMarker(ctx, wc, s, seq, nil, nil, CutoverOptions{MarkerTimeout: 2 * time.Minute}, true)
 		waited <- result{at, err}
 	}()
 	select {

@@ -53,6 +53,7 @@ type options struct {
 	writers         int
 	cutoverParallel int
 	cpuProfile      string
+	timeline        bool
 }
 
 func main() {
@@ -68,6 +69,7 @@ func main() {
 	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
 	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
 	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
+	flag.BoolVar(&o.timeline, "timeline", false, "with -cutover: print when each step of the cutovers' pause came (the marker's trip through the stream included)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the copies (Importer.Start of every round) to this file")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
