@@ -104,7 +104,29 @@ func execSQL(t *testing.T, dsn, sql string, args ...any) {
 }
 
 // dropSlots drops the replication slots of the database of dsn, so that
-// the database can be dropped when the test ends.
+// the database can be dropped when the test ends. A slot is still active
+// for a moment after its stream ended (its WAL sender exits once it sees
+// the connection closed): it waits up to 30 s for that.
 func dropSlots(t *testing.T, dsn string) {
-	execSQL(t, dsn, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()`)
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var left int
+		err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE active), count(pg_drop_replication_slot(slot_name)) FILTER (WHERE NOT active)
+			FROM pg_replication_slots WHERE database = current_database()`).Scan(&left, new(int))
+		if err != nil {
+			t.Fatalf("drop the replication slots: %v", err)
+		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drop the replication slots: %d still active after 30 s", left)
+		}
+	}
 }
