@@ -2,7 +2,6 @@ package importer
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -26,33 +25,12 @@ import (
 func TestFencedShardMarkerDurable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c := newCatalog(t, 8, 2)
-	legacy, ids := newLegacy(t, srvA, c, 10, 1)
-	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
-	if _, err := im.Start(ctx, StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := c.LoadMap(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	shards, err := im.Shards(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	loc, err := m.Lookup(ctx, ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := shards[loc.Shard.ID]
+	f := startFollowed(t, ctx, 10)
+	im, legacy, ids := f.im, f.legacy, f.ids
+	s := f.shardOf(t, ctx, ids[0])
 	other := "" // a tenant of another shard
 	for _, id := range ids[1:] {
-		if l, err := m.Lookup(ctx, id); err == nil && l.Shard.ID != s.Shard {
+		if f.shardOf(t, ctx, id).Shard != s.Shard {
 			other = id
 			break
 		}
@@ -60,16 +38,6 @@ func TestFencedShardMarkerDurable(t *testing.T) {
 	if other == "" {
 		t.Fatal("every tenant is on one shard")
 	}
-	fctx, stopFollow := context.WithCancel(ctx)
-	followed := make(chan error, 1)
-	go func() { followed <- im.Follow(fctx) }()
-	defer func() {
-		stopFollow()
-		if err := <-followed; !errors.Is(err, context.Canceled) {
-			t.Errorf("follow: %v", err)
-		}
-	}()
-	waitSlotActive(t, ctx, im)
 
 	lc, err := pgx.Connect(ctx, legacy)
 	if err != nil {

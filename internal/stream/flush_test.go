@@ -3,6 +3,8 @@ package stream
 import (
 	"fmt"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TestFlushAndSyncPositions (issue 12, the cutover's pause): a commit
@@ -14,15 +16,7 @@ import (
 // its commit, and the target's WAL is flushed that far.
 func TestFlushAndSyncPositions(t *testing.T) {
 	ctx := ctxT(t)
-	dst := connect(t, ownedDatabase(t, nodeRole))
-	exec(t, dst, `CREATE SCHEMA app; CREATE TABLE app.log (at int, msg text)`)
-	if err := EnsurePositionTable(ctx, dst); err != nil {
-		t.Fatal(err)
-	}
-	rel := &Relation{ID: 1, Schema: "app", Table: "log", Identity: 'f', Columns: []Column{{Name: "at", Key: true}, {Name: "msg", Key: true}}}
-	txn := func(at int, end LSN) []*Txn {
-		return []*Txn{{EndLSN: end, Changes: []Change{{Kind: Insert, Rel: rel, New: Tuple{{Data: []byte(fmt.Sprint(at))}, {Data: []byte("m")}}}}}}
-	}
+	dst, txn := logTarget(t)
 	a := &TableApplier{Conn: dst, Name: "f"}
 	flushedNow := func() LSN {
 		t.Helper()
@@ -62,5 +56,22 @@ func TestFlushAndSyncPositions(t *testing.T) {
 	}
 	if now := flushedNow(); now < sync.FlushLSN {
 		t.Fatalf("a synchronous apply returned flushed %s, the WAL is flushed to %s", sync.FlushLSN, now)
+	}
+}
+
+// logTarget returns a connection to a database of its own owned by the
+// node role, with a table app.log (no key) and the position table, and a
+// function making a batch of one source transaction ending at end that
+// inserts the row (at, 'm').
+func logTarget(t *testing.T) (*pgx.Conn, func(at int, end LSN) []*Txn) {
+	t.Helper()
+	dst := connect(t, ownedDatabase(t, nodeRole))
+	exec(t, dst, `CREATE SCHEMA app; CREATE TABLE app.log (at int, msg text)`)
+	if err := EnsurePositionTable(ctxT(t), dst); err != nil {
+		t.Fatal(err)
+	}
+	rel := &Relation{ID: 1, Schema: "app", Table: "log", Identity: 'f', Columns: []Column{{Name: "at", Key: true}, {Name: "msg", Key: true}}}
+	return dst, func(at int, end LSN) []*Txn {
+		return []*Txn{{EndLSN: end, Changes: []Change{{Kind: Insert, Rel: rel, New: Tuple{{Data: []byte(fmt.Sprint(at))}, {Data: []byte("m")}}}}}}
 	}
 }
