@@ -9,10 +9,11 @@
 // tenant, -writers clients write through it (a ledger of acknowledged
 // inserts), the change stream follows, every shard is cut over in waves of
 // -cutover-parallel, and it prints each shard's pause, the clients' max
-// latency and whether every acknowledged write is on the shards once. See
+// latency and whether every acknowledged write is on the shards once; with
+// -timeline also when each step of the cutovers' pause came. See
 // bench/README.md.
 //
-//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 900] [-shards 64] [-parallel 4,1,4] [-cutover]
+//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 900] [-shards 64] [-parallel 4,1,4] [-cutover [-timeline]]
 package main
 
 import (
