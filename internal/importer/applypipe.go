@@ -466,7 +466,7 @@ func (n *nodeApplier) flush(ctx context.Context) error {
 	flushed, err := stream.Flush(ctx, n.ta.Conn)
 	n.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("node %s: %w", n.name, err)
+		return err // the pipeline names the node
 	}
 	n.allFlushed(flushed)
 	return nil

@@ -13,9 +13,9 @@ const (
 	StepMarkerCommitted = "marker committed" // the legacy database committed the marker
 	StepMarkerDecoded   = "marker decoded"   // the applier has the marker from the stream
 	StepMarkerApplied   = "marker applied"   // the marker's round committed on the node
-	StepNodeFlushed     = "node flushed"     // the cutover's flush beside the marker's trip returned
+	StepNodeFlushed     = "node flushed"     // the trigger method: the cutover's flush beside the marker's trip returned
 	StepMarkerNotified  = "marker notified"  // the cutover saw the marker on the node
-	StepNodeReflushed   = "node reflushed"   // the cutover flushed the node again (the first was too early)
+	StepNodeReflushed   = "node reflushed"   // the cutover flushed the node after that (not known durable past the shard's changes)
 	StepFlipped         = "flipped"          // the catalog committed the flip
 	StepReleased        = "released"         // every router acknowledged the flip
 )
