@@ -39,6 +39,9 @@ var ErrTenantChange = coded("0A000", "an update changed a row's tenant")
 type shardRoute struct {
 	schema, node, state string
 	copyLSN             stream.LSN
+	// fenced: the shard is fenced in the catalog (a cutover's pause, or a
+	// rollback's): its node flushes the rounds that change it.
+	fenced bool
 }
 
 // applier routes each row change of the legacy database to the shard of
@@ -57,6 +60,12 @@ type applier struct {
 	parents map[[2]string]string        // (parent table, key text) → tenant
 	log     *slog.Logger
 	version int64 // the map version shards was read at
+	// fenced are the schemas of the shards fenced at that version (shared
+	// with the node appliers: replaced, never changed); newlyFenced the
+	// shards fenced since the version before, whose nodes flush what they
+	// applied of them (applypipe.go).
+	fenced      map[string]bool
+	newlyFenced []int
 	// catchUp, when set, limits the applier to the tables a killed copy
 	// completed, up to a new snapshot's point (see Importer.catchUp).
 	catchUp *catchUp
@@ -100,7 +109,7 @@ func (a *applier) reload(ctx context.Context) error {
 	if a.shards != nil {
 		known = a.version
 	}
-	rows, err := a.im.cat.Pool().Query(ctx, `SELECT v.version, s.id, s.schema_name, s.node, i.state, coalesce(i.copy_lsn::text, '')
+	rows, err := a.im.cat.Pool().Query(ctx, `SELECT v.version, s.id, s.schema_name, s.node, i.state, coalesce(i.copy_lsn::text, ''), s.state = 'fenced'
 		FROM (SELECT version FROM pgtenant.map_version) v
 		LEFT JOIN (pgtenant.import_shards i JOIN pgtenant.shards s ON s.id = i.shard) ON v.version <> $1`, known)
 	if err != nil {
@@ -109,12 +118,13 @@ func (a *applier) reload(ctx context.Context) error {
 	var v int64
 	var id *int
 	var schema, node, state, copyLSN *string
+	var fenced *bool
 	shards := map[int]shardRoute{}
-	_, err = pgx.ForEachRow(rows, []any{&v, &id, &schema, &node, &state, &copyLSN}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&v, &id, &schema, &node, &state, &copyLSN, &fenced}, func() error {
 		if id == nil {
 			return nil
 		}
-		r := shardRoute{schema: *schema, node: *node, state: *state}
+		r := shardRoute{schema: *schema, node: *node, state: *state, fenced: *fenced}
 		if *copyLSN != "" {
 			var err error
 			if r.copyLSN, err = stream.ParseLSN(*copyLSN); err != nil {
@@ -128,7 +138,17 @@ func (a *applier) reload(ctx context.Context) error {
 		return fmt.Errorf("read the shards' routes: %w", err)
 	}
 	if v != known {
-		a.shards, a.version = shards, v
+		fencedSchemas := map[string]bool{}
+		for id, r := range shards {
+			if !r.fenced {
+				continue
+			}
+			fencedSchemas[r.schema] = true
+			if old, ok := a.shards[id]; a.shards != nil && (!ok || !old.fenced) {
+				a.newlyFenced = append(a.newlyFenced, id)
+			}
+		}
+		a.shards, a.version, a.fenced = shards, v, fencedSchemas
 	}
 	return nil
 }
@@ -333,7 +353,7 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 	}
 	perNode := map[string][]*stream.Txn{}
 	notify := map[string][][2]string{} // node → its markers' notifications
-	marks := map[string][]string{}     // node → its markers' shard schemas
+	marks := map[string][]markPart{}   // node → its markers' shards
 	for _, t := range txns {
 		out := map[string]*stream.Txn{}
 		add := func(node string, c stream.Change) {
@@ -359,9 +379,10 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 					return fmt.Errorf("marker without a shard: %w", err)
 				}
 				if s, ok := a.shards[shard]; ok && t.EndLSN > a.pos[s.node] {
+					a.im.traceStep(shard, StepMarkerDecoded, time.Now())
 					seq, _ := value(c.New, column(c.Rel, "seq"))
 					notify[s.node] = append(notify[s.node], [2]string{markerChannel(shard), seq + " %s"})
-					marks[s.node] = append(marks[s.node], s.schema)
+					marks[s.node] = append(marks[s.node], markPart{shard: shard, schema: s.schema})
 					r := *c.Rel
 					r.Schema, r.Table = "pgtenant_stream", "import_marker"
 					c.Rel = a.renamed(&r, "pgtenant_stream")
@@ -430,14 +451,34 @@ func (a *applier) applyBatch(ctx context.Context, txns []*stream.Txn) error {
 		}
 	}
 	if a.pipe != nil {
+		// The nodes of the shards fenced since the last batch flush what
+		// they applied of them, beside the rest of the cutover's pause.
+		flushFor := map[string][]string{}
+		for _, id := range a.newlyFenced {
+			if s, ok := a.shards[id]; ok {
+				flushFor[s.node] = append(flushFor[s.node], s.schema)
+			}
+		}
+		a.newlyFenced = nil
 		b := a.pipe.take(txns[len(txns)-1].EndLSN, len(perNode))
 		for node, ts := range perNode {
-			if err := a.pipe.send(ctx, node, nodeWork{txns: ts, batch: b, notify: notify[node], marks: marks[node]}); err != nil {
+			w := nodeWork{txns: ts, batch: b, notify: notify[node], marks: marks[node], fenced: a.fenced, flushFor: flushFor[node]}
+			if err := a.pipe.send(ctx, node, w); err != nil {
+				return err
+			}
+			delete(flushFor, node)
+		}
+		for node, schemas := range flushFor {
+			if _, ok := a.pipe.nodes[node]; !ok {
+				continue
+			}
+			if err := a.pipe.send(ctx, node, nodeWork{fenced: a.fenced, flushFor: schemas}); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
+	a.newlyFenced = nil // applied durably below
 	if err := a.applyNodes(ctx, perNode); err != nil {
 		return err
 	}

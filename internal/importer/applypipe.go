@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,18 +33,22 @@ import (
 //     node's position, lost with it, is older).
 //   - The flip never rests on a change the node could lose (the stream
 //     skips a shard's legacy changes once it is cut over, so it would not
-//     apply it again). A round with a marker commits without waiting for
-//     its flush too, unless it carries a change of the marker's shard; its
-//     notification then names the node's position after the last round
-//     that changed the shard (nodeApplier.changed), and the cutover flips
-//     only once the node's WAL is flushed that far: it flushes the node
-//     itself when the legacy database committed the marker, beside the
-//     marker's trip, and again only if that was too early. That position
-//     is also where the shard's reverse stream starts (import rollback):
-//     past every change the stream applied to the shard, and durable. A
-//     round with a change of its marker's shard commits with
-//     synchronous_commit = on (flushing every round before it) and names
-//     the node's position after its commit, as before.
+//     apply it again). A round commits with synchronous_commit = on
+//     (flushing every round before it) when it changes a shard that is
+//     fenced (the routes read for its batch say so), or one whose marker
+//     it carries, or when its shard was fenced since the batch before and
+//     the node's WAL is not known to be flushed past the shard's last
+//     change (nodeApplier.changed, nodeApplier.flushed; a flush request
+//     alone flushes the node): so, while the routers hold the shard and the
+//     legacy database commits the marker, the node flushes what it applied
+//     of it. A round with a marker otherwise commits without waiting for
+//     its flush, and its notification names the node's position after the
+//     last round that changed the shard: alone when the node is known
+//     flushed that far (the cutover flips at once), else with the node's
+//     position after the marker's round before it, and the cutover flips
+//     only once it flushed the node that far. That position is also where
+//     the shard's reverse stream starts (import rollback): past every
+//     change the stream applied to the shard, and durable.
 //   - Reads of a node's applied rows (a child's parent looked up, a
 //     verify's hold) wait for the node's queue (nodeApplier.mu, drain).
 
@@ -75,6 +80,9 @@ type pipeline struct {
 	fail  context.CancelCauseFunc
 	wg    sync.WaitGroup
 
+	// trace is told when a marker's round committed (Importer.SetTrace).
+	trace func(shard int, step string, at time.Time)
+
 	mu      sync.Mutex
 	open    []*pending // batches not durable on every node, in stream order
 	durable stream.LSN
@@ -98,24 +106,44 @@ type nodeApplier struct {
 	// unflushed are the rounds committed without waiting for the flush.
 	unflushed []unflushedRound
 	// changed is, per shard schema, the node's position after the last
-	// round that changed it in this run (changedUnknown: a round committed
-	// with its flush, whose position is not read); start is the node's
+	// round that changed it in this run (for a round committed with its
+	// flush: the flushed position read after it); start is the node's
 	// position when the run started, for the shards not changed since.
 	changed map[string]stream.LSN
 	start   stream.LSN
+	// flushed is how far the node's WAL is known to be flushed.
+	flushed stream.LSN
 }
 
-// changedUnknown marks a shard whose last change's position is unknown:
-// its next marker round commits with its flush.
-const changedUnknown = ^stream.LSN(0)
+// changedAt is the node's position after the last round that changed
+// schema (the run's start when none did).
+func (n *nodeApplier) changedAt(schema string) stream.LSN {
+	if at, ok := n.changed[schema]; ok {
+		return at
+	}
+	return n.start
+}
 
-// nodeWork is one batch's part for a node, or a drain request.
+// markPart is the shard of a cutover marker in a node's part.
+type markPart struct {
+	shard  int
+	schema string
+}
+
+// nodeWork is one batch's part for a node, a drain request, or a flush
+// request.
 type nodeWork struct {
 	txns    []*stream.Txn
 	batch   *pending
 	notify  [][2]string   // cutover markers' notifications
-	marks   []string      // the shard schema of each of notify's markers
+	marks   []markPart    // the shard of each of notify's markers
 	drained chan struct{} // a drain request: closed once every part before it is applied
+	// fenced are the schemas of the shards fenced when the part was
+	// routed: a round that changes one commits with its flush.
+	fenced map[string]bool
+	// flushFor are the schemas of shards fenced since the batch before:
+	// the node flushes what it applied of them.
+	flushFor []string
 }
 
 type unflushedRound struct {
@@ -230,13 +258,16 @@ func (p *pipeline) drain(ctx context.Context) error {
 // drain request, starts its round at once.
 func (n *nodeApplier) run(ctx context.Context) error {
 	n.mu.Lock()
-	var start string
-	err := n.ta.Conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&start)
+	var start, flushed string
+	err := n.ta.Conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text`).Scan(&start, &flushed)
 	n.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("read the node's WAL position: %w", err)
 	}
 	if n.start, err = stream.ParseLSN(start); err != nil {
+		return err
+	}
+	if n.flushed, err = stream.ParseLSN(flushed); err != nil {
 		return err
 	}
 	n.changed = map[string]stream.LSN{}
@@ -303,7 +334,7 @@ func (n *nodeApplier) run(ctx context.Context) error {
 	}
 }
 
-func (w nodeWork) urgent() bool { return len(w.notify) > 0 || w.drained != nil }
+func (w nodeWork) urgent() bool { return len(w.notify) > 0 || w.drained != nil || len(w.flushFor) > 0 }
 
 func (w nodeWork) size() int {
 	n := 0
@@ -313,14 +344,16 @@ func (w nodeWork) size() int {
 	return n
 }
 
-// apply applies a round's parts in one target transaction, synchronously
-// committed when a part carries a marker whose shard the round changes
-// (see the top of this file), and then answers its drain requests.
+// apply applies a round's parts in one target transaction (see the top of
+// this file for when it commits with its flush and what its markers'
+// notifications say), flushes the node for the shards newly fenced when
+// the round had nothing to apply, and then answers its drain requests.
 func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
 	var txns []*stream.Txn
 	var batches []*pending
 	var notify [][2]string
-	var marks []string
+	var marks []markPart
+	var flushFor []string
 	for _, w := range round {
 		txns = append(txns, w.txns...)
 		if w.batch != nil {
@@ -328,21 +361,31 @@ func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
 		}
 		notify = append(notify, w.notify...)
 		marks = append(marks, w.marks...)
+		flushFor = append(flushFor, w.flushFor...)
+	}
+	fenced := round[len(round)-1].fenced // the latest routes'
+	// needFlush: a newly fenced shard's changes are not known durable.
+	needFlush := false
+	for _, s := range flushFor {
+		needFlush = needFlush || n.changedAt(s) > n.flushed
 	}
 	if len(txns) > 0 {
 		schemas := changedSchemas(txns)
-		sync := false
+		sync := needFlush
 		for _, m := range marks {
-			sync = sync || schemas[m] || n.changed[m] == changedUnknown
+			sync = sync || schemas[m.schema]
+		}
+		for s := range schemas {
+			sync = sync || fenced[s]
 		}
 		if !sync && len(notify) > 0 { // each names where its shard last changed
 			notify = append([][2]string(nil), notify...)
 			for i, m := range marks {
-				at, ok := n.changed[m]
-				if !ok {
-					at = n.start
+				if at := n.changedAt(m.schema); at <= n.flushed {
+					notify[i][1] = strings.Replace(notify[i][1], "%s", at.String(), 1) // durable there
+				} else {
+					notify[i][1] += " " + at.String()
 				}
-				notify[i][1] += " " + at.String()
 			}
 		}
 		n.mu.Lock()
@@ -351,25 +394,33 @@ func (n *nodeApplier) apply(ctx context.Context, round []nodeWork) error {
 		if err != nil {
 			return err
 		}
-		for s := range schemas {
-			if sync {
-				n.changed[s] = changedUnknown
-			} else {
-				n.changed[s] = res.CommitLSN
+		if n.p.trace != nil {
+			for _, m := range marks {
+				n.p.trace(m.shard, StepMarkerApplied, time.Now())
 			}
 		}
 		if sync { // flushed: so is every round committed before it
-			for _, u := range n.unflushed {
-				n.p.done(u.batches)
+			for s := range schemas {
+				n.changed[s] = res.FlushLSN // past the round's commit, and durable
 			}
-			n.unflushed = n.unflushed[:0]
+			n.allFlushed(res.FlushLSN)
 			n.p.done(batches)
 		} else {
+			for s := range schemas {
+				n.changed[s] = res.CommitLSN
+			}
 			n.unflushed = append(n.unflushed, unflushedRound{lsn: res.CommitLSN, batches: batches})
 			n.flushedTo(res.FlushLSN)
 		}
-	} else if len(batches) > 0 {
-		n.p.done(batches) // parts without changes (cannot happen today)
+	} else {
+		if len(batches) > 0 {
+			n.p.done(batches) // parts without changes (cannot happen today)
+		}
+		if needFlush {
+			if err := n.flush(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	for _, w := range round {
 		if w.drained != nil {
@@ -398,29 +449,42 @@ func changedSchemas(txns []*stream.Txn) map[string]bool {
 }
 
 // checkFlush makes the rounds committed without their flush durable when
-// nothing else came for flushCheck: a transaction that wrote WAL (flushSQL)
-// committed with synchronous_commit = on flushes the node's WAL up to it. (The WAL
-// writer flushes async commits by itself, but a round's recorded position
-// may lie past its commit record, on WAL nothing else might flush soon.)
+// nothing else came for flushCheck. (The WAL writer flushes async commits by
+// itself, but a round's recorded position may lie past its commit record,
+// on WAL nothing else might flush soon.)
 func (n *nodeApplier) checkFlush(ctx context.Context) error {
 	if len(n.unflushed) == 0 {
 		return nil
 	}
+	return n.flush(ctx)
+}
+
+// flush flushes the node's WAL (stream.Flush): every round committed so
+// far is durable.
+func (n *nodeApplier) flush(ctx context.Context) error {
 	n.mu.Lock()
-	_, err := n.ta.Conn.PgConn().Exec(ctx, `BEGIN; SET LOCAL synchronous_commit = on; `+flushSQL+`; COMMIT`).ReadAll()
+	flushed, err := stream.Flush(ctx, n.ta.Conn)
 	n.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("flush the node's WAL: %w", err)
+		return err // the pipeline names the node
 	}
+	n.allFlushed(flushed)
+	return nil
+}
+
+// allFlushed marks every round committed so far durable, the node's WAL
+// flushed to lsn.
+func (n *nodeApplier) allFlushed(lsn stream.LSN) {
 	for _, u := range n.unflushed {
 		n.p.done(u.batches)
 	}
 	n.unflushed = n.unflushed[:0]
-	return nil
+	n.flushed = max(n.flushed, lsn)
 }
 
 // flushedTo marks the rounds committed up to lsn durable.
 func (n *nodeApplier) flushedTo(lsn stream.LSN) {
+	n.flushed = max(n.flushed, lsn)
 	i := 0
 	for i < len(n.unflushed) && n.unflushed[i].lsn <= lsn {
 		n.p.done(n.unflushed[i].batches)

@@ -23,17 +23,7 @@ import (
 func TestNodeStallsAlone(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	c := newCatalog(t, 8, 2)
-	legacy, ids := newLegacy(t, srvA, c, 20, 1)
-	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
-	if _, err := im.Start(ctx, StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c, im, legacy, ids := startImport(t, ctx, 8, 2, 20)
 	imp, err := im.load(ctx)
 	if err != nil {
 		t.Fatal(err)

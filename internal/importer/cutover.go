@@ -258,11 +258,14 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	}
 
 	t0 := time.Now()
+	im.traceStep(s.Shard, StepFence, t0)
 	fence, err := mover.FenceShard(ctx, s.Shard, s.Node, importFenceOwner)
 	if err != nil {
 		return err
 	}
 	r.Fenced = time.Since(t0)
+	im.traceStep(s.Shard, StepFenceCommitted, t0.Add(fence.Marked))
+	im.traceStep(s.Shard, StepRoutersHold, t0.Add(r.Fenced))
 	fctx := fence.Context()
 	fail := func(err error) error {
 		if c := context.Cause(fctx); c != nil && !errors.Is(c, context.Canceled) {
@@ -275,7 +278,8 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 		return fail(err)
 	}
 	r.Written = time.Since(t0)
-	nodeLSN, err := waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts, listen)
+	im.traceStep(s.Shard, StepMarkerCommitted, t0.Add(r.Written))
+	nodeLSN, err := im.waitMarker(fctx, node, s, seq, pairs, ids.nodeStarts(last), opts, listen)
 	if err != nil {
 		return fail(err)
 	}
@@ -297,6 +301,10 @@ func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Im
 	r.Pause = time.Since(t0)
 	if !fence.FlippedAt.IsZero() {
 		r.Flipped = fence.FlippedAt.Sub(t0)
+		im.traceStep(s.Shard, StepFlipped, fence.FlippedAt)
+		if err == nil {
+			im.traceStep(s.Shard, StepReleased, t0.Add(r.Pause))
+		}
 	}
 	if err != nil && !fence.Ended() {
 		return fail(err)
@@ -447,44 +455,49 @@ func markAndRead(ctx context.Context, legacy *pgx.Conn, shard int, pairs []seqPa
 // past every change the stream applied to the shard. It returns that
 // position: where the shard's reverse stream starts (import rollback).
 //
-// The sequences, the first look for the marker and a flush of the node's
-// WAL go as one round trip, sent when the legacy database committed the
-// marker: the flush runs beside the marker's trip and covers the shard's
-// changes applied before it (committed on the legacy database before the
-// fence, they are on the node by then unless the stream lags). With listen
-// it then waits for the applier's notification: one whose round committed
-// with its flush names the node's position after it; one whose round did
-// not names the position after the shard's last change (applypipe.go), and
-// the node is flushed again only when the first flush came before it.
-// Without a notification (a notification lost with a restarted stream) it
-// looks at the node every notifyWait, and once the marker is there flushes
-// the node and returns the flushed position; without listen it polls every
-// opts.PollInterval.
-func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions, listen bool) (stream.LSN, error) {
+// The sequences go in one round trip sent when the legacy database
+// committed the marker (its commit flushes the node only when a sequence
+// moved: the shard's block is chosen so that it seldom does), beside the
+// marker's trip. With listen it then waits for the applier's notification,
+// which names a position: where the node is flushed past the shard's
+// changes (the applier flushes the rounds that change a fenced shard, and
+// the node when a shard is fenced, while the routers hold it and the
+// legacy database commits the marker), or, with a second position, the
+// node's position after the shard's last change, not known flushed: the
+// node is flushed then, unless it already was that far. Without a
+// notification (one lost with a restarted stream) it looks at the node
+// every notifyWait, and once the marker is there flushes the node and
+// returns the flushed position; without listen (the trigger method) the
+// round trip flushes the node too, and it polls every opts.PollInterval.
+func (im *Importer) waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64, pairs []seqPair, last []int64, opts CutoverOptions, listen bool) (stream.LSN, error) {
 	const poll = `SELECT EXISTS (SELECT FROM ` + nodeMarkers + ` WHERE shard = $1 AND seq = $2), pg_current_wal_lsn()::text`
 	deadline := time.Now().Add(opts.MarkerTimeout)
 	var ok bool
 	var lsn, flushedText string
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
-	b.Queue(`SET LOCAL synchronous_commit = on`)
+	b.Queue(`SET LOCAL synchronous_commit = on`) // a sequence set is WAL: the COMMIT then waits for its flush
 	if len(pairs) > 0 {
 		queueSetSequences(b, pairs, last)
 	}
-	b.Queue(poll, s.Shard, seq).QueryRow(func(r pgx.Row) error { return r.Scan(&ok, &lsn) })
-	queueFlush(b, &flushedText)
+	if !listen {
+		b.Queue(poll, s.Shard, seq).QueryRow(func(r pgx.Row) error { return r.Scan(&ok, &lsn) })
+		b.Queue(stream.FlushSQL)
+	}
+	b.Queue(`COMMIT`)
+	b.Queue(`SELECT pg_current_wal_flush_lsn()::text`).QueryRow(func(r pgx.Row) error { return r.Scan(&flushedText) })
 	if err := node.SendBatch(ctx, b).Close(); err != nil {
 		if node.PgConn().TxStatus() != 'I' {
 			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
 		}
-		return 0, fmt.Errorf("set the shard's sequences, look for the marker and flush node %s: %w", s.Node, err)
+		return 0, fmt.Errorf("set the shard's sequences on node %s: %w", s.Node, err)
 	}
 	flushed, err := stream.ParseLSN(flushedText)
 	if err != nil {
 		return 0, err
 	}
-	if ok && listen { // applied before the flush: it covers the marker's round
-		return flushed, nil
+	if !listen {
+		im.traceStep(s.Shard, StepNodeFlushed, time.Now())
 	}
 	for !ok {
 		if time.Now().After(deadline) {
@@ -496,8 +509,9 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 				return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 			}
 			if ok {
+				im.traceStep(s.Shard, StepMarkerNotified, time.Now())
 				at, need, async := strings.Cut(lsn, " ")
-				if !async { // its round committed with its flush
+				if !async { // durable there
 					return stream.ParseLSN(at)
 				}
 				changed, err := stream.ParseLSN(need)
@@ -505,9 +519,10 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 					return 0, err
 				}
 				if changed > flushed {
-					if flushed, err = flushNode(ctx, node); err != nil {
-						return 0, fmt.Errorf("flush node %s: %w", s.Node, err)
+					if _, err = stream.Flush(ctx, node); err != nil {
+						return 0, fmt.Errorf("node %s: %w", s.Node, err)
 					}
+					im.traceStep(s.Shard, StepNodeReflushed, time.Now())
 				}
 				return changed, nil
 			}
@@ -518,49 +533,17 @@ func waitMarker(ctx context.Context, node *pgx.Conn, s ShardProgress, seq int64,
 			return 0, fmt.Errorf("wait for the marker on node %s: %w", s.Node, err)
 		}
 		if ok && listen { // no notification: flush past the marker's round
-			f, err := flushNode(ctx, node)
+			im.traceStep(s.Shard, StepMarkerNotified, time.Now())
+			f, err := stream.Flush(ctx, node)
 			if err != nil {
-				return 0, fmt.Errorf("flush node %s: %w", s.Node, err)
+				return 0, fmt.Errorf("node %s: %w", s.Node, err)
 			}
+			im.traceStep(s.Shard, StepNodeReflushed, time.Now())
 			return f, nil
 		}
 	}
+	im.traceStep(s.Shard, StepMarkerNotified, time.Now())
 	return stream.ParseLSN(lsn)
-}
-
-// queueFlush queues, in a transaction begun with synchronous_commit = on,
-// flushSQL, the COMMIT (which then waits for the node's WAL to be flushed
-// up to it: past every transaction committed before) and the read of the
-// flushed position into flushed.
-func queueFlush(b *pgx.Batch, flushed *string) {
-	b.Queue(flushSQL)
-	b.Queue(`COMMIT`)
-	b.Queue(`SELECT pg_current_wal_flush_lsn()::text`).QueryRow(func(r pgx.Row) error { return r.Scan(flushed) })
-}
-
-// flushSQL makes its transaction's commit wait for the WAL flush under
-// synchronous_commit = on: a commit waits only when its transaction wrote
-// WAL before the commit record, which a transaction id alone does not
-// (pg_current_xact_id()); a transactional logical message does (no table,
-// and executable by any role; logical slots on the node see an empty
-// transaction, which pgoutput skips).
-const flushSQL = `SELECT pg_logical_emit_message(true, 'pgtenant_flush', '')`
-
-// flushNode flushes the node's WAL past every transaction committed there
-// so far, in one round trip, and returns the flushed position.
-func flushNode(ctx context.Context, node *pgx.Conn) (stream.LSN, error) {
-	var flushed string
-	b := &pgx.Batch{}
-	b.Queue(`BEGIN`)
-	b.Queue(`SET LOCAL synchronous_commit = on`)
-	queueFlush(b, &flushed)
-	if err := node.SendBatch(ctx, b).Close(); err != nil {
-		if node.PgConn().TxStatus() != 'I' {
-			_, _ = node.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
-		}
-		return 0, err
-	}
-	return stream.ParseLSN(flushed)
 }
 
 // notifyWait is how long waitMarker waits for a notification before it

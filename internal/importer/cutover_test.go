@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/stream"
 )
 
@@ -151,17 +153,7 @@ func waitSlotActive(t *testing.T, ctx context.Context, im *Importer) {
 // waits for it instead of exiting, then streams.
 func TestFollowWaitsForBusySlot(t *testing.T) {
 	ctx := ctxT(t)
-	c := newCatalog(t, 4, 1)
-	legacy, ids := newLegacy(t, srvA, c, 4, 1)
-	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
-	if _, err := im.Start(ctx, StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, im, legacy, ids := startImport(t, ctx, 4, 1, 4)
 	imp, err := im.load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +227,7 @@ func TestFollowWaitsForBusySlot(t *testing.T) {
 // TestMarkerWaitsForDelayedChange (issue 12, the cutover's pause): a change
 // committed on the legacy database just before the marker whose apply on
 // the node is held by a lock (the node's rounds wait behind it, the
-// marker's with them). The cutover's flush of the node, sent with the
+// marker's with them). The cutover's round trip to the node, sent with the
 // marker, comes before that change is applied: the wait for the marker
 // ends only once the change is on the node, and the position it returns
 // (where the flip's durability is checked and the shard's reverse stream
@@ -244,40 +236,8 @@ func TestFollowWaitsForBusySlot(t *testing.T) {
 func TestMarkerWaitsForDelayedChange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c := newCatalog(t, 8, 2)
-	legacy, ids := newLegacy(t, srvA, c, 10, 1)
-	im := New(c, nil)
-	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
-		t.Fatal(err)
-	}
-	applyBaseline(t, c, im)
-	t.Cleanup(func() { dropSlots(t, legacy) })
-	if _, err := im.Start(ctx, StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := c.LoadMap(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	loc, err := m.Lookup(ctx, ids[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	shards, err := im.Shards(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := shards[loc.Shard.ID]
-	fctx, stopFollow := context.WithCancel(ctx)
-	followed := make(chan error, 1)
-	go func() { followed <- im.Follow(fctx) }()
-	defer func() {
-		stopFollow()
-		if err := <-followed; !errors.Is(err, context.Canceled) {
-			t.Errorf("follow: %v", err)
-		}
-	}()
-	waitSlotActive(t, ctx, im)
+	f := startFollowed(t, ctx, 10)
+	legacy, ids, s := f.legacy, f.ids, f.shardOf(t, ctx, f.ids[0])
 
 	lc, err := pgx.Connect(ctx, legacy)
 	if err != nil {
@@ -332,7 +292,7 @@ func TestMarkerWaitsForDelayedChange(t *testing.T) {
 	}
 	waited := make(chan result, 1)
 	go func() {
-		at, err := waitMarker(ctx, wc, s, seq, nil, nil, CutoverOptions{MarkerTimeout: 2 * time.Minute}, true)
+		at, err := (&Importer{}).waitMarker(ctx, wc, s, seq, nil, nil, CutoverOptions{MarkerTimeout: 2 * time.Minute}, true)
 		waited <- result{at, err}
 	}()
 	select {
@@ -363,4 +323,71 @@ func TestMarkerWaitsForDelayedChange(t *testing.T) {
 	if r.at <= lsn(t, held) || lsn(t, flushed) < r.at {
 		t.Fatalf("the wait returned node position %s: the delayed change committed past %s, the node's WAL is flushed to %s", r.at, held, flushed)
 	}
+}
+
+// followedImport is an import copied and followed (Importer.Follow) until
+// the test ends.
+type followedImport struct {
+	im     *Importer
+	legacy string
+	ids    []string
+	m      *placement.Map
+	shards []ShardProgress // by shard id
+}
+
+// startFollowed imports a legacy database of n tenants (catalog of 8
+// shards on 2 nodes), copies it, and follows its changes until the test
+// ends.
+func startFollowed(t *testing.T, ctx context.Context, n int) *followedImport {
+	t.Helper()
+	c, im, legacy, ids := startImport(t, ctx, 8, 2, n)
+	m, err := c.LoadMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
+	followed := make(chan error, 1)
+	go func() { followed <- im.Follow(fctx) }()
+	t.Cleanup(func() {
+		stopFollow()
+		if err := <-followed; !errors.Is(err, context.Canceled) {
+			t.Errorf("follow: %v", err)
+		}
+	})
+	waitSlotActive(t, ctx, im)
+	return &followedImport{im: im, legacy: legacy, ids: ids, m: m, shards: shards}
+}
+
+// startImport imports a legacy database of n tenants (one hour of
+// readings each) into a catalog of shards shards on nodes nodes: init,
+// the baseline, the copy (Importer.Start); the slots are dropped when the
+// test ends.
+func startImport(t *testing.T, ctx context.Context, shards, nodes, n int) (*catalog.Catalog, *Importer, string, []string) {
+	t.Helper()
+	c := newCatalog(t, shards, nodes)
+	legacy, ids := newLegacy(t, srvA, c, n, 1)
+	im := New(c, nil)
+	if _, err := im.Init(ctx, InitOptions{DSN: legacy, RegisterTenants: true}); err != nil {
+		t.Fatal(err)
+	}
+	applyBaseline(t, c, im)
+	t.Cleanup(func() { dropSlots(t, legacy) })
+	if _, err := im.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return c, im, legacy, ids
+}
+
+// shardOf returns tenant's shard.
+func (f *followedImport) shardOf(t *testing.T, ctx context.Context, tenant string) ShardProgress {
+	t.Helper()
+	loc, err := f.m.Lookup(ctx, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.shards[loc.Shard.ID]
 }

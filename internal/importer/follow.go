@@ -165,6 +165,7 @@ func (im *Importer) Follow(ctx context.Context) error {
 	// a node's failure ends the stream.
 	ctx, fail := context.WithCancelCause(ctx)
 	a.pipe = newPipeline(a.nodes, fail)
+	a.pipe.trace = im.trace
 	a.pipe.start(ctx)
 	defer func() {
 		fail(context.Canceled)

@@ -20,6 +20,7 @@ type Importer struct {
 	cat          *catalog.Catalog
 	logger       *slog.Logger
 	sharedSchema string
+	trace        func(shard int, step string, at time.Time) // SetTrace
 }
 
 // New returns an Importer over an open catalog. It does no I/O. A nil

@@ -70,21 +70,13 @@ func (m *Mover) cleanupMove(ctx context.Context, mv *moveRun) error {
 	return m.retireSourceSchema(ctx, src, mv)
 }
 
-// flushTarget makes everything the target applied so far durable: a
-// transaction that wrote WAL and commits with synchronous_commit on flushes
-// the target's WAL up to its commit record, and so every commit before it.
-// A transaction id alone (pg_current_xact_id()) writes no WAL before the
-// commit record, and PostgreSQL then commits without waiting for the flush;
-// a transactional logical message is WAL with no table (executable by any
-// role). The fence's marker was applied before the flip, so this covers
-// the shard.
+// flushTarget makes everything the target applied so far durable
+// (stream.Flush: a transaction that wrote WAL, committed with
+// synchronous_commit on). The fence's marker was applied before the flip,
+// so this covers the shard.
 func flushTarget(ctx context.Context, dst *pgx.Conn) error {
-	err := pgx.BeginFunc(ctx, dst, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on; SELECT pg_catalog.pg_logical_emit_message(true, 'pgtenant_flush', '')`)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("flush the target's WAL: %w", err)
+	if _, err := stream.Flush(ctx, dst); err != nil {
+		return fmt.Errorf("flush the target: %w", err)
 	}
 	return nil
 }

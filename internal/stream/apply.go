@@ -74,7 +74,8 @@ type ApplyOptions struct {
 type ApplyResult struct {
 	// CommitLSN is the target's WAL insert position right after the
 	// commit (past its commit record); FlushLSN the target's flushed WAL
-	// position read at the same time. Both are set only with Async.
+	// position read at the same time (without Async, past the commit
+	// record too: the transaction is durable up to it).
 	CommitLSN, FlushLSN LSN
 }
 
@@ -151,9 +152,7 @@ func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOpt
 		}
 		b.ExecParams(`COMMIT`, nil, nil, nil, nil)
 	}
-	if opts.Async {
-		b.ExecParams(`SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text`, nil, nil, nil, nil)
-	}
+	b.ExecParams(`SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text`, nil, nil, nil, nil)
 	results, err := pc.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
 		if pc.TxStatus() != 'I' && !pc.IsClosed() {
@@ -179,17 +178,15 @@ func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOpt
 		}
 	}
 	var res ApplyResult
-	if opts.Async {
-		r := results[len(results)-1]
-		if len(r.Rows) != 1 || len(r.Rows[0]) != 2 {
-			return ApplyResult{}, errors.New("after applying changes: no WAL position")
-		}
-		if res.CommitLSN, err = ParseLSN(string(r.Rows[0][0])); err == nil {
-			res.FlushLSN, err = ParseLSN(string(r.Rows[0][1]))
-		}
-		if err != nil {
-			return ApplyResult{}, fmt.Errorf("after applying changes: %w", err)
-		}
+	r := results[len(results)-1]
+	if len(r.Rows) != 1 || len(r.Rows[0]) != 2 {
+		return ApplyResult{}, errors.New("after applying changes: no WAL position")
+	}
+	if res.CommitLSN, err = ParseLSN(string(r.Rows[0][0])); err == nil {
+		res.FlushLSN, err = ParseLSN(string(r.Rows[0][1]))
+	}
+	if err != nil {
+		return ApplyResult{}, fmt.Errorf("after applying changes: %w", err)
 	}
 	return res, nil
 }

@@ -21,16 +21,8 @@ import (
 // would refuse a duplicate).
 func TestGuardedApplierOnce(t *testing.T) {
 	ctx := ctxT(t)
-	dst := connect(t, ownedDatabase(t, nodeRole))
+	dst, txn := logTarget(t)
 	dsn := dst.Config().ConnString()
-	exec(t, dst, `CREATE SCHEMA app; CREATE TABLE app.log (at int, msg text)`)
-	if err := EnsurePositionTable(ctx, dst); err != nil {
-		t.Fatal(err)
-	}
-	rel := &Relation{ID: 1, Schema: "app", Table: "log", Identity: 'f', Columns: []Column{{Name: "at", Key: true}, {Name: "msg", Key: true}}}
-	txn := func(at int, end LSN) []*Txn {
-		return []*Txn{{EndLSN: end, Changes: []Change{{Kind: Insert, Rel: rel, New: Tuple{{Data: []byte(fmt.Sprint(at))}, {Data: []byte("m")}}}}}}
-	}
 	newApplier := func() *TableApplier {
 		conn, err := pgx.Connect(ctx, dsn)
 		if err != nil {

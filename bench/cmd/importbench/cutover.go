@@ -64,6 +64,11 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	go func() { defer rwg.Done(); rcat.Follow(sctx, id, addr, time.Second, srv.SetMap) }()
 	defer func() { stopRouter(); rwg.Wait() }()
 
+	var tl *timeline
+	if o.timeline {
+		tl = newTimeline()
+		r.im.SetTrace(tl.trace)
+	}
 	// The stream.
 	fctx, stopFollow := context.WithCancel(ctx)
 	defer stopFollow()
@@ -200,6 +205,9 @@ func cutover(ctx context.Context, o options, r *round, ids []string, out io.Writ
 	}
 	fmt.Fprintf(out, "pause by step, p50 / p95 / max: routers hold %s, marker %s, flip %s, routers release %s\n", q(fenced), q(marked), q(flipped), q(released))
 	fmt.Fprintf(out, "the marker's parts, p50 / p95 / max: legacy commit %s, trip to the node %s\n", q(written), q(trip))
+	if tl != nil {
+		tl.report(out)
+	}
 	fmt.Fprintf(out, "client latency: p50 %s, p99 %s, max %s (%d transactions)\n", ms(p(lats, 0.5)), ms(p(lats, 0.99)), ms(maxLat), len(lats))
 	fmt.Fprintf(out, "ledger: %d acknowledged writes, %d missing, %d duplicated, %d client errors\n", acked, missing, dup, errs)
 	if missing+dup+errs > 0 {

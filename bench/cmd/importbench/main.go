@@ -9,10 +9,11 @@
 // tenant, -writers clients write through it (a ledger of acknowledged
 // inserts), the change stream follows, every shard is cut over in waves of
 // -cutover-parallel, and it prints each shard's pause, the clients' max
-// latency and whether every acknowledged write is on the shards once. See
+// latency and whether every acknowledged write is on the shards once; with
+// -timeline also when each step of the cutovers' pause came. See
 // bench/README.md.
 //
-//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 900] [-shards 64] [-parallel 4,1,4] [-cutover]
+//	go run ./bench/cmd/importbench [-tenants 1000] [-hours 900] [-shards 64] [-parallel 4,1,4] [-cutover [-timeline]]
 package main
 
 import (
@@ -53,6 +54,7 @@ type options struct {
 	writers         int
 	cutoverParallel int
 	cpuProfile      string
+	timeline        bool
 }
 
 func main() {
@@ -68,6 +70,7 @@ func main() {
 	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
 	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
 	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
+	flag.BoolVar(&o.timeline, "timeline", false, "with -cutover: print when each step of the cutovers' pause came (the marker's trip through the stream included)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the copies (Importer.Start of every round) to this file")
 	flag.Parse()
 	for _, p := range strings.Split(par, ",") {
