@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,16 +52,22 @@ func runMoverChild(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	var held []*pgx.Conn // the marker table locks, see BeforeStep
+	defer runtime.KeepAlive(&held)
 	m := move.New(move.Config{Catalog: cat.Pool(), Fencer: catalog.RouterFencer{Catalog: cat}, Logger: logger,
 		FenceTimeout: 5 * time.Minute, CatchUpTimeout: 2 * time.Minute,
 		BeforeStep: func(ctx context.Context, id int64, s move.Step) error {
 			if s != move.StepFence {
 				return nil
 			}
-			conn, err := pgx.Connect(ctx, cs.TargetDSN) // held until the process is killed
+			conn, err := pgx.Connect(ctx, cs.TargetDSN)
 			if err != nil {
 				return err
 			}
+			// Held until the process dies: kept reachable, since a socket the
+			// GC finds unreachable is closed by its finalizer, and the lock
+			// with it (the move then flipped before the kill: a flaky test).
+			held = append(held, conn)
 			if _, err := conn.Exec(ctx, `BEGIN; LOCK TABLE pgtenant_move.marker IN EXCLUSIVE MODE`); err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,16 +51,22 @@ func runChild(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	var held []*pgx.Conn // the marker table locks, see BeforeStep
+	defer runtime.KeepAlive(&held)
 	m := New(Config{Catalog: cat, FenceLease: cs.Lease, FenceTimeout: 5 * time.Minute, CatchUpTimeout: 2 * time.Minute,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		BeforeStep: func(ctx context.Context, id int64, s Step) error {
 			if s != StepFence {
 				return nil
 			}
-			conn, err := pgx.Connect(ctx, cs.TargetDSN) // held until the process dies
+			conn, err := pgx.Connect(ctx, cs.TargetDSN)
 			if err != nil {
 				return err
 			}
+			// Held until the process dies: kept reachable, since a socket the
+			// GC finds unreachable is closed by its finalizer, and the lock
+			// with it (the move then flipped before the kill: a flaky test).
+			held = append(held, conn)
 			if _, err := conn.Exec(ctx, `BEGIN; LOCK TABLE pgtenant_move.marker IN EXCLUSIVE MODE`); err != nil {
 				return err
 			}
