@@ -48,7 +48,7 @@ func (a *app) applyAccess(ctx context.Context, c *catalog.Catalog, shards []plac
 		}
 		only = func(id int) bool { return set[id] }
 	}
-	reps, err := access.Apply(ctx, c.Pool(), only)
+	reps, err := access.Apply(ctx, c.Pool(), c.ResolveDSN, only)
 	for _, r := range reps {
 		fmt.Fprintf(a.stdout, "access: node %s: %d shard schemas, %d tables under row-level security, %d policies changed\n", r.Node, r.Schemas, r.Policies, r.Changed)
 		if len(r.Missing) > 0 {
@@ -79,14 +79,18 @@ func (a *app) afterMigrate(ctx context.Context, c *catalog.Catalog, dir string, 
 }
 
 // accessChecks are node check's lines about row-level security on node n.
-func (a *app) accessChecks(ctx context.Context, plan access.Plan, n catalog.Node, shards []placement.Shard) []catalog.CheckResult {
+func (a *app) accessChecks(ctx context.Context, c *catalog.Catalog, plan access.Plan, n catalog.Node, shards []placement.Shard) []catalog.CheckResult {
 	var mine []placement.Shard
 	for _, s := range shards {
 		if s.Node == n.Name {
 			mine = append(mine, s)
 		}
 	}
-	conn, err := pgx.Connect(ctx, n.DSN)
+	dsn, err := c.ResolveDSN(n.DSN)
+	if err != nil {
+		return []catalog.CheckResult{{Name: "row-level security", Status: catalog.CheckWarn, Detail: err.Error()}}
+	}
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return []catalog.CheckResult{{Name: "row-level security", Status: catalog.CheckWarn, Detail: err.Error()}}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -111,6 +112,18 @@ func (a *app) printCluster(cl *devcluster.Cluster) {
 		fmt.Fprintf(a.stdout, "shards:  %d\n", cl.Shards)
 	}
 	fmt.Fprintf(a.stdout, "config:  %s/%s\n", cl.Dir, devcluster.ConfigFile)
+	running := false
+	for _, n := range cl.Nodes {
+		running = running || n.Running
+	}
+	if !running {
+		up := "pgtenant dev up"
+		if def, _ := filepath.Abs(".pgtenant"); cl.Dir != def {
+			up += " --dir " + shellQuote(cl.Dir)
+		}
+		fmt.Fprintf(a.stdout, "\nthe cluster is stopped; start it again with:\n  %s\n", up)
+		return
+	}
 	fmt.Fprintf(a.stdout, "\nnext:\n")
 	for _, c := range nextSteps(cl.Dir, "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant migrate up --dir ./migrations", "pgtenant console   # the web console on http://"+defaultConsoleListen+"/") {
 		fmt.Fprintf(a.stdout, "  %s\n", c)

@@ -116,4 +116,9 @@ func TestDevUpPortsAndGitignore(t *testing.T) {
 	if !strings.Contains(out, "stopped") {
 		t.Errorf("dev down: %s", out)
 	}
+	// A stopped cluster's status says how to start it, not what to run on it.
+	out = mustRun(t, "dev", "status", "--dir", "my cluster")
+	if want := "pgtenant dev up --dir '" + abs + "'"; !strings.Contains(out, want) || strings.Contains(out, "tenant add") {
+		t.Errorf("dev status of a stopped cluster does not say %q (and only that):\n%s", want, out)
+	}
 }

@@ -103,7 +103,8 @@ in the catalog: 'node add' installs them on the new node too.`,
 	return cmd
 }
 
-// sharedNodes lists the registered nodes for a fan-out.
+// sharedNodes lists the registered nodes for a fan-out, their DSNs'
+// secret references resolved.
 func sharedNodes(ctx context.Context, c *catalog.Catalog) ([]shared.Node, error) {
 	nodes, err := c.Nodes(ctx)
 	if err != nil {
@@ -111,9 +112,23 @@ func sharedNodes(ctx context.Context, c *catalog.Catalog) ([]shared.Node, error)
 	}
 	out := make([]shared.Node, len(nodes))
 	for i, n := range nodes {
-		out[i] = shared.Node{Name: n.Name, DSN: n.DSN}
+		dsn, err := c.ResolveDSN(n.DSN)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		out[i] = shared.Node{Name: n.Name, DSN: dsn}
 	}
 	return out, nil
+}
+
+// resolvedDSN is a stored node DSN with its secret references ($NAME)
+// resolved, or as stored when one is not set: connecting then fails and
+// says why.
+func resolvedDSN(c *catalog.Catalog, dsn string) string {
+	if r, err := c.ResolveDSN(dsn); err == nil {
+		return r
+	}
+	return dsn
 }
 
 // installExtensions gives a newly added node the recorded extensions.

@@ -147,6 +147,8 @@ shard. While import start follows the changes, both sides are read at one
 point of the legacy database's history (the stream holds there while the
 shards are read), so the app keeps writing and a difference is a real one.
 Shards cut over are not compared. Exit status 1 on a difference.`,
+		Example: `  pgtenant import verify              # every copied shard
+  pgtenant import verify --shard 7    # one shard, e.g. before its cutover`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			var which []int
@@ -186,7 +188,10 @@ legacy database travels through the stream to the node, the shard's sequences
 are set past the legacy ones, and the catalog flips the shard to its node; the
 held transactions then run there. Unless --no-rollback, each shard keeps a
 logical slot on its node until import finish, from which import rollback reads
-the writes it takes from then on. A canary first, then waves:
+the writes it takes from then on: a node needs max_replication_slots of at
+least its shard count plus a few (PostgreSQL's default is 10); once it has no
+free slot, the shards after it cut over with no way back, each with a
+warning (53400). A canary first, then waves:
 
   pgtenant import cutover --shard 7
   pgtenant import cutover --all --parallel 4
@@ -194,6 +199,9 @@ the writes it takes from then on. A canary first, then waves:
 From a schema per tenant (import init --schema-per-tenant) a shard's tables
 hold many tenants' rows: the app's statements must filter by the tenant column
 before its tenants are served from there, and --tenant-filtered says they do.`,
+		Example: `  pgtenant import cutover --shard 7                  # a canary
+  pgtenant import cutover --shard 8 --shard 9        # a few more
+  pgtenant import cutover --all --parallel 4         # the rest, 4 at a time`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			if opts.All == (len(opts.Shards) > 0) {
@@ -259,7 +267,9 @@ func newImportStatusCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [--all]",
 		Short: "The import's state, the stream's lag and every shard's state",
-		Args:  cobra.NoArgs,
+		Example: `  pgtenant import status          # state, lag, shard counts, tables left out, rejects
+  pgtenant import status --all    # and one line per shard`,
+		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			st, err := importer.New(c, a.logger).Status(ctx)
 			if err != nil {
@@ -329,7 +339,8 @@ Refused while a table of the legacy schema is neither in the import nor
 excluded (pgtenant import exclude TABLE), or while a change the stream
 rejected (a row without a tenant, or with a tenant not registered) is not
 resolved: fix the row on the legacy database, or --accept-rejects.`,
-		Args: cobra.NoArgs,
+		Example: `  pgtenant import status --all && pgtenant import finish`,
+		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			if err := importer.New(c, a.logger).FinishWith(ctx, opts); err != nil {
 				return err

@@ -50,10 +50,14 @@ shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,
 				if err != nil {
 					return err
 				}
-				if err := access.PrepareNode(ctx, c.Pool(), placement.Node{Name: args[0], DSN: args[1]}); err != nil {
+				dsn, err := c.ResolveDSN(args[1]) // AddNode resolved it already
+				if err != nil {
+					return err
+				}
+				if err := access.PrepareNode(ctx, c.Pool(), placement.Node{Name: args[0], DSN: dsn}); err != nil {
 					return fmt.Errorf("node %s added, but creating pgtenant's roles there failed (run `pgtenant access apply`): %w", args[0], err)
 				}
-				if err := a.installExtensions(ctx, c, args[0], args[1]); err != nil {
+				if err := a.installExtensions(ctx, c, args[0], dsn); err != nil {
 					return fmt.Errorf("node %s added, but: %w (run `pgtenant extension add NAME` once it is fixed)", args[0], err)
 				}
 				fmt.Fprintf(a.stdout, "node %s added\n", args[0])
@@ -114,10 +118,10 @@ node's identity is recorded). Exits non-zero when a check fails.`,
 					delete(want, n.Name)
 					r := c.CheckRegisteredNode(ctx, n)
 					if r.Version > 0 {
-						r.Checks = append(r.Checks, a.accessChecks(ctx, plan, n, shards)...)
+						r.Checks = append(r.Checks, a.accessChecks(ctx, c, plan, n, shards)...)
 					}
 					a.printReport(r)
-					if r.Failed() || !a.checkExtensions(ctx, c, n.Name, n.DSN) {
+					if r.Failed() || !a.checkExtensions(ctx, c, n.Name, resolvedDSN(c, n.DSN)) {
 						failed++
 					}
 				}

@@ -75,7 +75,11 @@ role may not do (DELETE as a read-only role gets 42501 from the server).`,
 				}
 				pn := make([]placement.Node, len(nodes))
 				for i, n := range nodes {
-					pn[i] = placement.Node{Name: n.Name, DSN: n.DSN}
+					dsn, err := c.ResolveDSN(n.DSN)
+					if err != nil {
+						return fmt.Errorf("node %s: %w", n.Name, err)
+					}
+					pn[i] = placement.Node{Name: n.Name, DSN: dsn}
 				}
 				err = access.DropRole(ctx, c.Pool(), args[0], pn)
 				c.RecordOperation(ctx, "role drop", map[string]any{"role": args[0]}, err)

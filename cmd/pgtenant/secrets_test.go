@@ -146,6 +146,39 @@ func TestNodeSecrets(t *testing.T) {
 	mustRun(t, "tenant", "add", "on-a", "--shard", "0")
 	mustRun(t, "tenant", "add", "on-b", "--shard", "1")
 	all += mustRun(t, "tenant", "locate", "on-a")
+
+	// Every command that connects to the nodes resolves the reference, not
+	// only node add and migrate: the registry's rules and access apply after
+	// migrate up, table list, extension and reference fan-outs, roles (and
+	// node add's role creation once a role exists), node check's checks.
+	migs := t.TempDir()
+	if err := os.WriteFile(filepath.Join(migs, "00001_items.sql"), []byte("-- +goose Up\n-- pgtenant: tenant_column=tenant_id\n"+
+		"CREATE TABLE items (tenant_id text NOT NULL, id bigint PRIMARY KEY);\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfgD, err := pgconn.ParseConfig(nodeA.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsnD := fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=%s password=$NODE_A_PASSWORD sslmode=disable", cfgD.Port, cfgD.Database, pwRole)
+	for _, args := range [][]string{
+		{"migrate", "up", "--dir", migs},
+		{"access", "apply"},
+		{"table", "list"},
+		{"extension", "add", "citext"},
+		{"reference", "exec", "CREATE TABLE plans (id int PRIMARY KEY)"},
+		{"role", "create", "secrets_reader", "--grant", "SELECT"},
+		{"node", "add", "d", dsnD},
+		{"node", "remove", "d"},
+		{"role", "drop", "secrets_reader"},
+		{"node", "check"},
+	} {
+		code, out, errOut := pgtenant(t, args...)
+		if code != 0 || strings.Contains(out+errOut, "28P01") {
+			t.Errorf("pgtenant %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		all += out + errOut
+	}
 	for _, leak := range []string{pwPassword, pwPasswordURL()} {
 		if strings.Contains(all, leak) {
 			t.Errorf("a command printed the password:\n%s", all)

@@ -142,7 +142,11 @@ func unregisteredTables(ctx context.Context, c *catalog.Catalog, rules []tables.
 	if err != nil {
 		return nil, err
 	}
-	conn, err := pgx.Connect(ctx, n.DSN)
+	dsn, err := c.ResolveDSN(n.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("connect to node %s: %w", n.Name, err)
 	}

@@ -13,8 +13,11 @@ import (
 
 // Apply loads the plan from the catalog and applies it to every node: the
 // roles everywhere, grants and policies on each node's shard schemas (only
-// the shards for which only returns true, when only is not nil).
-func Apply(ctx context.Context, db *pgxpool.Pool, only func(shard int) bool) ([]NodeReport, error) {
+// the shards for which only returns true, when only is not nil). resolve
+// turns a stored node DSN into the one to connect with (its secret
+// references, $NAME, resolved: catalog.ResolveDSN); nil connects with the
+// DSN as stored.
+func Apply(ctx context.Context, db *pgxpool.Pool, resolve func(dsn string) (string, error), only func(shard int) bool) ([]NodeReport, error) {
 	p, err := Load(ctx, db)
 	if err != nil {
 		return nil, err
@@ -25,6 +28,11 @@ func Apply(ctx context.Context, db *pgxpool.Pool, only func(shard int) bool) ([]
 	}
 	var reps []NodeReport
 	for _, n := range nodes {
+		if resolve != nil {
+			if n.DSN, err = resolve(n.DSN); err != nil {
+				return reps, fmt.Errorf("node %s: %w", n.Name, err)
+			}
+		}
 		var shards []placement.Shard
 		for _, s := range byNode[n.Name] {
 			if only == nil || only(s.ID) {
