@@ -38,8 +38,12 @@ func (c *Catalog) WaitAcked(ctx context.Context, v int64, within, every time.Dur
 		defer l.unsubscribe(sub)
 	}
 	for {
+		// Not prepared (QueryExecModeExec): one round trip also on a
+		// connection that has not run it yet, as every connection of a
+		// `shard move` process (preparing first cost a second one in the
+		// pause).
 		rows, err := c.pool.Query(ctx, `SELECT id FROM pgtenant.routers WHERE last_seen > now() - $1::interval AND acked_version < $2`,
-			within.String(), v)
+			pgx.QueryExecModeExec, within.String(), v)
 		if err != nil {
 			return fmt.Errorf("wait for the routers to apply map version %d: %w", v, err)
 		}
