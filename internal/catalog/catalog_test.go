@@ -509,6 +509,35 @@ func TestRouterAckAnnouncements(t *testing.T) {
 	}
 }
 
+// TestRouterFencerPrepare: RouterFencer.Prepare opens the connection that
+// listens for the routers' acknowledgements, before any wait (so that the
+// first fence's pause does not open it).
+func TestRouterFencerPrepare(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 2)
+	listening := func() int64 {
+		t.Helper()
+		var n int64
+		if err := c.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
+			AckApplicationName).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := listening(); n != 0 {
+		t.Fatalf("%d listening connections before Prepare", n)
+	}
+	if err := (RouterFencer{Catalog: c}).Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := listening(); n != 1 {
+		t.Fatalf("%d listening connections after Prepare, want 1", n)
+	}
+	if err := (RouterFencer{Catalog: c}).Prepare(ctx); err != nil || listening() != 1 {
+		t.Fatalf("a second Prepare: %v, %d listening connections", err, listening())
+	}
+}
+
 func TestUsers(t *testing.T) {
 	ctx := ctxT(t)
 	c := newCatalog(t, 2)

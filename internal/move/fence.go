@@ -71,6 +71,7 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 			}
 		}
 	}
+	m.prepareFencer(ctx)
 	t0 := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
 	defer cancel()
