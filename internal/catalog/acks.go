@@ -12,7 +12,8 @@ import (
 )
 
 // AckChannel is the NOTIFY channel on which a router's heartbeat announces
-// the map version it has applied (the payload).
+// the map version it has applied: the payload is "version id" (routers of
+// older pgtenant versions send the version alone).
 const AckChannel = "pgtenant_router_ack"
 
 // AckApplicationName is the application_name of the connection that
