@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,6 +51,11 @@ func runChild(spec string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	// The locking connection must stay reachable: a connection the garbage
+	// collector finalizes closes its socket, the server ends its
+	// transaction, and the move went on to flip before the kill (seen once).
+	var held *pgx.Conn
+	defer func() { runtime.KeepAlive(held) }()
 	m := New(Config{Catalog: cat, FenceLease: cs.Lease, FenceTimeout: 5 * time.Minute, CatchUpTimeout: 2 * time.Minute,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		BeforeStep: func(ctx context.Context, id int64, s Step) error {
@@ -60,6 +66,7 @@ func runChild(spec string) int {
 			if err != nil {
 				return err
 			}
+			held = conn
 			if _, err := conn.Exec(ctx, `BEGIN; LOCK TABLE pgtenant_move.marker IN EXCLUSIVE MODE`); err != nil {
 				return err
 			}
