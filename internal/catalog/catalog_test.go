@@ -445,6 +445,99 @@ func TestRouterAcks(t *testing.T) {
 	}
 }
 
+// TestRouterAckAnnouncements: WaitAcked reads once which routers are
+// behind, then takes each router's announcement on AckChannel ("version id",
+// as Heartbeat sends it) as its acknowledgement without reading the routers
+// again; an announcement without an id (an older router) makes it read them
+// again. The announcements here are sent by hand, without the rows they
+// would come with, to tell the two apart.
+func TestRouterAckAnnouncements(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 2)
+	for _, id := range []string{"r1", "r2"} {
+		if err := c.Heartbeat(ctx, id, "127.0.0.1:1", 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notify := func(payload string) {
+		t.Helper()
+		if _, err := c.Pool().Exec(ctx, `SELECT pg_notify($1, $2)`, AckChannel, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// until announces with each call of announce (the waiter may subscribe
+	// after the first) until WaitAcked returns or 10s pass.
+	until := func(v int64, announce func()) error {
+		waited := make(chan error, 1)
+		go func() { waited <- c.WaitAcked(ctx, v, time.Minute, time.Hour) }()
+		deadline := time.After(10 * time.Second)
+		for {
+			announce()
+			select {
+			case err := <-waited:
+				return err
+			case <-deadline:
+				return errors.New("WaitAcked did not return")
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	if err := until(5, func() { notify("5 r1"); notify("6 r2") }); err != nil {
+		t.Fatalf("both routers announced version 5 or newer: %v", err)
+	}
+	// r2 announces an older version, then the plain form: the waiter reads
+	// the routers again, where both still say 3.
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() { waited <- c.WaitAcked(short, 7, time.Minute, time.Hour) }()
+	for i := 0; i < 5; i++ {
+		notify("7 r1")
+		notify("6 r2")
+		notify("7")
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := <-waited; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitAcked with r2 behind and the routers' rows at version 3: %v", err)
+	}
+	// A router of an older pgtenant: its row, then the plain announcement.
+	if _, err := c.Pool().Exec(ctx, `UPDATE pgtenant.routers SET acked_version = 8`); err != nil {
+		t.Fatal(err)
+	}
+	if err := until(8, func() { notify("8") }); err != nil {
+		t.Fatalf("plain announcement with the rows at version 8: %v", err)
+	}
+}
+
+// TestRouterFencerPrepare: RouterFencer.Prepare opens the connection that
+// listens for the routers' acknowledgements, before any wait (so that the
+// first fence's pause does not open it).
+func TestRouterFencerPrepare(t *testing.T) {
+	ctx := ctxT(t)
+	c := newCatalog(t, 2)
+	listening := func() int64 {
+		t.Helper()
+		var n int64
+		if err := c.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
+			AckApplicationName).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := listening(); n != 0 {
+		t.Fatalf("%d listening connections before Prepare", n)
+	}
+	if err := (RouterFencer{Catalog: c}).Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := listening(); n != 1 {
+		t.Fatalf("%d listening connections after Prepare, want 1", n)
+	}
+	if err := (RouterFencer{Catalog: c}).Prepare(ctx); err != nil || listening() != 1 {
+		t.Fatalf("a second Prepare: %v, %d listening connections", err, listening())
+	}
+}
+
 func TestUsers(t *testing.T) {
 	ctx := ctxT(t)
 	c := newCatalog(t, 2)

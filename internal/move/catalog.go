@@ -105,6 +105,9 @@ type moveRun struct {
 	script *schemaScript
 	// batch holds the schema dumps of the MoveAll batch the move is part of (nil: none).
 	batch *schemaCache
+	// mapVersion is the map version this process's last fence or flip of
+	// the shard made (0: unknown), for the routers' acknowledgement.
+	mapVersion int64
 }
 
 const moveColumns = `id, shard, source_node, target_node, method, step, status, coalesce(error, ''), progress, pause_ms, started_at, updated_at, finished_at`
@@ -298,18 +301,60 @@ func (m *Mover) isFlipped(ctx context.Context, mv *moveRun) (bool, error) {
 // map version and notifies the routers: one notification, one reload per
 // router (a NOTIFY of the mover's own, with another payload, made them read
 // the map twice).
+//
+// It is inside the pause, so it is one round trip that also reads the map
+// version the routers must acknowledge (mv.mapVersion, for fenceRouters),
+// and its commit does not wait for the WAL flush, as FenceShard's: the flip
+// (which waits for its own) flushes the fence with it, and a catalog that
+// crashed before the flush comes back without the fence, which its routers
+// then release and the flip finds gone (ErrFlipConflict).
 func (m *Mover) markFenced(ctx context.Context, mv *moveRun) error {
-	tag, err := m.cfg.Catalog.Exec(ctx, `WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 RETURNING id),
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	var fenced bool
+	b.Queue(`WITH u AS (UPDATE pgtenant.shards SET state = 'fenced' WHERE id = $1 AND node = $2 RETURNING id),
 		l AS (INSERT INTO pgtenant.fence_leases (shard, move_id, expires_at) SELECT id, $3, now() + $4::bigint * interval '1 millisecond' FROM u
 			ON CONFLICT (shard) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at)
-		SELECT FROM u`, mv.Shard, mv.Source, mv.ID, m.cfg.FenceLease.Milliseconds())
-	if err != nil {
+		SELECT EXISTS (SELECT FROM u)`, mv.Shard, mv.Source, mv.ID, m.cfg.FenceLease.Milliseconds()).QueryRow(func(r pgx.Row) error { return r.Scan(&fenced) })
+	var version int64
+	m.queueVersion(b, &version)
+	b.Queue(`COMMIT`)
+	if err := m.cfg.Catalog.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("mark shard fenced: %w", err)
 	}
-	if tag.RowsAffected() != 1 {
+	if !fenced {
 		return fmt.Errorf("mark shard fenced: %w", ErrFlipConflict)
 	}
+	mv.mapVersion = version
 	return nil
+}
+
+// queueVersion reads the map version into v in b's transaction, when the
+// Fencer can wait for one (see fenceRouters).
+func (m *Mover) queueVersion(b *pgx.Batch, v *int64) {
+	if _, ok := m.cfg.Fencer.(VersionFencer); ok {
+		b.Queue(`SELECT version FROM pgtenant.map_version`).QueryRow(func(r pgx.Row) error { return r.Scan(v) })
+	}
+}
+
+// fenceRouters waits until every router holds the shard's transactions: for
+// the map version markFenced read when the Fencer can wait for one (a round
+// trip less in the pause), else for the catalog's current one.
+func (m *Mover) fenceRouters(ctx context.Context, mv *moveRun) error {
+	if vf, ok := m.cfg.Fencer.(VersionFencer); ok && mv.mapVersion > 0 {
+		return vf.FenceVersion(ctx, mv.Shard, mv.mapVersion)
+	}
+	return m.cfg.Fencer.Fence(ctx, mv.Shard)
+}
+
+// unfenceRouters waits until every router has seen the shard released by
+// the flip: for the map version the flip read, when known (see fenceRouters).
+func (m *Mover) unfenceRouters(ctx context.Context, mv *moveRun) error {
+	if vf, ok := m.cfg.Fencer.(VersionFencer); ok && mv.mapVersion > 0 && mv.Step == StepFlipped {
+		return vf.UnfenceVersion(ctx, mv.Shard, mv.mapVersion)
+	}
+	return m.cfg.Fencer.Unfence(ctx, mv.Shard)
 }
 
 // markActive sets the shard back to 'active' on the source and drops its
@@ -328,14 +373,18 @@ func (m *Mover) markActive(ctx context.Context, mv *moveRun) error {
 // the step "flipped" and notifies the routers. When the commit's outcome is
 // unknown (catalog connection lost), the shard's row decides.
 func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
-	// One statement (one round trip, one commit: it is inside the pause).
+	// One statement and the map version it made, in one round trip and one
+	// commit (it is inside the pause).
 	// The lease is locked first (FOR UPDATE, as a router releasing lapsed
 	// fences locks it before the shard): a lapsed or released lease means
 	// the shard may already serve from the source again, and the move must
 	// not flip. The lease is consumed and the step recorded only with the
 	// flip; routers are notified by the catalog's map-version trigger.
 	var flipped, leased bool
-	err := m.cfg.Catalog.QueryRow(ctx, `WITH s AS (
+	var version int64
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`WITH s AS (
 			UPDATE pgtenant.shards SET node = $3, epoch = epoch + 1, state = 'active'
 			WHERE id = $1 AND node = $2 AND state = 'fenced'
 				AND EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now() FOR UPDATE)
@@ -344,7 +393,10 @@ func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
 		mv AS (UPDATE pgtenant.moves SET step = $5, updated_at = now() WHERE id = $4 AND EXISTS (SELECT FROM s))
 		SELECT EXISTS (SELECT FROM s),
 			EXISTS (SELECT FROM pgtenant.fence_leases WHERE shard = $1 AND move_id = $4 AND expires_at > now())`,
-		mv.Shard, mv.Source, mv.Target, mv.ID, string(StepFlipped)).Scan(&flipped, &leased)
+		mv.Shard, mv.Source, mv.Target, mv.ID, string(StepFlipped)).QueryRow(func(r pgx.Row) error { return r.Scan(&flipped, &leased) })
+	m.queueVersion(b, &version)
+	b.Queue(`COMMIT`)
+	err := m.cfg.Catalog.SendBatch(ctx, b).Close()
 	if err == nil && !flipped {
 		err = ErrFlipConflict
 		if !leased {
@@ -369,6 +421,6 @@ func (m *Mover) flip(ctx context.Context, mv *moveRun) error {
 	if err != nil {
 		return fmt.Errorf("flip shard %d to %s: %w", mv.Shard, mv.Target, err)
 	}
-	mv.Step = StepFlipped
+	mv.Step, mv.mapVersion = StepFlipped, version // version 0: the outcome was read afterwards
 	return nil
 }

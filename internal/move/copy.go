@@ -50,7 +50,7 @@ func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) erro
 		}
 		return err
 	}
-	uerr := m.cfg.Fencer.Unfence(bg, mv.Shard)
+	uerr := m.unfenceRouters(bg, mv)
 	mv.Pause = time.Since(t0)
 	res.Pause = mv.Pause
 	if _, err := m.cfg.Catalog.Exec(bg, `UPDATE pgtenant.moves SET pause_ms = $2, updated_at = now() WHERE id = $1`,
@@ -84,7 +84,7 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		}
 	}()
 	fctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
-	err = m.cfg.Fencer.Fence(fctx, mv.Shard)
+	err = m.fenceRouters(fctx, mv)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("fence shard in routers: %w", err)

@@ -71,6 +71,7 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 			}
 		}
 	}
+	m.prepareFencer(ctx)
 	t0 := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
 	defer cancel()
@@ -101,8 +102,10 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	defer cancel2()
 	guarded := make(chan error, 1)
 	go func() { guarded <- holdGuard(bg, src, mv) }()
-	uerr := m.cfg.Fencer.Unfence(bg, mv.Shard)
+	tU := time.Now()
+	uerr := m.unfenceRouters(bg, mv)
 	mv.Pause = time.Since(t0)
+	released := time.Since(tU)
 	if err := <-guarded; err != nil {
 		m.log.Warn("source lease not made permanent; cleanup retries", "move", mv.ID, "err", err)
 	}
@@ -111,7 +114,9 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 		mv.ID, float64(mv.Pause.Microseconds())/1000, fmt.Sprintf(`{"fence_lsn": %q}`, mv.Progress.FenceLSN)); err != nil {
 		m.log.Warn("record pause", "move", mv.ID, "err", err)
 	}
-	m.log.Info("shard flipped", "move", mv.ID, "shard", mv.Shard, "node", mv.Target, "pause", mv.Pause)
+	// release: from the flip's commit until every router acknowledged it
+	// (the rest of the pause is in the "fence timings" line).
+	m.log.Info("shard flipped", "move", mv.ID, "shard", mv.Shard, "node", mv.Target, "pause", mv.Pause, "release", released)
 	if uerr != nil {
 		return fmt.Errorf("release fence after flip: %w", uerr)
 	}
@@ -153,17 +158,27 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
 	}
+	tMarked := time.Now()
 	lease := m.renewLeases(ctx, mv, cancel)
 	defer lease.close()
-	if err := m.cfg.Fencer.Fence(ctx, mv.Shard); err != nil {
+	if err := m.fenceRouters(ctx, mv); err != nil {
 		return fmt.Errorf("fence shard in routers: %w", err)
 	}
 	tFenced := time.Now()
-	// Right before the lock, not earlier: autovacuum starts again on a
-	// table nobody holds a lock on (a cancel beside the routers' fence let a
-	// new worker in before the LOCK, which then timed out).
-	m.cancelAutovacuum(ctx, src, mv)
+	// Beside the lock, on the lease's connection, not earlier: autovacuum
+	// starts again on a table nobody holds a lock on (a cancel beside the
+	// routers' fence let a new worker in before the LOCK, which then timed
+	// out), and skips a table whose lock another session waits for. Beside
+	// it rather than before it: its scan of pg_locks and its round trip were
+	// a few ms of the pause, and the LOCK waiting for a worker it cancels
+	// goes on at once.
+	vacuumed := make(chan struct{})
+	go func() {
+		defer close(vacuumed)
+		m.cancelAutovacuum(ctx, leaseConn, mv)
+	}()
 	seq, seqs, err := m.lockBatch(ctx, mv, src, names)
+	<-vacuumed
 	if err != nil {
 		return err
 	}
@@ -222,7 +237,7 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	// The flip consumed the catalog lease: stop renewing. The source copy
 	// is kept write-protected for good by stepFence, after the release.
 	lease.close()
-	m.log.Info("fence timings", "move", mv.ID, "routers", tFenced.Sub(t0), "lock", tLocked.Sub(tFenced),
+	m.log.Info("fence timings", "move", mv.ID, "mark", tMarked.Sub(t0), "routers", tFenced.Sub(tMarked), "lock", tLocked.Sub(tFenced),
 		"apply", tApplied.Sub(tLocked), "target", tPrepared.Sub(tApplied), "flip", time.Since(tPrepared))
 	return nil
 }
@@ -386,7 +401,9 @@ const setSequencesSQL = `SELECT setval(u.name::regclass, greatest(u.v, s.last_va
 // prepareTarget, under the fence once the target has caught up, sets the
 // target's sequences to the source's values and, with capture, turns the
 // capture of the target's writes on (committed before the flip): one round
-// trip, one implicit transaction.
+// trip, one implicit transaction. Its commit waits for the WAL flush: the
+// flip is on another server, and a capture row lost in a crash of the
+// target would leave writes after the flip out of an undo.
 func prepareTarget(ctx context.Context, dst *pgx.Conn, mv *moveRun, capture bool, seqs sequenceValues) error {
 	b := &pgx.Batch{}
 	if capture {

@@ -65,6 +65,24 @@ type VersionFencer interface {
 	UnfenceVersion(ctx context.Context, shard int, v int64) error
 }
 
+// FencePreparer is a Fencer with something to ready before a pause starts
+// (catalog.RouterFencer: its listening connection). Its error is only
+// logged: the fence works without it, slower.
+type FencePreparer interface {
+	Fencer
+	Prepare(ctx context.Context) error
+}
+
+// prepareFencer readies the Fencer, when it has something to ready, before
+// a pause.
+func (m *Mover) prepareFencer(ctx context.Context) {
+	if p, ok := m.cfg.Fencer.(FencePreparer); ok {
+		if err := p.Prepare(ctx); err != nil {
+			m.log.Warn("prepare the fence", "err", err)
+		}
+	}
+}
+
 // FenceShard fences shard, placed on node in the catalog, for a caller that
 // is not a move: it sets the shard 'fenced' with a lease in
 // pgtenant.fence_leases under owner (a fence id of the caller's, stored as
@@ -82,6 +100,7 @@ type VersionFencer interface {
 // and the flip finds gone (ErrFenceLost).
 func (m *Mover) FenceShard(ctx context.Context, shard int, node string, owner int64) (*ShardFence, error) {
 	mv := &moveRun{Info: Info{ID: owner, Shard: shard, Source: node, Target: node}}
+	m.prepareFencer(ctx)
 	t0 := time.Now()
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)

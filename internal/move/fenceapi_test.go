@@ -127,6 +127,17 @@ func TestFenceShardAPI(t *testing.T) {
 	}
 }
 
+// addMapVersion gives the test catalog a map version, bumped by every
+// change of the shards (as internal/catalog's trigger does).
+func addMapVersion(t *testing.T, e *env) {
+	t.Helper()
+	mustExec(t, e.cat, `CREATE TABLE pgtenant.map_version (version bigint NOT NULL);
+		INSERT INTO pgtenant.map_version VALUES (1);
+		CREATE FUNCTION pgtenant.bump() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN UPDATE pgtenant.map_version SET version = version + 1; RETURN NULL; END $$;
+		CREATE TRIGGER bump AFTER UPDATE ON pgtenant.shards FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump()`)
+}
+
 // versionFencer records the map versions FenceShard and FlipStatements
 // pass it.
 type versionFencer struct {
@@ -157,13 +168,7 @@ func TestFlipStatements(t *testing.T) {
 	fencer := &versionFencer{}
 	m := testMover(t, e, Config{Fencer: fencer, FenceLease: 5 * time.Second})
 	mustExec(t, e.cat, `CREATE TABLE pgtenant.flips (shard int PRIMARY KEY, state text)`)
-	// The catalog's map version, bumped by every change of the shards (as
-	// internal/catalog's trigger does).
-	mustExec(t, e.cat, `CREATE TABLE pgtenant.map_version (version bigint NOT NULL);
-		INSERT INTO pgtenant.map_version VALUES (1);
-		CREATE FUNCTION pgtenant.bump() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN UPDATE pgtenant.map_version SET version = version + 1; RETURN NULL; END $$;
-		CREATE TRIGGER bump AFTER UPDATE ON pgtenant.shards FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.bump()`)
+	addMapVersion(t, e)
 	mustExec(t, e.cat, `INSERT INTO pgtenant.flips VALUES ($1, 'copied')`, testShard)
 	version := func() int64 { return queryInt(t, e.cat, `SELECT version FROM pgtenant.map_version`) }
 	leases := func() int64 {

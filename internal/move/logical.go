@@ -36,10 +36,70 @@ const copyWorkers = 4
 
 // liveStream is the move's change stream, run by this process from the catch-up to the flip.
 type liveStream struct {
-	s      *stream.Stream
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error // valid once done is closed
+	s       *stream.Stream
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error // valid once done is closed
+	markers *markerApplier
+}
+
+// markerApplier applies the stream to the target and notes the highest
+// marker of the move it applied, so that the fence learns that its marker
+// is on the target (Apply returns once a batch is durable there) without
+// polling the target for it.
+type markerApplier struct {
+	inner  stream.Applier
+	moveID int64
+	mu     sync.Mutex
+	seq    int64         // the highest marker seq of the move applied
+	wake   chan struct{} // signalled (capacity 1) when seq grows
+}
+
+// Apply applies txns, then notes the move's markers among them.
+func (a *markerApplier) Apply(ctx context.Context, txns []*stream.Txn) error {
+	if err := a.inner.Apply(ctx, txns); err != nil {
+		return err
+	}
+	var seq int64
+	for _, t := range txns {
+		for _, c := range t.Changes {
+			if c.Kind != stream.Insert || c.Rel == nil || c.Rel.Schema != markerSchema || c.Rel.Table != "marker" {
+				continue
+			}
+			var id, n int64
+			for i, col := range c.Rel.Columns {
+				if i >= len(c.New) || c.New[i].Null {
+					continue
+				}
+				switch col.Name {
+				case "move_id":
+					id, _ = strconv.ParseInt(string(c.New[i].Data), 10, 64)
+				case "seq":
+					n, _ = strconv.ParseInt(string(c.New[i].Data), 10, 64)
+				}
+			}
+			if id == a.moveID {
+				seq = max(seq, n)
+			}
+		}
+	}
+	if seq > 0 {
+		a.mu.Lock()
+		a.seq = max(a.seq, seq)
+		a.mu.Unlock()
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// applied reports whether marker seq of the move has been applied.
+func (a *markerApplier) applied(seq int64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seq >= seq
 }
 
 // streamErr returns the stream's error once it has stopped, nil while it runs.
@@ -328,10 +388,11 @@ func (m *Mover) ensureStream(ctx context.Context, mv *moveRun) error {
 	applier := &stream.TableApplier{Conn: conn, Name: repName(mv), Target: func(rel *stream.Relation) (string, string, bool) {
 		return rel.Schema, rel.Table, rel.Schema == schema || (rel.Schema == markerSchema && rel.Table == "marker")
 	}}
+	markers := &markerApplier{inner: applier, moveID: mv.ID, wake: make(chan struct{}, 1)}
 	s := stream.New(stream.Config{DSN: mv.SourceDSN, Slot: repName(mv), Publications: []string{repName(mv)}, Start: start,
-		Applier: applier, Logger: m.log.With("move", mv.ID, "shard", mv.Shard)})
+		Applier: markers, Logger: m.log.With("move", mv.ID, "shard", mv.Shard)})
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // outlives the step; closeConns stops it
-	ls := &liveStream{s: s, cancel: cancel, done: make(chan struct{})}
+	ls := &liveStream{s: s, cancel: cancel, done: make(chan struct{}), markers: markers}
 	go func() {
 		defer close(ls.done)
 		ls.err = s.Run(sctx)

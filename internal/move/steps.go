@@ -455,12 +455,23 @@ func insertMarker(ctx context.Context, tx pgx.Tx, moveID int64) (int64, error) {
 	return seq, nil
 }
 
-// waitMarker polls the target until the marker row is visible.
+// waitMarker waits until the marker row is on the target: the stream's
+// applier says so as soon as it applied it (this process applies the
+// stream), and the target is polled every `every` in case it cannot (a
+// stream started by an older process, or none).
 func waitMarker(ctx context.Context, dst *pgx.Conn, mv *moveRun, seq int64, every time.Duration) error {
 	moveID := mv.ID
+	var markers *markerApplier
+	var wake <-chan struct{}
+	if mv.stream != nil && mv.stream.markers != nil {
+		markers, wake = mv.stream.markers, mv.stream.markers.wake
+	}
 	for {
 		if err := mv.streamErr(); err != nil {
 			return err
+		}
+		if markers != nil && markers.applied(seq) {
+			return nil
 		}
 		var ok bool
 		if err := dst.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant_move.marker WHERE move_id = $1 AND seq = $2)`, moveID, seq).Scan(&ok); err != nil {
@@ -469,9 +480,15 @@ func waitMarker(ctx context.Context, dst *pgx.Conn, mv *moveRun, seq int64, ever
 		if ok {
 			return nil
 		}
-		if err := sleep(ctx, every); err != nil {
-			return fmt.Errorf("wait for the target to apply the source's changes: %w", err)
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("wait for the target to apply the source's changes: %w", ctx.Err())
+		case <-wake:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 

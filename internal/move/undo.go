@@ -61,7 +61,7 @@ func (m *Mover) fenceBack(ctx context.Context, mv *moveRun) error {
 		}
 		lease := m.renewLeases(fctx, &back, cancelCause)
 		defer lease.close()
-		if err := m.cfg.Fencer.Fence(fctx, mv.Shard); err != nil {
+		if err := m.fenceRouters(fctx, &back); err != nil {
 			return fmt.Errorf("fence shard in routers: %w", err)
 		}
 		// The target now plays the source: locked, guarded, leased.

@@ -845,7 +845,14 @@ func (ss *session) hold(ch chan struct{}, shard int, since time.Time) *wire.Erro
 func (ss *session) leaveGate(g *gate) {
 	g.mu.Lock()
 	delete(g.inflight, ss)
+	fenced := g.fenced
 	g.mu.Unlock()
+	if fenced { // SetMap may be waiting for the shard to drain
+		select {
+		case ss.srv.gateLeft <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // setup queues the statements that give be the session's settings, the

@@ -45,6 +45,10 @@ type Server struct {
 
 	gatesMu sync.Mutex
 	gates   atomic.Pointer[[]*gate]
+	// gateLeft is signalled (capacity 1) when a transaction leaves a
+	// fenced shard's gate: SetMap acknowledges a fence as soon as the last
+	// one has left, not at its next look.
+	gateLeft chan struct{}
 
 	sessMu   sync.Mutex
 	sessions map[uint32]*session
@@ -120,6 +124,7 @@ func New(cfg Config) *Server {
 		keys:       make(map[string]wire.SCRAMKeys),
 		scan:       sqlscan.NewCache(0),
 		drainBegun: make(chan struct{}),
+		gateLeft:   make(chan struct{}, 1),
 	}
 	if cfg.MaxMessageMemory > 0 {
 		s.budget = wire.NewBudget(cfg.MaxMessageMemory, cfg.MessageMemoryWait)
@@ -411,6 +416,7 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 		}
 		select {
 		case <-tick.C:
+		case <-s.gateLeft:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -128,7 +128,13 @@ type row struct {
 func run(ctx context.Context, o options, w io.Writer) error {
 	log := slog.New(slog.DiscardHandler)
 	if o.verbose {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		// Times to the microsecond: the fence's steps are a few ms each.
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.String(slog.TimeKey, a.Value.Time().Format("15:04:05.000000"))
+			}
+			return a
+		}}))
 	}
 	root := o.dir
 	if root == "" {
