@@ -407,6 +407,21 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
 	sql := ss.cr.String(text) // no copy of a large query
+	if ss.unsynced && ss.be != nil && ss.backendPending() {
+		// The client's Parse/Bind/Execute without a Sync precede this
+		// Query. Should one of them fail, the server skips everything up
+		// to the client's Sync, this Query too (no ReadyForQuery of its
+		// own): learn that before the Query goes (a round trip, for this
+		// rare mix only).
+		ss.be.W.Write(wire.FlushMsg)
+		if err := ss.drain(true); err != nil {
+			return ss.clientFailed(err)
+		}
+		if ss.skipToSync {
+			return nil
+		}
+	}
+	ss.unnamed = nil // a simple Query drops the unnamed statement, as on the server
 	if e := ss.checkAccess(sql); e != nil {
 		return e
 	}
