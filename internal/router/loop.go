@@ -304,10 +304,11 @@ const abortStmt = "pgtenant_abort"
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
-	if ss.be != nil && ss.unsyncedPending() {
-		// Earlier messages of this batch went to the server: end them as
-		// an error there would, rolling their implicit transaction back
-		// (a Parse that fails, its error kept from the client), then Sync.
+	if ss.be != nil && (ss.unsyncedPending() || ss.unsynced) {
+		// Earlier messages of this batch went to the server (answered
+		// already, after a Flush, or not): end them as an error there
+		// would, rolling their implicit transaction back (a Parse that
+		// fails, its error kept from the client), then Sync.
 		ss.out = wire.AppendParse(ss.out[:0], abortStmt, "pgtenant: abort", []byte{0, 0})
 		ss.be.W.WriteFrame(wire.MsgParse, ss.out)
 		ss.push(expect{kind: eParse, swallow: true, abort: true, name: abortStmt})
