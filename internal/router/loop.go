@@ -433,6 +433,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	clientUnsynced := ss.unsynced
 	if ss.failed && ss.be == nil {
 		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
+			// The answers to a pipelined Sync before this still say the
+			// transaction is aborted.
+			if err := ss.drainSyncs(); err != nil {
+				return ss.clientFailed(err)
+			}
 			ss.failed = false
 			return ss.reply("ROLLBACK", nil)
 		}
