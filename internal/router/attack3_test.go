@@ -2,6 +2,8 @@ package router
 
 import (
 	"context"
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -214,5 +216,67 @@ func TestHostileStalledReader(t *testing.T) {
 	}
 	if n != rows {
 		t.Fatalf("rows read after the stall: %d, want %d", n, rows)
+	}
+}
+
+// Session settings undone by RESET ALL or DISCARD ALL are not replayed on the
+// backend the session's next transaction lands on (another one: the first
+// is held by another client), and that backend has the shard's path.
+func TestHostileResetThenOtherBackend(t *testing.T) {
+	for _, undo := range []string{"RESET ALL", "DISCARD ALL", "RESET work_mem"} {
+		t.Run(undo, func(t *testing.T) {
+			s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 2}}, nil)
+			a := tcConnect(t, s, "t2")
+			a.q("SET work_mem = '64kB'")
+			if got := a.q(undo); strings.Contains(got, "E(") {
+				t.Fatalf("%s: %s", undo, got)
+			}
+			h := tcConnect(t, s, "t2") // holds the most recently used backend
+			h.q("BEGIN")
+			hpid := pidOf(h.q("SELECT pg_backend_pid() FROM whoami"))
+			got := a.q("SELECT current_setting('work_mem') || ' ' || current_setting('search_path') || ' ' || pg_backend_pid() FROM whoami")
+			f := strings.Fields(strings.TrimPrefix(strings.SplitN(got, ")", 2)[0], "D("))
+			if !strings.HasPrefix(got, "D(4MB shard_0002, ") || f[len(f)-1] == hpid {
+				t.Fatalf("after SET work_mem and %s, on another backend: %s (held: %s)", undo, got, hpid)
+			}
+			h.q("ROLLBACK")
+		})
+	}
+}
+
+// A cancel request for another client's statement without its secret —
+// the router key's process id with a wrong secret, or the backend's own
+// process id (pg_backend_pid) with any — cancels nothing: the statement
+// finishes with its row.
+func TestHostileCancelForeignKey(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	a := tcConnect(t, s, "t2")
+	bpid := pidOf(a.q("SELECT pg_backend_pid() FROM whoami"))
+	var backendPID uint32
+	for _, ch := range bpid {
+		backendPID = backendPID*10 + uint32(ch-'0')
+	}
+	a.send(&pgproto3.Query{String: "SELECT 'done' FROM whoami, pg_sleep(1)"})
+	wrong := append([]byte(nil), a.pc.SecretKey()...)
+	wrong[0] ^= 0xff
+	for _, req := range []*pgproto3.CancelRequest{
+		{ProcessID: a.pc.PID(), SecretKey: wrong},
+		{ProcessID: backendPID, SecretKey: make([]byte, 4)},
+		{ProcessID: backendPID, SecretKey: a.pc.SecretKey()},
+	} {
+		nc, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf, err := req.Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Write(buf)
+		io.Copy(io.Discard, nc) // the router closes it, as a server does
+		nc.Close()
+	}
+	if got := a.recv(1); got != "D(done) C(SELECT 1) ZI" {
+		t.Fatalf("statement after foreign cancel requests: %s", got)
 	}
 }
