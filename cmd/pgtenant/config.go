@@ -65,8 +65,8 @@ type RouterConfig struct {
 	PoolWaitTimeout time.Duration `yaml:"pool_wait_timeout"`
 	// PoolConnectTimeout bounds opening one backend connection.
 	PoolConnectTimeout time.Duration `yaml:"pool_connect_timeout"`
-	// PoolCheckIdle: a backend connection idle longer than this is checked
-	// before use; negative means never.
+	// PoolCheckIdle: a backend connection idle at least this long is checked
+	// before use; zero means at every use, negative never.
 	PoolCheckIdle time.Duration `yaml:"pool_check_idle"`
 	// MaxClients bounds concurrent client connections.
 	MaxClients int `yaml:"max_clients"`

@@ -74,7 +74,7 @@ hostssl does.`,
 	cmd.Flags().Duration("pool-max-lifetime", time.Hour, "retire backend connections this old (negative: never)")
 	cmd.Flags().Duration("pool-wait-timeout", 5*time.Second, "longest wait for a free backend connection when a node's pool is full (then SQLSTATE 53300)")
 	cmd.Flags().Duration("pool-connect-timeout", 5*time.Second, "longest time to open one backend connection")
-	cmd.Flags().Duration("pool-check-idle", 100*time.Millisecond, "check a backend connection idle longer than this before use (negative: never)")
+	cmd.Flags().Duration("pool-check-idle", 0, "check a backend connection idle at least this long before use (0: at every use, negative: never)")
 	cmd.Flags().Int("max-clients", 1000, "most concurrent client connections (more get SQLSTATE 53300)")
 	cmd.Flags().Int("max-message", 64<<20, "largest protocol message from a client or server, in bytes")
 	cmd.Flags().Int64("max-message-memory", router.DefaultMaxMessageMemory, "most bytes held at once for client messages over 128 KiB, across all clients (-1: no bound)")

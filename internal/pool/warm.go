@@ -89,7 +89,7 @@ func (p *Pool) Warm(ctx context.Context, n int, prime string) (WarmResult, error
 		go func() {
 			defer wg.Done()
 			now := time.Now()
-			if c.Broken() || p.expired(c, now) || (p.conf().CheckIdle > 0 && now.Sub(c.lastUsed) > p.conf().CheckIdle && !c.quiet()) {
+			if c.Broken() || p.expired(c, now) || p.gone(c, now) {
 				p.discard(c)
 				note(false, false, nil)
 				return

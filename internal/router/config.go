@@ -56,9 +56,10 @@ type PoolConfig struct {
 	WaitTimeout time.Duration
 	// ConnectTimeout bounds opening one backend connection. Zero means 5 seconds.
 	ConnectTimeout time.Duration
-	// CheckIdle: a backend connection idle longer than this is checked
+	// CheckIdle: a backend connection idle at least this long is checked
 	// (without a round trip) before it is handed out, so one the server
-	// closed meanwhile is replaced. Zero means 100 ms; negative means never.
+	// closed meanwhile is replaced. Zero means at every checkout; negative
+	// means never.
 	CheckIdle time.Duration
 }
 

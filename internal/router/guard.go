@@ -196,7 +196,8 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			}
 		case tWord, tQuotedIdent:
 			name := identText(t)
-			if depth > 0 && isSessionLockFunc(name) {
+			if depth > 0 && (isSessionLockFunc(name) || (t.kind == tQuotedIdent && i >= 2 && toks[i-1].text == "&" &&
+				strings.EqualFold(toks[i-2].text, "u") && unicodeIdentCouldBe(t.text, isSessionLockFunc))) {
 				g.sessionLock = true
 			}
 			switch {

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"strconv"
 	"strings"
 )
 
@@ -221,6 +222,9 @@ func classify(sql string) stmtInfo {
 			i = skipQuotedIdent(sql, i)
 			lx.add(stmtDone, tQuotedIdent, start, i)
 			lx.noteQuoted(sql[start:i], &info)
+			if start >= 2 && sql[start-1] == '&' && (sql[start-2] == 'u' || sql[start-2] == 'U') && unicodeIdentCouldBe(sql[start:i], isSessionLockFunc) {
+				info.sessionLock = true // U&"\0070g_advisory_lock"
+			}
 		case c == '$':
 			start := i
 			var k tokKind
@@ -431,6 +435,55 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			info.holdCursor = true
 		}
 	}
+}
+
+// unicodeIdentCouldBe reports whether a quoted identifier written U&"..."
+// (q with its quotes) decodes to a name f accepts, with its escapes read
+// with any escape character it may use (a UESCAPE clause after it picks
+// one; backslash without).
+func unicodeIdentCouldBe(q string, f func(string) bool) bool {
+	body := strings.ReplaceAll(q[1:max(1, len(q)-1)], `""`, `"`)
+	for i := 0; i < len(body); i++ {
+		e := body[i]
+		if isIdent(e) || e == '+' || e == '\'' || e == '"' || e <= ' ' || e >= 0x80 || strings.IndexByte(body[:i], e) >= 0 {
+			continue // not an escape character UESCAPE accepts, or tried
+		}
+		if name, ok := decodeUnicodeEscapes(body, e); ok && f(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// decodeUnicodeEscapes decodes U&"..." escapes (eXXXX, e+XXXXXX, ee) in s
+// with escape character e.
+func decodeUnicodeEscapes(s string, e byte) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != e {
+			b.WriteByte(s[i])
+			continue
+		}
+		n := 4
+		switch {
+		case i+1 < len(s) && s[i+1] == e:
+			b.WriteByte(e)
+			i++
+			continue
+		case i+1 < len(s) && s[i+1] == '+':
+			n, i = 6, i+1
+		}
+		if i+n >= len(s) {
+			return "", false
+		}
+		r, err := strconv.ParseUint(s[i+1:i+1+n], 16, 32)
+		if err != nil {
+			return "", false
+		}
+		b.WriteRune(rune(r))
+		i += n
+	}
+	return b.String(), true
 }
 
 // isSessionLockFunc reports whether a word (possibly qualified) names a

@@ -304,10 +304,11 @@ const abortStmt = "pgtenant_abort"
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
-	if ss.be != nil && ss.unsyncedPending() {
-		// Earlier messages of this batch went to the server: end them as
-		// an error there would, rolling their implicit transaction back
-		// (a Parse that fails, its error kept from the client), then Sync.
+	if ss.be != nil && (ss.unsyncedPending() || ss.unsynced) {
+		// Earlier messages of this batch went to the server (answered
+		// already, after a Flush, or not): end them as an error there
+		// would, rolling their implicit transaction back (a Parse that
+		// fails, its error kept from the client), then Sync.
 		ss.out = wire.AppendParse(ss.out[:0], abortStmt, "pgtenant: abort", []byte{0, 0})
 		ss.be.W.WriteFrame(wire.MsgParse, ss.out)
 		ss.push(expect{kind: eParse, swallow: true, abort: true, name: abortStmt})
@@ -407,6 +408,21 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
 	sql := ss.cr.String(text) // no copy of a large query
+	if ss.unsynced && ss.be != nil && ss.backendPending() {
+		// The client's Parse/Bind/Execute without a Sync precede this
+		// Query. Should one of them fail, the server skips everything up
+		// to the client's Sync, this Query too (no ReadyForQuery of its
+		// own): learn that before the Query goes (a round trip, for this
+		// rare mix only).
+		ss.be.W.Write(wire.FlushMsg)
+		if err := ss.drain(true); err != nil {
+			return ss.clientFailed(err)
+		}
+		if ss.skipToSync {
+			return nil
+		}
+	}
+	ss.unnamed = nil // a simple Query drops the unnamed statement, as on the server
 	if e := ss.checkAccess(sql); e != nil {
 		return e
 	}
@@ -417,6 +433,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	clientUnsynced := ss.unsynced
 	if ss.failed && ss.be == nil {
 		if (info.kind == kCommit || info.kind == kRollback) && !info.multi {
+			// The answers to a pipelined Sync before this still say the
+			// transaction is aborted.
+			if err := ss.drainSyncs(); err != nil {
+				return ss.clientFailed(err)
+			}
 			ss.failed = false
 			return ss.reply("ROLLBACK", nil)
 		}

@@ -4,12 +4,10 @@ package router
 // the server skips, rolls back or never finishes what it was sent.
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -212,29 +210,7 @@ func TestStateTenantSetConfigPlusOther(t *testing.T) {
 func TestStateDeadBackendDeferredBegin(t *testing.T) {
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	c := tcConnect(t, s, "t2")
-	got := c.q("SELECT pg_backend_pid() FROM whoami")
-	pid := strings.TrimSuffix(strings.TrimPrefix(strings.Fields(got)[0], "D("), ")")
-	dc, err := pgx.Connect(context.Background(), nodeDSN(nodeA))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dc.Close(context.Background())
-	if _, err := dc.Exec(context.Background(), "SELECT pg_terminate_backend("+pid+")"); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ { // until the server process is gone
-		var n int
-		if err := dc.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE pid = "+pid).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if i == 100 {
-			t.Fatal("backend not terminated")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	terminate(t, pidOf(c.q("SELECT pg_backend_pid() FROM whoami")))
 	time.Sleep(150 * time.Millisecond) // idle longer than the pool's CheckIdle
 	// The pool notices the dead connection and hands out a new one.
 	if got := c.q("BEGIN"); got != "C(BEGIN) ZT" {
