@@ -144,6 +144,7 @@ type Conn struct {
 
 	node     string
 	nc       net.Conn
+	peek     *peeker // made at the first look (see quiet)
 	created  time.Time
 	lastUsed time.Time
 	broken   atomic.Bool
@@ -156,27 +157,56 @@ type Conn struct {
 // quiet reports whether nothing is waiting to be read on an idle
 // connection's socket and it is still open (see Config.CheckIdle).
 func (c *Conn) quiet() bool {
-	nc := c.nc
+	if c.peek == nil {
+		c.peek = newPeeker(c.nc)
+	}
+	return c.peek.quiet()
+}
+
+// peeker looks at a connection's socket without reading from it or
+// blocking. It is made once per connection, with its callback, so that the
+// look at every checkout is one system call and allocates nothing (the
+// syscall.RawConn and a closure made per look cost 3 allocations).
+type peeker struct {
+	raw syscall.RawConn
+	// always is the answer where the socket cannot be looked at: quiet for
+	// a connection that is no socket (tests), not quiet where the socket's
+	// descriptor could not be had.
+	always bool
+	buf    [1]byte
+	empty  bool // set by peek: nothing to read and still open
+	peek   func(fd uintptr) bool
+}
+
+func newPeeker(nc net.Conn) *peeker {
 	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
 		nc = t.NetConn() // TLS: any record that arrived counts
 	}
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return true
+		return &peeker{always: true}
 	}
-	rc, err := sc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return &peeker{}
 	}
-	var b [1]byte
-	quiet := false
-	err = rc.Read(func(fd uintptr) bool {
-		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+	pk := &peeker{raw: raw}
+	pk.peek = func(fd uintptr) bool {
+		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&pk.buf[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		quiet = errno == syscall.EAGAIN
+		pk.empty = errno == syscall.EAGAIN
 		return true
-	})
-	return err == nil && quiet
+	}
+	return pk
+}
+
+// quiet reports whether the socket has nothing to read and is open.
+func (pk *peeker) quiet() bool {
+	if pk.raw == nil {
+		return pk.always
+	}
+	pk.empty = false
+	return pk.raw.Read(pk.peek) == nil && pk.empty
 }
 
 // gone reports whether an idle connection's server has sent something

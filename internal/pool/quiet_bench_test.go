@@ -21,6 +21,23 @@ func BenchmarkQuiet(b *testing.B) {
 	}
 }
 
+// TestQuietAllocatesNothing: the look at every checkout allocates nothing.
+func TestQuietAllocatesNothing(t *testing.T) {
+	p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1}, nil)
+	t.Cleanup(p.Close)
+	c, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Release)
+	if !c.quiet() {
+		t.Fatal("idle connection not quiet")
+	}
+	if n := testing.AllocsPerRun(100, func() { c.quiet() }); n != 0 {
+		t.Errorf("quiet allocates %.0f times, want 0", n)
+	}
+}
+
 // BenchmarkPeekSyscall is the peek's system call alone, on a descriptor
 // taken once: the floor of what a check at every checkout can cost.
 func BenchmarkPeekSyscall(b *testing.B) {
