@@ -333,7 +333,9 @@ func (im *Importer) verifyAt(ctx context.Context, imp *Import, legacy *pgx.Conn,
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_, _ = legacy.Exec(bg, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND released_at IS NULL`, seq)
-		_, _ = legacy.Exec(bg, `DELETE FROM `+verifyTable+` WHERE seq = $1 OR created_at < now() - interval '1 day'`, seq)
+		// The row stays (released) a day: an applier that finds no row
+		// waits for it to become visible (learnHold).
+		_, _ = legacy.Exec(bg, `DELETE FROM `+verifyTable+` WHERE created_at < now() - interval '1 day'`)
 	}
 	if err := marker(markerVerifyRequest); err != nil {
 		return nil, "", nil, fmt.Errorf("write the verify request on the legacy database: %w", err)
@@ -492,9 +494,14 @@ func verifyRequest(txns []*stream.Txn) (int, int64) {
 
 // learnHold reads the point of verify request seq (step 4 of the
 // protocol): the verify records it right after creating its slot. A
-// request whose verify is gone is ignored; one whose point did not come
-// within holdPointWait is given up: marked released while its point is
-// not recorded, so that the verify learns it and asks again (VerifyWith).
+// request whose verify is gone (its row released) is ignored; one whose
+// point did not come within holdPointWait is given up: marked released
+// while its point is not recorded, so that the verify learns it and asks
+// again (VerifyWith). A missing row is waited for too: it commits with the
+// request's marker, but the stream may deliver a commit before the legacy
+// database shows it to other sessions (the walsender sends it once it is
+// flushed; the committing session makes it visible after that), and a
+// verify keeps its row a day.
 func (a *applier) learnHold(ctx context.Context, seq int64) error {
 	if a.legacyConn == nil {
 		imp, err := a.im.load(ctx)
@@ -510,11 +517,12 @@ func (a *applier) learnHold(ctx context.Context, seq int64) error {
 		var lsn *string
 		var released bool
 		err := a.legacyConn.QueryRow(ctx, `SELECT lsn::text, released_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&lsn, &released)
-		if errors.Is(err, pgx.ErrNoRows) || err == nil && released {
-			return a.closeLegacy()
-		}
-		if err != nil {
+		missing := errors.Is(err, pgx.ErrNoRows)
+		if err != nil && !missing {
 			return fmt.Errorf("verify hold: read the verify's point: %w", err)
+		}
+		if released {
+			return a.closeLegacy()
 		}
 		if lsn != nil {
 			until, err := stream.ParseLSN(*lsn)
@@ -523,6 +531,10 @@ func (a *applier) learnHold(ctx context.Context, seq int64) error {
 			}
 			a.hold = &verifyHold{seq: seq, until: until}
 			return nil
+		}
+		if time.Now().After(deadline) && missing {
+			a.log.Warn("import: a verify request's row never showed on the legacy database; going on", "seq", seq, "waited", holdPointWait)
+			return a.closeLegacy()
 		}
 		if time.Now().After(deadline) {
 			tag, err := a.legacyConn.Exec(ctx, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND lsn IS NULL AND released_at IS NULL`, seq)

@@ -159,3 +159,60 @@ func mustConnect(ctx context.Context, t *testing.T, dsn string) *pgx.Conn {
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
 }
+
+// TestVerifyRequestBeforeItsRowShows (issue 12, the verify that hung under
+// load): the stream may deliver a transaction before the legacy database
+// shows it to other sessions (the walsender sends a commit once it is
+// flushed; the committing session makes it visible after that, later on a
+// loaded box). The applier, finding no row for a verify request, took the
+// verify for gone and went on; the verify then waited for a hold that never
+// came. Here the request's marker commits first and its row only once the
+// applier looked for it: the applier still holds at the point the row
+// names, and goes on when released. (It failed before: no hold.)
+func TestVerifyRequestBeforeItsRowShows(t *testing.T) {
+	ctx := ctxT(t)
+	im, _, legacy, _ := streamingImport(ctx, t, 4, 4)
+	if _, err := im.Verify(ctx, nil); err != nil { // creates the verify table
+		t.Fatal(err)
+	}
+	conn := mustConnect(ctx, t, legacy)
+	const seq = 4242
+	if _, err := conn.Exec(ctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, markerVerifyRequest, seq); err != nil {
+		t.Fatal(err)
+	}
+	for { // the applier looks for the request's row
+		var seen bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+			AND query LIKE 'SELECT lsn::text, released_at IS NOT NULL FROM `+verifyTable+`%')`).Scan(&seen); err != nil {
+			t.Fatal(err)
+		}
+		if seen {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The row shows, with its point, and a transaction past it commits.
+	if _, err := conn.Exec(ctx, `INSERT INTO `+verifyTable+` (seq, lsn) VALUES ($1, pg_current_wal_insert_lsn())`, seq); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+markerSchema+`.`+markerTable+` (shard, seq) VALUES ($1, $2)`, markerVerifyEnd, seq); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var held bool
+		if err := conn.QueryRow(ctx, `SELECT held_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&held); err != nil {
+			t.Fatalf("wait for the hold: %v", err)
+		}
+		if held {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1`, seq); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := im.Verify(ctx, nil) // the stream went on
+	if err != nil || !rep.Consistent || !rep.OK() {
+		t.Fatalf("verify after the hold: %v, %+v", err, rep)
+	}
+}
