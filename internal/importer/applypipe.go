@@ -41,7 +41,10 @@ import (
 //     change (nodeApplier.changed, nodeApplier.flushed; a flush request
 //     alone flushes the node): so, while the routers hold the shard and the
 //     legacy database commits the marker, the node flushes what it applied
-//     of it. A round with a marker otherwise commits without waiting for
+//     of it; such a round's notification names the node's flushed position
+//     after its commit (stream.ApplyOptions.Notify: not the insert one,
+//     which other sessions' WAL not flushed yet may lie below). A round
+//     with a marker otherwise commits without waiting for
 //     its flush, and its notification names the node's position after the
 //     last round that changed the shard: alone when the node is known
 //     flushed that far (the cutover flips at once), else with the node's

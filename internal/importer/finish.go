@@ -46,20 +46,24 @@ func (im *Importer) Status(ctx context.Context) (*Status, error) {
 	if imp.Method == MethodTrigger {
 		im.queueStatus(ctx, imp, st)
 	}
+	// The tables not in the import are named from import init on (before
+	// import start too: a table created after init), the lag once a slot
+	// exists.
+	legacy, err := connect(ctx, imp.LegacyDSN)
+	if err != nil {
+		return st, nil // out of reach: no lag, Unimported nil
+	}
+	defer legacy.Close(context.Background())
 	if imp.Slot != "" {
-		if legacy, err := connect(ctx, imp.LegacyDSN); err == nil {
-			var lag *int64
-			err := legacy.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active FROM pg_replication_slots WHERE slot_name = $1`,
-				imp.Slot).Scan(&lag, &st.SlotActive)
-			if err == nil && lag != nil {
-				st.Lag = *lag
-			}
-			if st.Unimported, err = im.unimported(ctx, legacy, imp); err != nil {
-				legacy.Close(context.Background())
-				return nil, err
-			}
-			legacy.Close(context.Background())
+		var lag *int64
+		err := legacy.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active FROM pg_replication_slots WHERE slot_name = $1`,
+			imp.Slot).Scan(&lag, &st.SlotActive)
+		if err == nil && lag != nil {
+			st.Lag = *lag
 		}
+	}
+	if st.Unimported, err = im.unimported(ctx, legacy, imp); err != nil {
+		return nil, err
 	}
 	return st, nil
 }

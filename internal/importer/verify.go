@@ -54,8 +54,9 @@ func (r *VerifyReport) OK() bool {
 type VerifyOptions struct {
 	// Shards to compare; nil means every copied shard not cut over.
 	Shards []int
-	// Timeout bounds the wait for the change stream to reach the verify's
-	// point; 0 means 2 minutes.
+	// Timeout bounds each wait for the verify's point: its temporary
+	// slot's creation on the legacy database, then (after the legacy side
+	// is read) the change stream's hold there; 0 means 2 minutes.
 	Timeout time.Duration
 }
 
@@ -64,6 +65,13 @@ var ErrVerifyNoStream = coded("55000", "the change stream did not reach the veri
 
 // ErrVerifyHoldLapsed: the stream stopped holding before the shards were read.
 var ErrVerifyHoldLapsed = coded("57014", "the change stream stopped holding at the verify's point before the shards were read (the hold lasts at most 2 minutes); verify fewer shards at once (--shard)")
+
+// ErrVerifyPointGivenUp: the change stream stopped waiting for the
+// verify's point before the verify recorded it, on every attempt.
+var ErrVerifyPointGivenUp = coded("55000", "the change stream stopped waiting for the verify's point before the verify recorded it (creating the verify's slot on the legacy database took longer than the stream waits, on every attempt: long transactions on the legacy database's server delay it); end them (pg_stat_activity, backend_xid), then run import verify again")
+
+// ErrVerifySlotWait: the verify's temporary slot was not created in time.
+var ErrVerifySlotWait = coded("55P03", "the verify's temporary slot on the legacy database was not created in time: a logical slot waits until every transaction that holds a transaction id on the legacy database's server (in any database) has ended")
 
 // Verify compares the given shards (nil: every copied shard not cut over);
 // see VerifyWith.
@@ -106,6 +114,17 @@ const verifyTable = markerSchema + ".verify"
 //     now hold exactly the changes up to L: only the stream writes the
 //     shards of a shard not cut over), then releases the applier. A hold
 //     that lapsed before the release fails the verify (ErrVerifyHoldLapsed).
+//
+// No side waits for the other without a bound. The applier waits for L at
+// most holdPointWait (the slot's creation waits for every transaction with
+// an xid on the legacy database's server); when it gives the request up, it
+// marks the row released, only while L is not recorded, so that the verify,
+// which records L only in a row not released, learns it at once and starts
+// again with a new request (verifyAttempts in all; then
+// ErrVerifyPointGivenUp). The slot's creation and the wait for the hold
+// are bounded by opts.Timeout each (ErrVerifySlotWait naming the
+// transactions the slot waits for; ErrVerifyNoStream). A verify that fails after the hold
+// releases it, so the stream goes on at once.
 //
 // A difference found this way is not a write in flight: it is a real one.
 // Without a stream (the import is copying or copied), the two sides are
@@ -182,6 +201,11 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 
 	// The legacy side (at the verify's point while streaming).
 	var release func(context.Context) error
+	defer func() { // a verify that fails after the hold does not keep the stream held
+		if release != nil {
+			_ = release(context.WithoutCancel(ctx))
+		}
+	}()
 	var l map[[2]string]sum
 	if imp.State == StateStreaming && len(todo) > 0 {
 		rep.Consistent = true
@@ -237,7 +261,9 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 		}
 	}
 	if release != nil {
-		if err := release(ctx); err != nil {
+		rel := release
+		release = nil
+		if err := rel(ctx); err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
 		}
 	}
@@ -256,14 +282,38 @@ func (im *Importer) VerifyWith(ctx context.Context, opts VerifyOptions) (*Verify
 	return rep, nil
 }
 
+// verifyAttempts is how many requests a verify makes when the change
+// stream gives its point up before the verify recorded it.
+const verifyAttempts = 2
+
+// errPointGivenUp: the applier gave this request's point up (verifyAt).
+var errPointGivenUp = errors.New("the change stream gave the verify's point up")
+
 // legacyAtPoint runs steps 1 to 3 of the verify protocol (see VerifyWith)
 // and waits for step 4: it returns the legacy side's sums at the verify's
-// point, the point, and the release of the applier's hold.
+// point, the point, and the release of the applier's hold. A request
+// whose point the applier gave up is made again (verifyAttempts in all).
 func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration, sums sumsFunc) (map[[2]string]sum, string, func(context.Context) error, error) {
 	if _, err := legacy.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+verifyTable+` (seq bigint PRIMARY KEY, lsn pg_lsn, held_at timestamptz, released_at timestamptz,
 		created_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return nil, "", nil, fmt.Errorf("create %s on the legacy database: %w", verifyTable, err)
 	}
+	for attempt := 1; ; attempt++ {
+		l, lsn, release, err := im.verifyAt(ctx, imp, legacy, rules, ids, timeout, sums)
+		if !errors.Is(err, errPointGivenUp) {
+			return l, lsn, release, err
+		}
+		if attempt == verifyAttempts {
+			return nil, "", nil, ErrVerifyPointGivenUp
+		}
+		im.logger.Warn("import verify: the change stream gave the verify's point up before it was recorded (the verify's slot took long to create); asking again", "attempt", attempt)
+	}
+}
+
+// verifyAt makes one verify request (steps 1 to 3), its slot's creation
+// and then the wait for its hold each bounded by timeout; errPointGivenUp
+// when the applier gave its point up.
+func (im *Importer) verifyAt(ctx context.Context, imp *Import, legacy *pgx.Conn, rules []tables.Table, ids []string, timeout time.Duration, sums sumsFunc) (map[[2]string]sum, string, func(context.Context) error, error) {
 	seq := rand.Int64N(1 << 62)
 	marker := func(shard int) error {
 		return pgx.BeginFunc(ctx, legacy, func(tx pgx.Tx) error {
@@ -283,20 +333,28 @@ func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_, _ = legacy.Exec(bg, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND released_at IS NULL`, seq)
-		_, _ = legacy.Exec(bg, `DELETE FROM `+verifyTable+` WHERE seq = $1 OR created_at < now() - interval '1 day'`, seq)
+		// The row stays (released) a day: an applier that finds no row
+		// waits for it to become visible (learnHold).
+		_, _ = legacy.Exec(bg, `DELETE FROM `+verifyTable+` WHERE created_at < now() - interval '1 day'`)
 	}
 	if err := marker(markerVerifyRequest); err != nil {
 		return nil, "", nil, fmt.Errorf("write the verify request on the legacy database: %w", err)
 	}
-	snap, err := createSlot(ctx, imp.LegacyDSN, fmt.Sprintf("pgtenant_verify_%d", seq%1e9), true)
+	snap, err := createVerifySlot(ctx, imp.LegacyDSN, fmt.Sprintf("pgtenant_verify_%d", seq%1e9), time.Now().Add(timeout))
 	if err != nil {
 		cleanup()
 		return nil, "", nil, err
 	}
 	defer snap.Close(context.Background())
-	if _, err := legacy.Exec(ctx, `UPDATE `+verifyTable+` SET lsn = $2::pg_lsn WHERE seq = $1`, seq, snap.ConsistentLSN); err != nil {
+	// Only in a row the applier has not given up (it marks it released).
+	tag, err := legacy.Exec(ctx, `UPDATE `+verifyTable+` SET lsn = $2::pg_lsn WHERE seq = $1 AND released_at IS NULL`, seq, snap.ConsistentLSN)
+	if err != nil {
 		cleanup()
 		return nil, "", nil, fmt.Errorf("record the verify's point: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		cleanup()
+		return nil, "", nil, errPointGivenUp
 	}
 	if err := marker(markerVerifyEnd); err != nil {
 		cleanup()
@@ -316,13 +374,17 @@ func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.
 	snap.Close(context.Background())
 	deadline := time.Now().Add(timeout)
 	for {
-		var held bool
-		if err := legacy.QueryRow(ctx, `SELECT held_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&held); err != nil {
+		var held, released bool
+		if err := legacy.QueryRow(ctx, `SELECT held_at IS NOT NULL, released_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&held, &released); err != nil {
 			cleanup()
 			return nil, "", nil, fmt.Errorf("wait for the change stream: %w", err)
 		}
 		if held {
 			break
+		}
+		if released { // not by this verify: the applier gave the point up
+			cleanup()
+			return nil, "", nil, errPointGivenUp
 		}
 		if time.Now().After(deadline) {
 			cleanup()
@@ -349,6 +411,51 @@ func (im *Importer) legacyAtPoint(ctx context.Context, imp *Import, legacy *pgx.
 	return l, snap.ConsistentLSN, release, nil
 }
 
+// createVerifySlot creates a verify's temporary slot on the legacy
+// database, waiting at most until deadline: a logical slot waits until
+// every transaction holding a transaction id on the server has ended.
+// Past the deadline, ErrVerifySlotWait names the oldest of them.
+func createVerifySlot(ctx context.Context, dsn, name string, deadline time.Time) (*slot, error) {
+	sctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	started := time.Now()
+	snap, err := createSlot(sctx, dsn, name, true)
+	if err == nil || ctx.Err() != nil || sctx.Err() == nil {
+		return snap, err
+	}
+	return nil, fmt.Errorf("%w; waited %s for: %s; end them (or wait for them), then run import verify again",
+		ErrVerifySlotWait, time.Since(started).Round(time.Second), oldTransactions(ctx, dsn, started))
+}
+
+// oldTransactions describes the sessions of dsn's server whose transaction
+// holds a transaction id and started before since (at most 5, oldest
+// first), as far as the role may see them.
+func oldTransactions(ctx context.Context, dsn string, since time.Time) string {
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	conn, err := connect(qctx, dsn)
+	if err != nil {
+		return "transactions not listed (" + err.Error() + ")"
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(qctx, `SELECT format('pid %s (database %s, user %s, application %L, %s, transaction started %s ago)', pid, datname, usename,
+			application_name, state, date_trunc('second', now() - xact_start))
+		FROM pg_catalog.pg_stat_activity
+		WHERE backend_xid IS NOT NULL AND xact_start < now() - $1 * interval '1 second' AND pid <> pg_backend_pid()
+		ORDER BY xact_start LIMIT 5`, time.Since(since).Seconds())
+	if err != nil {
+		return "transactions not listed (" + err.Error() + ")"
+	}
+	list, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "transactions not listed (" + err.Error() + ")"
+	}
+	if len(list) == 0 {
+		return "transactions this role may not see (pg_stat_activity shows other roles' sessions to pg_read_all_stats)"
+	}
+	return strings.Join(list, "; ")
+}
+
 // verifyHold is the point of a verify request the applier holds at.
 type verifyHold struct {
 	seq   int64
@@ -357,6 +464,12 @@ type verifyHold struct {
 
 // holdTimeout bounds an applier's hold at a verify's point.
 const holdTimeout = 2 * time.Minute
+
+// holdPointWait bounds an applier's wait for a verify's point after its
+// request (the verify's slot creation: milliseconds, unless transactions
+// with an xid run long on the legacy database's server). A variable for
+// the tests.
+var holdPointWait = holdTimeout
 
 // verifyRequest finds the first transaction of txns carrying a verify
 // request marker: its index and the request's seq (-1 when none).
@@ -381,7 +494,14 @@ func verifyRequest(txns []*stream.Txn) (int, int64) {
 
 // learnHold reads the point of verify request seq (step 4 of the
 // protocol): the verify records it right after creating its slot. A
-// request whose verify is gone is ignored.
+// request whose verify is gone (its row released) is ignored; one whose
+// point did not come within holdPointWait is given up: marked released
+// while its point is not recorded, so that the verify learns it and asks
+// again (VerifyWith). A missing row is waited for too: it commits with the
+// request's marker, but the stream may deliver a commit before the legacy
+// database shows it to other sessions (the walsender sends it once it is
+// flushed; the committing session makes it visible after that), and a
+// verify keeps its row a day.
 func (a *applier) learnHold(ctx context.Context, seq int64) error {
 	if a.legacyConn == nil {
 		imp, err := a.im.load(ctx)
@@ -392,16 +512,17 @@ func (a *applier) learnHold(ctx context.Context, seq int64) error {
 			return fmt.Errorf("verify hold: connect to the legacy database: %w", err)
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(holdPointWait)
 	for {
 		var lsn *string
 		var released bool
 		err := a.legacyConn.QueryRow(ctx, `SELECT lsn::text, released_at IS NOT NULL FROM `+verifyTable+` WHERE seq = $1`, seq).Scan(&lsn, &released)
-		if errors.Is(err, pgx.ErrNoRows) || err == nil && released {
-			return a.closeLegacy()
-		}
-		if err != nil {
+		missing := errors.Is(err, pgx.ErrNoRows)
+		if err != nil && !missing {
 			return fmt.Errorf("verify hold: read the verify's point: %w", err)
+		}
+		if released {
+			return a.closeLegacy()
 		}
 		if lsn != nil {
 			until, err := stream.ParseLSN(*lsn)
@@ -411,9 +532,20 @@ func (a *applier) learnHold(ctx context.Context, seq int64) error {
 			a.hold = &verifyHold{seq: seq, until: until}
 			return nil
 		}
-		if time.Now().After(deadline) {
-			a.log.Warn("import: a verify request never got its point; going on", "seq", seq)
+		if time.Now().After(deadline) && missing {
+			a.log.Warn("import: a verify request's row never showed on the legacy database; going on", "seq", seq, "waited", holdPointWait)
 			return a.closeLegacy()
+		}
+		if time.Now().After(deadline) {
+			tag, err := a.legacyConn.Exec(ctx, `UPDATE `+verifyTable+` SET released_at = now() WHERE seq = $1 AND lsn IS NULL AND released_at IS NULL`, seq)
+			if err != nil {
+				return fmt.Errorf("verify hold: give a verify's point up: %w", err)
+			}
+			if tag.RowsAffected() == 1 {
+				a.log.Warn("import: a verify request did not get its point in time; given up (the verify asks again)", "seq", seq, "waited", holdPointWait)
+				return a.closeLegacy()
+			}
+			continue // recorded meanwhile
 		}
 		select {
 		case <-ctx.Done():

@@ -64,9 +64,13 @@ type ApplyOptions struct {
 	Async bool
 	// Notify are (channel, payload) notifications sent right after the
 	// commit (by a transaction of their own that does not wait for a
-	// flush: a NOTIFY takes an xid), the payload's %s replaced by the
-	// target's WAL insert position then (past the commit record). With
-	// Async they may arrive before the transaction is durable.
+	// flush: a NOTIFY takes an xid), the payload's %s replaced by a
+	// position of the target's WAL then, past the commit record: without
+	// Async the flushed one (durable: a crash of the target keeps the
+	// transaction and all WAL before that position; the insert position
+	// may lie past the flush, on other sessions' WAL a crash could lose
+	// and rewrite), with Async the insert one (they may arrive before the
+	// transaction is durable).
 	Notify [][2]string
 }
 
@@ -147,8 +151,12 @@ func (a *TableApplier) ApplyWith(ctx context.Context, txns []*Txn, opts ApplyOpt
 	if len(opts.Notify) > 0 {
 		b.ExecParams(`BEGIN`, nil, nil, nil, nil)
 		b.ExecParams(`SET LOCAL synchronous_commit = off`, nil, nil, nil, nil)
+		notify := `SELECT pg_notify($1, format($2, pg_current_wal_insert_lsn()))`
+		if !opts.Async { // the commit waited for its flush: the flushed position is past it
+			notify = `SELECT pg_notify($1, format($2, pg_current_wal_flush_lsn()))`
+		}
 		for _, n := range opts.Notify {
-			b.ExecParams(`SELECT pg_notify($1, format($2, pg_current_wal_insert_lsn()))`, [][]byte{[]byte(n[0]), []byte(n[1])}, nil, nil, nil)
+			b.ExecParams(notify, [][]byte{[]byte(n[0]), []byte(n[1])}, nil, nil, nil)
 		}
 		b.ExecParams(`COMMIT`, nil, nil, nil, nil)
 	}
