@@ -179,7 +179,10 @@ func (im *Importer) Follow(ctx context.Context) error {
 		s := stream.New(stream.Config{DSN: imp.LegacyDSN, Slot: imp.Slot, Publications: []string{imp.Publication}, Start: from, Applier: asyncApplier{a}, Logger: im.logger})
 		err := s.Run(ctx)
 		if !isObjectInUse(err) || s.Applied() != from || time.Since(t0) > slotBusyWait {
-			return err
+			if err != nil && ctx.Err() == nil && im.slotDropped(ctx, imp, err) {
+				err = errQueueGone // import finish dropped the slot: see followEnd
+			}
+			return im.followEnd(ctx, err)
 		}
 		im.logger.Info("import follow: the slot is still held by an earlier stream; trying again", "slot", imp.Slot, "err", err)
 		if err := sleepCtx(ctx, time.Second); err != nil {
@@ -187,6 +190,39 @@ func (im *Importer) Follow(ctx context.Context) error {
 		}
 	}
 }
+
+// slotDropped reports whether err ended the stream because its slot was
+// dropped: its WAL sender was terminated (57P01, as import finish's drop
+// of the slot does first) or the slot does not exist (42704), and the
+// legacy database has no slot of that name within slotDropWait (the drop
+// follows the WAL sender's end).
+func (im *Importer) slotDropped(ctx context.Context, imp *Import, err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || (pe.Code != "57P01" && pe.Code != "42704") {
+		return false
+	}
+	legacy, cerr := connect(ctx, imp.LegacyDSN)
+	if cerr != nil {
+		return false
+	}
+	defer legacy.Close(context.Background())
+	for t0 := time.Now(); ; {
+		var exists bool
+		if qerr := legacy.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)`, imp.Slot).Scan(&exists); qerr != nil {
+			return false
+		}
+		if !exists {
+			return true
+		}
+		if time.Since(t0) > slotDropWait || sleepCtx(ctx, 100*time.Millisecond) != nil {
+			return false
+		}
+	}
+}
+
+// slotDropWait is how long a stream whose WAL sender was terminated looks
+// for its slot to be dropped (import finish) before it reports the error.
+const slotDropWait = 5 * time.Second
 
 // slotBusyWait is how long Follow waits for a slot held by another stream
 // (an earlier run's WAL sender that has not noticed its end yet).

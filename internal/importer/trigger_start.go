@@ -272,10 +272,11 @@ func (im *Importer) followTrigger(ctx context.Context, imp *Import) error {
 }
 
 // followEnd turns the error of a follower whose import was finished under
-// it into a clean end.
+// it (the trigger method's queue or the logical slot gone: errQueueGone)
+// into a clean end.
 func (im *Importer) followEnd(ctx context.Context, err error) error {
 	if errors.Is(err, errQueueGone) {
-		// import finish drops the queue, then forgets the import.
+		// import finish drops the queue or the slot, then forgets the import.
 		for i := 0; i < 300 && ctx.Err() == nil; i++ {
 			if _, lerr := im.load(context.WithoutCancel(ctx)); errors.Is(lerr, ErrNoImport) {
 				im.logger.Info("import finished; the follower stops")
