@@ -67,6 +67,15 @@ func TestPlanCommands(t *testing.T) {
 	fillShards(t, 1500)
 	before := shardNodes(t)
 
+	// A node with shards cannot be removed: the error names the way; a
+	// move to a node that does not exist says which and where to look.
+	if code, out, errOut := pgtenant(t, "node", "remove", "b"); code != 1 || !strings.Contains(out+errOut, "55006") || !strings.Contains(out+errOut, "pgtenant node drain b") {
+		t.Errorf("node remove of a node with shards: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := pgtenant(t, "shard", "move", "1", "--to", "node9"); code != 1 || !strings.Contains(out+errOut, `node "node9" is unknown (SQLSTATE 42704)`) || !strings.Contains(out+errOut, "pgtenant node list") {
+		t.Errorf("shard move to an unknown node: exit %d\n%s%s", code, out, errOut)
+	}
+
 	// Dry runs print the plan and change nothing.
 	out := mustRun(t, "node", "drain", "b", "--dry-run")
 	if !strings.Contains(out, "4 moves") || !strings.Contains(out, "dry run: nothing changed") {

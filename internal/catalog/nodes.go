@@ -323,7 +323,7 @@ func (c *Catalog) RemoveNode(ctx context.Context, name string) error {
 			return err
 		}
 		if shards > 0 {
-			return fmt.Errorf("node %q holds %d shards; move them first (`pgtenant shard move`): %w", name, shards, ErrNodeInUse)
+			return fmt.Errorf("node %q holds %d shards (SQLSTATE 55006); move them off first with `pgtenant node drain %s`: %w", name, shards, name, ErrNodeInUse)
 		}
 		_, err = tx.Exec(ctx, `DELETE FROM pgtenant.nodes WHERE name = $1`, name)
 		return err

@@ -199,7 +199,7 @@ func (m *Mover) nodeDSN(ctx context.Context, node string) (string, error) {
 	var dsn string
 	if err := m.cfg.Catalog.QueryRow(ctx, `SELECT dsn FROM pgtenant.nodes WHERE name = $1`, node).Scan(&dsn); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
-			return "", fmt.Errorf("node %q is unknown", node)
+			return "", fmt.Errorf("node %q is unknown (SQLSTATE 42704); `pgtenant node list` names the nodes", node)
 		}
 		return "", fmt.Errorf("read node %q: %w", node, err)
 	}

@@ -110,7 +110,7 @@ func (m *Mover) prepare(ctx context.Context, shard int, toNode string, opts Opti
 	var state string
 	err := m.cfg.Catalog.QueryRow(ctx, `SELECT schema_name, node, state FROM pgtenant.shards WHERE id = $1`, shard).Scan(&mv.Schema, &mv.Source, &state)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("shard %d is unknown", shard)
+		return nil, fmt.Errorf("shard %d is unknown (SQLSTATE 42704); `pgtenant shard list` names the shards", shard)
 	} else if err != nil {
 		return nil, fmt.Errorf("read shard: %w", err)
 	}
