@@ -29,6 +29,13 @@ func TestFollowEndsCleanlyAtFinish(t *testing.T) {
 	if err := im.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
+	waitFollowEnd(t, done)
+}
+
+// waitFollowEnd waits for a follower (its Follow's result on done) to end
+// without an error once import finish has run.
+func waitFollowEnd(t *testing.T, done <-chan error) {
+	t.Helper()
 	select {
 	case err := <-done:
 		if err != nil {

@@ -260,14 +260,7 @@ func TestTriggerImport(t *testing.T) {
 	if err := im.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("follow after finish: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("the follower did not stop after import finish")
-	}
+	waitFollowEnd(t, done)
 	var left string
 	lc, err := pgx.Connect(ctx, super)
 	if err != nil {
