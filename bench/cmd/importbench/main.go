@@ -69,7 +69,7 @@ func main() {
 	flag.IntVar(&o.unitMB, "unit-mb", 0, "MB of heap per unit of work (0: the default, 64)")
 	flag.BoolVar(&o.cutover, "cutover", false, "after the last round: writers through a router, follow, cut over every shard, finish")
 	flag.IntVar(&o.writers, "writers", 8, "clients writing through the router during -cutover")
-	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 4, "shards cut over at once after the canary")
+	flag.IntVar(&o.cutoverParallel, "cutover-parallel", 1, "shards cut over at once after the canary (1, as the default --parallel of pgtenant import cutover --all)")
 	flag.BoolVar(&o.timeline, "timeline", false, "with -cutover: print when each step of the cutovers' pause came (the marker's trip through the stream included)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the copies (Importer.Start of every round) to this file")
 	flag.Parse()
