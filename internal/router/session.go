@@ -69,6 +69,10 @@ type expect struct {
 	// copyDone: the client sent CopyDone or CopyFail for this Query or
 	// Execute ahead of the server's CopyInResponse (see markCopyDone).
 	copyDone bool
+	// inCopy: an eSync sent after an Execute and before the client's
+	// CopyDone or CopyFail for it; ignored by the server should that
+	// Execute start COPY FROM STDIN (see dropCopySyncs).
+	inCopy bool
 	// reset: the DISCARD ALL that resets a session-mode backend for the
 	// next client (session.end); its error sets session.resetFailed.
 	reset bool

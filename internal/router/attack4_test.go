@@ -1,0 +1,140 @@
+package router
+
+// Hostile-client trials (session 10): COPY in the extended protocol,
+// session state a function or DO block leaves on a transaction-mode
+// backend (LISTEN, role), and what held (see attack5_test.go).
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// nodeExec runs sql on node a's database directly, as the test servers'
+// superuser.
+func nodeExec(t *testing.T, sql string) {
+	t.Helper()
+	dc, err := pgx.Connect(context.Background(), nodeDSN(nodeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close(context.Background())
+	if _, err := dc.Exec(context.Background(), sql); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// COPY FROM STDIN as libpq sends it in the extended protocol (Parse, Bind,
+// Execute, Sync, then the data, CopyDone or CopyFail, and another Sync: the
+// server ignores a Sync in COPY mode, so only the second is answered), at
+// once or waiting for CopyInResponse; a bad row mid-stream; CopyFail; an
+// error before a COPY in one pipeline (the COPY is skipped); server-file and
+// program COPY errors; a Query pipelined behind a COPY (the server ends the
+// connection). Before, the router waited for an answer to the first Sync
+// and the session hung.
+func TestHostileCopyExtended(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		copyExt := func(end ...pgproto3.FrontendMessage) {
+			c.send(&pgproto3.Parse{Query: "COPY sink (id, body) FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+			c.send(end...)
+			out = append(out, c.recv(1))
+		}
+		copyExt(&pgproto3.CopyData{Data: []byte("900001\tcx1\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+		copyExt(&pgproto3.CopyData{Data: []byte("900002\tcx2\n")}, &pgproto3.CopyFail{Message: "client gave up"}, &pgproto3.Sync{})
+		copyExt(&pgproto3.CopyData{Data: []byte("900003\tcx3\nnotanint\tcx4\n900005\tcx5\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+		copyExt(&pgproto3.Sync{}, &pgproto3.Flush{}, &pgproto3.CopyData{Data: []byte("900006\tcx6\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+		// All at once, before the server's CopyInResponse.
+		c.send(&pgproto3.Parse{Query: "COPY sink (id, body) FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.CopyData{Data: []byte("900007\tcx7\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{},
+			&pgproto3.Query{String: "SELECT 'after' FROM whoami"})
+		out = append(out, c.recv(2))
+		// An error before the COPY in one pipeline: the COPY is skipped.
+		c.send(&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "COPY sink (body) FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		// Simple protocol: CopyFail, a bad row.
+		c.send(&pgproto3.Query{String: "COPY sink (body) FROM STDIN"})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("cx8\n")}, &pgproto3.CopyFail{Message: "nope"})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Query{String: "COPY sink (id, body) FROM STDIN"})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("900009\tcx9\nnotanint\tcx10\n900011\tcx11\n")}, &pgproto3.CopyDone{})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("SELECT string_agg(body, ',' ORDER BY body) FROM sink WHERE body LIKE 'cx%'"))
+		out = append(out, c.q("DELETE FROM sink WHERE body LIKE 'cx%'"))
+		// Server files and programs: the server's errors (the test role is
+		// a superuser; restricted users get 42501, e2e TestRestrictedUser).
+		out = append(out, c.q("COPY sink TO '/nonexistent/hostile10'"))
+		out = append(out, c.q("COPY (SELECT 1) TO PROGRAM 'exit 3'"))
+		// A Query pipelined behind a COPY the server is in: the server ends
+		// the connection (how it ends, EOF or reset, is left out).
+		c.send(&pgproto3.Query{String: "COPY sink (body) FROM STDIN"}, &pgproto3.Query{String: "SELECT 'behind'"})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("cx12\n")}, &pgproto3.CopyDone{})
+		got := c.recv(1)
+		if i := strings.Index(got, " ERR:"); i >= 0 {
+			got = got[:i]
+		}
+		return strings.Join(append(out, got), " | ")
+	})
+}
+
+// A LISTEN the router cannot see (inside a DO block) in transaction mode
+// leaves the pooled backend listening: before, a notification on that
+// channel reached the next client of the backend, another tenant's. Now a
+// notification in transaction mode is relayed to nobody and the backend is
+// closed when its transaction ends.
+func TestHostileListenInDO(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	a := tcConnect(t, s, "t2")
+	if got := a.q("DO $$ BEGIN EXECUTE 'LISTEN hleak'; END $$"); got != "C(DO) ZI" {
+		t.Fatalf("DO LISTEN: %s", got)
+	}
+	a.pc.Close(ctx(t))
+	b := tcConnect(t, s, "t4") // the same node, the same (only) backend
+	b.q("BEGIN")
+	bpid := pidOf(b.q("SELECT pg_backend_pid() FROM whoami"))
+	nodeExec(t, "NOTIFY hleak, 'for t2 only'")
+	if got := b.q("SELECT shard FROM whoami"); got != "D(4) C(SELECT 1) ZT" {
+		t.Fatalf("b in its transaction: %s", got)
+	}
+	if got := b.q("COMMIT"); got != "C(COMMIT) ZI" {
+		t.Fatalf("b's COMMIT, with a notification for the backend's hidden LISTEN: %s", got)
+	}
+	c := tcConnect(t, s, "t4")
+	got := c.q("SELECT pg_backend_pid(), (SELECT count(*) FROM pg_listening_channels()) FROM whoami")
+	if !strings.HasSuffix(got, ",0) C(SELECT 1) ZI") || pidOf(got) == bpid {
+		t.Fatalf("next client: %s (the listening backend was %s)", got, bpid)
+	}
+}
+
+// A role set where the router cannot see it (a function's
+// set_config('role', ..., false)) in transaction mode: before, the next
+// client of the backend ran as that role (42501 on its own tables). The
+// server reports is_superuser; the backend is closed when the transaction
+// ends. (A change between two roles that are not superusers is not
+// reported, and not caught: see docs/architecture.md.)
+func TestHostileRoleInFunction(t *testing.T) {
+	nodeExec(t, `DROP ROLE IF EXISTS hlow; CREATE ROLE hlow;
+CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+			a := tcConnect(t, s, "t2")
+			if got := a.q("SELECT hostile_setting('role', 'hlow') FROM whoami"); got != "D(1) C(SELECT 1) S(is_superuser=off) ZI" {
+				t.Fatalf("set role in a function: %s", got)
+			}
+			a.pc.Close(ctx(t))
+			b := tcConnect(t, s, "t2")
+			if got := b.q("SELECT shard, current_user FROM whoami"); got != "D(2,postgres) C(SELECT 1) ZI" {
+				t.Fatalf("next client: %s", got)
+			}
+		})
+	}
+}
