@@ -6,11 +6,16 @@ package router
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
 // nodeExec runs sql on node a's database directly, as the test servers'
@@ -137,4 +142,67 @@ CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LA
 			}
 		})
 	}
+}
+
+// session_authorization as a startup parameter (or in options) is the
+// router's, as SET SESSION AUTHORIZATION is: ignored with a warning.
+// Before, it was replayed as a session setting on every backend: the
+// client ran as any role the node's login could become (every role, when
+// it is a superuser; a restricted user's role too).
+func TestHostileStartupSessionAuthorization(t *testing.T) {
+	nodeExec(t, `DROP ROLE IF EXISTS hlow; CREATE ROLE hlow`)
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode, Auth: AuthTrust}, nil)
+		for _, params := range [][]string{{"session_authorization", "hlow"}, {"options", "-c session_authorization=hlow"}} {
+			nc, err := net.Dial("tcp", s.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			nc.Write(rawStartup("app", append([]string{"pgtenant.tenant", "t2"}, params...)...))
+			got := rawTranscript(t, nc, 1)
+			nc.Write(wire.Frame(nil, 'Q', []byte("SELECT shard, current_user, session_user FROM whoami\x00")))
+			got += " | " + rawTranscript(t, nc, 1)
+			if want := `Ok N(01000:startup parameter "session_authorization" is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard) ZI | D(2,postgres,postgres) ZI`; got != want {
+				t.Errorf("%s mode, startup %q:\n got: %s\nwant: %s", mode, params, got, want)
+			}
+		}
+	}
+}
+
+// rawTranscript reads n ReadyForQuery (or to the end) from a connection
+// made by hand and returns a compact transcript: authentication requests
+// by name, notices as N(code:message), errors as E(severity code:message).
+func rawTranscript(t *testing.T, nc net.Conn, n int) string {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(nc, nc)
+	var out []string
+	for n > 0 {
+		m, err := fe.Receive()
+		if err != nil {
+			return strings.Join(append(out, "ERR:"+err.Error()), " ")
+		}
+		switch m := m.(type) {
+		case *pgproto3.ErrorResponse:
+			out = append(out, "E("+m.Severity+" "+m.Code+":"+m.Message+")")
+		case *pgproto3.NoticeResponse:
+			out = append(out, "N("+m.Code+":"+m.Message+")")
+		case *pgproto3.ReadyForQuery:
+			out = append(out, "Z"+string(m.TxStatus))
+			n--
+		case *pgproto3.DataRow:
+			var v []string
+			for _, x := range m.Values {
+				v = append(v, string(x))
+			}
+			out = append(out, "D("+strings.Join(v, ",")+")")
+		case *pgproto3.NegotiateProtocolVersion:
+			out = append(out, fmt.Sprintf("NPV(3.%d %s)", m.NewestMinorProtocol, strings.Join(m.UnrecognizedOptions, ",")))
+		case *pgproto3.ParameterStatus, *pgproto3.BackendKeyData, *pgproto3.RowDescription, *pgproto3.CommandComplete:
+		default:
+			out = append(out, strings.TrimPrefix(fmt.Sprintf("%T", m), "*pgproto3.Authentication"))
+		}
+	}
+	return strings.Join(out, " ")
 }
