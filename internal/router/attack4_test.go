@@ -206,3 +206,47 @@ func rawTranscript(t *testing.T, nc net.Conn, n int) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// A session setting the client set on one node that another node refuses
+// (a text search configuration only node a has), replayed when the client
+// switches to a tenant on node b: the client gets the server's error, and
+// its statement runs on its tenant's shard. Before, the setting, RESET ALL
+// and the shard's path went as one Query, the error rolled all of it back,
+// and the statement ran on the previous client's shard (transaction mode:
+// tenant t3's INSERT went to t1's shard with t1's tenant id).
+func TestHostileReplayRefusedOnOtherNode(t *testing.T) {
+	nodeExec(t, `DROP TEXT SEARCH CONFIGURATION IF EXISTS public.hcfg; CREATE TEXT SEARCH CONFIGURATION public.hcfg (COPY = simple)`)
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+			// x leaves node b's backend on shard 1 (a Parse with a Sync of
+			// its own sets the path for the session).
+			x := tcConnect(t, s, "t1")
+			x.send(&pgproto3.Parse{Query: "SELECT shard FROM whoami"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
+			x.recv(1)
+			x.send(&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			if got := x.recv(1); got != "B D(1) C(SELECT 1) ZI" {
+				t.Fatalf("x: %s", got)
+			}
+			x.pc.Close(ctx(t))
+			y := tcConnect(t, s, "t2")
+			if got := y.q("SET default_text_search_config = 'public.hcfg'"); got != "C(SET) ZI" {
+				t.Fatalf("SET on node a: %s", got)
+			}
+			y.q("SET pgtenant.tenant = 't3'")
+			const refused = `E(22023:invalid value for parameter "default_text_search_config": "public.hcfg") `
+			if got := y.q("SELECT shard FROM whoami"); got != refused+"D(3) C(SELECT 1) ZI" {
+				t.Errorf("t3 on node b: %s", got)
+			}
+			y.send(&pgproto3.Parse{Query: "INSERT INTO sink (body) VALUES ('hrefused') RETURNING tenant"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			if got := y.recv(1); got != refused+"P B D(t3) C(INSERT 0 1) ZI" {
+				t.Errorf("t3's INSERT on node b: %s", got)
+			}
+			y.pc.Close(ctx(t))
+			z := tcConnect(t, s, "t1")
+			if got := z.q("SELECT count(*) FROM sink WHERE body = 'hrefused'"); got != "D(0) C(SELECT 1) ZI" {
+				t.Errorf("t1's shard: %s", got)
+			}
+		})
+	}
+}

@@ -878,6 +878,15 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 		b.WriteString(ss.sig)
 		be.SessionSig = ss.sig
 		be.Schema, be.Tenant = "\x00", "\x00"
+		// The client's settings go as a Query of their own: should one
+		// fail (a value the node refuses: a text search configuration
+		// another node has), the shard's path and tenant id below are set
+		// all the same. In one Query, the error rolled them back and the
+		// client's statement ran on the backend's previous shard.
+		ss.out = wire.AppendQuery(ss.out[:0], b.String())
+		be.W.Write(ss.out)
+		ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
+		b.Reset()
 	}
 	// One statement for both settings: cheaper for the server than two SETs.
 	sep := "SELECT "
