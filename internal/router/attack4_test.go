@@ -6,6 +6,7 @@ package router
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"strings"
@@ -248,5 +249,42 @@ func TestHostileReplayRefusedOnOtherNode(t *testing.T) {
 				t.Errorf("t1's shard: %s", got)
 			}
 		})
+	}
+}
+
+// A startup packet asking for a newer minor protocol version (3.1 and up)
+// or protocol options (_pq_.*) gets NegotiateProtocolVersion, as from
+// PostgreSQL: the router speaks 3.0 and none of the options. Before, it
+// answered as if it spoke what was asked (a 3.2 client then believes the
+// router does) and replayed _pq_.* as session settings.
+func TestHostileStartupProtocolVersion(t *testing.T) {
+	s := startRouter(t, Config{Auth: AuthTrust}, nil)
+	for _, tc := range []struct {
+		version uint32
+		params  []string
+		want    string
+	}{
+		{wire.ProtocolVersion3, nil, "Ok ZI"},
+		{wire.ProtocolVersion3 + 1, nil, "NPV(3.0 ) Ok ZI"},
+		{wire.ProtocolVersion3 + 2, []string{"_pq_.hostile", "1"}, "NPV(3.0 _pq_.hostile) Ok ZI"},
+		{wire.ProtocolVersion3 + 9, nil, "NPV(3.0 ) Ok ZI"},
+		{wire.ProtocolVersion3, []string{"_pq_.b", "1", "_pq_.a", "2"}, "NPV(3.0 _pq_.a,_pq_.b) Ok ZI"},
+	} {
+		nc, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		body := binary.BigEndian.AppendUint32(nil, tc.version)
+		for _, p := range append([]string{"user", "app", "pgtenant.tenant", "t2"}, tc.params...) {
+			body = append(append(body, p...), 0)
+		}
+		nc.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+5)), append(body, 0)...))
+		got := rawTranscript(t, nc, 1)
+		nc.Write(wire.Frame(nil, 'Q', []byte("SELECT shard FROM whoami\x00")))
+		got += " | " + rawTranscript(t, nc, 1)
+		if want := tc.want + " | D(2) ZI"; got != want {
+			t.Errorf("startup 3.%d %q:\n got: %s\nwant: %s", tc.version&0xffff, tc.params, got, want)
+		}
 	}
 }
