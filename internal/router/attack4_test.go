@@ -122,26 +122,30 @@ func TestHostileListenInDO(t *testing.T) {
 
 // A role set where the router cannot see it (a function's
 // set_config('role', ..., false)) in transaction mode: before, the next
-// client of the backend ran as that role (42501 on its own tables). The
-// server reports is_superuser; the backend is closed when the transaction
-// ends. (A change between two roles that are not superusers is not
-// reported, and not caught: see docs/architecture.md.)
+// client of the backend ran as that role (42501/42P01 on its own tables).
+// The server reports is_superuser; the backend is closed when the
+// transaction ends. (A change between two roles that are not superusers is
+// not reported, and not caught: see docs/architecture.md.) The same
+// function setting search_path or pgtenant.tenant_id for the session held
+// already: the next client gets its own.
 func TestHostileRoleInFunction(t *testing.T) {
 	nodeExec(t, `DROP ROLE IF EXISTS hlow; CREATE ROLE hlow;
 CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
 	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
-		t.Run(string(mode), func(t *testing.T) {
-			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
-			a := tcConnect(t, s, "t2")
-			if got := a.q("SELECT hostile_setting('role', 'hlow') FROM whoami"); got != "D(1) C(SELECT 1) S(is_superuser=off) ZI" {
-				t.Fatalf("set role in a function: %s", got)
-			}
-			a.pc.Close(ctx(t))
-			b := tcConnect(t, s, "t2")
-			if got := b.q("SELECT shard, current_user FROM whoami"); got != "D(2,postgres) C(SELECT 1) ZI" {
-				t.Fatalf("next client: %s", got)
-			}
-		})
+		for _, set := range [][2]string{{"role", "hlow"}, {"search_path", "shard_0004"}, {"pgtenant.tenant_id", "t4"}} {
+			t.Run(string(mode)+"/"+set[0], func(t *testing.T) {
+				s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+				a := tcConnect(t, s, "t2")
+				if got := a.q("SELECT hostile_setting('" + set[0] + "', '" + set[1] + "') FROM whoami"); !strings.HasPrefix(got, "D(1) C(SELECT 1) ") {
+					t.Fatalf("set %s in a function: %s", set[0], got)
+				}
+				a.pc.Close(ctx(t))
+				b := tcConnect(t, s, "t2")
+				if got := b.q("SELECT shard, current_user, current_setting('pgtenant.tenant_id') FROM whoami"); got != "D(2,postgres,t2) C(SELECT 1) ZI" {
+					t.Fatalf("next client: %s", got)
+				}
+			})
+		}
 	}
 }
 
@@ -275,11 +279,7 @@ func TestHostileStartupProtocolVersion(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer nc.Close()
-		body := binary.BigEndian.AppendUint32(nil, tc.version)
-		for _, p := range append([]string{"user", "app", "pgtenant.tenant", "t2"}, tc.params...) {
-			body = append(append(body, p...), 0)
-		}
-		nc.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+5)), append(body, 0)...))
+		nc.Write(rawStartupV(tc.version, append([]string{"user", "app", "pgtenant.tenant", "t2"}, tc.params...)...))
 		got := rawTranscript(t, nc, 1)
 		nc.Write(wire.Frame(nil, 'Q', []byte("SELECT shard FROM whoami\x00")))
 		got += " | " + rawTranscript(t, nc, 1)
@@ -287,4 +287,15 @@ func TestHostileStartupProtocolVersion(t *testing.T) {
 			t.Errorf("startup 3.%d %q:\n got: %s\nwant: %s", tc.version&0xffff, tc.params, got, want)
 		}
 	}
+}
+
+// rawStartupV is a StartupMessage asking for protocol version (3.0 is
+// wire.ProtocolVersion3) with params, names and values in turn.
+func rawStartupV(version uint32, params ...string) []byte {
+	body := binary.BigEndian.AppendUint32(nil, version)
+	for _, p := range params {
+		body = append(append(body, p...), 0)
+	}
+	body = append(body, 0)
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
 }
