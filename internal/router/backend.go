@@ -878,6 +878,15 @@ func (ss *session) setup(be *pool.Conn, schema, tenant string) {
 		b.WriteString(ss.sig)
 		be.SessionSig = ss.sig
 		be.Schema, be.Tenant = "\x00", "\x00"
+		// The client's settings go as a Query of their own: should one
+		// fail (a value the node refuses: a text search configuration
+		// another node has), the shard's path and tenant id below are set
+		// all the same. In one Query, the error rolled them back and the
+		// client's statement ran on the backend's previous shard.
+		ss.out = wire.AppendQuery(ss.out[:0], b.String())
+		be.W.Write(ss.out)
+		ss.push(expect{kind: eQuery, swallow: true, name: "setup"})
+		b.Reset()
 	}
 	// One statement for both settings: cheaper for the server than two SETs.
 	sep := "SELECT "
@@ -1163,6 +1172,9 @@ func (ss *session) drain(all bool) error {
 			continue
 		case wire.MsgCopyInResponse:
 			ss.relay(typ, body)
+			if e.kind == eExec {
+				ss.dropCopySyncs()
+			}
 			if e.copyDone {
 				continue // the client already sent the whole COPY
 			}
@@ -1183,9 +1195,23 @@ func (ss *session) drain(all bool) error {
 			if paramStatusHidden(body) && !ss.ownsPath() {
 				continue // the router's own search_path (PostgreSQL 18 reports it)
 			}
+			if ss.srv.cfg.PoolMode == PoolTransaction && paramStatusRole(body) {
+				// A role changed where the router cannot see it (a
+				// function's set_config('role', ...)): the next client
+				// would run as that role.
+				ss.dropBackend = true
+			}
 			ss.relay(typ, body)
 			continue
 		case wire.MsgNotice, wire.MsgNotification:
+			if typ == wire.MsgNotification && ss.srv.cfg.PoolMode == PoolTransaction {
+				// LISTEN is refused in transaction mode: the backend
+				// listens by a LISTEN the router could not see (a DO
+				// block, a function), perhaps another client's. Its
+				// notifications are nobody's here; the backend is closed.
+				ss.dropBackend = true
+				continue
+			}
 			ss.relay(typ, body)
 			continue
 		}
@@ -1280,6 +1306,35 @@ func (ss *session) relay(typ byte, body []byte) {
 	wire.WriteFrame(ss.cw, typ, body)
 }
 
+// dropCopySyncs forgets the Syncs sent behind an Execute that started COPY
+// FROM STDIN before the client ended the COPY (libpq sends Execute, Sync,
+// then the data, CopyDone and another Sync): the server ignores a Sync in
+// COPY mode, so only the client's Sync after CopyDone or CopyFail is
+// answered. Waiting for the first one's ReadyForQuery hung the session.
+func (ss *session) dropCopySyncs() {
+	n := 0
+	for n+1 < len(ss.queue) {
+		e := &ss.queue[n+1]
+		if e.kind != eSync || e.swallow || (ss.queue[0].copyDone && !e.inCopy) {
+			break
+		}
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	copy(ss.queue[1:], ss.queue[1+n:])
+	for i := len(ss.queue) - n; i < len(ss.queue); i++ {
+		ss.queue[i] = expect{}
+	}
+	ss.queue = ss.queue[:len(ss.queue)-n]
+	ss.syncs -= n
+	ss.syncsPopped += uint64(n)
+	if len(ss.queue) == 1 {
+		ss.unsynced = true // the COPY's implicit transaction waits for a Sync
+	}
+}
+
 // copyIn relays CopyData from the client until CopyDone or CopyFail.
 func (ss *session) copyIn(be *pool.Conn) error {
 	if err := ss.cw.Flush(); err != nil {
@@ -1304,6 +1359,10 @@ func (ss *session) copyIn(be *pool.Conn) error {
 			if err != nil {
 				ss.backendFailed(err)
 				return nil
+			}
+			if typ == wire.MsgNotification && ss.srv.cfg.PoolMode == PoolTransaction {
+				ss.dropBackend = true // see drain
+				continue
 			}
 			if typ == wire.MsgNotice || typ == wire.MsgParamStatus || typ == wire.MsgNotification {
 				ss.relay(typ, body)

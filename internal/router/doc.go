@@ -70,7 +70,9 @@
 // search_path, role and pgtenant.* other than
 // pgtenant.tenant are owned by the router and refused (see Isolation),
 // except that in session mode a client may own its search_path (see below).
-// LISTEN is refused in transaction mode; use session mode.
+// LISTEN is refused in transaction mode; use session mode. (A notification
+// reaching a transaction-mode backend, from a LISTEN in a DO block, goes to
+// no client, and the backend is closed when its transaction ends.)
 //
 // BEGIN/COMMIT/ROLLBACK are deferred or answered the same way whether they
 // come as a simple Query or as Parse/Bind/Execute. SELECT set_config(

@@ -802,7 +802,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 // isReserved reports settings the router manages itself.
 func isReserved(name string) bool {
 	switch name {
-	case "search_path", "role", "session", "pgtenant.tenant_id":
+	case "search_path", "role", "session", "session_authorization", "pgtenant.tenant_id":
 		return true
 	}
 	return strings.HasPrefix(name, "pgtenant.") && name != tenantSetting

@@ -176,3 +176,11 @@ func lexParamStatus(body []byte) *wire.Error {
 func paramStatusHidden(body []byte) bool {
 	return len(body) > len("search_path") && string(body[:len("search_path")+1]) == "search_path\x00"
 }
+
+// paramStatusRole reports whether a ParameterStatus body reports a change of
+// role: is_superuser or session_authorization (PostgreSQL reports no other
+// sign of SET ROLE).
+func paramStatusRole(body []byte) bool {
+	name, _, _ := strings.Cut(string(body), "\x00")
+	return name == "is_superuser" || name == "session_authorization"
+}

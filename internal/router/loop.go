@@ -251,6 +251,9 @@ func (ss *session) markCopyDone() {
 	for i := range ss.queue {
 		if e := &ss.queue[i]; (e.kind == eQuery || e.kind == eExec) && !e.swallow && !e.copyDone {
 			e.copyDone = true
+			for j := i + 1; j < len(ss.queue) && ss.queue[j].kind == eSync; j++ {
+				ss.queue[j].inCopy = true
+			}
 			return
 		}
 	}

@@ -69,6 +69,10 @@ type expect struct {
 	// copyDone: the client sent CopyDone or CopyFail for this Query or
 	// Execute ahead of the server's CopyInResponse (see markCopyDone).
 	copyDone bool
+	// inCopy: an eSync sent after an Execute and before the client's
+	// CopyDone or CopyFail for it; ignored by the server should that
+	// Execute start COPY FROM STDIN (see dropCopySyncs).
+	inCopy bool
 	// reset: the DISCARD ALL that resets a session-mode backend for the
 	// next client (session.end); its error sets session.resetFailed.
 	reset bool
@@ -118,6 +122,9 @@ type session struct {
 	// is not offered).
 	tls   bool
 	cbind []byte
+	// minor is the minor protocol version the client asked for (see
+	// negotiateProtocol).
+	minor uint16
 
 	startTenant string
 	tenant      string // session tenant (SET pgtenant.tenant)
@@ -402,6 +409,7 @@ func (s *Server) openSession(ctx context.Context, nc net.Conn) (sess *session) {
 		id:       s.nextID.Add(1),
 		cancelCh: make(chan struct{}, 1),
 		tls:      tlsOn,
+		minor:    st.Minor,
 	}
 	if cbind != nil {
 		ss.cbind = cbind()
@@ -452,6 +460,26 @@ func writeFatal(w io.Writer, code, msg string) {
 	w.Write(wire.AppendError(nil, &wire.Error{Severity: "FATAL", Code: code, Message: msg}))
 }
 
+// negotiateProtocol answers a StartupMessage asking for a minor protocol
+// version past 3.0 or for protocol options (_pq_.*) with
+// NegotiateProtocolVersion, as PostgreSQL does: the router speaks 3.0 and
+// no option. The options are taken out of params (they are no settings).
+func (ss *session) negotiateProtocol(params map[string]string) error {
+	var opts []string
+	for k := range params {
+		if strings.HasPrefix(k, "_pq_.") {
+			opts = append(opts, k)
+			delete(params, k)
+		}
+	}
+	if ss.minor == 0 && len(opts) == 0 {
+		return nil
+	}
+	sortStrings(opts)
+	_, err := ss.nc.Write(wire.AppendNegotiateProtocolVersion(nil, 0, opts))
+	return err
+}
+
 // startup authenticates the client and sends the startup responses.
 func (ss *session) startup(params map[string]string) error {
 	s := ss.srv
@@ -459,6 +487,9 @@ func (ss *session) startup(params map[string]string) error {
 	if r := params["replication"]; r != "" && !strings.EqualFold(r, "false") && !strings.EqualFold(r, "off") && !strings.EqualFold(r, "no") && r != "0" {
 		ss.fatal("0A000", "replication connections are not supported by the router; connect to a node directly")
 		return errors.New("replication connection refused")
+	}
+	if err := ss.negotiateProtocol(params); err != nil {
+		return err
 	}
 	if !ss.tls && s.requiresTLS(ss.user) {
 		werr := tlsRequiredError(ss.user)

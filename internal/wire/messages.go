@@ -353,6 +353,20 @@ func AppendParameterStatus(dst []byte, name, value string) []byte {
 	return finish(dst, at)
 }
 
+// AppendNegotiateProtocolVersion appends NegotiateProtocolVersion: the newest
+// minor version of protocol 3 spoken, and the protocol options (_pq_.*) not
+// recognised.
+func AppendNegotiateProtocolVersion(dst []byte, newestMinor int32, options []string) []byte {
+	dst, at := begin(dst, 'v')
+	dst = appendInt32(dst, newestMinor)
+	dst = appendInt32(dst, int32(len(options)))
+	for _, o := range options {
+		dst = append(dst, o...)
+		dst = append(dst, 0)
+	}
+	return finish(dst, at)
+}
+
 // AppendBackendKeyData appends BackendKeyData.
 func AppendBackendKeyData(dst []byte, pid, secret uint32) []byte {
 	dst, at := begin(dst, MsgBackendKeyData)

@@ -33,6 +33,8 @@ type Startup struct {
 	// PID and Secret are a CancelRequest's key.
 	PID    uint32
 	Secret []byte
+	// Minor is the minor protocol version a StartupMessage asks for (3.Minor).
+	Minor uint16
 }
 
 // ParseStartup decodes a packet returned by Reader.ReadStartup.
@@ -75,7 +77,7 @@ func ParseStartup(b []byte) (Startup, error) {
 	if params["user"] == "" {
 		return Startup{}, fmt.Errorf("startup packet has no user")
 	}
-	return Startup{Kind: KindStartup, Params: params}, nil
+	return Startup{Kind: KindStartup, Params: params, Minor: uint16(code)}, nil
 }
 
 // OptionSettings extracts "-c name=value" and "--name=value" settings from a
