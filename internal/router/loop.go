@@ -1228,7 +1228,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
-	ss.push(expect{kind: eBind, name: name})
+	ss.push(expect{kind: eBind, name: name, stmt: def})
 	return nil
 }
 

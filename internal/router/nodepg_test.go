@@ -68,3 +68,49 @@ func TestFidelityFatalWhileIdleSession(t *testing.T) {
 		t.Errorf("session mode:\n got: %s\nwant: %s (PostgreSQL)", got, want)
 	}
 }
+
+// Clients that prepare the same text share one server statement per backend
+// (transaction mode). node-postgres's type-coercion tests (run with regular
+// tables for temporary ones) drop and create a table with another column
+// type between clients that never close their named statements: the next
+// client's statement of the same text ran the stale one, "cached plan must
+// not change result type" (0A000), and so did every later client on that
+// backend, which on a server, with a fresh Parse, never fails. The router
+// now forgets a shared statement whose Bind fails with 0A000: the next
+// client of the text, and the failing client's retry, prepare it afresh.
+// The first client to hit the stale statement still gets the error once.
+func TestStaleSharedStatementAfterTypeChange(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	run := func(c *tc, name string) string {
+		c.send(&pgproto3.Parse{Name: name, Query: "SELECT col FROM stale_types"},
+			&pgproto3.Bind{PreparedStatement: name}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		return c.recv(1)
+	}
+	a := tcConnect(t, s, "t2")
+	if got := a.q("DROP TABLE IF EXISTS stale_types; CREATE TABLE stale_types (col int); INSERT INTO stale_types VALUES (7)"); !strings.HasSuffix(got, "ZI") {
+		t.Fatalf("setup: %s", got)
+	}
+	if got, want := run(a, "a"), "P B D(7) C(SELECT 1) ZI"; got != want {
+		t.Fatalf("first client: %s, want %s", got, want)
+	}
+	a.pc.Close(ctx(t)) // without closing its statement, as node-postgres
+	b := tcConnect(t, s, "t2")
+	if got := b.q("DROP TABLE stale_types; CREATE TABLE stale_types (col text); INSERT INTO stale_types VALUES ('7')"); !strings.HasSuffix(got, "ZI") {
+		t.Fatalf("drop and create: %s", got)
+	}
+	first := run(b, "b")
+	want := "P B D(7) C(SELECT 1) ZI" // a fresh Parse on a server
+	if first != want {
+		// The one failure left: the client's statement exists (its Parse
+		// succeeded), and its next Bind must run.
+		b.send(&pgproto3.Bind{PreparedStatement: "b"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		if got, want := b.recv(1), "B D(7) C(SELECT 1) ZI"; got != want {
+			t.Errorf("second client's retry: %s, want %s (first try: %s)", got, want, first)
+		}
+	}
+	c := tcConnect(t, s, "t2")
+	if got := run(c, "c"); got != want {
+		t.Errorf("third client: %s, want %s (PostgreSQL, on a fresh connection)", got, want)
+	}
+	c.q("DROP TABLE stale_types")
+}

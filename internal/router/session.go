@@ -63,7 +63,8 @@ type expect struct {
 	set *setting
 	// stmt is the client's statement (named stmtName, "" for the unnamed
 	// one) whose Parse this answers: forgotten should the server skip or
-	// refuse the Parse (see dropParsed).
+	// refuse the Parse (see dropParsed); for a client's Bind (stmtName
+	// empty), the statement bound.
 	stmt     *stmtDef
 	stmtName string
 	// copyDone: the client sent CopyDone or CopyFail for this Query or
