@@ -34,8 +34,10 @@ type cluster struct {
 
 // startCluster starts a two-node cluster in dir/dev (pgtenant dev up), and
 // for each pool mode in modes a tenant nodepg-MODE and a router; for
-// "direct" a database of its own on the first server.
-func startCluster(ctx context.Context, bin, dir string, modes []string) (*cluster, error) {
+// "direct" a database of its own on the first server; for untempMode a
+// router in transaction mode and a tenant per test file (files of them),
+// each in a shard of its own.
+func startCluster(ctx context.Context, bin, dir string, modes []string, files int) (*cluster, error) {
 	cl := &cluster{bin: bin, dir: dir, envs: map[string][]string{}}
 	dev := filepath.Join(dir, "dev")
 	// A cluster left by an earlier run in the same -work directory goes
@@ -45,7 +47,7 @@ func startCluster(ctx context.Context, bin, dir string, modes []string) (*cluste
 			return nil, fmt.Errorf("pgtenant dev down --destroy: %w", err)
 		}
 	}
-	if err := command(ctx, "", nil, bin, "dev", "up", "--no-router", "--dir", dev, "--shards", "8").Run(); err != nil {
+	if err := command(ctx, "", nil, bin, "dev", "up", "--no-router", "--dir", dev, "--shards", "128").Run(); err != nil {
 		return nil, fmt.Errorf("pgtenant dev up: %w", err)
 	}
 	devConfig := filepath.Join(dev, "pgtenant.yaml")
@@ -76,10 +78,22 @@ func startCluster(ctx context.Context, bin, dir string, modes []string) (*cluste
 			cl.envs[mode] = env
 			continue
 		}
+		// Each mode's tenant in a shard of its own (120-122), away from the
+		// untemp mode's file tenants (0-99).
 		tenant := "nodepg-" + mode
-		if err := command(ctx, "", nil, bin, "--config", devConfig, "tenant", "add", tenant).Run(); err != nil {
+		shard := map[string]string{"transaction": "120", "session": "121", untempMode: "122"}[mode]
+		if err := command(ctx, "", nil, bin, "--config", devConfig, "tenant", "add", tenant, "--shard", shard).Run(); err != nil {
 			cl.stop()
 			return nil, fmt.Errorf("tenant add %s: %w", tenant, err)
+		}
+		if mode == untempMode {
+			for i := range min(files, 100) {
+				t := fmt.Sprintf("nodepg-untemp-%d", i)
+				if err := command(ctx, "", nil, bin, "--config", devConfig, "tenant", "add", t, "--shard", strconv.Itoa(i)).Run(); err != nil {
+					cl.stop()
+					return nil, fmt.Errorf("tenant add %s: %w", t, err)
+				}
+			}
 		}
 		port, err := cl.startRouter(ctx, routerConfig, mode)
 		if err != nil {
@@ -137,7 +151,11 @@ func (cl *cluster) startRouter(ctx context.Context, config, mode string) (string
 		return "", err
 	}
 	defer log.Close()
-	c := exec.Command(cl.bin, "router", "--config", config, "--pool-mode", mode, "--log-level", "info",
+	pool := mode
+	if mode == untempMode {
+		pool = "transaction"
+	}
+	c := exec.Command(cl.bin, "router", "--config", config, "--pool-mode", pool, "--log-level", "info",
 		"--listen", "127.0.0.1:"+port, "--metrics-listen", "127.0.0.1:"+mport)
 	c.Stdout, c.Stderr = log, log
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -156,6 +174,15 @@ func (cl *cluster) startRouter(ctx context.Context, config, mode string) (string
 
 // env is the environment of mode's test files.
 func (cl *cluster) env(mode string) []string { return cl.envs[mode] }
+
+// fileEnv is the environment of mode's test file i: in untempMode, with
+// the file's own tenant.
+func (cl *cluster) fileEnv(mode string, i int) []string {
+	if mode != untempMode {
+		return cl.envs[mode]
+	}
+	return append(append([]string{}, cl.envs[mode]...), fmt.Sprintf("PGOPTIONS=-c pgtenant.tenant=nodepg-untemp-%d", i%100))
+}
 
 // stop stops the routers and the local cluster.
 func (cl *cluster) stop() {

@@ -50,15 +50,15 @@ func (r fileResult) key() string {
 	return r.file + ": " + r.failed
 }
 
-// runFiles runs files one after another in env, each file's output in
-// logDir.
-func runFiles(ctx context.Context, pgDir, logDir string, files []string, env []string, timeout time.Duration) []fileResult {
+// runFiles runs files one after another, file i in env(i), each file's
+// output in logDir.
+func runFiles(ctx context.Context, pgDir, logDir string, files []string, env func(int) []string, timeout time.Duration) []fileResult {
 	var rs []fileResult
-	for _, f := range files {
+	for i, f := range files {
 		if ctx.Err() != nil {
 			break
 		}
-		rs = append(rs, runFile(ctx, pgDir, logDir, f, env, timeout))
+		rs = append(rs, runFile(ctx, pgDir, logDir, f, env(i), timeout))
 	}
 	return rs
 }
