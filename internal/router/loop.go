@@ -51,7 +51,10 @@ func (ss *session) loop() error {
 			}
 		}
 		var stopWatch func()
-		if ss.cr.Buffered() == 0 && ss.listening && ss.be != nil && len(ss.queue) == 0 {
+		// A session-mode backend is watched while its client is idle even
+		// without LISTEN: a FATAL (pg_terminate_backend, shutdown) reaches
+		// the client at once, as from a server, not at its next query.
+		if ss.cr.Buffered() == 0 && (ss.listening || ss.srv.cfg.PoolMode == PoolSession) && ss.be != nil && len(ss.queue) == 0 {
 			stopWatch = ss.watchNotifications()
 		}
 		if ss.cr.Buffered() == 0 && stopWatch == nil {
@@ -1228,7 +1231,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
-	ss.push(expect{kind: eBind, name: name})
+	ss.push(expect{kind: eBind, name: name, stmt: def})
 	return nil
 }
 

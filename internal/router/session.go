@@ -63,7 +63,8 @@ type expect struct {
 	set *setting
 	// stmt is the client's statement (named stmtName, "" for the unnamed
 	// one) whose Parse this answers: forgotten should the server skip or
-	// refuse the Parse (see dropParsed).
+	// refuse the Parse (see dropParsed); for a client's Bind (stmtName
+	// empty), the statement bound.
 	stmt     *stmtDef
 	stmtName string
 	// copyDone: the client sent CopyDone or CopyFail for this Query or
@@ -354,11 +355,14 @@ func (s *Server) openSession(ctx context.Context, nc net.Conn) (sess *session) {
 		b, err := cr.ReadStartup()
 		if err != nil {
 			// A client that goes away before its startup packet is complete
-			// gets no reply, as from PostgreSQL and pgbouncer; only a
-			// malformed packet is answered.
+			// gets no reply, as from PostgreSQL and pgbouncer, and so does
+			// one whose packet has an impossible length: PostgreSQL only
+			// logs "invalid length of startup packet". node-postgres's
+			// connect-then-end sends a Terminate first, and raised an
+			// answer as an unhandled error.
 			if errors.Is(err, wire.ErrMalformed) {
 				s.m.ClientRefused.WithLabelValues("startup").Inc()
-				writeFatal(nc, "08P01", fmt.Sprintf("invalid startup packet: %v", err))
+				s.log.Debug("invalid startup packet", "err", err)
 			}
 			return
 		}
