@@ -2,10 +2,13 @@ package router
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -55,6 +58,84 @@ func TestFunctionCallRefused(t *testing.T) {
 				if got := readUntilRFQ(t, fe, nc); !slices.Equal(got, want) {
 					t.Fatalf("answer %d: got %v, want %v", i, got, want)
 				}
+			}
+		})
+	}
+}
+
+// Rows the server sent reach the client while the statement still runs
+// (libpq's single-row mode, ruby-pg's "should receive rows before entire
+// query is finished"). The server flushes its output in 8 KiB blocks that
+// end inside a message: the router read the block, relayed the whole
+// messages into the client's write buffer, and then waited for the rest of
+// the cut message without flushing them (it flushed only when nothing at
+// all was buffered from the server), so the client saw no row until the
+// statement ended. Here the statement's last row waits on an advisory lock
+// the test holds: the first row must arrive before the lock is released.
+func TestRowsStreamBeforeStatementEnds(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode}, nil)
+			lock, err := pgx.Connect(ctx(t), nodeDSN(nodeA)) // t0's node
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lock.Close(ctx(t))
+			if _, err := lock.Exec(ctx(t), "SELECT pg_advisory_lock(72101)"); err != nil {
+				t.Fatal(err)
+			}
+			unlocked := false
+			unlock := func() {
+				if !unlocked {
+					unlocked = true
+					if _, err := lock.Exec(ctx(t), "SELECT pg_advisory_unlock(72101)"); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			defer unlock()
+
+			pc := pcConnect(t, s, "t0")
+			first := make(chan string, 1)
+			done := make(chan error, 1)
+			go func() {
+				mrr := pc.Exec(ctx(t), "SELECT g::text FROM generate_series(1, 1000) g UNION ALL SELECT pg_advisory_xact_lock(72101)::text")
+				if !mrr.NextResult() {
+					done <- mrr.Close()
+					return
+				}
+				rr := mrr.ResultReader()
+				n := 0
+				for rr.NextRow() {
+					if n == 0 {
+						first <- string(rr.Values()[0])
+					}
+					n++
+				}
+				_, err := rr.Close()
+				if err == nil {
+					err = mrr.Close()
+				}
+				if err == nil && n != 1001 {
+					err = fmt.Errorf("got %d rows, want 1001", n)
+				}
+				done <- err
+			}()
+			select {
+			case v := <-first:
+				if v != "1" {
+					t.Errorf("first row %q, want 1", v)
+				}
+			case err := <-done:
+				t.Fatalf("the statement ended while the lock was held: %v", err)
+			case <-time.After(20 * time.Second):
+				// Not a timing bound: without streaming the row never comes
+				// while the lock is held.
+				t.Errorf("no row reached the client while the statement waited on the lock")
+			}
+			unlock()
+			if err := <-done; err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
