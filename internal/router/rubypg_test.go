@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -138,5 +139,37 @@ func TestRowsStreamBeforeStatementEnds(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// A client_encoding that names no encoding gets the server's error, 22023
+// "invalid value for parameter" (ruby-pg's set_client_encoding spec, and
+// any driver that maps it to an argument error), not the router's 0A000
+// refusal of the encodings it cannot read statements in, which still
+// holds for those; at startup too.
+func TestClientEncodingInvalidName(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	pc := pcConnect(t, s, "t1")
+	for _, tc := range []struct{ sql, code string }{
+		{"SET client_encoding = 'invalid'", "22023"},
+		{"SET NAMES 'no-such-encoding'", "22023"},
+		{"SET client_encoding = 'SJIS'", "0A000"},
+		{"SET client_encoding TO 'windows-950'", "0A000"},
+		{"SET client_encoding = 'LATIN1'", ""},
+		{"SET client_encoding = 'UTF8'", ""},
+	} {
+		_, err := pc.Exec(ctx(t), tc.sql).ReadAll()
+		if got := pgCode(err); got != tc.code {
+			t.Errorf("%s: got %q (%v), want %q", tc.sql, got, err, tc.code)
+		}
+	}
+	if got := pcValue(t, pc, "SHOW client_encoding"); got != "UTF8" {
+		t.Errorf("client_encoding %q, want UTF8", got)
+	}
+	for enc, code := range map[string]string{"invalid": "22023", "BIG5": "0A000"} {
+		_, err := pgconn.Connect(ctx(t), routerURL(s, "t1")+"&client_encoding="+enc)
+		if got := pgCode(err); got != code {
+			t.Errorf("startup client_encoding=%s: got %q (%v), want %q", enc, got, err, code)
+		}
 	}
 }
