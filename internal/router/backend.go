@@ -1011,7 +1011,7 @@ func (ss *session) drain(all bool) error {
 			ss.lostBackend(nil)
 			continue
 		}
-		clientFirst := be.R.Buffered() == 0 && ss.relayed && ss.cw.Buffered() > 0
+		clientFirst := !be.R.MessageBuffered() && ss.relayed && ss.cw.Buffered() > 0
 		if be.W.Buffered() > 0 && (clientFirst || ss.held != nil) {
 			if err := be.W.Flush(); err != nil {
 				ss.backendFailed(err)

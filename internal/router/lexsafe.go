@@ -60,13 +60,7 @@ func lexValueOK(name, v string) bool {
 // their aliases. The client-only encodings (SJIS, BIG5, GBK, UHC, GB18030,
 // JOHAB, SHIFT_JIS_2004 and their WIN93x aliases) are not.
 func safeEncoding(enc string) bool {
-	var b strings.Builder
-	for _, r := range strings.ToLower(enc) {
-		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
-			b.WriteRune(r)
-		}
-	}
-	switch n := b.String(); n {
+	switch n := encodingKey(enc); n {
 	case "utf8", "unicode", "sqlascii", "muleinternal",
 		"euccn", "eucjp", "eucjis2004", "euckr", "euctw",
 		"koi8", "koi8r", "koi8u", "alt", "abc", "tcvn", "tcvn5712", "vscii", "win",
@@ -80,6 +74,40 @@ func safeEncoding(enc string) bool {
 		}
 	}
 	return false
+}
+
+// encodingKey is enc as PostgreSQL compares encoding names: lower case,
+// letters and digits only.
+func encodingKey(enc string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(enc) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// unsafeEncoding reports whether enc names one of the client-only
+// encodings safeEncoding refuses (PostgreSQL's encnames.c).
+func unsafeEncoding(enc string) bool {
+	switch encodingKey(enc) {
+	case "big5", "gb18030", "gbk", "johab", "mskanji", "shiftjis", "shiftjis2004", "sjis", "uhc",
+		"win932", "win936", "win949", "win950", "windows932", "windows936", "windows949", "windows950":
+		return true
+	}
+	return false
+}
+
+// encodingError is what a client asking for client_encoding v gets when v
+// is refused: the server's own error when v names no encoding at all
+// (22023), else the router's refusal of an encoding it cannot read
+// statements in (0A000).
+func encodingError(v string) *wire.Error {
+	if !safeEncoding(v) && !unsafeEncoding(v) {
+		return &wire.Error{Code: "22023", Message: `invalid value for parameter "client_encoding": "` + v + `"`}
+	}
+	return lexSettingError("client_encoding", v)
 }
 
 // lexSettingError refuses a value of a lexSetting that the router cannot
@@ -145,6 +173,8 @@ func checkLexSet(name string, toks []gtok, i int) *wire.Error {
 	if !ok || !lexValueOK(name, v) {
 		if !ok {
 			v = "(an expression)"
+		} else if name == "client_encoding" {
+			return encodingError(v)
 		}
 		return lexSettingError(name, v)
 	}

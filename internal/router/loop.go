@@ -136,6 +136,12 @@ func (ss *session) loop() error {
 			}
 		case wire.MsgTerminate:
 			return nil
+		case wire.MsgFunctionCall:
+			// libpq's large-object API (PQfn). Large objects belong to the
+			// database, not to a shard: refused as a statement would be.
+			werr = &wire.Error{Severity: "ERROR", Code: "0A000",
+				Message: "the function call protocol (large objects through libpq's lo_* functions) is not supported by pgtenant",
+				Hint:    "Large objects live outside the tenant's shard schema: store the data in a bytea column."}
 		case wire.MsgCopyData, wire.MsgCopyDone, wire.MsgCopyFail:
 			// COPY data sent ahead of the server's CopyInResponse (pgconn
 			// streams right after the Query) goes to the backend; without a
@@ -187,7 +193,7 @@ func (ss *session) loop() error {
 				ss.sendFatal(werr.Code, werr.Message)
 				return werr
 			}
-			if err := ss.localError(werr, typ != wire.MsgQuery); err != nil {
+			if err := ss.localError(werr, typ != wire.MsgQuery && typ != wire.MsgFunctionCall); err != nil {
 				return err
 			}
 		}

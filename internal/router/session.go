@@ -531,7 +531,8 @@ func (ss *session) startup(params map[string]string) error {
 	var startPath string
 	var hasStartPath bool
 	if ce := params["client_encoding"]; ce != "" && !safeEncoding(ce) {
-		ss.fatal("0A000", lexSettingError("client_encoding", ce).Message)
+		e := encodingError(ce)
+		ss.fatal(e.Code, e.Message)
 		return fmt.Errorf("client_encoding %q refused", ce)
 	}
 	for k, v := range opts {

@@ -221,6 +221,16 @@ func (r *Reader) String(b []byte) string {
 // returned as messages.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
+// MessageBuffered reports whether a whole message is buffered, so that the
+// next ReadMessage returns it without reading from the connection (a
+// message cut at the end of what the peer has sent so far is not).
+func (r *Reader) MessageBuffered() bool {
+	if r.w-r.r < 5 {
+		return false
+	}
+	return r.w-r.r > int(binary.BigEndian.Uint32(r.buf[r.r+1:]))
+}
+
 // ReadStartup reads an untyped startup-phase packet (StartupMessage,
 // SSLRequest, GSSENCRequest or CancelRequest) and returns it without its
 // length word.
