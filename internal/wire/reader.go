@@ -221,6 +221,11 @@ func (r *Reader) String(b []byte) string {
 // returned as messages.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
+// Pending returns the bytes read from the connection but not yet returned
+// as messages, without reading or consuming any: a look at messages that
+// arrived with the one being handled. It is valid until the next read.
+func (r *Reader) Pending() []byte { return r.buf[r.r:r.w] }
+
 // ReadStartup reads an untyped startup-phase packet (StartupMessage,
 // SSLRequest, GSSENCRequest or CancelRequest) and returns it without its
 // length word.

@@ -195,6 +195,31 @@ func writeHintScripts(dir string, tenants int) ([]string, error) {
 	return paths, nil
 }
 
+// writeSpreadScripts writes the scripts of the "pgbouncer all shards" case
+// into dir: the tenants of writeHintScripts, each select naming its shard's
+// table schema-qualified, no setting: the data of 16 shards read as the
+// router reads it, without the router's setup (fixed.sql reads shard 0's).
+// With setup, the scripts of "pgbouncer router texts" instead: the Query
+// text the router sends the server for a hinted select after a checkout
+// (combined.go), sent by pgbench through pgbouncer (simple mode only).
+func writeSpreadScripts(dir string, tenants, shards int, setup bool) ([]string, error) {
+	var paths []string
+	for i := 0; i < min(hintScripts, tenants); i++ {
+		tid := (37 * i) % tenants
+		p := filepath.Join(dir, fmt.Sprintf("spread_%03d.sql", i))
+		sql := fmt.Sprintf("\\set k random(1, :rows_per_tenant)\nSELECT balance FROM shard_%04d.accounts WHERE id = %d * :rows_per_tenant + :k::int;\n", tid%shards, tid)
+		if setup {
+			p = filepath.Join(dir, fmt.Sprintf("texts_%03d.sql", i))
+			sql = fmt.Sprintf("\\set k random(1, :rows_per_tenant)\nDISCARD TEMP \\; SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp' \\; SET LOCAL pgtenant.tenant_id = '%d' \\; SELECT balance FROM accounts WHERE id = %d * :rows_per_tenant + :k::int;\n", tid%shards, tid, tid)
+		}
+		if err := os.WriteFile(p, []byte(sql), 0o644); err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
+}
+
 // result is one pgbench run.
 type result struct {
 	mode, target string
@@ -330,6 +355,14 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	spread, err := writeSpreadScripts(root, o.tenants, o.shards, false)
+	if err != nil {
+		return err
+	}
+	texts, err := writeSpreadScripts(root, o.tenants, o.shards, true)
+	if err != nil {
+		return err
+	}
 	type target struct {
 		name, addr, script, workload string
 		db                           string // database name; empty means bench
@@ -356,6 +389,8 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_simple.sql", "1 query", "", ""},
 					{"pgbouncer", pgb, "direct_simple.sql", "1 query", "", ""},
 					{fixedBouncer, pgb, "fixed.sql", "1 query", fixedDB, ""},
+					{spreadBouncer, pgb, spreadScript, "1 query", "", ""},
+					{textsBouncer, pgb, textsScript, "1 query", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query", "", ""},
 					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", "", ""},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", "", ""},
@@ -368,6 +403,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_txn.sql", "4 stmts", "", ""},
 					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts", "", ""},
 					{fixedBouncer, pgb, "fixed.sql", "1 stmt", fixedDB, ""},
+					{spreadBouncer, pgb, spreadScript, "1 stmt", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts", "", ""},
 					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts", "", ""},
@@ -398,7 +434,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 			}
 			for _, tg := range all {
-				if (tg.name == "pgbouncer" || tg.name == fixedBouncer) && mode == "prepared" {
+				if (tg.name == "pgbouncer" || tg.name == fixedBouncer || tg.name == spreadBouncer || tg.name == textsBouncer) && mode == "prepared" {
 					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 					continue
 				}
@@ -430,6 +466,10 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					scripts = []string{filepath.Join(root, routerTxnScript)}
 				case hintScript:
 					scripts = hints
+				case spreadScript:
+					scripts = spread
+				case textsScript:
+					scripts = texts
 				}
 				db := cmp.Or(tg.db, "bench")
 				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
@@ -443,7 +483,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					case strings.HasPrefix(tg.name, "pgtenant"):
 						r.proxyUS = us(selfCPU() - self0)
 						r.proxyCS = float64(selfSwitches()-selfCS0) / r.txns
-					case tg.name == "pgbouncer" || tg.name == fixedBouncer:
+					case tg.name == "pgbouncer" || tg.name == fixedBouncer || tg.name == spreadBouncer || tg.name == textsBouncer:
 						r.proxyUS = us(procCPU([]int{bouncerPID}) - bouncer0)
 						r.proxyCS = float64(procSwitches(bouncerPID)-bouncerCS0) / r.txns
 					}
@@ -958,10 +998,17 @@ logfile = %s
 }
 
 // fixedBouncer names pgbouncer serving fixedDB (a fixed search_path);
-// hintScript stands for the generated hint scripts (writeHintScripts).
+// hintScript stands for the generated hint scripts (writeHintScripts);
+// spreadBouncer names pgbouncer running spreadScript, the schema-qualified
+// selects of every shard without a setting, textsBouncer pgbouncer running
+// textsScript, the router's texts (writeSpreadScripts).
 const (
-	fixedBouncer = "pgbouncer fixed path"
-	hintScript   = "router_hint_*.sql"
+	fixedBouncer  = "pgbouncer fixed path"
+	hintScript    = "router_hint_*.sql"
+	spreadBouncer = "pgbouncer all shards"
+	spreadScript  = "spread_*.sql"
+	textsBouncer  = "pgbouncer router texts"
+	textsScript   = "texts_*.sql"
 )
 
 // applyVariant applies a runtime setting of this process (which runs the
