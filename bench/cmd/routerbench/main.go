@@ -195,27 +195,53 @@ func writeHintScripts(dir string, tenants int) ([]string, error) {
 	return paths, nil
 }
 
-// writeSpreadScripts writes the scripts of the "pgbouncer all shards" case
-// into dir: the tenants of writeHintScripts, each select naming its shard's
-// table schema-qualified, no setting: the data of 16 shards read as the
-// router reads it, without the router's setup (fixed.sql reads shard 0's).
-// With setup, the scripts of "pgbouncer router texts" instead: the Query
-// text the router sends the server for a hinted select after a checkout
-// (combined.go), sent by pgbench through pgbouncer (simple mode only).
-func writeSpreadScripts(dir string, tenants, shards int, setup bool) ([]string, error) {
-	var paths []string
-	for i := 0; i < min(hintScripts, tenants); i++ {
-		tid := (37 * i) % tenants
-		p := filepath.Join(dir, fmt.Sprintf("spread_%03d.sql", i))
-		sql := fmt.Sprintf("\\set k random(1, :rows_per_tenant)\nSELECT balance FROM shard_%04d.accounts WHERE id = %d * :rows_per_tenant + :k::int;\n", tid%shards, tid)
-		if setup {
-			p = filepath.Join(dir, fmt.Sprintf("texts_%03d.sql", i))
-			sql = fmt.Sprintf("\\set k random(1, :rows_per_tenant)\nDISCARD TEMP \\; SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp' \\; SET LOCAL pgtenant.tenant_id = '%d' \\; SELECT balance FROM accounts WHERE id = %d * :rows_per_tenant + :k::int;\n", tid%shards, tid, tid)
+// textCase is a pgbouncer case with scripts of its own (writeTextScripts):
+// the tenants of writeHintScripts, one Query per transaction, made of
+// prefix and a point select of table. They take the server's cost of
+// "what the user sees" apart: the data of 16 shards against fixed.sql's
+// shard 0, and each part of the setup text the router sends (combined.go)
+// without the router.
+type textCase struct {
+	name string
+	// sql returns the statements ahead of the select (each ending with
+	// "\;", empty for none) and the table it reads.
+	sql func(shard, tenant int) (prefix, table string)
+}
+
+// textCases are the textCase targets; only those without a prefix run in
+// extended mode too (pgbench sends one statement per Parse).
+func textCases() []textCase {
+	qualified := func(shard int) string { return fmt.Sprintf("shard_%04d.accounts", shard) }
+	path := func(shard int) string {
+		return fmt.Sprintf("SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp' \\; ", shard)
+	}
+	tenant := func(tid int) string { return fmt.Sprintf("SET LOCAL pgtenant.tenant_id = '%d' \\; ", tid) }
+	const discard = "DISCARD TEMP \\; "
+	return []textCase{
+		{spreadBouncer, func(s, _ int) (string, string) { return "", qualified(s) }},
+		{textsBouncer, func(s, t int) (string, string) { return discard + path(s) + tenant(t), "accounts" }},
+		{"pgbouncer texts no DISCARD", func(s, t int) (string, string) { return path(s) + tenant(t), "accounts" }},
+		{"pgbouncer texts path only", func(s, _ int) (string, string) { return path(s), "accounts" }},
+		{"pgbouncer texts tenant only", func(s, t int) (string, string) { return tenant(t), qualified(s) }},
+		{"pgbouncer texts DISCARD only", func(s, _ int) (string, string) { return discard, qualified(s) }},
+	}
+}
+
+// writeTextScripts writes the scripts of every textCase into dir and
+// returns their paths by case name.
+func writeTextScripts(dir string, tenants, shards int) (map[string][]string, error) {
+	paths := map[string][]string{}
+	for c, tc := range textCases() {
+		for i := 0; i < min(hintScripts, tenants); i++ {
+			tid := (37 * i) % tenants
+			prefix, table := tc.sql(tid%shards, tid)
+			p := filepath.Join(dir, fmt.Sprintf("text%d_%03d.sql", c, i))
+			sql := fmt.Sprintf("\\set k random(1, :rows_per_tenant)\n%sSELECT balance FROM %s WHERE id = %d * :rows_per_tenant + :k::int;\n", prefix, table, tid)
+			if err := os.WriteFile(p, []byte(sql), 0o644); err != nil {
+				return nil, err
+			}
+			paths[tc.name] = append(paths[tc.name], p)
 		}
-		if err := os.WriteFile(p, []byte(sql), 0o644); err != nil {
-			return nil, err
-		}
-		paths = append(paths, p)
 	}
 	return paths, nil
 }
@@ -355,11 +381,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	spread, err := writeSpreadScripts(root, o.tenants, o.shards, false)
-	if err != nil {
-		return err
-	}
-	texts, err := writeSpreadScripts(root, o.tenants, o.shards, true)
+	texts, err := writeTextScripts(root, o.tenants, o.shards)
 	if err != nil {
 		return err
 	}
@@ -389,11 +411,12 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_simple.sql", "1 query", "", ""},
 					{"pgbouncer", pgb, "direct_simple.sql", "1 query", "", ""},
 					{fixedBouncer, pgb, "fixed.sql", "1 query", fixedDB, ""},
-					{spreadBouncer, pgb, spreadScript, "1 query", "", ""},
-					{textsBouncer, pgb, textsScript, "1 query", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query", "", ""},
 					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", "", ""},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", "", ""},
+				}
+				for _, tc := range textCases() {
+					targets = append(targets, target{tc.name, pgb, textScript, "1 query", "", ""})
 				}
 			} else {
 				// pgtenant and direct connections keep a session setting;
@@ -403,7 +426,6 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_txn.sql", "4 stmts", "", ""},
 					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts", "", ""},
 					{fixedBouncer, pgb, "fixed.sql", "1 stmt", fixedDB, ""},
-					{spreadBouncer, pgb, spreadScript, "1 stmt", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts", "", ""},
 					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts", "", ""},
@@ -412,6 +434,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts", "", ""},
 				}
 				if mode == "extended" {
+					targets = append(targets, target{spreadBouncer, pgb, textScript, "1 stmt", "", ""})
 					// A random tenant per transaction named by a hint, one
 					// statement: what the user sees against fixedBouncer.
 					targets = append(targets,
@@ -434,7 +457,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 			}
 			for _, tg := range all {
-				if (tg.name == "pgbouncer" || tg.name == fixedBouncer || tg.name == spreadBouncer || tg.name == textsBouncer) && mode == "prepared" {
+				if strings.HasPrefix(tg.name, "pgbouncer") && mode == "prepared" {
 					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 					continue
 				}
@@ -466,10 +489,8 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					scripts = []string{filepath.Join(root, routerTxnScript)}
 				case hintScript:
 					scripts = hints
-				case spreadScript:
-					scripts = spread
-				case textsScript:
-					scripts = texts
+				case textScript:
+					scripts = texts[tg.name]
 				}
 				db := cmp.Or(tg.db, "bench")
 				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
@@ -483,7 +504,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					case strings.HasPrefix(tg.name, "pgtenant"):
 						r.proxyUS = us(selfCPU() - self0)
 						r.proxyCS = float64(selfSwitches()-selfCS0) / r.txns
-					case tg.name == "pgbouncer" || tg.name == fixedBouncer || tg.name == spreadBouncer || tg.name == textsBouncer:
+					case strings.HasPrefix(tg.name, "pgbouncer"):
 						r.proxyUS = us(procCPU([]int{bouncerPID}) - bouncer0)
 						r.proxyCS = float64(procSwitches(bouncerPID)-bouncerCS0) / r.txns
 					}
@@ -999,16 +1020,15 @@ logfile = %s
 
 // fixedBouncer names pgbouncer serving fixedDB (a fixed search_path);
 // hintScript stands for the generated hint scripts (writeHintScripts);
-// spreadBouncer names pgbouncer running spreadScript, the schema-qualified
-// selects of every shard without a setting, textsBouncer pgbouncer running
-// textsScript, the router's texts (writeSpreadScripts).
+// spreadBouncer and textsBouncer name two textCases: the schema-qualified
+// selects of every shard without a setting, and the router's setup text;
+// textScript stands for a textCase's scripts.
 const (
 	fixedBouncer  = "pgbouncer fixed path"
 	hintScript    = "router_hint_*.sql"
 	spreadBouncer = "pgbouncer all shards"
-	spreadScript  = "spread_*.sql"
 	textsBouncer  = "pgbouncer router texts"
-	textsScript   = "texts_*.sql"
+	textScript    = "text*.sql"
 )
 
 // applyVariant applies a runtime setting of this process (which runs the
