@@ -80,7 +80,7 @@ func main() {
 	var only string
 	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace (go tool trace) of this process taken during the first pgtenant case to this file")
 	flag.StringVar(&o.strace, "strace", "", "directory: run every case of round 1 once more under strace -c -f attached to the proxy, and print its system calls per transaction")
-	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\"); empty means all")
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\", and the textCases: \"pgbouncer all shards\", \"pgbouncer router texts\", \"pgbouncer texts no DISCARD\", \"pgbouncer texts path only\", \"pgbouncer texts tenant only\", \"pgbouncer texts DISCARD only\"); empty means all")
 	var workloads string
 	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (\"1 query\", \"1 stmt\", \"2 stmts\", \"4 stmts\"); empty means all")
 	var variants, many, hold string
