@@ -12,13 +12,14 @@ import (
 // sends it as session settings with a Sync of the router's own: the
 // server then runs two transactions per client transaction, and re-plans
 // the prepared setup each time (the session search_path it was planned
-// with keeps changing). Drivers that parse every statement (pgbench -M
-// extended, pgx's exec modes) send Parse, Bind, Describe, Execute and
-// Sync in one write: when the router can see that whole pipeline buffered
-// and it binds nothing but the statement being parsed, the statement the
-// client binds next is that DML statement, which runs in an implicit
-// block anyway, and the transaction-local setup goes ahead of the Parse
-// without a Sync, as before a Bind (writeSetup).
+// with keeps changing). Clients that parse every statement (pgbench -M
+// extended, pgconn's ExecParams, pgx's QueryExecModeExec) send Parse,
+// Bind, Describe, Execute and Sync in one write: when the router can see
+// that whole pipeline buffered and it binds nothing but the statement
+// being parsed, the statement the client binds next is that DML
+// statement, which runs in an implicit block anyway, and the
+// transaction-local setup goes ahead of the Parse without a Sync, as
+// before a Bind (writeSetup).
 
 // sendParseSetup is sendSetup for a Parse or Describe of the client's
 // statement def: the setup goes as before a Bind when only binds of def
