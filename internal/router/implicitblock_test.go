@@ -86,16 +86,18 @@ func TestSearchPathStatusHidden(t *testing.T) {
 }
 
 // The setup before a Parse of DML (pgbench -M extended, pgx's Exec and
-// DescribeExec modes parse every statement) goes as Bind/Execute of the
-// router's prepared session setup with a Sync of its own, not as a Query of
-// text the server parses each time: with tenants on two shards of one node
-// alternating on one backend, every transaction runs the prepared setup
-// once, and each reads its own tenant's shard.
+// DescribeExec modes parse every statement) goes as Bind/Execute of one of
+// the router's prepared setups (the session setup with a Sync of its own,
+// or the local one when the whole pipeline is seen: see
+// TestSetupBeforeParseInPipeline), not as a Query of text the server
+// parses each time: with tenants on two shards of one node alternating on
+// one backend, every transaction runs a prepared setup once, and each reads
+// its own tenant's shard.
 func TestSetupBeforeParsePrepared(t *testing.T) {
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	c := tcConnect(t, s, "t2")
 	runs := func() string {
-		return c.q("SELECT coalesce(sum(generic_plans + custom_plans), 0) FROM pg_prepared_statements WHERE name IN ('pgtenant_setup', 'pgtenant_setup_tenant')")
+		return c.q("SELECT coalesce(sum(generic_plans + custom_plans), 0) FROM pg_prepared_statements WHERE name LIKE 'pgtenant\\_setup%'")
 	}
 	before := runs()
 	for i := 0; i < 4; i++ {

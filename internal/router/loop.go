@@ -987,7 +987,7 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 	if e := ss.ensureBackend(tenant); e != nil {
 		return false, e
 	}
-	ss.sendSetup(&def.info, false)
+	ss.sendParseSetup(def)
 	return ss.prepareOn(def, false), nil
 }
 
@@ -1331,7 +1331,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if e := ss.route(def, true); e != nil {
 		return e
 	}
-	ss.sendSetup(&def.info, false)
+	ss.sendParseSetup(def)
 	ss.ensurePrepared(def)
 	server := ss.serverStmt(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', server)

@@ -95,6 +95,11 @@ func (r *Reader) ReleaseIdle() {
 	r.pool.Put(p)
 }
 
+// Pending returns the bytes read from the connection but not yet returned
+// as messages, without reading or consuming any: a look at messages that
+// arrived with the one being handled. It is valid until the next read.
+func (r *Reader) Pending() []byte { return r.buf[r.r:r.w] }
+
 // fill reads once from the connection into the free end of the buffer,
 // after moving what is buffered to its start when the end is full. Without
 // a buffer, a RawIO connection is read into a pooled one taken only when

@@ -80,7 +80,7 @@ func main() {
 	var only string
 	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace (go tool trace) of this process taken during the first pgtenant case to this file")
 	flag.StringVar(&o.strace, "strace", "", "directory: run every case of round 1 once more under strace -c -f attached to the proxy, and print its system calls per transaction")
-	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\"); empty means all")
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\", and the textCases: \"pgbouncer all shards\", \"pgbouncer router texts\", \"pgbouncer texts no DISCARD\", \"pgbouncer texts path only\", \"pgbouncer texts tenant only\", \"pgbouncer texts DISCARD only\"); empty means all")
 	var workloads string
 	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (\"1 query\", \"1 stmt\", \"2 stmts\", \"4 stmts\"); empty means all")
 	var variants, many, hold string
@@ -191,6 +191,57 @@ func writeHintScripts(dir string, tenants int) ([]string, error) {
 			return nil, err
 		}
 		paths = append(paths, p)
+	}
+	return paths, nil
+}
+
+// textCase is a pgbouncer case with scripts of its own (writeTextScripts):
+// the tenants of writeHintScripts, one Query per transaction, made of
+// prefix and a point select of table. They take the server's cost of
+// "what the user sees" apart: the data of 16 shards against fixed.sql's
+// shard 0, and each part of the setup text the router sends (combined.go)
+// without the router.
+type textCase struct {
+	name string
+	// sql returns the statements ahead of the select (each ending with
+	// "\;", empty for none) and the table it reads.
+	sql func(shard, tenant int) (prefix, table string)
+}
+
+// textCases are the textCase targets; only those without a prefix run in
+// extended mode too (pgbench sends one statement per Parse).
+func textCases() []textCase {
+	qualified := func(shard int) string { return fmt.Sprintf("shard_%04d.accounts", shard) }
+	path := func(shard int) string {
+		return fmt.Sprintf("SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp' \\; ", shard)
+	}
+	tenant := func(tid int) string { return fmt.Sprintf("SET LOCAL pgtenant.tenant_id = '%d' \\; ", tid) }
+	const discard = "DISCARD TEMP \\; "
+	return []textCase{
+		{spreadBouncer, func(s, _ int) (string, string) { return "", qualified(s) }},
+		{textsBouncer, func(s, t int) (string, string) { return discard + path(s) + tenant(t), "accounts" }},
+		{"pgbouncer texts no DISCARD", func(s, t int) (string, string) { return path(s) + tenant(t), "accounts" }},
+		{"pgbouncer texts path only", func(s, _ int) (string, string) { return path(s), "accounts" }},
+		{"pgbouncer texts tenant only", func(s, t int) (string, string) { return tenant(t), qualified(s) }},
+		{"pgbouncer texts DISCARD only", func(s, _ int) (string, string) { return discard, qualified(s) }},
+	}
+}
+
+// writeTextScripts writes the scripts of every textCase into dir and
+// returns their paths by case name.
+func writeTextScripts(dir string, tenants, shards int) (map[string][]string, error) {
+	paths := map[string][]string{}
+	for c, tc := range textCases() {
+		for i := 0; i < min(hintScripts, tenants); i++ {
+			tid := (37 * i) % tenants
+			prefix, table := tc.sql(tid%shards, tid)
+			p := filepath.Join(dir, fmt.Sprintf("text%d_%03d.sql", c, i))
+			sql := fmt.Sprintf("\\set k random(1, :rows_per_tenant)\n%sSELECT balance FROM %s WHERE id = %d * :rows_per_tenant + :k::int;\n", prefix, table, tid)
+			if err := os.WriteFile(p, []byte(sql), 0o644); err != nil {
+				return nil, err
+			}
+			paths[tc.name] = append(paths[tc.name], p)
+		}
 	}
 	return paths, nil
 }
@@ -330,6 +381,10 @@ func run(ctx context.Context, o options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	texts, err := writeTextScripts(root, o.tenants, o.shards)
+	if err != nil {
+		return err
+	}
 	type target struct {
 		name, addr, script, workload string
 		db                           string // database name; empty means bench
@@ -360,6 +415,9 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", "", ""},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", "", ""},
 				}
+				for _, tc := range textCases() {
+					targets = append(targets, target{tc.name, pgb, textScript, "1 query", "", ""})
+				}
 			} else {
 				// pgtenant and direct connections keep a session setting;
 				// pgbouncer in transaction mode needs it set per transaction.
@@ -376,6 +434,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], routerTxnScript, "4 stmts", "", ""},
 				}
 				if mode == "extended" {
+					targets = append(targets, target{spreadBouncer, pgb, textScript, "1 stmt", "", ""})
 					// A random tenant per transaction named by a hint, one
 					// statement: what the user sees against fixedBouncer.
 					targets = append(targets,
@@ -398,7 +457,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 				}
 			}
 			for _, tg := range all {
-				if (tg.name == "pgbouncer" || tg.name == fixedBouncer) && mode == "prepared" {
+				if strings.HasPrefix(tg.name, "pgbouncer") && mode == "prepared" {
 					results = append(results, result{round: round, mode: mode, target: tg.name, workload: tg.workload, skipped: "pgbouncer 1.18 cannot serve -M prepared in transaction mode"})
 					continue
 				}
@@ -430,6 +489,8 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					scripts = []string{filepath.Join(root, routerTxnScript)}
 				case hintScript:
 					scripts = hints
+				case textScript:
+					scripts = texts[tg.name]
 				}
 				db := cmp.Or(tg.db, "bench")
 				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
@@ -443,7 +504,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					case strings.HasPrefix(tg.name, "pgtenant"):
 						r.proxyUS = us(selfCPU() - self0)
 						r.proxyCS = float64(selfSwitches()-selfCS0) / r.txns
-					case tg.name == "pgbouncer" || tg.name == fixedBouncer:
+					case strings.HasPrefix(tg.name, "pgbouncer"):
 						r.proxyUS = us(procCPU([]int{bouncerPID}) - bouncer0)
 						r.proxyCS = float64(procSwitches(bouncerPID)-bouncerCS0) / r.txns
 					}
@@ -958,10 +1019,16 @@ logfile = %s
 }
 
 // fixedBouncer names pgbouncer serving fixedDB (a fixed search_path);
-// hintScript stands for the generated hint scripts (writeHintScripts).
+// hintScript stands for the generated hint scripts (writeHintScripts);
+// spreadBouncer and textsBouncer name two textCases: the schema-qualified
+// selects of every shard without a setting, and the router's setup text;
+// textScript stands for a textCase's scripts.
 const (
-	fixedBouncer = "pgbouncer fixed path"
-	hintScript   = "router_hint_*.sql"
+	fixedBouncer  = "pgbouncer fixed path"
+	hintScript    = "router_hint_*.sql"
+	spreadBouncer = "pgbouncer all shards"
+	textsBouncer  = "pgbouncer router texts"
+	textScript    = "text*.sql"
 )
 
 // applyVariant applies a runtime setting of this process (which runs the

@@ -72,9 +72,36 @@ func setupVariants() []setupVariant {
 		{name: "simple, DISCARD TEMP;SET LOCAL …;SET LOCAL …;SELECT (router now)", run: simple(func(shard, tenant, id int) string {
 			return fmt.Sprintf(`DISCARD TEMP;SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp';SET LOCAL pgtenant.tenant_id = '%d';%s%d`, shard, tenant, sel, id)
 		})},
+		// Session 10: the parts of the router's setup, and the data of 16
+		// shards against shard 0's alone (fixed.sql reads shard 0 only).
+		{name: "simple, 16 shards schema-qualified, no setup (data spread)", run: simple(func(shard, _, id int) string {
+			return fmt.Sprintf("SELECT balance FROM shard_%04d.accounts WHERE id = %d", shard, id)
+		})},
+		{name: "simple, SET LOCAL path (shard 0's);SELECT (a SET, no spread)", fixed: true, run: simple(func(shard, _, id int) string {
+			return fmt.Sprintf(`SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp';%s%d`, shard, sel, id)
+		})},
+		{name: "simple, SET LOCAL path;SELECT", run: simple(func(shard, _, id int) string {
+			return fmt.Sprintf(`SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp';%s%d`, shard, sel, id)
+		})},
+		{name: "simple, SET LOCAL tenant;SELECT qualified", run: simple(func(shard, tenant, id int) string {
+			return fmt.Sprintf(`SET LOCAL pgtenant.tenant_id = '%d';SELECT balance FROM shard_%04d.accounts WHERE id = %d`, tenant, shard, id)
+		})},
+		{name: "simple, DISCARD TEMP;SELECT qualified", run: simple(func(shard, _, id int) string {
+			return fmt.Sprintf(`DISCARD TEMP;SELECT balance FROM shard_%04d.accounts WHERE id = %d`, shard, id)
+		})},
+		{name: "simple, SET LOCAL …;SET LOCAL …;SELECT (router without DISCARD TEMP)", run: simple(func(shard, tenant, id int) string {
+			return fmt.Sprintf(`SET LOCAL search_path = 'shard_%04d', 'public', 'pg_temp';SET LOCAL pgtenant.tenant_id = '%d';%s%d`, shard, tenant, sel, id)
+		})},
 		{name: "extended, fixed path", fixed: true, run: batch(func(b *pgconn.Batch, _, _, id int) { selByShard(b, 0, id) })},
 		{name: "extended, prepared DISCARD TEMP and set_config (router)", run: batch(func(b *pgconn.Batch, shard, tenant, id int) {
 			b.ExecPrepared("discard", nil, nil, nil)
+			b.ExecPrepared("setup", [][]byte{path(shard), []byte(strconv.Itoa(tenant))}, nil, nil)
+			selByShard(b, shard, id)
+		})},
+		{name: "extended, prepared select, 16 shards (data spread, no setup)", run: batch(func(b *pgconn.Batch, shard, _, id int) {
+			b.ExecPrepared("qsel"+strconv.Itoa(shard), [][]byte{[]byte(strconv.Itoa(id))}, nil, nil)
+		})},
+		{name: "extended, prepared set_config (router without DISCARD TEMP)", run: batch(func(b *pgconn.Batch, shard, tenant, id int) {
 			b.ExecPrepared("setup", [][]byte{path(shard), []byte(strconv.Itoa(tenant))}, nil, nil)
 			selByShard(b, shard, id)
 		})},
@@ -145,6 +172,13 @@ func runSetupCost(ctx context.Context, o options, w io.Writer) error {
 				return err
 			}
 			if _, err := pc.Prepare(ctx, "sel"+strconv.Itoa(s), "SELECT balance FROM accounts WHERE id = $1", nil); err != nil {
+				return err
+			}
+		}
+		// Schema-qualified selects, planned under shard 0's search_path
+		// and run under it: no re-plan.
+		for s := 0; s < o.shards; s++ {
+			if _, err := pc.Prepare(ctx, "qsel"+strconv.Itoa(s), fmt.Sprintf("SELECT balance FROM shard_%04d.accounts WHERE id = $1", s), nil); err != nil {
 				return err
 			}
 		}
