@@ -261,10 +261,11 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 	}
 	var keep *pool.Conn // session mode: the attached backend, if it can serve tenant too
-	if ss.be != nil && ss.be.Broken() && (ss.status != 'I' || ss.srv.cfg.PoolMode == PoolSession) && !ss.backendPending() {
+	if ss.be != nil && ss.be.Broken() && (ss.status != 'I' || ss.srv.cfg.PoolMode == PoolSession || ss.unsynced) && !ss.backendPending() {
 		// Cut (fence, node failure) while the client was idle in a
-		// transaction or session: the transaction is lost; say so rather
-		// than run the statement elsewhere.
+		// transaction, a session or an unsynced pipeline: the transaction
+		// is lost; say so rather than run the statement elsewhere (or
+		// refuse it as another tenant's, 25001, after that error).
 		ss.srv.log.Warn("backend connection lost while the client was idle", "session", ss.id, "node", ss.be.Node(), "reason", ss.be.KillReason())
 		werr := killError(ss.be, nil)
 		wasTxn := ss.status != 'I'
