@@ -1,6 +1,7 @@
 package router
 
-// Hostile-client trials (session 10): a shard move during pipelines.
+// Hostile-client trials (session 10): a shard move during pipelines, a
+// pipeline left open.
 
 import (
 	"context"
@@ -75,5 +76,32 @@ func TestHostileMoveDuringPipeline(t *testing.T) {
 	var onB string
 	if err := pgxQueryRow(t, nodeDSN(nodeB), "SELECT coalesce(string_agg(body, ','), '') FROM shard_0003.sink WHERE body LIKE 'mv%'", &onB); err != nil || onB != "" {
 		t.Errorf("rows left on the old node: %q %v", onB, err)
+	}
+}
+
+// A client that leaves an unsynced pipeline open (a write answered after a
+// Flush, then silence: the server holds the implicit transaction and its
+// row lock until a Sync) is ended by IdleInTransactionTimeout like one idle
+// in a transaction block: FATAL 25P03, its write rolled back, the backend
+// free for the next client. Before, it held the backend and the lock for
+// good (the next client of a one-backend pool got 53300).
+func TestHostileIdleUnsyncedPipeline(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode, IdleInTransactionTimeout: 300 * time.Millisecond, Pool: PoolConfig{MaxSize: 1, WaitTimeout: 5 * time.Second}}, nil)
+			a := tcConnect(t, s, "t2")
+			a.send(&pgproto3.Parse{Query: "UPDATE items SET val = 'idle' WHERE id = 3"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
+			if got := recvUntil[*pgproto3.CommandComplete](a); got != "P B C(UPDATE 1)" {
+				t.Fatalf("a: %s", got)
+			}
+			if got := recvUntil[*pgproto3.ReadyForQuery](a); !strings.HasPrefix(got, "E(25P03:") || !strings.HasSuffix(got, "CLOSED") {
+				t.Fatalf("a, idle with its pipeline open: %s", got)
+			}
+			b := tcConnect(t, s, "t2")
+			b.q("SET lock_timeout = '2s'")
+			if got := b.q("SELECT val FROM items WHERE id = 3 FOR UPDATE"); got != "D(shard2-3) C(SELECT 1) ZI" {
+				t.Fatalf("next client: %s", got)
+			}
+		})
 	}
 }
