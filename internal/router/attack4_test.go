@@ -299,3 +299,29 @@ func rawStartupV(version uint32, params ...string) []byte {
 	body = append(body, 0)
 	return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
 }
+
+// SET SCHEMA 'x' is PostgreSQL's other spelling of SET search_path TO 'x':
+// refused as that is (0A000), in both modes (a session-mode client owns its
+// path with SET search_path, which the router follows). Before, it went to
+// the server: in session mode the client's statements ran on shard 4 while
+// the router took the backend for shard 2's.
+func TestHostileSetSchema(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+		c := tcConnect(t, s, "t2")
+		for _, q := range []string{
+			"SET SCHEMA 'shard_0004'",
+			"set session schema E'shard_0004'",
+			"BEGIN; SET LOCAL SCHEMA 'shard_0004'",
+			"DO $$ BEGIN SET SCHEMA 'shard_0004'; END $$",
+		} {
+			if got := c.q(q); !strings.HasPrefix(got, `E(0A000:setting "search_path" is managed by pgtenant`) {
+				t.Errorf("%s mode, %s: %s", mode, q, got)
+			}
+			c.q("ROLLBACK")
+			if got := c.q("SELECT shard FROM whoami"); got != "D(2) C(SELECT 1) ZI" {
+				t.Errorf("%s mode, after %s: %s", mode, q, got)
+			}
+		}
+	}
+}
