@@ -1194,7 +1194,14 @@ func (ss *session) drain(all bool) error {
 				return ss.backendFatal(wire.AppendError(nil, werr)[5:]) // the body, without type and length
 			}
 			if paramStatusHidden(body) && !ss.ownsPath() {
-				continue // the router's own search_path (PostgreSQL 18 reports it)
+				// The router's own search_path (PostgreSQL 18 reports it),
+				// or one set where the router cannot see it (a function's
+				// set_config): then the backend's path is unknown, and the
+				// next statement on it gets the shard's again.
+				if be.Schema != "" && be.Schema != "\x00" && paramStatusValue(body) != ss.srv.searchPath(be.Schema) {
+					be.Schema = "\x00"
+				}
+				continue
 			}
 			if ss.srv.cfg.PoolMode == PoolTransaction && paramStatusRole(body) {
 				// A role changed where the router cannot see it (a
