@@ -73,3 +73,36 @@ func TestRestrictedUserStringLexing(t *testing.T) {
 		}
 	})
 }
+
+// TestRestrictedUserStartupSessionAuthorization: session_authorization as a
+// startup parameter, or -c in options, is the router's, ignored with a
+// warning (a session-10 hostile trial: it was replayed as a session setting
+// on every backend, and a user restricted to t3 ran as any role the node's
+// login may become).
+func TestRestrictedUserStartupSessionAuthorization(t *testing.T) {
+	accessModes(t, func(t *testing.T, c *cluster, mode pgx.QueryExecMode) {
+		if mode != pgx.QueryExecModeSimpleProtocol {
+			return // a startup parameter: the protocol of the statements after it does not matter
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, param := range [][2]string{{"session_authorization", "postgres"}, {"options", "-c session_authorization=postgres"}} {
+			cfg, err := pgx.ParseConfig(c.dsnAs(userRestricted, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.RuntimeParams[param[0]] = param[1]
+			conn, err := pgx.ConnectConfig(ctx, cfg)
+			if err != nil {
+				t.Fatalf("connect with %s=%s: %v", param[0], param[1], err)
+			}
+			defer conn.Close(ctx)
+			var user string
+			if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&user); err != nil || user == "postgres" {
+				t.Fatalf("with %s=%s: current_user %q, %v", param[0], param[1], user, err)
+			}
+			_, err = conn.Exec(ctx, "SELECT count(*) FROM shard_0005.items")
+			wantServerDenied(t, "another shard with "+param[0]+"="+param[1], err)
+		}
+	})
+}

@@ -400,3 +400,54 @@ func TestHostileTimeoutsHeld(t *testing.T) {
 		})
 	}
 }
+
+// COPY paths compared with PostgreSQL's own answers: a simple COPY
+// skipped after an error in an unsynced pipeline (its data, sent ahead,
+// dropped); COPY of a missing table with data sent ahead, in both
+// protocols; CopyFail and a bad row inside a transaction block; COPY TO
+// STDOUT in the extended protocol; two COPYs in one Query string.
+func TestHostileCopyHeld(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		// An error before a simple COPY in an unsynced pipeline, data sent ahead.
+		c.send(&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Query{String: "COPY sink (body) FROM STDIN"}, &pgproto3.CopyData{Data: []byte("cm1\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		// COPY of a missing table with data sent ahead, then a query
+		c.send(&pgproto3.Query{String: "COPY nosuch FROM STDIN"}, &pgproto3.CopyData{Data: []byte("cm2\n")}, &pgproto3.CopyData{Data: []byte("cm3\n")}, &pgproto3.CopyDone{},
+			&pgproto3.Query{String: "SELECT 'after'"})
+		out = append(out, c.recv(2))
+		// extended COPY of a missing table, data + Sync ahead
+		c.send(&pgproto3.Parse{Query: "COPY nosuch FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.CopyData{Data: []byte("cm4\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{}, &pgproto3.Query{String: "SELECT 'after2'"})
+		out = append(out, c.recv(3))
+		// in a transaction: COPY fails, ROLLBACK
+		out = append(out, c.q("BEGIN"))
+		c.send(&pgproto3.Query{String: "COPY sink (body) FROM STDIN"})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("cm5\n")}, &pgproto3.CopyFail{Message: "no"})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("SELECT 1"))
+		out = append(out, c.q("ROLLBACK"))
+		// extended in a transaction with bad row, then Sync
+		out = append(out, c.q("BEGIN"))
+		c.send(&pgproto3.Parse{Query: "COPY sink (id, body) FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("x\tcm6\n")}, &pgproto3.CopyData{Data: []byte("1\tcm7\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("ROLLBACK"))
+		// COPY TO STDOUT extended with Sync
+		c.send(&pgproto3.Parse{Query: "COPY (SELECT 'cm8') TO STDOUT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		// two COPYs in one Query string
+		c.send(&pgproto3.Query{String: "COPY sink (body) FROM STDIN; COPY sink (body) FROM STDIN"})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("cm9\n")}, &pgproto3.CopyDone{})
+		out = append(out, recvUntil[*pgproto3.CopyInResponse](c))
+		c.send(&pgproto3.CopyData{Data: []byte("cm10\n")}, &pgproto3.CopyDone{})
+		out = append(out, c.recv(1))
+		out = append(out, c.q("SELECT string_agg(body, ',' ORDER BY body) FROM sink WHERE body LIKE 'cm%'"))
+		out = append(out, c.q("DELETE FROM sink WHERE body LIKE 'cm%'"))
+		return strings.Join(out, " | ")
+	})
+}

@@ -261,10 +261,11 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 	}
 	var keep *pool.Conn // session mode: the attached backend, if it can serve tenant too
-	if ss.be != nil && ss.be.Broken() && (ss.status != 'I' || ss.srv.cfg.PoolMode == PoolSession) && !ss.backendPending() {
+	if ss.be != nil && ss.be.Broken() && (ss.status != 'I' || ss.srv.cfg.PoolMode == PoolSession || ss.unsynced) && !ss.backendPending() {
 		// Cut (fence, node failure) while the client was idle in a
-		// transaction or session: the transaction is lost; say so rather
-		// than run the statement elsewhere.
+		// transaction, a session or an unsynced pipeline: the transaction
+		// is lost; say so rather than run the statement elsewhere (or
+		// refuse it as another tenant's, 25001, after that error).
 		ss.srv.log.Warn("backend connection lost while the client was idle", "session", ss.id, "node", ss.be.Node(), "reason", ss.be.KillReason())
 		werr := killError(ss.be, nil)
 		wasTxn := ss.status != 'I'
@@ -1203,7 +1204,14 @@ func (ss *session) drain(all bool) error {
 				return ss.backendFatal(wire.AppendError(nil, werr)[5:]) // the body, without type and length
 			}
 			if paramStatusHidden(body) && !ss.ownsPath() {
-				continue // the router's own search_path (PostgreSQL 18 reports it)
+				// The router's own search_path (PostgreSQL 18 reports it),
+				// or one set where the router cannot see it (a function's
+				// set_config): then the backend's path is unknown, and the
+				// next statement on it gets the shard's again.
+				if be.Schema != "" && be.Schema != "\x00" && paramStatusValue(body) != ss.srv.searchPath(be.Schema) {
+					be.Schema = "\x00"
+				}
+				continue
 			}
 			if ss.srv.cfg.PoolMode == PoolTransaction && paramStatusRole(body) {
 				// A role changed where the router cannot see it (a

@@ -168,8 +168,9 @@ type Config struct {
 	// IdleInTransactionTimeout ends a client that stays idle inside a
 	// transaction this long, as Postgres' idle_in_transaction_session_timeout
 	// does: it gets FATAL 25P03, its transaction is rolled back and its
-	// backend connection goes back to the pool. Zero means 60 seconds;
-	// negative means never.
+	// backend connection goes back to the pool. Extended-protocol work not
+	// yet ended by Sync counts as a transaction (its backend is closed).
+	// Zero means 60 seconds; negative means never.
 	IdleInTransactionTimeout time.Duration
 	// Logger receives session start/end and state changes. Nil discards.
 	Logger *slog.Logger

@@ -167,10 +167,10 @@
 // visible to the router; against hostile SQL the defence is a restricted
 // Postgres role, not the lexer.
 //
-// A client idle inside a transaction longer than
-// Config.IdleInTransactionTimeout (60 s by default) gets FATAL 25P03 as from
-// Postgres; its transaction is rolled back and its backend goes back to the
-// pool.
+// A client idle inside a transaction (or with extended-protocol work not
+// yet ended by Sync) longer than Config.IdleInTransactionTimeout (60 s by
+// default) gets FATAL 25P03 as from Postgres; its transaction is rolled
+// back and its backend goes back to the pool (closed, for unsynced work).
 //
 // Errors the router makes from Go errors (a node that cannot be reached, a
 // backend connection lost) name the node and carry a SQLSTATE and a hint;

@@ -338,6 +338,9 @@ func setTarget(toks []gtok, i int) string {
 		}
 		i++
 	}
+	if w(i) == "schema" && i+1 < len(toks) && toks[i+1].kind == tString {
+		return "search_path" // SET SCHEMA 'x' is SET search_path TO 'x'
+	}
 	return settingName(toks, i)
 }
 

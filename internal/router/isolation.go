@@ -159,7 +159,7 @@ func (ss *session) writeClean() {
 // closed instead, which rolls it back too.
 func (ss *session) endIdleTxn() {
 	be := ss.be
-	if be == nil || ss.status == 'I' {
+	if be == nil || (ss.status == 'I' && !ss.unsynced) {
 		return
 	}
 	if ss.unsynced || len(ss.queue) > 0 || be.Broken() {

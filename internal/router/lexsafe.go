@@ -214,3 +214,10 @@ func paramStatusRole(body []byte) bool {
 	name, _, _ := strings.Cut(string(body), "\x00")
 	return name == "is_superuser" || name == "session_authorization"
 }
+
+// paramStatusValue is the value a ParameterStatus body reports.
+func paramStatusValue(body []byte) string {
+	_, v, _ := strings.Cut(string(body), "\x00")
+	v, _, _ = strings.Cut(v, "\x00")
+	return v
+}

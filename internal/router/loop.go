@@ -36,7 +36,7 @@ func (ss *session) loop() error {
 					return fmt.Errorf("write to client: %w", err)
 				}
 			}
-			inTxn = ss.inTxn()
+			inTxn = ss.inTxn() || (ss.unsynced && ss.be != nil) // an open pipeline holds its implicit transaction
 			d := idle
 			if inTxn {
 				d = idleTxn
