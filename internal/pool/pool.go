@@ -135,6 +135,9 @@ type Conn struct {
 	// on this connection; SessionSig identifies the client session settings
 	// last applied ("" = server defaults).
 	Schema, Tenant, SessionSig string
+	// LastClient is the owner's id of the client that last held the
+	// connection (0: none yet); the pool does not read it.
+	LastClient uint64
 	// Prepared holds the names of statements prepared on this connection.
 	Prepared map[string]struct{}
 	// unnamed is what the unnamed statement holds (owner-defined), as of

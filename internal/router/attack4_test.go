@@ -352,11 +352,32 @@ func TestHostileHiddenSearchPath(t *testing.T) {
 	got := y.q("SELECT shard FROM whoami")
 	y.send(&pgproto3.Parse{Query: "SELECT shard FROM whoami"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	got += " | " + y.recv(1)
-	if version < 180000 {
-		t.Logf("PostgreSQL %d reports no search_path: the next client saw %s", version, got)
-		return
-	}
+	// PostgreSQL 18 reports the change; before it the router sends the
+	// path with every transaction in transaction mode.
 	if want := "D(2) C(SELECT 1) ZI | P B D(2) C(SELECT 1) ZI"; got != want {
-		t.Fatalf("next client after a function set the backend's search_path:\n got: %s\nwant: %s", got, want)
+		t.Fatalf("PostgreSQL %d: next client after a function set the backend's search_path:\n got: %s\nwant: %s", version, got, want)
+	}
+}
+
+// TestHostileHiddenTenantID: a function that sets pgtenant.tenant_id for
+// the session (which no server reports) must not hand the next
+// transaction-mode client of the same tenant on that backend another
+// tenant's id, which row-level security policies read.
+func TestHostileHiddenTenantID(t *testing.T) {
+	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	x := tcConnect(t, s, "t2")
+	x.q("DO $$ BEGIN END $$") // the backend's tenant id set for the session
+	if got := x.q("SELECT hostile_setting('pgtenant.tenant_id', 't1') FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
+		t.Fatalf("function: %s", got)
+	}
+	x.pc.Close(ctx(t))
+	y := tcConnect(t, s, "t2")
+	y.q("DO $$ BEGIN END $$")
+	got := y.q("SELECT current_setting('pgtenant.tenant_id')")
+	y.send(&pgproto3.Parse{Query: "SELECT current_setting('pgtenant.tenant_id')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	got += " | " + y.recv(1)
+	if want := "D(t2) C(SELECT 1) ZI | P B D(t2) C(SELECT 1) ZI"; got != want {
+		t.Fatalf("next client of the same tenant after a function set the backend's tenant id:\n got: %s\nwant: %s", got, want)
 	}
 }

@@ -519,9 +519,18 @@ var (
 // transaction), while a local one reverts before the next Bind.
 //
 // A client that owns its search_path (ownsPath) gets the tenant id only.
+//
+// In transaction mode what the router last set on a backend is not proof
+// of what the backend has when another client held it since: that client
+// may have run a function that set search_path or pgtenant.tenant_id for
+// the session, which the router cannot see. The server reports a
+// search_path change from PostgreSQL 18 on (see the MsgParamStatus case of
+// drain), a custom setting's never. So a backend another client held last
+// gets the tenant id again, and the path too unless its server reports it.
 func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
-	pathDue := be.Schema != schema && !ss.ownsPath()
-	if !pathDue && be.Tenant == tenant {
+	unseen := ss.srv.cfg.PoolMode == PoolTransaction && be.LastClient != ss.id
+	pathDue := !ss.ownsPath() && (be.Schema != schema || (unseen && !reportsPath(be)))
+	if !pathDue && be.Tenant == tenant && !unseen {
 		return
 	}
 	ss.setupDue = true
@@ -537,6 +546,13 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 		}
 		be.Tenant = tenant
 	}
+}
+
+// reportsPath reports whether be's server tells its client each change of
+// search_path (ParameterStatus; PostgreSQL 18 and later).
+func reportsPath(be *pool.Conn) bool {
+	_, ok := be.Params["search_path"]
+	return ok
 }
 
 // sendSetup sends a setup deferred by ensureBackend before statement info
@@ -935,6 +951,7 @@ func (ss *session) releaseBackend() {
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.sqlStmts = nil // gone with the backend (reset, or closed)
+	be.LastClient = ss.id
 	ss.be = nil
 	if ss.beGate != nil {
 		ss.leaveGate(ss.beGate)
