@@ -12,8 +12,11 @@
 // pgtenant, starts a two-node local cluster (pgtenant dev up), a tenant per
 // pool mode and one router per mode (SCRAM with a router user, TLS with a
 // self-signed certificate when openssl is there), and runs the test files
-// of each mode one after another, the modes at once. The direct run uses a
-// database of its own on the first server, as its superuser.
+// of each mode one after another, one mode after another (-together: at
+// once; some tests end every idle session of a server with
+// pg_terminate_backend, and so reach the other modes' sessions). The
+// direct run uses a database of its own on the first server, as its
+// superuser.
 //
 // node-postgres's suite stops a file at its first failing test, so a file
 // is the unit that passes or fails; the failure is named by the file and
@@ -74,7 +77,7 @@ type options struct {
 	modes                     []string
 	run                       *regexp.Regexp
 	fileTimeout               time.Duration
-	keep, cursor              bool
+	keep, cursor, together    bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -88,6 +91,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&runRe, "run", "", "only test files whose path under test/integration matches this regexp")
 	fs.DurationVar(&o.fileTimeout, "file-timeout", 2*time.Minute, "longest run of one test file (then it fails as a hang)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary work directory")
+	fs.BoolVar(&o.together, "together", false, "run the modes at once (faster; but some tests end every idle session of a server, the other modes' too)")
 	fs.BoolVar(&o.cursor, "cursor", true, "also run pg-cursor's tests and our probes.js (mocha)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -170,7 +174,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var wg sync.WaitGroup
 	for _, m := range o.modes {
 		wg.Add(1)
-		go func() {
+		mode := func() {
 			defer wg.Done()
 			logDir := filepath.Join(dir, "logs", m)
 			rs := runFiles(ctx, dirs[m], logDir, files, func(i int) []string { return cl.fileEnv(m, i) }, o.fileTimeout)
@@ -182,7 +186,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			mu.Lock()
 			results[m], cursors[m], probes[m] = rs, cs, ps
 			mu.Unlock()
-		}()
+		}
+		if o.together {
+			go mode()
+		} else {
+			mode()
+		}
 	}
 	wg.Wait()
 	if ctx.Err() != nil {

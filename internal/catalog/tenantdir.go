@@ -113,6 +113,14 @@ func (d *tenantDir) query(ctx context.Context, id string) (int, error) {
 	defer cancel()
 	var shard int32
 	err := d.c.pool.QueryRow(ctx, `SELECT shard FROM pgtenant.tenants WHERE id = $1`, id).Scan(&shard)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) && ctx.Err() == nil {
+		// Once more, within the same time limit, on new connections: a
+		// read, and the pool may have handed out a connection the server
+		// ended while it was idle (pg_terminate_backend of the idle
+		// sessions, a restart), which ended its idle neighbours too.
+		d.c.pool.Reset()
+		err = d.c.pool.QueryRow(ctx, `SELECT shard FROM pgtenant.tenants WHERE id = $1`, id).Scan(&shard)
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return placement.NoShard, nil

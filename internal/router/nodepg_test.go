@@ -1,6 +1,7 @@
 package router
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -113,4 +115,42 @@ func TestStaleSharedStatementAfterTypeChange(t *testing.T) {
 		t.Errorf("third client: %s, want %s (PostgreSQL, on a fresh connection)", got, want)
 	}
 	c.q("DROP TABLE stale_types")
+}
+
+// A client that negotiates TLS directly (sslnegotiation=direct, PostgreSQL
+// 17+: node-postgres's ssl tests try it when the server reports 17 or later,
+// which the router passes on from its nodes) gets a TLS session with the
+// ALPN protocol "postgresql" and then the usual startup; one whose TLS
+// names no ALPN protocol is refused with 08P01, as by PostgreSQL. Before,
+// the ClientHello was read as a startup packet of an impossible length.
+func TestDirectSSLNegotiation(t *testing.T) {
+	s := startRouter(t, Config{TLS: selfSigned(t)}, nil)
+	url := strings.Replace(routerURL(s, "t5"), "sslmode=disable", "sslmode=require&sslnegotiation=direct", 1)
+	c, err := pgx.Connect(ctx(t), url)
+	if err != nil {
+		t.Fatalf("direct SSL: %v", err)
+	}
+	defer c.Close(ctx(t))
+	tc, ok := c.PgConn().Conn().(*tls.Conn)
+	if !ok {
+		t.Fatalf("connection is a %T, want *tls.Conn", c.PgConn().Conn())
+	}
+	if got := tc.ConnectionState().NegotiatedProtocol; got != "postgresql" {
+		t.Errorf("ALPN protocol %q, want postgresql", got)
+	}
+	var sh int
+	if err := c.QueryRow(ctx(t), "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 5 {
+		t.Fatalf("over direct TLS: %d %v", sh, err)
+	}
+	// Without ALPN: a TLS session, then FATAL 08P01 and the end.
+	nc, err := tls.Dial("tcp", s.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("TLS without ALPN: %v", err)
+	}
+	defer nc.Close()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(nc)
+	if !strings.Contains(string(got), "C08P01") {
+		t.Errorf("TLS without ALPN: got %q, want FATAL 08P01", got)
+	}
 }

@@ -351,6 +351,18 @@ func (s *Server) openSession(ctx context.Context, nc net.Conn) (sess *session) {
 	var st wire.Startup
 	var tlsOn bool
 	var cbind func() []byte
+	if s.cfg.TLS != nil {
+		if direct, err := startsTLS(nc); err != nil {
+			return nil
+		} else if direct {
+			if tc, cbind, err = s.directTLS(ctx, nc); err != nil {
+				s.log.Debug("direct tls handshake", "err", err)
+				return nil
+			}
+			nc, rio, tlsOn = tc, tc, true
+			cr = s.clientReader(ctx, nc)
+		}
+	}
 	for {
 		b, err := cr.ReadStartup()
 		if err != nil {
