@@ -89,9 +89,9 @@ func runSpecs(ctx context.Context, o *options, src, override, jsonPath, logPath 
 func report(out io.Writer, mode string, r *rspecReport, e *expectations, took time.Duration) []string {
 	passed, failed, pending := 0, 0, 0
 	var problems, fixed []string
-	seen := map[string]bool{}
 	for _, ex := range r.Examples {
-		seen[ex.FullDescription] = true
+		// Some descriptions end with a space, which a list's line loses.
+		ex.FullDescription = strings.TrimSpace(ex.FullDescription)
 		switch ex.Status {
 		case "passed":
 			passed++

@@ -173,3 +173,26 @@ func TestClientEncodingInvalidName(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBigResult reads a 20,000-row result (2.3 MB) through the router:
+// the relay of a large result, where the client is flushed before every
+// read of the server that would wait for the rest of a cut message (see
+// TestRowsStreamBeforeStatementEnds; bench/README.md "Session 10: rubypg").
+func BenchmarkBigResult(b *testing.B) {
+	s := startRouter(b, Config{}, nil)
+	c := connect(b, s, "t0", pgx.QueryExecModeSimpleProtocol)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rows, err := c.Query(ctx(b), "SELECT repeat('x', 100) FROM generate_series(1, 20000)")
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if err := rows.Err(); err != nil || n != 20000 {
+			b.Fatalf("%d rows, %v", n, err)
+		}
+	}
+}
