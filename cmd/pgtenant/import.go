@@ -27,7 +27,7 @@ no app change beyond DATABASE_URL:
                                         follow the changes (leave it running)
   4. pgtenant import verify             compare each tenant's rows on both sides
   5. pgtenant import cutover --shard N  serve a shard from its node (a canary, then
-                                        waves: --all --parallel K; undo: import rollback)
+                                        --all, one at a time; undo: import rollback)
   6. pgtenant import finish             stop following; the old database is left as it is
 
 See "Moving an existing database" in the README.`,

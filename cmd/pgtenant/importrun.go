@@ -191,17 +191,23 @@ logical slot on its node until import finish, from which import rollback reads
 the writes it takes from then on: a node needs max_replication_slots of at
 least its shard count plus a few (PostgreSQL's default is 10); once it has no
 free slot, the shards after it cut over with no way back, each with a
-warning (53400). A canary first, then waves:
+warning (53400). A canary first, then the rest:
 
   pgtenant import cutover --shard 7
-  pgtenant import cutover --all --parallel 4
+  pgtenant import cutover --all
+
+By default shards are cut over one at a time, so each shard's pause is the
+shortest (tens of milliseconds). --parallel K cuts K over at once: the whole
+cutover ends sooner, and each shard's pause is longer (bench/README.md,
+importbench).
 
 From a schema per tenant (import init --schema-per-tenant) a shard's tables
 hold many tenants' rows: the app's statements must filter by the tenant column
 before its tenants are served from there, and --tenant-filtered says they do.`,
 		Example: `  pgtenant import cutover --shard 7                  # a canary
   pgtenant import cutover --shard 8 --shard 9        # a few more
-  pgtenant import cutover --all --parallel 4         # the rest, 4 at a time`,
+  pgtenant import cutover --all                      # the rest, one at a time
+  pgtenant import cutover --all --parallel 4         # or 4 at a time: sooner done, longer pauses`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			if opts.All == (len(opts.Shards) > 0) {
@@ -226,7 +232,7 @@ before its tenants are served from there, and --tenant-filtered says they do.`,
 	}
 	cmd.Flags().IntSliceVar(&opts.Shards, "shard", nil, "shard to cut over (repeatable)")
 	cmd.Flags().BoolVar(&opts.All, "all", false, "every copied shard not cut over yet")
-	cmd.Flags().IntVar(&opts.Parallel, "parallel", 1, "shards cut over at once")
+	cmd.Flags().IntVar(&opts.Parallel, "parallel", 1, "shards cut over at once (1: one at a time, the shortest pause per shard)")
 	cmd.Flags().BoolVar(&opts.TenantFiltered, "tenant-filtered", false, "for a legacy database with a schema per tenant: confirm that the app's statements filter by the tenant column (a shard's tables hold many tenants' rows); such a cutover is refused without it")
 	cmd.Flags().BoolVar(&opts.NoRollback, "no-rollback", false, "keep no reverse stream (a logical slot on the node per shard until import finish): import rollback then refuses the shard")
 	cmd.Flags().BoolVar(&acceptRejects, "accept-rejects", false, "drop on purpose the legacy changes the stream rejected and are not resolved (import status lists them; their rows stay on the legacy database only)")

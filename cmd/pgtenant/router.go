@@ -54,10 +54,11 @@ Memory: client messages larger than 128 KiB share --max-message-memory
 (default 256 MiB) across all clients; one that finds no room within
 --message-memory-wait is refused with SQLSTATE 53200 and the session goes on.
 
-TLS: with tls_cert and tls_key, clients may use TLS, and SCRAM offers
-SCRAM-SHA-256-PLUS (channel binding, tls-server-end-point) over it;
---require-tls refuses clients without TLS (SQLSTATE 28000), as pg_hba's
-hostssl does.`,
+TLS: with tls_cert and tls_key, clients may use TLS, by SSLRequest or
+directly (sslnegotiation=direct, PostgreSQL 17's way, with the ALPN protocol
+postgresql), and SCRAM offers SCRAM-SHA-256-PLUS (channel binding,
+tls-server-end-point) over it; --require-tls refuses clients without TLS
+(SQLSTATE 28000), as pg_hba's hostssl does.`,
 		Example: `  pgtenant router --listen 127.0.0.1:6432 --metrics-listen 127.0.0.1:9187
   psql "host=127.0.0.1 port=6432 user=app options='-c pgtenant.tenant=acme'"`,
 		Args: cobra.NoArgs,
@@ -88,7 +89,7 @@ hostssl does.`,
 	addLifecycleFlags(cmd)
 	cmd.Flags().Int("tenant-cache", catalog.DefaultTenantCache, "tenant lookups kept in memory (registered or not; invalidated by the catalog's notifications; config: tenant_cache)")
 	cmd.Flags().String("shared-schema", "public", "schema searched after the shard's (search_path: shard, this, pg_temp); empty = none")
-	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction this long (SQLSTATE 25P03, rolled back; 0: never)")
+	cmd.Flags().Duration("idle-in-transaction-timeout", router.DefaultIdleInTransactionTimeout, "end clients idle inside a transaction, or with extended-protocol work not yet ended by a Sync, this long (SQLSTATE 25P03, rolled back; 0: never)")
 	cmd.Flags().Bool("reset-tenant-after-transaction", false, "reset a client's session tenant (SET pgtenant.tenant) after each transaction on a shard, for apps whose pool reuses clients")
 	return cmd
 }

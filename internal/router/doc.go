@@ -28,21 +28,39 @@
 // to one tenant: naming another tenant inside it is refused with SQLSTATE
 // 25001.
 //
-// A pooled backend's search_path and pgtenant.tenant_id are set, when it
-// does not have them already (the pool hands out the most recently used
-// connection, not one on the right schema: warm server caches are worth
-// more), within the client's own round trip, without a statement text
-// for the server to parse: before a single DML statement (SELECT, INSERT,
-// UPDATE, DELETE, WITH, VALUES, TABLE, MERGE) as Bind/Execute of a
-// statement prepared once per connection, in that statement's implicit
-// transaction; with a deferred plain BEGIN in transaction mode, as
-// Bind/Execute of prepared BEGIN and transaction-local set_config
-// statements (a BEGIN with options goes as a Query with the settings);
-// otherwise as a Query of its own, pipelined before the client's. In
-// transaction mode the settings are transaction-local: the backend's
-// session search_path never changes, so the server does not re-plan the
-// setup statement (Postgres re-analyses a prepared statement whenever the
-// search_path differs from the one it was planned with). Once a pipeline
+// A pooled backend's search_path and pgtenant.tenant_id are set where it
+// lacks them (the pool hands out the most recently used connection, not one
+// on the right schema: warm server caches are worth more). In transaction
+// mode a backend another client held last is taken to lack the tenant id,
+// and the path too unless its server reports search_path (PostgreSQL 18):
+// that client's functions may have set either for the session. The setup
+// goes within the client's own round trip:
+//   - before a Bind of a single DML statement (SELECT, INSERT, UPDATE,
+//     DELETE, WITH, VALUES, TABLE, MERGE), as Bind/Execute of a statement
+//     prepared once per connection, in that statement's implicit
+//     transaction (no statement text for the server to parse);
+//   - before a Parse or Describe of DML, the same ahead of the Parse when
+//     the client's whole pipeline is buffered and binds only that statement
+//     (parselook.go); otherwise as Bind/Execute of the session setup with a
+//     Sync of the router's own, so that whatever the client binds next finds
+//     no transaction block the router opened;
+//   - in transaction mode, before a simple Query of one DML statement
+//     outside a transaction block, in the Query's own text (combined.go:
+//     "DISCARD TEMP;SET LOCAL search_path = ...;SET LOCAL
+//     pgtenant.tenant_id = ...;" then the client's), one implicit
+//     transaction; pg_stat_activity shows that text;
+//   - with a deferred plain BEGIN in transaction mode, as Bind/Execute of
+//     prepared BEGIN and transaction-local set_config statements (a BEGIN
+//     with options goes as a Query with the settings);
+//   - otherwise as a Query of its own, pipelined before the client's.
+//
+// In transaction mode the settings are transaction-local wherever they
+// share the client's transaction (a Bind, the Parse seen with its pipeline,
+// the combined Query, a deferred BEGIN): the backend's session search_path
+// does not change, so the server does not re-plan the setup statement
+// (Postgres re-analyses a prepared statement whenever the search_path
+// differs from the one it was planned with). A setup with a Sync of its own,
+// or a Query of its own, sets them for the session. Once a pipeline
 // holds a statement that may end the transaction or undo settings (COMMIT,
 // ROLLBACK, PREPARE TRANSACTION, ROLLBACK TO, RESET ALL, a statement that
 // is not DML in an implicit transaction), every statement after it gets
@@ -204,21 +222,25 @@
 //	       connections, in transaction mode a Query with statements after the COMMIT or ROLLBACK of its
 //	       transaction, temporary objects that outlive a transaction, SQL PREPARE/EXECUTE, WITH HOLD)
 //	25001  also: two different tenant hints in one query string
-//	25P03  idle in a transaction longer than Config.IdleInTransactionTimeout (FATAL)
+//	25P03  idle in a transaction, or with work not yet ended by Sync, longer than
+//	       Config.IdleInTransactionTimeout (FATAL)
 //	26000  DEALLOCATE of a prepared statement the client does not have
 //	3D000  also: a database name other than Config.Database
 //	42601  a malformed BEGIN or SET TRANSACTION the router would defer (as the server words it)
 //	42P05  Parse of a statement name in use; 26000 DEALLOCATE of a name that does not exist
-//	01000  (WARNING at connect) a router-owned startup setting, ignored (search_path: in transaction mode)
+//	01000  (WARNING at connect) a startup setting the router owns (role, session_authorization,
+//	       pgtenant.* but pgtenant.tenant, search_path in transaction mode), ignored
 //	42939  session mode: a statement name starting with pgtenant_ (the router's own), in Parse or SQL
 //	       PREPARE, EXECUTE, DEALLOCATE
 //	0A000  also: standard_conforming_strings off or a client encoding the router cannot read text in
 //	       (lexsafe.go; FATAL when a backend reports one), session-level advisory locks in transaction
-//	       mode, PREPARE or DEALLOCATE inside a DO block
+//	       mode, PREPARE or DEALLOCATE inside a DO block, SET SCHEMA, a FunctionCall message (libpq's
+//	       fast path: its lo_* large-object functions; ReadyForQuery follows, the session goes on)
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
-//	40001  the shard is being moved (held too long, or its transaction was cut)
+//	40001  the shard is being moved (held too long, or its transaction or unsynced pipeline was cut)
 //	28P01  authentication failed
-//	08P01  protocol violation (malformed or oversized message)
+//	08P01  protocol violation (malformed or oversized message; a direct TLS handshake without the ALPN
+//	       protocol postgresql)
 //	57P01  the router is shutting down
 package router
