@@ -168,7 +168,7 @@ func TestHostileStartupSessionAuthorization(t *testing.T) {
 			got := rawTranscript(t, nc, 1)
 			nc.Write(wire.Frame(nil, 'Q', []byte("SELECT shard, current_user, session_user FROM whoami\x00")))
 			got += " | " + rawTranscript(t, nc, 1)
-			if want := `Ok N(01000:startup parameter "session_authorization" is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard) ZI | D(2,postgres,postgres) ZI`; got != want {
+			if want := `Ok N(01000:startup parameter "session_authorization" is ignored: the router runs a user's transactions as the role configured for that user) ZI | D(2,postgres,postgres) ZI`; got != want {
 				t.Errorf("%s mode, startup %q:\n got: %s\nwant: %s", mode, params, got, want)
 			}
 		}

@@ -32,6 +32,7 @@ func TestHostileStartupHeld(t *testing.T) {
 	t.Cleanup(checkNoLeak(t)) // runs after the routers stop
 	const q = "SELECT shard, current_user, current_setting('search_path') FROM whoami"
 	const ignored = `N(01000:startup parameter "%s" is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard) `
+	const ignoredRole = `N(01000:startup parameter "%s" is ignored: the router runs a user's transactions as the role configured for that user) `
 	const onT2 = "ZI | D(2,postgres,shard_0002, public, pg_temp) ZI"
 	ssl, gss := []byte{0, 0, 0, 8, 4, 210, 22, 47}, []byte{0, 0, 0, 8, 4, 210, 22, 48}
 	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
@@ -51,8 +52,8 @@ func TestHostileStartupHeld(t *testing.T) {
 			{"search_path --", nil, rawStartup("app", "pgtenant.tenant", "t2", "options", "--search_path=shard_0004"), pathWant},
 			{"search_path -c glued", nil, rawStartup("app", "pgtenant.tenant", "t2", "options", "-csearch_path=shard_0004"), pathWant},
 			{"SEARCH_PATH parameter", nil, rawStartup("app", "pgtenant.tenant", "t2", "SEARCH_PATH", "shard_0004"), pathWant},
-			{"role", nil, rawStartup("app", "pgtenant.tenant", "t2", "role", "nobody"), fmt.Sprintf(ignored, "role") + onT2},
-			{"role -c", nil, rawStartup("app", "pgtenant.tenant", "t2", "options", "-c role=nobody"), fmt.Sprintf(ignored, "role") + onT2},
+			{"role", nil, rawStartup("app", "pgtenant.tenant", "t2", "role", "nobody"), fmt.Sprintf(ignoredRole, "role") + onT2},
+			{"role -c", nil, rawStartup("app", "pgtenant.tenant", "t2", "options", "-c role=nobody"), fmt.Sprintf(ignoredRole, "role") + onT2},
 			{"tenant_id", nil, rawStartup("app", "pgtenant.tenant", "t2", "pgtenant.tenant_id", "t4"), fmt.Sprintf(ignored, "pgtenant.tenant_id") + onT2},
 			{"tenant_id -c", nil, rawStartup("app", "pgtenant.tenant", "t2", "options", "-c pgtenant.tenant_id=t4"), fmt.Sprintf(ignored, "pgtenant.tenant_id") + onT2},
 			{"two tenants", nil, rawStartup("app", "pgtenant.tenant", "t4", "options", "-c pgtenant.tenant=t2"), onT2},

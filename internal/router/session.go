@@ -598,9 +598,7 @@ func (ss *session) startup(params map[string]string) error {
 	for _, k := range ignored {
 		// Said, not silently dropped: SHOW search_path would otherwise
 		// surprise (the tenant's shard schema, or pg_catalog without one).
-		out = wire.AppendError(out, &wire.Error{Severity: "WARNING", Code: "01000",
-			Message: fmt.Sprintf("startup parameter %q is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard", k),
-			Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema (a router in session pool mode takes a search_path of the client's own)."})
+		out = wire.AppendError(out, ignoredStartupWarning(k))
 	}
 	sp := s.serverParams(ss.ctx)
 	enc := params["client_encoding"]
@@ -954,3 +952,17 @@ func sortSettings(ps []setting) {
 // quoteLiteral quotes s as an SQL string literal, whatever
 // standard_conforming_strings says.
 func quoteLiteral(s string) string { return string(appendQuoteLiteral(nil, s)) }
+
+// ignoredStartupWarning is the warning for a startup parameter the router
+// owns (isReserved), which it ignores.
+func ignoredStartupWarning(k string) *wire.Error {
+	switch k {
+	case "role", "session", "session_authorization":
+		return &wire.Error{Severity: "WARNING", Code: "01000",
+			Message: fmt.Sprintf("startup parameter %q is ignored: the router runs a user's transactions as the role configured for that user", k),
+			Hint:    "Choose the role per router user: pgtenant user add USER --role ROLE."}
+	}
+	return &wire.Error{Severity: "WARNING", Code: "01000",
+		Message: fmt.Sprintf("startup parameter %q is ignored: pgtenant sets search_path and pgtenant.tenant_id to the tenant's shard", k),
+		Hint:    "Select the tenant with options=-c pgtenant.tenant=ID; statements then run with search_path set to the tenant's shard schema (a router in session pool mode takes a search_path of the client's own)."}
+}
