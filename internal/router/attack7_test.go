@@ -174,3 +174,21 @@ func TestHostileHiddenSettingBegin(t *testing.T) {
 		y.pc.Close(ctx(t))
 	}
 }
+
+// Session mode, one client serving tenants in turn: a function run for t12
+// sets the session search_path to another shard; the client's next
+// statement, for t4 (on t12's shard, so the router's path is already the
+// right one), must still read its own shard. PostgreSQL 18 reports the
+// change; before it the router must set the path again on a tenant switch.
+func TestHostileHiddenPathSessionSwitch(t *testing.T) {
+	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
+	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
+	z := tcConnect(t, s, "t12")
+	if got := z.q("SELECT hostile_setting('search_path', 'shard_0006, public') FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
+		t.Fatalf("function: %s", got)
+	}
+	z.q("SET pgtenant.tenant = 't4'")
+	if got := z.q("SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"); got != "D(4,t4) C(SELECT 1) ZI" {
+		t.Fatalf("t4 after t12's function set the session search_path: %s", got)
+	}
+}

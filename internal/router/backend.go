@@ -60,7 +60,7 @@ func (ss *session) sendPendingBegin(tenant string) {
 		ss.localOpen = true
 		be := ss.be
 		b := []byte(q)
-		if ss.pathDue(be, ss.wantSchema) {
+		if ss.pathDue(be, ss.wantSchema, ss.wantTenant) {
 			b = appendSetLocalPath(append(b, "\n;"...), ss.srv.setPathValue(ss.wantSchema))
 		}
 		q = string(appendSetLocalTenant(append(b, "\n;"...), ss.wantTenant))
@@ -107,7 +107,7 @@ func (ss *session) writeBegin() {
 		ss.localSetup = false
 		ss.localOpen = true
 		var path string
-		if ss.pathDue(be, ss.wantSchema) {
+		if ss.pathDue(be, ss.wantSchema, ss.wantTenant) {
 			path = ss.srv.searchPath(ss.wantSchema)
 		}
 		if path != "" {
@@ -529,7 +529,7 @@ var (
 // gets the tenant id again, and the path too unless its server reports it.
 func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 	unseen := ss.unseen(be)
-	pathDue := !ss.ownsPath() && ss.pathDue(be, schema)
+	pathDue := !ss.ownsPath() && ss.pathDue(be, schema, tenant)
 	if !pathDue && be.Tenant == tenant && !unseen {
 		return
 	}
@@ -557,11 +557,13 @@ func (ss *session) unseen(be *pool.Conn) bool {
 	return ss.srv.cfg.PoolMode == PoolTransaction && be.LastClient != ss.id
 }
 
-// pathDue reports whether be needs schema's search_path: it has another, or
-// one the router cannot vouch for (unseen, and its server does not report
-// search_path).
-func (ss *session) pathDue(be *pool.Conn, schema string) bool {
-	return be.Schema != schema || (ss.unseen(be) && !reportsPath(be))
+// pathDue reports whether be needs schema's search_path for tenant: it has
+// another, or one the router cannot vouch for when its server does not
+// report search_path: another client held it last (unseen), or a function
+// run for the backend's previous tenant may have set it for the session (a
+// client serving its tenants in turn, either pool mode).
+func (ss *session) pathDue(be *pool.Conn, schema, tenant string) bool {
+	return be.Schema != schema || ((ss.unseen(be) || be.Tenant != tenant) && !reportsPath(be))
 }
 
 // reportsPath reports whether be's server tells its client each change of
