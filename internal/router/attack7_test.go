@@ -6,8 +6,12 @@ package router
 // next transaction of the same client for another tenant.
 
 import (
+	"crypto/tls"
+	"encoding/binary"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -190,5 +194,23 @@ func TestHostileHiddenPathSessionSwitch(t *testing.T) {
 	z.q("SET pgtenant.tenant = 't4'")
 	if got := z.q("SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"); got != "D(4,t4) C(SELECT 1) ZI" {
 		t.Fatalf("t4 after t12's function set the session search_path: %s", got)
+	}
+}
+
+// An SSLRequest over a connection already encrypted (direct SSL, or an
+// earlier SSLRequest) gets PostgreSQL's FATAL 0A000, not TLS inside TLS.
+func TestHostileSSLRequestInsideTLS(t *testing.T) {
+	s := startRouter(t, Config{TLS: selfSigned(t)}, nil)
+	ssl := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), 80877103)
+	nc, err := tls.Dial("tcp", s.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"postgresql"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Write(ssl)
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(nc)
+	if len(got) == 0 || got[0] != 'E' || !strings.Contains(string(got), "C0A000") {
+		t.Errorf("SSLRequest over direct TLS: got %q, want FATAL 0A000", got)
 	}
 }
