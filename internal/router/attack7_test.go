@@ -41,6 +41,16 @@ func TestHostileParseLookHeld(t *testing.T) {
 			&pgproto3.Parse{Query: hint("t4", who+" WHERE $1::int > 0")}, &pgproto3.Bind{Parameters: [][]byte{[]byte("x")}},
 			&pgproto3.Execute{}, &pgproto3.Sync{},
 		}}, 1, `P E(22P02:invalid input syntax for type integer: "x") ZI`},
+		{"error in the parse", []msgs{{
+			&pgproto3.Parse{Name: "gone", Query: hint("t4", "SELECT * FROM a7_missing")}, &pgproto3.Bind{PreparedStatement: "gone"},
+			&pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Bind{PreparedStatement: "gone"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}}, 2, `E(42P01:relation "a7_missing" does not exist) ZI E(26000:`},
+		{"two portals", []msgs{{
+			&pgproto3.Parse{Name: "two", Query: hint("t4", who)}, &pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "two"},
+			&pgproto3.Bind{DestinationPortal: "p2", PreparedStatement: "two"}, &pgproto3.Describe{ObjectType: 'P', Name: "p2"},
+			&pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{Portal: "p1"}, &pgproto3.Sync{},
+		}}, 1, "P B B D(4,t4) C(SELECT 1) D(4,t4) C(SELECT 1) ZI"},
 		{"two tenants", []msgs{{
 			&pgproto3.Parse{Query: hint("t4", "INSERT INTO sink (body) VALUES ('a7-two')")}, &pgproto3.Bind{}, &pgproto3.Execute{},
 			&pgproto3.Parse{Query: hint("t6", "INSERT INTO sink (body) VALUES ('a7-two')")}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
@@ -212,5 +222,39 @@ func TestHostileSSLRequestInsideTLS(t *testing.T) {
 	got, _ := io.ReadAll(nc)
 	if len(got) == 0 || got[0] != 'E' || !strings.Contains(string(got), "C0A000") {
 		t.Errorf("SSLRequest over direct TLS: got %q, want FATAL 0A000", got)
+	}
+}
+
+// A FunctionCall behind unsynced work (answered after a Flush) or inside a
+// transaction block: 0A000, the work rolled back as a server's error would
+// roll it back, and the session goes on (its Sync, its COMMIT).
+func TestHostileFunctionCallMidPipeline(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	fc := &pgproto3.FunctionCall{Function: 952, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("1")}}
+	a := tcConnect(t, s, "t2")
+	a.send(&pgproto3.Parse{Query: "INSERT INTO sink (body) VALUES ('a7-fc')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
+	if got := recvUntil[*pgproto3.CommandComplete](a); got != "P B C(INSERT 0 1)" {
+		t.Fatalf("unsynced INSERT: %s", got)
+	}
+	a.send(fc)
+	if got := a.recv(1); !strings.HasPrefix(got, "E(0A000:") || !strings.HasSuffix(got, "ZI") {
+		t.Errorf("FunctionCall after unsynced work: %s", got)
+	}
+	a.send(&pgproto3.Sync{})
+	if got := a.recv(1); got != "ZI" {
+		t.Errorf("the Sync after it: %s", got)
+	}
+	a.q("BEGIN")
+	a.q("INSERT INTO sink (body) VALUES ('a7-fc')")
+	a.send(fc)
+	if got := a.recv(1); !strings.HasPrefix(got, "E(0A000:") || !strings.HasSuffix(got, "ZE") {
+		t.Errorf("FunctionCall in a transaction block: %s", got)
+	}
+	if got := a.q("COMMIT"); got != "C(ROLLBACK) ZI" {
+		t.Errorf("COMMIT after it: %s", got)
+	}
+	b := tcConnect(t, s, "t2")
+	if got := b.q("SELECT count(*) FROM sink WHERE body = 'a7-fc'"); got != "D(0) C(SELECT 1) ZI" {
+		t.Errorf("rows kept: %s", got)
 	}
 }
