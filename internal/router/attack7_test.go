@@ -83,13 +83,8 @@ func TestHostileParseLookHeld(t *testing.T) {
 			if got := d.q("SELECT shard, current_setting('pgtenant.tenant_id'), split_part(current_setting('search_path'), ',', 1) FROM whoami"); got != "D(6,t6,shard_0006) C(SELECT 1) ZI" {
 				t.Errorf("next client: %s", got)
 			}
-			if got := d.q("SELECT count(*) FROM sink WHERE body = 'a7-two'"); got != "D(0) C(SELECT 1) ZI" {
-				t.Errorf("rows of a refused pipeline on t6's shard: %s", got)
-			}
-			e := tcConnect(t, s, "t4")
-			if got := e.q("SELECT count(*) FROM sink WHERE body = 'a7-two'"); got != "D(0) C(SELECT 1) ZI" {
-				t.Errorf("rows of a refused pipeline on t4's shard: %s", got)
-			}
+			noRows(t, d, "a7-two")
+			noRows(t, tcConnect(t, s, "t4"), "a7-two")
 		})
 	}
 }
@@ -148,7 +143,7 @@ func TestHostileStaleStatementHeld(t *testing.T) {
 // (whose settings the router had set on the backend for the session
 // before), must run as t4.
 func TestHostileHiddenSettingSameClient(t *testing.T) {
-	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
+	nodeExec(t, hostileSettingSQL)
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	z := tcConnect(t, s, "t4")
 	z.q("DO $$ BEGIN END $$") // the backend's settings set for the session
@@ -170,7 +165,7 @@ func TestHostileHiddenSettingSameClient(t *testing.T) {
 // BEGIN carries the setup, transaction-local): it runs as its own tenant on
 // its own shard, as a statement outside a block does since c18c17d.
 func TestHostileHiddenSettingBegin(t *testing.T) {
-	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
+	nodeExec(t, hostileSettingSQL)
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	for _, begin := range []string{"BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ"} {
 		x := tcConnect(t, s, "t2")
@@ -195,7 +190,7 @@ func TestHostileHiddenSettingBegin(t *testing.T) {
 // right one), must still read its own shard. PostgreSQL 18 reports the
 // change; before it the router must set the path again on a tenant switch.
 func TestHostileHiddenPathSessionSwitch(t *testing.T) {
-	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
+	nodeExec(t, hostileSettingSQL)
 	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
 	z := tcConnect(t, s, "t12")
 	if got := z.q("SELECT hostile_setting('search_path', 'shard_0006, public') FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
@@ -253,8 +248,17 @@ func TestHostileFunctionCallMidPipeline(t *testing.T) {
 	if got := a.q("COMMIT"); got != "C(ROLLBACK) ZI" {
 		t.Errorf("COMMIT after it: %s", got)
 	}
-	b := tcConnect(t, s, "t2")
-	if got := b.q("SELECT count(*) FROM sink WHERE body = 'a7-fc'"); got != "D(0) C(SELECT 1) ZI" {
-		t.Errorf("rows kept: %s", got)
+	noRows(t, tcConnect(t, s, "t2"), "a7-fc")
+}
+
+// hostileSettingSQL creates a function that sets any setting for the
+// session, as an application's function may (the router cannot see it).
+const hostileSettingSQL = `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`
+
+// noRows fails t when c's shard has sink rows with body.
+func noRows(t *testing.T, c *tc, body string) {
+	t.Helper()
+	if got := c.q("SELECT count(*) FROM sink WHERE body = '" + body + "'"); got != "D(0) C(SELECT 1) ZI" {
+		t.Errorf("sink rows %q kept: %s", body, got)
 	}
 }
