@@ -262,3 +262,25 @@ func noRows(t *testing.T, c *tc, body string) {
 		t.Errorf("sink rows %q kept: %s", body, got)
 	}
 }
+
+// A client's session setting replayed on the backend (a Query of its own
+// before the path) with the local setup ahead of a buffered Parse, then a
+// simple Query for another tenant in the same write: each reads its shard
+// with the client's setting; the next client of the backend has neither.
+func TestHostileParseLookReplayHeld(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	c := tcConnect(t, s, "")
+	if got := c.q("SET work_mem = '1234kB'"); got != "C(SET) ZI" {
+		t.Fatalf("SET: %s", got)
+	}
+	const who = "SELECT shard, current_setting('pgtenant.tenant_id'), current_setting('work_mem') FROM whoami"
+	c.send(&pgproto3.Parse{Query: "/* tenant: t4 */ " + who}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Query{String: "/* tenant: t6 */ " + who})
+	if got, want := c.recv(2), "P B D(4,t4,1234kB) C(SELECT 1) ZI D(6,t6,1234kB) C(SELECT 1) ZI"; got != want {
+		t.Errorf("pipeline then Query:\n got: %s\nwant: %s", got, want)
+	}
+	d := tcConnect(t, s, "t2")
+	if got := d.q(who); got != "D(2,t2,4MB) C(SELECT 1) ZI" {
+		t.Errorf("next client: %s", got)
+	}
+}
