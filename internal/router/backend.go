@@ -60,7 +60,7 @@ func (ss *session) sendPendingBegin(tenant string) {
 		ss.localOpen = true
 		be := ss.be
 		b := []byte(q)
-		if be.Schema != ss.wantSchema {
+		if ss.pathDue(be, ss.wantSchema, ss.wantTenant) {
 			b = appendSetLocalPath(append(b, "\n;"...), ss.srv.setPathValue(ss.wantSchema))
 		}
 		q = string(appendSetLocalTenant(append(b, "\n;"...), ss.wantTenant))
@@ -107,7 +107,7 @@ func (ss *session) writeBegin() {
 		ss.localSetup = false
 		ss.localOpen = true
 		var path string
-		if be.Schema != ss.wantSchema {
+		if ss.pathDue(be, ss.wantSchema, ss.wantTenant) {
 			path = ss.srv.searchPath(ss.wantSchema)
 		}
 		if path != "" {
@@ -481,7 +481,7 @@ func (ss *session) chooseSetup(tenant string) {
 		// Transaction mode only: the backend goes back to the pool when
 		// the transaction ends (localOpen makes sure nothing else is sent
 		// on it before), so its reverted session values are never used.
-		ss.localSetup = be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant
+		ss.localSetup = be.Schema != ss.wantSchema || be.Tenant != ss.wantTenant || ss.unseen(be)
 	case ss.pendingBegin == "":
 		ss.deferSetup(be, ss.wantSchema, ss.wantTenant)
 	default:
@@ -528,8 +528,8 @@ var (
 // drain), a custom setting's never. So a backend another client held last
 // gets the tenant id again, and the path too unless its server reports it.
 func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
-	unseen := ss.srv.cfg.PoolMode == PoolTransaction && be.LastClient != ss.id
-	pathDue := !ss.ownsPath() && (be.Schema != schema || (unseen && !reportsPath(be)))
+	unseen := ss.unseen(be)
+	pathDue := !ss.ownsPath() && ss.pathDue(be, schema, tenant)
 	if !pathDue && be.Tenant == tenant && !unseen {
 		return
 	}
@@ -546,6 +546,24 @@ func (ss *session) deferSetup(be *pool.Conn, schema, tenant string) {
 		}
 		be.Tenant = tenant
 	}
+}
+
+// unseen reports whether be's session settings may not be what the router
+// last set on them (transaction mode): another client held it last, and may
+// have run a function that set them for the session. (A transaction of this
+// client's for a tenant other than the session settings' makes them unknown
+// when it ends: see releaseBackend.)
+func (ss *session) unseen(be *pool.Conn) bool {
+	return ss.srv.cfg.PoolMode == PoolTransaction && be.LastClient != ss.id
+}
+
+// pathDue reports whether be needs schema's search_path for tenant: it has
+// another, or one the router cannot vouch for when its server does not
+// report search_path: another client held it last (unseen), or a function
+// run for the backend's previous tenant may have set it for the session (a
+// client serving its tenants in turn, either pool mode).
+func (ss *session) pathDue(be *pool.Conn, schema, tenant string) bool {
+	return be.Schema != schema || ((ss.unseen(be) || be.Tenant != tenant) && !reportsPath(be))
 }
 
 // reportsPath reports whether be's server tells its client each change of
@@ -951,6 +969,19 @@ func (ss *session) releaseBackend() {
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
 	ss.txnSets = ss.txnSets[:0]
 	ss.sqlStmts = nil // gone with the backend (reset, or closed)
+	if ss.srv.cfg.PoolMode == PoolTransaction && be.Tenant != ss.wantTenant {
+		// The transaction ran with local settings for another tenant than
+		// the backend's session ones, which a function of its may have
+		// changed for the session: unknown until set for the session again
+		// (the path is reported from PostgreSQL 18 on). Else the same
+		// client's next transaction, for the session settings' tenant, ran
+		// as that other tenant (an application's connection serving its
+		// tenants in turn).
+		be.Tenant = "\x00"
+		if !reportsPath(be) {
+			be.Schema = "\x00"
+		}
+	}
 	be.LastClient = ss.id
 	ss.be = nil
 	if ss.beGate != nil {

@@ -386,6 +386,12 @@ func (s *Server) openSession(ctx context.Context, nc net.Conn) (sess *session) {
 		}
 		switch st.Kind {
 		case wire.KindSSLRequest:
+			if tlsOn {
+				// As PostgreSQL: not TLS inside TLS.
+				s.m.ClientRefused.WithLabelValues("startup").Inc()
+				writeFatal(nc, "0A000", "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0")
+				return
+			}
 			if s.cfg.TLS == nil {
 				nc.Write([]byte{'N'})
 				continue
