@@ -189,9 +189,10 @@ are set past the legacy ones, and the catalog flips the shard to its node; the
 held transactions then run there. Unless --no-rollback, each shard keeps a
 logical slot on its node until import finish, from which import rollback reads
 the writes it takes from then on: a node needs max_replication_slots of at
-least its shard count plus a few (PostgreSQL's default is 10); once it has no
-free slot, the shards after it cut over with no way back, each with a
-warning (53400). A canary first, then the rest:
+least its shard count plus a few (PostgreSQL's default is 10): a cutover
+whose nodes lack the free slots is refused before any shard is fenced
+(53400, naming each node and the setting it needs). A canary first, then
+the rest:
 
   pgtenant import cutover --shard 7
   pgtenant import cutover --all

@@ -166,6 +166,11 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 		}
 		todo = append(todo, s)
 	}
+	if !opts.NoRollback && imp.Method != MethodTrigger {
+		if err := checkReverseSlots(ctx, todo); err != nil {
+			return nil, err
+		}
+	}
 	mover := im.mover(opts.FenceLease)
 	results := make([]CutoverResult, len(todo))
 	var wg sync.WaitGroup
@@ -195,6 +200,78 @@ func (im *Importer) Cutover(ctx context.Context, opts CutoverOptions) ([]Cutover
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// checkReverseSlots refuses, before any shard is fenced, a cutover whose
+// shards' nodes lack the free replication slots their reverse streams
+// need (one per shard until import finish, for import rollback): without
+// the check each shard was cut over anyway, with a warning that it could
+// not be rolled back. The error is 53400 (configuration_limit_exceeded),
+// with a line per node short of slots.
+func checkReverseSlots(ctx context.Context, todo []ShardProgress) error {
+	byNode := map[string][]ShardProgress{}
+	var nodes []string
+	for _, s := range todo {
+		if _, ok := byNode[s.Node]; !ok {
+			nodes = append(nodes, s.Node)
+		}
+		byNode[s.Node] = append(byNode[s.Node], s)
+	}
+	sort.Strings(nodes)
+	var problems []Problem
+	for _, name := range nodes {
+		shards := byNode[name]
+		p, err := reverseSlotsShort(ctx, name, shards)
+		if err != nil {
+			return err
+		}
+		if p != nil {
+			problems = append(problems, *p)
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("import cutover: not enough replication slots for the reverse streams (nothing was changed)")
+	for _, p := range problems {
+		fmt.Fprintf(&b, "\n  %s\n    hint: %s", p.Message, p.Hint)
+	}
+	return coded(problems[0].Code, b.String())
+}
+
+// reverseSlotsShort is checkReverseSlots for the shards of one node: nil
+// when the node has a free slot for each shard without its reverse slot.
+func reverseSlotsShort(ctx context.Context, name string, shards []ShardProgress) (*Problem, error) {
+	node, err := connect(ctx, shards[0].NodeDSN)
+	if err != nil {
+		return nil, fmt.Errorf("connect to node %s: %w", name, err)
+	}
+	defer node.Close(context.WithoutCancel(ctx))
+	var limit, used int
+	if err := node.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)`).Scan(&limit, &used); err != nil {
+		return nil, fmt.Errorf("node %s: count replication slots: %w", name, err)
+	}
+	need := 0
+	for _, s := range shards {
+		slot, err := reverseSlotName(ctx, node, s.Shard)
+		if err != nil {
+			return nil, err
+		}
+		var exists bool
+		if err := node.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)`, slot).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("node %s: look for slot %s: %w", name, slot, err)
+		}
+		if !exists {
+			need++
+		}
+	}
+	if free := limit - used; need > free {
+		return &Problem{Code: "53400",
+			Message: fmt.Sprintf("node %s has %d free replication slot(s) (max_replication_slots = %d, %d in use); cutting over %d shard(s) there keeps a reverse slot for each until import finish, for import rollback", name, max(free, 0), limit, used, need),
+			Hint:    fmt.Sprintf("raise max_replication_slots on node %s to at least %d (a restart), or cut over fewer shards now (--shard N), or cut over with --no-rollback (those shards cannot be rolled back)", name, used+need)}, nil
+	}
+	return nil, nil
+}
 
 func (im *Importer) cutoverShard(ctx context.Context, mover *move.Mover, imp *Import, s ShardProgress, opts CutoverOptions, r *CutoverResult) error {
 	legacy, err := connect(ctx, imp.LegacyDSN)

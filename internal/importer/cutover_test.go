@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -390,4 +391,67 @@ func (f *followedImport) shardOf(t *testing.T, ctx context.Context, tenant strin
 		t.Fatal(err)
 	}
 	return f.shards[loc.Shard.ID]
+}
+
+// TestCutoverRefusesWithoutReverseSlots: a cutover whose node has no free
+// replication slot for a shard's reverse stream (import rollback's) is
+// refused before anything changes, with 53400 and what to do; it used to
+// cut the shard over anyway, with a warning in the log that it could not
+// be rolled back. With --no-rollback the same cutover is not refused.
+func TestCutoverRefusesWithoutReverseSlots(t *testing.T) {
+	ctx := ctxT(t)
+	_, im, _, _ := startImport(t, ctx, 4, 1, 4)
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- im.Follow(fctx) }()
+	defer func() {
+		stop()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("follow: %v", err)
+		}
+	}()
+	waitSlotActive(t, ctx, im)
+	shards, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := shards[0]
+	if s.State != ShardCopied {
+		t.Fatalf("shard 0 before the cutover: %+v", s)
+	}
+	conn, err := pgx.Connect(ctx, s.NodeDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every free slot of the node's server taken (physical slots: cheap).
+	if _, err := conn.Exec(ctx, `SELECT pg_create_physical_replication_slot('pgtenant_test_fill_' || i)
+		FROM generate_series(1, current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)) i`); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if _, err := conn.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'pgtenant_test_fill_%'`); err != nil {
+			t.Error(err)
+		}
+		conn.Close(context.Background())
+	}()
+	_, err = im.Cutover(ctx, CutoverOptions{Shards: []int{s.Shard}, MarkerTimeout: 2 * time.Second})
+	var coded interface{ SQLState() string }
+	if !errors.As(err, &coded) || coded.SQLState() != "53400" || !strings.Contains(err.Error(), "node n1 has 0 free replication slot(s)") ||
+		!strings.Contains(err.Error(), "nothing was changed") || !strings.Contains(err.Error(), "--no-rollback") {
+		t.Fatalf("cutover without a free slot: %v, want 53400 naming node n1", err)
+	}
+	after, err := im.Shards(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after[s.Shard].State != ShardCopied {
+		t.Fatalf("shard %d after the refused cutover: %+v", s.Shard, after[s.Shard])
+	}
+	var fences int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgtenant_import_rev_%'`).Scan(&fences); err != nil {
+		t.Fatal(err)
+	}
+	if fences != 0 {
+		t.Fatalf("%d reverse slot(s) after the refused cutover", fences)
+	}
 }

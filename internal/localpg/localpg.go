@@ -163,7 +163,7 @@ func (c *Cluster) Init(ctx context.Context) error {
 		"wal_level":                       "logical",
 		"max_connections":                 "300",
 		"max_wal_senders":                 "20",
-		"max_replication_slots":           "20",
+		"max_replication_slots":           "300", // an import cutover keeps a slot per shard on its node until finish
 		"max_logical_replication_workers": "8",
 		"shared_buffers":                  "64MB",
 		"logging_collector":               "off",
