@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"testing"
@@ -19,6 +20,11 @@ func BenchmarkHotPath(b *testing.B) {
 	tenants := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"}
 	open := func(b *testing.B) net.Conn {
 		c := connect(b, s, "", pgx.QueryExecModeSimpleProtocol)
+		// pgx's background reader may still wait on the socket: SyncConn
+		// stops it, or it takes the router's first answer (racehang_test.go).
+		if err := c.PgConn().SyncConn(context.Background()); err != nil {
+			b.Fatal(err)
+		}
 		hj, err := c.PgConn().Hijack()
 		if err != nil {
 			b.Fatal(err)
