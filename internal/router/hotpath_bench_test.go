@@ -17,84 +17,146 @@ import (
 func BenchmarkHotPath(b *testing.B) {
 	s := startRouter(b, Config{}, nil)
 	tenants := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"}
-	open := func(b *testing.B) net.Conn {
-		c := connect(b, s, "", pgx.QueryExecModeSimpleProtocol)
-		hj, err := c.PgConn().Hijack()
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { hj.Conn.Close() })
-		return hj.Conn
-	}
-	msg := func(buf []byte, typ byte, body ...[]byte) []byte {
-		n := 4
-		for _, p := range body {
-			n += len(p)
-		}
-		buf = append(buf, typ)
-		buf = binary.BigEndian.AppendUint32(buf, uint32(n))
-		for _, p := range body {
-			buf = append(buf, p...)
-		}
-		return buf
-	}
-	cstr := func(s string) []byte { return append([]byte(s), 0) }
-	// Each request, one per tenant, is sent as is; the answer is read up to
-	// ReadyForQuery.
-	run := func(b *testing.B, reqs [][]byte) {
-		nc := open(b)
-		rd := make([]byte, 64<<10)
-		roundTrip := func(req []byte) {
-			if _, err := nc.Write(req); err != nil {
-				b.Fatal(err)
-			}
-			have := 0
-			for {
-				n, err := nc.Read(rd[have:])
-				if err != nil {
-					b.Fatal(err)
-				}
-				have += n
-				// Done when the last message is ReadyForQuery.
-				if have >= 6 && rd[have-6] == 'Z' && binary.BigEndian.Uint32(rd[have-5:]) == 5 {
-					if e := findError(rd[:have]); e != "" {
-						b.Fatal(e)
-					}
-					return
-				}
-			}
-		}
+	run := func(b *testing.B, s *Server, tenant string, reqs [][]byte) {
+		rc := openHot(b, s, tenant)
 		for _, r := range reqs { // warm the pool
-			roundTrip(r)
+			rc.roundTrip(b, r)
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
 		i := 0
 		for b.Loop() {
-			roundTrip(reqs[i%len(reqs)])
+			rc.roundTrip(b, reqs[i%len(reqs)])
 			i++
 		}
 	}
 	b.Run("simple", func(b *testing.B) {
 		var reqs [][]byte
 		for _, t := range tenants {
-			reqs = append(reqs, msg(nil, 'Q', cstr("/* tenant: "+t+" */ SELECT val FROM items WHERE id = 1")))
+			reqs = append(reqs, hotQuery("/* tenant: "+t+" */ SELECT val FROM items WHERE id = 1"))
 		}
-		run(b, reqs)
+		run(b, s, "", reqs)
 	})
 	b.Run("extended", func(b *testing.B) {
 		var reqs [][]byte
 		for _, t := range tenants {
-			var r []byte
-			r = msg(r, 'P', cstr(""), cstr("/* tenant: "+t+" */ SELECT val FROM items WHERE id = $1"), []byte{0, 0})
-			r = msg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1, 0, 0, 0, 1, '1', 0, 0})
-			r = msg(r, 'D', []byte{'P'}, cstr(""))
-			r = msg(r, 'E', cstr(""), []byte{0, 0, 0, 0})
-			r = msg(r, 'S')
-			reqs = append(reqs, r)
+			reqs = append(reqs, hotExtended("/* tenant: "+t+" */ SELECT val FROM items WHERE id = $1"))
 		}
-		run(b, reqs)
+		run(b, s, "", reqs)
 	})
+	// Session mode, one tenant: the client keeps its backend, which the
+	// router watches while the client is idle (see session.armIdle).
+	var sess *Server
+	session := func(b *testing.B) *Server {
+		if sess == nil {
+			sess = startRouter(b, Config{PoolMode: PoolSession}, nil)
+		}
+		return sess
+	}
+	b.Run("session-simple", func(b *testing.B) {
+		run(b, session(b), "t1", [][]byte{hotQuery("SELECT val FROM items WHERE id = 1")})
+	})
+	b.Run("session-extended", func(b *testing.B) {
+		run(b, session(b), "t1", [][]byte{hotExtended("SELECT val FROM items WHERE id = $1")})
+	})
+}
+
+// TestSessionRoundTripAllocations: a session-mode round trip allocates no
+// more than the same round trip in transaction mode. Watching the client's
+// backend while the client is idle (a FATAL or a notification reaches the
+// client at once) cost a goroutine, a channel and a closure per round trip:
+// 5-6 allocations more.
+func TestSessionRoundTripAllocations(t *testing.T) {
+	for _, q := range []struct {
+		name string
+		req  []byte
+	}{
+		{"simple", hotQuery("SELECT val FROM items WHERE id = 1")},
+		{"extended", hotExtended("SELECT val FROM items WHERE id = $1")},
+	} {
+		t.Run(q.name, func(t *testing.T) {
+			allocs := map[PoolMode]float64{}
+			for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+				rc := openHot(t, startRouter(t, Config{PoolMode: mode}, nil), "t1")
+				for i := 0; i < 10; i++ { // warm the pool and the buffers
+					rc.roundTrip(t, q.req)
+				}
+				allocs[mode] = testing.AllocsPerRun(200, func() { rc.roundTrip(t, q.req) })
+			}
+			if got, want := allocs[PoolSession], allocs[PoolTransaction]; got > want {
+				t.Errorf("session mode allocates %.0f times per round trip, transaction mode %.0f", got, want)
+			}
+		})
+	}
+}
+
+// hotClient is a client connection through the router read and written
+// without a client library, so that allocations counted are the router's.
+type hotClient struct {
+	nc net.Conn
+	rd []byte
+}
+
+// openHot connects to s with tenant (none: "") and hands over the socket.
+func openHot(t testing.TB, s *Server, tenant string) *hotClient {
+	c := connect(t, s, tenant, pgx.QueryExecModeSimpleProtocol)
+	hj, err := c.PgConn().Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hj.Conn.Close() })
+	return &hotClient{nc: hj.Conn, rd: make([]byte, 64<<10)}
+}
+
+// roundTrip sends req as is and reads the answer up to ReadyForQuery.
+func (rc *hotClient) roundTrip(t testing.TB, req []byte) {
+	if _, err := rc.nc.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	have := 0
+	for {
+		n, err := rc.nc.Read(rc.rd[have:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		have += n
+		// Done when the last message is ReadyForQuery.
+		if have >= 6 && rc.rd[have-6] == 'Z' && binary.BigEndian.Uint32(rc.rd[have-5:]) == 5 {
+			if e := findError(rc.rd[:have]); e != "" {
+				t.Fatal(e)
+			}
+			return
+		}
+	}
+}
+
+// hotMsg appends a protocol message of type typ with body's parts to buf.
+func hotMsg(buf []byte, typ byte, body ...[]byte) []byte {
+	n := 4
+	for _, p := range body {
+		n += len(p)
+	}
+	buf = append(buf, typ)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
+	for _, p := range body {
+		buf = append(buf, p...)
+	}
+	return buf
+}
+
+func cstr(s string) []byte { return append([]byte(s), 0) }
+
+// hotQuery is a simple-protocol Query of sql.
+func hotQuery(sql string) []byte { return hotMsg(nil, 'Q', cstr(sql)) }
+
+// hotExtended is Parse/Bind/Describe/Execute/Sync of sql with $1 = '1'.
+func hotExtended(sql string) []byte {
+	var r []byte
+	r = hotMsg(r, 'P', cstr(""), cstr(sql), []byte{0, 0})
+	r = hotMsg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1, 0, 0, 0, 1, '1', 0, 0})
+	r = hotMsg(r, 'D', []byte{'P'}, cstr(""))
+	r = hotMsg(r, 'E', cstr(""), []byte{0, 0, 0, 0})
+	return hotMsg(r, 'S')
 }
 
 // findError returns the message of the first ErrorResponse in msgs, if any.
