@@ -2,8 +2,11 @@ package router
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -87,6 +90,46 @@ func TestSessionRoundTripAllocations(t *testing.T) {
 				t.Errorf("session mode allocates %.0f times per round trip, transaction mode %.0f", got, want)
 			}
 		})
+	}
+}
+
+// TestSessionIdleGoroutines: an idle session-mode client costs the router
+// one goroutine, its session's, however many round trips it made (the idle
+// watch's one goroutine is the server's); none is left once the clients
+// have gone, nor, after the router stops, the watch's. A goroutine watched
+// each idle session-mode client's backend before.
+func TestSessionIdleGoroutines(t *testing.T) {
+	t.Cleanup(checkNoLeak(t)) // runs after the router stops
+	s := startRouter(t, Config{PoolMode: PoolSession}, nil)
+	req := hotQuery("SELECT val FROM items WHERE id = 1")
+	first := openHot(t, s, "t1")
+	first.roundTrip(t, req)
+	settle := func(want func(int) bool) int {
+		n := runtime.NumGoroutine()
+		for i := 0; i < 200 && !want(n); i++ {
+			time.Sleep(10 * time.Millisecond)
+			n = runtime.NumGoroutine()
+		}
+		return n
+	}
+	base := settle(func(int) bool { return false }) // 2 s: the pools' and pgx's goroutines come and go
+	const clients = 20
+	var cs []*hotClient
+	for i := 0; i < clients; i++ {
+		c := openHot(t, s, fmt.Sprintf("t%d", i%8))
+		for j := 0; j < 3; j++ {
+			c.roundTrip(t, req)
+		}
+		cs = append(cs, c)
+	}
+	if n := settle(func(n int) bool { return n <= base+clients }); n > base+clients {
+		t.Errorf("%d idle session-mode clients: %d goroutines more, want at most %d (one each)", clients, n-base, clients)
+	}
+	for _, c := range cs {
+		c.nc.Close()
+	}
+	if n := settle(func(n int) bool { return n <= base }); n > base {
+		t.Errorf("clients gone: %d goroutines, %d before them", n, base)
 	}
 }
 
