@@ -49,18 +49,12 @@ func BenchmarkHotPath(b *testing.B) {
 	})
 	// Session mode, one tenant: the client keeps its backend, which the
 	// router watches while the client is idle (see session.armIdle).
-	var sess *Server
-	session := func(b *testing.B) *Server {
-		if sess == nil {
-			sess = startRouter(b, Config{PoolMode: PoolSession}, nil)
-		}
-		return sess
-	}
+	sess := startRouter(b, Config{PoolMode: PoolSession}, nil)
 	b.Run("session-simple", func(b *testing.B) {
-		run(b, session(b), "t1", [][]byte{hotQuery("SELECT val FROM items WHERE id = 1")})
+		run(b, sess, "t1", [][]byte{hotQuery("SELECT val FROM items WHERE id = 1")})
 	})
 	b.Run("session-extended", func(b *testing.B) {
-		run(b, session(b), "t1", [][]byte{hotExtended("SELECT val FROM items WHERE id = $1")})
+		run(b, sess, "t1", [][]byte{hotExtended("SELECT val FROM items WHERE id = $1")})
 	})
 }
 
