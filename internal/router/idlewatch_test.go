@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"testing"
 	"time"
@@ -12,14 +13,38 @@ import (
 // The idle watch wakes a session-mode client's read when its backend speaks
 // (session.armIdle): after each wake the session waits again with the
 // client's own deadline. Notifications keep coming to an idle client, its
-// next query is served, and its idle timeout still ends it (57P05).
+// next query is served, and its idle timeout still ends it (57P05). Under
+// TLS too (pgx prefers it when the router offers it): a read a deadline
+// ended goes on.
 func TestSessionIdleWatchWakes(t *testing.T) {
-	t.Cleanup(checkNoLeak(t)) // runs after the router stops
-	s := startRouter(t, Config{PoolMode: PoolSession, ClientIdleTimeout: 3 * time.Second}, nil)
+	t.Cleanup(checkNoLeak(t)) // runs after the routers stop
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", tlsOn), func(t *testing.T) {
+			cfg := Config{PoolMode: PoolSession, ClientIdleTimeout: 3 * time.Second}
+			if tlsOn {
+				cfg.TLS = selfSigned(t)
+			}
+			idleWakes(t, startRouter(t, cfg, nil))
+		})
+	}
+}
+
+func idleWakes(t *testing.T, s *Server) {
 	ctx := ctx(t)
-	c := connect(t, s, "t4", pgx.QueryExecModeSimpleProtocol)
+	mode := "disable"
+	if s.cfg.TLS != nil {
+		mode = "require"
+	}
+	c, err := pgx.Connect(ctx, withSSLMode(routerURL(s, "t4"), mode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
 	if _, err := c.Exec(ctx, "LISTEN idlewake"); err != nil {
 		t.Fatal(err)
+	}
+	if _, got := c.PgConn().Conn().(*tls.Conn); got != (s.cfg.TLS != nil) {
+		t.Fatalf("client over TLS: %v, want %v", got, !got)
 	}
 	other := connect(t, s, "t4", pgx.QueryExecModeSimpleProtocol)
 	for round := 0; round < 2; round++ {
@@ -46,7 +71,7 @@ func TestSessionIdleWatchWakes(t *testing.T) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	_, err := c.WaitForNotification(wctx)
+	_, err = c.WaitForNotification(wctx)
 	if got := pgCode(err); got != "57P05" {
 		t.Errorf("idle client after notifications: %v (%s), want 57P05 (idle timeout)", err, got)
 	}
