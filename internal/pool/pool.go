@@ -224,6 +224,15 @@ func (p *Pool) gone(c *Conn, now time.Time) bool {
 // from the socket (or closed it), without blocking.
 func (c *Conn) Readable() bool { return !c.quiet() }
 
+// Socket is the connection's socket for system calls of the holder's (the
+// TCP connection's under TLS), or nil where it is no socket (tests).
+func (c *Conn) Socket() syscall.RawConn {
+	if c.peek == nil {
+		c.peek = newPeeker(c.nc)
+	}
+	return c.peek.raw
+}
+
 // SetUnnamed records what the server's unnamed prepared statement holds
 // (owner-defined, comparable): call it right after writing the Parse of
 // the unnamed statement to W.

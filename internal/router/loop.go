@@ -17,8 +17,10 @@ import (
 // loop serves the client's messages until it terminates or fails.
 func (ss *session) loop() error {
 	idle, idleTxn := ss.srv.cfg.ClientIdleTimeout, ss.srv.cfg.IdleInTransactionTimeout
-	armed := false // a read deadline is set on the client connection
-	inTxn := false // the client is waited for inside a transaction
+	armed := false   // a read deadline is set on the client connection
+	var dl time.Time // the client connection's read deadline
+	inTxn := false   // the client is waited for inside a transaction
+	defer ss.leaveIdle()
 	for {
 		if ss.cr.Buffered() == 0 {
 			if ss.be != nil && ss.be.W.Buffered() > 0 {
@@ -43,19 +45,26 @@ func (ss *session) loop() error {
 			}
 			switch {
 			case d > 0:
-				ss.nc.SetReadDeadline(time.Now().Add(d))
+				dl = time.Now().Add(d)
+				ss.nc.SetReadDeadline(dl)
 				armed = true
 			case armed:
-				ss.nc.SetReadDeadline(time.Time{})
+				dl = time.Time{}
+				ss.nc.SetReadDeadline(dl)
 				armed = false
 			}
 		}
 		var stopWatch func()
+		watched := false
 		// A session-mode backend is watched while its client is idle even
 		// without LISTEN: a FATAL (pg_terminate_backend, shutdown) reaches
 		// the client at once, as from a server, not at its next query.
-		if ss.cr.Buffered() == 0 && (ss.listening || ss.srv.cfg.PoolMode == PoolSession) && ss.be != nil && len(ss.queue) == 0 {
-			stopWatch = ss.watchNotifications()
+		// The server's idle watch does it without a goroutine (armIdle);
+		// where it cannot, a goroutine per wait does (watchNotifications).
+		if ss.cr.Buffered() == 0 && (ss.listening || ss.srv.cfg.PoolMode == PoolSession) && ss.be != nil && len(ss.queue) == 0 && !ss.be.Broken() {
+			if watched = ss.armIdle(); !watched {
+				stopWatch = ss.watchNotifications()
+			}
 		}
 		if ss.cr.Buffered() == 0 && stopWatch == nil {
 			// Waiting for the client: its read and write buffers go back
@@ -64,6 +73,21 @@ func (ss *session) loop() error {
 			ss.putWriter()
 		}
 		typ, body, err := ss.cr.ReadMessage()
+		for watched && ss.disarmIdle(dl) && isTimeout(err) {
+			// The backend spoke while the client was idle (the deadline
+			// was the idle watch's). A message the client sent meanwhile
+			// goes first: the backend's wait for the normal flow.
+			ss.takeWriter()
+			if err := ss.relayIdle(); err != nil {
+				return err
+			}
+			watched = ss.be != nil && !ss.be.Broken() && ss.armIdle()
+			if ss.cr.Buffered() == 0 {
+				ss.cr.ReleaseIdle()
+			}
+			ss.putWriter()
+			typ, body, err = ss.cr.ReadMessage()
+		}
 		ss.takeWriter()
 		if stopWatch != nil {
 			stopWatch()
@@ -1427,6 +1451,41 @@ func (ss *session) onSync([]byte) *wire.Error {
 		}
 	}
 	return nil
+}
+
+// relayIdle relays what the session-mode backend sent while the client was
+// idle (see idleWatch), as watchNotifications does: notifications, notices
+// and parameter changes; a FATAL error ends the session (errBackendFatal),
+// as the server closes the connection after it. Anything else, or a read
+// that fails, marks the backend broken.
+func (ss *session) relayIdle() error {
+	be := ss.be
+	for be.R.MessageBuffered() || be.Readable() {
+		typ, body, err := be.R.ReadMessage()
+		if err != nil {
+			be.MarkBroken()
+			break
+		}
+		switch typ {
+		case wire.MsgNotification, wire.MsgNotice, wire.MsgParamStatus:
+			wire.WriteFrame(ss.cw, typ, body)
+			continue
+		case wire.MsgErrorResponse:
+			return ss.backendFatal(body)
+		}
+		be.MarkBroken()
+		break
+	}
+	if err := ss.cw.Flush(); err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	return nil
+}
+
+// isTimeout reports whether err is a deadline's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // watchNotifications relays what a session-mode backend sends while the

@@ -107,6 +107,11 @@ type Server struct {
 	tfences tenantFences
 	// warm pre-warms the pools to the targets of moves (prewarm.go).
 	warm prewarmer
+	// iw watches session-mode backends while their clients are idle,
+	// made at the first use (idlewatch_linux.go); iwFailed: none will be.
+	iw       atomic.Pointer[idleWatch]
+	iwMu     sync.Mutex
+	iwFailed bool
 }
 
 // New returns a Server for cfg. It does no I/O.
@@ -293,6 +298,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.sessMu.Unlock()
 	s.wg.Wait()
+	s.stopIdleWatch()
 	s.stopPrewarm()
 	s.poolsMu.Lock()
 	for _, p := range s.pools {

@@ -208,6 +208,8 @@ type session struct {
 	// CopyInResponse.
 	copyStreaming bool
 	listening     bool
+	// idle is the session's state in the server's idle watch (armIdle).
+	idle idleArm
 	// midString: the statement being answered is followed by more of the
 	// same query string (see onQueryParts): no ReadyForQuery yet.
 	midString bool
