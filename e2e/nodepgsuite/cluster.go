@@ -104,16 +104,9 @@ func directEnv(ctx context.Context, catalogDSN string) ([]string, error) {
 		return nil, fmt.Errorf("catalog DSN: %w", err)
 	}
 	u.Path = "/postgres"
-	c, err := pgx.Connect(ctx, u.String())
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", u.Host, err)
-	}
-	defer c.Close(ctx)
 	name := pgx.Identifier{directDB}.Sanitize()
-	for _, q := range []string{"DROP DATABASE IF EXISTS " + name + " WITH (FORCE)", "CREATE DATABASE " + name} {
-		if _, err := c.Exec(ctx, q); err != nil {
-			return nil, fmt.Errorf("direct database: %w", err)
-		}
+	if err := suiterun.Exec(ctx, u.String(), "direct database", "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)", "CREATE DATABASE "+name); err != nil {
+		return nil, err
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil {

@@ -189,21 +189,10 @@ func (cl *suiteCluster) addTenants(ctx context.Context, modes []string, pkgs []t
 // prepareNode creates in the node's shared schema (public, on every
 // tenant's search_path) what pgx's tests expect.
 func prepareNode(ctx context.Context, dsn string) error {
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	for _, q := range []string{
+	return suiterun.Exec(ctx, dsn, "prepare a node for pgx's tests",
 		"CREATE EXTENSION IF NOT EXISTS hstore SCHEMA public",
 		"CREATE EXTENSION IF NOT EXISTS ltree SCHEMA public",
-		"CREATE DOMAIN public.uint64 AS numeric(20,0)",
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("prepare a node for pgx's tests: %s: %w", q, err)
-		}
-	}
-	return nil
+		"CREATE DOMAIN public.uint64 AS numeric(20,0)")
 }
 
 // startRouter starts a router in mode for the cluster in dir, logging to

@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgtenant/pgtenant/e2e/suiterun"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
 	"github.com/pgtenant/pgtenant/internal/localpg"
@@ -80,24 +78,16 @@ func (cl *suiteCluster) setup(ctx context.Context) error {
 			return fmt.Errorf("chown %s: %w", p, err)
 		}
 	}
-	conn, err := pgx.Connect(ctx, localpg.New(cl.node.Dir, cl.node.Port).DSN("postgres"))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	for _, q := range []string{
+	if err := suiterun.Exec(ctx, localpg.New(cl.node.Dir, cl.node.Port).DSN("postgres"), "prepare the node",
 		"ALTER SYSTEM SET ssl_cert_file = 'rubypg-server.crt'",
 		"ALTER SYSTEM SET ssl_key_file = 'rubypg-server.key'",
 		"ALTER SYSTEM SET ssl_ca_file = 'rubypg-ca.crt'",
 		"ALTER SYSTEM SET ssl = on",
 		"SELECT pg_reload_conf()",
 		"CREATE DATABASE test",
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("prepare the node: %s: %w", q, err)
-		}
+	); err != nil {
+		return err
 	}
-
 	shards := map[string]int{}
 	for i, mode := range []string{"session", "transaction"} {
 		cl.tenants[mode] = "rubypg-" + mode

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
 	"github.com/pgtenant/pgtenant/internal/localpg"
@@ -139,4 +141,20 @@ func (r *Router) Stop() {
 		r.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// Exec runs each statement, in turn, on a connection to dsn; what says what
+// they are for, in the error.
+func Exec(ctx context.Context, dsn, what string, stmts ...string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	defer conn.Close(ctx)
+	for _, q := range stmts {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("%s: %s: %w", what, q, err)
+		}
+	}
+	return nil
 }
