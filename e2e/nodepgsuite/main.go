@@ -9,9 +9,10 @@
 // clones https://github.com/brianc/node-postgres into the work directory),
 // extracts packages/pg with git archive, installs the npm packages its
 // integration tests need there (never into our repository), builds
-// pgtenant, starts a two-node local cluster (pgtenant dev up), a tenant per
-// pool mode and one router per mode (SCRAM with a router user, TLS with a
-// self-signed certificate when openssl is there), and runs the test files
+// pgtenant, starts a two-node local cluster (package devcluster, as
+// pgtenant dev up does), a tenant per pool mode and one router per mode
+// (SCRAM with a router user, TLS with a self-signed certificate when
+// openssl is there), and runs the test files
 // of each mode one after another, one mode after another (-together: at
 // once; some tests end every idle session of a server with
 // pg_terminate_backend, and so reach the other modes' sessions). The
