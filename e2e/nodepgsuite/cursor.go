@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
 // pg-cursor's tests (mocha) drive the protocol paths node-postgres's own
@@ -37,7 +39,7 @@ func prepareCursor(ctx context.Context, src, dir, pgDir string) (string, error) 
 	if err := os.WriteFile(filepath.Join(cursorDir, "package.json"), []byte(`{"name":"nodepgsuite-cursor","private":true}`), 0o644); err != nil {
 		return "", err
 	}
-	if err := command(ctx, cursorDir, nil, "npm", "install", "--no-save", "--no-package-lock", "--ignore-scripts", "--no-audit", "--no-fund", "mocha@11").Run(); err != nil {
+	if err := suiterun.Command(ctx, cursorDir, nil, "npm", "install", "--no-save", "--no-package-lock", "--ignore-scripts", "--no-audit", "--no-fund", "mocha@11").Run(); err != nil {
 		return "", fmt.Errorf("npm install mocha: %w", err)
 	}
 	// require('pg') and require('pg/lib/...') find packages/pg's lib.

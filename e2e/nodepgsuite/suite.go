@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
 // traceJS is preloaded (node -r) into every test file's process: it
@@ -157,51 +159,17 @@ func firstReason(logPath string) string {
 	return "see " + logPath
 }
 
-// expectations is one mode's expected-failure list.
-type expectations struct {
-	fail map[string]string // key (see fileResult.key) -> reason
-}
-
-// readExpected reads an expected-failure list: one "FILE: TEST # reason"
-// per line (FILE relative to test/integration; "FILE # reason" for a
-// failure outside any test); blank lines and lines starting with # are
-// comments.
-func readExpected(path string) (*expectations, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read expected failures: %w", err)
-	}
-	e := &expectations{fail: map[string]string{}}
-	for i, line := range strings.Split(string(b), "\n") {
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, reason, ok := strings.Cut(line, " # ")
-		if !ok || strings.TrimSpace(reason) == "" {
-			return nil, fmt.Errorf("%s:%d: each entry needs \" # reason\"", path, i+1)
-		}
-		e.fail[strings.TrimSpace(k)] = strings.TrimSpace(reason)
-	}
-	return e, nil
-}
-
-// expected reports whether the failure key is on the list.
-func (e *expectations) expected(key string) bool {
-	_, ok := e.fail[key]
-	return ok
-}
-
 // listedIn returns the entries listed for a result that passed: any of its
 // file's (a file stops at its first failure), or a mocha test's own.
-func (e *expectations) listedIn(r fileResult) []string {
+func listedIn(e *suiterun.Expected, r fileResult) []string {
 	if r.file == "pg-cursor" || r.file == "probes" {
-		if k := r.file + ": " + r.started[0]; e.expected(k) {
+		if k := r.file + ": " + r.started[0]; e.Has(k) {
 			return []string{k}
 		}
 		return nil
 	}
 	var ks []string
-	for k := range e.fail {
+	for k := range e.Reasons {
 		if k == r.file || strings.HasPrefix(k, r.file+": ") {
 			ks = append(ks, k)
 		}

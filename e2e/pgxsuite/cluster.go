@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,14 +14,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
-	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
 // fetchPGX downloads pgx with its tests and copies it to dst, writable.
@@ -41,10 +37,10 @@ func fetchPGX(ctx context.Context, version, dst string) error {
 	if m.Error != "" || m.Dir == "" {
 		return fmt.Errorf("go mod download %s@%s: %s", pgxModule, version, m.Error)
 	}
-	if err := command(ctx, "", nil, "cp", "-R", m.Dir, dst).Run(); err != nil {
+	if err := suiterun.Command(ctx, "", nil, "cp", "-R", m.Dir, dst).Run(); err != nil {
 		return fmt.Errorf("copy pgx: %w", err)
 	}
-	if err := command(ctx, "", nil, "chmod", "-R", "u+w", dst).Run(); err != nil {
+	if err := suiterun.Command(ctx, "", nil, "chmod", "-R", "u+w", dst).Run(); err != nil {
 		return fmt.Errorf("chmod pgx: %w", err)
 	}
 	return nil
@@ -96,7 +92,7 @@ func buildTests(ctx context.Context, src, binDir string, skip, only []string) ([
 			return nil, err
 		}
 		args := append([]string{"test", "-c", "-o", binDir + string(filepath.Separator)}, missing...)
-		if err := command(ctx, src, nil, "go", args...).Run(); err != nil {
+		if err := suiterun.Command(ctx, src, nil, "go", args...).Run(); err != nil {
 			return nil, fmt.Errorf("build pgx's test binaries: %w", err)
 		}
 	}
@@ -111,7 +107,7 @@ func buildTests(ctx context.Context, src, binDir string, skip, only []string) ([
 // suiteCluster is the two-node local cluster the routers serve, with a
 // tenant for each package in each pool mode.
 type suiteCluster struct {
-	*devcluster.Cluster
+	*suiterun.Cluster
 	tenants map[string]map[string]tenantPlace // by pool mode, then package
 	nodes   map[string]string                 // node DSN by pool mode
 }
@@ -137,23 +133,21 @@ func startCluster(ctx context.Context, dir string, modes []string, pkgs []testPk
 	if err != nil {
 		return nil, err
 	}
-	os.Chmod(cdir, 0o755)
-	dcl, err := devcluster.Up(ctx, devcluster.Options{Dir: cdir, Nodes: 2, Shards: 2 * (len(pkgs) + 1)})
+	scl, err := suiterun.StartCluster(ctx, cdir, 2, 2*(len(pkgs)+1))
 	if err != nil {
-		devcluster.Down(context.Background(), cdir, true)
-		return nil, fmt.Errorf("dev up: %w", err)
+		return nil, err
 	}
-	cl := &suiteCluster{Cluster: dcl, tenants: map[string]map[string]tenantPlace{}, nodes: map[string]string{}}
+	cl := &suiteCluster{Cluster: scl, tenants: map[string]map[string]tenantPlace{}, nodes: map[string]string{}}
 	if err := cl.addTenants(ctx, modes, pkgs); err != nil {
-		cl.down()
+		cl.Down()
 		return nil, err
 	}
 	return cl, nil
 }
 
 func (cl *suiteCluster) addTenants(ctx context.Context, modes []string, pkgs []testPkg) error {
-	cat := catalog.New(cl.CatalogDSN, slog.New(slog.DiscardHandler))
-	if err := cat.Open(ctx); err != nil {
+	cat, err := cl.Catalog(ctx)
+	if err != nil {
 		return err
 	}
 	defer cat.Close()
@@ -192,99 +186,34 @@ func (cl *suiteCluster) addTenants(ctx context.Context, modes []string, pkgs []t
 	return nil
 }
 
-func (cl *suiteCluster) down() {
-	devcluster.Down(context.Background(), cl.Dir, true)
-}
-
 // prepareNode creates in the node's shared schema (public, on every
 // tenant's search_path) what pgx's tests expect.
 func prepareNode(ctx context.Context, dsn string) error {
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	for _, q := range []string{
+	return suiterun.Exec(ctx, dsn, "prepare a node for pgx's tests",
 		"CREATE EXTENSION IF NOT EXISTS hstore SCHEMA public",
 		"CREATE EXTENSION IF NOT EXISTS ltree SCHEMA public",
-		"CREATE DOMAIN public.uint64 AS numeric(20,0)",
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("prepare a node for pgx's tests: %s: %w", q, err)
-		}
-	}
-	return nil
-}
-
-// router is a running `pgtenant router`.
-type router struct {
-	cmd     *exec.Cmd
-	addr    string
-	metrics string
-	log     string
+		"CREATE DOMAIN public.uint64 AS numeric(20,0)")
 }
 
 // startRouter starts a router in mode for the cluster in dir, logging to
 // logDir/router-MODE.log. Its timeouts are long: pgx's tests are run with
 // several at once on a small machine, and a direct server gives a
 // connection all the time it needs.
-func startRouter(ctx context.Context, bin, dir, logDir, mode string) (*router, error) {
-	port, err := localpg.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	mport, err := localpg.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	r := &router{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), metrics: net.JoinHostPort("127.0.0.1", strconv.Itoa(mport)),
-		log: filepath.Join(logDir, "router-"+mode+".log")}
-	logf, err := os.Create(r.log)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	r.cmd = exec.Command(bin, "router", "--config", filepath.Join(dir, devcluster.ConfigFile),
-		"--listen", r.addr, "--metrics-listen", r.metrics, "--pool-mode", mode, "--auth", "trust",
+func startRouter(ctx context.Context, bin, dir, logDir, mode string) (*suiterun.Router, error) {
+	return suiterun.StartRouter(ctx, bin, filepath.Join(logDir, "router-"+mode+".log"),
+		"--config", filepath.Join(dir, devcluster.ConfigFile), "--pool-mode", mode, "--auth", "trust",
 		"--pool-size", "200", "--pool-wait-timeout", "60s", "--pool-connect-timeout", "60s", "--startup-timeout", "60s")
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	if err := r.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start router: %w", err)
-	}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
-			c.Close()
-			return r, nil
-		}
-	}
-	r.stop()
-	return nil, fmt.Errorf("router did not listen on %s (log in %s)", r.addr, r.log)
 }
 
-func (r *router) stop() {
-	if r.cmd.ProcessState != nil {
-		return
-	}
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { r.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		r.cmd.Process.Kill()
-		<-done
-	}
-}
-
-// dsn is the connection URL of the router for tenant.
-func (r *router) dsn(tenant string) string {
-	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Host: r.addr, Path: "/" + devcluster.NodeDB,
+// routerDSN is the connection URL of the router r for tenant.
+func routerDSN(r *suiterun.Router, tenant string) string {
+	return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Host: r.Addr, Path: "/" + devcluster.NodeDB,
 		RawQuery: "sslmode=disable&options=" + strings.ReplaceAll(url.QueryEscape("-c pgtenant.tenant="+tenant), "+", "%20")}).String()
 }
 
-// clients reads the router's client gauge.
-func (r *router) clients() (int, error) {
-	resp, err := http.Get("http://" + r.metrics + "/metrics")
+// routerClients reads the router r's client gauge.
+func routerClients(r *suiterun.Router) (int, error) {
+	resp, err := http.Get("http://" + r.Metrics + "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -301,7 +230,7 @@ func (r *router) clients() (int, error) {
 
 // leftovers waits a little for the router to count no clients and for the
 // node to hold no backend waiting on a client, and says what is left.
-func leftovers(ctx context.Context, r *router, nodeDSN string) ([]string, error) {
+func leftovers(ctx context.Context, r *suiterun.Router, nodeDSN string) ([]string, error) {
 	conn, err := pgx.Connect(ctx, nodeDSN)
 	if err != nil {
 		return nil, err
@@ -310,7 +239,7 @@ func leftovers(ctx context.Context, r *router, nodeDSN string) ([]string, error)
 	var left []string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		left = left[:0]
-		n, err := r.clients()
+		n, err := routerClients(r)
 		if err != nil {
 			return nil, err
 		}

@@ -2,14 +2,15 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"regexp"
 	"strings"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
 // expectations is one mode's expected-failure list.
 type expectations struct {
-	fail map[string]string   // "package TestName" -> reason
+	fail *suiterun.Expected  // "package TestName" -> reason
 	skip map[string][]string // package -> top-level tests not run
 	// ownPath: package -> top-level tests that run, not in the main pass,
 	// but in a pass of their own whose connections set the client's own
@@ -30,20 +31,13 @@ const ownPathDSN = "&search_path=public"
 // own-path pass instead of the main one (see expectations.ownPath); blank
 // lines and lines starting with # are comments.
 func readExpected(path string) (*expectations, error) {
-	b, err := os.ReadFile(path)
+	entries, err := suiterun.ReadEntries(path, " # ")
 	if err != nil {
-		return nil, fmt.Errorf("read expected failures: %w", err)
+		return nil, err
 	}
-	e := &expectations{fail: map[string]string{}, skip: map[string][]string{}, ownPath: map[string][]string{}}
-	for i, line := range strings.Split(string(b), "\n") {
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, reason, ok := strings.Cut(line, " # ")
-		if !ok || strings.TrimSpace(reason) == "" {
-			return nil, fmt.Errorf("%s:%d: each entry needs \" # reason\"", path, i+1)
-		}
-		k = strings.TrimRight(k, " ")
+	e := &expectations{fail: suiterun.NewExpected(path), skip: map[string][]string{}, ownPath: map[string][]string{}}
+	for _, en := range entries {
+		k := en.Key
 		for _, kind := range []string{"skip", "own-path"} {
 			rest, ok := strings.CutPrefix(k, kind+" ")
 			if !ok {
@@ -51,7 +45,7 @@ func readExpected(path string) (*expectations, error) {
 			}
 			pkg, name, ok := strings.Cut(rest, " ")
 			if !ok || strings.Contains(name, "/") || !regexp.MustCompile(`^Test\w*$`).MatchString(name) {
-				return nil, fmt.Errorf("%s:%d: a %s entry is \"%s PACKAGE TestName # reason\" (a top-level test)", path, i+1, kind, kind)
+				return nil, fmt.Errorf("%s:%d: a %s entry is \"%s PACKAGE TestName # reason\" (a top-level test)", path, en.Line, kind, kind)
 			}
 			if kind == "skip" {
 				e.skip[pkg] = append(e.skip[pkg], name)
@@ -63,10 +57,9 @@ func readExpected(path string) (*expectations, error) {
 		if k == "" {
 			continue
 		}
-		if _, dup := e.fail[k]; dup {
-			return nil, fmt.Errorf("%s:%d: %s is listed twice", path, i+1, k)
+		if err := e.fail.Add(en); err != nil {
+			return nil, err
 		}
-		e.fail[k] = strings.TrimSpace(reason)
 	}
 	return e, nil
 }
@@ -91,7 +84,7 @@ func (e *expectations) covers(k string, failed map[string]*result) bool {
 func (e *expectations) listed(k string) bool {
 	sp := strings.IndexByte(k, ' ')
 	for {
-		if _, ok := e.fail[k]; ok {
+		if e.fail.Has(k) {
 			return true
 		}
 		i := strings.LastIndexByte(k, '/')

@@ -40,30 +40,21 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
 // pgxModule is the module whose tests are run.
 const pgxModule = "github.com/jackc/pgx/v5"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "pgxsuite:", err)
-		os.Exit(1)
-	}
-}
+func main() { suiterun.Main("pgxsuite", run) }
 
 // options are the command's flags.
 type options struct {
@@ -86,9 +77,6 @@ type options struct {
 	ownPathPass bool
 }
 
-// errProblems reports that the run found problems (printed already).
-var errProblems = errors.New("unexpected failures, hangs or leftovers")
-
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("pgxsuite", flag.ContinueOnError)
 	var o options
@@ -110,11 +98,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	o.modes = strings.Split(modes, ",")
-	for _, m := range o.modes {
-		if m != "session" && m != "transaction" {
-			return fmt.Errorf("-modes: unknown pool mode %q", m)
-		}
+	var err error
+	if o.modes, err = suiterun.Modes(modes, "session", "transaction"); err != nil {
+		return err
 	}
 	o.skipPkgs = strings.Split(skipPkgs, ",")
 	if pkgs != "" {
@@ -124,25 +110,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		o.jobs = 1
 	}
 
-	dir := o.workDir
-	var err error
-	if dir == "" {
-		dir, err = os.MkdirTemp("", "pgxsuite-")
-	} else {
-		o.keep = true
-		err = os.MkdirAll(dir, 0o755)
-	}
+	o.keep = o.keep || o.workDir != ""
+	dir, cleanup, err := suiterun.WorkDir(o.workDir, "pgxsuite-", o.keep)
 	if err != nil {
 		return err
 	}
-	if !o.keep {
-		defer os.RemoveAll(dir)
-	} else {
+	defer cleanup()
+	if o.keep {
 		fmt.Fprintln(out, "work directory:", dir)
 	}
-	// localpg runs the servers as the postgres user when root: it must be
-	// able to enter the directory.
-	os.Chmod(dir, 0o755)
 
 	t0 := time.Now()
 	src := filepath.Join(dir, "pgx")
@@ -151,13 +127,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
-	bin := filepath.Join(dir, "pgtenant")
-	if err := command(ctx, "", nil, "go", "build", "-o", bin, "./cmd/pgtenant").Run(); err != nil {
-		return fmt.Errorf("build pgtenant: %w", err)
+	bin, err := suiterun.BuildPgtenant(ctx, dir)
+	if err != nil {
+		return err
 	}
 	o.test2json = filepath.Join(dir, "test2json")
 	if _, err := os.Stat(o.test2json); err != nil {
-		if err := command(ctx, "", nil, "go", "build", "-o", o.test2json, "cmd/test2json").Run(); err != nil {
+		if err := suiterun.Command(ctx, "", nil, "go", "build", "-o", o.test2json, "cmd/test2json").Run(); err != nil {
 			return fmt.Errorf("build test2json: %w", err)
 		}
 	}
@@ -179,7 +155,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer cl.down()
+	defer cl.Down()
 	fmt.Fprintf(out, "cluster ready in %s\n", time.Since(t1).Round(time.Second))
 
 	modesRun, err := startModes(ctx, &o, bin, cl)
@@ -188,7 +164,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer func() {
 		for _, m := range modesRun {
-			m.router.stop()
+			m.router.Stop()
 		}
 	}()
 	t2 := time.Now()
@@ -212,22 +188,5 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		problems = append(problems, m.report(ctx, &o, out)...)
 	}
 	fmt.Fprintf(out, "total time %s\n", time.Since(t0).Round(time.Second))
-	if len(problems) > 0 {
-		for _, p := range problems {
-			fmt.Fprintln(out, "FAIL:", p)
-		}
-		return fmt.Errorf("%d problems: %w", len(problems), errProblems)
-	}
-	fmt.Fprintln(out, "ok: every failure is on the expected lists, no hang, no leftover")
-	return nil
-}
-
-// command is exec.Command with dir, extra environment and the output
-// going to stderr.
-func command(ctx context.Context, dir string, env []string, name string, args ...string) *exec.Cmd {
-	c := exec.CommandContext(ctx, name, args...)
-	c.Dir = dir
-	c.Env = append(os.Environ(), env...)
-	c.Stdout, c.Stderr = os.Stderr, os.Stderr
-	return c
+	return suiterun.Finish(out, problems, "ok: every failure is on the expected lists, no hang, no leftover")
 }

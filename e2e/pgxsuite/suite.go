@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
 // modeRun is one pool mode's router and what its tests gave.
@@ -23,7 +25,7 @@ type modeRun struct {
 	mode     string
 	tenants  map[string]tenantPlace // by package
 	nodeDSN  string
-	router   *router
+	router   *suiterun.Router
 	expected *expectations
 
 	mu       sync.Mutex
@@ -48,7 +50,7 @@ func startModes(ctx context.Context, o *options, bin string, cl *suiteCluster) (
 		r, err := startRouter(ctx, bin, cl.Dir, o.logDir, mode)
 		if err != nil {
 			for _, m := range ms {
-				m.router.stop()
+				m.router.Stop()
 			}
 			return nil, err
 		}
@@ -149,7 +151,7 @@ func runPackage(ctx context.Context, o *options, pkg testPkg, m *modeRun, logPat
 	if o.run != "" {
 		args = append(args, "-test.run", o.run)
 	}
-	dsn := m.router.dsn(m.tenants[pkg.rel].tenant)
+	dsn := routerDSN(m.router, m.tenants[pkg.rel].tenant)
 	if o.ownPathPass {
 		dsn += ownPathDSN
 		if names := m.expected.skip[pkg.rel]; len(names) > 0 {
@@ -487,7 +489,7 @@ func (m *modeRun) report(ctx context.Context, o *options, out io.Writer) []strin
 		problems = append(problems, fmt.Sprintf("%s mode: unexpected failure %s", m.mode, k))
 	}
 	var fixed, notRun []string
-	for k := range m.expected.fail {
+	for k := range m.expected.fail.Reasons {
 		pkg, _, _ := strings.Cut(k, " ")
 		switch {
 		case failed[k] != nil:

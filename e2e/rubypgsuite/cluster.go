@@ -10,19 +10,14 @@ import (
 	_ "embed"
 	"encoding/pem"
 	"fmt"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
 	"github.com/pgtenant/pgtenant/internal/localpg"
 )
@@ -36,7 +31,7 @@ var overrideRB []byte
 // node's database "test", the routers one tenant per mode in the node's
 // shards.
 type suiteCluster struct {
-	dir     string // the devcluster directory
+	*suiterun.Cluster
 	tlsDir  string // ca.crt, server.crt/key, client.crt/key
 	node    devcluster.Node
 	tenants map[string]string // by mode
@@ -46,21 +41,19 @@ type suiteCluster struct {
 // certificates, creates the direct run's database and registers a tenant
 // per router mode, each in a shard of its own.
 func startCluster(ctx context.Context, dir string) (*suiteCluster, error) {
-	cdir := filepath.Join(dir, "cluster")
-	dcl, err := devcluster.Up(ctx, devcluster.Options{Dir: cdir, Nodes: 1, Shards: 2})
+	scl, err := suiterun.StartCluster(ctx, filepath.Join(dir, "cluster"), 1, 2)
 	if err != nil {
-		devcluster.Down(context.Background(), cdir, true)
-		return nil, fmt.Errorf("dev up: %w", err)
+		return nil, err
 	}
-	cl := &suiteCluster{dir: cdir, tlsDir: filepath.Join(dir, "tls"), node: dcl.Nodes[0], tenants: map[string]string{}}
-	if err := cl.setup(ctx, dcl.CatalogDSN); err != nil {
-		cl.down()
+	cl := &suiteCluster{Cluster: scl, tlsDir: filepath.Join(dir, "tls"), node: scl.Nodes[0], tenants: map[string]string{}}
+	if err := cl.setup(ctx); err != nil {
+		cl.Down()
 		return nil, err
 	}
 	return cl, nil
 }
 
-func (cl *suiteCluster) setup(ctx context.Context, catalogDSN string) error {
+func (cl *suiteCluster) setup(ctx context.Context) error {
 	if err := writeCerts(cl.tlsDir); err != nil {
 		return err
 	}
@@ -85,42 +78,22 @@ func (cl *suiteCluster) setup(ctx context.Context, catalogDSN string) error {
 			return fmt.Errorf("chown %s: %w", p, err)
 		}
 	}
-	conn, err := pgx.Connect(ctx, localpg.New(cl.node.Dir, cl.node.Port).DSN("postgres"))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	for _, q := range []string{
+	if err := suiterun.Exec(ctx, localpg.New(cl.node.Dir, cl.node.Port).DSN("postgres"), "prepare the node",
 		"ALTER SYSTEM SET ssl_cert_file = 'rubypg-server.crt'",
 		"ALTER SYSTEM SET ssl_key_file = 'rubypg-server.key'",
 		"ALTER SYSTEM SET ssl_ca_file = 'rubypg-ca.crt'",
 		"ALTER SYSTEM SET ssl = on",
 		"SELECT pg_reload_conf()",
 		"CREATE DATABASE test",
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("prepare the node: %s: %w", q, err)
-		}
-	}
-
-	cat := catalog.New(catalogDSN, slog.New(slog.DiscardHandler))
-	if err := cat.Open(ctx); err != nil {
+	); err != nil {
 		return err
 	}
-	defer cat.Close()
+	shards := map[string]int{}
 	for i, mode := range []string{"session", "transaction"} {
-		shard := i
-		id := "rubypg-" + mode
-		if _, err := cat.AddTenant(ctx, id, &shard); err != nil {
-			return fmt.Errorf("add tenant %s: %w", id, err)
-		}
-		cl.tenants[mode] = id
+		cl.tenants[mode] = "rubypg-" + mode
+		shards[cl.tenants[mode]] = i
 	}
-	return nil
-}
-
-func (cl *suiteCluster) down() {
-	devcluster.Down(context.Background(), cl.dir, true)
+	return cl.AddTenants(ctx, shards)
 }
 
 // writeCerts writes a CA and, signed by it, a server certificate for
@@ -182,65 +155,26 @@ func writePEM(path, kind string, der []byte) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600)
 }
 
-// router is a running `pgtenant router`.
-type router struct {
-	cmd  *exec.Cmd
-	port int
-}
-
 // startRouter starts a router in mode with the cluster's config plus the
 // TLS certificate, logging to the work directory's router-MODE.log.
-func startRouter(ctx context.Context, bin string, cl *suiteCluster, mode string) (*router, error) {
-	port, err := localpg.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	base, err := os.ReadFile(filepath.Join(cl.dir, devcluster.ConfigFile))
+func startRouter(ctx context.Context, bin string, cl *suiteCluster, mode string) (*suiterun.Router, error) {
+	base, err := os.ReadFile(filepath.Join(cl.Dir, devcluster.ConfigFile))
 	if err != nil {
 		return nil, err
 	}
 	// The dev config's last section is router:.
 	cfg := fmt.Sprintf("%s  tls_cert: %q\n  tls_key: %q\n", base, filepath.Join(cl.tlsDir, "server.crt"), filepath.Join(cl.tlsDir, "server.key"))
-	cfgPath := filepath.Join(filepath.Dir(cl.dir), "router-"+mode+".yaml")
+	cfgPath := filepath.Join(filepath.Dir(cl.Dir), "router-"+mode+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(filepath.Dir(cl.dir), "router-"+mode+".log"))
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	r := &router{port: port, cmd: exec.Command(bin, "router", "--config", cfgPath, "--listen", addr, "--metrics-listen", "",
-		"--pool-mode", mode, "--auth", "trust", "--log-level", "info", "--database", "test",
+	r, err := suiterun.StartRouter(ctx, bin, filepath.Join(filepath.Dir(cl.Dir), "router-"+mode+".log"),
+		"--config", cfgPath, "--pool-mode", mode, "--auth", "trust", "--log-level", "info", "--database", "test",
 		// As on the server (idle_in_transaction_session_timeout 0): the
 		// helper keeps its shared connection in BEGIN across slow specs.
-		"--idle-in-transaction-timeout", "0")}
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	if err := r.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start router: %w", err)
+		"--idle-in-transaction-timeout", "0")
+	if err != nil {
+		return nil, fmt.Errorf("router in %s mode: %w", mode, err)
 	}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return r, nil
-		}
-	}
-	r.stop()
-	return nil, fmt.Errorf("router in %s mode did not listen on %s", mode, addr)
-}
-
-func (r *router) stop() {
-	if r.cmd.ProcessState != nil {
-		return
-	}
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { r.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		r.cmd.Process.Kill()
-		<-done
-	}
+	return r, nil
 }

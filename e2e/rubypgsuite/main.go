@@ -39,21 +39,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "rubypgsuite:", err)
-		os.Exit(1)
-	}
-}
+func main() { suiterun.Main("rubypgsuite", run) }
 
 // options are the command's flags.
 type options struct {
@@ -68,9 +60,6 @@ type options struct {
 	rspec       string
 	specs       []string
 }
-
-// errProblems reports that the run found problems (printed already).
-var errProblems = errors.New("unexpected failures")
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("rubypgsuite", flag.ContinueOnError)
@@ -91,50 +80,33 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if o.src == "" {
 		return errors.New("-src is required: a ruby-pg checkout or git directory")
 	}
-	o.modes = strings.Split(modes, ",")
-	for _, m := range o.modes {
-		if m != "direct" && m != "session" && m != "transaction" {
-			return fmt.Errorf("-modes: unknown mode %q", m)
-		}
+	var err error
+	if o.modes, err = suiterun.Modes(modes, "direct", "session", "transaction"); err != nil {
+		return err
 	}
 	o.specs = fs.Args()
 	if len(o.specs) == 0 {
 		o.specs = []string{"spec"}
 	}
 
-	dir := o.workDir
-	var err error
-	if dir == "" {
-		dir, err = os.MkdirTemp("", "rubypgsuite-")
-		if err == nil {
-			defer os.RemoveAll(dir)
-		}
-	} else {
-		err = os.MkdirAll(dir, 0o755)
-	}
+	dir, cleanup, err := suiterun.WorkDir(o.workDir, "rubypgsuite-", false)
 	if err != nil {
 		return err
 	}
-	// localpg runs the servers as the postgres user when root: it must be
-	// able to enter the directory.
-	os.Chmod(dir, 0o755)
+	defer cleanup()
 	fmt.Fprintln(out, "work directory:", dir)
 
-	exps := map[string]*expectations{}
-	for _, m := range o.modes {
-		e, err := readExpected(filepath.Join(o.expectedDir, "expected-"+m+".txt"))
-		if err != nil {
-			return err
-		}
-		exps[m] = e
+	exps, err := suiterun.ReadLists(o.expectedDir, " | ", o.modes)
+	if err != nil {
+		return err
 	}
 	src, err := prepareSource(ctx, &o, dir)
 	if err != nil {
 		return err
 	}
-	bin := filepath.Join(dir, "pgtenant")
-	if err := command(ctx, "", nil, "go", "build", "-o", bin, "./cmd/pgtenant").Run(); err != nil {
-		return fmt.Errorf("build pgtenant: %w", err)
+	bin, err := suiterun.BuildPgtenant(ctx, dir)
+	if err != nil {
+		return err
 	}
 	override := filepath.Join(dir, "override.rb")
 	if err := os.WriteFile(override, overrideRB, 0o644); err != nil {
@@ -144,7 +116,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer cl.down()
+	defer cl.Down()
 
 	var problems []string
 	for _, mode := range o.modes {
@@ -157,8 +129,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil {
 				return err
 			}
-			port = r.port
-			defer r.stop()
+			port = r.Port()
+			defer r.Stop()
 		}
 		t0 := time.Now()
 		res, err := runSpecs(ctx, &o, src, override, filepath.Join(dir, "rspec-"+mode+".json"), filepath.Join(dir, "rspec-"+mode+".log"), cl, mode, port)
@@ -168,14 +140,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		problems = append(problems, report(out, mode, res, exps[mode], time.Since(t0))...)
 	}
-	if len(problems) > 0 {
-		for _, p := range problems {
-			fmt.Fprintln(out, "FAIL:", p)
-		}
-		return fmt.Errorf("%d problems: %w", len(problems), errProblems)
-	}
-	fmt.Fprintln(out, "ok: every failure is on the expected lists")
-	return nil
+	return suiterun.Finish(out, problems, "ok: every failure is on the expected lists")
 }
 
 // prepareSource copies ruby-pg's source into dir/ruby-pg (the specs write
@@ -189,7 +154,7 @@ func prepareSource(ctx context.Context, o *options, dir string) (string, error) 
 		return "", err
 	}
 	if _, err := os.Stat(filepath.Join(o.src, "spec", "helpers.rb")); err == nil {
-		if err := command(ctx, "", nil, "cp", "-R", o.src+"/.", dst).Run(); err != nil {
+		if err := suiterun.Command(ctx, "", nil, "cp", "-R", o.src+"/.", dst).Run(); err != nil {
 			return "", fmt.Errorf("copy ruby-pg: %w", err)
 		}
 		return dst, nil
@@ -208,14 +173,4 @@ func prepareSource(ctx context.Context, o *options, dir string) (string, error) 
 		return "", fmt.Errorf("extract ruby-pg %s from %s: %w", tag, o.src, err)
 	}
 	return dst, nil
-}
-
-// command is exec.Command with dir, extra environment and the output
-// going to stderr.
-func command(ctx context.Context, dir string, env []string, name string, args ...string) *exec.Cmd {
-	c := exec.CommandContext(ctx, name, args...)
-	c.Dir = dir
-	c.Env = append(os.Environ(), env...)
-	c.Stdout, c.Stderr = os.Stderr, os.Stderr
-	return c
 }

@@ -8,10 +8,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgtenant/pgtenant/e2e/suiterun"
 )
 
 // example is one rspec example of the JSON formatter's report.
@@ -86,21 +87,19 @@ func runSpecs(ctx context.Context, o *options, src, override, jsonPath, logPath 
 // report prints a mode's counts, its unexpected failures with their
 // messages and the listed examples that passed, and returns the
 // unexpected failures.
-func report(out io.Writer, mode string, r *rspecReport, e *expectations, took time.Duration) []string {
+func report(out io.Writer, mode string, r *rspecReport, e *suiterun.Expected, took time.Duration) []string {
 	passed, failed, pending := 0, 0, 0
-	var problems, fixed []string
+	var problems, ok []string
 	for _, ex := range r.Examples {
 		// Some descriptions end with a space, which a list's line loses.
 		ex.FullDescription = strings.TrimSpace(ex.FullDescription)
 		switch ex.Status {
 		case "passed":
 			passed++
-			if _, ok := e.fail[ex.FullDescription]; ok {
-				fixed = append(fixed, ex.FullDescription)
-			}
+			ok = append(ok, ex.FullDescription)
 		case "failed":
 			failed++
-			if _, ok := e.fail[ex.FullDescription]; ok {
+			if e.Has(ex.FullDescription) {
 				continue
 			}
 			msg := ""
@@ -118,40 +117,6 @@ func report(out io.Writer, mode string, r *rspecReport, e *expectations, took ti
 	}
 	fmt.Fprintf(out, "%s: %d examples, %d passed, %d failed (%d expected), %d pending, in %s\n",
 		mode, len(r.Examples), passed, failed, failed-len(problems), pending, took.Round(time.Second))
-	sort.Strings(fixed)
-	for _, f := range fixed {
-		fmt.Fprintf(out, "%s: listed but passed: %s\n", mode, f)
-	}
+	e.PrintPassed(out, mode, ok)
 	return problems
-}
-
-// expectations is one mode's expected-failure list.
-type expectations struct {
-	fail map[string]string // full description -> reason
-}
-
-// readExpected reads an expected-failure list: one example's full
-// description (as rspec prints it) per line, then " | reason"; blank lines
-// and lines starting with # are comments.
-func readExpected(path string) (*expectations, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read expected failures: %w", err)
-	}
-	e := &expectations{fail: map[string]string{}}
-	for i, line := range strings.Split(string(b), "\n") {
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		j := strings.LastIndex(line, " | ")
-		if j < 0 || strings.TrimSpace(line[j+3:]) == "" {
-			return nil, fmt.Errorf("%s:%d: each entry needs \" | reason\"", path, i+1)
-		}
-		k := strings.TrimSpace(line[:j])
-		if _, dup := e.fail[k]; dup {
-			return nil, fmt.Errorf("%s:%d: %q is listed twice", path, i+1, k)
-		}
-		e.fail[k] = strings.TrimSpace(line[j+3:])
-	}
-	return e, nil
 }

@@ -2,7 +2,6 @@ package importer
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -56,18 +55,7 @@ func TestNodeStallsAlone(t *testing.T) {
 	a, b := shardOf["n1"], shardOf["n2"]
 	ta, tb := tenant["n1"], tenant["n2"]
 
-	follow := func() func() {
-		fctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- im.Follow(fctx) }()
-		return func() {
-			stop()
-			if err := <-done; !errors.Is(err, context.Canceled) {
-				t.Errorf("follow: %v", err)
-			}
-		}
-	}
-	stop := follow()
+	stop := follow(ctx, t, im)
 	waitSlotActive(t, ctx, im)
 
 	lc, err := pgx.Connect(ctx, legacy)
@@ -137,7 +125,7 @@ func TestNodeStallsAlone(t *testing.T) {
 	}
 	waitAlone(t, ctx, lock)
 	insert(tb, "b after")
-	stop = follow()
+	stop = follow(ctx, t, im)
 	defer stop()
 	for _, name := range []string{"b stalled", "b both", "b after"} {
 		waitRows(t, ctx, b, name, 1)

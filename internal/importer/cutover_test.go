@@ -58,23 +58,12 @@ func TestCutoverWaitsForRestartedStream(t *testing.T) {
 	if _, err := im.Start(ctx, StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	follow := func() func() {
-		fctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- im.Follow(fctx) }()
-		return func() {
-			stop()
-			if err := <-done; !errors.Is(err, context.Canceled) {
-				t.Errorf("follow: %v", err)
-			}
-		}
-	}
-	stop := follow()
+	stop := follow(ctx, t, im)
 	waitSlotActive(t, ctx, im)
 	stop()
 	const backlog = 30000
 	writeBacklog(t, ctx, legacy, ids, backlog)
-	stop = follow()
+	stop = follow(ctx, t, im)
 	defer stop()
 
 	m, err := c.LoadMap(ctx)
@@ -350,15 +339,7 @@ func startFollowed(t *testing.T, ctx context.Context, n int) *followedImport {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fctx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
-	followed := make(chan error, 1)
-	go func() { followed <- im.Follow(fctx) }()
-	t.Cleanup(func() {
-		stopFollow()
-		if err := <-followed; !errors.Is(err, context.Canceled) {
-			t.Errorf("follow: %v", err)
-		}
-	})
+	t.Cleanup(follow(context.WithoutCancel(ctx), t, im))
 	waitSlotActive(t, ctx, im)
 	return &followedImport{im: im, legacy: legacy, ids: ids, m: m, shards: shards}
 }
@@ -401,15 +382,8 @@ func (f *followedImport) shardOf(t *testing.T, ctx context.Context, tenant strin
 func TestCutoverRefusesWithoutReverseSlots(t *testing.T) {
 	ctx := ctxT(t)
 	_, im, _, _ := startImport(t, ctx, 4, 1, 4)
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- im.Follow(fctx) }()
-	defer func() {
-		stop()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("follow: %v", err)
-		}
-	}()
+	stop := follow(ctx, t, im)
+	defer stop()
 	waitSlotActive(t, ctx, im)
 	shards, err := im.Shards(ctx)
 	if err != nil {

@@ -130,6 +130,10 @@ type Conn struct {
 	Secret []byte
 	// Params are the ParameterStatus values reported at connect.
 	Params map[string]string
+	// ReportsPath is whether the server reports search_path among them,
+	// and so tells its client each change of it (PostgreSQL 18 and later);
+	// set once at connect.
+	ReportsPath bool
 
 	// Schema and Tenant are the search_path and pgtenant.tenant_id last set
 	// on this connection; SessionSig identifies the client session settings
@@ -721,7 +725,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	}
 	now := time.Now()
 	rw := wire.RawServerIO(h.Conn)
-	return &Conn{
+	c := &Conn{
 		R:        wire.NewReader(rw, 32<<10, p.conf().MaxMessage),
 		W:        wire.NewServerWriter(rw, 32<<10),
 		PID:      h.PID,
@@ -733,7 +737,9 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		created:  now,
 		lastUsed: now,
 		pool:     p,
-	}, nil
+	}
+	_, c.ReportsPath = h.ParameterStatuses["search_path"]
+	return c, nil
 }
 
 func (p *Pool) expired(c *Conn, now time.Time) bool {

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,10 @@ func TestAcquireRelease(t *testing.T) {
 	}
 	if a.PID == 0 || a.Params["server_version"] == "" || a.Node() != "n1" {
 		t.Fatalf("conn: pid %d params %v", a.PID, a.Params)
+	}
+	// The server reports search_path from PostgreSQL 18 on.
+	if major, _ := strconv.Atoi(strings.SplitN(a.Params["server_version"], ".", 2)[0]); a.ReportsPath != (major >= 18) {
+		t.Fatalf("ReportsPath %v with server_version %q", a.ReportsPath, a.Params["server_version"])
 	}
 	b, err := p.Acquire(ctx)
 	if err != nil {

@@ -335,23 +335,11 @@ func TestHostileSetSchema(t *testing.T) {
 // server reports nothing and the gap remains (docs/architecture.md, "Not
 // guaranteed"): the test then only logs what the next client saw.
 func TestHostileHiddenSearchPath(t *testing.T) {
-	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
 	var version int
 	if err := pgxQueryRow(t, nodeDSN(nodeA), "SELECT current_setting('server_version_num')::int", &version); err != nil {
 		t.Fatal(err)
 	}
-	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
-	x := tcConnect(t, s, "t2")
-	x.q("DO $$ BEGIN END $$") // the backend's path set for the session
-	if got := x.q("SELECT hostile_setting('search_path', 'shard_0004') FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
-		t.Fatalf("function: %s", got)
-	}
-	x.pc.Close(ctx(t))
-	y := tcConnect(t, s, "t2")
-	y.q("DO $$ BEGIN END $$")
-	got := y.q("SELECT shard FROM whoami")
-	y.send(&pgproto3.Parse{Query: "SELECT shard FROM whoami"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	got += " | " + y.recv(1)
+	got := afterHostileSetting(t, "search_path", "shard_0004", "SELECT shard FROM whoami")
 	// PostgreSQL 18 reports the change; before it the router sends the
 	// path with every transaction in transaction mode.
 	if want := "D(2) C(SELECT 1) ZI | P B D(2) C(SELECT 1) ZI"; got != want {
@@ -359,24 +347,35 @@ func TestHostileHiddenSearchPath(t *testing.T) {
 	}
 }
 
-// TestHostileHiddenTenantID: a function that sets pgtenant.tenant_id for
-// the session (which no server reports) must not hand the next
-// transaction-mode client of the same tenant on that backend another
-// tenant's id, which row-level security policies read.
-func TestHostileHiddenTenantID(t *testing.T) {
+// afterHostileSetting has a client of tenant t2, on a transaction-mode
+// router with one backend, set the backend's session settings and then
+// run a function that sets name to value for the session (set_config(...,
+// false), which the router does not see); then the next client of t2 on
+// that backend runs query, as a simple Query and extended, and gets the
+// two transcripts, joined by " | ".
+func afterHostileSetting(t *testing.T, name, value, query string) string {
+	t.Helper()
 	nodeExec(t, `CREATE OR REPLACE FUNCTION public.hostile_setting(n text, v text) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_catalog.set_config(n, v, false) $$`)
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	x := tcConnect(t, s, "t2")
-	x.q("DO $$ BEGIN END $$") // the backend's tenant id set for the session
-	if got := x.q("SELECT hostile_setting('pgtenant.tenant_id', 't1') FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
+	x.q("DO $$ BEGIN END $$") // the backend's settings set for the session
+	if got := x.q("SELECT hostile_setting('" + name + "', '" + value + "') FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
 		t.Fatalf("function: %s", got)
 	}
 	x.pc.Close(ctx(t))
 	y := tcConnect(t, s, "t2")
 	y.q("DO $$ BEGIN END $$")
-	got := y.q("SELECT current_setting('pgtenant.tenant_id')")
-	y.send(&pgproto3.Parse{Query: "SELECT current_setting('pgtenant.tenant_id')"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	got += " | " + y.recv(1)
+	got := y.q(query)
+	y.send(&pgproto3.Parse{Query: query}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	return got + " | " + y.recv(1)
+}
+
+// TestHostileHiddenTenantID: a function that sets pgtenant.tenant_id for
+// the session (which no server reports) must not hand the next
+// transaction-mode client of the same tenant on that backend another
+// tenant's id, which row-level security policies read.
+func TestHostileHiddenTenantID(t *testing.T) {
+	got := afterHostileSetting(t, "pgtenant.tenant_id", "t1", "SELECT current_setting('pgtenant.tenant_id')")
 	if want := "D(t2) C(SELECT 1) ZI | P B D(t2) C(SELECT 1) ZI"; got != want {
 		t.Fatalf("next client of the same tenant after a function set the backend's tenant id:\n got: %s\nwant: %s", got, want)
 	}

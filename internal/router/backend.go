@@ -563,14 +563,7 @@ func (ss *session) unseen(be *pool.Conn) bool {
 // run for the backend's previous tenant may have set it for the session (a
 // client serving its tenants in turn, either pool mode).
 func (ss *session) pathDue(be *pool.Conn, schema, tenant string) bool {
-	return be.Schema != schema || ((ss.unseen(be) || be.Tenant != tenant) && !reportsPath(be))
-}
-
-// reportsPath reports whether be's server tells its client each change of
-// search_path (ParameterStatus; PostgreSQL 18 and later).
-func reportsPath(be *pool.Conn) bool {
-	_, ok := be.Params["search_path"]
-	return ok
+	return be.Schema != schema || ((ss.unseen(be) || be.Tenant != tenant) && !be.ReportsPath)
 }
 
 // sendSetup sends a setup deferred by ensureBackend before statement info
@@ -978,7 +971,7 @@ func (ss *session) releaseBackend() {
 		// as that other tenant (an application's connection serving its
 		// tenants in turn).
 		be.Tenant = "\x00"
-		if !reportsPath(be) {
+		if !be.ReportsPath {
 			be.Schema = "\x00"
 		}
 	}
