@@ -199,7 +199,11 @@ func newPeeker(nc net.Conn) *peeker {
 	}
 	pk := &peeker{raw: raw}
 	pk.peek = func(fd uintptr) bool {
-		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&pk.buf[0])), 1,
+		// Raw: the peek never blocks (MSG_DONTWAIT), and syscall.Syscall6
+		// would tell the scheduler, whose entersyscall wakes a deep-sleeping
+		// sysmon and resets its poll to every 20 µs: ~6 % of the router's
+		// CPU under load went to that (bench/README.md, session 11).
+		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&pk.buf[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		pk.empty = errno == syscall.EAGAIN
 		return true

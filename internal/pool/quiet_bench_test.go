@@ -62,7 +62,7 @@ func BenchmarkPeekSyscall(b *testing.B) {
 
 // idleConn is a connection of a one-connection pool on a new database,
 // with nothing to read.
-func idleConn(b *testing.B) *Conn {
+func idleConn(b testing.TB) *Conn {
 	p := New("n1", srv.NewDatabase(b), Config{MaxSize: 1}, nil)
 	b.Cleanup(p.Close)
 	c, err := p.Acquire(context.Background())
