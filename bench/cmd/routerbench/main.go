@@ -80,7 +80,7 @@ func main() {
 	var only string
 	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace (go tool trace) of this process taken during the first pgtenant case to this file")
 	flag.StringVar(&o.strace, "strace", "", "directory: run every case of round 1 once more under strace -c -f attached to the proxy, and print its system calls per transaction")
-	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\", and the textCases: \"pgbouncer all shards\", \"pgbouncer router texts\", \"pgbouncer texts no DISCARD\", \"pgbouncer texts path only\", \"pgbouncer texts tenant only\", \"pgbouncer texts DISCARD only\"); empty means all")
+	flag.StringVar(&only, "only", "", "comma-separated targets to run (direct, pgbouncer, \"pgtenant (1 node)\", \"pgtenant (1 node) no usage\", \"pgtenant (2 nodes)\", \"pgbouncer fixed path\", \"pgbouncer one table\", and the textCases: \"pgbouncer all shards\", \"pgbouncer router texts\", \"pgbouncer texts no DISCARD\", \"pgbouncer texts path only\", \"pgbouncer texts tenant only\", \"pgbouncer texts DISCARD only\"); empty means all")
 	var workloads string
 	flag.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (\"1 query\", \"1 stmt\", \"2 stmts\", \"4 stmts\"); empty means all")
 	var variants, many, hold string
@@ -172,6 +172,15 @@ END;
 // search_path (shard_0000): "what the app has today", one schema, no
 // per-transaction schema switch.
 const fixedDB = "benchfixed"
+
+// oneTableDB is the database on node a, and the pgbouncer database of the
+// same name, whose public.accounts holds every tenant's rows in one table
+// (loadOneTable): what the app has today before sharding, any tenant read
+// with a fixed search_path (oneTableBouncer).
+const oneTableDB = "benchone"
+
+// oneTableBouncer names pgbouncer serving oneTableDB.
+const oneTableBouncer = "pgbouncer one table"
 
 // hintScripts is how many one-statement scripts with a literal tenant hint
 // the "1 stmt" extended case of pgtenant gives pgbench (pgbench picks one at
@@ -319,6 +328,11 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		if err := load(ctx, c, shards, o, rowsPer); err != nil {
 			return fmt.Errorf("load node %s: %w", name, err)
 		}
+		if name == "a" && (len(o.only) == 0 || slices.Contains(o.only, oneTableBouncer)) {
+			if err := loadOneTable(ctx, c, o, rowsPer); err != nil {
+				return fmt.Errorf("load node %s: %w", name, err)
+			}
+		}
 	}
 
 	// Three routers: one with every shard on node a (the same backend as the
@@ -411,6 +425,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_simple.sql", "1 query", "", ""},
 					{"pgbouncer", pgb, "direct_simple.sql", "1 query", "", ""},
 					{fixedBouncer, pgb, "fixed.sql", "1 query", fixedDB, ""},
+					{oneTableBouncer, pgb, "onetable.sql", "1 query", oneTableDB, ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_simple.sql", "1 query", "", ""},
 					{noUsage, routerAddr[noUsage], "router_simple.sql", "1 query", "", ""},
 					{"pgtenant (2 nodes)", routerAddr["pgtenant (2 nodes)"], "router_simple.sql", "1 query", "", ""},
@@ -426,6 +441,7 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					{"direct", direct, "direct_txn.sql", "4 stmts", "", ""},
 					{"pgbouncer", pgb, "direct_txn.sql", "4 stmts", "", ""},
 					{fixedBouncer, pgb, "fixed.sql", "1 stmt", fixedDB, ""},
+					{oneTableBouncer, pgb, "onetable.sql", "1 stmt", oneTableDB, ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], "router_extended.sql", "2 stmts", "", ""},
 					{"pgtenant (1 node)", routerAddr["pgtenant (1 node)"], routerTxnScript, "4 stmts", "", ""},
 					{noUsage, routerAddr[noUsage], "router_extended.sql", "2 stmts", "", ""},
@@ -642,6 +658,34 @@ ANALYZE %[1]s.accounts;`, schema, rowsPer, o.tenants-1, o.shards, s)
 	return nil
 }
 
+// loadOneTable creates oneTableDB on node c with one accounts table of
+// every tenant's rows, the same rows load spreads over the shards.
+func loadOneTable(ctx context.Context, c *localpg.Cluster, o options, rowsPer int) error {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{oneTableDB}.Sanitize())
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("create database %s: %w", oneTableDB, err)
+	}
+	conn, err = pgx.Connect(ctx, c.DSN(oneTableDB))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	sql := fmt.Sprintf(`CREATE TABLE public.accounts (id int PRIMARY KEY, tenant text NOT NULL, balance int NOT NULL, filler text NOT NULL);
+INSERT INTO public.accounts
+  SELECT t * %[1]d + k, t::text, (t * 7 + k) %% 1000, repeat('x', 80)
+  FROM generate_series(0, %[2]d) t, generate_series(1, %[1]d) k;
+ANALYZE public.accounts;`, rowsPer, o.tenants-1)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("one table: %w", err)
+	}
+	return nil
+}
+
 var (
 	tpsRe = regexp.MustCompile(`tps = ([0-9.]+)`)
 	latRe = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
@@ -823,6 +867,9 @@ func printTable(w io.Writer, rs []result, o options) {
 	direct := map[string]float64{} // round/mode/workload → TPS
 	bouncer := map[string]result{} // round/mode/workload → result
 	fixed := map[string]result{}   // round/mode → result
+	// oneTable: round/mode → result of oneTableBouncer (reported beside
+	// × fixed path, which stays the issue's ratio).
+	oneTable := map[string]result{}
 	key := func(r result, workload bool) string {
 		if workload {
 			return fmt.Sprint(r.round, "/", r.mode, "/", r.workload)
@@ -838,6 +885,8 @@ func printTable(w io.Writer, rs []result, o options) {
 			bouncer[key(r, true)] = r
 		case r.target == fixedBouncer:
 			fixed[key(r, false)] = r
+		case r.target == oneTableBouncer:
+			oneTable[key(r, false)] = r
 		}
 	}
 	ratio := func(x, y float64) string {
@@ -891,6 +940,7 @@ func printTable(w io.Writer, rs []result, o options) {
 		add(line{r.mode, r.target, r.workload, "pgbouncer CPU/txn"}, r.round, ratio(r.proxyUS, b.proxyUS))
 		if oneStatement(r) {
 			add(line{r.mode, r.target, r.workload, "fixed-path pgbouncer TPS"}, r.round, ratio(r.tps, fixed[key(r, false)].tps))
+			add(line{r.mode, r.target, r.workload, "one-table pgbouncer TPS"}, r.round, ratio(r.tps, oneTable[key(r, false)].tps))
 		}
 	}
 	if len(order) > 0 {
@@ -946,6 +996,7 @@ func startPgbouncer(ctx context.Context, bin, dir string, pgPort, poolSize, maxC
 	ini := fmt.Sprintf(`[databases]
 bench = host=127.0.0.1 port=%d dbname=bench user=postgres
 %s = host=127.0.0.1 port=%d dbname=bench user=postgres connect_query='SET search_path = shard_0000'
+%s = host=127.0.0.1 port=%d dbname=%s user=postgres connect_query='SET search_path = public'
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -958,7 +1009,7 @@ default_pool_size = %d
 max_client_conn = %d
 ignore_startup_parameters = extra_float_digits,options
 logfile = %s
-`, pgPort, fixedDB, pgPort, port, filepath.Join(dir, "userlist.txt"), poolSize, maxClients, filepath.Join(dir, "pgbouncer.log"))
+`, pgPort, fixedDB, pgPort, oneTableDB, pgPort, oneTableDB, port, filepath.Join(dir, "userlist.txt"), poolSize, maxClients, filepath.Join(dir, "pgbouncer.log"))
 	if err := os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644); err != nil {
 		return 0, 0, nil, err
 	}
