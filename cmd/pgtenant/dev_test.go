@@ -112,6 +112,12 @@ func TestDevUpPortsAndGitignore(t *testing.T) {
 			t.Errorf("dev router address %s is not between 10000 and the ephemeral range (from %d)", addr, low)
 		}
 	}
+	// Started with --no-router, its status says the router is not running
+	// and how to start it.
+	out = mustRun(t, "dev", "status", "--dir", "my cluster")
+	if want := "router:  not running (`pgtenant dev up --dir '" + abs + "'` starts it"; !strings.Contains(out, want) {
+		t.Errorf("dev status without a router does not say %q:\n%s", want, out)
+	}
 	out = mustRun(t, "dev", "down", "--dir", "my cluster")
 	if !strings.Contains(out, "stopped") {
 		t.Errorf("dev down: %s", out)

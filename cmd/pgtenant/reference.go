@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -37,7 +36,7 @@ table.`,
   pgtenant migrate up --dir ./migrations`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-			abs, err := filepath.Abs(dir)
+			abs, err := migrationsDir(dir)
 			if err != nil {
 				return err
 			}
@@ -94,7 +93,7 @@ table.`,
 		},
 	}
 	load.Flags().StringVar(&file, "file", "", "CSV file of rows (required)")
-	load.Flags().BoolVar(&replace, "replace", false, "delete the table's rows first")
+	load.Flags().BoolVar(&replace, "replace", false, "make the table hold exactly the file's rows: by primary key, rows not in the file are deleted and the others updated (without a key: emptied first)")
 	load.Flags().BoolVar(&header, "header", false, "the file's first line names the columns")
 	load.MarkFlagRequired("file")
 

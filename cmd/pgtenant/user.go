@@ -78,7 +78,7 @@ tenant with --tenant, a role that reaches only that tenant's shard.`,
 		},
 	}
 	set.Flags().BoolVar(&stdin, "password-stdin", false, "read the password from standard input instead of asking")
-	set.Flags().StringVar(&role, "role", "", "run the user's transactions as this role (see `pgtenant role create`)")
+	set.Flags().StringVar(&role, "role", "", "run the user's transactions as this role (made with 'pgtenant role create')")
 	set.Flags().StringVar(&tenant, "tenant", "", "restrict the user to this tenant: its transactions run as a role that reaches only the tenant's shard, under row-level security, and escape statements are refused")
 	cmd.AddCommand(set, &cobra.Command{
 		Use:     "list",
