@@ -90,19 +90,21 @@ tenant with --tenant, a role that reaches only that tenant's shard.`,
 			if err != nil {
 				return err
 			}
+			if a.json {
+				return a.printJSON(usersJSON(users))
+			}
 			w := a.table("USER", "ROLE", "TENANT")
-			for _, u := range users {
+			for _, u := range usersJSON(users) {
 				role, tenant := u.Role, "-"
 				if u.Tenant != "" {
-					role, tenant = access.RestrictedRole(u.Shard), strconv.Quote(u.Tenant)
-					if u.Shard < 0 {
+					tenant = strconv.Quote(u.Tenant)
+					if role == "" {
 						role = "(tenant not registered)"
 					}
-				}
-				if role == "" {
+				} else if role == "" {
 					role = "(runtime role)"
 				}
-				row(w, u.Name, role, tenant)
+				row(w, u.User, role, tenant)
 			}
 			return w.Flush()
 		}),
