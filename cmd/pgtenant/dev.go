@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -68,7 +69,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 		Example: `  pgtenant dev status`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := devcluster.Status(cmd.Context(), dir)
+			cl, err := devcluster.Status(cmd.Context(), a.devDir(cmd, dir))
 			if err != nil {
 				return err
 			}
@@ -83,7 +84,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			return nil
 		},
 	}
-	status.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory")
+	status.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory (without it and ./.pgtenant, the one whose pgtenant.yaml --config or PGTENANT_CONFIG names)")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the local cluster (and remove it with --destroy)",
@@ -91,6 +92,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
   pgtenant dev down --destroy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := a.devDir(cmd, dir)
 			if err := devcluster.Down(cmd.Context(), dir, destroy); err != nil {
 				return err
 			}
@@ -102,7 +104,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			return nil
 		},
 	}
-	down.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory")
+	down.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory (without it and ./.pgtenant, the one whose pgtenant.yaml --config or PGTENANT_CONFIG names)")
 	down.Flags().BoolVar(&destroy, "destroy", false, "also delete the data directory")
 	cmd.AddCommand(up, status, down)
 	return cmd
@@ -159,6 +161,20 @@ func (a *app) printNext(cl *devcluster.Cluster) {
 	for _, c := range nextSteps(cl.Dir, "pgtenant migrate create create_invoices --dir ./migrations   # then write its SQL", "pgtenant migrate up --dir ./migrations", "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant console   # the web console on http://"+defaultConsoleListen+"/") {
 		fmt.Fprintf(a.stdout, "  %s\n", c)
 	}
+}
+
+// devDir is the local cluster directory dev status and dev down act on: --dir
+// when given; else ./.pgtenant when it exists; else the directory of the
+// config file in use (--config, PGTENANT_CONFIG) when it is a dev cluster's,
+// as the `export PGTENANT_CONFIG=...` that dev up prints for a --dir names.
+func (a *app) devDir(cmd *cobra.Command, dir string) string {
+	if cmd.Flags().Changed("dir") || a.configPath == "" || filepath.Base(a.configPath) != devcluster.ConfigFile {
+		return dir
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return dir
+	}
+	return filepath.Dir(a.configPath)
 }
 
 // checkClusterFlags refuses a local cluster's --nodes and --shards before
