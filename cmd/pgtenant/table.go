@@ -75,7 +75,7 @@ or with 'pgtenant table set'.`,
 
 	list := &cobra.Command{
 		Use:     "list",
-		Short:   "List the registry, and the tables of the shards that have no rule",
+		Short:   "List the registry, and the tables of shard 0 that have no rule",
 		Example: `  pgtenant table list`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {

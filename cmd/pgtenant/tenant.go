@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -54,6 +55,9 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 					return usagef("--skip-existing goes with --file")
 				}
 				loc, err := c.AddTenant(ctx, args[0], want)
+				if errors.Is(err, catalog.ErrTenantExists) {
+					return fmt.Errorf("%w (SQLSTATE 23505); `pgtenant tenant locate %s` shows where it is", err, shellQuote(args[0]))
+				}
 				if err != nil {
 					return err
 				}

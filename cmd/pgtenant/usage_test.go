@@ -107,6 +107,11 @@ func TestMistakesChangeNothing(t *testing.T) {
 		t.Errorf("after a failed rls enable the runtime role is %q, want none", role)
 	}
 
+	mustRun(t, "tenant", "add", "acme")
+	if code, out, errOut := pgtenant(t, "tenant", "add", "acme"); code != 1 || !strings.Contains(errOut, "SQLSTATE 23505") || !strings.Contains(errOut, "pgtenant tenant locate acme") {
+		t.Errorf("tenant add of a registered tenant: exit %d\n%s%s", code, out, errOut)
+	}
+
 	missing := filepath.Join(t.TempDir(), "migratons")
 	for _, args := range [][]string{
 		{"migrate", "up", "--dir", missing},
