@@ -33,6 +33,16 @@ users' transactions as it. DDL through the router then fails: use migrate up.`,
 	enable := &cobra.Command{
 		Use:   "enable [TABLE...]",
 		Short: "Enable row-level security on the tables (all registered tables with a tenant by default)",
+		Long: `Enable row-level security on registered tables (every table with a tenant
+column or a parent, or those named) in every shard of every node, with the
+policy of 'pgtenant rls --help', and make the routers run ordinary users'
+transactions as --runtime-role, created NOLOGIN on every node with the
+privileges the app needs. Names are checked first: an unknown or shared table
+changes nothing. From then on DDL through the router fails (42501): apply
+schema changes with 'pgtenant migrate up'.
+
+Undo: 'pgtenant rls disable' removes the policies; routers keep running users
+as the runtime role, which still has its privileges.`,
 		Example: `  pgtenant rls enable
   pgtenant rls enable invoices payments`,
 		RunE: func(cmd *cobra.Command, args []string) error {

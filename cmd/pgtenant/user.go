@@ -38,6 +38,15 @@ tenant with --tenant, a role that reaches only that tenant's shard.`,
 	set := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Create a router user, or change its password",
+		Long: `Create a user that apps log in to the router with, or change its password:
+the catalog keeps its SCRAM-SHA-256 and md5 verifiers (never the password),
+and every router following the catalog picks it up within a second. The
+router checks them with --auth scram-sha-256 (its default) or md5; with
+--auth trust any name gets in. The nodes never see these users: each user's
+transactions run there as a role (the runtime role of 'rls enable', --role,
+or --tenant's restricted role; see 'pgtenant user --help').
+
+Undo: 'pgtenant user remove NAME'.`,
 		Example: `  pgtenant user add app                        # asks for the password
   printf '%s' "$APP_PASSWORD" | pgtenant user add app --password-stdin`,
 		Args: cobra.ExactArgs(1),
