@@ -203,6 +203,7 @@ func TestConsoleBrowser(t *testing.T) {
 	var upOut syncBuffer
 	a := &app{stdout: &upOut, stderr: os.Stderr}
 	a.printCluster(cl)
+	a.printNext(cl)
 	if _, err := a.startDevRouter(ctx, dir); err != nil {
 		t.Fatalf("dev up: start the router: %v", err)
 	}

@@ -31,6 +31,12 @@ Running it again reuses the cluster and its data. Stop it with
   pgtenant demo --nodes 4 --dir /tmp/pgtenant-demo`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkClusterFlags(cmd, opts.Cluster.Nodes, opts.Cluster.Shards); err != nil {
+				return err
+			}
+			if opts.Tenants < 1 {
+				return usagef("--tenants %d: give at least 1", opts.Tenants)
+			}
 			opts.Out = a.stdout
 			opts.Logger = a.logger
 			opts.Cluster.Logger = a.logger

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -32,6 +33,9 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
   pgtenant dev up --nodes 4 --shards 256 --dir /tmp/pgtenant`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkClusterFlags(cmd, opts.Nodes, opts.Shards); err != nil {
+				return err
+			}
 			opts.Logger = a.logger
 			if !cmd.Flags().Changed("shards") {
 				opts.Shards = 0 // the existing cluster's count, or 256
@@ -41,16 +45,14 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 				return err
 			}
 			a.printCluster(cl)
-			if noRouter {
-				return nil
+			if !noRouter {
+				addr, err := a.startDevRouter(cmd.Context(), cl.Dir)
+				if err != nil {
+					return err
+				}
+				a.printDevRouter(cl.Dir, addr)
 			}
-			addr, err := a.startDevRouter(cmd.Context(), cl.Dir)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "router:  %s (log in %s/router.log)\n", addr, cl.Dir)
-			fmt.Fprintf(a.stdout, "url:     %s (DATABASE_URL; name the tenant per transaction or add &options=-c%%20pgtenant.tenant%%3Dacme)\n", routerURL(addr))
-			fmt.Fprintf(a.stdout, "  %s\n", psqlLine(addr, "acme"))
+			a.printNext(cl)
 			return nil
 		},
 	}
@@ -67,15 +69,22 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 		Example: `  pgtenant dev status`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := devcluster.Status(cmd.Context(), dir)
+			cl, err := devcluster.Status(cmd.Context(), a.devDir(cmd, dir))
 			if err != nil {
 				return err
 			}
 			a.printCluster(cl)
+			if addr, running := devRouterRunning(cl.Dir); running {
+				a.printDevRouter(cl.Dir, addr)
+			} else if clusterRunning(cl) {
+				fmt.Fprintf(a.stdout, "router:  not running (`%s` starts it; its log is %s)\n",
+					devUpLine(cl.Dir), filepath.Join(cl.Dir, "router.log"))
+			}
+			a.printNext(cl)
 			return nil
 		},
 	}
-	status.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory")
+	status.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory (without it and ./.pgtenant, the one whose pgtenant.yaml --config or PGTENANT_CONFIG names)")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the local cluster (and remove it with --destroy)",
@@ -83,6 +92,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
   pgtenant dev down --destroy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := a.devDir(cmd, dir)
 			if err := devcluster.Down(cmd.Context(), dir, destroy); err != nil {
 				return err
 			}
@@ -94,7 +104,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			return nil
 		},
 	}
-	down.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory")
+	down.Flags().StringVar(&dir, "dir", ".pgtenant", "the cluster's directory (without it and ./.pgtenant, the one whose pgtenant.yaml --config or PGTENANT_CONFIG names)")
 	down.Flags().BoolVar(&destroy, "destroy", false, "also delete the data directory")
 	cmd.AddCommand(up, status, down)
 	return cmd
@@ -112,20 +122,69 @@ func (a *app) printCluster(cl *devcluster.Cluster) {
 		fmt.Fprintf(a.stdout, "shards:  %d\n", cl.Shards)
 	}
 	fmt.Fprintf(a.stdout, "config:  %s/%s\n", cl.Dir, devcluster.ConfigFile)
-	running := false
+}
+
+// printDevRouter prints where the local cluster's router in dir listens.
+func (a *app) printDevRouter(dir, addr string) {
+	fmt.Fprintf(a.stdout, "router:  %s (log in %s/router.log)\n", addr, dir)
+	fmt.Fprintf(a.stdout, "url:     %s (DATABASE_URL; name the tenant per transaction or add &options=-c%%20pgtenant.tenant%%3Dacme)\n", routerURL(addr))
+	fmt.Fprintf(a.stdout, "psql:    %s\n", psqlLine(addr, "acme"))
+}
+
+// clusterRunning reports whether any server of cl runs.
+func clusterRunning(cl *devcluster.Cluster) bool {
 	for _, n := range cl.Nodes {
-		running = running || n.Running
-	}
-	if !running {
-		up := "pgtenant dev up"
-		if def, _ := filepath.Abs(".pgtenant"); cl.Dir != def {
-			up += " --dir " + shellQuote(cl.Dir)
+		if n.Running {
+			return true
 		}
-		fmt.Fprintf(a.stdout, "\nthe cluster is stopped; start it again with:\n  %s\n", up)
+	}
+	return false
+}
+
+// devUpLine is the command that starts the local cluster in dir again.
+func devUpLine(dir string) string {
+	up := "pgtenant dev up"
+	if def, _ := filepath.Abs(".pgtenant"); dir != def {
+		up += " --dir " + shellQuote(dir)
+	}
+	return up
+}
+
+// printNext prints what to run on the local cluster cl, or how to start it
+// when it is stopped.
+func (a *app) printNext(cl *devcluster.Cluster) {
+	if !clusterRunning(cl) {
+		fmt.Fprintf(a.stdout, "\nthe cluster is stopped; start it again with:\n  %s\n", devUpLine(cl.Dir))
 		return
 	}
 	fmt.Fprintf(a.stdout, "\nnext:\n")
-	for _, c := range nextSteps(cl.Dir, "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant migrate up --dir ./migrations", "pgtenant console   # the web console on http://"+defaultConsoleListen+"/") {
+	for _, c := range nextSteps(cl.Dir, "pgtenant migrate create create_invoices --dir ./migrations   # then write its SQL", "pgtenant migrate up --dir ./migrations", "pgtenant tenant add acme", "pgtenant tenant locate acme", "pgtenant console   # the web console on http://"+defaultConsoleListen+"/") {
 		fmt.Fprintf(a.stdout, "  %s\n", c)
 	}
+}
+
+// devDir is the local cluster directory dev status and dev down act on: --dir
+// when given; else ./.pgtenant when it exists; else the directory of the
+// config file in use (--config, PGTENANT_CONFIG) when it is a dev cluster's,
+// as the `export PGTENANT_CONFIG=...` that dev up prints for a --dir names.
+func (a *app) devDir(cmd *cobra.Command, dir string) string {
+	if cmd.Flags().Changed("dir") || a.configPath == "" || filepath.Base(a.configPath) != devcluster.ConfigFile {
+		return dir
+	}
+	if _, err := os.Stat(dir); err == nil {
+		return dir
+	}
+	return filepath.Dir(a.configPath)
+}
+
+// checkClusterFlags refuses a local cluster's --nodes and --shards before
+// any server starts, so a typo leaves nothing running behind it.
+func checkClusterFlags(cmd *cobra.Command, nodes, shards int) error {
+	if nodes < 1 {
+		return usagef("--nodes %d: give at least 1", nodes)
+	}
+	if cmd.Flags().Changed("shards") && (shards < 1 || shards > 65536 || shards&(shards-1) != 0) {
+		return usagef("--shards %d: %v", shards, catalog.ErrBadShardCount)
+	}
+	return nil
 }

@@ -112,7 +112,19 @@ func TestDevUpPortsAndGitignore(t *testing.T) {
 			t.Errorf("dev router address %s is not between 10000 and the ephemeral range (from %d)", addr, low)
 		}
 	}
-	out = mustRun(t, "dev", "down", "--dir", "my cluster")
+	// Started with --no-router, its status says the router is not running
+	// and how to start it.
+	out = mustRun(t, "dev", "status", "--dir", "my cluster")
+	if want := "router:  not running (`pgtenant dev up --dir '" + abs + "'` starts it"; !strings.Contains(out, want) {
+		t.Errorf("dev status without a router does not say %q:\n%s", want, out)
+	}
+	// With the PGTENANT_CONFIG it printed exported, dev status and dev down
+	// find the cluster without --dir (there is no ./.pgtenant here).
+	t.Setenv("PGTENANT_CONFIG", filepath.Join(abs, devcluster.ConfigFile))
+	if out := mustRun(t, "dev", "status"); !strings.Contains(out, "local cluster in "+abs+"\n") {
+		t.Errorf("dev status with PGTENANT_CONFIG set does not show %s:\n%s", abs, out)
+	}
+	out = mustRun(t, "dev", "down")
 	if !strings.Contains(out, "stopped") {
 		t.Errorf("dev down: %s", out)
 	}

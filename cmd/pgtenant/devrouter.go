@@ -26,12 +26,8 @@ func (a *app) startDevRouter(ctx context.Context, dir string) (string, error) {
 		return "", err
 	}
 	addr := cfg.Router.Listen
-	if b, err := os.ReadFile(devcluster.PIDFile(dir)); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.Signal(0)) == nil {
-				return addr, nil
-			}
-		}
+	if _, running := devRouterRunning(dir); running {
+		return addr, nil
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -81,6 +77,25 @@ func (a *app) startDevRouter(ctx context.Context, dir string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("router did not listen on %s within 15s; see %s", addr, logPath)
+}
+
+// devRouterRunning reports whether the local cluster's router in dir runs
+// (its pid file names a live process), and the address its config gives it.
+func devRouterRunning(dir string) (string, bool) {
+	cfg, _, err := loadConfig(filepath.Join(dir, devcluster.ConfigFile))
+	if err != nil {
+		return "", false
+	}
+	b, err := os.ReadFile(devcluster.PIDFile(dir))
+	if err != nil {
+		return cfg.Router.Listen, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return cfg.Router.Listen, false
+	}
+	p, err := os.FindProcess(pid)
+	return cfg.Router.Listen, err == nil && p.Signal(syscall.Signal(0)) == nil
 }
 
 // logHas reports whether the file at path, from byte offset on, holds every

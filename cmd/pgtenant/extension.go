@@ -28,6 +28,14 @@ in the catalog: 'node add' installs them on the new node too.`,
 	add := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Install an extension on every node (idempotent)",
+		Long: `Run CREATE EXTENSION IF NOT EXISTS NAME WITH SCHEMA --schema on every node,
+as the node's role (an untrusted extension needs a superuser or the server's
+permission), and, once every node has it, record it in the catalog so that
+'node add' installs it on later nodes. Each node that fails is named (the
+others keep the extension); run it again once the cause is fixed.
+
+Undo: pgtenant has none: DROP EXTENSION on each node yourself (the catalog's
+record stays, so 'node add' would install it again).`,
 		Example: `  pgtenant extension add citext
   pgtenant extension add pgcrypto --schema public`,
 		Args: cobra.ExactArgs(1),

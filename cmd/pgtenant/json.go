@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/move"
 )
@@ -54,6 +55,31 @@ func nodesJSON(nodes []catalog.Node) []nodeJSON {
 	out := make([]nodeJSON, len(nodes))
 	for i, n := range nodes {
 		out[i] = nodeJSON{Node: n.Name, Shards: n.Shards, DSN: catalog.RedactDSN(n.DSN)}
+	}
+	return out
+}
+
+// userJSON is one element of `user list --json`.
+type userJSON struct {
+	User string `json:"user"`
+	// Role is the role the user's transactions run as on the nodes: the one
+	// given with --role, a restricted user's shard role, or "" for the
+	// runtime role (and for a restricted user whose tenant is not
+	// registered, whom routers refuse).
+	Role   string `json:"role"`
+	Tenant string `json:"tenant,omitempty"` // a restricted user's tenant
+}
+
+func usersJSON(users []catalog.User) []userJSON {
+	out := make([]userJSON, len(users))
+	for i, u := range users {
+		out[i] = userJSON{User: u.Name, Role: u.Role, Tenant: u.Tenant}
+		if u.Tenant != "" {
+			out[i].Role = ""
+			if u.Shard >= 0 {
+				out[i].Role = access.RestrictedRole(u.Shard)
+			}
+		}
 	}
 	return out
 }

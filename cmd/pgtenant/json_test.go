@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -75,6 +77,24 @@ func TestJSONOutputs(t *testing.T) {
 	if out := mustRun(t, "tenant", "list"); !strings.Contains(out, odd+"  ") || strings.Contains(out, `"pinned"`) {
 		t.Errorf("tenant list shows ids without quotes:\n%s", out)
 	}
+	// user list: the role each user's transactions run as ("" = the runtime
+	// role), and a restricted user's tenant.
+	var users []userJSON
+	jsonOut(t, 0, &users, "user", "list")
+	if users == nil || len(users) != 0 {
+		t.Errorf("user list --json without users: %+v, want []", users)
+	}
+	if code, out, errOut := pgtenantIn(t, "secret", "user", "add", "app", "--password-stdin"); code != 0 {
+		t.Fatalf("user add app: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := pgtenantIn(t, "secret", "user", "add", "bob", "--tenant", "pinned", "--password-stdin"); code != 0 {
+		t.Fatalf("user add bob --tenant pinned: exit %d\n%s%s", code, out, errOut)
+	}
+	jsonOut(t, 0, &users, "user", "list")
+	if want := []userJSON{{User: "app"}, {User: "bob", Role: access.RestrictedRole(3), Tenant: "pinned"}}; !reflect.DeepEqual(users, want) {
+		t.Errorf("user list --json: %+v, want %+v", users, want)
+	}
+
 	var nodes []nodeJSON
 	jsonOut(t, 0, &nodes, "node", "list")
 	if len(nodes) != 2 || nodes[0].Node != "a" || nodes[0].Shards != 2 || nodes[1].Shards != 2 || nodes[0].DSN == "" {

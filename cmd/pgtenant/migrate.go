@@ -67,7 +67,7 @@ missing or renamed applied file stops the run (see 'pgtenant migrate --help').`,
   pgtenant migrate up --dir ./migrations --allow-changed`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-			abs, err := filepath.Abs(dir)
+			abs, err := migrationsDir(dir)
 			if err != nil {
 				return err
 			}
@@ -111,12 +111,14 @@ Without --dir, the directory of the last 'migrate up' is used.`,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 			d := dir
 			if !dirChanged {
+				d = "migrations"
 				if remembered, err := c.Meta(ctx, metaMigrationsDir); err == nil && remembered != "" {
 					d = remembered
 				}
 			}
-			if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
-				return fmt.Errorf("no migrations directory %s; pass --dir", d)
+			d, err := migrationsDir(d)
+			if err != nil {
+				return err
 			}
 			targets, err := a.targets(ctx, c, nil)
 			if err != nil {
@@ -129,11 +131,25 @@ Without --dir, the directory of the last 'migrate up' is used.`,
 			return a.printMigrateStatus(d, st, all, allowChanged)
 		}),
 	}
-	status.Flags().StringVar(&dir, "dir", "migrations", "directory of migration files (default: the one last applied)")
+	status.Flags().StringVar(&dir, "dir", "", "directory of migration files (default: the one the last 'migrate up' applied, else ./migrations)")
 	status.Flags().BoolVar(&all, "all", false, "list every shard, not only those behind")
 	status.Flags().BoolVar(&allowChanged, "allow-changed", false, "warn instead of failing when applied files changed or are missing")
 	cmd.AddCommand(up, status, newMigrateDownCmd(a), newMigrateCreateCmd(a))
 	return cmd
+}
+
+// migrationsDir returns dir as an absolute path, or an error naming it when
+// it is not a directory: checked before anything runs, so a mistyped --dir
+// is not taken for a directory without migrations.
+func migrationsDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("no migrations directory %s; pass --dir", abs)
+	}
+	return abs, nil
 }
 
 // targets turns shards (all when nil) into migration targets.

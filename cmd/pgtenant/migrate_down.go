@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -47,7 +46,7 @@ and the error names the files and shards. Shards run in parallel as in
 				to = migrate.OneStep
 			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-				abs, err := filepath.Abs(dir)
+				abs, err := migrationsDir(dir)
 				if err != nil {
 					return err
 				}

@@ -226,8 +226,14 @@ source) unless --skip-verify is given.`,
 	}
 
 	cleanup := &cobra.Command{
-		Use:     "cleanup",
-		Short:   "Drop the source schemas that finished moves kept renamed, and orphaned slots",
+		Use:   "cleanup",
+		Short: "Drop the source schemas that finished moves kept renamed, and orphaned slots",
+		Long: `Drop what moves left behind on their source nodes: the old schema each
+finished move kept renamed (shard_NNNN_moved_ID), replication slots orphaned
+while a source was down, the change queues (and triggers) of trigger-method
+moves that ended without dropping them, and what a follower split's cleanup
+did not finish. Irreversible: a kept schema is the shard's last copy on its
+old node; run it once the moved shards serve well from their new nodes.`,
 		Example: `  pgtenant shard cleanup`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {

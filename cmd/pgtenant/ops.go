@@ -17,6 +17,9 @@ func newOpsCmd(a *app) *cobra.Command {
 		Example: `  pgtenant ops --limit 20`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if limit < 0 {
+				return usagef("--limit %d: give a count (0 or more)", limit)
+			}
 			ops, err := c.Operations(ctx, limit)
 			if err != nil {
 				return err

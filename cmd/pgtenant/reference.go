@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -37,7 +36,7 @@ table.`,
   pgtenant migrate up --dir ./migrations`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-			abs, err := filepath.Abs(dir)
+			abs, err := migrationsDir(dir)
 			if err != nil {
 				return err
 			}
@@ -70,6 +69,13 @@ table.`,
 	load := &cobra.Command{
 		Use:   "load TABLE --file ROWS.csv",
 		Short: "Copy CSV rows into a reference table on every node",
+		Long: `Copy the CSV rows of --file into TABLE in the shared schema of every node,
+each node in one transaction (a node that fails is named; the others keep the
+rows). Without --replace the rows are added; with it the table ends up holding
+exactly the file's rows: by primary key, rows not in the file are deleted and
+the others updated, so tenants' foreign keys to kept rows stay valid (a table
+without a primary key is emptied first). Columns are in the table's order;
+--header skips the first line.`,
 		Example: `  pgtenant reference load plans --file plans.csv --header --replace
   pgtenant reference load countries --file countries.csv`,
 		Args: cobra.ExactArgs(1),
@@ -94,13 +100,18 @@ table.`,
 		},
 	}
 	load.Flags().StringVar(&file, "file", "", "CSV file of rows (required)")
-	load.Flags().BoolVar(&replace, "replace", false, "delete the table's rows first")
+	load.Flags().BoolVar(&replace, "replace", false, "make the table hold exactly the file's rows: by primary key, rows not in the file are deleted and the others updated (without a key: emptied first)")
 	load.Flags().BoolVar(&header, "header", false, "the file's first line names the columns")
 	load.MarkFlagRequired("file")
 
 	exec := &cobra.Command{
-		Use:     "exec SQL",
-		Short:   "Run SQL that writes reference tables on every node",
+		Use:   "exec SQL",
+		Short: "Run SQL that writes reference tables on every node",
+		Long: `Run SQL on every node with search_path set to the shared schema and
+pgtenant.reference_write set, which the trigger guarding reference tables
+lets through: the way to change reference rows outside 'reference load'. Each
+node runs it in one transaction; a node that fails is named, the others keep
+the change.`,
 		Example: `  pgtenant reference exec "UPDATE plans SET price = 12 WHERE name = 'pro'"`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

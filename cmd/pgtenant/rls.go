@@ -33,6 +33,16 @@ users' transactions as it. DDL through the router then fails: use migrate up.`,
 	enable := &cobra.Command{
 		Use:   "enable [TABLE...]",
 		Short: "Enable row-level security on the tables (all registered tables with a tenant by default)",
+		Long: `Enable row-level security on registered tables (every table with a tenant
+column or a parent, or those named) in every shard of every node, with the
+policy of 'pgtenant rls --help', and make the routers run ordinary users'
+transactions as --runtime-role, created NOLOGIN on every node with the
+privileges the app needs. Names are checked first: an unknown or shared table
+changes nothing. From then on DDL through the router fails (42501): apply
+schema changes with 'pgtenant migrate up'.
+
+Undo: 'pgtenant rls disable' removes the policies; routers keep running users
+as the runtime role, which still has its privileges.`,
 		Example: `  pgtenant rls enable
   pgtenant rls enable invoices payments`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,10 +67,17 @@ users' transactions as it. DDL through the router then fails: use migrate up.`,
 }
 
 func (a *app) setRLS(ctx context.Context, c *catalog.Catalog, names []string, on bool, runtime string) error {
+	if on && !tables.ValidIdent(runtime) {
+		return usagef("--runtime-role %q: use a plain identifier", runtime)
+	}
+	// The registry first: it refuses unknown and shared tables, and nothing
+	// may change before that (a typo must not switch the routers' role).
+	changed, err := tables.New(c.Pool()).SetRLS(ctx, names, on)
+	if err != nil {
+		return err
+	}
+	newRuntime := false
 	if on {
-		if !tables.ValidIdent(runtime) {
-			return usagef("--runtime-role %q: use a plain identifier", runtime)
-		}
 		cur, err := c.Meta(ctx, access.MetaRuntimeRole)
 		if err != nil {
 			return err
@@ -69,16 +86,8 @@ func (a *app) setRLS(ctx context.Context, c *catalog.Catalog, names []string, on
 			if err := c.SetMeta(ctx, access.MetaRuntimeRole, runtime); err != nil {
 				return err
 			}
-			// Routers read the runtime role with the users: make them reload.
-			if err := c.BumpMapVersion(ctx); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "routers now run ordinary users' transactions as role %s\n", pgx.Identifier{runtime}.Sanitize())
+			newRuntime = true
 		}
-	}
-	changed, err := tables.New(c.Pool()).SetRLS(ctx, names, on)
-	if err != nil {
-		return err
 	}
 	state := "disabled"
 	if on {
@@ -90,5 +99,16 @@ func (a *app) setRLS(ctx context.Context, c *catalog.Catalog, names []string, on
 	if len(changed) == 0 {
 		fmt.Fprintln(a.stdout, "no tables with a tenant in the registry; declare them with `pgtenant table set NAME --tenant-column COL`")
 	}
-	return a.applyAccess(ctx, c, nil)
+	if err := a.applyAccess(ctx, c, nil); err != nil {
+		return err
+	}
+	if newRuntime {
+		// Routers read the runtime role with the users: make them reload,
+		// now that every node has the role.
+		if err := c.BumpMapVersion(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "routers now run ordinary users' transactions as role %s\n", pgx.Identifier{runtime}.Sanitize())
+	}
+	return nil
 }

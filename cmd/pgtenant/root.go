@@ -144,7 +144,7 @@ func isCobraUsage(err error) bool {
 	s := err.Error()
 	return strings.HasPrefix(s, "unknown command") || strings.HasPrefix(s, "accepts ") ||
 		strings.HasPrefix(s, "requires ") || strings.HasPrefix(s, "unknown flag") ||
-		strings.HasPrefix(s, "unknown shorthand flag")
+		strings.HasPrefix(s, "unknown shorthand flag") || strings.HasPrefix(s, "required flag(s)")
 }
 
 // catalogDSN resolves the catalog connection string or explains how to give one.

@@ -42,7 +42,7 @@ The router follows the catalog (LISTEN pgtenant_map), keeps serving from its
 last map if the catalog goes away, and holds a shard's new transactions while
 'shard move' fences it.
 
-Settings come from flags, then the environment (for the five flags that name
+Settings come from flags, then the environment (for the six flags that name
 a variable), then the config file's section 'router:', whose keys are the flag
 names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode,
 pool_size, pool_idle_timeout, max_clients, max_message_memory, tls_required,

@@ -33,6 +33,16 @@ or with 'pgtenant table set'.`,
 	set := &cobra.Command{
 		Use:   "set NAME (--tenant-column COL | --shared | --parent TABLE --via COL [--references COL])",
 		Short: "Declare how a table's rows belong to tenants",
+		Long: `Record in the catalog how a table's rows belong to tenants: its tenant
+column, --shared (the same rows for every tenant), or --parent and --via for a
+child table that reaches its tenant through a parent's key. Tenant purges,
+exports, moves, imports and row-level security read the rule; roles, grants
+and policies are then applied again to every shard (as 'access apply' does).
+Nothing in the shards' tables changes. The same rules come from
+'-- pgtenant:' annotations in migration files.
+
+Undo: 'pgtenant table remove NAME' (it also removes the table's row-level
+security).`,
 		Example: `  pgtenant table set invoices --tenant-column customer_id
   pgtenant table set countries --shared
   pgtenant table set invoice_lines --parent invoices --via invoice_id --references id`,
@@ -75,7 +85,7 @@ or with 'pgtenant table set'.`,
 
 	list := &cobra.Command{
 		Use:     "list",
-		Short:   "List the registry, and the tables of the shards that have no rule",
+		Short:   "List the registry, and the tables of shard 0 that have no rule",
 		Example: `  pgtenant table list`,
 		Args:    cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {

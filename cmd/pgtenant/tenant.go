@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -31,6 +32,19 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 	add := &cobra.Command{
 		Use:   "add ID | --file FILE",
 		Short: "Register a tenant in its hash shard, or in --shard N; or every id of a file",
+		Long: `Register a tenant in the catalog: in its hash shard
+(hashtextextended(id, 0) & (shards - 1)), or in --shard N (placed by hand:
+'tenant list' shows it as explicit). Nothing is written on the nodes: the
+shard's tables are already there (migrate up), and the app's inserts give the
+tenant its rows. A running router routes the tenant at once (it looks tenants
+up on demand; a refusal of an unknown tenant is kept 50 ms).
+
+--file registers every id of a file in one transaction: a bad, repeated or
+registered id stops it with its line number and nothing is added
+(--skip-existing keeps registered ids as they are).
+
+Undo: 'pgtenant tenant remove ID' (refused while the tenant has rows in
+registered tables; see its --help).`,
 		Example: `  pgtenant tenant add acme
   pgtenant tenant add "O'Reilly Media"
   pgtenant tenant add bigcorp --shard 17   # explicit placement overrides the hash
@@ -54,6 +68,9 @@ Tenant ids are text of 1 to 255 bytes; any characters are allowed.`,
 					return usagef("--skip-existing goes with --file")
 				}
 				loc, err := c.AddTenant(ctx, args[0], want)
+				if errors.Is(err, catalog.ErrTenantExists) {
+					return fmt.Errorf("%w (SQLSTATE 23505); `pgtenant tenant locate %s` shows where it is", err, shellQuote(args[0]))
+				}
 				if err != nil {
 					return err
 				}

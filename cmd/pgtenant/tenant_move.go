@@ -47,7 +47,7 @@ rows. Writes made directly on the node (not through a router) are not fenced.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("to-shard") == isolate {
-				return usagef("give --to-shard N or --isolate")
+				return usagef("give one of --to-shard N or --isolate (not both)")
 			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 				opts := tenantops.MoveOptions{ToShard: toShard, Isolate: isolate, Batch: batch, FenceTimeout: fenceTimeout,

@@ -38,6 +38,15 @@ tenant with --tenant, a role that reaches only that tenant's shard.`,
 	set := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Create a router user, or change its password",
+		Long: `Create a user that apps log in to the router with, or change its password:
+the catalog keeps its SCRAM-SHA-256 and md5 verifiers (never the password),
+and every router following the catalog picks it up within a second. The
+router checks them with --auth scram-sha-256 (its default) or md5; with
+--auth trust any name gets in. The nodes never see these users: each user's
+transactions run there as a role (the runtime role of 'rls enable', --role,
+or --tenant's restricted role; see 'pgtenant user --help').
+
+Undo: 'pgtenant user remove NAME'.`,
 		Example: `  pgtenant user add app                        # asks for the password
   printf '%s' "$APP_PASSWORD" | pgtenant user add app --password-stdin`,
 		Args: cobra.ExactArgs(1),
@@ -78,7 +87,7 @@ tenant with --tenant, a role that reaches only that tenant's shard.`,
 		},
 	}
 	set.Flags().BoolVar(&stdin, "password-stdin", false, "read the password from standard input instead of asking")
-	set.Flags().StringVar(&role, "role", "", "run the user's transactions as this role (see `pgtenant role create`)")
+	set.Flags().StringVar(&role, "role", "", "run the user's transactions as this role (made with 'pgtenant role create')")
 	set.Flags().StringVar(&tenant, "tenant", "", "restrict the user to this tenant: its transactions run as a role that reaches only the tenant's shard, under row-level security, and escape statements are refused")
 	cmd.AddCommand(set, &cobra.Command{
 		Use:     "list",
@@ -90,19 +99,21 @@ tenant with --tenant, a role that reaches only that tenant's shard.`,
 			if err != nil {
 				return err
 			}
+			if a.json {
+				return a.printJSON(usersJSON(users))
+			}
 			w := a.table("USER", "ROLE", "TENANT")
-			for _, u := range users {
+			for _, u := range usersJSON(users) {
 				role, tenant := u.Role, "-"
 				if u.Tenant != "" {
-					role, tenant = access.RestrictedRole(u.Shard), strconv.Quote(u.Tenant)
-					if u.Shard < 0 {
+					tenant = strconv.Quote(u.Tenant)
+					if role == "" {
 						role = "(tenant not registered)"
 					}
-				}
-				if role == "" {
+				} else if role == "" {
 					role = "(runtime role)"
 				}
-				row(w, u.Name, role, tenant)
+				row(w, u.User, role, tenant)
 			}
 			return w.Flush()
 		}),
