@@ -101,3 +101,28 @@ func TestPgjsTransactionPipeline(t *testing.T) {
 		})
 	}
 }
+
+// postgres.js's listen() sends LISTEN as Parse, Describe, Bind, Execute,
+// Sync. In transaction mode the router refused LISTEN only as a simple
+// Query: over the extended protocol it ran on a pooled backend, which went
+// back to the pool listening (for the next clients), and the client, told
+// "LISTEN", never heard a notification (the suite's listen tests timed
+// out). It is refused as in a simple Query, before reaching a backend.
+func TestPgjsListenExtendedTransactionMode(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
+	fe, nc := rawConn(t, s, "t1")
+	fe.Send(&pgproto3.Parse{Name: "pgjs_listen", Query: `listen "test"`})
+	fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: "pgjs_listen"})
+	fe.Send(&pgproto3.Bind{PreparedStatement: "pgjs_listen"})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	fe.Send(&pgproto3.Query{String: "SELECT count(*) FROM pg_listening_channels()"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]string{{"E 0A000", "Z I"}, {"T", "D 0", "C", "Z I"}} {
+		if got := readUntilRFQ(t, fe, nc); !slices.Equal(got, want) {
+			t.Fatalf("answer %d: got %v, want %v", i, got, want)
+		}
+	}
+}
