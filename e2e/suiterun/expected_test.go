@@ -57,6 +57,7 @@ func TestRunnersLists(t *testing.T) {
 		{"../pgxsuite/testdata/expected-*.txt", " # "},
 		{"../nodepgsuite/testdata/expected-*.txt", " # "},
 		{"../rubypgsuite/testdata/expected-*.txt", " | "},
+		{"../pgjssuite/testdata/expected-*.txt", " # "},
 	} {
 		paths, err := filepath.Glob(tc.glob)
 		if err != nil || len(paths) == 0 {

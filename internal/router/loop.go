@@ -1281,11 +1281,19 @@ func (ss *session) synthPortal(portal []byte, tag string) {
 // Describe, one that can describe it).
 func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 	if describe {
-		if ss.be != nil {
+		// Describing must not open the deferred transaction for a tenant
+		// that the statement (SET LOCAL, set_config) may change. A
+		// statement that runs for a known tenant opens it, as its Bind
+		// would: the Bind that follows in the same pipeline (postgres.js)
+		// must find that tenant's backend, the tenant's own tables are
+		// described (not shard 0's), and a statement that fails to parse
+		// fails the transaction (not before its BEGIN, on a session
+		// mode backend).
+		keepDeferred := def.info.op == opSetConfig || (ss.pendingBegin != "" && (def.info.op != opNone || ss.pickTenant(&def.info) == ""))
+		if ss.be != nil && (ss.pendingBegin == "" || keepDeferred) {
 			return nil
 		}
-		if ss.pendingBegin != "" || def.info.op == opSetConfig {
-			// Describing must not open the deferred transaction.
+		if keepDeferred {
 			return ss.ensureBackend(descTenant)
 		}
 	}
