@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"unsafe"
 )
@@ -56,6 +57,14 @@ type Reader struct {
 	bctx   context.Context
 	held   int64 // bytes of budget held for the last body
 	owned  bool  // the last body is in a buffer the Reader will not reuse
+
+	// cut is a large body whose read a deadline ended part way (the
+	// router's idle watch wakes a client's read so): the next ReadMessage
+	// goes on with it, instead of reading its rest as new messages.
+	cut      []byte
+	cutN     int  // bytes of cut read
+	cutTyp   byte // its message type
+	cutOwned bool // cut is a buffer of its own (see owned)
 }
 
 // NewReader returns a Reader over r with a buffer of size bytes that refuses
@@ -166,22 +175,35 @@ func (r *Reader) discard(n int) error {
 }
 
 // readFull fills b with the next len(b) bytes: what is buffered, then
-// straight from the connection.
-func (r *Reader) readFull(b []byte) error {
+// straight from the connection. It returns how many it filled.
+func (r *Reader) readFull(b []byte) (int, error) {
 	k := copy(b, r.buf[r.r:r.w])
 	r.r += k
-	b = b[k:]
-	for len(b) > 0 {
-		n, err := r.rd.Read(b)
-		b = b[n:]
-		if err != nil {
-			if len(b) > 0 {
-				return err
-			}
-			break
+	for k < len(b) {
+		n, err := r.rd.Read(b[k:])
+		k += n
+		if err != nil && k < len(b) {
+			return k, err
 		}
 	}
-	return nil
+	return k, nil
+}
+
+// readCut goes on reading the body a deadline cut (see Reader.cut).
+func (r *Reader) readCut() (byte, []byte, error) {
+	n, err := r.readFull(r.cut[r.cutN:])
+	r.cutN += n
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, nil, err // cut again
+	}
+	typ, b, owned := r.cutTyp, r.cut, r.cutOwned
+	r.cut = nil
+	if err != nil {
+		r.Release()
+		return 0, nil, unexpected(err)
+	}
+	r.owned = owned
+	return typ, b, nil
 }
 
 // UseBudget makes r take bodies larger than PinnedMax from b (see Budget);
@@ -253,6 +275,9 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 
 // ReadMessage reads one typed message: its type byte and body.
 func (r *Reader) ReadMessage() (byte, []byte, error) {
+	if r.cut != nil {
+		return r.readCut()
+	}
 	r.Release()
 	hdr, err := r.peek(5)
 	if err != nil {
@@ -270,6 +295,9 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 		return typ, nil, &TooLargeError{Size: n - 4, Max: r.max}
 	}
 	body, err := r.readBody(5, n+1)
+	if r.cut != nil {
+		r.cutTyp = typ
+	}
 	if typ == MsgReadyForQuery && err == nil && r.raw != nil {
 		r.raw.in++ // see ReadMessageAfter
 	}
@@ -344,7 +372,10 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 			r.big = make([]byte, n)
 		}
 		b := r.big[:n]
-		if err := r.readFull(b); err != nil {
+		if k, err := r.readFull(b); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				r.cut, r.cutN, r.cutOwned = b, k, false
+			}
 			return nil, unexpected(err)
 		}
 		return b, nil
@@ -372,7 +403,11 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		r.held = int64(n)
 	}
 	b := make([]byte, n)
-	if err := r.readFull(b); err != nil {
+	if k, err := r.readFull(b); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.cut, r.cutN, r.cutOwned = b, k, true // its budget stays held
+			return nil, err
+		}
 		r.Release()
 		return nil, unexpected(err)
 	}
