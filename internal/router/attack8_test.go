@@ -320,3 +320,28 @@ func eventpollFds(t *testing.T) int {
 	}
 	return n
 }
+
+// The unnamed statement after its Parse failed on the server: a Describe
+// or Bind of it is 26000, as on PostgreSQL (it dropped the old one before
+// parsing). Before, the router kept the failed text and prepared it again:
+// 42601 at every Describe. A Parse that was only skipped (an earlier error
+// of the pipeline) leaves the earlier statement, as on the server.
+func TestHostileUnnamedAfterFailedParse(t *testing.T) {
+	eachTarget(t, func(c *tc) string {
+		var out []string
+		c.send(&pgproto3.Parse{Query: "SELECT shard FROM whoami"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Parse{Query: "SELEC 1"}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		c.send(&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		out = append(out, c.recv(1))
+		// In one pipeline: the failed Parse, then a Describe after the Sync.
+		c.send(&pgproto3.Parse{Query: "SELECT shard FROM whoami"}, &pgproto3.Sync{},
+			&pgproto3.Parse{Query: "SELECT * FROM a8_missing"}, &pgproto3.Sync{},
+			&pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
+		out = append(out, c.recv(3))
+		return strings.Join(out, " | ")
+	})
+}

@@ -1203,6 +1203,9 @@ func (ss *session) drain(all bool) error {
 				if e.kind == eParse && e.name == "" {
 					be.ForgetUnnamed() // the server has none now
 				}
+				if e.kind == eParse && e.stmtName == "" && e.stmt != nil && ss.unnamed == e.stmt {
+					ss.unnamed = nil // refused: the client has none either (26000 next)
+				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
 					ss.dropParsed(&ss.queue[0])

@@ -962,7 +962,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if !sent {
 		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
 	}
-	if len(pm.Name) != 0 {
+	if len(pm.Name) != 0 || sent {
 		q := &ss.queue[len(ss.queue)-1]
 		q.stmt, q.stmtName = def, string(pm.Name)
 	}
