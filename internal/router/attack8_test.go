@@ -345,3 +345,31 @@ func TestHostileUnnamedAfterFailedParse(t *testing.T) {
 		return strings.Join(out, " | ")
 	})
 }
+
+// A cancel sent while the client's statement waits for a backend from a
+// full pool ends the wait with 57014, as PostgreSQL cancels a statement
+// waiting for a lock; nothing of it runs, and the next statement runs.
+// Before, the cancel was lost and the statement ran once a backend was
+// free.
+func TestHostileCancelWhileWaitingForPool(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	h := tcConnect(t, s, "t2")
+	if got := h.q("BEGIN; SELECT 1 FROM whoami"); got != "C(BEGIN) D(1) C(SELECT 1) ZT" {
+		t.Fatalf("holder: %s", got) // holds the only backend
+	}
+	a := tcConnect(t, s, "t2")
+	a.send(&pgproto3.Query{String: "INSERT INTO sink (body) VALUES ('a8-cancelled')"})
+	if !waitPoolWaiting(s, 10*time.Second) {
+		t.Fatal("a's statement is not waiting for the pool")
+	}
+	sendCancel(t, s.Addr().String(), &pgproto3.CancelRequest{ProcessID: a.pc.PID(), SecretKey: a.pc.SecretKey()})
+	if got := a.recv(1); got != "E(57014:canceling statement due to user request) ZI" {
+		t.Errorf("statement cancelled while waiting for the pool: %s", got)
+	}
+	if got := h.q("COMMIT"); got != "C(COMMIT) ZI" {
+		t.Fatalf("holder's COMMIT: %s", got)
+	}
+	if got := a.q("SELECT count(*) FROM sink WHERE body = 'a8-cancelled'"); got != "D(0) C(SELECT 1) ZI" {
+		t.Errorf("the cancelled statement's row: %s", got)
+	}
+}

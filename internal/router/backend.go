@@ -400,12 +400,17 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	p := ss.srv.poolFor(node, ss.access.Role)
 	t0 := time.Now()
 	be, err := keep, error(nil)
+	cancelled := false
 	if be == nil {
-		be, err = p.Acquire(ss.ctx)
+		be, err = p.Acquire(ss.acquireCtx())
+		cancelled = ss.acquireDone()
 	}
 	if err != nil {
 		if g != nil {
 			ss.leaveGate(g)
+		}
+		if cancelled && errors.Is(err, context.Canceled) {
+			return &wire.Error{Code: "57014", Message: "canceling statement due to user request"}
 		}
 		if errors.Is(err, pool.ErrWaitTimeout) {
 			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free in time", node.Name),
