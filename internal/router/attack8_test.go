@@ -373,3 +373,115 @@ func TestHostileCancelWhileWaitingForPool(t *testing.T) {
 		t.Errorf("the cancelled statement's row: %s", got)
 	}
 }
+
+// The setup sent ahead of a buffered Parse pipeline (parselook.go) in
+// combinations hostile11 did not try: a Parse pipeline for one tenant and
+// a simple Query for another in the same write, an Execute with a row
+// limit then Sync, a cursor fetched across pipelines in a transaction.
+// Each statement reads its own tenant's shard and id.
+func TestHostileParseLookCombinations(t *testing.T) {
+	const who = "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"
+	hint := func(tenant, sql string) string { return "/* tenant: " + tenant + " */ " + sql }
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+			c := tcConnect(t, s, "")
+			body := "a8-pq-" + string(mode)
+			c.send(&pgproto3.Parse{Query: hint("t4", "INSERT INTO sink (body) VALUES ('"+body+"')")}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				&pgproto3.Query{String: hint("t6", who)})
+			if got := c.recv(2); got != "P B C(INSERT 0 1) ZI D(6,t6) C(SELECT 1) ZI" {
+				t.Errorf("Parse pipeline for t4, then a Query for t6: %s", got)
+			}
+			if got := c.q(hint("t4", "SELECT tenant FROM sink WHERE body = '"+body+"'")); got != "D(t4) C(SELECT 1) ZI" {
+				t.Errorf("t4's row: %s", got)
+			}
+			c.send(&pgproto3.Parse{Query: hint("t4", who+", generate_series(1, 3)")}, &pgproto3.Bind{}, &pgproto3.Execute{MaxRows: 2}, &pgproto3.Sync{},
+				&pgproto3.Parse{Query: hint("t6", who)}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			if got := c.recv(2); got != "P B D(4,t4) D(4,t4) *pgproto3.PortalSuspended ZI P B D(6,t6) C(SELECT 1) ZI" {
+				t.Errorf("row limit then Sync, then t6: %s", got)
+			}
+			if got := c.q("BEGIN; SET LOCAL pgtenant.tenant = 't4'"); got != "C(BEGIN) C(SET) ZT" {
+				t.Errorf("BEGIN: %s", got)
+			}
+			c.send(&pgproto3.Parse{Query: "DECLARE a8c CURSOR FOR " + who + ", generate_series(1, 3)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			if got := c.recv(1); got != "P B C(DECLARE CURSOR) ZT" {
+				t.Errorf("DECLARE: %s", got)
+			}
+			for i := 0; i < 2; i++ {
+				c.send(&pgproto3.Parse{Query: "FETCH 1 FROM a8c"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+				if got := c.recv(1); got != "P B D(4,t4) C(FETCH 1) ZT" {
+					t.Errorf("FETCH %d: %s", i, got)
+				}
+			}
+			if got := c.q(hint("t6", who)); !strings.HasPrefix(got, "E(25001:") {
+				t.Errorf("another tenant inside t4's transaction: %s", got)
+			}
+			if got := c.q("COMMIT"); got != "C(ROLLBACK) ZI" {
+				t.Errorf("COMMIT after the refused statement: %s", got)
+			}
+			d := tcConnect(t, s, "t6")
+			if got := d.q(who); got != "D(6,t6) C(SELECT 1) ZI" {
+				t.Errorf("next client: %s", got)
+			}
+		})
+	}
+}
+
+// Session mode: a client that switches tenants (SET pgtenant.tenant) right
+// after a wake gets the new tenant's shard and id; many idle clients armed
+// at once are each woken; Drain and stop with clients armed leave no
+// goroutine and no epoll set.
+func TestHostileIdleWakeManyAndDrain(t *testing.T) {
+	t.Cleanup(checkNoLeak(t))
+	epolls := eventpollFds(t)
+	t.Cleanup(func() {
+		if got := eventpollFds(t); got != epolls {
+			t.Errorf("epoll sets after the router stopped: %d, want %d", got, epolls)
+		}
+	})
+	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 120}}, nil)
+	other := connect(t, s, "t4", pgx.QueryExecModeSimpleProtocol)
+	a := a8Client(t, s, "a8switch", nil)
+	notifyAndSee(t, other, a, "a8switch", "before the switch")
+	const who = "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"
+	if got := a.q("SET pgtenant.tenant = 't5'"); got != "C(SET) ZI" {
+		t.Errorf("SET while listening: %s", got)
+	}
+	if got := a.q(who); !strings.HasPrefix(got, "E(0A000:") {
+		t.Errorf("another node's tenant while listening: %s", got)
+	}
+	// (UNLISTEN is refused too while t5 is selected: back to t4 first.)
+	if got := a.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
+		t.Errorf("SET back: %s", got)
+	}
+	if got := a.q("UNLISTEN *"); got != "C(UNLISTEN) ZI" {
+		t.Errorf("UNLISTEN: %s", got)
+	}
+	if got := a.q("SET pgtenant.tenant = 't5'"); got != "C(SET) ZI" {
+		t.Errorf("SET t5: %s", got)
+	}
+	if got := a.q(who); got != "D(5,t5) C(SELECT 1) ZI" {
+		t.Errorf("switch to t5 after a wake: %s", got)
+	}
+	if got := a.q("SET pgtenant.tenant = 't4'; " + who + "; LISTEN a8switch"); got != "C(SET) D(4,t4) C(SELECT 1) C(LISTEN) ZI" {
+		t.Errorf("back to t4: %s", got)
+	}
+	notifyAndSee(t, other, a, "a8switch", "after the switch")
+	var many []*tc
+	for i := 0; i < 100; i++ {
+		many = append(many, a8Client(t, s, "a8many", nil))
+	}
+	if _, err := other.Exec(ctx(t), "NOTIFY a8many, 'all'"); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range many {
+		if got := c.recvNotification(); got != "all" {
+			t.Fatalf("client %d of 100: %s", i, got)
+		}
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if n := s.Drain(dctx, 200*time.Millisecond); n == 0 {
+		t.Errorf("Drain with session clients holding backends: 0 left")
+	}
+}

@@ -617,8 +617,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if ss.be == nil {
 				return ss.reply("UNLISTEN", nil)
 			}
+			if ss.status == 'I' && strings.Contains(sql, "*") {
+				ss.listening = false // the session may switch tenants again
+			}
 		case kDiscard:
 			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
+				ss.listening = false
 				ss.sets = nil
 				ss.resig()
 				ss.pathNext = 0 // the client's search_path is gone with the rest
