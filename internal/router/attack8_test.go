@@ -387,6 +387,7 @@ func TestHostileParseLookCombinations(t *testing.T) {
 			s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
 			c := tcConnect(t, s, "")
 			body := "a8-pq-" + string(mode)
+			c.q(hint("t4", "DELETE FROM sink WHERE body = '"+body+"'")) // (-count=n)
 			c.send(&pgproto3.Parse{Query: hint("t4", "INSERT INTO sink (body) VALUES ('"+body+"')")}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
 				&pgproto3.Query{String: hint("t6", who)})
 			if got := c.recv(2); got != "P B C(INSERT 0 1) ZI D(6,t6) C(SELECT 1) ZI" {

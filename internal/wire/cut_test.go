@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -43,5 +44,41 @@ func TestReadMessageCutByDeadline(t *testing.T) {
 		}
 		client.Close()
 		server.Close()
+	}
+}
+
+// The same for a body refused for memory, whose skipping a deadline cuts:
+// the next ReadMessage skips the rest and returns the refusal, and the
+// message after it is read whole.
+func TestReadMessageSkipCutByDeadline(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	body := bytes.Repeat([]byte("0123456789"), 300<<10) // 3 MB, past the budget
+	msg := Frame(Frame(nil, MsgQuery, body), MsgSync, nil)
+	r := NewReader(server, 16<<10, 0)
+	r.UseBudget(context.Background(), NewBudget(1<<20, time.Second))
+	cut, rest := make(chan struct{}), make(chan struct{})
+	go func() {
+		client.Write(msg[:len(msg)/3])
+		close(cut)
+		<-rest
+		client.Write(msg[len(msg)/3:])
+	}()
+	go func() {
+		<-cut
+		server.SetReadDeadline(time.Unix(1, 0))
+	}()
+	if _, _, err := r.ReadMessage(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("skip cut by the deadline: %v", err)
+	}
+	server.SetReadDeadline(time.Time{})
+	close(rest)
+	var me *MemoryError
+	if typ, _, err := r.ReadMessage(); typ != MsgQuery || !errors.As(err, &me) {
+		t.Fatalf("after the cut: %q %v, want the Query's MemoryError", typ, err)
+	}
+	if typ, _, err := r.ReadMessage(); typ != MsgSync || err != nil {
+		t.Fatalf("the next message: %q %v, want Sync", typ, err)
 	}
 }

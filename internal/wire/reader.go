@@ -65,6 +65,10 @@ type Reader struct {
 	cutN     int  // bytes of cut read
 	cutTyp   byte // its message type
 	cutOwned bool // cut is a buffer of its own (see owned)
+	// skipLeft is what is left to skip of a body refused for memory
+	// (skipErr) whose skipping a deadline cut; cutTyp is its type.
+	skipLeft int
+	skipErr  error
 }
 
 // NewReader returns a Reader over r with a buffer of size bytes that refuses
@@ -159,19 +163,55 @@ func (r *Reader) peek(n int) ([]byte, error) {
 	return r.buf[r.r : r.r+n], nil
 }
 
-// discard consumes the next n bytes.
-func (r *Reader) discard(n int) error {
-	for n > 0 {
+// discard consumes the next n bytes; it returns how many it consumed.
+func (r *Reader) discard(n int) (int, error) {
+	done := 0
+	for done < n {
 		if r.r == r.w {
 			if err := r.fill(); err != nil && r.r == r.w {
-				return err
+				return done, err
 			}
 		}
-		k := min(n, r.w-r.r)
+		k := min(n-done, r.w-r.r)
 		r.r += k
-		n -= k
+		done += k
 	}
-	return nil
+	return done, nil
+}
+
+// skipRefused skips the rest of a body refused for memory (skipLeft), at a
+// pace shared by all the readers (see SkipRate), and returns err, the
+// refusal; a deadline that cuts it leaves the rest for the next
+// ReadMessage (readSkip).
+func (r *Reader) skipRefused(err error) error {
+	for r.skipLeft > 0 {
+		step := min(r.skipLeft, 256<<10)
+		if perr := r.budget.pace(r.bctx, step); perr != nil {
+			r.skipLeft = 0
+			return perr
+		}
+		k, derr := r.discard(step)
+		r.skipLeft -= k
+		if derr != nil {
+			if errors.Is(derr, os.ErrDeadlineExceeded) {
+				r.skipErr = err
+				return derr
+			}
+			r.skipLeft = 0
+			return unexpected(derr)
+		}
+	}
+	return err
+}
+
+// readSkip goes on skipping the refused body a deadline cut.
+func (r *Reader) readSkip() (byte, []byte, error) {
+	err := r.skipRefused(r.skipErr)
+	if r.skipLeft > 0 {
+		return 0, nil, err // cut again
+	}
+	r.skipErr = nil
+	return r.cutTyp, nil, err
 }
 
 // readFull fills b with the next len(b) bytes: what is buffered, then
@@ -278,6 +318,9 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 	if r.cut != nil {
 		return r.readCut()
 	}
+	if r.skipLeft > 0 {
+		return r.readSkip()
+	}
 	r.Release()
 	hdr, err := r.peek(5)
 	if err != nil {
@@ -295,7 +338,7 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 		return typ, nil, &TooLargeError{Size: n - 4, Max: r.max}
 	}
 	body, err := r.readBody(5, n+1)
-	if r.cut != nil {
+	if r.cut != nil || r.skipLeft > 0 {
 		r.cutTyp = typ
 	}
 	if typ == MsgReadyForQuery && err == nil && r.raw != nil {
@@ -359,7 +402,7 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		r.r += total
 		return b[skip:total:total], nil
 	}
-	if err := r.discard(skip); err != nil {
+	if _, err := r.discard(skip); err != nil {
 		return nil, err
 	}
 	n := total - skip
@@ -385,18 +428,9 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 			var me *MemoryError
 			if errors.As(err, &me) {
 				// Skip the body so that the connection stays in step
-				// and the client reads the error, at a pace shared by
-				// all the readers (see SkipRate).
-				for left := n; left > 0; {
-					step := min(left, 256<<10)
-					if perr := r.budget.pace(r.bctx, step); perr != nil {
-						return nil, perr
-					}
-					if derr := r.discard(step); derr != nil {
-						return nil, unexpected(derr)
-					}
-					left -= step
-				}
+				// and the client reads the error.
+				r.skipLeft = n
+				return nil, r.skipRefused(err)
 			}
 			return nil, err
 		}
