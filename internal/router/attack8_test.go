@@ -486,3 +486,32 @@ func TestHostileIdleWakeManyAndDrain(t *testing.T) {
 		t.Errorf("Drain with session clients holding backends: 0 left")
 	}
 }
+
+// A flood of notifications to an idle LISTENing client that does not
+// read: its session waits to write, alone (other clients are served); once
+// it reads, every notification comes, in order, and its next query is
+// answered; the router stops with nothing left, though another such client
+// never read.
+func TestHostileIdleNotifyFlood(t *testing.T) {
+	t.Cleanup(checkNoLeak(t))
+	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 4}}, nil)
+	other := connect(t, s, "t4", pgx.QueryExecModeSimpleProtocol)
+	a := a8Client(t, s, "a8flood", nil)
+	a8Client(t, s, "a8flood", nil) // never reads: the router stops with it waiting to write
+	const n = 3000                 // of about 1 kB: more than the sockets hold
+	if _, err := other.Exec(ctx(t), "SELECT pg_notify('a8flood', g || repeat('z', 1000)) FROM generate_series(1, $1::int) g", n); err != nil {
+		t.Fatal(err)
+	}
+	b := tcConnect(t, s, "t6")
+	if got := b.q("SELECT shard FROM whoami"); got != "D(6) C(SELECT 1) ZI" {
+		t.Fatalf("another client during the flood: %s", got)
+	}
+	for i := 1; i <= n; i++ {
+		if got := a.recvNotification(); !strings.HasPrefix(got, fmt.Sprint(i, "z")) {
+			t.Fatalf("notification %d: %.40s", i, got)
+		}
+	}
+	if got := a.q("SELECT 'after the flood'"); got != "D(after the flood) C(SELECT 1) ZI" {
+		t.Fatalf("query after the flood: %s", got)
+	}
+}
