@@ -305,9 +305,9 @@ func sendCancel(t *testing.T, addr string, req *pgproto3.CancelRequest) {
 // Cancel requests that must cancel nothing: a zero key, the client's
 // process id with a zero secret, the client's own key sent to another
 // router over the same nodes (routers share no keys: that cancel is lost,
-// see docs/architecture.md), and a cancel sent while the client's
-// statement waits for a backend from the pool (nothing runs yet: the
-// statement then runs, and so does the next).
+// see docs/architecture.md); and a cancel sent while the client's
+// statement waits for a backend from the pool (that one ends with 57014
+// since session 11, TestHostileCancelWhileWaitingForPool; the next runs).
 func TestHostileCancelHeld(t *testing.T) {
 	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
 	other := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)

@@ -34,9 +34,8 @@ func TestHostileUnnamedFidelity(t *testing.T) {
 		out = append(out, c.recv(1))
 		c.send(&pgproto3.Parse{Query: "SELEC 1"}, &pgproto3.Sync{})
 		out = append(out, c.recv(1))
-		// (A Describe of the unnamed statement now is 26000 on the server;
-		// the router refuses the failed text again, 42601, by design: see
-		// dropParsed.)
+		// (A Describe of the unnamed statement now is 26000, on the server
+		// and through the router: TestHostileUnnamedAfterFailedParse.)
 		c.send(&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{})
 		out = append(out, c.recv(1))
 		// Close of statements and portals that never existed.

@@ -400,12 +400,17 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	p := ss.srv.poolFor(node, ss.access.Role)
 	t0 := time.Now()
 	be, err := keep, error(nil)
+	cancelled := false
 	if be == nil {
-		be, err = p.Acquire(ss.ctx)
+		be, err = p.Acquire(ss.acquireCtx())
+		cancelled = ss.acquireDone()
 	}
 	if err != nil {
 		if g != nil {
 			ss.leaveGate(g)
+		}
+		if cancelled && errors.Is(err, context.Canceled) {
+			return &wire.Error{Code: "57014", Message: "canceling statement due to user request"}
 		}
 		if errors.Is(err, pool.ErrWaitTimeout) {
 			return &wire.Error{Code: "53300", Message: fmt.Sprintf("no backend connection to node %q became free in time", node.Name),
@@ -1195,6 +1200,9 @@ func (ss *session) drain(all bool) error {
 				}
 				if e.kind == eParse && e.name == "" {
 					be.ForgetUnnamed() // the server has none now
+				}
+				if e.kind == eParse && e.stmtName == "" && e.stmt != nil && ss.unnamed == e.stmt {
+					ss.unnamed = nil // refused: the client has none either (26000 next)
 				}
 				// The server skips to Sync: so do we.
 				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {

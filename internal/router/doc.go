@@ -238,6 +238,7 @@
 //	       fast path: its lo_* large-object functions; ReadyForQuery follows, the session goes on)
 //	08006  the tenant's node is unreachable or the backend connection failed
 //	53300  too many clients, or no backend connection free within the wait timeout
+//	57014  a cancel request while the statement waited for a backend from the pool, or a fenced shard
 //	40001  the shard is being moved (held too long, or its transaction or unsynced pipeline was cut)
 //	28P01  authentication failed
 //	08P01  protocol violation (malformed or oversized message; a direct TLS handshake without the ALPN

@@ -180,6 +180,12 @@ func (ss *session) armIdle() bool {
 		a.mu.Unlock()
 		return false
 	}
+	if ss.be.R.MessageBuffered() {
+		// Read with the last answer (the router read late: a notification
+		// or a FATAL right behind a ReadyForQuery): the socket will not
+		// say it, so wake now.
+		ss.wakeIdle()
+	}
 	return true
 }
 

@@ -617,8 +617,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if ss.be == nil {
 				return ss.reply("UNLISTEN", nil)
 			}
+			if ss.status == 'I' && strings.Contains(sql, "*") {
+				ss.listening = false // the session may switch tenants again
+			}
 		case kDiscard:
 			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
+				ss.listening = false
 				ss.sets = nil
 				ss.resig()
 				ss.pathNext = 0 // the client's search_path is gone with the rest
@@ -962,7 +966,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if !sent {
 		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
 	}
-	if len(pm.Name) != 0 {
+	if len(pm.Name) != 0 || sent {
 		q := &ss.queue[len(ss.queue)-1]
 		q.stmt, q.stmtName = def, string(pm.Name)
 	}

@@ -158,6 +158,12 @@ type session struct {
 	beStart  time.Time
 	entry    inflight // this session's entry in its gate (one at a time)
 	cancelCh chan struct{}
+	// acq is the context of the session's waits for a pool backend, which
+	// a cancel request ends (acquireCtx); under acqMu.
+	acqMu     sync.Mutex
+	acq       context.Context
+	acqStop   context.CancelFunc
+	acquiring bool
 	// portalSet is the session SET bound to portal portalSetName, until
 	// its Execute or the next Sync; portalPrep likewise the names of the
 	// SQL PREPARE bound to portal portalPrepName.
@@ -765,6 +771,11 @@ func (ss *session) cancelQuery() {
 	case ss.cancelCh <- struct{}{}: // ends a hold on a fenced shard
 	default:
 	}
+	ss.acqMu.Lock()
+	if ss.acquiring {
+		ss.acqStop() // ends a wait for a pool backend (57014)
+	}
+	ss.acqMu.Unlock()
 	// Held until the server has the request (it closes the connection
 	// then): detachCancel waits for it, so the backend is not given to
 	// another client, or reset, with this client's cancel on its way.
@@ -787,6 +798,27 @@ func (ss *session) cancelQuery() {
 		ss.srv.log.Warn("cancel request", "session", ss.id, "node", be.Node(), "err", err)
 		ss.cancelLost = be // it may still arrive: never give be to another client
 	}
+}
+
+// acquireCtx is the context of a wait for a pool backend: ss.ctx, ended
+// also by a cancel request while the wait lasts (until acquireDone).
+func (ss *session) acquireCtx() context.Context {
+	ss.acqMu.Lock()
+	defer ss.acqMu.Unlock()
+	if ss.acq == nil || ss.acq.Err() != nil {
+		ss.acq, ss.acqStop = context.WithCancel(ss.ctx)
+	}
+	ss.acquiring = true
+	return ss.acq
+}
+
+// acquireDone ends the wait acquireCtx began; it reports whether a cancel
+// request ended it.
+func (ss *session) acquireDone() bool {
+	ss.acqMu.Lock()
+	defer ss.acqMu.Unlock()
+	ss.acquiring = false
+	return ss.acq.Err() != nil && ss.ctx.Err() == nil
 }
 
 // detachCancel makes the client's cancel requests reach no backend from

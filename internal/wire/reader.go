@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"unsafe"
 )
@@ -56,6 +57,18 @@ type Reader struct {
 	bctx   context.Context
 	held   int64 // bytes of budget held for the last body
 	owned  bool  // the last body is in a buffer the Reader will not reuse
+
+	// cut is a large body whose read a deadline ended part way (the
+	// router's idle watch wakes a client's read so): the next ReadMessage
+	// goes on with it, instead of reading its rest as new messages.
+	cut      []byte
+	cutN     int  // bytes of cut read
+	cutTyp   byte // its message type
+	cutOwned bool // cut is a buffer of its own (see owned)
+	// skipLeft is what is left to skip of a body refused for memory
+	// (skipErr) whose skipping a deadline cut; cutTyp is its type.
+	skipLeft int
+	skipErr  error
 }
 
 // NewReader returns a Reader over r with a buffer of size bytes that refuses
@@ -150,38 +163,87 @@ func (r *Reader) peek(n int) ([]byte, error) {
 	return r.buf[r.r : r.r+n], nil
 }
 
-// discard consumes the next n bytes.
-func (r *Reader) discard(n int) error {
-	for n > 0 {
+// discard consumes the next n bytes; it returns how many it consumed.
+func (r *Reader) discard(n int) (int, error) {
+	done := 0
+	for done < n {
 		if r.r == r.w {
 			if err := r.fill(); err != nil && r.r == r.w {
-				return err
+				return done, err
 			}
 		}
-		k := min(n, r.w-r.r)
+		k := min(n-done, r.w-r.r)
 		r.r += k
-		n -= k
+		done += k
 	}
-	return nil
+	return done, nil
+}
+
+// skipRefused skips the rest of a body refused for memory (skipLeft), at a
+// pace shared by all the readers (see SkipRate), and returns err, the
+// refusal; a deadline that cuts it leaves the rest for the next
+// ReadMessage (readSkip).
+func (r *Reader) skipRefused(err error) error {
+	for r.skipLeft > 0 {
+		step := min(r.skipLeft, 256<<10)
+		if perr := r.budget.pace(r.bctx, step); perr != nil {
+			r.skipLeft = 0
+			return perr
+		}
+		k, derr := r.discard(step)
+		r.skipLeft -= k
+		if derr != nil {
+			if errors.Is(derr, os.ErrDeadlineExceeded) {
+				r.skipErr = err
+				return derr
+			}
+			r.skipLeft = 0
+			return unexpected(derr)
+		}
+	}
+	return err
+}
+
+// readSkip goes on skipping the refused body a deadline cut.
+func (r *Reader) readSkip() (byte, []byte, error) {
+	err := r.skipRefused(r.skipErr)
+	if r.skipLeft > 0 {
+		return 0, nil, err // cut again
+	}
+	r.skipErr = nil
+	return r.cutTyp, nil, err
 }
 
 // readFull fills b with the next len(b) bytes: what is buffered, then
-// straight from the connection.
-func (r *Reader) readFull(b []byte) error {
+// straight from the connection. It returns how many it filled.
+func (r *Reader) readFull(b []byte) (int, error) {
 	k := copy(b, r.buf[r.r:r.w])
 	r.r += k
-	b = b[k:]
-	for len(b) > 0 {
-		n, err := r.rd.Read(b)
-		b = b[n:]
-		if err != nil {
-			if len(b) > 0 {
-				return err
-			}
-			break
+	for k < len(b) {
+		n, err := r.rd.Read(b[k:])
+		k += n
+		if err != nil && k < len(b) {
+			return k, err
 		}
 	}
-	return nil
+	return k, nil
+}
+
+// readCut goes on reading the body a deadline cut (see Reader.cut).
+func (r *Reader) readCut() (byte, []byte, error) {
+	n, err := r.readFull(r.cut[r.cutN:])
+	r.cutN += n
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, nil, err // cut again
+	}
+	typ, b, owned := r.cutTyp, r.cut, r.cutOwned
+	r.cut = nil
+	if err != nil {
+		r.Release()
+		return 0, nil, unexpected(err)
+	}
+	r.owned = owned
+	return typ, b, nil
 }
 
 // UseBudget makes r take bodies larger than PinnedMax from b (see Budget);
@@ -253,6 +315,12 @@ func (r *Reader) ReadStartup() ([]byte, error) {
 
 // ReadMessage reads one typed message: its type byte and body.
 func (r *Reader) ReadMessage() (byte, []byte, error) {
+	if r.cut != nil {
+		return r.readCut()
+	}
+	if r.skipLeft > 0 {
+		return r.readSkip()
+	}
 	r.Release()
 	hdr, err := r.peek(5)
 	if err != nil {
@@ -270,6 +338,9 @@ func (r *Reader) ReadMessage() (byte, []byte, error) {
 		return typ, nil, &TooLargeError{Size: n - 4, Max: r.max}
 	}
 	body, err := r.readBody(5, n+1)
+	if r.cut != nil || r.skipLeft > 0 {
+		r.cutTyp = typ
+	}
 	if typ == MsgReadyForQuery && err == nil && r.raw != nil {
 		r.raw.in++ // see ReadMessageAfter
 	}
@@ -331,7 +402,7 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 		r.r += total
 		return b[skip:total:total], nil
 	}
-	if err := r.discard(skip); err != nil {
+	if _, err := r.discard(skip); err != nil {
 		return nil, err
 	}
 	n := total - skip
@@ -344,7 +415,10 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 			r.big = make([]byte, n)
 		}
 		b := r.big[:n]
-		if err := r.readFull(b); err != nil {
+		if k, err := r.readFull(b); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				r.cut, r.cutN, r.cutOwned = b, k, false
+			}
 			return nil, unexpected(err)
 		}
 		return b, nil
@@ -354,25 +428,20 @@ func (r *Reader) readBody(skip, total int) ([]byte, error) {
 			var me *MemoryError
 			if errors.As(err, &me) {
 				// Skip the body so that the connection stays in step
-				// and the client reads the error, at a pace shared by
-				// all the readers (see SkipRate).
-				for left := n; left > 0; {
-					step := min(left, 256<<10)
-					if perr := r.budget.pace(r.bctx, step); perr != nil {
-						return nil, perr
-					}
-					if derr := r.discard(step); derr != nil {
-						return nil, unexpected(derr)
-					}
-					left -= step
-				}
+				// and the client reads the error.
+				r.skipLeft = n
+				return nil, r.skipRefused(err)
 			}
 			return nil, err
 		}
 		r.held = int64(n)
 	}
 	b := make([]byte, n)
-	if err := r.readFull(b); err != nil {
+	if k, err := r.readFull(b); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.cut, r.cutN, r.cutOwned = b, k, true // its budget stays held
+			return nil, err
+		}
 		r.Release()
 		return nil, unexpected(err)
 	}
