@@ -335,3 +335,29 @@ func hintOf(err error) string {
 	}
 	return ""
 }
+
+// TestRefusedDDLHint: the router's own 42501 refusal of a schema change
+// (a restricted user's, or CREATE FUNCTION for a user that runs as a role)
+// points to pgtenant migrate up; other refusals keep their hint.
+func TestRefusedDDLHint(t *testing.T) {
+	for _, c := range []struct {
+		access UserAccess
+		sql    string
+		ddl    bool
+	}{
+		{UserAccess{Role: "r3", Tenant: "t3"}, "CREATE TABLE notes (id int)", true},
+		{UserAccess{Role: "r3", Tenant: "t3"}, "ALTER TABLE items ADD COLUMN x int", true},
+		{UserAccess{Role: "pgtenant_app"}, "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", true},
+		{UserAccess{Role: "r3", Tenant: "t3"}, "VACUUM items", false},
+		{UserAccess{Role: "pgtenant_app"}, "SET ROLE postgres", false},
+	} {
+		ss := &session{access: c.access}
+		e := ss.checkAccess(c.sql)
+		if e == nil || e.Code != "42501" {
+			t.Fatalf("%s: %v, want 42501", c.sql, e)
+		}
+		if got := strings.Contains(e.Hint, "pgtenant migrate up"); got != c.ddl {
+			t.Errorf("%s: hint %q; names migrate up: %v, want %v", c.sql, e.Hint, got, c.ddl)
+		}
+	}
+}
