@@ -40,6 +40,9 @@ type RouterConfig struct {
 	Users map[string]string `yaml:"users"`
 	// PoolMode is transaction (empty) or session.
 	PoolMode string `yaml:"pool_mode"`
+	// DDL is what a schema change sent for a tenant gets: warn (empty),
+	// refuse or allow.
+	DDL string `yaml:"ddl"`
 	// PoolSize is the most backend connections per node; zero means 20.
 	PoolSize int `yaml:"pool_size"`
 	// TLSCert and TLSKey enable TLS for clients when both are set.

@@ -38,13 +38,19 @@ Naming the tenant, most specific first:
   SELECT set_config('pgtenant.tenant', $1, false)  the same, with a bind parameter
   options=-c pgtenant.tenant=acme                  at connect time (PGOPTIONS)
 
+Schema changes (CREATE, ALTER, DROP, COMMENT ON, GRANT/REVOKE ON; not of
+TEMP objects) sent for a tenant change that tenant's shard only: apply them to
+every shard with 'pgtenant migrate up'. --ddl says what the router does with
+one: warn (default: it runs, and the client gets a WARNING naming the shard),
+refuse (SQLSTATE 0A000, nothing runs) or allow (it runs silently).
+
 The router follows the catalog (LISTEN pgtenant_map), keeps serving from its
 last map if the catalog goes away, and holds a shard's new transactions while
 'shard move' fences it.
 
-Settings come from flags, then the environment (for the six flags that name
+Settings come from flags, then the environment (for the seven flags that name
 a variable), then the config file's section 'router:', whose keys are the flag
-names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode,
+names with '_' for '-' (listen, metrics_listen, database, auth, pool_mode, ddl,
 pool_size, pool_idle_timeout, max_clients, max_message_memory, tls_required,
 shared_schema, idle_in_transaction_timeout, ...) plus users (name: password),
 tls_cert/tls_key and tls_required_users (a list of user names that must use
@@ -69,6 +75,7 @@ tls-server-end-point) over it; --require-tls refuses clients without TLS
 	cmd.Flags().String("database", "", "database name clients must connect with (env PGTENANT_DATABASE); empty = any")
 	cmd.Flags().String("auth", "scram-sha-256", "client authentication: scram-sha-256, md5 or trust (env PGTENANT_AUTH)")
 	cmd.Flags().String("pool-mode", "transaction", "transaction or session (env PGTENANT_POOL_MODE)")
+	cmd.Flags().String("ddl", "warn", "schema changes sent for a tenant (they change its shard only): warn, refuse (SQLSTATE 0A000) or allow (env PGTENANT_DDL)")
 	cmd.Flags().Int("pool-size", 20, "most backend connections per node")
 	cmd.Flags().Int("pool-min-idle", 0, "backend connections per node kept open while unused")
 	cmd.Flags().Duration("pool-idle-timeout", 5*time.Minute, "close backend connections unused this long (negative: never)")
@@ -101,6 +108,7 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 		Listen:   setting(cmd, "listen", "PGTENANT_LISTEN", rc.Listen),
 		Auth:     router.AuthMethod(setting(cmd, "auth", "PGTENANT_AUTH", rc.Auth)),
 		PoolMode: router.PoolMode(setting(cmd, "pool-mode", "PGTENANT_POOL_MODE", rc.PoolMode)),
+		DDL:      router.DDLMode(setting(cmd, "ddl", "PGTENANT_DDL", rc.DDL)),
 		Users:    rc.Users,
 		Database: setting(cmd, "database", "PGTENANT_DATABASE", rc.Database),
 		Logger:   logger,
@@ -114,6 +122,11 @@ func routerConfig(cmd *cobra.Command, rc RouterConfig, logger *slog.Logger) (rou
 	case router.PoolTransaction, router.PoolSession:
 	default:
 		return router.Config{}, usagef("pool mode %q: use transaction or session", cfg.PoolMode)
+	}
+	switch cfg.DDL {
+	case router.DDLWarn, router.DDLRefuse, router.DDLAllow:
+	default:
+		return router.Config{}, usagef("ddl %q: use warn, refuse or allow", cfg.DDL)
 	}
 	cfg.Pool = router.PoolConfig{
 		MaxSize:        intSetting(cmd, "pool-size", rc.PoolSize),

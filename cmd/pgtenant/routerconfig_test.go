@@ -24,6 +24,7 @@ func TestRouterConfigSources(t *testing.T) {
   max_clients: 50
   hold_timeout: 2m
   reset_tenant_after_transaction: true
+  ddl: refuse
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +50,7 @@ func TestRouterConfigSources(t *testing.T) {
 	}
 	if cfg.PoolMode != router.PoolSession || cfg.MaxClients != 50 || cfg.MaxPrepared != 200 || cfg.MaxMessage != 64<<20 ||
 		cfg.HoldTimeout != 2*time.Minute || cfg.ClientIdleTimeout != 10*time.Minute || cfg.StartupTimeout != 10*time.Second ||
-		!cfg.ResetTenantAfterTransaction {
+		!cfg.ResetTenantAfterTransaction || cfg.DDL != router.DDLRefuse {
 		t.Errorf("config = %+v", cfg)
 	}
 
@@ -60,6 +61,7 @@ func TestRouterConfigSources(t *testing.T) {
 		{"--client-idle-timeout", "-1s"},
 		{"--pool-mode", "statement"},
 		{"--idle-in-transaction-timeout", "-1s"},
+		{"--ddl", "off"},
 	} {
 		cmd := newRouterCmd(&app{})
 		if err := cmd.ParseFlags(args); err != nil {
@@ -103,6 +105,34 @@ func TestRouterConfigIsolation(t *testing.T) {
 		}
 		if cfg.SharedSchema != tc.shared || cfg.NoSharedSchema != tc.none || cfg.IdleInTransactionTimeout != tc.idle {
 			t.Errorf("%v: shared %q none %v idle %s, want %q %v %s", tc.args, cfg.SharedSchema, cfg.NoSharedSchema, cfg.IdleInTransactionTimeout, tc.shared, tc.none, tc.idle)
+		}
+	}
+}
+
+// TestRouterConfigDDL: --ddl is warn by default, then flag > PGTENANT_DDL >
+// the file's router.ddl.
+func TestRouterConfigDDL(t *testing.T) {
+	for _, c := range []struct {
+		args      []string
+		env, file string
+		want      router.DDLMode
+	}{
+		{nil, "", "", router.DDLWarn},
+		{nil, "", "allow", router.DDLAllow},
+		{nil, "refuse", "allow", router.DDLRefuse},
+		{[]string{"--ddl", "allow"}, "refuse", "warn", router.DDLAllow},
+	} {
+		t.Setenv("PGTENANT_DDL", c.env)
+		cmd := newRouterCmd(&app{})
+		if err := cmd.ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := routerConfig(cmd, RouterConfig{DDL: c.file}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.DDL != c.want {
+			t.Errorf("args %v env %q file %q: ddl %q, want %q", c.args, c.env, c.file, cfg.DDL, c.want)
 		}
 	}
 }

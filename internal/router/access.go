@@ -72,7 +72,11 @@ func (ss *session) checkAccess(sql string) *wire.Error {
 	if !restricted && !mayEscape(sql) {
 		return nil
 	}
-	return accessCheck(sql, restricted)
+	e := accessCheck(sql, restricted)
+	if e != nil && classify(sql).ddl {
+		e.Hint = ddlHint // schema changes are not the router's to run
+	}
+	return e
 }
 
 // mayEscape is a quick, allocation-free look for the words one of which

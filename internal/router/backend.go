@@ -207,7 +207,7 @@ func (ss *session) pickTenant(info *stmtInfo) string {
 
 func noTenantError() *wire.Error {
 	return &wire.Error{Code: "3D000", Message: "no tenant selected for this statement",
-		Hint: "Set one with SET pgtenant.tenant = 'id', a /* tenant: id */ comment, or the connection option -c pgtenant.tenant=id."}
+		Hint: "Name the tenant for the transaction: a /* tenant: id */ comment, SET LOCAL pgtenant.tenant = 'id' after BEGIN, or the connection option -c pgtenant.tenant=id."}
 }
 
 // noShardError is noTenantError for a statement that the parser found
@@ -227,7 +227,12 @@ func (ss *session) noShard(info *stmtInfo, sql string) (bool, *wire.Error) {
 		return true, nil
 	}
 	if d := ss.srv.scan.Decide(sql); !d.AnyNode {
-		return false, noShardError(d.Reason)
+		e := noShardError(d.Reason)
+		if info.ddl {
+			// Naming a tenant would change that tenant's shard only.
+			e.Hint = ddlHint
+		}
+		return false, e
 	}
 	return true, nil
 }

@@ -105,6 +105,10 @@ type Config struct {
 	Database string
 	// PoolMode is transaction (empty) or session.
 	PoolMode PoolMode
+	// DDL is what a schema-changing statement sent for a tenant gets,
+	// which changes that tenant's shard only: DDLWarn (empty), DDLRefuse
+	// or DDLAllow.
+	DDL DDLMode
 	// Pool limits each node's backend pool.
 	Pool PoolConfig
 	// ResetTenantAfterTransaction, when set, resets a client's session
@@ -205,6 +209,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PoolMode == "" {
 		c.PoolMode = PoolTransaction
+	}
+	if c.DDL == "" {
+		c.DDL = DDLWarn
 	}
 	if c.MaxPrepared <= 0 {
 		c.MaxPrepared = 1000

@@ -19,6 +19,23 @@
 // pgtenant.tenant=acme, or a plain pgtenant.tenant parameter). SHOW and RESET
 // pgtenant.tenant are answered by the router.
 //
+// # Schema changes
+//
+// A schema change (stmtInfo.ddl: CREATE, ALTER or DROP of anything but a
+// temporary object or one outside the shard's schema such as a role,
+// schema or database; COMMENT ON; GRANT or REVOKE ... ON) sent for a tenant
+// changes that tenant's shard only. The lexer decides from the first words
+// of each statement (testdata/ddl_cases.json); statements with a tenant are
+// never parsed. Config.DDL says what follows (ddl.go): DDLWarn, the
+// default, runs it and queues a NoticeResponse (WARNING, 01000, the shard
+// named, a hint naming pgtenant migrate up) before the statement's answer
+// (before its BindComplete in the extended protocol, so once per Bind);
+// DDLRefuse answers 0A000 with that hint and runs nothing (an error of the
+// router's own: the transaction is aborted, a pipeline skips to its Sync);
+// DDLAllow runs it silently. A schema change without a tenant gets 3D000
+// whose hint names pgtenant migrate up; a restricted user's is refused
+// (42501) with the same hint.
+//
 // # Transactions and pooling
 //
 // In transaction mode (the default) a backend connection is checked out for
@@ -214,7 +231,9 @@
 //
 // # SQLSTATEs sent by the router itself
 //
-//	3D000  no tenant selected (the message says how to select one)
+//	3D000  no tenant selected (the hint says how to select one, or, for a schema change, to use migrate up)
+//	01000  (WARNING) a schema change sent for a tenant changes its shard only (Config.DDL warn)
+//	0A000  a schema change sent for a tenant, with Config.DDL refuse
 //	42704  unknown tenant (register it with `pgtenant tenant add ID`)
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant

@@ -124,6 +124,12 @@ type stmtInfo struct {
 	// DELETE, WITH, VALUES, TABLE or MERGE: it can run in a transaction
 	// the router opened with its own setup statement (see writeSetup).
 	dml bool
+	// ddl is set when a statement of the text changes the schema of the
+	// shard it runs on: CREATE, ALTER or DROP of anything but a temporary
+	// object or one outside the shard's schema (ddlOutside), COMMENT ON,
+	// GRANT or REVOKE ... ON (not of a role). Through the router such a
+	// statement changes one tenant's shard only (see Config.DDL).
+	ddl bool
 }
 
 type tokKind uint8
@@ -172,6 +178,9 @@ type lexer struct {
 	// curTemp and curDrop: the current statement creates a temporary
 	// object, with ON COMMIT DROP.
 	curTemp, curDrop bool
+	// curDDL: the current statement changes the shard's schema (see
+	// stmtInfo.ddl), unless it is temporary.
+	curDDL bool
 	// prepares counts statements starting with PREPARE, less those that
 	// are PREPARE TRANSACTION.
 	prepares int
@@ -311,7 +320,10 @@ func (lx *lexer) endStmt(info *stmtInfo) {
 		info.createTemp = true
 		info.tempKept = info.tempKept || !lx.curDrop
 	}
-	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop = "", false, false, false
+	if lx.curDDL && !lx.curTemp {
+		info.ddl = true
+	}
+	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop, lx.curDDL = "", false, false, false, false
 }
 
 // noteQuoted notes a quoted identifier: set_config, pg_settings or a
@@ -401,7 +413,13 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 		lx.endStmt(info)
 		switch {
 		case eq(w, "create"):
-			lx.stmt, lx.createPrefix = "create", true
+			lx.stmt, lx.createPrefix, lx.curDDL = "create", true, true
+		case eq(w, "alter"), eq(w, "drop"):
+			lx.stmt, lx.curDDL = "alter", true
+		case eq(w, "comment"):
+			lx.curDDL = true
+		case eq(w, "grant"), eq(w, "revoke"):
+			lx.stmt = "grant"
 		case eq(w, "select"):
 			lx.stmt = "select"
 		case eq(w, "declare"):
@@ -417,6 +435,8 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 				return
 			case eq(w, "temp"), eq(w, "temporary"):
 				lx.curTemp = true
+			case ddlOutside(w):
+				lx.curDDL = false
 			}
 			lx.createPrefix = false
 		}
@@ -425,6 +445,14 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 		}
 		if eq(w, "drop") && eq(lx.prev, "commit") && eq(lx.prev2, "on") {
 			lx.curDrop = true
+		}
+	case "alter":
+		if (lx.sinceSemi == 2 && ddlOutside(w)) || hasPrefixFold(w, "pg_temp") {
+			lx.curDDL = false // DROP TABLE pg_temp.t too
+		}
+	case "grant":
+		if eq(w, "on") {
+			lx.curDDL = true // privileges on objects, not a role's membership
 		}
 	case "select":
 		if eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")) {
@@ -435,6 +463,32 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			info.holdCursor = true
 		}
 	}
+}
+
+// ddlOutside reports whether the word after CREATE, ALTER or DROP names
+// something that does not live in the shard's schema: roles, databases,
+// tablespaces, schemas, server settings and the like, the same on every
+// shard of a node or cluster-wide.
+func ddlOutside(w string) bool {
+	switch len(w) {
+	case 4:
+		return eqFold(w, "role") || eqFold(w, "user")
+	case 5:
+		return eqFold(w, "group") || eqFold(w, "owned") || eqFold(w, "event")
+	case 6:
+		return eqFold(w, "schema") || eqFold(w, "system") || eqFold(w, "server")
+	case 7:
+		return eqFold(w, "default")
+	case 8:
+		return eqFold(w, "database") || eqFold(w, "language")
+	case 10:
+		return eqFold(w, "tablespace")
+	case 11:
+		return eqFold(w, "publication")
+	case 12:
+		return eqFold(w, "subscription")
+	}
+	return false
 }
 
 // unicodeIdentCouldBe reports whether a quoted identifier written U&"..."

@@ -27,7 +27,7 @@ func TestClassify(t *testing.T) {
 		{"PREPARE q AS SELECT 1", stmtInfo{kind: kPrepare, sqlPrepare: true, guardScan: true}},
 		{"CALL p(1)", stmtInfo{kind: kOther, callsProc: true}},
 		{"SELECT 1; DO $$ BEGIN COMMIT; END $$", stmtInfo{kind: kSelect, multi: true, callsProc: true, guardScan: true}},
-		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT 2", stmtInfo{kind: kOther, multi: true}},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT 2", stmtInfo{kind: kOther, multi: true, ddl: true}},
 		{"ROLLBACK TO a; SELECT 2", stmtInfo{kind: kOther, multi: true, rollbackTo: true}},
 		{"SELECT 1; COMMIT AND CHAIN", stmtInfo{kind: kSelect, multi: true, endsTxn: true}},
 		{"SET pgtenant.tenant = 'acme'", stmtInfo{kind: kSet, noShard: true, op: opSet, val: "acme", setName: "pgtenant.tenant", guardScan: true}},

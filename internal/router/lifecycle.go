@@ -138,7 +138,7 @@ func (s *Server) refuseDraining(nc net.Conn) {
 // connection in use is disturbed) and MaxClients. It returns what changed,
 // one "name: old -> new" line each, and the settings that differ but only
 // take effect when the server starts (Listen, TLS, Auth, Database,
-// PoolMode, MaxPrepared, MaxMessage, the timeouts). Users is read at start
+// PoolMode, DDL, MaxPrepared, MaxMessage, the timeouts). Users is read at start
 // only: give reloadable users through Credentials.
 func (s *Server) Reload(cfg Config) (changed, fixed []string) {
 	cfg = cfg.withDefaults()
@@ -164,6 +164,7 @@ func (s *Server) Reload(cfg Config) (changed, fixed []string) {
 	diff(&fixed, "auth", old.Auth, cfg.Auth)
 	diff(&fixed, "database", old.Database, cfg.Database)
 	diff(&fixed, "pool_mode", old.PoolMode, cfg.PoolMode)
+	diff(&fixed, "ddl", old.DDL, cfg.DDL)
 	diff(&fixed, "max_prepared", old.MaxPrepared, cfg.MaxPrepared)
 	diff(&fixed, "max_message", old.MaxMessage, cfg.MaxMessage)
 	diff(&fixed, "startup_timeout", old.StartupTimeout, cfg.StartupTimeout)

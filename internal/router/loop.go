@@ -658,6 +658,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			tenant = ss.beTenant
 		}
 	}
+	ddlNote, e := ss.ddlCheck(&info, tenant)
+	if e != nil {
+		return e
+	}
 	deferred := ss.pendingBegin != ""
 	if e := ss.ensureBackend(tenant); e != nil {
 		return e
@@ -690,6 +694,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		// of their own, for the reason given at sendQuerySetup.
 		be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync, swallow: true})
+	}
+	if ddlNote != nil {
+		ss.push(expect{kind: eSynth, synth: ddlNote})
 	}
 	if nPre > 0 {
 		ss.writeCombinedQuery(body)
@@ -1247,6 +1254,17 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			return nil
 		}
 	}
+	var ddlNote []byte
+	if def.info.ddl {
+		t := ss.pickTenant(&def.info)
+		if t == "" && ss.be != nil && ss.status != 'I' {
+			t = ss.beTenant
+		}
+		var e *wire.Error
+		if ddlNote, e = ss.ddlCheck(&def.info, t); e != nil {
+			return e
+		}
+	}
 	if e := ss.route(def, false); e != nil {
 		return e
 	}
@@ -1262,6 +1280,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
 	ss.be.W.WriteFrame(wire.MsgBind, ss.out)
+	if ddlNote != nil {
+		ss.push(expect{kind: eSynth, synth: ddlNote})
+	}
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}

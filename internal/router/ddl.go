@@ -1,0 +1,64 @@
+package router
+
+import (
+	"fmt"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// DDLMode says what the router does with a schema-changing statement (the
+// lexer's stmtInfo.ddl: CREATE, ALTER or DROP of a table, index, view,
+// sequence, function, type, ...; COMMENT ON; GRANT or REVOKE ON) sent for a
+// tenant, which changes that tenant's shard only.
+type DDLMode string
+
+// DDL modes.
+const (
+	// DDLWarn runs the statement and sends the client a WARNING (SQLSTATE
+	// 01000) naming the shard, before the statement's own answer.
+	DDLWarn DDLMode = "warn"
+	// DDLRefuse refuses the statement with 0A000 and runs nothing (inside a
+	// transaction, the transaction is aborted as a server error would).
+	DDLRefuse DDLMode = "refuse"
+	// DDLAllow runs it silently.
+	DDLAllow DDLMode = "allow"
+)
+
+// ddlHint is what every answer about a schema change through the router
+// says to do instead.
+const ddlHint = "Apply schema changes to every shard with `pgtenant migrate up` (write one with `pgtenant migrate create NAME`); `pgtenant migrate status` shows what each shard has."
+
+// ddlWarning is the notice for a schema change that ran on shard only.
+func ddlWarning(shard string) []byte {
+	return wire.AppendError(nil, &wire.Error{Severity: "WARNING", Code: "01000",
+		Message: fmt.Sprintf("this schema change applies to %s only", shard),
+		Detail:  "Statements sent through the router run on the tenant's shard; the other shards do not get this change, and pgtenant migrate does not know of it.",
+		Hint:    ddlHint})
+}
+
+// ddlRefusedError refuses a schema change for one shard (Config.DDL refuse).
+func ddlRefusedError(shard string) *wire.Error {
+	return &wire.Error{Code: "0A000",
+		Message: fmt.Sprintf("schema changes through the router are refused: this one would change %s only", shard),
+		Detail:  "The router's ddl setting is refuse.", Hint: ddlHint}
+}
+
+// ddlCheck decides a statement about to run for tenant: for a schema
+// change (info.ddl) it returns the refusal (DDLRefuse), or the notice to
+// queue before the statement's answer (DDLWarn, the default). Other
+// statements cost one test of info.ddl.
+func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error) {
+	if !info.ddl || tenant == "" || tenant == anyTenant || tenant == descTenant || ss.srv.cfg.DDL == DDLAllow {
+		return nil, nil
+	}
+	shard := "tenant " + tenant + "'s shard"
+	if m := ss.srv.mp.Load(); m != nil {
+		if loc, e := ss.locate(m, tenant); e == nil {
+			shard = loc.Shard.Schema
+		}
+	}
+	if ss.srv.cfg.DDL == DDLRefuse {
+		return nil, ddlRefusedError(shard)
+	}
+	return ddlWarning(shard), nil
+}
