@@ -397,7 +397,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		ss.end()
 		keep = nil
 	}
-	p := ss.srv.poolFor(node, ss.access.Role)
+	p := ss.poolFor(node, ss.access.Role)
 	t0 := time.Now()
 	be, err := keep, error(nil)
 	if be == nil {
@@ -419,7 +419,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 		return nodeUnreachableError(node.Name)
 	}
-	ss.srv.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
+	ss.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
 	if g != nil {
 		g.mu.Lock()
 		cut := entry.cut
@@ -981,12 +981,33 @@ func (ss *session) releaseBackend() {
 		ss.leaveGate(ss.beGate)
 		ss.beGate = nil
 	}
-	nm := ss.srv.nodeMetrics(be.Node())
+	nm := ss.nodeMetrics(be.Node())
 	held := time.Since(ss.beStart)
 	nm.txns.Inc()
 	nm.txnSeconds.Observe(held.Seconds())
 	ss.srv.observeUsage(ss, held)
 	ss.releaseAfterCancel(be) // without waiting for a late cancel: the client's answer goes first
+}
+
+// nodeMetrics returns node's metrics, from the session's cache when node is
+// the node of its last backend (entries of Metrics.nodes are never removed).
+func (ss *session) nodeMetrics(node string) *nodeMetrics {
+	if ss.nm == nil || ss.nmNode != node {
+		ss.nm, ss.nmNode = ss.srv.nodeMetrics(node), node
+	}
+	return ss.nm
+}
+
+// poolFor is Server.poolFor with the session's last answer kept: no read
+// lock and map lookup per transaction while the session stays on one node.
+func (ss *session) poolFor(node placement.Node, role string) *pool.Pool {
+	gen := ss.srv.poolsGen.Load() // before the lookup: a pool taken out after it changes gen
+	if ss.pl != nil && ss.plGen == gen && ss.plNode == node.Name && ss.plDSN == node.DSN && ss.plRole == role {
+		return ss.pl
+	}
+	ss.pl = ss.srv.poolFor(node, role)
+	ss.plNode, ss.plDSN, ss.plRole, ss.plGen = node.Name, node.DSN, role, gen
+	return ss.pl
 }
 
 // push queues an expected response.
