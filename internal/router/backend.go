@@ -989,25 +989,43 @@ func (ss *session) releaseBackend() {
 	ss.releaseAfterCancel(be) // without waiting for a late cancel: the client's answer goes first
 }
 
-// nodeMetrics returns node's metrics, from the session's cache when node is
-// the node of its last backend (entries of Metrics.nodes are never removed).
-func (ss *session) nodeMetrics(node string) *nodeMetrics {
-	if ss.nm == nil || ss.nmNode != node {
-		ss.nm, ss.nmNode = ss.srv.nodeMetrics(node), node
-	}
-	return ss.nm
+// nodeEntry is a session's cached pool of node name at dsn for role, good
+// while Server.poolsGen is gen, and the node's metrics.
+type nodeEntry struct {
+	name, dsn, role string
+	gen             uint64
+	p               *pool.Pool
+	nm              *nodeMetrics
 }
 
-// poolFor is Server.poolFor with the session's last answer kept: no read
-// lock and map lookup per transaction while the session stays on one node.
+// poolFor is Server.poolFor with the answers for the session's last nodes
+// kept: no read lock and map lookup by node name per transaction while the
+// session stays on them.
 func (ss *session) poolFor(node placement.Node, role string) *pool.Pool {
 	gen := ss.srv.poolsGen.Load() // before the lookup: a pool taken out after it changes gen
-	if ss.pl != nil && ss.plGen == gen && ss.plNode == node.Name && ss.plDSN == node.DSN && ss.plRole == role {
-		return ss.pl
+	for i := range ss.nodes {
+		if e := &ss.nodes[i]; e.p != nil && e.gen == gen && e.name == node.Name && e.dsn == node.DSN && e.role == role {
+			return e.p
+		}
 	}
-	ss.pl = ss.srv.poolFor(node, role)
-	ss.plNode, ss.plDSN, ss.plRole, ss.plGen = node.Name, node.DSN, role, gen
-	return ss.pl
+	e := &ss.nodes[ss.nodesNext]
+	ss.nodesNext = (ss.nodesNext + 1) % len(ss.nodes)
+	*e = nodeEntry{name: node.Name, dsn: node.DSN, role: role, gen: gen, p: ss.srv.poolFor(node, role)}
+	return e.p
+}
+
+// nodeMetrics returns node's metrics, kept with the node's pool (entries of
+// Metrics.nodes are never removed): no sync.Map lookup per transaction.
+func (ss *session) nodeMetrics(node string) *nodeMetrics {
+	for i := range ss.nodes {
+		if e := &ss.nodes[i]; e.p != nil && e.name == node {
+			if e.nm == nil {
+				e.nm = ss.srv.nodeMetrics(node)
+			}
+			return e.nm
+		}
+	}
+	return ss.srv.nodeMetrics(node)
 }
 
 // push queues an expected response.

@@ -157,16 +157,11 @@ type session struct {
 	beGate   *gate
 	beStart  time.Time
 	entry    inflight // this session's entry in its gate (one at a time)
-	// nm caches the metrics of node nmNode, the node of the session's last
-	// backend: two sync.Map lookups by node name fewer per transaction.
-	nm     *nodeMetrics
-	nmNode string
-	// pl caches the pool of the session's last backend: node plNode at
-	// plDSN for role plRole, good while Server.poolsGen is plGen.
-	pl                    *pool.Pool
-	plNode, plDSN, plRole string
-	plGen                 uint64
-	cancelCh              chan struct{}
+	// nodes caches the pools and metrics of the nodes of the session's
+	// last backends (see session.poolFor), next the entry to replace.
+	nodes     [2]nodeEntry
+	nodesNext int
+	cancelCh  chan struct{}
 	// portalSet is the session SET bound to portal portalSetName, until
 	// its Execute or the next Sync; portalPrep likewise the names of the
 	// SQL PREPARE bound to portal portalPrepName.
