@@ -402,7 +402,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		ss.end()
 		keep = nil
 	}
-	p := ss.srv.poolFor(node, ss.access.Role)
+	p := ss.poolFor(node, ss.access.Role)
 	t0 := time.Now()
 	be, err := keep, error(nil)
 	cancelled := false
@@ -429,7 +429,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 		}
 		return nodeUnreachableError(node.Name)
 	}
-	ss.srv.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
+	ss.nodeMetrics(node.Name).acquire.Observe(time.Since(t0).Seconds())
 	if g != nil {
 		g.mu.Lock()
 		cut := entry.cut
@@ -991,12 +991,51 @@ func (ss *session) releaseBackend() {
 		ss.leaveGate(ss.beGate)
 		ss.beGate = nil
 	}
-	nm := ss.srv.nodeMetrics(be.Node())
+	nm := ss.nodeMetrics(be.Node())
 	held := time.Since(ss.beStart)
 	nm.txns.Inc()
 	nm.txnSeconds.Observe(held.Seconds())
 	ss.srv.observeUsage(ss, held)
 	ss.releaseAfterCancel(be) // without waiting for a late cancel: the client's answer goes first
+}
+
+// nodeEntry is a session's cached pool of node name at dsn for role, good
+// while Server.poolsGen is gen, and the node's metrics.
+type nodeEntry struct {
+	name, dsn, role string
+	gen             uint64
+	p               *pool.Pool
+	nm              *nodeMetrics
+}
+
+// poolFor is Server.poolFor with the answers for the session's last nodes
+// kept: no read lock and map lookup by node name per transaction while the
+// session stays on them.
+func (ss *session) poolFor(node placement.Node, role string) *pool.Pool {
+	gen := ss.srv.poolsGen.Load() // before the lookup: a pool taken out after it changes gen
+	for i := range ss.nodes {
+		if e := &ss.nodes[i]; e.p != nil && e.gen == gen && e.name == node.Name && e.dsn == node.DSN && e.role == role {
+			return e.p
+		}
+	}
+	e := &ss.nodes[ss.nodesNext]
+	ss.nodesNext = (ss.nodesNext + 1) % len(ss.nodes)
+	*e = nodeEntry{name: node.Name, dsn: node.DSN, role: role, gen: gen, p: ss.srv.poolFor(node, role)}
+	return e.p
+}
+
+// nodeMetrics returns node's metrics, kept with the node's pool (entries of
+// Metrics.nodes are never removed): no sync.Map lookup per transaction.
+func (ss *session) nodeMetrics(node string) *nodeMetrics {
+	for i := range ss.nodes {
+		if e := &ss.nodes[i]; e.p != nil && e.name == node {
+			if e.nm == nil {
+				e.nm = ss.srv.nodeMetrics(node)
+			}
+			return e.nm
+		}
+	}
+	return ss.srv.nodeMetrics(node)
 }
 
 // push queues an expected response.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,11 +29,16 @@ func BenchmarkHotPath(b *testing.B) {
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu0 := processCPU(b)
 		i := 0
 		for b.Loop() {
 			rc.roundTrip(b, reqs[i%len(reqs)])
 			i++
 		}
+		// The test process's CPU (router and this client, not Postgres)
+		// per transaction: ns/op is mostly Postgres and waiting, and
+		// swings with the machine's load.
+		b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(i), "cpu-ns/op")
 	}
 	b.Run("simple", func(b *testing.B) {
 		var reqs [][]byte
@@ -57,6 +63,15 @@ func BenchmarkHotPath(b *testing.B) {
 	b.Run("session-extended", func(b *testing.B) {
 		run(b, sess, "t1", [][]byte{hotExtended("SELECT val FROM items WHERE id = $1")})
 	})
+}
+
+// processCPU is the user and system CPU time of this process so far.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestSessionRoundTripAllocations: a session-mode round trip allocates no

@@ -144,3 +144,12 @@ func BenchmarkClassify(b *testing.B) {
 		classify("SELECT val FROM items WHERE id = $1")
 	}
 }
+
+// BenchmarkClassifyHinted is the simple Query of BenchmarkHotPath and of
+// routerbench: a tenant hint in a comment, then a point select.
+func BenchmarkClassifyHinted(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		classify("/* tenant: t3 */ SELECT val FROM items WHERE id = 1")
+	}
+}

@@ -42,6 +42,10 @@ type Server struct {
 
 	poolsMu sync.RWMutex
 	pools   map[string]*pool.Pool
+	// poolsGen counts the pools taken out of pools (closed or replaced),
+	// under poolsMu: a session's cached pool is good while it is unchanged
+	// (see session.poolFor).
+	poolsGen atomic.Uint64
 
 	gatesMu sync.Mutex
 	gates   atomic.Pointer[[]*gate]
@@ -305,6 +309,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		p.Close()
 	}
 	s.pools = map[string]*pool.Pool{}
+	s.poolsGen.Add(1)
 	s.poolsMu.Unlock()
 	s.log.Info("router stopped")
 	return err
@@ -358,6 +363,7 @@ func (s *Server) SetMap(ctx context.Context, m *placement.Map) error {
 		name, _, _ := strings.Cut(key, "\x00") // see poolFor
 		if n, ok := m.Nodes[name]; !ok || n.DSN != p.DSN() {
 			delete(s.pools, key)
+			s.poolsGen.Add(1)
 			go p.Close()
 		}
 	}
@@ -496,6 +502,7 @@ func (s *Server) poolFor(n placement.Node, role string) *pool.Pool {
 		return p
 	}
 	if p != nil {
+		s.poolsGen.Add(1)
 		go p.Close()
 	}
 	pcfg := s.poolConfig(*s.poolCfg.Load())

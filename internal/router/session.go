@@ -157,7 +157,11 @@ type session struct {
 	beGate   *gate
 	beStart  time.Time
 	entry    inflight // this session's entry in its gate (one at a time)
-	cancelCh chan struct{}
+	// nodes caches the pools and metrics of the nodes of the session's
+	// last backends (see session.poolFor), next the entry to replace.
+	nodes     [2]nodeEntry
+	nodesNext int
+	cancelCh  chan struct{}
 	// acq is the context of the session's waits for a pool backend, which
 	// a cancel request ends (acquireCtx); under acqMu.
 	acqMu     sync.Mutex
