@@ -110,7 +110,7 @@ func TestCLIAccess(t *testing.T) {
 		t.Fatal("acme still registered after remove --purge")
 	}
 	code, out, errOut = pgtenant(t, "tenant", "remove", "other", "--force")
-	if code != 0 || !strings.Contains(errOut, "1 rows left in accounts") {
+	if code != 0 || !strings.Contains(errOut, "1 row left in accounts") {
 		t.Fatalf("tenant remove --force: exit %d %s%s", code, out, errOut)
 	}
 	mustRun(t, "tenant", "add", "other", "--shard", "1")

@@ -101,6 +101,22 @@ func TestCLIEndToEnd(t *testing.T) {
 	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, "unknown tenant") {
 		t.Fatalf("locate nobody: exit %d %q", code, errOut)
 	}
+	// Unknown names get the shape of shard move's: a SQLSTATE and where the names are.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "remove", "nosuch"}, "`pgtenant node list`"},
+		{[]string{"node", "check", "nosuch"}, "`pgtenant node list`"},
+		{[]string{"node", "stats", "nosuch"}, "`pgtenant node list`"},
+		{[]string{"tenant", "list", "--shard", "999"}, "`pgtenant shard list`"},
+		{[]string{"tenant", "list", "--shard", "16"}, "`pgtenant shard list`"},
+	} {
+		code, out, errOut := pgtenant(t, c.args...)
+		if code != 1 || !strings.Contains(errOut, "(SQLSTATE 42704)") || !strings.Contains(errOut, c.want) || out != "" {
+			t.Errorf("pgtenant %s: exit %d, want 1 with SQLSTATE 42704 and %s\n%s%s", strings.Join(c.args, " "), code, c.want, out, errOut)
+		}
+	}
 
 	// Migrations: up, status current, a new file makes every shard behind.
 	dir := t.TempDir()

@@ -232,7 +232,7 @@ func TestImportSchemaPerTenant(t *testing.T) {
 				t.Fatalf("import rollback: %s", out)
 			}
 			t.Log(strings.TrimSpace(out))
-			if out := mustRun(t, "import", "verify", "--shard", "3"); !strings.Contains(out, "1 shards,") || !strings.Contains(out, "; 0 differences") {
+			if out := mustRun(t, "import", "verify", "--shard", "3"); !strings.Contains(out, "1 shard,") || !strings.Contains(out, "; 0 differences") {
 				t.Fatalf("import verify after the rollback: %s", out)
 			}
 		}

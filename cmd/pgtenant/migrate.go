@@ -234,20 +234,20 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 		return sum, err // refused before anything ran
 	}
 	if sum.Adopted > 0 {
-		fmt.Fprintf(a.stdout, "recorded the current files' checksums for %d applied migrations (summed over shards) "+
-			"that had none, applied before pgtenant kept checksums; later changes to those files are refused\n", sum.Adopted)
+		fmt.Fprintf(a.stdout, "recorded the current files' checksums for %s (summed over shards) "+
+			"that had none, applied before pgtenant kept checksums; later changes to those files are refused\n", plural(sum.Adopted, "applied migration"))
 	}
 	detail := map[string]any{"dir": dir, "shards": sum.Shards, "applied": sum.Applied, "failed": sum.Failed}
 	switch {
 	case verb == "down" && sum.Applied == 0 && err == nil:
-		fmt.Fprintf(a.stdout, "migrate down: nothing to roll back above version %d on %d shards\n", sum.To, sum.Shards)
+		fmt.Fprintf(a.stdout, "migrate down: nothing to roll back above version %d on %s\n", sum.To, plural(sum.Shards, "shard"))
 	case verb == "down":
 		detail["to"] = sum.To
-		fmt.Fprintf(a.stdout, "migrate down: %d shards, %d rolled back to version %d, %d already there, %d failed, %d not started; %d files rolled back in %s\n",
-			sum.Shards, sum.Migrated, sum.To, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+		fmt.Fprintf(a.stdout, "migrate down: %s, %d rolled back to version %d, %d already there, %d failed, %d not started; %s rolled back in %s\n",
+			plural(sum.Shards, "shard"), sum.Migrated, sum.To, sum.Current, sum.Failed, sum.Skipped, plural(sum.Applied, "file"), sum.Duration.Round(time.Millisecond))
 	default:
-		fmt.Fprintf(a.stdout, "migrate: %d shards, %d migrated, %d already current, %d failed, %d not started; %d files applied in %s\n",
-			sum.Shards, sum.Migrated, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+		fmt.Fprintf(a.stdout, "migrate: %s, %d migrated, %d already current, %d failed, %d not started; %s applied in %s\n",
+			plural(sum.Shards, "shard"), sum.Migrated, sum.Current, sum.Failed, sum.Skipped, plural(sum.Applied, "file"), sum.Duration.Round(time.Millisecond))
 	}
 	c.RecordOperation(ctx, "migrate "+verb, detail, err)
 	if err != nil {

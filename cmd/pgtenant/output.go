@@ -158,3 +158,16 @@ func detailText(detail string) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// plural says how many: plural(1, "rule") is "1 rule", plural(2, "rule")
+// "2 rules", plural(0, "policy") "0 policies". Counts the CLI prints go
+// through it.
+func plural[N ~int | ~int64](n N, one string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	if l := len(one); l > 1 && one[l-1] == 'y' && !strings.ContainsRune("aeiou", rune(one[l-2])) {
+		return fmt.Sprintf("%d %sies", n, one[:l-1])
+	}
+	return fmt.Sprintf("%d %ss", n, one)
+}
