@@ -41,7 +41,7 @@ purge before anything is deleted: register it first. --dry-run counts only.`,
 					return err
 				}
 				if a.json {
-					return a.printJSON(rep)
+					return a.printJSON(purgeReportJSON(rep))
 				}
 				verb := "deleted"
 				if dryRun {
@@ -152,7 +152,7 @@ FILE "-" reads stdin.`,
 					return err
 				}
 				if a.json {
-					return a.printJSON(rep)
+					return a.printJSON(importReportJSON(rep))
 				}
 				if rep.Registered {
 					fmt.Fprintf(a.stdout, "tenant %s registered in shard %d\n", strconv.Quote(rep.Tenant), rep.Shard)
