@@ -40,6 +40,12 @@ touch; run it yourself after changing a shard's tables by hand.`,
 // applyAccess applies the access plan to every node (only the given shards
 // when shards is not nil) and prints a line per node.
 func (a *app) applyAccess(ctx context.Context, c *catalog.Catalog, shards []placement.Shard) error {
+	return a.applyAccessAs(ctx, c, shards, "")
+}
+
+// applyAccessAs is applyAccess with runtime as the runtime role instead of
+// the recorded one (when not "").
+func (a *app) applyAccessAs(ctx context.Context, c *catalog.Catalog, shards []placement.Shard, runtime string) error {
 	var only func(int) bool
 	if shards != nil {
 		set := map[int]bool{}
@@ -48,7 +54,7 @@ func (a *app) applyAccess(ctx context.Context, c *catalog.Catalog, shards []plac
 		}
 		only = func(id int) bool { return set[id] }
 	}
-	reps, err := access.Apply(ctx, c.Pool(), c.ResolveDSN, only)
+	reps, err := access.ApplyRuntimeRole(ctx, c.Pool(), c.ResolveDSN, only, runtime)
 	for _, r := range reps {
 		fmt.Fprintf(a.stdout, "access: node %s: %s, %s under row-level security, %s changed\n", r.Node, plural(r.Schemas, "shard schema"), plural(r.Policies, "table"), plural(r.Changed, "policy"))
 		if len(r.Missing) > 0 {
