@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -134,6 +135,14 @@ func TestCLIEndToEnd(t *testing.T) {
 	code, out, errOut = pgtenant(t, "migrate", "up", "--dir", dir)
 	if code != 1 || !strings.Contains(errOut, "00003_bad.sql") || !strings.Contains(errOut, "42P01") {
 		t.Fatalf("failing migration: exit %d\n%s%s", code, out, errOut)
+	}
+	// The shards that ran the file failed alike: one line with their count
+	// (each shard's error is logged at info).
+	if strings.Count(errOut, "42P01") != 1 || !regexp.MustCompile(`migrate failed on shards? [0-9, -]+ \([0-9]+ shards?\): file 00003_bad.sql: ERROR`).MatchString(errOut) {
+		t.Errorf("failing migration: not one grouped line:\n%s", errOut)
+	}
+	if _, _, errOut := pgtenant(t, "migrate", "up", "--dir", dir, "--log-level", "info"); !strings.Contains(errOut, "shard migration failed") {
+		t.Errorf("failing migration with --log-level info: no per-shard detail:\n%s", errOut)
 	}
 	code, out, _ = pgtenant(t, "migrate", "status")
 	if code != 1 || !strings.Contains(out, "all 16 shards are at version 2; pending: 3") {

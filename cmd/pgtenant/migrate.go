@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -252,9 +254,7 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	c.RecordOperation(ctx, "migrate "+verb, detail, err)
 	if err != nil {
 		if len(sum.Failures) > 1 {
-			for _, f := range sum.Failures[1:] {
-				fmt.Fprintln(a.stderr, "also failed:", f)
-			}
+			err = shardFailures(sum.Failures)
 		}
 		if verb == "down" {
 			return sum, fmt.Errorf("%w%s\nfix the file's Down section and run `pgtenant migrate down --to %d` again; each shard continues where it stopped", err, missingObjectHint(err), sum.To)
@@ -273,3 +273,42 @@ func (a *app) sharedSchema() string {
 	}
 	return shared.DefaultSchema
 }
+
+// shardFailures is the error of a migration that failed on several shards:
+// one line per cause with the shards it failed on (a failing file usually
+// fails alike on every shard that ran it). Each shard's own error is logged
+// at info (--log-level info).
+type shardFailures []*migrate.ShardError
+
+func (e shardFailures) Error() string {
+	var causes []string
+	shards := map[string][]int{}
+	for _, f := range e {
+		c := f.Cause()
+		if shards[c] == nil {
+			causes = append(causes, c)
+		}
+		shards[c] = append(shards[c], f.Target.Shard)
+	}
+	line := func(c string) string {
+		ids := shards[c]
+		slices.Sort(ids)
+		on := migrate.ShardRanges(ids)
+		if i := strings.LastIndex(on[:min(len(on), 60)], ", "); len(on) > 60 && i > 0 { // scattered shards: the first ranges
+			on = on[:i] + ", …"
+		}
+		return fmt.Sprintf("%s (%s): %s", on, plural(len(ids), "shard"), c)
+	}
+	if len(causes) == 1 {
+		return "migrate failed on " + line(causes[0])
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "migrate failed on %s:", plural(len(e), "shard"))
+	for _, c := range causes {
+		b.WriteString("\n  " + line(c))
+	}
+	return b.String()
+}
+
+// Unwrap is the first failure.
+func (e shardFailures) Unwrap() error { return e[0] }
