@@ -32,6 +32,16 @@ CREATE TABLE notes (id int PRIMARY KEY);
 `,
 }
 
+// migrateAccessTables runs accessMigrations with migrate up.
+func migrateAccessTables(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	for f, b := range accessMigrations {
+		os.WriteFile(filepath.Join(dir, f), []byte(b), 0o644)
+	}
+	mustRun(t, "migrate", "up", "--dir", dir)
+}
+
 func nodeExec(t *testing.T, dsn, sql string, args ...any) {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
@@ -208,11 +218,7 @@ func TestRouterCommandAccess(t *testing.T) {
 	dsnA := nodeA.NewDatabase(t)
 	mustRun(t, "node", "add", "a", dsnA)
 	mustRun(t, "shard", "create")
-	dir := t.TempDir()
-	for f, b := range accessMigrations {
-		os.WriteFile(filepath.Join(dir, f), []byte(b), 0o644)
-	}
-	mustRun(t, "migrate", "up", "--dir", dir)
+	migrateAccessTables(t)
 	mustRun(t, "tenant", "add", "acme", "--shard", "1")
 	mustRun(t, "tenant", "add", "other", "--shard", "1")
 	nodeExec(t, dsnA, `INSERT INTO shard_0001.accounts (tenant_id, id, name) VALUES ('acme', 1, 'a'), ('other', 2, 'o'), ('other', 3, 'o')`)
@@ -325,11 +331,7 @@ func TestRLSEnableNodeDown(t *testing.T) {
 	mustRun(t, "node", "add", "a", nodeA.NewDatabase(t))
 	mustRun(t, "node", "add", "b", dsnB)
 	mustRun(t, "shard", "create")
-	dir := t.TempDir()
-	for f, b := range accessMigrations {
-		os.WriteFile(filepath.Join(dir, f), []byte(b), 0o644)
-	}
-	mustRun(t, "migrate", "up", "--dir", dir)
+	migrateAccessTables(t)
 	role := fmt.Sprintf("app_rlsdown_%d", time.Now().UnixNano()%1e9)
 	state := func() (recorded string, version int) {
 		recorded = fmt.Sprint(nodeInt(t, catalogDSN, `SELECT count(*) FROM pgtenant.meta WHERE key = 'runtime_role' AND value = $1`, role))
