@@ -40,8 +40,8 @@ transactions as --runtime-role, created NOLOGIN on every node with the
 privileges the app needs. Names are checked first: an unknown or shared table
 changes nothing. A new runtime role is recorded (and routers switch to it)
 only once every node has it: when a node fails, routers keep their role; run
-the command again once the node is fixed. From then on DDL through the router fails (42501): apply
-schema changes with 'pgtenant migrate up'.
+the command again once the node is fixed. From then on DDL through the
+router fails (42501): apply schema changes with 'pgtenant migrate up'.
 
 Undo: 'pgtenant rls disable' removes the policies; routers keep running users
 as the runtime role, which still has its privileges.`,
