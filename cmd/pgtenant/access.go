@@ -40,6 +40,12 @@ touch; run it yourself after changing a shard's tables by hand.`,
 // applyAccess applies the access plan to every node (only the given shards
 // when shards is not nil) and prints a line per node.
 func (a *app) applyAccess(ctx context.Context, c *catalog.Catalog, shards []placement.Shard) error {
+	return a.applyAccessAs(ctx, c, shards, "")
+}
+
+// applyAccessAs is applyAccess with runtime as the runtime role instead of
+// the recorded one (when not "").
+func (a *app) applyAccessAs(ctx context.Context, c *catalog.Catalog, shards []placement.Shard, runtime string) error {
 	var only func(int) bool
 	if shards != nil {
 		set := map[int]bool{}
@@ -48,11 +54,11 @@ func (a *app) applyAccess(ctx context.Context, c *catalog.Catalog, shards []plac
 		}
 		only = func(id int) bool { return set[id] }
 	}
-	reps, err := access.Apply(ctx, c.Pool(), c.ResolveDSN, only)
+	reps, err := access.ApplyRuntimeRole(ctx, c.Pool(), c.ResolveDSN, only, runtime)
 	for _, r := range reps {
-		fmt.Fprintf(a.stdout, "access: node %s: %d shard schemas, %d tables under row-level security, %d policies changed\n", r.Node, r.Schemas, r.Policies, r.Changed)
+		fmt.Fprintf(a.stdout, "access: node %s: %s, %s under row-level security, %s changed\n", r.Node, plural(r.Schemas, "shard schema"), plural(r.Policies, "table"), plural(r.Changed, "policy"))
 		if len(r.Missing) > 0 {
-			fmt.Fprintf(a.stderr, "warning: node %s: %d registered tables with row-level security are missing in some shards (e.g. %s); run migrate up\n", r.Node, len(r.Missing), r.Missing[0])
+			fmt.Fprintf(a.stderr, "warning: node %s: %s with row-level security missing in some shards (e.g. %s); run migrate up\n", r.Node, plural(len(r.Missing), "registered table"), r.Missing[0])
 		}
 	}
 	c.RecordOperation(ctx, "access apply", map[string]any{"nodes": len(reps)}, err)
@@ -73,7 +79,7 @@ func (a *app) afterMigrate(ctx context.Context, c *catalog.Catalog, dir string, 
 		}
 	}
 	if len(rules) > 0 {
-		fmt.Fprintf(a.stdout, "tables registry: %d rules from migration annotations\n", len(rules))
+		fmt.Fprintf(a.stdout, "tables registry: %s from migration annotations\n", plural(len(rules), "rule"))
 	}
 	return a.applyAccess(ctx, c, shards)
 }

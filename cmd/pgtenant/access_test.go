@@ -32,6 +32,16 @@ CREATE TABLE notes (id int PRIMARY KEY);
 `,
 }
 
+// migrateAccessTables runs accessMigrations with migrate up.
+func migrateAccessTables(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	for f, b := range accessMigrations {
+		os.WriteFile(filepath.Join(dir, f), []byte(b), 0o644)
+	}
+	mustRun(t, "migrate", "up", "--dir", dir)
+}
+
 func nodeExec(t *testing.T, dsn, sql string, args ...any) {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
@@ -110,7 +120,7 @@ func TestCLIAccess(t *testing.T) {
 		t.Fatal("acme still registered after remove --purge")
 	}
 	code, out, errOut = pgtenant(t, "tenant", "remove", "other", "--force")
-	if code != 0 || !strings.Contains(errOut, "1 rows left in accounts") {
+	if code != 0 || !strings.Contains(errOut, "1 row left in accounts") {
 		t.Fatalf("tenant remove --force: exit %d %s%s", code, out, errOut)
 	}
 	mustRun(t, "tenant", "add", "other", "--shard", "1")
@@ -208,11 +218,7 @@ func TestRouterCommandAccess(t *testing.T) {
 	dsnA := nodeA.NewDatabase(t)
 	mustRun(t, "node", "add", "a", dsnA)
 	mustRun(t, "shard", "create")
-	dir := t.TempDir()
-	for f, b := range accessMigrations {
-		os.WriteFile(filepath.Join(dir, f), []byte(b), 0o644)
-	}
-	mustRun(t, "migrate", "up", "--dir", dir)
+	migrateAccessTables(t)
 	mustRun(t, "tenant", "add", "acme", "--shard", "1")
 	mustRun(t, "tenant", "add", "other", "--shard", "1")
 	nodeExec(t, dsnA, `INSERT INTO shard_0001.accounts (tenant_id, id, name) VALUES ('acme', 1, 'a'), ('other', 2, 'o'), ('other', 3, 'o')`)
@@ -309,5 +315,48 @@ func startRouter(t *testing.T) (addr string, stop func()) {
 			t.Fatalf("router not listening: %s%s", out.String(), errOut.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// rls enable with a node that cannot take the new runtime role records
+// nothing and bumps no map version: routers keep their role (before, the role
+// was recorded first, and the next map change switched the routers to a role
+// the node lacked). Run again once the node is back, it switches.
+func TestRLSEnableNodeDown(t *testing.T) {
+	t.Chdir(t.TempDir())
+	catalogDSN := nodeA.NewDatabase(t)
+	t.Setenv("PGTENANT_CATALOG", catalogDSN)
+	mustRun(t, "init", "--shards", "2")
+	dsnB := nodeB.NewDatabase(t)
+	mustRun(t, "node", "add", "a", nodeA.NewDatabase(t))
+	mustRun(t, "node", "add", "b", dsnB)
+	mustRun(t, "shard", "create")
+	migrateAccessTables(t)
+	role := fmt.Sprintf("app_rlsdown_%d", time.Now().UnixNano()%1e9)
+	state := func() (recorded string, version int) {
+		recorded = fmt.Sprint(nodeInt(t, catalogDSN, `SELECT count(*) FROM pgtenant.meta WHERE key = 'runtime_role' AND value = $1`, role))
+		return recorded, nodeInt(t, catalogDSN, `SELECT version::int FROM pgtenant.map_version`)
+	}
+	port, _ := localpg.FreePort()
+	nodeExec(t, catalogDSN, `UPDATE pgtenant.nodes SET dsn = $1 WHERE name = 'b'`, fmt.Sprintf("postgres://u@127.0.0.1:%d/x?connect_timeout=2", port))
+	_, before := state()
+	code, out, errOut := pgtenant(t, "rls", "enable", "--runtime-role", role)
+	if rec, v := state(); rec != "0" || v != before {
+		t.Fatalf("after a failed rls enable: runtime role %s recorded %s times, map version %d -> %d; want nothing recorded, no bump", role, rec, before, v)
+	}
+	if code != 1 || !strings.Contains(errOut, "node b") || !strings.Contains(errOut, "rls enable` again") || strings.Contains(out, "routers now run") {
+		t.Fatalf("rls enable with node b down: exit %d\n%s%s", code, out, errOut)
+	}
+
+	nodeExec(t, catalogDSN, `UPDATE pgtenant.nodes SET dsn = $1 WHERE name = 'b'`, dsnB)
+	_, before = state()
+	if out := mustRun(t, "rls", "enable", "--runtime-role", role); !strings.Contains(out, "routers now run ordinary users' transactions as role") || !strings.Contains(out, role) {
+		t.Fatalf("rls enable with every node up:\n%s", out)
+	}
+	if rec, v := state(); rec != "1" || v <= before {
+		t.Fatalf("after rls enable: runtime role recorded %s times, map version %d -> %d", rec, before, v)
+	}
+	if n := nodeInt(t, dsnB, `SELECT count(*) FROM pg_roles WHERE rolname = $1`, role); n != 1 {
+		t.Fatalf("role %s on node b: %d", role, n)
 	}
 }

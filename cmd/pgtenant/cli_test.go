@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -101,6 +102,22 @@ func TestCLIEndToEnd(t *testing.T) {
 	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, "unknown tenant") {
 		t.Fatalf("locate nobody: exit %d %q", code, errOut)
 	}
+	// Unknown names get the shape of shard move's: a SQLSTATE and where the names are.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "remove", "nosuch"}, "`pgtenant node list`"},
+		{[]string{"node", "check", "nosuch"}, "`pgtenant node list`"},
+		{[]string{"node", "stats", "nosuch"}, "`pgtenant node list`"},
+		{[]string{"tenant", "list", "--shard", "999"}, "`pgtenant shard list`"},
+		{[]string{"tenant", "list", "--shard", "16"}, "`pgtenant shard list`"},
+	} {
+		code, out, errOut := pgtenant(t, c.args...)
+		if code != 1 || !strings.Contains(errOut, "(SQLSTATE 42704)") || !strings.Contains(errOut, c.want) || out != "" {
+			t.Errorf("pgtenant %s: exit %d, want 1 with SQLSTATE 42704 and %s\n%s%s", strings.Join(c.args, " "), code, c.want, out, errOut)
+		}
+	}
 
 	// Migrations: up, status current, a new file makes every shard behind.
 	dir := t.TempDir()
@@ -118,6 +135,14 @@ func TestCLIEndToEnd(t *testing.T) {
 	code, out, errOut = pgtenant(t, "migrate", "up", "--dir", dir)
 	if code != 1 || !strings.Contains(errOut, "00003_bad.sql") || !strings.Contains(errOut, "42P01") {
 		t.Fatalf("failing migration: exit %d\n%s%s", code, out, errOut)
+	}
+	// The shards that ran the file failed alike: one line with their count
+	// (each shard's error is logged at info).
+	if strings.Count(errOut, "42P01") != 1 || !regexp.MustCompile(`migrate failed on shards? [0-9, -]+ \([0-9]+ shards?\): file 00003_bad.sql: ERROR`).MatchString(errOut) {
+		t.Errorf("failing migration: not one grouped line:\n%s", errOut)
+	}
+	if _, _, errOut := pgtenant(t, "migrate", "up", "--dir", dir, "--log-level", "info"); !strings.Contains(errOut, "shard migration failed") {
+		t.Errorf("failing migration with --log-level info: no per-shard detail:\n%s", errOut)
 	}
 	code, out, _ = pgtenant(t, "migrate", "status")
 	if code != 1 || !strings.Contains(out, "all 16 shards are at version 2; pending: 3") {

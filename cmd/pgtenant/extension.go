@@ -54,7 +54,7 @@ record stays, so 'node add' would install it again).`,
 				if err := c.RecordExtension(ctx, name, schema); err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "extension %s installed in schema %s on %d nodes\n", name, schema, len(nodes))
+				fmt.Fprintf(a.stdout, "extension %s installed in schema %s on %s\n", name, schema, plural(len(nodes), "node"))
 				return nil
 			})(cmd, args)
 		},
@@ -102,7 +102,7 @@ record stays, so 'node add' would install it again).`,
 			}
 			w.Flush()
 			if missing > 0 {
-				return fmt.Errorf("%d recorded extension(s) missing or misplaced on some node; run `pgtenant extension add NAME` again", missing)
+				return fmt.Errorf("%s missing or misplaced on some node; run `pgtenant extension add NAME` again", plural(missing, "recorded extension"))
 			}
 			return nil
 		}),

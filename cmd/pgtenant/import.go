@@ -98,25 +98,25 @@ its shard is cut over, the router serves each tenant from its own schema.`,
 			}
 			sv := res.Survey
 			if perTenant {
-				fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %d tenant schemas with the same %d tables\n", sv.WalLevel, res.TenantSchemas, len(sv.Tables))
+				fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %s with the same %s\n", sv.WalLevel, plural(res.TenantSchemas, "tenant schema"), plural(len(sv.Tables), "table"))
 			} else {
-				fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %d tables with a rule, %d tenants in its rows\n",
-					sv.WalLevel, len(sv.Tables), len(sv.Tenants))
+				fmt.Fprintf(a.stdout, "legacy database checked: wal_level %s, %s with a rule, %s in its rows\n",
+					sv.WalLevel, plural(len(sv.Tables), "table"), plural(len(sv.Tenants), "tenant"))
 			}
 			if opts.CheckOnly {
 				if n := len(sv.Unregistered); n > 0 {
-					fmt.Fprintf(a.stdout, "%d tenants would be registered by --register-tenants\n", n)
+					fmt.Fprintf(a.stdout, "%s would be registered by --register-tenants\n", plural(n, "tenant"))
 				}
 				return nil
 			}
 			if res.Registered > 0 {
-				fmt.Fprintf(a.stdout, "%d tenants registered\n", res.Registered)
+				fmt.Fprintf(a.stdout, "%s registered\n", plural(res.Registered, "tenant"))
 			}
 			if res.TenantSchemas > 0 {
-				fmt.Fprintf(a.stdout, "node %s added as the legacy node: each of its %d tenant schemas serves its tenant in all %d shards (template schema %s)\n",
-					res.Node, res.TenantSchemas, res.Shards, res.Schema)
+				fmt.Fprintf(a.stdout, "node %s added as the legacy node: each of its %s serves its tenant in all %s (template schema %s)\n",
+					res.Node, plural(res.TenantSchemas, "tenant schema"), plural(res.Shards, "shard"), res.Schema)
 			} else {
-				fmt.Fprintf(a.stdout, "node %s added as the legacy node: its schema %s serves all %d shards\n", res.Node, res.Schema, res.Shards)
+				fmt.Fprintf(a.stdout, "node %s added as the legacy node: its schema %s serves all %s\n", res.Node, res.Schema, plural(res.Shards, "shard"))
 			}
 			fmt.Fprintln(a.stdout, "point the app's DATABASE_URL at the router; next: pgtenant import schema --dir DIR")
 			return nil
@@ -169,9 +169,9 @@ shards will be cut over to; the legacy database is not changed.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "wrote %s (%d tables: %s)\n", res.File, len(res.Tables), strings.Join(res.Tables, ", "))
+			fmt.Fprintf(a.stdout, "wrote %s (%s: %s)\n", res.File, plural(len(res.Tables), "table"), strings.Join(res.Tables, ", "))
 			if res.ReferenceFile != "" {
-				fmt.Fprintf(a.stdout, "wrote %s (%d reference tables: %s)\n", res.ReferenceFile, len(res.Reference), strings.Join(res.Reference, ", "))
+				fmt.Fprintf(a.stdout, "wrote %s (%s: %s)\n", res.ReferenceFile, plural(len(res.Reference), "reference table"), strings.Join(res.Reference, ", "))
 				fmt.Fprintf(a.stdout, "next: pgtenant reference migrate --dir %s && ", filepath.Dir(res.ReferenceFile))
 			} else {
 				fmt.Fprint(a.stdout, "next: ")

@@ -168,7 +168,7 @@ func TestImportInit(t *testing.T) {
 	// The schema baseline: tenant tables as the shards' first migration,
 	// the reference table for the shared schema of every node.
 	out = mustRun(t, "import", "schema", "--dir", "db/migrations", "--reference-dir", "db/reference")
-	if !strings.Contains(out, "6 tables: buildings, customers, meter_notes, meters, readings, tariffs") || !strings.Contains(out, "1 reference tables: energy_units") {
+	if !strings.Contains(out, "6 tables: buildings, customers, meter_notes, meters, readings, tariffs") || !strings.Contains(out, "1 reference table: energy_units") {
 		t.Fatalf("import schema: %s", out)
 	}
 	base, err := os.ReadFile("db/migrations/00001_legacy_baseline.sql")

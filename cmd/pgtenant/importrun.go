@@ -112,8 +112,8 @@ Give it on the first run (or to import init); later runs keep the method.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "copied %d shards (%d tables, %d kept from before), %d rows, %s in %s (%s/s); slot %s from %s\n", res.Copied, res.Tables, res.TablesKept,
-					res.Rows, humanBytes(res.Bytes), res.Duration.Round(time.Millisecond), humanBytes(int64(float64(res.Bytes)/max(res.Duration.Seconds(), 0.001))), res.Slot, res.StartLSN)
+				fmt.Fprintf(a.stdout, "copied %s (%s, %d kept from before), %s, %s in %s (%s/s); slot %s from %s\n", plural(res.Copied, "shard"), plural(res.Tables, "table"), res.TablesKept,
+					plural(res.Rows, "row"), humanBytes(res.Bytes), res.Duration.Round(time.Millisecond), humanBytes(int64(float64(res.Bytes)/max(res.Duration.Seconds(), 0.001))), res.Slot, res.StartLSN)
 				if len(res.Reference) > 0 {
 					fmt.Fprintf(a.stdout, "reference tables loaded on every node: %s\n", strings.Join(res.Reference, ", "))
 				}
@@ -162,7 +162,7 @@ Shards cut over are not compared. Exit status 1 on a difference.`,
 			for _, m := range rep.Mismatches {
 				fmt.Fprintln(a.stdout, m.String())
 			}
-			fmt.Fprintf(a.stdout, "%d shards, %d tenants, %d tables, %d rows compared; %d differences\n", rep.Shards, rep.Tenants, rep.Tables, rep.Rows, len(rep.Mismatches))
+			fmt.Fprintf(a.stdout, "%s, %s, %s, %s compared; %s\n", plural(rep.Shards, "shard"), plural(rep.Tenants, "tenant"), plural(rep.Tables, "table"), plural(rep.Rows, "row"), plural(len(rep.Mismatches), "difference"))
 			printImportLeftovers(a, rep.Unimported, rep.Rejects)
 			if !rep.OK() {
 				return fmt.Errorf("import verify: %d tenant tables differ, %d legacy tables not in the import, %d rejected changes not resolved",
@@ -258,7 +258,7 @@ func checkImportLeftovers(ctx context.Context, a *app, im *importer.Importer, op
 	if acceptRejects {
 		rs, err := im.AcceptRejects(ctx, op)
 		if err == nil && len(rs) > 0 {
-			fmt.Fprintf(a.stdout, "%d rejected change(s) dropped on purpose; their rows stay on the legacy database only\n", len(rs))
+			fmt.Fprintf(a.stdout, "%s dropped on purpose; their rows stay on the legacy database only\n", plural(len(rs), "rejected change"))
 		}
 		return err
 	}

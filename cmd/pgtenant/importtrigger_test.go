@@ -170,7 +170,7 @@ func TestImportTriggerKills(t *testing.T) {
 	l3.waitWrites(t, 200)
 	t.Log(strings.TrimSpace(mustRun(t, "import", "rollback", "--shard", "3")))
 	l3.waitWrites(t, 200)
-	if code, out, errOut := pgtenant(t, "import", "verify", "--shard", "3"); code != 0 || !strings.Contains(out, "1 shards") {
+	if code, out, errOut := pgtenant(t, "import", "verify", "--shard", "3"); code != 0 || !strings.Contains(out, "1 shard,") {
 		t.Fatalf("import verify of the rolled back shard: exit %d\n%s%s", code, out, errOut)
 	}
 	l2 := startLedger(t, addr, ids, 2, "u")

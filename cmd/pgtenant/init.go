@@ -28,7 +28,7 @@ whole shards to a new one. Running init again with the same count is safe.`,
 				return err
 			}
 			v, _ := c.Version(ctx)
-			fmt.Fprintf(a.stdout, "catalog ready: %d shards, schema version %d\n", shards, v)
+			fmt.Fprintf(a.stdout, "catalog ready: %s, schema version %d\n", plural(shards, "shard"), v)
 			fmt.Fprintln(a.stdout, "next: pgtenant node add NAME DSN, then pgtenant shard create")
 			return nil
 		}),

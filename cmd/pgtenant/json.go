@@ -7,6 +7,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/move"
+	"github.com/pgtenant/pgtenant/internal/tenantops"
 )
 
 // The shapes --json prints, one type per command; docs/cli-json.md
@@ -162,4 +163,88 @@ func movesJSON(list []move.Info) []moveJSON {
 		}
 	}
 	return out
+}
+
+// tableRowsJSON is one table of `tenant import --json` and `tenant move --json`.
+type tableRowsJSON struct {
+	Table string `json:"table"`
+	Rows  int64  `json:"rows"`
+}
+
+func tableRowsList(ts []tenantops.TableRows) []tableRowsJSON {
+	out := make([]tableRowsJSON, len(ts))
+	for i, t := range ts {
+		out[i] = tableRowsJSON(t)
+	}
+	return out
+}
+
+// purgeJSON is `tenant purge --json`.
+type purgeJSON struct {
+	Tenant string           `json:"tenant"`
+	Shard  int              `json:"shard"`
+	Node   string           `json:"node"`
+	DryRun bool             `json:"dry_run"`
+	Rows   int64            `json:"rows"` // deleted (found, with --dry-run)
+	Tables []purgeTableJSON `json:"tables"`
+}
+
+// purgeTableJSON is one table of `tenant purge --json`.
+type purgeTableJSON struct {
+	Table   string `json:"table"`
+	Rows    int64  `json:"rows"`    // found before the purge
+	Deleted int64  `json:"deleted"` // 0 with --dry-run
+}
+
+func purgeReportJSON(r tenantops.PurgeReport) purgeJSON {
+	out := purgeJSON{Tenant: r.Tenant, Shard: r.Shard, Node: r.Node, DryRun: r.DryRun, Rows: r.Total()}
+	out.Tables = make([]purgeTableJSON, len(r.Tables))
+	for i, t := range r.Tables {
+		out.Tables[i] = purgeTableJSON(t)
+	}
+	return out
+}
+
+// importJSON is `tenant import --json`.
+type importJSON struct {
+	Tenant     string          `json:"tenant"`
+	From       string          `json:"from"` // the tenant the file was exported from
+	Shard      int             `json:"shard"`
+	Node       string          `json:"node"`
+	Registered bool            `json:"registered"` // the import registered the tenant (by hash)
+	Rows       int64           `json:"rows"`
+	Tables     []tableRowsJSON `json:"tables"`
+}
+
+func importReportJSON(r tenantops.ImportReport) importJSON {
+	out := importJSON{Tenant: r.Tenant, From: r.From, Shard: r.Shard, Node: r.Node, Registered: r.Registered, Tables: tableRowsList(r.Tables)}
+	for _, t := range r.Tables {
+		out.Rows += t.Rows
+	}
+	return out
+}
+
+// tenantMoveJSON is `tenant move --json`.
+type tenantMoveJSON struct {
+	MoveID     int64           `json:"move_id"`
+	Tenant     string          `json:"tenant"`
+	From       int             `json:"from"` // shards
+	To         int             `json:"to"`
+	FromNode   string          `json:"from_node"`
+	ToNode     string          `json:"to_node"`
+	Copied     int64           `json:"copied"`      // rows copied at the snapshot
+	CaughtUp   int64           `json:"caught_up"`   // queued changes applied after it
+	FinalRound int64           `json:"final_round"` // of those, under the fence
+	Stale      int64           `json:"stale"`       // rows left in the target by an interrupted move, deleted
+	Deleted    int64           `json:"deleted"`     // rows deleted from the source after the flip
+	PauseMS    float64         `json:"pause_ms"`    // fence to the flip's commit
+	FenceAckMS float64         `json:"fence_ack_ms"`
+	DurationMS float64         `json:"duration_ms"`
+	Tables     []tableRowsJSON `json:"tables"` // the tenant's rows per table on the target at the flip
+}
+
+func tenantMoveResultJSON(r tenantops.MoveResult) tenantMoveJSON {
+	return tenantMoveJSON{MoveID: r.MoveID, Tenant: r.Tenant, From: r.From, To: r.To, FromNode: r.FromNode, ToNode: r.ToNode,
+		Copied: r.Copied, CaughtUp: r.CaughtUp, FinalRound: r.FinalRound, Stale: r.Stale, Deleted: r.Deleted,
+		PauseMS: durationMS(r.Pause), FenceAckMS: durationMS(r.FenceAck), DurationMS: durationMS(r.Duration), Tables: tableRowsList(r.Tables)}
 }

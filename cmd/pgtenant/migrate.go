@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -234,27 +236,25 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 		return sum, err // refused before anything ran
 	}
 	if sum.Adopted > 0 {
-		fmt.Fprintf(a.stdout, "recorded the current files' checksums for %d applied migrations (summed over shards) "+
-			"that had none, applied before pgtenant kept checksums; later changes to those files are refused\n", sum.Adopted)
+		fmt.Fprintf(a.stdout, "recorded the current files' checksums for %s (summed over shards) "+
+			"that had none, applied before pgtenant kept checksums; later changes to those files are refused\n", plural(sum.Adopted, "applied migration"))
 	}
 	detail := map[string]any{"dir": dir, "shards": sum.Shards, "applied": sum.Applied, "failed": sum.Failed}
 	switch {
 	case verb == "down" && sum.Applied == 0 && err == nil:
-		fmt.Fprintf(a.stdout, "migrate down: nothing to roll back above version %d on %d shards\n", sum.To, sum.Shards)
+		fmt.Fprintf(a.stdout, "migrate down: nothing to roll back above version %d on %s\n", sum.To, plural(sum.Shards, "shard"))
 	case verb == "down":
 		detail["to"] = sum.To
-		fmt.Fprintf(a.stdout, "migrate down: %d shards, %d rolled back to version %d, %d already there, %d failed, %d not started; %d files rolled back in %s\n",
-			sum.Shards, sum.Migrated, sum.To, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+		fmt.Fprintf(a.stdout, "migrate down: %s, %d rolled back to version %d, %d already there, %d failed, %d not started; %s rolled back in %s\n",
+			plural(sum.Shards, "shard"), sum.Migrated, sum.To, sum.Current, sum.Failed, sum.Skipped, plural(sum.Applied, "file"), sum.Duration.Round(time.Millisecond))
 	default:
-		fmt.Fprintf(a.stdout, "migrate: %d shards, %d migrated, %d already current, %d failed, %d not started; %d files applied in %s\n",
-			sum.Shards, sum.Migrated, sum.Current, sum.Failed, sum.Skipped, sum.Applied, sum.Duration.Round(time.Millisecond))
+		fmt.Fprintf(a.stdout, "migrate: %s, %d migrated, %d already current, %d failed, %d not started; %s applied in %s\n",
+			plural(sum.Shards, "shard"), sum.Migrated, sum.Current, sum.Failed, sum.Skipped, plural(sum.Applied, "file"), sum.Duration.Round(time.Millisecond))
 	}
 	c.RecordOperation(ctx, "migrate "+verb, detail, err)
 	if err != nil {
 		if len(sum.Failures) > 1 {
-			for _, f := range sum.Failures[1:] {
-				fmt.Fprintln(a.stderr, "also failed:", f)
-			}
+			err = shardFailures(sum.Failures)
 		}
 		if verb == "down" {
 			return sum, fmt.Errorf("%w%s\nfix the file's Down section and run `pgtenant migrate down --to %d` again; each shard continues where it stopped", err, missingObjectHint(err), sum.To)
@@ -273,3 +273,42 @@ func (a *app) sharedSchema() string {
 	}
 	return shared.DefaultSchema
 }
+
+// shardFailures is the error of a migration that failed on several shards:
+// one line per cause with the shards it failed on (a failing file usually
+// fails alike on every shard that ran it). Each shard's own error is logged
+// at info (--log-level info).
+type shardFailures []*migrate.ShardError
+
+func (e shardFailures) Error() string {
+	var causes []string
+	shards := map[string][]int{}
+	for _, f := range e {
+		c := f.Cause()
+		if shards[c] == nil {
+			causes = append(causes, c)
+		}
+		shards[c] = append(shards[c], f.Target.Shard)
+	}
+	line := func(c string) string {
+		ids := shards[c]
+		slices.Sort(ids)
+		on := migrate.ShardRanges(ids)
+		if i := strings.LastIndex(on[:min(len(on), 60)], ", "); len(on) > 60 && i > 0 { // scattered shards: the first ranges
+			on = on[:i] + ", …"
+		}
+		return fmt.Sprintf("%s (%s): %s", on, plural(len(ids), "shard"), c)
+	}
+	if len(causes) == 1 {
+		return "migrate failed on " + line(causes[0])
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "migrate failed on %s:", plural(len(e), "shard"))
+	for _, c := range causes {
+		b.WriteString("\n  " + line(c))
+	}
+	return b.String()
+}
+
+// Unwrap is the first failure.
+func (e shardFailures) Unwrap() error { return e[0] }

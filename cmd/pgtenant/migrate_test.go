@@ -89,6 +89,10 @@ func TestMigrateChangedFileCLI(t *testing.T) {
 				t.Errorf("%s: stderr does not say %q:\n%s", args, s, errOut)
 			}
 		}
+		// One line for the four shards, not a table row per shard.
+		if strings.Contains(out, "shard_0000") || strings.Count(errOut, "changed since") != 1 {
+			t.Errorf("%s: drift printed per shard:\n%s%s", args, out, errOut)
+		}
 	}
 	if got := shardTables(t, dsns); len(got) != 4 || strings.Contains(strings.Join(got, " "), "invoices") {
 		t.Fatalf("a refused run changed the shards: %v", got)

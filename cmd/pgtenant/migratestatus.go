@@ -97,7 +97,9 @@ func (a *app) printMigrateStatus(dir string, st []migrate.ShardStatus, all, allo
 		}
 		return err
 	}
-	uniform := len(sum.Versions) == 1 && samePending && len(drifts) == 0
+	// Drift alone prints no table: its lines name the shards (--json and
+	// --all list them one by one).
+	uniform := len(sum.Versions) == 1 && samePending
 	if all || !uniform {
 		w := a.table("SHARD", "SCHEMA", "NODE", "CURRENT", "LATEST", "PENDING", "DRIFT")
 		for _, s := range sum.ShardStatus {

@@ -244,7 +244,7 @@ old node; run it once the moved shards serve well from their new nodes.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "%d objects dropped\n", len(dropped))
+			fmt.Fprintf(a.stdout, "%s dropped\n", plural(len(dropped), "object"))
 			return nil
 		}),
 	}

@@ -126,10 +126,10 @@ node's identity is recorded). Exits non-zero when a check fails.`,
 					}
 				}
 				for n := range want {
-					return fmt.Errorf("node %q: %w", n, catalog.ErrUnknownNode)
+					return catalog.UnknownNode(n)
 				}
 				if failed > 0 {
-					return fmt.Errorf("%d node(s) failed their check", failed)
+					return fmt.Errorf("%s failed their check", plural(failed, "node"))
 				}
 				return nil
 			})(cmd, args)

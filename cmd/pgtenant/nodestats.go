@@ -90,7 +90,7 @@ exits 1.`,
 				}
 			}
 			if failed > 0 {
-				return fmt.Errorf("%d of %d node(s) did not answer", failed, len(out))
+				return fmt.Errorf("%d of %s did not answer", failed, plural(len(out), "node"))
 			}
 			return nil
 		}),

@@ -60,7 +60,7 @@ func TestNodeStats(t *testing.T) {
 	}
 
 	code, out, errOut := pgtenant(t, "node", "stats")
-	if code != 1 || !strings.Contains(errOut, "1 of 3 node(s) did not answer") {
+	if code != 1 || !strings.Contains(errOut, "1 of 3 nodes did not answer") {
 		t.Fatalf("node stats with node c gone: exit %d\n%s%s", code, out, errOut)
 	}
 	for _, want := range []string{
@@ -87,7 +87,7 @@ func TestNodeStats(t *testing.T) {
 	if strings.Contains(out, "node b") || !strings.Contains(out, "public.readings") {
 		t.Errorf("node stats a:\n%s", out)
 	}
-	if code, _, errOut := pgtenant(t, "node", "stats", "nosuch"); code != 1 || !strings.Contains(errOut, "unknown node") {
+	if code, _, errOut := pgtenant(t, "node", "stats", "nosuch"); code != 1 || !strings.Contains(errOut, `node "nosuch" is unknown (SQLSTATE 42704)`) {
 		t.Errorf("node stats nosuch: exit %d %s", code, errOut)
 	}
 

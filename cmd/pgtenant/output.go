@@ -19,6 +19,9 @@ var jsonCommands = map[string]bool{
 	"pgtenant tenant locate":  true,
 	"pgtenant tenant list":    true,
 	"pgtenant tenant top":     true,
+	"pgtenant tenant purge":   true,
+	"pgtenant tenant import":  true,
+	"pgtenant tenant move":    true,
 	"pgtenant shard list":     true,
 	"pgtenant shard moves":    true,
 	"pgtenant node list":      true,
@@ -157,4 +160,17 @@ func detailText(detail string) string {
 		parts[i] = fmt.Sprintf("%s=%v", k, v)
 	}
 	return strings.Join(parts, " ")
+}
+
+// plural says how many: plural(1, "rule") is "1 rule", plural(2, "rule")
+// "2 rules", plural(0, "policy") "0 policies". Counts the CLI prints go
+// through it.
+func plural[N ~int | ~int64](n N, one string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	if l := len(one); l > 1 && one[l-1] == 'y' && !strings.ContainsRune("aeiou", rune(one[l-2])) {
+		return fmt.Sprintf("%d %sies", n, one[:l-1])
+	}
+	return fmt.Sprintf("%d %ss", n, one)
 }

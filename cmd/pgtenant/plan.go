@@ -275,7 +275,7 @@ func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *planFlags, op 
 			row(w, m.Shard, m.From, m.To, humanBytes(m.Bytes))
 		}
 		w.Flush()
-		fmt.Fprintf(a.stdout, "%d moves, %s, %d at a time per node pair (dry run: nothing changed)\n", len(plan), humanBytes(total), max(f.parallel, 1))
+		fmt.Fprintf(a.stdout, "%s, %s, %d at a time per node pair (dry run: nothing changed)\n", plural(len(plan), "move"), humanBytes(total), max(f.parallel, 1))
 		return nil
 	}
 	if len(plan) == 0 {
@@ -290,7 +290,7 @@ func (a *app) runPlan(ctx context.Context, c *catalog.Catalog, f *planFlags, op 
 	if f.json {
 		text = a.stderr
 	}
-	fmt.Fprintf(text, "moving %d shards (%s), %d at a time per node pair\n", len(plan), humanBytes(total), max(f.parallel, 1))
+	fmt.Fprintf(text, "moving %s (%s), %d at a time per node pair\n", plural(len(plan), "shard"), humanBytes(total), max(f.parallel, 1))
 	plans := make([]move.Plan, len(plan))
 	for i, p := range plan {
 		plans[i] = move.Plan{Shard: p.Shard, From: p.From, To: p.To}

@@ -58,7 +58,7 @@ table.`,
 			if err != nil {
 				return fmt.Errorf("reference migrate: %w", err)
 			}
-			fmt.Fprintf(a.stdout, "%d nodes current with %d reference migrations from %s\n", len(nodes), len(ms), abs)
+			fmt.Fprintf(a.stdout, "%s current with %s from %s\n", plural(len(nodes), "node"), plural(len(ms), "reference migration"), abs)
 			return nil
 		}),
 	}
@@ -94,7 +94,7 @@ without a primary key is emptied first). Columns are in the table's order;
 				if err != nil {
 					return fmt.Errorf("reference load %s: %w", args[0], err)
 				}
-				fmt.Fprintf(a.stdout, "%s loaded on %d nodes\n", args[0], len(nodes))
+				fmt.Fprintf(a.stdout, "%s loaded on %s\n", args[0], plural(len(nodes), "node"))
 				return nil
 			})(cmd, args)
 		},
@@ -125,7 +125,7 @@ the change.`,
 				if err != nil {
 					return fmt.Errorf("reference exec: %w", err)
 				}
-				fmt.Fprintf(a.stdout, "done on %d nodes\n", len(nodes))
+				fmt.Fprintf(a.stdout, "done on %s\n", plural(len(nodes), "node"))
 				return nil
 			})(cmd, args)
 		},

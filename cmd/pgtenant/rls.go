@@ -38,8 +38,10 @@ column or a parent, or those named) in every shard of every node, with the
 policy of 'pgtenant rls --help', and make the routers run ordinary users'
 transactions as --runtime-role, created NOLOGIN on every node with the
 privileges the app needs. Names are checked first: an unknown or shared table
-changes nothing. From then on DDL through the router fails (42501): apply
-schema changes with 'pgtenant migrate up'.
+changes nothing. A new runtime role is recorded (and routers switch to it)
+only once every node has it: when a node fails, routers keep their role; run
+the command again once the node is fixed. From then on DDL through the
+router fails (42501): apply schema changes with 'pgtenant migrate up'.
 
 Undo: 'pgtenant rls disable' removes the policies; routers keep running users
 as the runtime role, which still has its privileges.`,
@@ -82,12 +84,7 @@ func (a *app) setRLS(ctx context.Context, c *catalog.Catalog, names []string, on
 		if err != nil {
 			return err
 		}
-		if cur != runtime {
-			if err := c.SetMeta(ctx, access.MetaRuntimeRole, runtime); err != nil {
-				return err
-			}
-			newRuntime = true
-		}
+		newRuntime = cur != runtime
 	}
 	state := "disabled"
 	if on {
@@ -99,16 +96,24 @@ func (a *app) setRLS(ctx context.Context, c *catalog.Catalog, names []string, on
 	if len(changed) == 0 {
 		fmt.Fprintln(a.stdout, "no tables with a tenant in the registry; declare them with `pgtenant table set NAME --tenant-column COL`")
 	}
-	if err := a.applyAccess(ctx, c, nil); err != nil {
+	if !newRuntime {
+		return a.applyAccess(ctx, c, nil)
+	}
+	// A new runtime role is created on every node first and recorded only
+	// then: routers read it with the users at the next map change, and a
+	// node without it would refuse their connections.
+	if err := a.applyAccessAs(ctx, c, nil, runtime); err != nil {
+		return fmt.Errorf("%w; routers keep their role until every node has role %s: run `pgtenant rls enable` again once the node is fixed",
+			err, pgx.Identifier{runtime}.Sanitize())
+	}
+	if err := c.SetMeta(ctx, access.MetaRuntimeRole, runtime); err != nil {
 		return err
 	}
-	if newRuntime {
-		// Routers read the runtime role with the users: make them reload,
-		// now that every node has the role.
-		if err := c.BumpMapVersion(ctx); err != nil {
-			return err
-		}
-		fmt.Fprintf(a.stdout, "routers now run ordinary users' transactions as role %s\n", pgx.Identifier{runtime}.Sanitize())
+	// Routers read the runtime role with the users: make them reload, now
+	// that every node has the role.
+	if err := c.BumpMapVersion(ctx); err != nil {
+		return err
 	}
+	fmt.Fprintf(a.stdout, "routers now run ordinary users' transactions as role %s\n", pgx.Identifier{runtime}.Sanitize())
 	return nil
 }

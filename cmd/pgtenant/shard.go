@@ -28,7 +28,7 @@ records its directory), new shards get every migration.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "%d shards created\n", len(created))
+			fmt.Fprintf(a.stdout, "%s created\n", plural(len(created), "shard"))
 			if len(created) == 0 {
 				return nil
 			}

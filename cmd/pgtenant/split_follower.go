@@ -129,7 +129,7 @@ func (a *app) reportSplit(ctx context.Context, c *catalog.Catalog, pf *planFlags
 		fmt.Fprintf(a.stdout, "split %d: shards %v now on %s (the promoted follower), %v stay on %s; pause %s (replay wait %s, promotion %s), in %s\n",
 			res.SplitID, res.Moved, res.NewNode, res.Kept, res.Node, res.Pause.Round(time.Millisecond), res.ReplayWait.Round(time.Millisecond),
 			res.Promote.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
-		fmt.Fprintf(a.stdout, "cleanup dropped %d schemas\n", len(res.Dropped))
+		fmt.Fprintf(a.stdout, "cleanup dropped %s\n", plural(len(res.Dropped), "schema"))
 		if res.CleanupError != "" {
 			fmt.Fprintf(a.stderr, "cleanup incomplete (run pgtenant shard cleanup): %s\n", res.CleanupError)
 		}

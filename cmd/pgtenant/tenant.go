@@ -115,6 +115,15 @@ registered tables; see its --help).`,
   pgtenant tenant list --shard 17`,
 		Args: cobra.NoArgs,
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
+			if listShard != -1 {
+				n, err := c.ShardCount(ctx)
+				if err != nil {
+					return err
+				}
+				if listShard < 0 || listShard >= n {
+					return fmt.Errorf("shard %d is unknown (SQLSTATE 42704): shards are 0 to %d; `pgtenant shard list` names them", listShard, n-1)
+				}
+			}
 			ts, err := c.Tenants(ctx, listShard, limit)
 			if err != nil {
 				return err
@@ -152,7 +161,7 @@ leaves the rows. Tables without a rule are not looked at.`,
 			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 				opts := tenantops.RemoveOptions{Purge: purge, Force: force, Batch: batch, Progress: func(rc tables.RowCount) {
-					fmt.Fprintf(a.stdout, "purged %d rows from %s\n", rc.Rows, rc.Table)
+					fmt.Fprintf(a.stdout, "purged %s from %s\n", plural(rc.Rows, "row"), rc.Table)
 				}}
 				counts, err := tenantops.New(c, a.logger).Remove(ctx, args[0], opts)
 				if err != nil {
@@ -160,7 +169,7 @@ leaves the rows. Tables without a rule are not looked at.`,
 				}
 				if force && len(counts) > 0 {
 					for _, rc := range counts {
-						fmt.Fprintf(a.stderr, "warning: %d rows left in %s\n", rc.Rows, rc.Table)
+						fmt.Fprintf(a.stderr, "warning: %s left in %s\n", plural(rc.Rows, "row"), rc.Table)
 					}
 				}
 				fmt.Fprintf(a.stdout, "tenant %s removed\n", strconv.Quote(args[0]))

@@ -41,13 +41,13 @@ purge before anything is deleted: register it first. --dry-run counts only.`,
 					return err
 				}
 				if a.json {
-					return a.printJSON(rep)
+					return a.printJSON(purgeReportJSON(rep))
 				}
 				verb := "deleted"
 				if dryRun {
 					verb = "found (dry run, nothing deleted)"
 				}
-				fmt.Fprintf(a.stdout, "tenant %s, shard %d on node %s: %d rows %s\n", strconv.Quote(rep.Tenant), rep.Shard, rep.Node, rep.Total(), verb)
+				fmt.Fprintf(a.stdout, "tenant %s, shard %d on node %s: %s %s\n", strconv.Quote(rep.Tenant), rep.Shard, rep.Node, plural(rep.Total(), "row"), verb)
 				w := a.table("TABLE", "ROWS", "DELETED")
 				for _, t := range rep.Tables {
 					row(w, t.Table, t.Rows, t.Deleted)
@@ -107,7 +107,7 @@ Each file starts with a header line (tenant, tables, columns) that
 					return err
 				}
 				for _, t := range rep.Tables {
-					fmt.Fprintf(a.stderr, "exported %d rows of %s\n", t.Rows, t.Table)
+					fmt.Fprintf(a.stderr, "exported %s of %s\n", plural(t.Rows, "row"), t.Table)
 				}
 				return nil
 			})(cmd, args)
@@ -152,17 +152,17 @@ FILE "-" reads stdin.`,
 					return err
 				}
 				if a.json {
-					return a.printJSON(rep)
+					return a.printJSON(importReportJSON(rep))
 				}
 				if rep.Registered {
 					fmt.Fprintf(a.stdout, "tenant %s registered in shard %d\n", strconv.Quote(rep.Tenant), rep.Shard)
 				}
 				var n int64
 				for _, t := range rep.Tables {
-					fmt.Fprintf(a.stdout, "loaded %d rows into %s\n", t.Rows, t.Table)
+					fmt.Fprintf(a.stdout, "loaded %s into %s\n", plural(t.Rows, "row"), t.Table)
 					n += t.Rows
 				}
-				fmt.Fprintf(a.stdout, "tenant %s: %d rows loaded into shard %d on node %s\n", strconv.Quote(rep.Tenant), n, rep.Shard, rep.Node)
+				fmt.Fprintf(a.stdout, "tenant %s: %s loaded into shard %d on node %s\n", strconv.Quote(rep.Tenant), plural(n, "row"), rep.Shard, rep.Node)
 				return nil
 			})(cmd, args)
 		},

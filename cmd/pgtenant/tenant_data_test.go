@@ -34,12 +34,25 @@ func TestCLITenantData(t *testing.T) {
 	if !strings.Contains(out, "5 rows found (dry run") || !strings.Contains(strings.Join(strings.Fields(out), " "), "invoices 3 0") {
 		t.Fatalf("purge --dry-run:\n%s", out)
 	}
+	var pj purgeJSON
+	jsonOut(t, 0, &pj, "tenant", "purge", "acme", "--dry-run")
+	if pj.Tenant != "acme" || pj.Shard != 1 || pj.Node != "b" || !pj.DryRun || pj.Rows != 5 || len(pj.Tables) != 2 ||
+		pj.Tables[0] != (purgeTableJSON{Table: "invoices", Rows: 3}) {
+		t.Fatalf("purge --dry-run --json: %+v", pj)
+	}
 	file := filepath.Join(t.TempDir(), "acme.csv")
 	mustRun(t, "tenant", "export", "acme", "--format", "csv", "-o", file)
 	out = mustRun(t, "tenant", "purge", "acme", "--batch", "1")
 	if !strings.Contains(out, "5 rows deleted") {
 		t.Fatalf("purge:\n%s", out)
 	}
+	var ij importJSON
+	jsonOut(t, 0, &ij, "tenant", "import", file)
+	if ij.Tenant != "acme" || ij.From != "acme" || ij.Shard != 1 || ij.Node != "b" || ij.Registered || ij.Rows != 5 ||
+		len(ij.Tables) != 2 || ij.Tables[0] != (tableRowsJSON{Table: "accounts", Rows: 2}) {
+		t.Fatalf("import --json: %+v", ij)
+	}
+	mustRun(t, "tenant", "purge", "acme")
 	out = mustRun(t, "tenant", "import", file)
 	if !strings.Contains(out, "loaded 2 rows into accounts") || !strings.Contains(out, "loaded 3 rows into invoices") {
 		t.Fatalf("import:\n%s", out)
@@ -51,6 +64,12 @@ func TestCLITenantData(t *testing.T) {
 	}
 	if out := mustRun(t, "tenant", "locate", "acme"); !strings.Contains(out, "shard:   3") {
 		t.Fatalf("locate after the move:\n%s", out)
+	}
+	var mj tenantMoveJSON
+	jsonOut(t, 0, &mj, "tenant", "move", "acme", "--to-shard", "1")
+	if mj.MoveID == 0 || mj.Tenant != "acme" || mj.From != 3 || mj.To != 1 || mj.FromNode != "b" || mj.ToNode != "b" ||
+		mj.Copied != 5 || mj.Deleted != 5 || mj.PauseMS <= 0 || len(mj.Tables) != 2 {
+		t.Fatalf("move --json: %+v", mj)
 	}
 	for _, c := range []struct {
 		args []string

@@ -57,7 +57,7 @@ rows. Writes made directly on the node (not through a router) are not fenced.`,
 					return err
 				}
 				if a.json {
-					return a.printJSON(res)
+					return a.printJSON(tenantMoveResultJSON(res))
 				}
 				fmt.Fprintf(a.stdout, "tenant %s moved: shard %d (node %s) -> shard %d (node %s)\n", strconv.Quote(res.Tenant), res.From, res.FromNode, res.To, res.ToNode)
 				fmt.Fprintf(a.stdout, "rows copied %d, changes caught up %d (%d under the fence), old rows deleted %d; pause %s, total %s\n",

@@ -27,15 +27,15 @@ func (a *app) addTenantFile(ctx context.Context, c *catalog.Catalog, stdin io.Re
 		at := time.Since(start).Round(time.Millisecond)
 		switch stage {
 		case "read":
-			fmt.Fprintf(a.stderr, "%s: read %d ids\n", at, n)
+			fmt.Fprintf(a.stderr, "%s: read %s\n", at, plural(n, "id"))
 		case "copied":
-			fmt.Fprintf(a.stderr, "%s: copied %d ids\n", at, n)
+			fmt.Fprintf(a.stderr, "%s: copied %s\n", at, plural(n, "id"))
 		case "check":
 			fmt.Fprintf(a.stderr, "%s: looking for repeated ids\n", at)
 		case "registered":
 			fmt.Fprintf(a.stderr, "%s: looking for ids already registered\n", at)
 		case "insert":
-			fmt.Fprintf(a.stderr, "%s: registering %d tenants\n", at, n)
+			fmt.Fprintf(a.stderr, "%s: registering %s\n", at, plural(n, "tenant"))
 		case "commit":
 			fmt.Fprintf(a.stderr, "%s: committing\n", at)
 		}
@@ -44,7 +44,7 @@ func (a *app) addTenantFile(ctx context.Context, c *catalog.Catalog, stdin io.Re
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.stdout, "%d tenants added from %s (%d ids read", res.Added, path, res.Read)
+	fmt.Fprintf(a.stdout, "%s added from %s (%s read", plural(res.Added, "tenant"), path, plural(res.Read, "id"))
 	if res.Existing > 0 {
 		fmt.Fprintf(a.stdout, ", %d already registered and left as they were", res.Existing)
 	}

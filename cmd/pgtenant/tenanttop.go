@@ -101,6 +101,6 @@ func (a *app) printTenantTop(t tenantTopJSON, answered int) {
 		row(w, plainID(e.Tenant), fmt.Sprintf("%.3fs", e.BackendSeconds), e.Transactions, e.Statements, e.Errors, humanBytes(e.Bytes), over)
 	}
 	w.Flush()
-	fmt.Fprintf(a.stdout, "%d of %d routers answered; counted since %s; all tenants: %.3fs on backends, %d transactions, %d tenants evicted from the routers' sketches\n",
-		answered, len(t.Routers), t.Since.Local().Format(time.DateTime), t.Total.BackendSeconds, t.Total.Transactions, t.Evicted)
+	fmt.Fprintf(a.stdout, "%d of %s answered; counted since %s; all tenants: %.3fs on backends, %s, %s evicted from the routers' sketches\n",
+		answered, plural(len(t.Routers), "router"), t.Since.Local().Format(time.DateTime), t.Total.BackendSeconds, plural(t.Total.Transactions, "transaction"), plural(t.Evicted, "tenant"))
 }

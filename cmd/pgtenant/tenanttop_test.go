@@ -124,7 +124,7 @@ SELECT count(*) FROM accounts;
 		t.Errorf("tenant top --by time --limit 1: %+v, want %s (%.6f s)", top.Tenants, slowest.Tenant, slowest.BackendSeconds)
 	}
 	human := mustRun(t, "tenant", "top")
-	if lines := strings.Split(human, "\n"); len(lines) < 5 || !strings.HasPrefix(lines[1], plainID(slowest.Tenant)+" ") || !strings.Contains(human, "1 of 1 routers answered") {
+	if lines := strings.Split(human, "\n"); len(lines) < 5 || !strings.HasPrefix(lines[1], plainID(slowest.Tenant)+" ") || !strings.Contains(human, "1 of 1 router answered") {
 		t.Errorf("tenant top:\n%s", human)
 	}
 	var m map[string]any

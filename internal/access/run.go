@@ -18,9 +18,20 @@ import (
 // references, $NAME, resolved: catalog.ResolveDSN); nil connects with the
 // DSN as stored.
 func Apply(ctx context.Context, db *pgxpool.Pool, resolve func(dsn string) (string, error), only func(shard int) bool) ([]NodeReport, error) {
+	return ApplyRuntimeRole(ctx, db, resolve, only, "")
+}
+
+// ApplyRuntimeRole is Apply with runtimeRole as the runtime role instead of
+// the recorded one (when not ""): `rls enable` creates a new runtime role on
+// every node before it records it, so that routers never switch to a role a
+// node lacks.
+func ApplyRuntimeRole(ctx context.Context, db *pgxpool.Pool, resolve func(dsn string) (string, error), only func(shard int) bool, runtimeRole string) ([]NodeReport, error) {
 	p, err := Load(ctx, db)
 	if err != nil {
 		return nil, err
+	}
+	if runtimeRole != "" {
+		p.RuntimeRole = runtimeRole
 	}
 	nodes, byNode, err := layout(ctx, db)
 	if err != nil {

@@ -45,6 +45,18 @@ var (
 	ErrTooNew = errors.New("catalog schema is newer than this pgtenant; upgrade the binary")
 )
 
+// UnknownNode is the error for a node name that is not registered: it says
+// so with SQLSTATE 42704 and where the names are, and matches ErrUnknownNode.
+func UnknownNode(name string) error { return unknownNodeError{name} }
+
+type unknownNodeError struct{ name string }
+
+func (e unknownNodeError) Error() string {
+	return fmt.Sprintf("node %q is unknown (SQLSTATE 42704); `pgtenant node list` names the nodes", e.name)
+}
+
+func (e unknownNodeError) Unwrap() error { return ErrUnknownNode }
+
 // Catalog is a handle on the catalog database. Create it with New and Open it
 // before use.
 type Catalog struct {

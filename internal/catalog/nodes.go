@@ -302,7 +302,7 @@ func (c *Catalog) Node(ctx context.Context, name string) (Node, error) {
 	err := c.pool.QueryRow(ctx, `SELECT n.name, n.dsn, (SELECT count(*)::int FROM pgtenant.shards s WHERE s.node = n.name)
 		FROM pgtenant.nodes n WHERE n.name = $1`, name).Scan(&n.Name, &n.DSN, &n.Shards)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return n, fmt.Errorf("node %q: %w", name, ErrUnknownNode)
+		return n, UnknownNode(name)
 	}
 	if err != nil {
 		return n, fmt.Errorf("read node %q: %w", name, err)
@@ -317,7 +317,7 @@ func (c *Catalog) RemoveNode(ctx context.Context, name string) error {
 		err := tx.QueryRow(ctx, `SELECT (SELECT count(*)::int FROM pgtenant.shards WHERE node = n.name)
 			FROM pgtenant.nodes n WHERE n.name = $1 FOR UPDATE`, name).Scan(&shards)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("node %q: %w", name, ErrUnknownNode)
+			return UnknownNode(name)
 		}
 		if err != nil {
 			return err

@@ -131,21 +131,27 @@ type ShardError struct {
 }
 
 func (e *ShardError) Error() string {
-	where := fmt.Sprintf("migrate shard %d (schema %s on node %s)", e.Target.Shard, e.Target.Schema, e.Target.Node)
+	return fmt.Sprintf("migrate shard %d (schema %s on node %s): %s", e.Target.Shard, e.Target.Schema, e.Target.Node, e.Cause())
+}
+
+// Cause is the error without the shard: the file and what failed in it,
+// the same on every shard a migration failed on alike.
+func (e *ShardError) Cause() string {
+	where := ""
 	if e.File != "" {
-		where += fmt.Sprintf(": file %s", e.File)
+		where = fmt.Sprintf("file %s: ", e.File)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(e.Err, &pgErr) {
 		// goose's own wrapping repeats the statement; the Postgres error
 		// is what a user acts on. Unwrap still reaches the full chain.
-		msg := fmt.Sprintf("%s: %s: %s (SQLSTATE %s)", where, pgErr.Severity, pgErr.Message, pgErr.Code)
+		msg := fmt.Sprintf("%s%s: %s (SQLSTATE %s)", where, pgErr.Severity, pgErr.Message, pgErr.Code)
 		if pgErr.Detail != "" {
 			msg += ": " + pgErr.Detail
 		}
 		return msg
 	}
-	return fmt.Sprintf("%s: %v", where, e.Err)
+	return fmt.Sprintf("%s%v", where, e.Err)
 }
 
 func (e *ShardError) Unwrap() error { return e.Err }
@@ -450,7 +456,10 @@ func run(ctx context.Context, verb string, files []File, fsys fs.FS, targets []T
 							se = &ShardError{Target: t, Err: err}
 						}
 						stop.Store(true)
-						log.ErrorContext(ctx, "shard migration failed", "shard", t.Shard, "node", t.Node, "file", se.File, "err", se.Err)
+						// Info: the caller reports the error (the command
+						// groups the shards that failed alike); this is the
+						// per-shard detail.
+						log.InfoContext(ctx, "shard migration failed", "shard", t.Shard, "node", t.Node, "file", se.File, "err", se.Err)
 						finish(Event{Target: t, Applied: applied, Err: se}, adopted)
 						continue
 					}
