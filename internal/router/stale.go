@@ -31,14 +31,16 @@ func staleError() *wire.Error {
 var skipRest = &wire.Error{Code: "XX000", Message: "skipped"}
 
 // ensurePrepared queues a Parse of def on the attached backend unless it is
-// there already. A statement the client had described is described again
-// when it is prepared afresh, and its shape compared with the one the
-// client saw: staleError when it changed.
+// there already. A named statement the client had described is described
+// again when it is prepared afresh, its answer awaited (a Flush), and its
+// shape compared with the one the client saw: staleError when it changed.
 func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 	if def.stale {
 		return staleError()
 	}
-	if !ss.prepareOn(def, true) || def.shape == 0 {
+	if !ss.prepareOn(def, true) || def.shape == 0 || def.server == "" {
+		// (Not the unnamed statement: a client describes it and binds it
+		// in turn, often on two backends, and each check is a round trip.)
 		return nil
 	}
 	name := ss.serverStmt(def)

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"testing"
@@ -76,11 +77,17 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, want: undescribed},
+				// In a pipeline: what came before runs, what follows is
+				// skipped until Sync.
 				{name: "changed shape", send: []pgproto3.FrontendMessage{
+					&pgproto3.Bind{PreparedStatement: "s_b"},
+					&pgproto3.Execute{},
 					&pgproto3.Bind{PreparedStatement: "s_ab"},
 					&pgproto3.Execute{},
+					&pgproto3.Bind{PreparedStatement: "s_b"},
+					&pgproto3.Execute{},
 					&pgproto3.Sync{},
-				}, want: []string{"E 0A000", "Z I"}},
+				}, want: []string{"2", "D x", "C", "E 0A000", "Z I"}},
 				{name: "changed shape again", send: []pgproto3.FrontendMessage{
 					&pgproto3.Bind{PreparedStatement: "s_ab"},
 					&pgproto3.Execute{},
@@ -167,6 +174,38 @@ func shardDDL(t *testing.T, tenant string) func(format string, table string) {
 		q := fmt.Sprintf(format, pgx.Identifier{placement.SchemaName(sh), table}.Sanitize())
 		if _, err := c.Exec(context.Background(), q); err != nil {
 			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
+// The shape compared is the columns' names, types and formats, not the
+// table and column numbers they come from.
+func TestRowShapeHash(t *testing.T) {
+	desc := func(name string, table uint32, attnum uint16, typ uint32, mod int32) []byte {
+		b := binary.BigEndian.AppendUint16(nil, 1)
+		b = append(append(b, name...), 0)
+		b = binary.BigEndian.AppendUint32(b, table)
+		b = binary.BigEndian.AppendUint16(b, attnum)
+		b = binary.BigEndian.AppendUint32(b, typ)
+		b = binary.BigEndian.AppendUint16(b, 4)
+		b = binary.BigEndian.AppendUint32(b, uint32(mod))
+		return binary.BigEndian.AppendUint16(b, 0)
+	}
+	base := rowShapeHash(fnvOffset, desc("a", 16384, 1, 23, -1))
+	for _, c := range []struct {
+		name string
+		body []byte
+		same bool
+	}{
+		{"the table made again", desc("a", 16999, 3, 23, -1), true},
+		{"another type", desc("a", 16384, 1, 20, -1), false},
+		{"another modifier", desc("a", 16384, 1, 23, 8), false},
+		{"another name", desc("b", 16384, 1, 23, -1), false},
+		{"no columns", []byte{0, 0}, false},
+		{"malformed", []byte{0, 1, 'a'}, false},
+	} {
+		if got := rowShapeHash(fnvOffset, c.body) == base; got != c.same {
+			t.Errorf("%s: same shape %v, want %v", c.name, got, c.same)
 		}
 	}
 }
