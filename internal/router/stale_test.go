@@ -209,3 +209,34 @@ func TestRowShapeHash(t *testing.T) {
 		}
 	}
 }
+
+// pgx caches a statement and its description; after a 0A000 it forgets
+// them and prepares the statement again, as on a direct connection.
+func TestStaleStatementPgx(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
+	ddl := shardDDL(t, "t1")
+	ddl("CREATE TABLE %s (a int); INSERT INTO %[1]s VALUES (1)", "stale_pgx")
+	defer ddl("DROP TABLE %s", "stale_pgx")
+	c := connect(t, s, "t1", pgx.QueryExecModeCacheStatement)
+	var n int
+	if err := c.QueryRow(ctx(t), "SELECT a FROM stale_pgx").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("before: %v, %v", n, err)
+	}
+	holder, hnc := rawConn(t, s, "t1") // takes the backend the statement is on
+	holder.Send(&pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"})
+	if err := holder.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readUntilRFQ(t, holder, hnc), []string{"C", "T", "D 1", "C", "Z T"}; !slices.Equal(got, want) {
+		t.Fatalf("holder: got %v, want %v", got, want)
+	}
+	ddl("ALTER TABLE %s ALTER COLUMN a TYPE text USING 'v' || a", "stale_pgx")
+	var v any
+	err := c.QueryRow(ctx(t), "SELECT a FROM stale_pgx").Scan(&v)
+	if got, want := pgCode(err), "0A000"; got != want {
+		t.Fatalf("after the DDL: got %v (%v), want %s", v, err, want)
+	}
+	if err := c.QueryRow(ctx(t), "SELECT a FROM stale_pgx").Scan(&v); err != nil || v != "v1" {
+		t.Fatalf("prepared again: got %v, %v; want v1", v, err)
+	}
+}
