@@ -1326,6 +1326,9 @@ func (ss *session) drain(all bool) error {
 			ss.relay(typ, body)
 			continue
 		}
+		if e.kind == eDescS && e.stmt != nil {
+			noteShape(e, typ, body) // see stale.go
+		}
 		if !e.swallow {
 			ss.relay(typ, body)
 			ss.use.note(typ, len(body))
@@ -1602,12 +1605,6 @@ func (ss *session) clientFailed(err error) *wire.Error {
 		ss.clientErr = err
 	}
 	return &wire.Error{Severity: "FATAL", Code: "08006", Message: "connection failure"}
-}
-
-// ensurePrepared queues a Parse of def on the attached backend unless it is
-// there already.
-func (ss *session) ensurePrepared(def *stmtDef) {
-	ss.prepareOn(def, true)
 }
 
 // prepareOn queues a Parse of def on the attached backend unless it is there

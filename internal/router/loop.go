@@ -1270,7 +1270,12 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	ss.noteShardUse(&def.info)
 	ss.sendSetup(&def.info, true)
-	ss.ensurePrepared(def)
+	if e := ss.ensurePrepared(def); e != nil {
+		if e == skipRest {
+			return nil
+		}
+		return e
+	}
 	ss.noteServerState(&def.info)
 	ss.notePath(&def.info)
 	ss.noteEnding(&def.info)
@@ -1389,11 +1394,16 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		return e
 	}
 	ss.sendParseSetup(def)
-	ss.ensurePrepared(def)
+	if e := ss.ensurePrepared(def); e != nil {
+		if e == skipRest {
+			return nil
+		}
+		return e
+	}
 	server := ss.serverStmt(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', server)
 	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
-	ss.push(expect{kind: eDescS, name: server})
+	ss.push(expect{kind: eDescS, name: server, stmt: def})
 	return nil
 }
 

@@ -40,6 +40,12 @@ type stmtDef struct {
 	// 1 it runs without a tenant, 2 it needs one (noShardErr says why).
 	noShard    uint8
 	noShardErr *wire.Error
+	// shape hashes the result and parameter shape a Describe of the
+	// statement told the client (0: never described); pending is a hash
+	// being made; stale: prepared afresh on a backend, the statement had
+	// another shape (see stale.go).
+	shape, pending uint64
+	stale          bool
 }
 
 // setting is one session setting the client made.

@@ -1,0 +1,130 @@
+package router
+
+import (
+	"encoding/binary"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// A client statement is prepared on each backend it lands on. A server
+// refuses to run a prepared statement whose result shape DDL changed since
+// it was described ("cached plan must not change result type", 0A000), and
+// drivers prepare it again; a statement the router prepares afresh on
+// another backend after that DDL would instead get the new shape, and the
+// client would decode its rows with the old description. So the router
+// keeps a hash of what the client was told by a Describe of the statement
+// (stmtDef.shape), describes the statement again when it prepares it
+// afresh on a backend (a rare event: the common case, a statement already
+// there, costs nothing), and refuses its Bind or Describe with 0A000, as
+// the server would, when the shape differs.
+
+// staleError is the server's error for a prepared statement whose result
+// shape changed.
+func staleError() *wire.Error {
+	return &wire.Error{Code: "0A000", Message: "cached plan must not change result type",
+		Hint: "The statement was prepared before its tables changed: prepare it again."}
+}
+
+// skipRest, returned by ensurePrepared, says the server skips the message
+// (an earlier error of the pipeline, answered already): the client's
+// message is dropped, as the server would ignore it, until its Sync.
+var skipRest = &wire.Error{Code: "XX000", Message: "skipped"}
+
+// ensurePrepared queues a Parse of def on the attached backend unless it is
+// there already. A named statement the client had described is described
+// again when it is prepared afresh, its answer awaited (a Flush), and its
+// shape compared with the one the client saw: staleError when it changed.
+func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
+	if def.stale {
+		return staleError()
+	}
+	if !ss.prepareOn(def, true) || def.shape == 0 || def.server == "" {
+		// (Not the unnamed statement: a client describes it and binds it
+		// in turn, often on two backends, and each check is a round trip.)
+		return nil
+	}
+	name := ss.serverStmt(def)
+	ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
+	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
+	ss.push(expect{kind: eDescS, swallow: true, name: name, stmt: def})
+	ss.be.W.Write(wire.FlushMsg)
+	if err := ss.drain(true); err != nil {
+		return ss.clientFailed(err)
+	}
+	switch {
+	case ss.be == nil || ss.skipToSync:
+		return skipRest
+	case def.stale:
+		return staleError()
+	}
+	return nil
+}
+
+// noteShape hashes a Describe's answer for the client's statement e.stmt:
+// the shape the client is told (a Describe it sent), or the shape checked
+// against it (the router's own, swallowed).
+func noteShape(e *expect, typ byte, body []byte) {
+	def := e.stmt
+	switch typ {
+	case wire.MsgParamDesc:
+		def.pending = shapeHash(fnvOffset, body)
+		return
+	case wire.MsgRowDescription, wire.MsgNoData:
+	default:
+		return
+	}
+	h := def.pending
+	if h == 0 {
+		h = fnvOffset
+	}
+	def.pending = 0
+	h = rowShapeHash((h^uint64(typ))*fnvPrime, body)
+	if h == 0 {
+		h = 1 // 0: not described
+	}
+	if !e.swallow {
+		def.shape = h
+	} else if h != def.shape {
+		def.stale = true
+	}
+}
+
+const (
+	fnvOffset uint64 = 14695981039346656037
+	fnvPrime  uint64 = 1099511628211
+)
+
+// shapeHash is 64-bit FNV-1a of b, continuing from h.
+func shapeHash(h uint64, b []byte) uint64 {
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= fnvPrime
+	}
+	return h
+}
+
+// rowShapeHash hashes what a RowDescription says of the result's shape:
+// the column count and each column's name, type OID, length, modifier and
+// format, not the table OID and column number it comes from (a table made
+// again with the same columns gives the same shape, as on a server).
+func rowShapeHash(h uint64, body []byte) uint64 {
+	if len(body) < 2 {
+		return shapeHash(h, body)
+	}
+	h = shapeHash(h, body[:2])
+	n := int(binary.BigEndian.Uint16(body))
+	b := body[2:]
+	for i := 0; i < n; i++ {
+		end := 0
+		for end < len(b) && b[end] != 0 {
+			end++
+		}
+		if end+1+18 > len(b) {
+			return shapeHash(h, body) // malformed: all of it
+		}
+		h = shapeHash(h, b[:end+1])       // the name and its NUL
+		h = shapeHash(h, b[end+7:end+19]) // type OID, length, modifier, format
+		b = b[end+19:]
+	}
+	return h
+}
