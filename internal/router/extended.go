@@ -1,0 +1,608 @@
+package router
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
+)
+
+// onParse records a client statement and answers ParseComplete itself; the
+// statement is prepared on a backend when first bound or described.
+func (ss *session) onParse(body []byte) *wire.Error {
+	pm, err := wire.DecodeParse(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	var def *stmtDef
+	if len(pm.Name) == 0 {
+		if u := ss.unnamed; u != nil && u.orig == string(pm.Query) && string(u.types) == string(pm.Rest) {
+			def = u
+		}
+	}
+	if def == nil {
+		q := ss.cr.String(pm.Query) // no copy of a large statement
+		if e := ss.checkAccess(q); e != nil {
+			return e
+		}
+		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
+		if def.info.guardScan && !ss.pathStmt(&def.info) {
+			def.guard = guard(q)
+		}
+		if def.info.op == opShow && !def.info.multi {
+			// Answered by the backend the tenant routes to.
+			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`
+		}
+	}
+	if e := ss.refuse(&def.info, def.guard); e != nil {
+		return e
+	}
+	if def.info.kind == kBegin && !def.info.multi {
+		// The router may answer its Bind itself (a deferred BEGIN): refuse a
+		// malformed one now, as the server's Parse would.
+		if e := checkTxnStart(def.orig); e != nil {
+			return e
+		}
+	}
+	if len(pm.Name) != 0 {
+		if _, ok := ss.stmts[string(pm.Name)]; ok {
+			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
+		}
+		if _, ok := ss.sqlStmts[string(pm.Name)]; ok {
+			// Made with SQL PREPARE: one namespace on the server.
+			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
+		}
+		if ss.srv.cfg.PoolMode == PoolSession {
+			// The client's name is the server's, as with pgbouncer in
+			// session mode: pg_prepared_statements shows it.
+			if strings.HasPrefix(string(pm.Name), routerStmtPrefix) {
+				return reservedStmtError(string(pm.Name))
+			}
+			def.server, def.clientName = string(pm.Name), true
+		} else {
+			def.server = ss.srv.serverName(def.query, pm.Rest)
+		}
+		ss.stmts[string(pm.Name)] = def
+		// A large text stays counted in the budget for client messages
+		// for as long as the statement is kept. (Not an unnamed one: a
+		// backend keeps it until its next unnamed statement, long after
+		// the client is gone.)
+		wire.KeepWith(ss.cr, def)
+	} else {
+		ss.unnamed = def
+	}
+	sent, werr := ss.parseNow(def)
+	if werr != nil {
+		// Not prepared, as a server would leave it.
+		if len(pm.Name) != 0 {
+			delete(ss.stmts, string(pm.Name))
+		} else {
+			ss.unnamed = nil
+		}
+		return werr
+	}
+	if !sent {
+		ss.push(expect{kind: eSynth, synth: wire.ParseComplete})
+	}
+	if len(pm.Name) != 0 || sent {
+		q := &ss.queue[len(ss.queue)-1]
+		q.stmt, q.stmtName = def, string(pm.Name)
+	}
+	return nil
+}
+
+// dropParsed forgets the client statement whose Parse e answers, when the
+// server refused the Parse or skipped it after an earlier error of the
+// pipeline: as on a server, it does not exist.
+func (ss *session) dropParsed(e *expect) {
+	// (The unnamed statement is left alone: a skipped Parse leaves the
+	// previous one on a server, a refused one is refused again at Bind.)
+	if e.stmt != nil && e.stmtName != "" && ss.stmts[e.stmtName] == e.stmt {
+		delete(ss.stmts, e.stmtName)
+	}
+}
+
+// parseNow sends def's Parse to a backend at once, its answer (ParseComplete
+// or the server's error) being the client's, when the tenant it would run
+// for is known and nothing else is bound to the session in the meantime: a
+// client that prepares a statement (libpq's PQprepare: Parse, Sync) then
+// hears of a syntax error or a missing table at once, as from a server.
+// Otherwise (no tenant yet, a statement the router answers itself) the
+// router answers ParseComplete and the statement is prepared where it is
+// first bound or described.
+//
+// An error attaching the backend (the shard is being moved, the node is
+// down, a transaction was cut) is the Parse's.
+func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
+	info := &def.info
+	if info.op != opNone || ss.failed || ss.skipToSync || ss.pendingBegin != "" {
+		return false, nil
+	}
+	if !info.multi && (info.kind == kBegin || info.kind == kCommit || info.kind == kRollback) {
+		return false, nil
+	}
+	tenant := ss.pickTenant(info)
+	if tenant == "" || (ss.be != nil && tenant != ss.beTenant) {
+		return false, nil
+	}
+	if m := ss.srv.mp.Load(); m == nil {
+		return false, nil
+	} else if _, e := ss.locate(m, tenant); e != nil {
+		return false, nil // reported when the statement is bound
+	}
+	if e := ss.ensureBackend(tenant); e != nil {
+		return false, e
+	}
+	ss.sendParseSetup(def)
+	return ss.prepareOn(def, false), nil
+}
+
+// deallocate forgets the client's statement name, if it has one, and
+// reports whether it had.
+func (ss *session) deallocate(name string) bool {
+	def, ok := ss.stmts[name]
+	if !ok {
+		return false
+	}
+	delete(ss.stmts, name)
+	if !def.clientName {
+		ss.srv.forgetStmt(def.server, def.query, def.types)
+	}
+	return true
+}
+
+// routerStmtPrefix starts the names of the router's own statements on a
+// backend (pgtenant_setup, pgtenant_begin, ...; in transaction mode the
+// client's statements too). In session mode, where client statement names
+// go to the backend as they are, a client name with it is refused.
+const routerStmtPrefix = "pgtenant_"
+
+// reservedStmtError refuses a client statement name that starts with
+// routerStmtPrefix in session mode.
+func reservedStmtError(name string) *wire.Error {
+	return &wire.Error{Code: "42939", Message: fmt.Sprintf("prepared statement name %q is reserved: names starting with %q belong to pgtenant", name, routerStmtPrefix),
+		Hint: "Name the statement without the pgtenant_ prefix."}
+}
+
+// closeOnServer closes, in session mode, the server statements of a
+// statement the client closed, once no other statement of the client
+// shares them: the backend is the client's own, and as on a direct
+// connection pg_prepared_statements shows what the client keeps prepared.
+// (In transaction mode server statements are shared by the backend's
+// clients and stay until Config.MaxPrepared trims them.) What the router
+// records can only err towards "missing" (see closeFirst): should the
+// server skip the Close (an error earlier in the pipeline), the statement
+// is closed again before it is next prepared.
+func (ss *session) closeOnServer(def *stmtDef) {
+	if ss.srv.cfg.PoolMode != PoolSession || ss.be == nil || def.server == "" {
+		return
+	}
+	if def.clientName {
+		// Under the client's own name: at most one on the backend.
+		if _, ok := ss.be.Prepared[def.server]; ok {
+			delete(ss.be.Prepared, def.server)
+			ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
+			ss.be.W.WriteFrame(wire.MsgClose, ss.out)
+			ss.push(expect{kind: eClose, swallow: true})
+		}
+		return
+	}
+	for _, d := range ss.stmts {
+		if d.server == def.server {
+			return
+		}
+	}
+	prefix := def.server + "_" // one per shard schema (serverStmt)
+	for name := range ss.be.Prepared {
+		if strings.HasPrefix(name, prefix) {
+			delete(ss.be.Prepared, name)
+			ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
+			ss.be.W.WriteFrame(wire.MsgClose, ss.out)
+			ss.push(expect{kind: eClose, swallow: true})
+		}
+	}
+}
+
+// noteSQLStmts notes, as a text goes to the session-mode backend, the
+// statement names its own statements DEALLOCATE (forgotten now: a name
+// that was not there stays absent) and returns those it PREPAREs, which
+// the text's CommandComplete PREPAREs record (see expect.prep).
+func (ss *session) noteSQLStmts(g *guardFinding) []string {
+	if g == nil || ss.srv.cfg.PoolMode != PoolSession {
+		return nil
+	}
+	for _, name := range g.deallocs {
+		delete(ss.sqlStmts, name)
+	}
+	if g.deallocAll {
+		ss.sqlStmts = nil
+	}
+	return g.prepares
+}
+
+// notePrepared records a name the client's SQL PREPARE made on its backend.
+func (ss *session) notePrepared(name string) {
+	if ss.sqlStmts == nil {
+		ss.sqlStmts = make(map[string]struct{})
+	}
+	ss.sqlStmts[name] = struct{}{}
+}
+
+// deallocateAll forgets all the client's statements.
+func (ss *session) deallocateAll() {
+	for name := range ss.stmts {
+		ss.deallocate(name)
+	}
+}
+
+func (ss *session) lookup(name []byte) (*stmtDef, *wire.Error) {
+	if len(name) == 0 {
+		if ss.unnamed == nil {
+			return nil, &wire.Error{Code: "26000", Message: "unnamed prepared statement does not exist"}
+		}
+		return ss.unnamed, nil
+	}
+	def, ok := ss.stmts[string(name)]
+	if !ok {
+		return nil, &wire.Error{Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
+	}
+	return def, nil
+}
+
+// onBind routes the statement being bound and forwards the Bind.
+func (ss *session) onBind(body []byte) *wire.Error {
+	bm, err := wire.DecodeBind(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	def, werr := ss.lookup(bm.Stmt)
+	if werr != nil {
+		return werr
+	}
+	if ss.failed && ss.be == nil {
+		if def.info.kind == kCommit || def.info.kind == kRollback {
+			ss.synthPortal(bm.Portal, "ROLLBACK")
+			return nil
+		}
+		return abortedError()
+	}
+	if def.guard != nil {
+		if e := def.guard.checkParams(bm.Rest); e != nil {
+			return e
+		}
+	}
+	if !def.info.multi {
+		switch def.info.kind {
+		case kDeallocate:
+			if tag, e, ok := ss.answerDeallocate(def.orig, &def.info); ok {
+				if e != nil {
+					return e
+				}
+				ss.synthPortal(bm.Portal, tag)
+				return nil
+			}
+		case kBegin:
+			if ss.canDefer() {
+				if ss.pendingBegin == "" {
+					ss.pendingBegin = def.query
+				}
+				ss.synthPortal(bm.Portal, "BEGIN")
+				return nil
+			}
+		case kCommit, kRollback:
+			if ss.be == nil || ss.pendingBegin != "" {
+				tag := "COMMIT"
+				if def.info.kind == kRollback {
+					tag = "ROLLBACK"
+				}
+				ss.pendingBegin, ss.localTenant = "", ""
+				ss.synthPortal(bm.Portal, tag)
+				return nil
+			}
+		}
+	}
+	if k := def.info; k.reservedSet && (k.kind == kSet || k.kind == kReset) && !ss.pathStmt(&k) {
+		return reservedSetError(k.setName)
+	}
+	if ss.portalSet != nil && ss.portalSetName == string(bm.Portal) {
+		ss.portalSet = nil // the portal is replaced before it ran
+	}
+	if k := def.info; k.kind == kSet && k.op == opNone && !k.multi && !k.isLocal && k.setName != "transaction" && (!k.reservedSet || ss.pathStmt(&k)) {
+		ss.portalSet = &setting{name: k.setName, stmt: def.orig}
+		if k.setDefault && k.setName == "search_path" {
+			ss.portalSet = &setting{name: k.setName, reset: true}
+		}
+		ss.portalSetName = string(bm.Portal)
+	}
+	if k := def.info; k.pathSetConfig && !k.isLocal && ss.mayOwnPath() {
+		v := k.val
+		if k.param > 0 {
+			p, _, ok := wire.BindParam(bm.Rest, k.param-1)
+			if !ok || p == nil {
+				return &wire.Error{Code: "22023", Message: "set_config of search_path needs a non-null value through pgtenant",
+					Hint: "Pass the search_path as a string."}
+			}
+			v = string(p)
+		}
+		ss.portalSet = &setting{name: "search_path", stmt: pathSetting(v)}
+		ss.portalSetName = string(bm.Portal)
+	}
+	if k := def.info; k.kind == kReset && k.op == opNone && (!k.reservedSet || ss.pathStmt(&k)) {
+		if ss.be == nil {
+			ss.reset(k.setName)
+			ss.synthPortal(bm.Portal, "RESET")
+			return nil
+		}
+		ss.portalSet = &setting{name: k.setName, reset: true}
+		ss.portalSetName = string(bm.Portal)
+	}
+	switch def.info.op {
+	case opSet, opSetLocal:
+		if def.info.op == opSet || ss.inTxn() {
+			if e := ss.setTenant(def.info.val, def.info.op == opSetLocal); e != nil {
+				return e
+			}
+		}
+	case opReset:
+		ss.tenant = ss.startTenant
+		ss.setView()
+	}
+	if def.info.op == opSetConfig {
+		v := def.info.val
+		if def.info.param > 0 {
+			p, _, ok := wire.BindParam(bm.Rest, def.info.param-1)
+			if !ok || p == nil {
+				return &wire.Error{Code: "22023", Message: "set_config of pgtenant.tenant needs a non-null tenant id"}
+			}
+			v = string(p)
+		}
+		if e := ss.setTenant(v, def.info.isLocal); e != nil {
+			return e
+		}
+		if def.info.plainSetConfig {
+			ss.synthPortal(bm.Portal, "SELECT 1")
+			ss.synthRow, ss.synthValue, ss.synthFormat = true, v, wire.BindResultFormat(bm.Rest)
+			return nil
+		}
+	}
+	var ddlNote []byte
+	if def.info.ddl {
+		t := ss.pickTenant(&def.info)
+		if t == "" && ss.be != nil && ss.status != 'I' {
+			t = ss.beTenant
+		}
+		var e *wire.Error
+		if ddlNote, e = ss.ddlCheck(&def.info, t); e != nil {
+			return e
+		}
+	}
+	if e := ss.route(def, false); e != nil {
+		return e
+	}
+	ss.noteShardUse(&def.info)
+	ss.sendSetup(&def.info, true)
+	if e := ss.ensurePrepared(def); e != nil {
+		if e == skipRest {
+			return nil
+		}
+		return e
+	}
+	ss.noteServerState(&def.info)
+	ss.notePath(&def.info)
+	ss.noteEnding(&def.info)
+	if prep := ss.noteSQLStmts(def.guard); prep != nil {
+		ss.portalPrep, ss.portalPrepName = prep, string(bm.Portal)
+	}
+	name := ss.serverStmt(def)
+	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
+	ss.be.W.WriteFrame(wire.MsgBind, ss.out)
+	if ddlNote != nil {
+		ss.push(expect{kind: eSynth, synth: ddlNote})
+	}
+	if len(bm.Portal) == 0 {
+		ss.clientPortal = true
+	}
+	ss.push(expect{kind: eBind, name: name, stmt: def})
+	return nil
+}
+
+var (
+	bindComplete = []byte{wire.MsgBindComplete, 0, 0, 0, 4}
+	noParams     = []byte{wire.MsgParamDesc, 0, 0, 0, 6, 0, 0}
+)
+
+// synthPortal answers a Bind of a transaction-control statement the router
+// handles itself; the portal's Execute gets CommandComplete with tag.
+func (ss *session) synthPortal(portal []byte, tag string) {
+	ss.synthName, ss.synthTag, ss.synthRow = string(portal), tag, false
+	ss.push(expect{kind: eSynth, synth: bindComplete})
+}
+
+// route attaches the backend a prepared statement runs on (or, for a
+// Describe, one that can describe it).
+func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
+	if describe {
+		// Describing must not open the deferred transaction for a tenant
+		// that the statement (SET LOCAL, set_config) may change. A
+		// statement that runs for a known tenant opens it, as its Bind
+		// would: the Bind that follows in the same pipeline (postgres.js)
+		// must find that tenant's backend, the tenant's own tables are
+		// described (not shard 0's), and a statement that fails to parse
+		// fails the transaction (not before its BEGIN, on a session
+		// mode backend).
+		keepDeferred := def.info.op == opSetConfig || (ss.pendingBegin != "" && (def.info.op != opNone || ss.pickTenant(&def.info) == ""))
+		if ss.be != nil && (ss.pendingBegin == "" || keepDeferred) {
+			return nil
+		}
+		if keepDeferred {
+			return ss.ensureBackend(descTenant)
+		}
+	}
+	tenant := ss.pickTenant(&def.info)
+	if tenant == "" {
+		if ss.be != nil && ss.status != 'I' {
+			return nil
+		}
+		if def.noShard == 0 {
+			def.noShard, def.noShardErr = 2, nil
+			if ok, e := ss.noShard(&def.info, def.query); ok {
+				def.noShard = 1
+			} else {
+				def.noShardErr = e
+			}
+		}
+		switch {
+		case def.noShard == 1:
+			tenant = anyTenant
+		case describe:
+			tenant = descTenant
+		default:
+			return def.noShardErr
+		}
+	}
+	return ss.ensureBackend(tenant)
+}
+
+func (ss *session) onDescribe(body []byte) *wire.Error {
+	kind, name, err := wire.DecodeTarget(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	if kind == 'P' {
+		if ss.synthTag != "" && name == ss.synthName {
+			if ss.synthRow {
+				ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescriptionFormat(nil, "set_config", ss.synthFormat)})
+			} else {
+				ss.push(expect{kind: eSynth, synth: wire.NoData})
+			}
+			return nil
+		}
+		if ss.be == nil {
+			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
+		}
+		ss.be.W.WriteFrame(wire.MsgDescribe, body)
+		ss.push(expect{kind: eDescP})
+		return nil
+	}
+	def, werr := ss.lookup([]byte(name))
+	if werr != nil {
+		return werr
+	}
+	if ss.failed && ss.be == nil {
+		return abortedError()
+	}
+	if def.info.plainSetConfig {
+		ss.push(expect{kind: eSynth, synth: setConfigParams(def)})
+		ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescription(nil, "set_config")})
+		return nil
+	}
+	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "") {
+		ss.push(expect{kind: eSynth, synth: noParams})
+		ss.push(expect{kind: eSynth, synth: wire.NoData})
+		return nil
+	}
+	if e := ss.route(def, true); e != nil {
+		return e
+	}
+	ss.sendParseSetup(def)
+	if e := ss.ensurePrepared(def); e != nil {
+		if e == skipRest {
+			return nil
+		}
+		return e
+	}
+	server := ss.serverStmt(def)
+	ss.out = wire.AppendTarget(ss.out[:0], 'S', server)
+	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
+	ss.push(expect{kind: eDescS, name: server, stmt: def})
+	return nil
+}
+
+func (ss *session) onExecute(body []byte) *wire.Error {
+	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
+		if ss.synthRow {
+			ss.push(expect{kind: eSynth, synth: wire.AppendTextDataRow(nil, ss.synthValue)})
+		}
+		ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, ss.synthTag)})
+		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
+			ss.failed = false
+		}
+		ss.synthTag, ss.synthRow = "", false
+		return nil
+	}
+	if ss.be == nil {
+		if ss.failed {
+			return abortedError()
+		}
+		portal, _, _ := strings.Cut(string(body), "\x00")
+		return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", portal)} // as the server words it
+	}
+	var set *setting
+	if st := ss.portalSet; st != nil {
+		if n := len(ss.portalSetName); len(body) > n && string(body[:n]) == ss.portalSetName && body[n] == 0 {
+			set = st
+			ss.portalSet = nil
+		}
+	}
+	var prep []string
+	if n := len(ss.portalPrepName); ss.portalPrep != nil && len(body) > n && string(body[:n]) == ss.portalPrepName && body[n] == 0 {
+		prep, ss.portalPrep = ss.portalPrep, nil
+	}
+	ss.be.W.WriteFrame(wire.MsgExecute, body)
+	ss.push(expect{kind: eExec, set: set, prep: prep})
+	return nil
+}
+
+func (ss *session) onClose(body []byte) *wire.Error {
+	kind, name, err := wire.DecodeTarget(body)
+	if err != nil {
+		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
+	}
+	if kind == 'S' {
+		if name == "" {
+			ss.unnamed = nil
+		} else if def := ss.stmts[name]; def != nil {
+			ss.deallocate(name)
+			ss.closeOnServer(def)
+		} else if _, ok := ss.sqlStmts[name]; ok && ss.be != nil {
+			// Made with SQL PREPARE: the server closes it, as it would
+			// without the router.
+			delete(ss.sqlStmts, name)
+			ss.be.W.WriteFrame(wire.MsgClose, body)
+			ss.push(expect{kind: eClose})
+			return nil
+		}
+		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		return nil
+	}
+	if ss.portalSet != nil && name == ss.portalSetName {
+		ss.portalSet = nil
+	}
+	if ss.be == nil || (ss.synthTag != "" && name == ss.synthName) {
+		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		return nil
+	}
+	ss.be.W.WriteFrame(wire.MsgClose, body)
+	ss.push(expect{kind: eClose})
+	return nil
+}
+
+func (ss *session) onSync([]byte) *wire.Error {
+	ss.skipToSync = false
+	ss.portalSet, ss.portalPrep = nil, nil
+	ss.synthTag, ss.synthRow = "", false
+	if ss.be != nil {
+		ss.be.W.Write(wire.SyncMsg)
+		ss.push(expect{kind: eSync})
+	} else {
+		ss.push(expect{kind: eSynthRFQ})
+	}
+	// A setup sent with the transaction just ended is rolled back with it:
+	// learn its fate before anything else is sent on the backend.
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
+		if err := ss.drain(false); err != nil {
+			return ss.clientFailed(err)
+		}
+	}
+	return nil
+}
