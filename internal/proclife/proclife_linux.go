@@ -67,11 +67,11 @@ func Named(dir string) []int {
 		if err != nil || pid == self || Gone(pid) {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args, err := Args(pid)
 		if err != nil {
 			continue
 		}
-		for _, arg := range strings.Split(string(b), "\x00") {
+		for _, arg := range args {
 			if _, v, ok := strings.Cut(arg, "="); ok && strings.HasPrefix(arg, "-") {
 				arg = v
 			}
@@ -82,4 +82,18 @@ func Named(dir string) []int {
 		}
 	}
 	return out
+}
+
+// Args returns the command line of process pid (empty for a kernel thread
+// or a zombie).
+func Args(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil, fmt.Errorf("read process %d's command line: %w", pid, err)
+	}
+	b = bytes.TrimSuffix(b, []byte{0})
+	if len(b) == 0 {
+		return nil, nil
+	}
+	return strings.Split(string(b), "\x00"), nil
 }

@@ -1,0 +1,104 @@
+package pgtest
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/internal/proclife"
+)
+
+// orphanEnv makes the test binary start a server, print its directory and
+// wait to be killed.
+const orphanEnv = "PGTEST_ORPHAN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(orphanEnv) == "1" {
+		s, err := Start("orphan")
+		if err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Stdout.WriteString(s.Cluster.Dir + "\n")
+		time.Sleep(time.Hour)
+	}
+	os.Exit(m.Run())
+}
+
+// postmasterPID reads the pid of the server whose data directory is in dir.
+func postmasterPID(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	if pid <= 0 || proclife.Gone(pid) {
+		t.Fatalf("no server runs in %s (postmaster.pid says %q)", dir, b)
+	}
+	return pid
+}
+
+// TestReapOrphans: a test binary that started a server is SIGKILLed; its
+// server runs on (a daemon) until the next binary's ReapOrphans, which stops
+// it and removes its directory, and leaves alone a directory without an
+// owner file and one whose owner runs.
+func TestReapOrphans(t *testing.T) {
+	unmarked, err := os.MkdirTemp("", "pgtenant-test-unmarked-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(unmarked)
+	mine, err := TempDir("test-mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(mine)
+
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), orphanEnv+"=1")
+	child.Stderr = os.Stderr
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		child.Process.Kill()
+		t.Fatalf("the child started no server: %v", err)
+	}
+	dir := strings.TrimSpace(line)
+	pid := postmasterPID(t, dir)
+	child.Process.Kill()
+	child.Wait()
+	if proclife.Gone(pid) {
+		t.Fatalf("the server (pid %d) stopped with the test binary: nothing to reap", pid)
+	}
+
+	reaped := ReapOrphans()
+	if !slices.Contains(reaped, dir) {
+		t.Errorf("ReapOrphans reaped %q, not %s", reaped, dir)
+	}
+	for deadline := time.Now().Add(time.Minute); !proclife.Gone(pid); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead binary's server (pid %d) still runs a minute after ReapOrphans", pid)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the dead binary's directory %s is still there: %v", dir, err)
+	}
+	for _, d := range []string{unmarked, mine} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("ReapOrphans removed %s: %v", d, err)
+		}
+	}
+}
