@@ -25,4 +25,6 @@ func Gone(pid int) bool { return syscall.Kill(pid, 0) != nil }
 func Named(string) []int { return nil }
 
 // Args is not known outside Linux.
-func Args(pid int) ([]string, error) { return nil, errors.New("process command lines are read on Linux only") }
+func Args(pid int) ([]string, error) {
+	return nil, errors.New("process command lines are read on Linux only")
+}
