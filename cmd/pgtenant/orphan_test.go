@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -104,23 +103,9 @@ func waitGone(t *testing.T, id proclife.ID, what string) {
 // removed by the next test binary's start (pgtest.ReapOrphans). Before
 // session 12 both ran on for hours.
 func TestKilledTestBinaryLeavesNothing(t *testing.T) {
-	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), killedParentEnv+"=1")
-	child.Stderr = os.Stderr
-	out, err := child.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer child.Process.Kill()
-	line, err := bufio.NewReader(out).ReadString('\n')
+	child, line := pgtest.Child(t, killedParentEnv)
 	var rep orphanReport
-	if err == nil {
-		err = json.Unmarshal([]byte(line), &rep)
-	}
-	if err != nil || rep.Router <= 0 || len(rep.Postmasters) != 2 {
+	if err := json.Unmarshal([]byte(line), &rep); err != nil || rep.Router <= 0 || len(rep.Postmasters) != 2 {
 		t.Fatalf("the child started no cluster and router: %q, %v", line, err)
 	}
 	ids := map[string]proclife.ID{}

@@ -10,10 +10,12 @@
 package pgtest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -215,6 +217,30 @@ func clusterDirs(dir string) []string {
 		return nil
 	})
 	return out
+}
+
+// Child runs this test binary again as a child with env set to "1" (its
+// TestMain acts on it, say by starting servers and waiting to be killed)
+// and returns it with the first line it printed, trimmed. The child is
+// killed when t ends.
+func Child(t testing.TB, env string) (*exec.Cmd, string) {
+	t.Helper()
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), env+"=1")
+	child.Stderr = os.Stderr
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s child: no first line: %v", env, err)
+	}
+	return child, strings.TrimSpace(line)
 }
 
 // Stop stops the server and removes its directory.

@@ -1,9 +1,7 @@
 package pgtest
 
 import (
-	"bufio"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -61,22 +59,7 @@ func TestReapOrphans(t *testing.T) {
 	}
 	defer os.RemoveAll(mine)
 
-	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), orphanEnv+"=1")
-	child.Stderr = os.Stderr
-	out, err := child.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		child.Process.Kill()
-		t.Fatalf("the child started no server: %v", err)
-	}
-	dir := strings.TrimSpace(line)
+	child, dir := Child(t, orphanEnv)
 	pid := postmasterPID(t, dir)
 	child.Process.Kill()
 	child.Wait()

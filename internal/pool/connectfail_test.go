@@ -16,21 +16,31 @@ import (
 // error, and get it when it comes back. When it is discarded instead, the
 // one left for the pool fails, and so do the checkouts queued behind it,
 // at once, with the server's refusal (not a wait timeout).
-func TestConnectFailureWaits(t *testing.T) {
+// roleDSN creates role (LOGIN, with the given clauses) in a fresh database
+// and returns a superuser connection to alter it and the database's DSN as
+// the role.
+func roleDSN(t *testing.T, role, clauses string) (*pgx.Conn, string) {
+	t.Helper()
 	ctx := context.Background()
 	dsn := srv.NewDatabase(t)
 	admin, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close(ctx)
-	const role = "pool_connfail"
-	for _, q := range []string{"DROP ROLE IF EXISTS " + role, "CREATE ROLE " + role + " LOGIN"} {
+	t.Cleanup(func() { admin.Close(ctx) })
+	for _, q := range []string{"DROP ROLE IF EXISTS " + role, "CREATE ROLE " + role + " LOGIN " + clauses} {
 		if _, err := admin.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p := New("n1", strings.Replace(dsn, "postgres@", role+"@", 1), Config{MaxSize: 3, WaitTimeout: time.Minute}, nil)
+	return admin, strings.Replace(dsn, "postgres@", role+"@", 1)
+}
+
+func TestConnectFailureWaits(t *testing.T) {
+	ctx := context.Background()
+	const role = "pool_connfail"
+	admin, dsn := roleDSN(t, role, "")
+	p := New("n1", dsn, Config{MaxSize: 3, WaitTimeout: time.Minute}, nil)
 	defer p.Close()
 	a, err := p.Acquire(ctx)
 	if err != nil {
@@ -120,19 +130,9 @@ func TestConnectBackoff(t *testing.T) {
 // that succeeds starts over.
 func TestConnectBackoffGrowsAndResets(t *testing.T) {
 	ctx := context.Background()
-	dsn := srv.NewDatabase(t)
-	admin, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
 	const role = "pool_backoff"
-	for _, q := range []string{"DROP ROLE IF EXISTS " + role, "CREATE ROLE " + role + " LOGIN CONNECTION LIMIT 0"} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p := New("n1", strings.Replace(dsn, "postgres@", role+"@", 1), Config{MaxSize: 3}, nil)
+	admin, dsn := roleDSN(t, role, "CONNECTION LIMIT 0")
+	p := New("n1", dsn, Config{MaxSize: 3}, nil)
 	defer p.Close()
 	for fails := 1; fails <= 6; fails++ {
 		before := time.Now()

@@ -1,17 +1,16 @@
 package proclife_test
 
 import (
-	"bufio"
 	"errors"
 	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
@@ -53,22 +52,8 @@ func waitGone(t *testing.T, pid int, what string) {
 // TestChildDiesWithKilledParent: a parent started with Start is SIGKILLed;
 // its child goes with it.
 func TestChildDiesWithKilledParent(t *testing.T) {
-	parent := exec.Command(os.Args[0], "-test.run=^$")
-	parent.Env = append(os.Environ(), helperEnv+"=1")
-	out, err := parent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	parent.Stderr = os.Stderr
-	if err := parent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		parent.Process.Kill()
-		t.Fatalf("read the child's pid: %v", err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	parent, line := pgtest.Child(t, helperEnv)
+	pid, _ := strconv.Atoi(line)
 	if pid <= 0 || proclife.Gone(pid) {
 		t.Fatalf("the parent printed %q: no running child", line)
 	}
