@@ -16,9 +16,11 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -131,6 +133,9 @@ func mkdirOwned(base, name string) (string, error) {
 		os.RemoveAll(dir)
 		return "", err
 	}
+	mine.Lock()
+	mine.dirs = append(mine.dirs, dir)
+	mine.Unlock()
 	return dir, nil
 }
 
@@ -156,28 +161,63 @@ func ReapOrphans() []string {
 	}
 	var reaped []string
 	for _, dir := range dirs {
-		if ownerAlive(dir) {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		for _, cdir := range clusterDirs(dir) {
-			c := localpg.New(cdir, 0)
-			if root != "" && strings.HasPrefix(dir, filepath.Clean(root)+"/") {
-				c.Root = root
-			}
-			if err := c.Kill(ctx); err != nil {
-				fmt.Fprintf(os.Stderr, "pgtest: stop a dead test binary's server: %v\n", err)
-			}
-		}
-		cancel()
-		for _, pid := range proclife.Named(dir) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if err := os.RemoveAll(dir); err == nil {
+		if !ownerAlive(dir) && reap(dir) {
 			reaped = append(reaped, dir)
 		}
 	}
 	return reaped
+}
+
+// reap stops the servers within three levels of dir (immediate shutdown),
+// kills the processes naming a path inside it, and removes it. It reports
+// whether dir is gone.
+func reap(dir string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := os.Getenv(EnvRoot)
+	for _, cdir := range clusterDirs(dir) {
+		c := localpg.New(cdir, 0)
+		if root != "" && strings.HasPrefix(dir, filepath.Clean(root)+"/") {
+			c.Root = root
+		}
+		if err := c.Kill(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: stop the server in %s: %v\n", cdir, err)
+		}
+	}
+	for _, pid := range proclife.Named(dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return os.RemoveAll(dir) == nil
+}
+
+// mine are the directories this process made with mkdirOwned: what
+// stopOnSignal reaps. A test binary is one process; its directories are
+// process-wide.
+var mine struct {
+	sync.Mutex
+	dirs []string
+}
+
+// stopOnSignal makes SIGINT and SIGTERM (Ctrl-C on `go test`, a CI's
+// cancel) stop this binary's servers and whatever runs from its
+// directories, and remove them, before the binary dies of the signal: the
+// servers are daemons (pg_ctl puts them in a session of their own), which
+// the signal does not reach.
+func stopOnSignal() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "pgtest: %v: stopping this test binary's servers\n", sig)
+		mine.Lock() // and keep: no new directory while dying
+		for _, dir := range mine.dirs {
+			reap(dir)
+		}
+		signal.Reset(sig)
+		syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+		time.Sleep(time.Second)
+		os.Exit(1)
+	}()
 }
 
 // ownerAlive reports whether dir's ownerFile names a running process; a
@@ -318,6 +358,7 @@ type Spec struct {
 
 // MainWith is Main with per-server settings.
 func MainWith(m *testing.M, specs []Spec, setup func([]*Server)) {
+	stopOnSignal()
 	var servers []*Server
 	code := func() int {
 		for _, spec := range specs {

@@ -1,11 +1,14 @@
 package pgtest
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,10 +16,19 @@ import (
 )
 
 // orphanEnv makes the test binary start a server, print its directory and
-// wait to be killed.
-const orphanEnv = "PGTEST_ORPHAN"
+// wait to be killed; interruptEnv does the same through MainWith.
+const (
+	orphanEnv    = "PGTEST_ORPHAN"
+	interruptEnv = "PGTEST_INTERRUPT"
+)
 
 func TestMain(m *testing.M) {
+	if os.Getenv(interruptEnv) == "1" {
+		MainWith(m, []Spec{{Name: "interrupted"}}, func(s []*Server) {
+			os.Stdout.WriteString(s[0].Cluster.Dir + "\n")
+			time.Sleep(time.Hour)
+		})
+	}
 	if os.Getenv(orphanEnv) == "1" {
 		s, err := Start("orphan")
 		if err != nil {
@@ -82,6 +94,32 @@ func TestReapOrphans(t *testing.T) {
 	for _, d := range []string{unmarked, mine} {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("ReapOrphans removed %s: %v", d, err)
+		}
+	}
+}
+
+// TestInterruptedBinaryStopsItsServers: a test binary (MainWith) that gets
+// SIGTERM or SIGINT (Ctrl-C on go test) stops its servers and removes their
+// directories before it dies of the signal; the servers, daemons in a
+// session of their own, would not get the signal.
+func TestInterruptedBinaryStopsItsServers(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		child, dir := Child(t, interruptEnv)
+		id, err := proclife.Of(postmasterPID(t, dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		child.Process.Signal(sig)
+		err = child.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != sig {
+			t.Errorf("%v: the test binary ended with %v, want killed by the signal", sig, err)
+		}
+		if id.Alive() {
+			t.Errorf("%v: the binary's server (pid %d) still runs after the binary ended", sig, id.PID)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%v: the binary's directory %s is still there: %v", sig, dir, err)
 		}
 	}
 }
