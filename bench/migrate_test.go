@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
 	"github.com/pgtenant/pgtenant/internal/migrate"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 // BenchmarkMigrate18Tables4Nodes is the acceptance run for migrations: four
@@ -34,11 +35,8 @@ func BenchmarkMigrate18Tables4Nodes(b *testing.B) {
 	var targets []migrate.Target
 	dsns := make([]string, nodes)
 	for i := range nodes {
-		dir, err := os.MkdirTemp("", "pgtenant-bench-migrate-")
+		dir, err := pgtest.TempDir("bench-migrate") // reaped with its server if this binary dies
 		if err != nil {
-			b.Fatal(err)
-		}
-		if err := os.Chmod(dir, 0o755); err != nil {
 			b.Fatal(err)
 		}
 		c := localpg.New(dir, 0)

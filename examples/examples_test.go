@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 // routerURL is the dev cluster's router, as an app's DATABASE_URL.
@@ -35,16 +37,14 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	tmp, err := os.MkdirTemp("", "pgtenant-examples-")
+	// Traversable by the postgres OS user the servers run as when root;
+	// if this binary dies, the next test binary stops the cluster and its
+	// router and removes it (pgtest.ReapOrphans).
+	tmp, err := pgtest.TempDir("examples")
 	if err != nil {
 		return 0, err
 	}
 	defer os.RemoveAll(tmp)
-	// The servers run as the postgres OS user when this runs as root: it
-	// must be able to reach the data directories.
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return 0, err
-	}
 	bin := filepath.Join(tmp, "pgtenant")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pgtenant")
 	build.Dir = filepath.Join(here, "..")

@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(asPgtenantEnv) == "1" {
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
+	if os.Getenv(killedParentEnv) == "1" {
+		os.Exit(killedParent())
+	}
 	pgtest.Main(m, []string{"a", "b"}, func(s []*pgtest.Server) { nodeA, nodeB = s[0], s[1] })
 }
 

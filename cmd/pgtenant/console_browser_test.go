@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -181,11 +182,10 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Setenv(screenshotsEnv, abs)
 	}
 	start := time.Now()
-	base, err := os.MkdirTemp("", "pgtenant-console-")
+	base, err := pgtest.TempDir("console") // reaped with its servers if this binary dies
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(base, 0o755) // the servers run as the postgres user when root
 	t.Cleanup(func() { os.RemoveAll(base) })
 	t.Chdir(base)
 	t.Setenv(asPgtenantEnv, "1") // dev up starts the router from os.Executable(): this binary as pgtenant

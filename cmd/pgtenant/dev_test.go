@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/devcluster"
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 func TestDevDownWithoutCluster(t *testing.T) {
@@ -81,11 +82,10 @@ func TestDevRouterStartFailureIsReported(t *testing.T) {
 }
 
 func TestDevUpPortsAndGitignore(t *testing.T) {
-	base, err := os.MkdirTemp("", "pgtenant-devup-")
+	base, err := pgtest.TempDir("devup")
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(base, 0o755) // the servers run as the postgres user when root
 	t.Cleanup(func() { os.RemoveAll(base) })
 	t.Chdir(base)
 	out := mustRun(t, "dev", "up", "--dir", "my cluster", "--nodes", "1", "--shards", "4", "--no-router")

@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/devcluster"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 // startDevRouter runs `pgtenant router` for the local cluster in dir as a
@@ -47,14 +49,14 @@ func (a *app) startDevRouter(ctx context.Context, dir string) (string, error) {
 	cmd := exec.Command(self, "router", "--config", filepath.Join(dir, devcluster.ConfigFile), "--log-level", "info")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command
-	if err := cmd.Start(); err != nil {
+	exited, err := startRouterChild(cmd)
+	if err != nil {
 		return "", fmt.Errorf("start router: %w", err)
 	}
+	// dev down finds the router without this file too (devcluster.Routers).
 	if err := os.WriteFile(devcluster.PIDFile(dir), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
 		return "", err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	// An address that answers may belong to another program, and the router
 	// listens for clients before the steps that can still make it exit
 	// (catalog, map, metrics listener). So wait for the lines it prints once
@@ -79,23 +81,30 @@ func (a *app) startDevRouter(ctx context.Context, dir string) (string, error) {
 	return "", fmt.Errorf("router did not listen on %s within 15s; see %s", addr, logPath)
 }
 
-// devRouterRunning reports whether the local cluster's router in dir runs
-// (its pid file names a live process), and the address its config gives it.
+// devRouterRunning reports whether the local cluster's router in dir runs,
+// and the address its config gives it.
 func devRouterRunning(dir string) (string, bool) {
 	cfg, _, err := loadConfig(filepath.Join(dir, devcluster.ConfigFile))
 	if err != nil {
 		return "", false
 	}
-	b, err := os.ReadFile(devcluster.PIDFile(dir))
-	if err != nil {
-		return cfg.Router.Listen, false
+	return cfg.Router.Listen, devcluster.RouterRunning(dir)
+}
+
+// startRouterChild starts the dev router cmd and returns a channel that
+// receives its exit. `dev up`'s router outlives the command on purpose (dev
+// down stops it); one started by a test binary (which runs as pgtenant, see
+// cli_test.go) dies with the binary, even a SIGKILLed one.
+func startRouterChild(cmd *exec.Cmd) (<-chan error, error) {
+	if testing.Testing() {
+		return proclife.Start(cmd, syscall.SIGKILL)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return cfg.Router.Listen, false
+	if err := cmd.Start(); err != nil {
+		return nil, err
 	}
-	p, err := os.FindProcess(pid)
-	return cfg.Router.Listen, err == nil && p.Signal(syscall.Signal(0)) == nil
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	return exited, nil
 }
 
 // logHas reports whether the file at path, from byte offset on, holds every

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 // proc is a pgtenant process started from the built binary.
@@ -26,10 +27,11 @@ func startProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(bin, args...), exited: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.errOut
-	if err := p.cmd.Start(); err != nil {
+	exited, err := proclife.Start(p.cmd, syscall.SIGKILL) // dies with this test binary
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.exited <- p.cmd.Wait() }()
+	go func() { p.exited <- <-exited }()
 	t.Cleanup(func() { p.kill() })
 	return p
 }

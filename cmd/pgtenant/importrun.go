@@ -165,8 +165,8 @@ Shards cut over are not compared. Exit status 1 on a difference.`,
 			fmt.Fprintf(a.stdout, "%s, %s, %s, %s compared; %s\n", plural(rep.Shards, "shard"), plural(rep.Tenants, "tenant"), plural(rep.Tables, "table"), plural(rep.Rows, "row"), plural(len(rep.Mismatches), "difference"))
 			printImportLeftovers(a, rep.Unimported, rep.Rejects)
 			if !rep.OK() {
-				return fmt.Errorf("import verify: %d tenant tables differ, %d legacy tables not in the import, %d rejected changes not resolved",
-					len(rep.Mismatches), len(rep.Unimported), len(rep.Rejects))
+				return fmt.Errorf("import verify: %s with differences, %s not in the import, %s not resolved",
+					plural(len(rep.Mismatches), "tenant table"), plural(len(rep.Unimported), "legacy table"), plural(len(rep.Rejects), "rejected change"))
 			}
 			return nil
 		}),

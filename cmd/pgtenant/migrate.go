@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -83,13 +84,28 @@ missing or renamed applied file stops the run (see 'pgtenant migrate --help').`,
 			if len(shards) == 0 {
 				return errors.New("no shards yet: run `pgtenant shard create` first")
 			}
-			_, err = a.runMigrations(ctx, c, "up", abs, shards, migrate.Options{Concurrency: concurrency, AllowChanged: allowChanged}, 0)
-			var drift *migrate.DriftError
-			if errors.As(err, &drift) {
-				return err // not the directory to remember
+			opts := migrate.Options{Concurrency: concurrency, AllowChanged: allowChanged}
+			var out *migrateUpJSON
+			stdout := a.stdout
+			if a.json {
+				out = &migrateUpJSON{Dir: abs, Migrated: []shardMigratedJSON{}, Failures: []shardFailureJSON{}, Accepted: []string{}}
+				var mu sync.Mutex
+				opts.Progress = func(e migrate.Event) { mu.Lock(); out.add(e); mu.Unlock() }
+				a.stdout = a.stderr // the lines for people; stdout gets the JSON
 			}
-			if err := c.SetMeta(ctx, metaMigrationsDir, abs); err != nil {
-				return err
+			sum, err := a.runMigrations(ctx, c, "up", abs, shards, opts, 0)
+			a.stdout = stdout
+			var drift *migrate.DriftError
+			if !errors.As(err, &drift) { // else not the directory to remember
+				if merr := c.SetMeta(ctx, metaMigrationsDir, abs); merr != nil && err == nil {
+					err = merr
+				}
+			}
+			if out != nil {
+				out.finish(sum, err)
+				if jerr := a.printJSON(out); jerr != nil {
+					return jerr
+				}
 			}
 			return err
 		}),
@@ -97,6 +113,7 @@ missing or renamed applied file stops the run (see 'pgtenant migrate --help').`,
 	up.Flags().StringVar(&dir, "dir", "migrations", "directory of migration files")
 	up.Flags().IntVar(&concurrency, "concurrency", 0, "shards migrated at once per node (0 = 4)")
 	up.Flags().BoolVar(&allowChanged, "allow-changed", false, "go on (with a warning) when applied files changed or are missing, and record the new checksums")
+	up.Flags().BoolVar(&a.json, "json", false, "print the outcome as JSON (shape: docs/cli-json.md); the summary goes to stderr")
 
 	var all, dirChanged bool
 	status := &cobra.Command{
@@ -209,7 +226,11 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	if opts.SharedSchema == "" {
 		opts.SharedSchema = a.sharedSchema()
 	}
+	caller := opts.Progress
 	opts.Progress = func(e migrate.Event) {
+		if caller != nil {
+			caller(e)
+		}
 		if bar != nil {
 			bar.Add(1)
 		} else if time.Since(lastPrint) > 2*time.Second {

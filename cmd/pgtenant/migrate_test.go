@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -250,5 +251,39 @@ func TestMigrateCreateCLI(t *testing.T) {
 	mustRun(t, "migrate", "down", "--dir", "db/migrations")
 	if got := shardTables(t, dsns); len(got) != 0 {
 		t.Errorf("tables after down: %v", got)
+	}
+}
+
+// TestMigrateUpJSON: `migrate up --json` prints one object on stdout (the
+// summary goes to stderr): the versions each shard got, then, with a failing
+// file, each failed shard with the file, its version and the SQLSTATE, and
+// exit 1 as without --json.
+func TestMigrateUpJSON(t *testing.T) {
+	migrateCluster(t)
+	dir := writeFiles(t, "migrations", map[string]string{"00001_accounts.sql": accounts})
+	code, out, errOut := pgtenant(t, "migrate", "up", "--dir", dir, "--json")
+	if code != 0 || !strings.Contains(errOut, "migrate: 4 shards, 4 migrated") {
+		t.Fatalf("migrate up --json: exit %d, the summary not on stderr\n%s%s", code, out, errOut)
+	}
+	var res migrateUpJSON
+	jsonOut(t, 0, &res, "migrate", "up", "--dir", dir)
+	if res.Shards != 4 || res.Current != 4 || res.Applied != 0 || len(res.Migrated) != 0 || len(res.Failures) != 0 || res.Error != "" {
+		t.Errorf("migrate up --json with nothing to do: %+v", res)
+	}
+
+	writeFiles(t, dir, map[string]string{
+		"00002_invoices.sql": "CREATE TABLE invoices (id bigint);",
+		"00003_dup.sql":      "CREATE TABLE accounts (id bigint);",
+	})
+	res = migrateUpJSON{}
+	jsonOut(t, 1, &res, "migrate", "up", "--dir", dir, "--concurrency", "1")
+	if res.Shards != 4 || res.Failed < 1 || res.Failed+res.NotStarted != 4 || len(res.Failures) != res.Failed || res.Applied != res.Failed ||
+		!strings.Contains(res.Error, "42P07") || !filepath.IsAbs(res.Dir) || filepath.Base(res.Dir) != dir {
+		t.Fatalf("migrate up --json with a failing file: %+v", res)
+	}
+	for _, f := range res.Failures {
+		if f.File != "00003_dup.sql" || f.Version != 3 || !slices.Equal(f.Applied, []int64{2}) || !strings.Contains(f.Error, "SQLSTATE 42P07") || f.Schema == "" || f.Node == "" {
+			t.Errorf("failure %+v: want 00003_dup.sql (version 3) after version 2, SQLSTATE 42P07", f)
+		}
 	}
 }

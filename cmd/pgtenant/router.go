@@ -317,7 +317,7 @@ func (a *app) runRouter(cmd *cobra.Command) error {
 		return err
 	}
 	a.logger.Info("router listening", "addr", addr, "router", id, "map_version", m.Version)
-	fmt.Fprintf(a.stdout, "router listening on %s (map version %d, %d shards)\n", addr, m.Version, len(m.Shards))
+	fmt.Fprintf(a.stdout, "router listening on %s (map version %d, %s)\n", addr, m.Version, plural(len(m.Shards), "shard"))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

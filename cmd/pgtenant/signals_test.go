@@ -22,6 +22,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 // TestRouterSignals runs the built pgtenant binary as a service manager
@@ -78,11 +79,10 @@ func TestRouterSignals(t *testing.T) {
 	var stdout, stderr syncBuffer
 	proc := exec.Command(bin, "router", "--config", config)
 	proc.Stdout, proc.Stderr = &stdout, &stderr
-	if err := proc.Start(); err != nil {
+	exited, err := proclife.Start(proc, syscall.SIGKILL) // dies with this test binary
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- proc.Wait() }()
 	defer func() {
 		if proc.ProcessState == nil {
 			proc.Process.Kill()

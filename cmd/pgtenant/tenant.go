@@ -108,23 +108,36 @@ registered tables; see its --help).`,
 	}
 
 	var listShard, limit int
+	var shardGiven bool
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List tenants and their shards",
 		Example: `  pgtenant tenant list
   pgtenant tenant list --shard 17`,
 		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			shardGiven = cmd.Flags().Changed("shard")
+			if shardGiven && listShard < 0 {
+				return usagef("--shard %d: shards are numbered from 0 (`pgtenant shard list` names them); without --shard every shard's tenants are listed", listShard)
+			}
+			if limit < 0 {
+				return usagef("--limit %d: give 0 (all) or more", limit)
+			}
+			return nil
+		},
 		RunE: a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-			if listShard != -1 {
+			shard := -1 // every shard
+			if shardGiven {
 				n, err := c.ShardCount(ctx)
 				if err != nil {
 					return err
 				}
-				if listShard < 0 || listShard >= n {
+				if listShard >= n {
 					return fmt.Errorf("shard %d is unknown (SQLSTATE 42704): shards are 0 to %d; `pgtenant shard list` names them", listShard, n-1)
 				}
+				shard = listShard
 			}
-			ts, err := c.Tenants(ctx, listShard, limit)
+			ts, err := c.Tenants(ctx, shard, limit)
 			if err != nil {
 				return err
 			}
@@ -138,7 +151,7 @@ registered tables; see its --help).`,
 			return w.Flush()
 		}),
 	}
-	list.Flags().IntVar(&listShard, "shard", -1, "only tenants of this shard")
+	list.Flags().IntVar(&listShard, "shard", 0, "only tenants of this shard (without it: every shard's)")
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (0 = all)")
 
 	var purge, force bool

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 // TestBadClusterFlagsStartNothing: a local cluster's flags are checked
@@ -20,11 +21,10 @@ import (
 func TestBadClusterFlagsStartNothing(t *testing.T) {
 	// A directory the postgres user may traverse (servers run as it when
 	// root), so that without the checks the servers would start.
-	base, err := os.MkdirTemp("", "pgtenant-badflags-")
+	base, err := pgtest.TempDir("badflags")
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(base, 0o755)
 	t.Cleanup(func() { os.RemoveAll(base) })
 	t.Chdir(base)
 	for i, args := range [][]string{
@@ -57,6 +57,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 	for _, args := range [][]string{
 		{"reference", "load", "plans"},
 		{"ops", "--limit", "-1"},
+		{"tenant", "list", "--shard", "-1"}, // was every shard's tenants, silently
+		{"tenant", "list", "--limit", "-1"},
 	} {
 		if code, out, errOut := pgtenant(t, args...); code != 2 {
 			t.Errorf("pgtenant %s: exit %d, want 2\n%s%s", strings.Join(args, " "), code, out, errOut)

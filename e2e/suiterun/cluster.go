@@ -16,6 +16,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 // Cluster is a local cluster (package devcluster) that a suite's routers
@@ -80,8 +81,9 @@ type Router struct {
 	// /metrics (loopback, free ports).
 	Addr, Metrics string
 	// Log is the file its output goes to.
-	Log string
-	cmd *exec.Cmd
+	Log  string
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
 }
 
 // StartRouter starts `bin router args...` listening on free loopback ports
@@ -106,9 +108,12 @@ func StartRouter(ctx context.Context, bin, logPath string, args ...string) (*Rou
 	args = append(append([]string{"router"}, args...), "--listen", r.Addr, "--metrics-listen", r.Metrics)
 	r.cmd = exec.Command(bin, args...)
 	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	if err := r.cmd.Start(); err != nil {
+	exited, err := proclife.Start(r.cmd, syscall.SIGKILL) // dies with the suite, even a killed one
+	if err != nil {
 		return nil, fmt.Errorf("start router: %w", err)
 	}
+	r.done = make(chan struct{})
+	go func() { <-exited; close(r.done) }()
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
 		if c, err := net.DialTimeout("tcp", r.Addr, time.Second); err == nil {
 			c.Close()
@@ -129,17 +134,17 @@ func (r *Router) Port() int {
 // Stop stops the router (SIGTERM; SIGKILL if it has not ended 15 s later).
 // Stopping a stopped router does nothing.
 func (r *Router) Stop() {
-	if r.cmd.ProcessState != nil {
+	select {
+	case <-r.done:
 		return
+	default:
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { r.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-r.done:
 	case <-time.After(15 * time.Second):
 		r.cmd.Process.Kill()
-		<-done
+		<-r.done
 	}
 }
 

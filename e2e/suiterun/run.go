@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 // Main runs a runner's run with its arguments and a context that SIGINT
@@ -49,20 +51,28 @@ func Modes(value string, known ...string) ([]string, error) {
 
 // WorkDir returns the directory a run works in: dir, made if need be, or
 // when dir is "" a new temporary one named prefix*, which the returned
-// cleanup removes unless keep (a given dir is always kept). The directory
-// is made enterable by every user: localpg runs the servers as the
-// postgres user when run as root.
+// cleanup removes unless keep (a given dir is always kept). A temporary one
+// not kept is pgtenant-prefix* and marked as this process's
+// (pgtest.TempDir): if the run is killed, the next test binary's start
+// stops its servers and removes it. The directory is made enterable by
+// every user: localpg runs the servers as the postgres user when run as
+// root.
 func WorkDir(dir, prefix string, keep bool) (path string, cleanup func(), err error) {
 	cleanup = func() {}
-	if dir == "" {
+	switch {
+	case dir == "" && keep:
 		if dir, err = os.MkdirTemp("", prefix); err != nil {
 			return "", nil, fmt.Errorf("make a work directory: %w", err)
 		}
-		if !keep {
-			cleanup = func() { os.RemoveAll(dir) }
+	case dir == "":
+		if dir, err = pgtest.TempDir(strings.TrimSuffix(prefix, "-")); err != nil {
+			return "", nil, fmt.Errorf("make a work directory: %w", err)
 		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", nil, fmt.Errorf("make the work directory: %w", err)
+		cleanup = func() { os.RemoveAll(dir) }
+	default:
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", nil, fmt.Errorf("make the work directory: %w", err)
+		}
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		cleanup()

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 // CatalogDB is the catalog's database name on the first node's server.
@@ -369,34 +371,43 @@ func Down(ctx context.Context, dir string, destroy bool) error {
 // PIDFile is where the dev router's process id is kept.
 func PIDFile(dir string) string { return filepath.Join(dir, "router.pid") }
 
-// RouterRunning reports whether the process in dir's PIDFile is alive.
-func RouterRunning(dir string) bool {
-	b, err := os.ReadFile(PIDFile(dir))
+// Routers returns the dev routers of the cluster in dir that run: the
+// processes whose command line is `pgtenant router --config
+// DIR/pgtenant.yaml …` (as `dev up` starts it), whether PIDFile names them
+// or not (a `dev up` killed between starting its router and writing the
+// file). A pid in PIDFile that is now another program's is not among them.
+func Routers(dir string) []int {
+	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return false
+		return nil
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return false
+	config := filepath.Join(abs, ConfigFile)
+	var out []int
+	for _, pid := range proclife.Named(abs) {
+		args, _ := proclife.Args(pid)
+		if i := slices.Index(args, "router"); i > 0 && slices.Contains(args[i:], "--config") && slices.Contains(args[i:], config) {
+			out = append(out, pid)
+		}
 	}
-	p, err := os.FindProcess(pid)
-	return err == nil && p.Signal(syscall.Signal(0)) == nil
+	return out
 }
 
-// StopRouter stops the dev router whose pid is in dir, if it runs.
+// RouterRunning reports whether a dev router of the cluster in dir runs.
+func RouterRunning(dir string) bool { return len(Routers(dir)) > 0 }
+
+// StopRouter stops the dev routers of the cluster in dir (Routers): SIGTERM
+// (a drain), then SIGKILL for one still running after the router's default
+// shutdown grace (25 s) and a little more.
 func StopRouter(dir string) {
-	b, err := os.ReadFile(PIDFile(dir))
-	if err != nil {
-		return
+	pids := Routers(dir)
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return
-	}
-	if p, err := os.FindProcess(pid); err == nil {
-		if p.Signal(syscall.SIGTERM) == nil {
-			for i := 0; i < 50 && p.Signal(syscall.Signal(0)) == nil; i++ {
-				time.Sleep(100 * time.Millisecond)
+	for _, pid := range pids {
+		for deadline := time.Now().Add(30 * time.Second); !proclife.Gone(pid); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				break
 			}
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
 	"github.com/pgtenant/pgtenant/internal/devcluster"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
@@ -21,11 +22,10 @@ import (
 func TestUpTwiceDownTwice(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	base, err := os.MkdirTemp("", "pgtenant-dev-")
+	base, err := pgtest.TempDir("dev")
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(base, 0o755)
 	defer os.RemoveAll(base)
 	dir := filepath.Join(base, "cluster")
 	defer devcluster.Down(context.Background(), dir, false)

@@ -267,11 +267,18 @@ func (c *Cluster) StartOnFreePort(ctx context.Context) error {
 }
 
 // Stop stops the server (fast shutdown). Stopping a stopped cluster is a no-op.
-func (c *Cluster) Stop(ctx context.Context) error {
+func (c *Cluster) Stop(ctx context.Context) error { return c.stop(ctx, "fast") }
+
+// Kill stops the server at once (immediate shutdown: no checkpoint, as after
+// a crash), for a cluster about to be removed. Killing a stopped cluster is
+// a no-op.
+func (c *Cluster) Kill(ctx context.Context) error { return c.stop(ctx, "immediate") }
+
+func (c *Cluster) stop(ctx context.Context, mode string) error {
 	if !c.Running(ctx) {
 		return nil
 	}
-	if out, err := c.run(ctx, "pg_ctl", "stop", "-w", "-m", "fast", "-D", c.DataDir()); err != nil {
+	if out, err := c.run(ctx, "pg_ctl", "stop", "-w", "-m", mode, "-D", c.DataDir()); err != nil {
 		return fmt.Errorf("stop postgres in %s: %w: %s", c.DataDir(), err, out)
 	}
 	return nil

@@ -9,16 +9,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/pgtest"
 )
 
 // TestInitStartStopTwice starts a cluster, stops it, and starts it again from
 // the same directory: the second Init reuses the data directory and its port.
 func TestInitStartStopTwice(t *testing.T) {
-	dir, err := os.MkdirTemp("", "pgtenant-localpg-")
+	dir, err := pgtest.TempDir("localpg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o755)
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

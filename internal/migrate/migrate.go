@@ -420,6 +420,7 @@ func run(ctx context.Context, verb string, files []File, fsys fs.FS, targets []T
 		case ev.Err != nil:
 			sum.Failed++
 			sum.Failures = append(sum.Failures, ev.Err.(*ShardError))
+			sum.Applied += len(ev.Applied) // before the failing file
 		case len(ev.Applied) > 0:
 			sum.Migrated++
 			sum.Applied += len(ev.Applied)

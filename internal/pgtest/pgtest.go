@@ -10,12 +10,17 @@
 package pgtest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -24,6 +29,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 // Server is a running cluster owned by one test binary.
@@ -42,7 +48,7 @@ func Start(name string) (*Server, error) {
 
 // StartWith is Start with extra postgresql.conf settings.
 func StartWith(name string, settings map[string]string) (*Server, error) {
-	reapOrphans()
+	ReapOrphans()
 	c, err := NewCluster(name)
 	if err != nil {
 		return nil, err
@@ -77,7 +83,7 @@ const (
 // NewCluster returns a cluster, not yet initialised, in a fresh directory
 // named after name (under EnvRoot's tmp when set, with Root and BinDir set
 // from the environment), marked as owned by this process so that
-// reapOrphans removes it if the process dies. The caller stops it and
+// ReapOrphans removes it if the process dies. The caller stops it and
 // removes c.Dir.
 func NewCluster(name string) (*localpg.Cluster, error) {
 	root := os.Getenv(EnvRoot)
@@ -85,15 +91,9 @@ func NewCluster(name string) (*localpg.Cluster, error) {
 	if root != "" {
 		base = filepath.Join(root, "tmp")
 	}
-	dir, err := os.MkdirTemp(base, "pgtenant-test-"+name+"-")
+	dir, err := mkdirOwned(base, "test-"+name)
 	if err != nil {
 		return nil, fmt.Errorf("make a directory for server %q: %w", name, err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
 	}
 	c := localpg.New(dir, 0)
 	c.Root = root
@@ -101,41 +101,186 @@ func NewCluster(name string) (*localpg.Cluster, error) {
 	return c, nil
 }
 
-// ownerFile holds the pid of the test binary that started a server.
+// TempDir makes a fresh directory named pgtenant-NAME-* in the system's
+// temporary directory, traversable by others (the servers run as the
+// postgres OS user when root), and marked as this test binary's: when the
+// binary dies before removing it (killed, or `go test -timeout`), the next
+// test binary's start stops every server and process running from it and
+// removes it (ReapOrphans). Tests that start servers or routers in a
+// directory of their own (a dev cluster) make it here; the caller removes it.
+func TempDir(name string) (string, error) {
+	ReapOrphans()
+	return mkdirOwned("", name)
+}
+
+// mkdirOwned makes a directory pgtenant-NAME-* under base and writes this
+// process's identity in its ownerFile.
+func mkdirOwned(base, name string) (string, error) {
+	dir, err := os.MkdirTemp(base, "pgtenant-"+name+"-")
+	if err != nil {
+		return "", err
+	}
+	self, err := proclife.Self()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(self.String()+"\n"), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	mine.Lock()
+	mine.dirs = append(mine.dirs, dir)
+	mine.Unlock()
+	return dir, nil
+}
+
+// ownerFile, in a directory a test binary made, names that binary: a
+// proclife.ID (binaries before session 12 wrote the bare pid).
 const ownerFile = "owner.pid"
 
-// reapOrphans stops and removes servers left by test binaries that died
-// without cleaning up (killed, or a `go test -timeout` panic).
-func reapOrphans() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtenant-test-*"))
+// ReapOrphans stops and removes what test binaries left when they died
+// without cleaning up (killed, or a `go test -timeout` panic): each
+// pgtenant-* directory in the temporary directory (and EnvRoot's tmp) whose
+// ownerFile names a process that no longer runs. In such a directory it
+// stops every server (immediate shutdown) whose data directory lies within
+// three levels (a test server, a dev cluster's nodes), kills the processes
+// whose command line names a path inside it (a router child, pgbouncer),
+// and removes it. A directory without an ownerFile, or whose owner runs, is
+// left alone. It returns the directories it removed.
+func ReapOrphans() []string {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtenant-*"))
 	root := os.Getenv(EnvRoot)
 	if root != "" {
-		more, _ := filepath.Glob(filepath.Join(root, "tmp", "pgtenant-test-*"))
+		more, _ := filepath.Glob(filepath.Join(root, "tmp", "pgtenant-*"))
 		dirs = append(dirs, more...)
 	}
+	var reaped []string
 	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-		if err != nil {
-			continue
+		if !ownerAlive(dir) && reap(dir) {
+			reaped = append(reaped, dir)
 		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 || processAlive(pid) {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		c := localpg.New(dir, 0)
+	}
+	return reaped
+}
+
+// reap stops the servers within three levels of dir (immediate shutdown),
+// kills the processes naming a path inside it, and removes it. It reports
+// whether dir is gone.
+func reap(dir string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := os.Getenv(EnvRoot)
+	for _, cdir := range clusterDirs(dir) {
+		c := localpg.New(cdir, 0)
 		if root != "" && strings.HasPrefix(dir, filepath.Clean(root)+"/") {
 			c.Root = root
 		}
-		c.Stop(ctx)
-		cancel()
-		os.RemoveAll(dir)
+		if err := c.Kill(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: stop the server in %s: %v\n", cdir, err)
+		}
 	}
+	for _, pid := range proclife.Named(dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return os.RemoveAll(dir) == nil
 }
 
-func processAlive(pid int) bool {
-	p, err := os.FindProcess(pid)
-	return err == nil && p.Signal(syscall.Signal(0)) == nil
+// mine are the directories this process made with mkdirOwned: what
+// stopOnSignal reaps. A test binary is one process; its directories are
+// process-wide.
+var mine struct {
+	sync.Mutex
+	dirs []string
+}
+
+// stopOnSignal makes SIGINT and SIGTERM (Ctrl-C on `go test`, a CI's
+// cancel) stop this binary's servers and whatever runs from its
+// directories, and remove them, before the binary dies of the signal: the
+// servers are daemons (pg_ctl puts them in a session of their own), which
+// the signal does not reach.
+func stopOnSignal() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "pgtest: %v: stopping this test binary's servers\n", sig)
+		mine.Lock() // and keep: no new directory while dying
+		for _, dir := range mine.dirs {
+			reap(dir)
+		}
+		signal.Reset(sig)
+		syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+		time.Sleep(time.Second)
+		os.Exit(1)
+	}()
+}
+
+// ownerAlive reports whether dir's ownerFile names a running process; a
+// directory without one (not ours, or not yet marked) counts as alive.
+func ownerAlive(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil {
+		return true
+	}
+	if id, err := proclife.ParseID(string(b)); err == nil {
+		return id.Alive()
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return true
+	}
+	return !proclife.Gone(pid)
+}
+
+// clusterDirs lists the directories within three levels of dir (dir
+// included) holding a server's data directory (localpg's DIR/data).
+func clusterDirs(dir string) []string {
+	var out []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if d.Name() == "data" && p != dir {
+			if _, err := os.Stat(filepath.Join(p, "PG_VERSION")); err == nil {
+				out = append(out, filepath.Dir(p))
+			}
+			return fs.SkipDir
+		}
+		if rel, _ := filepath.Rel(dir, p); strings.Count(rel, "/") >= 3 {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	return out
+}
+
+// Child runs this test binary again as a child with env set to "1" (its
+// TestMain acts on it, say by starting servers and waiting to be killed)
+// and returns it with the first line it printed, trimmed. The child is
+// killed when t ends.
+func Child(t testing.TB, env string) (*exec.Cmd, string) {
+	t.Helper()
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), env+"=1")
+	child.Stderr = os.Stderr
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s child: no first line: %v", env, err)
+	}
+	return child, strings.TrimSpace(line)
 }
 
 // Stop stops the server and removes its directory.
@@ -213,6 +358,7 @@ type Spec struct {
 
 // MainWith is Main with per-server settings.
 func MainWith(m *testing.M, specs []Spec, setup func([]*Server)) {
+	stopOnSignal()
 	var servers []*Server
 	code := func() int {
 		for _, spec := range specs {

@@ -11,7 +11,7 @@ import (
 
 // NewStandby makes a physical standby of s (pg_basebackup -R, as the
 // postgres OS user when root) on a free port, starts it and returns it; it
-// is stopped and removed when t ends (and by reapOrphans if the test binary
+// is stopped and removed when t ends (and by ReapOrphans if the test binary
 // dies). It fails t when the standby cannot be made.
 func (s *Server) NewStandby(t testing.TB) *localpg.Cluster {
 	t.Helper()

@@ -16,21 +16,31 @@ import (
 // error, and get it when it comes back. When it is discarded instead, the
 // one left for the pool fails, and so do the checkouts queued behind it,
 // at once, with the server's refusal (not a wait timeout).
-func TestConnectFailureWaits(t *testing.T) {
+// roleDSN creates role (LOGIN, with the given clauses) in a fresh database
+// and returns a superuser connection to alter it and the database's DSN as
+// the role.
+func roleDSN(t *testing.T, role, clauses string) (*pgx.Conn, string) {
+	t.Helper()
 	ctx := context.Background()
 	dsn := srv.NewDatabase(t)
 	admin, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close(ctx)
-	const role = "pool_connfail"
-	for _, q := range []string{"DROP ROLE IF EXISTS " + role, "CREATE ROLE " + role + " LOGIN"} {
+	t.Cleanup(func() { admin.Close(ctx) })
+	for _, q := range []string{"DROP ROLE IF EXISTS " + role, "CREATE ROLE " + role + " LOGIN " + clauses} {
 		if _, err := admin.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p := New("n1", strings.Replace(dsn, "postgres@", role+"@", 1), Config{MaxSize: 3, WaitTimeout: time.Minute}, nil)
+	return admin, strings.Replace(dsn, "postgres@", role+"@", 1)
+}
+
+func TestConnectFailureWaits(t *testing.T) {
+	ctx := context.Background()
+	const role = "pool_connfail"
+	admin, dsn := roleDSN(t, role, "")
+	p := New("n1", dsn, Config{MaxSize: 3, WaitTimeout: time.Minute}, nil)
 	defer p.Close()
 	a, err := p.Acquire(ctx)
 	if err != nil {
@@ -86,5 +96,68 @@ func TestConnectFailureWaits(t *testing.T) {
 	}
 	if st := p.Stats(); st.Total != 0 || st.Waiting != 0 {
 		t.Fatalf("pool after: %+v", st)
+	}
+}
+
+// TestConnectBackoff: the wait after failed connects in a row doubles from
+// 1 s to 16 s, and jitter picks it in the step's upper half.
+func TestConnectBackoff(t *testing.T) {
+	for _, c := range []struct {
+		fails int
+		r     float64
+		want  time.Duration
+	}{
+		{1, 0, 500 * time.Millisecond},
+		{1, 0.5, 750 * time.Millisecond},
+		{2, 0, time.Second},
+		{3, 0.999, 4 * time.Second},
+		{4, 0, 4 * time.Second},
+		{5, 0, 8 * time.Second},
+		{1000, 0.5, 12 * time.Second},
+	} {
+		got := connectBackoff(c.fails, c.r)
+		if c.r > 0.99 {
+			got = got.Round(10 * time.Millisecond)
+		}
+		if got != c.want {
+			t.Errorf("connectBackoff(%d, %v) = %v, want %v", c.fails, c.r, got, c.want)
+		}
+	}
+}
+
+// TestConnectBackoffGrowsAndResets: each refused connect in a row puts the
+// pool's next try further off (within the step's jitter), and a connect
+// that succeeds starts over.
+func TestConnectBackoffGrowsAndResets(t *testing.T) {
+	ctx := context.Background()
+	const role = "pool_backoff"
+	admin, dsn := roleDSN(t, role, "CONNECTION LIMIT 0")
+	p := New("n1", dsn, Config{MaxSize: 3}, nil)
+	defer p.Close()
+	for fails := 1; fails <= 6; fails++ {
+		before := time.Now()
+		if _, err := p.Acquire(ctx); RefusedCode(err) != "53300" {
+			t.Fatalf("checkout %d: %v, want the server's refusal 53300", fails, err)
+		}
+		after := time.Now()
+		p.mu.Lock()
+		retryAt := p.retryAt
+		p.mu.Unlock()
+		lo, hi := before.Add(connectBackoff(fails, 0)), after.Add(connectBackoff(fails, 1))
+		if got := int(p.failStreak.Load()); got != fails || retryAt.Before(lo) || retryAt.After(hi) {
+			t.Errorf("after %d refusals: streak %d, next try in %v; want %v to %v", fails, got,
+				retryAt.Sub(before), connectBackoff(fails, 0), connectBackoff(fails, 1))
+		}
+	}
+	if _, err := admin.Exec(ctx, "ALTER ROLE "+role+" CONNECTION LIMIT -1"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release()
+	if got := p.failStreak.Load(); got != 0 {
+		t.Errorf("after a connect that succeeded the streak is %d, want 0", got)
 	}
 }

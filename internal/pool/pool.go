@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -351,8 +352,11 @@ type Pool struct {
 	total   int
 	waiters waitQueue // first come, first served
 	closed  bool
-	// lastConnectErr is when a connect last failed (see connectBackoff).
-	lastConnectErr time.Time
+	// retryAt is when a checkout may open a connection again after a
+	// failed connect while others are open; failStreak counts the connects
+	// failed in a row (see connectBackoff).
+	retryAt    time.Time
+	failStreak atomic.Int32
 	// expiry fails the waiters past their deadline; armed (at expiryAt)
 	// while there are waiters. One timer per pool rather than one per
 	// wait, and wait channels reused (chans): a wait allocates nothing,
@@ -463,7 +467,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			}
 			return c, nil
 		}
-		if p.total < p.conf().MaxSize && (p.total == 0 || time.Since(p.lastConnectErr) >= connectBackoff) {
+		if p.total < p.conf().MaxSize && (p.total == 0 || !time.Now().Before(p.retryAt)) {
 			p.total++
 			p.mu.Unlock()
 			c, err := p.open(ctx)
@@ -496,13 +500,25 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	}
 }
 
-// connectBackoff is how long after a failed connect a checkout that finds
-// no idle connection waits for one of those open (if any) rather than
-// trying to open another: a node that refused one (its max_connections
-// reached) or was slow to answer (a connect timeout under load) is not
-// asked again at every checkout, and its clients are served by the
-// connections it has, as pgbouncer's are (server_login_retry).
-const connectBackoff = time.Second
+// connectBackoff is how long after the fails-th failed connect in a row a
+// checkout that finds no idle connection waits for one of those open (if
+// any) rather than trying to open another: a node that refused one (its
+// max_connections reached) or was slow to answer (a connect timeout under
+// load) is not asked again at every checkout, and its clients are served by
+// the connections it has, as pgbouncer's are (server_login_retry, 15 s).
+// It doubles from 1 s up to 16 s with each failure; r in [0, 1) picks the
+// wait in its upper half (jitter), so that routers refused together do not
+// retry together. A connect that succeeds starts over.
+func connectBackoff(fails int, r float64) time.Duration {
+	d := connectBackoffMax
+	if fails < 5 {
+		d = time.Second << max(fails-1, 0)
+	}
+	return d/2 + time.Duration(r*float64(d/2))
+}
+
+// connectBackoffMax is connectBackoff's longest step.
+const connectBackoffMax = 16 * time.Second
 
 // othersOpen reports, after a failed connect, whether the pool holds other
 // connections to the node, which a checkout can wait for.
@@ -671,6 +687,9 @@ func (p *Pool) open(ctx context.Context) (*Conn, error) {
 		return nil, cerr
 	}
 	p.opened.Add(1)
+	if p.failStreak.Load() != 0 {
+		p.failStreak.Store(0)
+	}
 	return c, nil
 }
 
@@ -679,9 +698,10 @@ func (p *Pool) open(ctx context.Context) (*Conn, error) {
 // for the connections open, or, when there are none, fail with err. For
 // connectBackoff, checkouts open no connection while others are open.
 func (p *Pool) connectFailed(err error, took time.Duration) {
+	fails := p.failStreak.Add(1)
 	p.mu.Lock()
 	p.total--
-	p.lastConnectErr = time.Now()
+	p.retryAt = time.Now().Add(connectBackoff(int(fails), rand.Float64()))
 	open := p.total
 	var fail []chan handoff
 	if open == 0 {

@@ -36,6 +36,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 	"github.com/pgtenant/pgtenant/internal/router"
 )
 
@@ -1031,11 +1032,12 @@ logfile = %s
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
+	waited, err := proclife.Start(cmd, syscall.SIGTERM) // pgbouncer ends with routerbench, even a killed one
+	if err != nil {
 		return 0, 0, nil, fmt.Errorf("start pgbouncer: %w", err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { <-waited; close(exited) }()
 	stop := func() {
 		cmd.Process.Signal(syscall.SIGINT)
 		select {
