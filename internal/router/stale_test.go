@@ -77,6 +77,14 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, want: undescribed},
+				// A Describe of it: the server sends the statement's
+				// ParameterDescription, then the error (its result is
+				// what it cannot describe); drivers take the statement as
+				// prepared at the first and bind it again (postgres.js).
+				{name: "describe changed shape", send: []pgproto3.FrontendMessage{
+					&pgproto3.Describe{ObjectType: 'S', Name: "s_ab"},
+					&pgproto3.Sync{},
+				}, want: []string{"?", "E 0A000", "Z I"}},
 				// In a pipeline: what came before runs, what follows is
 				// skipped until Sync.
 				{name: "changed shape", send: []pgproto3.FrontendMessage{
@@ -93,6 +101,10 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, want: []string{"E 0A000", "Z I"}},
+				{name: "describe changed shape again", send: []pgproto3.FrontendMessage{
+					&pgproto3.Describe{ObjectType: 'S', Name: "s_ab"},
+					&pgproto3.Sync{},
+				}, want: []string{"?", "E 0A000", "Z I"}},
 				// In a transaction block the transaction is aborted.
 				{name: "changed shape in a transaction", send: []pgproto3.FrontendMessage{
 					&pgproto3.Query{String: "BEGIN"},
