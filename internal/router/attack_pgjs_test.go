@@ -254,7 +254,8 @@ func TestPgjsFreshParseAfterDDL(t *testing.T) {
 // the statement again (the error's routine, RevalidateCachedQuery). The
 // router prepared it afresh on whichever backend the Bind landed on, saw
 // no description to compare with, and relayed the rows. A statement the
-// server found stale stays stale for its client, as on a server.
+// server found stale after telling the client of it (here its parameters)
+// stays stale for the client, as on a server.
 //
 // The schema change is made on the node, past the router, which learns of
 // it only from the server's error (TestPgjsFreshParseAfterDDL: one sent

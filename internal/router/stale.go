@@ -25,8 +25,8 @@ import (
 // (Server.schemaChanged): a client's fresh Parse never meets a statement
 // parsed before the change, which would fail with 0A000 or with the old
 // parameter types (42804), and one parsed before it stays as it was, as
-// on a server. A client statement a server found stale stays so (a server
-// keeps failing it), and a Describe's 0A000 follows the statement's
+// on a server. A described client statement a server found stale stays so
+// (a server keeps failing it), and a Describe's 0A000 follows the statement's
 // ParameterDescription, as from a server: postgres.js takes the statement
 // as prepared at that message.
 
@@ -61,12 +61,17 @@ func (s *Server) schemaChanged() {
 
 // serverFoundStale notes a server's 0A000 for the client's statement
 // e.stmt, bound or described as e.name on the attached backend: it stays
-// stale for the client; the backend's statement is prepared afresh at its
-// next use (other clients' statements of the text are shape-checked
-// then); and, the router having missed the schema change, later Parses
-// get statements of their own.
+// stale for the client if a Describe told the client anything of it (a
+// ParameterDescription at least: postgres.js then binds it without a
+// description; one never described is prepared afresh, its rows the
+// client's only description, as stale_test.go's "never described"); the
+// backend's statement is prepared afresh at its next use (other clients'
+// statements of the text are shape-checked then); and, the router having
+// missed the schema change, later Parses get statements of their own.
 func (ss *session) serverFoundStale(e *expect) {
-	e.stmt.stale = true
+	if def := e.stmt; def.shape != 0 || def.params != nil {
+		def.stale = true
+	}
 	if isClientStmt(e.name) {
 		delete(ss.be.Prepared, e.name)
 	}
