@@ -131,43 +131,6 @@ func TestPgjsListenExtendedTransactionMode(t *testing.T) {
 	}
 }
 
-// pgjsStep is one exchange of a raw client: its messages (or, with ddl,
-// a statement run on the tenant's shard directly, past the router) and the
-// answers wanted up to ReadyForQuery, in readUntilRFQ's short form.
-type pgjsStep struct {
-	name string
-	fe   int // which client: an index into the test's clients
-	send []pgproto3.FrontendMessage
-	ddl  string
-	want []string
-}
-
-// runPgjsSteps runs steps on clients (raw connections through the router)
-// and fails t at the first answer that differs.
-func runPgjsSteps(t *testing.T, clients []*pgproto3.Frontend, conns []net.Conn, ddl func(string, string), table string, steps []pgjsStep) {
-	t.Helper()
-	for _, st := range steps {
-		if st.ddl != "" {
-			ddl(st.ddl, table)
-			continue
-		}
-		fe, nc := clients[st.fe], conns[st.fe]
-		for _, m := range st.send {
-			fe.Send(m)
-		}
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for len(got) == 0 || readies(got) < readies(st.want) {
-			got = append(got, readUntilRFQ(t, fe, nc)...)
-		}
-		if !slices.Equal(got, st.want) {
-			t.Fatalf("%s: got %v, want %v", st.name, got, st.want)
-		}
-	}
-}
-
 // pgjsQuery is postgres.js's first run of a statement without parameters:
 // Parse, Describe, Bind, Execute, Sync in one write.
 func pgjsQuery(name, query string) []pgproto3.FrontendMessage {
@@ -207,7 +170,7 @@ func TestPgjsFreshParseAfterDDL(t *testing.T) {
 			q := func(sql string) []pgproto3.FrontendMessage {
 				return []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}
 			}
-			runPgjsSteps(t, []*pgproto3.Frontend{a, b}, []net.Conn{anc, bnc}, nil, "", []pgjsStep{
+			runRawSteps(t, []*pgproto3.Frontend{a, b}, []net.Conn{anc, bnc}, nil, "", []rawStep{
 				{name: "create", send: q("create table " + table + " (x int); insert into " + table + " values (1)"), want: []string{"C", "C", "Z I"}},
 				{name: "a reads", send: pgjsQuery("a1", sel), want: []string{"1", "?", "T", "2", "D 1", "C", "Z I"}},
 				{name: "made again", send: q("drop table " + table + "; create table " + table + " (x text); insert into " + table + " values ('v')"), want: []string{"C", "C", "C", "Z I"}},
@@ -275,7 +238,7 @@ func TestPgjsRowsWithoutDescription(t *testing.T) {
 	bind := func(name string) []pgproto3.FrontendMessage {
 		return []pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: name}, &pgproto3.Execute{}, &pgproto3.Sync{}}
 	}
-	runPgjsSteps(t, []*pgproto3.Frontend{a, b, holder}, []net.Conn{anc, bnc, hnc}, ddl, table, []pgjsStep{
+	runRawSteps(t, []*pgproto3.Frontend{a, b, holder}, []net.Conn{anc, bnc, hnc}, ddl, table, []rawStep{
 		{name: "a reads", send: pgjsQuery("a1", sel), want: []string{"1", "?", "T", "2", "D 1", "C", "Z I"}},
 		{name: "made again", ddl: "DROP TABLE %[1]s; CREATE TABLE %[1]s (x text); INSERT INTO %[1]s VALUES ('v')"},
 		// The statement a1 left on the backend: a server would describe a
