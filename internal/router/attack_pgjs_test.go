@@ -270,3 +270,29 @@ func TestPgjsRowsWithoutDescription(t *testing.T) {
 		t.Fatalf("b binds once more: got %#v (%v), want 0A000 from RevalidateCachedQuery", m, err)
 	}
 }
+
+// The unnamed statement: the router skips a client's Parse of the text it
+// parsed last on its backend, but another client's schema change made the
+// server's copy stale, and the fresh Parse got 0A000 at its Describe (a
+// server parses it afresh). After a schema change the router sees, the
+// unnamed statement is parsed again (postgres.js with prepare: false,
+// pgx's exec modes). In session mode, where the client keeps its backend
+// (in transaction mode the next transaction's setup Query drops the
+// backend's unnamed statement anyway).
+func TestPgjsFreshUnnamedParseAfterDDL(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession, DDL: DDLAllow}, nil)
+	table := "pgjs_unnamed"
+	a, anc := rawConn(t, s, "t1")
+	b, bnc := rawConn(t, s, "t1")
+	q := func(sql string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}
+	}
+	sel := "select x from " + table
+	runRawSteps(t, []*pgproto3.Frontend{a, b}, []net.Conn{anc, bnc}, nil, "", []rawStep{
+		{name: "create", fe: 1, send: q("create table " + table + " (x int); insert into " + table + " values (1)"), want: []string{"C", "C", "Z I"}},
+		{name: "a reads", send: pgjsQuery("", sel), want: []string{"1", "?", "T", "2", "D 1", "C", "Z I"}},
+		{name: "made again", fe: 1, send: q("drop table " + table + "; create table " + table + " (x text); insert into " + table + " values ('v')"), want: []string{"C", "C", "C", "Z I"}},
+		{name: "a reads again", send: pgjsQuery("", sel), want: []string{"1", "?", "T", "2", "D v", "C", "Z I"}},
+		{name: "drop", fe: 1, send: q("drop table " + table), want: []string{"C", "Z I"}},
+	})
+}
