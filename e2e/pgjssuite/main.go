@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -198,6 +199,10 @@ func runSuite(ctx context.Context, o *options, src, resultsPath string, env, boo
 			done = true
 			continue
 		}
+		if strings.HasPrefix(r.Name, "uncaught: ") {
+			// Messages name the connection's address: one name per kind.
+			r.Name = addrPattern.ReplaceAllString(r.Name, "HOST:PORT")
+		}
 		if seen[r.Name] {
 			continue // an uncaught error again (a driver's reconnection loop)
 		}
@@ -206,6 +211,9 @@ func runSuite(ctx context.Context, o *options, src, resultsPath string, env, boo
 	}
 	return res, done, sc.Err()
 }
+
+// addrPattern matches an address with a port in an uncaught error's message.
+var addrPattern = regexp.MustCompile(`\b\d{1,3}(\.\d{1,3}){3}:\d+\b`)
 
 // report prints a mode's counts and each failure not on its list (with
 // the test's error), and the listed tests that passed; it returns the

@@ -1,9 +1,11 @@
 package router
 
 import (
+	"net"
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -127,4 +129,170 @@ func TestPgjsListenExtendedTransactionMode(t *testing.T) {
 			t.Fatalf("answer %d: got %v, want %v", i, got, want)
 		}
 	}
+}
+
+// pgjsQuery is postgres.js's first run of a statement without parameters:
+// Parse, Describe, Bind, Execute, Sync in one write.
+func pgjsQuery(name, query string) []pgproto3.FrontendMessage {
+	return []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Name: name, Query: query},
+		&pgproto3.Describe{ObjectType: 'S', Name: name},
+		&pgproto3.Bind{PreparedStatement: name},
+		&pgproto3.Execute{},
+		&pgproto3.Sync{},
+	}
+}
+
+// postgres.js's suite makes and drops a table "test" in test after test,
+// with other column types, and reads it with the same texts ("select x
+// from test") from new clients and old. In transaction mode a backend
+// keeps the router's statement for a text across clients: a client's
+// fresh Parse of the text after the table was made again reached the
+// statement another client had prepared before, and its Describe got
+// 0A000 "cached plan must not change result type", which a server never
+// sends for a fresh Parse ("Point type array", "bytea serializes and
+// parses", "Copy from file"). The same for postgres.js's own retry after
+// an error, a fresh Parse under a new name: after ALTER TABLE the insert
+// of "Recreate prepared statements on transformAssignedExpr error" failed
+// again with 42804 on the old statement. A schema change sent through the
+// router makes every later Parse reach a statement of its own; a
+// statement parsed before it stays as it was, as on a server.
+func TestPgjsFreshParseAfterDDL(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			// DDLAllow: no schema-change WARNING among the answers.
+			s := startRouter(t, Config{PoolMode: mode, DDL: DDLAllow}, nil)
+			table := "pgjs_fresh_" + string(mode)
+			a, anc := rawConn(t, s, "t1")
+			b, bnc := rawConn(t, s, "t1")
+			sel := "select x from " + table
+			ins := "insert into " + table + " (x) values ($1) returning x"
+			q := func(sql string) []pgproto3.FrontendMessage {
+				return []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}
+			}
+			runRawSteps(t, []*pgproto3.Frontend{a, b}, []net.Conn{anc, bnc}, nil, "", []rawStep{
+				{name: "create", send: q("create table " + table + " (x int); insert into " + table + " values (1)"), want: []string{"C", "C", "Z I"}},
+				{name: "a reads", send: pgjsQuery("a1", sel), want: []string{"1", "?", "T", "2", "D 1", "C", "Z I"}},
+				{name: "made again", send: q("drop table " + table + "; create table " + table + " (x text); insert into " + table + " values ('v')"), want: []string{"C", "C", "C", "Z I"}},
+				// Another client's first Parse of the text: a fresh
+				// statement, as on a server.
+				{name: "b reads", fe: 1, send: pgjsQuery("b1", sel), want: []string{"1", "?", "T", "2", "D v", "C", "Z I"}},
+				// The client's own statement, described before: stale.
+				{name: "a reads again", send: []pgproto3.FrontendMessage{
+					&pgproto3.Bind{PreparedStatement: "a1"},
+					&pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, want: []string{"E 0A000", "Z I"}},
+				// Its fresh Parse under a new name (postgres.js's retry).
+				{name: "a prepares again", send: pgjsQuery("a3", sel), want: []string{"1", "?", "T", "2", "D v", "C", "Z I"}},
+				// A parameter of type text (the column's).
+				{name: "a inserts", send: []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "a2", Query: ins},
+					&pgproto3.Describe{ObjectType: 'S', Name: "a2"},
+					&pgproto3.Bind{PreparedStatement: "a2", Parameters: [][]byte{[]byte("w")}},
+					&pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, want: []string{"1", "?", "T", "2", "D w", "C", "Z I"}},
+				{name: "alter", send: q("alter table " + table + " alter column x type int using length(x)"), want: []string{"C", "Z I"}},
+				{name: "b inserts", fe: 1, send: []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "b2", Query: ins},
+					&pgproto3.Describe{ObjectType: 'S', Name: "b2"},
+					&pgproto3.Bind{PreparedStatement: "b2", Parameters: [][]byte{[]byte("5")}},
+					&pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, want: []string{"1", "?", "T", "2", "D 5", "C", "Z I"}},
+				{name: "drop", send: q("drop table " + table), want: []string{"C", "Z I"}},
+			})
+		})
+	}
+}
+
+// The rows of "Insert array with null" and "Supports fragments as dynamic
+// parameters" reached postgres.js for a statement it held no description
+// of ("reading 'length'" of its columns). A Describe of a statement shared
+// by text, made stale by DDL, answers ParameterDescription and then 0A000;
+// postgres.js takes the statement as prepared at the first, and binds it
+// later without describing it again. The server would refuse that Bind
+// with 0A000 too (the statement stays stale), and postgres.js prepares
+// the statement again (the error's routine, RevalidateCachedQuery). The
+// router prepared it afresh on whichever backend the Bind landed on, saw
+// no description to compare with, and relayed the rows. A statement the
+// server found stale after telling the client of it (here its parameters)
+// stays stale for the client, as on a server.
+//
+// The schema change is made on the node, past the router, which learns of
+// it only from the server's error (TestPgjsFreshParseAfterDDL: one sent
+// through the router gives later Parses statements of their own). A third
+// client holding the first backend in a transaction makes the Bind land on
+// another backend.
+func TestPgjsRowsWithoutDescription(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
+	table := "pgjs_nodesc"
+	ddl := shardDDL(t, "t1")
+	ddl("CREATE TABLE %s (x int); INSERT INTO %[1]s VALUES (1)", table)
+	defer ddl("DROP TABLE %s", table)
+	a, anc := rawConn(t, s, "t1")
+	b, bnc := rawConn(t, s, "t1")
+	holder, hnc := rawConn(t, s, "t1")
+	sel := "select x from " + table
+	bind := func(name string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: name}, &pgproto3.Execute{}, &pgproto3.Sync{}}
+	}
+	runRawSteps(t, []*pgproto3.Frontend{a, b, holder}, []net.Conn{anc, bnc, hnc}, ddl, table, []rawStep{
+		{name: "a reads", send: pgjsQuery("a1", sel), want: []string{"1", "?", "T", "2", "D 1", "C", "Z I"}},
+		{name: "made again", ddl: "DROP TABLE %[1]s; CREATE TABLE %[1]s (x text); INSERT INTO %[1]s VALUES ('v')"},
+		// The statement a1 left on the backend: a server would describe a
+		// fresh Parse, but the router does not know of the DDL yet.
+		{name: "b describes", fe: 1, send: pgjsQuery("b1", sel), want: []string{"1", "?", "E 0A000", "Z I"}},
+		{name: "holder takes the backend", fe: 2, send: []pgproto3.FrontendMessage{
+			&pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"},
+		}, want: []string{"C", "T", "D 1", "C", "Z T"}},
+		// Rows without a description before: "2", "D v", "C".
+		{name: "b binds", fe: 1, send: bind("b1"), want: []string{"E 0A000", "Z I"}},
+		{name: "b binds again", fe: 1, send: bind("b1"), want: []string{"E 0A000", "Z I"}},
+		// postgres.js's retry: a fresh Parse reaches a fresh statement.
+		{name: "b prepares again", fe: 1, send: pgjsQuery("b2", sel), want: []string{"1", "?", "T", "2", "D v", "C", "Z I"}},
+		{name: "holder ends", fe: 2, send: []pgproto3.FrontendMessage{&pgproto3.Query{String: "COMMIT"}}, want: []string{"C", "Z I"}},
+		// And on the first backend too (its stale statement was left).
+		{name: "a prepares again", send: pgjsQuery("a2", sel), want: []string{"1", "?", "T", "2", "D v", "C", "Z I"}},
+	})
+	// The router's 0A000 names the server's routine: postgres.js prepares
+	// the statement again only on it.
+	for _, m := range bind("b1") {
+		b.Send(m)
+	}
+	if err := b.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	bnc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	m, err := b.Receive()
+	if e, ok := m.(*pgproto3.ErrorResponse); !ok || e.Code != "0A000" || e.Routine != "RevalidateCachedQuery" {
+		t.Fatalf("b binds once more: got %#v (%v), want 0A000 from RevalidateCachedQuery", m, err)
+	}
+}
+
+// The unnamed statement: the router skips a client's Parse of the text it
+// parsed last on its backend, but another client's schema change made the
+// server's copy stale, and the fresh Parse got 0A000 at its Describe (a
+// server parses it afresh). After a schema change the router sees, the
+// unnamed statement is parsed again (postgres.js with prepare: false,
+// pgx's exec modes). In session mode, where the client keeps its backend
+// (in transaction mode the next transaction's setup Query drops the
+// backend's unnamed statement anyway).
+func TestPgjsFreshUnnamedParseAfterDDL(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolSession, DDL: DDLAllow}, nil)
+	table := "pgjs_unnamed"
+	a, anc := rawConn(t, s, "t1")
+	b, bnc := rawConn(t, s, "t1")
+	q := func(sql string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}
+	}
+	sel := "select x from " + table
+	runRawSteps(t, []*pgproto3.Frontend{a, b}, []net.Conn{anc, bnc}, nil, "", []rawStep{
+		{name: "create", fe: 1, send: q("create table " + table + " (x int); insert into " + table + " values (1)"), want: []string{"C", "C", "Z I"}},
+		{name: "a reads", send: pgjsQuery("", sel), want: []string{"1", "?", "T", "2", "D 1", "C", "Z I"}},
+		{name: "made again", fe: 1, send: q("drop table " + table + "; create table " + table + " (x text); insert into " + table + " values ('v')"), want: []string{"C", "C", "C", "Z I"}},
+		{name: "a reads again", send: pgjsQuery("", sel), want: []string{"1", "?", "T", "2", "D v", "C", "Z I"}},
+		{name: "drop", fe: 1, send: q("drop table " + table), want: []string{"C", "Z I"}},
+	})
 }

@@ -48,6 +48,9 @@ func ddlRefusedError(shard string) *wire.Error {
 // queue before the statement's answer (DDLWarn, the default). Other
 // statements cost one test of info.ddl.
 func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error) {
+	if info.ddl {
+		ss.srv.schemaChanged() // later Parses are analysed afresh (stale.go)
+	}
 	if !info.ddl || tenant == "" || tenant == anyTenant || tenant == descTenant || ss.srv.cfg.DDL == DDLAllow {
 		return nil, nil
 	}

@@ -178,15 +178,9 @@ func (ss *session) drain(all bool) error {
 					body = b // the router's error instead
 				}
 			}
-			if e.kind == eBind && e.stmt != nil && isClientStmt(e.name) && wire.ErrorCode(body) == "0A000" {
-				// A server statement clients share, made stale by DDL
-				// ("cached plan must not change result type"): prepared
-				// afresh on this backend at its next use, and under a new
-				// name for the next client's Parse of the text, as a server
-				// plans a fresh Parse; without this every later client of
-				// the text on this backend failed.
-				delete(be.Prepared, e.name)
-				ss.srv.forgetStmt(e.stmt.server, e.stmt.query, e.stmt.types)
+			if (e.kind == eBind || e.kind == eDescS) && e.stmt != nil && staleAnswer(body) {
+				// "cached plan must not change result type": see stale.go.
+				ss.serverFoundStale(e)
 			}
 			if !e.abort {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()

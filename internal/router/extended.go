@@ -16,7 +16,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	var def *stmtDef
 	if len(pm.Name) == 0 {
-		if u := ss.unnamed; u != nil && u.orig == string(pm.Query) && string(u.types) == string(pm.Rest) {
+		if u := ss.unnamed; u != nil && u.orig == string(pm.Query) && string(u.types) == string(pm.Rest) && !u.stale && u.gen == ss.srv.stmtGen.Load() {
 			def = u
 		}
 	}
@@ -25,7 +25,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		if e := ss.checkAccess(q); e != nil {
 			return e
 		}
-		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q)}
+		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q), gen: ss.srv.stmtGen.Load()}
 		if def.info.guardScan && !ss.pathStmt(&def.info) {
 			def.guard = guard(q)
 		}
@@ -508,6 +508,10 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if e := ss.ensurePrepared(def); e != nil {
 		if e == skipRest {
 			return nil
+		}
+		if def.stale && def.params != nil {
+			// A server describes the parameters first (see stale.go).
+			ss.push(expect{kind: eSynth, synth: def.params})
 		}
 		return e
 	}

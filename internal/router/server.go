@@ -60,6 +60,8 @@ type Server struct {
 
 	stmtMu  sync.RWMutex
 	stmtIDs map[string]string
+	// stmtGen counts the schema changes the router saw (schemaChanged).
+	stmtGen atomic.Uint64
 	// schemaTags maps a schema to the short tag in the names of statements
 	// prepared on backends for it (see session.serverStmt).
 	tagMu      sync.RWMutex

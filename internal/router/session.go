@@ -46,6 +46,11 @@ type stmtDef struct {
 	// another shape (see stale.go).
 	shape, pending uint64
 	stale          bool
+	// params is the last ParameterDescription the client was sent for
+	// the statement, sent again before a Describe's 0A000 (see stale.go);
+	// gen is Server.stmtGen at its Parse.
+	params []byte
+	gen    uint64
 }
 
 // setting is one session setting the client made.

@@ -17,12 +17,65 @@ import (
 // afresh on a backend (a rare event: the common case, a statement already
 // there, costs nothing), and refuses its Bind or Describe with 0A000, as
 // the server would, when the shape differs.
+//
+// A server analyses each Parse afresh; the router shares a server
+// statement among the clients that parse the same text. So a schema
+// change the router sees (ddlCheck), or a statement a server found stale,
+// makes every later Parse get a server statement of its own
+// (Server.schemaChanged): a client's fresh Parse never meets a statement
+// parsed before the change, which would fail with 0A000 or with the old
+// parameter types (42804), and one parsed before it stays as it was, as
+// on a server. A described client statement a server found stale stays so
+// (a server keeps failing it), and a Describe's 0A000 follows the statement's
+// ParameterDescription, as from a server: postgres.js takes the statement
+// as prepared at that message.
 
 // staleError is the server's error for a prepared statement whose result
-// shape changed.
+// shape changed (with its routine: postgres.js prepares the statement
+// again on this one, as drivers do on the SQLSTATE).
 func staleError() *wire.Error {
-	return &wire.Error{Code: "0A000", Message: "cached plan must not change result type",
+	return &wire.Error{Code: "0A000", Message: "cached plan must not change result type", Routine: "RevalidateCachedQuery",
 		Hint: "The statement was prepared before its tables changed: prepare it again."}
+}
+
+// staleAnswer reports whether a server's ErrorResponse body says that a
+// prepared statement's result shape changed.
+func staleAnswer(body []byte) bool {
+	if wire.ErrorCode(body) != "0A000" {
+		return false
+	}
+	r := wire.ErrorRoutine(body)
+	return r == "RevalidateCachedQuery" || r == ""
+}
+
+// schemaChanged makes every later Parse of a client reach a server
+// statement of its own, analysed afresh (see above): the names shared by
+// text are forgotten, and a client's unnamed statement is parsed again
+// even when its text is the same.
+func (s *Server) schemaChanged() {
+	s.stmtGen.Add(1)
+	s.stmtMu.Lock()
+	clear(s.stmtIDs)
+	s.stmtMu.Unlock()
+}
+
+// serverFoundStale notes a server's 0A000 for the client's statement
+// e.stmt, bound or described as e.name on the attached backend: it stays
+// stale for the client if a Describe told the client anything of it (a
+// ParameterDescription at least: postgres.js then binds it without a
+// description; one never described is prepared afresh, its rows the
+// client's only description, as stale_test.go's "never described"); the
+// backend's statement is prepared afresh at its next use (other clients'
+// statements of the text are shape-checked then); and, the router having
+// missed the schema change, later Parses get statements of their own.
+func (ss *session) serverFoundStale(e *expect) {
+	if def := e.stmt; def.shape != 0 || def.params != nil {
+		def.stale = true
+	}
+	if isClientStmt(e.name) {
+		delete(ss.be.Prepared, e.name)
+	}
+	ss.srv.schemaChanged()
 }
 
 // skipRest, returned by ensurePrepared, says the server skips the message
@@ -68,6 +121,10 @@ func noteShape(e *expect, typ byte, body []byte) {
 	switch typ {
 	case wire.MsgParamDesc:
 		def.pending = shapeHash(fnvOffset, body)
+		if !e.swallow {
+			def.params = append(append(def.params[:0], typ, 0, 0, 0, 0), body...)
+			binary.BigEndian.PutUint32(def.params[1:], uint32(4+len(body)))
+		}
 		return
 	case wire.MsgRowDescription, wire.MsgNoData:
 	default:

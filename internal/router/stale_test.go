@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"slices"
 	"testing"
 
@@ -43,13 +44,7 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 			}
 			fe, nc := rawConn(t, s, "t1")
 			holder, hnc := rawConn(t, s, "t1")
-			steps := []struct {
-				name string
-				fe   *pgproto3.Frontend
-				send []pgproto3.FrontendMessage
-				ddl  string
-				want []string
-			}{
+			runRawSteps(t, []*pgproto3.Frontend{fe, holder}, []net.Conn{nc, hnc}, ddl, table, []rawStep{
 				{name: "prepare and describe", send: []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Name: "s_ab", Query: "SELECT a, b FROM " + table},
 					&pgproto3.Describe{ObjectType: 'S', Name: "s_ab"},
@@ -58,7 +53,7 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Parse{Name: "s_undescribed", Query: "SELECT a FROM " + table},
 					&pgproto3.Sync{},
 				}, want: []string{"1", "?", "T", "1", "?", "T", "1", "Z I"}},
-				{name: "holder takes the backend", fe: holder, send: []pgproto3.FrontendMessage{
+				{name: "holder takes the backend", fe: 1, send: []pgproto3.FrontendMessage{
 					&pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"},
 				}, want: []string{"C", "T", "D 1", "C", "Z T"}},
 				{name: "alter", ddl: "ALTER TABLE %s ALTER COLUMN a TYPE text USING 'changed:' || a"},
@@ -77,6 +72,14 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, want: undescribed},
+				// A Describe of it: the server sends the statement's
+				// ParameterDescription, then the error (its result is
+				// what it cannot describe); drivers take the statement as
+				// prepared at the first and bind it again (postgres.js).
+				{name: "describe changed shape", send: []pgproto3.FrontendMessage{
+					&pgproto3.Describe{ObjectType: 'S', Name: "s_ab"},
+					&pgproto3.Sync{},
+				}, want: []string{"?", "E 0A000", "Z I"}},
 				// In a pipeline: what came before runs, what follows is
 				// skipped until Sync.
 				{name: "changed shape", send: []pgproto3.FrontendMessage{
@@ -93,6 +96,10 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, want: []string{"E 0A000", "Z I"}},
+				{name: "describe changed shape again", send: []pgproto3.FrontendMessage{
+					&pgproto3.Describe{ObjectType: 'S', Name: "s_ab"},
+					&pgproto3.Sync{},
+				}, want: []string{"?", "E 0A000", "Z I"}},
 				// In a transaction block the transaction is aborted.
 				{name: "changed shape in a transaction", send: []pgproto3.FrontendMessage{
 					&pgproto3.Query{String: "BEGIN"},
@@ -115,34 +122,48 @@ func TestStaleStatementAfterDDL(t *testing.T) {
 					&pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, want: []string{"3", "1", "?", "T", "2", "D changed:1", "C", "Z I"}},
-				{name: "holder ends", fe: holder, send: []pgproto3.FrontendMessage{
+				{name: "holder ends", fe: 1, send: []pgproto3.FrontendMessage{
 					&pgproto3.Query{String: "COMMIT"},
 				}, want: []string{"C", "Z I"}},
-			}
-			for _, st := range steps {
-				if st.ddl != "" {
-					ddl(st.ddl, table)
-					continue
-				}
-				f, c := fe, nc
-				if st.fe != nil {
-					f, c = holder, hnc
-				}
-				for _, m := range st.send {
-					f.Send(m)
-				}
-				if err := f.Flush(); err != nil {
-					t.Fatal(err)
-				}
-				var got []string
-				for len(got) == 0 || readies(got) < readies(st.want) {
-					got = append(got, readUntilRFQ(t, f, c)...)
-				}
-				if !slices.Equal(got, st.want) {
-					t.Fatalf("%s: got %v, want %v", st.name, got, st.want)
-				}
-			}
+			})
 		})
+	}
+}
+
+// rawStep is one exchange of a raw client: its messages (or, with ddl,
+// a statement run on the tenant's shard directly, past the router) and the
+// answers wanted up to ReadyForQuery, in readUntilRFQ's short form.
+type rawStep struct {
+	name string
+	fe   int // which client: an index into the test's clients
+	send []pgproto3.FrontendMessage
+	ddl  string
+	want []string
+}
+
+// runRawSteps runs steps on clients (raw connections through the router)
+// and fails t at the first answer that differs.
+func runRawSteps(t *testing.T, clients []*pgproto3.Frontend, conns []net.Conn, ddl func(string, string), table string, steps []rawStep) {
+	t.Helper()
+	for _, st := range steps {
+		if st.ddl != "" {
+			ddl(st.ddl, table)
+			continue
+		}
+		fe, nc := clients[st.fe], conns[st.fe]
+		for _, m := range st.send {
+			fe.Send(m)
+		}
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for len(got) == 0 || readies(got) < readies(st.want) {
+			got = append(got, readUntilRFQ(t, fe, nc)...)
+		}
+		if !slices.Equal(got, st.want) {
+			t.Fatalf("%s: got %v, want %v", st.name, got, st.want)
+		}
 	}
 }
 

@@ -241,6 +241,12 @@ func ErrorMessage(body []byte) string {
 	return errorField(body, 'M')
 }
 
+// ErrorRoutine returns the routine field (R) of an ErrorResponse body: the
+// server function that reported it.
+func ErrorRoutine(body []byte) string {
+	return errorField(body, 'R')
+}
+
 // ErrorSeverity returns the severity of an ErrorResponse body (the
 // untranslated V field, else S): ERROR, FATAL or PANIC.
 func ErrorSeverity(body []byte) string {
@@ -295,6 +301,7 @@ type Error struct {
 	Detail   string
 	Hint     string
 	Position string // cursor position in the query text, characters from 1
+	Routine  string // the server function reporting it (R), for an error the router answers as a server would
 }
 
 func (e *Error) Error() string { return e.Message + " (SQLSTATE " + e.Code + ")" }
@@ -326,6 +333,7 @@ func AppendError(dst []byte, e *Error) []byte {
 	field('D', e.Detail)
 	field('H', e.Hint)
 	field('P', e.Position)
+	field('R', e.Routine)
 	dst = append(dst, 0)
 	return finish(dst, at)
 }
