@@ -79,8 +79,9 @@ type stmtInfo struct {
 	// row-level-security idiom), which leaves the router's settings alone.
 	callsSetConfig, localSetConfig bool
 	// laterSet and laterDiscard are set when a statement after the first
-	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
-	laterSet, laterDiscard bool
+	// starts with SET or RESET, or with DISCARD or DEALLOCATE; laterListen
+	// with LISTEN.
+	laterSet, laterDiscard, laterListen bool
 	// laterTenant is set when a statement after the first is SET [LOCAL],
 	// RESET or SHOW of pgtenant.tenant.
 	laterTenant bool
@@ -261,6 +262,8 @@ func classify(sql string) stmtInfo {
 					info.laterSet = true
 				case strings.EqualFold(w, "discard"), strings.EqualFold(w, "deallocate"):
 					info.laterDiscard = true
+				case strings.EqualFold(w, "listen"):
+					info.laterListen = true
 				}
 			}
 			if k := len(w) - 10; k >= 0 && strings.EqualFold(w[k:], "set_config") && (k == 0 || w[k-1] == '.') {
@@ -828,8 +831,14 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		info.kind = kListen
 	case strings.EqualFold(w, "unlisten"):
 		info.kind = kUnlisten
+		if lx.n == 2 && lx.punct(1, '*') && !info.multi {
+			info.setName = "*" // UNLISTEN * alone
+		}
 	case strings.EqualFold(w, "discard"):
 		info.kind = kDiscard
+		if lx.n == 2 && lx.word(1, "all") && !info.multi {
+			info.setName = "all" // DISCARD ALL alone
+		}
 	case strings.EqualFold(w, "prepare"):
 		info.kind = kPrepare
 		if lx.word(1, "transaction") {
