@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/placement"
 )
 
 // A session-mode client listening on tenant t4's node may not switch to
@@ -111,5 +113,91 @@ func TestHostileUnlistenOtherTenant(t *testing.T) {
 	}
 	if got := a.q("SELECT count(*) FROM pg_listening_channels()"); got != "D(0) C(SELECT 1) ZI" {
 		t.Errorf("t5's backend listens: %s", got)
+	}
+}
+
+// Schema changes the lexer did not see: EXPLAIN ANALYZE CREATE TABLE ...
+// AS and SELECT ... INTO create a table; a DO block runs CREATE, directly
+// or by EXECUTE of a string. With ddl = refuse each is refused with 0A000
+// and creates nothing, sent by Query or by Parse/Bind/Execute, in either
+// pool mode; before, each created the table on one shard (with ddl = warn,
+// silently). In a session-mode transaction block the refusal aborts the
+// block, its insert is rolled back, and the backend serves the next client
+// clean. What the lexer saw already held: nested comments, odd
+// whitespace, a DDL second in a query string, a dollar-quoted ';'.
+func TestHostileDDLHidden(t *testing.T) {
+	const table = "a9_hidden"
+	dropEverywhere(t, table)
+	t.Cleanup(func() { nodeExec(t, "ALTER TABLE shard_0002.sink DROP COLUMN IF EXISTS a9_col") })
+	hidden := []string{
+		"EXPLAIN ANALYZE CREATE TABLE " + table + " AS SELECT 1 AS id",
+		"explain (analyze, costs off) create table " + table + " as select 1 as id",
+		"SELECT 1 AS id INTO " + table,
+		"SELECT 1 AS id INTO TABLE \"" + table + "\"",
+		"DO $$ BEGIN CREATE TABLE " + table + " (id int); END $$",
+		"DO $$ BEGIN EXECUTE format('CREATE TABLE %I (id int)', '" + table + "'); END $$",
+		"DO $x$ DECLARE n int; BEGIN IF true THEN ALTER TABLE sink ADD COLUMN a9_col int; END IF; END $x$",
+		"/* /* nested */ */\vCREATE\fTABLE/**/" + table + " (id int)",
+		"SELECT $$;$$; CREATE TABLE " + table + " (id int)",
+	}
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode, DDL: DDLRefuse, Pool: PoolConfig{MaxSize: 1}}, nil)
+		for _, exec := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+			c := connect(t, s, "t2", exec)
+			for _, sql := range hidden {
+				if exec != pgx.QueryExecModeSimpleProtocol && strings.HasPrefix(sql, "SELECT $$") {
+					continue // two statements: not by Parse
+				}
+				_, err := c.Exec(ctx(t), sql)
+				if pgCode(err) != "0A000" {
+					t.Errorf("%s/%s: %q: %v, want 0A000", mode, exec, sql, err)
+				}
+				if got := tableSchemas(t, table); len(got) != 0 {
+					t.Errorf("%s/%s: %q created %s in %v", mode, exec, sql, table, got)
+					dropTable(t, table)
+				}
+			}
+			if err := c.Ping(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			c.Close(ctx(t)) // (session mode: the only backend)
+		}
+		// Temporary objects in a DO body are not schema changes.
+		c := connect(t, s, "t2", pgx.QueryExecModeSimpleProtocol)
+		if _, err := c.Exec(ctx(t), "DO $$ BEGIN CREATE TEMP TABLE a9_tmp (id int) ON COMMIT DROP; DROP TABLE pg_temp.a9_tmp; END $$"); err != nil {
+			t.Errorf("%s: a temporary table in DO: %v", mode, err)
+		}
+		c.Close(ctx(t))
+		if mode != PoolSession {
+			continue
+		}
+		a := tcConnect(t, s, "t2")
+		if got := a.q("BEGIN; INSERT INTO sink (body) VALUES ('a9-ddl-block')"); got != "C(BEGIN) C(INSERT 0 1) ZT" {
+			t.Fatalf("block: %s", got)
+		}
+		if got := a.q("SELECT 1 AS id INTO " + table); !strings.HasPrefix(got, "E(0A000:") || !strings.HasSuffix(got, "ZE") {
+			t.Errorf("DDL in the block: %s", got)
+		}
+		if got := a.q("COMMIT"); got != "C(ROLLBACK) ZI" {
+			t.Errorf("COMMIT of the aborted block: %s", got)
+		}
+		a.pc.Close(ctx(t))
+		b := tcConnect(t, s, "t2") // the same (only) backend
+		if got := b.q("SELECT count(*), (SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid() AND state = 'active') FROM sink WHERE body = 'a9-ddl-block'"); got != "D(0,1) C(SELECT 1) ZI" {
+			t.Errorf("next client: %s", got)
+		}
+	}
+}
+
+func dropTable(t *testing.T, name string) {
+	for _, n := range []string{nodeDSN(nodeA), nodeDSN(nodeB)} {
+		c, err := pgx.Connect(ctx(t), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for sh := 0; sh < testShards; sh++ {
+			c.Exec(ctx(t), "DROP TABLE IF EXISTS "+pgx.Identifier{placement.SchemaName(sh), name}.Sanitize())
+		}
+		c.Close(ctx(t))
 	}
 }

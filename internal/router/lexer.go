@@ -179,6 +179,8 @@ type lexer struct {
 	// curTemp and curDrop: the current statement creates a temporary
 	// object, with ON COMMIT DROP.
 	curTemp, curDrop bool
+	// explainRuns: the current statement is EXPLAIN with ANALYZE.
+	explainRuns bool
 	// curDDL: the current statement changes the shard's schema (see
 	// stmtInfo.ddl), unless it is temporary.
 	curDDL bool
@@ -326,7 +328,7 @@ func (lx *lexer) endStmt(info *stmtInfo) {
 	if lx.curDDL && !lx.curTemp {
 		info.ddl = true
 	}
-	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop, lx.curDDL = "", false, false, false, false
+	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop, lx.curDDL, lx.explainRuns = "", false, false, false, false, false
 }
 
 // noteQuoted notes a quoted identifier: set_config, pg_settings or a
@@ -343,6 +345,8 @@ func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
 		info.sessionLock = true
 	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
 		lx.curTemp = true
+	case lx.stmt == "select" && strings.EqualFold(lx.prev, "into"):
+		lx.curDDL = true // SELECT ... INTO "name"
 	}
 }
 
@@ -425,6 +429,8 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.stmt = "grant"
 		case eq(w, "select"):
 			lx.stmt = "select"
+		case eq(w, "explain"):
+			lx.stmt = "explain"
 		case eq(w, "declare"):
 			lx.stmt = "declare"
 		}
@@ -458,8 +464,20 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.curDDL = true // privileges on objects, not a role's membership
 		}
 	case "select":
-		if eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")) {
+		switch {
+		case eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")):
 			lx.curTemp = true
+		case eq(lx.prev, "table") && hasPrefixFold(w, "pg_temp"):
+			lx.curTemp = true // SELECT ... INTO TABLE pg_temp.x
+		case eq(lx.prev, "into"):
+			lx.curDDL = true // SELECT ... INTO [UNLOGGED] [TABLE] name creates a table
+		}
+	case "explain":
+		if eq(w, "analyze") || eq(w, "analyse") {
+			lx.explainRuns = true
+		} else if eq(w, "create") && lx.explainRuns {
+			// EXPLAIN ANALYZE CREATE TABLE ... AS creates the table.
+			lx.stmt, lx.createPrefix, lx.curDDL = "create", true, true
 		}
 	case "declare":
 		if eq(w, "hold") && eq(lx.prev, "with") {

@@ -51,6 +51,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	var g *guardFinding
 	if info.guardScan && !ss.pathStmt(&info) {
 		g = guard(sql)
+		info.ddl = info.ddl || (g != nil && g.ddl) // a schema change in a DO body
 	}
 	if e := ss.refuse(&info, g); e != nil {
 		return e
