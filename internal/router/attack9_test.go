@@ -7,6 +7,9 @@ package router
 // racing the pool wait, and a client message cut by the idle watch.
 
 import (
+	"context"
+	"net"
+	"slices"
 	"strings"
 	"testing"
 
@@ -200,4 +203,91 @@ func dropTable(t *testing.T, name string) {
 		}
 		c.Close(ctx(t))
 	}
+}
+
+// The shape check of a described statement prepared afresh (stale.go),
+// in transaction mode, where a second client holding the first backend
+// sends the statement to another:
+//   - DDL changes a parameter's type, not the columns: the fresh Describe
+//     differs (the parameter), and the Bind is refused with 0A000 rather
+//     than binding the client's int4 as the new type (a server refuses it
+//     too, with 42883, its statement keeping the old parameter type);
+//   - the fresh backend is terminated while the check waits on it (a lock
+//     held on the table stalls the fresh Parse and Describe): the client
+//     gets the server's 57P01 and its connection is closed, as on a server;
+//     the holder and the next client are served.
+func TestHostileStaleCheck(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
+	const table = "a9_stale"
+	ddl := shardDDL(t, "t2")
+	ddl("CREATE TABLE %s (a int, v int); INSERT INTO %[1]s VALUES (1, 7)", table)
+	defer ddl("DROP TABLE %s", table)
+	fe, nc := rawConn(t, s, "t2")
+	holder, hnc := rawConn(t, s, "t2")
+	step := func(name string, f *pgproto3.Frontend, c net.Conn, want []string, msgs ...pgproto3.FrontendMessage) {
+		t.Helper()
+		for _, m := range msgs {
+			f.Send(m)
+		}
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if want == nil {
+			return
+		}
+		if got := readUntilRFQ(t, f, c); !slices.Equal(got, want) {
+			t.Fatalf("%s: got %v, want %v", name, got, want)
+		}
+	}
+	param := []byte{0, 0, 0, 7} // int4 7, binary
+	step("prepare and describe", fe, nc, []string{"1", "?", "T", "1", "?", "T", "Z I"},
+		&pgproto3.Parse{Name: "s_a", Query: "SELECT a FROM " + table},
+		&pgproto3.Describe{ObjectType: 'S', Name: "s_a"},
+		&pgproto3.Parse{Name: "s_p", Query: "SELECT a FROM " + table + " WHERE v = $1"},
+		&pgproto3.Describe{ObjectType: 'S', Name: "s_p"},
+		&pgproto3.Sync{})
+	step("holder takes the backend", holder, hnc, []string{"C", "T", "D 2", "C", "Z T"},
+		&pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"})
+	ddl("ALTER TABLE %s ALTER COLUMN v TYPE text", table)
+	step("a parameter's type changed", fe, nc, []string{"E 0A000", "Z I"},
+		&pgproto3.Bind{PreparedStatement: "s_p", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{param}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+
+	lock, err := pgx.Connect(ctx(t), nodeDSN(nodeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close(context.Background())
+	if _, err := lock.Exec(ctx(t), "BEGIN; LOCK TABLE shard_0002."+table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	step("bind while the table is locked", fe, nc, nil,
+		&pgproto3.Bind{PreparedStatement: "s_a"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	mon, err := pgx.Connect(ctx(t), nodeDSN(nodeA)) // (pg_stat_activity is read once per transaction: not lock's)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close(context.Background())
+	var pid int
+	for pid == 0 { // the fresh backend waits for the lock
+		err := mon.QueryRow(ctx(t), "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'").Scan(&pid)
+		if err != nil && err != pgx.ErrNoRows {
+			t.Fatal(err)
+		}
+	}
+	if _, err := mon.Exec(ctx(t), "SELECT pg_terminate_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	if got := readUntilRFQ(t, fe, nc); !slices.Equal(got, []string{"E 57P01"}) {
+		t.Fatalf("backend terminated during the check: %v", got)
+	}
+	if got := readUntilRFQ(t, fe, nc); len(got) != 1 || !strings.HasPrefix(got[0], "ERR") {
+		t.Fatalf("after the 57P01: %v, want the connection closed", got)
+	}
+	if _, err := lock.Exec(ctx(t), "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	step("holder ends", holder, hnc, []string{"C", "Z I"}, &pgproto3.Query{String: "COMMIT"})
+	next, nnc := rawConn(t, s, "t2")
+	step("next client", next, nnc, []string{"1", "2", "D 1", "C", "Z I"},
+		&pgproto3.Parse{Name: "s_a", Query: "SELECT a FROM " + table}, &pgproto3.Bind{PreparedStatement: "s_a"}, &pgproto3.Execute{}, &pgproto3.Sync{})
 }
