@@ -8,10 +8,14 @@ package router
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -290,4 +294,70 @@ func TestHostileStaleCheck(t *testing.T) {
 	next, nnc := rawConn(t, s, "t2")
 	step("next client", next, nnc, []string{"1", "2", "D 1", "C", "Z I"},
 		&pgproto3.Parse{Name: "s_a", Query: "SELECT a FROM " + table}, &pgproto3.Bind{PreparedStatement: "s_a"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+}
+
+// Cancels racing the pool wait: the only backend is freed (the holder
+// commits) while two cancel requests for the waiting client arrive. Each
+// round the client is told either 57014 with nothing of its statement
+// run, or its statement's answer with its row there, and never both; the
+// backend is neither lost nor held (the holder's next statement gets it,
+// the pool ends with one connection and no waiter); the client's next
+// statement runs, not cancelled by the second request.
+func TestHostileCancelRacesPoolWait(t *testing.T) {
+	s := startRouter(t, Config{Pool: PoolConfig{MaxSize: 1}}, nil)
+	h := tcConnect(t, s, "t2")
+	a := tcConnect(t, s, "t2")
+	a.q("DELETE FROM sink WHERE body LIKE 'a9-race-%'")
+	cancel := func() {
+		nc, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			return // the test fails below: the statement is not cancelled
+		}
+		defer nc.Close()
+		buf, _ := (&pgproto3.CancelRequest{ProcessID: a.pc.PID(), SecretKey: a.pc.SecretKey()}).Encode(nil)
+		nc.Write(buf)
+		io.Copy(io.Discard, nc)
+	}
+	cancelled := 0
+	const rounds = 30
+	for i := 0; i < rounds; i++ {
+		if got := h.q("BEGIN; SELECT 1 FROM whoami"); got != "C(BEGIN) D(1) C(SELECT 1) ZT" {
+			t.Fatalf("round %d: holder: %s", i, got)
+		}
+		body := fmt.Sprintf("a9-race-%d", i)
+		a.send(&pgproto3.Query{String: "INSERT INTO sink (body) VALUES ('" + body + "')"})
+		if !waitPoolWaiting(s, 10*time.Second) {
+			t.Fatalf("round %d: the statement is not waiting for the pool", i)
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); cancel() }()
+		go func() { defer wg.Done(); cancel() }()
+		if got := h.q("COMMIT"); got != "C(COMMIT) ZI" {
+			t.Fatalf("round %d: holder's COMMIT: %s", i, got)
+		}
+		wg.Wait()
+		got := a.recv(1)
+		want := "D(1) C(SELECT 1) ZI"
+		switch got {
+		case "E(57014:canceling statement due to user request) ZI":
+			cancelled++
+			want = "D(0) C(SELECT 1) ZI"
+		case "C(INSERT 0 1) ZI":
+		default:
+			t.Fatalf("round %d: the raced statement: %s", i, got)
+		}
+		if got := a.q("SELECT count(*) FROM sink WHERE body = '" + body + "'"); got != want {
+			t.Fatalf("round %d: told %q; its row: %s", i, got, want)
+		}
+	}
+	if got := h.q("SELECT 1 FROM whoami"); got != "D(1) C(SELECT 1) ZI" {
+		t.Fatalf("the holder after the races: %s", got)
+	}
+	for _, st := range s.PoolStats() {
+		if st.Total > 1 || st.Waiting != 0 || st.InUse != 0 {
+			t.Errorf("pool after the races: %+v", st)
+		}
+	}
+	t.Logf("%d of %d rounds cancelled", cancelled, rounds)
 }
