@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
 // A session-mode client listening on tenant t4's node may not switch to
@@ -360,4 +361,45 @@ func TestHostileCancelRacesPoolWait(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d rounds cancelled", cancelled, rounds)
+}
+
+// A client that sends half a message and stalls forever: its read never
+// completes, yet the idle timeouts still end it. Inside a transaction
+// (FATAL 25P03) its transaction is rolled back, outside one
+// (ClientIdleTimeout) it is closed; either way the backend serves the
+// next client (MaxSize 1), in both pool modes, for a body within the read
+// buffer and one past it (read straight from the socket, the cut path).
+func TestHostileHalfMessageStall(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		for _, size := range []int{100, 100 << 10} {
+			for _, inTxn := range []bool{true, false} {
+				t.Run(fmt.Sprintf("%s/%d/txn=%v", mode, size, inTxn), func(t *testing.T) {
+					s := startRouter(t, Config{PoolMode: mode, IdleInTransactionTimeout: 300 * time.Millisecond, ClientIdleTimeout: 300 * time.Millisecond,
+						Pool: PoolConfig{MaxSize: 1, WaitTimeout: 10 * time.Second}}, nil)
+					a := tcConnect(t, s, "t2")
+					first := "SELECT val FROM items WHERE id = 4"
+					if inTxn {
+						first = "BEGIN; SELECT val FROM items WHERE id = 4 FOR UPDATE"
+					}
+					if got := a.q(first); !strings.Contains(got, "D(shard2-4)") {
+						t.Fatalf("a: %s", got)
+					}
+					q := "SELECT '" + strings.Repeat("x", size) + "'"
+					msg := wire.Frame(nil, wire.MsgQuery, append([]byte(q), 0))
+					if _, err := a.pc.Conn().Write(msg[:len(msg)/2]); err != nil {
+						t.Fatal(err)
+					}
+					got := recvUntil[*pgproto3.ReadyForQuery](a)
+					if !strings.HasSuffix(got, "CLOSED") || (inTxn && !strings.HasPrefix(got, "E(25P03:")) {
+						t.Fatalf("a, stalled half way through a message: %s", got)
+					}
+					b := tcConnect(t, s, "t2")
+					b.q("SET lock_timeout = '5s'")
+					if got := b.q("SELECT val FROM items WHERE id = 4 FOR UPDATE"); got != "D(shard2-4) C(SELECT 1) ZI" {
+						t.Fatalf("next client: %s", got)
+					}
+				})
+			}
+		}
+	}
 }
