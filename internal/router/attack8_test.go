@@ -451,7 +451,8 @@ func TestHostileIdleWakeManyAndDrain(t *testing.T) {
 	if got := a.q(who); !strings.HasPrefix(got, "E(0A000:") {
 		t.Errorf("another node's tenant while listening: %s", got)
 	}
-	// (UNLISTEN is refused too while t5 is selected: back to t4 first.)
+	// (Back to t4 first; UNLISTEN would go to t4's listening backend anyway:
+	// TestHostileUnlistenOtherTenant.)
 	if got := a.q("SET pgtenant.tenant = 't4'"); got != "C(SET) ZI" {
 		t.Errorf("SET back: %s", got)
 	}

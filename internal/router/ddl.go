@@ -65,3 +65,32 @@ func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error)
 	}
 	return ddlWarning(shard), nil
 }
+
+// bodyDDL reports whether the statement starting at toks[i], in a DO body
+// or a string one EXECUTEs (see guard), changes the shard's schema:
+// CREATE, ALTER or DROP of something neither temporary nor outside the
+// shard's schema (as the lexer decides for a statement sent alone). A DO
+// block is seen; a function or procedure the statement calls is not.
+func bodyDDL(toks []gtok, i int) bool {
+	w := toks[i].text
+	if toks[i].kind != tWord || !(eqFold(w, "create") || eqFold(w, "alter") || eqFold(w, "drop")) {
+		return false
+	}
+	for j := i + 1; j < len(toks) && j <= i+8; j++ {
+		t := toks[j]
+		switch {
+		case t.kind == tPunct && t.text == ";":
+			return true
+		case t.kind != tWord && t.kind != tQuotedIdent:
+		case hasPrefixFold(identText(t), "pg_temp"):
+			return false
+		case t.kind != tWord:
+		case eqFold(t.text, "or"), eqFold(t.text, "replace"), eqFold(t.text, "global"), eqFold(t.text, "local"):
+		case j == i+1 || eqFold(toks[j-1].text, "replace") || eqFold(toks[j-1].text, "global") || eqFold(toks[j-1].text, "local"):
+			if eqFold(t.text, "temp") || eqFold(t.text, "temporary") || ddlOutside(t.text) {
+				return false
+			}
+		}
+	}
+	return true
+}

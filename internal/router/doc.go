@@ -24,9 +24,11 @@
 // A schema change (stmtInfo.ddl: CREATE, ALTER or DROP of anything but a
 // temporary object or one outside the shard's schema such as a role,
 // schema or database; COMMENT ON; GRANT or REVOKE ... ON) sent for a tenant
-// changes that tenant's shard only. The lexer decides from the first words
-// of each statement (testdata/ddl_cases.json); statements with a tenant are
-// never parsed. Config.DDL says what follows (ddl.go): DDLWarn, the
+// changes that tenant's shard only; so do SELECT ... INTO a table, EXPLAIN
+// ANALYZE CREATE TABLE ... AS, and such a statement in a DO block (or a
+// string it EXECUTEs: guard's scan, bodyDDL), not one in a function it
+// calls. The lexer decides from the first words of each statement
+// (testdata/ddl_cases.json); statements with a tenant are never parsed. Config.DDL says what follows (ddl.go): DDLWarn, the
 // default, runs it and queues a NoticeResponse (WARNING, 01000, the shard
 // named, a hint naming pgtenant migrate up) before the statement's answer
 // (before its BindComplete in the extended protocol, so once per Bind);

@@ -298,6 +298,12 @@ func (ss *session) drain(all bool) error {
 			ss.use.note(typ, len(body))
 		}
 		if typ == wire.MsgCommandComplete {
+			if string(body) == "LISTEN\x00" {
+				// However it came (a later statement of a Query, an
+				// Execute): the session keeps this backend's tenant until
+				// UNLISTEN * (see ensureBackend).
+				ss.listening = true
+			}
 			if len(e.prep) > 0 && string(body) == "PREPARE\x00" {
 				ss.notePrepared(e.prep[0])
 				e.prep = e.prep[1:]

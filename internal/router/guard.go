@@ -35,6 +35,9 @@ type guardFinding struct {
 	// sessionLock: a DO body calls a session-level advisory lock function
 	// (see stmtInfo.sessionLock).
 	sessionLock bool
+	// ddl: a DO body (or a string it EXECUTEs) starts a statement that
+	// changes the shard's schema (see bodyDDL and stmtInfo.ddl).
+	ddl bool
 }
 
 // guardDepth bounds how deep guard looks into string literals inside DO
@@ -55,7 +58,7 @@ func guard(sql string) *guardFinding {
 	var g guardFinding
 	guardText(sql, false, 0, &g)
 	if g.err == nil && len(g.params) == 0 && !g.prepare && !g.dealloc && g.reserved == "" && g.reservedDealloc == "" &&
-		!g.badName && len(g.prepares) == 0 && len(g.deallocs) == 0 && !g.deallocAll && !g.sessionLock {
+		!g.badName && len(g.prepares) == 0 && len(g.deallocs) == 0 && !g.deallocAll && !g.sessionLock && !g.ddl {
 		return nil
 	}
 	return &g
@@ -139,6 +142,9 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 		}
 		if atStart {
 			stmtDo = isWord(i, "do")
+			if depth > 0 && !g.ddl {
+				g.ddl = bodyDDL(toks, i)
+			}
 			switch {
 			case isWord(i, "set"):
 				if name := setTarget(toks, i+1); name != "" && isOwnedSetting(name) {

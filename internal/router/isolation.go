@@ -54,7 +54,7 @@ func (ss *session) refuse(info *stmtInfo, g *guardFinding) *wire.Error {
 	case info.holdCursor:
 		return &wire.Error{Code: "0A000", Message: "cursors WITH HOLD are not supported in transaction pool mode: they would outlive the transaction on a shared backend connection",
 			Hint: "Declare the cursor without HOLD inside a transaction, or use session pool mode."}
-	case info.kind == kListen:
+	case info.kind == kListen || info.laterListen:
 		// As in a simple Query (onQuery): a Parse of LISTEN too.
 		return &wire.Error{Code: "0A000", Message: "LISTEN is not supported in transaction pool mode",
 			Hint: "Connect to a router in session pool mode to use LISTEN/NOTIFY."}

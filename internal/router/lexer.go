@@ -79,8 +79,9 @@ type stmtInfo struct {
 	// row-level-security idiom), which leaves the router's settings alone.
 	callsSetConfig, localSetConfig bool
 	// laterSet and laterDiscard are set when a statement after the first
-	// starts with SET or RESET, or with DISCARD or DEALLOCATE.
-	laterSet, laterDiscard bool
+	// starts with SET or RESET, or with DISCARD or DEALLOCATE; laterListen
+	// with LISTEN.
+	laterSet, laterDiscard, laterListen bool
 	// laterTenant is set when a statement after the first is SET [LOCAL],
 	// RESET or SHOW of pgtenant.tenant.
 	laterTenant bool
@@ -178,6 +179,8 @@ type lexer struct {
 	// curTemp and curDrop: the current statement creates a temporary
 	// object, with ON COMMIT DROP.
 	curTemp, curDrop bool
+	// explainRuns: the current statement is EXPLAIN with ANALYZE.
+	explainRuns bool
 	// curDDL: the current statement changes the shard's schema (see
 	// stmtInfo.ddl), unless it is temporary.
 	curDDL bool
@@ -261,6 +264,8 @@ func classify(sql string) stmtInfo {
 					info.laterSet = true
 				case strings.EqualFold(w, "discard"), strings.EqualFold(w, "deallocate"):
 					info.laterDiscard = true
+				case strings.EqualFold(w, "listen"):
+					info.laterListen = true
 				}
 			}
 			if k := len(w) - 10; k >= 0 && strings.EqualFold(w[k:], "set_config") && (k == 0 || w[k-1] == '.') {
@@ -323,7 +328,7 @@ func (lx *lexer) endStmt(info *stmtInfo) {
 	if lx.curDDL && !lx.curTemp {
 		info.ddl = true
 	}
-	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop, lx.curDDL = "", false, false, false, false
+	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop, lx.curDDL, lx.explainRuns = "", false, false, false, false, false
 }
 
 // noteQuoted notes a quoted identifier: set_config, pg_settings or a
@@ -340,6 +345,8 @@ func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
 		info.sessionLock = true
 	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
 		lx.curTemp = true
+	case lx.stmt == "select" && strings.EqualFold(lx.prev, "into"):
+		lx.curDDL = true // SELECT ... INTO "name"
 	}
 }
 
@@ -422,6 +429,8 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.stmt = "grant"
 		case eq(w, "select"):
 			lx.stmt = "select"
+		case eq(w, "explain"):
+			lx.stmt = "explain"
 		case eq(w, "declare"):
 			lx.stmt = "declare"
 		}
@@ -455,8 +464,20 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.curDDL = true // privileges on objects, not a role's membership
 		}
 	case "select":
-		if eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")) {
+		switch {
+		case eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")):
 			lx.curTemp = true
+		case eq(lx.prev, "table") && hasPrefixFold(w, "pg_temp"):
+			lx.curTemp = true // SELECT ... INTO TABLE pg_temp.x
+		case eq(lx.prev, "into"):
+			lx.curDDL = true // SELECT ... INTO [UNLOGGED] [TABLE] name creates a table
+		}
+	case "explain":
+		if eq(w, "analyze") || eq(w, "analyse") {
+			lx.explainRuns = true
+		} else if eq(w, "create") && lx.explainRuns {
+			// EXPLAIN ANALYZE CREATE TABLE ... AS creates the table.
+			lx.stmt, lx.createPrefix, lx.curDDL = "create", true, true
 		}
 	case "declare":
 		if eq(w, "hold") && eq(lx.prev, "with") {
@@ -828,8 +849,14 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		info.kind = kListen
 	case strings.EqualFold(w, "unlisten"):
 		info.kind = kUnlisten
+		if lx.n == 2 && lx.punct(1, '*') && !info.multi {
+			info.setName = "*" // UNLISTEN * alone
+		}
 	case strings.EqualFold(w, "discard"):
 		info.kind = kDiscard
+		if lx.n == 2 && lx.word(1, "all") && !info.multi {
+			info.setName = "all" // DISCARD ALL alone
+		}
 	case strings.EqualFold(w, "prepare"):
 		info.kind = kPrepare
 		if lx.word(1, "transaction") {

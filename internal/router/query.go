@@ -51,6 +51,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	var g *guardFinding
 	if info.guardScan && !ss.pathStmt(&info) {
 		g = guard(sql)
+		info.ddl = info.ddl || (g != nil && g.ddl) // a schema change in a DO body
 	}
 	if e := ss.refuse(&info, g); e != nil {
 		return e
@@ -181,16 +182,16 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				return &wire.Error{Code: "0A000", Message: "LISTEN is not supported in transaction pool mode",
 					Hint: "Connect to a router in session pool mode to use LISTEN/NOTIFY."}
 			}
-			ss.listening = true
+			// (Listening once the server says so: see drain.)
 		case kUnlisten:
 			if ss.be == nil {
 				return ss.reply("UNLISTEN", nil)
 			}
-			if ss.status == 'I' && strings.Contains(sql, "*") {
+			if ss.status == 'I' && info.setName == "*" {
 				ss.listening = false // the session may switch tenants again
 			}
 		case kDiscard:
-			if (ss.be == nil || ss.status == 'I') && strings.Contains(strings.ToLower(sql), "all") {
+			if (ss.be == nil || ss.status == 'I') && info.setName == "all" {
 				ss.listening = false
 				ss.sets = nil
 				ss.resig()
@@ -216,6 +217,9 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		}
 	}
 	tenant := ss.pickTenant(&info)
+	if info.kind == kUnlisten && !info.multi && ss.listening && ss.be != nil {
+		tenant = ss.beTenant // the backend that listens, whichever tenant is selected
+	}
 	if tenant == "" {
 		if !(ss.be != nil && ss.beTenant == anyTenant && ss.status != 'I') {
 			if ok, e := ss.noShard(&info, sql); !ok {
