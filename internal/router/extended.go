@@ -16,9 +16,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	var def *stmtDef
 	if len(pm.Name) == 0 {
-		if u := ss.unnamed; u != nil && u.orig == string(pm.Query) && string(u.types) == string(pm.Rest) {
-			def = u
-		}
+		def = ss.recentUnnamed(pm.Query, pm.Rest)
 	}
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
@@ -70,6 +68,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		wire.KeepWith(ss.cr, def)
 	} else {
 		ss.unnamed = def
+		ss.keepUnnamed(def)
 	}
 	sent, werr := ss.parseNow(def)
 	if werr != nil {
@@ -90,6 +89,48 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	return nil
 }
+
+// recentUnnamed returns the client's unnamed statement of the same text and
+// parameter types as one of its last few unnamed Parses (see keepUnnamed),
+// or nil. A client of the extended protocol (pgbench -M extended, drivers
+// without a statement cache) parses the same few texts over and over as
+// the unnamed statement, in turn: the text is then neither copied nor
+// classified again, and nothing is allocated. What a stmtDef caches is the
+// text's (its classification, the guard's finding, noShard) or a backend's
+// (be.Unnamed is compared by identity, and a backend that had another
+// unnamed statement since gets the Parse again); the stale check, the one
+// per-statement state, is for named statements only.
+func (ss *session) recentUnnamed(query, types []byte) *stmtDef {
+	if u := ss.unnamed; u != nil && u.orig == string(query) && string(u.types) == string(types) {
+		return u
+	}
+	for _, u := range ss.recent {
+		if u != nil && u.orig == string(query) && string(u.types) == string(types) {
+			return u
+		}
+	}
+	return nil
+}
+
+// keepUnnamed remembers def, the client's unnamed statement now, for
+// recentUnnamed, unless it is long (a session keeps a few short texts, not
+// a large message's buffer: see wire.Reader.String).
+func (ss *session) keepUnnamed(def *stmtDef) {
+	if len(def.orig)+len(def.types) > maxRecentText {
+		return
+	}
+	for _, u := range ss.recent {
+		if u == def {
+			return
+		}
+	}
+	copy(ss.recent[1:], ss.recent[:len(ss.recent)-1])
+	ss.recent[0] = def
+}
+
+// maxRecentText is the longest unnamed statement (text and parameter
+// types) keepUnnamed keeps.
+const maxRecentText = 1024
 
 // dropParsed forgets the client statement whose Parse e answers, when the
 // server refused the Parse or skipped it after an earlier error of the

@@ -148,6 +148,9 @@ type session struct {
 
 	stmts   map[string]*stmtDef
 	unnamed *stmtDef
+	// recent are the last few distinct unnamed statements (see
+	// recentUnnamed), the most recent first.
+	recent [8]*stmtDef
 
 	be    *pool.Conn
 	beCur atomic.Pointer[pool.Conn]

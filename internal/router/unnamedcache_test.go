@@ -1,0 +1,83 @@
+package router
+
+import (
+	"encoding/binary"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestUnnamedTextsInTurnAllocations: a client that parses a few texts in
+// turn as the unnamed statement (pgbench -M extended with a script of two
+// statements, routerbench's extended cases; drivers without a statement
+// cache) has each text copied, classified and allocated once, not per
+// Parse: a round trip allocates nothing. The router kept only the last
+// unnamed statement, which texts in turn never matched: 3 allocations per
+// round trip (the text, its stmtDef, the parameter types).
+func TestUnnamedTextsInTurnAllocations(t *testing.T) {
+	rc := openHot(t, startRouter(t, Config{}, nil), "t1")
+	reqs := [][]byte{
+		hotExtendedArg("SELECT val FROM items WHERE id = $1", "1"),
+		hotExtendedArg("SELECT shard FROM whoami WHERE $1::int = 1", "1"),
+		hotExtendedArg("SELECT count(*) FROM items WHERE id < $1", "3"),
+	}
+	for i := 0; i < 12; i++ { // warm the pool and the buffers
+		rc.roundTrip(t, reqs[i%len(reqs)])
+	}
+	i := 0
+	if got := testing.AllocsPerRun(200, func() { rc.roundTrip(t, reqs[i%len(reqs)]); i++ }); got > 0 {
+		t.Errorf("%.0f allocations per round trip of unnamed statements in turn, want 0", got)
+	}
+}
+
+// TestUnnamedTextsInTurn: the texts a session parsed before as the unnamed
+// statement, parsed again in turn, with simple Queries (which drop the
+// server's unnamed statement) and other tenants' backends in between, each
+// run their own statement, for the tenant named at the time.
+func TestUnnamedTextsInTurn(t *testing.T) {
+	ctx := ctx(t)
+	s := startRouter(t, Config{}, nil)
+	c := connect(t, s, "", pgx.QueryExecModeExec)
+	const (
+		whoami = "SELECT shard FROM whoami WHERE $1::int = 1"
+		val    = "SELECT val FROM items WHERE id = $1"
+		setT   = "SELECT pg_catalog.set_config('pgtenant.tenant', $1, false)"
+	)
+	for i := 0; i < 24; i++ {
+		tenant := []string{"t1", "t2", "t3"}[i%3]
+		var got string
+		if err := c.QueryRow(ctx, setT, tenant).Scan(&got); err != nil || got != tenant {
+			t.Fatalf("round %d: set_config: %q, %v", i, got, err)
+		}
+		var shard int
+		if err := c.QueryRow(ctx, whoami, 1).Scan(&shard); err != nil || shard != shardOf(tenant) {
+			t.Fatalf("round %d, tenant %s: shard %d, %v; want %d", i, tenant, shard, err, shardOf(tenant))
+		}
+		if err := c.QueryRow(ctx, val, i%5+1).Scan(&got); err != nil || got != shardVal(tenant, i%5+1) {
+			t.Fatalf("round %d, tenant %s: val %q, %v; want %q", i, tenant, got, err, shardVal(tenant, i%5+1))
+		}
+		if i%4 == 3 {
+			// A simple Query drops the unnamed statement, on the server
+			// and for the router.
+			if _, err := c.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+				t.Fatalf("round %d: simple query: %v", i, err)
+			}
+		}
+	}
+}
+
+func shardVal(tenant string, id int) string {
+	return fmt.Sprintf("shard%d-%d", shardOf(tenant), id)
+}
+
+// hotExtendedArg is Parse/Bind/Describe/Execute/Sync of the unnamed
+// statement sql with $1 = arg, as pgbench -M extended sends a statement.
+func hotExtendedArg(sql, arg string) []byte {
+	var r []byte
+	r = hotMsg(r, 'P', cstr(""), cstr(sql), []byte{0, 0})
+	r = hotMsg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1}, binary.BigEndian.AppendUint32(nil, uint32(len(arg))), []byte(arg), []byte{0, 0})
+	r = hotMsg(r, 'D', []byte{'P'}, cstr(""))
+	r = hotMsg(r, 'E', cstr(""), []byte{0, 0, 0, 0})
+	return hotMsg(r, 'S')
+}
