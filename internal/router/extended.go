@@ -512,7 +512,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if kind == 'P' {
 		if ss.synthTag != "" && name == ss.synthName {
 			if ss.synthRow {
-				ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescriptionFormat(nil, "set_config", ss.synthFormat)})
+				ss.pushSynth(wire.AppendTextRowDescriptionFormat(ss.synthFree, "set_config", ss.synthFormat))
 			} else {
 				ss.push(expect{kind: eSynth, synth: wire.NoData})
 			}
@@ -534,7 +534,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	}
 	if def.info.plainSetConfig {
 		ss.push(expect{kind: eSynth, synth: setConfigParams(def)})
-		ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescription(nil, "set_config")})
+		ss.pushSynth(wire.AppendTextRowDescription(ss.synthFree, "set_config"))
 		return nil
 	}
 	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "") {
@@ -562,9 +562,9 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
 		if ss.synthRow {
-			ss.push(expect{kind: eSynth, synth: wire.AppendTextDataRow(nil, ss.synthValue)})
+			ss.pushSynth(wire.AppendTextDataRow(ss.synthFree, ss.synthValue))
 		}
-		ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, ss.synthTag)})
+		ss.pushSynth(wire.AppendCommandComplete(ss.synthFree, ss.synthTag))
 		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
 			ss.failed = false
 		}

@@ -148,6 +148,9 @@ type session struct {
 
 	stmts   map[string]*stmtDef
 	unnamed *stmtDef
+	// synthBase is the space for queued messages the router answers
+	// itself (see pushSynth), synthFree what is free of it.
+	synthBase, synthFree []byte
 	// recent are the last few distinct unnamed statements (see
 	// recentUnnamed), the most recent first.
 	recent [8]*stmtDef
