@@ -641,10 +641,13 @@ const (
 // tenantHint reads "tenant: x" or "tenant=x" from a comment body.
 func tenantHint(body string) (string, bool) {
 	b := strings.TrimSpace(body)
-	if len(b) < 7 || !strings.EqualFold(b[:6], "tenant") {
+	if len(b) < 7 || !sameFold(b[:6], "tenant") {
 		return "", false
 	}
-	b = strings.TrimLeft(b[6:], " \t")
+	b = b[6:]
+	for b != "" && (b[0] == ' ' || b[0] == '\t') { // strings.TrimLeft builds its byte set each call
+		b = b[1:]
+	}
 	if b == "" || (b[0] != ':' && b[0] != '=') {
 		return "", false
 	}
