@@ -210,10 +210,14 @@ func cstr(s string) []byte { return append([]byte(s), 0) }
 func hotQuery(sql string) []byte { return hotMsg(nil, 'Q', cstr(sql)) }
 
 // hotExtended is Parse/Bind/Describe/Execute/Sync of sql with $1 = '1'.
-func hotExtended(sql string) []byte {
+func hotExtended(sql string) []byte { return hotExtendedArg(sql, "1") }
+
+// hotExtendedArg is Parse/Bind/Describe/Execute/Sync of the unnamed
+// statement sql with $1 = arg, as pgbench -M extended sends a statement.
+func hotExtendedArg(sql, arg string) []byte {
 	var r []byte
 	r = hotMsg(r, 'P', cstr(""), cstr(sql), []byte{0, 0})
-	r = hotMsg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1, 0, 0, 0, 1, '1', 0, 0})
+	r = hotMsg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1}, binary.BigEndian.AppendUint32(nil, uint32(len(arg))), []byte(arg), []byte{0, 0})
 	r = hotMsg(r, 'D', []byte{'P'}, cstr(""))
 	r = hotMsg(r, 'E', cstr(""), []byte{0, 0, 0, 0})
 	return hotMsg(r, 'S')

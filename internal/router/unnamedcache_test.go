@@ -1,7 +1,6 @@
 package router
 
 import (
-	"encoding/binary"
 	"fmt"
 	"testing"
 
@@ -87,15 +86,4 @@ func TestUnnamedTextsInTurn(t *testing.T) {
 
 func shardVal(tenant string, id int) string {
 	return fmt.Sprintf("shard%d-%d", shardOf(tenant), id)
-}
-
-// hotExtendedArg is Parse/Bind/Describe/Execute/Sync of the unnamed
-// statement sql with $1 = arg, as pgbench -M extended sends a statement.
-func hotExtendedArg(sql, arg string) []byte {
-	var r []byte
-	r = hotMsg(r, 'P', cstr(""), cstr(sql), []byte{0, 0})
-	r = hotMsg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1}, binary.BigEndian.AppendUint32(nil, uint32(len(arg))), []byte(arg), []byte{0, 0})
-	r = hotMsg(r, 'D', []byte{'P'}, cstr(""))
-	r = hotMsg(r, 'E', cstr(""), []byte{0, 0, 0, 0})
-	return hotMsg(r, 'S')
 }
