@@ -18,6 +18,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if len(pm.Name) == 0 {
 		def = ss.recentUnnamed(pm.Query, pm.Rest)
 	}
+	reused := def != nil // its checks below passed before: they depend on the text only
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
 		if e := ss.checkAccess(q); e != nil {
@@ -35,7 +36,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if e := ss.refuse(&def.info, def.guard); e != nil {
 		return e
 	}
-	if def.info.kind == kBegin && !def.info.multi {
+	if def.info.kind == kBegin && !def.info.multi && !reused {
 		// The router may answer its Bind itself (a deferred BEGIN): refuse a
 		// malformed one now, as the server's Parse would.
 		if e := checkTxnStart(def.orig); e != nil {
