@@ -36,7 +36,24 @@ func (ss *session) pop() {
 	ss.queue = ss.queue[1:]
 	if len(ss.queue) == 0 {
 		ss.queue = ss.qbuf[:0]
+		ss.synthFree = ss.synthBase // no queued message holds the space now
 	}
+}
+
+// pushSynth queues msg, a message the router answers itself, made by
+// appending to ss.synthFree: the space of the messages queued so far is
+// used again once they are all answered (pop), so that answering a
+// set_config of the tenant (pgbench -M extended's first statement in
+// routerbench) allocates nothing. A message that outgrew the space keeps
+// its own; the next ones get a larger space.
+func (ss *session) pushSynth(msg []byte) {
+	if cap(msg) != cap(ss.synthFree) {
+		ss.synthBase = make([]byte, 0, max(512, 2*cap(ss.synthBase)))
+		ss.synthFree = ss.synthBase
+	} else {
+		ss.synthFree = msg[len(msg):]
+	}
+	ss.push(expect{kind: eSynth, synth: msg[:len(msg):len(msg)]})
 }
 
 // drainSyncs relays responses up to the last queued ReadyForQuery.

@@ -16,10 +16,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	var def *stmtDef
 	if len(pm.Name) == 0 {
-		if u := ss.unnamed; u != nil && u.orig == string(pm.Query) && string(u.types) == string(pm.Rest) && !u.stale && u.gen == ss.srv.stmtGen.Load() {
-			def = u
-		}
+		def = ss.recentUnnamed(pm.Query, pm.Rest)
 	}
+	reused := def != nil // its checks below passed before: they depend on the text only
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
 		if e := ss.checkAccess(q); e != nil {
@@ -38,7 +37,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if e := ss.refuse(&def.info, def.guard); e != nil {
 		return e
 	}
-	if def.info.kind == kBegin && !def.info.multi {
+	if def.info.kind == kBegin && !def.info.multi && !reused {
 		// The router may answer its Bind itself (a deferred BEGIN): refuse a
 		// malformed one now, as the server's Parse would.
 		if e := checkTxnStart(def.orig); e != nil {
@@ -71,6 +70,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		wire.KeepWith(ss.cr, def)
 	} else {
 		ss.unnamed = def
+		ss.keepUnnamed(def)
 	}
 	sent, werr := ss.parseNow(def)
 	if werr != nil {
@@ -91,6 +91,57 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	return nil
 }
+
+// recentUnnamed returns the client's unnamed statement of the same text and
+// parameter types as one of its last few unnamed Parses (see keepUnnamed),
+// or nil. A client of the extended protocol (pgbench -M extended, drivers
+// without a statement cache) parses the same few texts over and over as
+// the unnamed statement, in turn: the text is then neither copied nor
+// classified again, and nothing is allocated. What a stmtDef caches is the
+// text's (its classification, the guard's finding, noShard) or a backend's
+// (be.Unnamed is compared by identity, and a backend that had another
+// unnamed statement since gets the Parse again); the stale check, the one
+// per-statement state, is for named statements only.
+func (ss *session) recentUnnamed(query, types []byte) *stmtDef {
+	gen := ss.srv.stmtGen.Load()
+	if u := ss.unnamed; u.reusableFor(query, types, gen) {
+		return u
+	}
+	for _, u := range ss.recent {
+		if u.reusableFor(query, types, gen) {
+			return u
+		}
+	}
+	return nil
+}
+
+// reusableFor reports whether def, an unnamed statement parsed before, can
+// stand for a Parse of query with types: the same text and types, not found
+// stale by a server, and parsed since the last schema change the router saw
+// (Server.stmtGen).
+func (def *stmtDef) reusableFor(query, types []byte, gen uint64) bool {
+	return def != nil && def.orig == string(query) && string(def.types) == string(types) && !def.stale && def.gen == gen
+}
+
+// keepUnnamed remembers def, the client's unnamed statement now, for
+// recentUnnamed, unless it is long (a session keeps a few short texts, not
+// a large message's buffer: see wire.Reader.String).
+func (ss *session) keepUnnamed(def *stmtDef) {
+	if len(def.orig)+len(def.types) > maxRecentText {
+		return
+	}
+	for _, u := range ss.recent {
+		if u == def {
+			return
+		}
+	}
+	copy(ss.recent[1:], ss.recent[:len(ss.recent)-1])
+	ss.recent[0] = def
+}
+
+// maxRecentText is the longest unnamed statement (text and parameter
+// types) keepUnnamed keeps.
+const maxRecentText = 1024
 
 // dropParsed forgets the client statement whose Parse e answers, when the
 // server refused the Parse or skipped it after an earlier error of the
@@ -472,7 +523,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	if kind == 'P' {
 		if ss.synthTag != "" && name == ss.synthName {
 			if ss.synthRow {
-				ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescriptionFormat(nil, "set_config", ss.synthFormat)})
+				ss.pushSynth(wire.AppendTextRowDescriptionFormat(ss.synthFree, "set_config", ss.synthFormat))
 			} else {
 				ss.push(expect{kind: eSynth, synth: wire.NoData})
 			}
@@ -494,7 +545,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 	}
 	if def.info.plainSetConfig {
 		ss.push(expect{kind: eSynth, synth: setConfigParams(def)})
-		ss.push(expect{kind: eSynth, synth: wire.AppendTextRowDescription(nil, "set_config")})
+		ss.pushSynth(wire.AppendTextRowDescription(ss.synthFree, "set_config"))
 		return nil
 	}
 	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "") {
@@ -526,9 +577,9 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
 		if ss.synthRow {
-			ss.push(expect{kind: eSynth, synth: wire.AppendTextDataRow(nil, ss.synthValue)})
+			ss.pushSynth(wire.AppendTextDataRow(ss.synthFree, ss.synthValue))
 		}
-		ss.push(expect{kind: eSynth, synth: wire.AppendCommandComplete(nil, ss.synthTag)})
+		ss.pushSynth(wire.AppendCommandComplete(ss.synthFree, ss.synthTag))
 		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
 			ss.failed = false
 		}

@@ -210,10 +210,19 @@ func cstr(s string) []byte { return append([]byte(s), 0) }
 func hotQuery(sql string) []byte { return hotMsg(nil, 'Q', cstr(sql)) }
 
 // hotExtended is Parse/Bind/Describe/Execute/Sync of sql with $1 = '1'.
-func hotExtended(sql string) []byte {
+func hotExtended(sql string) []byte { return hotExtendedArg(sql, "1") }
+
+// hotExtendedArg is Parse/Bind/Describe/Execute/Sync of the unnamed
+// statement sql with $1, $2, ... = args, as pgbench -M extended sends a
+// statement.
+func hotExtendedArg(sql string, args ...string) []byte {
 	var r []byte
 	r = hotMsg(r, 'P', cstr(""), cstr(sql), []byte{0, 0})
-	r = hotMsg(r, 'B', cstr(""), cstr(""), []byte{0, 0, 0, 1, 0, 0, 0, 1, '1', 0, 0})
+	params := binary.BigEndian.AppendUint16([]byte{0, 0}, uint16(len(args)))
+	for _, a := range args {
+		params = append(binary.BigEndian.AppendUint32(params, uint32(len(a))), a...)
+	}
+	r = hotMsg(r, 'B', cstr(""), cstr(""), params, []byte{0, 0})
 	r = hotMsg(r, 'D', []byte{'P'}, cstr(""))
 	r = hotMsg(r, 'E', cstr(""), []byte{0, 0, 0, 0})
 	return hotMsg(r, 'S')

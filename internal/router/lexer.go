@@ -251,20 +251,20 @@ func classify(sql string) stmtInfo {
 			}
 			w := sql[start:i]
 			if !stmtDone && !sawFrom {
-				if strings.EqualFold(w, "from") || strings.EqualFold(w, "into") {
+				if eqFold(w, "from") || eqFold(w, "into") {
 					sawFrom = true
 				}
 			}
-			if stmtDone && lx.sinceSemi > 0 && lx.sinceSemi <= 2 && strings.EqualFold(w, tenantSetting) && lx.laterTenantPos() {
+			if stmtDone && lx.sinceSemi > 0 && lx.sinceSemi <= 2 && eqFold(w, tenantSetting) && lx.laterTenantPos() {
 				info.laterTenant = true // SET/RESET/SHOW [LOCAL|SESSION] pgtenant.tenant
 			}
 			if stmtDone && lx.sinceSemi == 0 {
 				switch {
-				case strings.EqualFold(w, "set"), strings.EqualFold(w, "reset"):
+				case eqFold(w, "set"), eqFold(w, "reset"):
 					info.laterSet = true
-				case strings.EqualFold(w, "discard"), strings.EqualFold(w, "deallocate"):
+				case eqFold(w, "discard"), eqFold(w, "deallocate"):
 					info.laterDiscard = true
-				case strings.EqualFold(w, "listen"):
+				case eqFold(w, "listen"):
 					info.laterListen = true
 				}
 			}
@@ -336,16 +336,16 @@ func (lx *lexer) endStmt(info *stmtInfo) {
 func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
 	name := q[1:max(1, len(q)-1)] // no allocation: ORMs quote every name
 	switch {
-	case strings.EqualFold(name, "set_config"):
+	case eqFold(name, "set_config"):
 		info.callsSetConfig = true
 		info.guardScan = true
-	case strings.EqualFold(name, "pg_settings"):
+	case eqFold(name, "pg_settings"):
 		info.guardScan = true
 	case isSessionLockFunc(name):
 		info.sessionLock = true
-	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && strings.EqualFold(lx.prev, "into"))):
+	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && eqFold(lx.prev, "into"))):
 		lx.curTemp = true
-	case lx.stmt == "select" && strings.EqualFold(lx.prev, "into"):
+	case lx.stmt == "select" && eqFold(lx.prev, "into"):
 		lx.curDDL = true // SELECT ... INTO "name"
 	}
 }
@@ -571,10 +571,33 @@ func isSessionLockFunc(w string) bool {
 		eqFold(w, "pg_try_advisory_lock") || eqFold(w, "pg_try_advisory_lock_shared")
 }
 
-// eqFold is strings.EqualFold for ASCII keywords: different lengths
-// differ at once (the lexer's hot path compares every word to several).
+// eqFold is strings.EqualFold for ASCII keywords, as PostgreSQL compares
+// them (only A-Z fold; a multibyte character never matches, where
+// strings.EqualFold folds "ſ" to "s" and the Kelvin sign to "k"):
+// different lengths differ at once, and the loop is inlined (the lexer's
+// hot path compares every word to several).
 func eqFold(s, t string) bool {
-	return len(s) == len(t) && strings.EqualFold(s, t)
+	return len(s) == len(t) && sameFold(s, t)
+}
+
+// sameFold is eqFold for s and t of the same length. (Not inlined, so
+// that eqFold's length test is.)
+//
+//go:noinline
+func sameFold(s, t string) bool {
+	for i := 0; i < len(s); i++ {
+		if a, b := s[i], t[i]; a != b && lowerASCII(a) != lowerASCII(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 func hasPrefixFold(s, prefix string) bool {
@@ -585,7 +608,7 @@ func hasPrefixFold(s, prefix string) bool {
 // lx.sinceSemi (1 or 2), is where SET/RESET/SHOW [LOCAL|SESSION] name the
 // setting.
 func (lx *lexer) laterTenantPos() bool {
-	eq := strings.EqualFold
+	eq := eqFold
 	if lx.sinceSemi == 1 {
 		return eq(lx.prev, "set") || eq(lx.prev, "reset") || eq(lx.prev, "show")
 	}
@@ -612,21 +635,40 @@ func (lx *lexer) add(after bool, k tokKind, start, end int) {
 	}
 }
 
-func isIdentStart(c byte) bool {
-	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80
-}
+func isIdentStart(c byte) bool { return identBytes[c]&identStart != 0 }
 
-func isIdent(c byte) bool {
-	return isIdentStart(c) || (c >= '0' && c <= '9') || c == '$'
-}
+func isIdent(c byte) bool { return identBytes[c] != 0 }
+
+// identBytes classes each byte for isIdentStart (a letter, '_', or any
+// byte of a multibyte character) and isIdent (those, digits and '$'): one
+// load per byte of every word the lexer scans.
+var identBytes = func() (t [256]uint8) {
+	for c := 0; c < 256; c++ {
+		switch {
+		case c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80:
+			t[c] = identStart | identPart
+		case (c >= '0' && c <= '9') || c == '$':
+			t[c] = identPart
+		}
+	}
+	return t
+}()
+
+const (
+	identStart = 1 << iota
+	identPart
+)
 
 // tenantHint reads "tenant: x" or "tenant=x" from a comment body.
 func tenantHint(body string) (string, bool) {
 	b := strings.TrimSpace(body)
-	if len(b) < 7 || !strings.EqualFold(b[:6], "tenant") {
+	if len(b) < 7 || !sameFold(b[:6], "tenant") {
 		return "", false
 	}
-	b = strings.TrimLeft(b[6:], " \t")
+	b = b[6:]
+	for b != "" && (b[0] == ' ' || b[0] == '\t') { // strings.TrimLeft builds its byte set each call
+		b = b[1:]
+	}
 	if b == "" || (b[0] != ':' && b[0] != '=') {
 		return "", false
 	}
@@ -697,7 +739,7 @@ func (lx *lexer) text(i int) string {
 }
 
 func (lx *lexer) word(i int, w string) bool {
-	return i < lx.n && lx.toks[i].kind == tWord && strings.EqualFold(lx.text(i), w)
+	return i < lx.n && lx.toks[i].kind == tWord && eqFold(lx.text(i), w)
 }
 
 func (lx *lexer) punct(i int, p byte) bool {
@@ -751,14 +793,14 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 	w := lx.text(0)
 	if !info.multi {
 		for _, k := range [...]string{"select", "insert", "update", "delete", "with", "values", "table", "merge"} {
-			if strings.EqualFold(w, k) {
+			if eqFold(w, k) {
 				info.dml = true
 				break
 			}
 		}
 	}
 	switch {
-	case strings.EqualFold(w, "select"):
+	case eqFold(w, "select"):
 		info.kind = kSelect
 		info.noShard = !sawFrom && !info.multi
 		lx.localSetConfig(info)
@@ -785,24 +827,24 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 				info.plainSetConfig = lit && lx.punct(8, ')') && lx.n == 9 && !info.multi
 			}
 		}
-	case strings.EqualFold(w, "values"):
+	case eqFold(w, "values"):
 		info.kind = kValues
 		info.noShard = !info.multi
-	case strings.EqualFold(w, "begin"), strings.EqualFold(w, "start"):
+	case eqFold(w, "begin"), eqFold(w, "start"):
 		info.kind = kBegin
-	case strings.EqualFold(w, "commit"), strings.EqualFold(w, "end"):
+	case eqFold(w, "commit"), eqFold(w, "end"):
 		info.kind = kCommit
 		if lx.word(1, "prepared") {
 			info.kind = kOther // COMMIT PREPARED runs outside a transaction
 		}
-	case strings.EqualFold(w, "rollback"), strings.EqualFold(w, "abort"):
+	case eqFold(w, "rollback"), eqFold(w, "abort"):
 		info.kind = kRollback
 		if lx.word(1, "prepared") || info.rollbackTo {
 			info.kind = kOther
 		}
-	case strings.EqualFold(w, "savepoint"), strings.EqualFold(w, "release"):
+	case eqFold(w, "savepoint"), eqFold(w, "release"):
 		info.kind = kSavepoint
-	case strings.EqualFold(w, "set"):
+	case eqFold(w, "set"):
 		info.kind = kSet
 		info.noShard = !info.multi
 		i := 1
@@ -830,7 +872,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 			}
 		}
 		info.reservedSet = isReserved(info.setName)
-	case strings.EqualFold(w, "reset"):
+	case eqFold(w, "reset"):
 		info.kind = kReset
 		info.noShard = !info.multi
 		info.setName = strings.ToLower(lx.text(1))
@@ -838,31 +880,31 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 			info.op = opReset
 		}
 		info.reservedSet = isReserved(info.setName)
-	case strings.EqualFold(w, "show"):
+	case eqFold(w, "show"):
 		info.kind = kShow
 		info.noShard = !info.multi
 		info.setName = strings.ToLower(lx.text(1))
 		if info.setName == tenantSetting {
 			info.op = opShow
 		}
-	case strings.EqualFold(w, "listen"):
+	case eqFold(w, "listen"):
 		info.kind = kListen
-	case strings.EqualFold(w, "unlisten"):
+	case eqFold(w, "unlisten"):
 		info.kind = kUnlisten
 		if lx.n == 2 && lx.punct(1, '*') && !info.multi {
 			info.setName = "*" // UNLISTEN * alone
 		}
-	case strings.EqualFold(w, "discard"):
+	case eqFold(w, "discard"):
 		info.kind = kDiscard
 		if lx.n == 2 && lx.word(1, "all") && !info.multi {
 			info.setName = "all" // DISCARD ALL alone
 		}
-	case strings.EqualFold(w, "prepare"):
+	case eqFold(w, "prepare"):
 		info.kind = kPrepare
 		if lx.word(1, "transaction") {
 			info.kind = kOther
 		}
-	case strings.EqualFold(w, "deallocate"):
+	case eqFold(w, "deallocate"):
 		info.kind = kDeallocate
 		i := 1
 		if lx.word(i, "prepare") {
@@ -875,7 +917,7 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 		case lx.toks[i].kind == tWord:
 			info.setName = strings.ToLower(lx.text(i)) // "all" for ALL
 		}
-	case strings.EqualFold(w, "copy"):
+	case eqFold(w, "copy"):
 		info.kind = kCopy
 	}
 }

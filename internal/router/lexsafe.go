@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 
@@ -185,11 +186,12 @@ func checkLexSet(name string, toks []gtok, i int) *wire.Error {
 // error that ends the session because the server now reads statement text
 // otherwise than the router does.
 func lexParamStatus(body []byte) *wire.Error {
-	name, rest, ok := strings.Cut(string(body), "\x00")
-	if !ok || !lexSetting(name) {
-		return nil
+	i := bytes.IndexByte(body, 0)
+	if i < 0 || !lexSetting(string(body[:i])) {
+		return nil // (no copy of the body: PostgreSQL 18 reports search_path at every change)
 	}
-	v, _, _ := strings.Cut(rest, "\x00")
+	name := string(body[:i])
+	v, _, _ := strings.Cut(string(body[i+1:]), "\x00")
 	if lexValueOK(name, v) {
 		return nil
 	}

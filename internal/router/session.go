@@ -153,6 +153,12 @@ type session struct {
 
 	stmts   map[string]*stmtDef
 	unnamed *stmtDef
+	// synthBase is the space for queued messages the router answers
+	// itself (see pushSynth), synthFree what is free of it.
+	synthBase, synthFree []byte
+	// recent are the last few distinct unnamed statements (see
+	// recentUnnamed), the most recent first.
+	recent [8]*stmtDef
 
 	be    *pool.Conn
 	beCur atomic.Pointer[pool.Conn]
