@@ -19,7 +19,9 @@ func (ss *session) loop() error {
 	armed := false   // a read deadline is set on the client connection
 	var dl time.Time // the client connection's read deadline
 	inTxn := false   // the client is waited for inside a transaction
-	back := ss.parkBack // after a park: the wait for the client is set up
+
+	// After a park (park_linux.go) the wait for the client is set up.
+	back := ss.parkBack
 	if back {
 		armed, dl, ss.parkBack = ss.parkArmed, ss.parkDl, false
 	}
