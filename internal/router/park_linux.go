@@ -154,7 +154,13 @@ func (ss *session) park(dl time.Time) bool {
 	w.mu.Lock()
 	w.parked[ss.id] = ss
 	w.mu.Unlock()
+	op := syscall.EPOLL_CTL_MOD
 	p.mu.Lock()
+	if !p.in {
+		op = syscall.EPOLL_CTL_ADD
+		p.in = true // before the epoll_ctl: once armed, the session is not ours
+	}
+	p.ev.Events = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 	p.state.Store(readParked)
 	if !dl.IsZero() {
 		// The client's idle timeout: unparked when due, its read then
@@ -166,17 +172,11 @@ func (ss *session) park(dl time.Time) bool {
 		}
 	}
 	p.mu.Unlock()
-	// From the epoll_ctl on, the watch may resume the session: what this
-	// goroutine looks at after it is local.
-	op := syscall.EPOLL_CTL_MOD
-	if !p.in {
-		op = syscall.EPOLL_CTL_ADD
-		p.in = true // set before: once armed, the session is not ours
-	}
-	p.ev.Events = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+	// From here a kill, and from the epoll_ctl on the watch, may resume
+	// the session: what this goroutine looks at after it is local.
 	var errno syscall.Errno
-	epfd, ev := w.epfd, &p.ev
-	err := p.rc.Control(func(fd uintptr) {
+	epfd, ev, rc := w.epfd, &p.ev, p.rc
+	err := rc.Control(func(fd uintptr) {
 		_, _, errno = syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), fd, uintptr(unsafe.Pointer(ev)), 0, 0)
 	})
 	if err == nil && errno == 0 {
