@@ -162,6 +162,7 @@ func (ss *session) park(dl time.Time) bool {
 	}
 	p.ev.Events = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 	p.state.Store(readParked)
+	ss.srv.m.ClientsParked.Inc()
 	if !dl.IsZero() {
 		// The client's idle timeout: unparked when due, its read then
 		// times out at once (the deadline on the socket is dl).
@@ -175,16 +176,20 @@ func (ss *session) park(dl time.Time) bool {
 	// From here a kill, and from the epoll_ctl on the watch, may resume
 	// the session: what this goroutine looks at after it is local.
 	var errno syscall.Errno
-	epfd, ev, rc := w.epfd, &p.ev, p.rc
+	epfd, ev, rc, m := w.epfd, &p.ev, p.rc, ss.srv.m
 	err := rc.Control(func(fd uintptr) {
 		_, _, errno = syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), fd, uintptr(unsafe.Pointer(ev)), 0, 0)
 	})
 	if err == nil && errno == 0 {
+		m.ClientParks.Inc()
 		return true
 	}
 	// Not armed: the session is still ours, unless a kill unparked it.
 	p.mu.Lock()
 	mine := p.state.CompareAndSwap(readParked, readOff)
+	if mine {
+		m.ClientsParked.Dec()
+	}
 	if mine && p.timer != nil {
 		p.timer.Stop()
 	}
@@ -211,6 +216,7 @@ func (ss *session) unpark() {
 		p.mu.Unlock()
 		return
 	}
+	ss.srv.m.ClientsParked.Dec()
 	if p.timer != nil {
 		p.timer.Stop()
 	}
