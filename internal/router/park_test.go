@@ -286,6 +286,7 @@ func TestParkedClientDrainAndClose(t *testing.T) {
 	t.Run("close", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
+		fds0 := openFDs(t)
 		s := New(Config{Listen: "127.0.0.1:0", Users: map[string]string{testUser: testPassword}, Auth: AuthTrust, testParkTick: parkTickTest})
 		if err := s.SetMap(ctx, testMap()); err != nil {
 			t.Fatal(err)
@@ -306,6 +307,41 @@ func TestParkedClientDrainAndClose(t *testing.T) {
 			if _, err := io.ReadAll(c); err != nil {
 				t.Errorf("client %d after Serve ended: %v, want end of stream", i, err)
 			}
+			c.Close()
+		}
+		// No socket or epoll set of the router's is left open.
+		if fds := openFDs(t); fds != fds0 {
+			t.Errorf("%d open descriptors after Serve ended, %d before the router", fds, fds0)
 		}
 	})
+}
+
+// openFDs is the number of this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestParkedClientSessionMode: in session mode a client parks until its
+// first statement takes a backend, and not while it holds one.
+func TestParkedClientSessionMode(t *testing.T) {
+	t.Cleanup(checkNoLeak(t))
+	s := startRouter(t, Config{PoolMode: PoolSession, testParkTick: parkTickTest}, nil)
+	c := connect(t, s, "t4", pgx.QueryExecModeExec)
+	waitParked(t, s, 1)
+	var pid1, pid2 int
+	if err := c.QueryRow(ctx(t), "SELECT pg_backend_pid()").Scan(&pid1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * parkTickTest) // sweeps go by
+	if n := parkedCount(s); n != 0 {
+		t.Errorf("%d parked clients while the client holds its backend, want 0", n)
+	}
+	if err := c.QueryRow(ctx(t), "SELECT pg_backend_pid()").Scan(&pid2); err != nil || pid2 != pid1 {
+		t.Fatalf("session-mode backend %d, then %d (%v): want the same", pid1, pid2, err)
+	}
 }
