@@ -151,6 +151,9 @@ func (ss *session) park(dl time.Time) bool {
 		id := uint64(ss.id) | parkedBit
 		p.ev.Fd, p.ev.Pad = int32(uint32(id)), int32(uint32(id>>32))
 	}
+	// Scratch buffers of the last transaction go too (~0.3 KiB); the
+	// queue is empty.
+	ss.pre, ss.qbuf, ss.queue, ss.errBuf = nil, nil, nil, nil
 	w.mu.Lock()
 	w.parked[ss.id] = ss
 	w.mu.Unlock()
