@@ -82,8 +82,11 @@ func (ss *session) loop() error {
 		// A client idle between transactions, holding nothing on a backend
 		// and sending nothing, may park (park_linux.go). TLS clients do
 		// not: crypto/tls may hold a record read in part, which the
-		// socket's readiness would not show.
-		idleRead := !inTxn && ss.be == nil && stopWatch == nil && !ss.tls && len(ss.queue) == 0 && ss.cw == nil && ss.cr.Quiet() && ss.readIdle()
+		// socket's readiness would not show. Nor do session-mode clients
+		// before their first statement: with them parked,
+		// TestHostileIdleWakeBehindReady lost a notification now and then
+		// (cause not found).
+		idleRead := !inTxn && ss.be == nil && stopWatch == nil && !ss.tls && len(ss.queue) == 0 && ss.cw == nil && ss.cr.Quiet() && ss.srv.cfg.PoolMode == PoolTransaction && ss.readIdle()
 		typ, body, err := ss.cr.ReadMessage()
 		if idleRead && ss.readWoken(dl) && isTimeout(err) {
 			// The sweeper ended the read: the client has been idle a while.

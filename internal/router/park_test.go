@@ -326,22 +326,20 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
-// TestParkedClientSessionMode: in session mode a client parks until its
-// first statement takes a backend, and not while it holds one.
+// TestParkedClientSessionMode: session-mode clients are not parked, not
+// even before their first statement takes a backend (see loop: parking
+// them made TestHostileIdleWakeBehindReady lose a notification in 3 of 25
+// runs of the TestHostileIdle tests).
 func TestParkedClientSessionMode(t *testing.T) {
 	t.Cleanup(checkNoLeak(t))
 	s := startRouter(t, Config{PoolMode: PoolSession, testParkTick: parkTickTest}, nil)
 	c := connect(t, s, "t4", pgx.QueryExecModeExec)
-	waitParked(t, s, 1)
-	var pid1, pid2 int
-	if err := c.QueryRow(ctx(t), "SELECT pg_backend_pid()").Scan(&pid1); err != nil {
-		t.Fatal(err)
-	}
 	time.Sleep(5 * parkTickTest) // sweeps go by
 	if n := parkedCount(s); n != 0 {
-		t.Errorf("%d parked clients while the client holds its backend, want 0", n)
+		t.Errorf("%d parked session-mode clients, want 0", n)
 	}
-	if err := c.QueryRow(ctx(t), "SELECT pg_backend_pid()").Scan(&pid2); err != nil || pid2 != pid1 {
-		t.Fatalf("session-mode backend %d, then %d (%v): want the same", pid1, pid2, err)
+	var sh int
+	if err := c.QueryRow(ctx(t), "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 4 {
+		t.Fatalf("session-mode client after idling: %d, %v", sh, err)
 	}
 }
