@@ -188,6 +188,9 @@ type Config struct {
 	// UsageTopK is how many tenants, the busiest by backend time, are
 	// exported as pgtenant_tenant_* Prometheus series. Zero means 20.
 	UsageTopK int
+
+	// testParkTick, when set (by tests), replaces parkTick (park_linux.go).
+	testParkTick time.Duration
 }
 
 // DefaultMaxMessageMemory is Config.MaxMessageMemory's default: 256 MiB.

@@ -30,9 +30,14 @@ type idleWatch struct {
 	waitFn func(fd uintptr) bool
 	evs    [64]syscall.EpollEvent
 	done   chan struct{}
+	// stop ends the sweeper (park_linux.go), which closes swept.
+	stop, swept chan struct{}
 
 	mu   sync.Mutex
 	sess map[uint64]*session // by session id, from the first arm to the session's end
+	// parked are the clients parked without a goroutine, by session id
+	// (park_linux.go).
+	parked map[uint64]*session
 }
 
 // idleArm is a session's state in the server's idleWatch.
@@ -72,7 +77,8 @@ func newIdleWatch() (*idleWatch, error) {
 		f.Close()
 		return nil, fmt.Errorf("idle watch's epoll set: %w", err)
 	}
-	w := &idleWatch{epfd: fd, f: f, rc: rc, done: make(chan struct{}), sess: map[uint64]*session{}}
+	w := &idleWatch{epfd: fd, f: f, rc: rc, done: make(chan struct{}), sess: map[uint64]*session{}, parked: map[uint64]*session{},
+		stop: make(chan struct{}), swept: make(chan struct{})}
 	w.waitFn = w.collect
 	go w.run()
 	return w, nil
@@ -88,8 +94,10 @@ func (w *idleWatch) run() {
 	}
 }
 
-// close stops the watch and waits for its goroutine.
+// close stops the watch and waits for its goroutines.
 func (w *idleWatch) close() {
+	close(w.stop)
+	<-w.swept
 	w.f.Close()
 	<-w.done
 }
@@ -108,6 +116,10 @@ func (w *idleWatch) collect(fd uintptr) bool {
 		for i := range n {
 			ev := &w.evs[i]
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id&parkedBit != 0 {
+				w.unpark(id &^ parkedBit) // a parked client's socket (park_linux.go)
+				continue
+			}
 			w.mu.Lock()
 			ss := w.sess[id]
 			w.mu.Unlock()
@@ -136,6 +148,7 @@ func (s *Server) idleWatch() *idleWatch {
 		return nil
 	}
 	s.iw.Store(w)
+	go w.sweep(s)
 	return w
 }
 

@@ -19,9 +19,17 @@ func (ss *session) loop() error {
 	armed := false   // a read deadline is set on the client connection
 	var dl time.Time // the client connection's read deadline
 	inTxn := false   // the client is waited for inside a transaction
+
+	// After a park (park_linux.go) the wait for the client is set up.
+	back := ss.parkBack
+	if back {
+		armed, dl, ss.parkBack = ss.parkArmed, ss.parkDl, false
+	}
 	defer ss.leaveIdle()
 	for {
-		if ss.cr.Buffered() == 0 {
+		if back {
+			back = false
+		} else if ss.cr.Buffered() == 0 {
 			if ss.be != nil && ss.be.W.Buffered() > 0 {
 				// Before waiting for the client, what it sent so far goes
 				// to the server, as on a direct connection: a Parse starts
@@ -71,7 +79,23 @@ func (ss *session) loop() error {
 			ss.cr.ReleaseIdle()
 			ss.putWriter()
 		}
+		// A client idle between transactions, holding nothing on a backend
+		// and sending nothing, may park (park_linux.go). TLS clients do
+		// not: crypto/tls may hold a record read in part, which the
+		// socket's readiness would not show. Nor do session-mode clients
+		// before their first statement: with them parked,
+		// TestHostileIdleWakeBehindReady lost a notification now and then
+		// (cause not found).
+		idleRead := !inTxn && ss.be == nil && stopWatch == nil && !ss.tls && len(ss.queue) == 0 && ss.cw == nil && ss.cr.Quiet() && ss.srv.cfg.PoolMode == PoolTransaction && ss.readIdle()
 		typ, body, err := ss.cr.ReadMessage()
+		if idleRead && ss.readWoken(dl) && isTimeout(err) {
+			// The sweeper ended the read: the client has been idle a while.
+			if ss.cr.Quiet() {
+				ss.parkDl, ss.parkArmed = dl, armed
+				return errParked
+			}
+			typ, body, err = ss.cr.ReadMessage() // part of a message came
+		}
 		for watched && ss.disarmIdle(dl) && isTimeout(err) {
 			// The backend spoke while the client was idle (the deadline
 			// was the idle watch's). A message the client sent meanwhile

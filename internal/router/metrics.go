@@ -41,6 +41,10 @@ type Metrics struct {
 	// a cancel request of their client's, on its way as the client's
 	// transaction ended, reached the server.
 	LateCancelReleases prometheus.Counter
+	// ClientsParked is the number of idle clients parked now, without a
+	// goroutine (park_linux.go); ClientParks counts their parks.
+	ClientsParked prometheus.Gauge
+	ClientParks   prometheus.Counter
 
 	mu    sync.Mutex
 	pools func() []pool.Stats
@@ -83,6 +87,9 @@ func NewMetrics() *Metrics {
 	m.MapVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtenant_router_map_version", Help: "Version of the placement map in use."})
 	m.LateCancelReleases = prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtenant_router_late_cancel_releases_total", Help: "Backends given back to the pool after a late cancel request of their client's reached the server."})
 	m.Registry.MustRegister(m.ClientConns, m.ClientTotal, m.ClientRefused, m.Transactions, m.Errors, m.TxnSeconds, m.AcquireWait, m.Held, m.HoldTimeouts, m.MapVersion, m.LateCancelReleases)
+	m.ClientsParked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtenant_router_clients_parked", Help: "Idle clients parked now, holding no goroutine."})
+	m.ClientParks = prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtenant_router_client_parks_total", Help: "Parks of idle clients (each after 0.25-0.5 s without a message)."})
+	m.Registry.MustRegister(m.ClientsParked, m.ClientParks)
 	m.Registry.MustRegister(poolCollector{m})
 	return m
 }

@@ -269,6 +269,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.lnMu.Lock()
 	s.stopSessions = stopSessions
 	s.lnMu.Unlock()
+	s.idleWatch() // made now: it parks idle clients (park_linux.go)
 	var err error
 	for {
 		nc, aerr := ln.Accept()
@@ -292,8 +293,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			continue
 		}
 		go func() {
-			defer s.wg.Done()
-			s.serveConn(sctx, nc)
+			if !s.serveConn(sctx, nc) {
+				s.wg.Done() // a parked session's is its resume's (session.resume)
+			}
 		}()
 	}
 	ln.Close()

@@ -237,6 +237,12 @@ type session struct {
 	listening     bool
 	// idle is the session's state in the server's idle watch (armIdle).
 	idle idleArm
+	// pk is the session's state in parking (park_linux.go); parkDl and
+	// parkArmed are loop's read deadline when it parked, parkBack tells
+	// loop it goes on after a park.
+	pk                  parkState
+	parkDl              time.Time
+	parkArmed, parkBack bool
 	// midString: the statement being answered is followed by more of the
 	// same query string (see onQueryParts): no ReadyForQuery yet.
 	midString bool
@@ -315,33 +321,69 @@ type session struct {
 
 var errShutdown = errors.New("router shutting down")
 
-// serveConn runs one client connection from its first byte to its end.
+// serveConn runs one client connection from its first byte to its end. It
+// reports whether the session parked (park_linux.go): its end is then the
+// work of the goroutine that resumes it.
 //
-// Its frame and serve's stay small (176 and 40 bytes on amd64): they are on
-// the stack of every idle client's goroutine, below loop and its read, while
-// the startup's locals (1.1 KiB) live in openSession's frame, returned by
-// then. (The GC halves an idle goroutine's 8 KiB stack only when it uses
-// under 1.2 KiB of it: loop's frame and the read below it still use 1.4.)
-func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+// Its frame and run's stay small: they are on the stack of every idle
+// client's goroutine that is not parked, below loop and its read, while the
+// startup's locals (1.1 KiB) live in openSession's frame, returned by then.
+func (s *Server) serveConn(ctx context.Context, nc net.Conn) bool {
 	ss := s.openSession(ctx, nc)
 	if ss == nil {
-		return
+		return false
 	}
-	defer nc.Close()
-	defer ss.nc.Close() // nc, or the TLS connection over it (closing nc too)
-	defer s.unregister(ss)
-	defer s.m.ClientConns.Dec()
-	ss.serve()
-}
-
-// serve relays the session's messages until it ends, then gives back its
-// backend.
-func (ss *session) serve() {
 	ss.takeWriter()
 	ss.logStart()
-	err := ss.loop()
-	ss.end()
-	ss.logEnd(err)
+	if ss.run() {
+		return true
+	}
+	ss.finish(nc)
+	return false
+}
+
+// errParked ends loop when the session parks (see park_linux.go).
+var errParked = errors.New("client parked")
+
+// run relays the session's messages until it ends, then gives back its
+// backend (false), or until it parks (true: the caller returns at once).
+func (ss *session) run() bool {
+	for {
+		err := ss.loop()
+		if err == errParked {
+			if ss.park(ss.parkDl) {
+				return true
+			}
+			ss.parkBack = true // could not park: go on waiting
+			continue
+		}
+		ss.end()
+		ss.logEnd(err)
+		return false
+	}
+}
+
+// resume goes on with a parked session, in a goroutine of its own (unpark),
+// to its end or its next park.
+func (ss *session) resume() {
+	ss.parkBack = true
+	if ss.run() {
+		return
+	}
+	ss.finish(nil)
+	ss.srv.wg.Done() // Serve's count of the connection (see Serve)
+}
+
+// finish closes the ended session's connection (and raw, the socket
+// under it) and unregisters it.
+func (ss *session) finish(raw net.Conn) {
+	ss.unwatchClient()
+	ss.srv.m.ClientConns.Dec()
+	ss.srv.unregister(ss)
+	ss.nc.Close() // nc, or the TLS connection over it (closing nc too)
+	if raw != nil && raw != ss.nc {
+		raw.Close()
+	}
 }
 
 //go:noinline
@@ -781,6 +823,7 @@ func (ss *session) authenticate() error {
 // kill closes the client and its backend from another goroutine.
 func (ss *session) kill() {
 	ss.nc.Close()
+	ss.unpark() // a parked session then ends in a goroutine of its own
 	if be := ss.beCur.Load(); be != nil {
 		be.Kill(errShutdown)
 	}

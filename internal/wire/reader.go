@@ -288,6 +288,10 @@ func (r *Reader) String(b []byte) string {
 // returned as messages.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
+// Quiet reports whether r holds no part of a message: nothing buffered, no
+// body whose read a deadline cut part way.
+func (r *Reader) Quiet() bool { return r.r == r.w && r.cut == nil && r.skipLeft == 0 }
+
 // MessageBuffered reports whether a whole message is buffered, so that the
 // next ReadMessage returns it without reading from the connection (a
 // message cut at the end of what the peer has sent so far is not).

@@ -225,6 +225,9 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 					out = append(out, r)
 					continue
 				}
+				// The router parks clients idle for 0.25-0.5 s (their
+				// goroutines end): measured once they are.
+				time.Sleep(time.Second)
 				settle(tg.pid)
 				r.rssPerIdleKiB = (rssKiB(tg.pid) - before) / float64(n)
 				if tg.pid == 0 {
