@@ -69,11 +69,26 @@ func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error)
 // bodyDDL reports whether the statement starting at toks[i], in a DO body
 // or a string one EXECUTEs (see guard), changes the shard's schema:
 // CREATE, ALTER or DROP of something neither temporary nor outside the
-// shard's schema (as the lexer decides for a statement sent alone). A DO
-// block is seen; a function or procedure the statement calls is not.
+// shard's schema; COMMENT ON; GRANT or REVOKE ... ON (as the lexer decides
+// for a statement sent alone). A DO block is seen; a function or procedure
+// the statement calls is not.
 func bodyDDL(toks []gtok, i int) bool {
 	w := toks[i].text
-	if toks[i].kind != tWord || !(eqFold(w, "create") || eqFold(w, "alter") || eqFold(w, "drop")) {
+	if toks[i].kind != tWord {
+		return false
+	}
+	switch {
+	case eqFold(w, "comment"):
+		// (ON after it: not an assignment to a variable named comment.)
+		return i+1 < len(toks) && toks[i+1].kind == tWord && eqFold(toks[i+1].text, "on")
+	case eqFold(w, "grant"), eqFold(w, "revoke"):
+		for j := i + 1; j < len(toks) && !(toks[j].kind == tPunct && toks[j].text == ";"); j++ {
+			if toks[j].kind == tWord && eqFold(toks[j].text, "on") {
+				return true // privileges on objects, not a role's membership
+			}
+		}
+		return false
+	case !(eqFold(w, "create") || eqFold(w, "alter") || eqFold(w, "drop")):
 		return false
 	}
 	for j := i + 1; j < len(toks) && j <= i+8; j++ {
