@@ -187,11 +187,13 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if ss.be == nil {
 				return ss.reply("UNLISTEN", nil)
 			}
-			if ss.status == 'I' && info.setName == "*" {
+			if !ss.inTxn() && info.setName == "*" {
+				// (Not in a transaction, a BEGIN the router deferred too:
+				// a ROLLBACK would undo it.)
 				ss.listening = false // the session may switch tenants again
 			}
 		case kDiscard:
-			if (ss.be == nil || ss.status == 'I') && info.setName == "all" {
+			if !ss.inTxn() && info.setName == "all" { // the server refuses it in a transaction (25001)
 				ss.listening = false
 				ss.sets = nil
 				ss.resig()
