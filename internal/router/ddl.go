@@ -46,11 +46,9 @@ func ddlRefusedError(shard string) *wire.Error {
 // ddlCheck decides a statement about to run for tenant: for a schema
 // change (info.ddl) it returns the refusal (DDLRefuse), or the notice to
 // queue before the statement's answer (DDLWarn, the default). Other
-// statements cost one test of info.ddl.
+// statements cost one test of info.ddl. (The change is counted when the
+// statement is sent, see ddlSent: not for one refused.)
 func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error) {
-	if info.ddl {
-		ss.srv.schemaChanged() // later Parses are analysed afresh (stale.go)
-	}
 	if !info.ddl || tenant == "" || tenant == anyTenant || tenant == descTenant || ss.srv.cfg.DDL == DDLAllow {
 		return nil, nil
 	}
@@ -64,6 +62,16 @@ func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error)
 		return nil, ddlRefusedError(shard)
 	}
 	return ddlWarning(shard), nil
+}
+
+// ddlSent counts a schema change about to be sent to a server (info.ddl):
+// later Parses are analysed afresh (stale.go). Server-wide, so only for a
+// statement past the refusals and routing: a refused one would make every
+// session prepare its statements again, as often as a client sends it.
+func (ss *session) ddlSent(info *stmtInfo) {
+	if info.ddl {
+		ss.srv.schemaChanged()
+	}
 }
 
 // bodyDDL reports whether the statement starting at toks[i], in a DO body

@@ -409,3 +409,21 @@ func TestDDLRefuseSelectIntoUnderWithExplain(t *testing.T) {
 		}
 	}
 }
+
+// TestDDLRefusedNotCounted: a DDL the router refuses (it never runs) must
+// not count as a schema change (Server.schemaChanged), which drops every
+// session's shared statement names and reusable unnamed statements: a
+// tenant repeating one would make every session prepare again (review 12).
+func TestDDLRefusedNotCounted(t *testing.T) {
+	s := startRouter(t, Config{DDL: DDLRefuse}, nil)
+	c := connect(t, s, "t6", pgx.QueryExecModeSimpleProtocol)
+	before := s.stmtGen.Load()
+	for i := 0; i < 3; i++ {
+		if _, err := c.Exec(ctx(t), "CREATE TABLE review12_never (id int)"); pgCode(err) != "0A000" {
+			t.Fatalf("CREATE TABLE: %v, want 0A000", err)
+		}
+	}
+	if after := s.stmtGen.Load(); after != before {
+		t.Errorf("3 refused DDL statements moved stmtGen %d -> %d (stmtIDs cleared as often)", before, after)
+	}
+}

@@ -270,6 +270,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync, swallow: true})
 	}
+	ss.ddlSent(&info)
 	if ddlNote != nil {
 		ss.push(expect{kind: eSynth, synth: ddlNote})
 	}
