@@ -389,3 +389,44 @@ func TestHostileHalfMessageStall(t *testing.T) {
 		}
 	}
 }
+
+// TestListenGuardDeferredBegin: UNLISTEN * in a transaction the router
+// deferred (BEGIN answered by the router: ss.status is still 'I') must not
+// clear the listening flag: the ROLLBACK undoes the UNLISTEN on the
+// server, and a switch to t6 (same node, backend kept) would leave the
+// client listening on t4's channel (review 12; fixed with ss.inTxn).
+func TestListenGuardDeferredBegin(t *testing.T) {
+	const who = "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"
+	s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 4}}, nil)
+	other := connect(t, s, "t4", pgx.QueryExecModeSimpleProtocol)
+	a := a8Client(t, s, "r12ch", nil)
+	for _, q := range []string{"BEGIN", "UNLISTEN *", "ROLLBACK", "SET pgtenant.tenant = 't6'"} {
+		t.Logf("%s: %s", q, a.q(q))
+	}
+	got := a.q(who)
+	if strings.HasPrefix(got, "E(0A000:") {
+		return
+	}
+	t.Errorf("switched to t6 while the backend listens: %s; listening: %s", got, a.q("SELECT count(*) FROM pg_listening_channels()"))
+	notifyAndSee(t, other, a, "r12ch", "t4's, heard on t6")
+}
+
+// TestDiscardAllDeferredBegin: a server refuses DISCARD ALL in a
+// transaction block (25001), a BEGIN the router deferred too: the router
+// must send it (not answer it itself, transaction mode) and keep the
+// session's settings and statements (review 12).
+func TestDiscardAllDeferredBegin(t *testing.T) {
+	for _, mode := range []PoolMode{PoolSession, PoolTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: mode}, nil)
+			a := a8Client(t, s, "", nil)
+			steps := []string{"SET application_name = 'r12'", "", "BEGIN", "", "DISCARD ALL", "E(25001:", "ROLLBACK", "", "SHOW application_name", "D(r12)"}
+			for i := 0; i < len(steps); i += 2 {
+				got := a.q(steps[i])
+				if w := steps[i+1]; w != "" && !strings.Contains(got, w) {
+					t.Errorf("%s: %s, want %s", steps[i], got, w)
+				}
+			}
+		})
+	}
+}

@@ -46,11 +46,9 @@ func ddlRefusedError(shard string) *wire.Error {
 // ddlCheck decides a statement about to run for tenant: for a schema
 // change (info.ddl) it returns the refusal (DDLRefuse), or the notice to
 // queue before the statement's answer (DDLWarn, the default). Other
-// statements cost one test of info.ddl.
+// statements cost one test of info.ddl. (The change is counted when the
+// statement is sent, see ddlSent: not for one refused.)
 func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error) {
-	if info.ddl {
-		ss.srv.schemaChanged() // later Parses are analysed afresh (stale.go)
-	}
 	if !info.ddl || tenant == "" || tenant == anyTenant || tenant == descTenant || ss.srv.cfg.DDL == DDLAllow {
 		return nil, nil
 	}
@@ -66,14 +64,39 @@ func (ss *session) ddlCheck(info *stmtInfo, tenant string) ([]byte, *wire.Error)
 	return ddlWarning(shard), nil
 }
 
+// ddlSent counts a schema change about to be sent to a server (info.ddl):
+// later Parses are analysed afresh (stale.go). Server-wide, so only for a
+// statement past the refusals and routing: a refused one would make every
+// session prepare its statements again, as often as a client sends it.
+func (ss *session) ddlSent(info *stmtInfo) {
+	if info.ddl {
+		ss.srv.schemaChanged()
+	}
+}
+
 // bodyDDL reports whether the statement starting at toks[i], in a DO body
 // or a string one EXECUTEs (see guard), changes the shard's schema:
 // CREATE, ALTER or DROP of something neither temporary nor outside the
-// shard's schema (as the lexer decides for a statement sent alone). A DO
-// block is seen; a function or procedure the statement calls is not.
+// shard's schema; COMMENT ON; GRANT or REVOKE ... ON (as the lexer decides
+// for a statement sent alone). A DO block is seen; a function or procedure
+// the statement calls is not.
 func bodyDDL(toks []gtok, i int) bool {
 	w := toks[i].text
-	if toks[i].kind != tWord || !(eqFold(w, "create") || eqFold(w, "alter") || eqFold(w, "drop")) {
+	if toks[i].kind != tWord {
+		return false
+	}
+	switch {
+	case eqFold(w, "comment"):
+		// (ON after it: not an assignment to a variable named comment.)
+		return i+1 < len(toks) && toks[i+1].kind == tWord && eqFold(toks[i+1].text, "on")
+	case eqFold(w, "grant"), eqFold(w, "revoke"):
+		for j := i + 1; j < len(toks) && !(toks[j].kind == tPunct && toks[j].text == ";"); j++ {
+			if toks[j].kind == tWord && eqFold(toks[j].text, "on") {
+				return true // privileges on objects, not a role's membership
+			}
+		}
+		return false
+	case !(eqFold(w, "create") || eqFold(w, "alter") || eqFold(w, "drop")):
 		return false
 	}
 	for j := i + 1; j < len(toks) && j <= i+8; j++ {

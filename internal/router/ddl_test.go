@@ -361,3 +361,69 @@ func TestRefusedDDLHint(t *testing.T) {
 		}
 	}
 }
+
+// TestDDLHiddenSelectIntoAndBody: schema changes the lexer and guard
+// missed (review 12): SELECT ... INTO under WITH or EXPLAIN ANALYZE (more
+// in testdata/ddl_cases.json), COMMENT ON and GRANT ... ON in a DO body.
+func TestDDLHiddenSelectIntoAndBody(t *testing.T) {
+	for _, q := range []string{
+		"EXPLAIN ANALYZE SELECT 1 AS a INTO review12_t",
+		"WITH a AS (SELECT 1 AS x) SELECT * INTO review12_t FROM a",
+		"SELECT 1 INTO review12_t", // control
+	} {
+		if !classify(q).ddl {
+			t.Errorf("classify(%q).ddl = false, want true", q)
+		}
+	}
+	for _, q := range []string{
+		"DO $$ BEGIN EXECUTE 'CREATE TABLE review12_t ()'; END $$", // control
+		"DO $$ BEGIN COMMENT ON TABLE items IS 'x'; END $$",
+		"DO $$ BEGIN GRANT SELECT ON items TO public; END $$",
+	} {
+		info := classify(q)
+		g := guard(q)
+		if !(info.guardScan && g != nil && g.ddl) && !info.ddl {
+			t.Errorf("%q: guardScan %v, guard ddl %v, want a schema change", q, info.guardScan, g != nil && g.ddl)
+		}
+	}
+}
+
+// TestDDLRefuseSelectIntoUnderWithExplain: with ddl refuse, SELECT ...
+// INTO under WITH or EXPLAIN ANALYZE must not create its table on one
+// shard (review 12).
+func TestDDLRefuseSelectIntoUnderWithExplain(t *testing.T) {
+	s := startRouter(t, Config{DDL: DDLRefuse}, nil)
+	const tenant = "t6"
+	dropEverywhere(t, "review12_a", "review12_b")
+	c := connect(t, s, tenant, pgx.QueryExecModeSimpleProtocol)
+	for _, q := range []string{
+		"WITH a AS (SELECT 1 AS x) SELECT * INTO review12_a FROM a",
+		"EXPLAIN ANALYZE SELECT 1 AS x INTO review12_b",
+	} {
+		_, err := c.Exec(ctx(t), q)
+		t.Logf("%s: %v", q, err)
+	}
+	for _, n := range []string{"review12_a", "review12_b"} {
+		if got := tableSchemas(t, n); len(got) != 0 {
+			t.Errorf("ddl refuse: %s created in %v", n, got)
+		}
+	}
+}
+
+// TestDDLRefusedNotCounted: a DDL the router refuses (it never runs) must
+// not count as a schema change (Server.schemaChanged), which drops every
+// session's shared statement names and reusable unnamed statements: a
+// tenant repeating one would make every session prepare again (review 12).
+func TestDDLRefusedNotCounted(t *testing.T) {
+	s := startRouter(t, Config{DDL: DDLRefuse}, nil)
+	c := connect(t, s, "t6", pgx.QueryExecModeSimpleProtocol)
+	before := s.stmtGen.Load()
+	for i := 0; i < 3; i++ {
+		if _, err := c.Exec(ctx(t), "CREATE TABLE review12_never (id int)"); pgCode(err) != "0A000" {
+			t.Fatalf("CREATE TABLE: %v, want 0A000", err)
+		}
+	}
+	if after := s.stmtGen.Load(); after != before {
+		t.Errorf("3 refused DDL statements moved stmtGen %d -> %d (stmtIDs cleared as often)", before, after)
+	}
+}

@@ -445,6 +445,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if prep := ss.noteSQLStmts(def.guard); prep != nil {
 		ss.portalPrep, ss.portalPrepName = prep, string(bm.Portal)
 	}
+	ss.ddlSent(&def.info)
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
 	ss.be.W.WriteFrame(wire.MsgBind, ss.out)

@@ -343,11 +343,21 @@ func (lx *lexer) noteQuoted(q string, info *stmtInfo) {
 		info.guardScan = true
 	case isSessionLockFunc(name):
 		info.sessionLock = true
-	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || (lx.stmt == "select" && eqFold(lx.prev, "into"))):
+	case hasPrefixFold(name, "pg_temp") && (lx.stmt == "create" || lx.selectInto()):
 		lx.curTemp = true
-	case lx.stmt == "select" && eqFold(lx.prev, "into"):
+	case lx.selectInto():
 		lx.curDDL = true // SELECT ... INTO "name"
 	}
+}
+
+// selectInto reports whether the name after the last word is the table a
+// SELECT ... INTO creates: it follows INTO in a SELECT, or in a WITH
+// statement where that INTO is not INSERT INTO or MERGE INTO.
+func (lx *lexer) selectInto() bool {
+	if !eqFold(lx.prev, "into") {
+		return false
+	}
+	return lx.stmt == "select" || (lx.stmt == "with" && !eqFold(lx.prev2, "insert") && !eqFold(lx.prev2, "merge"))
 }
 
 // noteWord notes a word token just added: whether the statement it is in ends
@@ -429,6 +439,8 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.stmt = "grant"
 		case eq(w, "select"):
 			lx.stmt = "select"
+		case eq(w, "with"):
+			lx.stmt = "with"
 		case eq(w, "explain"):
 			lx.stmt = "explain"
 		case eq(w, "declare"):
@@ -463,21 +475,29 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 		if eq(w, "on") {
 			lx.curDDL = true // privileges on objects, not a role's membership
 		}
-	case "select":
-		switch {
-		case eq(lx.prev, "into") && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")):
+	case "select", "with":
+		switch into := lx.selectInto(); {
+		case into && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")):
 			lx.curTemp = true
-		case eq(lx.prev, "table") && hasPrefixFold(w, "pg_temp"):
+		case eq(lx.prev, "table") && (lx.stmt == "select" || eq(lx.prev2, "into")) && hasPrefixFold(w, "pg_temp"):
 			lx.curTemp = true // SELECT ... INTO TABLE pg_temp.x
-		case eq(lx.prev, "into"):
+		case into:
 			lx.curDDL = true // SELECT ... INTO [UNLOGGED] [TABLE] name creates a table
 		}
 	case "explain":
-		if eq(w, "analyze") || eq(w, "analyse") {
+		switch {
+		case eq(w, "analyze") || eq(w, "analyse"):
 			lx.explainRuns = true
-		} else if eq(w, "create") && lx.explainRuns {
+		case !lx.explainRuns:
+		case eq(w, "create"):
 			// EXPLAIN ANALYZE CREATE TABLE ... AS creates the table.
 			lx.stmt, lx.createPrefix, lx.curDDL = "create", true, true
+		case eq(w, "select"):
+			lx.stmt = "select" // EXPLAIN ANALYZE SELECT ... INTO creates the table too
+		case eq(w, "with"):
+			lx.stmt = "with"
+		case eq(w, "insert"), eq(w, "update"), eq(w, "delete"), eq(w, "merge"):
+			lx.stmt = "" // (its SELECT is no SELECT ... INTO)
 		}
 	case "declare":
 		if eq(w, "hold") && eq(lx.prev, "with") {

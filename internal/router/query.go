@@ -187,11 +187,13 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if ss.be == nil {
 				return ss.reply("UNLISTEN", nil)
 			}
-			if ss.status == 'I' && info.setName == "*" {
+			if !ss.inTxn() && info.setName == "*" {
+				// (Not in a transaction, a BEGIN the router deferred too:
+				// a ROLLBACK would undo it.)
 				ss.listening = false // the session may switch tenants again
 			}
 		case kDiscard:
-			if (ss.be == nil || ss.status == 'I') && info.setName == "all" {
+			if !ss.inTxn() && info.setName == "all" { // the server refuses it in a transaction (25001)
 				ss.listening = false
 				ss.sets = nil
 				ss.resig()
@@ -268,6 +270,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync, swallow: true})
 	}
+	ss.ddlSent(&info)
 	if ddlNote != nil {
 		ss.push(expect{kind: eSynth, synth: ddlNote})
 	}

@@ -20,7 +20,7 @@ import (
 //
 // A server analyses each Parse afresh; the router shares a server
 // statement among the clients that parse the same text. So a schema
-// change the router sees (ddlCheck), or a statement a server found stale,
+// change the router sends (ddlSent), or a statement a server found stale,
 // makes every later Parse get a server statement of its own
 // (Server.schemaChanged): a client's fresh Parse never meets a statement
 // parsed before the change, which would fail with 0A000 or with the old
@@ -67,15 +67,20 @@ func (s *Server) schemaChanged() {
 // client's only description, as stale_test.go's "never described"); the
 // backend's statement is prepared afresh at its next use (other clients'
 // statements of the text are shape-checked then); and, the router having
-// missed the schema change, later Parses get statements of their own.
+// missed the schema change, later Parses get statements of their own,
+// unless the statement was parsed before a change the router counted
+// since (those Parses do already).
 func (ss *session) serverFoundStale(e *expect) {
-	if def := e.stmt; def.shape != 0 || def.params != nil {
+	def := e.stmt
+	if def.shape != 0 || def.params != nil {
 		def.stale = true
 	}
 	if isClientStmt(e.name) {
 		delete(ss.be.Prepared, e.name)
 	}
-	ss.srv.schemaChanged()
+	if def.gen == ss.srv.stmtGen.Load() {
+		ss.srv.schemaChanged()
+	}
 }
 
 // skipRest, returned by ensurePrepared, says the server skips the message

@@ -261,3 +261,24 @@ func TestStaleStatementPgx(t *testing.T) {
 		t.Fatalf("prepared again: got %v, %v; want v1", v, err)
 	}
 }
+
+// TestStaleBeforeCountedChange: a server's stale answer for a statement
+// parsed before a schema change the router counted since does not count
+// another (every session's shared names were dropped then already); one
+// for a statement of the current generation does (a change the router
+// missed).
+func TestStaleBeforeCountedChange(t *testing.T) {
+	s := &Server{stmtIDs: map[string]string{"SELECT 1": "pgtenant_1"}}
+	ss := &session{srv: s}
+	old := &stmtDef{gen: s.stmtGen.Load()}
+	s.schemaChanged()
+	s.stmtIDs["SELECT 2"] = "pgtenant_2"
+	ss.serverFoundStale(&expect{stmt: old})
+	if g := s.stmtGen.Load(); g != 1 || len(s.stmtIDs) != 1 {
+		t.Errorf("stale statement of generation 0 at 1: stmtGen %d, %d names kept; want 1, 1", g, len(s.stmtIDs))
+	}
+	ss.serverFoundStale(&expect{stmt: &stmtDef{gen: 1}})
+	if g := s.stmtGen.Load(); g != 2 || len(s.stmtIDs) != 0 {
+		t.Errorf("stale statement of the current generation: stmtGen %d, %d names kept; want 2, 0", g, len(s.stmtIDs))
+	}
+}
