@@ -85,7 +85,9 @@ func (ss *session) loop() error {
 		// socket's readiness would not show. Nor do session-mode clients
 		// before their first statement: with them parked,
 		// TestHostileIdleWakeBehindReady lost a notification now and then
-		// (cause not found).
+		// (later found to be the test's: it saw the backend still idle
+		// before its query and notified too early; with parking back on
+		// for session mode, not rerun).
 		idleRead := !inTxn && ss.be == nil && stopWatch == nil && !ss.tls && len(ss.queue) == 0 && ss.cw == nil && ss.cr.Quiet() && ss.srv.cfg.PoolMode == PoolTransaction && ss.readIdle()
 		typ, body, err := ss.cr.ReadMessage()
 		if idleRead && ss.readWoken(dl) && isTimeout(err) {
