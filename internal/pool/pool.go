@@ -698,8 +698,8 @@ func (p *Pool) open(ctx context.Context) (*Conn, error) {
 // for the connections open, or, when there are none, fail with err. For
 // connectBackoff, checkouts open no connection while others are open.
 func (p *Pool) connectFailed(err error, took time.Duration) {
-	fails := p.failStreak.Add(1)
 	p.mu.Lock()
+	fails := p.failStreak.Add(1) // under mu: retryAt follows the count, never moves earlier
 	p.total--
 	p.retryAt = time.Now().Add(connectBackoff(int(fails), rand.Float64()))
 	open := p.total

@@ -25,10 +25,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 			return e
 		}
 		def = &stmtDef{query: q, orig: q, types: append([]byte(nil), pm.Rest...), info: classify(q), gen: ss.srv.stmtGen.Load()}
-		if def.info.guardScan && !ss.pathStmt(&def.info) {
-			def.guard = guard(q)
-			def.info.ddl = def.info.ddl || (def.guard != nil && def.guard.ddl) // a schema change in a DO body
-		}
+		def.guard = ss.guardScan(q, &def.info)
 		if def.info.op == opShow && !def.info.multi {
 			// Answered by the backend the tenant routes to.
 			def.query = `SELECT pg_catalog.current_setting('pgtenant.tenant_id', true) AS "pgtenant.tenant"`

@@ -44,6 +44,19 @@ type guardFinding struct {
 // bodies (EXECUTE 'SET ...' inside a DO body is depth 2).
 const guardDepth = 4
 
+// guardScan scans sql, classified as info, with guard when the lexer asked
+// for it (info.guardScan) and the statement is not the session's own path
+// setting; a schema change the scan finds in a DO body makes info.ddl.
+// Nil when there is nothing to refuse.
+func (ss *session) guardScan(sql string, info *stmtInfo) *guardFinding {
+	if !info.guardScan || ss.pathStmt(info) {
+		return nil
+	}
+	g := guard(sql)
+	info.ddl = info.ddl || (g != nil && g.ddl)
+	return g
+}
+
 // guard looks at every statement of sql, and into DO bodies (a string
 // literal, and the string literals in it, which EXECUTE may run), for
 // what changes a setting the router owns: SET or RESET of search_path,

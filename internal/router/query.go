@@ -48,11 +48,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		}
 		return abortedError()
 	}
-	var g *guardFinding
-	if info.guardScan && !ss.pathStmt(&info) {
-		g = guard(sql)
-		info.ddl = info.ddl || (g != nil && g.ddl) // a schema change in a DO body
-	}
+	g := ss.guardScan(sql, &info)
 	if e := ss.refuse(&info, g); e != nil {
 		return e
 	}
