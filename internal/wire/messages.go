@@ -408,7 +408,7 @@ func AppendTextRowDescriptionFormat(dst []byte, column string, format int16) []b
 	dst = appendInt32(dst, 25)    // text
 	dst = append(dst, 0xff, 0xff) // typlen -1
 	dst = appendInt32(dst, -1)    // typmod
-	dst = append(dst, 0, 0)       // text format
+	dst = append(dst, byte(format>>8), byte(format))
 	return finish(dst, at)
 }
 
