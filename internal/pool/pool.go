@@ -455,14 +455,8 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if n := len(p.idle); n > 0 {
-			c := p.idle[n-1]
-			p.idle[n-1] = nil
-			p.idle = p.idle[:n-1]
-			p.mu.Unlock()
-			now := time.Now()
-			if c.Broken() || p.expired(c, now) || p.gone(c, now) {
-				p.discard(c)
+		if c := p.popIdle(); c != nil {
+			if c = p.usable(c); c == nil {
 				continue
 			}
 			return c, nil
@@ -498,6 +492,56 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+// TryAcquire is Acquire without waiting and without opening a connection:
+// the most recently used idle connection that passes Acquire's checks, or
+// nil when there is none (or the pool is closed): then call Acquire. A
+// caller that must make a wait cancellable (a context per checkout) makes
+// it only when there is a wait.
+func (p *Pool) TryAcquire() *Conn {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil
+		}
+		c := p.popIdle()
+		if c == nil {
+			p.mu.Unlock()
+			return nil
+		}
+		if c = p.usable(c); c != nil {
+			p.acquires.Add(1)
+			return c
+		}
+	}
+}
+
+// popIdle takes the most recently used idle connection, or nil, with p.mu
+// held; it unlocks p.mu when it returns one.
+func (p *Pool) popIdle() *Conn {
+	n := len(p.idle)
+	if n == 0 {
+		return nil
+	}
+	c := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	p.mu.Unlock()
+	return c
+}
+
+// usable returns c, taken from the idle list, when it may be handed out:
+// not broken, not past its lifetime, and (CheckIdle) with nothing from the
+// server waiting on its socket; else it closes c and returns nil.
+func (p *Pool) usable(c *Conn) *Conn {
+	now := time.Now()
+	if c.Broken() || p.expired(c, now) || p.gone(c, now) {
+		p.discard(c)
+		return nil
+	}
+	return c
 }
 
 // connectBackoff is how long after the fails-th failed connect in a row a

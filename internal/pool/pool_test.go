@@ -214,3 +214,68 @@ func TestParams(t *testing.T) {
 		t.Fatalf("a reported value unlike the one asked for: %v, want a ConnectError", err)
 	}
 }
+
+// TestTryAcquire: TryAcquire hands out the most recently used idle
+// connection with Acquire's checks (a killed one and one whose server
+// process was terminated are closed, not handed out), and otherwise
+// returns nil without opening a connection or waiting.
+func TestTryAcquire(t *testing.T) {
+	ctx := context.Background()
+	dsn := srv.NewDatabase(t)
+	p := New("n1", dsn, Config{MaxSize: 3, WaitTimeout: time.Minute}, nil)
+	if c := p.TryAcquire(); c != nil {
+		t.Fatalf("empty pool: TryAcquire gave a connection")
+	}
+	if st := p.Stats(); st.Total != 0 || st.Acquires != 0 {
+		t.Fatalf("empty pool after TryAcquire: stats %+v, want nothing opened or counted", st)
+	}
+	var conns [3]*Conn
+	for i := range conns {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	a, b, k := conns[0], conns[1], conns[2]
+	a.Release()
+	b.Release()
+	k.Release()
+	// The most recent (k) is killed while idle: closed, and b comes next.
+	k.Kill(errors.New("test"))
+	if c := p.TryAcquire(); c != b {
+		t.Fatalf("TryAcquire gave %p, want the most recently used live one %p", c, b)
+	}
+	b.Release()
+	// b's server process is terminated while idle: TryAcquire peeks and
+	// passes it over for a.
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1, 5000)", int(b.PID)); err != nil {
+		t.Fatal(err)
+	}
+	if c := p.TryAcquire(); c != a {
+		t.Fatalf("TryAcquire gave %p (pid %d), want %p (pid %d): not the terminated one", c, pidOf(c), a, a.PID)
+	}
+	if c := p.TryAcquire(); c != nil {
+		t.Fatalf("no idle connection left: TryAcquire gave pid %d, want nil", c.PID)
+	}
+	if st := p.Stats(); st.Total != 1 || st.Closed != 2 || st.Acquires != 5 {
+		t.Fatalf("stats %+v, want 1 open, 2 closed, 5 checkouts", st)
+	}
+	a.Release()
+	p.Close()
+	if c := p.TryAcquire(); c != nil {
+		t.Fatalf("closed pool: TryAcquire gave a connection")
+	}
+}
+
+func pidOf(c *Conn) uint32 {
+	if c == nil {
+		return 0
+	}
+	return c.PID
+}

@@ -407,8 +407,13 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	be, err := keep, error(nil)
 	cancelled := false
 	if be == nil {
-		be, err = p.Acquire(ss.acquireCtx())
-		cancelled = ss.acquireDone()
+		// An idle connection first: the cancellable context (a lock pair
+		// and context checks per checkout) only for a checkout that waits
+		// or connects, which a cancel request may end.
+		if be = p.TryAcquire(); be == nil {
+			be, err = p.Acquire(ss.acquireCtx())
+			cancelled = ss.acquireDone()
+		}
 	}
 	if err != nil {
 		if g != nil {

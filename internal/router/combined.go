@@ -143,12 +143,7 @@ func appendQuoteLiteral(dst []byte, s string) []byte {
 // text (body: the Query message's body, NUL-terminated) to the backend.
 func (ss *session) writeCombinedQuery(body []byte) {
 	w := ss.be.W
-	n := 4 + len(ss.pre) + len(body)
-	w.WriteByte(wire.MsgQuery)
-	w.WriteByte(byte(n >> 24))
-	w.WriteByte(byte(n >> 16))
-	w.WriteByte(byte(n >> 8))
-	w.WriteByte(byte(n))
+	w.WriteHeader(wire.MsgQuery, len(ss.pre)+len(body))
 	w.Write(ss.pre)
 	w.Write(body)
 }

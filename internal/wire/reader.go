@@ -462,12 +462,24 @@ func unexpected(err error) error {
 
 // WriteFrame writes one typed message to w.
 func WriteFrame(w *bufio.Writer, typ byte, body []byte) error {
-	n := uint32(len(body) + 4)
+	writeHeader(w, typ, len(body)+4)
+	_, err := w.Write(body)
+	return err
+}
+
+// writeHeader writes a message's type byte and length word to w: appended
+// to w's free space in one Write when it has room (a relayed message's
+// header was five WriteByte calls, each a function call, on the hot path),
+// else a byte at a time (a header array passed to Write would move to the
+// heap: bufio may hand it to the underlying writer).
+func writeHeader(w *bufio.Writer, typ byte, n int) {
+	if b := w.AvailableBuffer(); cap(b) >= 5 {
+		w.Write(append(b, typ, byte(n>>24), byte(n>>16), byte(n>>8), byte(n)))
+		return
+	}
 	w.WriteByte(typ)
 	w.WriteByte(byte(n >> 24))
 	w.WriteByte(byte(n >> 16))
 	w.WriteByte(byte(n >> 8))
 	w.WriteByte(byte(n))
-	_, err := w.Write(body)
-	return err
 }

@@ -47,11 +47,19 @@ func (w *ServerWriter) WriteFrame(typ byte, body []byte) error {
 	binary.BigEndian.PutUint32(h[1:], uint32(len(body)+4))
 	w.scan(h[:])
 	w.scan(body)
-	for _, b := range h { // not bw.Write(h[:]), which would move h to the heap
-		w.bw.WriteByte(b)
-	}
+	writeHeader(w.bw, typ, len(body)+4)
 	_, err := w.bw.Write(body)
 	return err
+}
+
+// WriteHeader buffers the type byte and length word of a message of n body
+// bytes, whose body the caller writes next.
+func (w *ServerWriter) WriteHeader(typ byte, n int) {
+	var h [5]byte
+	h[0] = typ
+	binary.BigEndian.PutUint32(h[1:], uint32(n+4))
+	w.scan(h[:])
+	writeHeader(w.bw, typ, n+4)
 }
 
 // Flush writes what is buffered to the server.

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"testing"
@@ -70,5 +71,52 @@ func TestServerWriterAllocatesNothing(t *testing.T) {
 		w.Flush()
 	}); n != 0 {
 		t.Fatalf("%v allocations per batch of messages, want 0", n)
+	}
+}
+
+// TestHeaderNearFullBuffer: a message header is written whole into the
+// buffer's free space, or a byte at a time when fewer than five bytes are
+// free; either way the stream is the same and nothing is allocated
+// (WriteFrame, ServerWriter.WriteFrame and WriteHeader).
+func TestHeaderNearFullBuffer(t *testing.T) {
+	body := []byte("SELECT 1\x00")
+	want := AppendQuery(nil, "SELECT 1")
+	for pad := 0; pad <= 16; pad++ {
+		var got, gotSW, gotHdr bytes.Buffer
+		got.Grow(256) // the buffers' own growth is not counted
+		gotSW.Grow(256)
+		gotHdr.Grow(256)
+		bw := bufio.NewWriterSize(&got, 16)
+		sw := NewServerWriter(&gotSW, 16)
+		hw := NewServerWriter(&gotHdr, 16)
+		fill := bytes.Repeat([]byte{'x'}, pad)
+		bw.Write(fill)
+		sw.Write(fill)
+		hw.Write(fill)
+		if n := testing.AllocsPerRun(1, func() {
+			WriteFrame(bw, MsgQuery, body)
+			sw.WriteFrame(MsgQuery, body)
+			hw.WriteHeader(MsgQuery, len(body))
+			hw.Write(body)
+		}); n != 0 {
+			t.Errorf("pad %d: %v allocations, want 0", pad, n)
+		}
+		bw.Flush()
+		sw.Flush()
+		hw.Flush()
+		for name, b := range map[string]*bytes.Buffer{"WriteFrame": &got, "ServerWriter.WriteFrame": &gotSW, "WriteHeader": &gotHdr} {
+			// AllocsPerRun ran the function twice (a warm-up run first).
+			if w := append(append(append([]byte{}, fill...), want...), want...); !bytes.Equal(b.Bytes(), w) {
+				t.Errorf("pad %d, %s: wrote %q, want %q", pad, name, b.Bytes(), w)
+			}
+		}
+	}
+	// WriteHeader's header is followed like any other (the Query drops the
+	// unnamed statement).
+	w := NewServerWriter(io.Discard, 16)
+	w.WriteHeader(MsgQuery, len(body))
+	w.Write(body)
+	if got, want := w.UnnamedGen(), uint64(1); got != want {
+		t.Errorf("WriteHeader's Query messages counted %d, want %d", got, want)
 	}
 }

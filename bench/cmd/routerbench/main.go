@@ -55,6 +55,10 @@ type options struct {
 	// variants are runtime settings under which every router case runs
 	// again, right after the case without them (see applyVariant).
 	variants []string
+	// pgbenchOther starts pgbench with the default scheduling policy under
+	// chrt: set for the sched=batch variant, whose policy a forked pgbench
+	// would inherit.
+	pgbenchOther bool
 	// many are the client counts of the many-clients case; latency runs
 	// the latency case (see many.go); extra are more pgbench arguments.
 	many    []int
@@ -93,7 +97,7 @@ func main() {
 	flag.StringVar(&hold, "hold", "", "internal: open -hold-clients idle client connections to this address, print ready, keep them until stdin closes")
 	flag.IntVar(&holdClients, "hold-clients", 0, "internal: see -hold")
 	flag.StringVar(&holdDB, "hold-db", "bench", "internal: see -hold")
-	flag.StringVar(&variants, "variants", "", "comma-separated runtime settings under which each router case runs again, right after the plain case, in the same process: procs=N (GOMAXPROCS), gogc=N|off (GOGC)")
+	flag.StringVar(&variants, "variants", "", "comma-separated runtime settings under which each router case runs again, right after the plain case, in the same process: procs=N (GOMAXPROCS), gogc=N|off (GOGC), sched=batch (SCHED_BATCH for every thread)")
 	flag.StringVar(&o.scripts, "scripts", "", "directory of the pgbench scripts; empty means bench/pgbench next to this program's source")
 	flag.Parse()
 	if hold != "" {
@@ -510,7 +514,9 @@ func run(ctx context.Context, o options, w io.Writer) error {
 					scripts = texts[tg.name]
 				}
 				db := cmp.Or(tg.db, "bench")
-				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, o, rowsPer)
+				oc := o
+				oc.pgbenchOther = tg.variant == "sched=batch"
+				r, err := runPgbench(ctx, pgbench, tg.addr, db, scripts, mode, oc, rowsPer)
 				restore()
 				if err == nil && r.txns > 0 {
 					// The proxy first: scanning /proc for the Postgres
@@ -704,6 +710,10 @@ func runPgbench(ctx context.Context, bin, addr, db string, scripts []string, mod
 		db)
 	args = append(args[:len(args)-1], o.extra...)
 	args = append(args, db)
+	if o.pgbenchOther {
+		args = append([]string{"--other", "0", bin}, args...)
+		bin = "chrt"
+	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
 	var out bytes.Buffer
@@ -1086,7 +1096,8 @@ const (
 
 // applyVariant applies a runtime setting of this process (which runs the
 // routers) and returns the function that restores the previous value:
-// procs=N sets GOMAXPROCS, gogc=N or gogc=off the GC percentage.
+// procs=N sets GOMAXPROCS, gogc=N or gogc=off the GC percentage,
+// sched=batch the threads' scheduling policy (SCHED_BATCH; see setSchedPolicy).
 func applyVariant(v string) (func(), error) {
 	k, val, _ := strings.Cut(v, "=")
 	switch k {
@@ -1107,8 +1118,16 @@ func applyVariant(v string) (func(), error) {
 		}
 		prev := debug.SetGCPercent(n)
 		return func() { debug.SetGCPercent(prev) }, nil
+	case "sched":
+		if val != "batch" {
+			return nil, fmt.Errorf("variant %q: sched wants batch", v)
+		}
+		if err := setSchedPolicy(schedBatch); err != nil {
+			return nil, fmt.Errorf("variant %q: %w", v, err)
+		}
+		return func() { setSchedPolicy(schedOther) }, nil
 	}
-	return nil, fmt.Errorf("unknown variant %q (procs=N, gogc=N|off)", v)
+	return nil, fmt.Errorf("unknown variant %q (procs=N, gogc=N|off, sched=batch)", v)
 }
 
 // noUsage names the router target with per-tenant usage counting off.
