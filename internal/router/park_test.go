@@ -77,10 +77,7 @@ func TestParkedClientMemory(t *testing.T) {
 	t.Cleanup(checkNoLeak(t))
 	s := startRouter(t, Config{Auth: AuthTrust, testParkTick: parkTickTest}, nil)
 	const n = 200
-	warm := rawClient(t, s)
-	if _, err := rawQuery(warm, "SELECT val FROM items WHERE id = 1"); err != nil {
-		t.Fatal(err)
-	}
+	queriedClients(t, s, 1) // the pool's backend, the idle watch
 	waitParked(t, s, 1)
 	mem := func() (uint64, int) {
 		var m runtime.MemStats
@@ -90,13 +87,7 @@ func TestParkedClientMemory(t *testing.T) {
 		return m.HeapInuse + m.StackInuse, runtime.NumGoroutine()
 	}
 	mem0, g0 := mem()
-	conns := make([]net.Conn, n)
-	for i := range conns {
-		conns[i] = rawClient(t, s)
-		if _, err := rawQuery(conns[i], "SELECT val FROM items WHERE id = 1"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conns := queriedClients(t, s, n)
 	waitParked(t, s, n+1)
 	mem1, g1 := mem()
 	per := (float64(mem1) - float64(mem0)) / n / 1024

@@ -46,6 +46,19 @@ func serveHeap(t *testing.T) int64 {
 	return sum
 }
 
+// queriedClients connects n raw clients to s, each served one query.
+func queriedClients(t *testing.T, s *Server, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = rawClient(t, s)
+		if _, err := rawQuery(conns[i], "SELECT val FROM items WHERE id = 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return conns
+}
+
 // TestParkedClientHeap: what the router itself keeps on the heap per parked
 // client (a session that ran a query and parked): the session struct in
 // its 1,408-byte size class, the socket, no reader or socket I/O (made
@@ -63,19 +76,10 @@ func TestParkedClientHeap(t *testing.T) {
 	t.Cleanup(func() { runtime.MemProfileRate = rate })
 	s := startRouter(t, Config{Auth: AuthTrust, testParkTick: parkTickTest}, nil)
 	const n = 200
-	warm := rawClient(t, s)
-	if _, err := rawQuery(warm, "SELECT val FROM items WHERE id = 1"); err != nil {
-		t.Fatal(err)
-	}
+	queriedClients(t, s, 1) // the pool's backend, the idle watch
 	waitParked(t, s, 1)
 	h0 := serveHeap(t)
-	conns := make([]net.Conn, n)
-	for i := range conns {
-		conns[i] = rawClient(t, s)
-		if _, err := rawQuery(conns[i], "SELECT val FROM items WHERE id = 1"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conns := queriedClients(t, s, n)
 	waitParked(t, s, n+1)
 	per := float64(serveHeap(t)-h0) / n
 	t.Logf("router heap per parked client: %.0f bytes", per)
