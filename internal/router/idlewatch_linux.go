@@ -174,7 +174,11 @@ func (ss *session) armIdle() bool {
 	if rc == nil {
 		return false
 	}
-	a := &ss.idle
+	a := ss.idle
+	if a == nil {
+		a = new(idleArm) // session mode or LISTEN only: not in every session
+		ss.idle = a
+	}
 	if !a.reg {
 		w.mu.Lock()
 		w.sess[ss.id] = ss
@@ -206,7 +210,7 @@ func (ss *session) armIdle() bool {
 // It reports whether the watch woke the session; the client read deadline
 // is then dl again.
 func (ss *session) disarmIdle(dl time.Time) bool {
-	a := &ss.idle
+	a := ss.idle
 	a.mu.Lock()
 	woken := a.state == idleWoken
 	a.state = idleOff
@@ -228,7 +232,7 @@ func (ss *session) disarmIdle(dl time.Time) bool {
 // lasts as long as the socket, whoever holds it; its event names the last
 // session that armed it).
 func (ss *session) idleCtl(fd uintptr) {
-	a := &ss.idle
+	a := ss.idle
 	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(a.epfd), syscall.EPOLL_CTL_MOD, fd, uintptr(unsafe.Pointer(&a.ev)), 0, 0)
 	if e == syscall.ENOENT {
 		_, _, e = syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(a.epfd), syscall.EPOLL_CTL_ADD, fd, uintptr(unsafe.Pointer(&a.ev)), 0, 0)
@@ -240,7 +244,7 @@ func (ss *session) idleCtl(fd uintptr) {
 // goroutine). A wake may come late, for an event of an earlier wait: the
 // session then finds nothing to relay and waits again.
 func (ss *session) wakeIdle() {
-	a := &ss.idle
+	a := ss.idle
 	a.mu.Lock()
 	if a.state == idleArmed {
 		a.state = idleWoken
@@ -251,7 +255,7 @@ func (ss *session) wakeIdle() {
 
 // leaveIdle takes the ended session out of the idle watch.
 func (ss *session) leaveIdle() {
-	if !ss.idle.reg {
+	if ss.idle == nil || !ss.idle.reg {
 		return
 	}
 	if w := ss.srv.iw.Load(); w != nil {

@@ -82,13 +82,11 @@ func (ss *session) loop() error {
 		// A client idle between transactions, holding nothing on a backend
 		// and sending nothing, may park (park_linux.go). TLS clients do
 		// not: crypto/tls may hold a record read in part, which the
-		// socket's readiness would not show. Nor do session-mode clients
-		// before their first statement: with them parked,
-		// TestHostileIdleWakeBehindReady lost a notification now and then
-		// (later found to be the test's: it saw the backend still idle
-		// before its query and notified too early; with parking back on
-		// for session mode, not rerun).
-		idleRead := !inTxn && ss.be == nil && stopWatch == nil && !ss.tls && len(ss.queue) == 0 && ss.cw == nil && ss.cr.Quiet() && ss.srv.cfg.PoolMode == PoolTransaction && ss.readIdle()
+		// socket's readiness would not show. Session-mode clients park
+		// while they hold no backend (before their first statement): the
+		// notification TestHostileIdleWakeBehindReady once lost with them
+		// parked was the test's (wake13).
+		idleRead := !inTxn && ss.be == nil && stopWatch == nil && !ss.tls && len(ss.queue) == 0 && ss.cw == nil && ss.cr.Quiet() && ss.readIdle()
 		typ, body, err := ss.cr.ReadMessage()
 		if idleRead && ss.readWoken(dl) && isTimeout(err) {
 			// The sweeper ended the read: the client has been idle a while.

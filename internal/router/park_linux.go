@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
 // A client idle between transactions, holding no backend, is parked: its
@@ -152,8 +154,17 @@ func (ss *session) park(dl time.Time) bool {
 		p.ev.Fd, p.ev.Pad = int32(uint32(id)), int32(uint32(id>>32))
 	}
 	// Scratch buffers of the last transaction go too (~0.3 KiB); the
-	// queue is empty.
+	// queue is empty. So do the client's reader and its socket I/O (0.5
+	// KiB, quiet: nothing buffered; made again by unparkIO) and the
+	// context of the waits for a pool backend (acquireCtx makes another).
 	ss.pre, ss.qbuf, ss.queue, ss.errBuf = nil, nil, nil, nil
+	ss.cr, ss.cwTo = nil, nil
+	ss.acqMu.Lock()
+	if ss.acq != nil {
+		ss.acqStop()
+		ss.acq, ss.acqStop = nil, nil
+	}
+	ss.acqMu.Unlock()
 	w.mu.Lock()
 	w.parked[ss.id] = ss
 	w.mu.Unlock()
@@ -206,7 +217,18 @@ func (ss *session) park(dl time.Time) bool {
 	w.mu.Lock()
 	delete(w.parked, ss.id)
 	w.mu.Unlock()
+	ss.unparkIO()
 	return false
+}
+
+// unparkIO makes again the client reader and socket I/O that park let go.
+func (ss *session) unparkIO() {
+	if ss.cr != nil {
+		return
+	}
+	rio := wire.RawIO(ss.nc)
+	ss.cr, ss.cwTo = ss.srv.clientReader(ss.ctx, rio), rio
+	ss.cr.SetMax(ss.srv.cfg.MaxMessage)
 }
 
 // unpark starts a goroutine that goes on with the parked session (from

@@ -19,3 +19,5 @@ func (ss *session) unpark() {}
 func (ss *session) parked() bool { return false }
 
 func (ss *session) unwatchClient() {}
+
+func (ss *session) unparkIO() {}

@@ -77,10 +77,7 @@ func TestParkedClientMemory(t *testing.T) {
 	t.Cleanup(checkNoLeak(t))
 	s := startRouter(t, Config{Auth: AuthTrust, testParkTick: parkTickTest}, nil)
 	const n = 200
-	warm := rawClient(t, s)
-	if _, err := rawQuery(warm, "SELECT val FROM items WHERE id = 1"); err != nil {
-		t.Fatal(err)
-	}
+	queriedClients(t, s, 1) // the pool's backend, the idle watch
 	waitParked(t, s, 1)
 	mem := func() (uint64, int) {
 		var m runtime.MemStats
@@ -90,13 +87,7 @@ func TestParkedClientMemory(t *testing.T) {
 		return m.HeapInuse + m.StackInuse, runtime.NumGoroutine()
 	}
 	mem0, g0 := mem()
-	conns := make([]net.Conn, n)
-	for i := range conns {
-		conns[i] = rawClient(t, s)
-		if _, err := rawQuery(conns[i], "SELECT val FROM items WHERE id = 1"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	conns := queriedClients(t, s, n)
 	waitParked(t, s, n+1)
 	mem1, g1 := mem()
 	per := (float64(mem1) - float64(mem0)) / n / 1024
@@ -326,20 +317,37 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
-// TestParkedClientSessionMode: session-mode clients are not parked, not
-// even before their first statement takes a backend (see loop: parking
-// them made TestHostileIdleWakeBehindReady lose a notification in 3 of 25
-// runs of the TestHostileIdle tests).
+// TestParkedClientSessionMode: a session-mode client parks while it holds
+// no backend (connected, before its first statement: an application's
+// pool of connections opened ahead), and is served once it speaks; from
+// then on it holds its backend, watched without a goroutine (armIdle), and
+// does not park. Before, session-mode clients never parked.
 func TestParkedClientSessionMode(t *testing.T) {
 	t.Cleanup(checkNoLeak(t))
 	s := startRouter(t, Config{PoolMode: PoolSession, testParkTick: parkTickTest}, nil)
-	c := connect(t, s, "t4", pgx.QueryExecModeExec)
+	tenants := []string{"t4", "t5", "t6"}
+	conns := make([]*pgx.Conn, len(tenants))
+	for i, tn := range tenants {
+		conns[i] = connect(t, s, tn, pgx.QueryExecModeExec)
+	}
+	waitParked(t, s, len(tenants))
+	for i, c := range conns {
+		var sh int
+		if err := c.QueryRow(ctx(t), "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != shardOf(tenants[i]) {
+			t.Fatalf("session-mode client %d after its park: shard %d, %v; want %d", i, sh, err, shardOf(tenants[i]))
+		}
+		if _, err := c.Exec(ctx(t), "SET application_name = 'parked"+strconv.Itoa(i)+"'"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	time.Sleep(5 * parkTickTest) // sweeps go by
 	if n := parkedCount(s); n != 0 {
-		t.Errorf("%d parked session-mode clients, want 0", n)
+		t.Errorf("%d parked session-mode clients holding a backend, want 0", n)
 	}
-	var sh int
-	if err := c.QueryRow(ctx(t), "SELECT shard FROM whoami").Scan(&sh); err != nil || sh != 4 {
-		t.Fatalf("session-mode client after idling: %d, %v", sh, err)
+	for i, c := range conns {
+		var name string
+		if err := c.QueryRow(ctx(t), "SHOW application_name").Scan(&name); err != nil || name != "parked"+strconv.Itoa(i) {
+			t.Errorf("session-mode client %d: application_name %q, %v", i, name, err)
+		}
 	}
 }

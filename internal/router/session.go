@@ -116,9 +116,9 @@ const (
 type session struct {
 	srv    *Server
 	nc     net.Conn
-	cr     *wire.Reader
+	cr     *wire.Reader // nil while parked (see unparkIO)
 	cw     *bufio.Writer
-	cwTo   io.Writer // what cw writes to (see putWriter)
+	cwTo   io.Writer // what cw writes to (see putWriter); nil while parked
 	ctx    context.Context
 	out    []byte
 	pid    uint32
@@ -129,14 +129,14 @@ type session struct {
 	access  UserAccess // see Config.Access
 	remote  string
 	started time.Time
+	// minor is the minor protocol version the client asked for (see
+	// negotiateProtocol).
+	minor uint16
 	// tls: the client connection is encrypted; cbind is its
 	// tls-server-end-point channel binding data (nil: SCRAM-SHA-256-PLUS
 	// is not offered).
 	tls   bool
 	cbind []byte
-	// minor is the minor protocol version the client asked for (see
-	// negotiateProtocol).
-	minor uint16
 
 	startTenant string
 	tenant      string // session tenant (SET pgtenant.tenant)
@@ -198,14 +198,17 @@ type session struct {
 	// direct connection. Forgotten with the backend (another node's gets
 	// DISCARD ALL).
 	sqlStmts map[string]struct{}
+	// txnSets are session SETs run in the transaction in progress on the
+	// backend (setDone), recorded when it commits.
+	txnSets []setting
 	// unsynced: extended-protocol messages went to the backend since the
 	// last Sync (or Query), so the server holds an implicit transaction
 	// open for them.
 	unsynced bool
-	// txnSets are session SETs run in the transaction in progress on the
-	// backend (setDone), recorded when it commits.
-	txnSets []setting
-	status  byte // transaction status from the last ReadyForQuery
+	status   byte // transaction status from the last ReadyForQuery
+	// relayed is set when server messages were buffered for the client
+	// since the last flush.
+	relayed bool
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	failed       bool   // emulated aborted transaction (its backend was lost)
@@ -235,8 +238,9 @@ type session struct {
 	// CopyInResponse.
 	copyStreaming bool
 	listening     bool
-	// idle is the session's state in the server's idle watch (armIdle).
-	idle idleArm
+	// idle is the session's state in the server's idle watch (armIdle;
+	// nil before the first arm).
+	idle *idleArm
 	// pk is the session's state in parking (park_linux.go); parkDl and
 	// parkArmed are loop's read deadline when it parked, parkBack tells
 	// loop it goes on after a park.
@@ -312,9 +316,6 @@ type session struct {
 	queue []expect // pending responses, in order
 	qbuf  []expect // queue's backing array, reused once the queue empties
 	syncs int      // eSync/eQuery/eSynthRFQ items in queue
-	// relayed is set when server messages were buffered for the client
-	// since the last flush.
-	relayed bool
 	// use counts the work on the attached backend for the usage sketch.
 	use usageAcc
 }
@@ -367,6 +368,7 @@ func (ss *session) run() bool {
 // to its end or its next park.
 func (ss *session) resume() {
 	ss.parkBack = true
+	ss.unparkIO()
 	if ss.run() {
 		return
 	}
