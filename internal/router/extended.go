@@ -19,6 +19,11 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		def = ss.recentUnnamed(pm.Query, pm.Rest)
 	}
 	reused := def != nil // its checks below passed before: they depend on the text only
+	if reused {
+		// Parsed afresh, as on a server: what a Describe of the earlier
+		// Parse told the client is not checked against (see stale.go).
+		def.shape, def.pending, def.params = 0, 0, def.params[:0]
+	}
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
 		if e := ss.checkAccess(q); e != nil {
@@ -97,8 +102,8 @@ func (ss *session) onParse(body []byte) *wire.Error {
 // classified again, and nothing is allocated. What a stmtDef caches is the
 // text's (its classification, the guard's finding, noShard) or a backend's
 // (be.Unnamed is compared by identity, and a backend that had another
-// unnamed statement since gets the Parse again); the stale check, the one
-// per-statement state, is for named statements only.
+// unnamed statement since gets the Parse again); a reused statement forgets
+// what a Describe told the client of it (onParse): a Parse starts afresh.
 func (ss *session) recentUnnamed(query, types []byte) *stmtDef {
 	gen := ss.srv.stmtGen.Load()
 	if u := ss.unnamed; u.reusableFor(query, types, gen) {
@@ -559,7 +564,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		if e == skipRest {
 			return nil
 		}
-		if def.stale && def.params != nil {
+		if def.stale && len(def.params) > 0 {
 			// A server describes the parameters first (see stale.go).
 			ss.push(expect{kind: eSynth, synth: def.params})
 		}

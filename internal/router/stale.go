@@ -72,7 +72,7 @@ func (s *Server) schemaChanged() {
 // since (those Parses do already).
 func (ss *session) serverFoundStale(e *expect) {
 	def := e.stmt
-	if def.shape != 0 || def.params != nil {
+	if def.shape != 0 || len(def.params) > 0 {
 		def.stale = true
 	}
 	if isClientStmt(e.name) {
@@ -89,16 +89,21 @@ func (ss *session) serverFoundStale(e *expect) {
 var skipRest = &wire.Error{Code: "XX000", Message: "skipped"}
 
 // ensurePrepared queues a Parse of def on the attached backend unless it is
-// there already. A named statement the client had described is described
-// again when it is prepared afresh, its answer awaited (a Flush), and its
-// shape compared with the one the client saw: staleError when it changed.
+// there already. A statement the client had described, named or unnamed,
+// is described again when it is prepared afresh, its answer awaited (a
+// Flush), and its shape compared with the one the client saw: staleError
+// when it changed. The unnamed statement too: a client (pgx's
+// describe-exec mode) describes it in one transaction and binds it in the
+// next, and when that lands on another backend (or one whose unnamed
+// statement a setup Query dropped) a DDL in between would otherwise give
+// rows of the new shape to a client decoding them with the old one (an
+// int4 column made float4: wrong numbers, no error). The check costs one
+// round trip, only when the statement is prepared afresh after a Describe.
 func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 	if def.stale {
 		return staleError()
 	}
-	if !ss.prepareOn(def, true) || def.shape == 0 || def.server == "" {
-		// (Not the unnamed statement: a client describes it and binds it
-		// in turn, often on two backends, and each check is a round trip.)
+	if !ss.prepareOn(def, true) || def.shape == 0 {
 		return nil
 	}
 	name := ss.serverStmt(def)

@@ -1,0 +1,85 @@
+package router
+
+// Session 13's trials of the router's leftovers: a described statement
+// prepared afresh on another backend after DDL (the unnamed one too), the
+// listening guard of a session-mode client after DISCARD ALL / UNLISTEN *
+// sent by Parse/Bind/Execute or alone in a committed block, and hostile
+// pipelines mixing these with errors and a terminated backend.
+
+import (
+	"net"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// A client describes a statement in one transaction (pgx's describe-exec
+// mode: Parse, Describe, Sync), a DDL changes its column's type, and the
+// client binds it in the next transaction, which lands on another backend
+// (a holder keeps the first one). On a server the Bind fails with 0A000
+// "cached plan must not change result type". Before, the router prepared
+// the unnamed statement afresh on the other backend without a check and
+// returned rows of the new shape: an int4 made float4 is as wide, and a
+// driver decoding with the described int4 gets wrong numbers, silently.
+// Named statements had the check; both are tried, with the DDL run past
+// the router, through it by another client, and by the same client (a
+// named statement of its own, which keeps the unnamed one, as on a
+// server). A Describe of the changed statement gets the server's answer
+// (its parameters, then 0A000); a Parse of it again gets the new shape.
+func TestDescribedStatementMovedAfterDDL(t *testing.T) {
+	for _, origin := range []string{"direct", "other client", "same client"} {
+		for _, name := range []string{"", "s_a"} {
+			t.Run(origin+"/"+map[string]string{"": "unnamed", "s_a": "named"}[name], func(t *testing.T) {
+				s := startRouter(t, Config{PoolMode: PoolTransaction, DDL: DDLAllow}, nil)
+				table := "a10_moved"
+				ddl := shardDDL(t, "t1")
+				ddl("CREATE TABLE IF NOT EXISTS %s (a int); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES (1)", table)
+				defer ddl("DROP TABLE %s", table)
+				const alter = "ALTER TABLE a10_moved ALTER COLUMN a TYPE float4"
+				fe, nc := rawConn(t, s, "t1")
+				holder, hnc := rawConn(t, s, "t1")
+				other, onc := rawConn(t, s, "t1")
+				change := rawStep{name: "alter", ddl: "ALTER TABLE %s ALTER COLUMN a TYPE float4"}
+				switch origin {
+				case "other client":
+					change = rawStep{name: "alter", fe: 2, send: []pgproto3.FrontendMessage{&pgproto3.Query{String: alter}}, want: []string{"C", "Z I"}}
+				case "same client":
+					change = rawStep{name: "alter", send: []pgproto3.FrontendMessage{
+						&pgproto3.Parse{Name: "s_ddl", Query: alter}, &pgproto3.Bind{PreparedStatement: "s_ddl"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+					}, want: []string{"1", "2", "C", "Z I"}}
+				}
+				runRawSteps(t, []*pgproto3.Frontend{fe, holder, other}, []net.Conn{nc, hnc, onc}, shardDDL(t, "t1"), table, []rawStep{
+					{name: "prepare and describe", send: []pgproto3.FrontendMessage{
+						&pgproto3.Parse{Name: name, Query: "SELECT a FROM a10_moved"},
+						&pgproto3.Describe{ObjectType: 'S', Name: name},
+						&pgproto3.Sync{},
+					}, want: []string{"1", "?", "T", "Z I"}},
+					{name: "holder takes the backend", fe: 1, send: []pgproto3.FrontendMessage{
+						&pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"},
+					}, want: []string{"C", "T", "D 1", "C", "Z T"}},
+					change,
+					{name: "bind the changed statement", send: []pgproto3.FrontendMessage{
+						&pgproto3.Bind{PreparedStatement: name, ResultFormatCodes: []int16{1}},
+						&pgproto3.Execute{},
+						&pgproto3.Sync{},
+					}, want: []string{"E 0A000", "Z I"}},
+					{name: "describe it", send: []pgproto3.FrontendMessage{
+						&pgproto3.Describe{ObjectType: 'S', Name: name},
+						&pgproto3.Sync{},
+					}, want: []string{"?", "E 0A000", "Z I"}},
+					{name: "prepared again", send: []pgproto3.FrontendMessage{
+						&pgproto3.Close{ObjectType: 'S', Name: name},
+						&pgproto3.Parse{Name: name, Query: "SELECT a FROM a10_moved"},
+						&pgproto3.Describe{ObjectType: 'S', Name: name},
+						&pgproto3.Bind{PreparedStatement: name},
+						&pgproto3.Execute{},
+						&pgproto3.Sync{},
+					}, want: []string{"3", "1", "?", "T", "2", "D 1", "C", "Z I"}},
+					{name: "holder ends", fe: 1, send: []pgproto3.FrontendMessage{
+						&pgproto3.Query{String: "COMMIT"},
+					}, want: []string{"C", "Z I"}},
+				})
+			})
+		}
+	}
+}
