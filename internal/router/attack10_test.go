@@ -7,9 +7,12 @@ package router
 // pipelines mixing these with errors and a terminated backend.
 
 import (
+	"errors"
 	"net"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -81,5 +84,48 @@ func TestDescribedStatementMovedAfterDDL(t *testing.T) {
 				})
 			})
 		}
+	}
+}
+
+// What --ddl decides, through the router (the lexer's cases are in
+// testdata/ddl_cases.json). With refuse: an index on a temporary table
+// made earlier in the same string runs (before, it was refused, though it
+// changes no shard); a SELECT with a column label spelled insert before
+// INTO under WITH, and EXPLAIN ANALYZE SELECT ... INTO in a string a DO block EXECUTEs,
+// are refused and create nothing (before, each created its table on the
+// tenant's shard). With warn: CREATE TABLE public.x gets no warning that
+// it applies to the shard only (it is the node's schema's).
+func TestDDLMissedAndFalsePositives(t *testing.T) {
+	s := startRouter(t, Config{DDL: DDLRefuse}, nil)
+	dropEverywhere(t, "a10_lbl", "a10_do")
+	c := connect(t, s, "t6", pgx.QueryExecModeSimpleProtocol)
+	if _, err := c.Exec(ctx(t), "CREATE TEMP TABLE a10_tmp (id int) ON COMMIT DROP; CREATE INDEX ON a10_tmp (id); INSERT INTO a10_tmp VALUES (1)"); err != nil {
+		t.Errorf("temporary table and its index, refuse mode: %v", err)
+	}
+	for _, q := range []string{
+		"WITH x AS (SELECT 1) SELECT 1 insert INTO a10_lbl FROM x",
+		"DO $$ BEGIN EXECUTE 'EXPLAIN ANALYZE SELECT 1 AS x INTO a10_do'; END $$",
+	} {
+		_, err := c.Exec(ctx(t), q)
+		if pe := (*pgconn.PgError)(nil); !errors.As(err, &pe) || pe.Code != "0A000" {
+			t.Errorf("%s: %v, want 0A000", q, err)
+		}
+	}
+	for _, n := range []string{"a10_lbl", "a10_do"} {
+		if got := tableSchemas(t, n); len(got) != 0 {
+			t.Errorf("ddl refuse: %s created in %v", n, got)
+		}
+	}
+
+	w := startRouter(t, Config{DDL: DDLWarn}, nil)
+	wc, notices := noticeConn(t, w, "t6", pgx.QueryExecModeSimpleProtocol)
+	if _, err := wc.Exec(ctx(t), "CREATE TABLE public.a10_pub (id int); DROP TABLE public.a10_pub"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wc.Exec(ctx(t), "CREATE TABLE a10_shard (id int); DROP TABLE a10_shard"); err != nil {
+		t.Fatal(err)
+	}
+	if got := notices(); len(got) != 1 || got[0].Code != "01000" {
+		t.Errorf("warn mode: notices %v, want one 01000 (for the shard's table, not public's)", got)
 	}
 }
