@@ -9,6 +9,7 @@ package router
 import (
 	"errors"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -127,5 +128,81 @@ func TestDDLMissedAndFalsePositives(t *testing.T) {
 	}
 	if got := notices(); len(got) != 1 || got[0].Code != "01000" {
 		t.Errorf("warn mode: notices %v, want one 01000 (for the shard's table, not public's)", got)
+	}
+}
+
+// The listening guard of a session-mode client (it may not switch tenants
+// while its backend listens) follows the server: it is lifted when
+// UNLISTEN * or DISCARD ALL completed in a transaction that committed,
+// however sent. Before, only UNLISTEN * or DISCARD ALL sent alone by
+// Query outside a block lifted it: sent by Parse/Bind/Execute, or alone in
+// an explicit block that commits, the client was refused a switch it
+// should have been allowed. Each case checks the server's own answer
+// (pg_listening_channels) against the router's: a switch is allowed only
+// when the server no longer listens, and, for the cases listed as
+// stopped, it is allowed. A step "x:SQL" is sent by Parse/Bind/Execute/
+// Sync, "p:SQL|SQL" as one pipeline with one Sync, else by Query.
+func TestListenGuardFollowsServer(t *testing.T) {
+	const who = "SELECT shard, current_setting('pgtenant.tenant_id') FROM whoami"
+	for _, c := range []struct {
+		steps []string
+		// stopped: the server stops listening; kept: the router still
+		// refuses a switch then (what it cannot attribute).
+		stopped, kept bool
+	}{
+		{steps: []string{"x:UNLISTEN *"}, stopped: true},
+		// With another node's tenant selected: it runs where the server listens.
+		{steps: []string{"SET pgtenant.tenant = 't5'", "x:UNLISTEN *", "SET pgtenant.tenant = 't4'"}, stopped: true},
+		{steps: []string{"x:DISCARD ALL"}, stopped: true},
+		{steps: []string{"UNLISTEN *"}, stopped: true},
+		{steps: []string{"BEGIN", "UNLISTEN *", "COMMIT"}, stopped: true},
+		{steps: []string{"BEGIN", "x:UNLISTEN *", "SELECT 1", "COMMIT"}, stopped: true},
+		{steps: []string{"BEGIN", "SAVEPOINT s", "UNLISTEN *", "RELEASE s", "COMMIT"}, stopped: true},
+		{steps: []string{"p:SELECT 1|UNLISTEN *|SELECT 2"}, stopped: true},
+		{steps: []string{"BEGIN", "UNLISTEN *", "ROLLBACK"}},
+		{steps: []string{"BEGIN", "UNLISTEN *", "SELECT 1/0", "COMMIT"}},
+		{steps: []string{"BEGIN", "SAVEPOINT s", "UNLISTEN *", "ROLLBACK TO s", "COMMIT"}},
+		{steps: []string{"BEGIN", "UNLISTEN *", "LISTEN a10ch2", "COMMIT"}},
+		{steps: []string{"p:UNLISTEN *|SELECT 1/0"}},
+		{steps: []string{"p:SELECT 1|DISCARD ALL"}}, // 25001 in a pipeline
+		{steps: []string{"x:UNLISTEN a10other"}},
+		{steps: []string{"UNLISTEN *; SELECT 1"}, stopped: true, kept: true},
+	} {
+		name := strings.Join(c.steps, "; ")
+		t.Run(name, func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: PoolSession, Pool: PoolConfig{MaxSize: 4}}, nil)
+			a := a8Client(t, s, "a10ch", nil)
+			for _, st := range c.steps {
+				var got string
+				switch {
+				case strings.HasPrefix(st, "x:"):
+					a.send(&pgproto3.Parse{Query: st[2:]}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+					got = a.recv(1)
+				case strings.HasPrefix(st, "p:"):
+					for _, q := range strings.Split(st[2:], "|") {
+						a.send(&pgproto3.Parse{Query: q}, &pgproto3.Bind{}, &pgproto3.Execute{})
+					}
+					a.send(&pgproto3.Sync{})
+					got = a.recv(1)
+				default:
+					got = a.q(st)
+				}
+				t.Logf("%s: %s", st, got)
+			}
+			if got := a.q("ROLLBACK"); !strings.HasSuffix(got, "ZI") { // (a failed block ends)
+				t.Fatalf("ROLLBACK: %s", got)
+			}
+			n := a.q("SELECT count(*) FROM pg_listening_channels()")
+			if want := map[bool]string{true: "D(0) C(SELECT 1) ZI", false: "D(1) C(SELECT 1) ZI"}[c.stopped]; n != want {
+				t.Fatalf("server listening: %s, want %s", n, want)
+			}
+			if got := a.q("SET pgtenant.tenant = 't6'"); got != "C(SET) ZI" {
+				t.Fatalf("SET t6: %s", got)
+			}
+			got := a.q(who)
+			if refused := strings.HasPrefix(got, "E(0A000:"); refused != (!c.stopped || c.kept) {
+				t.Fatalf("switch to t6 (server stopped listening: %v): %s", c.stopped, got)
+			}
+		})
 	}
 }

@@ -457,6 +457,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
+	if ss.unlistenBound = def.info.unlistensAll(); ss.unlistenBound {
+		ss.unlistenPortal = string(bm.Portal)
+	}
 	ss.push(expect{kind: eBind, name: name, stmt: def})
 	return nil
 }
@@ -494,6 +497,9 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 		}
 	}
 	tenant := ss.pickTenant(&def.info)
+	if def.info.kind == kUnlisten && !def.info.multi && ss.listening && ss.be != nil {
+		tenant = ss.beTenant // the backend that listens, whichever tenant is selected (as by Query)
+	}
 	if tenant == "" {
 		if ss.be != nil && ss.status != 'I' {
 			return nil
@@ -607,8 +613,12 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.portalPrepName); ss.portalPrep != nil && len(body) > n && string(body[:n]) == ss.portalPrepName && body[n] == 0 {
 		prep, ss.portalPrep = ss.portalPrep, nil
 	}
+	unlisten := false
+	if n := len(ss.unlistenPortal); ss.unlistenBound && len(body) > n && string(body[:n]) == ss.unlistenPortal && body[n] == 0 {
+		unlisten, ss.unlistenBound = true, false
+	}
 	ss.be.W.WriteFrame(wire.MsgExecute, body)
-	ss.push(expect{kind: eExec, set: set, prep: prep})
+	ss.push(expect{kind: eExec, set: set, prep: prep, unlisten: unlisten})
 	return nil
 }
 
@@ -648,7 +658,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
-	ss.portalSet, ss.portalPrep = nil, nil
+	ss.portalSet, ss.portalPrep, ss.unlistenBound = nil, nil, false
 	ss.synthTag, ss.synthRow = "", false
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)

@@ -97,6 +97,10 @@ type expect struct {
 	// of that prefix in characters (see combined.go).
 	skip     uint8
 	posShift int
+	// unlisten: this Query or Execute is UNLISTEN * alone; its
+	// CommandComplete stops the listening once its transaction commits
+	// (see noteUnlisten).
+	unlisten bool
 }
 
 const (
@@ -235,6 +239,12 @@ type session struct {
 	// CopyInResponse.
 	copyStreaming bool
 	listening     bool
+	// unlistenDone: the server completed UNLISTEN * or DISCARD ALL in the
+	// transaction still open, no error or rollback since (see
+	// noteUnlisten); unlistenPortal names the portal bound to UNLISTEN *
+	// (unlistenBound) until its Execute or the next Sync.
+	unlistenDone, unlistenBound bool
+	unlistenPortal              string
 	// idle is the session's state in the server's idle watch (armIdle).
 	idle idleArm
 	// pk is the session's state in parking (park_linux.go); parkDl and
