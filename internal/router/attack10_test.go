@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"slices"
+	"time"
 )
 
 // A client describes a statement in one transaction (pgx's describe-exec
@@ -167,6 +169,10 @@ func TestListenGuardFollowsServer(t *testing.T) {
 		{steps: []string{"p:SELECT 1|DISCARD ALL"}}, // 25001 in a pipeline
 		{steps: []string{"x:UNLISTEN a10other"}},
 		{steps: []string{"UNLISTEN *; SELECT 1"}, stopped: true, kept: true},
+		// Hostile: a DO block that listens again after UNLISTEN *; a
+		// pipeline whose second statement is another tenant's.
+		{steps: []string{"BEGIN", "UNLISTEN *", "DO $$ BEGIN LISTEN a10ch3; END $$", "COMMIT"}},
+		{steps: []string{"p:UNLISTEN *|/* tenant: t6 */ SELECT 1 FROM whoami"}}, // 25001 fails the pipeline
 	} {
 		name := strings.Join(c.steps, "; ")
 		t.Run(name, func(t *testing.T) {
@@ -205,4 +211,93 @@ func TestListenGuardFollowsServer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A hostile client against the check of a described statement moved to
+// another backend, with two tenants (t2 on node A, t1 on node B): a
+// pipeline with the changed statement between two that run (they run,
+// it gets 0A000, what follows is skipped to Sync); the statement bound
+// for the other tenant, whose shard did not change (its rows, or 0A000:
+// never the other shard's shape); a Sync-less batch (Bind, Execute,
+// Flush: the 0A000 comes without a Sync, the Sync then ends it); the
+// backend the client described on terminated before the Bind (0A000 on
+// another backend, or the server's error: never rows of the new shape),
+// and the next client served.
+func TestHostileDescribedMoved(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
+	const table = "a10_h"
+	ddl2, ddl1 := shardDDL(t, "t2"), shardDDL(t, "t1")
+	for _, d := range []func(string, string){ddl2, ddl1} {
+		d("CREATE TABLE IF NOT EXISTS %s (a int, b text); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES (1, 'x')", table)
+		defer d("DROP TABLE %s", table)
+	}
+	fe, nc := rawConn(t, s, "t2")
+	holder, hnc := rawConn(t, s, "t2")
+	step := func(name string, f *pgproto3.Frontend, c net.Conn, want [][]string, msgs ...pgproto3.FrontendMessage) []string {
+		t.Helper()
+		for _, m := range msgs {
+			f.Send(m)
+		}
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got := readUntilRFQ(t, f, c)
+		if want != nil && !slices.ContainsFunc(want, func(w []string) bool { return slices.Equal(got, w) }) {
+			t.Fatalf("%s: got %v, want one of %v", name, got, want)
+		}
+		return got
+	}
+	sel := "SELECT a FROM " + table
+	step("prepare and describe", fe, nc, [][]string{{"1", "?", "T", "1", "?", "T", "Z I"}},
+		&pgproto3.Parse{Query: sel}, &pgproto3.Describe{ObjectType: 'S'},
+		&pgproto3.Parse{Name: "s_ok", Query: "SELECT b FROM " + table}, &pgproto3.Describe{ObjectType: 'S', Name: "s_ok"},
+		&pgproto3.Sync{})
+	step("holder", holder, hnc, [][]string{{"C", "T", "D 2", "C", "Z T"}}, &pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"})
+	ddl2("ALTER TABLE %s ALTER COLUMN a TYPE float4", table)
+	step("pipeline", fe, nc, [][]string{{"2", "D x", "C", "E 0A000", "Z I"}},
+		&pgproto3.Bind{PreparedStatement: "s_ok"}, &pgproto3.Execute{},
+		&pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Bind{PreparedStatement: "s_ok"}, &pgproto3.Execute{},
+		&pgproto3.Sync{})
+	// (By Parse/Bind: a Query would drop the unnamed statement.)
+	step("the other tenant", fe, nc, [][]string{{"1", "2", "C", "Z I"}},
+		&pgproto3.Parse{Name: "s_t1", Query: "SET pgtenant.tenant = 't1'"}, &pgproto3.Bind{PreparedStatement: "s_t1"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	step("bound for t1", fe, nc, [][]string{{"2", "D 1", "C", "Z I"}, {"E 0A000", "Z I"}},
+		&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	step("back to t2", fe, nc, [][]string{{"C", "Z I"}}, &pgproto3.Query{String: "SET pgtenant.tenant = 't2'"})
+
+	// Sync-less: described afresh (float4), changed back (int4).
+	step("prepare again", fe, nc, [][]string{{"1", "?", "T", "Z I"}},
+		&pgproto3.Parse{Query: sel}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
+	ddl2("ALTER TABLE %s ALTER COLUMN a TYPE int", table)
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Flush{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if m, err := fe.Receive(); err != nil {
+		t.Fatalf("Sync-less batch: %v", err)
+	} else if e, ok := m.(*pgproto3.ErrorResponse); !ok || e.Code != "0A000" {
+		t.Fatalf("Sync-less batch: %#v, want 0A000", m)
+	}
+	step("its Sync", fe, nc, [][]string{{"Z I"}}, &pgproto3.Sync{})
+
+	// The backend the client described on is terminated.
+	// (The Query first: it would drop the unnamed statement.)
+	pid := step("its backend", fe, nc, nil, &pgproto3.Query{String: "SELECT pg_backend_pid() FROM whoami"})
+	step("prepare again", fe, nc, [][]string{{"1", "?", "T", "Z I"}},
+		&pgproto3.Parse{Query: sel}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{})
+	ddl2("ALTER TABLE %s ALTER COLUMN a TYPE float4", table)
+	terminate(t, strings.TrimPrefix(pid[1], "D "))
+	got := step("bind after the terminate", fe, nc, nil, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	t.Logf("bind after the terminate: %v", got)
+	if slices.ContainsFunc(got, func(m string) bool { return strings.HasPrefix(m, "D ") }) || !strings.HasPrefix(got[0], "E ") {
+		t.Fatalf("bind after the terminate: %v, want an error and no rows", got)
+	}
+	step("holder ends", holder, hnc, [][]string{{"C", "Z I"}}, &pgproto3.Query{String: "COMMIT"})
+	next, nnc := rawConn(t, s, "t2")
+	step("next client", next, nnc, [][]string{{"1", "2", "D 1", "C", "Z I"}},
+		&pgproto3.Parse{Query: sel}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
 }

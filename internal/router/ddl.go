@@ -251,13 +251,27 @@ func shardSchemaChange(sql string) bool {
 		return len(stmts) == 0 || !ddlElsewhere(stmts[0], nil)
 	}
 	var temps []string
+	// (A search_path set in the text may put pg_temp after the shard's
+	// schema: then a name finds the shard's table first.)
+	pathSet := slices.ContainsFunc(toks, func(t gtok) bool { return strings.Contains(strings.ToLower(t.text), "search_path") })
 	for _, st := range stmts {
 		if name := tempCreated(st); name != "" {
-			temps = append(temps, name)
+			if !pathSet {
+				temps = append(temps, name)
+			}
 			continue
 		}
-		if !ddlElsewhere(st, temps) && classify(joinToks(st)).ddl {
-			return true
+		if !ddlElsewhere(st, temps) {
+			if classify(joinToks(st)).ddl {
+				return true
+			}
+			continue
+		}
+		if eqFold(st[0].text, "drop") || slices.ContainsFunc(st, func(t gtok) bool { return t.kind == tWord && eqFold(t.text, "rename") }) {
+			// Dropped or renamed: the name finds the shard's table again.
+			temps = slices.DeleteFunc(temps, func(n string) bool {
+				return slices.ContainsFunc(st, func(t gtok) bool { return (t.kind == tWord || t.kind == tQuotedIdent) && foldedName(t) == n })
+			})
 		}
 	}
 	return false

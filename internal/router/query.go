@@ -480,7 +480,7 @@ func (info *stmtInfo) unlistensAll() bool {
 // commits, so the guard is lifted at the next ReadyForQuery saying idle
 // ('I'), unless an error (a failed statement, a failed block, a
 // savepoint's rollback) or a ROLLBACK, which may undo it, or a LISTEN
-// came in between. What the router cannot attribute (UNLISTEN * among
+// (or a DO block or CALL, which may hide one) came in between. What the router cannot attribute (UNLISTEN * among
 // other statements of one Query) keeps the guard, as before.
 func (ss *session) noteUnlisten(e *expect, body []byte) {
 	switch string(body) {
@@ -488,7 +488,7 @@ func (ss *session) noteUnlisten(e *expect, body []byte) {
 		ss.unlistenDone = true
 	case "UNLISTEN\x00":
 		ss.unlistenDone = ss.unlistenDone || e.unlisten
-	case "LISTEN\x00", "ROLLBACK\x00":
-		ss.unlistenDone = false
+	case "LISTEN\x00", "ROLLBACK\x00", "DO\x00", "CALL\x00":
+		ss.unlistenDone = false // (a DO block or procedure may LISTEN)
 	}
 }
