@@ -301,3 +301,37 @@ func TestHostileDescribedMoved(t *testing.T) {
 	step("next client", next, nnc, [][]string{{"1", "2", "D 1", "C", "Z I"}},
 		&pgproto3.Parse{Query: sel}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
 }
+
+// A named statement the client described, changed by DDL (past the
+// router), then bound on a backend where another client's Parse of the
+// same text (the router shares a server statement per text) prepared it
+// after the DDL: on a server the client's Bind gets 0A000. Before, the
+// router checked a statement only when it prepared it afresh, and the
+// client got rows of the new shape. Now a backend's statement keeps the
+// shape a Describe of it said (pool.Conn.Prepared), compared at no cost.
+func TestNamedSharedAfterDDL(t *testing.T) {
+	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
+	const table = "a10_shared"
+	ddl := shardDDL(t, "t1")
+	ddl("CREATE TABLE IF NOT EXISTS %s (a int); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES (1)", table)
+	defer ddl("DROP TABLE %s", table)
+	x, xnc := rawConn(t, s, "t1")
+	y, ync := rawConn(t, s, "t1")
+	holder, hnc := rawConn(t, s, "t1")
+	sel := "SELECT a FROM " + table
+	runRawSteps(t, []*pgproto3.Frontend{x, y, holder}, []net.Conn{xnc, ync, hnc}, ddl, table, []rawStep{
+		{name: "x describes", send: []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: "s", Query: sel}, &pgproto3.Describe{ObjectType: 'S', Name: "s"}, &pgproto3.Sync{},
+		}, want: []string{"1", "?", "T", "Z I"}},
+		{name: "holder", fe: 2, send: []pgproto3.FrontendMessage{&pgproto3.Query{String: "BEGIN; SELECT shard FROM whoami"}},
+			want: []string{"C", "T", "D 1", "C", "Z T"}},
+		{name: "alter", ddl: "ALTER TABLE %s ALTER COLUMN a TYPE float4"},
+		{name: "y prepares the same text", fe: 1, send: []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: "s_y", Query: sel}, &pgproto3.Bind{PreparedStatement: "s_y"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, want: []string{"1", "2", "D 1", "C", "Z I"}},
+		{name: "x binds", send: []pgproto3.FrontendMessage{
+			&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, want: []string{"E 0A000", "Z I"}},
+		{name: "holder ends", fe: 2, send: []pgproto3.FrontendMessage{&pgproto3.Query{String: "COMMIT"}}, want: []string{"C", "Z I"}},
+	})
+}

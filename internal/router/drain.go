@@ -314,7 +314,11 @@ func (ss *session) drain(all bool) error {
 			continue
 		}
 		if e.kind == eDescS && e.stmt != nil {
-			noteShape(e, typ, body) // see stale.go
+			if h := noteShape(e, typ, body); h != 0 && e.name != "" { // see stale.go
+				if _, ok := be.Prepared[e.name]; ok {
+					be.Prepared[e.name] = h
+				}
+			}
 		}
 		if !e.swallow {
 			ss.relay(typ, body)

@@ -188,7 +188,8 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 		return false, e
 	}
 	ss.sendParseSetup(def)
-	return ss.prepareOn(def, false), nil
+	sent, _ := ss.prepareOn(def, false)
+	return sent, nil
 }
 
 // deallocate forgets the client's statement name, if it has one, and

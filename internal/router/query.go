@@ -367,7 +367,7 @@ func (ss *session) reset(name string) {
 func (ss *session) noteServerState(info *stmtInfo) {
 	be := ss.be
 	if info.kind == kDiscard || info.kind == kDeallocate || info.laterDiscard {
-		be.Prepared = make(map[string]struct{})
+		be.Prepared = make(map[string]uint64)
 		be.ForgetUnnamed()
 		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 		return

@@ -984,7 +984,7 @@ func (ss *session) end() {
 			return
 		}
 		be.SetDeadline(time.Time{})
-		be.Prepared = make(map[string]struct{})
+		be.Prepared = make(map[string]uint64)
 		be.Schema, be.Tenant, be.SessionSig = "", "", ""
 	} else if ss.status != 'I' || len(ss.queue) > 0 {
 		be.MarkBroken()

@@ -13,9 +13,13 @@ import (
 // another backend after that DDL would instead get the new shape, and the
 // client would decode its rows with the old description. So the router
 // keeps a hash of what the client was told by a Describe of the statement
-// (stmtDef.shape), describes the statement again when it prepares it
-// afresh on a backend (a rare event: the common case, a statement already
-// there, costs nothing), and refuses its Bind or Describe with 0A000, as
+// (stmtDef.shape), and of what a Describe on a backend said of the server
+// statement there (pool.Conn.Prepared's value: a server answers with the
+// shape the statement was prepared with); it describes the statement again
+// when the backend's is of a shape not known (prepared afresh, or by a
+// client that never described it: one round trip, once per statement and
+// backend; the common case, a statement already there and described,
+// costs one comparison), and refuses its Bind or Describe with 0A000, as
 // the server would, when the shape differs.
 //
 // A server analyses each Parse afresh; the router shares a server
@@ -103,8 +107,15 @@ func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 	if def.stale {
 		return staleError()
 	}
-	if !ss.prepareOn(def, true) || def.shape == 0 {
+	_, h := ss.prepareOn(def, true)
+	switch {
+	case def.shape == 0 || h == def.shape:
 		return nil
+	case h != 0:
+		// Prepared there with another shape (another client's Parse of
+		// the text after a schema change): what the server would refuse.
+		def.stale = true
+		return staleError()
 	}
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
@@ -125,8 +136,11 @@ func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 
 // noteShape hashes a Describe's answer for the client's statement e.stmt:
 // the shape the client is told (a Describe it sent), or the shape checked
-// against it (the router's own, swallowed).
-func noteShape(e *expect, typ byte, body []byte) {
+// against it (the router's own, swallowed); it returns the hash when the
+// answer is complete (0 before), which is the shape of the server
+// statement be holds (a server answers a Describe with the shape the
+// statement was prepared with, or 0A000).
+func noteShape(e *expect, typ byte, body []byte) uint64 {
 	def := e.stmt
 	switch typ {
 	case wire.MsgParamDesc:
@@ -135,10 +149,10 @@ func noteShape(e *expect, typ byte, body []byte) {
 			def.params = append(append(def.params[:0], typ, 0, 0, 0, 0), body...)
 			binary.BigEndian.PutUint32(def.params[1:], uint32(4+len(body)))
 		}
-		return
+		return 0
 	case wire.MsgRowDescription, wire.MsgNoData:
 	default:
-		return
+		return 0
 	}
 	h := def.pending
 	if h == 0 {
@@ -154,6 +168,7 @@ func noteShape(e *expect, typ byte, body []byte) {
 	} else if h != def.shape {
 		def.stale = true
 	}
+	return h
 }
 
 const (
