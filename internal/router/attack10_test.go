@@ -38,9 +38,7 @@ func TestDescribedStatementMovedAfterDDL(t *testing.T) {
 			t.Run(origin+"/"+map[string]string{"": "unnamed", "s_a": "named"}[name], func(t *testing.T) {
 				s := startRouter(t, Config{PoolMode: PoolTransaction, DDL: DDLAllow}, nil)
 				table := "a10_moved"
-				ddl := shardDDL(t, "t1")
-				ddl("CREATE TABLE IF NOT EXISTS %s (a int); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES (1)", table)
-				defer ddl("DROP TABLE %s", table)
+				a10Table(t, "t1", table, "a int", "1")
 				const alter = "ALTER TABLE a10_moved ALTER COLUMN a TYPE float4"
 				fe, nc := rawConn(t, s, "t1")
 				holder, hnc := rawConn(t, s, "t1")
@@ -226,11 +224,8 @@ func TestListenGuardFollowsServer(t *testing.T) {
 func TestHostileDescribedMoved(t *testing.T) {
 	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
 	const table = "a10_h"
-	ddl2, ddl1 := shardDDL(t, "t2"), shardDDL(t, "t1")
-	for _, d := range []func(string, string){ddl2, ddl1} {
-		d("CREATE TABLE IF NOT EXISTS %s (a int, b text); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES (1, 'x')", table)
-		defer d("DROP TABLE %s", table)
-	}
+	ddl2 := a10Table(t, "t2", table, "a int, b text", "1, 'x'")
+	a10Table(t, "t1", table, "a int, b text", "1, 'x'")
 	fe, nc := rawConn(t, s, "t2")
 	holder, hnc := rawConn(t, s, "t2")
 	step := func(name string, f *pgproto3.Frontend, c net.Conn, want [][]string, msgs ...pgproto3.FrontendMessage) []string {
@@ -312,9 +307,7 @@ func TestHostileDescribedMoved(t *testing.T) {
 func TestNamedSharedAfterDDL(t *testing.T) {
 	s := startRouter(t, Config{PoolMode: PoolTransaction}, nil)
 	const table = "a10_shared"
-	ddl := shardDDL(t, "t1")
-	ddl("CREATE TABLE IF NOT EXISTS %s (a int); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES (1)", table)
-	defer ddl("DROP TABLE %s", table)
+	ddl := a10Table(t, "t1", table, "a int", "1")
 	x, xnc := rawConn(t, s, "t1")
 	y, ync := rawConn(t, s, "t1")
 	holder, hnc := rawConn(t, s, "t1")
@@ -334,4 +327,15 @@ func TestNamedSharedAfterDDL(t *testing.T) {
 		}, want: []string{"E 0A000", "Z I"}},
 		{name: "holder ends", fe: 2, send: []pgproto3.FrontendMessage{&pgproto3.Query{String: "COMMIT"}}, want: []string{"C", "Z I"}},
 	})
+}
+
+// a10Table makes table (columns cols, one row of values) in tenant's shard
+// schema, past the router, drops it when the test ends, and returns the
+// function that runs DDL there (shardDDL).
+func a10Table(t *testing.T, tenant, table, cols, values string) func(format string, table string) {
+	t.Helper()
+	ddl := shardDDL(t, tenant)
+	ddl("CREATE TABLE IF NOT EXISTS %s ("+cols+"); TRUNCATE %[1]s; INSERT INTO %[1]s VALUES ("+values+")", table)
+	t.Cleanup(func() { ddl("DROP TABLE %s", table) })
+	return ddl
 }
