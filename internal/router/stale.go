@@ -117,6 +117,7 @@ func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 		def.stale = true
 		return staleError()
 	}
+	ss.srv.m.ShapeChecks.Inc()
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
 	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
