@@ -22,7 +22,7 @@ func BenchmarkDescribeExecContended(b *testing.B) {
 	for i := range conns {
 		conns[i] = connect(b, s, "t2", pgx.QueryExecModeDescribeExec)
 	}
-	checks0 := shapeChecks(b, s)
+	checks0 := counterValue(b, s, "pgtenant_router_shape_checks_total")
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	for i, c := range conns {
@@ -44,20 +44,5 @@ func BenchmarkDescribeExecContended(b *testing.B) {
 	}
 	wg.Wait()
 	b.StopTimer()
-	b.ReportMetric((shapeChecks(b, s)-checks0)/float64(b.N), "checks/op")
-}
-
-// shapeChecks reads pgtenant_router_shape_checks_total from s's registry.
-func shapeChecks(b *testing.B, s *Server) float64 {
-	mfs, err := s.Metrics().Registry.Gather()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "pgtenant_router_shape_checks_total" {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	b.Fatal("no pgtenant_router_shape_checks_total")
-	return 0
+	b.ReportMetric((counterValue(b, s, "pgtenant_router_shape_checks_total")-checks0)/float64(b.N), "checks/op")
 }
