@@ -23,6 +23,7 @@ var nodeA, nodeB *pgtest.Server
 const asPgtenantEnv = "PGTENANT_TEST_AS_PGTENANT"
 
 func TestMain(m *testing.M) {
+	tieRouterChildren = true // routers this binary starts die with it
 	if os.Getenv(asPgtenantEnv) == "1" {
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
