@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -40,9 +42,13 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			if !cmd.Flags().Changed("shards") {
 				opts.Shards = 0 // the existing cluster's count, or 256
 			}
+			before := keptRouterPort(opts.Dir)
 			cl, err := devcluster.Up(cmd.Context(), opts)
 			if err != nil {
 				return err
+			}
+			if after := keptRouterPort(cl.Dir); before != 0 && after != before {
+				fmt.Fprintf(a.stderr, "warning: the router's port %d is taken by another program: the router moves to port %d; update DATABASE_URL (and any saved port) to the url below\n", before, after)
 			}
 			a.printCluster(cl)
 			if !noRouter {
@@ -99,7 +105,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			if destroy {
 				fmt.Fprintf(a.stdout, "local cluster in %s stopped and removed\n", dir)
 			} else {
-				fmt.Fprintf(a.stdout, "local cluster in %s stopped; 'pgtenant dev up' starts it again\n", dir)
+				fmt.Fprintf(a.stdout, "local cluster in %s stopped; `%s` starts it again\n", dir, devUpLine(absPath(dir)))
 			}
 			return nil
 		},
@@ -187,4 +193,22 @@ func checkClusterFlags(cmd *cobra.Command, nodes, shards int) error {
 		return usagef("--shards %d: %v", shards, catalog.ErrBadShardCount)
 	}
 	return nil
+}
+
+// keptRouterPort is the dev router's port kept in dir (router.port), or 0.
+func keptRouterPort(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "router.port"))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// absPath is p made absolute, or p when that fails.
+func absPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
