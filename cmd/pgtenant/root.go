@@ -118,8 +118,15 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 	root.AddCommand(splits[1])
 	root.AddCommand(newVersionCmd(a))
 	a.addJSONFlags(root)
+	root.SetUsageTemplate(root.UsageTemplate() + exitCodesHelp)
 	return root
 }
+
+// exitCodesHelp ends every command's --help (main.go's exit codes).
+const exitCodesHelp = `
+Exit codes: 0 success, 1 failure (the error says what failed, and what to do),
+2 usage error (an unknown flag, a missing or bad argument).
+`
 
 // group makes a command that only holds subcommands refuse unknown ones
 // with a usage error instead of printing help and exiting 0.
