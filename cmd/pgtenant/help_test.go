@@ -31,3 +31,23 @@ func TestEveryCommandHelpTeaches(t *testing.T) {
 	}
 	walk(root)
 }
+
+// TestUnknownTenantErrorsAgree: every tenant command given an unregistered
+// tenant says so alike, with SQLSTATE 42704 and the commands that list and
+// register tenants (tenant locate said "unknown tenant" without either).
+func TestUnknownTenantErrorsAgree(t *testing.T) {
+	migrateCluster(t)
+	want := `tenant "nosuch" is unknown (SQLSTATE 42704); hint: pgtenant tenant list shows the registered tenants; register it with pgtenant tenant add nosuch`
+	for _, args := range [][]string{
+		{"tenant", "locate", "nosuch"},
+		{"tenant", "remove", "nosuch"},
+		{"tenant", "purge", "nosuch"},
+		{"tenant", "export", "nosuch"},
+		{"tenant", "move", "nosuch", "--isolate"},
+	} {
+		code, out, errOut := pgtenant(t, args...)
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Errorf("pgtenant %s: exit %d, want 1 with %q\n%s%s", strings.Join(args, " "), code, want, out, errOut)
+		}
+	}
+}
