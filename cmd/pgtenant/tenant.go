@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
-	"github.com/pgtenant/pgtenant/internal/tables"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/tables"
 	"github.com/pgtenant/pgtenant/internal/tenantops"
 )
 
