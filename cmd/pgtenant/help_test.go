@@ -1,10 +1,16 @@
 package main
 
 import (
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
 // TestEveryCommandHelpTeaches: every command's --help ends with the exit
@@ -49,5 +55,46 @@ func TestUnknownTenantErrorsAgree(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, want) {
 			t.Errorf("pgtenant %s: exit %d, want 1 with %q\n%s%s", strings.Join(args, " "), code, want, out, errOut)
 		}
+	}
+}
+
+// TestCatalogUnreachableSaysWhere: a catalog nobody listens for is an error
+// that says where its address came from and, for a local cluster's config
+// file, the command that starts the cluster; a server that answers (a bad
+// role) gets no such hint.
+func TestCatalogUnreachableSaysWhere(t *testing.T) {
+	t.Chdir(t.TempDir())
+	port, err := localpg.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := filepath.Abs("c")
+	if err := os.MkdirAll(filepath.Join(dir, "node1", "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "pgtenant.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("catalog: \"postgres://postgres@127.0.0.1:%d/pgtenant_catalog?sslmode=disable\"\n", port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PGTENANT_CATALOG", "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tenant", "list", "--config", cfg}, "is it stopped? `pgtenant dev up --dir " + dir + "` starts it"},
+		{[]string{"tenant", "list", "--catalog", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable", port)}, "running at the address --catalog gives"},
+	} {
+		code, out, errOut := pgtenant(t, c.args...)
+		if code != 1 || !strings.Contains(errOut, c.want) {
+			t.Errorf("pgtenant %s: exit %d, want 1 with %q\n%s%s", strings.Join(c.args, " "), code, c.want, out, errOut)
+		}
+	}
+	u, err := url.Parse(nodeA.Cluster.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User("no_such_role")
+	if code, _, errOut := pgtenant(t, "tenant", "list", "--catalog", u.String()); code != 1 || strings.Contains(errOut, "hint: is the catalog's server running") {
+		t.Errorf("a server that refuses the role: exit %d, want 1 without the not-running hint\n%s", code, errOut)
 	}
 }
