@@ -25,24 +25,15 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(watchedEnv) == "1" {
-		s, err := Start("watched")
-		if err != nil {
-			os.Stderr.WriteString(err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Stdout.WriteString(s.Cluster.Dir + "\n")
-		time.Sleep(time.Hour)
-	}
 	if os.Getenv(interruptEnv) == "1" {
 		MainWith(m, []Spec{{Name: "interrupted"}}, func(s []*Server) {
 			os.Stdout.WriteString(s[0].Cluster.Dir + "\n")
 			time.Sleep(time.Hour)
 		})
 	}
-	if os.Getenv(orphanEnv) == "1" {
-		watchdogOn = false // a server left for ReapOrphans
-		s, err := Start("orphan")
+	if watched, orphan := os.Getenv(watchedEnv) == "1", os.Getenv(orphanEnv) == "1"; watched || orphan {
+		watchdogOn = watched // an orphan's server is left for ReapOrphans
+		s, err := Start(map[bool]string{true: "watched", false: "orphan"}[watched])
 		if err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
