@@ -103,7 +103,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	if out := mustRun(t, "tenant", "list", "--shard", "3"); !strings.Contains(out, "pinned  3      explicit") {
 		t.Fatalf("tenant list --shard 3:\n%s", out)
 	}
-	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, "unknown tenant") {
+	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, `tenant "nobody" is unknown (SQLSTATE 42704)`) {
 		t.Fatalf("locate nobody: exit %d %q", code, errOut)
 	}
 	// Unknown names get the shape of shard move's: a SQLSTATE and where the names are.
