@@ -124,7 +124,10 @@ func lockFailed(ctx context.Context, node, dsn, what string, schemas, modes []st
 
 // lockHolders lists the sessions holding locks in modes on the schemas'
 // tables on node, at dsn (a connection of its own: the fence's is in an
-// aborted transaction). Best effort: nil when the node does not answer.
+// aborted transaction): pid, backend type, role, state, application and
+// transaction age as far as the node's role may see them; never the query
+// text, which may carry tenants' data into the moves table. Best effort:
+// nil when the node does not answer.
 func lockHolders(ctx context.Context, node, dsn string, schemas, modes []string) []string {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -134,7 +137,7 @@ func lockHolders(ctx context.Context, node, dsn string, schemas, modes []string)
 	}
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT l.relation::regclass::text, l.mode, l.pid, coalesce(a.backend_type, ''), coalesce(a.usename::text, ''),
-			coalesce(a.state, ''), coalesce(extract(epoch FROM now() - a.xact_start)::float8, -1), coalesce(left(a.query, 120), '')
+			coalesce(a.state, ''), coalesce(extract(epoch FROM now() - a.xact_start)::float8, -1), coalesce(a.application_name, '')
 		FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
 		LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE l.locktype = 'relation' AND c.relkind IN ('r', 'p') AND l.granted AND l.pid <> pg_backend_pid() AND n.nspname = ANY($1) AND l.mode = ANY($2)
@@ -144,24 +147,24 @@ func lockHolders(ctx context.Context, node, dsn string, schemas, modes []string)
 		return nil
 	}
 	var out []string
-	var table, mode, kind, user, state, query string
+	var table, mode, kind, user, state, app string
 	var pid int32
 	var age float64
-	_, _ = pgx.ForEachRow(rows, []any{&table, &mode, &pid, &kind, &user, &state, &age, &query}, func() error {
+	_, _ = pgx.ForEachRow(rows, []any{&table, &mode, &pid, &kind, &user, &state, &age, &app}, func() error {
 		var who []string
 		for _, s := range []string{kind, user, state} {
 			if s != "" {
 				who = append(who, s)
 			}
 		}
+		if app != "" {
+			who = append(who, fmt.Sprintf("application %q", app))
+		}
 		if age >= 0 {
 			who = append(who, fmt.Sprintf("transaction %.1fs old", age))
 		}
-		if query != "" {
-			who = append(who, fmt.Sprintf("%q", query))
-		}
-		if len(who) == 0 {
-			who = append(who, "details not visible to this role")
+		if len(who) == 0 { // usename is visible to every role, so no user means a background worker
+			who = append(who, "no user: autovacuum or another background worker; details not visible to this role")
 		}
 		out = append(out, fmt.Sprintf("%s in %s by pid %d (%s)", table, mode, pid, strings.Join(who, ", ")))
 		return nil
