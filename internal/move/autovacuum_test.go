@@ -70,6 +70,31 @@ func (h *vacuumHold) release() {
 	<-h.done
 }
 
+// moveBehindHold moves the shard with method while holdLikeAutovacuum
+// holds its lock from the fence step on (released after after, or at the
+// move's end) and returns the hold and the move's error.
+func moveBehindHold(t *testing.T, e *env, method Method, after time.Duration, cfg Config) (*vacuumHold, error) {
+	t.Helper()
+	fenceStep := StepFence
+	if method == MethodCopy {
+		fenceStep = StepCopyData
+	}
+	var h *vacuumHold
+	cfg.Fencer = newGateFencer(e)
+	cfg.BeforeStep = func(ctx context.Context, _ int64, step Step) error {
+		if step == fenceStep {
+			h = holdLikeAutovacuum(t, e, after)
+		}
+		return nil
+	}
+	_, err := testMover(t, e, cfg).Move(context.Background(), testShard, "n2", Options{Method: method})
+	if h == nil {
+		t.Fatalf("move: %v; it never reached the fence", err)
+	}
+	h.release()
+	return h, err
+}
+
 // TestFenceOutlastsAutovacuumLock: a lock like an autovacuum worker's on one
 // of the shard's tables when the fence comes, released 1.5s after the mover
 // starts waiting for it (Postgres cancels autovacuum for a waiter after
@@ -82,22 +107,7 @@ func TestFenceOutlastsAutovacuumLock(t *testing.T) {
 		t.Run(string(method), func(t *testing.T) {
 			e := newEnvNodeRole(t)
 			fillShard(t, e, 1000)
-			fenceStep := StepFence
-			if method == MethodCopy {
-				fenceStep = StepCopyData
-			}
-			var h *vacuumHold
-			m := testMover(t, e, Config{Fencer: newGateFencer(e), BeforeStep: func(ctx context.Context, _ int64, step Step) error {
-				if step == fenceStep {
-					h = holdLikeAutovacuum(t, e, 1500*time.Millisecond)
-				}
-				return nil
-			}})
-			_, err := m.Move(context.Background(), testShard, "n2", Options{Method: method})
-			if h == nil {
-				t.Fatalf("move: %v; it never reached the fence", err)
-			}
-			h.release()
+			h, err := moveBehindHold(t, e, method, 1500*time.Millisecond, Config{})
 			if err != nil {
 				t.Fatalf("move behind a lock like autovacuum's: %v", err)
 			}
@@ -125,23 +135,8 @@ func TestFenceLockHeldAbortsNamingHolder(t *testing.T) {
 		t.Run(string(method), func(t *testing.T) {
 			e := newEnvNodeRole(t)
 			fillShard(t, e, 100)
-			fenceStep := StepFence
-			if method == MethodCopy {
-				fenceStep = StepCopyData
-			}
-			var h *vacuumHold
-			m := testMover(t, e, Config{Fencer: newGateFencer(e), FenceTimeout: 2 * time.Second, BeforeStep: func(ctx context.Context, _ int64, step Step) error {
-				if step == fenceStep {
-					h = holdLikeAutovacuum(t, e, 0)
-				}
-				return nil
-			}})
+			_, err := moveBehindHold(t, e, method, 0, Config{FenceTimeout: 2 * time.Second})
 			ctx := context.Background()
-			_, err := m.Move(ctx, testShard, "n2", Options{Method: method})
-			if h == nil {
-				t.Fatalf("move: %v; it never reached the fence", err)
-			}
-			h.release()
 			var pgErr *pgconn.PgError
 			if !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
 				t.Fatalf("move: %v; want 55P03", err)

@@ -16,7 +16,9 @@ import (
 // the pause equals the copy time:
 //
 //	schema    the pre-copy part of the schema restored on the target (not fenced yet)
-//	copydata  fence in the routers; one source transaction holds EXCLUSIVE
+//	copydata  one source transaction takes SHARE UPDATE EXCLUSIVE on the
+//	          shard's tables (waiting out autovacuum: fencelock.go), then
+//	          fence in the routers; the transaction holds EXCLUSIVE
 //	          locks on the shard's tables (reads go on) while every table is
 //	          streamed with COPY … (FORMAT binary) into the target; then the
 //	          post-copy part (indexes, FKs, triggers), sequences, verification,
@@ -36,9 +38,14 @@ func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) erro
 	if err != nil {
 		return err
 	}
-	t0 := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
 	defer cancel()
+	// The source transaction starts before the pause: it waits out
+	// autovacuum on the shard's tables (fencelock.go).
+	if err := m.beginPreLocked(cctx, src, mv, mv.Source, mv.SourceDSN, names); err != nil {
+		return fmt.Errorf("fence on source: %w", err)
+	}
+	t0 := time.Now()
 	err = m.copyUnderFence(cctx, mv, src, dst, names, res)
 	bg, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel2()
@@ -69,13 +76,9 @@ func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) erro
 // transaction (EXCLUSIVE locks and REVOKEs), which ends with the mover's
 // connection.
 func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) (err error) {
-	// The source transaction starts before the pause: it waits out
-	// autovacuum on the shard's tables (fencelock.go). On failure the
-	// rollback releases the locks and undoes the REVOKE; after the flip the
-	// commit keeps the REVOKE.
-	if err := m.beginPreLocked(ctx, src, mv, mv.Source, mv.SourceDSN, names); err != nil {
-		return fmt.Errorf("fence on source: %w", err)
-	}
+	// In the source transaction stepCopyData began (beginPreLocked). On
+	// failure the rollback releases the locks and undoes the REVOKE; after
+	// the flip the commit keeps the REVOKE.
 	defer m.rollbackOpen(ctx, src, "move", mv.ID, "shard", mv.Shard)
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
