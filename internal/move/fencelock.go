@@ -58,9 +58,13 @@ func (m *Mover) preLock(ctx context.Context, conn *pgx.Conn, node, dsn string, s
 	if len(tables) > 0 {
 		b.Queue(`LOCK TABLE ` + strings.Join(tables, ", ") + ` IN SHARE UPDATE EXCLUSIVE MODE`)
 	}
+	t0 := time.Now()
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		m.rollbackOpen(ctx, conn, logArgs...)
 		return lockFailed(ctx, node, dsn, fmt.Sprintf("hold autovacuum off the shard's tables (lock_timeout %s)", wait), schemas, conflictsShareUpdateExclusive, err)
+	}
+	if d := time.Since(t0); d > 100*time.Millisecond { // autovacuum (or a manual VACUUM, ANALYZE, DDL) had the tables
+		m.log.Info("waited for the shard's tables before the pause", append(logArgs, "node", node, "wait", d)...)
 	}
 	return nil
 }
