@@ -3,15 +3,16 @@ package move
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// vacuumHold stands in for an autovacuum worker on shard_0005.items: a
-// session holding SHARE UPDATE EXCLUSIVE on it from the fence step on, let
+// vacuumHold stands in for an autovacuum worker on a table: a session holding SHARE UPDATE EXCLUSIVE on it from the fence step on, let
 // go a while after the mover starts waiting for it (as Postgres cancels
 // autovacuum for a waiter after deadlock_timeout, 1s), or at stop.
 type vacuumHold struct {
@@ -22,14 +23,14 @@ type vacuumHold struct {
 
 // holdLikeAutovacuum takes the lock now; unless after is 0 it is released
 // after more than that once another session waits for the table.
-func holdLikeAutovacuum(t *testing.T, e *env, after time.Duration) *vacuumHold {
+func holdLikeAutovacuum(t *testing.T, p *pgxpool.Pool, table string, after time.Duration) *vacuumHold {
 	t.Helper()
 	ctx := context.Background()
-	tx, err := e.src.Begin(ctx)
+	tx, err := p.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE shard_0005.items IN SHARE UPDATE EXCLUSIVE MODE`); err != nil {
+	if _, err := tx.Exec(ctx, `LOCK TABLE `+table+` IN SHARE UPDATE EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
 	h := &vacuumHold{waited: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
@@ -38,7 +39,7 @@ func holdLikeAutovacuum(t *testing.T, e *env, after time.Duration) *vacuumHold {
 		defer tx.Rollback(ctx)
 		for {
 			var n int
-			if err := e.src.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE relation = 'shard_0005.items'::regclass AND NOT granted`).Scan(&n); err != nil {
+			if err := p.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE relation = $1::regclass AND NOT granted`, table).Scan(&n); err != nil {
 				t.Errorf("watch the lock's waiters: %v", err)
 				return
 			}
@@ -83,7 +84,7 @@ func moveBehindHold(t *testing.T, e *env, method Method, after time.Duration, cf
 	cfg.Fencer = newGateFencer(e)
 	cfg.BeforeStep = func(ctx context.Context, _ int64, step Step) error {
 		if step == fenceStep {
-			h = holdLikeAutovacuum(t, e, after)
+			h = holdLikeAutovacuum(t, e.src, "shard_0005.items", after)
 		}
 		return nil
 	}
@@ -107,7 +108,8 @@ func TestFenceOutlastsAutovacuumLock(t *testing.T) {
 		t.Run(string(method), func(t *testing.T) {
 			e := newEnvNodeRole(t)
 			fillShard(t, e, 1000)
-			h, err := moveBehindHold(t, e, method, 1500*time.Millisecond, Config{})
+			// A fence lease shorter than the wait: the lease starts at the pause, not before it.
+			h, err := moveBehindHold(t, e, method, 1500*time.Millisecond, Config{FenceLease: time.Second})
 			if err != nil {
 				t.Fatalf("move behind a lock like autovacuum's: %v", err)
 			}
@@ -160,5 +162,37 @@ func TestFenceLockHeldAbortsNamingHolder(t *testing.T) {
 			}
 			assertNoLeftovers(t, e)
 		})
+	}
+}
+
+// TestFollowerSplitOutlastsAutovacuumLock: a follower split's fence waits
+// out a lock like autovacuum's on a moved table (released 1.5s after the
+// split starts waiting for it) as a move's does, the node role unable to
+// cancel autovacuum.
+func TestFollowerSplitOutlastsAutovacuumLock(t *testing.T) {
+	e := newSplitEnv(t)
+	var h *vacuumHold
+	m := e.mover(t, Config{Fencer: newSplitGate(t, e), BeforeStep: func(ctx context.Context, _ int64, step Step) error {
+		if step == StepStart && h == nil {
+			h = holdLikeAutovacuum(t, e.src, "shard_0001.items", 1500*time.Millisecond)
+		}
+		return nil
+	}})
+	_, err := m.SplitViaFollower(context.Background(), e.options())
+	if h == nil {
+		t.Fatalf("split: %v; it never reached the fence", err)
+	}
+	h.release()
+	if err != nil {
+		t.Fatalf("split behind a lock like autovacuum's: %v", err)
+	}
+	select {
+	case <-h.waited:
+	default:
+		t.Error("the split never waited for the lock: the test did not test")
+	}
+	want := map[int]string{0: "n1/active/0", 1: "n3/active/1", 2: "n1/active/0", 3: "n3/active/1"}
+	if got := e.placement(t); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("placement %v, want %v", got, want)
 	}
 }

@@ -77,7 +77,9 @@ func (m *Mover) queueGuard(queue func(label, sql string, args ...any), mv *moveR
 		queue("put the fence trigger on the shard's tables", fmt.Sprintf("CREATE OR REPLACE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.fence_guard()",
 			ident(guardTrigger), ident(mv.Schema, n)))
 	}
-	queue("take the source lease", `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+	// clock_timestamp(), not now(): the fence transaction began before the
+	// pause (preLock), maybe seconds ago.
+	queue("take the source lease", `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond')
 		ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at`,
 		mv.Schema, mv.ID, m.sourceLease().Milliseconds())
 }
