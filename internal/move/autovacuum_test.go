@@ -65,6 +65,16 @@ func holdLikeAutovacuum(t *testing.T, p *pgxpool.Pool, table string, after time.
 	return h
 }
 
+// assertWaited fails t unless a waiter for the lock was seen (else the test did not test).
+func (h *vacuumHold) assertWaited(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.waited:
+	default:
+		t.Error("nobody waited for the lock: the test did not test")
+	}
+}
+
 // release lets go of the lock (if still held) and waits until it is.
 func (h *vacuumHold) release() {
 	close(h.stop)
@@ -113,11 +123,7 @@ func TestFenceOutlastsAutovacuumLock(t *testing.T) {
 			if err != nil {
 				t.Fatalf("move behind a lock like autovacuum's: %v", err)
 			}
-			select {
-			case <-h.waited:
-			default:
-				t.Error("the mover never waited for the lock: the test did not test")
-			}
+			h.assertWaited(t)
 			if got, want := shardState(t, e), (shardRow{"n2", "active", 1}); got != want {
 				t.Errorf("catalog shard: %+v, want %+v", got, want)
 			}
@@ -186,11 +192,7 @@ func TestFollowerSplitOutlastsAutovacuumLock(t *testing.T) {
 	if err != nil {
 		t.Fatalf("split behind a lock like autovacuum's: %v", err)
 	}
-	select {
-	case <-h.waited:
-	default:
-		t.Error("the split never waited for the lock: the test did not test")
-	}
+	h.assertWaited(t)
 	want := map[int]string{0: "n1/active/0", 1: "n3/active/1", 2: "n1/active/0", 3: "n3/active/1"}
 	if got := e.placement(t); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("placement %v, want %v", got, want)
