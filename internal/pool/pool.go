@@ -143,8 +143,10 @@ type Conn struct {
 	// LastClient is the owner's id of the client that last held the
 	// connection (0: none yet); the pool does not read it.
 	LastClient uint64
-	// Prepared holds the names of statements prepared on this connection.
-	Prepared map[string]struct{}
+	// Prepared holds the names of statements prepared on this connection,
+	// each with a value of the owner's (the router: a hash of its result
+	// shape as a Describe told it, 0 while unknown).
+	Prepared map[string]uint64
 	// unnamed is what the unnamed statement holds (owner-defined), as of
 	// W's count unnamedGen (see SetUnnamed).
 	unnamed    any
@@ -799,7 +801,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		PID:      h.PID,
 		Secret:   h.SecretKey,
 		Params:   h.ParameterStatuses,
-		Prepared: make(map[string]struct{}),
+		Prepared: make(map[string]uint64),
 		node:     p.node,
 		nc:       h.Conn,
 		created:  now,

@@ -137,7 +137,7 @@ const ownPortal = "pgtenant_setup"
 func (ss *session) bindPrepared(name, sql string, types []byte, params []string) {
 	be := ss.be
 	if _, ok := be.Prepared[name]; !ok {
-		be.Prepared[name] = struct{}{}
+		be.Prepared[name] = 0
 		if types == nil {
 			types = []byte{0, 0}
 		}

@@ -245,7 +245,7 @@ func waitPoolWaiting(s *Server, d time.Duration) bool {
 }
 
 // counterValue returns the sum of the counter name's series in s's metrics.
-func counterValue(t *testing.T, s *Server, name string) float64 {
+func counterValue(t testing.TB, s *Server, name string) float64 {
 	t.Helper()
 	mfs, err := s.Metrics().Registry.Gather()
 	if err != nil {

@@ -142,6 +142,11 @@ func (ss *session) drain(all bool) error {
 			if len(body) == 1 {
 				ss.status = body[0]
 			}
+			if ss.unlistenDone && ss.status != 'T' {
+				// Committed ('I'), or the block failed ('E'): see noteUnlisten.
+				ss.listening = ss.listening && ss.status != 'I'
+				ss.unlistenDone = false
+			}
 			if e.kind != eSync && e.kind != eQuery {
 				// Unexpected; relay and carry on.
 				ss.relay(typ, body)
@@ -190,6 +195,7 @@ func (ss *session) drain(all bool) error {
 			if sev := wire.ErrorSeverity(body); sev == "FATAL" || sev == "PANIC" {
 				return ss.backendFatal(body)
 			}
+			ss.unlistenDone = false // its transaction (or savepoint) is rolled back
 			if e.name != "" && (e.kind == eBind || e.kind == eDescS) {
 				if b := ss.stmtsDropped(e.name, body); b != nil {
 					body = b // the router's error instead
@@ -308,7 +314,11 @@ func (ss *session) drain(all bool) error {
 			continue
 		}
 		if e.kind == eDescS && e.stmt != nil {
-			noteShape(e, typ, body) // see stale.go
+			if h := noteShape(e, typ, body); h != 0 && e.name != "" { // see stale.go
+				if _, ok := be.Prepared[e.name]; ok {
+					be.Prepared[e.name] = h
+				}
+			}
 		}
 		if !e.swallow {
 			ss.relay(typ, body)
@@ -321,6 +331,7 @@ func (ss *session) drain(all bool) error {
 				// UNLISTEN * (see ensureBackend).
 				ss.listening = true
 			}
+			ss.noteUnlisten(e, body)
 			if len(e.prep) > 0 && string(body) == "PREPARE\x00" {
 				ss.notePrepared(e.prep[0])
 				e.prep = e.prep[1:]

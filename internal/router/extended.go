@@ -19,6 +19,11 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		def = ss.recentUnnamed(pm.Query, pm.Rest)
 	}
 	reused := def != nil // its checks below passed before: they depend on the text only
+	if reused {
+		// Parsed afresh, as on a server: what a Describe of the earlier
+		// Parse told the client is not checked against (see stale.go).
+		def.shape, def.pending, def.params = 0, 0, def.params[:0]
+	}
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement
 		if e := ss.checkAccess(q); e != nil {
@@ -97,8 +102,8 @@ func (ss *session) onParse(body []byte) *wire.Error {
 // classified again, and nothing is allocated. What a stmtDef caches is the
 // text's (its classification, the guard's finding, noShard) or a backend's
 // (be.Unnamed is compared by identity, and a backend that had another
-// unnamed statement since gets the Parse again); the stale check, the one
-// per-statement state, is for named statements only.
+// unnamed statement since gets the Parse again); a reused statement forgets
+// what a Describe told the client of it (onParse): a Parse starts afresh.
 func (ss *session) recentUnnamed(query, types []byte) *stmtDef {
 	gen := ss.srv.stmtGen.Load()
 	if u := ss.unnamed; u.reusableFor(query, types, gen) {
@@ -183,7 +188,8 @@ func (ss *session) parseNow(def *stmtDef) (bool, *wire.Error) {
 		return false, e
 	}
 	ss.sendParseSetup(def)
-	return ss.prepareOn(def, false), nil
+	sent, _ := ss.prepareOn(def, false)
+	return sent, nil
 }
 
 // deallocate forgets the client's statement name, if it has one, and
@@ -452,6 +458,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
+	if ss.unlistenBound = def.info.unlistensAll(); ss.unlistenBound {
+		ss.unlistenPortal = string(bm.Portal)
+	}
 	ss.push(expect{kind: eBind, name: name, stmt: def})
 	return nil
 }
@@ -489,6 +498,9 @@ func (ss *session) route(def *stmtDef, describe bool) *wire.Error {
 		}
 	}
 	tenant := ss.pickTenant(&def.info)
+	if def.info.kind == kUnlisten && !def.info.multi && ss.listening && ss.be != nil {
+		tenant = ss.beTenant // the backend that listens, whichever tenant is selected (as by Query)
+	}
 	if tenant == "" {
 		if ss.be != nil && ss.status != 'I' {
 			return nil
@@ -559,7 +571,7 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		if e == skipRest {
 			return nil
 		}
-		if def.stale && def.params != nil {
+		if def.stale && len(def.params) > 0 {
 			// A server describes the parameters first (see stale.go).
 			ss.push(expect{kind: eSynth, synth: def.params})
 		}
@@ -602,8 +614,12 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.portalPrepName); ss.portalPrep != nil && len(body) > n && string(body[:n]) == ss.portalPrepName && body[n] == 0 {
 		prep, ss.portalPrep = ss.portalPrep, nil
 	}
+	unlisten := false
+	if n := len(ss.unlistenPortal); ss.unlistenBound && len(body) > n && string(body[:n]) == ss.unlistenPortal && body[n] == 0 {
+		unlisten, ss.unlistenBound = true, false
+	}
 	ss.be.W.WriteFrame(wire.MsgExecute, body)
-	ss.push(expect{kind: eExec, set: set, prep: prep})
+	ss.push(expect{kind: eExec, set: set, prep: prep, unlisten: unlisten})
 	return nil
 }
 
@@ -643,7 +659,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
-	ss.portalSet, ss.portalPrep = nil, nil
+	ss.portalSet, ss.portalPrep, ss.unlistenBound = nil, nil, false
 	ss.synthTag, ss.synthRow = "", false
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)

@@ -86,9 +86,14 @@ type gtok struct {
 // guardText scans one text; body is set inside a DO body (PL/pgSQL), where
 // a statement may also start after BEGIN, THEN, ELSE or LOOP.
 func guardText(sql string, body bool, depth int, g *guardFinding) {
+	guardToks(gtoks(sql), body, depth, g)
+}
+
+// gtoks splits sql into guard's tokens (comments dropped).
+func gtoks(sql string) []gtok {
 	var toks []gtok
 	n := len(sql)
-	for i := 0; i < n && g.err == nil; {
+	for i := 0; i < n; {
 		c := sql[i]
 		switch {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
@@ -132,7 +137,7 @@ func guardText(sql string, body bool, depth int, g *guardFinding) {
 			i++
 		}
 	}
-	guardToks(toks, body, depth, g)
+	return toks
 }
 
 // guardToks checks the tokens of one text (see guard).
@@ -156,7 +161,7 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 		if atStart {
 			stmtDo = isWord(i, "do")
 			if depth > 0 && !g.ddl {
-				g.ddl = bodyDDL(toks, i)
+				g.ddl = bodyDDL(toks, i, body)
 			}
 			switch {
 			case isWord(i, "set"):

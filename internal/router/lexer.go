@@ -184,6 +184,8 @@ type lexer struct {
 	// curDDL: the current statement changes the shard's schema (see
 	// stmtInfo.ddl), unless it is temporary.
 	curDDL bool
+	// with is what a WITH statement's INTO needs (see withPunct).
+	with withScan
 	// prepares counts statements starting with PREPARE, less those that
 	// are PREPARE TRANSACTION.
 	prepares int
@@ -301,6 +303,9 @@ func classify(sql string) stmtInfo {
 				info.multi = true
 			}
 			lx.add(stmtDone, tPunct, i, i+1)
+			if lx.stmt == "with" {
+				lx.with.punct(c, lx.sinceSemi)
+			}
 			i++
 		}
 		if stmtDone && lx.multiSeen {
@@ -309,6 +314,9 @@ func classify(sql string) stmtInfo {
 	}
 	lx.endStmt(&info)
 	lx.analyze(&info, sawFrom)
+	if info.ddl {
+		info.ddl = shardSchemaChange(sql) // (rare: not on the hot path)
+	}
 	info.endsTxn = lx.anyEnds || lx.ends
 	info.txnThenMore = lx.more
 	info.sqlPrepare = info.sqlPrepare || lx.prepares > 0
@@ -329,6 +337,7 @@ func (lx *lexer) endStmt(info *stmtInfo) {
 		info.ddl = true
 	}
 	lx.stmt, lx.createPrefix, lx.curTemp, lx.curDrop, lx.curDDL, lx.explainRuns = "", false, false, false, false, false
+	lx.with = withScan{}
 }
 
 // noteQuoted notes a quoted identifier: set_config, pg_settings or a
@@ -357,7 +366,7 @@ func (lx *lexer) selectInto() bool {
 	if !eqFold(lx.prev, "into") {
 		return false
 	}
-	return lx.stmt == "select" || (lx.stmt == "with" && !eqFold(lx.prev2, "insert") && !eqFold(lx.prev2, "merge"))
+	return lx.stmt == "select" || (lx.stmt == "with" && lx.with.cmdAt != lx.sinceSemi-2)
 }
 
 // noteWord notes a word token just added: whether the statement it is in ends
@@ -433,8 +442,8 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.stmt, lx.createPrefix, lx.curDDL = "create", true, true
 		case eq(w, "alter"), eq(w, "drop"):
 			lx.stmt, lx.curDDL = "alter", true
-		case eq(w, "comment"):
-			lx.curDDL = true
+		case ddlStatementWord(w):
+			lx.curDDL = true // COMMENT ON, SECURITY LABEL, IMPORT FOREIGN SCHEMA
 		case eq(w, "grant"), eq(w, "revoke"):
 			lx.stmt = "grant"
 		case eq(w, "select"):
@@ -476,6 +485,9 @@ func (lx *lexer) noteObjects(w string, info *stmtInfo) {
 			lx.curDDL = true // privileges on objects, not a role's membership
 		}
 	case "select", "with":
+		if lx.stmt == "with" {
+			lx.with.word(w, lx.sinceSemi, lx.prev2)
+		}
 		switch into := lx.selectInto(); {
 		case into && (eq(w, "temp") || eq(w, "temporary") || hasPrefixFold(w, "pg_temp")):
 			lx.curTemp = true

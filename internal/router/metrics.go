@@ -45,6 +45,9 @@ type Metrics struct {
 	// goroutine (park_linux.go); ClientParks counts their parks.
 	ClientsParked prometheus.Gauge
 	ClientParks   prometheus.Counter
+	// ShapeChecks counts the Describes the router sent to check a client
+	// statement's shape on a backend (stale.go: one round trip each).
+	ShapeChecks prometheus.Counter
 
 	mu    sync.Mutex
 	pools func() []pool.Stats
@@ -90,6 +93,8 @@ func NewMetrics() *Metrics {
 	m.ClientsParked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pgtenant_router_clients_parked", Help: "Idle clients parked now, holding no goroutine."})
 	m.ClientParks = prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtenant_router_client_parks_total", Help: "Parks of idle clients (each after 0.25-0.5 s without a message)."})
 	m.Registry.MustRegister(m.ClientsParked, m.ClientParks)
+	m.ShapeChecks = prometheus.NewCounter(prometheus.CounterOpts{Name: "pgtenant_router_shape_checks_total", Help: "Describes sent to check that a statement a client described has the same result shape on the backend it runs on (one round trip each)."})
+	m.Registry.MustRegister(m.ShapeChecks)
 	m.Registry.MustRegister(poolCollector{m})
 	return m
 }

@@ -6,19 +6,20 @@ import (
 
 // prepareOn queues a Parse of def on the attached backend unless it is there
 // already, and reports whether it did; swallow hides its answer from the
-// client.
-func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
+// client. For a named statement there already, shape is what a Describe
+// of it on this backend said (0: none did; see stale.go).
+func (ss *session) prepareOn(def *stmtDef, swallow bool) (sent bool, shape uint64) {
 	be := ss.be
 	name := ss.serverStmt(def)
 	if name != "" {
-		if _, ok := be.Prepared[name]; ok {
-			return false
+		if h, ok := be.Prepared[name]; ok {
+			return false, h
 		}
-		be.Prepared[name] = struct{}{}
+		be.Prepared[name] = 0
 		ss.closeFirst(name)
 	} else {
 		if be.Unnamed() == any(def) {
-			return false
+			return false, def.shape // parsed for def: as described
 		}
 	}
 	ss.out = wire.AppendParse(ss.out[:0], name, def.query, def.types)
@@ -27,7 +28,7 @@ func (ss *session) prepareOn(def *stmtDef, swallow bool) bool {
 		be.SetUnnamed(def)
 	}
 	ss.push(expect{kind: eParse, swallow: swallow, name: name})
-	return true
+	return true, 0
 }
 
 // serverStmt is the name def is prepared under on the attached backend:

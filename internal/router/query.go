@@ -181,16 +181,13 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			// (Listening once the server says so: see drain.)
 		case kUnlisten:
 			if ss.be == nil {
+				ss.listening = false // no backend listens
 				return ss.reply("UNLISTEN", nil)
 			}
-			if !ss.inTxn() && info.setName == "*" {
-				// (Not in a transaction, a BEGIN the router deferred too:
-				// a ROLLBACK would undo it.)
-				ss.listening = false // the session may switch tenants again
-			}
+			// (The session may switch tenants again once the server has
+			// stopped listening: see noteUnlisten.)
 		case kDiscard:
 			if !ss.inTxn() && info.setName == "all" { // the server refuses it in a transaction (25001)
-				ss.listening = false
 				ss.sets = nil
 				ss.resig()
 				ss.pathNext = 0 // the client's search_path is gone with the rest
@@ -198,6 +195,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				ss.unnamed = nil
 				ss.sqlStmts = nil
 				if ss.be == nil {
+					ss.listening = false // no backend listens
 					return ss.reply("DISCARD ALL", nil)
 				}
 			}
@@ -272,10 +270,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	}
 	if nPre > 0 {
 		ss.writeCombinedQuery(body)
-		ss.push(expect{kind: eQuery, skip: uint8(nPre), posShift: ss.prefixChars()})
+		ss.push(expect{kind: eQuery, skip: uint8(nPre), posShift: ss.prefixChars(), unlisten: info.unlistensAll()})
 	} else {
 		be.W.WriteFrame(wire.MsgQuery, body)
-		ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g)})
+		ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g), unlisten: info.unlistensAll()})
 	}
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
@@ -369,7 +367,7 @@ func (ss *session) reset(name string) {
 func (ss *session) noteServerState(info *stmtInfo) {
 	be := ss.be
 	if info.kind == kDiscard || info.kind == kDeallocate || info.laterDiscard {
-		be.Prepared = make(map[string]struct{})
+		be.Prepared = make(map[string]uint64)
 		be.ForgetUnnamed()
 		be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 		return
@@ -466,4 +464,31 @@ func (ss *session) recordSet(name, stmt string) {
 	}
 	ss.sets = out
 	ss.resig()
+}
+
+// unlistensAll reports whether the statement is UNLISTEN * alone: its
+// CommandComplete (a plain "UNLISTEN") says the server stopped listening.
+func (info *stmtInfo) unlistensAll() bool {
+	return info.kind == kUnlisten && info.setName == "*" && !info.multi
+}
+
+// noteUnlisten follows, on a CommandComplete of the attached backend,
+// whether the server stops listening for the session (session.listening
+// holds it to its tenant while it listens): UNLISTEN * (sent alone, e.
+// unlisten) or DISCARD ALL completed, however sent (Query or Execute,
+// alone or in a transaction block); it takes effect when its transaction
+// commits, so the guard is lifted at the next ReadyForQuery saying idle
+// ('I'), unless an error (a failed statement, a failed block, a
+// savepoint's rollback) or a ROLLBACK, which may undo it, or a LISTEN
+// (or a DO block or CALL, which may hide one) came in between. What the router cannot attribute (UNLISTEN * among
+// other statements of one Query) keeps the guard, as before.
+func (ss *session) noteUnlisten(e *expect, body []byte) {
+	switch string(body) {
+	case "DISCARD ALL\x00":
+		ss.unlistenDone = true
+	case "UNLISTEN\x00":
+		ss.unlistenDone = ss.unlistenDone || e.unlisten
+	case "LISTEN\x00", "ROLLBACK\x00", "DO\x00", "CALL\x00":
+		ss.unlistenDone = false // (a DO block or procedure may LISTEN)
+	}
 }

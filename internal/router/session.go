@@ -97,6 +97,10 @@ type expect struct {
 	// of that prefix in characters (see combined.go).
 	skip     uint8
 	posShift int
+	// unlisten: this Query or Execute is UNLISTEN * alone; its
+	// CommandComplete stops the listening once its transaction commits
+	// (see noteUnlisten).
+	unlisten bool
 }
 
 const (
@@ -238,6 +242,12 @@ type session struct {
 	// CopyInResponse.
 	copyStreaming bool
 	listening     bool
+	// unlistenDone: the server completed UNLISTEN * or DISCARD ALL in the
+	// transaction still open, no error or rollback since (see
+	// noteUnlisten); unlistenPortal names the portal bound to UNLISTEN *
+	// (unlistenBound) until its Execute or the next Sync.
+	unlistenDone, unlistenBound bool
+	unlistenPortal              string
 	// idle is the session's state in the server's idle watch (armIdle;
 	// nil before the first arm).
 	idle *idleArm
@@ -976,7 +986,7 @@ func (ss *session) end() {
 			return
 		}
 		be.SetDeadline(time.Time{})
-		be.Prepared = make(map[string]struct{})
+		be.Prepared = make(map[string]uint64)
 		be.Schema, be.Tenant, be.SessionSig = "", "", ""
 	} else if ss.status != 'I' || len(ss.queue) > 0 {
 		be.MarkBroken()

@@ -13,9 +13,13 @@ import (
 // another backend after that DDL would instead get the new shape, and the
 // client would decode its rows with the old description. So the router
 // keeps a hash of what the client was told by a Describe of the statement
-// (stmtDef.shape), describes the statement again when it prepares it
-// afresh on a backend (a rare event: the common case, a statement already
-// there, costs nothing), and refuses its Bind or Describe with 0A000, as
+// (stmtDef.shape), and of what a Describe on a backend said of the server
+// statement there (pool.Conn.Prepared's value: a server answers with the
+// shape the statement was prepared with); it describes the statement again
+// when the backend's is of a shape not known (prepared afresh, or by a
+// client that never described it: one round trip, once per statement and
+// backend; the common case, a statement already there and described,
+// costs one comparison), and refuses its Bind or Describe with 0A000, as
 // the server would, when the shape differs.
 //
 // A server analyses each Parse afresh; the router shares a server
@@ -72,7 +76,7 @@ func (s *Server) schemaChanged() {
 // since (those Parses do already).
 func (ss *session) serverFoundStale(e *expect) {
 	def := e.stmt
-	if def.shape != 0 || def.params != nil {
+	if def.shape != 0 || len(def.params) > 0 {
 		def.stale = true
 	}
 	if isClientStmt(e.name) {
@@ -89,18 +93,31 @@ func (ss *session) serverFoundStale(e *expect) {
 var skipRest = &wire.Error{Code: "XX000", Message: "skipped"}
 
 // ensurePrepared queues a Parse of def on the attached backend unless it is
-// there already. A named statement the client had described is described
-// again when it is prepared afresh, its answer awaited (a Flush), and its
-// shape compared with the one the client saw: staleError when it changed.
+// there already. A statement the client had described, named or unnamed,
+// is described again when it is prepared afresh, its answer awaited (a
+// Flush), and its shape compared with the one the client saw: staleError
+// when it changed. The unnamed statement too: a client (pgx's
+// describe-exec mode) describes it in one transaction and binds it in the
+// next, and when that lands on another backend (or one whose unnamed
+// statement a setup Query dropped) a DDL in between would otherwise give
+// rows of the new shape to a client decoding them with the old one (an
+// int4 column made float4: wrong numbers, no error). The check costs one
+// round trip, only when the statement is prepared afresh after a Describe.
 func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 	if def.stale {
 		return staleError()
 	}
-	if !ss.prepareOn(def, true) || def.shape == 0 || def.server == "" {
-		// (Not the unnamed statement: a client describes it and binds it
-		// in turn, often on two backends, and each check is a round trip.)
+	_, h := ss.prepareOn(def, true)
+	switch {
+	case def.shape == 0 || h == def.shape:
 		return nil
+	case h != 0:
+		// Prepared there with another shape (another client's Parse of
+		// the text after a schema change): what the server would refuse.
+		def.stale = true
+		return staleError()
 	}
+	ss.srv.m.ShapeChecks.Inc()
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
 	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
@@ -120,8 +137,11 @@ func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 
 // noteShape hashes a Describe's answer for the client's statement e.stmt:
 // the shape the client is told (a Describe it sent), or the shape checked
-// against it (the router's own, swallowed).
-func noteShape(e *expect, typ byte, body []byte) {
+// against it (the router's own, swallowed); it returns the hash when the
+// answer is complete (0 before), which is the shape of the server
+// statement be holds (a server answers a Describe with the shape the
+// statement was prepared with, or 0A000).
+func noteShape(e *expect, typ byte, body []byte) uint64 {
 	def := e.stmt
 	switch typ {
 	case wire.MsgParamDesc:
@@ -130,10 +150,10 @@ func noteShape(e *expect, typ byte, body []byte) {
 			def.params = append(append(def.params[:0], typ, 0, 0, 0, 0), body...)
 			binary.BigEndian.PutUint32(def.params[1:], uint32(4+len(body)))
 		}
-		return
+		return 0
 	case wire.MsgRowDescription, wire.MsgNoData:
 	default:
-		return
+		return 0
 	}
 	h := def.pending
 	if h == 0 {
@@ -149,6 +169,7 @@ func noteShape(e *expect, typ byte, body []byte) {
 	} else if h != def.shape {
 		def.stale = true
 	}
+	return h
 }
 
 const (
