@@ -462,9 +462,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
-	if ss.unlistenBound = def.info.unlistensAll(); ss.unlistenBound {
-		ss.unlistenPortal = string(bm.Portal)
-	}
+	ss.unlistenBound = len(bm.Portal) == 0 && def.info.unlistensAll()
 	ss.push(expect{kind: eBind, name: name, stmt: def})
 	return nil
 }
@@ -619,7 +617,7 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		prep, ss.portalPrep = ss.portalPrep, nil
 	}
 	unlisten := false
-	if n := len(ss.unlistenPortal); ss.unlistenBound && len(body) > n && string(body[:n]) == ss.unlistenPortal && body[n] == 0 {
+	if ss.unlistenBound && len(body) > 0 && body[0] == 0 { // the unnamed portal
 		unlisten, ss.unlistenBound = true, false
 	}
 	ss.be.W.WriteFrame(wire.MsgExecute, body)

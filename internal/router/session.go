@@ -248,10 +248,11 @@ type session struct {
 	listening     bool
 	// unlistenDone: the server completed UNLISTEN * or DISCARD ALL in the
 	// transaction still open, no error or rollback since (see
-	// noteUnlisten); unlistenPortal names the portal bound to UNLISTEN *
-	// (unlistenBound) until its Execute or the next Sync.
+	// noteUnlisten); unlistenBound: the unnamed portal is bound to
+	// UNLISTEN *, until its Execute or the next Sync (a named portal's
+	// keeps the guard: no portal name here keeps the session struct in
+	// its size class, see TestParkedClientHeap).
 	unlistenDone, unlistenBound bool
-	unlistenPortal              string
 	// idle is the session's state in the server's idle watch (armIdle;
 	// nil before the first arm).
 	idle *idleArm
