@@ -23,6 +23,7 @@ var nodeA, nodeB *pgtest.Server
 const asPgtenantEnv = "PGTENANT_TEST_AS_PGTENANT"
 
 func TestMain(m *testing.M) {
+	tieRouterChildren = true // routers this binary starts die with it
 	if os.Getenv(asPgtenantEnv) == "1" {
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
@@ -102,7 +103,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	if out := mustRun(t, "tenant", "list", "--shard", "3"); !strings.Contains(out, "pinned  3      explicit") {
 		t.Fatalf("tenant list --shard 3:\n%s", out)
 	}
-	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, "unknown tenant") {
+	if code, _, errOut := pgtenant(t, "tenant", "locate", "nobody"); code != 1 || !strings.Contains(errOut, `tenant "nobody" is unknown (SQLSTATE 42704)`) {
 		t.Fatalf("locate nobody: exit %d %q", code, errOut)
 	}
 	// Unknown names get the shape of shard move's: a SQLSTATE and where the names are.

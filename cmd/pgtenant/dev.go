@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -21,14 +23,33 @@ binaries (initdb and pg_ctl, found on PATH, through pg_config, or in
 catalog database on the first, every node registered and every shard created.
 When run as root, the servers run as the 'postgres' OS user.
 
-'dev up' writes DIR/pgtenant.yaml, which later commands run from the same
-directory pick up, so 'pgtenant tenant add acme' just works.`,
+'dev up' writes DIR/pgtenant.yaml. Later commands find it by themselves when
+run from the directory that holds .pgtenant (the default DIR), so
+'pgtenant tenant add acme' just works there; elsewhere, or with another DIR,
+export PGTENANT_CONFIG=DIR/pgtenant.yaml (dev up prints the line).`,
 	}
 	var opts devcluster.Options
 	var noRouter bool
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start (or reuse) the local cluster",
+		Long: `Start a local cluster in DIR (default ./.pgtenant), or start again the one
+there: N Postgres servers from this machine's PostgreSQL (initdb and pg_ctl:
+'apt-get install postgresql' on Debian/Ubuntu), each on a free loopback port
+with wal_level=logical; a catalog database on the first; every node
+registered and every shard created; and the router in the background (log in
+DIR/router.log, port kept in DIR/router.port). It prints the router's
+postgres:// URL, for DATABASE_URL, and the commands to try next.
+
+Run as root, the servers run as the 'postgres' OS user (PostgreSQL refuses to
+run as root), which must be able to enter every parent directory of DIR: not
+under /root; /tmp or /srv will do.
+
+Running it again reuses the cluster: stopped servers start, a different
+--shards is ignored (the count is fixed when the catalog is made), and an
+initdb cut short by a killed 'dev up' is done again. When another program took
+the router's port meanwhile, the router moves to a new one and a warning says
+so. Stop the cluster with 'pgtenant dev down'.`,
 		Example: `  pgtenant dev up
   pgtenant dev up --nodes 4 --shards 256 --dir /tmp/pgtenant`,
 		Args: cobra.NoArgs,
@@ -40,9 +61,13 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			if !cmd.Flags().Changed("shards") {
 				opts.Shards = 0 // the existing cluster's count, or 256
 			}
+			before := keptRouterPort(opts.Dir)
 			cl, err := devcluster.Up(cmd.Context(), opts)
 			if err != nil {
 				return err
+			}
+			if after := keptRouterPort(cl.Dir); before != 0 && after != before {
+				fmt.Fprintf(a.stderr, "warning: the router's port %d is taken by another program: the router moves to port %d; update DATABASE_URL (and any saved port) to the url below\n", before, after)
 			}
 			a.printCluster(cl)
 			if !noRouter {
@@ -64,10 +89,15 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 	var dir string
 	var destroy bool
 	status := &cobra.Command{
-		Use:     "status",
-		Short:   "Show the local cluster's servers and catalog",
-		Example: `  pgtenant dev status`,
-		Args:    cobra.NoArgs,
+		Use:   "status",
+		Short: "Show the local cluster's servers and catalog",
+		Long: `Show the local cluster's servers (port, running, DSN), its catalog, shard
+count and config file, and its router (URL and a psql line), or the command
+that starts what is stopped. Without --dir: ./.pgtenant, else the cluster
+whose pgtenant.yaml --config or PGTENANT_CONFIG names.`,
+		Example: `  pgtenant dev status
+  pgtenant dev status --dir ~/myapp-pg`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := devcluster.Status(cmd.Context(), a.devDir(cmd, dir))
 			if err != nil {
@@ -88,6 +118,13 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the local cluster (and remove it with --destroy)",
+		Long: `Stop the local cluster's router and servers (a fast shutdown: open
+transactions are rolled back). The data stays, and 'pgtenant dev up' starts
+it again; --destroy also deletes the directory. The router is found by its
+command line as well as by its pid file, so one left by a killed 'dev up' or
+'demo' stops too (SIGKILL after 30 s). Without --dir: ./.pgtenant, else the
+cluster whose pgtenant.yaml --config or PGTENANT_CONFIG names. A directory
+without a cluster is an error (exit 1).`,
 		Example: `  pgtenant dev down
   pgtenant dev down --destroy`,
 		Args: cobra.NoArgs,
@@ -99,7 +136,7 @@ directory pick up, so 'pgtenant tenant add acme' just works.`,
 			if destroy {
 				fmt.Fprintf(a.stdout, "local cluster in %s stopped and removed\n", dir)
 			} else {
-				fmt.Fprintf(a.stdout, "local cluster in %s stopped; 'pgtenant dev up' starts it again\n", dir)
+				fmt.Fprintf(a.stdout, "local cluster in %s stopped; `%s` starts it again\n", dir, devUpLine(absPath(dir)))
 			}
 			return nil
 		},
@@ -187,4 +224,22 @@ func checkClusterFlags(cmd *cobra.Command, nodes, shards int) error {
 		return usagef("--shards %d: %v", shards, catalog.ErrBadShardCount)
 	}
 	return nil
+}
+
+// keptRouterPort is the dev router's port kept in dir (router.port), or 0.
+func keptRouterPort(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "router.port"))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// absPath is p made absolute, or p when that fails.
+func absPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }

@@ -134,3 +134,33 @@ func TestDevUpPortsAndGitignore(t *testing.T) {
 		t.Errorf("dev status of a stopped cluster does not say %q (and only that):\n%s", want, out)
 	}
 }
+
+// TestDevUpSaysRouterPortMoved: when another program took the dev router's
+// kept port while the cluster was down, dev up says the router moves and to
+// which port (DATABASE_URL holds the old one), and dev down names the
+// directory in the command that starts the cluster again.
+func TestDevUpSaysRouterPortMoved(t *testing.T) {
+	base, err := pgtest.TempDir("devport")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	t.Chdir(base)
+	abs, _ := filepath.Abs("c")
+	t.Cleanup(func() { devcluster.Down(context.Background(), abs, true) })
+	mustRun(t, "dev", "up", "--dir", "c", "--nodes", "1", "--shards", "4", "--no-router")
+	if out := mustRun(t, "dev", "down", "--dir", "c"); !strings.Contains(out, "`pgtenant dev up --dir "+abs+"` starts it again") {
+		t.Errorf("dev down --dir c does not name the directory in the command that starts it again:\n%s", out)
+	}
+	old := keptRouterPort(abs)
+	taken, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	code, out, errOut := pgtenant(t, "dev", "up", "--dir", "c", "--no-router")
+	now := keptRouterPort(abs)
+	if code != 0 || now == old || !strings.Contains(errOut, fmt.Sprintf("the router's port %d is taken", old)) || !strings.Contains(errOut, fmt.Sprintf("moves to port %d", now)) {
+		t.Errorf("dev up with the router's port %d taken: exit %d, port now %d; want a warning naming both\n%s%s", old, code, now, out, errOut)
+	}
+}

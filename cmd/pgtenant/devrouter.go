@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/pgtenant/pgtenant/internal/devcluster"
@@ -91,12 +90,18 @@ func devRouterRunning(dir string) (string, bool) {
 	return cfg.Router.Listen, devcluster.RouterRunning(dir)
 }
 
+// tieRouterChildren, set by the test binary's TestMain (cli_test.go), makes
+// startRouterChild tie the router to its parent. A variable rather than
+// testing.Testing(), which would link package testing (~100 KB) into the
+// binary.
+var tieRouterChildren bool
+
 // startRouterChild starts the dev router cmd and returns a channel that
 // receives its exit. `dev up`'s router outlives the command on purpose (dev
 // down stops it); one started by a test binary (which runs as pgtenant, see
 // cli_test.go) dies with the binary, even a SIGKILLed one.
 func startRouterChild(cmd *exec.Cmd) (<-chan error, error) {
-	if testing.Testing() {
+	if tieRouterChildren {
 		return proclife.Start(cmd, syscall.SIGKILL)
 	}
 	if err := cmd.Start(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -255,6 +256,10 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	var order *migrate.OutOfOrderError
 	if errors.As(err, &refused) || errors.As(err, &noDown) || errors.As(err, &order) {
 		return sum, err // refused before anything ran
+	}
+	if unreachable := (*pgconn.ConnectError)(nil); errors.As(err, &unreachable) && sum.Migrated+sum.Current+sum.Failed == 0 {
+		// A node down is not the migration's fault, and nothing ran.
+		return sum, fmt.Errorf("%w\nnothing was applied: start the node or fix its DSN (`pgtenant node check` tests every node), then run `pgtenant migrate %s` again", err, verb)
 	}
 	if sum.Adopted > 0 {
 		fmt.Fprintf(a.stdout, "recorded the current files' checksums for %s (summed over shards) "+

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/localpg"
 )
 
 // migrateCluster sets up a catalog with 4 shards on two nodes in a fresh
@@ -285,5 +288,35 @@ func TestMigrateUpJSON(t *testing.T) {
 		if f.File != "00003_dup.sql" || f.Version != 3 || !slices.Equal(f.Applied, []int64{2}) || !strings.Contains(f.Error, "SQLSTATE 42P07") || f.Schema == "" || f.Node == "" {
 			t.Errorf("failure %+v: want 00003_dup.sql (version 3) after version 2, SQLSTATE 42P07", f)
 		}
+	}
+}
+
+// TestMigrateNodeDownCLI: migrate up with a node that does not answer says
+// that nothing was applied and points at the node, not at the migration
+// file ("fix the migration" sent a user to edit a correct file).
+func TestMigrateNodeDownCLI(t *testing.T) {
+	dsns := migrateCluster(t)
+	ctx := context.Background()
+	port, err := localpg.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := pgx.Connect(ctx, os.Getenv("PGTENANT_CATALOG"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close(ctx)
+	down := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/app?sslmode=disable&connect_timeout=5", port)
+	if _, err := cat.Exec(ctx, `UPDATE pgtenant.nodes SET dsn = $1 WHERE name = 'b'`, down); err != nil {
+		t.Fatal(err)
+	}
+	dir := writeFiles(t, "migrations", map[string]string{"00001_accounts.sql": accounts})
+	code, out, errOut := pgtenant(t, "migrate", "up", "--dir", dir)
+	if code != 1 || !strings.Contains(errOut, "nothing was applied") || !strings.Contains(errOut, "pgtenant node check") ||
+		strings.Contains(errOut, "fix the migration") || strings.Contains(out, "0 failed") {
+		t.Errorf("migrate up with node b down: exit %d, want 1 saying nothing was applied and naming node check, no summary\n%s%s", code, out, errOut)
+	}
+	if got := shardTables(t, dsns[:1]); len(got) != 0 {
+		t.Errorf("node a got tables while node b was down: %q", got)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -128,7 +129,7 @@ for as long as copying takes.`,
 					res, err := m.Resume(ctx, resume)
 					a.recordMove(ctx, c, "shard move resume", resume, -1, "", "", "", res, err)
 					if err != nil {
-						return err
+						return moveInterrupted(err, resume)
 					}
 					a.printMove(res)
 					return nil
@@ -151,7 +152,7 @@ for as long as copying takes.`,
 				prog.wait()
 				a.recordMove(ctx, c, "shard move", 0, shard, "", to, "", res, err)
 				if err != nil {
-					return err
+					return moveInterrupted(err, res.MoveID)
 				}
 				a.printMove(res)
 				return nil
@@ -254,4 +255,18 @@ old node; run it once the moved shards serve well from their new nodes.`,
 func (a *app) printMove(r move.Result) {
 	fmt.Fprintf(a.stdout, "shard %d moved from %s to %s (move %d): pause %s, %d rows, %d bytes, took %s, verified %v\n",
 		r.Shard, r.From, r.To, r.MoveID, r.Pause.Round(time.Millisecond/10), r.Rows, r.Bytes, r.Duration.Round(time.Millisecond), r.Verified)
+}
+
+// moveInterrupted adds to the error of a move stopped half-way (Ctrl-C, a
+// lost connection) the commands that finish or undo it: the move stays
+// recorded as running, its steps done so far kept.
+func moveInterrupted(err error, id int64) error {
+	if !errors.Is(err, move.ErrInterrupted) {
+		return err
+	}
+	ids := "ID"
+	if id > 0 {
+		ids = strconv.FormatInt(id, 10)
+	}
+	return fmt.Errorf("%w\nthe move is left as it stopped: finish it with `pgtenant shard move --resume %s`, or undo it with `pgtenant shard move --abort %s` (`pgtenant shard moves` lists the moves)", err, ids, ids)
 }

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
@@ -118,8 +121,15 @@ a config file (--config, PGTENANT_CONFIG, ./pgtenant.yaml or
 	root.AddCommand(splits[1])
 	root.AddCommand(newVersionCmd(a))
 	a.addJSONFlags(root)
+	root.SetUsageTemplate(root.UsageTemplate() + exitCodesHelp)
 	return root
 }
+
+// exitCodesHelp ends every command's --help (main.go's exit codes).
+const exitCodesHelp = `
+Exit codes: 0 success, 1 failure (the error says what failed, and what to do),
+2 usage error (an unknown flag, a missing or bad argument).
+`
 
 // group makes a command that only holds subcommands refuse unknown ones
 // with a usage error instead of printing help and exiting 0.
@@ -164,9 +174,32 @@ func (a *app) openCatalog(cmd *cobra.Command) (*catalog.Catalog, error) {
 	}
 	c := catalog.New(dsn, a.logger)
 	if err := c.Open(cmd.Context()); err != nil {
-		return nil, err
+		return nil, a.catalogUnreachable(cmd, err)
 	}
 	return c, nil
+}
+
+// catalogUnreachable adds to a failed connection to the catalog where its
+// DSN came from and, for a local cluster's config file, that the cluster
+// may be stopped.
+func (a *app) catalogUnreachable(cmd *cobra.Command, err error) error {
+	if ne := (*net.OpError)(nil); !errors.As(err, &ne) { // not a refused or timed-out dial: the server answered
+		return err
+	}
+	switch {
+	case cmd.Flag("catalog") != nil && cmd.Flag("catalog").Changed:
+		return fmt.Errorf("%w\nhint: is the catalog's server running at the address --catalog gives?", err)
+	case os.Getenv("PGTENANT_CATALOG") != "":
+		return fmt.Errorf("%w\nhint: is the catalog's server running at the address PGTENANT_CATALOG gives?", err)
+	}
+	if a.configPath == "" {
+		return err
+	}
+	dir := filepath.Dir(absPath(a.configPath))
+	if _, serr := os.Stat(filepath.Join(dir, "node1", "data")); serr == nil {
+		return fmt.Errorf("%w\nhint: the catalog is the local cluster's in %s (config %s): is it stopped? `%s` starts it", err, dir, a.configPath, devUpLine(dir))
+	}
+	return fmt.Errorf("%w\nhint: is the catalog's server running at the address the config file %s gives?", err, a.configPath)
 }
 
 // withCatalog runs fn with an open catalog and closes it after.

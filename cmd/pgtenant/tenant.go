@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/catalog"
+	"github.com/pgtenant/pgtenant/internal/placement"
 	"github.com/pgtenant/pgtenant/internal/tables"
 	"github.com/pgtenant/pgtenant/internal/tenantops"
 )
@@ -92,6 +93,9 @@ registered tables; see its --help).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 				loc, err := c.Locate(ctx, args[0])
+				if errors.Is(err, placement.ErrUnknownTenant) {
+					return unknownTenant(args[0], err)
+				}
 				if err != nil {
 					return err
 				}
@@ -209,4 +213,12 @@ func withSearchPath(dsn, schema string) string {
 		return dsn + sep + "options=-csearch_path%3D" + schema
 	}
 	return dsn + " options='-csearch_path=" + schema + "'"
+}
+
+// unknownTenant is the error of a command given an unregistered tenant, as
+// tenantops words it for remove, purge, export and move: SQLSTATE 42704 and
+// the commands that list and register tenants.
+func unknownTenant(id string, err error) error {
+	return &tenantops.Error{Code: "42704", Message: fmt.Sprintf("tenant %q is unknown", id),
+		Hint: "pgtenant tenant list shows the registered tenants; register it with pgtenant tenant add " + shellQuote(id), Err: err}
 }

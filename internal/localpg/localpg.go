@@ -126,6 +126,12 @@ func (c *Cluster) DSN(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.Port, db)
 }
 
+// initDir is where Init runs initdb and writes the settings; it becomes
+// DataDir by a rename once both are done, so a data directory is complete
+// or absent. One left by an interrupted Init (a killed `dev up`) is removed
+// by the next Init, which starts over.
+func (c *Cluster) initDir() string { return filepath.Join(c.Dir, "data.initdb") }
+
 // Initialized reports whether the data directory exists.
 func (c *Cluster) Initialized() bool {
 	return fileExists(filepath.Join(c.DataDir(), "PG_VERSION"))
@@ -133,6 +139,10 @@ func (c *Cluster) Initialized() bool {
 
 // Init creates the data directory with initdb unless it already exists, and writes
 // the settings pgtenant needs (loopback only, wal_level=logical, the port).
+// initdb runs in a directory of its own renamed into place at the end, so an
+// Init killed half-way leaves no data directory that a later Init would take
+// for a complete one: the later Init removes the partial one and runs initdb
+// again.
 func (c *Cluster) Init(ctx context.Context) error {
 	if err := c.resolveBin(); err != nil {
 		return err
@@ -150,12 +160,48 @@ func (c *Cluster) Init(ctx context.Context) error {
 		}
 		return nil
 	}
+	if err := c.clearPartial(); err != nil {
+		return err
+	}
 	if err := c.makeDataDir(); err != nil {
 		return err
 	}
-	if out, err := c.run(ctx, "initdb", "-D", c.DataDir(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"); err != nil {
+	if out, err := c.run(ctx, "initdb", "-D", c.initDir(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"); err != nil {
 		return fmt.Errorf("initdb: %w: %s", err, out)
 	}
+	if err := c.writeSettings(); err != nil {
+		return err
+	}
+	if err := os.Rename(c.initDir(), c.DataDir()); err != nil {
+		return fmt.Errorf("move the new data directory into place: %w", err)
+	}
+	return nil
+}
+
+// clearPartial removes what an interrupted Init left: the initdb directory,
+// and an empty data directory (made before initdb by earlier versions). A
+// data directory with files but no PG_VERSION is not Init's to remove: the
+// error says what to do.
+func (c *Cluster) clearPartial() error {
+	if err := os.RemoveAll(c.initDir()); err != nil {
+		return fmt.Errorf("remove the data directory of an interrupted initdb: %w", err)
+	}
+	entries, err := os.ReadDir(c.DataDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read data directory: %w", err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("%s holds files but no PG_VERSION: not a PostgreSQL data directory, or one whose initdb was interrupted; remove it (rm -rf %s) and run again", c.DataDir(), c.DataDir())
+	}
+	return os.Remove(c.DataDir())
+}
+
+// writeSettings appends pgtenant's settings and c.Settings to the new data
+// directory's postgresql.conf.
+func (c *Cluster) writeSettings() error {
 	conf := map[string]string{
 		"listen_addresses":                "'127.0.0.1'",
 		"port":                            strconv.Itoa(c.Port),
@@ -181,7 +227,7 @@ func (c *Cluster) Init(ctx context.Context) error {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s = %s\n", k, conf[k])
 	}
-	f, err := os.OpenFile(filepath.Join(c.DataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(c.initDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open postgresql.conf: %w", err)
 	}
@@ -189,7 +235,7 @@ func (c *Cluster) Init(ctx context.Context) error {
 	if _, err := f.WriteString(b.String()); err != nil {
 		return fmt.Errorf("write postgresql.conf: %w", err)
 	}
-	return nil
+	return f.Sync()
 }
 
 // readPort reads the port back from postgresql.conf (the last "port =" line wins).
@@ -208,7 +254,7 @@ func (c *Cluster) readPort() (int, error) {
 		}
 	}
 	if port == 0 {
-		return 0, fmt.Errorf("no port in %s", filepath.Join(c.DataDir(), "postgresql.conf"))
+		return 0, fmt.Errorf("no port in %s: the data directory was not made by pgtenant, or its initdb was interrupted; remove %s and run again", filepath.Join(c.DataDir(), "postgresql.conf"), c.DataDir())
 	}
 	return port, nil
 }
@@ -431,7 +477,8 @@ func (c *Cluster) argsInRoot(args []string) []string {
 }
 
 // makeDataDir picks a free port when none is set and creates c's directory
-// (traversable) and its data directory, owned by the user Postgres runs as.
+// (traversable) and the directory initdb fills (initDir), owned by the user
+// Postgres runs as.
 func (c *Cluster) makeDataDir() error {
 	if c.Port == 0 {
 		p, err := FreePort()
@@ -446,7 +493,7 @@ func (c *Cluster) makeDataDir() error {
 	if err := os.Chmod(c.Dir, 0o755); err != nil {
 		return fmt.Errorf("chmod %s: %w", c.Dir, err)
 	}
-	if err := os.MkdirAll(c.DataDir(), 0o700); err != nil {
+	if err := os.MkdirAll(c.initDir(), 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 	if cred, err := runAsCredential(); err != nil {
@@ -455,7 +502,7 @@ func (c *Cluster) makeDataDir() error {
 		if err := checkTraversable(c.Dir); err != nil {
 			return err
 		}
-		if err := os.Chown(c.DataDir(), int(cred.Uid), int(cred.Gid)); err != nil {
+		if err := os.Chown(c.initDir(), int(cred.Uid), int(cred.Gid)); err != nil {
 			return fmt.Errorf("chown data dir: %w", err)
 		}
 	}

@@ -16,7 +16,9 @@ import (
 // the pause equals the copy time:
 //
 //	schema    the pre-copy part of the schema restored on the target (not fenced yet)
-//	copydata  fence in the routers; one source transaction holds EXCLUSIVE
+//	copydata  one source transaction takes SHARE UPDATE EXCLUSIVE on the
+//	          shard's tables (waiting out autovacuum: fencelock.go), then
+//	          fence in the routers; the transaction holds EXCLUSIVE
 //	          locks on the shard's tables (reads go on) while every table is
 //	          streamed with COPY … (FORMAT binary) into the target; then the
 //	          post-copy part (indexes, FKs, triggers), sequences, verification,
@@ -36,9 +38,14 @@ func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) erro
 	if err != nil {
 		return err
 	}
-	t0 := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.CatchUpTimeout)
 	defer cancel()
+	// The source transaction starts before the pause: it waits out
+	// autovacuum on the shard's tables (fencelock.go).
+	if err := m.beginPreLocked(cctx, src, mv, mv.Source, mv.SourceDSN, names); err != nil {
+		return fmt.Errorf("fence on source: %w", err)
+	}
+	t0 := time.Now()
 	err = m.copyUnderFence(cctx, mv, src, dst, names, res)
 	bg, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel2()
@@ -69,6 +76,10 @@ func (m *Mover) stepCopyData(ctx context.Context, mv *moveRun, res *Result) erro
 // transaction (EXCLUSIVE locks and REVOKEs), which ends with the mover's
 // connection.
 func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.Conn, names []string, res *Result) (err error) {
+	// In the source transaction stepCopyData began (beginPreLocked). On
+	// failure the rollback releases the locks and undoes the REVOKE; after
+	// the flip the commit keeps the REVOKE.
+	defer m.rollbackOpen(ctx, src, "move", mv.ID, "shard", mv.Shard)
 	if err := m.markFenced(ctx, mv); err != nil {
 		return err
 	}
@@ -89,24 +100,17 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 	if err != nil {
 		return fmt.Errorf("fence shard in routers: %w", err)
 	}
-	tx, err := src.Begin(ctx)
-	if err != nil {
+	if _, err := src.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
 		return fmt.Errorf("fence on source: %w", err)
 	}
-	// On failure the rollback releases the locks and undoes the REVOKE; after the flip the commit keeps the REVOKE.
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds())); err != nil {
-		return err
-	}
-	quoted := make([]string, len(names))
-	for i, n := range names {
-		quoted[i] = ident(mv.Schema, n)
-	}
+	quoted := qualified(mv.Schema, names)
 	if len(names) > 0 {
-		if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(quoted, ", ")+` IN EXCLUSIVE MODE`); err != nil {
-			return fmt.Errorf("fence on source: lock the shard's tables: %w", err)
+		if _, err := src.Exec(ctx, `LOCK TABLE `+strings.Join(quoted, ", ")+` IN EXCLUSIVE MODE`); err != nil {
+			m.rollbackOpen(ctx, src, "move", mv.ID, "shard", mv.Shard) // its own locks go before the holders are named
+			return fmt.Errorf("fence on source: %w", lockFailed(ctx, mv.Source, mv.SourceDSN,
+				fmt.Sprintf("lock the shard's tables (lock_timeout %s)", m.cfg.LockTimeout), []string{mv.Schema}, conflictsExclusive, err))
 		}
-		if err := revokeRetired(ctx, tx, mv.Schema); err != nil {
+		if err := revokeRetired(ctx, src, mv.Schema); err != nil {
 			return err
 		}
 		// COPY goes into bare tables: no triggers, FKs or secondary indexes
@@ -128,7 +132,7 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		}
 	}
 	for i, n := range names {
-		rows, err := copyTable(ctx, tx.Conn(), dst, quoted[i], false)
+		rows, err := copyTable(ctx, src, dst, quoted[i], false)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", n, err)
 		}
@@ -151,7 +155,7 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		}
 	}
 	if !mv.Progress.Options.SkipVerify {
-		rep, err := VerifySchemas(ctx, tx.Conn(), dst, mv.Schema)
+		rep, err := VerifySchemas(ctx, src, dst, mv.Schema)
 		if err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
@@ -160,14 +164,14 @@ func (m *Mover) copyUnderFence(ctx context.Context, mv *moveRun, src, dst *pgx.C
 		}
 		res.Verified = true
 	}
-	if err := syncSequences(ctx, tx.Conn(), dst, mv.Schema); err != nil {
+	if err := syncSequences(ctx, src, dst, mv.Schema); err != nil {
 		return err
 	}
 	if err := m.flip(ctx, mv); err != nil {
 		return err
 	}
 	lease.close() // the flip consumed it
-	if err := tx.Commit(ctx); err != nil {
+	if _, err := src.Exec(ctx, `COMMIT`); err != nil {
 		m.log.Warn("keep write privileges revoked on the source", "move", mv.ID, "err", err)
 	}
 	return nil

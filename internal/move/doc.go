@@ -49,7 +49,8 @@
 //     (pgtenant_move.fence); when the mover dies, routers release the shard
 //     to its source and the move waits for Resume (see lease.go).
 //   - Under the fence one source transaction takes LOCK TABLE … IN EXCLUSIVE
-//     MODE (lock_timeout bounded), puts the pgtenant_fence statement trigger
+//     MODE (lock_timeout bounded; it began before the pause with SHARE UPDATE
+//     EXCLUSIVE, waiting out autovacuum: fencelock.go), puts the pgtenant_fence statement trigger
 //     on every table, takes the source lease and inserts the marker. A writer
 //     that slipped past the routers then fails with 25006 (superusers too)
 //     until the lease lapses; after the flip the lease is permanent and the

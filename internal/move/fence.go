@@ -13,9 +13,12 @@ import (
 
 // stepFence is the cutover; its duration is the shard's write pause:
 //
+//  0. before the pause, the source transaction of step 2 begins and takes
+//     SHARE UPDATE EXCLUSIVE on the shard's tables, waiting out autovacuum
+//     (fencelock.go);
 //  1. mark the shard 'fenced' in the catalog and have the Fencer hold the
 //     shard's new transactions in the routers and drain in-flight ones;
-//  2. on the source, one transaction with a short lock_timeout: LOCK TABLE …
+//  2. on the source, in that transaction, with a short lock_timeout: LOCK TABLE …
 //     IN EXCLUSIVE MODE on every table of the shard (reads go on, writers that
 //     bypassed the routers wait), insert a marker row, commit;
 //  3. poll the target every PollInterval until the marker is applied;
@@ -71,6 +74,11 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 			}
 		}
 	}
+	// The fence's source transaction starts here, before the pause: it
+	// waits out autovacuum on the shard's tables (fencelock.go).
+	if err := m.beginPreLocked(ctx, src, mv, mv.Source, mv.SourceDSN, names); err != nil {
+		return fmt.Errorf("fence on source: %w", err)
+	}
 	m.prepareFencer(ctx)
 	t0 := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
@@ -78,6 +86,7 @@ func (m *Mover) stepFence(ctx context.Context, mv *moveRun, res *Result) error {
 	fctx, cancelCause := context.WithCancelCause(tctx)
 	defer cancelCause(nil)
 	if err := m.fenceAndFlip(fctx, cancelCause, mv, src, dst, leaseConn, snapConn, names, res); err != nil {
+		m.rollbackOpen(ctx, src, "move", mv.ID, "shard", mv.Shard) // a failure before the locking round trip
 		if cause := context.Cause(fctx); errors.Is(cause, errLeaseLost) || errors.Is(err, errLeaseLost) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, errors.Join(err, cause))
 		}
@@ -165,20 +174,8 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 		return fmt.Errorf("fence shard in routers: %w", err)
 	}
 	tFenced := time.Now()
-	// Beside the lock, on the lease's connection, not earlier: autovacuum
-	// starts again on a table nobody holds a lock on (a cancel beside the
-	// routers' fence let a new worker in before the LOCK, which then timed
-	// out), and skips a table whose lock another session waits for. Beside
-	// it rather than before it: its scan of pg_locks and its round trip were
-	// a few ms of the pause, and the LOCK waiting for a worker it cancels
-	// goes on at once.
-	vacuumed := make(chan struct{})
-	go func() {
-		defer close(vacuumed)
-		m.cancelAutovacuum(ctx, leaseConn, mv)
-	}()
+	// Autovacuum is off the tables since stepFence's preLock (fencelock.go).
 	seq, seqs, err := m.lockBatch(ctx, mv, src, names)
-	<-vacuumed
 	if err != nil {
 		return err
 	}
@@ -242,27 +239,9 @@ func (m *Mover) fenceAndFlip(ctx context.Context, cancel context.CancelCauseFunc
 	return nil
 }
 
-// cancelAutovacuum cancels the autovacuum workers busy with the shard's
-// tables on conn's server, so that the fence's LOCK TABLE does not wait for
-// them. An autovacuum worker on one of the tables holds SHARE UPDATE
-// EXCLUSIVE, and Postgres cancels it for a lock waiter only after
-// deadlock_timeout (1s by default), no shorter than lock_timeout: without
-// this the fence fails whenever autovacuum is busy with the shard (seen on a
-// freshly loaded 1 GB shard). Autovacuum skips a table it cannot lock, so it
-// does not come back while LOCK TABLE waits. Best effort: a role that may not
-// signal autovacuum only logs it.
-func (m *Mover) cancelAutovacuum(ctx context.Context, conn *pgx.Conn, mv *moveRun) {
-	if _, err := conn.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
-		WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database() AND EXISTS (SELECT 1 FROM pg_locks l
-			JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = $1)`, mv.Schema); err != nil {
-		m.log.Warn("cancel autovacuum on the shard's tables", "move", mv.ID, "shard", mv.Shard, "err", err)
-	}
-}
-
-// lockAndMark takes the shard's table locks on the source and commits a marker row.
+// lockAndMark takes the shard's table locks on the source and commits a
+// marker row, in the transaction beginPreLocked opened on src.
 func (m *Mover) lockAndMark(ctx context.Context, mv *moveRun, src *pgx.Conn, names []string) (int64, error) {
-	m.cancelAutovacuum(ctx, src, mv)
 	seq, _, err := m.lockBatch(ctx, mv, src, names)
 	return seq, err
 }
@@ -293,14 +272,12 @@ func (m *Mover) lockBatch(ctx context.Context, mv *moveRun, src *pgx.Conn, names
 		b.Queue(sql, args...)
 		what = append(what, label)
 	}
-	queue("begin", `BEGIN`)
+	if src.PgConn().TxStatus() == 'I' { // else begun by beginPreLocked
+		queue("begin", `BEGIN`)
+	}
 	queue("set lock_timeout", fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'`, m.cfg.LockTimeout.Milliseconds()))
 	if len(names) > 0 {
-		q := make([]string, len(names))
-		for i, n := range names {
-			q[i] = ident(mv.Schema, n)
-		}
-		queue("lock the shard's tables", `LOCK TABLE `+strings.Join(q, ", ")+` IN EXCLUSIVE MODE`)
+		queue("lock the shard's tables", `LOCK TABLE `+strings.Join(qualified(mv.Schema, names), ", ")+` IN EXCLUSIVE MODE`)
 	}
 	m.queueGuard(queue, mv, names)
 	// With synchronous_commit on: see insertMarker.
@@ -311,6 +288,7 @@ func (m *Mover) lockBatch(ctx context.Context, mv *moveRun, src *pgx.Conn, names
 	queue("read source sequences", readSequencesSQL, mv.Schema)
 	br := src.SendBatch(ctx, b)
 	var err error
+	var failed string
 	for _, label := range what {
 		switch label {
 		case "insert marker":
@@ -331,7 +309,7 @@ func (m *Mover) lockBatch(ctx context.Context, mv *moveRun, src *pgx.Conn, names
 			_, err = br.Exec()
 		}
 		if err != nil {
-			err = fmt.Errorf("%s: %w", label, err)
+			failed = label
 			break
 		}
 	}
@@ -343,6 +321,12 @@ func (m *Mover) lockBatch(ctx context.Context, mv *moveRun, src *pgx.Conn, names
 			if _, rerr := src.Exec(context.WithoutCancel(ctx), `ROLLBACK`); rerr != nil {
 				m.log.Warn("roll back the source fence", "move", mv.ID, "shard", mv.Shard, "err", rerr)
 			}
+		}
+		if failed == "lock the shard's tables" { // named after the rollback: its own locks are gone
+			return 0, seqs, fmt.Errorf("fence on source: %w", lockFailed(ctx, mv.Source, mv.SourceDSN,
+				fmt.Sprintf("%s (lock_timeout %s)", failed, m.cfg.LockTimeout), []string{mv.Schema}, conflictsExclusive, err))
+		} else if failed != "" {
+			err = fmt.Errorf("%s: %w", failed, err)
 		}
 		return 0, seqs, fmt.Errorf("fence on source: %w", err)
 	}

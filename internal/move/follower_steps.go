@@ -154,6 +154,17 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 		leaseConn.Close(context.WithoutCancel(ctx))
 		return err
 	}
+	// The node transaction starts before the pause: it waits out
+	// autovacuum on the moved tables (fencelock.go).
+	var quoted []string
+	for i, mv := range sr.moves {
+		quoted = append(quoted, qualified(mv.Schema, names[i])...)
+	}
+	if err := m.preLock(ctx, sr.src, sr.Node, sr.sourceDSN, sr.schemas(), quoted, "split", sr.ID); err != nil {
+		leaseConn.Close(context.WithoutCancel(ctx))
+		return err
+	}
+	defer m.rollbackOpen(ctx, sr.src, "split", sr.ID) // a failure before lockSplit's commit
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	sr.fenceStart = time.Now()
@@ -173,7 +184,7 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 		}
 	}
 	tFenced := time.Now()
-	if err := m.lockSplit(fctx, sr, names); err != nil {
+	if err := m.lockSplit(fctx, sr, quoted, names); err != nil {
 		return err
 	}
 	lease.arm(leaseConn)
@@ -212,31 +223,21 @@ func (m *Mover) splitFence(ctx context.Context, sr *splitRun, res *SplitResult) 
 	return nil
 }
 
-// lockSplit is the moves' lockAndMark for all the moved shards in one
-// transaction (one commit, no marker: the follower's replay position is
-// the proof here): autovacuum on them cancelled (best effort), LOCK TABLE …
-// IN EXCLUSIVE MODE on every table, each shard's guard armed.
-func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, names [][]string) error {
-	if _, err := sr.src.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
-		WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database() AND EXISTS (SELECT 1 FROM pg_locks l
-			JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = ANY($1))`, sr.schemas()); err != nil {
-		m.log.Warn("cancel autovacuum on the moved shards' tables", "split", sr.ID, "err", err)
-	}
-	err := pgx.BeginFunc(ctx, sr.src, func(tx pgx.Tx) error {
+// lockSplit is the moves' lockAndMark for all the moved shards in the
+// transaction preLock began (one commit, no marker: the follower's replay
+// position is the proof here): LOCK TABLE … IN EXCLUSIVE MODE on every
+// table (quoted), each shard's guard armed.
+func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, quoted []string, names [][]string) error {
+	err := func() error {
 		// Flushed at commit, so the standby gets the fence at once (not after the WAL writer's delay).
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'; SET LOCAL synchronous_commit = on`, m.cfg.LockTimeout.Milliseconds())); err != nil {
+		if _, err := sr.src.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = '%dms'; SET LOCAL synchronous_commit = on`, m.cfg.LockTimeout.Milliseconds())); err != nil {
 			return err
 		}
-		var q []string
-		for i, mv := range sr.moves {
-			for _, n := range names[i] {
-				q = append(q, ident(mv.Schema, n))
-			}
-		}
-		if len(q) > 0 {
-			if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(q, ", ")+` IN EXCLUSIVE MODE`); err != nil {
-				return fmt.Errorf("lock the moved shards' tables: %w", err)
+		if len(quoted) > 0 {
+			if _, err := sr.src.Exec(ctx, `LOCK TABLE `+strings.Join(quoted, ", ")+` IN EXCLUSIVE MODE`); err != nil {
+				m.rollbackOpen(ctx, sr.src, "split", sr.ID) // its own locks go before the holders are named
+				return lockFailed(ctx, sr.Node, sr.sourceDSN, fmt.Sprintf("lock the moved shards' tables (lock_timeout %s)", m.cfg.LockTimeout),
+					sr.schemas(), conflictsExclusive, err)
 			}
 		}
 		for i, mv := range sr.moves {
@@ -245,7 +246,7 @@ func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, names [][]string) e
 				if qerr != nil {
 					return
 				}
-				if _, err := tx.Exec(ctx, sql, args...); err != nil {
+				if _, err := sr.src.Exec(ctx, sql, args...); err != nil {
 					qerr = fmt.Errorf("%s: %w", label, err)
 				}
 			}, mv, names[i])
@@ -253,9 +254,14 @@ func (m *Mover) lockSplit(ctx context.Context, sr *splitRun, names [][]string) e
 				return fmt.Errorf("shard %d: %w", mv.Shard, qerr)
 			}
 		}
-		return nil
-	})
-	if err != nil {
+		_, err := sr.src.Exec(ctx, `COMMIT`)
+		return err
+	}()
+	var le *lockError
+	if errors.As(err, &le) {
+		return err // names the node
+	} else if err != nil {
+		m.rollbackOpen(ctx, sr.src, "split", sr.ID)
 		return fmt.Errorf("fence on node %s: %w", sr.Node, err)
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // The fence is a lease. The mover that fences a shard holds two leases of
@@ -76,7 +77,9 @@ func (m *Mover) queueGuard(queue func(label, sql string, args ...any), mv *moveR
 		queue("put the fence trigger on the shard's tables", fmt.Sprintf("CREATE OR REPLACE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtenant_move.fence_guard()",
 			ident(guardTrigger), ident(mv.Schema, n)))
 	}
-	queue("take the source lease", `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+	// clock_timestamp(), not now(): the fence transaction began before the
+	// pause (preLock), maybe seconds ago.
+	queue("take the source lease", `INSERT INTO pgtenant_move.fence (schema_name, move_id, expires_at) VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 millisecond')
 		ON CONFLICT (schema_name) DO UPDATE SET move_id = excluded.move_id, expires_at = excluded.expires_at`,
 		mv.Schema, mv.ID, m.sourceLease().Milliseconds())
 }
@@ -241,7 +244,11 @@ func (r *leaseRenewer) close() {
 // that retires (renames) the source schema after a flip, so a writer that
 // bypassed the routers fails with 42501 instead of writing to the old copy,
 // and the copy method's fence transaction (a rollback gives them back).
-func revokeRetired(ctx context.Context, tx pgx.Tx, schema string) error {
+// tx is a pgx.Tx or a *pgx.Conn in a transaction.
+func revokeRetired(ctx context.Context, tx interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}, schema string) error {
 	rows, err := tx.Query(ctx, `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
 		CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
 		string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)

@@ -50,6 +50,10 @@ func (m *Mover) fenceBack(ctx context.Context, mv *moveRun) error {
 	back.Source, back.Target = mv.Target, mv.Source
 	back.SourceDSN, back.TargetDSN = mv.TargetDSN, mv.SourceDSN
 	back.src, back.dst = mv.dst, mv.src
+	// The fence's transaction on the target starts before the pause (fencelock.go).
+	if err := m.beginPreLocked(ctx, dst, &back, back.Source, back.SourceDSN, names); err != nil {
+		return fmt.Errorf("fence on target: %w", err)
+	}
 	t0 := time.Now()
 	tctx, cancel := context.WithTimeout(ctx, m.cfg.FenceTimeout)
 	defer cancel()
@@ -84,6 +88,7 @@ func (m *Mover) fenceBack(ctx context.Context, mv *moveRun) error {
 		lease.close()
 		return nil
 	}()
+	m.rollbackOpen(ctx, dst, "move", mv.ID, "shard", mv.Shard) // a failure before the locking round trip
 	bg, cancelBg := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancelBg()
 	if err != nil {

@@ -7,6 +7,10 @@
 // there: chrooted, their data directories under ROOT/tmp (see
 // localpg.Cluster.Root). PGTENANT_TEST_PGBIN picks the server's bin
 // directory inside the root (empty: the newest).
+//
+// Nothing outlives a test binary for long: its directories name it, its
+// watchdog (watchdog.go) stops and removes them when it dies, even SIGKILLed,
+// and ReapOrphans at every binary's start catches what a watchdog missed.
 package pgtest
 
 import (
@@ -136,6 +140,7 @@ func mkdirOwned(base, name string) (string, error) {
 	mine.Lock()
 	mine.dirs = append(mine.dirs, dir)
 	mine.Unlock()
+	startWatchdog()
 	return dir, nil
 }
 
@@ -257,6 +262,29 @@ func clusterDirs(dir string) []string {
 		return nil
 	})
 	return out
+}
+
+// PrivateTempDir points TMPDIR, for t and the children it starts, at a
+// fresh directory that other test binaries' ReapOrphans do not look in (it
+// is not named pgtenant-*), and removes it, after a ReapOrphans of its own,
+// when t ends. Tests of what a killed binary leaves behind use it, so that
+// another binary starting meanwhile on the same machine cannot do the
+// reaping they test.
+func PrivateTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pgtest-private-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // the servers run as postgres when root
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", dir)
+	t.Cleanup(func() {
+		ReapOrphans()
+		os.RemoveAll(dir)
+	})
+	return dir
 }
 
 // Child runs this test binary again as a child with env set to "1" (its

@@ -15,10 +15,12 @@ import (
 	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
-// orphanEnv makes the test binary start a server, print its directory and
-// wait to be killed; interruptEnv does the same through MainWith.
+// orphanEnv makes the test binary start a server without a watchdog, print
+// its directory and wait to be killed; watchedEnv does the same with the
+// watchdog; interruptEnv through MainWith.
 const (
 	orphanEnv    = "PGTEST_ORPHAN"
+	watchedEnv   = "PGTEST_WATCHED"
 	interruptEnv = "PGTEST_INTERRUPT"
 )
 
@@ -29,8 +31,9 @@ func TestMain(m *testing.M) {
 			time.Sleep(time.Hour)
 		})
 	}
-	if os.Getenv(orphanEnv) == "1" {
-		s, err := Start("orphan")
+	if watched, orphan := os.Getenv(watchedEnv) == "1", os.Getenv(orphanEnv) == "1"; watched || orphan {
+		watchdogOn = watched // an orphan's server is left for ReapOrphans
+		s, err := Start(map[bool]string{true: "watched", false: "orphan"}[watched])
 		if err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
@@ -60,6 +63,7 @@ func postmasterPID(t *testing.T, dir string) int {
 // it and removes its directory, and leaves alone a directory without an
 // owner file and one whose owner runs.
 func TestReapOrphans(t *testing.T) {
+	PrivateTempDir(t)
 	unmarked, err := os.MkdirTemp("", "pgtenant-test-unmarked-")
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +98,33 @@ func TestReapOrphans(t *testing.T) {
 	for _, d := range []string{unmarked, mine} {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("ReapOrphans removed %s: %v", d, err)
+		}
+	}
+}
+
+// TestWatchdogStopsKilledBinarysServers: a test binary that started a
+// server is SIGKILLed; its watchdog stops the server and removes its
+// directory without waiting for another binary's ReapOrphans.
+func TestWatchdogStopsKilledBinarysServers(t *testing.T) {
+	PrivateTempDir(t)
+	child, dir := Child(t, watchedEnv)
+	id, err := proclife.Of(postmasterPID(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Process.Kill()
+	child.Wait()
+	for deadline := time.Now().Add(time.Minute); id.Alive(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed binary's server (pid %d) still runs a minute later: no watchdog stopped it", id.PID)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed binary's directory %s is still there a minute later", dir)
 		}
 	}
 }

@@ -21,6 +21,13 @@ const (
 	sleepEnv  = "PROCLIFE_TEST_SLEEP"
 )
 
+// init keeps the main goroutine on the main thread, so that no test
+// goroutine runs there: a goroutine that returns locked to the main thread
+// wedges it instead of ending it, and TestStartOutlivesCallersThread needs
+// its thread to end (it waited 600 s for a death signal that never came
+// when its goroutine happened to run on the main thread).
+func init() { runtime.LockOSThread() }
+
 func TestMain(m *testing.M) {
 	if os.Getenv(sleepEnv) == "1" {
 		time.Sleep(time.Hour)

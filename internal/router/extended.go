@@ -462,7 +462,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
 	}
-	ss.unlistenBound = len(bm.Portal) == 0 && def.info.unlistensAll()
+	if ss.unlistenBound = def.info.unlistensAll(); ss.unlistenBound {
+		ss.unlistenPortal = string(bm.Portal)
+	}
 	ss.push(expect{kind: eBind, name: name, stmt: def})
 	return nil
 }
@@ -617,7 +619,7 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		prep, ss.portalPrep = ss.portalPrep, nil
 	}
 	unlisten := false
-	if ss.unlistenBound && len(body) > 0 && body[0] == 0 { // the unnamed portal
+	if n := len(ss.unlistenPortal); ss.unlistenBound && len(body) > n && string(body[:n]) == ss.unlistenPortal && body[n] == 0 {
 		unlisten, ss.unlistenBound = true, false
 	}
 	ss.be.W.WriteFrame(wire.MsgExecute, body)

@@ -152,6 +152,13 @@ func TestConnectNoWriteBuffer(t *testing.T) {
 	runtime.ReadMemStats(&m1)
 	per := float64(m1.TotalAlloc-m0.TotalAlloc) / n / 1024
 	t.Logf("allocated per connection: %.1f KiB", per)
+	if raceDetector {
+		// Every connection above still ran its query; only the bound is
+		// off: under -race sync.Pool drops pooled buffers at random, so
+		// sessions allocate fresh write buffers.
+		t.Logf("bound of 24 KiB not checked under -race (sync.Pool drops items)")
+		return
+	}
 	if per > 24 {
 		t.Errorf("allocated %.1f KiB per connection, want under 24 KiB (no new 32 KiB write buffer per client)", per)
 	}

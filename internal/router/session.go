@@ -217,14 +217,14 @@ type session struct {
 	// relayed is set when server messages were buffered for the client
 	// since the last flush.
 	relayed bool
+	failed  bool // emulated aborted transaction (its backend was lost)
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
-	failed       bool   // emulated aborted transaction (its backend was lost)
 	synthTag     string // CommandComplete tag for the portal synthName
 	synthName    string
-	synthRow     bool // the synthesized portal returns one text row
 	synthValue   string
 	synthFormat  int16
+	synthRow     bool // the synthesized portal returns one text row
 	skipToSync   bool
 	// closing: the backend sent a FATAL error, relayed; the session ends.
 	closing bool
@@ -248,11 +248,10 @@ type session struct {
 	listening     bool
 	// unlistenDone: the server completed UNLISTEN * or DISCARD ALL in the
 	// transaction still open, no error or rollback since (see
-	// noteUnlisten); unlistenBound: the unnamed portal is bound to
-	// UNLISTEN *, until its Execute or the next Sync (a named portal's
-	// keeps the guard: no portal name here keeps the session struct in
-	// its size class, see TestParkedClientHeap).
+	// noteUnlisten); unlistenPortal names the portal bound to UNLISTEN *
+	// (unlistenBound) until its Execute or the next Sync.
 	unlistenDone, unlistenBound bool
+	unlistenPortal              string
 	// idle is the session's state in the server's idle watch (armIdle;
 	// nil before the first arm).
 	idle *idleArm

@@ -40,6 +40,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/localpg"
 	"github.com/pgtenant/pgtenant/internal/move"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 )
 
 type options struct {
@@ -289,6 +290,8 @@ func (b *bench) generate(ctx context.Context, n int) error {
 
 type routerProc struct {
 	cmd     *exec.Cmd
+	exited  <-chan error  // proclife.Start's: the router's exit
+	gone    chan struct{} // closed once stop saw it exit
 	addr    string
 	metrics string
 	started time.Duration // exec to /readyz 200
@@ -310,9 +313,12 @@ func (b *bench) startRouter(ctx context.Context) (*routerProc, error) {
 	r.cmd.Dir = b.root
 	r.cmd.Stderr = r.stderr
 	t0 := time.Now()
-	if err := r.cmd.Start(); err != nil {
+	// The router dies with the bench, even a killed one (proclife).
+	exited, err := proclife.Start(r.cmd, syscall.SIGKILL)
+	if err != nil {
 		return nil, err
 	}
+	r.exited, r.gone = exited, make(chan struct{})
 	for {
 		resp, err := http.Get("http://" + r.metrics + "/readyz")
 		if err == nil {
@@ -332,15 +338,19 @@ func (b *bench) startRouter(ctx context.Context) (*routerProc, error) {
 }
 
 func (r *routerProc) stop() {
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { r.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-r.gone:
+		return
+	default:
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.exited:
 	case <-time.After(30 * time.Second):
 		r.cmd.Process.Kill()
-		<-done
+		<-r.exited
 	}
+	close(r.gone)
 }
 
 // rss returns the process's resident set and its peak, in MB.

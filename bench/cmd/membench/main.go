@@ -36,6 +36,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/localpg"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/proclife"
 	"github.com/pgtenant/pgtenant/internal/router"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
@@ -147,12 +148,14 @@ func run(ctx context.Context, o options, w io.Writer) error {
 		return err
 	}
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	// The router child dies with the bench, even a killed one (proclife).
+	exited, err := proclife.Start(cmd, syscall.SIGKILL)
+	if err != nil {
 		return err
 	}
 	defer func() {
 		stdin.Close()
-		cmd.Wait()
+		<-exited
 	}()
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
