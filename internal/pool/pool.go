@@ -143,6 +143,9 @@ type Conn struct {
 	// LastClient is the owner's id of the client that last held the
 	// connection (0: none yet); the pool does not read it.
 	LastClient uint64
+	// UnnamedParse is the owner's count of the Parse that made the unnamed
+	// statement SetUnnamed recorded; the pool does not read it.
+	UnnamedParse uint64
 	// Prepared holds the names of statements prepared on this connection,
 	// each with a value of the owner's (the router: a hash of its result
 	// shape as a Describe told it, 0 while unknown).

@@ -255,6 +255,13 @@ func shardSchemaChange(sql string) bool {
 	// schema: then a name finds the shard's table first.)
 	pathSet := slices.ContainsFunc(toks, func(t gtok) bool { return strings.Contains(strings.ToLower(t.text), "search_path") })
 	for _, st := range stmts {
+		if st[0].kind == tWord && inFold(tempEnders, st[0].text) {
+			// The temporary tables made so far may be gone (ON COMMIT
+			// DROP, a rollback, DISCARD TEMP): the names find the
+			// shard's tables again.
+			temps = nil
+			continue
+		}
 		if name := tempCreated(st); name != "" {
 			if !pathSet {
 				temps = append(temps, name)
@@ -276,6 +283,10 @@ func shardSchemaChange(sql string) bool {
 	}
 	return false
 }
+
+// tempEnders are the statements after which a temporary table made
+// earlier in a string may be gone (see shardSchemaChange).
+var tempEnders = []string{"commit", "end", "rollback", "abort", "discard", "prepare"}
 
 // tempCreated returns the name of the temporary table, view or sequence
 // st creates without a schema (CREATE [GLOBAL|LOCAL] TEMP TABLE [IF NOT

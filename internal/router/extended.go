@@ -23,6 +23,10 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		// Parsed afresh, as on a server: what a Describe of the earlier
 		// Parse told the client is not checked against (see stale.go).
 		def.shape, def.pending, def.params = 0, 0, def.params[:0]
+		// And the server must analyse it afresh too (prepareOn): a schema
+		// change the router did not see (pgtenant migrate's) would
+		// otherwise meet the earlier Parse's statement, and 0A000.
+		def.parses++
 	}
 	if def == nil {
 		q := ss.cr.String(pm.Query) // no copy of a large statement

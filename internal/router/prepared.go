@@ -18,7 +18,7 @@ func (ss *session) prepareOn(def *stmtDef, swallow bool) (sent bool, shape uint6
 		be.Prepared[name] = 0
 		ss.closeFirst(name)
 	} else {
-		if be.Unnamed() == any(def) {
+		if be.Unnamed() == any(def) && be.UnnamedParse == def.parses {
 			return false, def.shape // parsed for def: as described
 		}
 	}
@@ -26,6 +26,7 @@ func (ss *session) prepareOn(def *stmtDef, swallow bool) (sent bool, shape uint6
 	be.W.WriteFrame(wire.MsgParse, ss.out)
 	if name == "" {
 		be.SetUnnamed(def)
+		be.UnnamedParse = def.parses
 	}
 	ss.push(expect{kind: eParse, swallow: swallow, name: name})
 	return true, 0

@@ -51,6 +51,10 @@ type stmtDef struct {
 	// gen is Server.stmtGen at its Parse.
 	params []byte
 	gen    uint64
+	// parses counts the client's Parses of the unnamed statement that def
+	// stands for (recentUnnamed reuses def): a backend's unnamed statement
+	// made for an earlier one was analysed before it (pool.Conn.UnnamedParse).
+	parses uint64
 }
 
 // setting is one session setting the client made.
