@@ -95,6 +95,15 @@ func TestCLIAccess(t *testing.T) {
 	if code, _, errOut := pgtenant(t, "table", "set", "x", "--tenant-column", "a b"); code != 1 || !strings.Contains(errOut, "plain identifier") {
 		t.Fatalf("table set with a bad column: exit %d %s", code, errOut)
 	}
+	// A rule for a table shard 0 does not have (a typo, or a table a later
+	// migration makes) is recorded, with a word saying so; none for one it has.
+	if code, _, errOut := pgtenant(t, "table", "set", "countrys", "--shared"); code != 0 || !strings.Contains(errOut, "shard 0 (shard_0000) has no table countrys yet") {
+		t.Fatalf("table set of a missing table: exit %d, stderr %q", code, errOut)
+	}
+	if code, _, errOut := pgtenant(t, "table", "set", "countries", "--shared"); code != 0 || strings.Contains(errOut, "has no table") {
+		t.Fatalf("table set of an existing table: exit %d, stderr %q", code, errOut)
+	}
+	mustRun(t, "table", "remove", "countrys")
 
 	// Defect 10: a tenant with rows is not removed silently.
 	mustRun(t, "tenant", "add", "acme", "--shard", "1")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -73,6 +74,11 @@ security).`,
 					return err
 				}
 				fmt.Fprintf(a.stdout, "table %s: %s\n", t.Name, t.Describe())
+				// A rule may come before the migration that makes its table;
+				// a typo would otherwise pass without a word.
+				if schema, app, err := shard0Tables(ctx, c); err == nil && schema != "" && !slices.Contains(app, t.Name) {
+					fmt.Fprintf(a.stderr, "note: shard 0 (%s) has no table %s yet: the rule applies once a migration creates it (check the name; 'pgtenant table remove %s' undoes it)\n", schema, t.Name, t.Name)
+				}
 				return a.applyAccess(ctx, c, nil)
 			})(cmd, args)
 		},
@@ -144,26 +150,39 @@ security).`,
 // unregisteredTables names the tables of shard 0's schema that the registry
 // has no rule for (every shard has the same tables).
 func unregisteredTables(ctx context.Context, c *catalog.Catalog, rules []tables.Table) ([]string, error) {
+	_, app, err := shard0Tables(ctx, c)
+	if err != nil || app == nil {
+		return nil, err
+	}
+	return tables.Unregistered(app, rules), nil
+}
+
+// shard0Tables returns shard 0's schema and the application's tables in it
+// ("" and nil before any shard exists).
+func shard0Tables(ctx context.Context, c *catalog.Catalog) (string, []string, error) {
 	shards, err := c.Shards(ctx)
 	if err != nil || len(shards) == 0 {
-		return nil, err
+		return "", nil, err
 	}
 	n, err := c.Node(ctx, shards[0].Node)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	dsn, err := c.ResolveDSN(n.DSN)
 	if err != nil {
-		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		return "", nil, fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connect to node %s: %w", n.Name, err)
+		return "", nil, fmt.Errorf("connect to node %s: %w", n.Name, err)
 	}
 	defer conn.Close(context.Background())
 	app, err := tables.AppTables(ctx, conn, shards[0].Schema)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	return tables.Unregistered(app, rules), nil
+	if app == nil {
+		app = []string{}
+	}
+	return shards[0].Schema, app, nil
 }
