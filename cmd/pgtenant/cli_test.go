@@ -116,6 +116,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		{[]string{"node", "stats", "nosuch"}, "`pgtenant node list`"},
 		{[]string{"tenant", "list", "--shard", "999"}, "`pgtenant shard list`"},
 		{[]string{"tenant", "list", "--shard", "16"}, "`pgtenant shard list`"},
+		{[]string{"tenant", "add", "placed", "--shard", "16"}, "`pgtenant shard list`"},
 	} {
 		code, out, errOut := pgtenant(t, c.args...)
 		if code != 1 || !strings.Contains(errOut, "(SQLSTATE 42704)") || !strings.Contains(errOut, c.want) || out != "" {

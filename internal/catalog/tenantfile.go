@@ -86,7 +86,7 @@ func (c *Catalog) AddTenantFile(ctx context.Context, r io.Reader, opts TenantFil
 		return res, fmt.Errorf("add tenants: %w", err)
 	}
 	if s := opts.Shard; s != nil && (*s < 0 || *s >= count) {
-		return res, fmt.Errorf("add tenants: shard %d does not exist; shards are 0..%d", *s, count-1)
+		return res, fmt.Errorf("add tenants: shard %d is unknown (SQLSTATE 42704): shards are 0 to %d; `pgtenant shard list` names them", *s, count-1)
 	}
 	progress := opts.Progress
 	if progress == nil {

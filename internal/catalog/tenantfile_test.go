@@ -84,7 +84,7 @@ func TestAddTenantFile(t *testing.T) {
 		t.Fatalf("an existing tenant was moved: %+v", loc)
 	}
 	bad := 16
-	if _, err := c.AddTenantFile(ctx, strings.NewReader("x\n"), TenantFileOptions{Shard: &bad}); err == nil || !strings.Contains(err.Error(), "shard 16 does not exist") {
+	if _, err := c.AddTenantFile(ctx, strings.NewReader("x\n"), TenantFileOptions{Shard: &bad}); err == nil || !strings.Contains(err.Error(), "shard 16 is unknown (SQLSTATE 42704)") {
 		t.Fatalf("shard 16 of 16: %v", err)
 	}
 }

@@ -30,7 +30,7 @@ func (c *Catalog) AddTenant(ctx context.Context, id string, shard *int) (placeme
 		return placement.Location{}, fmt.Errorf("add tenant: %w", err)
 	}
 	if shard != nil && (*shard < 0 || *shard >= count) {
-		return placement.Location{}, fmt.Errorf("add tenant: shard %d does not exist; shards are 0..%d", *shard, count-1)
+		return placement.Location{}, fmt.Errorf("add tenant: shard %d is unknown (SQLSTATE 42704): shards are 0 to %d; `pgtenant shard list` names them", *shard, count-1)
 	}
 	// One statement, so one round trip and one commit: the tenant, its
 	// operation-log row (the same transaction) and where it went. The shards'
