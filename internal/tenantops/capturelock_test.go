@@ -76,6 +76,25 @@ func (h *vacuumHold) release() {
 	<-h.done
 }
 
+// moveBehindHold moves tenant "mover" of shard 0 with opts while
+// holdLikeAutovacuum holds its invoices table from the capture step on,
+// and returns the hold and the move's error.
+func moveBehindHold(t *testing.T, cl *cluster, forever bool, opts MoveOptions) (*vacuumHold, error) {
+	t.Helper()
+	conn0, schema0 := cl.shardConn(t, 0)
+	var h *vacuumHold
+	opts.Progress = func(step string) {
+		if step == "capture" {
+			h = holdLikeAutovacuum(t, conn0.Config().ConnString(), pgx.Identifier{schema0, "invoices"}.Sanitize(), forever)
+		}
+	}
+	_, err := cl.ops.Move(ctxT(t), "mover", opts)
+	if h == nil {
+		t.Fatalf("move: %v; it never reached the capture", err)
+	}
+	return h, err
+}
+
 // TestMoveOutlastsAutovacuumLock: a lock like an autovacuum worker's on
 // one of the source's tables when the capture triggers are created, let go
 // only once a lock request waited deadlock_timeout for it (as Postgres
@@ -88,17 +107,8 @@ func TestMoveOutlastsAutovacuumLock(t *testing.T) {
 	ctx := ctxT(t)
 	cl := newCluster(t)
 	cl.addTenant(t, "mover", 0, 10)
-	conn0, schema0 := cl.shardConn(t, 0)
 	before := cl.rowsOf(t, "mover", 0)
-	var h *vacuumHold
-	_, err := cl.ops.Move(ctx, "mover", MoveOptions{ToShard: 1, Progress: func(step string) {
-		if step == "capture" {
-			h = holdLikeAutovacuum(t, conn0.Config().ConnString(), pgx.Identifier{schema0, "invoices"}.Sanitize(), false)
-		}
-	}})
-	if h == nil {
-		t.Fatalf("move: %v; it never reached the capture", err)
-	}
+	h, err := moveBehindHold(t, cl, false, MoveOptions{ToShard: 1})
 	h.release()
 	if err != nil {
 		t.Fatalf("move behind a lock like autovacuum's: %v", err)
@@ -127,16 +137,7 @@ func TestMoveLockHeldAbortsNamingHolder(t *testing.T) {
 	cl.addTenant(t, "mover", 0, 5)
 	conn0, schema0 := cl.shardConn(t, 0)
 	before := cl.rowsOf(t, "mover", 0)
-	table := pgx.Identifier{schema0, "invoices"}.Sanitize()
-	var h *vacuumHold
-	_, err := cl.ops.Move(ctx, "mover", MoveOptions{ToShard: 1, LockWait: 2 * time.Second, Progress: func(step string) {
-		if step == "capture" {
-			h = holdLikeAutovacuum(t, conn0.Config().ConnString(), table, true)
-		}
-	}})
-	if h == nil {
-		t.Fatalf("move: %v; it never reached the capture", err)
-	}
+	h, err := moveBehindHold(t, cl, true, MoveOptions{ToShard: 1, LockWait: 2 * time.Second})
 	if sqlState(err) != "55P03" {
 		t.Fatalf("move: %v; want 55P03", err)
 	}
@@ -157,7 +158,7 @@ func TestMoveLockHeldAbortsNamingHolder(t *testing.T) {
 	if err := conn0.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgtenant_tmove_%'`).Scan(&left); err != nil || left != 0 {
 		t.Errorf("capture schemas left: %d %v", left, err)
 	}
-	if _, err := conn0.Exec(ctx, `INSERT INTO `+table+` (tenant_id, customer_id, total) SELECT 'mover', min(id), 1 FROM `+pgx.Identifier{schema0, "customers"}.Sanitize()+` WHERE tenant_id = 'mover'`); err != nil {
+	if _, err := conn0.Exec(ctx, `INSERT INTO `+pgx.Identifier{schema0, "invoices"}.Sanitize()+` (tenant_id, customer_id, total) SELECT 'mover', min(id), 1 FROM `+pgx.Identifier{schema0, "customers"}.Sanitize()+` WHERE tenant_id = 'mover'`); err != nil {
 		t.Errorf("write after the aborted move: %v", err)
 	}
 }
