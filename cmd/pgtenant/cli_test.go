@@ -79,6 +79,12 @@ func TestCLIEndToEnd(t *testing.T) {
 	}
 	mustRun(t, "node", "add", "a", nodeA.NewDatabase(t))
 	mustRun(t, "node", "add", "b", nodeB.NewDatabase(t))
+	// A name already taken is refused before any check (which would create
+	// a replication slot on the node), with 42710 and what to do.
+	if code, out, errOut := pgtenant(t, "node", "add", "a", nodeA.NewDatabase(t)); code != 1 || !strings.Contains(errOut, `node "a" is already registered (SQLSTATE 42710)`) ||
+		!strings.Contains(errOut, "pgtenant node list") || strings.Contains(out+errOut, "reachable") {
+		t.Fatalf("node add of a taken name: exit %d\n%s%s", code, out, errOut)
+	}
 	port, _ := localpg.FreePort()
 	code, out, errOut := pgtenant(t, "node", "add", "c", fmt.Sprintf("postgres://u:hunter2@127.0.0.1:%d/x?connect_timeout=2", port))
 	if code != 1 || !strings.Contains(out+errOut, "reachable") || strings.Contains(out+errOut, "hunter2") {

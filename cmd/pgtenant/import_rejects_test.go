@@ -105,12 +105,12 @@ func TestImportStartRefusesNullTenant(t *testing.T) {
 	nobody := queryInt(t, f.legacy, `SELECT id FROM buildings WHERE name = 'nobody'`)
 	orphan := queryInt(t, f.legacy, `INSERT INTO meter_notes (meter_id, note) VALUES (NULL, 'orphan') RETURNING id`)
 	code, out, errOut := pgtenant(t, "import", "start", "--no-follow")
-	if want := fmt.Sprintf("23502: 1 row(s) of buildings have no tenant (a NULL tenant id in tenant_id), e.g. key(s) %d", nobody); code == 0 || !strings.Contains(errOut, want) {
+	if want := fmt.Sprintf("1 row(s) of buildings have no tenant (a NULL tenant id in tenant_id), e.g. key(s) %d (SQLSTATE 23502): fix them", nobody); code == 0 || !strings.Contains(errOut, want) {
 		t.Fatalf("import start with a NULL tenant: exit %d, want %q\n%s%s", code, want, out, errOut)
 	}
 	execSQL(t, f.legacy, `UPDATE buildings SET tenant_id = $1 WHERE name = 'nobody'`, f.ids[0])
 	code, out, errOut = pgtenant(t, "import", "start", "--no-follow")
-	if want := fmt.Sprintf("23502: 1 row(s) of meter_notes have no tenant (no row of meters behind meter_id, or one with a NULL tenant id), e.g. key(s) %d", orphan); code == 0 || !strings.Contains(errOut, want) {
+	if want := fmt.Sprintf("1 row(s) of meter_notes have no tenant (no row of meters behind meter_id, or one with a NULL tenant id), e.g. key(s) %d (SQLSTATE 23502): fix them", orphan); code == 0 || !strings.Contains(errOut, want) {
 		t.Fatalf("import start with a child row without its parent: exit %d, want %q\n%s%s", code, want, out, errOut)
 	}
 	execSQL(t, f.legacy, `DELETE FROM meter_notes WHERE id = $1`, orphan)

@@ -99,7 +99,7 @@ func TestImportInit(t *testing.T) {
 	}
 	code, out, errOut = pgtenant(t, "import", "init", "--from", legacy)
 	if code != 1 || !strings.Contains(errOut, fmt.Sprintf("table meter_notes: 1 row(s) with no row of meters (or one with a NULL tenant id) behind meter_id, e.g. %d", orphan)) ||
-		!strings.Contains(errOut, "23503: 30 tenant id(s) in the legacy rows are not registered") || !strings.Contains(errOut, "--register-tenants") {
+		!strings.Contains(errOut, "30 tenant id(s) in the legacy rows are not registered, e.g. ") || !strings.Contains(errOut, "(SQLSTATE 23503)") || !strings.Contains(errOut, "--register-tenants") {
 		t.Fatalf("import init with an orphan and unregistered tenants: exit %d\n%s%s", code, out, errOut)
 	}
 	if got := catalogState(); got != catBefore {

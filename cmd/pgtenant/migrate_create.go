@@ -20,6 +20,12 @@ Rails does, so files made on different branches rarely collide) with empty
 '-- +goose Up' and '-- +goose Down' sections, and print its path. Nothing is
 applied: fill it in, then run 'pgtenant migrate up'.
 
+The Up section shows, commented out, the annotation that says where a new
+table keeps its tenant id ('-- pgtenant: tenant_column=COL' on the line before
+its CREATE TABLE; also parent=, shared): 'migrate up' records it in the tables
+registry ('pgtenant table list'), which row-level security, tenant moves,
+exports and purges read.
+
 NAME is letters, digits and underscores, starting with a letter; CamelCase and
 dashes become snake_case (AddUsersEmail: add_users_email).`,
 		Example: `  pgtenant migrate create add_invoices --dir ./migrations

@@ -239,8 +239,14 @@ func TestMigrateCreateCLI(t *testing.T) {
 	if code, _, _ := pgtenant(t, "migrate", "create"); code != 2 {
 		t.Errorf("migrate create without a name: exit %d, want 2", code)
 	}
-	// The file it wrote, filled in, goes up and down on real shards.
-	filled := strings.Replace(string(body), "-- +goose Up\n", "-- +goose Up\nCREATE TABLE invoices (id bigint);\n", 1)
+	// The file it wrote, filled in (its commented tenant_column line
+	// uncommented before the CREATE TABLE), goes up and down on real shards
+	// and records the table's rule.
+	hint := "-- -- pgtenant: tenant_column=customer_id\n"
+	if !strings.Contains(string(body), hint) {
+		t.Fatalf("created file gives no hint of the tenant_column annotation:\n%s", body)
+	}
+	filled := strings.Replace(string(body), hint, "-- pgtenant: tenant_column=customer_id\nCREATE TABLE invoices (id bigint, customer_id text);\n", 1)
 	filled = strings.Replace(filled, "-- +goose Down\n", "-- +goose Down\nDROP TABLE invoices;\n", 1)
 	if err := os.WriteFile(path, []byte(filled), 0o644); err != nil {
 		t.Fatal(err)
@@ -250,6 +256,9 @@ func TestMigrateCreateCLI(t *testing.T) {
 	}
 	if got := shardTables(t, dsns); len(got) != 4 {
 		t.Errorf("tables after up: %v", got)
+	}
+	if out := mustRun(t, "table", "list"); !regexp.MustCompile(`invoices\s+tenant_column=customer_id`).MatchString(out) {
+		t.Errorf("table list after up of the created file:\n%s", out)
 	}
 	mustRun(t, "migrate", "down", "--dir", "db/migrations")
 	if got := shardTables(t, dsns); len(got) != 0 {

@@ -26,12 +26,13 @@ reachable, runs PostgreSQL 14 or newer, and lets the user create schemas; it
 warns when wal_level is not 'logical' or the user lacks REPLICATION, since
 online shard moves need both.
 
-A node is a database: one that is already registered (under another name or
-DSN), or the catalog database, is refused. The DSN is stored as given: keep
-the password out of it with a reference such as password=$NODE1_PASSWORD
-(resolved from the environment, or the router's --secrets-file, by the process
-that connects) or with a passfile (PGPASSFILE); a literal password draws a
-warning.
+A name already registered is refused (SQLSTATE 42710) before anything is
+checked or created on the server. A node is a database: one that is already
+registered (under another name or DSN), or the catalog database, is refused.
+The DSN is stored as given: keep the password out of it with a reference such
+as password=$NODE1_PASSWORD (resolved from the environment, or the router's
+--secrets-file, by the process that connects) or with a passfile
+(PGPASSFILE); a literal password draws a warning.
 
 Nodes added before 'shard create' receive shards; nodes added later receive
 shards only by moving them ('pgtenant shard move', 'pgtenant node split').`,

@@ -57,6 +57,17 @@ func (e unknownNodeError) Error() string {
 
 func (e unknownNodeError) Unwrap() error { return ErrUnknownNode }
 
+// AlreadyRegistered is the error for a node name that is taken: it says so
+// with SQLSTATE 42710 (duplicate_object) and what to do.
+func AlreadyRegistered(name string) error { return nodeExistsError{name} }
+
+type nodeExistsError struct{ name string }
+
+func (e nodeExistsError) Error() string {
+	return fmt.Sprintf("node %q is already registered (SQLSTATE 42710); choose another name (`pgtenant node list` shows the nodes and their DSNs), "+
+		"or remove it first with `pgtenant node remove %s` once it holds no shards", e.name, e.name)
+}
+
 // Catalog is a handle on the catalog database. Create it with New and Open it
 // before use.
 type Catalog struct {

@@ -171,6 +171,19 @@ func TestNodeAddErrors(t *testing.T) {
 	if _, err := c.AddNode(ctx, "replica", replicaOnly.NewDatabase(t)); err == nil || !strings.Contains(err.Error(), "already registered") {
 		t.Fatalf("duplicate AddNode = %v", err)
 	}
+	// A name already taken is refused first, with 42710 and what to do:
+	// no check ran, so nothing was created on the node (the move checks
+	// create a replication slot) and an unreachable DSN is not tried.
+	dsnA := nodeA.NewDatabase(t)
+	for _, dsn := range []string{dsnA, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?connect_timeout=2", freePort)} {
+		report, err := c.AddNode(ctx, "replica", dsn)
+		if err == nil || !strings.Contains(err.Error(), `node "replica" is already registered (SQLSTATE 42710); choose another name`) || !strings.Contains(err.Error(), "pgtenant node list") {
+			t.Errorf("AddNode of a taken name at %s = %v, want 42710 and a hint", RedactDSN(dsn), err)
+		}
+		if len(report.Checks) != 0 {
+			t.Errorf("AddNode of a taken name ran checks first: %+v", report.Checks)
+		}
+	}
 	nodes, err := c.Nodes(ctx)
 	if err != nil || len(nodes) != 1 {
 		t.Fatalf("nodes = %v, %v; want only the good one", nodes, err)

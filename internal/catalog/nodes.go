@@ -222,6 +222,14 @@ func unwrapParse(err error) error {
 // connect. A database already registered under another name, or the catalog
 // database itself, is refused with ErrDuplicateNode (see NodeIdentity).
 func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, error) {
+	// A name already taken is refused before the checks, which connect to
+	// the node and create (and drop) a replication slot there.
+	var taken bool
+	if err := c.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant.nodes WHERE name = $1)`, name).Scan(&taken); err == nil && taken {
+		err := AlreadyRegistered(name)
+		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
+		return NodeReport{Node: name}, fmt.Errorf("add node: %w", err)
+	}
 	resolved, err := c.resolve(dsn)
 	if err != nil {
 		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
@@ -250,7 +258,7 @@ func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, er
 			_ = c.pool.QueryRow(ctx, `SELECT name FROM pgtenant.nodes WHERE identity = $1`, report.Identity).Scan(&other)
 			err = fmt.Errorf("node %s: %w", name, duplicateError(other, report.Identity))
 		} else if errors.As(err, &pgErr) && pgErr.Code == "23505" {
-			err = fmt.Errorf("node %q is already registered", name)
+			err = AlreadyRegistered(name)
 		} else if errors.As(err, &pgErr) && pgErr.Code == "23514" {
 			err = fmt.Errorf("node name %q: use 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
 		} else if isUndefinedTable(err) {

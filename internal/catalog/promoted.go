@@ -52,7 +52,7 @@ func (c *Catalog) addPromotedNode(ctx context.Context, name, dsn, id string) err
 		_ = c.pool.QueryRow(ctx, `SELECT name FROM pgtenant.nodes WHERE identity = $1`, id).Scan(&other)
 		return duplicateError(other, id)
 	case errors.As(err, &pgErr) && pgErr.Code == "23505":
-		return fmt.Errorf("node %q is already registered", name)
+		return AlreadyRegistered(name)
 	case err != nil:
 		return fmt.Errorf("register node: %w", err)
 	}

@@ -32,7 +32,9 @@ func (e *CheckError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "the legacy database cannot be imported yet (%d problem(s); nothing was changed)", len(e.Problems))
 	for _, p := range e.Problems {
-		fmt.Fprintf(&b, "\n  %s: %s", p.Code, p.Message)
+		// At the line's end: a problem's message often starts with
+		// the table it is about ("table t: ...").
+		fmt.Fprintf(&b, "\n  %s%s", p.Message, sqlstate(p.Code))
 		if p.Hint != "" {
 			fmt.Fprintf(&b, "\n    hint: %s", p.Hint)
 		}

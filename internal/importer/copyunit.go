@@ -415,7 +415,7 @@ func (w *copyWorker) copyUnit(ctx context.Context, u copyUnit) (rows, bytes int6
 			if u.table.rule.Kind == tables.KindChild {
 				via = " (through its parent row of " + u.table.rule.Parent + ")"
 			}
-			return 0, fmt.Errorf("23503: a row of %s belongs%s to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", table, via, tenant)
+			return 0, coded("23503", fmt.Sprintf("a row of %s belongs%s to tenant %q, which is not registered; register it (pgtenant tenant add) and run import start again", table, via, tenant))
 		}
 		if !u.nodes[w.cs.shards[shard].Node] {
 			return -1, nil
@@ -466,18 +466,18 @@ func (w *copyWorker) noTenantError(ctx context.Context, u copyUnit) error {
 	if rule.Kind == tables.KindChild {
 		what = fmt.Sprintf("no row of %s behind %s, or one with a NULL tenant id", rule.Parent, rule.ParentKey)
 	}
-	msg := fmt.Sprintf("23502: rows of %s have no tenant (%s)", rule.Name, what)
+	msg := fmt.Sprintf("rows of %s have no tenant (%s)", rule.Name, what)
 	hint := ": fix them on the legacy database (give each its tenant, or delete it) and run import start again (it resumes; the tables copied stay)"
 	conn, err := connect(ctx, w.imp.LegacyDSN)
 	if err != nil {
-		return errors.New(msg + hint)
+		return coded("23502", msg+hint)
 	}
 	defer conn.Close(context.Background())
 	keys, n, err := rowsWithoutTenant(ctx, conn, w.cs.legacySchema, rule, map[string]tables.Table{u.parent.Name: u.parent})
 	if err != nil || n == 0 {
-		return errors.New(msg + hint)
+		return coded("23502", msg+hint)
 	}
-	return fmt.Errorf("23502: %d row(s) of %s have no tenant (%s), e.g. key(s) %s%s", n, rule.Name, what, strings.Join(keys, ", "), hint)
+	return coded("23502", fmt.Sprintf("%d row(s) of %s have no tenant (%s), e.g. key(s) %s%s", n, rule.Name, what, strings.Join(keys, ", "), hint))
 }
 
 // emptyBuffers returns the worker's shard buffers, emptied.

@@ -232,11 +232,11 @@ func checkReverseSlots(ctx context.Context, todo []ShardProgress) error {
 		return nil
 	}
 	var b strings.Builder
-	b.WriteString("import cutover: not enough replication slots for the reverse streams (nothing was changed)")
+	b.WriteString("not enough replication slots for the reverse streams (nothing was changed)")
 	for _, p := range problems {
 		fmt.Fprintf(&b, "\n  %s\n    hint: %s", p.Message, p.Hint)
 	}
-	return coded(problems[0].Code, b.String())
+	return fmt.Errorf("import cutover: %w", coded(problems[0].Code, b.String()))
 }
 
 // reverseSlotsShort is checkReverseSlots for the shards of one node: nil

@@ -43,20 +43,53 @@ func TestErrorsHaveSQLState(t *testing.T) {
 		if !errors.Is(tc.err, tc.sentinel) {
 			t.Errorf("%v: errors.Is does not find %v", tc.err, tc.sentinel)
 		}
-		if !strings.Contains(tc.err.Error(), tc.code+": ") {
-			t.Errorf("%v: the text does not say %s", tc.err, tc.code)
+		// As every other command says it (issue: "42704: no import is
+		// registered" against "node \"x\" is unknown (SQLSTATE 42704)").
+		if msg := tc.err.Error(); !strings.Contains(msg, "(SQLSTATE "+tc.code+")") || strings.Contains(msg, tc.code+": ") || strings.Count(msg, tc.code) != 1 {
+			t.Errorf("%v: the text does not say (SQLSTATE %s) once, as the other commands do", tc.err, tc.code)
 		}
 	}
+	if got, want := ErrNoImport.Error(), "no import is registered (SQLSTATE 42704); start one with `pgtenant import init --from DSN`"; got != want {
+		t.Errorf("ErrNoImport says %q, want %q", got, want)
+	}
 	msg := Explain(moved).Error()
-	for _, want := range []string{"40001: another change stream applied to a node first", "node n1", "run import start again", "nothing is applied twice or lost"} {
+	for _, want := range []string{"another change stream applied to a node first (a second", "waited for a lock) (SQLSTATE 40001); this one stopped", "node n1", "run import start again", "nothing is applied twice or lost"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("the position-moved error does not say %q:\n%s", want, msg)
 		}
 	}
-	if strings.HasPrefix(msg, "40001") && strings.Count(msg, "40001") != 1 {
+	if strings.Count(msg, "40001") != 1 {
 		t.Errorf("the position-moved error repeats its code:\n%s", msg)
 	}
 	if err := Explain(Explain(moved)); err.Error() != msg {
 		t.Errorf("Explain twice: %v", err)
+	}
+}
+
+// TestWithSQLState: the code goes after the first clause, never inside
+// parentheses or a quoted name, nor after a clause that is not the first.
+func TestWithSQLState(t *testing.T) {
+	for _, tc := range []struct{ msg, want string }{
+		{"an update changed a row's tenant", "an update changed a row's tenant (SQLSTATE 0A000)"},
+		{"no import; start one", "no import (SQLSTATE 0A000); start one"},
+		{"not created in time: a slot waits", "not created in time (SQLSTATE 0A000): a slot waits"},
+		{"gave up (on every attempt: long transactions); end them", "gave up (on every attempt: long transactions) (SQLSTATE 0A000); end them"},
+		{`tenant "a; b" is not registered; register it`, `tenant "a; b" is not registered (SQLSTATE 0A000); register it`},
+		{`tenant "a\"; b" is not registered`, `tenant "a\"; b" is not registered (SQLSTATE 0A000)`},
+		{"slots short (nothing was changed)\n  n1: 2 free", "slots short (nothing was changed) (SQLSTATE 0A000)\n  n1: 2 free"},
+		{"key(s) [a: b] unmatched", "key(s) [a: b] unmatched (SQLSTATE 0A000)"},
+	} {
+		if got := withSQLState("0A000", tc.msg); got != tc.want {
+			t.Errorf("withSQLState(%q) = %q, want %q", tc.msg, got, tc.want)
+		}
+	}
+	typed := []error{
+		&CheckError{Problems: []Problem{{Code: "42P01", Message: "table t: not registered; register it", Hint: "pgtenant table set t"}}},
+		&UnregisteredTenantError{Table: "t", Tenant: "x; y"},
+	}
+	for i, want := range []string{"\n  table t: not registered; register it (SQLSTATE 42P01)\n    hint: pgtenant table set t", `tenant "x; y", which is not registered (SQLSTATE 23503); the change stream stopped`} {
+		if got := typed[i].Error(); !strings.Contains(got, want) {
+			t.Errorf("%T says %q, want it to contain %q", typed[i], got, want)
+		}
 	}
 }

@@ -15,8 +15,8 @@ type UnregisteredTenantError struct {
 }
 
 func (e *UnregisteredTenantError) Error() string {
-	return fmt.Sprintf("23503: a change of table %s belongs to tenant %q, which is not registered; the change stream stopped before it and applied nothing after it"+
-		"\n  hint: register the tenant (pgtenant tenant add ID) and run import start again: it resumes at this change", e.Table, e.Tenant)
+	return withSQLState("23503", fmt.Sprintf("a change of table %s belongs to tenant %q, which is not registered; the change stream stopped before it and applied nothing after it"+
+		"\n  hint: register the tenant (pgtenant tenant add ID) and run import start again: it resumes at this change", e.Table, e.Tenant))
 }
 
 // SQLState is 23503 (foreign_key_violation: a row whose tenant is not

@@ -45,7 +45,7 @@ type RejectsError struct {
 
 func (e *RejectsError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "55000: %s: %d change(s) of the legacy database were rejected by the change stream and are not resolved", e.Op, len(e.Rejects))
+	fmt.Fprintf(&b, "%s: %s", e.Op, withSQLState("55000", fmt.Sprintf("%d change(s) of the legacy database were rejected by the change stream and are not resolved", len(e.Rejects))))
 	for i, r := range e.Rejects {
 		if i == 5 {
 			fmt.Fprintf(&b, "\n  ... and %d more (pgtenant import status)", len(e.Rejects)-5)

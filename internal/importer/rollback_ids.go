@@ -25,7 +25,7 @@ type IDCollisionError struct {
 }
 
 func (e *IDCollisionError) Error() string {
-	return fmt.Sprintf("%v: %s.%s: %s (23505); nothing was lost: shard %d stays served by its node and the rows written back so far stay on the legacy database\n"+
+	return fmt.Sprintf("%v: %s.%s: %s; nothing was lost: shard %d stays served by its node and the rows written back so far stay on the legacy database\n"+
 		"  hint: %s", ErrIDCollision, e.Err.SchemaName, e.Err.TableName, e.Err.Detail, e.Shard, e.Hint())
 }
 

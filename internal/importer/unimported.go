@@ -42,9 +42,9 @@ type UnimportedError struct {
 }
 
 func (e *UnimportedError) Error() string {
-	return fmt.Sprintf("55000: %s: table(s) %s of the legacy database are not in the import (created after import init, or registered after import start): their rows would stay on the legacy database only"+
+	return e.Op + ": " + withSQLState("55000", fmt.Sprintf("table(s) %s of the legacy database are not in the import (created after import init, or registered after import start): their rows would stay on the legacy database only"+
 		"\n  hint: a table cannot join a running import; leave it out on purpose with `pgtenant import exclude TABLE` (and move its rows yourself after import finish), "+
-		"or drop it on the legacy database if it is a mistake", e.Op, strings.Join(e.Tables, ", "))
+		"or drop it on the legacy database if it is a mistake", strings.Join(e.Tables, ", ")))
 }
 
 // SQLState is 55000 (object_not_in_prerequisite_state).

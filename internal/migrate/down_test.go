@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/pgtenant/pgtenant/internal/tables"
 )
 
 // reversible is baseMigrations with a Down section in every file.
@@ -175,17 +177,37 @@ func TestCreate(t *testing.T) {
 		t.Errorf("refused creates left files: %v", got)
 	}
 
-	// The skeleton, filled in, goes up and down on real shards.
+	// The skeleton shows the registry's annotation, commented out: as
+	// written it declares no rule, and it goes up as it is.
 	body, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(string(body), "\n-- -- pgtenant: tenant_column=") {
+		t.Errorf("the skeleton gives no hint of the tenant_column annotation:\n%s", body)
+	}
+	if rules, err := tables.ParseAnnotations(p, string(body)); err != nil || len(rules) != 0 {
+		t.Errorf("annotations of the untouched skeleton: %+v, %v; want none", rules, err)
+	}
+	uncommented := strings.Replace(string(body), "-- -- pgtenant: tenant_column=customer_id\n", "-- pgtenant: tenant_column=customer_id\nCREATE TABLE invoices (customer_id text);\n", 1)
+	if rules, err := tables.ParseAnnotations(p, uncommented); err != nil || len(rules) != 1 || rules[0].Name != "invoices" || rules[0].TenantColumn != "customer_id" {
+		t.Errorf("annotations of the skeleton's line uncommented: %+v, %v; want invoices' tenant_column=customer_id", rules, err)
+	}
+	ctx := context.Background()
+	untouched := filepath.Join(t.TempDir(), "migrations")
+	if _, err := Create(untouched, "nothing_yet", at); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := Up(ctx, os.DirFS(untouched), newShards(t, 1), Options{}); err != nil || sum.Applied != 1 {
+		t.Errorf("Up of an untouched skeleton: %+v, %v", sum, err)
+	}
+
+	// The skeleton, filled in, goes up and down on real shards.
 	filled := strings.Replace(string(body), "-- +goose Down\n", "-- +goose Down\nDROP TABLE users;\n", 1)
 	filled = strings.Replace(filled, "-- +goose Up\n", "-- +goose Up\nCREATE TABLE users (id int, email text);\n", 1)
 	if err := os.WriteFile(p, []byte(filled), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	targets := newShards(t, 2)
 	if sum, err := Up(ctx, os.DirFS(dir), targets, Options{}); err != nil || sum.Applied != 2 {
 		t.Fatalf("Up of a created file: %+v, %v", sum, err)

@@ -245,6 +245,13 @@ func Create(dir, name string, now time.Time) (string, error) {
 const skeleton = `-- +goose Up
 -- Runs on every shard in one transaction, with search_path set to the shard's
 -- schema (shard_NNNN): create tables unqualified.
+--
+-- Say where each new table keeps its tenant id, on the line before its
+-- CREATE TABLE: one of these lines without its first "-- " (row-level
+-- security, tenant moves, exports and purges read it; 'pgtenant table --help'):
+-- -- pgtenant: tenant_column=customer_id
+-- -- pgtenant: parent=invoices via=invoice_id references=id
+-- -- pgtenant: shared
 
 
 -- +goose Down

@@ -3,10 +3,11 @@ package move
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgtenant/pgtenant/internal/tablelock"
 )
 
 // Waiting for the shard's tables before the pause.
@@ -33,9 +34,17 @@ import (
 
 // Lock modes (as pg_locks names them) that conflict with the fence's locks.
 var (
-	conflictsShareUpdateExclusive = []string{"ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
-	conflictsExclusive            = append([]string{"RowShareLock", "RowExclusiveLock"}, conflictsShareUpdateExclusive...)
+	conflictsShareUpdateExclusive = tablelock.ConflictsShareUpdateExclusive
+	conflictsExclusive            = tablelock.ConflictsExclusive
 )
+
+// lockError is a fence that could not lock the shard's tables on a node.
+type lockError = tablelock.Error
+
+// lockFailed is tablelock.Failed: the error of a lock the fence could not take, naming who holds the tables.
+func lockFailed(ctx context.Context, node, dsn, what string, schemas, modes []string, err error) error {
+	return tablelock.Failed(ctx, node, dsn, what, schemas, modes, err)
+}
 
 // preLock begins the fence's transaction on conn (to node, at dsn),
 // cancels the autovacuum workers on the schemas' tables (best effort) and
@@ -51,13 +60,8 @@ func (m *Mover) preLock(ctx context.Context, conn *pgx.Conn, node, dsn string, s
 	b.Queue(`BEGIN`)
 	// Idle in transaction until the routers drained the shard: a node's
 	// idle_in_transaction_session_timeout must not end it.
-	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', '0', true),
-		set_config('lock_timeout', greatest($1::bigint, (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout') + $2::bigint) || 'ms', true)`,
-		m.cfg.FenceTimeout.Milliseconds(), m.cfg.LockTimeout.Milliseconds())
-	b.Queue(`SELECT current_setting('lock_timeout')`).QueryRow(func(r pgx.Row) error { return r.Scan(&wait) })
-	if len(tables) > 0 {
-		b.Queue(`LOCK TABLE ` + strings.Join(tables, ", ") + ` IN SHARE UPDATE EXCLUSIVE MODE`)
-	}
+	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', '0', true)`)
+	tablelock.QueueHoldOff(b, tables, m.cfg.FenceTimeout, m.cfg.LockTimeout, &wait)
 	t0 := time.Now()
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		m.rollbackOpen(ctx, conn, logArgs...)
@@ -93,18 +97,12 @@ func qualified(schema string, names []string) []string {
 	return q
 }
 
-// cancelAutovacuum cancels the autovacuum workers busy with the schemas'
-// tables on conn's server. Best effort: a role that may not signal
-// autovacuum (42501: not a superuser, and before PostgreSQL 18 without
-// pg_signal_autovacuum_worker) leaves it to Postgres, which cancels a
-// worker for a lock request that waited deadlock_timeout (preLock waits
+// cancelAutovacuum is tablelock.CancelAutovacuum, logged. Best effort: a
+// role that may not signal autovacuum leaves it to Postgres, which cancels
+// a worker for a lock request that waited deadlock_timeout (preLock waits
 // longer).
 func (m *Mover) cancelAutovacuum(ctx context.Context, conn *pgx.Conn, schemas []string, logArgs ...any) {
-	_, err := conn.Exec(ctx, `SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a
-		WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database() AND EXISTS (SELECT 1 FROM pg_locks l
-			JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE l.pid = a.pid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND n.nspname = ANY($1))`, schemas)
-	switch {
+	switch err := tablelock.CancelAutovacuum(ctx, conn, schemas); {
 	case err == nil:
 	case isPgCode(err, "42501"):
 		m.log.Info("may not cancel autovacuum on the shard's tables; waiting for Postgres to cancel it", append(logArgs, "err", err)...)
@@ -112,87 +110,3 @@ func (m *Mover) cancelAutovacuum(ctx context.Context, conn *pgx.Conn, schemas []
 		m.log.Warn("cancel autovacuum on the shard's tables", append(logArgs, "err", err)...)
 	}
 }
-
-// lockFailed describes a lock the fence could not take on node (at dsn):
-// after 55P03 (lock_timeout) or 40P01 (deadlock), which of the schemas'
-// tables other sessions hold in one of modes, and who they are as far as
-// pg_stat_activity shows the node's role.
-func lockFailed(ctx context.Context, node, dsn, what string, schemas, modes []string, err error) error {
-	le := &lockError{node: node, what: what, err: err}
-	if !isPgCode(err, "55P03") && !isPgCode(err, "40P01") {
-		return le
-	}
-	le.holders = lockHolders(ctx, node, dsn, schemas, modes)
-	return le
-}
-
-// lockHolders lists the sessions holding locks in modes on the schemas'
-// tables on node, at dsn (a connection of its own: the fence's is in an
-// aborted transaction): pid, backend type, role, state, application and
-// transaction age as far as the node's role may see them; never the query
-// text, which may carry tenants' data into the moves table. Best effort:
-// nil when the node does not answer.
-func lockHolders(ctx context.Context, node, dsn string, schemas, modes []string) []string {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	conn, err := connect(ctx, dsn, "node "+node)
-	if err != nil {
-		return nil
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT l.relation::regclass::text, l.mode, l.pid, coalesce(a.backend_type, ''), coalesce(a.usename::text, ''),
-			coalesce(a.state, ''), coalesce(extract(epoch FROM now() - a.xact_start)::float8, -1), coalesce(a.application_name, '')
-		FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-		LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE l.locktype = 'relation' AND c.relkind IN ('r', 'p') AND l.granted AND l.pid <> pg_backend_pid() AND n.nspname = ANY($1) AND l.mode = ANY($2)
-			AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-		ORDER BY 1, 3 LIMIT 5`, schemas, modes)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	var table, mode, kind, user, state, app string
-	var pid int32
-	var age float64
-	_, _ = pgx.ForEachRow(rows, []any{&table, &mode, &pid, &kind, &user, &state, &age, &app}, func() error {
-		var who []string
-		for _, s := range []string{kind, user, state} {
-			if s != "" {
-				who = append(who, s)
-			}
-		}
-		if app != "" {
-			who = append(who, fmt.Sprintf("application %q", app))
-		}
-		if age >= 0 {
-			who = append(who, fmt.Sprintf("transaction %.1fs old", age))
-		}
-		if len(who) == 0 { // usename is visible to every role, so no user means a background worker
-			who = append(who, "no user: autovacuum or another background worker; details not visible to this role")
-		}
-		out = append(out, fmt.Sprintf("%s in %s by pid %d (%s)", table, mode, pid, strings.Join(who, ", ")))
-		return nil
-	})
-	return out
-}
-
-// lockError is a fence that could not lock the shard's tables on a node.
-// It unwraps to the server's error (SQLSTATE 55P03 or 40P01 when the wait
-// ran out).
-type lockError struct {
-	node, what string
-	holders    []string
-	err        error
-}
-
-func (e *lockError) Error() string {
-	s := fmt.Sprintf("node %s: %s: %v", e.node, e.what, e.err)
-	if len(e.holders) > 0 {
-		s += "; held by: " + strings.Join(e.holders, "; ") + "; retry once they let go"
-	} else if isPgCode(e.err, "55P03") || isPgCode(e.err, "40P01") {
-		s += "; no conflicting lock left to name"
-	}
-	return s
-}
-
-func (e *lockError) Unwrap() error { return e.err }

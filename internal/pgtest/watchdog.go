@@ -34,9 +34,17 @@ var watchdogOn = true
 
 var watchdogOnce sync.Once
 
-// init turns this process into a watchdog when watchdogEnv asks for one. An
-// init rather than a call in TestMain: every test binary that imports pgtest
-// must obey it, whatever its TestMain.
+// init turns this process into a watchdog when watchdogEnv asks for one
+// (only the child startWatchdog starts has it set). An init rather than a
+// call from Main, against the style note on init side effects: the child is
+// the parent's own executable, and not every one that makes a pgtest
+// directory goes through Main. The examples' TestMain (it builds pgtenant
+// and starts a dev cluster), the devcluster and localpg tests (the default
+// test main, no TestMain) and the e2e suites (main programs, through
+// suiterun.Main; "-test.run" is no flag of theirs) would each need a call
+// of their own first, and one that forgot it would run its setup again in
+// the child, which makes a directory and so starts a watchdog of its own,
+// and so on.
 func init() {
 	if owner := os.Getenv(watchdogEnv); owner != "" {
 		os.Exit(watch(owner))

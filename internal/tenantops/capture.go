@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/tablelock"
 )
 
 // A tenant move keeps the target in step with the source by key: a row
@@ -92,13 +94,49 @@ CREATE TRIGGER %[11]s BEFORE TRUNCATE ON %[9]s FOR EACH STATEMENT EXECUTE FUNCTI
 	return b.String()
 }
 
-// lockedDDL runs ddl in one transaction on conn, retrying for up to a
-// minute while the tables' writers keep its locks from being granted within
-// 100 ms (so the DDL, never a writer, gives way).
-func lockedDDL(ctx context.Context, conn *pgx.Conn, ddl string) error {
-	deadline := time.Now().Add(time.Minute)
+// ddlLocks says which tables a DDL of lockedDDL locks, on which node.
+type ddlLocks struct {
+	node    string   // the node conn is to, for errors
+	schemas []string // the tables' schemas
+	tables  []string // quoted, qualified
+	// modes are the lock modes that conflict with the DDL's
+	// (tablelock.Conflicts*), for naming who holds the tables.
+	modes []string
+	// wait bounds the retries; 0 means a minute.
+	wait time.Duration
+}
+
+// lockedDDL runs ddl in one transaction on conn, its locks on the tables of
+// l taken without stalling the tables' writers or being starved by
+// autovacuum (see internal/tablelock): autovacuum's workers on the tables
+// are cancelled (best effort) and SHARE UPDATE EXCLUSIVE, which no writer
+// conflicts with, is taken first, waiting past deadlock_timeout for
+// Postgres to cancel a worker that still holds it; then the DDL waits at
+// most 100 ms for the writers (so the DDL, never a writer, gives way). A
+// timeout is retried for up to l.wait; the last one names who holds the
+// tables.
+func lockedDDL(ctx context.Context, conn *pgx.Conn, l ddlLocks, ddl string) error {
+	wait := l.wait
+	if wait <= 0 {
+		wait = time.Minute
+	}
+	deadline := time.Now().Add(wait)
 	for {
+		if len(l.tables) > 0 {
+			// Best effort: a role that may not (42501) leaves it to
+			// Postgres, after deadlock_timeout.
+			_ = tablelock.CancelAutovacuum(ctx, conn, l.schemas)
+		}
+		what, modes := "hold autovacuum off the tables", tablelock.ConflictsShareUpdateExclusive
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			var timeout string
+			b := &pgx.Batch{}
+			tablelock.QueueHoldOff(b, l.tables, 0, 100*time.Millisecond, &timeout)
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				what += " (lock_timeout " + timeout + ")"
+				return err
+			}
+			what, modes = "lock the tables for a schema change (lock_timeout 100ms)", l.modes
 			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '100ms'; SET LOCAL standard_conforming_strings = on`); err != nil {
 				return err
 			}
@@ -106,8 +144,11 @@ func lockedDDL(ctx context.Context, conn *pgx.Conn, ddl string) error {
 			return err
 		})
 		var pgErr *pgconn.PgError
-		if err == nil || !errors.As(err, &pgErr) || (pgErr.Code != "55P03" && pgErr.Code != "40P01") || time.Now().After(deadline) {
+		if err == nil || !errors.As(err, &pgErr) || (pgErr.Code != "55P03" && pgErr.Code != "40P01") {
 			return err
+		}
+		if time.Now().After(deadline) {
+			return tablelock.Failed(ctx, l.node, conn.Config().ConnString(), what, l.schemas, modes, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -117,9 +158,28 @@ func lockedDDL(ctx context.Context, conn *pgx.Conn, ddl string) error {
 	}
 }
 
-// dropCapture drops the move's queue, functions and (CASCADE) triggers.
-func dropCapture(ctx context.Context, src *pgx.Conn, moveID int64) error {
-	if err := lockedDDL(ctx, src, "DROP SCHEMA IF EXISTS "+pgx.Identifier{captureSchema(moveID)}.Sanitize()+" CASCADE"); err != nil {
+// dropCapture drops the move's queue, functions and (CASCADE) triggers on
+// src (node names it).
+func dropCapture(ctx context.Context, src *pgx.Conn, node string, moveID int64) error {
+	l := ddlLocks{node: node, modes: tablelock.ConflictsAccessExclusive}
+	rows, err := src.Query(ctx, `SELECT DISTINCT n.nspname, format('%I.%I', n.nspname, c.relname) FROM pg_trigger t
+		JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
+		WHERE pn.nspname = $1`, captureSchema(moveID))
+	if err == nil {
+		var schema, table string
+		_, err = pgx.ForEachRow(rows, []any{&schema, &table}, func() error {
+			if !slices.Contains(l.schemas, schema) {
+				l.schemas = append(l.schemas, schema)
+			}
+			l.tables = append(l.tables, table)
+			return nil
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("find the tables with the move's triggers (%s): %w", captureSchema(moveID), err)
+	}
+	if err := lockedDDL(ctx, src, l, "DROP SCHEMA IF EXISTS "+pgx.Identifier{captureSchema(moveID)}.Sanitize()+" CASCADE"); err != nil {
 		return fmt.Errorf("drop the change queue and triggers (%s): %w", captureSchema(moveID), err)
 	}
 	return nil

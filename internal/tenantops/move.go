@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/importer"
 	"github.com/pgtenant/pgtenant/internal/placement"
+	"github.com/pgtenant/pgtenant/internal/tablelock"
 	"github.com/pgtenant/pgtenant/internal/tables"
 )
 
@@ -34,6 +35,11 @@ type MoveOptions struct {
 	// MaxLag: catch-up rounds run until one takes fewer queue entries
 	// than this; 0 means 50.
 	MaxLag int64
+	// LockWait bounds the wait for the source's tables when the capture
+	// triggers are created: autovacuum is waited out (see capture.go's
+	// lockedDDL), writers are not kept waiting behind it; 0 means a
+	// minute.
+	LockWait time.Duration
 	// Progress, when set, is told each step.
 	Progress func(step string)
 }
@@ -70,6 +76,7 @@ type moving struct {
 	// an import is recorded in the catalog (0: none; see seqPlan).
 	blocks   int
 	src, dst *pgx.Conn
+	srcNode  string       // the source's node
 	sst      *shardTables // source schema
 	dst_     *shardTables // target schema
 	// keyTypes caches the SQL types of each table's key (by index in sst.list).
@@ -165,7 +172,7 @@ func (o *Ops) Move(ctx context.Context, id string, opts MoveOptions) (MoveResult
 		return res, &Error{Code: "55000", Message: "a tenant move needs a primary key on every table with tenant rows; these have none: " + strings.Join(nokey, ", "),
 			Hint: "add a primary key (pgtenant migrate up), or move the whole shard (pgtenant shard move)"}
 	}
-	mv := &moving{tenant: id, to: res.To, src: src, dst: dst, sst: sst, dst_: tst, keyTypes: map[int][]string{}}
+	mv := &moving{tenant: id, to: res.To, src: src, dst: dst, srcNode: loc.Node.Name, sst: sst, dst_: tst, keyTypes: map[int][]string{}}
 	if mv.blocks, err = o.idBlockShards(ctx); err != nil {
 		return res, err
 	}
@@ -223,7 +230,11 @@ func (o *Ops) moveRows(ctx context.Context, mv *moving, opts MoveOptions, res *M
 	}
 	step("capture")
 	o.setMove(ctx, mv.id, "capture", "running", "")
-	if err := lockedDDL(ctx, src, captureDDL(mv.id, sst, id)); err != nil {
+	locks := ddlLocks{node: mv.srcNode, schemas: []string{sst.schema}, modes: tablelock.ConflictsShareRowExclusive, wait: opts.LockWait}
+	for _, t := range sst.list {
+		locks.tables = append(locks.tables, pgx.Identifier{sst.schema, t.rule.Name}.Sanitize())
+	}
+	if err := lockedDDL(ctx, src, locks, captureDDL(mv.id, sst, id)); err != nil {
 		return fmt.Errorf("create the capture triggers: %w", err)
 	}
 	step("copy")
@@ -328,14 +339,14 @@ func (o *Ops) moveRows(ctx context.Context, mv *moving, opts MoveOptions, res *M
 		o.log.Warn("routers did not acknowledge the flip in time; deleting the old rows anyway", "tenant", id, "err", err)
 	}
 	cancel()
-	return o.cleanupSource(ctx, mv.id, src, sst, id, opts.Batch, res, step)
+	return o.cleanupSource(ctx, mv.id, src, mv.srcNode, sst, id, opts.Batch, res, step)
 }
 
 // cleanupSource drops the capture and deletes the tenant's rows from the
 // source after the flip.
-func (o *Ops) cleanupSource(ctx context.Context, moveID int64, src *pgx.Conn, sst *shardTables, id string, batch int, res *MoveResult, step func(string)) error {
+func (o *Ops) cleanupSource(ctx context.Context, moveID int64, src *pgx.Conn, srcNode string, sst *shardTables, id string, batch int, res *MoveResult, step func(string)) error {
 	step("cleanup")
-	if err := dropCapture(ctx, src, moveID); err != nil {
+	if err := dropCapture(ctx, src, srcNode, moveID); err != nil {
 		return err
 	}
 	return tables.PurgeTenant(ctx, src, sst.schema, id, sst.deleteOrder(), batch, func(rc tables.RowCount) { res.Deleted += rc.Rows })
@@ -390,11 +401,11 @@ func (o *Ops) finishFlipped(ctx context.Context, id string, opts MoveOptions, re
 		if err != nil {
 			return false, err
 		}
-		o.undo(ctx, &moving{id: moveID, tenant: id, src: src, dst: dst, sst: sst, dst_: tst, keyTypes: map[int][]string{}}, errors.New("the mover stopped before the flip"))
+		o.undo(ctx, &moving{id: moveID, tenant: id, src: src, dst: dst, srcNode: srcLoc.Node.Name, sst: sst, dst_: tst, keyTypes: map[int][]string{}}, errors.New("the mover stopped before the flip"))
 		return false, nil
 	}
 	*res = MoveResult{MoveID: moveID, Tenant: id, From: from, To: loc.Shard.ID, FromNode: srcLoc.Node.Name, ToNode: loc.Node.Name}
-	if err := o.cleanupSource(ctx, moveID, src, sst, id, opts.Batch, res, func(s string) { o.log.Info("tenant move", "tenant", id, "step", s, "move", moveID) }); err != nil {
+	if err := o.cleanupSource(ctx, moveID, src, srcLoc.Node.Name, sst, id, opts.Batch, res, func(s string) { o.log.Info("tenant move", "tenant", id, "step", s, "move", moveID) }); err != nil {
 		return true, err
 	}
 	o.setMove(ctx, moveID, "done", "done", "")
@@ -408,7 +419,7 @@ func (o *Ops) undo(ctx context.Context, mv *moving, cause error) {
 	if _, err := o.cat.UnfenceTenant(ctx, mv.tenant); err != nil {
 		errs = append(errs, err.Error())
 	}
-	if err := dropCapture(ctx, mv.src, mv.id); err != nil {
+	if err := dropCapture(ctx, mv.src, mv.srcNode, mv.id); err != nil {
 		errs = append(errs, err.Error())
 	}
 	if err := tables.PurgeTenant(ctx, mv.dst, mv.dst_.schema, mv.tenant, mv.dst_.deleteOrder(), 0, nil); err != nil {
