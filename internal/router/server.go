@@ -63,13 +63,9 @@ type Server struct {
 	// stmtGen counts the schema changes the router saw (schemaChanged).
 	stmtGen atomic.Uint64
 	// schemaTags maps a schema to the short tag in the names of statements
-	// prepared on backends for it (see session.serverStmt): a sync.Map, read
-	// without a lock on every checkout (an RWMutex's read lock is a write to
-	// a line both cores share); tagMu orders the writers, so that tags are
-	// numbered once each.
-	tagMu      sync.Mutex
-	schemaTags sync.Map // string → string
-	tagCount   int      // under tagMu
+	// prepared on backends for it (see session.serverStmt).
+	tagMu      sync.RWMutex
+	schemaTags map[string]string
 	stmtSeq    atomic.Uint64
 
 	keyMu sync.Mutex
@@ -89,9 +85,9 @@ type Server struct {
 	// setTail the same as string literals (see setPathValue).
 	pathTail, setTail string
 	// paths caches searchPath's and setPathValue's results by schema (one
-	// entry per shard schema; string → schemaPath, read without a lock as
-	// schemaTags): they are needed on every backend checkout.
-	paths sync.Map
+	// entry per shard schema, under tagMu): they are needed on every
+	// backend checkout.
+	paths map[string]schemaPath
 	// scan decides, by statement text, whether a statement without a
 	// tenant reads only the system catalogs (see session.noShard).
 	scan *sqlscan.Cache
@@ -134,6 +130,8 @@ func New(cfg Config) *Server {
 		pools:      make(map[string]*pool.Pool),
 		sessions:   make(map[uint32]*session),
 		stmtIDs:    make(map[string]string),
+		schemaTags: make(map[string]string),
+		paths:      make(map[string]schemaPath),
 		keys:       make(map[string]wire.SCRAMKeys),
 		scan:       sqlscan.NewCache(0),
 		drainBegun: make(chan struct{}),
@@ -198,14 +196,19 @@ func (s *Server) setPathValue(schema string) string { return s.schemaPath(schema
 type schemaPath struct{ path, set string }
 
 func (s *Server) schemaPath(schema string) schemaPath {
-	if p, ok := s.paths.Load(schema); ok {
-		return p.(schemaPath)
+	s.tagMu.RLock()
+	p, ok := s.paths[schema]
+	s.tagMu.RUnlock()
+	if ok {
+		return p
 	}
-	p := schemaPath{sqlscan.QuoteIdentifier(schema) + s.pathTail, quoteLiteral(schema) + s.setTail}
+	p = schemaPath{sqlscan.QuoteIdentifier(schema) + s.pathTail, quoteLiteral(schema) + s.setTail}
 	if schema == anySchema {
 		p = schemaPath{sqlscan.QuoteIdentifier(schema) + ", pg_temp", quoteLiteral(schema) + ", 'pg_temp'"}
 	}
-	s.paths.Store(schema, p) // the same value whoever stores it
+	s.tagMu.Lock()
+	s.paths[schema] = p
+	s.tagMu.Unlock()
 	return p
 }
 
@@ -578,17 +581,18 @@ func (s *Server) forgetStmt(name, query string, types []byte) {
 // names: Postgres compares prepared statement names by their first 63
 // bytes only, so the schema name itself cannot go in.
 func (s *Server) schemaTag(schema string) string {
-	if t, ok := s.schemaTags.Load(schema); ok {
-		return t.(string)
+	s.tagMu.RLock()
+	t, ok := s.schemaTags[schema]
+	s.tagMu.RUnlock()
+	if ok {
+		return t
 	}
 	s.tagMu.Lock()
 	defer s.tagMu.Unlock()
-	if t, ok := s.schemaTags.Load(schema); ok {
-		return t.(string)
+	if t, ok = s.schemaTags[schema]; !ok {
+		t = "s" + strconv.Itoa(len(s.schemaTags))
+		s.schemaTags[schema] = t
 	}
-	t := "s" + strconv.Itoa(s.tagCount)
-	s.tagCount++
-	s.schemaTags.Store(schema, t)
 	return t
 }
 
