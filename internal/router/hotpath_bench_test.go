@@ -54,6 +54,31 @@ func BenchmarkHotPath(b *testing.B) {
 		}
 		run(b, s, "", reqs)
 	})
+	// A transaction block, a statement per round trip (BEGIN, two
+	// selects, COMMIT): the client is waited for inside the transaction
+	// three times (its read deadline, IdleInTransactionTimeout).
+	b.Run("extended-block", func(b *testing.B) {
+		rc := openHot(b, s, "")
+		var reqs [][]byte
+		for _, t := range tenants {
+			q := hotExtended("/* tenant: " + t + " */ SELECT val FROM items WHERE id = $1")
+			reqs = append(reqs, hotQuery("BEGIN"), q, q, hotQuery("COMMIT"))
+		}
+		for _, r := range reqs { // warm the pool
+			rc.roundTrip(b, r)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		cpu0 := processCPU(b)
+		n := 0
+		for b.Loop() {
+			for _, r := range reqs[4*(n%len(tenants)) : 4*(n%len(tenants))+4] {
+				rc.roundTrip(b, r)
+			}
+			n++
+		}
+		b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(n), "cpu-ns/op")
+	})
 	// Session mode, one tenant: the client keeps its backend, which the
 	// router watches while the client is idle (see session.armIdle).
 	sess := startRouter(b, Config{PoolMode: PoolSession}, nil)

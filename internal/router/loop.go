@@ -124,7 +124,7 @@ func (ss *session) loop() error {
 			ss.putWriter()
 			typ, body, err = ss.cr.ReadMessage()
 		}
-		for lazy && dl.Before(waitEnd) && isTimeout(err) && time.Now().Before(waitEnd) {
+		for err != nil && lazy && dl.Before(waitEnd) && isTimeout(err) && time.Now().Before(waitEnd) {
 			// An earlier wait's deadline (see waitEnd): not this wait's
 			// timeout. wire.Reader goes on with a message cut by it.
 			dl = waitEnd

@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -86,4 +87,38 @@ func TestSampleWeightUnbiased(t *testing.T) {
 		t.Errorf("%d of %d transactions observed: sampling did not thin them", observed, n)
 	}
 	t.Logf("%d of %d observed; transactions %d (true %d), backend seconds %.3f (true %.3f)", observed, n, got.Transactions, want.Transactions, got.BackendSeconds, want.BackendSeconds)
+}
+
+// BenchmarkRelease is what the router does per transaction at release, for
+// 1,000 tenants in turn with backend times of 50 µs to 2 ms: every
+// transaction observed (exact) or sampled below DefaultSampleBelow.
+//
+//	go test ./internal/usage -run '^$' -bench Release -benchmem
+func BenchmarkRelease(b *testing.B) {
+	tenants := make([]string, 1000)
+	for i := range tenants {
+		tenants[i] = fmt.Sprint(i)
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	held := make([]time.Duration, 4096)
+	for i := range held {
+		held[i] = time.Duration(50+r.IntN(1950)) * time.Microsecond
+	}
+	for _, c := range []struct {
+		name  string
+		below time.Duration
+	}{{"exact", -1}, {"sampled", DefaultSampleBelow}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := New(1000)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				h := held[i%len(held)]
+				if k := SampleWeight(h, c.below, false); k > 0 {
+					s.Observe(tenants[(i*7919)%len(tenants)], Counts{Transactions: 1, Statements: 1, BackendSeconds: h.Seconds(), Bytes: 64}.Scale(k))
+				}
+				i++
+			}
+		})
+	}
 }
