@@ -108,6 +108,10 @@ type RouterConfig struct {
 	// UsageTopK is how many of the busiest tenants are exported as
 	// pgtenant_tenant_* metrics; zero means 20.
 	UsageTopK int `yaml:"usage_top_k"`
+	// UsageSampleBelow: transactions without an error that held a backend
+	// less than this are counted by sampling (router.Config.UsageSampleBelow);
+	// zero means 5ms, negative counts every transaction exactly.
+	UsageSampleBelow time.Duration `yaml:"usage_sample_below"`
 	// SharedSchema is searched after the shard's schema (extensions,
 	// reference tables); nil means public, "" means none.
 	SharedSchema *string `yaml:"shared_schema"`

@@ -3,6 +3,7 @@ package placement
 import (
 	"context"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,7 +133,7 @@ func (c *TenantCache) PutAt(tenant string, shard int, epoch uint64) {
 	}
 	p := c.part(tenant)
 	p.mu.Lock()
-	p.put(tenant, shard, c.negativeTTL, epoch)
+	p.put(strings.Clone(tenant), shard, c.negativeTTL, epoch)
 	p.mu.Unlock()
 }
 
@@ -162,7 +163,9 @@ func (c *TenantCache) Begin(tenant string) (f *Flight, leader bool) {
 	if f := p.flights[tenant]; f != nil {
 		return f, false
 	}
-	f = &Flight{part: p, key: tenant, done: make(chan struct{}), ttl: c.negativeTTL, epoch: c.epoch.Load()}
+	// A copy of the id as the key: the caller's may be cut from a larger
+	// string (a query text), which the entry would keep alive.
+	f = &Flight{part: p, key: strings.Clone(tenant), done: make(chan struct{}), ttl: c.negativeTTL, epoch: c.epoch.Load()}
 	p.flights[tenant] = f
 	return f, true
 }

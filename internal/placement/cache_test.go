@@ -3,9 +3,11 @@ package placement
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestTenantCache(t *testing.T) {
@@ -176,5 +178,44 @@ func TestTenantCacheStale(t *testing.T) {
 	f.Finish(5, nil)
 	if s, ok := c.Get("a"); !ok || s != 5 {
 		t.Errorf("Get(a) = %d, %v after a new lookup; want 5", s, ok)
+	}
+}
+
+// TestTenantCacheKeepsNoCallerString: entries are keyed by a copy of the
+// tenant id, not the caller's string, which a router cuts from the query
+// text that named the tenant: the cache (up to its capacity of entries)
+// would keep every such text alive.
+func TestTenantCacheKeepsNoCallerString(t *testing.T) {
+	query := "/* tenant: acme */ INSERT INTO big VALUES " + strings.Repeat("(1),", 1<<16) + "(1)"
+	at := len("/* tenant: ")
+	c := NewTenantCache(64, time.Minute)
+	f, leader := c.Begin(query[at : at+4])
+	if !leader {
+		t.Fatal("Begin: not the leader")
+	}
+	f.Finish(3, nil)
+	c.PutAt(query[at:at+2], 5, c.Epoch())
+	c.PutAt(query[at:at+3], NoShard, c.Epoch())
+	if s, ok := c.Get("acme"); !ok || s != 3 {
+		t.Fatalf("Get(acme) = %d, %v", s, ok)
+	}
+	begin := uintptr(unsafe.Pointer(unsafe.StringData(query)))
+	end := begin + uintptr(len(query))
+	n := 0
+	for i := range c.parts {
+		p := &c.parts[i]
+		p.mu.RLock()
+		for k, e := range p.entries {
+			n++
+			for _, s := range []string{k, e.key} {
+				if a := uintptr(unsafe.Pointer(unsafe.StringData(s))); a >= begin && a < end {
+					t.Errorf("entry %q points into the caller's %d-byte string", s, len(query))
+				}
+			}
+		}
+		p.mu.RUnlock()
+	}
+	if n != 3 {
+		t.Errorf("%d entries, want 3", n)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"time"
+
+	"github.com/pgtenant/pgtenant/internal/usage"
 )
 
 // AuthMethod is how clients prove who they are.
@@ -188,6 +190,13 @@ type Config struct {
 	// UsageTopK is how many tenants, the busiest by backend time, are
 	// exported as pgtenant_tenant_* Prometheus series. Zero means 20.
 	UsageTopK int
+	// UsageSampleBelow: a transaction without an error that held its
+	// backend less than this is counted with probability held/UsageSampleBelow
+	// and then stands for that many (usage.SampleWeight): the counts are
+	// unbiased estimates, exact for errors and longer transactions. Zero
+	// means usage.DefaultSampleBelow (5 ms); negative counts every
+	// transaction exactly.
+	UsageSampleBelow time.Duration
 
 	// testParkTick, when set (by tests), replaces parkTick (park_linux.go).
 	testParkTick time.Duration
@@ -254,6 +263,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.UsageTopK <= 0 {
 		c.UsageTopK = 20
+	}
+	if c.UsageSampleBelow == 0 {
+		c.UsageSampleBelow = usage.DefaultSampleBelow
 	}
 	return c
 }

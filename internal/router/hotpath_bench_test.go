@@ -22,7 +22,8 @@ import (
 func BenchmarkHotPath(b *testing.B) {
 	s := startRouter(b, Config{}, nil)
 	tenants := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"}
-	run := func(b *testing.B, s *Server, tenant string, reqs [][]byte) {
+	// runPer sends per requests of reqs in turn per op (a transaction).
+	runPer := func(b *testing.B, s *Server, tenant string, reqs [][]byte, per int) {
 		rc := openHot(b, s, tenant)
 		for _, r := range reqs { // warm the pool
 			rc.roundTrip(b, r)
@@ -32,7 +33,9 @@ func BenchmarkHotPath(b *testing.B) {
 		cpu0 := processCPU(b)
 		i := 0
 		for b.Loop() {
-			rc.roundTrip(b, reqs[i%len(reqs)])
+			for j := range per {
+				rc.roundTrip(b, reqs[(i*per+j)%len(reqs)])
+			}
 			i++
 		}
 		// The test process's CPU (router and this client, not Postgres)
@@ -40,6 +43,7 @@ func BenchmarkHotPath(b *testing.B) {
 		// swings with the machine's load.
 		b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(i), "cpu-ns/op")
 	}
+	run := func(b *testing.B, s *Server, tenant string, reqs [][]byte) { runPer(b, s, tenant, reqs, 1) }
 	b.Run("simple", func(b *testing.B) {
 		var reqs [][]byte
 		for _, t := range tenants {
@@ -53,6 +57,17 @@ func BenchmarkHotPath(b *testing.B) {
 			reqs = append(reqs, hotExtended("/* tenant: "+t+" */ SELECT val FROM items WHERE id = $1"))
 		}
 		run(b, s, "", reqs)
+	})
+	// A transaction block, a statement per round trip (BEGIN, two
+	// selects, COMMIT): the client is waited for inside the transaction
+	// three times (its read deadline, IdleInTransactionTimeout).
+	b.Run("extended-block", func(b *testing.B) {
+		var reqs [][]byte
+		for _, t := range tenants {
+			q := hotExtended("/* tenant: " + t + " */ SELECT val FROM items WHERE id = $1")
+			reqs = append(reqs, hotQuery("BEGIN"), q, q, hotQuery("COMMIT"))
+		}
+		runPer(b, s, "", reqs, 4)
 	})
 	// Session mode, one tenant: the client keeps its backend, which the
 	// router watches while the client is idle (see session.armIdle).

@@ -19,6 +19,14 @@ func (ss *session) loop() error {
 	armed := false   // a read deadline is set on the client connection
 	var dl time.Time // the client connection's read deadline
 	inTxn := false   // the client is waited for inside a transaction
+	// Inside a transaction the deadline of an earlier wait is kept when it
+	// comes no later than this wait's own (waitEnd): a read it ends too
+	// early is read again with waitEnd (below). Setting a deadline is a
+	// runtime timer change, ~0.2 µs, once per statement of a transaction
+	// block before. Not while the backend is watched (session mode,
+	// LISTEN), whose wakes end reads by deadline too.
+	var waitEnd time.Time
+	lazy := false
 
 	// After a park (park_linux.go) the wait for the client is set up.
 	back := ss.parkBack
@@ -50,9 +58,14 @@ func (ss *session) loop() error {
 			if inTxn {
 				d = idleTxn
 			}
+			lazy = false
 			switch {
 			case d > 0:
-				dl = time.Now().Add(d)
+				waitEnd = time.Now().Add(d)
+				if lazy = inTxn && !ss.listening && ss.srv.cfg.PoolMode != PoolSession; lazy && armed && !dl.After(waitEnd) {
+					break // the earlier wait's deadline stays (see waitEnd)
+				}
+				dl = waitEnd
 				ss.nc.SetReadDeadline(dl)
 				armed = true
 			case armed:
@@ -109,6 +122,13 @@ func (ss *session) loop() error {
 				ss.cr.ReleaseIdle()
 			}
 			ss.putWriter()
+			typ, body, err = ss.cr.ReadMessage()
+		}
+		for err != nil && lazy && dl.Before(waitEnd) && isTimeout(err) && time.Now().Before(waitEnd) {
+			// An earlier wait's deadline (see waitEnd): not this wait's
+			// timeout. wire.Reader goes on with a message cut by it.
+			dl = waitEnd
+			ss.nc.SetReadDeadline(dl)
 			typ, body, err = ss.cr.ReadMessage()
 		}
 		ss.takeWriter()

@@ -13,7 +13,7 @@ import (
 // The router counts each tenant's transactions, statements, errors,
 // backend time and row bytes, in both protocols, and exports the top K.
 func TestUsageCounting(t *testing.T) {
-	s := startRouter(t, Config{UsageTopK: 1}, nil)
+	s := startRouter(t, Config{UsageTopK: 1, UsageSampleBelow: -1}, nil) // every transaction exactly
 	ctx := ctx(t)
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
 		c := connect(t, s, "t0", mode)
@@ -86,4 +86,47 @@ func TestUsageCounting(t *testing.T) {
 	if _, ok := off.Usage(usage.ByTime, 0); ok {
 		t.Error("usage counted with UsageCapacity -1")
 	}
+}
+
+// TestUsageSampled: with the default sampling of short transactions
+// (Config.UsageSampleBelow), errors and transactions that held a backend
+// longer than the threshold are counted exactly, and a sampled one's
+// counters are scaled together (each counted transaction of one statement
+// adds as many statements as transactions).
+func TestUsageSampled(t *testing.T) {
+	s := startRouter(t, Config{}, nil)
+	ctx := ctx(t)
+	c := connect(t, s, "t0", pgx.QueryExecModeSimpleProtocol)
+	for i := 0; i < 200; i++ {
+		if _, err := c.Exec(ctx, "SELECT 1 FROM whoami"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := c.Exec(ctx, "SELECT 1/0 FROM whoami"); pgCode(err) != "22012" {
+			t.Fatalf("division by zero: %v", err)
+		}
+	}
+	slow := connect(t, s, "t1", pgx.QueryExecModeSimpleProtocol)
+	for i := 0; i < 3; i++ {
+		if _, err := slow.Exec(ctx, fmt.Sprintf("SELECT pg_sleep(%g)", 2*usage.DefaultSampleBelow.Seconds())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, ok := s.Usage(usage.ByTransactions, 0)
+	if !ok {
+		t.Fatal("usage is off")
+	}
+	got := map[string]usage.Entry{}
+	for _, e := range snap.Tenants {
+		got[e.Tenant] = e
+	}
+	t0, t1 := got["t0"], got["t1"]
+	if t0.Errors != 2 || t0.Statements != t0.Transactions-2 || t0.Bytes != t0.Statements*(2+4+1) {
+		t.Errorf("t0: %+v (want 2 errors, statements = transactions - 2, 7 bytes a statement)", t0)
+	}
+	if t1.Transactions != 3 || t1.Statements != 3 || t1.Errors != 0 || t1.BackendSeconds < 3*2*usage.DefaultSampleBelow.Seconds() {
+		t.Errorf("t1 (slow, exact): %+v", t1)
+	}
+	t.Logf("t0: %d transactions counted for 202", t0.Transactions)
 }

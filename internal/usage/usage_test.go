@@ -3,8 +3,10 @@ package usage
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
+	"unsafe"
 )
 
 // Counters are exact while the table has room.
@@ -105,5 +107,35 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 	if got := s.Top(ByTime, 0).Total.Transactions; got != 8000 {
 		t.Fatalf("total transactions %d, want 8000", got)
+	}
+}
+
+// TestSketchKeepsNoCallerString: the table keys its entries with a copy of
+// the tenant id, not the caller's string, which the router cuts from the
+// query text that named the tenant (a query of any size, kept alive for as
+// long as the tenant stayed in the table).
+func TestSketchKeepsNoCallerString(t *testing.T) {
+	query := "/* tenant: acme */ INSERT INTO big VALUES " + strings.Repeat("(1),", 1<<16) + "(1)"
+	tenant := query[len("/* tenant: ") : len("/* tenant: ")+4]
+	s := New(2)
+	s.Observe(tenant, Counts{Transactions: 1, BackendSeconds: 2})
+	s.Observe("other", Counts{Transactions: 1, BackendSeconds: 1})
+	s.Observe(query[len("/* tenant: "):len("/* tenant: ")+3], Counts{Transactions: 1}) // "acm" evicts "other", in its entry
+	begin, end := uintptr(unsafe.Pointer(unsafe.StringData(query))), uintptr(unsafe.Pointer(unsafe.StringData(query)))+uintptr(len(query))
+	top := s.Top(ByTime, 0)
+	if len(top.Tenants) != 2 || top.Tenants[0].Tenant != "acme" || top.Tenants[1].Tenant != "acm" {
+		t.Fatalf("tenants: %+v", top.Tenants)
+	}
+	for _, e := range top.Tenants {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(e.Tenant))); p >= begin && p < end {
+			t.Errorf("entry %q points into the caller's %d-byte string", e.Tenant, len(query))
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.byTenant {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(k))); p >= begin && p < end {
+			t.Errorf("key %q points into the caller's %d-byte string", k, len(query))
+		}
 	}
 }
