@@ -252,7 +252,17 @@ func diffCompare(seed int64, seq [][]pgproto3.FrontendMessage, wantName string, 
 // diffCheck runs seed on every target at once and reports each router
 // run that differs from PostgreSQL's.
 func diffCheck(t testing.TB, targets []*diffTarget, seed int64) {
-	seq := diffSequence(seed)
+	diffCheckSeq(t, targets, seed, diffSequence(seed))
+}
+
+// diffCheckSeq is diffCheck of a given sequence (seed only names it).
+func diffCheckSeq(t testing.TB, targets []*diffTarget, seed int64, seq [][]pgproto3.FrontendMessage) {
+	start := time.Now()
+	defer func() {
+		if d := time.Since(start); d > time.Second {
+			t.Logf("seed %d took %v", seed, d)
+		}
+	}()
 	runs := make([]diffRun, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup

@@ -46,6 +46,16 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			ss.failed = false
 			return ss.reply("ROLLBACK", nil)
 		}
+		if emptyQueryText(sql) {
+			// The server answers an empty query even in an aborted
+			// transaction.
+			if err := ss.drainSyncs(); err != nil {
+				return ss.clientFailed(err)
+			}
+			wire.WriteFrame(ss.cw, wire.MsgEmptyQuery, nil)
+			ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
+			return nil
+		}
 		return abortedError()
 	}
 	g := ss.guardScan(sql, &info)
@@ -123,10 +133,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 					return e // as the server would refuse it, before anything runs
 				}
 				if ss.pendingBegin != "" {
-					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
+					return ss.reply(beginTag(sql), &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
 				ss.pendingBegin = sql
-				return ss.reply("BEGIN", nil)
+				return ss.reply(beginTag(sql), nil)
 			}
 		case kCommit, kRollback:
 			if ss.be == nil || ss.pendingBegin != "" {
@@ -491,4 +501,24 @@ func (ss *session) noteUnlisten(e *expect, body []byte) {
 	case "LISTEN\x00", "ROLLBACK\x00", "DO\x00", "CALL\x00":
 		ss.unlistenDone = false // (a DO block or procedure may LISTEN)
 	}
+}
+
+// emptyQueryText reports whether sql holds no statement: only whitespace,
+// comments and semicolons.
+func emptyQueryText(sql string) bool {
+	for i := 0; i < len(sql); {
+		switch c := sql[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == ';':
+			i++
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			for i < len(sql) && sql[i] != '\n' && sql[i] != '\r' {
+				i++
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			i = skipBlockComment(sql, i)
+		default:
+			return false
+		}
+	}
+	return true
 }
