@@ -678,10 +678,12 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		ss.pushSynth(wire.AppendCommandComplete(ss.synthFree, ss.synthTag))
 		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
 			ss.failed = false
+			ss.synthTag = "" // gone with the transaction it ended
+		} else {
+			// The portal stays until Sync or the next Bind of its name, as
+			// on a server: Describe gives NoData, Execute 55000.
+			ss.synthValue = synthRan
 		}
-		// The portal stays until Sync or the next Bind of its name, as on
-		// a server: Describe gives NoData, Execute 55000.
-		ss.synthValue = synthRan
 		return nil
 	}
 	if ss.be == nil || ss.pendingBegin != "" {
@@ -754,10 +756,7 @@ func (ss *session) onClose(body []byte) *wire.Error {
 func (ss *session) onSync([]byte) *wire.Error {
 	ss.skipToSync = false
 	ss.portalSet, ss.portalPrep, ss.unlistenBound = nil, nil, false
-	if ss.localStatus() == 'I' || ss.synthValue != synthRan {
-		// (A portal that ran stays to the end of its transaction block.)
-		ss.synthTag, ss.synthRow = "", false
-	}
+	ss.synthTag, ss.synthRow = "", false
 	if ss.be != nil {
 		ss.be.W.Write(wire.SyncMsg)
 		ss.push(expect{kind: eSync})

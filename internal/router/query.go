@@ -62,6 +62,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if e := ss.refuse(&info, g); e != nil {
 		return e
 	}
+	if info.resetThenMore {
+		// The statements after it would run without the shard's path.
+		return &wire.Error{Code: "0A000", Message: "RESET ALL followed by more statements in one query",
+			Hint: "Send RESET ALL in a query of its own: pgtenant sets the tenant's shard again after it."}
+	}
 	if info.txnThenMore && ss.srv.cfg.PoolMode == PoolTransaction && ss.inTxn() {
 		// Refused whether or not this transaction's settings are local, so
 		// that the same query does not fail on one backend and run on
@@ -246,6 +251,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return e
 	}
 	ss.noteShardUse(&info)
+	if ss.status == 'E' && info.multi && (ss.setupDue || ss.setupEach) && info.kind != kCommit && info.kind != kRollback && !info.rollbackTo {
+		// The server refuses the first statement, and with it the rest.
+		return abortedError()
+	}
 	if ss.status == 'E' && info.multi && (ss.setupDue || ss.setupEach) {
 		// The setup would fail in the aborted transaction, and the
 		// statements after its end would run without it.
