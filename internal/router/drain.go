@@ -293,11 +293,6 @@ func (ss *session) drain(all bool) error {
 				}
 				continue
 			}
-			if e.swallow && e.name == "setup" && !paramStatusRole(body) {
-				// The router's RESET ALL of another client's settings and
-				// replay of this client's: nothing the client changed.
-				continue
-			}
 			if ss.srv.cfg.PoolMode == PoolTransaction && paramStatusRole(body) {
 				// A role changed where the router cannot see it (a
 				// function's set_config('role', ...)): the next client

@@ -368,7 +368,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		case kBegin:
 			if ss.canDefer() {
 				if ss.pendingBegin == "" {
-					ss.pendingBegin = def.query
+					ss.pendingBegin, ss.boundDeferred = def.query, false
 				}
 				ss.synthPortal(bm.Portal, beginTag(def.query))
 				return nil
@@ -485,6 +485,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
 	ss.be.W.WriteFrame(wire.MsgBind, ss.out)
+	ss.boundDeferred = ss.boundDeferred || ss.pendingBegin != ""
 	if ddlNote != nil {
 		ss.push(expect{kind: eSynth, synth: ddlNote})
 	}
@@ -620,7 +621,10 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 			}
 			return nil
 		}
-		if ss.be == nil || ss.pendingBegin != "" {
+		if ss.be == nil || (ss.pendingBegin != "" && !ss.boundDeferred) {
+			if ss.failed {
+				return abortedError() // as the server answers in an aborted block
+			}
 			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
 		}
 		ss.be.W.WriteFrame(wire.MsgDescribe, body)
@@ -686,7 +690,7 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 		}
 		return nil
 	}
-	if ss.be == nil || ss.pendingBegin != "" {
+	if ss.be == nil || (ss.pendingBegin != "" && !ss.boundDeferred) {
 		// (With BEGIN deferred no portal of the block is on the server:
 		// one there would be outside the block, and its error would not
 		// abort the block.)

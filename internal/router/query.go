@@ -140,7 +140,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				if ss.pendingBegin != "" {
 					return ss.reply(beginTag(sql), &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
-				ss.pendingBegin = sql
+				ss.pendingBegin, ss.boundDeferred = sql, false
 				return ss.reply(beginTag(sql), nil)
 			}
 		case kCommit, kRollback:
