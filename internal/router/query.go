@@ -46,16 +46,6 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			ss.failed = false
 			return ss.reply("ROLLBACK", nil)
 		}
-		if emptyQueryText(sql) {
-			// The server answers an empty query even in an aborted
-			// transaction.
-			if err := ss.drainSyncs(); err != nil {
-				return ss.clientFailed(err)
-			}
-			wire.WriteFrame(ss.cw, wire.MsgEmptyQuery, nil)
-			ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
-			return nil
-		}
 		return abortedError()
 	}
 	g := ss.guardScan(sql, &info)
@@ -510,24 +500,4 @@ func (ss *session) noteUnlisten(e *expect, body []byte) {
 	case "LISTEN\x00", "ROLLBACK\x00", "DO\x00", "CALL\x00":
 		ss.unlistenDone = false // (a DO block or procedure may LISTEN)
 	}
-}
-
-// emptyQueryText reports whether sql holds no statement: only whitespace,
-// comments and semicolons.
-func emptyQueryText(sql string) bool {
-	for i := 0; i < len(sql); {
-		switch c := sql[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == ';':
-			i++
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
-			for i < len(sql) && sql[i] != '\n' && sql[i] != '\r' {
-				i++
-			}
-		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			i = skipBlockComment(sql, i)
-		default:
-			return false
-		}
-	}
-	return true
 }
