@@ -50,6 +50,11 @@ var diffCases = []struct {
 		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("2")}}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 		q("SELECT 1"),
 	}},
+	{"seed 332 (fuzz): BEGIN by Parse/Bind/Execute while a BEGIN was deferred lacked WARNING 25001", [][]fm{
+		q("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
 	{"START TRANSACTION's tag was BEGIN", [][]fm{
 		q("START TRANSACTION"),
 		q("ROLLBACK"),

@@ -150,7 +150,7 @@ func (g *diffGen) simpleText(inner bool) string {
 		}
 		text := s.text
 		for i := s.params; i >= 1; i-- {
-			text = strings.ReplaceAll(text, fmt.Sprintf("$%d", i), "'"+g.value(i)+"'")
+			text = strings.ReplaceAll(text, fmt.Sprintf("$%d", i), "'"+strings.ReplaceAll(g.value(i), "'", "''")+"'")
 		}
 		return text
 	}

@@ -367,10 +367,14 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			}
 		case kBegin:
 			if ss.canDefer() {
-				if ss.pendingBegin == "" {
+				already := ss.pendingBegin != ""
+				if !already {
 					ss.pendingBegin, ss.boundDeferred = def.query, false
 				}
 				ss.synthPortal(bm.Portal, beginTag(def.query))
+				if already {
+					ss.synthValue = inTxnMark // its Execute warns, as the server's
+				}
 				return nil
 			}
 		case kCommit, kRollback:
@@ -510,6 +514,10 @@ var (
 // portal bound outside a transaction: its Execute sends the server's
 // WARNING 25P01 before the tag.
 const noTxnMark = "\x00no transaction"
+
+// inTxnMark marks a BEGIN portal bound while a BEGIN is deferred: its
+// Execute sends the server's WARNING 25001 before the tag.
+const inTxnMark = "\x00in transaction"
 
 // synthRan in synthValue marks a synthesized portal that has run.
 const synthRan = "\x00ran"
@@ -678,6 +686,8 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 			ss.pushSynth(wire.AppendTextDataRow(ss.synthFree, ss.synthValue))
 		} else if ss.synthValue == noTxnMark {
 			ss.pushSynth(wire.AppendError(ss.synthFree, noTxnWarning()))
+		} else if ss.synthValue == inTxnMark {
+			ss.pushSynth(wire.AppendError(ss.synthFree, &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"}))
 		}
 		ss.pushSynth(wire.AppendCommandComplete(ss.synthFree, ss.synthTag))
 		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
