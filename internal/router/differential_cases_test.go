@@ -46,6 +46,16 @@ var diffCases = []struct {
 		{&pgproto3.Parse{Name: "r", Query: "ROLLBACK"}, &pgproto3.Bind{PreparedStatement: "r"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 		{&pgproto3.Describe{ObjectType: 'S', Name: "b"}, &pgproto3.Sync{}},
 	}},
+	{"fuzz seed -23: a Parse the server answers in an aborted block leaves the block's unnamed portal; a taken name is 25P02 there", [][]fm{
+		q("BEGIN; INSERT INTO kv VALUES (1, 'x')"),
+		{&pgproto3.Parse{Name: "s3", Query: "SELECT count(*) FROM kv"}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		{&pgproto3.Parse{Name: "s3", Query: "SELECT 1"}, &pgproto3.Sync{}},
+		q("BEGIN; SELECT 1/0"),
+		{&pgproto3.Parse{Name: "s3", Query: "SELECT 2"}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
 	{"a Bind of BEGIN with a parameter was BindComplete", [][]fm{
 		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("2")}}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 		q("SELECT 1"),

@@ -51,15 +51,11 @@ func (ss *session) onParse(body []byte) *wire.Error {
 			return e
 		}
 	}
-	if ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
-		// As the server's Parse in an aborted transaction (before its
-		// check of the name), which the router would otherwise answer
-		// itself for a statement it defers or answers (BEGIN, SHOW
-		// pgtenant.tenant, ...).
-		return abortedError()
-	}
 	if len(pm.Name) != 0 {
 		if _, ok := ss.stmts[string(pm.Name)]; ok {
+			if ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+				return abortedError() // the server's check before the name's
+			}
 			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
 		}
 		if _, ok := ss.sqlStmts[string(pm.Name)]; ok {
@@ -87,6 +83,12 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		ss.keepUnnamed(def)
 	}
 	sent, werr := ss.parseNow(def)
+	if werr == nil && !sent && ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+		// As the server's Parse in an aborted transaction, which the
+		// router would otherwise answer itself for a statement it defers
+		// or answers (BEGIN, SHOW pgtenant.tenant, ...).
+		werr = abortedError()
+	}
 	if werr != nil {
 		// Not prepared, as a server would leave it.
 		if len(pm.Name) != 0 {
