@@ -37,7 +37,12 @@ import (
 // its parameters only (the server's 0A000 came next) stays stale everywhere,
 // having no shape to check against. A Describe's 0A000 follows the
 // statement's ParameterDescription, as from a server: postgres.js takes the
-// statement as prepared at that message.
+// statement as prepared at that message. Only a statement a Describe told
+// the client of is marked stale, so the Describe of a stale one always has
+// its ParameterDescription to send first; in transaction mode one a server
+// found stale at a Bind is prepared afresh elsewhere, and a Describe of it
+// gets the new shape where a server answers its parameters then 0A000 (not
+// emulated: the client has no earlier shape to keep).
 
 // staleError is the server's error for a prepared statement whose result
 // shape changed (with its routine: postgres.js prepares the statement
