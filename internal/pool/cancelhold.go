@@ -34,6 +34,9 @@ func (h *holdWriter) Write(p []byte) (int, error) {
 		select {
 		case <-*ch:
 		case <-t.C:
+			// The request is stuck: later writes go at once (a client
+			// waits CancelHold once per request, not once per write).
+			h.c.cancelling.CompareAndSwap(ch, nil)
 		}
 		t.Stop()
 	}

@@ -9,7 +9,7 @@ import (
 )
 
 // A cancel request the server never confirms holds the connection's writes
-// for CancelHold only: the client's next statement still runs.
+// for CancelHold only, once: the client's next statement still runs.
 func TestCancelHoldBounded(t *testing.T) {
 	ctx, stop := context.WithTimeout(context.Background(), time.Minute)
 	defer stop()
@@ -41,5 +41,9 @@ func TestCancelHoldBounded(t *testing.T) {
 	}
 	if got != "42" {
 		t.Fatalf("answer %q, want 42", got)
+	}
+	// Held once: the next writes go at once.
+	if c.cancelling.Load() != nil {
+		t.Fatal("writes still held after one waited CancelHold")
 	}
 }
