@@ -165,6 +165,10 @@ type Conn struct {
 	pool     *Pool
 	// primed is the priming statement the connection ran (see Warm).
 	primed string
+	// cancelling is closed when the cancel request in flight (see Cancel)
+	// has been taken by the server; nil when there is none. Writes wait
+	// for it (see holdWriter).
+	cancelling atomic.Pointer[chan struct{}]
 }
 
 // quiet reports whether nothing is waiting to be read on an idle
@@ -306,8 +310,11 @@ func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
 // Cancel asks the server to cancel the query running on this connection.
 // It returns nil once the server has taken the request (it closes the
 // connection then); an error leaves unknown whether the request reached
-// the server, or still will.
+// the server, or still will. Until it returns (at most CancelHold), writes
+// to the connection wait: a message the server read between the request's
+// two signals would be cancelled too (see holdWriter).
 func (c *Conn) Cancel(ctx context.Context) error {
+	defer c.holdWrites()()
 	addr := c.nc.RemoteAddr()
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, addr.Network(), addr.String())
@@ -798,9 +805,10 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	}
 	now := time.Now()
 	rw := wire.RawServerIO(h.Conn)
+	hw := &holdWriter{w: rw}
 	c := &Conn{
 		R:        wire.NewReader(rw, 32<<10, p.conf().MaxMessage),
-		W:        wire.NewServerWriter(rw, 32<<10),
+		W:        wire.NewServerWriter(hw, 32<<10),
 		PID:      h.PID,
 		Secret:   h.SecretKey,
 		Params:   h.ParameterStatuses,
@@ -811,6 +819,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		lastUsed: now,
 		pool:     p,
 	}
+	hw.c = c
 	_, c.ReportsPath = h.ParameterStatuses["search_path"]
 	return c, nil
 }

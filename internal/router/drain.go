@@ -331,7 +331,9 @@ func (ss *session) drain(all bool) error {
 				// UNLISTEN * (see ensureBackend).
 				ss.listening = true
 			}
-			ss.noteUnlisten(e, body)
+			if ss.listening { // else there is nothing to stop
+				ss.noteUnlisten(e, body)
+			}
 			if len(e.prep) > 0 && string(body) == "PREPARE\x00" {
 				ss.notePrepared(e.prep[0])
 				e.prep = e.prep[1:]

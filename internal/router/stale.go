@@ -30,9 +30,19 @@ import (
 // parsed before the change, which would fail with 0A000 or with the old
 // parameter types (42804), and one parsed before it stays as it was, as
 // on a server. A described client statement a server found stale stays so
-// (a server keeps failing it), and a Describe's 0A000 follows the statement's
-// ParameterDescription, as from a server: postgres.js takes the statement
-// as prepared at that message.
+// where it is of another shape (a server keeps failing it there), and runs
+// where it is not (a server analyses a statement again under each run's
+// search_path: another shard whose table did not change runs it), each
+// backend's statement checked as above; one whose Describe told the client
+// its parameters only (the server's 0A000 came next) stays stale everywhere,
+// having no shape to check against. A Describe's 0A000 follows the
+// statement's ParameterDescription, as from a server: postgres.js takes the
+// statement as prepared at that message. Only a statement a Describe told
+// the client of is marked stale, so the Describe of a stale one always has
+// its ParameterDescription to send first; in transaction mode one a server
+// found stale at a Bind is prepared afresh elsewhere, and a Describe of it
+// gets the new shape where a server answers its parameters then 0A000 (not
+// emulated: the client has no earlier shape to keep).
 
 // staleError is the server's error for a prepared statement whose result
 // shape changed (with its routine: postgres.js prepares the statement
@@ -64,11 +74,12 @@ func (s *Server) schemaChanged() {
 }
 
 // serverFoundStale notes a server's 0A000 for the client's statement
-// e.stmt, bound or described as e.name on the attached backend: it stays
-// stale for the client if a Describe told the client anything of it (a
+// e.stmt, bound or described as e.name on the attached backend: it is
+// marked stale if a Describe told the client anything of it (a
 // ParameterDescription at least: postgres.js then binds it without a
 // description; one never described is prepared afresh, its rows the
-// client's only description, as stale_test.go's "never described"); the
+// client's only description, as stale_test.go's "never described"), and
+// refused where its shape differs (ensurePrepared); the
 // backend's statement is prepared afresh at its next use (other clients'
 // statements of the text are shape-checked then); and, the router having
 // missed the schema change, later Parses get statements of their own,
@@ -104,12 +115,17 @@ var skipRest = &wire.Error{Code: "XX000", Message: "skipped"}
 // int4 column made float4: wrong numbers, no error). The check costs one
 // round trip, only when the statement is prepared afresh after a Describe.
 func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
-	if def.stale {
+	if def.stale && def.shape == 0 {
+		// Found stale when a Describe had told the client its parameters
+		// only: no shape to check against.
 		return staleError()
 	}
 	_, h := ss.prepareOn(def, true)
 	switch {
 	case def.shape == 0 || h == def.shape:
+		// (Found stale elsewhere, the statement is checked where it runs,
+		// as a server analyses it again under the search_path of each
+		// run: another shard's table of the old shape runs it.)
 		return nil
 	case h != 0:
 		// Prepared there with another shape (another client's Parse of
@@ -123,13 +139,23 @@ func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 	ss.be.W.WriteFrame(wire.MsgDescribe, ss.out)
 	ss.push(expect{kind: eDescS, swallow: true, name: name, stmt: def})
 	ss.be.W.Write(wire.FlushMsg)
+	wasStale := def.stale
+	def.stale = false // noteShape sets it when this backend's shape differs
 	if err := ss.drain(true); err != nil {
+		def.stale = def.stale || wasStale
 		return ss.clientFailed(err)
+	}
+	differs := def.stale
+	def.stale = differs || wasStale
+	if differs && name == "" && ss.be != nil {
+		// The backend's unnamed statement is def's text of another shape,
+		// not what the client described (prepareOn takes it for that).
+		ss.be.ForgetUnnamed()
 	}
 	switch {
 	case ss.be == nil || ss.skipToSync:
 		return skipRest
-	case def.stale:
+	case differs:
 		return staleError()
 	}
 	return nil
