@@ -231,11 +231,28 @@
 // (plaintext passwords) or known to Config.Credentials (stored SCRAM
 // verifiers or md5 hashes, as PostgreSQL keeps them).
 //
+// # Differential tests
+//
+// differential_test.go sends the same seeded, generated sequences of
+// frontend messages (differential_gen_test.go: simple Query of one or
+// several statements, empty and comment-only queries, Parse/Bind/Describe/
+// Execute with max rows/Close/Flush/Sync on named and unnamed statements
+// and portals, errors mid-pipeline, transaction control, savepoints, SET,
+// SET LOCAL, RESET, temporary tables, DML on a shard table) to PostgreSQL
+// directly (search_path and pgtenant.tenant_id as the router sets them)
+// and through a router in each pool mode, and compares the answers:
+// message types in order, tags, rows, SQLSTATEs, ReadyForQuery status.
+// The differences the router makes and the test accepts are listed with
+// their reasons (diffKnown); sequences that showed a bug are kept as cases
+// (differential_cases_test.go). CI runs 300 seeds (-diffseeds N, one with
+// -diffseed S); FuzzDifferential takes any seed (go test -fuzz).
+//
 // # SQLSTATEs sent by the router itself
 //
 //	3D000  no tenant selected (the hint says how to select one, or, for a schema change, to use migrate up)
 //	01000  (WARNING) a schema change sent for a tenant changes its shard only (Config.DDL warn)
 //	0A000  a schema change sent for a tenant, with Config.DDL refuse
+//	0A000  RESET ALL followed by more statements in one query (they would run without the shard's path)
 //	42704  unknown tenant (register it with `pgtenant tenant add ID`)
 //	22023  invalid tenant id
 //	25001  the transaction is bound to another tenant

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 
@@ -52,6 +53,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	if len(pm.Name) != 0 {
 		if _, ok := ss.stmts[string(pm.Name)]; ok {
+			if ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+				return abortedError() // the server's check before the name's
+			}
 			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
 		}
 		if _, ok := ss.sqlStmts[string(pm.Name)]; ok {
@@ -79,6 +83,12 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		ss.keepUnnamed(def)
 	}
 	sent, werr := ss.parseNow(def)
+	if werr == nil && !sent && ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+		// As the server's Parse in an aborted transaction, which the
+		// router would otherwise answer itself for a statement it defers
+		// or answers (BEGIN, SHOW pgtenant.tenant, ...).
+		werr = abortedError()
+	}
 	if werr != nil {
 		// Not prepared, as a server would leave it.
 		if len(pm.Name) != 0 {
@@ -96,6 +106,13 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		q.stmt, q.stmtName = def, string(pm.Name)
 	}
 	return nil
+}
+
+// txnExit reports whether info is a statement an aborted transaction
+// accepts (PostgreSQL's IsTransactionExitStmt: COMMIT, ROLLBACK, ROLLBACK
+// TO; PREPARE TRANSACTION is left to the server).
+func txnExit(info *stmtInfo) bool {
+	return !info.multi && (info.kind == kCommit || info.kind == kRollback || info.rollbackTo)
 }
 
 // recentUnnamed returns the client's unnamed statement of the same text and
@@ -314,9 +331,19 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if err != nil {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
+	if ss.synthTag != "" && string(bm.Portal) == ss.synthName {
+		ss.synthTag = "" // replaced, as a server replaces the portal
+	}
 	def, werr := ss.lookup(bm.Stmt)
 	if werr != nil {
 		return werr
+	}
+	if k := def.info.kind; !def.info.multi && (k == kBegin || k == kCommit || k == kRollback) {
+		// The router may answer this Bind itself: check the parameter
+		// count first, as the server does.
+		if n := bindParamCount(bm.Rest); n > 0 {
+			return &wire.Error{Code: "08P01", Message: fmt.Sprintf("bind message supplies %d parameters, but prepared statement \"%s\" requires 0", n, bm.Stmt)}
+		}
 	}
 	if ss.failed && ss.be == nil {
 		if def.info.kind == kCommit || def.info.kind == kRollback {
@@ -342,10 +369,14 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			}
 		case kBegin:
 			if ss.canDefer() {
-				if ss.pendingBegin == "" {
-					ss.pendingBegin = def.query
+				already := ss.pendingBegin != ""
+				if !already {
+					ss.pendingBegin, ss.boundDeferred = def.query, false
 				}
-				ss.synthPortal(bm.Portal, "BEGIN")
+				ss.synthPortal(bm.Portal, beginTag(def.query))
+				if already {
+					ss.synthValue = inTxnMark // its Execute warns, as the server's
+				}
 				return nil
 			}
 		case kCommit, kRollback:
@@ -354,8 +385,12 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				if def.info.kind == kRollback {
 					tag = "ROLLBACK"
 				}
+				noTxn := ss.be == nil && ss.pendingBegin == ""
 				ss.pendingBegin, ss.localTenant = "", ""
 				ss.synthPortal(bm.Portal, tag)
+				if noTxn {
+					ss.synthValue = noTxnMark // its Execute warns, as the server's
+				}
 				return nil
 			}
 		}
@@ -456,6 +491,7 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	name := ss.serverStmt(def)
 	ss.out = wire.AppendBind(ss.out[:0], bm.Portal, name, bm.Rest)
 	ss.be.W.WriteFrame(wire.MsgBind, ss.out)
+	ss.boundDeferred = ss.boundDeferred || ss.pendingBegin != ""
 	if ddlNote != nil {
 		ss.push(expect{kind: eSynth, synth: ddlNote})
 	}
@@ -476,8 +512,60 @@ var (
 
 // synthPortal answers a Bind of a transaction-control statement the router
 // handles itself; the portal's Execute gets CommandComplete with tag.
+// noTxnMark in synthValue (without synthRow) marks a COMMIT or ROLLBACK
+// portal bound outside a transaction: its Execute sends the server's
+// WARNING 25P01 before the tag.
+const noTxnMark = "\x00no transaction"
+
+// inTxnMark marks a BEGIN portal bound while a BEGIN is deferred: its
+// Execute sends the server's WARNING 25001 before the tag.
+const inTxnMark = "\x00in transaction"
+
+// synthRan in synthValue marks a synthesized portal that has run.
+const synthRan = "\x00ran"
+
+// beginTag is the command tag PostgreSQL gives the transaction start q:
+// START TRANSACTION or BEGIN.
+func beginTag(q string) string {
+	for {
+		q = strings.TrimLeft(q, " \t\r\n\v\f")
+		switch {
+		case strings.HasPrefix(q, "--"):
+			i := strings.IndexAny(q, "\r\n")
+			if i < 0 {
+				return "BEGIN"
+			}
+			q = q[i:]
+		case strings.HasPrefix(q, "/*"):
+			i := strings.Index(q, "*/")
+			if i < 0 {
+				return "BEGIN"
+			}
+			q = q[i+2:]
+		default:
+			if len(q) >= 5 && strings.EqualFold(q[:5], "start") {
+				return "START TRANSACTION"
+			}
+			return "BEGIN"
+		}
+	}
+}
+
+// bindParamCount returns the number of parameters a Bind's Rest (after
+// the portal and statement names) supplies, or -1 when it is malformed.
+func bindParamCount(rest []byte) int {
+	if len(rest) < 2 {
+		return -1
+	}
+	nf := int(binary.BigEndian.Uint16(rest))
+	if len(rest) < 4+2*nf {
+		return -1
+	}
+	return int(binary.BigEndian.Uint16(rest[2+2*nf:]))
+}
+
 func (ss *session) synthPortal(portal []byte, tag string) {
-	ss.synthName, ss.synthTag, ss.synthRow = string(portal), tag, false
+	ss.synthName, ss.synthTag, ss.synthRow, ss.synthValue = string(portal), tag, false, ""
 	ss.push(expect{kind: eSynth, synth: bindComplete})
 }
 
@@ -543,7 +631,10 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 			}
 			return nil
 		}
-		if ss.be == nil {
+		if ss.be == nil || (ss.pendingBegin != "" && !ss.boundDeferred) {
+			if ss.failed {
+				return abortedError() // as the server answers in an aborted block
+			}
 			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
 		}
 		ss.be.W.WriteFrame(wire.MsgDescribe, body)
@@ -590,17 +681,31 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 
 func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
+		if ss.synthValue == synthRan {
+			return &wire.Error{Code: "55000", Message: fmt.Sprintf("portal %q cannot be run", ss.synthName)} // as the server words it
+		}
 		if ss.synthRow {
 			ss.pushSynth(wire.AppendTextDataRow(ss.synthFree, ss.synthValue))
+		} else if ss.synthValue == noTxnMark {
+			ss.pushSynth(wire.AppendError(ss.synthFree, noTxnWarning()))
+		} else if ss.synthValue == inTxnMark {
+			ss.pushSynth(wire.AppendError(ss.synthFree, &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"}))
 		}
 		ss.pushSynth(wire.AppendCommandComplete(ss.synthFree, ss.synthTag))
 		if ss.synthTag == "ROLLBACK" || ss.synthTag == "COMMIT" {
 			ss.failed = false
+			ss.synthTag = "" // gone with the transaction it ended
+		} else {
+			// The portal stays until Sync or the next Bind of its name, as
+			// on a server: Describe gives NoData, Execute 55000.
+			ss.synthValue = synthRan
 		}
-		ss.synthTag, ss.synthRow = "", false
 		return nil
 	}
-	if ss.be == nil {
+	if ss.be == nil || (ss.pendingBegin != "" && !ss.boundDeferred) {
+		// (With BEGIN deferred no portal of the block is on the server:
+		// one there would be outside the block, and its error would not
+		// abort the block.)
 		if ss.failed {
 			return abortedError()
 		}
@@ -653,6 +758,9 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		ss.portalSet = nil
 	}
 	if ss.be == nil || (ss.synthTag != "" && name == ss.synthName) {
+		if name == ss.synthName {
+			ss.synthTag = ""
+		}
 		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
 		return nil
 	}

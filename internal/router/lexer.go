@@ -93,6 +93,9 @@ type stmtInfo struct {
 	// or without AND CHAIN, or PREPARE TRANSACTION. txnThenMore is set when
 	// another statement follows such a one.
 	endsTxn, txnThenMore bool
+	// resetThenMore is set when another statement follows a RESET ALL,
+	// which resets the shard's search_path and tenant id for it.
+	resetThenMore bool
 	// rollbackTo is set for a statement starting with ROLLBACK ... TO.
 	rollbackTo bool
 	// callsProc is set when a statement starts with CALL or DO, which may
@@ -164,6 +167,9 @@ type lexer struct {
 	// stmtInfo.endsTxn); anyEnds once one was seen, more when another
 	// statement follows one.
 	ends, anyEnds, more bool
+	// resetAll is set while in a RESET ALL statement; resetMore when
+	// another statement follows one.
+	resetAll, resetMore bool
 	// first is the current statement's first word when the words after it
 	// decide whether it ends a transaction; prev is the last word seen.
 	first, prev string
@@ -319,6 +325,7 @@ func classify(sql string) stmtInfo {
 	}
 	info.endsTxn = lx.anyEnds || lx.ends
 	info.txnThenMore = lx.more
+	info.resetThenMore = lx.resetMore
 	info.sqlPrepare = info.sqlPrepare || lx.prepares > 0
 	switch info.kind {
 	case kSet, kReset:
@@ -403,6 +410,8 @@ func (lx *lexer) noteWord(w string, info *stmtInfo) {
 			info.callsProc = true
 			info.guardScan = true
 		}
+	case n == 2 && eq(w, "all") && eq(lx.prev, "reset"):
+		lx.resetAll = true
 	case n <= 3 && lx.first != "":
 		switch {
 		case lx.first == "prepare":
@@ -654,7 +663,8 @@ func (lx *lexer) add(after bool, k tokKind, start, end int) {
 			lx.anyEnds = true
 			lx.more = lx.more || after
 		}
-		lx.ends = false
+		lx.resetMore = lx.resetMore || (lx.resetAll && after)
+		lx.ends, lx.resetAll = false, false
 	}
 	lx.sinceSemi++
 	if after {

@@ -383,6 +383,19 @@ const abortStmt = "pgtenant_abort"
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
+	if extended && ss.be != nil && ss.unsyncedPending() {
+		// Should an earlier message of this pipeline fail at the server,
+		// the server skips everything up to Sync, this message too: no
+		// error of the router's then (a round trip, on this error path
+		// only; as onQuery learns it).
+		ss.be.W.Write(wire.FlushMsg)
+		if err := ss.drain(true); err != nil {
+			return err
+		}
+		if ss.skipToSync {
+			return nil
+		}
+	}
 	if ss.be != nil && (ss.unsyncedPending() || ss.unsynced) {
 		// Earlier messages of this batch went to the server (answered
 		// already, after a Flush, or not): end them as an error there
@@ -407,10 +420,12 @@ func (ss *session) localError(werr *wire.Error, extended bool) error {
 	ss.cw.Write(wire.AppendError(ss.out[:0], werr))
 	if ss.inTxn() {
 		if ss.be != nil {
-			ss.be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
-			ss.push(expect{kind: eQuery, swallow: true})
-			if err := ss.drain(false); err != nil {
-				return err
+			if ss.pendingBegin == "" { // (a deferred BEGIN left nothing to roll back)
+				ss.be.W.Write(wire.AppendQuery(ss.out[:0], "ROLLBACK"))
+				ss.push(expect{kind: eQuery, swallow: true})
+				if err := ss.drain(false); err != nil {
+					return err
+				}
 			}
 			if ss.be != nil && ss.srv.cfg.PoolMode == PoolSession {
 				// Not reset with DISCARD ALL (see session.end): the next

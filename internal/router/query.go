@@ -52,6 +52,11 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 	if e := ss.refuse(&info, g); e != nil {
 		return e
 	}
+	if info.resetThenMore {
+		// The statements after it would run without the shard's path.
+		return &wire.Error{Code: "0A000", Message: "RESET ALL followed by more statements in one query",
+			Hint: "Send RESET ALL in a query of its own: pgtenant sets the tenant's shard again after it."}
+	}
 	if info.txnThenMore && ss.srv.cfg.PoolMode == PoolTransaction && ss.inTxn() {
 		// Refused whether or not this transaction's settings are local, so
 		// that the same query does not fail on one backend and run on
@@ -123,10 +128,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 					return e // as the server would refuse it, before anything runs
 				}
 				if ss.pendingBegin != "" {
-					return ss.reply("BEGIN", &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
+					return ss.reply(beginTag(sql), &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
-				ss.pendingBegin = sql
-				return ss.reply("BEGIN", nil)
+				ss.pendingBegin, ss.boundDeferred = sql, false
+				return ss.reply(beginTag(sql), nil)
 			}
 		case kCommit, kRollback:
 			if ss.be == nil || ss.pendingBegin != "" {
@@ -236,6 +241,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		return e
 	}
 	ss.noteShardUse(&info)
+	if ss.status == 'E' && info.multi && (ss.setupDue || ss.setupEach) && info.kind != kCommit && info.kind != kRollback && !info.rollbackTo {
+		// The server refuses the first statement, and with it the rest.
+		return abortedError()
+	}
 	if ss.status == 'E' && info.multi && (ss.setupDue || ss.setupEach) {
 		// The setup would fail in the aborted transaction, and the
 		// statements after its end would run without it.

@@ -231,6 +231,10 @@ type session struct {
 	// dropBackend: the attached backend lost the router's prepared
 	// statements behind its back (stmtsDropped); it is closed when released.
 	dropBackend bool
+	// boundDeferred: a portal went to the server while BEGIN was deferred
+	// (a catalog read without a tenant), so a portal name there may be
+	// the client's.
+	boundDeferred bool
 	// held is a backend message (type byte, then body) that copyIn read
 	// and drain handles next; copyDiscard drops the client's COPY data up
 	// to its CopyDone or CopyFail, the server having ended the COPY.

@@ -1,0 +1,119 @@
+package router
+
+// Sequences the differential tester found (see differential_test.go),
+// each a router bug once (failed before its fix), kept as regression cases
+// compared with PostgreSQL in both pool modes.
+
+import (
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+type fm = pgproto3.FrontendMessage
+
+func q(s string) []fm { return []fm{&pgproto3.Query{String: s}} }
+
+// diffCases are the sequences, named by what they showed.
+var diffCases = []struct {
+	name string
+	seq  [][]fm
+}{
+	{"seed 97: session mode hung after a deferred START TRANSACTION's portal was described", [][]fm{
+		q("SELECT 1"),
+		{&pgproto3.Parse{Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		{&pgproto3.Execute{}, &pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
+	{"an Execute of no portal after a deferred BEGIN lost the block: the INSERT after it committed", [][]fm{
+		q("SELECT 1"),
+		q("BEGIN"),
+		{&pgproto3.Execute{}, &pgproto3.Parse{Query: "INSERT INTO kv VALUES (9, 'x')"}, &pgproto3.Bind{DestinationPortal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		q("SELECT count(*) FROM kv"),
+	}},
+	{"a Describe of no portal after a deferred BEGIN", [][]fm{
+		q("SELECT 1"),
+		q("BEGIN"),
+		{&pgproto3.Describe{ObjectType: 'P', Name: "nope"}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P', Name: "nope"}, &pgproto3.Sync{}}, // 25P02 in the aborted block (seed 124)
+		q("SELECT count(*) FROM kv"),
+		q("ROLLBACK"),
+	}},
+	{"Parse of BEGIN in an aborted block was answered ParseComplete", [][]fm{
+		q("BEGIN; SELECT 1/0"),
+		{&pgproto3.Parse{Name: "b", Query: "START TRANSACTION"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Name: "r", Query: "ROLLBACK"}, &pgproto3.Bind{PreparedStatement: "r"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'S', Name: "b"}, &pgproto3.Sync{}},
+	}},
+	{"fuzz seed -23: a Parse the server answers in an aborted block leaves the block's unnamed portal; a taken name is 25P02 there", [][]fm{
+		q("BEGIN; INSERT INTO kv VALUES (1, 'x')"),
+		{&pgproto3.Parse{Name: "s3", Query: "SELECT count(*) FROM kv"}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		{&pgproto3.Parse{Name: "s3", Query: "SELECT 1"}, &pgproto3.Sync{}},
+		q("BEGIN; SELECT 1/0"),
+		{&pgproto3.Parse{Name: "s3", Query: "SELECT 2"}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
+	{"a Bind of BEGIN with a parameter was BindComplete", [][]fm{
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("2")}}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SELECT 1"),
+	}},
+	{"seed 332 (fuzz): BEGIN by Parse/Bind/Execute while a BEGIN was deferred lacked WARNING 25001", [][]fm{
+		q("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
+	{"START TRANSACTION's tag was BEGIN", [][]fm{
+		q("START TRANSACTION"),
+		q("ROLLBACK"),
+		{&pgproto3.Parse{Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
+	{"COMMIT and ROLLBACK by Parse/Bind/Execute outside a transaction lacked WARNING 25P01", [][]fm{
+		{&pgproto3.Parse{Query: "ROLLBACK"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+	}},
+	{"an error of the router's after the server's in one pipeline: two errors", [][]fm{
+		{&pgproto3.Parse{Name: "s1", Query: "SELECT 1"}, &pgproto3.Sync{}},
+		{&pgproto3.Execute{Portal: "p1"}, &pgproto3.Parse{Name: "s1", Query: "SELECT 2"}, &pgproto3.Bind{PreparedStatement: "nosuch"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+	}},
+	{"a query string in an aborted block got 0A000 (a query cannot end this transaction...), not 25P02", [][]fm{
+		q("BEGIN; SELECT 1; SELECT count(*) FROM nosuch"),
+		q("BEGIN; SELECT count(*) FROM kv; COMMIT"),
+		q("ROLLBACK"),
+	}},
+}
+
+// TestDifferentialCases runs diffCases on PostgreSQL and the router in
+// both pool modes.
+func TestDifferentialCases(t *testing.T) {
+	targets := diffTargets(t)
+	for i, c := range diffCases {
+		t.Run(c.name, func(t *testing.T) { diffCheckSeq(t, targets, int64(-1-i), c.seq) })
+	}
+}
+
+// RESET ALL followed by more statements in one query is refused, nothing
+// of it run: the statements after it would run without the shard's
+// search_path (seeds 155 and 242: current_schema() was public, kv 42P01).
+func TestResetAllThenMoreRefused(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode, Pool: PoolConfig{MaxSize: 1}}, nil)
+		c := tcConnect(t, s, "t3")
+		if got, want := c.q("RESET ALL; SELECT current_schema()"), "E(0A000:RESET ALL followed by more statements in one query) ZI"; got != want {
+			t.Errorf("%s mode: got %s, want %s", mode, got, want)
+		}
+		if got, want := c.q("BEGIN; RESET ALL; SELECT shard FROM whoami; ROLLBACK"), "E(0A000:RESET ALL followed by more statements in one query) ZI"; got != want {
+			t.Errorf("%s mode: got %s, want %s", mode, got, want)
+		}
+		if got, want := c.q("RESET ALL"), "C(RESET) ZI"; got != want {
+			t.Errorf("%s mode: alone: got %s, want %s", mode, got, want)
+		}
+		if got, want := c.q("SELECT current_schema()"), "D(shard_0003) C(SELECT 1) ZI"; got != want {
+			t.Errorf("%s mode: after it: got %s, want %s", mode, got, want)
+		}
+	}
+}
