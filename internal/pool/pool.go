@@ -71,6 +71,12 @@ type Config struct {
 	WaitTimeout time.Duration
 	// ConnectTimeout bounds opening one connection. Zero means 5 seconds.
 	ConnectTimeout time.Duration
+	// FairAfter bounds how long a checkout waits behind later ones: a
+	// released connection goes to the checkout that began to wait last
+	// (its client's data still in the CPU's caches), unless the one waiting
+	// longest has waited FairAfter or more: then to that one. Zero means
+	// 1 second; negative means first come, first served always.
+	FairAfter time.Duration
 	// MaxMessage bounds a message read from the server. Zero means
 	// wire.DefaultMaxMessage.
 	MaxMessage int
@@ -112,6 +118,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.FairAfter == 0 {
+		c.FairAfter = time.Second
 	}
 	if c.MinIdle > c.MaxSize {
 		c.MinIdle = c.MaxSize
@@ -362,7 +371,7 @@ type Pool struct {
 	mu      sync.Mutex
 	idle    []*Conn
 	total   int
-	waiters waitQueue // first come, first served
+	waiters waitQueue // last come, first served within FairAfter (see next)
 	closed  bool
 	// retryAt is when a checkout may open a connection again after a
 	// failed connect while others are open; failStreak counts the connects
@@ -384,10 +393,10 @@ type Pool struct {
 	done chan struct{}
 }
 
-// waiter is an Acquire waiting for a connection.
+// waiter is an Acquire waiting for a connection since since.
 type waiter struct {
-	ch       chan handoff
-	deadline time.Time
+	ch              chan handoff
+	since, deadline time.Time
 }
 
 // handoff is what a waiter gets: a connection, a slot to open one in (c
@@ -450,8 +459,9 @@ func (p *Pool) Node() string { return p.node }
 func (p *Pool) DSN() string { return p.dsn }
 
 // Acquire returns a connection: the most recently used idle one, else a new
-// one while the pool is below MaxSize, else the first one released within
-// WaitTimeout (ErrWaitTimeout after). A connect that fails while the pool
+// one while the pool is below MaxSize, else one released within WaitTimeout
+// (ErrWaitTimeout after), to the waiters last come first unless one has
+// waited FairAfter (see Config.FairAfter). A connect that fails while the pool
 // has other connections open does not fail the checkout: it waits for one
 // of them (see connectBackoff); with none open, it fails with the
 // *ConnectError, and so do the checkouts waiting. Always taking the most
@@ -486,8 +496,9 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		if w == nil {
 			w = make(chan handoff, 1)
 		}
-		deadline := time.Now().Add(p.conf().WaitTimeout)
-		p.waiters.push(waiter{ch: w, deadline: deadline})
+		now := time.Now()
+		deadline := now.Add(p.conf().WaitTimeout)
+		p.waiters.push(waiter{ch: w, since: now, deadline: deadline})
 		p.armExpiry(deadline)
 		p.mu.Unlock()
 		p.waits.Add(1)
@@ -621,9 +632,10 @@ func (p *Pool) wait(ctx context.Context, w chan handoff) (*Conn, error) {
 	return h.c, nil
 }
 
-// waitQueue is the waiters in order of arrival: a slice read from head,
-// compacted when half of it has been read, so that a steady queue of
-// thousands of waiters is not copied to a new array every few waits.
+// waitQueue is the waiters in order of arrival: a slice read from head (or
+// from its end: see next), compacted when half of it has been read, so that
+// a steady queue of thousands of waiters is not copied to a new array every
+// few waits.
 type waitQueue struct {
 	q    []waiter
 	head int
@@ -646,6 +658,23 @@ func (w *waitQueue) pop() chan handoff {
 	w.q[w.head] = waiter{}
 	w.head++
 	if w.head == len(w.q) {
+		w.q, w.head = w.q[:0], 0
+	}
+	return x.ch
+}
+
+// next takes off the queue, which must not be empty, the waiter a released
+// connection goes to: the last to come, unless the first has waited fair
+// or longer by now (see Config.FairAfter; negative: always the first).
+func (w *waitQueue) next(now time.Time, fair time.Duration) chan handoff {
+	if fair < 0 || now.Sub(w.q[w.head].since) >= fair {
+		return w.pop()
+	}
+	n := len(w.q) - 1
+	x := w.q[n]
+	w.q[n] = waiter{}
+	w.q = w.q[:n]
+	if w.head == n {
 		w.q, w.head = w.q[:0], 0
 	}
 	return x.ch
@@ -845,7 +874,7 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	if p.waiters.len() > 0 {
-		w := p.waiters.pop()
+		w := p.waiters.next(now, p.conf().FairAfter)
 		p.mu.Unlock()
 		w <- handoff{c: c}
 		return

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -35,13 +36,14 @@ func BenchmarkAcquireWait(b *testing.B) {
 	}
 }
 
-// TestWaitersServedInOrder: waiters for a full pool get the connections
-// released in the order they began to wait (first come, first served: no
-// client starves behind later ones), each waiter past its WaitTimeout fails
+// TestWaitersServedInOrder: with FairAfter negative, waiters for a full pool
+// get the connections released in the order they began to wait (first
+// come, first served: no client starves behind later ones; with the
+// default, see TestWaitersFairAfter), each waiter past its WaitTimeout fails
 // with ErrWaitTimeout on its own schedule, one whose context ends leaves the
 // queue, and Close fails those still waiting with ErrClosed.
 func TestWaitersServedInOrder(t *testing.T) {
-	p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1, WaitTimeout: time.Minute}, nil)
+	p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1, WaitTimeout: time.Minute, FairAfter: -1}, nil)
 	ctx := context.Background()
 	c, err := p.Acquire(ctx)
 	if err != nil {
@@ -125,6 +127,77 @@ func TestWaitersServedInOrder(t *testing.T) {
 	}
 }
 
+// TestWaitersFairAfter: a released connection goes to the waiter that came
+// last, unless the one waiting longest has waited FairAfter or more. Twenty
+// waiters queue on a full pool; in the "aged" case the first ten are made
+// to have waited two hours (their start moved back, no sleeping): those are
+// served first, in order of arrival, then the other ten, last first. Each
+// served waiter releases at once, so every hand-off is a Release with
+// waiters queued.
+func TestWaitersFairAfter(t *testing.T) {
+	const n = 20
+	reversed := func(from, to int) []int { // from-1 down to to
+		var out []int
+		for i := from - 1; i >= to; i-- {
+			out = append(out, i)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		fair  time.Duration
+		aged  int // the first aged waiters began two hours ago
+		order []int
+	}{
+		{"last come first served", time.Hour, 0, reversed(n, 0)},
+		{"default", 0, 0, reversed(n, 0)},
+		{"aged first", time.Hour, 10, append([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, reversed(n, 10)...)},
+		{"every waiter aged", time.Nanosecond, n, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1, WaitTimeout: time.Minute, FairAfter: tc.fair}, nil)
+			defer p.Close()
+			ctx := context.Background()
+			c, err := p.Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			order := make(chan int, n)
+			var wg sync.WaitGroup
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, err := p.Acquire(ctx)
+					if err != nil {
+						t.Errorf("waiter %d: %v", i, err)
+						return
+					}
+					order <- i
+					c.Release()
+				}()
+				waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+				if i < tc.aged {
+					p.mu.Lock()
+					w := &p.waiters.q[p.waiters.head+i]
+					w.since = w.since.Add(-2 * time.Hour)
+					p.mu.Unlock()
+				}
+			}
+			c.Release()
+			wg.Wait()
+			close(order)
+			var got []int
+			for i := range order {
+				got = append(got, i)
+			}
+			if !slices.Equal(got, tc.order) {
+				t.Fatalf("served in order %v, want %v", got, tc.order)
+			}
+		})
+	}
+}
+
 // waitFor polls cond until it holds (a minute at most).
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
@@ -135,8 +208,9 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// TestWaitQueue: the queue gives its waiters back in order of arrival
-// through pushes, pops, removals, expiries and its compactions.
+// TestWaitQueue: the queue gives its waiters back in order of arrival (or
+// the last first: next) through pushes, pops, removals, expiries and its
+// compactions.
 func TestWaitQueue(t *testing.T) {
 	var q waitQueue
 	var model []chan handoff
@@ -146,7 +220,7 @@ func TestWaitQueue(t *testing.T) {
 	push := func() {
 		ch := make(chan handoff, 1)
 		chans[ch] = next
-		q.push(waiter{ch: ch, deadline: base.Add(time.Duration(next) * time.Second)})
+		q.push(waiter{ch: ch, since: base, deadline: base.Add(time.Duration(next) * time.Second)})
 		model = append(model, ch)
 		next++
 	}
@@ -172,6 +246,18 @@ func TestWaitQueue(t *testing.T) {
 			model = model[1:]
 		}
 		check("after pops")
+		if round%10 == 5 {
+			// next: the last while the first waited less than fair, else the first.
+			if got := q.next(base, time.Hour); got != model[len(model)-1] {
+				t.Fatalf("round %d: next gave %d, want the last, %d", round, chans[got], chans[model[len(model)-1]])
+			}
+			model = model[:len(model)-1]
+			if got := q.next(base.Add(time.Hour), time.Hour); got != model[0] {
+				t.Fatalf("round %d: next gave %d, want the first, %d", round, chans[got], chans[model[0]])
+			}
+			model = model[1:]
+			check("after next")
+		}
 		if round%10 == 3 {
 			mid := model[len(model)/2]
 			if !q.remove(mid) || q.remove(mid) {

@@ -58,6 +58,13 @@ type PoolConfig struct {
 	WaitTimeout time.Duration
 	// ConnectTimeout bounds opening one backend connection. Zero means 5 seconds.
 	ConnectTimeout time.Duration
+	// FairAfter bounds how long a transaction waiting for a backend of a
+	// full pool waits behind later ones: a released backend goes to the
+	// transaction that began to wait last (its session's data still in the
+	// CPU's caches) unless one has waited FairAfter or more, which then
+	// goes first (pool.Config.FairAfter). Zero means 1 second; negative
+	// means first come, first served always.
+	FairAfter time.Duration
 	// CheckIdle: a backend connection idle at least this long is checked
 	// (without a round trip) before it is handed out, so one the server
 	// closed meanwhile is replaced. Zero means at every checkout; negative

@@ -157,6 +157,7 @@ func (s *Server) Reload(cfg Config) (changed, fixed []string) {
 	diff(&changed, "pool_wait_timeout", oldPool.WaitTimeout, np.WaitTimeout)
 	diff(&changed, "pool_connect_timeout", oldPool.ConnectTimeout, np.ConnectTimeout)
 	diff(&changed, "pool_check_idle", oldPool.CheckIdle, np.CheckIdle)
+	diff(&changed, "pool_fair_after", oldPool.FairAfter, np.FairAfter)
 	diff(&changed, "max_clients", s.maxClients.Load(), int64(cfg.MaxClients))
 
 	diff(&fixed, "listen", old.Listen, cfg.Listen)
@@ -198,7 +199,7 @@ func (s *Server) poolConfig(pc PoolConfig) pool.Config {
 	return pool.Config{
 		MaxSize: pc.MaxSize, MinIdle: pc.MinIdle, IdleTimeout: pc.IdleTimeout, MaxLifetime: pc.MaxLifetime,
 		WaitTimeout: pc.WaitTimeout, ConnectTimeout: pc.ConnectTimeout, CheckIdle: pc.CheckIdle, MaxMessage: s.cfg.MaxMessage,
-		Params: backendParams(),
+		FairAfter: pc.FairAfter, Params: backendParams(),
 	}
 }
 

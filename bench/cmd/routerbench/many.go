@@ -236,33 +236,53 @@ func runMany(ctx context.Context, pgbench string, targets []proxyTarget, counts 
 					r.stackKiB, r.heapKiB = perClient(m0.StackInuse, m1.StackInuse), perClient(m0.HeapInuse, m1.HeapInuse)
 				}
 				stop()
-				// Throughput with n active clients.
-				oc := o
-				oc.clients = n
-				// pgbench's -T counts its connecting too: thousands of
-				// connections take seconds on a loaded machine.
-				oc.duration = o.duration + time.Duration(n/100)*time.Second
-				self0, cs0 := proxyUsage(tg.pid)
-				stopProf := profileCase(o, tg, round, fmt.Sprintf("many%d", n))
-				res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
-				stopProf()
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "%s: %v\n", log, err)
-					r.err = firstLine(err.Error())
-					out = append(out, r)
+				out = append(out, manyThroughput(ctx, pgbench, tg, n, o, rowsPer, r, ""))
+				if tg.pid != 0 {
 					continue
 				}
-				self1, cs1 := proxyUsage(tg.pid)
-				r.tps, r.latency, r.connMS = res.tps, res.latency, res.connMS
-				if res.txns > 0 {
-					r.proxyUS = (self1 - self0).Seconds() * 1e6 / res.txns
-					r.proxyCS = float64(cs1-cs0) / res.txns
+				// The router again under each runtime setting (-variants).
+				for _, v := range o.variants {
+					vr := manyResult{round: round, target: tg.name + " " + v, clients: n, rssPerIdleKiB: -1}
+					restore, _ := applyVariant(v) // checked in main
+					out = append(out, manyThroughput(ctx, pgbench, tg, n, o, rowsPer, vr, v))
+					restore()
 				}
-				out = append(out, r)
 			}
 		}
 	}
 	return out
+}
+
+// manyThroughput runs pgbench with n active clients against tg and fills
+// in r's throughput and the proxy's CPU per transaction; variant names the
+// runtime setting in force ("": none), for the profile's file name.
+func manyThroughput(ctx context.Context, pgbench string, tg proxyTarget, n int, o options, rowsPer int, r manyResult, variant string) manyResult {
+	log := fmt.Sprintf("many clients: round %d, %d clients, %s", r.round, n, r.target)
+	oc := o
+	oc.clients = n
+	// pgbench's -T counts its connecting too: thousands of
+	// connections take seconds on a loaded machine.
+	oc.duration = o.duration + time.Duration(n/100)*time.Second
+	self0, cs0 := proxyUsage(tg.pid)
+	suffix := fmt.Sprintf("many%d", n)
+	if variant != "" {
+		suffix += "." + strings.ReplaceAll(variant, "=", "")
+	}
+	stopProf := profileCase(o, tg, r.round, suffix)
+	res, err := runPgbench(ctx, pgbench, tg.addr, "bench", []string{filepath.Join(o.scripts, tg.script)}, "simple", oc, rowsPer)
+	stopProf()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", log, err)
+		r.err = firstLine(err.Error())
+		return r
+	}
+	self1, cs1 := proxyUsage(tg.pid)
+	r.tps, r.latency, r.connMS = res.tps, res.latency, res.connMS
+	if res.txns > 0 {
+		r.proxyUS = (self1 - self0).Seconds() * 1e6 / res.txns
+		r.proxyCS = float64(cs1-cs0) / res.txns
+	}
+	return r
 }
 
 // profileCase starts, in round 1 for the in-process router, a CPU profile
