@@ -75,7 +75,8 @@ type Config struct {
 	// released connection goes to the checkout that began to wait last
 	// (its client's data still in the CPU's caches), unless the one waiting
 	// longest has waited FairAfter or more: then to that one. Zero means
-	// 1 second; negative means first come, first served always.
+	// 1 second; negative means first come, first served always; at most
+	// half of WaitTimeout.
 	FairAfter time.Duration
 	// MaxMessage bounds a message read from the server. Zero means
 	// wire.DefaultMaxMessage.
@@ -121,6 +122,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FairAfter == 0 {
 		c.FairAfter = time.Second
+	}
+	if c.FairAfter > c.WaitTimeout/2 {
+		c.FairAfter = c.WaitTimeout / 2 // a waiter behind later ones has time left
 	}
 	if c.MinIdle > c.MaxSize {
 		c.MinIdle = c.MaxSize

@@ -50,27 +50,8 @@ func TestWaitersServedInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 20
-	order := make(chan int, n)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := p.Acquire(ctx)
-			if err != nil {
-				t.Errorf("waiter %d: %v", i, err)
-				return
-			}
-			order <- i
-			c.Release()
-		}()
-		waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
-	}
-	c.Release()
-	wg.Wait()
-	close(order)
 	want := 0
-	for i := range order {
+	for _, i := range serveWaiters(t, p, c, n, func(int) {}) {
 		if i != want {
 			t.Fatalf("waiter %d served in place %d", i, want)
 		}
@@ -133,9 +114,13 @@ func TestWaitersServedInOrder(t *testing.T) {
 // to have waited two hours (their start moved back, no sleeping): those are
 // served first, in order of arrival, then the other ten, last first. Each
 // served waiter releases at once, so every hand-off is a Release with
-// waiters queued.
+// waiters queued. FairAfter is at most half of WaitTimeout, so that a
+// waiter behind later ones has time left.
 func TestWaitersFairAfter(t *testing.T) {
 	const n = 20
+	if got, want := (Config{WaitTimeout: time.Second, FairAfter: time.Hour}).withDefaults().FairAfter, 500*time.Millisecond; got != want {
+		t.Fatalf("FairAfter %v with a WaitTimeout of 1s, want %v", got, want)
+	}
 	reversed := func(from, to int) []int { // from-1 down to to
 		var out []int
 		for i := from - 1; i >= to; i-- {
@@ -149,53 +134,65 @@ func TestWaitersFairAfter(t *testing.T) {
 		aged  int // the first aged waiters began two hours ago
 		order []int
 	}{
-		{"last come first served", time.Hour, 0, reversed(n, 0)},
+		{"last come first served", 20 * time.Minute, 0, reversed(n, 0)},
 		{"default", 0, 0, reversed(n, 0)},
-		{"aged first", time.Hour, 10, append([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, reversed(n, 10)...)},
+		{"aged first", 20 * time.Minute, 10, append([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, reversed(n, 10)...)},
 		{"every waiter aged", time.Nanosecond, n, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1, WaitTimeout: time.Minute, FairAfter: tc.fair}, nil)
+			p := New("n1", srv.NewDatabase(t), Config{MaxSize: 1, WaitTimeout: time.Hour, FairAfter: tc.fair}, nil)
 			defer p.Close()
 			ctx := context.Background()
 			c, err := p.Acquire(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			order := make(chan int, n)
-			var wg sync.WaitGroup
-			for i := 0; i < n; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					c, err := p.Acquire(ctx)
-					if err != nil {
-						t.Errorf("waiter %d: %v", i, err)
-						return
-					}
-					order <- i
-					c.Release()
-				}()
-				waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+			got := serveWaiters(t, p, c, n, func(i int) {
 				if i < tc.aged {
 					p.mu.Lock()
 					w := &p.waiters.q[p.waiters.head+i]
 					w.since = w.since.Add(-2 * time.Hour)
 					p.mu.Unlock()
 				}
-			}
-			c.Release()
-			wg.Wait()
-			close(order)
-			var got []int
-			for i := range order {
-				got = append(got, i)
-			}
+			})
 			if !slices.Equal(got, tc.order) {
 				t.Fatalf("served in order %v, want %v", got, tc.order)
 			}
 		})
 	}
+}
+
+// serveWaiters queues n waiters on p, full with c checked out, one after
+// the other (queued(i) runs once waiter i is in the queue), then releases
+// c: each waiter served releases at once. It returns the waiters in the
+// order they were served.
+func serveWaiters(t *testing.T, p *Pool, c *Conn, n int, queued func(i int)) []int {
+	t.Helper()
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.Acquire(context.Background())
+			if err != nil {
+				t.Errorf("waiter %d: %v", i, err)
+				return
+			}
+			order <- i
+			c.Release()
+		}()
+		waitFor(t, func() bool { return p.Stats().Waiting == i+1 })
+		queued(i)
+	}
+	c.Release()
+	wg.Wait()
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	return got
 }
 
 // waitFor polls cond until it holds (a minute at most).

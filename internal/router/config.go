@@ -63,7 +63,7 @@ type PoolConfig struct {
 	// transaction that began to wait last (its session's data still in the
 	// CPU's caches) unless one has waited FairAfter or more, which then
 	// goes first (pool.Config.FairAfter). Zero means 1 second; negative
-	// means first come, first served always.
+	// means first come, first served always; at most half of WaitTimeout.
 	FairAfter time.Duration
 	// CheckIdle: a backend connection idle at least this long is checked
 	// (without a round trip) before it is handed out, so one the server

@@ -12,7 +12,7 @@ import (
 // TestManyClients: 5,000 client connections (fewer when the open file limit
 // cannot hold both ends of that many) are accepted, authenticated and each
 // served a query on 4 backend connections per node, all at once, without an
-// error: they queue for the backends (first come, first served) and none is
+// error: they queue for the backends (pool.Config.FairAfter) and none is
 // refused or times out.
 func TestManyClients(t *testing.T) {
 	n := 5000
