@@ -127,6 +127,9 @@ func (ss *session) ensurePrepared(def *stmtDef) *wire.Error {
 		// as a server analyses it again under the search_path of each
 		// run: another shard's table of the old shape runs it.)
 		return nil
+	case shapeAtRun(def.query):
+		// A FETCH: its cursor's shape, whatever a Describe said before.
+		return nil
 	case h != 0:
 		// Prepared there with another shape (another client's Parse of
 		// the text after a schema change): what the server would refuse.
