@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgtenant/pgtenant/internal/router"
-	"github.com/pgtenant/pgtenant/internal/usage"
 	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
@@ -36,16 +35,14 @@ exits (a second SIGTERM exits at once). With --metrics-listen: /healthz,
 	cmd.Flags().Duration("shutdown-grace", defaultShutdownGrace, "on SIGTERM, how long running transactions may go on before the router exits (config: shutdown_grace)")
 	cmd.Flags().Int("usage-capacity", 1000, "most tenants whose usage the router counts (space-saving sketch; -1: off; config: usage_capacity)")
 	cmd.Flags().Int("usage-top-k", 20, "busiest tenants exported as pgtenant_tenant_* metrics (config: usage_top_k)")
-	cmd.Flags().Duration("usage-sample-below", usage.DefaultSampleBelow, "transactions without an error that held a backend less than this are counted by sampling, as unbiased estimates; 0: every transaction exactly (config: usage_sample_below, -1ns for exact)")
+	cmd.Flags().Duration("usage-sample-below", 0, "transactions without an error that held a backend less than this are counted by sampling, as unbiased estimates (a busy router: 5ms); 0: every transaction exactly (config: usage_sample_below)")
 }
 
 // opsSettings sets the router settings of this file's flags.
 func opsSettings(cmd *cobra.Command, rc RouterConfig, cfg *router.Config) error {
 	cfg.UsageCapacity = intSetting(cmd, "usage-capacity", rc.UsageCapacity)
 	cfg.UsageTopK = intSetting(cmd, "usage-top-k", rc.UsageTopK)
-	if cfg.UsageSampleBelow = durationSetting(cmd, "usage-sample-below", rc.UsageSampleBelow); cfg.UsageSampleBelow == 0 {
-		cfg.UsageSampleBelow = -1 // the router's zero is its default
-	}
+	cfg.UsageSampleBelow = durationSetting(cmd, "usage-sample-below", rc.UsageSampleBelow)
 	if cfg.UsageCapacity == 0 || cfg.UsageCapacity < -1 {
 		return usagef("usage-capacity %d: need -1 (off) or at least 1", cfg.UsageCapacity)
 	}

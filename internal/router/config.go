@@ -4,8 +4,6 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"time"
-
-	"github.com/pgtenant/pgtenant/internal/usage"
 )
 
 // AuthMethod is how clients prove who they are.
@@ -200,8 +198,8 @@ type Config struct {
 	// UsageSampleBelow: a transaction without an error that held its
 	// backend less than this is counted with probability held/UsageSampleBelow
 	// and then stands for that many (usage.SampleWeight): the counts are
-	// unbiased estimates, exact for errors and longer transactions. Zero
-	// means usage.DefaultSampleBelow (5 ms); negative counts every
+	// unbiased estimates, exact for errors and longer transactions (a busy
+	// router: usage.SuggestedSampleBelow). Zero or negative counts every
 	// transaction exactly.
 	UsageSampleBelow time.Duration
 
@@ -270,9 +268,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.UsageTopK <= 0 {
 		c.UsageTopK = 20
-	}
-	if c.UsageSampleBelow == 0 {
-		c.UsageSampleBelow = usage.DefaultSampleBelow
 	}
 	return c
 }

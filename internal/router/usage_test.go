@@ -13,7 +13,7 @@ import (
 // The router counts each tenant's transactions, statements, errors,
 // backend time and row bytes, in both protocols, and exports the top K.
 func TestUsageCounting(t *testing.T) {
-	s := startRouter(t, Config{UsageTopK: 1, UsageSampleBelow: -1}, nil) // every transaction exactly
+	s := startRouter(t, Config{UsageTopK: 1}, nil) // every transaction exactly (the default)
 	ctx := ctx(t)
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
 		c := connect(t, s, "t0", mode)
@@ -88,13 +88,13 @@ func TestUsageCounting(t *testing.T) {
 	}
 }
 
-// TestUsageSampled: with the default sampling of short transactions
-// (Config.UsageSampleBelow), errors and transactions that held a backend
+// TestUsageSampled: with sampling of short transactions
+// (Config.UsageSampleBelow: usage.SuggestedSampleBelow), errors and transactions that held a backend
 // longer than the threshold are counted exactly, and a sampled one's
 // counters are scaled together (each counted transaction of one statement
 // adds as many statements as transactions).
 func TestUsageSampled(t *testing.T) {
-	s := startRouter(t, Config{}, nil)
+	s := startRouter(t, Config{UsageSampleBelow: usage.SuggestedSampleBelow}, nil)
 	ctx := ctx(t)
 	c := connect(t, s, "t0", pgx.QueryExecModeSimpleProtocol)
 	for i := 0; i < 200; i++ {
@@ -109,7 +109,7 @@ func TestUsageSampled(t *testing.T) {
 	}
 	slow := connect(t, s, "t1", pgx.QueryExecModeSimpleProtocol)
 	for i := 0; i < 3; i++ {
-		if _, err := slow.Exec(ctx, fmt.Sprintf("SELECT pg_sleep(%g)", 2*usage.DefaultSampleBelow.Seconds())); err != nil {
+		if _, err := slow.Exec(ctx, fmt.Sprintf("SELECT pg_sleep(%g)", 2*usage.SuggestedSampleBelow.Seconds())); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -125,7 +125,7 @@ func TestUsageSampled(t *testing.T) {
 	if t0.Errors != 2 || t0.Statements != t0.Transactions-2 || t0.Bytes != t0.Statements*(2+4+1) {
 		t.Errorf("t0: %+v (want 2 errors, statements = transactions - 2, 7 bytes a statement)", t0)
 	}
-	if t1.Transactions != 3 || t1.Statements != 3 || t1.Errors != 0 || t1.BackendSeconds < 3*2*usage.DefaultSampleBelow.Seconds() {
+	if t1.Transactions != 3 || t1.Statements != 3 || t1.Errors != 0 || t1.BackendSeconds < 3*2*usage.SuggestedSampleBelow.Seconds() {
 		t.Errorf("t1 (slow, exact): %+v", t1)
 	}
 	t.Logf("t0: %d transactions counted for 202", t0.Transactions)

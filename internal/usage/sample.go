@@ -5,9 +5,12 @@ import (
 	"time"
 )
 
-// DefaultSampleBelow is the backend time under which a transaction without
-// an error is counted by sampling (SampleWeight) unless configured otherwise.
-const DefaultSampleBelow = 5 * time.Millisecond
+// SuggestedSampleBelow is a threshold for a busy router: transactions
+// without an error that held their backend less than this are counted by
+// sampling (SampleWeight). Counting is exact unless a threshold is set: with
+// little traffic (a dev cluster, a quiet tenant) sampled counts are far from
+// the true ones.
+const SuggestedSampleBelow = 5 * time.Millisecond
 
 // minSampleHeld bounds the weight of the shortest transactions
 // (below/minSampleHeld: 5,000 at the default).

@@ -91,7 +91,7 @@ func TestSampleWeightUnbiased(t *testing.T) {
 
 // BenchmarkRelease is what the router does per transaction at release, for
 // 1,000 tenants in turn with backend times of 50 µs to 2 ms: every
-// transaction observed (exact) or sampled below DefaultSampleBelow.
+// transaction observed (exact) or sampled below SuggestedSampleBelow.
 //
 //	go test ./internal/usage -run '^$' -bench Release -benchmem
 func BenchmarkRelease(b *testing.B) {
@@ -107,7 +107,7 @@ func BenchmarkRelease(b *testing.B) {
 	for _, c := range []struct {
 		name  string
 		below time.Duration
-	}{{"exact", -1}, {"sampled", DefaultSampleBelow}} {
+	}{{"exact", -1}, {"sampled", SuggestedSampleBelow}} {
 		b.Run(c.name, func(b *testing.B) {
 			s := New(1000)
 			b.ReportAllocs()
