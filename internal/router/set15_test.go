@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -162,5 +163,50 @@ func TestSet15Refused(t *testing.T) {
 				t.Errorf("search_path %q, want %q", path, want)
 			}
 		})
+	}
+}
+
+// TestSet15Split checks splitStatements against the server's splitting
+// (one CommandComplete per statement that is not empty) and
+// sessionSetConfig's forms, without a server.
+func TestSet15Split(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want []string
+	}{
+		{"SELECT 1", []string{"SELECT 1"}},
+		{"SELECT 1;; /* c; */ ; SET a = 1;", []string{"SELECT 1", "SET a = 1"}},
+		{"SELECT ';'; SELECT $x$;$x$; SELECT \"a;b\"; SELECT E'\\';'", []string{"SELECT ';'", "SELECT $x$;$x$", "SELECT \"a;b\"", "SELECT E'\\';'"}},
+		{"-- a;\nSELECT 1 -- b;\n; SET a = 1", []string{"-- a;\nSELECT 1 -- b;", "SET a = 1"}},
+		{"CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 1 END; END; SET a = 1",
+			[]string{"CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 1 END; END", "SET a = 1"}},
+		{"CREATE PROCEDURE p() BEGIN ATOMIC END; END; SET a = 1", []string{"CREATE PROCEDURE p() BEGIN ATOMIC END", "END", "SET a = 1"}},
+		{"/* only */ ; -- comments", nil},
+	} {
+		var got []string
+		splitStatements(tc.sql, func(s string) { got = append(got, strings.TrimSpace(s)) })
+		if strings.Join(got, "|") != strings.Join(tc.want, "|") {
+			t.Errorf("%q: got %q, want %q", tc.sql, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		stmt string
+		name string
+	}{
+		{"SELECT set_config('DateStyle', 'ISO, DMY', false)", "datestyle"},
+		{"select pg_catalog.set_config('x.y', '1', 'off')", "x.y"},
+		{"SELECT set_config('datestyle', 'ISO, DMY', true)", ""},
+		{"SELECT set_config('datestyle', 'ISO, DMY', $1)", ""},
+		{"SELECT set_config('datestyle', $1, false)", ""},
+		{"SELECT set_config('search_path', 'public', false)", ""},
+		{"SELECT set_config('role', 'x', false)", ""},
+		{"SELECT set_config('pgtenant.tenant', 't1', false)", ""},
+		{"SELECT set_config(E'datestyle', 'ISO, DMY', false)", ""},
+		{"SELECT set_config('datestyle', 'ISO, DMY', false), 1", ""},
+	} {
+		name, ok := sessionSetConfig(tc.stmt)
+		if ok != (tc.name != "") || name != tc.name {
+			t.Errorf("%q: got %q %v, want %q", tc.stmt, name, ok, tc.name)
+		}
 	}
 }
