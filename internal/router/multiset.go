@@ -39,7 +39,11 @@ type stringSets struct {
 func stringSetsOf(sql string) *stringSets {
 	var ss stringSets
 	at := 0
-	splitStatements(sql, func(stmt string) {
+	splitStatements(sql, func(stmt, first string, setConfig bool) {
+		if !eqFold(first, "set") && !eqFold(first, "reset") && !(setConfig && eqFold(first, "select")) {
+			at++ // (no setting of the session: not classified)
+			return
+		}
 		info := classify(stmt)
 		switch {
 		case info.op != opNone || info.reservedSet:
@@ -49,7 +53,7 @@ func stringSetsOf(sql string) *stringSets {
 			ss.sets = append(ss.sets, stringSet{at: at, st: setting{name: info.setName, reset: true}})
 		case info.kind == kReset:
 			ss.sets = append(ss.sets, stringSet{at: at, st: setting{name: info.setName, reset: true}})
-		case info.kind == kSelect && info.callsSetConfig:
+		case info.kind == kSelect && info.callsSetConfig && !info.localSetConfig: // (the row-level-security idiom is local)
 			if name, ok := sessionSetConfig(stmt); ok {
 				ss.sets = append(ss.sets, stringSet{at: at, st: setting{name: name, stmt: stmt}})
 			}
@@ -76,11 +80,14 @@ func (ss *session) multiDone(e *expect) {
 // splitStatements calls f with each statement of sql that is not empty
 // (comments and whitespace only), without its ';', as the server splits
 // the string: not at a ';' inside a string, quoted identifier, comment,
-// dollar quote, or the body of BEGIN ATOMIC ... END.
-func splitStatements(sql string, f func(stmt string)) {
+// dollar quote, or the body of BEGIN ATOMIC ... END. first is the
+// statement's first word ("" when it starts otherwise), setConfig whether
+// it names set_config.
+func splitStatements(sql string, f func(stmt, first string, setConfig bool)) {
 	n := len(sql)
 	start, toks, atomic := 0, 0, 0 // toks: since the last ';'
-	var prev string
+	var prev, first string
+	setConfig := false
 	any := false // a token since the statement's start
 	for i := 0; i < n; {
 		c := sql[i]
@@ -101,16 +108,18 @@ func splitStatements(sql string, f func(stmt string)) {
 			toks = 0
 			if atomic == 0 {
 				if any {
-					f(sql[start : i-1])
+					f(sql[start:i-1], first, setConfig)
 				}
-				start, any = i, false
+				start, any, first, setConfig = i, false, "", false
 			}
 			continue
 		case c == '\'' || ((c == 'E' || c == 'e') && i+1 < n && sql[i+1] == '\''):
 			i = skipString(sql, i)
 			prev = ""
 		case c == '"':
+			j := i
 			i = skipQuotedIdent(sql, i)
+			setConfig = setConfig || eqFold(sql[j:i], `"set_config"`)
 			prev = ""
 		case c == '$':
 			if j, k := scanDollar(sql, i); k != 0 {
@@ -125,6 +134,12 @@ func splitStatements(sql string, f func(stmt string)) {
 				i++
 			}
 			w := sql[j:i]
+			if !any {
+				first = w
+			}
+			if k := len(w) - 10; k >= 0 && eqFold(w[k:], "set_config") && (k == 0 || w[k-1] == '.') {
+				setConfig = true
+			}
 			switch {
 			case eqFold(w, "atomic") && eqFold(prev, "begin"):
 				atomic++
@@ -140,7 +155,7 @@ func splitStatements(sql string, f func(stmt string)) {
 		any = true
 	}
 	if any {
-		f(sql[start:])
+		f(sql[start:], first, setConfig)
 	}
 }
 

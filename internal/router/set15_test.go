@@ -184,7 +184,7 @@ func TestSet15Split(t *testing.T) {
 		{"/* only */ ; -- comments", nil},
 	} {
 		var got []string
-		splitStatements(tc.sql, func(s string) { got = append(got, strings.TrimSpace(s)) })
+		splitStatements(tc.sql, func(s, _ string, _ bool) { got = append(got, strings.TrimSpace(s)) })
 		if strings.Join(got, "|") != strings.Join(tc.want, "|") {
 			t.Errorf("%q: got %q, want %q", tc.sql, got, tc.want)
 		}
@@ -209,4 +209,21 @@ func TestSet15Split(t *testing.T) {
 			t.Errorf("%q: got %q %v, want %q", tc.stmt, name, ok, tc.name)
 		}
 	}
+}
+
+// BenchmarkSet15Scan compares the extra scan a query string with a
+// set_config or SET among several statements now gets (stringSetsOf)
+// with classify of the same string, which every Query gets.
+func BenchmarkSet15Scan(b *testing.B) {
+	const rls = "SELECT set_config('app.user_id', '42', true); SELECT id, v FROM kv WHERE id = 7"
+	b.Run("classify", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			classify(rls)
+		}
+	})
+	b.Run("stringSetsOf", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			stringSetsOf(rls)
+		}
+	})
 }
