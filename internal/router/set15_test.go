@@ -25,6 +25,8 @@ var set15Cases = []struct {
 	{"set last", []string{"SELECT 1; SET datestyle = 'ISO, DMY'"}, "ISO, DMY / postgres"},
 	{"set middle", []string{"SELECT 1; SET datestyle = 'ISO, DMY'; SELECT 2"}, "ISO, DMY / postgres"},
 	{"set session", []string{"SET SESSION datestyle TO 'ISO, DMY'; SELECT 1"}, "ISO, DMY / postgres"},
+	{"tenant first", []string{"SET pgtenant.tenant = 't4'; SET datestyle = 'ISO, DMY'; SELECT 1"}, "ISO, DMY / postgres"},
+	{"tenant first, set after", []string{"SET pgtenant.tenant = 't4'; SELECT 1; SET datestyle = 'ISO, DMY'"}, "ISO, DMY / postgres"},
 	{"two sets", []string{"SET datestyle = 'ISO, DMY'; SET intervalstyle = 'sql_standard'"}, "ISO, DMY / sql_standard"},
 	{"set then set again", []string{"SET datestyle = 'ISO, DMY'; SELECT 1; SET datestyle = 'SQL, DMY'"}, "SQL, DMY / postgres"},
 	{"empty statements", []string{"SELECT 1;; /* c */ ; SET datestyle = 'ISO, DMY';"}, "ISO, DMY / postgres"},
