@@ -85,6 +85,20 @@ var diffCases = []struct {
 		q("BEGIN; SELECT count(*) FROM kv; COMMIT"),
 		q("ROLLBACK"),
 	}},
+	{"set15: a session SET among several statements of a query string was lost (SHOW gave the old value)", [][]fm{
+		q("SET datestyle = 'ISO, DMY'; SELECT 1"),
+		q("SHOW DateStyle"),
+		q("SELECT 1; SET SESSION intervalstyle = 'sql_standard'"),
+		q("SHOW intervalstyle"),
+		q("BEGIN; SET datestyle = 'SQL, DMY'; ROLLBACK"),
+		q("SHOW DateStyle"),
+		q("SELECT set_config('datestyle', 'German', false); SELECT 1/0"),
+		q("SHOW DateStyle"),
+		q("SELECT set_config('datestyle', 'German', false); COMMIT; SELECT 1/0"),
+		q("SHOW DateStyle"),
+		q("SELECT 1; RESET intervalstyle"),
+		q("SHOW intervalstyle"),
+	}},
 }
 
 // TestDifferentialCases runs diffCases on PostgreSQL and the router in

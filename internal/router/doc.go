@@ -104,6 +104,13 @@
 // A SET runs on a backend first (the tenant's, or any node's) and is
 // recorded only when the server accepts it, so a bad value fails at once
 // (RESET ALL first when the backend carries another client's settings).
+// The same holds for SET, RESET and SELECT set_config('x', 'v', false)
+// among several statements of one query string (multiset.go): each is
+// recorded when its statement completes and kept when its transaction
+// commits (an error or ROLLBACK drops it, as the server does); SET LOCAL
+// never is. A SET of search_path or pgtenant.tenant after another
+// statement of the string is refused (0A000), even where it is allowed
+// alone.
 // search_path, role and pgtenant.* other than
 // pgtenant.tenant are owned by the router and refused (see Isolation),
 // except that in session mode a client may own its search_path (see below).

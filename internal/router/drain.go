@@ -338,11 +338,16 @@ func (ss *session) drain(all bool) error {
 				ss.notePrepared(e.prep[0])
 				e.prep = e.prep[1:]
 			}
+			if e.msets != nil {
+				ss.multiDone(e)
+			}
 			if e.set != nil {
 				ss.setDone(e.set)
 				e.set = nil
 			} else if len(ss.txnSets) > 0 && string(body) == "ROLLBACK\x00" {
 				ss.endTxnSets(false)
+			} else if len(ss.txnSets) > 0 && string(body) == "COMMIT\x00" {
+				ss.endTxnSets(true) // kept should a later statement of the string fail
 			}
 		}
 		done := false

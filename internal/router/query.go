@@ -214,8 +214,16 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		case kSelect:
 			if info.pathSetConfig && !info.isLocal && ss.mayOwnPath() {
 				newSet = &setting{name: "search_path", stmt: pathSetting(info.val)}
+			} else if info.callsSetConfig && !info.localSetConfig {
+				if name, ok := sessionSetConfig(sql); ok {
+					newSet = &setting{name: name, stmt: sql}
+				}
 			}
 		}
+	}
+	var msets *stringSets
+	if info.multi && (info.kind == kSet || info.kind == kReset || info.laterSet || info.callsSetConfig) {
+		msets = stringSetsOf(sql) // (rare: not on the hot path)
 	}
 	tenant := ss.pickTenant(&info)
 	if info.kind == kUnlisten && !info.multi && ss.listening && ss.be != nil {
@@ -282,7 +290,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		ss.push(expect{kind: eQuery, skip: uint8(nPre), posShift: ss.prefixChars(), unlisten: info.unlistensAll()})
 	} else {
 		be.W.WriteFrame(wire.MsgQuery, body)
-		ss.push(expect{kind: eQuery, set: newSet, prep: ss.noteSQLStmts(g), unlisten: info.unlistensAll()})
+		ss.push(expect{kind: eQuery, set: newSet, msets: msets, prep: ss.noteSQLStmts(g), unlisten: info.unlistensAll()})
 	}
 	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
 		if err := ss.drain(false); err != nil {
@@ -469,6 +477,9 @@ func (ss *session) recordSet(name, stmt string) {
 	}
 	if stmt != "" {
 		stmt = strings.TrimRight(strings.TrimSpace(stmt), ";")
+		if strings.Contains(stmt, "--") {
+			stmt += "\n" // a -- comment at its end would hide the next one (resig)
+		}
 		out = append(out, setting{name: name, stmt: stmt})
 	}
 	ss.sets = out

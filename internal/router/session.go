@@ -76,6 +76,9 @@ type expect struct {
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
+	// msets are the session SETs of a query string of several statements
+	// (see stringSets): each recorded as its statement completes.
+	msets *stringSets
 	// stmt is the client's statement (named stmtName, "" for the unnamed
 	// one) whose Parse this answers: forgotten should the server skip or
 	// refuse the Parse (see dropParsed); for a client's Bind (stmtName
