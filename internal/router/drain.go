@@ -457,6 +457,7 @@ func (ss *session) copyIn(be *pool.Conn) error {
 	// A COPY is not idle, however long it streams: no idle timeout
 	// (loop sets it again for the next message).
 	ss.nc.SetReadDeadline(time.Time{})
+	ss.unarmed = true
 	for {
 		if ss.cr.Buffered() == 0 {
 			if err := be.W.Flush(); err != nil {

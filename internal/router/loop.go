@@ -59,6 +59,9 @@ func (ss *session) loop() error {
 				d = idleTxn
 			}
 			lazy = false
+			if ss.unarmed { // copyIn cleared the deadline
+				armed, ss.unarmed = false, false
+			}
 			switch {
 			case d > 0:
 				waitEnd = time.Now().Add(d)

@@ -261,10 +261,12 @@ type session struct {
 	idle *idleArm
 	// pk is the session's state in parking (park_linux.go); parkDl and
 	// parkArmed are loop's read deadline when it parked, parkBack tells
-	// loop it goes on after a park.
-	pk                  parkState
-	parkDl              time.Time
-	parkArmed, parkBack bool
+	// loop it goes on after a park. unarmed: copyIn cleared the client's
+	// read deadline, which loop's lazy deadline (waitEnd) must then set
+	// again.
+	pk                           parkState
+	parkDl                       time.Time
+	parkArmed, parkBack, unarmed bool
 	// midString: the statement being answered is followed by more of the
 	// same query string (see onQueryParts): no ReadyForQuery yet.
 	midString bool
