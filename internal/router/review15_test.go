@@ -2,6 +2,7 @@ package router
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -48,5 +49,62 @@ func TestReview15IdleTxnAfterCopy(t *testing.T) {
 				t.Fatalf("rows of the timed-out transaction: %d, %v; want 0", n, err)
 			}
 		})
+	}
+}
+
+// TestReview15DeferredBeginServerError: inside a block whose BEGIN the
+// router deferred, a statement without a tenant (it reads no shard) runs
+// on a server outside the block; its error there must still abort the
+// block, as on PostgreSQL: later statements get 25P02 and COMMIT rolls
+// back, nothing of the block committed. Before, the INSERT ran and COMMIT
+// committed it. By Query and by Parse/Bind/Execute, in both pool modes.
+func TestReview15DeferredBeginServerError(t *testing.T) {
+	for _, pm := range poolModes {
+		for _, extended := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/extended=%v", pm, extended), func(t *testing.T) {
+				s := startRouter(t, Config{PoolMode: pm}, nil)
+				ctx := ctx(t)
+				c := connect(t, s, "", pgx.QueryExecModeSimpleProtocol)
+				pc := c.PgConn()
+				exec := func(sql string) (string, error) {
+					if extended {
+						r := pc.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+						return r.CommandTag.String(), r.Err
+					}
+					res, err := pc.Exec(ctx, sql).ReadAll()
+					if err != nil || len(res) != 1 {
+						return "", err
+					}
+					return res[0].CommandTag.String(), nil
+				}
+				body := fmt.Sprintf("r15-deferred-%s-%v", pm, extended)
+				for _, st := range []struct{ sql, code string }{
+					{"BEGIN", ""},
+					{"SELECT 1/0", "22012"},
+					{"INSERT /* tenant: t3 */ INTO sink (body) VALUES ('" + body + "')", "25P02"},
+				} {
+					_, err := exec(st.sql)
+					var pe *pgconn.PgError
+					if errors.As(err, &pe) && pe.Code == st.code || err == nil && st.code == "" {
+						continue
+					}
+					t.Fatalf("%s: %v, want SQLSTATE %q", st.sql, err, st.code)
+				}
+				if st := pc.TxStatus(); st != 'E' {
+					t.Errorf("status in the aborted block: %c, want E", st)
+				}
+				if tag, err := exec("COMMIT"); err != nil || tag != "ROLLBACK" {
+					t.Fatalf("COMMIT of the aborted block: %q, %v; want ROLLBACK", tag, err)
+				}
+				if st := pc.TxStatus(); st != 'I' {
+					t.Fatalf("status after COMMIT: %c", st)
+				}
+				d := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
+				var n int
+				if err := d.QueryRow(ctx, "SELECT count(*) FROM sink WHERE body = $1", body).Scan(&n); err != nil || n != 0 {
+					t.Fatalf("rows committed from the aborted block: %d, %v; want 0", n, err)
+				}
+			})
+		}
 	}
 }
