@@ -108,3 +108,4 @@ func TestReview15DeferredBeginServerError(t *testing.T) {
 		}
 	}
 }
+
