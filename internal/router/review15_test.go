@@ -108,4 +108,3 @@ func TestReview15DeferredBeginServerError(t *testing.T) {
 		}
 	}
 }
-
