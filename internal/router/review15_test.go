@@ -108,3 +108,35 @@ func TestReview15DeferredBeginServerError(t *testing.T) {
 		}
 	}
 }
+
+// TestReview15ResetAllInDo: RESET ALL inside a DO block reset the
+// backend's search_path and pgtenant.tenant_id behind the router's back:
+// the block's later statements and the client's next ones ran with
+// search_path public (current_schema() public, the shard's tables 42P01).
+// Refused with 0A000 as the other spellings of the router's settings in DO
+// bodies are; the shard's path stays.
+func TestReview15ResetAllInDo(t *testing.T) {
+	for _, pm := range poolModes {
+		t.Run(string(pm), func(t *testing.T) {
+			s := startRouter(t, Config{PoolMode: pm, Pool: PoolConfig{MaxSize: 1}}, nil)
+			ctx := ctx(t)
+			c := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
+			for _, sql := range []string{
+				"DO $$BEGIN RESET ALL; END$$",
+				"DO $$BEGIN reset  all ; PERFORM 1; END$$",
+				"DO $$BEGIN EXECUTE 'RESET ALL'; END$$",
+			} {
+				_, err := c.Exec(ctx, sql)
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != "0A000" {
+					t.Errorf("%s: %v, want 0A000", sql, err)
+				}
+				var schema string
+				var shard int
+				if err := c.QueryRow(ctx, "SELECT current_schema(), (SELECT shard FROM whoami)").Scan(&schema, &shard); err != nil || schema != "shard_0003" || shard != 3 {
+					t.Fatalf("after %s: %q, %d, %v; want shard_0003, 3", sql, schema, shard, err)
+				}
+			}
+		})
+	}
+}
