@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestReview15IdleTxnAfterCopy: copyIn clears the client's read deadline
@@ -138,5 +139,26 @@ func TestReview15ResetAllInDo(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReview15HeldCursorInDeferredBlock: in session mode a WITH HOLD
+// cursor is a portal on the session's backend, which a client may Execute
+// or Describe by the protocol inside a block whose BEGIN the router
+// deferred: PostgreSQL answers its rows (its description); the router
+// answered 34000 and aborted the block. Compared with PostgreSQL (session
+// mode only: transaction mode refuses WITH HOLD).
+func TestReview15HeldCursorInDeferredBlock(t *testing.T) {
+	targets := diffTargets(t)
+	targets = []*diffTarget{targets[0], targets[2]} // PostgreSQL, session mode
+	declare := q("DECLARE c CURSOR WITH HOLD FOR SELECT id FROM kv ORDER BY id")
+	for i, seq := range [][][]fm{
+		{declare,
+			{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Execute{Portal: "c", MaxRows: 2}, &pgproto3.Sync{}},
+			q("INSERT INTO kv VALUES (9, 'x')"), q("COMMIT"), q("SELECT count(*) FROM kv")},
+		{declare, q("BEGIN"), {&pgproto3.Describe{ObjectType: 'P', Name: "c"}, &pgproto3.Execute{Portal: "c"}, &pgproto3.Sync{}},
+			q("COMMIT"), q("SELECT count(*) FROM kv")},
+	} {
+		diffCheckSeq(t, targets, int64(-1000-i), seq)
 	}
 }
