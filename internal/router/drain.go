@@ -472,6 +472,10 @@ func (ss *session) copyIn(be *pool.Conn) error {
 	// (loop sets it again for the next message).
 	ss.nc.SetReadDeadline(time.Time{})
 	ss.unarmed = true
+	if ss.copyRefuse {
+		be.W.WriteFrame(wire.MsgCopyFail, []byte("unexpected message during COPY\x00"))
+		return nil
+	}
 	for {
 		if ss.cr.Buffered() == 0 {
 			if err := be.W.Flush(); err != nil {

@@ -162,3 +162,43 @@ func TestReview15HeldCursorInDeferredBlock(t *testing.T) {
 		diffCheckSeq(t, targets, int64(-1000-i), seq)
 	}
 }
+
+// TestReview15CopyThenRouterError: a pipeline whose Execute starts COPY
+// FROM STDIN, followed by a message the router refuses itself (a Bind of
+// no statement: 26000; a FunctionCall: 0A000) and Sync. PostgreSQL fails
+// the COPY on the next message (08P01, then FATAL). The router, ending the
+// batch (localError), entered COPY and waited, without a read deadline,
+// for data the client would never send, while the client waited for its
+// answer: a hang, the backend held. In session mode always after diff15's
+// Flush-and-drain in localError (26000); otherwise as a race. Now the COPY
+// is failed at once: an error and ReadyForQuery (or the server's FATAL),
+// nothing copied.
+func TestReview15CopyThenRouterError(t *testing.T) {
+	targets := diffTargets(t)
+	copyExec := func() []fm {
+		return []fm{&pgproto3.Parse{Query: "COPY kv FROM STDIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}}
+	}
+	for _, c := range []struct {
+		name string
+		seq  [][]fm
+	}{
+		{"bind of no statement", [][]fm{append(copyExec(), &pgproto3.Bind{PreparedStatement: "nope"}, &pgproto3.Sync{})}},
+		{"flush, bind of no statement", [][]fm{append(copyExec(), &pgproto3.Flush{}), {&pgproto3.Bind{PreparedStatement: "nope"}, &pgproto3.Sync{}}}},
+		{"function call", [][]fm{append(copyExec(), &pgproto3.FunctionCall{Function: 1}, &pgproto3.Sync{})}},
+	} {
+		for _, d := range targets[1:] {
+			run, err := d.run(c.seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := run[len(run)-1]
+			if k := last[len(last)-1].key; k != "ZI" && k != "E(FATAL 08P01)" {
+				t.Errorf("%s, %s: the pipeline ended with %s (%v), want ReadyForQuery or FATAL", c.name, d.name, last[len(last)-1].full, run)
+			}
+			var n int
+			if err := d.admin.QueryRow(ctx(t), "SELECT count(*) FROM shard_0000.kv").Scan(&n); err != nil || n != 5 {
+				t.Errorf("%s, %s: kv has %d rows (%v), want the 5 it had", c.name, d.name, n, err)
+			}
+		}
+	}
+}
