@@ -178,7 +178,16 @@ func (ss *session) drain(all bool) error {
 			if !swallow {
 				if ss.pendingBegin != "" && ss.status == 'I' {
 					// A statement run outside the deferred transaction.
-					ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], 'T'))
+					if ss.failed && !ss.backendPending() {
+						// It failed (below): the block is aborted, as on a
+						// server, and ends as localError ends one.
+						ss.pendingBegin, ss.localTenant = "", ""
+						if ss.srv.cfg.PoolMode == PoolSession {
+							ss.be.MarkBroken()
+							ss.releaseBackend()
+						}
+					}
+					ss.cw.Write(wire.AppendReadyForQuery(ss.out[:0], ss.localStatus()))
 				} else {
 					ss.relay(typ, body)
 					if ss.status == 'I' {
@@ -209,6 +218,11 @@ func (ss *session) drain(all bool) error {
 				ss.srv.m.Errors.WithLabelValues(be.Node(), sqlstateClass(wire.ErrorCode(body))).Inc()
 				ss.relay(typ, body)
 				ss.use.errors++
+				if ss.pendingBegin != "" {
+					// Run outside the deferred BEGIN's block, which this
+					// error aborts on a server (see the ReadyForQuery).
+					ss.failed = true
+				}
 			}
 			if e.reset {
 				ss.resetFailed = true
@@ -462,6 +476,11 @@ func (ss *session) copyIn(be *pool.Conn) error {
 	// A COPY is not idle, however long it streams: no idle timeout
 	// (loop sets it again for the next message).
 	ss.nc.SetReadDeadline(time.Time{})
+	ss.unarmed = true
+	if ss.copyRefuse {
+		be.W.WriteFrame(wire.MsgCopyFail, []byte("unexpected message during COPY\x00"))
+		return nil
+	}
 	for {
 		if ss.cr.Buffered() == 0 {
 			if err := be.W.Flush(); err != nil {

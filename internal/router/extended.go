@@ -108,6 +108,19 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	return nil
 }
 
+// beginForHeldPortal sends a deferred BEGIN before an Execute or Describe
+// of a portal in session mode, whose backend may hold a WITH HOLD cursor's
+// portal of that name (never the unnamed one): it then runs inside the
+// block, as on a server (an error there aborts the block), not answered
+// 34000 by the router.
+func (ss *session) beginForHeldPortal(named bool) *wire.Error {
+	if !named || ss.pendingBegin == "" || ss.boundDeferred || ss.be == nil || ss.srv.cfg.PoolMode != PoolSession ||
+		ss.beTenant == "" || ss.beTenant == anyTenant || ss.beTenant == descTenant || ss.failed {
+		return nil
+	}
+	return ss.ensureBackend(ss.beTenant)
+}
+
 // txnExit reports whether info is a statement an aborted transaction
 // accepts (PostgreSQL's IsTransactionExitStmt: COMMIT, ROLLBACK, ROLLBACK
 // TO; PREPARE TRANSACTION is left to the server).
@@ -631,6 +644,9 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 			}
 			return nil
 		}
+		if e := ss.beginForHeldPortal(name != ""); e != nil {
+			return e
+		}
 		if ss.be == nil || (ss.pendingBegin != "" && !ss.boundDeferred) {
 			if ss.failed {
 				return abortedError() // as the server answers in an aborted block
@@ -701,6 +717,9 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 			ss.synthValue = synthRan
 		}
 		return nil
+	}
+	if e := ss.beginForHeldPortal(len(body) > 0 && body[0] != 0); e != nil {
+		return e
 	}
 	if ss.be == nil || (ss.pendingBegin != "" && !ss.boundDeferred) {
 		// (With BEGIN deferred no portal of the block is on the server:

@@ -173,6 +173,12 @@ func guardToks(toks []gtok, body bool, depth int, g *guardFinding) {
 			case isWord(i, "reset"):
 				if name := resetTarget(toks, i+1); name != "" && isOwnedSetting(name) {
 					g.err = reservedSetError(name)
+				} else if depth > 0 && isWord(i+1, "all") {
+					// Resets the shard's search_path and the tenant id
+					// behind the router's back (it sets them again after
+					// a RESET ALL of its own statement only).
+					g.err = &wire.Error{Code: "0A000", Message: "RESET ALL inside a DO block is not supported through pgtenant",
+						Hint: "It would reset the tenant's search_path and tenant id: send RESET ALL as a statement of its own."}
 				}
 			case isWord(i, "prepare") && !isWord(i+1, "transaction"):
 				name, ok := stmtNameAt(toks, i+1)

@@ -59,6 +59,9 @@ func (ss *session) loop() error {
 				d = idleTxn
 			}
 			lazy = false
+			if ss.unarmed { // copyIn cleared the deadline
+				armed, ss.unarmed = false, false
+			}
 			switch {
 			case d > 0:
 				waitEnd = time.Now().Add(d)
@@ -383,6 +386,10 @@ const abortStmt = "pgtenant_abort"
 // responses to earlier messages. Inside a transaction the transaction is
 // rolled back and the client sees it as aborted.
 func (ss *session) localError(werr *wire.Error, extended bool) error {
+	// A COPY FROM STDIN that an earlier message starts gets no data from
+	// the client, which sent this message instead (see copyRefuse).
+	ss.copyRefuse = true
+	defer func() { ss.copyRefuse = false }()
 	if extended && ss.be != nil && ss.unsyncedPending() {
 		// Should an earlier message of this pipeline fail at the server,
 		// the server skips everything up to Sync, this message too: no

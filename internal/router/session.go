@@ -264,10 +264,16 @@ type session struct {
 	idle *idleArm
 	// pk is the session's state in parking (park_linux.go); parkDl and
 	// parkArmed are loop's read deadline when it parked, parkBack tells
-	// loop it goes on after a park.
-	pk                  parkState
-	parkDl              time.Time
-	parkArmed, parkBack bool
+	// loop it goes on after a park. unarmed: copyIn cleared the client's
+	// read deadline, which loop's lazy deadline (waitEnd) must then set
+	// again. copyRefuse: localError awaits the server's answers to the
+	// client's earlier messages, the client's next (refused) one already
+	// read: a COPY FROM STDIN they start is failed at once (copyIn), as a
+	// server fails a COPY given another message, not waited on (with no
+	// read deadline) for data the client will not send.
+	pk                                       parkState
+	parkDl                                   time.Time
+	parkArmed, parkBack, unarmed, copyRefuse bool
 	// midString: the statement being answered is followed by more of the
 	// same query string (see onQueryParts): no ReadyForQuery yet.
 	midString bool
