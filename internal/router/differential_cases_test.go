@@ -19,6 +19,20 @@ var diffCases = []struct {
 	name string
 	seq  [][]fm
 }{
+	{"seed 237: hung after 34000 for Execute of no portal: a setup Query sent before the Parse that followed was skipped by the server, its ReadyForQuery awaited", [][]fm{
+		q("RELEASE SAVEPOINT s1"), // an error: the next statement gets a setup
+		{&pgproto3.Execute{}, &pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		q("SELECT 1"),
+	}},
+	{"seed 186: in a block, Execute of no portal ran the router's own (a deferred BEGIN's or the setup's): SELECT 0, not 34000", [][]fm{
+		q("BEGIN; SET LOCAL application_name = 'local'"),
+		{&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		{&pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		q("BEGIN"),
+		{&pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
 	{"seed 97: session mode hung after a deferred START TRANSACTION's portal was described", [][]fm{
 		q("SELECT 1"),
 		{&pgproto3.Parse{Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},

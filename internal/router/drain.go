@@ -236,9 +236,20 @@ func (ss *session) drain(all bool) error {
 					ss.unnamed = nil // refused: the client has none either (26000 next)
 				}
 				// The server skips to Sync: so do we.
-				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && (ss.queue[0].kind != eQuery || ss.queue[0].swallow) && ss.queue[0].kind != eSynthRFQ {
 					ss.dropParsed(&ss.queue[0])
-					if q := &ss.queue[0]; q.kind == eParse {
+					if q := &ss.queue[0]; q.kind == eQuery {
+						// The router's own Query (a setup sent before the
+						// client's next message of this pipeline): the
+						// server skips it too, and the Sync's ReadyForQuery
+						// is the client's. Waiting for the Query's hung.
+						if q.name == "setup" {
+							be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
+						}
+						if q.reset {
+							ss.resetFailed = true
+						}
+					} else if q.kind == eParse {
 						// Skipped by the server: not prepared there.
 						if q.name != "" {
 							delete(be.Prepared, q.name)
