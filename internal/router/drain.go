@@ -217,7 +217,7 @@ func (ss *session) drain(all bool) error {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 			}
 			ss.doubtSetup() // the transaction with the setup is rolled back
-			if len(ss.txnSets) > 0 {
+			if len(ss.txnSets) > 0 && !ss.savepointHeld() {
 				ss.endTxnSets(false) // and so are its SETs
 			}
 			setupFailed := e.setup
@@ -349,13 +349,14 @@ func (ss *session) drain(all bool) error {
 				ss.notePrepared(e.prep[0])
 				e.prep = e.prep[1:]
 			}
+			spDone := false
 			if e.msets != nil {
-				ss.multiDone(e)
+				spDone = ss.multiDone(e)
 			}
 			if e.set != nil {
 				ss.setDone(e.set)
 				e.set = nil
-			} else if len(ss.txnSets) > 0 && string(body) == "ROLLBACK\x00" {
+			} else if len(ss.txnSets) > 0 && string(body) == "ROLLBACK\x00" && !spDone {
 				ss.endTxnSets(false)
 			} else if len(ss.txnSets) > 0 && string(body) == "COMMIT\x00" {
 				ss.endTxnSets(true) // kept should a later statement of the string fail

@@ -421,6 +421,11 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		ss.portalSet = &setting{name: "search_path", stmt: pathSetting(v)}
 		ss.portalSetName = string(bm.Portal)
 	}
+	if k := def.info; (k.kind == kSavepoint || k.rollbackTo) && !k.multi {
+		if ss.portalSet = savepointOf(def.orig); ss.portalSet != nil {
+			ss.portalSetName = string(bm.Portal)
+		}
+	}
 	if k := def.info; k.kind == kReset && k.op == opNone && (!k.reservedSet || ss.pathStmt(&k)) {
 		if ss.be == nil {
 			ss.reset(k.setName)
