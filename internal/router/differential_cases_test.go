@@ -60,6 +60,12 @@ var diffCases = []struct {
 		q("SHOW application_name"),
 		q("SHOW statement_timeout"),
 	}},
+	{"seed 805 (1000 seeds): a session set_config by Parse/Bind/Execute was never recorded (with max rows: PortalSuspended, then the completing Execute)", [][]fm{
+		{&pgproto3.Parse{Query: "SELECT set_config('datestyle', 'SQL, DMY', false)"}, &pgproto3.Bind{}, &pgproto3.Execute{MaxRows: 1}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SHOW DateStyle"),
+		{&pgproto3.Parse{Query: "SELECT set_config('datestyle', 'ISO, DMY', false)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SHOW DateStyle"),
+	}},
 	{"seed 97: session mode hung after a deferred START TRANSACTION's portal was described", [][]fm{
 		q("SELECT 1"),
 		{&pgproto3.Parse{Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
