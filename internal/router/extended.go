@@ -426,7 +426,8 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			ss.portalSetName = string(bm.Portal)
 		}
 	}
-	if k := &def.info; k.kind == kSelect && k.callsSetConfig && !k.localSetConfig && !k.pathSetConfig && !k.multi {
+	if k := &def.info; k.kind == kSelect && k.callsSetConfig && k.op == opNone && !k.localSetConfig && !k.pathSetConfig && !k.multi &&
+		!strings.Contains(def.orig, "$") { // (literals only; not the tenant's, RLS's set_config($1) each Bind)
 		// SELECT set_config('x', 'v', false): kept as SET x is (the
 		// Query path's sessionSetConfig).
 		if name, ok := sessionSetConfig(def.orig); ok {
