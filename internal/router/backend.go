@@ -166,6 +166,13 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 	if portal == "" {
 		be.W.Write(executeUnnamed)
 		ss.push(expect{kind: eExec, swallow: true, setup: true})
+		if ss.inTxn() {
+			// In a transaction block the portal outlives the Sync: the
+			// client's Execute of no portal of its own would run it
+			// (SELECT 0) instead of getting 34000.
+			be.W.Write(closeUnnamedPortal)
+			ss.push(expect{kind: eClose, swallow: true, setup: true})
+		}
 		return
 	}
 	b = append(ss.out[:0], portal...)

@@ -19,6 +19,53 @@ var diffCases = []struct {
 	name string
 	seq  [][]fm
 }{
+	{"seed 237: hung after 34000 for Execute of no portal: a setup Query sent before the Parse that followed was skipped by the server, its ReadyForQuery awaited", [][]fm{
+		q("RELEASE SAVEPOINT s1"), // an error: the next statement gets a setup
+		{&pgproto3.Execute{}, &pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		q("SELECT 1"),
+	}},
+	{"seed 186: in a block, Execute of no portal ran the router's own (a deferred BEGIN's or the setup's): SELECT 0, not 34000", [][]fm{
+		q("BEGIN; SET LOCAL application_name = 'local'"),
+		{&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		{&pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		q("BEGIN"),
+		{&pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
+	{"ROLLBACK TO a savepoint dropped the transaction's SETs made before it (its tag is ROLLBACK)", [][]fm{
+		q("BEGIN"),
+		q("SET application_name = 'a'"),
+		q("SAVEPOINT s"),
+		q("SET statement_timeout = '7s'"),
+		q("ROLLBACK TO s"),
+		q("COMMIT"),
+		q("SHOW application_name"),
+		q("SHOW statement_timeout"),
+		q("BEGIN; SET application_name = 'b'; SAVEPOINT s; SET statement_timeout = '8s'; ROLLBACK TO s; COMMIT"),
+		q("SHOW application_name"),
+		q("SHOW statement_timeout"),
+		q("BEGIN"),
+		{&pgproto3.Parse{Query: "SET application_name = 'c'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Query: "SAVEPOINT \"S\""}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SET statement_timeout = '9s'"),
+		q("SAVEPOINT t"),
+		q("SELECT 1/0"),
+		{&pgproto3.Parse{Query: "ROLLBACK TO SAVEPOINT \"S\""}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("RELEASE s"),
+		q("COMMIT"),
+		q("SHOW application_name"),
+		q("SHOW statement_timeout"),
+		q("BEGIN; SET application_name = 'd'; SAVEPOINT s; SET statement_timeout = '10s'; RELEASE s; COMMIT"),
+		q("SHOW application_name"),
+		q("SHOW statement_timeout"),
+	}},
+	{"seed 805 (1000 seeds): a session set_config by Parse/Bind/Execute was never recorded (with max rows: PortalSuspended, then the completing Execute)", [][]fm{
+		{&pgproto3.Parse{Query: "SELECT set_config('datestyle', 'SQL, DMY', false)"}, &pgproto3.Bind{}, &pgproto3.Execute{MaxRows: 1}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SHOW DateStyle"),
+		{&pgproto3.Parse{Query: "SELECT set_config('datestyle', 'ISO, DMY', false)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SHOW DateStyle"),
+	}},
 	{"seed 97: session mode hung after a deferred START TRANSACTION's portal was described", [][]fm{
 		q("SELECT 1"),
 		{&pgproto3.Parse{Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},

@@ -70,6 +70,9 @@ var diffControl = []string{
 	"SHOW DateStyle",
 	"RESET ALL",
 	"CREATE TEMP TABLE tmp (a int) ON COMMIT DROP",
+	"SET SESSION intervalstyle = 'sql_standard'",
+	"SELECT set_config('datestyle', 'SQL, DMY', false)",
+	"SHOW intervalstyle",
 }
 
 // diffSimpleOnly are query strings sent only as a simple Query.

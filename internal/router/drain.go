@@ -231,7 +231,7 @@ func (ss *session) drain(all bool) error {
 				be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
 			}
 			ss.doubtSetup() // the transaction with the setup is rolled back
-			if len(ss.txnSets) > 0 {
+			if len(ss.txnSets) > 0 && !ss.savepointHeld() {
 				ss.endTxnSets(false) // and so are its SETs
 			}
 			setupFailed := e.setup
@@ -250,9 +250,20 @@ func (ss *session) drain(all bool) error {
 					ss.unnamed = nil // refused: the client has none either (26000 next)
 				}
 				// The server skips to Sync: so do we.
-				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && ss.queue[0].kind != eQuery && ss.queue[0].kind != eSynthRFQ {
+				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && (ss.queue[0].kind != eQuery || ss.queue[0].swallow) && ss.queue[0].kind != eSynthRFQ {
 					ss.dropParsed(&ss.queue[0])
-					if q := &ss.queue[0]; q.kind == eParse {
+					if q := &ss.queue[0]; q.kind == eQuery {
+						// The router's own Query (a setup sent before the
+						// client's next message of this pipeline): the
+						// server skips it too, and the Sync's ReadyForQuery
+						// is the client's. Waiting for the Query's hung.
+						if q.name == "setup" {
+							be.Schema, be.Tenant, be.SessionSig = "\x00", "\x00", "\x00"
+						}
+						if q.reset {
+							ss.resetFailed = true
+						}
+					} else if q.kind == eParse {
 						// Skipped by the server: not prepared there.
 						if q.name != "" {
 							delete(be.Prepared, q.name)
@@ -352,13 +363,14 @@ func (ss *session) drain(all bool) error {
 				ss.notePrepared(e.prep[0])
 				e.prep = e.prep[1:]
 			}
+			spDone := false
 			if e.msets != nil {
-				ss.multiDone(e)
+				spDone = ss.multiDone(e)
 			}
 			if e.set != nil {
 				ss.setDone(e.set)
 				e.set = nil
-			} else if len(ss.txnSets) > 0 && string(body) == "ROLLBACK\x00" {
+			} else if len(ss.txnSets) > 0 && string(body) == "ROLLBACK\x00" && !spDone {
 				ss.endTxnSets(false)
 			} else if len(ss.txnSets) > 0 && string(body) == "COMMIT\x00" {
 				ss.endTxnSets(true) // kept should a later statement of the string fail

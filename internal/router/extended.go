@@ -434,6 +434,20 @@ func (ss *session) onBind(body []byte) *wire.Error {
 		ss.portalSet = &setting{name: "search_path", stmt: pathSetting(v)}
 		ss.portalSetName = string(bm.Portal)
 	}
+	if k := def.info; (k.kind == kSavepoint || k.rollbackTo) && !k.multi {
+		if ss.portalSet = savepointOf(def.orig); ss.portalSet != nil {
+			ss.portalSetName = string(bm.Portal)
+		}
+	}
+	if k := &def.info; k.kind == kSelect && k.callsSetConfig && k.op == opNone && !k.localSetConfig && !k.pathSetConfig && !k.multi &&
+		!strings.Contains(def.orig, "$") { // (literals only; not the tenant's, RLS's set_config($1) each Bind)
+		// SELECT set_config('x', 'v', false): kept as SET x is (the
+		// Query path's sessionSetConfig).
+		if name, ok := sessionSetConfig(def.orig); ok {
+			ss.portalSet = &setting{name: name, stmt: def.orig}
+			ss.portalSetName = string(bm.Portal)
+		}
+	}
 	if k := def.info; k.kind == kReset && k.op == opNone && (!k.reservedSet || ss.pathStmt(&k)) {
 		if ss.be == nil {
 			ss.reset(k.setName)
@@ -735,7 +749,9 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if st := ss.portalSet; st != nil {
 		if n := len(ss.portalSetName); len(body) > n && string(body[:n]) == ss.portalSetName && body[n] == 0 {
 			set = st
-			ss.portalSet = nil
+			if len(body) == n+5 && string(body[n+1:]) == "\x00\x00\x00\x00" {
+				ss.portalSet = nil
+			} // (else with max rows it may stop at PortalSuspended: the Execute that completes it records it)
 		}
 	}
 	var prep []string

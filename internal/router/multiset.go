@@ -40,6 +40,13 @@ func stringSetsOf(sql string) *stringSets {
 	var ss stringSets
 	at := 0
 	splitStatements(sql, func(stmt, first string, setConfig bool) {
+		if eqFold(first, "savepoint") || eqFold(first, "release") || eqFold(first, "rollback") || eqFold(first, "abort") {
+			if sp := savepointOf(stmt); sp != nil {
+				ss.sets = append(ss.sets, stringSet{at: at, st: *sp})
+			}
+			at++
+			return
+		}
 		if !eqFold(first, "set") && !eqFold(first, "reset") && !(setConfig && eqFold(first, "select")) {
 			at++ // (no setting of the session: not classified)
 			return
@@ -60,21 +67,24 @@ func stringSetsOf(sql string) *stringSets {
 		}
 		at++
 	})
-	if len(ss.sets) == 0 {
+	if !ss.anySet() {
 		return nil
 	}
 	return &ss
 }
 
 // multiDone counts one CommandComplete of the query string e is for: a
-// setting of the statement just completed waits in txnSets (setDone).
-func (ss *session) multiDone(e *expect) {
+// setting of the statement just completed waits in txnSets (setDone). It
+// reports whether that statement was a savepoint's (savepoint.go).
+func (ss *session) multiDone(e *expect) (sp bool) {
 	m := e.msets
 	for len(m.sets) > 0 && m.sets[0].at == m.done {
+		sp = sp || m.sets[0].st.sp != spNone
 		ss.setDone(&m.sets[0].st)
 		m.sets = m.sets[1:]
 	}
 	m.done++
+	return sp
 }
 
 // splitStatements calls f with each statement of sql that is not empty

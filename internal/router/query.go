@@ -171,6 +171,10 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 			if info.setDefault && info.setName == "search_path" {
 				newSet = &setting{name: info.setName, reset: true} // the router's path again
 			}
+		case kSavepoint, kOther:
+			if info.kind == kSavepoint || info.rollbackTo {
+				newSet = savepointOf(sql)
+			}
 		case kReset:
 			if ss.be == nil {
 				ss.reset(info.setName)
@@ -444,6 +448,10 @@ func (ss *session) notePath(info *stmtInfo) {
 // one at the next idle ReadyForQuery): until then the backend's settings
 // are unknown, and an error or a ROLLBACK undoes it (endTxnSets).
 func (ss *session) setDone(st *setting) {
+	if st.sp != spNone {
+		ss.savepointDone(st)
+		return
+	}
 	ss.txnSets = append(ss.txnSets, *st)
 	if ss.be != nil {
 		ss.be.SessionSig = "\x00"
@@ -457,7 +465,9 @@ func (ss *session) setDone(st *setting) {
 func (ss *session) endTxnSets(committed bool) {
 	if committed {
 		for _, st := range ss.txnSets {
-			if st.reset {
+			if st.sp != spNone {
+				continue
+			} else if st.reset {
 				ss.reset(st.name)
 			} else {
 				ss.recordSet(st.name, st.stmt)

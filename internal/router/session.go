@@ -62,6 +62,8 @@ type setting struct {
 	name, stmt string
 	// reset marks a RESET of name ("all": RESET ALL) waiting in txnSets.
 	reset bool
+	// sp marks a savepoint statement, name the savepoint's (savepoint.go).
+	sp uint8
 }
 
 // expect is one response the session waits for from the backend (or

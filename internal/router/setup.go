@@ -336,6 +336,9 @@ func (ss *session) writeSetup() {
 // executeUnnamed is Execute of the unnamed portal, all rows.
 var executeUnnamed = []byte{wire.MsgExecute, 0, 0, 0, 9, 0, 0, 0, 0, 0}
 
+// closeUnnamedPortal is Close of the unnamed portal.
+var closeUnnamedPortal = []byte{wire.MsgClose, 0, 0, 0, 6, 'P', 0}
+
 // flushSetup sends the deferred setup as a simple Query of its own, for
 // statements that must not share a transaction with it.
 func (ss *session) flushSetup() {
