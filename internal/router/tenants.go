@@ -44,7 +44,8 @@ func (ss *session) knownTenant(tenant string) (*placement.Map, int, *wire.Error)
 // setTenant, so its shard is taken from there (one lookup per transaction,
 // not two). Only localTenant's: it lasts one transaction, within which a
 // tenant changes shard only through a fence, which publishes a new map. The
-// memo is used once, so that no idle session keeps an old map alive.
+// memo is used once, so an idle session keeps an old map alive only after a
+// SET LOCAL that no statement followed (until its next one).
 func (ss *session) locateTxn(m *placement.Map, tenant string) (placement.Location, *wire.Error) {
 	if lm := ss.localMap; lm != nil {
 		ss.localMap = nil
