@@ -115,6 +115,13 @@ func (m *Map) Lookup(ctx context.Context, tenant string) (Location, error) {
 			return Location{}, err
 		}
 	}
+	return m.LocateIn(tenant, id)
+}
+
+// LocateIn is Lookup for a tenant whose shard id a Lookup in this same map
+// gave already: the shard and its node from this snapshot, without asking
+// Tenants or the Directory again.
+func (m *Map) LocateIn(tenant string, id int) (Location, error) {
 	if id < 0 || id >= len(m.Shards) {
 		return Location{}, fmt.Errorf("tenant %q: shard %d out of range", tenant, id)
 	}

@@ -358,7 +358,7 @@ func (ss *session) ensureBackend(tenant string) *wire.Error {
 	} else {
 		var holdStart time.Time
 		for {
-			loc, e := ss.locate(m, tenant)
+			loc, e := ss.locateTxn(m, tenant)
 			if e != nil {
 				return e
 			}

@@ -486,7 +486,8 @@ func (ss *session) setTenant(t string, local bool) *wire.Error {
 	if e := checkTenantID(t); e != nil {
 		return e
 	}
-	if e := ss.knownTenant(t); e != nil {
+	m, shard, e := ss.knownTenant(t)
+	if e != nil {
 		return e
 	}
 	if local {
@@ -495,6 +496,7 @@ func (ss *session) setTenant(t string, local bool) *wire.Error {
 				Hint: "COMMIT or ROLLBACK before switching tenants: one transaction runs on one shard."}
 		}
 		ss.localTenant = t
+		ss.localMap, ss.localShard = m, int32(shard)
 		return nil
 	}
 	ss.tenant = t

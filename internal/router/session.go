@@ -163,6 +163,12 @@ type session struct {
 	// shard path again), 0 nothing.
 	setsPath bool
 	pathNext int8
+	// acquiring: a wait for a pool backend is under way (see acqMu).
+	acquiring bool
+	// localMap and localShard: setTenant found localTenant in shard
+	// localShard of the map localMap, so that the transaction's checkout
+	// (locateLocal) does not look the tenant up again in that map.
+	localMap *placement.Map
 
 	stmts   map[string]*stmtDef
 	unnamed *stmtDef
@@ -194,10 +200,9 @@ type session struct {
 	cancelCh  chan struct{}
 	// acq is the context of the session's waits for a pool backend, which
 	// a cancel request ends (acquireCtx); under acqMu.
-	acqMu     sync.Mutex
-	acq       context.Context
-	acqStop   context.CancelFunc
-	acquiring bool
+	acqMu   sync.Mutex
+	acq     context.Context
+	acqStop context.CancelFunc
 	// portalSet is the session SET bound to portal portalSetName, until
 	// its Execute or the next Sync; portalPrep likewise the names of the
 	// SQL PREPARE bound to portal portalPrepName.
@@ -223,6 +228,8 @@ type session struct {
 	// since the last flush.
 	relayed bool
 	failed  bool // emulated aborted transaction (its backend was lost)
+	// localShard: see localMap.
+	localShard int32
 
 	pendingBegin string // deferred BEGIN (and SET LOCALs) not yet sent
 	synthTag     string // CommandComplete tag for the portal synthName

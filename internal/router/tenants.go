@@ -28,12 +28,33 @@ func (ss *session) locate(m *placement.Map, tenant string) (placement.Location, 
 }
 
 // knownTenant reports whether tenant is registered in the map in use (or
-// there is no map yet), asking the catalog when the map does not know.
-func (ss *session) knownTenant(tenant string) *wire.Error {
+// there is no map yet), asking the catalog when the map does not know; it
+// returns the map and the tenant's shard in it (nil: no map to ask).
+func (ss *session) knownTenant(tenant string) (*placement.Map, int, *wire.Error) {
 	m := ss.srv.mp.Load()
 	if m == nil || len(m.Shards) == 0 {
-		return nil
+		return nil, 0, nil
 	}
-	_, e := ss.locate(m, tenant)
-	return e
+	loc, e := ss.locate(m, tenant)
+	return m, loc.Shard.ID, e
+}
+
+// locateTxn is locate for the checkout of a transaction: a tenant chosen
+// by SET LOCAL (or set_config(…, true)) was looked up in m already by
+// setTenant, so its shard is taken from there (one lookup per transaction,
+// not two). Only localTenant's: it lasts one transaction, within which a
+// tenant changes shard only through a fence, which publishes a new map. The
+// memo is used once, so an idle session keeps an old map alive only after a
+// SET LOCAL that no statement followed (until its next one).
+func (ss *session) locateTxn(m *placement.Map, tenant string) (placement.Location, *wire.Error) {
+	if lm := ss.localMap; lm != nil {
+		ss.localMap = nil
+		if m != lm || tenant != ss.localTenant {
+			return ss.locate(m, tenant)
+		}
+		if loc, err := m.LocateIn(tenant, int(ss.localShard)); err == nil {
+			return loc, nil
+		}
+	}
+	return ss.locate(m, tenant)
 }
