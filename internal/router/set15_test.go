@@ -57,6 +57,24 @@ var set15Cases = []struct {
 	{"commit then failure", []string{"SET datestyle = 'ISO, DMY'; COMMIT; SELECT 1/0"}, "ISO, DMY / postgres"},
 	{"set local", []string{"SET LOCAL datestyle = 'ISO, DMY'; SELECT 1"}, "ISO, MDY / postgres"},
 	{"set local in block", []string{"BEGIN; SET LOCAL datestyle = 'ISO, DMY'; COMMIT"}, "ISO, MDY / postgres"},
+	// set16: a savepoint made, released or rolled back to in a string of
+	// no SET is seen (it was not: ROLLBACK TO dropped every SET of the
+	// transaction); a RESET in a block the router has not begun on a
+	// backend yet (deferred BEGIN) is the transaction's.
+	{"savepoint in a string", []string{"BEGIN; SET datestyle = 'ISO, DMY'", "SELECT 1; SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "ROLLBACK TO a", "COMMIT"}, "ISO, DMY / postgres"},
+	{"savepoint first in a string", []string{"BEGIN", "SET datestyle = 'ISO, DMY'", "SAVEPOINT a; SELECT 1",
+		"SET intervalstyle = 'sql_standard'", "ROLLBACK TO SAVEPOINT a", "COMMIT"}, "ISO, DMY / postgres"},
+	{"rollback to in a string", []string{"BEGIN", "SET datestyle = 'ISO, DMY'", "SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "SELECT 1; ROLLBACK TO a", "COMMIT"}, "ISO, DMY / postgres"},
+	{"rollback to first in a string", []string{"BEGIN", "SET datestyle = 'ISO, DMY'", "SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "ROLLBACK TO a; SELECT 1", "COMMIT"}, "ISO, DMY / postgres"},
+	{"release in a string", []string{"BEGIN", "SAVEPOINT a", "SET datestyle = 'ISO, DMY'", "SAVEPOINT b",
+		"SET intervalstyle = 'sql_standard'", "SELECT 1; RELEASE b", "ROLLBACK TO a", "COMMIT"}, "ISO, MDY / postgres"},
+	{"reset in a deferred block rolled back", []string{"SET datestyle = 'ISO, DMY'", "BEGIN", "RESET datestyle", "ROLLBACK"}, "ISO, DMY / postgres"},
+	{"reset in a deferred block committed", []string{"SET datestyle = 'ISO, DMY'", "BEGIN", "RESET datestyle", "COMMIT"}, "ISO, MDY / postgres"},
+	{"savepoint then error then rollback to", []string{"BEGIN; SET datestyle = 'ISO, DMY'", "SELECT 1; SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "SELECT 1/0", "ROLLBACK TO a", "COMMIT"}, "ISO, DMY / postgres"},
 }
 
 // TestSet15MultiStatementSet checks that a session SET (RESET, SET
