@@ -150,6 +150,8 @@ func TestSet15Refused(t *testing.T) {
 		{PoolTransaction, "SELECT 1; SET search_path = public", "0A000", "t3"},
 		{PoolSession, "SELECT 1; SET search_path = public", "0A000", "t3"},
 		{PoolSession, "SET search_path = public; SELECT 1", "0A000", "t3"},
+		{PoolSession, "SELECT 1; RESET search_path", "0A000", "t3"},
+		{PoolSession, "SELECT 1; SELECT set_config('search_path', 'public', false)", "0A000", "t3"},
 		{PoolTransaction, "SELECT 1; SET pgtenant.tenant = 't4'", "0A000", "t3"},
 		{PoolSession, "SELECT 1; SET pgtenant.tenant = 't4'", "0A000", "t3"},
 		{PoolTransaction, "SET pgtenant.tenant = 't4'; SELECT 1", "", "t4"},
@@ -167,6 +169,8 @@ func TestSet15Refused(t *testing.T) {
 				var pe *pgconn.PgError
 				if !errors.As(err, &pe) || pe.Hint == "" {
 					t.Errorf("%q: no hint in %v", tc.sql, err)
+				} else if strings.Contains(tc.sql, "search_path") && !strings.Contains(pe.Hint, "not among other statements of one query") {
+					t.Errorf("%q: the hint does not say why a string may not set search_path: %q", tc.sql, pe.Hint) // (set16)
 				}
 			}
 			var tenant, path string

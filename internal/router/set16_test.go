@@ -161,3 +161,29 @@ func TestSet16ParamSetConfigForms(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkSet16Scan measures what the lexer's new look for a later
+// SAVEPOINT or RELEASE costs a query string of several statements with
+// none (classify, which every Query gets), and the extra scan a string
+// with one now gets (stringSetsOf).
+func BenchmarkSet16Scan(b *testing.B) {
+	const (
+		plain = "SELECT id, v FROM kv WHERE id = 7; UPDATE kv SET v = v + 1 WHERE id = 7; SELECT 1"
+		sp    = "SELECT id, v FROM kv WHERE id = 7; SAVEPOINT a; UPDATE kv SET v = v + 1 WHERE id = 7"
+	)
+	b.Run("classify without savepoint", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			classify(plain)
+		}
+	})
+	b.Run("classify with savepoint", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			classify(sp)
+		}
+	})
+	b.Run("stringSetsOf with savepoint", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			stringSetsOf(sp)
+		}
+	})
+}
