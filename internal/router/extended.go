@@ -399,6 +399,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 					tag = "ROLLBACK"
 				}
 				noTxn := ss.be == nil && ss.pendingBegin == ""
+				if !noTxn {
+					ss.endDeferredSets(def.info.kind == kCommit)
+				}
 				ss.pendingBegin, ss.localTenant = "", ""
 				ss.synthPortal(bm.Portal, tag)
 				if noTxn {

@@ -250,3 +250,22 @@ func textParam(types []byte, i int) bool {
 	}
 	return false
 }
+
+// endDeferredSets ends the SETs of a block whose BEGIN the router still
+// defers, at its COMMIT or ROLLBACK: statements of no tenant ran outside
+// the block (sendPendingBegin), each committed on its backend, and their
+// SETs waited in txnSets for the block's end (drain). Rolled back, they
+// are dropped, and a backend still attached (session mode) has values the
+// session no longer holds: it gets RESET ALL and the session's settings
+// before its next statement.
+func (ss *session) endDeferredSets(committed bool) {
+	if !committed && ss.be != nil {
+		for i := range ss.txnSets {
+			if ss.txnSets[i].sp == spNone {
+				ss.be.Schema, ss.be.Tenant, ss.be.SessionSig = "\x00", "\x00", "\x00"
+				break
+			}
+		}
+	}
+	ss.endTxnSets(committed)
+}

@@ -143,6 +143,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 					return ss.reply(tag, noTxnWarning())
 				}
 				ss.pendingBegin, ss.localTenant = "", ""
+				ss.endDeferredSets(info.kind == kCommit)
 				return ss.reply(tag, nil)
 			}
 		case kSet:

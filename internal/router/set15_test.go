@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -88,50 +87,11 @@ func TestSet15MultiStatementSet(t *testing.T) {
 		s := startRouter(t, Config{PoolMode: mode}, nil)
 		for _, tc := range set15Cases {
 			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) {
-				direct, err := pgconn.Connect(ctx(t), nodeDSN(nodeB))
-				if err != nil {
-					t.Fatal(err)
+				steps := make([]set16Step, len(tc.steps))
+				for i, sql := range tc.steps {
+					steps[i] = set16Step{sql: sql}
 				}
-				defer direct.Close(context.Background())
-				c := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-				for _, st := range tc.steps {
-					_, derr := direct.Exec(ctx(t), st).ReadAll()
-					_, rerr := c.PgConn().Exec(ctx(t), st).ReadAll()
-					if got, want := pgCode(rerr), pgCode(derr); got != want {
-						t.Fatalf("%q: router %q (%v), PostgreSQL %q (%v)", st, got, rerr, want, derr)
-					}
-				}
-				if mode == PoolTransaction {
-					// Another client takes the backend just released: the
-					// check runs on another one.
-					o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-					tx, err := o.Begin(ctx(t))
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer tx.Rollback(context.Background())
-					if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
-						t.Fatal(err)
-					}
-				}
-				var want, got string
-				if err := direct.Exec(ctx(t), set15Check).Close(); err != nil {
-					t.Fatal(err)
-				}
-				res, err := direct.Exec(ctx(t), set15Check).ReadAll()
-				if err != nil {
-					t.Fatal(err)
-				}
-				want = string(res[0].Rows[0][0])
-				if err := c.QueryRow(ctx(t), set15Check).Scan(&got); err != nil {
-					t.Fatal(err)
-				}
-				if want != tc.want {
-					t.Errorf("PostgreSQL has %q, the case says %q", want, tc.want)
-				}
-				if got != want {
-					t.Errorf("through the router %q, on PostgreSQL %q", got, want)
-				}
+				set16Run(t, s, mode, "t3", steps, tc.want)
 			})
 		}
 	}

@@ -66,47 +66,82 @@ func TestSet16ExtendedSet(t *testing.T) {
 	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
 		s := startRouter(t, Config{PoolMode: mode}, nil)
 		for _, tc := range set16Cases {
-			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) {
-				direct, err := pgconn.Connect(ctx(t), nodeDSN(nodeB))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer direct.Close(context.Background())
-				c := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-				for _, st := range tc.steps {
-					derr := set16Exec(t, direct, st)
-					rerr := set16Exec(t, c.PgConn(), st)
-					if got, want := pgCode(rerr), pgCode(derr); got != want {
-						t.Fatalf("%q: router %q (%v), PostgreSQL %q (%v)", st.sql, got, rerr, want, derr)
-					}
-				}
-				if mode == PoolTransaction {
-					o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-					tx, err := o.Begin(ctx(t))
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer tx.Rollback(context.Background())
-					if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
-						t.Fatal(err)
-					}
-				}
-				res, err := direct.Exec(ctx(t), set15Check).ReadAll()
-				if err != nil {
-					t.Fatal(err)
-				}
-				want := string(res[0].Rows[0][0])
-				var got string
-				if err := c.QueryRow(ctx(t), set15Check).Scan(&got); err != nil {
-					t.Fatal(err)
-				}
-				if want != tc.want {
-					t.Errorf("PostgreSQL has %q, the case says %q", want, tc.want)
-				}
-				if got != want {
-					t.Errorf("through the router %q, on PostgreSQL %q", got, want)
-				}
-			})
+			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) { set16Run(t, s, mode, "t3", tc.steps, tc.want) })
+		}
+	}
+}
+
+// set16Run runs steps on PostgreSQL directly and through s (a client of
+// tenant, "" for none), with the same SQLSTATEs, and checks set15Check
+// afterwards: want on PostgreSQL, and the same through the router (in
+// transaction mode on another backend, the one used taken by another
+// client).
+func set16Run(t *testing.T, s *Server, mode PoolMode, tenant string, steps []set16Step, want string) {
+	t.Helper()
+	direct, err := pgconn.Connect(ctx(t), nodeDSN(nodeB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	c := connect(t, s, tenant, pgx.QueryExecModeSimpleProtocol)
+	for _, st := range steps {
+		derr := set16Exec(t, direct, st)
+		rerr := set16Exec(t, c.PgConn(), st)
+		if got, want := pgCode(rerr), pgCode(derr); got != want {
+			t.Fatalf("%q: router %q (%v), PostgreSQL %q (%v)", st.sql, got, rerr, want, derr)
+		}
+	}
+	if mode == PoolTransaction {
+		o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
+		tx, err := o.Begin(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(context.Background())
+		if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := direct.Exec(ctx(t), set15Check).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := string(res[0].Rows[0][0])
+	var got string
+	if err := c.QueryRow(ctx(t), set15Check).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if pg != want {
+		t.Errorf("PostgreSQL has %q, the case says %q", pg, want)
+	}
+	if got != pg {
+		t.Errorf("through the router %q, on PostgreSQL %q", got, pg)
+	}
+}
+
+// TestSet16TenantlessBlock checks a session SET or RESET a client with no
+// tenant makes in a block whose BEGIN the router still defers (the
+// statement runs outside it, on a backend of any shard): a ROLLBACK undoes
+// it and a COMMIT keeps it, as on PostgreSQL (the ROLLBACK kept it).
+func TestSet16TenantlessBlock(t *testing.T) {
+	cases := []struct {
+		name  string
+		steps []set16Step
+		want  string
+	}{
+		{"set rolled back", []set16Step{{sql: "BEGIN"}, {sql: "SET datestyle = 'ISO, DMY'"}, {sql: "ROLLBACK"}}, "ISO, MDY / postgres"},
+		{"set committed", []set16Step{{sql: "BEGIN"}, {sql: "SET datestyle = 'ISO, DMY'"}, {sql: "COMMIT"}}, "ISO, DMY / postgres"},
+		{"reset rolled back", []set16Step{{sql: "SET datestyle = 'ISO, DMY'"}, {sql: "BEGIN"}, {sql: "RESET datestyle"}, {sql: "ROLLBACK"}},
+			"ISO, DMY / postgres"},
+		{"extended set rolled back", []set16Step{{sql: "BEGIN", args: []string{}},
+			{sql: "SELECT set_config('datestyle', $1, false)", args: []string{"ISO, DMY"}}, {sql: "ROLLBACK", args: []string{}}}, "ISO, MDY / postgres"},
+		{"extended set committed", []set16Step{{sql: "BEGIN", args: []string{}},
+			{sql: "SET intervalstyle = 'sql_standard'", args: []string{}}, {sql: "COMMIT", args: []string{}}}, "ISO, MDY / sql_standard"},
+	}
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode}, nil)
+		for _, tc := range cases {
+			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) { set16Run(t, s, mode, "", tc.steps, tc.want) })
 		}
 	}
 }
@@ -171,19 +206,17 @@ func BenchmarkSet16Scan(b *testing.B) {
 		plain = "SELECT id, v FROM kv WHERE id = 7; UPDATE kv SET v = v + 1 WHERE id = 7; SELECT 1"
 		sp    = "SELECT id, v FROM kv WHERE id = 7; SAVEPOINT a; UPDATE kv SET v = v + 1 WHERE id = 7"
 	)
-	b.Run("classify without savepoint", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			classify(plain)
-		}
-	})
-	b.Run("classify with savepoint", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			classify(sp)
-		}
-	})
-	b.Run("stringSetsOf with savepoint", func(b *testing.B) {
-		for i := 0; i < b.N; i++ {
-			stringSetsOf(sp)
-		}
-	})
+	lex := func(sql string) { classify(sql) }
+	split := func(sql string) { stringSetsOf(sql) }
+	for _, c := range []struct {
+		name string
+		f    func(string)
+		sql  string
+	}{{"classify without savepoint", lex, plain}, {"classify with savepoint", lex, sp}, {"stringSetsOf with savepoint", split, sp}} {
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				c.f(c.sql)
+			}
+		})
+	}
 }
