@@ -542,7 +542,9 @@ func (ss *session) releaseBackend() {
 	}
 	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
-	ss.txnSets = ss.txnSets[:0]
+	if ss.pendingBegin == "" { // (else the SETs of a statement run outside the deferred block: endDeferredSets)
+		ss.txnSets = ss.txnSets[:0]
+	}
 	ss.sqlStmts = nil // gone with the backend (reset, or closed)
 	if ss.srv.cfg.PoolMode == PoolTransaction && be.Tenant != ss.wantTenant {
 		// The transaction ran with local settings for another tenant than

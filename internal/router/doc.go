@@ -110,7 +110,13 @@
 // commits (an error or ROLLBACK drops it, as the server does); SET LOCAL
 // never is. A SET of search_path or pgtenant.tenant after another
 // statement of the string is refused (0A000), even where it is allowed
-// alone.
+// alone: the router sets the path and tenant query by query, not between
+// the statements of one (a RESET search_path in a string would leave the
+// statements after it on the server's default path, not the shard's), and
+// the hint says to send it as a query of its own. A SAVEPOINT, RELEASE or
+// ROLLBACK TO in a string is a mark among the transaction's SETs as a lone
+// one is (savepoint.go); a session SELECT set_config('x', $1, false) by
+// Parse/Bind/Execute is recorded with the Bind's value (bindSetConfig).
 // search_path, role and pgtenant.* other than
 // pgtenant.tenant are owned by the router and refused (see Isolation),
 // except that in session mode a client may own its search_path (see below).

@@ -172,7 +172,9 @@ func (ss *session) drain(all bool) error {
 					ss.doubtSetup() // inside a transaction that may roll back
 				}
 			}
-			if len(ss.txnSets) > 0 && ss.status == 'I' {
+			if len(ss.txnSets) > 0 && ss.status == 'I' && ss.pendingBegin == "" {
+				// (A statement run outside the client's deferred block, a
+				// tenantless SET: its SETs wait for the block's end.)
 				ss.endTxnSets(true)
 			}
 			if !swallow {

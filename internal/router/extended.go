@@ -399,6 +399,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 					tag = "ROLLBACK"
 				}
 				noTxn := ss.be == nil && ss.pendingBegin == ""
+				if !noTxn {
+					ss.endDeferredSets(def.info.kind == kCommit)
+				}
 				ss.pendingBegin, ss.localTenant = "", ""
 				ss.synthPortal(bm.Portal, tag)
 				if noTxn {
@@ -448,8 +451,13 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			ss.portalSetName = string(bm.Portal)
 		}
 	}
+	if def.info.paramSetConfig { // SELECT set_config('x', $1, false): as above, with the Bind's value
+		if st := bindSetConfig(def, bm.Rest); st != nil {
+			ss.portalSet, ss.portalSetName = st, string(bm.Portal)
+		}
+	}
 	if k := def.info; k.kind == kReset && k.op == opNone && (!k.reservedSet || ss.pathStmt(&k)) {
-		if ss.be == nil {
+		if ss.be == nil && !ss.inTxn() { // (in a deferred BEGIN's block a ROLLBACK undoes it)
 			ss.reset(k.setName)
 			ss.synthPortal(bm.Portal, "RESET")
 			return nil

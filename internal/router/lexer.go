@@ -71,6 +71,11 @@ type stmtInfo struct {
 	// (val) or a bind parameter (param), isLocal its third argument: in
 	// session pool mode the client's own search_path (see session.pathStmt).
 	pathSetConfig bool
+	// paramSetConfig is set when the statement is exactly SELECT
+	// [pg_catalog.]set_config('x', $N, b), param N, b a literal that is not
+	// true, x a setting the router does not own: a session setting whose
+	// value comes with each Bind (bindSetConfig).
+	paramSetConfig bool
 	// setDefault is set for SET name TO DEFAULT (or = DEFAULT), which is RESET.
 	setDefault bool
 	// callsSetConfig is set when the text calls set_config anywhere;
@@ -80,8 +85,8 @@ type stmtInfo struct {
 	callsSetConfig, localSetConfig bool
 	// laterSet and laterDiscard are set when a statement after the first
 	// starts with SET or RESET, or with DISCARD or DEALLOCATE; laterListen
-	// with LISTEN.
-	laterSet, laterDiscard, laterListen bool
+	// with LISTEN; laterSavepoint with SAVEPOINT or RELEASE (savepoint.go).
+	laterSet, laterDiscard, laterListen, laterSavepoint bool
 	// laterTenant is set when a statement after the first is SET [LOCAL],
 	// RESET or SHOW of pgtenant.tenant.
 	laterTenant bool
@@ -274,6 +279,8 @@ func classify(sql string) stmtInfo {
 					info.laterDiscard = true
 				case eqFold(w, "listen"):
 					info.laterListen = true
+				case eqFold(w, "savepoint"), eqFold(w, "release"):
+					info.laterSavepoint = true
 				}
 			}
 			if k := len(w) - 10; k >= 0 && strings.EqualFold(w[k:], "set_config") && (k == 0 || w[k-1] == '.') {
@@ -766,6 +773,30 @@ func (lx *lexer) pathSetConfig(info *stmtInfo) {
 	info.isLocal = strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on") || v == "1"
 }
 
+// paramSetConfig sets info.paramSetConfig and param for SELECT
+// [pg_catalog.]set_config('x', $N, b) with b a literal that is not true, x
+// neither search_path, pgtenant.* nor another setting the router owns, and
+// nothing else in the text.
+func (lx *lexer) paramSetConfig(info *stmtInfo) {
+	if info.multi || lx.n != 9 || !(lx.word(1, "set_config") || lx.word(1, "pg_catalog.set_config")) || !lx.punct(2, '(') ||
+		lx.toks[3].kind != tString || !lx.punct(4, ',') || lx.toks[5].kind != tParam ||
+		!lx.punct(6, ',') || lx.toks[7].kind == tParam || !lx.punct(8, ')') || lx.escapedName(3) {
+		return
+	}
+	name := strings.ToLower(strings.TrimSpace(unquoteString(lx.text(3))))
+	if name == "" || isReserved(name) || strings.HasPrefix(name, "pgtenant.") {
+		return
+	}
+	if v, ok := lx.value(7); !ok || !falseLiteral(v) {
+		return
+	}
+	p := 0
+	for _, d := range lx.text(5)[1:] {
+		p = p*10 + int(d-'0')
+	}
+	info.paramSetConfig, info.param = true, p
+}
+
 // escapedName reports whether token i is an E'...' string: a setting name
 // spelled with escapes is no plain set_config (see session.pathStmt).
 func (lx *lexer) escapedName(i int) bool {
@@ -868,6 +899,9 @@ func (lx *lexer) analyze(info *stmtInfo, sawFrom bool) {
 				lit := lx.n > 7 && lx.toks[7].kind != tParam
 				info.plainSetConfig = lit && lx.punct(8, ')') && lx.n == 9 && !info.multi
 			}
+		}
+		if info.op == opNone && !info.localSetConfig && !info.pathSetConfig {
+			lx.paramSetConfig(info)
 		}
 	case eqFold(w, "values"):
 		info.kind = kValues

@@ -58,7 +58,7 @@ func TestClassify(t *testing.T) {
 		{"SELECT set_config('search_path', 'a', false) FROM t", stmtInfo{kind: kSelect, callsSetConfig: true, dml: true, guardScan: true}},
 		{"SELECT set_config('app.user', $1, true)", stmtInfo{kind: kSelect, callsSetConfig: true, localSetConfig: true, noShard: true, dml: true, guardScan: true}},
 		{"select pg_catalog.set_config('app.user', 'u1', 'on')", stmtInfo{kind: kSelect, callsSetConfig: true, localSetConfig: true, noShard: true, dml: true, guardScan: true}},
-		{"SELECT set_config('app.user', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true}},
+		{"SELECT set_config('app.user', $1, false)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true, paramSetConfig: true, param: 1}},
 		{"SELECT set_config('Search_Path', $1, true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true, pathSetConfig: true, param: 1, isLocal: true}},
 		{"SELECT set_config($1, $2, true)", stmtInfo{kind: kSelect, callsSetConfig: true, noShard: true, dml: true, guardScan: true}},
 		{"BEGIN; SELECT 1", stmtInfo{kind: kBegin, multi: true}},

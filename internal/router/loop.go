@@ -372,7 +372,8 @@ func txnThenMoreError() *wire.Error {
 func reservedSetError(name string) *wire.Error {
 	if name == "search_path" {
 		return &wire.Error{Code: "0A000", Message: `setting "search_path" is managed by pgtenant here`,
-			Hint: "The router sets search_path to the tenant's shard schema. A router in session pool mode takes a client's own, set with SET search_path, RESET search_path or SELECT set_config('search_path', v, false) as a statement of its own; in transaction pool mode the backend is shared and it cannot."}
+			Hint: "The router sets search_path to the tenant's shard schema. A router in session pool mode takes a client's own, set with SET search_path, RESET search_path or SELECT set_config('search_path', v, false) as a query of its own " +
+				"(not among other statements of one query: it follows the path query by query, and after a RESET sets the shard's path again before the next query, which it cannot do between the statements of one); in transaction pool mode the backend is shared and it cannot."}
 	}
 	return &wire.Error{Code: "0A000", Message: fmt.Sprintf("setting %q is managed by pgtenant", name),
 		Hint: "Select the tenant with SET pgtenant.tenant; the router sets search_path and pgtenant.tenant_id itself."}

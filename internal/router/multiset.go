@@ -1,7 +1,10 @@
 package router
 
 import (
+	"encoding/binary"
 	"strings"
+
+	"github.com/pgtenant/pgtenant/internal/wire"
 )
 
 // A session SET among several statements of one query string ("SET
@@ -14,7 +17,10 @@ import (
 // string's expect counts them (multiDone). Whether the setting lasts is
 // the transaction's business as for a lone SET: an error or ROLLBACK
 // drops it (endTxnSets), a COMMIT or the idle ReadyForQuery keeps it.
-// Only strings the lexer saw a SET, RESET or set_config in come here.
+// Only strings the lexer saw a SET, RESET, set_config, SAVEPOINT, RELEASE
+// or ROLLBACK TO in come here: a savepoint made in a string of no SET is a
+// mark all the same, so that a later ROLLBACK TO drops only the SETs after
+// it (savepoint.go).
 
 // stringSet is one session setting of a query string: set (or reset)
 // once the server has completed the statement after `at` others.
@@ -67,7 +73,7 @@ func stringSetsOf(sql string) *stringSets {
 		}
 		at++
 	})
-	if !ss.anySet() {
+	if len(ss.sets) == 0 {
 		return nil
 	}
 	return &ss
@@ -194,9 +200,72 @@ func sessionSetConfig(stmt string) (string, bool) {
 	default:
 		return "", false
 	}
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "false", "f", "fa", "fal", "fals", "off", "of", "0", "no", "n":
+	if falseLiteral(v) {
 		return name, true
 	}
 	return "", false
+}
+
+// falseLiteral reports whether v, a literal, is a boolean false as the
+// server reads one (false, 'f', off, 0, no ... in any case).
+func falseLiteral(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "false", "f", "fa", "fal", "fals", "off", "of", "0", "no", "n":
+		return true
+	}
+	return false
+}
+
+// bindSetConfig returns the session setting a Bind (its message after the
+// names, rest) of def, SELECT set_config('x', $N, false)
+// (stmtInfo.paramSetConfig), makes once it runs: replayed as set_config
+// with the bound value as a literal. It is nil when the value is null or
+// comes in binary format of a type other than text or varchar (whose
+// binary form is the text): the server checks the value either way, the
+// router keeps only what it can read.
+func bindSetConfig(def *stmtDef, rest []byte) *setting {
+	i := def.info.param - 1
+	p, text, ok := wire.BindParam(rest, i)
+	if !ok || p == nil || (!text && !textParam(def.types, i)) {
+		return nil
+	}
+	toks := gtoks(def.orig)
+	if len(toks) != 9 {
+		return nil
+	}
+	name := strings.ToLower(strings.TrimSpace(unquoteString(toks[3].text)))
+	return &setting{name: name, stmt: "SELECT pg_catalog.set_config(" + quoteLiteral(name) + ", " + quoteLiteral(string(p)) + ", false)"}
+}
+
+// textParam reports whether parameter i of a Parse's types (a count and
+// OIDs) is text, varchar or left to the server (which makes set_config's
+// value text).
+func textParam(types []byte, i int) bool {
+	if len(types) < 2 || i >= int(binary.BigEndian.Uint16(types)) || len(types) < 2+4*(i+1) {
+		return true
+	}
+	switch binary.BigEndian.Uint32(types[2+4*i:]) {
+	case 0, 25, 1043: // unspecified, text, varchar
+		return true
+	}
+	return false
+}
+
+// endDeferredSets ends the SETs of a block whose BEGIN the router still
+// defers, at its COMMIT or ROLLBACK: statements of no tenant ran outside
+// the block (sendPendingBegin), each committed on its backend, and their
+// SETs waited in txnSets for the block's end (drain). Rolled back, they
+// are dropped, and a backend still attached (session mode) has values the
+// session no longer holds: it gets RESET ALL and the session's settings
+// before its next statement.
+func (ss *session) endDeferredSets(committed bool) {
+	if !committed && ss.be != nil {
+		for i := range ss.txnSets {
+			if ss.txnSets[i].sp == spNone {
+				ss.be.Schema, ss.be.Tenant, ss.be.SessionSig = "\x00", "\x00", "\x00"
+				break
+			}
+		}
+	}
+	ss.endTxnSets(committed)
 }

@@ -143,6 +143,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 					return ss.reply(tag, noTxnWarning())
 				}
 				ss.pendingBegin, ss.localTenant = "", ""
+				ss.endDeferredSets(info.kind == kCommit)
 				return ss.reply(tag, nil)
 			}
 		case kSet:
@@ -176,7 +177,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				newSet = savepointOf(sql)
 			}
 		case kReset:
-			if ss.be == nil {
+			if ss.be == nil && !ss.inTxn() { // (in a deferred BEGIN's block a ROLLBACK undoes it)
 				ss.reset(info.setName)
 				return ss.reply("RESET", nil)
 			}
@@ -226,7 +227,8 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 		}
 	}
 	var msets *stringSets
-	if info.multi && (info.kind == kSet || info.kind == kReset || info.laterSet || info.callsSetConfig) {
+	if info.multi && (info.kind == kSet || info.kind == kReset || info.laterSet || info.callsSetConfig ||
+		info.kind == kSavepoint || info.laterSavepoint || info.rollbackTo) {
 		msets = stringSetsOf(sql) // (rare: not on the hot path)
 	}
 	tenant := ss.pickTenant(&info)

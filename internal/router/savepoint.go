@@ -71,8 +71,8 @@ func (ss *session) savepointDone(st *setting) {
 	}
 	if at < 0 {
 		if st.sp == spRollbackTo {
-			// A savepoint the router did not see (made in a string of
-			// no SET): what its SETs were is unknown, keep none.
+			// A savepoint the router did not see (a form savepointOf
+			// cannot read): what its SETs were is unknown, keep none.
 			ss.txnSets = ss.txnSets[:0]
 		}
 		return
@@ -95,16 +95,6 @@ func (ss *session) savepointDone(st *setting) {
 func (ss *session) savepointHeld() bool {
 	for i := range ss.txnSets {
 		if ss.txnSets[i].sp == spMark {
-			return true
-		}
-	}
-	return false
-}
-
-// anySet reports whether m sets or resets a setting (not only savepoints).
-func (m *stringSets) anySet() bool {
-	for i := range m.sets {
-		if m.sets[i].st.sp == spNone {
 			return true
 		}
 	}

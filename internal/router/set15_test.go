@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -57,6 +56,24 @@ var set15Cases = []struct {
 	{"commit then failure", []string{"SET datestyle = 'ISO, DMY'; COMMIT; SELECT 1/0"}, "ISO, DMY / postgres"},
 	{"set local", []string{"SET LOCAL datestyle = 'ISO, DMY'; SELECT 1"}, "ISO, MDY / postgres"},
 	{"set local in block", []string{"BEGIN; SET LOCAL datestyle = 'ISO, DMY'; COMMIT"}, "ISO, MDY / postgres"},
+	// set16: a savepoint made, released or rolled back to in a string of
+	// no SET is seen (it was not: ROLLBACK TO dropped every SET of the
+	// transaction); a RESET in a block the router has not begun on a
+	// backend yet (deferred BEGIN) is the transaction's.
+	{"savepoint in a string", []string{"BEGIN; SET datestyle = 'ISO, DMY'", "SELECT 1; SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "ROLLBACK TO a", "COMMIT"}, "ISO, DMY / postgres"},
+	{"savepoint first in a string", []string{"BEGIN", "SET datestyle = 'ISO, DMY'", "SAVEPOINT a; SELECT 1",
+		"SET intervalstyle = 'sql_standard'", "ROLLBACK TO SAVEPOINT a", "COMMIT"}, "ISO, DMY / postgres"},
+	{"rollback to in a string", []string{"BEGIN", "SET datestyle = 'ISO, DMY'", "SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "SELECT 1; ROLLBACK TO a", "COMMIT"}, "ISO, DMY / postgres"},
+	{"rollback to first in a string", []string{"BEGIN", "SET datestyle = 'ISO, DMY'", "SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "ROLLBACK TO a; SELECT 1", "COMMIT"}, "ISO, DMY / postgres"},
+	{"release in a string", []string{"BEGIN", "SAVEPOINT a", "SET datestyle = 'ISO, DMY'", "SAVEPOINT b",
+		"SET intervalstyle = 'sql_standard'", "SELECT 1; RELEASE b", "ROLLBACK TO a", "COMMIT"}, "ISO, MDY / postgres"},
+	{"reset in a deferred block rolled back", []string{"SET datestyle = 'ISO, DMY'", "BEGIN", "RESET datestyle", "ROLLBACK"}, "ISO, DMY / postgres"},
+	{"reset in a deferred block committed", []string{"SET datestyle = 'ISO, DMY'", "BEGIN", "RESET datestyle", "COMMIT"}, "ISO, MDY / postgres"},
+	{"savepoint then error then rollback to", []string{"BEGIN; SET datestyle = 'ISO, DMY'", "SELECT 1; SAVEPOINT a",
+		"SET intervalstyle = 'sql_standard'", "SELECT 1/0", "ROLLBACK TO a", "COMMIT"}, "ISO, DMY / postgres"},
 }
 
 // TestSet15MultiStatementSet checks that a session SET (RESET, SET
@@ -70,50 +87,11 @@ func TestSet15MultiStatementSet(t *testing.T) {
 		s := startRouter(t, Config{PoolMode: mode}, nil)
 		for _, tc := range set15Cases {
 			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) {
-				direct, err := pgconn.Connect(ctx(t), nodeDSN(nodeB))
-				if err != nil {
-					t.Fatal(err)
+				steps := make([]set16Step, len(tc.steps))
+				for i, sql := range tc.steps {
+					steps[i] = set16Step{sql: sql}
 				}
-				defer direct.Close(context.Background())
-				c := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-				for _, st := range tc.steps {
-					_, derr := direct.Exec(ctx(t), st).ReadAll()
-					_, rerr := c.PgConn().Exec(ctx(t), st).ReadAll()
-					if got, want := pgCode(rerr), pgCode(derr); got != want {
-						t.Fatalf("%q: router %q (%v), PostgreSQL %q (%v)", st, got, rerr, want, derr)
-					}
-				}
-				if mode == PoolTransaction {
-					// Another client takes the backend just released: the
-					// check runs on another one.
-					o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-					tx, err := o.Begin(ctx(t))
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer tx.Rollback(context.Background())
-					if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
-						t.Fatal(err)
-					}
-				}
-				var want, got string
-				if err := direct.Exec(ctx(t), set15Check).Close(); err != nil {
-					t.Fatal(err)
-				}
-				res, err := direct.Exec(ctx(t), set15Check).ReadAll()
-				if err != nil {
-					t.Fatal(err)
-				}
-				want = string(res[0].Rows[0][0])
-				if err := c.QueryRow(ctx(t), set15Check).Scan(&got); err != nil {
-					t.Fatal(err)
-				}
-				if want != tc.want {
-					t.Errorf("PostgreSQL has %q, the case says %q", want, tc.want)
-				}
-				if got != want {
-					t.Errorf("through the router %q, on PostgreSQL %q", got, want)
-				}
+				set16Run(t, s, mode, "t3", steps, tc.want)
 			})
 		}
 	}
@@ -132,6 +110,8 @@ func TestSet15Refused(t *testing.T) {
 		{PoolTransaction, "SELECT 1; SET search_path = public", "0A000", "t3"},
 		{PoolSession, "SELECT 1; SET search_path = public", "0A000", "t3"},
 		{PoolSession, "SET search_path = public; SELECT 1", "0A000", "t3"},
+		{PoolSession, "SELECT 1; RESET search_path", "0A000", "t3"},
+		{PoolSession, "SELECT 1; SELECT set_config('search_path', 'public', false)", "0A000", "t3"},
 		{PoolTransaction, "SELECT 1; SET pgtenant.tenant = 't4'", "0A000", "t3"},
 		{PoolSession, "SELECT 1; SET pgtenant.tenant = 't4'", "0A000", "t3"},
 		{PoolTransaction, "SET pgtenant.tenant = 't4'; SELECT 1", "", "t4"},
@@ -149,6 +129,8 @@ func TestSet15Refused(t *testing.T) {
 				var pe *pgconn.PgError
 				if !errors.As(err, &pe) || pe.Hint == "" {
 					t.Errorf("%q: no hint in %v", tc.sql, err)
+				} else if strings.Contains(tc.sql, "search_path") && !strings.Contains(pe.Hint, "not among other statements of one query") {
+					t.Errorf("%q: the hint does not say why a string may not set search_path: %q", tc.sql, pe.Hint) // (set16)
 				}
 			}
 			var tenant, path string
