@@ -166,6 +166,17 @@ var diffCases = []struct {
 		{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 		{&pgproto3.Parse{Name: "s1", Query: "SELECT 3 AS c"}, &pgproto3.Sync{}},
 	}},
+	{"skip16: Describe P \"\" of a BEGIN's portal in an aborted block got 25P02 where PostgreSQL answers NoData (seeds 701, 124)", [][]fm{
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Bind{Parameters: [][]byte{[]byte("4")}}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		{&pgproto3.Parse{Name: "s1", Query: "SHOW search_path"}, &pgproto3.Bind{DestinationPortal: "p2", PreparedStatement: "s1"}, &pgproto3.Execute{Portal: "p2"},
+			&pgproto3.Parse{Name: "s3", Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{PreparedStatement: "s3"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SELECT * FROM nosuch"),
+		{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Close{ObjectType: 'P'}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
 }
 
 // TestDifferentialCases runs diffCases on PostgreSQL and the router in

@@ -354,6 +354,12 @@ func (ss *session) drain(all bool) error {
 			ss.use.note(typ, len(body))
 		}
 		if typ == wire.MsgCommandComplete {
+			if e.kind == eQuery && !e.swallow {
+				// The client's statement ran in the unnamed portal, and
+				// dropped it. (Told by its answer: a statement failing
+				// before it runs leaves the portal.)
+				ss.beginPortal = false
+			}
 			if string(body) == "LISTEN\x00" {
 				// However it came (a later statement of a Query, an
 				// Execute): the session keeps this backend's tenant until

@@ -232,6 +232,24 @@ func (ss *session) undoSkipped(i int) {
 		if ss.sqlStmts != nil {
 			ss.sqlStmts[q.stmtName] = struct{}{}
 		}
+	case q.undo == undoBeginPortal:
+		ss.beginPortal = true
+	case q.undo == undoNoBeginPortal:
+		ss.beginPortal = false
+	}
+}
+
+// undoBeginPortalAtSkip marks the last queued response, a Bind's that
+// changed session.beginPortal from was, so that the change is undone should
+// the server skip the Bind (see undoSkipped).
+func (ss *session) undoBeginPortalAtSkip(was bool) {
+	if len(ss.queue) == 0 || ss.queue[len(ss.queue)-1].undo != 0 {
+		return
+	}
+	if was {
+		ss.queue[len(ss.queue)-1].undo = undoBeginPortal
+	} else {
+		ss.queue[len(ss.queue)-1].undo = undoNoBeginPortal
 	}
 }
 
@@ -420,6 +438,11 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			return &wire.Error{Code: "08P01", Message: fmt.Sprintf("bind message supplies %d parameters, but prepared statement \"%s\" requires 0", n, bm.Stmt)}
 		}
 	}
+	if len(bm.Portal) == 0 && (ss.localStatus() != 'E' || txnExit(&def.info)) {
+		// The unnamed portal is replaced (in an aborted block a server
+		// refuses the Bind first): is it a transaction start's now?
+		ss.beginPortal = def.info.kind == kBegin && !def.info.multi
+	}
 	if ss.failed && ss.be == nil {
 		if def.info.kind == kCommit || def.info.kind == kRollback {
 			ss.synthPortal(bm.Portal, "ROLLBACK")
@@ -447,6 +470,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				already := ss.pendingBegin != ""
 				if !already {
 					ss.pendingBegin, ss.boundDeferred = def.query, false
+				}
+				if !already && len(bm.Portal) != 0 {
+					ss.beginPortal = false // a new block: the last one's portals are gone
 				}
 				ss.synthPortal(bm.Portal, beginTag(def.query))
 				if already {
@@ -720,6 +746,14 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 			}
 			return nil
 		}
+		if name == "" && ss.beginPortal && ss.localStatus() != 'I' {
+			// A transaction start's, kept by a server until its block
+			// ends, with no row description (also in an aborted block):
+			// the router may have answered it (a deferred BEGIN's portal
+			// is gone at Sync), or may hold no backend now.
+			ss.push(expect{kind: eSynth, synth: wire.NoData})
+			return nil
+		}
 		if e := ss.beginForHeldPortal(name != ""); e != nil {
 			return e
 		}
@@ -859,15 +893,19 @@ func (ss *session) onClose(body []byte) *wire.Error {
 	if ss.portalSet != nil && name == ss.portalSetName {
 		ss.portalSet = nil
 	}
+	var undo uint8
+	if name == "" && ss.beginPortal {
+		ss.beginPortal, undo = false, undoBeginPortal // kept should the server skip the Close
+	}
 	if ss.be == nil || (ss.synthTag != "" && name == ss.synthName) {
 		if name == ss.synthName {
 			ss.synthTag = ""
 		}
-		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		ss.push(expect{kind: eSynth, synth: wire.CloseComplete, undo: undo})
 		return nil
 	}
 	ss.be.W.WriteFrame(wire.MsgClose, body)
-	ss.push(expect{kind: eClose})
+	ss.push(expect{kind: eClose, undo: undo})
 	return nil
 }
 

@@ -136,8 +136,10 @@ const (
 
 // expect.undo: what a skipped Parse or Close S leaves undone.
 const (
-	undoUnnamed uint8 = iota + 1 // a Parse of the unnamed statement
-	undoClose                    // a Close S of stmtName
+	undoUnnamed       uint8 = iota + 1 // a Parse of the unnamed statement
+	undoClose                          // a Close S of stmtName
+	undoBeginPortal                    // a Close P "" or Bind "" that cleared session.beginPortal
+	undoNoBeginPortal                  // a Bind "" that set it
 )
 
 // session is one client connection.
@@ -246,6 +248,11 @@ type session struct {
 	synthFormat  int16
 	synthRow     bool // the synthesized portal returns one text row
 	skipToSync   bool
+	// beginPortal: the client's unnamed portal is a transaction start's
+	// (BEGIN by Bind ""), perhaps answered by the router or on no backend
+	// now; it has no row description, and Describe P "" gets NoData in its
+	// block, aborted or not, as from a server (onDescribe).
+	beginPortal bool
 	// closing: the backend sent a FATAL error, relayed; the session ends.
 	closing bool
 	// dropBackend: the attached backend lost the router's prepared
