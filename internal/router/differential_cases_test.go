@@ -177,6 +177,12 @@ var diffCases = []struct {
 		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
 		q("ROLLBACK"),
 	}},
+	{"skip16: ROLLBACK TO by Parse/Bind/Execute in an aborted block no server holds got 25P02 at Bind, not 3B001 at Execute (seeds 152, 2293)", [][]fm{
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{DestinationPortal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Query: "ROLLBACK TO SAVEPOINT s1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
 }
 
 // TestDifferentialCases runs diffCases on PostgreSQL and the router in

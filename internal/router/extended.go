@@ -440,12 +440,21 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	}
 	if len(bm.Portal) == 0 && (ss.localStatus() != 'E' || txnExit(&def.info)) {
 		// The unnamed portal is replaced (in an aborted block a server
-		// refuses the Bind first): is it a transaction start's now?
-		ss.beginPortal = def.info.kind == kBegin && !def.info.multi
+		// refuses the Bind first): is it a transaction start's (or a
+		// ROLLBACK TO's) now?
+		ss.beginPortal = (def.info.kind == kBegin || def.info.rollbackTo) && !def.info.multi
 	}
 	if ss.failed && ss.be == nil {
 		if def.info.kind == kCommit || def.info.kind == kRollback {
 			ss.synthPortal(bm.Portal, "ROLLBACK")
+			return nil
+		}
+		if sp := savepointOf(def.orig); def.info.rollbackTo && !def.info.multi && sp != nil {
+			// A block no server holds has no savepoint: the server binds
+			// ROLLBACK TO in an aborted block, and its Execute fails
+			// (3B001), not the Bind with 25P02 (seed 152).
+			ss.synthPortal(bm.Portal, "ROLLBACK")
+			ss.synthValue = noSavepointMark + sp.name
 			return nil
 		}
 		return abortedError()
@@ -636,6 +645,10 @@ const noTxnMark = "\x00no transaction"
 // Execute sends the server's WARNING 25001 before the tag.
 const inTxnMark = "\x00in transaction"
 
+// noSavepointMark, followed by its name, marks a ROLLBACK TO portal of an
+// aborted block no server holds: its Execute fails with 3B001.
+const noSavepointMark = "\x00no savepoint "
+
 // synthRan in synthValue marks a synthesized portal that has run.
 const synthRan = "\x00ran"
 
@@ -809,6 +822,9 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
 		if ss.synthValue == synthRan {
 			return &wire.Error{Code: "55000", Message: fmt.Sprintf("portal %q cannot be run", ss.synthName)} // as the server words it
+		}
+		if sp, ok := strings.CutPrefix(ss.synthValue, noSavepointMark); ok {
+			return &wire.Error{Code: "3B001", Message: fmt.Sprintf("savepoint %q does not exist", sp)}
 		}
 		if ss.synthRow {
 			ss.pushSynth(wire.AppendTextDataRow(ss.synthFree, ss.synthValue))

@@ -249,8 +249,8 @@ type session struct {
 	synthRow     bool // the synthesized portal returns one text row
 	skipToSync   bool
 	// beginPortal: the client's unnamed portal is a transaction start's
-	// (BEGIN by Bind ""), perhaps answered by the router or on no backend
-	// now; it has no row description, and Describe P "" gets NoData in its
+	// (BEGIN by Bind "") or a ROLLBACK TO's, perhaps answered by the router
+	// or on no backend now; it has no row description, and Describe P "" gets NoData in its
 	// block, aborted or not, as from a server (onDescribe).
 	beginPortal bool
 	// closing: the backend sent a FATAL error, relayed; the session ends.
