@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -78,4 +79,15 @@ func errorHint(err error) string {
 		return strings.TrimSpace(s[i+len("hint: "):])
 	}
 	return ""
+}
+
+// progress writes one step of a long command on stderr: a timestamped line,
+// or, with --log-format json, a JSON record at any log level (progress is
+// what the user asked to see) with the step and attrs as fields.
+func (a *app) progress(msg, step string, attrs ...any) {
+	if !a.jsonLogs {
+		fmt.Fprintf(a.stderr, "%s: %s\n", time.Now().Format("15:04:05.000"), step)
+		return
+	}
+	slog.New(slog.NewJSONHandler(a.stderr, nil)).Info(msg, append([]any{"step", step}, attrs...)...)
 }

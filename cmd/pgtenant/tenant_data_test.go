@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,6 +93,20 @@ func TestCLITenantData(t *testing.T) {
 	}
 	if out := mustRun(t, "tenant", "locate", "acme"); !strings.Contains(out, "shard:   1") {
 		t.Fatalf("locate after the move that gave up:\n%s", out)
+	}
+	// With --log-format json its progress is JSON records too (it was
+	// "15:04:05.000: step" lines).
+	code, _, errOut = pgtenant(t, "tenant", "move", "acme", "--to-shard", "3", "--log-format", "json")
+	steps := 0
+	for _, line := range strings.Split(strings.TrimSpace(errOut), "\n") {
+		var rec struct{ Msg, Step, Tenant string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Msg != "tenant move" || rec.Tenant != "acme" || rec.Step == "" {
+			t.Errorf("move --log-format json: stderr line %q: %+v %v", line, rec, err)
+		}
+		steps++
+	}
+	if code != 0 || steps < 3 {
+		t.Errorf("move --log-format json: exit %d, %d steps\n%s", code, steps, errOut)
 	}
 	for _, c := range []struct {
 		args []string

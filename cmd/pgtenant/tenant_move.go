@@ -61,7 +61,7 @@ rows. Writes made directly on the node (not through a router) are not fenced.`,
 			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
 				opts := tenantops.MoveOptions{ToShard: toShard, Isolate: isolate, Batch: batch, FenceTimeout: fenceTimeout, LockWait: lockWait,
-					Progress: func(step string) { fmt.Fprintf(a.stderr, "%s: %s\n", time.Now().Format("15:04:05.000"), step) }}
+					Progress: func(step string) { a.progress("tenant move", step, "tenant", args[0]) }}
 				res, err := tenantops.New(c, a.logger).Move(ctx, args[0], opts)
 				if err != nil {
 					return err
