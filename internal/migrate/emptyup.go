@@ -59,8 +59,7 @@ func upHasSQL(b []byte) bool {
 	sc.Buffer(nil, len(b)+1)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
-		if strings.HasPrefix(line, "--") && strings.Contains(line, "+goose") {
-			cmd := strings.ToLower(strings.TrimSpace(strings.Replace(strings.TrimPrefix(line, "--"), "+goose", "", 1)))
+		if cmd, ok := gooseAnnotation(line); ok {
 			switch cmd {
 			case "up":
 				inUp = true
@@ -74,4 +73,13 @@ func upHasSQL(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// gooseAnnotation reads line (trimmed) as goose reads annotations: "--",
+// then "+goose", then the word in any case, returned in lower case.
+func gooseAnnotation(line string) (cmd string, ok bool) {
+	if !strings.HasPrefix(line, "--") || !strings.Contains(line, "+goose") {
+		return "", false
+	}
+	return strings.ToLower(strings.TrimSpace(strings.Replace(strings.TrimPrefix(line, "--"), "+goose", "", 1))), true
 }
