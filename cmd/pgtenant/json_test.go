@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgtenant/pgtenant/internal/access"
 	"github.com/pgtenant/pgtenant/internal/placement"
 )
@@ -249,5 +251,60 @@ func TestLogFormatJSON(t *testing.T) {
 	}
 	if code, _, errOut := pgtenant(t, "ops", "--log-format", "xml"); code != 2 || !strings.Contains(errOut, "text or json") {
 		t.Errorf("--log-format xml: exit %d, %q", code, errOut)
+	}
+}
+
+// With --log-format json a failing command's error is a JSON record too,
+// with its SQLSTATE and hint as fields (it was a plain "error: ..." line).
+func TestLogFormatJSONFailure(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("PGTENANT_CATALOG", nodeA.NewDatabase(t))
+	mustRun(t, "init", "--shards", "4")
+	code, _, errOut := pgtenant(t, "node", "remove", "nosuch", "--log-format", "json")
+	if code != 1 {
+		t.Fatalf("node remove nosuch: exit %d, want 1\n%s", code, errOut)
+	}
+	var last struct {
+		Level, Msg, Error, SQLState string
+		Exit                        int
+	}
+	sc := bufio.NewScanner(strings.NewReader(errOut))
+	for sc.Scan() {
+		if err := json.Unmarshal(sc.Bytes(), &last); err != nil {
+			t.Errorf("stderr line %q is not JSON: %v", sc.Text(), err)
+		}
+	}
+	if last.Level != "ERROR" || last.Msg != "command failed" || last.SQLState != "42704" || last.Exit != 1 ||
+		!strings.Contains(last.Error, `node "nosuch" is unknown`) {
+		t.Errorf("last stderr record: %+v\n%s", last, errOut)
+	}
+	// A usage error after the logger is set up: JSON with exit 2.
+	code, _, errOut = pgtenant(t, "tenant", "add", "--log-format", "json")
+	if code != 2 || !strings.HasPrefix(errOut, "{") || !strings.Contains(errOut, `"exit":2`) {
+		t.Errorf("tenant add without an id: exit %d, %q", code, errOut)
+	}
+	// The text format is unchanged.
+	if code, _, errOut := pgtenant(t, "node", "remove", "nosuch"); code != 1 || !strings.HasPrefix(errOut, "error: ") || !strings.Contains(errOut, "node \"nosuch\" is unknown (SQLSTATE 42704)") {
+		t.Errorf("text: exit %d, %q", code, errOut)
+	}
+}
+
+// errorSQLState and errorHint read a code and hint from the error's type or text.
+func TestErrorSQLStateAndHint(t *testing.T) {
+	for _, c := range []struct {
+		err        error
+		code, hint string
+	}{
+		{&pgconn.PgError{Code: "3D000", Hint: "create it"}, "3D000", "create it"},
+		{fmt.Errorf("node add: %w", &pgconn.PgError{Code: "42501"}), "42501", ""},
+		{errors.New("catalog is not initialised (SQLSTATE 55000)\nhint: run `pgtenant init`"), "55000", "run `pgtenant init`"},
+		{errors.New("plain"), "", ""},
+	} {
+		if got := errorSQLState(c.err); got != c.code {
+			t.Errorf("errorSQLState(%v) = %q, want %q", c.err, got, c.code)
+		}
+		if got := errorHint(c.err); got != c.hint {
+			t.Errorf("errorHint(%v) = %q, want %q", c.err, got, c.hint)
+		}
 	}
 }

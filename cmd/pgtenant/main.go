@@ -59,10 +59,10 @@ func runSignals(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "error:", err)
 	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
-		fmt.Fprintln(stderr, "Run 'pgtenant --help' or 'pgtenant COMMAND --help' for usage.")
+	usage := errors.As(err, &ue) || isCobraUsage(err)
+	a.reportFailure(stderr, err, usage)
+	if usage {
 		return exitUsage
 	}
 	return exitError

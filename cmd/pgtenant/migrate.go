@@ -254,7 +254,8 @@ func (a *app) runMigrations(ctx context.Context, c *catalog.Catalog, verb, dir s
 	var refused *migrate.DriftError
 	var noDown *migrate.NoDownError
 	var order *migrate.OutOfOrderError
-	if errors.As(err, &refused) || errors.As(err, &noDown) || errors.As(err, &order) {
+	var emptyUp *migrate.EmptyUpError
+	if errors.As(err, &refused) || errors.As(err, &noDown) || errors.As(err, &order) || errors.As(err, &emptyUp) {
 		return sum, err // refused before anything ran
 	}
 	if unreachable := (*pgconn.ConnectError)(nil); errors.As(err, &unreachable) && sum.Migrated+sum.Current+sum.Failed == 0 {

@@ -18,7 +18,9 @@ func newMigrateCreateCmd(a *app) *cobra.Command {
 		Long: `Write DIR/YYYYMMDDHHMMSS_name.sql (the version is the current UTC time, as
 Rails does, so files made on different branches rarely collide) with empty
 '-- +goose Up' and '-- +goose Down' sections, and print its path. Nothing is
-applied: fill it in, then run 'pgtenant migrate up'.
+applied: fill it in, then run 'pgtenant migrate up' (which refuses a file whose
+Up section still has no SQL, SQLSTATE 42601: applied, its version would be
+recorded and the SQL written later would never run).
 
 The Up section shows, commented out, the annotation that says where a new
 table keeps its tenant id ('-- pgtenant: tenant_column=COL' on the line before

@@ -329,3 +329,21 @@ func TestMigrateNodeDownCLI(t *testing.T) {
 		t.Errorf("node a got tables while node b was down: %q", got)
 	}
 }
+
+// TestMigrateEmptyUpCLI (ops16): migrate up of a file `migrate create` wrote
+// and nobody filled in is refused before anything runs, with no summary
+// line and no "fix the migration ... --allow-changed" advice meant for a
+// statement that failed on some shards.
+func TestMigrateEmptyUpCLI(t *testing.T) {
+	dsns := migrateCluster(t)
+	dir := filepath.Join(t.TempDir(), "migrations")
+	mustRun(t, "migrate", "create", "not_written_yet", "--dir", dir)
+	code, out, errOut := pgtenant(t, "migrate", "up", "--dir", dir)
+	if code != 1 || !strings.Contains(errOut, "has no SQL in its Up section (SQLSTATE 42601)") ||
+		strings.Contains(errOut, "fix the migration") || strings.Contains(out, "0 failed") {
+		t.Errorf("migrate up of an empty skeleton: exit %d, want 1 with 42601 and no summary\n%s%s", code, out, errOut)
+	}
+	if got := shardTables(t, dsns); len(got) != 0 {
+		t.Errorf("tables after the refused run: %q", got)
+	}
+}

@@ -78,6 +78,7 @@ func (a *app) setupLogger(cmd *cobra.Command) error {
 		a.logger = slog.New(slog.NewTextHandler(a.stderr, opts))
 	case "json":
 		a.logger = slog.New(slog.NewJSONHandler(a.stderr, opts))
+		a.jsonLogs = true
 	default:
 		return usagef("log format %q: use text or json", format)
 	}

@@ -27,6 +27,9 @@ type app struct {
 	logFormat      string
 	cfg            *Config
 	logger         *slog.Logger
+	// jsonLogs is set when the logger writes JSON: a failure is then
+	// reported as a JSON record too (reportFailure).
+	jsonLogs bool
 	// level is the logger's level; the router changes it on SIGHUP.
 	level slog.LevelVar
 	// onSignal, when set, receives SIGINT/SIGTERM/SIGHUP instead of the

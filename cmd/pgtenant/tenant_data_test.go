@@ -1,10 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TestCLITenantData runs tenant purge, export, import and move as a user
@@ -71,11 +74,46 @@ func TestCLITenantData(t *testing.T) {
 		mj.Copied != 5 || mj.Deleted != 5 || mj.PauseMS <= 0 || len(mj.Tables) != 2 {
 		t.Fatalf("move --json: %+v", mj)
 	}
+	// --lock-wait bounds the wait for a lock held on the source's tables.
+	ctx := t.Context()
+	holder, err := pgx.Connect(ctx, dsnB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	if _, err := holder.Exec(ctx, `BEGIN; LOCK TABLE shard_0001.accounts IN SHARE UPDATE EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := pgtenant(t, "tenant", "move", "acme", "--to-shard", "3", "--lock-wait", "1s")
+	if code != 1 || !strings.Contains(errOut, "55P03") || !strings.Contains(errOut, "shard_0001.accounts") {
+		t.Errorf("move behind a held lock with --lock-wait 1s: exit %d, want 1 with 55P03\n%s%s", code, out, errOut)
+	}
+	if _, err := holder.Exec(ctx, `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, "tenant", "locate", "acme"); !strings.Contains(out, "shard:   1") {
+		t.Fatalf("locate after the move that gave up:\n%s", out)
+	}
+	// With --log-format json its progress is JSON records too (it was
+	// "15:04:05.000: step" lines).
+	code, _, errOut = pgtenant(t, "tenant", "move", "acme", "--to-shard", "3", "--log-format", "json")
+	steps := 0
+	for _, line := range strings.Split(strings.TrimSpace(errOut), "\n") {
+		var rec struct{ Msg, Step, Tenant string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Msg != "tenant move" || rec.Tenant != "acme" || rec.Step == "" {
+			t.Errorf("move --log-format json: stderr line %q: %+v %v", line, rec, err)
+		}
+		steps++
+	}
+	if code != 0 || steps < 3 {
+		t.Errorf("move --log-format json: exit %d, %d steps\n%s", code, steps, errOut)
+	}
 	for _, c := range []struct {
 		args []string
 		code int
 		want string
 	}{
+		{[]string{"tenant", "move", "acme", "--to-shard", "3", "--lock-wait", "0s"}, 2, "--lock-wait 0s"},
 		{[]string{"tenant", "move", "nobody", "--to-shard", "2"}, 1, "SQLSTATE 42704"},
 		{[]string{"tenant", "move", "acme", "--to-shard", "7"}, 1, "SQLSTATE 22023"},
 		{[]string{"tenant", "move", "acme"}, 2, "--to-shard N or --isolate"},

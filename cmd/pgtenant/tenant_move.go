@@ -15,7 +15,7 @@ import (
 func newTenantMoveCmd(a *app) *cobra.Command {
 	var toShard, batch int
 	var isolate bool
-	var fenceTimeout time.Duration
+	var fenceTimeout, lockWait time.Duration
 	cmd := &cobra.Command{
 		Use:   "move ID --to-shard N | --isolate",
 		Short: "Move one tenant's rows to another shard online, pausing only that tenant",
@@ -39,19 +39,29 @@ shard already holds stops the move before anything changes (23505, with the
 keys): per-shard sequences repeat across shards, so moves into shared shards
 need keys unique across shards (uuid, or a range per shard) or --isolate.
 
+Creating the capture triggers takes a short lock on each of the source shard's
+tables; a lock another session holds (autovacuum is waited out, a long
+transaction or a held LOCK TABLE is not) is retried for up to --lock-wait, then
+the move stops before anything changed with SQLSTATE 55P03, naming the table
+and the session that holds it.
+
 A failure before the flip undoes everything (the tenant stays where it was). If
 the process dies after the flip, run the same command again: it deletes the old
 rows. Writes made directly on the node (not through a router) are not fenced.`,
 		Example: `  pgtenant tenant move bigcorp --isolate
-  pgtenant tenant move acme --to-shard 17`,
+  pgtenant tenant move acme --to-shard 17
+  pgtenant tenant move acme --to-shard 17 --lock-wait 5m   # a busy shard: wait longer for its tables`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("to-shard") == isolate {
 				return usagef("give one of --to-shard N or --isolate (not both)")
 			}
+			if lockWait <= 0 {
+				return usagef("--lock-wait %s: give a positive duration such as 30s or 5m", lockWait)
+			}
 			return a.withCatalog(func(ctx context.Context, c *catalog.Catalog) error {
-				opts := tenantops.MoveOptions{ToShard: toShard, Isolate: isolate, Batch: batch, FenceTimeout: fenceTimeout,
-					Progress: func(step string) { fmt.Fprintf(a.stderr, "%s: %s\n", time.Now().Format("15:04:05.000"), step) }}
+				opts := tenantops.MoveOptions{ToShard: toShard, Isolate: isolate, Batch: batch, FenceTimeout: fenceTimeout, LockWait: lockWait,
+					Progress: func(step string) { a.progress("tenant move", step, "tenant", args[0]) }}
 				res, err := tenantops.New(c, a.logger).Move(ctx, args[0], opts)
 				if err != nil {
 					return err
@@ -70,5 +80,6 @@ rows. Writes made directly on the node (not through a router) are not fenced.`,
 	cmd.Flags().BoolVar(&isolate, "isolate", false, "move the tenant to a shard without tenants")
 	cmd.Flags().IntVar(&batch, "batch", 5000, "rows deleted per transaction from the old shard")
 	cmd.Flags().DurationVar(&fenceTimeout, "fence-timeout", 10*time.Second, "how long to wait for every router to hold the tenant")
+	cmd.Flags().DurationVar(&lockWait, "lock-wait", time.Minute, "how long to retry the lock on the source's tables that creating the capture triggers needs, before giving up (55P03)")
 	return cmd
 }

@@ -30,7 +30,7 @@ const upgradeLockID = 0x70677465 // "pgte"
 // Sentinel errors callers branch on.
 var (
 	// ErrNotInitialized means the catalog database has no pgtenant schema yet.
-	ErrNotInitialized = errors.New("catalog is not initialized; run `pgtenant init --shards 256` first")
+	ErrNotInitialized = errors.New("catalog is not initialized (SQLSTATE 55000); hint: run `pgtenant init --shards 256` first")
 	// ErrUnknownNode means no node of that name is registered.
 	ErrUnknownNode = errors.New("unknown node")
 	// ErrNodeInUse means a node still holds shards.

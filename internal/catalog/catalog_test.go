@@ -580,3 +580,29 @@ func TestUsers(t *testing.T) {
 		t.Fatalf("RemoveUser twice = %v", err)
 	}
 }
+
+// node add against a catalog never initialised fails on the catalog first,
+// before the node's checks connect to it (which create and drop a
+// replication slot there): the node's DSN here answers nothing, so an
+// error other than ErrNotInitialized means the checks ran first.
+func TestNodeAddUninitializedCatalog(t *testing.T) {
+	ctx := ctxT(t)
+	c := New(nodeA.NewDatabase(t), nil)
+	if err := c.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	freePort, err := localpg.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.AddNode(ctx, "n1", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/app?connect_timeout=5", freePort))
+	if !errors.Is(err, ErrNotInitialized) {
+		t.Fatalf("AddNode on an uninitialised catalog: %v, want ErrNotInitialized", err)
+	}
+	for _, want := range []string{"SQLSTATE 55000", "pgtenant init"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}

@@ -224,8 +224,13 @@ func unwrapParse(err error) error {
 func (c *Catalog) AddNode(ctx context.Context, name, dsn string) (NodeReport, error) {
 	// A name already taken is refused before the checks, which connect to
 	// the node and create (and drop) a replication slot there.
+	// So is a catalog that was never initialised.
 	var taken bool
-	if err := c.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant.nodes WHERE name = $1)`, name).Scan(&taken); err == nil && taken {
+	err := c.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgtenant.nodes WHERE name = $1)`, name).Scan(&taken)
+	if isUndefinedTable(err) {
+		return NodeReport{Node: name}, fmt.Errorf("add node %s: %w", name, ErrNotInitialized)
+	}
+	if err == nil && taken {
 		err := AlreadyRegistered(name)
 		c.logOp(ctx, "node add", map[string]any{"node": name}, err)
 		return NodeReport{Node: name}, fmt.Errorf("add node: %w", err)

@@ -198,8 +198,16 @@ func TestCreate(t *testing.T) {
 	if _, err := Create(untouched, "nothing_yet", at); err != nil {
 		t.Fatal(err)
 	}
-	if sum, err := Up(ctx, os.DirFS(untouched), newShards(t, 1), Options{}); err != nil || sum.Applied != 1 {
-		t.Errorf("Up of an untouched skeleton: %+v, %v", sum, err)
+	// ops16: Up of the untouched skeleton is refused, nothing recorded (it
+	// applied, recording the version: the SQL written into the file later
+	// never ran, the file then drifted).
+	one := newShards(t, 1)
+	var empty *EmptyUpError
+	if sum, err := Up(ctx, os.DirFS(untouched), one, Options{}); !errors.As(err, &empty) || sum.Applied != 0 {
+		t.Errorf("Up of an untouched skeleton: %+v, %v; want an *EmptyUpError", sum, err)
+	}
+	if st := readState(t, one[0]); len(st.rows) != 0 {
+		t.Errorf("versions recorded after the refused Up: %+v", st.rows)
 	}
 
 	// The skeleton, filled in, goes up and down on real shards.
@@ -239,6 +247,23 @@ func TestHasDown(t *testing.T) {
 	} {
 		if got := hasDown([]byte(body)); got != want {
 			t.Errorf("hasDown(%q) = %v, want %v", body, got, want)
+		}
+	}
+}
+
+// upHasSQL tells a file with statements in its Up section from one with
+// only comments there.
+func TestUpHasSQL(t *testing.T) {
+	for body, want := range map[string]bool{
+		skeleton:              false,
+		"-- just a comment\n": false,
+		"SELECT 1;\n":         true,
+		"-- +goose Up\n-- +goose Down\nDROP TABLE x;\n":                                                                                     false,
+		"-- +goose Up\n  CREATE TABLE x (id int);\n-- +goose Down\n":                                                                        true,
+		"-- +goose Up\n-- +goose StatementBegin\nCREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql;\n-- +goose StatementEnd\n": true,
+	} {
+		if got := upHasSQL([]byte(body)); got != want {
+			t.Errorf("upHasSQL(%q) = %v, want %v", body, got, want)
 		}
 	}
 }

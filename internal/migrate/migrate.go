@@ -196,6 +196,9 @@ func Up(ctx context.Context, fsys fs.FS, targets []Target, opts Options) (Summar
 	if err := checkOrder(files, statuses); err != nil {
 		return sum, err
 	}
+	if err := checkEmptyUp(fsys, files, statuses); err != nil {
+		return sum, err
+	}
 	return run(ctx, "up", files, plainSQL{fsys}, targets, opts, sum, start, func(ctx context.Context, p *goose.Provider) ([]*goose.MigrationResult, error) {
 		return p.Up(ctx)
 	})

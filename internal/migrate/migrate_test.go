@@ -433,6 +433,19 @@ func TestUpRefuses(t *testing.T) {
 			"00001_a.sql": {Data: []byte("SELECT 1;")},
 			"00001_b.sql": {Data: []byte("SELECT 1;")},
 		}, targets, func(err error) bool { return err != nil }},
+		// ops16: `migrate create`'s skeleton applied before its SQL was
+		// written recorded the version, so the SQL never ran.
+		{"empty up section", fstest.MapFS{
+			"00001_a.sql": {Data: []byte("SELECT 1;")},
+			"00002_b.sql": {Data: []byte(skeleton)},
+		}, targets, func(err error) bool {
+			var ee *EmptyUpError
+			return errors.As(err, &ee) && ee.File == "00002_b.sql" && strings.Contains(err.Error(), "SQLSTATE 42601")
+		}},
+		{"comments only", fstest.MapFS{"00001_a.sql": {Data: []byte("-- nothing yet\n\n")}}, targets, func(err error) bool {
+			var ee *EmptyUpError
+			return errors.As(err, &ee)
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

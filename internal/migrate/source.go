@@ -87,14 +87,7 @@ func hasDown(b []byte) bool {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(nil, len(b)+1)
 	for sc.Scan() {
-		// As goose reads annotations: "--", then "+goose", then the word,
-		// in any case.
-		line := strings.TrimSpace(sc.Text())
-		if !strings.HasPrefix(line, "--") || !strings.Contains(line, "+goose") {
-			continue
-		}
-		cmd := strings.TrimSpace(strings.Replace(strings.TrimPrefix(line, "--"), "+goose", "", 1))
-		if strings.EqualFold(cmd, "down") {
+		if cmd, ok := gooseAnnotation(strings.TrimSpace(sc.Text())); ok && cmd == "down" {
 			return true
 		}
 	}
