@@ -1,0 +1,164 @@
+package router
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// review16Cases are message sequences (one batch a step) whose session
+// settings afterwards must be PostgreSQL's, checked with set15Check.
+var review16Cases = []struct {
+	name string
+	seq  [][]fm
+}{
+	// ROLLBACK of a block whose BEGIN the router defers, in one pipeline
+	// with a tenantless session SET: the ROLLBACK's Bind ended the
+	// deferred SETs (endDeferredSets) before the SET's CommandComplete was
+	// read, which then was kept as if committed.
+	{"pipeline BEGIN, SET, ROLLBACK", [][]fm{{
+		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "ROLLBACK"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Sync{}}}},
+	{"pipeline BEGIN, set_config param, ROLLBACK", [][]fm{{
+		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("ISO, DMY")}}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "ROLLBACK"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Sync{}}}},
+	{"pipeline BEGIN, SET, COMMIT", [][]fm{{
+		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Sync{}}}},
+	{"pipeline BEGIN, RESET, ROLLBACK", [][]fm{
+		q("SET datestyle = 'ISO, DMY'"),
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "RESET datestyle"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "ROLLBACK"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+			&pgproto3.Sync{}}}},
+	// A set_config with max rows stops at PortalSuspended, the function
+	// run; a Sync then ends the portal: the server keeps the setting.
+	{"set_config param, max rows, Sync", [][]fm{{
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("ISO, DMY")}},
+		&pgproto3.Execute{MaxRows: 1}, &pgproto3.Sync{}}}},
+	// Two portals of one set_config, run in the other order than bound:
+	// the last run is the value.
+	{"set_config param, two portals", [][]fm{{
+		&pgproto3.Parse{Name: "s", Query: "SELECT set_config('datestyle', $1, false)"},
+		&pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "s", Parameters: [][]byte{[]byte("ISO, DMY")}},
+		&pgproto3.Bind{DestinationPortal: "p2", PreparedStatement: "s", Parameters: [][]byte{[]byte("SQL, DMY")}},
+		&pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{Portal: "p1"}, &pgproto3.Sync{}}}},
+	// A bpchar parameter loses its trailing blanks on its way to text.
+	{"set_config param bpchar", [][]fm{{
+		&pgproto3.Parse{Query: "SELECT set_config('application_name', $1, false)", ParameterOIDs: []uint32{1042}},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("app   ")}}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
+}
+
+// review16Check is set15Check with application_name (bpchar case).
+const review16Check = set15Check + " || ' / ' || current_setting('application_name')"
+
+// TestReview16Settings runs review16Cases on PostgreSQL directly and
+// through the router (no tenant), in both pool modes, and compares the
+// answers and the settings afterwards: on the same backend, and (in
+// transaction mode) on another one.
+func TestReview16Settings(t *testing.T) {
+	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
+		s := startRouter(t, Config{PoolMode: mode}, nil)
+		for _, tc := range review16Cases {
+			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) { review16Run(t, s, mode, "", tc.seq) })
+		}
+	}
+}
+
+// review16Run sends seq to PostgreSQL directly and through s, compares
+// each step's answers and then review16Check's value.
+func review16Run(t *testing.T, s *Server, mode PoolMode, tenant string, seq [][]fm) {
+	t.Helper()
+	direct, err := pgconn.Connect(ctx(t), nodeDSN(nodeB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	if _, err := direct.Exec(ctx(t), "SET application_name = ''").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, s, tenant, pgx.QueryExecModeSimpleProtocol)
+	if _, err := c.Exec(ctx(t), "SET application_name = ''"); err != nil {
+		t.Fatal(err)
+	}
+	for i, step := range seq {
+		want, got := review16Send(t, direct, step), review16Send(t, c.PgConn(), step)
+		if got != want {
+			t.Fatalf("step %d: router\n%s\nPostgreSQL\n%s", i, got, want)
+		}
+	}
+	check := func() (string, string) {
+		res, err := direct.Exec(ctx(t), review16Check).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := c.QueryRow(ctx(t), review16Check).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		return got, string(res[0].Rows[0][0])
+	}
+	if got, pg := check(); got != pg {
+		t.Errorf("through the router %q, on PostgreSQL %q", got, pg)
+	}
+	if mode == PoolTransaction {
+		o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
+		tx, err := o.Begin(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(context.Background())
+		if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		if got, pg := check(); got != pg {
+			t.Errorf("on another backend: through the router %q, on PostgreSQL %q", got, pg)
+		}
+	}
+}
+
+// review16Send sends one step on c and returns its answers (diffNormal),
+// one a line, without ParameterStatus (the router's own RESET ALL and
+// replays report settings: see diffKnown).
+func review16Send(t *testing.T, c *pgconn.PgConn, step []fm) string {
+	t.Helper()
+	fe := c.Frontend()
+	ready := 0
+	for _, m := range step {
+		fe.Send(m)
+		switch m.(type) {
+		case *pgproto3.Query, *pgproto3.Sync:
+			ready++
+		}
+	}
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.Conn().SetReadDeadline(time.Now().Add(20 * time.Second))
+	defer c.Conn().SetReadDeadline(time.Time{})
+	var b strings.Builder
+	for ready > 0 {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("receive: %v", err)
+		}
+		if dm, keep := diffNormal(msg); keep && !strings.HasPrefix(dm.key, "S(") { // (see diffKnown)
+			b.WriteString(dm.key + "\n")
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			ready--
+		}
+	}
+	return b.String()
+}
