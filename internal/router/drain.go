@@ -300,6 +300,14 @@ func (ss *session) drain(all bool) error {
 				return err
 			}
 			continue
+		case wire.MsgPortalSuspended:
+			if e.set != nil {
+				// A set_config stopped by max rows has run (its row came):
+				// the server keeps the setting even if no Execute completes
+				// the portal (review16).
+				ss.setDone(e.set)
+				e.set = nil
+			}
 		case wire.MsgCopyBothResp:
 			be.Kill(errors.New("copy both is not supported"))
 			continue

@@ -54,6 +54,14 @@ var review16Cases = []struct {
 		&pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "s", Parameters: [][]byte{[]byte("ISO, DMY")}},
 		&pgproto3.Bind{DestinationPortal: "p2", PreparedStatement: "s", Parameters: [][]byte{[]byte("SQL, DMY")}},
 		&pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{Portal: "p1"}, &pgproto3.Sync{}}}},
+	// A null value is a RESET (set_config_option with a null value).
+	{"set_config param null", [][]fm{q("SET datestyle = 'ISO, DMY'"), {
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
+		&pgproto3.Bind{Parameters: [][]byte{nil}}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
+	// Simple Queries in one pipeline: the ROLLBACK read before the SET's
+	// answer.
+	{"queries BEGIN, SET, ROLLBACK", [][]fm{{
+		&pgproto3.Query{String: "BEGIN"}, &pgproto3.Query{String: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Query{String: "ROLLBACK"}}}},
 	// A bpchar parameter loses its trailing blanks on its way to text.
 	{"set_config param bpchar", [][]fm{{
 		&pgproto3.Parse{Query: "SELECT set_config('application_name', $1, false)", ParameterOIDs: []uint32{1042}},
