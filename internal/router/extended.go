@@ -400,6 +400,13 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				}
 				noTxn := ss.be == nil && ss.pendingBegin == ""
 				if !noTxn {
+					// The block's statements in flight up to a Sync ran
+					// outside it: their ReadyForQuery says the block is
+					// open, their SETs are the block's (review16; those
+					// after the last Sync: endDeferredSets).
+					if err := ss.drainSyncs(); err != nil {
+						return ss.clientFailed(err)
+					}
 					ss.endDeferredSets(def.info.kind == kCommit)
 				}
 				ss.pendingBegin, ss.localTenant = "", ""

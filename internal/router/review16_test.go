@@ -62,6 +62,12 @@ var review16Cases = []struct {
 	// answer.
 	{"queries BEGIN, SET, ROLLBACK", [][]fm{{
 		&pgproto3.Query{String: "BEGIN"}, &pgproto3.Query{String: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Query{String: "ROLLBACK"}}}},
+	{"queries BEGIN, SET, COMMIT", [][]fm{{
+		&pgproto3.Query{String: "BEGIN"}, &pgproto3.Query{String: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Query{String: "COMMIT"}}}},
+	{"syncs BEGIN, SET, ROLLBACK", [][]fm{{
+		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Parse{Query: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Parse{Query: "ROLLBACK"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
 	// A bpchar parameter loses its trailing blanks on its way to text.
 	{"set_config param bpchar", [][]fm{{
 		&pgproto3.Parse{Query: "SELECT set_config('application_name', $1, false)", ParameterOIDs: []uint32{1042}},
