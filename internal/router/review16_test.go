@@ -54,6 +54,20 @@ var review16Cases = []struct {
 		&pgproto3.Bind{Parameters: [][]byte{[]byte("app   ")}}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
 }
 
+// review16TenantCases are as review16Cases for a client of tenant t3.
+var review16TenantCases = []struct {
+	name string
+	seq  [][]fm
+}{
+	// A ROLLBACK TO in a string of no SET or SAVEPOINT (laterSavepoint
+	// looks for SAVEPOINT and RELEASE only): its tag ROLLBACK dropped all
+	// the transaction's SETs, those made before the savepoint too.
+	{"rollback to later in a string", [][]fm{q("BEGIN"), q("SET datestyle = 'ISO, DMY'"), q("SAVEPOINT s"),
+		q("SET intervalstyle = 'sql_standard'"), q("SELECT 1; ROLLBACK TO s"), q("COMMIT")}},
+	{"rollback to savepoint later in a string", [][]fm{q("BEGIN"), q("SET datestyle = 'ISO, DMY'"), q("SAVEPOINT s"),
+		q("SELECT 1; ROLLBACK TO SAVEPOINT s"), q("COMMIT")}},
+}
+
 // review16Known are cases that still fail, left unfixed (see the report):
 // run with -review16known.
 var review16Known = []struct {
@@ -69,6 +83,14 @@ var review16Known = []struct {
 		&pgproto3.Bind{DestinationPortal: "p1", PreparedStatement: "s", Parameters: [][]byte{[]byte("ISO, DMY")}},
 		&pgproto3.Bind{DestinationPortal: "p2", PreparedStatement: "s", Parameters: [][]byte{[]byte("SQL, DMY")}},
 		&pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{Portal: "p1"}, &pgproto3.Sync{}}}},
+	// A tenantless SET in a deferred block runs outside it; the block
+	// then starts on a shard's backend: the SET must hold there.
+	{"deferred block: SET, then a tenant's statement", [][]fm{q("BEGIN"), q("SET datestyle = 'ISO, DMY'"),
+		q("SET LOCAL pgtenant.tenant = 't3'"), q("SELECT current_setting('datestyle')"), q("COMMIT")}},
+	{"deferred block: SET, then a tenant's statement, ROLLBACK", [][]fm{q("BEGIN"), q("SET datestyle = 'ISO, DMY'"),
+		q("SET LOCAL pgtenant.tenant = 't3'"), q("SELECT current_setting('datestyle')"), q("ROLLBACK")}},
+	{"deferred block: RESET, then a tenant's statement", [][]fm{q("SET datestyle = 'ISO, DMY'"), q("BEGIN"), q("RESET datestyle"),
+		q("SET LOCAL pgtenant.tenant = 't3'"), q("SELECT current_setting('datestyle')"), q("COMMIT")}},
 	// A null value is a RESET (set_config_option with a null value).
 	{"set_config param null", [][]fm{q("SET datestyle = 'ISO, DMY'"), {
 		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
@@ -97,6 +119,9 @@ const review16Check = set15Check + " || ' / ' || current_setting('application_na
 func TestReview16Settings(t *testing.T) {
 	for _, mode := range []PoolMode{PoolTransaction, PoolSession} {
 		s := startRouter(t, Config{PoolMode: mode}, nil)
+		for _, tc := range review16TenantCases {
+			t.Run(string(mode)+"/t3/"+tc.name, func(t *testing.T) { review16Run(t, s, mode, "t3", tc.seq) })
+		}
 		cases := review16Cases
 		if *review16KnownFlag {
 			cases = append(cases[:len(cases):len(cases)], review16Known...)
