@@ -91,6 +91,29 @@ var review16Known = []struct {
 		q("SET LOCAL pgtenant.tenant = 't3'"), q("SELECT current_setting('datestyle')"), q("ROLLBACK")}},
 	{"deferred block: RESET, then a tenant's statement", [][]fm{q("SET datestyle = 'ISO, DMY'"), q("BEGIN"), q("RESET datestyle"),
 		q("SET LOCAL pgtenant.tenant = 't3'"), q("SELECT current_setting('datestyle')"), q("COMMIT")}},
+	{"set_config param bound, never executed", [][]fm{{
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("ISO, DMY")}}, &pgproto3.Sync{}}}},
+	{"set_config param, portal bound twice", [][]fm{{
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("ISO, DMY")}}, &pgproto3.Bind{Parameters: [][]byte{[]byte("SQL, DMY")}},
+		&pgproto3.Execute{}, &pgproto3.Sync{}}}},
+	{"set_config param, then an error before Sync", [][]fm{{
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("ISO, DMY")}}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
+	{"set_config param, max rows, then an error before Sync", [][]fm{{
+		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("ISO, DMY")}}, &pgproto3.Execute{MaxRows: 1},
+		&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
+	{"deferred block: SET, an error, ROLLBACK", [][]fm{q("BEGIN"), q("SET datestyle = 'ISO, DMY'"), q("SELECT 1/0"), q("ROLLBACK"), q("SELECT 1")}},
+	{"deferred block: SET, an error, ROLLBACK, pipelined", [][]fm{{&pgproto3.Query{String: "BEGIN"},
+		&pgproto3.Query{String: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Query{String: "SELECT 1/0"}, &pgproto3.Query{String: "ROLLBACK"}}}},
+	{"deferred block: extended SET, an error, COMMIT, one Sync", [][]fm{{
+		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}, q("ROLLBACK")}},
 	// A null value is a RESET (set_config_option with a null value).
 	{"set_config param null", [][]fm{q("SET datestyle = 'ISO, DMY'"), {
 		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
