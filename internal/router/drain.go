@@ -446,6 +446,20 @@ func (ss *session) resetTenantAfterTxn() {
 	ss.setView()
 }
 
+// statusPending reports whether a queued response is a statement's that
+// may end or abort the transaction (an Execute, a Query): until it is in,
+// the transaction status is not known. (A Close or Describe in flight
+// changes none: a Parse in an aborted block after one is refused at once,
+// not answered ParseComplete for a text the backend has prepared; review16.)
+func (ss *session) statusPending() bool {
+	for i := range ss.queue {
+		if k := ss.queue[i].kind; k == eExec || k == eQuery {
+			return true
+		}
+	}
+	return false
+}
+
 // backendPending reports whether any queued response must come from the backend.
 func (ss *session) backendPending() bool {
 	for i := range ss.queue {

@@ -53,7 +53,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	if len(pm.Name) != 0 {
 		if _, ok := ss.stmts[string(pm.Name)]; ok {
-			if ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+			if ss.localStatus() == 'E' && !ss.statusPending() && !txnExit(&def.info) {
 				return abortedError() // the server's check before the name's
 			}
 			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
@@ -83,7 +83,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		ss.keepUnnamed(def)
 	}
 	sent, werr := ss.parseNow(def)
-	if werr == nil && !sent && ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+	if werr == nil && !sent && ss.localStatus() == 'E' && !ss.statusPending() && !txnExit(&def.info) {
 		// As the server's Parse in an aborted transaction, which the
 		// router would otherwise answer itself for a statement it defers
 		// or answers (BEGIN, SHOW pgtenant.tenant, ...).
