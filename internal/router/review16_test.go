@@ -127,6 +127,13 @@ var review16Known = []struct {
 		&pgproto3.Parse{Query: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
 		&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}, q("ROLLBACK")}},
+	{"deferred block: an error, COMMIT, pipelined", [][]fm{{&pgproto3.Query{String: "BEGIN"},
+		&pgproto3.Query{String: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Query{String: "SELECT 1/0"}, &pgproto3.Query{String: "COMMIT"}}, q("SELECT 1")}},
+	{"deferred block: an error, COMMIT, Syncs", [][]fm{{
+		&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Parse{Query: "SET datestyle = 'ISO, DMY'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}, q("SELECT 1")}},
 	// A null value is a RESET (set_config_option with a null value).
 	{"set_config param null", [][]fm{q("SET datestyle = 'ISO, DMY'"), {
 		&pgproto3.Parse{Query: "SELECT set_config('datestyle', $1, false)"},
