@@ -100,6 +100,17 @@ var review16TenantCases = []struct {
 		{&pgproto3.Parse{Name: "z", Query: "SELECT 1/0"}, &pgproto3.Bind{PreparedStatement: "z"}, &pgproto3.Execute{}, &pgproto3.Parse{Query: "SELECT 2"}, &pgproto3.Sync{}},
 		{&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 		{&pgproto3.Bind{PreparedStatement: "z"}, &pgproto3.Execute{}, &pgproto3.Sync{}}}},
+	// Differential seed 390 (session mode) after skip16's merge: a
+	// Describe S of a statement BEGIN in the block it began, aborted:
+	// PostgreSQL describes it; the router answered 25P02.
+	{name: "seed 390: Describe S of BEGIN in its aborted block", seq: [][]fm{
+		{&pgproto3.Parse{Name: "s3", Query: "BEGIN"}, &pgproto3.Bind{PreparedStatement: "s3"}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "SELECT $1::int", ParameterOIDs: []uint32{23}}, &pgproto3.Bind{Parameters: [][]byte{[]byte("8")}},
+			&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Flush{},
+			&pgproto3.Parse{Query: "INSERT INTO nosuch VALUES (1)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SELECT 1/0"),
+		{&pgproto3.Flush{}, &pgproto3.Describe{ObjectType: 'S', Name: "s3"}, &pgproto3.Sync{}},
+		q("ROLLBACK")}},
 }
 
 // review16Known are cases that still fail, left unfixed (see the report):
