@@ -5,7 +5,6 @@ import (
 	"flag"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -247,52 +246,43 @@ func review16Run(t *testing.T, s *Server, mode PoolMode, tenant string, seq [][]
 		t.Errorf("through the router %q, on PostgreSQL %q", got, pg)
 	}
 	if mode == PoolTransaction {
-		o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-		tx, err := o.Begin(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(context.Background())
-		if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
+		holdBackend(t, s)
 		if got, pg := check(); got != pg {
 			t.Errorf("on another backend: through the router %q, on PostgreSQL %q", got, pg)
 		}
 	}
 }
 
-// review16Send sends one step on c and returns its answers (diffNormal),
+// holdBackend makes a client of t3 hold a backend in a transaction until
+// the test ends: in transaction mode the one a client used last, so that
+// its next transaction gets another.
+func holdBackend(t *testing.T, s *Server) {
+	t.Helper()
+	o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
+	tx, err := o.Begin(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// review16Send sends one step on c and returns its answers (diffStep),
 // one a line, without ParameterStatus (the router's own RESET ALL and
 // replays report settings: see diffKnown).
 func review16Send(t *testing.T, c *pgconn.PgConn, step []fm) string {
 	t.Helper()
-	fe := c.Frontend()
-	ready := 0
-	for _, m := range step {
-		fe.Send(m)
-		switch m.(type) {
-		case *pgproto3.Query, *pgproto3.Sync:
-			ready++
-		}
-	}
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	c.Conn().SetReadDeadline(time.Now().Add(20 * time.Second))
-	defer c.Conn().SetReadDeadline(time.Time{})
+	got, ended := diffStep(c, step)
 	var b strings.Builder
-	for ready > 0 {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatalf("receive: %v", err)
+	for _, m := range got {
+		if !strings.HasPrefix(m.key, "S(") {
+			b.WriteString(m.key + "\n")
 		}
-		if dm, keep := diffNormal(msg); keep && !strings.HasPrefix(dm.key, "S(") { // (see diffKnown)
-			b.WriteString(dm.key + "\n")
-		}
-		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			ready--
-		}
+	}
+	if ended {
+		t.Fatalf("connection ended: %s", b.String())
 	}
 	return b.String()
 }
