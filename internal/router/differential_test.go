@@ -105,41 +105,50 @@ func (d *diffTarget) run(seq [][]pgproto3.FrontendMessage) (diffRun, error) {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	defer pc.Close(context.Background())
-	fe := pc.Frontend()
 	var out diffRun
 	for _, step := range seq {
-		var got []diffMessage
-		ready := 0
-		for _, m := range step {
-			fe.Send(m)
-			switch m.(type) {
-			case *pgproto3.Query, *pgproto3.Sync:
-				ready++
-			}
-		}
-		if err := fe.Flush(); err != nil {
-			return append(out, append(got, diffMessage{"send failed", err.Error()})), nil
-		}
-		pc.Conn().SetReadDeadline(time.Now().Add(20 * time.Second))
-		for ready > 0 {
-			msg, err := fe.Receive()
-			if err != nil {
-				return append(out, append(got, diffMessage{"connection ended", err.Error()})), nil
-			}
-			dm, keep := diffNormal(msg)
-			if keep {
-				got = append(got, dm)
-			}
-			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-				ready--
-			}
-			if e, ok := msg.(*pgproto3.ErrorResponse); ok && e.Severity == "FATAL" {
-				return append(out, got), nil
-			}
-		}
+		got, ended := diffStep(pc, step)
 		out = append(out, got)
+		if ended {
+			break
+		}
 	}
 	return out, nil
+}
+
+// diffStep sends one step on pc and returns its answers (diffNormal), and
+// whether the connection ended (a send or read failed, a FATAL error).
+func diffStep(pc *pgconn.PgConn, step []pgproto3.FrontendMessage) (got []diffMessage, ended bool) {
+	fe := pc.Frontend()
+	ready := 0
+	for _, m := range step {
+		fe.Send(m)
+		switch m.(type) {
+		case *pgproto3.Query, *pgproto3.Sync:
+			ready++
+		}
+	}
+	if err := fe.Flush(); err != nil {
+		return append(got, diffMessage{"send failed", err.Error()}), true
+	}
+	pc.Conn().SetReadDeadline(time.Now().Add(20 * time.Second))
+	defer pc.Conn().SetReadDeadline(time.Time{})
+	for ready > 0 {
+		msg, err := fe.Receive()
+		if err != nil {
+			return append(got, diffMessage{"connection ended", err.Error()}), true
+		}
+		if dm, keep := diffNormal(msg); keep {
+			got = append(got, dm)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			ready--
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && e.Severity == "FATAL" {
+			return got, true
+		}
+	}
+	return got, false
 }
 
 // diffNormal is the normalisation: what of a backend message is compared.

@@ -311,6 +311,14 @@ func (ss *session) drain(all bool) error {
 				return err
 			}
 			continue
+		case wire.MsgPortalSuspended:
+			if e.set != nil {
+				// A set_config stopped by max rows has run (its row came):
+				// the server keeps the setting even if no Execute completes
+				// the portal (review16).
+				ss.setDone(e.set)
+				e.set = nil
+			}
 		case wire.MsgCopyBothResp:
 			be.Kill(errors.New("copy both is not supported"))
 			continue
@@ -453,6 +461,20 @@ func (ss *session) resetTenantAfterTxn() {
 	}
 	ss.tenant = ss.startTenant
 	ss.setView()
+}
+
+// statusPending reports whether a queued response is a statement's that
+// may end or abort the transaction (an Execute, a Query): until it is in,
+// the transaction status is not known. (A Close or Describe in flight
+// changes none: a Parse in an aborted block after one is refused at once,
+// not answered ParseComplete for a text the backend has prepared; review16.)
+func (ss *session) statusPending() bool {
+	for i := range ss.queue {
+		if k := ss.queue[i].kind; k == eExec || k == eQuery {
+			return true
+		}
+	}
+	return false
 }
 
 // backendPending reports whether any queued response must come from the backend.

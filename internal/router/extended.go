@@ -53,7 +53,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	}
 	if len(pm.Name) != 0 {
 		if _, ok := ss.stmts[string(pm.Name)]; ok {
-			if ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+			if ss.localStatus() == 'E' && !ss.statusPending() && !txnExit(&def.info) {
 				return abortedError() // the server's check before the name's
 			}
 			return &wire.Error{Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", pm.Name)}
@@ -85,7 +85,7 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		ss.keepUnnamed(def)
 	}
 	sent, werr := ss.parseNow(def)
-	if werr == nil && !sent && ss.localStatus() == 'E' && !ss.backendPending() && !txnExit(&def.info) {
+	if werr == nil && !sent && ss.localStatus() == 'E' && !ss.statusPending() && !txnExit(&def.info) {
 		// As the server's Parse in an aborted transaction, which the
 		// router would otherwise answer itself for a statement it defers
 		// or answers (BEGIN, SHOW pgtenant.tenant, ...).
@@ -497,6 +497,13 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				}
 				noTxn := ss.be == nil && ss.pendingBegin == ""
 				if !noTxn {
+					// The block's statements in flight up to a Sync ran
+					// outside it: their ReadyForQuery says the block is
+					// open, their SETs are the block's (review16; those
+					// after the last Sync: endDeferredSets).
+					if err := ss.drainSyncs(); err != nil {
+						return ss.clientFailed(err)
+					}
 					ss.endDeferredSets(def.info.kind == kCommit)
 				}
 				ss.pendingBegin, ss.localTenant = "", ""
@@ -809,7 +816,9 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 		ss.pushSynth(wire.AppendTextRowDescription(ss.synthFree, "set_config"))
 		return nil
 	}
-	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "") {
+	if k := def.info.kind; (k == kBegin || k == kCommit || k == kRollback) && !def.info.multi && (ss.be == nil || ss.pendingBegin != "" || ss.localStatus() == 'E') {
+		// (In an aborted block too: a server describes a statement of no
+		// rows there, but the router's Parse of it would fail; review16.)
 		ss.push(expect{kind: eSynth, synth: noParams})
 		ss.push(expect{kind: eSynth, synth: wire.NoData})
 		return nil

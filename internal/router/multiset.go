@@ -226,7 +226,7 @@ func falseLiteral(v string) bool {
 func bindSetConfig(def *stmtDef, rest []byte) *setting {
 	i := def.info.param - 1
 	p, text, ok := wire.BindParam(rest, i)
-	if !ok || p == nil || (!text && !textParam(def.types, i)) {
+	if !ok {
 		return nil
 	}
 	toks := gtoks(def.orig)
@@ -234,21 +234,37 @@ func bindSetConfig(def *stmtDef, rest []byte) *setting {
 		return nil
 	}
 	name := strings.ToLower(strings.TrimSpace(unquoteString(toks[3].text)))
-	return &setting{name: name, stmt: "SELECT pg_catalog.set_config(" + quoteLiteral(name) + ", " + quoteLiteral(string(p)) + ", false)"}
+	if p == nil {
+		// set_config with a null value resets the setting (review16).
+		return &setting{name: name, reset: true}
+	}
+	cast, known := textParam(def.types, i)
+	if !known || (!text && cast == "::pg_catalog.\"char\"") {
+		return nil
+	}
+	return &setting{name: name, stmt: "SELECT pg_catalog.set_config(" + quoteLiteral(name) + ", " + quoteLiteral(string(p)) + cast + ", false)"}
 }
 
 // textParam reports whether parameter i of a Parse's types (a count and
-// OIDs) is text, varchar or left to the server (which makes set_config's
-// value text).
-func textParam(types []byte, i int) bool {
+// OIDs) is a type whose value set_config takes as text: text, varchar or
+// left to the server (which makes it text), or bpchar, name or "char",
+// whose casts to text change it (trailing blanks, length), replayed by
+// cast (review16); the binary form of each but "char" is its text.
+func textParam(types []byte, i int) (cast string, ok bool) {
 	if len(types) < 2 || i >= int(binary.BigEndian.Uint16(types)) || len(types) < 2+4*(i+1) {
-		return true
+		return "", true
 	}
 	switch binary.BigEndian.Uint32(types[2+4*i:]) {
 	case 0, 25, 1043: // unspecified, text, varchar
-		return true
+		return "", true
+	case 1042:
+		return "::pg_catalog.bpchar", true
+	case 19:
+		return "::pg_catalog.name", true
+	case 18:
+		return "::pg_catalog.\"char\"", true
 	}
-	return false
+	return "", false
 }
 
 // endDeferredSets ends the SETs of a block whose BEGIN the router still
@@ -260,11 +276,21 @@ func textParam(types []byte, i int) bool {
 // before its next statement.
 func (ss *session) endDeferredSets(committed bool) {
 	if !committed && ss.be != nil {
+		dirty := false
 		for i := range ss.txnSets {
-			if ss.txnSets[i].sp == spNone {
-				ss.be.Schema, ss.be.Tenant, ss.be.SessionSig = "\x00", "\x00", "\x00"
-				break
+			dirty = dirty || ss.txnSets[i].sp == spNone
+		}
+		// SETs of the block still in flight (a pipeline: BEGIN, SET,
+		// ROLLBACK before a Sync) are rolled back too, though they will
+		// complete on their backend (review16). A deferred BEGIN waits for
+		// no statement in flight (canDefer): all queued are the block's.
+		for i := range ss.queue {
+			if e := &ss.queue[i]; e.msets != nil || (e.set != nil && e.set.sp == spNone) {
+				e.set, e.msets, dirty = nil, nil, true
 			}
+		}
+		if dirty {
+			ss.be.Schema, ss.be.Tenant, ss.be.SessionSig = "\x00", "\x00", "\x00"
 		}
 	}
 	ss.endTxnSets(committed)

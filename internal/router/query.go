@@ -143,6 +143,12 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 				if ss.pendingBegin == "" {
 					return ss.reply(tag, noTxnWarning())
 				}
+				// Queries of the block still in flight (pipelined) ran
+				// outside it: their answers say the block is open, their
+				// SETs are the block's (review16).
+				if err := ss.drainSyncs(); err != nil {
+					return ss.clientFailed(err)
+				}
 				ss.pendingBegin, ss.localTenant = "", ""
 				ss.endDeferredSets(info.kind == kCommit)
 				return ss.reply(tag, nil)

@@ -92,15 +92,7 @@ func set16Run(t *testing.T, s *Server, mode PoolMode, tenant string, steps []set
 		}
 	}
 	if mode == PoolTransaction {
-		o := connect(t, s, "t3", pgx.QueryExecModeSimpleProtocol)
-		tx, err := o.Begin(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(context.Background())
-		if _, err := tx.Exec(ctx(t), "SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
+		holdBackend(t, s)
 	}
 	res, err := direct.Exec(ctx(t), set15Check).ReadAll()
 	if err != nil {
