@@ -223,6 +223,25 @@ var diffCases = []struct {
 		{&pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Sync{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 		q("ROLLBACK"),
 	}},
+	// lead (seed 2486): a set_config the router cannot follow marked the backend's settings unknown, and the
+	// next statement of the same implicit transaction (after a Flush) got the setup's Query of RESET ALL and the
+	// session's settings first: that Query committed the UPDATE before it, which the INSERT's error no longer
+	// rolled back (the row changed where PostgreSQL keeps it).
+	{"lead: a setup Query part way through an implicit transaction committed its earlier statements (seed 2486)", [][]fm{
+		{&pgproto3.Parse{Name: "s2", Query: "SELECT set_config('datestyle', 'SQL, DMY', false)"}, &pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "UPDATE kv SET v = v || '+' WHERE id = $1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("4")}}, &pgproto3.Execute{}, &pgproto3.Flush{},
+			&pgproto3.Parse{Query: "INSERT INTO tmp VALUES (1)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SELECT id, v FROM kv ORDER BY id"),
+		q("SHOW DateStyle"),
+		{&pgproto3.Parse{Query: "SELECT set_config('work_mem', '1MB', false) || ''"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{},
+			&pgproto3.Parse{Query: "SHOW work_mem"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("BEGIN"),
+		q("SELECT set_config('work_mem', '2MB', false) || ''"),
+		q("SHOW work_mem"),
+		q("UPDATE kv SET v = v || '*' WHERE id = 2"),
+		q("ROLLBACK"),
+		q("SELECT id, v FROM kv ORDER BY id"),
+	}},
 }
 
 // TestDifferentialCases runs diffCases on PostgreSQL and the router in

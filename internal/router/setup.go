@@ -26,7 +26,7 @@ func (ss *session) resetup() {
 func (ss *session) chooseSetup(tenant string) {
 	be := ss.be
 	switch {
-	case be.SessionSig != ss.sig:
+	case be.SessionSig != ss.sig && !ss.midTxn():
 		ss.setup(be, ss.wantSchema, ss.wantTenant)
 	case ss.pendingBegin != "" && tenant != anyTenant && tenant != descTenant && ss.srv.cfg.PoolMode == PoolTransaction:
 		// Transaction mode only: the backend goes back to the pool when
@@ -393,6 +393,20 @@ func (ss *session) sameNode(tenant string) bool {
 	}
 	loc, e := ss.locate(m, tenant)
 	return e == nil && loc.Node.Name == ss.be.Node()
+}
+
+// midTxn reports whether the client's statements of a transaction still
+// open already ran on the attached backend: an implicit one (messages not
+// yet followed by a Sync) or a block the server started. Its session
+// settings are then the client's as PostgreSQL would have them (its own
+// SETs of the transaction included), and the setup's Query of RESET ALL
+// and the session's settings must not be sent: a Query there committed the
+// client's implicit transaction part way (a later error no longer rolled
+// back its earlier statements) and reset the block's settings. Only the
+// shard's path and tenant id are set (deferSetup); the settings, unknown,
+// are set again after the transaction.
+func (ss *session) midTxn() bool {
+	return ss.unsynced || (ss.status != 'I' && ss.pendingBegin == "")
 }
 
 // setup queues the statements that give be the session's settings, the
