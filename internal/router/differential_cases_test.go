@@ -146,6 +146,43 @@ var diffCases = []struct {
 		q("SELECT 1; RESET intervalstyle"),
 		q("SHOW intervalstyle"),
 	}},
+	// skip16: Parse and Close messages the server skipped after an error in a pipeline changed the router's
+	// statements all the same.
+	{"skip16: a skipped Parse of the unnamed statement ran at the next Bind (UPDATE 1) where PostgreSQL answers 08P01", [][]fm{
+		{&pgproto3.Parse{Query: "SELECT 1 AS a"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Name: "s1", Query: "SELECT * FROM nosuch"}, &pgproto3.Parse{Query: "UPDATE kv SET v = v || '+' WHERE id = $1"}, &pgproto3.Sync{}},
+		{&pgproto3.Bind{Parameters: [][]byte{[]byte("1")}}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SELECT v FROM kv WHERE id = 1"),
+	}},
+	{"skip16: a skipped Close S and Parse of a named statement made it the new one (26000 before)", [][]fm{
+		{&pgproto3.Parse{Name: "s2", Query: "SELECT 2 AS b"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Name: "s1", Query: "SELECT * FROM nosuch"}, &pgproto3.Close{ObjectType: 'S', Name: "s2"}, &pgproto3.Parse{Name: "s2", Query: "SELECT 3 AS c"}, &pgproto3.Parse{Name: "s3", Query: "SELECT 4"}, &pgproto3.Sync{}},
+		{&pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Bind{PreparedStatement: "s3"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+	}},
+	{"skip16: a skipped Close S forgot the statement (26000 where PostgreSQL runs it)", [][]fm{
+		{&pgproto3.Parse{Name: "s1", Query: "SELECT 1 AS a"}, &pgproto3.Parse{Query: "SELECT 2 AS b"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Name: "x", Query: "SELECT * FROM nosuch"}, &pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Close{ObjectType: 'S'}, &pgproto3.Sync{}},
+		{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Name: "s1", Query: "SELECT 3 AS c"}, &pgproto3.Sync{}},
+	}},
+	{"skip16: Describe P \"\" of a BEGIN's portal in an aborted block got 25P02 where PostgreSQL answers NoData (seeds 701, 124)", [][]fm{
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Bind{Parameters: [][]byte{[]byte("4")}}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+		{&pgproto3.Parse{Name: "s1", Query: "SHOW search_path"}, &pgproto3.Bind{DestinationPortal: "p2", PreparedStatement: "s1"}, &pgproto3.Execute{Portal: "p2"},
+			&pgproto3.Parse{Name: "s3", Query: "START TRANSACTION READ ONLY"}, &pgproto3.Bind{PreparedStatement: "s3"}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		q("SELECT * FROM nosuch"),
+		{&pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Close{ObjectType: 'P'}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
+	{"skip16: ROLLBACK TO by Parse/Bind/Execute in an aborted block no server holds got 25P02 at Bind, not 3B001 at Execute (seeds 152, 2293)", [][]fm{
+		{&pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{DestinationPortal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Execute{Portal: "p2"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Query: "ROLLBACK TO SAVEPOINT s1"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Sync{}},
+		q("ROLLBACK"),
+	}},
 }
 
 // TestDifferentialCases runs diffCases on PostgreSQL and the router in

@@ -248,12 +248,16 @@ func (ss *session) drain(all bool) error {
 				if e.kind == eParse && e.name == "" {
 					be.ForgetUnnamed() // the server has none now
 				}
-				if e.kind == eParse && e.stmtName == "" && e.stmt != nil && ss.unnamed == e.stmt {
-					ss.unnamed = nil // refused: the client has none either (26000 next)
+				// The server skips to Sync: so do we, undoing what the
+				// skipped messages (and the refused one) did.
+				n := 0
+				for n < len(ss.queue) && ss.queue[n].kind != eSync && (ss.queue[n].kind != eQuery || ss.queue[n].swallow) && ss.queue[n].kind != eSynthRFQ {
+					n++
 				}
-				// The server skips to Sync: so do we.
-				for len(ss.queue) > 0 && ss.queue[0].kind != eSync && (ss.queue[0].kind != eQuery || ss.queue[0].swallow) && ss.queue[0].kind != eSynthRFQ {
-					ss.dropParsed(&ss.queue[0])
+				for i := n - 1; i >= 0; i-- {
+					ss.undoSkipped(i)
+				}
+				for ; n > 0; n-- {
 					if q := &ss.queue[0]; q.kind == eQuery {
 						// The router's own Query (a setup sent before the
 						// client's next message of this pipeline): the
@@ -352,6 +356,12 @@ func (ss *session) drain(all bool) error {
 			ss.use.note(typ, len(body))
 		}
 		if typ == wire.MsgCommandComplete {
+			if e.kind == eQuery && !e.swallow {
+				// The client's statement ran in the unnamed portal, and
+				// dropped it. (Told by its answer: a statement failing
+				// before it runs leaves the portal.)
+				ss.beginPortal = false
+			}
 			if string(body) == "LISTEN\x00" {
 				// However it came (a later statement of a Query, an
 				// Execute): the session keeps this backend's tenant until

@@ -78,7 +78,9 @@ func (ss *session) onParse(body []byte) *wire.Error {
 		// backend keeps it until its next unnamed statement, long after
 		// the client is gone.)
 		wire.KeepWith(ss.cr, def)
-	} else {
+	}
+	prev := ss.unnamed
+	if len(pm.Name) == 0 {
 		ss.unnamed = def
 		ss.keepUnnamed(def)
 	}
@@ -104,6 +106,11 @@ func (ss *session) onParse(body []byte) *wire.Error {
 	if len(pm.Name) != 0 || sent {
 		q := &ss.queue[len(ss.queue)-1]
 		q.stmt, q.stmtName = def, string(pm.Name)
+	}
+	if len(pm.Name) == 0 {
+		// Undone should the server skip it (see undoSkipped).
+		q := &ss.queue[len(ss.queue)-1]
+		q.stmt, q.undo, q.prev = def, undoUnnamed, prev
 	}
 	return nil
 }
@@ -183,10 +190,83 @@ const maxRecentText = 1024
 // server refused the Parse or skipped it after an earlier error of the
 // pipeline: as on a server, it does not exist.
 func (ss *session) dropParsed(e *expect) {
-	// (The unnamed statement is left alone: a skipped Parse leaves the
-	// previous one on a server, a refused one is refused again at Bind.)
+	// (The unnamed statement: see undoSkipped.)
 	if e.stmt != nil && e.stmtName != "" && ss.stmts[e.stmtName] == e.stmt {
 		delete(ss.stmts, e.stmtName)
+	}
+}
+
+// undoSkipped undoes what the queued message i, a Parse or a Close the
+// server skipped after an earlier error of the pipeline (or, i being 0,
+// refused), changed in the router's idea of the client's statements: on a
+// server it changed nothing. (A skipped Parse of the unnamed statement ran
+// as another statement's at the next Bind; a skipped Close S made a
+// statement the server keeps unknown.) drain calls it for the skipped
+// messages from the last to the first, so that each finds the state it
+// left.
+func (ss *session) undoSkipped(i int) {
+	q := &ss.queue[i]
+	if (q.kind == eParse || q.kind == eSynth) && q.undo != undoClose {
+		ss.dropParsed(q)
+	}
+	switch {
+	case q.undo == undoUnnamed:
+		to := q.prev
+		if i == 0 {
+			to = nil // refused: a server drops its unnamed statement first
+		}
+		ss.restoreUnnamed(i, q.stmt, to)
+	case q.undo == undoClose && q.kind == eClose && q.swallow:
+		// The router's Close of a server statement (closeOnServer).
+		if ss.be != nil {
+			ss.be.Prepared[q.name] = 0
+		}
+	case q.undo == undoClose && q.stmtName == "":
+		ss.restoreUnnamed(i, nil, q.prev)
+	case q.undo == undoClose && q.stmt != nil:
+		if _, ok := ss.stmts[q.stmtName]; !ok {
+			ss.stmts[q.stmtName] = q.stmt
+		}
+	case q.undo == undoClose && q.kind == eClose:
+		// A Close of a statement made with SQL PREPARE.
+		if ss.sqlStmts != nil {
+			ss.sqlStmts[q.stmtName] = struct{}{}
+		}
+	case q.undo == undoBeginPortal:
+		ss.beginPortal = true
+	case q.undo == undoNoBeginPortal:
+		ss.beginPortal = false
+	}
+}
+
+// undoBeginPortalAtSkip marks the last queued response, a Bind's that
+// changed session.beginPortal from was, so that the change is undone should
+// the server skip the Bind (see undoSkipped).
+func (ss *session) undoBeginPortalAtSkip(was bool) {
+	if len(ss.queue) == 0 || ss.queue[len(ss.queue)-1].undo != 0 {
+		return
+	}
+	if was {
+		ss.queue[len(ss.queue)-1].undo = undoBeginPortal
+	} else {
+		ss.queue[len(ss.queue)-1].undo = undoNoBeginPortal
+	}
+}
+
+// restoreUnnamed makes to the client's unnamed statement again where the
+// skipped message i made it from, and the unnamed statement before the
+// next queued message that changes it.
+func (ss *session) restoreUnnamed(i int, from, to *stmtDef) {
+	if ss.unnamed == from {
+		ss.unnamed = to
+	}
+	for j := i + 1; j < len(ss.queue); j++ {
+		if q := &ss.queue[j]; q.undo == undoUnnamed || (q.undo == undoClose && q.stmtName == "" && !q.swallow) {
+			if q.prev == from {
+				q.prev = to
+			}
+			return
+		}
 	}
 }
 
@@ -272,7 +352,7 @@ func (ss *session) closeOnServer(def *stmtDef) {
 			delete(ss.be.Prepared, def.server)
 			ss.out = wire.AppendTarget(ss.out[:0], 'S', def.server)
 			ss.be.W.WriteFrame(wire.MsgClose, ss.out)
-			ss.push(expect{kind: eClose, swallow: true})
+			ss.push(expect{kind: eClose, swallow: true, undo: undoClose, name: def.server})
 		}
 		return
 	}
@@ -287,7 +367,7 @@ func (ss *session) closeOnServer(def *stmtDef) {
 			delete(ss.be.Prepared, name)
 			ss.out = wire.AppendTarget(ss.out[:0], 'S', name)
 			ss.be.W.WriteFrame(wire.MsgClose, ss.out)
-			ss.push(expect{kind: eClose, swallow: true})
+			ss.push(expect{kind: eClose, swallow: true, undo: undoClose, name: name})
 		}
 	}
 }
@@ -358,9 +438,23 @@ func (ss *session) onBind(body []byte) *wire.Error {
 			return &wire.Error{Code: "08P01", Message: fmt.Sprintf("bind message supplies %d parameters, but prepared statement \"%s\" requires 0", n, bm.Stmt)}
 		}
 	}
+	if len(bm.Portal) == 0 && (ss.localStatus() != 'E' || txnExit(&def.info)) {
+		// The unnamed portal is replaced (in an aborted block a server
+		// refuses the Bind first): is it a transaction start's (or a
+		// ROLLBACK TO's) now?
+		ss.beginPortal = (def.info.kind == kBegin || def.info.rollbackTo) && !def.info.multi
+	}
 	if ss.failed && ss.be == nil {
 		if def.info.kind == kCommit || def.info.kind == kRollback {
 			ss.synthPortal(bm.Portal, "ROLLBACK")
+			return nil
+		}
+		if sp := savepointOf(def.orig); def.info.rollbackTo && !def.info.multi && sp != nil {
+			// A block no server holds has no savepoint: the server binds
+			// ROLLBACK TO in an aborted block, and its Execute fails
+			// (3B001), not the Bind with 25P02 (seed 152).
+			ss.synthPortal(bm.Portal, "ROLLBACK")
+			ss.synthValue = noSavepointMark + sp.name
 			return nil
 		}
 		return abortedError()
@@ -385,6 +479,9 @@ func (ss *session) onBind(body []byte) *wire.Error {
 				already := ss.pendingBegin != ""
 				if !already {
 					ss.pendingBegin, ss.boundDeferred = def.query, false
+				}
+				if !already && len(bm.Portal) != 0 {
+					ss.beginPortal = false // a new block: the last one's portals are gone
 				}
 				ss.synthPortal(bm.Portal, beginTag(def.query))
 				if already {
@@ -556,6 +653,10 @@ const noTxnMark = "\x00no transaction"
 // Execute sends the server's WARNING 25001 before the tag.
 const inTxnMark = "\x00in transaction"
 
+// noSavepointMark, followed by its name, marks a ROLLBACK TO portal of an
+// aborted block no server holds: its Execute fails with 3B001.
+const noSavepointMark = "\x00no savepoint "
+
 // synthRan in synthValue marks a synthesized portal that has run.
 const synthRan = "\x00ran"
 
@@ -666,6 +767,14 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 			}
 			return nil
 		}
+		if name == "" && ss.beginPortal && ss.localStatus() != 'I' {
+			// A transaction start's, kept by a server until its block
+			// ends, with no row description (also in an aborted block):
+			// the router may have answered it (a deferred BEGIN's portal
+			// is gone at Sync), or may hold no backend now.
+			ss.push(expect{kind: eSynth, synth: wire.NoData})
+			return nil
+		}
 		if e := ss.beginForHeldPortal(name != ""); e != nil {
 			return e
 		}
@@ -721,6 +830,9 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.synthName); ss.synthTag != "" && len(body) > n && string(body[:n]) == ss.synthName && body[n] == 0 {
 		if ss.synthValue == synthRan {
 			return &wire.Error{Code: "55000", Message: fmt.Sprintf("portal %q cannot be run", ss.synthName)} // as the server words it
+		}
+		if sp, ok := strings.CutPrefix(ss.synthValue, noSavepointMark); ok {
+			return &wire.Error{Code: "3B001", Message: fmt.Sprintf("savepoint %q does not exist", sp)}
 		}
 		if ss.synthRow {
 			ss.pushSynth(wire.AppendTextDataRow(ss.synthFree, ss.synthValue))
@@ -781,34 +893,43 @@ func (ss *session) onClose(body []byte) *wire.Error {
 		return &wire.Error{Severity: "FATAL", Code: "08P01", Message: err.Error()}
 	}
 	if kind == 'S' {
+		// What the Close changes is undone should the server skip it
+		// after an earlier error of the pipeline (see undoSkipped).
+		undo := expect{kind: eSynth, synth: wire.CloseComplete, undo: undoClose, stmtName: name}
 		if name == "" {
-			ss.unnamed = nil
+			undo.prev, ss.unnamed = ss.unnamed, nil
 		} else if def := ss.stmts[name]; def != nil {
 			ss.deallocate(name)
 			ss.closeOnServer(def)
+			undo.stmt = def
 		} else if _, ok := ss.sqlStmts[name]; ok && ss.be != nil {
 			// Made with SQL PREPARE: the server closes it, as it would
 			// without the router.
 			delete(ss.sqlStmts, name)
 			ss.be.W.WriteFrame(wire.MsgClose, body)
-			ss.push(expect{kind: eClose})
-			return nil
+			undo.kind, undo.synth = eClose, nil
+		} else {
+			undo.undo = 0 // nothing to undo
 		}
-		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		ss.push(undo)
 		return nil
 	}
 	if ss.portalSet != nil && name == ss.portalSetName {
 		ss.portalSet = nil
 	}
+	var undo uint8
+	if name == "" && ss.beginPortal {
+		ss.beginPortal, undo = false, undoBeginPortal // kept should the server skip the Close
+	}
 	if ss.be == nil || (ss.synthTag != "" && name == ss.synthName) {
 		if name == ss.synthName {
 			ss.synthTag = ""
 		}
-		ss.push(expect{kind: eSynth, synth: wire.CloseComplete})
+		ss.push(expect{kind: eSynth, synth: wire.CloseComplete, undo: undo})
 		return nil
 	}
 	ss.be.W.WriteFrame(wire.MsgClose, body)
-	ss.push(expect{kind: eClose})
+	ss.push(expect{kind: eClose, undo: undo})
 	return nil
 }
 

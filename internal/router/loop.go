@@ -188,7 +188,11 @@ func (ss *session) loop() error {
 		case wire.MsgParse:
 			werr = ss.onParse(body)
 		case wire.MsgBind:
+			was := ss.beginPortal
 			werr = ss.onBind(body)
+			if ss.beginPortal != was && werr == nil {
+				ss.undoBeginPortalAtSkip(was)
+			}
 		case wire.MsgDescribe:
 			werr = ss.onDescribe(body)
 		case wire.MsgExecute:

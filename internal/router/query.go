@@ -131,6 +131,7 @@ func (ss *session) onQuery(body []byte) *wire.Error {
 					return ss.reply(beginTag(sql), &wire.Error{Severity: "WARNING", Code: "25001", Message: "there is already a transaction in progress"})
 				}
 				ss.pendingBegin, ss.boundDeferred = sql, false
+				ss.beginPortal = false // a new block: the last one's portals are gone
 				return ss.reply(beginTag(sql), nil)
 			}
 		case kCommit, kRollback:

@@ -75,6 +75,7 @@ type expect struct {
 	synth   []byte // for eSynth: the message to send
 	setup   bool   // part of a setup sent with writeSetup
 	abort   bool   // a Parse meant to fail: its error is not the client's
+	undo    uint8  // undoUnnamed, undoClose: see prev
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
@@ -87,6 +88,14 @@ type expect struct {
 	// empty), the statement bound.
 	stmt     *stmtDef
 	stmtName string
+	// undo says what of the client's statements this Parse or Close S
+	// changed in the router's bookkeeping, undone should the server skip
+	// it after an earlier error of the pipeline (see undoSkipped): for a
+	// Parse of the unnamed statement (undoUnnamed) prev is the client's
+	// unnamed statement before it and stmt the new one; for a Close S
+	// (undoClose) stmt is the statement closed (nil for none) and prev,
+	// of the unnamed one, the statement before.
+	prev *stmtDef
 	// copyDone: the client sent CopyDone or CopyFail for this Query or
 	// Execute ahead of the server's CopyInResponse (see markCopyDone).
 	copyDone bool
@@ -123,6 +132,14 @@ const (
 	eQuery // ends with ReadyForQuery
 	eSynth
 	eSynthRFQ
+)
+
+// expect.undo: what a skipped Parse or Close S leaves undone.
+const (
+	undoUnnamed       uint8 = iota + 1 // a Parse of the unnamed statement
+	undoClose                          // a Close S of stmtName
+	undoBeginPortal                    // a Close P "" or Bind "" that cleared session.beginPortal
+	undoNoBeginPortal                  // a Bind "" that set it
 )
 
 // session is one client connection.
@@ -238,6 +255,11 @@ type session struct {
 	synthFormat  int16
 	synthRow     bool // the synthesized portal returns one text row
 	skipToSync   bool
+	// beginPortal: the client's unnamed portal is a transaction start's
+	// (BEGIN by Bind "") or a ROLLBACK TO's, perhaps answered by the router
+	// or on no backend now; it has no row description, and Describe P "" gets NoData in its
+	// block, aborted or not, as from a server (onDescribe).
+	beginPortal bool
 	// closing: the backend sent a FATAL error, relayed; the session ends.
 	closing bool
 	// dropBackend: the attached backend lost the router's prepared
