@@ -169,9 +169,10 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 		if ss.inTxn() {
 			// In a transaction block the portal outlives the Sync: the
 			// client's Execute of no portal of its own would run it
-			// (SELECT 0) instead of getting 34000.
-			be.W.Write(closeUnnamedPortal)
-			ss.push(expect{kind: eClose, swallow: true, setup: true})
+			// (SELECT 0) instead of getting 34000. It is closed only
+			// should the client ask for portal "" without binding it
+			// (closeOwnUnnamed): a Bind of its own replaces it.
+			ss.ownUnnamed = true
 		}
 		return
 	}
@@ -182,6 +183,21 @@ func (ss *session) bindPrepared(name, sql string, types []byte, params []string)
 	ss.push(expect{kind: eExec, swallow: true, setup: true})
 	ss.out = wire.AppendTarget(ss.out[:0], 'P', portal)
 	be.W.WriteFrame(wire.MsgClose, ss.out)
+	ss.push(expect{kind: eClose, swallow: true, setup: true})
+}
+
+// closeOwnUnnamed is called before the client's Execute or Describe of
+// portal "": when the server's unnamed portal may be the router's own
+// (ownUnnamed), it queues Close P "" first, its answer swallowed, so that
+// the server answers as it would to a client with no unnamed portal (34000,
+// also in an aborted block). Should the server be skipping to Sync, it
+// skips the Close and the Execute alike.
+func (ss *session) closeOwnUnnamed() {
+	if !ss.ownUnnamed {
+		return
+	}
+	ss.ownUnnamed = false
+	ss.be.W.Write(closeUnnamedPortal)
 	ss.push(expect{kind: eClose, swallow: true, setup: true})
 }
 
@@ -542,6 +558,7 @@ func (ss *session) releaseBackend() {
 	}
 	ss.localSetup, ss.localOpen, ss.cleanDue = false, false, false
 	ss.setupEach, ss.txnEndBound, ss.clientPortal, ss.abortLeft = false, false, false, false
+	ss.ownUnnamed, ss.unnamedDoubt = false, false
 	if ss.pendingBegin == "" { // (else the SETs of a statement run outside the deferred block: endDeferredSets)
 		ss.txnSets = ss.txnSets[:0]
 	}

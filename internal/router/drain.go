@@ -236,6 +236,10 @@ func (ss *session) drain(all bool) error {
 			if len(ss.txnSets) > 0 && !ss.savepointHeld() {
 				ss.endTxnSets(false) // and so are its SETs
 			}
+			if e.unnamedBind && bindRefusedEarly(wire.ErrorCode(body)) {
+				ss.ownUnnamed = true // refused: the router's portal is still there
+			}
+			e.unnamedBind = false // (the skip below is of the messages after it)
 			setupFailed := e.setup
 			switch e.kind {
 			case eQuery, eSync:
@@ -258,6 +262,9 @@ func (ss *session) drain(all bool) error {
 					ss.undoSkipped(i)
 				}
 				for ; n > 0; n-- {
+					if ss.queue[0].unnamedBind {
+						ss.ownUnnamed = true // skipped: the router's portal is still there
+					}
 					if q := &ss.queue[0]; q.kind == eQuery {
 						// The router's own Query (a setup sent before the
 						// client's next message of this pipeline): the
@@ -556,4 +563,17 @@ func (ss *session) copyIn(be *pool.Conn) error {
 			return nil
 		}
 	}
+}
+
+// bindRefusedEarly reports whether a Bind that failed with SQLSTATE code
+// was refused before the server made its portal (PostgreSQL's
+// exec_bind_message: no such statement, wrong parameter count, aborted
+// block), so that the unnamed portal it was to replace is still there. A
+// later failure (parameter input, planning) has replaced it already.
+func bindRefusedEarly(code string) bool {
+	switch code {
+	case "26000", "08P01", "25P02":
+		return true
+	}
+	return false
 }

@@ -627,13 +627,19 @@ func (ss *session) onBind(body []byte) *wire.Error {
 	if ddlNote != nil {
 		ss.push(expect{kind: eSynth, synth: ddlNote})
 	}
+	unnamedBind := false
 	if len(bm.Portal) == 0 {
 		ss.clientPortal = true
+		if ss.ownUnnamed {
+			// Replaces the router's portal, unless the server refuses or
+			// skips it: the Sync learns which (see drain).
+			ss.ownUnnamed, ss.unnamedDoubt, unnamedBind = false, true, true
+		}
 	}
 	if ss.unlistenBound = def.info.unlistensAll(); ss.unlistenBound {
 		ss.unlistenPortal = string(bm.Portal)
 	}
-	ss.push(expect{kind: eBind, name: name, stmt: def})
+	ss.push(expect{kind: eBind, name: name, stmt: def, unnamedBind: unnamedBind})
 	return nil
 }
 
@@ -784,6 +790,9 @@ func (ss *session) onDescribe(body []byte) *wire.Error {
 			}
 			return &wire.Error{Code: "34000", Message: fmt.Sprintf("portal %q does not exist", name)}
 		}
+		if name == "" {
+			ss.closeOwnUnnamed()
+		}
 		ss.be.W.WriteFrame(wire.MsgDescribe, body)
 		ss.push(expect{kind: eDescP})
 		return nil
@@ -882,6 +891,9 @@ func (ss *session) onExecute(body []byte) *wire.Error {
 	if n := len(ss.unlistenPortal); ss.unlistenBound && len(body) > n && string(body[:n]) == ss.unlistenPortal && body[n] == 0 {
 		unlisten, ss.unlistenBound = true, false
 	}
+	if len(body) > 0 && body[0] == 0 {
+		ss.closeOwnUnnamed()
+	}
 	ss.be.W.WriteFrame(wire.MsgExecute, body)
 	ss.push(expect{kind: eExec, set: set, prep: prep, unlisten: unlisten})
 	return nil
@@ -945,10 +957,11 @@ func (ss *session) onSync([]byte) *wire.Error {
 	}
 	// A setup sent with the transaction just ended is rolled back with it:
 	// learn its fate before anything else is sent on the backend.
-	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() {
+	if ss.cr.Buffered() == 0 || ss.syncs > 16 || ss.setupOpen || ss.localOpen || ss.resetDue() || ss.unnamedDoubt {
 		if err := ss.drain(false); err != nil {
 			return ss.clientFailed(err)
 		}
+		ss.unnamedDoubt = false // the Bind's answer is in (ownUnnamed)
 	}
 	return nil
 }

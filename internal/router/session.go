@@ -76,6 +76,10 @@ type expect struct {
 	setup   bool   // part of a setup sent with writeSetup
 	abort   bool   // a Parse meant to fail: its error is not the client's
 	undo    uint8  // undoUnnamed, undoClose: see prev
+	// unnamedBind: the client's Bind of the unnamed portal sent over the
+	// router's own (ownUnnamed): should the server refuse or skip it, the
+	// router's portal is still there (see onBind).
+	unnamedBind bool
 	// set is the client's session SET this response is for: recorded, to
 	// be replayed on other backends, when it completes without error.
 	set *setting
@@ -355,6 +359,15 @@ type session struct {
 	// backend since its transaction began; the router's own statements
 	// then use a portal of their own (see bindPrepared).
 	clientPortal bool
+	// ownUnnamed: the server's unnamed portal may be the router's own, left
+	// by bindPrepared inside a transaction block (where it outlives Sync);
+	// the client's Execute or Describe of portal "" then sends Close P ""
+	// first, so the server answers 34000 as it would without the router.
+	ownUnnamed bool
+	// unnamedDoubt: the client bound the unnamed portal over the router's
+	// own and the answer is not yet in: the client's Sync waits for it
+	// (a refused Bind leaves the router's portal; see drain).
+	unnamedDoubt bool
 	// setupOpen: a setup sent by writeSetup awaits its ReadyForQuery; no
 	// further client message is handled until it arrives.
 	setupOpen bool
