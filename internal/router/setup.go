@@ -406,7 +406,7 @@ func (ss *session) sameNode(tenant string) bool {
 // shard's path and tenant id are set (deferSetup); the settings, unknown,
 // are set again after the transaction.
 func (ss *session) midTxn() bool {
-	return ss.unsynced || (ss.status != 'I' && ss.pendingBegin == "")
+	return ss.unsynced || (ss.pendingBegin == "" && ss.inTxn())
 }
 
 // setup queues the statements that give be the session's settings, the
